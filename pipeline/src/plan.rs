@@ -1,0 +1,430 @@
+//! Compiling a [`Pipeline`] and a trigger context into a backend-neutral
+//! [`Plan`]: matrix expansion, `needs` resolution and plan-time
+//! interpolation.
+//!
+//! # What is interpolated when
+//! - **Job-level fields** (plan `name`, `env`, concurrency group; job `name`,
+//!   `runs_on`, `image`, `services`, `env`, `artifacts`): every `${{ }}`
+//!   segment that only reads plan-time values — `matrix.*`, `branch`, `tag`,
+//!   `event`, `commit`, `repo`, `inputs.*` — and calls no status function is
+//!   replaced now. Other segments (e.g. `run_id`, `env.*`, `needs.*`) are
+//!   kept verbatim for the runner.
+//! - **Step fields** (`name`, `run`, `env`, string values inside `with`,
+//!   `working_directory`): only segments that read nothing but `matrix.*` are
+//!   replaced now (the matrix is fixed per job); everything else — including
+//!   `branch` or `steps.*` — is left as written and interpolated by the runner
+//!   with the full run-time context.
+//! - **Conditions** (`if`) are never rewritten: [`PlannedJob::condition`] and
+//!   [`PlannedStep::condition`] hold the source, and the evaluator must supply
+//!   `matrix.*` from [`PlannedJob::matrix`]. `None` means `success()`.
+//!
+//! Because job-level strings may be interpolated twice (plan, then runner),
+//! plan-time values containing `${{` (a branch, tag or input) are rejected so
+//! that a crafted ref name cannot inject an expression.
+//!
+//! Jobs keep declaration order; matrix expansions are contiguous. Job `env`
+//! is the pipeline `env` overlaid with the job's own.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::diag::{Diagnostic, Pos, sort_diagnostics};
+use crate::expr::{Expr, ExprContext, Status, Value, parse_template};
+use crate::matrix::Combination;
+use crate::spec::{ImageSpec, Job, Network, Pipeline, Resources, ServiceSpec, Step};
+
+pub use crate::spec::StepAction;
+
+/// The trigger context a plan is made for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanContext {
+    /// `"push"`, `"pull_request"`, `"schedule"`, `"manual"` or `"api"`.
+    pub event: String,
+    /// Branch name, if any.
+    pub branch: Option<String>,
+    /// Tag name, if any.
+    pub tag: Option<String>,
+    /// Commit SHA.
+    pub commit: Option<String>,
+    /// Repository name.
+    pub repo: Option<String>,
+    /// Manual/API inputs (declared defaults fill in missing ones).
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// A compiled run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Interpolated pipeline name.
+    pub name: String,
+    /// Interpolated pipeline environment.
+    pub env: BTreeMap<String, String>,
+    /// Run priority 0–10.
+    pub priority: u8,
+    /// Concurrency settings.
+    pub concurrency: Option<ConcurrencyPlan>,
+    /// Jobs; `needs` are indices into this list.
+    pub jobs: Vec<PlannedJob>,
+}
+
+/// Concurrency settings of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencyPlan {
+    /// Interpolated group name.
+    pub group: String,
+    /// Whether a new run cancels the running one of the group.
+    pub cancel_in_progress: bool,
+}
+
+/// One job to run (one matrix combination for matrix jobs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedJob {
+    /// The job key in the file.
+    pub key: String,
+    /// Display name, e.g. `test (stable, linux)` for matrix expansions
+    /// (values in axis order, then include-added values).
+    pub name: String,
+    /// Matrix values of this expansion (empty without a matrix).
+    pub matrix: BTreeMap<String, String>,
+    /// Indices into [`Plan::jobs`] of the jobs that must finish first.
+    pub needs: Vec<usize>,
+    /// The `if` source; `None` means `success()`.
+    pub condition: Option<String>,
+    /// Runner labels.
+    pub runs_on: Vec<String>,
+    /// Container image.
+    pub image: Option<ImageSpec>,
+    /// Service containers.
+    pub services: Vec<ServiceSpec>,
+    /// Network mode.
+    pub network: Network,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Job timeout.
+    pub timeout: Option<Duration>,
+    /// Retries on failure.
+    pub retries: u32,
+    /// Priority 0–10 (job override or run priority).
+    pub priority: u8,
+    /// Environment: pipeline env overlaid with job env.
+    pub env: BTreeMap<String, String>,
+    /// Secret names to expose.
+    pub secrets: Vec<String>,
+    /// Steps.
+    pub steps: Vec<PlannedStep>,
+    /// Artifact paths/globs.
+    pub artifacts: Vec<String>,
+    /// Whether a failure leaves the run successful.
+    pub continue_on_error: bool,
+    /// Whether a failing matrix sibling cancels the others.
+    pub fail_fast: bool,
+    /// The job key when expanded from a matrix, to find siblings.
+    pub matrix_group: Option<String>,
+}
+
+/// One step to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedStep {
+    /// Display name: `name:`, else the first line of `run` (truncated to 60
+    /// characters), else the `uses` reference.
+    pub name: String,
+    /// Step id.
+    pub id: Option<String>,
+    /// What to run (`${{ matrix.* }}` substituted, the rest verbatim).
+    pub action: StepAction,
+    /// Step environment.
+    pub env: BTreeMap<String, String>,
+    /// Step timeout.
+    pub timeout: Option<Duration>,
+    /// Whether a failure leaves the job successful.
+    pub continue_on_error: bool,
+    /// The `if` source; `None` means `success()`.
+    pub condition: Option<String>,
+    /// Working directory relative to the workspace.
+    pub working_directory: Option<String>,
+}
+
+/// Maximum length (in characters) of a step name derived from `run`.
+const STEP_NAME_MAX: usize = 60;
+
+/// Plan-time values for interpolation.
+struct PlanValues<'a> {
+    ctx: &'a PlanContext,
+    inputs: &'a BTreeMap<String, String>,
+    matrix: Option<&'a BTreeMap<String, String>>,
+}
+
+impl ExprContext for PlanValues<'_> {
+    fn lookup(&self, path: &[&str]) -> Option<Value> {
+        let text = match path {
+            ["branch"] => self.ctx.branch.clone(),
+            ["tag"] => self.ctx.tag.clone(),
+            ["event"] => Some(self.ctx.event.clone()),
+            ["commit"] => self.ctx.commit.clone(),
+            ["repo"] => self.ctx.repo.clone(),
+            ["inputs", name] => self.inputs.get(*name).cloned(),
+            ["matrix", key] => self.matrix.and_then(|m| m.get(*key).cloned()),
+            _ => None,
+        };
+        text.map(Value::String)
+    }
+
+    fn status(&self) -> Status {
+        Status::Success
+    }
+}
+
+/// Which segments may be evaluated at plan time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Job-level fields: matrix and trigger values.
+    Job,
+    /// Step fields: matrix values only.
+    Step,
+}
+
+fn resolvable(expr: &Expr, stage: Stage) -> bool {
+    !expr.uses_status_function()
+        && expr.references().iter().all(|r| match r.path.first().map(String::as_str) {
+            Some("matrix") => true,
+            Some("branch" | "tag" | "event" | "commit" | "repo" | "inputs") => stage == Stage::Job,
+            _ => false,
+        })
+}
+
+fn mentions_matrix(text: &str) -> bool {
+    parse_template(text).is_ok_and(|t| {
+        t.expressions().any(|e| e.references().iter().any(|r| r.path.first().is_some_and(|root| root == "matrix")))
+    })
+}
+
+struct Planner<'a> {
+    file: &'a str,
+    ctx: &'a PlanContext,
+    inputs: BTreeMap<String, String>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Planner<'_> {
+    fn interpolate(&mut self, text: &str, matrix: Option<&BTreeMap<String, String>>, stage: Stage, pos: Pos) -> String {
+        let values = PlanValues { ctx: self.ctx, inputs: &self.inputs, matrix };
+        let rendered =
+            parse_template(text).map_err(Into::into).and_then(|t| t.render_where(&values, &|e| resolvable(e, stage)));
+        match rendered {
+            Ok(s) => s,
+            Err(e) => {
+                self.diags.push(Diagnostic::new(self.file, pos, format!("cannot interpolate `{text}`: {}", e.message)));
+                text.to_owned()
+            }
+        }
+    }
+
+    fn env(
+        &mut self,
+        env: &BTreeMap<String, String>,
+        matrix: Option<&BTreeMap<String, String>>,
+        stage: Stage,
+        pos: Pos,
+    ) -> BTreeMap<String, String> {
+        env.iter().map(|(k, v)| (k.clone(), self.interpolate(v, matrix, stage, pos))).collect()
+    }
+
+    fn image(&mut self, image: &ImageSpec, matrix: Option<&BTreeMap<String, String>>, pos: Pos) -> ImageSpec {
+        ImageSpec { name: self.interpolate(&image.name, matrix, Stage::Job, pos), ..image.clone() }
+    }
+
+    fn job(
+        &mut self,
+        job: &Job,
+        combo: Option<&[(String, String)]>,
+        base_env: &BTreeMap<String, String>,
+        default_priority: u8,
+        needs: Vec<usize>,
+    ) -> PlannedJob {
+        let matrix: BTreeMap<String, String> = combo.unwrap_or_default().iter().cloned().collect();
+        let m = combo.map(|_| &matrix);
+        let pos = job.pos;
+        let raw_name = job.name.as_deref().unwrap_or(&job.key);
+        let mut name = self.interpolate(raw_name, m, Stage::Job, pos);
+        if let Some(combo) = combo
+            && !job.name.as_deref().is_some_and(mentions_matrix)
+        {
+            let values: Vec<&str> = combo.iter().map(|(_, v)| v.as_str()).collect();
+            name = format!("{name} ({})", values.join(", "));
+        }
+        let mut env = base_env.clone();
+        env.extend(self.env(&job.env, m, Stage::Job, pos));
+        PlannedJob {
+            key: job.key.clone(),
+            name,
+            needs,
+            condition: job.condition.clone(),
+            runs_on: job.runs_on.iter().map(|l| self.interpolate(l, m, Stage::Job, pos)).collect(),
+            image: job.image.as_ref().map(|i| self.image(i, m, pos)),
+            services: job
+                .services
+                .iter()
+                .map(|s| ServiceSpec {
+                    name: s.name.clone(),
+                    image: self.image(&s.image, m, pos),
+                    env: self.env(&s.env, m, Stage::Job, pos),
+                })
+                .collect(),
+            network: job.network,
+            resources: job.resources,
+            timeout: job.timeout,
+            retries: job.retries,
+            priority: job.priority.unwrap_or(default_priority),
+            env,
+            secrets: job.secrets.clone(),
+            steps: job.steps.iter().map(|s| self.step(s, m)).collect(),
+            artifacts: job.artifacts.iter().map(|a| self.interpolate(a, m, Stage::Job, pos)).collect(),
+            continue_on_error: job.continue_on_error,
+            fail_fast: job.fail_fast,
+            matrix_group: combo.map(|_| job.key.clone()),
+            matrix,
+        }
+    }
+
+    fn step(&mut self, step: &Step, m: Option<&BTreeMap<String, String>>) -> PlannedStep {
+        let pos = step.pos;
+        let action = match &step.action {
+            StepAction::Run { script } => StepAction::Run { script: self.interpolate(script, m, Stage::Step, pos) },
+            StepAction::Uses { plugin, version, with, allow_network } => StepAction::Uses {
+                plugin: plugin.clone(),
+                version: version.clone(),
+                with: with.iter().map(|(k, v)| (k.clone(), self.json(v, m, pos))).collect(),
+                allow_network: *allow_network,
+            },
+        };
+        let name = match &step.name {
+            Some(n) => self.interpolate(n, m, Stage::Step, pos),
+            None => default_step_name(&action),
+        };
+        PlannedStep {
+            name,
+            id: step.id.clone(),
+            env: self.env(&step.env, m, Stage::Step, pos),
+            timeout: step.timeout,
+            continue_on_error: step.continue_on_error,
+            condition: step.condition.clone(),
+            working_directory: step.working_directory.as_ref().map(|w| self.interpolate(w, m, Stage::Step, pos)),
+            action,
+        }
+    }
+
+    fn json(&mut self, v: &serde_json::Value, m: Option<&BTreeMap<String, String>>, pos: Pos) -> serde_json::Value {
+        use serde_json::Value as J;
+        match v {
+            J::String(s) => J::String(self.interpolate(s, m, Stage::Step, pos)),
+            J::Array(items) => J::Array(items.iter().map(|i| self.json(i, m, pos)).collect()),
+            J::Object(map) => J::Object(map.iter().map(|(k, i)| (k.clone(), self.json(i, m, pos))).collect()),
+            other => other.clone(),
+        }
+    }
+}
+
+/// First non-empty line of the script (truncated), or the plugin reference.
+fn default_step_name(action: &StepAction) -> String {
+    match action {
+        StepAction::Run { script } => {
+            let line = script.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("run");
+            if line.chars().count() > STEP_NAME_MAX {
+                let cut: String = line.chars().take(STEP_NAME_MAX - 1).collect();
+                format!("{}…", cut.trim_end())
+            } else {
+                line.to_owned()
+            }
+        }
+        StepAction::Uses { plugin, version, .. } if version.is_empty() => plugin.clone(),
+        StepAction::Uses { plugin, version, .. } => format!("{plugin}@{version}"),
+    }
+}
+
+/// Compiles `p` for the trigger described by `ctx`.
+///
+/// Fails when a required manual input is missing, a trigger value contains
+/// `${{`, or a plan-time expression cannot be evaluated.
+pub fn plan(p: &Pipeline, ctx: &PlanContext) -> Result<Plan, Vec<Diagnostic>> {
+    let mut planner = Planner { file: &p.file, ctx, inputs: BTreeMap::new(), diags: Vec::new() };
+    let declared = p.triggers.manual.as_ref().map_or(&[][..], |m| &m.inputs[..]);
+    for input in declared {
+        if let Some(default) = &input.default {
+            planner.inputs.insert(input.name.clone(), default.clone());
+        }
+    }
+    planner.inputs.extend(ctx.inputs.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if matches!(ctx.event.as_str(), "manual" | "api") {
+        for input in declared.iter().filter(|i| i.required) {
+            if !planner.inputs.contains_key(&input.name) {
+                planner.diags.push(Diagnostic::new(
+                    &p.file,
+                    input.pos,
+                    format!("missing required input `{}`", input.name),
+                ));
+            }
+        }
+    }
+    let untrusted = [("branch", &ctx.branch), ("tag", &ctx.tag), ("commit", &ctx.commit), ("repo", &ctx.repo)];
+    let inputs = planner.inputs.iter().map(|(k, v)| (k.as_str(), v));
+    for (what, value) in untrusted.iter().filter_map(|(w, v)| v.as_ref().map(|v| (*w, v))).chain(inputs) {
+        if value.contains("${{") {
+            planner.diags.push(Diagnostic::new(
+                &p.file,
+                Pos::START,
+                format!("the value of `{what}` contains `${{{{`, which is not allowed"),
+            ));
+        }
+    }
+    if !planner.diags.is_empty() {
+        sort_diagnostics(&mut planner.diags);
+        return Err(planner.diags);
+    }
+
+    let name = planner.interpolate(&p.name, None, Stage::Job, Pos::START);
+    let env = planner.env(&p.env, None, Stage::Job, Pos::START);
+    let concurrency = p.concurrency.as_ref().map(|c| ConcurrencyPlan {
+        group: planner.interpolate(&c.group, None, Stage::Job, Pos::START),
+        cancel_in_progress: c.cancel_in_progress,
+    });
+
+    // Expand matrices and assign plan indices.
+    let mut expansions: Vec<Vec<Option<Combination>>> = Vec::new();
+    let mut indices: Vec<Vec<usize>> = Vec::new();
+    let mut next = 0;
+    for job in &p.jobs {
+        let combos = match &job.matrix {
+            None => vec![None],
+            Some(m) => match m.expand() {
+                Ok(c) => c.into_iter().map(Some).collect(),
+                Err(e) => {
+                    planner.diags.push(Diagnostic::new(&p.file, m.pos, format!("{e} (job `{}`)", job.key)));
+                    Vec::new()
+                }
+            },
+        };
+        indices.push((next..next + combos.len()).collect());
+        next += combos.len();
+        expansions.push(combos);
+    }
+    let mut jobs = Vec::with_capacity(next);
+    for (job, combos) in p.jobs.iter().zip(&expansions) {
+        let mut needs: Vec<usize> = Vec::new();
+        for need in &job.needs {
+            let target = p.jobs.iter().position(|j| j.key == need.value);
+            for i in target.and_then(|t| indices.get(t)).into_iter().flatten() {
+                if !needs.contains(i) {
+                    needs.push(*i);
+                }
+            }
+        }
+        for combo in combos {
+            jobs.push(planner.job(job, combo.as_deref(), &env, p.priority, needs.clone()));
+        }
+    }
+    if !planner.diags.is_empty() {
+        sort_diagnostics(&mut planner.diags);
+        return Err(planner.diags);
+    }
+    Ok(Plan { name, env, priority: p.priority, concurrency, jobs })
+}

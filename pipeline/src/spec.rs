@@ -1,0 +1,272 @@
+//! The typed pipeline specification produced by [`crate::parse`].
+//!
+//! Strings that may contain `${{ }}` are kept exactly as written; the
+//! [`crate::plan`] step interpolates what is known at plan time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::cron::CronSchedule;
+use crate::diag::Pos;
+use crate::glob::Glob;
+
+/// A value together with the position it was written at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    /// The value.
+    pub value: T,
+    /// Where it starts in the file.
+    pub pos: Pos,
+}
+
+/// A parsed and validated pipeline file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// The file name given to [`crate::parse`] (used in plan diagnostics).
+    pub file: String,
+    /// Display name (default `pipeline`); may contain `${{ }}`.
+    pub name: String,
+    /// The events that start the pipeline.
+    pub triggers: Triggers,
+    /// Pipeline-wide environment variables (values may contain `${{ }}`).
+    pub env: BTreeMap<String, String>,
+    /// Run priority 0–10 (default 5).
+    pub priority: u8,
+    /// Concurrency group, if any.
+    pub concurrency: Option<Concurrency>,
+    /// Jobs in declaration order.
+    pub jobs: Vec<Job>,
+}
+
+impl Pipeline {
+    /// The job with the given key.
+    pub fn job(&self, key: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.key == key)
+    }
+}
+
+/// `on:` — which events start the pipeline. See [`Triggers::matches_push`],
+/// [`Triggers::matches_pull_request`], [`Triggers::schedules`] and
+/// [`Triggers::allows_manual`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Triggers {
+    /// `on.push`, if present.
+    pub push: Option<PushTrigger>,
+    /// `on.pull_request`, if present.
+    pub pull_request: Option<PullRequestTrigger>,
+    /// `on.schedule` entries.
+    pub schedule: Vec<CronSpec>,
+    /// `on.manual`; also `Some` (without inputs) when `on` is absent.
+    pub manual: Option<ManualTrigger>,
+}
+
+/// Push filters; `None` means "not filtered on this".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PushTrigger {
+    /// Branch globs.
+    pub branches: Option<Vec<Glob>>,
+    /// Tag globs.
+    pub tags: Option<Vec<Glob>>,
+}
+
+/// Pull request filters on the target branch; `None` matches every branch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PullRequestTrigger {
+    /// Target branch globs.
+    pub branches: Option<Vec<Glob>>,
+}
+
+/// One `on.schedule` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSpec {
+    /// The validated schedule.
+    pub schedule: CronSchedule,
+    /// Where it is written.
+    pub pos: Pos,
+}
+
+/// `on.manual`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ManualTrigger {
+    /// Declared inputs, in declaration order.
+    pub inputs: Vec<InputSpec>,
+}
+
+/// A declared manual input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    /// Input name (`inputs.<name>`).
+    pub name: String,
+    /// Default value.
+    pub default: Option<String>,
+    /// Help text.
+    pub description: Option<String>,
+    /// Whether a value must be supplied when there is no default.
+    pub required: bool,
+    /// Where the input is declared.
+    pub pos: Pos,
+}
+
+/// `concurrency:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concurrency {
+    /// Group name as written (may contain `${{ }}`).
+    pub group: String,
+    /// Whether a new run cancels the running one of the same group.
+    pub cancel_in_progress: bool,
+}
+
+/// A job as written (before matrix expansion).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The job key under `jobs:`.
+    pub key: String,
+    /// Position of the job key.
+    pub pos: Pos,
+    /// `name:` as written.
+    pub name: Option<String>,
+    /// Runner labels.
+    pub runs_on: Vec<String>,
+    /// Container image.
+    pub image: Option<ImageSpec>,
+    /// Service containers, in declaration order.
+    pub services: Vec<ServiceSpec>,
+    /// Container network.
+    pub network: Network,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Matrix, if any.
+    pub matrix: Option<Matrix>,
+    /// Whether the first failing matrix sibling cancels the others.
+    pub fail_fast: bool,
+    /// Job timeout.
+    pub timeout: Option<Duration>,
+    /// Retries on failure (0–10).
+    pub retries: u32,
+    /// Priority override (0–10).
+    pub priority: Option<u8>,
+    /// Job environment (values may contain `${{ }}`).
+    pub env: BTreeMap<String, String>,
+    /// Secret names exposed as environment variables.
+    pub secrets: Vec<String>,
+    /// Keys of jobs this job needs, with positions.
+    pub needs: Vec<Spanned<String>>,
+    /// `if:` source; `None` means `success()`.
+    pub condition: Option<String>,
+    /// Whether a failure of this job leaves the run successful.
+    pub continue_on_error: bool,
+    /// Artifact paths/globs.
+    pub artifacts: Vec<String>,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+}
+
+/// A container image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Image reference (may contain `${{ }}` in the spec; interpolated in the plan).
+    pub name: String,
+    /// Pull policy.
+    pub pull: PullPolicy,
+    /// User to run as.
+    pub user: Option<String>,
+}
+
+/// When to pull an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PullPolicy {
+    /// Pull only if missing locally (default).
+    #[default]
+    IfNotPresent,
+    /// Always pull.
+    Always,
+    /// Never pull.
+    Never,
+}
+
+/// A service container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Service name (its host name on the job network).
+    pub name: String,
+    /// Image.
+    pub image: ImageSpec,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Container network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Network {
+    /// Default bridge network.
+    #[default]
+    Bridge,
+    /// No network.
+    None,
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Resources {
+    /// CPU limit.
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+}
+
+/// A job matrix as written. Values are strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matrix {
+    /// Axes in declaration order with their values.
+    pub axes: Vec<(String, Vec<String>)>,
+    /// `include` entries (key/value pairs in written order).
+    pub include: Vec<Vec<(String, String)>>,
+    /// `exclude` entries.
+    pub exclude: Vec<Vec<(String, String)>>,
+    /// Position of the `matrix` mapping.
+    pub pos: Pos,
+}
+
+/// A step as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Position of the step.
+    pub pos: Pos,
+    /// `name:` as written.
+    pub name: Option<String>,
+    /// `id:`.
+    pub id: Option<String>,
+    /// What the step does.
+    pub action: StepAction,
+    /// Step environment (values may contain `${{ }}`).
+    pub env: BTreeMap<String, String>,
+    /// Step timeout.
+    pub timeout: Option<Duration>,
+    /// Whether a failure of this step leaves the job successful.
+    pub continue_on_error: bool,
+    /// `if:` source; `None` means `success()`.
+    pub condition: Option<String>,
+    /// Working directory relative to the workspace.
+    pub working_directory: Option<String>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepAction {
+    /// A shell script.
+    Run {
+        /// The script.
+        script: String,
+    },
+    /// A plugin.
+    Uses {
+        /// Plugin name.
+        plugin: String,
+        /// Requested version: `"1"`, `"1.2"`, `"1.2.3"`, or `""` for the newest.
+        version: String,
+        /// Parameters.
+        with: BTreeMap<String, serde_json::Value>,
+        /// Whether network access is granted.
+        allow_network: bool,
+    },
+}

@@ -1,0 +1,134 @@
+//! Executors ("backends"): how a step actually runs.
+//!
+//! The job runner (`job`) knows the order of steps, their conditions and
+//! timeouts; an executor knows only how to run one step in one job's
+//! environment. The contract, in the order a job uses it:
+//!
+//! 1. [`Backend::setup`] prepares a job's environment (workspace, container…)
+//!    and returns its [`JobEnv`];
+//! 2. [`JobEnv::run_step`] starts a step, streams its output into the
+//!    [`StepLog`] as it is written (the "tail logs" of other CI systems), and
+//!    waits for it — or stops it when its [`StepStop`] says so;
+//! 3. [`JobEnv::teardown`] removes everything the job created, whatever
+//!    happened.
+//!
+//! Executors: [`host`] (a process group on the machine) and [`dummy`] (no
+//! processes: for benchmarks of the scheduler and tests of the protocol).
+
+pub mod dummy;
+pub mod host;
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
+
+use tokio_util::sync::CancellationToken;
+use viaduct_proto::v1::{JobRef, Status};
+
+use crate::outbox::Outbox;
+
+/// What an executor needs to prepare a job.
+#[derive(Debug, Clone)]
+pub struct JobSetup {
+    /// The job attempt.
+    pub job: JobRef,
+    /// Container image, empty for host jobs.
+    pub image: String,
+}
+
+/// One step, ready to run: expressions already interpolated.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    /// 1-based.
+    pub index: u32,
+    /// Display name.
+    pub name: String,
+    /// The shell script.
+    pub script: String,
+    /// The complete environment of the step's process.
+    pub env: BTreeMap<String, String>,
+    /// Relative directory in the workspace to run in.
+    pub working_directory: String,
+}
+
+/// Why a step must stop early.
+#[derive(Debug, Clone)]
+pub struct StepStop {
+    /// Cancelled by the user (or the attempt was abandoned).
+    pub cancel: CancellationToken,
+    /// Step or job deadline, whichever comes first.
+    pub deadline: Option<Instant>,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// success, failure, timed_out or cancelled.
+    pub status: Status,
+    /// Exit code of the step's process (128 + signal when killed).
+    pub exit_code: Option<i32>,
+    /// A human explanation (empty on success).
+    pub message: String,
+    /// Outputs the step wrote (`name=value` lines in `$VIADUCT_OUTPUT`).
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl StepOutcome {
+    /// A step that could not even start.
+    pub fn error(message: impl Into<String>) -> Self {
+        Self { status: Status::Failure, exit_code: None, message: message.into(), outputs: BTreeMap::new() }
+    }
+}
+
+/// Where a step's output goes: the runner's outbox, tagged with the step.
+pub struct StepLog {
+    outbox: Arc<Outbox>,
+    job: JobRef,
+    step: u32,
+    written: u64,
+}
+
+impl StepLog {
+    /// A log for `step` of `job`.
+    pub fn new(outbox: Arc<Outbox>, job: JobRef, step: u32) -> Self {
+        Self { outbox, job, step, written: 0 }
+    }
+
+    /// Appends output; waits when the outbox is full (backpressure).
+    pub async fn write(&mut self, data: &[u8]) {
+        self.outbox.log(&self.job, self.step, data).await;
+        self.written += data.len() as u64;
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// An error preparing a job.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+/// Prepares job environments. One per runner, shared by its jobs.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// The executor names it offers ("host", "container"…), advertised to
+    /// the server for routing.
+    fn executors(&self) -> Vec<String>;
+
+    /// Prepares the environment of one job attempt.
+    async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError>;
+}
+
+/// One job's environment.
+#[async_trait::async_trait]
+pub trait JobEnv: Send {
+    /// The workspace directory as the step sees it.
+    fn workspace(&self) -> PathBuf;
+
+    /// Runs one step to completion (or until `stop`), streaming its output.
+    async fn run_step(&mut self, step: &StepSpec, log: &mut StepLog, stop: &StepStop) -> StepOutcome;
+
+    /// Removes everything the job created.
+    async fn teardown(self: Box<Self>);
+}

@@ -1,0 +1,160 @@
+//! The Viaduct runner: registers with a server, keeps one Connect stream
+//! open (reconnecting with backoff), and runs the jobs pushed to it.
+//!
+//! - [`session`]: one Connect stream (Hello, Welcome/resume, heartbeats,
+//!   assignments, cancels, acks);
+//! - [`job`]: one job attempt's steps, conditions, timeouts, reports;
+//! - [`executor`]: how a step runs (host process group, dummy);
+//! - [`outbox`]: reliable, resumable delivery of logs and updates;
+//! - [`identity`]: the registered runner id and token on disk;
+//! - [`outputs`]: the `$VIADUCT_OUTPUT` file format.
+
+pub mod executor;
+pub mod identity;
+pub mod job;
+pub mod outbox;
+pub mod outputs;
+pub mod session;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::{executor::Backend, identity::Identity, session::SessionEnd};
+
+/// How to run the runner.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Server URL (http://host:port).
+    pub server: String,
+    /// Registration token (needed only when not yet registered).
+    pub registration_token: Option<String>,
+    /// Name shown to admins.
+    pub name: String,
+    /// Labels jobs can ask for with `runs_on`.
+    pub labels: Vec<String>,
+    /// Where job workspaces and the identity file live.
+    pub work_dir: PathBuf,
+    /// Jobs run at once.
+    pub slots: u32,
+    /// SIGTERM → SIGKILL grace when stopping a step.
+    pub kill_grace: Duration,
+    /// Keep job directories after jobs (debugging).
+    pub keep_workspaces: bool,
+    /// Use the dummy executor (benchmarks, protocol tests).
+    pub dummy: bool,
+}
+
+/// Runs until `shutdown` resolves or the server rejects the runner.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("cannot create {}", cfg.work_dir.display()))?;
+    let backend: Arc<dyn Backend> = if cfg.dummy {
+        Arc::new(executor::dummy::DummyBackend)
+    } else {
+        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces);
+        host.clean_stale();
+        Arc::new(host)
+    };
+    let identity = match Identity::load(&cfg.work_dir, &cfg.server) {
+        Some(id) => id,
+        None => {
+            let token = cfg.registration_token.as_deref().context(
+                "this runner is not registered with the server yet: pass the registration token with --token",
+            )?;
+            register_with_retry(&cfg, token).await?
+        }
+    };
+    let shared = Arc::new(session::Shared {
+        outbox: Arc::default(),
+        backend,
+        jobs: Mutex::default(),
+        labels: cfg.labels.clone(),
+        slots: cfg.slots.max(1),
+    });
+    let work = async {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = std::time::Instant::now();
+            match session::run(&shared, &cfg.server, &identity).await {
+                Ok(()) => {}
+                Err(SessionEnd::Rejected(why)) => {
+                    return Err(anyhow::anyhow!(
+                        "the server rejected this runner ({why}); it may have been removed. Delete {} to register again",
+                        cfg.work_dir.join("runner.json").display()
+                    ));
+                }
+                Err(SessionEnd::Broken(why)) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Backoff::default();
+                    }
+                    let wait = backoff.next();
+                    tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, running = shared.running(), "connection to the server lost");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        () = shutdown => {
+            tracing::info!(running = shared.running(), "shutting down: stopping running jobs");
+            shared.abandon_all();
+            let deadline = tokio::time::Instant::now() + cfg.kill_grace + Duration::from_secs(2);
+            while shared.running() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identity> {
+    let mut backoff = Backoff::default();
+    loop {
+        match Identity::register(&cfg.work_dir, &cfg.server, token, &cfg.name, &cfg.labels).await {
+            Ok(id) => return Ok(id),
+            Err(e) => {
+                let permanent = e.downcast_ref::<viaduct_sdk::Error>().is_some_and(
+                    |e| matches!(e, viaduct_sdk::Error::Status(s) if s.code() != tonic::Code::Unavailable),
+                );
+                if permanent {
+                    return Err(e.context("registration failed"));
+                }
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach the server to register");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// This machine's host name (empty if unknown).
+pub fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Exponential backoff from 100 ms to 10 s, with jitter.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: Duration::from_millis(100) }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(10));
+        // Up to 25% jitter, from the clock's low bits (no RNG needed).
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+}

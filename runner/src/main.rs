@@ -1,0 +1,101 @@
+//! `viaduct-runner`: runs jobs for a Viaduct server.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use viaduct_runner::Config;
+
+/// A Viaduct runner: takes jobs from a server and runs their steps.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server URL.
+    #[arg(long, env = "VIADUCT_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// Registration token (from the server's runner-token file or
+    /// `Runners.CreateRegistrationToken`); needed only on first start.
+    #[arg(long, env = "VIADUCT_RUNNER_TOKEN")]
+    token: Option<String>,
+    /// Read the registration token from this file instead.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Name shown to admins (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Comma-separated labels jobs select with `runs_on`.
+    #[arg(long, value_delimiter = ',', default_value = "linux")]
+    labels: Vec<String>,
+    /// Directory for job workspaces and the runner's identity.
+    #[arg(long, env = "VIADUCT_WORK_DIR", default_value = "viaduct-runner")]
+    work_dir: PathBuf,
+    /// Jobs to run at once.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    /// Time between SIGTERM and SIGKILL when stopping a step.
+    #[arg(long, default_value = "5s", value_parser = viaduct_pipeline::duration::parse_duration)]
+    kill_grace: Duration,
+    /// Keep job directories after jobs end (for debugging).
+    #[arg(long)]
+    keep_workspaces: bool,
+    /// Run steps with the dummy executor (no processes; for benchmarks).
+    #[arg(long, hide = true)]
+    dummy_executor: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIADUCT_LOG")
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("viaduct-runner: cannot read {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    let name = args.name.unwrap_or_else(viaduct_runner::hostname);
+    let cfg = Config {
+        server: args.server,
+        registration_token: token,
+        name,
+        labels: args.labels.into_iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        work_dir: args.work_dir,
+        slots: args.slots,
+        kill_grace: args.kill_grace,
+        keep_workspaces: args.keep_workspaces,
+        dummy: args.dummy_executor,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("viaduct-runner: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(viaduct_runner::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viaduct-runner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,182 @@
+//! One Connect stream to the server, from Hello to its end.
+//!
+//! Jobs outlive sessions: when the stream breaks, running jobs go on and
+//! their reports wait in the [`Outbox`]; the next session resumes them (the
+//! server says which attempts this runner still holds and how much of each
+//! log it has) and resends what was not acknowledged.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use viaduct_proto::v1::{
+    Heartbeat, Hello, JobRef, RunnerMessage, runner_message::Msg as Out, server_message::Msg as In,
+};
+
+use crate::{
+    executor::Backend,
+    identity::Identity,
+    job::{self, JobStop},
+    outbox::Outbox,
+};
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionEnd {
+    /// The server refused the runner token: the runner was removed, or the
+    /// server's data was reset.
+    #[error("the server refused this runner's token: {0}")]
+    Rejected(String),
+    /// Anything else: reconnect after a backoff.
+    #[error("{0}")]
+    Broken(String),
+}
+
+/// What sessions share: the outbox, the running jobs, the executor.
+pub struct Shared {
+    /// Reports waiting for acknowledgement.
+    pub outbox: Arc<Outbox>,
+    /// Executes steps.
+    pub backend: Arc<dyn Backend>,
+    /// Job attempts running now.
+    pub jobs: Mutex<HashMap<(String, u32), JobStop>>,
+    /// Labels to advertise.
+    pub labels: Vec<String>,
+    /// Slots to advertise.
+    pub slots: u32,
+}
+
+impl Shared {
+    fn stop_of(&self, job: &JobRef) -> Option<JobStop> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(&(job.job_id.clone(), job.attempt)).cloned()
+    }
+
+    /// Stops a job and forgets everything of it.
+    fn abandon(&self, job: &JobRef) {
+        if let Some(stop) = self.stop_of(job) {
+            stop.abandon.cancel();
+        }
+        self.outbox.forget(job);
+    }
+
+    /// Abandons every running job (runner shutdown).
+    pub fn abandon_all(&self) {
+        for stop in self.jobs.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            stop.abandon.cancel();
+        }
+    }
+
+    /// Number of running jobs.
+    pub fn running(&self) -> usize {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Runs one session until the stream ends.
+pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<(), SessionEnd> {
+    let client = viaduct_sdk::Client::connect(server, Some(id.token.clone()))
+        .await
+        .map_err(|e| SessionEnd::Broken(e.to_string()))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let hello = Hello {
+        version: env!("CARGO_PKG_VERSION").into(),
+        hostname: crate::hostname(),
+        labels: shared.labels.clone(),
+        slots: shared.slots,
+        executors: shared.backend.executors(),
+        active_jobs: shared.outbox.active(),
+    };
+    let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
+    let mut inbound = match client.agent().connect(UnboundedReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::Unauthenticated => {
+            return Err(SessionEnd::Rejected(s.message().to_string()));
+        }
+        Err(s) => return Err(SessionEnd::Broken(viaduct_sdk::status_line(&s))),
+    };
+    let welcome = match inbound.message().await {
+        Ok(Some(m)) => match m.msg {
+            Some(In::Welcome(w)) => w,
+            _ => return Err(SessionEnd::Broken("the server did not start with Welcome".into())),
+        },
+        Ok(None) => return Err(SessionEnd::Broken("the server closed the stream".into())),
+        Err(s) => return Err(SessionEnd::Broken(viaduct_sdk::status_line(&s))),
+    };
+    for r in &welcome.resume {
+        let Some(job) = &r.job else { continue };
+        if r.keep {
+            shared.outbox.resume(&r.logs);
+        } else {
+            tracing::warn!(job = %job.job_id, attempt = job.attempt, "server says this attempt is no longer ours; stopping it");
+            shared.abandon(job);
+        }
+    }
+    tracing::info!(runner = %welcome.runner_id, draining = welcome.draining, resumed = welcome.resume.len(), "connected");
+    shared.outbox.attach(tx.clone());
+    let heartbeat = {
+        let (tx, outbox) = (tx.clone(), Arc::clone(&shared.outbox));
+        let every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let hb = Heartbeat { active_jobs: outbox.active() };
+                if tx.send(RunnerMessage { msg: Some(Out::Heartbeat(hb)) }).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let end = loop {
+        match inbound.message().await {
+            Ok(Some(m)) => handle(shared, m.msg),
+            Ok(None) => break SessionEnd::Broken("the server closed the stream".into()),
+            Err(s) if s.code() == tonic::Code::Unauthenticated => break SessionEnd::Rejected(s.message().to_string()),
+            Err(s) => break SessionEnd::Broken(viaduct_sdk::status_line(&s)),
+        }
+    };
+    heartbeat.abort();
+    shared.outbox.detach();
+    Err(end)
+}
+
+fn handle(shared: &Arc<Shared>, msg: Option<In>) {
+    match msg {
+        Some(In::Assign(a)) => {
+            let Some(job) = a.job.clone() else { return };
+            let key = (job.job_id.clone(), job.attempt);
+            let stop = JobStop::default();
+            {
+                let mut jobs = shared.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                if jobs.contains_key(&key) {
+                    return;
+                }
+                jobs.insert(key.clone(), stop.clone());
+            }
+            let shared = Arc::clone(shared);
+            tokio::spawn(async move {
+                job::run(a, Arc::clone(&shared.outbox), Arc::clone(&shared.backend), stop).await;
+                shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            });
+        }
+        Some(In::Cancel(sig)) => {
+            if let Some(stop) = sig.job.as_ref().and_then(|j| shared.stop_of(j)) {
+                tracing::info!(job = ?sig.job, reason = %sig.reason, "cancelling job");
+                stop.cancel.cancel();
+            }
+        }
+        Some(In::Abandon(sig)) => {
+            if let Some(job) = &sig.job {
+                tracing::warn!(job = %job.job_id, attempt = job.attempt, reason = %sig.reason, "abandoning job");
+                shared.abandon(job);
+            }
+        }
+        Some(In::Ack(ack)) => shared.outbox.ack(&ack),
+        Some(In::Welcome(_)) | None => {}
+    }
+}

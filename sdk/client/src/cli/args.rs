@@ -1,0 +1,217 @@
+//! Command-line arguments of `viaduct`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The Viaduct CI command-line client.
+///
+/// Exit codes: 0 success; 1 the run failed (or was cancelled / timed out);
+/// 2 usage error or invalid input (e.g. a pipeline file with errors);
+/// 3 the server could not be reached or refused the request.
+#[derive(Debug, Parser)]
+#[command(name = "viaduct", version, about, long_about = None)]
+pub struct Cli {
+    /// Server URL.
+    #[arg(long, global = true, env = "VIADUCT_SERVER", default_value = "http://127.0.0.1:7700")]
+    pub server: String,
+    /// API token.
+    #[arg(long, global = true, env = "VIADUCT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the API token from this file (e.g. the server's DATA_DIR/admin-token).
+    #[arg(long, global = true, env = "VIADUCT_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a pipeline file as a run; prints the run id (or, with
+    /// --follow, its logs, and exits with its outcome).
+    Submit(SubmitArgs),
+    /// Check pipeline files offline; prints file:line:column errors.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Inspect and control runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Print the logs of a run, job (42.1) or step (42.1.3).
+    Logs {
+        /// Run, job or step id.
+        id: String,
+        /// Keep streaming until it finishes.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// Run id.
+        id: String,
+    },
+    /// Re-run the failed jobs of a finished run.
+    Retry {
+        /// Run id.
+        id: String,
+        /// Then follow its logs and exit with its outcome.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stream run, job and step state changes.
+    Watch {
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// Resume after this cursor.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage runners.
+    #[command(subcommand)]
+    Runners(RunnersCommand),
+    /// Manage stored pipelines.
+    #[command(subcommand)]
+    Pipelines(PipelinesCommand),
+}
+
+/// `viaduct submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The pipeline file (e.g. .viaduct/pipeline.yml).
+    pub file: PathBuf,
+    /// Stream the logs live; exit 0 if the run succeeds, 1 if not.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Priority 0–10 (overrides the file's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub priority: Option<u32>,
+    /// Input values, NAME=VALUE (repeatable).
+    #[arg(long = "input", value_parser = key_value)]
+    pub inputs: Vec<(String, String)>,
+}
+
+/// `viaduct runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs in these states (repeatable): queued, running, success, …
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        /// Only runs of this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only runs of this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Continue from a previous listing's next-page token.
+        #[arg(long)]
+        page_token: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run with its jobs and steps.
+    Get {
+        /// Run id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run.
+    Cancel {
+        /// Run id.
+        id: String,
+    },
+    /// Re-run the failed jobs of a finished run.
+    Retry {
+        /// Run id.
+        id: String,
+    },
+}
+
+/// `viaduct runners …`.
+#[derive(Debug, Subcommand)]
+pub enum RunnersCommand {
+    /// List runners.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop giving a runner new jobs (it finishes the ones it has).
+    Drain {
+        /// Runner id.
+        id: String,
+        /// Give it jobs again.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Forget a runner and revoke its token.
+    Remove {
+        /// Runner id.
+        id: String,
+    },
+    /// Create a registration token for a new runner.
+    Token {
+        /// Allow registering many runners with it.
+        #[arg(long)]
+        reusable: bool,
+    },
+}
+
+/// `viaduct pipelines …`.
+#[derive(Debug, Subcommand)]
+pub enum PipelinesCommand {
+    /// List stored pipelines.
+    List,
+    /// Print a stored pipeline's YAML.
+    Get {
+        /// Name.
+        name: String,
+    },
+    /// Store a pipeline file under a name (replacing it with --update).
+    Create {
+        /// Name.
+        name: String,
+        /// Pipeline file.
+        file: PathBuf,
+        /// Replace an existing pipeline.
+        #[arg(long)]
+        update: bool,
+    },
+    /// Delete a stored pipeline.
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Start a run of a stored pipeline.
+    Trigger {
+        /// Name.
+        name: String,
+        /// Input values, NAME=VALUE (repeatable).
+        #[arg(long = "input", value_parser = key_value)]
+        inputs: Vec<(String, String)>,
+        /// Stream the logs and exit with the run's outcome.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+}

@@ -1,0 +1,362 @@
+//! What each `viaduct` command does.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    path::Path,
+    time::Duration,
+};
+
+use tokio_stream::StreamExt;
+use viaduct_sdk::{
+    Client,
+    proto::{
+        StatusWord,
+        v1::{
+            CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest, DrainRunnerRequest, FollowRequest,
+            GetPipelineRequest, GetRunRequest, GetRunnerRequest, ListPipelinesRequest, ListRunnersRequest,
+            ListRunsRequest, PageRequest, RetryRunRequest, Run, Status, SubmitRequest, TriggerRequest, WatchRequest,
+            follow_request, log_event, run_event::Change, submit_request,
+        },
+    },
+};
+
+use super::{
+    Failure,
+    args::{PipelinesCommand, RunnersCommand, RunsCommand, SubmitArgs},
+    view,
+};
+
+/// `viaduct validate FILE…`: offline, with the same checks as the server.
+pub fn validate(files: &[std::path::PathBuf]) -> Result<(), Failure> {
+    let mut bad = false;
+    for f in files {
+        let text = read(f)?;
+        let diags = viaduct_pipeline::check(&f.display().to_string(), &text);
+        if diags.is_empty() {
+            println!("{}: valid", f.display());
+        }
+        for d in diags {
+            bad = true;
+            println!("{d}");
+        }
+    }
+    if bad { Err(Failure::Invalid(String::new())) } else { Ok(()) }
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// `viaduct submit FILE [--follow]`.
+pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
+    let yaml = read(&a.file)?;
+    let req = SubmitRequest {
+        source: Some(submit_request::Source::PipelineYaml(yaml)),
+        file_name: a.file.display().to_string(),
+        priority: a.priority,
+        inputs: a.inputs.into_iter().collect(),
+    };
+    let id = client.runs().submit(req).await?.into_inner().run_id;
+    if !a.follow {
+        println!("{id}");
+        return Ok(());
+    }
+    eprintln!("run {id} submitted");
+    follow_outcome(client, &id).await
+}
+
+/// Follows a run's logs and turns its outcome into the exit status.
+async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
+    print_logs(client, id, true).await?;
+    let run = client.wait_for_run(id).await?;
+    let line = format!("run {} {} in {}", run.id, view::word(run.status), view::duration(run.times.as_ref()));
+    if run.status() == Status::Success {
+        eprintln!("{line}");
+        Ok(())
+    } else {
+        if !run.error.is_empty() {
+            eprintln!("{}", run.error);
+        }
+        Err(Failure::RunFailed(line))
+    }
+}
+
+/// Streams the logs of a run, job or step to stdout (step headers to
+/// stderr). Survives a server restart: it reconnects and skips what it
+/// already printed.
+pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), Failure> {
+    let scope = match id.matches('.').count() {
+        0 => follow_request::Scope::RunId(id.to_string()),
+        1 => follow_request::Scope::JobId(id.to_string()),
+        _ => follow_request::Scope::StepId(id.to_string()),
+    };
+    let mut printed: HashMap<(String, u32), u64> = HashMap::new();
+    let mut finished: HashSet<(String, u32)> = HashSet::new();
+    let mut current: Option<(String, u32)> = None;
+    let mut names: HashMap<(String, u32), String> = HashMap::new();
+    let mut failures = 0;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let mut from_offsets = HashMap::new();
+        for ((step, _), off) in &printed {
+            let e = from_offsets.entry(step.clone()).or_insert(*off);
+            *e = (*e).min(*off);
+        }
+        let req = FollowRequest { scope: Some(scope.clone()), from_offsets, no_follow: !follow, ..Default::default() };
+        let mut stream = match client.logs().follow(req).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if retryable(&s) && failures < 30 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(s) => return Err(s.into()),
+        };
+        loop {
+            match stream.next().await {
+                None => return Ok(()),
+                Some(Err(s)) if retryable(&s) && failures < 30 => {
+                    failures += 1;
+                    eprintln!("(connection to the server lost: {}; reconnecting)", viaduct_sdk::status_line(&s));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+                Some(Err(s)) => return Err(s.into()),
+                Some(Ok(ev)) => match ev.event {
+                    Some(log_event::Event::Step(b)) => {
+                        let key = (b.step_id.clone(), b.attempt);
+                        let retry = if b.attempt > 1 { format!(" (attempt {})", b.attempt) } else { String::new() };
+                        names.insert(key.clone(), format!("{} › {}{retry}", b.job_name, b.step_name));
+                        if b.finished && finished.insert(key.clone()) {
+                            let code = b.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+                            let _ = stdout.flush();
+                            eprintln!("── {}: {}{code}", names[&key], view::word(b.status));
+                        }
+                    }
+                    Some(log_event::Event::Chunk(c)) => {
+                        let key = (c.step_id.clone(), c.attempt);
+                        let done = printed.entry(key.clone()).or_insert(0);
+                        let end = c.offset + c.data.len() as u64;
+                        if end <= *done {
+                            continue;
+                        }
+                        let skip = usize::try_from(done.saturating_sub(c.offset)).unwrap_or(0);
+                        if current.as_ref() != Some(&key) {
+                            let _ = stdout.flush();
+                            eprintln!("── {}", names.get(&key).cloned().unwrap_or_else(|| c.step_id.clone()));
+                            current = Some(key);
+                        }
+                        stdout.write_all(&c.data[skip..]).map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
+                        stdout.flush().map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
+                        *done = end;
+                    }
+                    None => {}
+                },
+            }
+        }
+    }
+}
+
+fn retryable(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled)
+}
+
+/// `viaduct runs …`.
+pub async fn runs(client: &Client, cmd: RunsCommand) -> Result<(), Failure> {
+    match cmd {
+        RunsCommand::List { statuses, pipeline, branch, limit, page_token, json } => {
+            let statuses = statuses
+                .iter()
+                .map(|s| {
+                    Status::from_word(s).map(|s| s as i32).ok_or_else(|| {
+                        Failure::Usage(format!("unknown status `{s}` (queued, running, success, failure, cancelled, timed_out, skipped, runner_lost)"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let req = ListRunsRequest {
+                statuses,
+                pipeline: pipeline.unwrap_or_default(),
+                branch: branch.unwrap_or_default(),
+                page: Some(PageRequest { page_size: limit, page_token: page_token.unwrap_or_default() }),
+                ..Default::default()
+            };
+            let resp = client.runs().list(req).await?.into_inner();
+            if json {
+                let runs: Vec<_> = resp.runs.iter().map(view::run_json).collect();
+                println!("{}", serde_json::json!({ "runs": runs, "next_page_token": resp.next_page_token }));
+            } else {
+                let rows: Vec<Vec<String>> = resp
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            view::word(r.status).to_string(),
+                            r.pipeline.clone(),
+                            r.source.as_ref().map(|s| s.event.clone()).unwrap_or_default(),
+                            view::local(r.times.as_ref().and_then(|t| t.created_at.as_ref())),
+                            view::duration(r.times.as_ref()),
+                        ]
+                    })
+                    .collect();
+                print!("{}", view::table(&["ID", "STATUS", "PIPELINE", "EVENT", "CREATED", "DURATION"], &rows));
+                if !resp.next_page_token.is_empty() {
+                    eprintln!("more: --page-token {}", resp.next_page_token);
+                }
+            }
+            Ok(())
+        }
+        RunsCommand::Get { id, json } => {
+            let run = client.runs().get(GetRunRequest { id }).await?.into_inner();
+            print_run(&run, json);
+            Ok(())
+        }
+        RunsCommand::Cancel { id } => cancel(client, id).await,
+        RunsCommand::Retry { id } => retry(client, id, false).await,
+    }
+}
+
+fn print_run(run: &Run, json: bool) {
+    if json {
+        println!("{}", view::run_json(run));
+    } else {
+        print!("{}", view::run_text(run));
+    }
+}
+
+/// `viaduct cancel ID`.
+pub async fn cancel(client: &Client, id: String) -> Result<(), Failure> {
+    let run = client.runs().cancel(CancelRunRequest { id }).await?.into_inner();
+    println!("run {} {}", run.id, view::word(run.status));
+    Ok(())
+}
+
+/// `viaduct retry ID [--follow]`.
+pub async fn retry(client: &Client, id: String, follow: bool) -> Result<(), Failure> {
+    let run = client.runs().retry(RetryRunRequest { id: id.clone() }).await?.into_inner();
+    if follow {
+        return follow_outcome(client, &id).await;
+    }
+    println!("run {} {}", run.id, view::word(run.status));
+    Ok(())
+}
+
+/// `viaduct watch`.
+pub async fn watch(client: &Client, run: Option<String>, after: u64, json: bool) -> Result<(), Failure> {
+    let req = WatchRequest { after_cursor: after, run_id: run.unwrap_or_default(), from_start: false };
+    let mut stream = client.runs().watch(req).await?.into_inner();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        let (kind, id, status, name) = match &ev.change {
+            Some(Change::Run(r)) => ("run", r.id.clone(), r.status, r.pipeline.clone()),
+            Some(Change::Job(j)) => ("job", j.id.clone(), j.status, j.name.clone()),
+            Some(Change::Step(s)) => ("step", s.id.clone(), s.status, s.name.clone()),
+            None => continue,
+        };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"cursor": ev.cursor, "kind": kind, "id": id, "status": view::word(status), "name": name})
+            );
+        } else {
+            println!("{:>8}  {kind:<4}  {id:<12}  {:<11}  {name}", ev.cursor, view::word(status));
+        }
+    }
+    Ok(())
+}
+
+/// `viaduct runners …`.
+pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure> {
+    match cmd {
+        RunnersCommand::List { json } => {
+            let list = client.runners().list(ListRunnersRequest {}).await?.into_inner().runners;
+            if json {
+                let v: Vec<_> = list.iter().map(view::runner_json).collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        let state = match (r.connected, r.draining) {
+                            (true, true) => "draining",
+                            (true, false) => "online",
+                            (false, _) => "offline",
+                        };
+                        vec![
+                            r.id.clone(),
+                            r.name.clone(),
+                            state.to_string(),
+                            r.labels.join(","),
+                            format!("{}/{}", r.jobs.len(), r.slots),
+                            view::local(r.last_seen.as_ref()),
+                        ]
+                    })
+                    .collect();
+                print!("{}", view::table(&["ID", "NAME", "STATE", "LABELS", "JOBS", "LAST SEEN"], &rows));
+            }
+            Ok(())
+        }
+        RunnersCommand::Drain { id, undo } => {
+            let r = client.runners().drain(DrainRunnerRequest { id, drain: !undo }).await?.into_inner();
+            println!("runner {} {}", r.id, if r.draining { "draining" } else { "accepting jobs" });
+            Ok(())
+        }
+        RunnersCommand::Remove { id } => {
+            client.runners().remove(GetRunnerRequest { id: id.clone() }).await?;
+            println!("runner {id} removed");
+            Ok(())
+        }
+        RunnersCommand::Token { reusable } => {
+            let t = client.runners().create_registration_token(CreateRegistrationTokenRequest { reusable }).await?;
+            println!("{}", t.into_inner().token);
+            Ok(())
+        }
+    }
+}
+
+/// `viaduct pipelines …`.
+pub async fn pipelines(client: &Client, cmd: PipelinesCommand) -> Result<(), Failure> {
+    match cmd {
+        PipelinesCommand::List => {
+            let list = client.pipelines().list(ListPipelinesRequest::default()).await?.into_inner().pipelines;
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.jobs.join(","),
+                        view::local(p.times.as_ref().and_then(|t| t.finished_at.as_ref())),
+                    ]
+                })
+                .collect();
+            print!("{}", view::table(&["NAME", "JOBS", "UPDATED"], &rows));
+            Ok(())
+        }
+        PipelinesCommand::Get { name } => {
+            print!("{}", client.pipelines().get(GetPipelineRequest { name }).await?.into_inner().yaml);
+            Ok(())
+        }
+        PipelinesCommand::Create { name, file, update } => {
+            let req = CreatePipelineRequest { name, yaml: read(&file)? };
+            let p = if update { client.pipelines().update(req).await? } else { client.pipelines().create(req).await? };
+            println!("pipeline {} stored ({} jobs)", p.get_ref().name, p.get_ref().jobs.len());
+            Ok(())
+        }
+        PipelinesCommand::Delete { name } => {
+            client.pipelines().delete(GetPipelineRequest { name: name.clone() }).await?;
+            println!("pipeline {name} deleted");
+            Ok(())
+        }
+        PipelinesCommand::Trigger { name, inputs, follow } => {
+            let req = TriggerRequest { pipeline: name, inputs: inputs.into_iter().collect(), priority: None };
+            let id = client.runs().trigger(req).await?.into_inner().run_id;
+            if follow {
+                eprintln!("run {id} started");
+                return follow_outcome(client, &id).await;
+            }
+            println!("{id}");
+            Ok(())
+        }
+    }
+}

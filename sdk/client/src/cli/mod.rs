@@ -1,0 +1,100 @@
+//! The `viaduct` command-line tool, on top of the SDK.
+
+pub mod args;
+pub mod commands;
+pub mod view;
+
+use std::process::ExitCode;
+
+use viaduct_sdk::Client;
+
+use self::args::{Cli, Command};
+
+/// How a command failed, and so the exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// The run ended without success (exit 1).
+    RunFailed(String),
+    /// Bad arguments or unreadable files (exit 2).
+    Usage(String),
+    /// Invalid input, e.g. a pipeline file with errors (exit 2); the
+    /// details were printed already when the message is empty.
+    Invalid(String),
+    /// The server could not be reached or refused (exit 3).
+    Server(String),
+}
+
+impl From<viaduct_sdk::Error> for Failure {
+    fn from(e: viaduct_sdk::Error) -> Self {
+        match &e {
+            viaduct_sdk::Error::Status(s) => Self::from(s.clone()),
+            viaduct_sdk::Error::InvalidUrl { .. } | viaduct_sdk::Error::InvalidToken => Self::Usage(e.to_string()),
+            _ => Self::Server(e.to_string()),
+        }
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            // A pipeline's errors are one per line, file:line:column first.
+            tonic::Code::InvalidArgument => Self::Invalid(s.message().to_string()),
+            tonic::Code::NotFound | tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
+                Self::Usage(viaduct_sdk::status_line(&s))
+            }
+            tonic::Code::Unauthenticated => Self::Server(format!(
+                "{} (pass a token with --token, VIADUCT_TOKEN or --token-file)",
+                viaduct_sdk::status_line(&s)
+            )),
+            _ => Self::Server(viaduct_sdk::status_line(&s)),
+        }
+    }
+}
+
+impl Failure {
+    /// Prints the failure (one line, or the pipeline's error lines) and
+    /// returns the exit status.
+    pub fn report(self) -> ExitCode {
+        let (msg, code) = match self {
+            Self::RunFailed(m) => (m, 1),
+            Self::Usage(m) => (format!("viaduct: {m}"), 2),
+            Self::Invalid(m) => (m, 2),
+            Self::Server(m) => (format!("viaduct: {m}"), 3),
+        };
+        if !msg.is_empty() {
+            eprintln!("{msg}");
+        }
+        ExitCode::from(code)
+    }
+}
+
+fn token(cli: &Cli) -> Result<Option<String>, Failure> {
+    if let Some(t) = &cli.token {
+        return Ok(Some(t.clone()));
+    }
+    match &cli.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| Failure::Usage(format!("cannot read the token file {}: {e}", f.display()))),
+        None => Ok(None),
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Validate { files } = &cli.command {
+        return commands::validate(files);
+    }
+    let client = Client::connect(&cli.server, token(&cli)?).await?;
+    match cli.command {
+        Command::Submit(a) => commands::submit(&client, a).await,
+        Command::Validate { .. } => Ok(()),
+        Command::Runs(c) => commands::runs(&client, c).await,
+        Command::Logs { id, follow } => commands::print_logs(&client, &id, follow).await,
+        Command::Cancel { id } => commands::cancel(&client, id).await,
+        Command::Retry { id, follow } => commands::retry(&client, id, follow).await,
+        Command::Watch { run, after, json } => commands::watch(&client, run, after, json).await,
+        Command::Runners(c) => commands::runners(&client, c).await,
+        Command::Pipelines(c) => commands::pipelines(&client, c).await,
+    }
+}

@@ -1,0 +1,186 @@
+//! How runs, jobs, steps and runners are shown: JSON (stable field names,
+//! statuses as lower-case words, times as RFC 3339) and text for people.
+
+use std::fmt::Write;
+
+use prost_types::Timestamp;
+use serde_json::{Value, json};
+use viaduct_sdk::proto::{
+    StatusWord,
+    v1::{Job, Run, Runner, Status, Step, Times},
+};
+
+/// A status as its word.
+pub fn word(status: i32) -> &'static str {
+    Status::try_from(status).map_or("unspecified", StatusWord::word)
+}
+
+fn ts(t: Option<&Timestamp>) -> Option<jiff::Timestamp> {
+    t.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
+}
+
+fn rfc3339(t: Option<&Timestamp>) -> Value {
+    ts(t).map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+/// Local wall-clock time, or "-".
+pub fn local(t: Option<&Timestamp>) -> String {
+    ts(t).map_or_else(
+        || "-".to_string(),
+        |t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+/// Elapsed time of something that started (until it finished, or now).
+pub fn duration(times: Option<&Times>) -> String {
+    let Some(times) = times else { return "-".into() };
+    let Some(start) = ts(times.started_at.as_ref()) else { return "-".into() };
+    let end = ts(times.finished_at.as_ref()).unwrap_or_else(jiff::Timestamp::now);
+    let ms = (end.as_millisecond() - start.as_millisecond()).max(0);
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+fn times_json(t: Option<&Times>) -> (Value, Value, Value) {
+    let t = t.cloned().unwrap_or_default();
+    (rfc3339(t.created_at.as_ref()), rfc3339(t.started_at.as_ref()), rfc3339(t.finished_at.as_ref()))
+}
+
+/// A step as JSON.
+pub fn step_json(s: &Step) -> Value {
+    let (_, started, finished) = times_json(s.times.as_ref());
+    json!({
+        "id": s.id, "index": s.index, "name": s.name, "status": word(s.status), "exit_code": s.exit_code,
+        "kind": s.kind, "attempt": s.attempt, "started_at": started, "finished_at": finished,
+        "log_size": s.log_size, "message": s.message, "outputs": s.outputs, "summary": s.summary,
+    })
+}
+
+/// A job as JSON (with steps when present).
+pub fn job_json(j: &Job) -> Value {
+    let (created, started, finished) = times_json(j.times.as_ref());
+    json!({
+        "id": j.id, "key": j.key, "name": j.name, "status": word(j.status), "attempt": j.attempt,
+        "max_attempts": j.max_attempts, "runner_id": j.runner_id, "needs": j.needs, "matrix": j.matrix,
+        "runs_on": j.runs_on, "priority": j.priority, "image": j.image, "message": j.message,
+        "created_at": created, "started_at": started, "finished_at": finished,
+        "previous_attempts": j.previous_attempts.iter().map(|a| json!({
+            "attempt": a.attempt, "status": word(a.status), "runner_id": a.runner_id, "message": a.message,
+        })).collect::<Vec<_>>(),
+        "steps": j.steps.iter().map(step_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A run as JSON.
+pub fn run_json(r: &Run) -> Value {
+    let (created, started, finished) = times_json(r.times.as_ref());
+    let src = r.source.clone().unwrap_or_default();
+    json!({
+        "id": r.id, "pipeline": r.pipeline, "status": word(r.status), "priority": r.priority,
+        "event": src.event, "repo": src.repo, "ref": src.r#ref, "branch": src.branch, "commit": src.commit,
+        "created_at": created, "started_at": started, "finished_at": finished, "error": r.error,
+        "inputs": r.inputs, "jobs": r.jobs.iter().map(job_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A runner as JSON.
+pub fn runner_json(r: &Runner) -> Value {
+    json!({
+        "id": r.id, "name": r.name, "labels": r.labels, "slots": r.slots, "executors": r.executors,
+        "connected": r.connected, "draining": r.draining, "jobs": r.jobs, "version": r.version,
+        "hostname": r.hostname, "last_seen": rfc3339(r.last_seen.as_ref()),
+    })
+}
+
+fn mark(status: i32) -> &'static str {
+    match Status::try_from(status).unwrap_or(Status::Unspecified) {
+        Status::Success => "✓",
+        Status::Failure | Status::TimedOut | Status::RunnerLost => "✗",
+        Status::Cancelled => "⊘",
+        Status::Skipped => "-",
+        Status::Running => "▶",
+        _ => "·",
+    }
+}
+
+/// A run as a tree of jobs and steps, for people.
+pub fn run_text(r: &Run) -> String {
+    let mut out = String::new();
+    let src = r.source.clone().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "run {}  {}  {}  ({})  created {}  took {}",
+        r.id,
+        word(r.status),
+        r.pipeline,
+        src.event,
+        local(r.times.as_ref().and_then(|t| t.created_at.as_ref())),
+        duration(r.times.as_ref())
+    );
+    if !r.error.is_empty() {
+        let _ = writeln!(out, "  error: {}", r.error);
+    }
+    for j in &r.jobs {
+        let attempt = if j.attempt > 1 { format!("  attempt {}/{}", j.attempt, j.max_attempts) } else { String::new() };
+        let _ = writeln!(
+            out,
+            "  {} {}  [{}]  {}  {}{}",
+            mark(j.status),
+            j.name,
+            j.id,
+            word(j.status),
+            duration(j.times.as_ref()),
+            attempt
+        );
+        if !j.message.is_empty() {
+            let _ = writeln!(out, "      {}", j.message);
+        }
+        for s in &j.steps {
+            let code = s.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "      {} {}. {}  {}{}  {}",
+                mark(s.status),
+                s.index,
+                s.name,
+                word(s.status),
+                code,
+                duration(s.times.as_ref())
+            );
+        }
+    }
+    out
+}
+
+/// Rows as aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let _ = write!(s, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.iter().map(ToString::to_string).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}

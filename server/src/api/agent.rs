@@ -1,0 +1,194 @@
+//! `viaduct.v1.RunnerAgent`: registration and the runner's Connect stream.
+//!
+//! Per connection, one task reads the runner's messages in order and applies
+//! them; an acknowledger task batches the acknowledgements and sends them
+//! once the writes they cover are fsynced (one fsync for many reports).
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::Stream;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+use viaduct_proto::v1::{
+    Ack, JobSignal, LogAck, RegisterRequest, RegisterResponse, RunnerMessage, ServerMessage, UpdateAck,
+    runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
+};
+
+use crate::{
+    auth::Auth,
+    engine::{Engine, RunnerHello, reports::Report},
+    error::Error,
+    store::{Ticket, keys::JobKey},
+};
+
+/// The RunnerAgent service.
+pub struct AgentApi {
+    engine: Arc<Engine>,
+    auth: Arc<Auth>,
+}
+
+impl AgentApi {
+    /// The service over `engine`, authenticating with `auth`.
+    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>) -> Self {
+        Self { engine, auth }
+    }
+}
+
+enum Pending {
+    Log(LogAck),
+    Update(UpdateAck),
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+fn job_refs(refs: &[viaduct_proto::v1::JobRef]) -> Result<Vec<(JobKey, u32)>, Error> {
+    refs.iter().map(|r| Ok((JobKey::parse(&r.job_id)?, r.attempt))).collect()
+}
+
+fn abandon(job: Option<viaduct_proto::v1::JobRef>, reason: &str) -> ServerMessage {
+    ServerMessage { msg: Some(Out::Abandon(JobSignal { job, reason: reason.to_string() })) }
+}
+
+#[tonic::async_trait]
+impl RunnerAgent for AgentApi {
+    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let r = req.into_inner();
+        if r.name.len() > 200 || r.labels.len() > 100 {
+            return Err(Error::invalid("name or labels too long").into());
+        }
+        let (runner_id, runner_token) =
+            self.auth.register_runner(&r.registration_token, &r.name, r.labels, &r.hostname).await?;
+        tracing::info!(runner = %runner_id, name = %r.name, "runner registered");
+        Ok(Response::new(RegisterResponse { runner_id, runner_token }))
+    }
+
+    type ConnectStream = OutStream;
+
+    async fn connect(&self, req: Request<Streaming<RunnerMessage>>) -> Result<Response<OutStream>, Status> {
+        let runner = self.auth.runner(req.metadata())?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .map_err(|_| Error::invalid("no Hello within 30 s"))??;
+        let Some(RunnerMessage { msg: Some(In::Hello(h)) }) = first else {
+            return Err(Error::invalid("the first message on Connect must be Hello").into());
+        };
+        let hello = RunnerHello {
+            version: h.version,
+            hostname: h.hostname,
+            labels: h.labels,
+            slots: h.slots.max(1),
+            executors: h.executors,
+            active: job_refs(&h.active_jobs)?,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = self.engine.runner_connected(&runner, hello, tx.clone())?;
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let span = tracing::info_span!("runner", runner = %runner, conn);
+        tokio::spawn(acknowledge(Arc::clone(&self.engine), ack_rx, tx.clone()).instrument(span.clone()));
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(
+            async move {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(m)) => {
+                            if let Err(e) = apply(&engine, &runner, conn, m, &tx, &ack_tx) {
+                                if matches!(e, Error::Unauthenticated(_)) {
+                                    tracing::info!(error = %e, "closing runner stream");
+                                    break;
+                                }
+                                tracing::warn!(error = %e, "bad message from runner");
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "runner stream broke");
+                            break;
+                        }
+                    }
+                }
+                engine.runner_disconnected(&runner, conn);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// Applies one runner message.
+fn apply(
+    engine: &Engine,
+    runner: &str,
+    conn: u64,
+    m: RunnerMessage,
+    tx: &UnboundedSender<ServerMessage>,
+    acks: &UnboundedSender<(Ticket, Pending)>,
+) -> Result<(), Error> {
+    let stale = |job| {
+        let _ = tx.send(abandon(job, "this attempt no longer holds its lease"));
+    };
+    match m.msg {
+        Some(In::Heartbeat(h)) => {
+            for (job, attempt) in engine.heartbeat(runner, conn, &job_refs(&h.active_jobs)?)? {
+                stale(Some(crate::engine::job_ref(job, attempt)));
+            }
+        }
+        Some(In::Step(u)) => match engine.step_update(runner, &u)? {
+            Report::Accepted(t) => {
+                let _ = acks
+                    .send((t, Pending::Update(UpdateAck { job: u.job, step_index: u.step_index, status: u.status })));
+            }
+            _ => stale(u.job),
+        },
+        Some(In::Job(u)) => match engine.job_update(runner, &u)? {
+            Report::Accepted(t) => {
+                let _ = acks.send((t, Pending::Update(UpdateAck { job: u.job, step_index: 0, status: u.status })));
+            }
+            _ => stale(u.job),
+        },
+        Some(In::Log(d)) => match engine.log_data(runner, &d)? {
+            Report::Logged(t, offset) => {
+                let _ = acks.send((t, Pending::Log(LogAck { job: d.job, step_index: d.step_index, offset })));
+            }
+            _ => stale(d.job),
+        },
+        Some(In::Hello(_)) => return Err(Error::invalid("Hello may only be sent first")),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Sends acknowledgements once durable, batching everything that queued up
+/// while the previous fsync ran.
+async fn acknowledge(
+    engine: Arc<Engine>,
+    mut rx: UnboundedReceiver<(Ticket, Pending)>,
+    tx: UnboundedSender<ServerMessage>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let newest = batch.iter().map(|(t, _)| *t).max().expect("batch is not empty");
+        engine.store().wait_durable(newest).await;
+        let mut ack = Ack::default();
+        for (_, p) in batch {
+            match p {
+                Pending::Log(l) => {
+                    // Keep only the furthest offset per step.
+                    match ack.logs.iter_mut().find(|a| a.job == l.job && a.step_index == l.step_index) {
+                        Some(a) => a.offset = a.offset.max(l.offset),
+                        None => ack.logs.push(l),
+                    }
+                }
+                Pending::Update(u) => ack.updates.push(u),
+            }
+        }
+        if tx.send(ServerMessage { msg: Some(Out::Ack(ack)) }).is_err() {
+            break;
+        }
+    }
+}

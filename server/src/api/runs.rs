@@ -1,0 +1,162 @@
+//! `viaduct.v1.Runs`: submit, trigger, inspect, cancel, retry and watch.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use viaduct_proto::v1::{
+    CancelRunRequest, GetRunRequest, ListRunsRequest, ListRunsResponse, RetryRunRequest, Run, RunEvent, RunSource,
+    SubmitRequest, SubmitResponse, TriggerRequest, WatchRequest, runs_server::Runs, submit_request,
+};
+
+use crate::{
+    engine::{Engine, read::RunQuery},
+    error::{Error, Result},
+    planning::{self, Trigger},
+    store::keys::RunId,
+};
+
+/// Largest pipeline file accepted.
+pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
+
+/// The Runs service.
+pub struct RunsApi {
+    engine: Arc<Engine>,
+}
+
+impl RunsApi {
+    /// The service over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    async fn start(&self, new: crate::engine::plan::NewRun) -> Result<SubmitResponse> {
+        let id = self.engine.create_run(new).await?;
+        Ok(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) })
+    }
+}
+
+fn priority(p: Option<u32>) -> Result<Option<u32>> {
+    match p {
+        Some(p) if p > 10 => Err(Error::invalid(format!("priority must be 0–10, got {p}"))),
+        p => Ok(p),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Runs for RunsApi {
+    async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let r = req.into_inner();
+        let trigger = Trigger {
+            source: RunSource { event: "api".into(), ..Default::default() },
+            inputs: r.inputs.into_iter().collect(),
+            priority: priority(r.priority)?,
+            pipeline_ref: String::new(),
+        };
+        let new = match r.source {
+            Some(submit_request::Source::PipelineYaml(yaml)) => {
+                if yaml.len() > MAX_PIPELINE_BYTES {
+                    return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")).into());
+                }
+                let file = if r.file_name.is_empty() { "pipeline.yml" } else { r.file_name.as_str() };
+                planning::from_yaml(file, &yaml, &trigger)?
+            }
+            Some(submit_request::Source::Job(job)) => planning::from_inline(&job, &trigger)?,
+            None => return Err(Error::invalid("set `pipeline_yaml` or `job`").into()),
+        };
+        Ok(Response::new(self.start(new).await?))
+    }
+
+    async fn trigger(&self, req: Request<TriggerRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let r = req.into_inner();
+        let stored = crate::api::pipelines::load(&self.engine, &r.pipeline)?;
+        let trigger = Trigger {
+            source: RunSource { event: "manual".into(), ..Default::default() },
+            inputs: r.inputs.into_iter().collect(),
+            priority: priority(r.priority)?,
+            pipeline_ref: r.pipeline.clone(),
+        };
+        let new = planning::from_yaml(&format!("{}.yml", r.pipeline), &stored.yaml, &trigger)?;
+        Ok(Response::new(self.start(new).await?))
+    }
+
+    async fn get(&self, req: Request<GetRunRequest>) -> Result<Response<Run>, Status> {
+        let id = RunId::parse(&req.into_inner().id)?;
+        Ok(Response::new(self.engine.get_run(id)?))
+    }
+
+    async fn list(&self, req: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
+        let r = req.into_inner();
+        let statuses = r.statuses().collect();
+        let page = r.page.unwrap_or_default();
+        let q = RunQuery {
+            statuses,
+            pipeline: r.pipeline,
+            repo: r.repo,
+            branch: r.branch,
+            page_size: page.page_size,
+            page_token: page.page_token,
+        };
+        let (runs, next_page_token) = self.engine.list_runs(&q)?;
+        Ok(Response::new(ListRunsResponse { runs, next_page_token }))
+    }
+
+    async fn cancel(&self, req: Request<CancelRunRequest>) -> Result<Response<Run>, Status> {
+        let id = RunId::parse(&req.into_inner().id)?;
+        self.engine.cancel_run(id).await?;
+        Ok(Response::new(self.engine.get_run(id)?))
+    }
+
+    async fn retry(&self, req: Request<RetryRunRequest>) -> Result<Response<Run>, Status> {
+        let id = RunId::parse(&req.into_inner().id)?;
+        self.engine.retry_run(id).await?;
+        Ok(Response::new(self.engine.get_run(id)?))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
+        let run = if r.run_id.is_empty() { None } else { Some(RunId::parse(&r.run_id)?) };
+        if let Some(id) = run {
+            self.engine.get_run(id)?;
+        }
+        let mut cursor = r.after_cursor;
+        if cursor == 0 && !r.from_start {
+            cursor = *self.engine.signals().events.borrow();
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move {
+            let mut changes = engine.signals().events.subscribe();
+            loop {
+                changes.borrow_and_update();
+                let (events, scanned) = match engine.events_after(cursor, run, 1000) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for ev in events {
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                if scanned != cursor {
+                    cursor = scanned;
+                    continue;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,136 @@
+//! Stored records → public API messages. The only place that knows both.
+
+use prost_types::Timestamp;
+use viaduct_proto::v1::{self, StepPlan, step_plan::Action};
+
+use crate::store::{
+    keys::{JobKey, RunId, StepKey},
+    records::{AttemptRecord, JobRecord, RunRecord, RunnerRecord, StepRecord},
+};
+
+/// A millisecond time as a protobuf timestamp; `None` for 0 ("not yet").
+pub fn timestamp(ms: i64) -> Option<Timestamp> {
+    (ms > 0).then(|| Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 })
+}
+
+fn times(created: i64, started: i64, finished: i64) -> Option<v1::Times> {
+    Some(v1::Times { created_at: timestamp(created), started_at: timestamp(started), finished_at: timestamp(finished) })
+}
+
+/// A run without its jobs.
+pub fn run(id: RunId, r: &RunRecord) -> v1::Run {
+    v1::Run {
+        id: id.to_string(),
+        pipeline: r.pipeline.clone(),
+        status: r.status,
+        priority: r.priority,
+        source: r.source.clone(),
+        times: times(r.created_ms, r.started_ms, r.finished_ms),
+        jobs: Vec::new(),
+        error: r.error.clone(),
+        inputs: r.inputs.clone(),
+        pipeline_ref: r.pipeline_ref.clone(),
+        concurrency_group: r.concurrency_group.clone(),
+    }
+}
+
+/// A job without its steps.
+pub fn job(key: JobKey, j: &JobRecord) -> v1::Job {
+    v1::Job {
+        id: key.to_string(),
+        run_id: key.run.to_string(),
+        key: j.key.clone(),
+        name: j.name.clone(),
+        status: j.status,
+        matrix: j.matrix.clone(),
+        needs: j.needs.iter().map(|n| JobKey::new(key.run, *n).to_string()).collect(),
+        runs_on: j.runs_on.clone(),
+        priority: j.priority,
+        attempt: j.attempt,
+        max_attempts: j.max_attempts,
+        runner_id: j.runner_id.clone(),
+        times: times(j.created_ms, j.started_ms, j.finished_ms),
+        steps: Vec::new(),
+        message: j.message.clone(),
+        image: j.image.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+        previous_attempts: j.previous_attempts.iter().map(attempt).collect(),
+    }
+}
+
+fn attempt(a: &AttemptRecord) -> v1::Attempt {
+    v1::Attempt {
+        attempt: a.attempt,
+        status: a.status,
+        runner_id: a.runner_id.clone(),
+        times: times(0, a.started_ms, a.finished_ms),
+        message: a.message.clone(),
+    }
+}
+
+/// A step; `log_size` is the live length for a running step.
+pub fn step(key: StepKey, s: &StepRecord, log_size: u64) -> v1::Step {
+    v1::Step {
+        id: key.to_string(),
+        job_id: key.job.to_string(),
+        index: key.index,
+        name: s.name.clone(),
+        status: s.status,
+        exit_code: s.exit_code,
+        times: times(0, s.started_ms, s.finished_ms),
+        kind: s.kind.clone(),
+        detail: s.detail.clone(),
+        log_size,
+        summary: s.summary.clone(),
+        outputs: s.outputs.clone(),
+        message: s.message.clone(),
+        attempt: key.attempt,
+    }
+}
+
+/// The fresh (pending) record of a planned step.
+pub fn new_step(plan: &StepPlan) -> StepRecord {
+    let (kind, detail) = match &plan.action {
+        Some(Action::Run(r)) => ("run", r.script.clone()),
+        Some(Action::Uses(u)) => {
+            ("uses", if u.version.is_empty() { u.plugin.clone() } else { format!("{}@{}", u.plugin, u.version) })
+        }
+        None => ("run", String::new()),
+    };
+    StepRecord {
+        schema: crate::store::records::SCHEMA_VERSION,
+        name: plan.name.clone(),
+        status: v1::Status::Pending as i32,
+        kind: kind.to_string(),
+        detail,
+        ..Default::default()
+    }
+}
+
+/// A runner as admins see it.
+pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runner {
+    let connected = live.is_some();
+    let live = live.unwrap_or_default();
+    v1::Runner {
+        id: id.to_string(),
+        name: r.name.clone(),
+        labels: r.labels.clone(),
+        slots: r.slots,
+        executors: r.executors.clone(),
+        connected,
+        draining: r.draining,
+        jobs: live.jobs,
+        last_seen: timestamp(live.last_seen_ms.max(r.last_seen_ms)),
+        registered_at: timestamp(r.registered_ms),
+        version: r.version.clone(),
+        hostname: r.hostname.clone(),
+    }
+}
+
+/// What only a connected runner has.
+#[derive(Default)]
+pub struct LiveRunner {
+    /// Ids of jobs it runs.
+    pub jobs: Vec<String>,
+    /// Its latest heartbeat.
+    pub last_seen_ms: i64,
+}

@@ -1,0 +1,172 @@
+//! Matching queued jobs to connected runners and assigning them.
+//!
+//! Dispatch walks the queue in order (see `queue`) and gives each job to the
+//! connected, non-draining runner that has every label in its `runs_on`, the
+//! executor it needs and a free slot — the one with the most free slots, to
+//! spread load. It stops as soon as no runner has a free slot. Global and
+//! per-pipeline limits on running jobs apply here. A job that fits no
+//! runner stays queued, without blocking the jobs behind it.
+//!
+//! Assignment is pushed over the runner's open stream, after the commit that
+//! records it: there is no polling anywhere on this path.
+
+use std::collections::HashMap;
+
+use viaduct_proto::v1::{JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
+
+use super::{Lease, queue::QueuedJob, tx::Tx};
+use crate::{
+    error::Result,
+    store::{keys::JobKey, now_ms},
+};
+
+impl Tx<'_> {
+    /// Assigns as many queued jobs as runners can take now.
+    pub(crate) fn dispatch(&mut self) -> Result<()> {
+        let mut free: HashMap<&str, u32> = HashMap::new();
+        for (id, c) in &self.st.runners {
+            if c.draining {
+                continue;
+            }
+            let busy = self.st.jobs_of(id).count() as u32;
+            if c.slots > busy {
+                free.insert(id.as_str(), c.slots - busy);
+            }
+        }
+        let mut total_free: u32 = free.values().sum();
+        if total_free == 0 || self.st.queue.len() == 0 {
+            return Ok(());
+        }
+        let cfg = &self.sh.cfg;
+        let mut running = self.st.leases.len();
+        let mut per_pipeline: HashMap<&str, usize> = HashMap::new();
+        if cfg.max_running_per_pipeline > 0 {
+            for l in self.st.leases.values() {
+                *per_pipeline.entry(l.pipeline.as_str()).or_default() += 1;
+            }
+        }
+        let now = now_ms();
+        let mut picks: Vec<(QueuedJob, String)> = Vec::new();
+        for q in self.st.queue.iter() {
+            if total_free == 0 || (cfg.max_running_jobs > 0 && running >= cfg.max_running_jobs) {
+                break;
+            }
+            if q.not_before_ms > now {
+                continue;
+            }
+            if cfg.max_running_per_pipeline > 0
+                && per_pipeline.get(q.pipeline.as_str()).copied().unwrap_or(0) >= cfg.max_running_per_pipeline
+            {
+                continue;
+            }
+            let best = self
+                .st
+                .runners
+                .iter()
+                .filter(|(id, c)| {
+                    free.get(id.as_str()).is_some_and(|f| *f > 0)
+                        && c.executors.contains(q.executor)
+                        && q.runs_on.iter().all(|l| c.labels.contains(l))
+                })
+                .max_by_key(|(id, _)| free.get(id.as_str()).copied().unwrap_or(0))
+                .map(|(id, _)| id.as_str());
+            let Some(runner) = best else { continue };
+            if let Some(f) = free.get_mut(runner) {
+                *f -= 1;
+            }
+            total_free -= 1;
+            running += 1;
+            *per_pipeline.entry(q.pipeline.as_str()).or_default() += 1;
+            picks.push((q.clone(), runner.to_string()));
+        }
+        for (q, runner) in picks {
+            self.assign(q, &runner)?;
+        }
+        Ok(())
+    }
+
+    /// Leases a queued job to `runner` and sends it the assignment.
+    fn assign(&mut self, q: QueuedJob, runner: &str) -> Result<()> {
+        let key = q.job;
+        self.dequeue(key);
+        let now = now_ms();
+        let run = self.run(key.run)?;
+        if run.started_ms == 0 {
+            run.started_ms = now;
+        }
+        let run = run.clone();
+        let job = self.job(key)?;
+        job.status = Status::Running as i32;
+        job.runner_id = runner.to_string();
+        job.started_ms = now;
+        job.message.clear();
+        let job = job.clone();
+        self.rollup(key.run)?;
+        let expires = std::time::Instant::now() + self.sh.cfg.lease_ttl;
+        self.st.leases.insert(
+            key,
+            Lease {
+                attempt: job.attempt,
+                runner: runner.to_string(),
+                expires,
+                pipeline: q.pipeline,
+                steps: job.steps.len() as u32,
+            },
+        );
+        self.sh.signals.timer.notify_one();
+        tracing::debug!(job = %key, attempt = job.attempt, runner, "job assigned");
+
+        let mut env = job.env.clone();
+        let vars = [
+            ("CI", "true".to_string()),
+            ("VIADUCT", "true".to_string()),
+            ("VIADUCT_RUN_ID", key.run.to_string()),
+            ("VIADUCT_JOB_ID", key.to_string()),
+            ("VIADUCT_JOB_NAME", job.name.clone()),
+            ("VIADUCT_JOB_KEY", job.key.clone()),
+            ("VIADUCT_ATTEMPT", job.attempt.to_string()),
+            ("VIADUCT_PIPELINE", run.pipeline.clone()),
+            ("VIADUCT_EVENT", run.source.as_ref().map(|s| s.event.clone()).unwrap_or_default()),
+        ];
+        env.extend(vars.into_iter().map(|(k, v)| (k.to_string(), v)));
+        if let Some(src) = &run.source {
+            for (k, v) in [
+                ("VIADUCT_REPO", &src.repo),
+                ("VIADUCT_REF", &src.r#ref),
+                ("VIADUCT_BRANCH", &src.branch),
+                ("VIADUCT_TAG", &src.tag),
+                ("VIADUCT_COMMIT", &src.commit),
+            ] {
+                if !v.is_empty() {
+                    env.insert(k.to_string(), v.clone());
+                }
+            }
+        }
+        let assignment = JobAssignment {
+            job: Some(JobRef { job_id: key.to_string(), attempt: job.attempt }),
+            run_id: key.run.to_string(),
+            job_name: job.name.clone(),
+            job_key: job.key.clone(),
+            steps: job.steps.clone(),
+            env,
+            timeout_ms: job.timeout_ms,
+            image: job.image.clone(),
+            secrets: HashMap::new(),
+            context: job.context.clone().map(|mut c| {
+                c.run_id = key.run.to_string();
+                c
+            }),
+            logs: Vec::new(),
+        };
+        if let Some(conn) = self.st.runners.get(runner) {
+            let to = conn.tx.clone();
+            self.send(&to, ServerMessage { msg: Some(Msg::Assign(assignment)) });
+        }
+        Ok(())
+    }
+}
+
+/// Whether `runner` holds the lease of `attempt` of `job`.
+pub(crate) fn holds(st: &super::State, runner: &str, job: JobKey, attempt: u32) -> bool {
+    st.leases.get(&job).is_some_and(|l| l.attempt == attempt && l.runner == runner)
+}

@@ -1,0 +1,354 @@
+//! The engine: runs, jobs and steps, the queue, runner sessions and leases.
+//!
+//! The API handlers translate requests into calls on [`Engine`]; the engine
+//! never sees gRPC requests and the handlers never see records. Every state
+//! transition happens under one lock in a [`tx::Tx`] and is committed to
+//! sled atomically before anything is sent to a runner or a watcher.
+//!
+//! Submodules by responsibility:
+//! - [`plan`]: a pipeline plan or inline job → new run, jobs, steps;
+//! - `lifecycle`: readiness, retries, finishing, cancelling, rolling up;
+//! - `dispatch`: matching queued jobs to runners and assigning them;
+//! - `session`: runner connections, heartbeats, resume, drain/remove;
+//! - `reports`: step/job updates and log data from runners;
+//! - [`read`]: queries for the API (get, list, follow scopes);
+//! - `queue`, [`index`], `tx`: the dispatch order, run indexes, the unit of
+//!   work.
+
+mod condition;
+pub mod index;
+mod lifecycle;
+pub mod plan;
+mod queue;
+pub mod read;
+pub mod reports;
+mod session;
+mod tx;
+
+mod dispatch;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, mpsc::UnboundedSender, watch};
+use viaduct_proto::v1::{ServerMessage, Status};
+
+pub use self::session::RunnerHello;
+pub(crate) use self::session::job_ref;
+use self::{
+    queue::{Queue, QueuedJob},
+    tx::Tx,
+};
+use crate::{
+    error::Result,
+    store::{
+        Store, T, Ticket, decode,
+        keys::{JobKey, RunId},
+        records::{JobRecord, QueueRecord, RunRecord},
+    },
+};
+
+/// Scheduling settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A job's lease lapses when its runner is silent this long.
+    pub lease_ttl: Duration,
+    /// How often runners heartbeat.
+    pub heartbeat_interval: Duration,
+    /// One priority level gained per this much waiting (see `queue`).
+    pub priority_aging: Duration,
+    /// Most jobs running at once across the fleet (0 = no limit).
+    pub max_running_jobs: usize,
+    /// Most jobs of one pipeline running at once (0 = no limit).
+    pub max_running_per_pipeline: usize,
+    /// First retry delay; doubles per attempt, at most 5 minutes.
+    pub retry_backoff: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            priority_aging: Duration::from_secs(300),
+            max_running_jobs: 0,
+            max_running_per_pipeline: 0,
+            retry_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A job attempt held by a runner.
+pub(crate) struct Lease {
+    pub attempt: u32,
+    pub runner: String,
+    pub expires: Instant,
+    pub pipeline: String,
+    /// Number of steps of the job (validates step indices in reports).
+    pub steps: u32,
+}
+
+/// A connected runner.
+pub(crate) struct Conn {
+    pub conn_id: u64,
+    pub labels: HashSet<String>,
+    pub slots: u32,
+    pub executors: HashSet<String>,
+    pub draining: bool,
+    pub tx: UnboundedSender<ServerMessage>,
+    pub last_seen_ms: i64,
+}
+
+/// Everything the engine keeps in memory, under its one lock.
+pub(crate) struct State {
+    pub queue: Queue,
+    pub runners: HashMap<String, Conn>,
+    pub leases: HashMap<JobKey, Lease>,
+    /// Cursor of the next event.
+    pub next_event: u64,
+    pub next_queue_seq: u64,
+    pub next_conn: u64,
+}
+
+impl State {
+    /// Jobs leased to `runner`.
+    pub fn jobs_of<'a>(&'a self, runner: &'a str) -> impl Iterator<Item = (JobKey, u32)> + 'a {
+        self.leases.iter().filter(move |(_, l)| l.runner == runner).map(|(k, l)| (*k, l.attempt))
+    }
+}
+
+/// Wake-ups for streams that follow state: events and per-run changes.
+pub struct Signals {
+    /// Cursor of the newest event (0 = none yet).
+    pub events: watch::Sender<u64>,
+    runs: Mutex<HashMap<RunId, watch::Sender<u64>>>,
+    timer: Notify,
+}
+
+impl Signals {
+    /// A receiver that changes whenever anything of `run` changes (a state,
+    /// a log chunk).
+    pub fn subscribe_run(&self, run: RunId) -> watch::Receiver<u64> {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.entry(run).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// Wakes the followers of `run`.
+    pub fn touch_run(&self, run: RunId) {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = runs.get(&run) {
+            if tx.receiver_count() == 0 {
+                runs.remove(&run);
+            } else {
+                tx.send_modify(|v| *v += 1);
+            }
+        }
+    }
+}
+
+/// Shared, lock-free parts of the engine.
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub cfg: EngineConfig,
+    pub signals: Signals,
+}
+
+/// The engine. Cheap to share (`Arc<Engine>`).
+pub struct Engine {
+    sh: Shared,
+    state: Mutex<State>,
+}
+
+impl Engine {
+    /// Opens the engine over `store`, rebuilding the queue and leases from
+    /// disk: queued jobs are queued again, running jobs keep their runner and
+    /// get a fresh lease so their runner can reconnect and resume.
+    pub fn open(store: Arc<Store>, cfg: EngineConfig) -> Result<Arc<Self>> {
+        let next_event = match store.tree(T::Events).last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])) + 1,
+            None => 1,
+        };
+        let mut st = State {
+            queue: Queue::default(),
+            runners: HashMap::new(),
+            leases: HashMap::new(),
+            next_event,
+            next_queue_seq: 1,
+            next_conn: 1,
+        };
+        let aging = ms(cfg.priority_aging);
+        for kv in store.tree(T::Queue).iter() {
+            let (k, v) = kv?;
+            let rec: QueueRecord = decode(T::Queue, &v)?;
+            let seq = u64::from_be_bytes(k.get(1..9).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            st.next_queue_seq = st.next_queue_seq.max(seq + 1);
+            let Some(key) = JobKey::from_key(&rec.job) else { continue };
+            let Some(job) = store.get::<JobRecord>(T::Jobs, key.key())? else { continue };
+            let pipeline = store.get::<RunRecord>(T::Runs, key.run.key())?.map(|r| r.pipeline).unwrap_or_default();
+            st.queue.push(queued(key, seq, &job, pipeline), rec.queued_ms, aging);
+        }
+        let expires = Instant::now() + cfg.lease_ttl;
+        for id in index::scan(&store, index::Field::Status, &[Status::Running as u8], None) {
+            let id = id?;
+            let Some(run) = store.get::<RunRecord>(T::Runs, id.key())? else { continue };
+            for i in 1..=run.job_count {
+                let key = JobKey::new(id, i);
+                let Some(job) = store.get::<JobRecord>(T::Jobs, key.key())? else { continue };
+                if job.status() == Status::Running {
+                    st.leases.insert(
+                        key,
+                        Lease {
+                            attempt: job.attempt,
+                            runner: job.runner_id,
+                            expires,
+                            pipeline: run.pipeline.clone(),
+                            steps: job.steps.len() as u32,
+                        },
+                    );
+                }
+            }
+        }
+        tracing::info!(queued = st.queue.len(), running = st.leases.len(), next_event, "engine state recovered");
+        Ok(Arc::new(Self {
+            sh: Shared {
+                store,
+                cfg,
+                signals: Signals {
+                    events: watch::Sender::new(next_event - 1),
+                    runs: Mutex::default(),
+                    timer: Notify::new(),
+                },
+            },
+            state: Mutex::new(st),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.sh.store
+    }
+
+    /// Wake-ups for followers.
+    pub fn signals(&self) -> &Signals {
+        &self.sh.signals
+    }
+
+    /// The scheduling settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.sh.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` as one transition and commits it.
+    fn transition<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<(R, Ticket)> {
+        let mut st = self.lock();
+        let mut tx = Tx::new(&self.sh, &mut st);
+        let r = f(&mut tx)?;
+        let ticket = tx.commit()?;
+        Ok((r, ticket))
+    }
+
+    /// Starts the background task that expires leases and wakes delayed
+    /// (backed-off) jobs. It sleeps until the next deadline.
+    pub fn spawn_timer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let next = match engine.tick() {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!(error = %e, "scheduler tick failed");
+                        Some(Instant::now() + Duration::from_secs(1))
+                    }
+                };
+                let deadline = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.into()) => {}
+                    () = engine.sh.signals.timer.notified() => {}
+                }
+            }
+        })
+    }
+
+    /// Expires lapsed leases, dispatches jobs whose backoff ended, and
+    /// returns when it next needs to run.
+    fn tick(&self) -> Result<Option<Instant>> {
+        let now = Instant::now();
+        let (next, _) = self.transition(|tx| {
+            let lapsed: Vec<(JobKey, u32, String)> = tx
+                .st
+                .leases
+                .iter()
+                .filter(|(_, l)| l.expires <= now)
+                .map(|(k, l)| (*k, l.attempt, l.runner.clone()))
+                .collect();
+            for (job, attempt, runner) in lapsed {
+                tracing::warn!(job = %job, attempt, runner = %runner, "lease expired: runner silent");
+                tx.lose_job(job, attempt, &format!("runner {runner} stopped responding"))?;
+            }
+            tx.dispatch()?;
+            let lease_next = tx.st.leases.values().map(|l| l.expires).min();
+            let now_ms = crate::store::now_ms();
+            let backoff_next = tx
+                .st
+                .queue
+                .next_not_before(now_ms)
+                .map(|t| now + Duration::from_millis(u64::try_from(t - now_ms).unwrap_or(0)));
+            Ok(match (lease_next, backoff_next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
+        })?;
+        Ok(next)
+    }
+}
+
+/// A duration in whole milliseconds, as i64.
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The queue view of a job record.
+pub(crate) fn queued(key: JobKey, seq: u64, job: &JobRecord, pipeline: String) -> QueuedJob {
+    QueuedJob {
+        job: key,
+        seq,
+        priority: job.priority,
+        runs_on: job.runs_on.clone(),
+        executor: if job.image.as_ref().is_some_and(|i| !i.name.is_empty()) { "container" } else { "host" },
+        not_before_ms: job.not_before_ms,
+        pipeline,
+    }
+}
+
+/// A snapshot of scheduler gauges for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metrics {
+    /// Jobs in the queue.
+    pub queued: usize,
+    /// Jobs leased to runners.
+    pub running: usize,
+    /// Connected runners.
+    pub runners_connected: usize,
+    /// Slots of connected, non-draining runners.
+    pub slots: usize,
+}
+
+impl Engine {
+    /// Current scheduler gauges.
+    pub fn metrics(&self) -> Metrics {
+        let st = self.lock();
+        Metrics {
+            queued: st.queue.len(),
+            running: st.leases.len(),
+            runners_connected: st.runners.len(),
+            slots: st.runners.values().filter(|c| !c.draining).map(|c| c.slots as usize).sum(),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Creating runs from a plan, and the run-level operations of the API
+//! (cancel, retry).
+//!
+//! The engine takes a [`NewRun`] — plain data, already validated and
+//! expanded (matrix, `needs` as indices) by the `planning` module — and
+//! writes the run, its jobs and their first attempt's steps in one durable
+//! transition. From then on the run survives a crash of anything.
+
+use std::collections::HashMap;
+
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, Status, StepPlan};
+
+use super::{Engine, index, lifecycle::index as step_index};
+use crate::{
+    convert,
+    error::{Error, Result},
+    store::{
+        T,
+        keys::{JobKey, RunId},
+        now_ms,
+        records::{JobRecord, RunRecord, SCHEMA_VERSION},
+    },
+};
+
+/// A run to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewRun {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// 0–10.
+    pub priority: u32,
+    /// What started it.
+    pub source: RunSource,
+    /// `${{ inputs.* }}`.
+    pub inputs: HashMap<String, String>,
+    /// The pipeline text.
+    pub yaml: String,
+    /// Stored pipeline name, if triggered from one.
+    pub pipeline_ref: String,
+    /// Interpolated concurrency group and cancel-in-progress.
+    pub concurrency: Option<(String, bool)>,
+    /// Jobs in plan order.
+    pub jobs: Vec<NewJob>,
+    /// Set for a run that fails before any job (an invalid pipeline file
+    /// at a pushed commit): the run is recorded as failed with this error.
+    pub error: Option<String>,
+}
+
+/// A job of a [`NewRun`].
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    /// Key in the file.
+    pub key: String,
+    /// Display name.
+    pub name: String,
+    /// Matrix values.
+    pub matrix: HashMap<String, String>,
+    /// 1-based indices of jobs it needs (all smaller or larger, no cycles).
+    pub needs: Vec<u32>,
+    /// `if:` source, empty = success().
+    pub condition: String,
+    /// Runner labels.
+    pub runs_on: Vec<String>,
+    /// Container image.
+    pub image: Option<ImagePlan>,
+    /// Job timeout, 0 = none.
+    pub timeout_ms: u64,
+    /// Extra attempts on failure.
+    pub retries: u32,
+    /// 0–10.
+    pub priority: u32,
+    /// Env (pipeline + job).
+    pub env: HashMap<String, String>,
+    /// Secret names.
+    pub secrets: Vec<String>,
+    /// Steps.
+    pub steps: Vec<StepPlan>,
+    /// Artifact globs.
+    pub artifacts: Vec<String>,
+    /// Failure does not fail the run.
+    pub continue_on_error: bool,
+    /// Cancel matrix siblings on failure.
+    pub fail_fast: bool,
+    /// Matrix job key, empty when not a matrix.
+    pub matrix_group: String,
+    /// Expression context values.
+    pub context: ExprContext,
+}
+
+impl Engine {
+    /// Creates a run; it is durable when this returns.
+    pub async fn create_run(&self, new: NewRun) -> Result<RunId> {
+        if new.jobs.is_empty() && new.error.is_none() {
+            return Err(Error::invalid("a run needs at least one job"));
+        }
+        let (id, ticket) = self.transition(|t| {
+            let id = next_run_id(t)?;
+            let now = now_ms();
+            let (group, cancel_in_progress) = new.concurrency.clone().unwrap_or_default();
+            let run = RunRecord {
+                schema: SCHEMA_VERSION,
+                pipeline: new.pipeline.clone(),
+                status: Status::Queued as i32,
+                priority: new.priority,
+                source: Some(new.source.clone()),
+                created_ms: now,
+                inputs: new.inputs.clone(),
+                pipeline_ref: new.pipeline_ref.clone(),
+                concurrency_group: group.clone(),
+                cancel_in_progress,
+                job_count: new.jobs.len() as u32,
+                yaml: new.yaml.clone(),
+                ..Default::default()
+            };
+            t.insert_run(id, run);
+            if let Some(error) = &new.error {
+                let r = t.run(id)?;
+                r.status = Status::Failure as i32;
+                r.error.clone_from(error);
+                r.finished_ms = now;
+                return Ok(id);
+            }
+            if cancel_in_progress && !group.is_empty() {
+                let older: Vec<RunId> =
+                    index::scan(t.store(), index::Field::Group, group.as_bytes(), Some(id)).collect::<Result<_>>()?;
+                for old in older {
+                    t.cancel_run(old, &format!("superseded by run {id} (concurrency group `{group}`)"))?;
+                }
+            }
+            for (i, j) in new.jobs.iter().enumerate() {
+                let key = JobKey::new(id, step_index(i));
+                t.insert_job(key, job_record(j, now));
+                for (s, plan) in j.steps.iter().enumerate() {
+                    t.insert_step(key.step(1, step_index(s)), convert::new_step(plan));
+                }
+            }
+            for (i, j) in new.jobs.iter().enumerate() {
+                if j.needs.is_empty() {
+                    t.make_ready(JobKey::new(id, step_index(i)))?;
+                }
+            }
+            t.rollup(id)?;
+            t.dispatch()?;
+            Ok(id)
+        })?;
+        self.store().wait_durable(ticket).await;
+        tracing::info!(run = %id, pipeline = %new.pipeline, jobs = new.jobs.len(), "run created");
+        Ok(id)
+    }
+
+    /// Cancels a run's unfinished jobs. A finished run is left as it is.
+    pub async fn cancel_run(&self, id: RunId) -> Result<()> {
+        let ((), ticket) = self.transition(|t| t.cancel_run(id, "cancelled through the API"))?;
+        self.store().wait_durable(ticket).await;
+        Ok(())
+    }
+
+    /// Re-runs the jobs of a finished run that did not succeed.
+    pub async fn retry_run(&self, id: RunId) -> Result<()> {
+        let ((), ticket) = self.transition(|t| t.retry_run(id))?;
+        self.store().wait_durable(ticket).await;
+        Ok(())
+    }
+}
+
+fn next_run_id(t: &mut super::tx::Tx<'_>) -> Result<RunId> {
+    const KEY: &[u8] = b"next_run_id";
+    let next = match t.store().tree(T::Meta).get(KEY)? {
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+        None => 1,
+    };
+    t.writes().put_raw(T::Meta, KEY, (next + 1).to_be_bytes().to_vec());
+    Ok(RunId(next))
+}
+
+fn job_record(j: &NewJob, now: i64) -> JobRecord {
+    JobRecord {
+        schema: SCHEMA_VERSION,
+        key: j.key.clone(),
+        name: j.name.clone(),
+        status: Status::Pending as i32,
+        matrix: j.matrix.clone(),
+        needs: j.needs.clone(),
+        runs_on: j.runs_on.clone(),
+        priority: j.priority,
+        attempt: 1,
+        max_attempts: j.retries + 1,
+        retries: j.retries,
+        created_ms: now,
+        image: j.image.clone(),
+        condition: j.condition.clone(),
+        env: j.env.clone(),
+        timeout_ms: j.timeout_ms,
+        steps: j.steps.clone(),
+        secrets: j.secrets.clone(),
+        artifacts: j.artifacts.clone(),
+        continue_on_error: j.continue_on_error,
+        fail_fast: j.fail_fast,
+        matrix_group: j.matrix_group.clone(),
+        context: Some(j.context.clone()),
+        ..Default::default()
+    }
+}

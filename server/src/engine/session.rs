@@ -1,0 +1,280 @@
+//! Runner sessions: connect (with resume), heartbeat, disconnect, and the
+//! admin operations on runners.
+//!
+//! # Resume
+//! A runner that reconnects lists the job attempts it is still running.
+//! For each, the server answers *keep* (with the durable length of each
+//! step's log, so the runner resends exactly what is missing) or *drop*
+//! (the attempt lost its lease and may already run elsewhere). An attempt
+//! that the server has as queued with the same attempt number — assigned
+//! just before a server crash, before the assignment reached the disk — is
+//! adopted rather than run twice. Jobs the server thinks the runner holds
+//! but the runner does not list are lost at once (the runner restarted).
+
+use std::{collections::HashSet, time::Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use viaduct_proto::v1::{self, LogAck, Resume, ServerMessage, Status, Welcome, server_message::Msg};
+
+use super::{Conn, Engine, Lease, dispatch::holds};
+use crate::{
+    convert::{self, LiveRunner},
+    error::{Error, Result},
+    store::{T, WriteSet, decode, keys::JobKey, now_ms, records::RunnerRecord},
+};
+
+/// What a runner says when it connects.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerHello {
+    /// Runner version.
+    pub version: String,
+    /// Its host name.
+    pub hostname: String,
+    /// Its labels.
+    pub labels: Vec<String>,
+    /// Jobs it can run at once.
+    pub slots: u32,
+    /// Executors it offers.
+    pub executors: Vec<String>,
+    /// Job attempts it is still running.
+    pub active: Vec<(JobKey, u32)>,
+}
+
+impl Engine {
+    /// Registers a connection of `runner_id`, answers its resume list with a
+    /// Welcome (the first message sent on `tx`), and dispatches to it.
+    /// Returns the connection id.
+    pub fn runner_connected(
+        &self,
+        runner_id: &str,
+        hello: RunnerHello,
+        tx: UnboundedSender<ServerMessage>,
+    ) -> Result<u64> {
+        let (conn_id, _) = self.transition(|t| {
+            let mut rec: RunnerRecord = t
+                .store()
+                .get(T::Runners, runner_id.as_bytes())?
+                .ok_or_else(|| Error::Unauthenticated(format!("runner {runner_id} was removed; register again")))?;
+            let now = now_ms();
+            rec.labels.clone_from(&hello.labels);
+            rec.hostname.clone_from(&hello.hostname);
+            rec.slots = hello.slots;
+            rec.executors.clone_from(&hello.executors);
+            rec.version.clone_from(&hello.version);
+            rec.last_seen_ms = now;
+            t.writes().put(T::Runners, runner_id.as_bytes(), &rec);
+
+            let conn_id = t.st.next_conn;
+            t.st.next_conn += 1;
+            let expires = Instant::now() + self.sh.cfg.lease_ttl;
+            let mut resume = Vec::with_capacity(hello.active.len());
+            for (job, attempt) in &hello.active {
+                let keep = if holds(t.st, runner_id, *job, *attempt) {
+                    if let Some(l) = t.st.leases.get_mut(job) {
+                        l.expires = expires;
+                    }
+                    true
+                } else {
+                    self.adopt(t, runner_id, *job, *attempt, expires)?
+                };
+                let mut logs = Vec::new();
+                if keep {
+                    let steps = t.job(*job)?.steps.len();
+                    for i in 0..steps {
+                        let sk = job.step(*attempt, super::lifecycle::index(i));
+                        logs.push(LogAck {
+                            job: Some(job_ref(*job, *attempt)),
+                            step_index: sk.index,
+                            offset: t.store().logs.len(sk)?,
+                        });
+                    }
+                } else {
+                    tracing::warn!(job = %job, attempt, runner = runner_id, "runner resumes a job it no longer holds");
+                }
+                resume.push(Resume { job: Some(job_ref(*job, *attempt)), keep, logs });
+            }
+            let listed: HashSet<(JobKey, u32)> = hello.active.iter().copied().collect();
+            let forgotten: Vec<(JobKey, u32)> = t.st.jobs_of(runner_id).filter(|j| !listed.contains(j)).collect();
+            for (job, attempt) in forgotten {
+                tracing::warn!(job = %job, attempt, runner = runner_id, "runner came back without the job");
+                t.lose_job(job, attempt, &format!("runner {runner_id} restarted and no longer runs it"))?;
+            }
+            let welcome = ServerMessage {
+                msg: Some(Msg::Welcome(Welcome {
+                    runner_id: runner_id.to_string(),
+                    heartbeat_interval_ms: u32::try_from(self.sh.cfg.heartbeat_interval.as_millis())
+                        .unwrap_or(u32::MAX),
+                    lease_ttl_ms: u32::try_from(self.sh.cfg.lease_ttl.as_millis()).unwrap_or(u32::MAX),
+                    resume,
+                    draining: rec.draining,
+                })),
+            };
+            t.send(&tx, welcome);
+            t.st.runners.insert(
+                runner_id.to_string(),
+                Conn {
+                    conn_id,
+                    labels: hello.labels.iter().cloned().collect(),
+                    slots: hello.slots,
+                    executors: hello.executors.iter().cloned().collect(),
+                    draining: rec.draining,
+                    tx: tx.clone(),
+                    last_seen_ms: now,
+                },
+            );
+            t.dispatch()?;
+            Ok(conn_id)
+        })?;
+        tracing::info!(runner = runner_id, conn_id, slots = hello.slots, labels = ?hello.labels, "runner connected");
+        Ok(conn_id)
+    }
+
+    /// Adopts an attempt the server lost track of (see the module docs).
+    fn adopt(
+        &self,
+        t: &mut super::tx::Tx<'_>,
+        runner: &str,
+        job: JobKey,
+        attempt: u32,
+        expires: Instant,
+    ) -> Result<bool> {
+        let Some(rec) = t.store().get::<crate::store::records::JobRecord>(T::Jobs, job.key())? else {
+            return Ok(false);
+        };
+        let adoptable = rec.attempt == attempt
+            && (rec.status() == Status::Queued || (rec.status() == Status::Running && rec.runner_id == runner))
+            && !t.st.leases.contains_key(&job);
+        if !adoptable {
+            return Ok(false);
+        }
+        t.dequeue(job);
+        let pipeline = t.run(job.run)?.pipeline.clone();
+        let steps = rec.steps.len() as u32;
+        let j = t.job(job)?;
+        j.status = Status::Running as i32;
+        j.runner_id = runner.to_string();
+        if j.started_ms == 0 {
+            j.started_ms = now_ms();
+        }
+        t.st.leases.insert(job, Lease { attempt, runner: runner.to_string(), expires, pipeline, steps });
+        tracing::info!(job = %job, attempt, runner, "adopted a job the runner was already running");
+        t.rollup(job.run)?;
+        Ok(true)
+    }
+
+    /// Forgets connection `conn_id` of a runner (a newer one may exist).
+    /// Its leases keep running until they lapse or it reconnects.
+    pub fn runner_disconnected(&self, runner_id: &str, conn_id: u64) {
+        let mut st = self.lock();
+        if st.runners.get(runner_id).is_some_and(|c| c.conn_id == conn_id) {
+            st.runners.remove(runner_id);
+            drop(st);
+            tracing::info!(runner = runner_id, conn_id, "runner disconnected");
+            if let Ok(Some(mut rec)) = self.store().get::<RunnerRecord>(T::Runners, runner_id.as_bytes()) {
+                rec.last_seen_ms = now_ms();
+                let mut ws = WriteSet::default();
+                ws.put(T::Runners, runner_id.as_bytes(), &rec);
+                if let Err(e) = self.store().commit(&ws) {
+                    tracing::warn!(error = %e, "could not record last_seen");
+                }
+            }
+        }
+    }
+
+    /// A heartbeat on connection `conn_id`: extends the leases of the listed
+    /// attempts the runner holds, and returns the attempts it lists but does
+    /// not hold (to abandon). Fails when the connection was replaced or the
+    /// runner removed: the stream should end.
+    pub fn heartbeat(&self, runner_id: &str, conn_id: u64, active: &[(JobKey, u32)]) -> Result<Vec<(JobKey, u32)>> {
+        let mut st = self.lock();
+        let expires = Instant::now() + self.sh.cfg.lease_ttl;
+        match st.runners.get_mut(runner_id) {
+            Some(c) if c.conn_id == conn_id => c.last_seen_ms = now_ms(),
+            _ => {
+                return Err(Error::Unauthenticated(format!("runner {runner_id}: this connection is no longer current")));
+            }
+        }
+        let mut stale = Vec::new();
+        for (job, attempt) in active {
+            match st.leases.get_mut(job) {
+                Some(l) if l.attempt == *attempt && l.runner == runner_id => l.expires = expires,
+                _ => stale.push((*job, *attempt)),
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Every registered runner, connected or not.
+    pub fn list_runners(&self) -> Result<Vec<v1::Runner>> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        for kv in self.store().tree(T::Runners).iter() {
+            let (k, v) = kv?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            let rec: RunnerRecord = decode(T::Runners, &v)?;
+            out.push(convert::runner(&id, &rec, live(&st, &id)));
+        }
+        Ok(out)
+    }
+
+    /// One runner.
+    pub fn get_runner(&self, id: &str) -> Result<v1::Runner> {
+        let rec: RunnerRecord = self
+            .store()
+            .get(T::Runners, id.as_bytes())?
+            .ok_or_else(|| Error::not_found(format!("runner {id} not found")))?;
+        let st = self.lock();
+        Ok(convert::runner(id, &rec, live(&st, id)))
+    }
+
+    /// Sets or clears draining: a draining runner finishes its jobs and
+    /// takes no new ones.
+    pub fn drain_runner(&self, id: &str, drain: bool) -> Result<v1::Runner> {
+        self.transition(|t| {
+            let mut rec: RunnerRecord = t
+                .store()
+                .get(T::Runners, id.as_bytes())?
+                .ok_or_else(|| Error::not_found(format!("runner {id} not found")))?;
+            rec.draining = drain;
+            t.writes().put(T::Runners, id.as_bytes(), &rec);
+            if let Some(c) = t.st.runners.get_mut(id) {
+                c.draining = drain;
+            }
+            if !drain {
+                t.dispatch()?;
+            }
+            Ok(())
+        })?;
+        self.get_runner(id)
+    }
+
+    /// Forgets a runner: revokes its tokens, closes its stream, and treats
+    /// its jobs as lost.
+    pub fn remove_runner(&self, id: &str, revoke: impl FnOnce(&mut WriteSet) -> Result<()>) -> Result<()> {
+        self.transition(|t| {
+            if t.store().get::<RunnerRecord>(T::Runners, id.as_bytes())?.is_none() {
+                return Err(Error::not_found(format!("runner {id} not found")));
+            }
+            t.writes().delete(T::Runners, id.as_bytes());
+            revoke(t.writes())?;
+            t.st.runners.remove(id);
+            let held: Vec<(JobKey, u32)> = t.st.jobs_of(id).collect();
+            for (job, attempt) in held {
+                t.lose_job(job, attempt, &format!("runner {id} was removed"))?;
+            }
+            t.dispatch()
+        })?;
+        tracing::info!(runner = id, "runner removed");
+        Ok(())
+    }
+}
+
+fn live(st: &super::State, id: &str) -> Option<LiveRunner> {
+    let c = st.runners.get(id)?;
+    Some(LiveRunner { jobs: st.jobs_of(id).map(|(k, _)| k.to_string()).collect(), last_seen_ms: c.last_seen_ms })
+}
+
+/// A `JobRef` for (job, attempt).
+pub(crate) fn job_ref(job: JobKey, attempt: u32) -> v1::JobRef {
+    v1::JobRef { job_id: job.to_string(), attempt }
+}

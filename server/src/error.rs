@@ -1,0 +1,111 @@
+//! The server's domain error, and its one mapping to a gRPC [`Status`].
+//!
+//! Handlers return `Result<_, Error>` and convert with `?`; nothing else in
+//! the server builds a `Status` by hand, so every failure reaches clients
+//! with the right code and a message a person can act on.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use viaduct_proto::v1::Diagnostic;
+
+/// Everything that can go wrong in a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed input: a bad id, an out-of-range number, a missing field.
+    #[error("{0}")]
+    Invalid(String),
+    /// A pipeline file with errors; each names file:line:column.
+    #[error("{}", render_diagnostics(.0))]
+    InvalidPipeline(Vec<Diagnostic>),
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The named thing exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is valid but the state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Missing or unknown credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the needed scope.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A request too large to accept.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The embedded database failed (I/O error, disk full, …).
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in `{tree}`: {detail}")]
+    Corrupt {
+        /// The sled tree.
+        tree: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// A bug or an unexpected condition.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Self::Invalid(msg.into())
+    }
+
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::NotFound(msg.into())
+    }
+
+    /// Shorthand for [`Error::FailedPrecondition`].
+    pub fn precondition(msg: impl Into<String>) -> Self {
+        Self::FailedPrecondition(msg.into())
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) | Self::InvalidPipeline(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::TooLarge(_) => Code::ResourceExhausted,
+            Self::Storage(_) => Code::Unavailable,
+            Self::Corrupt { .. } | Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+fn render_diagnostics(diags: &[Diagnostic]) -> String {
+    let lines: Vec<String> =
+        diags.iter().map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)).collect();
+    lines.join("\n")
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = e.code();
+        if matches!(code, Code::Internal | Code::Unavailable) {
+            tracing::error!(error = %e, "request failed");
+        }
+        match &e {
+            Error::InvalidPipeline(diags) => {
+                let violations: Vec<FieldViolation> = diags
+                    .iter()
+                    .map(|d| FieldViolation::new(format!("{}:{}:{}", d.file, d.line, d.column), d.message.clone()))
+                    .collect();
+                Status::with_error_details(code, e.to_string(), ErrorDetails::with_bad_request(violations))
+            }
+            _ => Status::new(code, e.to_string()),
+        }
+    }
+}
+
+/// Result with the server's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,87 @@
+//! `viaduct-server`: the Viaduct server binary.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use viaduct_server::{Config, engine::EngineConfig};
+
+/// The Viaduct CI server: gRPC API, scheduler and log store on one port.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (gRPC, gRPC-web and HTTP). Port 0 picks a free
+    /// port; the bound address is written to DATA_DIR/address.
+    #[arg(long, env = "VIADUCT_LISTEN", default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Directory for the database and token files (created if missing).
+    #[arg(long, env = "VIADUCT_DATA_DIR", default_value = "viaduct-data")]
+    data_dir: PathBuf,
+    /// A job's lease lapses when its runner is silent this long (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = viaduct_pipeline::duration::parse_duration)]
+    lease_ttl: Duration,
+    /// How often runners heartbeat.
+    #[arg(long, default_value = "5s", value_parser = viaduct_pipeline::duration::parse_duration)]
+    heartbeat_interval: Duration,
+    /// A queued job gains one priority level per this much waiting.
+    #[arg(long, default_value = "5m", value_parser = viaduct_pipeline::duration::parse_duration)]
+    priority_aging: Duration,
+    /// Most jobs running at once across all runners (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    max_running_jobs: usize,
+    /// Most jobs of one pipeline running at once (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    max_running_per_pipeline: usize,
+    /// Delay before the first automatic retry of a failed job; doubles per
+    /// attempt.
+    #[arg(long, default_value = "2s", value_parser = viaduct_pipeline::duration::parse_duration)]
+    retry_backoff: Duration,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIADUCT_LOG")
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let cfg = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        engine: EngineConfig {
+            lease_ttl: args.lease_ttl,
+            heartbeat_interval: args.heartbeat_interval,
+            priority_aging: args.priority_aging,
+            max_running_jobs: args.max_running_jobs,
+            max_running_per_pipeline: args.max_running_per_pipeline,
+            retry_backoff: args.retry_backoff,
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("viaduct-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(viaduct_server::run(cfg, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viaduct-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,240 @@
+//! Pipeline files and inline jobs → run plans for the engine.
+//!
+//! Parsing, validation, matrix expansion and plan-time interpolation belong
+//! to the `viaduct-pipeline` crate; this module only adapts its output to
+//! the engine's [`NewRun`] and its diagnostics to the API's.
+
+use std::collections::HashMap;
+
+use viaduct_pipeline::{
+    plan::{Plan, PlanContext, PlannedJob, PlannedStep, StepAction},
+    spec::PullPolicy,
+};
+use viaduct_proto::v1::{
+    self, ExprContext, ImagePlan, InlineJob, RunAction, RunSource, StepPlan, UsesAction, step_plan::Action,
+};
+
+use crate::{
+    engine::plan::{NewJob, NewRun},
+    error::{Error, Result},
+};
+
+/// What started a run, besides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Trigger {
+    /// Event, repository, ref, commit…
+    pub source: RunSource,
+    /// `${{ inputs.* }}`.
+    pub inputs: HashMap<String, String>,
+    /// Overrides the run's priority (and that of jobs that inherit it).
+    pub priority: Option<u32>,
+    /// Stored pipeline name, if any.
+    pub pipeline_ref: String,
+}
+
+fn diagnostics(diags: Vec<viaduct_pipeline::Diagnostic>) -> Vec<v1::Diagnostic> {
+    diags
+        .into_iter()
+        .map(|d| v1::Diagnostic { file: d.file, line: d.line, column: d.column, message: d.message })
+        .collect()
+}
+
+fn context(trigger: &Trigger) -> PlanContext {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let src = &trigger.source;
+    PlanContext {
+        event: src.event.clone(),
+        branch: opt(&src.branch),
+        tag: opt(&src.tag),
+        commit: opt(&src.commit),
+        repo: opt(&src.repo),
+        inputs: trigger.inputs.clone().into_iter().collect(),
+    }
+}
+
+fn parse_and_plan(file: &str, yaml: &str, trigger: &Trigger) -> Result<Plan, Vec<v1::Diagnostic>> {
+    let pipeline = viaduct_pipeline::parse(file, yaml).map_err(diagnostics)?;
+    viaduct_pipeline::plan::plan(&pipeline, &context(trigger)).map_err(diagnostics)
+}
+
+/// Every problem in a pipeline file that can be found without a trigger
+/// (empty when valid).
+pub fn validate(file: &str, yaml: &str) -> Vec<v1::Diagnostic> {
+    diagnostics(viaduct_pipeline::check(file, yaml))
+}
+
+/// Checks a file for storing: its job keys, or every error.
+pub fn check(file: &str, yaml: &str) -> Result<Vec<String>> {
+    let errors = validate(file, yaml);
+    if !errors.is_empty() {
+        return Err(Error::InvalidPipeline(errors));
+    }
+    let pipeline = viaduct_pipeline::parse(file, yaml).map_err(|d| Error::InvalidPipeline(diagnostics(d)))?;
+    Ok(pipeline.jobs.iter().map(|j| j.key.clone()).collect())
+}
+
+/// The JSON Schema of the file format.
+pub fn json_schema() -> String {
+    viaduct_pipeline::json_schema().to_string()
+}
+
+/// Plans a run of a pipeline file.
+pub fn from_yaml(file: &str, yaml: &str, trigger: &Trigger) -> Result<NewRun> {
+    let plan = parse_and_plan(file, yaml, trigger).map_err(Error::InvalidPipeline)?;
+    let run_priority = u32::from(plan.priority);
+    let priority = trigger.priority.unwrap_or(run_priority);
+    let ctx = expr_context(trigger);
+    let jobs = plan
+        .jobs
+        .iter()
+        .map(|j| {
+            let mut env: HashMap<String, String> = plan.env.clone().into_iter().collect();
+            env.extend(j.env.clone());
+            // A run-level override moves the jobs that inherit the run's
+            // priority; jobs that set their own keep it.
+            let job_priority = u32::from(j.priority);
+            let job_priority = if job_priority == run_priority { priority } else { job_priority };
+            new_job(j, env, job_priority, &ctx)
+        })
+        .collect();
+    Ok(NewRun {
+        pipeline: plan.name.clone(),
+        priority,
+        source: trigger.source.clone(),
+        inputs: trigger.inputs.clone(),
+        yaml: yaml.to_string(),
+        pipeline_ref: trigger.pipeline_ref.clone(),
+        concurrency: plan.concurrency.as_ref().map(|c| (c.group.clone(), c.cancel_in_progress)),
+        jobs,
+        error: None,
+    })
+}
+
+fn expr_context(trigger: &Trigger) -> ExprContext {
+    let src = &trigger.source;
+    ExprContext {
+        branch: src.branch.clone(),
+        tag: src.tag.clone(),
+        event: src.event.clone(),
+        commit: src.commit.clone(),
+        repo: src.repo.clone(),
+        run_id: String::new(),
+        matrix: HashMap::new(),
+        inputs: trigger.inputs.clone(),
+    }
+}
+
+fn millis(d: Option<std::time::Duration>) -> u64 {
+    d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn new_job(j: &PlannedJob, env: HashMap<String, String>, priority: u32, ctx: &ExprContext) -> NewJob {
+    NewJob {
+        key: j.key.clone(),
+        name: j.name.clone(),
+        matrix: j.matrix.clone().into_iter().collect(),
+        needs: j.needs.iter().map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)).collect(),
+        condition: j.condition.clone().unwrap_or_default(),
+        runs_on: j.runs_on.clone(),
+        image: j.image.as_ref().map(|i| ImagePlan {
+            name: i.name.clone(),
+            pull: match i.pull {
+                PullPolicy::IfNotPresent => "if_not_present",
+                PullPolicy::Always => "always",
+                PullPolicy::Never => "never",
+            }
+            .to_string(),
+            user: i.user.clone().unwrap_or_default(),
+        }),
+        timeout_ms: millis(j.timeout),
+        retries: j.retries,
+        priority,
+        env,
+        secrets: j.secrets.clone(),
+        steps: j.steps.iter().enumerate().map(|(i, s)| step_plan(i, s)).collect(),
+        artifacts: j.artifacts.clone(),
+        continue_on_error: j.continue_on_error,
+        fail_fast: j.fail_fast,
+        matrix_group: j.matrix_group.clone().unwrap_or_default(),
+        context: ExprContext { matrix: j.matrix.clone().into_iter().collect(), ..ctx.clone() },
+    }
+}
+
+fn step_plan(i: usize, s: &PlannedStep) -> StepPlan {
+    let action = match &s.action {
+        StepAction::Run { script } => Action::Run(RunAction { script: script.clone() }),
+        StepAction::Uses { plugin, version, with, allow_network } => Action::Uses(UsesAction {
+            plugin: plugin.clone(),
+            version: version.clone(),
+            with_json: with.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+            allow_network: *allow_network,
+        }),
+    };
+    StepPlan {
+        index: u32::try_from(i + 1).unwrap_or(u32::MAX),
+        name: s.name.clone(),
+        id: s.id.clone().unwrap_or_default(),
+        action: Some(action),
+        env: s.env.clone().into_iter().collect(),
+        timeout_ms: millis(s.timeout),
+        continue_on_error: s.continue_on_error,
+        condition: s.condition.clone().unwrap_or_default(),
+        working_directory: s.working_directory.clone().unwrap_or_default(),
+    }
+}
+
+/// Plans a run of one inline job (`Runs.Submit` with `job`).
+pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
+    if job.steps.is_empty() {
+        return Err(Error::invalid("job.steps: an inline job needs at least one step"));
+    }
+    let mut steps = Vec::with_capacity(job.steps.len());
+    for (i, s) in job.steps.iter().enumerate() {
+        if s.run.trim().is_empty() {
+            return Err(Error::invalid(format!("job.steps[{i}].run: a step needs a command")));
+        }
+        let name = if s.name.is_empty() {
+            s.run.lines().next().unwrap_or_default().chars().take(60).collect()
+        } else {
+            s.name.clone()
+        };
+        steps.push(StepPlan {
+            index: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            name,
+            action: Some(Action::Run(RunAction { script: s.run.clone() })),
+            env: s.env.clone(),
+            timeout_ms: u64::from(s.timeout_seconds) * 1000,
+            continue_on_error: s.continue_on_error,
+            ..Default::default()
+        });
+    }
+    let name = if job.name.is_empty() { "job".to_string() } else { job.name.clone() };
+    let priority = trigger.priority.unwrap_or(5);
+    let image = (!job.image.is_empty()).then(|| ImagePlan {
+        name: job.image.clone(),
+        pull: "if_not_present".into(),
+        user: String::new(),
+    });
+    Ok(NewRun {
+        pipeline: name.clone(),
+        priority,
+        source: trigger.source.clone(),
+        inputs: trigger.inputs.clone(),
+        yaml: String::new(),
+        pipeline_ref: String::new(),
+        concurrency: None,
+        jobs: vec![NewJob {
+            key: name.clone(),
+            name,
+            runs_on: job.runs_on.clone(),
+            image,
+            timeout_ms: u64::from(job.timeout_seconds) * 1000,
+            priority,
+            env: job.env.clone(),
+            steps,
+            context: expr_context(trigger),
+            ..Default::default()
+        }],
+        error: None,
+    })
+}

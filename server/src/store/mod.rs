@@ -1,0 +1,241 @@
+//! Durable state in an embedded sled database.
+//!
+//! One tree per entity (see [`T`]). A state transition is a [`WriteSet`]
+//! committed atomically across trees with a sled transaction; callers that
+//! promise durability (Submit returning, a step result or log chunk being
+//! acknowledged) then wait for a [`Ticket`] from the group-commit
+//! [`Flusher`], which fsyncs once for every write made before it started.
+//!
+//! The store knows bytes and records, not rules: which transitions are legal
+//! is the engine's business.
+
+pub mod keys;
+pub mod logs;
+pub mod records;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prost::Message;
+use sled::{Transactional, Tree};
+use tokio::sync::{Notify, watch};
+
+use crate::error::{Error, Result};
+
+/// The trees of the database. The discriminant indexes [`Store::trees`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum T {
+    /// [`records::RunRecord`] by run id.
+    Runs = 0,
+    /// [`records::JobRecord`] by (run, job).
+    Jobs,
+    /// [`records::StepRecord`] by (run, job, attempt, step).
+    Steps,
+    /// [`records::QueueRecord`] by (255 − priority, sequence).
+    Queue,
+    /// Encoded `viaduct.v1.RunEvent` by cursor.
+    Events,
+    /// [`records::RunnerRecord`] by runner id.
+    Runners,
+    /// [`records::TokenRecord`] by token hash.
+    Tokens,
+    /// [`records::PipelineRecord`] by name.
+    Pipelines,
+    /// Secondary index of runs: (field, value, run id) → ().
+    RunIndex,
+    /// Counters and settings.
+    Meta,
+}
+
+const TREE_NAMES: [&str; 10] =
+    ["runs", "jobs", "steps", "queue", "events", "runners", "tokens", "pipelines", "run_index", "meta"];
+
+/// The database and its trees.
+pub struct Store {
+    db: sled::Db,
+    trees: Vec<Tree>,
+    /// Log chunks (outside transactions: appends are single inserts).
+    pub logs: logs::LogStore,
+    flusher: Arc<Flusher>,
+}
+
+/// A set of writes applied atomically by [`Store::commit`].
+#[derive(Default)]
+pub struct WriteSet {
+    ops: Vec<(T, Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteSet {
+    /// Stores a record.
+    pub fn put<M: Message>(&mut self, tree: T, key: impl AsRef<[u8]>, record: &M) {
+        self.ops.push((tree, key.as_ref().to_vec(), Some(record.encode_to_vec())));
+    }
+
+    /// Stores raw bytes.
+    pub fn put_raw(&mut self, tree: T, key: impl AsRef<[u8]>, value: Vec<u8>) {
+        self.ops.push((tree, key.as_ref().to_vec(), Some(value)));
+    }
+
+    /// Removes a key.
+    pub fn delete(&mut self, tree: T, key: impl AsRef<[u8]>) {
+        self.ops.push((tree, key.as_ref().to_vec(), None));
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Proof of a position in the write order; [`Store::wait_durable`] resolves
+/// once everything written before it was taken is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+impl Store {
+    /// Opens (or creates) the database under `dir` and starts the flusher.
+    /// Must be called inside a tokio runtime.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            // Background flush as a safety net; durability promises use
+            // explicit flushes through the Flusher.
+            .flush_every_ms(Some(200))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>()?;
+        let logs = logs::LogStore::new(db.open_tree("logs")?);
+        let flusher = Flusher::start(db.clone());
+        Ok(Self { db, trees, logs, flusher })
+    }
+
+    /// The tree `t`.
+    pub fn tree(&self, t: T) -> &Tree {
+        &self.trees[t as usize]
+    }
+
+    /// Applies `ws` atomically. Not yet durable: take a [`Store::ticket`].
+    pub fn commit(&self, ws: &WriteSet) -> Result<()> {
+        if ws.is_empty() {
+            return Ok(());
+        }
+        let trees: &[Tree] = &self.trees;
+        trees
+            .transaction(|views| {
+                for (t, k, v) in &ws.ops {
+                    let view = &views[*t as usize];
+                    match v {
+                        Some(v) => view.insert(k.as_slice(), v.as_slice())?,
+                        None => view.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
+                sled::transaction::TransactionError::Abort(()) => Error::Internal("transaction aborted".into()),
+            })
+    }
+
+    /// Reads and decodes a record.
+    pub fn get<M: Message + Default>(&self, t: T, key: impl AsRef<[u8]>) -> Result<Option<M>> {
+        match self.tree(t).get(key)? {
+            Some(bytes) => decode(t, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A ticket covering every write made so far.
+    pub fn ticket(&self) -> Ticket {
+        self.flusher.request()
+    }
+
+    /// Waits until the writes covered by `ticket` are fsynced.
+    pub async fn wait_durable(&self, ticket: Ticket) {
+        self.flusher.wait(ticket).await;
+    }
+
+    /// Commits and waits for durability.
+    pub async fn commit_durable(&self, ws: &WriteSet) -> Result<()> {
+        self.commit(ws)?;
+        self.wait_durable(self.ticket()).await;
+        Ok(())
+    }
+
+    /// A fresh, monotonically increasing id (survives restarts).
+    pub fn generate_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    /// Flushes synchronously (shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Decodes a record read from tree `t`.
+pub fn decode<M: Message + Default>(t: T, bytes: &[u8]) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::Corrupt { tree: TREE_NAMES[t as usize], detail: e.to_string() })
+}
+
+/// Group commit: any number of waiters share one fsync.
+struct Flusher {
+    requested: AtomicU64,
+    flushed: watch::Sender<u64>,
+    wake: Notify,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Arc<Self> {
+        let f = Arc::new(Self { requested: AtomicU64::new(0), flushed: watch::Sender::new(0), wake: Notify::new() });
+        let flusher = Arc::clone(&f);
+        tokio::spawn(async move {
+            loop {
+                flusher.wake.notified().await;
+                loop {
+                    let target = flusher.requested.load(Ordering::Acquire);
+                    if target <= *flusher.flushed.borrow() {
+                        break;
+                    }
+                    match db.flush_async().await {
+                        Ok(_) => {
+                            flusher.flushed.send_replace(target);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "flushing the database failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+        });
+        f
+    }
+
+    fn request(&self) -> Ticket {
+        let t = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        self.wake.notify_one();
+        Ticket(t)
+    }
+
+    async fn wait(&self, ticket: Ticket) {
+        let mut rx = self.flushed.subscribe();
+        // The sender lives as long as the store: an error is impossible.
+        let _ = rx.wait_for(|f| *f >= ticket.0).await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

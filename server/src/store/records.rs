@@ -1,0 +1,336 @@
+//! The records stored in sled, one type per tree.
+//!
+//! Records are protobuf messages (prost derive, explicit tags) so that a
+//! newer server reads an older record: fields are only ever added with new
+//! tags, never renumbered. Each carries `schema` (currently
+//! [`SCHEMA_VERSION`]) for the day a change cannot be expressed that way.
+//! Where a record holds the same thing as the public API (a step's plan,
+//! the run source) it embeds the public message rather than a copy of it.
+//!
+//! Times are milliseconds since the Unix epoch; 0 means "not yet".
+
+use std::collections::HashMap;
+
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, Status, StepPlan};
+
+/// The schema version written into every record.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A run: `runs` tree, key [`RunId::key`](super::keys::RunId::key).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RunRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// The pipeline's `name:`.
+    #[prost(string, tag = "2")]
+    pub pipeline: String,
+    /// Current state.
+    #[prost(enumeration = "Status", tag = "3")]
+    pub status: i32,
+    /// 0–10.
+    #[prost(uint32, tag = "4")]
+    pub priority: u32,
+    /// What started it.
+    #[prost(message, optional, tag = "5")]
+    pub source: Option<RunSource>,
+    /// When it was accepted.
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+    /// When its first job was assigned.
+    #[prost(int64, tag = "7")]
+    pub started_ms: i64,
+    /// When its last job finished.
+    #[prost(int64, tag = "8")]
+    pub finished_ms: i64,
+    /// Why it failed before any job ran.
+    #[prost(string, tag = "9")]
+    pub error: String,
+    /// `${{ inputs.* }}` values.
+    #[prost(map = "string, string", tag = "10")]
+    pub inputs: HashMap<String, String>,
+    /// The stored pipeline it was triggered from.
+    #[prost(string, tag = "11")]
+    pub pipeline_ref: String,
+    /// Interpolated `concurrency.group`.
+    #[prost(string, tag = "12")]
+    pub concurrency_group: String,
+    /// `concurrency.cancel_in_progress`.
+    #[prost(bool, tag = "13")]
+    pub cancel_in_progress: bool,
+    /// Number of jobs (their indices are 1..=job_count).
+    #[prost(uint32, tag = "14")]
+    pub job_count: u32,
+    /// A cancel was requested; unfinished jobs end as cancelled.
+    #[prost(bool, tag = "15")]
+    pub cancel_requested: bool,
+    /// The pipeline file text it was planned from.
+    #[prost(string, tag = "16")]
+    pub yaml: String,
+}
+
+/// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Key in the pipeline file.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// Display name.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// Current state.
+    #[prost(enumeration = "Status", tag = "4")]
+    pub status: i32,
+    /// Matrix values of this expansion.
+    #[prost(map = "string, string", tag = "5")]
+    pub matrix: HashMap<String, String>,
+    /// 1-based indices of the jobs it needs.
+    #[prost(uint32, repeated, tag = "6")]
+    pub needs: Vec<u32>,
+    /// Required runner labels.
+    #[prost(string, repeated, tag = "7")]
+    pub runs_on: Vec<String>,
+    /// 0–10.
+    #[prost(uint32, tag = "8")]
+    pub priority: u32,
+    /// Current attempt, 1-based.
+    #[prost(uint32, tag = "9")]
+    pub attempt: u32,
+    /// 1 + retries.
+    #[prost(uint32, tag = "10")]
+    pub max_attempts: u32,
+    /// Runner of the current attempt.
+    #[prost(string, tag = "11")]
+    pub runner_id: String,
+    /// When it was planned.
+    #[prost(int64, tag = "12")]
+    pub created_ms: i64,
+    /// When the current attempt was assigned.
+    #[prost(int64, tag = "13")]
+    pub started_ms: i64,
+    /// When it reached its final state.
+    #[prost(int64, tag = "14")]
+    pub finished_ms: i64,
+    /// Explanation of the status.
+    #[prost(string, tag = "15")]
+    pub message: String,
+    /// Container image, if any.
+    #[prost(message, optional, tag = "16")]
+    pub image: Option<ImagePlan>,
+    /// Finished earlier attempts.
+    #[prost(message, repeated, tag = "17")]
+    pub previous_attempts: Vec<AttemptRecord>,
+    /// `if:` source; empty = success().
+    #[prost(string, tag = "18")]
+    pub condition: String,
+    /// Job env (pipeline env merged in, matrix interpolated).
+    #[prost(map = "string, string", tag = "19")]
+    pub env: HashMap<String, String>,
+    /// Job timeout; 0 = none.
+    #[prost(uint64, tag = "20")]
+    pub timeout_ms: u64,
+    /// The steps as planned.
+    #[prost(message, repeated, tag = "21")]
+    pub steps: Vec<StepPlan>,
+    /// Secret names it may read.
+    #[prost(string, repeated, tag = "22")]
+    pub secrets: Vec<String>,
+    /// Artifact paths (globs).
+    #[prost(string, repeated, tag = "23")]
+    pub artifacts: Vec<String>,
+    /// A failure of this job does not fail the run.
+    #[prost(bool, tag = "24")]
+    pub continue_on_error: bool,
+    /// A failure cancels its matrix siblings.
+    #[prost(bool, tag = "25")]
+    pub fail_fast: bool,
+    /// The matrix job key it was expanded from (empty when not a matrix).
+    #[prost(string, tag = "26")]
+    pub matrix_group: String,
+    /// A cancel was requested while it ran.
+    #[prost(bool, tag = "27")]
+    pub cancel_requested: bool,
+    /// Not dispatched before this time (retry backoff); 0 = now.
+    #[prost(int64, tag = "28")]
+    pub not_before_ms: i64,
+    /// When it entered the queue (for aging).
+    #[prost(int64, tag = "29")]
+    pub queued_ms: i64,
+    /// Expression context values (branch, event, matrix, …).
+    #[prost(message, optional, tag = "30")]
+    pub context: Option<ExprContext>,
+    /// `retries:` as written (automatic retries after each manual retry).
+    #[prost(uint32, tag = "31")]
+    pub retries: u32,
+}
+
+/// A finished earlier attempt of a job.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttemptRecord {
+    /// 1-based.
+    #[prost(uint32, tag = "1")]
+    pub attempt: u32,
+    /// Its final state.
+    #[prost(enumeration = "Status", tag = "2")]
+    pub status: i32,
+    /// Where it ran.
+    #[prost(string, tag = "3")]
+    pub runner_id: String,
+    /// Assigned.
+    #[prost(int64, tag = "4")]
+    pub started_ms: i64,
+    /// Finished.
+    #[prost(int64, tag = "5")]
+    pub finished_ms: i64,
+    /// Explanation.
+    #[prost(string, tag = "6")]
+    pub message: String,
+}
+
+/// A step of one attempt: `steps` tree, key
+/// [`StepKey::key`](super::keys::StepKey::key).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StepRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Display name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Current state.
+    #[prost(enumeration = "Status", tag = "3")]
+    pub status: i32,
+    /// Exit code of its process.
+    #[prost(int32, optional, tag = "4")]
+    pub exit_code: Option<i32>,
+    /// Started.
+    #[prost(int64, tag = "5")]
+    pub started_ms: i64,
+    /// Finished.
+    #[prost(int64, tag = "6")]
+    pub finished_ms: i64,
+    /// "run" or "uses".
+    #[prost(string, tag = "7")]
+    pub kind: String,
+    /// Script or plugin reference.
+    #[prost(string, tag = "8")]
+    pub detail: String,
+    /// Final log size (set when the step finishes).
+    #[prost(uint64, tag = "9")]
+    pub log_size: u64,
+    /// Plugin markdown summary.
+    #[prost(string, tag = "10")]
+    pub summary: String,
+    /// Named outputs.
+    #[prost(map = "string, string", tag = "11")]
+    pub outputs: HashMap<String, String>,
+    /// Explanation.
+    #[prost(string, tag = "12")]
+    pub message: String,
+}
+
+/// A queued job: `queue` tree, key (255 − priority, enqueue sequence).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueueRecord {
+    /// [`JobKey::key`](super::keys::JobKey::key) bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub job: Vec<u8>,
+    /// Enqueue time.
+    #[prost(int64, tag = "2")]
+    pub queued_ms: i64,
+}
+
+/// A runner: `runners` tree, key = runner id.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RunnerRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Chosen name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Labels given at registration (the latest Hello wins).
+    #[prost(string, repeated, tag = "3")]
+    pub labels: Vec<String>,
+    /// Host it last connected from.
+    #[prost(string, tag = "4")]
+    pub hostname: String,
+    /// Registered.
+    #[prost(int64, tag = "5")]
+    pub registered_ms: i64,
+    /// Last connected or disconnected.
+    #[prost(int64, tag = "6")]
+    pub last_seen_ms: i64,
+    /// Takes no new jobs.
+    #[prost(bool, tag = "7")]
+    pub draining: bool,
+    /// Slots from its latest Hello.
+    #[prost(uint32, tag = "8")]
+    pub slots: u32,
+    /// Executors from its latest Hello.
+    #[prost(string, repeated, tag = "9")]
+    pub executors: Vec<String>,
+    /// Runner version.
+    #[prost(string, tag = "10")]
+    pub version: String,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum TokenKind {
+    /// Unknown (never written).
+    Unspecified = 0,
+    /// Every API call.
+    Admin = 1,
+    /// Registers runners (RunnerAgent.Register only).
+    Registration = 2,
+    /// One runner's Connect stream.
+    Runner = 3,
+}
+
+/// A credential: `tokens` tree, key = blake3 hash of the token.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TokenRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// What it allows.
+    #[prost(enumeration = "TokenKind", tag = "2")]
+    pub kind: i32,
+    /// For runner tokens: the runner.
+    #[prost(string, tag = "3")]
+    pub runner_id: String,
+    /// Registration tokens: may be used more than once.
+    #[prost(bool, tag = "4")]
+    pub reusable: bool,
+    /// Created.
+    #[prost(int64, tag = "5")]
+    pub created_ms: i64,
+    /// Free-form note ("first-start admin token", …).
+    #[prost(string, tag = "6")]
+    pub note: String,
+}
+
+/// A stored pipeline: `pipelines` tree, key = name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PipelineRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// YAML text.
+    #[prost(string, tag = "2")]
+    pub yaml: String,
+    /// Created.
+    #[prost(int64, tag = "3")]
+    pub created_ms: i64,
+    /// Last updated.
+    #[prost(int64, tag = "4")]
+    pub updated_ms: i64,
+    /// Job keys in file order.
+    #[prost(string, repeated, tag = "5")]
+    pub jobs: Vec<String>,
+}
