@@ -339,7 +339,12 @@ impl<'f> Decoder<'f> {
 
     /// A string whose `${{ }}` segments are validated in `scope`.
     pub(crate) fn template(&mut self, node: Node<'_>, what: &str, scope: &Scope<'_>) -> Option<String> {
-        let text = self.expect_str(node, what)?;
+        // Text fields take any scalar as written: `run: true` is the shell
+        // command `true`, `name: 1.10` is "1.10".
+        let Some(text) = node.scalar_text() else {
+            self.mismatch(node, "a string", what);
+            return None;
+        };
         self.check_template(node, &text, what, scope);
         Some(text)
     }

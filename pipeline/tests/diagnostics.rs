@@ -414,3 +414,12 @@ fn diagnostics_are_sorted_and_display_formatted() {
     assert_eq!(positions, sorted);
     assert!(all[0].to_string().starts_with("dir/p.yml:3:5: unknown key `zz`"));
 }
+
+#[test]
+fn text_fields_take_scalars_as_written() {
+    let p =
+        viaduct_pipeline::parse("p.yml", "jobs:\n  a:\n    steps:\n      - run: true\n        name: 1.10\n").unwrap();
+    let step = &p.jobs[0].steps[0];
+    assert!(matches!(&step.action, viaduct_pipeline::spec::StepAction::Run { script } if script == "true"));
+    assert_eq!(step.name.as_deref(), Some("1.10"));
+}

@@ -5,7 +5,7 @@ use crate::v1::Status;
 
 /// Conversion between [`Status`] and its lower-case word (`queued`,
 /// `running`, `success`, …).
-pub trait StatusWord: Sized {
+pub trait StatusWord: Sized + Copy {
     /// The lower-case word, e.g. `"timed_out"`.
     fn word(self) -> &'static str;
     /// Parses a lower-case word; `None` for unknown words.

@@ -181,7 +181,11 @@ async fn execute(
                             (Some(a), Some(b)) => Some(a.min(b)),
                             (a, b) => a.or(b),
                         };
-                        let step_stop = StepStop { cancel: cancel.child_token(), deadline };
+                        // After a cancel, the steps that still run (always()) are
+                        // stopped only by an abandon or their deadline.
+                        let token =
+                            if cancel.is_cancelled() { stop.abandon.child_token() } else { cancel.child_token() };
+                        let step_stop = StepStop { cancel: token, deadline };
                         let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index);
                         let span = tracing::info_span!("step", step = s.index, name = %s.name);
                         let o = env_of_job.run_step(&spec, &mut log, &step_stop).instrument(span).await;
@@ -229,9 +233,9 @@ fn describe(o: &StepOutcome) -> String {
 
 fn human(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 3600 && s % 3600 == 0 {
+    if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s >= 60 && s % 60 == 0 {
+    } else if s >= 60 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else if d.subsec_millis() == 0 {
         format!("{s}s")

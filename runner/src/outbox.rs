@@ -59,10 +59,10 @@ struct Inner {
 
 impl Inner {
     fn send(&mut self, msg: RunnerMessage) {
-        if let Some(link) = &self.link {
-            if link.send(msg).is_err() {
-                self.link = None;
-            }
+        if let Some(link) = &self.link
+            && link.send(msg).is_err()
+        {
+            self.link = None;
         }
     }
 }
@@ -121,10 +121,8 @@ impl Outbox {
         let status = u.status;
         let last = Status::try_from(status).is_ok_and(|s| s != Status::Running);
         self.update(&job, 0, status, RunnerMessage { msg: Some(Msg::Job(u)) });
-        if last {
-            if let Some(b) = self.lock().jobs.get_mut(&key(&job)) {
-                b.done = true;
-            }
+        if last && let Some(b) = self.lock().jobs.get_mut(&key(&job)) {
+            b.done = true;
         }
     }
 
@@ -143,10 +141,10 @@ impl Outbox {
         }
         for u in &ack.updates {
             let Some(job) = &u.job else { continue };
-            if let Some(b) = inner.jobs.get_mut(&key(job)) {
-                if let Some(i) = b.updates.iter().position(|(s, st, _)| *s == u.step_index && *st == u.status) {
-                    b.updates.remove(i);
-                }
+            if let Some(b) = inner.jobs.get_mut(&key(job))
+                && let Some(i) = b.updates.iter().position(|(s, st, _)| *s == u.step_index && *st == u.status)
+            {
+                b.updates.remove(i);
             }
         }
         inner.buffered -= freed;

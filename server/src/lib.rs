@@ -24,7 +24,6 @@ pub mod store;
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{auth::Auth, engine::EngineConfig, store::Store};
 
@@ -67,13 +66,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         runner_registration_token = %runner.display(),
         "viaduct-server listening on http://{addr}"
     );
+    // Our own listener (to learn the bound port), so TCP options are set on
+    // the incoming stream: without TCP_NODELAY every small gRPC message
+    // waits ~40 ms for delayed ACKs.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     tonic::transport::Server::builder()
         .accept_http1(true)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_routes(tonic::service::Routes::from(app))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     store.flush()?;
     tracing::info!("viaduct-server stopped");

@@ -1,1 +1,366 @@
+//! Harness for end-to-end tests: the real `viaduct-server`,
+//! `viaduct-runner` and `viaduct` binaries, started as processes on loopback
+//! with temporary directories, and clients to talk to them.
+//!
+//! The binaries are built once per test run (by `cargo xtask test`, or any
+//! `cargo build --bins`) and found next to the test executable, or in
+//! `VIADUCT_BIN_DIR`. Waiting is always on a condition with a deadline
+//! (usually a `Runs.Watch` event), never a fixed sleep.
 
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+pub use viaduct_sdk::{
+    Client,
+    proto::{
+        StatusWord,
+        v1::{self, Status},
+    },
+};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Uses the binaries in `dir` (e.g. a release build, for benchmarks).
+pub fn set_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// The directory holding the binaries under test: [`set_bin_dir`], else
+/// `VIADUCT_BIN_DIR`, else the directory of the running executable's
+/// profile (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = BIN_DIR.get() {
+        return d.clone();
+    }
+    if let Some(d) = std::env::var_os("VIADUCT_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+}
+
+/// Path of binary `name`, which must have been built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: build the binaries first (`cargo xtask test` does)", p.display());
+    p
+}
+
+/// Waits for `cond` to return `Some`, polling a cheap local condition
+/// (a file appearing, a process exiting) every 10 ms, up to `WAIT`.
+pub fn wait_until<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `fut` with the standard deadline.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A running `viaduct-server` with its own data directory.
+pub struct Server {
+    child: Option<Child>,
+    dir: TempDir,
+    addr: String,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server on a free loopback port.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s =
+            Self { child: None, dir, addr: String::new(), args: args.iter().map(ToString::to_string).collect() };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    fn spawn(&mut self, listen: &str) {
+        let data = self.data_dir();
+        let _ = std::fs::remove_file(data.join("address"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log");
+        let child = Command::new(bin("viaduct-server"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(&data)
+            .args(&self.args)
+            .env("VIADUCT_LOG", "info,viaduct_server=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start viaduct-server");
+        self.child = Some(child);
+        let addr_file = data.join("address");
+        self.addr = wait_until("the server to listen", || {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("viaduct-server exited with {status}: see {}", self.log_path().display());
+            }
+            std::fs::read_to_string(&addr_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        });
+    }
+
+    /// The data directory (database, token files).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `http://host:port`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The admin token written on first start.
+    pub fn admin_token(&self) -> String {
+        read_token(&self.data_dir().join("admin-token"))
+    }
+
+    /// The runner registration token written on first start.
+    pub fn runner_token(&self) -> String {
+        read_token(&self.data_dir().join("runner-token"))
+    }
+
+    /// A client with the admin token.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url(), Some(self.admin_token())).await.expect("connect to the server")
+    }
+
+    /// A `viaduct` CLI command aimed at this server with the admin token.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin("viaduct"));
+        c.env("VIADUCT_SERVER", self.url()).env("VIADUCT_TOKEN", self.admin_token()).env_remove("VIADUCT_TOKEN_FILE");
+        c
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no flush).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let listen = self.addr.clone();
+        self.spawn(&listen);
+    }
+
+    /// Starts a runner registered with this server.
+    pub fn runner(&self, labels: &str, slots: u32) -> Runner {
+        Runner::start(self, labels, slots, &[])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- server log ({}) ----\n{}", self.log_path().display(), tail(&self.log(), 80));
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read_token(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).trim().to_string()
+}
+
+/// A running `viaduct-runner`.
+pub struct Runner {
+    child: Option<Child>,
+    dir: TempDir,
+    args: Vec<String>,
+}
+
+impl Runner {
+    /// Starts a runner for `server` with `labels` (comma-separated), `slots`,
+    /// and extra arguments.
+    pub fn start(server: &Server, labels: &str, slots: u32, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = vec![
+            "--server".into(),
+            server.url(),
+            "--token".into(),
+            server.runner_token(),
+            "--labels".into(),
+            labels.into(),
+            "--slots".into(),
+            slots.to_string(),
+            "--kill-grace".into(),
+            "1s".into(),
+        ];
+        args.extend(extra.iter().map(ToString::to_string));
+        let mut r = Self { child: None, dir, args };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log");
+        let child = Command::new(bin("viaduct-runner"))
+            .args(&self.args)
+            .arg("--work-dir")
+            .arg(self.work_dir())
+            .env("VIADUCT_LOG", "info,viaduct_runner=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start viaduct-runner");
+        self.child = Some(child);
+    }
+
+    /// The runner's work directory.
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("runner.log")
+    }
+
+    /// The runner's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the runner with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same work directory (same identity).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- runner log ----\n{}", tail(&self.log(), 60));
+        }
+    }
+}
+
+/// Submits pipeline YAML and returns the run id.
+pub async fn submit(client: &Client, yaml: &str) -> String {
+    let req = v1::SubmitRequest {
+        source: Some(v1::submit_request::Source::PipelineYaml(yaml.to_string())),
+        ..Default::default()
+    };
+    client.runs().submit(req).await.expect("submit").into_inner().run_id
+}
+
+/// Waits (through `Runs.Watch`) until run `id` finishes.
+pub async fn finished(client: &Client, id: &str) -> v1::Run {
+    within(&format!("run {id} to finish"), client.wait_for_run(id)).await.expect("wait for run")
+}
+
+/// Waits until `pred` holds for run `id`, re-reading it on every event.
+pub async fn run_where(client: &Client, id: &str, what: &str, pred: impl Fn(&v1::Run) -> bool) -> v1::Run {
+    use tokio_stream::StreamExt;
+    within(what, async {
+        let mut events = client
+            .runs()
+            .watch(v1::WatchRequest { run_id: id.to_string(), from_start: true, ..Default::default() })
+            .await
+            .expect("watch")
+            .into_inner();
+        loop {
+            let run = client.runs().get(v1::GetRunRequest { id: id.to_string() }).await.expect("get run").into_inner();
+            if pred(&run) {
+                return run;
+            }
+            assert!(events.next().await.is_some(), "event stream ended");
+        }
+    })
+    .await
+}
+
+/// All log bytes of a step (by public id), as text.
+pub async fn step_log(client: &Client, step_id: &str) -> String {
+    let r = client
+        .logs()
+        .get(v1::GetLogRequest { step_id: step_id.to_string(), ..Default::default() })
+        .await
+        .expect("get log")
+        .into_inner();
+    String::from_utf8_lossy(&r.data).into_owned()
+}
+
+/// The status of a run/job/step field as a word.
+pub fn word(status: i32) -> &'static str {
+    Status::try_from(status).map_or("unspecified", StatusWord::word)
+}
+
+/// Runs a command to completion, returning its output (stdin closed).
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run command")
+}
+
+/// Whether process `pid` is gone (or a zombie waiting to be reaped).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}

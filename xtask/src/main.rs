@@ -1,1 +1,115 @@
-fn main() {}
+//! `cargo xtask`: the project's own automation.
+//!
+//! - `cargo xtask up`    — build and run the whole system locally (server with
+//!   an embedded sled data dir + one local runner), until Ctrl-C;
+//! - `cargo xtask test`  — install the test tools, build the binaries once,
+//!   run every test;
+//! - `cargo xtask setup` — install the tools the above need (idempotent);
+//! - `cargo xtask bench` — build in release mode and print the benchmarks.
+
+mod bench;
+mod setup;
+mod system;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Viaduct project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build and run the server, a local runner (and the UI) until Ctrl-C.
+    Up {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// Start from an empty data directory.
+        #[arg(long)]
+        fresh: bool,
+        /// Slots of the local runner.
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+    },
+    /// Install tools, build the binaries once, and run all tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Install the tools the tests need (idempotent).
+    Setup,
+    /// Run the benchmarks (release build) and print their figures.
+    Bench {
+        /// Only benchmarks whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Up { listen, fresh, slots } => system::up(&listen, fresh, slots),
+        Cmd::Test { args } => test(&args),
+        Cmd::Setup => setup::all().map(|_| ()),
+        Cmd::Bench { filter } => bench::run(filter.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// cargo's target directory (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` with the workspace as working directory.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let tools = setup::all()?;
+    let started = std::time::Instant::now();
+    // One build of every binary, shared by all end-to-end tests.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(extra);
+    for (k, v) in tools.env() {
+        cmd.env(k, v);
+    }
+    cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug"));
+    run(&mut cmd)?;
+    eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}

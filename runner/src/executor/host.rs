@@ -116,10 +116,10 @@ impl JobEnv for HostJob {
     }
 
     async fn teardown(self: Box<Self>) {
-        if !self.keep {
-            if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove job directory");
-            }
+        if !self.keep
+            && let Err(e) = tokio::fs::remove_dir_all(&self.dir).await
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove job directory");
         }
     }
 }

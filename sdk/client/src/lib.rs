@@ -184,10 +184,10 @@ impl Client {
             return Ok(run);
         }
         while let Some(ev) = events.next().await {
-            if let Some(Change::Run(r)) = ev?.change {
-                if RunStatus::try_from(r.status).is_ok_and(StatusWord::is_terminal) {
-                    return Ok(self.runs().get(GetRunRequest { id: id.to_string() }).await?.into_inner());
-                }
+            if let Some(Change::Run(r)) = ev?.change
+                && RunStatus::try_from(r.status).is_ok_and(StatusWord::is_terminal)
+            {
+                return Ok(self.runs().get(GetRunRequest { id: id.to_string() }).await?.into_inner());
             }
         }
         Err(Error::Stream(format!("the event stream ended before run {id} finished")))

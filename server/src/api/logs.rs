@@ -66,10 +66,10 @@ impl Logs for LogsApi {
         let span = tracing::debug_span!("follow", run = %scope.run());
         tokio::spawn(
             async move {
-                if let Err(e) = follow(&engine, scope, &r, &tx).await {
-                    if !tx.is_closed() {
-                        let _ = tx.send(Err(e.into())).await;
-                    }
+                if let Err(e) = follow(&engine, scope, &r, &tx).await
+                    && !tx.is_closed()
+                {
+                    let _ = tx.send(Err(e.into())).await;
                 }
             }
             .instrument(span),

@@ -191,7 +191,9 @@ impl Engine {
         match st.runners.get_mut(runner_id) {
             Some(c) if c.conn_id == conn_id => c.last_seen_ms = now_ms(),
             _ => {
-                return Err(Error::Unauthenticated(format!("runner {runner_id}: this connection is no longer current")));
+                return Err(Error::Unauthenticated(format!(
+                    "runner {runner_id}: this connection is no longer current"
+                )));
             }
         }
         let mut stale = Vec::new();

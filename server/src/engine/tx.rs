@@ -58,9 +58,9 @@ fn load<K: Ord + Copy, R: Message + Default + Clone>(
     raw: &[u8],
     what: impl FnOnce() -> String,
 ) -> Result<()> {
-    if !cache.contains_key(&key) {
+    if let std::collections::btree_map::Entry::Vacant(e) = cache.entry(key) {
         let rec: R = store.get(tree, raw)?.ok_or_else(|| crate::error::Error::not_found(what()))?;
-        cache.insert(key, Entry { before: Some(rec.clone()), now: rec });
+        e.insert(Entry { before: Some(rec.clone()), now: rec });
     }
     Ok(())
 }

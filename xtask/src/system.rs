@@ -1,0 +1,108 @@
+//! `cargo xtask up`: the whole system on this machine.
+//!
+//! Data lives in `.viaduct-dev/` at the workspace root: the server's sled
+//! database and token files in `data/`, the local runner's work directory
+//! in `runner/`. Ctrl-C stops everything; the next `up` continues with the
+//! same data (`--fresh` starts over).
+
+use std::{
+    path::Path,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root, run, target_dir};
+
+struct Kill(Vec<Child>);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGTERM first so the runner stops its jobs' process groups.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Builds and runs server + local runner until Ctrl-C.
+pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
+    let dev = root().join(".viaduct-dev");
+    let data = dev.join("data");
+    let work = dev.join("runner");
+    if fresh {
+        let _ = std::fs::remove_dir_all(&dev);
+    }
+    if !data.join("db").exists() {
+        // A runner identity is only valid for the database that issued it.
+        let _ = std::fs::remove_file(work.join("runner.json"));
+    }
+    run(cargo().args(["build", "--bins"]))?;
+    let bin = target_dir().join("debug");
+    let _ = std::fs::remove_file(data.join("address"));
+    let server = Command::new(bin.join("viaduct-server"))
+        .args(["--listen", listen, "--data-dir"])
+        .arg(&data)
+        .spawn()
+        .context("starting viaduct-server")?;
+    let mut children = Kill(vec![server]);
+    let addr = wait_for_address(&data, &mut children.0[0])?;
+    let url = format!("http://{addr}");
+    let labels = format!("linux,{}", std::env::consts::ARCH);
+    let runner = Command::new(bin.join("viaduct-runner"))
+        .args(["--server", &url, "--labels", &labels, "--slots", &slots.to_string(), "--name", "local", "--token-file"])
+        .arg(data.join("runner-token"))
+        .arg("--work-dir")
+        .arg(&work)
+        .spawn()
+        .context("starting viaduct-runner")?;
+    children.0.push(runner);
+    let token = data.join("admin-token");
+    println!(
+        "\nViaduct is up.\n  server   {url}  (gRPC, gRPC-web and HTTP on one port)\n  token    {}\n  runner   local  (labels {labels}, {slots} slots)\n  data     {}\n\nTry:\n  export VIADUCT_SERVER={url} VIADUCT_TOKEN_FILE={}\n  {}/viaduct submit examples/hello.yml --follow\n  grpcurl -plaintext {addr} list\n\nCtrl-C stops everything.\n",
+        token.display(),
+        data.display(),
+        token.display(),
+        bin.display(),
+    );
+    wait_for_ctrl_c(&mut children.0)
+}
+
+fn wait_for_address(data: &Path, server: &mut Child) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(data.join("address")) {
+            return Ok(a.trim().to_string());
+        }
+        if let Some(status) = server.try_wait()? {
+            bail!("viaduct-server exited with {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("viaduct-server did not start listening within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_ctrl_c(children: &mut [Child]) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tick.tick() => {
+                    for c in children.iter_mut() {
+                        if let Some(status) = c.try_wait()? {
+                            bail!("a Viaduct process exited with {status}; stopping");
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
