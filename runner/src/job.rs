@@ -153,7 +153,10 @@ async fn execute(
         if job_deadline.is_some_and(|d| Instant::now() >= d) {
             job_timed_out = true;
         }
-        let status = if cancel.is_cancelled() || job_timed_out {
+        // One snapshot per step: the condition and the choice of stop token
+        // must agree on whether this step runs after a cancel.
+        let after_cancel = cancel.is_cancelled();
+        let status = if after_cancel || job_timed_out {
             expr::Status::Cancelled
         } else if failed.is_some() {
             expr::Status::Failure
@@ -183,8 +186,7 @@ async fn execute(
                         };
                         // After a cancel, the steps that still run (always()) are
                         // stopped only by an abandon or their deadline.
-                        let token =
-                            if cancel.is_cancelled() { stop.abandon.child_token() } else { cancel.child_token() };
+                        let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
                         let step_stop = StepStop { cancel: token, deadline };
                         let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index);
                         let span = tracing::info_span!("step", step = s.index, name = %s.name);

@@ -286,6 +286,15 @@ impl Runner {
         self.spawn();
     }
 
+    /// Sends `signal` to the runner process (only: not its jobs), e.g.
+    /// SIGSTOP to make it go silent and SIGCONT to bring it back.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+            nix::sys::signal::kill(pid, signal).expect("signal the runner");
+        }
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))

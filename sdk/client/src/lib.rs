@@ -173,13 +173,13 @@ impl Client {
     /// and returns it.
     pub async fn wait_for_run(&self, id: &str) -> Result<Run, Error> {
         use viaduct_proto::StatusWord;
-        let mut events = self
-            .runs()
-            .watch(WatchRequest { run_id: id.to_string(), from_start: true, ..Default::default() })
-            .await?
-            .into_inner();
-        // The run may have finished before the watch started.
-        let run = self.runs().get(GetRunRequest { id: id.to_string() }).await?.into_inner();
+        // Subscribe to new events first, then read: a change after the read
+        // is always in the stream.
+        let mut events =
+            self.runs().watch(WatchRequest { run_id: id.to_string(), ..Default::default() }).await?.into_inner();
+        let get =
+            || async { Ok::<_, Error>(self.runs().get(GetRunRequest { id: id.to_string() }).await?.into_inner()) };
+        let run = get().await?;
         if run.status().is_terminal() {
             return Ok(run);
         }
@@ -187,7 +187,11 @@ impl Client {
             if let Some(Change::Run(r)) = ev?.change
                 && RunStatus::try_from(r.status).is_ok_and(StatusWord::is_terminal)
             {
-                return Ok(self.runs().get(GetRunRequest { id: id.to_string() }).await?.into_inner());
+                // Re-read: the event may predate a retry of the run.
+                let run = get().await?;
+                if run.status().is_terminal() {
+                    return Ok(run);
+                }
             }
         }
         Err(Error::Stream(format!("the event stream ended before run {id} finished")))

@@ -142,6 +142,11 @@ impl Runs for RunsApi {
                         return;
                     }
                 };
+                // Only durable events go out: a cursor a client has seen must
+                // never be reused after a crash (one shared fsync covers it).
+                if !events.is_empty() {
+                    engine.store().wait_durable(engine.store().ticket()).await;
+                }
                 for ev in events {
                     if tx.send(Ok(ev)).await.is_err() {
                         return;

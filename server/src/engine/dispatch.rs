@@ -1,7 +1,8 @@
 //! Matching queued jobs to connected runners and assigning them.
 //!
 //! Dispatch walks the queue in order (see `queue`) and gives each job to the
-//! connected, non-draining runner that has every label in its `runs_on`, the
+//! connected, non-draining, responsive (heard from within 3 heartbeat
+//! intervals) runner that has every label in its `runs_on`, the
 //! executor it needs and a free slot — the one with the most free slots, to
 //! spread load. It stops as soon as no runner has a free slot. Global and
 //! per-pipeline limits on running jobs apply here. A job that fits no
@@ -24,8 +25,11 @@ impl Tx<'_> {
     /// Assigns as many queued jobs as runners can take now.
     pub(crate) fn dispatch(&mut self) -> Result<()> {
         let mut free: HashMap<&str, u32> = HashMap::new();
+        // A runner not heard from for 3 heartbeats may be hung (stopped,
+        // partitioned behind a live TCP connection): give it nothing new.
+        let responsive_since = now_ms() - 3 * super::ms(self.sh.cfg.heartbeat_interval).max(500);
         for (id, c) in &self.st.runners {
-            if c.draining {
+            if c.draining || c.last_seen_ms < responsive_since {
                 continue;
             }
             let busy = self.st.jobs_of(id).count() as u32;

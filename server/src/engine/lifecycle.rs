@@ -78,6 +78,10 @@ impl Tx<'_> {
         self.writes().put(T::Queue, durable, &QueueRecord { job: key.key().to_vec(), queued_ms: now });
         let aging = ms(self.sh.cfg.priority_aging);
         self.st.queue.push(q, now, aging);
+        if not_before_ms > now {
+            // The timer must wake up when the backoff ends.
+            self.sh.signals.timer.notify_one();
+        }
         Ok(())
     }
 
@@ -115,7 +119,9 @@ impl Tx<'_> {
         if retryable && !job.cancel_requested && job.attempt < job.max_attempts {
             self.retry(key, status, message)
         } else if job.cancel_requested && status != Status::Success {
-            self.finish_job(key, Status::Cancelled, message)
+            // Keep the reason given when the cancel was asked for.
+            let reason = if job.message.is_empty() { message.to_string() } else { job.message.clone() };
+            self.finish_job(key, Status::Cancelled, &reason)
         } else {
             self.finish_job(key, status, message)
         }
@@ -323,6 +329,63 @@ impl Tx<'_> {
         self.rollup(id)
     }
 
+    /// Makes ready the jobs of a run that need nothing.
+    pub(crate) fn start_roots(&mut self, id: RunId) -> Result<()> {
+        let count = self.run(id)?.job_count;
+        for i in 1..=count {
+            let key = JobKey::new(id, i);
+            if self.job(key)?.needs.is_empty() {
+                self.make_ready(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `concurrency.group` to new run `id`: with
+    /// `cancel_in_progress`, every older unfinished run of the group is
+    /// cancelled; without it, older runs that have not started yet are
+    /// cancelled (superseded) and the new run waits for the one still
+    /// running. Returns whether the new run must wait.
+    pub(crate) fn supersede(&mut self, id: RunId, group: &str, cancel_in_progress: bool) -> Result<bool> {
+        let older: Vec<RunId> =
+            super::index::scan(self.store(), super::index::Field::Group, group.as_bytes(), Some(id))
+                .collect::<Result<_>>()?;
+        let mut wait = false;
+        for old in older {
+            let run = self.run(old)?;
+            if run.status().is_terminal() {
+                continue;
+            }
+            if cancel_in_progress || run.group_blocked {
+                self.cancel_run(old, &format!("superseded by run {id} (concurrency group `{group}`)"))?;
+            } else {
+                wait = true;
+            }
+        }
+        Ok(wait)
+    }
+
+    /// A run of a concurrency group finished: start the oldest run of the
+    /// group that waits for it.
+    fn release_group(&mut self, group: &str) -> Result<()> {
+        let runs: Vec<RunId> = super::index::scan(self.store(), super::index::Field::Group, group.as_bytes(), None)
+            .collect::<Result<_>>()?;
+        for id in runs.into_iter().rev() {
+            let run = self.run(id)?;
+            if run.status().is_terminal() {
+                continue;
+            }
+            if run.group_blocked {
+                run.group_blocked = false;
+                tracing::info!(run = %id, group, "concurrency group free: starting run");
+                self.start_roots(id)?;
+                self.rollup(id)?;
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
     /// Recomputes a run's state from its jobs.
     pub(crate) fn rollup(&mut self, id: RunId) -> Result<()> {
         let count = self.run(id)?.job_count;
@@ -354,7 +417,12 @@ impl Tx<'_> {
             run.status = status as i32;
             if status.is_terminal() {
                 run.finished_ms = now_ms();
+                run.group_blocked = false;
                 tracing::info!(run = %id, status = status.word(), "run finished");
+                let group = run.concurrency_group.clone();
+                if !group.is_empty() {
+                    self.release_group(&group)?;
+                }
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, Status, StepPlan};
 
-use super::{Engine, index, lifecycle::index as step_index};
+use super::{Engine, lifecycle::index as step_index};
 use crate::{
     convert,
     error::{Error, Result},
@@ -120,12 +120,8 @@ impl Engine {
                 r.finished_ms = now;
                 return Ok(id);
             }
-            if cancel_in_progress && !group.is_empty() {
-                let older: Vec<RunId> =
-                    index::scan(t.store(), index::Field::Group, group.as_bytes(), Some(id)).collect::<Result<_>>()?;
-                for old in older {
-                    t.cancel_run(old, &format!("superseded by run {id} (concurrency group `{group}`)"))?;
-                }
+            if !group.is_empty() && t.supersede(id, &group, cancel_in_progress)? {
+                t.run(id)?.group_blocked = true;
             }
             for (i, j) in new.jobs.iter().enumerate() {
                 let key = JobKey::new(id, step_index(i));
@@ -134,10 +130,8 @@ impl Engine {
                     t.insert_step(key.step(1, step_index(s)), convert::new_step(plan));
                 }
             }
-            for (i, j) in new.jobs.iter().enumerate() {
-                if j.needs.is_empty() {
-                    t.make_ready(JobKey::new(id, step_index(i)))?;
-                }
+            if !t.run(id)?.group_blocked {
+                t.start_roots(id)?;
             }
             t.rollup(id)?;
             t.dispatch()?;

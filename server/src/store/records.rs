@@ -67,6 +67,9 @@ pub struct RunRecord {
     /// The pipeline file text it was planned from.
     #[prost(string, tag = "16")]
     pub yaml: String,
+    /// Waiting for an older run of its concurrency group to finish.
+    #[prost(bool, tag = "17")]
+    pub group_blocked: bool,
 }
 
 /// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).

@@ -1,0 +1,191 @@
+//! Nothing accepted is ever lost: real processes killed with SIGKILL (and
+//! stopped with SIGSTOP) at bad moments.
+
+use nix::sys::signal::Signal;
+use viaduct_tests::{Server, finished, process_gone, run_where, step_log, submit, v1, wait_until, within, word};
+
+/// Lines `1..=n`, as `seq` prints them.
+fn seq(n: u32) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_mid_run_loses_no_step_result_and_no_log_line() {
+    let mut server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(
+        &client,
+        "jobs:\n  a:\n    steps:\n      - run: for i in $(seq 1 60); do echo $i; sleep 0.03; done\n  b:\n    needs: a\n    steps:\n      - run: echo after\n",
+    )
+    .await;
+    let step = format!("{id}.1.1");
+    within("ten lines", async {
+        while !step_log(&client, &step).await.contains("10\n") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    server.restart();
+    let client = server.client().await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    assert_eq!(step_log(&client, &step).await, seq(60), "no gap, no duplicate");
+    assert_eq!(step_log(&client, &format!("{id}.2.1")).await, "after\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_server_during_a_log_burst_keeps_the_log_exact() {
+    let mut server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(&client, "jobs:\n  a:\n    steps:\n      - run: seq 1 300000; echo end\n").await;
+    let step = format!("{id}.1.1");
+    // Kill while the output is streaming in.
+    within("the burst to start", async {
+        loop {
+            let r = client
+                .logs()
+                .get(v1::GetLogRequest { step_id: step.clone(), limit: 1, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            if r.size > 50_000 {
+                assert!(!r.complete, "the burst ended before the kill: make it longer");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    server.restart();
+    let client = server.client().await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success");
+    let mut got = Vec::new();
+    loop {
+        let r = client
+            .logs()
+            .get(v1::GetLogRequest { step_id: step.clone(), offset: got.len() as u64, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.data.is_empty() {
+            break;
+        }
+        got.extend(r.data);
+    }
+    let want = seq(300_000) + "end\n";
+    assert_eq!(got.len(), want.len(), "log length");
+    assert!(got == want.as_bytes(), "the log differs from `seq 1 300000; echo end`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_accepted_just_before_a_kill_all_run_after_the_restart() {
+    let mut server = Server::start();
+    let client = server.client().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(submit(&client, &format!("jobs:\n  j:\n    steps:\n      - run: echo run {i}\n")).await);
+    }
+    // SIGKILL right after the last Submit returned.
+    server.restart();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    for (i, id) in ids.iter().enumerate() {
+        let run = finished(&client, id).await;
+        assert_eq!(word(run.status), "success");
+        assert_eq!(step_log(&client, &format!("{id}.1.1")).await, format!("run {i}\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_mid_step_gets_its_job_retried_and_its_processes_cleaned_up() {
+    let server = Server::start_with(&["--retry-backoff", "50ms"]);
+    let mut runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pidfile = tmp.path().join("pid");
+    let id = submit(
+        &client,
+        &format!(
+            "jobs:\n  j:\n    retries: 1\n    steps:\n      - run: echo attempt $VIADUCT_ATTEMPT; if [ $VIADUCT_ATTEMPT = 1 ]; then echo $$ > {}; sleep 300; fi\n",
+            pidfile.display()
+        ),
+    )
+    .await;
+    let step = format!("{id}.1.1");
+    wait_until("attempt 1 to start", || std::fs::read_to_string(&pidfile).ok().filter(|s| s.ends_with('\n')));
+    runner.kill9();
+    let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(!process_gone(orphan), "the step outlives a SIGKILLed runner until the runner comes back");
+    // The restarted runner (same identity) no longer has the job: the server
+    // retries it at once, and the runner kills what the dead one left.
+    runner.restart();
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success");
+    assert_eq!(run.jobs[0].attempt, 2);
+    assert_eq!(word(run.jobs[0].previous_attempts[0].status), "runner_lost");
+    assert_eq!(step_log(&client, &step).await, "attempt 2\n");
+    wait_until("the orphaned step to be killed", || process_gone(orphan).then_some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_runner_loses_its_lease_and_cannot_overwrite_the_next_attempt() {
+    let server = Server::start_with(&["--lease-ttl", "2s", "--heartbeat-interval", "300ms", "--retry-backoff", "50ms"]);
+    let first = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(
+        &client,
+        "jobs:\n  j:\n    retries: 1\n    steps:\n      - run: echo begin $VIADUCT_ATTEMPT; sleep 3; echo end $VIADUCT_ATTEMPT\n",
+    )
+    .await;
+    let step = format!("{id}.1.1");
+    within("attempt 1 to log", async {
+        while step_log(&client, &step).await != "begin 1\n" {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
+    let first_id = run.jobs[0].runner_id.clone();
+    // The runner goes silent (its step keeps running), its lease lapses…
+    first.signal(Signal::SIGSTOP);
+    let _second = server.runner("linux", 1);
+    let run = run_where(&client, &id, "attempt 2 to run elsewhere", |r| {
+        r.jobs[0].attempt == 2 && word(r.jobs[0].status) == "running"
+    })
+    .await;
+    assert_ne!(run.jobs[0].runner_id, first_id, "a silent runner gets no new work");
+    assert_eq!(word(run.jobs[0].previous_attempts[0].status), "runner_lost");
+    // …and when it wakes up, its late reports are refused.
+    first.signal(Signal::SIGCONT);
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success");
+    assert_ne!(run.jobs[0].runner_id, first_id);
+    assert_eq!(step_log(&client, &step).await, "begin 2\nend 2\n");
+    wait_until("the late runner to be told to abandon", || first.log().contains("abandoning job").then_some(()));
+    let old = client
+        .logs()
+        .get(v1::GetLogRequest { step_id: step.clone(), attempt: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.data, b"begin 1\n", "nothing of the stale attempt was stored after its lease was lost");
+    let again = client.runs().get(v1::GetRunRequest { id }).await.unwrap().into_inner();
+    assert_eq!((word(again.status), again.jobs[0].attempt), ("success", 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_runner_with_no_retries_left_fails_the_job_as_runner_lost() {
+    let server = Server::start_with(&["--lease-ttl", "1s", "--heartbeat-interval", "200ms"]);
+    let first = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: sleep 30\n").await;
+    run_where(&client, &id, "the job to run", |r| word(r.jobs[0].status) == "running").await;
+    first.signal(Signal::SIGSTOP);
+    let run = finished(&client, &id).await;
+    assert_eq!((word(run.status), word(run.jobs[0].status)), ("failure", "runner_lost"));
+    assert!(run.jobs[0].message.contains("stopped responding"), "{}", run.jobs[0].message);
+    first.signal(Signal::SIGCONT);
+}
