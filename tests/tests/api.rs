@@ -154,6 +154,17 @@ async fn watch_resumes_after_a_cursor_without_missing_anything() {
     // Every state change is there: 3 steps × (running, success) at least.
     let steps = everything.iter().filter(|e| matches!(e.change, Some(v1::run_event::Change::Step(_)))).count();
     assert!(steps >= 6, "{steps} step events");
+    // Every intermediate state is there, in order, even for steps so fast
+    // that their reports arrive together.
+    let mut per_step: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for e in &everything {
+        if let Some(v1::run_event::Change::Step(s)) = &e.change {
+            per_step.entry(s.id.clone()).or_default().push(word(s.status));
+        }
+    }
+    for (id, states) in &per_step {
+        assert_eq!(states, &["pending", "running", "success"], "step {id}");
+    }
     let mid = everything.len() / 2;
     let rest = all(everything[mid].cursor).await;
     assert_eq!(rest, everything[mid + 1..].to_vec());

@@ -6,7 +6,7 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -18,7 +18,10 @@ use viaduct_proto::v1::{
 
 use crate::{
     auth::Auth,
-    engine::{Engine, RunnerHello, reports::Report},
+    engine::{
+        Engine, RunnerHello,
+        reports::{Report, Update, Verdict},
+    },
     error::Error,
     store::{Ticket, keys::JobKey},
 };
@@ -91,22 +94,26 @@ impl RunnerAgent for AgentApi {
         let engine = Arc::clone(&self.engine);
         tokio::spawn(
             async move {
+                let mut batch = Vec::new();
                 loop {
+                    // Everything already received goes into one batch.
                     match inbound.message().await {
-                        Ok(Some(m)) => {
-                            if let Err(e) = apply(&engine, &runner, conn, m, &tx, &ack_tx) {
-                                if matches!(e, Error::Unauthenticated(_)) {
-                                    tracing::info!(error = %e, "closing runner stream");
-                                    break;
-                                }
-                                tracing::warn!(error = %e, "bad message from runner");
-                            }
-                        }
+                        Ok(Some(m)) => batch.push(m),
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(error = %e, "runner stream broke");
                             break;
                         }
+                    }
+                    while batch.len() < MAX_BATCH {
+                        match inbound.message().now_or_never() {
+                            Some(Ok(Some(m))) => batch.push(m),
+                            _ => break,
+                        }
+                    }
+                    if let Err(e) = apply(&engine, &runner, conn, &mut batch, &tx, &ack_tx) {
+                        tracing::info!(error = %e, "closing runner stream");
+                        break;
                     }
                 }
                 engine.runner_disconnected(&runner, conn);
@@ -117,46 +124,63 @@ impl RunnerAgent for AgentApi {
     }
 }
 
-/// Applies one runner message.
+/// Most messages applied as one batch.
+const MAX_BATCH: usize = 512;
+
+/// Applies a batch of runner messages (and empties it): log data first, in
+/// order, then every state update in one transition. A runner sends a
+/// step's log bytes before its final update, so a step's final log size is
+/// always complete. An error means the stream must end.
 fn apply(
     engine: &Engine,
     runner: &str,
     conn: u64,
-    m: RunnerMessage,
+    batch: &mut Vec<RunnerMessage>,
     tx: &UnboundedSender<ServerMessage>,
     acks: &UnboundedSender<(Ticket, Pending)>,
 ) -> Result<(), Error> {
     let stale = |job| {
         let _ = tx.send(abandon(job, "this attempt no longer holds its lease"));
     };
-    match m.msg {
-        Some(In::Heartbeat(h)) => {
-            for (job, attempt) in engine.heartbeat(runner, conn, &job_refs(&h.active_jobs)?)? {
-                stale(Some(crate::engine::job_ref(job, attempt)));
+    let mut updates = Vec::new();
+    for m in batch.iter() {
+        match &m.msg {
+            Some(In::Heartbeat(h)) => {
+                for (job, attempt) in engine.heartbeat(runner, conn, &job_refs(&h.active_jobs)?)? {
+                    stale(Some(crate::engine::job_ref(job, attempt)));
+                }
+            }
+            Some(In::Log(d)) => match engine.log_data(runner, d) {
+                Ok(Report::Logged(t, offset)) => {
+                    let ack = LogAck { job: d.job.clone(), step_index: d.step_index, offset };
+                    let _ = acks.send((t, Pending::Log(ack)));
+                }
+                Ok(Report::Stale) => stale(d.job.clone()),
+                Err(e) => tracing::warn!(error = %e, "bad log data from runner"),
+            },
+            Some(In::Step(u)) => updates.push(Update::Step(u)),
+            Some(In::Job(u)) => updates.push(Update::Job(u)),
+            Some(In::Hello(_)) => tracing::warn!("Hello may only be sent first; ignored"),
+            None => {}
+        }
+    }
+    if !updates.is_empty() {
+        let (verdicts, ticket) = engine.apply_updates(runner, &updates)?;
+        for (u, v) in updates.iter().zip(verdicts) {
+            let (job, step_index, status) = match u {
+                Update::Step(s) => (s.job.clone(), s.step_index, s.status),
+                Update::Job(j) => (j.job.clone(), 0, j.status),
+            };
+            match v {
+                Verdict::Accepted => {
+                    let _ = acks.send((ticket, Pending::Update(UpdateAck { job, step_index, status })));
+                }
+                Verdict::Stale => stale(job),
+                Verdict::Invalid(e) => tracing::warn!(error = %e, "bad update from runner"),
             }
         }
-        Some(In::Step(u)) => match engine.step_update(runner, &u)? {
-            Report::Accepted(t) => {
-                let _ = acks
-                    .send((t, Pending::Update(UpdateAck { job: u.job, step_index: u.step_index, status: u.status })));
-            }
-            _ => stale(u.job),
-        },
-        Some(In::Job(u)) => match engine.job_update(runner, &u)? {
-            Report::Accepted(t) => {
-                let _ = acks.send((t, Pending::Update(UpdateAck { job: u.job, step_index: 0, status: u.status })));
-            }
-            _ => stale(u.job),
-        },
-        Some(In::Log(d)) => match engine.log_data(runner, &d)? {
-            Report::Logged(t, offset) => {
-                let _ = acks.send((t, Pending::Log(LogAck { job: d.job, step_index: d.step_index, offset })));
-            }
-            _ => stale(d.job),
-        },
-        Some(In::Hello(_)) => return Err(Error::invalid("Hello may only be sent first")),
-        None => {}
     }
+    batch.clear();
     Ok(())
 }
 

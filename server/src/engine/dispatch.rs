@@ -32,7 +32,7 @@ impl Tx<'_> {
             if c.draining || c.last_seen_ms < responsive_since {
                 continue;
             }
-            let busy = self.st.jobs_of(id).count() as u32;
+            let busy = self.st.leases.busy(id);
             if c.slots > busy {
                 free.insert(id.as_str(), c.slots - busy);
             }
@@ -45,7 +45,7 @@ impl Tx<'_> {
         let mut running = self.st.leases.len();
         let mut per_pipeline: HashMap<&str, usize> = HashMap::new();
         if cfg.max_running_per_pipeline > 0 {
-            for l in self.st.leases.values() {
+            for (_, l) in self.st.leases.iter() {
                 *per_pipeline.entry(l.pipeline.as_str()).or_default() += 1;
             }
         }

@@ -17,6 +17,7 @@
 
 mod condition;
 pub mod index;
+mod lease;
 mod lifecycle;
 pub mod plan;
 mod queue;
@@ -36,9 +37,11 @@ use std::{
 use tokio::sync::{Notify, mpsc::UnboundedSender, watch};
 use viaduct_proto::v1::{ServerMessage, Status};
 
+pub(crate) use self::lease::Lease;
 pub use self::session::RunnerHello;
 pub(crate) use self::session::job_ref;
 use self::{
+    lease::Leases,
     queue::{Queue, QueuedJob},
     tx::Tx,
 };
@@ -47,7 +50,7 @@ use crate::{
     store::{
         Store, T, Ticket, decode,
         keys::{JobKey, RunId},
-        records::{JobRecord, QueueRecord, RunRecord},
+        records::{EventBatch, JobRecord, QueueRecord, RunRecord},
     },
 };
 
@@ -81,16 +84,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// A job attempt held by a runner.
-pub(crate) struct Lease {
-    pub attempt: u32,
-    pub runner: String,
-    pub expires: Instant,
-    pub pipeline: String,
-    /// Number of steps of the job (validates step indices in reports).
-    pub steps: u32,
-}
-
 /// A connected runner.
 pub(crate) struct Conn {
     pub conn_id: u64,
@@ -106,18 +99,11 @@ pub(crate) struct Conn {
 pub(crate) struct State {
     pub queue: Queue,
     pub runners: HashMap<String, Conn>,
-    pub leases: HashMap<JobKey, Lease>,
+    pub leases: Leases,
     /// Cursor of the next event.
     pub next_event: u64,
     pub next_queue_seq: u64,
     pub next_conn: u64,
-}
-
-impl State {
-    /// Jobs leased to `runner`.
-    pub fn jobs_of<'a>(&'a self, runner: &'a str) -> impl Iterator<Item = (JobKey, u32)> + 'a {
-        self.leases.iter().filter(move |(_, l)| l.runner == runner).map(|(k, l)| (*k, l.attempt))
-    }
 }
 
 /// Wake-ups for streams that follow state: events and per-run changes.
@@ -168,13 +154,13 @@ impl Engine {
     /// get a fresh lease so their runner can reconnect and resume.
     pub fn open(store: Arc<Store>, cfg: EngineConfig) -> Result<Arc<Self>> {
         let next_event = match store.tree(T::Events).last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])) + 1,
+            Some((_, v)) => decode::<EventBatch>(T::Events, &v)?.events.last().map_or(1, |e| e.cursor + 1),
             None => 1,
         };
         let mut st = State {
             queue: Queue::default(),
             runners: HashMap::new(),
-            leases: HashMap::new(),
+            leases: Leases::default(),
             next_event,
             next_queue_seq: 1,
             next_conn: 1,
@@ -293,7 +279,7 @@ impl Engine {
                 tx.lose_job(job, attempt, &format!("runner {runner} stopped responding"))?;
             }
             tx.dispatch()?;
-            let lease_next = tx.st.leases.values().map(|l| l.expires).min();
+            let lease_next = tx.st.leases.iter().map(|(_, l)| l.expires).min();
             let now_ms = crate::store::now_ms();
             let backoff_next = tx
                 .st

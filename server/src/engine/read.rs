@@ -1,7 +1,6 @@
 //! Queries: what the API reads. Reads do not take the engine lock; each
 //! record read is a consistent committed version.
 
-use prost::Message;
 use viaduct_proto::{
     StatusWord as _,
     v1::{self, RunEvent, Status},
@@ -18,7 +17,7 @@ use crate::{
         T, decode,
         keys::{JobKey, RunId, StepKey},
         logs::Chunk,
-        records::{JobRecord, RunRecord, StepRecord},
+        records::{EventBatch, JobRecord, RunRecord, StepRecord},
     },
 };
 
@@ -246,15 +245,26 @@ impl Engine {
         let run = run.map(|r| r.to_string());
         let mut out = Vec::new();
         let mut last = cursor;
-        for kv in self.store().tree(T::Events).range((cursor + 1).to_be_bytes()..).take(limit * 10) {
+        let mut scanned = 0;
+        let tree = self.store().tree(T::Events);
+        // Start at the batch that holds cursor + 1.
+        let start = match tree.range(..=(cursor + 1).to_be_bytes()).next_back() {
+            Some(kv) => kv?.0.to_vec(),
+            None => (cursor + 1).to_be_bytes().to_vec(),
+        };
+        'batches: for kv in tree.range(start..) {
             let (_, v) = kv?;
-            let ev =
-                RunEvent::decode(v.as_ref()).map_err(|e| Error::Corrupt { tree: "events", detail: e.to_string() })?;
-            last = ev.cursor;
-            if run.as_ref().is_none_or(|r| *r == ev.run_id) {
-                out.push(ev);
-                if out.len() >= limit {
-                    break;
+            for ev in decode::<EventBatch>(T::Events, &v)?.events {
+                if ev.cursor <= cursor {
+                    continue;
+                }
+                last = ev.cursor;
+                scanned += 1;
+                if run.as_ref().is_none_or(|r| *r == ev.run_id) {
+                    out.push(ev);
+                }
+                if out.len() >= limit || scanned >= limit * 10 {
+                    break 'batches;
                 }
             }
         }

@@ -11,21 +11,39 @@ use viaduct_proto::{
     v1::{JobUpdate, LogData, Status, StepUpdate},
 };
 
-use super::{Engine, dispatch::holds};
+use super::{Engine, dispatch::holds, tx::Tx};
 use crate::{
     error::{Error, Result},
     store::{Ticket, keys::JobKey, logs::Append, now_ms},
 };
 
-/// The engine's answer to a report.
+/// The engine's answer to log data.
 #[derive(Debug)]
 pub enum Report {
-    /// Applied (or already known); acknowledge once `Ticket` is durable.
-    Accepted(Ticket),
     /// Log data applied; the step's durable log will be this long.
     Logged(Ticket, u64),
     /// The runner does not hold this attempt: tell it to abandon it.
     Stale,
+}
+
+/// A state report from a runner.
+#[derive(Debug, Clone, Copy)]
+pub enum Update<'a> {
+    /// A step changed state.
+    Step(&'a StepUpdate),
+    /// The job attempt started or ended.
+    Job(&'a JobUpdate),
+}
+
+/// The engine's answer to one [`Update`].
+#[derive(Debug)]
+pub enum Verdict {
+    /// Applied (or already known): acknowledge once durable.
+    Accepted,
+    /// The runner does not hold this attempt: tell it to abandon it.
+    Stale,
+    /// Malformed (e.g. no such step): log it, do not acknowledge.
+    Invalid(Error),
 }
 
 fn job_of(r: Option<&viaduct_proto::v1::JobRef>) -> Result<(JobKey, u32)> {
@@ -34,62 +52,34 @@ fn job_of(r: Option<&viaduct_proto::v1::JobRef>) -> Result<(JobKey, u32)> {
 }
 
 impl Engine {
-    /// A step changed state on `runner`.
-    pub fn step_update(&self, runner: &str, u: &StepUpdate) -> Result<Report> {
-        let (job, attempt) = job_of(u.job.as_ref())?;
-        let status = u.status();
-        let (report, ticket) = self.transition(|t| {
-            if !holds(t.st, runner, job, attempt) {
-                return Ok(false);
+    /// Applies `updates` from `runner`, in order, as one transition (one
+    /// lock, one sled transaction, one dispatch for the whole batch).
+    /// Returns a verdict per update and the ticket to acknowledge after.
+    pub fn apply_updates(&self, runner: &str, updates: &[Update<'_>]) -> Result<(Vec<Verdict>, Ticket)> {
+        self.transition(|t| {
+            let mut verdicts = Vec::with_capacity(updates.len());
+            let mut freed = false;
+            for u in updates {
+                let verdict = match u {
+                    Update::Step(s) => t.apply_step(runner, s),
+                    Update::Job(j) => t.apply_job(runner, j).map(|(ok, ended)| {
+                        freed |= ended;
+                        ok
+                    }),
+                };
+                verdicts.push(match verdict {
+                    Ok(true) => Verdict::Accepted,
+                    Ok(false) => Verdict::Stale,
+                    Err(e) => Verdict::Invalid(e),
+                });
+                // Each report's changes become their own events.
+                t.checkpoint();
             }
-            if u.step_index == 0 || u.step_index as usize > t.job(job)?.steps.len() {
-                return Err(Error::invalid(format!("job {job} has no step {}", u.step_index)));
-            }
-            let sk = job.step(attempt, u.step_index);
-            let size = t.store().logs.len(sk)?;
-            let step = t.step(sk)?;
-            let current = step.status();
-            if current.is_terminal() || status == Status::Pending || status == current {
-                return Ok(true);
-            }
-            let now = now_ms();
-            if status == Status::Running {
-                step.status = status as i32;
-                step.started_ms = now;
-            } else if status.is_terminal() {
-                if step.started_ms == 0 && status != Status::Skipped {
-                    step.started_ms = now;
-                }
-                step.status = status as i32;
-                step.finished_ms = if status == Status::Skipped { 0 } else { now };
-                step.exit_code = u.exit_code;
-                step.message.clone_from(&u.message);
-                step.outputs = u.outputs.clone();
-                step.summary.clone_from(&u.summary);
-                step.log_size = size;
-                t.store().logs.forget(sk);
-            }
-            tracing::debug!(step = %sk, attempt, status = status.word(), "step update");
-            Ok(true)
-        })?;
-        Ok(if report { Report::Accepted(ticket) } else { Report::Stale })
-    }
-
-    /// A job attempt started or ended on `runner`.
-    pub fn job_update(&self, runner: &str, u: &JobUpdate) -> Result<Report> {
-        let (job, attempt) = job_of(u.job.as_ref())?;
-        let status = u.status();
-        let (report, ticket) = self.transition(|t| {
-            if !holds(t.st, runner, job, attempt) {
-                return Ok(false);
-            }
-            if status.is_terminal() {
-                t.end_attempt(job, status, &u.message)?;
+            if freed {
                 t.dispatch()?;
             }
-            Ok(true)
-        })?;
-        Ok(if report { Report::Accepted(ticket) } else { Report::Stale })
+            Ok(verdicts)
+        })
     }
 
     /// Log bytes of a step from `runner`.
@@ -103,17 +93,71 @@ impl Engine {
             return Err(Error::invalid(format!("job {job} has no step {}", d.step_index)));
         }
         let sk = job.step(attempt, d.step_index);
-        let len = match self.store().logs.append(sk, d.offset, &d.data, now_ms())? {
+        Ok(match self.store().logs.append(sk, d.offset, &d.data, now_ms())? {
             Append::Stored(len) => {
                 self.signals().touch_run(job.run);
-                len
+                Report::Logged(self.store().ticket(), len)
             }
-            Append::Duplicate(len) => len,
+            Append::Duplicate(len) => Report::Logged(self.store().current_ticket(), len),
             Append::Gap(len) => {
                 tracing::warn!(step = %sk, offset = d.offset, have = len, "log chunk past the end: bytes missing");
-                len
+                Report::Logged(self.store().current_ticket(), len)
             }
-        };
-        Ok(Report::Logged(self.store().ticket(), len))
+        })
+    }
+}
+
+impl Tx<'_> {
+    /// A step changed state: `Ok(false)` when the runner does not hold the
+    /// attempt. Validation happens before any change.
+    fn apply_step(&mut self, runner: &str, u: &StepUpdate) -> Result<bool> {
+        let (job, attempt) = job_of(u.job.as_ref())?;
+        let status = u.status();
+        if !holds(self.st, runner, job, attempt) {
+            return Ok(false);
+        }
+        if u.step_index == 0 || u.step_index as usize > self.job(job)?.steps.len() {
+            return Err(Error::invalid(format!("job {job} has no step {}", u.step_index)));
+        }
+        let sk = job.step(attempt, u.step_index);
+        let size = self.store().logs.len(sk)?;
+        let step = self.step(sk)?;
+        let current = step.status();
+        if current.is_terminal() || status == Status::Pending || status == current {
+            return Ok(true);
+        }
+        let now = now_ms();
+        if status == Status::Running {
+            step.status = status as i32;
+            step.started_ms = now;
+        } else if status.is_terminal() {
+            if step.started_ms == 0 && status != Status::Skipped {
+                step.started_ms = now;
+            }
+            step.status = status as i32;
+            step.finished_ms = if status == Status::Skipped { 0 } else { now };
+            step.exit_code = u.exit_code;
+            step.message.clone_from(&u.message);
+            step.outputs = u.outputs.clone();
+            step.summary.clone_from(&u.summary);
+            step.log_size = size;
+            self.store().logs.forget(sk);
+        }
+        tracing::debug!(step = %sk, attempt, status = status.word(), "step update");
+        Ok(true)
+    }
+
+    /// A job attempt started or ended: `Ok((held, ended))`.
+    fn apply_job(&mut self, runner: &str, u: &JobUpdate) -> Result<(bool, bool)> {
+        let (job, attempt) = job_of(u.job.as_ref())?;
+        if !holds(self.st, runner, job, attempt) {
+            return Ok((false, false));
+        }
+        let status = u.status();
+        if status.is_terminal() {
+            self.end_attempt(job, status, &u.message)?;
+            return Ok((true, true));
+        }
+        Ok((true, false))
     }
 }

@@ -94,7 +94,7 @@ impl Engine {
                 resume.push(Resume { job: Some(job_ref(*job, *attempt)), keep, logs });
             }
             let listed: HashSet<(JobKey, u32)> = hello.active.iter().copied().collect();
-            let forgotten: Vec<(JobKey, u32)> = t.st.jobs_of(runner_id).filter(|j| !listed.contains(j)).collect();
+            let forgotten: Vec<(JobKey, u32)> = t.st.leases.of(runner_id).filter(|j| !listed.contains(j)).collect();
             for (job, attempt) in forgotten {
                 tracing::warn!(job = %job, attempt, runner = runner_id, "runner came back without the job");
                 t.lose_job(job, attempt, &format!("runner {runner_id} restarted and no longer runs it"))?;
@@ -143,7 +143,7 @@ impl Engine {
         };
         let adoptable = rec.attempt == attempt
             && (rec.status() == Status::Queued || (rec.status() == Status::Running && rec.runner_id == runner))
-            && !t.st.leases.contains_key(&job);
+            && !t.st.leases.contains(&job);
         if !adoptable {
             return Ok(false);
         }
@@ -260,7 +260,7 @@ impl Engine {
             t.writes().delete(T::Runners, id.as_bytes());
             revoke(t.writes())?;
             t.st.runners.remove(id);
-            let held: Vec<(JobKey, u32)> = t.st.jobs_of(id).collect();
+            let held: Vec<(JobKey, u32)> = t.st.leases.of(id).collect();
             for (job, attempt) in held {
                 t.lose_job(job, attempt, &format!("runner {id} was removed"))?;
             }
@@ -273,7 +273,7 @@ impl Engine {
 
 fn live(st: &super::State, id: &str) -> Option<LiveRunner> {
     let c = st.runners.get(id)?;
-    Some(LiveRunner { jobs: st.jobs_of(id).map(|(k, _)| k.to_string()).collect(), last_seen_ms: c.last_seen_ms })
+    Some(LiveRunner { jobs: st.leases.of(id).map(|(k, _)| k.to_string()).collect(), last_seen_ms: c.last_seen_ms })
 }
 
 /// A `JobRef` for (job, attempt).

@@ -23,19 +23,88 @@ use crate::{
         Store, T, Ticket, WriteSet,
         keys::{JobKey, RunId, StepKey},
         now_ms,
-        records::{JobRecord, RunRecord, StepRecord},
+        records::{EventBatch, JobRecord, RunRecord, StepRecord},
     },
 };
 
-/// A record as read (`None` when new) and as it is now.
+/// A record as read (`None` when new), as of the last checkpoint, and as
+/// it is now.
 struct Entry<R> {
     before: Option<R>,
+    /// As of the last checkpoint; `None` until the first checkpoint that
+    /// found a change (until then it equals `before`: no copy is kept).
+    seen: Option<R>,
     now: R,
+    touched: bool,
 }
 
-impl<R: PartialEq> Entry<R> {
+impl<R: PartialEq + Clone> Entry<R> {
+    /// Changed since it was read: must be written.
     fn changed(&self) -> bool {
         self.before.as_ref() != Some(&self.now)
+    }
+
+    /// Changed since the last checkpoint: needs an event. Marks it seen.
+    fn changed_since_checkpoint(&mut self) -> bool {
+        self.touched = false;
+        if self.seen.as_ref().or(self.before.as_ref()) == Some(&self.now) {
+            return false;
+        }
+        self.seen = Some(self.now.clone());
+        true
+    }
+}
+
+/// The records of one kind a transition has read, with the keys handed out
+/// for change since the last checkpoint (so a checkpoint looks only at
+/// those).
+struct Cache<K, R> {
+    map: BTreeMap<K, Entry<R>>,
+    touched: Vec<K>,
+}
+
+impl<K: Ord + Copy, R: Message + Default + Clone + PartialEq> Cache<K, R> {
+    fn new() -> Self {
+        Self { map: BTreeMap::new(), touched: Vec::new() }
+    }
+
+    /// The record, read from `tree` on first use, for changing.
+    fn get(&mut self, store: &Store, tree: T, key: K, raw: &[u8], what: impl FnOnce() -> String) -> Result<&mut R> {
+        let e = match self.map.entry(key) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let rec: R = store.get(tree, raw)?.ok_or_else(|| crate::error::Error::not_found(what()))?;
+                v.insert(Entry { before: Some(rec.clone()), seen: None, now: rec, touched: false })
+            }
+        };
+        if !e.touched {
+            e.touched = true;
+            self.touched.push(key);
+        }
+        Ok(&mut e.now)
+    }
+
+    /// A new record.
+    fn insert(&mut self, key: K, rec: R) {
+        self.map.insert(key, Entry { before: None, seen: None, now: rec, touched: true });
+        self.touched.push(key);
+    }
+
+    /// Keys changed since the last checkpoint, each marked seen.
+    fn checkpoint(&mut self) -> Vec<(K, &R)> {
+        let keys = std::mem::take(&mut self.touched);
+        let mut changed = Vec::new();
+        for key in keys {
+            if self.map.get_mut(&key).is_some_and(Entry::changed_since_checkpoint) {
+                changed.push(key);
+            }
+        }
+        changed.into_iter().filter_map(|k| self.map.get(&k).map(|e| (k, &e.now))).collect()
+    }
+
+    /// Records changed since they were read: (key, before, now).
+    fn written(&self) -> impl Iterator<Item = (&K, Option<&R>, &R)> {
+        self.map.iter().filter(|(_, e)| e.changed()).map(|(k, e)| (k, e.before.as_ref(), &e.now))
     }
 }
 
@@ -43,26 +112,13 @@ impl<R: PartialEq> Entry<R> {
 pub(crate) struct Tx<'a> {
     pub(crate) sh: &'a Shared,
     pub(crate) st: &'a mut State,
-    runs: BTreeMap<RunId, Entry<RunRecord>>,
-    jobs: BTreeMap<JobKey, Entry<JobRecord>>,
-    steps: BTreeMap<StepKey, Entry<StepRecord>>,
+    runs: Cache<RunId, RunRecord>,
+    jobs: Cache<JobKey, JobRecord>,
+    steps: Cache<StepKey, StepRecord>,
     ws: WriteSet,
+    /// Events of the checkpoints so far, in order.
+    changes: Vec<(RunId, Change)>,
     outbox: Vec<(UnboundedSender<ServerMessage>, ServerMessage)>,
-}
-
-fn load<K: Ord + Copy, R: Message + Default + Clone>(
-    cache: &mut BTreeMap<K, Entry<R>>,
-    store: &Store,
-    tree: T,
-    key: K,
-    raw: &[u8],
-    what: impl FnOnce() -> String,
-) -> Result<()> {
-    if let std::collections::btree_map::Entry::Vacant(e) = cache.entry(key) {
-        let rec: R = store.get(tree, raw)?.ok_or_else(|| crate::error::Error::not_found(what()))?;
-        e.insert(Entry { before: Some(rec.clone()), now: rec });
-    }
-    Ok(())
 }
 
 impl<'a> Tx<'a> {
@@ -70,10 +126,11 @@ impl<'a> Tx<'a> {
         Self {
             sh,
             st,
-            runs: BTreeMap::new(),
-            jobs: BTreeMap::new(),
-            steps: BTreeMap::new(),
+            runs: Cache::new(),
+            jobs: Cache::new(),
+            steps: Cache::new(),
             ws: WriteSet::default(),
+            changes: Vec::new(),
             outbox: Vec::new(),
         }
     }
@@ -85,35 +142,32 @@ impl<'a> Tx<'a> {
 
     /// A run, for changing.
     pub(crate) fn run(&mut self, id: RunId) -> Result<&mut RunRecord> {
-        load(&mut self.runs, &self.sh.store, T::Runs, id, &id.key(), || format!("run {id} not found"))?;
-        Ok(&mut self.runs.get_mut(&id).expect("loaded above").now)
+        self.runs.get(&self.sh.store, T::Runs, id, &id.key(), || format!("run {id} not found"))
     }
 
     /// A job, for changing.
     pub(crate) fn job(&mut self, key: JobKey) -> Result<&mut JobRecord> {
-        load(&mut self.jobs, &self.sh.store, T::Jobs, key, &key.key(), || format!("job {key} not found"))?;
-        Ok(&mut self.jobs.get_mut(&key).expect("loaded above").now)
+        self.jobs.get(&self.sh.store, T::Jobs, key, &key.key(), || format!("job {key} not found"))
     }
 
     /// A step of one attempt, for changing.
     pub(crate) fn step(&mut self, key: StepKey) -> Result<&mut StepRecord> {
-        load(&mut self.steps, &self.sh.store, T::Steps, key, &key.key(), || format!("step {key} not found"))?;
-        Ok(&mut self.steps.get_mut(&key).expect("loaded above").now)
+        self.steps.get(&self.sh.store, T::Steps, key, &key.key(), || format!("step {key} not found"))
     }
 
     /// Adds a new run.
     pub(crate) fn insert_run(&mut self, id: RunId, rec: RunRecord) {
-        self.runs.insert(id, Entry { before: None, now: rec });
+        self.runs.insert(id, rec);
     }
 
     /// Adds a new job.
     pub(crate) fn insert_job(&mut self, key: JobKey, rec: JobRecord) {
-        self.jobs.insert(key, Entry { before: None, now: rec });
+        self.jobs.insert(key, rec);
     }
 
     /// Adds a new step.
     pub(crate) fn insert_step(&mut self, key: StepKey, rec: StepRecord) {
-        self.steps.insert(key, Entry { before: None, now: rec });
+        self.steps.insert(key, rec);
     }
 
     /// Extra raw writes (queue entries, indexes) committed with the rest.
@@ -126,38 +180,61 @@ impl<'a> Tx<'a> {
         self.outbox.push((to.clone(), msg));
     }
 
+    /// Records an event for every record changed since the last checkpoint
+    /// (steps, then jobs, then runs). A transition that applies several
+    /// reports calls this after each, so every intermediate state (a step's
+    /// `running` before its `success`) is an event, while each record is
+    /// still written once.
+    pub(crate) fn checkpoint(&mut self) {
+        for (key, rec) in self.steps.checkpoint() {
+            self.changes.push((key.job.run, Change::Step(convert::step(key, rec, rec.log_size))));
+        }
+        for (key, rec) in self.jobs.checkpoint() {
+            self.changes.push((key.run, Change::Job(convert::job(key, rec))));
+        }
+        for (id, rec) in self.runs.checkpoint() {
+            self.changes.push((id, Change::Run(convert::run(id, rec))));
+        }
+    }
+
     /// Writes everything that changed, atomically, with its events; then
     /// wakes watchers and sends the queued runner messages.
     pub(crate) fn commit(mut self) -> Result<Ticket> {
+        self.checkpoint();
         let now = now_ms();
-        let mut changes: Vec<(RunId, Change)> = Vec::new();
-        for (key, e) in &self.steps {
-            if e.changed() {
-                self.ws.put(T::Steps, key.key(), &e.now);
-                changes.push((key.job.run, Change::Step(convert::step(*key, &e.now, e.now.log_size))));
-            }
+        for (key, _, rec) in self.steps.written() {
+            self.ws.put(T::Steps, key.key(), rec);
         }
-        for (key, e) in &self.jobs {
-            if e.changed() {
-                self.ws.put(T::Jobs, key.key(), &e.now);
-                changes.push((key.run, Change::Job(convert::job(*key, &e.now))));
-            }
+        for (key, _, rec) in self.jobs.written() {
+            self.ws.put(T::Jobs, key.key(), rec);
         }
-        for (id, e) in &self.runs {
-            if e.changed() {
-                self.ws.put(T::Runs, id.key(), &e.now);
-                super::index::update(&mut self.ws, *id, e.before.as_ref(), &e.now);
-                changes.push((*id, Change::Run(convert::run(*id, &e.now))));
-            }
+        for (id, before, rec) in self.runs.written() {
+            self.ws.put(T::Runs, id.key(), rec);
+            super::index::update(&mut self.ws, *id, before, rec);
         }
         let mut touched = BTreeSet::new();
         let first_cursor = self.st.next_event;
-        for (run, change) in changes {
+        let mut batch = EventBatch::default();
+        for (run, change) in std::mem::take(&mut self.changes) {
             let cursor = self.st.next_event;
             self.st.next_event += 1;
-            let ev = RunEvent { cursor, time: convert::timestamp(now), run_id: run.to_string(), change: Some(change) };
-            self.ws.put_raw(T::Events, cursor.to_be_bytes(), ev.encode_to_vec());
+            batch.events.push(RunEvent {
+                cursor,
+                time: convert::timestamp(now),
+                run_id: run.to_string(),
+                change: Some(change),
+            });
             touched.insert(run);
+        }
+        if !batch.events.is_empty() {
+            self.ws.put(T::Events, first_cursor.to_be_bytes(), &batch);
+        }
+        if self.ws.is_empty() {
+            // Nothing changed; the messages may still go out.
+            for (to, msg) in self.outbox {
+                let _ = to.send(msg);
+            }
+            return Ok(self.sh.store.current_ticket());
         }
         if let Err(e) = self.sh.store.commit(&self.ws) {
             // Memory (queue, leases) and disk would disagree from here on:

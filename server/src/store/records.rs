@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, Status, StepPlan};
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunEvent, RunSource, Status, StepPlan};
 
 /// The schema version written into every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -233,6 +233,15 @@ pub struct StepRecord {
     /// Explanation.
     #[prost(string, tag = "12")]
     pub message: String,
+}
+
+/// The events of one transition: `events` tree, key = the cursor of its
+/// first event (big-endian). Cursors are dense across batches.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventBatch {
+    /// In cursor order.
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<RunEvent>,
 }
 
 /// A queued job: `queue` tree, key (255 − priority, enqueue sequence).
