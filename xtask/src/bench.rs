@@ -107,21 +107,34 @@ async fn latency() -> Result<()> {
     Ok(())
 }
 
-/// A 10-step job of `true`, end to end, vs. 10 × `sh -c true` directly.
+/// End-to-end time of a job of `n` `true` steps (p50 over `runs`).
+async fn job_of_steps(
+    client: &Client,
+    events: &mut tonic::Streaming<v1::RunEvent>,
+    n: usize,
+    runs: usize,
+) -> Result<Duration> {
+    let mut yaml = String::from("jobs:\n  j:\n    steps:\n");
+    for _ in 0..n {
+        yaml.push_str("      - run: true\n");
+    }
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let id = submit(client, &yaml).await?;
+        until(events, &id, is_finished_run).await?;
+        samples.push(t0.elapsed());
+    }
+    Ok(summary(samples).0)
+}
+
+/// A 10-step job of `true`, end to end, vs. 10 × `sh -c true` directly; and
+/// the marginal cost of one more step (10-step minus 1-step job, over 9).
 async fn steps() -> Result<()> {
     const RUNS: usize = 30;
     let (_server, _runner, client, mut events) = system().await?;
-    let mut yaml = String::from("jobs:\n  j:\n    steps:\n");
-    for _ in 0..10 {
-        yaml.push_str("      - run: true\n");
-    }
-    let mut viaduct = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
-        let t0 = Instant::now();
-        let id = submit(&client, &yaml).await?;
-        until(&mut events, &id, is_finished_run).await?;
-        viaduct.push(t0.elapsed());
-    }
+    let ten = job_of_steps(&client, &mut events, 10, RUNS).await?;
+    let one = job_of_steps(&client, &mut events, 1, RUNS).await?;
     let mut direct = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t0 = Instant::now();
@@ -130,17 +143,18 @@ async fn steps() -> Result<()> {
         }
         direct.push(t0.elapsed());
     }
-    let (v50, v99, _) = summary(viaduct);
-    let (d50, d99, _) = summary(direct);
-    let per_step = (v50.saturating_sub(d50)) / 10;
+    let (d50, _, _) = summary(direct);
+    let marginal = ten.saturating_sub(one) / 9;
     println!(
-        "steps    10 × `true`: viaduct end-to-end p50 {} p99 {}; direct 10 × sh -c true p50 {} p99 {}; ratio {:.2}×; overhead per step {}",
-        ms(v50),
-        ms(v99),
+        "steps    10 × `true`: viaduct end-to-end p50 {} vs direct 10 × sh -c true p50 {} (ratio {:.2}×); \
+         a 1-step job takes {}; each further step {} = direct {} + executor overhead {}",
+        ms(ten),
         ms(d50),
-        ms(d99),
-        v50.as_secs_f64() / d50.as_secs_f64(),
-        ms(per_step)
+        ten.as_secs_f64() / d50.as_secs_f64(),
+        ms(one),
+        ms(marginal),
+        ms(d50 / 10),
+        ms(marginal.saturating_sub(d50 / 10)),
     );
     Ok(())
 }

@@ -129,8 +129,9 @@ impl JobEnv for HostJob {
         env.insert("VIADUCT_OUTPUT".into(), output_file.display().to_string());
         let pgid_file = self.dir.join(PGID_FILE);
         let mut outcome = run_process(&step.script, &cwd, &env, log, stop, self.kill_grace, &pgid_file).await;
-        let _ = tokio::fs::remove_file(&pgid_file).await;
-        if let Ok(text) = tokio::fs::read_to_string(&output_file).await {
+        // Tiny local files: plain syscalls (µs) beat a blocking-pool hop.
+        let _ = std::fs::remove_file(&pgid_file);
+        if let Ok(text) = std::fs::read_to_string(&output_file) {
             match outputs::parse(&text) {
                 Ok(o) => outcome.outputs = o,
                 Err(e) if outcome.status == Status::Success => {

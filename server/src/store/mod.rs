@@ -210,6 +210,8 @@ pub fn decode<M: Message + Default>(t: T, bytes: &[u8]) -> Result<M> {
 
 /// How long the flusher gathers writes before an fsync while under load.
 const COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// Requests arriving during one fsync that mean "under load".
+const BUSY_REQUESTS: u64 = 8;
 
 /// Group commit: any number of waiters share one fsync, run by one
 /// dedicated thread (no thread-pool hop per flush).
@@ -257,7 +259,8 @@ impl Flusher {
                 match db.flush() {
                     Ok(_) => {
                         flusher.flushed.send_replace(target);
-                        busy = flusher.requested.load(Ordering::Acquire) > target;
+                        // Under load = several requests arrived during the fsync.
+                        busy = flusher.requested.load(Ordering::Acquire) >= target + BUSY_REQUESTS;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "flushing the database failed; retrying");
