@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/pipelines.proto",
     "viaduct/v1/runners.proto",
     "viaduct/v1/agent.proto",
+    "viaduct/v1/repos.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -46,6 +46,11 @@ impl CronSchedule {
     pub fn next_after<T: CronDateTime>(&self, after: &T) -> Option<T> {
         self.cron.find_next_occurrence(after, false).ok()
     }
+
+    /// The latest time at or before `t` that the schedule fires at.
+    pub fn latest_at_or_before<T: CronDateTime>(&self, t: &T) -> Option<T> {
+        self.cron.find_previous_occurrence(t, true).ok()
+    }
 }
 
 impl fmt::Display for CronSchedule {

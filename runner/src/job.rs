@@ -27,6 +27,7 @@ use viaduct_proto::{
 use crate::{
     executor::{Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop},
     outbox::Outbox,
+    source::Sources,
 };
 
 /// How a job is told to stop.
@@ -92,13 +93,19 @@ fn plain(status: Status) -> StepOutcome {
 }
 
 /// Runs an assigned job attempt to the end and reports it through `outbox`.
-pub async fn run(a: JobAssignment, outbox: Arc<Outbox>, backend: Arc<dyn Backend>, stop: JobStop) {
+pub async fn run(
+    a: JobAssignment,
+    outbox: Arc<Outbox>,
+    backend: Arc<dyn Backend>,
+    sources: Arc<Sources>,
+    stop: JobStop,
+) {
     let job = a.job.clone().unwrap_or_default();
     let span = tracing::info_span!("job", run = %a.run_id, job = %job.job_id, attempt = job.attempt);
     async move {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");
         outbox.job(job_update(&job, Status::Running, ""));
-        let (status, message) = execute(&a, &job, &outbox, backend.as_ref(), &stop).await;
+        let (status, message) = execute(&a, &job, &outbox, backend.as_ref(), &sources, &stop).await;
         if stop.abandon.is_cancelled() {
             tracing::warn!("job abandoned: its lease is gone");
             outbox.forget(&job);
@@ -116,6 +123,7 @@ async fn execute(
     job: &JobRef,
     outbox: &Arc<Outbox>,
     backend: &dyn Backend,
+    sources: &Sources,
     stop: &JobStop,
 ) -> (Status, String) {
     let job_deadline = (a.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(a.timeout_ms));
@@ -129,6 +137,18 @@ async fn execute(
             return (Status::Failure, format!("could not prepare the job: {e}"));
         }
     };
+    if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
+        match sources.checkout(job, src, &env_of_job.workspace()).await {
+            Ok(summary) => tracing::info!(%summary, "source checked out"),
+            Err(e) => {
+                for s in &a.steps {
+                    outbox.step(step_update(job, s.index, &plain(Status::Skipped)));
+                }
+                env_of_job.teardown().await;
+                return (Status::Failure, format!("checkout of {} failed: {e}", src.repo));
+            }
+        }
+    }
     let context = a.context.clone().unwrap_or_default();
     let mut outputs: HashMap<String, (Status, BTreeMap<String, String>)> = HashMap::new();
     let mut failed: Option<String> = None;

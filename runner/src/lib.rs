@@ -15,6 +15,7 @@ pub mod job;
 pub mod outbox;
 pub mod outputs;
 pub mod session;
+pub mod source;
 
 use std::{
     path::PathBuf,
@@ -47,6 +48,9 @@ pub struct Config {
     pub keep_workspaces: bool,
     /// Use the dummy executor (benchmarks, protocol tests).
     pub dummy: bool,
+    /// Clone repositories with git2 instead of fetching archives from the
+    /// server.
+    pub clone_sources: bool,
 }
 
 /// Runs until `shutdown` resolves or the server rejects the runner.
@@ -68,9 +72,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             register_with_retry(&cfg, token).await?
         }
     };
+    let sources = source::Sources::new(
+        viaduct_sdk::Client::lazy(&cfg.server, Some(&identity.token))?,
+        identity.token.clone(),
+        cfg.clone_sources,
+        cfg.work_dir.join("tmp"),
+    );
     let shared = Arc::new(session::Shared {
         outbox: Arc::default(),
         backend,
+        sources: Arc::new(sources),
         jobs: Mutex::default(),
         labels: cfg.labels.clone(),
         slots: cfg.slots.max(1),

@@ -40,6 +40,11 @@ struct Args {
     /// Run steps with the dummy executor (no processes; for benchmarks).
     #[arg(long, hide = true)]
     dummy_executor: bool,
+    /// Clone repositories with git2 (upstream URL of mirrors; the server's
+    /// git HTTP endpoint for hosted repositories) instead of fetching source
+    /// archives from the server.
+    #[arg(long)]
+    clone_sources: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         kill_grace: args.kill_grace,
         keep_workspaces: args.keep_workspaces,
         dummy: args.dummy_executor,
+        clone_sources: args.clone_sources,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

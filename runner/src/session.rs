@@ -22,6 +22,7 @@ use crate::{
     identity::Identity,
     job::{self, JobStop},
     outbox::Outbox,
+    source::Sources,
 };
 
 /// Why a session ended.
@@ -42,6 +43,8 @@ pub struct Shared {
     pub outbox: Arc<Outbox>,
     /// Executes steps.
     pub backend: Arc<dyn Backend>,
+    /// Checks out code.
+    pub sources: Arc<Sources>,
     /// Job attempts running now.
     pub jobs: Mutex<HashMap<(String, u32), JobStop>>,
     /// Labels to advertise.
@@ -160,7 +163,8 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
             }
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
-                job::run(a, Arc::clone(&shared.outbox), Arc::clone(&shared.backend), stop).await;
+                job::run(a, Arc::clone(&shared.outbox), Arc::clone(&shared.backend), Arc::clone(&shared.sources), stop)
+                    .await;
                 shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             });
         }

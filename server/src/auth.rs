@@ -113,6 +113,11 @@ impl Auth {
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal> {
         let token = bearer(metadata)
             .ok_or_else(|| Error::Unauthenticated("missing `authorization: Bearer <token>` header".into()))?;
+        self.check(token)
+    }
+
+    /// The principal of a token.
+    pub fn check(&self, token: &str) -> Result<Principal> {
         let rec = self.record(token)?.ok_or_else(|| Error::Unauthenticated("unknown or revoked token".into()))?;
         match rec.kind() {
             TokenKind::Admin => Ok(Principal::Admin),

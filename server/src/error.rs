@@ -15,7 +15,7 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// A pipeline file with errors; each names file:line:column.
-    #[error("{}", render_diagnostics(.0))]
+    #[error("{}", crate::planning::render(.0))]
     InvalidPipeline(Vec<Diagnostic>),
     /// The named thing does not exist.
     #[error("{0}")]
@@ -80,12 +80,6 @@ impl Error {
             Self::Corrupt { .. } | Self::Internal(_) => Code::Internal,
         }
     }
-}
-
-fn render_diagnostics(diags: &[Diagnostic]) -> String {
-    let lines: Vec<String> =
-        diags.iter().map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)).collect();
-    lines.join("\n")
 }
 
 impl From<Error> for Status {

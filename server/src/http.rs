@@ -1,14 +1,31 @@
-//! Plain HTTP routes on the gRPC port: liveness and Prometheus metrics.
+//! Plain HTTP routes on the gRPC port: liveness, Prometheus metrics, forge
+//! webhooks and git smart HTTP.
 
 use std::{fmt::Write, sync::Arc};
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::header,
+    response::IntoResponse,
+    routing::{any, get, post},
+};
 
-use crate::engine::Engine;
+use crate::{
+    auth::Auth,
+    engine::Engine,
+    triggers::{Triggers, smart_http, webhooks},
+};
 
-/// `/healthz` and `/metrics`.
-pub fn router(engine: Arc<Engine>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/metrics", get(metrics)).with_state(engine)
+/// `/healthz`, `/metrics`, `/webhooks/{repo}` and `/git/…`.
+pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, auth: Arc<Auth>) -> Router {
+    let git = smart_http::GitHttp { triggers: Arc::clone(&triggers), auth };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(engine)
+        .merge(Router::new().route("/webhooks/{repo}", post(webhooks::handle)).with_state(triggers))
+        .merge(Router::new().route("/git/{*path}", any(smart_http::handle)).with_state(git))
 }
 
 async fn metrics(State(engine): State<Arc<Engine>>) -> impl IntoResponse {

@@ -17,9 +17,11 @@ pub mod auth;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod git;
 pub mod http;
 pub mod planning;
 pub mod store;
+pub mod triggers;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -36,6 +38,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Scheduling settings.
     pub engine: EngineConfig,
+    /// URL clients and forges reach the server at (clone and webhook URLs);
+    /// default `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// The clock of cron schedules (a faster one in tests).
+    pub clock: triggers::schedule::Clock,
+    /// How late a missed schedule slot may still fire after a downtime.
+    pub schedule_catch_up: std::time::Duration,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -52,11 +61,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
     let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone())?;
     engine.spawn_timer();
+    let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
+    let triggers =
+        triggers::Triggers::new(Arc::clone(&engine), cfg.data_dir.clone(), exe, cfg.clock, cfg.schedule_catch_up);
 
-    let app = api::grpc_router(&engine, &auth).await?.merge(http::router(Arc::clone(&engine))).fallback(api::fallback);
+    let app = api::grpc_router(&engine, &auth, &triggers)
+        .await?
+        .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&auth)))
+        .fallback(api::fallback);
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    triggers.set_public_url(cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}")));
     let addr_file = cfg.data_dir.join("address");
     let tmp = cfg.data_dir.join("address.tmp");
     std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &addr_file))?;
@@ -66,6 +82,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         runner_registration_token = %runner.display(),
         "viaduct-server listening on http://{addr}"
     );
+    triggers.start().await;
     // Our own listener (to learn the bound port), so TCP options are set on
     // the incoming stream: without TCP_NODELAY every small gRPC message
     // waits ~40 ms for delayed ACKs.
@@ -81,5 +98,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .await?;
     store.flush()?;
     tracing::info!("viaduct-server stopped");
+    Ok(())
+}
+
+/// What the post-receive hook of a hosted repository runs: asks the server
+/// (found through `data_dir/address`, authenticated with the admin token
+/// there) to sync repository `repo`, and prints the runs it started — git
+/// shows them to the pusher as `remote: …` lines.
+pub async fn hook(data_dir: &std::path::Path, repo: &str) -> anyhow::Result<()> {
+    let read = |f: &str| {
+        std::fs::read_to_string(data_dir.join(f))
+            .map(|s| s.trim().to_string())
+            .with_context(|| format!("cannot read {}", data_dir.join(f).display()))
+    };
+    let url = format!("http://{}", read("address")?);
+    let client = viaduct_sdk::Client::connect(&url, Some(read("admin-token")?)).await?;
+    let resp = client
+        .repos()
+        .sync(viaduct_proto::v1::SyncRepoRequest { name: repo.to_string() })
+        .await
+        .map_err(viaduct_sdk::Error::from)?
+        .into_inner();
+    for id in &resp.run_ids {
+        println!("viaduct: started run {id} ({url}, `viaduct logs {id} --follow`)");
+    }
     Ok(())
 }

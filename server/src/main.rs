@@ -7,8 +7,10 @@ use viaduct_server::{Config, engine::EngineConfig};
 
 /// The Viaduct CI server: gRPC API, scheduler and log store on one port.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on (gRPC, gRPC-web and HTTP). Port 0 picks a free
     /// port; the bound address is written to DATA_DIR/address.
     #[arg(long, env = "VIADUCT_LISTEN", default_value = "127.0.0.1:7700")]
@@ -35,6 +37,32 @@ struct Args {
     /// attempt.
     #[arg(long, default_value = "2s", value_parser = viaduct_pipeline::duration::parse_duration)]
     retry_backoff: Duration,
+    /// URL clients and forges reach this server at, for clone and webhook
+    /// URLs (default: http://<listen address>).
+    #[arg(long, env = "VIADUCT_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A schedule slot missed while the server was down still fires if it
+    /// is at most this old.
+    #[arg(long, default_value = "1h", value_parser = viaduct_pipeline::duration::parse_duration)]
+    schedule_catch_up: Duration,
+    /// Tests only: run schedules on a clock SPEED times faster from EPOCH
+    /// (unix seconds), as EPOCH:SPEED.
+    #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
+    test_clock: Option<viaduct_server::triggers::schedule::Clock>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run by the post-receive hook of hosted repositories: tells the server
+    /// that repository REPO received a push.
+    Hook {
+        /// The server's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The repository.
+        #[arg(long)]
+        repo: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +74,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(Command::Hook { data_dir, repo }) = &args.command {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("viaduct: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(viaduct_server::hook(data_dir, repo)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("viaduct: could not tell the server about this push: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cfg = Config {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -57,6 +101,9 @@ fn main() -> ExitCode {
             max_running_per_pipeline: args.max_running_per_pipeline,
             retry_backoff: args.retry_backoff,
         },
+        public_url: args.public_url,
+        clock: args.test_clock.unwrap_or_default(),
+        schedule_catch_up: args.schedule_catch_up,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

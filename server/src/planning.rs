@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use viaduct_pipeline::{
     plan::{Plan, PlanContext, PlannedJob, PlannedStep, StepAction},
-    spec::PullPolicy,
+    spec::{Pipeline, PullPolicy},
 };
 use viaduct_proto::v1::{
     self, ExprContext, ImagePlan, InlineJob, RunAction, RunSource, StepPlan, UsesAction, step_plan::Action,
@@ -52,9 +52,14 @@ fn context(trigger: &Trigger) -> PlanContext {
     }
 }
 
-fn parse_and_plan(file: &str, yaml: &str, trigger: &Trigger) -> Result<Plan, Vec<v1::Diagnostic>> {
-    let pipeline = viaduct_pipeline::parse(file, yaml).map_err(diagnostics)?;
-    viaduct_pipeline::plan::plan(&pipeline, &context(trigger)).map_err(diagnostics)
+/// Parses a pipeline file.
+pub fn parse(file: &str, yaml: &str) -> Result<Pipeline, Vec<v1::Diagnostic>> {
+    viaduct_pipeline::parse(file, yaml).map_err(diagnostics)
+}
+
+/// Diagnostics as text, one `file:line:column: message` per line.
+pub fn render(diags: &[v1::Diagnostic]) -> String {
+    diags.iter().map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)).collect::<Vec<_>>().join("\n")
 }
 
 /// Every problem in a pipeline file that can be found without a trigger
@@ -80,7 +85,14 @@ pub fn json_schema() -> String {
 
 /// Plans a run of a pipeline file.
 pub fn from_yaml(file: &str, yaml: &str, trigger: &Trigger) -> Result<NewRun> {
-    let plan = parse_and_plan(file, yaml, trigger).map_err(Error::InvalidPipeline)?;
+    let pipeline = parse(file, yaml).map_err(Error::InvalidPipeline)?;
+    from_pipeline(&pipeline, yaml, trigger)
+}
+
+/// Plans a run of a parsed pipeline (`yaml` is its text, kept with the run).
+pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger) -> Result<NewRun> {
+    let plan: Plan = viaduct_pipeline::plan::plan(pipeline, &context(trigger))
+        .map_err(|d| Error::InvalidPipeline(diagnostics(d)))?;
     let run_priority = u32::from(plan.priority);
     let priority = trigger.priority.unwrap_or(run_priority);
     let ctx = expr_context(trigger);
@@ -107,6 +119,7 @@ pub fn from_yaml(file: &str, yaml: &str, trigger: &Trigger) -> Result<NewRun> {
         concurrency: plan.concurrency.as_ref().map(|c| (c.group.clone(), c.cancel_in_progress)),
         jobs,
         error: None,
+        checkout: None,
     })
 }
 
@@ -236,5 +249,6 @@ pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
             ..Default::default()
         }],
         error: None,
+        checkout: None,
     })
 }

@@ -2,13 +2,8 @@
 //! stored pipelines, event cursors, runner registration, gRPC-web and plain
 //! HTTP on the gRPC port.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-};
-
 use tokio_stream::StreamExt;
-use viaduct_tests::{Server, finished, submit, v1, within, word};
+use viaduct_tests::{Server, finished, http, submit, v1, within, word};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_are_listed_newest_first_with_filters_and_pages() {
@@ -99,7 +94,7 @@ async fn stored_pipelines_can_be_created_validated_and_triggered() {
         let req = v1::TriggerRequest {
             pipeline: "deploy".into(),
             inputs: inputs.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            priority: None,
+            ..Default::default()
         };
         let mut runs = client.runs();
         async move { runs.trigger(req).await }
@@ -201,39 +196,19 @@ async fn runners_register_with_tokens_and_are_listed() {
     assert!(runners.iter().any(|r| !r.connected && r.name == "x"));
 }
 
-/// One HTTP/1.1 request over a plain socket; returns (status line, body).
-fn http1(addr: &str, request: &[u8]) -> (String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(request).unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    (head.lines().next().unwrap().to_string(), buf[split + 4..].to_vec())
-}
-
 #[test]
 fn grpc_web_and_plain_http_share_the_grpc_port() {
     let server = Server::start();
     let addr = server.addr();
     // gRPC-web (HTTP/1.1) health check: an empty request frame.
-    let req = format!(
-        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"
-    );
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(&[0, 0, 0, 0, 0]);
-    let (status, body) = http1(addr, &bytes);
-    assert!(status.contains("200"), "{status}");
+    let headers = [("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")];
+    let (code, body) = http(addr, "POST", "/grpc.health.v1.Health/Check", &headers, &[0, 0, 0, 0, 0]);
+    assert_eq!(code, 200);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("grpc-status:0"), "{text}");
-    let (status, body) =
-        http1(addr, format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes());
-    assert!(status.contains("200") && body == b"ok\n", "{status}");
-    let (status, body) =
-        http1(addr, format!("GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes());
-    assert!(status.contains("200"));
+    assert_eq!(http(addr, "GET", "/healthz", &[], b""), (200, b"ok\n".to_vec()));
+    let (code, body) = http(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("viaduct_queue_depth 0"));
-    let (status, _) =
-        http1(addr, format!("GET /nope HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes());
-    assert!(status.contains("404"), "{status}");
+    assert_eq!(http(addr, "GET", "/nope", &[], b"").0, 404);
 }

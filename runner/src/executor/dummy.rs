@@ -19,12 +19,17 @@ impl Backend for DummyBackend {
         vec!["host".into(), "container".into()]
     }
 
-    async fn setup(&self, _job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {
-        Ok(Box::new(DummyJob))
+    async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {
+        let name = format!("viaduct-dummy-{}-{}-a{}", std::process::id(), job.job.job_id, job.job.attempt);
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| SetupError(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Box::new(DummyJob { dir }))
     }
 }
 
-struct DummyJob;
+struct DummyJob {
+    dir: PathBuf,
+}
 
 fn outcome(status: Status, code: Option<i32>, message: &str) -> StepOutcome {
     StepOutcome { status, exit_code: code, message: message.into(), outputs: BTreeMap::new() }
@@ -33,7 +38,7 @@ fn outcome(status: Status, code: Option<i32>, message: &str) -> StepOutcome {
 #[async_trait::async_trait]
 impl JobEnv for DummyJob {
     fn workspace(&self) -> PathBuf {
-        PathBuf::from("/nonexistent")
+        self.dir.clone()
     }
 
     async fn run_step(&mut self, step: &StepSpec, log: &mut StepLog, stop: &StepStop) -> StepOutcome {
@@ -71,5 +76,7 @@ impl JobEnv for DummyJob {
         outcome(Status::Success, Some(0), "")
     }
 
-    async fn teardown(self: Box<Self>) {}
+    async fn teardown(self: Box<Self>) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -25,7 +25,7 @@ use tonic::{
 pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
     FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, follow_request,
-    logs_client::LogsClient, pipelines_client::PipelinesClient, run_event::Change,
+    logs_client::LogsClient, pipelines_client::PipelinesClient, repos_client::ReposClient, run_event::Change,
     runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
 };
 
@@ -139,6 +139,16 @@ impl Client {
         Ok(Self { channel: channel(url).await?, auth: BearerAuth::new(token.as_deref())? })
     }
 
+    /// A client whose connection is made on first use (and remade after
+    /// failures), for long-lived processes.
+    pub fn lazy(url: &str, token: Option<&str>) -> Result<Self, Error> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Error::InvalidUrl { url: url.to_string(), reason: e.to_string() })?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        Ok(Self { channel: endpoint.connect_lazy(), auth: BearerAuth::new(token)? })
+    }
+
     /// A client over an existing channel.
     pub fn with_channel(channel: Channel, token: Option<&str>) -> Result<Self, Error> {
         Ok(Self { channel, auth: BearerAuth::new(token)? })
@@ -162,6 +172,11 @@ impl Client {
     /// `viaduct.v1.Runners`.
     pub fn runners(&self) -> RunnersClient<Svc> {
         RunnersClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Repos`.
+    pub fn repos(&self) -> ReposClient<Svc> {
+        ReposClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.RunnerAgent` (runner token).

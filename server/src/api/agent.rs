@@ -12,8 +12,8 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    Ack, JobSignal, LogAck, RegisterRequest, RegisterResponse, RunnerMessage, ServerMessage, UpdateAck,
-    runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
+    Ack, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse, RunnerMessage, ServerMessage,
+    SourceChunk, UpdateAck, runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
 };
 
 use crate::{
@@ -24,20 +24,26 @@ use crate::{
     },
     error::Error,
     store::{Ticket, keys::JobKey},
+    triggers::Triggers,
 };
 
 /// The RunnerAgent service.
 pub struct AgentApi {
     engine: Arc<Engine>,
     auth: Arc<Auth>,
+    triggers: Arc<Triggers>,
 }
 
 impl AgentApi {
-    /// The service over `engine`, authenticating with `auth`.
-    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>) -> Self {
-        Self { engine, auth }
+    /// The service over `engine`, authenticating with `auth`; source
+    /// archives come from `triggers`.
+    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>, triggers: Arc<Triggers>) -> Self {
+        Self { engine, auth, triggers }
     }
 }
+
+/// Bytes per source chunk.
+const SOURCE_CHUNK: usize = 256 * 1024;
 
 enum Pending {
     Log(LogAck),
@@ -65,6 +71,29 @@ impl RunnerAgent for AgentApi {
             self.auth.register_runner(&r.registration_token, &r.name, r.labels, &r.hostname).await?;
         tracing::info!(runner = %runner_id, name = %r.name, "runner registered");
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
+    }
+
+    type FetchSourceStream = Pin<Box<dyn Stream<Item = Result<SourceChunk, Status>> + Send>>;
+
+    async fn fetch_source(
+        &self,
+        req: Request<FetchSourceRequest>,
+    ) -> Result<Response<Self::FetchSourceStream>, Status> {
+        let runner = self.auth.runner(req.metadata())?;
+        let (job, attempt) =
+            job_refs(req.into_inner().job.as_slice())?.pop().ok_or_else(|| Error::invalid("which job's source?"))?;
+        let source = self.engine.source_for(&runner, job, attempt)?;
+        let path = self.triggers.archive(&source.repo, &source.commit).await?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| Error::Internal(format!("source archive: {e}")))?;
+        let total = file.metadata().await.map_err(|e| Error::Internal(format!("source archive: {e}")))?.len();
+        let mut first = true;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, SOURCE_CHUNK).map(move |chunk| {
+            let total_size = if std::mem::take(&mut first) { total } else { 0 };
+            chunk
+                .map(|data| SourceChunk { data: data.to_vec(), total_size })
+                .map_err(|e| Status::internal(format!("reading the source archive: {e}")))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ConnectStream = OutStream;

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod logs;
 pub mod pipelines;
+pub mod repos;
 pub mod runners;
 pub mod runs;
 
@@ -23,18 +24,28 @@ use axum::{
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
-    FILE_DESCRIPTOR_SET, logs_server::LogsServer, pipelines_server::PipelinesServer,
+    FILE_DESCRIPTOR_SET, logs_server::LogsServer, pipelines_server::PipelinesServer, repos_server::ReposServer,
     runner_agent_server::RunnerAgentServer, runners_server::RunnersServer, runs_server::RunsServer,
 };
 
-use crate::{auth::Auth, engine::Engine};
+use crate::{auth::Auth, engine::Engine, triggers::Triggers};
 
 /// Fully qualified names of the services we serve, for health.
-const SERVICES: &[&str] =
-    &["viaduct.v1.Runs", "viaduct.v1.Logs", "viaduct.v1.Pipelines", "viaduct.v1.Runners", "viaduct.v1.RunnerAgent"];
+const SERVICES: &[&str] = &[
+    "viaduct.v1.Runs",
+    "viaduct.v1.Logs",
+    "viaduct.v1.Pipelines",
+    "viaduct.v1.Runners",
+    "viaduct.v1.RunnerAgent",
+    "viaduct.v1.Repos",
+];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
-pub async fn grpc_router(engine: &Arc<Engine>, auth: &Arc<Auth>) -> anyhow::Result<axum::Router> {
+pub async fn grpc_router(
+    engine: &Arc<Engine>,
+    auth: &Arc<Auth>,
+    triggers: &Arc<Triggers>,
+) -> anyhow::Result<axum::Router> {
     let admin = auth.admin_interceptor();
     let (health, health_service) = tonic_health::server::health_reporter();
     for s in SERVICES {
@@ -49,13 +60,21 @@ pub async fn grpc_router(engine: &Arc<Engine>, auth: &Arc<Auth>) -> anyhow::Resu
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let routes = tonic::service::Routes::new(RunsServer::with_interceptor(
-        runs::RunsApi::new(Arc::clone(engine)),
+        runs::RunsApi::new(Arc::clone(engine), Arc::clone(triggers)),
         admin.clone(),
     ))
     .add_service(LogsServer::with_interceptor(logs::LogsApi::new(Arc::clone(engine)), admin.clone()))
-    .add_service(PipelinesServer::with_interceptor(pipelines::PipelinesApi::new(Arc::clone(engine)), admin.clone()))
+    .add_service(PipelinesServer::with_interceptor(
+        pipelines::PipelinesApi::new(Arc::clone(engine), Arc::clone(triggers)),
+        admin.clone(),
+    ))
+    .add_service(ReposServer::with_interceptor(repos::ReposApi::new(Arc::clone(triggers)), admin.clone()))
     .add_service(RunnersServer::with_interceptor(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth)), admin))
-    .add_service(RunnerAgentServer::new(agent::AgentApi::new(Arc::clone(engine), Arc::clone(auth))))
+    .add_service(RunnerAgentServer::new(agent::AgentApi::new(
+        Arc::clone(engine),
+        Arc::clone(auth),
+        Arc::clone(triggers),
+    )))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);

@@ -18,17 +18,20 @@ use crate::{
         T, WriteSet, decode, now_ms,
         records::{PipelineRecord, SCHEMA_VERSION},
     },
+    triggers::Triggers,
 };
 
 /// The Pipelines service.
 pub struct PipelinesApi {
     engine: Arc<Engine>,
+    triggers: Arc<Triggers>,
 }
 
 impl PipelinesApi {
-    /// The service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// The service over `engine`; schedules of stored pipelines go to
+    /// `triggers`.
+    pub fn new(engine: Arc<Engine>, triggers: Arc<Triggers>) -> Self {
+        Self { engine, triggers }
     }
 
     async fn save(&self, r: CreatePipelineRequest, create: bool) -> Result<Pipeline> {
@@ -53,6 +56,7 @@ impl PipelinesApi {
         let mut ws = WriteSet::default();
         ws.put(T::Pipelines, r.name.as_bytes(), &rec);
         store.commit_durable(&ws).await?;
+        self.triggers.refresh_pipeline_schedules(&r.name, Some(&rec.yaml));
         Ok(to_proto(&r.name, &rec))
     }
 }
@@ -145,6 +149,7 @@ impl Pipelines for PipelinesApi {
         let mut ws = WriteSet::default();
         ws.delete(T::Pipelines, name.as_bytes());
         self.engine.store().commit_durable(&ws).await?;
+        self.triggers.refresh_pipeline_schedules(&name, None);
         Ok(Response::new(DeletePipelineResponse {}))
     }
 

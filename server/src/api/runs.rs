@@ -16,6 +16,7 @@ use crate::{
     error::{Error, Result},
     planning::{self, Trigger},
     store::keys::RunId,
+    triggers::Triggers,
 };
 
 /// Largest pipeline file accepted.
@@ -24,12 +25,13 @@ pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
 /// The Runs service.
 pub struct RunsApi {
     engine: Arc<Engine>,
+    triggers: Arc<Triggers>,
 }
 
 impl RunsApi {
-    /// The service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// The service over `engine`; runs of repositories through `triggers`.
+    pub fn new(engine: Arc<Engine>, triggers: Arc<Triggers>) -> Self {
+        Self { engine, triggers }
     }
 
     async fn start(&self, new: crate::engine::plan::NewRun) -> Result<SubmitResponse> {
@@ -73,6 +75,15 @@ impl Runs for RunsApi {
 
     async fn trigger(&self, req: Request<TriggerRequest>) -> Result<Response<SubmitResponse>, Status> {
         let r = req.into_inner();
+        if !r.repo.is_empty() {
+            let what = if r.commit.is_empty() { r.r#ref.as_str() } else { r.commit.as_str() };
+            let id =
+                self.triggers.trigger(&r.repo, what, r.inputs.into_iter().collect(), priority(r.priority)?).await?;
+            return Ok(Response::new(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) }));
+        }
+        if r.pipeline.is_empty() {
+            return Err(Error::invalid("set `pipeline` (a stored pipeline) or `repo`").into());
+        }
         let stored = crate::api::pipelines::load(&self.engine, &r.pipeline)?;
         let trigger = Trigger {
             source: RunSource { event: "manual".into(), ..Default::default() },

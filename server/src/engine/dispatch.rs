@@ -140,6 +140,8 @@ impl Tx<'_> {
                 ("VIADUCT_BRANCH", &src.branch),
                 ("VIADUCT_TAG", &src.tag),
                 ("VIADUCT_COMMIT", &src.commit),
+                ("VIADUCT_AUTHOR", &src.author),
+                ("VIADUCT_BASE_BRANCH", &src.base_branch),
             ] {
                 if !v.is_empty() {
                     env.insert(k.to_string(), v.clone());
@@ -161,6 +163,7 @@ impl Tx<'_> {
                 c
             }),
             logs: Vec::new(),
+            source: job.source.clone(),
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, Status, StepPlan};
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, SourcePlan, Status, StepPlan};
 
 use super::{Engine, lifecycle::index as step_index};
 use crate::{
     convert,
     error::{Error, Result},
     store::{
-        T,
+        T, WriteSet,
         keys::{JobKey, RunId},
         now_ms,
         records::{JobRecord, RunRecord, SCHEMA_VERSION},
@@ -44,6 +44,8 @@ pub struct NewRun {
     /// Set for a run that fails before any job (an invalid pipeline file
     /// at a pushed commit): the run is recorded as failed with this error.
     pub error: Option<String>,
+    /// The code every job checks out (runs of a repository).
+    pub checkout: Option<SourcePlan>,
 }
 
 /// A job of a [`NewRun`].
@@ -90,10 +92,19 @@ pub struct NewJob {
 impl Engine {
     /// Creates a run; it is durable when this returns.
     pub async fn create_run(&self, new: NewRun) -> Result<RunId> {
+        self.create_run_with(new, WriteSet::default()).await
+    }
+
+    /// Creates a run and, in the same transaction, applies `extra` — the
+    /// trigger's own bookkeeping (the ref tip it acted on, a webhook delivery
+    /// id, a schedule slot), so a trigger can neither start a run twice nor
+    /// be recorded without its run, whatever crashes when.
+    pub async fn create_run_with(&self, new: NewRun, extra: WriteSet) -> Result<RunId> {
         if new.jobs.is_empty() && new.error.is_none() {
             return Err(Error::invalid("a run needs at least one job"));
         }
         let (id, ticket) = self.transition(|t| {
+            t.writes().extend(extra);
             let id = next_run_id(t)?;
             let now = now_ms();
             let (group, cancel_in_progress) = new.concurrency.clone().unwrap_or_default();
@@ -125,7 +136,9 @@ impl Engine {
             }
             for (i, j) in new.jobs.iter().enumerate() {
                 let key = JobKey::new(id, step_index(i));
-                t.insert_job(key, job_record(j, now));
+                let mut rec = job_record(j, now);
+                rec.source.clone_from(&new.checkout);
+                t.insert_job(key, rec);
                 for (s, plan) in j.steps.iter().enumerate() {
                     t.insert_step(key.step(1, step_index(s)), convert::new_step(plan));
                 }

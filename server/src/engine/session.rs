@@ -276,6 +276,18 @@ fn live(st: &super::State, id: &str) -> Option<LiveRunner> {
     Some(LiveRunner { jobs: st.leases.of(id).map(|(k, _)| k.to_string()).collect(), last_seen_ms: c.last_seen_ms })
 }
 
+impl Engine {
+    /// The source of `attempt` of `job`, for the runner holding its lease.
+    pub fn source_for(&self, runner: &str, job: JobKey, attempt: u32) -> Result<viaduct_proto::v1::SourcePlan> {
+        if !holds(&self.lock(), runner, job, attempt) {
+            return Err(Error::PermissionDenied(format!("runner {runner} does not hold job {job} attempt {attempt}")));
+        }
+        let rec: crate::store::records::JobRecord =
+            self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))?;
+        rec.source.ok_or_else(|| Error::not_found(format!("the run of job {job} has no repository")))
+    }
+}
+
 /// A `JobRef` for (job, attempt).
 pub(crate) fn job_ref(job: JobKey, attempt: u32) -> v1::JobRef {
     v1::JobRef { job_id: job.to_string(), attempt }

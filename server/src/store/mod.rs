@@ -51,10 +51,32 @@ pub enum T {
     RunIndex,
     /// Counters and settings.
     Meta,
+    /// [`records::RepoRecord`] by name.
+    Repos,
+    /// Last commit the server acted on, per repository ref: `repo \0 ref` → commit id.
+    RefState,
+    /// Webhook deliveries already processed: `provider:delivery id` → time (ms, big-endian).
+    Deliveries,
+    /// Last slot a schedule fired for: `source \0 cron` → unix seconds (big-endian).
+    ScheduleState,
 }
 
-const TREE_NAMES: [&str; 10] =
-    ["runs", "jobs", "steps", "queue", "events", "runners", "tokens", "pipelines", "run_index", "meta"];
+const TREE_NAMES: [&str; 14] = [
+    "runs",
+    "jobs",
+    "steps",
+    "queue",
+    "events",
+    "runners",
+    "tokens",
+    "pipelines",
+    "run_index",
+    "meta",
+    "repos",
+    "ref_state",
+    "deliveries",
+    "schedule_state",
+];
 
 /// The database and its trees.
 pub struct Store {
@@ -90,6 +112,11 @@ impl WriteSet {
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Adds every write of `other` (after those already here).
+    pub fn extend(&mut self, other: WriteSet) {
+        self.ops.extend(other.ops);
     }
 }
 

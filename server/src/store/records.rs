@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunEvent, RunSource, Status, StepPlan};
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunEvent, RunSource, SourcePlan, Status, StepPlan};
 
 /// The schema version written into every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -168,6 +168,9 @@ pub struct JobRecord {
     /// `retries:` as written (automatic retries after each manual retry).
     #[prost(uint32, tag = "31")]
     pub retries: u32,
+    /// The code to check out, for runs of a repository.
+    #[prost(message, optional, tag = "32")]
+    pub source: Option<SourcePlan>,
 }
 
 /// A finished earlier attempt of a job.
@@ -233,6 +236,42 @@ pub struct StepRecord {
     /// Explanation.
     #[prost(string, tag = "12")]
     pub message: String,
+}
+
+/// A repository: `repos` tree, key = name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RepoRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// "hosted" or "mirror".
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    /// Mirrors: the remote URL.
+    #[prost(string, tag = "3")]
+    pub url: String,
+    /// Default branch (for schedules and manual triggers).
+    #[prost(string, tag = "4")]
+    pub default_branch: String,
+    /// Mirrors: webhook secret.
+    #[prost(string, tag = "5")]
+    pub webhook_secret: String,
+    /// Mirrors: seconds between polls, 0 = none.
+    #[prost(uint32, tag = "6")]
+    pub poll_interval_s: u32,
+    /// Created.
+    #[prost(int64, tag = "7")]
+    pub created_ms: i64,
+    /// Last fetch or ref scan.
+    #[prost(int64, tag = "8")]
+    pub last_sync_ms: i64,
+    /// Why the last fetch failed.
+    #[prost(string, tag = "9")]
+    pub last_error: String,
+    /// The refs present when the mirror was first fetched were recorded
+    /// without starting runs (only later moves start runs).
+    #[prost(bool, tag = "10")]
+    pub baselined: bool,
 }
 
 /// The events of one transition: `events` tree, key = the cursor of its

@@ -80,6 +80,73 @@ pub enum Command {
     /// Manage stored pipelines.
     #[command(subcommand)]
     Pipelines(PipelinesCommand),
+    /// Manage repositories (hosted, or mirrors of a forge).
+    #[command(subcommand)]
+    Repos(ReposCommand),
+    /// Start a run of a repository by hand (its pipeline must allow `manual`).
+    Trigger {
+        /// The repository.
+        #[arg(long)]
+        repo: String,
+        /// Branch, tag or ref (default: the default branch).
+        #[arg(long = "ref", conflicts_with = "commit")]
+        git_ref: Option<String>,
+        /// A commit id.
+        #[arg(long)]
+        commit: Option<String>,
+        /// Input values, NAME=VALUE (repeatable).
+        #[arg(long = "input", value_parser = key_value)]
+        inputs: Vec<(String, String)>,
+        /// Stream the logs and exit with the run's outcome.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+/// `viaduct repos …`.
+#[derive(Debug, Subcommand)]
+pub enum ReposCommand {
+    /// Create a hosted repository (push to it), or a mirror with --mirror.
+    Create {
+        /// Name.
+        name: String,
+        /// Follow this remote (https://, ssh:// or file://) instead.
+        #[arg(long)]
+        mirror: Option<String>,
+        /// Mirrors: poll every N seconds (0 = only webhooks and sync).
+        #[arg(long, default_value_t = 0)]
+        poll: u32,
+        /// Mirrors: the webhook secret (default: generated).
+        #[arg(long)]
+        webhook_secret: Option<String>,
+        /// Hosted: the default branch.
+        #[arg(long, default_value = "main")]
+        default_branch: String,
+    },
+    /// List repositories.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a repository (clone URL, webhook URL and secret).
+    Get {
+        /// Name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a repository and the server's copy of it.
+    Delete {
+        /// Name.
+        name: String,
+    },
+    /// Fetch (mirrors) and start runs for refs that moved.
+    Sync {
+        /// Name.
+        name: String,
+    },
 }
 
 /// `viaduct submit`.

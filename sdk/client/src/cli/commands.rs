@@ -13,17 +13,18 @@ use viaduct_sdk::{
     proto::{
         StatusWord,
         v1::{
-            CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest, DrainRunnerRequest, FollowRequest,
-            GetPipelineRequest, GetRunRequest, GetRunnerRequest, ListPipelinesRequest, ListRunnersRequest,
-            ListRunsRequest, PageRequest, RetryRunRequest, Run, Status, SubmitRequest, TriggerRequest, WatchRequest,
-            follow_request, log_event, run_event::Change, submit_request,
+            CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest, CreateRepoRequest,
+            DrainRunnerRequest, FollowRequest, GetPipelineRequest, GetRepoRequest, GetRunRequest, GetRunnerRequest,
+            HostedRepo, ListPipelinesRequest, ListReposRequest, ListRunnersRequest, ListRunsRequest, MirrorRepo,
+            PageRequest, RetryRunRequest, Run, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, WatchRequest,
+            create_repo_request, follow_request, log_event, run_event::Change, submit_request,
         },
     },
 };
 
 use super::{
     Failure,
-    args::{PipelinesCommand, RunnersCommand, RunsCommand, SubmitArgs},
+    args::{PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SubmitArgs},
     view,
 };
 
@@ -349,13 +350,96 @@ pub async fn pipelines(client: &Client, cmd: PipelinesCommand) -> Result<(), Fai
             Ok(())
         }
         PipelinesCommand::Trigger { name, inputs, follow } => {
-            let req = TriggerRequest { pipeline: name, inputs: inputs.into_iter().collect(), priority: None };
+            let req = TriggerRequest { pipeline: name, inputs: inputs.into_iter().collect(), ..Default::default() };
             let id = client.runs().trigger(req).await?.into_inner().run_id;
             if follow {
                 eprintln!("run {id} started");
                 return follow_outcome(client, &id).await;
             }
             println!("{id}");
+            Ok(())
+        }
+    }
+}
+
+/// `viaduct trigger --repo …`.
+pub async fn trigger(
+    client: &Client,
+    repo: String,
+    git_ref: Option<String>,
+    commit: Option<String>,
+    inputs: Vec<(String, String)>,
+    follow: bool,
+) -> Result<(), Failure> {
+    let req = TriggerRequest {
+        repo,
+        r#ref: git_ref.unwrap_or_default(),
+        commit: commit.unwrap_or_default(),
+        inputs: inputs.into_iter().collect(),
+        ..Default::default()
+    };
+    let id = client.runs().trigger(req).await?.into_inner().run_id;
+    if follow {
+        eprintln!("run {id} started");
+        return follow_outcome(client, &id).await;
+    }
+    println!("{id}");
+    Ok(())
+}
+
+/// `viaduct repos …`.
+pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
+    match cmd {
+        ReposCommand::Create { name, mirror, poll, webhook_secret, default_branch } => {
+            let source = match mirror {
+                Some(url) => create_repo_request::Source::Mirror(MirrorRepo {
+                    url,
+                    poll_interval_seconds: poll,
+                    webhook_secret: webhook_secret.unwrap_or_default(),
+                }),
+                None => create_repo_request::Source::Hosted(HostedRepo { default_branch }),
+            };
+            let r = client.repos().create(CreateRepoRequest { name, source: Some(source) }).await?.into_inner();
+            print!("{}", view::repo_text(&r));
+            Ok(())
+        }
+        ReposCommand::List { json } => {
+            let list = client.repos().list(ListReposRequest {}).await?.into_inner().repos;
+            if json {
+                println!("{}", serde_json::Value::Array(list.iter().map(view::repo_json).collect()));
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        let from = if r.kind == "mirror" { r.url.clone() } else { r.clone_url.clone() };
+                        vec![r.name.clone(), r.kind.clone(), r.default_branch.clone(), from, r.last_error.clone()]
+                    })
+                    .collect();
+                print!("{}", view::table(&["NAME", "KIND", "DEFAULT", "URL", "LAST ERROR"], &rows));
+            }
+            Ok(())
+        }
+        ReposCommand::Get { name, json } => {
+            let r = client.repos().get(GetRepoRequest { name }).await?.into_inner();
+            if json {
+                println!("{}", view::repo_json(&r));
+            } else {
+                print!("{}", view::repo_text(&r));
+            }
+            Ok(())
+        }
+        ReposCommand::Delete { name } => {
+            client.repos().delete(GetRepoRequest { name: name.clone() }).await?;
+            println!("repository {name} deleted");
+            Ok(())
+        }
+        ReposCommand::Sync { name } => {
+            let o = client.repos().sync(SyncRepoRequest { name }).await?.into_inner();
+            println!(
+                "{} ref(s) moved; runs started: {}",
+                o.refs_changed,
+                if o.run_ids.is_empty() { "none".into() } else { o.run_ids.join(", ") }
+            );
             Ok(())
         }
     }

@@ -96,5 +96,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch { run, after, json } => commands::watch(&client, run, after, json).await,
         Command::Runners(c) => commands::runners(&client, c).await,
         Command::Pipelines(c) => commands::pipelines(&client, c).await,
+        Command::Repos(c) => commands::repos(&client, c).await,
+        Command::Trigger { repo, git_ref, commit, inputs, follow } => {
+            commands::trigger(&client, repo, git_ref, commit, inputs, follow).await
+        }
     }
 }

@@ -7,7 +7,7 @@ use prost_types::Timestamp;
 use serde_json::{Value, json};
 use viaduct_sdk::proto::{
     StatusWord,
-    v1::{Job, Run, Runner, Status, Step, Times},
+    v1::{Job, Repo, Run, Runner, Status, Step, Times},
 };
 
 /// A status as its word.
@@ -181,6 +181,40 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     for r in rows {
         out.push_str(&line(r.clone()));
         out.push('\n');
+    }
+    out
+}
+
+/// A repository as JSON.
+pub fn repo_json(r: &Repo) -> Value {
+    json!({
+        "name": r.name, "kind": r.kind, "url": r.url, "clone_url": r.clone_url, "path": r.path,
+        "default_branch": r.default_branch, "webhook_url": r.webhook_url, "webhook_secret": r.webhook_secret,
+        "poll_interval_seconds": r.poll_interval_seconds, "last_sync": rfc3339(r.last_sync.as_ref()),
+        "last_error": r.last_error,
+    })
+}
+
+/// A repository, for people: how to push to it or point a forge at it.
+pub fn repo_text(r: &Repo) -> String {
+    let mut out = format!("repository {} ({}), default branch {}\n", r.name, r.kind, r.default_branch);
+    if r.kind == "mirror" {
+        let _ = writeln!(out, "  follows      {}", r.url);
+        let _ = writeln!(out, "  webhook URL  {}", r.webhook_url);
+        let _ = writeln!(out, "  secret       {}", r.webhook_secret);
+        if r.poll_interval_seconds > 0 {
+            let _ = writeln!(out, "  polls every  {}s", r.poll_interval_seconds);
+        }
+    } else {
+        let _ = writeln!(
+            out,
+            "  push over HTTP   git push http://viaduct:$TOKEN@{}",
+            r.clone_url.trim_start_matches("http://")
+        );
+        let _ = writeln!(out, "  or on the server git push {}", r.path);
+    }
+    if !r.last_error.is_empty() {
+        let _ = writeln!(out, "  last error   {}", r.last_error);
     }
     out
 }

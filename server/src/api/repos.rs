@@ -1,0 +1,90 @@
+//! `viaduct.v1.Repos`: hosted repositories and mirrors.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use viaduct_proto::v1::{
+    CreateRepoRequest, DeleteRepoResponse, GetRepoRequest, ListReposRequest, ListReposResponse, Repo, SyncRepoRequest,
+    SyncRepoResponse, create_repo_request, repos_server::Repos,
+};
+
+use crate::{
+    convert,
+    error::Error,
+    store::records::RepoRecord,
+    triggers::{HOSTED, Triggers},
+};
+
+/// The Repos service.
+pub struct ReposApi {
+    triggers: Arc<Triggers>,
+}
+
+impl ReposApi {
+    /// The service over `triggers`.
+    pub fn new(triggers: Arc<Triggers>) -> Self {
+        Self { triggers }
+    }
+
+    fn to_proto(&self, name: &str, r: &RepoRecord) -> Repo {
+        let hosted = r.kind == HOSTED;
+        Repo {
+            name: name.to_string(),
+            kind: r.kind.clone(),
+            url: r.url.clone(),
+            clone_url: if hosted { self.triggers.clone_url(name) } else { String::new() },
+            path: if hosted { self.triggers.path(name).display().to_string() } else { String::new() },
+            default_branch: r.default_branch.clone(),
+            webhook_url: if hosted { String::new() } else { self.triggers.webhook_url(name) },
+            webhook_secret: r.webhook_secret.clone(),
+            poll_interval_seconds: r.poll_interval_s,
+            times: Some(viaduct_proto::v1::Times {
+                created_at: convert::timestamp(r.created_ms),
+                started_at: None,
+                finished_at: None,
+            }),
+            last_sync: convert::timestamp(r.last_sync_ms),
+            last_error: r.last_error.clone(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Repos for ReposApi {
+    async fn create(&self, req: Request<CreateRepoRequest>) -> Result<Response<Repo>, Status> {
+        let r = req.into_inner();
+        let rec = match r.source {
+            Some(create_repo_request::Source::Hosted(h)) => {
+                self.triggers.create_hosted(&r.name, &h.default_branch).await?
+            }
+            Some(create_repo_request::Source::Mirror(m)) => {
+                self.triggers.create_mirror(&r.name, &m.url, m.poll_interval_seconds, &m.webhook_secret).await?
+            }
+            None => return Err(Error::invalid("set `hosted` or `mirror`").into()),
+        };
+        Ok(Response::new(self.to_proto(&r.name, &rec)))
+    }
+
+    async fn get(&self, req: Request<GetRepoRequest>) -> Result<Response<Repo>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(self.to_proto(&name, &self.triggers.get(&name)?)))
+    }
+
+    async fn list(&self, _req: Request<ListReposRequest>) -> Result<Response<ListReposResponse>, Status> {
+        let repos = self.triggers.list()?.iter().map(|(n, r)| self.to_proto(n, r)).collect();
+        Ok(Response::new(ListReposResponse { repos }))
+    }
+
+    async fn delete(&self, req: Request<GetRepoRequest>) -> Result<Response<DeleteRepoResponse>, Status> {
+        self.triggers.delete(&req.into_inner().name).await?;
+        Ok(Response::new(DeleteRepoResponse {}))
+    }
+
+    async fn sync(&self, req: Request<SyncRepoRequest>) -> Result<Response<SyncRepoResponse>, Status> {
+        let o = self.triggers.sync(&req.into_inner().name).await?;
+        Ok(Response::new(SyncRepoResponse {
+            run_ids: o.runs.iter().map(ToString::to_string).collect(),
+            refs_changed: o.refs_changed,
+        }))
+    }
+}

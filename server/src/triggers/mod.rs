@@ -1,0 +1,610 @@
+//! Where runs of repositories come from: pushes, webhooks, polls, manual
+//! triggers and schedules.
+//!
+//! # One trigger path
+//! Every way code arrives — a push to a hosted repository (its hook calls
+//! `Repos.Sync`), a forge webhook or a poll of a mirror (fetch, then sync),
+//! a server start (sync everything) — ends in [`Triggers::sync`]: list the
+//! repository's branch and tag tips, compare them with the tips the server
+//! last acted on (`ref_state`), and for each ref that moved read
+//! `.viaduct/pipeline.yml` at the new commit and start a run if its `on:`
+//! says so. The new tip is recorded in the same transaction as the run, so
+//! a push is acted on exactly once whatever crashes when, and pushes made
+//! while the server was down are picked up when it starts.
+//!
+//! Submodules: [`schedule`] (cron), [`webhooks`] (GitHub, GitLab, Gitea /
+//! Forgejo), [`smart_http`] (git over HTTP for hosted repositories).
+
+pub mod schedule;
+pub mod smart_http;
+pub mod webhooks;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use viaduct_pipeline::spec::Pipeline;
+use viaduct_proto::v1::{RunSource, SourcePlan};
+
+use crate::{
+    engine::{Engine, plan::NewRun},
+    error::{Error, Result},
+    git::{self, PIPELINE_PATH},
+    planning::{self, Trigger},
+    store::{
+        T, WriteSet, decode,
+        keys::RunId,
+        now_ms,
+        records::{RepoRecord, SCHEMA_VERSION},
+    },
+};
+
+/// "hosted" or "mirror".
+pub const HOSTED: &str = "hosted";
+/// See [`HOSTED`].
+pub const MIRROR: &str = "mirror";
+
+/// What a sync did.
+#[derive(Debug, Default)]
+pub struct SyncOutcome {
+    /// Runs it started.
+    pub runs: Vec<RunId>,
+    /// Refs that moved.
+    pub refs_changed: u32,
+}
+
+/// A pull (merge) request event from a forge.
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    /// Its number.
+    pub number: u32,
+    /// The commit at its head.
+    pub head_sha: String,
+    /// Its source branch.
+    pub head_branch: String,
+    /// The branch it would merge into.
+    pub base_branch: String,
+    /// The ref on the remote that holds its head (`refs/pull/N/head`).
+    pub remote_ref: String,
+}
+
+/// What starts a run of a repository.
+struct RepoEvent {
+    event: &'static str,
+    git_ref: String,
+    commit: String,
+    base_branch: String,
+    pull_request: u32,
+    inputs: HashMap<String, String>,
+    priority: Option<u32>,
+    /// Scheduled runs: (cron expression, slot in unix seconds).
+    schedule: Option<(String, i64)>,
+}
+
+/// Repositories and their triggers.
+pub struct Triggers {
+    engine: Arc<Engine>,
+    data_dir: PathBuf,
+    hook: git::Hook,
+    public_url: OnceLock<String>,
+    /// One sync at a time per repository.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    schedules: schedule::Schedules,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("invalid repository name `{name}`: use 1–100 of A–Z a–z 0–9 - _ .")))
+    }
+}
+
+fn ref_key(repo: &str, git_ref: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(repo.len() + git_ref.len() + 1);
+    k.extend_from_slice(repo.as_bytes());
+    k.push(0);
+    k.extend_from_slice(git_ref.as_bytes());
+    k
+}
+
+/// Runs a blocking git operation off the async threads.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("git task failed: {e}")))?
+}
+
+impl Triggers {
+    /// Triggers over `engine`, keeping repositories under `data_dir/repos`.
+    /// `exe` is the server binary (run by the hooks of hosted repositories).
+    pub fn new(
+        engine: Arc<Engine>,
+        data_dir: PathBuf,
+        exe: PathBuf,
+        clock: schedule::Clock,
+        catch_up: std::time::Duration,
+    ) -> Arc<Self> {
+        let hook = git::Hook { exe, data_dir: data_dir.clone() };
+        Arc::new(Self {
+            engine,
+            data_dir,
+            hook,
+            public_url: OnceLock::new(),
+            locks: Mutex::default(),
+            schedules: schedule::Schedules::new(clock, catch_up),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Sets the URL clients reach the server at (for clone and webhook URLs).
+    pub fn set_public_url(&self, url: String) {
+        let _ = self.public_url.set(url.trim_end_matches('/').to_string());
+    }
+
+    fn public_url(&self) -> &str {
+        self.public_url.get().map_or("http://127.0.0.1:7700", String::as_str)
+    }
+
+    /// Where the server keeps repository `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.data_dir.join("repos").join(format!("{name}.git"))
+    }
+
+    /// The directory of bare repositories (git http-backend's project root).
+    pub fn repos_dir(&self) -> PathBuf {
+        self.data_dir.join("repos")
+    }
+
+    /// The URL `git` pushes to and clones from for hosted repository `name`.
+    pub fn clone_url(&self, name: &str) -> String {
+        format!("{}/git/{name}.git", self.public_url())
+    }
+
+    /// Where forges send webhooks for mirror `name`.
+    pub fn webhook_url(&self, name: &str) -> String {
+        format!("{}/webhooks/{name}", self.public_url())
+    }
+
+    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(name.to_string()).or_default())
+    }
+
+    /// A repository.
+    pub fn get(&self, name: &str) -> Result<RepoRecord> {
+        self.engine
+            .store()
+            .get(T::Repos, name.as_bytes())?
+            .ok_or_else(|| Error::not_found(format!("repository `{name}` not found")))
+    }
+
+    /// Every repository.
+    pub fn list(&self) -> Result<Vec<(String, RepoRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.engine.store().tree(T::Repos).iter() {
+            let (k, v) = kv?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), decode(T::Repos, &v)?));
+        }
+        Ok(out)
+    }
+
+    fn save(&self, name: &str, rec: &RepoRecord, extra: WriteSet) -> Result<WriteSet> {
+        let mut ws = extra;
+        ws.put(T::Repos, name.as_bytes(), rec);
+        Ok(ws)
+    }
+
+    /// Creates a hosted repository (an empty bare repository with a hook).
+    pub async fn create_hosted(&self, name: &str, default_branch: &str) -> Result<RepoRecord> {
+        check_name(name)?;
+        let _guard = self.lock_for(name).lock_owned().await;
+        if self.engine.store().get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
+            return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
+        }
+        let branch = if default_branch.is_empty() { "main".to_string() } else { default_branch.to_string() };
+        let (path, hook, n, b) = (self.path(name), self.hook.clone(), name.to_string(), branch.clone());
+        blocking(move || git::create_bare(&path, &n, &b, &hook)).await?;
+        let now = now_ms();
+        let rec = RepoRecord {
+            schema: SCHEMA_VERSION,
+            kind: HOSTED.into(),
+            default_branch: branch,
+            created_ms: now,
+            last_sync_ms: now,
+            baselined: true,
+            ..Default::default()
+        };
+        let ws = self.save(name, &rec, WriteSet::default())?;
+        self.engine.store().commit_durable(&ws).await?;
+        tracing::info!(repo = name, "hosted repository created");
+        Ok(rec)
+    }
+
+    /// Creates a mirror of `url` and fetches it once; the refs it has now are
+    /// recorded without starting runs.
+    pub async fn create_mirror(&self, name: &str, url: &str, poll_interval_s: u32, secret: &str) -> Result<RepoRecord> {
+        check_name(name)?;
+        if url.is_empty() {
+            return Err(Error::invalid("a mirror needs the URL of the repository to follow"));
+        }
+        {
+            let _guard = self.lock_for(name).lock_owned().await;
+            if self.engine.store().get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
+                return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
+            }
+            let secret = if secret.is_empty() { random_secret()? } else { secret.to_string() };
+            let rec = RepoRecord {
+                schema: SCHEMA_VERSION,
+                kind: MIRROR.into(),
+                url: url.to_string(),
+                default_branch: "main".into(),
+                webhook_secret: secret,
+                poll_interval_s,
+                created_ms: now_ms(),
+                ..Default::default()
+            };
+            let ws = self.save(name, &rec, WriteSet::default())?;
+            self.engine.store().commit_durable(&ws).await?;
+        }
+        tracing::info!(repo = name, url, "mirror created");
+        self.sync(name).await?;
+        self.get(name)
+    }
+
+    /// Deletes a repository and the server's copy of it.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let _guard = self.lock_for(name).lock_owned().await;
+        self.get(name)?;
+        let mut ws = WriteSet::default();
+        ws.delete(T::Repos, name.as_bytes());
+        for k in self.engine.store().tree(T::RefState).scan_prefix(ref_key(name, "")).keys() {
+            ws.delete(T::RefState, k?);
+        }
+        self.engine.store().commit_durable(&ws).await?;
+        self.schedules.set(&schedule::repo_source(name), Vec::new());
+        let path = self.path(name);
+        let _ = tokio::fs::remove_dir_all(&path).await;
+        let _ = tokio::fs::remove_dir_all(self.data_dir.join("sources").join(name)).await;
+        tracing::info!(repo = name, "repository deleted");
+        Ok(())
+    }
+
+    /// Fetches a mirror (not a hosted repository), then starts runs for the
+    /// refs that moved. See the module docs.
+    pub async fn sync(&self, name: &str) -> Result<SyncOutcome> {
+        let _guard = self.lock_for(name).lock_owned().await;
+        let mut rec = self.get(name)?;
+        let path = self.path(name);
+        if rec.kind == MIRROR {
+            let (p, url) = (path.clone(), rec.url.clone());
+            match blocking(move || git::fetch(&p, &url, &[])).await {
+                Ok(default) => {
+                    rec.last_error.clear();
+                    if let Some(d) = default {
+                        rec.default_branch = d;
+                    }
+                }
+                Err(e) => {
+                    rec.last_error = e.to_string();
+                    rec.last_sync_ms = now_ms();
+                    let ws = self.save(name, &rec, WriteSet::default())?;
+                    self.engine.store().commit_durable(&ws).await?;
+                    tracing::warn!(repo = name, error = %e, "fetching the mirror failed");
+                    return Err(Error::FailedPrecondition(format!("fetching {} failed: {e}", rec.url)));
+                }
+            }
+        }
+        rec.last_sync_ms = now_ms();
+        let p = path.clone();
+        let current = blocking(move || git::refs(&p)).await?;
+        let mut stored = BTreeMap::new();
+        for kv in self.engine.store().tree(T::RefState).scan_prefix(ref_key(name, "")) {
+            let (k, v) = kv?;
+            let r = String::from_utf8_lossy(&k[name.len() + 1..]).into_owned();
+            stored.insert(r, String::from_utf8_lossy(&v).into_owned());
+        }
+        let mut outcome = SyncOutcome::default();
+        let mut ws = WriteSet::default();
+        let baseline = !rec.baselined;
+        rec.baselined = true;
+        ws = self.save(name, &rec, ws)?;
+        for (git_ref, sha) in &current {
+            if stored.get(git_ref) == Some(sha) {
+                continue;
+            }
+            ws.put_raw(T::RefState, ref_key(name, git_ref), sha.clone().into_bytes());
+            if baseline || git_ref.starts_with("refs/viaduct/") {
+                continue;
+            }
+            outcome.refs_changed += 1;
+            let event = RepoEvent {
+                event: "push",
+                git_ref: git_ref.clone(),
+                commit: sha.clone(),
+                base_branch: String::new(),
+                pull_request: 0,
+                inputs: HashMap::new(),
+                priority: None,
+                schedule: None,
+            };
+            if let Some(run) = self.plan(name, &rec, event).await? {
+                // The ref state (and the repository record) ride with the run.
+                let id = self.engine.create_run_with(run, std::mem::take(&mut ws)).await?;
+                tracing::info!(repo = name, git_ref, sha, run = %id, "push started a run");
+                outcome.runs.push(id);
+            }
+        }
+        for gone in stored.keys().filter(|r| !current.contains_key(*r) && !r.starts_with("pr/")) {
+            ws.delete(T::RefState, ref_key(name, gone));
+        }
+        self.engine.store().commit_durable(&ws).await?;
+        if baseline {
+            tracing::info!(
+                repo = name,
+                refs = current.len(),
+                "recorded the mirror's refs (no runs for what was already there)"
+            );
+        }
+        let default_ref = format!("refs/heads/{}", rec.default_branch);
+        if baseline || stored.get(&default_ref) != current.get(&default_ref) {
+            self.refresh_schedules(name, &rec, current.get(&default_ref).cloned()).await;
+        }
+        Ok(outcome)
+    }
+
+    /// A pull request was opened or updated: fetch its head and start a
+    /// `pull_request` run if the pipeline at that commit asks for one.
+    pub async fn pull_request(&self, name: &str, pr: PullRequest) -> Result<Option<RunId>> {
+        let _guard = self.lock_for(name).lock_owned().await;
+        let rec = self.get(name)?;
+        let path = self.path(name);
+        let local = format!("refs/viaduct/pull/{}", pr.number);
+        if rec.kind == MIRROR {
+            let (p, url, spec) = (path.clone(), rec.url.clone(), format!("+{}:{local}", pr.remote_ref));
+            blocking(move || git::fetch(&p, &url, &[spec])).await?;
+        }
+        let key = ref_key(name, &format!("pr/{}", pr.number));
+        let seen = self.engine.store().tree(T::RefState).get(&key)?;
+        if seen.as_deref() == Some(pr.head_sha.as_bytes()) {
+            return Ok(None);
+        }
+        let mut ws = WriteSet::default();
+        ws.put_raw(T::RefState, key, pr.head_sha.clone().into_bytes());
+        let event = RepoEvent {
+            event: "pull_request",
+            git_ref: format!("refs/heads/{}", pr.head_branch),
+            commit: pr.head_sha.clone(),
+            base_branch: pr.base_branch.clone(),
+            pull_request: pr.number,
+            inputs: HashMap::new(),
+            priority: None,
+            schedule: None,
+        };
+        match self.plan(name, &rec, event).await? {
+            Some(run) => {
+                let id = self.engine.create_run_with(run, ws).await?;
+                tracing::info!(repo = name, pr = pr.number, run = %id, "pull request started a run");
+                Ok(Some(id))
+            }
+            None => {
+                self.engine.store().commit_durable(&ws).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Starts a run by hand at `what` (branch, tag, ref or commit; empty =
+    /// the default branch).
+    pub async fn trigger(
+        &self,
+        name: &str,
+        what: &str,
+        inputs: HashMap<String, String>,
+        priority: Option<u32>,
+    ) -> Result<RunId> {
+        let rec = self.get(name)?;
+        let path = self.path(name);
+        let what = if what.is_empty() { rec.default_branch.clone() } else { what.to_string() };
+        let (p, w) = (path.clone(), what.clone());
+        let commit = blocking(move || git::resolve(&p, &w)).await?;
+        let git_ref = if what.starts_with("refs/") {
+            what
+        } else if commit.starts_with(&what) {
+            String::new()
+        } else {
+            let p = path.clone();
+            let w = what.clone();
+            let tag = blocking(move || Ok(git::refs(&p)?.contains_key(&format!("refs/tags/{w}")))).await?;
+            if tag { format!("refs/tags/{what}") } else { format!("refs/heads/{what}") }
+        };
+        let event = RepoEvent {
+            event: "manual",
+            git_ref,
+            commit,
+            base_branch: String::new(),
+            pull_request: 0,
+            inputs,
+            priority,
+            schedule: None,
+        };
+        let run = self.plan(name, &rec, event).await?.ok_or_else(|| {
+            Error::precondition(format!("the pipeline of `{name}` does not allow manual runs (`on:` has no `manual`)"))
+        })?;
+        self.engine.create_run(run).await
+    }
+
+    /// The run a repository event asks for, if its pipeline file exists and
+    /// its `on:` matches. An invalid file gives a failed run that carries the
+    /// errors (for pushes and pull requests) or an error (manual triggers).
+    async fn plan(&self, name: &str, rec: &RepoRecord, ev: RepoEvent) -> Result<Option<NewRun>> {
+        let path = self.path(name);
+        let sha = ev.commit.clone();
+        let (yaml, info) =
+            blocking(move || Ok((git::read_file(&path, &sha, PIPELINE_PATH)?, git::commit_info(&path, &sha)?))).await?;
+        let Some(yaml) = yaml else {
+            tracing::debug!(repo = name, commit = %ev.commit, "no {PIPELINE_PATH}: nothing to run");
+            return Ok(None);
+        };
+        let branch = ev.git_ref.strip_prefix("refs/heads/").unwrap_or_default().to_string();
+        let tag = ev.git_ref.strip_prefix("refs/tags/").unwrap_or_default().to_string();
+        let source = RunSource {
+            event: ev.event.into(),
+            repo: name.to_string(),
+            r#ref: ev.git_ref.clone(),
+            branch: branch.clone(),
+            tag: tag.clone(),
+            commit: ev.commit.clone(),
+            author: info.author,
+            message: info.summary,
+            base_branch: ev.base_branch.clone(),
+            pull_request: ev.pull_request,
+            schedule: ev.schedule.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+            scheduled_for: ev.schedule.as_ref().and_then(|s| crate::convert::timestamp(s.1 * 1000)),
+        };
+        let clone_url = if rec.kind == MIRROR { rec.url.clone() } else { self.clone_url(name) };
+        let source_plan =
+            SourcePlan { repo: name.to_string(), commit: ev.commit.clone(), r#ref: ev.git_ref.clone(), clone_url };
+        let trigger =
+            Trigger { source: source.clone(), inputs: ev.inputs, priority: ev.priority, pipeline_ref: String::new() };
+        let pipeline = match planning::parse(PIPELINE_PATH, &yaml) {
+            Ok(p) => p,
+            Err(diags) if ev.event != "manual" => {
+                tracing::info!(repo = name, commit = %ev.commit, "invalid pipeline file: recording a failed run");
+                return Ok(Some(failed_run(name, source, yaml, planning::render(&diags))));
+            }
+            Err(diags) => return Err(Error::InvalidPipeline(diags)),
+        };
+        if !wanted(&pipeline, ev.event, &branch, &tag, &ev.base_branch) {
+            tracing::debug!(repo = name, event = ev.event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
+            return Ok(None);
+        }
+        match planning::from_pipeline(&pipeline, &yaml, &trigger) {
+            Ok(mut run) => {
+                run.checkout = Some(source_plan);
+                Ok(Some(run))
+            }
+            Err(Error::InvalidPipeline(diags)) if ev.event != "manual" => {
+                Ok(Some(failed_run(name, source, yaml, planning::render(&diags))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs an archive of `commit` of `repo` (built and cached on first use).
+    pub async fn archive(&self, repo: &str, commit: &str) -> Result<PathBuf> {
+        let (path, cache, sha) = (self.path(repo), self.data_dir.join("sources").join(repo), commit.to_string());
+        blocking(move || git::archive::cached(&path, &cache, &sha)).await
+    }
+
+    /// On start: rewrites the hooks of hosted repositories (the server
+    /// binary may have moved), then syncs every repository — pushes made
+    /// while the server was down start their runs now — and loads schedules.
+    pub async fn start(self: &Arc<Self>) {
+        let repos = match self.list() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list repositories");
+                return;
+            }
+        };
+        for (name, rec) in repos {
+            if rec.kind == HOSTED {
+                let (path, hook, n, b) =
+                    (self.path(&name), self.hook.clone(), name.clone(), rec.default_branch.clone());
+                if let Err(e) = blocking(move || git::create_bare(&path, &n, &b, &hook)).await {
+                    tracing::warn!(repo = %name, error = %e, "cannot refresh the hook");
+                }
+            }
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                match this.sync(&name).await {
+                    Ok(o) if o.refs_changed > 0 => {
+                        tracing::info!(repo = %name, refs = o.refs_changed, runs = o.runs.len(), "caught up with pushes made while the server was down")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(repo = %name, error = %e, "startup sync failed"),
+                }
+                // Schedules from the default branch, even if nothing moved.
+                if let Ok(rec) = this.get(&name) {
+                    let tip = {
+                        let p = this.path(&name);
+                        let b = rec.default_branch.clone();
+                        blocking(move || git::resolve(&p, &b)).await.ok()
+                    };
+                    this.refresh_schedules(&name, &rec, tip).await;
+                }
+            });
+        }
+        self.load_pipeline_schedules();
+        schedule::spawn(Arc::clone(self));
+        self.spawn_poller();
+    }
+
+    /// Fetches mirrors whose poll interval has passed, every second; prunes
+    /// old webhook delivery ids every hour.
+    fn spawn_poller(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut ticks: u64 = 0;
+            loop {
+                tick.tick().await;
+                ticks += 1;
+                if ticks.is_multiple_of(3600) {
+                    webhooks::prune_deliveries(&this);
+                }
+                let Ok(repos) = this.list() else { continue };
+                let now = now_ms();
+                for (name, rec) in repos {
+                    let due = rec.kind == MIRROR
+                        && rec.poll_interval_s > 0
+                        && now - rec.last_sync_ms >= i64::from(rec.poll_interval_s) * 1000;
+                    if due && let Err(e) = this.sync(&name).await {
+                        tracing::debug!(repo = %name, error = %e, "poll failed");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Whether `on:` asks for `event` at this branch or tag.
+fn wanted(p: &Pipeline, event: &str, branch: &str, tag: &str, base: &str) -> bool {
+    fn opt(s: &str) -> Option<&str> {
+        (!s.is_empty()).then_some(s)
+    }
+    match event {
+        "push" => p.triggers.matches_push(opt(branch), opt(tag)),
+        "pull_request" => p.triggers.matches_pull_request(base),
+        "manual" => p.triggers.allows_manual(),
+        _ => true,
+    }
+}
+
+/// A run that failed before any job: the pipeline file at its commit is
+/// invalid; its error carries every diagnostic.
+fn failed_run(name: &str, source: RunSource, yaml: String, error: String) -> NewRun {
+    NewRun {
+        pipeline: name.to_string(),
+        priority: 5,
+        source,
+        yaml,
+        error: Some(format!("invalid {PIPELINE_PATH}:\n{error}")),
+        ..Default::default()
+    }
+}
+
+fn random_secret() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(bytes))
+}

@@ -1,0 +1,150 @@
+//! git over HTTP ("smart HTTP") at `/git/<repo>.git/…`, so a team can
+//! `git push http://x:TOKEN@server/git/app.git` to a hosted repository.
+//!
+//! libgit2 has no server side, so requests go to `git http-backend`, git's
+//! own CGI program, with the request body streamed to it and its output
+//! streamed back. The post-receive hook it runs tells the server to sync.
+//!
+//! Authentication: HTTP Basic with the token as the password (any user
+//! name), or `Authorization: Bearer`. Admin tokens may push and fetch;
+//! runner tokens may only fetch (runners that clone for themselves).
+
+use std::{process::Stdio, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use futures_util::TryStreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::Triggers;
+use crate::auth::{Auth, Principal};
+
+/// State of the git HTTP routes.
+#[derive(Clone)]
+pub struct GitHttp {
+    /// Repositories.
+    pub triggers: Arc<Triggers>,
+    /// Token checks.
+    pub auth: Arc<Auth>,
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, format!("{msg}\n")).into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"viaduct\""));
+    r
+}
+
+/// The token of a Basic or Bearer `Authorization` header.
+fn token(req: &Request) -> Option<String> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(t) = v.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(v.strip_prefix("Basic ")?.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split_once(':')?.1.to_string())
+}
+
+/// `/git/{*path}`.
+pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
+    let path = req.uri().path().trim_start_matches("/git/").to_string();
+    let Some((repo, rest)) = path.split_once(".git") else {
+        return (StatusCode::NOT_FOUND, "expected /git/<repository>.git/…\n").into_response();
+    };
+    let repo = repo.to_string();
+    if g.triggers.get(&repo).is_err() {
+        return (StatusCode::NOT_FOUND, format!("no repository `{repo}`\n")).into_response();
+    }
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let push = rest.ends_with("git-receive-pack") || query.contains("service=git-receive-pack");
+    let Some(token) = token(&req) else { return unauthorized("a token is needed (as the password)") };
+    match g.auth.check(&token) {
+        Ok(Principal::Admin) => {}
+        Ok(Principal::Runner(_)) if !push => {}
+        Ok(Principal::Runner(_)) => return unauthorized("runner tokens cannot push"),
+        Err(e) => return unauthorized(&e.to_string()),
+    }
+    match cgi(&g.triggers, &repo, rest, &query, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(repo, error = %e, "git http-backend failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
+    }
+}
+
+/// Runs `git http-backend` for one request.
+async fn cgi(t: &Triggers, repo: &str, rest: &str, query: &str, req: Request) -> std::io::Result<Response> {
+    let (content_type, content_encoding, content_length, git_protocol) = {
+        let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        (h("content-type"), h("content-encoding"), h("content-length"), h("git-protocol"))
+    };
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("GIT_PROJECT_ROOT", t.repos_dir())
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", format!("/{repo}.git{rest}"))
+        .env("REQUEST_METHOD", req.method().as_str())
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", content_type)
+        .env("REMOTE_USER", "viaduct")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("GIT_PROTOCOL", git_protocol)
+        .env("HTTP_CONTENT_ENCODING", content_encoding)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if !content_length.is_empty() {
+        cmd.env("CONTENT_LENGTH", content_length);
+    }
+    let mut child = cmd.spawn()?;
+    let mut stdin = child.stdin.take().ok_or_else(|| std::io::Error::other("no stdin"))?;
+    let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+    let body = req.into_body().into_data_stream().map_err(std::io::Error::other);
+    tokio::spawn(async move {
+        let mut reader = StreamReader::new(body);
+        let _ = tokio::io::copy(&mut reader, &mut stdin).await;
+        let _ = stdin.shutdown().await;
+    });
+    let repo_name = repo.to_string();
+    tokio::spawn(async move {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err).await;
+        if !err.trim().is_empty() {
+            tracing::debug!(repo = repo_name, stderr = %err.trim(), "git http-backend");
+        }
+        let _ = child.wait().await;
+    });
+    // CGI: headers, a blank line, then the body.
+    let mut out = BufReader::new(stdout);
+    let mut builder = Response::builder().status(StatusCode::OK);
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).await? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            builder = builder.status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        } else {
+            builder = builder.header(name, value);
+        }
+    }
+    builder.body(Body::from_stream(ReaderStream::new(out))).map_err(std::io::Error::other)
+}

@@ -1,0 +1,290 @@
+//! Forge webhooks on `POST /webhooks/<repo>` for mirrors.
+//!
+//! | forge | event header | signature | delivery id |
+//! |---|---|---|---|
+//! | GitHub | `X-GitHub-Event` | `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` | `X-GitHub-Delivery` |
+//! | GitLab | `X-Gitlab-Event` | `X-Gitlab-Token: <secret>` | `X-Gitlab-Event-UUID` |
+//! | Gitea | `X-Gitea-Event` | `X-Gitea-Signature: <hex HMAC-SHA256>` | `X-Gitea-Delivery` |
+//! | Forgejo | `X-Forgejo-Event` | `X-Forgejo-Signature: <hex HMAC-SHA256>` | `X-Forgejo-Delivery` |
+//!
+//! Signatures are checked in constant time with the repository's webhook
+//! secret; a bad one gets 401 and a warning in the log. A delivery id seen
+//! before gets 200 and starts nothing. Push events fetch the mirror and
+//! sync it (so a push is acted on once, whether the webhook or the poller
+//! sees it first); pull-request events fetch the request's head and start
+//! a `pull_request` run.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::{MIRROR, PullRequest, Triggers};
+use crate::store::{T, WriteSet, now_ms};
+
+/// How long delivery ids are remembered (replays older than this would be
+/// caught by the ref comparison anyway).
+pub const DELIVERY_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forge {
+    GitHub,
+    GitLab,
+    Gitea,
+    Forgejo,
+}
+
+impl Forge {
+    fn detect(h: &HeaderMap) -> Option<Self> {
+        // Forgejo also sends Gitea's headers, and Gitea GitHub's: most
+        // specific first.
+        [
+            ("x-gitlab-event", Forge::GitLab),
+            ("x-forgejo-event", Forge::Forgejo),
+            ("x-gitea-event", Forge::Gitea),
+            ("x-github-event", Forge::GitHub),
+        ]
+        .into_iter()
+        .find(|(name, _)| h.contains_key(*name))
+        .map(|(_, f)| f)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Forge::GitHub => "github",
+            Forge::GitLab => "gitlab",
+            Forge::Gitea => "gitea",
+            Forge::Forgejo => "forgejo",
+        }
+    }
+
+    fn header(self, what: &str) -> String {
+        let prefix = match self {
+            Forge::GitHub => "x-github",
+            Forge::GitLab => "x-gitlab",
+            Forge::Gitea => "x-gitea",
+            Forge::Forgejo => "x-forgejo",
+        };
+        format!("{prefix}-{what}")
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// Checks the request's signature (or token) against `secret`.
+fn verified(forge: Forge, h: &HeaderMap, body: &[u8], secret: &str) -> bool {
+    if secret.is_empty() {
+        return false;
+    }
+    let hmac_ok = |hex_sig: Option<&str>| {
+        let Some(sig) = hex_sig.and_then(|s| hex::decode(s).ok()) else { return false };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
+        mac.update(body);
+        // Constant time.
+        mac.verify_slice(&sig).is_ok()
+    };
+    match forge {
+        Forge::GitHub => hmac_ok(header(h, "x-hub-signature-256").and_then(|s| s.strip_prefix("sha256="))),
+        Forge::Gitea | Forge::Forgejo => hmac_ok(header(h, &forge.header("signature"))),
+        Forge::GitLab => header(h, "x-gitlab-token").is_some_and(|t| bool::from(t.as_bytes().ct_eq(secret.as_bytes()))),
+    }
+}
+
+fn delivery_id(forge: Forge, h: &HeaderMap) -> Option<String> {
+    let id = match forge {
+        Forge::GitLab => header(h, "x-gitlab-event-uuid").or_else(|| header(h, "idempotency-key")),
+        _ => header(h, &forge.header("delivery")),
+    }?;
+    Some(format!("{}:{id}", forge.name()))
+}
+
+fn reply(code: StatusCode, body: Value) -> Response {
+    (code, Json(body)).into_response()
+}
+
+/// What a webhook asks for.
+enum Ask {
+    Sync,
+    PullRequest(PullRequest),
+    Ignore(String),
+}
+
+fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    match (forge, event) {
+        (Forge::GitLab, "Push Hook" | "Tag Push Hook") | (_, "push") => Ask::Sync,
+        (Forge::GitLab, "Merge Request Hook") => {
+            let a = &body["object_attributes"];
+            if !matches!(a["action"].as_str(), Some("open" | "update" | "reopen")) {
+                return Ask::Ignore(format!("merge request action {}", a["action"]));
+            }
+            let number = a["iid"].as_u64().unwrap_or(0) as u32;
+            Ask::PullRequest(PullRequest {
+                number,
+                head_sha: s(&a["last_commit"]["id"]),
+                head_branch: s(&a["source_branch"]),
+                base_branch: s(&a["target_branch"]),
+                remote_ref: format!("refs/merge-requests/{number}/head"),
+            })
+        }
+        (_, "pull_request") => {
+            if !matches!(body["action"].as_str(), Some("opened" | "synchronize" | "synchronized" | "reopened")) {
+                return Ask::Ignore(format!("pull request action {}", body["action"]));
+            }
+            let pr = &body["pull_request"];
+            let number = body["number"].as_u64().or_else(|| pr["number"].as_u64()).unwrap_or(0) as u32;
+            Ask::PullRequest(PullRequest {
+                number,
+                head_sha: s(&pr["head"]["sha"]),
+                head_branch: s(&pr["head"]["ref"]),
+                base_branch: s(&pr["base"]["ref"]),
+                remote_ref: format!("refs/pull/{number}/head"),
+            })
+        }
+        (_, other) => Ask::Ignore(format!("event {other}")),
+    }
+}
+
+/// `POST /webhooks/{repo}`.
+pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h: HeaderMap, body: Bytes) -> Response {
+    let rec = match t.get(&repo) {
+        Ok(r) => r,
+        Err(_) => return reply(StatusCode::NOT_FOUND, json!({"error": format!("no repository `{repo}`")})),
+    };
+    if rec.kind != MIRROR {
+        return reply(StatusCode::BAD_REQUEST, json!({"error": "webhooks are for mirrored repositories"}));
+    }
+    let Some(forge) = Forge::detect(&h) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "unknown sender: expected GitHub, GitLab, Gitea or Forgejo webhook headers"}),
+        );
+    };
+    if !verified(forge, &h, &body, &rec.webhook_secret) {
+        tracing::warn!(repo, forge = forge.name(), "webhook refused: bad or missing signature");
+        return reply(StatusCode::UNAUTHORIZED, json!({"error": "bad or missing webhook signature"}));
+    }
+    let event = header(&h, &forge.header("event")).unwrap_or_default().to_string();
+    if let Some(id) = delivery_id(forge, &h) {
+        let store = t.engine().store();
+        match store.tree(T::Deliveries).get(id.as_bytes()) {
+            Ok(Some(_)) => {
+                tracing::info!(repo, delivery = %id, "webhook delivery seen before: ignored");
+                return reply(StatusCode::OK, json!({"status": "duplicate", "delivery": id}));
+            }
+            Ok(None) => {}
+            Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
+        }
+        // Recorded before acting: if the server dies right after, the ref
+        // comparison of the next sync still starts the run.
+        let mut ws = WriteSet::default();
+        ws.put_raw(T::Deliveries, id.as_bytes(), now_ms().to_be_bytes().to_vec());
+        if let Err(e) = store.commit_durable(&ws).await {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}));
+        }
+    }
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": format!("the body is not JSON: {e}")})),
+    };
+    tracing::info!(repo, forge = forge.name(), event, "webhook received");
+    match classify(forge, &event, &payload) {
+        Ask::Sync => match t.sync(&repo).await {
+            Ok(o) => reply(
+                StatusCode::OK,
+                json!({"status": "ok", "runs": o.runs.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+            ),
+            Err(e) => reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()})),
+        },
+        Ask::PullRequest(pr) if pr.head_sha.is_empty() || pr.number == 0 => {
+            reply(StatusCode::BAD_REQUEST, json!({"error": "pull request without a number or head commit"}))
+        }
+        Ask::PullRequest(pr) => match t.pull_request(&repo, pr).await {
+            Ok(run) => reply(
+                StatusCode::OK,
+                json!({"status": "ok", "runs": run.map(|r| vec![r.to_string()]).unwrap_or_default()}),
+            ),
+            Err(e) => reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()})),
+        },
+        Ask::Ignore(what) => reply(StatusCode::OK, json!({"status": "ignored", "reason": what})),
+    }
+}
+
+/// Forgets deliveries older than [`DELIVERY_RETENTION_MS`].
+pub fn prune_deliveries(t: &Triggers) {
+    let store = t.engine().store();
+    let cutoff = now_ms() - DELIVERY_RETENTION_MS;
+    let mut ws = WriteSet::default();
+    for kv in store.tree(T::Deliveries).iter().flatten() {
+        let at = i64::from_be_bytes(kv.1.as_ref().try_into().unwrap_or([0; 8]));
+        if at < cutoff {
+            ws.delete(T::Deliveries, kv.0);
+        }
+    }
+    if let Err(e) = store.commit(&ws) {
+        tracing::warn!(error = %e, "cannot prune webhook deliveries");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn signatures_of_each_forge() {
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let mut h = HeaderMap::new();
+        h.insert("x-github-event", "push".parse().unwrap());
+        h.insert("x-hub-signature-256", format!("sha256={}", sign("s3cret", body)).parse().unwrap());
+        assert_eq!(Forge::detect(&h), Some(Forge::GitHub));
+        assert!(verified(Forge::GitHub, &h, body, "s3cret"));
+        assert!(!verified(Forge::GitHub, &h, body, "other"));
+        assert!(!verified(Forge::GitHub, &h, b"tampered", "s3cret"));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-gitea-event", "push".parse().unwrap());
+        h.insert("x-forgejo-event", "push".parse().unwrap());
+        h.insert("x-forgejo-signature", sign("k", body).parse().unwrap());
+        assert_eq!(Forge::detect(&h), Some(Forge::Forgejo));
+        assert!(verified(Forge::Forgejo, &h, body, "k"));
+
+        let mut h = HeaderMap::new();
+        h.insert("x-gitlab-event", "Push Hook".parse().unwrap());
+        h.insert("x-gitlab-token", "tok".parse().unwrap());
+        assert!(verified(Forge::GitLab, &h, body, "tok"));
+        assert!(!verified(Forge::GitLab, &h, body, "tok2"));
+        assert!(!verified(Forge::GitLab, &h, body, ""));
+    }
+
+    #[test]
+    fn pull_requests_are_read_from_each_payload() {
+        let gh = json!({"action": "synchronize", "number": 7, "pull_request": {"head": {"sha": "abc", "ref": "feat"}, "base": {"ref": "main"}}});
+        let Ask::PullRequest(pr) = classify(Forge::GitHub, "pull_request", &gh) else { panic!() };
+        assert_eq!(
+            (pr.number, pr.head_sha.as_str(), pr.base_branch.as_str(), pr.remote_ref.as_str()),
+            (7, "abc", "main", "refs/pull/7/head")
+        );
+        let gl = json!({"object_attributes": {"iid": 3, "action": "open", "source_branch": "f", "target_branch": "main", "last_commit": {"id": "def"}}});
+        let Ask::PullRequest(pr) = classify(Forge::GitLab, "Merge Request Hook", &gl) else { panic!() };
+        assert_eq!(pr.remote_ref, "refs/merge-requests/3/head");
+        assert!(matches!(classify(Forge::GitHub, "pull_request", &json!({"action": "closed"})), Ask::Ignore(_)));
+        assert!(matches!(classify(Forge::GitHub, "ping", &json!({})), Ask::Ignore(_)));
+    }
+}
