@@ -26,6 +26,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         if wanted("queue") {
             queue().await?;
         }
+        if wanted("git") {
+            git_push().await?;
+        }
         Ok(())
     })
 }
@@ -77,10 +80,11 @@ async fn system() -> Result<(Server, viaduct_tests::Runner, Client, tonic::Strea
     let server = Server::start();
     let runner = server.runner("linux", 1);
     let client = server.client().await;
-    // Wait for the runner: one warm-up run.
-    let events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    // Wait for the runner: one warm-up run, whose events are drained from
+    // the stream so that the next event read belongs to the next run.
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
     let id = submit(&client, "jobs:\n  warm:\n    steps:\n      - run: true\n").await?;
-    client.wait_for_run(&id).await.context("warm-up run")?;
+    until(&mut events, &id, is_finished_run).await.context("warm-up run")?;
     Ok((server, runner, client, events))
 }
 
@@ -302,4 +306,129 @@ async fn paced(client: &Client, rate: u32, secs: Duration) -> Result<(Duration, 
     anyhow::ensure!(lat.len() == n, "only {} of {n} runs started", lat.len());
     let (p50, p99, _) = summary(lat);
     Ok((p50, p99, achieved))
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.com")
+        .env("GIT_COMMITTER_NAME", "Bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.com")
+        .output()?;
+    anyhow::ensure!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// The run started by the next push: waits on `events` for its job to start
+/// (assignment) and its first step to run; returns (run id, push → step
+/// running, job start → step running = checkout).
+async fn next_pushed_run(
+    events: &mut tonic::Streaming<v1::RunEvent>,
+    t0: Instant,
+) -> Result<(String, Duration, Duration)> {
+    let mut job_started = None;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        match &ev.change {
+            Some(v1::run_event::Change::Job(j)) if j.status == v1::Status::Running as i32 => {
+                job_started.get_or_insert_with(Instant::now);
+            }
+            Some(c) if is_running_step(c) => {
+                let now = Instant::now();
+                return Ok((ev.run_id.clone(), now - t0, now - job_started.unwrap_or(now)));
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("the event stream ended")
+}
+
+/// Server-side time from a run's job being assigned to its first step
+/// starting: the runner's checkout.
+async fn checkout_time(client: &Client, id: &str) -> Result<Duration> {
+    let run = client.runs().get(v1::GetRunRequest { id: id.to_string() }).await?.into_inner();
+    let ms_of = |t: Option<&prost_types::Timestamp>| t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    let job = run.jobs.first().context("no job")?;
+    let assigned = ms_of(job.times.as_ref().and_then(|t| t.started_at.as_ref()));
+    let step = ms_of(job.steps.first().and_then(|s| s.times.as_ref()).and_then(|t| t.started_at.as_ref()));
+    Ok(Duration::from_millis(u64::try_from(step - assigned).unwrap_or(0)))
+}
+
+/// Push → first step running for a hosted repository, and the time to get
+/// a 50 MB source tree into a runner's workspace.
+async fn git_push() -> Result<()> {
+    const PUSHES: usize = 30;
+    let (server, _runner, client, mut events) = system().await?;
+    let repo = client
+        .repos()
+        .create(v1::CreateRepoRequest {
+            name: "bench".into(),
+            source: Some(v1::create_repo_request::Source::Hosted(v1::HostedRepo::default())),
+        })
+        .await?
+        .into_inner();
+    let wt = tempfile::tempdir()?;
+    let dir = wt.path();
+    git(dir, &["init", "-q", "-b", "main"])?;
+    std::fs::create_dir_all(dir.join(".viaduct"))?;
+    std::fs::write(
+        dir.join(".viaduct/pipeline.yml"),
+        "on: { push: {}, manual: {} }\njobs:\n  j:\n    steps:\n      - run: true\n",
+    )?;
+    let http_url = repo.clone_url.replace("http://", &format!("http://bench:{}@", server.admin_token()));
+    for (label, url) in [("filesystem", repo.path.clone()), ("smart HTTP", http_url)] {
+        let mut samples = Vec::with_capacity(PUSHES);
+        for i in 0..PUSHES {
+            std::fs::write(dir.join("n"), format!("{i}"))?;
+            git(dir, &["add", "-A"])?;
+            git(dir, &["commit", "-qm", "bench"])?;
+            let t0 = Instant::now();
+            git(dir, &["push", "-q", &url, "main"])?;
+            let (id, latency, _) = next_pushed_run(&mut events, t0).await?;
+            samples.push(latency);
+            until(&mut events, &id, is_finished_run).await?;
+        }
+        let (p50, p99, _) = summary(samples);
+        println!("git      push ({label}) → first step running: p50 {}  p99 {}  ({PUSHES} pushes)", ms(p50), ms(p99));
+    }
+
+    // A 50 MB tree: 400 files of 128 KiB of varied text.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    std::fs::create_dir_all(dir.join("data"))?;
+    for f in 0..400 {
+        let mut text = String::with_capacity(131_072);
+        while text.len() < 131_072 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            text.push_str(&format!("{seed:016x} line {f}\n"));
+        }
+        std::fs::write(dir.join("data").join(format!("f{f:03}.txt")), &text[..131_072])?;
+    }
+    git(dir, &["add", "-A"])?;
+    git(dir, &["commit", "-qm", "50 MB"])?;
+    let t0 = Instant::now();
+    git(dir, &["push", "-q", &repo.path, "main"])?;
+    let (id, _, _) = next_pushed_run(&mut events, t0).await?;
+    until(&mut events, &id, is_finished_run).await?;
+    let cold = checkout_time(&client, &id).await?;
+    let req = v1::TriggerRequest { repo: "bench".into(), ..Default::default() };
+    let id = client.runs().trigger(req).await?.into_inner().run_id;
+    until(&mut events, &id, is_finished_run).await?;
+    let warm = checkout_time(&client, &id).await?;
+    let archive: u64 = std::fs::read_dir(server.data_dir().join("sources/bench"))?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "git      50 MB tree (400 files) into a runner workspace: first time {} (archive built, {:.1} MB zstd), cached {}",
+        ms(cold),
+        archive as f64 / 1e6,
+        ms(warm)
+    );
+    Ok(())
 }
