@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/runners.proto",
     "viaduct/v1/agent.proto",
     "viaduct/v1/repos.proto",
+    "viaduct/v1/secrets.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -26,6 +26,7 @@ use viaduct_proto::{
 
 use crate::{
     executor::{Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop},
+    mask::Secrets,
     outbox::Outbox,
     source::Sources,
 };
@@ -150,6 +151,7 @@ async fn execute(
         }
     }
     let context = a.context.clone().unwrap_or_default();
+    let secrets = Secrets::new(a.secrets.values().map(String::as_str));
     let mut outputs: HashMap<String, (Status, BTreeMap<String, String>)> = HashMap::new();
     let mut failed: Option<String> = None;
     let mut step_timed_out = false;
@@ -208,9 +210,10 @@ async fn execute(
                         // stopped only by an abandon or their deadline.
                         let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
                         let step_stop = StepStop { cancel: token, deadline };
-                        let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index);
+                        let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index, secrets.clone());
                         let span = tracing::info_span!("step", step = s.index, name = %s.name);
                         let o = env_of_job.run_step(&spec, &mut log, &step_stop).instrument(span).await;
+                        log.finish().await;
                         if o.status == Status::TimedOut && job_deadline.is_some_and(|d| Instant::now() >= d) {
                             job_timed_out = true;
                         }
@@ -283,6 +286,8 @@ fn spec(a: &JobAssignment, s: &StepPlan, ctx: &StepContext<'_>) -> Result<StepSp
         None => return Err("the step has nothing to run".into()),
     };
     let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
+    // Secrets the job lists, as variables (masked in every log).
+    env.extend(a.secrets.clone());
     for (k, v) in &s.env {
         let v = expr::interpolate(v, ctx).map_err(|e| format!("in env `{k}`: {}", e.message))?;
         env.insert(k.clone(), v);

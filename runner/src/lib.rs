@@ -12,6 +12,7 @@
 pub mod executor;
 pub mod identity;
 pub mod job;
+pub mod mask;
 pub mod outbox;
 pub mod outputs;
 pub mod session;

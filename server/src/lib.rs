@@ -20,6 +20,7 @@ pub mod error;
 pub mod git;
 pub mod http;
 pub mod planning;
+pub mod secrets;
 pub mod store;
 pub mod triggers;
 
@@ -59,7 +60,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     );
     let auth = Arc::new(Auth::new(Arc::clone(&store)));
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
-    let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone())?;
+    let secret_box = Arc::new(secrets::SecretBox::open(&cfg.data_dir)?);
+    let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone(), secret_box)?;
     engine.spawn_timer();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
     let triggers =

@@ -23,7 +23,10 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
 use tokio_util::sync::CancellationToken;
 use viaduct_proto::v1::{JobRef, Status};
 
-use crate::outbox::Outbox;
+use crate::{
+    mask::{Masker, Secrets},
+    outbox::Outbox,
+};
 
 /// What an executor needs to prepare a job.
 #[derive(Debug, Clone)]
@@ -78,24 +81,33 @@ impl StepOutcome {
     }
 }
 
-/// Where a step's output goes: the runner's outbox, tagged with the step.
+/// Where a step's output goes: through the secret masker into the
+/// runner's outbox, tagged with the step.
 pub struct StepLog {
     outbox: Arc<Outbox>,
     job: JobRef,
     step: u32,
     written: u64,
+    masker: Masker,
 }
 
 impl StepLog {
-    /// A log for `step` of `job`.
-    pub fn new(outbox: Arc<Outbox>, job: JobRef, step: u32) -> Self {
-        Self { outbox, job, step, written: 0 }
+    /// A log for `step` of `job`, masking `secrets`.
+    pub fn new(outbox: Arc<Outbox>, job: JobRef, step: u32, secrets: Secrets) -> Self {
+        Self { outbox, job, step, written: 0, masker: Masker::new(secrets) }
     }
 
     /// Appends output; waits when the outbox is full (backpressure).
     pub async fn write(&mut self, data: &[u8]) {
-        self.outbox.log(&self.job, self.step, data).await;
+        let masked = self.masker.feed(data);
+        self.outbox.log(&self.job, self.step, &masked).await;
         self.written += data.len() as u64;
+    }
+
+    /// Emits what the masker still holds (the step has ended).
+    pub async fn finish(&mut self) {
+        let rest = self.masker.finish();
+        self.outbox.log(&self.job, self.step, &rest).await;
     }
 
     /// Bytes written so far.

@@ -27,6 +27,7 @@ use viaduct_proto::v1::{
     FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, follow_request,
     logs_client::LogsClient, pipelines_client::PipelinesClient, repos_client::ReposClient, run_event::Change,
     runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
+    secrets_client::SecretsClient,
 };
 
 /// What can go wrong talking to a server.
@@ -177,6 +178,11 @@ impl Client {
     /// `viaduct.v1.Repos`.
     pub fn repos(&self) -> ReposClient<Svc> {
         ReposClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Secrets`.
+    pub fn secrets(&self) -> SecretsClient<Svc> {
+        SecretsClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.RunnerAgent` (runner token).

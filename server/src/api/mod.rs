@@ -13,6 +13,7 @@ pub mod pipelines;
 pub mod repos;
 pub mod runners;
 pub mod runs;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
     FILE_DESCRIPTOR_SET, logs_server::LogsServer, pipelines_server::PipelinesServer, repos_server::ReposServer,
     runner_agent_server::RunnerAgentServer, runners_server::RunnersServer, runs_server::RunsServer,
+    secrets_server::SecretsServer,
 };
 
 use crate::{auth::Auth, engine::Engine, triggers::Triggers};
@@ -38,6 +40,7 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Runners",
     "viaduct.v1.RunnerAgent",
     "viaduct.v1.Repos",
+    "viaduct.v1.Secrets",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
@@ -69,6 +72,7 @@ pub async fn grpc_router(
         admin.clone(),
     ))
     .add_service(ReposServer::with_interceptor(repos::ReposApi::new(Arc::clone(triggers)), admin.clone()))
+    .add_service(SecretsServer::with_interceptor(secrets::SecretsApi::new(Arc::clone(engine)), admin.clone()))
     .add_service(RunnersServer::with_interceptor(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth)), admin))
     .add_service(RunnerAgentServer::new(agent::AgentApi::new(
         Arc::clone(engine),

@@ -89,10 +89,23 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Leases a queued job to `runner` and sends it the assignment.
+    /// Leases a queued job to `runner` and sends it the assignment. A job
+    /// that lists a secret that does not exist fails here, with the name.
     fn assign(&mut self, q: QueuedJob, runner: &str) -> Result<()> {
         let key = q.job;
         self.dequeue(key);
+        let mut secrets = HashMap::new();
+        for name in self.job(key)?.secrets.clone() {
+            match self.sh.secrets.get(&self.sh.store, &name)? {
+                Some(v) => {
+                    secrets.insert(name, v);
+                }
+                None => {
+                    let why = format!("secret `{name}` is not set (viaduct secrets set {name})");
+                    return self.finish_job(key, Status::Failure, &why);
+                }
+            }
+        }
         let now = now_ms();
         let run = self.run(key.run)?;
         if run.started_ms == 0 {
@@ -157,7 +170,7 @@ impl Tx<'_> {
             env,
             timeout_ms: job.timeout_ms,
             image: job.image.clone(),
-            secrets: HashMap::new(),
+            secrets,
             context: job.context.clone().map(|mut c| {
                 c.run_id = key.run.to_string();
                 c

@@ -47,6 +47,7 @@ use self::{
 };
 use crate::{
     error::Result,
+    secrets::SecretBox,
     store::{
         Store, T, Ticket, decode,
         keys::{JobKey, RunId},
@@ -140,6 +141,7 @@ pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub cfg: EngineConfig,
     pub signals: Signals,
+    pub secrets: Arc<SecretBox>,
 }
 
 /// The engine. Cheap to share (`Arc<Engine>`).
@@ -152,7 +154,7 @@ impl Engine {
     /// Opens the engine over `store`, rebuilding the queue and leases from
     /// disk: queued jobs are queued again, running jobs keep their runner and
     /// get a fresh lease so their runner can reconnect and resume.
-    pub fn open(store: Arc<Store>, cfg: EngineConfig) -> Result<Arc<Self>> {
+    pub fn open(store: Arc<Store>, cfg: EngineConfig, secrets: Arc<SecretBox>) -> Result<Arc<Self>> {
         let next_event = match store.tree(T::Events).last()? {
             Some((_, v)) => decode::<EventBatch>(T::Events, &v)?.events.last().map_or(1, |e| e.cursor + 1),
             None => 1,
@@ -207,6 +209,7 @@ impl Engine {
                     runs: Mutex::default(),
                     timer: Notify::new(),
                 },
+                secrets,
             },
             state: Mutex::new(st),
         }))
@@ -215,6 +218,11 @@ impl Engine {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.sh.store
+    }
+
+    /// Secret values.
+    pub fn secret_box(&self) -> &SecretBox {
+        &self.sh.secrets
     }
 
     /// Wake-ups for followers.

@@ -59,9 +59,11 @@ pub enum T {
     Deliveries,
     /// Last slot a schedule fired for: `source \0 cron` → unix seconds (big-endian).
     ScheduleState,
+    /// Sealed secret values by name (see `secrets`).
+    Secrets,
 }
 
-const TREE_NAMES: [&str; 14] = [
+const TREE_NAMES: [&str; 15] = [
     "runs",
     "jobs",
     "steps",
@@ -76,6 +78,7 @@ const TREE_NAMES: [&str; 14] = [
     "ref_state",
     "deliveries",
     "schedule_state",
+    "secrets",
 ];
 
 /// The database and its trees.

@@ -83,6 +83,9 @@ pub enum Command {
     /// Manage repositories (hosted, or mirrors of a forge).
     #[command(subcommand)]
     Repos(ReposCommand),
+    /// Manage secrets (values jobs read as env when they list them).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Start a run of a repository by hand (its pipeline must allow `manual`).
     Trigger {
         /// The repository.
@@ -100,6 +103,25 @@ pub enum Command {
         /// Stream the logs and exit with the run's outcome.
         #[arg(short, long)]
         follow: bool,
+    },
+}
+
+/// `viaduct secrets …`.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Create or replace a secret; the value is read from stdin unless given.
+    Set {
+        /// Name (an environment variable name).
+        name: String,
+        /// The value (better: pipe it on stdin, out of the shell history).
+        value: Option<String>,
+    },
+    /// List secret names.
+    List,
+    /// Delete a secret.
+    Delete {
+        /// Name.
+        name: String,
     },
 }
 

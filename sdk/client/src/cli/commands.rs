@@ -14,17 +14,18 @@ use viaduct_sdk::{
         StatusWord,
         v1::{
             CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest, CreateRepoRequest,
-            DrainRunnerRequest, FollowRequest, GetPipelineRequest, GetRepoRequest, GetRunRequest, GetRunnerRequest,
-            HostedRepo, ListPipelinesRequest, ListReposRequest, ListRunnersRequest, ListRunsRequest, MirrorRepo,
-            PageRequest, RetryRunRequest, Run, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, WatchRequest,
-            create_repo_request, follow_request, log_event, run_event::Change, submit_request,
+            DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest, GetRepoRequest, GetRunRequest,
+            GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest, ListRunnersRequest, ListRunsRequest,
+            ListSecretsRequest, MirrorRepo, PageRequest, RetryRunRequest, Run, SetSecretRequest, Status, SubmitRequest,
+            SyncRepoRequest, TriggerRequest, WatchRequest, create_repo_request, follow_request, log_event,
+            run_event::Change, submit_request,
         },
     },
 };
 
 use super::{
     Failure,
-    args::{PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SubmitArgs},
+    args::{PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
     view,
 };
 
@@ -440,6 +441,40 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
                 o.refs_changed,
                 if o.run_ids.is_empty() { "none".into() } else { o.run_ids.join(", ") }
             );
+            Ok(())
+        }
+    }
+}
+
+/// `viaduct secrets …`.
+pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure> {
+    match cmd {
+        SecretsCommand::Set { name, value } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)
+                        .map_err(|e| Failure::Usage(format!("cannot read the value from stdin: {e}")))?;
+                    v.strip_suffix('\n').map(str::to_string).unwrap_or(v)
+                }
+            };
+            client.secrets().set(SetSecretRequest { name: name.clone(), value }).await?;
+            println!("secret {name} set");
+            Ok(())
+        }
+        SecretsCommand::List => {
+            let list = client.secrets().list(ListSecretsRequest {}).await?.into_inner().secrets;
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| vec![s.name.clone(), view::local(s.times.as_ref().and_then(|t| t.finished_at.as_ref()))])
+                .collect();
+            print!("{}", view::table(&["NAME", "UPDATED"], &rows));
+            Ok(())
+        }
+        SecretsCommand::Delete { name } => {
+            client.secrets().delete(DeleteSecretRequest { name: name.clone() }).await?;
+            println!("secret {name} deleted");
             Ok(())
         }
     }

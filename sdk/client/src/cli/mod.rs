@@ -97,6 +97,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Runners(c) => commands::runners(&client, c).await,
         Command::Pipelines(c) => commands::pipelines(&client, c).await,
         Command::Repos(c) => commands::repos(&client, c).await,
+        Command::Secrets(c) => commands::secrets(&client, c).await,
         Command::Trigger { repo, git_ref, commit, inputs, follow } => {
             commands::trigger(&client, repo, git_ref, commit, inputs, follow).await
         }

@@ -1,0 +1,160 @@
+//! Secrets, encrypted at rest.
+//!
+//! Each value is sealed with XChaCha20-Poly1305 under a 256-bit key kept in
+//! `DATA_DIR/secret-key` (mode 0600, created on first start), with a fresh
+//! random nonce, and stored as `nonce ‖ ciphertext` in the `secrets` tree —
+//! so a copy of the database alone reveals no secret. The secret's name is
+//! the associated data: a sealed value cannot be moved under another name.
+//! Values leave the server only in the assignment of a job that lists them.
+
+use std::{
+    io::Write,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use chacha20poly1305::{
+    KeyInit, XChaCha20Poly1305, XNonce,
+    aead::{Aead, Payload},
+};
+
+use crate::{
+    error::{Error, Result},
+    store::{Store, T, WriteSet, now_ms},
+};
+
+const NONCE: usize = 24;
+
+/// Seals and opens secret values.
+pub struct SecretBox {
+    cipher: XChaCha20Poly1305,
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+    Ok(b)
+}
+
+/// Checks a secret name: an environment variable name.
+pub fn check_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128;
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid secret name `{name}`: use letters, digits and `_`, not starting with a digit"
+        )))
+    }
+}
+
+impl SecretBox {
+    /// The box of `data_dir`, creating its key on first use.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("secret-key");
+        let io = |e: std::io::Error| Error::Internal(format!("secret key {}: {e}", path.display()));
+        let key: [u8; 32] = match std::fs::read(&path) {
+            Ok(k) => k.try_into().map_err(|_| Error::Internal(format!("{} is not a 32-byte key", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = random::<32>()?;
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+                f.write_all(&k).and_then(|()| f.sync_all()).map_err(io)?;
+                k
+            }
+            Err(e) => return Err(io(e)),
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let cipher = XChaCha20Poly1305::new_from_slice(&key).map_err(|_| Error::Internal("bad secret key".into()))?;
+        Ok(Self { cipher })
+    }
+
+    fn seal(&self, name: &str, value: &str) -> Result<Vec<u8>> {
+        let nonce = random::<NONCE>()?;
+        let ct = self
+            .cipher
+            .encrypt(&XNonce::from(nonce), Payload { msg: value.as_bytes(), aad: name.as_bytes() })
+            .map_err(|_| Error::Internal("cannot seal a secret".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend(ct);
+        Ok(out)
+    }
+
+    fn unseal(&self, name: &str, sealed: &[u8]) -> Result<String> {
+        let corrupt = || Error::Corrupt { tree: "secrets", detail: format!("secret `{name}` cannot be decrypted") };
+        if sealed.len() < NONCE {
+            return Err(corrupt());
+        }
+        let (nonce, ct) = sealed.split_at(NONCE);
+        let nonce = XNonce::try_from(nonce).map_err(|_| corrupt())?;
+        let plain = self.cipher.decrypt(&nonce, Payload { msg: ct, aad: name.as_bytes() }).map_err(|_| corrupt())?;
+        String::from_utf8(plain).map_err(|_| corrupt())
+    }
+
+    /// Stores (replaces) a secret. Value layout in the tree: created time
+    /// (8 bytes), updated time (8 bytes), sealed value.
+    pub async fn set(&self, store: &Store, name: &str, value: &str) -> Result<(i64, i64)> {
+        check_name(name)?;
+        if value.len() > 64 * 1024 {
+            return Err(Error::TooLarge("a secret may be at most 64 KiB".into()));
+        }
+        let now = now_ms();
+        let created = store
+            .tree(T::Secrets)
+            .get(name)?
+            .and_then(|v| v.get(..8).map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]))))
+            .unwrap_or(now);
+        let mut rec = Vec::new();
+        rec.extend_from_slice(&created.to_be_bytes());
+        rec.extend_from_slice(&now.to_be_bytes());
+        rec.extend(self.seal(name, value)?);
+        let mut ws = WriteSet::default();
+        ws.put_raw(T::Secrets, name.as_bytes(), rec);
+        store.commit_durable(&ws).await?;
+        Ok((created, now))
+    }
+
+    /// The value of secret `name`, if it exists.
+    pub fn get(&self, store: &Store, name: &str) -> Result<Option<String>> {
+        match store.tree(T::Secrets).get(name)? {
+            Some(v) if v.len() >= 16 => self.unseal(name, &v[16..]).map(Some),
+            Some(_) => Err(Error::Corrupt { tree: "secrets", detail: format!("secret `{name}` is truncated") }),
+            None => Ok(None),
+        }
+    }
+
+    /// Every secret's name with its created and updated times.
+    pub fn list(store: &Store) -> Result<Vec<(String, i64, i64)>> {
+        let mut out = Vec::new();
+        for kv in store.tree(T::Secrets).iter() {
+            let (k, v) = kv?;
+            let t = |r: std::ops::Range<usize>| v.get(r).and_then(|b| b.try_into().ok()).map_or(0, i64::from_be_bytes);
+            out.push((String::from_utf8_lossy(&k).into_owned(), t(0..8), t(8..16)));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_under_their_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SecretBox::open(dir.path()).unwrap();
+        let sealed = b.seal("TOKEN", "hunter2").unwrap();
+        assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(b.unseal("TOKEN", &sealed).unwrap(), "hunter2");
+        assert!(b.unseal("OTHER", &sealed).is_err());
+        // The key persists.
+        let again = SecretBox::open(dir.path()).unwrap();
+        assert_eq!(again.unseal("TOKEN", &sealed).unwrap(), "hunter2");
+        let mode = std::fs::metadata(dir.path().join("secret-key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(check_name("9X").is_err() && check_name("A_1").is_ok());
+    }
+}
