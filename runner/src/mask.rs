@@ -30,7 +30,7 @@ impl Secrets {
                 }
             }
         }
-        v.sort_by(|a, b| b.len().cmp(&a.len()));
+        v.sort_by_key(|p| std::cmp::Reverse(p.len()));
         Self(Arc::new(v))
     }
 
