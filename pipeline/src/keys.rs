@@ -234,6 +234,7 @@ pub(crate) static IMAGE: Table = table(
         required("name", Ty::Template, "Image reference, e.g. rust:1-bookworm."),
         key("pull", Ty::Enum(&["if_not_present", "always", "never"]), "Pull policy (default if_not_present)."),
         key("user", Ty::Scalar, "User (name or uid[:gid]) to run as."),
+        key("credentials", Ty::Str, "Name of a secret holding `user:password` for the image's registry."),
     ],
 );
 
@@ -241,7 +242,11 @@ pub(crate) static IMAGE: Table = table(
 pub(crate) static SERVICE: Table = table(
     "service",
     "A service container.",
-    &[required("image", IMAGE_TY, "Container image."), key("env", ENV_TY, "Environment variables of the service.")],
+    &[
+        required("image", IMAGE_TY, "Container image."),
+        key("env", ENV_TY, "Environment variables of the service."),
+        key("command", Ty::StrOrList, "Command to run instead of the image's (a string or a list of words)."),
+    ],
 );
 
 /// `jobs.<key>.resources:`

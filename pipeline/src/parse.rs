@@ -298,6 +298,7 @@ fn image(d: &mut Decoder<'_>, node: Node<'_>, at: Option<Pos>, scope: &Scope<'_>
             name,
             pull: PullPolicy::IfNotPresent,
             user: None,
+            credentials: None,
         });
     }
     let f = d.fields(node, &keys::IMAGE, "image", &format!("in `image` {context}"), at)?;
@@ -306,7 +307,17 @@ fn image(d: &mut Decoder<'_>, node: Node<'_>, at: Option<Pos>, scope: &Scope<'_>
         Some("never") => PullPolicy::Never,
         _ => PullPolicy::IfNotPresent,
     };
+    let credentials = f.get("credentials").and_then(|n| {
+        let name = d.expect_str(n, "credentials")?;
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            d.error(n.pos(), format!("`credentials` must name a secret (letters, digits, `_`), found `{name}`"));
+        }
+        Some(name)
+    });
     Some(ImageSpec {
+        credentials,
         user: f.get("user").and_then(|n| d.expect_scalar(n, "user")),
         name: f.get("name").and_then(|n| d.template(n, "name", scope))?,
         pull,
@@ -322,8 +333,13 @@ fn services(d: &mut Decoder<'_>, node: Node<'_>, scope: &Scope<'_>, job: &str) -
             continue;
         };
         let env = f.get("env").map(|n| d.env(n, "env", scope)).unwrap_or_default();
+        let command = f
+            .get("command")
+            .and_then(|n| d.str_list(n, "command", true))
+            .map(|words| words.into_iter().map(|w| w.value).collect())
+            .unwrap_or_default();
         if let Some(image) = f.get("image").and_then(|n| image(d, n, f.key_pos("image"), scope, &context)) {
-            out.push(ServiceSpec { name: name.value, image, env });
+            out.push(ServiceSpec { name: name.value, image, env, command });
         }
     }
     out

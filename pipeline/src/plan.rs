@@ -268,6 +268,7 @@ impl Planner<'_> {
                     name: s.name.clone(),
                     image: self.image(&s.image, m, pos),
                     env: self.env(&s.env, m, Stage::Job, pos),
+                    command: s.command.iter().map(|w| self.interpolate(w, m, Stage::Job, pos)).collect(),
                 })
                 .collect(),
             network: job.network,

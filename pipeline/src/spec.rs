@@ -170,6 +170,8 @@ pub struct ImageSpec {
     pub pull: PullPolicy,
     /// User to run as.
     pub user: Option<String>,
+    /// Secret holding `user:password` for the registry.
+    pub credentials: Option<String>,
 }
 
 /// When to pull an image.
@@ -193,6 +195,9 @@ pub struct ServiceSpec {
     pub image: ImageSpec,
     /// Environment.
     pub env: BTreeMap<String, String>,
+    /// Command instead of the image's (a single string is one word: run it
+    /// through a shell with `[sh, -c, "…"]` if it needs one).
+    pub command: Vec<String>,
 }
 
 /// Container network mode.

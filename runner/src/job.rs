@@ -128,7 +128,15 @@ async fn execute(
     stop: &JobStop,
 ) -> (Status, String) {
     let job_deadline = (a.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(a.timeout_ms));
-    let setup = JobSetup { job: job.clone(), image: a.image.as_ref().map(|i| i.name.clone()).unwrap_or_default() };
+    let setup = JobSetup {
+        job: job.clone(),
+        image: a.image.clone(),
+        services: a.services.clone(),
+        network: a.network.clone(),
+        cpus: a.cpus,
+        memory_bytes: a.memory_bytes,
+        registry_auth: a.registry_auth.clone(),
+    };
     let mut env_of_job = match backend.setup(&setup).await {
         Ok(e) => e,
         Err(e) => {

@@ -52,18 +52,15 @@ pub struct Config {
     /// Clone repositories with git2 instead of fetching archives from the
     /// server.
     pub clone_sources: bool,
+    /// Refuse jobs without an image (shared runners: containers only).
+    pub no_host_jobs: bool,
+    /// The container engine; `None` = do not look for one.
+    pub containers: Option<executor::container::ContainerConfig>,
 }
 
 /// Runs until `shutdown` resolves or the server rejects the runner.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("cannot create {}", cfg.work_dir.display()))?;
-    let backend: Arc<dyn Backend> = if cfg.dummy {
-        Arc::new(executor::dummy::DummyBackend)
-    } else {
-        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces);
-        host.clean_stale();
-        Arc::new(host)
-    };
     let identity = match Identity::load(&cfg.work_dir, &cfg.server) {
         Some(id) => id,
         None => {
@@ -73,6 +70,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             register_with_retry(&cfg, token).await?
         }
     };
+    let backend = backends(&cfg, &identity.runner_id).await;
+    anyhow::ensure!(
+        !backend.executors().is_empty(),
+        "this runner can run nothing: --no-host-jobs and no container engine"
+    );
     let sources = source::Sources::new(
         viaduct_sdk::Client::lazy(&cfg.server, Some(&identity.token))?,
         identity.token.clone(),
@@ -142,6 +144,32 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
             }
         }
     }
+}
+
+/// The executors of this runner: the dummy one (benchmarks), or the host
+/// executor (unless `--no-host-jobs`) and the container executor (when an
+/// engine answers; what a previous process left is cleaned up first).
+async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
+    if cfg.dummy {
+        return Arc::new(executor::dummy::DummyBackend);
+    }
+    let host: Option<Arc<dyn Backend>> = (!cfg.no_host_jobs).then(|| {
+        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces);
+        host.clean_stale();
+        Arc::new(host) as Arc<dyn Backend>
+    });
+    let mut container: Option<Arc<dyn Backend>> = None;
+    if let Some(c) = &cfg.containers {
+        match executor::container::ContainerBackend::connect(&cfg.work_dir, runner_id, c.clone()).await {
+            Ok(b) => {
+                tracing::info!(engine = %b.engine, "container executor ready");
+                b.clean_stale().await;
+                container = Some(Arc::new(b));
+            }
+            Err(e) => tracing::warn!(error = %e, "no container executor: jobs with an image will go to other runners"),
+        }
+    }
+    Arc::new(executor::Router { host, container })
 }
 
 /// This machine's host name (empty if unknown).

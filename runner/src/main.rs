@@ -45,6 +45,27 @@ struct Args {
     /// archives from the server.
     #[arg(long)]
     clone_sources: bool,
+    /// Unix socket of the Docker Engine API (Docker or `podman system
+    /// service`). Default: $DOCKER_HOST, /var/run/docker.sock, then
+    /// Podman's sockets.
+    #[arg(long)]
+    container_socket: Option<String>,
+    /// Do not look for a container engine.
+    #[arg(long, conflicts_with = "container_socket")]
+    no_containers: bool,
+    /// Run only jobs with an image (shared runners: no host access).
+    #[arg(long)]
+    no_host_jobs: bool,
+    /// CPU limit of job containers that set none (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    container_cpus: f64,
+    /// Memory limit of job containers that set none, e.g. 4g (0 = none).
+    #[arg(long, default_value = "0", value_parser = memory)]
+    container_memory: u64,
+}
+
+fn memory(s: &str) -> Result<u64, String> {
+    if s == "0" { Ok(0) } else { viaduct_pipeline::duration::parse_memory(s) }
 }
 
 fn main() -> ExitCode {
@@ -79,6 +100,14 @@ fn main() -> ExitCode {
         keep_workspaces: args.keep_workspaces,
         dummy: args.dummy_executor,
         clone_sources: args.clone_sources,
+        no_host_jobs: args.no_host_jobs,
+        containers: (!args.no_containers).then_some(viaduct_runner::executor::container::ContainerConfig {
+            socket: args.container_socket,
+            cpus: args.container_cpus,
+            memory: args.container_memory,
+            kill_grace: args.kill_grace,
+            keep: args.keep_workspaces,
+        }),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -168,7 +168,10 @@ impl Auth {
             .record(registration_token.trim())?
             .filter(|r| r.kind() == TokenKind::Registration)
             .ok_or_else(|| Error::Unauthenticated("unknown or used registration token".into()))?;
-        let runner_id = format!("runner-{}", self.store.generate_id()? + 1);
+        // Globally unique (not a counter): runners of different servers may
+        // share a machine and its container engine, whose objects carry the
+        // runner id as a label.
+        let runner_id = format!("runner-{}", &generate("")?[..10]);
         let token = generate("vdn_")?;
         let now = now_ms();
         let mut ws = WriteSet::default();

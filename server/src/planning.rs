@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use viaduct_pipeline::{
     plan::{Plan, PlanContext, PlannedJob, PlannedStep, StepAction},
-    spec::{Pipeline, PullPolicy},
+    spec::{ImageSpec, Network, Pipeline, PullPolicy},
 };
 use viaduct_proto::v1::{
-    self, ExprContext, ImagePlan, InlineJob, RunAction, RunSource, StepPlan, UsesAction, step_plan::Action,
+    self, ExprContext, ImagePlan, InlineJob, RunAction, RunSource, ServicePlan, StepPlan, UsesAction, step_plan::Action,
 };
 
 use crate::{
@@ -149,16 +149,24 @@ fn new_job(j: &PlannedJob, env: HashMap<String, String>, priority: u32, ctx: &Ex
         needs: j.needs.iter().map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)).collect(),
         condition: j.condition.clone().unwrap_or_default(),
         runs_on: j.runs_on.clone(),
-        image: j.image.as_ref().map(|i| ImagePlan {
-            name: i.name.clone(),
-            pull: match i.pull {
-                PullPolicy::IfNotPresent => "if_not_present",
-                PullPolicy::Always => "always",
-                PullPolicy::Never => "never",
-            }
-            .to_string(),
-            user: i.user.clone().unwrap_or_default(),
-        }),
+        image: j.image.as_ref().map(image_plan),
+        services: j
+            .services
+            .iter()
+            .map(|s| ServicePlan {
+                name: s.name.clone(),
+                image: Some(image_plan(&s.image)),
+                env: s.env.clone().into_iter().collect(),
+                command: s.command.clone(),
+            })
+            .collect(),
+        network: match j.network {
+            Network::Bridge => "bridge",
+            Network::None => "none",
+        }
+        .to_string(),
+        cpus: j.resources.cpus.unwrap_or(0.0),
+        memory_bytes: j.resources.memory.unwrap_or(0),
         timeout_ms: millis(j.timeout),
         retries: j.retries,
         priority,
@@ -170,6 +178,20 @@ fn new_job(j: &PlannedJob, env: HashMap<String, String>, priority: u32, ctx: &Ex
         fail_fast: j.fail_fast,
         matrix_group: j.matrix_group.clone().unwrap_or_default(),
         context: ExprContext { matrix: j.matrix.clone().into_iter().collect(), ..ctx.clone() },
+    }
+}
+
+fn image_plan(i: &ImageSpec) -> ImagePlan {
+    ImagePlan {
+        name: i.name.clone(),
+        pull: match i.pull {
+            PullPolicy::IfNotPresent => "if_not_present",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+        .to_string(),
+        user: i.user.clone().unwrap_or_default(),
+        credentials: i.credentials.clone().unwrap_or_default(),
     }
 }
 
@@ -226,7 +248,7 @@ pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
     let image = (!job.image.is_empty()).then(|| ImagePlan {
         name: job.image.clone(),
         pull: "if_not_present".into(),
-        user: String::new(),
+        ..Default::default()
     });
     Ok(NewRun {
         pipeline: name.clone(),

@@ -409,3 +409,33 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The container engine the tests may use: `VIADUCT_CONTAINER_SOCKET`, set
+/// by `cargo xtask test` (which starts Podman's API service). `None` — with
+/// the reason printed — when there is none, so container tests can skip.
+pub fn container_socket() -> Option<String> {
+    match std::env::var("VIADUCT_CONTAINER_SOCKET") {
+        Ok(s) if Path::new(&s).exists() => Some(s),
+        _ => {
+            eprintln!(
+                "SKIPPED: no container engine (VIADUCT_CONTAINER_SOCKET is unset): run `cargo xtask test`, which starts Podman"
+            );
+            None
+        }
+    }
+}
+
+/// The offline test image (busybox-static), built by `cargo xtask setup`.
+pub fn test_image() -> String {
+    std::env::var("VIADUCT_TEST_IMAGE").unwrap_or_else(|_| "viaduct-test/busybox:latest".into())
+}
+
+/// Names of the containers (running or not) labelled as this runner's.
+pub fn containers_of(runner_id: &str) -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=viaduct.runner={runner_id}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("podman ps");
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}

@@ -103,10 +103,14 @@ fn test(extra: &[String]) -> Result<()> {
     let started = std::time::Instant::now();
     // One build of every binary, shared by all end-to-end tests.
     run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let service = tools.podman.as_deref().map(setup::PodmanService::start).transpose()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(extra);
     for (k, v) in tools.env() {
         cmd.env(k, v);
+    }
+    if let Some(s) = &service {
+        cmd.env("VIADUCT_CONTAINER_SOCKET", &s.socket).env("VIADUCT_TEST_IMAGE", setup::TEST_IMAGE);
     }
     cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug"));
     run(&mut cmd)?;

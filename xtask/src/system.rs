@@ -43,6 +43,14 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
     }
     run(cargo().args(["build", "--bins"]))?;
     let bin = target_dir().join("debug");
+    // A container engine for jobs with an image, when Podman can be set up.
+    let podman = match crate::setup::podman().and_then(|conf| crate::setup::PodmanService::start(&conf)) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("xtask: no container engine ({e:#}): jobs with an image will wait");
+            None
+        }
+    };
     let _ = std::fs::remove_file(data.join("address"));
     let server = Command::new(bin.join("viaduct-server"))
         .args(["--listen", listen, "--data-dir"])
@@ -53,18 +61,23 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
     let addr = wait_for_address(&data, &mut children.0[0])?;
     let url = format!("http://{addr}");
     let labels = format!("linux,{}", std::env::consts::ARCH);
-    let runner = Command::new(bin.join("viaduct-runner"))
+    let mut runner = Command::new(bin.join("viaduct-runner"));
+    runner
         .args(["--server", &url, "--labels", &labels, "--slots", &slots.to_string(), "--name", "local", "--token-file"])
         .arg(data.join("runner-token"))
         .arg("--work-dir")
-        .arg(&work)
-        .spawn()
-        .context("starting viaduct-runner")?;
+        .arg(&work);
+    match &podman {
+        Some(p) => runner.arg("--container-socket").arg(&p.socket),
+        None => runner.arg("--no-containers"),
+    };
+    let runner = runner.spawn().context("starting viaduct-runner")?;
     children.0.push(runner);
     let token = data.join("admin-token");
     println!(
-        "\nViaduct is up.\n  server   {url}  (gRPC, gRPC-web and HTTP on one port)\n  token    {}\n  runner   local  (labels {labels}, {slots} slots)\n  data     {}\n\nTry:\n  export VIADUCT_SERVER={url} VIADUCT_TOKEN_FILE={}\n  {}/viaduct submit examples/hello.yml --follow\n  grpcurl -plaintext {addr} list\n\nCtrl-C stops everything.\n",
+        "\nViaduct is up.\n  server   {url}  (gRPC, gRPC-web and HTTP on one port)\n  token    {}\n  runner   local  (labels {labels}, {slots} slots{})\n  data     {}\n\nTry:\n  export VIADUCT_SERVER={url} VIADUCT_TOKEN_FILE={}\n  {}/viaduct submit examples/hello.yml --follow\n  grpcurl -plaintext {addr} list\n\nCtrl-C stops everything.\n",
         token.display(),
+        if podman.is_some() { ", host and container jobs (Podman)" } else { ", host jobs" },
         data.display(),
         token.display(),
         bin.display(),

@@ -91,8 +91,8 @@ impl Backend for HostBackend {
     }
 
     async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {
-        if !job.image.is_empty() {
-            return Err(SetupError(format!("the host executor cannot run image `{}`", job.image)));
+        if let Some(image) = job.image.as_ref().filter(|_| job.wants_container()) {
+            return Err(SetupError(format!("the host executor cannot run image `{}`", image.name)));
         }
         let dir = self.root.join(format!("{}-a{}", job.job.job_id, job.job.attempt));
         let _ = tokio::fs::remove_dir_all(&dir).await;

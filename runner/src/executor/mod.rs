@@ -15,13 +15,14 @@
 //! Executors: [`host`] (a process group on the machine) and [`dummy`] (no
 //! processes: for benchmarks of the scheduler and tests of the protocol).
 
+pub mod container;
 pub mod dummy;
 pub mod host;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
 
 use tokio_util::sync::CancellationToken;
-use viaduct_proto::v1::{JobRef, Status};
+use viaduct_proto::v1::{ImagePlan, JobRef, ServicePlan, Status};
 
 use crate::{
     mask::{Masker, Secrets},
@@ -29,12 +30,55 @@ use crate::{
 };
 
 /// What an executor needs to prepare a job.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct JobSetup {
     /// The job attempt.
     pub job: JobRef,
-    /// Container image, empty for host jobs.
-    pub image: String,
+    /// Container image; `None` for host jobs.
+    pub image: Option<ImagePlan>,
+    /// Sidecar containers.
+    pub services: Vec<ServicePlan>,
+    /// Container network mode ("bridge", "none").
+    pub network: String,
+    /// CPU limit, 0 = the runner's default.
+    pub cpus: f64,
+    /// Memory limit in bytes, 0 = the runner's default.
+    pub memory_bytes: u64,
+    /// `user:password` for the image's registry.
+    pub registry_auth: String,
+}
+
+impl JobSetup {
+    /// Whether the job runs in a container.
+    pub fn wants_container(&self) -> bool {
+        self.image.as_ref().is_some_and(|i| !i.name.is_empty())
+    }
+}
+
+/// Sends each job to the executor it needs: a container job to the
+/// container executor, any other to the host executor — when this runner
+/// has them.
+pub struct Router {
+    /// Host jobs (None with `--no-host-jobs`).
+    pub host: Option<Arc<dyn Backend>>,
+    /// Container jobs (None without a container engine).
+    pub container: Option<Arc<dyn Backend>>,
+}
+
+#[async_trait::async_trait]
+impl Backend for Router {
+    fn executors(&self) -> Vec<String> {
+        self.host.iter().chain(self.container.iter()).flat_map(|b| b.executors()).collect()
+    }
+
+    async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {
+        match (job.wants_container(), &self.host, &self.container) {
+            (true, _, Some(c)) => c.setup(job).await,
+            (true, _, None) => Err(SetupError("this runner has no container engine".into())),
+            (false, Some(h), _) => h.setup(job).await,
+            (false, None, _) => Err(SetupError("this runner does not run host jobs (--no-host-jobs)".into())),
+        }
+    }
 }
 
 /// One step, ready to run: expressions already interpolated.

@@ -95,8 +95,12 @@ impl Tx<'_> {
         let key = q.job;
         self.dequeue(key);
         let mut secrets = HashMap::new();
-        for name in self.job(key)?.secrets.clone() {
+        let credentials = self.job(key)?.image.as_ref().map(|i| i.credentials.clone()).unwrap_or_default();
+        let mut registry_auth = String::new();
+        let wanted = self.job(key)?.secrets.clone().into_iter().map(|n| (n, false));
+        for (name, is_auth) in wanted.chain((!credentials.is_empty()).then(|| (credentials.clone(), true))) {
             match self.sh.secrets.get(&self.sh.store, &name)? {
+                Some(v) if is_auth => registry_auth = v,
                 Some(v) => {
                     secrets.insert(name, v);
                 }
@@ -177,6 +181,11 @@ impl Tx<'_> {
             }),
             logs: Vec::new(),
             source: job.source.clone(),
+            services: job.services.clone(),
+            network: job.network.clone(),
+            cpus: job.cpus,
+            memory_bytes: job.memory_bytes,
+            registry_auth,
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

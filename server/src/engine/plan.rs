@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, SourcePlan, Status, StepPlan};
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, ServicePlan, SourcePlan, Status, StepPlan};
 
 use super::{Engine, lifecycle::index as step_index};
 use crate::{
@@ -87,6 +87,14 @@ pub struct NewJob {
     pub matrix_group: String,
     /// Expression context values.
     pub context: ExprContext,
+    /// Sidecar containers.
+    pub services: Vec<ServicePlan>,
+    /// Container network mode.
+    pub network: String,
+    /// CPU limit, 0 = runner default.
+    pub cpus: f64,
+    /// Memory limit in bytes, 0 = runner default.
+    pub memory_bytes: u64,
 }
 
 impl Engine {
@@ -205,6 +213,10 @@ fn job_record(j: &NewJob, now: i64) -> JobRecord {
         fail_fast: j.fail_fast,
         matrix_group: j.matrix_group.clone(),
         context: Some(j.context.clone()),
+        services: j.services.clone(),
+        network: j.network.clone(),
+        cpus: j.cpus,
+        memory_bytes: j.memory_bytes,
         ..Default::default()
     }
 }

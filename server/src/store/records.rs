@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunEvent, RunSource, SourcePlan, Status, StepPlan};
+use viaduct_proto::v1::{ExprContext, ImagePlan, RunEvent, RunSource, ServicePlan, SourcePlan, Status, StepPlan};
 
 /// The schema version written into every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -171,6 +171,18 @@ pub struct JobRecord {
     /// The code to check out, for runs of a repository.
     #[prost(message, optional, tag = "32")]
     pub source: Option<SourcePlan>,
+    /// Sidecar containers.
+    #[prost(message, repeated, tag = "33")]
+    pub services: Vec<ServicePlan>,
+    /// Container network mode ("bridge", "none").
+    #[prost(string, tag = "34")]
+    pub network: String,
+    /// CPU limit (0 = runner default).
+    #[prost(double, tag = "35")]
+    pub cpus: f64,
+    /// Memory limit in bytes (0 = runner default).
+    #[prost(uint64, tag = "36")]
+    pub memory_bytes: u64,
 }
 
 /// A finished earlier attempt of a job.

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Viaduct step launcher: the main process of a job container.
+#
+# The runner sends step numbers, one per line, through /.viaduct/requests.
+# Step N's files are in /.viaduct/steps/N: `script`, `env` (KEY='value'
+# lines), `cwd`, and three FIFOs the runner holds open: `out` (the step's
+# stdout and stderr), `signal` (signal names to send to the step's process
+# group), `done` (where its exit status is written). "exit" ends the job.
+exec 3< /.viaduct/requests
+if command -v setsid >/dev/null 2>&1; then own_group=setsid; else own_group=; fi
+while read -r n <&3; do
+  [ "$n" = exit ] && exit 0
+  d=/.viaduct/steps/$n
+  $own_group sh -c 'cd "$2" || { echo "viaduct: no directory $2" >&2; exit 127; }
+set -a; . "$1/env"; set +a
+exec sh -e "$1/script"' step "$d" "$(cat "$d/cwd")" >"$d/out" 2>&1 </dev/null &
+  pid=$!
+  ( while read -r sig; do kill -s "$sig" -- "-$pid" 2>/dev/null || kill -s "$sig" "$pid" 2>/dev/null; done <"$d/signal" ) &
+  watcher=$!
+  wait "$pid"
+  code=$?
+  # What the step left running in its group dies with it.
+  kill -s KILL -- "-$pid" 2>/dev/null
+  kill "$watcher" 2>/dev/null
+  echo "$code" >"$d/done"
+done

@@ -1,0 +1,176 @@
+//! The container executor against a real Podman (started by `cargo xtask
+//! test`), with a busybox image built offline.
+
+use viaduct_tests::{
+    Runner, Server, container_socket, containers_of, finished, output, run_where, step_log, submit, test_image, v1,
+    wait_until, word,
+};
+
+fn container_runner(server: &Server, slots: u32, extra: &[&str]) -> Option<Runner> {
+    let socket = container_socket()?;
+    let mut args = vec!["--container-socket", socket.as_str()];
+    args.extend_from_slice(extra);
+    Some(Runner::start(server, "linux", slots, &args))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_run_in_the_image_and_share_the_workspace() {
+    let server = Server::start();
+    let Some(_runner) = container_runner(&server, 1, &[]) else { return };
+    let client = server.client().await;
+    let yaml = format!(
+        r#"
+jobs:
+  build:
+    image: {image}
+    env: {{ GREETING: hello }}
+    steps:
+      - run: echo "$GREETING from $(cat /etc/hostname 2>/dev/null || hostname) in $(pwd) as $(id -u)"; echo data > made.txt
+      - run: cat /workspace/made.txt; ls /bin/busybox
+        env: {{ STEP_VAR: s }}
+      - run: echo "step $STEP_VAR"; exit 3
+      - run: echo never
+"#,
+        image = test_image()
+    );
+    let id = submit(&client, &yaml).await;
+    let run = finished(&client, &id).await;
+    let steps = &run.jobs[0].steps;
+    assert_eq!(word(run.status), "failure");
+    let first = step_log(&client, &steps[0].id).await;
+    assert!(first.starts_with("hello from ") && first.ends_with(" in /workspace as 0\n"), "{first}");
+    assert_eq!(step_log(&client, &steps[1].id).await, "data\n/bin/busybox\n");
+    assert_eq!((word(steps[2].status), steps[2].exit_code), ("failure", Some(3)));
+    assert_eq!(step_log(&client, &steps[2].id).await, "step \n", "step env does not leak into the next step");
+    assert_eq!(word(steps[3].status), "skipped");
+    assert_eq!(run.jobs[0].image, test_image());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_users_networks_and_services_in_containers() {
+    let server = Server::start();
+    let Some(runner) = container_runner(&server, 2, &[]) else { return };
+    let client = server.client().await;
+    client.secrets().set(v1::SetSecretRequest { name: "API_KEY".into(), value: "k3y-v4lue".into() }).await.unwrap();
+    let image = test_image();
+    let yaml = format!(
+        r#"
+jobs:
+  secret:
+    image: {{ name: "{image}", user: "65534" }}
+    secrets: [API_KEY]
+    steps:
+      - run: echo "key=$API_KEY uid=$(id -u)"; [ "${{API_KEY#k3y-}}" = v4lue ]
+  offline:
+    image: {image}
+    network: none
+    steps:
+      - run: if wget -q -T 2 -O - http://example.invalid/ 2>/dev/null; then exit 1; fi; ls /sys/class/net
+  with-service:
+    image: {image}
+    services:
+      web:
+        image: {image}
+        command: [sh, -c, "mkdir -p /srv && echo served-by-web > /srv/index.html && exec httpd -f -p 8080 -h /srv"]
+    steps:
+      - run: for i in $(seq 1 50); do wget -q -O - http://web:8080/ && exit 0; sleep 0.1; done; exit 1
+"#
+    );
+    let id = submit(&client, &yaml).await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", runner.log());
+    assert_eq!(step_log(&client, &format!("{id}.1.1")).await, "key=*** uid=65534\n");
+    assert_eq!(step_log(&client, &format!("{id}.2.1")).await, "lo\n", "network: none has only loopback");
+    assert_eq!(step_log(&client, &format!("{id}.3.1")).await, "served-by-web\n");
+    let runner_id = run.jobs[0].runner_id.clone();
+    assert!(containers_of(&runner_id).is_empty(), "job and service containers are removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_and_cancels_stop_the_step_and_remove_the_container() {
+    let server = Server::start();
+    let Some(_runner) = container_runner(&server, 2, &[]) else { return };
+    let client = server.client().await;
+    let image = test_image();
+    let yaml = format!(
+        "jobs:\n  slow:\n    image: {image}\n    steps:\n      - run: sleep 300 & sleep 300\n        timeout: 1s\n      - run: echo cleanup\n        if: always()\n  cancelled:\n    image: {image}\n    steps:\n      - run: echo started; sleep 300\n"
+    );
+    let id = submit(&client, &yaml).await;
+    let run = run_where(&client, &id, "the job to start", |r| {
+        r.jobs.iter().any(|j| j.key == "cancelled" && j.steps.first().is_some_and(|s| word(s.status) == "running"))
+    })
+    .await;
+    let runner_id = run.jobs.iter().find(|j| !j.runner_id.is_empty()).unwrap().runner_id.clone();
+    wait_until("the timeout", || {
+        let r = futures_lite(client.clone(), id.clone());
+        (word(r.jobs[0].status) == "timed_out").then_some(())
+    });
+    let out = output(server.cli().args(["cancel", &id]));
+    assert!(out.status.success());
+    let run = finished(&client, &id).await;
+    let slow = &run.jobs[0];
+    assert_eq!((word(slow.steps[0].status), word(slow.steps[1].status)), ("timed_out", "success"));
+    assert_eq!(word(run.jobs[1].steps[0].status), "cancelled");
+    wait_until("the containers to be removed", || containers_of(&runner_id).is_empty().then_some(()));
+}
+
+/// Reads a run synchronously (for `wait_until` conditions).
+fn futures_lite(client: viaduct_tests::Client, id: String) -> v1::Run {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move { client.runs().get(v1::GetRunRequest { id }).await.unwrap().into_inner() })
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runner_removes_the_containers_it_left() {
+    let server = Server::start_with(&["--retry-backoff", "50ms"]);
+    let Some(mut runner) = container_runner(&server, 1, &[]) else { return };
+    let client = server.client().await;
+    let id =
+        submit(&client, &format!("jobs:\n  j:\n    image: {}\n    steps:\n      - run: sleep 300\n", test_image()))
+            .await;
+    let run = run_where(&client, &id, "the step to run", |r| word(r.jobs[0].steps[0].status) == "running").await;
+    let runner_id = run.jobs[0].runner_id.clone();
+    assert_eq!(containers_of(&runner_id).len(), 1);
+    runner.kill9();
+    assert_eq!(containers_of(&runner_id).len(), 1, "SIGKILL leaves the container");
+    runner.restart();
+    wait_until("the stale container to be removed", || containers_of(&runner_id).is_empty().then_some(()));
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.jobs[0].status), "runner_lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refused() {
+    let server = Server::start();
+    let Some(_runner) = container_runner(&server, 1, &["--no-host-jobs"]) else { return };
+    let client = server.client().await;
+    let id = submit(
+        &client,
+        "jobs:\n  j:\n    image: { name: \"viaduct-test/absent:1\", pull: never }\n    steps:\n      - run: true\n",
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.jobs[0].status), "failure");
+    assert!(
+        run.jobs[0].message.contains(
+            "image `viaduct-test/absent:1` is not present on this runner, and `pull: never` forbids pulling it"
+        ),
+        "{}",
+        run.jobs[0].message
+    );
+    // A host job waits for a runner that runs host jobs.
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
+    let runners = client.runners().list(v1::ListRunnersRequest {}).await.unwrap().into_inner().runners;
+    assert_eq!(runners[0].executors, vec!["container".to_string()]);
+    let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(run.jobs[0].status), "queued");
+    let _host = server.runner("linux", 1);
+    assert_eq!(word(finished(&client, &id).await.status), "success");
+}
