@@ -29,6 +29,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         if wanted("git") {
             git_push().await?;
         }
+        if wanted("containers") {
+            containers().await?;
+        }
         Ok(())
     })
 }
@@ -111,14 +114,20 @@ async fn latency() -> Result<()> {
     Ok(())
 }
 
-/// End-to-end time of a job of `n` `true` steps (p50 over `runs`).
+/// End-to-end time of a job of `n` `true` steps (p50 over `runs`), in
+/// `image` when given.
 async fn job_of_steps(
     client: &Client,
     events: &mut tonic::Streaming<v1::RunEvent>,
     n: usize,
     runs: usize,
+    image: Option<&str>,
 ) -> Result<Duration> {
-    let mut yaml = String::from("jobs:\n  j:\n    steps:\n");
+    let mut yaml = String::from("jobs:\n  j:\n");
+    if let Some(i) = image {
+        yaml.push_str(&format!("    image: {i}\n"));
+    }
+    yaml.push_str("    steps:\n");
     for _ in 0..n {
         yaml.push_str("      - run: true\n");
     }
@@ -137,8 +146,8 @@ async fn job_of_steps(
 async fn steps() -> Result<()> {
     const RUNS: usize = 30;
     let (_server, _runner, client, mut events) = system().await?;
-    let ten = job_of_steps(&client, &mut events, 10, RUNS).await?;
-    let one = job_of_steps(&client, &mut events, 1, RUNS).await?;
+    let ten = job_of_steps(&client, &mut events, 10, RUNS, None).await?;
+    let one = job_of_steps(&client, &mut events, 1, RUNS, None).await?;
     let mut direct = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t0 = Instant::now();
@@ -429,6 +438,68 @@ async fn git_push() -> Result<()> {
         ms(cold),
         archive as f64 / 1e6,
         ms(warm)
+    );
+    Ok(())
+}
+
+/// Container jobs through Podman: job start with the image present, the
+/// marginal cost of a step in the running container, against a host step
+/// and against `podman exec`.
+async fn containers() -> Result<()> {
+    const RUNS: usize = 15;
+    let conf = crate::setup::podman()?;
+    let podman = crate::setup::PodmanService::start(&conf)?;
+    let image = crate::setup::TEST_IMAGE;
+    let server = Server::start();
+    let socket = podman.socket.display().to_string();
+    let _runner = viaduct_tests::Runner::start(&server, "linux", 1, &["--container-socket", &socket]);
+    let client = server.client().await;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let warm = submit(&client, &format!("jobs:\n  w:\n    image: {image}\n    steps:\n      - run: true\n")).await?;
+    until(&mut events, &warm, is_finished_run).await?;
+
+    // Job start: assigned → first step running (server-side times).
+    let mut starts = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let id = submit(&client, &format!("jobs:\n  j:\n    image: {image}\n    steps:\n      - run: true\n")).await?;
+        until(&mut events, &id, is_finished_run).await?;
+        starts.push(checkout_time(&client, &id).await?);
+    }
+    let (start50, start99, _) = summary(starts);
+    let ten = job_of_steps(&client, &mut events, 10, RUNS, Some(image)).await?;
+    let one = job_of_steps(&client, &mut events, 1, RUNS, Some(image)).await?;
+    let container_step = ten.saturating_sub(one) / 9;
+    let host_ten = job_of_steps(&client, &mut events, 10, RUNS, None).await?;
+    let host_one = job_of_steps(&client, &mut events, 1, RUNS, None).await?;
+    let host_step = host_ten.saturating_sub(host_one) / 9;
+
+    // Plain `podman exec` into a running container.
+    let podman_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new("podman");
+        c.args(args).env("CONTAINERS_CONF", &conf).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c
+    };
+    let name = format!("viaduct-bench-{}", std::process::id());
+    anyhow::ensure!(podman_cmd(&["run", "-d", "--name", &name, image, "sleep", "600"]).status()?.success(), "podman run failed");
+    let mut execs = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        podman_cmd(&["exec", &name, "true"]).status()?;
+        execs.push(t0.elapsed());
+    }
+    let _ = podman_cmd(&["rm", "-f", &name]).status();
+    let (exec50, _, _) = summary(execs);
+    println!(
+        "containers  job start (image present, container created and started): p50 {} p99 {}",
+        ms(start50),
+        ms(start99)
+    );
+    println!(
+        "containers  each step in a running job container {} vs a host step {} (overhead {}); `podman exec … true` {}",
+        ms(container_step),
+        ms(host_step),
+        ms(container_step.saturating_sub(host_step)),
+        ms(exec50)
     );
     Ok(())
 }
