@@ -15,6 +15,9 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/agent.proto",
     "viaduct/v1/repos.proto",
     "viaduct/v1/secrets.proto",
+    "viaduct/v1/plugins.proto",
+    "viaduct/v1/artifacts.proto",
+    "viaduct/v1/caches.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -91,7 +91,7 @@ where
 }
 
 /// Formats `"; did you mean `x`?"` when a close candidate exists, else `""`.
-pub(crate) fn suggestion<'c, I>(word: &str, candidates: I) -> String
+pub fn suggestion<'c, I>(word: &str, candidates: I) -> String
 where
     I: IntoIterator<Item = &'c str>,
 {

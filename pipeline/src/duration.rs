@@ -1,12 +1,12 @@
-//! Durations (`90s`, `10m`, `1h30m`, `500ms`) and memory sizes (`512m`, `2g`).
+//! Durations (`90s`, `10m`, `1h30m`, `500ms`, `7d`) and memory sizes (`512m`, `2g`).
 
 use std::time::Duration;
 
-const DURATION_HELP: &str = "expected a number and a unit (ms, s, m, h), e.g. 90s, 10m, 1h";
+const DURATION_HELP: &str = "expected a number and a unit (ms, s, m, h, d), e.g. 90s, 10m, 1h";
 
 /// Parses a duration such as `90s`, `10m`, `1h`, `1h30m` or `500ms`.
 ///
-/// Components are an integer followed by `ms`, `s`, `m` or `h`; several
+/// Components are an integer followed by `ms`, `s`, `m`, `h` or `d`; several
 /// components add up. A bare number is rejected because its unit would be
 /// ambiguous.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -32,6 +32,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             (60_000, 1)
         } else if rest.starts_with('h') {
             (3_600_000, 1)
+        } else if rest.starts_with('d') {
+            (86_400_000, 1)
         } else {
             return Err(invalid());
         };
@@ -86,7 +88,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(
             parse_duration("10 minutes").unwrap_err(),
-            "invalid duration `10 minutes`: expected a number and a unit (ms, s, m, h), e.g. 90s, 10m, 1h"
+            "invalid duration `10 minutes`: expected a number and a unit (ms, s, m, h, d), e.g. 90s, 10m, 1h"
         );
         assert!(parse_duration("30").unwrap_err().contains("add a unit: 90s, 10m, 1h"));
         for bad in ["", "m", "1x", "1.5h", "-1s", "99999999999999999999h", "18446744073709551615h"] {

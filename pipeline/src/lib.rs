@@ -67,6 +67,6 @@ pub mod spec;
 mod triggers;
 mod yaml;
 
-pub use diag::{Diagnostic, Pos};
+pub use diag::{Diagnostic, Pos, suggestion};
 pub use parse::{check, parse, validate};
 pub use schema::json_schema;

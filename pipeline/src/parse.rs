@@ -511,13 +511,10 @@ fn step(d: &mut Decoder<'_>, node: Node<'_>, index: usize, scope: &Scope<'_>) ->
             d.error(pos, format!("`{key}` is only valid for plugin steps (with `uses`)"));
         }
     }
-    let with = f
-        .get("with")
-        .and_then(|n| d.named_entries(n, "with"))
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.value, d.json(v, "with", scope, 0)?)))
-        .collect();
+    let with_entries = f.get("with").and_then(|n| d.named_entries(n, "with")).unwrap_or_default();
+    let with_pos = with_entries.iter().map(|(k, _)| (k.value.clone(), k.pos)).collect();
+    let with = with_entries.into_iter().filter_map(|(k, v)| Some((k.value, d.json(v, "with", scope, 0)?))).collect();
+    let action_pos = f.get("uses").or_else(|| f.get("run")).map_or(node.pos(), |n| n.pos());
     let allow_network = f
         .get("allow")
         .and_then(|n| d.fields(n, &keys::ALLOW, "allow", &format!("in `allow` {context}"), None))
@@ -540,6 +537,8 @@ fn step(d: &mut Decoder<'_>, node: Node<'_>, index: usize, scope: &Scope<'_>) ->
             .unwrap_or(false),
         condition: f.get("if").and_then(|n| d.condition(n, scope)),
         working_directory,
+        action_pos,
+        with_pos,
     };
     let action = match (run, uses) {
         (Some(script), None) if !is_plugin => StepAction::Run { script },

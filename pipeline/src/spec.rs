@@ -253,6 +253,11 @@ pub struct Step {
     pub condition: Option<String>,
     /// Working directory relative to the workspace.
     pub working_directory: Option<String>,
+    /// Position of the `run:` or `uses:` value.
+    pub action_pos: Pos,
+    /// Positions of the keys of `with:` (plugin steps), for diagnostics
+    /// about the plugin's inputs.
+    pub with_pos: BTreeMap<String, Pos>,
 }
 
 /// What a step does.

@@ -141,7 +141,9 @@ fn step_needs_exactly_one_action() {
 fn durations() {
     check(
         &format!("jobs:\n  a:\n    timeout: 10 minutes\n{STEPS}"),
-        &["p.yml:3:14: invalid duration `10 minutes`: expected a number and a unit (ms, s, m, h), e.g. 90s, 10m, 1h"],
+        &[
+            "p.yml:3:14: invalid duration `10 minutes`: expected a number and a unit (ms, s, m, h, d), e.g. 90s, 10m, 1h",
+        ],
     );
     check(
         &format!("jobs:\n  a:\n    timeout: 30\n{STEPS}"),

@@ -25,11 +25,44 @@ use viaduct_proto::{
 };
 
 use crate::{
-    executor::{Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop},
+    executor::{
+        Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop,
+        wasi::{PluginCall, PluginHost, RunInfo},
+    },
+    files::Files,
     mask::Secrets,
     outbox::Outbox,
     source::Sources,
 };
+
+/// What jobs run with: shared by every job of the runner.
+#[derive(Clone)]
+pub struct Services {
+    /// Reports and logs to the server.
+    pub outbox: Arc<Outbox>,
+    /// Prepares job environments and runs `run:` steps.
+    pub backend: Arc<dyn Backend>,
+    /// Checks out code.
+    pub sources: Arc<Sources>,
+    /// Artifacts and caches.
+    pub files: Arc<Files>,
+    /// Runs `uses:` steps (`None`: this runner has no plugin host).
+    pub plugins: Option<Arc<PluginHost>>,
+    /// This runner's name (plugin metadata).
+    pub runner_name: String,
+}
+
+impl Services {
+    /// The executors to advertise: the backend's, and "wasi" when plugin
+    /// steps can run here.
+    pub fn executors(&self) -> Vec<String> {
+        let mut all = self.backend.executors();
+        if self.plugins.is_some() {
+            all.push("wasi".into());
+        }
+        all
+    }
+}
 
 /// How a job is told to stop.
 #[derive(Clone, Default)]
@@ -76,7 +109,7 @@ fn job_update(job: &JobRef, status: Status, message: &str) -> JobUpdate {
     JobUpdate { job: Some(job.clone()), status: status as i32, time: None, message: message.to_string() }
 }
 
-fn step_update(job: &JobRef, index: u32, o: &StepOutcome) -> StepUpdate {
+fn step_update(job: &JobRef, index: u32, o: &StepOutcome, summary: String) -> StepUpdate {
     StepUpdate {
         job: Some(job.clone()),
         step_index: index,
@@ -85,7 +118,7 @@ fn step_update(job: &JobRef, index: u32, o: &StepOutcome) -> StepUpdate {
         time: None,
         message: o.message.clone(),
         outputs: o.outputs.clone().into_iter().collect(),
-        summary: String::new(),
+        summary,
     }
 }
 
@@ -93,20 +126,16 @@ fn plain(status: Status) -> StepOutcome {
     StepOutcome { status, exit_code: None, message: String::new(), outputs: BTreeMap::new() }
 }
 
-/// Runs an assigned job attempt to the end and reports it through `outbox`.
-pub async fn run(
-    a: JobAssignment,
-    outbox: Arc<Outbox>,
-    backend: Arc<dyn Backend>,
-    sources: Arc<Sources>,
-    stop: JobStop,
-) {
+/// Runs an assigned job attempt to the end and reports it through the
+/// outbox.
+pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
     let job = a.job.clone().unwrap_or_default();
     let span = tracing::info_span!("job", run = %a.run_id, job = %job.job_id, attempt = job.attempt);
+    let outbox = Arc::clone(&services.outbox);
     async move {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");
         outbox.job(job_update(&job, Status::Running, ""));
-        let (status, message) = execute(&a, &job, &outbox, backend.as_ref(), &sources, &stop).await;
+        let (status, message) = execute(&a, &job, &services, &stop).await;
         if stop.abandon.is_cancelled() {
             tracing::warn!("job abandoned: its lease is gone");
             outbox.forget(&job);
@@ -119,14 +148,8 @@ pub async fn run(
     .await;
 }
 
-async fn execute(
-    a: &JobAssignment,
-    job: &JobRef,
-    outbox: &Arc<Outbox>,
-    backend: &dyn Backend,
-    sources: &Sources,
-    stop: &JobStop,
-) -> (Status, String) {
+async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &JobStop) -> (Status, String) {
+    let (outbox, backend, sources) = (&services.outbox, services.backend.as_ref(), &services.sources);
     let job_deadline = (a.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(a.timeout_ms));
     let setup = JobSetup {
         job: job.clone(),
@@ -141,7 +164,7 @@ async fn execute(
         Ok(e) => e,
         Err(e) => {
             for s in &a.steps {
-                outbox.step(step_update(job, s.index, &plain(Status::Skipped)));
+                outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new()));
             }
             return (Status::Failure, format!("could not prepare the job: {e}"));
         }
@@ -151,7 +174,7 @@ async fn execute(
             Ok(summary) => tracing::info!(%summary, "source checked out"),
             Err(e) => {
                 for s in &a.steps {
-                    outbox.step(step_update(job, s.index, &plain(Status::Skipped)));
+                    outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new()));
                 }
                 env_of_job.teardown().await;
                 return (Status::Failure, format!("checkout of {} failed: {e}", src.repo));
@@ -162,6 +185,9 @@ async fn execute(
     let secrets = Secrets::new(a.secrets.values().map(String::as_str));
     let mut outputs: HashMap<String, (Status, BTreeMap<String, String>)> = HashMap::new();
     let mut failed: Option<String> = None;
+    // Post-phase states of plugin steps, by main step index.
+    let mut post_states: HashMap<u32, String> = HashMap::new();
+    let mut summary = String::new();
     let mut step_timed_out = false;
     let mut job_timed_out = false;
     // A cancel stops the running step; this token lets an abandon do too.
@@ -198,6 +224,10 @@ async fn execute(
             Err(e) => StepOutcome::error(format!("cannot evaluate `if: {}`: {e}", s.condition)),
             Ok(false) => plain(Status::Skipped),
             Ok(true) if job_timed_out => plain(Status::Skipped),
+            Ok(true) if is_post(s) && !post_states.contains_key(&post_of(s)) => StepOutcome {
+                message: "nothing to do: the main step did not ask for a post phase".into(),
+                ..plain(Status::Skipped)
+            },
             Ok(true) => {
                 outbox.step(StepUpdate {
                     job: Some(job.clone()),
@@ -205,35 +235,46 @@ async fn execute(
                     status: Status::Running as i32,
                     ..Default::default()
                 });
-                match spec(a, s, &ctx) {
-                    Err(e) => StepOutcome::error(e),
-                    Ok(spec) => {
-                        let step_deadline =
-                            (s.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(s.timeout_ms));
-                        let deadline = match (step_deadline, job_deadline) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                        // After a cancel, the steps that still run (always()) are
-                        // stopped only by an abandon or their deadline.
-                        let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
-                        let step_stop = StepStop { cancel: token, deadline };
-                        let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index, secrets.clone());
-                        let span = tracing::info_span!("step", step = s.index, name = %s.name);
-                        let o = env_of_job.run_step(&spec, &mut log, &step_stop).instrument(span).await;
-                        log.finish().await;
-                        if o.status == Status::TimedOut && job_deadline.is_some_and(|d| Instant::now() >= d) {
-                            job_timed_out = true;
+                let step_deadline = (s.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(s.timeout_ms));
+                let deadline = match (step_deadline, job_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                // After a cancel, the steps that still run (always()) are
+                // stopped only by an abandon or their deadline.
+                let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
+                let step_stop = StepStop { cancel: token, deadline };
+                let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index, secrets.clone());
+                let span = tracing::info_span!("step", step = s.index, name = %s.name);
+                let o = match &s.action {
+                    Some(Action::Uses(u)) => {
+                        let main = post_states.remove(&u.post_of);
+                        let call = Uses { a, job, step: s, uses: u, ctx: &ctx, post_state: main };
+                        let r = run_plugin(services, call, env_of_job.workspace(), &mut log, &step_stop)
+                            .instrument(span)
+                            .await;
+                        summary = r.summary;
+                        if let (Some(state), "main") = (r.post_state, u.phase.as_str()) {
+                            post_states.insert(s.index, state);
                         }
-                        o
+                        r.outcome
                     }
+                    _ => match spec(a, s, &ctx) {
+                        Err(e) => StepOutcome::error(e),
+                        Ok(spec) => env_of_job.run_step(&spec, &mut log, &step_stop).instrument(span).await,
+                    },
+                };
+                log.finish().await;
+                if o.status == Status::TimedOut && job_deadline.is_some_and(|d| Instant::now() >= d) {
+                    job_timed_out = true;
                 }
+                o
             }
         };
         if stop.abandon.is_cancelled() {
             break;
         }
-        outbox.step(step_update(job, s.index, &outcome));
+        outbox.step(step_update(job, s.index, &outcome, std::mem::take(&mut summary)));
         if !s.id.is_empty() {
             outputs.insert(s.id.clone(), (outcome.status, outcome.outputs.clone()));
         }
@@ -244,7 +285,19 @@ async fn execute(
         }
     }
     watch.abort();
+    let mut artifact_note = None;
+    if !a.artifacts.is_empty() && !stop.abandon.is_cancelled() {
+        // Also after a failure: logs and reports are what one inspects then.
+        artifact_note = upload_artifacts(services, job, &env_of_job.workspace(), &a.artifacts).await;
+    }
     env_of_job.teardown().await;
+    if let Some(Err(e)) = &artifact_note
+        && failed.is_none()
+        && !job_timed_out
+        && !stop.cancel.is_cancelled()
+    {
+        return (Status::Failure, e.clone());
+    }
     if stop.cancel.is_cancelled() {
         (Status::Cancelled, "cancelled".into())
     } else if job_timed_out {
@@ -252,8 +305,139 @@ async fn execute(
     } else if let Some(why) = failed {
         (if step_timed_out { Status::TimedOut } else { Status::Failure }, why)
     } else {
-        (Status::Success, String::new())
+        (Status::Success, artifact_note.and_then(Result::ok).unwrap_or_default())
     }
+}
+
+/// Uploads the job's artifacts: `None` when all went well, `Some(Ok(note))`
+/// for patterns that matched nothing (a warning), `Some(Err(why))` when an
+/// upload failed.
+async fn upload_artifacts(
+    services: &Services,
+    job: &JobRef,
+    workspace: &std::path::Path,
+    patterns: &[String],
+) -> Option<Result<String, String>> {
+    match services.files.upload_artifacts(job, workspace, patterns).await {
+        Ok(up) => {
+            let bytes: u64 = up.artifacts.iter().map(|a| a.size).sum();
+            tracing::info!(files = up.artifacts.len(), bytes, "artifacts uploaded");
+            (!up.unmatched.is_empty()).then(|| Ok(format!("no files matched artifacts: {}", up.unmatched.join(", "))))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "artifact upload failed");
+            Some(Err(format!("uploading artifacts failed: {e}")))
+        }
+    }
+}
+
+fn is_post(s: &StepPlan) -> bool {
+    matches!(&s.action, Some(Action::Uses(u)) if u.phase == "post")
+}
+
+fn post_of(s: &StepPlan) -> u32 {
+    match &s.action {
+        Some(Action::Uses(u)) => u.post_of,
+        _ => 0,
+    }
+}
+
+/// A plugin step about to run.
+struct Uses<'a> {
+    a: &'a JobAssignment,
+    job: &'a JobRef,
+    step: &'a StepPlan,
+    uses: &'a viaduct_proto::v1::UsesAction,
+    ctx: &'a StepContext<'a>,
+    /// Post phase: the main call's state.
+    post_state: Option<String>,
+}
+
+/// Runs a `uses:` step on the plugin host.
+async fn run_plugin(
+    services: &Services,
+    u: Uses<'_>,
+    workspace: std::path::PathBuf,
+    log: &mut StepLog,
+    stop: &StepStop,
+) -> crate::executor::wasi::PluginResult {
+    let fail = |m: String| crate::executor::wasi::PluginResult {
+        outcome: StepOutcome::error(m),
+        summary: String::new(),
+        post_state: None,
+        source: None,
+    };
+    let Some(host) = &services.plugins else {
+        return fail("this runner cannot run plugin steps (its plugin host did not start; see its log)".into());
+    };
+    let (Some(manifest), false) = (u.uses.manifest.as_ref(), u.uses.digest.is_empty()) else {
+        return fail(format!(
+            "`uses: {}` was not resolved to a published plugin when the run was planned",
+            u.uses.plugin
+        ));
+    };
+    let mut with = Vec::with_capacity(u.uses.with_json.len());
+    for (k, v) in &u.uses.with_json {
+        match interpolate_json(v, u.ctx) {
+            Ok(v) => with.push((k.clone(), v)),
+            Err(e) => return fail(format!("in `with.{k}`: {e}")),
+        }
+    }
+    with.sort();
+    let mut env: BTreeMap<String, String> = u.a.env.clone().into_iter().collect();
+    for (k, v) in &u.step.env {
+        match expr::interpolate(v, u.ctx) {
+            Ok(v) => env.insert(k.clone(), v),
+            Err(e) => return fail(format!("in env `{k}`: {}", e.message)),
+        };
+    }
+    env.insert("VIADUCT_STEP_INDEX".into(), u.step.index.to_string());
+    env.insert("VIADUCT_STEP_NAME".into(), u.step.name.clone());
+    let c = u.ctx.ctx;
+    let call = PluginCall {
+        job: u.job,
+        digest: &u.uses.digest,
+        manifest,
+        with,
+        allow_network: u.uses.allow_network,
+        post_state: (u.uses.phase == "post").then_some(u.post_state),
+        workspace,
+        env,
+        meta: RunInfo {
+            run_id: u.a.run_id.clone(),
+            job_id: u.job.job_id.clone(),
+            job_name: u.a.job_name.clone(),
+            step_index: u.step.index,
+            step_id: u.step.id.clone(),
+            pipeline: u.a.pipeline.clone(),
+            repo: c.repo.clone(),
+            branch: c.branch.clone(),
+            tag: c.tag.clone(),
+            commit: c.commit.clone(),
+            event: c.event.clone(),
+            runner: services.runner_name.clone(),
+        },
+    };
+    host.run(call, log, stop).await
+}
+
+/// Interpolates `${{ }}` in every string of a JSON value (`with:` values
+/// are planned with the plan-time context; step outputs and the like are
+/// filled in here).
+fn interpolate_json(text: &str, ctx: &StepContext<'_>) -> Result<String, String> {
+    fn walk(v: serde_json::Value, ctx: &StepContext<'_>) -> Result<serde_json::Value, String> {
+        use serde_json::Value as J;
+        Ok(match v {
+            J::String(s) if s.contains("${{") => J::String(expr::interpolate(&s, ctx).map_err(|e| e.message)?),
+            J::Array(items) => J::Array(items.into_iter().map(|i| walk(i, ctx)).collect::<Result<_, _>>()?),
+            J::Object(map) => {
+                J::Object(map.into_iter().map(|(k, i)| Ok((k, walk(i, ctx)?))).collect::<Result<_, String>>()?)
+            }
+            other => other,
+        })
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    serde_json::to_string(&walk(value, ctx)?).map_err(|e| e.to_string())
 }
 
 fn describe(o: &StepOutcome) -> String {
@@ -288,9 +472,7 @@ fn spec(a: &JobAssignment, s: &StepPlan, ctx: &StepContext<'_>) -> Result<StepSp
         Some(Action::Run(r)) => {
             expr::interpolate(&r.script, ctx).map_err(|e| format!("in the script: {}", e.message))?
         }
-        Some(Action::Uses(u)) => {
-            return Err(format!("`uses: {}` needs the wasi executor, which this runner does not have yet", u.plugin));
-        }
+        Some(Action::Uses(u)) => return Err(format!("`uses: {}` is a plugin step, not a script", u.plugin)),
         None => return Err("the step has nothing to run".into()),
     };
     let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();

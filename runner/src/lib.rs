@@ -4,12 +4,15 @@
 //! - [`session`]: one Connect stream (Hello, Welcome/resume, heartbeats,
 //!   assignments, cancels, acks);
 //! - [`job`]: one job attempt's steps, conditions, timeouts, reports;
-//! - [`executor`]: how a step runs (host process group, dummy);
+//! - [`executor`]: how a step runs (host process group, container, WASI
+//!   plugin, dummy);
+//! - [`files`]: artifacts and caches between workspaces and the server;
 //! - [`outbox`]: reliable, resumable delivery of logs and updates;
 //! - [`identity`]: the registered runner id and token on disk;
 //! - [`outputs`]: the `$VIADUCT_OUTPUT` file format.
 
 pub mod executor;
+pub mod files;
 pub mod identity;
 pub mod job;
 pub mod mask;
@@ -56,6 +59,8 @@ pub struct Config {
     pub no_host_jobs: bool,
     /// The container engine; `None` = do not look for one.
     pub containers: Option<executor::container::ContainerConfig>,
+    /// WASI plugin settings.
+    pub plugins: executor::wasi::PluginConfig,
 }
 
 /// Runs until `shutdown` resolves or the server rejects the runner.
@@ -75,16 +80,36 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         !backend.executors().is_empty(),
         "this runner can run nothing: --no-host-jobs and no container engine"
     );
-    let sources = source::Sources::new(
-        viaduct_sdk::Client::lazy(&cfg.server, Some(&identity.token))?,
-        identity.token.clone(),
-        cfg.clone_sources,
-        cfg.work_dir.join("tmp"),
-    );
-    let shared = Arc::new(session::Shared {
+    let client = viaduct_sdk::Client::lazy(&cfg.server, Some(&identity.token))?;
+    let sources =
+        source::Sources::new(client.clone(), identity.token.clone(), cfg.clone_sources, cfg.work_dir.join("tmp"));
+    let files = Arc::new(files::Files::new(client.clone()));
+    let plugins = if cfg.dummy {
+        None
+    } else {
+        match executor::wasi::PluginHost::new(
+            cfg.work_dir.join("plugins"),
+            client,
+            Arc::clone(&files),
+            cfg.plugins.clone(),
+        ) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "no plugin host: plugin steps will fail on this runner");
+                None
+            }
+        }
+    };
+    let services = job::Services {
         outbox: Arc::default(),
         backend,
         sources: Arc::new(sources),
+        files,
+        plugins,
+        runner_name: cfg.name.clone(),
+    };
+    let shared = Arc::new(session::Shared {
+        services,
         jobs: Mutex::default(),
         labels: cfg.labels.clone(),
         slots: cfg.slots.max(1),

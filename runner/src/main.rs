@@ -62,6 +62,24 @@ struct Args {
     /// Memory limit of job containers that set none, e.g. 4g (0 = none).
     #[arg(long, default_value = "0", value_parser = memory)]
     container_memory: u64,
+    /// Memory cap of a plugin whose manifest sets none.
+    #[arg(long, default_value = "256m", value_parser = memory)]
+    plugin_memory: u64,
+    /// Largest memory cap a plugin manifest may ask for.
+    #[arg(long, default_value = "2g", value_parser = memory)]
+    plugin_max_memory: u64,
+    /// A host directory plugins may be given by name (manifest `mounts`),
+    /// as NAME=DIR; repeatable. Default: deploy=WORK_DIR/deploy.
+    #[arg(long = "plugin-mount", value_parser = mount)]
+    plugin_mounts: Vec<(String, PathBuf)>,
+}
+
+fn mount(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, dir) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected NAME=DIR"))?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        return Err(format!("`{name}` is not a mount name (letters, digits, - and _)"));
+    }
+    Ok((name.to_string(), PathBuf::from(dir)))
 }
 
 fn memory(s: &str) -> Result<u64, String> {
@@ -89,6 +107,9 @@ fn main() -> ExitCode {
         (None, None) => None,
     };
     let name = args.name.unwrap_or_else(viaduct_runner::hostname);
+    let mut mounts: std::collections::HashMap<String, PathBuf> = args.plugin_mounts.into_iter().collect();
+    mounts.entry("deploy".into()).or_insert_with(|| args.work_dir.join("deploy"));
+    let mb = |bytes: u64| u32::try_from(bytes >> 20).unwrap_or(u32::MAX).max(1);
     let cfg = Config {
         server: args.server,
         registration_token: token,
@@ -108,6 +129,11 @@ fn main() -> ExitCode {
             kill_grace: args.kill_grace,
             keep: args.keep_workspaces,
         }),
+        plugins: viaduct_runner::executor::wasi::PluginConfig {
+            default_memory_mb: mb(args.plugin_memory),
+            max_memory_mb: mb(args.plugin_max_memory),
+            mounts,
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

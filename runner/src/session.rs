@@ -1,7 +1,7 @@
 //! One Connect stream to the server, from Hello to its end.
 //!
 //! Jobs outlive sessions: when the stream breaks, running jobs go on and
-//! their reports wait in the [`Outbox`]; the next session resumes them (the
+//! their reports wait in the [`Outbox`](crate::outbox::Outbox); the next session resumes them (the
 //! server says which attempts this runner still holds and how much of each
 //! log it has) and resends what was not acknowledged.
 
@@ -18,11 +18,8 @@ use viaduct_proto::v1::{
 };
 
 use crate::{
-    executor::Backend,
     identity::Identity,
     job::{self, JobStop},
-    outbox::Outbox,
-    source::Sources,
 };
 
 /// Why a session ended.
@@ -39,12 +36,8 @@ pub enum SessionEnd {
 
 /// What sessions share: the outbox, the running jobs, the executor.
 pub struct Shared {
-    /// Reports waiting for acknowledgement.
-    pub outbox: Arc<Outbox>,
-    /// Executes steps.
-    pub backend: Arc<dyn Backend>,
-    /// Checks out code.
-    pub sources: Arc<Sources>,
+    /// Outbox, executors, sources, files and plugins.
+    pub services: job::Services,
     /// Job attempts running now.
     pub jobs: Mutex<HashMap<(String, u32), JobStop>>,
     /// Labels to advertise.
@@ -63,7 +56,7 @@ impl Shared {
         if let Some(stop) = self.stop_of(job) {
             stop.abandon.cancel();
         }
-        self.outbox.forget(job);
+        self.services.outbox.forget(job);
     }
 
     /// Abandons every running job (runner shutdown).
@@ -90,8 +83,8 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         hostname: crate::hostname(),
         labels: shared.labels.clone(),
         slots: shared.slots,
-        executors: shared.backend.executors(),
-        active_jobs: shared.outbox.active(),
+        executors: shared.services.executors(),
+        active_jobs: shared.services.outbox.active(),
     };
     let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
     let mut inbound = match client.agent().connect(UnboundedReceiverStream::new(rx)).await {
@@ -112,16 +105,16 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
     for r in &welcome.resume {
         let Some(job) = &r.job else { continue };
         if r.keep {
-            shared.outbox.resume(&r.logs);
+            shared.services.outbox.resume(&r.logs);
         } else {
             tracing::warn!(job = %job.job_id, attempt = job.attempt, "server says this attempt is no longer ours; stopping it");
             shared.abandon(job);
         }
     }
     tracing::info!(runner = %welcome.runner_id, draining = welcome.draining, resumed = welcome.resume.len(), "connected");
-    shared.outbox.attach(tx.clone());
+    shared.services.outbox.attach(tx.clone());
     let heartbeat = {
-        let (tx, outbox) = (tx.clone(), Arc::clone(&shared.outbox));
+        let (tx, outbox) = (tx.clone(), Arc::clone(&shared.services.outbox));
         let every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -144,7 +137,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         }
     };
     heartbeat.abort();
-    shared.outbox.detach();
+    shared.services.outbox.detach();
     Err(end)
 }
 
@@ -163,8 +156,7 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
             }
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
-                job::run(a, Arc::clone(&shared.outbox), Arc::clone(&shared.backend), Arc::clone(&shared.sources), stop)
-                    .await;
+                job::run(a, shared.services.clone(), stop).await;
                 shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             });
         }
@@ -180,7 +172,7 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
                 shared.abandon(job);
             }
         }
-        Some(In::Ack(ack)) => shared.outbox.ack(&ack),
+        Some(In::Ack(ack)) => shared.services.outbox.ack(&ack),
         Some(In::Welcome(_)) | None => {}
     }
 }

@@ -32,6 +32,15 @@ pub enum Principal {
     Runner(String),
 }
 
+/// Refuses requests not made with an admin token (after
+/// [`Auth::principal_interceptor`]).
+pub fn require_admin<T>(req: &Request<T>) -> Result<()> {
+    match req.extensions().get::<Principal>() {
+        Some(Principal::Admin) => Ok(()),
+        _ => Err(Error::PermissionDenied("this call needs an admin token".into())),
+    }
+}
+
 /// Token checks and issuance over the `tokens` tree.
 pub struct Auth {
     store: Arc<Store>,
@@ -139,6 +148,20 @@ impl Auth {
             Principal::Runner(_) => {
                 Err(Error::PermissionDenied("runner tokens cannot call the user API".into()).into())
             }
+        }
+    }
+
+    /// A tonic interceptor admitting admin and runner tokens, for services
+    /// both use (plugins); handlers read the [`Principal`] from the request
+    /// extensions with [`require_admin`] where only admins may act.
+    pub fn principal_interceptor(
+        self: &Arc<Self>,
+    ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
+        let auth = Arc::clone(self);
+        move |mut req: Request<()>| {
+            let principal = auth.authenticate(req.metadata())?;
+            req.extensions_mut().insert(principal);
+            Ok(req)
         }
     }
 

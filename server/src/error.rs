@@ -14,9 +14,10 @@ pub enum Error {
     /// Malformed input: a bad id, an out-of-range number, a missing field.
     #[error("{0}")]
     Invalid(String),
-    /// A pipeline file with errors; each names file:line:column.
+    /// A pipeline file or plugin manifest with errors; each names
+    /// file:line:column.
     #[error("{}", crate::planning::render(.0))]
-    InvalidPipeline(Vec<Diagnostic>),
+    InvalidFile(Vec<Diagnostic>),
     /// The named thing does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -69,7 +70,7 @@ impl Error {
 
     fn code(&self) -> Code {
         match self {
-            Self::Invalid(_) | Self::InvalidPipeline(_) => Code::InvalidArgument,
+            Self::Invalid(_) | Self::InvalidFile(_) => Code::InvalidArgument,
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
@@ -89,7 +90,7 @@ impl From<Error> for Status {
             tracing::error!(error = %e, "request failed");
         }
         match &e {
-            Error::InvalidPipeline(diags) => {
+            Error::InvalidFile(diags) => {
                 let violations: Vec<FieldViolation> = diags
                     .iter()
                     .map(|d| FieldViolation::new(format!("{}:{}:{}", d.file, d.line, d.column), d.message.clone()))

@@ -1,42 +1,105 @@
 //! Plain HTTP routes on the gRPC port: liveness, Prometheus metrics, forge
-//! webhooks and git smart HTTP.
+//! webhooks, git smart HTTP and signed artifact downloads.
 
 use std::{fmt::Write, sync::Arc};
 
 use axum::{
     Router,
-    extract::State,
-    http::header,
-    response::IntoResponse,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
     routing::{any, get, post},
 };
 
 use crate::{
     auth::Auth,
+    depot::Depot,
     engine::Engine,
+    store::keys::{JobKey, RunId},
     triggers::{Triggers, smart_http, webhooks},
 };
 
-/// `/healthz`, `/metrics`, `/webhooks/{repo}` and `/git/…`.
-pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, auth: Arc<Auth>) -> Router {
+/// `/healthz`, `/metrics`, `/webhooks/{repo}`, `/git/…` and `/artifacts/…`.
+pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, auth: Arc<Auth>, depot: Arc<Depot>) -> Router {
     let git = smart_http::GitHttp { triggers: Arc::clone(&triggers), auth };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .with_state(engine)
+        .with_state((engine, Arc::clone(&depot)))
         .merge(Router::new().route("/webhooks/{repo}", post(webhooks::handle)).with_state(triggers))
         .merge(Router::new().route("/git/{*path}", any(smart_http::handle)).with_state(git))
+        .merge(Router::new().route("/artifacts/{run}/{job}/{*name}", get(artifact)).with_state(depot))
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
+async fn metrics(State((engine, depot)): State<(Arc<Engine>, Arc<Depot>)>) -> impl IntoResponse {
     let m = engine.metrics();
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: usize| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
     };
-    gauge("viaduct_queue_depth", "Jobs waiting for a runner.", m.queued);
-    gauge("viaduct_jobs_running", "Jobs leased to runners.", m.running);
-    gauge("viaduct_runners_connected", "Runners with an open stream.", m.runners_connected);
-    gauge("viaduct_runner_slots", "Slots of connected, non-draining runners.", m.slots);
+    let n = |v: usize| v as u64;
+    metric("viaduct_queue_depth", "gauge", "Jobs waiting for a runner.", &[("", n(m.queued))]);
+    metric("viaduct_jobs_running", "gauge", "Jobs leased to runners.", &[("", n(m.running))]);
+    metric("viaduct_runners_connected", "gauge", "Runners with an open stream.", &[("", n(m.runners_connected))]);
+    metric("viaduct_runner_slots", "gauge", "Slots of connected, non-draining runners.", &[("", n(m.slots))]);
+    if let Ok(c) = depot.caches.stats() {
+        metric(
+            "viaduct_cache_restores_total",
+            "counter",
+            "Cache restores by result since the server started.",
+            &[("{result=\"hit\"}", c.hits), ("{result=\"partial\"}", c.partial_hits), ("{result=\"miss\"}", c.misses)],
+        );
+        metric("viaduct_cache_bytes", "gauge", "Bytes stored in build caches.", &[("", c.bytes)]);
+        metric("viaduct_cache_entries", "gauge", "Build cache entries.", &[("", c.entries)]);
+        metric("viaduct_cache_evicted_total", "counter", "Cache entries expired or evicted.", &[("", c.evicted)]);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The query of a signed artifact link.
+#[derive(serde::Deserialize)]
+struct Signed {
+    expires: i64,
+    sig: String,
+}
+
+/// `GET /artifacts/{run}/{job}/{name}?expires=…&sig=…`: a download link
+/// from `Artifacts.Link`. Always an attachment with `nosniff`, so an HTML
+/// artifact can never run as a page of the server's origin.
+async fn artifact(
+    State(depot): State<Arc<Depot>>,
+    Path((run, job, name)): Path<(String, String, String)>,
+    Query(q): Query<Signed>,
+) -> Response {
+    if !depot.artifacts.verify(&job, &name, q.expires, &q.sig) {
+        return (StatusCode::FORBIDDEN, "this download link is invalid or has expired\n").into_response();
+    }
+    let found = RunId::parse(&run)
+        .and_then(|r| Ok((r, JobKey::parse(&job)?)))
+        .and_then(|(r, j)| depot.artifacts.find(r, Some(j), &name));
+    let artifact = match found {
+        Ok(a) => a,
+        Err(e) => return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    };
+    let (file, size) = match depot.blobs.open_read(&artifact.digest).await {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    };
+    let base = name.rsplit('/').next().unwrap_or("artifact");
+    let ascii: String =
+        base.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' { c } else { '_' }).collect();
+    let encoded = crate::artifacts::percent_encode(base);
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_LENGTH, size.to_string()),
+        (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        (header::CACHE_CONTROL, "private, max-age=3600".to_string()),
+        (header::ETAG, format!("\"{}\"", artifact.digest)),
+    ];
+    (headers, Body::from_stream(tokio_util::io::ReaderStream::new(file))).into_response()
 }

@@ -10,16 +10,23 @@
 //! - [`engine`] owns every state transition of runs, jobs and steps, the
 //!   queue, runner sessions and leases;
 //! - [`store`] is the sled database: trees, records, log chunks, group
-//!   commit.
+//!   commit;
+//! - [`depot`] keeps files in the content-addressed [`blobs`] store —
+//!   [`plugins`], [`caches`], [`artifacts`] — and their retention.
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
+pub mod blobs;
+pub mod caches;
 pub mod convert;
+pub mod depot;
 pub mod engine;
 pub mod error;
 pub mod git;
 pub mod http;
 pub mod planning;
+pub mod plugins;
 pub mod secrets;
 pub mod store;
 pub mod triggers;
@@ -46,6 +53,11 @@ pub struct Config {
     pub clock: triggers::schedule::Clock,
     /// How late a missed schedule slot may still fire after a downtime.
     pub schedule_catch_up: std::time::Duration,
+    /// Blob store limits and retention.
+    pub depot: depot::DepotConfig,
+    /// Plugins to publish at start (`NAME.wasm` + `NAME.toml`): the
+    /// first-party plugins shipped with the server.
+    pub plugins_dir: Option<PathBuf>,
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -61,15 +73,34 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let auth = Arc::new(Auth::new(Arc::clone(&store)));
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
     let secret_box = Arc::new(secrets::SecretBox::open(&cfg.data_dir)?);
+    let link_key = secret_box.derive_key("viaduct artifact download links v1");
+    let depot = depot::Depot::open(&cfg.data_dir, &store, cfg.depot, link_key)?;
+    if let Some(dir) = &cfg.plugins_dir {
+        let published = depot
+            .plugins
+            .publish_dir(dir)
+            .await
+            .with_context(|| format!("cannot publish the plugins in {}", dir.display()))?;
+        let names: Vec<String> =
+            published.iter().filter_map(|p| p.manifest.as_ref().map(|m| format!("{}@{}", m.name, m.version))).collect();
+        tracing::info!(plugins = %names.join(" "), "first-party plugins published");
+    }
+    depot.spawn_retention();
     let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone(), secret_box)?;
     engine.spawn_timer();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
-    let triggers =
-        triggers::Triggers::new(Arc::clone(&engine), cfg.data_dir.clone(), exe, cfg.clock, cfg.schedule_catch_up);
+    let triggers = triggers::Triggers::new(
+        Arc::clone(&engine),
+        cfg.data_dir.clone(),
+        exe,
+        cfg.clock,
+        cfg.schedule_catch_up,
+        Arc::clone(&depot.plugins),
+    );
 
-    let app = api::grpc_router(&engine, &auth, &triggers)
+    let app = api::grpc_router(&engine, &auth, &triggers, &depot)
         .await?
-        .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&auth)))
+        .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&auth), Arc::clone(&depot)))
         .fallback(api::fallback);
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -45,6 +45,27 @@ struct Args {
     /// is at most this old.
     #[arg(long, default_value = "1h", value_parser = viaduct_pipeline::duration::parse_duration)]
     schedule_catch_up: Duration,
+    /// Publish the plugins in this directory at start (`NAME.wasm` with its
+    /// `NAME.toml` manifest): the first-party plugins shipped with the
+    /// server (`cargo xtask plugins` builds them into target/plugins).
+    #[arg(long, env = "VIADUCT_PLUGINS_DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Build caches may use this much disk before the least recently used
+    /// are evicted (e.g. 10g).
+    #[arg(long, default_value = "10g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    cache_max_size: u64,
+    /// Largest single cache entry.
+    #[arg(long, default_value = "4g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    cache_max_entry_size: u64,
+    /// Cache entries not restored for this long expire.
+    #[arg(long, default_value = "7d", value_parser = viaduct_pipeline::duration::parse_duration)]
+    cache_ttl: Duration,
+    /// Artifacts are deleted this long after upload.
+    #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration)]
+    artifact_ttl: Duration,
+    /// Largest single artifact file.
+    #[arg(long, default_value = "8g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    max_artifact_size: u64,
     /// Tests only: run schedules on a clock SPEED times faster from EPOCH
     /// (unix seconds), as EPOCH:SPEED.
     #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
@@ -104,6 +125,16 @@ fn main() -> ExitCode {
         public_url: args.public_url,
         clock: args.test_clock.unwrap_or_default(),
         schedule_catch_up: args.schedule_catch_up,
+        depot: viaduct_server::depot::DepotConfig {
+            caches: viaduct_server::caches::CacheLimits {
+                max_bytes: args.cache_max_size,
+                max_entry_bytes: args.cache_max_entry_size,
+                ttl: args.cache_ttl,
+            },
+            artifact_ttl: args.artifact_ttl,
+            max_artifact_bytes: args.max_artifact_size,
+        },
+        plugins_dir: args.plugins_dir,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -1,8 +1,12 @@
 //! Pipeline files and inline jobs → run plans for the engine.
 //!
 //! Parsing, validation, matrix expansion and plan-time interpolation belong
-//! to the `viaduct-pipeline` crate; this module only adapts its output to
-//! the engine's [`NewRun`] and its diagnostics to the API's.
+//! to the `viaduct-pipeline` crate; this module adapts its output to the
+//! engine's [`NewRun`] and its diagnostics to the API's, and resolves
+//! `uses:` against the plugin registry: every plugin step of a plan names
+//! the exact component (digest) and manifest it runs, its `with:` keys are
+//! checked against the manifest's inputs, and plugins with a post phase get
+//! a post step after the job's last step.
 
 use std::collections::HashMap;
 
@@ -11,13 +15,18 @@ use viaduct_pipeline::{
     spec::{ImageSpec, Network, Pipeline, PullPolicy},
 };
 use viaduct_proto::v1::{
-    self, ExprContext, ImagePlan, InlineJob, RunAction, RunSource, ServicePlan, StepPlan, UsesAction, step_plan::Action,
+    self, ExprContext, ImagePlan, InlineJob, Plugin, RunAction, RunSource, ServicePlan, StepPlan, UsesAction,
+    step_plan::Action,
 };
 
 use crate::{
     engine::plan::{NewJob, NewRun},
     error::{Error, Result},
+    plugins::PluginRegistry,
 };
+
+/// Resolved plugins by (name, version requirement) as written.
+type Resolved = HashMap<(String, String), Plugin>;
 
 /// What started a run, besides the file.
 #[derive(Debug, Clone, Default)]
@@ -63,19 +72,80 @@ pub fn render(diags: &[v1::Diagnostic]) -> String {
 }
 
 /// Every problem in a pipeline file that can be found without a trigger
-/// (empty when valid).
-pub fn validate(file: &str, yaml: &str) -> Vec<v1::Diagnostic> {
-    diagnostics(viaduct_pipeline::check(file, yaml))
+/// (empty when valid), including plugins that are not published and
+/// `with:` keys they do not accept.
+pub fn validate(file: &str, yaml: &str, plugins: &PluginRegistry) -> Result<Vec<v1::Diagnostic>> {
+    let errors = diagnostics(viaduct_pipeline::check(file, yaml));
+    if !errors.is_empty() {
+        return Ok(errors);
+    }
+    match viaduct_pipeline::parse(file, yaml) {
+        Ok(p) => match resolve_plugins(&p, plugins) {
+            Ok(_) => Ok(Vec::new()),
+            Err(Error::InvalidFile(d)) => Ok(d),
+            Err(e) => Err(e),
+        },
+        Err(d) => Ok(diagnostics(d)),
+    }
 }
 
 /// Checks a file for storing: its job keys, or every error.
-pub fn check(file: &str, yaml: &str) -> Result<Vec<String>> {
-    let errors = validate(file, yaml);
+pub fn check(file: &str, yaml: &str, plugins: &PluginRegistry) -> Result<Vec<String>> {
+    let errors = validate(file, yaml, plugins)?;
     if !errors.is_empty() {
-        return Err(Error::InvalidPipeline(errors));
+        return Err(Error::InvalidFile(errors));
     }
-    let pipeline = viaduct_pipeline::parse(file, yaml).map_err(|d| Error::InvalidPipeline(diagnostics(d)))?;
+    let pipeline = viaduct_pipeline::parse(file, yaml).map_err(|d| Error::InvalidFile(diagnostics(d)))?;
     Ok(pipeline.jobs.iter().map(|j| j.key.clone()).collect())
+}
+
+/// Resolves every `uses:` of `pipeline`; unknown plugins or versions,
+/// unknown or missing inputs and ungrantable network access are
+/// diagnostics at the step.
+fn resolve_plugins(pipeline: &Pipeline, plugins: &PluginRegistry) -> Result<Resolved> {
+    let mut resolved = Resolved::new();
+    let mut diags = Vec::new();
+    let mut diag = |pos: viaduct_pipeline::Pos, message: String| {
+        diags.push(v1::Diagnostic { file: pipeline.file.clone(), line: pos.line, column: pos.column, message });
+    };
+    for step in pipeline.jobs.iter().flat_map(|j| j.steps.iter()) {
+        let StepAction::Uses { plugin, version, with, allow_network } = &step.action else { continue };
+        let wanted = if version.is_empty() { plugin.clone() } else { format!("{plugin}@{version}") };
+        let found = match resolved.get(&(plugin.clone(), version.clone())) {
+            Some(p) => p.clone(),
+            None => match plugins.resolve(plugin, version)? {
+                Some(p) => p,
+                None => {
+                    let message = match plugins.get(&wanted) {
+                        Err(e) => e.to_string(),
+                        Ok(_) => format!("plugin `{wanted}` is not published"),
+                    };
+                    diag(step.action_pos, message);
+                    continue;
+                }
+            },
+        };
+        let manifest = found.manifest.clone().unwrap_or_default();
+        let exact = format!("{}@{}", manifest.name, manifest.version);
+        let mut inputs: Vec<&str> = manifest.inputs.keys().map(String::as_str).collect();
+        inputs.sort_unstable();
+        for key in with.keys() {
+            if !manifest.inputs.contains_key(key) {
+                let pos = step.with_pos.get(key).copied().unwrap_or(step.action_pos);
+                let known = if inputs.is_empty() { "none".to_string() } else { inputs.join(", ") };
+                let hint = viaduct_pipeline::suggestion(key, inputs.iter().copied());
+                diag(pos, format!("`{key}` is not an input of {exact} (inputs: {known}){hint}"));
+            }
+        }
+        for name in inputs.iter().filter(|n| manifest.inputs[**n].required && !with.contains_key(**n)) {
+            diag(step.action_pos, format!("{exact} needs the input `{name}` (under `with:`)"));
+        }
+        if *allow_network && !manifest.capabilities.as_ref().is_some_and(|c| c.network) {
+            diag(step.action_pos, format!("{exact} does not use the network: `allow.network` cannot be granted"));
+        }
+        resolved.insert((plugin.clone(), version.clone()), found);
+    }
+    if diags.is_empty() { Ok(resolved) } else { Err(Error::InvalidFile(diags)) }
 }
 
 /// The JSON Schema of the file format.
@@ -84,15 +154,16 @@ pub fn json_schema() -> String {
 }
 
 /// Plans a run of a pipeline file.
-pub fn from_yaml(file: &str, yaml: &str, trigger: &Trigger) -> Result<NewRun> {
-    let pipeline = parse(file, yaml).map_err(Error::InvalidPipeline)?;
-    from_pipeline(&pipeline, yaml, trigger)
+pub fn from_yaml(file: &str, yaml: &str, trigger: &Trigger, plugins: &PluginRegistry) -> Result<NewRun> {
+    let pipeline = parse(file, yaml).map_err(Error::InvalidFile)?;
+    from_pipeline(&pipeline, yaml, trigger, plugins)
 }
 
 /// Plans a run of a parsed pipeline (`yaml` is its text, kept with the run).
-pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger) -> Result<NewRun> {
-    let plan: Plan = viaduct_pipeline::plan::plan(pipeline, &context(trigger))
-        .map_err(|d| Error::InvalidPipeline(diagnostics(d)))?;
+pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger, plugins: &PluginRegistry) -> Result<NewRun> {
+    let resolved = resolve_plugins(pipeline, plugins)?;
+    let plan: Plan =
+        viaduct_pipeline::plan::plan(pipeline, &context(trigger)).map_err(|d| Error::InvalidFile(diagnostics(d)))?;
     let run_priority = u32::from(plan.priority);
     let priority = trigger.priority.unwrap_or(run_priority);
     let ctx = expr_context(trigger);
@@ -106,7 +177,7 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger) -> Resu
             // priority; jobs that set their own keep it.
             let job_priority = u32::from(j.priority);
             let job_priority = if job_priority == run_priority { priority } else { job_priority };
-            new_job(j, env, job_priority, &ctx)
+            new_job(j, env, job_priority, &ctx, &resolved)
         })
         .collect();
     Ok(NewRun {
@@ -141,7 +212,13 @@ fn millis(d: Option<std::time::Duration>) -> u64 {
     d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn new_job(j: &PlannedJob, env: HashMap<String, String>, priority: u32, ctx: &ExprContext) -> NewJob {
+fn new_job(
+    j: &PlannedJob,
+    env: HashMap<String, String>,
+    priority: u32,
+    ctx: &ExprContext,
+    resolved: &Resolved,
+) -> NewJob {
     NewJob {
         key: j.key.clone(),
         name: j.name.clone(),
@@ -172,7 +249,7 @@ fn new_job(j: &PlannedJob, env: HashMap<String, String>, priority: u32, ctx: &Ex
         priority,
         env,
         secrets: j.secrets.clone(),
-        steps: j.steps.iter().enumerate().map(|(i, s)| step_plan(i, s)).collect(),
+        steps: steps(&j.steps, resolved),
         artifacts: j.artifacts.clone(),
         continue_on_error: j.continue_on_error,
         fail_fast: j.fail_fast,
@@ -195,15 +272,49 @@ fn image_plan(i: &ImageSpec) -> ImagePlan {
     }
 }
 
-fn step_plan(i: usize, s: &PlannedStep) -> StepPlan {
+/// The steps of a job, then the post steps of its plugins that have one
+/// (in reverse order, so the first plugin's post phase runs last).
+fn steps(planned: &[PlannedStep], resolved: &Resolved) -> Vec<StepPlan> {
+    let mut steps: Vec<StepPlan> = planned.iter().enumerate().map(|(i, s)| step_plan(i, s, resolved)).collect();
+    let posts: Vec<StepPlan> = steps
+        .iter()
+        .rev()
+        .filter_map(|main| {
+            let Some(Action::Uses(u)) = &main.action else { return None };
+            let manifest = u.manifest.as_ref().filter(|m| m.post)?;
+            let condition = if manifest.post_if.is_empty() { "success()" } else { &manifest.post_if };
+            Some(StepPlan {
+                name: format!("Post {}", main.name),
+                id: String::new(),
+                action: Some(Action::Uses(UsesAction { phase: "post".into(), post_of: main.index, ..u.clone() })),
+                condition: condition.to_string(),
+                ..main.clone()
+            })
+        })
+        .collect();
+    for mut post in posts {
+        post.index = u32::try_from(steps.len() + 1).unwrap_or(u32::MAX);
+        steps.push(post);
+    }
+    steps
+}
+
+fn step_plan(i: usize, s: &PlannedStep, resolved: &Resolved) -> StepPlan {
     let action = match &s.action {
         StepAction::Run { script } => Action::Run(RunAction { script: script.clone() }),
-        StepAction::Uses { plugin, version, with, allow_network } => Action::Uses(UsesAction {
-            plugin: plugin.clone(),
-            version: version.clone(),
-            with_json: with.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-            allow_network: *allow_network,
-        }),
+        StepAction::Uses { plugin, version, with, allow_network } => {
+            let found = resolved.get(&(plugin.clone(), version.clone()));
+            Action::Uses(UsesAction {
+                plugin: plugin.clone(),
+                version: version.clone(),
+                with_json: with.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
+                allow_network: *allow_network,
+                digest: found.map(|p| p.digest.clone()).unwrap_or_default(),
+                manifest: found.and_then(|p| p.manifest.clone()),
+                phase: "main".into(),
+                post_of: 0,
+            })
+        }
     };
     StepPlan {
         index: u32::try_from(i + 1).unwrap_or(u32::MAX),

@@ -28,6 +28,7 @@ const NONCE: usize = 24;
 /// Seals and opens secret values.
 pub struct SecretBox {
     cipher: XChaCha20Poly1305,
+    master: [u8; 32],
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -69,7 +70,14 @@ impl SecretBox {
         };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let cipher = XChaCha20Poly1305::new_from_slice(&key).map_err(|_| Error::Internal("bad secret key".into()))?;
-        Ok(Self { cipher })
+        Ok(Self { cipher, master: key })
+    }
+
+    /// A key for another purpose (e.g. signing download links), derived
+    /// from the secret key with blake3's key derivation: independent of
+    /// the sealing key and of keys for other `context`s.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.master)
     }
 
     fn seal(&self, name: &str, value: &str) -> Result<Vec<u8>> {

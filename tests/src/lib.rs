@@ -55,6 +55,26 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The first-party plugins (`cargo xtask plugins` builds them):
+/// `VIADUCT_PLUGINS_DIR`, else `target/plugins`.
+pub fn plugins_dir() -> PathBuf {
+    let dir = std::env::var_os("VIADUCT_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().parent().map(|t| t.join("plugins")).unwrap_or_default());
+    assert!(dir.join("cache.wasm").exists(), "{} has no plugins: run `cargo xtask plugins` first", dir.display());
+    dir
+}
+
+/// A test-only plugin's component and manifest (`target/plugins-test`).
+pub fn test_plugin(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("VIADUCT_TEST_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().parent().map(|t| t.join("plugins-test")).unwrap_or_default());
+    let wasm = dir.join(format!("{name}.wasm"));
+    assert!(wasm.exists(), "{} is missing: run `cargo xtask plugins` first", wasm.display());
+    (wasm, dir.join(format!("{name}.toml")))
+}
+
 /// Waits for `cond` to return `Some`, polling a cheap local condition
 /// (a file appearing, a process exiting) every 10 ms, up to `WAIT`.
 pub fn wait_until<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
@@ -88,6 +108,19 @@ impl Server {
     /// Starts a server on a free loopback port.
     pub fn start() -> Self {
         Self::start_with(&[])
+    }
+
+    /// Starts a server that publishes the first-party plugins at start.
+    pub fn with_plugins() -> Self {
+        let dir = plugins_dir();
+        Self::start_with(&["--plugins-dir", &dir.display().to_string()])
+    }
+
+    /// Publishes a test-only plugin through the CLI.
+    pub fn publish_test_plugin(&self, name: &str) {
+        let (wasm, manifest) = test_plugin(name);
+        let out = output(self.cli().args(["plugins", "publish"]).arg(&wasm).arg("--manifest").arg(&manifest));
+        assert!(out.status.success(), "publishing {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Starts a server with extra command-line arguments.

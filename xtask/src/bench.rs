@@ -476,11 +476,17 @@ async fn containers() -> Result<()> {
     // Plain `podman exec` into a running container.
     let podman_cmd = |args: &[&str]| {
         let mut c = std::process::Command::new("podman");
-        c.args(args).env("CONTAINERS_CONF", &conf).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.args(args)
+            .env("CONTAINERS_CONF", &conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         c
     };
     let name = format!("viaduct-bench-{}", std::process::id());
-    anyhow::ensure!(podman_cmd(&["run", "-d", "--name", &name, image, "sleep", "600"]).status()?.success(), "podman run failed");
+    anyhow::ensure!(
+        podman_cmd(&["run", "-d", "--name", &name, image, "sleep", "600"]).status()?.success(),
+        "podman run failed"
+    );
     let mut execs = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t0 = Instant::now();

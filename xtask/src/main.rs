@@ -5,9 +5,12 @@
 //! - `cargo xtask test`  — install the test tools, build the binaries once,
 //!   run every test;
 //! - `cargo xtask setup` — install the tools the above need (idempotent);
-//! - `cargo xtask bench` — build in release mode and print the benchmarks.
+//! - `cargo xtask bench` — build in release mode and print the benchmarks;
+//! - `cargo xtask plugins` — build the WASI step plugins into
+//!   `target/plugins/` (first-party) and `target/plugins-test/` (test-only).
 
 mod bench;
+mod plugins;
 mod setup;
 mod system;
 
@@ -53,6 +56,13 @@ enum Cmd {
         /// Only benchmarks whose name contains this.
         filter: Option<String>,
     },
+    /// Build the WASI step plugins (wasm32-wasip2, profile `plugin`) into
+    /// target/plugins/ and target/plugins-test/.
+    Plugins {
+        /// Rebuild even when the components are newer than their sources.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +72,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Setup => setup::all().map(|_| ()),
         Cmd::Bench { filter } => bench::run(filter.as_deref()),
+        Cmd::Plugins { force } => plugins::build(force).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,8 +112,9 @@ pub fn cargo() -> Command {
 fn test(extra: &[String]) -> Result<()> {
     let tools = setup::all()?;
     let started = std::time::Instant::now();
-    // One build of every binary, shared by all end-to-end tests.
-    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    // One build of every binary and plugin, shared by all end-to-end tests.
+    run(cargo().args(["build", "--bins"]))?;
+    plugins::build(false)?;
     let service = tools.podman.as_deref().map(setup::PodmanService::start).transpose()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"]).args(extra);

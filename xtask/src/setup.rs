@@ -1,6 +1,7 @@
 //! Installs the tools the tests and the local system need, idempotently,
 //! from the registries this project may use (PyPI, Debian, crates.io,
-//! rustup targets) — never by downloading binaries from elsewhere.
+//! rustup targets: `wasm32-wasip2` for the step plugins) — never by
+//! downloading binaries from elsewhere.
 //!
 //! Tools go under `target/tools/`, so a `cargo clean` removes them and
 //! nothing is installed system-wide except Debian packages.
@@ -35,7 +36,33 @@ pub fn all() -> Result<Tools> {
             None
         }
     };
+    wasm_target()?;
     Ok(Tools { grpcurl: grpcurl()?, podman })
+}
+
+/// The `wasm32-wasip2` target for the step plugins, from rustup (a no-op
+/// when it is installed). Without rustup, the toolchain must already have it.
+pub fn wasm_target() -> Result<()> {
+    let target = crate::plugins::TARGET;
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(out) if out.status.success() => {
+            if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == target) {
+                eprintln!("xtask: installing the {target} target (rustup)");
+                run(Command::new("rustup").args(["target", "add", target]))?;
+            }
+            Ok(())
+        }
+        _ => {
+            let sysroot = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+                .args(["--print", "sysroot"])
+                .output()
+                .context("cannot run rustc")?;
+            let lib = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim()).join("lib/rustlib").join(target);
+            anyhow::ensure!(lib.is_dir(), "no rustup, and the toolchain lacks the {target} target: install it");
+            Ok(())
+        }
+    }
 }
 
 /// The test image: busybox-static as a rootfs, imported offline.

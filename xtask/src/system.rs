@@ -42,6 +42,7 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
         let _ = std::fs::remove_file(work.join("runner.json"));
     }
     run(cargo().args(["build", "--bins"]))?;
+    crate::plugins::build(false)?;
     let bin = target_dir().join("debug");
     // A container engine for jobs with an image, when Podman can be set up.
     let podman = match crate::setup::podman().and_then(|conf| crate::setup::PodmanService::start(&conf)) {
@@ -55,6 +56,8 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
     let server = Command::new(bin.join("viaduct-server"))
         .args(["--listen", listen, "--data-dir"])
         .arg(&data)
+        .arg("--plugins-dir")
+        .arg(crate::plugins::output_dir(false))
         .spawn()
         .context("starting viaduct-server")?;
     let mut children = Kill(vec![server]);

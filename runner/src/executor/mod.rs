@@ -12,12 +12,16 @@
 //! 3. [`JobEnv::teardown`] removes everything the job created, whatever
 //!    happened.
 //!
-//! Executors: [`host`] (a process group on the machine) and [`dummy`] (no
-//! processes: for benchmarks of the scheduler and tests of the protocol).
+//! Executors: [`host`] (a process group on the machine), [`container`] (one
+//! container per job through the Docker Engine API), [`wasi`] (`uses:`
+//! steps as sandboxed WebAssembly components, beside the job's environment)
+//! and [`dummy`] (no processes: for benchmarks of the scheduler and tests of
+//! the protocol).
 
 pub mod container;
 pub mod dummy;
 pub mod host;
+pub mod wasi;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
 

@@ -24,8 +24,9 @@ use tonic::{
 };
 pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
-    FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, follow_request,
-    logs_client::LogsClient, pipelines_client::PipelinesClient, repos_client::ReposClient, run_event::Change,
+    FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, artifacts_client::ArtifactsClient,
+    caches_client::CachesClient, follow_request, logs_client::LogsClient, pipelines_client::PipelinesClient,
+    plugins_client::PluginsClient, repos_client::ReposClient, run_event::Change,
     runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
     secrets_client::SecretsClient,
 };
@@ -183,6 +184,21 @@ impl Client {
     /// `viaduct.v1.Secrets`.
     pub fn secrets(&self) -> SecretsClient<Svc> {
         SecretsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Plugins`.
+    pub fn plugins(&self) -> PluginsClient<Svc> {
+        PluginsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Artifacts`.
+    pub fn artifacts(&self) -> ArtifactsClient<Svc> {
+        ArtifactsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Caches`.
+    pub fn caches(&self) -> CachesClient<Svc> {
+        CachesClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.RunnerAgent` (runner token).

@@ -12,12 +12,15 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    Ack, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse, RunnerMessage, ServerMessage,
-    SourceChunk, UpdateAck, runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
+    Ack, Artifact, CacheData, CacheKind, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse,
+    RestoreCacheRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse, ServerMessage, SourceChunk, UpdateAck,
+    UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
 };
 
+use super::transfer::{self, Chunks};
 use crate::{
     auth::Auth,
+    depot::Depot,
     engine::{
         Engine, RunnerHello,
         reports::{Report, Update, Verdict},
@@ -32,18 +35,31 @@ pub struct AgentApi {
     engine: Arc<Engine>,
     auth: Arc<Auth>,
     triggers: Arc<Triggers>,
+    depot: Arc<Depot>,
 }
 
 impl AgentApi {
     /// The service over `engine`, authenticating with `auth`; source
-    /// archives come from `triggers`.
-    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>, triggers: Arc<Triggers>) -> Self {
-        Self { engine, auth, triggers }
+    /// archives come from `triggers`, caches and artifacts go to `depot`.
+    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>, triggers: Arc<Triggers>, depot: Arc<Depot>) -> Self {
+        Self { engine, auth, triggers, depot }
+    }
+
+    /// The record of the job attempt `job`, if `runner` holds it.
+    fn leased(
+        &self,
+        runner: &str,
+        job: Option<&viaduct_proto::v1::JobRef>,
+    ) -> Result<(JobKey, u32, crate::store::records::JobRecord), Error> {
+        let r = job.ok_or_else(|| Error::invalid("which job attempt?"))?;
+        let key = JobKey::parse(&r.job_id)?;
+        let rec = self.engine.leased_job(runner, key, r.attempt)?;
+        Ok((key, r.attempt, rec))
     }
 }
 
-/// Bytes per source chunk.
-const SOURCE_CHUNK: usize = 256 * 1024;
+/// Largest `blob`-kind cache entry.
+const MAX_CACHE_BLOB: u64 = 16 * 1024 * 1024;
 
 enum Pending {
     Log(LogAck),
@@ -73,27 +89,99 @@ impl RunnerAgent for AgentApi {
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
     }
 
-    type FetchSourceStream = Pin<Box<dyn Stream<Item = Result<SourceChunk, Status>> + Send>>;
+    type FetchSourceStream = Chunks<SourceChunk>;
 
     async fn fetch_source(
         &self,
         req: Request<FetchSourceRequest>,
     ) -> Result<Response<Self::FetchSourceStream>, Status> {
         let runner = self.auth.runner(req.metadata())?;
-        let (job, attempt) =
-            job_refs(req.into_inner().job.as_slice())?.pop().ok_or_else(|| Error::invalid("which job's source?"))?;
-        let source = self.engine.source_for(&runner, job, attempt)?;
+        let (job, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
+        let source = rec.source.ok_or_else(|| Error::not_found(format!("the run of job {job} has no repository")))?;
         let path = self.triggers.archive(&source.repo, &source.commit).await?;
         let file = tokio::fs::File::open(&path).await.map_err(|e| Error::Internal(format!("source archive: {e}")))?;
         let total = file.metadata().await.map_err(|e| Error::Internal(format!("source archive: {e}")))?.len();
-        let mut first = true;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, SOURCE_CHUNK).map(move |chunk| {
-            let total_size = if std::mem::take(&mut first) { total } else { 0 };
-            chunk
-                .map(|data| SourceChunk { data: data.to_vec(), total_size })
-                .map_err(|e| Status::internal(format!("reading the source archive: {e}")))
+        let stream = transfer::file_stream(file, move |data, first| SourceChunk {
+            data,
+            total_size: if first { total } else { 0 },
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(stream))
+    }
+
+    type RestoreCacheStream = Chunks<CacheData>;
+
+    async fn restore_cache(
+        &self,
+        req: Request<RestoreCacheRequest>,
+    ) -> Result<Response<Self::RestoreCacheStream>, Status> {
+        let runner = self.auth.runner(req.metadata())?;
+        let (_, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
+        let r = req.into_inner();
+        let scope = self.depot.caches.scope_of(&rec)?;
+        let miss = || -> Chunks<CacheData> { Box::pin(tokio_stream::once(Ok(CacheData::default()))) };
+        let Some(found) = self.depot.caches.lookup(&scope, r.kind(), &r.key, &r.prefixes)? else {
+            return Ok(Response::new(miss()));
+        };
+        let file = match self.depot.blobs.open_read(&found.record.digest).await {
+            Ok((file, _)) => file,
+            Err(Error::NotFound(e)) => {
+                tracing::warn!(error = %e, key = %r.key, "a cache entry's blob is missing: treated as a miss");
+                return Ok(Response::new(miss()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entry = found.record.entry.unwrap_or_default();
+        let exact = found.exact;
+        let mut head = Some((entry.key, entry.size));
+        let stream = transfer::file_stream(file, move |data, _| match head.take() {
+            Some((key, size)) => CacheData { found: true, key, exact, size, data },
+            None => CacheData { data, ..Default::default() },
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn save_cache(
+        &self,
+        req: Request<Streaming<SaveCacheRequest>>,
+    ) -> Result<Response<SaveCacheResponse>, Status> {
+        let runner = self.auth.runner(req.metadata())?;
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Error::invalid("empty cache upload"))?;
+        let (job, _, rec) = self.leased(&runner, first.job.as_ref())?;
+        let scope = self.depot.caches.scope_of(&rec)?;
+        let kind = first.kind();
+        crate::caches::check_key(&first.key)?;
+        let limit = if kind == CacheKind::Blob { MAX_CACHE_BLOB } else { self.depot.caches.limits().max_entry_bytes };
+        let writer = self.depot.blobs.writer(limit).await?;
+        let blob = transfer::receive(writer, first.data, &mut stream, |m| m.data).await?;
+        let stored = self.depot.caches.save(&scope, kind, &first.key, &blob, &job.run.to_string()).await?;
+        if stored && self.depot.caches.over_limit() {
+            self.depot.request_retention();
+        }
+        tracing::info!(job = %job, key = %first.key, size = blob.size, stored, "cache saved");
+        Ok(Response::new(SaveCacheResponse { stored, size: blob.size }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        req: Request<Streaming<UploadArtifactRequest>>,
+    ) -> Result<Response<Artifact>, Status> {
+        let runner = self.auth.runner(req.metadata())?;
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.ok_or_else(|| Error::invalid("empty artifact upload"))?;
+        let (job, attempt, rec) = self.leased(&runner, first.job.as_ref())?;
+        crate::artifacts::check_name(&first.name)?;
+        let writer = self.depot.blobs.writer(self.depot.config.max_artifact_bytes).await?;
+        let blob = transfer::receive(writer, first.data, &mut stream, |m| m.data).await?;
+        if first.size > 0 && blob.size != first.size {
+            return Err(Error::invalid(format!(
+                "artifact `{}`: {} bytes announced, {} received",
+                first.name, first.size, blob.size
+            ))
+            .into());
+        }
+        let artifact = self.depot.artifacts.record(job, &rec.name, attempt, &first.name, first.mode, &blob).await?;
+        Ok(Response::new(artifact))
     }
 
     type ConnectStream = OutStream;

@@ -8,12 +8,16 @@
 //! routes on the same port are untouched.
 
 pub mod agent;
+pub mod artifacts;
+pub mod caches;
 pub mod logs;
 pub mod pipelines;
+pub mod plugins;
 pub mod repos;
 pub mod runners;
 pub mod runs;
 pub mod secrets;
+pub mod transfer;
 
 use std::sync::Arc;
 
@@ -25,12 +29,13 @@ use axum::{
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
-    FILE_DESCRIPTOR_SET, logs_server::LogsServer, pipelines_server::PipelinesServer, repos_server::ReposServer,
+    FILE_DESCRIPTOR_SET, artifacts_server::ArtifactsServer, caches_server::CachesServer, logs_server::LogsServer,
+    pipelines_server::PipelinesServer, plugins_server::PluginsServer, repos_server::ReposServer,
     runner_agent_server::RunnerAgentServer, runners_server::RunnersServer, runs_server::RunsServer,
     secrets_server::SecretsServer,
 };
 
-use crate::{auth::Auth, engine::Engine, triggers::Triggers};
+use crate::{auth::Auth, depot::Depot, engine::Engine, triggers::Triggers};
 
 /// Fully qualified names of the services we serve, for health.
 const SERVICES: &[&str] = &[
@@ -41,6 +46,9 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.RunnerAgent",
     "viaduct.v1.Repos",
     "viaduct.v1.Secrets",
+    "viaduct.v1.Plugins",
+    "viaduct.v1.Artifacts",
+    "viaduct.v1.Caches",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
@@ -48,8 +56,11 @@ pub async fn grpc_router(
     engine: &Arc<Engine>,
     auth: &Arc<Auth>,
     triggers: &Arc<Triggers>,
+    depot: &Arc<Depot>,
 ) -> anyhow::Result<axum::Router> {
     let admin = auth.admin_interceptor();
+    // Plugins are read by runners too; Publish checks for an admin itself.
+    let admin_or_runner = auth.principal_interceptor();
     let (health, health_service) = tonic_health::server::health_reporter();
     for s in SERVICES {
         health.set_service_status(*s, ServingStatus::Serving).await;
@@ -73,11 +84,18 @@ pub async fn grpc_router(
     ))
     .add_service(ReposServer::with_interceptor(repos::ReposApi::new(Arc::clone(triggers)), admin.clone()))
     .add_service(SecretsServer::with_interceptor(secrets::SecretsApi::new(Arc::clone(engine)), admin.clone()))
-    .add_service(RunnersServer::with_interceptor(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth)), admin))
+    .add_service(RunnersServer::with_interceptor(
+        runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth)),
+        admin.clone(),
+    ))
+    .add_service(ArtifactsServer::with_interceptor(artifacts::ArtifactsApi::new(Arc::clone(depot)), admin.clone()))
+    .add_service(CachesServer::with_interceptor(caches::CachesApi::new(Arc::clone(depot)), admin.clone()))
+    .add_service(PluginsServer::with_interceptor(plugins::PluginsApi::new(Arc::clone(depot)), admin_or_runner))
     .add_service(RunnerAgentServer::new(agent::AgentApi::new(
         Arc::clone(engine),
         Arc::clone(auth),
         Arc::clone(triggers),
+        Arc::clone(depot),
     )))
     .add_service(health_service)
     .add_service(reflection_v1)

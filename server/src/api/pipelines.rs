@@ -39,7 +39,7 @@ impl PipelinesApi {
         if r.yaml.len() > MAX_PIPELINE_BYTES {
             return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")));
         }
-        let jobs = planning::check(&format!("{}.yml", r.name), &r.yaml)?;
+        let jobs = planning::check(&format!("{}.yml", r.name), &r.yaml, self.triggers.plugins())?;
         let store = self.engine.store();
         let existing: Option<PipelineRecord> = store.get(T::Pipelines, r.name.as_bytes())?;
         let now = now_ms();
@@ -101,7 +101,7 @@ impl Pipelines for PipelinesApi {
             return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")).into());
         }
         let file = if r.file_name.is_empty() { "pipeline.yml" } else { r.file_name.as_str() };
-        let errors = planning::validate(file, &r.yaml);
+        let errors = planning::validate(file, &r.yaml, self.triggers.plugins())?;
         Ok(Response::new(ValidateResponse { valid: errors.is_empty(), errors }))
     }
 

@@ -65,7 +65,7 @@ impl Runs for RunsApi {
                     return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")).into());
                 }
                 let file = if r.file_name.is_empty() { "pipeline.yml" } else { r.file_name.as_str() };
-                planning::from_yaml(file, &yaml, &trigger)?
+                planning::from_yaml(file, &yaml, &trigger, self.triggers.plugins())?
             }
             Some(submit_request::Source::Job(job)) => planning::from_inline(&job, &trigger)?,
             None => return Err(Error::invalid("set `pipeline_yaml` or `job`").into()),
@@ -91,7 +91,7 @@ impl Runs for RunsApi {
             priority: priority(r.priority)?,
             pipeline_ref: r.pipeline.clone(),
         };
-        let new = planning::from_yaml(&format!("{}.yml", r.pipeline), &stored.yaml, &trigger)?;
+        let new = planning::from_yaml(&format!("{}.yml", r.pipeline), &stored.yaml, &trigger, self.triggers.plugins())?;
         Ok(Response::new(self.start(new).await?))
     }
 

@@ -70,6 +70,7 @@ impl Tx<'_> {
                 .filter(|(id, c)| {
                     free.get(id.as_str()).is_some_and(|f| *f > 0)
                         && c.executors.contains(q.executor)
+                        && (!q.plugins || c.executors.contains("wasi"))
                         && q.runs_on.iter().all(|l| c.labels.contains(l))
                 })
                 .max_by_key(|(id, _)| free.get(id.as_str()).copied().unwrap_or(0))
@@ -186,6 +187,8 @@ impl Tx<'_> {
             cpus: job.cpus,
             memory_bytes: job.memory_bytes,
             registry_auth,
+            artifacts: job.artifacts.clone(),
+            pipeline: job.pipeline.clone(),
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

@@ -316,6 +316,7 @@ pub(crate) fn queued(key: JobKey, seq: u64, job: &JobRecord, pipeline: String) -
         priority: job.priority,
         runs_on: job.runs_on.clone(),
         executor: if job.image.as_ref().is_some_and(|i| !i.name.is_empty()) { "container" } else { "host" },
+        plugins: job.steps.iter().any(|s| matches!(s.action, Some(viaduct_proto::v1::step_plan::Action::Uses(_)))),
         not_before_ms: job.not_before_ms,
         pipeline,
     }

@@ -144,7 +144,7 @@ impl Engine {
             }
             for (i, j) in new.jobs.iter().enumerate() {
                 let key = JobKey::new(id, step_index(i));
-                let mut rec = job_record(j, now);
+                let mut rec = job_record(j, &new.pipeline, now);
                 rec.source.clone_from(&new.checkout);
                 t.insert_job(key, rec);
                 for (s, plan) in j.steps.iter().enumerate() {
@@ -188,9 +188,10 @@ fn next_run_id(t: &mut super::tx::Tx<'_>) -> Result<RunId> {
     Ok(RunId(next))
 }
 
-fn job_record(j: &NewJob, now: i64) -> JobRecord {
+fn job_record(j: &NewJob, pipeline: &str, now: i64) -> JobRecord {
     JobRecord {
         schema: SCHEMA_VERSION,
+        pipeline: pipeline.to_string(),
         key: j.key.clone(),
         name: j.name.clone(),
         status: Status::Pending as i32,

@@ -29,6 +29,8 @@ pub struct QueuedJob {
     pub runs_on: Vec<String>,
     /// The executor it needs: "host" or "container".
     pub executor: &'static str,
+    /// It has `uses:` steps: the runner needs the "wasi" executor too.
+    pub plugins: bool,
     /// Not before this time (retry backoff), ms; 0 = now.
     pub not_before_ms: i64,
     /// Pipeline name, for per-pipeline concurrency limits.
@@ -94,6 +96,7 @@ mod tests {
             priority,
             runs_on: vec![],
             executor: "host",
+            plugins: false,
             not_before_ms: 0,
             pipeline: String::new(),
         }

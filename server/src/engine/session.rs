@@ -277,14 +277,14 @@ fn live(st: &super::State, id: &str) -> Option<LiveRunner> {
 }
 
 impl Engine {
-    /// The source of `attempt` of `job`, for the runner holding its lease.
-    pub fn source_for(&self, runner: &str, job: JobKey, attempt: u32) -> Result<viaduct_proto::v1::SourcePlan> {
+    /// The record of `job`, for the runner holding the lease of `attempt`
+    /// (anyone else is refused): what a runner may read or write on behalf
+    /// of a job — its source, caches, artifacts — is decided from this.
+    pub fn leased_job(&self, runner: &str, job: JobKey, attempt: u32) -> Result<crate::store::records::JobRecord> {
         if !holds(&self.lock(), runner, job, attempt) {
             return Err(Error::PermissionDenied(format!("runner {runner} does not hold job {job} attempt {attempt}")));
         }
-        let rec: crate::store::records::JobRecord =
-            self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))?;
-        rec.source.ok_or_else(|| Error::not_found(format!("the run of job {job} has no repository")))
+        self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))
     }
 }
 

@@ -61,9 +61,18 @@ pub enum T {
     ScheduleState,
     /// Sealed secret values by name (see `secrets`).
     Secrets,
+    /// [`records::PluginRecord`] by `name \0 version`.
+    Plugins,
+    /// Every component digest ever published → `name@version` (kept so runs
+    /// planned before a `replace` still find their component).
+    PluginBlobs,
+    /// [`records::CacheRecord`] by `scope \0 branch \0 kind key`.
+    Caches,
+    /// [`records::ArtifactRecord`] by (run, job index, name).
+    Artifacts,
 }
 
-const TREE_NAMES: [&str; 15] = [
+const TREE_NAMES: [&str; 19] = [
     "runs",
     "jobs",
     "steps",
@@ -79,6 +88,10 @@ const TREE_NAMES: [&str; 15] = [
     "deliveries",
     "schedule_state",
     "secrets",
+    "plugins",
+    "plugin_blobs",
+    "caches",
+    "artifacts",
 ];
 
 /// The database and its trees.

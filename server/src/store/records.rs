@@ -11,7 +11,10 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunEvent, RunSource, ServicePlan, SourcePlan, Status, StepPlan};
+use viaduct_proto::v1::{
+    Artifact, CacheEntry, ExprContext, ImagePlan, Plugin, RunEvent, RunSource, ServicePlan, SourcePlan, Status,
+    StepPlan,
+};
 
 /// The schema version written into every record.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -183,6 +186,9 @@ pub struct JobRecord {
     /// Memory limit in bytes (0 = runner default).
     #[prost(uint64, tag = "36")]
     pub memory_bytes: u64,
+    /// The run's pipeline name (plugin metadata, cache scope).
+    #[prost(string, tag = "37")]
+    pub pipeline: String,
 }
 
 /// A finished earlier attempt of a job.
@@ -396,4 +402,52 @@ pub struct PipelineRecord {
     /// Job keys in file order.
     #[prost(string, repeated, tag = "5")]
     pub jobs: Vec<String>,
+}
+
+/// A published plugin version: `plugins` tree, key `name \0 version`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PluginRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Manifest, digest, size, time.
+    #[prost(message, optional, tag = "2")]
+    pub plugin: Option<Plugin>,
+    /// The manifest as published.
+    #[prost(string, tag = "3")]
+    pub manifest_toml: String,
+}
+
+/// A cache entry: `caches` tree, key `scope \0 branch \0 kind key`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CacheRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// What the API shows.
+    #[prost(message, optional, tag = "2")]
+    pub entry: Option<CacheEntry>,
+    /// The blob holding it.
+    #[prost(string, tag = "3")]
+    pub digest: String,
+    /// Last restore (ms); `entry.last_used_at` mirrors it.
+    #[prost(int64, tag = "4")]
+    pub last_used_ms: i64,
+    /// Saved (ms).
+    #[prost(int64, tag = "5")]
+    pub created_ms: i64,
+}
+
+/// A job's artifact: `artifacts` tree, key (run, job index, name).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ArtifactRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// What the API shows (times are filled in on read).
+    #[prost(message, optional, tag = "2")]
+    pub artifact: Option<Artifact>,
+    /// Uploaded (ms).
+    #[prost(int64, tag = "3")]
+    pub created_ms: i64,
 }

@@ -92,6 +92,7 @@ pub struct Triggers {
     /// One sync at a time per repository.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     schedules: schedule::Schedules,
+    plugins: Arc<crate::plugins::PluginRegistry>,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -128,6 +129,7 @@ impl Triggers {
         exe: PathBuf,
         clock: schedule::Clock,
         catch_up: std::time::Duration,
+        plugins: Arc<crate::plugins::PluginRegistry>,
     ) -> Arc<Self> {
         let hook = git::Hook { exe, data_dir: data_dir.clone() };
         Arc::new(Self {
@@ -137,7 +139,13 @@ impl Triggers {
             public_url: OnceLock::new(),
             locks: Mutex::default(),
             schedules: schedule::Schedules::new(clock, catch_up),
+            plugins,
         })
+    }
+
+    /// The plugin registry pipelines resolve `uses:` against.
+    pub fn plugins(&self) -> &crate::plugins::PluginRegistry {
+        &self.plugins
     }
 
     /// The engine.
@@ -481,18 +489,18 @@ impl Triggers {
                 tracing::info!(repo = name, commit = %ev.commit, "invalid pipeline file: recording a failed run");
                 return Ok(Some(failed_run(name, source, yaml, planning::render(&diags))));
             }
-            Err(diags) => return Err(Error::InvalidPipeline(diags)),
+            Err(diags) => return Err(Error::InvalidFile(diags)),
         };
         if !wanted(&pipeline, ev.event, &branch, &tag, &ev.base_branch) {
             tracing::debug!(repo = name, event = ev.event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
             return Ok(None);
         }
-        match planning::from_pipeline(&pipeline, &yaml, &trigger) {
+        match planning::from_pipeline(&pipeline, &yaml, &trigger, &self.plugins) {
             Ok(mut run) => {
                 run.checkout = Some(source_plan);
                 Ok(Some(run))
             }
-            Err(Error::InvalidPipeline(diags)) if ev.event != "manual" => {
+            Err(Error::InvalidFile(diags)) if ev.event != "manual" => {
                 Ok(Some(failed_run(name, source, yaml, planning::render(&diags))))
             }
             Err(e) => Err(e),

@@ -287,7 +287,7 @@ impl Triggers {
             pipeline_ref: name.to_string(),
             ..Default::default()
         };
-        planning::from_yaml(&format!("{name}.yml"), &rec.yaml, &trigger).map(Some)
+        planning::from_yaml(&format!("{name}.yml"), &rec.yaml, &trigger, &self.plugins).map(Some)
     }
 }
 

@@ -41,6 +41,15 @@ pub enum Command {
     /// Inspect and control runs.
     #[command(subcommand)]
     Runs(RunsCommand),
+    /// Publish and inspect WASI step plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// List and download a run's artifacts.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCommand),
+    /// Inspect and clear build caches.
+    #[command(subcommand)]
+    Caches(CachesCommand),
     /// Print the logs of a run, job (42.1) or step (42.1.3).
     Logs {
         /// Run, job or step id.
@@ -297,6 +306,92 @@ pub enum PipelinesCommand {
         #[arg(short, long)]
         follow: bool,
     },
+}
+
+/// `viaduct plugins …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Publish a plugin component with its manifest.
+    Publish {
+        /// The component (.wasm, built for wasm32-wasip2).
+        wasm: PathBuf,
+        /// The manifest (default: NAME.toml next to NAME.wasm, else
+        /// plugin.toml in the current directory).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Replace an already published version with different bytes.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List published plugins.
+    List {
+        /// Only this plugin.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin version: NAME, NAME@1, NAME@1.2 or NAME@1.2.3.
+    Get {
+        /// Reference.
+        reference: String,
+    },
+}
+
+/// `viaduct artifacts …`.
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// List a run's artifacts.
+    List {
+        /// Run id.
+        run: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download artifacts: one by name, or with a trailing `/` or `*` every
+    /// artifact under that prefix; into DIR (default: the current
+    /// directory), keeping their paths.
+    Get {
+        /// Run id.
+        run: String,
+        /// Artifact name (workspace path), a prefix ending in `/` or `*`, or
+        /// `*` for all.
+        name: String,
+        /// Only this job's (when several jobs have the name).
+        #[arg(long)]
+        job: Option<String>,
+        /// Directory to write into.
+        #[arg(short = 'o', long = "output", default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// `viaduct caches …`.
+#[derive(Debug, Subcommand)]
+pub enum CachesCommand {
+    /// List cache entries.
+    List {
+        /// Only this scope (repository, or pipeline:NAME).
+        #[arg(long)]
+        scope: Option<String>,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Delete cache entries of a scope.
+    Delete {
+        /// Repository, or pipeline:NAME.
+        scope: String,
+        /// Only this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Totals, limits and hit counts.
+    Stats,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod files;
 pub mod view;
 
 use std::process::ExitCode;
@@ -98,6 +99,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Pipelines(c) => commands::pipelines(&client, c).await,
         Command::Repos(c) => commands::repos(&client, c).await,
         Command::Secrets(c) => commands::secrets(&client, c).await,
+        Command::Plugins(c) => files::plugins(&client, c).await,
+        Command::Artifacts(c) => files::artifacts(&client, c).await,
+        Command::Caches(c) => files::caches(&client, c).await,
         Command::Trigger { repo, git_ref, commit, inputs, follow } => {
             commands::trigger(&client, repo, git_ref, commit, inputs, follow).await
         }

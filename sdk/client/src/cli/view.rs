@@ -152,6 +152,12 @@ pub fn run_text(r: &Run) -> String {
                 code,
                 duration(s.times.as_ref())
             );
+            if !s.message.is_empty() && s.status != Status::Success as i32 {
+                let _ = writeln!(out, "           {}", s.message);
+            }
+            for line in s.summary.lines() {
+                let _ = writeln!(out, "           │ {line}");
+            }
         }
     }
     out

@@ -1,0 +1,329 @@
+//! Build caches: immutable entries by key, scoped to a repository (or a
+//! pipeline, for runs without one) and a branch.
+//!
+//! The runner saves and restores entries on behalf of a job attempt it
+//! holds; the server derives the scope and branch from that job, so a job
+//! can neither read another repository's caches nor write to another
+//! branch. A restore tries, in order: the exact key on the job's branch,
+//! the exact key on the default branch, then each prefix on the job's
+//! branch and on the default branch (newest entry first) — GitHub's rule,
+//! which keeps a pull request from poisoning the main branch's caches while
+//! still letting it start warm.
+//!
+//! Retention ([`Caches::enforce`]): entries unused for the TTL expire, and
+//! past the size limit the least recently used go first. The blobs they
+//! named are removed by the blob sweep.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use viaduct_proto::v1::{CacheEntry, CacheKind, CacheStats};
+
+use crate::{
+    blobs::Blob,
+    convert::timestamp,
+    error::{Error, Result},
+    store::{
+        Store, T, WriteSet, now_ms,
+        records::{CacheRecord, JobRecord, RepoRecord, SCHEMA_VERSION},
+    },
+};
+
+/// Where a job's cache entries live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Repository name, or `pipeline:<name>`.
+    pub scope: String,
+    /// The job's branch (or other ref), empty when it has none.
+    pub branch: String,
+    /// The default branch it may also read from.
+    pub default_branch: String,
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLimits {
+    /// Total stored bytes before least recently used entries are evicted.
+    pub max_bytes: u64,
+    /// Largest single entry.
+    pub max_entry_bytes: u64,
+    /// Entries unused this long expire.
+    pub ttl: std::time::Duration,
+}
+
+/// The cache index over the `caches` tree.
+pub struct Caches {
+    store: Arc<Store>,
+    limits: CacheLimits,
+    hits: AtomicU64,
+    partial_hits: AtomicU64,
+    misses: AtomicU64,
+    evicted: AtomicU64,
+    /// Total stored bytes, kept up to date by saves and [`Caches::enforce`].
+    bytes: AtomicU64,
+}
+
+/// A restore's result.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The entry.
+    pub record: CacheRecord,
+    /// Whether the exact key matched.
+    pub exact: bool,
+}
+
+fn kind_byte(kind: CacheKind) -> Result<u8> {
+    match kind {
+        CacheKind::Tree => Ok(b't'),
+        CacheKind::Blob => Ok(b'b'),
+        CacheKind::Unspecified => Err(Error::invalid("cache kind must be tree or blob")),
+    }
+}
+
+fn kind_name(kind: CacheKind) -> &'static str {
+    match kind {
+        CacheKind::Blob => "blob",
+        _ => "tree",
+    }
+}
+
+/// `scope \0 branch \0 kind key`.
+fn key(scope: &str, branch: &str, kind: u8, k: &str) -> Vec<u8> {
+    [scope.as_bytes(), b"\0", branch.as_bytes(), b"\0", &[kind], k.as_bytes()].concat()
+}
+
+/// The sled key of a stored entry.
+fn entry_key(e: &CacheEntry) -> Vec<u8> {
+    let kind = if e.kind == "blob" { b'b' } else { b't' };
+    key(&e.scope, &e.branch, kind, &e.key)
+}
+
+/// Checks a cache key: 1–512 bytes, no control characters.
+pub fn check_key(k: &str) -> Result<()> {
+    if k.is_empty() || k.len() > 512 || k.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "`{}` is not a cache key (1–512 bytes, no control characters)",
+            k.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+impl Caches {
+    /// The index over `store`.
+    pub fn new(store: Arc<Store>, limits: CacheLimits) -> Self {
+        let caches = Self {
+            store,
+            limits,
+            hits: AtomicU64::new(0),
+            partial_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        };
+        let total =
+            caches.list("", "").map_or(0, |all| all.iter().filter_map(|r| r.entry.as_ref()).map(|e| e.size).sum());
+        caches.bytes.store(total, Ordering::Relaxed);
+        caches
+    }
+
+    /// Whether the stored total is past the size limit.
+    pub fn over_limit(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) > self.limits.max_bytes
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> CacheLimits {
+        self.limits
+    }
+
+    /// The scope of `job`'s caches.
+    pub fn scope_of(&self, job: &JobRecord) -> Result<Scope> {
+        match job.source.as_ref().filter(|s| !s.repo.is_empty()) {
+            Some(src) => {
+                let repo: Option<RepoRecord> = self.store.get(T::Repos, src.repo.as_bytes())?;
+                let branch = src.r#ref.strip_prefix("refs/heads/").unwrap_or(&src.r#ref).to_string();
+                let default_branch = repo.map(|r| r.default_branch).filter(|b| !b.is_empty());
+                Ok(Scope {
+                    scope: src.repo.clone(),
+                    branch,
+                    default_branch: default_branch.unwrap_or_else(|| "main".into()),
+                })
+            }
+            None => {
+                let branch = job.context.as_ref().map(|c| c.branch.clone()).unwrap_or_default();
+                Ok(Scope { scope: format!("pipeline:{}", job.pipeline), branch, default_branch: String::new() })
+            }
+        }
+    }
+
+    /// Finds the entry a restore of `k` (then `prefixes`) gets, and marks
+    /// it used. `None` is a miss. Counts hits and misses.
+    pub fn lookup(&self, scope: &Scope, kind: CacheKind, k: &str, prefixes: &[String]) -> Result<Option<Found>> {
+        check_key(k)?;
+        let kb = kind_byte(kind)?;
+        let mut branches = vec![scope.branch.as_str()];
+        if scope.default_branch != scope.branch {
+            branches.push(&scope.default_branch);
+        }
+        let tree = self.store.tree(T::Caches);
+        let mut found = None;
+        for b in &branches {
+            if let Some(v) = tree.get(key(&scope.scope, b, kb, k))? {
+                found = Some((crate::store::decode::<CacheRecord>(T::Caches, &v)?, true));
+                break;
+            }
+        }
+        'prefixes: for p in prefixes.iter().filter(|p| !p.is_empty()) {
+            if found.is_some() {
+                break;
+            }
+            for b in &branches {
+                let mut newest: Option<CacheRecord> = None;
+                for item in tree.scan_prefix(key(&scope.scope, b, kb, p)) {
+                    let (_, v) = item?;
+                    let rec: CacheRecord = crate::store::decode(T::Caches, &v)?;
+                    if newest.as_ref().is_none_or(|n| rec.created_ms > n.created_ms) {
+                        newest = Some(rec);
+                    }
+                }
+                if let Some(rec) = newest {
+                    found = Some((rec, false));
+                    break 'prefixes;
+                }
+            }
+        }
+        let Some((mut record, exact)) = found else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
+        };
+        if exact { &self.hits } else { &self.partial_hits }.fetch_add(1, Ordering::Relaxed);
+        // Mark it used (best effort: no fsync wait; LRU order is a hint).
+        record.last_used_ms = now_ms();
+        let entry = record.entry.get_or_insert_default();
+        entry.last_used_at = timestamp(record.last_used_ms);
+        let mut ws = WriteSet::default();
+        ws.put(T::Caches, entry_key(entry), &record);
+        self.store.commit(&ws)?;
+        Ok(Some(Found { record, exact }))
+    }
+
+    /// Records `blob` as the entry `k` of the job's branch, unless one
+    /// exists (then `false`: entries are immutable).
+    pub async fn save(&self, scope: &Scope, kind: CacheKind, k: &str, blob: &Blob, run_id: &str) -> Result<bool> {
+        check_key(k)?;
+        let kb = kind_byte(kind)?;
+        let sk = key(&scope.scope, &scope.branch, kb, k);
+        let now = now_ms();
+        let record = CacheRecord {
+            schema: SCHEMA_VERSION,
+            entry: Some(CacheEntry {
+                scope: scope.scope.clone(),
+                branch: scope.branch.clone(),
+                key: k.to_string(),
+                size: blob.size,
+                kind: kind_name(kind).into(),
+                created_at: timestamp(now),
+                last_used_at: timestamp(now),
+                run_id: run_id.to_string(),
+            }),
+            digest: blob.digest.clone(),
+            last_used_ms: now,
+            created_ms: now,
+        };
+        let tree = self.store.tree(T::Caches);
+        let stored =
+            tree.compare_and_swap(&sk, None as Option<&[u8]>, Some(prost::Message::encode_to_vec(&record)))?.is_ok();
+        if stored {
+            self.store.wait_durable(self.store.ticket()).await;
+            self.bytes.fetch_add(blob.size, Ordering::Relaxed);
+        }
+        Ok(stored)
+    }
+
+    /// Every entry (of `scope`, with keys starting with `key_prefix`).
+    pub fn list(&self, scope: &str, key_prefix: &str) -> Result<Vec<CacheRecord>> {
+        let prefix = if scope.is_empty() { Vec::new() } else { [scope.as_bytes(), b"\0"].concat() };
+        let mut out = Vec::new();
+        for item in self.store.tree(T::Caches).scan_prefix(prefix) {
+            let (_, v) = item?;
+            let rec: CacheRecord = crate::store::decode(T::Caches, &v)?;
+            if rec.entry.as_ref().is_some_and(|e| e.key.starts_with(key_prefix)) {
+                out.push(rec);
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.last_used_ms));
+        Ok(out)
+    }
+
+    /// Deletes the entries of `scope` (on `branch`, or every branch when
+    /// empty) whose key starts with `key_prefix`.
+    pub async fn delete(&self, scope: &str, branch: &str, key_prefix: &str) -> Result<u32> {
+        if scope.is_empty() {
+            return Err(Error::invalid("which scope (repository or pipeline:NAME)?"));
+        }
+        let mut ws = WriteSet::default();
+        let mut n = 0;
+        for rec in self.list(scope, key_prefix)? {
+            let Some(e) = rec.entry.as_ref() else { continue };
+            if !branch.is_empty() && e.branch != branch {
+                continue;
+            }
+            ws.delete(T::Caches, entry_key(e));
+            n += 1;
+        }
+        self.store.commit_durable(&ws).await?;
+        Ok(n)
+    }
+
+    /// Applies retention: expires entries unused for the TTL, then evicts
+    /// the least recently used until the total fits the size limit.
+    /// Returns how many entries were removed.
+    pub async fn enforce(&self) -> Result<u64> {
+        let mut all = self.list("", "")?;
+        // Oldest use first.
+        all.reverse();
+        let ttl_ms = i64::try_from(self.limits.ttl.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(ttl_ms);
+        let mut total: u64 = all.iter().filter_map(|r| r.entry.as_ref()).map(|e| e.size).sum();
+        let mut ws = WriteSet::default();
+        let mut removed = 0;
+        for rec in &all {
+            let Some(e) = rec.entry.as_ref() else { continue };
+            if rec.last_used_ms >= cutoff && total <= self.limits.max_bytes {
+                continue;
+            }
+            ws.delete(T::Caches, entry_key(e));
+            total = total.saturating_sub(e.size);
+            removed += 1;
+        }
+        self.bytes.store(total, Ordering::Relaxed);
+        if removed > 0 {
+            self.store.commit_durable(&ws).await?;
+            self.evicted.fetch_add(removed, Ordering::Relaxed);
+            tracing::info!(removed, remaining_bytes = total, "cache entries expired or evicted");
+        }
+        Ok(removed)
+    }
+
+    /// Digests of every entry (for the blob sweep).
+    pub fn digests(&self) -> Result<Vec<String>> {
+        Ok(self.list("", "")?.into_iter().map(|r| r.digest).collect())
+    }
+
+    /// Totals and counters.
+    pub fn stats(&self) -> Result<CacheStats> {
+        let all = self.list("", "")?;
+        Ok(CacheStats {
+            entries: all.len() as u64,
+            bytes: all.iter().filter_map(|r| r.entry.as_ref()).map(|e| e.size).sum(),
+            max_bytes: self.limits.max_bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+            partial_hits: self.partial_hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! The depot: everything the server keeps in its blob store — plugin
+//! components, build caches, job artifacts — and their retention.
+//!
+//! Retention runs at start and then hourly (and after a cache save that
+//! takes the caches past their size limit): caches expire and are evicted
+//! ([`Caches::enforce`]), artifacts expire ([`Artifacts::expire`]), then the
+//! blob sweep deletes every blob no record names any more. The sweep spares
+//! files younger than [`SWEEP_GRACE`], so an upload whose record is not yet
+//! written is never lost.
+
+use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+
+use crate::{
+    artifacts::Artifacts,
+    blobs::BlobStore,
+    caches::{CacheLimits, Caches},
+    error::Result,
+    plugins::PluginRegistry,
+    store::Store,
+};
+
+/// Blobs younger than this are never swept.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(3600);
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Retention and size settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DepotConfig {
+    /// Cache limits.
+    pub caches: CacheLimits,
+    /// Artifacts are deleted this long after upload.
+    pub artifact_ttl: Duration,
+    /// Largest single artifact.
+    pub max_artifact_bytes: u64,
+}
+
+impl Default for DepotConfig {
+    fn default() -> Self {
+        Self {
+            caches: CacheLimits {
+                max_bytes: 10 << 30,
+                max_entry_bytes: 4 << 30,
+                ttl: Duration::from_secs(7 * 24 * 3600),
+            },
+            artifact_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_artifact_bytes: 8 << 30,
+        }
+    }
+}
+
+/// The blob store and the indexes over it.
+pub struct Depot {
+    /// Content-addressed files.
+    pub blobs: Arc<BlobStore>,
+    /// Published plugins.
+    pub plugins: Arc<PluginRegistry>,
+    /// Build caches.
+    pub caches: Caches,
+    /// Job artifacts.
+    pub artifacts: Artifacts,
+    /// Settings.
+    pub config: DepotConfig,
+    retention: tokio::sync::Notify,
+}
+
+impl Depot {
+    /// Opens the blob store under `data_dir/blobs`; `link_key` signs
+    /// artifact download links.
+    pub fn open(data_dir: &Path, store: &Arc<Store>, config: DepotConfig, link_key: [u8; 32]) -> Result<Arc<Self>> {
+        let blobs = Arc::new(BlobStore::open(&data_dir.join("blobs"))?);
+        Ok(Arc::new(Self {
+            plugins: Arc::new(PluginRegistry::new(Arc::clone(store), Arc::clone(&blobs))),
+            caches: Caches::new(Arc::clone(store), config.caches),
+            artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key),
+            blobs,
+            config,
+            retention: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Asks for a retention pass soon (e.g. after a large cache save).
+    pub fn request_retention(&self) {
+        self.retention.notify_one();
+    }
+
+    /// One retention pass.
+    pub async fn retain(&self) -> Result<()> {
+        self.caches.enforce().await?;
+        self.artifacts.expire().await?;
+        let mut keep: HashSet<String> = self.plugins.digests()?;
+        keep.extend(self.caches.digests()?);
+        keep.extend(self.artifacts.digests()?);
+        let blobs = Arc::clone(&self.blobs);
+        let swept = tokio::task::spawn_blocking(move || blobs.sweep(&keep, SWEEP_GRACE))
+            .await
+            .map_err(|e| crate::error::Error::Internal(format!("blob sweep: {e}")))??;
+        if swept.files > 0 {
+            tracing::info!(files = swept.files, bytes = swept.bytes, "unreferenced blobs deleted");
+        }
+        Ok(())
+    }
+
+    /// Runs retention now, hourly, and when asked.
+    pub fn spawn_retention(self: &Arc<Self>) {
+        let depot = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = depot.retain().await {
+                    tracing::warn!(error = %e, "retention pass failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(RETENTION_EVERY) => {}
+                    () = depot.retention.notified() => {}
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,224 @@
+//! The plugin registry: published WASI step plugins, by name and version.
+//!
+//! A version is a manifest ([`manifest`]) plus a component checked by
+//! [`component`] and kept in the blob store by digest. Versions are
+//! immutable unless replaced on purpose; every digest ever published is
+//! remembered in `plugin_blobs`, so a run planned before a replace still
+//! finds the component it resolved. Pipelines name plugins by a version
+//! requirement ([`PluginRegistry::resolve`]); the run plan then carries the
+//! exact digest and manifest, so a run never changes plugin under its feet.
+
+pub mod component;
+pub mod manifest;
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use semver::{Version, VersionReq};
+use viaduct_proto::v1::{Plugin, PluginManifest};
+
+use crate::{
+    blobs::{Blob, BlobStore},
+    convert::timestamp,
+    error::{Error, Result},
+    store::{
+        Store, T, WriteSet, now_ms,
+        records::{PluginRecord, SCHEMA_VERSION},
+    },
+};
+
+/// Largest component accepted.
+pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Published plugins over the `plugins` and `plugin_blobs` trees.
+pub struct PluginRegistry {
+    store: Arc<Store>,
+    blobs: Arc<BlobStore>,
+}
+
+fn key(name: &str, version: &str) -> Vec<u8> {
+    [name.as_bytes(), b"\0", version.as_bytes()].concat()
+}
+
+/// The requirement a pipeline's `uses: NAME@VERSION` means: `1` → newest
+/// 1.x, `1.2` → newest 1.2.x, `1.2.3` (or a pre-release) → exactly that,
+/// empty → newest.
+pub fn requirement(version: &str) -> Result<VersionReq> {
+    let dots = version.matches('.').count();
+    let req = match version {
+        "" => "*".to_string(),
+        v if dots >= 2 || v.contains('-') => format!("={v}"),
+        v if dots == 1 => format!("~{v}"),
+        v => format!("^{v}"),
+    };
+    VersionReq::parse(&req).map_err(|e| Error::invalid(format!("`{version}` is not a version requirement: {e}")))
+}
+
+impl PluginRegistry {
+    /// The registry over `store`, with components in `blobs`.
+    pub fn new(store: Arc<Store>, blobs: Arc<BlobStore>) -> Self {
+        Self { store, blobs }
+    }
+
+    /// The blob store components live in.
+    pub fn blobs(&self) -> &Arc<BlobStore> {
+        &self.blobs
+    }
+
+    /// Parses a manifest; errors name `file`, line and column.
+    pub fn parse_manifest(file: &str, text: &str) -> Result<PluginManifest> {
+        manifest::parse(file, text).map_err(Error::InvalidFile)
+    }
+
+    /// Registers `blob` (already in the blob store) as the component of
+    /// the plugin `manifest_toml` describes. Idempotent for the same bytes
+    /// and manifest; a different one for an existing version needs
+    /// `replace`.
+    pub async fn publish(&self, file: &str, manifest_toml: &str, blob: &Blob, replace: bool) -> Result<Plugin> {
+        let manifest = Self::parse_manifest(file, manifest_toml)?;
+        let path = self.blobs.path(&blob.digest)?;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let bytes = std::fs::read(&path).map_err(|e| Error::Internal(format!("reading the component: {e}")))?;
+            component::check(&bytes).map_err(|e| Error::invalid(format!("the component is refused: {e}")))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("component check: {e}")))??;
+        let k = key(&manifest.name, &manifest.version);
+        let reference = format!("{}@{}", manifest.name, manifest.version);
+        if let Some(old) = self.store.get::<PluginRecord>(T::Plugins, &k)? {
+            let old_plugin = old.plugin.clone().unwrap_or_default();
+            if old_plugin.digest == blob.digest && old.manifest_toml == manifest_toml {
+                return Ok(old_plugin);
+            }
+            if !replace {
+                return Err(Error::AlreadyExists(format!(
+                    "{reference} is already published with a different component or manifest ({}); \
+                     publish a new version, or replace it on purpose",
+                    old_plugin.digest
+                )));
+            }
+        }
+        let plugin = Plugin {
+            manifest: Some(manifest),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            published_at: timestamp(now_ms()),
+        };
+        let mut ws = WriteSet::default();
+        ws.put(
+            T::Plugins,
+            &k,
+            &PluginRecord { schema: SCHEMA_VERSION, plugin: Some(plugin.clone()), manifest_toml: manifest_toml.into() },
+        );
+        ws.put_raw(T::PluginBlobs, blob.digest.as_bytes(), reference.clone().into_bytes());
+        self.store.commit_durable(&ws).await?;
+        tracing::info!(plugin = %reference, digest = %blob.digest, size = blob.size, "plugin published");
+        Ok(plugin)
+    }
+
+    /// Publishes every `NAME.wasm` with its `NAME.toml` in `dir` (the
+    /// first-party plugins shipped with the server), replacing versions
+    /// whose bytes changed.
+    pub async fn publish_dir(&self, dir: &Path) -> Result<Vec<Plugin>> {
+        let mut wasm: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::Internal(format!("cannot list plugins in {}: {e}", dir.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        wasm.sort();
+        let mut published = Vec::new();
+        for path in wasm {
+            let toml = path.with_extension("toml");
+            let text = std::fs::read_to_string(&toml)
+                .map_err(|e| Error::Internal(format!("cannot read {}: {e}", toml.display())))?;
+            let bytes =
+                std::fs::read(&path).map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
+            let blob = self.blobs.put(&bytes).await?;
+            published.push(self.publish(&toml.display().to_string(), &text, &blob, true).await?);
+        }
+        Ok(published)
+    }
+
+    /// Every version of `name` (all plugins when empty): by name, newest
+    /// version first.
+    pub fn list(&self, name: &str) -> Result<Vec<Plugin>> {
+        let prefix = if name.is_empty() { Vec::new() } else { key(name, "") };
+        let mut out = Vec::new();
+        for item in self.store.tree(T::Plugins).scan_prefix(&prefix) {
+            let (_, v) = item?;
+            let rec: PluginRecord = crate::store::decode(T::Plugins, &v)?;
+            out.extend(rec.plugin);
+        }
+        let version = |p: &Plugin| p.manifest.as_ref().and_then(|m| Version::parse(&m.version).ok());
+        let name_of = |p: &Plugin| p.manifest.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+        out.sort_by(|a, b| name_of(a).cmp(&name_of(b)).then_with(|| version(b).cmp(&version(a))));
+        Ok(out)
+    }
+
+    /// The newest version of `name` matching the pipeline requirement
+    /// `version` (see [`requirement`]); `None` when there is none.
+    pub fn resolve(&self, name: &str, version: &str) -> Result<Option<Plugin>> {
+        let req = requirement(version)?;
+        let best = self
+            .list(name)?
+            .into_iter()
+            .filter_map(|p| {
+                let v = Version::parse(&p.manifest.as_ref()?.version).ok()?;
+                req.matches(&v).then_some((v, p))
+            })
+            .max_by(|a, b| a.0.cmp(&b.0));
+        Ok(best.map(|(_, p)| p))
+    }
+
+    /// `NAME`, `NAME@1`, `NAME@1.2` or `NAME@1.2.3`, resolved.
+    pub fn get(&self, reference: &str) -> Result<Plugin> {
+        let (name, version) = reference.split_once('@').unwrap_or((reference, ""));
+        self.resolve(name, version)?.ok_or_else(|| match self.list(name) {
+            Ok(all) if !all.is_empty() => {
+                let versions: Vec<String> =
+                    all.iter().filter_map(|p| p.manifest.as_ref().map(|m| m.version.clone())).collect();
+                Error::not_found(format!(
+                    "no published version of `{name}` matches `{version}` (published: {})",
+                    versions.join(", ")
+                ))
+            }
+            _ => Error::not_found(format!("no plugin `{name}` is published")),
+        })
+    }
+
+    /// Whether `digest` was ever published (runners may fetch it).
+    pub fn is_published(&self, digest: &str) -> Result<bool> {
+        Ok(self.store.tree(T::PluginBlobs).contains_key(digest.as_bytes())?)
+    }
+
+    /// Every component digest the registry keeps (for the blob sweep).
+    pub fn digests(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for item in self.store.tree(T::PluginBlobs).iter() {
+            let (k, _) = item?;
+            out.insert(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_follow_the_pipeline_rules() {
+        let m = |req: &str, v: &str| requirement(req).unwrap().matches(&Version::parse(v).unwrap());
+        assert!(m("1", "1.9.2") && !m("1", "2.0.0"));
+        assert!(m("1.2", "1.2.7") && !m("1.2", "1.3.0"));
+        assert!(m("1.2.3", "1.2.3") && !m("1.2.3", "1.2.4"));
+        assert!(m("", "7.0.0"));
+        assert!(!m("1", "1.3.0-beta.1"), "pre-releases only when named exactly");
+        assert!(m("1.3.0-beta.1", "1.3.0-beta.1"));
+    }
+}
