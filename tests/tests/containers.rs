@@ -168,9 +168,51 @@ async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refu
     // A host job waits for a runner that runs host jobs.
     let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
     let runners = client.runners().list(v1::ListRunnersRequest {}).await.unwrap().into_inner().runners;
-    assert_eq!(runners[0].executors, vec!["container".to_string()]);
+    assert_eq!(runners[0].executors, ["container", "wasi"], "plugin steps still run beside container jobs");
     let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(word(run.jobs[0].status), "queued");
     let _host = server.runner("linux", 1);
     assert_eq!(word(finished(&client, &id).await.status), "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_steps_and_artifacts_work_in_container_jobs() {
+    let server = Server::with_plugins();
+    server.publish_test_plugin("probe");
+    let Some(_runner) = container_runner(&server, 1, &[]) else { return };
+    let client = server.client().await;
+    let yaml = format!(
+        r#"
+jobs:
+  build:
+    image: {image}
+    artifacts: [out]
+    steps:
+      - run: mkdir -p out; echo from-container > out/report.txt; echo '{{}}' > package.json
+      - uses: detect@1
+        id: d
+      - uses: probe@1
+        with: {{ action: file, file: out/from-plugin.txt, content: written-by-plugin }}
+      - run: cat out/from-plugin.txt; echo "node=${{{{ steps.d.outputs.node }}}}"
+"#,
+        image = test_image()
+    );
+    let id = submit(&client, &yaml).await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let steps = &run.jobs[0].steps;
+    assert_eq!(step_log(&client, &steps[3].id).await, "written-by-pluginnode=true\n");
+    let list = client
+        .artifacts()
+        .list(v1::ListArtifactsRequest { run_id: id.clone(), job_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .artifacts;
+    let names: Vec<&str> = list.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["out/from-plugin.txt", "out/report.txt"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(server.cli().args(["artifacts", "get", &id, "out/report.txt", "-o"]).arg(dir.path()));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/report.txt")).unwrap(), "from-container\n");
 }

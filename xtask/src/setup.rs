@@ -37,6 +37,11 @@ pub fn all() -> Result<Tools> {
         }
     };
     wasm_target()?;
+    // Nix, for the nix-check plugin's end-to-end test (which names why it
+    // skips the real check when nix cannot be installed).
+    if let Err(e) = apt(&["nix-bin"], "nix") {
+        eprintln!("xtask: no nix ({e:#}): the nix-check test will only check the `nix is missing` error");
+    }
     Ok(Tools { grpcurl: grpcurl()?, podman })
 }
 
