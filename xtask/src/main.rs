@@ -117,7 +117,7 @@ fn test(extra: &[String]) -> Result<()> {
     plugins::build(false)?;
     let service = tools.podman.as_deref().map(setup::PodmanService::start).transpose()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]).args(extra);
+    cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     for (k, v) in tools.env() {
         cmd.env(k, v);
     }
