@@ -14,8 +14,13 @@ use crate::{cargo, target_dir};
 pub fn run(filter: Option<&str>) -> Result<()> {
     crate::run(cargo().args(["build", "--release", "--bins"]))?;
     viaduct_tests::set_bin_dir(target_dir().join("release"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+    if wanted("plugins") {
+        crate::plugins::build(false)?;
+        // The runner's plugin host in-process: compile, deserialize, call.
+        crate::run(cargo().args(["bench", "-p", "viaduct-runner", "--bench", "plugin_host"]))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         if wanted("latency") {
             latency().await?;
@@ -31,6 +36,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         }
         if wanted("containers") {
             containers().await?;
+        }
+        if wanted("plugins") {
+            plugins().await?;
         }
         Ok(())
     })
@@ -123,13 +131,26 @@ async fn job_of_steps(
     runs: usize,
     image: Option<&str>,
 ) -> Result<Duration> {
+    job_of(client, events, "run: true", n, runs, image).await
+}
+
+/// End-to-end time of a job of `n` copies of `step` (one YAML flow
+/// mapping body, e.g. `run: true` or `uses: noop`), p50 over `runs`.
+async fn job_of(
+    client: &Client,
+    events: &mut tonic::Streaming<v1::RunEvent>,
+    step: &str,
+    n: usize,
+    runs: usize,
+    image: Option<&str>,
+) -> Result<Duration> {
     let mut yaml = String::from("jobs:\n  j:\n");
     if let Some(i) = image {
         yaml.push_str(&format!("    image: {i}\n"));
     }
     yaml.push_str("    steps:\n");
     for _ in 0..n {
-        yaml.push_str("      - run: true\n");
+        yaml.push_str(&format!("      - {step}\n"));
     }
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -354,11 +375,14 @@ async fn next_pushed_run(
     anyhow::bail!("the event stream ended")
 }
 
+fn ms_of(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
 /// Server-side time from a run's job being assigned to its first step
 /// starting: the runner's checkout.
 async fn checkout_time(client: &Client, id: &str) -> Result<Duration> {
     let run = client.runs().get(v1::GetRunRequest { id: id.to_string() }).await?.into_inner();
-    let ms_of = |t: Option<&prost_types::Timestamp>| t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
     let job = run.jobs.first().context("no job")?;
     let assigned = ms_of(job.times.as_ref().and_then(|t| t.started_at.as_ref()));
     let step = ms_of(job.steps.first().and_then(|s| s.times.as_ref()).and_then(|t| t.started_at.as_ref()));
@@ -506,6 +530,103 @@ async fn containers() -> Result<()> {
         ms(host_step),
         ms(container_step.saturating_sub(host_step)),
         ms(exec50)
+    );
+    Ok(())
+}
+
+/// Runner-reported duration of the step of run `id`'s first job named `name`.
+async fn step_time(client: &Client, id: &str, name: &str) -> Result<Duration> {
+    let run = client.runs().get(v1::GetRunRequest { id: id.to_string() }).await?.into_inner();
+    anyhow::ensure!(run.status == v1::Status::Success as i32, "bench run {id} did not succeed");
+    let job = run.jobs.first().context("no job")?;
+    let step = job.steps.iter().find(|s| s.name == name).with_context(|| format!("no step {name:?}"))?;
+    let t = step.times.as_ref().context("no step times")?;
+    let d = ms_of(t.finished_at.as_ref()) - ms_of(t.started_at.as_ref());
+    Ok(Duration::from_millis(u64::try_from(d).unwrap_or(0)))
+}
+
+/// The shell that makes the cache benchmark's data: `mib` MiB in 10 KiB
+/// files, half random (incompressible) and half text.
+fn cache_data_script(mib: usize) -> String {
+    let half = mib / 2;
+    format!(
+        "mkdir -p data/random data/text && head -c {half}M /dev/urandom | (cd data/random && split -a 4 -b 10240 - r_) \
+         && yes 'fn main() {{ let source_like = text; }} // compresses well' | head -c {half}M | (cd data/text && split -a 4 -b 10240 - t_)"
+    )
+}
+
+/// Plugin steps end to end: the marginal cost of a `uses: noop` step
+/// against a `run: true` step, and the cache plugin's save and restore of
+/// a tree of small files against bare `tar | zstd -1` and back.
+async fn plugins() -> Result<()> {
+    const RUNS: usize = 20;
+    const MIB: usize = 200;
+    let server = Server::with_plugins();
+    server.publish_test_plugin("noop");
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    // Warm-up: the runner fetches and compiles the noop plugin once.
+    let warm = submit(&client, "jobs:\n  w:\n    steps:\n      - uses: noop\n").await?;
+    until(&mut events, &warm, is_finished_run).await?;
+
+    let uses_ten = job_of(&client, &mut events, "uses: noop", 10, RUNS, None).await?;
+    let uses_one = job_of(&client, &mut events, "uses: noop", 1, RUNS, None).await?;
+    let run_ten = job_of(&client, &mut events, "run: true", 10, RUNS, None).await?;
+    let run_one = job_of(&client, &mut events, "run: true", 1, RUNS, None).await?;
+    let plugin_step = uses_ten.saturating_sub(uses_one) / 9;
+    let shell_step = run_ten.saturating_sub(run_one) / 9;
+    println!(
+        "plugins  each further step: `uses: noop` {} vs `run: true` {} (a 10-step job: {} vs {})",
+        ms(plugin_step),
+        ms(shell_step),
+        ms(uses_ten),
+        ms(run_ten)
+    );
+
+    // Cache: a miss that saves (post step), then an exact hit that restores.
+    let script = cache_data_script(MIB);
+    let cache = "name: cache\n        uses: cache@1\n        with: { key: bench-KEY, key_files: [], paths: [data] }";
+    let (mut saves, mut restores) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let step = cache.replace("KEY", &i.to_string());
+        let save = submit(
+            &client,
+            &format!("jobs:\n  save:\n    steps:\n      - {step}\n      - run: |\n          {script}\n"),
+        )
+        .await?;
+        until(&mut events, &save, is_finished_run).await?;
+        saves.push(step_time(&client, &save, "Post cache").await?);
+        let restore = submit(&client, &format!("jobs:\n  restore:\n    steps:\n      - {step}\n")).await?;
+        until(&mut events, &restore, is_finished_run).await?;
+        restores.push(step_time(&client, &restore, "cache").await?);
+    }
+    let (save50, _, _) = summary(saves);
+    let (restore50, _, _) = summary(restores);
+
+    // Bare: the same tree through tar and zstd -1 on this machine.
+    let tmp = tempfile::tempdir()?;
+    let sh = |script: &str| -> Result<Duration> {
+        let t0 = Instant::now();
+        let ok = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(tmp.path()).status()?;
+        anyhow::ensure!(ok.success(), "`{script}` failed");
+        Ok(t0.elapsed())
+    };
+    sh(&script)?;
+    let bare_pack = sh("tar -cf - data | zstd -q -1 -o data.tar.zst")?;
+    sh("rm -rf data")?;
+    let bare_unpack = sh("zstd -q -dc data.tar.zst | tar -xf -")?;
+    let packed = std::fs::metadata(tmp.path().join("data.tar.zst"))?.len();
+    println!(
+        "plugins  cache of {MIB} MiB in 10 KiB files (half random, half text; {:.0} MiB packed): \
+         save {} ({:.0} MiB/s) vs bare tar | zstd -1 {}; restore {} ({:.0} MiB/s) vs bare zstd -d | tar -x {}",
+        packed as f64 / 1048576.0,
+        ms(save50),
+        MIB as f64 / save50.as_secs_f64(),
+        ms(bare_pack),
+        ms(restore50),
+        MIB as f64 / restore50.as_secs_f64(),
+        ms(bare_unpack)
     );
     Ok(())
 }
