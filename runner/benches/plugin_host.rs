@@ -43,8 +43,8 @@ fn ms(d: Duration) -> String {
 
 fn noop_component() -> (Vec<u8>, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins-test/noop.wasm");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask plugins` first)", path.display()));
+    let bytes =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask plugins` first)", path.display()));
     let digest = format!("blake3:{}", blake3::hash(&bytes).to_hex());
     (bytes, digest)
 }
@@ -147,5 +147,8 @@ async fn main() {
     println!("  warm from disk (deserialize + link)     p50 {}", ms(d50));
     println!("  warm call (store + instantiate + run)   p50 {}  p99 {}", us(w50), us(w99));
     println!("  host step `run: true` (sh -e -c true)   p50 {}  p99 {}", us(s50), us(s99));
-    println!("  → a warm plugin step costs {:.1}× less host time than `run: true`", s50.as_secs_f64() / w50.as_secs_f64());
+    println!(
+        "  → a warm plugin step costs {:.1}× less host time than `run: true`",
+        s50.as_secs_f64() / w50.as_secs_f64()
+    );
 }

@@ -2,8 +2,8 @@
 //! log store. See ARCHITECTURE.md for the map.
 //!
 //! Layers, from the wire inwards:
-//! - [`api`] (gRPC handlers) and [`http`] (plain HTTP routes) translate
-//!   requests into calls on the [`engine::Engine`] and back; [`error`] maps
+//! - [`api`] (gRPC handlers) and [`http`] (plain HTTP routes; [`ui`] serves
+//!   the web UI bundle) translate requests into calls on the [`engine::Engine`] and back; [`error`] maps
 //!   domain errors to gRPC statuses in one place;
 //! - [`planning`] turns pipeline files and inline jobs into run plans (with
 //!   the `viaduct-pipeline` crate);
@@ -30,6 +30,7 @@ pub mod plugins;
 pub mod secrets;
 pub mod store;
 pub mod triggers;
+pub mod ui;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -58,7 +59,12 @@ pub struct Config {
     /// Plugins to publish at start (`NAME.wasm` + `NAME.toml`): the
     /// first-party plugins shipped with the server.
     pub plugins_dir: Option<PathBuf>,
+    /// The web UI bundle to serve at `/` (`cargo xtask ui` builds it).
+    pub ui_dir: Option<PathBuf>,
 }
+
+/// How long a shutdown waits for open requests and streams.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Runs the server until `shutdown` resolves.
 ///
@@ -98,10 +104,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Arc::clone(&depot.plugins),
     );
 
-    let app = api::grpc_router(&engine, &auth, &triggers, &depot)
-        .await?
-        .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&auth), Arc::clone(&depot)))
-        .fallback(api::fallback);
+    let mut app = api::grpc_router(&engine, &auth, &triggers, &depot).await?.merge(http::router(
+        Arc::clone(&engine),
+        Arc::clone(&triggers),
+        Arc::clone(&auth),
+        Arc::clone(&depot),
+    ));
+    let ui_dir: Option<Arc<std::path::Path>> = cfg.ui_dir.as_deref().map(Arc::from);
+    if let Some(dir) = &ui_dir {
+        ui::check_dir(dir)?;
+        app = app.merge(ui::assets(dir));
+    }
+    let app = app.fallback(move |req: axum::extract::Request| api::fallback(ui_dir.clone(), req));
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
@@ -122,13 +136,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    tonic::transport::Server::builder()
+    // A graceful shutdown waits for open connections, but runner streams,
+    // `Runs.Watch` and `Logs.Follow` never end by themselves: after the
+    // signal, requests in flight get a grace period, then everything is
+    // dropped (all state is already durable; runners reconnect).
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let serve = tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_routes(tonic::service::Routes::from(app))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace => tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open"),
+    }
     store.flush()?;
     tracing::info!("viaduct-server stopped");
     Ok(())

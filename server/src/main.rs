@@ -50,6 +50,10 @@ struct Args {
     /// server (`cargo xtask plugins` builds them into target/plugins).
     #[arg(long, env = "VIADUCT_PLUGINS_DIR")]
     plugins_dir: Option<PathBuf>,
+    /// Serve the web UI bundle in this directory at `/` (`cargo xtask ui`
+    /// builds it into target/ui).
+    #[arg(long, env = "VIADUCT_UI_DIR")]
+    ui_dir: Option<PathBuf>,
     /// Build caches may use this much disk before the least recently used
     /// are evicted (e.g. 10g).
     #[arg(long, default_value = "10g", value_parser = viaduct_pipeline::duration::parse_memory)]
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             max_artifact_bytes: args.max_artifact_size,
         },
         plugins_dir: args.plugins_dir,
+        ui_dir: args.ui_dir,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -15,6 +15,8 @@ use std::{
 };
 
 use tempfile::TempDir;
+
+pub mod browser;
 pub use viaduct_sdk::{
     Client,
     proto::{
@@ -116,6 +118,14 @@ impl Server {
         Self::start_with(&["--plugins-dir", &dir.display().to_string()])
     }
 
+    /// Starts a server that serves the web UI bundle ([`browser::ui_dir`])
+    /// and publishes the first-party plugins.
+    pub fn with_ui() -> Self {
+        let ui = browser::ui_dir();
+        let plugins = plugins_dir();
+        Self::start_with(&["--ui-dir", &ui.display().to_string(), "--plugins-dir", &plugins.display().to_string()])
+    }
+
     /// Publishes a test-only plugin through the CLI.
     pub fn publish_test_plugin(&self, name: &str) {
         let (wasm, manifest) = test_plugin(name);
@@ -214,6 +224,17 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Stops the server with SIGTERM and waits (up to [`WAIT`]) for it to
+    /// exit; returns how long that took and whether it exited cleanly.
+    pub fn terminate(&mut self) -> (Duration, bool) {
+        let mut c = self.child.take().expect("the server is running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+        let t0 = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal the server");
+        let status = wait_until("the server to exit after SIGTERM", || c.try_wait().ok().flatten());
+        (t0.elapsed(), status.success())
     }
 
     /// Starts the server again on the same port and data directory.

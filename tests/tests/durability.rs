@@ -189,3 +189,28 @@ async fn a_silent_runner_with_no_retries_left_fails_the_job_as_runner_lost() {
     assert!(run.jobs[0].message.contains("stopped responding"), "{}", run.jobs[0].message);
     first.signal(Signal::SIGCONT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_even_with_runners_and_watchers_connected() {
+    let mut server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: echo kept\n").await;
+    finished(&client, &id).await;
+    // Streams that never end by themselves: a watcher and a log follower
+    // (and the runner's Connect stream).
+    let _watch = client.runs().watch(v1::WatchRequest::default()).await.unwrap().into_inner();
+    let _follow = client
+        .logs()
+        .follow(v1::FollowRequest { scope: Some(v1::follow_request::Scope::RunId(id.clone())), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let (took, clean) = server.terminate();
+    assert!(clean, "the server did not exit cleanly");
+    assert!(took < std::time::Duration::from_secs(20), "SIGTERM took {took:?}");
+    server.restart();
+    let client = server.client().await;
+    assert_eq!(word(finished(&client, &id).await.status), "success");
+    assert_eq!(step_log(&client, &format!("{id}.1.1")).await, "kept\n");
+}

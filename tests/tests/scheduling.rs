@@ -399,9 +399,34 @@ async fn a_cancelled_job_is_never_retried() {
     let client = server.client().await;
     let id = submit(&client, "jobs:\n  j:\n    retries: 3\n    steps:\n      - run: sleep 60\n").await;
     run_where(&client, &id, "the job to run", |r| word(r.jobs[0].status) == "running").await;
-    client.runs().cancel(v1::CancelRunRequest { id: id.clone() }).await.unwrap();
+    client.runs().cancel(v1::CancelRunRequest { id: id.clone(), ..Default::default() }).await.unwrap();
     let run = finished(&client, &id).await;
     assert_eq!((word(run.status), run.jobs[0].attempt), ("cancelled", 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_job_is_cancelled_and_only_its_dependants_are_skipped() {
+    let server = Server::start();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let yaml = "jobs:\n  slow:\n    steps:\n      - run: sleep 60\n  after:\n    needs: slow\n    steps:\n      - run: true\n  other:\n    steps:\n      - run: sleep 1\n";
+    let id = submit(&client, yaml).await;
+    run_where(&client, &id, "the slow job to run", |r| word(r.jobs[0].status) == "running").await;
+
+    // A job of another run, and a malformed id, are refused precisely.
+    let err = client.runs().cancel(v1::CancelRunRequest { id: id.clone(), job_id: "999.1".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains(&format!("not a job of run {id}")), "{}", err.message());
+    let err = client.runs().cancel(v1::CancelRunRequest { id: id.clone(), job_id: "x".into() }).await.unwrap_err();
+    assert!(err.message().contains("is not a job id"), "{}", err.message());
+
+    // Through the CLI: `viaduct cancel RUN --job JOB`.
+    let out = output(server.cli().args(["cancel", &id, "--job", &format!("{id}.1")]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = finished(&client, &id).await;
+    let statuses: Vec<&str> = run.jobs.iter().map(|j| word(j.status)).collect();
+    assert_eq!(statuses, ["cancelled", "skipped", "success"]);
+    assert_eq!(word(run.status), "cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

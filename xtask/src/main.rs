@@ -7,12 +7,14 @@
 //! - `cargo xtask setup` — install the tools the above need (idempotent);
 //! - `cargo xtask bench` — build in release mode and print the benchmarks;
 //! - `cargo xtask plugins` — build the WASI step plugins into
-//!   `target/plugins/` (first-party) and `target/plugins-test/` (test-only).
+//!   `target/plugins/` (first-party) and `target/plugins-test/` (test-only);
+//! - `cargo xtask ui` — build the web UI bundle into `target/ui/`.
 
 mod bench;
 mod plugins;
 mod setup;
 mod system;
+mod ui;
 
 use std::{
     path::{Path, PathBuf},
@@ -56,6 +58,9 @@ enum Cmd {
         /// Only benchmarks whose name contains this.
         filter: Option<String>,
     },
+    /// Build the web UI (wasm32-unknown-unknown, profile `ui`) into
+    /// target/ui/.
+    Ui,
     /// Build the WASI step plugins (wasm32-wasip2, profile `plugin`) into
     /// target/plugins/ and target/plugins-test/.
     Plugins {
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::all().map(|_| ()),
         Cmd::Bench { filter } => bench::run(filter.as_deref()),
         Cmd::Plugins { force } => plugins::build(force).map(|_| ()),
+        Cmd::Ui => ui::build().map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +121,7 @@ fn test(extra: &[String]) -> Result<()> {
     // One build of every binary and plugin, shared by all end-to-end tests.
     run(cargo().args(["build", "--bins"]))?;
     plugins::build(false)?;
+    let ui = ui::build()?;
     let service = tools.podman.as_deref().map(setup::PodmanService::start).transpose()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
@@ -124,7 +131,7 @@ fn test(extra: &[String]) -> Result<()> {
     if let Some(s) = &service {
         cmd.env("VIADUCT_CONTAINER_SOCKET", &s.socket).env("VIADUCT_TEST_IMAGE", setup::TEST_IMAGE);
     }
-    cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug"));
+    cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug")).env("VIADUCT_UI_DIR", ui);
     run(&mut cmd)?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())

@@ -124,7 +124,7 @@ fn up_to_date(plugins: &[Plugin]) -> bool {
 
 /// Builds (when needed) and copies every plugin; returns them.
 pub fn build(force: bool) -> Result<Vec<Plugin>> {
-    crate::setup::wasm_target()?;
+    crate::setup::wasm_target(TARGET)?;
     let plugins = discover()?;
     if !force && up_to_date(&plugins) {
         eprintln!("xtask: plugins are up to date (--force rebuilds)");

@@ -1,7 +1,8 @@
 //! Installs the tools the tests and the local system need, idempotently,
-//! from the registries this project may use (PyPI, Debian, crates.io,
-//! rustup targets: `wasm32-wasip2` for the step plugins) — never by
-//! downloading binaries from elsewhere.
+//! from the registries this project may use (PyPI, Debian, crates.io, npm,
+//! rustup targets: `wasm32-wasip2` for the step plugins,
+//! `wasm32-unknown-unknown` for the web UI) — never by downloading binaries
+//! from elsewhere.
 //!
 //! Tools go under `target/tools/`, so a `cargo clean` removes them and
 //! nothing is installed system-wide except Debian packages.
@@ -18,12 +19,14 @@ pub struct Tools {
     pub grpcurl: PathBuf,
     /// Podman's containers.conf for this project, when Podman is installed.
     pub podman: Option<PathBuf>,
+    /// Debian's ChromeDriver, for the browser tests of the web UI.
+    pub chromedriver: PathBuf,
 }
 
 impl Tools {
     /// Environment variables that tell the tests where the tools are.
     pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
-        vec![("VIADUCT_GRPCURL", self.grpcurl.clone())]
+        vec![("VIADUCT_GRPCURL", self.grpcurl.clone()), ("VIADUCT_CHROMEDRIVER", self.chromedriver.clone())]
     }
 }
 
@@ -36,19 +39,23 @@ pub fn all() -> Result<Tools> {
             None
         }
     };
-    wasm_target()?;
+    wasm_target(crate::plugins::TARGET)?;
+    // The web UI's build tools.
+    wasm_target(crate::ui::TARGET)?;
+    wasm_bindgen()?;
+    let _ = wasm_opt();
     // Nix, for the nix-check plugin's end-to-end test (which names why it
     // skips the real check when nix cannot be installed).
     if let Err(e) = apt(&["nix-bin"], "nix") {
         eprintln!("xtask: no nix ({e:#}): the nix-check test will only check the `nix is missing` error");
     }
-    Ok(Tools { grpcurl: grpcurl()?, podman })
+    Ok(Tools { grpcurl: grpcurl()?, podman, chromedriver: chromium()? })
 }
 
-/// The `wasm32-wasip2` target for the step plugins, from rustup (a no-op
-/// when it is installed). Without rustup, the toolchain must already have it.
-pub fn wasm_target() -> Result<()> {
-    let target = crate::plugins::TARGET;
+/// A rustup target (`wasm32-wasip2` for the step plugins,
+/// `wasm32-unknown-unknown` for the UI), a no-op when it is installed.
+/// Without rustup, the toolchain must already have it.
+pub fn wasm_target(target: &str) -> Result<()> {
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match installed {
         Ok(out) if out.status.success() => {
@@ -187,6 +194,76 @@ impl Drop for PodmanService {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Debian's Chromium and ChromeDriver (the browser tests drive a real
+/// headless Chromium); returns chromedriver's path.
+pub fn chromium() -> Result<PathBuf> {
+    apt(&["chromium", "chromium-driver"], "chromedriver")?;
+    Ok(PathBuf::from("/usr/bin/chromedriver"))
+}
+
+/// `wasm-bindgen` (crates.io `wasm-bindgen-cli`) at exactly the version of
+/// the `wasm-bindgen` crate in Cargo.lock (the two must match), built with
+/// `cargo install` into `target/tools/wasm-bindgen-<version>`. Not
+/// `--locked`: the CLI's own lockfile names a crate version the registry
+/// lacks.
+pub fn wasm_bindgen() -> Result<PathBuf> {
+    let lock: toml::Table = std::fs::read_to_string(crate::root().join("Cargo.lock"))?.parse()?;
+    let version = lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("wasm-bindgen"))
+        .and_then(|p| p.get("version")?.as_str())
+        .context("Cargo.lock has no wasm-bindgen")?
+        .to_string();
+    let root = target_dir().join("tools").join(format!("wasm-bindgen-{version}"));
+    let bin = root.join("bin").join("wasm-bindgen");
+    if !bin.exists() {
+        eprintln!("xtask: installing wasm-bindgen-cli {version} (crates.io) into {}", root.display());
+        run(crate::cargo()
+            .args(["install", "--quiet", "wasm-bindgen-cli", "--version"])
+            .arg(format!("={version}"))
+            .arg("--root")
+            .arg(&root))
+        .context("installing wasm-bindgen-cli")?;
+    }
+    Ok(bin)
+}
+
+/// `wasm-opt` from the npm package `binaryen` (Debian's binaryen 108 emits
+/// bundles that fail in the browser), installed into
+/// `target/tools/binaryen`. `None`, with a warning, when npm is missing: the
+/// UI is then served unoptimised.
+pub fn wasm_opt() -> Option<PathBuf> {
+    const VERSION: &str = "132.0.0";
+    let dir = target_dir().join("tools").join("binaryen");
+    let bin = dir.join("node_modules").join(".bin").join("wasm-opt");
+    let installed = std::fs::read_to_string(dir.join("node_modules/binaryen/package.json"))
+        .is_ok_and(|p| p.contains(&format!("\"version\": \"{VERSION}\"")));
+    if installed && bin.exists() {
+        return Some(bin);
+    }
+    eprintln!("xtask: installing wasm-opt (npm binaryen@{VERSION}) into {}", dir.display());
+    let result = std::fs::create_dir_all(&dir).map_err(anyhow::Error::from).and_then(|()| {
+        run(Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+            .arg(&dir)
+            .arg(format!("binaryen@{VERSION}")))
+    });
+    match result {
+        Ok(()) if bin.exists() => Some(bin),
+        Ok(()) => {
+            eprintln!("xtask: npm installed binaryen but {} is missing: the UI is not optimised", bin.display());
+            None
+        }
+        Err(e) => {
+            eprintln!("xtask: no wasm-opt ({e:#}): the UI is not optimised");
+            None
+        }
     }
 }
 

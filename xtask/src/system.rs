@@ -43,6 +43,7 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
     }
     run(cargo().args(["build", "--bins"]))?;
     crate::plugins::build(false)?;
+    let ui = crate::ui::build()?;
     let bin = target_dir().join("debug");
     // A container engine for jobs with an image, when Podman can be set up.
     let podman = match crate::setup::podman().and_then(|conf| crate::setup::PodmanService::start(&conf)) {
@@ -58,6 +59,8 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
         .arg(&data)
         .arg("--plugins-dir")
         .arg(crate::plugins::output_dir(false))
+        .arg("--ui-dir")
+        .arg(&ui)
         .spawn()
         .context("starting viaduct-server")?;
     let mut children = Kill(vec![server]);

@@ -103,8 +103,9 @@ pub async fn grpc_router(
     Ok(routes.into_axum_router().route_layer(GrpcWebLayer::new()))
 }
 
-/// Unknown paths: gRPC clients get UNIMPLEMENTED, everything else a 404.
-pub async fn fallback(req: Request<Body>) -> Response {
+/// Unknown paths: gRPC clients get UNIMPLEMENTED, a browser's page request
+/// the web UI (when `ui` has one), everything else a 404.
+pub async fn fallback(ui: Option<Arc<std::path::Path>>, req: Request<Body>) -> Response {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -114,6 +115,14 @@ pub async fn fallback(req: Request<Body>) -> Response {
         tonic::Status::unimplemented(format!("no such method: {}", req.uri().path()))
             .into_http::<Body>()
             .into_response()
+    } else if let Some(dir) = ui {
+        // Only the head: a body is not `Sync`, so a reference to the whole
+        // request must not be held across an await.
+        let (parts, _) = req.into_parts();
+        match crate::ui::page(&dir, &parts).await {
+            Some(page) => page,
+            None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        }
     } else {
         (StatusCode::NOT_FOUND, "not found\n").into_response()
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
-    CreateRegistrationTokenRequest, CreateRegistrationTokenResponse, DrainRunnerRequest, GetRunnerRequest,
-    ListRunnersRequest, ListRunnersResponse, RemoveRunnerResponse, Runner, runners_server::Runners,
+    CreateRegistrationTokenRequest, CreateRegistrationTokenResponse, DrainRunnerRequest, FleetStats, FleetStatsRequest,
+    GetRunnerRequest, ListRunnersRequest, ListRunnersResponse, RemoveRunnerResponse, Runner, runners_server::Runners,
 };
 
 use crate::{auth::Auth, engine::Engine};
@@ -27,6 +27,17 @@ impl RunnersApi {
 impl Runners for RunnersApi {
     async fn list(&self, _req: Request<ListRunnersRequest>) -> Result<Response<ListRunnersResponse>, Status> {
         Ok(Response::new(ListRunnersResponse { runners: self.engine.list_runners()? }))
+    }
+
+    async fn stats(&self, _req: Request<FleetStatsRequest>) -> Result<Response<FleetStats>, Status> {
+        let m = self.engine.metrics();
+        let n = |v: usize| v as u64;
+        Ok(Response::new(FleetStats {
+            queued: n(m.queued),
+            running: n(m.running),
+            runners_connected: n(m.runners_connected),
+            slots: n(m.slots),
+        }))
     }
 
     async fn get(&self, req: Request<GetRunnerRequest>) -> Result<Response<Runner>, Status> {

@@ -15,7 +15,7 @@ use crate::{
     engine::{Engine, read::RunQuery},
     error::{Error, Result},
     planning::{self, Trigger},
-    store::keys::RunId,
+    store::keys::{JobKey, RunId},
     triggers::Triggers,
 };
 
@@ -117,8 +117,17 @@ impl Runs for RunsApi {
     }
 
     async fn cancel(&self, req: Request<CancelRunRequest>) -> Result<Response<Run>, Status> {
-        let id = RunId::parse(&req.into_inner().id)?;
-        self.engine.cancel_run(id).await?;
+        let r = req.into_inner();
+        let id = RunId::parse(&r.id)?;
+        if r.job_id.is_empty() {
+            self.engine.cancel_run(id).await?;
+        } else {
+            let job = JobKey::parse(&r.job_id)?;
+            if job.run != id {
+                return Err(Error::invalid(format!("job {} is not a job of run {id}", r.job_id)).into());
+            }
+            self.engine.cancel_job(job).await?;
+        }
         Ok(Response::new(self.engine.get_run(id)?))
     }
 

@@ -170,6 +170,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Cancels one job of a run (a finished job is left as it is).
+    pub async fn cancel_job(&self, key: JobKey) -> Result<()> {
+        let ((), ticket) = self.transition(|t| {
+            t.job(key)?;
+            t.cancel_job(key, "cancelled through the API")?;
+            t.rollup(key.run)
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(())
+    }
+
     /// Re-runs the jobs of a finished run that did not succeed.
     pub async fn retry_run(&self, id: RunId) -> Result<()> {
         let ((), ticket) = self.transition(|t| t.retry_run(id))?;

@@ -58,11 +58,8 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Cancel a run.
-    Cancel {
-        /// Run id.
-        id: String,
-    },
+    /// Cancel a run, or one of its jobs.
+    Cancel(CancelArgs),
     /// Re-run the failed jobs of a finished run.
     Retry {
         /// Run id.
@@ -228,11 +225,8 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a run.
-    Cancel {
-        /// Run id.
-        id: String,
-    },
+    /// Cancel a run, or one of its jobs.
+    Cancel(CancelArgs),
     /// Re-run the failed jobs of a finished run.
     Retry {
         /// Run id.
@@ -398,4 +392,14 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+}
+
+/// `viaduct cancel` / `viaduct runs cancel`.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// Run id.
+    pub id: String,
+    /// Only this job of the run (e.g. 42.1); jobs that need it are skipped.
+    #[arg(long)]
+    pub job: Option<String>,
 }

@@ -25,7 +25,7 @@ use viaduct_sdk::{
 
 use super::{
     Failure,
-    args::{PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
+    args::{CancelArgs, PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
     view,
 };
 
@@ -214,7 +214,7 @@ pub async fn runs(client: &Client, cmd: RunsCommand) -> Result<(), Failure> {
             print_run(&run, json);
             Ok(())
         }
-        RunsCommand::Cancel { id } => cancel(client, id).await,
+        RunsCommand::Cancel(a) => cancel(client, a).await,
         RunsCommand::Retry { id } => retry(client, id, false).await,
     }
 }
@@ -227,9 +227,10 @@ fn print_run(run: &Run, json: bool) {
     }
 }
 
-/// `viaduct cancel ID`.
-pub async fn cancel(client: &Client, id: String) -> Result<(), Failure> {
-    let run = client.runs().cancel(CancelRunRequest { id }).await?.into_inner();
+/// `viaduct cancel ID [--job JOB]`.
+pub async fn cancel(client: &Client, a: CancelArgs) -> Result<(), Failure> {
+    let req = CancelRunRequest { id: a.id, job_id: a.job.unwrap_or_default() };
+    let run = client.runs().cancel(req).await?.into_inner();
     println!("run {} {}", run.id, view::word(run.status));
     Ok(())
 }

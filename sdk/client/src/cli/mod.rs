@@ -92,7 +92,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Validate { .. } => Ok(()),
         Command::Runs(c) => commands::runs(&client, c).await,
         Command::Logs { id, follow } => commands::print_logs(&client, &id, follow).await,
-        Command::Cancel { id } => commands::cancel(&client, id).await,
+        Command::Cancel(a) => commands::cancel(&client, a).await,
         Command::Retry { id, follow } => commands::retry(&client, id, follow).await,
         Command::Watch { run, after, json } => commands::watch(&client, run, after, json).await,
         Command::Runners(c) => commands::runners(&client, c).await,

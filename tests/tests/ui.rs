@@ -1,0 +1,305 @@
+//! The web UI in a real headless Chromium, against the real server (serving
+//! the built bundle and gRPC-web on one port) and a real runner. Every page
+//! visited is saved as a screenshot under `target/ui-screenshots/`.
+
+use fantoccini::{Client as Driver, Locator};
+use viaduct_tests::{
+    Server, Status,
+    browser::{Browser, screenshot, wait_for, wait_for_js, wait_for_page},
+    finished, http, run_where, submit,
+};
+
+/// Signs in through the sign-in page with `token`.
+async fn sign_in(c: &Driver, server: &Server, token: &str) {
+    c.goto(&format!("{}/sign-in", server.url())).await.expect("open sign-in");
+    wait_for_page(c, "sign-in").await;
+    let input = wait_for(c, "#token").await;
+    input.clear().await.expect("clear");
+    input.send_keys(token).await.expect("type the token");
+    c.find(Locator::Css("#sign-in")).await.expect("sign-in button").click().await.expect("click sign in");
+}
+
+/// The `data-status` of the first element matching `css`, if any.
+async fn status_of(c: &Driver, css: &str) -> Option<String> {
+    let el = c.find(Locator::Css(css)).await.ok()?;
+    el.attr("data-status").await.ok().flatten()
+}
+
+#[test]
+fn the_bundle_is_served_with_types_compression_and_caching() {
+    let server = Server::with_ui();
+    let page = |path: &str| http(server.addr(), "GET", path, &[("Accept", "text/html")], b"");
+    let (code, html) = page("/");
+    assert_eq!(code, 200);
+    let html = String::from_utf8_lossy(&html).into_owned();
+    // Client-side routes get the same page.
+    assert_eq!(page("/runs/42/jobs/42.1").0, 200);
+    // The server's own routes keep working beside the UI.
+    assert_eq!(http(server.addr(), "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http(server.addr(), "GET", "/no-such-file.txt", &[], b"").0, 404);
+
+    let asset = |ext: &str| {
+        let start = html.find("/assets/").expect("an asset link");
+        html[start..]
+            .split(['"', '\''])
+            .find(|s| s.starts_with("/assets/") && s.ends_with(ext))
+            .map(str::to_string)
+            .or_else(|| {
+                html.split(['"', '\'']).find(|s| s.starts_with("/assets/") && s.ends_with(ext)).map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("index.html links no {ext}: {html}"))
+    };
+    let raw = |path: &str, headers: &[(&str, &str)]| {
+        let mut stream = std::net::TcpStream::connect(server.addr()).expect("connect");
+        use std::io::{Read, Write};
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).expect("write");
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).expect("read");
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+        String::from_utf8_lossy(&out[..head_end]).to_lowercase()
+    };
+    let head = raw("/", &[("Accept", "text/html")]);
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+
+    for (ext, mime) in [(".wasm", "application/wasm"), (".js", "javascript"), (".css", "text/css")] {
+        let path = asset(ext);
+        let plain = raw(&path, &[]);
+        assert!(plain.starts_with("http/1.1 200"), "{path}: {plain}");
+        assert!(plain.contains(mime), "{path}: {plain}");
+        assert!(plain.contains("immutable"), "{path}: {plain}");
+        let gz = raw(&path, &[("Accept-Encoding", "gzip")]);
+        assert!(gz.contains("content-encoding: gzip"), "{path}: {gz}");
+        let br = raw(&path, &[("Accept-Encoding", "br, gzip")]);
+        assert!(br.contains("content-encoding: br"), "{path}: {br}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_then_a_run_appears_and_turns_green_without_reload() {
+    let server = Server::with_ui();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let token = server.admin_token();
+    Browser::run(|c| async move {
+        // Not signed in: any page leads to sign-in.
+        c.goto(&format!("{}/runners", server.url())).await.expect("open");
+        wait_for_page(&c, "sign-in").await;
+
+        // A bad token is refused and keeps the sign-in page.
+        sign_in(&c, &server, "vda_not-a-real-token").await;
+        let err = wait_for(&c, "#sign-in-error").await;
+        assert!(!err.text().await.expect("error text").trim().is_empty());
+        wait_for_page(&c, "sign-in").await;
+        screenshot(&c, "sign-in-error").await;
+
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        screenshot(&c, "runs-empty").await;
+
+        // A run submitted elsewhere (the CLI) shows up live and goes green.
+        let id = {
+            let dir = tempfile::tempdir().expect("tmp");
+            let file = dir.path().join("pipeline.yml");
+            std::fs::write(
+                &file,
+                "name: hello\njobs:\n  build:\n    steps:\n      - run: sleep 1; echo built\n  test:\n    needs: [build]\n    steps:\n      - run: echo tested\n",
+            )
+            .expect("write pipeline");
+            let out = viaduct_tests::output(server.cli().arg("submit").arg(&file));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            // The CLI prints the run id first.
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split(|ch: char| !ch.is_ascii_digit()).find(|s| !s.is_empty()).expect("a run id").to_string()
+        };
+        let row = format!("[data-run-id=\"{id}\"]");
+        wait_for(&c, &row).await;
+        let url_before = c.current_url().await.expect("url");
+        wait_for_js(
+            &c,
+            "the run row to turn green",
+            &format!("document.querySelector('{}[data-status=\"success\"]')", row.replace('"', "\\\"")),
+        )
+        .await;
+        assert_eq!(c.current_url().await.expect("url"), url_before, "the page was not reloaded or left");
+        assert_eq!(finished(&client, &id).await.status, Status::Success as i32);
+        screenshot(&c, "runs").await;
+
+        // The run page: the job graph with both jobs, green.
+        c.goto(&format!("{}/runs/{id}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        for job in [format!("{id}.1"), format!("{id}.2")] {
+            let css = format!("[data-job-id=\"{job}\"][data-status=\"success\"]");
+            wait_for(&c, &css).await;
+        }
+        screenshot(&c, "run").await;
+
+        // Signing out forgets the token.
+        wait_for(&c, "#sign-out").await.click().await.expect("sign out");
+        wait_for_page(&c, "sign-in").await;
+        let stored = c.execute("return localStorage.getItem('viaduct.token');", vec![]).await.expect("js");
+        assert!(stored.is_null(), "the token is still stored: {stored}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_arrive_live_and_a_running_job_is_cancelled_from_the_ui() {
+    let server = Server::with_ui();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let token = server.admin_token();
+    let id = submit(
+        &client,
+        "name: slow\njobs:\n  count:\n    steps:\n      - name: count\n        run: |\n          printf '\\033[32mgreen start\\033[0m\\n'\n          i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"line $i\"; sleep 0.05; done\n  after:\n    needs: [count]\n    steps:\n      - run: echo never\n",
+    )
+    .await;
+    let job = format!("{id}.1");
+    run_where(&client, &id, "the step to start", |r| {
+        r.jobs.first().is_some_and(|j| j.steps.first().is_some_and(|s| s.status == Status::Running as i32))
+    })
+    .await;
+    Browser::run(|c| async move {
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        c.goto(&format!("{}/runs/{id}/jobs/{job}", server.url())).await.expect("open log");
+        wait_for_page(&c, "log").await;
+        wait_for(&c, "#log .log-line").await;
+        // ANSI colours are rendered as styles, not shown as escape codes
+        // (checked first: the view is virtualised, and line 1 leaves the
+        // DOM once the log has scrolled far enough).
+        let coloured = wait_for_js(
+            &c,
+            "the green first line",
+            "(() => { const l = [...document.querySelectorAll('#log .log-line .lt')].find(l => l.textContent.includes('green start')); \
+             return l ? [l.textContent, l.querySelector('[style*=\"ansi-2\"]') !== null] : null; })()",
+        )
+        .await;
+        assert_eq!(coloured[1], serde_json::json!(true), "no green span: {coloured}");
+        assert!(!coloured[0].as_str().unwrap_or("").contains("[32m"), "ANSI escapes leaked: {coloured}");
+        // Lines keep arriving while the step runs: the count of the last
+        // line shown grows, with no reload.
+        let last_line = "(() => { const ls = [...document.querySelectorAll('#log .log-line .lt')]; \
+                         const m = ls.map(l => /^line (\\d+)$/.exec(l.textContent.trim())).filter(Boolean); \
+                         return m.length ? Number(m[m.length - 1][1]) : 0; })()";
+        let first = wait_for_js(&c, "a counted line", last_line).await.as_u64().unwrap_or(0);
+        wait_for_js(&c, "later lines to arrive live", &format!("{last_line} > {} ", first + 20)).await;
+        let run =
+            client.runs().get(viaduct_tests::v1::GetRunRequest { id: id.clone() }).await.expect("get").into_inner();
+        assert_eq!(run.jobs[0].status, Status::Running as i32, "lines arrived while the job was still running");
+        screenshot(&c, "log-live").await;
+
+        // Cancel the running job from its run page.
+        c.goto(&format!("{}/runs/{id}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        wait_for(&c, &format!("[data-cancel-job=\"{job}\"]")).await.click().await.expect("click cancel");
+        // Some UIs confirm: accept a confirm dialog if one is open.
+        let _ = c.accept_alert().await;
+        wait_for(&c, &format!("[data-job-id=\"{job}\"][data-status=\"cancelled\"]")).await;
+        let run = finished(&client, &id).await;
+        assert_eq!(run.jobs[0].status, Status::Cancelled as i32);
+        assert_eq!(run.jobs[1].status, Status::Skipped as i32, "the dependant is skipped");
+        screenshot(&c, "run-cancelled").await;
+        assert_eq!(status_of(&c, &format!("[data-job-id=\"{id}.2\"]")).await.as_deref(), Some("skipped"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_or_bad_stored_token_leads_back_to_sign_in() {
+    let server = Server::with_ui();
+    let token = server.admin_token();
+    Browser::run(|c| async move {
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        // The stored token stops working (as when it is revoked or expires).
+        c.execute("localStorage.setItem('viaduct.token', 'vda_expired');", vec![]).await.expect("js");
+        c.refresh().await.expect("reload");
+        wait_for_page(&c, "sign-in").await;
+        screenshot(&c, "sign-in-expired").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_renders_with_live_data() {
+    let server = Server::with_ui();
+    let _runner = server.runner("linux,gpu", 3);
+    let client = server.client().await;
+    let token = server.admin_token();
+    // A stored pipeline, a run with a plugin summary and an artifact, and a
+    // failed one, so the pages have something to show.
+    let out = viaduct_tests::output(server.cli().args(["pipelines", "create", "nightly"]).arg({
+        let p = server.data_dir().join("nightly.yml");
+        std::fs::write(&p, "name: nightly\njobs:\n  j:\n    steps:\n      - run: echo nightly\n").expect("write");
+        p
+    }));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ok = submit(
+        &client,
+        "name: release\njobs:\n  build:\n    artifacts: [out/app.txt]\n    steps:\n      - run: mkdir -p out && echo app > out/app.txt && echo 'fn main() {}' > main.rs && touch Cargo.toml\n      - uses: detect@1\n  test:\n    needs: [build]\n    matrix: { os: [linux, bsd] }\n    steps:\n      - run: echo ${{ matrix.os }}\n",
+    )
+    .await;
+    let bad = submit(&client, "name: release\njobs:\n  j:\n    steps:\n      - run: echo failing; exit 3\n").await;
+    finished(&client, &ok).await;
+    finished(&client, &bad).await;
+    Browser::run(|c| async move {
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        wait_for(&c, &format!("[data-run-id=\"{bad}\"][data-status=\"failure\"]")).await;
+        screenshot(&c, "runs-mixed").await;
+
+        c.goto(&format!("{}/runs/{ok}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        wait_for(&c, &format!("[data-job-id=\"{ok}.1\"][data-status=\"success\"]")).await;
+        // The artifact has a signed download link that works.
+        let link = wait_for_js(
+            &c,
+            "an artifact download link",
+            "(() => { const a = [...document.querySelectorAll('a[href*=\"/artifacts/\"]')]; return a.length ? a[0].href : null; })()",
+        )
+        .await;
+        let href = link.as_str().expect("href").to_string();
+        let path = href.splitn(4, '/').nth(3).map(|p| format!("/{p}")).expect("a path");
+        let (code, body) = http(server.addr(), "GET", &path, &[], b"");
+        assert_eq!((code, String::from_utf8_lossy(&body).trim().to_string()), (200, "app".to_string()));
+        screenshot(&c, "run-artifacts").await;
+
+        for (path, page) in [
+            ("/runners".to_string(), "runners"),
+            ("/pipelines".to_string(), "pipelines"),
+            ("/pipelines/nightly".to_string(), "pipeline"),
+            ("/repos".to_string(), "repos"),
+            ("/stats".to_string(), "stats"),
+            (format!("/runs/{bad}/jobs/{bad}.1"), "log"),
+        ] {
+            c.goto(&format!("{}{path}", server.url())).await.expect("open page");
+            wait_for_page(&c, page).await;
+            if page == "runners" {
+                wait_for_js(&c, "the runner's labels", "document.body.innerText.includes('gpu')").await;
+            }
+            if page == "log" {
+                wait_for_js(&c, "the failed step's output", "document.body.innerText.includes('failing')").await;
+            }
+            screenshot(&c, page).await;
+        }
+
+        // Phone width.
+        c.set_window_size(390, 844).await.expect("resize");
+        c.goto(&format!("{}/runs/{ok}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        wait_for(&c, &format!("[data-job-id=\"{ok}.1\"]")).await;
+        let overflow = c
+            .execute("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
+            .await
+            .expect("js");
+        screenshot(&c, "run-phone").await;
+        assert!(overflow.as_i64().unwrap_or(0) <= 1, "the page scrolls sideways at phone width: {overflow}");
+    })
+    .await;
+}

@@ -1,0 +1,222 @@
+//! `/runners`: the fleet — labels, slots, executors, connection, current
+//! jobs, last heartbeat — with drain / undrain. The list is fetched again
+//! (debounced) whenever a job changes state, and on demand.
+
+use std::time::Duration;
+
+use leptos::{prelude::*, task::spawn_local};
+use viaduct_proto::v1::{DrainRunnerRequest, ListRunnersRequest, Runner, run_event::Change};
+
+use crate::{
+    app::{
+        api::{Api, ApiError, use_api},
+        browser,
+        live::{Loadable, LocalFuture, sync_with_watch},
+        widgets::{Ago, Empty, show_loadable},
+    },
+    run_model, time_format,
+};
+
+async fn list(api: Api) -> Result<Vec<Runner>, ApiError> {
+    let mut runners = api.check(api.runners().list(ListRunnersRequest {}).await)?.runners;
+    runners.sort_by(|a, b| (!a.connected, &a.name).cmp(&(!b.connected, &b.name)));
+    Ok(runners)
+}
+
+/// The runners page.
+#[component]
+pub fn RunnersPage() -> impl IntoView {
+    browser::set_title("Runners · Viaduct");
+    let api = use_api();
+    let state: RwSignal<Loadable<Vec<Runner>>> = RwSignal::new(Loadable::Loading);
+    // Job events mark the list stale; a refetch follows shortly.
+    let stale = RwSignal::new(0u32);
+    sync_with_watch(
+        api.clone(),
+        String::new(),
+        state,
+        |api: Api| -> LocalFuture<Result<Vec<Runner>, ApiError>> { Box::pin(list(api)) },
+        move |_, ev| {
+            if matches!(ev.change, Some(Change::Job(_))) {
+                stale.update(|n| *n += 1);
+            }
+        },
+    );
+    let refreshing = RwSignal::new(false);
+    let refresh = {
+        let api = api.clone();
+        move || {
+            if refreshing.get_untracked() {
+                return;
+            }
+            refreshing.set(true);
+            let api = api.clone();
+            spawn_local(async move {
+                let r = list(api).await;
+                refreshing.set(false);
+                match r {
+                    Ok(v) => state.set(Loadable::Ready(v)),
+                    Err(e) => {
+                        if state.with_untracked(|s| s.ready().is_none()) {
+                            state.set(Loadable::Failed(e));
+                        }
+                    }
+                }
+            });
+        }
+    };
+    let auto = refresh.clone();
+    Effect::new(move |prev: Option<u32>| {
+        let n = stale.get();
+        if prev.is_some_and(|p| p != n) {
+            let auto = auto.clone();
+            set_timeout(
+                move || {
+                    if !stale.is_disposed() {
+                        auto();
+                    }
+                },
+                Duration::from_millis(700),
+            );
+        }
+        n
+    });
+    let manual = refresh.clone();
+    view! {
+        <section class="page" data-page="runners">
+            <div class="page-head">
+                <h1>"Runners"</h1>
+                <button class="button subtle" on:click=move |_| manual() disabled=move || refreshing.get()>
+                    "Refresh"
+                </button>
+            </div>
+            {move || {
+                let api = api.clone();
+                show_loadable(state.get(), move |runners: Vec<Runner>| {
+                    if runners.is_empty() {
+                        view! {
+                            <Empty title="No runners registered">
+                                "Start one with " <code>"viaduct-runner --server URL --token TOKEN"</code>
+                                " (the registration token is in the server's data directory, or "
+                                <code>"viaduct runners token"</code> ")."
+                            </Empty>
+                        }
+                            .into_any()
+                    } else {
+                        let api = api.clone();
+                        view! {
+                            <div class="table-wrap">
+                                <table class="table runners">
+                                    <thead>
+                                        <tr>
+                                            <th>"Runner"</th>
+                                            <th>"State"</th>
+                                            <th>"Labels"</th>
+                                            <th class="num">"Slots"</th>
+                                            <th>"Executors"</th>
+                                            <th>"Jobs"</th>
+                                            <th>"Last heartbeat"</th>
+                                            <th></th>
+                                        </tr>
+                                    </thead>
+                                    <tbody>
+                                        {runners
+                                            .into_iter()
+                                            .map(|r| view! { <RunnerRow runner=r api=api.clone() state /> })
+                                            .collect_view()}
+                                    </tbody>
+                                </table>
+                            </div>
+                        }
+                            .into_any()
+                    }
+                })
+            }}
+        </section>
+    }
+}
+
+/// One runner.
+#[component]
+fn RunnerRow(runner: Runner, api: Api, state: RwSignal<Loadable<Vec<Runner>>>) -> impl IntoView {
+    let busy = RwSignal::new(false);
+    let error = RwSignal::new(None::<String>);
+    let id = runner.id.clone();
+    let drain = !runner.draining;
+    let toggle = move |_| {
+        if busy.get_untracked() {
+            return;
+        }
+        busy.set(true);
+        let api = api.clone();
+        let id = id.clone();
+        spawn_local(async move {
+            let r = api.check(api.runners().drain(DrainRunnerRequest { id, drain }).await);
+            busy.set(false);
+            match r {
+                Ok(updated) => state.update(|s| {
+                    if let Loadable::Ready(list) = s
+                        && let Some(r) = list.iter_mut().find(|r| r.id == updated.id)
+                    {
+                        *r = updated;
+                    }
+                }),
+                Err(e) => error.set(Some(e.to_string())),
+            }
+        });
+    };
+    let (state_label, state_class) = match (runner.connected, runner.draining) {
+        (true, false) => ("Connected", "pill ok"),
+        (true, true) => ("Draining", "pill warn"),
+        (false, true) => ("Offline · draining", "pill off"),
+        (false, false) => ("Offline", "pill off"),
+    };
+    let last_seen = time_format::timestamp_ms(runner.last_seen.as_ref());
+    let used = runner.jobs.len();
+    let title = [runner.hostname.clone(), runner.version.clone()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let name = if runner.name.is_empty() { runner.id.clone() } else { runner.name.clone() };
+    view! {
+        <tr data-runner-id=runner.id.clone() data-nav-item="">
+            <td data-label="Runner">
+                <strong>{name}</strong>
+                <div class="muted small">{runner.id.clone()} {(!title.is_empty()).then(|| format!(" · {title}"))}</div>
+            </td>
+            <td data-label="State"><span class=state_class>{state_label}</span></td>
+            <td data-label="Labels">
+                <span class="chips">{runner.labels.iter().map(|l| view! { <span class="chip">{l.clone()}</span> }).collect_view()}</span>
+            </td>
+            <td data-label="Slots" class="num">{format!("{used} / {}", runner.slots)}</td>
+            <td data-label="Executors">{runner.executors.join(", ")}</td>
+            <td data-label="Jobs">
+                {if runner.jobs.is_empty() {
+                    view! { <span class="muted">"idle"</span> }.into_any()
+                } else {
+                    view! {
+                        <span class="job-links">
+                            {runner
+                                .jobs
+                                .iter()
+                                .map(|j| {
+                                    let href = format!("/runs/{}/jobs/{j}", run_model::run_of_job(j));
+                                    view! { <a href=href>{j.clone()}</a> " " }
+                                })
+                                .collect_view()}
+                        </span>
+                    }
+                        .into_any()
+                }}
+            </td>
+            <td data-label="Last heartbeat"><Ago at=last_seen /></td>
+            <td>
+                <button class="button small" data-drain=runner.id.clone() on:click=toggle disabled=move || busy.get()>
+                    {if drain { "Drain" } else { "Undrain" }}
+                </button>
+                {move || error.get().map(|e| view! { <p class="form-error small">{e}</p> })}
+            </td>
+        </tr>
+    }
+}
