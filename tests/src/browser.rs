@@ -13,7 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fantoccini::{Client as Driver, ClientBuilder, Locator, elements::Element};
+pub use fantoccini::Client as Driver;
+use fantoccini::{ClientBuilder, Locator, elements::Element};
 use futures_util::FutureExt;
 use tempfile::TempDir;
 

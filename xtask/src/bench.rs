@@ -15,6 +15,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     crate::run(cargo().args(["build", "--release", "--bins"]))?;
     viaduct_tests::set_bin_dir(target_dir().join("release"));
     let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+    if wanted("ui") {
+        crate::ui::build()?;
+    }
     if wanted("plugins") {
         crate::plugins::build(false)?;
         // The runner's plugin host in-process: compile, deserialize, call.
@@ -39,6 +42,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         }
         if wanted("plugins") {
             plugins().await?;
+        }
+        if wanted("ui") {
+            ui().await?;
         }
         Ok(())
     })
@@ -628,5 +634,92 @@ async fn plugins() -> Result<()> {
         MIB as f64 / restore50.as_secs_f64(),
         ms(bare_unpack)
     );
+    Ok(())
+}
+
+/// The web UI in headless Chromium on loopback: time to the first paint
+/// (the boot screen) and to the first meaningful paint (the runs list with
+/// its rows), cold (empty HTTP cache) and warm; and a finished log of
+/// 100,000 lines, from navigation to its last line on screen.
+async fn ui() -> Result<()> {
+    use viaduct_tests::browser::{Browser, Driver, ui_dir, wait_for_js};
+    const LOADS: usize = 10;
+    let ui = ui_dir();
+    let server = Server::start_with(&["--ui-dir", &ui.display().to_string()]);
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let mut last = String::new();
+    for _ in 0..20 {
+        last = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await?;
+    }
+    until(&mut events, &last, is_finished_run).await?;
+    let big = submit(&client, "jobs:\n  log:\n    steps:\n      - run: seq 1 100000 | sed 's/^/line /'\n").await?;
+    until(&mut events, &big, is_finished_run).await?;
+    let token = server.admin_token();
+    let url = server.url();
+    // One page load: (first contentful paint, runs list with rows), in ms
+    // since navigation started.
+    async fn load(c: &Driver, url: &str) -> (f64, f64) {
+        c.goto(&format!("{url}/")).await.expect("open runs");
+        wait_for_js(c, "the runs list", "document.querySelector('[data-run-id]')").await;
+        let meaningful = c.execute("return performance.now();", vec![]).await.expect("js");
+        let first = c
+            .execute(
+                "return (performance.getEntriesByType('paint').find(e => e.name === 'first-contentful-paint') || {}).startTime || 0;",
+                vec![],
+            )
+            .await
+            .expect("js");
+        (first.as_f64().unwrap_or(0.0), meaningful.as_f64().unwrap_or(0.0))
+    }
+    // Signs in without loading the app (so the first load is cold): the
+    // token goes into the origin's storage from a plain-text page.
+    async fn sign_in(c: &Driver, url: &str, token: &str) {
+        c.goto(&format!("{url}/healthz")).await.expect("open");
+        c.execute(&format!("localStorage.setItem('viaduct.token', '{token}');"), vec![]).await.expect("js");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..LOADS {
+        // Cold: a new browser profile, so nothing is cached.
+        let (tx, url, token) = (tx.clone(), url.clone(), token.clone());
+        Browser::run(|c| async move {
+            sign_in(&c, &url, &token).await;
+            let cold = load(&c, &url).await;
+            let warm = load(&c, &url).await;
+            let _ = tx.send((cold, warm));
+        })
+        .await;
+    }
+    let (cold, warm): (Vec<_>, Vec<_>) = rx.try_iter().unzip();
+    let (tx, rx) = std::sync::mpsc::channel();
+    Browser::run(|c| async move {
+        sign_in(&c, &url, &token).await;
+        c.goto(&format!("{url}/runs/{big}/jobs/{big}.1")).await.expect("open log");
+        wait_for_js(
+            &c,
+            "the last of 100,000 lines",
+            "[...document.querySelectorAll('#log .log-line .lt')].some(l => l.textContent.trim() === 'line 100000')",
+        )
+        .await;
+        let log = c.execute("return performance.now();", vec![]).await.expect("js");
+        let rows = c.execute("return document.querySelectorAll('#log .log-line').length;", vec![]).await.expect("js");
+        let _ = tx.send((log.as_f64().unwrap_or(0.0), rows.as_u64().unwrap_or(0)));
+    })
+    .await;
+    let (log, rows) = rx.recv()?;
+    let p50 = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(pick).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    println!(
+        "ui  first paint (boot screen) p50: cold {:.0} ms, warm {:.0} ms; first meaningful paint (runs list with rows) p50: cold {:.0} ms, warm {:.0} ms ({LOADS} loads each)",
+        p50(&cold, |s| s.0),
+        p50(&warm, |s| s.0),
+        p50(&cold, |s| s.1),
+        p50(&warm, |s| s.1),
+    );
+    println!("ui  log of 100,000 lines: navigation → last line on screen {log:.0} ms; {rows} line rows in the DOM");
     Ok(())
 }
