@@ -6,7 +6,7 @@ use fantoccini::{Client as Driver, Locator};
 use viaduct_tests::{
     Server, Status,
     browser::{Browser, screenshot, wait_for, wait_for_js, wait_for_page},
-    finished, http, run_where, submit,
+    finished, http, run_where, submit, within,
 };
 
 /// Signs in through the sign-in page with `token`.
@@ -270,6 +270,15 @@ async fn every_page_renders_with_live_data() {
         assert_eq!((code, String::from_utf8_lossy(&body).trim().to_string()), (200, "app".to_string()));
         screenshot(&c, "run-artifacts").await;
 
+        // A job's steps, with the detect plugin's markdown summary rendered
+        // (as HTML, not as markdown source).
+        wait_for(&c, &format!("[data-job-id=\"{ok}.1\"] .job-duration")).await.click().await.expect("open the job");
+        let summary = wait_for(&c, ".summary.markdown").await;
+        let html = summary.html(true).await.expect("summary html");
+        assert!(html.contains('<') && !html.contains("**"), "the summary is not rendered: {html}");
+        assert!(summary.text().await.expect("text").to_lowercase().contains("rust"), "{html}");
+        screenshot(&c, "run-job-summary").await;
+
         for (path, page) in [
             ("/runners".to_string(), "runners"),
             ("/pipelines".to_string(), "pipelines"),
@@ -302,4 +311,47 @@ async fn every_page_renders_with_live_data() {
         assert!(overflow.as_i64().unwrap_or(0) <= 1, "the page scrolls sideways at phone width: {overflow}");
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_shows_and_the_page_reconnects_by_itself() {
+    let mut server = Server::with_ui();
+    let _runner = server.runner("linux", 1);
+    let token = server.admin_token();
+    let url = server.url();
+    let client = server.client().await;
+    let first = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
+    finished(&client, &first).await;
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let (shown_tx, shown_rx) = tokio::sync::oneshot::channel::<()>();
+    let (back_tx, back_rx) = tokio::sync::oneshot::channel::<String>();
+    let browser = tokio::spawn(async move {
+        Browser::run(|c| async move {
+            c.goto(&format!("{url}/sign-in")).await.expect("open");
+            wait_for_page(&c, "sign-in").await;
+            let input = wait_for(&c, "#token").await;
+            input.send_keys(&token).await.expect("type");
+            c.find(Locator::Css("#sign-in")).await.expect("button").click().await.expect("click");
+            wait_for(&c, &format!("[data-run-id=\"{first}\"]")).await;
+            let _ = lost_tx.send(());
+            // The server is down: the page says so…
+            wait_for_js(&c, "the connection banner", "document.querySelector('#connection-banner')").await;
+            screenshot(&c, "reconnecting").await;
+            let _ = shown_tx.send(());
+            // …and once it is back, the banner goes and new runs appear live.
+            let second = back_rx.await.expect("the second run");
+            wait_for(&c, &format!("[data-run-id=\"{second}\"][data-status=\"success\"]")).await;
+            wait_for_js(&c, "the banner to go", "document.querySelector('#connection-banner') === null").await;
+        })
+        .await;
+    });
+    lost_rx.await.expect("the page is live");
+    server.kill9();
+    within("the page to notice", shown_rx).await.expect("the banner was shown");
+    server.restart();
+    let client = server.client().await;
+    let second = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
+    finished(&client, &second).await;
+    let _ = back_tx.send(second);
+    browser.await.expect("the browser part passed");
 }
