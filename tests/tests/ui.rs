@@ -355,3 +355,50 @@ async fn a_lost_connection_shows_and_the_page_reconnects_by_itself() {
     let _ = back_tx.send(second);
     browser.await.expect("the browser part passed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_100000_lines_is_virtualised_searchable_and_linkable() {
+    let server = Server::with_ui();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let token = server.admin_token();
+    let id = submit(
+        &client,
+        "jobs:\n  big:\n    steps:\n      - name: setup\n        run: echo ready\n      - name: many\n        run: seq 1 100000 | sed 's/^/row /'\n",
+    )
+    .await;
+    finished(&client, &id).await;
+    let url = server.url();
+    Browser::run(|c| async move {
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        // A link to line 50,000 of step 2 scrolls to it and highlights it.
+        c.goto(&format!("{url}/runs/{id}/jobs/{id}.1#L2-50000")).await.expect("open log");
+        wait_for_page(&c, "log").await;
+        let highlighted = wait_for(&c, ".log-line.highlighted").await;
+        assert_eq!(highlighted.find(Locator::Css(".lt")).await.expect("text").text().await.expect("text"), "row 50000");
+        // Only the rows near the viewport are in the DOM.
+        let rows = c.execute("return document.querySelectorAll('#log .log-line').length;", vec![]).await.expect("js");
+        let rows = rows.as_u64().unwrap_or(u64::MAX);
+        assert!(rows > 10 && rows < 1000, "{rows} line rows in the DOM for 100,001 lines");
+        screenshot(&c, "log-100k-anchor").await;
+
+        // Search finds matches anywhere in the log, not just on screen.
+        let search = wait_for(&c, "[data-search]").await;
+        search.send_keys("row 9999").await.expect("type");
+        // "row 9999" and "row 99990".."row 99999": 11 matches.
+        wait_for_js(&c, "11 matches", "document.querySelector('.match-count').textContent.includes('11')").await;
+        screenshot(&c, "log-100k-search").await;
+
+        // Step sections collapse: the 100,000 lines of step 2 fold into its
+        // header, and the scrollable height shrinks with them.
+        c.execute("document.querySelector('#log').scrollTop = 0;", vec![]).await.expect("js");
+        let header = wait_for(&c, &format!(".log-step[data-step-id=\"{id}.1.2\"]")).await;
+        let height = "document.querySelector('#log').scrollHeight";
+        let before = c.execute(&format!("return {height};"), vec![]).await.expect("js").as_f64().unwrap_or(0.0);
+        header.click().await.expect("collapse");
+        wait_for_js(&c, "the section to fold", &format!("{height} < {} / 10", before)).await;
+        screenshot(&c, "log-100k-collapsed").await;
+    })
+    .await;
+}
