@@ -149,6 +149,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // Large transfers (caches, artifacts, plugin uploads) would stall
+        // on HTTP/2's default 64 KiB windows.
+        .initial_stream_window_size(Some(viaduct_sdk::STREAM_WINDOW))
+        .initial_connection_window_size(Some(viaduct_sdk::CONNECTION_WINDOW))
         .add_routes(tonic::service::Routes::from(app))
         .serve_with_incoming_shutdown(incoming, signal);
     let grace = async move {

@@ -97,12 +97,27 @@ impl Interceptor for BearerAuth {
     }
 }
 
-/// A channel to `url` (http://host:port), connected now.
-pub async fn channel(url: &str) -> Result<Channel, Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+/// HTTP/2 flow-control windows. The protocol's default (64 KiB per
+/// stream) makes a large transfer (a cache restore, an artifact download)
+/// wait for a window update every 64 KiB: 5× slower than the disk on
+/// loopback. The server uses the same sizes.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// The endpoint settings every client uses.
+fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(url.to_string())
         .map_err(|e| Error::InvalidUrl { url: url.to_string(), reason: e.to_string() })?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
+}
+
+/// A channel to `url` (http://host:port), connected now.
+pub async fn channel(url: &str) -> Result<Channel, Error> {
+    let endpoint = endpoint(url)?
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
@@ -144,11 +159,7 @@ impl Client {
     /// A client whose connection is made on first use (and remade after
     /// failures), for long-lived processes.
     pub fn lazy(url: &str, token: Option<&str>) -> Result<Self, Error> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| Error::InvalidUrl { url: url.to_string(), reason: e.to_string() })?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
-        Ok(Self { channel: endpoint.connect_lazy(), auth: BearerAuth::new(token)? })
+        Ok(Self { channel: endpoint(url)?.connect_lazy(), auth: BearerAuth::new(token)? })
     }
 
     /// A client over an existing channel.

@@ -87,17 +87,13 @@ fn RunView(id: String) -> impl IntoView {
                     Action::Retry => api.check(api.runs().retry(RetryRunRequest { id }).await),
                 };
                 busy.set(false);
-                match r {
-                    Ok(run) => state.update(|s| match s {
-                        Loadable::Ready(current) => {
-                            run_model::merge_run(current, &run);
-                            for j in &run.jobs {
-                                run_model::merge_job(current, j);
-                            }
-                        }
-                        other => *other = Loadable::Ready(run),
-                    }),
-                    Err(e) => action_error.set(Some(e.to_string())),
+                // The page shows what `Runs.Watch` says: every change the
+                // action causes arrives there, in order. The response is a
+                // snapshot taken before the runner acted (a cancelled job
+                // still `running`), and applying it could overwrite the
+                // newer `cancelled` the stream has already delivered.
+                if let Err(e) = r {
+                    action_error.set(Some(e.to_string()));
                 }
             });
         }
