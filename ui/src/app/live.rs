@@ -112,6 +112,26 @@ impl<T> Loadable<T> {
     }
 }
 
+impl<T> From<Result<T, ApiError>> for Loadable<T> {
+    fn from(r: Result<T, ApiError>) -> Self {
+        match r {
+            Ok(v) => Loadable::Ready(v),
+            Err(e) => Loadable::Failed(e),
+        }
+    }
+}
+
+/// A signal that is `Loading` until `fut` (one API call, already checked
+/// with `Api::check`) resolves, then holds its result; the call is dropped
+/// if the page goes away first.
+pub fn load<T: Send + Sync + 'static>(
+    fut: impl Future<Output = Result<T, ApiError>> + 'static,
+) -> RwSignal<Loadable<T>> {
+    let state = RwSignal::new(Loadable::Loading);
+    spawn_scoped(async move { state.set(fut.await.into()) });
+    state
+}
+
 /// A boxed local future.
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 

@@ -14,8 +14,8 @@ use leptos::prelude::*;
 use viaduct_proto::v1::{ListRunsRequest, PageRequest, Run};
 
 use super::{
-    api::{ApiError, use_api},
-    live::{Loadable, spawn_scoped},
+    api::use_api,
+    live::load,
     widgets::{Ago, Elapsed, Empty, StatusIcon, show_loadable},
 };
 use crate::{run_model, status};
@@ -79,15 +79,8 @@ pub fn RecentRuns(
     empty: String,
 ) -> impl IntoView {
     let api = use_api();
-    let state: RwSignal<Loadable<Vec<Run>>> = RwSignal::new(Loadable::Loading);
     let request = ListRunsRequest { page: Some(PageRequest { page_size: 20, page_token: String::new() }), ..request };
-    spawn_scoped(async move {
-        let r: Result<Vec<Run>, ApiError> = api.check(api.runs().list(request).await).map(|r| r.runs);
-        state.set(match r {
-            Ok(runs) => Loadable::Ready(runs),
-            Err(e) => Loadable::Failed(e),
-        });
-    });
+    let state = load(async move { api.check(api.runs().list(request).await).map(|r| r.runs) });
     move || {
         let empty = empty.clone();
         show_loadable(state.get(), move |runs: Vec<Run>| {

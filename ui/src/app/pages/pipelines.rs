@@ -13,7 +13,7 @@ use crate::{
     app::{
         api::use_api,
         browser,
-        live::{Loadable, spawn_scoped},
+        live::{Loadable, load, spawn_scoped},
         widgets::{Ago, Empty, show_loadable},
     },
     pipeline_inputs, time_format,
@@ -120,14 +120,8 @@ pub fn PipelinePage() -> impl IntoView {
 fn PipelineView(name: String) -> impl IntoView {
     browser::set_title(&format!("{name} · Pipelines · Viaduct"));
     let api = use_api();
-    let state: RwSignal<Loadable<Pipeline>> = RwSignal::new(Loadable::Loading);
     let req = GetPipelineRequest { name: name.clone() };
-    spawn_scoped(async move {
-        state.set(match api.check(api.pipelines().get(req).await) {
-            Ok(p) => Loadable::Ready(p),
-            Err(e) => Loadable::Failed(e),
-        });
-    });
+    let state = load(async move { api.check(api.pipelines().get(req).await) });
     view! {
         <section class="page" data-page="pipeline">
             <div class="page-head">

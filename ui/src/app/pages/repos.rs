@@ -14,7 +14,7 @@ use crate::{
     app::{
         api::use_api,
         browser,
-        live::{Loadable, spawn_scoped},
+        live::load,
         widgets::{Ago, Empty, show_loadable},
     },
     time_format,
@@ -25,13 +25,7 @@ use crate::{
 pub fn ReposPage() -> impl IntoView {
     browser::set_title("Repositories · Viaduct");
     let api = use_api();
-    let state: RwSignal<Loadable<Vec<Repo>>> = RwSignal::new(Loadable::Loading);
-    spawn_scoped(async move {
-        state.set(match api.check(api.repos().list(ListReposRequest {}).await) {
-            Ok(r) => Loadable::Ready(r.repos),
-            Err(e) => Loadable::Failed(e),
-        });
-    });
+    let state = load(async move { api.check(api.repos().list(ListReposRequest {}).await).map(|r| r.repos) });
     view! {
         <section class="page" data-page="repos">
             <div class="page-head">
@@ -92,14 +86,8 @@ pub fn RepoPage() -> impl IntoView {
 fn RepoView(name: String) -> impl IntoView {
     browser::set_title(&format!("{name} · Repositories · Viaduct"));
     let api = use_api();
-    let state: RwSignal<Loadable<Repo>> = RwSignal::new(Loadable::Loading);
     let req = GetRepoRequest { name: name.clone() };
-    spawn_scoped(async move {
-        state.set(match api.check(api.repos().get(req).await) {
-            Ok(r) => Loadable::Ready(r),
-            Err(e) => Loadable::Failed(e),
-        });
-    });
+    let state = load(async move { api.check(api.repos().get(req).await) });
     view! {
         <section class="page" data-page="repo">
             <div class="page-head">

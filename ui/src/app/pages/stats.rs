@@ -11,7 +11,7 @@ use crate::{
     app::{
         api::{ApiError, use_api},
         browser,
-        live::{Loadable, spawn_scoped},
+        live::{Loadable, load, spawn_scoped},
         widgets::{ChartView, Empty, ErrorBox, show_loadable},
     },
     chart::{self, Frame, RunPoint},
@@ -38,18 +38,14 @@ fn point(run: &Run) -> Option<RunPoint> {
 pub fn StatsPage() -> impl IntoView {
     browser::set_title("Stats · Viaduct");
     let api = use_api();
-    let runs: RwSignal<Loadable<Vec<RunPoint>>> = RwSignal::new(Loadable::Loading);
     let fleet: RwSignal<Option<Result<FleetStats, ApiError>>> = RwSignal::new(None);
     let runs_api = api.clone();
-    spawn_scoped(async move {
-        let req = ListRunsRequest {
-            page: Some(PageRequest { page_size: SAMPLE, page_token: String::new() }),
-            ..Default::default()
-        };
-        runs.set(match runs_api.check(runs_api.runs().list(req).await) {
-            Ok(r) => Loadable::Ready(r.runs.iter().filter_map(point).collect()),
-            Err(e) => Loadable::Failed(e),
-        });
+    let req = ListRunsRequest {
+        page: Some(PageRequest { page_size: SAMPLE, page_token: String::new() }),
+        ..Default::default()
+    };
+    let runs: RwSignal<Loadable<Vec<RunPoint>>> = load(async move {
+        runs_api.check(runs_api.runs().list(req).await).map(|r| r.runs.iter().filter_map(point).collect())
     });
     // A gauge: polled on this page only.
     spawn_scoped(async move {
