@@ -83,8 +83,8 @@ impl Browser {
                 let connector = hyper_util::client::legacy::connect::HttpConnector::new();
                 match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
                     Ok(c) => break c,
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
+                    // chromedriver is not listening yet.
+                    Err(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Err(e) => panic!("cannot start a Chromium session through chromedriver: {e}"),

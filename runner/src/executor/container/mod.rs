@@ -159,10 +159,7 @@ impl ContainerBackend {
             for c in list {
                 let Some(id) = c.id else { continue };
                 tracing::warn!(container = %id, "removing a container left by a previous runner process");
-                let _ = self
-                    .docker
-                    .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
-                    .await;
+                let _ = remove_container(&self.docker, &id).await;
             }
         }
         let opts = ListNetworksOptionsBuilder::default().filters(&filter).build();
@@ -445,11 +442,8 @@ impl JobEnv for ContainerJob {
         if let Some(mut r) = self.requests {
             let _ = r.write_all(b"exit\n").await;
         }
-        let opts = || RemoveContainerOptionsBuilder::default().force(true).v(true).build();
         for c in std::iter::once(&self.name).chain(self.services.iter()) {
-            if let Err(e) = self.docker.remove_container(c, Some(opts())).await
-                && !matches!(&e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
-            {
+            if let Err(e) = remove_container(&self.docker, c).await {
                 tracing::warn!(container = %c, error = %engine_error(&e), "could not remove a container");
             }
         }
@@ -460,6 +454,28 @@ impl JobEnv for ContainerJob {
         }
         if !self.keep {
             let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        }
+    }
+}
+
+/// Force-removes container `name` (gone already counts as removed). The
+/// job container stops by itself once told to exit, and Podman refuses a
+/// forced removal that races with that ("could not be stopped … container
+/// state improper"): a failure is retried a few times, with backoff.
+async fn remove_container(docker: &Docker, name: &str) -> Result<(), bollard::errors::Error> {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut retries = 4;
+    loop {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match docker.remove_container(name, Some(opts)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(()),
+            Err(e) if retries > 0 => {
+                tracing::debug!(container = %name, error = %engine_error(&e), "container removal failed: retrying");
+                retries -= 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
