@@ -17,6 +17,7 @@ use std::{
 use tempfile::TempDir;
 
 pub mod browser;
+pub mod sshd;
 pub use viaduct_sdk::{
     Client,
     proto::{
@@ -98,12 +99,27 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Asks `probe` every 20 ms until it answers `Some`, up to the standard
+/// deadline: for state the API has no event for (a log's growth, a list).
+pub async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
+    within(what, async {
+        loop {
+            if let Some(v) = probe().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// A running `viaduct-server` with its own data directory.
 pub struct Server {
     child: Option<Child>,
     dir: TempDir,
     addr: String,
     args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
 }
 
 impl Server {
@@ -135,9 +151,20 @@ impl Server {
 
     /// Starts a server with extra command-line arguments.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_env(args, &[])
+    }
+
+    /// Starts a server with extra command-line arguments and environment
+    /// variables (kept across restarts), e.g. its own `HOME`.
+    pub fn start_env(args: &[&str], env: &[(&str, &Path)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut s =
-            Self { child: None, dir, addr: String::new(), args: args.iter().map(ToString::to_string).collect() };
+        let mut s = Self {
+            child: None,
+            dir,
+            addr: String::new(),
+            args: args.iter().map(ToString::to_string).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect(),
+        };
         s.spawn("127.0.0.1:0");
         s
     }
@@ -154,6 +181,7 @@ impl Server {
             .args(["--listen", listen, "--data-dir"])
             .arg(&data)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("VIADUCT_LOG", "info,viaduct_server=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -484,12 +512,33 @@ pub fn test_image() -> String {
     std::env::var("VIADUCT_TEST_IMAGE").unwrap_or_else(|_| "viaduct-test/busybox:latest".into())
 }
 
+/// The private registry the pull tests may use (`127.0.0.1:PORT`, and the
+/// `user:password` it takes), started by `cargo xtask test`. `None` — with
+/// the reason printed — when there is none.
+pub fn test_registry() -> Option<(String, String)> {
+    match (std::env::var("VIADUCT_TEST_REGISTRY"), std::env::var("VIADUCT_TEST_REGISTRY_AUTH")) {
+        (Ok(addr), Ok(auth)) => Some((addr, auth)),
+        _ => {
+            eprintln!(
+                "SKIPPED: no image registry (VIADUCT_TEST_REGISTRY is unset): run `cargo xtask test`, which starts one"
+            );
+            None
+        }
+    }
+}
+
+/// Runs `podman` with these arguments, panicking with its stderr when it
+/// fails; returns its stdout.
+pub fn podman(args: &[&str]) -> String {
+    let out = output(Command::new("podman").args(args));
+    assert!(out.status.success(), "podman {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Names of the containers (running or not) labelled as this runner's.
 pub fn containers_of(runner_id: &str) -> Vec<String> {
-    let out = Command::new("podman")
-        .args(["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=viaduct.runner={runner_id}")])
-        .stdin(Stdio::null())
-        .output()
-        .expect("podman ps");
-    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    podman(&["ps", "-a", "--format", "{{.Names}}", "--filter", &format!("label=viaduct.runner={runner_id}")])
+        .lines()
+        .map(String::from)
+        .collect()
 }

@@ -2,8 +2,8 @@
 //! test`), with a busybox image built offline.
 
 use viaduct_tests::{
-    Runner, Server, container_socket, containers_of, finished, output, run_where, step_log, submit, test_image, v1,
-    wait_until, word,
+    Runner, Server, container_socket, containers_of, finished, output, podman, run_where, step_log, submit, test_image,
+    test_registry, v1, wait_until, word,
 };
 
 fn container_runner(server: &Server, slots: u32, extra: &[&str]) -> Option<Runner> {
@@ -173,6 +173,66 @@ async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refu
     assert_eq!(word(run.jobs[0].status), "queued");
     let _host = server.runner("linux", 1);
     assert_eq!(word(finished(&client, &id).await.status), "success");
+}
+
+/// Images come from a private registry with the credentials a secret holds,
+/// and the pull policy decides when: `if_not_present` keeps the runner's
+/// copy, `always` fetches what the tag names now. Wrong or missing
+/// credentials fail the job with the image and the registry's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_private_registry_with_credentials_from_a_secret() {
+    let Some((registry, auth)) = test_registry() else { return };
+    let server = Server::start();
+    let Some(_runner) = container_runner(&server, 1, &[]) else { return };
+    let client = server.client().await;
+    let image = format!("{registry}/viaduct-test/private-{}:1", std::process::id());
+    let push = |local: &str| {
+        podman(&["push", "-q", "--tls-verify=false", "--creds", &auth, local, &format!("docker://{image}")]);
+    };
+    push(&test_image());
+    for (name, value) in [("REGISTRY", auth.as_str()), ("WRONG", "viaduct:wrong")] {
+        client.secrets().set(v1::SetSecretRequest { name: name.into(), value: value.into() }).await.unwrap();
+    }
+    let job = |key: &str, image_opts: &str| {
+        format!(
+            "  {key}:\n    image: {{ name: \"{image}\"{image_opts} }}\n    steps:\n      - run: cat /marker 2>/dev/null || echo v1\n"
+        )
+    };
+
+    let id = submit(&client, &format!("jobs:\n{}{}", job("wrong", ", credentials: WRONG"), job("anonymous", ""))).await;
+    let run = finished(&client, &id).await;
+    for j in &run.jobs {
+        assert_eq!(word(j.status), "failure", "{}", j.key);
+        assert!(j.message.contains(&format!("cannot pull image `{image}`")), "{}", j.message);
+        assert!(j.message.contains("unauthorized"), "{}", j.message);
+    }
+
+    let id = submit(&client, &format!("jobs:\n{}", job("first", ", credentials: REGISTRY"))).await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{}", run.jobs[0].message);
+    assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "v1\n");
+
+    // A new image under the same tag: the test image plus /marker.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("marker"), "v2\n").unwrap();
+    let container = podman(&["create", &test_image(), "true"]).trim().to_string();
+    podman(&["cp", &dir.path().join("marker").display().to_string(), &format!("{container}:/marker")]);
+    let v2 = format!("localhost/viaduct-test/private-v2-{}", std::process::id());
+    podman(&["commit", "-q", &container, &v2]);
+    podman(&["rm", &container]);
+    push(&v2);
+
+    let yaml = format!(
+        "jobs:\n{}{}    needs: [cached]\n",
+        job("cached", ", credentials: REGISTRY"),
+        job("fresh", ", pull: always, credentials: REGISTRY")
+    );
+    let id = submit(&client, &yaml).await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{:?}", run.jobs.iter().map(|j| &j.message).collect::<Vec<_>>());
+    assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "v1\n", "if_not_present keeps the runner's copy");
+    assert_eq!(step_log(&client, &run.jobs[1].steps[0].id).await, "v2\n", "always pulls the tag's new image");
+    podman(&["rmi", "-f", &image, &v2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,9 @@
 //! The core slice end to end: real server and runner processes on
 //! loopback, real shell steps, the real CLI.
 
-use std::time::Duration;
-
 use tokio_stream::StreamExt;
 use viaduct_tests::{
-    Server, finished, output, process_gone, run_where, step_log, submit, v1, wait_until, within, word,
+    Server, eventually, finished, output, process_gone, run_where, step_log, submit, v1, wait_until, within, word,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,12 +216,7 @@ async fn a_follower_joining_mid_run_gets_history_then_live_lines() {
     // Wait until "two" is stored, while the step is still running.
     let first = run_where(&client, &id, "the step to run", |r| word(r.jobs[0].steps[0].status) == "running").await;
     assert_eq!(word(first.status), "running");
-    within("two lines", async {
-        while step_log(&client, &step).await != "one\ntwo\n" {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    eventually("two lines", || async { (step_log(&client, &step).await == "one\ntwo\n").then_some(()) }).await;
     // A follower that joins now gets the history first…
     let mut follower = client.follow(&id, true).await.unwrap();
     let mut got = String::new();

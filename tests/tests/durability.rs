@@ -2,7 +2,9 @@
 //! stopped with SIGSTOP) at bad moments.
 
 use nix::sys::signal::Signal;
-use viaduct_tests::{Server, finished, process_gone, run_where, step_log, submit, v1, wait_until, within, word};
+use viaduct_tests::{
+    Server, eventually, finished, process_gone, run_where, step_log, submit, v1, wait_until, within, word,
+};
 
 /// Lines `1..=n`, as `seq` prints them.
 fn seq(n: u32) -> String {
@@ -20,12 +22,7 @@ async fn killing_the_server_mid_run_loses_no_step_result_and_no_log_line() {
     )
     .await;
     let step = format!("{id}.1.1");
-    within("ten lines", async {
-        while !step_log(&client, &step).await.contains("10\n") {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    eventually("ten lines", || async { step_log(&client, &step).await.contains("10\n").then_some(()) }).await;
     server.restart();
     let client = server.client().await;
     let run = finished(&client, &id).await;
@@ -141,12 +138,7 @@ async fn a_silent_runner_loses_its_lease_and_cannot_overwrite_the_next_attempt()
     )
     .await;
     let step = format!("{id}.1.1");
-    within("attempt 1 to log", async {
-        while step_log(&client, &step).await != "begin 1\n" {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    eventually("attempt 1 to log", || async { (step_log(&client, &step).await == "begin 1\n").then_some(()) }).await;
     let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
     let first_id = run.jobs[0].runner_id.clone();
     // The runner goes silent (its step keeps running), its lease lapses…

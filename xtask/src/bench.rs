@@ -478,7 +478,7 @@ async fn git_push() -> Result<()> {
 async fn containers() -> Result<()> {
     const RUNS: usize = 15;
     let conf = crate::setup::podman()?;
-    let podman = crate::setup::PodmanService::start(&conf)?;
+    let podman = crate::setup::PodmanService::start(&conf, None)?;
     let image = crate::setup::TEST_IMAGE;
     let server = Server::start();
     let socket = podman.socket.display().to_string();

@@ -122,14 +122,28 @@ fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["build", "--bins"]))?;
     plugins::build(false)?;
     let ui = ui::build()?;
-    let service = tools.podman.as_deref().map(setup::PodmanService::start).transpose()?;
+    // A private registry for the pull tests, known to Podman as insecure.
+    let registry = tools.podman.as_ref().and_then(|_| {
+        setup::Registry::start()
+            .map_err(|e| eprintln!("xtask: no image registry ({e:#}): the registry pull tests will be skipped"))
+            .ok()
+    });
+    let service = match &tools.podman {
+        Some(conf) => Some(setup::PodmanService::start(conf, registry.as_ref().map(|r| r.registries_conf.as_path()))?),
+        None => None,
+    };
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     for (k, v) in tools.env() {
         cmd.env(k, v);
     }
-    if let Some(s) = &service {
+    if let (Some(s), Some(conf)) = (&service, &tools.podman) {
         cmd.env("VIADUCT_CONTAINER_SOCKET", &s.socket).env("VIADUCT_TEST_IMAGE", setup::TEST_IMAGE);
+        // The tests' own podman commands behave like the service.
+        cmd.env("CONTAINERS_CONF", conf);
+    }
+    if let Some(r) = &registry {
+        cmd.env("VIADUCT_TEST_REGISTRY", &r.addr).env("VIADUCT_TEST_REGISTRY_AUTH", &r.auth);
     }
     cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug")).env("VIADUCT_UI_DIR", ui);
     run(&mut cmd)?;

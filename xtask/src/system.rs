@@ -46,7 +46,7 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
     let ui = crate::ui::build()?;
     let bin = target_dir().join("debug");
     // A container engine for jobs with an image, when Podman can be set up.
-    let podman = match crate::setup::podman().and_then(|conf| crate::setup::PodmanService::start(&conf)) {
+    let podman = match crate::setup::podman().and_then(|conf| crate::setup::PodmanService::start(&conf, None)) {
         Ok(p) => Some(p),
         Err(e) => {
             eprintln!("xtask: no container engine ({e:#}): jobs with an image will wait");
