@@ -11,7 +11,9 @@ use std::{
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio_stream::StreamExt;
-use viaduct_tests::{Client, Runner, Server, finished, http, output, step_log, v1, wait_until, within, word};
+use viaduct_tests::{
+    Client, Runner, Server, eventually, finished, http, output, step_log, v1, wait_until, within, word,
+};
 
 /// Runs git in `dir` with a fixed identity; panics on failure.
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -207,6 +209,106 @@ async fn a_signed_webhook_syncs_a_mirror_once_and_bad_signatures_are_refused() {
     assert_eq!(runs_of(&client, "mirrored").await.len(), 1);
 }
 
+/// A mirror of a remote that wants a password (here the server's own smart
+/// HTTP, which takes a token) fetches with the credentials a secret holds;
+/// a missing secret or refused credentials fail with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_fetches_with_the_credentials_in_a_secret() {
+    let server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let upstream = create_hosted(&client, "upstream").await;
+    let wt = work_tree(ON_MAIN);
+    git(wt.path(), &["push", "-q", &upstream.path, "main"]);
+    let mirror = |name: &str, credentials: &str| v1::CreateRepoRequest {
+        name: name.into(),
+        source: Some(v1::create_repo_request::Source::Mirror(v1::MirrorRepo {
+            url: upstream.clone_url.clone(),
+            credentials: credentials.into(),
+            ..Default::default()
+        })),
+    };
+    let err = client.repos().create(mirror("m0", "GIT_TOKEN")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("secret `GIT_TOKEN` is not set (viaduct secrets set GIT_TOKEN)"),
+        "{}",
+        err.message()
+    );
+
+    let token = server.admin_token();
+    for (name, value) in [("WRONG", "viaduct:nope".to_string()), ("GIT_TOKEN", format!("viaduct:{token}"))] {
+        client.secrets().set(v1::SetSecretRequest { name: name.into(), value }).await.unwrap();
+    }
+    let err = client.repos().create(mirror("m1", "WRONG")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("authentication failed with secret `WRONG`'s credentials"), "{}", err.message());
+    assert!(!err.message().contains("nope"), "the secret's value never shows: {}", err.message());
+
+    let gone = client.repos().get(v1::GetRepoRequest { name: "m1".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "a mirror whose first fetch failed is not kept");
+
+    let m = client.repos().create(mirror("m1", "GIT_TOKEN")).await.unwrap().into_inner();
+    assert_eq!((m.last_error.as_str(), m.credentials.as_str()), ("", "GIT_TOKEN"));
+    std::fs::write(wt.path().join("hello.txt"), "mirrored\n").unwrap();
+    git(wt.path(), &["commit", "-qam", "for the mirror"]);
+    git(wt.path(), &["push", "-q", &upstream.path, "main"]);
+    let synced = client.repos().sync(v1::SyncRepoRequest { name: "m1".into() }).await.unwrap().into_inner();
+    assert_eq!(synced.run_ids.len(), 1);
+    let run = finished(&client, &synced.run_ids[0]).await;
+    assert_eq!(word(run.status), "success");
+    assert_eq!(step_log(&client, &format!("{}.1.1", run.id)).await.lines().next(), Some("mirrored"));
+    // A token alone is sent as the password.
+    client.secrets().set(v1::SetSecretRequest { name: "GIT_TOKEN".into(), value: token }).await.unwrap();
+    client.repos().sync(v1::SyncRepoRequest { name: "m1".into() }).await.unwrap();
+}
+
+/// A mirror of an ssh remote (a real sshd) fetches with the private key a
+/// secret holds, and checks the host key against the server user's
+/// `~/.ssh/known_hosts` as git does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_mirror_fetches_with_the_key_in_a_secret_and_checks_the_host_key() {
+    let Some(sshd) = viaduct_tests::sshd::Sshd::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let known_hosts = home.path().join(".ssh/known_hosts");
+    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    let server = Server::start_env(&[], &[("HOME", home.path())]);
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let (_upstream, bare, wt) = forge(ON_MAIN);
+    for (name, value) in [("DEPLOY_KEY", sshd.client_key()), ("OTHER_KEY", sshd.other_key())] {
+        client.secrets().set(v1::SetSecretRequest { name: name.into(), value }).await.unwrap();
+    }
+    let mirror = |name: &str, credentials: &str| v1::CreateRepoRequest {
+        name: name.into(),
+        source: Some(v1::create_repo_request::Source::Mirror(v1::MirrorRepo {
+            url: sshd.url(&bare),
+            credentials: credentials.into(),
+            ..Default::default()
+        })),
+    };
+    let err = client.repos().create(mirror("ssh", "DEPLOY_KEY")).await.unwrap_err();
+    assert!(err.message().contains("hostkey"), "an unknown host is refused: {}", err.message());
+    std::fs::write(&known_hosts, sshd.known_hosts()).unwrap();
+    let err = client.repos().create(mirror("ssh", "OTHER_KEY")).await.unwrap_err();
+    assert!(
+        err.message().contains("authentication failed with secret `OTHER_KEY`'s credentials"),
+        "{}\n(sshd log: {})",
+        err.message(),
+        sshd.log_path().display()
+    );
+    let repo = client.repos().create(mirror("ssh", "DEPLOY_KEY")).await.unwrap().into_inner();
+    assert_eq!(repo.last_error, "");
+    std::fs::write(wt.path().join("hello.txt"), "over ssh\n").unwrap();
+    git(wt.path(), &["commit", "-qam", "for the ssh mirror"]);
+    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let synced = client.repos().sync(v1::SyncRepoRequest { name: "ssh".into() }).await.unwrap().into_inner();
+    assert_eq!(synced.run_ids.len(), 1);
+    let run = finished(&client, &synced.run_ids[0]).await;
+    assert_eq!(word(run.status), "success");
+    assert_eq!(step_log(&client, &format!("{}.1.1", run.id)).await.lines().next(), Some("over ssh"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_request_webhook_runs_the_head_commit_when_on_asks_for_it() {
     let server = Server::start();
@@ -257,14 +359,9 @@ async fn schedules_fire_and_a_slot_missed_while_down_fires_once_after_a_restart(
         s.sort();
         s
     };
-    let before = within("two scheduled runs", async {
-        loop {
-            let s = slots(&runs_of(&client, "nightly").await);
-            if s.len() >= 2 {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let before = eventually("two scheduled runs", || async {
+        let s = slots(&runs_of(&client, "nightly").await);
+        (s.len() >= 2).then_some(s)
     })
     .await;
     assert_eq!(before[1] - before[0], 600, "consecutive 10-minute slots: {before:?}");
@@ -284,14 +381,9 @@ async fn schedules_fire_and_a_slot_missed_while_down_fires_once_after_a_restart(
     let missed = |s: &[i64]| -> Vec<i64> {
         s.iter().copied().filter(|t| (*t as f64) > killed_at && (*t as f64) <= restarted_at).collect()
     };
-    let after = within("the catch-up run", async {
-        loop {
-            let s = slots(&runs_of(&client, "nightly").await);
-            if !missed(&s).is_empty() {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let after = eventually("the catch-up run", || async {
+        let s = slots(&runs_of(&client, "nightly").await);
+        (!missed(&s).is_empty()).then_some(s)
     })
     .await;
     let latest_missed = (restarted_at as i64) / 600 * 600;

@@ -45,6 +45,7 @@ impl ReposApi {
             }),
             last_sync: convert::timestamp(r.last_sync_ms),
             last_error: r.last_error.clone(),
+            credentials: r.credentials.clone(),
         }
     }
 }
@@ -57,9 +58,7 @@ impl Repos for ReposApi {
             Some(create_repo_request::Source::Hosted(h)) => {
                 self.triggers.create_hosted(&r.name, &h.default_branch).await?
             }
-            Some(create_repo_request::Source::Mirror(m)) => {
-                self.triggers.create_mirror(&r.name, &m.url, m.poll_interval_seconds, &m.webhook_secret).await?
-            }
+            Some(create_repo_request::Source::Mirror(m)) => self.triggers.create_mirror(&r.name, &m).await?,
             None => return Err(Error::invalid("set `hosted` or `mirror`").into()),
         };
         Ok(Response::new(self.to_proto(&r.name, &rec)))

@@ -76,9 +76,52 @@ pub fn open_or_init(path: &Path) -> Result<Repository> {
     }
 }
 
-fn callbacks<'a>() -> RemoteCallbacks<'a> {
+/// What a mirror's fetches authenticate with: the value of a secret.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The secret's name (for messages; the value never appears in one).
+    pub secret: String,
+    /// An ssh private key (OpenSSH or PEM, no passphrase), or for http(s)
+    /// `user:password` or a token alone (sent as the password).
+    pub value: String,
+}
+
+impl Credentials {
+    fn cred(&self, user: Option<&str>, allowed: CredentialType) -> std::result::Result<Cred, git2::Error> {
+        let key = self.value.trim_start().starts_with("-----BEGIN");
+        if key && allowed.contains(CredentialType::SSH_KEY) {
+            return Cred::ssh_key_from_memory(user.unwrap_or("git"), None, &self.value, None);
+        }
+        if !key && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            return match self.value.split_once(':') {
+                Some((u, p)) => Cred::userpass_plaintext(u, p),
+                None => Cred::userpass_plaintext(user.unwrap_or("git"), &self.value),
+            };
+        }
+        let what = if key { "an ssh key, but the remote wants a password" } else { "not an ssh key" };
+        Err(git2::Error::from_str(&format!("the credentials in secret `{}` do not fit: {what}", self.secret)))
+    }
+}
+
+/// Remote callbacks that answer libgit2's credential requests once: with
+/// `creds` when given, else the server user's ssh agent and keys or git's
+/// credential helper. A second request means the first answer was refused
+/// (libgit2 would otherwise ask forever).
+fn callbacks(creds: Option<&Credentials>) -> RemoteCallbacks<'_> {
     let mut cb = RemoteCallbacks::new();
-    cb.credentials(|url, user, allowed| {
+    let mut asked = false;
+    cb.credentials(move |url, user, allowed| {
+        if allowed == CredentialType::USERNAME {
+            // ssh URLs without a user: libgit2 asks for one first.
+            return Cred::username(user.unwrap_or("git"));
+        }
+        if std::mem::replace(&mut asked, true) {
+            let whose = creds.map_or_else(|| "the server's".to_string(), |c| format!("secret `{}`'s", c.secret));
+            return Err(git2::Error::from_str(&format!("authentication failed with {whose} credentials")));
+        }
+        if let Some(c) = creds {
+            return c.cred(user, allowed);
+        }
         if allowed.contains(CredentialType::SSH_KEY) {
             let user = user.unwrap_or("git");
             // The agent first, then the default key of the server's user.
@@ -98,12 +141,12 @@ fn callbacks<'a>() -> RemoteCallbacks<'a> {
 }
 
 /// Fetches every branch and tag of `url` into the bare repository at
-/// `path` (pruning what was deleted), plus any `extra` refspecs. Returns the
-/// remote's default branch, if it says.
-pub fn fetch(path: &Path, url: &str, extra: &[String]) -> Result<Option<String>> {
+/// `path` (pruning what was deleted), plus any `extra` refspecs, with
+/// `creds` if given. Returns the remote's default branch, if it says.
+pub fn fetch(path: &Path, url: &str, extra: &[String], creds: Option<&Credentials>) -> Result<Option<String>> {
     let repo = open_or_init(path)?;
     let mut remote = repo.remote_anonymous(url)?;
-    remote.connect_auth(Direction::Fetch, Some(callbacks()), None)?;
+    remote.connect_auth(Direction::Fetch, Some(callbacks(creds)), None)?;
     let default = remote
         .default_branch()
         .ok()
@@ -112,7 +155,7 @@ pub fn fetch(path: &Path, url: &str, extra: &[String]) -> Result<Option<String>>
     let mut specs = vec!["+refs/heads/*:refs/heads/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
     specs.extend(extra.iter().cloned());
     let mut opts = FetchOptions::new();
-    opts.remote_callbacks(callbacks()).prune(FetchPrune::On).download_tags(AutotagOption::All);
+    opts.remote_callbacks(callbacks(creds)).prune(FetchPrune::On).download_tags(AutotagOption::All);
     remote.fetch(&specs, Some(&mut opts), None)?;
     Ok(default)
 }

@@ -290,6 +290,9 @@ pub struct RepoRecord {
     /// without starting runs (only later moves start runs).
     #[prost(bool, tag = "10")]
     pub baselined: bool,
+    /// Mirrors: the name of the secret fetches authenticate with.
+    #[prost(string, tag = "11")]
+    pub credentials: String,
 }
 
 /// The events of one transition: `events` tree, key = the cursor of its

@@ -26,7 +26,7 @@ use std::{
 };
 
 use viaduct_pipeline::spec::Pipeline;
-use viaduct_proto::v1::{RunSource, SourcePlan};
+use viaduct_proto::v1::{MirrorRepo, RunSource, SourcePlan};
 
 use crate::{
     engine::{Engine, plan::NewRun},
@@ -237,35 +237,59 @@ impl Triggers {
         Ok(rec)
     }
 
-    /// Creates a mirror of `url` and fetches it once; the refs it has now are
-    /// recorded without starting runs.
-    pub async fn create_mirror(&self, name: &str, url: &str, poll_interval_s: u32, secret: &str) -> Result<RepoRecord> {
+    /// Creates a mirror of `m.url` and fetches it once; the refs it has now
+    /// are recorded without starting runs. If that first fetch fails, nothing
+    /// is kept (the caller fixes the URL or credentials and creates again).
+    pub async fn create_mirror(&self, name: &str, m: &MirrorRepo) -> Result<RepoRecord> {
         check_name(name)?;
-        if url.is_empty() {
+        if m.url.is_empty() {
             return Err(Error::invalid("a mirror needs the URL of the repository to follow"));
+        }
+        if !m.credentials.is_empty() {
+            crate::secrets::check_name(&m.credentials)?;
+            self.secret(&m.credentials)?;
         }
         {
             let _guard = self.lock_for(name).lock_owned().await;
             if self.engine.store().get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
                 return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
             }
-            let secret = if secret.is_empty() { random_secret()? } else { secret.to_string() };
+            let secret = if m.webhook_secret.is_empty() { random_secret()? } else { m.webhook_secret.clone() };
             let rec = RepoRecord {
                 schema: SCHEMA_VERSION,
                 kind: MIRROR.into(),
-                url: url.to_string(),
+                url: m.url.clone(),
                 default_branch: "main".into(),
                 webhook_secret: secret,
-                poll_interval_s,
+                poll_interval_s: m.poll_interval_seconds,
                 created_ms: now_ms(),
+                credentials: m.credentials.clone(),
                 ..Default::default()
             };
             let ws = self.save(name, &rec, WriteSet::default())?;
             self.engine.store().commit_durable(&ws).await?;
         }
-        tracing::info!(repo = name, url, "mirror created");
-        self.sync(name).await?;
+        if let Err(e) = self.sync(name).await {
+            self.delete(name).await?;
+            return Err(e);
+        }
+        tracing::info!(repo = name, url = m.url, "mirror created");
         self.get(name)
+    }
+
+    /// A secret's value; a missing one is the caller's to set.
+    fn secret(&self, name: &str) -> Result<String> {
+        self.engine.secret_box().get(self.engine.store(), name)?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
+        })
+    }
+
+    /// What a mirror's fetches authenticate with (see `git::Credentials`).
+    fn fetch_credentials(&self, rec: &RepoRecord) -> Result<Option<git::Credentials>> {
+        if rec.credentials.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(git::Credentials { secret: rec.credentials.clone(), value: self.secret(&rec.credentials)? }))
     }
 
     /// Deletes a repository and the server's copy of it.
@@ -294,7 +318,11 @@ impl Triggers {
         let path = self.path(name);
         if rec.kind == MIRROR {
             let (p, url) = (path.clone(), rec.url.clone());
-            match blocking(move || git::fetch(&p, &url, &[])).await {
+            let fetched = match self.fetch_credentials(&rec) {
+                Ok(creds) => blocking(move || git::fetch(&p, &url, &[], creds.as_ref())).await,
+                Err(e) => Err(e),
+            };
+            match fetched {
                 Ok(default) => {
                     rec.last_error.clear();
                     if let Some(d) = default {
@@ -378,7 +406,8 @@ impl Triggers {
         let local = format!("refs/viaduct/pull/{}", pr.number);
         if rec.kind == MIRROR {
             let (p, url, spec) = (path.clone(), rec.url.clone(), format!("+{}:{local}", pr.remote_ref));
-            blocking(move || git::fetch(&p, &url, &[spec])).await?;
+            let creds = self.fetch_credentials(&rec)?;
+            blocking(move || git::fetch(&p, &url, &[spec], creds.as_ref())).await?;
         }
         let key = ref_key(name, &format!("pr/{}", pr.number));
         let seen = self.engine.store().tree(T::RefState).get(&key)?;

@@ -147,6 +147,11 @@ pub enum ReposCommand {
         /// Mirrors: the webhook secret (default: generated).
         #[arg(long)]
         webhook_secret: Option<String>,
+        /// Mirrors: a secret to fetch with — `user:password` or a token for
+        /// https, a private key for ssh (default: the server user's ssh
+        /// agent and keys, or git's credential helper).
+        #[arg(long, value_name = "SECRET")]
+        credentials: Option<String>,
         /// Hosted: the default branch.
         #[arg(long, default_value = "main")]
         default_branch: String,

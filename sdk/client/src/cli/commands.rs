@@ -392,12 +392,13 @@ pub async fn trigger(
 /// `viaduct repos …`.
 pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
     match cmd {
-        ReposCommand::Create { name, mirror, poll, webhook_secret, default_branch } => {
+        ReposCommand::Create { name, mirror, poll, webhook_secret, credentials, default_branch } => {
             let source = match mirror {
                 Some(url) => create_repo_request::Source::Mirror(MirrorRepo {
                     url,
                     poll_interval_seconds: poll,
                     webhook_secret: webhook_secret.unwrap_or_default(),
+                    credentials: credentials.unwrap_or_default(),
                 }),
                 None => create_repo_request::Source::Hosted(HostedRepo { default_branch }),
             };

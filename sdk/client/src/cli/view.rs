@@ -197,7 +197,7 @@ pub fn repo_json(r: &Repo) -> Value {
         "name": r.name, "kind": r.kind, "url": r.url, "clone_url": r.clone_url, "path": r.path,
         "default_branch": r.default_branch, "webhook_url": r.webhook_url, "webhook_secret": r.webhook_secret,
         "poll_interval_seconds": r.poll_interval_seconds, "last_sync": rfc3339(r.last_sync.as_ref()),
-        "last_error": r.last_error,
+        "last_error": r.last_error, "credentials": r.credentials,
     })
 }
 
@@ -210,6 +210,9 @@ pub fn repo_text(r: &Repo) -> String {
         let _ = writeln!(out, "  secret       {}", r.webhook_secret);
         if r.poll_interval_seconds > 0 {
             let _ = writeln!(out, "  polls every  {}s", r.poll_interval_seconds);
+        }
+        if !r.credentials.is_empty() {
+            let _ = writeln!(out, "  fetches with secret {}", r.credentials);
         }
     } else {
         let _ = writeln!(
