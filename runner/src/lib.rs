@@ -179,7 +179,8 @@ async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
         return Arc::new(executor::dummy::DummyBackend);
     }
     let host: Option<Arc<dyn Backend>> = (!cfg.no_host_jobs).then(|| {
-        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces);
+        let cgroups = executor::cgroup::Cgroups::detect(runner_id);
+        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups);
         host.clean_stale();
         Arc::new(host) as Arc<dyn Backend>
     });

@@ -37,6 +37,21 @@ pub fn screenshot_dir() -> PathBuf {
     dir
 }
 
+/// How Chromium runs here: headless, as root (no sandbox), and without the
+/// background connections a closed network refuses. `cargo xtask setup`
+/// checks Chromium with the same flags.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+];
+
 /// chromedriver and its headless Chromium with a fresh profile.
 pub struct Browser {
     driver: Child,
@@ -59,19 +74,10 @@ impl Browser {
                 panic!("cannot start {} ({e}): `cargo xtask setup` installs it", Path::new(&chromedriver).display())
             });
         let profile = tempfile::tempdir().expect("profile dir");
-        let args = serde_json::json!([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            "--window-size=1280,900",
-            format!("--user-data-dir={}", profile.path().display()),
-        ]);
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
+        args.push("--window-size=1280,900".into());
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let args = serde_json::json!(args);
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": "/usr/bin/chromium", "args": args }));
         let url = format!("http://127.0.0.1:{port}");

@@ -492,15 +492,27 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A test cannot run for want of a fixture (`why` says which, and how to
+/// get it). Under `cargo xtask test` — which installs, checks and starts
+/// every fixture, and says so with `VIADUCT_FIXTURES_REQUIRED` — that is a
+/// broken set-up, and the test fails; a bare `cargo test` prints why it
+/// skips.
+pub fn missing_fixture(why: &str) {
+    if std::env::var_os("VIADUCT_FIXTURES_REQUIRED").is_some() {
+        panic!("missing fixture under `cargo xtask test`: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// The container engine the tests may use: `VIADUCT_CONTAINER_SOCKET`, set
-/// by `cargo xtask test` (which starts Podman's API service). `None` — with
-/// the reason printed — when there is none, so container tests can skip.
+/// by `cargo xtask test` (which starts Podman's API service). `None` when
+/// there is none, so container tests can skip (see [`missing_fixture`]).
 pub fn container_socket() -> Option<String> {
     match std::env::var("VIADUCT_CONTAINER_SOCKET") {
         Ok(s) if Path::new(&s).exists() => Some(s),
         _ => {
-            eprintln!(
-                "SKIPPED: no container engine (VIADUCT_CONTAINER_SOCKET is unset): run `cargo xtask test`, which starts Podman"
+            missing_fixture(
+                "no container engine (VIADUCT_CONTAINER_SOCKET is unset): run `cargo xtask test`, which starts Podman",
             );
             None
         }
@@ -513,14 +525,14 @@ pub fn test_image() -> String {
 }
 
 /// The private registry the pull tests may use (`127.0.0.1:PORT`, and the
-/// `user:password` it takes), started by `cargo xtask test`. `None` — with
-/// the reason printed — when there is none.
+/// `user:password` it takes), started by `cargo xtask test`. `None` when
+/// there is none (see [`missing_fixture`]).
 pub fn test_registry() -> Option<(String, String)> {
     match (std::env::var("VIADUCT_TEST_REGISTRY"), std::env::var("VIADUCT_TEST_REGISTRY_AUTH")) {
         (Ok(addr), Ok(auth)) => Some((addr, auth)),
         _ => {
-            eprintln!(
-                "SKIPPED: no image registry (VIADUCT_TEST_REGISTRY is unset): run `cargo xtask test`, which starts one"
+            missing_fixture(
+                "no image registry (VIADUCT_TEST_REGISTRY is unset): run `cargo xtask test`, which starts one",
             );
             None
         }

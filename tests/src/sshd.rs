@@ -35,7 +35,9 @@ impl Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         let root = output(Command::new("id").arg("-u")).stdout == b"0\n";
         if !sshd.exists() || !root {
-            eprintln!("SKIPPED: no sshd or not root: run `cargo xtask test` as root, which installs openssh-server");
+            crate::missing_fixture(
+                "no sshd or not root: run `cargo xtask test` as root, which installs openssh-server",
+            );
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");

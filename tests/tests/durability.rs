@@ -96,25 +96,44 @@ async fn runs_accepted_just_before_a_kill_all_run_after_the_restart() {
     }
 }
 
+/// Whether the runner contains host jobs in cgroups (it says so at start);
+/// without them a process that leaves its process group is out of reach.
+fn uses_cgroups(runner: &viaduct_tests::Runner) -> bool {
+    wait_until("the runner to start", || {
+        let log = runner.log();
+        (log.contains("host jobs") || log.contains("no cgroup")).then_some(())
+    });
+    let contained = runner.log().contains("host jobs are contained by cgroups");
+    if !contained {
+        viaduct_tests::missing_fixture("no writable cgroup v2 here: detached processes are not contained");
+    }
+    contained
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_killed_mid_step_gets_its_job_retried_and_its_processes_cleaned_up() {
     let server = Server::start_with(&["--retry-backoff", "50ms"]);
     let mut runner = server.runner("linux", 1);
     let client = server.client().await;
     let tmp = tempfile::tempdir().unwrap();
-    let pidfile = tmp.path().join("pid");
+    let (pidfile, detached) = (tmp.path().join("pid"), tmp.path().join("detached"));
+    // Attempt 1 leaves a process in its group and one that left it.
     let id = submit(
         &client,
         &format!(
-            "jobs:\n  j:\n    retries: 1\n    steps:\n      - run: echo attempt $VIADUCT_ATTEMPT; if [ $VIADUCT_ATTEMPT = 1 ]; then echo $$ > {}; sleep 300; fi\n",
-            pidfile.display()
+            "jobs:\n  j:\n    retries: 1\n    steps:\n      - run: echo attempt $VIADUCT_ATTEMPT; if [ $VIADUCT_ATTEMPT = 1 ]; then \
+             setsid sh -c 'echo $$ > {detached}; exec sleep 300' & echo $$ > {pid}; sleep 300; fi\n",
+            pid = pidfile.display(),
+            detached = detached.display(),
         ),
     )
     .await;
     let step = format!("{id}.1.1");
-    wait_until("attempt 1 to start", || std::fs::read_to_string(&pidfile).ok().filter(|s| s.ends_with('\n')));
+    let started = |f: &std::path::Path| std::fs::read_to_string(f).ok().filter(|s| s.ends_with('\n'));
+    wait_until("attempt 1 to start", || started(&pidfile).and(started(&detached)));
     runner.kill9();
     let orphan: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let detached: i32 = std::fs::read_to_string(&detached).unwrap().trim().parse().unwrap();
     assert!(!process_gone(orphan), "the step outlives a SIGKILLed runner until the runner comes back");
     // The restarted runner (same identity) no longer has the job: the server
     // retries it at once, and the runner kills what the dead one left.
@@ -124,7 +143,38 @@ async fn a_runner_killed_mid_step_gets_its_job_retried_and_its_processes_cleaned
     assert_eq!(run.jobs[0].attempt, 2);
     assert_eq!(word(run.jobs[0].previous_attempts[0].status), "runner_lost");
     assert_eq!(step_log(&client, &step).await, "attempt 2\n");
-    wait_until("the orphaned step to be killed", || process_gone(orphan).then_some(()));
+    // The kill happens before the restarted runner connects: by the time
+    // attempt 2 has run, nothing of attempt 1 may be left.
+    assert!(process_gone(orphan), "the orphaned step was killed before the runner took work");
+    if uses_cgroups(&runner) {
+        assert!(process_gone(detached), "the step's detached process was killed too");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_detaches_a_process_does_not_leave_it_running() {
+    let server = Server::start();
+    let runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let detached = tmp.path().join("detached");
+    let id = submit(
+        &client,
+        &format!(
+            "jobs:\n  j:\n    steps:\n      - run: setsid sh -c 'echo $$ > {0}; exec sleep 300' > /dev/null 2>&1 & \
+             until [ -s {0} ]; do sleep 0.01; done\n      - run: cat {0}\n",
+            detached.display()
+        ),
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let pid: i32 = step_log(&client, &format!("{id}.1.2")).await.trim().parse().unwrap();
+    if uses_cgroups(&runner) {
+        // Step 1 ended before step 2 started, and took its detached process
+        // with it: step 2 saw the pid it wrote, and it is gone.
+        assert!(process_gone(pid), "a process that left the step's process group outlived the step");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

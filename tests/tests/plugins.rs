@@ -375,8 +375,8 @@ jobs:
         assert_eq!(word(s.status), "success", "{run:#?}\n{}", step_log(&client, &format!("{id}.1.2")).await);
         assert!(s.summary.contains("checks"), "{}", s.summary);
     } else {
-        eprintln!(
-            "SKIP: nix is not installed here (`cargo xtask setup` installs Debian's nix-bin when apt works): checking the error a runner without nix gives instead"
+        viaduct_tests::missing_fixture(
+            "nix is not installed here (`cargo xtask setup` installs Debian's nix-bin): checking the error a runner without nix gives instead",
         );
         assert_eq!(word(s.status), "failure");
         assert_eq!(s.message, "nix is not installed on this runner (install it, e.g. `apt-get install nix-bin`)");

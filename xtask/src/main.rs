@@ -4,7 +4,8 @@
 //!   an embedded sled data dir + one local runner), until Ctrl-C;
 //! - `cargo xtask test`  — install the test tools, build the binaries once,
 //!   run every test;
-//! - `cargo xtask setup` — install the tools the above need (idempotent);
+//! - `cargo xtask setup` — install the tools the above need (idempotent)
+//!   and prove each works (`--check`: only report);
 //! - `cargo xtask bench` — build in release mode and print the benchmarks;
 //! - `cargo xtask plugins` — build the WASI step plugins into
 //!   `target/plugins/` (first-party) and `target/plugins-test/` (test-only);
@@ -51,8 +52,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Install the tools the tests need (idempotent).
-    Setup,
+    /// Install the tools the tests need (idempotent), check that each works
+    /// and print what is installed.
+    Setup {
+        /// Only check and report (version, origin, works?); install nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the benchmarks (release build) and print their figures.
     Bench {
         /// Only benchmarks whose name contains this.
@@ -75,7 +81,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Up { listen, fresh, slots } => system::up(&listen, fresh, slots),
         Cmd::Test { args } => test(&args),
-        Cmd::Setup => setup::all().map(|_| ()),
+        Cmd::Setup { check: false } => setup::all().map(|_| ()),
+        Cmd::Setup { check: true } => setup::report(),
         Cmd::Bench { filter } => bench::run(filter.as_deref()),
         Cmd::Plugins { force } => plugins::build(force).map(|_| ()),
         Cmd::Ui => ui::build().map(|_| ()),
@@ -123,28 +130,17 @@ fn test(extra: &[String]) -> Result<()> {
     plugins::build(false)?;
     let ui = ui::build()?;
     // A private registry for the pull tests, known to Podman as insecure.
-    let registry = tools.podman.as_ref().and_then(|_| {
-        setup::Registry::start()
-            .map_err(|e| eprintln!("xtask: no image registry ({e:#}): the registry pull tests will be skipped"))
-            .ok()
-    });
-    let service = match &tools.podman {
-        Some(conf) => Some(setup::PodmanService::start(conf, registry.as_ref().map(|r| r.registries_conf.as_path()))?),
-        None => None,
-    };
+    let registry = setup::Registry::start()?;
+    let service = setup::PodmanService::start(&tools.podman, Some(&registry.registries_conf))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     for (k, v) in tools.env() {
         cmd.env(k, v);
     }
-    if let (Some(s), Some(conf)) = (&service, &tools.podman) {
-        cmd.env("VIADUCT_CONTAINER_SOCKET", &s.socket).env("VIADUCT_TEST_IMAGE", setup::TEST_IMAGE);
-        // The tests' own podman commands behave like the service.
-        cmd.env("CONTAINERS_CONF", conf);
-    }
-    if let Some(r) = &registry {
-        cmd.env("VIADUCT_TEST_REGISTRY", &r.addr).env("VIADUCT_TEST_REGISTRY_AUTH", &r.auth);
-    }
+    cmd.env("VIADUCT_CONTAINER_SOCKET", &service.socket).env("VIADUCT_TEST_IMAGE", setup::TEST_IMAGE);
+    // The tests' own podman commands behave like the service.
+    cmd.env("CONTAINERS_CONF", &tools.podman);
+    cmd.env("VIADUCT_TEST_REGISTRY", &registry.addr).env("VIADUCT_TEST_REGISTRY_AUTH", &registry.auth);
     cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug")).env("VIADUCT_UI_DIR", ui);
     run(&mut cmd)?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());

@@ -7,13 +7,23 @@
 //! job gives it (and a default `PATH`), in its own process group, with
 //! stdout and stderr on one pipe so their order is kept.
 //!
+//! Containment: each job has a cgroup and each step a child cgroup of it
+//! (see [`super::cgroup`]), recorded in the job directory before the step
+//! starts. Where cgroup v2 is not available, the step's process group is
+//! recorded instead — by the step's own process, before it executes the
+//! script, so a runner killed at any moment has always written it down.
+//!
 //! Stopping: on cancel or timeout the whole group gets SIGTERM, then
-//! SIGKILL after the grace period. When the step's shell exits, whatever it
-//! left running in its group is killed too, so no step leaves orphans.
+//! SIGKILL (the whole cgroup) after the grace period. When the step's
+//! shell exits, whatever it left running is killed too — with a cgroup,
+//! also what left the process group (`setsid`) — so no step leaves
+//! orphans. A restarted runner kills what its dead predecessor's steps
+//! left, from the records in the job directories.
 
 use std::{
     collections::BTreeMap,
-    os::fd::OwnedFd,
+    ffi::CString,
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -26,13 +36,19 @@ use nix::{
 use tokio::{io::AsyncReadExt, net::unix::pipe, process::Command};
 use viaduct_proto::v1::Status;
 
-use super::{Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop};
+use super::{
+    Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop,
+    cgroup::{Cgroups, JobCgroup, StepCgroup},
+};
 use crate::outputs;
 
 /// `PATH` when the job sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// File in a job directory holding the process group of its running step.
+/// File in a job directory holding the process group of its running step
+/// (without cgroups).
 const PGID_FILE: &str = "pgid";
+/// File in a job directory holding the path of the job's cgroup.
+const CGROUP_FILE: &str = "cgroup";
 
 /// Kills process group `pgid` if it still belongs to the job in `dir`: some
 /// member's working directory must be inside `dir`, so a recycled process
@@ -60,22 +76,32 @@ pub struct HostBackend {
     root: PathBuf,
     kill_grace: Duration,
     keep_workspaces: bool,
+    cgroups: Option<Cgroups>,
 }
 
 impl HostBackend {
     /// Job directories go under `root/jobs`. `kill_grace` is the time
-    /// between SIGTERM and SIGKILL.
-    pub fn new(root: &Path, kill_grace: Duration, keep_workspaces: bool) -> Self {
-        Self { root: root.join("jobs"), kill_grace, keep_workspaces }
+    /// between SIGTERM and SIGKILL. `cgroups`: where jobs' cgroups go
+    /// (`None`: process groups only).
+    pub fn new(root: &Path, kill_grace: Duration, keep_workspaces: bool, cgroups: Option<Cgroups>) -> Self {
+        Self { root: root.join("jobs"), kill_grace, keep_workspaces, cgroups }
     }
 
     /// Cleans up after a previous runner process that died without
-    /// tearing its jobs down: kills the process groups its steps left
-    /// running, then removes their job directories.
+    /// tearing its jobs down: kills every process its jobs left (from the
+    /// cgroup or process group each job directory records), then removes
+    /// the job directories.
     pub fn clean_stale(&self) {
         let Ok(entries) = std::fs::read_dir(&self.root) else { return };
         for e in entries.flatten() {
             let dir = e.path();
+            if let Ok(cgroup) = std::fs::read_to_string(dir.join(CGROUP_FILE)) {
+                let cgroup = JobCgroup::at(PathBuf::from(cgroup.trim()));
+                if cgroup.path().exists() {
+                    tracing::warn!(cgroup = %cgroup.path().display(), "killing processes left by a previous runner");
+                    cgroup.kill();
+                }
+            }
             if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse().ok()) {
                 kill_stale_group(pgid, &dir);
             }
@@ -94,21 +120,43 @@ impl Backend for HostBackend {
         if let Some(image) = job.image.as_ref().filter(|_| job.wants_container()) {
             return Err(SetupError(format!("the host executor cannot run image `{}`", image.name)));
         }
-        let dir = self.root.join(format!("{}-a{}", job.job.job_id, job.job.attempt));
+        let name = format!("{}-a{}", job.job.job_id, job.job.attempt);
+        let dir = self.root.join(&name);
         let _ = tokio::fs::remove_dir_all(&dir).await;
         for sub in ["workspace", "home", "tmp", "outputs"] {
             tokio::fs::create_dir_all(dir.join(sub))
                 .await
                 .map_err(|e| SetupError(format!("cannot create {}: {e}", dir.join(sub).display())))?;
         }
-        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces }))
+        let cgroup = match &self.cgroups {
+            None => None,
+            Some(cgroups) => {
+                let cgroups = cgroups.clone();
+                let dir = dir.clone();
+                let made = tokio::task::spawn_blocking(move || job_cgroup(&cgroups, &name, &dir))
+                    .await
+                    .map_err(|e| SetupError(format!("cannot create the job's cgroup: {e}")))?;
+                Some(made.map_err(|e| SetupError(format!("cannot create the job's cgroup: {e}")))?)
+            }
+        };
+        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup }))
     }
+}
+
+/// The job's cgroup, recorded in its directory before it exists (a runner
+/// killed in between leaves a record of nothing, never a cgroup without a
+/// record).
+fn job_cgroup(cgroups: &Cgroups, name: &str, dir: &Path) -> std::io::Result<JobCgroup> {
+    let path = cgroups.path_of(name);
+    std::fs::write(dir.join(CGROUP_FILE), path.as_os_str().as_encoded_bytes())?;
+    cgroups.job(name)
 }
 
 struct HostJob {
     dir: PathBuf,
     kill_grace: Duration,
     keep: bool,
+    cgroup: Option<JobCgroup>,
 }
 
 #[async_trait::async_trait]
@@ -127,10 +175,21 @@ impl JobEnv for HostJob {
         env.insert("TMPDIR".into(), self.dir.join("tmp").display().to_string());
         env.insert("VIADUCT_WORKSPACE".into(), workspace.display().to_string());
         env.insert("VIADUCT_OUTPUT".into(), output_file.display().to_string());
-        let pgid_file = self.dir.join(PGID_FILE);
-        let mut outcome = run_process(&step.script, &cwd, &env, log, stop, self.kill_grace, &pgid_file).await;
+        let containment = match &self.cgroup {
+            Some(job) => match job.step(step.index) {
+                Ok(cg) => Containment::Cgroup(cg),
+                Err(e) => return StepOutcome::error(format!("cannot create the step's cgroup: {e}")),
+            },
+            None => match Containment::pgid_file(&self.dir.join(PGID_FILE)) {
+                Ok(c) => c,
+                Err(e) => return StepOutcome::error(e),
+            },
+        };
+        let mut outcome = run_process(&step.script, &cwd, &env, log, stop, self.kill_grace, &containment).await;
         // Tiny local files: plain syscalls (µs) beat a blocking-pool hop.
-        let _ = std::fs::remove_file(&pgid_file);
+        if let Containment::ProcessGroup { path, .. } = &containment {
+            let _ = std::fs::remove_file(path);
+        }
         if let Ok(text) = std::fs::read_to_string(&output_file) {
             match outputs::parse(&text) {
                 Ok(o) => outcome.outputs = o,
@@ -144,12 +203,94 @@ impl JobEnv for HostJob {
     }
 
     async fn teardown(self: Box<Self>) {
+        if let Some(cgroup) = self.cgroup.clone() {
+            // Whatever any step left running (detached or not) dies here.
+            let _ = tokio::task::spawn_blocking(move || cgroup.kill()).await;
+        }
         if !self.keep
             && let Err(e) = tokio::fs::remove_dir_all(&self.dir).await
         {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove job directory");
         }
     }
+}
+
+/// What holds a step's processes, so that they can all be killed — now,
+/// or by a restarted runner.
+pub enum Containment {
+    /// The step's cgroup.
+    Cgroup(StepCgroup),
+    /// Its process group only; the group id is written to `file` by the
+    /// step's process itself, before it executes the script.
+    ProcessGroup {
+        /// Where the group id goes.
+        path: PathBuf,
+        /// The same, NUL-terminated for the forked child.
+        file: CString,
+    },
+}
+
+impl Containment {
+    /// Process-group containment recording the group in `path`.
+    pub fn pgid_file(path: &Path) -> Result<Self, String> {
+        let file =
+            CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{} is not a valid path", path.display()))?;
+        Ok(Self::ProcessGroup { path: path.to_path_buf(), file })
+    }
+
+    /// What the forked child runs before `exec` (async-signal-safe only).
+    fn enter_fn(&self) -> Box<dyn FnMut() -> std::io::Result<()> + Send + Sync> {
+        match self {
+            Self::Cgroup(cg) => Box::new(cg.enter_fn()),
+            Self::ProcessGroup { file, .. } => {
+                let file = file.clone();
+                Box::new(move || write_own_pid(&file))
+            }
+        }
+    }
+
+    /// Kills whatever is left of the step (without waiting).
+    fn kill_rest(&self, pgid: Option<Pid>) {
+        if let Some(pg) = pgid {
+            // ESRCH (the group is already gone) is fine.
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        if let Self::Cgroup(cg) = self {
+            cg.kill();
+        }
+    }
+}
+
+/// Writes the calling process's id (its process group, as the step runs
+/// with `process_group(0)`) to `file`. Runs between `fork` and `exec`:
+/// only `open`/`write`/`close`, and the digits formatted on the stack.
+fn write_own_pid(file: &std::ffi::CStr) -> std::io::Result<()> {
+    let mut digits = [0u8; 12];
+    let mut n = std::process::id();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // SAFETY: `file` is NUL-terminated and outlives the calls; `digits`
+    // outlives the write.
+    unsafe {
+        let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let len = digits.len() - at;
+        let written = libc::write(fd, digits[at..].as_ptr().cast(), len);
+        libc::close(fd);
+        if written != len as isize {
+            return Err(std::io::Error::other("short write of the process group file"));
+        }
+    }
+    Ok(())
 }
 
 /// Why a running step is being stopped.
@@ -160,8 +301,8 @@ enum Stopping {
 }
 
 /// Runs `sh -e -c script` in its own process group with exactly `env`,
-/// streaming merged stdout/stderr to `log`. The group id is written to
-/// `pgid_file` while it runs, so that a restarted runner can clean up.
+/// streaming merged stdout/stderr to `log`, its processes held by
+/// `containment`.
 pub async fn run_process(
     script: &str,
     cwd: &Path,
@@ -169,7 +310,7 @@ pub async fn run_process(
     log: &mut StepLog,
     stop: &StepStop,
     kill_grace: Duration,
-    pgid_file: &Path,
+    containment: &Containment,
 ) -> StepOutcome {
     let (read_end, write_end) = match std::io::pipe() {
         Ok(p) => p,
@@ -191,6 +332,11 @@ pub async fn run_process(
         .stderr(Stdio::from(OwnedFd::from(stderr_end)))
         .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: the closure only makes async-signal-safe calls (see
+    // `Containment::enter_fn`).
+    unsafe {
+        cmd.pre_exec(containment.enter_fn());
+    }
     let spawned = cmd.spawn();
     // The command holds our copies of the pipe's write end: drop them, or
     // the pipe never reports end-of-file.
@@ -200,9 +346,6 @@ pub async fn run_process(
         Err(e) => return StepOutcome::error(format!("cannot start `sh` in {}: {e}", cwd.display())),
     };
     let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
-    if let Some(pg) = pgid {
-        let _ = std::fs::write(pgid_file, pg.to_string());
-    }
     let signal_group = |sig: Signal| {
         if let Some(pg) = pgid {
             // ESRCH (the group is already gone) is fine.
@@ -212,7 +355,7 @@ pub async fn run_process(
     let mut reader = match pipe::Receiver::from_owned_fd(OwnedFd::from(read_end)) {
         Ok(r) => r,
         Err(e) => {
-            signal_group(Signal::SIGKILL);
+            containment.kill_rest(pgid);
             return StepOutcome::error(format!("cannot read the step's output: {e}"));
         }
     };
@@ -232,8 +375,8 @@ pub async fn run_process(
             },
             status = child.wait(), if exit.is_none() => {
                 exit = Some(status);
-                // Leftovers of the step (background jobs) die with it.
-                signal_group(Signal::SIGKILL);
+                // Leftovers of the step (background jobs, daemons) die with it.
+                containment.kill_rest(pgid);
                 drain_until = Some(Instant::now() + DRAIN_GRACE);
             }
             () = stop.cancel.cancelled(), if stopping.is_none() && exit.is_none() => {
@@ -248,11 +391,12 @@ pub async fn run_process(
                 kill_at = Some(Instant::now() + kill_grace);
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or(far).into()), if kill_at.is_some() && exit.is_none() => {
-                signal_group(Signal::SIGKILL);
+                containment.kill_rest(pgid);
                 kill_at = None;
             }
             () = tokio::time::sleep_until(drain_until.unwrap_or(far).into()), if drain_until.is_some() && !eof => {
-                // A process outside the group holds the pipe open.
+                // A process outside the group (and, without a cgroup, out
+                // of reach) holds the pipe open.
                 break;
             }
         }

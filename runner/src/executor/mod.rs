@@ -12,12 +12,14 @@
 //! 3. [`JobEnv::teardown`] removes everything the job created, whatever
 //!    happened.
 //!
-//! Executors: [`host`] (a process group on the machine), [`container`] (one
+//! Executors: [`host`] (processes on the machine, held in a [`cgroup`] per
+//! job), [`container`] (one
 //! container per job through the Docker Engine API), [`wasi`] (`uses:`
 //! steps as sandboxed WebAssembly components, beside the job's environment)
 //! and [`dummy`] (no processes: for benchmarks of the scheduler and tests of
 //! the protocol).
 
+pub mod cgroup;
 pub mod container;
 pub mod dummy;
 pub mod host;
