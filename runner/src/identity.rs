@@ -40,6 +40,7 @@ impl Identity {
         registration_token: &str,
         name: &str,
         labels: &[String],
+        protected: bool,
     ) -> anyhow::Result<Self> {
         let client = viaduct_sdk::Client::connect(server, None).await?;
         let resp = client
@@ -49,6 +50,7 @@ impl Identity {
                 name: name.to_string(),
                 labels: labels.to_vec(),
                 hostname: crate::hostname(),
+                protected,
             })
             .await
             .map_err(viaduct_sdk::Error::from)?

@@ -105,20 +105,23 @@ impl ExprContext for StepContext<'_> {
     }
 }
 
-fn job_update(job: &JobRef, status: Status, message: &str) -> JobUpdate {
-    JobUpdate { job: Some(job.clone()), status: status as i32, time: None, message: message.to_string() }
+/// A job's state for the server, its message masked.
+fn job_update(job: &JobRef, status: Status, message: &str, secrets: &Secrets) -> JobUpdate {
+    JobUpdate { job: Some(job.clone()), status: status as i32, time: None, message: secrets.mask_str(message) }
 }
 
-fn step_update(job: &JobRef, index: u32, o: &StepOutcome, summary: String) -> StepUpdate {
+/// A step's state for the server: its message, outputs and summary masked
+/// like its log (the runner keeps the real outputs for later steps).
+fn step_update(job: &JobRef, index: u32, o: &StepOutcome, summary: String, secrets: &Secrets) -> StepUpdate {
     StepUpdate {
         job: Some(job.clone()),
         step_index: index,
         status: o.status as i32,
         exit_code: o.exit_code,
         time: None,
-        message: o.message.clone(),
-        outputs: o.outputs.clone().into_iter().collect(),
-        summary,
+        message: secrets.mask_str(&o.message),
+        outputs: o.outputs.iter().map(|(k, v)| (k.clone(), secrets.mask_str(v))).collect(),
+        summary: secrets.mask_str(&summary),
     }
 }
 
@@ -134,21 +137,29 @@ pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
     let outbox = Arc::clone(&services.outbox);
     async move {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");
-        outbox.job(job_update(&job, Status::Running, ""));
-        let (status, message) = execute(&a, &job, &services, &stop).await;
+        let secrets = Secrets::new(a.secrets.values().map(String::as_str));
+        outbox.job(job_update(&job, Status::Running, "", &secrets));
+        let (status, message) = execute(&a, &job, &services, &stop, &secrets).await;
         if stop.abandon.is_cancelled() {
             tracing::warn!("job abandoned: its lease is gone");
             outbox.forget(&job);
             return;
         }
+        let message = secrets.mask_str(&message);
         tracing::info!(status = status.word(), %message, "job finished");
-        outbox.job(job_update(&job, status, &message));
+        outbox.job(job_update(&job, status, &message, &secrets));
     }
     .instrument(span)
     .await;
 }
 
-async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &JobStop) -> (Status, String) {
+async fn execute(
+    a: &JobAssignment,
+    job: &JobRef,
+    services: &Services,
+    stop: &JobStop,
+    secrets: &Secrets,
+) -> (Status, String) {
     let (outbox, backend, sources) = (&services.outbox, services.backend.as_ref(), &services.sources);
     let job_deadline = (a.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(a.timeout_ms));
     let setup = JobSetup {
@@ -164,7 +175,7 @@ async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &Jo
         Ok(e) => e,
         Err(e) => {
             for s in &a.steps {
-                outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new()));
+                outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
             }
             return (Status::Failure, format!("could not prepare the job: {e}"));
         }
@@ -174,7 +185,7 @@ async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &Jo
             Ok(summary) => tracing::info!(%summary, "source checked out"),
             Err(e) => {
                 for s in &a.steps {
-                    outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new()));
+                    outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
                 }
                 env_of_job.teardown().await;
                 return (Status::Failure, format!("checkout of {} failed: {e}", src.repo));
@@ -182,7 +193,6 @@ async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &Jo
         }
     }
     let context = a.context.clone().unwrap_or_default();
-    let secrets = Secrets::new(a.secrets.values().map(String::as_str));
     let mut outputs: HashMap<String, (Status, BTreeMap<String, String>)> = HashMap::new();
     let mut failed: Option<String> = None;
     // Post-phase states of plugin steps, by main step index.
@@ -274,7 +284,7 @@ async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &Jo
         if stop.abandon.is_cancelled() {
             break;
         }
-        outbox.step(step_update(job, s.index, &outcome, std::mem::take(&mut summary)));
+        outbox.step(step_update(job, s.index, &outcome, std::mem::take(&mut summary), secrets));
         if !s.id.is_empty() {
             outputs.insert(s.id.clone(), (outcome.status, outcome.outputs.clone()));
         }

@@ -57,6 +57,8 @@ pub struct Config {
     pub clone_sources: bool,
     /// Refuse jobs without an image (shared runners: containers only).
     pub no_host_jobs: bool,
+    /// Take only jobs of trusted runs (see `RegisterRequest.protected`).
+    pub protected: bool,
     /// The container engine; `None` = do not look for one.
     pub containers: Option<executor::container::ContainerConfig>,
     /// WASI plugin settings.
@@ -113,6 +115,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         jobs: Mutex::default(),
         labels: cfg.labels.clone(),
         slots: cfg.slots.max(1),
+        protected: cfg.protected,
     });
     let work = async {
         let mut backoff = Backoff::default();
@@ -154,7 +157,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
 async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identity> {
     let mut backoff = Backoff::default();
     loop {
-        match Identity::register(&cfg.work_dir, &cfg.server, token, &cfg.name, &cfg.labels).await {
+        match Identity::register(&cfg.work_dir, &cfg.server, token, &cfg.name, &cfg.labels, cfg.protected).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 let permanent = e.downcast_ref::<viaduct_sdk::Error>().is_some_and(

@@ -56,6 +56,11 @@ struct Args {
     /// Run only jobs with an image (shared runners: no host access).
     #[arg(long)]
     no_host_jobs: bool,
+    /// Take only jobs of trusted runs: never a pull request from a fork or
+    /// from a sender the repository does not trust (machines that hold
+    /// deploy keys or reach production).
+    #[arg(long)]
+    protected: bool,
     /// CPU limit of job containers that set none (0 = none).
     #[arg(long, default_value_t = 0.0)]
     container_cpus: f64,
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
         dummy: args.dummy_executor,
         clone_sources: args.clone_sources,
         no_host_jobs: args.no_host_jobs,
+        protected: args.protected,
         containers: (!args.no_containers).then_some(viaduct_runner::executor::container::ContainerConfig {
             socket: args.container_socket,
             cpus: args.container_cpus,

@@ -44,6 +44,8 @@ pub struct Shared {
     pub labels: Vec<String>,
     /// Slots to advertise.
     pub slots: u32,
+    /// Ask to be protected (take only jobs of trusted runs).
+    pub protected: bool,
 }
 
 impl Shared {
@@ -85,6 +87,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         slots: shared.slots,
         executors: shared.services.executors(),
         active_jobs: shared.services.outbox.active(),
+        protected: shared.protected,
     };
     let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
     let mut inbound = match client.agent().connect(UnboundedReceiverStream::new(rx)).await {

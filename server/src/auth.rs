@@ -32,6 +32,16 @@ pub enum Principal {
     Runner(String),
 }
 
+impl Principal {
+    /// Who this is, for records such as approvals.
+    pub fn describe(&self) -> String {
+        match self {
+            Principal::Admin => "an admin token".to_string(),
+            Principal::Runner(id) => format!("runner {id}"),
+        }
+    }
+}
+
 /// Refuses requests not made with an admin token (after
 /// [`Auth::principal_interceptor`]).
 pub fn require_admin<T>(req: &Request<T>) -> Result<()> {
@@ -186,6 +196,7 @@ impl Auth {
         name: &str,
         labels: Vec<String>,
         hostname: &str,
+        protected: bool,
     ) -> Result<(String, String)> {
         let rec = self
             .record(registration_token.trim())?
@@ -208,6 +219,7 @@ impl Auth {
                 hostname: hostname.to_string(),
                 registered_ms: now,
                 last_seen_ms: now,
+                protected,
                 ..Default::default()
             },
         );

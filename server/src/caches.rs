@@ -4,11 +4,13 @@
 //! The runner saves and restores entries on behalf of a job attempt it
 //! holds; the server derives the scope and branch from that job, so a job
 //! can neither read another repository's caches nor write to another
-//! branch. A restore tries, in order: the exact key on the job's branch,
-//! the exact key on the default branch, then each prefix on the job's
-//! branch and on the default branch (newest entry first) — GitHub's rule,
-//! which keeps a pull request from poisoning the main branch's caches while
-//! still letting it start warm.
+//! branch. A restore tries, in order: the exact key on each branch it may
+//! read, then each prefix on each of them (newest entry first) — GitHub's
+//! rule. A push reads its branch, then the default branch. A pull request
+//! writes only under `pr/<number>` — never under a branch name, whatever
+//! its head branch is called (a fork's branch named `main` is not `main`)
+//! — and reads `pr/<number>`, then its base branch, then the default
+//! branch: it starts warm without being able to poison anyone's cache.
 //!
 //! Retention ([`Caches::enforce`]): entries unused for the TTL expire, and
 //! past the size limit the least recently used go first. The blobs they
@@ -26,8 +28,10 @@ use crate::{
     convert::timestamp,
     error::{Error, Result},
     store::{
-        Store, T, WriteSet, now_ms,
-        records::{CacheRecord, JobRecord, RepoRecord, SCHEMA_VERSION},
+        Store, T, WriteSet,
+        keys::JobKey,
+        now_ms,
+        records::{CacheRecord, JobRecord, RepoRecord, RunRecord, SCHEMA_VERSION},
     },
 };
 
@@ -36,10 +40,11 @@ use crate::{
 pub struct Scope {
     /// Repository name, or `pipeline:<name>`.
     pub scope: String,
-    /// The job's branch (or other ref), empty when it has none.
+    /// Where it saves: the job's branch (or other ref; empty when it has
+    /// none), `pr/<number>` for pull requests.
     pub branch: String,
-    /// The default branch it may also read from.
-    pub default_branch: String,
+    /// Where it restores from, in order (starting with `branch`).
+    pub reads: Vec<String>,
 }
 
 /// Retention settings.
@@ -139,22 +144,30 @@ impl Caches {
         self.limits
     }
 
-    /// The scope of `job`'s caches.
-    pub fn scope_of(&self, job: &JobRecord) -> Result<Scope> {
+    /// The scope of the caches of job `key` (its record is `job`).
+    pub fn scope_of(&self, key: JobKey, job: &JobRecord) -> Result<Scope> {
+        let run: Option<RunRecord> = self.store.get(T::Runs, key.run.key())?;
+        let run_source = run.and_then(|r| r.source).unwrap_or_default();
         match job.source.as_ref().filter(|s| !s.repo.is_empty()) {
             Some(src) => {
                 let repo: Option<RepoRecord> = self.store.get(T::Repos, src.repo.as_bytes())?;
-                let branch = src.r#ref.strip_prefix("refs/heads/").unwrap_or(&src.r#ref).to_string();
                 let default_branch = repo.map(|r| r.default_branch).filter(|b| !b.is_empty());
-                Ok(Scope {
-                    scope: src.repo.clone(),
-                    branch,
-                    default_branch: default_branch.unwrap_or_else(|| "main".into()),
-                })
+                let default_branch = default_branch.unwrap_or_else(|| "main".into());
+                let (branch, mut reads) = if run_source.pull_request > 0 {
+                    let own = format!("pr/{}", run_source.pull_request);
+                    (own.clone(), vec![own, run_source.base_branch.clone()])
+                } else {
+                    let branch = src.r#ref.strip_prefix("refs/heads/").unwrap_or(&src.r#ref).to_string();
+                    (branch.clone(), vec![branch])
+                };
+                reads.push(default_branch);
+                reads.dedup();
+                reads.retain(|b| !b.is_empty());
+                Ok(Scope { scope: src.repo.clone(), branch, reads })
             }
             None => {
                 let branch = job.context.as_ref().map(|c| c.branch.clone()).unwrap_or_default();
-                Ok(Scope { scope: format!("pipeline:{}", job.pipeline), branch, default_branch: String::new() })
+                Ok(Scope { scope: format!("pipeline:{}", job.pipeline), reads: vec![branch.clone()], branch })
             }
         }
     }
@@ -164,13 +177,10 @@ impl Caches {
     pub fn lookup(&self, scope: &Scope, kind: CacheKind, k: &str, prefixes: &[String]) -> Result<Option<Found>> {
         check_key(k)?;
         let kb = kind_byte(kind)?;
-        let mut branches = vec![scope.branch.as_str()];
-        if scope.default_branch != scope.branch {
-            branches.push(&scope.default_branch);
-        }
+        let branches = &scope.reads;
         let tree = self.store.tree(T::Caches);
         let mut found = None;
-        for b in &branches {
+        for b in branches {
             if let Some(v) = tree.get(key(&scope.scope, b, kb, k))? {
                 found = Some((crate::store::decode::<CacheRecord>(T::Caches, &v)?, true));
                 break;
@@ -180,7 +190,7 @@ impl Caches {
             if found.is_some() {
                 break;
             }
-            for b in &branches {
+            for b in branches {
                 let mut newest: Option<CacheRecord> = None;
                 for item in tree.scan_prefix(key(&scope.scope, b, kb, p)) {
                     let (_, v) = item?;

@@ -31,6 +31,13 @@ pub fn run(id: RunId, r: &RunRecord) -> v1::Run {
         inputs: r.inputs.clone(),
         pipeline_ref: r.pipeline_ref.clone(),
         concurrency_group: r.concurrency_group.clone(),
+        trust: crate::trust::effective(r.trust) as i32,
+        approval: (!r.approval_reason.is_empty()).then(|| v1::Approval {
+            reason: r.approval_reason.clone(),
+            pending: r.awaiting_approval,
+            approved_by: r.approved_by.clone(),
+            approved_at: timestamp(r.approved_ms),
+        }),
     }
 }
 
@@ -123,6 +130,7 @@ pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runne
         registered_at: timestamp(r.registered_ms),
         version: r.version.clone(),
         hostname: r.hostname.clone(),
+        protected: r.protected,
     }
 }
 

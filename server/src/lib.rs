@@ -30,6 +30,7 @@ pub mod plugins;
 pub mod secrets;
 pub mod store;
 pub mod triggers;
+pub mod trust;
 pub mod ui;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};

@@ -39,6 +39,11 @@ pub struct Trigger {
     pub priority: Option<u32>,
     /// Stored pipeline name, if any.
     pub pipeline_ref: String,
+    /// How far the run's code is trusted (see `trust`); unspecified means
+    /// trusted (the API, pushes, schedules).
+    pub trust: v1::Trust,
+    /// Why the run must wait for approval, if it must.
+    pub approval: Option<String>,
 }
 
 fn diagnostics(diags: Vec<viaduct_pipeline::Diagnostic>) -> Vec<v1::Diagnostic> {
@@ -191,6 +196,8 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger, plugins
         jobs,
         error: None,
         checkout: None,
+        trust: trigger.trust,
+        approval: trigger.approval.clone(),
     })
 }
 
@@ -383,5 +390,7 @@ pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
         }],
         error: None,
         checkout: None,
+        trust: trigger.trust,
+        approval: trigger.approval.clone(),
     })
 }

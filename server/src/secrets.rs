@@ -5,7 +5,8 @@
 //! random nonce, and stored as `nonce ‖ ciphertext` in the `secrets` tree —
 //! so a copy of the database alone reveals no secret. The secret's name is
 //! the associated data: a sealed value cannot be moved under another name.
-//! Values leave the server only in the assignment of a job that lists them.
+//! Values leave the server only in the assignment of a job that lists them
+//! and whose run the secret's scope admits (see [`crate::trust`]).
 
 use std::{
     io::Write,
@@ -18,9 +19,14 @@ use chacha20poly1305::{
     aead::{Aead, Payload},
 };
 
+use viaduct_proto::v1::SecretScope;
+
 use crate::{
     error::{Error, Result},
-    store::{Store, T, WriteSet, now_ms},
+    store::{
+        Store, T, WriteSet, decode, now_ms,
+        records::{SCHEMA_VERSION, SecretRecord},
+    },
 };
 
 const NONCE: usize = 24;
@@ -102,48 +108,101 @@ impl SecretBox {
         String::from_utf8(plain).map_err(|_| corrupt())
     }
 
-    /// Stores (replaces) a secret. Value layout in the tree: created time
-    /// (8 bytes), updated time (8 bytes), sealed value.
-    pub async fn set(&self, store: &Store, name: &str, value: &str) -> Result<(i64, i64)> {
+    /// Stores (replaces) a secret with its scope. Returns its created and
+    /// updated times.
+    pub async fn set(&self, store: &Store, name: &str, value: &str, scope: SecretScope) -> Result<(i64, i64)> {
         check_name(name)?;
         if value.len() > 64 * 1024 {
             return Err(Error::TooLarge("a secret may be at most 64 KiB".into()));
         }
+        if value.len() < MIN_SECRET_LEN {
+            return Err(Error::invalid(format!(
+                "secret `{name}` is {} bytes: at least {MIN_SECRET_LEN} are needed, or it could not be masked in logs \
+                 without hiding ordinary words",
+                value.len()
+            )));
+        }
+        crate::trust::check_scope(&scope)?;
         let now = now_ms();
-        let created = store
-            .tree(T::Secrets)
-            .get(name)?
-            .and_then(|v| v.get(..8).map(|b| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]))))
-            .unwrap_or(now);
-        let mut rec = Vec::new();
-        rec.extend_from_slice(&created.to_be_bytes());
-        rec.extend_from_slice(&now.to_be_bytes());
-        rec.extend(self.seal(name, value)?);
+        let created = read(store, name)?.map_or(now, |r| r.created_ms);
+        let rec = SecretRecord {
+            schema: SCHEMA_VERSION,
+            created_ms: created,
+            updated_ms: now,
+            sealed: self.seal(name, value)?,
+            scope: Some(scope),
+        };
         let mut ws = WriteSet::default();
-        ws.put_raw(T::Secrets, name.as_bytes(), rec);
+        ws.put(T::Secrets, name.as_bytes(), &rec);
         store.commit_durable(&ws).await?;
         Ok((created, now))
     }
 
-    /// The value of secret `name`, if it exists.
-    pub fn get(&self, store: &Store, name: &str) -> Result<Option<String>> {
-        match store.tree(T::Secrets).get(name)? {
-            Some(v) if v.len() >= 16 => self.unseal(name, &v[16..]).map(Some),
-            Some(_) => Err(Error::Corrupt { tree: "secrets", detail: format!("secret `{name}` is truncated") }),
+    /// The value and scope of secret `name`, if it exists.
+    pub fn get(&self, store: &Store, name: &str) -> Result<Option<(String, SecretScope)>> {
+        match read(store, name)? {
+            Some(r) => Ok(Some((self.unseal(name, &r.sealed)?, r.scope.unwrap_or_default()))),
             None => Ok(None),
         }
     }
 
-    /// Every secret's name with its created and updated times.
-    pub fn list(store: &Store) -> Result<Vec<(String, i64, i64)>> {
+    /// The scope of secret `name`, if it exists (its value stays sealed).
+    pub fn scope(store: &Store, name: &str) -> Result<Option<SecretScope>> {
+        Ok(read(store, name)?.map(|r| r.scope.unwrap_or_default()))
+    }
+
+    /// Every secret (without its value).
+    pub fn list(store: &Store) -> Result<Vec<(String, SecretRecord)>> {
         let mut out = Vec::new();
         for kv in store.tree(T::Secrets).iter() {
             let (k, v) = kv?;
-            let t = |r: std::ops::Range<usize>| v.get(r).and_then(|b| b.try_into().ok()).map_or(0, i64::from_be_bytes);
-            out.push((String::from_utf8_lossy(&k).into_owned(), t(0..8), t(8..16)));
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let mut rec = parse(&name, &v)?;
+            rec.sealed.clear();
+            out.push((name, rec));
         }
         Ok(out)
     }
+
+    /// Deletes a secret.
+    pub async fn delete(store: &Store, name: &str) -> Result<()> {
+        if read(store, name)?.is_none() {
+            return Err(Error::not_found(format!("secret `{name}` not found")));
+        }
+        let mut ws = WriteSet::default();
+        ws.delete(T::Secrets, name.as_bytes());
+        store.commit_durable(&ws).await
+    }
+}
+
+/// Shortest value accepted: shorter ones could not be masked in logs
+/// without hiding ordinary words (the runner masks from this length up).
+pub const MIN_SECRET_LEN: usize = 4;
+
+fn read(store: &Store, name: &str) -> Result<Option<SecretRecord>> {
+    match store.tree(T::Secrets).get(name)? {
+        Some(v) => parse(name, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A stored secret, in either layout (see [`SecretRecord`]).
+fn parse(name: &str, v: &[u8]) -> Result<SecretRecord> {
+    if v.first() == Some(&0) {
+        // Before scopes: created (8) ‖ updated (8) ‖ sealed, no scope.
+        let t = |r: std::ops::Range<usize>| v.get(r).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes);
+        let (Some(created_ms), Some(updated_ms)) = (t(0..8), t(8..16)) else {
+            return Err(Error::Corrupt { tree: "secrets", detail: format!("secret `{name}` is truncated") });
+        };
+        return Ok(SecretRecord {
+            schema: SCHEMA_VERSION,
+            created_ms,
+            updated_ms,
+            sealed: v[16..].to_vec(),
+            scope: None,
+        });
+    }
+    decode(T::Secrets, v)
 }
 
 #[cfg(test)]

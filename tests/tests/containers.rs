@@ -51,7 +51,11 @@ async fn secrets_users_networks_and_services_in_containers() {
     let server = Server::start();
     let Some(runner) = container_runner(&server, 2, &[]) else { return };
     let client = server.client().await;
-    client.secrets().set(v1::SetSecretRequest { name: "API_KEY".into(), value: "k3y-v4lue".into() }).await.unwrap();
+    client
+        .secrets()
+        .set(v1::SetSecretRequest { name: "API_KEY".into(), value: "k3y-v4lue".into(), ..Default::default() })
+        .await
+        .unwrap();
     let image = test_image();
     let yaml = format!(
         r#"
@@ -190,8 +194,11 @@ async fn images_are_pulled_from_a_private_registry_with_credentials_from_a_secre
         podman(&["push", "-q", "--tls-verify=false", "--creds", &auth, local, &format!("docker://{image}")]);
     };
     push(&test_image());
+    // Registry credentials are bound to the registry they are for.
+    let scope = v1::SecretScope { registry: registry.clone(), ..Default::default() };
     for (name, value) in [("REGISTRY", auth.as_str()), ("WRONG", "viaduct:wrong")] {
-        client.secrets().set(v1::SetSecretRequest { name: name.into(), value: value.into() }).await.unwrap();
+        let req = v1::SetSecretRequest { name: name.into(), value: value.into(), scope: Some(scope.clone()) };
+        client.secrets().set(req).await.unwrap();
     }
     let job = |key: &str, image_opts: &str| {
         format!(

@@ -238,7 +238,7 @@ async fn a_mirror_fetches_with_the_credentials_in_a_secret() {
 
     let token = server.admin_token();
     for (name, value) in [("WRONG", "viaduct:nope".to_string()), ("GIT_TOKEN", format!("viaduct:{token}"))] {
-        client.secrets().set(v1::SetSecretRequest { name: name.into(), value }).await.unwrap();
+        client.secrets().set(v1::SetSecretRequest { name: name.into(), value, ..Default::default() }).await.unwrap();
     }
     let err = client.repos().create(mirror("m1", "WRONG")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -259,7 +259,11 @@ async fn a_mirror_fetches_with_the_credentials_in_a_secret() {
     assert_eq!(word(run.status), "success");
     assert_eq!(step_log(&client, &format!("{}.1.1", run.id)).await.lines().next(), Some("mirrored"));
     // A token alone is sent as the password.
-    client.secrets().set(v1::SetSecretRequest { name: "GIT_TOKEN".into(), value: token }).await.unwrap();
+    client
+        .secrets()
+        .set(v1::SetSecretRequest { name: "GIT_TOKEN".into(), value: token, ..Default::default() })
+        .await
+        .unwrap();
     client.repos().sync(v1::SyncRepoRequest { name: "m1".into() }).await.unwrap();
 }
 
@@ -277,7 +281,7 @@ async fn an_ssh_mirror_fetches_with_the_key_in_a_secret_and_checks_the_host_key(
     let client = server.client().await;
     let (_upstream, bare, wt) = forge(ON_MAIN);
     for (name, value) in [("DEPLOY_KEY", sshd.client_key()), ("OTHER_KEY", sshd.other_key())] {
-        client.secrets().set(v1::SetSecretRequest { name: name.into(), value }).await.unwrap();
+        client.secrets().set(v1::SetSecretRequest { name: name.into(), value, ..Default::default() }).await.unwrap();
     }
     let mirror = |name: &str, credentials: &str| v1::CreateRepoRequest {
         name: name.into(),
@@ -324,7 +328,7 @@ async fn a_pull_request_webhook_runs_the_head_commit_when_on_asks_for_it() {
     let head = git(wt.path(), &["rev-parse", "HEAD"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "fix:refs/pull/7/head"]);
     let body = format!(
-        r#"{{"action":"opened","number":7,"pull_request":{{"head":{{"sha":"{head}","ref":"fix"}},"base":{{"ref":"main"}}}}}}"#
+        r#"{{"action":"opened","number":7,"pull_request":{{"head":{{"sha":"{head}","ref":"fix","repo":{{"full_name":"org/prs"}}}},"base":{{"ref":"main","repo":{{"full_name":"org/prs"}}}},"user":{{"login":"alice"}},"author_association":"MEMBER"}}}}"#
     );
     let sig = sign("k", body.as_bytes());
     let h = [("x-github-event", "pull_request"), ("x-github-delivery", "pr-1"), ("x-hub-signature-256", sig.as_str())];

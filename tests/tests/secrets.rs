@@ -60,7 +60,11 @@ jobs:
         assert!(!bytes.windows(14).any(|w| w == b"hunter2-s3cret"), "{} holds the secret in clear", entry.display());
     }
     // Bad names are refused; deletes work.
-    let err = client.secrets().set(v1::SetSecretRequest { name: "1BAD".into(), value: "x".into() }).await.unwrap_err();
+    let err = client
+        .secrets()
+        .set(v1::SetSecretRequest { name: "1BAD".into(), value: "xxxx".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(output(server.cli().args(["secrets", "delete", "DEPLOY_TOKEN"])).status.success());
     assert!(client.secrets().list(v1::ListSecretsRequest {}).await.unwrap().into_inner().secrets.is_empty());

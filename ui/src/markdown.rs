@@ -18,6 +18,12 @@ pub fn is_safe_url(url: &str) -> bool {
     // and spaces, so scheme detection must too.
     let cleaned: String = url.chars().filter(|c| !c.is_ascii_control()).collect();
     let cleaned = cleaned.trim();
+    // `//host/…` (and `\\host`, `/\host`: browsers read `\` as `/` in
+    // http URLs) is another site, however relative it looks.
+    let b = cleaned.as_bytes();
+    if b.len() >= 2 && matches!(b[0], b'/' | b'\\') && matches!(b[1], b'/' | b'\\') {
+        return false;
+    }
     match cleaned.find([':', '/', '?', '#']) {
         Some(i) if cleaned.as_bytes()[i] == b':' => {
             let scheme = cleaned[..i].to_ascii_lowercase();
@@ -125,6 +131,12 @@ mod tests {
         assert!(is_safe_url(""));
         assert!(!is_safe_url("java\tscript:alert(1)"));
         assert!(!is_safe_url(" javascript:alert(1)"));
+        for other_site in
+            ["//evil.test/x", "\\\\evil.test", "/\\evil.test", "\\/evil.test", " //evil.test", "\t//evil.test"]
+        {
+            assert!(!is_safe_url(other_site), "{other_site}");
+        }
+        assert!(is_safe_url("/runs/1") && is_safe_url("runs/1") && is_safe_url("./x//y"));
         assert!(!is_safe_url("vbscript:x"));
         assert!(!is_safe_url("file:///etc/passwd"));
     }

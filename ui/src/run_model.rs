@@ -167,6 +167,28 @@ pub fn can_retry(run: &Run) -> bool {
     status::is_terminal(run.status()) && run.jobs.iter().any(|j| status::is_retryable(j.status()))
 }
 
+/// True when the run waits for someone to approve it.
+pub fn can_approve(run: &Run) -> bool {
+    run.approval.as_ref().is_some_and(|a| a.pending) && !status::is_terminal(run.status())
+}
+
+/// What the run page says about the run's trust: why it waits for
+/// approval (or who approved it), and what an untrusted run does not get.
+pub fn trust_notice(run: &Run) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(a) = &run.approval {
+        out.push(if a.pending {
+            format!("Waiting for approval: {}.", a.reason)
+        } else {
+            format!("Approved by {}: {}.", a.approved_by, a.reason)
+        });
+    }
+    if run.trust == viaduct_proto::v1::Trust::Untrusted as i32 {
+        out.push("Untrusted: this run gets no secrets, no registry credentials and no protected runners.".into());
+    }
+    out
+}
+
 /// True when one job can be cancelled.
 pub fn can_cancel_job(job: &Job) -> bool {
     status::is_active(job.status())
@@ -174,9 +196,22 @@ pub fn can_cancel_job(job: &Job) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use viaduct_proto::v1::{RunSource, Status};
+    use viaduct_proto::v1::{Approval, RunSource, Status, Trust};
 
     use super::*;
+
+    #[test]
+    fn approval_and_trust_notices() {
+        let mut run = Run { status: Status::Queued as i32, ..Default::default() };
+        assert!(!can_approve(&run) && trust_notice(&run).is_empty());
+        run.trust = Trust::Untrusted as i32;
+        run.approval = Some(Approval { reason: "pull request #7 by `m`".into(), pending: true, ..Default::default() });
+        assert!(can_approve(&run));
+        assert_eq!(trust_notice(&run).len(), 2);
+        assert!(trust_notice(&run)[0].starts_with("Waiting for approval: pull request #7"));
+        run.status = Status::Cancelled as i32;
+        assert!(!can_approve(&run), "a cancelled run cannot be approved");
+    }
 
     fn run(id: &str, status: Status) -> Run {
         Run { id: id.into(), status: status as i32, pipeline: "ci".into(), ..Run::default() }

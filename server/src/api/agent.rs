@@ -84,7 +84,7 @@ impl RunnerAgent for AgentApi {
             return Err(Error::invalid("name or labels too long").into());
         }
         let (runner_id, runner_token) =
-            self.auth.register_runner(&r.registration_token, &r.name, r.labels, &r.hostname).await?;
+            self.auth.register_runner(&r.registration_token, &r.name, r.labels, &r.hostname, r.protected).await?;
         tracing::info!(runner = %runner_id, name = %r.name, "runner registered");
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
     }
@@ -115,9 +115,9 @@ impl RunnerAgent for AgentApi {
         req: Request<RestoreCacheRequest>,
     ) -> Result<Response<Self::RestoreCacheStream>, Status> {
         let runner = self.auth.runner(req.metadata())?;
-        let (_, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
+        let (job, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
         let r = req.into_inner();
-        let scope = self.depot.caches.scope_of(&rec)?;
+        let scope = self.depot.caches.scope_of(job, &rec)?;
         let miss = || -> Chunks<CacheData> { Box::pin(tokio_stream::once(Ok(CacheData::default()))) };
         let Some(found) = self.depot.caches.lookup(&scope, r.kind(), &r.key, &r.prefixes)? else {
             return Ok(Response::new(miss()));
@@ -148,7 +148,7 @@ impl RunnerAgent for AgentApi {
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Error::invalid("empty cache upload"))?;
         let (job, _, rec) = self.leased(&runner, first.job.as_ref())?;
-        let scope = self.depot.caches.scope_of(&rec)?;
+        let scope = self.depot.caches.scope_of(job, &rec)?;
         let kind = first.kind();
         crate::caches::check_key(&first.key)?;
         let limit = if kind == CacheKind::Blob { MAX_CACHE_BLOB } else { self.depot.caches.limits().max_entry_bytes };
@@ -202,6 +202,7 @@ impl RunnerAgent for AgentApi {
             slots: h.slots.max(1),
             executors: h.executors,
             active: job_refs(&h.active_jobs)?,
+            protected: h.protected,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = self.engine.runner_connected(&runner, hello, tx.clone())?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
     CreateRepoRequest, DeleteRepoResponse, GetRepoRequest, ListReposRequest, ListReposResponse, Repo, SyncRepoRequest,
-    SyncRepoResponse, create_repo_request, repos_server::Repos,
+    SyncRepoResponse, UpdateRepoRequest, create_repo_request, repos_server::Repos,
 };
 
 use crate::{
@@ -46,6 +46,7 @@ impl ReposApi {
             last_sync: convert::timestamp(r.last_sync_ms),
             last_error: r.last_error.clone(),
             credentials: r.credentials.clone(),
+            pull_requests: Some(r.pull_requests.clone().unwrap_or_else(crate::trust::default_policy)),
         }
     }
 }
@@ -85,5 +86,12 @@ impl Repos for ReposApi {
             run_ids: o.runs.iter().map(ToString::to_string).collect(),
             refs_changed: o.refs_changed,
         }))
+    }
+
+    async fn update(&self, req: Request<UpdateRepoRequest>) -> Result<Response<Repo>, Status> {
+        let r = req.into_inner();
+        let policy = r.pull_requests.ok_or_else(|| Error::invalid("set `pull_requests` (the new policy)"))?;
+        let rec = self.triggers.set_policy(&r.name, policy).await?;
+        Ok(Response::new(self.to_proto(&r.name, &rec)))
     }
 }

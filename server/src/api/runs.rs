@@ -7,8 +7,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
-    CancelRunRequest, GetRunRequest, ListRunsRequest, ListRunsResponse, RetryRunRequest, Run, RunEvent, RunSource,
-    SubmitRequest, SubmitResponse, TriggerRequest, WatchRequest, runs_server::Runs, submit_request,
+    ApproveRunRequest, CancelRunRequest, GetRunRequest, ListRunsRequest, ListRunsResponse, RetryRunRequest, Run,
+    RunEvent, RunSource, SubmitRequest, SubmitResponse, TriggerRequest, WatchRequest, runs_server::Runs,
+    submit_request,
 };
 
 use crate::{
@@ -57,7 +58,7 @@ impl Runs for RunsApi {
             source: RunSource { event: "api".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
-            pipeline_ref: String::new(),
+            ..Default::default()
         };
         let new = match r.source {
             Some(submit_request::Source::PipelineYaml(yaml)) => {
@@ -90,6 +91,7 @@ impl Runs for RunsApi {
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
             pipeline_ref: r.pipeline.clone(),
+            ..Default::default()
         };
         let new = planning::from_yaml(&format!("{}.yml", r.pipeline), &stored.yaml, &trigger, self.triggers.plugins())?;
         Ok(Response::new(self.start(new).await?))
@@ -134,6 +136,16 @@ impl Runs for RunsApi {
     async fn retry(&self, req: Request<RetryRunRequest>) -> Result<Response<Run>, Status> {
         let id = RunId::parse(&req.into_inner().id)?;
         self.engine.retry_run(id).await?;
+        Ok(Response::new(self.engine.get_run(id)?))
+    }
+
+    async fn approve(&self, req: Request<ApproveRunRequest>) -> Result<Response<Run>, Status> {
+        let by = match req.extensions().get::<crate::auth::Principal>() {
+            Some(p) => p.describe(),
+            None => "unknown".to_string(),
+        };
+        let id = RunId::parse(&req.into_inner().id)?;
+        self.engine.approve_run(id, &by).await?;
         Ok(Response::new(self.engine.get_run(id)?))
     }
 

@@ -8,13 +8,7 @@ use viaduct_proto::v1::{
     Times, secrets_server::Secrets,
 };
 
-use crate::{
-    convert,
-    engine::Engine,
-    error::Error,
-    secrets::SecretBox,
-    store::{T, WriteSet},
-};
+use crate::{convert, engine::Engine, secrets::SecretBox, store::records::SecretRecord};
 
 /// The Secrets service.
 pub struct SecretsApi {
@@ -28,7 +22,7 @@ impl SecretsApi {
     }
 }
 
-fn info(name: String, created: i64, updated: i64) -> SecretInfo {
+fn info(name: String, created: i64, updated: i64, scope: viaduct_proto::v1::SecretScope) -> SecretInfo {
     SecretInfo {
         name,
         times: Some(Times {
@@ -36,6 +30,7 @@ fn info(name: String, created: i64, updated: i64) -> SecretInfo {
             started_at: None,
             finished_at: convert::timestamp(updated),
         }),
+        scope: Some(scope),
     }
 }
 
@@ -43,24 +38,23 @@ fn info(name: String, created: i64, updated: i64) -> SecretInfo {
 impl Secrets for SecretsApi {
     async fn set(&self, req: Request<SetSecretRequest>) -> Result<Response<SecretInfo>, Status> {
         let r = req.into_inner();
-        let (created, updated) = self.engine.secret_box().set(self.engine.store(), &r.name, &r.value).await?;
+        let scope = r.scope.unwrap_or_default();
+        let (created, updated) =
+            self.engine.secret_box().set(self.engine.store(), &r.name, &r.value, scope.clone()).await?;
         tracing::info!(secret = %r.name, "secret set");
-        Ok(Response::new(info(r.name, created, updated)))
+        Ok(Response::new(info(r.name, created, updated, scope)))
     }
 
     async fn list(&self, _req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
-        let secrets = SecretBox::list(self.engine.store())?.into_iter().map(|(n, c, u)| info(n, c, u)).collect();
+        let secrets = SecretBox::list(self.engine.store())?
+            .into_iter()
+            .map(|(n, r): (String, SecretRecord)| info(n, r.created_ms, r.updated_ms, r.scope.unwrap_or_default()))
+            .collect();
         Ok(Response::new(ListSecretsResponse { secrets }))
     }
 
     async fn delete(&self, req: Request<DeleteSecretRequest>) -> Result<Response<DeleteSecretResponse>, Status> {
-        let name = req.into_inner().name;
-        if self.engine.store().tree(T::Secrets).get(&name).map_err(Error::from)?.is_none() {
-            return Err(Error::not_found(format!("secret `{name}` not found")).into());
-        }
-        let mut ws = WriteSet::default();
-        ws.delete(T::Secrets, name.as_bytes());
-        self.engine.store().commit_durable(&ws).await?;
+        SecretBox::delete(self.engine.store(), &req.into_inner().name).await?;
         Ok(Response::new(DeleteSecretResponse {}))
     }
 }

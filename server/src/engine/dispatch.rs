@@ -5,8 +5,13 @@
 //! intervals) runner that has every label in its `runs_on`, the
 //! executor it needs and a free slot — the one with the most free slots, to
 //! spread load. It stops as soon as no runner has a free slot. Global and
-//! per-pipeline limits on running jobs apply here. A job that fits no
-//! runner stays queued, without blocking the jobs behind it.
+//! per-pipeline limits on running jobs apply here. A job of an untrusted run
+//! never goes to a protected runner. A job that fits no runner stays
+//! queued, without blocking the jobs behind it.
+//!
+//! Assignment is where secret values leave the server: each secret a job
+//! lists (and its registry credentials) is checked against its scope and
+//! the run's trust here (see `trust`), whatever planning decided.
 //!
 //! Assignment is pushed over the runner's open stream, after the commit that
 //! records it: there is no polling anywhere on this path.
@@ -19,6 +24,7 @@ use super::{Lease, queue::QueuedJob, tx::Tx};
 use crate::{
     error::Result,
     store::{keys::JobKey, now_ms},
+    trust,
 };
 
 impl Tx<'_> {
@@ -71,6 +77,7 @@ impl Tx<'_> {
                     free.get(id.as_str()).is_some_and(|f| *f > 0)
                         && c.executors.contains(q.executor)
                         && (!q.plugins || c.executors.contains("wasi"))
+                        && !(q.untrusted && c.protected)
                         && q.runs_on.iter().all(|l| c.labels.contains(l))
                 })
                 .max_by_key(|(id, _)| free.get(id.as_str()).copied().unwrap_or(0))
@@ -96,19 +103,32 @@ impl Tx<'_> {
         let key = q.job;
         self.dequeue(key);
         let mut secrets = HashMap::new();
-        let credentials = self.job(key)?.image.as_ref().map(|i| i.credentials.clone()).unwrap_or_default();
+        let (image, credentials) =
+            self.job(key)?.image.as_ref().map(|i| (i.name.clone(), i.credentials.clone())).unwrap_or_default();
         let mut registry_auth = String::new();
         let wanted = self.job(key)?.secrets.clone().into_iter().map(|n| (n, false));
+        let run_now = self.run(key.run)?.clone();
+        let source = run_now.source.clone().unwrap_or_default();
+        let facts =
+            trust::RunFacts { source: &source, pipeline: &run_now.pipeline, trust: trust::effective(run_now.trust) };
         for (name, is_auth) in wanted.chain((!credentials.is_empty()).then(|| (credentials.clone(), true))) {
-            match self.sh.secrets.get(&self.sh.store, &name)? {
-                Some(v) if is_auth => registry_auth = v,
-                Some(v) => {
-                    secrets.insert(name, v);
-                }
-                None => {
-                    let why = format!("secret `{name}` is not set (viaduct secrets set {name})");
-                    return self.finish_job(key, Status::Failure, &why);
-                }
+            let Some((value, scope)) = self.sh.secrets.get(&self.sh.store, &name)? else {
+                let why = format!("secret `{name}` is not set (viaduct secrets set {name})");
+                return self.finish_job(key, Status::Failure, &why);
+            };
+            let refusal = if is_auth {
+                trust::credentials_refusal(&name, &scope, &image, &facts)
+            } else {
+                trust::secret_refusal(&name, &scope, &facts)
+            };
+            if let Some(why) = refusal {
+                tracing::warn!(job = %key, secret = %name, "secret refused at dispatch");
+                return self.finish_job(key, Status::Failure, &why);
+            }
+            if is_auth {
+                registry_auth = value;
+            } else {
+                secrets.insert(name, value);
             }
         }
         let now = now_ms();

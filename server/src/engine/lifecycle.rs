@@ -48,7 +48,21 @@ impl Tx<'_> {
             needs.push((dep.key.clone(), dep.status()));
         }
         match condition::job_should_run(&job, &run, &needs) {
-            Ok(true) => self.enqueue(key, 0),
+            Ok(true) => {
+                // A secret its run may not have (with the scopes of now)…:
+                // it fails where it would have started, naming the rule.
+                let source = run.source.clone().unwrap_or_default();
+                let facts = crate::trust::RunFacts {
+                    source: &source,
+                    pipeline: &run.pipeline,
+                    trust: crate::trust::effective(run.trust),
+                };
+                let scope_of = |name: &str| crate::secrets::SecretBox::scope(self.store(), name);
+                match crate::trust::job_refusal(&job, &facts, scope_of)? {
+                    Some(why) => self.finish_job(key, Status::Failure, &why),
+                    None => self.enqueue(key, 0),
+                }
+            }
             Ok(false) => {
                 let why = if job.condition.is_empty() {
                     let failed: Vec<&str> =
@@ -201,6 +215,12 @@ impl Tx<'_> {
         }
         if status == Status::Success {
             return Err(Error::precondition(format!("run {id} succeeded: there is nothing to retry")));
+        }
+        if run.awaiting_approval {
+            return Err(Error::precondition(format!(
+                "run {id} was never approved: approve it first ({})",
+                run.approval_reason
+            )));
         }
         run.cancel_requested = false;
         run.finished_ms = 0;
@@ -377,8 +397,11 @@ impl Tx<'_> {
             }
             if run.group_blocked {
                 run.group_blocked = false;
-                tracing::info!(run = %id, group, "concurrency group free: starting run");
-                self.start_roots(id)?;
+                // A run still waiting for approval starts when approved.
+                if !run.awaiting_approval {
+                    tracing::info!(run = %id, group, "concurrency group free: starting run");
+                    self.start_roots(id)?;
+                }
                 self.rollup(id)?;
             }
             return Ok(());

@@ -92,6 +92,8 @@ pub(crate) struct Conn {
     pub slots: u32,
     pub executors: HashSet<String>,
     pub draining: bool,
+    /// Takes only jobs of trusted runs.
+    pub protected: bool,
     pub tx: UnboundedSender<ServerMessage>,
     pub last_seen_ms: i64,
 }
@@ -319,6 +321,7 @@ pub(crate) fn queued(key: JobKey, seq: u64, job: &JobRecord, pipeline: String) -
         plugins: job.steps.iter().any(|s| matches!(s.action, Some(viaduct_proto::v1::step_plan::Action::Uses(_)))),
         not_before_ms: job.not_before_ms,
         pipeline,
+        untrusted: job.untrusted,
     }
 }
 

@@ -8,7 +8,10 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{ExprContext, ImagePlan, RunSource, ServicePlan, SourcePlan, Status, StepPlan};
+use viaduct_proto::{
+    StatusWord,
+    v1::{ExprContext, ImagePlan, RunSource, ServicePlan, SourcePlan, Status, StepPlan, Trust},
+};
 
 use super::{Engine, lifecycle::index as step_index};
 use crate::{
@@ -46,6 +49,11 @@ pub struct NewRun {
     pub error: Option<String>,
     /// The code every job checks out (runs of a repository).
     pub checkout: Option<SourcePlan>,
+    /// How far its code is trusted (see `trust`).
+    pub trust: Trust,
+    /// Why it must wait for approval before any job starts; `None`: it
+    /// starts at once.
+    pub approval: Option<String>,
 }
 
 /// A job of a [`NewRun`].
@@ -116,6 +124,15 @@ impl Engine {
             let id = next_run_id(t)?;
             let now = now_ms();
             let (group, cancel_in_progress) = new.concurrency.clone().unwrap_or_default();
+            // A run can only name groups of its own repository (and pull
+            // request): see `trust::concurrency_group`.
+            let group = crate::trust::concurrency_group(&new.source, &group);
+            let untrusted = new.trust == Trust::Untrusted;
+            let facts = crate::trust::RunFacts {
+                source: &new.source,
+                pipeline: &new.pipeline,
+                trust: if untrusted { Trust::Untrusted } else { Trust::Trusted },
+            };
             let run = RunRecord {
                 schema: SCHEMA_VERSION,
                 pipeline: new.pipeline.clone(),
@@ -129,6 +146,9 @@ impl Engine {
                 cancel_in_progress,
                 job_count: new.jobs.len() as u32,
                 yaml: new.yaml.clone(),
+                trust: if new.trust == Trust::Unspecified { Trust::Trusted as i32 } else { new.trust as i32 },
+                approval_reason: new.approval.clone().unwrap_or_default(),
+                awaiting_approval: new.approval.is_some(),
                 ..Default::default()
             };
             t.insert_run(id, run);
@@ -146,12 +166,21 @@ impl Engine {
                 let key = JobKey::new(id, step_index(i));
                 let mut rec = job_record(j, &new.pipeline, now);
                 rec.source.clone_from(&new.checkout);
+                rec.untrusted = untrusted;
+                // Told at once; enforced when it would start (see
+                // `Tx::make_ready`) and again at dispatch.
+                let scope_of = |name: &str| crate::secrets::SecretBox::scope(t.store(), name);
+                if let Some(why) = crate::trust::job_refusal(&rec, &facts, scope_of)? {
+                    tracing::info!(run = %id, job = %j.key, refused = %why, "job refused when planned");
+                    rec.message = format!("will not run: {why}");
+                }
                 t.insert_job(key, rec);
                 for (s, plan) in j.steps.iter().enumerate() {
                     t.insert_step(key.step(1, step_index(s)), convert::new_step(plan));
                 }
             }
-            if !t.run(id)?.group_blocked {
+            let run = t.run(id)?;
+            if !run.group_blocked && !run.awaiting_approval {
                 t.start_roots(id)?;
             }
             t.rollup(id)?;
@@ -176,6 +205,34 @@ impl Engine {
             t.job(key)?;
             t.cancel_job(key, "cancelled through the API")?;
             t.rollup(key.run)
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(())
+    }
+
+    /// Lets a run that waits for approval start (`by` names who approved).
+    pub async fn approve_run(&self, id: RunId, by: &str) -> Result<()> {
+        let ((), ticket) = self.transition(|t| {
+            let run = t.run(id)?;
+            if !run.awaiting_approval {
+                let why = if run.approval_reason.is_empty() {
+                    format!("run {id} does not need approval")
+                } else {
+                    format!("run {id} was already approved by {}", run.approved_by)
+                };
+                return Err(Error::FailedPrecondition(why));
+            }
+            run.awaiting_approval = false;
+            run.approved_by = by.to_string();
+            run.approved_ms = now_ms();
+            let blocked = run.group_blocked;
+            let cancelled = run.status().is_terminal();
+            tracing::info!(run = %id, by, "run approved");
+            if !blocked && !cancelled {
+                t.start_roots(id)?;
+            }
+            t.rollup(id)?;
+            t.dispatch()
         })?;
         self.store().wait_durable(ticket).await;
         Ok(())

@@ -35,6 +35,8 @@ pub struct QueuedJob {
     pub not_before_ms: i64,
     /// Pipeline name, for per-pipeline concurrency limits.
     pub pipeline: String,
+    /// Of an untrusted run: never given to a protected runner.
+    pub untrusted: bool,
 }
 
 /// Ready jobs in dispatch order.

@@ -38,6 +38,8 @@ pub struct RunnerHello {
     pub executors: Vec<String>,
     /// Job attempts it is still running.
     pub active: Vec<(JobKey, u32)>,
+    /// It asks to be protected (it can only raise its protection).
+    pub protected: bool,
 }
 
 impl Engine {
@@ -61,6 +63,7 @@ impl Engine {
             rec.slots = hello.slots;
             rec.executors.clone_from(&hello.executors);
             rec.version.clone_from(&hello.version);
+            rec.protected |= hello.protected;
             rec.last_seen_ms = now;
             t.writes().put(T::Runners, runner_id.as_bytes(), &rec);
 
@@ -118,6 +121,7 @@ impl Engine {
                     slots: hello.slots,
                     executors: hello.executors.iter().cloned().collect(),
                     draining: rec.draining,
+                    protected: rec.protected,
                     tx: tx.clone(),
                     last_seen_ms: now,
                 },
@@ -285,6 +289,21 @@ impl Engine {
             return Err(Error::PermissionDenied(format!("runner {runner} does not hold job {job} attempt {attempt}")));
         }
         self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))
+    }
+}
+
+impl Engine {
+    /// Whether `runner` holds a lease on a job that checks out repository
+    /// `repo` (what lets a runner token clone it).
+    pub fn runner_holds_repo(&self, runner: &str, repo: &str) -> Result<bool> {
+        let held: Vec<JobKey> = self.lock().leases.of(runner).map(|(job, _)| job).collect();
+        for job in held {
+            let rec: Option<crate::store::records::JobRecord> = self.store().get(T::Jobs, job.key())?;
+            if rec.and_then(|r| r.source).is_some_and(|s| s.repo == repo) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

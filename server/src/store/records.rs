@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use viaduct_proto::v1::{
-    Artifact, CacheEntry, ExprContext, ImagePlan, Plugin, RunEvent, RunSource, ServicePlan, SourcePlan, Status,
-    StepPlan,
+    Artifact, CacheEntry, ExprContext, ImagePlan, Plugin, PullRequestPolicy, RunEvent, RunSource, SecretScope,
+    ServicePlan, SourcePlan, Status, StepPlan, Trust,
 };
 
 /// The schema version written into every record.
@@ -73,6 +73,22 @@ pub struct RunRecord {
     /// Waiting for an older run of its concurrency group to finish.
     #[prost(bool, tag = "17")]
     pub group_blocked: bool,
+    /// How far its code is trusted (`Trust`; unspecified in runs recorded
+    /// before trust existed, which were all trusted).
+    #[prost(enumeration = "Trust", tag = "18")]
+    pub trust: i32,
+    /// Why it needed approval; empty when it did not.
+    #[prost(string, tag = "19")]
+    pub approval_reason: String,
+    /// Waiting for approval: no job starts until then.
+    #[prost(bool, tag = "20")]
+    pub awaiting_approval: bool,
+    /// Who approved it, and when (ms).
+    #[prost(string, tag = "21")]
+    pub approved_by: String,
+    /// When it was approved (ms).
+    #[prost(int64, tag = "22")]
+    pub approved_ms: i64,
 }
 
 /// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).
@@ -189,6 +205,9 @@ pub struct JobRecord {
     /// The run's pipeline name (plugin metadata, cache scope).
     #[prost(string, tag = "37")]
     pub pipeline: String,
+    /// The run is untrusted (copied from the run for dispatch).
+    #[prost(bool, tag = "38")]
+    pub untrusted: bool,
 }
 
 /// A finished earlier attempt of a job.
@@ -293,6 +312,9 @@ pub struct RepoRecord {
     /// Mirrors: the name of the secret fetches authenticate with.
     #[prost(string, tag = "11")]
     pub credentials: String,
+    /// Who is trusted to run pull requests; `None`: the default policy.
+    #[prost(message, optional, tag = "12")]
+    pub pull_requests: Option<PullRequestPolicy>,
 }
 
 /// The events of one transition: `events` tree, key = the cursor of its
@@ -348,6 +370,9 @@ pub struct RunnerRecord {
     /// Runner version.
     #[prost(string, tag = "10")]
     pub version: String,
+    /// Takes only jobs of trusted runs (set at registration).
+    #[prost(bool, tag = "11")]
+    pub protected: bool,
 }
 
 /// What a token may do.
@@ -453,4 +478,27 @@ pub struct ArtifactRecord {
     /// Uploaded (ms).
     #[prost(int64, tag = "3")]
     pub created_ms: i64,
+}
+
+/// A secret: `secrets` tree, key the name. (Records written before scopes
+/// existed are `created ‖ updated ‖ sealed` without a protobuf frame; they
+/// start with a zero byte, which no record of this type does, and read as
+/// unscoped secrets.)
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SecretRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Created (ms).
+    #[prost(int64, tag = "2")]
+    pub created_ms: i64,
+    /// Last replaced (ms).
+    #[prost(int64, tag = "3")]
+    pub updated_ms: i64,
+    /// `nonce ‖ ciphertext` (XChaCha20-Poly1305, the name as associated data).
+    #[prost(bytes = "vec", tag = "4")]
+    pub sealed: Vec<u8>,
+    /// Which runs may have it.
+    #[prost(message, optional, tag = "5")]
+    pub scope: Option<SecretScope>,
 }

@@ -68,6 +68,15 @@ pub struct PullRequest {
     pub base_branch: String,
     /// The ref on the remote that holds its head (`refs/pull/N/head`).
     pub remote_ref: String,
+    /// The repository its head is in, as the forge names it (`owner/name`).
+    pub head_repo: String,
+    /// Its head is in another repository than the base.
+    pub fork: bool,
+    /// The forge account that opened it.
+    pub sender: String,
+    /// The forge's relation of the sender to the repository (GitHub's
+    /// `author_association`), empty where the forge has none.
+    pub sender_association: String,
 }
 
 /// What starts a run of a repository.
@@ -81,6 +90,10 @@ struct RepoEvent {
     priority: Option<u32>,
     /// Scheduled runs: (cron expression, slot in unix seconds).
     schedule: Option<(String, i64)>,
+    /// Pull requests: the forge's facts, the commit whose pipeline file
+    /// decides whether it runs (the base branch's tip), and what the
+    /// repository's policy decided.
+    pull: Option<(PullRequest, String, crate::trust::Decision)>,
 }
 
 /// Repositories and their triggers.
@@ -255,8 +268,12 @@ impl Triggers {
                 return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
             }
             let secret = if m.webhook_secret.is_empty() { random_secret()? } else { m.webhook_secret.clone() };
+            if let Some(p) = &m.pull_requests {
+                check_policy(p)?;
+            }
             let rec = RepoRecord {
                 schema: SCHEMA_VERSION,
+                pull_requests: m.pull_requests.clone(),
                 kind: MIRROR.into(),
                 url: m.url.clone(),
                 default_branch: "main".into(),
@@ -277,9 +294,21 @@ impl Triggers {
         self.get(name)
     }
 
+    /// Replaces a repository's pull request policy.
+    pub async fn set_policy(&self, name: &str, policy: viaduct_proto::v1::PullRequestPolicy) -> Result<RepoRecord> {
+        check_policy(&policy)?;
+        let _guard = self.lock_for(name).lock_owned().await;
+        let mut rec = self.get(name)?;
+        rec.pull_requests = Some(policy);
+        let ws = self.save(name, &rec, WriteSet::default())?;
+        self.engine.store().commit_durable(&ws).await?;
+        tracing::info!(repo = name, "pull request policy changed");
+        Ok(rec)
+    }
+
     /// A secret's value; a missing one is the caller's to set.
     fn secret(&self, name: &str) -> Result<String> {
-        self.engine.secret_box().get(self.engine.store(), name)?.ok_or_else(|| {
+        self.engine.secret_box().get(self.engine.store(), name)?.map(|(value, _)| value).ok_or_else(|| {
             Error::FailedPrecondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
         })
     }
@@ -371,6 +400,7 @@ impl Triggers {
                 inputs: HashMap::new(),
                 priority: None,
                 schedule: None,
+                pull: None,
             };
             if let Some(run) = self.plan(name, &rec, event).await? {
                 // The ref state (and the repository record) ride with the run.
@@ -397,18 +427,30 @@ impl Triggers {
         Ok(outcome)
     }
 
-    /// A pull request was opened or updated: fetch its head and start a
-    /// `pull_request` run if the pipeline at that commit asks for one.
+    /// A pull request was opened or updated: fetch its head (and its base
+    /// branch), and start a `pull_request` run of the head commit if the
+    /// pipeline file *of the base branch* asks for one — a pull request
+    /// cannot make itself run. Its trust and whether it waits for approval
+    /// come from the repository's policy (see `trust`).
     pub async fn pull_request(&self, name: &str, pr: PullRequest) -> Result<Option<RunId>> {
         let _guard = self.lock_for(name).lock_owned().await;
         let rec = self.get(name)?;
         let path = self.path(name);
         let local = format!("refs/viaduct/pull/{}", pr.number);
+        let base_local = format!("refs/viaduct/base/{}", pr.number);
         if rec.kind == MIRROR {
-            let (p, url, spec) = (path.clone(), rec.url.clone(), format!("+{}:{local}", pr.remote_ref));
+            let specs =
+                vec![format!("+{}:{local}", pr.remote_ref), format!("+refs/heads/{}:{base_local}", pr.base_branch)];
+            let (p, url) = (path.clone(), rec.url.clone());
             let creds = self.fetch_credentials(&rec)?;
-            blocking(move || git::fetch(&p, &url, &[spec], creds.as_ref())).await?;
+            blocking(move || git::fetch(&p, &url, &specs, creds.as_ref())).await?;
         }
+        let base_ref = if rec.kind == MIRROR { base_local } else { format!("refs/heads/{}", pr.base_branch) };
+        let (p, r) = (path.clone(), base_ref.clone());
+        let Ok(base_tip) = blocking(move || git::resolve(&p, &r)).await else {
+            tracing::info!(repo = name, pr = pr.number, base = %pr.base_branch, "pull request into an unknown branch: ignored");
+            return Ok(None);
+        };
         let key = ref_key(name, &format!("pr/{}", pr.number));
         let seen = self.engine.store().tree(T::RefState).get(&key)?;
         if seen.as_deref() == Some(pr.head_sha.as_bytes()) {
@@ -416,6 +458,17 @@ impl Triggers {
         }
         let mut ws = WriteSet::default();
         ws.put_raw(T::RefState, key, pr.head_sha.clone().into_bytes());
+        let facts = RunSource {
+            event: "pull_request".into(),
+            pull_request: pr.number,
+            fork: pr.fork,
+            head_repo: pr.head_repo.clone(),
+            sender: pr.sender.clone(),
+            sender_association: pr.sender_association.clone(),
+            ..Default::default()
+        };
+        let decision = crate::trust::of_pull_request(rec.pull_requests.as_ref(), &facts);
+        tracing::info!(repo = name, pr = pr.number, fork = pr.fork, sender = %pr.sender, trust = ?decision.trust, "pull request");
         let event = RepoEvent {
             event: "pull_request",
             git_ref: format!("refs/heads/{}", pr.head_branch),
@@ -425,6 +478,7 @@ impl Triggers {
             inputs: HashMap::new(),
             priority: None,
             schedule: None,
+            pull: Some((pr.clone(), base_tip, decision)),
         };
         match self.plan(name, &rec, event).await? {
             Some(run) => {
@@ -472,6 +526,7 @@ impl Triggers {
             inputs,
             priority,
             schedule: None,
+            pull: None,
         };
         let run = self.plan(name, &rec, event).await?.ok_or_else(|| {
             Error::precondition(format!("the pipeline of `{name}` does not allow manual runs (`on:` has no `manual`)"))
@@ -482,11 +537,30 @@ impl Triggers {
     /// The run a repository event asks for, if its pipeline file exists and
     /// its `on:` matches. An invalid file gives a failed run that carries the
     /// errors (for pushes and pull requests) or an error (manual triggers).
+    /// For a pull request, the base branch's file decides whether it runs;
+    /// the head's file says what runs.
     async fn plan(&self, name: &str, rec: &RepoRecord, ev: RepoEvent) -> Result<Option<NewRun>> {
         let path = self.path(name);
         let sha = ev.commit.clone();
         let (yaml, info) =
             blocking(move || Ok((git::read_file(&path, &sha, PIPELINE_PATH)?, git::commit_info(&path, &sha)?))).await?;
+        if let Some((pr, base_tip, _)) = &ev.pull {
+            let (path, tip) = (self.path(name), base_tip.clone());
+            let base_yaml = blocking(move || git::read_file(&path, &tip, PIPELINE_PATH)).await?;
+            let asks = base_yaml
+                .as_deref()
+                .and_then(|y| planning::parse(PIPELINE_PATH, y).ok())
+                .is_some_and(|p| wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch));
+            if !asks {
+                tracing::info!(
+                    repo = name,
+                    pr = pr.number,
+                    base = %ev.base_branch,
+                    "the base branch's pipeline does not run pull requests into it: no run"
+                );
+                return Ok(None);
+            }
+        }
         let Some(yaml) = yaml else {
             tracing::debug!(repo = name, commit = %ev.commit, "no {PIPELINE_PATH}: nothing to run");
             return Ok(None);
@@ -506,12 +580,23 @@ impl Triggers {
             pull_request: ev.pull_request,
             schedule: ev.schedule.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
             scheduled_for: ev.schedule.as_ref().and_then(|s| crate::convert::timestamp(s.1 * 1000)),
+            head_repo: ev.pull.as_ref().map(|p| p.0.head_repo.clone()).unwrap_or_default(),
+            fork: ev.pull.as_ref().is_some_and(|p| p.0.fork),
+            sender: ev.pull.as_ref().map(|p| p.0.sender.clone()).unwrap_or_default(),
+            sender_association: ev.pull.as_ref().map(|p| p.0.sender_association.clone()).unwrap_or_default(),
         };
         let clone_url = if rec.kind == MIRROR { rec.url.clone() } else { self.clone_url(name) };
         let source_plan =
             SourcePlan { repo: name.to_string(), commit: ev.commit.clone(), r#ref: ev.git_ref.clone(), clone_url };
-        let trigger =
-            Trigger { source: source.clone(), inputs: ev.inputs, priority: ev.priority, pipeline_ref: String::new() };
+        let decision = ev.pull.as_ref().map(|p| p.2.clone());
+        let trigger = Trigger {
+            source: source.clone(),
+            inputs: ev.inputs,
+            priority: ev.priority,
+            pipeline_ref: String::new(),
+            trust: decision.as_ref().map_or(viaduct_proto::v1::Trust::Trusted, |d| d.trust),
+            approval: decision.and_then(|d| d.approval),
+        };
         let pipeline = match planning::parse(PIPELINE_PATH, &yaml) {
             Ok(p) => p,
             Err(diags) if ev.event != "manual" => {
@@ -520,7 +605,8 @@ impl Triggers {
             }
             Err(diags) => return Err(Error::InvalidFile(diags)),
         };
-        if !wanted(&pipeline, ev.event, &branch, &tag, &ev.base_branch) {
+        // Pull requests were decided by the base branch's file above.
+        if ev.pull.is_none() && !wanted(&pipeline, ev.event, &branch, &tag, &ev.base_branch) {
             tracing::debug!(repo = name, event = ev.event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
             return Ok(None);
         }
@@ -638,6 +724,17 @@ fn failed_run(name: &str, source: RunSource, yaml: String, error: String) -> New
         error: Some(format!("invalid {PIPELINE_PATH}:\n{error}")),
         ..Default::default()
     }
+}
+
+/// Checks a pull request policy: sender logins and associations are
+/// short, printable words.
+fn check_policy(p: &viaduct_proto::v1::PullRequestPolicy) -> Result<()> {
+    for w in p.trusted_senders.iter().chain(&p.trusted_associations) {
+        if w.is_empty() || w.len() > 100 || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid(format!("`{}` is not a forge login or association", w.escape_debug())));
+        }
+    }
+    Ok(())
 }
 
 fn random_secret() -> Result<String> {

@@ -271,6 +271,7 @@ impl Triggers {
                 inputs: Default::default(),
                 priority: None,
                 schedule,
+                pull: None,
             };
             return self.plan(repo, &rec, event).await;
         }

@@ -7,7 +7,9 @@
 //!
 //! Authentication: HTTP Basic with the token as the password (any user
 //! name), or `Authorization: Bearer`. Admin tokens may push and fetch;
-//! runner tokens may only fetch (runners that clone for themselves).
+//! runner tokens may only fetch, and only a repository of a job they hold
+//! (runners that clone for themselves). Only the smart protocol's three
+//! paths are served, and the repository is the URL's whole first segment.
 
 use std::{process::Stdio, sync::Arc};
 
@@ -51,26 +53,56 @@ fn token(req: &Request) -> Option<String> {
     Some(text.split_once(':')?.1.to_string())
 }
 
-/// `/git/{*path}`.
+/// The git services served: the smart protocol only (no "dumb" file
+/// access under the repository).
+const SERVICES: &[&str] = &["/info/refs", "/git-upload-pack", "/git-receive-pack"];
+
+/// `/git/<repo>.git/<service>` → (repo, `/<service>`), matched exactly: the
+/// repository is the whole first segment, so `/git/a.github.git/…` is
+/// repository `a.github`, never `a`.
+fn route(path: &str) -> Option<(&str, &str)> {
+    let path = path.strip_prefix("/git/")?;
+    let first = path.split('/').next()?;
+    let repo = first.strip_suffix(".git")?;
+    let rest = &path[first.len()..];
+    (!repo.is_empty() && SERVICES.contains(&rest)).then_some((repo, rest))
+}
+
+/// `/git/{*path}`. Authentication comes first, so whether a repository
+/// exists is told only to whom may read it.
 pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
-    let path = req.uri().path().trim_start_matches("/git/").to_string();
-    let Some((repo, rest)) = path.split_once(".git") else {
-        return (StatusCode::NOT_FOUND, "expected /git/<repository>.git/…\n").into_response();
+    let uri_path = req.uri().path().to_string();
+    let Some((repo, rest)) = route(&uri_path) else {
+        return (StatusCode::NOT_FOUND, "expected /git/<repository>.git/info/refs (git's smart HTTP)\n")
+            .into_response();
     };
-    let repo = repo.to_string();
-    if g.triggers.get(&repo).is_err() {
-        return (StatusCode::NOT_FOUND, format!("no repository `{repo}`\n")).into_response();
-    }
+    let (repo, rest) = (repo.to_string(), rest.to_string());
     let query = req.uri().query().unwrap_or_default().to_string();
-    let push = rest.ends_with("git-receive-pack") || query.contains("service=git-receive-pack");
+    let push = rest == "/git-receive-pack" || query.contains("service=git-receive-pack");
     let Some(token) = token(&req) else { return unauthorized("a token is needed (as the password)") };
-    match g.auth.check(&token) {
-        Ok(Principal::Admin) => {}
-        Ok(Principal::Runner(_)) if !push => {}
-        Ok(Principal::Runner(_)) => return unauthorized("runner tokens cannot push"),
+    let runner = match g.auth.check(&token) {
+        Ok(Principal::Admin) => None,
+        Ok(Principal::Runner(_)) if push => return unauthorized("runner tokens cannot push"),
+        Ok(Principal::Runner(id)) => Some(id),
         Err(e) => return unauthorized(&e.to_string()),
+    };
+    let not_found = || (StatusCode::NOT_FOUND, format!("no repository `{repo}`\n")).into_response();
+    if g.triggers.get(&repo).is_err() {
+        return not_found();
     }
-    match cgi(&g.triggers, &repo, rest, &query, req).await {
+    // A runner reads only the repository of a job it holds.
+    if let Some(id) = runner {
+        match g.triggers.engine().runner_holds_repo(&id, &repo) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(runner = %id, repo, "runner token refused: it holds no job of this repository");
+                return (StatusCode::FORBIDDEN, format!("runner {id} holds no job of repository `{repo}`\n"))
+                    .into_response();
+            }
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+        }
+    }
+    match cgi(&g.triggers, &repo, &rest, &query, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(repo, error = %e, "git http-backend failed");
@@ -147,4 +179,20 @@ async fn cgi(t: &Triggers, repo: &str, rest: &str, query: &str, req: Request) ->
         }
     }
     builder.body(Body::from_stream(ReaderStream::new(out))).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn routes_match_the_whole_repository_segment() {
+        assert_eq!(route("/git/app.git/info/refs"), Some(("app", "/info/refs")));
+        assert_eq!(route("/git/a.github.git/git-upload-pack"), Some(("a.github", "/git-upload-pack")));
+        assert_eq!(route("/git/a.git/hub.git/info/refs"), None);
+        assert_eq!(route("/git/app.git/objects/info/packs"), None, "no dumb protocol");
+        assert_eq!(route("/git/app.git/HEAD"), None);
+        assert_eq!(route("/git/app/info/refs"), None);
+        assert_eq!(route("/git/.git/info/refs"), None);
+    }
 }

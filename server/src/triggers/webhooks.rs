@@ -8,7 +8,9 @@
 //! | Forgejo | `X-Forgejo-Event` | `X-Forgejo-Signature: <hex HMAC-SHA256>` | `X-Forgejo-Delivery` |
 //!
 //! Signatures are checked in constant time with the repository's webhook
-//! secret; a bad one gets 401 and a warning in the log. A delivery id seen
+//! secret; a bad one gets 401 and a warning in the log — as does a request
+//! for a repository that does not exist or takes no webhooks, so nobody
+//! learns which repositories exist without the secret. A delivery id seen
 //! before gets 200 and starts nothing. Push events fetch the mirror and
 //! sync it (so a push is acted on once, whether the webhook or the poller
 //! sees it first); pull-request events fetch the request's head and start
@@ -130,12 +132,20 @@ fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
                 return Ask::Ignore(format!("merge request action {}", a["action"]));
             }
             let number = a["iid"].as_u64().unwrap_or(0) as u32;
+            // A merge request from another project (a fork) — or one
+            // whose source project is not named — is a fork.
+            let (source, target) = (a["source_project_id"].as_u64(), a["target_project_id"].as_u64());
             Ask::PullRequest(PullRequest {
                 number,
                 head_sha: s(&a["last_commit"]["id"]),
                 head_branch: s(&a["source_branch"]),
                 base_branch: s(&a["target_branch"]),
                 remote_ref: format!("refs/merge-requests/{number}/head"),
+                head_repo: s(&a["source"]["path_with_namespace"]),
+                fork: source.is_none() || source != target,
+                sender: s(&body["user"]["username"]),
+                // GitLab says nothing of the sender's role in its hook.
+                sender_association: String::new(),
             })
         }
         (_, "pull_request") => {
@@ -144,12 +154,23 @@ fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
             }
             let pr = &body["pull_request"];
             let number = body["number"].as_u64().or_else(|| pr["number"].as_u64()).unwrap_or(0) as u32;
+            // The head's repository is null once a fork is deleted: a head
+            // whose repository is not the base's, or unknown, is a fork.
+            let (head_repo, base_repo) = (s(&pr["head"]["repo"]["full_name"]), s(&pr["base"]["repo"]["full_name"]));
             Ask::PullRequest(PullRequest {
                 number,
                 head_sha: s(&pr["head"]["sha"]),
                 head_branch: s(&pr["head"]["ref"]),
                 base_branch: s(&pr["base"]["ref"]),
                 remote_ref: format!("refs/pull/{number}/head"),
+                fork: head_repo.is_empty() || !head_repo.eq_ignore_ascii_case(&base_repo),
+                head_repo,
+                // Its author (whose code it is), not who sent this event.
+                sender: s(&pr["user"]["login"]),
+                sender_association: match forge {
+                    Forge::GitHub => s(&pr["author_association"]),
+                    _ => String::new(),
+                },
             })
         }
         (_, other) => Ask::Ignore(format!("event {other}")),
@@ -158,22 +179,26 @@ fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
 
 /// `POST /webhooks/{repo}`.
 pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h: HeaderMap, body: Bytes) -> Response {
-    let rec = match t.get(&repo) {
-        Ok(r) => r,
-        Err(_) => return reply(StatusCode::NOT_FOUND, json!({"error": format!("no repository `{repo}`")})),
-    };
-    if rec.kind != MIRROR {
-        return reply(StatusCode::BAD_REQUEST, json!({"error": "webhooks are for mirrored repositories"}));
-    }
     let Some(forge) = Forge::detect(&h) else {
         return reply(
             StatusCode::BAD_REQUEST,
             json!({"error": "unknown sender: expected GitHub, GitLab, Gitea or Forgejo webhook headers"}),
         );
     };
+    // A missing repository, one that takes no webhooks and a bad signature
+    // get the same answer: only the forge holding the secret learns more
+    // (and the server's log says which it was).
+    let refuse = |why: &str| {
+        tracing::warn!(repo, forge = forge.name(), why, "webhook refused: bad or missing signature");
+        reply(StatusCode::UNAUTHORIZED, json!({"error": "bad or missing webhook signature"}))
+    };
+    let rec = match t.get(&repo) {
+        Ok(r) if r.kind == MIRROR => r,
+        Ok(_) => return refuse("not a mirror (hosted repositories take no webhooks)"),
+        Err(_) => return refuse("no such repository"),
+    };
     if !verified(forge, &h, &body, &rec.webhook_secret) {
-        tracing::warn!(repo, forge = forge.name(), "webhook refused: bad or missing signature");
-        return reply(StatusCode::UNAUTHORIZED, json!({"error": "bad or missing webhook signature"}));
+        return refuse("the signature does not match the repository's secret");
     }
     let event = header(&h, &forge.header("event")).unwrap_or_default().to_string();
     if let Some(id) = delivery_id(forge, &h) {
@@ -275,15 +300,33 @@ mod tests {
 
     #[test]
     fn pull_requests_are_read_from_each_payload() {
-        let gh = json!({"action": "synchronize", "number": 7, "pull_request": {"head": {"sha": "abc", "ref": "feat"}, "base": {"ref": "main"}}});
+        let gh = json!({"action": "synchronize", "number": 7, "pull_request": {
+            "head": {"sha": "abc", "ref": "feat", "repo": {"full_name": "mallory/app"}},
+            "base": {"ref": "main", "repo": {"full_name": "org/app"}},
+            "user": {"login": "mallory"}, "author_association": "FIRST_TIME_CONTRIBUTOR"}});
         let Ask::PullRequest(pr) = classify(Forge::GitHub, "pull_request", &gh) else { panic!() };
         assert_eq!(
             (pr.number, pr.head_sha.as_str(), pr.base_branch.as_str(), pr.remote_ref.as_str()),
             (7, "abc", "main", "refs/pull/7/head")
         );
-        let gl = json!({"object_attributes": {"iid": 3, "action": "open", "source_branch": "f", "target_branch": "main", "last_commit": {"id": "def"}}});
+        assert_eq!(
+            (pr.fork, pr.head_repo.as_str(), pr.sender.as_str(), pr.sender_association.as_str()),
+            (true, "mallory/app", "mallory", "FIRST_TIME_CONTRIBUTOR")
+        );
+        let same = json!({"action": "opened", "number": 8, "pull_request": {
+            "head": {"sha": "abc", "ref": "feat", "repo": {"full_name": "Org/App"}},
+            "base": {"ref": "main", "repo": {"full_name": "org/app"}}, "user": {"login": "alice"}}});
+        let Ask::PullRequest(pr) = classify(Forge::GitHub, "pull_request", &same) else { panic!() };
+        assert!(!pr.fork);
+        let deleted = json!({"action": "opened", "number": 9, "pull_request": {
+            "head": {"sha": "abc", "ref": "feat", "repo": null}, "base": {"ref": "main", "repo": {"full_name": "org/app"}}}});
+        let Ask::PullRequest(pr) = classify(Forge::GitHub, "pull_request", &deleted) else { panic!() };
+        assert!(pr.fork, "a head without a repository is a fork");
+        let gl = json!({"user": {"username": "eve"}, "object_attributes": {"iid": 3, "action": "open", "source_branch": "f",
+            "target_branch": "main", "last_commit": {"id": "def"}, "source_project_id": 2, "target_project_id": 1}});
         let Ask::PullRequest(pr) = classify(Forge::GitLab, "Merge Request Hook", &gl) else { panic!() };
         assert_eq!(pr.remote_ref, "refs/merge-requests/3/head");
+        assert!(pr.fork && pr.sender == "eve");
         assert!(matches!(classify(Forge::GitHub, "pull_request", &json!({"action": "closed"})), Ask::Ignore(_)));
         assert!(matches!(classify(Forge::GitHub, "ping", &json!({})), Ask::Ignore(_)));
     }

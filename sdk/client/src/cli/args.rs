@@ -116,11 +116,29 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum SecretsCommand {
     /// Create or replace a secret; the value is read from stdin unless given.
+    /// Its scope says which runs may have it (every rule given must hold).
     Set {
         /// Name (an environment variable name).
         name: String,
         /// The value (better: pipe it on stdin, out of the shell history).
         value: Option<String>,
+        /// Only runs of this repository (repeatable).
+        #[arg(long = "repo", value_name = "REPO")]
+        repos: Vec<String>,
+        /// Only runs of this pipeline, by `name:` (repeatable).
+        #[arg(long = "pipeline", value_name = "NAME")]
+        pipelines: Vec<String>,
+        /// Only runs of branches matching this glob, e.g. `main` or
+        /// `release/*` (repeatable).
+        #[arg(long = "branch", value_name = "GLOB")]
+        branches: Vec<String>,
+        /// Also runs of trusted pull requests (never untrusted ones).
+        #[arg(long)]
+        pull_requests: bool,
+        /// Registry credentials (`user:password`) for this registry host
+        /// only, e.g. `ghcr.io` or `127.0.0.1:5000`.
+        #[arg(long, value_name = "HOST")]
+        registry: Option<String>,
     },
     /// List secret names.
     List,
@@ -155,6 +173,21 @@ pub enum ReposCommand {
         /// Hosted: the default branch.
         #[arg(long, default_value = "main")]
         default_branch: String,
+        /// Mirrors: trust pull requests of this forge login (repeatable).
+        #[arg(long = "trust-sender", value_name = "LOGIN")]
+        trust_senders: Vec<String>,
+    },
+    /// Set who a repository trusts to run pull requests without approval.
+    Trust {
+        /// Name.
+        name: String,
+        /// Forge logins trusted whatever the forge says (repeatable).
+        #[arg(long = "sender", value_name = "LOGIN")]
+        senders: Vec<String>,
+        /// GitHub author associations trusted (repeatable; default OWNER,
+        /// MEMBER, COLLABORATOR). `--association none` trusts none.
+        #[arg(long = "association", value_name = "ASSOCIATION")]
+        associations: Vec<String>,
     },
     /// List repositories.
     List {
@@ -234,6 +267,12 @@ pub enum RunsCommand {
     Cancel(CancelArgs),
     /// Re-run the failed jobs of a finished run.
     Retry {
+        /// Run id.
+        id: String,
+    },
+    /// Let a run that waits for approval (an untrusted pull request) start.
+    /// It still gets no secrets.
+    Approve {
         /// Run id.
         id: String,
     },

@@ -13,11 +13,12 @@ use viaduct_sdk::{
     proto::{
         StatusWord,
         v1::{
-            CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest, CreateRepoRequest,
-            DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest, GetRepoRequest, GetRunRequest,
-            GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest, ListRunnersRequest, ListRunsRequest,
-            ListSecretsRequest, MirrorRepo, PageRequest, RetryRunRequest, Run, SetSecretRequest, Status, SubmitRequest,
-            SyncRepoRequest, TriggerRequest, WatchRequest, create_repo_request, follow_request, log_event,
+            ApproveRunRequest, CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest,
+            CreateRepoRequest, DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest,
+            GetRepoRequest, GetRunRequest, GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest,
+            ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PullRequestPolicy,
+            RetryRunRequest, Run, SecretScope, SetSecretRequest, Status, SubmitRequest, SyncRepoRequest,
+            TriggerRequest, UpdateRepoRequest, WatchRequest, create_repo_request, follow_request, log_event,
             run_event::Change, submit_request,
         },
     },
@@ -26,8 +27,12 @@ use viaduct_sdk::{
 use super::{
     Failure,
     args::{CancelArgs, PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
-    view,
+    terminal, view,
 };
+
+/// GitHub author associations trusted by default (as the server's default
+/// policy).
+const DEFAULT_ASSOCIATIONS: &[&str] = &["OWNER", "MEMBER", "COLLABORATOR"];
 
 /// `viaduct validate FILE…`: offline, with the same checks as the server.
 pub fn validate(files: &[std::path::PathBuf]) -> Result<(), Failure> {
@@ -99,6 +104,10 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), F
     let mut names: HashMap<(String, u32), String> = HashMap::new();
     let mut failures = 0;
     let mut stdout = std::io::stdout().lock();
+    // To a terminal, a log keeps its colours but no other escape sequence
+    // (see `terminal`); to a file or a pipe, its exact bytes.
+    let to_terminal = std::io::IsTerminal::is_terminal(&stdout);
+    let mut filters: HashMap<(String, u32), terminal::LogFilter> = HashMap::new();
     loop {
         let mut from_offsets = HashMap::new();
         for ((step, _), off) in &printed {
@@ -129,7 +138,9 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), F
                     Some(log_event::Event::Step(b)) => {
                         let key = (b.step_id.clone(), b.attempt);
                         let retry = if b.attempt > 1 { format!(" (attempt {})", b.attempt) } else { String::new() };
-                        names.insert(key.clone(), format!("{} › {}{retry}", b.job_name, b.step_name));
+                        let name =
+                            format!("{} › {}{retry}", terminal::plain(&b.job_name), terminal::plain(&b.step_name));
+                        names.insert(key.clone(), name);
                         if b.finished && finished.insert(key.clone()) {
                             let code = b.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
                             let _ = stdout.flush();
@@ -147,9 +158,15 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), F
                         if current.as_ref() != Some(&key) {
                             let _ = stdout.flush();
                             eprintln!("── {}", names.get(&key).cloned().unwrap_or_else(|| c.step_id.clone()));
-                            current = Some(key);
+                            current = Some(key.clone());
                         }
-                        stdout.write_all(&c.data[skip..]).map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
+                        let data = &c.data[skip..];
+                        let written = if to_terminal {
+                            stdout.write_all(&filters.entry(key.clone()).or_default().feed(data))
+                        } else {
+                            stdout.write_all(data)
+                        };
+                        written.map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
                         stdout.flush().map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
                         *done = end;
                     }
@@ -216,6 +233,12 @@ pub async fn runs(client: &Client, cmd: RunsCommand) -> Result<(), Failure> {
         }
         RunsCommand::Cancel(a) => cancel(client, a).await,
         RunsCommand::Retry { id } => retry(client, id, false).await,
+        RunsCommand::Approve { id } => {
+            let run = client.runs().approve(ApproveRunRequest { id: id.clone() }).await?.into_inner();
+            let by = run.approval.map(|a| a.reason).unwrap_or_default();
+            println!("run {id} approved ({by}); it gets no secrets");
+            Ok(())
+        }
     }
 }
 
@@ -392,13 +415,17 @@ pub async fn trigger(
 /// `viaduct repos …`.
 pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
     match cmd {
-        ReposCommand::Create { name, mirror, poll, webhook_secret, credentials, default_branch } => {
+        ReposCommand::Create { name, mirror, poll, webhook_secret, credentials, default_branch, trust_senders } => {
             let source = match mirror {
                 Some(url) => create_repo_request::Source::Mirror(MirrorRepo {
                     url,
                     poll_interval_seconds: poll,
                     webhook_secret: webhook_secret.unwrap_or_default(),
                     credentials: credentials.unwrap_or_default(),
+                    pull_requests: (!trust_senders.is_empty()).then(|| PullRequestPolicy {
+                        trusted_senders: trust_senders,
+                        trusted_associations: DEFAULT_ASSOCIATIONS.iter().map(|s| s.to_string()).collect(),
+                    }),
                 }),
                 None => create_repo_request::Source::Hosted(HostedRepo { default_branch }),
             };
@@ -436,6 +463,17 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
             println!("repository {name} deleted");
             Ok(())
         }
+        ReposCommand::Trust { name, senders, associations } => {
+            let associations = if associations.is_empty() {
+                DEFAULT_ASSOCIATIONS.iter().map(|s| s.to_string()).collect()
+            } else {
+                associations.into_iter().filter(|a| !a.eq_ignore_ascii_case("none")).collect()
+            };
+            let policy = PullRequestPolicy { trusted_senders: senders, trusted_associations: associations };
+            let r = client.repos().update(UpdateRepoRequest { name, pull_requests: Some(policy) }).await?.into_inner();
+            print!("{}", view::repo_text(&r));
+            Ok(())
+        }
         ReposCommand::Sync { name } => {
             let o = client.repos().sync(SyncRepoRequest { name }).await?.into_inner();
             println!(
@@ -451,7 +489,7 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
 /// `viaduct secrets …`.
 pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure> {
     match cmd {
-        SecretsCommand::Set { name, value } => {
+        SecretsCommand::Set { name, value, repos, pipelines, branches, pull_requests, registry } => {
             let value = match value {
                 Some(v) => v,
                 None => {
@@ -461,17 +499,25 @@ pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure
                     v.strip_suffix('\n').map(str::to_string).unwrap_or(v)
                 }
             };
-            client.secrets().set(SetSecretRequest { name: name.clone(), value }).await?;
-            println!("secret {name} set");
+            let scope =
+                SecretScope { repos, pipelines, branches, pull_requests, registry: registry.unwrap_or_default() };
+            let info = client.secrets().set(SetSecretRequest { name: name.clone(), value, scope: Some(scope) }).await?;
+            println!("secret {name} set ({})", view::scope_text(info.into_inner().scope.as_ref()));
             Ok(())
         }
         SecretsCommand::List => {
             let list = client.secrets().list(ListSecretsRequest {}).await?.into_inner().secrets;
             let rows: Vec<Vec<String>> = list
                 .iter()
-                .map(|s| vec![s.name.clone(), view::local(s.times.as_ref().and_then(|t| t.finished_at.as_ref()))])
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        view::local(s.times.as_ref().and_then(|t| t.finished_at.as_ref())),
+                        view::scope_text(s.scope.as_ref()),
+                    ]
+                })
                 .collect();
-            print!("{}", view::table(&["NAME", "UPDATED"], &rows));
+            print!("{}", view::table(&["NAME", "UPDATED", "SCOPE"], &rows));
             Ok(())
         }
         SecretsCommand::Delete { name } => {

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod commands;
 pub mod files;
+pub mod terminal;
 pub mod view;
 
 use std::process::ExitCode;

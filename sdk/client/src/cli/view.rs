@@ -125,6 +125,16 @@ pub fn run_text(r: &Run) -> String {
     if !r.error.is_empty() {
         let _ = writeln!(out, "  error: {}", r.error);
     }
+    if r.trust == viaduct_sdk::proto::v1::Trust::Untrusted as i32 {
+        let _ = writeln!(out, "  untrusted: no secrets, no registry credentials, no protected runners");
+    }
+    if let Some(a) = &r.approval {
+        if a.pending {
+            let _ = writeln!(out, "  waiting for approval: {} (viaduct runs approve {})", a.reason, r.id);
+        } else {
+            let _ = writeln!(out, "  approved by {} ({})", a.approved_by, a.reason);
+        }
+    }
     for j in &r.jobs {
         let attempt = if j.attempt > 1 { format!("  attempt {}/{}", j.attempt, j.max_attempts) } else { String::new() };
         let _ = writeln!(
@@ -160,7 +170,8 @@ pub fn run_text(r: &Run) -> String {
             }
         }
     }
-    out
+    // Names, messages and summaries come from pipeline files and jobs.
+    super::terminal::plain(&out)
 }
 
 /// Rows as aligned columns.
@@ -222,8 +233,34 @@ pub fn repo_text(r: &Repo) -> String {
         );
         let _ = writeln!(out, "  or on the server git push {}", r.path);
     }
+    if let Some(p) = &r.pull_requests {
+        let senders = if p.trusted_senders.is_empty() { "none".into() } else { p.trusted_senders.join(", ") };
+        let assoc = if p.trusted_associations.is_empty() { "none".into() } else { p.trusted_associations.join(", ") };
+        let _ = writeln!(out, "  trusts pull requests of senders {senders}; associations {assoc}");
+    }
     if !r.last_error.is_empty() {
         let _ = writeln!(out, "  last error   {}", r.last_error);
     }
     out
+}
+
+/// A secret's scope in one line ("any run" when it has no rule).
+pub fn scope_text(s: Option<&viaduct_sdk::proto::v1::SecretScope>) -> String {
+    let Some(s) = s else { return "any run".into() };
+    let mut rules = Vec::new();
+    for (what, list) in [("repos", &s.repos), ("pipelines", &s.pipelines), ("branches", &s.branches)] {
+        if !list.is_empty() {
+            rules.push(format!("{what} {}", list.join(",")));
+        }
+    }
+    if s.pull_requests {
+        rules.push("trusted pull requests".into());
+    }
+    if !s.registry.is_empty() {
+        rules.push(format!("registry {}", s.registry));
+    }
+    if !s.pull_requests {
+        rules.push("no pull requests".into());
+    }
+    rules.join("; ")
 }

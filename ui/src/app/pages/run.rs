@@ -1,12 +1,12 @@
 //! `/runs/:id`: one run, live — its job graph (columns by `needs`, matrix
 //! groups), a job's steps with plugin summaries, the artifacts, and cancel
-//! / retry.
+//! / retry / approve (a run that waits for approval).
 
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::hooks::use_params_map;
 use viaduct_proto::v1::{
-    Artifact, CancelRunRequest, DownloadArtifactRequest, GetRunRequest, Job, ListArtifactsRequest, RetryRunRequest,
-    Run, Step,
+    ApproveRunRequest, Artifact, CancelRunRequest, DownloadArtifactRequest, GetRunRequest, Job, ListArtifactsRequest,
+    RetryRunRequest, Run, Step,
 };
 use wasm_bindgen::JsCast;
 
@@ -85,6 +85,7 @@ fn RunView(id: String) -> impl IntoView {
                 let r = match what {
                     Action::Cancel(job_id) => api.check(api.runs().cancel(CancelRunRequest { id, job_id }).await),
                     Action::Retry => api.check(api.runs().retry(RetryRunRequest { id }).await),
+                    Action::Approve => api.check(api.runs().approve(ApproveRunRequest { id }).await),
                 };
                 busy.set(false);
                 // The page shows what `Runs.Watch` says: every change the
@@ -115,9 +116,10 @@ fn RunView(id: String) -> impl IntoView {
                 show_loadable(phase.get(), move |()| {
                     let act_cancel = act.clone();
                     let act_retry = act.clone();
+                    let act_approve = act.clone();
                     let act_job = act.clone();
                     view! {
-                        <RunHeader state busy act_cancel act_retry />
+                        <RunHeader state busy act_cancel act_retry act_approve />
                         {move || action_error.get().map(|e| view! { <div class="error-box" role="alert">{e}</div> })}
                         <RunDetails state />
                         <h2 class="section-title">"Jobs"</h2>
@@ -139,6 +141,8 @@ enum Action {
     Cancel(String),
     /// Retry the failed jobs.
     Retry,
+    /// Let a run that waits for approval start.
+    Approve,
 }
 
 /// Title, state, source and the run's actions.
@@ -148,12 +152,15 @@ fn RunHeader(
     busy: RwSignal<bool>,
     act_cancel: impl Fn(Action) + Clone + Send + Sync + 'static,
     act_retry: impl Fn(Action) + Clone + Send + Sync + 'static,
+    act_approve: impl Fn(Action) + Clone + Send + Sync + 'static,
 ) -> impl IntoView {
     let field = move |f: fn(&Run) -> String| move || state.with(|s| s.ready().map(f).unwrap_or_default());
     let st = Signal::derive(move || state.with(|s| s.ready().map(Run::status).unwrap_or_default()));
     let times = Memo::new(move |_| state.with(|s| s.ready().map(run_model::run_times).unwrap_or_default()));
     let can_cancel = move || state.with(|s| s.ready().is_some_and(run_model::can_cancel));
     let can_retry = move || state.with(|s| s.ready().is_some_and(run_model::can_retry));
+    let can_approve = move || state.with(|s| s.ready().is_some_and(run_model::can_approve));
+    let trust = move || state.with(|s| s.ready().map(run_model::trust_notice).unwrap_or_default());
     view! {
         <div class="page-head run-head">
             <div class="title-line">
@@ -182,8 +189,26 @@ fn RunHeader(
                         }
                     }
                 </Show>
+                <Show when=can_approve>
+                    {
+                        let act = act_approve.clone();
+                        view! {
+                            <button id="approve-run" class="button primary" disabled=move || busy.get() on:click=move |_| act(Action::Approve)>
+                                "Approve run"
+                            </button>
+                        }
+                    }
+                </Show>
             </div>
         </div>
+        {move || {
+            let notices = trust();
+            (!notices.is_empty()).then(|| view! {
+                <div class="trust-notice" role="status">
+                    {notices.into_iter().map(|n| view! { <p>{n}</p> }).collect_view()}
+                </div>
+            })
+        }}
         <dl class="facts">
             <div>
                 <dt>"Source"</dt>
