@@ -49,6 +49,10 @@ pub struct Secrets(Option<Arc<Patterns>>);
 /// Every form of `part` that is masked.
 fn forms(part: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![part.to_vec(), part.iter().rev().copied().collect()];
+    // The whole value encoded, padding included (longest match wins).
+    for engine in [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::URL_SAFE] {
+        out.push(engine.encode(part).into_bytes());
+    }
     let lower = hex::encode(part);
     out.push(lower.to_ascii_uppercase().into_bytes());
     out.push(lower.into_bytes());

@@ -123,7 +123,7 @@ pub fn secret_refusal(name: &str, scope: &SecretScope, run: &RunFacts<'_>) -> Op
              and untrusted runs get no secrets"
         ));
     }
-    if !scope.repos.is_empty() && !scope.repos.iter().any(|r| *r == src.repo) {
+    if !scope.repos.is_empty() && !scope.repos.contains(&src.repo) {
         let this = if src.repo.is_empty() { "no repository".to_string() } else { format!("`{}`", src.repo) };
         return Some(format!(
             "secret `{name}` is refused: its scope admits repositories {} (this run is of {this})",

@@ -17,6 +17,7 @@ use std::{
 use tempfile::TempDir;
 
 pub mod browser;
+pub mod forge;
 pub mod sshd;
 pub use viaduct_sdk::{
     Client,

@@ -2,59 +2,14 @@
 //! git CLI (filesystem path and smart HTTP), mirrors of file:// remotes with
 //! signed webhooks, pull requests, schedules, manual triggers, restarts.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use tokio_stream::StreamExt;
 use viaduct_tests::{
-    Client, Runner, Server, eventually, finished, http, output, step_log, v1, wait_until, within, word,
+    Runner, Server, eventually, finished,
+    forge::{create_hosted, create_mirror, git, runs_of, sign, upstream, work_tree},
+    http, output, step_log, v1, wait_until, within, word,
 };
-
-/// Runs git in `dir` with a fixed identity; panics on failure.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = output(
-        Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "Ada Dev")
-            .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-            .env("GIT_COMMITTER_NAME", "Ada Dev")
-            .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-            .env("GIT_TERMINAL_PROMPT", "0"),
-    );
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// A working copy with `.viaduct/pipeline.yml` and `hello.txt`, committed on main.
-fn work_tree(pipeline: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "-q", "-b", "main"]);
-    std::fs::create_dir_all(dir.path().join(".viaduct")).unwrap();
-    std::fs::write(dir.path().join(".viaduct/pipeline.yml"), pipeline).unwrap();
-    std::fs::write(dir.path().join("hello.txt"), "hello from git\n").unwrap();
-    git(dir.path(), &["add", "-A"]);
-    git(dir.path(), &["commit", "-qm", "add the pipeline"]);
-    dir
-}
-
-async fn create_hosted(client: &Client, name: &str) -> v1::Repo {
-    let req = v1::CreateRepoRequest {
-        name: name.into(),
-        source: Some(v1::create_repo_request::Source::Hosted(v1::HostedRepo::default())),
-    };
-    client.repos().create(req).await.unwrap().into_inner()
-}
-
-async fn runs_of(client: &Client, repo: &str) -> Vec<v1::Run> {
-    let req = v1::ListRunsRequest { repo: repo.into(), ..Default::default() };
-    client.runs().list(req).await.unwrap().into_inner().runs
-}
 
 const ON_MAIN: &str = "on:\n  push: { branches: [main] }\n  manual: {}\njobs:\n  build:\n    steps:\n      - run: cat hello.txt; echo \"$VIADUCT_REPO $VIADUCT_BRANCH $VIADUCT_COMMIT $VIADUCT_EVENT\"\n";
 
@@ -133,40 +88,12 @@ async fn pushes_that_on_does_not_ask_for_start_nothing_and_an_invalid_file_fails
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown key `stpes`"));
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// A bare "forge" repository with the pipeline, and a working copy of it.
-fn forge(pipeline: &str) -> (tempfile::TempDir, PathBuf, tempfile::TempDir) {
-    let upstream = tempfile::tempdir().unwrap();
-    let bare = upstream.path().join("upstream.git");
-    git(upstream.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
-    let wt = work_tree(pipeline);
-    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    (upstream, bare, wt)
-}
-
-async fn create_mirror(client: &Client, name: &str, url: &str, secret: &str) -> v1::Repo {
-    let req = v1::CreateRepoRequest {
-        name: name.into(),
-        source: Some(v1::create_repo_request::Source::Mirror(v1::MirrorRepo {
-            url: url.into(),
-            webhook_secret: secret.into(),
-            ..Default::default()
-        })),
-    };
-    client.repos().create(req).await.unwrap().into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_webhook_syncs_a_mirror_once_and_bad_signatures_are_refused() {
     let server = Server::start();
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
-    let (_u, bare, wt) = forge(ON_MAIN);
+    let (_u, bare, wt) = upstream(ON_MAIN);
     let url = format!("file://{}", bare.display());
     let repo = create_mirror(&client, "mirrored", &url, "s3cret").await;
     assert_eq!(repo.webhook_url, format!("{}/webhooks/mirrored", server.url()));
@@ -279,7 +206,7 @@ async fn an_ssh_mirror_fetches_with_the_key_in_a_secret_and_checks_the_host_key(
     let server = Server::start_env(&[], &[("HOME", home.path())]);
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
-    let (_upstream, bare, wt) = forge(ON_MAIN);
+    let (_upstream, bare, wt) = upstream(ON_MAIN);
     for (name, value) in [("DEPLOY_KEY", sshd.client_key()), ("OTHER_KEY", sshd.other_key())] {
         client.secrets().set(v1::SetSecretRequest { name: name.into(), value, ..Default::default() }).await.unwrap();
     }
@@ -319,7 +246,7 @@ async fn a_pull_request_webhook_runs_the_head_commit_when_on_asks_for_it() {
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
     let pipeline = "on:\n  pull_request: { branches: [main] }\njobs:\n  check:\n    steps:\n      - run: cat hello.txt; echo \"$VIADUCT_EVENT into $VIADUCT_BASE_BRANCH\"\n";
-    let (_u, bare, wt) = forge(pipeline);
+    let (_u, bare, wt) = upstream(pipeline);
     create_mirror(&client, "prs", &format!("file://{}", bare.display()), "k").await;
     // A contributor's branch, published by the forge as refs/pull/7/head.
     git(wt.path(), &["checkout", "-q", "-b", "fix"]);

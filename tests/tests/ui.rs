@@ -402,3 +402,54 @@ async fn a_log_of_100000_lines_is_virtualised_searchable_and_linkable() {
     })
     .await;
 }
+
+/// A stranger's pull request waits for approval: the run page says why
+/// and what it will not get, and *Approve run* starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_pull_request_is_approved_from_its_run_page() {
+    use viaduct_tests::forge::{PullRequest, create_mirror, git, runs_of, upstream};
+    let server = Server::with_ui();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let token = server.admin_token();
+    let pipeline = "on:\n  pull_request: {}\njobs:\n  test:\n    steps:\n      - run: echo contributed\n";
+    let (_u, bare, wt) = upstream(pipeline);
+    create_mirror(&client, "app", &format!("file://{}", bare.display()), "k").await;
+    git(wt.path(), &["checkout", "-q", "-b", "idea"]);
+    git(wt.path(), &["commit", "-q", "--allow-empty", "-m", "an idea"]);
+    let head = git(wt.path(), &["rev-parse", "HEAD"]);
+    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "idea:refs/pull/4/head"]);
+    let pr = PullRequest {
+        number: 4,
+        head_sha: head,
+        head_ref: "idea".into(),
+        head_repo: "stranger/app".into(),
+        base_ref: "main".into(),
+        base_repo: "org/app".into(),
+        author: "stranger".into(),
+        association: "NONE".into(),
+    };
+    let (code, reply) = pr.deliver(&server, "app", "k", "d-1");
+    assert_eq!(code, 200, "{reply}");
+    let id = runs_of(&client, "app").await[0].id.clone();
+    Browser::run(|c| async move {
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        c.goto(&format!("{}/runs/{id}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        let notice = wait_for(&c, ".trust-notice").await.text().await.expect("notice text");
+        assert!(notice.contains("Waiting for approval: pull request #4 by `stranger`"), "{notice}");
+        assert!(notice.contains("no secrets"), "{notice}");
+        screenshot(&c, "run-waiting-for-approval").await;
+        wait_for(&c, "#approve-run").await.click().await.expect("approve");
+        wait_for(&c, &format!("[data-job-id=\"{id}.1\"][data-status=\"success\"]")).await;
+        let run = finished(&client, &id).await;
+        assert_eq!(run.status, Status::Success as i32);
+        assert_eq!(run.approval.map(|a| a.pending), Some(false));
+        viaduct_tests::eventually("the button to go", || async {
+            c.find(Locator::Css("#approve-run")).await.is_err().then_some(())
+        })
+        .await;
+    })
+    .await;
+}

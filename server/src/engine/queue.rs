@@ -101,6 +101,7 @@ mod tests {
             plugins: false,
             not_before_ms: 0,
             pipeline: String::new(),
+            untrusted: false,
         }
     }
 

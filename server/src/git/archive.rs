@@ -25,7 +25,12 @@ pub fn cached(repo_path: &Path, cache_dir: &Path, sha: &str) -> Result<PathBuf> 
         return Ok(file);
     }
     std::fs::create_dir_all(cache_dir).map_err(io)?;
-    let tmp = cache_dir.join(format!("{sha}.{}.tmp", std::process::id()));
+    // Unique per build: two jobs of one commit may ask at once, and each
+    // must write its own file (the second rename just replaces the first
+    // archive with an identical one).
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = cache_dir.join(format!("{sha}.{}-{n}.tmp", std::process::id()));
     let out = std::fs::File::create(&tmp).map_err(io)?;
     let result = write(repo_path, sha, out);
     if let Err(e) = result {
@@ -89,4 +94,34 @@ fn write(repo_path: &Path, sha: &str, out: impl Write) -> Result<()> {
     }
     let encoder = tar.into_inner().map_err(io)?;
     encoder.finish().map_err(io)?.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two jobs of one commit asking for its archive at once both get a
+    /// whole archive (each build writes its own temporary file).
+    #[test]
+    fn concurrent_builds_of_one_archive_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path().join("r.git")).unwrap();
+        let blob = repo.blob(&vec![b'x'; 1 << 20]).unwrap();
+        let mut tb = repo.treebuilder(None).unwrap();
+        tb.insert("big.txt", blob, 0o100_644).unwrap();
+        let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@t").unwrap();
+        let sha = repo.commit(None, &sig, &sig, "m", &tree, &[]).unwrap().to_string();
+        let cache = dir.path().join("cache");
+        let built: Vec<Result<PathBuf>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| cached(&dir.path().join("r.git"), &cache, &sha))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for b in built {
+            let path = b.expect("every build succeeds");
+            let mut tar = tar::Archive::new(zstd::Decoder::new(std::fs::File::open(path).unwrap()).unwrap());
+            assert_eq!(tar.entries().unwrap().count(), 1);
+        }
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1, "no temporary file is left");
+    }
 }

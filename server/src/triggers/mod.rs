@@ -547,17 +547,16 @@ impl Triggers {
         if let Some((pr, base_tip, _)) = &ev.pull {
             let (path, tip) = (self.path(name), base_tip.clone());
             let base_yaml = blocking(move || git::read_file(&path, &tip, PIPELINE_PATH)).await?;
-            let asks = base_yaml
-                .as_deref()
-                .and_then(|y| planning::parse(PIPELINE_PATH, y).ok())
-                .is_some_and(|p| wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch));
-            if !asks {
-                tracing::info!(
-                    repo = name,
-                    pr = pr.number,
-                    base = %ev.base_branch,
-                    "the base branch's pipeline does not run pull requests into it: no run"
-                );
+            let refused = match base_yaml.as_deref().map(|y| planning::parse(PIPELINE_PATH, y)) {
+                None => Some("the base branch has no pipeline file"),
+                Some(Err(_)) => Some("the base branch's pipeline file is invalid"),
+                Some(Ok(p)) if !wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch) => {
+                    Some("the base branch's pipeline does not run pull requests into it")
+                }
+                Some(Ok(_)) => None,
+            };
+            if let Some(why) = refused {
+                tracing::info!(repo = name, pr = pr.number, base = %ev.base_branch, "{why}: no run");
                 return Ok(None);
             }
         }
