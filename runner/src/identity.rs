@@ -11,6 +11,22 @@ use std::{
 use serde::{Deserialize, Serialize};
 use viaduct_proto::v1::RegisterRequest;
 
+/// What a runner asks for when it registers; the server pins it (later
+/// connections can ask only for less, and an admin changes it).
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// Shown to admins.
+    pub name: String,
+    /// Labels jobs select it by.
+    pub labels: Vec<String>,
+    /// Take only jobs of trusted runs.
+    pub protected: bool,
+    /// Jobs at once.
+    pub slots: u32,
+    /// Executors it offers.
+    pub executors: Vec<String>,
+}
+
 /// A registered runner.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
@@ -33,24 +49,25 @@ impl Identity {
         serde_json::from_str::<Self>(&text).ok().filter(|i| i.server == server)
     }
 
-    /// Registers with `registration_token` and stores the identity.
+    /// Registers with `registration_token`, asking for what `asked` says
+    /// (the server pins it), and stores the identity.
     pub async fn register(
         work_dir: &Path,
         server: &str,
         registration_token: &str,
-        name: &str,
-        labels: &[String],
-        protected: bool,
+        asked: &Asked,
     ) -> anyhow::Result<Self> {
         let client = viaduct_sdk::Client::connect(server, None).await?;
         let resp = client
             .agent()
             .register(RegisterRequest {
                 registration_token: registration_token.trim().to_string(),
-                name: name.to_string(),
-                labels: labels.to_vec(),
+                name: asked.name.clone(),
+                labels: asked.labels.clone(),
                 hostname: crate::hostname(),
-                protected,
+                protected: asked.protected,
+                slots: asked.slots,
+                executors: asked.executors.clone(),
             })
             .await
             .map_err(viaduct_sdk::Error::from)?

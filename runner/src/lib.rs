@@ -157,7 +157,14 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
 async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identity> {
     let mut backoff = Backoff::default();
     loop {
-        match Identity::register(&cfg.work_dir, &cfg.server, token, &cfg.name, &cfg.labels, cfg.protected).await {
+        let asked = identity::Asked {
+            name: cfg.name.clone(),
+            labels: cfg.labels.clone(),
+            protected: cfg.protected,
+            slots: cfg.slots.max(1),
+            executors: intended_executors(cfg),
+        };
+        match Identity::register(&cfg.work_dir, &cfg.server, token, &asked).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 let permanent = e.downcast_ref::<viaduct_sdk::Error>().is_some_and(
@@ -172,6 +179,23 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
             }
         }
     }
+}
+
+/// What this runner's configuration may offer (registered and pinned; a
+/// container engine that does not answer later just offers less).
+fn intended_executors(cfg: &Config) -> Vec<String> {
+    if cfg.dummy {
+        return vec!["host".into(), "container".into()];
+    }
+    let mut out = Vec::new();
+    if !cfg.no_host_jobs {
+        out.push("host".to_string());
+    }
+    if cfg.containers.is_some() {
+        out.push("container".to_string());
+    }
+    out.push("wasi".to_string());
+    out
 }
 
 /// The executors of this runner: the dummy one (benchmarks), or the host

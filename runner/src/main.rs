@@ -12,12 +12,15 @@ struct Args {
     /// Server URL.
     #[arg(long, env = "VIADUCT_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
-    /// Registration token (from the server's runner-token file or
-    /// `Runners.CreateRegistrationToken`); needed only on first start.
-    #[arg(long, env = "VIADUCT_RUNNER_TOKEN")]
+    /// Not accepted: a command line is readable by every user of the
+    /// machine (`/proc/*/cmdline`). Use --token-file or
+    /// VIADUCT_RUNNER_TOKEN.
+    #[arg(long, hide = true)]
     token: Option<String>,
-    /// Read the registration token from this file instead.
-    #[arg(long, conflicts_with = "token")]
+    /// File holding the registration token (from the server's runner-token
+    /// file or `Runners.CreateRegistrationToken`); needed only on first
+    /// start. The VIADUCT_RUNNER_TOKEN variable works too.
+    #[arg(long, env = "VIADUCT_RUNNER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Name shown to admins (default: the host name).
     #[arg(long)]
@@ -100,17 +103,29 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(f)) => match std::fs::read_to_string(f) {
+    if args.token.is_some() {
+        eprintln!(
+            "viaduct-runner: --token is not accepted: every user of this machine can read a command line \
+             (/proc/*/cmdline). Put the token in a file only this user can read and pass --token-file FILE, or set \
+             VIADUCT_RUNNER_TOKEN"
+        );
+        return ExitCode::from(2);
+    }
+    let token = match (&args.token_file, std::env::var("VIADUCT_RUNNER_TOKEN")) {
+        (Some(f), _) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) => {
                 eprintln!("viaduct-runner: cannot read {}: {e}", f.display());
                 return ExitCode::from(2);
             }
         },
-        (None, None) => None,
+        (None, Ok(t)) => Some(t.trim().to_string()),
+        (None, Err(_)) => None,
     };
+    // The runner's own variables are not passed on to jobs (they start from
+    // an empty environment), and not to other processes it starts either.
+    // SAFETY: single-threaded here, before the runtime starts.
+    unsafe { std::env::remove_var("VIADUCT_RUNNER_TOKEN") };
     let name = args.name.unwrap_or_else(viaduct_runner::hostname);
     let mut mounts: std::collections::HashMap<String, PathBuf> = args.plugin_mounts.into_iter().collect();
     mounts.entry("deploy".into()).or_insert_with(|| args.work_dir.join("deploy"));

@@ -42,6 +42,8 @@ struct JobBox {
     updates: Vec<(u32, i32, RunnerMessage)>,
     /// The final JobUpdate has been queued.
     done: bool,
+    /// The grant the attempt was assigned with.
+    grant: String,
 }
 
 impl JobBox {
@@ -181,7 +183,7 @@ impl Outbox {
         let mut inner = self.lock();
         let mut resend = Vec::new();
         for ((id, attempt), b) in &inner.jobs {
-            let job = JobRef { job_id: id.clone(), attempt: *attempt };
+            let job = JobRef { job_id: id.clone(), attempt: *attempt, ..Default::default() };
             for (step, sb) in &b.steps {
                 for (i, chunk) in sb.buf.chunks(RESEND_CHUNK).enumerate() {
                     let offset = sb.acked + (i * RESEND_CHUNK) as u64;
@@ -203,9 +205,20 @@ impl Outbox {
         self.lock().link = None;
     }
 
-    /// Job attempts with anything running or unacknowledged.
+    /// Records the grant an assigned attempt came with (shown again when
+    /// the runner resumes it after a reconnect).
+    pub fn begin(&self, job: &JobRef) {
+        self.lock().jobs.entry(key(job)).or_default().grant.clone_from(&job.grant);
+    }
+
+    /// Job attempts with anything running or unacknowledged, with their
+    /// grants.
     pub fn active(&self) -> Vec<JobRef> {
-        self.lock().jobs.keys().map(|(id, attempt)| JobRef { job_id: id.clone(), attempt: *attempt }).collect()
+        self.lock()
+            .jobs
+            .iter()
+            .map(|((id, attempt), b)| JobRef { job_id: id.clone(), attempt: *attempt, grant: b.grant.clone() })
+            .collect()
     }
 
     /// Bytes waiting for acknowledgement.
@@ -239,7 +252,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn job() -> JobRef {
-        JobRef { job_id: "1.1".into(), attempt: 1 }
+        JobRef { job_id: "1.1".into(), attempt: 1, ..Default::default() }
     }
 
     fn logs(rx: &mut mpsc::UnboundedReceiver<RunnerMessage>) -> Vec<(u64, Vec<u8>)> {

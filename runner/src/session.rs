@@ -157,6 +157,7 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
                 }
                 jobs.insert(key.clone(), stop.clone());
             }
+            shared.services.outbox.begin(&job);
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
                 job::run(a, shared.services.clone(), stop).await;

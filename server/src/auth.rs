@@ -51,6 +51,23 @@ pub fn require_admin<T>(req: &Request<T>) -> Result<()> {
     }
 }
 
+/// What a runner asks for when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Shown to admins.
+    pub name: String,
+    /// Labels jobs select it by.
+    pub labels: Vec<String>,
+    /// Its machine.
+    pub hostname: String,
+    /// Takes only jobs of trusted runs.
+    pub protected: bool,
+    /// Jobs at once.
+    pub slots: u32,
+    /// Executors it offers.
+    pub executors: Vec<String>,
+}
+
 /// Token checks and issuance over the `tokens` tree.
 pub struct Auth {
     store: Arc<Store>,
@@ -189,15 +206,12 @@ impl Auth {
     }
 
     /// Registers a runner with a registration token: returns its id and
-    /// its own token. A one-time registration token is consumed.
-    pub async fn register_runner(
-        &self,
-        registration_token: &str,
-        name: &str,
-        labels: Vec<String>,
-        hostname: &str,
-        protected: bool,
-    ) -> Result<(String, String)> {
+    /// its own token. A one-time registration token is consumed. What the
+    /// runner asks for (labels, slots, executors, protection) is pinned in
+    /// its record: its later Hellos can only ask for less.
+    pub async fn register_runner(&self, registration_token: &str, r: Registration) -> Result<(String, String)> {
+        let Registration { name, labels, hostname, protected, slots, executors } = r;
+        let (name, hostname) = (name.as_str(), hostname.as_str());
         let rec = self
             .record(registration_token.trim())?
             .filter(|r| r.kind() == TokenKind::Registration)
@@ -215,11 +229,14 @@ impl Auth {
             &RunnerRecord {
                 schema: SCHEMA_VERSION,
                 name: if name.is_empty() { runner_id.clone() } else { name.to_string() },
-                labels,
+                labels: labels.clone(),
                 hostname: hostname.to_string(),
                 registered_ms: now,
                 last_seen_ms: now,
                 protected,
+                allowed_labels: labels,
+                max_slots: slots.max(1),
+                allowed_executors: executors,
                 ..Default::default()
             },
         );

@@ -131,6 +131,9 @@ pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runne
         version: r.version.clone(),
         hostname: r.hostname.clone(),
         protected: r.protected,
+        allowed_labels: r.allowed_labels.clone(),
+        max_slots: r.max_slots,
+        allowed_executors: r.allowed_executors.clone(),
     }
 }
 

@@ -312,8 +312,8 @@ impl Runner {
         let mut args: Vec<String> = vec![
             "--server".into(),
             server.url(),
-            "--token".into(),
-            server.runner_token(),
+            "--token-file".into(),
+            server.data_dir().join("runner-token").display().to_string(),
             "--labels".into(),
             labels.into(),
             "--slots".into(),

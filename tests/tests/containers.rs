@@ -283,3 +283,86 @@ jobs:
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read_to_string(dir.path().join("out/report.txt")).unwrap(), "from-container\n");
 }
+
+/// A hostile container job attacks everything the runner touches: it
+/// plants links and FIFOs in the control directory (read-only), points
+/// `$VIADUCT_OUTPUT` at the runner's own identity file, makes it a FIFO or
+/// a giant file, floods the launcher's status FIFO and leaves a detached
+/// writer behind. Each attack fails with a clear message, no host file is
+/// read or changed, and the runner goes on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_container_job_cannot_make_the_runner_touch_host_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let Some(runner) = container_runner(&server, 1, &[]) else { return };
+    let client = server.client().await;
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(victim.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(victim.path().join("file"), "host data").unwrap();
+    let identity = runner.work_dir().join("runner.json");
+    wait_until("the runner to register", || identity.exists().then_some(()));
+    let yaml = format!(
+        r#"
+jobs:
+  attack:
+    image: {image}
+    steps:
+      - name: plant
+        run: |
+          if ln -s {victim} /.viaduct/steps/2 2>/dev/null; then echo planted a link; else echo the control directory is read-only; fi
+          mkfifo /.viaduct/steps/3 2>/dev/null && echo planted a fifo
+          touch /.viaduct/launcher.sh 2>/dev/null && echo the launcher is writable
+          ln -s {identity} "$VIADUCT_OUTPUT"
+      - name: fifo output
+        if: always()
+        run: mkfifo "$VIADUCT_OUTPUT"
+      - name: giant output
+        if: always()
+        run: head -c 2000000 /dev/zero | tr '\0' x > "$VIADUCT_OUTPUT"
+      - name: garbage status
+        if: always()
+        run: head -c 100000 /dev/zero | tr '\0' 7 > /.viaduct/steps/$VIADUCT_STEP_INDEX/done
+      - name: detached writer
+        if: always()
+        run: setsid sh -c 'while true; do echo x >> /workspace/late; sleep 0.05; done' > /dev/null 2>&1 & sleep 0.3
+      - name: after
+        if: always()
+        run: a=$(wc -l < /workspace/late); sleep 0.4; b=$(wc -l < /workspace/late); [ "$a" = "$b" ] && echo nothing ran between steps
+"#,
+        image = test_image(),
+        victim = victim.path().display(),
+        identity = identity.display(),
+    );
+    let id = submit(&client, &yaml).await;
+    let run = finished(&client, &id).await;
+    let steps = &run.jobs[0].steps;
+    let plant = step_log(&client, &steps[0].id).await;
+    assert_eq!(plant, "the control directory is read-only\n", "{run:#?}");
+    let expect = [
+        (0, "$VIADUCT_OUTPUT was refused: it is a symbolic link"),
+        (1, "$VIADUCT_OUTPUT was refused: it is not a regular file"),
+        (2, "$VIADUCT_OUTPUT was refused: it is larger than 1024 KiB"),
+        (3, "the step's status is not an exit code"),
+    ];
+    for (i, message) in expect {
+        assert_eq!(word(steps[i].status), "failure", "{:#?}", steps[i]);
+        assert!(steps[i].message.contains(message), "step {}: {}", i + 1, steps[i].message);
+    }
+    assert_eq!(word(steps[4].status), "success");
+    assert_eq!(step_log(&client, &steps[5].id).await, "nothing ran between steps\n", "{:#?}", steps[5]);
+    // Nothing of the host was read or changed.
+    let token = std::fs::read_to_string(&identity).unwrap();
+    let token = token.split('"').find(|s| s.starts_with("vdn_")).unwrap().to_string();
+    assert!(!format!("{run:?}").contains(&token), "the runner's token leaked into the run");
+    let mode = std::fs::metadata(victim.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the victim directory's mode changed");
+    let entries: Vec<_> = std::fs::read_dir(victim.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(entries, ["file"], "something was written into the victim directory");
+    assert_eq!(std::fs::read_to_string(victim.path().join("file")).unwrap(), "host data");
+    // The runner goes on working.
+    let id =
+        submit(&client, &format!("jobs:\n  ok:\n    image: {}\n    steps:\n      - run: echo fine\n", test_image()))
+            .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+}

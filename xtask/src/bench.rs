@@ -11,9 +11,16 @@ use viaduct_tests::{Client, Server, StatusWord, v1};
 use crate::{cargo, target_dir};
 
 /// Builds release binaries and runs the benchmarks matching `filter`.
-pub fn run(filter: Option<&str>) -> Result<()> {
-    crate::run(cargo().args(["build", "--release", "--bins"]))?;
-    viaduct_tests::set_bin_dir(target_dir().join("release"));
+pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<()> {
+    let bin_dir = match bin_dir {
+        Some(dir) => dir,
+        None => {
+            crate::run(cargo().args(["build", "--release", "--bins"]))?;
+            target_dir().join("release")
+        }
+    };
+    eprintln!("xtask: benchmarking the binaries in {}", bin_dir.display());
+    viaduct_tests::set_bin_dir(bin_dir);
     let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
     if wanted("ui") {
         crate::ui::build()?;

@@ -63,6 +63,11 @@ enum Cmd {
     Bench {
         /// Only benchmarks whose name contains this.
         filter: Option<String>,
+        /// Measure the binaries in this directory (e.g. the release build of
+        /// an older commit, for before/after figures) instead of building
+        /// this tree's.
+        #[arg(long, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
     },
     /// Build the web UI (wasm32-unknown-unknown, profile `ui`) into
     /// target/ui/.
@@ -83,7 +88,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => test(&args),
         Cmd::Setup { check: false } => setup::all().map(|_| ()),
         Cmd::Setup { check: true } => setup::report(),
-        Cmd::Bench { filter } => bench::run(filter.as_deref()),
+        Cmd::Bench { filter, bin_dir } => bench::run(filter.as_deref(), bin_dir),
         Cmd::Plugins { force } => plugins::build(force).map(|_| ()),
         Cmd::Ui => ui::build().map(|_| ()),
     };

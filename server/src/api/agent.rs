@@ -83,8 +83,20 @@ impl RunnerAgent for AgentApi {
         if r.name.len() > 200 || r.labels.len() > 100 {
             return Err(Error::invalid("name or labels too long").into());
         }
-        let (runner_id, runner_token) =
-            self.auth.register_runner(&r.registration_token, &r.name, r.labels, &r.hostname, r.protected).await?;
+        let (runner_id, runner_token) = self
+            .auth
+            .register_runner(
+                &r.registration_token,
+                crate::auth::Registration {
+                    name: r.name.clone(),
+                    labels: r.labels,
+                    hostname: r.hostname,
+                    protected: r.protected,
+                    slots: r.slots,
+                    executors: r.executors,
+                },
+            )
+            .await?;
         tracing::info!(runner = %runner_id, name = %r.name, "runner registered");
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
     }
@@ -201,7 +213,11 @@ impl RunnerAgent for AgentApi {
             labels: h.labels,
             slots: h.slots.max(1),
             executors: h.executors,
-            active: job_refs(&h.active_jobs)?,
+            active: h
+                .active_jobs
+                .iter()
+                .map(|r| Ok((JobKey::parse(&r.job_id)?, r.attempt, r.grant.clone())))
+                .collect::<Result<_, Error>>()?,
             protected: h.protected,
         };
         let (tx, rx) = mpsc::unbounded_channel();

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
     CreateRegistrationTokenRequest, CreateRegistrationTokenResponse, DrainRunnerRequest, FleetStats, FleetStatsRequest,
-    GetRunnerRequest, ListRunnersRequest, ListRunnersResponse, RemoveRunnerResponse, Runner, runners_server::Runners,
+    GetRunnerRequest, ListRunnersRequest, ListRunnersResponse, RemoveRunnerResponse, Runner, UpdateRunnerRequest,
+    runners_server::Runners,
 };
 
 use crate::{auth::Auth, engine::Engine};
@@ -53,6 +54,17 @@ impl Runners for RunnersApi {
         let id = req.into_inner().id;
         self.engine.remove_runner(&id, |ws| self.auth.revoke_runner(&id, ws))?;
         Ok(Response::new(RemoveRunnerResponse {}))
+    }
+
+    async fn update(&self, req: Request<UpdateRunnerRequest>) -> Result<Response<Runner>, Status> {
+        let r = req.into_inner();
+        let change = crate::engine::RunnerChange {
+            labels: r.labels.map(|l| l.labels),
+            slots: r.slots,
+            executors: r.executors.map(|e| e.executors),
+            protected: r.protected,
+        };
+        Ok(Response::new(self.engine.update_runner(&r.id, change)?))
     }
 
     async fn create_registration_token(

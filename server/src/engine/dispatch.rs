@@ -186,8 +186,9 @@ impl Tx<'_> {
                 }
             }
         }
+        let grant = super::grant::issue(&self.sh.grant_key, key, job.attempt, runner);
         let assignment = JobAssignment {
-            job: Some(JobRef { job_id: key.to_string(), attempt: job.attempt }),
+            job: Some(JobRef { job_id: key.to_string(), attempt: job.attempt, grant }),
             run_id: key.run.to_string(),
             job_name: job.name.clone(),
             job_key: job.key.clone(),

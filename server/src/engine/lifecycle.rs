@@ -322,7 +322,7 @@ impl Tx<'_> {
                 if let Some(conn) = self.st.runners.get(&runner) {
                     let msg = ServerMessage {
                         msg: Some(Msg::Cancel(JobSignal {
-                            job: Some(JobRef { job_id: key.to_string(), attempt }),
+                            job: Some(JobRef { job_id: key.to_string(), attempt, ..Default::default() }),
                             reason: reason.to_string(),
                         })),
                     };

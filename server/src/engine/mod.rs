@@ -27,6 +27,7 @@ mod session;
 mod tx;
 
 mod dispatch;
+mod grant;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -38,8 +39,8 @@ use tokio::sync::{Notify, mpsc::UnboundedSender, watch};
 use viaduct_proto::v1::{ServerMessage, Status};
 
 pub(crate) use self::lease::Lease;
-pub use self::session::RunnerHello;
 pub(crate) use self::session::job_ref;
+pub use self::session::{RunnerChange, RunnerHello};
 use self::{
     lease::Leases,
     queue::{Queue, QueuedJob},
@@ -144,6 +145,8 @@ pub(crate) struct Shared {
     pub cfg: EngineConfig,
     pub signals: Signals,
     pub secrets: Arc<SecretBox>,
+    /// Key of the grants assignments carry (see `grant`).
+    pub grant_key: [u8; 32],
 }
 
 /// The engine. Cheap to share (`Arc<Engine>`).
@@ -211,6 +214,7 @@ impl Engine {
                     runs: Mutex::default(),
                     timer: Notify::new(),
                 },
+                grant_key: secrets.derive_key(grant::CONTEXT),
                 secrets,
             },
             state: Mutex::new(st),

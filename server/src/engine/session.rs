@@ -23,6 +23,19 @@ use crate::{
     store::{T, WriteSet, decode, keys::JobKey, now_ms, records::RunnerRecord},
 };
 
+/// An admin's change to a runner (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct RunnerChange {
+    /// Labels it may advertise.
+    pub labels: Option<Vec<String>>,
+    /// Most slots.
+    pub slots: Option<u32>,
+    /// Executors it may offer.
+    pub executors: Option<Vec<String>>,
+    /// Protected or not.
+    pub protected: Option<bool>,
+}
+
 /// What a runner says when it connects.
 #[derive(Debug, Clone, Default)]
 pub struct RunnerHello {
@@ -36,8 +49,8 @@ pub struct RunnerHello {
     pub slots: u32,
     /// Executors it offers.
     pub executors: Vec<String>,
-    /// Job attempts it is still running.
-    pub active: Vec<(JobKey, u32)>,
+    /// Job attempts it is still running, with the grant each came with.
+    pub active: Vec<(JobKey, u32, String)>,
     /// It asks to be protected (it can only raise its protection).
     pub protected: bool,
 }
@@ -58,10 +71,8 @@ impl Engine {
                 .get(T::Runners, runner_id.as_bytes())?
                 .ok_or_else(|| Error::Unauthenticated(format!("runner {runner_id} was removed; register again")))?;
             let now = now_ms();
-            rec.labels.clone_from(&hello.labels);
+            pin(&mut rec, runner_id, &hello);
             rec.hostname.clone_from(&hello.hostname);
-            rec.slots = hello.slots;
-            rec.executors.clone_from(&hello.executors);
             rec.version.clone_from(&hello.version);
             rec.protected |= hello.protected;
             rec.last_seen_ms = now;
@@ -71,14 +82,14 @@ impl Engine {
             t.st.next_conn += 1;
             let expires = Instant::now() + self.sh.cfg.lease_ttl;
             let mut resume = Vec::with_capacity(hello.active.len());
-            for (job, attempt) in &hello.active {
+            for (job, attempt, grant) in &hello.active {
                 let keep = if holds(t.st, runner_id, *job, *attempt) {
                     if let Some(l) = t.st.leases.get_mut(job) {
                         l.expires = expires;
                     }
                     true
                 } else {
-                    self.adopt(t, runner_id, *job, *attempt, expires)?
+                    self.adopt(t, runner_id, *job, *attempt, grant, expires)?
                 };
                 let mut logs = Vec::new();
                 if keep {
@@ -96,7 +107,7 @@ impl Engine {
                 }
                 resume.push(Resume { job: Some(job_ref(*job, *attempt)), keep, logs });
             }
-            let listed: HashSet<(JobKey, u32)> = hello.active.iter().copied().collect();
+            let listed: HashSet<(JobKey, u32)> = hello.active.iter().map(|(j, a, _)| (*j, *a)).collect();
             let forgotten: Vec<(JobKey, u32)> = t.st.leases.of(runner_id).filter(|j| !listed.contains(j)).collect();
             for (job, attempt) in forgotten {
                 tracing::warn!(job = %job, attempt, runner = runner_id, "runner came back without the job");
@@ -117,9 +128,9 @@ impl Engine {
                 runner_id.to_string(),
                 Conn {
                     conn_id,
-                    labels: hello.labels.iter().cloned().collect(),
-                    slots: hello.slots,
-                    executors: hello.executors.iter().cloned().collect(),
+                    labels: rec.labels.iter().cloned().collect(),
+                    slots: rec.slots,
+                    executors: rec.executors.iter().cloned().collect(),
                     draining: rec.draining,
                     protected: rec.protected,
                     tx: tx.clone(),
@@ -129,25 +140,35 @@ impl Engine {
             t.dispatch()?;
             Ok(conn_id)
         })?;
-        tracing::info!(runner = runner_id, conn_id, slots = hello.slots, labels = ?hello.labels, "runner connected");
+        tracing::info!(runner = runner_id, conn_id, "runner connected");
         Ok(conn_id)
     }
 
-    /// Adopts an attempt the server lost track of (see the module docs).
+    /// Adopts an attempt the server lost track of (see the module docs) —
+    /// only one that was given to this runner: the server's record says so,
+    /// or (the assignment never reached the disk) the runner shows the
+    /// grant that came with it.
     fn adopt(
         &self,
         t: &mut super::tx::Tx<'_>,
         runner: &str,
         job: JobKey,
         attempt: u32,
+        grant: &str,
         expires: Instant,
     ) -> Result<bool> {
         let Some(rec) = t.store().get::<crate::store::records::JobRecord>(T::Jobs, job.key())? else {
             return Ok(false);
         };
-        let adoptable = rec.attempt == attempt
-            && (rec.status() == Status::Queued || (rec.status() == Status::Running && rec.runner_id == runner))
-            && !t.st.leases.contains(&job);
+        let given = match rec.status() {
+            Status::Running => rec.runner_id == runner,
+            Status::Queued => super::grant::verify(&self.sh.grant_key, job, attempt, runner, grant),
+            _ => false,
+        };
+        if !given && rec.status() == Status::Queued {
+            tracing::warn!(job = %job, attempt, runner, "a runner claims a queued job it was never given: refused");
+        }
+        let adoptable = rec.attempt == attempt && given && !t.st.leases.contains(&job);
         if !adoptable {
             return Ok(false);
         }
@@ -254,6 +275,46 @@ impl Engine {
         self.get_runner(id)
     }
 
+    /// What an admin changes about a runner: what it may ask for (labels,
+    /// slots, executors) and whether it is protected. Its connection keeps
+    /// only what it asked for and may still have.
+    pub fn update_runner(&self, id: &str, change: RunnerChange) -> Result<v1::Runner> {
+        self.transition(|t| {
+            let mut rec: RunnerRecord = t
+                .store()
+                .get(T::Runners, id.as_bytes())?
+                .ok_or_else(|| Error::not_found(format!("runner {id} not found")))?;
+            if let Some(labels) = change.labels {
+                rec.allowed_labels = labels;
+                rec.labels.retain(|l| rec.allowed_labels.contains(l));
+            }
+            if let Some(slots) = change.slots {
+                if slots == 0 {
+                    return Err(Error::invalid("a runner needs at least 1 slot"));
+                }
+                rec.max_slots = slots;
+                rec.slots = rec.slots.min(slots);
+            }
+            if let Some(executors) = change.executors {
+                rec.allowed_executors = executors;
+                rec.executors.retain(|e| rec.allowed_executors.contains(e));
+            }
+            if let Some(p) = change.protected {
+                rec.protected = p;
+            }
+            t.writes().put(T::Runners, id.as_bytes(), &rec);
+            if let Some(c) = t.st.runners.get_mut(id) {
+                c.labels = rec.labels.iter().cloned().collect();
+                c.slots = rec.slots;
+                c.executors = rec.executors.iter().cloned().collect();
+                c.protected = rec.protected;
+            }
+            tracing::info!(runner = id, labels = ?rec.allowed_labels, slots = rec.max_slots, protected = rec.protected, "runner updated");
+            t.dispatch()
+        })?;
+        self.get_runner(id)
+    }
+
     /// Forgets a runner: revokes its tokens, closes its stream, and treats
     /// its jobs as lost.
     pub fn remove_runner(&self, id: &str, revoke: impl FnOnce(&mut WriteSet) -> Result<()>) -> Result<()> {
@@ -307,7 +368,36 @@ impl Engine {
     }
 }
 
+/// Narrows what a connecting runner asks for to what it was registered
+/// with (records from before pinning are pinned by this first Hello).
+fn pin(rec: &mut RunnerRecord, runner_id: &str, hello: &RunnerHello) {
+    if rec.max_slots == 0 {
+        rec.allowed_labels.clone_from(&hello.labels);
+        rec.max_slots = hello.slots.max(1);
+        rec.allowed_executors.clone_from(&hello.executors);
+    }
+    let extra: Vec<&String> = hello.labels.iter().filter(|l| !rec.allowed_labels.contains(l)).collect();
+    if !extra.is_empty() {
+        tracing::warn!(runner = runner_id, labels = ?extra, "runner asks for labels it was not registered with: ignored (an admin can add them with Runners.Update)");
+    }
+    rec.labels = hello.labels.iter().filter(|l| rec.allowed_labels.contains(l)).cloned().collect();
+    let extra: Vec<&String> = hello.executors.iter().filter(|e| !rec.allowed_executors.contains(e)).collect();
+    if !extra.is_empty() {
+        tracing::warn!(runner = runner_id, executors = ?extra, "runner offers executors it was not registered with: ignored");
+    }
+    rec.executors = hello.executors.iter().filter(|e| rec.allowed_executors.contains(e)).cloned().collect();
+    if hello.slots > rec.max_slots {
+        tracing::warn!(
+            runner = runner_id,
+            asked = hello.slots,
+            max = rec.max_slots,
+            "runner asks for more slots than it was registered with: capped"
+        );
+    }
+    rec.slots = hello.slots.clamp(1, rec.max_slots);
+}
+
 /// A `JobRef` for (job, attempt).
 pub(crate) fn job_ref(job: JobKey, attempt: u32) -> v1::JobRef {
-    v1::JobRef { job_id: job.to_string(), attempt }
+    v1::JobRef { job_id: job.to_string(), attempt, ..Default::default() }
 }

@@ -346,7 +346,8 @@ pub struct RunnerRecord {
     /// Chosen name.
     #[prost(string, tag = "2")]
     pub name: String,
-    /// Labels given at registration (the latest Hello wins).
+    /// Labels its current connection uses (its Hello's, within
+    /// `allowed_labels`).
     #[prost(string, repeated, tag = "3")]
     pub labels: Vec<String>,
     /// Host it last connected from.
@@ -373,6 +374,16 @@ pub struct RunnerRecord {
     /// Takes only jobs of trusted runs (set at registration).
     #[prost(bool, tag = "11")]
     pub protected: bool,
+    /// Labels it may advertise, pinned at registration (an admin changes
+    /// them). Empty in records from before pinning: its next Hello pins them.
+    #[prost(string, repeated, tag = "12")]
+    pub allowed_labels: Vec<String>,
+    /// Most slots it may use (0: not pinned yet, as above).
+    #[prost(uint32, tag = "13")]
+    pub max_slots: u32,
+    /// Executors it may offer (empty: not pinned yet, as above).
+    #[prost(string, repeated, tag = "14")]
+    pub allowed_executors: Vec<String>,
 }
 
 /// What a token may do.

@@ -18,6 +18,22 @@
 //! reachable from the steps by name. Everything is labelled with the
 //! runner's id and removed at job end, whatever happened; a restarted
 //! runner removes what its previous process left.
+//!
+//! # What the container can touch
+//! The job's code is untrusted, and the runner must never read or write
+//! on the host where the container tells it to. The control directory is
+//! mounted **read-only** (the runner creates everything in it before the
+//! step starts: the container cannot plant a symbolic link or a FIFO where
+//! the runner writes); the FIFOs in it stay writable, as FIFOs on a
+//! read-only mount are. The one thing a step writes for the runner to read
+//! back — its outputs — is in a separate directory (`/.viaduct-out`), read
+//! with `O_NOFOLLOW | O_NONBLOCK`, only if it is a regular file, and only up
+//! to [`MAX_OUTPUTS`] bytes, off the async workers; a status line longer
+//! than a number is an error. After each step the launcher kills every
+//! process of the step — also those that left its process group — so
+//! nothing in the container changes the workspace while the runner reads
+//! it (artifacts, caches). The job directory is 0700: other users of the
+//! runner machine cannot reach the workspace or the control files.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -50,6 +66,10 @@ use crate::outputs;
 const LAUNCHER: &str = include_str!("launcher.sh");
 /// The API version Docker and Podman 4 both speak.
 const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+/// Largest outputs file read back from a step.
+pub const MAX_OUTPUTS: u64 = 1024 * 1024;
+/// Longest status line read from the launcher.
+const MAX_STATUS_LINE: u64 = 32;
 /// Label keys.
 const RUNNER_LABEL: &str = "viaduct.runner";
 const JOB_LABEL: &str = "viaduct.job";
@@ -256,14 +276,20 @@ impl Backend for ContainerBackend {
         let dir = self.root.join(format!("{}-a{}", job.job.job_id, job.job.attempt));
         let io = |e: std::io::Error| SetupError(format!("cannot prepare {}: {e}", dir.display()));
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["workspace", "ctl/steps"] {
+        for sub in ["workspace", "ctl/steps", "outputs"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(io)?;
         }
-        // The container's user may not be root: it must reach these.
-        for sub in ["workspace", "ctl", "ctl/steps"] {
+        // The container's user may not be root: it must write these (the
+        // container reaches them through its mounts, not through `dir`)…
+        for sub in ["workspace", "outputs"] {
             chmod(&dir.join(sub), 0o777).map_err(io)?;
         }
-        chmod(&dir, 0o711).map_err(io)?;
+        // …and read these (mounted read-only).
+        for sub in ["ctl", "ctl/steps"] {
+            chmod(&dir.join(sub), 0o755).map_err(io)?;
+        }
+        // Nobody else on the runner machine reaches any of it.
+        chmod(&dir, 0o700).map_err(io)?;
         std::fs::write(dir.join("ctl/launcher.sh"), LAUNCHER).map_err(io)?;
         fifo(&dir.join("ctl/requests")).map_err(SetupError)?;
         let mut env = ContainerJob {
@@ -286,6 +312,20 @@ impl Backend for ContainerBackend {
 }
 
 impl ContainerBackend {
+    /// The options of a bind mount (`mode`: "ro" or ""), as the engine
+    /// takes them: Podman also makes them `nosuid,nodev` (Docker's bind
+    /// syntax has no such options; its job directories are 0700 anyway).
+    fn bind_options(&self, mode: &str) -> String {
+        let mut opts: Vec<&str> = Vec::new();
+        if !mode.is_empty() {
+            opts.push(mode);
+        }
+        if self.engine.starts_with("podman") {
+            opts.extend(["nosuid", "nodev"]);
+        }
+        if opts.is_empty() { String::new() } else { format!(":{}", opts.join(",")) }
+    }
+
     async fn start(
         &self,
         job: &JobSetup,
@@ -363,8 +403,9 @@ impl ContainerBackend {
             labels: Some(labels),
             host_config: Some(HostConfig {
                 binds: Some(vec![
-                    format!("{}:/workspace", dir.join("workspace").display()),
-                    format!("{}:/.viaduct", dir.join("ctl").display()),
+                    format!("{}:/workspace{}", dir.join("workspace").display(), self.bind_options("")),
+                    format!("{}:/.viaduct{}", dir.join("ctl").display(), self.bind_options("ro")),
+                    format!("{}:/.viaduct-out{}", dir.join("outputs").display(), self.bind_options("")),
                 ]),
                 init: Some(true),
                 network_mode: Some(network_mode),
@@ -484,30 +525,42 @@ impl ContainerJob {
     async fn run(&mut self, step: &StepSpec, log: &mut StepLog, stop: &StepStop) -> Result<StepOutcome, String> {
         let n = step.index;
         let d = self.dir.join("ctl/steps").join(n.to_string());
-        let inside = format!("/.viaduct/steps/{n}");
-        let io = |e: std::io::Error| format!("cannot hand the step over: {e}");
-        std::fs::create_dir_all(&d).map_err(io)?;
-        chmod(&d, 0o777).map_err(io)?;
+        let output = self.dir.join("outputs").join(n.to_string());
         let mut env = step.env.clone();
         env.insert("VIADUCT_WORKSPACE".into(), "/workspace".into());
-        env.insert("VIADUCT_OUTPUT".into(), format!("{inside}/output"));
-        std::fs::write(d.join("script"), &step.script).map_err(io)?;
-        std::fs::write(d.join("env"), env_file(&env)).map_err(io)?;
+        env.insert("VIADUCT_OUTPUT".into(), format!("/.viaduct-out/{n}"));
         let cwd = if step.working_directory.is_empty() {
             "/workspace".to_string()
         } else {
             format!("/workspace/{}", step.working_directory)
         };
-        std::fs::write(d.join("cwd"), cwd).map_err(io)?;
-        for f in ["out", "done", "signal"] {
-            fifo(&d.join(f))?;
-        }
+        let files = [("script", step.script.clone()), ("env", env_file(&env)), ("cwd", cwd)];
+        let (dir, out_file) = (d.clone(), output.clone());
+        // The control directory is read-only to the container: nothing in
+        // it can have been planted. Plain files, off the async workers.
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let io = |e: std::io::Error| format!("cannot hand the step over: {e}");
+            let _ = std::fs::remove_file(&out_file);
+            std::fs::create_dir(&dir).map_err(io)?;
+            chmod(&dir, 0o755).map_err(io)?;
+            for (name, content) in &files {
+                std::fs::write(dir.join(name), content).map_err(io)?;
+                chmod(&dir.join(name), 0o644).map_err(io)?;
+            }
+            for f in ["out", "done", "signal"] {
+                fifo(&dir.join(f))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("cannot hand the step over: {e}"))??;
         // All held open read-write by us: no open blocks, no early EOF.
         let open_rx = |f: &str| {
             pipe::OpenOptions::new().read_write(true).open_receiver(d.join(f)).map_err(|e| format!("{f} FIFO: {e}"))
         };
         let mut out = open_rx("out")?;
-        let mut done = BufReader::new(open_rx("done")?);
+        // A status is a number: a longer line is garbage, not memory.
+        let mut done = BufReader::new(open_rx("done")?).take(MAX_STATUS_LINE);
         let mut signal = pipe::OpenOptions::new()
             .read_write(true)
             .open_sender(d.join("signal"))
@@ -584,16 +637,27 @@ impl ContainerJob {
                 message: format!("exited with code {c}"),
                 outputs: BTreeMap::new(),
             },
-            (None, None) => StepOutcome::error(format!("the launcher reported `{}`", line.trim())),
+            (None, None) => {
+                // Not the launcher's answer: make sure the step is gone
+                // before the next one starts.
+                let _ = signal.write_all(b"KILL\n").await;
+                StepOutcome::error(format!(
+                    "the step's status is not an exit code (`{}`): something in the container wrote to the launcher's FIFO",
+                    line.trim().escape_debug()
+                ))
+            }
         };
-        if let Ok(text) = std::fs::read_to_string(d.join("output")) {
-            match outputs::parse(&text) {
+        let read = tokio::task::spawn_blocking(move || read_outputs(&output)).await;
+        match read.map_err(|e| e.to_string()).and_then(|r| r) {
+            Ok(None) => {}
+            Ok(Some(text)) => match outputs::parse(&text) {
                 Ok(o) => outcome.outputs = o,
                 Err(e) if outcome.status == Status::Success => {
                     outcome = StepOutcome::error(format!("invalid $VIADUCT_OUTPUT: {e}"))
                 }
                 Err(_) => {}
-            }
+            },
+            Err(e) => outcome = StepOutcome::error(e),
         }
         if !self.keep {
             let _ = std::fs::remove_dir_all(&d);
@@ -602,9 +666,56 @@ impl ContainerJob {
     }
 }
 
+/// A step's outputs file, read the way nothing in the container can
+/// redirect: not through a symbolic link (`O_NOFOLLOW`), never blocking on
+/// a FIFO (`O_NONBLOCK`), a regular file only, at most [`MAX_OUTPUTS`]
+/// bytes. `None`: the step wrote none.
+fn read_outputs(path: &Path) -> Result<Option<String>, String> {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let refuse = |why: &str| format!("$VIADUCT_OUTPUT was refused: {why}");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(refuse("it is a symbolic link (the runner follows none that a job makes)"));
+        }
+        Err(e) => return Err(refuse(&e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| refuse(&e.to_string()))?;
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
+    if meta.len() > MAX_OUTPUTS {
+        return Err(refuse(&format!("it is larger than {} KiB", MAX_OUTPUTS / 1024)));
+    }
+    let mut text = String::new();
+    file.take(MAX_OUTPUTS + 1).read_to_string(&mut text).map_err(|e| refuse(&e.to_string()))?;
+    Ok(Some(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_are_read_from_regular_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        assert_eq!(read_outputs(&p("none")), Ok(None));
+        std::fs::write(p("ok"), "a=1\n").unwrap();
+        assert_eq!(read_outputs(&p("ok")), Ok(Some("a=1\n".into())));
+        std::fs::write(p("secret"), "host file").unwrap();
+        std::os::unix::fs::symlink(p("secret"), p("link")).unwrap();
+        assert!(read_outputs(&p("link")).unwrap_err().contains("symbolic link"));
+        mkfifo(&p("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(read_outputs(&p("fifo")).unwrap_err().contains("not a regular file"));
+        std::fs::write(p("big"), vec![b'x'; MAX_OUTPUTS as usize + 1]).unwrap();
+        assert!(read_outputs(&p("big")).unwrap_err().contains("larger than"));
+    }
 
     #[test]
     fn image_tags_and_env_files() {

@@ -300,6 +300,27 @@ pub enum RunnersCommand {
         /// Runner id.
         id: String,
     },
+    /// Change what a runner may do (pinned when it registered): labels,
+    /// slots, executors, protection.
+    Update {
+        /// Runner id.
+        id: String,
+        /// Labels it may advertise (comma-separated), replacing the old.
+        #[arg(long, value_delimiter = ',')]
+        labels: Option<Vec<String>>,
+        /// Most jobs at once.
+        #[arg(long)]
+        slots: Option<u32>,
+        /// Executors it may offer (comma-separated: host, container, wasi).
+        #[arg(long, value_delimiter = ',')]
+        executors: Option<Vec<String>>,
+        /// Take only jobs of trusted runs.
+        #[arg(long, conflicts_with = "unprotected")]
+        protected: bool,
+        /// Take jobs of untrusted runs too.
+        #[arg(long)]
+        unprotected: bool,
+    },
     /// Create a registration token for a new runner.
     Token {
         /// Allow registering many runners with it.

@@ -17,9 +17,9 @@ use viaduct_sdk::{
             CreateRepoRequest, DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest,
             GetRepoRequest, GetRunRequest, GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest,
             ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PullRequestPolicy,
-            RetryRunRequest, Run, SecretScope, SetSecretRequest, Status, SubmitRequest, SyncRepoRequest,
-            TriggerRequest, UpdateRepoRequest, WatchRequest, create_repo_request, follow_request, log_event,
-            run_event::Change, submit_request,
+            RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope, SetSecretRequest, Status, SubmitRequest,
+            SyncRepoRequest, TriggerRequest, UpdateRepoRequest, UpdateRunnerRequest, WatchRequest, create_repo_request,
+            follow_request, log_event, run_event::Change, submit_request,
         },
     },
 };
@@ -312,7 +312,7 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
                         vec![
                             r.id.clone(),
                             r.name.clone(),
-                            state.to_string(),
+                            if r.protected { format!("{state}, protected") } else { state.to_string() },
                             r.labels.join(","),
                             format!("{}/{}", r.jobs.len(), r.slots),
                             view::local(r.last_seen.as_ref()),
@@ -326,6 +326,18 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
         RunnersCommand::Drain { id, undo } => {
             let r = client.runners().drain(DrainRunnerRequest { id, drain: !undo }).await?.into_inner();
             println!("runner {} {}", r.id, if r.draining { "draining" } else { "accepting jobs" });
+            Ok(())
+        }
+        RunnersCommand::Update { id, labels, slots, executors, protected, unprotected } => {
+            let req = UpdateRunnerRequest {
+                id,
+                labels: labels.map(|labels| RunnerLabels { labels }),
+                slots,
+                executors: executors.map(|executors| RunnerExecutors { executors }),
+                protected: (protected || unprotected).then_some(protected),
+            };
+            let r = client.runners().update(req).await?.into_inner();
+            println!("{}", view::runner_json(&r));
             Ok(())
         }
         RunnersCommand::Remove { id } => {

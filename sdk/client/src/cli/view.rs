@@ -93,7 +93,8 @@ pub fn runner_json(r: &Runner) -> Value {
     json!({
         "id": r.id, "name": r.name, "labels": r.labels, "slots": r.slots, "executors": r.executors,
         "connected": r.connected, "draining": r.draining, "jobs": r.jobs, "version": r.version,
-        "hostname": r.hostname, "last_seen": rfc3339(r.last_seen.as_ref()),
+        "hostname": r.hostname, "last_seen": rfc3339(r.last_seen.as_ref()), "protected": r.protected,
+        "allowed_labels": r.allowed_labels, "max_slots": r.max_slots, "allowed_executors": r.allowed_executors,
     })
 }
 
