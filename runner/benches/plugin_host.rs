@@ -89,7 +89,7 @@ async fn main() {
     let workspace = tmp.path().join("workspace");
     std::fs::create_dir_all(&workspace).unwrap();
     let manifest = PluginManifest { name: "noop".into(), version: "1.0.0".into(), ..Default::default() };
-    let job = JobRef { job_id: "1.1".into(), attempt: 1 };
+    let job = JobRef { job_id: "1.1".into(), attempt: 1, ..Default::default() };
     let outbox = Arc::new(Outbox::default());
     let stop = StepStop { cancel: CancellationToken::new(), deadline: None };
     let mut warm = Vec::new();
