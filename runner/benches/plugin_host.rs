@@ -116,7 +116,7 @@ async fn main() {
         }
     }
     // The same in the host executor: `run: true`.
-    let backend = HostBackend::new(&tmp.path().join("hostjobs"), Duration::from_secs(1), false, None);
+    let backend = HostBackend::new(&tmp.path().join("hostjobs"), Duration::from_secs(1), false, None, None);
     let mut env = backend.setup(&JobSetup { job: job.clone(), ..Default::default() }).await.unwrap();
     let spec = StepSpec {
         index: 1,

@@ -182,7 +182,10 @@ async fn execute(
     };
     if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
         match sources.checkout(job, src, &env_of_job.workspace()).await {
-            Ok(summary) => tracing::info!(%summary, "source checked out"),
+            Ok(summary) => {
+                env_of_job.adopt_workspace().await;
+                tracing::info!(%summary, "source checked out");
+            }
             Err(e) => {
                 for s in &a.steps {
                     outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
@@ -264,6 +267,8 @@ async fn execute(
                             .instrument(span)
                             .await;
                         summary = r.summary;
+                        // What the plugin wrote (a restored cache…) is the job's.
+                        env_of_job.adopt_workspace().await;
                         if let (Some(state), "main") = (r.post_state, u.phase.as_str()) {
                             post_states.insert(s.index, state);
                         }

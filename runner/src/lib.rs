@@ -59,6 +59,9 @@ pub struct Config {
     pub no_host_jobs: bool,
     /// Take only jobs of trusted runs (see `RegisterRequest.protected`).
     pub protected: bool,
+    /// Host jobs run as per-slot users from this uid (when root); `None`:
+    /// as the runner's own user.
+    pub job_user_base: Option<u32>,
     /// The container engine; `None` = do not look for one.
     pub containers: Option<executor::container::ContainerConfig>,
     /// WASI plugin settings.
@@ -207,7 +210,8 @@ async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
     }
     let host: Option<Arc<dyn Backend>> = (!cfg.no_host_jobs).then(|| {
         let cgroups = executor::cgroup::Cgroups::detect(runner_id);
-        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups);
+        let users = cfg.job_user_base.and_then(|base| executor::isolation::SlotUsers::new(base, cfg.slots));
+        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups, users);
         host.clean_stale();
         Arc::new(host) as Arc<dyn Backend>
     });

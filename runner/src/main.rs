@@ -59,6 +59,14 @@ struct Args {
     /// Run only jobs with an image (shared runners: no host access).
     #[arg(long)]
     no_host_jobs: bool,
+    /// When run as root, host jobs run as per-slot users with uids (and
+    /// gids) from this one up, each seeing only its own processes.
+    #[arg(long, default_value_t = 61000)]
+    job_user_base: u32,
+    /// Run host jobs as the runner's own user even as root (they can then
+    /// read the runner's files: for trusted work on a dedicated machine).
+    #[arg(long)]
+    shared_job_user: bool,
     /// Take only jobs of trusted runs: never a pull request from a fork or
     /// from a sender the repository does not trust (machines that hold
     /// deploy keys or reach production).
@@ -143,6 +151,7 @@ fn main() -> ExitCode {
         clone_sources: args.clone_sources,
         no_host_jobs: args.no_host_jobs,
         protected: args.protected,
+        job_user_base: (!args.shared_job_user).then_some(args.job_user_base),
         containers: (!args.no_containers).then_some(viaduct_runner::executor::container::ContainerConfig {
             socket: args.container_socket,
             cpus: args.container_cpus,

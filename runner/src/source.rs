@@ -29,6 +29,16 @@ impl Sources {
     /// Fetches through `client` (runner token `token`), or clones when
     /// `clone_directly`; archives are staged in `tmp`.
     pub fn new(client: viaduct_sdk::Client, token: String, clone_directly: bool, tmp: PathBuf) -> Self {
+        if clone_directly {
+            // The runner clones into workspaces owned by a job's slot user:
+            // libgit2's "owned by the current user" check (against other
+            // users' repositories running code through their config) does
+            // not apply to repositories the runner itself creates there.
+            // SAFETY: set once, before any repository is opened.
+            if let Err(e) = unsafe { git2::opts::set_verify_owner_validation(false) } {
+                tracing::warn!(error = %e, "cannot turn off libgit2's owner check: clones into slot users' workspaces fail");
+            }
+        }
         Self { client, token, clone_directly, tmp }
     }
 

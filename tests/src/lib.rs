@@ -341,6 +341,18 @@ impl Runner {
         self.child = Some(child);
     }
 
+    /// Changes command-line options for its next start (`--labels`,
+    /// `--slots`…): `pairs` are option and value, replacing earlier values.
+    pub fn set_args(&mut self, pairs: &[&str]) {
+        for pair in pairs.chunks(2) {
+            let (name, value) = (pair[0], pair.get(1).copied().unwrap_or_default());
+            match self.args.iter().position(|a| a == name) {
+                Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_string(),
+                _ => self.args.extend([name.to_string(), value.to_string()]),
+            }
+        }
+    }
+
     /// The runner's work directory.
     pub fn work_dir(&self) -> PathBuf {
         self.dir.path().join("work")
@@ -455,6 +467,17 @@ pub fn process_gone(pid: i32) -> bool {
         Err(_) => true,
         Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
+}
+
+/// A temporary directory the steps of a host job may write to (flags, pid
+/// files): a runner running as root runs each slot's jobs as their own
+/// unprivileged user, so it is world-writable (with the sticky bit, like
+/// `/tmp`).
+pub fn shared_dir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    dir
 }
 
 /// One HTTP/1.1 request over a plain socket: returns (status code, body).

@@ -83,7 +83,7 @@ async fn a_step_timeout_kills_the_whole_process_group() {
     let server = Server::start();
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let pidfile = tmp.path().join("pid");
     let yaml = format!(
         "jobs:\n  j:\n    steps:\n      - run: sleep 300 & echo $! > {}; sleep 300\n        timeout: 1s\n      - run: echo never\n",
@@ -119,7 +119,7 @@ async fn cancel_kills_the_running_step_and_leaves_no_orphan() {
     let server = Server::start();
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let pidfile = tmp.path().join("pid");
     let yaml = format!(
         "jobs:\n  j:\n    steps:\n      - run: sleep 300 & echo $! > {}; echo started; sleep 300\n      - run: echo never\n      - run: echo cleanup\n        if: always()\n",
@@ -205,7 +205,7 @@ async fn a_follower_joining_mid_run_gets_history_then_live_lines() {
     let server = Server::start();
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let flag = tmp.path().join("go");
     let yaml = format!(
         "jobs:\n  j:\n    steps:\n      - run: |\n          echo one\n          echo two\n          while [ ! -f {} ]; do sleep 0.05; done\n          echo three\n",
@@ -310,7 +310,7 @@ async fn calls_without_a_valid_token_are_refused() {
 async fn the_cli_submits_follows_and_reports_outcomes() {
     let server = Server::start();
     let _runner = server.runner("linux", 1);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let good = tmp.path().join("good.yml");
     std::fs::write(
         &good,
@@ -360,7 +360,7 @@ async fn the_cli_submits_follows_and_reports_outcomes() {
 
 #[test]
 fn the_cli_validates_files_offline_with_exit_code_2() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let f = tmp.path().join("p.yml");
     std::fs::write(&f, "jobs:\n  build:\n    runs_on: linux\n    stpes: []\n").unwrap();
     let out = output(std::process::Command::new(viaduct_tests::bin("viaduct")).arg("validate").arg(&f));

@@ -115,7 +115,7 @@ async fn a_runner_killed_mid_step_gets_its_job_retried_and_its_processes_cleaned
     let server = Server::start_with(&["--retry-backoff", "50ms"]);
     let mut runner = server.runner("linux", 1);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let (pidfile, detached) = (tmp.path().join("pid"), tmp.path().join("detached"));
     // Attempt 1 leaves a process in its group and one that left it.
     let id = submit(
@@ -156,7 +156,7 @@ async fn a_step_that_detaches_a_process_does_not_leave_it_running() {
     let server = Server::start();
     let runner = server.runner("linux", 1);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let detached = tmp.path().join("detached");
     let id = submit(
         &client,

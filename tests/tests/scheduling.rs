@@ -16,7 +16,7 @@ async fn independent_jobs_run_in_parallel_on_free_slots() {
     let server = Server::start();
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     // Each job waits for the other's file: they can only both finish if
     // they run at the same time.
@@ -232,7 +232,7 @@ async fn a_drained_runner_finishes_its_job_takes_no_new_one_and_can_be_removed()
     let server = Server::start();
     let mut runner = server.runner("linux", 1);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let flag = tmp.path().join("go");
     let first = submit(
         &client,
@@ -263,7 +263,14 @@ async fn a_drained_runner_finishes_its_job_takes_no_new_one_and_can_be_removed()
 }
 
 /// Runs of pipeline `name` whose job appends start/end lines to `log`.
+/// A pipeline that logs its start and end to `log`. Jobs of different slots
+/// run as different users: the log is made writable for all of them.
 fn logging_pipeline(name: &str, log: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    if !log.exists() {
+        std::fs::write(log, "").unwrap();
+        std::fs::set_permissions(log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     format!(
         "name: {name}\njobs:\n  j:\n    steps:\n      - run: echo start-{name} >> {l}; sleep 0.3; echo end-{name} >> {l}\n",
         l = log.display()
@@ -276,7 +283,7 @@ async fn a_global_running_limit_holds_across_runners() {
     let _a = server.runner("linux", 2);
     let _b = server.runner("linux", 2);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let log = tmp.path().join("log");
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
@@ -297,7 +304,7 @@ async fn a_per_pipeline_limit_serialises_one_pipeline_only() {
     let server = Server::start_with(&["--max-running-per-pipeline", "1"]);
     let _runner = server.runner("linux", 4);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let (plog, qlog) = (tmp.path().join("p"), tmp.path().join("q"));
     let ids = [
         submit(&client, &logging_pipeline("p", &plog)).await,
@@ -343,7 +350,7 @@ async fn a_group_without_cancel_runs_one_at_a_time_and_keeps_only_the_newest_wai
     let server = Server::start();
     let _runner = server.runner("linux", 3);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let flag = tmp.path().join("go");
     let yaml = |step: &str| format!("concurrency: deploy\njobs:\n  j:\n    steps:\n      - run: {step}\n");
     let first = submit(&client, &yaml(&format!("while [ ! -f {} ]; do sleep 0.02; done", flag.display()))).await;
@@ -434,7 +441,7 @@ async fn retry_reruns_only_what_failed_and_what_was_skipped_because_of_it() {
     let server = Server::start();
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = viaduct_tests::shared_dir();
     let marker = tmp.path().join("fixed");
     let yaml = format!(
         "jobs:\n  a:\n    steps:\n      - run: echo a $VIADUCT_ATTEMPT\n  b:\n    needs: a\n    steps:\n      - run: '[ -f {} ]'\n  c:\n    needs: b\n    steps:\n      - run: echo c\n",

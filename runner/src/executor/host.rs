@@ -39,6 +39,7 @@ use viaduct_proto::v1::Status;
 use super::{
     Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
+    isolation::{SlotUser, SlotUsers},
 };
 use crate::outputs;
 
@@ -77,14 +78,29 @@ pub struct HostBackend {
     kill_grace: Duration,
     keep_workspaces: bool,
     cgroups: Option<Cgroups>,
+    users: Option<std::sync::Arc<SlotUsers>>,
 }
 
 impl HostBackend {
     /// Job directories go under `root/jobs`. `kill_grace` is the time
     /// between SIGTERM and SIGKILL. `cgroups`: where jobs' cgroups go
-    /// (`None`: process groups only).
-    pub fn new(root: &Path, kill_grace: Duration, keep_workspaces: bool, cgroups: Option<Cgroups>) -> Self {
-        Self { root: root.join("jobs"), kill_grace, keep_workspaces, cgroups }
+    /// (`None`: process groups only). `users`: the slot users jobs run as
+    /// (`None`: the runner's own user).
+    pub fn new(
+        root: &Path,
+        kill_grace: Duration,
+        keep_workspaces: bool,
+        cgroups: Option<Cgroups>,
+        users: Option<std::sync::Arc<SlotUsers>>,
+    ) -> Self {
+        let jobs = root.join("jobs");
+        if users.is_some() {
+            // Jobs pass through to their own directory; they list nothing.
+            let _ = std::fs::create_dir_all(&jobs);
+            super::isolation::restrict(root, 0o711);
+            super::isolation::restrict(&jobs, 0o711);
+        }
+        Self { root: jobs, kill_grace, keep_workspaces, cgroups, users }
     }
 
     /// Cleans up after a previous runner process that died without
@@ -128,6 +144,20 @@ impl Backend for HostBackend {
                 .await
                 .map_err(|e| SetupError(format!("cannot create {}: {e}", dir.join(sub).display())))?;
         }
+        let user = self.users.as_ref().map(SlotUsers::take);
+        if let Some(u) = &user {
+            // The job's own directory: its user's, nobody else's.
+            let (uid, d) = (u.uid, dir.clone());
+            tokio::task::spawn_blocking(move || {
+                for p in ["", "workspace", "home", "tmp", "outputs"] {
+                    std::os::unix::fs::lchown(d.join(p), Some(uid), Some(uid))?;
+                }
+                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .await
+            .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
+            .map_err(|e| SetupError(format!("cannot give the job's directory to its user: {e}")))?;
+        }
         let cgroup = match &self.cgroups {
             None => None,
             Some(cgroups) => {
@@ -139,7 +169,7 @@ impl Backend for HostBackend {
                 Some(made.map_err(|e| SetupError(format!("cannot create the job's cgroup: {e}")))?)
             }
         };
-        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup }))
+        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup, user }))
     }
 }
 
@@ -157,6 +187,7 @@ struct HostJob {
     kill_grace: Duration,
     keep: bool,
     cgroup: Option<JobCgroup>,
+    user: Option<SlotUser>,
 }
 
 #[async_trait::async_trait]
@@ -185,21 +216,40 @@ impl JobEnv for HostJob {
                 Err(e) => return StepOutcome::error(e),
             },
         };
-        let mut outcome = run_process(&step.script, &cwd, &env, log, stop, self.kill_grace, &containment).await;
+        let process = Process {
+            script: &step.script,
+            cwd: &cwd,
+            env: &env,
+            kill_grace: self.kill_grace,
+            containment: &containment,
+            user: self.user.as_ref(),
+        };
+        let mut outcome = run_process(&process, log, stop).await;
         // Tiny local files: plain syscalls (µs) beat a blocking-pool hop.
         if let Containment::ProcessGroup { path, .. } = &containment {
             let _ = std::fs::remove_file(path);
         }
-        if let Ok(text) = std::fs::read_to_string(&output_file) {
-            match outputs::parse(&text) {
+        // Written by the job: read the way it cannot redirect (the runner
+        // may be root).
+        match outputs::read(&output_file) {
+            Ok(None) => {}
+            Ok(Some(text)) => match outputs::parse(&text) {
                 Ok(o) => outcome.outputs = o,
                 Err(e) if outcome.status == Status::Success => {
                     outcome = StepOutcome::error(format!("invalid $VIADUCT_OUTPUT: {e}"));
                 }
                 Err(_) => {}
-            }
+            },
+            Err(e) => outcome = StepOutcome::error(e),
         }
         outcome
+    }
+
+    async fn adopt_workspace(&mut self) {
+        if let Some(user) = &self.user {
+            let (uid, ws) = (user.uid, self.workspace());
+            let _ = tokio::task::spawn_blocking(move || super::isolation::give(uid, &ws)).await;
+        }
     }
 
     async fn teardown(self: Box<Self>) {
@@ -300,18 +350,26 @@ enum Stopping {
     TimedOut,
 }
 
-/// Runs `sh -e -c script` in its own process group with exactly `env`,
-/// streaming merged stdout/stderr to `log`, its processes held by
-/// `containment`.
-pub async fn run_process(
-    script: &str,
-    cwd: &Path,
-    env: &BTreeMap<String, String>,
-    log: &mut StepLog,
-    stop: &StepStop,
-    kill_grace: Duration,
-    containment: &Containment,
-) -> StepOutcome {
+/// A step's process: what it runs, where, and how it is held.
+pub struct Process<'a> {
+    /// The script (`sh -e -c`).
+    pub script: &'a str,
+    /// Its working directory.
+    pub cwd: &'a Path,
+    /// Its whole environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// SIGTERM → SIGKILL grace.
+    pub kill_grace: Duration,
+    /// What holds its processes.
+    pub containment: &'a Containment,
+    /// The user it runs as (`None`: the runner's).
+    pub user: Option<&'a SlotUser>,
+}
+
+/// Runs `p` (`sh -e -c script` in its own process group with exactly its
+/// env), streaming merged stdout/stderr to `log`.
+pub async fn run_process(p: &Process<'_>, log: &mut StepLog, stop: &StepStop) -> StepOutcome {
+    let Process { script, cwd, env, kill_grace, containment, user } = *p;
     let (read_end, write_end) = match std::io::pipe() {
         Ok(p) => p,
         Err(e) => return StepOutcome::error(format!("cannot create a pipe: {e}")),
@@ -336,6 +394,10 @@ pub async fn run_process(
     // `Containment::enter_fn`).
     unsafe {
         cmd.pre_exec(containment.enter_fn());
+        // Then (still root, in its cgroup) it becomes the slot's user.
+        if let Some(u) = user {
+            cmd.pre_exec(u.enter_fn());
+        }
     }
     let spawned = cmd.spawn();
     // The command holds our copies of the pipe's write end: drop them, or

@@ -23,6 +23,7 @@ pub mod cgroup;
 pub mod container;
 pub mod dummy;
 pub mod host;
+pub mod isolation;
 pub mod wasi;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
@@ -190,6 +191,10 @@ pub trait JobEnv: Send {
 
     /// Runs one step to completion (or until `stop`), streaming its output.
     async fn run_step(&mut self, step: &StepSpec, log: &mut StepLog, stop: &StepStop) -> StepOutcome;
+
+    /// The runner wrote into the workspace (a checkout, a plugin step):
+    /// make what it wrote the job's (host jobs of a slot user).
+    async fn adopt_workspace(&mut self) {}
 
     /// Removes everything the job created.
     async fn teardown(self: Box<Self>);

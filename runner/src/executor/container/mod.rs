@@ -28,7 +28,8 @@
 //! read-only mount are. The one thing a step writes for the runner to read
 //! back — its outputs — is in a separate directory (`/.viaduct-out`), read
 //! with `O_NOFOLLOW | O_NONBLOCK`, only if it is a regular file, and only up
-//! to [`MAX_OUTPUTS`] bytes, off the async workers; a status line longer
+//! to [`outputs::MAX_OUTPUTS_BYTES`] (see [`outputs::read`]), off the async
+//! workers; a status line longer
 //! than a number is an error. After each step the launcher kills every
 //! process of the step — also those that left its process group — so
 //! nothing in the container changes the workspace while the runner reads
@@ -66,8 +67,6 @@ use crate::outputs;
 const LAUNCHER: &str = include_str!("launcher.sh");
 /// The API version Docker and Podman 4 both speak.
 const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
-/// Largest outputs file read back from a step.
-pub const MAX_OUTPUTS: u64 = 1024 * 1024;
 /// Longest status line read from the launcher.
 const MAX_STATUS_LINE: u64 = 32;
 /// Label keys.
@@ -647,7 +646,7 @@ impl ContainerJob {
                 ))
             }
         };
-        let read = tokio::task::spawn_blocking(move || read_outputs(&output)).await;
+        let read = tokio::task::spawn_blocking(move || outputs::read(&output)).await;
         match read.map_err(|e| e.to_string()).and_then(|r| r) {
             Ok(None) => {}
             Ok(Some(text)) => match outputs::parse(&text) {
@@ -666,56 +665,9 @@ impl ContainerJob {
     }
 }
 
-/// A step's outputs file, read the way nothing in the container can
-/// redirect: not through a symbolic link (`O_NOFOLLOW`), never blocking on
-/// a FIFO (`O_NONBLOCK`), a regular file only, at most [`MAX_OUTPUTS`]
-/// bytes. `None`: the step wrote none.
-fn read_outputs(path: &Path) -> Result<Option<String>, String> {
-    use std::{io::Read, os::unix::fs::OpenOptionsExt};
-    let refuse = |why: &str| format!("$VIADUCT_OUTPUT was refused: {why}");
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(refuse("it is a symbolic link (the runner follows none that a job makes)"));
-        }
-        Err(e) => return Err(refuse(&e.to_string())),
-    };
-    let meta = file.metadata().map_err(|e| refuse(&e.to_string()))?;
-    if !meta.is_file() {
-        return Err(refuse("it is not a regular file"));
-    }
-    if meta.len() > MAX_OUTPUTS {
-        return Err(refuse(&format!("it is larger than {} KiB", MAX_OUTPUTS / 1024)));
-    }
-    let mut text = String::new();
-    file.take(MAX_OUTPUTS + 1).read_to_string(&mut text).map_err(|e| refuse(&e.to_string()))?;
-    Ok(Some(text))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outputs_are_read_from_regular_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = |n: &str| dir.path().join(n);
-        assert_eq!(read_outputs(&p("none")), Ok(None));
-        std::fs::write(p("ok"), "a=1\n").unwrap();
-        assert_eq!(read_outputs(&p("ok")), Ok(Some("a=1\n".into())));
-        std::fs::write(p("secret"), "host file").unwrap();
-        std::os::unix::fs::symlink(p("secret"), p("link")).unwrap();
-        assert!(read_outputs(&p("link")).unwrap_err().contains("symbolic link"));
-        mkfifo(&p("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(read_outputs(&p("fifo")).unwrap_err().contains("not a regular file"));
-        std::fs::write(p("big"), vec![b'x'; MAX_OUTPUTS as usize + 1]).unwrap();
-        assert!(read_outputs(&p("big")).unwrap_err().contains("larger than"));
-    }
 
     #[test]
     fn image_tags_and_env_files() {

@@ -1,0 +1,207 @@
+//! Who a host job's processes run as, and what of the machine they see.
+//!
+//! A host job is untrusted code on the runner machine. Without isolation
+//! it could read the runner's identity (`WORK_DIR/runner.json`: the token
+//! that claims jobs and their secrets), other jobs' workspaces, and — in
+//! `/proc` — other jobs' environments (their secrets) and command lines.
+//! When the runner runs as root (the recommended deployment for host jobs),
+//! each **slot** gets its own unprivileged user (uid = gid = base + slot):
+//! a step's process, after joining its cgroup, drops to that user, in a
+//! private mount namespace whose `/proc` is mounted `hidepid=invisible`, so
+//! it sees only its own user's processes. The work directory is 0711 (no
+//! listing), `runner.json` 0600 root, each job directory 0700 owned by its
+//! slot user. Files the runner itself writes into a workspace (the source
+//! checkout, what plugins write) are handed to the slot user afterwards
+//! ([`give`]).
+//!
+//! A runner that is not root cannot switch users: its jobs run as its own
+//! user (it logs so); `--shared-job-user` asks for that as root too. Both
+//! are documented in docs/security.md.
+
+use std::{
+    ffi::CString,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+/// The slot users of one runner.
+#[derive(Debug)]
+pub struct SlotUsers {
+    base: u32,
+    /// Whether each slot's user is taken by a running job.
+    taken: Mutex<Vec<bool>>,
+    /// A private `/proc` works here (checked once at start).
+    private_proc: bool,
+}
+
+/// The user a job runs as (its slot is free again when this is dropped).
+#[derive(Debug)]
+pub struct SlotUser {
+    /// Uid (and gid).
+    pub uid: u32,
+    slot: usize,
+    private_proc: bool,
+    pool: Arc<SlotUsers>,
+}
+
+impl Drop for SlotUser {
+    fn drop(&mut self) {
+        if let Some(t) = self.pool.taken.lock().unwrap_or_else(|p| p.into_inner()).get_mut(self.slot) {
+            *t = false;
+        }
+    }
+}
+
+impl SlotUsers {
+    /// Users `base`, `base + 1`, … for `slots` slots; `None` (logged) when
+    /// this process cannot switch users (not root).
+    pub fn new(base: u32, slots: u32) -> Option<Arc<Self>> {
+        if !nix::unistd::geteuid().is_root() {
+            tracing::warn!(
+                "host jobs run as this runner's own user (it is not root): a job can read the runner's files. Run the \
+                 runner as root (each slot's jobs then run as their own user) or give untrusted work container jobs"
+            );
+            return None;
+        }
+        let private_proc = private_proc_works();
+        if !private_proc {
+            tracing::warn!(
+                "a private /proc (hidepid) cannot be mounted here: host jobs see every process's command line"
+            );
+        }
+        tracing::info!(base, slots, private_proc, "host jobs run as per-slot users");
+        Some(Arc::new(Self { base, taken: Mutex::new(vec![false; slots.max(1) as usize]), private_proc }))
+    }
+
+    /// The user of a free slot (another one is added if all are taken: a
+    /// job never waits for a user).
+    pub fn take(self: &Arc<Self>) -> SlotUser {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = taken.iter().position(|t| !t).unwrap_or_else(|| {
+            taken.push(false);
+            taken.len() - 1
+        });
+        taken[slot] = true;
+        SlotUser {
+            uid: self.base + u32::try_from(slot).unwrap_or(0),
+            slot,
+            private_proc: self.private_proc,
+            pool: Arc::clone(self),
+        }
+    }
+}
+
+impl SlotUser {
+    /// What the step's forked child runs before `exec`, after joining its
+    /// cgroup: a private `/proc`, then this user (groups dropped). Only
+    /// async-signal-safe calls on data prepared here.
+    pub fn enter_fn(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+        let (uid, private_proc) = (self.uid, self.private_proc);
+        move || {
+            if private_proc {
+                private_proc_mount()?;
+            }
+            drop_to(uid)
+        }
+    }
+}
+
+/// Gives `path` and everything under it (not following links) to user
+/// `uid`: the runner wrote them as root (a checkout, a plugin's files).
+/// Blocking.
+pub fn give(uid: u32, path: &Path) {
+    let owned = |p: &Path| {
+        if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(uid)) {
+            tracing::debug!(path = %p.display(), error = %e, "cannot hand a file to the job's user");
+        }
+    };
+    owned(path);
+    for entry in walkdir::WalkDir::new(path).follow_links(false).min_depth(1).into_iter().flatten() {
+        use std::os::unix::fs::MetadataExt;
+        if entry.metadata().is_ok_and(|m| m.uid() != uid) {
+            owned(entry.path());
+        }
+    }
+}
+
+/// Prepared C strings for the `/proc` mount (built once: no allocation
+/// between fork and exec).
+struct ProcMount {
+    root: CString,
+    proc_: CString,
+    fstype: CString,
+    options: CString,
+}
+
+fn proc_mount() -> &'static ProcMount {
+    static M: std::sync::OnceLock<ProcMount> = std::sync::OnceLock::new();
+    M.get_or_init(|| ProcMount {
+        root: CString::new("/").unwrap_or_default(),
+        proc_: CString::new("/proc").unwrap_or_default(),
+        fstype: CString::new("proc").unwrap_or_default(),
+        // `invisible` exists since Linux 5.8, when each proc mount got its
+        // own options; older kernels refuse it (where `hidepid=2` would
+        // have changed the host's /proc).
+        options: CString::new("hidepid=invisible").unwrap_or_default(),
+    })
+}
+
+/// A mount namespace of its own with a `/proc` that shows only the
+/// caller's user's processes.
+fn private_proc_mount() -> std::io::Result<()> {
+    let m = proc_mount();
+    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: plain syscalls on NUL-terminated strings that live for the
+    // whole program.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            m.root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ))?;
+        check(libc::mount(
+            m.fstype.as_ptr(),
+            m.proc_.as_ptr(),
+            m.fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            m.options.as_ptr().cast(),
+        ))
+    }
+}
+
+/// Drops every privilege to `uid` (as uid and gid, no supplementary
+/// groups).
+fn drop_to(uid: u32) -> std::io::Result<()> {
+    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    // SAFETY: plain syscalls.
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgid(uid))?;
+        check(libc::setuid(uid))
+    }
+}
+
+/// Whether a child can get a private `/proc` here (tried once, with
+/// `true`).
+fn private_proc_works() -> bool {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("true");
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SAFETY: the closure makes only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(private_proc_mount);
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// Sets `path`'s mode (0711 for the work directory: jobs pass through it,
+/// never list it).
+pub fn restrict(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot restrict the permissions of the runner's directory");
+    }
+}

@@ -1,0 +1,168 @@
+//! Jobs cannot reach the runner machine, and a runner token cannot claim
+//! other runners' jobs: attacks from a host job (the runner's identity,
+//! other jobs' secrets in /proc) and from a stolen runner token (labels,
+//! slots and queued jobs it was never given), end to end.
+
+use tokio_stream::StreamExt;
+use viaduct_tests::{Client, Runner, Server, finished, output, run_where, step_log, submit, v1, word};
+
+async fn set_secret(client: &Client, name: &str, value: &str) {
+    let req = v1::SetSecretRequest { name: name.into(), value: value.into(), ..Default::default() };
+    client.secrets().set(req).await.unwrap();
+}
+
+/// A host job walks up to the runner's identity file, lists the work
+/// directory and reads every process's command line and environment while
+/// another job, with a secret on its command line, runs beside it. It runs
+/// as its slot's own user and sees nothing of either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_job_cannot_read_the_runner_or_another_job() {
+    let server = Server::start();
+    let runner = server.runner("linux", 2);
+    let client = server.client().await;
+    if !viaduct_tests::output(std::process::Command::new("id").arg("-u")).stdout.starts_with(b"0\n") {
+        viaduct_tests::missing_fixture("the runner is not root here: host jobs run as its own user");
+        return;
+    }
+    let secret = "victim-secret-4b1d";
+    set_secret(&client, "VICTIM_KEY", secret).await;
+    let victim = submit(
+        &client,
+        "jobs:\n  victim:\n    secrets: [VICTIM_KEY]\n    steps:\n      - run: sh -c 'sleep 30' \"$VICTIM_KEY\"\n",
+    )
+    .await;
+    run_where(&client, &victim, "the victim to run", |r| {
+        r.jobs[0].steps.first().is_some_and(|s| word(s.status) == "running")
+    })
+    .await;
+    let attacker = submit(
+        &client,
+        r#"
+jobs:
+  attacker:
+    steps:
+      - run: |
+          echo "uid $(id -u)"
+          cat ../../../runner.json 2>&1 | head -c 300; echo
+          ls ../.. 2>&1 | head -c 300; echo
+          for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; tr '\0' '\n' < $p/environ 2>/dev/null; done > seen.txt
+          echo "processes seen: $(ls -d /proc/[0-9]* | wc -l)"
+          cat seen.txt
+"#,
+    )
+    .await;
+    let run = finished(&client, &attacker).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let log = step_log(&client, &run.jobs[0].steps[0].id).await;
+    let uid: u32 = log.lines().next().unwrap().trim_start_matches("uid ").parse().unwrap();
+    assert!(uid >= 61000, "the job runs as a slot user: {log}");
+    assert!(log.contains("runner.json: Permission denied"), "{log}");
+    assert!(
+        log.contains("cannot open directory '../..': Permission denied"),
+        "the work directory cannot be listed: {log}"
+    );
+    assert!(!log.contains(secret), "another job's secret was visible: {log}");
+    assert!(!log.contains("viaduct-runner") && !log.contains("vdn_"), "the runner was visible: {log}");
+    let token = std::fs::read_to_string(runner.work_dir().join("runner.json")).unwrap();
+    assert!(token.contains("vdn_"));
+    client.runs().cancel(v1::CancelRunRequest { id: victim, ..Default::default() }).await.unwrap();
+}
+
+/// A registration token on the command line is refused.
+#[test]
+fn the_runner_refuses_a_token_on_its_command_line() {
+    let out = output(std::process::Command::new(viaduct_tests::bin("viaduct-runner")).args(["--token", "vdr_x"]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--token is not accepted") && err.contains("--token-file"), "{err}");
+}
+
+/// A runner cannot give itself labels, slots or executors it was not
+/// registered with; an admin can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_and_slots_are_pinned_at_registration() {
+    let server = Server::start();
+    let mut runner = Runner::start(&server, "linux", 1, &[]);
+    let client = server.client().await;
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
+    finished(&client, &id).await;
+    // The same runner comes back asking for more.
+    runner.set_args(&["--labels", "linux,deploy", "--slots", "8"]);
+    runner.restart();
+    let deploy = submit(&client, "jobs:\n  d:\n    runs_on: [deploy]\n    steps:\n      - run: echo deployed\n").await;
+    let me = viaduct_tests::eventually("the runner to reconnect", || async {
+        let list = client.runners().list(v1::ListRunnersRequest {}).await.ok()?.into_inner().runners;
+        list.into_iter().find(|r| r.connected && r.labels == ["linux"])
+    })
+    .await;
+    assert_eq!(
+        (me.labels.clone(), me.slots, me.allowed_labels.clone(), me.max_slots),
+        (vec!["linux".to_string()], 1, vec!["linux".to_string()], 1),
+        "{me:#?}"
+    );
+    let run = client.runs().get(v1::GetRunRequest { id: deploy.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(run.jobs[0].status), "queued");
+    assert!(server.log().contains("runner asks for labels it was not registered with"));
+    // An admin allows it; the runner already asks for it.
+    let out = output(server.cli().args(["runners", "update", &me.id, "--labels", "linux,deploy"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    runner.restart();
+    let run = finished(&client, &deploy).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+}
+
+/// A stolen runner token lists another runner's queued job in its Hello
+/// (as if it had been running it when the server crashed): without the
+/// grant that came with the assignment, the server does not give it the
+/// job, and the job runs where it belongs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_cannot_claim_a_job_it_was_never_given() {
+    let server = Server::start();
+    let client = server.client().await;
+    let id = submit(&client, "jobs:\n  j:\n    runs_on: [linux]\n    steps:\n      - run: echo mine\n").await;
+    let job = format!("{id}.1");
+    // A runner of its own, registered with the server's registration token.
+    let anon = Client::connect(&server.url(), None).await.unwrap();
+    let reg = anon
+        .agent()
+        .register(v1::RegisterRequest {
+            registration_token: server.runner_token(),
+            name: "thief".into(),
+            // Not a label of the job: it cannot get the job by dispatch.
+            labels: vec!["elsewhere".into()],
+            slots: 1,
+            executors: vec!["host".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let thief = Client::connect(&server.url(), Some(reg.runner_token)).await.unwrap();
+    let hello = v1::RunnerMessage {
+        msg: Some(v1::runner_message::Msg::Hello(v1::Hello {
+            labels: vec!["linux".into()],
+            slots: 1,
+            executors: vec!["host".into()],
+            active_jobs: vec![v1::JobRef { job_id: job.clone(), attempt: 1, grant: "00".repeat(32) }],
+            ..Default::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(hello).unwrap();
+    let mut inbound =
+        thief.agent().connect(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    let welcome = match inbound.next().await.unwrap().unwrap().msg {
+        Some(v1::server_message::Msg::Welcome(w)) => w,
+        other => panic!("expected a Welcome, got {other:?}"),
+    };
+    assert_eq!(welcome.resume.len(), 1);
+    assert!(!welcome.resume[0].keep, "the server let a runner claim a job it never gave it");
+    assert!(server.log().contains("claims a queued job it was never given: refused"));
+    drop(tx);
+    drop(inbound);
+    // The real runner gets it.
+    let _runner = server.runner("linux", 1);
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    assert_ne!(run.jobs[0].runner_id, reg.runner_id);
+}
