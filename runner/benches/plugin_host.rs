@@ -103,6 +103,7 @@ async fn main() {
             post_state: None,
             workspace: workspace.clone(),
             env: BTreeMap::from([("CI".to_string(), "true".to_string())]),
+            programs: viaduct_runner::executor::programs::none(),
             meta: RunInfo::default(),
         };
         let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default());

@@ -263,9 +263,8 @@ async fn execute(
                     Some(Action::Uses(u)) => {
                         let main = post_states.remove(&u.post_of);
                         let call = Uses { a, job, step: s, uses: u, ctx: &ctx, post_state: main };
-                        let r = run_plugin(services, call, env_of_job.workspace(), &mut log, &step_stop)
-                            .instrument(span)
-                            .await;
+                        let place = (env_of_job.workspace(), env_of_job.programs());
+                        let r = run_plugin(services, call, place, &mut log, &step_stop).instrument(span).await;
                         summary = r.summary;
                         // What the plugin wrote (a restored cache…) is the job's.
                         env_of_job.adopt_workspace().await;
@@ -368,11 +367,15 @@ struct Uses<'a> {
     post_state: Option<String>,
 }
 
+/// Where a plugin step runs: the job's workspace, and where its programs
+/// run (the job's executor).
+type Place = (std::path::PathBuf, std::sync::Arc<dyn crate::executor::programs::Programs>);
+
 /// Runs a `uses:` step on the plugin host.
 async fn run_plugin(
     services: &Services,
     u: Uses<'_>,
-    workspace: std::path::PathBuf,
+    (workspace, programs): Place,
     log: &mut StepLog,
     stop: &StepStop,
 ) -> crate::executor::wasi::PluginResult {
@@ -418,6 +421,7 @@ async fn run_plugin(
         post_state: (u.uses.phase == "post").then_some(u.post_state),
         workspace,
         env,
+        programs,
         meta: RunInfo {
             run_id: u.a.run_id.clone(),
             job_id: u.job.job_id.clone(),

@@ -62,6 +62,9 @@ pub struct Config {
     /// Host jobs run as per-slot users from this uid (when root); `None`:
     /// as the runner's own user.
     pub job_user_base: Option<u32>,
+    /// Supplementary groups of the slot users (e.g. `nix-users` for the
+    /// Nix daemon).
+    pub job_groups: Vec<String>,
     /// The container engine; `None` = do not look for one.
     pub containers: Option<executor::container::ContainerConfig>,
     /// WASI plugin settings.
@@ -69,8 +72,12 @@ pub struct Config {
 }
 
 /// Runs until `shutdown` resolves or the server rejects the runner.
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("cannot create {}", cfg.work_dir.display()))?;
+    // Absolute: container engines read a relative bind source as a volume
+    // name, and job processes run elsewhere.
+    cfg.work_dir =
+        std::fs::canonicalize(&cfg.work_dir).with_context(|| format!("cannot resolve {}", cfg.work_dir.display()))?;
     let identity = match Identity::load(&cfg.work_dir, &cfg.server) {
         Some(id) => id,
         None => {
@@ -210,7 +217,8 @@ async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
     }
     let host: Option<Arc<dyn Backend>> = (!cfg.no_host_jobs).then(|| {
         let cgroups = executor::cgroup::Cgroups::detect(runner_id);
-        let users = cfg.job_user_base.and_then(|base| executor::isolation::SlotUsers::new(base, cfg.slots));
+        let users =
+            cfg.job_user_base.and_then(|base| executor::isolation::SlotUsers::new(base, cfg.slots, &cfg.job_groups));
         let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups, users);
         host.clean_stale();
         Arc::new(host) as Arc<dyn Backend>

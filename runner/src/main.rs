@@ -63,6 +63,10 @@ struct Args {
     /// gids) from this one up, each seeing only its own processes.
     #[arg(long, default_value_t = 61000)]
     job_user_base: u32,
+    /// Groups the per-slot users belong to, comma-separated (e.g.
+    /// `nix-users`, for the Nix daemon).
+    #[arg(long, value_delimiter = ',')]
+    job_groups: Vec<String>,
     /// Run host jobs as the runner's own user even as root (they can then
     /// read the runner's files: for trusted work on a dedicated machine).
     #[arg(long)]
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         no_host_jobs: args.no_host_jobs,
         protected: args.protected,
         job_user_base: (!args.shared_job_user).then_some(args.job_user_base),
+        job_groups: args.job_groups,
         containers: (!args.no_containers).then_some(viaduct_runner::executor::container::ContainerConfig {
             socket: args.container_socket,
             cpus: args.container_cpus,

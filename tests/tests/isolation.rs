@@ -166,3 +166,69 @@ async fn a_runner_cannot_claim_a_job_it_was_never_given() {
     assert_eq!(word(run.status), "success", "{run:#?}");
     assert_ne!(run.jobs[0].runner_id, reg.runner_id);
 }
+
+/// A plugin's programs run where the job's steps run, with a fixed
+/// environment: a container job's inside its container (never on the
+/// runner), a host job's as its slot user; a variable that changes what a
+/// program loads (`LD_PRELOAD`) is refused, and `nix` settings that load
+/// plugins are not passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_programs_run_where_the_job_runs_with_a_fixed_environment() {
+    let server = Server::with_plugins();
+    server.publish_test_plugin("probe");
+    let client = server.client().await;
+    let probe = |extra: &str| {
+        format!(
+            "      - uses: probe\n        id: p\n        with: {{ action: exec, script: 'echo \"uid=$(id -u) preload=$LD_PRELOAD\"; test -e /.viaduct/launcher.sh && echo in-container; exit 0'{extra} }}\n"
+        )
+    };
+    // The pipeline sets LD_PRELOAD for its steps: programs never get it.
+    let host = format!("jobs:\n  h:\n    env: {{ LD_PRELOAD: ./evil.so }}\n    steps:\n{}", probe(""));
+    let _runner = server.runner("linux", 1);
+    let run = finished(&client, &submit(&client, &host).await).await;
+    let out = &run.jobs[0].steps[0].outputs;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let stdout = out["stdout"].clone();
+    assert!(stdout.contains("preload=\n") || stdout.ends_with("preload="), "{stdout}");
+    if output(std::process::Command::new("id").arg("-u")).stdout.starts_with(b"0\n") {
+        assert!(!stdout.contains("uid=0"), "a host job's program runs as its slot user: {stdout}");
+    }
+    // A plugin that passes LD_PRELOAD on explicitly is refused.
+    let forward =
+        format!("jobs:\n  h:\n    env: {{ LD_PRELOAD: ./evil.so }}\n    steps:\n{}", probe(", env: [LD_PRELOAD]"));
+    let run = finished(&client, &submit(&client, &forward).await).await;
+    let step = &run.jobs[0].steps[0];
+    assert_eq!(word(step.status), "failure");
+    assert!(
+        step.message.contains("`LD_PRELOAD` cannot be passed to `sh`: it changes what the program loads"),
+        "{}",
+        step.message
+    );
+    // nix-check passes NIX_CONFIG's safe settings only.
+    let nix =
+        "jobs:\n  n:\n    env: { NIX_CONFIG: \"plugin-files = ./evil.so\" }\n    steps:\n      - uses: nix-check@1\n";
+    let run = finished(&client, &submit(&client, nix).await).await;
+    assert!(
+        run.jobs[0].steps[0].message.contains("NIX_CONFIG: the setting `plugin-files` is not passed to nix"),
+        "{run:#?}"
+    );
+
+    // A container job's program runs in its container.
+    let Some(socket) = viaduct_tests::container_socket() else { return };
+    let _containers = Runner::start(&server, "containers", 1, &["--container-socket", &socket, "--no-host-jobs"]);
+    let image = viaduct_tests::test_image();
+    let yaml = format!(
+        "jobs:\n  c:\n    runs_on: [containers]\n    image: {image}\n    env: {{ LD_PRELOAD: ./evil.so }}\n    steps:\n{}      - uses: nix-check@1\n",
+        probe("")
+    );
+    let run = finished(&client, &submit(&client, &yaml).await).await;
+    let steps = &run.jobs[0].steps;
+    let stdout = &steps[0].outputs["stdout"];
+    assert!(stdout.contains("in-container") && stdout.contains("preload="), "{stdout}");
+    assert!(!stdout.contains("evil"), "{stdout}");
+    // The busybox image has no nix: nix-check says so (it did not run the
+    // runner's nix).
+    assert_eq!(word(steps[1].status), "failure");
+    let log = step_log(&client, &steps[1].id).await;
+    assert!(log.contains("`nix` is not installed in the job's image"), "{log}");
+}

@@ -343,7 +343,9 @@ jobs:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nix_check_checks_a_local_flake_or_says_nix_is_missing() {
     let server = Server::with_plugins();
-    let _runner = server.runner("linux", 1);
+    // Jobs run as slot users: the Nix daemon (started by `cargo xtask test`)
+    // serves Debian's `nix-users`.
+    let _runner = viaduct_tests::Runner::start(&server, "linux", 1, &["--job-groups", "nix-users"]);
     let client = server.client().await;
     let id = submit(
         &client,

@@ -137,6 +137,8 @@ fn test(extra: &[String]) -> Result<()> {
     // A private registry for the pull tests, known to Podman as insecure.
     let registry = setup::Registry::start()?;
     let service = setup::PodmanService::start(&tools.podman, Some(&registry.registries_conf))?;
+    // Nix for jobs that run as unprivileged slot users.
+    let _nix = setup::NixDaemon::start()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     for (k, v) in tools.env() {

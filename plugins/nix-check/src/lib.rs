@@ -64,9 +64,49 @@ pub const PER_SYSTEM: [&str; 5] = ["packages", "checks", "apps", "devShells", "f
 /// The message when nix cannot be started.
 pub const NOT_INSTALLED: &str = "nix is not installed on this runner (install it, e.g. `apt-get install nix-bin`)";
 
-/// `nix` with the experimental features flakes need.
-fn nix(args: &[&str]) -> Command {
-    Command::new("nix").args(["--extra-experimental-features", "nix-command flakes"]).args(args.iter().copied())
+/// `NIX_CONFIG` settings (from the step's environment) passed on to nix,
+/// as `--option NAME VALUE`: programs a plugin runs get a fixed
+/// environment, and settings that make nix load or run code are refused.
+pub const PASSED_SETTINGS: &[&str] = &[
+    "substituters",
+    "extra-substituters",
+    "trusted-public-keys",
+    "extra-trusted-public-keys",
+    "max-jobs",
+    "cores",
+    "sandbox",
+    "fallback",
+    "connect-timeout",
+    "keep-going",
+    "warn-dirty",
+    "accept-flake-config",
+];
+
+/// The step's `NIX_CONFIG` as `--option` pairs (see [`PASSED_SETTINGS`]).
+pub fn settings(nix_config: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for line in nix_config.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(Error::msg(format!("NIX_CONFIG: `{line}` is not `name = value`")));
+        };
+        let name = name.trim();
+        ensure!(
+            PASSED_SETTINGS.contains(&name),
+            "NIX_CONFIG: the setting `{name}` is not passed to nix (passed: {})",
+            PASSED_SETTINGS.join(", ")
+        );
+        out.push((name.to_owned(), value.trim().to_owned()));
+    }
+    Ok(out)
+}
+
+/// `nix` with the experimental features flakes need, and `settings`.
+fn nix(settings: &[(String, String)], args: &[&str]) -> Command {
+    let mut cmd = Command::new("nix").args(["--extra-experimental-features", "nix-command flakes"]);
+    for (name, value) in settings {
+        cmd = cmd.args(["--option", name.as_str(), value.as_str()]);
+    }
+    cmd.args(args.iter().copied())
 }
 
 /// Runs a nix command; a failure to start is the "not installed" error
@@ -85,15 +125,16 @@ pub fn run(ctx: Context) -> Result<Output> {
     ensure!(!flake.is_empty() && !flake.starts_with('-'), "`flake` must be a flake reference, not `{flake}`");
     let mut out = Output::new();
     let mut md = format!("### Flake {}\n\n", code(&flake));
+    let settings = settings(ctx.env("NIX_CONFIG").unwrap_or_default())?;
 
     if w.metadata {
-        let meta = capture_json(&ctx, &nix(&["flake", "metadata", "--json", &flake]))?;
+        let meta = capture_json(&ctx, &nix(&settings, &["flake", "metadata", "--json", &flake]))?;
         let mut show_args = vec!["flake", "show", "--json"];
         if w.all_systems {
             show_args.push("--all-systems");
         }
         show_args.push(&flake);
-        let show = capture_json(&ctx, &nix(&show_args))?;
+        let show = capture_json(&ctx, &nix(&settings, &show_args))?;
         if let Some(meta) = &meta {
             let info = FlakeInfo::from_metadata(meta);
             info.add_outputs(&mut out);
@@ -107,7 +148,7 @@ pub fn run(ctx: Context) -> Result<Output> {
         }
     }
 
-    let mut check = nix(&["flake", "check", &flake]);
+    let mut check = nix(&settings, &["flake", "check", &flake]);
     if w.all_systems {
         check = check.arg("--all-systems");
     }
@@ -381,7 +422,7 @@ mod tests {
 
     #[test]
     fn commands() {
-        let c = nix(&["flake", "check", "."]).arg("--keep-going");
+        let c = nix(&[], &["flake", "check", "."]).arg("--keep-going");
         assert_eq!(c.to_string(), "nix --extra-experimental-features 'nix-command flakes' flake check . --keep-going");
     }
 
@@ -408,5 +449,18 @@ mod tests {
         assert_eq!(e.message(), NOT_INSTALLED);
         let e = run(Context::builder().with("flake", "--impure").build()).unwrap_err();
         assert!(e.message().contains("must be a flake reference"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    #[test]
+    fn nix_config_settings_pass_only_when_safe() {
+        let s = settings("# no network\nsubstituters =\nmax-jobs = 2\n").unwrap();
+        assert_eq!(s, [("substituters".to_string(), String::new()), ("max-jobs".to_string(), "2".to_string())]);
+        let e = settings("plugin-files = ./evil.so").unwrap_err();
+        assert!(e.message().contains("`plugin-files` is not passed to nix"), "{}", e.message());
     }
 }

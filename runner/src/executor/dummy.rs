@@ -41,6 +41,10 @@ impl JobEnv for DummyJob {
         self.dir.clone()
     }
 
+    fn programs(&self) -> std::sync::Arc<dyn super::programs::Programs> {
+        super::programs::none()
+    }
+
     async fn run_step(&mut self, step: &StepSpec, log: &mut StepLog, stop: &StepStop) -> StepOutcome {
         for line in step.script.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));

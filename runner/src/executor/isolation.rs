@@ -28,19 +28,29 @@ use std::{
 #[derive(Debug)]
 pub struct SlotUsers {
     base: u32,
+    /// Supplementary groups of every slot user (e.g. `nix-users`).
+    groups: Arc<[libc::gid_t]>,
     /// Whether each slot's user is taken by a running job.
     taken: Mutex<Vec<bool>>,
     /// A private `/proc` works here (checked once at start).
     private_proc: bool,
 }
 
+/// A user processes drop to, and whether they get a private `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobUser {
+    /// Uid (and gid).
+    pub uid: u32,
+    private_proc: bool,
+    groups: Arc<[libc::gid_t]>,
+}
+
 /// The user a job runs as (its slot is free again when this is dropped).
 #[derive(Debug)]
 pub struct SlotUser {
-    /// Uid (and gid).
-    pub uid: u32,
+    /// Who the job's processes run as.
+    pub user: JobUser,
     slot: usize,
-    private_proc: bool,
     pool: Arc<SlotUsers>,
 }
 
@@ -53,9 +63,10 @@ impl Drop for SlotUser {
 }
 
 impl SlotUsers {
-    /// Users `base`, `base + 1`, … for `slots` slots; `None` (logged) when
-    /// this process cannot switch users (not root).
-    pub fn new(base: u32, slots: u32) -> Option<Arc<Self>> {
+    /// Users `base`, `base + 1`, … for `slots` slots, members of `groups`
+    /// (names); `None` (logged) when this process cannot switch users (not
+    /// root). A group that does not exist is left out, with a warning.
+    pub fn new(base: u32, slots: u32, groups: &[String]) -> Option<Arc<Self>> {
         if !nix::unistd::geteuid().is_root() {
             tracing::warn!(
                 "host jobs run as this runner's own user (it is not root): a job can read the runner's files. Run the \
@@ -69,8 +80,23 @@ impl SlotUsers {
                 "a private /proc (hidepid) cannot be mounted here: host jobs see every process's command line"
             );
         }
-        tracing::info!(base, slots, private_proc, "host jobs run as per-slot users");
-        Some(Arc::new(Self { base, taken: Mutex::new(vec![false; slots.max(1) as usize]), private_proc }))
+        let gids: Vec<libc::gid_t> = groups
+            .iter()
+            .filter_map(|name| match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => Some(g.gid.as_raw()),
+                _ => {
+                    tracing::warn!(group = %name, "no such group: slot users are not members of it");
+                    None
+                }
+            })
+            .collect();
+        tracing::info!(base, slots, private_proc, groups = ?groups, "host jobs run as per-slot users");
+        Some(Arc::new(Self {
+            base,
+            groups: gids.into(),
+            taken: Mutex::new(vec![false; slots.max(1) as usize]),
+            private_proc,
+        }))
     }
 
     /// The user of a free slot (another one is added if all are taken: a
@@ -83,25 +109,28 @@ impl SlotUsers {
         });
         taken[slot] = true;
         SlotUser {
-            uid: self.base + u32::try_from(slot).unwrap_or(0),
+            user: JobUser {
+                uid: self.base + u32::try_from(slot).unwrap_or(0),
+                private_proc: self.private_proc,
+                groups: Arc::clone(&self.groups),
+            },
             slot,
-            private_proc: self.private_proc,
             pool: Arc::clone(self),
         }
     }
 }
 
-impl SlotUser {
+impl JobUser {
     /// What the step's forked child runs before `exec`, after joining its
     /// cgroup: a private `/proc`, then this user (groups dropped). Only
     /// async-signal-safe calls on data prepared here.
     pub fn enter_fn(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-        let (uid, private_proc) = (self.uid, self.private_proc);
+        let (uid, private_proc, groups) = (self.uid, self.private_proc, Arc::clone(&self.groups));
         move || {
             if private_proc {
                 private_proc_mount()?;
             }
-            drop_to(uid)
+            drop_to(uid, &groups)
         }
     }
 }
@@ -172,13 +201,13 @@ fn private_proc_mount() -> std::io::Result<()> {
     }
 }
 
-/// Drops every privilege to `uid` (as uid and gid, no supplementary
-/// groups).
-fn drop_to(uid: u32) -> std::io::Result<()> {
+/// Drops every privilege to `uid` (as uid and gid, with exactly
+/// `groups` as supplementary groups).
+fn drop_to(uid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
     let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-    // SAFETY: plain syscalls.
+    // SAFETY: plain syscalls; `groups` outlives the call.
     unsafe {
-        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgroups(groups.len(), groups.as_ptr()))?;
         check(libc::setgid(uid))?;
         check(libc::setuid(uid))
     }

@@ -24,6 +24,7 @@ pub mod container;
 pub mod dummy;
 pub mod host;
 pub mod isolation;
+pub mod programs;
 pub mod wasi;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
@@ -195,6 +196,9 @@ pub trait JobEnv: Send {
     /// The runner wrote into the workspace (a checkout, a plugin step):
     /// make what it wrote the job's (host jobs of a slot user).
     async fn adopt_workspace(&mut self) {}
+
+    /// Where the job's plugin steps run programs: where its steps run.
+    fn programs(&self) -> std::sync::Arc<dyn programs::Programs>;
 
     /// Removes everything the job created.
     async fn teardown(self: Box<Self>);

@@ -53,6 +53,46 @@ impl Drop for PodmanService {
     }
 }
 
+/// The Nix daemon, for Nix as a non-root user (jobs run as per-slot users):
+/// started unless one already answers, stopped on drop if started here.
+pub struct NixDaemon {
+    child: Option<std::process::Child>,
+}
+
+/// Where Debian's nix-daemon listens.
+const NIX_SOCKET: &str = "/nix/var/nix/daemon-socket/socket";
+
+impl NixDaemon {
+    /// Starts `nix-daemon` (Debian's nix-bin) when its socket does not
+    /// answer, and waits until it does.
+    pub fn start() -> Result<Self> {
+        if std::os::unix::net::UnixStream::connect(NIX_SOCKET).is_ok() {
+            return Ok(Self { child: None });
+        }
+        let child = Command::new("nix-daemon")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting nix-daemon")?;
+        let daemon = Self { child: Some(child) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(NIX_SOCKET).is_err() {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "nix-daemon did not listen on {NIX_SOCKET}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+}
+
+impl Drop for NixDaemon {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A private image registry for the pull tests: Debian's `docker-registry`
 /// (the CNCF distribution registry) on a free loopback port, plain HTTP,
 /// with htpasswd (bcrypt, from `apache2-utils`) authentication and empty

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-pub use fixtures::{PodmanService, Registry};
+pub use fixtures::{NixDaemon, PodmanService, Registry};
 
 use crate::{run, target_dir};
 

@@ -13,7 +13,7 @@
 //! | `echo` | logs a line at each level (and on stdout and stderr); echoes every `with` value; reports the variables named in `env` and the run metadata | `with_<key>` (strings as is, others as JSON), `env_<NAME>` (for the set ones), `env_missing`, `env_matches_wasi`, `phase`, `run_id`, `job_name`, `step_index`, `commit`, `cwd` |
 //! | `log` | writes `lines` lines (default 3) to stdout | `lines` |
 //! | `file` | writes `content` (default `probe`) to `file` (default `probe.txt`) in the workspace and reads it back | `file_content`, `file_size` |
-//! | `exec` | runs `sh -c <script>` (default `echo hello from sh`), capturing stdout unless `capture: false` | `exit_code`, `stdout` |
+//! | `exec` | runs `sh -c <script>` (default `echo hello from sh`) with the step's variables named in `env` passed on, capturing stdout unless `capture: false` | `exit_code`, `stdout` |
 //! | `cache-put` / `cache-get` | a blob under `cache_key` (value `value`) | `cache_found`, `cache_value` |
 //! | `cache-save` | saves `paths` under `cache_key` | `saved_size`, `saved_entries` |
 //! | `cache-restore` | restores `cache_key` or one of `restore_keys` | `restored`, `restored_key`, `restored_exact`, `restored_size` |
@@ -158,6 +158,13 @@ fn act(ctx: &Context, w: &With, action: &str, out: &mut Output) -> Result<()> {
         "exec" => {
             let script = w.script.as_deref().unwrap_or("echo hello from sh");
             let mut cmd = Command::new("sh").args(["-c", script]);
+            // Forward the step's variables named in `env` (as a plugin that
+            // passes its pipeline's settings on would).
+            for name in &w.env {
+                if let Some(v) = ctx.env(name) {
+                    cmd = cmd.env(name.clone(), v);
+                }
+            }
             if w.capture.unwrap_or(true) {
                 cmd = cmd.capture_stdout();
             }

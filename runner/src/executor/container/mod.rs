@@ -65,6 +65,8 @@ use super::{Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpe
 use crate::outputs;
 
 const LAUNCHER: &str = include_str!("launcher.sh");
+
+mod programs;
 /// The API version Docker and Podman 4 both speak.
 const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
 /// Longest status line read from the launcher.
@@ -297,8 +299,9 @@ impl Backend for ContainerBackend {
             name: name.clone(),
             services: Vec::new(),
             network: None,
-            requests: None,
+            launcher: Launcher::default(),
             exited: watch::channel(None).1,
+            drains: Vec::new(),
             kill_grace: self.cfg.kill_grace,
             keep: self.cfg.keep,
         };
@@ -421,7 +424,7 @@ impl ContainerBackend {
             .map_err(|e| format!("cannot create the job container from `{}`: {}", image.name, engine_error(&e)))?;
         // Hold the request FIFO open read-write: writes never block and the
         // launcher never sees end-of-file.
-        env.requests = Some(
+        *env.launcher.lock().await = Some(
             pipe::OpenOptions::new()
                 .read_write(true)
                 .open_sender(dir.join("ctl/requests"))
@@ -447,14 +450,27 @@ impl ContainerBackend {
     }
 }
 
+/// The request FIFO of the job container's launcher (shared by the job's
+/// steps and the programs of its plugin steps; `None` once it exited).
+type Launcher = std::sync::Arc<tokio::sync::Mutex<Option<pipe::Sender>>>;
+
+/// Asks the launcher to run what `ctl/steps/<name>` holds.
+async fn request(launcher: &Launcher, name: &str) -> Result<(), String> {
+    let mut guard = launcher.lock().await;
+    let requests = guard.as_mut().ok_or("the job container is not running")?;
+    requests.write_all(format!("{name}\n").as_bytes()).await.map_err(|e| format!("cannot reach the launcher: {e}"))
+}
+
 struct ContainerJob {
     docker: Docker,
     dir: PathBuf,
     name: String,
     services: Vec<String>,
     network: Option<String>,
-    requests: Option<pipe::Sender>,
+    launcher: Launcher,
     exited: watch::Receiver<Option<String>>,
+    /// Tasks emptying status FIFOs a step flooded (until the job ends).
+    drains: Vec<tokio::task::JoinHandle<()>>,
     kill_grace: Duration,
     keep: bool,
 }
@@ -471,6 +487,14 @@ impl JobEnv for ContainerJob {
         self.dir.join("workspace")
     }
 
+    fn programs(&self) -> std::sync::Arc<dyn super::programs::Programs> {
+        std::sync::Arc::new(programs::ContainerPrograms {
+            ctl: self.dir.join("ctl"),
+            launcher: std::sync::Arc::clone(&self.launcher),
+            next: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+
     async fn run_step(&mut self, step: &StepSpec, log: &mut StepLog, stop: &StepStop) -> StepOutcome {
         match self.run(step, log, stop).await {
             Ok(o) => o,
@@ -479,7 +503,10 @@ impl JobEnv for ContainerJob {
     }
 
     async fn teardown(self: Box<Self>) {
-        if let Some(mut r) = self.requests {
+        for d in &self.drains {
+            d.abort();
+        }
+        if let Some(mut r) = self.launcher.lock().await.take() {
             let _ = r.write_all(b"exit\n").await;
         }
         for c in std::iter::once(&self.name).chain(self.services.iter()) {
@@ -564,8 +591,7 @@ impl ContainerJob {
             .read_write(true)
             .open_sender(d.join("signal"))
             .map_err(|e| format!("signal FIFO: {e}"))?;
-        let requests = self.requests.as_mut().ok_or("the job container is not running")?;
-        requests.write_all(format!("{n}\n").as_bytes()).await.map_err(|e| format!("cannot reach the launcher: {e}"))?;
+        request(&self.launcher, &n.to_string()).await?;
 
         let mut buf = vec![0u8; 64 * 1024];
         let mut line = String::new();
@@ -638,8 +664,15 @@ impl ContainerJob {
             },
             (None, None) => {
                 // Not the launcher's answer: make sure the step is gone
-                // before the next one starts.
+                // before the next one starts, and keep emptying the FIFO it
+                // flooded, so the launcher's own status line (written
+                // after the flood) never blocks it.
                 let _ = signal.write_all(b"KILL\n").await;
+                let mut flooded = done.into_inner();
+                self.drains.push(tokio::spawn(async move {
+                    let mut sink = vec![0u8; 64 * 1024];
+                    while flooded.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+                }));
                 StepOutcome::error(format!(
                     "the step's status is not an exit code (`{}`): something in the container wrote to the launcher's FIFO",
                     line.trim().escape_debug()

@@ -7,9 +7,9 @@
 
 use super::{
     bindings::viaduct::plugin::{artifacts, cache, exec, files, log, types},
-    exec as host_exec,
     sandbox::{StepState, host_path},
 };
+use crate::executor::programs::{self, ExecRequest};
 use crate::files::{artifacts::expand, copy, paths};
 
 impl types::Host for StepState {}
@@ -119,16 +119,18 @@ impl files::Host for StepState {
 
 impl exec::Host for StepState {
     async fn run(&mut self, cmd: exec::Command) -> wasmtime::Result<Result<exec::Exit, String>> {
-        let req = host_exec::ExecRequest {
+        let req = ExecRequest {
             program: cmd.program,
             args: cmd.args,
             env: cmd.env,
             cwd: cmd.cwd,
             capture_stdout: cmd.capture_stdout,
         };
+        if let Err(e) = programs::check(&req, &self.call.exec_allow) {
+            return Ok(Err(e));
+        }
+        // Where the job's steps run: its user and cgroup, or its container.
         let c = &self.call;
-        Ok(host_exec::run(req, &c.exec_allow, &c.workspace, &c.env, &self.log)
-            .await
-            .map(|e| exec::Exit { code: e.code, stdout: e.stdout }))
+        Ok(c.programs.run(&req, &self.log).await.map(|e| exec::Exit { code: e.code, stdout: e.stdout }))
     }
 }

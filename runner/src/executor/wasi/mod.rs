@@ -17,7 +17,6 @@
 //! cancelled or its deadline passes.
 
 mod components;
-mod exec;
 mod imports;
 pub mod sandbox;
 
@@ -91,6 +90,8 @@ pub struct PluginCall<'a> {
     pub workspace: PathBuf,
     /// The granted env.
     pub env: BTreeMap<String, String>,
+    /// Where `exec` runs programs (the job's executor).
+    pub programs: std::sync::Arc<dyn crate::executor::programs::Programs>,
     /// Run metadata.
     pub meta: RunInfo,
 }
@@ -206,6 +207,7 @@ impl PluginHost {
             workspace: call.workspace.clone(),
             env: call.env.clone(),
             exec_allow: caps.exec.clone(),
+            programs: Arc::clone(&call.programs),
             preopens,
             files: Arc::clone(&self.files),
         });

@@ -34,10 +34,12 @@ pub struct CallContext {
     pub job: JobRef,
     /// The workspace on the host.
     pub workspace: PathBuf,
-    /// The step's granted env (also the base env of `exec`).
+    /// The step's granted env.
     pub env: BTreeMap<String, String>,
     /// Programs `exec` may run.
     pub exec_allow: Vec<String>,
+    /// Where they run (the job's executor).
+    pub programs: Arc<dyn crate::executor::programs::Programs>,
     /// Preopened directories: (guest path, host path), the workspace first.
     pub preopens: Vec<(String, PathBuf)>,
     /// Cache and artifact transfers.

@@ -39,9 +39,11 @@ use viaduct_proto::v1::Status;
 use super::{
     Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
-    isolation::{SlotUser, SlotUsers},
+    isolation::{JobUser, SlotUser, SlotUsers},
 };
 use crate::outputs;
+
+pub mod programs;
 
 /// `PATH` when the job sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -147,7 +149,7 @@ impl Backend for HostBackend {
         let user = self.users.as_ref().map(SlotUsers::take);
         if let Some(u) = &user {
             // The job's own directory: its user's, nobody else's.
-            let (uid, d) = (u.uid, dir.clone());
+            let (uid, d) = (u.user.uid, dir.clone());
             tokio::task::spawn_blocking(move || {
                 for p in ["", "workspace", "home", "tmp", "outputs"] {
                     std::os::unix::fs::lchown(d.join(p), Some(uid), Some(uid))?;
@@ -169,7 +171,13 @@ impl Backend for HostBackend {
                 Some(made.map_err(|e| SetupError(format!("cannot create the job's cgroup: {e}")))?)
             }
         };
-        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup, user }))
+        let programs = std::sync::Arc::new(programs::HostPrograms {
+            dir: dir.clone(),
+            cgroup: cgroup.clone(),
+            user: user.as_ref().map(|u| u.user.clone()),
+            next: std::sync::atomic::AtomicU32::new(0),
+        });
+        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup, user, programs }))
     }
 }
 
@@ -188,6 +196,7 @@ struct HostJob {
     keep: bool,
     cgroup: Option<JobCgroup>,
     user: Option<SlotUser>,
+    programs: std::sync::Arc<programs::HostPrograms>,
 }
 
 #[async_trait::async_trait]
@@ -222,7 +231,7 @@ impl JobEnv for HostJob {
             env: &env,
             kill_grace: self.kill_grace,
             containment: &containment,
-            user: self.user.as_ref(),
+            user: self.user.as_ref().map(|u| &u.user),
         };
         let mut outcome = run_process(&process, log, stop).await;
         // Tiny local files: plain syscalls (µs) beat a blocking-pool hop.
@@ -245,9 +254,13 @@ impl JobEnv for HostJob {
         outcome
     }
 
+    fn programs(&self) -> std::sync::Arc<dyn super::programs::Programs> {
+        self.programs.clone()
+    }
+
     async fn adopt_workspace(&mut self) {
         if let Some(user) = &self.user {
-            let (uid, ws) = (user.uid, self.workspace());
+            let (uid, ws) = (user.user.uid, self.workspace());
             let _ = tokio::task::spawn_blocking(move || super::isolation::give(uid, &ws)).await;
         }
     }
@@ -363,7 +376,7 @@ pub struct Process<'a> {
     /// What holds its processes.
     pub containment: &'a Containment,
     /// The user it runs as (`None`: the runner's).
-    pub user: Option<&'a SlotUser>,
+    pub user: Option<&'a JobUser>,
 }
 
 /// Runs `p` (`sh -e -c script` in its own process group with exactly its
