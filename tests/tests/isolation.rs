@@ -45,8 +45,9 @@ jobs:
           echo "uid $(id -u)"
           cat ../../../runner.json 2>&1 | head -c 300; echo
           ls ../.. 2>&1 | head -c 300; echo
-          for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; echo; tr '\0' '\n' < $p/environ 2>/dev/null; done > seen.txt
-          echo "processes seen: $(ls -d /proc/[0-9]* | wc -l)"
+          # (processes may end while being read: their errors do not count)
+          for p in /proc/[0-9]*; do { tr '\0' ' ' < $p/cmdline; echo; tr '\0' '\n' < $p/environ; } 2>/dev/null || true; done > seen.txt
+          echo "processes seen: $(ls -d /proc/[0-9]* 2>/dev/null | wc -l)"
           cat seen.txt
 "#,
     )
