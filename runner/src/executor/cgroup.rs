@@ -60,7 +60,8 @@ impl Cgroups {
     }
 
     fn try_detect(runner_id: &str) -> Result<Self, String> {
-        let mount = cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
+        let (mount, options) = cgroup2_mount().ok_or("cgroup v2 is not mounted")?;
+        favor_migrations(&mount, &options);
         let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
         let own = own.lines().find_map(|l| l.strip_prefix("0::")).ok_or("this process has no cgroup v2 path")?;
         let cgroups = Self { parent: mount.join(own.trim_start_matches('/')), prefix: format!("viaduct-{runner_id}-") };
@@ -91,15 +92,42 @@ impl Cgroups {
     }
 }
 
-/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
-fn cgroup2_mount() -> Option<PathBuf> {
+/// The cgroup v2 mount point and its super options, from
+/// `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<(PathBuf, String)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|line| {
-        // … mount-point … - fstype source options
+        // … mount-point … - fstype source super-options
         let (left, right) = line.split_once(" - ")?;
         let mount = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount))
+        let mut fields = right.split_whitespace();
+        (fields.next()? == "cgroup2").then(|| (PathBuf::from(mount), fields.nth(1).unwrap_or_default().to_string()))
     })
+}
+
+/// Every step's process moves itself into its cgroup, and moving a process
+/// waits for an RCU grace period unless the hierarchy is mounted with
+/// `favordynmods` (Linux ≥ 6.0): without it a step's start costs ~0.2 ms
+/// more on average and several ms at the 99th percentile (measured with
+/// `cargo xtask bench steps` and `latency`). As root, the runner remounts
+/// cgroup2 with it (keeping its other options) and says so; where that is
+/// refused, steps just start a little slower.
+fn favor_migrations(mount: &std::path::Path, options: &str) {
+    let opts: Vec<&str> = options.split(',').filter(|o| !o.is_empty() && *o != "rw" && *o != "ro").collect();
+    if opts.contains(&"favordynmods") || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let data = opts.iter().copied().chain(["favordynmods"]).collect::<Vec<_>>().join(",");
+    let remounted =
+        nix::mount::mount(None::<&str>, mount, None::<&str>, nix::mount::MsFlags::MS_REMOUNT, Some(data.as_str()));
+    match remounted {
+        Ok(()) => {
+            tracing::info!(mount = %mount.display(), options = %data, "cgroup2 remounted with favordynmods: cheap step starts")
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "cgroup2 cannot be remounted with favordynmods: step starts cost an RCU grace period")
+        }
+    }
 }
 
 /// The cgroup of one job attempt.

@@ -140,37 +140,13 @@ impl Backend for HostBackend {
         }
         let name = format!("{}-a{}", job.job.job_id, job.job.attempt);
         let dir = self.root.join(&name);
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        for sub in ["workspace", "home", "tmp", "outputs"] {
-            tokio::fs::create_dir_all(dir.join(sub))
-                .await
-                .map_err(|e| SetupError(format!("cannot create {}: {e}", dir.join(sub).display())))?;
-        }
         let user = self.users.as_ref().map(SlotUsers::take);
-        if let Some(u) = &user {
-            // The job's own directory: its user's, nobody else's.
-            let (uid, d) = (u.user.uid, dir.clone());
-            tokio::task::spawn_blocking(move || {
-                for p in ["", "workspace", "home", "tmp", "outputs"] {
-                    std::os::unix::fs::lchown(d.join(p), Some(uid), Some(uid))?;
-                }
-                std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
+        let (cgroups, d, uid) = (self.cgroups.clone(), dir.clone(), user.as_ref().map(|u| u.user.uid));
+        // One hop off the async workers for all of it.
+        let cgroup = tokio::task::spawn_blocking(move || prepare(&d, &name, uid, cgroups.as_ref()))
             .await
             .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
-            .map_err(|e| SetupError(format!("cannot give the job's directory to its user: {e}")))?;
-        }
-        let cgroup = match &self.cgroups {
-            None => None,
-            Some(cgroups) => {
-                let cgroups = cgroups.clone();
-                let dir = dir.clone();
-                let made = tokio::task::spawn_blocking(move || job_cgroup(&cgroups, &name, &dir))
-                    .await
-                    .map_err(|e| SetupError(format!("cannot create the job's cgroup: {e}")))?;
-                Some(made.map_err(|e| SetupError(format!("cannot create the job's cgroup: {e}")))?)
-            }
-        };
+            .map_err(SetupError)?;
         let programs = std::sync::Arc::new(programs::HostPrograms {
             dir: dir.clone(),
             cgroup: cgroup.clone(),
@@ -179,6 +155,26 @@ impl Backend for HostBackend {
         });
         Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup, user, programs }))
     }
+}
+
+/// Makes the job's directory (its user's, nobody else's, when it has one)
+/// and its cgroup. Blocking.
+fn prepare(dir: &Path, name: &str, uid: Option<u32>, cgroups: Option<&Cgroups>) -> Result<Option<JobCgroup>, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    for sub in ["workspace", "home", "tmp", "outputs"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
+    }
+    if let Some(uid) = uid {
+        let give = || -> std::io::Result<()> {
+            for p in ["", "workspace", "home", "tmp", "outputs"] {
+                std::os::unix::fs::lchown(dir.join(p), Some(uid), Some(uid))?;
+            }
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        };
+        give().map_err(|e| format!("cannot give the job's directory to its user: {e}"))?;
+    }
+    cgroups.map(|c| job_cgroup(c, name, dir)).transpose().map_err(|e| format!("cannot create the job's cgroup: {e}"))
 }
 
 /// The job's cgroup, recorded in its directory before it exists (a runner
