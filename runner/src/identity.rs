@@ -54,10 +54,11 @@ impl Identity {
     pub async fn register(
         work_dir: &Path,
         server: &str,
+        transport: &viaduct_sdk::Transport,
         registration_token: &str,
         asked: &Asked,
     ) -> anyhow::Result<Self> {
-        let client = viaduct_sdk::Client::connect(server, None).await?;
+        let client = viaduct_sdk::Client::connect_with(server, None, transport).await?;
         let resp = client
             .agent()
             .register(RegisterRequest {

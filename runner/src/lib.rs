@@ -34,8 +34,10 @@ use crate::{executor::Backend, identity::Identity, session::SessionEnd};
 /// How to run the runner.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Server URL (http://host:port).
+    /// Server URL (https://host:port, or http:// to this machine).
     pub server: String,
+    /// How to reach it: trusted CA, plaintext allowed, client certificate.
+    pub transport: viaduct_sdk::Transport,
     /// Registration token (needed only when not yet registered).
     pub registration_token: Option<String>,
     /// Name shown to admins.
@@ -78,6 +80,8 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     // name, and job processes run elsewhere.
     cfg.work_dir =
         std::fs::canonicalize(&cfg.work_dir).with_context(|| format!("cannot resolve {}", cfg.work_dir.display()))?;
+    // A URL or TLS setting that cannot work is an error now, not a retry loop.
+    viaduct_sdk::Client::lazy_with(&cfg.server, None, &cfg.transport)?;
     let identity = match Identity::load(&cfg.work_dir, &cfg.server) {
         Some(id) => id,
         None => {
@@ -92,7 +96,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         !backend.executors().is_empty(),
         "this runner can run nothing: --no-host-jobs and no container engine"
     );
-    let client = viaduct_sdk::Client::lazy(&cfg.server, Some(&identity.token))?;
+    let client = viaduct_sdk::Client::lazy_with(&cfg.server, Some(&identity.token), &cfg.transport)?;
     let sources =
         source::Sources::new(client.clone(), identity.token.clone(), cfg.clone_sources, cfg.work_dir.join("tmp"));
     let files = Arc::new(files::Files::new(client.clone()));
@@ -126,6 +130,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         labels: cfg.labels.clone(),
         slots: cfg.slots.max(1),
         protected: cfg.protected,
+        transport: cfg.transport.clone(),
     });
     let work = async {
         let mut backoff = Backoff::default();
@@ -174,7 +179,7 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
             slots: cfg.slots.max(1),
             executors: intended_executors(cfg),
         };
-        match Identity::register(&cfg.work_dir, &cfg.server, token, &asked).await {
+        match Identity::register(&cfg.work_dir, &cfg.server, &cfg.transport, token, &asked).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 let permanent = e.downcast_ref::<viaduct_sdk::Error>().is_some_and(

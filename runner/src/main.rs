@@ -9,9 +9,23 @@ use viaduct_runner::Config;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Server URL.
+    /// Server URL: https://host:port (http:// only to this machine, unless
+    /// --insecure).
     #[arg(long, env = "VIADUCT_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// Trust this CA (PEM) besides the system's roots.
+    #[arg(long, env = "VIADUCT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Allow http:// to another machine (the runner token, secrets and
+    /// sources then cross the network in plaintext).
+    #[arg(long)]
+    insecure: bool,
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Not accepted: a command line is readable by every user of the
     /// machine (`/proc/*/cmdline`). Use --token-file or
     /// VIADUCT_RUNNER_TOKEN.
@@ -142,8 +156,21 @@ fn main() -> ExitCode {
     let mut mounts: std::collections::HashMap<String, PathBuf> = args.plugin_mounts.into_iter().collect();
     mounts.entry("deploy".into()).or_insert_with(|| args.work_dir.join("deploy"));
     let mb = |bytes: u64| u32::try_from(bytes >> 20).unwrap_or(u32::MAX).max(1);
+    let transport = match viaduct_sdk::Transport::from_files(
+        args.ca_cert.as_deref(),
+        args.insecure,
+        args.client_cert.as_deref(),
+        args.client_key.as_deref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("viaduct-runner: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = Config {
         server: args.server,
+        transport,
         registration_token: token,
         name,
         labels: args.labels.into_iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),

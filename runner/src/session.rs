@@ -46,6 +46,8 @@ pub struct Shared {
     pub slots: u32,
     /// Ask to be protected (take only jobs of trusted runs).
     pub protected: bool,
+    /// How to reach the server.
+    pub transport: viaduct_sdk::Transport,
 }
 
 impl Shared {
@@ -76,7 +78,7 @@ impl Shared {
 
 /// Runs one session until the stream ends.
 pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<(), SessionEnd> {
-    let client = viaduct_sdk::Client::connect(server, Some(id.token.clone()))
+    let client = viaduct_sdk::Client::connect_with(server, Some(id.token.clone()), &shared.transport)
         .await
         .map_err(|e| SessionEnd::Broken(e.to_string()))?;
     let (tx, rx) = mpsc::unbounded_channel();

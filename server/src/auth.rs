@@ -71,6 +71,8 @@ pub struct Registration {
 /// Token checks and issuance over the `tokens` tree.
 pub struct Auth {
     store: Arc<Store>,
+    /// Runners must present a client certificate (mutual TLS).
+    runner_certs: bool,
 }
 
 /// A new random token with `prefix`.
@@ -98,7 +100,27 @@ fn bearer(metadata: &MetadataMap) -> Option<&str> {
 impl Auth {
     /// Token handling over `store`.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self { store, runner_certs: false }
+    }
+
+    /// Requires runners to present a client certificate the server's
+    /// client CA signed (checked by TLS; see [`Auth::check_runner_cert`]).
+    pub fn with_runner_certs(mut self, required: bool) -> Self {
+        self.runner_certs = required;
+        self
+    }
+
+    /// Refuses a runner request without a verified client certificate
+    /// when mutual TLS is required.
+    pub fn check_runner_cert<T>(&self, req: &Request<T>) -> Result<()> {
+        if self.runner_certs && !crate::tls::has_client_cert(req) {
+            return Err(Error::PermissionDenied(
+                "this server requires runners to present a client certificate signed by its client CA (mutual TLS): \
+                 start the runner with --client-cert and --client-key"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn record(&self, token: &str) -> Result<Option<TokenRecord>> {

@@ -29,6 +29,7 @@ pub mod planning;
 pub mod plugins;
 pub mod secrets;
 pub mod store;
+pub mod tls;
 pub mod triggers;
 pub mod trust;
 pub mod ui;
@@ -62,6 +63,8 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     /// The web UI bundle to serve at `/` (`cargo xtask ui` builds it).
     pub ui_dir: Option<PathBuf>,
+    /// TLS on the port (`None`: plaintext).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 /// How long a shutdown waits for open requests and streams.
@@ -77,7 +80,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Store::open(&cfg.data_dir.join("db"))
             .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?,
     );
-    let auth = Arc::new(Auth::new(Arc::clone(&store)));
+    let mutual = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    let auth = Arc::new(Auth::new(Arc::clone(&store)).with_runner_certs(mutual));
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
     let secret_box = Arc::new(secrets::SecretBox::open(&cfg.data_dir)?);
     let link_key = secret_box.derive_key("viaduct artifact download links v1");
@@ -120,33 +124,104 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    triggers.set_public_url(cfg.public_url.clone().unwrap_or_else(|| format!("http://{addr}")));
-    let addr_file = cfg.data_dir.join("address");
-    let tmp = cfg.data_dir.join("address.tmp");
-    std::fs::write(&tmp, format!("{addr}\n")).and_then(|()| std::fs::rename(&tmp, &addr_file))?;
+    let tls = cfg.tls.clone().map(tls::Tls::new).transpose()?.map(Arc::new);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    triggers.set_public_url(cfg.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")));
+    write_atomically(&cfg.data_dir, "address", &format!("{addr}\n"))?;
+    // Local tools (the git hook) reach a TLS server over a plaintext
+    // listener on loopback only, announced in `local-address`.
+    let local = match &tls {
+        Some(_) => {
+            let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+            write_atomically(&cfg.data_dir, "local-address", &format!("{}\n", l.local_addr()?))?;
+            Some(l)
+        }
+        None => {
+            let _ = std::fs::remove_file(cfg.data_dir.join("local-address"));
+            None
+        }
+    };
     tracing::info!(
         %addr,
         admin_token = %admin.display(),
         runner_registration_token = %runner.display(),
-        "viaduct-server listening on http://{addr}"
+        "viaduct-server listening on {scheme}://{addr}"
     );
     triggers.start().await;
-    // Our own listener (to learn the bound port), so TCP options are set on
-    // the incoming stream: without TCP_NODELAY every small gRPC message
-    // waits ~40 ms for delayed ACKs.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     // A graceful shutdown waits for open connections, but runner streams,
     // `Runs.Watch` and `Logs.Follow` never end by themselves: after the
     // signal, requests in flight get a grace period, then everything is
     // dropped (all state is already durable; runners reconnect).
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let signal = async move {
+    let stop = async move {
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
-    let serve = tonic::transport::Server::builder()
+    let signal = stopping.clone();
+    let stopped = move || {
+        let mut s = signal.clone();
+        async move {
+            let _ = s.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(stop);
+    let routes = tonic::service::Routes::from(app);
+    let main = async {
+        match &tls {
+            Some(tls) => {
+                tls.spawn_reloader();
+                serve(routes.clone(), tls.incoming(listener), stopped()).await
+            }
+            None => serve(routes.clone(), plain(listener), stopped()).await,
+        }
+    };
+    let local = async {
+        match local {
+            Some(l) => serve(routes.clone(), plain(l), stopped()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let grace = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = main => served?,
+        served = local => served?,
+        () = grace => tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open"),
+    }
+    store.flush()?;
+    tracing::info!("viaduct-server stopped");
+    Ok(())
+}
+
+/// Writes `DATA_DIR/name` whole or not at all.
+fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(name)))
+}
+
+/// Plain TCP connections of `listener`. Our own listener (to learn the
+/// bound port), so TCP options are set on each stream: without
+/// TCP_NODELAY every small gRPC message waits ~40 ms for delayed ACKs.
+fn plain(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)))
+}
+
+/// Serves `routes` on `incoming` until `stopped` resolves.
+async fn serve<IO, IE>(
+    routes: tonic::service::Routes,
+    incoming: impl tokio_stream::Stream<Item = Result<IO, IE>>,
+    stopped: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
@@ -154,19 +229,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         // on HTTP/2's default 64 KiB windows.
         .initial_stream_window_size(Some(viaduct_sdk::STREAM_WINDOW))
         .initial_connection_window_size(Some(viaduct_sdk::CONNECTION_WINDOW))
-        .add_routes(tonic::service::Routes::from(app))
-        .serve_with_incoming_shutdown(incoming, signal);
-    let grace = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        served = serve => served?,
-        () = grace => tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open"),
-    }
-    store.flush()?;
-    tracing::info!("viaduct-server stopped");
-    Ok(())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stopped)
+        .await
 }
 
 /// What the post-receive hook of a hosted repository runs: asks the server
@@ -179,7 +244,8 @@ pub async fn hook(data_dir: &std::path::Path, repo: &str) -> anyhow::Result<()> 
             .map(|s| s.trim().to_string())
             .with_context(|| format!("cannot read {}", data_dir.join(f).display()))
     };
-    let url = format!("http://{}", read("address")?);
+    // A TLS server listens in plaintext on loopback for local tools.
+    let url = format!("http://{}", read("local-address").or_else(|_| read("address"))?);
     let client = viaduct_sdk::Client::connect(&url, Some(read("admin-token")?)).await?;
     let resp = client
         .repos()

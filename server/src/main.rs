@@ -70,6 +70,17 @@ struct Args {
     /// Largest single artifact file.
     #[arg(long, default_value = "8g", value_parser = viaduct_pipeline::duration::parse_memory)]
     max_artifact_size: u64,
+    /// Serve TLS with this certificate chain (PEM); reloaded on SIGHUP and
+    /// when the file changes.
+    #[arg(long, env = "VIADUCT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "VIADUCT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by this CA (PEM), and require
+    /// one from runners (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     /// Tests only: run schedules on a clock SPEED times faster from EPOCH
     /// (unix seconds), as EPOCH:SPEED.
     #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
@@ -140,6 +151,11 @@ fn main() -> ExitCode {
         },
         plugins_dir: args.plugins_dir,
         ui_dir: args.ui_dir,
+        tls: args.tls_cert.zip(args.tls_key).map(|(cert, key)| viaduct_server::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: args.client_ca,
+        }),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -18,6 +18,7 @@ use tempfile::TempDir;
 
 pub mod browser;
 pub mod forge;
+pub mod pki;
 pub mod sshd;
 pub use viaduct_sdk::{
     Client,
@@ -121,6 +122,8 @@ pub struct Server {
     addr: String,
     args: Vec<String>,
     env: Vec<(String, PathBuf)>,
+    /// With TLS: the CA clients trust (PEM file).
+    tls_ca: Option<PathBuf>,
 }
 
 impl Server {
@@ -155,6 +158,40 @@ impl Server {
         Self::start_env(args, &[])
     }
 
+    /// Starts a server speaking TLS with a certificate for `localhost` and
+    /// 127.0.0.1 from a fresh CA; its clients, CLI and runners trust it.
+    pub fn start_tls(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = pki::Ca::new("Viaduct test CA");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.cert_pem).expect("write the CA");
+        let (cert, key) = ca.server(&["localhost", "127.0.0.1"], pki::Validity::Current).write(dir.path(), "server");
+        let mut all: Vec<String> = vec!["--tls-cert".into(), path(&cert), "--tls-key".into(), path(&key)];
+        all.extend(args.iter().map(ToString::to_string));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        Self::start_tls_files(dir, &ca_file, &all)
+    }
+
+    /// Starts a TLS server with `args` (which name its certificate files),
+    /// trusting `ca_file`; `dir` holds them and is kept with the server.
+    pub fn start_tls_files(keep: TempDir, ca_file: &Path, args: &[&str]) -> Self {
+        let mut s = Self {
+            child: None,
+            dir: keep,
+            addr: String::new(),
+            args: args.iter().map(ToString::to_string).collect(),
+            env: Vec::new(),
+            tls_ca: Some(ca_file.to_path_buf()),
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    /// The CA file a TLS server's clients trust.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
+    }
+
     /// Starts a server with extra command-line arguments and environment
     /// variables (kept across restarts), e.g. its own `HOME`.
     pub fn start_env(args: &[&str], env: &[(&str, &Path)]) -> Self {
@@ -165,6 +202,7 @@ impl Server {
             addr: String::new(),
             args: args.iter().map(ToString::to_string).collect(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect(),
+            tls_ca: None,
         };
         s.spawn("127.0.0.1:0");
         s
@@ -172,6 +210,7 @@ impl Server {
 
     fn spawn(&mut self, listen: &str) {
         let data = self.data_dir();
+        std::fs::create_dir_all(&data).expect("data dir");
         let _ = std::fs::remove_file(data.join("address"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -220,9 +259,17 @@ impl Server {
         &self.addr
     }
 
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://localhost:port` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.tls_ca {
+            Some(_) => format!("https://localhost:{}", self.addr.rsplit(':').next().unwrap_or_default()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// How clients reach it (trusting its CA when it speaks TLS).
+    pub fn transport(&self) -> viaduct_sdk::Transport {
+        viaduct_sdk::Transport::from_files(self.tls_ca.as_deref(), false, None, None).expect("the CA file")
     }
 
     /// The admin token written on first start.
@@ -237,13 +284,19 @@ impl Server {
 
     /// A client with the admin token.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.url(), Some(self.admin_token())).await.expect("connect to the server")
+        Client::connect_with(&self.url(), Some(self.admin_token()), &self.transport())
+            .await
+            .expect("connect to the server")
     }
 
     /// A `viaduct` CLI command aimed at this server with the admin token.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(bin("viaduct"));
         c.env("VIADUCT_SERVER", self.url()).env("VIADUCT_TOKEN", self.admin_token()).env_remove("VIADUCT_TOKEN_FILE");
+        match &self.tls_ca {
+            Some(ca) => c.env("VIADUCT_CA_CERT", ca),
+            None => c.env_remove("VIADUCT_CA_CERT"),
+        };
         c
     }
 
@@ -321,6 +374,9 @@ impl Runner {
             "--kill-grace".into(),
             "1s".into(),
         ];
+        if let Some(ca) = &server.tls_ca {
+            args.extend(["--ca-cert".to_string(), path(ca)]);
+        }
         args.extend(extra.iter().map(ToString::to_string));
         let mut r = Self { child: None, dir, args };
         r.spawn();
@@ -467,6 +523,10 @@ pub fn process_gone(pid: i32) -> bool {
         Err(_) => true,
         Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
     }
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
 }
 
 /// A temporary directory the steps of a host job may write to (flags, pid

@@ -54,9 +54,14 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
         }
     };
     let _ = std::fs::remove_file(data.join("address"));
+    let tls = local_ca(&dev.join("tls"))?;
     let server = Command::new(bin.join("viaduct-server"))
         .args(["--listen", listen, "--data-dir"])
         .arg(&data)
+        .arg("--tls-cert")
+        .arg(&tls.cert)
+        .arg("--tls-key")
+        .arg(&tls.key)
         .arg("--plugins-dir")
         .arg(crate::plugins::output_dir(false))
         .arg("--ui-dir")
@@ -65,12 +70,15 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
         .context("starting viaduct-server")?;
     let mut children = Kill(vec![server]);
     let addr = wait_for_address(&data, &mut children.0[0])?;
-    let url = format!("http://{addr}");
+    let port = addr.rsplit(':').next().unwrap_or("7700");
+    let url = format!("https://localhost:{port}");
     let labels = format!("linux,{}", std::env::consts::ARCH);
     let mut runner = Command::new(bin.join("viaduct-runner"));
     runner
         .args(["--server", &url, "--labels", &labels, "--slots", &slots.to_string(), "--name", "local", "--token-file"])
         .arg(data.join("runner-token"))
+        .arg("--ca-cert")
+        .arg(&tls.ca)
         .arg("--work-dir")
         .arg(&work);
     match &podman {
@@ -81,14 +89,40 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
     children.0.push(runner);
     let token = data.join("admin-token");
     println!(
-        "\nViaduct is up.\n  server   {url}  (gRPC, gRPC-web and HTTP on one port)\n  token    {}\n  runner   local  (labels {labels}, {slots} slots{})\n  data     {}\n\nTry:\n  export VIADUCT_SERVER={url} VIADUCT_TOKEN_FILE={}\n  {}/viaduct submit examples/hello.yml --follow\n  grpcurl -plaintext {addr} list\n\nCtrl-C stops everything.\n",
+        "\nViaduct is up.\n  server   {url}  (gRPC, gRPC-web and HTTP on one port, TLS)\n  token    {}\n  runner   local  (labels {labels}, {slots} slots{})\n  data     {}\n  CA       {}  (made on first start: trust it, see README)\n\nTry:\n  export VIADUCT_SERVER={url} VIADUCT_TOKEN_FILE={} VIADUCT_CA_CERT={}\n  {}/viaduct submit examples/hello.yml --follow\n  grpcurl -cacert {} localhost:{port} list\n\nCtrl-C stops everything.\n",
         token.display(),
         if podman.is_some() { ", host and container jobs (Podman)" } else { ", host jobs" },
         data.display(),
+        tls.ca.display(),
         token.display(),
+        tls.ca.display(),
         bin.display(),
+        tls.ca.display(),
     );
     wait_for_ctrl_c(&mut children.0)
+}
+
+/// The local CA and the server's certificate (for `localhost` and
+/// 127.0.0.1) of `cargo xtask up`.
+struct LocalTls {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+/// Makes the local CA and a server certificate under `dir` on first start
+/// (rcgen); later starts reuse them, so a CA the user trusted stays valid.
+fn local_ca(dir: &Path) -> Result<LocalTls> {
+    let tls = LocalTls { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") };
+    if tls.ca.exists() && tls.cert.exists() && tls.key.exists() {
+        return Ok(tls);
+    }
+    std::fs::create_dir_all(dir)?;
+    let ca = viaduct_tests::pki::Ca::new("Viaduct local development CA");
+    std::fs::write(&tls.ca, &ca.cert_pem)?;
+    ca.server(&["localhost", "127.0.0.1", "::1"], viaduct_tests::pki::Validity::Current).write(dir, "server");
+    eprintln!("xtask: made a local CA for TLS: {} (trust it: see the README)", tls.ca.display());
+    Ok(tls)
 }
 
 fn wait_for_address(data: &Path, server: &mut Child) -> Result<String> {

@@ -59,6 +59,18 @@ pub enum Error {
     /// A stream ended before it should have.
     #[error("{0}")]
     Stream(String),
+    /// A token would cross the network unencrypted.
+    #[error(
+        "refusing to talk to {url} in plaintext: tokens, secrets and sources would cross the network readable by anyone \
+         on the way. Use https:// (trust a private CA with --ca-cert), or --insecure on a network you trust"
+    )]
+    Plaintext {
+        /// The URL.
+        url: String,
+    },
+    /// A TLS setting (a CA or client certificate file) is unusable.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// One readable line for a gRPC status: its code and message.
@@ -105,19 +117,102 @@ pub const STREAM_WINDOW: u32 = 4 << 20;
 /// See [`STREAM_WINDOW`].
 pub const CONNECTION_WINDOW: u32 = 16 << 20;
 
-/// The endpoint settings every client uses.
-fn endpoint(url: &str) -> Result<Endpoint, Error> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::InvalidUrl { url: url.to_string(), reason: e.to_string() })?
+/// How a client reaches a server: whom it trusts besides the system's
+/// roots, whether plaintext to another machine is allowed, and its own
+/// certificate for mutual TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Transport {
+    /// A CA (PEM) trusted besides the system's roots (a private CA, or
+    /// the one `cargo xtask up` makes).
+    pub ca_cert: Option<Vec<u8>>,
+    /// Allow `http://` to a host that is not this machine.
+    pub insecure: bool,
+    /// Client certificate chain and key (PEM), for servers that ask.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Transport {
+    /// From files: `ca_cert`, and `client_cert` with `client_key`.
+    pub fn from_files(
+        ca_cert: Option<&std::path::Path>,
+        insecure: bool,
+        client_cert: Option<&std::path::Path>,
+        client_key: Option<&std::path::Path>,
+    ) -> Result<Self, Error> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::Tls(format!("cannot read {}: {e}", p.display())));
+        let identity = match (client_cert, client_key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => return Err(Error::Tls("a client certificate needs its key, and a key its certificate".into())),
+        };
+        Ok(Self { ca_cert: ca_cert.map(read).transpose()?, insecure, identity })
+    }
+
+    /// From the environment: `VIADUCT_CA_CERT`, `VIADUCT_INSECURE` (`1`),
+    /// `VIADUCT_CLIENT_CERT` and `VIADUCT_CLIENT_KEY` (paths).
+    pub fn from_env() -> Result<Self, Error> {
+        let path = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+        let insecure = std::env::var("VIADUCT_INSECURE").is_ok_and(|v| v == "1" || v == "true");
+        Self::from_files(
+            path("VIADUCT_CA_CERT").as_deref(),
+            insecure,
+            path("VIADUCT_CLIENT_CERT").as_deref(),
+            path("VIADUCT_CLIENT_KEY").as_deref(),
+        )
+    }
+}
+
+/// Whether `host` is this machine (plaintext to it crosses no network).
+fn is_local(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+/// The endpoint settings every client uses, for `url` over `transport`:
+/// `https://` verifies the server (system roots and `ca_cert`); `http://`
+/// only to this machine unless `insecure`.
+fn endpoint(url: &str, transport: &Transport) -> Result<Endpoint, Error> {
+    let bad = |reason: String| Error::InvalidUrl { url: url.to_string(), reason };
+    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW))
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    match uri.scheme_str() {
+        Some("https") => {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &transport.ca_cert {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &transport.identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint =
+                endpoint.tls_config(tls).map_err(|e| Error::Tls(format!("TLS settings: {}", source_chain(&e))))?;
+        }
+        Some("http") => {
+            if !transport.insecure && !uri.host().is_some_and(is_local) {
+                return Err(Error::Plaintext { url: url.to_string() });
+            }
+        }
+        _ => return Err(bad("use http:// or https://".into())),
+    }
+    Ok(endpoint)
 }
 
-/// A channel to `url` (http://host:port), connected now.
+/// A channel to `url` (http(s)://host:port) over the transport of the
+/// environment ([`Transport::from_env`]), connected now.
 pub async fn channel(url: &str) -> Result<Channel, Error> {
-    let endpoint = endpoint(url)?
+    channel_with(url, &Transport::from_env()?).await
+}
+
+/// A channel to `url` over `transport`, connected now.
+pub async fn channel_with(url: &str, transport: &Transport) -> Result<Channel, Error> {
+    let endpoint = endpoint(url, transport)?
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
@@ -152,14 +247,26 @@ type Svc = InterceptedService<Channel, BearerAuth>;
 
 impl Client {
     /// Connects to `url` with an API token.
+    /// The transport comes from the environment ([`Transport::from_env`]).
     pub async fn connect(url: &str, token: Option<String>) -> Result<Self, Error> {
-        Ok(Self { channel: channel(url).await?, auth: BearerAuth::new(token.as_deref())? })
+        Self::connect_with(url, token, &Transport::from_env()?).await
+    }
+
+    /// Connects to `url` with an API token over `transport`.
+    pub async fn connect_with(url: &str, token: Option<String>, transport: &Transport) -> Result<Self, Error> {
+        Ok(Self { channel: channel_with(url, transport).await?, auth: BearerAuth::new(token.as_deref())? })
     }
 
     /// A client whose connection is made on first use (and remade after
-    /// failures), for long-lived processes.
+    /// failures), for long-lived processes; the transport comes from the
+    /// environment.
     pub fn lazy(url: &str, token: Option<&str>) -> Result<Self, Error> {
-        Ok(Self { channel: endpoint(url)?.connect_lazy(), auth: BearerAuth::new(token)? })
+        Self::lazy_with(url, token, &Transport::from_env()?)
+    }
+
+    /// [`Client::lazy`] over `transport`.
+    pub fn lazy_with(url: &str, token: Option<&str>, transport: &Transport) -> Result<Self, Error> {
+        Ok(Self { channel: endpoint(url, transport)?.connect_lazy(), auth: BearerAuth::new(token)? })
     }
 
     /// A client over an existing channel.

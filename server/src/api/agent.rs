@@ -79,6 +79,7 @@ fn abandon(job: Option<viaduct_proto::v1::JobRef>, reason: &str) -> ServerMessag
 #[tonic::async_trait]
 impl RunnerAgent for AgentApi {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        self.auth.check_runner_cert(&req)?;
         let r = req.into_inner();
         if r.name.len() > 200 || r.labels.len() > 100 {
             return Err(Error::invalid("name or labels too long").into());
@@ -199,6 +200,7 @@ impl RunnerAgent for AgentApi {
     type ConnectStream = OutStream;
 
     async fn connect(&self, req: Request<Streaming<RunnerMessage>>) -> Result<Response<OutStream>, Status> {
+        self.auth.check_runner_cert(&req)?;
         let runner = self.auth.runner(req.metadata())?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())

@@ -21,6 +21,13 @@ pub struct Cli {
     /// Read the API token from this file (e.g. the server's DATA_DIR/admin-token).
     #[arg(long, global = true, env = "VIADUCT_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// Trust this CA (PEM) besides the system's, for https:// servers.
+    #[arg(long, global = true, env = "VIADUCT_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Allow http:// to another machine (tokens cross the network in
+    /// plaintext: only on a network you trust).
+    #[arg(long, global = true, env = "VIADUCT_INSECURE")]
+    pub insecure: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -30,7 +30,10 @@ impl From<viaduct_sdk::Error> for Failure {
     fn from(e: viaduct_sdk::Error) -> Self {
         match &e {
             viaduct_sdk::Error::Status(s) => Self::from(s.clone()),
-            viaduct_sdk::Error::InvalidUrl { .. } | viaduct_sdk::Error::InvalidToken => Self::Usage(e.to_string()),
+            viaduct_sdk::Error::InvalidUrl { .. }
+            | viaduct_sdk::Error::InvalidToken
+            | viaduct_sdk::Error::Plaintext { .. }
+            | viaduct_sdk::Error::Tls(_) => Self::Usage(e.to_string()),
             _ => Self::Server(e.to_string()),
         }
     }
@@ -87,7 +90,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     if let Command::Validate { files } = &cli.command {
         return commands::validate(files);
     }
-    let client = Client::connect(&cli.server, token(&cli)?).await?;
+    let transport = viaduct_sdk::Transport::from_files(cli.ca_cert.as_deref(), cli.insecure, None, None)?;
+    let client = Client::connect_with(&cli.server, token(&cli)?, &transport).await?;
     match cli.command {
         Command::Submit(a) => commands::submit(&client, a).await,
         Command::Validate { .. } => Ok(()),
