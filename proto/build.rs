@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/plugins.proto",
     "viaduct/v1/artifacts.proto",
     "viaduct/v1/caches.proto",
+    "viaduct/v1/access.proto",
 ];
 
 fn main() -> io::Result<()> {

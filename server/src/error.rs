@@ -36,6 +36,14 @@ pub enum Error {
     /// A request too large to accept.
     #[error("{0}")]
     TooLarge(String),
+    /// Over a rate limit: try again after `retry_after`.
+    #[error("{message}: try again in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// Which limit.
+        message: String,
+        /// When another try may succeed.
+        retry_after: std::time::Duration,
+    },
     /// The embedded database failed (I/O error, disk full, …).
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
@@ -76,7 +84,7 @@ impl Error {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::TooLarge(_) => Code::ResourceExhausted,
+            Self::TooLarge(_) | Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Storage(_) => Code::Unavailable,
             Self::Corrupt { .. } | Self::Internal(_) => Code::Internal,
         }
@@ -96,6 +104,16 @@ impl From<Error> for Status {
                     .map(|d| FieldViolation::new(format!("{}:{}:{}", d.file, d.line, d.column), d.message.clone()))
                     .collect();
                 Status::with_error_details(code, e.to_string(), ErrorDetails::with_bad_request(violations))
+            }
+            Error::RateLimited { retry_after, .. } => {
+                let mut status =
+                    Status::with_error_details(code, e.to_string(), ErrorDetails::with_retry_info(Some(*retry_after)));
+                // Also as plain metadata, for clients without rich errors.
+                let secs = retry_after.as_secs().max(1).to_string();
+                if let Ok(v) = secs.parse() {
+                    status.metadata_mut().insert("retry-after", v);
+                }
+                status
             }
             _ => Status::new(code, e.to_string()),
         }

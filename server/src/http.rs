@@ -1,5 +1,11 @@
 //! Plain HTTP routes on the gRPC port: liveness, Prometheus metrics, forge
 //! webhooks, git smart HTTP and signed artifact downloads.
+//!
+//! Who may use them (`access::ROUTES`): `/healthz` is open; `/metrics`
+//! needs a token with the `read` role globally — or is served without one
+//! on its own address (`--metrics-listen`, for a scraper on a private
+//! network); git checks roles per repository; webhooks carry the
+//! repository's signature and artifact links their own.
 
 use std::{fmt::Write, sync::Arc};
 
@@ -13,26 +19,50 @@ use axum::{
 };
 
 use crate::{
-    auth::Auth,
     depot::Depot,
     engine::Engine,
+    gate::{self, Gate},
     store::keys::{JobKey, RunId},
     triggers::{Triggers, smart_http, webhooks},
 };
 
 /// `/healthz`, `/metrics`, `/webhooks/{repo}`, `/git/…` and `/artifacts/…`.
-pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, auth: Arc<Auth>, depot: Arc<Depot>) -> Router {
-    let git = smart_http::GitHttp { triggers: Arc::clone(&triggers), auth };
+pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, gate: Arc<Gate>, depot: Arc<Depot>) -> Router {
+    let git = smart_http::GitHttp { triggers: Arc::clone(&triggers), gate: Arc::clone(&gate) };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .with_state((engine, Arc::clone(&depot)))
+        .route("/metrics", get(signed_metrics))
+        .with_state((engine, Arc::clone(&depot), gate))
         .merge(Router::new().route("/webhooks/{repo}", post(webhooks::handle)).with_state(triggers))
         .merge(Router::new().route("/git/{*path}", any(smart_http::handle)).with_state(git))
         .merge(Router::new().route("/artifacts/{run}/{job}/{*name}", get(artifact)).with_state(depot))
 }
 
-async fn metrics(State((engine, depot)): State<(Arc<Engine>, Arc<Depot>)>) -> impl IntoResponse {
+/// `/metrics` alone, without a token: for `--metrics-listen`.
+pub fn metrics_router(engine: Arc<Engine>, depot: Arc<Depot>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State((e, d)): State<(Arc<Engine>, Arc<Depot>)>| async move { metrics(&e, &d) }))
+        .with_state((engine, depot))
+}
+
+/// `/metrics` on the main port: a token with the `read` role globally.
+async fn signed_metrics(
+    State((engine, depot, gate)): State<(Arc<Engine>, Arc<Depot>, Arc<Gate>)>,
+    req: axum::extract::Request,
+) -> Response {
+    let allowed = gate.authenticate(req.headers(), gate::peer_ip(&req)).and_then(|p| match p {
+        crate::auth::Principal::Person(c) if c.grants.allows(viaduct_proto::v1::Role::Read, None) => Ok(()),
+        _ => Err(crate::error::Error::PermissionDenied(
+            "/metrics needs a token with the read role on every repository (or --metrics-listen)".into(),
+        )),
+    });
+    match allowed {
+        Ok(()) => metrics(&engine, &depot).into_response(),
+        Err(e) => gate::http_refusal(&e),
+    }
+}
+
+fn metrics(engine: &Engine, depot: &Depot) -> impl IntoResponse + use<> {
     let m = engine.metrics();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {

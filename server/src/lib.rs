@@ -14,8 +14,10 @@
 //! - [`depot`] keeps files in the content-addressed [`blobs`] store —
 //!   [`plugins`], [`caches`], [`artifacts`] — and their retention.
 
+pub mod access;
 pub mod api;
 pub mod artifacts;
+pub mod audit;
 pub mod auth;
 pub mod blobs;
 pub mod caches;
@@ -23,16 +25,19 @@ pub mod convert;
 pub mod depot;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod git;
 pub mod http;
 pub mod planning;
 pub mod plugins;
 pub mod secrets;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod triggers;
 pub mod trust;
 pub mod ui;
+pub mod users;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -65,6 +70,12 @@ pub struct Config {
     pub ui_dir: Option<PathBuf>,
     /// TLS on the port (`None`: plaintext).
     pub tls: Option<tls::TlsFiles>,
+    /// Abuse limits (failed authentications, calls per token).
+    pub limits: throttle::Limits,
+    /// Serve `/metrics` without a token on this address too.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Single sign-on groups → grants.
+    pub group_roles: users::GroupRoles,
 }
 
 /// How long a shutdown waits for open requests and streams.
@@ -81,7 +92,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?,
     );
     let mutual = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-    let auth = Arc::new(Auth::new(Arc::clone(&store)).with_runner_certs(mutual));
+    let users = Arc::new(users::Users::new(Arc::clone(&store), cfg.group_roles.clone()));
+    let auth = Arc::new(Auth::new(Arc::clone(&store), users).with_runner_certs(mutual));
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
     let secret_box = Arc::new(secrets::SecretBox::open(&cfg.data_dir)?);
     let link_key = secret_box.derive_key("viaduct artifact download links v1");
@@ -109,12 +121,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Arc::clone(&depot.plugins),
     );
 
-    let mut app = api::grpc_router(&engine, &auth, &triggers, &depot).await?.merge(http::router(
+    let gate = Arc::new(gate::Gate {
+        auth: Arc::clone(&auth),
+        audit: Arc::new(audit::AuditLog::open(Arc::clone(&store))?),
+        throttle: Arc::new(throttle::Throttle::new(cfg.limits)),
+    });
+    auth.spawn_last_use_writer();
+    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot).await?.merge(http::router(
         Arc::clone(&engine),
         Arc::clone(&triggers),
-        Arc::clone(&auth),
+        Arc::clone(&gate),
         Arc::clone(&depot),
     ));
+    if let Some(addr) = cfg.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics)"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics served without a token");
+        let metrics = http::metrics_router(Arc::clone(&engine), Arc::clone(&depot));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, metrics).await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     let ui_dir: Option<Arc<std::path::Path>> = cfg.ui_dir.as_deref().map(Arc::from);
     if let Some(dir) = &ui_dir {
         ui::check_dir(dir)?;
@@ -189,6 +218,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         served = main => served?,
         served = local => served?,
         () = grace => tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open"),
+    }
+    if let Err(e) = auth.write_back_last_use() {
+        tracing::warn!(error = %e, "cannot record the tokens' last use");
     }
     store.flush()?;
     tracing::info!("viaduct-server stopped");

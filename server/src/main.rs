@@ -81,6 +81,22 @@ struct Args {
     /// one from runners (mutual TLS).
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Failed authentications one client address may make per minute
+    /// before it is refused for a while (0: no limit).
+    #[arg(long, default_value_t = 30)]
+    auth_failures_per_minute: u32,
+    /// API calls one token may make per second, in bursts of up to ten
+    /// times that (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    token_rate_limit: u32,
+    /// Also serve `/metrics` on this address, without a token (for a
+    /// scraper on a private network); on the main port it needs a token.
+    #[arg(long, env = "VIADUCT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Single sign-on: give members of GROUP a role, on every repository
+    /// or on REPO (GROUP=ROLE or GROUP=ROLE:REPO; repeatable).
+    #[arg(long = "oidc-group-role", value_parser = parse_group_role)]
+    group_roles: Vec<(String, viaduct_proto::v1::Grant)>,
     /// Tests only: run schedules on a clock SPEED times faster from EPOCH
     /// (unix seconds), as EPOCH:SPEED.
     #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
@@ -99,6 +115,10 @@ enum Command {
         #[arg(long)]
         repo: String,
     },
+}
+
+fn parse_group_role(text: &str) -> Result<(String, viaduct_proto::v1::Grant), String> {
+    viaduct_server::users::GroupRoles::parse_one(text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -156,6 +176,12 @@ fn main() -> ExitCode {
             key,
             client_ca: args.client_ca,
         }),
+        limits: viaduct_server::throttle::Limits {
+            auth_failures_per_minute: args.auth_failures_per_minute,
+            calls_per_second: args.token_rate_limit,
+        },
+        metrics_listen: args.metrics_listen,
+        group_roles: viaduct_server::users::GroupRoles(args.group_roles),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

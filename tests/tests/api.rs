@@ -178,7 +178,7 @@ async fn runners_register_with_tokens_and_are_listed() {
     // A one-time token works once.
     let once = client
         .runners()
-        .create_registration_token(v1::CreateRegistrationTokenRequest { reusable: false })
+        .create_registration_token(v1::CreateRegistrationTokenRequest { reusable: false, ..Default::default() })
         .await
         .unwrap();
     let once = once.into_inner().token;
@@ -207,7 +207,10 @@ fn grpc_web_and_plain_http_share_the_grpc_port() {
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("grpc-status:0"), "{text}");
     assert_eq!(http(addr, "GET", "/healthz", &[], b""), (200, b"ok\n".to_vec()));
-    let (code, body) = http(addr, "GET", "/metrics", &[], b"");
+    // Metrics need a token that may read everything.
+    assert_eq!(http(addr, "GET", "/metrics", &[], b"").0, 401);
+    let bearer = format!("Bearer {}", server.admin_token());
+    let (code, body) = http(addr, "GET", "/metrics", &[("authorization", &bearer)], b"");
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("viaduct_queue_depth 0"));
     assert_eq!(http(addr, "GET", "/nope", &[], b"").0, 404);

@@ -233,7 +233,8 @@ jobs:
     assert_eq!((o["hit"].as_str(), o["restored"].as_str(), o["matched_key"].as_str()), ("false", "true", key.as_str()));
     assert_eq!(outputs(&third, 0, 3)["sha"], outputs(&first, 0, 3)["sha"]);
 
-    let (_, metrics) = http(server.addr(), "GET", "/metrics", &[], b"");
+    let bearer = format!("Bearer {}", server.admin_token());
+    let (_, metrics) = http(server.addr(), "GET", "/metrics", &[("authorization", &bearer)], b"");
     let metrics = String::from_utf8(metrics).unwrap();
     for line in [
         "viaduct_cache_restores_total{result=\"hit\"} 1",

@@ -25,10 +25,10 @@ use tonic::{
 pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
     FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, artifacts_client::ArtifactsClient,
-    caches_client::CachesClient, follow_request, logs_client::LogsClient, pipelines_client::PipelinesClient,
-    plugins_client::PluginsClient, repos_client::ReposClient, run_event::Change,
+    audit_client::AuditClient, caches_client::CachesClient, follow_request, logs_client::LogsClient,
+    pipelines_client::PipelinesClient, plugins_client::PluginsClient, repos_client::ReposClient, run_event::Change,
     runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
-    secrets_client::SecretsClient,
+    secrets_client::SecretsClient, tokens_client::TokensClient, users_client::UsersClient,
 };
 
 /// What can go wrong talking to a server.
@@ -317,6 +317,21 @@ impl Client {
     /// `viaduct.v1.Caches`.
     pub fn caches(&self) -> CachesClient<Svc> {
         CachesClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Tokens`.
+    pub fn tokens(&self) -> TokensClient<Svc> {
+        TokensClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Users`.
+    pub fn users(&self) -> UsersClient<Svc> {
+        UsersClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Audit`.
+    pub fn audit(&self) -> AuditClient<Svc> {
+        AuditClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.RunnerAgent` (runner token).

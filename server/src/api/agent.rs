@@ -80,6 +80,7 @@ fn abandon(job: Option<viaduct_proto::v1::JobRef>, reason: &str) -> ServerMessag
 impl RunnerAgent for AgentApi {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         self.auth.check_runner_cert(&req)?;
+        let access = crate::access::of(&req)?.clone();
         let r = req.into_inner();
         if r.name.len() > 200 || r.labels.len() > 100 {
             return Err(Error::invalid("name or labels too long").into());
@@ -99,6 +100,7 @@ impl RunnerAgent for AgentApi {
             )
             .await?;
         tracing::info!(runner = %runner_id, name = %r.name, "runner registered");
+        access.target(format!("runner {runner_id}"));
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
     }
 
@@ -108,7 +110,7 @@ impl RunnerAgent for AgentApi {
         &self,
         req: Request<FetchSourceRequest>,
     ) -> Result<Response<Self::FetchSourceStream>, Status> {
-        let runner = self.auth.runner(req.metadata())?;
+        let runner = crate::access::of(&req)?.runner()?.to_string();
         let (job, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
         let source = rec.source.ok_or_else(|| Error::not_found(format!("the run of job {job} has no repository")))?;
         let path = self.triggers.archive(&source.repo, &source.commit).await?;
@@ -127,7 +129,7 @@ impl RunnerAgent for AgentApi {
         &self,
         req: Request<RestoreCacheRequest>,
     ) -> Result<Response<Self::RestoreCacheStream>, Status> {
-        let runner = self.auth.runner(req.metadata())?;
+        let runner = crate::access::of(&req)?.runner()?.to_string();
         let (job, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
         let r = req.into_inner();
         let scope = self.depot.caches.scope_of(job, &rec)?;
@@ -157,7 +159,7 @@ impl RunnerAgent for AgentApi {
         &self,
         req: Request<Streaming<SaveCacheRequest>>,
     ) -> Result<Response<SaveCacheResponse>, Status> {
-        let runner = self.auth.runner(req.metadata())?;
+        let runner = crate::access::of(&req)?.runner()?.to_string();
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Error::invalid("empty cache upload"))?;
         let (job, _, rec) = self.leased(&runner, first.job.as_ref())?;
@@ -179,7 +181,7 @@ impl RunnerAgent for AgentApi {
         &self,
         req: Request<Streaming<UploadArtifactRequest>>,
     ) -> Result<Response<Artifact>, Status> {
-        let runner = self.auth.runner(req.metadata())?;
+        let runner = crate::access::of(&req)?.runner()?.to_string();
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Error::invalid("empty artifact upload"))?;
         let (job, attempt, rec) = self.leased(&runner, first.job.as_ref())?;
@@ -201,7 +203,7 @@ impl RunnerAgent for AgentApi {
 
     async fn connect(&self, req: Request<Streaming<RunnerMessage>>) -> Result<Response<OutStream>, Status> {
         self.auth.check_runner_cert(&req)?;
-        let runner = self.auth.runner(req.metadata())?;
+        let runner = crate::access::of(&req)?.runner()?.to_string();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
             .await

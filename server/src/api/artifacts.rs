@@ -10,8 +10,10 @@ use viaduct_proto::v1::{
 
 use super::transfer::{self, Chunks};
 use crate::{
+    access,
     convert::timestamp,
     depot::Depot,
+    engine::Engine,
     error::{Error, Result},
     store::{
         keys::{JobKey, RunId},
@@ -25,16 +27,25 @@ pub const LINK_TTL: Duration = Duration::from_secs(3600);
 /// The Artifacts service.
 pub struct ArtifactsApi {
     depot: Arc<Depot>,
+    engine: Arc<Engine>,
 }
 
 impl ArtifactsApi {
-    /// The service over `depot`.
-    pub fn new(depot: Arc<Depot>) -> Self {
-        Self { depot }
+    /// The service over `depot`; runs' repositories from `engine`.
+    pub fn new(depot: Arc<Depot>, engine: Arc<Engine>) -> Self {
+        Self { depot, engine }
     }
 
-    fn find(&self, r: &DownloadArtifactRequest) -> Result<Artifact> {
-        let run = RunId::parse(&r.run_id)?;
+    /// Run `id`, once the caller may read its repository.
+    fn run<T>(&self, req: &Request<T>, id: &str) -> Result<RunId> {
+        let run = RunId::parse(id)?;
+        access::of(req)?.require(&self.engine.run_repo(run)?)?;
+        Ok(run)
+    }
+
+    fn find(&self, req: &Request<DownloadArtifactRequest>) -> Result<Artifact> {
+        let r = req.get_ref();
+        let run = self.run(req, &r.run_id)?;
         let job = job_in(run, &r.job_id)?;
         self.depot.artifacts.find(run, job, &r.name)
     }
@@ -62,8 +73,8 @@ pub fn link_path(depot: &Depot, a: &Artifact, expires: i64) -> String {
 #[tonic::async_trait]
 impl Artifacts for ArtifactsApi {
     async fn list(&self, req: Request<ListArtifactsRequest>) -> Result<Response<ListArtifactsResponse>, Status> {
+        let run = self.run(&req, &req.get_ref().run_id)?;
         let r = req.into_inner();
-        let run = RunId::parse(&r.run_id)?;
         let artifacts = self.depot.artifacts.list(run, job_in(run, &r.job_id)?)?;
         Ok(Response::new(ListArtifactsResponse { artifacts }))
     }
@@ -71,7 +82,7 @@ impl Artifacts for ArtifactsApi {
     type DownloadStream = Chunks<ArtifactChunk>;
 
     async fn download(&self, req: Request<DownloadArtifactRequest>) -> Result<Response<Self::DownloadStream>, Status> {
-        let artifact = self.find(req.get_ref())?;
+        let artifact = self.find(&req)?;
         let (file, _) = self.depot.blobs.open_read(&artifact.digest).await?;
         let mut meta = Some(artifact);
         let stream = transfer::file_stream(file, move |data, _| ArtifactChunk { artifact: meta.take(), data });
@@ -79,7 +90,7 @@ impl Artifacts for ArtifactsApi {
     }
 
     async fn link(&self, req: Request<DownloadArtifactRequest>) -> Result<Response<ArtifactLink>, Status> {
-        let artifact = self.find(req.get_ref())?;
+        let artifact = self.find(&req)?;
         let expires = (now_ms() / 1000) + LINK_TTL.as_secs() as i64;
         Ok(Response::new(ArtifactLink {
             path: link_path(&self.depot, &artifact, expires),

@@ -8,7 +8,12 @@ use viaduct_proto::v1::{
     caches_server::Caches,
 };
 
-use crate::depot::Depot;
+use crate::{access, depot::Depot};
+
+/// The repository of a cache scope (`pipeline:NAME` scopes belong to none).
+fn repo_of(scope: &str) -> &str {
+    if scope.starts_with("pipeline:") { "" } else { scope }
+}
 
 /// The Caches service.
 pub struct CachesApi {
@@ -25,13 +30,24 @@ impl CachesApi {
 #[tonic::async_trait]
 impl Caches for CachesApi {
     async fn list(&self, req: Request<ListCachesRequest>) -> Result<Response<ListCachesResponse>, Status> {
+        let visible = access::of(&req)?.repos();
         let r = req.into_inner();
-        let entries = self.depot.caches.list(&r.scope, &r.key_prefix)?.into_iter().filter_map(|c| c.entry).collect();
+        let entries = self
+            .depot
+            .caches
+            .list(&r.scope, &r.key_prefix)?
+            .into_iter()
+            .filter_map(|c| c.entry)
+            .filter(|e| visible.contains(repo_of(&e.scope)))
+            .collect();
         Ok(Response::new(ListCachesResponse { entries }))
     }
 
     async fn delete(&self, req: Request<DeleteCacheRequest>) -> Result<Response<DeleteCacheResponse>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
+        access.target(format!("caches of `{}`", r.scope));
+        access.require(repo_of(&r.scope))?;
         let deleted = self.depot.caches.delete(&r.scope, &r.branch, &r.key_prefix).await?;
         self.depot.request_retention();
         Ok(Response::new(DeleteCacheResponse { deleted }))

@@ -16,7 +16,7 @@ use viaduct_proto::{
 };
 
 use crate::{
-    convert,
+    access, convert,
     engine::{
         Engine,
         read::{Scope, StepView},
@@ -49,6 +49,7 @@ impl Logs for LogsApi {
     type FollowStream = FollowStream;
 
     async fn follow(&self, req: Request<FollowRequest>) -> Result<Response<FollowStream>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
         let scope = match &r.scope {
             Some(follow_request::Scope::RunId(id)) => Scope::Run(RunId::parse(id)?),
@@ -59,6 +60,7 @@ impl Logs for LogsApi {
             }
             None => return Err(Error::invalid("set one of run_id, job_id or step_id").into()),
         };
+        access.require(&self.engine.run_repo(scope.run())?)?;
         // Fail now (NOT_FOUND) rather than in the stream.
         self.engine.scope_steps(scope)?;
         let (tx, rx) = mpsc::channel(64);
@@ -78,8 +80,10 @@ impl Logs for LogsApi {
     }
 
     async fn get(&self, req: Request<GetLogRequest>) -> Result<Response<GetLogResponse>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
         let key = self.engine.step_key(&r.step_id, r.attempt)?;
+        access.require(&self.engine.run_repo(key.job.run)?)?;
         let limit = if r.limit == 0 { MAX_READ } else { r.limit.min(MAX_READ) };
         let (chunks, size, complete) = self.engine.read_log(key, r.offset, limit)?;
         let data = chunks.into_iter().flat_map(|c| c.data).collect();

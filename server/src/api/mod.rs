@@ -1,14 +1,16 @@
 //! The gRPC API: thin handlers that translate requests into engine calls.
 //!
-//! Every user-facing service sits behind the admin-token interceptor;
-//! `RunnerAgent` authenticates runners itself (registration token in the
-//! request, runner token on Connect). Health and reflection are open, so
-//! `grpcurl -plaintext HOST:PORT list` works without proto files or a token.
+//! Every call passes [`crate::gate`] first: the one place that authenticates,
+//! checks the role the method needs (`access::TABLE`), rate-limits, audits
+//! and ends revoked streams. Handlers narrow repository-scoped calls with
+//! the `Access` the gate hands them. Health and reflection are open, so
+//! `grpcurl HOST:PORT list` works without proto files or a token.
 //! gRPC-web (tonic-web) is layered on the gRPC routes only, so plain HTTP
 //! routes on the same port are untouched.
 
 pub mod agent;
 pub mod artifacts;
+pub mod audit;
 pub mod caches;
 pub mod logs;
 pub mod pipelines;
@@ -17,7 +19,9 @@ pub mod repos;
 pub mod runners;
 pub mod runs;
 pub mod secrets;
+pub mod tokens;
 pub mod transfer;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -29,13 +33,13 @@ use axum::{
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
-    FILE_DESCRIPTOR_SET, artifacts_server::ArtifactsServer, caches_server::CachesServer, logs_server::LogsServer,
-    pipelines_server::PipelinesServer, plugins_server::PluginsServer, repos_server::ReposServer,
-    runner_agent_server::RunnerAgentServer, runners_server::RunnersServer, runs_server::RunsServer,
-    secrets_server::SecretsServer,
+    FILE_DESCRIPTOR_SET, artifacts_server::ArtifactsServer, audit_server::AuditServer, caches_server::CachesServer,
+    logs_server::LogsServer, pipelines_server::PipelinesServer, plugins_server::PluginsServer,
+    repos_server::ReposServer, runner_agent_server::RunnerAgentServer, runners_server::RunnersServer,
+    runs_server::RunsServer, secrets_server::SecretsServer, tokens_server::TokensServer, users_server::UsersServer,
 };
 
-use crate::{auth::Auth, depot::Depot, engine::Engine, triggers::Triggers};
+use crate::{depot::Depot, engine::Engine, triggers::Triggers};
 
 /// Fully qualified names of the services we serve, for health.
 const SERVICES: &[&str] = &[
@@ -49,18 +53,19 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Plugins",
     "viaduct.v1.Artifacts",
     "viaduct.v1.Caches",
+    "viaduct.v1.Tokens",
+    "viaduct.v1.Users",
+    "viaduct.v1.Audit",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
 pub async fn grpc_router(
     engine: &Arc<Engine>,
-    auth: &Arc<Auth>,
+    gate: &Arc<crate::gate::Gate>,
     triggers: &Arc<Triggers>,
     depot: &Arc<Depot>,
 ) -> anyhow::Result<axum::Router> {
-    let admin = auth.admin_interceptor();
-    // Plugins are read by runners too; Publish checks for an admin itself.
-    let admin_or_runner = auth.principal_interceptor();
+    let auth = &gate.auth;
     let (health, health_service) = tonic_health::server::health_reporter();
     for s in SERVICES {
         health.set_service_status(*s, ServingStatus::Serving).await;
@@ -73,34 +78,33 @@ pub async fn grpc_router(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let routes = tonic::service::Routes::new(RunsServer::with_interceptor(
-        runs::RunsApi::new(Arc::clone(engine), Arc::clone(triggers)),
-        admin.clone(),
-    ))
-    .add_service(LogsServer::with_interceptor(logs::LogsApi::new(Arc::clone(engine)), admin.clone()))
-    .add_service(PipelinesServer::with_interceptor(
-        pipelines::PipelinesApi::new(Arc::clone(engine), Arc::clone(triggers)),
-        admin.clone(),
-    ))
-    .add_service(ReposServer::with_interceptor(repos::ReposApi::new(Arc::clone(triggers)), admin.clone()))
-    .add_service(SecretsServer::with_interceptor(secrets::SecretsApi::new(Arc::clone(engine)), admin.clone()))
-    .add_service(RunnersServer::with_interceptor(
-        runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth)),
-        admin.clone(),
-    ))
-    .add_service(ArtifactsServer::with_interceptor(artifacts::ArtifactsApi::new(Arc::clone(depot)), admin.clone()))
-    .add_service(CachesServer::with_interceptor(caches::CachesApi::new(Arc::clone(depot)), admin.clone()))
-    .add_service(PluginsServer::with_interceptor(plugins::PluginsApi::new(Arc::clone(depot)), admin_or_runner))
-    .add_service(RunnerAgentServer::new(agent::AgentApi::new(
-        Arc::clone(engine),
-        Arc::clone(auth),
-        Arc::clone(triggers),
-        Arc::clone(depot),
-    )))
-    .add_service(health_service)
-    .add_service(reflection_v1)
-    .add_service(reflection_v1alpha);
-    Ok(routes.into_axum_router().route_layer(GrpcWebLayer::new()))
+    let routes =
+        tonic::service::Routes::new(RunsServer::new(runs::RunsApi::new(Arc::clone(engine), Arc::clone(triggers))))
+            .add_service(LogsServer::new(logs::LogsApi::new(Arc::clone(engine))))
+            .add_service(PipelinesServer::new(pipelines::PipelinesApi::new(Arc::clone(engine), Arc::clone(triggers))))
+            .add_service(ReposServer::new(repos::ReposApi::new(Arc::clone(triggers))))
+            .add_service(SecretsServer::new(secrets::SecretsApi::new(Arc::clone(engine))))
+            .add_service(RunnersServer::new(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth))))
+            .add_service(ArtifactsServer::new(artifacts::ArtifactsApi::new(Arc::clone(depot), Arc::clone(engine))))
+            .add_service(CachesServer::new(caches::CachesApi::new(Arc::clone(depot))))
+            .add_service(PluginsServer::new(plugins::PluginsApi::new(Arc::clone(depot))))
+            .add_service(TokensServer::new(tokens::TokensApi::new(Arc::clone(auth))))
+            .add_service(UsersServer::new(users::UsersApi::new(Arc::clone(auth))))
+            .add_service(AuditServer::new(audit::AuditApi::new(Arc::clone(&gate.audit))))
+            .add_service(RunnerAgentServer::new(agent::AgentApi::new(
+                Arc::clone(engine),
+                Arc::clone(auth),
+                Arc::clone(triggers),
+                Arc::clone(depot),
+            )))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+    // The gate sees gRPC-web calls translated (the web layer is outside).
+    Ok(routes
+        .into_axum_router()
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(gate), crate::gate::check))
+        .route_layer(GrpcWebLayer::new()))
 }
 
 /// Unknown paths: gRPC clients get UNIMPLEMENTED, a browser's page request

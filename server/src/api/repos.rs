@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
-    CreateRepoRequest, DeleteRepoResponse, GetRepoRequest, ListReposRequest, ListReposResponse, Repo, SyncRepoRequest,
-    SyncRepoResponse, UpdateRepoRequest, create_repo_request, repos_server::Repos,
+    CreateRepoRequest, DeleteRepoResponse, GetRepoRequest, ListReposRequest, ListReposResponse, Repo, Role,
+    SyncRepoRequest, SyncRepoResponse, UpdateRepoRequest, create_repo_request, repos_server::Repos,
 };
 
 use crate::{
+    access::{self, Access},
     convert,
-    error::Error,
+    error::{Error, Result},
     store::records::RepoRecord,
     triggers::{HOSTED, Triggers},
 };
@@ -26,8 +27,11 @@ impl ReposApi {
         Self { triggers }
     }
 
-    fn to_proto(&self, name: &str, r: &RepoRecord) -> Repo {
+    /// A repository as `access` may see it: its webhook secret only with
+    /// the maintain role there.
+    fn to_proto(&self, access: &Access, name: &str, r: &RepoRecord) -> Repo {
         let hosted = r.kind == HOSTED;
+        let maintainer = access.grants.allows(Role::Maintain, Some(name));
         Repo {
             name: name.to_string(),
             kind: r.kind.clone(),
@@ -36,7 +40,7 @@ impl ReposApi {
             path: if hosted { self.triggers.path(name).display().to_string() } else { String::new() },
             default_branch: r.default_branch.clone(),
             webhook_url: if hosted { String::new() } else { self.triggers.webhook_url(name) },
-            webhook_secret: r.webhook_secret.clone(),
+            webhook_secret: if maintainer { r.webhook_secret.clone() } else { String::new() },
             poll_interval_seconds: r.poll_interval_s,
             times: Some(viaduct_proto::v1::Times {
                 created_at: convert::timestamp(r.created_ms),
@@ -51,10 +55,20 @@ impl ReposApi {
     }
 }
 
+/// The caller's access, once it has the method's role on repository `name`.
+fn allowed<T>(req: &Request<T>, name: &str) -> Result<Access> {
+    let access = access::of(req)?.clone();
+    access.target(format!("repository `{name}`"));
+    access.require(name)?;
+    Ok(access)
+}
+
 #[tonic::async_trait]
 impl Repos for ReposApi {
     async fn create(&self, req: Request<CreateRepoRequest>) -> Result<Response<Repo>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
+        access.target(format!("repository `{}`", r.name));
         let rec = match r.source {
             Some(create_repo_request::Source::Hosted(h)) => {
                 self.triggers.create_hosted(&r.name, &h.default_branch).await?
@@ -62,25 +76,36 @@ impl Repos for ReposApi {
             Some(create_repo_request::Source::Mirror(m)) => self.triggers.create_mirror(&r.name, &m).await?,
             None => return Err(Error::invalid("set `hosted` or `mirror`").into()),
         };
-        Ok(Response::new(self.to_proto(&r.name, &rec)))
+        Ok(Response::new(self.to_proto(&access, &r.name, &rec)))
     }
 
     async fn get(&self, req: Request<GetRepoRequest>) -> Result<Response<Repo>, Status> {
+        let access = allowed(&req, &req.get_ref().name)?;
         let name = req.into_inner().name;
-        Ok(Response::new(self.to_proto(&name, &self.triggers.get(&name)?)))
+        Ok(Response::new(self.to_proto(&access, &name, &self.triggers.get(&name)?)))
     }
 
-    async fn list(&self, _req: Request<ListReposRequest>) -> Result<Response<ListReposResponse>, Status> {
-        let repos = self.triggers.list()?.iter().map(|(n, r)| self.to_proto(n, r)).collect();
+    async fn list(&self, req: Request<ListReposRequest>) -> Result<Response<ListReposResponse>, Status> {
+        let access = access::of(&req)?;
+        let visible = access.repos();
+        let repos = self
+            .triggers
+            .list()?
+            .iter()
+            .filter(|(n, _)| visible.contains(n))
+            .map(|(n, r)| self.to_proto(access, n, r))
+            .collect();
         Ok(Response::new(ListReposResponse { repos }))
     }
 
     async fn delete(&self, req: Request<GetRepoRequest>) -> Result<Response<DeleteRepoResponse>, Status> {
+        allowed(&req, &req.get_ref().name)?;
         self.triggers.delete(&req.into_inner().name).await?;
         Ok(Response::new(DeleteRepoResponse {}))
     }
 
     async fn sync(&self, req: Request<SyncRepoRequest>) -> Result<Response<SyncRepoResponse>, Status> {
+        allowed(&req, &req.get_ref().name)?;
         let o = self.triggers.sync(&req.into_inner().name).await?;
         Ok(Response::new(SyncRepoResponse {
             run_ids: o.runs.iter().map(ToString::to_string).collect(),
@@ -89,9 +114,10 @@ impl Repos for ReposApi {
     }
 
     async fn update(&self, req: Request<UpdateRepoRequest>) -> Result<Response<Repo>, Status> {
+        let access = allowed(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         let policy = r.pull_requests.ok_or_else(|| Error::invalid("set `pull_requests` (the new policy)"))?;
         let rec = self.triggers.set_policy(&r.name, policy).await?;
-        Ok(Response::new(self.to_proto(&r.name, &rec)))
+        Ok(Response::new(self.to_proto(&access, &r.name, &rec)))
     }
 }

@@ -9,7 +9,11 @@ use viaduct_proto::v1::{
     runners_server::Runners,
 };
 
-use crate::{auth::Auth, engine::Engine};
+use crate::{
+    auth::{Auth, NewToken},
+    engine::Engine,
+    store::records::TokenKind,
+};
 
 /// The Runners service.
 pub struct RunnersApi {
@@ -53,6 +57,7 @@ impl Runners for RunnersApi {
     async fn remove(&self, req: Request<GetRunnerRequest>) -> Result<Response<RemoveRunnerResponse>, Status> {
         let id = req.into_inner().id;
         self.engine.remove_runner(&id, |ws| self.auth.revoke_runner(&id, ws))?;
+        self.auth.revoked();
         Ok(Response::new(RemoveRunnerResponse {}))
     }
 
@@ -71,7 +76,16 @@ impl Runners for RunnersApi {
         &self,
         req: Request<CreateRegistrationTokenRequest>,
     ) -> Result<Response<CreateRegistrationTokenResponse>, Status> {
-        let token = self.auth.create_registration_token(req.into_inner().reusable)?;
-        Ok(Response::new(CreateRegistrationTokenResponse { token }))
+        let r = req.into_inner();
+        let (uses, expires_ms) = super::tokens::registration(r.uses, r.reusable, r.expires_in_seconds)?;
+        let new = NewToken {
+            name: format!("registration token ({uses} use{})", if uses == 1 { "" } else { "s" }),
+            kind: TokenKind::Registration,
+            uses,
+            expires_ms,
+            ..Default::default()
+        };
+        let (token, info) = self.auth.issue(new).await?;
+        Ok(Response::new(CreateRegistrationTokenResponse { token, info: Some(info) }))
     }
 }

@@ -13,6 +13,7 @@ use viaduct_proto::v1::{
 };
 
 use crate::{
+    access::{self, Access, Repos},
     engine::{Engine, read::RunQuery},
     error::{Error, Result},
     planning::{self, Trigger},
@@ -39,6 +40,15 @@ impl RunsApi {
         let id = self.engine.create_run(new).await?;
         Ok(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) })
     }
+
+    /// Run `id`, once `access` has the method's role on its repository.
+    fn allowed<T>(&self, req: &Request<T>, id: &str) -> Result<(RunId, Access)> {
+        let access = access::of(req)?.clone();
+        let id = RunId::parse(id)?;
+        access.target(format!("run {id}"));
+        access.require(&self.engine.run_repo(id)?)?;
+        Ok((id, access))
+    }
 }
 
 fn priority(p: Option<u32>) -> Result<Option<u32>> {
@@ -53,6 +63,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
 #[tonic::async_trait]
 impl Runs for RunsApi {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
         let trigger = Trigger {
             source: RunSource { event: "api".into(), ..Default::default() },
@@ -71,12 +82,17 @@ impl Runs for RunsApi {
             Some(submit_request::Source::Job(job)) => planning::from_inline(&job, &trigger)?,
             None => return Err(Error::invalid("set `pipeline_yaml` or `job`").into()),
         };
-        Ok(Response::new(self.start(new).await?))
+        let started = self.start(new).await?;
+        access.target(format!("run {}", started.run_id));
+        Ok(Response::new(started))
     }
 
     async fn trigger(&self, req: Request<TriggerRequest>) -> Result<Response<SubmitResponse>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
         if !r.repo.is_empty() {
+            access.target(format!("repository `{}`", r.repo));
+            access.require(&r.repo)?;
             let what = if r.commit.is_empty() { r.r#ref.as_str() } else { r.commit.as_str() };
             let id =
                 self.triggers.trigger(&r.repo, what, r.inputs.into_iter().collect(), priority(r.priority)?).await?;
@@ -85,6 +101,8 @@ impl Runs for RunsApi {
         if r.pipeline.is_empty() {
             return Err(Error::invalid("set `pipeline` (a stored pipeline) or `repo`").into());
         }
+        access.target(format!("pipeline `{}`", r.pipeline));
+        access.require("")?;
         let stored = crate::api::pipelines::load(&self.engine, &r.pipeline)?;
         let trigger = Trigger {
             source: RunSource { event: "manual".into(), ..Default::default() },
@@ -98,12 +116,25 @@ impl Runs for RunsApi {
     }
 
     async fn get(&self, req: Request<GetRunRequest>) -> Result<Response<Run>, Status> {
-        let id = RunId::parse(&req.into_inner().id)?;
+        let (id, _) = self.allowed(&req, &req.get_ref().id)?;
         Ok(Response::new(self.engine.get_run(id)?))
     }
 
     async fn list(&self, req: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
-        let r = req.into_inner();
+        let access = access::of(&req)?.clone();
+        let mut r = req.into_inner();
+        let visible = match access.repos() {
+            Repos::All => None,
+            Repos::Some(list) => {
+                if !r.repo.is_empty() {
+                    access.require(&r.repo)?;
+                } else if let [only] = list.as_slice() {
+                    // Through the repository index.
+                    r.repo = only.clone();
+                }
+                Some(list)
+            }
+        };
         let statuses = r.statuses().collect();
         let page = r.page.unwrap_or_default();
         let q = RunQuery {
@@ -113,14 +144,15 @@ impl Runs for RunsApi {
             branch: r.branch,
             page_size: page.page_size,
             page_token: page.page_token,
+            visible,
         };
         let (runs, next_page_token) = self.engine.list_runs(&q)?;
         Ok(Response::new(ListRunsResponse { runs, next_page_token }))
     }
 
     async fn cancel(&self, req: Request<CancelRunRequest>) -> Result<Response<Run>, Status> {
+        let (id, _) = self.allowed(&req, &req.get_ref().id)?;
         let r = req.into_inner();
-        let id = RunId::parse(&r.id)?;
         if r.job_id.is_empty() {
             self.engine.cancel_run(id).await?;
         } else {
@@ -134,29 +166,28 @@ impl Runs for RunsApi {
     }
 
     async fn retry(&self, req: Request<RetryRunRequest>) -> Result<Response<Run>, Status> {
-        let id = RunId::parse(&req.into_inner().id)?;
+        let (id, _) = self.allowed(&req, &req.get_ref().id)?;
         self.engine.retry_run(id).await?;
         Ok(Response::new(self.engine.get_run(id)?))
     }
 
     async fn approve(&self, req: Request<ApproveRunRequest>) -> Result<Response<Run>, Status> {
-        let by = match req.extensions().get::<crate::auth::Principal>() {
-            Some(p) => p.describe(),
-            None => "unknown".to_string(),
-        };
-        let id = RunId::parse(&req.into_inner().id)?;
-        self.engine.approve_run(id, &by).await?;
+        let (id, access) = self.allowed(&req, &req.get_ref().id)?;
+        self.engine.approve_run(id, &access.actor).await?;
         Ok(Response::new(self.engine.get_run(id)?))
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
         let run = if r.run_id.is_empty() { None } else { Some(RunId::parse(&r.run_id)?) };
         if let Some(id) = run {
-            self.engine.get_run(id)?;
+            access.require(&self.engine.run_repo(id)?)?;
         }
+        // Watching every run: only the events of runs the caller may read.
+        let visible = access.repos();
         let mut cursor = r.after_cursor;
         if cursor == 0 && !r.from_start {
             cursor = *self.engine.signals().events.borrow();
@@ -164,6 +195,7 @@ impl Runs for RunsApi {
         let (tx, rx) = mpsc::channel(256);
         let engine = Arc::clone(&self.engine);
         tokio::spawn(async move {
+            let mut seen = Seen::default();
             let mut changes = engine.signals().events.subscribe();
             loop {
                 changes.borrow_and_update();
@@ -179,7 +211,7 @@ impl Runs for RunsApi {
                 if !events.is_empty() {
                     engine.store().wait_durable(engine.store().ticket()).await;
                 }
-                for ev in events {
+                for ev in events.into_iter().filter(|ev| seen.shows(&engine, &visible, &ev.run_id)) {
                     if tx.send(Ok(ev)).await.is_err() {
                         return;
                     }
@@ -195,5 +227,23 @@ impl Runs for RunsApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Which runs' events a watcher of every run may see, remembered per run.
+#[derive(Default)]
+struct Seen(std::collections::HashMap<String, bool>);
+
+impl Seen {
+    fn shows(&mut self, engine: &Engine, visible: &Repos, run: &str) -> bool {
+        if matches!(visible, Repos::All) {
+            return true;
+        }
+        if self.0.len() > 100_000 {
+            self.0.clear();
+        }
+        *self.0.entry(run.to_string()).or_insert_with(|| {
+            RunId::parse(run).and_then(|id| engine.run_repo(id)).is_ok_and(|repo| visible.contains(&repo))
+        })
     }
 }

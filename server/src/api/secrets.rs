@@ -8,7 +8,7 @@ use viaduct_proto::v1::{
     Times, secrets_server::Secrets,
 };
 
-use crate::{convert, engine::Engine, secrets::SecretBox, store::records::SecretRecord};
+use crate::{access, convert, engine::Engine, secrets::SecretBox, store::records::SecretRecord};
 
 /// The Secrets service.
 pub struct SecretsApi {
@@ -37,24 +37,40 @@ fn info(name: String, created: i64, updated: i64, scope: viaduct_proto::v1::Secr
 #[tonic::async_trait]
 impl Secrets for SecretsApi {
     async fn set(&self, req: Request<SetSecretRequest>) -> Result<Response<SecretInfo>, Status> {
+        let access = access::of(&req)?.clone();
         let r = req.into_inner();
+        access.target(format!("secret `{}`", r.name));
         let scope = r.scope.unwrap_or_default();
+        // The caller must maintain every repository the secret is for, now
+        // and after: a repository's maintainer cannot take over another's.
+        access.require_each(&scope.repos)?;
+        if let Some(old) = SecretBox::scope(self.engine.store(), &r.name)? {
+            access.require_each(&old.repos)?;
+        }
         let (created, updated) =
             self.engine.secret_box().set(self.engine.store(), &r.name, &r.value, scope.clone()).await?;
         tracing::info!(secret = %r.name, "secret set");
         Ok(Response::new(info(r.name, created, updated, scope)))
     }
 
-    async fn list(&self, _req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
+    async fn list(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
+        let access = access::of(&req)?;
         let secrets = SecretBox::list(self.engine.store())?
             .into_iter()
+            .filter(|(_, r)| access.require_each(&r.scope.clone().unwrap_or_default().repos).is_ok())
             .map(|(n, r): (String, SecretRecord)| info(n, r.created_ms, r.updated_ms, r.scope.unwrap_or_default()))
             .collect();
         Ok(Response::new(ListSecretsResponse { secrets }))
     }
 
     async fn delete(&self, req: Request<DeleteSecretRequest>) -> Result<Response<DeleteSecretResponse>, Status> {
-        SecretBox::delete(self.engine.store(), &req.into_inner().name).await?;
+        let access = access::of(&req)?.clone();
+        let name = req.into_inner().name;
+        access.target(format!("secret `{name}`"));
+        if let Some(old) = SecretBox::scope(self.engine.store(), &name)? {
+            access.require_each(&old.repos)?;
+        }
+        SecretBox::delete(self.engine.store(), &name).await?;
         Ok(Response::new(DeleteSecretResponse {}))
     }
 }

@@ -36,6 +36,9 @@ pub struct RunQuery {
     pub page_size: u32,
     /// Continue after this token.
     pub page_token: String,
+    /// Only runs of these repositories (`None`: all runs; `""` in the
+    /// list: runs of no repository).
+    pub visible: Option<Vec<String>>,
 }
 
 /// What a log follower follows.
@@ -93,6 +96,14 @@ impl Engine {
             run.jobs.push(j);
         }
         Ok(run)
+    }
+
+    /// The repository a run belongs to (`""`: none — submitted or a stored
+    /// pipeline's), for access checks.
+    pub fn run_repo(&self, id: RunId) -> Result<String> {
+        let rec: RunRecord =
+            self.store().get(T::Runs, id.key())?.ok_or_else(|| Error::not_found(format!("run {id} not found")))?;
+        Ok(rec.source.map(|s| s.repo).unwrap_or_default())
     }
 
     fn job_record(&self, key: JobKey) -> Result<JobRecord> {
@@ -155,7 +166,8 @@ impl Engine {
             let keep = (q.statuses.is_empty() || q.statuses.contains(&rec.status()))
                 && (q.pipeline.is_empty() || q.pipeline == rec.pipeline)
                 && (q.repo.is_empty() || q.repo == src.repo)
-                && (q.branch.is_empty() || q.branch == src.branch);
+                && (q.branch.is_empty() || q.branch == src.branch)
+                && q.visible.as_ref().is_none_or(|v| v.contains(&src.repo));
             if !keep {
                 continue;
             }

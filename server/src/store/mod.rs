@@ -70,9 +70,13 @@ pub enum T {
     Caches,
     /// [`records::ArtifactRecord`] by (run, job index, name).
     Artifacts,
+    /// [`records::UserRecord`] by login.
+    Users,
+    /// [`records::AuditRecord`] by id (big-endian).
+    Audit,
 }
 
-const TREE_NAMES: [&str; 19] = [
+const TREE_NAMES: [&str; 21] = [
     "runs",
     "jobs",
     "steps",
@@ -92,6 +96,8 @@ const TREE_NAMES: [&str; 19] = [
     "plugin_blobs",
     "caches",
     "artifacts",
+    "users",
+    "audit",
 ];
 
 /// The database and its trees.

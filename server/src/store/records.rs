@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use viaduct_proto::v1::{
-    Artifact, CacheEntry, ExprContext, ImagePlan, Plugin, PullRequestPolicy, RunEvent, RunSource, SecretScope,
-    ServicePlan, SourcePlan, Status, StepPlan, Trust,
+    Artifact, AuditEntry, CacheEntry, ExprContext, Grant, ImagePlan, Plugin, PullRequestPolicy, RunEvent, RunSource,
+    SecretScope, ServicePlan, SourcePlan, Status, StepPlan, Trust,
 };
 
 /// The schema version written into every record.
@@ -398,6 +398,8 @@ pub enum TokenKind {
     Registration = 2,
     /// One runner's Connect stream.
     Runner = 3,
+    /// An API token with grants.
+    Api = 4,
 }
 
 /// A credential: `tokens` tree, key = blake3 hash of the token.
@@ -421,6 +423,64 @@ pub struct TokenRecord {
     /// Free-form note ("first-start admin token", …).
     #[prost(string, tag = "6")]
     pub note: String,
+    /// Its name (shown in lists and the audit log).
+    #[prost(string, tag = "7")]
+    pub name: String,
+    /// The user it acts for; empty for service tokens.
+    #[prost(string, tag = "8")]
+    pub owner: String,
+    /// What it may do (API tokens; admin tokens are all of it).
+    #[prost(message, repeated, tag = "9")]
+    pub grants: Vec<Grant>,
+    /// When it stops working (ms); 0: never.
+    #[prost(int64, tag = "10")]
+    pub expires_ms: i64,
+    /// Registration tokens: registrations left.
+    #[prost(uint32, tag = "11")]
+    pub uses_left: u32,
+    /// Last used (ms), written back now and then.
+    #[prost(int64, tag = "12")]
+    pub last_used_ms: i64,
+    /// Public id (`tok_…`), for listing and revoking.
+    #[prost(string, tag = "13")]
+    pub id: String,
+}
+
+/// A person: `users` tree, key = login.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Shown name.
+    #[prost(string, tag = "2")]
+    pub display_name: String,
+    /// What they may do.
+    #[prost(message, repeated, tag = "3")]
+    pub grants: Vec<Grant>,
+    /// "local" or "oidc".
+    #[prost(string, tag = "4")]
+    pub source: String,
+    /// Created (ms).
+    #[prost(int64, tag = "5")]
+    pub created_ms: i64,
+    /// Single sign-on groups of the last login.
+    #[prost(string, repeated, tag = "6")]
+    pub groups: Vec<String>,
+}
+
+/// A privileged action: `audit` tree, key = id (big-endian).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AuditRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// What the API shows.
+    #[prost(message, optional, tag = "2")]
+    pub entry: Option<AuditEntry>,
+    /// When (ms).
+    #[prost(int64, tag = "3")]
+    pub time_ms: i64,
 }
 
 /// A stored pipeline: `pipelines` tree, key = name.

@@ -5,9 +5,11 @@
 //! own CGI program, with the request body streamed to it and its output
 //! streamed back. The post-receive hook it runs tells the server to sync.
 //!
-//! Authentication: HTTP Basic with the token as the password (any user
-//! name), or `Authorization: Bearer`. Admin tokens may push and fetch;
-//! runner tokens may only fetch, and only a repository of a job they hold
+//! Authentication (through the gate, with its failed-authentication
+//! limit): HTTP Basic with the token as the password (any user name), or
+//! `Authorization: Bearer`. Fetching needs the `read` role on the
+//! repository, pushing `push` (each push is in the audit log); runner
+//! tokens may only fetch, and only a repository of a job they hold
 //! (runners that clone for themselves). Only the smart protocol's three
 //! paths are served, and the repository is the URL's whole first segment.
 
@@ -16,41 +18,28 @@ use std::{process::Stdio, sync::Arc};
 use axum::{
     body::Body,
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
-use base64::Engine as _;
 use futures_util::TryStreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::Triggers;
-use crate::auth::{Auth, Principal};
+use crate::{
+    auth::Principal,
+    error::Error,
+    gate::{self, Gate},
+};
+use viaduct_proto::v1::Role;
 
 /// State of the git HTTP routes.
 #[derive(Clone)]
 pub struct GitHttp {
     /// Repositories.
     pub triggers: Arc<Triggers>,
-    /// Token checks.
-    pub auth: Arc<Auth>,
-}
-
-fn unauthorized(msg: &str) -> Response {
-    let mut r = (StatusCode::UNAUTHORIZED, format!("{msg}\n")).into_response();
-    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"viaduct\""));
-    r
-}
-
-/// The token of a Basic or Bearer `Authorization` header.
-fn token(req: &Request) -> Option<String> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(t) = v.strip_prefix("Bearer ") {
-        return Some(t.trim().to_string());
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(v.strip_prefix("Basic ")?.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    Some(text.split_once(':')?.1.to_string())
+    /// Authentication, limits and the audit log.
+    pub gate: Arc<Gate>,
 }
 
 /// The git services served: the smart protocol only (no "dumb" file
@@ -79,12 +68,28 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
     let (repo, rest) = (repo.to_string(), rest.to_string());
     let query = req.uri().query().unwrap_or_default().to_string();
     let push = rest == "/git-receive-pack" || query.contains("service=git-receive-pack");
-    let Some(token) = token(&req) else { return unauthorized("a token is needed (as the password)") };
-    let runner = match g.auth.check(&token) {
-        Ok(Principal::Admin) => None,
-        Ok(Principal::Runner(_)) if push => return unauthorized("runner tokens cannot push"),
-        Ok(Principal::Runner(id)) => Some(id),
-        Err(e) => return unauthorized(&e.to_string()),
+    let principal = match g.gate.authenticate(req.headers(), gate::peer_ip(&req)) {
+        Ok(p) => p,
+        Err(e) => return gate::http_refusal(&e),
+    };
+    let runner = match &principal {
+        Principal::Runner(_) if push => {
+            return gate::http_refusal(&Error::PermissionDenied("runner tokens cannot push".into()));
+        }
+        Principal::Runner(id) => Some(id.clone()),
+        Principal::Person(c) => {
+            let role = if push { Role::Push } else { Role::Read };
+            if !c.grants.allows(role, Some(&repo)) {
+                let what = if push { "push to" } else { "read" };
+                let e = Error::PermissionDenied(format!(
+                    "{} may not {what} repository `{repo}` (it needs the {} role there)",
+                    c.actor,
+                    crate::access::role_name(role)
+                ));
+                return gate::http_refusal(&e);
+            }
+            None
+        }
     };
     let not_found = || (StatusCode::NOT_FOUND, format!("no repository `{repo}`\n")).into_response();
     if g.triggers.get(&repo).is_err() {
@@ -102,13 +107,20 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
         }
     }
-    match cgi(&g.triggers, &repo, &rest, &query, req).await {
+    let peer = gate::peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
+    let resp = match cgi(&g.triggers, &repo, &rest, &query, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(repo, error = %e, "git http-backend failed");
             (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
         }
+    };
+    // The push itself (not the ref advertisement before it).
+    if rest == "/git-receive-pack" {
+        let outcome = if resp.status().is_success() { "ok".to_string() } else { resp.status().to_string() };
+        g.gate.write_route(&principal, "git push", &format!("repository `{repo}`"), &peer, &outcome);
     }
+    resp
 }
 
 /// Runs `git http-backend` for one request.

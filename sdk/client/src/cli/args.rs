@@ -99,6 +99,29 @@ pub enum Command {
     /// Manage secrets (values jobs read as env when they list them).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Manage API tokens (yours; an admin's: everyone's).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Who the token is, and what it may do.
+    Whoami,
+    /// Manage users and their roles (admins).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Read the audit log: privileged actions, newest first (admins).
+    Audit {
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only entries older than this id (the next page).
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a run of a repository by hand (its pipeline must allow `manual`).
     Trigger {
         /// The repository.
@@ -458,6 +481,99 @@ pub enum CachesCommand {
     },
     /// Totals, limits and hit counts.
     Stats,
+}
+
+/// `viaduct tokens …`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token; prints its secret (shown once) on stdout.
+    Create {
+        /// A name to know it by.
+        name: String,
+        /// A role, on every repository (ROLE) or one (ROLE:REPO); repeatable.
+        /// Default: all of yours. Roles: read, trigger, push, maintain, admin.
+        #[arg(long = "grant", value_parser = grant)]
+        grants: Vec<viaduct_sdk::proto::v1::Grant>,
+        /// It stops working after this long (e.g. 30d, 12h).
+        #[arg(long, value_parser = viaduct_pipeline::duration::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+        /// A service token, acting for no user (admins).
+        #[arg(long, conflicts_with = "user")]
+        service: bool,
+        /// A token for this user (admins).
+        #[arg(long)]
+        user: Option<String>,
+        /// A runner registration token (admins), good for this many runners.
+        #[arg(long)]
+        registration: Option<u32>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once (also its open streams).
+    Revoke {
+        /// Its id (tok_…).
+        id: String,
+    },
+    /// Replace a token's secret; the old one stops working at once.
+    Rotate {
+        /// Its id (tok_…).
+        id: String,
+    },
+}
+
+/// `viaduct users …`.
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a local user.
+    Create {
+        /// Login name.
+        name: String,
+        /// A role, on every repository (ROLE) or one (ROLE:REPO); repeatable.
+        #[arg(long = "grant", value_parser = grant)]
+        grants: Vec<viaduct_sdk::proto::v1::Grant>,
+        /// Shown name.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List users.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a user's roles (takes effect at once, for their tokens too).
+    Grant {
+        /// Login name.
+        name: String,
+        /// A role, on every repository (ROLE) or one (ROLE:REPO); repeatable;
+        /// none: no role at all.
+        #[arg(long = "grant", value_parser = grant)]
+        grants: Vec<viaduct_sdk::proto::v1::Grant>,
+    },
+    /// Remove a user; their tokens stop working at once.
+    Delete {
+        /// Login name.
+        name: String,
+    },
+}
+
+/// `ROLE` or `ROLE:REPO`.
+pub fn grant(s: &str) -> Result<viaduct_sdk::proto::v1::Grant, String> {
+    use viaduct_sdk::proto::v1::Role;
+    let (role, repo) = s.split_once(':').unwrap_or((s, ""));
+    let role = match role {
+        "read" => Role::Read,
+        "trigger" => Role::Trigger,
+        "push" => Role::Push,
+        "maintain" => Role::Maintain,
+        "admin" => Role::Admin,
+        other => return Err(format!("`{other}` is not a role (read, trigger, push, maintain, admin)")),
+    };
+    Ok(viaduct_sdk::proto::v1::Grant { role: role as i32, repo: repo.to_string() })
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {

@@ -346,7 +346,8 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
             Ok(())
         }
         RunnersCommand::Token { reusable } => {
-            let t = client.runners().create_registration_token(CreateRegistrationTokenRequest { reusable }).await?;
+            let req = CreateRegistrationTokenRequest { reusable, ..Default::default() };
+            let t = client.runners().create_registration_token(req).await?;
             println!("{}", t.into_inner().token);
             Ok(())
         }

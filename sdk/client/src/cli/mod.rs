@@ -3,6 +3,7 @@
 pub mod args;
 pub mod commands;
 pub mod files;
+pub mod people;
 pub mod terminal;
 pub mod view;
 
@@ -107,6 +108,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plugins(c) => files::plugins(&client, c).await,
         Command::Artifacts(c) => files::artifacts(&client, c).await,
         Command::Caches(c) => files::caches(&client, c).await,
+        Command::Tokens(c) => people::tokens(&client, c).await,
+        Command::Whoami => people::whoami(&client).await,
+        Command::Users(c) => people::users(&client, c).await,
+        Command::Audit { limit, before, actor, json } => people::audit(&client, limit, before, actor, json).await,
         Command::Trigger { repo, git_ref, commit, inputs, follow } => {
             commands::trigger(&client, repo, git_ref, commit, inputs, follow).await
         }
