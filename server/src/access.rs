@@ -234,23 +234,36 @@ impl Grants {
     }
 
     /// The part of `self` that `limit` also allows (a user's token is cut
-    /// down to what the user has now).
+    /// down to what the user has now): each pair of grants meets on the
+    /// narrower place with the weaker role.
     pub fn within(&self, limit: &Grants) -> Grants {
-        Grants(
-            self.0
-                .iter()
-                .filter_map(|g| {
-                    let want = Role::try_from(g.role).ok()?;
-                    let on = (!g.repo.is_empty()).then_some(g.repo.as_str());
-                    // The strongest role `limit` allows there, up to `want`.
-                    let best = [Role::Admin, Role::Maintain, Role::Push, Role::Trigger, Role::Read]
-                        .into_iter()
-                        .filter(|r| *r as i32 <= want as i32)
-                        .find(|r| limit.allows(*r, on))?;
-                    Some(Grant { role: best as i32, repo: g.repo.clone() })
-                })
-                .collect(),
-        )
+        let mut met = Vec::new();
+        for g in &self.0 {
+            for l in &limit.0 {
+                let repo = match (g.repo.as_str(), l.repo.as_str()) {
+                    ("", r) | (r, "") => r,
+                    (a, b) if a == b => a,
+                    _ => continue,
+                };
+                let role = level(g.role).min(level(l.role));
+                if role > 0 {
+                    met.push(Grant { role, repo: repo.to_string() });
+                }
+            }
+        }
+        // Without the grants another one already includes.
+        let all = Grants(met.clone());
+        let mut out: Vec<Grant> = met
+            .into_iter()
+            .filter(|g| {
+                !all.0
+                    .iter()
+                    .any(|o| o != g && level(o.role) >= level(g.role) && (o.repo.is_empty() || o.repo == g.repo))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.repo, a.role).cmp(&(&b.repo, b.role)));
+        out.dedup();
+        Grants(out)
     }
 
     /// Checks grants written by a caller: known roles, repository names.
@@ -380,8 +393,13 @@ mod tests {
         assert_eq!(g.repos(Role::Read), Repos::All);
         assert!(g.covers(&Grants(vec![on(Role::Trigger, "app")])));
         assert!(!g.covers(&Grants(vec![on(Role::Trigger, "")])));
+        // A global admin token of a user who maintains `app` and reads
+        // everything: maintain on `app`, read elsewhere.
         let cut = Grants(vec![on(Role::Admin, ""), on(Role::Trigger, "app")]).within(&g);
-        assert_eq!(cut, Grants(vec![on(Role::Read, ""), on(Role::Trigger, "app")]));
+        assert_eq!(cut, Grants(vec![on(Role::Read, ""), on(Role::Maintain, "app")]));
+        // A token for another repository than the user's: nothing.
+        let none = Grants(vec![on(Role::Admin, "web")]).within(&Grants(vec![on(Role::Admin, "app")]));
+        assert_eq!(none, Grants(vec![]));
     }
 
     #[test]
