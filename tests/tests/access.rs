@@ -64,7 +64,7 @@ async fn call(channel: &tonic::transport::Channel, token: Option<&str>, path: &s
     if let Some(t) = token {
         req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
-    let path = tonic::codegen::http::uri::PathAndQuery::from_maybe_shared(path.to_string()).unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(10), grpc.streaming(req, path.clone(), Raw)).await;
     match result {
         Err(_) => panic!("{path} did not answer within 10 s"),
