@@ -192,6 +192,7 @@ impl Auth {
             TokenKind::Admin => "vda_",
             TokenKind::Registration => "vdr_",
             TokenKind::Runner => "vdn_",
+            TokenKind::Session => "vds_",
             TokenKind::Api | TokenKind::Unspecified => "vdt_",
         };
         Grants::check(&new.grants)?;
@@ -262,6 +263,30 @@ impl Auth {
         &self.users
     }
 
+    /// The principal of an API call: its bearer token, else the web UI's
+    /// session cookie (sent by browsers only to this origin: `SameSite`).
+    pub fn authenticate_call(&self, headers: &http::HeaderMap) -> Result<Principal> {
+        if headers.contains_key(http::header::AUTHORIZATION) {
+            return self.authenticate_http(headers);
+        }
+        match crate::sign_in::session_cookie(headers) {
+            Some(token) => self.check(&token),
+            None => Err(Error::Unauthenticated("missing `authorization: Bearer <token>` header".into())),
+        }
+    }
+
+    /// Revokes `token` if it is a web session (signing out).
+    pub async fn end_session(&self, token: &str) -> Result<()> {
+        let h = hash(token);
+        if self.store.get::<TokenRecord>(T::Tokens, h)?.is_some_and(|r| r.kind() == TokenKind::Session) {
+            let mut ws = WriteSet::default();
+            ws.delete(T::Tokens, h);
+            self.store.commit_durable(&ws).await?;
+            self.revoked();
+        }
+        Ok(())
+    }
+
     /// The principal of a request: its bearer token (or Basic, with the
     /// token as the password, as git sends it).
     pub fn authenticate_http(&self, headers: &http::HeaderMap) -> Result<Principal> {
@@ -285,7 +310,7 @@ impl Auth {
             TokenKind::Registration | TokenKind::Unspecified => {
                 Err(Error::PermissionDenied("a registration token can only register runners".into()))
             }
-            TokenKind::Admin | TokenKind::Api => {
+            TokenKind::Admin | TokenKind::Api | TokenKind::Session => {
                 let mut grants = if rec.kind() == TokenKind::Admin {
                     Grants::global(Role::Admin)
                 } else {
@@ -377,6 +402,7 @@ impl Auth {
         let token = generate(match rec.kind() {
             TokenKind::Admin => "vda_",
             TokenKind::Registration => "vdr_",
+            TokenKind::Session => "vds_",
             _ => "vdt_",
         })?;
         let h = hash(&token);
@@ -514,6 +540,7 @@ fn to_proto(h: &[u8; 32], rec: &TokenRecord, last_used_ms: i64) -> Token {
     let kind = match rec.kind() {
         TokenKind::Registration => "registration",
         TokenKind::Runner => "runner",
+        TokenKind::Session => "session",
         _ => "api",
     };
     let grants = if rec.kind() == TokenKind::Admin { Grants::global(Role::Admin).0 } else { rec.grants.clone() };

@@ -76,18 +76,29 @@ pub fn audited(path: &str, need: Need) -> bool {
 /// A refusal on an HTTP route (git's client asks for credentials after a
 /// 401; 429 says when to try again).
 pub fn http_refusal(e: &Error) -> Response {
-    let (status, basic) = match e {
-        Error::Unauthenticated(_) => (http::StatusCode::UNAUTHORIZED, true),
-        Error::PermissionDenied(_) => (http::StatusCode::FORBIDDEN, false),
-        Error::RateLimited { .. } => (http::StatusCode::TOO_MANY_REQUESTS, false),
-        Error::NotFound(_) => (http::StatusCode::NOT_FOUND, false),
-        _ => (http::StatusCode::SERVICE_UNAVAILABLE, false),
-    };
-    let mut r = (status, format!("{e}\n")).into_response();
-    if basic {
+    let mut r = http_error(e);
+    if matches!(e, Error::Unauthenticated(_)) {
         r.headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Basic realm=\"viaduct\""));
     }
+    r
+}
+
+/// A refusal as a plain-text HTTP response: its status, its message, and
+/// `Retry-After` when rate-limited.
+pub fn http_error(e: &Error) -> Response {
+    let status = match e {
+        Error::Unauthenticated(_) => http::StatusCode::UNAUTHORIZED,
+        Error::PermissionDenied(_) => http::StatusCode::FORBIDDEN,
+        Error::RateLimited { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+        Error::NotFound(_) => http::StatusCode::NOT_FOUND,
+        Error::Invalid(_) | Error::InvalidFile(_) => http::StatusCode::BAD_REQUEST,
+        Error::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+        Error::AlreadyExists(_) => http::StatusCode::CONFLICT,
+        Error::Internal(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+        _ => http::StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut r = (status, format!("{e}\n")).into_response();
     if let Error::RateLimited { retry_after, .. } = e
         && let Ok(v) = http::HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
     {
@@ -130,7 +141,7 @@ pub async fn check(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
         gate.write(&access, &path, &peer, outcome);
         return resp;
     }
-    let principal = match gate.authenticate(req.headers(), peer_ip(&req)) {
+    let principal = match gate.authenticate_call(req.headers(), peer_ip(&req)) {
         Ok(p) => p,
         Err(e) => {
             if audit {
@@ -171,6 +182,13 @@ impl Gate {
     pub fn authenticate(&self, headers: &http::HeaderMap, client: Option<IpAddr>) -> Result<Principal, Error> {
         self.throttle.admit(client)?;
         self.auth.authenticate_http(headers).map_err(|e| self.throttle.failed(client).unwrap_or(e))
+    }
+
+    /// [`Gate::authenticate`] for API calls, which may also come with the
+    /// web UI's session cookie.
+    pub fn authenticate_call(&self, headers: &http::HeaderMap, client: Option<IpAddr>) -> Result<Principal, Error> {
+        self.throttle.admit(client)?;
+        self.auth.authenticate_call(headers).map_err(|e| self.throttle.failed(client).unwrap_or(e))
     }
 
     /// Writes an HTTP route's privileged action to the audit log.

@@ -31,6 +31,8 @@ pub mod http;
 pub mod planning;
 pub mod plugins;
 pub mod secrets;
+pub mod sign_in;
+pub mod sso;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -76,6 +78,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Single sign-on groups → grants.
     pub group_roles: users::GroupRoles,
+    /// Single sign-on with an OpenID provider.
+    pub sso: Option<sso::SsoConfig>,
+    /// How long a web UI session lasts.
+    pub session_ttl: std::time::Duration,
 }
 
 /// How long a shutdown waits for open requests and streams.
@@ -121,18 +127,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Arc::clone(&depot.plugins),
     );
 
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let tls = cfg.tls.clone().map(tls::Tls::new).transpose()?.map(Arc::new);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+    triggers.set_public_url(public_url.clone());
     let gate = Arc::new(gate::Gate {
         auth: Arc::clone(&auth),
         audit: Arc::new(audit::AuditLog::open(Arc::clone(&store))?),
         throttle: Arc::new(throttle::Throttle::new(cfg.limits)),
     });
     auth.spawn_last_use_writer();
-    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot).await?.merge(http::router(
-        Arc::clone(&engine),
-        Arc::clone(&triggers),
-        Arc::clone(&gate),
-        Arc::clone(&depot),
-    ));
+    let sso = cfg.sso.clone().map(|c| sso::Sso::new(c, &public_url)).transpose()?;
+    let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
+    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot)
+        .await?
+        .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&gate), Arc::clone(&depot)))
+        .merge(sign_in::router(sign_in));
     if let Some(addr) = cfg.metrics_listen {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics)"))?;
@@ -150,12 +163,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         app = app.merge(ui::assets(dir));
     }
     let app = app.fallback(move |req: axum::extract::Request| api::fallback(ui_dir.clone(), req));
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let tls = cfg.tls.clone().map(tls::Tls::new).transpose()?.map(Arc::new);
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    triggers.set_public_url(cfg.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")));
     write_atomically(&cfg.data_dir, "address", &format!("{addr}\n"))?;
     // Local tools (the git hook) reach a TLS server over a plaintext
     // listener on loopback only, announced in `local-address`.

@@ -97,6 +97,32 @@ struct Args {
     /// or on REPO (GROUP=ROLE or GROUP=ROLE:REPO; repeatable).
     #[arg(long = "oidc-group-role", value_parser = parse_group_role)]
     group_roles: Vec<(String, viaduct_proto::v1::Grant)>,
+    /// Single sign-on: the OpenID provider's issuer URL (the web UI and
+    /// `viaduct login` then sign people in there).
+    #[arg(long, env = "VIADUCT_OIDC_ISSUER", requires = "oidc_client_id")]
+    oidc_issuer: Option<String>,
+    /// This server's client id at the provider (its redirect URL is
+    /// PUBLIC_URL/auth/callback).
+    #[arg(long, env = "VIADUCT_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    /// A file holding the client secret (none: a public client, PKCE only).
+    #[arg(long, env = "VIADUCT_OIDC_CLIENT_SECRET_FILE")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// Scopes to ask for besides `openid` (comma-separated).
+    #[arg(long, default_value = "profile,email,groups", value_delimiter = ',')]
+    oidc_scopes: Vec<String>,
+    /// The ID token claim that names the user.
+    #[arg(long, default_value = "preferred_username")]
+    oidc_username_claim: String,
+    /// The ID token claim that lists the user's groups.
+    #[arg(long, default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Trust this CA (PEM) for the provider, besides the system's.
+    #[arg(long)]
+    oidc_ca_cert: Option<PathBuf>,
+    /// How long a web UI session lasts.
+    #[arg(long, default_value = "12h", value_parser = viaduct_pipeline::duration::parse_duration)]
+    session_ttl: Duration,
     /// Tests only: run schedules on a clock SPEED times faster from EPOCH
     /// (unix seconds), as EPOCH:SPEED.
     #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
@@ -182,6 +208,28 @@ fn main() -> ExitCode {
         },
         metrics_listen: args.metrics_listen,
         group_roles: viaduct_server::users::GroupRoles(args.group_roles),
+        sso: match args.oidc_issuer {
+            None => None,
+            Some(issuer) => Some(viaduct_server::sso::SsoConfig {
+                issuer,
+                client_id: args.oidc_client_id.unwrap_or_default(),
+                client_secret: match &args.oidc_client_secret_file {
+                    None => None,
+                    Some(f) => match std::fs::read_to_string(f) {
+                        Ok(s) => Some(s.trim().to_string()),
+                        Err(e) => {
+                            eprintln!("viaduct-server: cannot read {}: {e}", f.display());
+                            return ExitCode::from(2);
+                        }
+                    },
+                },
+                scopes: args.oidc_scopes,
+                username_claim: args.oidc_username_claim,
+                groups_claim: args.oidc_groups_claim,
+                ca_cert: args.oidc_ca_cert,
+            }),
+        },
+        session_ttl: args.session_ttl,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -131,9 +131,16 @@ impl Users {
     }
 
     /// Makes or refreshes a user from a single sign-on login.
+    /// A local user of the same name is never taken over.
     pub async fn sign_in(&self, name: &str, display_name: &str, groups: Vec<String>) -> Result<UserRecord> {
         check_name(name)?;
-        let mut rec = self.record(name)?.unwrap_or_else(|| UserRecord {
+        let existing = self.record(name)?;
+        if existing.as_ref().is_some_and(|r| r.source != OIDC) {
+            return Err(Error::PermissionDenied(format!(
+                "`{name}` is a local user: single sign-on cannot sign in as them"
+            )));
+        }
+        let mut rec = existing.unwrap_or_else(|| UserRecord {
             schema: SCHEMA_VERSION,
             source: OIDC.into(),
             created_ms: now_ms(),

@@ -18,6 +18,7 @@ use tempfile::TempDir;
 
 pub mod browser;
 pub mod forge;
+pub mod oidc;
 pub mod pki;
 pub mod sshd;
 pub use viaduct_sdk::{
@@ -542,6 +543,19 @@ pub fn shared_dir() -> TempDir {
 
 /// One HTTP/1.1 request over a plain socket: returns (status code, body).
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let (code, _, body) = http_with_head(addr, method, path, headers, body);
+    (code, body)
+}
+
+/// One HTTP/1.1 request over a plain socket: returns (status code,
+/// response head, body).
+pub fn http_with_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     use std::io::{Read, Write};
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
@@ -560,7 +574,7 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    (code, body)
+    (code, head, body)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

@@ -6,7 +6,7 @@ use fantoccini::{Client as Driver, Locator};
 use viaduct_tests::{
     Server, Status,
     browser::{Browser, screenshot, wait_for, wait_for_js, wait_for_page},
-    finished, http, run_where, submit, within,
+    finished, http, run_where, submit, v1, within,
 };
 
 /// Signs in through the sign-in page with `token`.
@@ -66,6 +66,12 @@ fn the_bundle_is_served_with_types_compression_and_caching() {
     let head = raw("/", &[("Accept", "text/html")]);
     assert!(head.contains("content-type: text/html"), "{head}");
     assert!(head.contains("cache-control: no-cache"), "{head}");
+    // A strict policy: the page's own scripts by hash, nothing injected runs
+    // (every browser test below runs under it).
+    let csp = head.lines().find_map(|l| l.strip_prefix("content-security-policy: ")).expect("a CSP header");
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    let scripts = csp.split(';').find(|d| d.trim().starts_with("script-src")).expect("script-src");
+    assert!(!scripts.contains("unsafe-inline") && scripts.contains("'sha256-"), "{csp}");
 
     for (ext, mime) in [(".wasm", "application/wasm"), (".js", "javascript"), (".css", "text/css")] {
         let path = asset(ext);
@@ -139,11 +145,21 @@ async fn sign_in_then_a_run_appears_and_turns_green_without_reload() {
         }
         screenshot(&c, "run").await;
 
+        // The token lives in a cookie scripts cannot read (an XSS could
+        // not steal it), sent only to this site, never in local storage.
+        let session = c.get_named_cookie("viaduct_session").await.expect("the session cookie");
+        assert_eq!(session.http_only(), Some(true), "{session:?}");
+        assert_eq!(session.same_site(), Some(cookie::SameSite::Strict), "{session:?}");
+        assert_eq!(session.secure(), Some(true), "{session:?}");
+        let visible = c.execute("return document.cookie + JSON.stringify(localStorage);", vec![]).await.expect("js");
+        assert!(!visible.to_string().contains(&token), "scripts can see the token: {visible}");
+
         // Signing out forgets the token.
         wait_for(&c, "#sign-out").await.click().await.expect("sign out");
         wait_for_page(&c, "sign-in").await;
-        let stored = c.execute("return localStorage.getItem('viaduct.token');", vec![]).await.expect("js");
-        assert!(stored.is_null(), "the token is still stored: {stored}");
+        assert!(c.get_named_cookie("viaduct_session").await.is_err(), "the session cookie is still set");
+        c.goto(&format!("{}/", server.url())).await.expect("open");
+        wait_for_page(&c, "sign-in").await;
     })
     .await;
 }
@@ -213,15 +229,38 @@ async fn log_lines_arrive_live_and_a_running_job_is_cancelled_from_the_ui() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_or_bad_stored_token_leads_back_to_sign_in() {
     let server = Server::with_ui();
-    let token = server.admin_token();
+    let admin = server.client().await;
+    let req = v1::CreateTokenRequest {
+        name: "dashboard".into(),
+        service: true,
+        grants: vec![v1::Grant { role: v1::Role::Read as i32, repo: String::new() }],
+        ..Default::default()
+    };
+    let created = admin.tokens().create(req).await.expect("create a token").into_inner();
     Browser::run(|c| async move {
-        sign_in(&c, &server, &token).await;
+        sign_in(&c, &server, &created.secret).await;
         wait_for_page(&c, "runs").await;
-        // The stored token stops working (as when it is revoked or expires).
-        c.execute("localStorage.setItem('viaduct.token', 'vda_expired');", vec![]).await.expect("js");
+        // A read-only token sees no admin pages in the navigation.
+        assert!(c.find(Locator::Css("a[href='/audit']")).await.is_err(), "a reader is offered the audit log");
+        // The token is revoked elsewhere: the next page load leads to sign-in.
+        let id = created.token.as_ref().expect("token").id.clone();
+        admin.tokens().revoke(v1::RevokeTokenRequest { id }).await.expect("revoke");
         c.refresh().await.expect("reload");
         wait_for_page(&c, "sign-in").await;
         screenshot(&c, "sign-in-expired").await;
+        // A forged cookie is no better.
+        c.delete_all_cookies().await.expect("clear cookies");
+        c.add_cookie(
+            cookie::Cookie::build(("viaduct_session", "vds_forged"))
+                .domain("127.0.0.1")
+                .path("/")
+                .same_site(cookie::SameSite::Strict)
+                .into(),
+        )
+        .await
+        .expect("set cookie");
+        c.goto(&format!("{}/", server.url())).await.expect("open");
+        wait_for_page(&c, "sign-in").await;
     })
     .await;
 }

@@ -163,6 +163,21 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// `url` parsed, if this transport may reach it: `http://` or
+    /// `https://`, and `http://` only to this machine unless `insecure`.
+    pub fn check(&self, url: &str) -> Result<http::Uri, Error> {
+        let bad = |reason: String| Error::InvalidUrl { url: url.to_string(), reason };
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        match uri.scheme_str() {
+            Some("https") => Ok(uri),
+            Some("http") if self.insecure || uri.host().is_some_and(is_local) => Ok(uri),
+            Some("http") => Err(Error::Plaintext { url: url.to_string() }),
+            _ => Err(bad("use http:// or https://".into())),
+        }
+    }
+}
+
 /// Whether `host` is this machine (plaintext to it crosses no network).
 fn is_local(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -175,31 +190,22 @@ fn is_local(host: &str) -> bool {
 /// only to this machine unless `insecure`.
 fn endpoint(url: &str, transport: &Transport) -> Result<Endpoint, Error> {
     let bad = |reason: String| Error::InvalidUrl { url: url.to_string(), reason };
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+    let uri = transport.check(url)?;
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| bad(e.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW);
-    match uri.scheme_str() {
-        Some("https") => {
-            let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
-            if let Some(ca) = &transport.ca_cert {
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
-            }
-            if let Some((cert, key)) = &transport.identity {
-                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
-            }
-            endpoint =
-                endpoint.tls_config(tls).map_err(|e| Error::Tls(format!("TLS settings: {}", source_chain(&e))))?;
+    if uri.scheme_str() == Some("https") {
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &transport.ca_cert {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
         }
-        Some("http") => {
-            if !transport.insecure && !uri.host().is_some_and(is_local) {
-                return Err(Error::Plaintext { url: url.to_string() });
-            }
+        if let Some((cert, key)) = &transport.identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
         }
-        _ => return Err(bad("use http:// or https://".into())),
+        endpoint = endpoint.tls_config(tls).map_err(|e| Error::Tls(format!("TLS settings: {}", source_chain(&e))))?;
     }
     Ok(endpoint)
 }

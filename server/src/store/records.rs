@@ -400,6 +400,8 @@ pub enum TokenKind {
     Runner = 3,
     /// An API token with grants.
     Api = 4,
+    /// A web UI session after single sign-on (a user's, short-lived).
+    Session = 5,
 }
 
 /// A credential: `tokens` tree, key = blake3 hash of the token.

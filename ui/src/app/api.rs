@@ -1,56 +1,93 @@
 //! The server API as the app uses it: the generated `viaduct.v1` clients
-//! over gRPC-web to the page's own origin, each call carrying the session's
-//! bearer token, and errors turned into something to show.
+//! over gRPC-web to the page's own origin, and errors turned into something
+//! to show.
 //!
-//! Any call answered `UNAUTHENTICATED` (an expired or revoked token) ends
-//! the session: the token is forgotten and the shell sends the user to the
+//! The session lives in an `HttpOnly` cookie the server sets (after single
+//! sign-on, or after the sign-in page hands it an API token): scripts —
+//! this app included — never see a token, and the browser sends the cookie
+//! with every call. Any call answered `UNAUTHENTICATED` (a revoked or
+//! expired session) ends the session and the shell sends the user to the
 //! sign-in page with a message.
 
 use std::fmt;
 
-use leptos::prelude::*;
-use tonic::{
-    Code, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-};
+use leptos::{prelude::*, task::spawn_local};
+use tonic::{Code, Status};
 use tonic_web_wasm_client::Client;
 use viaduct_proto::v1::{
-    artifacts_client::ArtifactsClient, logs_client::LogsClient, pipelines_client::PipelinesClient,
-    repos_client::ReposClient, runners_client::RunnersClient, runs_client::RunsClient,
+    Role, WhoamiRequest, artifacts_client::ArtifactsClient, audit_client::AuditClient, logs_client::LogsClient,
+    pipelines_client::PipelinesClient, repos_client::ReposClient, runners_client::RunnersClient,
+    runs_client::RunsClient, tokens_client::TokensClient,
 };
 
 use super::browser;
 
-/// The signed-in state: the token (persisted in `localStorage`) and a
-/// message for the sign-in page.
+/// Who is signed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignedIn {
+    /// Not known yet (the first call is in flight).
+    Checking,
+    /// Signed in as this user (or service token); `admin` when it may do
+    /// everything.
+    As {
+        /// The name.
+        name: String,
+        /// A global admin.
+        admin: bool,
+    },
+    /// Signed out.
+    Out,
+}
+
+/// The signed-in state and a message for the sign-in page.
 #[derive(Clone, Copy)]
 pub struct Session {
-    /// The API token; `None` when signed out.
-    pub token: RwSignal<Option<String>>,
+    /// Who.
+    pub who: RwSignal<SignedIn>,
     /// Why the user was signed out, shown on the sign-in page.
     pub notice: RwSignal<Option<String>>,
 }
 
 impl Session {
-    /// The session stored in the browser.
+    /// Asks the server who the session cookie belongs to.
     pub fn restore() -> Self {
-        let token = browser::load(browser::TOKEN_KEY).filter(|t| !t.trim().is_empty());
-        Session { token: RwSignal::new(token), notice: RwSignal::new(None) }
+        let session = Session { who: RwSignal::new(SignedIn::Checking), notice: RwSignal::new(None) };
+        // Earlier versions kept the token where scripts could read it.
+        browser::forget("viaduct.token");
+        spawn_local(async move { session.refresh().await });
+        session
     }
 
-    /// Signs in with a checked token.
-    pub fn sign_in(&self, token: String) {
-        browser::store(browser::TOKEN_KEY, &token);
-        self.notice.set(None);
-        self.token.set(Some(token));
+    /// Re-reads who is signed in (after the server set the cookie).
+    pub async fn refresh(self) {
+        let api = Api { channel: Client::new(browser::origin()), session: None };
+        let who = match api.tokens().whoami(WhoamiRequest {}).await {
+            Ok(me) => {
+                let me = me.into_inner();
+                let admin = me.grants.iter().any(|g| g.role == Role::Admin as i32 && g.repo.is_empty());
+                SignedIn::As { name: me.name, admin }
+            }
+            Err(_) => SignedIn::Out,
+        };
+        if who != SignedIn::Out {
+            self.notice.set(None);
+        }
+        self.who.set(who);
     }
 
-    /// Signs out, leaving `notice` for the sign-in page.
+    /// Whether someone is signed in.
+    pub fn signed_in(&self) -> bool {
+        matches!(self.who.get(), SignedIn::As { .. })
+    }
+
+    /// Signs out (the server ends the session and clears its cookie),
+    /// leaving `notice` for the sign-in page.
     pub fn sign_out(&self, notice: Option<String>) {
-        browser::forget(browser::TOKEN_KEY);
         self.notice.set(notice);
-        self.token.set(None);
+        self.who.set(SignedIn::Out);
+        spawn_local(async move {
+            browser::fetch("POST", "/auth/logout", None).await;
+        });
     }
 }
 
@@ -108,30 +145,10 @@ impl fmt::Display for ApiError {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone, Debug)]
-pub struct BearerAuth(Option<MetadataValue<Ascii>>);
-
-impl BearerAuth {
-    /// The header for `token`; `None` when it cannot be sent in a header.
-    pub fn new(token: &str) -> Option<Self> {
-        format!("Bearer {}", token.trim()).parse::<MetadataValue<Ascii>>().ok().map(|v| BearerAuth(Some(v)))
-    }
-}
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
-
 /// The channel every client uses.
-pub type Channel = InterceptedService<Client, BearerAuth>;
+pub type Channel = Client;
 
-/// Clients of the API for one token.
+/// Clients of the API (the browser adds the session cookie).
 #[derive(Clone)]
 pub struct Api {
     channel: Channel,
@@ -139,13 +156,6 @@ pub struct Api {
 }
 
 impl Api {
-    /// An API with `token` (no session: for checking a token at sign-in).
-    /// `None` when the token has characters a header cannot carry.
-    pub fn with_token(token: &str) -> Option<Self> {
-        let auth = BearerAuth::new(token)?;
-        Some(Api { channel: InterceptedService::new(Client::new(browser::origin()), auth), session: None })
-    }
-
     /// `Runs`.
     pub fn runs(&self) -> RunsClient<Channel> {
         RunsClient::new(self.channel.clone())
@@ -176,6 +186,16 @@ impl Api {
         ArtifactsClient::new(self.channel.clone())
     }
 
+    /// `Tokens`.
+    pub fn tokens(&self) -> TokensClient<Channel> {
+        TokensClient::new(self.channel.clone())
+    }
+
+    /// `Audit`.
+    pub fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.channel.clone())
+    }
+
     /// The message of a call's response, or its error; `UNAUTHENTICATED`
     /// ends the session.
     pub fn check<T>(&self, result: Result<tonic::Response<T>, Status>) -> Result<T, ApiError> {
@@ -187,22 +207,15 @@ impl Api {
         let e = ApiError::from_status(s);
         if e.code == Code::Unauthenticated
             && let Some(session) = self.session
-            && session.token.get_untracked().is_some()
+            && matches!(session.who.get_untracked(), SignedIn::As { .. })
         {
-            session.sign_out(Some("Your session ended (the token was refused). Sign in again.".to_string()));
+            session.sign_out(Some("Your session ended (it expired or was revoked). Sign in again.".to_string()));
         }
         e
     }
 }
 
-/// The API of the signed-in session (its token read now).
+/// The API of the signed-in session.
 pub fn use_api() -> Api {
-    let session = use_session();
-    let token = session.token.get_untracked().unwrap_or_default();
-    let mut api = Api::with_token(&token).unwrap_or_else(|| Api {
-        channel: InterceptedService::new(Client::new(browser::origin()), BearerAuth(None)),
-        session: None,
-    });
-    api.session = Some(session);
-    api
+    Api { channel: Client::new(browser::origin()), session: Some(use_session()) }
 }

@@ -6,8 +6,6 @@ use std::time::Duration;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-/// `localStorage` key of the API token.
-pub const TOKEN_KEY: &str = "viaduct.token";
 /// `localStorage` key of the colour theme ("light" or "dark"; absent:
 /// follow the system).
 pub const THEME_KEY: &str = "viaduct.theme";
@@ -61,6 +59,42 @@ pub fn forget(key: &str) {
     if let Some(s) = storage() {
         let _ = s.remove_item(key);
     }
+}
+
+/// An HTTP answer: status, its `Retry-After` (seconds) and its body.
+pub struct Answer {
+    /// The HTTP status (0: the request failed).
+    pub status: u16,
+    /// Seconds to wait, on 429.
+    pub retry_after: Option<u32>,
+    /// The body as text.
+    pub text: String,
+}
+
+/// Sends a request to the page's own origin (cookies included, as for
+/// every same-origin request) with `x-viaduct-request: 1`, the header the
+/// server's sign-in routes ask of same-origin scripts.
+pub async fn fetch(method: &str, path: &str, body: Option<&str>) -> Answer {
+    let failed = Answer { status: 0, retry_after: None, text: String::new() };
+    let Some(window) = web_sys::window() else { return failed };
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    init.set_credentials(web_sys::RequestCredentials::SameOrigin);
+    if let Some(b) = body {
+        init.set_body(&JsValue::from_str(b));
+    }
+    if let Ok(headers) = web_sys::Headers::new() {
+        let _ = headers.set("x-viaduct-request", "1");
+        init.set_headers(&headers);
+    }
+    let Ok(resp) = JsFuture::from(window.fetch_with_str_and_init(path, &init)).await else { return failed };
+    let Ok(resp) = resp.dyn_into::<web_sys::Response>() else { return failed };
+    let retry_after = resp.headers().get("retry-after").ok().flatten().and_then(|v| v.parse().ok());
+    let text = match resp.text() {
+        Ok(p) => JsFuture::from(p).await.ok().and_then(|t| t.as_string()).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    Answer { status: resp.status(), retry_after, text }
 }
 
 /// The page's origin, e.g. `http://127.0.0.1:7700` (the gRPC-web base URL).

@@ -19,7 +19,7 @@ use leptos_router::{
 use wasm_bindgen::JsCast;
 
 use self::{
-    api::{Session, use_session},
+    api::{Session, SignedIn, use_session},
     live::Connection,
     widgets::Clock,
 };
@@ -70,9 +70,9 @@ fn Shell() -> impl IntoView {
     // Signed out (or the token was refused): go to sign-in, and come back.
     let nav = navigate.clone();
     Effect::new(move |_| {
-        let signed_in = session.token.get().is_some();
+        let signed_out = session.who.get() == SignedIn::Out;
         let path = location.pathname.get();
-        if !signed_in && path != "/sign-in" {
+        if signed_out && path != "/sign-in" {
             let here = format!("{path}{}", location.search.get_untracked());
             let next = if here == "/" { String::new() } else { format!("?next={}", encode(&here)) };
             nav(&format!("/sign-in{next}"), NavigateOptions { replace: true, ..NavigateOptions::default() });
@@ -124,7 +124,12 @@ fn Shell() -> impl IntoView {
     });
     on_cleanup(move || handle.remove());
 
-    let signed_in = move || session.token.get().is_some();
+    let signed_in = move || session.signed_in();
+    let admin = move || matches!(session.who.get(), SignedIn::As { admin: true, .. });
+    let who = move || match session.who.get() {
+        SignedIn::As { name, .. } => name,
+        _ => String::new(),
+    };
     let toggle_theme = move |_| {
         let dark = match theme.get_untracked().as_deref() {
             Some("dark") => true,
@@ -159,6 +164,9 @@ fn Shell() -> impl IntoView {
                     <a class=active("/repos") href="/repos">"Repos"</a>
                     <a class=active("/runners") href="/runners">"Runners"</a>
                     <a class=active("/stats") href="/stats">"Stats"</a>
+                    <Show when=admin>
+                        <a class=active("/audit") href="/audit">"Audit"</a>
+                    </Show>
                 </nav>
             </Show>
             <div class="topbar-actions">
@@ -171,6 +179,7 @@ fn Shell() -> impl IntoView {
                     "?"
                 </button>
                 <Show when=signed_in>
+                    <span id="signed-in-as" class="muted small" title="Signed in as">{who}</span>
                     <button id="sign-out" class="button subtle" on:click=sign_out>"Sign out"</button>
                 </Show>
             </div>
@@ -184,7 +193,10 @@ fn Shell() -> impl IntoView {
         <main class="main">
             <Show
                 when=move || signed_in() || location.pathname.get() == "/sign-in"
-                fallback=|| view! { <div class="loading">"Redirecting to sign-in…"</div> }
+                fallback=move || {
+                    let what = if session.who.get() == SignedIn::Checking { "Loading…" } else { "Redirecting to sign-in…" };
+                    view! { <div class="loading">{what}</div> }
+                }
             >
                 <Routes fallback=|| view! { <pages::NotFound /> }>
                     <Route path=path!("/sign-in") view=pages::sign_in::SignInPage />
@@ -197,6 +209,7 @@ fn Shell() -> impl IntoView {
                     <Route path=path!("/repos") view=pages::repos::ReposPage />
                     <Route path=path!("/repos/:name") view=pages::repos::RepoPage />
                     <Route path=path!("/stats") view=pages::stats::StatsPage />
+                    <Route path=path!("/audit") view=pages::audit::AuditPage />
                 </Routes>
             </Show>
         </main>

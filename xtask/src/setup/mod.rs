@@ -36,6 +36,9 @@ pub struct Tools {
     pub podman: PathBuf,
     /// Debian's ChromeDriver, for the browser tests of the web UI.
     pub chromedriver: PathBuf,
+    /// The npm `oidc-provider` (its install prefix), for the single
+    /// sign-on tests.
+    pub oidc_provider: PathBuf,
 }
 
 impl Tools {
@@ -44,6 +47,7 @@ impl Tools {
         vec![
             ("VIADUCT_GRPCURL", self.grpcurl.clone()),
             ("VIADUCT_CHROMEDRIVER", self.chromedriver.clone()),
+            ("VIADUCT_OIDC_PROVIDER", self.oidc_provider.clone()),
             // Every fixture above exists: a test that would skip for want
             // of one fails instead (see `viaduct_tests::missing_fixture`).
             ("VIADUCT_FIXTURES_REQUIRED", PathBuf::from("1")),
@@ -170,6 +174,14 @@ const PARTS: &[Part] = &[
         version: &[],
         check: || ok_output(&[wasm_opt_path().to_str().unwrap_or_default(), "--version"]),
     },
+    Part {
+        name: "oidc-provider",
+        source: Source::Own("npm oidc-provider"),
+        purpose: "the single sign-on tests (a real OpenID Provider)",
+        probe: "node",
+        version: &[],
+        check: check_oidc_provider,
+    },
 ];
 
 /// Installs every part, proves each works, prints the report; returns
@@ -188,9 +200,10 @@ pub fn all() -> Result<Tools> {
     let grpcurl = grpcurl()?;
     wasm_bindgen()?;
     let _ = wasm_opt();
+    let oidc_provider = oidc_provider()?;
     let podman = podman_conf()?;
     report()?;
-    Ok(Tools { grpcurl, podman, chromedriver: PathBuf::from("/usr/bin/chromedriver") })
+    Ok(Tools { grpcurl, podman, chromedriver: PathBuf::from("/usr/bin/chromedriver"), oidc_provider })
 }
 
 /// Checks every part without installing anything and prints, for each,
@@ -606,6 +619,69 @@ const BINARYEN: &str = "132.0.0";
 
 fn wasm_opt_path() -> PathBuf {
     target_dir().join("tools").join("binaryen").join("node_modules").join(".bin").join("wasm-opt")
+}
+
+/// The `oidc-provider` version [`oidc_provider`] installs.
+const OIDC_PROVIDER: &str = "9.13.3";
+
+fn oidc_provider_dir() -> PathBuf {
+    target_dir().join("tools").join("oidc-provider")
+}
+
+/// The npm package `oidc-provider` (with its dependencies) installed into
+/// `target/tools/oidc-provider`; `tests/oidc/provider.mjs` runs it.
+fn oidc_provider() -> Result<PathBuf> {
+    let dir = oidc_provider_dir();
+    let installed = std::fs::read_to_string(dir.join("node_modules/oidc-provider/package.json"))
+        .is_ok_and(|p| p.contains(&format!("\"version\": \"{OIDC_PROVIDER}\"")));
+    if !installed {
+        eprintln!("xtask: installing npm oidc-provider@{OIDC_PROVIDER} into {}", dir.display());
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+            .arg(&dir)
+            .arg(format!("oidc-provider@{OIDC_PROVIDER}")))
+        .context("installing oidc-provider with npm")?;
+    }
+    Ok(dir)
+}
+
+/// The test provider starts and publishes its discovery document.
+fn check_oidc_provider() -> Result<String> {
+    use std::io::{BufRead, Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = tempfile::tempdir()?;
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "check")?;
+    let mut child = Command::new("node")
+        .arg(crate::root().join("tests/oidc/provider.mjs"))
+        .arg(oidc_provider_dir())
+        .arg(port.to_string())
+        .arg("http://127.0.0.1:1/auth/callback")
+        .arg(&secret)
+        .arg("{}")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot run node")?;
+    let mut first = String::new();
+    let read = child.stdout.take().map(|o| std::io::BufReader::new(o).read_line(&mut first));
+    let answer = (|| -> Result<String> {
+        anyhow::ensure!(
+            matches!(read, Some(Ok(n)) if n > 0) && first.starts_with("listening"),
+            "the provider did not start: {first:?}"
+        );
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        write!(conn, "GET /.well-known/openid-configuration HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer)?;
+        Ok(answer)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = answer?;
+    anyhow::ensure!(answer.contains("\"authorization_endpoint\""), "no discovery document: {answer:.120}");
+    Ok(format!("oidc-provider {OIDC_PROVIDER}"))
 }
 
 fn grpcurl_path() -> PathBuf {

@@ -104,6 +104,17 @@ pub enum Command {
     Tokens(TokensCommand),
     /// Who the token is, and what it may do.
     Whoami,
+    /// Sign in with the server's single sign-on (a browser); keeps a token
+    /// for this server in the config directory, used when no token is given.
+    Login {
+        /// Only print the address to open (on a machine without a browser,
+        /// open it elsewhere: the redirect still comes back to this one's
+        /// loopback port, so use a browser here or an ssh tunnel).
+        #[arg(long)]
+        no_browser: bool,
+    },
+    /// Revoke the token `viaduct login` kept for this server and forget it.
+    Logout,
     /// Manage users and their roles (admins).
     #[command(subcommand)]
     Users(UsersCommand),

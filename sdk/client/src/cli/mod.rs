@@ -3,6 +3,7 @@
 pub mod args;
 pub mod commands;
 pub mod files;
+pub mod login;
 pub mod people;
 pub mod terminal;
 pub mod view;
@@ -49,7 +50,7 @@ impl From<tonic::Status> for Failure {
                 Self::Usage(viaduct_sdk::status_line(&s))
             }
             tonic::Code::Unauthenticated => Self::Server(format!(
-                "{} (pass a token with --token, VIADUCT_TOKEN or --token-file)",
+                "{} (sign in with `viaduct login`, or pass a token with VIADUCT_TOKEN or --token-file)",
                 viaduct_sdk::status_line(&s)
             )),
             _ => Self::Server(viaduct_sdk::status_line(&s)),
@@ -82,7 +83,8 @@ fn token(cli: &Cli) -> Result<Option<String>, Failure> {
         Some(f) => std::fs::read_to_string(f)
             .map(|t| Some(t.trim().to_string()))
             .map_err(|e| Failure::Usage(format!("cannot read the token file {}: {e}", f.display()))),
-        None => Ok(None),
+        // What `viaduct login` kept for this server.
+        None => Ok(login::saved_token(&cli.server)),
     }
 }
 
@@ -92,6 +94,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         return commands::validate(files);
     }
     let transport = viaduct_sdk::Transport::from_files(cli.ca_cert.as_deref(), cli.insecure, None, None)?;
+    match &cli.command {
+        Command::Login { no_browser } => return login::login(&cli, &transport, *no_browser).await,
+        Command::Logout => return login::logout(&cli, &transport).await,
+        _ => {}
+    }
     let client = Client::connect_with(&cli.server, token(&cli)?, &transport).await?;
     match cli.command {
         Command::Submit(a) => commands::submit(&client, a).await,
@@ -110,6 +117,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Caches(c) => files::caches(&client, c).await,
         Command::Tokens(c) => people::tokens(&client, c).await,
         Command::Whoami => people::whoami(&client).await,
+        Command::Login { .. } | Command::Logout => Ok(()),
         Command::Users(c) => people::users(&client, c).await,
         Command::Audit { limit, before, actor, json } => people::audit(&client, limit, before, actor, json).await,
         Command::Trigger { repo, git_ref, commit, inputs, follow } => {

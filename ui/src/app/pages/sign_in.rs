@@ -1,17 +1,16 @@
-//! `/sign-in`: paste an API token; it is checked with a cheap call before
-//! it is kept (in `localStorage`).
+//! `/sign-in`: single sign-on (when the server has it), or an API token
+//! handed to the server, which keeps it in an `HttpOnly` cookie — this
+//! page never stores it.
 
 use leptos::{ev::SubmitEvent, prelude::*, task::spawn_local};
 use leptos_router::{
     NavigateOptions,
     hooks::{use_navigate, use_query_map},
 };
-use tonic::Code;
-use viaduct_proto::v1::{FleetStatsRequest, ListRunsRequest, PageRequest};
 
-use crate::app::{
-    api::{Api, ApiError, use_session},
-    browser,
+use crate::{
+    app::{api::use_session, browser},
+    run_filter::encode,
 };
 
 /// Where to go after signing in: a local path from `?next=`, else `/`.
@@ -22,27 +21,14 @@ fn safe_next(next: Option<String>) -> String {
     }
 }
 
-/// Checks a token: `Runners.Stats` (cheap); a token that may not read the
-/// fleet but may list runs is fine too.
-async fn check_token(token: &str) -> Result<(), String> {
-    let Some(api) = Api::with_token(token) else {
-        return Err("That token has characters a token never has. Paste it again.".into());
-    };
-    let refused = |e: ApiError| match e.code {
-        Code::Unauthenticated => "The server refused this token.".to_string(),
-        Code::PermissionDenied => "This token may not use the API.".to_string(),
-        _ => format!("Cannot check the token: {e}"),
-    };
-    match api.runners().stats(FleetStatsRequest {}).await {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == Code::PermissionDenied => {
-            let req = ListRunsRequest {
-                page: Some(PageRequest { page_size: 1, page_token: String::new() }),
-                ..Default::default()
-            };
-            api.runs().list(req).await.map(|_| ()).map_err(|s| refused(ApiError::from_status(&s)))
-        }
-        Err(s) => Err(refused(ApiError::from_status(&s))),
+/// What a refused sign-in says.
+fn refusal(a: &browser::Answer) -> String {
+    match a.status {
+        0 => "Cannot reach the server.".to_string(),
+        401 => "The server refused this token.".to_string(),
+        403 => "This token cannot sign in here.".to_string(),
+        429 => format!("Too many failed sign-ins: try again in {} s.", a.retry_after.unwrap_or(60)),
+        s => format!("The server answered {s}: {}", a.text.trim()),
     }
 }
 
@@ -56,6 +42,12 @@ pub fn SignInPage() -> impl IntoView {
     let token = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
+    let sso = RwSignal::new(false);
+    spawn_local(async move {
+        let a = browser::fetch("GET", "/auth/config", None).await;
+        sso.set(a.status == 200 && a.text.contains("\"sso\":true"));
+    });
+    let sso_href = move || format!("/auth/login?next={}", encode(&safe_next(query.get().get("next"))));
 
     let submit = move |ev: SubmitEvent| {
         ev.prevent_default();
@@ -72,14 +64,15 @@ pub fn SignInPage() -> impl IntoView {
         let navigate = navigate.clone();
         let next = safe_next(query.get_untracked().get("next"));
         spawn_local(async move {
-            let result = check_token(&value).await;
-            busy.set(false);
-            match result {
-                Ok(()) => {
-                    session.sign_in(value);
-                    navigate(&next, NavigateOptions { replace: true, ..NavigateOptions::default() });
-                }
-                Err(msg) => error.set(Some(msg)),
+            let answer = browser::fetch("POST", "/auth/session", Some(&value)).await;
+            if answer.status == 200 {
+                token.set(String::new());
+                session.refresh().await;
+                busy.set(false);
+                navigate(&next, NavigateOptions { replace: true, ..NavigateOptions::default() });
+            } else {
+                busy.set(false);
+                error.set(Some(refusal(&answer)));
             }
         });
     };
@@ -89,13 +82,21 @@ pub fn SignInPage() -> impl IntoView {
             <form class="card sign-in-card" on:submit=submit>
                 <h1>"Sign in"</h1>
                 {move || session.notice.get().map(|n| view! { <p class="notice">{n}</p> })}
+                <Show when=move || sso.get()>
+                    // A full page load (not the app's router): the server
+                    // sends the browser on to the sign-in provider.
+                    <a id="sso" class="button primary" rel="external" href=sso_href>
+                        "Sign in with single sign-on"
+                    </a>
+                    <p class="muted small">"or with an API token:"</p>
+                </Show>
                 <label for="token">"API token"</label>
                 <input
                     id="token"
                     type="password"
                     autocomplete="off"
                     spellcheck="false"
-                    placeholder="vda_…"
+                    placeholder="vdt_…"
                     prop:value=move || token.get()
                     on:input=move |e| token.set(event_target_value(&e))
                 />
@@ -108,7 +109,7 @@ pub fn SignInPage() -> impl IntoView {
                     <code>".viaduct-dev/data/admin-token"</code>
                     " with "
                     <code>"cargo xtask up"</code>
-                    "). It is kept in this browser only; signing out forgets it."
+                    "). The server keeps your session in a cookie scripts cannot read; signing out ends it."
                 </p>
             </form>
         </section>
