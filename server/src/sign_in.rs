@@ -36,6 +36,7 @@ use viaduct_proto::v1::Role;
 
 use crate::{
     access::Grants,
+    audit::Action,
     auth::{NewToken, Principal},
     error::Error,
     gate::{self, Gate},
@@ -91,6 +92,18 @@ impl SignIn {
     /// Sign-in over `gate`, with single sign-on through `sso`.
     pub fn new(sso: Option<Sso>, gate: Arc<Gate>, session_ttl: Duration) -> Self {
         Self { sso, gate, session_ttl, cli_codes: Mutex::default() }
+    }
+
+    /// Writes a sign-in (`via` the web or the CLI) to the audit log.
+    fn record(&self, user: &str, token_id: &str, via: &str, peer: &str, outcome: &str) {
+        self.gate.audit.record(Action {
+            actor: user.to_string(),
+            token_id: token_id.to_string(),
+            action: format!("sign in ({via})"),
+            target: user.to_string(),
+            peer: peer.to_string(),
+            outcome: outcome.to_string(),
+        });
     }
 }
 
@@ -201,22 +214,28 @@ struct CallbackQuery {
     error_description: Option<String>,
 }
 
-async fn callback(State(s): State<Arc<SignIn>>, headers: HeaderMap, Query(q): Query<CallbackQuery>) -> Response {
+async fn callback(State(s): State<Arc<SignIn>>, req: axum::extract::Request) -> Response {
     let Some(sso) = &s.sso else {
         return error(&Error::NotFound("single sign-on is not configured on this server".into()));
+    };
+    let peer = gate::peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
+    let headers = req.headers();
+    let Ok(Query(q)) = Query::<CallbackQuery>::try_from_uri(req.uri()) else {
+        return error(&Error::invalid("a malformed callback"));
     };
     if let Some(e) = q.error {
         let why = q.error_description.unwrap_or_default();
         return error(&Error::Unauthenticated(format!("the sign-in provider said {e}: {why}")));
     }
     let Some(code) = q.code else { return error(&Error::invalid("the provider sent no code")) };
-    let cookie = cookie_value(&headers, LOGIN_COOKIE);
+    let cookie = cookie_value(headers, LOGIN_COOKIE);
     let (who, then) = match sso.finish(&code, &q.state, cookie.as_deref()).await {
         Ok(r) => r,
         Err(e) => return error(&e),
     };
     let users = s.gate.auth.users();
     if let Err(e) = users.sign_in(&who.name, &who.display_name, who.groups.clone()).await {
+        s.record(&who.name, "", "single sign-on", &peer, &format!("refused: {e}"));
         return error(&e);
     }
     tracing::info!(user = %who.name, groups = ?who.groups, "signed in with single sign-on");
@@ -231,7 +250,10 @@ async fn callback(State(s): State<Arc<SignIn>>, headers: HeaderMap, Query(q): Qu
                 ..Default::default()
             };
             let token = match s.gate.auth.issue(new).await {
-                Ok((t, _)) => t,
+                Ok((t, info)) => {
+                    s.record(&who.name, &info.id, "web session", &peer, "ok");
+                    t
+                }
                 Err(e) => return error(&e),
             };
             let mut r = Redirect::to(&next).into_response();
@@ -276,6 +298,7 @@ struct CliTokenRequest {
 
 async fn cli_token(State(s): State<Arc<SignIn>>, req: axum::extract::Request) -> Response {
     let client = gate::peer_ip(&req);
+    let peer = gate::peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
     if let Err(e) = s.gate.throttle.admit(client) {
         return error(&e);
     }
@@ -306,19 +329,7 @@ async fn cli_token(State(s): State<Arc<SignIn>>, req: axum::extract::Request) ->
     };
     match s.gate.auth.issue(new).await {
         Ok((token, info)) => {
-            s.gate.write_route(
-                &Principal::Person(crate::auth::Caller {
-                    actor: found.user.clone(),
-                    owner: found.user.clone(),
-                    token_id: info.id.clone(),
-                    hash: [0; 32],
-                    grants: Grants::default(),
-                }),
-                "viaduct login",
-                &format!("token {}", info.id),
-                "",
-                "ok",
-            );
+            s.record(&found.user, &info.id, "viaduct login", &peer, "ok");
             no_store(Json(serde_json::json!({ "token": token, "user": found.user, "id": info.id })).into_response())
         }
         Err(e) => error(&e),

@@ -104,7 +104,12 @@ async fn signing_in_with_the_provider_gives_the_roles_of_ones_groups() {
         // Her sign-in is in the audit log, shown in the UI.
         c.goto(&format!("{url}/audit")).await.expect("open audit");
         wait_for_page(&c, "audit").await;
-        wait_for_js(&c, "an audit entry", "document.querySelector('[data-audit-id]')").await;
+        wait_for_js(
+            &c,
+            "her sign-in in the audit log",
+            "[...document.querySelectorAll('[data-audit-id]')].some(r => r.innerText.includes('sign in (web session)'))",
+        )
+        .await;
         screenshot(&c, "audit").await;
 
         // Signing out ends the session on the server: the token is dead.
@@ -131,6 +136,9 @@ async fn signing_in_with_the_provider_gives_the_roles_of_ones_groups() {
         provider_login(&c, "carol").await;
         wait_for_js(&c, "a refusal", "document.body.innerText.includes('local user')").await;
         assert!(c.get_named_cookie("viaduct_session").await.is_err(), "carol got a session");
+        let req = v1::ListAuditRequest { actor: "carol".into(), ..Default::default() };
+        let log = admin.audit().list(req).await.expect("audit").into_inner().entries;
+        assert!(log.iter().any(|e| e.outcome.starts_with("refused")), "{log:?}");
     })
     .await;
     drop(provider);

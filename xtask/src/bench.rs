@@ -38,6 +38,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("steps") {
             steps().await?;
         }
+        if wanted("tls") {
+            tls().await?;
+        }
         if wanted("queue") {
             queue().await?;
         }
@@ -101,7 +104,11 @@ fn is_finished_run(c: &v1::run_event::Change) -> bool {
 }
 
 async fn system() -> Result<(Server, viaduct_tests::Runner, Client, tonic::Streaming<v1::RunEvent>)> {
-    let server = Server::start();
+    system_on(Server::start()).await
+}
+
+/// [`system`] on `server` (e.g. one speaking TLS).
+async fn system_on(server: Server) -> Result<(Server, viaduct_tests::Runner, Client, tonic::Streaming<v1::RunEvent>)> {
     let runner = server.runner("linux", 1);
     let client = server.client().await;
     // Wait for the runner: one warm-up run, whose events are drained from
@@ -116,22 +123,57 @@ async fn system() -> Result<(Server, viaduct_tests::Runner, Client, tonic::Strea
 async fn latency() -> Result<()> {
     const N: usize = 200;
     let (_server, _runner, client, mut events) = system().await?;
-    let yaml = "jobs:\n  j:\n    steps:\n      - run: true\n";
-    let mut samples = Vec::with_capacity(N);
-    for _ in 0..N {
-        let t0 = Instant::now();
-        let id = submit(&client, yaml).await?;
-        until(&mut events, &id, is_running_step).await?;
-        samples.push(t0.elapsed());
-        until(&mut events, &id, is_finished_run).await?;
-    }
-    let (p50, p99, mean) = summary(samples);
+    let (p50, p99, mean) = pickup(&client, &mut events, N).await?;
     println!(
         "latency  submit → first step running (idle runner, {N} runs): p50 {}  p99 {}  mean {}",
         ms(p50),
         ms(p99),
         ms(mean)
     );
+    Ok(())
+}
+
+/// Submit → first step running, `n` times: (p50, p99, mean).
+async fn pickup(
+    client: &Client,
+    events: &mut tonic::Streaming<v1::RunEvent>,
+    n: usize,
+) -> Result<(Duration, Duration, Duration)> {
+    let yaml = "jobs:\n  j:\n    steps:\n      - run: true\n";
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let id = submit(client, yaml).await?;
+        until(events, &id, is_running_step).await?;
+        samples.push(t0.elapsed());
+        until(events, &id, is_finished_run).await?;
+    }
+    Ok(summary(samples))
+}
+
+/// What TLS costs: pickup latency and the marginal cost of a step, on a
+/// plaintext server and on the same server speaking TLS (client, runner
+/// and server all verify and encrypt).
+async fn tls() -> Result<()> {
+    const N: usize = 200;
+    const RUNS: usize = 30;
+    for tls in [false, true] {
+        let server = if tls { Server::start_tls(&[]) } else { Server::start() };
+        let (_server, _runner, client, mut events) = system_on(server).await?;
+        let (p50, p99, mean) = pickup(&client, &mut events, N).await?;
+        let ten = job_of_steps(&client, &mut events, 10, RUNS, None).await?;
+        let one = job_of_steps(&client, &mut events, 1, RUNS, None).await?;
+        println!(
+            "tls      {:<9} submit → first step running ({N} runs): p50 {}  p99 {}  mean {};  \
+             10-step job p50 {}, each further step {}",
+            if tls { "TLS" } else { "plaintext" },
+            ms(p50),
+            ms(p99),
+            ms(mean),
+            ms(ten),
+            ms(ten.saturating_sub(one) / 9),
+        );
+    }
     Ok(())
 }
 
