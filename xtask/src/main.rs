@@ -15,6 +15,7 @@ mod bench;
 mod plugins;
 mod setup;
 mod system;
+mod tidy;
 mod ui;
 
 use std::{

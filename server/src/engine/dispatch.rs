@@ -112,9 +112,20 @@ impl Tx<'_> {
         let facts =
             trust::RunFacts { source: &source, pipeline: &run_now.pipeline, trust: trust::effective(run_now.trust) };
         for (name, is_auth) in wanted.chain((!credentials.is_empty()).then(|| (credentials.clone(), true))) {
-            let Some((value, scope)) = self.sh.secrets.get(&self.sh.store, &name)? else {
-                let why = format!("secret `{name}` is not set (viaduct secrets set {name})");
-                return self.finish_job(key, Status::Failure, &why);
+            let (value, scope) = match self.sh.secrets.get(&self.sh.store, &name) {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    let why = format!("secret `{name}` is not set (viaduct secrets set {name})");
+                    return self.finish_job(key, Status::Failure, &why);
+                }
+                // One unreadable secret fails the jobs that list it, not
+                // every dispatch after it.
+                Err(e) => {
+                    tracing::error!(job = %key, secret = %name, error = %e, "a secret cannot be read");
+                    let why =
+                        format!("secret `{name}` cannot be read ({e}): set it again (viaduct secrets set {name})");
+                    return self.finish_job(key, Status::Failure, &why);
+                }
             };
             let refusal = if is_auth {
                 trust::credentials_refusal(&name, &scope, &image, &facts)
@@ -145,15 +156,15 @@ impl Tx<'_> {
         let job = job.clone();
         self.rollup(key.run)?;
         let expires = std::time::Instant::now() + self.sh.cfg.lease_ttl;
-        self.st.leases.insert(
+        self.set_lease(
             key,
-            Lease {
+            Some(Lease {
                 attempt: job.attempt,
                 runner: runner.to_string(),
                 expires,
                 pipeline: q.pipeline,
                 steps: job.steps.len() as u32,
-            },
+            }),
         );
         self.sh.signals.timer.notify_one();
         tracing::debug!(job = %key, attempt = job.attempt, runner, "job assigned");

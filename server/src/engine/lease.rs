@@ -27,12 +27,14 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    /// Grants (or replaces) the lease of `job`.
-    pub fn insert(&mut self, job: JobKey, lease: Lease) {
+    /// Grants (or replaces) the lease of `job`; returns the one it replaced.
+    pub fn insert(&mut self, job: JobKey, lease: Lease) -> Option<Lease> {
         *self.busy.entry(lease.runner.clone()).or_default() += 1;
-        if let Some(old) = self.by_job.insert(job, lease) {
+        let old = self.by_job.insert(job, lease);
+        if let Some(old) = &old {
             self.uncount(&old.runner);
         }
+        old
     }
 
     /// Drops the lease of `job`.

@@ -91,7 +91,7 @@ impl Tx<'_> {
         let durable = durable_key(q.priority, seq);
         self.writes().put(T::Queue, durable, &QueueRecord { job: key.key().to_vec(), queued_ms: now });
         let aging = ms(self.sh.cfg.priority_aging);
-        self.st.queue.push(q, now, aging);
+        self.queue_push(q, now, aging);
         if not_before_ms > now {
             // The timer must wake up when the backoff ends.
             self.sh.signals.timer.notify_one();
@@ -101,7 +101,7 @@ impl Tx<'_> {
 
     /// Takes a job out of the queue (memory and disk) if it is there.
     pub(crate) fn dequeue(&mut self, key: JobKey) {
-        if let Some(q) = self.st.queue.remove(key) {
+        if let Some(q) = self.queue_take(key) {
             self.writes().delete(T::Queue, durable_key(q.priority, q.seq));
         }
     }
@@ -113,7 +113,7 @@ impl Tx<'_> {
             return Ok(());
         }
         self.dequeue(key);
-        self.st.leases.remove(&key);
+        self.set_lease(key, None);
         let attempt = self.job(key)?.attempt;
         let step_status = if status == Status::Skipped { Status::Skipped } else { status };
         self.close_steps(key, attempt, step_status)?;
@@ -145,7 +145,7 @@ impl Tx<'_> {
     /// came back without the job).
     pub(crate) fn lose_job(&mut self, key: JobKey, attempt: u32, reason: &str) -> Result<()> {
         if self.st.leases.get(&key).is_some_and(|l| l.attempt == attempt) {
-            self.st.leases.remove(&key);
+            self.set_lease(key, None);
         }
         let job = self.job(key)?;
         if job.attempt != attempt || job.status().is_terminal() {
@@ -169,7 +169,7 @@ impl Tx<'_> {
     /// with fresh steps.
     fn new_attempt(&mut self, key: JobKey, status: Status, message: &str) -> Result<()> {
         self.dequeue(key);
-        self.st.leases.remove(&key);
+        self.set_lease(key, None);
         let old = self.job(key)?.attempt;
         let closing = if status == Status::RunnerLost { Status::RunnerLost } else { Status::Cancelled };
         self.close_steps(key, old, closing)?;

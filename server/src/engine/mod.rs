@@ -28,6 +28,10 @@ mod tx;
 
 mod dispatch;
 mod grant;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -87,6 +91,7 @@ impl Default for EngineConfig {
 }
 
 /// A connected runner.
+#[derive(Clone)]
 pub(crate) struct Conn {
     pub conn_id: u64,
     pub labels: HashSet<String>,
@@ -245,13 +250,18 @@ impl Engine {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` as one transition and commits it.
+    /// Runs `f` as one transition and commits it; if `f` fails, nothing is
+    /// written and its in-memory changes are undone.
     fn transition<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R>) -> Result<(R, Ticket)> {
         let mut st = self.lock();
         let mut tx = Tx::new(&self.sh, &mut st);
-        let r = f(&mut tx)?;
-        let ticket = tx.commit()?;
-        Ok((r, ticket))
+        match f(&mut tx) {
+            Ok(r) => Ok((r, tx.commit()?)),
+            Err(e) => {
+                tx.rollback();
+                Err(e)
+            }
+        }
     }
 
     /// Starts the background task that expires leases and wakes delayed

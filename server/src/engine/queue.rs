@@ -46,20 +46,29 @@ pub struct Queue {
     jobs: HashMap<JobKey, ((i64, u64), QueuedJob)>,
 }
 
+/// A queued job with its place in the order.
+pub type Ranked = ((i64, u64), QueuedJob);
+
 impl Queue {
-    /// Adds a job enqueued at `queued_ms`.
-    pub fn push(&mut self, q: QueuedJob, queued_ms: i64, aging_ms: i64) {
+    /// Adds a job enqueued at `queued_ms`; returns what it replaced.
+    pub fn push(&mut self, q: QueuedJob, queued_ms: i64, aging_ms: i64) -> Option<Ranked> {
         let rank = (queued_ms - i64::from(q.priority) * aging_ms, q.seq);
-        self.remove(q.job);
-        self.order.insert(rank, q.job);
-        self.jobs.insert(q.job, (rank, q));
+        let old = self.take(q.job);
+        self.put((rank, q));
+        old
     }
 
-    /// Removes a job; returns it if it was queued.
-    pub fn remove(&mut self, job: JobKey) -> Option<QueuedJob> {
+    /// Takes a job out; returns it with its place if it was queued.
+    pub fn take(&mut self, job: JobKey) -> Option<Ranked> {
         let (rank, q) = self.jobs.remove(&job)?;
         self.order.remove(&rank);
-        Some(q)
+        Some((rank, q))
+    }
+
+    /// Puts a job back in its place (undoing a [`Queue::take`]).
+    pub fn put(&mut self, (rank, q): Ranked) {
+        self.order.insert(rank, q.job);
+        self.jobs.insert(q.job, (rank, q));
     }
 
     /// Queued jobs in dispatch order.
@@ -120,7 +129,7 @@ mod tests {
         queue.push(q(1, 0, 1), 0, aging);
         queue.push(q(2, 10, 2), 10 * aging, aging);
         assert_eq!(queue.iter().next().unwrap().job.run.0, 1);
-        assert!(queue.remove(JobKey::new(RunId(1), 1)).is_some());
+        assert!(queue.take(JobKey::new(RunId(1), 1)).is_some());
         assert_eq!(queue.len(), 1);
     }
 }

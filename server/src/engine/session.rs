@@ -124,9 +124,9 @@ impl Engine {
                 })),
             };
             t.send(&tx, welcome);
-            t.st.runners.insert(
-                runner_id.to_string(),
-                Conn {
+            t.set_conn(
+                runner_id,
+                Some(Conn {
                     conn_id,
                     labels: rec.labels.iter().cloned().collect(),
                     slots: rec.slots,
@@ -135,7 +135,7 @@ impl Engine {
                     protected: rec.protected,
                     tx: tx.clone(),
                     last_seen_ms: now,
-                },
+                }),
             );
             t.dispatch()?;
             Ok(conn_id)
@@ -181,7 +181,7 @@ impl Engine {
         if j.started_ms == 0 {
             j.started_ms = now_ms();
         }
-        t.st.leases.insert(job, Lease { attempt, runner: runner.to_string(), expires, pipeline, steps });
+        t.set_lease(job, Some(Lease { attempt, runner: runner.to_string(), expires, pipeline, steps }));
         tracing::info!(job = %job, attempt, runner, "adopted a job the runner was already running");
         t.rollup(job.run)?;
         Ok(true)
@@ -264,7 +264,7 @@ impl Engine {
                 .ok_or_else(|| Error::not_found(format!("runner {id} not found")))?;
             rec.draining = drain;
             t.writes().put(T::Runners, id.as_bytes(), &rec);
-            if let Some(c) = t.st.runners.get_mut(id) {
+            if let Some(c) = t.conn_mut(id) {
                 c.draining = drain;
             }
             if !drain {
@@ -303,7 +303,7 @@ impl Engine {
                 rec.protected = p;
             }
             t.writes().put(T::Runners, id.as_bytes(), &rec);
-            if let Some(c) = t.st.runners.get_mut(id) {
+            if let Some(c) = t.conn_mut(id) {
                 c.labels = rec.labels.iter().cloned().collect();
                 c.slots = rec.slots;
                 c.executors = rec.executors.iter().cloned().collect();
@@ -324,7 +324,7 @@ impl Engine {
             }
             t.writes().delete(T::Runners, id.as_bytes());
             revoke(t.writes())?;
-            t.st.runners.remove(id);
+            t.set_conn(id, None);
             let held: Vec<(JobKey, u32)> = t.st.leases.of(id).collect();
             for (job, attempt) in held {
                 t.lose_job(job, attempt, &format!("runner {id} was removed"))?;

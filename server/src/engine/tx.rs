@@ -15,7 +15,11 @@ use prost::Message;
 use tokio::sync::mpsc::UnboundedSender;
 use viaduct_proto::v1::{RunEvent, ServerMessage, run_event::Change};
 
-use super::{Shared, State};
+use super::{
+    Conn, Shared, State,
+    lease::Lease,
+    queue::{QueuedJob, Ranked},
+};
 use crate::{
     convert,
     error::Result,
@@ -108,7 +112,27 @@ impl<K: Ord + Copy, R: Message + Default + Clone + PartialEq> Cache<K, R> {
     }
 }
 
+/// An in-memory change of a transition, as what to restore if the
+/// transition fails before its commit (see [`Tx::rollback`]).
+enum Undo {
+    /// A job was queued, over what the queue held for it.
+    Queued(JobKey, Option<Ranked>),
+    /// A job left the queue.
+    Dequeued(Ranked),
+    /// A job's lease was granted or dropped, over this one.
+    Lease(JobKey, Option<Lease>),
+    /// A runner's connection was set, changed or dropped, over this one.
+    Conn(String, Option<Conn>),
+}
+
 /// One state transition in progress.
+///
+/// Records go to disk only at [`Tx::commit`]; the in-memory state (queue,
+/// leases, connections) changes as the transition goes, through the
+/// journaled methods below (`queue_push`, `queue_take`, `set_lease`,
+/// `set_conn`, `conn_mut`) — never directly — so that a transition that
+/// fails part-way is undone in memory too ([`Tx::rollback`]): memory never
+/// disagrees with disk.
 pub(crate) struct Tx<'a> {
     pub(crate) sh: &'a Shared,
     pub(crate) st: &'a mut State,
@@ -119,6 +143,8 @@ pub(crate) struct Tx<'a> {
     /// Events of the checkpoints so far, in order.
     changes: Vec<(RunId, Change)>,
     outbox: Vec<(UnboundedSender<ServerMessage>, ServerMessage)>,
+    /// In-memory changes so far, oldest first.
+    undo: Vec<Undo>,
 }
 
 impl<'a> Tx<'a> {
@@ -132,6 +158,80 @@ impl<'a> Tx<'a> {
             ws: WriteSet::default(),
             changes: Vec::new(),
             outbox: Vec::new(),
+            undo: Vec::new(),
+        }
+    }
+
+    /// Puts a job in the in-memory queue.
+    pub(crate) fn queue_push(&mut self, q: QueuedJob, queued_ms: i64, aging_ms: i64) {
+        let job = q.job;
+        let old = self.st.queue.push(q, queued_ms, aging_ms);
+        self.undo.push(Undo::Queued(job, old));
+    }
+
+    /// Takes a job out of the in-memory queue.
+    pub(crate) fn queue_take(&mut self, job: JobKey) -> Option<QueuedJob> {
+        let taken = self.st.queue.take(job)?;
+        let q = taken.1.clone();
+        self.undo.push(Undo::Dequeued(taken));
+        Some(q)
+    }
+
+    /// Grants (`Some`) or drops (`None`) the lease of a job.
+    pub(crate) fn set_lease(&mut self, job: JobKey, lease: Option<Lease>) {
+        let old = match lease {
+            Some(l) => self.st.leases.insert(job, l),
+            None => self.st.leases.remove(&job),
+        };
+        if old.is_some() || self.st.leases.contains(&job) {
+            self.undo.push(Undo::Lease(job, old));
+        }
+    }
+
+    /// Sets (`Some`) or drops (`None`) the connection of a runner.
+    pub(crate) fn set_conn(&mut self, runner: &str, conn: Option<Conn>) {
+        let old = match conn {
+            Some(c) => self.st.runners.insert(runner.to_string(), c),
+            None => self.st.runners.remove(runner),
+        };
+        self.undo.push(Undo::Conn(runner.to_string(), old));
+    }
+
+    /// The connection of a runner, for changing.
+    pub(crate) fn conn_mut(&mut self, runner: &str) -> Option<&mut Conn> {
+        let before = self.st.runners.get(runner)?.clone();
+        self.undo.push(Undo::Conn(runner.to_string(), Some(before)));
+        self.st.runners.get_mut(runner)
+    }
+
+    /// Undoes the in-memory changes of a transition that failed before its
+    /// commit, newest first; nothing was written and no message was sent.
+    pub(crate) fn rollback(self) {
+        if !self.undo.is_empty() {
+            tracing::debug!(changes = self.undo.len(), "transition failed: undoing its in-memory changes");
+        }
+        for undo in self.undo.into_iter().rev() {
+            match undo {
+                Undo::Queued(job, old) => {
+                    self.st.queue.take(job);
+                    if let Some(old) = old {
+                        self.st.queue.put(old);
+                    }
+                }
+                Undo::Dequeued(taken) => self.st.queue.put(taken),
+                Undo::Lease(job, Some(old)) => {
+                    self.st.leases.insert(job, old);
+                }
+                Undo::Lease(job, None) => {
+                    self.st.leases.remove(&job);
+                }
+                Undo::Conn(runner, Some(old)) => {
+                    self.st.runners.insert(runner, old);
+                }
+                Undo::Conn(runner, None) => {
+                    self.st.runners.remove(&runner);
+                }
+            }
         }
     }
 

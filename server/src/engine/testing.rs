@@ -1,0 +1,81 @@
+//! The engine in-process, for tests: a real store in a temporary
+//! directory, and fake runners that are nothing but the channel the engine
+//! already sends a connection's messages to. Tests drive the engine through
+//! its own calls and read what a runner would have received.
+
+use std::sync::Arc;
+
+use tempfile::TempDir;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use viaduct_proto::v1::{JobAssignment, ServerMessage, server_message::Msg};
+
+use super::{Engine, EngineConfig, RunnerHello};
+use crate::{
+    blobs::BlobStore,
+    planning::{self, Trigger},
+    plugins::PluginRegistry,
+    secrets::SecretBox,
+    store::{Store, T, WriteSet, keys::RunId, now_ms, records::RunnerRecord},
+};
+
+/// An engine over a fresh store.
+pub(crate) struct Harness {
+    pub engine: Arc<Engine>,
+    pub store: Arc<Store>,
+    plugins: PluginRegistry,
+    _dir: TempDir,
+}
+
+/// A fake runner: what the engine sent to its connection.
+pub(crate) struct FakeRunner {
+    pub inbox: UnboundedReceiver<ServerMessage>,
+}
+
+impl FakeRunner {
+    /// The assignments received so far (other messages are dropped).
+    pub fn assignments(&mut self) -> Vec<JobAssignment> {
+        let mut out = Vec::new();
+        while let Ok(m) = self.inbox.try_recv() {
+            if let Some(Msg::Assign(a)) = m.msg {
+                out.push(a);
+            }
+        }
+        out
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(&dir.path().join("db")).expect("store"));
+        let secrets = Arc::new(SecretBox::open(dir.path()).expect("secret box"));
+        let blobs = Arc::new(BlobStore::open(&dir.path().join("blobs")).expect("blobs"));
+        let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
+        let engine = Engine::open(Arc::clone(&store), EngineConfig::default(), secrets).expect("engine");
+        Self { engine, store, plugins, _dir: dir }
+    }
+
+    /// Registers runner `id` with `labels` and `slots` (host executor) and
+    /// connects it.
+    pub fn runner(&self, id: &str, labels: &[&str], slots: u32) -> crate::error::Result<FakeRunner> {
+        let mut ws = WriteSet::default();
+        let rec = RunnerRecord { name: id.into(), registered_ms: now_ms(), ..Default::default() };
+        ws.put(T::Runners, id.as_bytes(), &rec);
+        self.store.commit(&ws)?;
+        let (tx, inbox) = unbounded_channel();
+        let hello = RunnerHello {
+            labels: labels.iter().map(ToString::to_string).collect(),
+            slots,
+            executors: vec!["host".into()],
+            ..Default::default()
+        };
+        self.engine.runner_connected(id, hello, tx)?;
+        Ok(FakeRunner { inbox })
+    }
+
+    /// Plans and creates a run of `yaml`.
+    pub async fn submit(&self, yaml: &str) -> RunId {
+        let new = planning::from_yaml("pipeline.yml", yaml, &Trigger::default(), &self.plugins).expect("a valid file");
+        self.engine.create_run(new).await.expect("create the run")
+    }
+}
