@@ -55,14 +55,14 @@ impl AuditLog {
     /// The log in `store`, continuing its numbering.
     pub fn open(store: Arc<Store>) -> Result<Self> {
         let last = match store.tree(T::Audit).last()? {
-            Some((k, _)) => k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+            Some((k, _)) => k.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0),
             None => 0,
         };
         Ok(Self { store, next: AtomicU64::new(last + 1) })
     }
 
     /// Appends an entry (not waiting for disk: an entry can be lost only
-    /// with the last ~half second before a crash, like sled's other
+    /// with the last ~half second before a crash, like the store's other
     /// non-durable writes).
     pub fn record(&self, a: Action) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -87,7 +87,7 @@ impl AuditLog {
         // Every thousandth entry trims the oldest beyond the limit.
         if id.is_multiple_of(1000) && id > MAX_ENTRIES {
             let tree = self.store.tree(T::Audit);
-            for k in tree.range(..(id - MAX_ENTRIES).to_be_bytes()).keys().flatten() {
+            for (k, _) in tree.range(..(id - MAX_ENTRIES).to_be_bytes()).flatten() {
                 ws.delete(T::Audit, k);
             }
         }

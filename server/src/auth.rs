@@ -356,7 +356,7 @@ impl Auth {
         for kv in self.store.tree(T::Tokens).iter() {
             let (k, v) = kv?;
             let rec: TokenRecord = decode(T::Tokens, &v)?;
-            let h: [u8; 32] = k.as_ref().try_into().unwrap_or([0; 32]);
+            let h: [u8; 32] = k.as_slice().try_into().unwrap_or([0; 32]);
             let last = used.get(&h).copied().unwrap_or(rec.last_used_ms);
             out.push(to_proto(&h, &rec, last));
         }
@@ -367,7 +367,7 @@ impl Auth {
     fn find(&self, id: &str) -> Result<([u8; 32], TokenRecord)> {
         for kv in self.store.tree(T::Tokens).iter() {
             let (k, v) = kv?;
-            let h: [u8; 32] = k.as_ref().try_into().unwrap_or([0; 32]);
+            let h: [u8; 32] = k.as_slice().try_into().unwrap_or([0; 32]);
             if public_id(&h) == id {
                 return Ok((h, decode(T::Tokens, &v)?));
             }

@@ -10,7 +10,7 @@
 //! once.
 //!
 //! The store does not know who uses a blob: the records that reference one
-//! (plugins, caches, artifacts) live in sled, and [`BlobStore::sweep`]
+//! (plugins, caches, artifacts) live in the store, and [`BlobStore::sweep`]
 //! deletes the blobs none of them names (see `retention`).
 
 use std::{

@@ -99,7 +99,7 @@ fn key(scope: &str, branch: &str, kind: u8, k: &str) -> Vec<u8> {
     [scope.as_bytes(), b"\0", branch.as_bytes(), b"\0", &[kind], k.as_bytes()].concat()
 }
 
-/// The sled key of a stored entry.
+/// The store key of an entry.
 fn entry_key(e: &CacheEntry) -> Vec<u8> {
     let kind = if e.kind == "blob" { b'b' } else { b't' };
     key(&e.scope, &e.branch, kind, &e.key)
@@ -244,8 +244,7 @@ impl Caches {
             created_ms: now,
         };
         let tree = self.store.tree(T::Caches);
-        let stored =
-            tree.compare_and_swap(&sk, None as Option<&[u8]>, Some(prost::Message::encode_to_vec(&record)))?.is_ok();
+        let stored = tree.insert_if_absent(&sk, &prost::Message::encode_to_vec(&record))?;
         if stored {
             self.store.wait_durable(self.store.ticket()).await;
             self.bytes.fetch_add(blob.size, Ordering::Relaxed);

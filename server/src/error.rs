@@ -46,11 +46,11 @@ pub enum Error {
     },
     /// The embedded database failed (I/O error, disk full, …).
     #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(String),
     /// A stored record could not be decoded.
     #[error("corrupt record in `{tree}`: {detail}")]
     Corrupt {
-        /// The sled tree.
+        /// The tree.
         tree: &'static str,
         /// What failed.
         detail: String,

@@ -1,4 +1,4 @@
-//! The Viaduct server: the gRPC API, storage in sled, the scheduler, and the
+//! The Viaduct server: the gRPC API, storage (sled by default, behind `store::kv::Kv`), the scheduler, and the
 //! log store. See ARCHITECTURE.md for the map.
 //!
 //! Layers, from the wire inwards:
@@ -9,7 +9,7 @@
 //!   the `viaduct-pipeline` crate);
 //! - [`engine`] owns every state transition of runs, jobs and steps, the
 //!   queue, runner sessions and leases;
-//! - [`store`] is the sled database: trees, records, log chunks, group
+//! - [`store`] is the database (behind the `Kv` backend trait): trees, records, log chunks, group
 //!   commit;
 //! - [`depot`] keeps files in the content-addressed [`blobs`] store —
 //!   [`plugins`], [`caches`], [`artifacts`] — and their retention.

@@ -129,8 +129,8 @@ impl Pipelines for PipelinesApi {
         let mut pipelines = Vec::new();
         let mut next_page_token = String::new();
         for kv in tree.range(start.clone()..) {
-            let (k, v) = kv.map_err(Error::from)?;
-            if k.as_ref() == start.as_slice() {
+            let (k, v) = kv?;
+            if k == start {
                 continue;
             }
             let name = String::from_utf8_lossy(&k).into_owned();

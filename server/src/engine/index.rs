@@ -84,7 +84,7 @@ pub fn scan<'s>(
         .tree(T::RunIndex)
         .range(lo..hi)
         .rev()
-        .map(|kv| Ok(kv.map(|(k, _)| RunId::from_key(&k[k.len() - 8..]).unwrap_or(RunId(0)))?))
+        .map(|kv| kv.map(|(k, _)| RunId::from_key(&k[k.len() - 8..]).unwrap_or(RunId(0))))
 }
 
 /// Merges several newest-first id streams into one newest-first stream.

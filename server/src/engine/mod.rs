@@ -3,7 +3,7 @@
 //! The API handlers translate requests into calls on [`Engine`]; the engine
 //! never sees gRPC requests and the handlers never see records. Every state
 //! transition happens under one lock in a [`tx::Tx`] and is committed to
-//! sled atomically before anything is sent to a runner or a watcher.
+//! the store atomically before anything is sent to a runner or a watcher.
 //!
 //! Submodules by responsibility:
 //! - [`plan`]: a pipeline plan or inline job → new run, jobs, steps;

@@ -249,7 +249,7 @@ impl Engine {
 fn next_run_id(t: &mut super::tx::Tx<'_>) -> Result<RunId> {
     const KEY: &[u8] = b"next_run_id";
     let next = match t.store().tree(T::Meta).get(KEY)? {
-        Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+        Some(v) => u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
         None => 1,
     };
     t.writes().put_raw(T::Meta, KEY, (next + 1).to_be_bytes().to_vec());

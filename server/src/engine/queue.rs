@@ -1,6 +1,6 @@
 //! The dispatch order of ready jobs.
 //!
-//! The durable queue is the `queue` sled tree, keyed `(255 − priority,
+//! The durable queue is the `queue` tree, keyed `(255 − priority,
 //! enqueue sequence)`; this is its in-memory view, ordered for dispatch.
 //!
 //! # Order and aging

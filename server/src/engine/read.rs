@@ -155,7 +155,7 @@ impl Engine {
             Box::new(index::merge_desc(scans))
         } else {
             let hi = before.map_or([0xff; 8], RunId::key);
-            Box::new(store.tree(T::Runs).range(..hi).keys().rev().map(|k| Ok(RunId::from_key(&k?).unwrap_or(RunId(0)))))
+            Box::new(store.tree(T::Runs).range(..hi).rev().map(|kv| Ok(RunId::from_key(&kv?.0).unwrap_or(RunId(0)))))
         };
         let mut runs = Vec::with_capacity(size);
         let mut next = String::new();

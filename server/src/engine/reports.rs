@@ -53,7 +53,7 @@ fn job_of(r: Option<&viaduct_proto::v1::JobRef>) -> Result<(JobKey, u32)> {
 
 impl Engine {
     /// Applies `updates` from `runner`, in order, as one transition (one
-    /// lock, one sled transaction, one dispatch for the whole batch).
+    /// lock, one atomic commit, one dispatch for the whole batch).
     /// Returns a verdict per update and the ticket to acknowledge after.
     pub fn apply_updates(&self, runner: &str, updates: &[Update<'_>]) -> Result<(Vec<Verdict>, Ticket)> {
         self.transition(|t| {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use viaduct_proto::v1::{JobAssignment, ServerMessage, server_message::Msg};
+use viaduct_proto::v1::{JobAssignment, JobUpdate, ServerMessage, Status, server_message::Msg};
 
-use super::{Engine, EngineConfig, RunnerHello};
+use super::{Engine, EngineConfig, RunnerHello, reports::Update};
 use crate::{
     blobs::BlobStore,
     planning::{self, Trigger},
@@ -28,6 +28,7 @@ pub(crate) struct Harness {
 
 /// A fake runner: what the engine sent to its connection.
 pub(crate) struct FakeRunner {
+    pub id: String,
     pub inbox: UnboundedReceiver<ServerMessage>,
 }
 
@@ -47,7 +48,7 @@ impl FakeRunner {
 impl Harness {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(&dir.path().join("db")).expect("store"));
+        let store = Arc::new(Store::memory());
         let secrets = Arc::new(SecretBox::open(dir.path()).expect("secret box"));
         let blobs = Arc::new(BlobStore::open(&dir.path().join("blobs")).expect("blobs"));
         let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
@@ -70,7 +71,23 @@ impl Harness {
             ..Default::default()
         };
         self.engine.runner_connected(id, hello, tx)?;
-        Ok(FakeRunner { inbox })
+        Ok(FakeRunner { id: id.to_string(), inbox })
+    }
+
+    /// `runner` reports that the job of `assignment` ended with `status`.
+    pub fn report(&self, runner: &FakeRunner, assignment: &JobAssignment, status: Status) {
+        let update = JobUpdate { job: assignment.job.clone(), status: status as i32, ..Default::default() };
+        let (verdicts, _) = self.engine.apply_updates(&runner.id, &[Update::Job(&update)]).expect("apply");
+        assert!(matches!(verdicts[..], [super::reports::Verdict::Accepted]), "{verdicts:?}");
+    }
+
+    /// The status word of each job of `run`, in plan order.
+    pub fn job_states(&self, run: RunId) -> Vec<&'static str> {
+        let run = self.engine.get_run(run).expect("the run");
+        run.jobs
+            .iter()
+            .map(|j| viaduct_proto::StatusWord::word(Status::try_from(j.status).unwrap_or_default()))
+            .collect()
     }
 
     /// Plans and creates a run of `yaml`.

@@ -70,3 +70,88 @@ async fn an_unreadable_secret_fails_its_job_and_nothing_else() {
     assert!(job.message.contains("`BROKEN` cannot be read"), "{}", job.message);
     assert_eq!(h.engine.metrics().queued, 0);
 }
+
+/// Job names (`job_key`) of what the runner was given.
+fn names(given: &[viaduct_proto::v1::JobAssignment]) -> Vec<&str> {
+    given.iter().map(|a| a.job_key.as_str()).collect()
+}
+
+/// A job starts only when what it needs succeeded; a failure skips its
+/// dependants and fails the run.
+#[tokio::test]
+async fn needs_order_jobs_and_a_failure_skips_the_dependants() {
+    use viaduct_proto::v1::Status;
+    let h = Harness::new();
+    let mut r = h.runner("r1", &[], 4).expect("connect");
+    let yaml = "jobs:\n  a:\n    steps: [{run: 'true'}]\n  b:\n    needs: [a]\n    steps: [{run: 'true'}]\n  \
+                c:\n    needs: [b]\n    steps: [{run: 'true'}]\n  d:\n    steps: [{run: 'true'}]\n";
+    let run = h.submit(yaml).await;
+    let given = r.assignments();
+    assert_eq!(names(&given), ["a", "d"]);
+    assert_eq!(h.job_states(run), ["running", "pending", "pending", "running"]);
+    h.report(&r, &given[0], Status::Success);
+    let next = r.assignments();
+    assert_eq!(names(&next), ["b"]);
+    h.report(&r, &next[0], Status::Failure);
+    h.report(&r, &given[1], Status::Success);
+    assert!(r.assignments().is_empty());
+    assert_eq!(h.job_states(run), ["success", "failure", "skipped", "success"]);
+    let status = h.engine.get_run(run).expect("run").status;
+    assert_eq!(status, Status::Failure as i32);
+}
+
+/// A one-slot runner takes the highest priority first, then FIFO.
+#[tokio::test]
+async fn the_highest_priority_goes_first_then_the_oldest() {
+    use viaduct_proto::v1::Status;
+    let h = Harness::new();
+    let low = h.submit("priority: 1\njobs:\n  low:\n    steps: [{run: 'true'}]\n").await;
+    let first = h.submit("jobs:\n  first:\n    steps: [{run: 'true'}]\n").await;
+    let second = h.submit("jobs:\n  second:\n    steps: [{run: 'true'}]\n").await;
+    let urgent = h.submit("priority: 9\njobs:\n  urgent:\n    steps: [{run: 'true'}]\n").await;
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let given = r.assignments();
+        assert_eq!(given.len(), 1, "one slot, one job at a time");
+        order.push(given[0].job_key.clone());
+        h.report(&r, &given[0], Status::Success);
+    }
+    assert_eq!(order, ["urgent", "first", "second", "low"]);
+    for run in [low, first, second, urgent] {
+        assert_eq!(h.job_states(run), ["success"]);
+    }
+}
+
+/// A job goes only to a runner with every label it asks for.
+#[tokio::test]
+async fn labels_decide_where_a_job_runs() {
+    let h = Harness::new();
+    let run = h.submit("jobs:\n  gpu:\n    runs_on: [linux, gpu]\n    steps: [{run: 'true'}]\n").await;
+    let mut plain = h.runner("plain", &["linux"], 2).expect("connect");
+    assert!(plain.assignments().is_empty());
+    assert_eq!(h.job_states(run), ["queued"]);
+    let mut gpu = h.runner("gpu", &["linux", "gpu"], 1).expect("connect");
+    assert_eq!(names(&gpu.assignments()), ["gpu"]);
+}
+
+/// A runner that comes back without a job it held loses it: the job is
+/// retried when it may be, on whichever runner is free.
+#[tokio::test]
+async fn a_runner_that_comes_back_without_its_job_loses_it_to_a_retry() {
+    use viaduct_proto::v1::Status;
+    let h = Harness::new();
+    let run = h.submit("jobs:\n  j:\n    retries: 1\n    steps: [{run: 'true'}]\n").await;
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    assert_eq!(names(&r.assignments()), ["j"]);
+    // Reconnects listing nothing (it restarted): attempt 1 is lost.
+    let mut again = h.runner("r1", &[], 1).expect("reconnect");
+    let job = &h.engine.get_run(run).expect("run").jobs[0];
+    assert_eq!(job.attempt, 2, "{job:?}");
+    assert!(job.message.contains("no longer runs it"), "{}", job.message);
+    // The retry waits out its backoff (2 s by default) in the queue.
+    assert_eq!(job.status, Status::Queued as i32);
+    assert!(again.assignments().is_empty());
+    assert_eq!((h.engine.metrics().queued, h.engine.metrics().running), (1, 0));
+    assert!(r.assignments().is_empty(), "the old connection gets nothing more");
+}

@@ -3,8 +3,8 @@
 //! A [`Tx`] is opened with the engine lock held. It caches every run, job
 //! and step record it reads, so a transition that touches the same job
 //! twice (finish it, then roll up its run) sees its own writes. On
-//! [`Tx::commit`] it writes the records that changed in one sled
-//! transaction, together with one `RunEvent` per changed record (steps, then
+//! [`Tx::commit`] it writes the records that changed in one atomic
+//! commit, together with one `RunEvent` per changed record (steps, then
 //! jobs, then runs — so a run's final event comes last) and the run
 //! indexes; only then does it wake watchers and send its queued messages to
 //! runners. A runner therefore never hears of state the server could lose.

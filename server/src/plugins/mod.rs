@@ -193,7 +193,7 @@ impl PluginRegistry {
 
     /// Whether `digest` was ever published (runners may fetch it).
     pub fn is_published(&self, digest: &str) -> Result<bool> {
-        Ok(self.store.tree(T::PluginBlobs).contains_key(digest.as_bytes())?)
+        self.store.tree(T::PluginBlobs).contains_key(digest.as_bytes())
     }
 
     /// Every component digest the registry keeps (for the blob sweep).

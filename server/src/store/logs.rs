@@ -6,11 +6,12 @@
 //! known head trimmed. So however often a runner resends after reconnects,
 //! the log has no gap and no duplicate.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
-use sled::Tree;
-
-use super::keys::StepKey;
+use super::{T, Tree, keys::StepKey, kv::Kv};
 use crate::error::Result;
 
 /// Outcome of [`LogStore::append`].
@@ -38,13 +39,17 @@ pub struct Chunk {
 
 /// The log tree with a cache of the lengths of logs being written.
 pub struct LogStore {
-    tree: Tree,
+    kv: Arc<dyn Kv>,
     lengths: Mutex<HashMap<StepKey, u64>>,
 }
 
 impl LogStore {
-    pub(super) fn new(tree: Tree) -> Self {
-        Self { tree, lengths: Mutex::new(HashMap::new()) }
+    pub(super) fn new(kv: Arc<dyn Kv>) -> Self {
+        Self { kv, lengths: Mutex::new(HashMap::new()) }
+    }
+
+    fn tree(&self) -> Tree<'_> {
+        Tree { kv: self.kv.as_ref(), t: T::Logs }
     }
 
     /// Appends `data` written at `offset` of `step`'s log.
@@ -69,7 +74,7 @@ impl LogStore {
         let mut value = Vec::with_capacity(8 + tail.len());
         value.extend_from_slice(&time_ms.to_be_bytes());
         value.extend_from_slice(tail);
-        self.tree.insert(step.log_key(len), value)?;
+        self.kv.commit(&[(T::Logs, step.log_key(len).to_vec(), Some(value))])?;
         lengths.insert(step, end);
         Ok(Append::Stored(end))
     }
@@ -88,7 +93,7 @@ impl LogStore {
     }
 
     fn stored_len(&self, step: StepKey) -> Result<u64> {
-        Ok(match self.tree.scan_prefix(step.key()).next_back() {
+        Ok(match self.tree().scan_prefix(step.key()).next_back() {
             Some(kv) => {
                 let (k, v) = kv?;
                 offset_of(&k) + (v.len() as u64).saturating_sub(8)
@@ -103,11 +108,11 @@ impl LogStore {
         let mut out = Vec::new();
         let mut budget = max_bytes;
         // The chunk containing `from` starts at or before it.
-        let start = match self.tree.range(step.log_key(0)..=step.log_key(from)).next_back() {
+        let start = match self.tree().range(step.log_key(0)..=step.log_key(from)).next_back() {
             Some(kv) => offset_of(&kv?.0),
             None => from,
         };
-        for kv in self.tree.range(step.log_key(start)..=step.log_key(u64::MAX)) {
+        for kv in self.tree().range(step.log_key(start)..=step.log_key(u64::MAX)) {
             if budget == 0 {
                 break;
             }
@@ -129,9 +134,11 @@ impl LogStore {
 
     /// Deletes every chunk of `step`.
     pub fn delete(&self, step: StepKey) -> Result<()> {
-        for k in self.tree.scan_prefix(step.key()).keys() {
-            self.tree.remove(k?)?;
+        let mut ops = Vec::new();
+        for kv in self.tree().scan_prefix(step.key()) {
+            ops.push((T::Logs, kv?.0, None));
         }
+        self.kv.commit(&ops)?;
         self.forget(step);
         Ok(())
     }
@@ -146,10 +153,8 @@ mod tests {
     use super::*;
     use crate::store::keys::{JobKey, RunId};
 
-    fn store() -> (tempfile::TempDir, LogStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).temporary(true).open().unwrap();
-        (dir, LogStore::new(db.open_tree("logs").unwrap()))
+    fn store() -> ((), LogStore) {
+        ((), LogStore::new(Arc::new(crate::store::kv::Memory::new())))
     }
 
     fn all(s: &LogStore, k: StepKey) -> Vec<u8> {

@@ -1,7 +1,8 @@
-//! Durable state in an embedded sled database.
+//! Durable state: ordered trees of records behind the [`kv::Kv`] backend
+//! (sled on disk by default; in memory for tests).
 //!
 //! One tree per entity (see [`T`]). A state transition is a [`WriteSet`]
-//! committed atomically across trees with a sled transaction; callers that
+//! committed atomically across trees; callers that
 //! promise durability (Submit returning, a step result or log chunk being
 //! acknowledged) then wait for a [`Ticket`] from the group-commit
 //! [`Flusher`], which fsyncs once for every write made before it started.
@@ -10,10 +11,12 @@
 //! is the engine's business.
 
 pub mod keys;
+pub mod kv;
 pub mod logs;
 pub mod records;
 
 use std::{
+    ops::{Bound, RangeBounds},
     path::Path,
     sync::{
         Arc, Condvar, Mutex,
@@ -23,9 +26,9 @@ use std::{
 };
 
 use prost::Message;
-use sled::{Transactional, Tree};
 use tokio::sync::watch;
 
+use self::kv::{Entries, Kv};
 use crate::error::{Error, Result};
 
 /// The trees of the database. The discriminant indexes [`Store::trees`].
@@ -74,9 +77,11 @@ pub enum T {
     Users,
     /// [`records::AuditRecord`] by id (big-endian).
     Audit,
+    /// Log chunks by (step key, byte offset) (see [`logs`]).
+    Logs,
 }
 
-const TREE_NAMES: [&str; 21] = [
+const TREE_NAMES: [&str; 22] = [
     "runs",
     "jobs",
     "steps",
@@ -98,21 +103,77 @@ const TREE_NAMES: [&str; 21] = [
     "artifacts",
     "users",
     "audit",
+    "logs",
 ];
 
-/// The database and its trees.
+/// The database.
 pub struct Store {
-    db: sled::Db,
-    trees: Vec<Tree>,
+    kv: Arc<dyn Kv>,
     /// Log chunks (outside transactions: appends are single inserts).
     pub logs: logs::LogStore,
     flusher: Arc<Flusher>,
 }
 
+/// One tree of the store, for reading.
+#[derive(Clone, Copy)]
+pub struct Tree<'a> {
+    kv: &'a dyn Kv,
+    t: T,
+}
+
+impl<'a> Tree<'a> {
+    /// The raw value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.kv.get(self.t, key.as_ref())
+    }
+
+    /// Whether `key` exists.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Every entry, in key order.
+    pub fn iter(&self) -> Entries<'a> {
+        self.kv.range(self.t, Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// The entries whose keys fall in `range`, in key order.
+    pub fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Entries<'a> {
+        fn bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<&[u8]> {
+            match b {
+                Bound::Included(k) => Bound::Included(k.as_ref()),
+                Bound::Excluded(k) => Bound::Excluded(k.as_ref()),
+                Bound::Unbounded => Bound::Unbounded,
+            }
+        }
+        self.kv.range(self.t, bound(range.start_bound()), bound(range.end_bound()))
+    }
+
+    /// The entries whose keys start with `prefix`, in key order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Entries<'a> {
+        let prefix = prefix.as_ref();
+        match kv::prefix_end(prefix) {
+            Some(end) => self.kv.range(self.t, Bound::Included(prefix), Bound::Excluded(end.as_slice())),
+            None => self.kv.range(self.t, Bound::Included(prefix), Bound::Unbounded),
+        }
+    }
+
+    /// The entry with the greatest key.
+    pub fn last(&self) -> Result<Option<kv::Entry>> {
+        self.iter().next_back().transpose()
+    }
+
+    /// Stores `value` under `key` unless the key exists; whether it did.
+    /// Not yet durable: take a [`Store::ticket`].
+    pub fn insert_if_absent(&self, key: impl AsRef<[u8]>, value: &[u8]) -> Result<bool> {
+        self.kv.insert_if_absent(self.t, key.as_ref(), value)
+    }
+}
+
 /// A set of writes applied atomically by [`Store::commit`].
 #[derive(Default)]
 pub struct WriteSet {
-    ops: Vec<(T, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<kv::Op>,
 }
 
 impl WriteSet {
@@ -148,58 +209,32 @@ impl WriteSet {
 pub struct Ticket(u64);
 
 impl Store {
-    /// Opens (or creates) the database under `dir` and starts the flusher
-    /// thread.
+    /// Opens (or creates) the sled database under `dir` and starts the
+    /// flusher thread.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            // Background flush as a safety net; durability promises use
-            // explicit flushes through the Flusher.
-            .flush_every_ms(Some(200))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
-        let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>()?;
-        let logs = logs::LogStore::new(db.open_tree("logs")?);
-        let flusher = Flusher::start(db.clone());
-        Ok(Self { db, trees, logs, flusher })
+        Ok(Self::with(Arc::new(kv::Sled::open(dir)?)))
+    }
+
+    /// A store in memory (tests).
+    pub fn memory() -> Self {
+        Self::with(Arc::new(kv::Memory::new()))
+    }
+
+    /// A store over `kv`.
+    pub fn with(kv: Arc<dyn Kv>) -> Self {
+        let logs = logs::LogStore::new(Arc::clone(&kv));
+        let flusher = Flusher::start(Arc::clone(&kv));
+        Self { kv, logs, flusher }
     }
 
     /// The tree `t`.
-    pub fn tree(&self, t: T) -> &Tree {
-        &self.trees[t as usize]
+    pub fn tree(&self, t: T) -> Tree<'_> {
+        Tree { kv: self.kv.as_ref(), t }
     }
 
     /// Applies `ws` atomically. Not yet durable: take a [`Store::ticket`].
     pub fn commit(&self, ws: &WriteSet) -> Result<()> {
-        if ws.is_empty() {
-            return Ok(());
-        }
-        // Only the trees the write set touches take part in the transaction.
-        let mut slot = [usize::MAX; TREE_NAMES.len()];
-        let mut trees: Vec<&Tree> = Vec::with_capacity(4);
-        for (t, _, _) in &ws.ops {
-            if slot[*t as usize] == usize::MAX {
-                slot[*t as usize] = trees.len();
-                trees.push(&self.trees[*t as usize]);
-            }
-        }
-        trees
-            .as_slice()
-            .transaction(|views| {
-                for (t, k, v) in &ws.ops {
-                    let view = &views[slot[*t as usize]];
-                    match v {
-                        Some(v) => view.insert(k.as_slice(), v.as_slice())?,
-                        None => view.remove(k.as_slice())?,
-                    };
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => Error::Storage(e),
-                sled::transaction::TransactionError::Abort(()) => Error::Internal("transaction aborted".into()),
-            })
+        self.kv.commit(&ws.ops)
     }
 
     /// Reads and decodes a record.
@@ -236,13 +271,12 @@ impl Store {
 
     /// A fresh, monotonically increasing id (survives restarts).
     pub fn generate_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()?)
+        self.kv.generate_id()
     }
 
     /// Flushes synchronously (shutdown).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.kv.flush()
     }
 }
 
@@ -273,7 +307,7 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> Arc<Self> {
+    fn start(kv: Arc<dyn Kv>) -> Arc<Self> {
         let f = Arc::new(Self {
             requested: AtomicU64::new(0),
             flushed: watch::Sender::new(0),
@@ -305,7 +339,7 @@ impl Flusher {
                 if target <= *flusher.flushed.borrow() {
                     continue;
                 }
-                match db.flush() {
+                match kv.flush() {
                     Ok(_) => {
                         flusher.flushed.send_replace(target);
                         // Under load = several requests arrived during the fsync.

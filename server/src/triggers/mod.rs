@@ -327,7 +327,7 @@ impl Triggers {
         self.get(name)?;
         let mut ws = WriteSet::default();
         ws.delete(T::Repos, name.as_bytes());
-        for k in self.engine.store().tree(T::RefState).scan_prefix(ref_key(name, "")).keys() {
+        for k in self.engine.store().tree(T::RefState).scan_prefix(ref_key(name, "")).map(|kv| kv.map(|(k, _)| k)) {
             ws.delete(T::RefState, k?);
         }
         self.engine.store().commit_durable(&ws).await?;

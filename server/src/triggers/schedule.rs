@@ -209,7 +209,7 @@ impl Triggers {
             let key = state_key(&source, &cron);
             let store = self.engine.store();
             let last = match store.tree(T::ScheduleState).get(&key) {
-                Ok(Some(v)) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+                Ok(Some(v)) => i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
                 Ok(None) => {
                     // First seen: start from now, no past slots.
                     let mut ws = WriteSet::default();

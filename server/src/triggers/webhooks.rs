@@ -252,7 +252,7 @@ pub fn prune_deliveries(t: &Triggers) {
     let cutoff = now_ms() - DELIVERY_RETENTION_MS;
     let mut ws = WriteSet::default();
     for kv in store.tree(T::Deliveries).iter().flatten() {
-        let at = i64::from_be_bytes(kv.1.as_ref().try_into().unwrap_or([0; 8]));
+        let at = i64::from_be_bytes(kv.1.as_slice().try_into().unwrap_or([0; 8]));
         if at < cutoff {
             ws.delete(T::Deliveries, kv.0);
         }

@@ -1,0 +1,322 @@
+//! The storage backend: ordered trees of byte keys and values, behind the
+//! small [`Kv`] trait — the only place that names a database. [`Sled`] is
+//! the default (embedded, on disk); [`Memory`] serves tests. Every backend
+//! passes the one [`conformance`] suite.
+//!
+//! What a backend must give: reads of single keys and of key ranges in
+//! both directions, a write set applied atomically across trees, an
+//! insert that happens only when the key is absent, a durable flush (after
+//! it returns, every write before it survives a crash), and ids that only
+//! grow, across restarts.
+
+use std::{
+    collections::BTreeMap,
+    ops::Bound,
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use sled::Transactional as _;
+
+use super::{T, TREE_NAMES};
+use crate::error::{Error, Result};
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Entries of a range in key order (`next_back` for the reverse).
+pub type Entries<'a> = Box<dyn DoubleEndedIterator<Item = Result<Entry>> + 'a>;
+
+/// One write of a write set: a value to store, or `None` to remove the key.
+pub type Op = (T, Vec<u8>, Option<Vec<u8>>);
+
+/// A storage backend.
+pub trait Kv: Send + Sync {
+    /// The value of `key` in `tree`.
+    fn get(&self, tree: T, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The entries of `tree` with keys between `lo` and `hi`.
+    fn range(&self, tree: T, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Entries<'_>;
+    /// Stores `value` under `key` unless the key exists; whether it did.
+    fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool>;
+    /// Applies every write, atomically: all of them or none.
+    fn commit(&self, ops: &[Op]) -> Result<()>;
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<()>;
+    /// A fresh id, greater than every id given before (also before a
+    /// restart).
+    fn generate_id(&self) -> Result<u64>;
+}
+
+/// The first key after every key that starts with `prefix` (`None`: there
+/// is none, the prefix is all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// sled: the embedded database on disk.
+pub struct Sled {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl Sled {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &std::path::Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            // Background flush as a safety net; durability promises use
+            // explicit flushes (the store's group commit).
+            .flush_every_ms(Some(200))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(storage)?;
+        let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>().map_err(storage)?;
+        Ok(Self { db, trees })
+    }
+
+    fn tree(&self, t: T) -> &sled::Tree {
+        &self.trees[t as usize]
+    }
+}
+
+impl Kv for Sled {
+    fn get(&self, tree: T, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(tree).get(key).map_err(storage)?.map(|v| v.to_vec()))
+    }
+
+    fn range(&self, tree: T, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Entries<'_> {
+        Box::new(
+            self.tree(tree)
+                .range::<&[u8], _>((lo, hi))
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage)),
+        )
+    }
+
+    fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
+        let swapped = self.tree(tree).compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(storage)?;
+        Ok(swapped.is_ok())
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // Only the trees the write set touches take part in the transaction.
+        let mut slot = [usize::MAX; TREE_NAMES.len()];
+        let mut trees: Vec<&sled::Tree> = Vec::with_capacity(4);
+        for (t, _, _) in ops {
+            if slot[*t as usize] == usize::MAX {
+                slot[*t as usize] = trees.len();
+                trees.push(self.tree(*t));
+            }
+        }
+        trees
+            .as_slice()
+            .transaction(|views| {
+                for (t, k, v) in ops {
+                    let view = &views[slot[*t as usize]];
+                    match v {
+                        Some(v) => view.insert(k.as_slice(), v.as_slice())?,
+                        None => view.remove(k.as_slice())?,
+                    };
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => storage(e),
+                sled::transaction::TransactionError::Abort(()) => Error::Internal("transaction aborted".into()),
+            })
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(storage)
+    }
+
+    fn generate_id(&self) -> Result<u64> {
+        self.db.generate_id().map_err(storage)
+    }
+}
+
+/// In memory: for tests (nothing survives the process).
+#[derive(Default)]
+pub struct Memory {
+    trees: RwLock<Vec<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    ids: AtomicU64,
+}
+
+impl Memory {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self { trees: RwLock::new(vec![BTreeMap::new(); TREE_NAMES.len()]), ids: AtomicU64::new(0) }
+    }
+}
+
+impl Kv for Memory {
+    fn get(&self, tree: T, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        Ok(trees[tree as usize].get(key).cloned())
+    }
+
+    fn range(&self, tree: T, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Entries<'_> {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
+        // An empty range when the bounds cross (as sled answers).
+        let crossed = match (lo, hi) {
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => a > b,
+            _ => false,
+        };
+        let found: Vec<Result<Entry>> = if crossed {
+            Vec::new()
+        } else {
+            trees[tree as usize].range::<[u8], _>((lo, hi)).map(|(k, v)| Ok((k.clone(), v.clone()))).collect()
+        };
+        Box::new(found.into_iter())
+    }
+
+    fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
+        let mut trees = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        let t = &mut trees[tree as usize];
+        if t.contains_key(key) {
+            return Ok(false);
+        }
+        t.insert(key.to_vec(), value.to_vec());
+        Ok(true)
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<()> {
+        let mut trees = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        for (t, k, v) in ops {
+            match v {
+                Some(v) => trees[*t as usize].insert(k.clone(), v.clone()),
+                None => trees[*t as usize].remove(k),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn generate_id(&self) -> Result<u64> {
+        Ok(self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The behaviour every backend must have. Each backend's tests call
+/// [`conformance::run`] on a fresh instance.
+#[cfg(test)]
+pub mod conformance {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+
+    use super::{Kv, T, prefix_end};
+
+    fn keys(it: super::Entries<'_>) -> Vec<Vec<u8>> {
+        it.map(|r| r.expect("read").0).collect()
+    }
+
+    /// Runs every check on `kv`, which must be empty.
+    pub fn run(kv: &dyn Kv) {
+        // Absent keys, writes across trees, removal.
+        assert_eq!(kv.get(T::Runs, b"a").unwrap(), None);
+        let ops = vec![
+            (T::Runs, b"a".to_vec(), Some(b"1".to_vec())),
+            (T::Runs, b"b".to_vec(), Some(b"2".to_vec())),
+            (T::Jobs, b"a".to_vec(), Some(b"j".to_vec())),
+            (T::Runs, b"c".to_vec(), Some(b"3".to_vec())),
+            (T::Runs, b"c".to_vec(), None),
+        ];
+        kv.commit(&ops).unwrap();
+        assert_eq!(kv.get(T::Runs, b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(kv.get(T::Jobs, b"a").unwrap().as_deref(), Some(&b"j"[..]), "trees are separate");
+        assert_eq!(kv.get(T::Runs, b"c").unwrap(), None, "a later op in the set wins");
+        kv.commit(&[]).unwrap();
+
+        // Ranges in both directions, with every kind of bound.
+        let mut ops = Vec::new();
+        for k in [&b"ab"[..], b"abc", b"abd", b"b", b"\xff", b"\xff\xff"] {
+            ops.push((T::Meta, k.to_vec(), Some(k.to_vec())));
+        }
+        kv.commit(&ops).unwrap();
+        let all = keys(kv.range(T::Meta, Unbounded, Unbounded));
+        assert_eq!(all, [&b"ab"[..], b"abc", b"abd", b"b", b"\xff", b"\xff\xff"]);
+        let back: Vec<Vec<u8>> = kv.range(T::Meta, Unbounded, Unbounded).rev().map(|r| r.unwrap().0).collect();
+        assert_eq!(back.first().map(Vec::as_slice), Some(&b"\xff\xff"[..]));
+        assert_eq!(keys(kv.range(T::Meta, Included(&b"abc"[..]), Excluded(&b"b"[..]))), [&b"abc"[..], b"abd"]);
+        assert_eq!(keys(kv.range(T::Meta, Excluded(&b"abc"[..]), Included(&b"b"[..]))), [&b"abd"[..], b"b"]);
+        assert!(keys(kv.range(T::Meta, Included(&b"c"[..]), Excluded(&b"a"[..]))).is_empty(), "crossed bounds");
+        let mut it = kv.range(T::Meta, Included(&b"ab"[..]), Unbounded);
+        assert_eq!(it.next_back().unwrap().unwrap().0, b"\xff\xff");
+        assert_eq!(it.next().unwrap().unwrap().0, b"ab");
+        // Prefix scans through `prefix_end`, including at the top of the key space.
+        let end = prefix_end(b"ab").unwrap();
+        assert_eq!(
+            keys(kv.range(T::Meta, Included(&b"ab"[..]), Excluded(end.as_slice()))),
+            [&b"ab"[..], b"abc", b"abd"]
+        );
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert!(keys(kv.range(T::Jobs, Included(&b"z"[..]), Unbounded)).is_empty());
+        // Values come back as written.
+        let v = kv.range(T::Meta, Included(&b"b"[..]), Included(&b"b"[..])).next().unwrap().unwrap();
+        assert_eq!(v, (b"b".to_vec(), b"b".to_vec()));
+
+        // Insert only when absent.
+        assert!(kv.insert_if_absent(T::Caches, b"k", b"first").unwrap());
+        assert!(!kv.insert_if_absent(T::Caches, b"k", b"second").unwrap());
+        assert_eq!(kv.get(T::Caches, b"k").unwrap().as_deref(), Some(&b"first"[..]));
+
+        // Ids only grow; flush works.
+        let a = kv.generate_id().unwrap();
+        let b = kv.generate_id().unwrap();
+        assert!(b > a);
+        kv.flush().unwrap();
+
+        // Large values and many keys.
+        let big = vec![7u8; 1 << 20];
+        let ops: Vec<_> = (0u32..2000).map(|i| (T::Logs, i.to_be_bytes().to_vec(), Some(big[..64].to_vec()))).collect();
+        kv.commit(&ops).unwrap();
+        kv.commit(&[(T::Logs, b"big".to_vec(), Some(big.clone()))]).unwrap();
+        assert_eq!(kv.get(T::Logs, b"big").unwrap().map(|v| v.len()), Some(1 << 20));
+        assert_eq!(kv.range(T::Logs, Unbounded, Excluded(&b"big"[..])).count(), 2000);
+    }
+
+    #[test]
+    fn sled_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        run(&super::Sled::open(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn memory_conforms() {
+        run(&super::Memory::new());
+    }
+
+    #[test]
+    fn sled_keeps_ids_growing_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let kv = super::Sled::open(dir.path()).unwrap();
+            let id = kv.generate_id().unwrap();
+            kv.commit(&[(T::Meta, b"k".to_vec(), Some(b"v".to_vec()))]).unwrap();
+            kv.flush().unwrap();
+            id
+        };
+        let kv = super::Sled::open(dir.path()).unwrap();
+        assert!(kv.generate_id().unwrap() > first);
+        assert_eq!(kv.get(T::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+}
