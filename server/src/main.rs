@@ -182,6 +182,7 @@ fn main() -> ExitCode {
             max_running_jobs: args.max_running_jobs,
             max_running_per_pipeline: args.max_running_per_pipeline,
             retry_backoff: args.retry_backoff,
+            ..EngineConfig::default()
         },
         public_url: args.public_url,
         clock: args.test_clock.unwrap_or_default(),

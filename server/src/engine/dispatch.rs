@@ -21,11 +21,7 @@ use std::collections::HashMap;
 use viaduct_proto::v1::{JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
 
 use super::{Lease, queue::QueuedJob, tx::Tx};
-use crate::{
-    error::Result,
-    store::{keys::JobKey, now_ms},
-    trust,
-};
+use crate::{error::Result, store::keys::JobKey, trust};
 
 impl Tx<'_> {
     /// Assigns as many queued jobs as runners can take now.
@@ -33,7 +29,7 @@ impl Tx<'_> {
         let mut free: HashMap<&str, u32> = HashMap::new();
         // A runner not heard from for 3 heartbeats may be hung (stopped,
         // partitioned behind a live TCP connection): give it nothing new.
-        let responsive_since = now_ms() - 3 * super::ms(self.sh.cfg.heartbeat_interval).max(500);
+        let responsive_since = self.sh.now_ms() - 3 * super::ms(self.sh.cfg.heartbeat_interval).max(500);
         for (id, c) in &self.st.runners {
             if c.draining || c.last_seen_ms < responsive_since {
                 continue;
@@ -55,7 +51,7 @@ impl Tx<'_> {
                 *per_pipeline.entry(l.pipeline.as_str()).or_default() += 1;
             }
         }
-        let now = now_ms();
+        let now = self.sh.now_ms();
         let mut picks: Vec<(QueuedJob, String)> = Vec::new();
         for q in self.st.queue.iter() {
             if total_free == 0 || (cfg.max_running_jobs > 0 && running >= cfg.max_running_jobs) {
@@ -142,7 +138,7 @@ impl Tx<'_> {
                 secrets.insert(name, value);
             }
         }
-        let now = now_ms();
+        let now = self.sh.now_ms();
         let run = self.run(key.run)?;
         if run.started_ms == 0 {
             run.started_ms = now;
@@ -155,7 +151,7 @@ impl Tx<'_> {
         job.message.clear();
         let job = job.clone();
         self.rollup(key.run)?;
-        let expires = std::time::Instant::now() + self.sh.cfg.lease_ttl;
+        let expires = self.sh.instant() + self.sh.cfg.lease_ttl;
         self.set_lease(
             key,
             Some(Lease {

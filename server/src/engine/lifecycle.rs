@@ -23,7 +23,6 @@ use crate::{
     store::{
         T,
         keys::{JobKey, RunId},
-        now_ms,
         records::{AttemptRecord, QueueRecord},
     },
 };
@@ -79,7 +78,7 @@ impl Tx<'_> {
 
     /// Puts a job in the queue, dispatchable from `not_before_ms` (0 = now).
     pub(crate) fn enqueue(&mut self, key: JobKey, not_before_ms: i64) -> Result<()> {
-        let now = now_ms();
+        let now = self.sh.now_ms();
         let seq = self.st.next_queue_seq;
         self.st.next_queue_seq += 1;
         let pipeline = self.run(key.run)?.pipeline.clone();
@@ -117,9 +116,10 @@ impl Tx<'_> {
         let attempt = self.job(key)?.attempt;
         let step_status = if status == Status::Skipped { Status::Skipped } else { status };
         self.close_steps(key, attempt, step_status)?;
+        let now = self.sh.now_ms();
         let job = self.job(key)?;
         job.status = status as i32;
-        job.finished_ms = now_ms();
+        job.finished_ms = now;
         job.message = message.to_string();
         tracing::info!(job = %key, status = status.word(), message, "job finished");
         self.after_final(key)
@@ -161,7 +161,7 @@ impl Tx<'_> {
         self.new_attempt(key, status, message)?;
         self.job(key)?.message = format!("attempt {old} ended {}: {message}; retrying in {backoff} ms", status.word());
         tracing::info!(job = %key, attempt = old + 1, backoff_ms = backoff, "retrying job");
-        self.enqueue(key, now_ms() + backoff)
+        self.enqueue(key, self.sh.now_ms() + backoff)
     }
 
     /// Closes the current attempt as `status` (archived in
@@ -173,13 +173,14 @@ impl Tx<'_> {
         let old = self.job(key)?.attempt;
         let closing = if status == Status::RunnerLost { Status::RunnerLost } else { Status::Cancelled };
         self.close_steps(key, old, closing)?;
+        let now = self.sh.now_ms();
         let job = self.job(key)?;
         job.previous_attempts.push(AttemptRecord {
             attempt: old,
             status: status as i32,
             runner_id: std::mem::take(&mut job.runner_id),
             started_ms: job.started_ms,
-            finished_ms: if job.finished_ms > 0 { job.finished_ms } else { now_ms() },
+            finished_ms: if job.finished_ms > 0 { job.finished_ms } else { now },
             message: message.to_string(),
         });
         job.attempt = old + 1;
@@ -256,7 +257,7 @@ impl Tx<'_> {
     /// steps get `running_to`, steps that never started are skipped.
     fn close_steps(&mut self, key: JobKey, attempt: u32, running_to: Status) -> Result<()> {
         let n = self.job(key)?.steps.len();
-        let now = now_ms();
+        let now = self.sh.now_ms();
         for i in 0..n {
             let sk = key.step(attempt, index(i));
             let size = self.store().logs.len(sk)?;
@@ -417,6 +418,7 @@ impl Tx<'_> {
             let j = self.job(JobKey::new(id, i))?;
             statuses.push((j.status(), j.continue_on_error));
         }
+        let now = self.sh.now_ms();
         let run = self.run(id)?;
         let counts = |f: &dyn Fn(Status) -> bool| statuses.iter().any(|(s, coe)| !coe && f(*s));
         let status = if statuses.iter().all(|(s, _)| s.is_terminal()) {
@@ -439,7 +441,7 @@ impl Tx<'_> {
         if run.status() != status {
             run.status = status as i32;
             if status.is_terminal() {
-                run.finished_ms = now_ms();
+                run.finished_ms = now;
                 run.group_blocked = false;
                 tracing::info!(run = %id, status = status.word(), "run finished");
                 let group = run.concurrency_group.clone();

@@ -15,6 +15,7 @@
 //! - `queue`, [`index`], `tx`: the dispatch order, run indexes, the unit of
 //!   work.
 
+pub mod clock;
 mod condition;
 pub mod index;
 mod lease;
@@ -46,6 +47,7 @@ pub(crate) use self::lease::Lease;
 pub(crate) use self::session::job_ref;
 pub use self::session::{RunnerChange, RunnerHello};
 use self::{
+    clock::{Clock, SystemClock},
     lease::Leases,
     queue::{Queue, QueuedJob},
     tx::Tx,
@@ -75,6 +77,8 @@ pub struct EngineConfig {
     pub max_running_per_pipeline: usize,
     /// First retry delay; doubles per attempt, at most 5 minutes.
     pub retry_backoff: Duration,
+    /// Where the engine reads the time.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineConfig {
@@ -86,6 +90,7 @@ impl Default for EngineConfig {
             max_running_jobs: 0,
             max_running_per_pipeline: 0,
             retry_backoff: Duration::from_secs(2),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -154,6 +159,18 @@ pub(crate) struct Shared {
     pub grant_key: [u8; 32],
 }
 
+impl Shared {
+    /// Milliseconds since the epoch, by the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.cfg.clock.now_ms()
+    }
+
+    /// A monotonic instant, by the engine's clock.
+    pub fn instant(&self) -> Instant {
+        self.cfg.clock.instant()
+    }
+}
+
 /// The engine. Cheap to share (`Arc<Engine>`).
 pub struct Engine {
     sh: Shared,
@@ -188,7 +205,7 @@ impl Engine {
             let pipeline = store.get::<RunRecord>(T::Runs, key.run.key())?.map(|r| r.pipeline).unwrap_or_default();
             st.queue.push(queued(key, seq, &job, pipeline), rec.queued_ms, aging);
         }
-        let expires = Instant::now() + cfg.lease_ttl;
+        let expires = cfg.clock.instant() + cfg.lease_ttl;
         for id in index::scan(&store, index::Field::Status, &[Status::Running as u8], None) {
             let id = id?;
             let Some(run) = store.get::<RunRecord>(T::Runs, id.key())? else { continue };
@@ -289,7 +306,7 @@ impl Engine {
     /// Expires lapsed leases, dispatches jobs whose backoff ended, and
     /// returns when it next needs to run.
     fn tick(&self) -> Result<Option<Instant>> {
-        let now = Instant::now();
+        let now = self.sh.instant();
         let (next, _) = self.transition(|tx| {
             let lapsed: Vec<(JobKey, u32, String)> = tx
                 .st
@@ -304,7 +321,7 @@ impl Engine {
             }
             tx.dispatch()?;
             let lease_next = tx.st.leases.iter().map(|(_, l)| l.expires).min();
-            let now_ms = crate::store::now_ms();
+            let now_ms = tx.sh.now_ms();
             let backoff_next = tx
                 .st
                 .queue

@@ -20,7 +20,6 @@ use crate::{
     store::{
         T, WriteSet,
         keys::{JobKey, RunId},
-        now_ms,
         records::{JobRecord, RunRecord, SCHEMA_VERSION},
     },
 };
@@ -122,7 +121,7 @@ impl Engine {
         let (id, ticket) = self.transition(|t| {
             t.writes().extend(extra);
             let id = next_run_id(t)?;
-            let now = now_ms();
+            let now = self.sh.now_ms();
             let (group, cancel_in_progress) = new.concurrency.clone().unwrap_or_default();
             // A run can only name groups of its own repository (and pull
             // request): see `trust::concurrency_group`.
@@ -224,7 +223,7 @@ impl Engine {
             }
             run.awaiting_approval = false;
             run.approved_by = by.to_string();
-            run.approved_ms = now_ms();
+            run.approved_ms = self.sh.now_ms();
             let blocked = run.group_blocked;
             let cancelled = run.status().is_terminal();
             tracing::info!(run = %id, by, "run approved");

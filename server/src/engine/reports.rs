@@ -14,7 +14,7 @@ use viaduct_proto::{
 use super::{Engine, dispatch::holds, tx::Tx};
 use crate::{
     error::{Error, Result},
-    store::{Ticket, keys::JobKey, logs::Append, now_ms},
+    store::{Ticket, keys::JobKey, logs::Append},
 };
 
 /// The engine's answer to log data.
@@ -93,7 +93,7 @@ impl Engine {
             return Err(Error::invalid(format!("job {job} has no step {}", d.step_index)));
         }
         let sk = job.step(attempt, d.step_index);
-        Ok(match self.store().logs.append(sk, d.offset, &d.data, now_ms())? {
+        Ok(match self.store().logs.append(sk, d.offset, &d.data, self.sh.now_ms())? {
             Append::Stored(len) => {
                 self.signals().touch_run(job.run);
                 Report::Logged(self.store().ticket(), len)
@@ -121,12 +121,12 @@ impl Tx<'_> {
         }
         let sk = job.step(attempt, u.step_index);
         let size = self.store().logs.len(sk)?;
+        let now = self.sh.now_ms();
         let step = self.step(sk)?;
         let current = step.status();
         if current.is_terminal() || status == Status::Pending || status == current {
             return Ok(true);
         }
-        let now = now_ms();
         if status == Status::Running {
             step.status = status as i32;
             step.started_ms = now;

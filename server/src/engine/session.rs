@@ -20,7 +20,7 @@ use super::{Conn, Engine, Lease, dispatch::holds};
 use crate::{
     convert::{self, LiveRunner},
     error::{Error, Result},
-    store::{T, WriteSet, decode, keys::JobKey, now_ms, records::RunnerRecord},
+    store::{T, WriteSet, decode, keys::JobKey, records::RunnerRecord},
 };
 
 /// An admin's change to a runner (`None`: unchanged).
@@ -70,7 +70,7 @@ impl Engine {
                 .store()
                 .get(T::Runners, runner_id.as_bytes())?
                 .ok_or_else(|| Error::Unauthenticated(format!("runner {runner_id} was removed; register again")))?;
-            let now = now_ms();
+            let now = self.sh.now_ms();
             pin(&mut rec, runner_id, &hello);
             rec.hostname.clone_from(&hello.hostname);
             rec.version.clone_from(&hello.version);
@@ -80,7 +80,7 @@ impl Engine {
 
             let conn_id = t.st.next_conn;
             t.st.next_conn += 1;
-            let expires = Instant::now() + self.sh.cfg.lease_ttl;
+            let expires = self.sh.instant() + self.sh.cfg.lease_ttl;
             let mut resume = Vec::with_capacity(hello.active.len());
             for (job, attempt, grant) in &hello.active {
                 let keep = if holds(t.st, runner_id, *job, *attempt) {
@@ -179,7 +179,7 @@ impl Engine {
         j.status = Status::Running as i32;
         j.runner_id = runner.to_string();
         if j.started_ms == 0 {
-            j.started_ms = now_ms();
+            j.started_ms = self.sh.now_ms();
         }
         t.set_lease(job, Some(Lease { attempt, runner: runner.to_string(), expires, pipeline, steps }));
         tracing::info!(job = %job, attempt, runner, "adopted a job the runner was already running");
@@ -196,7 +196,7 @@ impl Engine {
             drop(st);
             tracing::info!(runner = runner_id, conn_id, "runner disconnected");
             if let Ok(Some(mut rec)) = self.store().get::<RunnerRecord>(T::Runners, runner_id.as_bytes()) {
-                rec.last_seen_ms = now_ms();
+                rec.last_seen_ms = self.sh.now_ms();
                 let mut ws = WriteSet::default();
                 ws.put(T::Runners, runner_id.as_bytes(), &rec);
                 if let Err(e) = self.store().commit(&ws) {
@@ -212,9 +212,9 @@ impl Engine {
     /// runner removed: the stream should end.
     pub fn heartbeat(&self, runner_id: &str, conn_id: u64, active: &[(JobKey, u32)]) -> Result<Vec<(JobKey, u32)>> {
         let mut st = self.lock();
-        let expires = Instant::now() + self.sh.cfg.lease_ttl;
+        let expires = self.sh.instant() + self.sh.cfg.lease_ttl;
         match st.runners.get_mut(runner_id) {
-            Some(c) if c.conn_id == conn_id => c.last_seen_ms = now_ms(),
+            Some(c) if c.conn_id == conn_id => c.last_seen_ms = self.sh.now_ms(),
             _ => {
                 return Err(Error::Unauthenticated(format!(
                     "runner {runner_id}: this connection is no longer current"

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use viaduct_proto::v1::{JobAssignment, JobUpdate, ServerMessage, Status, server_message::Msg};
 
-use super::{Engine, EngineConfig, RunnerHello, reports::Update};
+use super::{Engine, EngineConfig, RunnerHello, clock::ManualClock, reports::Update};
 use crate::{
     blobs::BlobStore,
     planning::{self, Trigger},
@@ -18,9 +18,11 @@ use crate::{
     store::{Store, T, WriteSet, keys::RunId, now_ms, records::RunnerRecord},
 };
 
-/// An engine over a fresh store.
+/// An engine over a fresh in-memory store, on a clock that moves only
+/// when the test says.
 pub(crate) struct Harness {
     pub engine: Arc<Engine>,
+    pub clock: Arc<ManualClock>,
     pub store: Arc<Store>,
     plugins: PluginRegistry,
     _dir: TempDir,
@@ -52,8 +54,10 @@ impl Harness {
         let secrets = Arc::new(SecretBox::open(dir.path()).expect("secret box"));
         let blobs = Arc::new(BlobStore::open(&dir.path().join("blobs")).expect("blobs"));
         let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
-        let engine = Engine::open(Arc::clone(&store), EngineConfig::default(), secrets).expect("engine");
-        Self { engine, store, plugins, _dir: dir }
+        let clock = Arc::new(ManualClock::new());
+        let cfg = EngineConfig { clock: Arc::clone(&clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };
+        let engine = Engine::open(Arc::clone(&store), cfg, secrets).expect("engine");
+        Self { engine, clock, store, plugins, _dir: dir }
     }
 
     /// Registers runner `id` with `labels` and `slots` (host executor) and
@@ -88,6 +92,13 @@ impl Harness {
             .iter()
             .map(|j| viaduct_proto::StatusWord::word(Status::try_from(j.status).unwrap_or_default()))
             .collect()
+    }
+
+    /// Moves time forward by `ms` and lets the engine's timer act (lapsed
+    /// leases, ended backoffs).
+    pub fn advance(&self, ms: u64) {
+        self.clock.advance(std::time::Duration::from_millis(ms));
+        self.engine.tick().expect("tick");
     }
 
     /// Plans and creates a run of `yaml`.

@@ -155,3 +155,44 @@ async fn a_runner_that_comes_back_without_its_job_loses_it_to_a_retry() {
     assert_eq!((h.engine.metrics().queued, h.engine.metrics().running), (1, 0));
     assert!(r.assignments().is_empty(), "the old connection gets nothing more");
 }
+
+/// A failed attempt is retried after a backoff that doubles, never before
+/// it ends; after the last attempt the job fails for good.
+#[tokio::test]
+async fn retries_wait_out_a_doubling_backoff() {
+    use viaduct_proto::v1::Status;
+    let h = Harness::new();
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    let run = h.submit("jobs:\n  j:\n    retries: 2\n    steps: [{run: 'false'}]\n").await;
+    let mut given = r.assignments();
+    for (attempt, backoff_ms) in [(1, 2000), (2, 4000)] {
+        assert_eq!(given.iter().map(|a| a.job.as_ref().map_or(0, |j| j.attempt)).collect::<Vec<_>>(), [attempt]);
+        h.report(&r, &given[0], Status::Failure);
+        assert_eq!(h.job_states(run), ["queued"]);
+        h.advance(backoff_ms - 100);
+        assert!(r.assignments().is_empty(), "attempt {} started before its backoff ended", attempt + 1);
+        h.advance(100);
+        given = r.assignments();
+    }
+    h.report(&r, &given[0], Status::Failure);
+    assert_eq!(h.job_states(run), ["failure"]);
+    assert_eq!(h.engine.get_run(run).expect("run").jobs[0].attempt, 3);
+}
+
+/// A runner that stops heartbeating loses its job when the lease lapses
+/// (30 s by default), not before.
+#[tokio::test]
+async fn a_silent_runner_loses_its_job_when_the_lease_lapses() {
+    use viaduct_proto::v1::Status;
+    let h = Harness::new();
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    let run = h.submit(ONE_JOB).await;
+    assert_eq!(r.assignments().len(), 1);
+    h.advance(29_000);
+    assert_eq!(h.job_states(run), ["running"]);
+    h.advance(1_001);
+    let job = &h.engine.get_run(run).expect("run").jobs[0];
+    assert_eq!(job.status, Status::RunnerLost as i32, "{job:?}");
+    assert!(job.message.contains("stopped responding"), "{}", job.message);
+    assert_eq!(h.engine.metrics().running, 0);
+}

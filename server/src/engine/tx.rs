@@ -26,7 +26,6 @@ use crate::{
     store::{
         Store, T, Ticket, WriteSet,
         keys::{JobKey, RunId, StepKey},
-        now_ms,
         records::{EventBatch, JobRecord, RunRecord, StepRecord},
     },
 };
@@ -301,7 +300,7 @@ impl<'a> Tx<'a> {
     /// wakes watchers and sends the queued runner messages.
     pub(crate) fn commit(mut self) -> Result<Ticket> {
         self.checkpoint();
-        let now = now_ms();
+        let now = self.sh.now_ms();
         for (key, _, rec) in self.steps.written() {
             self.ws.put(T::Steps, key.key(), rec);
         }
