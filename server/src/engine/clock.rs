@@ -36,15 +36,18 @@ pub struct ManualClock {
 }
 
 #[cfg(test)]
-impl ManualClock {
+impl Default for ManualClock {
     /// A clock standing at the system's present time.
-    pub fn new() -> Self {
+    fn default() -> Self {
         Self {
             start: (crate::store::now_ms(), Instant::now()),
             moved: std::sync::Mutex::new(std::time::Duration::ZERO),
         }
     }
+}
 
+#[cfg(test)]
+impl ManualClock {
     /// Moves time forward by `d`.
     pub fn advance(&self, d: std::time::Duration) {
         *self.moved.lock().unwrap_or_else(|p| p.into_inner()) += d;

@@ -54,7 +54,7 @@ impl Harness {
         let secrets = Arc::new(SecretBox::open(dir.path()).expect("secret box"));
         let blobs = Arc::new(BlobStore::open(&dir.path().join("blobs")).expect("blobs"));
         let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
-        let clock = Arc::new(ManualClock::new());
+        let clock = Arc::new(ManualClock::default());
         let cfg = EngineConfig { clock: Arc::clone(&clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };
         let engine = Engine::open(Arc::clone(&store), cfg, secrets).expect("engine");
         Self { engine, clock, store, plugins, _dir: dir }
