@@ -350,7 +350,10 @@ impl Access {
     /// Names what the call acts on, for the audit log (the first name
     /// given counts).
     pub fn target(&self, what: impl Into<String>) {
-        let _ = self.target.set(what.into());
+        let what = what.into();
+        // The call's `rpc` span (see `gate::check`) says it too.
+        tracing::Span::current().record("target", what.as_str());
+        let _ = self.target.set(what);
     }
 
     /// The runner making the call (runner tokens only).

@@ -111,8 +111,23 @@ fn refuse(e: Error) -> Response {
     tonic::Status::from(e).into_http::<Body>().into_response()
 }
 
-/// The gate, as axum middleware on the gRPC routes.
-pub async fn check(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+/// The gate, as axum middleware on the gRPC routes: every call runs in an
+/// `rpc` span with its method, peer, actor and target (what it acts on,
+/// as the handler names it), so everything logged while handling it says
+/// which call, by whom, about what.
+pub async fn check(state: State<Arc<Gate>>, req: Request, next: Next) -> Response {
+    let peer = peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
+    let span = tracing::info_span!(
+        "rpc",
+        method = %req.uri().path(),
+        peer = %peer,
+        actor = tracing::field::Empty,
+        target = tracing::field::Empty,
+    );
+    tracing::Instrument::instrument(admit_call(state, req, next), span).await
+}
+
+async fn admit_call(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let Some(need) = access::need_of(&path) else {
         return refuse(Error::PermissionDenied(format!(
@@ -165,10 +180,17 @@ pub async fn check(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     {
         return refuse(e);
     }
+    tracing::Span::current().record("actor", access.actor.as_str());
     req.extensions_mut().insert(access.clone());
     let resp = next.run(req).await;
+    let result = outcome(&resp);
+    if result == "ok" {
+        tracing::debug!("call answered");
+    } else {
+        tracing::info!(outcome = %result, "call failed");
+    }
     if audit {
-        gate.write(&access, &path, &peer, outcome(&resp));
+        gate.write(&access, &path, &peer, result);
     }
     match principal {
         Principal::Person(c) => revocable(resp, Arc::clone(&gate.auth), c.hash),
