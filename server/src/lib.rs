@@ -28,6 +28,8 @@ pub mod error;
 pub mod gate;
 pub mod git;
 pub mod http;
+pub mod launch;
+pub mod pipelines;
 pub mod planning;
 pub mod plugins;
 pub mod secrets;

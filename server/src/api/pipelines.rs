@@ -8,16 +8,14 @@ use viaduct_proto::v1::{
     Pipeline, SchemaRequest, SchemaResponse, ValidateRequest, ValidateResponse, pipelines_server::Pipelines,
 };
 
-use super::runs::MAX_PIPELINE_BYTES;
 use crate::{
     convert,
     engine::Engine,
     error::{Error, Result},
+    launch::MAX_PIPELINE_BYTES,
+    pipelines::{self, Save},
     planning,
-    store::{
-        T, WriteSet, decode, now_ms,
-        records::{PipelineRecord, SCHEMA_VERSION},
-    },
+    store::records::PipelineRecord,
     triggers::Triggers,
 };
 
@@ -34,41 +32,10 @@ impl PipelinesApi {
         Self { engine, triggers }
     }
 
-    async fn save(&self, r: CreatePipelineRequest, create: bool) -> Result<Pipeline> {
-        check_name(&r.name)?;
-        if r.yaml.len() > MAX_PIPELINE_BYTES {
-            return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")));
-        }
-        let jobs = planning::check(&format!("{}.yml", r.name), &r.yaml, self.triggers.plugins())?;
-        let store = self.engine.store();
-        let existing: Option<PipelineRecord> = store.get(T::Pipelines, r.name.as_bytes())?;
-        let now = now_ms();
-        let rec = match (existing, create) {
-            (Some(_), true) => {
-                return Err(Error::AlreadyExists(format!("pipeline `{}` already exists; use Update", r.name)));
-            }
-            (None, false) => return Err(Error::not_found(format!("pipeline `{}` not found; use Create", r.name))),
-            (Some(old), false) => PipelineRecord { yaml: r.yaml, updated_ms: now, jobs, ..old },
-            (None, true) => {
-                PipelineRecord { schema: SCHEMA_VERSION, yaml: r.yaml, created_ms: now, updated_ms: now, jobs }
-            }
-        };
-        let mut ws = WriteSet::default();
-        ws.put(T::Pipelines, r.name.as_bytes(), &rec);
-        store.commit_durable(&ws).await?;
+    async fn save(&self, r: CreatePipelineRequest, how: Save) -> Result<Pipeline> {
+        let rec = pipelines::save(self.engine.store(), self.triggers.plugins(), &r.name, r.yaml, how).await?;
         self.triggers.refresh_pipeline_schedules(&r.name, Some(&rec.yaml));
         Ok(to_proto(&r.name, &rec))
-    }
-}
-
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("invalid pipeline name `{name}`: use 1–100 of A–Z a–z 0–9 - _ .")))
     }
 }
 
@@ -85,14 +52,6 @@ fn to_proto(name: &str, r: &PipelineRecord) -> Pipeline {
     }
 }
 
-/// A stored pipeline by name.
-pub fn load(engine: &Engine, name: &str) -> Result<PipelineRecord> {
-    engine
-        .store()
-        .get(T::Pipelines, name.as_bytes())?
-        .ok_or_else(|| Error::not_found(format!("pipeline `{name}` not found")))
-}
-
 #[tonic::async_trait]
 impl Pipelines for PipelinesApi {
     async fn validate(&self, req: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
@@ -106,16 +65,16 @@ impl Pipelines for PipelinesApi {
     }
 
     async fn create(&self, req: Request<CreatePipelineRequest>) -> Result<Response<Pipeline>, Status> {
-        Ok(Response::new(self.save(req.into_inner(), true).await?))
+        Ok(Response::new(self.save(req.into_inner(), Save::Create).await?))
     }
 
     async fn update(&self, req: Request<CreatePipelineRequest>) -> Result<Response<Pipeline>, Status> {
-        Ok(Response::new(self.save(req.into_inner(), false).await?))
+        Ok(Response::new(self.save(req.into_inner(), Save::Replace).await?))
     }
 
     async fn get(&self, req: Request<GetPipelineRequest>) -> Result<Response<Pipeline>, Status> {
         let name = req.into_inner().name;
-        Ok(Response::new(to_proto(&name, &load(&self.engine, &name)?)))
+        Ok(Response::new(to_proto(&name, &pipelines::load(self.engine.store(), &name)?)))
     }
 
     async fn list(&self, req: Request<ListPipelinesRequest>) -> Result<Response<ListPipelinesResponse>, Status> {
@@ -124,31 +83,15 @@ impl Pipelines for PipelinesApi {
             0 => 50,
             n => n.min(1000) as usize,
         };
-        let tree = self.engine.store().tree(T::Pipelines);
-        let start = page.page_token.into_bytes();
-        let mut pipelines = Vec::new();
-        let mut next_page_token = String::new();
-        for kv in tree.range(start.clone()..) {
-            let (k, v) = kv?;
-            if k == start {
-                continue;
-            }
-            let name = String::from_utf8_lossy(&k).into_owned();
-            if pipelines.len() == size {
-                next_page_token = pipelines.last().map(|p: &Pipeline| p.name.clone()).unwrap_or_default();
-                break;
-            }
-            pipelines.push(to_proto(&name, &decode(T::Pipelines, &v)?));
-        }
+        let (found, next) = pipelines::list(self.engine.store(), &page.page_token, size)?;
+        let pipelines = found.iter().map(|(name, rec)| to_proto(name, rec)).collect();
+        let next_page_token = next.unwrap_or_default();
         Ok(Response::new(ListPipelinesResponse { pipelines, next_page_token }))
     }
 
     async fn delete(&self, req: Request<GetPipelineRequest>) -> Result<Response<DeletePipelineResponse>, Status> {
         let name = req.into_inner().name;
-        load(&self.engine, &name)?;
-        let mut ws = WriteSet::default();
-        ws.delete(T::Pipelines, name.as_bytes());
-        self.engine.store().commit_durable(&ws).await?;
+        pipelines::delete(self.engine.store(), &name).await?;
         self.triggers.refresh_pipeline_schedules(&name, None);
         Ok(Response::new(DeletePipelineResponse {}))
     }

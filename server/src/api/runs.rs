@@ -16,13 +16,14 @@ use crate::{
     access::{self, Access, Repos},
     engine::{Engine, read::RunQuery},
     error::{Error, Result},
-    planning::{self, Trigger},
-    store::keys::{JobKey, RunId},
+    launch::{self, Launch, Origin},
+    planning::Trigger,
+    store::{
+        WriteSet,
+        keys::{JobKey, RunId},
+    },
     triggers::Triggers,
 };
-
-/// Largest pipeline file accepted.
-pub const MAX_PIPELINE_BYTES: usize = 1024 * 1024;
 
 /// The Runs service.
 pub struct RunsApi {
@@ -36,8 +37,11 @@ impl RunsApi {
         Self { engine, triggers }
     }
 
-    async fn start(&self, new: crate::engine::plan::NewRun) -> Result<SubmitResponse> {
-        let id = self.engine.create_run(new).await?;
+    async fn start(&self, origin: Origin, trigger: Trigger) -> Result<SubmitResponse> {
+        let launch = Launch::new(origin, trigger);
+        let id = launch::start(&self.engine, self.triggers.plugins(), launch, WriteSet::default())
+            .await?
+            .ok_or_else(|| Error::Internal("a submitted pipeline started no run".into()))?;
         Ok(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) })
     }
 
@@ -71,18 +75,15 @@ impl Runs for RunsApi {
             priority: priority(r.priority)?,
             ..Default::default()
         };
-        let new = match r.source {
+        let origin = match r.source {
             Some(submit_request::Source::PipelineYaml(yaml)) => {
-                if yaml.len() > MAX_PIPELINE_BYTES {
-                    return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")).into());
-                }
-                let file = if r.file_name.is_empty() { "pipeline.yml" } else { r.file_name.as_str() };
-                planning::from_yaml(file, &yaml, &trigger, self.triggers.plugins())?
+                let name = if r.file_name.is_empty() { "pipeline.yml".into() } else { r.file_name };
+                Origin::File { name, yaml }
             }
-            Some(submit_request::Source::Job(job)) => planning::from_inline(&job, &trigger)?,
+            Some(submit_request::Source::Job(job)) => Origin::Inline(job),
             None => return Err(Error::invalid("set `pipeline_yaml` or `job`").into()),
         };
-        let started = self.start(new).await?;
+        let started = self.start(origin, trigger).await?;
         access.target(format!("run {}", started.run_id));
         Ok(Response::new(started))
     }
@@ -103,7 +104,7 @@ impl Runs for RunsApi {
         }
         access.target(format!("pipeline `{}`", r.pipeline));
         access.require("")?;
-        let stored = crate::api::pipelines::load(&self.engine, &r.pipeline)?;
+        let stored = crate::pipelines::load(self.engine.store(), &r.pipeline)?;
         let trigger = Trigger {
             source: RunSource { event: "manual".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
@@ -111,8 +112,8 @@ impl Runs for RunsApi {
             pipeline_ref: r.pipeline.clone(),
             ..Default::default()
         };
-        let new = planning::from_yaml(&format!("{}.yml", r.pipeline), &stored.yaml, &trigger, self.triggers.plugins())?;
-        Ok(Response::new(self.start(new).await?))
+        let origin = Origin::File { name: format!("{}.yml", r.pipeline), yaml: stored.yaml };
+        Ok(Response::new(self.start(origin, trigger).await?))
     }
 
     async fn get(&self, req: Request<GetRunRequest>) -> Result<Response<Run>, Status> {

@@ -29,9 +29,10 @@ use viaduct_pipeline::spec::Pipeline;
 use viaduct_proto::v1::{MirrorRepo, RunSource, SourcePlan};
 
 use crate::{
-    engine::{Engine, plan::NewRun},
+    engine::Engine,
     error::{Error, Result},
     git::{self, PIPELINE_PATH},
+    launch::{self, Launch, OnInvalid, Origin},
     planning::{self, Trigger},
     store::{
         T, WriteSet, decode,
@@ -402,9 +403,8 @@ impl Triggers {
                 schedule: None,
                 pull: None,
             };
-            if let Some(run) = self.plan(name, &rec, event).await? {
-                // The ref state (and the repository record) ride with the run.
-                let id = self.engine.create_run_with(run, std::mem::take(&mut ws)).await?;
+            // The ref state (and the repository record) ride with the run.
+            if let Some(id) = self.launch(name, &rec, event, std::mem::take(&mut ws)).await? {
                 tracing::info!(repo = name, git_ref, sha, run = %id, "push started a run");
                 outcome.runs.push(id);
             }
@@ -480,17 +480,11 @@ impl Triggers {
             schedule: None,
             pull: Some((pr.clone(), base_tip, decision)),
         };
-        match self.plan(name, &rec, event).await? {
-            Some(run) => {
-                let id = self.engine.create_run_with(run, ws).await?;
-                tracing::info!(repo = name, pr = pr.number, run = %id, "pull request started a run");
-                Ok(Some(id))
-            }
-            None => {
-                self.engine.store().commit_durable(&ws).await?;
-                Ok(None)
-            }
+        let id = self.launch(name, &rec, event, ws).await?;
+        if let Some(id) = id {
+            tracing::info!(repo = name, pr = pr.number, run = %id, "pull request started a run");
         }
+        Ok(id)
     }
 
     /// Starts a run by hand at `what` (branch, tag, ref or commit; empty =
@@ -528,10 +522,9 @@ impl Triggers {
             schedule: None,
             pull: None,
         };
-        let run = self.plan(name, &rec, event).await?.ok_or_else(|| {
+        self.launch(name, &rec, event, WriteSet::default()).await?.ok_or_else(|| {
             Error::precondition(format!("the pipeline of `{name}` does not allow manual runs (`on:` has no `manual`)"))
-        })?;
-        self.engine.create_run(run).await
+        })
     }
 
     /// The run a repository event asks for, if its pipeline file exists and
@@ -539,7 +532,7 @@ impl Triggers {
     /// errors (for pushes and pull requests) or an error (manual triggers).
     /// For a pull request, the base branch's file decides whether it runs;
     /// the head's file says what runs.
-    async fn plan(&self, name: &str, rec: &RepoRecord, ev: RepoEvent) -> Result<Option<NewRun>> {
+    async fn launch(&self, name: &str, rec: &RepoRecord, ev: RepoEvent, extra: WriteSet) -> Result<Option<RunId>> {
         let path = self.path(name);
         let sha = ev.commit.clone();
         let (yaml, info) =
@@ -549,6 +542,9 @@ impl Triggers {
             let base_yaml = blocking(move || git::read_file(&path, &tip, PIPELINE_PATH)).await?;
             let refused = match base_yaml.as_deref().map(|y| planning::parse(PIPELINE_PATH, y)) {
                 None => Some("the base branch has no pipeline file"),
+                Some(_) if base_yaml.as_ref().is_some_and(|y| y.len() > launch::MAX_PIPELINE_BYTES) => {
+                    Some("the base branch's pipeline file is too large")
+                }
                 Some(Err(_)) => Some("the base branch's pipeline file is invalid"),
                 Some(Ok(p)) if !wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch) => {
                     Some("the base branch's pipeline does not run pull requests into it")
@@ -557,11 +553,13 @@ impl Triggers {
             };
             if let Some(why) = refused {
                 tracing::info!(repo = name, pr = pr.number, base = %ev.base_branch, "{why}: no run");
+                self.engine.store().commit_durable(&extra).await?;
                 return Ok(None);
             }
         }
         let Some(yaml) = yaml else {
             tracing::debug!(repo = name, commit = %ev.commit, "no {PIPELINE_PATH}: nothing to run");
+            self.engine.store().commit_durable(&extra).await?;
             return Ok(None);
         };
         let branch = ev.git_ref.strip_prefix("refs/heads/").unwrap_or_default().to_string();
@@ -596,29 +594,21 @@ impl Triggers {
             trust: decision.as_ref().map_or(viaduct_proto::v1::Trust::Trusted, |d| d.trust),
             approval: decision.and_then(|d| d.approval),
         };
-        let pipeline = match planning::parse(PIPELINE_PATH, &yaml) {
-            Ok(p) => p,
-            Err(diags) if ev.event != "manual" => {
-                tracing::info!(repo = name, commit = %ev.commit, "invalid pipeline file: recording a failed run");
-                return Ok(Some(failed_run(name, source, yaml, planning::render(&diags))));
-            }
-            Err(diags) => return Err(Error::InvalidFile(diags)),
-        };
         // Pull requests were decided by the base branch's file above.
-        if ev.pull.is_none() && !wanted(&pipeline, ev.event, &branch, &tag, &ev.base_branch) {
-            tracing::debug!(repo = name, event = ev.event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
-            return Ok(None);
+        let event = ev.event;
+        let accepts = |p: &Pipeline| ev.pull.is_some() || wanted(p, event, &branch, &tag, &ev.base_branch);
+        let launch = Launch {
+            origin: Origin::File { name: PIPELINE_PATH.into(), yaml },
+            trigger,
+            on_invalid: if event == "manual" { OnInvalid::Refuse } else { OnInvalid::FailedRun },
+            checkout: Some(source_plan),
+            accepts: Some(&accepts),
+        };
+        let id = launch::start(&self.engine, &self.plugins, launch, extra).await?;
+        if id.is_none() {
+            tracing::debug!(repo = name, event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
         }
-        match planning::from_pipeline(&pipeline, &yaml, &trigger, &self.plugins) {
-            Ok(mut run) => {
-                run.checkout = Some(source_plan);
-                Ok(Some(run))
-            }
-            Err(Error::InvalidFile(diags)) if ev.event != "manual" => {
-                Ok(Some(failed_run(name, source, yaml, planning::render(&diags))))
-            }
-            Err(e) => Err(e),
-        }
+        Ok(id)
     }
 
     /// Runs an archive of `commit` of `repo` (built and cached on first use).
@@ -709,19 +699,6 @@ fn wanted(p: &Pipeline, event: &str, branch: &str, tag: &str, base: &str) -> boo
         "pull_request" => p.triggers.matches_pull_request(base),
         "manual" => p.triggers.allows_manual(),
         _ => true,
-    }
-}
-
-/// A run that failed before any job: the pipeline file at its commit is
-/// invalid; its error carries every diagnostic.
-fn failed_run(name: &str, source: RunSource, yaml: String, error: String) -> NewRun {
-    NewRun {
-        pipeline: name.to_string(),
-        priority: 5,
-        source,
-        yaml,
-        error: Some(format!("invalid {PIPELINE_PATH}:\n{error}")),
-        ..Default::default()
     }
 }
 

@@ -33,11 +33,11 @@ use viaduct_pipeline::cron::CronSchedule;
 
 use super::{Triggers, blocking};
 use crate::{
-    engine::plan::NewRun,
     error::{Error, Result},
     git::{self, PIPELINE_PATH},
+    launch::{self, Launch, OnInvalid, Origin},
     planning::{self, Trigger},
-    store::{T, WriteSet, decode, records::PipelineRecord},
+    store::{T, WriteSet, decode, keys::RunId, records::PipelineRecord},
 };
 
 /// The time schedules run on.
@@ -235,17 +235,15 @@ impl Triggers {
                     }
                 }
                 Due::Fire(slot) => {
+                    // The slot is recorded with the run (or alone): it fires once.
                     ws.put_raw(T::ScheduleState, &key, slot.to_be_bytes().to_vec());
-                    match self.fire(&source, &cron, slot).await {
-                        Ok(Some(run)) => match self.engine.create_run_with(run, ws).await {
-                            Ok(id) => tracing::info!(%source, cron = %cron, slot, run = %id, "schedule fired"),
-                            Err(e) => tracing::error!(%source, error = %e, "cannot start a scheduled run"),
-                        },
-                        Ok(None) => {
-                            let _ = store.commit_durable(&ws).await;
-                        }
+                    match self.fire(&source, &cron, slot, ws).await {
+                        Ok(Some(id)) => tracing::info!(%source, cron = %cron, slot, run = %id, "schedule fired"),
+                        Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(%source, error = %e, "scheduled run not started");
+                            let mut ws = WriteSet::default();
+                            ws.put_raw(T::ScheduleState, &key, slot.to_be_bytes().to_vec());
                             let _ = store.commit_durable(&ws).await;
                         }
                     }
@@ -255,8 +253,9 @@ impl Triggers {
         next
     }
 
-    /// The run a schedule of `source` starts for `slot` (unix seconds).
-    async fn fire(&self, source: &str, cron: &CronSchedule, slot: i64) -> Result<Option<NewRun>> {
+    /// Starts the run a schedule of `source` asks for at `slot` (unix
+    /// seconds), committing `extra` with it.
+    async fn fire(&self, source: &str, cron: &CronSchedule, slot: i64, extra: WriteSet) -> Result<Option<RunId>> {
         let schedule = Some((cron.as_str().to_string(), slot));
         if let Some(repo) = source.strip_prefix("repo:") {
             let rec = self.get(repo)?;
@@ -273,11 +272,11 @@ impl Triggers {
                 schedule,
                 pull: None,
             };
-            return self.plan(repo, &rec, event).await;
+            return self.launch(repo, &rec, event, extra).await;
         }
         let name =
             source.strip_prefix("pipeline:").ok_or_else(|| Error::Internal(format!("bad schedule source {source}")))?;
-        let rec = crate::api::pipelines::load(&self.engine, name)?;
+        let rec = crate::pipelines::load(self.engine.store(), name)?;
         let trigger = Trigger {
             source: viaduct_proto::v1::RunSource {
                 event: "schedule".into(),
@@ -288,7 +287,13 @@ impl Triggers {
             pipeline_ref: name.to_string(),
             ..Default::default()
         };
-        planning::from_yaml(&format!("{name}.yml"), &rec.yaml, &trigger, &self.plugins).map(Some)
+        // Nobody waits on a schedule: an invalid stored pipeline leaves a
+        // failed run, as a repository's does.
+        let launch = Launch {
+            on_invalid: OnInvalid::FailedRun,
+            ..Launch::new(Origin::File { name: format!("{name}.yml"), yaml: rec.yaml }, trigger)
+        };
+        launch::start(&self.engine, &self.plugins, launch, extra).await
     }
 }
 
