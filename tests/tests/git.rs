@@ -86,6 +86,27 @@ async fn pushes_that_on_does_not_ask_for_start_nothing_and_an_invalid_file_fails
     // The CLI shows it.
     let out = output(server.cli().args(["runs", "get", &run.id]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown key `stpes`"));
+
+    // A pushed pipeline file over the 1 MiB limit is not parsed (a hostile
+    // repository cannot make the server chew on 100 MB of YAML): the run
+    // fails saying so (and does not keep the text: `launch`'s unit test).
+    let padding = format!("# {}\n", "x".repeat(200)).repeat(6000);
+    std::fs::write(wt.path().join(".viaduct/pipeline.yml"), format!("{padding}{ON_MAIN}")).unwrap();
+    git(wt.path(), &["commit", "-qam", "a huge file"]);
+    git(wt.path(), &["push", "-q", &repo.path, "main"]);
+    let runs = runs_of(&client, "svc").await;
+    assert_eq!(runs.len(), 2);
+    let run = finished(&client, &runs[0].id).await;
+    assert_eq!(word(run.status), "failure");
+    assert!(run.error.contains("over the limit of 1048576"), "{}", run.error);
+    // Submitted directly, the same file is refused before any run exists.
+    let yaml = format!("{padding}{ON_MAIN}");
+    let req = v1::SubmitRequest {
+        source: Some(v1::submit_request::Source::PipelineYaml(yaml)),
+        ..Default::default()
+    };
+    let err = client.runs().submit(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
