@@ -16,7 +16,7 @@ pub enum Error {
     Invalid(String),
     /// A pipeline file or plugin manifest with errors; each names
     /// file:line:column.
-    #[error("{}", crate::planning::render(.0))]
+    #[error("{}", render(.0))]
     InvalidFile(Vec<Diagnostic>),
     /// The named thing does not exist.
     #[error("{0}")]
@@ -122,3 +122,8 @@ impl From<Error> for Status {
 
 /// Result with the server's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Diagnostics as text, one `file:line:column: message` per line.
+pub fn render(diags: &[Diagnostic]) -> String {
+    diags.iter().map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)).collect::<Vec<_>>().join("\n")
+}

@@ -16,7 +16,7 @@ use crate::{
     error::{Error, Result},
     planning::{self, Trigger},
     plugins::PluginRegistry,
-    store::{WriteSet, keys::RunId},
+    store::{Store, WriteSet, keys::RunId},
 };
 
 /// The largest pipeline file, from any origin.
@@ -105,6 +105,7 @@ pub fn plan(launch: Launch<'_>, plugins: &PluginRegistry) -> Result<Option<NewRu
 /// its own when no run is asked for). Returns the run, if any.
 pub async fn start(
     engine: &Engine,
+    store: &Store,
     plugins: &PluginRegistry,
     launch: Launch<'_>,
     extra: WriteSet,
@@ -112,7 +113,7 @@ pub async fn start(
     match plan(launch, plugins)? {
         Some(run) => engine.create_run_with(run, extra).await.map(Some),
         None => {
-            engine.store().commit_durable(&extra).await?;
+            store.commit_durable(&extra).await?;
             Ok(None)
         }
     }
@@ -129,7 +130,7 @@ fn invalid(
         OnInvalid::Refuse => Err(Error::InvalidFile(diags)),
         OnInvalid::FailedRun => {
             tracing::info!(file, commit = %trigger.source.commit, "invalid pipeline file: recording a failed run");
-            Ok(Some(failed_run(file, trigger, yaml, planning::render(&diags))))
+            Ok(Some(failed_run(file, trigger, yaml, crate::error::render(&diags))))
         }
     }
 }

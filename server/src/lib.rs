@@ -117,15 +117,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         tracing::info!(plugins = %names.join(" "), "first-party plugins published");
     }
     depot.spawn_retention();
-    let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone(), secret_box)?;
+    let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone(), Arc::clone(&secret_box))?;
     engine.spawn_timer();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
     let triggers = triggers::Triggers::new(
         Arc::clone(&engine),
+        (Arc::clone(&store), Arc::clone(&secret_box)),
         cfg.data_dir.clone(),
         exe,
-        cfg.clock,
-        cfg.schedule_catch_up,
+        triggers::schedule::Schedules::new(cfg.clock, cfg.schedule_catch_up),
         Arc::clone(&depot.plugins),
     );
 
@@ -144,7 +144,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     auth.spawn_last_use_writer();
     let sso = cfg.sso.clone().map(|c| sso::Sso::new(c, &public_url)).transpose()?;
     let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
-    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot)
+    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box)
         .await?
         .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&gate), Arc::clone(&depot)))
         .merge(sign_in::router(sign_in));

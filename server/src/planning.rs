@@ -71,11 +71,6 @@ pub fn parse(file: &str, yaml: &str) -> Result<Pipeline, Vec<v1::Diagnostic>> {
     viaduct_pipeline::parse(file, yaml).map_err(diagnostics)
 }
 
-/// Diagnostics as text, one `file:line:column: message` per line.
-pub fn render(diags: &[v1::Diagnostic]) -> String {
-    diags.iter().map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)).collect::<Vec<_>>().join("\n")
-}
-
 /// Every problem in a pipeline file that can be found without a trigger
 /// (empty when valid), including plugins that are not published and
 /// `with:` keys they do not accept.

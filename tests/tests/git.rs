@@ -101,10 +101,7 @@ async fn pushes_that_on_does_not_ask_for_start_nothing_and_an_invalid_file_fails
     assert!(run.error.contains("over the limit of 1048576"), "{}", run.error);
     // Submitted directly, the same file is refused before any run exists.
     let yaml = format!("{padding}{ON_MAIN}");
-    let req = v1::SubmitRequest {
-        source: Some(v1::submit_request::Source::PipelineYaml(yaml)),
-        ..Default::default()
-    };
+    let req = v1::SubmitRequest { source: Some(v1::submit_request::Source::PipelineYaml(yaml)), ..Default::default() };
     let err = client.runs().submit(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
 }

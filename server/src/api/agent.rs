@@ -335,7 +335,7 @@ async fn acknowledge(
             batch.push(more);
         }
         let newest = batch.iter().map(|(t, _)| *t).max().expect("batch is not empty");
-        engine.store().wait_durable(newest).await;
+        engine.wait_durable(newest).await;
         let mut ack = Ack::default();
         for (_, p) in batch {
             match p {

@@ -64,6 +64,8 @@ pub async fn grpc_router(
     gate: &Arc<crate::gate::Gate>,
     triggers: &Arc<Triggers>,
     depot: &Arc<Depot>,
+    store: &Arc<crate::store::Store>,
+    secrets: &Arc<crate::secrets::SecretBox>,
 ) -> anyhow::Result<axum::Router> {
     let auth = &gate.auth;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -78,28 +80,31 @@ pub async fn grpc_router(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let routes =
-        tonic::service::Routes::new(RunsServer::new(runs::RunsApi::new(Arc::clone(engine), Arc::clone(triggers))))
-            .add_service(LogsServer::new(logs::LogsApi::new(Arc::clone(engine))))
-            .add_service(PipelinesServer::new(pipelines::PipelinesApi::new(Arc::clone(engine), Arc::clone(triggers))))
-            .add_service(ReposServer::new(repos::ReposApi::new(Arc::clone(triggers))))
-            .add_service(SecretsServer::new(secrets::SecretsApi::new(Arc::clone(engine))))
-            .add_service(RunnersServer::new(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth))))
-            .add_service(ArtifactsServer::new(artifacts::ArtifactsApi::new(Arc::clone(depot), Arc::clone(engine))))
-            .add_service(CachesServer::new(caches::CachesApi::new(Arc::clone(depot))))
-            .add_service(PluginsServer::new(plugins::PluginsApi::new(Arc::clone(depot))))
-            .add_service(TokensServer::new(tokens::TokensApi::new(Arc::clone(auth))))
-            .add_service(UsersServer::new(users::UsersApi::new(Arc::clone(auth))))
-            .add_service(AuditServer::new(audit::AuditApi::new(Arc::clone(&gate.audit))))
-            .add_service(RunnerAgentServer::new(agent::AgentApi::new(
-                Arc::clone(engine),
-                Arc::clone(auth),
-                Arc::clone(triggers),
-                Arc::clone(depot),
-            )))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+    let routes = tonic::service::Routes::new(RunsServer::new(runs::RunsApi::new(
+        Arc::clone(engine),
+        Arc::clone(triggers),
+        Arc::clone(store),
+    )))
+    .add_service(LogsServer::new(logs::LogsApi::new(Arc::clone(engine))))
+    .add_service(PipelinesServer::new(pipelines::PipelinesApi::new(Arc::clone(store), Arc::clone(triggers))))
+    .add_service(ReposServer::new(repos::ReposApi::new(Arc::clone(triggers))))
+    .add_service(SecretsServer::new(secrets::SecretsApi::new(Arc::clone(store), Arc::clone(secrets))))
+    .add_service(RunnersServer::new(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth))))
+    .add_service(ArtifactsServer::new(artifacts::ArtifactsApi::new(Arc::clone(depot), Arc::clone(engine))))
+    .add_service(CachesServer::new(caches::CachesApi::new(Arc::clone(depot))))
+    .add_service(PluginsServer::new(plugins::PluginsApi::new(Arc::clone(depot))))
+    .add_service(TokensServer::new(tokens::TokensApi::new(Arc::clone(auth))))
+    .add_service(UsersServer::new(users::UsersApi::new(Arc::clone(auth))))
+    .add_service(AuditServer::new(audit::AuditApi::new(Arc::clone(&gate.audit))))
+    .add_service(RunnerAgentServer::new(agent::AgentApi::new(
+        Arc::clone(engine),
+        Arc::clone(auth),
+        Arc::clone(triggers),
+        Arc::clone(depot),
+    )))
+    .add_service(health_service)
+    .add_service(reflection_v1)
+    .add_service(reflection_v1alpha);
     // The gate sees gRPC-web calls translated (the web layer is outside).
     Ok(routes
         .into_axum_router()

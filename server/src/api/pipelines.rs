@@ -10,30 +10,29 @@ use viaduct_proto::v1::{
 
 use crate::{
     convert,
-    engine::Engine,
     error::{Error, Result},
     launch::MAX_PIPELINE_BYTES,
     pipelines::{self, Save},
     planning,
-    store::records::PipelineRecord,
+    store::{Store, records::PipelineRecord},
     triggers::Triggers,
 };
 
 /// The Pipelines service.
 pub struct PipelinesApi {
-    engine: Arc<Engine>,
+    store: Arc<Store>,
     triggers: Arc<Triggers>,
 }
 
 impl PipelinesApi {
     /// The service over `engine`; schedules of stored pipelines go to
     /// `triggers`.
-    pub fn new(engine: Arc<Engine>, triggers: Arc<Triggers>) -> Self {
-        Self { engine, triggers }
+    pub fn new(store: Arc<Store>, triggers: Arc<Triggers>) -> Self {
+        Self { store, triggers }
     }
 
     async fn save(&self, r: CreatePipelineRequest, how: Save) -> Result<Pipeline> {
-        let rec = pipelines::save(self.engine.store(), self.triggers.plugins(), &r.name, r.yaml, how).await?;
+        let rec = pipelines::save(&self.store, self.triggers.plugins(), &r.name, r.yaml, how).await?;
         self.triggers.refresh_pipeline_schedules(&r.name, Some(&rec.yaml));
         Ok(to_proto(&r.name, &rec))
     }
@@ -74,7 +73,7 @@ impl Pipelines for PipelinesApi {
 
     async fn get(&self, req: Request<GetPipelineRequest>) -> Result<Response<Pipeline>, Status> {
         let name = req.into_inner().name;
-        Ok(Response::new(to_proto(&name, &pipelines::load(self.engine.store(), &name)?)))
+        Ok(Response::new(to_proto(&name, &pipelines::load(&self.store, &name)?)))
     }
 
     async fn list(&self, req: Request<ListPipelinesRequest>) -> Result<Response<ListPipelinesResponse>, Status> {
@@ -83,7 +82,7 @@ impl Pipelines for PipelinesApi {
             0 => 50,
             n => n.min(1000) as usize,
         };
-        let (found, next) = pipelines::list(self.engine.store(), &page.page_token, size)?;
+        let (found, next) = pipelines::list(&self.store, &page.page_token, size)?;
         let pipelines = found.iter().map(|(name, rec)| to_proto(name, rec)).collect();
         let next_page_token = next.unwrap_or_default();
         Ok(Response::new(ListPipelinesResponse { pipelines, next_page_token }))
@@ -91,7 +90,7 @@ impl Pipelines for PipelinesApi {
 
     async fn delete(&self, req: Request<GetPipelineRequest>) -> Result<Response<DeletePipelineResponse>, Status> {
         let name = req.into_inner().name;
-        pipelines::delete(self.engine.store(), &name).await?;
+        pipelines::delete(&self.store, &name).await?;
         self.triggers.refresh_pipeline_schedules(&name, None);
         Ok(Response::new(DeletePipelineResponse {}))
     }

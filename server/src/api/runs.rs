@@ -19,7 +19,7 @@ use crate::{
     launch::{self, Launch, Origin},
     planning::Trigger,
     store::{
-        WriteSet,
+        Store, WriteSet,
         keys::{JobKey, RunId},
     },
     triggers::Triggers,
@@ -29,17 +29,18 @@ use crate::{
 pub struct RunsApi {
     engine: Arc<Engine>,
     triggers: Arc<Triggers>,
+    store: Arc<Store>,
 }
 
 impl RunsApi {
     /// The service over `engine`; runs of repositories through `triggers`.
-    pub fn new(engine: Arc<Engine>, triggers: Arc<Triggers>) -> Self {
-        Self { engine, triggers }
+    pub fn new(engine: Arc<Engine>, triggers: Arc<Triggers>, store: Arc<Store>) -> Self {
+        Self { engine, triggers, store }
     }
 
     async fn start(&self, origin: Origin, trigger: Trigger) -> Result<SubmitResponse> {
         let launch = Launch::new(origin, trigger);
-        let id = launch::start(&self.engine, self.triggers.plugins(), launch, WriteSet::default())
+        let id = launch::start(&self.engine, &self.store, self.triggers.plugins(), launch, WriteSet::default())
             .await?
             .ok_or_else(|| Error::Internal("a submitted pipeline started no run".into()))?;
         Ok(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) })
@@ -104,7 +105,7 @@ impl Runs for RunsApi {
         }
         access.target(format!("pipeline `{}`", r.pipeline));
         access.require("")?;
-        let stored = crate::pipelines::load(self.engine.store(), &r.pipeline)?;
+        let stored = crate::pipelines::load(&self.store, &r.pipeline)?;
         let trigger = Trigger {
             source: RunSource { event: "manual".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
@@ -210,7 +211,7 @@ impl Runs for RunsApi {
                 // Only durable events go out: a cursor a client has seen must
                 // never be reused after a crash (one shared fsync covers it).
                 if !events.is_empty() {
-                    engine.store().wait_durable(engine.store().ticket()).await;
+                    engine.wait_all_durable().await;
                 }
                 for ev in events.into_iter().filter(|ev| seen.shows(&engine, &visible, &ev.run_id)) {
                     if tx.send(Ok(ev)).await.is_err() {

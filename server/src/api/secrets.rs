@@ -8,17 +8,22 @@ use viaduct_proto::v1::{
     Times, secrets_server::Secrets,
 };
 
-use crate::{access, convert, engine::Engine, secrets::SecretBox, store::records::SecretRecord};
+use crate::{
+    access, convert,
+    secrets::SecretBox,
+    store::{Store, records::SecretRecord},
+};
 
 /// The Secrets service.
 pub struct SecretsApi {
-    engine: Arc<Engine>,
+    store: Arc<Store>,
+    secrets: Arc<SecretBox>,
 }
 
 impl SecretsApi {
-    /// The service over `engine`'s store and secret box.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// The service over the secrets in `store`, sealed by `secrets`.
+    pub fn new(store: Arc<Store>, secrets: Arc<SecretBox>) -> Self {
+        Self { store, secrets }
     }
 }
 
@@ -44,18 +49,17 @@ impl Secrets for SecretsApi {
         // The caller must maintain every repository the secret is for, now
         // and after: a repository's maintainer cannot take over another's.
         access.require_each(&scope.repos)?;
-        if let Some(old) = SecretBox::scope(self.engine.store(), &r.name)? {
+        if let Some(old) = SecretBox::scope(&self.store, &r.name)? {
             access.require_each(&old.repos)?;
         }
-        let (created, updated) =
-            self.engine.secret_box().set(self.engine.store(), &r.name, &r.value, scope.clone()).await?;
+        let (created, updated) = self.secrets.set(&self.store, &r.name, &r.value, scope.clone()).await?;
         tracing::info!(secret = %r.name, "secret set");
         Ok(Response::new(info(r.name, created, updated, scope)))
     }
 
     async fn list(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
         let access = access::of(&req)?;
-        let secrets = SecretBox::list(self.engine.store())?
+        let secrets = SecretBox::list(&self.store)?
             .into_iter()
             .filter(|(_, r)| access.require_each(&r.scope.clone().unwrap_or_default().repos).is_ok())
             .map(|(n, r): (String, SecretRecord)| info(n, r.created_ms, r.updated_ms, r.scope.unwrap_or_default()))
@@ -67,10 +71,10 @@ impl Secrets for SecretsApi {
         let access = access::of(&req)?.clone();
         let name = req.into_inner().name;
         access.target(format!("secret `{name}`"));
-        if let Some(old) = SecretBox::scope(self.engine.store(), &name)? {
+        if let Some(old) = SecretBox::scope(&self.store, &name)? {
             access.require_each(&old.repos)?;
         }
-        SecretBox::delete(self.engine.store(), &name).await?;
+        SecretBox::delete(&self.store, &name).await?;
         Ok(Response::new(DeleteSecretResponse {}))
     }
 }

@@ -243,14 +243,20 @@ impl Engine {
         }))
     }
 
-    /// The store.
-    pub fn store(&self) -> &Store {
+    /// The store (the engine's own: other modules get theirs at start).
+    fn store(&self) -> &Store {
         &self.sh.store
     }
 
-    /// Secret values.
-    pub fn secret_box(&self) -> &SecretBox {
-        &self.sh.secrets
+    /// Waits until the writes covered by `ticket` (from a transition) are
+    /// on disk.
+    pub async fn wait_durable(&self, ticket: Ticket) {
+        self.sh.store.wait_durable(ticket).await;
+    }
+
+    /// Waits until every write made so far is on disk.
+    pub async fn wait_all_durable(&self) {
+        self.sh.store.wait_durable(self.sh.store.ticket()).await;
     }
 
     /// Wake-ups for followers.

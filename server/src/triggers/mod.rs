@@ -34,8 +34,9 @@ use crate::{
     git::{self, PIPELINE_PATH},
     launch::{self, Launch, OnInvalid, Origin},
     planning::{self, Trigger},
+    secrets::SecretBox,
     store::{
-        T, WriteSet, decode,
+        Store, T, WriteSet, decode,
         keys::RunId,
         now_ms,
         records::{RepoRecord, SCHEMA_VERSION},
@@ -100,6 +101,8 @@ struct RepoEvent {
 /// Repositories and their triggers.
 pub struct Triggers {
     engine: Arc<Engine>,
+    store: Arc<Store>,
+    secrets: Arc<SecretBox>,
     data_dir: PathBuf,
     hook: git::Hook,
     public_url: OnceLock<String>,
@@ -135,24 +138,28 @@ async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'sta
 }
 
 impl Triggers {
-    /// Triggers over `engine`, keeping repositories under `data_dir/repos`.
-    /// `exe` is the server binary (run by the hooks of hosted repositories).
+    /// Triggers over `engine`, keeping repositories under `data_dir/repos`
+    /// and their records in `store` (mirror credentials sealed by
+    /// `secrets`). `exe` is the server binary (run by the hooks of hosted
+    /// repositories).
     pub fn new(
         engine: Arc<Engine>,
+        (store, secrets): (Arc<Store>, Arc<SecretBox>),
         data_dir: PathBuf,
         exe: PathBuf,
-        clock: schedule::Clock,
-        catch_up: std::time::Duration,
+        schedules: schedule::Schedules,
         plugins: Arc<crate::plugins::PluginRegistry>,
     ) -> Arc<Self> {
         let hook = git::Hook { exe, data_dir: data_dir.clone() };
         Arc::new(Self {
             engine,
+            store,
+            secrets,
             data_dir,
             hook,
             public_url: OnceLock::new(),
             locks: Mutex::default(),
-            schedules: schedule::Schedules::new(clock, catch_up),
+            schedules,
             plugins,
         })
     }
@@ -203,8 +210,7 @@ impl Triggers {
 
     /// A repository.
     pub fn get(&self, name: &str) -> Result<RepoRecord> {
-        self.engine
-            .store()
+        self.store
             .get(T::Repos, name.as_bytes())?
             .ok_or_else(|| Error::not_found(format!("repository `{name}` not found")))
     }
@@ -212,7 +218,7 @@ impl Triggers {
     /// Every repository.
     pub fn list(&self) -> Result<Vec<(String, RepoRecord)>> {
         let mut out = Vec::new();
-        for kv in self.engine.store().tree(T::Repos).iter() {
+        for kv in self.store.tree(T::Repos).iter() {
             let (k, v) = kv?;
             out.push((String::from_utf8_lossy(&k).into_owned(), decode(T::Repos, &v)?));
         }
@@ -229,7 +235,7 @@ impl Triggers {
     pub async fn create_hosted(&self, name: &str, default_branch: &str) -> Result<RepoRecord> {
         check_name(name)?;
         let _guard = self.lock_for(name).lock_owned().await;
-        if self.engine.store().get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
+        if self.store.get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
             return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
         }
         let branch = if default_branch.is_empty() { "main".to_string() } else { default_branch.to_string() };
@@ -246,7 +252,7 @@ impl Triggers {
             ..Default::default()
         };
         let ws = self.save(name, &rec, WriteSet::default())?;
-        self.engine.store().commit_durable(&ws).await?;
+        self.store.commit_durable(&ws).await?;
         tracing::info!(repo = name, "hosted repository created");
         Ok(rec)
     }
@@ -265,7 +271,7 @@ impl Triggers {
         }
         {
             let _guard = self.lock_for(name).lock_owned().await;
-            if self.engine.store().get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
+            if self.store.get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
                 return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
             }
             let secret = if m.webhook_secret.is_empty() { random_secret()? } else { m.webhook_secret.clone() };
@@ -285,7 +291,7 @@ impl Triggers {
                 ..Default::default()
             };
             let ws = self.save(name, &rec, WriteSet::default())?;
-            self.engine.store().commit_durable(&ws).await?;
+            self.store.commit_durable(&ws).await?;
         }
         if let Err(e) = self.sync(name).await {
             self.delete(name).await?;
@@ -302,14 +308,14 @@ impl Triggers {
         let mut rec = self.get(name)?;
         rec.pull_requests = Some(policy);
         let ws = self.save(name, &rec, WriteSet::default())?;
-        self.engine.store().commit_durable(&ws).await?;
+        self.store.commit_durable(&ws).await?;
         tracing::info!(repo = name, "pull request policy changed");
         Ok(rec)
     }
 
     /// A secret's value; a missing one is the caller's to set.
     fn secret(&self, name: &str) -> Result<String> {
-        self.engine.secret_box().get(self.engine.store(), name)?.map(|(value, _)| value).ok_or_else(|| {
+        self.secrets.get(&self.store, name)?.map(|(value, _)| value).ok_or_else(|| {
             Error::FailedPrecondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
         })
     }
@@ -328,10 +334,10 @@ impl Triggers {
         self.get(name)?;
         let mut ws = WriteSet::default();
         ws.delete(T::Repos, name.as_bytes());
-        for k in self.engine.store().tree(T::RefState).scan_prefix(ref_key(name, "")).map(|kv| kv.map(|(k, _)| k)) {
+        for k in self.store.tree(T::RefState).scan_prefix(ref_key(name, "")).map(|kv| kv.map(|(k, _)| k)) {
             ws.delete(T::RefState, k?);
         }
-        self.engine.store().commit_durable(&ws).await?;
+        self.store.commit_durable(&ws).await?;
         self.schedules.set(&schedule::repo_source(name), Vec::new());
         let path = self.path(name);
         let _ = tokio::fs::remove_dir_all(&path).await;
@@ -363,7 +369,7 @@ impl Triggers {
                     rec.last_error = e.to_string();
                     rec.last_sync_ms = now_ms();
                     let ws = self.save(name, &rec, WriteSet::default())?;
-                    self.engine.store().commit_durable(&ws).await?;
+                    self.store.commit_durable(&ws).await?;
                     tracing::warn!(repo = name, error = %e, "fetching the mirror failed");
                     return Err(Error::FailedPrecondition(format!("fetching {} failed: {e}", rec.url)));
                 }
@@ -373,7 +379,7 @@ impl Triggers {
         let p = path.clone();
         let current = blocking(move || git::refs(&p)).await?;
         let mut stored = BTreeMap::new();
-        for kv in self.engine.store().tree(T::RefState).scan_prefix(ref_key(name, "")) {
+        for kv in self.store.tree(T::RefState).scan_prefix(ref_key(name, "")) {
             let (k, v) = kv?;
             let r = String::from_utf8_lossy(&k[name.len() + 1..]).into_owned();
             stored.insert(r, String::from_utf8_lossy(&v).into_owned());
@@ -412,7 +418,7 @@ impl Triggers {
         for gone in stored.keys().filter(|r| !current.contains_key(*r) && !r.starts_with("pr/")) {
             ws.delete(T::RefState, ref_key(name, gone));
         }
-        self.engine.store().commit_durable(&ws).await?;
+        self.store.commit_durable(&ws).await?;
         if baseline {
             tracing::info!(
                 repo = name,
@@ -452,7 +458,7 @@ impl Triggers {
             return Ok(None);
         };
         let key = ref_key(name, &format!("pr/{}", pr.number));
-        let seen = self.engine.store().tree(T::RefState).get(&key)?;
+        let seen = self.store.tree(T::RefState).get(&key)?;
         if seen.as_deref() == Some(pr.head_sha.as_bytes()) {
             return Ok(None);
         }
@@ -553,13 +559,13 @@ impl Triggers {
             };
             if let Some(why) = refused {
                 tracing::info!(repo = name, pr = pr.number, base = %ev.base_branch, "{why}: no run");
-                self.engine.store().commit_durable(&extra).await?;
+                self.store.commit_durable(&extra).await?;
                 return Ok(None);
             }
         }
         let Some(yaml) = yaml else {
             tracing::debug!(repo = name, commit = %ev.commit, "no {PIPELINE_PATH}: nothing to run");
-            self.engine.store().commit_durable(&extra).await?;
+            self.store.commit_durable(&extra).await?;
             return Ok(None);
         };
         let branch = ev.git_ref.strip_prefix("refs/heads/").unwrap_or_default().to_string();
@@ -604,7 +610,7 @@ impl Triggers {
             checkout: Some(source_plan),
             accepts: Some(&accepts),
         };
-        let id = launch::start(&self.engine, &self.plugins, launch, extra).await?;
+        let id = launch::start(&self.engine, &self.store, &self.plugins, launch, extra).await?;
         if id.is_none() {
             tracing::debug!(repo = name, event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
         }

@@ -190,7 +190,7 @@ impl Triggers {
     }
 
     pub(super) fn load_pipeline_schedules(&self) {
-        for kv in self.engine.store().tree(T::Pipelines).iter() {
+        for kv in self.store.tree(T::Pipelines).iter() {
             let Ok((k, v)) = kv else { continue };
             let Ok(rec) = decode::<PipelineRecord>(T::Pipelines, &v) else { continue };
             self.refresh_pipeline_schedules(&String::from_utf8_lossy(&k), Some(&rec.yaml));
@@ -207,7 +207,7 @@ impl Triggers {
                 next = Some(next.map_or(n, |m| m.min(n)));
             }
             let key = state_key(&source, &cron);
-            let store = self.engine.store();
+            let store = &self.store;
             let last = match store.tree(T::ScheduleState).get(&key) {
                 Ok(Some(v)) => i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])),
                 Ok(None) => {
@@ -276,7 +276,7 @@ impl Triggers {
         }
         let name =
             source.strip_prefix("pipeline:").ok_or_else(|| Error::Internal(format!("bad schedule source {source}")))?;
-        let rec = crate::pipelines::load(self.engine.store(), name)?;
+        let rec = crate::pipelines::load(&self.store, name)?;
         let trigger = Trigger {
             source: viaduct_proto::v1::RunSource {
                 event: "schedule".into(),
@@ -293,7 +293,7 @@ impl Triggers {
             on_invalid: OnInvalid::FailedRun,
             ..Launch::new(Origin::File { name: format!("{name}.yml"), yaml: rec.yaml }, trigger)
         };
-        launch::start(&self.engine, &self.plugins, launch, extra).await
+        launch::start(&self.engine, &self.store, &self.plugins, launch, extra).await
     }
 }
 

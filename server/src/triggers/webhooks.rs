@@ -202,7 +202,7 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
     }
     let event = header(&h, &forge.header("event")).unwrap_or_default().to_string();
     if let Some(id) = delivery_id(forge, &h) {
-        let store = t.engine().store();
+        let store = &t.store;
         match store.tree(T::Deliveries).get(id.as_bytes()) {
             Ok(Some(_)) => {
                 tracing::info!(repo, delivery = %id, "webhook delivery seen before: ignored");
@@ -248,7 +248,7 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
 
 /// Forgets deliveries older than [`DELIVERY_RETENTION_MS`].
 pub fn prune_deliveries(t: &Triggers) {
-    let store = t.engine().store();
+    let store = &t.store;
     let cutoff = now_ms() - DELIVERY_RETENTION_MS;
     let mut ws = WriteSet::default();
     for kv in store.tree(T::Deliveries).iter().flatten() {
