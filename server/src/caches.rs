@@ -79,6 +79,9 @@ pub struct Found {
     pub exact: bool,
 }
 
+/// Largest `blob`-kind entry.
+const MAX_BLOB_ENTRY: u64 = 16 * 1024 * 1024;
+
 fn kind_byte(kind: CacheKind) -> Result<u8> {
     match kind {
         CacheKind::Tree => Ok(b't'),
@@ -142,6 +145,16 @@ impl Caches {
     /// The limits in force.
     pub fn limits(&self) -> CacheLimits {
         self.limits
+    }
+
+    /// The largest entry of `kind` an upload may bring: a `blob` entry (one
+    /// file a plugin keeps) at most 16 MiB, a `tree` the configured maximum.
+    pub fn entry_limit(&self, kind: CacheKind) -> u64 {
+        if kind == CacheKind::Blob {
+            MAX_BLOB_ENTRY.min(self.limits.max_entry_bytes)
+        } else {
+            self.limits.max_entry_bytes
+        }
     }
 
     /// The scope of the caches of job `key` (its record is `job`).

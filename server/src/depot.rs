@@ -84,6 +84,24 @@ impl Depot {
         self.retention.notify_one();
     }
 
+    /// Saves a cache entry (see [`Caches::save`]); when the caches are now
+    /// over their total limit, a retention pass evicts the least recently
+    /// used soon. Whether it was stored (the first writer of a key wins).
+    pub async fn save_cache(
+        &self,
+        scope: &crate::caches::Scope,
+        kind: viaduct_proto::v1::CacheKind,
+        key: &str,
+        blob: &crate::blobs::Blob,
+        run_id: &str,
+    ) -> Result<bool> {
+        let stored = self.caches.save(scope, kind, key, blob, run_id).await?;
+        if stored && self.caches.over_limit() {
+            self.request_retention();
+        }
+        Ok(stored)
+    }
+
     /// One retention pass.
     pub async fn retain(&self) -> Result<()> {
         self.caches.enforce().await?;

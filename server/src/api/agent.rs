@@ -12,7 +12,7 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    Ack, Artifact, CacheData, CacheKind, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse,
+    Ack, Artifact, CacheData, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse,
     RestoreCacheRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse, ServerMessage, SourceChunk, UpdateAck,
     UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
 };
@@ -57,9 +57,6 @@ impl AgentApi {
         Ok((key, r.attempt, rec))
     }
 }
-
-/// Largest `blob`-kind cache entry.
-const MAX_CACHE_BLOB: u64 = 16 * 1024 * 1024;
 
 enum Pending {
     Log(LogAck),
@@ -166,13 +163,9 @@ impl RunnerAgent for AgentApi {
         let scope = self.depot.caches.scope_of(job, &rec)?;
         let kind = first.kind();
         crate::caches::check_key(&first.key)?;
-        let limit = if kind == CacheKind::Blob { MAX_CACHE_BLOB } else { self.depot.caches.limits().max_entry_bytes };
-        let writer = self.depot.blobs.writer(limit).await?;
+        let writer = self.depot.blobs.writer(self.depot.caches.entry_limit(kind)).await?;
         let blob = transfer::receive(writer, first.data, &mut stream, |m| m.data).await?;
-        let stored = self.depot.caches.save(&scope, kind, &first.key, &blob, &job.run.to_string()).await?;
-        if stored && self.depot.caches.over_limit() {
-            self.depot.request_retention();
-        }
+        let stored = self.depot.save_cache(&scope, kind, &first.key, &blob, &job.run.to_string()).await?;
         tracing::info!(job = %job, key = %first.key, size = blob.size, stored, "cache saved");
         Ok(Response::new(SaveCacheResponse { stored, size: blob.size }))
     }
