@@ -173,10 +173,23 @@ fn local_path(next: &str) -> String {
     if ok { next.to_string() } else { "/".to_string() }
 }
 
-async fn login(State(s): State<Arc<SignIn>>, Query(q): Query<LoginQuery>) -> Response {
+async fn login(State(s): State<Arc<SignIn>>, req: axum::extract::Request) -> Response {
     let Some(sso) = &s.sso else {
         return error(&Error::NotFound("single sign-on is not configured on this server (--oidc-issuer)".into()));
     };
+    let Ok(Query(q)) = Query::<LoginQuery>::try_from_uri(req.uri()) else {
+        return error(&Error::invalid("a malformed sign-in request"));
+    };
+    // A started sign-in holds server memory until it finishes or expires:
+    // each counts against the address's failed-authentication budget, so
+    // one client cannot fill the table of sign-ins in progress.
+    let client = gate::peer_ip(&req);
+    if let Err(e) = s.gate.throttle.admit(client) {
+        return error(&e);
+    }
+    if let Some(e) = s.gate.throttle.failed(client) {
+        return error(&e);
+    }
     let then = match q.cli_port {
         Some(port) => {
             if q.cli_state.len() > 200 || q.challenge.len() != 43 {

@@ -186,6 +186,13 @@ fn forged_callbacks_open_redirects_and_stolen_codes_are_refused() {
     let header = [("x-viaduct-request", "1")];
     let (code, _) = http(addr, "POST", "/auth/session", &header, server.runner_token().as_bytes());
     assert_eq!(code, 403);
+    // One address cannot fill the server with sign-ins in progress: starts
+    // count against its failed-authentication budget (30 a minute).
+    let codes: Vec<u16> = (0..40).map(|_| http(addr, "GET", "/auth/login", &[], b"").0).collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    let (code, head, _) = http_with_head(addr, "GET", "/auth/login", &[], b"");
+    assert_eq!(code, 429);
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
