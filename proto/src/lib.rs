@@ -16,6 +16,8 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("viaduct_descriptor");
 }
 
+mod role;
 mod status;
 
+pub use role::{ROLE_WORDS, RoleWord};
 pub use status::StatusWord;

@@ -19,7 +19,10 @@
 //! A method missing from the table is refused: a new RPC is closed until
 //! someone decides who may call it.
 
-use viaduct_proto::v1::{Grant, Role};
+use viaduct_proto::{
+    ROLE_WORDS, RoleWord,
+    v1::{Grant, Role},
+};
 
 use crate::error::{Error, Result};
 
@@ -143,26 +146,12 @@ pub fn need_of(path: &str) -> Option<Need> {
 
 /// The words of a role.
 pub fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Read => "read",
-        Role::Trigger => "trigger",
-        Role::Push => "push",
-        Role::Maintain => "maintain",
-        Role::Admin => "admin",
-        Role::Unspecified => "none",
-    }
+    role.word()
 }
 
-/// A role from its word.
+/// The role a word names.
 pub fn parse_role(word: &str) -> Result<Role> {
-    match word.trim().to_ascii_lowercase().as_str() {
-        "read" => Ok(Role::Read),
-        "trigger" => Ok(Role::Trigger),
-        "push" => Ok(Role::Push),
-        "maintain" => Ok(Role::Maintain),
-        "admin" => Ok(Role::Admin),
-        other => Err(Error::invalid(format!("`{other}` is not a role (read, trigger, push, maintain, admin)"))),
-    }
+    Role::from_word(word).ok_or_else(|| Error::invalid(format!("`{}` is not a role ({ROLE_WORDS})", word.trim())))
 }
 
 /// A set of grants.

@@ -574,16 +574,9 @@ pub enum UsersCommand {
 
 /// `ROLE` or `ROLE:REPO`.
 pub fn grant(s: &str) -> Result<viaduct_sdk::proto::v1::Grant, String> {
-    use viaduct_sdk::proto::v1::Role;
+    use viaduct_sdk::proto::{ROLE_WORDS, RoleWord as _, v1::Role};
     let (role, repo) = s.split_once(':').unwrap_or((s, ""));
-    let role = match role {
-        "read" => Role::Read,
-        "trigger" => Role::Trigger,
-        "push" => Role::Push,
-        "maintain" => Role::Maintain,
-        "admin" => Role::Admin,
-        other => return Err(format!("`{other}` is not a role (read, trigger, push, maintain, admin)")),
-    };
+    let role = Role::from_word(role).ok_or_else(|| format!("`{role}` is not a role ({ROLE_WORDS})"))?;
     Ok(viaduct_sdk::proto::v1::Grant { role: role as i32, repo: repo.to_string() })
 }
 

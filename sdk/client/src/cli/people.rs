@@ -17,14 +17,7 @@ use super::{
 
 /// `read`, `maintain:app`…
 pub fn grant_text(g: &Grant) -> String {
-    let role = match Role::try_from(g.role).unwrap_or(Role::Unspecified) {
-        Role::Read => "read",
-        Role::Trigger => "trigger",
-        Role::Push => "push",
-        Role::Maintain => "maintain",
-        Role::Admin => "admin",
-        Role::Unspecified => "none",
-    };
+    let role = viaduct_sdk::proto::RoleWord::word(Role::try_from(g.role).unwrap_or(Role::Unspecified));
     if g.repo.is_empty() { role.to_string() } else { format!("{role}:{}", g.repo) }
 }
 
