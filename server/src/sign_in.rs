@@ -282,22 +282,15 @@ async fn callback(State(s): State<Arc<SignIn>>, req: axum::extract::Request) -> 
             let mut codes = s.cli_codes.lock().unwrap_or_else(|p| p.into_inner());
             codes.retain(|_, c| c.issued.elapsed() < CLI_CODE_TTL);
             codes.insert(code.clone(), CliCode { user: who.name.clone(), challenge, issued: Instant::now() });
-            let state: String = url_escape(&state);
-            Redirect::to(&format!("http://127.0.0.1:{port}/callback?code={code}&state={state}")).into_response()
+            let back = format!("http://127.0.0.1:{port}/callback");
+            match reqwest::Url::parse_with_params(&back, [("code", code.as_str()), ("state", state.as_str())]) {
+                Ok(url) => Redirect::to(url.as_str()).into_response(),
+                Err(e) => return error(&Error::Internal(format!("the CLI's address: {e}"))),
+            }
         }
     };
     set_cookie(&mut r, cleared(LOGIN_COOKIE, "/auth"));
     no_store(r)
-}
-
-/// Percent-encodes everything but unreserved characters.
-fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Body of `POST /auth/cli-token`.
