@@ -18,14 +18,12 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use viaduct_proto::v1::{JobRef, PluginManifest};
 use viaduct_runner::{
-    executor::{
-        Backend, JobSetup, StepLog, StepSpec, StepStop,
-        host::HostBackend,
-        wasi::{PluginCall, PluginConfig, PluginHost, RunInfo, Source},
-    },
+    executor::{Backend, JobSetup, StepLog, StepSpec, StepStop, host::HostBackend},
     files::Files,
     mask::Secrets,
     outbox::Outbox,
+    plugin_host::{PluginCall, PluginConfig, PluginHost, RunInfo, Source},
+    report::Reports,
 };
 
 fn summary(mut v: Vec<Duration>) -> (Duration, Duration) {
@@ -90,7 +88,7 @@ async fn main() {
     std::fs::create_dir_all(&workspace).unwrap();
     let manifest = PluginManifest { name: "noop".into(), version: "1.0.0".into(), ..Default::default() };
     let job = JobRef { job_id: "1.1".into(), attempt: 1, ..Default::default() };
-    let outbox = Arc::new(Outbox::default());
+    let outbox: Arc<dyn Reports> = Arc::new(Outbox::default());
     let stop = StepStop { cancel: CancellationToken::new(), deadline: None };
     let mut warm = Vec::new();
     for i in 0..2000 {

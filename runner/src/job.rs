@@ -25,21 +25,19 @@ use viaduct_proto::{
 };
 
 use crate::{
-    executor::{
-        Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop,
-        wasi::{PluginCall, PluginHost, RunInfo},
-    },
+    executor::{Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop},
     files::Files,
     mask::Secrets,
-    outbox::Outbox,
+    plugin_host::{PluginCall, PluginHost, RunInfo},
+    report::Reports,
     source::Sources,
 };
 
 /// What jobs run with: shared by every job of the runner.
 #[derive(Clone)]
 pub struct Services {
-    /// Reports and logs to the server.
-    pub outbox: Arc<Outbox>,
+    /// Where states and logs go (the runner's outbox).
+    pub reports: Arc<dyn Reports>,
     /// Prepares job environments and runs `run:` steps.
     pub backend: Arc<dyn Backend>,
     /// Checks out code.
@@ -129,25 +127,25 @@ fn plain(status: Status) -> StepOutcome {
     StepOutcome { status, exit_code: None, message: String::new(), outputs: BTreeMap::new() }
 }
 
-/// Runs an assigned job attempt to the end and reports it through the
-/// outbox.
+/// Runs an assigned job attempt to the end, reporting through the
+/// services' [`Reports`].
 pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
     let job = a.job.clone().unwrap_or_default();
     let span = tracing::info_span!("job", run = %a.run_id, job = %job.job_id, attempt = job.attempt);
-    let outbox = Arc::clone(&services.outbox);
+    let reports = Arc::clone(&services.reports);
     async move {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");
         let secrets = Secrets::new(a.secrets.values().map(String::as_str));
-        outbox.job(job_update(&job, Status::Running, "", &secrets));
+        reports.job(job_update(&job, Status::Running, "", &secrets));
         let (status, message) = execute(&a, &job, &services, &stop, &secrets).await;
         if stop.abandon.is_cancelled() {
             tracing::warn!("job abandoned: its lease is gone");
-            outbox.forget(&job);
+            reports.forget(&job);
             return;
         }
         let message = secrets.mask_str(&message);
         tracing::info!(status = status.word(), %message, "job finished");
-        outbox.job(job_update(&job, status, &message, &secrets));
+        reports.job(job_update(&job, status, &message, &secrets));
     }
     .instrument(span)
     .await;
@@ -160,7 +158,7 @@ async fn execute(
     stop: &JobStop,
     secrets: &Secrets,
 ) -> (Status, String) {
-    let (outbox, backend, sources) = (&services.outbox, services.backend.as_ref(), &services.sources);
+    let (reports, backend, sources) = (&services.reports, services.backend.as_ref(), &services.sources);
     let job_deadline = (a.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(a.timeout_ms));
     let setup = JobSetup {
         job: job.clone(),
@@ -170,12 +168,13 @@ async fn execute(
         cpus: a.cpus,
         memory_bytes: a.memory_bytes,
         registry_auth: a.registry_auth.clone(),
+        env: a.env.clone().into_iter().collect(),
     };
     let mut env_of_job = match backend.setup(&setup).await {
         Ok(e) => e,
         Err(e) => {
             for s in &a.steps {
-                outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
+                reports.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
             }
             return (Status::Failure, format!("could not prepare the job: {e}"));
         }
@@ -188,7 +187,7 @@ async fn execute(
             }
             Err(e) => {
                 for s in &a.steps {
-                    outbox.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
+                    reports.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
                 }
                 env_of_job.teardown().await;
                 return (Status::Failure, format!("checkout of {} failed: {e}", src.repo));
@@ -242,7 +241,7 @@ async fn execute(
                 ..plain(Status::Skipped)
             },
             Ok(true) => {
-                outbox.step(StepUpdate {
+                reports.step(StepUpdate {
                     job: Some(job.clone()),
                     step_index: s.index,
                     status: Status::Running as i32,
@@ -257,7 +256,7 @@ async fn execute(
                 // stopped only by an abandon or their deadline.
                 let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
                 let step_stop = StepStop { cancel: token, deadline };
-                let mut log = StepLog::new(Arc::clone(outbox), job.clone(), s.index, secrets.clone());
+                let mut log = StepLog::new(Arc::clone(reports), job.clone(), s.index, secrets.clone());
                 let span = tracing::info_span!("step", step = s.index, name = %s.name);
                 let o = match &s.action {
                     Some(Action::Uses(u)) => {
@@ -288,7 +287,7 @@ async fn execute(
         if stop.abandon.is_cancelled() {
             break;
         }
-        outbox.step(step_update(job, s.index, &outcome, std::mem::take(&mut summary), secrets));
+        reports.step(step_update(job, s.index, &outcome, std::mem::take(&mut summary), secrets));
         if !s.id.is_empty() {
             outputs.insert(s.id.clone(), (outcome.status, outcome.outputs.clone()));
         }
@@ -378,8 +377,8 @@ async fn run_plugin(
     (workspace, programs): Place,
     log: &mut StepLog,
     stop: &StepStop,
-) -> crate::executor::wasi::PluginResult {
-    let fail = |m: String| crate::executor::wasi::PluginResult {
+) -> crate::plugin_host::PluginResult {
+    let fail = |m: String| crate::plugin_host::PluginResult {
         outcome: StepOutcome::error(m),
         summary: String::new(),
         post_state: None,
@@ -505,3 +504,6 @@ fn spec(a: &JobAssignment, s: &StepPlan, ctx: &StepContext<'_>) -> Result<StepSp
     env.insert("VIADUCT_STEP_NAME".into(), s.name.clone());
     Ok(StepSpec { index: s.index, name: s.name.clone(), script, env, working_directory: s.working_directory.clone() })
 }
+
+#[cfg(test)]
+mod tests;

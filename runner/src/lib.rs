@@ -4,9 +4,11 @@
 //! - [`session`]: one Connect stream (Hello, Welcome/resume, heartbeats,
 //!   assignments, cancels, acks);
 //! - [`job`]: one job attempt's steps, conditions, timeouts, reports;
-//! - [`executor`]: how a step runs (host process group, container, WASI
-//!   plugin, dummy);
+//! - [`executor`]: how a `run:` step runs (host process group, container,
+//!   dummy);
+//! - [`plugin_host`]: how a `uses:` step runs (WASI components in wasmtime);
 //! - [`files`]: artifacts and caches between workspaces and the server;
+//! - [`report`]: where a job's states and logs go (the trait);
 //! - [`outbox`]: reliable, resumable delivery of logs and updates;
 //! - [`identity`]: the registered runner id and token on disk;
 //! - [`outputs`]: the `$VIADUCT_OUTPUT` file format.
@@ -18,6 +20,8 @@ pub mod job;
 pub mod mask;
 pub mod outbox;
 pub mod outputs;
+pub mod plugin_host;
+pub mod report;
 pub mod session;
 pub mod source;
 
@@ -70,7 +74,7 @@ pub struct Config {
     /// The container engine; `None` = do not look for one.
     pub containers: Option<executor::container::ContainerConfig>,
     /// WASI plugin settings.
-    pub plugins: executor::wasi::PluginConfig,
+    pub plugins: plugin_host::PluginConfig,
 }
 
 /// Runs until `shutdown` resolves or the server rejects the runner.
@@ -103,7 +107,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     let plugins = if cfg.dummy {
         None
     } else {
-        match executor::wasi::PluginHost::new(
+        match plugin_host::PluginHost::new(
             cfg.work_dir.join("plugins"),
             client,
             Arc::clone(&files),
@@ -116,8 +120,9 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             }
         }
     };
+    let outbox = Arc::new(outbox::Outbox::default());
     let services = job::Services {
-        outbox: Arc::default(),
+        reports: Arc::clone(&outbox) as Arc<dyn report::Reports>,
         backend,
         sources: Arc::new(sources),
         files,
@@ -126,6 +131,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     };
     let shared = Arc::new(session::Shared {
         services,
+        outbox,
         jobs: Mutex::default(),
         labels: cfg.labels.clone(),
         slots: cfg.slots.max(1),

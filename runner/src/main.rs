@@ -191,7 +191,7 @@ fn main() -> ExitCode {
             kill_grace: args.kill_grace,
             keep: args.keep_workspaces,
         }),
-        plugins: viaduct_runner::executor::wasi::PluginConfig {
+        plugins: viaduct_runner::plugin_host::PluginConfig {
             default_memory_mb: mb(args.plugin_memory),
             max_memory_mb: mb(args.plugin_max_memory),
             mounts,

@@ -10,7 +10,7 @@
 //! gap and no duplicate however often the link breaks.
 //!
 //! Memory is bounded: when [`MAX_BUFFERED`] bytes are unacknowledged,
-//! [`Outbox::log`] waits, which stops the step's reader and so, through the
+//! [`Outbox`]'s [`Reports::log`] waits, which stops the step's reader and so, through the
 //! pipe, the step's process — backpressure instead of loss.
 
 use std::{collections::BTreeMap, sync::Mutex};
@@ -19,6 +19,8 @@ use tokio::sync::{Notify, mpsc::UnboundedSender};
 use viaduct_proto::v1::{
     Ack, JobRef, JobUpdate, LogAck, LogData, RunnerMessage, Status, StepUpdate, runner_message::Msg,
 };
+
+use crate::report::Reports;
 
 /// Unacknowledged log bytes beyond which writers wait.
 pub const MAX_BUFFERED: usize = 64 * 1024 * 1024;
@@ -84,13 +86,10 @@ fn log_msg(job: &JobRef, step: u32, offset: u64, data: Vec<u8>) -> RunnerMessage
     RunnerMessage { msg: Some(Msg::Log(LogData { job: Some(job.clone()), step_index: step, offset, data })) }
 }
 
-impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+#[async_trait::async_trait]
+impl Reports for Outbox {
     /// Appends log bytes of a step; waits while the outbox is full.
-    pub async fn log(&self, job: &JobRef, step: u32, data: &[u8]) {
+    async fn log(&self, job: &JobRef, step: u32, data: &[u8]) {
         if data.is_empty() {
             return;
         }
@@ -110,7 +109,7 @@ impl Outbox {
     }
 
     /// Queues a step update.
-    pub fn step(&self, u: StepUpdate) {
+    fn step(&self, u: StepUpdate) {
         let job = u.job.clone().unwrap_or_default();
         let (index, status) = (u.step_index, u.status);
         self.update(&job, index, status, RunnerMessage { msg: Some(Msg::Step(u)) });
@@ -118,7 +117,7 @@ impl Outbox {
 
     /// Queues a job update; a final state marks the job done (forgotten once
     /// everything of it is acknowledged).
-    pub fn job(&self, u: JobUpdate) {
+    fn job(&self, u: JobUpdate) {
         let job = u.job.clone().unwrap_or_default();
         let status = u.status;
         let last = Status::try_from(status).is_ok_and(|s| s != Status::Running);
@@ -126,6 +125,22 @@ impl Outbox {
         if last && let Some(b) = self.lock().jobs.get_mut(&key(&job)) {
             b.done = true;
         }
+    }
+
+    /// Forgets a job (its attempt was abandoned).
+    fn forget(&self, job: &JobRef) {
+        let mut inner = self.lock();
+        if let Some(b) = inner.jobs.remove(&key(job)) {
+            inner.buffered -= b.steps.values().map(|s| s.buf.len()).sum::<usize>();
+        }
+        drop(inner);
+        self.space.notify_waiters();
+    }
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn update(&self, job: &JobRef, index: u32, status: i32, msg: RunnerMessage) {
@@ -163,16 +178,6 @@ impl Outbox {
             freed += advance(&mut inner, l);
         }
         inner.buffered -= freed;
-        drop(inner);
-        self.space.notify_waiters();
-    }
-
-    /// Forgets a job (its attempt was abandoned).
-    pub fn forget(&self, job: &JobRef) {
-        let mut inner = self.lock();
-        if let Some(b) = inner.jobs.remove(&key(job)) {
-            inner.buffered -= b.steps.values().map(|s| s.buf.len()).sum::<usize>();
-        }
         drop(inner);
         self.space.notify_waiters();
     }

@@ -20,6 +20,8 @@ use viaduct_proto::v1::{
 use crate::{
     identity::Identity,
     job::{self, JobStop},
+    outbox::Outbox,
+    report::Reports,
 };
 
 /// Why a session ended.
@@ -36,8 +38,10 @@ pub enum SessionEnd {
 
 /// What sessions share: the outbox, the running jobs, the executor.
 pub struct Shared {
-    /// Outbox, executors, sources, files and plugins.
+    /// What jobs run with (their reports go to `outbox`).
     pub services: job::Services,
+    /// Reports not yet acknowledged, resent by each new session.
+    pub outbox: Arc<Outbox>,
     /// Job attempts running now.
     pub jobs: Mutex<HashMap<(String, u32), JobStop>>,
     /// Labels to advertise.
@@ -60,7 +64,7 @@ impl Shared {
         if let Some(stop) = self.stop_of(job) {
             stop.abandon.cancel();
         }
-        self.services.outbox.forget(job);
+        self.outbox.forget(job);
     }
 
     /// Abandons every running job (runner shutdown).
@@ -88,7 +92,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         labels: shared.labels.clone(),
         slots: shared.slots,
         executors: shared.services.executors(),
-        active_jobs: shared.services.outbox.active(),
+        active_jobs: shared.outbox.active(),
         protected: shared.protected,
     };
     let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
@@ -110,16 +114,16 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
     for r in &welcome.resume {
         let Some(job) = &r.job else { continue };
         if r.keep {
-            shared.services.outbox.resume(&r.logs);
+            shared.outbox.resume(&r.logs);
         } else {
             tracing::warn!(job = %job.job_id, attempt = job.attempt, "server says this attempt is no longer ours; stopping it");
             shared.abandon(job);
         }
     }
     tracing::info!(runner = %welcome.runner_id, draining = welcome.draining, resumed = welcome.resume.len(), "connected");
-    shared.services.outbox.attach(tx.clone());
+    shared.outbox.attach(tx.clone());
     let heartbeat = {
-        let (tx, outbox) = (tx.clone(), Arc::clone(&shared.services.outbox));
+        let (tx, outbox) = (tx.clone(), Arc::clone(&shared.outbox));
         let every = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -142,7 +146,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         }
     };
     heartbeat.abort();
-    shared.services.outbox.detach();
+    shared.outbox.detach();
     Err(end)
 }
 
@@ -159,7 +163,7 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
                 }
                 jobs.insert(key.clone(), stop.clone());
             }
-            shared.services.outbox.begin(&job);
+            shared.outbox.begin(&job);
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
                 job::run(a, shared.services.clone(), stop).await;
@@ -178,7 +182,7 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
                 shared.abandon(job);
             }
         }
-        Some(In::Ack(ack)) => shared.services.outbox.ack(&ack),
+        Some(In::Ack(ack)) => shared.outbox.ack(&ack),
         Some(In::Welcome(_)) | None => {}
     }
 }

@@ -1,4 +1,6 @@
-//! Executors ("backends"): how a step actually runs.
+//! Executors of `run:` steps ("backends"): how a job's environment is made
+//! and a script step actually runs. (`uses:` steps run on the
+//! [`plugin_host`](crate::plugin_host), beside the job's environment.)
 //!
 //! The job runner (`job`) knows the order of steps, their conditions and
 //! timeouts; an executor knows only how to run one step in one job's
@@ -13,11 +15,10 @@
 //!    happened.
 //!
 //! Executors: [`host`] (processes on the machine, held in a [`cgroup`] per
-//! job), [`container`] (one
-//! container per job through the Docker Engine API), [`wasi`] (`uses:`
-//! steps as sandboxed WebAssembly components, beside the job's environment)
-//! and [`dummy`] (no processes: for benchmarks of the scheduler and tests of
-//! the protocol).
+//! job), [`container`] (one container per job through the Docker Engine
+//! API) and [`dummy`] (no processes: for benchmarks of the scheduler, and tests
+//! of the job runner and the protocol that set each step's behaviour
+//! through its env).
 
 pub mod cgroup;
 pub mod container;
@@ -25,7 +26,6 @@ pub mod dummy;
 pub mod host;
 pub mod isolation;
 pub mod programs;
-pub mod wasi;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
 
@@ -34,7 +34,7 @@ use viaduct_proto::v1::{ImagePlan, JobRef, ServicePlan, Status};
 
 use crate::{
     mask::{Masker, Secrets},
-    outbox::Outbox,
+    report::Reports,
 };
 
 /// What an executor needs to prepare a job.
@@ -54,6 +54,8 @@ pub struct JobSetup {
     pub memory_bytes: u64,
     /// `user:password` for the image's registry.
     pub registry_auth: String,
+    /// The job's `env:` (every step has it too).
+    pub env: BTreeMap<String, String>,
 }
 
 impl JobSetup {
@@ -133,10 +135,10 @@ impl StepOutcome {
     }
 }
 
-/// Where a step's output goes: through the secret masker into the
-/// runner's outbox, tagged with the step.
+/// Where a step's output goes: through the secret masker into the job's
+/// [`Reports`], tagged with the step.
 pub struct StepLog {
-    outbox: Arc<Outbox>,
+    reports: Arc<dyn Reports>,
     job: JobRef,
     step: u32,
     written: u64,
@@ -145,21 +147,21 @@ pub struct StepLog {
 
 impl StepLog {
     /// A log for `step` of `job`, masking `secrets`.
-    pub fn new(outbox: Arc<Outbox>, job: JobRef, step: u32, secrets: Secrets) -> Self {
-        Self { outbox, job, step, written: 0, masker: Masker::new(secrets) }
+    pub fn new(reports: Arc<dyn Reports>, job: JobRef, step: u32, secrets: Secrets) -> Self {
+        Self { reports, job, step, written: 0, masker: Masker::new(secrets) }
     }
 
-    /// Appends output; waits when the outbox is full (backpressure).
+    /// Appends output; waits while too much is unacknowledged (backpressure).
     pub async fn write(&mut self, data: &[u8]) {
         let masked = self.masker.feed(data);
-        self.outbox.log(&self.job, self.step, &masked).await;
+        self.reports.log(&self.job, self.step, &masked).await;
         self.written += data.len() as u64;
     }
 
     /// Emits what the masker still holds (the step has ended).
     pub async fn finish(&mut self) {
         let rest = self.masker.finish();
-        self.outbox.log(&self.job, self.step, &rest).await;
+        self.reports.log(&self.job, self.step, &rest).await;
     }
 
     /// Bytes written so far.

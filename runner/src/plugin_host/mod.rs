@@ -1,5 +1,6 @@
-//! The `wasi` executor: `uses:` steps as sandboxed WebAssembly components
-//! (the `viaduct:plugin` `step` world) in wasmtime.
+//! The plugin host: `uses:` steps as sandboxed WebAssembly components (the
+//! `viaduct:plugin` `step` world) in wasmtime. A runner with a plugin host
+//! offers the `wasi` executor.
 //!
 //! A plugin step runs *beside* its job's environment, not inside it: the
 //! component runs in this process under wasmtime, sees the job's workspace
@@ -40,7 +41,7 @@ use self::{
     components::Components,
     sandbox::{CallContext, Grants, MEMORY_TRAP, StepState},
 };
-use super::{StepLog, StepOutcome, StepStop};
+use crate::executor::{StepLog, StepOutcome, StepStop};
 use crate::files::Files;
 
 /// Generated from `plugins/wit`.
