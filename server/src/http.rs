@@ -22,13 +22,18 @@ use crate::{
     depot::Depot,
     engine::Engine,
     gate::{self, Gate},
+    repos::smart_http,
     store::keys::{JobKey, RunId},
-    triggers::{Triggers, smart_http, webhooks},
+    triggers::{Triggers, webhooks},
 };
 
 /// `/healthz`, `/metrics`, `/webhooks/{repo}`, `/git/…` and `/artifacts/…`.
 pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, gate: Arc<Gate>, depot: Arc<Depot>) -> Router {
-    let git = smart_http::GitHttp { triggers: Arc::clone(&triggers), gate: Arc::clone(&gate) };
+    let git = smart_http::GitHttp {
+        repos: Arc::clone(triggers.repos()),
+        engine: Arc::clone(&engine),
+        gate: Arc::clone(&gate),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(signed_metrics))

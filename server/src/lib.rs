@@ -5,8 +5,10 @@
 //! - [`api`] (gRPC handlers) and [`http`] (plain HTTP routes; [`ui`] serves
 //!   the web UI bundle) translate requests into calls on the [`engine::Engine`] and back; [`error`] maps
 //!   domain errors to gRPC statuses in one place;
-//! - [`planning`] turns pipeline files and inline jobs into run plans (with
-//!   the `viaduct-pipeline` crate);
+//! - [`launch`] is the one way to start a run: pipeline files and inline
+//!   jobs resolved (with the `viaduct-pipeline` crate) into runs to create;
+//!   [`triggers`] decide what repository events and schedules start, on
+//!   the [`repos`] the server holds;
 //! - [`engine`] owns every state transition of runs, jobs and steps, the
 //!   queue, runner sessions and leases;
 //! - [`store`] is the database (behind the `Kv` backend trait): trees, records, log chunks, group
@@ -30,8 +32,8 @@ pub mod git;
 pub mod http;
 pub mod launch;
 pub mod pipelines;
-pub mod planning;
 pub mod plugins;
+pub mod repos;
 pub mod secrets;
 pub mod sign_in;
 pub mod sso;
@@ -120,11 +122,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone(), Arc::clone(&secret_box))?;
     engine.spawn_timer();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
+    let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);
     let triggers = triggers::Triggers::new(
         Arc::clone(&engine),
-        (Arc::clone(&store), Arc::clone(&secret_box)),
-        cfg.data_dir.clone(),
-        exe,
+        Arc::clone(&store),
+        Arc::clone(&repos),
         triggers::schedule::Schedules::new(cfg.clock, cfg.schedule_catch_up),
         Arc::clone(&depot.plugins),
     );
@@ -135,7 +137,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let tls = cfg.tls.clone().map(tls::Tls::new).transpose()?.map(Arc::new);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = cfg.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
-    triggers.set_public_url(public_url.clone());
+    repos.set_public_url(public_url.clone());
     let gate = Arc::new(gate::Gate {
         auth: Arc::clone(&auth),
         audit: Arc::new(audit::AuditLog::open(Arc::clone(&store))?),

@@ -5,7 +5,7 @@
 use crate::{
     error::{Error, Result},
     launch::MAX_PIPELINE_BYTES,
-    planning,
+    launch::resolve,
     plugins::PluginRegistry,
     store::{
         Store, T, WriteSet, decode, now_ms,
@@ -52,7 +52,7 @@ pub async fn save(
     if yaml.len() > MAX_PIPELINE_BYTES {
         return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")));
     }
-    let jobs = planning::check(&format!("{name}.yml"), &yaml, plugins)?;
+    let jobs = resolve::check(&format!("{name}.yml"), &yaml, plugins)?;
     let existing: Option<PipelineRecord> = store.get(T::Pipelines, name.as_bytes())?;
     let now = now_ms();
     let rec = match (existing, how) {

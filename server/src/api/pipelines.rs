@@ -12,8 +12,8 @@ use crate::{
     convert,
     error::{Error, Result},
     launch::MAX_PIPELINE_BYTES,
+    launch::resolve,
     pipelines::{self, Save},
-    planning,
     store::{Store, records::PipelineRecord},
     triggers::Triggers,
 };
@@ -59,7 +59,7 @@ impl Pipelines for PipelinesApi {
             return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")).into());
         }
         let file = if r.file_name.is_empty() { "pipeline.yml" } else { r.file_name.as_str() };
-        let errors = planning::validate(file, &r.yaml, self.triggers.plugins())?;
+        let errors = resolve::validate(file, &r.yaml, self.triggers.plugins())?;
         Ok(Response::new(ValidateResponse { valid: errors.is_empty(), errors }))
     }
 
@@ -96,6 +96,6 @@ impl Pipelines for PipelinesApi {
     }
 
     async fn schema(&self, _req: Request<SchemaRequest>) -> Result<Response<SchemaResponse>, Status> {
-        Ok(Response::new(SchemaResponse { json_schema: planning::json_schema() }))
+        Ok(Response::new(SchemaResponse { json_schema: resolve::json_schema() }))
     }
 }

@@ -12,8 +12,9 @@ use crate::{
     access::{self, Access},
     convert,
     error::{Error, Result},
+    repos::HOSTED,
     store::records::RepoRecord,
-    triggers::{HOSTED, Triggers},
+    triggers::Triggers,
 };
 
 /// The Repos service.
@@ -36,10 +37,10 @@ impl ReposApi {
             name: name.to_string(),
             kind: r.kind.clone(),
             url: r.url.clone(),
-            clone_url: if hosted { self.triggers.clone_url(name) } else { String::new() },
-            path: if hosted { self.triggers.path(name).display().to_string() } else { String::new() },
+            clone_url: if hosted { self.triggers.repos().clone_url(name) } else { String::new() },
+            path: if hosted { self.triggers.repos().path(name).display().to_string() } else { String::new() },
             default_branch: r.default_branch.clone(),
-            webhook_url: if hosted { String::new() } else { self.triggers.webhook_url(name) },
+            webhook_url: if hosted { String::new() } else { self.triggers.repos().webhook_url(name) },
             webhook_secret: if maintainer { r.webhook_secret.clone() } else { String::new() },
             poll_interval_seconds: r.poll_interval_s,
             times: Some(viaduct_proto::v1::Times {
@@ -71,7 +72,7 @@ impl Repos for ReposApi {
         access.target(format!("repository `{}`", r.name));
         let rec = match r.source {
             Some(create_repo_request::Source::Hosted(h)) => {
-                self.triggers.create_hosted(&r.name, &h.default_branch).await?
+                self.triggers.repos().create_hosted(&r.name, &h.default_branch).await?
             }
             Some(create_repo_request::Source::Mirror(m)) => self.triggers.create_mirror(&r.name, &m).await?,
             None => return Err(Error::invalid("set `hosted` or `mirror`").into()),
@@ -82,7 +83,7 @@ impl Repos for ReposApi {
     async fn get(&self, req: Request<GetRepoRequest>) -> Result<Response<Repo>, Status> {
         let access = allowed(&req, &req.get_ref().name)?;
         let name = req.into_inner().name;
-        Ok(Response::new(self.to_proto(&access, &name, &self.triggers.get(&name)?)))
+        Ok(Response::new(self.to_proto(&access, &name, &self.triggers.repos().get(&name)?)))
     }
 
     async fn list(&self, req: Request<ListReposRequest>) -> Result<Response<ListReposResponse>, Status> {
@@ -90,6 +91,7 @@ impl Repos for ReposApi {
         let visible = access.repos();
         let repos = self
             .triggers
+            .repos()
             .list()?
             .iter()
             .filter(|(n, _)| visible.contains(n))
@@ -117,7 +119,7 @@ impl Repos for ReposApi {
         let access = allowed(&req, &req.get_ref().name)?;
         let r = req.into_inner();
         let policy = r.pull_requests.ok_or_else(|| Error::invalid("set `pull_requests` (the new policy)"))?;
-        let rec = self.triggers.set_policy(&r.name, policy).await?;
+        let rec = self.triggers.repos().set_policy(&r.name, policy).await?;
         Ok(Response::new(self.to_proto(&access, &r.name, &rec)))
     }
 }

@@ -16,8 +16,8 @@ use crate::{
     access::{self, Access, Repos},
     engine::{Engine, read::RunQuery},
     error::{Error, Result},
+    launch::Cause,
     launch::{self, Launch, Origin},
-    planning::Trigger,
     store::{
         Store, WriteSet,
         keys::{JobKey, RunId},
@@ -38,8 +38,8 @@ impl RunsApi {
         Self { engine, triggers, store }
     }
 
-    async fn start(&self, origin: Origin, trigger: Trigger) -> Result<SubmitResponse> {
-        let launch = Launch::new(origin, trigger);
+    async fn start(&self, origin: Origin, cause: Cause) -> Result<SubmitResponse> {
+        let launch = Launch::new(origin, cause);
         let id = launch::start(&self.engine, &self.store, self.triggers.plugins(), launch, WriteSet::default())
             .await?
             .ok_or_else(|| Error::Internal("a submitted pipeline started no run".into()))?;
@@ -70,7 +70,7 @@ impl Runs for RunsApi {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let access = access::of(&req)?.clone();
         let r = req.into_inner();
-        let trigger = Trigger {
+        let cause = Cause {
             source: RunSource { event: "api".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
@@ -84,7 +84,7 @@ impl Runs for RunsApi {
             Some(submit_request::Source::Job(job)) => Origin::Inline(job),
             None => return Err(Error::invalid("set `pipeline_yaml` or `job`").into()),
         };
-        let started = self.start(origin, trigger).await?;
+        let started = self.start(origin, cause).await?;
         access.target(format!("run {}", started.run_id));
         Ok(Response::new(started))
     }
@@ -97,7 +97,7 @@ impl Runs for RunsApi {
             access.require(&r.repo)?;
             let what = if r.commit.is_empty() { r.r#ref.as_str() } else { r.commit.as_str() };
             let id =
-                self.triggers.trigger(&r.repo, what, r.inputs.into_iter().collect(), priority(r.priority)?).await?;
+                self.triggers.run_by_hand(&r.repo, what, r.inputs.into_iter().collect(), priority(r.priority)?).await?;
             return Ok(Response::new(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) }));
         }
         if r.pipeline.is_empty() {
@@ -106,7 +106,7 @@ impl Runs for RunsApi {
         access.target(format!("pipeline `{}`", r.pipeline));
         access.require("")?;
         let stored = crate::pipelines::load(&self.store, &r.pipeline)?;
-        let trigger = Trigger {
+        let cause = Cause {
             source: RunSource { event: "manual".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
@@ -114,7 +114,7 @@ impl Runs for RunsApi {
             ..Default::default()
         };
         let origin = Origin::File { name: format!("{}.yml", r.pipeline), yaml: stored.yaml };
-        Ok(Response::new(self.start(origin, trigger).await?))
+        Ok(Response::new(self.start(origin, cause).await?))
     }
 
     async fn get(&self, req: Request<GetRunRequest>) -> Result<Response<Run>, Status> {

@@ -11,7 +11,7 @@
 //!
 //! Assignment is where secret values leave the server: each secret a job
 //! lists (and its registry credentials) is checked against its scope and
-//! the run's trust here (see `trust`), whatever planning decided.
+//! the run's trust here (see `trust`), whatever `launch` decided.
 //!
 //! Assignment is pushed over the runner's open stream, after the commit that
 //! records it: there is no polling anywhere on this path.

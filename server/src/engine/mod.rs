@@ -6,7 +6,8 @@
 //! the store atomically before anything is sent to a runner or a watcher.
 //!
 //! Submodules by responsibility:
-//! - [`plan`]: a pipeline plan or inline job → new run, jobs, steps;
+//! - [`runs`]: creating a run (its jobs and steps) from a [`runs::NewRun`],
+//!   cancelling and retrying runs;
 //! - `lifecycle`: readiness, retries, finishing, cancelling, rolling up;
 //! - `dispatch`: matching queued jobs to runners and assigning them;
 //! - `session`: runner connections, heartbeats, resume, drain/remove;
@@ -20,10 +21,10 @@ mod condition;
 pub mod index;
 mod lease;
 mod lifecycle;
-pub mod plan;
 mod queue;
 pub mod read;
 pub mod reports;
+pub mod runs;
 mod session;
 mod tx;
 

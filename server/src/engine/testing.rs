@@ -12,7 +12,7 @@ use viaduct_proto::v1::{JobAssignment, JobUpdate, ServerMessage, Status, server_
 use super::{Engine, EngineConfig, RunnerHello, clock::ManualClock, reports::Update};
 use crate::{
     blobs::BlobStore,
-    planning::{self, Trigger},
+    launch::{Cause, resolve},
     plugins::PluginRegistry,
     secrets::SecretBox,
     store::{Store, T, WriteSet, keys::RunId, now_ms, records::RunnerRecord},
@@ -103,7 +103,7 @@ impl Harness {
 
     /// Plans and creates a run of `yaml`.
     pub async fn submit(&self, yaml: &str) -> RunId {
-        let new = planning::from_yaml("pipeline.yml", yaml, &Trigger::default(), &self.plugins).expect("a valid file");
+        let new = resolve::from_yaml("pipeline.yml", yaml, &Cause::default(), &self.plugins).expect("a valid file");
         self.engine.create_run(new).await.expect("create the run")
     }
 }

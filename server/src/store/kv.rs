@@ -315,7 +315,20 @@ pub mod conformance {
             kv.flush().unwrap();
             id
         };
-        let kv = super::Sled::open(dir.path()).unwrap();
+        // The dropped database's flusher thread may hold sled's lock for a
+        // moment (a restarted process would not see it): wait for it.
+        let mut tries = 0;
+        let kv = loop {
+            match super::Sled::open(dir.path()) {
+                Ok(kv) => break kv,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("reopening: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen: {e}"),
+            }
+        };
         assert!(kv.generate_id().unwrap() > first);
         assert_eq!(kv.get(T::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }

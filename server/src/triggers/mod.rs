@@ -12,17 +12,18 @@
 //! a push is acted on exactly once whatever crashes when, and pushes made
 //! while the server was down are picked up when it starts.
 //!
+//! The repositories themselves (records, paths, credentials) are
+//! [`crate::repos`]'; this module decides what their events start.
+//!
 //! Submodules: [`schedule`] (cron), [`webhooks`] (GitHub, GitLab, Gitea /
-//! Forgejo), [`smart_http`] (git over HTTP for hosted repositories).
+//! Forgejo).
 
 pub mod schedule;
-pub mod smart_http;
 pub mod webhooks;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
+    sync::Arc,
 };
 
 use viaduct_pipeline::spec::Pipeline;
@@ -33,20 +34,10 @@ use crate::{
     error::{Error, Result},
     git::{self, PIPELINE_PATH},
     launch::{self, Launch, OnInvalid, Origin},
-    planning::{self, Trigger},
-    secrets::SecretBox,
-    store::{
-        Store, T, WriteSet, decode,
-        keys::RunId,
-        now_ms,
-        records::{RepoRecord, SCHEMA_VERSION},
-    },
+    launch::{Cause, resolve},
+    repos::{HOSTED, MIRROR, Repos, blocking, ref_key},
+    store::{Store, T, WriteSet, keys::RunId, now_ms, records::RepoRecord},
 };
-
-/// "hosted" or "mirror".
-pub const HOSTED: &str = "hosted";
-/// See [`HOSTED`].
-pub const MIRROR: &str = "mirror";
 
 /// What a sync did.
 #[derive(Debug, Default)]
@@ -98,70 +89,52 @@ struct RepoEvent {
     pull: Option<(PullRequest, String, crate::trust::Decision)>,
 }
 
-/// Repositories and their triggers.
+/// What starts runs: repository events (pushes, pull requests, runs by
+/// hand) and schedules.
 pub struct Triggers {
     engine: Arc<Engine>,
     store: Arc<Store>,
-    secrets: Arc<SecretBox>,
-    data_dir: PathBuf,
-    hook: git::Hook,
-    public_url: OnceLock<String>,
-    /// One sync at a time per repository.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    repos: Arc<Repos>,
     schedules: schedule::Schedules,
     plugins: Arc<crate::plugins::PluginRegistry>,
 }
 
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!("invalid repository name `{name}`: use 1–100 of A–Z a–z 0–9 - _ .")))
-    }
-}
-
-fn ref_key(repo: &str, git_ref: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(repo.len() + git_ref.len() + 1);
-    k.extend_from_slice(repo.as_bytes());
-    k.push(0);
-    k.extend_from_slice(git_ref.as_bytes());
-    k
-}
-
-/// Runs a blocking git operation off the async threads.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("git task failed: {e}")))?
-}
-
 impl Triggers {
-    /// Triggers over `engine`, keeping repositories under `data_dir/repos`
-    /// and their records in `store` (mirror credentials sealed by
-    /// `secrets`). `exe` is the server binary (run by the hooks of hosted
-    /// repositories).
+    /// Triggers of `repos`' events and of `schedules`, starting runs on
+    /// `engine` (pipelines resolve `uses:` against `plugins`).
     pub fn new(
         engine: Arc<Engine>,
-        (store, secrets): (Arc<Store>, Arc<SecretBox>),
-        data_dir: PathBuf,
-        exe: PathBuf,
+        store: Arc<Store>,
+        repos: Arc<Repos>,
         schedules: schedule::Schedules,
         plugins: Arc<crate::plugins::PluginRegistry>,
     ) -> Arc<Self> {
-        let hook = git::Hook { exe, data_dir: data_dir.clone() };
-        Arc::new(Self {
-            engine,
-            store,
-            secrets,
-            data_dir,
-            hook,
-            public_url: OnceLock::new(),
-            locks: Mutex::default(),
-            schedules,
-            plugins,
-        })
+        Arc::new(Self { engine, store, repos, schedules, plugins })
+    }
+
+    /// The repositories whose events these are.
+    pub fn repos(&self) -> &Arc<Repos> {
+        &self.repos
+    }
+
+    /// Creates a mirror of `m.url` and fetches it once; the refs it has now
+    /// are recorded without starting runs. If that first fetch fails, nothing
+    /// is kept (the caller fixes the URL or credentials and creates again).
+    pub async fn create_mirror(&self, name: &str, m: &MirrorRepo) -> Result<RepoRecord> {
+        self.repos.add_mirror(name, m).await?;
+        if let Err(e) = self.sync(name).await {
+            self.repos.delete(name).await?;
+            return Err(e);
+        }
+        tracing::info!(repo = name, url = m.url, "mirror created");
+        self.repos.get(name)
+    }
+
+    /// Deletes a repository and forgets its schedules.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.repos.delete(name).await?;
+        self.schedules.set(&schedule::repo_source(name), Vec::new());
+        Ok(())
     }
 
     /// The plugin registry pipelines resolve `uses:` against.
@@ -174,187 +147,15 @@ impl Triggers {
         &self.engine
     }
 
-    /// Sets the URL clients reach the server at (for clone and webhook URLs).
-    pub fn set_public_url(&self, url: String) {
-        let _ = self.public_url.set(url.trim_end_matches('/').to_string());
-    }
-
-    fn public_url(&self) -> &str {
-        self.public_url.get().map_or("http://127.0.0.1:7700", String::as_str)
-    }
-
-    /// Where the server keeps repository `name`.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.data_dir.join("repos").join(format!("{name}.git"))
-    }
-
-    /// The directory of bare repositories (git http-backend's project root).
-    pub fn repos_dir(&self) -> PathBuf {
-        self.data_dir.join("repos")
-    }
-
-    /// The URL `git` pushes to and clones from for hosted repository `name`.
-    pub fn clone_url(&self, name: &str) -> String {
-        format!("{}/git/{name}.git", self.public_url())
-    }
-
-    /// Where forges send webhooks for mirror `name`.
-    pub fn webhook_url(&self, name: &str) -> String {
-        format!("{}/webhooks/{name}", self.public_url())
-    }
-
-    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(locks.entry(name.to_string()).or_default())
-    }
-
-    /// A repository.
-    pub fn get(&self, name: &str) -> Result<RepoRecord> {
-        self.store
-            .get(T::Repos, name.as_bytes())?
-            .ok_or_else(|| Error::not_found(format!("repository `{name}` not found")))
-    }
-
-    /// Every repository.
-    pub fn list(&self) -> Result<Vec<(String, RepoRecord)>> {
-        let mut out = Vec::new();
-        for kv in self.store.tree(T::Repos).iter() {
-            let (k, v) = kv?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), decode(T::Repos, &v)?));
-        }
-        Ok(out)
-    }
-
-    fn save(&self, name: &str, rec: &RepoRecord, extra: WriteSet) -> Result<WriteSet> {
-        let mut ws = extra;
-        ws.put(T::Repos, name.as_bytes(), rec);
-        Ok(ws)
-    }
-
-    /// Creates a hosted repository (an empty bare repository with a hook).
-    pub async fn create_hosted(&self, name: &str, default_branch: &str) -> Result<RepoRecord> {
-        check_name(name)?;
-        let _guard = self.lock_for(name).lock_owned().await;
-        if self.store.get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
-            return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
-        }
-        let branch = if default_branch.is_empty() { "main".to_string() } else { default_branch.to_string() };
-        let (path, hook, n, b) = (self.path(name), self.hook.clone(), name.to_string(), branch.clone());
-        blocking(move || git::create_bare(&path, &n, &b, &hook)).await?;
-        let now = now_ms();
-        let rec = RepoRecord {
-            schema: SCHEMA_VERSION,
-            kind: HOSTED.into(),
-            default_branch: branch,
-            created_ms: now,
-            last_sync_ms: now,
-            baselined: true,
-            ..Default::default()
-        };
-        let ws = self.save(name, &rec, WriteSet::default())?;
-        self.store.commit_durable(&ws).await?;
-        tracing::info!(repo = name, "hosted repository created");
-        Ok(rec)
-    }
-
-    /// Creates a mirror of `m.url` and fetches it once; the refs it has now
-    /// are recorded without starting runs. If that first fetch fails, nothing
-    /// is kept (the caller fixes the URL or credentials and creates again).
-    pub async fn create_mirror(&self, name: &str, m: &MirrorRepo) -> Result<RepoRecord> {
-        check_name(name)?;
-        if m.url.is_empty() {
-            return Err(Error::invalid("a mirror needs the URL of the repository to follow"));
-        }
-        if !m.credentials.is_empty() {
-            crate::secrets::check_name(&m.credentials)?;
-            self.secret(&m.credentials)?;
-        }
-        {
-            let _guard = self.lock_for(name).lock_owned().await;
-            if self.store.get::<RepoRecord>(T::Repos, name.as_bytes())?.is_some() {
-                return Err(Error::AlreadyExists(format!("repository `{name}` already exists")));
-            }
-            let secret = if m.webhook_secret.is_empty() { random_secret()? } else { m.webhook_secret.clone() };
-            if let Some(p) = &m.pull_requests {
-                check_policy(p)?;
-            }
-            let rec = RepoRecord {
-                schema: SCHEMA_VERSION,
-                pull_requests: m.pull_requests.clone(),
-                kind: MIRROR.into(),
-                url: m.url.clone(),
-                default_branch: "main".into(),
-                webhook_secret: secret,
-                poll_interval_s: m.poll_interval_seconds,
-                created_ms: now_ms(),
-                credentials: m.credentials.clone(),
-                ..Default::default()
-            };
-            let ws = self.save(name, &rec, WriteSet::default())?;
-            self.store.commit_durable(&ws).await?;
-        }
-        if let Err(e) = self.sync(name).await {
-            self.delete(name).await?;
-            return Err(e);
-        }
-        tracing::info!(repo = name, url = m.url, "mirror created");
-        self.get(name)
-    }
-
-    /// Replaces a repository's pull request policy.
-    pub async fn set_policy(&self, name: &str, policy: viaduct_proto::v1::PullRequestPolicy) -> Result<RepoRecord> {
-        check_policy(&policy)?;
-        let _guard = self.lock_for(name).lock_owned().await;
-        let mut rec = self.get(name)?;
-        rec.pull_requests = Some(policy);
-        let ws = self.save(name, &rec, WriteSet::default())?;
-        self.store.commit_durable(&ws).await?;
-        tracing::info!(repo = name, "pull request policy changed");
-        Ok(rec)
-    }
-
-    /// A secret's value; a missing one is the caller's to set.
-    fn secret(&self, name: &str) -> Result<String> {
-        self.secrets.get(&self.store, name)?.map(|(value, _)| value).ok_or_else(|| {
-            Error::FailedPrecondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
-        })
-    }
-
-    /// What a mirror's fetches authenticate with (see `git::Credentials`).
-    fn fetch_credentials(&self, rec: &RepoRecord) -> Result<Option<git::Credentials>> {
-        if rec.credentials.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(git::Credentials { secret: rec.credentials.clone(), value: self.secret(&rec.credentials)? }))
-    }
-
-    /// Deletes a repository and the server's copy of it.
-    pub async fn delete(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_for(name).lock_owned().await;
-        self.get(name)?;
-        let mut ws = WriteSet::default();
-        ws.delete(T::Repos, name.as_bytes());
-        for k in self.store.tree(T::RefState).scan_prefix(ref_key(name, "")).map(|kv| kv.map(|(k, _)| k)) {
-            ws.delete(T::RefState, k?);
-        }
-        self.store.commit_durable(&ws).await?;
-        self.schedules.set(&schedule::repo_source(name), Vec::new());
-        let path = self.path(name);
-        let _ = tokio::fs::remove_dir_all(&path).await;
-        let _ = tokio::fs::remove_dir_all(self.data_dir.join("sources").join(name)).await;
-        tracing::info!(repo = name, "repository deleted");
-        Ok(())
-    }
-
     /// Fetches a mirror (not a hosted repository), then starts runs for the
     /// refs that moved. See the module docs.
     pub async fn sync(&self, name: &str) -> Result<SyncOutcome> {
-        let _guard = self.lock_for(name).lock_owned().await;
-        let mut rec = self.get(name)?;
-        let path = self.path(name);
+        let _guard = self.repos.lock_for(name).lock_owned().await;
+        let mut rec = self.repos.get(name)?;
+        let path = self.repos.path(name);
         if rec.kind == MIRROR {
             let (p, url) = (path.clone(), rec.url.clone());
-            let fetched = match self.fetch_credentials(&rec) {
+            let fetched = match self.repos.fetch_credentials(&rec) {
                 Ok(creds) => blocking(move || git::fetch(&p, &url, &[], creds.as_ref())).await,
                 Err(e) => Err(e),
             };
@@ -368,7 +169,7 @@ impl Triggers {
                 Err(e) => {
                     rec.last_error = e.to_string();
                     rec.last_sync_ms = now_ms();
-                    let ws = self.save(name, &rec, WriteSet::default())?;
+                    let ws = self.repos.save(name, &rec, WriteSet::default())?;
                     self.store.commit_durable(&ws).await?;
                     tracing::warn!(repo = name, error = %e, "fetching the mirror failed");
                     return Err(Error::FailedPrecondition(format!("fetching {} failed: {e}", rec.url)));
@@ -388,7 +189,7 @@ impl Triggers {
         let mut ws = WriteSet::default();
         let baseline = !rec.baselined;
         rec.baselined = true;
-        ws = self.save(name, &rec, ws)?;
+        ws = self.repos.save(name, &rec, ws)?;
         for (git_ref, sha) in &current {
             if stored.get(git_ref) == Some(sha) {
                 continue;
@@ -439,16 +240,16 @@ impl Triggers {
     /// cannot make itself run. Its trust and whether it waits for approval
     /// come from the repository's policy (see `trust`).
     pub async fn pull_request(&self, name: &str, pr: PullRequest) -> Result<Option<RunId>> {
-        let _guard = self.lock_for(name).lock_owned().await;
-        let rec = self.get(name)?;
-        let path = self.path(name);
+        let _guard = self.repos.lock_for(name).lock_owned().await;
+        let rec = self.repos.get(name)?;
+        let path = self.repos.path(name);
         let local = format!("refs/viaduct/pull/{}", pr.number);
         let base_local = format!("refs/viaduct/base/{}", pr.number);
         if rec.kind == MIRROR {
             let specs =
                 vec![format!("+{}:{local}", pr.remote_ref), format!("+refs/heads/{}:{base_local}", pr.base_branch)];
             let (p, url) = (path.clone(), rec.url.clone());
-            let creds = self.fetch_credentials(&rec)?;
+            let creds = self.repos.fetch_credentials(&rec)?;
             blocking(move || git::fetch(&p, &url, &specs, creds.as_ref())).await?;
         }
         let base_ref = if rec.kind == MIRROR { base_local } else { format!("refs/heads/{}", pr.base_branch) };
@@ -495,15 +296,15 @@ impl Triggers {
 
     /// Starts a run by hand at `what` (branch, tag, ref or commit; empty =
     /// the default branch).
-    pub async fn trigger(
+    pub async fn run_by_hand(
         &self,
         name: &str,
         what: &str,
         inputs: HashMap<String, String>,
         priority: Option<u32>,
     ) -> Result<RunId> {
-        let rec = self.get(name)?;
-        let path = self.path(name);
+        let rec = self.repos.get(name)?;
+        let path = self.repos.path(name);
         let what = if what.is_empty() { rec.default_branch.clone() } else { what.to_string() };
         let (p, w) = (path.clone(), what.clone());
         let commit = blocking(move || git::resolve(&p, &w)).await?;
@@ -539,14 +340,14 @@ impl Triggers {
     /// For a pull request, the base branch's file decides whether it runs;
     /// the head's file says what runs.
     async fn launch(&self, name: &str, rec: &RepoRecord, ev: RepoEvent, extra: WriteSet) -> Result<Option<RunId>> {
-        let path = self.path(name);
+        let path = self.repos.path(name);
         let sha = ev.commit.clone();
         let (yaml, info) =
             blocking(move || Ok((git::read_file(&path, &sha, PIPELINE_PATH)?, git::commit_info(&path, &sha)?))).await?;
         if let Some((pr, base_tip, _)) = &ev.pull {
-            let (path, tip) = (self.path(name), base_tip.clone());
+            let (path, tip) = (self.repos.path(name), base_tip.clone());
             let base_yaml = blocking(move || git::read_file(&path, &tip, PIPELINE_PATH)).await?;
-            let refused = match base_yaml.as_deref().map(|y| planning::parse(PIPELINE_PATH, y)) {
+            let refused = match base_yaml.as_deref().map(|y| resolve::parse(PIPELINE_PATH, y)) {
                 None => Some("the base branch has no pipeline file"),
                 Some(_) if base_yaml.as_ref().is_some_and(|y| y.len() > launch::MAX_PIPELINE_BYTES) => {
                     Some("the base branch's pipeline file is too large")
@@ -588,11 +389,11 @@ impl Triggers {
             sender: ev.pull.as_ref().map(|p| p.0.sender.clone()).unwrap_or_default(),
             sender_association: ev.pull.as_ref().map(|p| p.0.sender_association.clone()).unwrap_or_default(),
         };
-        let clone_url = if rec.kind == MIRROR { rec.url.clone() } else { self.clone_url(name) };
+        let clone_url = if rec.kind == MIRROR { rec.url.clone() } else { self.repos.clone_url(name) };
         let source_plan =
             SourcePlan { repo: name.to_string(), commit: ev.commit.clone(), r#ref: ev.git_ref.clone(), clone_url };
         let decision = ev.pull.as_ref().map(|p| p.2.clone());
-        let trigger = Trigger {
+        let cause = Cause {
             source: source.clone(),
             inputs: ev.inputs,
             priority: ev.priority,
@@ -605,7 +406,7 @@ impl Triggers {
         let accepts = |p: &Pipeline| ev.pull.is_some() || wanted(p, event, &branch, &tag, &ev.base_branch);
         let launch = Launch {
             origin: Origin::File { name: PIPELINE_PATH.into(), yaml },
-            trigger,
+            cause,
             on_invalid: if event == "manual" { OnInvalid::Refuse } else { OnInvalid::FailedRun },
             checkout: Some(source_plan),
             accepts: Some(&accepts),
@@ -617,17 +418,11 @@ impl Triggers {
         Ok(id)
     }
 
-    /// Runs an archive of `commit` of `repo` (built and cached on first use).
-    pub async fn archive(&self, repo: &str, commit: &str) -> Result<PathBuf> {
-        let (path, cache, sha) = (self.path(repo), self.data_dir.join("sources").join(repo), commit.to_string());
-        blocking(move || git::archive::cached(&path, &cache, &sha)).await
-    }
-
     /// On start: rewrites the hooks of hosted repositories (the server
     /// binary may have moved), then syncs every repository — pushes made
     /// while the server was down start their runs now — and loads schedules.
     pub async fn start(self: &Arc<Self>) {
-        let repos = match self.list() {
+        let repos = match self.repos.list() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot list repositories");
@@ -635,12 +430,10 @@ impl Triggers {
             }
         };
         for (name, rec) in repos {
-            if rec.kind == HOSTED {
-                let (path, hook, n, b) =
-                    (self.path(&name), self.hook.clone(), name.clone(), rec.default_branch.clone());
-                if let Err(e) = blocking(move || git::create_bare(&path, &n, &b, &hook)).await {
-                    tracing::warn!(repo = %name, error = %e, "cannot refresh the hook");
-                }
+            if rec.kind == HOSTED
+                && let Err(e) = self.repos.refresh_hook(&name, &rec).await
+            {
+                tracing::warn!(repo = %name, error = %e, "cannot refresh the hook");
             }
             let this = Arc::clone(self);
             tokio::spawn(async move {
@@ -652,9 +445,9 @@ impl Triggers {
                     Err(e) => tracing::warn!(repo = %name, error = %e, "startup sync failed"),
                 }
                 // Schedules from the default branch, even if nothing moved.
-                if let Ok(rec) = this.get(&name) {
+                if let Ok(rec) = this.repos.get(&name) {
                     let tip = {
-                        let p = this.path(&name);
+                        let p = this.repos.path(&name);
                         let b = rec.default_branch.clone();
                         blocking(move || git::resolve(&p, &b)).await.ok()
                     };
@@ -680,7 +473,7 @@ impl Triggers {
                 if ticks.is_multiple_of(3600) {
                     webhooks::prune_deliveries(&this);
                 }
-                let Ok(repos) = this.list() else { continue };
+                let Ok(repos) = this.repos.list() else { continue };
                 let now = now_ms();
                 for (name, rec) in repos {
                     let due = rec.kind == MIRROR
@@ -706,21 +499,4 @@ fn wanted(p: &Pipeline, event: &str, branch: &str, tag: &str, base: &str) -> boo
         "manual" => p.triggers.allows_manual(),
         _ => true,
     }
-}
-
-/// Checks a pull request policy: sender logins and associations are
-/// short, printable words.
-fn check_policy(p: &viaduct_proto::v1::PullRequestPolicy) -> Result<()> {
-    for w in p.trusted_senders.iter().chain(&p.trusted_associations) {
-        if w.is_empty() || w.len() > 100 || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::invalid(format!("`{}` is not a forge login or association", w.escape_debug())));
-        }
-    }
-    Ok(())
-}
-
-fn random_secret() -> Result<String> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
-    Ok(hex::encode(bytes))
 }

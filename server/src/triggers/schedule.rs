@@ -31,12 +31,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use viaduct_pipeline::cron::CronSchedule;
 
-use super::{Triggers, blocking};
+use super::Triggers;
+use crate::repos::blocking;
 use crate::{
     error::{Error, Result},
     git::{self, PIPELINE_PATH},
     launch::{self, Launch, OnInvalid, Origin},
-    planning::{self, Trigger},
+    launch::{Cause, resolve},
     store::{T, WriteSet, decode, keys::RunId, records::PipelineRecord},
 };
 
@@ -167,9 +168,9 @@ impl Triggers {
         let crons = match tip {
             None => Vec::new(),
             Some(sha) => {
-                let path = self.path(name);
+                let path = self.repos.path(name);
                 match blocking(move || git::read_file(&path, &sha, PIPELINE_PATH)).await {
-                    Ok(Some(yaml)) => planning::parse(PIPELINE_PATH, &yaml).map(|p| crons_of(&p)).unwrap_or_default(),
+                    Ok(Some(yaml)) => resolve::parse(PIPELINE_PATH, &yaml).map(|p| crons_of(&p)).unwrap_or_default(),
                     _ => Vec::new(),
                 }
             }
@@ -182,10 +183,8 @@ impl Triggers {
 
     /// Re-reads the schedules of stored pipeline `name` (`None`: deleted).
     pub fn refresh_pipeline_schedules(&self, name: &str, yaml: Option<&str>) {
-        let crons = yaml
-            .and_then(|y| planning::parse(&format!("{name}.yml"), y).ok())
-            .map(|p| crons_of(&p))
-            .unwrap_or_default();
+        let crons =
+            yaml.and_then(|y| resolve::parse(&format!("{name}.yml"), y).ok()).map(|p| crons_of(&p)).unwrap_or_default();
         self.schedules.set(&pipeline_source(name), crons);
     }
 
@@ -258,8 +257,8 @@ impl Triggers {
     async fn fire(&self, source: &str, cron: &CronSchedule, slot: i64, extra: WriteSet) -> Result<Option<RunId>> {
         let schedule = Some((cron.as_str().to_string(), slot));
         if let Some(repo) = source.strip_prefix("repo:") {
-            let rec = self.get(repo)?;
-            let (path, branch) = (self.path(repo), rec.default_branch.clone());
+            let rec = self.repos.get(repo)?;
+            let (path, branch) = (self.repos.path(repo), rec.default_branch.clone());
             let commit = blocking(move || git::resolve(&path, &branch)).await?;
             let event = super::RepoEvent {
                 event: "schedule",
@@ -277,7 +276,7 @@ impl Triggers {
         let name =
             source.strip_prefix("pipeline:").ok_or_else(|| Error::Internal(format!("bad schedule source {source}")))?;
         let rec = crate::pipelines::load(&self.store, name)?;
-        let trigger = Trigger {
+        let cause = Cause {
             source: viaduct_proto::v1::RunSource {
                 event: "schedule".into(),
                 schedule: cron.as_str().to_string(),
@@ -291,7 +290,7 @@ impl Triggers {
         // failed run, as a repository's does.
         let launch = Launch {
             on_invalid: OnInvalid::FailedRun,
-            ..Launch::new(Origin::File { name: format!("{name}.yml"), yaml: rec.yaml }, trigger)
+            ..Launch::new(Origin::File { name: format!("{name}.yml"), yaml: rec.yaml }, cause)
         };
         launch::start(&self.engine, &self.store, &self.plugins, launch, extra).await
     }

@@ -30,7 +30,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{MIRROR, PullRequest, Triggers};
+use super::{PullRequest, Triggers};
+use crate::repos::MIRROR;
 use crate::store::{T, WriteSet, now_ms};
 
 /// How long delivery ids are remembered (replays older than this would be
@@ -192,7 +193,7 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
         tracing::warn!(repo, forge = forge.name(), why, "webhook refused: bad or missing signature");
         reply(StatusCode::UNAUTHORIZED, json!({"error": "bad or missing webhook signature"}))
     };
-    let rec = match t.get(&repo) {
+    let rec = match t.repos.get(&repo) {
         Ok(r) if r.kind == MIRROR => r,
         Ok(_) => return refuse("not a mirror (hosted repositories take no webhooks)"),
         Err(_) => return refuse("no such repository"),

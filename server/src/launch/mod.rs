@@ -2,19 +2,22 @@
 //! `Runs.Submit`, a stored pipeline (`Runs.Trigger`, its schedules), or a
 //! repository's pipeline file at a commit (pushes, pull requests, manual
 //! triggers, repository schedules). Each becomes a [`Launch`] — where the
-//! file comes from ([`Origin`]), what started it (the [`Trigger`]), what an
+//! file comes from ([`Origin`]), what started it (the [`Cause`]), what an
 //! invalid file means ([`OnInvalid`]) — and [`start`] does what every path
 //! must do alike: the size limit, parsing with `file:line:column` errors,
-//! the invalid-file rule, the event filter, plugin resolution, planning and
-//! the create call (with the caller's writes riding along).
+//! the invalid-file rule, the event filter, plugin resolution ([`resolve`])
+//! and the create call (with the caller's writes riding along).
+
+pub mod resolve;
+
+pub use resolve::Cause;
 
 use viaduct_pipeline::spec::Pipeline;
 use viaduct_proto::v1::{InlineJob, SourcePlan};
 
 use crate::{
-    engine::{Engine, plan::NewRun},
+    engine::{Engine, runs::NewRun},
     error::{Error, Result},
-    planning::{self, Trigger},
     plugins::PluginRegistry,
     store::{Store, WriteSet, keys::RunId},
 };
@@ -52,7 +55,7 @@ pub struct Launch<'a> {
     /// The file or job.
     pub origin: Origin,
     /// What started it.
-    pub trigger: Trigger,
+    pub cause: Cause,
     /// What an invalid file means.
     pub on_invalid: OnInvalid,
     /// The code its jobs check out (repository runs).
@@ -62,18 +65,18 @@ pub struct Launch<'a> {
 }
 
 impl<'a> Launch<'a> {
-    /// A launch of `origin` by `trigger` that refuses an invalid file.
-    pub fn new(origin: Origin, trigger: Trigger) -> Self {
-        Self { origin, trigger, on_invalid: OnInvalid::Refuse, checkout: None, accepts: None }
+    /// A launch of `origin` by `cause` that refuses an invalid file.
+    pub fn new(origin: Origin, cause: Cause) -> Self {
+        Self { origin, cause, on_invalid: OnInvalid::Refuse, checkout: None, accepts: None }
     }
 }
 
 /// The run `launch` asks for: `None` when the file's `on:` does not ask
 /// for the event.
 pub fn plan(launch: Launch<'_>, plugins: &PluginRegistry) -> Result<Option<NewRun>> {
-    let Launch { origin, trigger, on_invalid, checkout, accepts } = launch;
+    let Launch { origin, cause, on_invalid, checkout, accepts } = launch;
     let (file, yaml) = match origin {
-        Origin::Inline(job) => return planning::from_inline(&job, &trigger).map(Some),
+        Origin::Inline(job) => return resolve::from_inline(&job, &cause).map(Some),
         Origin::File { name, yaml } => (name, yaml),
     };
     if yaml.len() > MAX_PIPELINE_BYTES {
@@ -81,22 +84,22 @@ pub fn plan(launch: Launch<'_>, plugins: &PluginRegistry) -> Result<Option<NewRu
         return match on_invalid {
             OnInvalid::Refuse => Err(Error::TooLarge(why)),
             // The text is not kept: it is what was too large.
-            OnInvalid::FailedRun => Ok(Some(failed_run(&file, trigger, String::new(), why))),
+            OnInvalid::FailedRun => Ok(Some(failed_run(&file, cause, String::new(), why))),
         };
     }
-    let pipeline = match planning::parse(&file, &yaml) {
+    let pipeline = match resolve::parse(&file, &yaml) {
         Ok(p) => p,
-        Err(diags) => return invalid(on_invalid, &file, trigger, yaml, diags),
+        Err(diags) => return invalid(on_invalid, &file, cause, yaml, diags),
     };
     if accepts.is_some_and(|accepts| !accepts(&pipeline)) {
         return Ok(None);
     }
-    match planning::from_pipeline(&pipeline, &yaml, &trigger, plugins) {
+    match resolve::from_pipeline(&pipeline, &yaml, &cause, plugins) {
         Ok(mut run) => {
             run.checkout = checkout;
             Ok(Some(run))
         }
-        Err(Error::InvalidFile(diags)) => invalid(on_invalid, &file, trigger, yaml, diags),
+        Err(Error::InvalidFile(diags)) => invalid(on_invalid, &file, cause, yaml, diags),
         Err(e) => Err(e),
     }
 }
@@ -122,27 +125,27 @@ pub async fn start(
 fn invalid(
     on_invalid: OnInvalid,
     file: &str,
-    trigger: Trigger,
+    cause: Cause,
     yaml: String,
     diags: Vec<viaduct_proto::v1::Diagnostic>,
 ) -> Result<Option<NewRun>> {
     match on_invalid {
         OnInvalid::Refuse => Err(Error::InvalidFile(diags)),
         OnInvalid::FailedRun => {
-            tracing::info!(file, commit = %trigger.source.commit, "invalid pipeline file: recording a failed run");
-            Ok(Some(failed_run(file, trigger, yaml, crate::error::render(&diags))))
+            tracing::info!(file, commit = %cause.source.commit, "invalid pipeline file: recording a failed run");
+            Ok(Some(failed_run(file, cause, yaml, crate::error::render(&diags))))
         }
     }
 }
 
 /// A run that failed before any job: its file is invalid; its error
 /// carries every diagnostic.
-fn failed_run(file: &str, trigger: Trigger, yaml: String, error: String) -> NewRun {
-    let name = if trigger.source.repo.is_empty() { trigger.pipeline_ref.clone() } else { trigger.source.repo.clone() };
+fn failed_run(file: &str, cause: Cause, yaml: String, error: String) -> NewRun {
+    let name = if cause.source.repo.is_empty() { cause.pipeline_ref.clone() } else { cause.source.repo.clone() };
     NewRun {
         pipeline: name,
         priority: 5,
-        source: trigger.source,
+        source: cause.source,
         yaml,
         error: Some(format!("invalid {file}:\n{error}")),
         ..Default::default()
@@ -164,9 +167,9 @@ mod tests {
         (dir, PluginRegistry::new(Arc::new(Store::memory()), blobs))
     }
 
-    fn pushed() -> Trigger {
+    fn pushed() -> Cause {
         let source = RunSource { event: "push".into(), repo: "app".into(), commit: "abc".into(), ..Default::default() };
-        Trigger { source, ..Default::default() }
+        Cause { source, ..Default::default() }
     }
 
     fn launch(yaml: String, on_invalid: OnInvalid) -> Launch<'static> {

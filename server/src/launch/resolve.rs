@@ -1,4 +1,5 @@
-//! Pipeline files and inline jobs → run plans for the engine.
+//! Resolving pipeline files and inline jobs into the runs the engine
+//! creates ([`NewRun`]).
 //!
 //! Parsing, validation, matrix expansion and plan-time interpolation belong
 //! to the `viaduct-pipeline` crate; this module adapts its output to the
@@ -20,7 +21,7 @@ use viaduct_proto::v1::{
 };
 
 use crate::{
-    engine::plan::{NewJob, NewRun},
+    engine::runs::{NewJob, NewRun},
     error::{Error, Result},
     plugins::PluginRegistry,
 };
@@ -30,7 +31,7 @@ type Resolved = HashMap<(String, String), Plugin>;
 
 /// What started a run, besides the file.
 #[derive(Debug, Clone, Default)]
-pub struct Trigger {
+pub struct Cause {
     /// Event, repository, ref, commit…
     pub source: RunSource,
     /// `${{ inputs.* }}`.
@@ -53,16 +54,16 @@ fn diagnostics(diags: Vec<viaduct_pipeline::Diagnostic>) -> Vec<v1::Diagnostic> 
         .collect()
 }
 
-fn context(trigger: &Trigger) -> PlanContext {
+fn context(cause: &Cause) -> PlanContext {
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    let src = &trigger.source;
+    let src = &cause.source;
     PlanContext {
         event: src.event.clone(),
         branch: opt(&src.branch),
         tag: opt(&src.tag),
         commit: opt(&src.commit),
         repo: opt(&src.repo),
-        inputs: trigger.inputs.clone().into_iter().collect(),
+        inputs: cause.inputs.clone().into_iter().collect(),
     }
 }
 
@@ -154,19 +155,19 @@ pub fn json_schema() -> String {
 }
 
 /// Plans a run of a pipeline file.
-pub fn from_yaml(file: &str, yaml: &str, trigger: &Trigger, plugins: &PluginRegistry) -> Result<NewRun> {
+pub fn from_yaml(file: &str, yaml: &str, cause: &Cause, plugins: &PluginRegistry) -> Result<NewRun> {
     let pipeline = parse(file, yaml).map_err(Error::InvalidFile)?;
-    from_pipeline(&pipeline, yaml, trigger, plugins)
+    from_pipeline(&pipeline, yaml, cause, plugins)
 }
 
 /// Plans a run of a parsed pipeline (`yaml` is its text, kept with the run).
-pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger, plugins: &PluginRegistry) -> Result<NewRun> {
+pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, cause: &Cause, plugins: &PluginRegistry) -> Result<NewRun> {
     let resolved = resolve_plugins(pipeline, plugins)?;
     let plan: Plan =
-        viaduct_pipeline::plan::plan(pipeline, &context(trigger)).map_err(|d| Error::InvalidFile(diagnostics(d)))?;
+        viaduct_pipeline::plan::plan(pipeline, &context(cause)).map_err(|d| Error::InvalidFile(diagnostics(d)))?;
     let run_priority = u32::from(plan.priority);
-    let priority = trigger.priority.unwrap_or(run_priority);
-    let ctx = expr_context(trigger);
+    let priority = cause.priority.unwrap_or(run_priority);
+    let ctx = expr_context(cause);
     let jobs = plan
         .jobs
         .iter()
@@ -183,21 +184,21 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, trigger: &Trigger, plugins
     Ok(NewRun {
         pipeline: plan.name.clone(),
         priority,
-        source: trigger.source.clone(),
-        inputs: trigger.inputs.clone(),
+        source: cause.source.clone(),
+        inputs: cause.inputs.clone(),
         yaml: yaml.to_string(),
-        pipeline_ref: trigger.pipeline_ref.clone(),
+        pipeline_ref: cause.pipeline_ref.clone(),
         concurrency: plan.concurrency.as_ref().map(|c| (c.group.clone(), c.cancel_in_progress)),
         jobs,
         error: None,
         checkout: None,
-        trust: trigger.trust,
-        approval: trigger.approval.clone(),
+        trust: cause.trust,
+        approval: cause.approval.clone(),
     })
 }
 
-fn expr_context(trigger: &Trigger) -> ExprContext {
-    let src = &trigger.source;
+fn expr_context(cause: &Cause) -> ExprContext {
+    let src = &cause.source;
     ExprContext {
         branch: src.branch.clone(),
         tag: src.tag.clone(),
@@ -206,7 +207,7 @@ fn expr_context(trigger: &Trigger) -> ExprContext {
         repo: src.repo.clone(),
         run_id: String::new(),
         matrix: HashMap::new(),
-        inputs: trigger.inputs.clone(),
+        inputs: cause.inputs.clone(),
     }
 }
 
@@ -332,7 +333,7 @@ fn step_plan(i: usize, s: &PlannedStep, resolved: &Resolved) -> StepPlan {
 }
 
 /// Plans a run of one inline job (`Runs.Submit` with `job`).
-pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
+pub fn from_inline(job: &InlineJob, cause: &Cause) -> Result<NewRun> {
     if job.steps.is_empty() {
         return Err(Error::invalid("job.steps: an inline job needs at least one step"));
     }
@@ -357,7 +358,7 @@ pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
         });
     }
     let name = if job.name.is_empty() { "job".to_string() } else { job.name.clone() };
-    let priority = trigger.priority.unwrap_or(5);
+    let priority = cause.priority.unwrap_or(5);
     let image = (!job.image.is_empty()).then(|| ImagePlan {
         name: job.image.clone(),
         pull: "if_not_present".into(),
@@ -366,8 +367,8 @@ pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
     Ok(NewRun {
         pipeline: name.clone(),
         priority,
-        source: trigger.source.clone(),
-        inputs: trigger.inputs.clone(),
+        source: cause.source.clone(),
+        inputs: cause.inputs.clone(),
         yaml: String::new(),
         pipeline_ref: String::new(),
         concurrency: None,
@@ -380,12 +381,12 @@ pub fn from_inline(job: &InlineJob, trigger: &Trigger) -> Result<NewRun> {
             priority,
             env: job.env.clone(),
             steps,
-            context: expr_context(trigger),
+            context: expr_context(cause),
             ..Default::default()
         }],
         error: None,
         checkout: None,
-        trust: trigger.trust,
-        approval: trigger.approval.clone(),
+        trust: cause.trust,
+        approval: cause.approval.clone(),
     })
 }

@@ -2,7 +2,7 @@
 //! (cancel, retry).
 //!
 //! The engine takes a [`NewRun`] — plain data, already validated and
-//! expanded (matrix, `needs` as indices) by the `planning` module — and
+//! expanded (matrix, `needs` as indices) by `launch::resolve` — and
 //! writes the run, its jobs and their first attempt's steps in one durable
 //! transition. From then on the run survives a crash of anything.
 

@@ -25,9 +25,10 @@ use futures_util::TryStreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::Triggers;
+use super::Repos;
 use crate::{
     auth::Principal,
+    engine::Engine,
     error::Error,
     gate::{self, Gate},
 };
@@ -37,7 +38,9 @@ use viaduct_proto::v1::Role;
 #[derive(Clone)]
 pub struct GitHttp {
     /// Repositories.
-    pub triggers: Arc<Triggers>,
+    pub repos: Arc<Repos>,
+    /// Which runner holds which job.
+    pub engine: Arc<Engine>,
     /// Authentication, limits and the audit log.
     pub gate: Arc<Gate>,
 }
@@ -92,12 +95,12 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
         }
     };
     let not_found = || (StatusCode::NOT_FOUND, format!("no repository `{repo}`\n")).into_response();
-    if g.triggers.get(&repo).is_err() {
+    if g.repos.get(&repo).is_err() {
         return not_found();
     }
     // A runner reads only the repository of a job it holds.
     if let Some(id) = runner {
-        match g.triggers.engine().runner_holds_repo(&id, &repo) {
+        match g.engine.runner_holds_repo(&id, &repo) {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(runner = %id, repo, "runner token refused: it holds no job of this repository");
@@ -108,7 +111,7 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
         }
     }
     let peer = gate::peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
-    let resp = match cgi(&g.triggers, &repo, &rest, &query, req).await {
+    let resp = match cgi(&g.repos, &repo, &rest, &query, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(repo, error = %e, "git http-backend failed");
@@ -124,7 +127,7 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
 }
 
 /// Runs `git http-backend` for one request.
-async fn cgi(t: &Triggers, repo: &str, rest: &str, query: &str, req: Request) -> std::io::Result<Response> {
+async fn cgi(t: &Repos, repo: &str, rest: &str, query: &str, req: Request) -> std::io::Result<Response> {
     let (content_type, content_encoding, content_length, git_protocol) = {
         let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         (h("content-type"), h("content-encoding"), h("content-length"), h("git-protocol"))
