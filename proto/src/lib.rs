@@ -16,8 +16,10 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("viaduct_descriptor");
 }
 
+mod executor;
 mod role;
 mod status;
 
+pub use executor::{EXECUTOR_WORDS, EXECUTORS, ExecutorWord, executor_words};
 pub use role::{ROLE_WORDS, RoleWord};
 pub use status::StatusWord;

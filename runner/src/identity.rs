@@ -24,7 +24,7 @@ pub struct Asked {
     /// Jobs at once.
     pub slots: u32,
     /// Executors it offers.
-    pub executors: Vec<String>,
+    pub executors: Vec<viaduct_proto::v1::Executor>,
 }
 
 /// A registered runner.
@@ -68,7 +68,7 @@ impl Identity {
                 hostname: crate::hostname(),
                 protected: asked.protected,
                 slots: asked.slots,
-                executors: asked.executors.clone(),
+                executors: asked.executors.iter().map(|e| *e as i32).collect(),
             })
             .await
             .map_err(viaduct_sdk::Error::from)?

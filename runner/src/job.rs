@@ -21,7 +21,10 @@ use tracing::Instrument;
 use viaduct_pipeline::expr::{self, ExprContext, Value};
 use viaduct_proto::{
     StatusWord,
-    v1::{ExprContext as Context, JobAssignment, JobRef, JobUpdate, Status, StepPlan, StepUpdate, step_plan::Action},
+    v1::{
+        Executor, ExprContext as Context, JobAssignment, JobRef, JobUpdate, Status, StepPlan, StepUpdate,
+        step_plan::Action,
+    },
 };
 
 use crate::{
@@ -51,12 +54,12 @@ pub struct Services {
 }
 
 impl Services {
-    /// The executors to advertise: the backend's, and "wasi" when plugin
+    /// The executors to advertise: the backend's, and wasi when plugin
     /// steps can run here.
-    pub fn executors(&self) -> Vec<String> {
+    pub fn executors(&self) -> Vec<Executor> {
         let mut all = self.backend.executors();
         if self.plugins.is_some() {
-            all.push("wasi".into());
+            all.push(Executor::Wasi);
         }
         all
     }

@@ -33,6 +33,8 @@ use std::{
 
 use anyhow::Context;
 
+use viaduct_proto::v1::Executor;
+
 use crate::{executor::Backend, identity::Identity, session::SessionEnd};
 
 /// How to run the runner.
@@ -204,18 +206,18 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
 
 /// What this runner's configuration may offer (registered and pinned; a
 /// container engine that does not answer later just offers less).
-fn intended_executors(cfg: &Config) -> Vec<String> {
+fn intended_executors(cfg: &Config) -> Vec<Executor> {
     if cfg.dummy {
-        return vec!["host".into(), "container".into()];
+        return vec![Executor::Host, Executor::Container];
     }
     let mut out = Vec::new();
     if !cfg.no_host_jobs {
-        out.push("host".to_string());
+        out.push(Executor::Host);
     }
     if cfg.containers.is_some() {
-        out.push("container".to_string());
+        out.push(Executor::Container);
     }
-    out.push("wasi".to_string());
+    out.push(Executor::Wasi);
     out
 }
 

@@ -91,7 +91,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         hostname: crate::hostname(),
         labels: shared.labels.clone(),
         slots: shared.slots,
-        executors: shared.services.executors(),
+        executors: shared.services.executors().into_iter().map(|e| e as i32).collect(),
         active_jobs: shared.outbox.active(),
         protected: shared.protected,
     };

@@ -140,7 +140,7 @@ pub struct Registration {
     /// Jobs at once.
     pub slots: u32,
     /// Executors it offers.
-    pub executors: Vec<String>,
+    pub executors: Vec<viaduct_proto::v1::Executor>,
 }
 
 /// How many runners may register with the first-start registration token,
@@ -487,7 +487,7 @@ impl Auth {
                 protected,
                 allowed_labels: labels,
                 max_slots: slots.max(1),
-                allowed_executors: executors,
+                allowed_executors: executors.into_iter().map(|e| e as i32).collect(),
                 ..Default::default()
             },
         );

@@ -192,7 +192,7 @@ async fn runners_register_with_tokens_and_are_listed() {
     let runners = client.runners().list(v1::ListRunnersRequest {}).await.unwrap().into_inner().runners;
     let live = runners.iter().find(|r| r.connected).expect("a connected runner");
     assert_eq!((live.labels.clone(), live.slots), (vec!["linux".to_string(), "gpu".to_string()], 3));
-    assert_eq!(live.executors, vec!["host".to_string(), "wasi".to_string()]);
+    assert_eq!(viaduct_sdk::proto::executor_words(&live.executors), ["host", "wasi"]);
     assert!(runners.iter().any(|r| !r.connected && r.name == "x"));
 }
 

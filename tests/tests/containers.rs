@@ -172,7 +172,11 @@ async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refu
     // A host job waits for a runner that runs host jobs.
     let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
     let runners = client.runners().list(v1::ListRunnersRequest {}).await.unwrap().into_inner().runners;
-    assert_eq!(runners[0].executors, ["container", "wasi"], "plugin steps still run beside container jobs");
+    assert_eq!(
+        viaduct_sdk::proto::executor_words(&runners[0].executors),
+        ["container", "wasi"],
+        "plugin steps still run beside container jobs"
+    );
     let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(word(run.jobs[0].status), "queued");
     let _host = server.runner("linux", 1);

@@ -82,7 +82,7 @@ fn the_runner_refuses_a_token_on_its_command_line() {
 /// registered with; an admin can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_and_slots_are_pinned_at_registration() {
-    let server = Server::start();
+    let server = Server::with_plugins();
     let mut runner = Runner::start(&server, "linux", 1, &[]);
     let client = server.client().await;
     let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
@@ -110,6 +110,20 @@ async fn labels_and_slots_are_pinned_at_registration() {
     runner.restart();
     let run = finished(&client, &deploy).await;
     assert_eq!(word(run.status), "success", "{run:#?}");
+    // Executors are words on the command line and in its JSON; an unknown
+    // one is refused before anything is sent.
+    let out = output(server.cli().args(["runners", "update", &me.id, "--executors", "host,docker"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`docker` is not an executor (host, container, wasi)"), "{err}");
+    let out = output(server.cli().args(["runners", "update", &me.id, "--executors", "host"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["allowed_executors"], serde_json::json!(["host"]), "{json}");
+    assert_eq!(json["executors"], serde_json::json!(["host"]), "wasi is no longer offered: {json}");
+    // Without wasi, a job with a plugin step finds no runner.
+    let plugin = submit(&client, "jobs:\n  p:\n    runs_on: [linux]\n    steps:\n      - uses: detect@1\n").await;
+    let run = client.runs().get(v1::GetRunRequest { id: plugin }).await.unwrap().into_inner();
+    assert_eq!(word(run.jobs[0].status), "queued", "{run:#?}");
 }
 
 /// A stolen runner token lists another runner's queued job in its Hello
@@ -132,7 +146,7 @@ async fn a_runner_cannot_claim_a_job_it_was_never_given() {
             // Not a label of the job: it cannot get the job by dispatch.
             labels: vec!["elsewhere".into()],
             slots: 1,
-            executors: vec!["host".into()],
+            executors: vec![v1::Executor::Host as i32],
             ..Default::default()
         })
         .await
@@ -143,7 +157,7 @@ async fn a_runner_cannot_claim_a_job_it_was_never_given() {
         msg: Some(v1::runner_message::Msg::Hello(v1::Hello {
             labels: vec!["linux".into()],
             slots: 1,
-            executors: vec!["host".into()],
+            executors: vec![v1::Executor::Host as i32],
             active_jobs: vec![v1::JobRef { job_id: job.clone(), attempt: 1, grant: "00".repeat(32) }],
             ..Default::default()
         })),

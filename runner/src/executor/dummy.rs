@@ -18,7 +18,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use viaduct_proto::v1::Status;
+use viaduct_proto::v1::{Executor, Status};
 
 use super::{Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop};
 
@@ -40,8 +40,8 @@ pub struct DummyBackend;
 
 #[async_trait::async_trait]
 impl Backend for DummyBackend {
-    fn executors(&self) -> Vec<String> {
-        vec!["host".into(), "container".into()]
+    fn executors(&self) -> Vec<Executor> {
+        vec![Executor::Host, Executor::Container]
     }
 
     async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {

@@ -30,7 +30,7 @@ pub mod programs;
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
 
 use tokio_util::sync::CancellationToken;
-use viaduct_proto::v1::{ImagePlan, JobRef, ServicePlan, Status};
+use viaduct_proto::v1::{Executor, ImagePlan, JobRef, ServicePlan, Status};
 
 use crate::{
     mask::{Masker, Secrets},
@@ -77,7 +77,7 @@ pub struct Router {
 
 #[async_trait::async_trait]
 impl Backend for Router {
-    fn executors(&self) -> Vec<String> {
+    fn executors(&self) -> Vec<Executor> {
         self.host.iter().chain(self.container.iter()).flat_map(|b| b.executors()).collect()
     }
 
@@ -178,9 +178,9 @@ pub struct SetupError(pub String);
 /// Prepares job environments. One per runner, shared by its jobs.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
-    /// The executor names it offers ("host", "container"…), advertised to
-    /// the server for routing.
-    fn executors(&self) -> Vec<String>;
+    /// The executors it offers (host, container), advertised to the server
+    /// for routing.
+    fn executors(&self) -> Vec<Executor>;
 
     /// Prepares the environment of one job attempt.
     async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError>;

@@ -87,12 +87,12 @@ impl RunnerAgent for AgentApi {
             .register_runner(
                 &r.registration_token,
                 crate::auth::Registration {
+                    executors: r.executors().collect(),
                     name: r.name.clone(),
                     labels: r.labels,
                     hostname: r.hostname,
                     protected: r.protected,
                     slots: r.slots,
-                    executors: r.executors,
                 },
             )
             .await?;
@@ -205,11 +205,11 @@ impl RunnerAgent for AgentApi {
             return Err(Error::invalid("the first message on Connect must be Hello").into());
         };
         let hello = RunnerHello {
+            executors: h.executors().collect(),
             version: h.version,
             hostname: h.hostname,
             labels: h.labels,
             slots: h.slots.max(1),
-            executors: h.executors,
             active: h
                 .active_jobs
                 .iter()

@@ -66,7 +66,7 @@ impl Runners for RunnersApi {
         let change = crate::engine::RunnerChange {
             labels: r.labels.map(|l| l.labels),
             slots: r.slots,
-            executors: r.executors.map(|e| e.executors),
+            executors: r.executors.map(|e| e.executors().collect()),
             protected: r.protected,
         };
         Ok(Response::new(self.engine.update_runner(&r.id, change)?))

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
+use viaduct_proto::v1::{Executor, JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
 
 use super::{Lease, queue::QueuedJob, tx::Tx};
 use crate::{error::Result, store::keys::JobKey, trust};
@@ -71,8 +71,8 @@ impl Tx<'_> {
                 .iter()
                 .filter(|(id, c)| {
                     free.get(id.as_str()).is_some_and(|f| *f > 0)
-                        && c.executors.contains(q.executor)
-                        && (!q.plugins || c.executors.contains("wasi"))
+                        && c.executors.contains(&q.executor)
+                        && (!q.plugins || c.executors.contains(&Executor::Wasi))
                         && !(q.untrusted && c.protected)
                         && q.runs_on.iter().all(|l| c.labels.contains(l))
                 })

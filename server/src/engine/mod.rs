@@ -42,7 +42,7 @@ use std::{
 };
 
 use tokio::sync::{Notify, mpsc::UnboundedSender, watch};
-use viaduct_proto::v1::{ServerMessage, Status};
+use viaduct_proto::v1::{Executor, ServerMessage, Status};
 
 pub(crate) use self::lease::Lease;
 pub(crate) use self::session::job_ref;
@@ -102,7 +102,7 @@ pub(crate) struct Conn {
     pub conn_id: u64,
     pub labels: HashSet<String>,
     pub slots: u32,
-    pub executors: HashSet<String>,
+    pub executors: HashSet<Executor>,
     pub draining: bool,
     /// Takes only jobs of trusted runs.
     pub protected: bool,
@@ -183,6 +183,7 @@ impl Engine {
     /// disk: queued jobs are queued again, running jobs keep their runner and
     /// get a fresh lease so their runner can reconnect and resume.
     pub fn open(store: Arc<Store>, cfg: EngineConfig, secrets: Arc<SecretBox>) -> Result<Arc<Self>> {
+        session::upgrade_runner_records(&store)?;
         let next_event = match store.tree(T::Events).last()? {
             Some((_, v)) => decode::<EventBatch>(T::Events, &v)?.events.last().map_or(1, |e| e.cursor + 1),
             None => 1,
@@ -355,7 +356,11 @@ pub(crate) fn queued(key: JobKey, seq: u64, job: &JobRecord, pipeline: String) -
         seq,
         priority: job.priority,
         runs_on: job.runs_on.clone(),
-        executor: if job.image.as_ref().is_some_and(|i| !i.name.is_empty()) { "container" } else { "host" },
+        executor: if job.image.as_ref().is_some_and(|i| !i.name.is_empty()) {
+            Executor::Container
+        } else {
+            Executor::Host
+        },
         plugins: job.steps.iter().any(|s| matches!(s.action, Some(viaduct_proto::v1::step_plan::Action::Uses(_)))),
         not_before_ms: job.not_before_ms,
         pipeline,

@@ -14,6 +14,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use viaduct_proto::v1::Executor;
+
 use crate::store::keys::JobKey;
 
 /// What dispatch needs to know about a queued job without reading it.
@@ -27,9 +29,9 @@ pub struct QueuedJob {
     pub priority: u32,
     /// Labels a runner must have.
     pub runs_on: Vec<String>,
-    /// The executor it needs: "host" or "container".
-    pub executor: &'static str,
-    /// It has `uses:` steps: the runner needs the "wasi" executor too.
+    /// The executor of its `run:` steps: host or container.
+    pub executor: Executor,
+    /// It has `uses:` steps: the runner needs the wasi executor too.
     pub plugins: bool,
     /// Not before this time (retry backoff), ms; 0 = now.
     pub not_before_ms: i64,
@@ -106,7 +108,7 @@ mod tests {
             seq,
             priority,
             runs_on: vec![],
-            executor: "host",
+            executor: Executor::Host,
             plugins: false,
             not_before_ms: 0,
             pipeline: String::new(),

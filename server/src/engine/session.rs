@@ -14,13 +14,16 @@
 use std::{collections::HashSet, time::Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
-use viaduct_proto::v1::{self, LogAck, Resume, ServerMessage, Status, Welcome, server_message::Msg};
+use viaduct_proto::{
+    ExecutorWord,
+    v1::{self, Executor, LogAck, Resume, ServerMessage, Status, Welcome, server_message::Msg},
+};
 
 use super::{Conn, Engine, Lease, dispatch::holds};
 use crate::{
     convert::{self, LiveRunner},
     error::{Error, Result},
-    store::{T, WriteSet, decode, keys::JobKey, records::RunnerRecord},
+    store::{Store, T, WriteSet, decode, keys::JobKey, records::RunnerRecord},
 };
 
 /// An admin's change to a runner (`None`: unchanged).
@@ -31,7 +34,7 @@ pub struct RunnerChange {
     /// Most slots.
     pub slots: Option<u32>,
     /// Executors it may offer.
-    pub executors: Option<Vec<String>>,
+    pub executors: Option<Vec<Executor>>,
     /// Protected or not.
     pub protected: Option<bool>,
 }
@@ -48,7 +51,7 @@ pub struct RunnerHello {
     /// Jobs it can run at once.
     pub slots: u32,
     /// Executors it offers.
-    pub executors: Vec<String>,
+    pub executors: Vec<Executor>,
     /// Job attempts it is still running, with the grant each came with.
     pub active: Vec<(JobKey, u32, String)>,
     /// It asks to be protected (it can only raise its protection).
@@ -130,7 +133,7 @@ impl Engine {
                     conn_id,
                     labels: rec.labels.iter().cloned().collect(),
                     slots: rec.slots,
-                    executors: rec.executors.iter().cloned().collect(),
+                    executors: rec.executors().collect(),
                     draining: rec.draining,
                     protected: rec.protected,
                     tx: tx.clone(),
@@ -296,7 +299,7 @@ impl Engine {
                 rec.slots = rec.slots.min(slots);
             }
             if let Some(executors) = change.executors {
-                rec.allowed_executors = executors;
+                rec.allowed_executors = executors.into_iter().map(|e| e as i32).collect();
                 rec.executors.retain(|e| rec.allowed_executors.contains(e));
             }
             if let Some(p) = change.protected {
@@ -306,7 +309,7 @@ impl Engine {
             if let Some(c) = t.conn_mut(id) {
                 c.labels = rec.labels.iter().cloned().collect();
                 c.slots = rec.slots;
-                c.executors = rec.executors.iter().cloned().collect();
+                c.executors = rec.executors().collect();
                 c.protected = rec.protected;
             }
             tracing::info!(runner = id, labels = ?rec.allowed_labels, slots = rec.max_slots, protected = rec.protected, "runner updated");
@@ -368,24 +371,50 @@ impl Engine {
     }
 }
 
+/// Rewrites the runner records from before executors were an enum (their
+/// executors as words), when the engine opens.
+pub(super) fn upgrade_runner_records(store: &Store) -> Result<()> {
+    let mut ws = WriteSet::default();
+    for kv in store.tree(T::Runners).iter() {
+        let (k, v) = kv?;
+        let mut rec: RunnerRecord = decode(T::Runners, &v)?;
+        if rec.executor_words.is_empty() && rec.allowed_executor_words.is_empty() {
+            continue;
+        }
+        let kinds = |words: &[String]| words.iter().filter_map(|w| Executor::from_word(w)).map(|e| e as i32).collect();
+        rec.executors = kinds(&rec.executor_words);
+        rec.allowed_executors = kinds(&rec.allowed_executor_words);
+        rec.executor_words.clear();
+        rec.allowed_executor_words.clear();
+        ws.put(T::Runners, k, &rec);
+    }
+    if !ws.is_empty() {
+        tracing::info!("runner records upgraded: executors are stored as kinds, not words");
+        store.commit(&ws)?;
+    }
+    Ok(())
+}
+
 /// Narrows what a connecting runner asks for to what it was registered
 /// with (records from before pinning are pinned by this first Hello).
 fn pin(rec: &mut RunnerRecord, runner_id: &str, hello: &RunnerHello) {
     if rec.max_slots == 0 {
         rec.allowed_labels.clone_from(&hello.labels);
         rec.max_slots = hello.slots.max(1);
-        rec.allowed_executors.clone_from(&hello.executors);
+        rec.allowed_executors = hello.executors.iter().map(|e| *e as i32).collect();
     }
     let extra: Vec<&String> = hello.labels.iter().filter(|l| !rec.allowed_labels.contains(l)).collect();
     if !extra.is_empty() {
         tracing::warn!(runner = runner_id, labels = ?extra, "runner asks for labels it was not registered with: ignored (an admin can add them with Runners.Update)");
     }
     rec.labels = hello.labels.iter().filter(|l| rec.allowed_labels.contains(l)).cloned().collect();
-    let extra: Vec<&String> = hello.executors.iter().filter(|e| !rec.allowed_executors.contains(e)).collect();
+    let (offered, extra): (Vec<Executor>, Vec<Executor>) =
+        hello.executors.iter().partition(|e| rec.allowed_executors.contains(&(**e as i32)));
     if !extra.is_empty() {
+        let extra: Vec<&str> = extra.into_iter().map(Executor::word).collect();
         tracing::warn!(runner = runner_id, executors = ?extra, "runner offers executors it was not registered with: ignored");
     }
-    rec.executors = hello.executors.iter().filter(|e| rec.allowed_executors.contains(e)).cloned().collect();
+    rec.executors = offered.into_iter().map(|e| e as i32).collect();
     if hello.slots > rec.max_slots {
         tracing::warn!(
             runner = runner_id,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use viaduct_proto::v1::{JobAssignment, JobUpdate, ServerMessage, Status, server_message::Msg};
+use viaduct_proto::v1::{Executor, JobAssignment, JobUpdate, ServerMessage, Status, server_message::Msg};
 
 use super::{Engine, EngineConfig, RunnerHello, clock::ManualClock, reports::Update};
 use crate::{
@@ -71,7 +71,7 @@ impl Harness {
         let hello = RunnerHello {
             labels: labels.iter().map(ToString::to_string).collect(),
             slots,
-            executors: vec!["host".into()],
+            executors: vec![Executor::Host],
             ..Default::default()
         };
         self.engine.runner_connected(id, hello, tx)?;

@@ -8,7 +8,7 @@ use crate::{
     store::{
         T, WriteSet,
         keys::JobKey,
-        records::{SCHEMA_VERSION, SecretRecord},
+        records::{RunnerRecord, SCHEMA_VERSION, SecretRecord},
     },
 };
 
@@ -195,4 +195,28 @@ async fn a_silent_runner_loses_its_job_when_the_lease_lapses() {
     assert_eq!(job.status, Status::RunnerLost as i32, "{job:?}");
     assert!(job.message.contains("stopped responding"), "{}", job.message);
     assert_eq!(h.engine.metrics().running, 0);
+}
+
+/// A runner record from before executors were an enum (its executors as
+/// words) keeps what its runner may offer when the engine opens.
+#[tokio::test]
+async fn runner_records_with_executor_words_are_upgraded() {
+    use viaduct_proto::v1::Executor::{Container, Host, Wasi};
+    let h = Harness::new();
+    let old = RunnerRecord {
+        name: "old".into(),
+        max_slots: 2,
+        executor_words: vec!["host".into(), "wasi".into()],
+        allowed_executor_words: vec!["host".into(), "container".into(), "wasi".into(), "gpu".into()],
+        ..Default::default()
+    };
+    let mut ws = WriteSet::default();
+    ws.put(T::Runners, b"old", &old);
+    h.store.commit(&ws).expect("write");
+    super::session::upgrade_runner_records(&h.store).expect("upgrade");
+    let r = h.engine.get_runner("old").expect("the runner");
+    assert_eq!(r.executors, [Host as i32, Wasi as i32]);
+    assert_eq!(r.allowed_executors, [Host as i32, Container as i32, Wasi as i32]);
+    let rec: RunnerRecord = h.store.get(T::Runners, b"old").expect("read").expect("kept");
+    assert!(rec.executor_words.is_empty() && rec.allowed_executor_words.is_empty());
 }

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use viaduct_proto::v1::{
-    Artifact, AuditEntry, CacheEntry, ExprContext, Grant, ImagePlan, Plugin, PullRequestPolicy, RunEvent, RunSource,
-    SecretScope, ServicePlan, SourcePlan, Status, StepPlan, Trust,
+    Artifact, AuditEntry, CacheEntry, Executor, ExprContext, Grant, ImagePlan, Plugin, PullRequestPolicy, RunEvent,
+    RunSource, SecretScope, ServicePlan, SourcePlan, Status, StepPlan, Trust,
 };
 
 /// The schema version written into every record.
@@ -366,8 +366,12 @@ pub struct RunnerRecord {
     #[prost(uint32, tag = "8")]
     pub slots: u32,
     /// Executors from its latest Hello.
+    #[prost(enumeration = "Executor", repeated, tag = "15")]
+    pub executors: Vec<i32>,
+    /// `executors` as words, in records from before they were an enum
+    /// (`Engine::open` rewrites such records).
     #[prost(string, repeated, tag = "9")]
-    pub executors: Vec<String>,
+    pub executor_words: Vec<String>,
     /// Runner version.
     #[prost(string, tag = "10")]
     pub version: String,
@@ -382,8 +386,11 @@ pub struct RunnerRecord {
     #[prost(uint32, tag = "13")]
     pub max_slots: u32,
     /// Executors it may offer (empty: not pinned yet, as above).
+    #[prost(enumeration = "Executor", repeated, tag = "16")]
+    pub allowed_executors: Vec<i32>,
+    /// `allowed_executors` as words, as above.
     #[prost(string, repeated, tag = "14")]
-    pub allowed_executors: Vec<String>,
+    pub allowed_executor_words: Vec<String>,
 }
 
 /// What a token may do.

@@ -263,8 +263,8 @@ fn names(runner: &str, job: &JobSetup) -> (String, String) {
 
 #[async_trait::async_trait]
 impl Backend for ContainerBackend {
-    fn executors(&self) -> Vec<String> {
-        vec!["container".into()]
+    fn executors(&self) -> Vec<viaduct_proto::v1::Executor> {
+        vec![viaduct_proto::v1::Executor::Container]
     }
 
     async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {

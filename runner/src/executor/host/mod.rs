@@ -130,8 +130,8 @@ impl HostBackend {
 
 #[async_trait::async_trait]
 impl Backend for HostBackend {
-    fn executors(&self) -> Vec<String> {
-        vec!["host".into()]
+    fn executors(&self) -> Vec<viaduct_proto::v1::Executor> {
+        vec![viaduct_proto::v1::Executor::Host]
     }
 
     async fn setup(&self, job: &JobSetup) -> Result<Box<dyn JobEnv>, SetupError> {

@@ -353,8 +353,8 @@ pub enum RunnersCommand {
         #[arg(long)]
         slots: Option<u32>,
         /// Executors it may offer (comma-separated: host, container, wasi).
-        #[arg(long, value_delimiter = ',')]
-        executors: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',', value_parser = executor)]
+        executors: Option<Vec<viaduct_sdk::proto::v1::Executor>>,
         /// Take only jobs of trusted runs.
         #[arg(long, conflicts_with = "unprotected")]
         protected: bool,
@@ -578,6 +578,12 @@ pub fn grant(s: &str) -> Result<viaduct_sdk::proto::v1::Grant, String> {
     let (role, repo) = s.split_once(':').unwrap_or((s, ""));
     let role = Role::from_word(role).ok_or_else(|| format!("`{role}` is not a role ({ROLE_WORDS})"))?;
     Ok(viaduct_sdk::proto::v1::Grant { role: role as i32, repo: repo.to_string() })
+}
+
+/// `host`, `container` or `wasi`.
+pub fn executor(s: &str) -> Result<viaduct_sdk::proto::v1::Executor, String> {
+    use viaduct_sdk::proto::{EXECUTOR_WORDS, ExecutorWord as _, v1::Executor};
+    Executor::from_word(s).ok_or_else(|| format!("`{s}` is not an executor ({EXECUTOR_WORDS})"))
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {

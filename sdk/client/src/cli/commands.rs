@@ -333,7 +333,7 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
                 id,
                 labels: labels.map(|labels| RunnerLabels { labels }),
                 slots,
-                executors: executors.map(|executors| RunnerExecutors { executors }),
+                executors: executors.map(|e| RunnerExecutors { executors: e.into_iter().map(|e| e as i32).collect() }),
                 protected: (protected || unprotected).then_some(protected),
             };
             let r = client.runners().update(req).await?.into_inner();

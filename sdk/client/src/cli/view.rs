@@ -6,7 +6,7 @@ use std::fmt::Write;
 use prost_types::Timestamp;
 use serde_json::{Value, json};
 use viaduct_sdk::proto::{
-    StatusWord,
+    StatusWord, executor_words,
     v1::{Job, Repo, Run, Runner, Status, Step, Times},
 };
 
@@ -91,10 +91,10 @@ pub fn run_json(r: &Run) -> Value {
 /// A runner as JSON.
 pub fn runner_json(r: &Runner) -> Value {
     json!({
-        "id": r.id, "name": r.name, "labels": r.labels, "slots": r.slots, "executors": r.executors,
+        "id": r.id, "name": r.name, "labels": r.labels, "slots": r.slots, "executors": executor_words(&r.executors),
         "connected": r.connected, "draining": r.draining, "jobs": r.jobs, "version": r.version,
         "hostname": r.hostname, "last_seen": rfc3339(r.last_seen.as_ref()), "protected": r.protected,
-        "allowed_labels": r.allowed_labels, "max_slots": r.max_slots, "allowed_executors": r.allowed_executors,
+        "allowed_labels": r.allowed_labels, "max_slots": r.max_slots, "allowed_executors": executor_words(&r.allowed_executors),
     })
 }
 

@@ -190,7 +190,7 @@ fn RunnerRow(runner: Runner, api: Api, state: RwSignal<Loadable<Vec<Runner>>>) -
                 <span class="chips">{runner.labels.iter().map(|l| view! { <span class="chip">{l.clone()}</span> }).collect_view()}</span>
             </td>
             <td data-label="Slots" class="num">{format!("{used} / {}", runner.slots)}</td>
-            <td data-label="Executors">{runner.executors.join(", ")}</td>
+            <td data-label="Executors">{viaduct_proto::executor_words(&runner.executors).join(", ")}</td>
             <td data-label="Jobs">
                 {if runner.jobs.is_empty() {
                     view! { <span class="muted">"idle"</span> }.into_any()
