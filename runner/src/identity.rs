@@ -25,6 +25,8 @@ pub struct Asked {
     pub slots: u32,
     /// Executors it offers.
     pub executors: Vec<viaduct_proto::v1::Executor>,
+    /// Takes one job, then is removed (its identity is not stored).
+    pub ephemeral: bool,
 }
 
 /// A registered runner.
@@ -50,7 +52,7 @@ impl Identity {
     }
 
     /// Registers with `registration_token`, asking for what `asked` says
-    /// (the server pins it), and stores the identity.
+    /// (the server pins it), and stores the identity (unless ephemeral).
     pub async fn register(
         work_dir: &Path,
         server: &str,
@@ -69,12 +71,15 @@ impl Identity {
                 protected: asked.protected,
                 slots: asked.slots,
                 executors: asked.executors.iter().map(|e| *e as i32).collect(),
+                ephemeral: asked.ephemeral,
             })
             .await
             .map_err(viaduct_sdk::Error::from)?
             .into_inner();
         let id = Self { server: server.to_string(), runner_id: resp.runner_id, token: resp.runner_token };
-        id.save(work_dir)?;
+        if !asked.ephemeral {
+            id.save(work_dir)?;
+        }
         tracing::info!(runner = %id.runner_id, "registered with the server");
         Ok(id)
     }

@@ -60,6 +60,8 @@ pub struct Config {
     pub keep_workspaces: bool,
     /// Use the dummy executor (benchmarks, protocol tests).
     pub dummy: bool,
+    /// Take one job, report it, then exit (registering anew each start).
+    pub ephemeral: bool,
     /// Clone repositories with git2 instead of fetching archives from the
     /// server.
     pub clone_sources: bool,
@@ -88,7 +90,12 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         std::fs::canonicalize(&cfg.work_dir).with_context(|| format!("cannot resolve {}", cfg.work_dir.display()))?;
     // A URL or TLS setting that cannot work is an error now, not a retry loop.
     viaduct_sdk::Client::lazy_with(&cfg.server, None, &cfg.transport)?;
-    let identity = match Identity::load(&cfg.work_dir, &cfg.server) {
+    if cfg.ephemeral {
+        // One job needs one slot.
+        cfg.slots = 1;
+    }
+    let stored = if cfg.ephemeral { None } else { Identity::load(&cfg.work_dir, &cfg.server) };
+    let identity = match stored {
         Some(id) => id,
         None => {
             let token = cfg.registration_token.as_deref().context(
@@ -139,6 +146,8 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         slots: cfg.slots.max(1),
         protected: cfg.protected,
         transport: cfg.transport.clone(),
+        finished: std::sync::atomic::AtomicUsize::new(0),
+        ephemeral: cfg.ephemeral,
     });
     let work = async {
         let mut backoff = Backoff::default();
@@ -146,6 +155,13 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             let started = std::time::Instant::now();
             match session::run(&shared, &cfg.server, &identity).await {
                 Ok(()) => {}
+                // The server removes an ephemeral runner once its job is
+                // reported: a reconnect after that is refused, and it is done.
+                Err(SessionEnd::Rejected(_))
+                    if cfg.ephemeral && shared.finished.load(std::sync::atomic::Ordering::SeqCst) > 0 =>
+                {
+                    return Ok(());
+                }
                 Err(SessionEnd::Rejected(why)) => {
                     return Err(anyhow::anyhow!(
                         "the server rejected this runner ({why}); it may have been removed. Delete {} to register again",
@@ -163,8 +179,25 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             }
         }
     };
+    // An ephemeral runner is done once its one job is reported and every
+    // report of it acknowledged.
+    let spent = async {
+        if !cfg.ephemeral {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if shared.finished.load(std::sync::atomic::Ordering::SeqCst) > 0 && shared.outbox.active().is_empty() {
+                return;
+            }
+        }
+    };
     tokio::select! {
         r = work => r,
+        () = spent => {
+            tracing::info!("ephemeral runner: its job is done and reported; exiting");
+            Ok(())
+        }
         () = shutdown => {
             tracing::info!(running = shared.running(), "shutting down: stopping running jobs");
             shared.abandon_all();
@@ -186,6 +219,7 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
             protected: cfg.protected,
             slots: cfg.slots.max(1),
             executors: intended_executors(cfg),
+            ephemeral: cfg.ephemeral,
         };
         match Identity::register(&cfg.work_dir, &cfg.server, &cfg.transport, token, &asked).await {
             Ok(id) => return Ok(id),

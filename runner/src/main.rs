@@ -57,6 +57,12 @@ struct Args {
     /// Run steps with the dummy executor (no processes; for benchmarks).
     #[arg(long, hide = true)]
     dummy_executor: bool,
+    /// Take exactly one job, report it, then exit (a fresh machine or
+    /// container per job). Registers anew at each start (so it needs the
+    /// registration token) and keeps no identity: the server removes it
+    /// once its job is reported.
+    #[arg(long)]
+    ephemeral: bool,
     /// Clone repositories with git2 (upstream URL of mirrors; the server's
     /// git HTTP endpoint for hosted repositories) instead of fetching source
     /// archives from the server.
@@ -179,6 +185,7 @@ fn main() -> ExitCode {
         kill_grace: args.kill_grace,
         keep_workspaces: args.keep_workspaces,
         dummy: args.dummy_executor,
+        ephemeral: args.ephemeral,
         clone_sources: args.clone_sources,
         no_host_jobs: args.no_host_jobs,
         protected: args.protected,

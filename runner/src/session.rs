@@ -52,6 +52,10 @@ pub struct Shared {
     pub protected: bool,
     /// How to reach the server.
     pub transport: viaduct_sdk::Transport,
+    /// Job attempts that ended here (an ephemeral runner exits after one).
+    pub finished: std::sync::atomic::AtomicUsize,
+    /// Takes one job in its life (see `Config::ephemeral`).
+    pub ephemeral: bool,
 }
 
 impl Shared {
@@ -161,6 +165,13 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
                 if jobs.contains_key(&key) {
                     return;
                 }
+                // The server gives an ephemeral runner one job; a second is
+                // never run (its lease lapses and it goes elsewhere).
+                let taken = !jobs.is_empty() || shared.finished.load(std::sync::atomic::Ordering::SeqCst) > 0;
+                if shared.ephemeral && taken {
+                    tracing::warn!(job = %job.job_id, "an ephemeral runner was given a second job: not running it");
+                    return;
+                }
                 jobs.insert(key.clone(), stop.clone());
             }
             shared.outbox.begin(&job);
@@ -168,6 +179,7 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
             tokio::spawn(async move {
                 job::run(a, shared.services.clone(), stop).await;
                 shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                shared.finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         Some(In::Cancel(sig)) => {

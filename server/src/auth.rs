@@ -141,6 +141,8 @@ pub struct Registration {
     pub slots: u32,
     /// Executors it offers.
     pub executors: Vec<viaduct_proto::v1::Executor>,
+    /// Takes one job, then is removed.
+    pub ephemeral: bool,
 }
 
 /// How many runners may register with the first-start registration token,
@@ -457,7 +459,7 @@ impl Auth {
     /// runner asks for (labels, slots, executors, protection) is pinned in
     /// its record: its later Hellos can only ask for less.
     pub async fn register_runner(&self, registration_token: &str, r: Registration) -> Result<(String, String)> {
-        let Registration { name, labels, hostname, protected, slots, executors } = r;
+        let Registration { name, labels, hostname, protected, slots, executors, ephemeral } = r;
         let (name, hostname) = (name.as_str(), hostname.as_str());
         let _one_at_a_time = self.registering.lock().await;
         let mut rec = self
@@ -486,7 +488,9 @@ impl Auth {
                 last_seen_ms: now,
                 protected,
                 allowed_labels: labels,
-                max_slots: slots.max(1),
+                // An ephemeral runner's one job needs one slot.
+                max_slots: if ephemeral { 1 } else { slots.max(1) },
+                ephemeral,
                 allowed_executors: executors.into_iter().map(|e| e as i32).collect(),
                 ..Default::default()
             },

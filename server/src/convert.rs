@@ -134,6 +134,7 @@ pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runne
         allowed_labels: r.allowed_labels.clone(),
         max_slots: r.max_slots,
         allowed_executors: r.allowed_executors.clone(),
+        ephemeral: r.ephemeral,
     }
 }
 

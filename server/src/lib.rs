@@ -51,13 +51,68 @@ use anyhow::Context;
 
 use crate::{auth::Auth, engine::EngineConfig, store::Store};
 
+/// Where the server's state lives.
+#[derive(Clone, Default)]
+pub enum StoreConfig {
+    /// sled under `DATA_DIR/db` (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database.
+    Postgres {
+        /// `postgres://USER@HOST:PORT/DB` (no password in it).
+        url: String,
+        /// The password, read from its file.
+        password: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sled => f.write_str("Sled"),
+            Self::Postgres { url, password } => f
+                .debug_struct("Postgres")
+                .field("url", url)
+                .field("password", &password.as_ref().map(|_| "***"))
+                .finish(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// `sled`, or a PostgreSQL URL whose password (if any) is in
+    /// `password_file`.
+    pub fn parse(spec: &str, password_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        if spec == "sled" {
+            anyhow::ensure!(password_file.is_none(), "--store-password-file goes with a PostgreSQL --store");
+            return Ok(Self::Sled);
+        }
+        anyhow::ensure!(
+            spec.starts_with("postgres://") || spec.starts_with("postgresql://"),
+            "--store must be `sled` or a postgres:// URL (the value given is not repeated here: it may hold a password)"
+        );
+        store::postgres::check_url(spec)?;
+        let password = password_file
+            .map(|f| {
+                std::fs::read_to_string(f)
+                    .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                    .with_context(|| format!("cannot read {}", f.display()))
+            })
+            .transpose()?;
+        Ok(Self::Postgres { url: spec.to_string(), password })
+    }
+}
+
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on (gRPC, gRPC-web and HTTP share it).
     pub listen: SocketAddr,
-    /// Where the database and the token files live.
+    /// Where the token files, blobs, repositories (and the sled database)
+    /// live.
     pub data_dir: PathBuf,
+    /// Where the server's state lives.
+    pub store: StoreConfig,
     /// Scheduling settings.
     pub engine: EngineConfig,
     /// URL clients and forges reach the server at (clone and webhook URLs);
@@ -97,10 +152,13 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// `DATA_DIR/address`.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
-    let store = Arc::new(
-        Store::open(&cfg.data_dir.join("db"))
+    let store = Arc::new(match &cfg.store {
+        StoreConfig::Sled => Store::open(&cfg.data_dir.join("db"))
             .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?,
-    );
+        StoreConfig::Postgres { url, password } => {
+            Store::postgres(url, password.as_deref()).context("cannot open the PostgreSQL store")?
+        }
+    });
     let mutual = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let users = Arc::new(users::Users::new(Arc::clone(&store), cfg.group_roles.clone()));
     let auth = Arc::new(Auth::new(Arc::clone(&store), users).with_runner_certs(mutual));
@@ -144,6 +202,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         throttle: Arc::new(throttle::Throttle::new(cfg.limits)),
     });
     auth.spawn_last_use_writer();
+    api::agent::spawn_ephemeral_sweeper(Arc::clone(&engine), Arc::clone(&auth));
     let sso = cfg.sso.clone().map(|c| sso::Sso::new(c, &public_url)).transpose()?;
     let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
     let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box)

@@ -18,6 +18,14 @@ struct Args {
     /// Directory for the database and token files (created if missing).
     #[arg(long, env = "VIADUCT_DATA_DIR", default_value = "viaduct-data")]
     data_dir: PathBuf,
+    /// Where state lives: `sled` (DATA_DIR/db) or a PostgreSQL URL
+    /// (`postgres://USER@HOST:PORT/DB`, no password in it).
+    #[arg(long, env = "VIADUCT_STORE", default_value = "sled")]
+    store: String,
+    /// A file holding the PostgreSQL password (kept out of the process
+    /// list and the logs).
+    #[arg(long, env = "VIADUCT_STORE_PASSWORD_FILE")]
+    store_password_file: Option<PathBuf>,
     /// A job's lease lapses when its runner is silent this long (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = viaduct_pipeline::duration::parse_duration)]
     lease_ttl: Duration,
@@ -172,9 +180,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    let store = match viaduct_server::StoreConfig::parse(&args.store, args.store_password_file.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("viaduct-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = Config {
         listen: args.listen,
         data_dir: args.data_dir,
+        store,
         engine: EngineConfig {
             lease_ttl: args.lease_ttl,
             heartbeat_interval: args.heartbeat_interval,

@@ -617,6 +617,28 @@ pub fn container_socket() -> Option<String> {
     }
 }
 
+/// A fresh, empty database on the test PostgreSQL server
+/// (`VIADUCT_TEST_POSTGRES`, started by `cargo xtask test`): its URL. `None`
+/// when there is none (see [`missing_fixture`]).
+pub fn postgres_database(name: &str) -> Option<String> {
+    let Ok(base) = std::env::var("VIADUCT_TEST_POSTGRES") else {
+        missing_fixture("no PostgreSQL (VIADUCT_TEST_POSTGRES is unset): run `cargo xtask test`, which starts one");
+        return None;
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db = format!("{name}_{}_{n}", std::process::id());
+    assert!(db.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{db}");
+    let out = output(
+        Command::new("psql")
+            .arg(format!("{base}/postgres"))
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("CREATE DATABASE \"{db}\"")),
+    );
+    assert!(out.status.success(), "creating database {db}: {}", String::from_utf8_lossy(&out.stderr));
+    Some(format!("{base}/{db}"))
+}
+
 /// The offline test image (busybox-static), built by `cargo xtask setup`.
 pub fn test_image() -> String {
     std::env::var("VIADUCT_TEST_IMAGE").unwrap_or_else(|_| "viaduct-test/busybox:latest".into())

@@ -464,3 +464,31 @@ async fn retry_reruns_only_what_failed_and_what_was_skipped_because_of_it() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("nothing to retry"), "{}", err.message());
 }
+
+/// An ephemeral runner (a fresh machine or container per job) takes one
+/// job even when more are queued and it asked for more slots, reports it,
+/// exits, and is removed from the server with its token; the other job
+/// waits for another runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_runner_takes_one_job_then_leaves() {
+    let server = Server::start();
+    let client = server.client().await;
+    let first = submit(&client, "jobs:\n  one:\n    steps:\n      - run: echo first\n").await;
+    let second = submit(&client, "jobs:\n  two:\n    steps:\n      - run: echo second\n").await;
+    let mut ephemeral = Runner::start(&server, "linux", 4, &["--ephemeral"]);
+    let run = finished(&client, &first).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    wait_until("the ephemeral runner to exit", || (!ephemeral.alive()).then_some(()));
+    assert!(ephemeral.log().contains("its job is done and reported; exiting"), "{}", ephemeral.log());
+    assert!(!ephemeral.work_dir().join("runner.json").exists(), "an ephemeral runner keeps no identity");
+    viaduct_tests::eventually("the server to remove it", || async {
+        let list = client.runners().list(v1::ListRunnersRequest {}).await.ok()?.into_inner().runners;
+        list.is_empty().then_some(())
+    })
+    .await;
+    let waiting = client.runs().get(v1::GetRunRequest { id: second.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(waiting.jobs[0].status), "queued", "{waiting:#?}");
+    let _next = server.runner("linux", 1);
+    let run = finished(&client, &second).await;
+    assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "second\n");
+}

@@ -41,6 +41,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("tls") {
             tls().await?;
         }
+        if wanted("store") {
+            store().await?;
+        }
         if wanted("queue") {
             queue().await?;
         }
@@ -280,33 +283,33 @@ async fn flood(client: &Client, n: usize, concurrency: usize) -> Result<Vec<(Str
     Ok(all)
 }
 
-/// Durable queue throughput: a backlog drained by 4 runner connections
-/// (dummy executor, many slots), then submit → started latency under a
-/// sustained load.
-async fn queue() -> Result<()> {
-    const BACKLOG: usize = 20_000;
-    let server = Server::start();
-    let client = server.client().await;
-    let t0 = Instant::now();
-    flood(&client, BACKLOG, 32).await?;
-    let submit_s = t0.elapsed().as_secs_f64();
-    println!(
-        "queue    submit {BACKLOG} runs (32 concurrent clients, each durable): {:.0} runs/s",
-        BACKLOG as f64 / submit_s
-    );
+/// Figures of a backlog: durable submits/s, then dispatched and completed
+/// jobs/s once 4 runner connections (dummy executor, 512 slots each)
+/// start.
+struct Backlog {
+    submits: f64,
+    dispatched: f64,
+    completed: f64,
+}
 
+/// Submits `n` one-job runs (32 concurrent clients), then drains them with
+/// 4 dummy runners (which it returns, still connected).
+async fn backlog(server: &Server, client: &Client, n: usize) -> Result<(Backlog, Vec<viaduct_tests::Runner>)> {
+    let t0 = Instant::now();
+    flood(client, n, 32).await?;
+    let submits = n as f64 / t0.elapsed().as_secs_f64();
     let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
     let t0 = Instant::now();
     let runners: Vec<_> =
-        (0..4).map(|_| viaduct_tests::Runner::start(&server, "linux", 512, &["--dummy-executor"])).collect();
+        (0..4).map(|_| viaduct_tests::Runner::start(server, "linux", 512, &["--dummy-executor"])).collect();
     let (mut dispatched, mut done) = (0, 0);
     let mut dispatched_at = None;
-    while done < BACKLOG {
+    while done < n {
         let ev = events.next().await.context("event stream ended")??;
         match ev.change {
             Some(v1::run_event::Change::Job(j)) if j.status == v1::Status::Running as i32 => {
                 dispatched += 1;
-                if dispatched == BACKLOG {
+                if dispatched == n {
                     dispatched_at = Some(t0.elapsed());
                 }
             }
@@ -316,10 +319,26 @@ async fn queue() -> Result<()> {
     }
     let all_done = t0.elapsed();
     let dispatched_at = dispatched_at.unwrap_or(all_done);
+    let figures = Backlog {
+        submits,
+        dispatched: n as f64 / dispatched_at.as_secs_f64(),
+        completed: n as f64 / all_done.as_secs_f64(),
+    };
+    Ok((figures, runners))
+}
+
+/// Durable queue throughput: a backlog drained by 4 runner connections
+/// (dummy executor, many slots), then submit → started latency under a
+/// sustained load.
+async fn queue() -> Result<()> {
+    const BACKLOG: usize = 20_000;
+    let server = Server::start();
+    let client = server.client().await;
+    let (b, runners) = backlog(&server, &client, BACKLOG).await?;
+    println!("queue    submit {BACKLOG} runs (32 concurrent clients, each durable): {:.0} runs/s", b.submits);
     println!(
         "queue    backlog of {BACKLOG} → 4 runners × 512 slots: dispatched {:.0} jobs/s, completed {:.0} jobs/s (incl. runner start)",
-        BACKLOG as f64 / dispatched_at.as_secs_f64(),
-        BACKLOG as f64 / all_done.as_secs_f64()
+        b.dispatched, b.completed
     );
 
     // Latency under a sustained load: runs submitted at a fixed rate (below
@@ -341,6 +360,31 @@ async fn queue() -> Result<()> {
         );
     }
     drop(runners);
+    Ok(())
+}
+
+/// The same work on each store, side by side: sled (embedded) and
+/// PostgreSQL (a private server, as `cargo xtask test` starts): pickup
+/// latency on an idle runner, durable submits/s and the drain of a backlog.
+async fn store() -> Result<()> {
+    const N: usize = 200;
+    const BACKLOG: usize = 20_000;
+    let postgres = crate::setup::PostgresServer::start()?;
+    let url = format!("{}/postgres", postgres.url);
+    for (name, args) in [("sled", vec![]), ("postgres", vec!["--store", url.as_str()])] {
+        let (server, _runner, client, mut events) = system_on(Server::start_with(&args)).await?;
+        let (p50, p99, _) = pickup(&client, &mut events, N).await?;
+        let (b, _runners) = backlog(&server, &client, BACKLOG).await?;
+        println!(
+            "store    {name:<8} submit → first step running p50 {}  p99 {};  {BACKLOG} durable submits: {:.0} runs/s;  \
+             backlog → 4 runners: dispatched {:.0} jobs/s, completed {:.0} jobs/s",
+            ms(p50),
+            ms(p99),
+            b.submits,
+            b.dispatched,
+            b.completed
+        );
+    }
     Ok(())
 }
 

@@ -140,6 +140,8 @@ fn test(extra: &[String]) -> Result<()> {
     let service = setup::PodmanService::start(&tools.podman, Some(&registry.registries_conf))?;
     // Nix for jobs that run as unprivileged slot users.
     let _nix = setup::NixDaemon::start()?;
+    // PostgreSQL for the store's tests.
+    let postgres = setup::PostgresServer::start()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     for (k, v) in tools.env() {
@@ -150,6 +152,7 @@ fn test(extra: &[String]) -> Result<()> {
     cmd.env("CONTAINERS_CONF", &tools.podman);
     cmd.env("VIADUCT_TEST_REGISTRY", &registry.addr).env("VIADUCT_TEST_REGISTRY_AUTH", &registry.auth);
     cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug")).env("VIADUCT_UI_DIR", ui);
+    cmd.env("VIADUCT_TEST_POSTGRES", &postgres.url);
     run(&mut cmd)?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())

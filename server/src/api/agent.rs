@@ -88,6 +88,7 @@ impl RunnerAgent for AgentApi {
                 &r.registration_token,
                 crate::auth::Registration {
                     executors: r.executors().collect(),
+                    ephemeral: r.ephemeral,
                     name: r.name.clone(),
                     labels: r.labels,
                     hostname: r.hostname,
@@ -96,7 +97,7 @@ impl RunnerAgent for AgentApi {
                 },
             )
             .await?;
-        tracing::info!(runner = %runner_id, name = %r.name, "runner registered");
+        tracing::info!(runner = %runner_id, name = %r.name, ephemeral = r.ephemeral, "runner registered");
         access.target(format!("runner {runner_id}"));
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
     }
@@ -222,7 +223,7 @@ impl RunnerAgent for AgentApi {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let span = tracing::info_span!("runner", runner = %runner, conn);
         tokio::spawn(acknowledge(Arc::clone(&self.engine), ack_rx, tx.clone()).instrument(span.clone()));
-        let engine = Arc::clone(&self.engine);
+        let (engine, auth) = (Arc::clone(&self.engine), Arc::clone(&self.auth));
         tokio::spawn(
             async move {
                 let mut batch = Vec::new();
@@ -248,6 +249,9 @@ impl RunnerAgent for AgentApi {
                     }
                 }
                 engine.runner_disconnected(&runner, conn);
+                if engine.ephemeral_runner_spent(&runner) {
+                    remove_ephemeral(&engine, &auth, &runner, "its one job is done");
+                }
             }
             .instrument(span),
         );
@@ -346,4 +350,39 @@ async fn acknowledge(
             break;
         }
     }
+}
+
+/// Removes ephemeral runner `id` and revokes its token.
+fn remove_ephemeral(engine: &Engine, auth: &Auth, id: &str, why: &str) {
+    match engine.remove_runner(id, |ws| auth.revoke_runner(id, ws)) {
+        Ok(()) => {
+            auth.revoked();
+            tracing::info!(runner = id, why, "ephemeral runner removed");
+        }
+        Err(e) => tracing::warn!(runner = id, error = %e, "could not remove an ephemeral runner"),
+    }
+}
+
+/// How long an ephemeral runner may stay silent before it is taken for
+/// dead (it never connected, or died before reporting its job).
+const EPHEMERAL_GRACE: Duration = Duration::from_secs(600);
+
+/// Every minute, removes the ephemeral runners that will not come back
+/// (see [`Engine::stale_ephemeral_runners`]): those that died mid-job once
+/// their job was retried elsewhere, and those that never connected.
+pub fn spawn_ephemeral_sweeper(engine: Arc<Engine>, auth: Arc<Auth>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match engine.stale_ephemeral_runners(EPHEMERAL_GRACE) {
+                Ok(ids) => {
+                    for id in ids {
+                        remove_ephemeral(&engine, &auth, &id, "gone without reporting back");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list ephemeral runners"),
+            }
+        }
+    });
 }

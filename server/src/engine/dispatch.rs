@@ -21,7 +21,11 @@ use std::collections::HashMap;
 use viaduct_proto::v1::{Executor, JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
 
 use super::{Lease, queue::QueuedJob, tx::Tx};
-use crate::{error::Result, store::keys::JobKey, trust};
+use crate::{
+    error::{Error, Result},
+    store::{T, keys::JobKey, records::RunnerRecord},
+    trust,
+};
 
 impl Tx<'_> {
     /// Assigns as many queued jobs as runners can take now.
@@ -31,10 +35,11 @@ impl Tx<'_> {
         // partitioned behind a live TCP connection): give it nothing new.
         let responsive_since = self.sh.now_ms() - 3 * super::ms(self.sh.cfg.heartbeat_interval).max(500);
         for (id, c) in &self.st.runners {
-            if c.draining || c.last_seen_ms < responsive_since {
+            let busy = self.st.leases.busy(id);
+            // An ephemeral runner's one job is the only one it gets.
+            if c.draining || c.last_seen_ms < responsive_since || (c.ephemeral && busy > 0) {
                 continue;
             }
-            let busy = self.st.leases.busy(id);
             if c.slots > busy {
                 free.insert(id.as_str(), c.slots - busy);
             }
@@ -164,6 +169,23 @@ impl Tx<'_> {
         );
         self.sh.signals.timer.notify_one();
         tracing::debug!(job = %key, attempt = job.attempt, runner, "job assigned");
+        // An ephemeral runner's one job: it takes no other, also after a
+        // reconnect or a restart of the server.
+        if self.st.runners.get(runner).is_some_and(|c| c.ephemeral) {
+            if let Some(c) = self.conn_mut(runner) {
+                c.draining = true;
+            }
+            // Read through this transition's own writes (a Hello's pinning
+            // may be among them).
+            let rec = match self.writes().pending(T::Runners, runner.as_bytes()) {
+                Some(Some(bytes)) => Some(crate::store::decode::<RunnerRecord>(T::Runners, bytes)?),
+                Some(None) => None,
+                None => self.store().get(T::Runners, runner.as_bytes())?,
+            };
+            let mut rec = rec.ok_or_else(|| Error::not_found(format!("runner {runner} not found")))?;
+            rec.draining = true;
+            self.writes().put(T::Runners, runner.as_bytes(), &rec);
+        }
 
         let mut env = job.env.clone();
         let vars = [

@@ -106,6 +106,8 @@ pub(crate) struct Conn {
     pub draining: bool,
     /// Takes only jobs of trusted runs.
     pub protected: bool,
+    /// Takes one job, then drains (see `RegisterRequest.ephemeral`).
+    pub ephemeral: bool,
     pub tx: UnboundedSender<ServerMessage>,
     pub last_seen_ms: i64,
 }

@@ -110,6 +110,12 @@ impl Engine {
                 }
                 resume.push(Resume { job: Some(job_ref(*job, *attempt)), keep, logs });
             }
+            // An ephemeral runner that comes back with its job (its
+            // assignment may not have reached the disk) takes no other.
+            if rec.ephemeral && resume.iter().any(|r| r.keep) && !rec.draining {
+                rec.draining = true;
+                t.writes().put(T::Runners, runner_id.as_bytes(), &rec);
+            }
             let listed: HashSet<(JobKey, u32)> = hello.active.iter().map(|(j, a, _)| (*j, *a)).collect();
             let forgotten: Vec<(JobKey, u32)> = t.st.leases.of(runner_id).filter(|j| !listed.contains(j)).collect();
             for (job, attempt) in forgotten {
@@ -136,6 +142,7 @@ impl Engine {
                     executors: rec.executors().collect(),
                     draining: rec.draining,
                     protected: rec.protected,
+                    ephemeral: rec.ephemeral,
                     tx: tx.clone(),
                     last_seen_ms: now,
                 }),
@@ -265,6 +272,11 @@ impl Engine {
                 .store()
                 .get(T::Runners, id.as_bytes())?
                 .ok_or_else(|| Error::not_found(format!("runner {id} not found")))?;
+            if rec.ephemeral && rec.draining && !drain {
+                return Err(Error::precondition(format!(
+                    "runner {id} is ephemeral: once drained (it took its one job) it takes no other"
+                )));
+            }
             rec.draining = drain;
             t.writes().put(T::Runners, id.as_bytes(), &rec);
             if let Some(c) = t.conn_mut(id) {
@@ -336,6 +348,45 @@ impl Engine {
         })?;
         tracing::info!(runner = id, "runner removed");
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Ephemeral runners to remove: disconnected, holding no lease, and
+    /// either spent (they took their job) or silent for `grace` (they died
+    /// before or during it, or never connected).
+    pub fn stale_ephemeral_runners(&self, grace: std::time::Duration) -> Result<Vec<String>> {
+        let cutoff = self.sh.now_ms() - super::ms(grace);
+        let mut out = Vec::new();
+        for kv in self.store().tree(T::Runners).iter() {
+            let (k, v) = kv?;
+            let rec: RunnerRecord = decode(T::Runners, &v)?;
+            let id = String::from_utf8_lossy(&k).into_owned();
+            if rec.ephemeral && (rec.draining || rec.last_seen_ms < cutoff) && self.ephemeral_runner_idle(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Not connected and holding no lease.
+    fn ephemeral_runner_idle(&self, id: &str) -> bool {
+        let st = self.lock();
+        !st.runners.contains_key(id) && st.leases.of(id).next().is_none()
+    }
+
+    /// Whether `id` is an ephemeral runner whose one job is over: given its
+    /// job (so draining), disconnected, and holding no lease.
+    pub fn ephemeral_runner_spent(&self, id: &str) -> bool {
+        let st = self.lock();
+        if st.runners.contains_key(id) || st.leases.of(id).next().is_some() {
+            return false;
+        }
+        drop(st);
+        matches!(
+            self.store().get::<RunnerRecord>(T::Runners, id.as_bytes()),
+            Ok(Some(rec)) if rec.ephemeral && rec.draining
+        )
     }
 }
 

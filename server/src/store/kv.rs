@@ -305,6 +305,82 @@ pub mod conformance {
         run(&super::Memory::new());
     }
 
+    /// A fresh database on the test PostgreSQL server
+    /// (`VIADUCT_TEST_POSTGRES`, started by `cargo xtask test`); `None`
+    /// (after saying why) where there is none.
+    fn fresh_postgres(name: &str) -> Option<String> {
+        let Ok(base) = std::env::var("VIADUCT_TEST_POSTGRES") else {
+            assert!(
+                std::env::var_os("VIADUCT_FIXTURES_REQUIRED").is_none(),
+                "VIADUCT_TEST_POSTGRES is not set: run the tests with `cargo xtask test`"
+            );
+            eprintln!("skipped: no PostgreSQL (VIADUCT_TEST_POSTGRES; `cargo xtask test` starts one)");
+            return None;
+        };
+        let db = format!("kv_{name}_{}", std::process::id());
+        assert!(db.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{db}");
+        let mut admin = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls).expect("connect");
+        // One statement each: neither runs inside a transaction block.
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\"")).expect("drop");
+        admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).expect("create");
+        Some(format!("{base}/{db}"))
+    }
+
+    #[test]
+    fn postgres_conforms() {
+        let Some(url) = fresh_postgres("conforms") else { return };
+        run(&crate::store::postgres::Postgres::open(&url, None).expect("open"));
+    }
+
+    /// Ranges longer than a page read the same from both ends, also when
+    /// the two ends meet in the middle.
+    #[test]
+    fn postgres_pages_long_ranges_from_both_ends() {
+        use std::ops::Bound;
+        let Some(url) = fresh_postgres("pages") else { return };
+        let kv = crate::store::postgres::Postgres::open(&url, None).expect("open");
+        let ops: Vec<super::Op> = (0u32..1500).map(|i| (T::Meta, i.to_be_bytes().to_vec(), Some(vec![1]))).collect();
+        kv.commit(&ops).unwrap();
+        let all = |it: super::Entries<'_>| it.map(|e| e.unwrap().0).collect::<Vec<_>>();
+        let forward = all(kv.range(T::Meta, Bound::Unbounded, Bound::Unbounded));
+        assert_eq!(forward.len(), 1500);
+        let mut backward = all(Box::new(kv.range(T::Meta, Bound::Unbounded, Bound::Unbounded).rev()));
+        backward.reverse();
+        assert_eq!(forward, backward);
+        // Alternate ends: every key once, in order from each end.
+        let mut it =
+            kv.range(T::Meta, Bound::Included(&5u32.to_be_bytes()[..]), Bound::Excluded(&1400u32.to_be_bytes()[..]));
+        let (mut front, mut back) = (Vec::new(), Vec::new());
+        loop {
+            match (it.next(), it.next_back()) {
+                (None, None) => break,
+                (f, b) => {
+                    front.extend(f.map(|e| e.unwrap().0));
+                    back.extend(b.map(|e| e.unwrap().0));
+                }
+            }
+        }
+        back.reverse();
+        front.extend(back);
+        let expected: Vec<Vec<u8>> = (5u32..1400).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert_eq!(front, expected);
+    }
+
+    /// A second server on the same database finds the schema migrated and
+    /// the ids still growing; a database from a newer server is refused.
+    #[test]
+    fn postgres_migrates_once_and_refuses_a_newer_schema() {
+        let Some(url) = fresh_postgres("migrate") else { return };
+        let first = crate::store::postgres::Postgres::open(&url, None).expect("open");
+        let id = first.generate_id().unwrap();
+        let second = crate::store::postgres::Postgres::open(&url, None).expect("open again");
+        assert!(second.generate_id().unwrap() > id);
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.execute("INSERT INTO viaduct_migrations (version, name) VALUES (9999, 'from the future')", &[]).unwrap();
+        let err = crate::store::postgres::Postgres::open(&url, None).err().expect("refused").to_string();
+        assert!(err.contains("newer than this server knows"), "{err}");
+    }
+
     #[test]
     fn sled_keeps_ids_growing_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();

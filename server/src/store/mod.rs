@@ -1,5 +1,6 @@
 //! Durable state: ordered trees of records behind the [`kv::Kv`] backend
-//! (sled on disk by default; in memory for tests).
+//! (sled on disk by default; [`postgres`] for a database the server does
+//! not own; in memory for tests).
 //!
 //! One tree per entity (see [`T`]). A state transition is a [`WriteSet`]
 //! committed atomically across trees; callers that
@@ -13,6 +14,7 @@
 pub mod keys;
 pub mod kv;
 pub mod logs;
+pub mod postgres;
 pub mod records;
 
 use std::{
@@ -192,6 +194,12 @@ impl WriteSet {
         self.ops.push((tree, key.as_ref().to_vec(), None));
     }
 
+    /// What this write set does to `key` of `tree`, by its last write:
+    /// `Some(Some(value))` stored, `Some(None)` removed, `None` untouched.
+    pub fn pending(&self, tree: T, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.iter().rev().find(|(t, k, _)| *t == tree && k == key).map(|(_, _, v)| v.as_deref())
+    }
+
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -213,6 +221,14 @@ impl Store {
     /// flusher thread.
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self::with(Arc::new(kv::Sled::open(dir)?)))
+    }
+
+    /// Opens the PostgreSQL database at `url` as its one server (see
+    /// [`postgres::hold_server_lock`]), migrating its schema, and starts the
+    /// flusher thread.
+    pub fn postgres(url: &str, password: Option<&str>) -> Result<Self> {
+        postgres::hold_server_lock(url, password)?;
+        Ok(Self::with(Arc::new(postgres::Postgres::open(url, password)?)))
     }
 
     /// A store in memory (tests).

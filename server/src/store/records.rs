@@ -391,6 +391,10 @@ pub struct RunnerRecord {
     /// `allowed_executors` as words, as above.
     #[prost(string, repeated, tag = "14")]
     pub allowed_executor_words: Vec<String>,
+    /// Takes one job, then drains; removed once that job is reported and
+    /// it has disconnected.
+    #[prost(bool, tag = "17")]
+    pub ephemeral: bool,
 }
 
 /// What a token may do.

@@ -2,7 +2,10 @@
 //! duration of a run: Podman's Docker-compatible API service and a private
 //! image registry. Each stops when dropped.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result};
 
@@ -90,6 +93,94 @@ impl Drop for NixDaemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A private PostgreSQL server for the store's tests: a fresh cluster
+/// (`initdb` as the `postgres` user, which Debian's package creates —
+/// PostgreSQL refuses to run as root) in a temporary directory (which that
+/// user can reach wherever the checkout is),
+/// listening only on a socket in that directory (no TCP: the cluster
+/// trusts whoever connects, so only root and `postgres` may). Tests make a
+/// database each (`CREATE DATABASE`), so they never share state.
+pub struct PostgresServer {
+    child: std::process::Child,
+    /// `postgresql://viaduct@%2FSOCKET%2FDIR:5432` (append `/DATABASE`).
+    pub url: String,
+    data: PathBuf,
+    /// Removed once the server has stopped.
+    _dir: tempfile::TempDir,
+}
+
+impl PostgresServer {
+    /// Starts the server and waits until it accepts connections.
+    pub fn start() -> Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("viaduct-postgres-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let as_postgres = |program: &Path| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        };
+        let owned = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
+        anyhow::ensure!(owned.success(), "cannot give {} to the postgres user", dir.display());
+        let data = dir.join("data");
+        let out = as_postgres(&super::postgres_bin("initdb")?)
+            .args(["-A", "trust", "-U", "viaduct", "--no-sync", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .context("running initdb")?;
+        anyhow::ensure!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = "5432";
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        let child = as_postgres(&super::postgres_bin("postgres")?)
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", port, "-c", "listen_addresses=", "-c", "max_connections=300"])
+            .arg("-k")
+            .arg(&dir)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        let host = dir.to_str().context("a temp dir that is not UTF-8")?.replace('/', "%2F");
+        let server = Self { child, url: format!("postgresql://viaduct@{host}:{port}"), data, _dir: tmp };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let isready = super::postgres_bin("pg_isready")?;
+        loop {
+            let ready = Command::new(&isready)
+                .arg("-q")
+                .arg("-h")
+                .arg(&dir)
+                .args(["-p", port, "-U", "viaduct", "-d", "postgres"])
+                .status()?;
+            if ready.success() {
+                return Ok(server);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "postgres did not accept connections in {}; its log:\n{}",
+                dir.display(),
+                std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        // A fast shutdown: open connections (a test's) are ended, not waited for.
+        if let Ok(pg_ctl) = super::postgres_bin("pg_ctl") {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg_ctl)
+                .args(["stop", "-m", "fast", "-s", "-D"])
+                .arg(&self.data)
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-pub use fixtures::{NixDaemon, PodmanService, Registry};
+pub use fixtures::{NixDaemon, PodmanService, PostgresServer, Registry};
 
 use crate::{run, target_dir};
 
@@ -133,6 +133,14 @@ const PARTS: &[Part] = &[
         probe: "/usr/sbin/sshd",
         version: &["ssh", "-V"],
         check: check_sshd,
+    },
+    Part {
+        name: "postgresql",
+        source: Source::Debian(&["postgresql"]),
+        purpose: "the PostgreSQL store's tests (a private server per test run)",
+        probe: "pg_ctlcluster",
+        version: &["psql", "--version"],
+        check: || ok_output(&[postgres_bin("initdb")?.to_str().unwrap_or_default(), "--version"]),
     },
     Part {
         name: "nix",
@@ -377,6 +385,21 @@ fn check_chromium() -> Result<String> {
     let (browser, driver) = (major("chromium")?, major("chromedriver")?);
     anyhow::ensure!(browser == driver, "chromium {browser} and chromedriver {driver} differ: upgrade both");
     Ok(String::new())
+}
+
+/// A PostgreSQL server program (`initdb`, `postgres`…): Debian keeps them
+/// under `/usr/lib/postgresql/<major>/bin`; the newest major wins.
+pub fn postgres_bin(name: &str) -> Result<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: is the postgresql package installed?")?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path())))
+        .collect();
+    majors.sort();
+    let (_, dir) = majors.pop().context("no PostgreSQL version under /usr/lib/postgresql")?;
+    let bin = dir.join("bin").join(name);
+    anyhow::ensure!(bin.exists(), "{} is missing", bin.display());
+    Ok(bin)
 }
 
 /// sshd accepts a configuration like the tests' (and ssh-keygen works).

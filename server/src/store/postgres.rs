@@ -1,0 +1,512 @@
+//! PostgreSQL: the backend for a server whose state lives in a database it
+//! does not own (`--store postgres://…`).
+//!
+//! Every tree is one table, `viaduct_kv (tree, k, v)`, keyed by the tree's
+//! name and the key; PostgreSQL orders `bytea` byte by byte, as sled orders
+//! keys, so ranges read the same on every backend. A write set is one
+//! transaction; a write is durable when its commit returns (each
+//! connection sets `synchronous_commit = on`), so [`Kv::flush`] has nothing
+//! left to do. Ids come from a sequence. The schema is versioned:
+//! [`MIGRATIONS`] are applied in order on open, each once, under an
+//! advisory lock (servers starting together do not race), and a database
+//! migrated by a newer server is refused.
+//!
+//! One server per database: the engine keeps its queue and leases in
+//! memory, so [`hold_server_lock`] makes a server hold an advisory lock for
+//! as long as it runs (replicas are the next step, not this).
+//!
+//! The [`Kv`] trait is synchronous — the engine calls it under its lock, as
+//! it calls sled. The `postgres` client runs its own runtime, which must not
+//! run inside the server's, so each connection lives on a thread of its own
+//! and calls reach it over a channel. A connection that breaks is opened
+//! again for the next call; the call that saw it break fails.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    ops::Bound,
+    sync::{Arc, Mutex, mpsc},
+};
+
+use postgres::{Client, NoTls, Row, Statement, types::ToSql};
+
+use super::{
+    T, TREE_NAMES,
+    kv::{Entries, Entry, Kv, Op},
+};
+use crate::error::{Error, Result};
+
+/// The schema, in order: (version, name, SQL). Append; never edit one that
+/// has shipped.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "kv", include_str!("migrations/0001_kv.sql"))];
+
+/// Connections (each on its own thread) per server.
+const CONNECTIONS: usize = 4;
+/// Entries read by a range's first round trip from either end (callers
+/// often want one: the last chunk of a log); each further page doubles, up
+/// to [`MAX_PAGE`].
+const FIRST_PAGE: i64 = 4;
+/// The most entries one round trip reads.
+const MAX_PAGE: i64 = 512;
+/// The advisory lock migrations hold (a fixed number of our own).
+const MIGRATION_LOCK: i64 = 0x0076_6961_6475_6374;
+/// The advisory lock a server holds on its database for as long as it
+/// runs: one server per database.
+const SERVER_LOCK: i64 = 0x0076_6961_6475_6375;
+/// How long a starting server waits for the lock (a server killed a moment
+/// ago still holds it until PostgreSQL sees its connection close).
+const SERVER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+type PgResult<R> = std::result::Result<R, postgres::Error>;
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// Refuses a URL that carries a password (it would show in the process
+/// list and in logs): the password goes in a file of its own.
+pub fn check_url(url: &str) -> Result<()> {
+    let config: postgres::Config =
+        url.parse().map_err(|e| Error::invalid(format!("{} is not a PostgreSQL URL: {e}", redacted(url))))?;
+    if config.get_password().is_some() {
+        return Err(Error::invalid(
+            "the store URL carries a password: put it in a file and pass --store-password-file instead",
+        ));
+    }
+    Ok(())
+}
+
+/// The connection settings of `url`, with `password` when given.
+fn config(url: &str, password: Option<&str>) -> Result<postgres::Config> {
+    let mut config: postgres::Config =
+        url.parse().map_err(|e| Error::Storage(format!("{} is not a PostgreSQL URL: {e}", redacted(url))))?;
+    if let Some(p) = password {
+        config.password(p);
+    }
+    Ok(config)
+}
+
+/// Makes this process the one server of the database at `url` (the
+/// engine's queue and leases live in one process): takes the server lock
+/// on a connection of its own — waiting a little for a server killed a
+/// moment ago to lose it — and holds it. If that connection is ever lost,
+/// the lock is gone and another server may take over, so this process
+/// exits rather than go on beside it.
+pub fn hold_server_lock(url: &str, password: Option<&str>) -> Result<()> {
+    let config = config(url, password)?;
+    let name = redacted(url);
+    let (tx, rx) = mpsc::sync_channel::<Result<()>>(1);
+    std::thread::Builder::new()
+        .name("viaduct-pg-lock".into())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + SERVER_LOCK_WAIT;
+            let mut client = loop {
+                let attempt = connect(&config).and_then(|mut c| {
+                    let got: bool = c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0);
+                    Ok((c, got))
+                });
+                match attempt {
+                    Ok((c, true)) => break c,
+                    Ok(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                    }
+                    Ok(_) => {
+                        let _ = tx.send(Err(Error::Storage(format!(
+                            "another server uses {name}: one server per database"
+                        ))));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Storage(format!("cannot connect to {name}: {e}"))));
+                        return;
+                    }
+                }
+            };
+            let _ = tx.send(Ok(()));
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                if let Err(e) = client.simple_query("SELECT 1") {
+                    tracing::error!(error = %e, database = %name, "lost the connection holding this server's lock on its database (another server may take over): exiting");
+                    std::process::exit(70);
+                }
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the PostgreSQL lock thread: {e}")))?;
+    rx.recv().map_err(|_| Error::Storage("PostgreSQL: the lock thread died".into()))?
+}
+
+/// See the module docs.
+pub struct Postgres {
+    jobs: mpsc::Sender<Job>,
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("PostgreSQL: {e}"))
+}
+
+/// What `url` names, without its password, for messages and logs.
+fn redacted(url: &str) -> String {
+    let Ok(c) = url.parse::<postgres::Config>() else { return "the PostgreSQL URL".into() };
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432u16)))
+        .map(|(h, port)| match h {
+            postgres::config::Host::Tcp(h) => format!("{h}:{port}"),
+            postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    format!(
+        "database `{}` on {} as `{}`",
+        c.get_dbname().unwrap_or("(default)"),
+        hosts.join(","),
+        c.get_user().unwrap_or("(default)")
+    )
+}
+
+/// Opens a connection that commits durably.
+fn connect(config: &postgres::Config) -> PgResult<Client> {
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute("SET synchronous_commit = on")?;
+    Ok(client)
+}
+
+/// One connection and its prepared statements.
+struct Conn {
+    config: postgres::Config,
+    client: Option<Client>,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    /// The client, connected again if the connection broke.
+    fn client(&mut self) -> PgResult<&mut Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.statements.clear();
+            self.client = None;
+            self.client = Some(connect(&self.config)?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// `sql`, prepared once per connection.
+    fn statement(&mut self, sql: &'static str) -> PgResult<Statement> {
+        self.client()?;
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client()?.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> PgResult<Vec<Row>> {
+        let statement = self.statement(sql)?;
+        self.client()?.query(&statement, params)
+    }
+}
+
+impl Postgres {
+    /// Connects to `url` (with `password`, when it is not in the URL),
+    /// applies the migrations the database lacks, and starts the connection
+    /// threads.
+    pub fn open(url: &str, password: Option<&str>) -> Result<Self> {
+        let config = config(url, password)?;
+        // The client runs its own runtime: never inside the caller's.
+        let first = {
+            let config = config.clone();
+            let url = redacted(url);
+            std::thread::spawn(move || -> Result<Client> {
+                let mut client =
+                    connect(&config).map_err(|e| Error::Storage(format!("cannot connect to {url}: {e}")))?;
+                migrate(&mut client)?;
+                Ok(client)
+            })
+            .join()
+            .map_err(|_| Error::Storage("PostgreSQL: opening the database panicked".into()))??
+        };
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut first = Some(first);
+        for i in 0..CONNECTIONS {
+            let rx = Arc::clone(&rx);
+            let mut conn = Conn { config: config.clone(), client: first.take(), statements: HashMap::new() };
+            std::thread::Builder::new()
+                .name(format!("viaduct-pg-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(&mut conn),
+                            // The store was dropped.
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|e| Error::Storage(format!("cannot start a PostgreSQL connection thread: {e}")))?;
+        }
+        tracing::info!(database = %redacted(url), connections = CONNECTIONS, "store: PostgreSQL");
+        Ok(Self { jobs: tx })
+    }
+
+    /// Runs `f` on a connection and waits for its answer.
+    fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Conn) -> PgResult<R> + Send + 'static) -> Result<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |c| {
+            let _ = tx.send(f(c));
+        });
+        self.jobs.send(job).map_err(|_| Error::Storage("PostgreSQL: the connection threads are gone".into()))?;
+        rx.recv().map_err(|_| Error::Storage("PostgreSQL: a connection thread died".into()))?.map_err(storage)
+    }
+}
+
+/// Applies the migrations the database lacks, under the advisory lock.
+fn migrate(c: &mut Client) -> Result<()> {
+    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).map_err(storage)?;
+    let done = apply_migrations(c);
+    let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    done
+}
+
+fn apply_migrations(c: &mut Client) -> Result<()> {
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS viaduct_migrations (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .map_err(storage)?;
+    let applied: i32 =
+        c.query_one("SELECT COALESCE(MAX(version), 0) FROM viaduct_migrations", &[]).map_err(storage)?.get(0);
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if applied > known {
+        return Err(Error::Storage(format!(
+            "the database has schema version {applied}, newer than this server knows ({known}): run the newer server"
+        )));
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {
+        let mut tx = c.transaction().map_err(storage)?;
+        tx.batch_execute(sql).map_err(|e| storage(format!("migration {version} ({name}): {e}")))?;
+        tx.execute("INSERT INTO viaduct_migrations (version, name) VALUES ($1, $2)", &[version, name])
+            .map_err(storage)?;
+        tx.commit().map_err(storage)?;
+        tracing::info!(version, name, "PostgreSQL schema migrated");
+    }
+    Ok(())
+}
+
+fn name(tree: T) -> &'static str {
+    TREE_NAMES[tree as usize]
+}
+
+fn entries(rows: Vec<Row>) -> Vec<Entry> {
+    rows.into_iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1))).collect()
+}
+
+/// The query for one page of a range (`$1` tree, `$2` page size, then
+/// the bounds): every bound shape has its own statement, prepared once per
+/// connection.
+fn page_sql(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, descending: bool) -> &'static str {
+    macro_rules! pick {
+        ($lo:literal, $hi:literal) => {
+            if descending {
+                concat!("SELECT k, v FROM viaduct_kv WHERE tree = $1", $lo, $hi, " ORDER BY k DESC LIMIT $2")
+            } else {
+                concat!("SELECT k, v FROM viaduct_kv WHERE tree = $1", $lo, $hi, " ORDER BY k LIMIT $2")
+            }
+        };
+    }
+    use Bound::{Excluded as E, Included as I, Unbounded as U};
+    match (lo, hi) {
+        (U, U) => pick!("", ""),
+        (I(_), U) => pick!(" AND k >= $3", ""),
+        (E(_), U) => pick!(" AND k > $3", ""),
+        (U, I(_)) => pick!("", " AND k <= $3"),
+        (U, E(_)) => pick!("", " AND k < $3"),
+        (I(_), I(_)) => pick!(" AND k >= $3", " AND k <= $4"),
+        (I(_), E(_)) => pick!(" AND k >= $3", " AND k < $4"),
+        (E(_), I(_)) => pick!(" AND k > $3", " AND k <= $4"),
+        (E(_), E(_)) => pick!(" AND k > $3", " AND k < $4"),
+    }
+}
+
+/// A range read a page at a time from either end; the two ends never
+/// overlap because each page narrows the bounds past what it read.
+struct PagedRange<'a> {
+    kv: &'a Postgres,
+    tree: &'static str,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    /// Read from the front, ascending.
+    front: VecDeque<Entry>,
+    /// Read from the back, descending.
+    back: VecDeque<Entry>,
+    /// Nothing is left between `lo` and `hi`.
+    middle_empty: bool,
+    failed: bool,
+    /// Size of the next page from the front and from the back.
+    front_page: i64,
+    back_page: i64,
+}
+
+impl PagedRange<'_> {
+    /// Reads the next page from the front (or the back); `false` when the
+    /// middle is empty.
+    fn fetch(&mut self, descending: bool) -> Result<bool> {
+        let (tree, lo, hi) = (self.tree, self.lo.clone(), self.hi.clone());
+        let size = if descending { &mut self.back_page } else { &mut self.front_page };
+        let limit = *size;
+        *size = (*size * 2).min(MAX_PAGE);
+        let rows = self.kv.call(move |c| {
+            let sql = page_sql(&lo, &hi, descending);
+            let bound = |b: &Bound<Vec<u8>>| match b {
+                Bound::Included(k) | Bound::Excluded(k) => Some(k.clone()),
+                Bound::Unbounded => None,
+            };
+            let (l, h) = (bound(&lo), bound(&hi));
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tree, &limit];
+            params.extend(l.as_ref().map(|k| k as &(dyn ToSql + Sync)));
+            params.extend(h.as_ref().map(|k| k as &(dyn ToSql + Sync)));
+            c.query(sql, &params)
+        })?;
+        let page = entries(rows);
+        if (page.len() as i64) < limit {
+            // This page reaches the other bound.
+            self.middle_empty = true;
+        }
+        let Some(last) = page.last() else { return Ok(false) };
+        if descending {
+            self.hi = Bound::Excluded(last.0.clone());
+            self.back.extend(page);
+        } else {
+            self.lo = Bound::Excluded(last.0.clone());
+            self.front.extend(page);
+        }
+        Ok(true)
+    }
+
+    fn fail(&mut self, e: Error) -> Option<Result<Entry>> {
+        self.failed = true;
+        Some(Err(e))
+    }
+}
+
+impl Iterator for PagedRange<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if self.failed {
+            return None;
+        }
+        if self.front.is_empty()
+            && !self.middle_empty
+            && let Err(e) = self.fetch(false)
+        {
+            return self.fail(e);
+        }
+        // The middle is read: what the back read is all that is left.
+        self.front.pop_front().or_else(|| self.back.pop_back()).map(Ok)
+    }
+}
+
+impl DoubleEndedIterator for PagedRange<'_> {
+    fn next_back(&mut self) -> Option<Result<Entry>> {
+        if self.failed {
+            return None;
+        }
+        if self.back.is_empty()
+            && !self.middle_empty
+            && let Err(e) = self.fetch(true)
+        {
+            return self.fail(e);
+        }
+        self.back.pop_front().or_else(|| self.front.pop_back()).map(Ok)
+    }
+}
+
+impl Kv for Postgres {
+    fn get(&self, tree: T, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (tree, key) = (name(tree), key.to_vec());
+        self.call(move |c| {
+            let rows = c.query("SELECT v FROM viaduct_kv WHERE tree = $1 AND k = $2", &[&tree, &key])?;
+            Ok(rows.into_iter().next().map(|r| r.get(0)))
+        })
+    }
+
+    fn range(&self, tree: T, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Entries<'_> {
+        Box::new(PagedRange {
+            kv: self,
+            tree: name(tree),
+            lo: lo.map(<[u8]>::to_vec),
+            hi: hi.map(<[u8]>::to_vec),
+            front: VecDeque::new(),
+            back: VecDeque::new(),
+            middle_empty: false,
+            failed: false,
+            front_page: FIRST_PAGE,
+            back_page: FIRST_PAGE,
+        })
+    }
+
+    fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
+        let (tree, key, value) = (name(tree), key.to_vec(), value.to_vec());
+        self.call(move |c| {
+            let statement =
+                c.statement("INSERT INTO viaduct_kv (tree, k, v) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")?;
+            Ok(c.client()?.execute(&statement, &[&tree, &key, &value])? == 1)
+        })
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        // The last write of each key is the one that counts (and one
+        // statement may not touch a row twice).
+        let mut last: HashMap<(&'static str, &[u8]), Option<&[u8]>> = HashMap::with_capacity(ops.len());
+        for (tree, key, value) in ops {
+            last.insert((name(*tree), key.as_slice()), value.as_deref());
+        }
+        let (mut put_trees, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
+        for ((tree, key), value) in last {
+            match value {
+                Some(v) => {
+                    put_trees.push(tree);
+                    put_keys.push(key.to_vec());
+                    put_values.push(v.to_vec());
+                }
+                None => {
+                    del_trees.push(tree);
+                    del_keys.push(key.to_vec());
+                }
+            }
+        }
+        self.call(move |c| {
+            let put = c.statement(
+                "INSERT INTO viaduct_kv (tree, k, v) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v",
+            )?;
+            let delete = c.statement(
+                "DELETE FROM viaduct_kv WHERE (tree, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+            )?;
+            let mut tx = c.client()?.transaction()?;
+            if !put_keys.is_empty() {
+                tx.execute(&put, &[&put_trees, &put_keys, &put_values])?;
+            }
+            if !del_keys.is_empty() {
+                tx.execute(&delete, &[&del_trees, &del_keys])?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Every commit was durable when it returned.
+        Ok(())
+    }
+
+    fn generate_id(&self) -> Result<u64> {
+        self.call(|c| {
+            let id: i64 = c.query("SELECT nextval('viaduct_ids')", &[])?[0].get(0);
+            Ok(id as u64)
+        })
+    }
+}
