@@ -105,7 +105,7 @@ fn code_of(text: &str) -> String {
 /// Where a file names `path`: `crate::api` in `use crate::api::x`,
 /// `crate::{api, …}` and `crate::api::f()` alike.
 fn names(code: &str, path: &str) -> bool {
-    let Some((head, last)) = path.rsplit_once("::") else { return code.contains(path) };
+    let Some((head, last)) = path.rsplit_once("::") else { return names_crate(code, path) };
     let is_word_end = |rest: &str| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_');
     let direct = code.match_indices(path).any(|(i, _)| is_word_end(&code[i + path.len()..]));
     // `crate::{a, api::x}` or `crate::{\n    api,`
@@ -117,6 +117,15 @@ fn names(code: &str, path: &str) -> bool {
             .any(|item| item == last || item.strip_prefix(last).is_some_and(|r| r.starts_with("::")))
     });
     direct || grouped
+}
+
+/// Where a file names crate `name`: `name::x` or `use name;`, not a module
+/// of the same name further down a path (`store::postgres::x`), nor the
+/// word in a string.
+fn names_crate(code: &str, name: &str) -> bool {
+    let starts_path = |i: usize| !code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':');
+    let path = code.match_indices(&format!("{name}::")).any(|(i, _)| starts_path(i));
+    path || code.contains(&format!("use {name};")) || code.contains(&format!("extern crate {name}"))
 }
 
 #[test]
@@ -185,4 +194,9 @@ fn the_rule_matcher_sees_every_way_to_name_a_module() {
     assert!(!names("use crate::apis;", "crate::api"));
     assert!(names("std::fs::read(p)", "std::fs"));
     assert!(!code_of("// use crate::api;").contains("crate::api"));
+    assert!(names("let db = sled::open(p);", "sled"));
+    assert!(names("use sled;", "sled"));
+    assert!(names("use {sled::Db, x};", "sled"));
+    assert!(!names("store::postgres::check_url(u)", "postgres"));
+    assert!(!names("Store::Sled; \"sled\"", "sled"));
 }
