@@ -36,7 +36,10 @@ async fn killing_the_server_during_a_log_burst_keeps_the_log_exact() {
     let mut server = Server::start();
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
-    let id = submit(&client, "jobs:\n  a:\n    steps:\n      - run: seq 1 300000; echo end\n").await;
+    // `seq 1 300000` in 30 slices 50 ms apart: a burst that lasts 1.5 s of
+    // wall clock however fast the machine, so the kill lands inside it.
+    let burst = "for i in $(seq 0 29); do seq $((i*10000+1)) $((i*10000+10000)); sleep 0.05; done; echo end";
+    let id = submit(&client, &format!("jobs:\n  a:\n    steps:\n      - run: {burst}\n")).await;
     let step = format!("{id}.1.1");
     // Kill while the output is streaming in.
     within("the burst to start", async {
