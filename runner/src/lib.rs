@@ -162,6 +162,12 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
                 {
                     return Ok(());
                 }
+                Err(SessionEnd::Idle) => {
+                    tracing::info!(
+                        "ephemeral runner: the server has no job for it (it ran elsewhere or was cancelled); exiting"
+                    );
+                    return Ok(());
+                }
                 Err(SessionEnd::Rejected(why)) => {
                     return Err(anyhow::anyhow!(
                         "the server rejected this runner ({why}); it may have been removed. Delete {} to register again",

@@ -34,6 +34,10 @@ pub enum SessionEnd {
     /// Anything else: reconnect after a backoff.
     #[error("{0}")]
     Broken(String),
+    /// An ephemeral runner the server has no job for (its job ran
+    /// elsewhere, or was cancelled): it is done.
+    #[error("the server has no job for this ephemeral runner")]
+    Idle,
 }
 
 /// What sessions share: the outbox, the running jobs, the executor.
@@ -125,6 +129,10 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         }
     }
     tracing::info!(runner = %welcome.runner_id, draining = welcome.draining, resumed = welcome.resume.len(), "connected");
+    let idle = shared.running() == 0 && shared.finished.load(std::sync::atomic::Ordering::SeqCst) == 0;
+    if shared.ephemeral && welcome.draining && idle {
+        return Err(SessionEnd::Idle);
+    }
     shared.outbox.attach(tx.clone());
     let heartbeat = {
         let (tx, outbox) = (tx.clone(), Arc::clone(&shared.outbox));

@@ -124,6 +124,8 @@ pub struct NewToken {
     pub uses: u32,
     /// API or registration.
     pub kind: TokenKind,
+    /// Registration tokens: the one job the runner may take (empty: any).
+    pub job: String,
 }
 
 /// What a runner asks for when it registers.
@@ -212,6 +214,7 @@ impl Auth {
             grants: new.grants,
             expires_ms: new.expires_ms,
             uses_left: new.uses,
+            job: new.job,
             id: public_id(&h),
             ..Default::default()
         };
@@ -475,6 +478,8 @@ impl Auth {
         let runner_id = format!("runner-{}", &generate("")?[..10]);
         let token = generate("vdn_")?;
         let now = now_ms();
+        // A token bound to one job registers an ephemeral runner for it.
+        let bound = !rec.job.is_empty();
         let mut ws = WriteSet::default();
         ws.put(
             T::Runners,
@@ -489,8 +494,9 @@ impl Auth {
                 protected,
                 allowed_labels: labels,
                 // An ephemeral runner's one job needs one slot.
-                max_slots: if ephemeral { 1 } else { slots.max(1) },
-                ephemeral,
+                max_slots: if ephemeral || bound { 1 } else { slots.max(1) },
+                ephemeral: ephemeral || bound,
+                bound_job: rec.job.clone(),
                 allowed_executors: executors.into_iter().map(|e| e as i32).collect(),
                 ..Default::default()
             },

@@ -135,6 +135,7 @@ pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runne
         max_slots: r.max_slots,
         allowed_executors: r.allowed_executors.clone(),
         ephemeral: r.ephemeral,
+        bound_job: r.bound_job.clone(),
     }
 }
 

@@ -360,21 +360,22 @@ pub struct Runner {
 
 impl Runner {
     /// Starts a runner for `server` with `labels` (comma-separated), `slots`,
-    /// and extra arguments.
+    /// and extra arguments (registering with the server's registration
+    /// token unless they name another `--token-file`).
     pub fn start(server: &Server, labels: &str, slots: u32, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut args: Vec<String> = vec![
-            "--server".into(),
-            server.url(),
-            "--token-file".into(),
-            server.data_dir().join("runner-token").display().to_string(),
+        let mut args: Vec<String> = vec!["--server".into(), server.url()];
+        if !extra.contains(&"--token-file") {
+            args.extend(["--token-file".into(), server.data_dir().join("runner-token").display().to_string()]);
+        }
+        args.extend([
             "--labels".into(),
             labels.into(),
             "--slots".into(),
             slots.to_string(),
             "--kill-grace".into(),
             "1s".into(),
-        ];
+        ]);
         if let Some(ca) = &server.tls_ca {
             args.extend(["--ca-cert".to_string(), path(ca)]);
         }

@@ -492,3 +492,48 @@ async fn an_ephemeral_runner_takes_one_job_then_leaves() {
     let run = finished(&client, &second).await;
     assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "second\n");
 }
+
+/// A registration token bound to one job (a just-in-time runner): the
+/// runner it registers takes that job even though another waits before it,
+/// no other, and leaves; a token for a job that no longer waits is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_made_for_a_job_takes_that_job_only() {
+    let server = Server::start();
+    let client = server.client().await;
+    let first = submit(&client, "jobs:\n  one:\n    steps:\n      - run: echo first\n").await;
+    let second = submit(&client, "jobs:\n  two:\n    steps:\n      - run: echo second\n").await;
+    let out = output(server.cli().args(["runners", "token", "--job", &format!("{second}.1")]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &out.stdout).unwrap();
+    let token_path = token_file.display().to_string();
+    let mut jit = Runner::start(&server, "linux", 1, &["--token-file", &token_path, "--ephemeral"]);
+    let run = finished(&client, &second).await;
+    assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "second\n");
+    wait_until("the just-in-time runner to exit", || (!jit.alive()).then_some(()));
+    let waiting = client.runs().get(v1::GetRunRequest { id: first.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(waiting.jobs[0].status), "queued", "the other job was not its to take: {waiting:#?}");
+    // The job is done: a runner for it would have nothing to do.
+    let out = output(server.cli().args(["runners", "token", "--job", &format!("{second}.1")]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not waiting to run"), "{err}");
+    let _any = server.runner("linux", 1);
+    assert_eq!(word(finished(&client, &first).await.status), "success");
+    // A runner made for a job that then ran elsewhere finds nothing to do,
+    // leaves, and is removed.
+    let third = submit(&client, "jobs:\n  three:\n    runs_on: [later]\n    steps:\n      - run: true\n").await;
+    let out = output(server.cli().args(["runners", "token", "--job", &format!("{third}.1")]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&token_file, &out.stdout).unwrap();
+    let _later = server.runner("later", 1);
+    assert_eq!(word(finished(&client, &third).await.status), "success");
+    let mut late = Runner::start(&server, "later", 1, &["--token-file", &token_path, "--ephemeral"]);
+    wait_until("the runner with nothing to do to exit", || (!late.alive()).then_some(()));
+    assert!(late.log().contains("the server has no job for it"), "{}", late.log());
+    viaduct_tests::eventually("the server to remove it", || async {
+        let list = client.runners().list(v1::ListRunnersRequest {}).await.ok()?.into_inner().runners;
+        (list.len() == 2).then_some(())
+    })
+    .await;
+}

@@ -12,7 +12,8 @@ use viaduct_proto::v1::{
 use crate::{
     auth::{Auth, NewToken},
     engine::Engine,
-    store::records::TokenKind,
+    error::Error,
+    store::{keys::JobKey, records::TokenKind},
 };
 
 /// The Runners service.
@@ -78,13 +79,29 @@ impl Runners for RunnersApi {
     ) -> Result<Response<CreateRegistrationTokenResponse>, Status> {
         let r = req.into_inner();
         let (uses, expires_ms) = super::tokens::registration(r.uses, r.reusable, r.expires_in_seconds)?;
-        let new = NewToken {
-            name: format!("registration token ({uses} use{})", if uses == 1 { "" } else { "s" }),
-            kind: TokenKind::Registration,
-            uses,
-            expires_ms,
-            ..Default::default()
+        let job = match r.job_id.as_str() {
+            "" => String::new(),
+            id => {
+                let key = JobKey::parse(id)?;
+                if uses != 1 {
+                    return Err(
+                        Error::invalid("a token bound to a job registers one runner: no `uses` or `reusable`").into()
+                    );
+                }
+                if !self.engine.job_waiting(key)? {
+                    return Err(Error::precondition(format!(
+                        "job {key} is not waiting to run: a runner bound to it would have nothing to do"
+                    ))
+                    .into());
+                }
+                key.to_string()
+            }
         };
+        let name = match job.as_str() {
+            "" => format!("registration token ({uses} use{})", if uses == 1 { "" } else { "s" }),
+            job => format!("registration token for job {job}"),
+        };
+        let new = NewToken { name, kind: TokenKind::Registration, uses, expires_ms, job, ..Default::default() };
         let (token, info) = self.auth.issue(new).await?;
         Ok(Response::new(CreateRegistrationTokenResponse { token, info: Some(info) }))
     }

@@ -105,7 +105,7 @@ fn new_token(access: &Access, r: CreateTokenRequest) -> Result<NewToken> {
         let s = i64::try_from(r.expires_in_seconds).ok().filter(|s| *s <= 100 * 365 * 24 * 3600);
         now_ms() + s.ok_or_else(|| Error::invalid("expires_in_seconds is too large"))? * 1000
     };
-    Ok(NewToken { name: r.name, owner, grants, expires_ms, uses: 0, kind })
+    Ok(NewToken { name: r.name, owner, grants, expires_ms, uses: 0, kind, job: String::new() })
 }
 
 #[tonic::async_trait]

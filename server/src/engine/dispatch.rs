@@ -57,6 +57,15 @@ impl Tx<'_> {
             }
         }
         let now = self.sh.now_ms();
+        // Jobs a connected runner was started for (job-bound tokens) wait
+        // for it.
+        let reserved: HashMap<JobKey, &str> = self
+            .st
+            .runners
+            .iter()
+            .filter(|(_, c)| !c.draining)
+            .filter_map(|(id, c)| c.bound_job.map(|j| (j, id.as_str())))
+            .collect();
         let mut picks: Vec<(QueuedJob, String)> = Vec::new();
         for q in self.st.queue.iter() {
             if total_free == 0 || (cfg.max_running_jobs > 0 && running >= cfg.max_running_jobs) {
@@ -80,6 +89,8 @@ impl Tx<'_> {
                         && (!q.plugins || c.executors.contains(&Executor::Wasi))
                         && !(q.untrusted && c.protected)
                         && q.runs_on.iter().all(|l| c.labels.contains(l))
+                        && c.bound_job.is_none_or(|j| j == q.job)
+                        && reserved.get(&q.job).is_none_or(|r| *r == id.as_str())
                 })
                 .max_by_key(|(id, _)| free.get(id.as_str()).copied().unwrap_or(0))
                 .map(|(id, _)| id.as_str());

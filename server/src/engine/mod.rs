@@ -108,6 +108,8 @@ pub(crate) struct Conn {
     pub protected: bool,
     /// Takes one job, then drains (see `RegisterRequest.ephemeral`).
     pub ephemeral: bool,
+    /// The one job it may take, which waits for it (a job-bound token).
+    pub bound_job: Option<JobKey>,
     pub tx: UnboundedSender<ServerMessage>,
     pub last_seen_ms: i64,
 }

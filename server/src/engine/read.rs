@@ -98,6 +98,11 @@ impl Engine {
         Ok(run)
     }
 
+    /// Whether `key` is waiting to run (pending its needs, or queued).
+    pub fn job_waiting(&self, key: JobKey) -> Result<bool> {
+        Ok(matches!(self.job_record(key)?.status(), Status::Pending | Status::Queued))
+    }
+
     /// The repository a run belongs to (`""`: none — submitted or a stored
     /// pipeline's), for access checks.
     pub fn run_repo(&self, id: RunId) -> Result<String> {

@@ -112,7 +112,14 @@ impl Engine {
             }
             // An ephemeral runner that comes back with its job (its
             // assignment may not have reached the disk) takes no other.
-            if rec.ephemeral && resume.iter().any(|r| r.keep) && !rec.draining {
+            let kept = resume.iter().any(|r| r.keep);
+            // A runner bound to a job that no longer waits (it ran elsewhere
+            // before this runner came up, or was cancelled) has nothing to do.
+            let orphaned = match JobKey::parse(&rec.bound_job) {
+                Ok(job) if !kept => !matches!(t.job(job)?.status(), Status::Pending | Status::Queued),
+                _ => false,
+            };
+            if rec.ephemeral && (kept || orphaned) && !rec.draining {
                 rec.draining = true;
                 t.writes().put(T::Runners, runner_id.as_bytes(), &rec);
             }
@@ -143,6 +150,7 @@ impl Engine {
                     draining: rec.draining,
                     protected: rec.protected,
                     ephemeral: rec.ephemeral,
+                    bound_job: JobKey::parse(&rec.bound_job).ok(),
                     tx: tx.clone(),
                     last_seen_ms: now,
                 }),

@@ -395,6 +395,10 @@ pub struct RunnerRecord {
     /// it has disconnected.
     #[prost(bool, tag = "17")]
     pub ephemeral: bool,
+    /// The one job it may take (from a job-bound registration token);
+    /// empty: any.
+    #[prost(string, tag = "18")]
+    pub bound_job: String,
 }
 
 /// What a token may do.
@@ -457,6 +461,10 @@ pub struct TokenRecord {
     /// Public id (`tok_…`), for listing and revoking.
     #[prost(string, tag = "13")]
     pub id: String,
+    /// Registration tokens bound to one job (`42.1`): the runner it
+    /// registers takes that job only.
+    #[prost(string, tag = "14")]
+    pub job: String,
 }
 
 /// A person: `users` tree, key = login.

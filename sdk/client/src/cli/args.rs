@@ -365,8 +365,13 @@ pub enum RunnersCommand {
     /// Create a registration token for a new runner.
     Token {
         /// Allow registering many runners with it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "job")]
         reusable: bool,
+        /// Bind it to one waiting job (e.g. 42.1): it registers one
+        /// ephemeral runner that takes that job only, and the job waits for
+        /// it (a just-in-time runner).
+        #[arg(long)]
+        job: Option<String>,
     },
 }
 

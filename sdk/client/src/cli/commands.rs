@@ -345,8 +345,9 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
             println!("runner {id} removed");
             Ok(())
         }
-        RunnersCommand::Token { reusable } => {
-            let req = CreateRegistrationTokenRequest { reusable, ..Default::default() };
+        RunnersCommand::Token { reusable, job } => {
+            let req =
+                CreateRegistrationTokenRequest { reusable, job_id: job.unwrap_or_default(), ..Default::default() };
             let t = client.runners().create_registration_token(req).await?;
             println!("{}", t.into_inner().token);
             Ok(())
