@@ -8,7 +8,7 @@
 //! files younger than [`SWEEP_GRACE`], so an upload whose record is not yet
 //! written is never lost.
 
-use std::{collections::HashSet, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crate::{
     artifacts::Artifacts,
@@ -65,18 +65,18 @@ pub struct Depot {
 }
 
 impl Depot {
-    /// Opens the blob store under `data_dir/blobs`; `link_key` signs
-    /// artifact download links.
-    pub fn open(data_dir: &Path, store: &Arc<Store>, config: DepotConfig, link_key: [u8; 32]) -> Result<Arc<Self>> {
-        let blobs = Arc::new(BlobStore::open(&data_dir.join("blobs"))?);
-        Ok(Arc::new(Self {
+    /// Over the blob store `blobs`; `link_key` signs artifact download
+    /// links.
+    pub fn new(blobs: BlobStore, store: &Arc<Store>, config: DepotConfig, link_key: [u8; 32]) -> Arc<Self> {
+        let blobs = Arc::new(blobs);
+        Arc::new(Self {
             plugins: Arc::new(PluginRegistry::new(Arc::clone(store), Arc::clone(&blobs))),
             caches: Caches::new(Arc::clone(store), config.caches),
             artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key),
             blobs,
             config,
             retention: tokio::sync::Notify::new(),
-        }))
+        })
     }
 
     /// Asks for a retention pass soon (e.g. after a large cache save).
@@ -109,10 +109,7 @@ impl Depot {
         let mut keep: HashSet<String> = self.plugins.digests()?;
         keep.extend(self.caches.digests()?);
         keep.extend(self.artifacts.digests()?);
-        let blobs = Arc::clone(&self.blobs);
-        let swept = tokio::task::spawn_blocking(move || blobs.sweep(&keep, SWEEP_GRACE))
-            .await
-            .map_err(|e| crate::error::Error::Internal(format!("blob sweep: {e}")))??;
+        let swept = self.blobs.sweep(&keep, SWEEP_GRACE).await?;
         if swept.files > 0 {
             tracing::info!(files = swept.files, bytes = swept.bytes, "unreferenced blobs deleted");
         }

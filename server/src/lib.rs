@@ -113,6 +113,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the server's state lives.
     pub store: StoreConfig,
+    /// Where blobs (caches, artifacts, plugin components) live.
+    pub blobs: blobs::BlobConfig,
     /// Scheduling settings.
     pub engine: EngineConfig,
     /// URL clients and forges reach the server at (clone and webhook URLs);
@@ -165,7 +167,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
     let secret_box = Arc::new(secrets::SecretBox::open(&cfg.data_dir)?);
     let link_key = secret_box.derive_key("viaduct artifact download links v1");
-    let depot = depot::Depot::open(&cfg.data_dir, &store, cfg.depot, link_key)?;
+    let blobs = blobs::BlobStore::open(&cfg.blobs, &cfg.data_dir).await.context("cannot open the blob store")?;
+    tracing::info!(blobs = %blobs.describe(), "blob store");
+    let depot = depot::Depot::new(blobs, &store, cfg.depot, link_key);
     if let Some(dir) = &cfg.plugins_dir {
         let published = depot
             .plugins

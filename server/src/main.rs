@@ -26,6 +26,16 @@ struct Args {
     /// list and the logs).
     #[arg(long, env = "VIADUCT_STORE_PASSWORD_FILE")]
     store_password_file: Option<PathBuf>,
+    /// Where blobs (caches, artifacts, plugin components) live: `local`
+    /// (DATA_DIR/blobs) or an S3-protocol bucket,
+    /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R&access_key_id=ID`
+    /// (no secret in it).
+    #[arg(long, env = "VIADUCT_BLOB_STORE", default_value = "local")]
+    blob_store: String,
+    /// A file holding the object store's secret key (or set
+    /// AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "VIADUCT_BLOB_STORE_SECRET_FILE")]
+    blob_store_secret_file: Option<PathBuf>,
     /// A job's lease lapses when its runner is silent this long (e.g. 30s).
     #[arg(long, default_value = "30s", value_parser = viaduct_pipeline::duration::parse_duration)]
     lease_ttl: Duration,
@@ -187,10 +197,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let blobs = match viaduct_server::blobs::BlobConfig::parse(&args.blob_store, args.blob_store_secret_file.as_deref())
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("viaduct-server: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = Config {
         listen: args.listen,
         data_dir: args.data_dir,
         store,
+        blobs,
         engine: EngineConfig {
             lease_ttl: args.lease_ttl,
             heartbeat_interval: args.heartbeat_interval,

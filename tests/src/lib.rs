@@ -640,6 +640,66 @@ pub fn postgres_database(name: &str) -> Option<String> {
     Some(format!("{base}/{db}"))
 }
 
+/// A fresh bucket on the test S3 server (`VIADUCT_TEST_S3*`, an `s3s-fs`
+/// started by `cargo xtask test`). `None` when there is none (see
+/// [`missing_fixture`]).
+pub struct S3Bucket {
+    /// `--blob-store` (`s3://BUCKET/PREFIX?endpoint=…&access_key_id=…`).
+    pub spec: String,
+    /// `--blob-store-secret-file`.
+    pub secret_file: PathBuf,
+    /// The bucket's directory on the server (s3s-fs keeps objects as files).
+    pub dir: PathBuf,
+    _keep: TempDir,
+}
+
+impl S3Bucket {
+    /// Makes the bucket `name-<pid>`.
+    pub fn new(name: &str) -> Option<Self> {
+        let Ok(endpoint) = std::env::var("VIADUCT_TEST_S3") else {
+            missing_fixture("no S3 server (VIADUCT_TEST_S3 is unset): run `cargo xtask test`, which starts one");
+            return None;
+        };
+        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} goes with VIADUCT_TEST_S3"));
+        let bucket = format!("{name}-{}", std::process::id());
+        let dir = Path::new(&var("VIADUCT_TEST_S3_ROOT")).join(&bucket);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bucket");
+        let keep = tempfile::tempdir().expect("temp dir");
+        let secret_file = keep.path().join("s3-secret");
+        std::fs::write(&secret_file, var("VIADUCT_TEST_S3_SECRET_KEY")).expect("secret file");
+        let spec = format!("s3://{bucket}/ci?endpoint={endpoint}&access_key_id={}", var("VIADUCT_TEST_S3_ACCESS_KEY"));
+        Some(Self { spec, secret_file, dir, _keep: keep })
+    }
+
+    /// The server arguments that put blobs in this bucket.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--blob-store".into(),
+            self.spec.clone(),
+            "--blob-store-secret-file".into(),
+            self.secret_file.display().to_string(),
+        ]
+    }
+
+    /// The blobs stored in the bucket (their file names: blake3 hex).
+    pub fn blobs(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.dir.join("ci/blobs")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    found.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
 /// The offline test image (busybox-static), built by `cargo xtask setup`.
 pub fn test_image() -> String {
     std::env::var("VIADUCT_TEST_IMAGE").unwrap_or_else(|_| "viaduct-test/busybox:latest".into())

@@ -1,9 +1,10 @@
 //! The server on PostgreSQL (`--store postgres://…`), end to end: the same
 //! runs, logs and durability as on sled, with no database in the data
 //! directory; one server per database; a store URL with a password in it
-//! is refused.
+//! is refused. Blobs in an S3 bucket (`--blob-store s3://…`): plugins,
+//! caches and artifacts go there and nowhere else, and survive kill -9.
 
-use viaduct_tests::{Server, finished, output, postgres_database, step_log, submit, word};
+use viaduct_tests::{S3Bucket, Server, finished, http, output, postgres_database, step_log, submit, v1, word};
 
 const PIPELINE: &str = "
 jobs:
@@ -76,4 +77,88 @@ fn a_store_url_with_a_password_is_refused_without_echoing_it() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--store-password-file"), "{err}");
     assert!(!err.contains("hunter2"), "the password was echoed: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_live_in_an_s3_bucket() {
+    let Some(bucket) = S3Bucket::new("e2e") else { return };
+    let mut args = bucket.args();
+    args.extend(["--plugins-dir".into(), viaduct_tests::plugins_dir().display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Server::start_with(&args);
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    // The first-party plugins were published into the bucket.
+    let published = bucket.blobs().len();
+    assert!(published >= 4, "{:?}", bucket.blobs());
+
+    let pipeline = r#"
+name: s3
+jobs:
+  build:
+    artifacts: [dist]
+    steps:
+      - run: echo v1 > Cargo.lock
+      - uses: cache@1
+        id: cache
+        with: { key: deps, key_files: [Cargo.lock], paths: [target] }
+      - run: |
+          if [ ! -f target/blob ]; then mkdir -p target; head -c 12000000 /dev/urandom > target/blob; fi
+          mkdir -p dist && cp target/blob dist/app
+          echo "sha=$(sha256sum target/blob | cut -d' ' -f1)" >> "$VIADUCT_OUTPUT"
+        id: build
+"#;
+    let first = finished(&client, &submit(&client, pipeline).await).await;
+    assert_eq!(word(first.status), "success", "{first:#?}");
+    let out = |run: &v1::Run, step: usize, k: &str| run.jobs[0].steps[step].outputs[k].clone();
+    assert_eq!(out(&first, 1, "hit"), "false");
+    let second = finished(&client, &submit(&client, pipeline).await).await;
+    assert_eq!(word(second.status), "success", "{second:#?}");
+    assert_eq!(out(&second, 1, "hit"), "true", "{:#?}", second.jobs[0]);
+    assert_eq!(out(&second, 2, "sha"), out(&first, 2, "sha"), "the cache came back from the bucket intact");
+    // One cache entry and one artifact (the same bytes both runs: stored once).
+    assert_eq!(bucket.blobs().len(), published + 2, "{:?}", bucket.blobs());
+    assert!(!server.data_dir().join("blobs").exists(), "no blob on the server's disk");
+    assert!(server.log().contains("blob store") && server.log().contains("s3://e2e-"), "{}", server.log());
+
+    // Artifacts download from the bucket, also after a kill -9.
+    server.kill9();
+    server.restart();
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let got = output(server.cli().args(["artifacts", "get", &first.id, "dist/", "-o"]).arg(dir.path()));
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let sum = output(std::process::Command::new("sha256sum").arg(dir.path().join("dist/app")));
+    assert!(String::from_utf8_lossy(&sum.stdout).starts_with(&out(&first, 2, "sha")));
+    let req = v1::DownloadArtifactRequest { run_id: first.id.clone(), job_id: String::new(), name: "dist/app".into() };
+    let link = client.artifacts().link(req).await.unwrap().into_inner();
+    let (code, body) = http(server.addr(), "GET", &link.path, &[], b"");
+    assert_eq!((code, body.len()), (200, 12_000_000));
+}
+
+#[test]
+fn a_wrong_blob_store_stops_the_server_at_start_without_echoing_secrets() {
+    let Some(bucket) = S3Bucket::new("wrong") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let start = |args: &[&str]| {
+        output(
+            std::process::Command::new(viaduct_tests::bin("viaduct-server"))
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["--listen", "127.0.0.1:0"])
+                .args(args),
+        )
+    };
+    // A wrong secret key: refused by the S3 server when the bucket is listed.
+    let wrong = dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "hunter2-not-the-key").unwrap();
+    let out = start(&["--blob-store", &bucket.spec, "--blob-store-secret-file", wrong.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot open the blob store"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // A secret in the URL: refused before anything is tried.
+    let out = start(&["--blob-store", "s3://bucket?secret_access_key=hunter2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--blob-store-secret-file") && !err.contains("hunter2"), "{err}");
 }

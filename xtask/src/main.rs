@@ -142,6 +142,8 @@ fn test(extra: &[String]) -> Result<()> {
     let _nix = setup::NixDaemon::start()?;
     // PostgreSQL for the store's tests.
     let postgres = setup::PostgresServer::start()?;
+    // An S3-protocol server for the object-storage blob store.
+    let s3 = setup::S3Server::start()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
     for (k, v) in tools.env() {
@@ -153,6 +155,10 @@ fn test(extra: &[String]) -> Result<()> {
     cmd.env("VIADUCT_TEST_REGISTRY", &registry.addr).env("VIADUCT_TEST_REGISTRY_AUTH", &registry.auth);
     cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug")).env("VIADUCT_UI_DIR", ui);
     cmd.env("VIADUCT_TEST_POSTGRES", &postgres.url);
+    cmd.env("VIADUCT_TEST_S3", &s3.endpoint)
+        .env("VIADUCT_TEST_S3_ROOT", &s3.root)
+        .env("VIADUCT_TEST_S3_ACCESS_KEY", &s3.access_key)
+        .env("VIADUCT_TEST_S3_SECRET_KEY", &s3.secret_key);
     run(&mut cmd)?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())

@@ -18,8 +18,8 @@ pub const CHUNK: usize = 256 * 1024;
 /// A boxed stream of messages, as tonic's server streams want them.
 pub type Chunks<M> = Pin<Box<dyn Stream<Item = Result<M, Status>> + Send>>;
 
-/// `file` as a stream of messages built by `make(data, first)`.
-pub fn file_stream<M, F>(file: tokio::fs::File, mut make: F) -> Chunks<M>
+/// `file` (a file, a blob) as a stream of messages built by `make(data, first)`.
+pub fn file_stream<M, F>(file: impl tokio::io::AsyncRead + Send + 'static, mut make: F) -> Chunks<M>
 where
     M: Send + 'static,
     F: FnMut(Vec<u8>, bool) -> M + Send + 'static,

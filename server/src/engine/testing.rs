@@ -52,7 +52,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::memory());
         let secrets = Arc::new(SecretBox::open(dir.path()).expect("secret box"));
-        let blobs = Arc::new(BlobStore::open(&dir.path().join("blobs")).expect("blobs"));
+        let blobs = Arc::new(BlobStore::local(&dir.path().join("blobs")).expect("blobs"));
         let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
         let clock = Arc::new(ManualClock::default());
         let cfg = EngineConfig { clock: Arc::clone(&clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };

@@ -163,7 +163,7 @@ mod tests {
 
     fn plugins() -> (tempfile::TempDir, PluginRegistry) {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let blobs = Arc::new(BlobStore::local(dir.path()).unwrap());
         (dir, PluginRegistry::new(Arc::new(Store::memory()), blobs))
     }
 

@@ -79,9 +79,8 @@ impl PluginRegistry {
     /// `replace`.
     pub async fn publish(&self, file: &str, manifest_toml: &str, blob: &Blob, replace: bool) -> Result<Plugin> {
         let manifest = Self::parse_manifest(file, manifest_toml)?;
-        let path = self.blobs.path(&blob.digest)?;
+        let bytes = self.blobs.read_all(&blob.digest, MAX_COMPONENT_BYTES).await?;
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let bytes = std::fs::read(&path).map_err(|e| Error::Internal(format!("reading the component: {e}")))?;
             component::check(&bytes).map_err(|e| Error::invalid(format!("the component is refused: {e}")))?;
             Ok(())
         })

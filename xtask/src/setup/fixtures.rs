@@ -184,6 +184,67 @@ impl Drop for PostgresServer {
     }
 }
 
+/// A real S3-protocol server for the object-storage tests: `s3s-fs` over
+/// a temporary directory (a bucket is a directory in it: tests make their
+/// own), on a free loopback port, with a random access key pair; stopped
+/// on drop.
+pub struct S3Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The access key id and secret key it accepts.
+    pub access_key: String,
+    /// The secret key.
+    pub secret_key: String,
+    /// Its root directory (one directory per bucket).
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts the server and waits until it listens.
+    pub fn start() -> Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("viaduct-s3-").tempdir()?;
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(&root)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let (access_key, secret_key) = (format!("AK{}", std::process::id()), format!("sk-{:x}", rand_u64()));
+        let log = std::fs::File::create(tmp.path().join("s3s-fs.log"))?;
+        // The secret key goes on the command line: s3s-fs takes it no
+        // other way. A throwaway for a loopback server of the tests.
+        let child = Command::new(super::s3s_fs()?)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &access_key, "--secret-key"])
+            .arg(&secret_key)
+            .arg(&root)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting s3s-fs")?;
+        let server =
+            Self { child, endpoint: format!("http://127.0.0.1:{port}"), access_key, secret_key, root, _dir: tmp };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "s3s-fs did not listen on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
+}
+
 /// A private image registry for the pull tests: Debian's `docker-registry`
 /// (the CNCF distribution registry) on a free loopback port, plain HTTP,
 /// with htpasswd (bcrypt, from `apache2-utils`) authentication and empty

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-pub use fixtures::{NixDaemon, PodmanService, PostgresServer, Registry};
+pub use fixtures::{NixDaemon, PodmanService, PostgresServer, Registry, S3Server};
 
 use crate::{run, target_dir};
 
@@ -183,6 +183,14 @@ const PARTS: &[Part] = &[
         check: || ok_output(&[wasm_opt_path().to_str().unwrap_or_default(), "--version"]),
     },
     Part {
+        name: "s3s-fs",
+        source: Source::Own("crates.io s3s-fs"),
+        purpose: "the object-storage blob store's tests (a real S3-protocol server)",
+        probe: "",
+        version: &[],
+        check: || ok_output(&[s3s_fs_path().to_str().unwrap_or_default(), "--version"]),
+    },
+    Part {
         name: "oidc-provider",
         source: Source::Own("npm oidc-provider"),
         purpose: "the single sign-on tests (a real OpenID Provider)",
@@ -209,6 +217,7 @@ pub fn all() -> Result<Tools> {
     wasm_bindgen()?;
     let _ = wasm_opt();
     let oidc_provider = oidc_provider()?;
+    s3s_fs()?;
     let podman = podman_conf()?;
     report()?;
     Ok(Tools { grpcurl, podman, chromedriver: PathBuf::from("/usr/bin/chromedriver"), oidc_provider })
@@ -588,6 +597,32 @@ pub fn wasm_bindgen() -> Result<PathBuf> {
         .context("installing wasm-bindgen-cli")?;
     }
     Ok(bin)
+}
+
+/// The S3-protocol test server: crates.io `s3s-fs` (an S3 server over a
+/// directory, from the `s3s` project), pinned, built once with its own
+/// lockfile into `target/tools/s3s-fs-<version>`.
+pub fn s3s_fs() -> Result<PathBuf> {
+    let bin = s3s_fs_path();
+    if !bin.exists() {
+        let root = bin.parent().and_then(Path::parent).context("s3s-fs's path")?;
+        eprintln!("xtask: installing s3s-fs {S3S_FS} (crates.io) into {}", root.display());
+        run(crate::cargo()
+            .args(["install", "--quiet", "--locked", "--features", "binary", "s3s-fs", "--version"])
+            .arg(format!("={S3S_FS}"))
+            .arg("--root")
+            .arg(root))
+        .context("installing s3s-fs")?;
+    }
+    Ok(bin)
+}
+
+/// The s3s-fs release [`s3s_fs`] installs (newer ones need a newer Rust).
+const S3S_FS: &str = "0.14.1";
+
+/// Where [`s3s_fs`] installs the server.
+pub fn s3s_fs_path() -> PathBuf {
+    target_dir().join("tools").join(format!("s3s-fs-{S3S_FS}")).join("bin").join("s3s-fs")
 }
 
 /// Where [`wasm_bindgen`] installs the CLI matching Cargo.lock.

@@ -1,0 +1,139 @@
+//! Blobs as files under a directory (`DATA_DIR/blobs`): `<hh>/<hex>`, and
+//! `tmp/<random>` while being written. `finish` fsyncs the file, renames it
+//! into place and fsyncs the directory.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use tokio::io::AsyncWriteExt;
+
+use super::{BlobReader, Swept, is_blob_name, temporary_name};
+use crate::error::{Error, Result};
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Internal(format!("{what} {}: {e}", path.display()))
+}
+
+/// The blob directory.
+pub struct LocalBlobs {
+    dir: PathBuf,
+}
+
+impl LocalBlobs {
+    /// Opens (creating) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    /// For the logs.
+    pub fn describe(&self) -> String {
+        format!("files in {}", self.dir.display())
+    }
+
+    fn path(&self, hex: &str) -> PathBuf {
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    /// Whether the blob `hex` exists.
+    pub fn contains(&self, hex: &str) -> bool {
+        self.path(hex).is_file()
+    }
+
+    /// The blob `hex` and its size, or `None`.
+    pub async fn open_read(&self, hex: &str) -> Result<Option<(BlobReader, u64)>> {
+        let path = self.path(hex);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("cannot open", &path, e)),
+        };
+        let size = file.metadata().await.map_err(|e| io("cannot stat", &path, e))?.len();
+        Ok(Some((Box::pin(file), size)))
+    }
+
+    /// A temporary file to write a blob into.
+    pub async fn stage(&self) -> Result<Staged> {
+        let tmp = self.dir.join("tmp").join(temporary_name()?);
+        let file = tokio::fs::File::create(&tmp).await.map_err(|e| io("cannot create", &tmp, e))?;
+        Ok(Staged { dir: self.dir.clone(), tmp, file: Some(tokio::io::BufWriter::with_capacity(1 << 20, file)) })
+    }
+
+    /// See [`super::BlobStore::sweep`].
+    pub async fn sweep(&self, keep: &HashSet<&str>, grace: Duration) -> Result<Swept> {
+        let dir = self.dir.clone();
+        let keep: HashSet<String> = keep.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || sweep_dir(&dir, &keep, grace))
+            .await
+            .map_err(|e| Error::Internal(format!("blob sweep: {e}")))?
+    }
+}
+
+fn sweep_dir(dir: &Path, keep: &HashSet<String>, grace: Duration) -> Result<Swept> {
+    let mut swept = Swept::default();
+    let now = SystemTime::now();
+    let old = |m: &std::fs::Metadata| m.modified().ok().and_then(|t| now.duration_since(t).ok()) >= Some(grace);
+    let entries = std::fs::read_dir(dir).map_err(|e| io("cannot list", dir, e))?;
+    for shard in entries.flatten() {
+        let Ok(files) = std::fs::read_dir(shard.path()) else { continue };
+        let is_tmp = shard.file_name() == "tmp";
+        for f in files.flatten() {
+            let Ok(meta) = f.metadata() else { continue };
+            let name = f.file_name().to_string_lossy().into_owned();
+            let referenced = !is_tmp && is_blob_name(&name) && keep.contains(&name);
+            if !referenced && meta.is_file() && old(&meta) && std::fs::remove_file(f.path()).is_ok() {
+                swept.files += 1;
+                swept.bytes += meta.len();
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// A blob being written to its temporary file.
+pub struct Staged {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+}
+
+impl Staged {
+    /// Appends bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        let file = self.file.as_mut().ok_or_else(|| Error::Internal("blob writer already finished".into()))?;
+        file.write_all(data).await.map_err(|e| io("cannot write", &self.tmp, e))
+    }
+
+    /// Makes the file durable under the name `hex`.
+    pub async fn finish(mut self, hex: &str) -> Result<()> {
+        let mut file = self.file.take().ok_or_else(|| Error::Internal("blob writer already finished".into()))?;
+        file.flush().await.map_err(|e| io("cannot write", &self.tmp, e))?;
+        let file = file.into_inner();
+        file.sync_all().await.map_err(|e| io("cannot sync", &self.tmp, e))?;
+        drop(file);
+        let shard = self.dir.join(&hex[..2]);
+        let dest = shard.join(hex);
+        let tmp = self.tmp.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            std::fs::create_dir_all(&shard).map_err(|e| io("cannot create", &shard, e))?;
+            // Same name = same bytes: an existing blob stays as it is.
+            std::fs::rename(&tmp, &dest).map_err(|e| io("cannot store", &dest, e))?;
+            std::fs::File::open(&shard).and_then(|d| d.sync_all()).map_err(|e| io("cannot sync", &shard, e))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("blob store task: {e}")))?
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Abandoned (error, client gone): remove the partial file.
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
