@@ -86,6 +86,11 @@ impl Shared {
     pub fn running(&self) -> usize {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// Whether it has neither run nor runs a job.
+    fn idle(&self) -> bool {
+        self.running() == 0 && self.finished.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
 }
 
 /// Runs one session until the stream ends.
@@ -129,8 +134,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         }
     }
     tracing::info!(runner = %welcome.runner_id, draining = welcome.draining, resumed = welcome.resume.len(), "connected");
-    let idle = shared.running() == 0 && shared.finished.load(std::sync::atomic::Ordering::SeqCst) == 0;
-    if shared.ephemeral && welcome.draining && idle {
+    if shared.ephemeral && welcome.draining && shared.idle() {
         return Err(SessionEnd::Idle);
     }
     shared.outbox.attach(tx.clone());
@@ -151,7 +155,11 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
     };
     let end = loop {
         match inbound.message().await {
-            Ok(Some(m)) => handle(shared, m.msg),
+            Ok(Some(m)) => {
+                if let Some(end) = handle(shared, m.msg) {
+                    break end;
+                }
+            }
             Ok(None) => break SessionEnd::Broken("the server closed the stream".into()),
             Err(s) if s.code() == tonic::Code::Unauthenticated => break SessionEnd::Rejected(s.message().to_string()),
             Err(s) => break SessionEnd::Broken(viaduct_sdk::status_line(&s)),
@@ -162,23 +170,24 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
     Err(end)
 }
 
-fn handle(shared: &Arc<Shared>, msg: Option<In>) {
+/// Acts on one message from the server; `Some` ends the session.
+fn handle(shared: &Arc<Shared>, msg: Option<In>) -> Option<SessionEnd> {
     match msg {
         Some(In::Assign(a)) => {
-            let Some(job) = a.job.clone() else { return };
+            let Some(job) = a.job.clone() else { return None };
             let key = (job.job_id.clone(), job.attempt);
             let stop = JobStop::default();
             {
                 let mut jobs = shared.jobs.lock().unwrap_or_else(|p| p.into_inner());
                 if jobs.contains_key(&key) {
-                    return;
+                    return None;
                 }
                 // The server gives an ephemeral runner one job; a second is
                 // never run (its lease lapses and it goes elsewhere).
                 let taken = !jobs.is_empty() || shared.finished.load(std::sync::atomic::Ordering::SeqCst) > 0;
                 if shared.ephemeral && taken {
                     tracing::warn!(job = %job.job_id, "an ephemeral runner was given a second job: not running it");
-                    return;
+                    return None;
                 }
                 jobs.insert(key.clone(), stop.clone());
             }
@@ -203,6 +212,14 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) {
             }
         }
         Some(In::Ack(ack)) => shared.outbox.ack(&ack),
+        Some(In::Drain(d)) => {
+            tracing::info!(reason = %d.reason, "drained by the server");
+            // An ephemeral runner that never got its job has nothing to wait for.
+            if shared.ephemeral && shared.idle() {
+                return Some(SessionEnd::Idle);
+            }
+        }
         Some(In::Welcome(_)) | None => {}
     }
+    None
 }

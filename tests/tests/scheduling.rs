@@ -537,3 +537,37 @@ async fn a_runner_made_for_a_job_takes_that_job_only() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_waiting_for_its_job_leaves_when_the_job_is_cancelled() {
+    // One job at a time: the bound runner connects but cannot start its
+    // job while another runs.
+    let server = Server::start_with(&["--max-running-jobs", "1"]);
+    let client = server.client().await;
+    let _busy = server.runner("linux", 1);
+    let long = submit(&client, "jobs:\n  long:\n    steps:\n      - run: sleep 60\n").await;
+    run_where(&client, &long, "running", |r| word(r.status) == "running").await;
+    let waiting = submit(&client, "jobs:\n  later:\n    steps:\n      - run: echo never\n").await;
+    let out = output(server.cli().args(["runners", "token", "--job", &format!("{waiting}.1")]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &out.stdout).unwrap();
+    let mut jit =
+        Runner::start(&server, "linux", 1, &["--token-file", &token_file.display().to_string(), "--ephemeral"]);
+    viaduct_tests::eventually("the bound runner to connect and wait", || async {
+        let p = client.runners().pending(v1::PendingJobsRequest { limit: 0 }).await.ok()?.into_inner();
+        p.jobs.iter().any(|j| j.job_id == format!("{waiting}.1") && !j.bound_runner.is_empty()).then_some(())
+    })
+    .await;
+    assert!(jit.alive());
+    client.runs().cancel(v1::CancelRunRequest { id: waiting.clone(), ..Default::default() }).await.unwrap();
+    wait_until("the bound runner to leave", || (!jit.alive()).then_some(()));
+    assert!(jit.log().contains("drained by the server"), "{}", jit.log());
+    viaduct_tests::eventually("the server to remove it", || async {
+        let list = client.runners().list(v1::ListRunnersRequest {}).await.ok()?.into_inner().runners;
+        (list.len() == 1).then_some(())
+    })
+    .await;
+    client.runs().cancel(v1::CancelRunRequest { id: long, ..Default::default() }).await.unwrap();
+}

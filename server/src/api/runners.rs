@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
     CreateRegistrationTokenRequest, CreateRegistrationTokenResponse, DrainRunnerRequest, FleetStats, FleetStatsRequest,
-    GetRunnerRequest, ListRunnersRequest, ListRunnersResponse, RemoveRunnerResponse, Runner, UpdateRunnerRequest,
-    runners_server::Runners,
+    GetRunnerRequest, ListRunnersRequest, ListRunnersResponse, PendingJobsRequest, PendingJobsResponse,
+    RemoveRunnerResponse, Runner, UpdateRunnerRequest, runners_server::Runners,
 };
 
 use crate::{
@@ -44,6 +44,15 @@ impl Runners for RunnersApi {
             runners_connected: n(m.runners_connected),
             slots: n(m.slots),
         }))
+    }
+
+    async fn pending(&self, req: Request<PendingJobsRequest>) -> Result<Response<PendingJobsResponse>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let (jobs, total) = self.engine.pending_jobs(limit);
+        Ok(Response::new(PendingJobsResponse { jobs, total: total as u64 }))
     }
 
     async fn get(&self, req: Request<GetRunnerRequest>) -> Result<Response<Runner>, Status> {

@@ -18,7 +18,8 @@
 
 use std::collections::HashMap;
 
-use viaduct_proto::v1::{Executor, JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
+use tokio::sync::mpsc::UnboundedSender;
+use viaduct_proto::v1::{Drain, Executor, JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
 
 use super::{Lease, queue::QueuedJob, tx::Tx};
 use crate::{
@@ -183,19 +184,7 @@ impl Tx<'_> {
         // An ephemeral runner's one job: it takes no other, also after a
         // reconnect or a restart of the server.
         if self.st.runners.get(runner).is_some_and(|c| c.ephemeral) {
-            if let Some(c) = self.conn_mut(runner) {
-                c.draining = true;
-            }
-            // Read through this transition's own writes (a Hello's pinning
-            // may be among them).
-            let rec = match self.writes().pending(T::Runners, runner.as_bytes()) {
-                Some(Some(bytes)) => Some(crate::store::decode::<RunnerRecord>(T::Runners, bytes)?),
-                Some(None) => None,
-                None => self.store().get(T::Runners, runner.as_bytes())?,
-            };
-            let mut rec = rec.ok_or_else(|| Error::not_found(format!("runner {runner} not found")))?;
-            rec.draining = true;
-            self.writes().put(T::Runners, runner.as_bytes(), &rec);
+            self.mark_draining(runner)?;
         }
 
         let mut env = job.env.clone();
@@ -262,4 +251,44 @@ impl Tx<'_> {
 /// Whether `runner` holds the lease of `attempt` of `job`.
 pub(crate) fn holds(st: &super::State, runner: &str, job: JobKey, attempt: u32) -> bool {
     st.leases.get(&job).is_some_and(|l| l.attempt == attempt && l.runner == runner)
+}
+
+impl Tx<'_> {
+    /// Drains `runner` in memory and in its record.
+    fn mark_draining(&mut self, runner: &str) -> Result<()> {
+        if let Some(c) = self.conn_mut(runner) {
+            c.draining = true;
+        }
+        // Read through this transition's own writes (a Hello's pinning may
+        // be among them).
+        let rec = match self.writes().pending(T::Runners, runner.as_bytes()) {
+            Some(Some(bytes)) => Some(crate::store::decode::<RunnerRecord>(T::Runners, bytes)?),
+            Some(None) => None,
+            None => self.store().get(T::Runners, runner.as_bytes())?,
+        };
+        let mut rec = rec.ok_or_else(|| Error::not_found(format!("runner {runner} not found")))?;
+        rec.draining = true;
+        self.writes().put(T::Runners, runner.as_bytes(), &rec);
+        Ok(())
+    }
+
+    /// A job ended: the connected runners registered for it (job-bound
+    /// tokens) that never took it — it was cancelled while they waited —
+    /// are drained and told, so they leave instead of idling.
+    pub(crate) fn release_bound_runners(&mut self, job: JobKey, why: &str) -> Result<()> {
+        let bound: Vec<(String, UnboundedSender<ServerMessage>)> = self
+            .st
+            .runners
+            .iter()
+            .filter(|(_, c)| c.bound_job == Some(job) && !c.draining)
+            .map(|(id, c)| (id.clone(), c.tx.clone()))
+            .collect();
+        for (runner, tx) in bound {
+            self.mark_draining(&runner)?;
+            let reason = format!("job {job}, which this runner was registered for, ended: {why}");
+            tracing::info!(runner, job = %job, "a runner bound to an ended job is drained");
+            self.send(&tx, ServerMessage { msg: Some(Msg::Drain(Drain { reason })) });
+        }
+        Ok(())
+    }
 }

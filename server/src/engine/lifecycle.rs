@@ -122,6 +122,7 @@ impl Tx<'_> {
         job.finished_ms = now;
         job.message = message.to_string();
         tracing::info!(job = %key, status = status.word(), message, "job finished");
+        self.release_bound_runners(key, message)?;
         self.after_final(key)
     }
 

@@ -396,4 +396,29 @@ impl Engine {
             slots: st.runners.values().filter(|c| !c.draining).map(|c| c.slots as usize).sum(),
         }
     }
+
+    /// Up to `limit` queued jobs in dispatch order, with what a runner
+    /// needs to take each, and how many are queued in all.
+    pub fn pending_jobs(&self, limit: usize) -> (Vec<viaduct_proto::v1::PendingJob>, usize) {
+        let st = self.lock();
+        let bound: HashMap<JobKey, &str> =
+            st.runners.iter().filter_map(|(id, c)| c.bound_job.map(|j| (j, id.as_str()))).collect();
+        let jobs = st
+            .queue
+            .iter()
+            .take(limit)
+            .map(|q| viaduct_proto::v1::PendingJob {
+                job_id: q.job.to_string(),
+                run_id: q.job.run.to_string(),
+                pipeline: q.pipeline.clone(),
+                runs_on: q.runs_on.clone(),
+                executor: q.executor as i32,
+                plugins: q.plugins,
+                untrusted: q.untrusted,
+                not_before: crate::convert::timestamp(q.not_before_ms),
+                bound_runner: bound.get(&q.job).map(|r| r.to_string()).unwrap_or_default(),
+            })
+            .collect();
+        (jobs, st.queue.len())
+    }
 }

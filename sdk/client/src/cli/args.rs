@@ -328,6 +328,10 @@ pub enum RunnersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs waiting for a runner, in queue order, with what a runner needs
+    /// to take each (labels, executor, trust) and whether one was started
+    /// for it.
+    Pending,
     /// Stop giving a runner new jobs (it finishes the ones it has).
     Drain {
         /// Runner id.

@@ -11,15 +11,15 @@ use tokio_stream::StreamExt;
 use viaduct_sdk::{
     Client,
     proto::{
-        StatusWord,
+        ExecutorWord, StatusWord,
         v1::{
             ApproveRunRequest, CancelRunRequest, CreatePipelineRequest, CreateRegistrationTokenRequest,
             CreateRepoRequest, DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest,
             GetRepoRequest, GetRunRequest, GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest,
-            ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PullRequestPolicy,
-            RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope, SetSecretRequest, Status, SubmitRequest,
-            SyncRepoRequest, TriggerRequest, UpdateRepoRequest, UpdateRunnerRequest, WatchRequest, create_repo_request,
-            follow_request, log_event, run_event::Change, submit_request,
+            ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PendingJobsRequest,
+            PullRequestPolicy, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope, SetSecretRequest,
+            Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest, UpdateRunnerRequest,
+            WatchRequest, create_repo_request, follow_request, log_event, run_event::Change, submit_request,
         },
     },
 };
@@ -320,6 +320,34 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
                     })
                     .collect();
                 print!("{}", view::table(&["ID", "NAME", "STATE", "LABELS", "JOBS", "LAST SEEN"], &rows));
+            }
+            Ok(())
+        }
+        RunnersCommand::Pending => {
+            let p = client.runners().pending(PendingJobsRequest { limit: 1000 }).await?.into_inner();
+            let rows: Vec<Vec<String>> = p
+                .jobs
+                .iter()
+                .map(|j| {
+                    let mut needs = vec![j.executor().word().to_string()];
+                    if j.plugins {
+                        needs.push("wasi".into());
+                    }
+                    if j.untrusted {
+                        needs.push("unprotected".into());
+                    }
+                    vec![
+                        j.job_id.clone(),
+                        j.pipeline.clone(),
+                        j.runs_on.join(","),
+                        needs.join(","),
+                        if j.bound_runner.is_empty() { "-".into() } else { j.bound_runner.clone() },
+                    ]
+                })
+                .collect();
+            print!("{}", view::table(&["JOB", "PIPELINE", "RUNS ON", "NEEDS", "RUNNER MADE FOR IT"], &rows));
+            if p.total as usize > p.jobs.len() {
+                println!("… and {} more", p.total as usize - p.jobs.len());
             }
             Ok(())
         }

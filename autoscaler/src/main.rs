@@ -1,0 +1,178 @@
+//! `viaduct-autoscaler`: one ephemeral runner per waiting job.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use viaduct_autoscaler::{
+    provision::{Provisioner, container::Containers, process::Processes},
+    scaler::{Scaler, ScalerConfig},
+};
+use viaduct_proto::{EXECUTOR_WORDS, ExecutorWord, v1::Executor};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kind {
+    /// `viaduct-runner` processes on this machine.
+    Process,
+    /// `viaduct-runner` in containers (Docker Engine API: Docker or Podman).
+    Container,
+}
+
+/// Starts one ephemeral runner for each job waiting on the server, bound
+/// to that job, and cleans up after them.
+#[derive(Parser, Debug)]
+#[command(name = "viaduct-autoscaler", version)]
+struct Args {
+    /// The server's URL.
+    #[arg(long, env = "VIADUCT_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// A file holding an admin token (it makes registration tokens); or
+    /// set VIADUCT_TOKEN.
+    #[arg(long, env = "VIADUCT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Trust this CA (PEM) besides the system's roots.
+    #[arg(long, env = "VIADUCT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Allow http:// to another machine.
+    #[arg(long)]
+    insecure: bool,
+    /// How runners are started.
+    #[arg(long, value_enum, default_value = "process")]
+    provisioner: Kind,
+    /// The URL runners connect to (default: --server).
+    #[arg(long)]
+    runner_server: Option<String>,
+    /// The runner binary (process provisioner; default: `viaduct-runner`
+    /// beside this program, else on PATH).
+    #[arg(long)]
+    runner_bin: Option<PathBuf>,
+    /// The image runners run in (container provisioner); it must have
+    /// `viaduct-runner` on its PATH.
+    #[arg(long, required_if_eq("provisioner", "container"))]
+    image: Option<String>,
+    /// The container engine's Unix socket.
+    #[arg(long, default_value = "/run/podman/podman.sock")]
+    container_socket: String,
+    /// The runner containers' network (`host`, `bridge`, a network name).
+    #[arg(long, default_value = "bridge")]
+    container_network: String,
+    /// Labels of the runners it starts; jobs asking for others are not its.
+    #[arg(long, value_delimiter = ',', default_value = "linux")]
+    labels: Vec<String>,
+    /// Executors its runners offer (host, container, wasi).
+    #[arg(long, value_delimiter = ',', default_value = "host,wasi")]
+    executors: Vec<String>,
+    /// Its runners take only trusted runs (never a fork's pull request).
+    #[arg(long)]
+    protected: bool,
+    /// One more argument for every runner (repeat it).
+    #[arg(long = "runner-arg", allow_hyphen_values = true)]
+    runner_args: Vec<String>,
+    /// Most runners alive at once.
+    #[arg(long, default_value_t = 10)]
+    max_runners: usize,
+    /// A runner that has not connected by then is stopped (and its job
+    /// tried again, at most 3 times).
+    #[arg(long, default_value = "2m", value_parser = viaduct_pipeline::duration::parse_duration)]
+    connect_timeout: Duration,
+    /// A runner alive this long is stopped.
+    #[arg(long, default_value = "6h", value_parser = viaduct_pipeline::duration::parse_duration)]
+    max_lifetime: Duration,
+    /// Time between looks at the queue.
+    #[arg(long, default_value = "1s", value_parser = viaduct_pipeline::duration::parse_duration)]
+    interval: Duration,
+    /// Where instances keep their token, work dir and log.
+    #[arg(long, default_value = "viaduct-autoscaler")]
+    state_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("viaduct-autoscaler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viaduct-autoscaler: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("VIADUCT_TOKEN")
+            .map_err(|_| anyhow::anyhow!("no token: give --token-file (an admin token) or VIADUCT_TOKEN"))?,
+    };
+    let executors = args
+        .executors
+        .iter()
+        .map(|w| {
+            Executor::from_word(w).ok_or_else(|| anyhow::anyhow!("unknown executor `{w}` (known: {EXECUTOR_WORDS})"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(args.max_runners > 0, "--max-runners must be at least 1");
+    let transport = viaduct_sdk::Transport::from_files(args.ca_cert.as_deref(), args.insecure, None, None)?;
+    let client = viaduct_sdk::Client::connect_with(&args.server, Some(token), &transport).await?;
+    let provisioner: Box<dyn Provisioner> = match args.provisioner {
+        Kind::Process => {
+            let runner = args.runner_bin.clone().unwrap_or_else(|| {
+                let beside = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("viaduct-runner")));
+                beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("viaduct-runner"))
+            });
+            Box::new(Processes { runner })
+        }
+        Kind::Container => {
+            let image = args.image.clone().unwrap_or_default();
+            Box::new(Containers::connect(&args.container_socket, image, args.container_network.clone()).await?)
+        }
+    };
+    std::fs::create_dir_all(&args.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.state_dir.display()))?;
+    let cfg = ScalerConfig {
+        runner_server: args.runner_server.clone().unwrap_or_else(|| args.server.clone()),
+        labels: args.labels.clone(),
+        executors,
+        protected: args.protected,
+        runner_args: args.runner_args.clone(),
+        max_runners: args.max_runners,
+        connect_timeout: args.connect_timeout,
+        max_lifetime: args.max_lifetime,
+        state_dir: std::fs::canonicalize(&args.state_dir)?,
+    };
+    let mut scaler = Scaler::new(client, cfg, provisioner);
+    tracing::info!(server = %args.server, what = %scaler.describe(), "autoscaler started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(args.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        match scaler.pass().await {
+            Ok(p) if !p.started.is_empty() || !p.ended.is_empty() => {
+                tracing::debug!(started = ?p.started, ended = ?p.ended, alive = p.alive, "pass");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the queue"),
+        }
+    }
+    tracing::info!("stopping: instances are stopped and their tokens revoked");
+    scaler.stop_all().await;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Provisioners: how a runner for one job comes to exist, and goes.
+//!
+//! A provisioner gets a [`Launch`] (the job, a one-use registration token
+//! bound to it, the runner's name and arguments) and returns an
+//! [`Instance`] the scaler polls and, when it outlives its purpose, stops.
+//! The token reaches the runner as a file only its instance can read —
+//! never a command line or an environment variable.
+//!
+//! - [`process`] — `viaduct-runner` as a child process on this machine.
+//! - [`container`] — `viaduct-runner` in a container of an image that has
+//!   it, through the Docker Engine API (Docker or Podman).
+
+pub mod container;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+
+/// What went wrong starting or watching an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A file or process operation failed.
+    #[error("{0}")]
+    Io(String),
+    /// The container engine refused or failed.
+    #[error("container engine: {0}")]
+    Engine(String),
+}
+
+/// Results of provisioners.
+pub type Result<T> = std::result::Result<T, ProvisionError>;
+
+/// One runner to start.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The job it is for (`42.1`).
+    pub job: String,
+    /// Its name (`auto-42-1-…`), unique among instances.
+    pub name: String,
+    /// The server URL the runner connects to.
+    pub server: String,
+    /// Runner arguments besides server, token, name and `--ephemeral`
+    /// (labels, executors' settings…).
+    pub args: Vec<String>,
+    /// A 0700 directory for this instance alone, holding `token` (0600):
+    /// the job-bound registration token.
+    pub dir: PathBuf,
+}
+
+impl Launch {
+    /// Where the token file is.
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+}
+
+/// A started runner.
+#[async_trait::async_trait]
+pub trait Instance: Send {
+    /// Whether it still runs.
+    async fn running(&mut self) -> Result<bool>;
+    /// Stops it (if it runs) and removes what it left.
+    async fn stop(&mut self) -> Result<()>;
+}
+
+/// Starts runners.
+#[async_trait::async_trait]
+pub trait Provisioner: Send + Sync {
+    /// What it starts, for the logs.
+    fn describe(&self) -> String;
+    /// Starts a runner for `launch`.
+    async fn start(&self, launch: &Launch) -> Result<Box<dyn Instance>>;
+}
+
+/// Writes `token` to `dir/token`, the directory 0700 and the file 0600.
+pub fn write_token(dir: &Path, token: &str) -> Result<PathBuf> {
+    use std::{
+        io::Write,
+        os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    };
+    let io = |what: &str, e: std::io::Error| ProvisionError::Io(format!("{what} {}: {e}", dir.display()));
+    std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir).map_err(|e| io("cannot create", e))?;
+    let file = dir.join("token");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(|e| io("cannot write the token in", e))?;
+    f.write_all(token.as_bytes()).map_err(|e| io("cannot write the token in", e))?;
+    Ok(file)
+}

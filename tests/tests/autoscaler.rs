@@ -1,0 +1,264 @@
+//! `viaduct-autoscaler` against a real server: one ephemeral runner per
+//! waiting job, bound to it (no other job can take the machine), at most
+//! `--max-runners` at once, none left when the queue is empty; jobs its
+//! runners do not fit are left alone; an instance that never connects is
+//! stopped, its token revoked, and the job given up on after 3 tries; the
+//! container provisioner runs each runner in a fresh container of an image
+//! made from the local binaries.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use viaduct_tests::{Server, bin, eventually, finished, output, submit, v1, word};
+
+/// A running autoscaler; killed on drop.
+struct Autoscaler {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Autoscaler {
+    fn start(server: &Server, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, server.admin_token()).unwrap();
+        let log = std::fs::File::create(dir.path().join("autoscaler.log")).unwrap();
+        let child = Command::new(bin("viaduct-autoscaler"))
+            .args(["--server", &server.url(), "--interval", "200ms", "--token-file"])
+            .arg(&token)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .env("RUST_LOG", "info,viaduct_autoscaler=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start viaduct-autoscaler");
+        Self { child, dir }
+    }
+
+    fn log(&self) -> String {
+        let mut log = std::fs::read_to_string(self.dir.path().join("autoscaler.log")).unwrap_or_default();
+        for d in std::fs::read_dir(self.state()).into_iter().flatten().flatten() {
+            if let Ok(r) = std::fs::read_to_string(d.path().join("runner.log")) {
+                log.push_str(&format!("\n--- {}\n{r}", d.path().display()));
+            }
+        }
+        log
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Token files still on disk.
+    fn tokens_left(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.state())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path().join("token"))
+            .filter(|t| t.exists())
+            .collect()
+    }
+}
+
+impl Drop for Autoscaler {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+async fn runners(client: &viaduct_tests::Client) -> Vec<v1::Runner> {
+    client.runners().list(v1::ListRunnersRequest {}).await.unwrap().into_inner().runners
+}
+
+fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
+    t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runner_per_job_at_most_the_cap_and_none_when_idle() {
+    let server = Server::start();
+    let client = server.client().await;
+    let scaler = Autoscaler::start(
+        &server,
+        &[
+            "--labels",
+            "linux,autoscaled",
+            "--max-runners",
+            "2",
+            "--runner-bin",
+            bin("viaduct-runner").to_str().unwrap(),
+            "--runner-arg=--no-containers",
+            "--runner-arg=--kill-grace=1s",
+        ],
+    );
+    // Not its runners' kind: left waiting.
+    let gpu = submit(&client, "jobs:\n  train:\n    runs_on: [gpu]\n    steps:\n      - run: echo never\n").await;
+    let id = submit(
+        &client,
+        r#"
+jobs:
+  a: { runs_on: [autoscaled], steps: [ { run: "sleep 1; echo ran $VIADUCT_JOB_ID" } ] }
+  b: { runs_on: [autoscaled], steps: [ { run: "sleep 1; echo ran $VIADUCT_JOB_ID" } ] }
+  c: { runs_on: [autoscaled], steps: [ { run: "sleep 1; echo ran $VIADUCT_JOB_ID" } ] }
+"#,
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", scaler.log());
+    // Each job on a runner of its own, made for it.
+    let mut ids: Vec<&str> = run.jobs.iter().map(|j| j.runner_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{run:#?}");
+    // Never more than 2 at once: of 3 one-second jobs, some two did not overlap.
+    let spans: Vec<(i64, i64)> = run
+        .jobs
+        .iter()
+        .map(|j| {
+            let t = j.times.as_ref().unwrap();
+            (ms(&t.started_at), ms(&t.finished_at))
+        })
+        .collect();
+    let overlap = |a: (i64, i64), b: (i64, i64)| a.0 < b.1 && b.0 < a.1;
+    assert!(
+        !(overlap(spans[0], spans[1]) && overlap(spans[1], spans[2]) && overlap(spans[0], spans[2])),
+        "three at once with --max-runners 2: {spans:?}"
+    );
+    // Scaled to zero: no runner left, no token on disk.
+    eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
+    eventually("no token file left", || async { scaler.tokens_left().is_empty().then_some(()) }).await;
+    let log = scaler.log();
+    assert_eq!(log.matches("instance started").count(), 3, "{log}");
+
+    // The gpu job waits, listed as pending with what it needs.
+    let pending = client.runners().pending(v1::PendingJobsRequest { limit: 0 }).await.unwrap().into_inner();
+    assert_eq!(pending.total, 1, "{pending:#?}");
+    assert_eq!(
+        (pending.jobs[0].job_id.as_str(), pending.jobs[0].runs_on.as_slice()),
+        (&*format!("{gpu}.1"), &["gpu".to_string()][..])
+    );
+    assert!(pending.jobs[0].bound_runner.is_empty());
+    let out = output(server.cli().args(["runners", "pending"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("RUNS ON") && text.contains(&format!("{gpu}.1")) && text.contains(" gpu "), "{text}");
+    let gpu_run = client.runs().get(v1::GetRunRequest { id: gpu.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(gpu_run.jobs[0].status), "queued");
+    client.runs().cancel(v1::CancelRunRequest { id: gpu, ..Default::default() }).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_never_connects_is_stopped_and_its_token_revoked() {
+    let server = Server::start();
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A "runner" that hangs without ever connecting (a broken machine).
+    let hang = dir.path().join("hang.sh");
+    std::fs::write(&hang, "#!/bin/sh\necho $$ >> \"$(dirname \"$0\")/pids\"\nexec sleep 600\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let scaler = Autoscaler::start(&server, &["--runner-bin", hang.to_str().unwrap(), "--connect-timeout", "1s"]);
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: echo hi\n").await;
+    let log = eventually("the autoscaler gives up", || async {
+        let log = scaler.log();
+        log.contains("giving up on it").then_some(log)
+    })
+    .await;
+    assert_eq!(log.matches("instance started").count(), 3, "{log}");
+    assert_eq!(log.matches("its runner never connected").count(), 3, "{log}");
+    // Every hung process was stopped, no token is on disk or still valid.
+    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap();
+    assert_eq!(pids.lines().count(), 3, "{pids}");
+    for pid in pids.lines() {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} was left running");
+    }
+    assert!(scaler.tokens_left().is_empty(), "{:?}", scaler.tokens_left());
+    let tokens = client.tokens().list(v1::ListTokensRequest::default()).await.unwrap().into_inner().tokens;
+    assert!(!tokens.iter().any(|t| t.kind == "registration" && t.name.contains(&format!("job {id}.1"))), "{tokens:#?}");
+    let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(run.jobs[0].status), "queued", "the job still waits for a runner that can take it");
+    client.runs().cancel(v1::CancelRunRequest { id, ..Default::default() }).await.unwrap();
+}
+
+/// An image with `viaduct-runner` (and the libraries it links) on the test
+/// image's busybox, built from the local binary.
+fn runner_image() -> String {
+    let name = format!("localhost/viaduct-test/runner:{}", std::process::id());
+    let ctx = tempfile::tempdir().unwrap();
+    let runner = bin("viaduct-runner");
+    std::fs::copy(&runner, ctx.path().join("viaduct-runner")).unwrap();
+    let ldd = output(Command::new("ldd").arg(&runner));
+    let mut copies = String::new();
+    for lib in String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')) {
+        let file = Path::new(lib).file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(lib, ctx.path().join(&file)).unwrap();
+        copies.push_str(&format!("COPY {file} {lib}\n"));
+    }
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        format!("FROM {}\n{copies}COPY viaduct-runner /bin/viaduct-runner\n", viaduct_tests::test_image()),
+    )
+    .unwrap();
+    viaduct_tests::podman(&["build", "-q", "-t", &name, ctx.path().to_str().unwrap()]);
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_provisioner_runs_each_runner_in_a_fresh_container() {
+    let Some(socket) = viaduct_tests::container_socket() else { return };
+    let server = Server::start();
+    let client = server.client().await;
+    let image = runner_image();
+    let scaler = Autoscaler::start(
+        &server,
+        &[
+            "--provisioner",
+            "container",
+            "--image",
+            &image,
+            "--container-socket",
+            &socket,
+            "--container-network",
+            "host",
+            "--runner-arg=--no-containers",
+            "--runner-arg=--shared-job-user",
+        ],
+    );
+    let id = submit(
+        &client,
+        r#"
+jobs:
+  a: { steps: [ { run: "test -f /run/.containerenv && echo in-a-container" } ] }
+  b: { steps: [ { run: "hostname" } ] }
+"#,
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", scaler.log());
+    let log = viaduct_tests::step_log(&client, &run.jobs[0].steps[0].id).await;
+    assert_eq!(log, "in-a-container\n");
+    assert_ne!(run.jobs[0].runner_id, run.jobs[1].runner_id);
+    // The containers are gone once their runners left.
+    eventually("containers removed", || async {
+        let left = viaduct_tests::podman(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            "label=dev.viaduct.autoscaler.job",
+        ]);
+        left.trim().is_empty().then_some(())
+    })
+    .await;
+    eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
+    let _ = viaduct_tests::podman(&["rmi", "-f", &image]);
+}
