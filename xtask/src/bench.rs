@@ -47,6 +47,12 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("queue") {
             queue().await?;
         }
+        if wanted("blobs") {
+            blobs().await?;
+        }
+        if wanted("autoscaler") {
+            autoscaler().await?;
+        }
         if wanted("git") {
             git_push().await?;
         }
@@ -388,6 +394,120 @@ async fn store() -> Result<()> {
             b.completed
         );
     }
+    Ok(())
+}
+
+/// Blobs on the local disk and in an S3 bucket (s3s-fs on loopback): a
+/// 256 MiB artifact uploaded at the end of its job and downloaded by the
+/// CLI, against the bare cost of writing the same bytes durably
+/// (`dd conv=fsync`).
+async fn blobs() -> Result<()> {
+    const MIB: usize = 256;
+    const RUNS: usize = 3;
+    let s3 = crate::setup::S3Server::start()?;
+    std::fs::create_dir_all(s3.root.join("bench"))?;
+    let tmp = tempfile::tempdir()?;
+    let secret = tmp.path().join("s3-secret");
+    std::fs::write(&secret, &s3.secret_key)?;
+    let spec = format!("s3://bench/ci?endpoint={}&access_key_id={}", s3.endpoint, s3.access_key);
+    let secret_arg = secret.display().to_string();
+    let sh = |script: &str| -> Result<Duration> {
+        let t0 = Instant::now();
+        let ok = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(tmp.path()).status()?;
+        anyhow::ensure!(ok.success(), "`{script}` failed");
+        Ok(t0.elapsed())
+    };
+    sh(&format!("head -c {MIB}M /dev/urandom > big"))?;
+    sync()?;
+    let bare = sh("dd if=big of=copy bs=1M conv=fsync status=none")?;
+    let mut figures = Vec::new();
+    for (name, args) in [
+        ("local", vec![]),
+        ("s3", vec!["--blob-store", spec.as_str(), "--blob-store-secret-file", secret_arg.as_str()]),
+    ] {
+        let (server, _runner, client, mut events) = system_on(Server::start_with(&args)).await?;
+        let (mut ups, mut downs) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let id = submit(
+                &client,
+                &format!(
+                    "jobs:
+  a:
+    artifacts: [big]
+    steps:
+      - run: head -c {MIB}M /dev/urandom > big
+"
+                ),
+            )
+            .await?;
+            until(&mut events, &id, is_finished_run).await?;
+            let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await?.into_inner();
+            anyhow::ensure!(run.status == v1::Status::Success as i32, "bench run {id} did not succeed");
+            let job = run.jobs.first().context("no job")?;
+            let step_end = job.steps.last().and_then(|s| s.times.as_ref()).and_then(|t| t.finished_at.as_ref());
+            let job_end = job.times.as_ref().and_then(|t| t.finished_at.as_ref());
+            ups.push(Duration::from_millis(u64::try_from(ms_of(job_end) - ms_of(step_end)).unwrap_or(0)));
+            sync()?;
+            let out = tempfile::tempdir()?;
+            let t0 = Instant::now();
+            let got = server.cli().args(["artifacts", "get", &id, "big", "-o"]).arg(out.path()).output()?;
+            anyhow::ensure!(got.status.success(), "download: {}", String::from_utf8_lossy(&got.stderr));
+            downs.push(t0.elapsed());
+        }
+        let (up, _, _) = summary(ups);
+        let (down, _, _) = summary(downs);
+        let rate = |d: Duration| MIB as f64 / d.as_secs_f64();
+        figures.push(format!(
+            "{name}: upload {} ({:.0} MiB/s), download {} ({:.0} MiB/s)",
+            ms(up),
+            rate(up),
+            ms(down),
+            rate(down)
+        ));
+    }
+    println!(
+        "blobs    a {MIB} MiB artifact, p50 of {RUNS}: {}; bare dd conv=fsync {} ({:.0} MiB/s)",
+        figures.join("; "),
+        ms(bare),
+        MIB as f64 / bare.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Submit → first step running when the runner is made for the job by
+/// `viaduct-autoscaler` (process provisioner, polling every 100 ms),
+/// against an idle runner that is already connected.
+async fn autoscaler() -> Result<()> {
+    const N: usize = 20;
+    let (server, runner, client, mut events) = system().await?;
+    let (idle50, _, _) = pickup(&client, &mut events, N).await?;
+    drop(runner);
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, server.admin_token())?;
+    let mut scaler = std::process::Command::new(viaduct_tests::bin("viaduct-autoscaler"))
+        .args(["--server", &server.url(), "--interval", "100ms", "--runner-arg=--no-containers", "--token-file"])
+        .arg(&token)
+        .arg("--runner-bin")
+        .arg(viaduct_tests::bin("viaduct-runner"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Wait until the idle runner has left the fleet.
+    while !client.runners().list(v1::ListRunnersRequest {}).await?.into_inner().runners.iter().all(|r| !r.connected) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let result = pickup(&client, &mut events, N).await;
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+    let (p50, p99, _) = result?;
+    println!(
+        "autoscaler  submit → first step running, a runner started for the job (process, 100 ms poll; {N} runs): p50 {}  p99 {}  (an idle connected runner: p50 {})",
+        ms(p50),
+        ms(p99),
+        ms(idle50)
+    );
     Ok(())
 }
 
