@@ -250,7 +250,7 @@ impl Scaler {
             .filter(|e| !live.contains(e.file_name().to_string_lossy().as_ref()))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
-        ended.sort_by(|a, b| b.0.cmp(&a.0));
+        ended.sort_by_key(|e| std::cmp::Reverse(e.0));
         for (_, dir) in ended.into_iter().skip(KEEP_DIRS) {
             let _ = std::fs::remove_dir_all(dir);
         }

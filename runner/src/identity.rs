@@ -51,11 +51,12 @@ impl Identity {
         serde_json::from_str::<Self>(&text).ok().filter(|i| i.server == server)
     }
 
-    /// Registers with `registration_token`, asking for what `asked` says
-    /// (the server pins it), and stores the identity (unless ephemeral).
+    /// Registers with `registration_token` at `server`, asking for what
+    /// `asked` says (the server pins it), and stores the identity (unless
+    /// ephemeral) as the identity for `known_as` (the `--server` value).
     pub async fn register(
         work_dir: &Path,
-        server: &str,
+        (server, known_as): (&str, &str),
         transport: &viaduct_sdk::Transport,
         registration_token: &str,
         asked: &Asked,
@@ -76,7 +77,7 @@ impl Identity {
             .await
             .map_err(viaduct_sdk::Error::from)?
             .into_inner();
-        let id = Self { server: server.to_string(), runner_id: resp.runner_id, token: resp.runner_token };
+        let id = Self { server: known_as.to_string(), runner_id: resp.runner_id, token: resp.runner_token };
         if !asked.ephemeral {
             id.save(work_dir)?;
         }

@@ -40,7 +40,8 @@ use crate::{executor::Backend, identity::Identity, session::SessionEnd};
 /// How to run the runner.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Server URL (https://host:port, or http:// to this machine).
+    /// Server URL (https://host:port, or http:// to this machine); several,
+    /// comma-separated, for replicas of one server.
     pub server: String,
     /// How to reach it: trusted CA, plaintext allowed, client certificate.
     pub transport: viaduct_sdk::Transport,
@@ -81,6 +82,13 @@ pub struct Config {
     pub plugins: plugin_host::PluginConfig,
 }
 
+impl Config {
+    /// The servers `server` names, in order (replicas: several).
+    pub fn servers(&self) -> Vec<String> {
+        self.server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+}
+
 /// Runs until `shutdown` resolves or the server rejects the runner.
 pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("cannot create {}", cfg.work_dir.display()))?;
@@ -89,7 +97,11 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     cfg.work_dir =
         std::fs::canonicalize(&cfg.work_dir).with_context(|| format!("cannot resolve {}", cfg.work_dir.display()))?;
     // A URL or TLS setting that cannot work is an error now, not a retry loop.
-    viaduct_sdk::Client::lazy_with(&cfg.server, None, &cfg.transport)?;
+    let servers = cfg.servers();
+    anyhow::ensure!(!servers.is_empty(), "--server names no URL");
+    for server in &servers {
+        viaduct_sdk::Client::lazy_with(server, None, &cfg.transport)?;
+    }
     if cfg.ephemeral {
         // One job needs one slot.
         cfg.slots = 1;
@@ -109,7 +121,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         !backend.executors().is_empty(),
         "this runner can run nothing: --no-host-jobs and no container engine"
     );
-    let client = viaduct_sdk::Client::lazy_with(&cfg.server, Some(&identity.token), &cfg.transport)?;
+    let client = viaduct_sdk::Client::lazy_any(&servers, Some(&identity.token), &cfg.transport)?;
     let sources =
         source::Sources::new(client.clone(), identity.token.clone(), cfg.clone_sources, cfg.work_dir.join("tmp"));
     let files = Arc::new(files::Files::new(client.clone()));
@@ -151,9 +163,12 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     });
     let work = async {
         let mut backoff = Backoff::default();
+        // Replicas: a broken stream is tried again on the next server.
+        let mut turn = 0;
         loop {
             let started = std::time::Instant::now();
-            match session::run(&shared, &cfg.server, &identity).await {
+            let server = &servers[turn % servers.len()];
+            match session::run(&shared, server, &identity).await {
                 Ok(()) => {}
                 // The server removes an ephemeral runner once its job is
                 // reported: a reconnect after that is refused, and it is done.
@@ -179,7 +194,8 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
                         backoff = Backoff::default();
                     }
                     let wait = backoff.next();
-                    tracing::warn!(error = %why, retry_in_ms = wait.as_millis() as u64, running = shared.running(), "connection to the server lost");
+                    turn += 1;
+                    tracing::warn!(error = %why, server, retry_in_ms = wait.as_millis() as u64, running = shared.running(), "connection to the server lost");
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -218,7 +234,11 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
 
 async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identity> {
     let mut backoff = Backoff::default();
+    let servers = cfg.servers();
+    let mut turn = 0;
     loop {
+        let server = &servers[turn % servers.len()];
+        turn += 1;
         let asked = identity::Asked {
             name: cfg.name.clone(),
             labels: cfg.labels.clone(),
@@ -227,7 +247,7 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
             executors: intended_executors(cfg),
             ephemeral: cfg.ephemeral,
         };
-        match Identity::register(&cfg.work_dir, &cfg.server, &cfg.transport, token, &asked).await {
+        match Identity::register(&cfg.work_dir, (server, &cfg.server), &cfg.transport, token, &asked).await {
             Ok(id) => return Ok(id),
             Err(e) => {
                 let permanent = e.downcast_ref::<viaduct_sdk::Error>().is_some_and(

@@ -10,7 +10,8 @@ use viaduct_runner::Config;
 #[command(version, about)]
 struct Args {
     /// Server URL: https://host:port (http:// only to this machine, unless
-    /// --insecure).
+    /// --insecure). Replicas of one server: several, comma-separated (a
+    /// lost connection is tried again on the next).
     #[arg(long, env = "VIADUCT_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
     /// Trust this CA (PEM) besides the system's roots.

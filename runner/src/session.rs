@@ -174,7 +174,7 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
 fn handle(shared: &Arc<Shared>, msg: Option<In>) -> Option<SessionEnd> {
     match msg {
         Some(In::Assign(a)) => {
-            let Some(job) = a.job.clone() else { return None };
+            let job = a.job.clone()?;
             let key = (job.job_id.clone(), job.attempt);
             let stop = JobStop::default();
             {

@@ -33,6 +33,7 @@ pub mod http;
 pub mod launch;
 pub mod pipelines;
 pub mod plugins;
+pub mod replicas;
 pub mod repos;
 pub mod secrets;
 pub mod sign_in;
@@ -143,6 +144,11 @@ pub struct Config {
     pub sso: Option<sso::SsoConfig>,
     /// How long a web UI session lasts.
     pub session_ttl: std::time::Duration,
+    /// Run as one of several replicas on one PostgreSQL database.
+    pub replica: Option<replicas::ReplicaConfig>,
+    /// The secret key's file (default `DATA_DIR/secret-key`); replicas
+    /// share one.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// How long a shutdown waits for open requests and streams.
@@ -153,19 +159,38 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Once listening, it writes the bound address (useful with port 0) to
 /// `DATA_DIR/address`.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if cfg.replica.is_some() {
+        return replicas::run(cfg, shutdown).await;
+    }
+    serve_engine(cfg, None, shutdown).await
+}
+
+/// The server with its engine: alone, or as the replica that leads (whose
+/// every write is checked against `fence`).
+pub(crate) async fn serve_engine(
+    cfg: Config,
+    fence: Option<store::Fence>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
-    let store = Arc::new(match &cfg.store {
-        StoreConfig::Sled => Store::open(&cfg.data_dir.join("db"))
+    let store = Arc::new(match (&cfg.store, fence) {
+        (StoreConfig::Sled, _) => Store::open(&cfg.data_dir.join("db"))
             .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?,
-        StoreConfig::Postgres { url, password } => {
+        (StoreConfig::Postgres { url, password }, None) => {
             Store::postgres(url, password.as_deref()).context("cannot open the PostgreSQL store")?
+        }
+        (StoreConfig::Postgres { url, password }, Some(fence)) => {
+            Store::postgres_leader(url, password.as_deref(), fence).context("cannot open the PostgreSQL store")?
         }
     });
     let mutual = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
     let users = Arc::new(users::Users::new(Arc::clone(&store), cfg.group_roles.clone()));
     let auth = Arc::new(Auth::new(Arc::clone(&store), users).with_runner_certs(mutual));
     let (admin, runner) = auth.bootstrap(&cfg.data_dir).await?;
-    let secret_box = Arc::new(secrets::SecretBox::open(&cfg.data_dir)?);
+    let secret_box = Arc::new(match &cfg.secret_key_file {
+        Some(file) => secrets::SecretBox::open_file(file)?,
+        None => secrets::SecretBox::open(&cfg.data_dir)?,
+    });
     let link_key = secret_box.derive_key("viaduct artifact download links v1");
     let blobs = blobs::BlobStore::open(&cfg.blobs, &cfg.data_dir).await.context("cannot open the blob store")?;
     tracing::info!(blobs = %blobs.describe(), "blob store");
@@ -302,7 +327,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 }
 
 /// Writes `DATA_DIR/name` whole or not at all.
-fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomically(dir: &std::path::Path, name: &str, text: &str) -> std::io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, dir.join(name)))
 }

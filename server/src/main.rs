@@ -26,6 +26,19 @@ struct Args {
     /// list and the logs).
     #[arg(long, env = "VIADUCT_STORE_PASSWORD_FILE")]
     store_password_file: Option<PathBuf>,
+    /// Run as one of several replicas on one PostgreSQL --store: one leads
+    /// (runs the engine), the others forward to it and take over when it
+    /// is gone.
+    #[arg(long, env = "VIADUCT_REPLICA")]
+    replica: bool,
+    /// With --replica: the URL the other replicas reach this one at
+    /// (default http://<listen address>).
+    #[arg(long, env = "VIADUCT_ADVERTISE_URL", requires = "replica")]
+    advertise_url: Option<String>,
+    /// The secret key's file (default DATA_DIR/secret-key): replicas must
+    /// share one (it seals secrets and signs grants and links).
+    #[arg(long, env = "VIADUCT_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
     /// Where blobs (caches, artifacts, plugin components) live: `local`
     /// (DATA_DIR/blobs) or an S3-protocol bucket,
     /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R&access_key_id=ID`
@@ -266,6 +279,10 @@ fn main() -> ExitCode {
             }),
         },
         session_ttl: args.session_ttl,
+        replica: args
+            .replica
+            .then(|| viaduct_server::replicas::ReplicaConfig { advertise_url: args.advertise_url.clone() }),
+        secret_key_file: args.secret_key_file,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -61,16 +61,31 @@ pub fn check_name(name: &str) -> Result<()> {
 impl SecretBox {
     /// The box of `data_dir`, creating its key on first use.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        let path = data_dir.join("secret-key");
+        Self::open_file(&data_dir.join("secret-key"))
+    }
+
+    /// The key in `path` (made there on first use, 0600). Replicas of one
+    /// database share one key file (`--secret-key-file`).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
         let io = |e: std::io::Error| Error::Internal(format!("secret key {}: {e}", path.display()));
         let key: [u8; 32] = match std::fs::read(&path) {
             Ok(k) => k.try_into().map_err(|_| Error::Internal(format!("{} is not a 32-byte key", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = random::<32>()?;
-                let mut f =
-                    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
-                f.write_all(&k).and_then(|()| f.sync_all()).map_err(io)?;
-                k
+                match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                    Ok(mut f) => {
+                        f.write_all(&k).and_then(|()| f.sync_all()).map_err(io)?;
+                        k
+                    }
+                    // Another replica sharing the file made it first.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        let k = std::fs::read(&path).map_err(io)?;
+                        k.try_into().map_err(|_| Error::Internal(format!("{} is not a 32-byte key", path.display())))?
+                    }
+                    Err(e) => return Err(io(e)),
+                }
             }
             Err(e) => return Err(io(e)),
         };

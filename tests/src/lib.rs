@@ -385,6 +385,28 @@ impl Runner {
         r
     }
 
+    /// Starts a runner for the servers `urls` (comma-separated: replicas),
+    /// registering with the token in `token_file`.
+    pub fn start_replicas(urls: &str, token_file: &Path, labels: &str, slots: u32) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let args = vec![
+            "--server".into(),
+            urls.to_string(),
+            "--token-file".into(),
+            path(token_file),
+            "--labels".into(),
+            labels.into(),
+            "--slots".into(),
+            slots.to_string(),
+            "--kill-grace".into(),
+            "1s".into(),
+            "--no-containers".into(),
+        ];
+        let mut r = Self { child: None, dir, args };
+        r.spawn();
+        r
+    }
+
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log");
         let child = Command::new(bin("viaduct-runner"))

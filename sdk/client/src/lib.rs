@@ -275,6 +275,18 @@ impl Client {
         Ok(Self { channel: endpoint(url, transport)?.connect_lazy(), auth: BearerAuth::new(token)? })
     }
 
+    /// A client of whichever of `urls` answers (replicas of one server):
+    /// calls are spread over those that are up. Connects lazily.
+    pub fn lazy_any(urls: &[String], token: Option<&str>, transport: &Transport) -> Result<Self, Error> {
+        let mut endpoints = urls.iter().map(|u| endpoint(u, transport)).collect::<Result<Vec<_>, _>>()?;
+        let channel = match endpoints.len() {
+            0 => return Err(Error::InvalidUrl { url: String::new(), reason: "no server URL".into() }),
+            1 => endpoints.remove(0).connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
+        Ok(Self { channel, auth: BearerAuth::new(token)? })
+    }
+
     /// A client over an existing channel.
     pub fn with_channel(channel: Channel, token: Option<&str>) -> Result<Self, Error> {
         Ok(Self { channel, auth: BearerAuth::new(token)? })

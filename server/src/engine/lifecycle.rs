@@ -142,6 +142,32 @@ impl Tx<'_> {
         }
     }
 
+    /// A runner came back without an attempt it was given but of which no
+    /// step was ever reported started: the assignment never reached it (it
+    /// was lost with a broken stream, or with a server — a leading replica —
+    /// that died after committing it). The attempt goes back to the queue
+    /// as it was, without counting as a try. Whether it did.
+    pub(crate) fn requeue_unstarted(&mut self, key: JobKey, attempt: u32, runner: &str) -> Result<bool> {
+        let job = self.job(key)?;
+        if job.attempt != attempt || job.status() != Status::Running {
+            return Ok(false);
+        }
+        for i in 0..job.steps.len() {
+            if self.step(key.step(attempt, index(i)))?.status() != Status::Pending {
+                return Ok(false);
+            }
+        }
+        if self.st.leases.get(&key).is_some_and(|l| l.attempt == attempt) {
+            self.set_lease(key, None);
+        }
+        let job = self.job(key)?;
+        job.runner_id.clear();
+        job.started_ms = 0;
+        job.message = format!("back in the queue: runner {runner} never received it");
+        tracing::warn!(job = %key, attempt, runner, "an assignment never reached its runner: queued again");
+        self.enqueue(key, 0).map(|()| true)
+    }
+
     /// The runner holding `attempt` of a job is gone (lease lapsed, or it
     /// came back without the job).
     pub(crate) fn lose_job(&mut self, key: JobKey, attempt: u32, reason: &str) -> Result<()> {

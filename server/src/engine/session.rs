@@ -126,6 +126,9 @@ impl Engine {
             let listed: HashSet<(JobKey, u32)> = hello.active.iter().map(|(j, a, _)| (*j, *a)).collect();
             let forgotten: Vec<(JobKey, u32)> = t.st.leases.of(runner_id).filter(|j| !listed.contains(j)).collect();
             for (job, attempt) in forgotten {
+                if t.requeue_unstarted(job, attempt, runner_id)? {
+                    continue;
+                }
                 tracing::warn!(job = %job, attempt, runner = runner_id, "runner came back without the job");
                 t.lose_job(job, attempt, &format!("runner {runner_id} restarted and no longer runs it"))?;
             }

@@ -85,6 +85,18 @@ impl Harness {
         assert!(matches!(verdicts[..], [super::reports::Verdict::Accepted]), "{verdicts:?}");
     }
 
+    /// `runner` reports that the first step of `assignment`'s job started.
+    pub fn start_first_step(&self, runner: &FakeRunner, assignment: &JobAssignment) {
+        let update = viaduct_proto::v1::StepUpdate {
+            job: assignment.job.clone(),
+            step_index: 1,
+            status: Status::Running as i32,
+            ..Default::default()
+        };
+        let (verdicts, _) = self.engine.apply_updates(&runner.id, &[Update::Step(&update)]).expect("apply");
+        assert!(matches!(verdicts[..], [super::reports::Verdict::Accepted]), "{verdicts:?}");
+    }
+
     /// The status word of each job of `run`, in plan order.
     pub fn job_states(&self, run: RunId) -> Vec<&'static str> {
         let run = self.engine.get_run(run).expect("the run");

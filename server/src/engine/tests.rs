@@ -135,15 +135,17 @@ async fn labels_decide_where_a_job_runs() {
     assert_eq!(names(&gpu.assignments()), ["gpu"]);
 }
 
-/// A runner that comes back without a job it held loses it: the job is
-/// retried when it may be, on whichever runner is free.
+/// A runner that comes back without a job it had started loses it: the
+/// job is retried when it may be, on whichever runner is free.
 #[tokio::test]
 async fn a_runner_that_comes_back_without_its_job_loses_it_to_a_retry() {
     use viaduct_proto::v1::Status;
     let h = Harness::new();
     let run = h.submit("jobs:\n  j:\n    retries: 1\n    steps: [{run: 'true'}]\n").await;
     let mut r = h.runner("r1", &[], 1).expect("connect");
-    assert_eq!(names(&r.assignments()), ["j"]);
+    let given = r.assignments();
+    assert_eq!(names(&given), ["j"]);
+    h.start_first_step(&r, &given[0]);
     // Reconnects listing nothing (it restarted): attempt 1 is lost.
     let mut again = h.runner("r1", &[], 1).expect("reconnect");
     let job = &h.engine.get_run(run).expect("run").jobs[0];
@@ -153,6 +155,26 @@ async fn a_runner_that_comes_back_without_its_job_loses_it_to_a_retry() {
     assert_eq!(job.status, Status::Queued as i32);
     assert!(again.assignments().is_empty());
     assert_eq!((h.engine.metrics().queued, h.engine.metrics().running), (1, 0));
+    assert!(r.assignments().is_empty(), "the old connection gets nothing more");
+}
+
+/// An assignment that never reached its runner (lost with the stream, or
+/// with a leading replica that died after committing it) — the runner
+/// comes back without the job, and no step of it ever started — goes back
+/// to the queue as the same attempt, even with no retries left.
+#[tokio::test]
+async fn an_assignment_that_never_arrived_is_queued_again_as_the_same_attempt() {
+    let h = Harness::new();
+    let run = h.submit("jobs:\n  j:\n    steps: [{run: 'true'}]\n").await;
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    assert_eq!(names(&r.assignments()), ["j"]);
+    let mut again = h.runner("r1", &[], 1).expect("reconnect");
+    let given = again.assignments();
+    assert_eq!(names(&given), ["j"], "given again, to the runner that is free");
+    let job = &h.engine.get_run(run).expect("run").jobs[0];
+    assert_eq!((job.attempt, job.previous_attempts.len()), (1, 0), "{job:?}");
+    h.report(&again, &given[0], viaduct_proto::v1::Status::Success);
+    assert_eq!(h.job_states(run), ["success"]);
     assert!(r.assignments().is_empty(), "the old connection gets nothing more");
 }
 

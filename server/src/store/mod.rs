@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kv;
 pub mod logs;
 pub mod postgres;
+pub use postgres::{Fence, Leadership, spawn_lease};
 pub mod records;
 
 use std::{
@@ -229,6 +230,12 @@ impl Store {
     pub fn postgres(url: &str, password: Option<&str>) -> Result<Self> {
         postgres::hold_server_lock(url, password)?;
         Ok(Self::with(Arc::new(postgres::Postgres::open(url, password)?)))
+    }
+
+    /// The store of a replica that leads: the database at `url`, every
+    /// write checked against `fence` (see [`postgres::spawn_lease`]).
+    pub fn postgres_leader(url: &str, password: Option<&str>, fence: postgres::Fence) -> Result<Self> {
+        Ok(Self::with(Arc::new(postgres::Postgres::open(url, password)?.fenced(fence))))
     }
 
     /// A store in memory (tests).

@@ -11,9 +11,11 @@
 //! advisory lock (servers starting together do not race), and a database
 //! migrated by a newer server is refused.
 //!
-//! One server per database: the engine keeps its queue and leases in
-//! memory, so [`hold_server_lock`] makes a server hold an advisory lock for
-//! as long as it runs (replicas are the next step, not this).
+//! One engine per database: the engine keeps its queue and leases in
+//! memory. A lone server holds an advisory lock for as long as it runs
+//! ([`hold_server_lock`]); replicas (`--replica`) elect a leader through a
+//! lease row instead ([`spawn_lease`]), and the leader's every write checks
+//! its fencing epoch ([`Fence`]).
 //!
 //! The [`Kv`] trait is synchronous — the engine calls it under its lock, as
 //! it calls sled. The `postgres` client runs its own runtime, which must not
@@ -37,7 +39,8 @@ use crate::error::{Error, Result};
 
 /// The schema, in order: (version, name, SQL). Append; never edit one that
 /// has shipped.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "kv", include_str!("migrations/0001_kv.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "kv", include_str!("migrations/0001_kv.sql")), (2, "leader", include_str!("migrations/0002_leader.sql"))];
 
 /// Connections (each on its own thread) per server.
 const CONNECTIONS: usize = 4;
@@ -134,6 +137,158 @@ pub fn hold_server_lock(url: &str, password: Option<&str>) -> Result<()> {
 /// See the module docs.
 pub struct Postgres {
     jobs: mpsc::Sender<Job>,
+    /// Set on a replica that leads: every write checks it.
+    fence: Option<Fence>,
+}
+
+/// A leader's right to write: the lease's epoch when it took the lead, and
+/// who it is. A write whose transaction no longer finds both in the lease
+/// row is refused (a successor took over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Raised by each new leader.
+    pub epoch: i64,
+    /// The replica's id (`host/pid/random`).
+    pub holder: String,
+}
+
+/// What a replica is, as its lease thread sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leadership {
+    /// Not known yet (the database was not reached).
+    Unknown,
+    /// Another replica leads, reachable at `leader` (`None`: none leads
+    /// right now, a lease just expired).
+    Follower {
+        /// The leader's URL.
+        leader: Option<String>,
+    },
+    /// This replica leads.
+    Leader(Fence),
+}
+
+/// A leader's write goes on only while the lease row still names it.
+const FENCE_CHECK: &str = "SELECT 1 FROM viaduct_leader WHERE id = 1 AND epoch = $1 AND holder = $2 FOR SHARE";
+
+/// How long a lease lasts without renewal: a leader killed -9 is replaced
+/// this long after its last renewal (plus a poll).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the lease is renewed, or tried for.
+const LEASE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Competes for the lead of the replicas on the database at `url`, as
+/// `holder`, reachable by the others at `advertise`: a thread of its own
+/// tries for the lease every second while another holds it, and renews it
+/// every second once it leads. The role is published on the returned
+/// channel. A leader that cannot renew before its lease would expire — or
+/// finds it taken — exits the process: its successor may already write.
+pub fn spawn_lease(
+    url: &str,
+    password: Option<&str>,
+    holder: String,
+    advertise: String,
+) -> Result<tokio::sync::watch::Receiver<Leadership>> {
+    let config = config(url, password)?;
+    let name = redacted(url);
+    let (tx, rx) = tokio::sync::watch::channel(Leadership::Unknown);
+    std::thread::Builder::new()
+        .name("viaduct-pg-lease".into())
+        .spawn(move || {
+            let ttl = LEASE_TTL.as_secs_f64();
+            let mut client: Option<Client> = None;
+            let mut led: Option<(i64, std::time::Instant)> = None;
+            loop {
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    client = match connect(&config) {
+                        // The lease table is a migration: followers never
+                        // open the store, so they apply it here.
+                        Ok(mut c) => match migrate(&mut c) {
+                            Ok(()) => Some(c),
+                            Err(e) => {
+                                tracing::error!(error = %e, database = %name, "lease: cannot migrate the database");
+                                None
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, database = %name, "lease: cannot connect");
+                            None
+                        }
+                    };
+                }
+                let now = std::time::Instant::now();
+                match (led, client.as_mut()) {
+                    (Some((epoch, renewed)), c) => {
+                        let kept = c.map(|c| {
+                            c.execute(
+                                "UPDATE viaduct_leader SET expires_at = now() + make_interval(secs => $3) \
+                                 WHERE id = 1 AND holder = $1 AND epoch = $2",
+                                &[&holder, &epoch, &ttl],
+                            )
+                        });
+                        match kept {
+                            Some(Ok(1)) => led = Some((epoch, now)),
+                            Some(Ok(_)) => {
+                                tracing::error!(epoch, "this replica lost its lead (another took over): exiting");
+                                std::process::exit(70);
+                            }
+                            Some(Err(e)) if now.duration_since(renewed) + LEASE_POLL >= LEASE_TTL => {
+                                tracing::error!(error = %e, epoch, "this replica cannot renew its lead before it expires: exiting");
+                                std::process::exit(70);
+                            }
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "lease: renewal failed; retrying");
+                                client = None;
+                            }
+                            None if now.duration_since(renewed) + LEASE_POLL >= LEASE_TTL => {
+                                tracing::error!(epoch, "this replica cannot reach its database to renew its lead: exiting");
+                                std::process::exit(70);
+                            }
+                            None => {}
+                        }
+                    }
+                    (None, Some(c)) => {
+                        let took = c.query_opt(
+                            "UPDATE viaduct_leader SET epoch = epoch + 1, holder = $1, url = $2, \
+                             expires_at = now() + make_interval(secs => $3) \
+                             WHERE id = 1 AND expires_at < now() RETURNING epoch",
+                            &[&holder, &advertise, &ttl],
+                        );
+                        let role = match took {
+                            Ok(Some(row)) => {
+                                let epoch: i64 = row.get(0);
+                                led = Some((epoch, now));
+                                tracing::info!(epoch, "this replica leads");
+                                Leadership::Leader(Fence { epoch, holder: holder.clone() })
+                            }
+                            Ok(None) => {
+                                match c.query_opt("SELECT url FROM viaduct_leader WHERE id = 1 AND expires_at >= now()", &[]) {
+                                    Ok(row) => Leadership::Follower { leader: row.map(|r| r.get(0)) },
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "lease: cannot read the leader");
+                                        client = None;
+                                        Leadership::Follower { leader: None }
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "lease: cannot try for the lead");
+                                client = None;
+                                Leadership::Follower { leader: None }
+                            }
+                        };
+                        tx.send_if_modified(|r| {
+                            let changed = *r != role;
+                            *r = role;
+                            changed
+                        });
+                    }
+                    (None, None) => {}
+                }
+                std::thread::sleep(LEASE_POLL);
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the PostgreSQL lease thread: {e}")))?;
+    Ok(rx)
 }
 
 fn storage(e: impl std::fmt::Display) -> Error {
@@ -242,7 +397,21 @@ impl Postgres {
                 .map_err(|e| Error::Storage(format!("cannot start a PostgreSQL connection thread: {e}")))?;
         }
         tracing::info!(database = %redacted(url), connections = CONNECTIONS, "store: PostgreSQL");
-        Ok(Self { jobs: tx })
+        Ok(Self { jobs: tx, fence: None })
+    }
+
+    /// Every write from now on checks `fence` (a replica that leads).
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The error of a write refused by its fence.
+    fn fenced_out(&self) -> Error {
+        let epoch = self.fence.as_ref().map_or(0, |f| f.epoch);
+        Error::Storage(format!(
+            "PostgreSQL: this replica's lead (epoch {epoch}) was taken over by another: the write is refused"
+        ))
     }
 
     /// Runs `f` on a connection and waits for its answer.
@@ -447,11 +616,22 @@ impl Kv for Postgres {
 
     fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
         let (tree, key, value) = (name(tree), key.to_vec(), value.to_vec());
-        self.call(move |c| {
+        let fence = self.fence.clone();
+        let done = self.call(move |c| {
             let statement =
                 c.statement("INSERT INTO viaduct_kv (tree, k, v) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")?;
-            Ok(c.client()?.execute(&statement, &[&tree, &key, &value])? == 1)
-        })
+            let check = c.statement(FENCE_CHECK)?;
+            let mut tx = c.client()?.transaction()?;
+            if let Some(f) = &fence
+                && tx.query_opt(&check, &[&f.epoch, &f.holder])?.is_none()
+            {
+                return Ok(None);
+            }
+            let inserted = tx.execute(&statement, &[&tree, &key, &value])? == 1;
+            tx.commit()?;
+            Ok(Some(inserted))
+        })?;
+        done.ok_or_else(|| self.fenced_out())
     }
 
     fn commit(&self, ops: &[Op]) -> Result<()> {
@@ -479,7 +659,9 @@ impl Kv for Postgres {
                 }
             }
         }
-        self.call(move |c| {
+        let fence = self.fence.clone();
+        let committed = self.call(move |c| {
+            let check = c.statement(FENCE_CHECK)?;
             let put = c.statement(
                 "INSERT INTO viaduct_kv (tree, k, v) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
                  ON CONFLICT (tree, k) DO UPDATE SET v = EXCLUDED.v",
@@ -488,14 +670,23 @@ impl Kv for Postgres {
                 "DELETE FROM viaduct_kv WHERE (tree, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
             )?;
             let mut tx = c.client()?.transaction()?;
+            // Held until the commit: a successor's takeover waits for this
+            // transaction, and every later one of ours finds the new epoch.
+            if let Some(f) = &fence
+                && tx.query_opt(&check, &[&f.epoch, &f.holder])?.is_none()
+            {
+                return Ok(false);
+            }
             if !put_keys.is_empty() {
                 tx.execute(&put, &[&put_trees, &put_keys, &put_values])?;
             }
             if !del_keys.is_empty() {
                 tx.execute(&delete, &[&del_trees, &del_keys])?;
             }
-            tx.commit()
-        })
+            tx.commit()?;
+            Ok(true)
+        })?;
+        if committed { Ok(()) } else { Err(self.fenced_out()) }
     }
 
     fn flush(&self) -> Result<()> {

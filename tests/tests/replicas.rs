@@ -1,0 +1,182 @@
+//! Server replicas on one PostgreSQL (`--replica`), end to end: three
+//! replicas, four runners that know all three (each starting at a different
+//! one), 500 runs submitted through whichever replica is up, and the
+//! leading replica killed -9 twice in the middle of the burst. Every run
+//! completes; every job ran on a runner exactly once; every step's log has
+//! its 20 numbered lines, none missing, none twice; a killed replica comes
+//! back as a follower.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use viaduct_tests::{Client, Runner, Server, postgres_database, v1, wait_until, word};
+
+const RUNS: usize = 500;
+const LINES: usize = 20;
+
+/// The live replica that leads now (its log says so last of all).
+fn leader(replicas: &[Server], dead: &HashSet<usize>) -> Option<usize> {
+    (0..replicas.len()).filter(|i| !dead.contains(i)).find(|i| replicas[*i].log().contains("this replica leads"))
+}
+
+fn retryable(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal)
+}
+
+/// `text` without terminal colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
+    let Some(url) = postgres_database("replicas") else { return };
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secret-key");
+    let args = ["--store", url.as_str(), "--replica", "--secret-key-file", key.to_str().unwrap()];
+    let mut replicas = vec![Server::start_with(&args)];
+    wait_until("the first replica to lead", || replicas[0].data_dir().join("admin-token").exists().then_some(()));
+    replicas.push(Server::start_with(&args));
+    replicas.push(Server::start_with(&args));
+    let token = replicas[0].admin_token();
+    let urls: Vec<String> = replicas.iter().map(Server::url).collect();
+    let registration = replicas[0].data_dir().join("runner-token");
+    let runners: Vec<Runner> = (0..4)
+        .map(|i| {
+            let mut order = urls.clone();
+            order.rotate_left(i % 3);
+            Runner::start_replicas(&order.join(","), &registration, "linux", 2)
+        })
+        .collect();
+    let transport = replicas[0].transport();
+    let clients: Vec<Client> =
+        urls.iter().map(|u| Client::lazy_with(u, Some(&token), &transport).expect("client")).collect();
+
+    // The burst, through whichever replica answers.
+    let dead: Arc<Mutex<HashSet<usize>>> = Arc::default();
+    let submitted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let yaml =
+        format!("jobs:\n  count:\n    steps:\n      - run: for i in $(seq 1 {LINES}); do echo \"line $i\"; done\n");
+    let burst = {
+        let (clients, dead, submitted) = (clients.clone(), Arc::clone(&dead), Arc::clone(&submitted));
+        tokio::spawn(async move {
+            let mut turn = 0;
+            for _ in 0..RUNS {
+                loop {
+                    turn += 1;
+                    let i = turn % clients.len();
+                    if dead.lock().unwrap().contains(&i) {
+                        continue;
+                    }
+                    let req = v1::SubmitRequest {
+                        source: Some(v1::submit_request::Source::PipelineYaml(yaml.clone())),
+                        ..Default::default()
+                    };
+                    match clients[i].runs().submit(req).await {
+                        Ok(r) => {
+                            submitted.lock().unwrap().push(r.into_inner().run_id);
+                            break;
+                        }
+                        Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(s) => panic!("submit refused: {s:?}"),
+                    }
+                }
+            }
+        })
+    };
+
+    // Kill the leader twice, mid-burst; time each failover.
+    let mut failovers = Vec::new();
+    for at in [RUNS * 3 / 10, RUNS * 7 / 10] {
+        wait_until("the burst to reach the kill", || (submitted.lock().unwrap().len() >= at).then_some(()));
+        let killed = leader(&replicas, &dead.lock().unwrap()).expect("a leader");
+        dead.lock().unwrap().insert(killed);
+        replicas[killed].kill9();
+        let t0 = Instant::now();
+        let dead_now = dead.lock().unwrap().clone();
+        let next = wait_until("another replica to lead", || leader(&replicas, &dead_now));
+        failovers.push((killed, next, t0.elapsed()));
+    }
+    eprintln!("failovers (killed, new leader, time to lead): {failovers:?}");
+    burst.await.expect("the burst");
+    // A killed replica comes back, as a follower.
+    let (first_killed, _, _) = failovers[0];
+    replicas[first_killed].restart();
+    dead.lock().unwrap().remove(&first_killed);
+    wait_until("the restarted replica to follow", || replicas[first_killed].log().contains("following").then_some(()));
+
+    // Every run the system accepted completes (a submit whose reply was
+    // lost to a kill and was sent again made a run too: all are checked).
+    let live = (0..replicas.len()).find(|i| !dead.lock().unwrap().contains(i)).unwrap();
+    let client = &clients[live];
+    let ids: Vec<String> = submitted.lock().unwrap().clone();
+    assert_eq!(ids.len(), RUNS);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut runs: HashMap<String, v1::Run> = HashMap::new();
+    let mut pending: Vec<String> = ids.clone();
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "{} runs never finished, e.g. {}", pending.len(), pending[0]);
+        let mut still = Vec::new();
+        for id in pending {
+            match client.runs().get(v1::GetRunRequest { id: id.clone() }).await {
+                Ok(r) if v1::Status::try_from(r.get_ref().status).is_ok_and(viaduct_tests::StatusWord::is_terminal) => {
+                    runs.insert(id, r.into_inner());
+                }
+                Ok(_) => still.push(id),
+                Err(s) if retryable(&s) => still.push(id),
+                Err(s) => panic!("run {id}: {s:?}"),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let listed = client
+        .runs()
+        .list(v1::ListRunsRequest {
+            page: Some(v1::PageRequest { page_size: 1000, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let all = listed.into_inner().runs;
+    assert!(all.len() >= RUNS, "{} runs listed", all.len());
+    for run in &all {
+        assert_eq!(word(run.status), "success", "{run:#?}");
+    }
+    // Each job ran on a runner exactly once, and its log is whole.
+    let mut started: HashMap<String, usize> = HashMap::new();
+    for r in &runners {
+        for line in plain(&r.log()).lines().filter(|l| l.contains("job started")) {
+            if let Some(job) = line.split("job=").nth(1).and_then(|s| s.split([' ', '}']).next()) {
+                *started.entry(job.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let expected: String = (1..=LINES).map(|i| format!("line {i}\n")).collect();
+    for id in &ids {
+        let run = &runs[id];
+        let job = &run.jobs[0];
+        assert_eq!(started.get(&job.id).copied(), Some(1), "job {} started {:?} times", job.id, started.get(&job.id));
+        let log = viaduct_tests::step_log(client, &job.steps[0].id).await;
+        assert_eq!(log, expected, "run {id}: the log has gaps or repeats");
+    }
+    drop(runners);
+}
