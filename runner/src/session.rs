@@ -14,7 +14,8 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use viaduct_proto::v1::{
-    Heartbeat, Hello, JobRef, RunnerMessage, runner_message::Msg as Out, server_message::Msg as In,
+    Heartbeat, Hello, JobRef, RunnerMessage, ServerMessage, Welcome, runner_message::Msg as Out,
+    server_message::Msg as In,
 };
 
 use crate::{
@@ -93,8 +94,26 @@ impl Shared {
     }
 }
 
+/// How long a server may take from the connection to its Welcome: one
+/// that accepts connections but does not answer (a stalled machine, a
+/// paused replica) is left for the next URL instead of waiting for
+/// keep-alives to give up.
+const WELCOME_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs one session until the stream ends.
 pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<(), SessionEnd> {
+    let started = tokio::time::timeout(WELCOME_WITHIN, start(shared, server, id)).await;
+    let (tx, inbound, welcome) =
+        started.map_err(|_| SessionEnd::Broken(format!("{server} did not answer within {WELCOME_WITHIN:?}")))??;
+    serve(shared, tx, inbound, welcome).await
+}
+
+/// Connects, says Hello and reads the Welcome.
+async fn start(
+    shared: &Arc<Shared>,
+    server: &str,
+    id: &Identity,
+) -> Result<(mpsc::UnboundedSender<RunnerMessage>, tonic::Streaming<ServerMessage>, Welcome), SessionEnd> {
     let client = viaduct_sdk::Client::connect_with(server, Some(id.token.clone()), &shared.transport)
         .await
         .map_err(|e| SessionEnd::Broken(e.to_string()))?;
@@ -124,6 +143,16 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
         Ok(None) => return Err(SessionEnd::Broken("the server closed the stream".into())),
         Err(s) => return Err(SessionEnd::Broken(viaduct_sdk::status_line(&s))),
     };
+    Ok((tx, inbound, welcome))
+}
+
+/// The session after its Welcome, until the stream ends.
+async fn serve(
+    shared: &Arc<Shared>,
+    tx: mpsc::UnboundedSender<RunnerMessage>,
+    mut inbound: tonic::Streaming<ServerMessage>,
+    welcome: Welcome,
+) -> Result<(), SessionEnd> {
     for r in &welcome.resume {
         let Some(job) = &r.job else { continue };
         if r.keep {

@@ -254,7 +254,15 @@ pub(crate) async fn serve_engine(
         ui::check_dir(dir)?;
         app = app.merge(ui::assets(dir));
     }
-    let app = app.fallback(move |req: axum::extract::Request| api::fallback(ui_dir.clone(), req));
+    let mut app = app.fallback(move |req: axum::extract::Request| api::fallback(ui_dir.clone(), req));
+    if cfg.replica.is_some() {
+        // Followers name their clients: the limits and the audit log see
+        // them, not the follower.
+        let key = Arc::new(secret_box.derive_key(replicas::client_ip::KEY_CONTEXT));
+        app = app.layer(axum::middleware::from_fn(move |req, next| {
+            replicas::client_ip::trust_forwarded(Arc::clone(&key), req, next)
+        }));
+    }
     write_atomically(&cfg.data_dir, "address", &format!("{addr}\n"))?;
     // Local tools (the git hook) reach a TLS server over a plaintext
     // listener on loopback only, announced in `local-address`.

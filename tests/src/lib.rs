@@ -320,6 +320,18 @@ impl Server {
         (t0.elapsed(), status.success())
     }
 
+    /// Sends `signal` to the server process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let c = self.child.as_ref().expect("the server is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid")), signal)
+            .expect("signal the server");
+    }
+
+    /// Whether the server process still runs; its exit status once not.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill9();

@@ -148,16 +148,26 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    let listed = client
-        .runs()
-        .list(v1::ListRunsRequest {
-            page: Some(v1::PageRequest { page_size: 1000, ..Default::default() }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let all = listed.into_inner().runs;
-    assert!(all.len() >= RUNS, "{} runs listed", all.len());
+    // And so do runs whose submit was answered by a leader killed before
+    // the reply left (the client sent it again: both runs exist).
+    let all = loop {
+        let page = v1::PageRequest { page_size: 1000, ..Default::default() };
+        let listed = client.runs().list(v1::ListRunsRequest { page: Some(page), ..Default::default() }).await;
+        let all = match listed {
+            Ok(l) => l.into_inner().runs,
+            Err(s) if retryable(&s) => Vec::new(),
+            Err(s) => panic!("{s:?}"),
+        };
+        let done = all.len() >= RUNS
+            && all.iter().all(|r| v1::Status::try_from(r.status).is_ok_and(viaduct_tests::StatusWord::is_terminal));
+        if done {
+            break all;
+        }
+        let open: Vec<&String> = all.iter().filter(|r| word(r.status) != "success").map(|r| &r.id).collect();
+        assert!(Instant::now() < deadline, "runs never finished: {open:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!("{} runs for {RUNS} submits", all.len());
     for run in &all {
         assert_eq!(word(run.status), "success", "{run:#?}");
     }
@@ -171,12 +181,73 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
         }
     }
     let expected: String = (1..=LINES).map(|i| format!("line {i}\n")).collect();
-    for id in &ids {
-        let run = &runs[id];
+    for listed in &all {
+        let id = &listed.id;
+        let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
         let job = &run.jobs[0];
         assert_eq!(started.get(&job.id).copied(), Some(1), "job {} started {:?} times", job.id, started.get(&job.id));
         let log = viaduct_tests::step_log(client, &job.steps[0].id).await;
         assert_eq!(log, expected, "run {id}: the log has gaps or repeats");
     }
     drop(runners);
+}
+
+/// A leader that is paused (not dead: its connections stay open) loses its
+/// lease; a follower takes over and serves; when the old leader wakes up it
+/// writes nothing — its store's fence refuses, or its lease renewal finds
+/// the lead taken — and it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_fenced_out_when_it_wakes() {
+    use nix::sys::signal::Signal;
+    let Some(url) = postgres_database("fenced") else { return };
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("secret-key");
+    let args = ["--store", url.as_str(), "--replica", "--secret-key-file", key.to_str().unwrap()];
+    let mut first = Server::start_with(&args);
+    wait_until("the first replica to lead", || first.data_dir().join("admin-token").exists().then_some(()));
+    let second = Server::start_with(&args);
+    let token = first.admin_token();
+    let urls = format!("{},{}", second.url(), first.url());
+    let _runner = Runner::start_replicas(&urls, &first.data_dir().join("runner-token"), "linux", 1);
+    let client = Client::lazy_with(&second.url(), Some(&token), &second.transport()).unwrap();
+    let yaml = "jobs:\n  j:\n    steps:\n      - run: echo served\n";
+    let before = viaduct_tests::submit(&client, yaml).await;
+    assert_eq!(word(viaduct_tests::finished(&client, &before).await.status), "success");
+    // The leader saw the client, not the follower: the follower signed the
+    // client's address (port 0: an address without a connection).
+    let audit = client.audit().list(v1::ListAuditRequest::default()).await.unwrap().into_inner().entries;
+    let submit = audit.iter().find(|e| e.action.ends_with("Runs/Submit")).expect("the submit is audited");
+    assert_eq!(submit.peer, "127.0.0.1:0", "{submit:?}");
+
+    first.signal(Signal::SIGSTOP);
+    let t0 = Instant::now();
+    wait_until("the follower to take the lead", || second.log().contains("this replica leads").then_some(()));
+    eprintln!("a paused leader replaced in {:?}", t0.elapsed());
+    // Served by the new leader: runs submitted now complete.
+    let after = loop {
+        let req = v1::SubmitRequest {
+            source: Some(v1::submit_request::Source::PipelineYaml(yaml.into())),
+            ..Default::default()
+        };
+        match client.runs().submit(req).await {
+            Ok(r) => break r.into_inner().run_id,
+            Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    eprintln!("submitted {after} at {:?}", t0.elapsed());
+    assert_eq!(word(viaduct_tests::finished(&client, &after).await.status), "success");
+    eprintln!("finished {after} at {:?}", t0.elapsed());
+
+    // The old leader wakes: it must not write, and leaves.
+    first.signal(Signal::SIGCONT);
+    let status = wait_until("the old leader to exit", || first.exited());
+    eprintln!("the old leader exited at {:?}", t0.elapsed());
+    assert!(!status.success(), "{status}");
+    let log = plain(&first.log());
+    assert!(log.contains("lost its lead") || log.contains("was taken over by another: the write is refused"), "{log}");
+    // Nothing of the new leader's was undone.
+    let run = client.runs().get(v1::GetRunRequest { id: after.clone() }).await.unwrap().into_inner();
+    assert_eq!(word(run.status), "success");
+    assert_eq!(viaduct_tests::step_log(&client, &run.jobs[0].steps[0].id).await, "served\n");
 }

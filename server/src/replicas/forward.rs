@@ -2,7 +2,7 @@
 //! HTTP/2 to the leader, bodies streamed both ways, trailers (gRPC's
 //! status) kept — so any replica serves every client and runner. The
 //! leader authenticates and authorizes; the follower only adds
-//! `X-Forwarded-For`. With no leader to reach (a failover under way), a
+//! `X-Forwarded-For` and the signed client address (`client_ip`). With no leader to reach (a failover under way), a
 //! call gets `UNAVAILABLE` (gRPC) or 503, which clients retry.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -23,12 +23,16 @@ use crate::store::Leadership;
 /// Forwards to whoever leads.
 pub struct Forwarder {
     role: tokio::sync::watch::Receiver<Leadership>,
+    /// Signs the client's address for the leader (see `client_ip`).
+    key: [u8; 32],
+    /// The leader last named.
+    last: std::sync::Mutex<Option<String>>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
 }
 
 impl Forwarder {
     /// A forwarder to the leader `role` names (as the lease thread sees it).
-    pub fn new(role: tokio::sync::watch::Receiver<Leadership>) -> Self {
+    pub fn new(role: tokio::sync::watch::Receiver<Leadership>, key: [u8; 32]) -> Self {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
@@ -40,23 +44,72 @@ impl Forwarder {
             .http2_initial_connection_window_size(8 << 20)
             .http2_keep_alive_interval(std::time::Duration::from_secs(20))
             .build(http);
-        Self { role, client }
+        Self { role, key, last: std::sync::Mutex::new(None), client }
     }
 
+    /// The leader's URL, as the lease last named one: a moment without an
+    /// answer from the database (or a lease expiring between two looks)
+    /// does not stop forwarding; a leader that is gone fails the request.
     fn leader(&self) -> Option<String> {
-        match &*self.role.borrow() {
-            Leadership::Follower { leader: Some(url) } => Some(url.clone()),
-            _ => None,
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Leadership::Follower { leader: Some(url) } = &*self.role.borrow() {
+            *last = Some(url.clone());
         }
+        last.clone()
     }
 }
 
-/// Serves the forwarder on `listener` until aborted.
-pub async fn serve(listener: tokio::net::TcpListener, forwarder: Arc<Forwarder>) {
-    let app = axum::Router::new().fallback(forward).with_state(forwarder);
-    if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
-        tracing::error!(error = %e, "the replica's forwarder stopped");
+/// Serves the forwarder on `listener` until this replica leads (or the
+/// task is aborted). Connections are its own tasks, all dropped when the
+/// leader changes — a stream forwarded to a leader that is gone (or only
+/// paused) would otherwise hang until keep-alives give up — so clients and
+/// runners reconnect at once, to the new leader.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    forwarder: Arc<Forwarder>,
+    mut role: tokio::sync::watch::Receiver<Leadership>,
+) {
+    use tower::ServiceExt;
+    let app = axum::Router::new().fallback(forward).with_state(Arc::clone(&forwarder));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut leader = forwarder.leader();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        app.clone().oneshot(req.map(Body::new))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            changed = role.changed() => {
+                if changed.is_err() || matches!(*role.borrow(), Leadership::Leader(_)) {
+                    break;
+                }
+                let now = forwarder.leader();
+                if leader.is_some() && now != leader {
+                    tracing::info!(count = connections.len(), "the leader changed: dropping the connections forwarded to the old one");
+                    connections.abort_all();
+                }
+                leader = now;
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
+    connections.abort_all();
 }
 
 /// Headers that belong to one hop, not to the request.
@@ -95,6 +148,10 @@ async fn forward(
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         parts.headers.insert("x-forwarded-for", v);
+    }
+    // Only this follower's word counts (a client's own is replaced).
+    if let Ok(v) = HeaderValue::from_str(&super::client_ip::sign(&f.key, peer.ip())) {
+        parts.headers.insert(super::client_ip::HEADER, v);
     }
     match f.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(Body::new),

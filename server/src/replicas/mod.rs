@@ -18,6 +18,7 @@
 //! each has its own data directory. Hosted repositories live in the
 //! leader's data directory (see docs/scaling.md).
 
+pub mod client_ip;
 pub mod forward;
 
 use std::{future::Future, sync::Arc};
@@ -59,6 +60,12 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
     let advertise = cfg.replica.as_ref().and_then(|r| r.advertise_url.clone()).unwrap_or(format!("http://{addr}"));
     let me = holder()?;
     let mut role = spawn_lease(&url, password.as_deref(), me.clone(), advertise.clone())?;
+    // Know who leads before announcing the address (a first look at the
+    // lease takes a moment; an unreachable database, longer).
+    let first_look = role.wait_for(|r| *r != Leadership::Unknown);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), first_look).await.is_err() {
+        tracing::warn!("the database does not answer yet: serving, but forwarding nothing until it does");
+    }
     crate::write_atomically(&cfg.data_dir, "address", &format!("{addr}\n"))?;
     tracing::info!(%addr, %advertise, replica = %me, "replica started: following until it leads");
 
@@ -67,9 +74,21 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let forwarder = Arc::new(forward::Forwarder::new(role.clone()));
-    let follower = tokio::spawn(forward::serve(listener, forwarder));
+    let secret_box = match &cfg.secret_key_file {
+        Some(file) => crate::secrets::SecretBox::open_file(file)?,
+        None => crate::secrets::SecretBox::open(&cfg.data_dir)?,
+    };
+    let forwarder = Arc::new(forward::Forwarder::new(role.clone(), secret_box.derive_key(client_ip::KEY_CONTEXT)));
+    let follower = tokio::spawn(forward::serve(listener, forwarder, role.clone()));
     let fence = loop {
+        let current = role.borrow_and_update().clone();
+        match current {
+            Leadership::Leader(fence) => break fence,
+            Leadership::Follower { leader } => {
+                tracing::info!(leader = leader.as_deref().unwrap_or("(none right now)"), "following")
+            }
+            Leadership::Unknown => {}
+        }
         let mut stopping = stop.clone();
         tokio::select! {
             changed = role.changed() => changed.context("the lease thread ended")?,
@@ -78,14 +97,6 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
                 tracing::info!("replica stopped (it was following)");
                 return Ok(());
             }
-        }
-        let current = role.borrow().clone();
-        match current {
-            Leadership::Leader(fence) => break fence,
-            Leadership::Follower { leader } => {
-                tracing::info!(leader = leader.as_deref().unwrap_or("(none right now)"), "following")
-            }
-            Leadership::Unknown => {}
         }
     };
     // Leading: stop forwarding, serve everything here, on the same address.
