@@ -1,6 +1,7 @@
 //! Server replicas on one PostgreSQL (`--replica`), end to end: three
 //! replicas, four runners that know all three (each starting at a different
-//! one), 500 runs submitted through whichever replica is up, and the
+//! one), 500 runs submitted through whichever replica is up (sent again
+//! with their request id when no reply came), and the
 //! leading replica killed -9 twice in the middle of the burst. Every run
 //! completes; every job ran on a runner exactly once; every step's log has
 //! its 20 numbered lines, none missing, none twice; a killed replica comes
@@ -77,7 +78,10 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
         let (clients, dead, submitted) = (clients.clone(), Arc::clone(&dead), Arc::clone(&submitted));
         tokio::spawn(async move {
             let mut turn = 0;
-            for _ in 0..RUNS {
+            for n in 0..RUNS {
+                // Sent again (to another replica) when no answer came: the
+                // request id makes that one submit, not two.
+                let request_id = format!("burst-{n}");
                 loop {
                     turn += 1;
                     let i = turn % clients.len();
@@ -86,6 +90,7 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
                     }
                     let req = v1::SubmitRequest {
                         source: Some(v1::submit_request::Source::PipelineYaml(yaml.clone())),
+                        request_id: request_id.clone(),
                         ..Default::default()
                     };
                     match clients[i].runs().submit(req).await {
@@ -148,8 +153,8 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    // And so do runs whose submit was answered by a leader killed before
-    // the reply left (the client sent it again: both runs exist).
+    // No other run exists: a submit whose reply was lost to a kill and was
+    // sent again returned the run it had made.
     let all = loop {
         let page = v1::PageRequest { page_size: 1000, ..Default::default() };
         let listed = client.runs().list(v1::ListRunsRequest { page: Some(page), ..Default::default() }).await;
@@ -158,7 +163,7 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
             Err(s) if retryable(&s) => Vec::new(),
             Err(s) => panic!("{s:?}"),
         };
-        let done = all.len() >= RUNS
+        let done = all.len() >= ids.len()
             && all.iter().all(|r| v1::Status::try_from(r.status).is_ok_and(viaduct_tests::StatusWord::is_terminal));
         if done {
             break all;
@@ -167,7 +172,7 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
         assert!(Instant::now() < deadline, "runs never finished: {open:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    eprintln!("{} runs for {RUNS} submits", all.len());
+    assert_eq!(all.len(), RUNS, "one run per submit");
     for run in &all {
         assert_eq!(word(run.status), "success", "{run:#?}");
     }

@@ -65,6 +65,22 @@ fn priority(p: Option<u32>) -> Result<Option<u32>> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
 
+/// The key a submit's `request_id` is remembered by: the caller's own (the
+/// user a token acts for, else the service token), so one caller's key
+/// never answers another's submit.
+fn request_key(access: &access::Access, request_id: &str) -> Result<Option<[u8; 32]>, Status> {
+    if request_id.is_empty() {
+        return Ok(None);
+    }
+    if request_id.len() > 128 {
+        return Err(Error::invalid("`request_id` is at most 128 bytes").into());
+    }
+    let caller = if access.owner.is_empty() { &access.token_id } else { &access.owner };
+    let mut h = blake3::Hasher::new_derive_key("viaduct submit request id v1");
+    h.update(caller.as_bytes()).update(&[0]).update(request_id.as_bytes());
+    Ok(Some(*h.finalize().as_bytes()))
+}
+
 #[tonic::async_trait]
 impl Runs for RunsApi {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
@@ -74,6 +90,7 @@ impl Runs for RunsApi {
             source: RunSource { event: "api".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
+            request_key: request_key(&access, &r.request_id)?,
             ..Default::default()
         };
         let origin = match r.source {

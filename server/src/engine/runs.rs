@@ -53,7 +53,13 @@ pub struct NewRun {
     /// Why it must wait for approval before any job starts; `None`: it
     /// starts at once.
     pub approval: Option<String>,
+    /// The submit's key (caller and request id, hashed): a second create
+    /// with it returns the first run (see `SubmitRequest.request_id`).
+    pub request_key: Option<[u8; 32]>,
 }
+
+/// How long a submit's key is remembered.
+pub const REQUEST_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 
 /// A job of a [`NewRun`].
 #[derive(Debug, Clone, Default)]
@@ -119,9 +125,22 @@ impl Engine {
             return Err(Error::invalid("a run needs at least one job"));
         }
         let (id, ticket) = self.transition(|t| {
+            let now = self.sh.now_ms();
+            if let Some(key) = &new.request_key
+                && let Some(seen) = t.store().tree(T::SubmitKeys).get(key)?
+            {
+                let first = seen.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+                tracing::info!(run = first, "a submit sent again: the run it made is returned");
+                return Ok(RunId(first));
+            }
             t.writes().extend(extra);
             let id = next_run_id(t)?;
-            let now = self.sh.now_ms();
+            if let Some(key) = &new.request_key {
+                let mut value = Vec::with_capacity(16);
+                value.extend_from_slice(&id.0.to_be_bytes());
+                value.extend_from_slice(&now.to_be_bytes());
+                t.writes().put_raw(T::SubmitKeys, key, value);
+            }
             let (group, cancel_in_progress) = new.concurrency.clone().unwrap_or_default();
             // A run can only name groups of its own repository (and pull
             // request): see `trust::concurrency_group`.
@@ -189,6 +208,23 @@ impl Engine {
         self.store().wait_durable(ticket).await;
         tracing::info!(run = %id, pipeline = %new.pipeline, jobs = new.jobs.len(), "run created");
         Ok(id)
+    }
+
+    /// Forgets submit keys older than [`REQUEST_KEY_TTL_MS`] (hourly).
+    pub fn prune_request_keys(&self) -> Result<usize> {
+        let cutoff = self.sh.now_ms() - REQUEST_KEY_TTL_MS;
+        let mut ws = crate::store::WriteSet::default();
+        let mut n = 0;
+        for kv in self.store().tree(T::SubmitKeys).iter() {
+            let (k, v) = kv?;
+            let at = v.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, i64::from_be_bytes);
+            if at < cutoff {
+                ws.delete(T::SubmitKeys, k);
+                n += 1;
+            }
+        }
+        self.store().commit(&ws)?;
+        Ok(n)
     }
 
     /// Cancels a run's unfinished jobs. A finished run is left as it is.

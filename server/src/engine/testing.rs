@@ -115,7 +115,13 @@ impl Harness {
 
     /// Plans and creates a run of `yaml`.
     pub async fn submit(&self, yaml: &str) -> RunId {
-        let new = resolve::from_yaml("pipeline.yml", yaml, &Cause::default(), &self.plugins).expect("a valid file");
+        self.submit_keyed(yaml, None).await
+    }
+
+    /// [`Harness::submit`] with a submit's request key.
+    pub async fn submit_keyed(&self, yaml: &str, request_key: Option<[u8; 32]>) -> RunId {
+        let cause = Cause { request_key, ..Default::default() };
+        let new = resolve::from_yaml("pipeline.yml", yaml, &cause, &self.plugins).expect("a valid file");
         self.engine.create_run(new).await.expect("create the run")
     }
 }

@@ -178,6 +178,24 @@ async fn an_assignment_that_never_arrived_is_queued_again_as_the_same_attempt() 
     assert!(r.assignments().is_empty(), "the old connection gets nothing more");
 }
 
+/// A submit sent again with its request key (its reply was lost) gets the
+/// run the first one made; another key makes another run; keys are
+/// forgotten after a day.
+#[tokio::test]
+async fn a_submit_sent_again_with_its_key_makes_no_second_run() {
+    let h = Harness::new();
+    let yaml = "jobs:\n  j:\n    steps: [{run: 'true'}]\n";
+    let first = h.submit_keyed(yaml, Some([1; 32])).await;
+    assert_eq!(h.submit_keyed(yaml, Some([1; 32])).await, first);
+    let other = h.submit_keyed(yaml, Some([2; 32])).await;
+    assert_ne!(other, first);
+    assert_ne!(h.submit(yaml).await, h.submit(yaml).await, "no key: every submit is a run");
+    assert_eq!(h.engine.prune_request_keys().expect("prune"), 0);
+    h.advance(25 * 3600 * 1000);
+    assert_eq!(h.engine.prune_request_keys().expect("prune"), 2);
+    assert_ne!(h.submit_keyed(yaml, Some([1; 32])).await, first, "a day later the key is new again");
+}
+
 /// A failed attempt is retried after a backoff that doubles, never before
 /// it ends; after the last attempt the job fails for good.
 #[tokio::test]

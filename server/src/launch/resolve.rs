@@ -45,6 +45,8 @@ pub struct Cause {
     pub trust: v1::Trust,
     /// Why the run must wait for approval, if it must.
     pub approval: Option<String>,
+    /// A submit's key (see `engine::NewRun::request_key`).
+    pub request_key: Option<[u8; 32]>,
 }
 
 fn diagnostics(diags: Vec<viaduct_pipeline::Diagnostic>) -> Vec<v1::Diagnostic> {
@@ -194,6 +196,7 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, cause: &Cause, plugins: &P
         checkout: None,
         trust: cause.trust,
         approval: cause.approval.clone(),
+        request_key: cause.request_key,
     })
 }
 
@@ -388,5 +391,6 @@ pub fn from_inline(job: &InlineJob, cause: &Cause) -> Result<NewRun> {
         checkout: None,
         trust: cause.trust,
         approval: cause.approval.clone(),
+        request_key: cause.request_key,
     })
 }

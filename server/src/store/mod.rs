@@ -82,9 +82,12 @@ pub enum T {
     Audit,
     /// Log chunks by (step key, byte offset) (see [`logs`]).
     Logs,
+    /// Submits already answered: blake3(caller, request id) → run id,
+    /// time (ms), both big-endian (see `engine::runs`).
+    SubmitKeys,
 }
 
-const TREE_NAMES: [&str; 22] = [
+const TREE_NAMES: [&str; 23] = [
     "runs",
     "jobs",
     "steps",
@@ -107,6 +110,7 @@ const TREE_NAMES: [&str; 22] = [
     "users",
     "audit",
     "logs",
+    "submit_keys",
 ];
 
 /// The database.

@@ -400,6 +400,7 @@ impl Triggers {
             pipeline_ref: String::new(),
             trust: decision.as_ref().map_or(viaduct_proto::v1::Trust::Trusted, |d| d.trust),
             approval: decision.and_then(|d| d.approval),
+            request_key: None,
         };
         // Pull requests were decided by the base branch's file above.
         let event = ev.event;
@@ -461,7 +462,7 @@ impl Triggers {
     }
 
     /// Fetches mirrors whose poll interval has passed, every second; prunes
-    /// old webhook delivery ids every hour.
+    /// old webhook delivery ids and submit request ids every hour.
     fn spawn_poller(self: &Arc<Self>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -472,6 +473,9 @@ impl Triggers {
                 ticks += 1;
                 if ticks.is_multiple_of(3600) {
                     webhooks::prune_deliveries(&this);
+                    if let Err(e) = this.engine.prune_request_keys() {
+                        tracing::warn!(error = %e, "cannot prune submit request ids");
+                    }
                 }
                 let Ok(repos) = this.repos.list() else { continue };
                 let now = now_ms();

@@ -58,13 +58,28 @@ fn read(path: &Path) -> Result<String, Failure> {
 /// `viaduct submit FILE [--follow]`.
 pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
     let yaml = read(&a.file)?;
+    let mut request_id = [0u8; 16];
+    getrandom::fill(&mut request_id).map_err(|e| Failure::Usage(format!("no randomness: {e}")))?;
     let req = SubmitRequest {
         source: Some(submit_request::Source::PipelineYaml(yaml)),
         file_name: a.file.display().to_string(),
         priority: a.priority,
         inputs: a.inputs.into_iter().collect(),
+        request_id: hex::encode(request_id),
     };
-    let id = client.runs().submit(req).await?.into_inner().run_id;
+    // Sent again while the server is unavailable (a restart, a replica
+    // failover): the request id makes a second send return the first run.
+    let mut wait = std::time::Duration::from_millis(200);
+    let id = loop {
+        match client.runs().submit(req.clone()).await {
+            Ok(r) => break r.into_inner().run_id,
+            Err(s) if s.code() == tonic::Code::Unavailable && wait < std::time::Duration::from_secs(10) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    };
     if !a.follow {
         println!("{id}");
         return Ok(());
