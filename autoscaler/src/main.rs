@@ -45,6 +45,10 @@ struct Args {
     /// beside this program, else on PATH).
     #[arg(long)]
     runner_bin: Option<PathBuf>,
+    /// Process provisioner, as root: the job user of the runner in seat N
+    /// is this uid + N (apart from a standalone runner's 61000…).
+    #[arg(long, default_value_t = 62000)]
+    job_user_base: u32,
     /// The image runners run in (container provisioner); it must have
     /// `viaduct-runner` on its PATH.
     #[arg(long, required_if_eq("provisioner", "container"))]
@@ -133,7 +137,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let beside = std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("viaduct-runner")));
                 beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("viaduct-runner"))
             });
-            Box::new(Processes { runner })
+            if !nix::unistd::geteuid().is_root() {
+                tracing::warn!(
+                    "not root: the runners' host jobs run as this user and can read what it can (the other \
+                     instances' tokens, this program's token file): run as root, or use --provisioner container"
+                );
+            }
+            Box::new(Processes { runner, job_user_base: args.job_user_base })
         }
         Kind::Container => {
             let image = args.image.clone().unwrap_or_default();

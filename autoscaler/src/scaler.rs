@@ -67,6 +67,8 @@ pub struct ScalerConfig {
 struct Tracked {
     instance: Box<dyn Instance>,
     name: String,
+    /// See [`Launch::seat`].
+    seat: u32,
     /// The registration token's public id (to revoke it).
     token_id: String,
     started: Instant,
@@ -121,7 +123,9 @@ impl Scaler {
         let jobs: Vec<String> = self.instances.keys().cloned().collect();
         for job in jobs {
             let Some(t) = self.instances.get_mut(&job) else { continue };
-            t.connected |= connected.contains(job.as_str());
+            // Its runner is (or was) there, or the job left the queue (taken
+            // by it, or cancelled): either way not a machine that never came.
+            t.connected |= connected.contains(job.as_str()) || !waiting.contains(job.as_str());
             let running = t.instance.running().await.unwrap_or_else(|e| {
                 tracing::warn!(job, instance = t.name, error = %e, "cannot tell whether an instance runs");
                 true
@@ -138,6 +142,11 @@ impl Scaler {
             };
             let Some(why) = end else { continue };
             let Some(mut t) = self.instances.remove(&job) else { continue };
+            if !t.connected {
+                // Only an instance whose runner never came counts as a
+                // try: a job retried after a run (retries:) starts afresh.
+                *self.tries.entry(job.clone()).or_default() += 1;
+            }
             if let Err(e) = t.instance.stop().await {
                 tracing::warn!(job, instance = t.name, error = %e, "cannot clean up an instance");
             }
@@ -162,8 +171,7 @@ impl Scaler {
             if self.instances.contains_key(&job.job_id) || !job.bound_runner.is_empty() || !due || !self.fits(job) {
                 continue;
             }
-            let tries = self.tries.entry(job.job_id.clone()).or_default();
-            if *tries >= MAX_TRIES {
+            if self.tries.get(&job.job_id).copied().unwrap_or(0) >= MAX_TRIES {
                 if self.given_up.insert(job.job_id.clone()) {
                     tracing::error!(
                         job = job.job_id,
@@ -173,14 +181,16 @@ impl Scaler {
                 }
                 continue;
             }
-            *tries += 1;
             match self.start(job).await {
                 Ok(t) => {
                     tracing::info!(job = job.job_id, instance = t.name, "instance started");
                     pass.started.push(job.job_id.clone());
                     self.instances.insert(job.job_id.clone(), t);
                 }
-                Err(e) => tracing::warn!(job = job.job_id, error = %format!("{e:#}"), "cannot start an instance"),
+                Err(e) => {
+                    *self.tries.entry(job.job_id.clone()).or_default() += 1;
+                    tracing::warn!(job = job.job_id, error = %format!("{e:#}"), "cannot start an instance");
+                }
             }
         }
         // Forget jobs that left the queue.
@@ -210,12 +220,15 @@ impl Scaler {
             args.push("--protected".into());
         }
         args.extend(self.cfg.runner_args.iter().cloned());
+        let taken: HashSet<u32> = self.instances.values().map(|t| t.seat).collect();
+        let seat = (0..).find(|s| !taken.contains(s)).unwrap_or(0);
         let launch = Launch {
             job: job.job_id.clone(),
             name: name.clone(),
             server: self.cfg.runner_server.clone(),
             args,
             dir: self.cfg.state_dir.join(&name),
+            seat,
         };
         let started = async {
             write_token(&launch.dir, &made.token)?;
@@ -223,7 +236,7 @@ impl Scaler {
         }
         .await;
         match started {
-            Ok(instance) => Ok(Tracked { instance, name, token_id, started: Instant::now(), connected: false }),
+            Ok(instance) => Ok(Tracked { instance, name, seat, token_id, started: Instant::now(), connected: false }),
             Err(e) => {
                 let _ = self.client.tokens().revoke(v1::RevokeTokenRequest { id: token_id }).await;
                 let _ = std::fs::remove_file(launch.token_file());

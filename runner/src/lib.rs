@@ -160,6 +160,11 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         transport: cfg.transport.clone(),
         finished: std::sync::atomic::AtomicUsize::new(0),
         ephemeral: cfg.ephemeral,
+        instance: {
+            let mut r = [0u8; 8];
+            getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            hex::encode(r)
+        },
     });
     let work = async {
         let mut backoff = Backoff::default();

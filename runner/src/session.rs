@@ -61,6 +61,8 @@ pub struct Shared {
     pub finished: std::sync::atomic::AtomicUsize,
     /// Takes one job in its life (see `Config::ephemeral`).
     pub ephemeral: bool,
+    /// This process's random id, sent in every Hello (see `Hello.instance`).
+    pub instance: String,
 }
 
 impl Shared {
@@ -126,6 +128,7 @@ async fn start(
         executors: shared.services.executors().into_iter().map(|e| e as i32).collect(),
         active_jobs: shared.outbox.active(),
         protected: shared.protected,
+        instance: shared.instance.clone(),
     };
     let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
     let mut inbound = match client.agent().connect(UnboundedReceiverStream::new(rx)).await {

@@ -44,6 +44,9 @@ pub struct Launch {
     /// A 0700 directory for this instance alone, holding `token` (0600):
     /// the job-bound registration token.
     pub dir: PathBuf,
+    /// Its seat: a number no other live instance has (`0..max_runners`),
+    /// for what instances on one machine must not share (job users).
+    pub seat: u32,
 }
 
 impl Launch {

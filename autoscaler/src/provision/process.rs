@@ -8,10 +8,16 @@ use tokio::process::{Child, Command};
 
 use super::{Instance, Launch, ProvisionError, Provisioner, Result};
 
-/// Starts runners as local processes.
+/// Starts runners as local processes. Run as root, each runner runs its
+/// job as its own user: `job_user_base + seat`, so concurrent jobs on this
+/// machine never share a uid (one could read another's environment, its
+/// secrets, through `/proc`). Not as root, jobs run as this user and can
+/// read what it can — the instances' tokens included: use containers then.
 pub struct Processes {
     /// The runner binary.
     pub runner: PathBuf,
+    /// The first job user's uid.
+    pub job_user_base: u32,
 }
 
 #[async_trait::async_trait]
@@ -31,6 +37,7 @@ impl Provisioner for Processes {
             .arg(launch.token_file())
             .args(["--ephemeral", "--name", &launch.name, "--work-dir"])
             .arg(launch.dir.join("work"))
+            .arg(format!("--job-user-base={}", self.job_user_base + launch.seat))
             .args(&launch.args)
             // Nothing of the autoscaler's environment (its own token) but
             // what a process needs to run.

@@ -217,6 +217,7 @@ impl RunnerAgent for AgentApi {
                 .map(|r| Ok((JobKey::parse(&r.job_id)?, r.attempt, r.grant.clone())))
                 .collect::<Result<_, Error>>()?,
             protected: h.protected,
+            instance: h.instance,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = self.engine.runner_connected(&runner, hello, tx.clone())?;

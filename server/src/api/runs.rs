@@ -75,7 +75,8 @@ fn request_key(access: &access::Access, request_id: &str) -> Result<Option<[u8; 
     if request_id.len() > 128 {
         return Err(Error::invalid("`request_id` is at most 128 bytes").into());
     }
-    let caller = if access.owner.is_empty() { &access.token_id } else { &access.owner };
+    let caller =
+        if access.owner.is_empty() { format!("token:{}", access.token_id) } else { format!("user:{}", access.owner) };
     let mut h = blake3::Hasher::new_derive_key("viaduct submit request id v1");
     h.update(caller.as_bytes()).update(&[0]).update(request_id.as_bytes());
     Ok(Some(*h.finalize().as_bytes()))

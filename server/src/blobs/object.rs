@@ -284,17 +284,36 @@ impl ObjectBlobs {
         })
     }
 
-    /// See [`super::BlobStore::sweep`]; lists the prefix, deletes one by one.
+    /// See [`super::BlobStore::sweep`]: lists `blobs/` and `tmp/` under the
+    /// prefix — nothing else in the bucket is ever touched — and deletes
+    /// one by one.
     pub async fn sweep(&self, keep: &HashSet<&str>, grace: Duration) -> Result<Swept> {
-        let tmp_prefix = self.under("tmp").map(|p| format!("{p}/")).unwrap_or_default();
-        let now = chrono::Utc::now();
         let mut swept = Swept::default();
-        let mut listing = self.store.list(self.under("").as_ref());
+        for (dir, blobs) in [("blobs", true), ("tmp", false)] {
+            self.sweep_under(dir, blobs, keep, grace, &mut swept).await?;
+        }
+        Ok(swept)
+    }
+
+    async fn sweep_under(
+        &self,
+        dir: &str,
+        blobs: bool,
+        keep: &HashSet<&str>,
+        grace: Duration,
+        swept: &mut Swept,
+    ) -> Result<()> {
+        let now = chrono::Utc::now();
+        let mut listing = self.store.list(self.under(dir).as_ref());
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(|e| store_error("list", e))?;
             let key = meta.location.as_ref();
             let name = key.rsplit('/').next().unwrap_or_default();
-            let referenced = !key.starts_with(&tmp_prefix) && is_blob_name(name) && keep.contains(name);
+            // Under blobs/, only names that are digests are ours to judge.
+            if blobs && !is_blob_name(name) {
+                continue;
+            }
+            let referenced = blobs && keep.contains(name);
             let age = (now - meta.last_modified).to_std().unwrap_or_default();
             if referenced || age < grace {
                 continue;
@@ -307,7 +326,7 @@ impl ObjectBlobs {
                 Err(e) => tracing::warn!(key, error = %e, "cannot delete an unreferenced blob"),
             }
         }
-        Ok(swept)
+        Ok(())
     }
 }
 
@@ -336,12 +355,10 @@ impl Staged {
             return Err(Error::Internal(format!("object store: completing an upload: {e}")));
         }
         let dest = Path::from(format!("{}/{}/{hex}", self.dest, &hex[..2]));
-        // Same name = same bytes: an existing blob stays as it is.
-        let named = match self.store.head(&dest).await {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::NotFound { .. }) => self.store.copy(&self.tmp, &dest).await,
-            Err(e) => Err(e),
-        };
+        // Same name = same bytes; copied even when the blob exists, so its
+        // time is new: a sweep that began before this upload was recorded
+        // (and does not count it) leaves a blob younger than its grace.
+        let named = self.store.copy(&self.tmp, &dest).await;
         let _ = self.store.delete(&self.tmp).await;
         named.map_err(|e| store_error("naming an upload", e))
     }

@@ -115,6 +115,7 @@ impl Tx<'_> {
     fn assign(&mut self, q: QueuedJob, runner: &str) -> Result<()> {
         let key = q.job;
         self.dequeue(key);
+        let instance = self.st.runners.get(runner).map(|c| c.instance.clone()).unwrap_or_default();
         let mut secrets = HashMap::new();
         let (image, credentials) =
             self.job(key)?.image.as_ref().map(|i| (i.name.clone(), i.credentials.clone())).unwrap_or_default();
@@ -164,6 +165,7 @@ impl Tx<'_> {
         let job = self.job(key)?;
         job.status = Status::Running as i32;
         job.runner_id = runner.to_string();
+        job.runner_instance = instance;
         job.started_ms = now;
         job.message.clear();
         let job = job.clone();

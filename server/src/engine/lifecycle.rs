@@ -142,14 +142,23 @@ impl Tx<'_> {
         }
     }
 
-    /// A runner came back without an attempt it was given but of which no
-    /// step was ever reported started: the assignment never reached it (it
-    /// was lost with a broken stream, or with a server — a leading replica —
-    /// that died after committing it). The attempt goes back to the queue
-    /// as it was, without counting as a try. Whether it did.
-    pub(crate) fn requeue_unstarted(&mut self, key: JobKey, attempt: u32, runner: &str) -> Result<bool> {
+    /// A runner came back — as the same process (`instance`) — without an
+    /// attempt it was given and of which no step was ever reported started:
+    /// the assignment never reached it (lost with a broken stream, or with
+    /// a server — a leading replica — that died after committing it). The
+    /// attempt goes back to the queue as it was, without counting as a try.
+    /// A runner that restarted may have started it before it died, so its
+    /// attempt is lost instead. Whether it was queued again.
+    pub(crate) fn requeue_unstarted(
+        &mut self,
+        key: JobKey,
+        attempt: u32,
+        runner: &str,
+        instance: &str,
+    ) -> Result<bool> {
         let job = self.job(key)?;
-        if job.attempt != attempt || job.status() != Status::Running {
+        let same_process = !instance.is_empty() && job.runner_instance == instance;
+        if job.attempt != attempt || job.status() != Status::Running || !same_process {
             return Ok(false);
         }
         for i in 0..job.steps.len() {

@@ -110,6 +110,8 @@ pub(crate) struct Conn {
     pub ephemeral: bool,
     /// The one job it may take, which waits for it (a job-bound token).
     pub bound_job: Option<JobKey>,
+    /// Its process's random id (`Hello.instance`).
+    pub instance: String,
     pub tx: UnboundedSender<ServerMessage>,
     pub last_seen_ms: i64,
 }

@@ -56,6 +56,8 @@ pub struct RunnerHello {
     pub active: Vec<(JobKey, u32, String)>,
     /// It asks to be protected (it can only raise its protection).
     pub protected: bool,
+    /// Its process's random id (see `Hello.instance`).
+    pub instance: String,
 }
 
 impl Engine {
@@ -96,6 +98,8 @@ impl Engine {
                 };
                 let mut logs = Vec::new();
                 if keep {
+                    // The process that has it now.
+                    t.job(*job)?.runner_instance.clone_from(&hello.instance);
                     let steps = t.job(*job)?.steps.len();
                     for i in 0..steps {
                         let sk = job.step(*attempt, super::lifecycle::index(i));
@@ -126,7 +130,7 @@ impl Engine {
             let listed: HashSet<(JobKey, u32)> = hello.active.iter().map(|(j, a, _)| (*j, *a)).collect();
             let forgotten: Vec<(JobKey, u32)> = t.st.leases.of(runner_id).filter(|j| !listed.contains(j)).collect();
             for (job, attempt) in forgotten {
-                if t.requeue_unstarted(job, attempt, runner_id)? {
+                if t.requeue_unstarted(job, attempt, runner_id, &hello.instance)? {
                     continue;
                 }
                 tracing::warn!(job = %job, attempt, runner = runner_id, "runner came back without the job");
@@ -154,6 +158,7 @@ impl Engine {
                     protected: rec.protected,
                     ephemeral: rec.ephemeral,
                     bound_job: JobKey::parse(&rec.bound_job).ok(),
+                    instance: hello.instance.clone(),
                     tx: tx.clone(),
                     last_seen_ms: now,
                 }),

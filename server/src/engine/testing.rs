@@ -63,6 +63,18 @@ impl Harness {
     /// Registers runner `id` with `labels` and `slots` (host executor) and
     /// connects it.
     pub fn runner(&self, id: &str, labels: &[&str], slots: u32) -> crate::error::Result<FakeRunner> {
+        self.runner_process(id, labels, slots, "1")
+    }
+
+    /// [`Harness::runner`] as runner process `instance` (another one is a
+    /// runner that restarted).
+    pub fn runner_process(
+        &self,
+        id: &str,
+        labels: &[&str],
+        slots: u32,
+        instance: &str,
+    ) -> crate::error::Result<FakeRunner> {
         let mut ws = WriteSet::default();
         let rec = RunnerRecord { name: id.into(), registered_ms: now_ms(), ..Default::default() };
         ws.put(T::Runners, id.as_bytes(), &rec);
@@ -72,6 +84,7 @@ impl Harness {
             labels: labels.iter().map(ToString::to_string).collect(),
             slots,
             executors: vec![Executor::Host],
+            instance: format!("{id}@{instance}"),
             ..Default::default()
         };
         self.engine.runner_connected(id, hello, tx)?;

@@ -178,6 +178,19 @@ async fn an_assignment_that_never_arrived_is_queued_again_as_the_same_attempt() 
     assert!(r.assignments().is_empty(), "the old connection gets nothing more");
 }
 
+/// A runner that restarted (another process) may have started the job it
+/// was given before it died: it comes back without it, and the attempt is
+/// lost, not quietly run again.
+#[tokio::test]
+async fn a_restarted_runner_loses_even_an_attempt_it_never_reported() {
+    let h = Harness::new();
+    let run = h.submit("jobs:\n  j:\n    steps: [{run: 'true'}]\n").await;
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    assert_eq!(names(&r.assignments()), ["j"]);
+    let _again = h.runner_process("r1", &[], 1, "2").expect("reconnect as a new process");
+    assert_eq!(h.job_states(run), ["runner_lost"]);
+}
+
 /// A submit sent again with its request key (its reply was lost) gets the
 /// run the first one made; another key makes another run; keys are
 /// forgotten after a day.

@@ -27,12 +27,15 @@ pub struct Forwarder {
     key: [u8; 32],
     /// The leader last named.
     last: std::sync::Mutex<Option<String>>,
+    /// This replica's own URL: never forwarded to (a leader that was
+    /// restarted on this address, a lease not yet expired).
+    own: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
 }
 
 impl Forwarder {
     /// A forwarder to the leader `role` names (as the lease thread sees it).
-    pub fn new(role: tokio::sync::watch::Receiver<Leadership>, key: [u8; 32]) -> Self {
+    pub fn new(role: tokio::sync::watch::Receiver<Leadership>, key: [u8; 32], own: String) -> Self {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
@@ -44,7 +47,7 @@ impl Forwarder {
             .http2_initial_connection_window_size(8 << 20)
             .http2_keep_alive_interval(std::time::Duration::from_secs(20))
             .build(http);
-        Self { role, key, last: std::sync::Mutex::new(None), client }
+        Self { role, key, last: std::sync::Mutex::new(None), own, client }
     }
 
     /// The leader's URL, as the lease last named one: a moment without an
@@ -55,7 +58,7 @@ impl Forwarder {
         if let Leadership::Follower { leader: Some(url) } = &*self.role.borrow() {
             *last = Some(url.clone());
         }
-        last.clone()
+        last.clone().filter(|url| *url != self.own)
     }
 }
 

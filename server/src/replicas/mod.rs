@@ -53,11 +53,30 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
         anyhow::bail!("--replica needs a PostgreSQL --store: replicas share one database");
     };
     anyhow::ensure!(cfg.tls.is_none(), "--replica does not serve TLS yet: put the replicas behind a TLS proxy");
+    anyhow::ensure!(
+        cfg.secret_key_file.is_some(),
+        "--replica needs --secret-key-file: every replica must open the secrets, grants and links the others sealed"
+    );
+    if matches!(cfg.blobs, crate::blobs::BlobConfig::Local) {
+        tracing::warn!(
+            "blobs (caches, artifacts, plugins) are on this replica's disk: another leader will not have them; \
+             use --blob-store s3://…"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let advertise = cfg.replica.as_ref().and_then(|r| r.advertise_url.clone()).unwrap_or(format!("http://{addr}"));
+    let advertise = match cfg.replica.as_ref().and_then(|r| r.advertise_url.clone()) {
+        Some(url) => url,
+        None => {
+            anyhow::ensure!(
+                !addr.ip().is_unspecified(),
+                "--replica listening on {addr} needs --advertise-url: the address the other replicas reach this one at"
+            );
+            format!("http://{addr}")
+        }
+    };
     let me = holder()?;
     let mut role = spawn_lease(&url, password.as_deref(), me.clone(), advertise.clone())?;
     // Know who leads before announcing the address (a first look at the
@@ -78,7 +97,11 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
         Some(file) => crate::secrets::SecretBox::open_file(file)?,
         None => crate::secrets::SecretBox::open(&cfg.data_dir)?,
     };
-    let forwarder = Arc::new(forward::Forwarder::new(role.clone(), secret_box.derive_key(client_ip::KEY_CONTEXT)));
+    let forwarder = Arc::new(forward::Forwarder::new(
+        role.clone(),
+        secret_box.derive_key(client_ip::KEY_CONTEXT),
+        advertise.clone(),
+    ));
     let follower = tokio::spawn(forward::serve(listener, forwarder, role.clone()));
     let fence = loop {
         let current = role.borrow_and_update().clone();

@@ -82,6 +82,13 @@ fn config(url: &str, password: Option<&str>) -> Result<postgres::Config> {
     if let Some(p) = password {
         config.password(p);
     }
+    // A database that stops answering (a partition) is noticed in
+    // seconds, not after the kernel's two hours.
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(5))
+        .tcp_user_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(std::time::Duration::from_secs(5));
     Ok(config)
 }
 
@@ -105,13 +112,28 @@ pub fn hold_server_lock(url: &str, password: Option<&str>) -> Result<()> {
                     Ok((c, got))
                 });
                 match attempt {
-                    Ok((c, true)) => break c,
+                    Ok((mut c, true)) => {
+                        // Replicas elect their leader by lease, not by this
+                        // lock: a live lease means they use this database.
+                        let leased = c
+                            .query_opt("SELECT 1 FROM viaduct_leader WHERE id = 1 AND expires_at > now()", &[])
+                            .ok()
+                            .flatten()
+                            .is_some();
+                        if leased {
+                            let _ = tx.send(Err(Error::Storage(format!(
+                                "replicas (--replica) use {name}: start this server with --replica too"
+                            ))));
+                            return;
+                        }
+                        break c;
+                    }
                     Ok(_) if std::time::Instant::now() < deadline => {
                         std::thread::sleep(std::time::Duration::from_millis(200));
                     }
                     Ok(_) => {
                         let _ = tx.send(Err(Error::Storage(format!(
-                            "another server uses {name}: one server per database"
+                            "another server uses {name}: one server per database (or several, all with --replica)"
                         ))));
                         return;
                     }
@@ -197,12 +219,19 @@ pub fn spawn_lease(
             let ttl = LEASE_TTL.as_secs_f64();
             let mut client: Option<Client> = None;
             let mut led: Option<(i64, std::time::Instant)> = None;
+            let mut shared_held = false;
             loop {
                 if client.as_ref().is_none_or(Client::is_closed) {
+                    shared_held = false;
                     client = match connect(&config) {
                         // The lease table is a migration: followers never
                         // open the store, so they apply it here.
-                        Ok(mut c) => match migrate(&mut c) {
+                        Ok(mut c) => match migrate(&mut c).and_then(|()| {
+                            // A takeover waits at most this long for a
+                            // leader's open write (which the database ends
+                            // after 10 s idle); a renewal never hangs.
+                            c.batch_execute("SET lock_timeout = '2s'; SET statement_timeout = '3s'").map_err(storage)
+                        }) {
                             Ok(()) => Some(c),
                             Err(e) => {
                                 tracing::error!(error = %e, database = %name, "lease: cannot migrate the database");
@@ -214,6 +243,22 @@ pub fn spawn_lease(
                             None
                         }
                     };
+                }
+                // A lone server (without --replica) holds the server lock
+                // exclusively; replicas hold it shared on this connection,
+                // so neither can run an engine beside the other.
+                if !shared_held && let Some(c) = client.as_mut() {
+                    match c.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVER_LOCK]) {
+                        Ok(r) if r.get::<_, bool>(0) => shared_held = true,
+                        Ok(_) => {
+                            tracing::error!(database = %name, "a server without --replica uses this database: replicas cannot share it; exiting");
+                            std::process::exit(2);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lease: cannot check for a lone server");
+                            client = None;
+                        }
+                    }
                 }
                 let now = std::time::Instant::now();
                 match (led, client.as_mut()) {
@@ -315,10 +360,13 @@ fn redacted(url: &str) -> String {
     )
 }
 
-/// Opens a connection that commits durably.
+/// Opens a connection that commits durably. A transaction left open —
+/// its server paused or cut off between the fence check and the commit —
+/// is ended by the database after 10 s, so it cannot hold the lease row
+/// (and with it every takeover) for longer.
 fn connect(config: &postgres::Config) -> PgResult<Client> {
     let mut client = config.connect(NoTls)?;
-    client.batch_execute("SET synchronous_commit = on")?;
+    client.batch_execute("SET synchronous_commit = on; SET idle_in_transaction_session_timeout = '10s'")?;
     Ok(client)
 }
 

@@ -208,6 +208,10 @@ pub struct JobRecord {
     /// The run is untrusted (copied from the run for dispatch).
     #[prost(bool, tag = "38")]
     pub untrusted: bool,
+    /// The runner process it was given to (`Hello.instance`): a runner
+    /// that comes back as that same process without the job never got it.
+    #[prost(string, tag = "39")]
+    pub runner_instance: String,
 }
 
 /// A finished earlier attempt of a job.
