@@ -216,7 +216,26 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
     let _runner = Runner::start_replicas(&urls, &first.data_dir().join("runner-token"), "linux", 1);
     let client = Client::lazy_with(&second.url(), Some(&token), &second.transport()).unwrap();
     let yaml = "jobs:\n  j:\n    steps:\n      - run: echo served\n";
-    let before = viaduct_tests::submit(&client, yaml).await;
+    // Submitted as a client should: sent again on UNAVAILABLE, with its
+    // request id (a follower's first forward has been seen to fail once).
+    let send = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            loop {
+                let req = v1::SubmitRequest {
+                    source: Some(v1::submit_request::Source::PipelineYaml(yaml.into())),
+                    request_id: id.into(),
+                    ..Default::default()
+                };
+                match client.runs().submit(req).await {
+                    Ok(r) => break r.into_inner().run_id,
+                    Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(s) => panic!("{s:?}"),
+                }
+            }
+        }
+    };
+    let before = send("before").await;
     assert_eq!(word(viaduct_tests::finished(&client, &before).await.status), "success");
     // The leader saw the client, not the follower: the follower signed the
     // client's address (port 0: an address without a connection).
@@ -229,17 +248,7 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
     wait_until("the follower to take the lead", || second.log().contains("this replica leads").then_some(()));
     eprintln!("a paused leader replaced in {:?}", t0.elapsed());
     // Served by the new leader: runs submitted now complete.
-    let after = loop {
-        let req = v1::SubmitRequest {
-            source: Some(v1::submit_request::Source::PipelineYaml(yaml.into())),
-            ..Default::default()
-        };
-        match client.runs().submit(req).await {
-            Ok(r) => break r.into_inner().run_id,
-            Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(s) => panic!("{s:?}"),
-        }
-    };
+    let after = send("after").await;
     eprintln!("submitted {after} at {:?}", t0.elapsed());
     assert_eq!(word(viaduct_tests::finished(&client, &after).await.status), "success");
     eprintln!("finished {after} at {:?}", t0.elapsed());
