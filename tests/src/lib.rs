@@ -380,14 +380,7 @@ impl Runner {
         if !extra.contains(&"--token-file") {
             args.extend(["--token-file".into(), server.data_dir().join("runner-token").display().to_string()]);
         }
-        args.extend([
-            "--labels".into(),
-            labels.into(),
-            "--slots".into(),
-            slots.to_string(),
-            "--kill-grace".into(),
-            "1s".into(),
-        ]);
+        args.extend(Self::shape(labels, slots));
         if let Some(ca) = &server.tls_ca {
             args.extend(["--ca-cert".to_string(), path(ca)]);
         }
@@ -397,23 +390,18 @@ impl Runner {
         r
     }
 
+    /// Labels, slots and a short kill grace: what every test runner is given.
+    fn shape(labels: &str, slots: u32) -> [String; 6] {
+        ["--labels".into(), labels.into(), "--slots".into(), slots.to_string(), "--kill-grace".into(), "1s".into()]
+    }
+
     /// Starts a runner for the servers `urls` (comma-separated: replicas),
     /// registering with the token in `token_file`.
     pub fn start_replicas(urls: &str, token_file: &Path, labels: &str, slots: u32) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let args = vec![
-            "--server".into(),
-            urls.to_string(),
-            "--token-file".into(),
-            path(token_file),
-            "--labels".into(),
-            labels.into(),
-            "--slots".into(),
-            slots.to_string(),
-            "--kill-grace".into(),
-            "1s".into(),
-            "--no-containers".into(),
-        ];
+        let mut args = vec!["--server".into(), urls.to_string(), "--token-file".into(), path(token_file)];
+        args.extend(Self::shape(labels, slots));
+        args.push("--no-containers".into());
         let mut r = Self { child: None, dir, args };
         r.spawn();
         r

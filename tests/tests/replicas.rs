@@ -78,6 +78,7 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
         let (clients, dead, submitted) = (clients.clone(), Arc::clone(&dead), Arc::clone(&submitted));
         tokio::spawn(async move {
             let mut turn = 0;
+            let t0 = Instant::now();
             for n in 0..RUNS {
                 // Sent again (to another replica) when no answer came: the
                 // request id makes that one submit, not two.
@@ -98,7 +99,10 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
                             submitted.lock().unwrap().push(r.into_inner().run_id);
                             break;
                         }
-                        Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(s) if retryable(&s) => {
+                            assert!(t0.elapsed() < Duration::from_secs(120), "no replica accepted a submit: {s:?}");
+                            tokio::time::sleep(Duration::from_millis(100)).await
+                        }
                         Err(s) => panic!("submit refused: {s:?}"),
                     }
                 }
@@ -221,6 +225,7 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
     let send = |id: &'static str| {
         let client = client.clone();
         async move {
+            let t0 = Instant::now();
             loop {
                 let req = v1::SubmitRequest {
                     source: Some(v1::submit_request::Source::PipelineYaml(yaml.into())),
@@ -229,7 +234,10 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
                 };
                 match client.runs().submit(req).await {
                     Ok(r) => break r.into_inner().run_id,
-                    Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(s) if retryable(&s) => {
+                        assert!(t0.elapsed() < Duration::from_secs(60), "no replica accepted a submit: {s:?}");
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                     Err(s) => panic!("{s:?}"),
                 }
             }
