@@ -4,7 +4,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use viaduct_autoscaler::{
-    provision::{Provisioner, container::Containers, process::Processes},
+    provision::{
+        Provisioner,
+        container::Containers,
+        kubernetes::{JobSettings, Jobs},
+        process::Processes,
+    },
     scaler::{Scaler, ScalerConfig},
 };
 use viaduct_proto::{EXECUTOR_WORDS, ExecutorWord, v1::Executor};
@@ -15,6 +20,8 @@ enum Kind {
     Process,
     /// `viaduct-runner` in containers (Docker Engine API: Docker or Podman).
     Container,
+    /// `viaduct-runner` in Kubernetes Jobs, one pod each.
+    Kubernetes,
 }
 
 /// Starts one ephemeral runner for each job waiting on the server, bound
@@ -49,9 +56,9 @@ struct Args {
     /// is this uid + N (apart from a standalone runner's 61000…).
     #[arg(long, default_value_t = 62000)]
     job_user_base: u32,
-    /// The image runners run in (container provisioner); it must have
-    /// `viaduct-runner` on its PATH.
-    #[arg(long, required_if_eq("provisioner", "container"))]
+    /// The image runners run in (container and kubernetes provisioners); it
+    /// must have `viaduct-runner` on its PATH.
+    #[arg(long, required_if_eq_any([("provisioner", "container"), ("provisioner", "kubernetes")]))]
     image: Option<String>,
     /// The container engine's Unix socket.
     #[arg(long, default_value = "/run/podman/podman.sock")]
@@ -59,6 +66,24 @@ struct Args {
     /// The runner containers' network (`host`, `bridge`, a network name).
     #[arg(long, default_value = "bridge")]
     container_network: String,
+    /// The namespace runner Jobs (and their token Secrets) are made in
+    /// (kubernetes provisioner).
+    #[arg(long, default_value = "default")]
+    kube_namespace: String,
+    /// A kubeconfig file (its current context) for the cluster (default:
+    /// KUBECONFIG, ~/.kube/config, or the pod's service account in-cluster).
+    #[arg(long)]
+    kube_config: Option<PathBuf>,
+    /// The service account runner pods run as (default: the namespace's
+    /// `default`); its token is never mounted in them.
+    #[arg(long)]
+    kube_service_account: Option<String>,
+    /// CPU of each runner pod, request and limit (`2`, `500m`).
+    #[arg(long)]
+    kube_cpu: Option<String>,
+    /// Memory of each runner pod, request and limit (`4Gi`).
+    #[arg(long)]
+    kube_memory: Option<String>,
     /// Labels of the runners it starts; jobs asking for others are not its.
     #[arg(long, value_delimiter = ',', default_value = "linux")]
     labels: Vec<String>,
@@ -148,6 +173,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Kind::Container => {
             let image = args.image.clone().unwrap_or_default();
             Box::new(Containers::connect(&args.container_socket, image, args.container_network.clone()).await?)
+        }
+        Kind::Kubernetes => {
+            let settings = JobSettings {
+                namespace: args.kube_namespace.clone(),
+                image: args.image.clone().unwrap_or_default(),
+                service_account: args.kube_service_account.clone(),
+                cpu: args.kube_cpu.clone(),
+                memory: args.kube_memory.clone(),
+                max_lifetime: Some(args.max_lifetime),
+            };
+            Box::new(Jobs::connect(args.kube_config.as_deref(), settings).await?)
         }
     };
     std::fs::create_dir_all(&args.state_dir)

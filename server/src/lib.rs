@@ -206,7 +206,11 @@ pub(crate) async fn serve_engine(
         tracing::info!(plugins = %names.join(" "), "first-party plugins published");
     }
     depot.spawn_retention();
-    let engine = engine::Engine::open(Arc::clone(&store), cfg.engine.clone(), Arc::clone(&secret_box))?;
+    let engine_cfg = engine::EngineConfig {
+        durable_sends: matches!(cfg.store, StoreConfig::Postgres { .. }) || cfg.engine.durable_sends,
+        ..cfg.engine.clone()
+    };
+    let engine = engine::Engine::open(Arc::clone(&store), engine_cfg, Arc::clone(&secret_box))?;
     engine.spawn_timer();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
     let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);

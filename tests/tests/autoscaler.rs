@@ -4,7 +4,8 @@
 //! runners do not fit are left alone; an instance that never connects is
 //! stopped, its token revoked, and the job given up on after 3 tries; the
 //! container provisioner runs each runner in a fresh container of an image
-//! made from the local binaries.
+//! made from the local binaries; the Kubernetes provisioner, in a Job (only
+//! where a cluster is given).
 
 use std::{
     path::{Path, PathBuf},
@@ -261,4 +262,45 @@ jobs:
     .await;
     eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
     let _ = viaduct_tests::podman(&["rmi", "-f", &image]);
+}
+
+/// Needs a cluster: `VIADUCT_TEST_KUBECONFIG` (a kubeconfig whose current
+/// context may make Jobs and Secrets in `default`), `VIADUCT_TEST_KUBE_IMAGE`
+/// (an image with `viaduct-runner` on its PATH, pullable by the cluster)
+/// and, unless its pods reach this machine's loopback (a cluster on the
+/// host network), `VIADUCT_TEST_KUBE_SERVER`: the URL they reach the test
+/// server at, `{port}` standing for its port (a forward you set up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_provisioner_runs_each_runner_as_a_job() {
+    let Ok(kubeconfig) = std::env::var("VIADUCT_TEST_KUBECONFIG") else {
+        eprintln!("skipped: no Kubernetes cluster reachable (set VIADUCT_TEST_KUBECONFIG)");
+        return;
+    };
+    let image = std::env::var("VIADUCT_TEST_KUBE_IMAGE")
+        .expect("with VIADUCT_TEST_KUBECONFIG, set VIADUCT_TEST_KUBE_IMAGE: an image with viaduct-runner");
+    let server = Server::start();
+    let client = server.client().await;
+    let mut args = vec![
+        "--provisioner".to_string(),
+        "kubernetes".into(),
+        "--kube-config".into(),
+        kubeconfig,
+        "--image".into(),
+        image,
+        "--runner-arg=--no-containers".into(),
+        "--runner-arg=--shared-job-user".into(),
+    ];
+    if let Ok(url) = std::env::var("VIADUCT_TEST_KUBE_SERVER") {
+        let port = server.addr().rsplit(':').next().unwrap_or_default().to_string();
+        args.extend(["--runner-server".into(), url.replace("{port}", &port), "--runner-arg=--insecure".into()]);
+    }
+    let scaler = Autoscaler::start(&server, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: echo in a pod\n").await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", scaler.log());
+    // Its runner was the one started for it: an `auto-` Job.
+    let log = scaler.log();
+    assert!(log.lines().any(|l| l.contains("instance started") && l.contains("auto-")), "{log}");
+    eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
+    eventually("no token file left", || async { scaler.tokens_left().is_empty().then_some(()) }).await;
 }

@@ -50,19 +50,8 @@ impl Provisioner for Containers {
     }
 
     async fn start(&self, launch: &Launch) -> Result<Box<dyn Instance>> {
-        let mut cmd = vec![
-            "viaduct-runner".to_string(),
-            "--server".into(),
-            launch.server.clone(),
-            "--token-file".into(),
-            format!("{TOKEN_DIR}/token"),
-            "--ephemeral".into(),
-            "--name".into(),
-            launch.name.clone(),
-            "--work-dir".into(),
-            "/var/lib/viaduct-runner".into(),
-        ];
-        cmd.extend(launch.args.iter().cloned());
+        let mut cmd = vec!["viaduct-runner".to_string()];
+        cmd.extend(launch.runner_args(&format!("{TOKEN_DIR}/token"), "/var/lib/viaduct-runner"));
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
             cmd: Some(cmd),

@@ -9,8 +9,11 @@
 //! - [`process`] — `viaduct-runner` as a child process on this machine.
 //! - [`container`] — `viaduct-runner` in a container of an image that has
 //!   it, through the Docker Engine API (Docker or Podman).
+//! - [`kubernetes`] — `viaduct-runner` in a Kubernetes Job of an image that
+//!   has it, the token in a Secret the Job owns.
 
 pub mod container;
+pub mod kubernetes;
 pub mod process;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +27,9 @@ pub enum ProvisionError {
     /// The container engine refused or failed.
     #[error("container engine: {0}")]
     Engine(String),
+    /// The Kubernetes API server refused or could not be reached.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
 }
 
 /// Results of provisioners.
@@ -53,6 +59,18 @@ impl Launch {
     /// Where the token file is.
     pub fn token_file(&self) -> PathBuf {
         self.dir.join("token")
+    }
+
+    /// The runner's arguments, where the instance sees its token file at
+    /// `token_file` and keeps its work in `work_dir`.
+    pub fn runner_args(&self, token_file: &str, work_dir: &str) -> Vec<String> {
+        let mut args: Vec<String> = ["--server", &self.server, "--token-file", token_file, "--ephemeral"]
+            .into_iter()
+            .chain(["--name", &self.name, "--work-dir", work_dir])
+            .map(String::from)
+            .collect();
+        args.extend(self.args.iter().cloned());
+        args
     }
 }
 

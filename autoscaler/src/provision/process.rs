@@ -30,15 +30,13 @@ impl Provisioner for Processes {
         let log = std::fs::File::create(launch.dir.join("runner.log"))
             .map_err(|e| ProvisionError::Io(format!("cannot create the runner's log: {e}")))?;
         let err = log.try_clone().map_err(|e| ProvisionError::Io(e.to_string()))?;
+        let (token, work) = (launch.token_file(), launch.dir.join("work"));
+        let (Some(token), Some(work)) = (token.to_str(), work.to_str()) else {
+            return Err(ProvisionError::Io(format!("{} is not UTF-8", launch.dir.display())));
+        };
         let child = Command::new(&self.runner)
-            .arg("--server")
-            .arg(&launch.server)
-            .arg("--token-file")
-            .arg(launch.token_file())
-            .args(["--ephemeral", "--name", &launch.name, "--work-dir"])
-            .arg(launch.dir.join("work"))
+            .args(launch.runner_args(token, work))
             .arg(format!("--job-user-base={}", self.job_user_base + launch.seat))
-            .args(&launch.args)
             // Nothing of the autoscaler's environment (its own token) but
             // what a process needs to run.
             .env_clear()

@@ -296,11 +296,11 @@ impl Tx<'_> {
         let now = self.sh.now_ms();
         for i in 0..n {
             let sk = key.step(attempt, index(i));
-            let size = self.store().logs.len(sk)?;
-            let step = self.step(sk)?;
-            if step.status().is_terminal() {
+            if self.step(sk)?.status().is_terminal() {
                 continue;
             }
+            let size = self.store().logs.len(sk)?;
+            let step = self.step(sk)?;
             if step.status() == Status::Running {
                 step.status = running_to as i32;
                 step.finished_ms = now;

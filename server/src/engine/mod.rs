@@ -80,6 +80,13 @@ pub struct EngineConfig {
     pub retry_backoff: Duration,
     /// Where the engine reads the time.
     pub clock: Arc<dyn Clock>,
+    /// Messages to runners (assignments above all) leave only once the
+    /// transition that made them is durable, so a server that dies has
+    /// given no job its store does not know it gave — at the cost of a
+    /// group commit on each pickup. Set on PostgreSQL, where another
+    /// replica takes over with other runners; on sled a restarted server
+    /// adopts such jobs from the runners that come back with them.
+    pub durable_sends: bool,
 }
 
 impl Default for EngineConfig {
@@ -92,6 +99,7 @@ impl Default for EngineConfig {
             max_running_per_pipeline: 0,
             retry_backoff: Duration::from_secs(2),
             clock: Arc::new(SystemClock),
+            durable_sends: false,
         }
     }
 }
@@ -167,6 +175,27 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Sends a transition's messages to runners: at once, or once the
+    /// transition (`ticket`) is durable (see [`EngineConfig::durable_sends`]).
+    /// A closed channel means the runner just disconnected; its lease logic
+    /// handles what it missed.
+    pub fn send(&self, ticket: Ticket, outbox: Vec<(UnboundedSender<ServerMessage>, ServerMessage)>) {
+        if outbox.is_empty() {
+            return;
+        }
+        if !self.cfg.durable_sends {
+            for (to, msg) in outbox {
+                let _ = to.send(msg);
+            }
+            return;
+        }
+        self.store.after_durable(ticket, move || {
+            for (to, msg) in outbox {
+                let _ = to.send(msg);
+            }
+        });
+    }
+
     /// Milliseconds since the epoch, by the engine's clock.
     pub fn now_ms(&self) -> i64 {
         self.cfg.clock.now_ms()

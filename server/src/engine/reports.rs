@@ -120,7 +120,8 @@ impl Tx<'_> {
             return Err(Error::invalid(format!("job {job} has no step {}", u.step_index)));
         }
         let sk = job.step(attempt, u.step_index);
-        let size = self.store().logs.len(sk)?;
+        // The log's length is kept with the step once it ends.
+        let size = if status.is_terminal() { self.store().logs.len(sk)? } else { 0 };
         let now = self.sh.now_ms();
         let step = self.step(sk)?;
         let current = step.status();

@@ -49,13 +49,20 @@ impl FakeRunner {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::over(Store::memory(), |_| {})
+    }
+
+    /// An engine over `store`, its settings changed by `set`.
+    pub fn over(store: Store, set: impl FnOnce(&mut EngineConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::memory());
+        let store = Arc::new(store);
         let secrets = Arc::new(SecretBox::open(dir.path()).expect("secret box"));
         let blobs = Arc::new(BlobStore::local(&dir.path().join("blobs")).expect("blobs"));
         let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
         let clock = Arc::new(ManualClock::default());
-        let cfg = EngineConfig { clock: Arc::clone(&clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };
+        let mut cfg =
+            EngineConfig { clock: Arc::clone(&clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };
+        set(&mut cfg);
         let engine = Engine::open(Arc::clone(&store), cfg, secrets).expect("engine");
         Self { engine, clock, store, plugins, _dir: dir }
     }

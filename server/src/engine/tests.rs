@@ -178,6 +178,66 @@ async fn an_assignment_that_never_arrived_is_queued_again_as_the_same_attempt() 
     assert!(r.assignments().is_empty(), "the old connection gets nothing more");
 }
 
+/// A backend whose flushes wait until the test opens the gate.
+struct Gated {
+    inner: crate::store::kv::Memory,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl crate::store::kv::Kv for Gated {
+    fn get(&self, tree: T, key: &[u8]) -> crate::error::Result<Option<Vec<u8>>> {
+        self.inner.get(tree, key)
+    }
+    fn range(&self, tree: T, lo: std::ops::Bound<&[u8]>, hi: std::ops::Bound<&[u8]>) -> crate::store::kv::Entries<'_> {
+        self.inner.range(tree, lo, hi)
+    }
+    fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> crate::error::Result<bool> {
+        self.inner.insert_if_absent(tree, key, value)
+    }
+    fn commit(&self, ops: &[crate::store::kv::Op]) -> crate::error::Result<()> {
+        self.inner.commit(ops)
+    }
+    fn flush(&self) -> crate::error::Result<()> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        Ok(())
+    }
+    fn generate_id(&self) -> crate::error::Result<u64> {
+        self.inner.generate_id()
+    }
+}
+
+/// With durable sends (PostgreSQL), an assignment leaves only once the
+/// transition that made it is durable: a server that dies before cannot
+/// have given a job its successor does not know about.
+#[tokio::test]
+async fn with_durable_sends_an_assignment_waits_for_the_disk() {
+    let gated = std::sync::Arc::new(Gated {
+        inner: crate::store::kv::Memory::new(),
+        open: std::sync::Mutex::new(true),
+        opened: std::sync::Condvar::new(),
+    });
+    let h = Harness::over(crate::store::Store::with(gated.clone()), |c| c.durable_sends = true);
+    h.submit(ONE_JOB).await;
+    *gated.open.lock().unwrap() = false;
+    // Connecting dispatches the queued job; the flush it needs cannot end.
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    tokio::task::yield_now().await;
+    assert!(r.inbox.try_recv().is_err(), "nothing (not even the welcome) before the disk has it");
+    *gated.open.lock().unwrap() = true;
+    gated.opened.notify_all();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let mut given = Vec::new();
+    while given.is_empty() && Instant::now() < deadline {
+        given = r.assignments();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(names(&given), ["j"]);
+}
+
 /// A runner that restarted (another process) may have started the job it
 /// was given before it died: it comes back without it, and the attempt is
 /// lost, not quietly run again.

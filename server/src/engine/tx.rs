@@ -330,10 +330,9 @@ impl<'a> Tx<'a> {
         }
         if self.ws.is_empty() {
             // Nothing changed; the messages may still go out.
-            for (to, msg) in self.outbox {
-                let _ = to.send(msg);
-            }
-            return Ok(self.sh.store.current_ticket());
+            let ticket = self.sh.store.current_ticket();
+            self.sh.send(ticket, self.outbox);
+            return Ok(ticket);
         }
         if let Err(e) = self.sh.store.commit(&self.ws) {
             // Memory (queue, leases) and disk would disagree from here on:
@@ -348,11 +347,7 @@ impl<'a> Tx<'a> {
         for run in touched {
             self.sh.signals.touch_run(run);
         }
-        for (to, msg) in self.outbox {
-            // A closed channel means the runner just disconnected; its lease
-            // logic handles what it missed.
-            let _ = to.send(msg);
-        }
+        self.sh.send(ticket, self.outbox);
         Ok(ticket)
     }
 }

@@ -62,6 +62,16 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether a range's bounds cross (it is empty: sled answers so, and
+/// `BTreeMap::range` would panic).
+pub fn crossed(lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> bool {
+    match (lo, hi) {
+        (Bound::Excluded(a), Bound::Excluded(b)) => a >= b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => a > b,
+        _ => false,
+    }
+}
+
 fn storage(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
@@ -173,12 +183,7 @@ impl Kv for Memory {
 
     fn range(&self, tree: T, lo: Bound<&[u8]>, hi: Bound<&[u8]>) -> Entries<'_> {
         let trees = self.trees.read().unwrap_or_else(|p| p.into_inner());
-        // An empty range when the bounds cross (as sled answers).
-        let crossed = match (lo, hi) {
-            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => a > b,
-            _ => false,
-        };
-        let found: Vec<Result<Entry>> = if crossed {
+        let found: Vec<Result<Entry>> = if crossed(lo, hi) {
             Vec::new()
         } else {
             trees[tree as usize].range::<[u8], _>((lo, hi)).map(|(k, v)| Ok((k.clone(), v.clone()))).collect()
@@ -294,6 +299,78 @@ pub mod conformance {
         assert_eq!(kv.range(T::Logs, Unbounded, Excluded(&b"big"[..])).count(), 2000);
     }
 
+    /// Through a [`WriteBack`](crate::store::write_back::WriteBack): what
+    /// is held in memory and what is in the backend read as one, from
+    /// either end, before and after a flush.
+    pub fn run_held(kv: &dyn Kv) {
+        use std::ops::Bound;
+        let key = |i: u32| i.to_be_bytes().to_vec();
+        // In the backend: 0..300, value 1.
+        kv.commit(&(0..300).map(|i| (T::Meta, key(i), Some(vec![1]))).collect::<Vec<_>>()).unwrap();
+        kv.flush().unwrap();
+        // Held: every third key removed, every fifth rewritten (2), 300..320 added (3).
+        let mut ops: Vec<super::Op> = (0..300).step_by(3).map(|i| (T::Meta, key(i), None)).collect();
+        ops.extend((0..300).step_by(5).map(|i| (T::Meta, key(i), Some(vec![2]))));
+        ops.extend((300..320).map(|i| (T::Meta, key(i), Some(vec![3]))));
+        kv.commit(&ops).unwrap();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = (0..320)
+            .filter_map(|i| match i {
+                300.. => Some((key(i), vec![3])),
+                _ if i % 5 == 0 => Some((key(i), vec![2])),
+                _ if i % 3 == 0 => None,
+                _ => Some((key(i), vec![1])),
+            })
+            .collect();
+        let check = |when: &str| {
+            let forward: Vec<_> = kv.range(T::Meta, Bound::Unbounded, Bound::Unbounded).map(Result::unwrap).collect();
+            assert_eq!(forward, expected, "{when}: forward");
+            let mut backward: Vec<_> =
+                kv.range(T::Meta, Bound::Unbounded, Bound::Unbounded).rev().map(Result::unwrap).collect();
+            backward.reverse();
+            assert_eq!(backward, expected, "{when}: backward");
+            // Alternate ends over a sub-range: every entry once, in order.
+            let (lo, hi) = (key(7), key(311));
+            let mut it = kv.range(T::Meta, Bound::Included(&lo[..]), Bound::Excluded(&hi[..]));
+            let (mut front, mut back) = (Vec::new(), Vec::new());
+            loop {
+                match (it.next(), it.next_back()) {
+                    (None, None) => break,
+                    (f, b) => {
+                        front.extend(f.map(Result::unwrap));
+                        back.extend(b.map(Result::unwrap));
+                    }
+                }
+            }
+            back.reverse();
+            front.extend(back);
+            let sub: Vec<_> = expected.iter().filter(|(k, _)| *k >= lo && *k < hi).cloned().collect();
+            assert_eq!(front, sub, "{when}: both ends");
+            assert_eq!(kv.get(T::Meta, &key(3)).unwrap(), None, "{when}: removed");
+            assert_eq!(kv.get(T::Meta, &key(10)).unwrap(), Some(vec![2]), "{when}: rewritten");
+            assert_eq!(kv.get(T::Meta, &key(310)).unwrap(), Some(vec![3]), "{when}: added");
+        };
+        check("held");
+        // Insert-if-absent sees both: absent where removed, present where only the backend has it.
+        assert!(kv.insert_if_absent(T::Meta, &key(6), &[4]).unwrap());
+        assert!(!kv.insert_if_absent(T::Meta, &key(1), &[4]).unwrap());
+        kv.commit(&[(T::Meta, key(6), None)]).unwrap();
+        kv.flush().unwrap();
+        check("flushed");
+    }
+
+    #[test]
+    fn trees_are_listed_in_order() {
+        for (i, t) in T::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i);
+        }
+    }
+
+    #[test]
+    fn memory_through_write_back_conforms() {
+        run(crate::store::write_back::WriteBack::new(super::Memory::new()).as_ref());
+        run_held(crate::store::write_back::WriteBack::new(super::Memory::new()).as_ref());
+    }
+
     #[test]
     fn sled_conforms() {
         let dir = tempfile::tempdir().unwrap();
@@ -330,6 +407,18 @@ pub mod conformance {
     fn postgres_conforms() {
         let Some(url) = fresh_postgres("conforms") else { return };
         run(&crate::store::postgres::Postgres::open(&url, None).expect("open"));
+        let Some(url) = fresh_postgres("conforms_held") else { return };
+        let held =
+            crate::store::write_back::WriteBack::new(crate::store::postgres::Postgres::open(&url, None).unwrap());
+        run(held.as_ref());
+        // What a flush wrote, a fresh connection reads.
+        let again = crate::store::postgres::Postgres::open(&url, None).unwrap();
+        assert_eq!(again.get(T::Runs, b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        let Some(url) = fresh_postgres("held") else { return };
+        run_held(
+            crate::store::write_back::WriteBack::new(crate::store::postgres::Postgres::open(&url, None).unwrap())
+                .as_ref(),
+        );
     }
 
     /// Ranges longer than a page read the same from both ends, also when

@@ -17,6 +17,7 @@ pub mod logs;
 pub mod postgres;
 pub use postgres::{Fence, Leadership, spawn_lease};
 pub mod records;
+pub mod write_back;
 
 use std::{
     ops::{Bound, RangeBounds},
@@ -85,6 +86,35 @@ pub enum T {
     /// Submits already answered: blake3(caller, request id) → run id,
     /// time (ms), both big-endian (see `engine::runs`).
     SubmitKeys,
+}
+
+impl T {
+    /// Every tree, in the order of [`TREE_NAMES`].
+    pub const ALL: [T; 23] = [
+        T::Runs,
+        T::Jobs,
+        T::Steps,
+        T::Queue,
+        T::Events,
+        T::Runners,
+        T::Tokens,
+        T::Pipelines,
+        T::RunIndex,
+        T::Meta,
+        T::Repos,
+        T::RefState,
+        T::Deliveries,
+        T::ScheduleState,
+        T::Secrets,
+        T::Plugins,
+        T::PluginBlobs,
+        T::Caches,
+        T::Artifacts,
+        T::Users,
+        T::Audit,
+        T::Logs,
+        T::SubmitKeys,
+    ];
 }
 
 const TREE_NAMES: [&str; 23] = [
@@ -233,13 +263,13 @@ impl Store {
     /// flusher thread.
     pub fn postgres(url: &str, password: Option<&str>) -> Result<Self> {
         postgres::hold_server_lock(url, password)?;
-        Ok(Self::with(Arc::new(postgres::Postgres::open(url, password)?)))
+        Ok(Self::with(write_back::WriteBack::new(postgres::Postgres::open(url, password)?)))
     }
 
     /// The store of a replica that leads: the database at `url`, every
     /// write checked against `fence` (see [`postgres::spawn_lease`]).
     pub fn postgres_leader(url: &str, password: Option<&str>, fence: postgres::Fence) -> Result<Self> {
-        Ok(Self::with(Arc::new(postgres::Postgres::open(url, password)?.fenced(fence))))
+        Ok(Self::with(write_back::WriteBack::new(postgres::Postgres::open(url, password)?.fenced(fence))))
     }
 
     /// A store in memory (tests).
@@ -284,6 +314,20 @@ impl Store {
         Ticket(self.flusher.requested.load(Ordering::Acquire))
     }
 
+    /// Runs `f` once the writes covered by `ticket` are durable (at once
+    /// when they are), after everything queued here before it: what
+    /// announces a transition (an assignment to a runner) never goes out
+    /// before the transition could survive a crash, nor out of order.
+    /// `f` runs on the flusher's thread: it must be quick (a channel send).
+    pub fn after_durable(&self, ticket: Ticket, f: impl FnOnce() + Send + 'static) {
+        let mut after = self.flusher.after.lock().unwrap_or_else(|p| p.into_inner());
+        if after.is_empty() && ticket.0 <= *self.flusher.flushed.borrow() {
+            f();
+        } else {
+            after.push_back((ticket.0, Box::new(f)));
+        }
+    }
+
     /// Waits until the writes covered by `ticket` are fsynced.
     pub async fn wait_durable(&self, ticket: Ticket) {
         self.flusher.wait(ticket).await;
@@ -323,11 +367,17 @@ const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// Requests arriving during one fsync that mean "under load".
 const BUSY_REQUESTS: u64 = 8;
 
+/// What [`Store::after_durable`] runs.
+type Deferred = Box<dyn FnOnce() + Send>;
+
 /// Group commit: any number of waiters share one fsync, run by one
 /// dedicated thread (no thread-pool hop per flush).
 struct Flusher {
     requested: AtomicU64,
     flushed: watch::Sender<u64>,
+    /// What runs once a ticket is flushed (see [`Store::after_durable`]),
+    /// in ticket order; `flushed` advances under this lock.
+    after: Mutex<std::collections::VecDeque<(u64, Deferred)>>,
     /// (work pending, shutting down)
     wake: Mutex<(bool, bool)>,
     cv: Condvar,
@@ -338,6 +388,7 @@ impl Flusher {
         let f = Arc::new(Self {
             requested: AtomicU64::new(0),
             flushed: watch::Sender::new(0),
+            after: Mutex::default(),
             wake: Mutex::new((false, false)),
             cv: Condvar::new(),
         });
@@ -368,7 +419,15 @@ impl Flusher {
                 }
                 match kv.flush() {
                     Ok(_) => {
-                        flusher.flushed.send_replace(target);
+                        {
+                            let mut after = flusher.after.lock().unwrap_or_else(|p| p.into_inner());
+                            flusher.flushed.send_replace(target);
+                            while after.front().is_some_and(|(t, _)| *t <= target) {
+                                if let Some((_, f)) = after.pop_front() {
+                                    f();
+                                }
+                            }
+                        }
                         // Under load = several requests arrived during the fsync.
                         busy = flusher.requested.load(Ordering::Acquire) >= target + BUSY_REQUESTS;
                     }

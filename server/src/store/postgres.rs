@@ -6,7 +6,10 @@
 //! keys, so ranges read the same on every backend. A write set is one
 //! transaction; a write is durable when its commit returns (each
 //! connection sets `synchronous_commit = on`), so [`Kv::flush`] has nothing
-//! left to do. Ids come from a sequence. The schema is versioned:
+//! left to do. The server does not commit each state transition here: it
+//! holds them in a [`super::write_back::WriteBack`] and commits them here
+//! in batches, one per group commit. Ids come from a sequence, a block at a
+//! time. The schema is versioned:
 //! [`MIGRATIONS`] are applied in order on open, each once, under an
 //! advisory lock (servers starting together do not race), and a database
 //! migrated by a newer server is refused.
@@ -50,6 +53,11 @@ const CONNECTIONS: usize = 4;
 const FIRST_PAGE: i64 = 4;
 /// The most entries one round trip reads.
 const MAX_PAGE: i64 = 512;
+/// Ids taken from the sequence per round trip.
+const ID_BLOCK: i64 = 64;
+/// Bytes of keys and values per statement of a commit (a commit of more
+/// runs several statements in its one transaction).
+const STATEMENT_BYTES: usize = 8 << 20;
 /// The advisory lock migrations hold (a fixed number of our own).
 const MIGRATION_LOCK: i64 = 0x0076_6961_6475_6374;
 /// The advisory lock a server holds on its database for as long as it
@@ -161,6 +169,17 @@ pub struct Postgres {
     jobs: mpsc::Sender<Job>,
     /// Set on a replica that leads: every write checks it.
     fence: Option<Fence>,
+    /// Ids taken from the sequence and not handed out yet.
+    ids: Mutex<VecDeque<u64>>,
+}
+
+/// The rows of one statement of a commit, column by column.
+#[derive(Default)]
+struct Rows {
+    trees: Vec<&'static str>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    bytes: usize,
 }
 
 /// A leader's right to write: the lease's epoch when it took the lead, and
@@ -445,7 +464,7 @@ impl Postgres {
                 .map_err(|e| Error::Storage(format!("cannot start a PostgreSQL connection thread: {e}")))?;
         }
         tracing::info!(database = %redacted(url), connections = CONNECTIONS, "store: PostgreSQL");
-        Ok(Self { jobs: tx, fence: None })
+        Ok(Self { jobs: tx, fence: None, ids: Mutex::new(VecDeque::new()) })
     }
 
     /// Every write from now on checks `fence` (a replica that leads).
@@ -692,20 +711,20 @@ impl Kv for Postgres {
         for (tree, key, value) in ops {
             last.insert((name(*tree), key.as_slice()), value.as_deref());
         }
-        let (mut put_trees, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
+        // Statements of at most STATEMENT_BYTES each, all in one transaction.
+        let mut puts: Vec<Rows> = vec![Rows::default()];
+        let mut dels: Vec<Rows> = vec![Rows::default()];
         for ((tree, key), value) in last {
-            match value {
-                Some(v) => {
-                    put_trees.push(tree);
-                    put_keys.push(key.to_vec());
-                    put_values.push(v.to_vec());
-                }
-                None => {
-                    del_trees.push(tree);
-                    del_keys.push(key.to_vec());
-                }
+            let rows = if value.is_some() { &mut puts } else { &mut dels };
+            let size = key.len() + value.map_or(0, <[u8]>::len);
+            if rows.last().is_some_and(|r| r.bytes > 0 && r.bytes + size > STATEMENT_BYTES) {
+                rows.push(Rows::default());
             }
+            let r = rows.last_mut().expect("never empty");
+            r.bytes += size;
+            r.trees.push(tree);
+            r.keys.push(key.to_vec());
+            r.values.extend(value.map(<[u8]>::to_vec));
         }
         let fence = self.fence.clone();
         let committed = self.call(move |c| {
@@ -725,16 +744,22 @@ impl Kv for Postgres {
             {
                 return Ok(false);
             }
-            if !put_keys.is_empty() {
-                tx.execute(&put, &[&put_trees, &put_keys, &put_values])?;
+            for r in puts.iter().filter(|r| !r.keys.is_empty()) {
+                tx.execute(&put, &[&r.trees, &r.keys, &r.values])?;
             }
-            if !del_keys.is_empty() {
-                tx.execute(&delete, &[&del_trees, &del_keys])?;
+            for r in dels.iter().filter(|r| !r.keys.is_empty()) {
+                tx.execute(&delete, &[&r.trees, &r.keys])?;
             }
             tx.commit()?;
             Ok(true)
         })?;
-        if committed { Ok(()) } else { Err(self.fenced_out()) }
+        if !committed {
+            // Its successor leads and may already have dispatched what this
+            // process holds in memory: nothing more of it may go on.
+            tracing::error!(error = %self.fenced_out(), "exiting");
+            std::process::exit(70);
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
@@ -743,9 +768,18 @@ impl Kv for Postgres {
     }
 
     fn generate_id(&self) -> Result<u64> {
-        self.call(|c| {
-            let id: i64 = c.query("SELECT nextval('viaduct_ids')", &[])?[0].get(0);
-            Ok(id as u64)
-        })
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.is_empty() {
+            // A block at a time: each greater than any id handed out before,
+            // by this process or by any other (a replica that led before).
+            let block = self.call(|c| {
+                let rows =
+                    c.query("SELECT nextval('viaduct_ids') FROM generate_series(1, $1::bigint)", &[&ID_BLOCK])?;
+                Ok(rows.into_iter().map(|r| r.get::<_, i64>(0) as u64).collect::<Vec<_>>())
+            })?;
+            ids.extend(block);
+            ids.make_contiguous().sort_unstable();
+        }
+        ids.pop_front().ok_or_else(|| Error::Storage("PostgreSQL: the id sequence gave nothing".into()))
     }
 }
