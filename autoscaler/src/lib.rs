@@ -7,6 +7,9 @@
 //!
 //! - [`scaler`] — the loop: what to start, what to stop, the cap.
 //! - [`provision`] — the provisioner trait and its implementations.
+//! - [`identity`] — who it is (an id kept in its state directory), so that
+//!   it finds, once restarted, what it started before.
 
+pub mod identity;
 pub mod provision;
 pub mod scaler;

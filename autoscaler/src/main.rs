@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use viaduct_autoscaler::{
+    identity::Identity,
     provision::{
         Provisioner,
         container::Containers,
@@ -109,7 +110,9 @@ struct Args {
     /// Time between looks at the queue.
     #[arg(long, default_value = "1s", value_parser = viaduct_pipeline::duration::parse_duration)]
     interval: Duration,
-    /// Where instances keep their token, work dir and log.
+    /// Where instances keep their token, work dir and log, and where this
+    /// autoscaler keeps its id: restarted on the same directory, it finds
+    /// and cleans up what it started before (one autoscaler per directory).
     #[arg(long, default_value = "viaduct-autoscaler")]
     state_dir: PathBuf,
 }
@@ -154,6 +157,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(args.max_runners > 0, "--max-runners must be at least 1");
+    // Its identity first: a second autoscaler on this directory stops here.
+    let identity = Identity::open(&args.state_dir)?;
     let transport = viaduct_sdk::Transport::from_files(args.ca_cert.as_deref(), args.insecure, None, None)?;
     let client = viaduct_sdk::Client::connect_with(&args.server, Some(token), &transport).await?;
     let provisioner: Box<dyn Provisioner> = match args.provisioner {
@@ -186,8 +191,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Box::new(Jobs::connect(args.kube_config.as_deref(), settings).await?)
         }
     };
-    std::fs::create_dir_all(&args.state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.state_dir.display()))?;
     let cfg = ScalerConfig {
         runner_server: args.runner_server.clone().unwrap_or_else(|| args.server.clone()),
         labels: args.labels.clone(),
@@ -197,10 +200,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_runners: args.max_runners,
         connect_timeout: args.connect_timeout,
         max_lifetime: args.max_lifetime,
-        state_dir: std::fs::canonicalize(&args.state_dir)?,
+        state_dir: std::fs::canonicalize(identity.dir())?,
+        id: identity.id().to_string(),
     };
     let mut scaler = Scaler::new(client, cfg, provisioner);
-    tracing::info!(server = %args.server, what = %scaler.describe(), "autoscaler started");
+    tracing::info!(server = %args.server, id = identity.id(), what = %scaler.describe(), "autoscaler started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -211,14 +215,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
         match scaler.pass().await {
-            Ok(p) if !p.started.is_empty() || !p.ended.is_empty() => {
-                tracing::debug!(started = ?p.started, ended = ?p.ended, alive = p.alive, "pass");
+            Ok(p) if !p.started.is_empty() || !p.ended.is_empty() || !p.adopted.is_empty() => {
+                tracing::debug!(started = ?p.started, ended = ?p.ended, adopted = ?p.adopted, alive = p.alive, "pass");
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the queue"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "pass failed"),
         }
     }
     tracing::info!("stopping: instances are stopped and their tokens revoked");
     scaler.stop_all().await;
+    drop(identity);
     Ok(())
 }

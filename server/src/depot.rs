@@ -1,5 +1,6 @@
 //! The depot: everything the server keeps in its blob store — plugin
-//! components, build caches, job artifacts — and their retention.
+//! components, build caches, job artifacts, finished steps' logs — and
+//! their retention.
 //!
 //! Retention runs at start and then hourly (and after a cache save that
 //! takes the caches past their size limit): caches expire and are evicted
@@ -15,12 +16,15 @@ use crate::{
     blobs::BlobStore,
     caches::{CacheLimits, Caches},
     error::Result,
+    packed_logs::PackedLogs,
     plugins::PluginRegistry,
     store::Store,
 };
 
 /// Blobs younger than this are never swept.
 pub const SWEEP_GRACE: Duration = Duration::from_secs(3600);
+/// How often ended attempts are looked for, to pack their logs.
+const PACK_EVERY: Duration = Duration::from_secs(1);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -59,6 +63,8 @@ pub struct Depot {
     pub caches: Caches,
     /// Job artifacts.
     pub artifacts: Artifacts,
+    /// Finished steps' logs.
+    pub logs: PackedLogs,
     /// Settings.
     pub config: DepotConfig,
     retention: tokio::sync::Notify,
@@ -73,6 +79,7 @@ impl Depot {
             plugins: Arc::new(PluginRegistry::new(Arc::clone(store), Arc::clone(&blobs))),
             caches: Caches::new(Arc::clone(store), config.caches),
             artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key),
+            logs: PackedLogs::new(Arc::clone(store), Arc::clone(&blobs)),
             blobs,
             config,
             retention: tokio::sync::Notify::new(),
@@ -109,11 +116,29 @@ impl Depot {
         let mut keep: HashSet<String> = self.plugins.digests()?;
         keep.extend(self.caches.digests()?);
         keep.extend(self.artifacts.digests()?);
+        keep.extend(self.logs.digests()?);
         let swept = self.blobs.sweep(&keep, SWEEP_GRACE).await?;
         if swept.files > 0 {
             tracing::info!(files = swept.files, bytes = swept.bytes, "unreferenced blobs deleted");
         }
         Ok(())
+    }
+
+    /// Packs the logs of ended attempts, as they end (polling every
+    /// [`PACK_EVERY`] while there is nothing to pack).
+    pub fn spawn_packing(self: &Arc<Self>) {
+        let depot = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match depot.logs.pack_pending().await {
+                    // A full batch: more may wait.
+                    Ok(n) if n >= crate::packed_logs::BATCH => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "packing logs failed"),
+                }
+                tokio::time::sleep(PACK_EVERY).await;
+            }
+        });
     }
 
     /// Runs retention now, hourly, and when asked.

@@ -127,3 +127,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub fn render(diags: &[Diagnostic]) -> String {
     diags.iter().map(|d| format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)).collect::<Vec<_>>().join("\n")
 }
+
+/// `e` with its sources, for a person: libraries often put the words that
+/// matter (the provider's, the OS's) in a source, not in the error shown.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        source = s.source();
+    }
+    text
+}

@@ -92,6 +92,20 @@ fn metrics(engine: &Engine, depot: &Depot) -> impl IntoResponse + use<> {
         metric("viaduct_cache_entries", "gauge", "Build cache entries.", &[("", c.entries)]);
         metric("viaduct_cache_evicted_total", "counter", "Cache entries expired or evicted.", &[("", c.evicted)]);
     }
+    let packed = &depot.logs.stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    metric(
+        "viaduct_logs_packed_total",
+        "counter",
+        "Step logs packed into blobs since the server started.",
+        &[("", load(&packed.steps))],
+    );
+    metric(
+        "viaduct_log_bytes_packed_total",
+        "counter",
+        "Bytes of the step logs packed since the server started: as written, and in blobs.",
+        &[("{form=\"log\"}", load(&packed.raw_bytes)), ("{form=\"packed\"}", load(&packed.packed_bytes))],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

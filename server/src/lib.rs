@@ -31,6 +31,7 @@ pub mod gate;
 pub mod git;
 pub mod http;
 pub mod launch;
+pub mod packed_logs;
 pub mod pipelines;
 pub mod plugins;
 pub mod replicas;
@@ -64,6 +65,9 @@ pub enum StoreConfig {
         url: String,
         /// The password, read from its file.
         password: Option<String>,
+        /// A CA (PEM) trusted for TLS to the database besides the system's
+        /// roots (`--store-ca-file`).
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -71,10 +75,11 @@ impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sled => f.write_str("Sled"),
-            Self::Postgres { url, password } => f
+            Self::Postgres { url, password, ca_file } => f
                 .debug_struct("Postgres")
                 .field("url", url)
                 .field("password", &password.as_ref().map(|_| "***"))
+                .field("ca_file", ca_file)
                 .finish(),
         }
     }
@@ -82,10 +87,15 @@ impl std::fmt::Debug for StoreConfig {
 
 impl StoreConfig {
     /// `sled`, or a PostgreSQL URL whose password (if any) is in
-    /// `password_file`.
-    pub fn parse(spec: &str, password_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    /// `password_file`, with a CA for its TLS in `ca_file`.
+    pub fn parse(
+        spec: &str,
+        password_file: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         if spec == "sled" {
             anyhow::ensure!(password_file.is_none(), "--store-password-file goes with a PostgreSQL --store");
+            anyhow::ensure!(ca_file.is_none(), "--store-ca-file goes with a PostgreSQL --store");
             return Ok(Self::Sled);
         }
         anyhow::ensure!(
@@ -100,7 +110,7 @@ impl StoreConfig {
                     .with_context(|| format!("cannot read {}", f.display()))
             })
             .transpose()?;
-        Ok(Self::Postgres { url: spec.to_string(), password })
+        Ok(Self::Postgres { url: spec.to_string(), password, ca_file: ca_file.map(PathBuf::from) })
     }
 }
 
@@ -173,14 +183,16 @@ pub(crate) async fn serve_engine(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let replica = fence.is_some();
     let store = Arc::new(match (&cfg.store, fence) {
         (StoreConfig::Sled, _) => Store::open(&cfg.data_dir.join("db"))
             .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?,
-        (StoreConfig::Postgres { url, password }, None) => {
-            Store::postgres(url, password.as_deref()).context("cannot open the PostgreSQL store")?
+        (StoreConfig::Postgres { url, password, ca_file }, None) => {
+            Store::postgres(url, password.as_deref(), ca_file.as_deref()).context("cannot open the PostgreSQL store")?
         }
-        (StoreConfig::Postgres { url, password }, Some(fence)) => {
-            Store::postgres_leader(url, password.as_deref(), fence).context("cannot open the PostgreSQL store")?
+        (StoreConfig::Postgres { url, password, ca_file }, Some(fence)) => {
+            Store::postgres_leader(url, password.as_deref(), ca_file.as_deref(), fence)
+                .context("cannot open the PostgreSQL store")?
         }
     });
     let mutual = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
@@ -206,6 +218,12 @@ pub(crate) async fn serve_engine(
         tracing::info!(plugins = %names.join(" "), "first-party plugins published");
     }
     depot.spawn_retention();
+    // A replica's local blobs are its own: a successor could not read logs
+    // packed there, so with replicas they stay in the database unless the
+    // blobs are shared (object storage).
+    if !replica || !matches!(cfg.blobs, blobs::BlobConfig::Local) {
+        depot.spawn_packing();
+    }
     let engine_cfg = engine::EngineConfig {
         durable_sends: matches!(cfg.store, StoreConfig::Postgres { .. }) || cfg.engine.durable_sends,
         ..cfg.engine.clone()

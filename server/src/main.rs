@@ -19,13 +19,22 @@ struct Args {
     #[arg(long, env = "VIADUCT_DATA_DIR", default_value = "viaduct-data")]
     data_dir: PathBuf,
     /// Where state lives: `sled` (DATA_DIR/db) or a PostgreSQL URL
-    /// (`postgres://USER@HOST:PORT/DB`, no password in it).
+    /// (`postgres://USER@HOST:PORT/DB`, no password in it). TLS follows the
+    /// URL's `sslmode`: `require` (TLS, the database's certificate
+    /// verified and its name checked against HOST), `prefer` (the default:
+    /// TLS, verified likewise, when the database offers it) or `disable`;
+    /// none over a Unix socket.
     #[arg(long, env = "VIADUCT_STORE", default_value = "sled")]
     store: String,
     /// A file holding the PostgreSQL password (kept out of the process
     /// list and the logs).
     #[arg(long, env = "VIADUCT_STORE_PASSWORD_FILE")]
     store_password_file: Option<PathBuf>,
+    /// A CA certificate (PEM) trusted for TLS to the PostgreSQL --store
+    /// besides the system's roots (a private CA that signs the database's
+    /// certificate).
+    #[arg(long, env = "VIADUCT_STORE_CA_FILE")]
+    store_ca_file: Option<PathBuf>,
     /// Run as one of several replicas on one PostgreSQL --store: one leads
     /// (runs the engine), the others forward to it and take over when it
     /// is gone.
@@ -203,7 +212,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    let store = match viaduct_server::StoreConfig::parse(&args.store, args.store_password_file.as_deref()) {
+    let store = match viaduct_server::StoreConfig::parse(
+        &args.store,
+        args.store_password_file.as_deref(),
+        args.store_ca_file.as_deref(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("viaduct-server: {e:#}");

@@ -135,7 +135,11 @@ impl Sso {
         let issuer =
             IssuerUrl::new(self.config.issuer.clone()).map_err(|e| Error::Internal(format!("bad issuer URL: {e}")))?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http).await.map_err(|e| {
-            Error::precondition(format!("the sign-in provider {} cannot be reached: {}", self.config.issuer, chain(&e)))
+            Error::precondition(format!(
+                "the sign-in provider {} cannot be reached: {}",
+                self.config.issuer,
+                crate::error::with_causes(&e)
+            ))
         })?;
         let client = CoreClient::from_provider_metadata(
             metadata,
@@ -190,7 +194,9 @@ impl Sso {
             .set_pkce_verifier(pending.verifier)
             .request_async(&self.http)
             .await
-            .map_err(|e| Error::Unauthenticated(format!("the provider refused the sign-in: {}", chain(&e))))?;
+            .map_err(|e| {
+                Error::Unauthenticated(format!("the provider refused the sign-in: {}", crate::error::with_causes(&e)))
+            })?;
         let id_token =
             response.id_token().ok_or_else(|| Error::Unauthenticated("the provider sent no ID token".into()))?;
         let verifier = client.id_token_verifier();
@@ -217,20 +223,6 @@ impl Sso {
         };
         Ok((Identity { name, display_name, groups }, pending.then))
     }
-}
-
-/// `e` with its sources (the provider's own words are often in a source).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text = format!("{text}: {part}");
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// The PKCE challenge of `verifier` (SHA-256, base64url), to check the

@@ -278,6 +278,18 @@ impl Server {
         read_token(&self.data_dir().join("admin-token"))
     }
 
+    /// The value of the metric sample `sample` (`name{labels}` as
+    /// `/metrics` prints it), 0 when absent (a plain-HTTP server).
+    pub fn metric(&self, sample: &str) -> u64 {
+        let auth = format!("Bearer {}", self.admin_token());
+        let (code, body) = http(self.addr(), "GET", "/metrics", &[("authorization", &auth)], b"");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The runner registration token written on first start.
     pub fn runner_token(&self) -> String {
         read_token(&self.data_dir().join("runner-token"))
@@ -660,6 +672,25 @@ pub fn postgres_database(name: &str) -> Option<String> {
     );
     assert!(out.status.success(), "creating database {db}: {}", String::from_utf8_lossy(&out.stderr));
     Some(format!("{base}/{db}"))
+}
+
+/// A fresh, empty database on the test PostgreSQL server reached over TCP
+/// with TLS (`VIADUCT_TEST_POSTGRES_TLS`, whose certificate — for
+/// `localhost` and `127.0.0.1` — the CA in `VIADUCT_TEST_POSTGRES_CA`
+/// issued; the server takes no plaintext TCP): its URL (no parameters) and
+/// the CA file. `None` when there is none (see [`missing_fixture`]).
+pub fn postgres_tls_database(name: &str) -> Option<(String, PathBuf)> {
+    let (Ok(base), Ok(ca)) = (std::env::var("VIADUCT_TEST_POSTGRES_TLS"), std::env::var("VIADUCT_TEST_POSTGRES_CA"))
+    else {
+        missing_fixture(
+            "no PostgreSQL over TLS (VIADUCT_TEST_POSTGRES_TLS or _CA is unset): run `cargo xtask test`, which starts one",
+        );
+        return None;
+    };
+    // Made over the Unix socket, like every test database.
+    let url = postgres_database(name)?;
+    let (_, db) = url.rsplit_once('/').expect("a database in the URL");
+    Some((format!("{base}/{db}"), PathBuf::from(ca)))
 }
 
 /// A fresh bucket on the test S3 server (`VIADUCT_TEST_S3*`, an `s3s-fs`

@@ -5,27 +5,37 @@
 //! stopped, its token revoked, and the job given up on after 3 tries; the
 //! container provisioner runs each runner in a fresh container of an image
 //! made from the local binaries; the Kubernetes provisioner, in a Job (only
-//! where a cluster is given).
+//! where a cluster is given); an autoscaler killed -9 and started again on
+//! the same state directory adopts the runner it left: counted against the
+//! cap until it ends, then cleaned up.
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Arc,
 };
 
 use viaduct_tests::{Server, bin, eventually, finished, output, submit, v1, word};
 
-/// A running autoscaler; killed on drop.
+/// A running autoscaler; stopped on drop.
 struct Autoscaler {
     child: Child,
-    dir: tempfile::TempDir,
+    /// Its token, log and state directory (shared by the autoscalers
+    /// started again in it).
+    dir: Arc<tempfile::TempDir>,
 }
 
 impl Autoscaler {
     fn start(server: &Server, args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(server, Arc::new(tempfile::tempdir().unwrap()), args)
+    }
+
+    /// An autoscaler on `dir`'s state directory (that of an earlier one),
+    /// its log appended to the same file.
+    fn start_in(server: &Server, dir: Arc<tempfile::TempDir>, args: &[&str]) -> Self {
         let token = dir.path().join("admin-token");
         std::fs::write(&token, server.admin_token()).unwrap();
-        let log = std::fs::File::create(dir.path().join("autoscaler.log")).unwrap();
+        let log = std::fs::File::options().create(true).append(true).open(dir.path().join("autoscaler.log")).unwrap();
         let child = Command::new(bin("viaduct-autoscaler"))
             .args(["--server", &server.url(), "--interval", "200ms", "--token-file"])
             .arg(&token)
@@ -64,16 +74,47 @@ impl Autoscaler {
             .filter(|t| t.exists())
             .collect()
     }
+
+    /// Its identity (once it has made it).
+    fn id(&self) -> String {
+        let file = self.state().join("id");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", file.display(), self.log()))
+            .trim()
+            .into()
+    }
+
+    /// Kills it with SIGKILL: it cleans up nothing.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 impl Drop for Autoscaler {
     fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
     }
+}
+
+/// Waits until `scaler`, at `--max-runners`, holds back the job of `run`
+/// — having started nothing itself (the seat is an adopted instance's) —
+/// and returns its log.
+async fn held_back_at_the_cap(scaler: &Autoscaler, run: &str) -> String {
+    eventually("the cap holds the second job back", || async {
+        scaler.log().lines().any(|l| l.contains("at --max-runners") && l.contains(&format!("{run}.1"))).then_some(())
+    })
+    .await;
+    let log = scaler.log();
+    assert_eq!(log.matches("instance started").count(), 1, "only the first autoscaler's: {log}");
+    log
 }
 
 async fn runners(client: &viaduct_tests::Client) -> Vec<v1::Runner> {
@@ -141,8 +182,8 @@ jobs:
     assert_eq!(log.matches("instance started").count(), 3, "{log}");
 
     // The gpu job waits, listed as pending with what it needs.
-    let pending = client.runners().pending(v1::PendingJobsRequest { limit: 0 }).await.unwrap().into_inner();
-    assert_eq!(pending.total, 1, "{pending:#?}");
+    let pending = client.runners().pending(v1::PendingJobsRequest::default()).await.unwrap().into_inner();
+    assert_eq!((pending.total, pending.fitting), (1, 1), "{pending:#?}");
     assert_eq!(
         (pending.jobs[0].job_id.as_str(), pending.jobs[0].runs_on.as_slice()),
         (&*format!("{gpu}.1"), &["gpu".to_string()][..])
@@ -151,6 +192,21 @@ jobs:
     let out = output(server.cli().args(["runners", "pending"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("RUNS ON") && text.contains(&format!("{gpu}.1")) && text.contains(" gpu "), "{text}");
+    // Asked for what its runners fit, the server lists none of it; a gpu
+    // runner without the wasi executor fits it, a protected one too (the
+    // run is trusted).
+    let fit = |labels: &[&str], protected: bool| v1::PendingJobsRequest {
+        fit: Some(v1::RunnerFit {
+            labels: labels.iter().map(ToString::to_string).collect(),
+            executors: vec![v1::Executor::Host as i32],
+            protected,
+        }),
+        ..Default::default()
+    };
+    let linux = client.runners().pending(fit(&["linux"], false)).await.unwrap().into_inner();
+    assert_eq!((linux.total, linux.fitting, linux.jobs.len()), (1, 0, 0), "{linux:#?}");
+    let gpu_fit = client.runners().pending(fit(&["linux", "gpu"], true)).await.unwrap().into_inner();
+    assert_eq!((gpu_fit.fitting, gpu_fit.jobs.len()), (1, 1), "{gpu_fit:#?}");
     let gpu_run = client.runs().get(v1::GetRunRequest { id: gpu.clone() }).await.unwrap().into_inner();
     assert_eq!(word(gpu_run.jobs[0].status), "queued");
     client.runs().cancel(v1::CancelRunRequest { id: gpu, ..Default::default() }).await.unwrap();
@@ -189,10 +245,88 @@ async fn an_instance_that_never_connects_is_stopped_and_its_token_revoked() {
     client.runs().cancel(v1::CancelRunRequest { id, ..Default::default() }).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_autoscaler_adopts_the_runner_it_left_and_counts_it_against_the_cap() {
+    let server = Server::start();
+    let client = server.client().await;
+    let runner = bin("viaduct-runner");
+    let args = [
+        "--labels",
+        "linux,autoscaled",
+        "--runner-bin",
+        runner.to_str().unwrap(),
+        "--runner-arg=--no-containers",
+        "--runner-arg=--kill-grace=1s",
+    ];
+    let mut first = Autoscaler::start(&server, &args);
+    // A job that runs until the test lets it end (or ends, its dir gone).
+    let flags = viaduct_tests::shared_dir();
+    let release = flags.path().join("release");
+    let long = submit(
+        &client,
+        &format!(
+            "jobs:\n  long:\n    runs_on: [autoscaled]\n    steps:\n      - run: until [ -e {} ] || [ ! -d {} ]; do sleep \
+             0.02; done\n",
+            release.display(),
+            flags.path().display()
+        ),
+    )
+    .await;
+    eventually("the first job runs on its runner", || async {
+        let run = client.runs().get(v1::GetRunRequest { id: long.clone() }).await.unwrap().into_inner();
+        (word(run.jobs[0].status) == "running").then_some(())
+    })
+    .await;
+    let id = std::fs::read_to_string(first.state().join("id")).unwrap();
+    first.kill();
+    // Its runner outlives it, and its token file is still there.
+    assert_eq!(first.tokens_left().len(), 1, "{}", first.log());
+
+    let second = Autoscaler::start_in(&server, first.dir.clone(), &[&args[..], &["--max-runners", "1"]].concat());
+    eventually("the runner left behind is adopted", || async {
+        second.log().contains("adopted an instance left by an earlier run").then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(second.state().join("id")).unwrap(), id, "the same autoscaler");
+    let short =
+        submit(&client, "jobs:\n  short:\n    runs_on: [autoscaled]\n    steps:\n      - run: echo short\n").await;
+    // The adopted runner fills the one seat: the second job waits for it.
+    held_back_at_the_cap(&second, &short).await;
+    std::fs::write(&release, "").unwrap();
+    let run = finished(&client, &short).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", second.log());
+    let first_run = finished(&client, &long).await;
+    assert_eq!(word(first_run.status), "success", "{first_run:#?}");
+    let ended = ms(&first_run.jobs[0].times.as_ref().unwrap().finished_at);
+    let began = ms(&run.jobs[0].times.as_ref().unwrap().started_at);
+    assert!(began >= ended, "the second job started ({began}) before the adopted runner's ended ({ended})");
+    assert_ne!(run.jobs[0].runner_id, first_run.jobs[0].runner_id);
+    // The adopted instance was cleaned up like its own: no token left.
+    eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
+    eventually("no token or pid file left", || async {
+        let pids = std::fs::read_dir(second.state()).unwrap().flatten().filter(|d| d.path().join("pid").exists());
+        (second.tokens_left().is_empty() && pids.count() == 0).then_some(())
+    })
+    .await;
+    let log = second.log();
+    assert_eq!(log.matches("instance started").count(), 2, "{log}");
+}
+
+/// An image built by a test; removed on drop, with every container of it
+/// (whether the test passed or not).
+struct Image(String);
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
+    }
+}
+
 /// An image with `viaduct-runner` (and the libraries it links) on the test
-/// image's busybox, built from the local binary.
-fn runner_image() -> String {
-    let name = format!("localhost/viaduct-test/runner:{}", std::process::id());
+/// image's busybox, built from the local binary; `tag` tells the tests'
+/// apart.
+fn runner_image(tag: &str) -> Image {
+    let name = format!("localhost/viaduct-test/runner:{}-{tag}", std::process::id());
     let ctx = tempfile::tempdir().unwrap();
     let runner = bin("viaduct-runner");
     std::fs::copy(&runner, ctx.path().join("viaduct-runner")).unwrap();
@@ -209,7 +343,7 @@ fn runner_image() -> String {
     )
     .unwrap();
     viaduct_tests::podman(&["build", "-q", "-t", &name, ctx.path().to_str().unwrap()]);
-    name
+    Image(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,14 +351,15 @@ async fn the_container_provisioner_runs_each_runner_in_a_fresh_container() {
     let Some(socket) = viaduct_tests::container_socket() else { return };
     let server = Server::start();
     let client = server.client().await;
-    let image = runner_image();
+    let image = runner_image("fresh");
+    let image = &image.0;
     let scaler = Autoscaler::start(
         &server,
         &[
             "--provisioner",
             "container",
             "--image",
-            &image,
+            image,
             "--container-socket",
             &socket,
             "--container-network",
@@ -248,20 +383,97 @@ jobs:
     assert_eq!(log, "in-a-container\n");
     assert_ne!(run.jobs[0].runner_id, run.jobs[1].runner_id);
     // The containers are gone once their runners left.
-    eventually("containers removed", || async {
-        let left = viaduct_tests::podman(&[
-            "ps",
-            "-a",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            "label=dev.viaduct.autoscaler.job",
-        ]);
-        left.trim().is_empty().then_some(())
+    let id = scaler.id();
+    eventually("containers removed", || async { containers_of(&id).is_empty().then_some(()) }).await;
+    eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
+}
+
+/// Names of the containers (running or not) labelled as started by the
+/// autoscaler `id`.
+fn containers_of(id: &str) -> Vec<String> {
+    let filter = format!("label=dev.viaduct.autoscaler.owner={id}");
+    viaduct_tests::podman(&["ps", "-a", "--format", "{{.Names}}", "--filter", &filter])
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_autoscaler_adopts_its_containers_and_no_others() {
+    let Some(socket) = viaduct_tests::container_socket() else { return };
+    let server = Server::start();
+    let client = server.client().await;
+    let image = runner_image("adopt");
+    let image = &image.0;
+    let args = [
+        "--provisioner",
+        "container",
+        "--image",
+        image,
+        "--container-socket",
+        &socket,
+        "--container-network",
+        "host",
+        "--labels",
+        "linux,in-containers",
+        "--runner-arg=--no-containers",
+        "--runner-arg=--shared-job-user",
+    ];
+    let mut first = Autoscaler::start(&server, &args);
+    let long = submit(
+        &client,
+        "jobs:\n  long:\n    runs_on: [in-containers]\n    steps:\n      - run: until [ -e /tmp/release ]; do sleep 0.05; \
+         done\n",
+    )
+    .await;
+    eventually("the first job runs in its container", || async {
+        let run = client.runs().get(v1::GetRunRequest { id: long.clone() }).await.unwrap().into_inner();
+        (word(run.jobs[0].status) == "running").then_some(())
     })
     .await;
-    eventually("no runner left", || async { runners(&client).await.is_empty().then_some(()) }).await;
-    let _ = viaduct_tests::podman(&["rmi", "-f", &image]);
+    let id = first.id();
+    first.kill();
+    let [container] = &containers_of(&id)[..] else { panic!("one container: {:?}", containers_of(&id)) };
+    // An exited container of its own (its runner died while it was down),
+    // and one of another autoscaler on the same engine.
+    let suffix = std::process::id();
+    let exited = format!("auto-0-1-{suffix}");
+    let other = format!("viaduct-test-other-owner-{suffix}");
+    for (name, owner) in [(&exited, id.as_str()), (&other, "0000000000000000")] {
+        viaduct_tests::podman(&[
+            "create",
+            "--name",
+            name,
+            "--label",
+            &format!("dev.viaduct.autoscaler.owner={owner}"),
+            "--label",
+            "dev.viaduct.autoscaler.job=0.1",
+            image,
+            "true",
+        ]);
+    }
+
+    let second = Autoscaler::start_in(&server, first.dir.clone(), &[&args[..], &["--max-runners", "1"]].concat());
+    // The exited one goes at once; the running one is kept and counted.
+    eventually("its exited container removed", || async { (containers_of(&id) == [container.clone()]).then_some(()) })
+        .await;
+    let short =
+        submit(&client, "jobs:\n  short:\n    runs_on: [in-containers]\n    steps:\n      - run: echo short\n").await;
+    let log = held_back_at_the_cap(&second, &short).await;
+    assert_eq!(log.matches("adopted an instance").count(), 2, "{log}");
+    viaduct_tests::podman(&["exec", container, "touch", "/tmp/release"]);
+    let run = finished(&client, &short).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", second.log());
+    let first_run = finished(&client, &long).await;
+    assert_eq!(word(first_run.status), "success", "{first_run:#?}");
+    let ended = ms(&first_run.jobs[0].times.as_ref().unwrap().finished_at);
+    let began = ms(&run.jobs[0].times.as_ref().unwrap().started_at);
+    assert!(began >= ended, "the second job started ({began}) before the adopted runner's ended ({ended})");
+    eventually("its containers removed", || async { containers_of(&id).is_empty().then_some(()) }).await;
+    eventually("no token file left", || async { second.tokens_left().is_empty().then_some(()) }).await;
+    // Another autoscaler's container is not its to touch.
+    assert_eq!(containers_of("0000000000000000"), std::slice::from_ref(&other));
+    viaduct_tests::podman(&["rm", "-f", &other]);
 }
 
 /// Needs a cluster: `VIADUCT_TEST_KUBECONFIG` (a kubeconfig whose current

@@ -259,3 +259,79 @@ async fn sigterm_stops_the_server_even_with_runners_and_watchers_connected() {
     assert_eq!(word(finished(&client, &id).await.status), "success");
     assert_eq!(step_log(&client, &format!("{id}.1.1")).await, "kept\n");
 }
+
+/// A finished step's log leaves the store for a compressed blob (packed
+/// once its attempt ended) and reads exactly as before from every offset,
+/// through Get and Follow, also after a kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_logs_are_packed_into_blobs_and_read_the_same() {
+    let mut server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(
+        &client,
+        "jobs:\n  a:\n    steps:\n      - run: seq 1 300000\n      - run: printf 'no newline'\n      - run: 'true'\n      - run: head -c 5000000 /dev/zero | tr '\\0' x\n",
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let (lines, step) = (seq(300_000), format!("{id}.1.1"));
+    // Three step logs to pack (the third is empty).
+    eventually("the logs packed", || async { (server.metric("viaduct_logs_packed_total") >= 3).then_some(()) }).await;
+    let raw = server.metric("viaduct_log_bytes_packed_total{form=\"log\"}");
+    let packed = server.metric("viaduct_log_bytes_packed_total{form=\"packed\"}");
+    assert_eq!(raw, lines.len() as u64 + 10 + 5_000_000);
+    assert!(packed * 4 < raw, "{raw} bytes packed into {packed}");
+    let check = |client: viaduct_tests::Client| {
+        let (lines, step, second, fourth) = (lines.clone(), step.clone(), format!("{id}.1.2"), format!("{id}.1.4"));
+        async move {
+            assert_eq!(step_log(&client, &step).await, lines);
+            assert_eq!(step_log(&client, &second).await, "no newline");
+            // A read of a long log fits in one message a client accepts.
+            let long = client
+                .logs()
+                .get(v1::GetLogRequest { step_id: fourth.clone(), ..Default::default() })
+                .await
+                .expect("a whole read under the 4 MiB message limit")
+                .into_inner();
+            assert_eq!((long.size, long.data.len() < 4 << 20), (5_000_000, true));
+            assert!(long.data.iter().all(|b| *b == b'x'));
+            for (offset, limit) in [(0u64, 1u64), (7, 1000), (262_140, 20), (lines.len() as u64 - 3, 100)] {
+                let got = client
+                    .logs()
+                    .get(v1::GetLogRequest { step_id: step.clone(), offset, limit, ..Default::default() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let end = (offset + limit).min(lines.len() as u64) as usize;
+                assert_eq!(got.data, lines.as_bytes()[offset as usize..end], "at {offset}");
+                assert_eq!((got.size, got.complete), (lines.len() as u64, true));
+            }
+            // Follow from the middle: the rest, once, then the end of the step.
+            let from = 1_000_003u64;
+            let mut stream = client
+                .logs()
+                .follow(v1::FollowRequest {
+                    scope: Some(v1::follow_request::Scope::StepId(step.clone())),
+                    from_offset: from,
+                    no_follow: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut rest = Vec::new();
+            while let Some(ev) = stream.message().await.unwrap() {
+                if let Some(v1::log_event::Event::Chunk(c)) = ev.event {
+                    assert_eq!(c.offset, from + rest.len() as u64);
+                    rest.extend(c.data);
+                }
+            }
+            assert_eq!(rest, lines.as_bytes()[from as usize..]);
+        }
+    };
+    check(client).await;
+    server.kill9();
+    server.restart();
+    check(server.client().await).await;
+}

@@ -556,7 +556,7 @@ async fn a_runner_waiting_for_its_job_leaves_when_the_job_is_cancelled() {
     let mut jit =
         Runner::start(&server, "linux", 1, &["--token-file", &token_file.display().to_string(), "--ephemeral"]);
     viaduct_tests::eventually("the bound runner to connect and wait", || async {
-        let p = client.runners().pending(v1::PendingJobsRequest { limit: 0 }).await.ok()?.into_inner();
+        let p = client.runners().pending(v1::PendingJobsRequest::default()).await.ok()?.into_inner();
         p.jobs.iter().any(|j| j.job_id == format!("{waiting}.1") && !j.bound_runner.is_empty()).then_some(())
     })
     .await;

@@ -1,10 +1,14 @@
 //! The server on PostgreSQL (`--store postgres://…`), end to end: the same
 //! runs, logs and durability as on sled, with no database in the data
 //! directory; one server per database; a store URL with a password in it
-//! is refused. Blobs in an S3 bucket (`--blob-store s3://…`): plugins,
+//! is refused; over TCP, TLS with the database's certificate verified.
+//! Blobs in an S3 bucket (`--blob-store s3://…`): plugins,
 //! caches and artifacts go there and nowhere else, and survive kill -9.
 
-use viaduct_tests::{S3Bucket, Server, finished, http, output, postgres_database, step_log, submit, v1, word};
+use viaduct_tests::{
+    S3Bucket, Server, eventually, finished, http, output, postgres_database, postgres_tls_database, step_log, submit,
+    v1, word,
+};
 
 const PIPELINE: &str = "
 jobs:
@@ -62,6 +66,61 @@ async fn the_server_runs_on_postgresql_and_loses_nothing_to_kill_9() {
     assert_eq!(word(run.status), "success", "{run:#?}");
 }
 
+/// `--store postgres://…?sslmode=require` over TCP: TLS, the database's
+/// certificate verified against `--store-ca-file` (the system's roots do
+/// not know the test CA) and its name against the URL's host. Without the
+/// CA the server stops at start naming the certificate problem; without
+/// TLS the database (no plaintext TCP in its pg_hba.conf) refuses it, and
+/// the server says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_reaches_postgresql_over_verified_tls() {
+    let Some((url, ca)) = postgres_tls_database("tls") else { return };
+    let ca = ca.to_str().expect("a UTF-8 path");
+    let required = format!("{url}?sslmode=require");
+    let server = Server::start_with(&["--store", &required, "--store-ca-file", ca]);
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let run = finished(&client, &submit(&client, PIPELINE).await).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "line 1\nline 2\nline 3\n");
+    // Every connection of the server to its database is TLS, as the database sees it.
+    let db = url.rsplit_once('/').expect("a database").1;
+    let sql = format!(
+        "SELECT bool_and(ssl), count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE datname = '{db}'"
+    );
+    let unix = std::env::var("VIADUCT_TEST_POSTGRES").expect("the database was made over it");
+    let seen = output(std::process::Command::new("psql").arg(format!("{unix}/postgres")).args(["-tAc", &sql]));
+    let seen = String::from_utf8_lossy(&seen.stdout);
+    let (tls, count) = seen.trim().split_once('|').expect("a row");
+    // The lock's connection and the store's.
+    assert!(tls == "t" && count.parse::<u32>().unwrap() >= 5, "{seen}");
+
+    let start = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = output(
+            std::process::Command::new(viaduct_tests::bin("viaduct-server"))
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["--listen", "127.0.0.1:0"])
+                .args(args),
+        );
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The same URL without the CA: the certificate's issuer is unknown.
+    let (status, err) = start(&["--store", &required]);
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("TLS to database `tls_") && err.contains("failed: invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert!(err.contains("--store-ca-file"), "{err}");
+    // Without TLS over TCP: refused by the database, and said so.
+    let (status, err) = start(&["--store", &format!("{url}?sslmode=disable"), "--store-ca-file", ca]);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("no pg_hba.conf entry") && err.contains("no encryption"), "{err}");
+    assert!(err.contains("this connection had no TLS: sslmode=disable"), "{err}");
+}
+
 #[test]
 fn a_store_url_with_a_password_is_refused_without_echoing_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,8 +175,15 @@ jobs:
     assert_eq!(word(second.status), "success", "{second:#?}");
     assert_eq!(out(&second, 1, "hit"), "true", "{:#?}", second.jobs[0]);
     assert_eq!(out(&second, 2, "sha"), out(&first, 2, "sha"), "the cache came back from the bucket intact");
-    // One cache entry and one artifact (the same bytes both runs: stored once).
-    assert_eq!(bucket.blobs().len(), published + 2, "{:?}", bucket.blobs());
+    // One cache entry and one artifact (the same bytes both runs: stored
+    // once), and the finished steps' logs, packed.
+    eventually("the logs packed into the bucket", || async {
+        let packed = server.metric("viaduct_logs_packed_total") as usize;
+        (packed > 0 && bucket.blobs().len() == published + 2 + packed).then_some(())
+    })
+    .await;
+    let cache_log = step_log(&client, &format!("{}.1.2", first.id)).await;
+    assert!(!cache_log.is_empty());
     assert!(!server.data_dir().join("blobs").exists(), "no blob on the server's disk");
     assert!(server.log().contains("blob store") && server.log().contains("s3://e2e-"), "{}", server.log());
 
@@ -130,6 +196,7 @@ jobs:
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     let sum = output(std::process::Command::new("sha256sum").arg(dir.path().join("dist/app")));
     assert!(String::from_utf8_lossy(&sum.stdout).starts_with(&out(&first, 2, "sha")));
+    assert_eq!(step_log(&client, &format!("{}.1.2", first.id)).await, cache_log, "logs read from the bucket");
     let req = v1::DownloadArtifactRequest { run_id: first.id.clone(), job_id: String::new(), name: "dist/app".into() };
     let link = client.artifacts().link(req).await.unwrap().into_inner();
     let (code, body) = http(server.addr(), "GET", &link.path, &[], b"");

@@ -53,6 +53,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("blobs") {
             blobs().await?;
         }
+        if wanted("logs") {
+            logs().await?;
+        }
         if wanted("autoscaler") {
             autoscaler().await?;
         }
@@ -161,6 +164,106 @@ async fn pickup(
         until(events, &id, is_finished_run).await?;
     }
     Ok(summary(samples))
+}
+
+/// Finished logs packed into blobs (`packed_logs`): their bytes as
+/// written and packed, against zstd -3 of the whole log at once (the bare
+/// cost: no frames, no chunk times); and reading a whole log — `Logs.Get`
+/// in 4 MiB pages, and `Logs.Follow` from 0 — while it is chunks in the
+/// store (its job still running) and once it is packed.
+async fn logs() -> Result<()> {
+    let (server, _runner, client, _events) = system().await?;
+    let awk = r#"awk 'BEGIN { for (i = 0; i < 60000; i++) { printf "   Compiling crate_%d v0.%d.%d (/build/src/crate_%d)\n", i, i % 13, i % 7, i; printf "     Running `/usr/bin/rustc --crate-name crate_%d --edition=2021 src/lib.rs --error-format=json --json=diagnostic-rendered-ansi,artifacts,future-incompat --crate-type lib --emit=dep-info,metadata,link -C opt-level=3 -C embed-bitcode=no -C metadata=%08x%08x -C extra-filename=-%08x --out-dir /build/target/release/deps -L dependency=/build/target/release/deps --cap-lints allow`\n", i, i * 2654435761 % 4294967296, i * 40503 % 4294967296, i * 69069 % 4294967296 } }'"#;
+    for (name, script) in [("build-like log", awk.to_string()), ("seq flood", "seq 1 1000000".to_string())] {
+        let yaml = format!("jobs:\n  j:\n    steps:\n      - run: {}\n      - run: sleep 3\n", yaml_quote(&script));
+        let id = submit(&client, &yaml).await?;
+        let step = format!("{id}.1.1");
+        // While the job runs (its second step sleeps), the log is chunks.
+        let done = |r: &v1::Run| {
+            r.jobs.first().and_then(|j| j.steps.first()).is_some_and(|s| s.status == v1::Status::Success as i32)
+        };
+        viaduct_tests::run_where(&client, &id, "the first step done", done).await;
+        let (log, get_chunks) = read_whole(&client, &step).await?;
+        let follow_chunks = follow_whole(&client, &step, log.len()).await?;
+        let before = server.metric("viaduct_logs_packed_total");
+        viaduct_tests::finished(&client, &id).await;
+        let (raw0, packed0) = (
+            server.metric("viaduct_log_bytes_packed_total{form=\"log\"}"),
+            server.metric("viaduct_log_bytes_packed_total{form=\"packed\"}"),
+        );
+        viaduct_tests::eventually("the log packed", || async {
+            (server.metric("viaduct_logs_packed_total") > before).then_some(())
+        })
+        .await;
+        let raw = server.metric("viaduct_log_bytes_packed_total{form=\"log\"}") - raw0;
+        let packed = server.metric("viaduct_log_bytes_packed_total{form=\"packed\"}") - packed0;
+        let (again, get_packed) = read_whole(&client, &step).await?;
+        anyhow::ensure!(again == log, "the packed log differs");
+        let follow_packed = follow_whole(&client, &step, log.len()).await?;
+        let t0 = Instant::now();
+        let bare = zstd::bulk::compress(&log, 3)?;
+        let bare_pack = t0.elapsed();
+        let t0 = Instant::now();
+        zstd::bulk::decompress(&bare, log.len())?;
+        let bare_unpack = t0.elapsed();
+        let mb = |b: u64| b as f64 / 1e6;
+        println!(
+            "logs     {name}: {:.1} MB → packed {:.2} MB ({:.1}×; bare zstd -3 of the whole log {:.2} MB, {:.1}×, {} to pack, {} to unpack); \
+             read whole: Get {} as chunks, {} packed; Follow {} as chunks, {} packed",
+            mb(raw),
+            mb(packed),
+            raw as f64 / packed.max(1) as f64,
+            mb(bare.len() as u64),
+            log.len() as f64 / bare.len().max(1) as f64,
+            ms(bare_pack),
+            ms(bare_unpack),
+            ms(get_chunks),
+            ms(get_packed),
+            ms(follow_chunks),
+            ms(follow_packed),
+        );
+    }
+    Ok(())
+}
+
+/// `s` as a single-quoted YAML scalar.
+fn yaml_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A step's whole log through `Logs.Get` (4 MiB pages), and the time it took.
+async fn read_whole(client: &Client, step: &str) -> Result<(Vec<u8>, Duration)> {
+    let t0 = Instant::now();
+    let mut log = Vec::new();
+    loop {
+        let req = v1::GetLogRequest { step_id: step.to_string(), offset: log.len() as u64, ..Default::default() };
+        let r = client.logs().get(req).await?.into_inner();
+        if r.data.is_empty() {
+            break;
+        }
+        log.extend(r.data);
+    }
+    Ok((log, t0.elapsed()))
+}
+
+/// The time `Logs.Follow` (without following) takes to stream a step's
+/// `size` bytes from 0.
+async fn follow_whole(client: &Client, step: &str, size: usize) -> Result<Duration> {
+    let t0 = Instant::now();
+    let req = v1::FollowRequest {
+        scope: Some(v1::follow_request::Scope::StepId(step.to_string())),
+        no_follow: true,
+        ..Default::default()
+    };
+    let mut stream = client.logs().follow(req).await?.into_inner();
+    let mut got = 0;
+    while let Some(ev) = stream.message().await? {
+        if let Some(v1::log_event::Event::Chunk(c)) = ev.event {
+            got += c.data.len();
+        }
+    }
+    anyhow::ensure!(got == size, "followed {got} bytes of {size}");
+    Ok(t0.elapsed())
 }
 
 /// What TLS costs: pickup latency and the marginal cost of a step, on a

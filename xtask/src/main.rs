@@ -154,7 +154,9 @@ fn test(extra: &[String]) -> Result<()> {
     cmd.env("CONTAINERS_CONF", &tools.podman);
     cmd.env("VIADUCT_TEST_REGISTRY", &registry.addr).env("VIADUCT_TEST_REGISTRY_AUTH", &registry.auth);
     cmd.env("VIADUCT_BIN_DIR", target_dir().join("debug")).env("VIADUCT_UI_DIR", ui);
-    cmd.env("VIADUCT_TEST_POSTGRES", &postgres.url);
+    cmd.env("VIADUCT_TEST_POSTGRES", &postgres.url)
+        .env("VIADUCT_TEST_POSTGRES_TLS", &postgres.tls_url)
+        .env("VIADUCT_TEST_POSTGRES_CA", &postgres.ca_file);
     cmd.env("VIADUCT_TEST_S3", &s3.endpoint)
         .env("VIADUCT_TEST_S3_ROOT", &s3.root)
         .env("VIADUCT_TEST_S3_ACCESS_KEY", &s3.access_key)

@@ -2,17 +2,22 @@
 //! API (Docker, or Podman's API service): a fresh container of an image
 //! that has the runner (`cargo xtask dist`'s, or the operator's own), the
 //! token mounted read-only from the instance's directory, removed once it
-//! exits.
+//! exits. Each container is labelled with its job ([`JOB_LABEL`]) and its
+//! autoscaler ([`OWNER_LABEL`]): the same autoscaler, restarted, finds the
+//! containers it left by that label, and touches no other.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use bollard::{
     ClientVersion, Docker,
     models::{ContainerCreateBody, HostConfig},
-    query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder},
+    query_parameters::{
+        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+        StopContainerOptionsBuilder,
+    },
 };
 
-use super::{Instance, Launch, ProvisionError, Provisioner, Result};
+use super::{Instance, Launch, Leftover, OWNER_LABEL, Owner, ProvisionError, Provisioner, Result, instance_dir};
 
 /// The oldest Docker Engine API it speaks (Podman serves it).
 const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
@@ -55,7 +60,10 @@ impl Provisioner for Containers {
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
             cmd: Some(cmd),
-            labels: Some(HashMap::from([(JOB_LABEL.to_string(), launch.job.clone())])),
+            labels: Some(HashMap::from([
+                (JOB_LABEL.to_string(), launch.job.clone()),
+                (OWNER_LABEL.to_string(), launch.owner.clone()),
+            ])),
             host_config: Some(HostConfig {
                 binds: Some(vec![format!("{}:{TOKEN_DIR}:ro", launch.dir.display())]),
                 network_mode: Some(self.network.clone()),
@@ -73,6 +81,37 @@ impl Provisioner for Containers {
             return Err(engine(e));
         }
         Ok(Box::new(instance))
+    }
+
+    /// The containers labelled `OWNER_LABEL=<owner.id>`, running or not.
+    async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>> {
+        let label = format!("{OWNER_LABEL}={}", owner.id);
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut found = Vec::new();
+        for c in self.docker.list_containers(Some(opts)).await.map_err(engine)? {
+            let labels = c.labels.unwrap_or_default();
+            // The engine filtered; never trust that with another's container.
+            if labels.get(OWNER_LABEL) != Some(&owner.id) {
+                continue;
+            }
+            let Some(name) = c.names.iter().flatten().next().map(|n| n.trim_start_matches('/').to_string()) else {
+                continue;
+            };
+            let Some(dir) = instance_dir(&owner.state_dir, &name) else {
+                tracing::warn!(container = name, "a container with this autoscaler's label but an unexpected name");
+                continue;
+            };
+            let age = c.created.and_then(|t| now.checked_sub(Duration::from_secs(u64::try_from(t).ok()?)));
+            found.push(Leftover {
+                job: labels.get(JOB_LABEL).cloned().unwrap_or_default(),
+                age,
+                instance: Box::new(Container { docker: self.docker.clone(), name: name.clone(), dir }),
+                name,
+            });
+        }
+        Ok(found)
     }
 }
 

@@ -9,6 +9,10 @@
 //! `/run/viaduct/token` — never an argument or an environment variable.
 //! The pod gets no service account token: a job's process gets no
 //! credentials for the cluster.
+//!
+//! Jobs, pods and Secrets are labelled with their job ([`JOB_LABEL`]) and
+//! their autoscaler ([`OWNER_LABEL`]): the same autoscaler, restarted, finds
+//! the Jobs it left by that label, and touches no other.
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -27,13 +31,14 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Config,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-use super::{Instance, Launch, ProvisionError, Provisioner, Result};
+use super::{Instance, Launch, Leftover, OWNER_LABEL, Owner, ProvisionError, Provisioner, Result, instance_dir};
 
-/// Label on every Job, pod and Secret it makes (value: the job).
+/// Label on every Job, pod and Secret it makes (value: the job); they also
+/// have [`OWNER_LABEL`] (value: the autoscaler's id).
 pub const JOB_LABEL: &str = "dev.viaduct.autoscaler.job";
 /// The standard "who manages this" label, and its value on what it makes.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "viaduct-autoscaler");
@@ -67,6 +72,7 @@ fn labels(launch: &Launch) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (JOB_LABEL.to_string(), label_value(&launch.job)),
+        (OWNER_LABEL.to_string(), label_value(&launch.owner)),
     ])
 }
 
@@ -286,6 +292,7 @@ impl Jobs {
             args: vec![],
             dir: "/nonexistent".into(),
             seat: 0,
+            owner: "check".into(),
         };
         let dry = PostParams { dry_run: true, ..Default::default() };
         let ns = &self.settings.namespace;
@@ -340,6 +347,44 @@ impl Provisioner for Jobs {
             return Err(e);
         }
         Ok(Box::new(instance))
+    }
+
+    /// The Jobs of its namespace labelled `OWNER_LABEL=<owner.id>`, running
+    /// or finished (their Secrets go with them).
+    async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>> {
+        let ns = &self.settings.namespace;
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let id = label_value(&owner.id);
+        let list = jobs
+            .list(&ListParams::default().labels(&format!("{OWNER_LABEL}={id}")))
+            .await
+            .map_err(|e| api_error(&format!("cannot list Jobs in {ns}"), e))?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let mut found = Vec::new();
+        for job in list.items {
+            let labels = job.metadata.labels.clone().unwrap_or_default();
+            // The API server selected; never trust that with another's Job.
+            if labels.get(OWNER_LABEL) != Some(&id) {
+                continue;
+            }
+            let Some(name) = job.metadata.name.clone() else { continue };
+            let Some(dir) = instance_dir(&owner.state_dir, &name) else { continue };
+            let age =
+                job.metadata.creation_timestamp.as_ref().and_then(|t| Duration::try_from(now.duration_since(t.0)).ok());
+            let instance = KubeJob {
+                jobs: jobs.clone(),
+                secrets: Api::namespaced(self.client.clone(), ns),
+                name: name.clone(),
+                dir,
+            };
+            found.push(Leftover {
+                job: labels.get(JOB_LABEL).cloned().unwrap_or_default(),
+                age,
+                instance: Box::new(instance),
+                name,
+            });
+        }
+        Ok(found)
     }
 }
 
@@ -411,6 +456,7 @@ mod tests {
             args: vec!["--labels".into(), "linux".into()],
             dir: "/var/lib/viaduct-autoscaler/auto-42-1-0a1b2c".into(),
             seat: 3,
+            owner: "0123456789abcdef".into(),
         }
     }
 
@@ -424,6 +470,7 @@ mod tests {
         let want = BTreeMap::from([
             ("app.kubernetes.io/managed-by".to_string(), "viaduct-autoscaler".to_string()),
             ("dev.viaduct.autoscaler.job".to_string(), "42.1".to_string()),
+            ("dev.viaduct.autoscaler.owner".to_string(), "0123456789abcdef".to_string()),
         ]);
         assert_eq!(job.metadata.labels.as_ref(), Some(&want));
         let spec = job.spec.unwrap();
@@ -484,7 +531,8 @@ mod tests {
         let [o] = &secret.metadata.owner_references.unwrap()[..] else { panic!("one owner") };
         assert_eq!((o.api_version.as_str(), o.kind.as_str(), o.name.as_str()), ("batch/v1", "Job", "auto-42-1-0a1b2c"));
         assert_eq!((o.uid.as_str(), o.block_owner_deletion), ("0b5e7c1e-uid", Some(false)));
-        assert_eq!(secret.metadata.labels.unwrap()[JOB_LABEL], "42.1");
+        let labels = secret.metadata.labels.unwrap();
+        assert_eq!((labels[JOB_LABEL].as_str(), labels[OWNER_LABEL].as_str()), ("42.1", "0123456789abcdef"));
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //! The token reaches the runner as a file only its instance can read —
 //! never a command line or an environment variable.
 //!
+//! Everything an autoscaler starts carries its identity (its [`Owner`]: the
+//! label [`OWNER_LABEL`] on containers, Kubernetes Jobs, pods and Secrets;
+//! the instance directories under its state directory for processes), so
+//! that the same autoscaler, restarted after a crash or a `kill -9`, finds
+//! what it left ([`Provisioner::leftovers`]) — and never what another
+//! autoscaler on the same engine or cluster started.
+//!
 //! - [`process`] — `viaduct-runner` as a child process on this machine.
 //! - [`container`] — `viaduct-runner` in a container of an image that has
 //!   it, through the Docker Engine API (Docker or Podman).
@@ -16,7 +23,37 @@ pub mod container;
 pub mod kubernetes;
 pub mod process;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// The label on every container, Kubernetes Job, pod and Secret an
+/// autoscaler makes; its value is the autoscaler's id ([`Owner::id`]).
+pub const OWNER_LABEL: &str = "dev.viaduct.autoscaler.owner";
+
+/// An autoscaler, as the owner of what it starts.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// Its id, kept in its state directory (`STATE_DIR/id`): 16 hex digits,
+    /// a valid label value.
+    pub id: String,
+    /// Its state directory: the instances' directories are in it, named
+    /// like the instances.
+    pub state_dir: PathBuf,
+}
+
+/// An instance found by [`Provisioner::leftovers`].
+pub struct Leftover {
+    /// Its name (that of its directory in the state directory).
+    pub name: String,
+    /// The job it was started for (empty if it does not say).
+    pub job: String,
+    /// How long ago it was started, when known.
+    pub age: Option<Duration>,
+    /// It, to watch and stop like one just started.
+    pub instance: Box<dyn Instance>,
+}
 
 /// What went wrong starting or watching an instance.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +90,8 @@ pub struct Launch {
     /// Its seat: a number no other live instance has (`0..max_runners`),
     /// for what instances on one machine must not share (job users).
     pub seat: u32,
+    /// The id of the autoscaler starting it ([`Owner::id`]), to label it with.
+    pub owner: String,
 }
 
 impl Launch {
@@ -90,6 +129,27 @@ pub trait Provisioner: Send + Sync {
     fn describe(&self) -> String;
     /// Starts a runner for `launch`.
     async fn start(&self, launch: &Launch) -> Result<Box<dyn Instance>>;
+    /// The instances of `owner` that are still there, running or exited
+    /// (not yet stopped and removed): after a restart, those a previous
+    /// process of the same autoscaler left. Only ever instances labelled
+    /// with (or kept under the state directory of) `owner`. The scaler
+    /// adopts those it does not track. Default: none (a provisioner that
+    /// cannot tell).
+    async fn leftovers(&self, owner: &Owner) -> Result<Vec<Leftover>> {
+        let _ = owner;
+        Ok(Vec::new())
+    }
+}
+
+/// `dir`'s entry `name`, if `name` is one plain file name (not `..`, no
+/// `/`): what an instance's name found on an engine or cluster must be to
+/// be taken for a directory of the state directory.
+pub fn instance_dir(state_dir: &Path, name: &str) -> Option<PathBuf> {
+    let mut parts = Path::new(name).components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(n)), None) if n == name => Some(state_dir.join(name)),
+        _ => None,
+    }
 }
 
 /// Writes `token` to `dir/token`, the directory 0700 and the file 0600.

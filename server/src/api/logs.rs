@@ -17,29 +17,53 @@ use viaduct_proto::{
 
 use crate::{
     access, convert,
+    depot::Depot,
     engine::{
         Engine,
-        read::{Scope, StepView},
+        read::{LogAt, Scope, StepView},
     },
     error::{Error, Result},
-    store::keys::{JobKey, RunId, StepKey},
+    store::{
+        keys::{JobKey, RunId, StepKey},
+        logs::Chunk,
+    },
 };
 
-/// Most bytes sent in one LogChunk / returned by one Get.
-const MAX_READ: u64 = 4 * 1024 * 1024;
-/// Bytes read per step per wake-up while following.
+/// Most bytes sent in one LogChunk / returned by one Get: the reply must
+/// stay under gRPC's default 4 MiB message limit, which clients enforce.
+const MAX_READ: u64 = 4 * 1024 * 1024 - 64 * 1024;
+/// Bytes read at a time from a running step's log while following.
 const FOLLOW_READ: u64 = 256 * 1024;
 
 /// The Logs service.
 pub struct LogsApi {
     engine: Arc<Engine>,
+    depot: Arc<Depot>,
 }
 
 impl LogsApi {
-    /// The service over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// The service over `engine`, reading packed logs from `depot`.
+    pub fn new(engine: Arc<Engine>, depot: Arc<Depot>) -> Self {
+        Self { engine, depot }
     }
+}
+
+/// Up to `limit` bytes of `key`'s log from `offset`, wherever they are
+/// (the store's chunks, or a packed blob), with the log's size and whether
+/// the step has finished.
+async fn read(
+    engine: &Engine,
+    depot: &Depot,
+    key: StepKey,
+    offset: u64,
+    limit: u64,
+) -> Result<(Vec<Chunk>, u64, bool)> {
+    let read = engine.read_log(key, offset, limit)?;
+    let chunks = match read.at {
+        LogAt::Chunks(chunks) => chunks,
+        LogAt::Packed(rec) => depot.logs.read(&rec, offset, limit).await?,
+    };
+    Ok((chunks, read.size, read.finished))
 }
 
 type FollowStream = Pin<Box<dyn Stream<Item = Result<LogEvent, Status>> + Send>>;
@@ -64,11 +88,11 @@ impl Logs for LogsApi {
         // Fail now (NOT_FOUND) rather than in the stream.
         self.engine.scope_steps(scope)?;
         let (tx, rx) = mpsc::channel(64);
-        let engine = Arc::clone(&self.engine);
+        let (engine, depot) = (Arc::clone(&self.engine), Arc::clone(&self.depot));
         let span = tracing::debug_span!("follow", run = %scope.run());
         tokio::spawn(
             async move {
-                if let Err(e) = follow(&engine, scope, &r, &tx).await
+                if let Err(e) = follow(&engine, &depot, scope, &r, &tx).await
                     && !tx.is_closed()
                 {
                     let _ = tx.send(Err(e.into())).await;
@@ -85,7 +109,7 @@ impl Logs for LogsApi {
         let key = self.engine.step_key(&r.step_id, r.attempt)?;
         access.require(&self.engine.run_repo(key.job.run)?)?;
         let limit = if r.limit == 0 { MAX_READ } else { r.limit.min(MAX_READ) };
-        let (chunks, size, complete) = self.engine.read_log(key, r.offset, limit)?;
+        let (chunks, size, complete) = read(&self.engine, &self.depot, key, r.offset, limit).await?;
         let data = chunks.into_iter().flat_map(|c| c.data).collect();
         Ok(Response::new(GetLogResponse { data, offset: r.offset, size, complete }))
     }
@@ -104,7 +128,7 @@ type Tx = mpsc::Sender<Result<LogEvent, Status>>;
 /// Streams the scope: each wake-up re-reads the scope's steps and sends what
 /// is new. The change counter is marked seen *before* reading, so a change
 /// made during a read always causes another pass: nothing is missed.
-async fn follow(engine: &Engine, scope: Scope, r: &FollowRequest, tx: &Tx) -> Result<()> {
+async fn follow(engine: &Engine, depot: &Depot, scope: Scope, r: &FollowRequest, tx: &Tx) -> Result<()> {
     let mut changes = engine.signals().subscribe_run(scope.run());
     let mut progress: HashMap<StepKey, Progress> = HashMap::new();
     loop {
@@ -129,7 +153,10 @@ async fn follow(engine: &Engine, scope: Scope, r: &FollowRequest, tx: &Tx) -> Re
                 send(tx, log_event::Event::Step(boundary(s, false))).await?;
             }
             while p.offset < s.size {
-                let (chunks, _, _) = engine.read_log(s.key, p.offset, FOLLOW_READ.min(s.size - p.offset))?;
+                // A finished step's log is final (and may be packed): read
+                // it in large pieces.
+                let most = if s.status.is_terminal() { MAX_READ } else { FOLLOW_READ };
+                let (chunks, _, _) = read(engine, depot, s.key, p.offset, most.min(s.size - p.offset)).await?;
                 let Some(first) = chunks.first() else { break };
                 let (offset, time) = (first.offset, first.time_ms);
                 let data: Vec<u8> = chunks.into_iter().flat_map(|c| c.data).collect();

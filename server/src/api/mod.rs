@@ -85,7 +85,7 @@ pub async fn grpc_router(
         Arc::clone(triggers),
         Arc::clone(store),
     )))
-    .add_service(LogsServer::new(logs::LogsApi::new(Arc::clone(engine))))
+    .add_service(LogsServer::new(logs::LogsApi::new(Arc::clone(engine), Arc::clone(depot))))
     .add_service(PipelinesServer::new(pipelines::PipelinesApi::new(Arc::clone(store), Arc::clone(triggers))))
     .add_service(ReposServer::new(repos::ReposApi::new(Arc::clone(triggers))))
     .add_service(SecretsServer::new(secrets::SecretsApi::new(Arc::clone(store), Arc::clone(secrets))))

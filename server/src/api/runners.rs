@@ -47,12 +47,13 @@ impl Runners for RunnersApi {
     }
 
     async fn pending(&self, req: Request<PendingJobsRequest>) -> Result<Response<PendingJobsResponse>, Status> {
-        let limit = match req.into_inner().limit {
+        let r = req.into_inner();
+        let limit = match r.limit {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let (jobs, total) = self.engine.pending_jobs(limit);
-        Ok(Response::new(PendingJobsResponse { jobs, total: total as u64 }))
+        let p = self.engine.pending_jobs(limit, r.fit.as_ref());
+        Ok(Response::new(PendingJobsResponse { jobs: p.jobs, total: p.total as u64, fitting: p.fitting as u64 }))
     }
 
     async fn get(&self, req: Request<GetRunnerRequest>) -> Result<Response<Runner>, Status> {

@@ -54,6 +54,15 @@ pub async fn run(store: &BlobStore) {
     let back = read(store, &big.digest).await;
     assert_eq!(blake3::hash(&back), hasher.finalize());
 
+    // Ranges: one request anywhere in a blob, cut short at its end,
+    // bounded, NotFound when absent.
+    let range = store.read_range(&big.digest, (5 << 20) + 3..(5 << 20) + 1003).await.unwrap();
+    assert_eq!(range, back[(5 << 20) + 3..(5 << 20) + 1003]);
+    assert_eq!(store.read_range(&a.digest, 3..100).await.unwrap(), b"lo");
+    assert_eq!(store.read_range(&a.digest, 2..2).await.unwrap(), b"");
+    assert!(matches!(store.read_range(&absent, 0..1).await, Err(Error::NotFound(_))));
+    assert!(matches!(store.read_range(&big.digest, 0..(65 << 20)).await, Err(Error::TooLarge(_))));
+
     // Whole reads are bounded.
     assert_eq!(store.read_all(&a.digest, 5).await.unwrap(), b"hello");
     assert!(matches!(store.read_all(&a.digest, 4).await, Err(Error::TooLarge(_))));

@@ -56,6 +56,21 @@ impl LocalBlobs {
         Ok(Some((Box::pin(file), size)))
     }
 
+    /// Bytes `range` of the blob `hex` (fewer where it ends), or `None`.
+    pub async fn read_range(&self, hex: &str, range: std::ops::Range<u64>) -> Result<Option<Vec<u8>>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path(hex);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("cannot open", &path, e)),
+        };
+        file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(|e| io("cannot seek in", &path, e))?;
+        let mut out = Vec::with_capacity(usize::try_from(range.end - range.start).unwrap_or(0));
+        file.take(range.end - range.start).read_to_end(&mut out).await.map_err(|e| io("cannot read", &path, e))?;
+        Ok(Some(out))
+    }
+
     /// A temporary file to write a blob into.
     pub async fn stage(&self) -> Result<Staged> {
         let tmp = self.dir.join("tmp").join(temporary_name()?);

@@ -103,6 +103,9 @@ fn temporary_name() -> Result<String> {
     Ok(hex::encode(name))
 }
 
+/// The most bytes [`BlobStore::read_range`] reads at once.
+pub const MAX_RANGE: u64 = 64 << 20;
+
 /// Whether a stored name is a blob's (its hex), as opposed to anything
 /// else a sweep may find.
 fn is_blob_name(name: &str) -> bool {
@@ -149,6 +152,23 @@ impl BlobStore {
         let found = match &self.backend {
             Backend::Local(b) => b.open_read(hex).await?,
             Backend::Object(b) => b.open_read(hex).await?,
+        };
+        found.ok_or_else(|| Error::not_found(format!("blob {digest} is not in the store")))
+    }
+
+    /// Bytes `range` of a blob (fewer where it ends first): one request,
+    /// however large the blob. At most [`MAX_RANGE`] bytes.
+    pub async fn read_range(&self, digest: &str, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        let hex = parse_digest(digest)?;
+        if range.end.saturating_sub(range.start) > MAX_RANGE {
+            return Err(Error::TooLarge(format!("a read of more than {MAX_RANGE} bytes of a blob at once")));
+        }
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found = match &self.backend {
+            Backend::Local(b) => b.read_range(hex, range).await?,
+            Backend::Object(b) => b.read_range(hex, range).await?,
         };
         found.ok_or_else(|| Error::not_found(format!("blob {digest} is not in the store")))
     }

@@ -271,6 +271,17 @@ impl ObjectBlobs {
         Ok(Some((Box::pin(tokio_util::io::StreamReader::new(bytes)), size)))
     }
 
+    /// Bytes `range` of the blob `hex` (fewer where it ends), or `None`:
+    /// one ranged GET.
+    pub async fn read_range(&self, hex: &str, range: std::ops::Range<u64>) -> Result<Option<Vec<u8>>> {
+        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() };
+        match self.store.get_opts(&self.blob_path(hex), options).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| store_error("get", e))?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error("get", e)),
+        }
+    }
+
     /// A temporary object to write a blob into.
     pub fn stage(&self) -> Result<Staged> {
         let tmp = self.under(&format!("tmp/{}", temporary_name()?)).unwrap_or_default();

@@ -22,7 +22,7 @@ use crate::{
     error::{Error, Result},
     store::{
         T,
-        keys::{JobKey, RunId},
+        keys::{JobKey, RunId, StepKey},
         records::{AttemptRecord, QueueRecord},
     },
 };
@@ -291,7 +291,9 @@ impl Tx<'_> {
 
     /// Sets every unfinished step of `attempt` to a final state: running
     /// steps get `running_to`, steps that never started are skipped.
+    /// The attempt's logs are final: they wait to be packed.
     fn close_steps(&mut self, key: JobKey, attempt: u32, running_to: Status) -> Result<()> {
+        self.writes().put_raw(T::Unpacked, StepKey::attempt_prefix(key, attempt), Vec::new());
         let n = self.job(key)?.steps.len();
         let now = self.sh.now_ms();
         for i in 0..n {

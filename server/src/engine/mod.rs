@@ -164,6 +164,17 @@ impl Signals {
     }
 }
 
+/// Jobs waiting for a runner (see [`Engine::pending_jobs`]).
+#[derive(Debug)]
+pub struct Pending {
+    /// Those listed, in dispatch order.
+    pub jobs: Vec<viaduct_proto::v1::PendingJob>,
+    /// All jobs waiting.
+    pub total: usize,
+    /// Those that fit the runner asked about (all without one).
+    pub fitting: usize,
+}
+
 /// Shared, lock-free parts of the engine.
 pub(crate) struct Shared {
     pub store: Arc<Store>,
@@ -428,15 +439,27 @@ impl Engine {
         }
     }
 
-    /// Up to `limit` queued jobs in dispatch order, with what a runner
-    /// needs to take each, and how many are queued in all.
-    pub fn pending_jobs(&self, limit: usize) -> (Vec<viaduct_proto::v1::PendingJob>, usize) {
+    /// Up to `limit` queued jobs in dispatch order — only those a runner
+    /// like `fit` could take, when given — with what a runner needs to take
+    /// each, and how many are queued (and fit) in all.
+    pub fn pending_jobs(&self, limit: usize, fit: Option<&viaduct_proto::v1::RunnerFit>) -> Pending {
         let st = self.lock();
         let bound: HashMap<JobKey, &str> =
             st.runners.iter().filter_map(|(id, c)| c.bound_job.map(|j| (j, id.as_str()))).collect();
+        let fits = |q: &&QueuedJob| {
+            fit.is_none_or(|f| {
+                let offers = |e: Executor| f.executors.contains(&(e as i32));
+                q.runs_on.iter().all(|l| f.labels.contains(l))
+                    && offers(q.executor)
+                    && (!q.plugins || offers(Executor::Wasi))
+                    && !(q.untrusted && f.protected)
+            })
+        };
+        let fitting = if fit.is_some() { st.queue.iter().filter(fits).count() } else { st.queue.len() };
         let jobs = st
             .queue
             .iter()
+            .filter(fits)
             .take(limit)
             .map(|q| viaduct_proto::v1::PendingJob {
                 job_id: q.job.to_string(),
@@ -450,6 +473,6 @@ impl Engine {
                 bound_runner: bound.get(&q.job).map(|r| r.to_string()).unwrap_or_default(),
             })
             .collect();
-        (jobs, st.queue.len())
+        Pending { jobs, total: st.queue.len(), fitting }
     }
 }

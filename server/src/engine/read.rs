@@ -17,9 +17,29 @@ use crate::{
         T, decode,
         keys::{JobKey, RunId, StepKey},
         logs::Chunk,
-        records::{EventBatch, JobRecord, RunRecord, StepRecord},
+        records::{EventBatch, JobRecord, PackedLogRecord, RunRecord, StepRecord},
     },
 };
+
+/// A step's log as [`Engine::read_log`] finds it.
+#[derive(Debug)]
+pub struct LogRead {
+    /// Where the bytes are.
+    pub at: LogAt,
+    /// The log's length (final once the step has finished).
+    pub size: u64,
+    /// The step has finished.
+    pub finished: bool,
+}
+
+/// Where the bytes of a log read are.
+#[derive(Debug)]
+pub enum LogAt {
+    /// Read from the store's chunks.
+    Chunks(Vec<Chunk>),
+    /// In a packed blob: read them there.
+    Packed(PackedLogRecord),
+}
 
 /// Filters and paging of `Runs.List`.
 #[derive(Debug, Default, Clone)]
@@ -245,14 +265,27 @@ impl Engine {
         Ok(job.step(attempt, index))
     }
 
-    /// Up to `limit` bytes of a step's log from `offset`, the stored size,
-    /// and whether the step has finished.
-    pub fn read_log(&self, key: StepKey, offset: u64, limit: u64) -> Result<(Vec<Chunk>, u64, bool)> {
+    /// Up to `limit` bytes of a step's log from `offset` — or where they
+    /// are, once the log is packed into a blob (`packed_logs` reads those) —
+    /// with the stored size and whether the step has finished.
+    pub fn read_log(&self, key: StepKey, offset: u64, limit: u64) -> Result<LogRead> {
         let step: StepRecord =
             self.store().get(T::Steps, key.key())?.ok_or_else(|| Error::not_found(format!("step {key} not found")))?;
         let size = self.live_size(key, &step)?;
+        let finished = step.status().is_terminal();
+        let packed = || self.store().get::<PackedLogRecord>(T::PackedLogs, key.key());
+        if let Some(p) = packed()? {
+            return Ok(LogRead { at: LogAt::Packed(p), size, finished });
+        }
         let chunks = self.store().logs.read(key, offset, limit)?;
-        Ok((chunks, size, step.status().is_terminal()))
+        // Packed (and its chunks removed) between the two reads.
+        if chunks.is_empty()
+            && offset < size
+            && let Some(p) = packed()?
+        {
+            return Ok(LogRead { at: LogAt::Packed(p), size, finished });
+        }
+        Ok(LogRead { at: LogAt::Chunks(chunks), size, finished })
     }
 
     /// Stored events after `cursor` (only those of `run` when set): at most

@@ -31,7 +31,13 @@ pub struct Forwarder {
     /// restarted on this address, a lease not yet expired).
     own: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    /// The leader URL last found accepting connections.
+    reachable: tokio::sync::Mutex<Option<String>>,
 }
+
+/// How long a request waits for a new leader to accept connections (it
+/// takes the lease a moment before it listens).
+const LEADER_STARTUP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Forwarder {
     /// A forwarder to the leader `role` names (as the lease thread sees it).
@@ -47,7 +53,7 @@ impl Forwarder {
             .http2_initial_connection_window_size(8 << 20)
             .http2_keep_alive_interval(std::time::Duration::from_secs(20))
             .build(http);
-        Self { role, key, last: std::sync::Mutex::new(None), own, client }
+        Self { role, key, last: std::sync::Mutex::new(None), own, client, reachable: tokio::sync::Mutex::default() }
     }
 
     /// The leader's URL, as the lease last named one: a moment without an
@@ -59,6 +65,39 @@ impl Forwarder {
             *last = Some(url.clone());
         }
         last.clone().filter(|url| *url != self.own)
+    }
+
+    /// The leader, once it accepts connections: a leader that just took
+    /// the lease may not listen yet, and a request sent then would fail
+    /// (its body cannot be sent twice). Each new leader URL is probed with
+    /// a TCP connect, for up to [`LEADER_STARTUP`]; requests wait for it.
+    async fn reachable_leader(&self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + LEADER_STARTUP;
+        let mut known = self.reachable.lock().await;
+        loop {
+            let leader = self.leader()?;
+            if known.as_deref() == Some(leader.as_str()) {
+                return Some(leader);
+            }
+            let authority = leader.parse::<Uri>().ok().and_then(|u| {
+                let a = u.authority()?;
+                Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
+            })?;
+            let probe = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(authority.as_str()),
+            )
+            .await;
+            if matches!(probe, Ok(Ok(_))) {
+                *known = Some(leader.clone());
+                return Some(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Sent anyway: it fails with a clear answer.
+                return Some(leader);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -129,7 +168,7 @@ async fn forward(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/grpc"));
-    let Some(leader) = f.leader() else {
+    let Some(leader) = f.reachable_leader().await else {
         return unavailable(grpc, "no replica leads right now (a failover is under way): retry");
     };
     let (mut parts, body) = req.into_parts();
@@ -159,7 +198,7 @@ async fn forward(
     match f.client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => resp.map(Body::new),
         Err(e) => {
-            tracing::warn!(error = %e, %leader, "cannot reach the leader");
+            tracing::warn!(error = %crate::error::with_causes(&e), %leader, "cannot reach the leader");
             unavailable(grpc, "the leading replica cannot be reached (a failover may be under way): retry")
         }
     }

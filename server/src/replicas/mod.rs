@@ -49,7 +49,7 @@ fn holder() -> anyhow::Result<String> {
 /// Runs a replica until `shutdown`: follows (forwarding to the leader)
 /// until it takes the lead, then serves as the leader.
 pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let StoreConfig::Postgres { url, password } = cfg.store.clone() else {
+    let StoreConfig::Postgres { url, password, ca_file } = cfg.store.clone() else {
         anyhow::bail!("--replica needs a PostgreSQL --store: replicas share one database");
     };
     anyhow::ensure!(cfg.tls.is_none(), "--replica does not serve TLS yet: put the replicas behind a TLS proxy");
@@ -60,7 +60,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
     if matches!(cfg.blobs, crate::blobs::BlobConfig::Local) {
         tracing::warn!(
             "blobs (caches, artifacts, plugins) are on this replica's disk: another leader will not have them; \
-             use --blob-store s3://…"
+             use --blob-store s3://… (finished logs stay in the database until then)"
         );
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
@@ -78,7 +78,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
         }
     };
     let me = holder()?;
-    let mut role = spawn_lease(&url, password.as_deref(), me.clone(), advertise.clone())?;
+    let mut role = spawn_lease(&url, password.as_deref(), ca_file.as_deref(), me.clone(), advertise.clone())?;
     // Know who leads before announcing the address (a first look at the
     // lease takes a moment; an unreachable database, longer).
     let first_look = role.wait_for(|r| *r != Leadership::Unknown);

@@ -396,7 +396,7 @@ pub mod conformance {
         };
         let db = format!("kv_{name}_{}", std::process::id());
         assert!(db.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{db}");
-        let mut admin = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls).expect("connect");
+        let mut admin = crate::store::postgres::client(&format!("{base}/postgres"), None).expect("connect");
         // One statement each: neither runs inside a transaction block.
         admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\"")).expect("drop");
         admin.batch_execute(&format!("CREATE DATABASE \"{db}\"")).expect("create");
@@ -406,17 +406,17 @@ pub mod conformance {
     #[test]
     fn postgres_conforms() {
         let Some(url) = fresh_postgres("conforms") else { return };
-        run(&crate::store::postgres::Postgres::open(&url, None).expect("open"));
+        run(&crate::store::postgres::Postgres::open(&url, None, None).expect("open"));
         let Some(url) = fresh_postgres("conforms_held") else { return };
         let held =
-            crate::store::write_back::WriteBack::new(crate::store::postgres::Postgres::open(&url, None).unwrap());
+            crate::store::write_back::WriteBack::new(crate::store::postgres::Postgres::open(&url, None, None).unwrap());
         run(held.as_ref());
         // What a flush wrote, a fresh connection reads.
-        let again = crate::store::postgres::Postgres::open(&url, None).unwrap();
+        let again = crate::store::postgres::Postgres::open(&url, None, None).unwrap();
         assert_eq!(again.get(T::Runs, b"a").unwrap().as_deref(), Some(&b"1"[..]));
         let Some(url) = fresh_postgres("held") else { return };
         run_held(
-            crate::store::write_back::WriteBack::new(crate::store::postgres::Postgres::open(&url, None).unwrap())
+            crate::store::write_back::WriteBack::new(crate::store::postgres::Postgres::open(&url, None, None).unwrap())
                 .as_ref(),
         );
     }
@@ -427,7 +427,7 @@ pub mod conformance {
     fn postgres_pages_long_ranges_from_both_ends() {
         use std::ops::Bound;
         let Some(url) = fresh_postgres("pages") else { return };
-        let kv = crate::store::postgres::Postgres::open(&url, None).expect("open");
+        let kv = crate::store::postgres::Postgres::open(&url, None, None).expect("open");
         let ops: Vec<super::Op> = (0u32..1500).map(|i| (T::Meta, i.to_be_bytes().to_vec(), Some(vec![1]))).collect();
         kv.commit(&ops).unwrap();
         let all = |it: super::Entries<'_>| it.map(|e| e.unwrap().0).collect::<Vec<_>>();
@@ -460,14 +460,93 @@ pub mod conformance {
     #[test]
     fn postgres_migrates_once_and_refuses_a_newer_schema() {
         let Some(url) = fresh_postgres("migrate") else { return };
-        let first = crate::store::postgres::Postgres::open(&url, None).expect("open");
+        let first = crate::store::postgres::Postgres::open(&url, None, None).expect("open");
         let id = first.generate_id().unwrap();
-        let second = crate::store::postgres::Postgres::open(&url, None).expect("open again");
+        let second = crate::store::postgres::Postgres::open(&url, None, None).expect("open again");
         assert!(second.generate_id().unwrap() > id);
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut c = crate::store::postgres::client(&url, None).unwrap();
         c.execute("INSERT INTO viaduct_migrations (version, name) VALUES (9999, 'from the future')", &[]).unwrap();
-        let err = crate::store::postgres::Postgres::open(&url, None).err().expect("refused").to_string();
+        let err = crate::store::postgres::Postgres::open(&url, None, None).err().expect("refused").to_string();
         assert!(err.contains("newer than this server knows"), "{err}");
+    }
+
+    /// TLS to the test PostgreSQL server over TCP (`VIADUCT_TEST_POSTGRES_TLS`,
+    /// its certificate for `localhost` and `127.0.0.1` from the CA in
+    /// `VIADUCT_TEST_POSTGRES_CA`; `cargo xtask test` starts it with no
+    /// plaintext TCP): a fresh database there, as a URL without parameters,
+    /// and the CA file.
+    fn fresh_postgres_tls(name: &str) -> Option<(String, std::path::PathBuf)> {
+        let (Ok(base), Ok(ca)) =
+            (std::env::var("VIADUCT_TEST_POSTGRES_TLS"), std::env::var("VIADUCT_TEST_POSTGRES_CA"))
+        else {
+            assert!(
+                std::env::var_os("VIADUCT_FIXTURES_REQUIRED").is_none(),
+                "VIADUCT_TEST_POSTGRES_TLS or _CA is not set: run the tests with `cargo xtask test`"
+            );
+            eprintln!(
+                "skipped: no PostgreSQL over TLS (VIADUCT_TEST_POSTGRES_TLS, _CA; `cargo xtask test` starts one)"
+            );
+            return None;
+        };
+        let url = fresh_postgres(name)?;
+        let (_, db) = url.rsplit_once('/').expect("a database in the URL");
+        Some((format!("{base}/{db}"), ca.into()))
+    }
+
+    /// With TLS the database's certificate is verified — its chain (the
+    /// CA file or the system's roots) and its name — and a failure says
+    /// what failed; `prefer` (the default) verifies alike; `disable` goes
+    /// without, and the test server refuses plaintext over TCP.
+    #[test]
+    fn postgres_over_tls_verifies_the_database() {
+        use crate::store::postgres::{Postgres, client};
+        let Some((url, ca)) = fresh_postgres_tls("tls") else { return };
+        let required = format!("{url}?sslmode=require");
+        let kv = Postgres::open(&required, None, Some(&ca)).expect("open over verified TLS");
+        kv.commit(&[(T::Meta, b"k".to_vec(), Some(b"v".to_vec()))]).unwrap();
+        assert_eq!(kv.get(T::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        for url in [&required, &url] {
+            let mut c = client(url, Some(&ca)).expect("connect");
+            let tls: bool =
+                c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0);
+            assert!(tls, "{url} without TLS");
+        }
+
+        // Not signed by a CA it trusts: refused, naming the database and why.
+        for url in [&required, &url] {
+            let err = Postgres::open(url, None, None).err().expect("an unknown issuer is refused").to_string();
+            assert!(err.contains("TLS to database `kv_tls_") && err.contains("UnknownIssuer"), "{err}");
+            assert!(err.contains("--store-ca-file"), "{err}");
+        }
+        // Signed by the CA, but for another name than the URL's host.
+        let port = url.rsplit_once(':').unwrap().1.split('/').next().unwrap();
+        let db = url.rsplit_once('/').unwrap().1;
+        let other = format!("postgresql://viaduct@db.invalid:{port}/{db}?hostaddr=127.0.0.1&sslmode=require");
+        let err = Postgres::open(&other, None, Some(&ca)).err().expect("another name is refused").to_string();
+        assert!(err.contains("TLS to database") && err.contains("not valid for name"), "{err}");
+        // Without TLS: the test server has no plaintext TCP.
+        let err = Postgres::open(&format!("{url}?sslmode=disable"), None, Some(&ca)).err().expect("refused");
+        let err = err.to_string();
+        assert!(err.contains("no pg_hba.conf entry") && err.contains("sslmode=disable"), "{err}");
+        // TLS is never asked of a Unix socket.
+        if let Ok(unix) = std::env::var("VIADUCT_TEST_POSTGRES") {
+            client(&format!("{unix}/postgres?sslmode=prefer"), Some(&ca)).expect("a Unix socket without TLS");
+        }
+    }
+
+    #[test]
+    fn a_store_ca_file_that_is_not_pem_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "not a certificate").unwrap();
+        let url = "postgresql://viaduct@127.0.0.1:1/db?sslmode=require";
+        let err = crate::store::postgres::Postgres::open(url, None, Some(&file)).err().expect("refused").to_string();
+        assert!(err.contains("--store-ca-file") && err.contains("ca.pem") && err.contains("no PEM"), "{err}");
+        let err = crate::store::postgres::Postgres::open(url, None, Some(&dir.path().join("missing.pem")))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("cannot read --store-ca-file") && err.contains("missing.pem"), "{err}");
     }
 
     #[test]

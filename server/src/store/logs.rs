@@ -132,6 +132,17 @@ impl LogStore {
         Ok(out)
     }
 
+    /// The chunks of `step` that start at `from` or later, in order, with
+    /// their keys.
+    pub fn chunks(&self, step: StepKey, from: u64) -> impl Iterator<Item = Result<(Vec<u8>, Chunk)>> + '_ {
+        self.tree().range(step.log_key(from)..=step.log_key(u64::MAX)).map(|kv| {
+            let (k, v) = kv?;
+            let time_ms = i64::from_be_bytes(v.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            let chunk = Chunk { offset: offset_of(&k), time_ms, data: v.get(8..).unwrap_or(&[]).to_vec() };
+            Ok((k, chunk))
+        })
+    }
+
     /// Deletes every chunk of `step`.
     pub fn delete(&self, step: StepKey) -> Result<()> {
         let mut ops = Vec::new();

@@ -86,11 +86,17 @@ pub enum T {
     /// Submits already answered: blake3(caller, request id) → run id,
     /// time (ms), both big-endian (see `engine::runs`).
     SubmitKeys,
+    /// Ended attempts whose step logs are still chunks in [`T::Logs`]:
+    /// [`keys::StepKey::attempt_prefix`] → () (see `packed_logs`).
+    Unpacked,
+    /// [`records::PackedLogRecord`] by step key: a finished step's log,
+    /// packed into one blob.
+    PackedLogs,
 }
 
 impl T {
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 23] = [
+    pub const ALL: [T; 25] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -114,10 +120,12 @@ impl T {
         T::Audit,
         T::Logs,
         T::SubmitKeys,
+        T::Unpacked,
+        T::PackedLogs,
     ];
 }
 
-const TREE_NAMES: [&str; 23] = [
+const TREE_NAMES: [&str; 25] = [
     "runs",
     "jobs",
     "steps",
@@ -141,6 +149,8 @@ const TREE_NAMES: [&str; 23] = [
     "audit",
     "logs",
     "submit_keys",
+    "unpacked",
+    "packed_logs",
 ];
 
 /// The database.
@@ -260,16 +270,22 @@ impl Store {
 
     /// Opens the PostgreSQL database at `url` as its one server (see
     /// [`postgres::hold_server_lock`]), migrating its schema, and starts the
-    /// flusher thread.
-    pub fn postgres(url: &str, password: Option<&str>) -> Result<Self> {
-        postgres::hold_server_lock(url, password)?;
-        Ok(Self::with(write_back::WriteBack::new(postgres::Postgres::open(url, password)?)))
+    /// flusher thread. `ca_file` is trusted for TLS besides the system's
+    /// roots.
+    pub fn postgres(url: &str, password: Option<&str>, ca_file: Option<&Path>) -> Result<Self> {
+        postgres::hold_server_lock(url, password, ca_file)?;
+        Ok(Self::with(write_back::WriteBack::new(postgres::Postgres::open(url, password, ca_file)?)))
     }
 
     /// The store of a replica that leads: the database at `url`, every
     /// write checked against `fence` (see [`postgres::spawn_lease`]).
-    pub fn postgres_leader(url: &str, password: Option<&str>, fence: postgres::Fence) -> Result<Self> {
-        Ok(Self::with(write_back::WriteBack::new(postgres::Postgres::open(url, password)?.fenced(fence))))
+    pub fn postgres_leader(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&Path>,
+        fence: postgres::Fence,
+    ) -> Result<Self> {
+        Ok(Self::with(write_back::WriteBack::new(postgres::Postgres::open(url, password, ca_file)?.fenced(fence))))
     }
 
     /// A store in memory (tests).

@@ -25,14 +25,29 @@
 //! run inside the server's, so each connection lives on a thread of its own
 //! and calls reach it over a channel. A connection that breaks is opened
 //! again for the next call; the call that saw it break fails.
+//!
+//! TLS follows the URL's `sslmode`, as libpq's does — `disable`, `prefer`
+//! (the default: TLS when the database offers it) or `require` — except
+//! that whenever TLS is used the database's certificate is verified: its
+//! chain against the system's roots and `--store-ca-file`, and its name
+//! against the URL's host (rustls with ring, [`Target`]). A certificate
+//! that does not verify is an error, never a quiet fall back to plaintext.
+//! A Unix socket has no TLS (PostgreSQL offers none there).
 
 use std::{
     collections::{HashMap, VecDeque},
     ops::Bound,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, mpsc},
 };
 
-use postgres::{Client, NoTls, Row, Statement, types::ToSql};
+use postgres::{
+    Client, Row, Statement,
+    config::{Host, SslMode},
+    types::ToSql,
+};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     T, TREE_NAMES,
@@ -83,6 +98,124 @@ pub fn check_url(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// How every connection of this process reaches the database: its
+/// settings and its TLS. Built once per store, lock and lease thread by
+/// [`Target::new`] — the one place a connector is made.
+#[derive(Clone)]
+struct Target {
+    config: postgres::Config,
+    tls: MakeRustlsConnect,
+    /// What the URL names, without a password (see [`redacted`]).
+    name: String,
+    /// The CA file trusted besides the system's roots.
+    ca_file: Option<PathBuf>,
+}
+
+impl Target {
+    /// The settings of `url` (with `password`, when given) and TLS as its
+    /// `sslmode` says, trusting `ca_file` (PEM) besides the system's roots.
+    fn new(url: &str, password: Option<&str>, ca_file: Option<&Path>) -> Result<Self> {
+        let config = config(url, password)?;
+        let tls = tls(&config, ca_file)?;
+        Ok(Self { config, tls, name: redacted(url), ca_file: ca_file.map(Path::to_path_buf) })
+    }
+
+    /// What went wrong connecting, for a person: a failed TLS handshake
+    /// says so (and what to do about a CA it does not know); a refusal of
+    /// a connection without TLS says it was one.
+    fn failed(&self, e: &postgres::Error) -> Error {
+        let name = &self.name;
+        let tcp = self.config.get_hosts().iter().any(|h| matches!(h, Host::Tcp(_)));
+        if let Some(why) = tls_failure(e) {
+            let hint = if !tcp && self.config.get_hostaddrs().is_empty() {
+                " (PostgreSQL has no TLS on a Unix socket: leave sslmode=require to TCP)".to_string()
+            } else if !why.contains("UnknownIssuer") {
+                String::new()
+            } else if let Some(ca) = &self.ca_file {
+                format!(" (its certificate is signed neither by --store-ca-file {} nor by a system root)", ca.display())
+            } else {
+                " (its certificate is not signed by a system root: pass its CA with --store-ca-file)".to_string()
+            };
+            return Error::Storage(format!("TLS to {name} failed: {why}{hint}"));
+        }
+        let refused = e.code() == Some(&postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION);
+        let hint = if refused && tcp && self.config.get_ssl_mode() == SslMode::Disable {
+            " (this connection had no TLS: sslmode=disable)"
+        } else {
+            ""
+        };
+        Error::Storage(format!("cannot connect to {name}: {}{hint}", crate::error::with_causes(e)))
+    }
+}
+
+/// Why a connection's TLS failed, if that is what failed: rustls's reason
+/// (`invalid peer certificate: UnknownIssuer`), or the client's own
+/// (`server does not support TLS`, with `sslmode=require`).
+fn tls_failure(e: &postgres::Error) -> Option<String> {
+    let cause = std::error::Error::source(e)?;
+    let from_rustls = cause
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(r) = from_rustls {
+        return Some(r.to_string());
+    }
+    // tokio-postgres's words for a failure of its TLS step.
+    e.to_string().starts_with("error performing TLS handshake").then(|| cause.to_string())
+}
+
+/// ring, as the server's own TLS and tonic's clients use (see
+/// [`crate::tls`]): aws-lc-rs needs a C toolchain and CMake to build.
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS connector of every connection to the database: rustls, the
+/// database's certificate verified against the system's roots and
+/// `ca_file` and its name checked against the URL's host (webpki).
+/// Whether TLS is used at all is `sslmode`'s (the client asks, the
+/// database answers); the system's roots are only read when a connection
+/// may use TLS (not over a Unix socket, nor with `sslmode=disable`).
+fn tls(config: &postgres::Config, ca_file: Option<&Path>) -> Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(file) = ca_file {
+        let shown = file.display();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+            .map_err(|e| Error::Storage(format!("cannot read --store-ca-file {shown}: {e}")))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Storage(format!("--store-ca-file {shown} is not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Storage(format!("--store-ca-file {shown} holds no PEM certificate")));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Storage(format!("--store-ca-file {shown} holds an unusable certificate: {e}")))?;
+        }
+    }
+    let hosts = config.get_hosts();
+    let may_use_tls = config.get_ssl_mode() != SslMode::Disable
+        && (hosts.is_empty() || !config.get_hostaddrs().is_empty() || hosts.iter().any(|h| matches!(h, Host::Tcp(_))));
+    if may_use_tls {
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _unusable) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            let errors: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                errors = %errors.join("; "),
+                "no system root certificate for TLS to the database: only --store-ca-file is trusted"
+            );
+        }
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Storage(format!("TLS to the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(client))
+}
+
 /// The connection settings of `url`, with `password` when given.
 fn config(url: &str, password: Option<&str>) -> Result<postgres::Config> {
     let mut config: postgres::Config =
@@ -106,16 +239,16 @@ fn config(url: &str, password: Option<&str>) -> Result<postgres::Config> {
 /// moment ago to lose it — and holds it. If that connection is ever lost,
 /// the lock is gone and another server may take over, so this process
 /// exits rather than go on beside it.
-pub fn hold_server_lock(url: &str, password: Option<&str>) -> Result<()> {
-    let config = config(url, password)?;
-    let name = redacted(url);
+pub fn hold_server_lock(url: &str, password: Option<&str>, ca_file: Option<&Path>) -> Result<()> {
+    let target = Target::new(url, password, ca_file)?;
+    let name = target.name.clone();
     let (tx, rx) = mpsc::sync_channel::<Result<()>>(1);
     std::thread::Builder::new()
         .name("viaduct-pg-lock".into())
         .spawn(move || {
             let deadline = std::time::Instant::now() + SERVER_LOCK_WAIT;
             let mut client = loop {
-                let attempt = connect(&config).and_then(|mut c| {
+                let attempt = connect(&target).and_then(|mut c| {
                     let got: bool = c.query_one("SELECT pg_try_advisory_lock($1)", &[&SERVER_LOCK])?.get(0);
                     Ok((c, got))
                 });
@@ -146,7 +279,7 @@ pub fn hold_server_lock(url: &str, password: Option<&str>) -> Result<()> {
                         return;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(Error::Storage(format!("cannot connect to {name}: {e}"))));
+                        let _ = tx.send(Err(target.failed(&e)));
                         return;
                     }
                 }
@@ -226,11 +359,12 @@ const LEASE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 pub fn spawn_lease(
     url: &str,
     password: Option<&str>,
+    ca_file: Option<&Path>,
     holder: String,
     advertise: String,
 ) -> Result<tokio::sync::watch::Receiver<Leadership>> {
-    let config = config(url, password)?;
-    let name = redacted(url);
+    let target = Target::new(url, password, ca_file)?;
+    let name = target.name.clone();
     let (tx, rx) = tokio::sync::watch::channel(Leadership::Unknown);
     std::thread::Builder::new()
         .name("viaduct-pg-lease".into())
@@ -242,7 +376,7 @@ pub fn spawn_lease(
             loop {
                 if client.as_ref().is_none_or(Client::is_closed) {
                     shared_held = false;
-                    client = match connect(&config) {
+                    client = match connect(&target) {
                         // The lease table is a migration: followers never
                         // open the store, so they apply it here.
                         Ok(mut c) => match migrate(&mut c).and_then(|()| {
@@ -258,7 +392,7 @@ pub fn spawn_lease(
                             }
                         },
                         Err(e) => {
-                            tracing::warn!(error = %e, database = %name, "lease: cannot connect");
+                            tracing::warn!(error = %target.failed(&e), "lease: cannot connect");
                             None
                         }
                     };
@@ -383,15 +517,27 @@ fn redacted(url: &str) -> String {
 /// its server paused or cut off between the fence check and the commit —
 /// is ended by the database after 10 s, so it cannot hold the lease row
 /// (and with it every takeover) for longer.
-fn connect(config: &postgres::Config) -> PgResult<Client> {
-    let mut client = config.connect(NoTls)?;
+fn connect(target: &Target) -> PgResult<Client> {
+    let mut client = target.config.connect(target.tls.clone())?;
     client.batch_execute("SET synchronous_commit = on; SET idle_in_transaction_session_timeout = '10s'")?;
     Ok(client)
 }
 
+/// Whether this connection uses TLS, as the database sees it.
+const TLS_USED: &str = "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)";
+
+/// A connection as the store makes them (tests).
+#[cfg(test)]
+pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<Client> {
+    let target = Target::new(url, None, ca_file)?;
+    std::thread::spawn(move || connect(&target).map_err(|e| target.failed(&e)))
+        .join()
+        .map_err(|_| Error::Storage("connecting panicked".into()))?
+}
+
 /// One connection and its prepared statements.
 struct Conn {
-    config: postgres::Config,
+    target: Target,
     client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
 }
@@ -402,7 +548,7 @@ impl Conn {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.client = None;
-            self.client = Some(connect(&self.config)?);
+            self.client = Some(connect(&self.target)?);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -425,30 +571,30 @@ impl Conn {
 }
 
 impl Postgres {
-    /// Connects to `url` (with `password`, when it is not in the URL),
-    /// applies the migrations the database lacks, and starts the connection
-    /// threads.
-    pub fn open(url: &str, password: Option<&str>) -> Result<Self> {
-        let config = config(url, password)?;
+    /// Connects to `url` (with `password`, when it is not in the URL, and
+    /// trusting `ca_file` for TLS besides the system's roots), applies the
+    /// migrations the database lacks, and starts the connection threads.
+    pub fn open(url: &str, password: Option<&str>, ca_file: Option<&Path>) -> Result<Self> {
+        let target = Target::new(url, password, ca_file)?;
         // The client runs its own runtime: never inside the caller's.
         let first = {
-            let config = config.clone();
-            let url = redacted(url);
-            std::thread::spawn(move || -> Result<Client> {
-                let mut client =
-                    connect(&config).map_err(|e| Error::Storage(format!("cannot connect to {url}: {e}")))?;
+            let target = target.clone();
+            std::thread::spawn(move || -> Result<(Client, bool)> {
+                let mut client = connect(&target).map_err(|e| target.failed(&e))?;
                 migrate(&mut client)?;
-                Ok(client)
+                let tls = client.query_one(TLS_USED, &[]).map_err(storage)?.get(0);
+                Ok((client, tls))
             })
             .join()
             .map_err(|_| Error::Storage("PostgreSQL: opening the database panicked".into()))??
         };
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let (first, tls) = first;
         let mut first = Some(first);
         for i in 0..CONNECTIONS {
             let rx = Arc::clone(&rx);
-            let mut conn = Conn { config: config.clone(), client: first.take(), statements: HashMap::new() };
+            let mut conn = Conn { target: target.clone(), client: first.take(), statements: HashMap::new() };
             std::thread::Builder::new()
                 .name(format!("viaduct-pg-{i}"))
                 .spawn(move || {
@@ -463,7 +609,7 @@ impl Postgres {
                 })
                 .map_err(|e| Error::Storage(format!("cannot start a PostgreSQL connection thread: {e}")))?;
         }
-        tracing::info!(database = %redacted(url), connections = CONNECTIONS, "store: PostgreSQL");
+        tracing::info!(database = %target.name, connections = CONNECTIONS, tls, "store: PostgreSQL");
         Ok(Self { jobs: tx, fence: None, ids: Mutex::new(VecDeque::new()) })
     }
 

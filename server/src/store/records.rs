@@ -279,6 +279,33 @@ pub struct StepRecord {
     pub message: String,
 }
 
+/// A finished step's log packed into one blob (see `packed_logs`):
+/// `packed_logs` tree, key [`StepKey::key`](super::keys::StepKey::key).
+/// The blob is a sequence of zstd frames, each holding the log's chunks
+/// (time, length, bytes) from `offsets[i]` on; frame `i` is bytes
+/// `starts[i]..starts[i + 1]` of the blob (the last ends at `packed_size`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PackedLogRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// The blob (`blake3:…`).
+    #[prost(string, tag = "2")]
+    pub digest: String,
+    /// The log's length in bytes.
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// The blob's length in bytes.
+    #[prost(uint64, tag = "4")]
+    pub packed_size: u64,
+    /// Log offset where each frame starts.
+    #[prost(uint64, repeated, tag = "5")]
+    pub offsets: Vec<u64>,
+    /// Blob offset where each frame starts.
+    #[prost(uint64, repeated, tag = "6")]
+    pub starts: Vec<u64>,
+}
+
 /// A repository: `repos` tree, key = name.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RepoRecord {

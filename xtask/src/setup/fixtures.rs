@@ -100,13 +100,22 @@ impl Drop for NixDaemon {
 /// (`initdb` as the `postgres` user, which Debian's package creates —
 /// PostgreSQL refuses to run as root) in a temporary directory (which that
 /// user can reach wherever the checkout is),
-/// listening only on a socket in that directory (no TCP: the cluster
-/// trusts whoever connects, so only root and `postgres` may). Tests make a
-/// database each (`CREATE DATABASE`), so they never share state.
+/// listening on a socket in that directory (the cluster trusts whoever
+/// connects there, so only root and `postgres` may) and, for the TLS
+/// tests, on a free loopback TCP port with TLS only: its certificate (for
+/// `localhost` and `127.0.0.1`) is issued by a CA made at start, and
+/// `pg_hba.conf` has `hostssl` lines and no `host` line, so plaintext TCP
+/// is refused. Tests make a database each (`CREATE DATABASE`), so they
+/// never share state.
 pub struct PostgresServer {
     child: std::process::Child,
-    /// `postgresql://viaduct@%2FSOCKET%2FDIR:5432` (append `/DATABASE`).
+    /// `postgresql://viaduct@%2FSOCKET%2FDIR:PORT` (append `/DATABASE`).
     pub url: String,
+    /// `postgresql://viaduct@localhost:PORT`: the same server over TCP,
+    /// TLS only (append `/DATABASE`).
+    pub tls_url: String,
+    /// The CA (PEM) that issued the server's certificate.
+    pub ca_file: PathBuf,
     data: PathBuf,
     /// Removed once the server has stopped.
     _dir: tempfile::TempDir,
@@ -122,6 +131,24 @@ impl PostgresServer {
             c.args(["-u", "postgres", "--"]).arg(program);
             c
         };
+        // TLS: a CA of this run, the server's certificate and key (the key
+        // the postgres user's, 0600, as PostgreSQL demands), and who may
+        // connect how: anyone on the socket, TLS only over TCP. `localhost`
+        // is all of its loopback addresses, so each has a hostssl line.
+        use viaduct_tests::pki::{Ca, Validity};
+        let ca = Ca::new("Viaduct test PostgreSQL CA");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca.cert_pem)?;
+        let (cert, key) = ca.server(&["localhost", "127.0.0.1", "::1"], Validity::Current).write(&dir, "server");
+        let hba = dir.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "# Written by cargo xtask: no plain `host` line, so TCP without TLS is refused.\n\
+             local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostssl all all ::1/128 trust\n",
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
         let owned = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status()?;
         anyhow::ensure!(owned.success(), "cannot give {} to the postgres user", dir.display());
         let data = dir.join("data");
@@ -131,12 +158,18 @@ impl PostgresServer {
             .output()
             .context("running initdb")?;
         anyhow::ensure!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
-        let port = "5432";
         let log = std::fs::File::create(dir.join("postgres.log"))?;
+        let setting = |name: &str, path: &Path| format!("{name}={}", path.display());
         let child = as_postgres(&super::postgres_bin("postgres")?)
             .arg("-D")
             .arg(&data)
-            .args(["-p", port, "-c", "listen_addresses=", "-c", "max_connections=300"])
+            .args(["-p", &port, "-c", "listen_addresses=localhost", "-c", "max_connections=300"])
+            .args(["-c", "ssl=on", "-c"])
+            .arg(setting("ssl_cert_file", &cert))
+            .arg("-c")
+            .arg(setting("ssl_key_file", &key))
+            .arg("-c")
+            .arg(setting("hba_file", &hba))
             .arg("-k")
             .arg(&dir)
             .stdout(log.try_clone()?)
@@ -144,7 +177,14 @@ impl PostgresServer {
             .spawn()
             .context("starting postgres")?;
         let host = dir.to_str().context("a temp dir that is not UTF-8")?.replace('/', "%2F");
-        let server = Self { child, url: format!("postgresql://viaduct@{host}:{port}"), data, _dir: tmp };
+        let server = Self {
+            child,
+            url: format!("postgresql://viaduct@{host}:{port}"),
+            tls_url: format!("postgresql://viaduct@localhost:{port}"),
+            ca_file,
+            data,
+            _dir: tmp,
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let isready = super::postgres_bin("pg_isready")?;
         loop {
@@ -152,7 +192,7 @@ impl PostgresServer {
                 .arg("-q")
                 .arg("-h")
                 .arg(&dir)
-                .args(["-p", port, "-U", "viaduct", "-d", "postgres"])
+                .args(["-p", &port, "-U", "viaduct", "-d", "postgres"])
                 .status()?;
             if ready.success() {
                 return Ok(server);

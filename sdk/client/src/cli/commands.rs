@@ -339,7 +339,8 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
             Ok(())
         }
         RunnersCommand::Pending => {
-            let p = client.runners().pending(PendingJobsRequest { limit: 1000 }).await?.into_inner();
+            let p =
+                client.runners().pending(PendingJobsRequest { limit: 1000, ..Default::default() }).await?.into_inner();
             let rows: Vec<Vec<String>> = p
                 .jobs
                 .iter()
