@@ -41,9 +41,14 @@ struct Args {
     #[arg(long, env = "VIADUCT_REPLICA")]
     replica: bool,
     /// With --replica: the URL the other replicas reach this one at
-    /// (default http://<listen address>).
+    /// (default http(s)://<listen address>).
     #[arg(long, env = "VIADUCT_ADVERTISE_URL", requires = "replica")]
     advertise_url: Option<String>,
+    /// With --replica and --tls-cert: a CA (PEM) the replicas'
+    /// certificates are signed by, trusted besides the system's roots when
+    /// a follower forwards to the leader.
+    #[arg(long, env = "VIADUCT_REPLICA_CA_FILE", requires = "replica")]
+    replica_ca_file: Option<PathBuf>,
     /// The secret key's file (default DATA_DIR/secret-key): replicas must
     /// share one (it seals secrets and signs grants and links).
     #[arg(long, env = "VIADUCT_SECRET_KEY_FILE")]
@@ -292,9 +297,10 @@ fn main() -> ExitCode {
             }),
         },
         session_ttl: args.session_ttl,
-        replica: args
-            .replica
-            .then(|| viaduct_server::replicas::ReplicaConfig { advertise_url: args.advertise_url.clone() }),
+        replica: args.replica.then(|| viaduct_server::replicas::ReplicaConfig {
+            advertise_url: args.advertise_url.clone(),
+            ca_file: args.replica_ca_file.clone(),
+        }),
         secret_key_file: args.secret_key_file,
     };
     let runtime = match tokio::runtime::Runtime::new() {

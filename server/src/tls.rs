@@ -45,8 +45,42 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ring, as tonic's clients use (aws-lc-rs, rustls's default with
 /// post-quantum key exchange, needs a C toolchain and CMake to build).
 #[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS configuration of a client of this server's (to the database,
+/// to the leading replica): it verifies the peer's chain against the
+/// system's roots (when `system`) and the certificates of `ca_file` (PEM;
+/// `flag` names it in errors), and its name against the host it dials.
+pub fn client_config(ca_file: Option<&Path>, flag: &str, system: bool) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(file) = ca_file {
+        let shown = file.display();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+            .map_err(|e| format!("cannot read {flag} {shown}: {e}"))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{flag} {shown} is not PEM certificates: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{flag} {shown} holds no PEM certificate"));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("{flag} {shown} holds an unusable certificate: {e}"))?;
+        }
+    }
+    if system {
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _unusable) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            let errors: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
+            tracing::warn!(errors = %errors.join("; "), "no system root certificate: only {flag} is trusted");
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Loads a chain and key as a signing key.
@@ -143,6 +177,22 @@ impl Tls {
         });
     }
 
+    /// The server's side of a handshake on `tcp` from `peer`, with a
+    /// deadline; `None` (logged) when it fails.
+    pub async fn handshake(&self, tcp: TcpStream, peer: std::net::SocketAddr) -> Option<TlsStream<TcpStream>> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                None
+            }
+        }
+    }
+
     /// TLS connections accepted on `listener`, handshakes done (each with a
     /// deadline, concurrently), as a stream for the HTTP server.
     pub fn incoming(
@@ -150,7 +200,7 @@ impl Tls {
         listener: TcpListener,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = self.acceptor.clone();
+        let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -162,14 +212,10 @@ impl Tls {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, ready) = (acceptor.clone(), tx.clone());
+                let (this, ready) = (Arc::clone(&this), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = ready.send(Ok(tls)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    if let Some(tls) = this.handshake(tcp, peer).await {
+                        let _ = ready.send(Ok(tls)).await;
                     }
                 });
                 if tx.is_closed() {

@@ -410,9 +410,15 @@ impl Runner {
     /// Starts a runner for the servers `urls` (comma-separated: replicas),
     /// registering with the token in `token_file`.
     pub fn start_replicas(urls: &str, token_file: &Path, labels: &str, slots: u32) -> Self {
+        Self::start_replicas_with(urls, token_file, labels, slots, &[])
+    }
+
+    /// [`Runner::start_replicas`] with more arguments (`--ca-cert`…).
+    pub fn start_replicas_with(urls: &str, token_file: &Path, labels: &str, slots: u32, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args = vec!["--server".into(), urls.to_string(), "--token-file".into(), path(token_file)];
         args.extend(Self::shape(labels, slots));
+        args.extend(extra.iter().map(ToString::to_string));
         args.push("--no-containers".into());
         let mut r = Self { child: None, dir, args };
         r.spawn();

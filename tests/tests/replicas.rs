@@ -282,3 +282,99 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
     assert_eq!(word(run.status), "success");
     assert_eq!(viaduct_tests::step_log(&client, &run.jobs[0].steps[0].id).await, "served\n");
 }
+
+/// Replicas speak TLS to clients, runners and each other: a follower
+/// serves HTTPS with the replicas' certificate and forwards over HTTPS,
+/// verifying the leader's against `--replica-ca-file`; a replica that
+/// takes over serves HTTPS on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_speak_tls_to_clients_runners_and_each_other() {
+    let Some(url) = postgres_database("tls") else { return };
+    let pki = tempfile::tempdir().unwrap();
+    let ca = viaduct_tests::pki::Ca::new("Viaduct replicas CA");
+    let ca_file = pki.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let (cert, key) =
+        ca.server(&["localhost", "127.0.0.1"], viaduct_tests::pki::Validity::Current).write(pki.path(), "replica");
+    let secret = pki.path().join("secret-key");
+    let (cert, key, ca_arg, secret) = (
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca_file.display().to_string(),
+        secret.display().to_string(),
+    );
+    let args = [
+        "--store",
+        url.as_str(),
+        "--replica",
+        "--secret-key-file",
+        secret.as_str(),
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--replica-ca-file",
+        ca_arg.as_str(),
+    ];
+    let start = || Server::start_tls_files(tempfile::tempdir().unwrap(), &ca_file, &args);
+    let mut first = start();
+    wait_until("the first replica to lead", || first.data_dir().join("admin-token").exists().then_some(()));
+    let second = start();
+    assert!(first.url().starts_with("https://") && second.url().starts_with("https://"));
+    let token = first.admin_token();
+    let urls = format!("{},{}", second.url(), first.url());
+    let runner = Runner::start_replicas_with(
+        &urls,
+        &first.data_dir().join("runner-token"),
+        "linux",
+        1,
+        &["--ca-cert", ca_arg.as_str()],
+    );
+    let client = Client::lazy_with(&second.url(), Some(&token), &second.transport()).unwrap();
+    let submit = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let req = v1::SubmitRequest {
+                    source: Some(v1::submit_request::Source::PipelineYaml(format!(
+                        "jobs:\n  j:\n    steps:\n      - run: echo {name}\n"
+                    ))),
+                    request_id: name.into(),
+                    ..Default::default()
+                };
+                match client.runs().submit(req).await {
+                    Ok(r) => break r.into_inner().run_id,
+                    Err(s) if retryable(&s) => {
+                        assert!(t0.elapsed() < Duration::from_secs(60), "no replica accepted a submit: {s:?}");
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(s) => panic!("{s:?}"),
+                }
+            }
+        }
+    };
+    // Through the follower (HTTPS in, HTTPS to the leader).
+    let before = submit("before").await;
+    let run = viaduct_tests::finished(&client, &before).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", runner.log());
+    assert_eq!(viaduct_tests::step_log(&client, &run.jobs[0].steps[0].id).await, "before\n");
+    assert!(second.log().contains("following"), "{}", second.log());
+    // The leader goes; the follower leads, serving HTTPS on its address.
+    first.kill9();
+    wait_until("the follower to take the lead", || second.log().contains("this replica leads").then_some(()));
+    let after = submit("after").await;
+    let run = viaduct_tests::finished(&client, &after).await;
+    assert_eq!(word(run.status), "success", "{run:#?}\n{}", runner.log());
+    assert_eq!(viaduct_tests::step_log(&client, &run.jobs[0].steps[0].id).await, "after\n");
+
+    // A follower that does not trust the leader's certificate forwards
+    // nothing to it.
+    let unsure = Server::start_tls_files(tempfile::tempdir().unwrap(), &ca_file, &args[..args.len() - 2]);
+    wait_until("the third replica to follow", || unsure.log().contains("following").then_some(()));
+    let client = Client::lazy_with(&unsure.url(), Some(&token), &unsure.transport()).unwrap();
+    let refused = client.runs().get(v1::GetRunRequest { id: after }).await.expect_err("not forwarded");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let log = unsure.log();
+    assert!(log.contains("cannot reach the leader") && log.contains("UnknownIssuer"), "{log}");
+}

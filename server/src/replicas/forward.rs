@@ -30,7 +30,7 @@ pub struct Forwarder {
     /// This replica's own URL: never forwarded to (a leader that was
     /// restarted on this address, a lease not yet expired).
     own: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>,
     /// The leader URL last found accepting connections.
     reachable: tokio::sync::Mutex<Option<String>>,
 }
@@ -40,11 +40,23 @@ pub struct Forwarder {
 const LEADER_STARTUP: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Forwarder {
-    /// A forwarder to the leader `role` names (as the lease thread sees it).
-    pub fn new(role: tokio::sync::watch::Receiver<Leadership>, key: [u8; 32], own: String) -> Self {
+    /// A forwarder to the leader `role` names (as the lease thread sees
+    /// it): over HTTPS, verified with `tls`, when its URL is `https://`.
+    pub fn new(
+        role: tokio::sync::watch::Receiver<Leadership>,
+        key: [u8; 32],
+        own: String,
+        tls: rustls::ClientConfig,
+    ) -> Self {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        http.enforce_http(false);
+        let http = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -108,6 +120,7 @@ impl Forwarder {
 /// runners reconnect at once, to the new leader.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
     forwarder: Arc<Forwarder>,
     mut role: tokio::sync::watch::Receiver<Leadership>,
 ) {
@@ -126,15 +139,22 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
+                let (app, tls) = (app.clone(), tls.clone());
                 connections.spawn(async move {
                     let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(ConnectInfo(peer));
                         app.clone().oneshot(req.map(Body::new))
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(tls) => {
+                            let Some(stream) = tls.handshake(stream, peer).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                        }
+                    }
                 });
             }
             changed = role.changed() => {

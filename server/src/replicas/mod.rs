@@ -34,8 +34,11 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct ReplicaConfig {
     /// The URL the other replicas reach this one at (default:
-    /// `http://<bound address>`).
+    /// `http(s)://<bound address>`).
     pub advertise_url: Option<String>,
+    /// A CA the replicas' certificates are signed by (with TLS), trusted
+    /// besides the system's roots by a follower forwarding to the leader.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// This replica's id in the lease: host, process, and a random part.
@@ -52,7 +55,11 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
     let StoreConfig::Postgres { url, password, ca_file } = cfg.store.clone() else {
         anyhow::bail!("--replica needs a PostgreSQL --store: replicas share one database");
     };
-    anyhow::ensure!(cfg.tls.is_none(), "--replica does not serve TLS yet: put the replicas behind a TLS proxy");
+    anyhow::ensure!(
+        cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none()),
+        "--replica with --tls-client-ca is not supported: a runner's certificate ends at the replica it connects to \
+         and cannot be shown to the leader (use registration tokens)"
+    );
     anyhow::ensure!(
         cfg.secret_key_file.is_some(),
         "--replica needs --secret-key-file: every replica must open the secrets, grants and links the others sealed"
@@ -74,9 +81,19 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
                 !addr.ip().is_unspecified(),
                 "--replica listening on {addr} needs --advertise-url: the address the other replicas reach this one at"
             );
-            format!("http://{addr}")
+            let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{addr}")
         }
     };
+    // The follower's side of TLS: its listener speaks it as the leader's
+    // does, and it verifies the leader it forwards to.
+    let tls = cfg.tls.clone().map(crate::tls::Tls::new).transpose()?.map(Arc::new);
+    if let Some(t) = &tls {
+        t.spawn_reloader();
+    }
+    let replica_ca = cfg.replica.as_ref().and_then(|r| r.ca_file.clone());
+    let client_tls = crate::tls::client_config(replica_ca.as_deref(), "--replica-ca-file", true)
+        .map_err(|e| anyhow::anyhow!("TLS to the leading replica: {e}"))?;
     let me = holder()?;
     let mut role = spawn_lease(&url, password.as_deref(), ca_file.as_deref(), me.clone(), advertise.clone())?;
     // Know who leads before announcing the address (a first look at the
@@ -101,8 +118,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()> + Send + 's
         role.clone(),
         secret_box.derive_key(client_ip::KEY_CONTEXT),
         advertise.clone(),
+        client_tls,
     ));
-    let follower = tokio::spawn(forward::serve(listener, forwarder, role.clone()));
+    let follower = tokio::spawn(forward::serve(listener, tls, forwarder, role.clone()));
     let fence = loop {
         let current = role.borrow_and_update().clone();
         match current {

@@ -46,7 +46,6 @@ use postgres::{
     config::{Host, SslMode},
     types::ToSql,
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
@@ -164,13 +163,6 @@ fn tls_failure(e: &postgres::Error) -> Option<String> {
     e.to_string().starts_with("error performing TLS handshake").then(|| cause.to_string())
 }
 
-/// ring, as the server's own TLS and tonic's clients use (see
-/// [`crate::tls`]): aws-lc-rs needs a C toolchain and CMake to build.
-#[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The TLS connector of every connection to the database: rustls, the
 /// database's certificate verified against the system's roots and
 /// `ca_file` and its name checked against the URL's host (webpki).
@@ -178,41 +170,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// database answers); the system's roots are only read when a connection
 /// may use TLS (not over a Unix socket, nor with `sslmode=disable`).
 fn tls(config: &postgres::Config, ca_file: Option<&Path>) -> Result<MakeRustlsConnect> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(file) = ca_file {
-        let shown = file.display();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-            .map_err(|e| Error::Storage(format!("cannot read --store-ca-file {shown}: {e}")))?
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Storage(format!("--store-ca-file {shown} is not PEM certificates: {e}")))?;
-        if certs.is_empty() {
-            return Err(Error::Storage(format!("--store-ca-file {shown} holds no PEM certificate")));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| Error::Storage(format!("--store-ca-file {shown} holds an unusable certificate: {e}")))?;
-        }
-    }
     let hosts = config.get_hosts();
     let may_use_tls = config.get_ssl_mode() != SslMode::Disable
         && (hosts.is_empty() || !config.get_hostaddrs().is_empty() || hosts.iter().any(|h| matches!(h, Host::Tcp(_))));
-    if may_use_tls {
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _unusable) = roots.add_parsable_certificates(native.certs);
-        if added == 0 {
-            let errors: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
-            tracing::warn!(
-                errors = %errors.join("; "),
-                "no system root certificate for TLS to the database: only --store-ca-file is trusted"
-            );
-        }
-    }
-    let client = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Storage(format!("TLS to the database: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client = crate::tls::client_config(ca_file, "--store-ca-file", may_use_tls).map_err(Error::Storage)?;
     Ok(MakeRustlsConnect::new(client))
 }
 
