@@ -131,8 +131,8 @@ impl Depot {
         tokio::spawn(async move {
             loop {
                 match depot.logs.pack_pending().await {
-                    // A full batch: more may wait.
-                    Ok(n) if n >= crate::packed_logs::BATCH => continue,
+                    // Progress: more may wait.
+                    Ok(n) if n > 0 => continue,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "packing logs failed"),
                 }

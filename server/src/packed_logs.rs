@@ -49,8 +49,10 @@ pub const MAX_READ_PACKED: u64 = 16 << 20;
 const HEAD: usize = 12;
 /// zstd's level: its default, fast to write and ~5–10× on build logs.
 const LEVEL: i32 = 3;
+/// Bytes of chunks read from the store at a time while packing.
+const PAGE_BYTES: usize = 8 << 20;
 /// Attempts packed per pass.
-pub const BATCH: usize = 64;
+const BATCH: usize = 64;
 
 /// What has been packed since the server started.
 #[derive(Debug, Default)]
@@ -67,6 +69,8 @@ pub struct PackStats {
 pub struct PackedLogs {
     store: Arc<Store>,
     blobs: Arc<BlobStore>,
+    /// The last mark of a full batch: the next pass starts after it.
+    cursor: std::sync::Mutex<Option<Vec<u8>>>,
     /// Since the server started.
     pub stats: PackStats,
 }
@@ -122,21 +126,35 @@ impl Packer {
 impl PackedLogs {
     /// Packs logs of `store` into `blobs`.
     pub fn new(store: Arc<Store>, blobs: Arc<BlobStore>) -> Self {
-        Self { store, blobs, stats: PackStats::default() }
+        Self { store, blobs, cursor: std::sync::Mutex::default(), stats: PackStats::default() }
     }
 
-    /// Packs the logs of up to [`BATCH`] ended attempts; how many attempts
-    /// it went through (an attempt that cannot be packed now is logged and
-    /// left for the next pass).
+    /// Packs the logs of up to [`BATCH`] ended attempts, going on from
+    /// where the last pass stopped (an attempt that cannot be packed now is
+    /// logged and left for a later round, never blocking those behind it);
+    /// how many it packed.
     pub async fn pack_pending(&self) -> Result<usize> {
-        let marks: Vec<Vec<u8>> =
-            self.store.tree(T::Unpacked).iter().take(BATCH).map(|kv| kv.map(|(k, _)| k)).collect::<Result<_>>()?;
+        let after = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tree = self.store.tree(T::Unpacked);
+        let marks: Vec<Vec<u8>> = match &after {
+            Some(a) => tree.range::<&[u8]>((std::ops::Bound::Excluded(a.as_slice()), std::ops::Bound::Unbounded)),
+            None => tree.iter(),
+        }
+        .take(BATCH)
+        .map(|kv| kv.map(|(k, _)| k))
+        .collect::<Result<_>>()?;
+        let mut packed = 0;
         for mark in &marks {
-            if let Err(e) = self.pack_attempt(mark).await {
-                tracing::warn!(error = %e, attempt = %hex::encode(mark), "cannot pack an attempt's logs yet");
+            match self.pack_attempt(mark).await {
+                Ok(()) => packed += 1,
+                Err(e) => tracing::warn!(error = %e, attempt = %hex::encode(mark), "cannot pack an attempt's logs yet"),
             }
         }
-        Ok(marks.len())
+        // A full batch: the next pass goes on after it; else from the start.
+        if marks.len() == BATCH {
+            *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = marks.last().cloned();
+        }
+        Ok(packed)
     }
 
     /// Packs every step log of the attempt `mark` names, then removes the
@@ -178,7 +196,17 @@ impl PackedLogs {
         // live across an await.
         let mut from = 0u64;
         loop {
-            let page: Vec<(Vec<u8>, Chunk)> = self.store.logs.chunks(step, from).take(256).collect::<Result<_>>()?;
+            // At most PAGE_BYTES of chunks (and one more) in memory at once.
+            let mut page: Vec<(Vec<u8>, Chunk)> = Vec::new();
+            let mut bytes = 0;
+            for c in self.store.logs.chunks(step, from) {
+                let c = c?;
+                bytes += c.1.data.len();
+                page.push(c);
+                if bytes >= PAGE_BYTES {
+                    break;
+                }
+            }
             let Some(last) = page.last() else { break };
             from = last.1.offset + 1;
             for (k, chunk) in page {
@@ -203,8 +231,16 @@ impl PackedLogs {
     /// Up to `limit` bytes of the packed log `rec` from `offset`, as chunks.
     pub async fn read(&self, rec: &PackedLogRecord, offset: u64, limit: u64) -> Result<Vec<Chunk>> {
         let n = rec.offsets.len();
-        if n != rec.starts.len() || n == 0 {
-            return Err(corrupt(format!("{}: {n} frame offsets, {} starts", rec.digest, rec.starts.len())));
+        let increasing =
+            |v: &[u64], last: u64| v.windows(2).all(|w| w[0] < w[1]) && v.last().is_some_and(|l| *l <= last);
+        if n != rec.starts.len()
+            || n == 0
+            || rec.offsets[0] != 0
+            || rec.starts[0] != 0
+            || !increasing(&rec.offsets, rec.size)
+            || !increasing(&rec.starts, rec.packed_size)
+        {
+            return Err(corrupt(format!("{}: frames out of order or out of bounds", rec.digest)));
         }
         if offset >= rec.size || limit == 0 {
             return Ok(Vec::new());
@@ -264,7 +300,7 @@ fn unpack(
             let len = u32::from_be_bytes(head[8..].try_into().unwrap_or([0; 4])) as usize;
             let data = rest.get(HEAD..HEAD + len).ok_or_else(|| corrupt(format!("{digest}: a record cut short")))?;
             rest = &rest[HEAD + len..];
-            let (lo, hi) = (pos, pos + len as u64);
+            let (lo, hi) = (pos, pos.saturating_add(len as u64));
             pos = hi;
             if hi <= offset || lo >= end {
                 continue;
@@ -358,6 +394,13 @@ mod tests {
         };
         assert!(packed.read(&rec, 0, 10).await.is_err());
         assert!(packed.read(&PackedLogRecord { offsets: vec![], ..rec.clone() }, 0, 10).await.is_err());
-        assert!(packed.read(&PackedLogRecord { packed_size: 1 << 40, ..rec }, 0, 10).await.is_err());
+        assert!(packed.read(&PackedLogRecord { packed_size: 1 << 40, ..rec.clone() }, 0, 10).await.is_err());
+        // Frames out of order or past the ends: refused before any read.
+        for (offsets, starts) in
+            [(vec![0, 50, 20], vec![0, 1, 2]), (vec![0, 200], vec![0, 1]), (vec![0, 1], vec![0, 0])]
+        {
+            let bad = PackedLogRecord { offsets, starts, ..rec.clone() };
+            assert!(packed.read(&bad, 60, 10).await.is_err(), "{bad:?}");
+        }
     }
 }

@@ -61,7 +61,7 @@ async fn read(
     let read = engine.read_log(key, offset, limit)?;
     let chunks = match read.at {
         LogAt::Chunks(chunks) => chunks,
-        LogAt::Packed(rec) => depot.logs.read(&rec, offset, limit).await?,
+        LogAt::Packed(rec) => depot.logs.read(&rec, offset, read.limit).await?,
     };
     Ok((chunks, read.size, read.finished))
 }

@@ -30,6 +30,9 @@ pub struct LogRead {
     pub size: u64,
     /// The step has finished.
     pub finished: bool,
+    /// The most bytes to read from where the read started (within `size`
+    /// once the step has finished).
+    pub limit: u64,
 }
 
 /// Where the bytes of a log read are.
@@ -273,9 +276,12 @@ impl Engine {
             self.store().get(T::Steps, key.key())?.ok_or_else(|| Error::not_found(format!("step {key} not found")))?;
         let size = self.live_size(key, &step)?;
         let finished = step.status().is_terminal();
+        // A finished step's log ends at its recorded size (a chunk stored
+        // as its attempt ended is not shown).
+        let limit = if finished { limit.min(size.saturating_sub(offset)) } else { limit };
         let packed = || self.store().get::<PackedLogRecord>(T::PackedLogs, key.key());
         if let Some(p) = packed()? {
-            return Ok(LogRead { at: LogAt::Packed(p), size, finished });
+            return Ok(LogRead { at: LogAt::Packed(p), size, finished, limit });
         }
         let chunks = self.store().logs.read(key, offset, limit)?;
         // Packed (and its chunks removed) between the two reads.
@@ -283,9 +289,9 @@ impl Engine {
             && offset < size
             && let Some(p) = packed()?
         {
-            return Ok(LogRead { at: LogAt::Packed(p), size, finished });
+            return Ok(LogRead { at: LogAt::Packed(p), size, finished, limit });
         }
-        Ok(LogRead { at: LogAt::Chunks(chunks), size, finished })
+        Ok(LogRead { at: LogAt::Chunks(chunks), size, finished, limit })
     }
 
     /// Stored events after `cursor` (only those of `run` when set): at most

@@ -32,7 +32,7 @@ pub struct Forwarder {
     own: String,
     client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>,
     /// The leader URL last found accepting connections.
-    reachable: tokio::sync::Mutex<Option<String>>,
+    reachable: std::sync::Mutex<Option<String>>,
 }
 
 /// How long a request waits for a new leader to accept connections (it
@@ -65,7 +65,7 @@ impl Forwarder {
             .http2_initial_connection_window_size(8 << 20)
             .http2_keep_alive_interval(std::time::Duration::from_secs(20))
             .build(http);
-        Self { role, key, last: std::sync::Mutex::new(None), own, client, reachable: tokio::sync::Mutex::default() }
+        Self { role, key, last: std::sync::Mutex::new(None), own, client, reachable: std::sync::Mutex::default() }
     }
 
     /// The leader's URL, as the lease last named one: a moment without an
@@ -81,27 +81,27 @@ impl Forwarder {
 
     /// The leader, once it accepts connections: a leader that just took
     /// the lease may not listen yet, and a request sent then would fail
-    /// (its body cannot be sent twice). Each new leader URL is probed with
-    /// a TCP connect, for up to [`LEADER_STARTUP`]; requests wait for it.
+    /// (its body cannot be sent twice). A leader URL not yet seen to accept
+    /// is probed with a TCP connect by each request that needs it — no lock
+    /// is held across the probe — for up to [`LEADER_STARTUP`]; what was
+    /// seen is forgotten when the leader changes.
     async fn reachable_leader(&self) -> Option<String> {
         let deadline = tokio::time::Instant::now() + LEADER_STARTUP;
-        let mut known = self.reachable.lock().await;
         loop {
             let leader = self.leader()?;
-            if known.as_deref() == Some(leader.as_str()) {
+            if self.reachable.lock().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(leader.as_str()) {
                 return Some(leader);
             }
             let authority = leader.parse::<Uri>().ok().and_then(|u| {
+                let default = if u.scheme_str() == Some("https") { 443 } else { 80 };
                 let a = u.authority()?;
-                Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
+                Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(default)))
             })?;
-            let probe = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                tokio::net::TcpStream::connect(authority.as_str()),
-            )
-            .await;
+            let probe =
+                tokio::time::timeout(std::time::Duration::from_secs(1), tokio::net::TcpStream::connect(&authority))
+                    .await;
             if matches!(probe, Ok(Ok(_))) {
-                *known = Some(leader.clone());
+                *self.reachable.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader.clone());
                 return Some(leader);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -110,6 +110,11 @@ impl Forwarder {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// Forgets which leader was seen to accept connections (it changed).
+    fn leader_changed(&self) {
+        *self.reachable.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -161,6 +166,7 @@ pub async fn serve(
                 if changed.is_err() || matches!(*role.borrow(), Leadership::Leader(_)) {
                     break;
                 }
+                forwarder.leader_changed();
                 let now = forwarder.leader();
                 if leader.is_some() && now != leader {
                     tracing::info!(count = connections.len(), "the leader changed: dropping the connections forwarded to the old one");

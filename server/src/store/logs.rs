@@ -104,9 +104,13 @@ impl LogStore {
 
     /// Reads chunks of `step` covering `[from, from + max_bytes)` (fewer if
     /// the log is shorter). The first chunk is trimmed to start at `from`.
+    /// Only bytes that follow on from `from` without a gap are returned:
+    /// chunks removed while they are read (the log was packed) end the read
+    /// there, never with bytes from further on.
     pub fn read(&self, step: StepKey, from: u64, max_bytes: u64) -> Result<Vec<Chunk>> {
         let mut out = Vec::new();
         let mut budget = max_bytes;
+        let mut next = from;
         // The chunk containing `from` starts at or before it.
         let start = match self.tree().range(step.log_key(0)..=step.log_key(from)).next_back() {
             Some(kv) => offset_of(&kv?.0),
@@ -124,9 +128,13 @@ impl LogStore {
             if lo >= body.len() {
                 continue;
             }
+            if offset + lo as u64 != next {
+                break;
+            }
             let take = (body.len() - lo).min(usize::try_from(budget).unwrap_or(usize::MAX));
             let data = body[lo..lo + take].to_vec();
             budget -= take as u64;
+            next += take as u64;
             out.push(Chunk { offset: offset + lo as u64, time_ms, data });
         }
         Ok(out)
@@ -183,6 +191,21 @@ mod tests {
         assert_eq!(all(&s, k), b"hello world");
         s.forget(k);
         assert_eq!(s.len(k).unwrap(), 11, "length recovered from the tree");
+    }
+
+    /// Chunks removed while a log is read (it was packed) end the read:
+    /// never bytes from further on, labelled as if they followed.
+    #[test]
+    fn a_read_stops_at_a_gap() {
+        let (_d, s) = store();
+        let k = JobKey::new(RunId(1), 1).step(1, 3);
+        for (at, part) in [(0u64, &b"abc"[..]), (3, b"def"), (6, b"ghi")] {
+            s.append(k, at, part, 1).unwrap();
+        }
+        s.kv.commit(&[(T::Logs, k.log_key(3).to_vec(), None)]).unwrap();
+        let got: Vec<u8> = s.read(k, 1, 100).unwrap().into_iter().flat_map(|c| c.data).collect();
+        assert_eq!(got, b"bc");
+        assert!(s.read(k, 4, 100).unwrap().is_empty(), "from inside the gap: nothing");
     }
 
     #[test]

@@ -844,18 +844,20 @@ impl Kv for Postgres {
                 "DELETE FROM viaduct_kv WHERE (tree, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
             )?;
             let mut tx = c.client()?.transaction()?;
-            // Held until the commit: a successor's takeover waits for this
-            // transaction, and every later one of ours finds the new epoch.
-            if let Some(f) = &fence
-                && tx.query_opt(&check, &[&f.epoch, &f.holder])?.is_none()
-            {
-                return Ok(false);
-            }
             for r in puts.iter().filter(|r| !r.keys.is_empty()) {
                 tx.execute(&put, &[&r.trees, &r.keys, &r.values])?;
             }
             for r in dels.iter().filter(|r| !r.keys.is_empty()) {
                 tx.execute(&delete, &[&r.trees, &r.keys])?;
+            }
+            // Last, and held until the commit: a takeover committed before
+            // is seen (and the writes roll back); a later one waits for this
+            // commit. Last, so that a large batch does not hold the lease
+            // row — and with it the leader's own renewals — while it is sent.
+            if let Some(f) = &fence
+                && tx.query_opt(&check, &[&f.epoch, &f.holder])?.is_none()
+            {
+                return Ok(false);
             }
             tx.commit()?;
             Ok(true)

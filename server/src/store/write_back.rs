@@ -24,8 +24,13 @@
 //! Only one process may write through a `WriteBack` to a backend (what it
 //! holds and caches, no other process sees): the server lock and the
 //! replicas' lease make sure of that. Bounded: past [`HELD_BYTES`] held, a
-//! commit flushes before it returns; a background flush every
-//! [`FLUSH_EVERY`] writes what nobody waits for.
+//! commit flushes first — and is refused, not applied, when that fails; a
+//! background flush every [`FLUSH_EVERY`] writes what nobody waits for.
+//!
+//! A range is a snapshot of what is held merged into the backend's pages
+//! as they are read: like sled's iterators, not isolated from writes made
+//! while it is read (readers that need contiguity check it: see
+//! `store::logs`).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -198,27 +203,36 @@ impl<K: Kv> Kv for WriteBack<K> {
 
     fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
         let _one = self.inserting.lock().unwrap_or_else(|p| p.into_inner());
-        let absent = self.get(tree, key)?.is_none();
-        let mut h = self.lock();
-        // A commit may have written the key while the backend was read.
-        if !absent || h.lookup(tree, key).is_some_and(|v| v.is_some()) {
-            return Ok(false);
+        loop {
+            let flushes = self.lock().flushes;
+            let absent = self.get(tree, key)?.is_none();
+            let mut h = self.lock();
+            // A commit may have written the key while the backend was read
+            // (held, or already flushed: then read again).
+            if !absent || h.lookup(tree, key).is_some_and(|v| v.is_some()) {
+                return Ok(false);
+            }
+            if h.flushes != flushes {
+                continue;
+            }
+            h.pending_bytes += key.len() + value.len();
+            h.pending[tree as usize].insert(key.to_vec(), Some(value.to_vec()));
+            return Ok(true);
         }
-        h.pending_bytes += key.len() + value.len();
-        h.pending[tree as usize].insert(key.to_vec(), Some(value.to_vec()));
-        Ok(true)
     }
 
     fn commit(&self, ops: &[Op]) -> Result<()> {
-        let over = {
-            let mut h = self.lock();
-            for (t, k, v) in ops {
-                h.pending_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
-                h.pending[*t as usize].insert(k.clone(), v.clone());
-            }
-            h.pending_bytes > HELD_BYTES
-        };
-        if over { self.flush() } else { Ok(()) }
+        // Past the bound, what is held is written first: a backend that
+        // cannot take it refuses this commit, which is then not applied.
+        if self.lock().pending_bytes > HELD_BYTES {
+            self.flush()?;
+        }
+        let mut h = self.lock();
+        for (t, k, v) in ops {
+            h.pending_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+            h.pending[*t as usize].insert(k.clone(), v.clone());
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {
