@@ -1,6 +1,6 @@
 //! The depot: everything the server keeps in its blob store — plugin
-//! components, build caches, job artifacts, finished steps' logs — and
-//! their retention.
+//! components, build caches, job artifacts, finished steps' logs, source
+//! archives — and their retention.
 //!
 //! Retention runs at start and then hourly (and after a cache save that
 //! takes the caches past their size limit): caches expire and are evicted
@@ -18,6 +18,7 @@ use crate::{
     error::Result,
     packed_logs::PackedLogs,
     plugins::PluginRegistry,
+    source_archives::SourceArchives,
     store::Store,
 };
 
@@ -65,6 +66,8 @@ pub struct Depot {
     pub artifacts: Artifacts,
     /// Finished steps' logs.
     pub logs: PackedLogs,
+    /// Commits' source trees, as runners fetch them.
+    pub sources: SourceArchives,
     /// Settings.
     pub config: DepotConfig,
     retention: tokio::sync::Notify,
@@ -80,6 +83,7 @@ impl Depot {
             caches: Caches::new(Arc::clone(store), config.caches),
             artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key),
             logs: PackedLogs::new(Arc::clone(store), Arc::clone(&blobs)),
+            sources: SourceArchives::new(Arc::clone(store), Arc::clone(&blobs)),
             blobs,
             config,
             retention: tokio::sync::Notify::new(),
@@ -113,10 +117,12 @@ impl Depot {
     pub async fn retain(&self) -> Result<()> {
         self.caches.enforce().await?;
         self.artifacts.expire().await?;
+        self.sources.expire()?;
         let mut keep: HashSet<String> = self.plugins.digests()?;
         keep.extend(self.caches.digests()?);
         keep.extend(self.artifacts.digests()?);
         keep.extend(self.logs.digests()?);
+        keep.extend(self.sources.digests()?);
         let swept = self.blobs.sweep(&keep, SWEEP_GRACE).await?;
         if swept.files > 0 {
             tracing::info!(files = swept.files, bytes = swept.bytes, "unreferenced blobs deleted");

@@ -38,6 +38,7 @@ pub mod replicas;
 pub mod repos;
 pub mod secrets;
 pub mod sign_in;
+pub mod source_archives;
 pub mod sso;
 pub mod store;
 pub mod throttle;

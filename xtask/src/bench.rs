@@ -407,14 +407,22 @@ struct Backlog {
 /// Submits `n` one-job runs (32 concurrent clients), then drains them with
 /// 4 dummy runners (which it returns, still connected). No other runner may
 /// be connected: runs finished before the drain would not be counted.
-async fn backlog(server: &Server, client: &Client, n: usize) -> Result<(Backlog, Vec<viaduct_tests::Runner>)> {
+/// A runner of `server` with the dummy executor and 512 slots.
+fn dummy_runner(server: &Server) -> viaduct_tests::Runner {
+    viaduct_tests::Runner::start(server, "linux", 512, &["--dummy-executor"])
+}
+
+async fn backlog(
+    client: &Client,
+    n: usize,
+    runner: impl Fn() -> viaduct_tests::Runner,
+) -> Result<(Backlog, Vec<viaduct_tests::Runner>)> {
     let t0 = Instant::now();
     flood(client, n, 32).await?;
     let submits = n as f64 / t0.elapsed().as_secs_f64();
     let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
     let t0 = Instant::now();
-    let runners: Vec<_> =
-        (0..4).map(|_| viaduct_tests::Runner::start(server, "linux", 512, &["--dummy-executor"])).collect();
+    let runners: Vec<_> = (0..4).map(|_| runner()).collect();
     let (mut dispatched, mut done) = (0, 0);
     let mut dispatched_at = None;
     while done < n {
@@ -447,7 +455,7 @@ async fn queue() -> Result<()> {
     const BACKLOG: usize = 20_000;
     let server = Server::start();
     let client = server.client().await;
-    let (b, runners) = backlog(&server, &client, BACKLOG).await?;
+    let (b, runners) = backlog(&client, BACKLOG, || dummy_runner(&server)).await?;
     println!("queue    submit {BACKLOG} runs (32 concurrent clients, each durable): {:.0} runs/s", b.submits);
     println!(
         "queue    backlog of {BACKLOG} → 4 runners × 512 slots: dispatched {:.0} jobs/s, completed {:.0} jobs/s (incl. runner start)",
@@ -489,7 +497,7 @@ async fn store() -> Result<()> {
         let (p50, p99, _) = pickup(&client, &mut events, N).await?;
         // The backlog is the dummy runners' alone.
         drop(runner);
-        let (b, _runners) = backlog(&server, &client, BACKLOG).await?;
+        let (b, _runners) = backlog(&client, BACKLOG, || dummy_runner(&server)).await?;
         println!(
             "store    {name:<8} submit → first step running p50 {}  p99 {};  {BACKLOG} durable submits: {:.0} runs/s;  \
              backlog → 4 runners: dispatched {:.0} jobs/s, completed {:.0} jobs/s",
@@ -509,7 +517,7 @@ async fn store() -> Result<()> {
 /// leader to the next accepted submit through a follower.
 async fn replicas() -> Result<()> {
     const N: usize = 200;
-    const SUBMITS: usize = 5000;
+    const BACKLOG: usize = 20_000;
     let postgres = crate::setup::PostgresServer::start()?;
     let url = format!("{}/postgres", postgres.url);
     let keys = tempfile::tempdir()?;
@@ -535,10 +543,13 @@ async fn replicas() -> Result<()> {
         figures.push(format!("via the {name}: p50 {} p99 {}", ms(p50), ms(p99)));
         drop(runner);
     }
+    // The backlog through a follower: submits, and runners connected there.
     let client = Client::connect_with(&follower.url(), Some(token.clone()), &follower.transport()).await?;
-    let t0 = Instant::now();
-    flood(&client, SUBMITS, 32).await?;
-    let submits = SUBMITS as f64 / t0.elapsed().as_secs_f64();
+    let (b, runners) = backlog(&client, BACKLOG, || {
+        viaduct_tests::Runner::start_replicas_with(&follower.url(), &registration, "linux", 512, &["--dummy-executor"])
+    })
+    .await?;
+    drop(runners);
     leader.kill9();
     let t0 = Instant::now();
     let yaml = "jobs:\n  after:\n    steps:\n      - run: true\n";
@@ -551,9 +562,13 @@ async fn replicas() -> Result<()> {
     }
     let failover = t0.elapsed();
     println!(
-        "replicas 3 on PostgreSQL: submit → first step running {}; durable submits through a follower (32 clients): \
-         {submits:.0} runs/s; leader killed -9 → next submit accepted through a follower: {}",
+        "replicas 3 on PostgreSQL: submit → first step running {}; through a follower: {BACKLOG} durable submits \
+         (32 clients) {:.0} runs/s, backlog → 4 runners dispatched {:.0} jobs/s, completed {:.0} jobs/s; leader killed \
+         -9 → next submit accepted through a follower: {}",
         figures.join(", "),
+        b.submits,
+        b.dispatched,
+        b.completed,
         ms(failover)
     );
     Ok(())

@@ -111,9 +111,8 @@ impl RunnerAgent for AgentApi {
         let runner = crate::access::of(&req)?.runner()?.to_string();
         let (job, _, rec) = self.leased(&runner, req.get_ref().job.as_ref())?;
         let source = rec.source.ok_or_else(|| Error::not_found(format!("the run of job {job} has no repository")))?;
-        let path = self.triggers.repos().archive(&source.repo, &source.commit).await?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| Error::Internal(format!("source archive: {e}")))?;
-        let total = file.metadata().await.map_err(|e| Error::Internal(format!("source archive: {e}")))?.len();
+        let build = self.triggers.repos().archive(&source.repo, &source.commit);
+        let (file, total) = self.depot.sources.open(&source.repo, &source.commit, build).await?;
         let stream = transfer::file_stream(file, move |data, first| SourceChunk {
             data,
             total_size: if first { total } else { 0 },

@@ -92,11 +92,14 @@ pub enum T {
     /// [`records::PackedLogRecord`] by step key: a finished step's log,
     /// packed into one blob.
     PackedLogs,
+    /// [`records::SourceArchiveRecord`] by `repo \0 commit` (see
+    /// `source_archives`).
+    SourceArchives,
 }
 
 impl T {
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 25] = [
+    pub const ALL: [T; 26] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -122,10 +125,11 @@ impl T {
         T::SubmitKeys,
         T::Unpacked,
         T::PackedLogs,
+        T::SourceArchives,
     ];
 }
 
-const TREE_NAMES: [&str; 25] = [
+const TREE_NAMES: [&str; 26] = [
     "runs",
     "jobs",
     "steps",
@@ -151,6 +155,7 @@ const TREE_NAMES: [&str; 25] = [
     "submit_keys",
     "unpacked",
     "packed_logs",
+    "source_archives",
 ];
 
 /// The database.

@@ -306,6 +306,21 @@ pub struct PackedLogRecord {
     pub starts: Vec<u64>,
 }
 
+/// A commit's source archive in the blob store (see `source_archives`):
+/// `source_archives` tree, key `repo \0 commit`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SourceArchiveRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// The blob (`blake3:…`).
+    #[prost(string, tag = "2")]
+    pub digest: String,
+    /// Last fetched (ms since the epoch; noted at most hourly).
+    #[prost(int64, tag = "3")]
+    pub used_ms: i64,
+}
+
 /// A repository: `repos` tree, key = name.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RepoRecord {
