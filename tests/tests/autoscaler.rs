@@ -353,21 +353,7 @@ async fn the_container_provisioner_runs_each_runner_in_a_fresh_container() {
     let client = server.client().await;
     let image = runner_image("fresh");
     let image = &image.0;
-    let scaler = Autoscaler::start(
-        &server,
-        &[
-            "--provisioner",
-            "container",
-            "--image",
-            image,
-            "--container-socket",
-            &socket,
-            "--container-network",
-            "host",
-            "--runner-arg=--no-containers",
-            "--runner-arg=--shared-job-user",
-        ],
-    );
+    let scaler = Autoscaler::start(&server, &in_containers(image, &socket));
     let id = submit(
         &client,
         r#"
@@ -398,6 +384,23 @@ fn containers_of(id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Autoscaler arguments for runners in containers of `image` through the
+/// engine at `socket` (host network; the runner runs jobs on its host).
+fn in_containers<'a>(image: &'a str, socket: &'a str) -> Vec<&'a str> {
+    vec![
+        "--provisioner",
+        "container",
+        "--image",
+        image,
+        "--container-socket",
+        socket,
+        "--container-network",
+        "host",
+        "--runner-arg=--no-containers",
+        "--runner-arg=--shared-job-user",
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_autoscaler_adopts_its_containers_and_no_others() {
     let Some(socket) = viaduct_tests::container_socket() else { return };
@@ -405,20 +408,7 @@ async fn a_restarted_autoscaler_adopts_its_containers_and_no_others() {
     let client = server.client().await;
     let image = runner_image("adopt");
     let image = &image.0;
-    let args = [
-        "--provisioner",
-        "container",
-        "--image",
-        image,
-        "--container-socket",
-        &socket,
-        "--container-network",
-        "host",
-        "--labels",
-        "linux,in-containers",
-        "--runner-arg=--no-containers",
-        "--runner-arg=--shared-job-user",
-    ];
+    let args = [in_containers(image, &socket), vec!["--labels", "linux,in-containers"]].concat();
     let mut first = Autoscaler::start(&server, &args);
     let long = submit(
         &client,

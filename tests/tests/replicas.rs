@@ -45,6 +45,28 @@ fn plain(text: &str) -> String {
     out
 }
 
+/// Submits `yaml` as a client of replicas should: sent again on
+/// `UNAVAILABLE` (a failover under way), with `request_id` so that a
+/// submit whose reply was lost makes one run, not two; for at most 60 s.
+async fn submit_with_retries(client: &Client, yaml: &str, request_id: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let req = v1::SubmitRequest {
+            source: Some(v1::submit_request::Source::PipelineYaml(yaml.into())),
+            request_id: request_id.into(),
+            ..Default::default()
+        };
+        match client.runs().submit(req).await {
+            Ok(r) => return r.into_inner().run_id,
+            Err(s) if retryable(&s) => {
+                assert!(t0.elapsed() < Duration::from_secs(60), "no replica accepted a submit: {s:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
     let Some(url) = postgres_database("replicas") else { return };
@@ -229,29 +251,7 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
     let _runner = Runner::start_replicas(&urls, &first.data_dir().join("runner-token"), "linux", 1);
     let client = Client::lazy_with(&second.url(), Some(&token), &second.transport()).unwrap();
     let yaml = "jobs:\n  j:\n    steps:\n      - run: echo served\n";
-    // Submitted as a client should: sent again on UNAVAILABLE, with its
-    // request id (a follower's first forward has been seen to fail once).
-    let send = |id: &'static str| {
-        let client = client.clone();
-        async move {
-            let t0 = Instant::now();
-            loop {
-                let req = v1::SubmitRequest {
-                    source: Some(v1::submit_request::Source::PipelineYaml(yaml.into())),
-                    request_id: id.into(),
-                    ..Default::default()
-                };
-                match client.runs().submit(req).await {
-                    Ok(r) => break r.into_inner().run_id,
-                    Err(s) if retryable(&s) => {
-                        assert!(t0.elapsed() < Duration::from_secs(60), "no replica accepted a submit: {s:?}");
-                        tokio::time::sleep(Duration::from_millis(200)).await
-                    }
-                    Err(s) => panic!("{s:?}"),
-                }
-            }
-        }
-    };
+    let send = |id: &'static str| submit_with_retries(&client, yaml, id);
     let before = send("before").await;
     assert_eq!(word(viaduct_tests::finished(&client, &before).await.status), "success");
     // The leader saw the client, not the follower: the follower signed the
@@ -332,27 +332,9 @@ async fn replicas_speak_tls_to_clients_runners_and_each_other() {
     );
     let client = Client::lazy_with(&second.url(), Some(&token), &second.transport()).unwrap();
     let submit = |name: &'static str| {
+        let yaml = format!("jobs:\n  j:\n    steps:\n      - run: echo {name}\n");
         let client = client.clone();
-        async move {
-            let t0 = Instant::now();
-            loop {
-                let req = v1::SubmitRequest {
-                    source: Some(v1::submit_request::Source::PipelineYaml(format!(
-                        "jobs:\n  j:\n    steps:\n      - run: echo {name}\n"
-                    ))),
-                    request_id: name.into(),
-                    ..Default::default()
-                };
-                match client.runs().submit(req).await {
-                    Ok(r) => break r.into_inner().run_id,
-                    Err(s) if retryable(&s) => {
-                        assert!(t0.elapsed() < Duration::from_secs(60), "no replica accepted a submit: {s:?}");
-                        tokio::time::sleep(Duration::from_millis(200)).await
-                    }
-                    Err(s) => panic!("{s:?}"),
-                }
-            }
-        }
+        async move { submit_with_retries(&client, &yaml, name).await }
     };
     // Through the follower (HTTPS in, HTTPS to the leader).
     let before = submit("before").await;
