@@ -64,6 +64,7 @@ pub mod plan;
 mod schema;
 mod scope;
 pub mod spec;
+pub mod toolchains;
 mod triggers;
 mod yaml;
 

@@ -51,6 +51,9 @@ pub struct Services {
     pub plugins: Option<Arc<PluginHost>>,
     /// This runner's name (plugin metadata).
     pub runner_name: String,
+    /// What the runner adds to every job's environment (see
+    /// [`crate::environment`]).
+    pub env: Arc<crate::environment::RunnerEnv>,
 }
 
 impl Services {
@@ -130,6 +133,19 @@ fn plain(status: Status) -> StepOutcome {
     StepOutcome { status, exit_code: None, message: String::new(), outputs: BTreeMap::new() }
 }
 
+/// A step that did not run, and why (shown where its status is).
+fn skipped(why: String) -> StepOutcome {
+    StepOutcome { message: why, ..plain(Status::Skipped) }
+}
+
+/// Reports every step of the job as not run, because of `why`.
+fn skip_all(reports: &Arc<dyn Reports>, job: &JobRef, a: &JobAssignment, why: &str, secrets: &Secrets) {
+    let outcome = skipped(format!("not run: {why}"));
+    for s in &a.steps {
+        reports.step(step_update(job, s.index, &outcome, String::new(), secrets));
+    }
+}
+
 /// Runs an assigned job attempt to the end, reporting through the
 /// services' [`Reports`].
 pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
@@ -176,10 +192,9 @@ async fn execute(
     let mut env_of_job = match backend.setup(&setup).await {
         Ok(e) => e,
         Err(e) => {
-            for s in &a.steps {
-                reports.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
-            }
-            return (Status::Failure, format!("could not prepare the job: {e}"));
+            let why = format!("could not prepare the job: {e}");
+            skip_all(reports, job, a, &why, secrets);
+            return (Status::Failure, why);
         }
     };
     if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
@@ -189,11 +204,10 @@ async fn execute(
                 tracing::info!(%summary, "source checked out");
             }
             Err(e) => {
-                for s in &a.steps {
-                    reports.step(step_update(job, s.index, &plain(Status::Skipped), String::new(), secrets));
-                }
+                let why = format!("checkout of {} failed: {e}", src.repo);
+                skip_all(reports, job, a, &why, secrets);
                 env_of_job.teardown().await;
-                return (Status::Failure, format!("checkout of {} failed: {e}", src.repo));
+                return (Status::Failure, why);
             }
         }
     }
@@ -237,12 +251,16 @@ async fn execute(
         let ctx = StepContext { ctx: &context, env: &a.env, steps: &outputs, status };
         let outcome = match should_run(s, &ctx) {
             Err(e) => StepOutcome::error(format!("cannot evaluate `if: {}`: {e}", s.condition)),
-            Ok(false) => plain(Status::Skipped),
-            Ok(true) if job_timed_out => plain(Status::Skipped),
-            Ok(true) if is_post(s) && !post_states.contains_key(&post_of(s)) => StepOutcome {
-                message: "nothing to do: the main step did not ask for a post phase".into(),
-                ..plain(Status::Skipped)
-            },
+            Ok(false) => skipped(match (&failed, after_cancel, job_timed_out) {
+                (_, _, true) => "the job timed out".to_string(),
+                (_, true, _) => "the job was cancelled".to_string(),
+                (Some(why), ..) if s.condition.trim().is_empty() => format!("because {why}"),
+                _ => format!("`if: {}` was false", s.condition.trim()),
+            }),
+            Ok(true) if job_timed_out => skipped("the job timed out".into()),
+            Ok(true) if is_post(s) && !post_states.contains_key(&post_of(s)) => {
+                skipped("nothing to do: the main step did not ask for a post phase".into())
+            }
             Ok(true) => {
                 reports.step(StepUpdate {
                     job: Some(job.clone()),
@@ -275,7 +293,7 @@ async fn execute(
                         }
                         r.outcome
                     }
-                    _ => match spec(a, s, &ctx) {
+                    _ => match spec(&services.env, a, s, &ctx) {
                         Err(e) => StepOutcome::error(e),
                         Ok(spec) => env_of_job.run_step(&spec, &mut log, &step_stop).instrument(span).await,
                     },
@@ -487,8 +505,15 @@ fn should_run(s: &StepPlan, ctx: &StepContext<'_>) -> Result<bool, String> {
     expr::eval_condition(cond, ctx).map_err(|e| e.message)
 }
 
-/// The step with its script and env interpolated.
-fn spec(a: &JobAssignment, s: &StepPlan, ctx: &StepContext<'_>) -> Result<StepSpec, String> {
+/// The step with its script and env interpolated. Precedence, lowest
+/// first: the runner's, the pipeline's and job's (`a.env`), the step's, the
+/// job's secrets, then the step's own `VIADUCT_*`.
+fn spec(
+    runner: &crate::environment::RunnerEnv,
+    a: &JobAssignment,
+    s: &StepPlan,
+    ctx: &StepContext<'_>,
+) -> Result<StepSpec, String> {
     let script = match &s.action {
         Some(Action::Run(r)) => {
             expr::interpolate(&r.script, ctx).map_err(|e| format!("in the script: {}", e.message))?
@@ -496,13 +521,14 @@ fn spec(a: &JobAssignment, s: &StepPlan, ctx: &StepContext<'_>) -> Result<StepSp
         Some(Action::Uses(u)) => return Err(format!("`uses: {}` is a plugin step, not a script", u.plugin)),
         None => return Err("the step has nothing to run".into()),
     };
-    let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
-    // Secrets the job lists, as variables (masked in every log).
-    env.extend(a.secrets.clone());
+    let mut env = runner.for_job(a.image.is_some());
+    env.extend(a.env.clone());
     for (k, v) in &s.env {
         let v = expr::interpolate(v, ctx).map_err(|e| format!("in env `{k}`: {}", e.message))?;
         env.insert(k.clone(), v);
     }
+    // Secrets the job lists, as variables (masked in every log).
+    env.extend(a.secrets.clone());
     env.insert("VIADUCT_STEP_INDEX".into(), s.index.to_string());
     env.insert("VIADUCT_STEP_NAME".into(), s.name.clone());
     Ok(StepSpec { index: s.index, name: s.name.clone(), script, env, working_directory: s.working_directory.clone() })

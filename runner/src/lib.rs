@@ -8,15 +8,20 @@
 //!   dummy);
 //! - [`plugin_host`]: how a `uses:` step runs (WASI components in wasmtime);
 //! - [`files`]: artifacts and caches between workspaces and the server;
+//! - [`environment`]: what the runner adds to its jobs' environment;
 //! - [`report`]: where a job's states and logs go (the trait);
 //! - [`outbox`]: reliable, resumable delivery of logs and updates;
 //! - [`identity`]: the registered runner id and token on disk;
-//! - [`outputs`]: the `$VIADUCT_OUTPUT` file format.
+//! - [`outputs`]: the `$VIADUCT_OUTPUT` file format;
+//! - [`toolchains`]: the toolchains host jobs can run, as labels.
 
+pub mod environment;
 pub mod executor;
 pub mod files;
 pub mod identity;
+pub mod install;
 pub mod job;
+pub mod local;
 pub mod mask;
 pub mod outbox;
 pub mod outputs;
@@ -24,6 +29,7 @@ pub mod plugin_host;
 pub mod report;
 pub mod session;
 pub mod source;
+pub mod toolchains;
 
 use std::{
     path::PathBuf,
@@ -80,6 +86,8 @@ pub struct Config {
     pub containers: Option<executor::container::ContainerConfig>,
     /// WASI plugin settings.
     pub plugins: plugin_host::PluginConfig,
+    /// What the runner adds to its jobs' environment.
+    pub env: environment::RunnerEnv,
 }
 
 impl Config {
@@ -141,6 +149,8 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             }
         }
     };
+    // Probed while connecting (a Toolchains message follows the Hello).
+    let (toolchains, _) = tokio::sync::watch::channel(Vec::new());
     let outbox = Arc::new(outbox::Outbox::default());
     let services = job::Services {
         reports: Arc::clone(&outbox) as Arc<dyn report::Reports>,
@@ -149,6 +159,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         files,
         plugins,
         runner_name: cfg.name.clone(),
+        env: Arc::new(cfg.env.clone()),
     };
     let shared = Arc::new(session::Shared {
         services,
@@ -165,7 +176,24 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             getrandom::fill(&mut r).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             hex::encode(r)
         },
+        toolchains,
     });
+    let rescan = {
+        let (shared, cfg) = (Arc::clone(&shared), cfg.clone());
+        async move {
+            let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+            let mut hangup = hangup.map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler")).ok();
+            loop {
+                let found = probe_toolchains(&cfg).await;
+                shared.toolchains.send_if_modified(|old| std::mem::replace(old, found) != *old);
+                let Some(h) = hangup.as_mut() else { return std::future::pending().await };
+                if h.recv().await.is_none() {
+                    return std::future::pending().await;
+                }
+                tracing::info!("SIGHUP: probing toolchains again");
+            }
+        }
+    };
     let work = async {
         let mut backoff = Backoff::default();
         // Replicas: a broken stream is tried again on the next server.
@@ -221,6 +249,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     };
     tokio::select! {
         r = work => r,
+        () = rescan => Ok(()),
         () = spent => {
             tracing::info!("ephemeral runner: its job is done and reported; exiting");
             Ok(())
@@ -269,6 +298,29 @@ async fn register_with_retry(cfg: &Config, token: &str) -> anyhow::Result<Identi
     }
 }
 
+/// The toolchains host jobs of this runner can run (none without host
+/// jobs): probed as the jobs' user, with their environment.
+async fn probe_toolchains(cfg: &Config) -> Vec<String> {
+    if cfg.dummy || cfg.no_host_jobs {
+        return Vec::new();
+    }
+    // In the work dir (0711 when jobs run as slot users: passable).
+    let home = cfg.work_dir.join("toolchains-home");
+    let _ = std::fs::remove_dir_all(&home);
+    if let Err(e) = std::fs::create_dir_all(&home) {
+        tracing::warn!(error = %e, "cannot make a directory to probe toolchains in: none advertised");
+        return Vec::new();
+    }
+    let uid = cfg.job_user_base.filter(|_| nix::unistd::geteuid().is_root());
+    if let Some(uid) = uid {
+        executor::isolation::give(uid, &home);
+    }
+    let found = toolchains::Prober { env: &cfg.env, uid, home: &home }.probe().await;
+    let _ = std::fs::remove_dir_all(&home);
+    tracing::info!(toolchains = ?found, "toolchains found");
+    found
+}
+
 /// What this runner's configuration may offer (registered and pinned; a
 /// container engine that does not answer later just offers less).
 fn intended_executors(cfg: &Config) -> Vec<Executor> {
@@ -289,7 +341,7 @@ fn intended_executors(cfg: &Config) -> Vec<Executor> {
 /// The executors of this runner: the dummy one (benchmarks), or the host
 /// executor (unless `--no-host-jobs`) and the container executor (when an
 /// engine answers; what a previous process left is cleaned up first).
-async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
+pub(crate) async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
     if cfg.dummy {
         return Arc::new(executor::dummy::DummyBackend);
     }

@@ -7,7 +7,27 @@ use viaduct_runner::Config;
 
 /// A Viaduct runner: takes jobs from a server and runs their steps.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run a pipeline file on this machine, without a server: the same job
+    /// runner and executors as a connected runner, logs to the terminal,
+    /// the run's result as the exit code.
+    Exec(Box<viaduct_runner::local::ExecArgs>),
+    /// Install this runner as a systemd service (writes the unit, enables
+    /// and starts it).
+    Install(viaduct_runner::install::InstallArgs),
+}
+
+/// Taking jobs from a server (no subcommand).
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Server URL: https://host:port (http:// only to this machine, unless
     /// --insecure). Replicas of one server: several, comma-separated (a
@@ -113,6 +133,21 @@ struct Args {
     /// as NAME=DIR; repeatable. Default: deploy=WORK_DIR/deploy.
     #[arg(long = "plugin-mount", value_parser = mount)]
     plugin_mounts: Vec<(String, PathBuf)>,
+    /// A variable every job gets, as KEY=VALUE; repeatable. Jobs start from
+    /// an empty environment; pipeline, job and step `env` and secrets come
+    /// over it. Not for secrets: a command line is readable by every user
+    /// of the machine (use server secrets, or a 0600 --env-file).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// A file of KEY=VALUE lines every job gets (`#` comments); repeatable,
+    /// under --env.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// Variables of the runner's own environment host jobs get, by name,
+    /// comma-separated: e.g. PATH,RUSTUP_HOME,CARGO_HOME for a toolchain
+    /// installed the usual way. Under --env-file and --env.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    inherit_env: Vec<String>,
 }
 
 fn mount(s: &str) -> Result<(String, PathBuf), String> {
@@ -128,14 +163,22 @@ fn memory(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A local run's terminal is the run's: only warnings of the runner's own.
+    let quiet = matches!(cli.command, Some(Command::Exec(_)));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VIADUCT_LOG")
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
+                .unwrap_or_else(|_| if quiet { "warn" } else { "info,h2=warn,tower=warn" }.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    match cli.command {
+        Some(Command::Exec(args)) => return viaduct_runner::local::main(*args),
+        Some(Command::Install(args)) => return viaduct_runner::install::main(args),
+        None => {}
+    }
+    let args = cli.run;
     if args.token.is_some() {
         eprintln!(
             "viaduct-runner: --token is not accepted: every user of this machine can read a command line \
@@ -159,6 +202,15 @@ fn main() -> ExitCode {
     // an empty environment), and not to other processes it starts either.
     // SAFETY: single-threaded here, before the runtime starts.
     unsafe { std::env::remove_var("VIADUCT_RUNNER_TOKEN") };
+    let env = match viaduct_runner::environment::RunnerEnv::build(&args.env, &args.env_files, &args.inherit_env, |n| {
+        std::env::var(n).ok()
+    }) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("viaduct-runner: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let name = args.name.unwrap_or_else(viaduct_runner::hostname);
     let mut mounts: std::collections::HashMap<String, PathBuf> = args.plugin_mounts.into_iter().collect();
     mounts.entry("deploy".into()).or_insert_with(|| args.work_dir.join("deploy"));
@@ -204,6 +256,7 @@ fn main() -> ExitCode {
             max_memory_mb: mb(args.plugin_max_memory),
             mounts,
         },
+        env,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

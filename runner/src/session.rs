@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use viaduct_proto::v1::{
-    Heartbeat, Hello, JobRef, RunnerMessage, ServerMessage, Welcome, runner_message::Msg as Out,
+    Heartbeat, Hello, JobRef, RunnerMessage, ServerMessage, Toolchains, Welcome, runner_message::Msg as Out,
     server_message::Msg as In,
 };
 
@@ -63,6 +63,9 @@ pub struct Shared {
     pub ephemeral: bool,
     /// This process's random id, sent in every Hello (see `Hello.instance`).
     pub instance: String,
+    /// Toolchain labels found on this machine (see [`crate::toolchains`]):
+    /// sent in every Hello, and to the open session when they change.
+    pub toolchains: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Shared {
@@ -105,21 +108,27 @@ const WELCOME_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Runs one session until the stream ends.
 pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<(), SessionEnd> {
     let started = tokio::time::timeout(WELCOME_WITHIN, start(shared, server, id)).await;
-    let (tx, inbound, welcome) =
+    let (tx, inbound, welcome, toolchains) =
         started.map_err(|_| SessionEnd::Broken(format!("{server} did not answer within {WELCOME_WITHIN:?}")))??;
-    serve(shared, tx, inbound, welcome).await
+    serve(shared, tx, inbound, welcome, toolchains).await
 }
 
+/// What a session starts with: the stream both ways, the Welcome, and the
+/// toolchains as the Hello gave them (later changes go to the session).
+type Started = (
+    mpsc::UnboundedSender<RunnerMessage>,
+    tonic::Streaming<ServerMessage>,
+    Welcome,
+    tokio::sync::watch::Receiver<Vec<String>>,
+);
+
 /// Connects, says Hello and reads the Welcome.
-async fn start(
-    shared: &Arc<Shared>,
-    server: &str,
-    id: &Identity,
-) -> Result<(mpsc::UnboundedSender<RunnerMessage>, tonic::Streaming<ServerMessage>, Welcome), SessionEnd> {
+async fn start(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<Started, SessionEnd> {
     let client = viaduct_sdk::Client::connect_with(server, Some(id.token.clone()), &shared.transport)
         .await
         .map_err(|e| SessionEnd::Broken(e.to_string()))?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let mut toolchains = shared.toolchains.subscribe();
     let hello = Hello {
         version: env!("CARGO_PKG_VERSION").into(),
         hostname: crate::hostname(),
@@ -129,6 +138,7 @@ async fn start(
         active_jobs: shared.outbox.active(),
         protected: shared.protected,
         instance: shared.instance.clone(),
+        toolchains: toolchains.borrow_and_update().clone(),
     };
     let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
     let mut inbound = match client.agent().connect(UnboundedReceiverStream::new(rx)).await {
@@ -146,7 +156,7 @@ async fn start(
         Ok(None) => return Err(SessionEnd::Broken("the server closed the stream".into())),
         Err(s) => return Err(SessionEnd::Broken(viaduct_sdk::status_line(&s))),
     };
-    Ok((tx, inbound, welcome))
+    Ok((tx, inbound, welcome, toolchains))
 }
 
 /// The session after its Welcome, until the stream ends.
@@ -155,6 +165,7 @@ async fn serve(
     tx: mpsc::UnboundedSender<RunnerMessage>,
     mut inbound: tonic::Streaming<ServerMessage>,
     welcome: Welcome,
+    mut found: tokio::sync::watch::Receiver<Vec<String>>,
 ) -> Result<(), SessionEnd> {
     for r in &welcome.resume {
         let Some(job) = &r.job else { continue };
@@ -185,6 +196,17 @@ async fn serve(
             }
         })
     };
+    let toolchains = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while found.changed().await.is_ok() {
+                let names = found.borrow_and_update().clone();
+                if tx.send(RunnerMessage { msg: Some(Out::Toolchains(Toolchains { names })) }).is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let end = loop {
         match inbound.message().await {
             Ok(Some(m)) => {
@@ -198,6 +220,7 @@ async fn serve(
         }
     };
     heartbeat.abort();
+    toolchains.abort();
     shared.outbox.detach();
     Err(end)
 }

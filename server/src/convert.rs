@@ -61,6 +61,7 @@ pub fn job(key: JobKey, j: &JobRecord) -> v1::Job {
         message: j.message.clone(),
         image: j.image.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
         previous_attempts: j.previous_attempts.iter().map(attempt).collect(),
+        waiting: String::new(),
     }
 }
 
@@ -136,6 +137,7 @@ pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runne
         allowed_executors: r.allowed_executors.clone(),
         ephemeral: r.ephemeral,
         bound_job: r.bound_job.clone(),
+        toolchains: r.toolchains.clone(),
     }
 }
 

@@ -138,10 +138,11 @@ pub struct Config {
     pub schedule_catch_up: std::time::Duration,
     /// Blob store limits and retention.
     pub depot: depot::DepotConfig,
-    /// Plugins to publish at start (`NAME.wasm` + `NAME.toml`): the
-    /// first-party plugins shipped with the server.
+    /// Plugins to publish at start (`NAME.wasm` + `NAME.toml`) instead of
+    /// the first-party plugins this build embeds.
     pub plugins_dir: Option<PathBuf>,
-    /// The web UI bundle to serve at `/` (`cargo xtask ui` builds it).
+    /// The web UI bundle to serve at `/` (`cargo xtask ui` builds it)
+    /// instead of the one this build embeds.
     pub ui_dir: Option<PathBuf>,
     /// TLS on the port (`None`: plaintext).
     pub tls: Option<tls::TlsFiles>,
@@ -208,16 +209,7 @@ pub(crate) async fn serve_engine(
     let blobs = blobs::BlobStore::open(&cfg.blobs, &cfg.data_dir).await.context("cannot open the blob store")?;
     tracing::info!(blobs = %blobs.describe(), "blob store");
     let depot = depot::Depot::new(blobs, &store, cfg.depot, link_key);
-    if let Some(dir) = &cfg.plugins_dir {
-        let published = depot
-            .plugins
-            .publish_dir(dir)
-            .await
-            .with_context(|| format!("cannot publish the plugins in {}", dir.display()))?;
-        let names: Vec<String> =
-            published.iter().filter_map(|p| p.manifest.as_ref().map(|m| format!("{}@{}", m.name, m.version))).collect();
-        tracing::info!(plugins = %names.join(" "), "first-party plugins published");
-    }
+    depot.plugins.publish_first_party(cfg.plugins_dir.as_deref()).await?;
     depot.spawn_retention();
     // A replica's local blobs are its own: a successor could not read logs
     // packed there, so with replicas they stay in the database unless the
@@ -272,12 +264,12 @@ pub(crate) async fn serve_engine(
             }
         });
     }
-    let ui_dir: Option<Arc<std::path::Path>> = cfg.ui_dir.as_deref().map(Arc::from);
-    if let Some(dir) = &ui_dir {
-        ui::check_dir(dir)?;
-        app = app.merge(ui::assets(dir));
+    // The web UI: --ui-dir, else the bundle this build embeds.
+    let ui = ui::load(cfg.ui_dir.as_deref())?;
+    if let Some(ui) = &ui {
+        app = app.merge(ui.assets());
     }
-    let mut app = app.fallback(move |req: axum::extract::Request| api::fallback(ui_dir.clone(), req));
+    let mut app = app.fallback(move |req: axum::extract::Request| api::fallback(ui.clone(), req));
     if cfg.replica.is_some() {
         // Followers name their clients: the limits and the audit log see
         // them, not the follower.

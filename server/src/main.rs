@@ -91,12 +91,14 @@ struct Args {
     #[arg(long, default_value = "1h", value_parser = viaduct_pipeline::duration::parse_duration)]
     schedule_catch_up: Duration,
     /// Publish the plugins in this directory at start (`NAME.wasm` with its
-    /// `NAME.toml` manifest): the first-party plugins shipped with the
-    /// server (`cargo xtask plugins` builds them into target/plugins).
+    /// `NAME.toml` manifest) instead of the first-party plugins a release
+    /// build embeds: for development (`cargo xtask plugins` builds them
+    /// into target/plugins).
     #[arg(long, env = "VIADUCT_PLUGINS_DIR")]
     plugins_dir: Option<PathBuf>,
-    /// Serve the web UI bundle in this directory at `/` (`cargo xtask ui`
-    /// builds it into target/ui).
+    /// Serve the web UI bundle in this directory at `/` instead of the one
+    /// a release build embeds: for development (`cargo xtask ui` builds it
+    /// into target/ui; read at start).
     #[arg(long, env = "VIADUCT_UI_DIR")]
     ui_dir: Option<PathBuf>,
     /// Build caches may use this much disk before the least recently used

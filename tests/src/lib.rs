@@ -380,6 +380,8 @@ pub struct Runner {
     child: Option<Child>,
     dir: TempDir,
     args: Vec<String>,
+    /// Its process's environment: the test's, these set over it.
+    env: Vec<(String, String)>,
 }
 
 impl Runner {
@@ -387,6 +389,12 @@ impl Runner {
     /// and extra arguments (registering with the server's registration
     /// token unless they name another `--token-file`).
     pub fn start(server: &Server, labels: &str, slots: u32, extra: &[&str]) -> Self {
+        Self::start_env(server, labels, slots, extra, &[])
+    }
+
+    /// [`Runner::start`] with variables set in the runner process's own
+    /// environment (what `--inherit-env` reads).
+    pub fn start_env(server: &Server, labels: &str, slots: u32, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = vec!["--server".into(), server.url()];
         if !extra.contains(&"--token-file") {
@@ -397,7 +405,8 @@ impl Runner {
             args.extend(["--ca-cert".to_string(), path(ca)]);
         }
         args.extend(extra.iter().map(ToString::to_string));
-        let mut r = Self { child: None, dir, args };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut r = Self { child: None, dir, args, env };
         r.spawn();
         r
     }
@@ -420,7 +429,7 @@ impl Runner {
         args.extend(Self::shape(labels, slots));
         args.extend(extra.iter().map(ToString::to_string));
         args.push("--no-containers".into());
-        let mut r = Self { child: None, dir, args };
+        let mut r = Self { child: None, dir, args, env: Vec::new() };
         r.spawn();
         r
     }
@@ -432,6 +441,7 @@ impl Runner {
             .arg("--work-dir")
             .arg(self.work_dir())
             .env("VIADUCT_LOG", "info,viaduct_runner=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -155,20 +155,22 @@ async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refu
     let server = Server::start();
     let Some(_runner) = container_runner(&server, 1, &["--no-host-jobs"]) else { return };
     let client = server.client().await;
-    let id = submit(
-        &client,
-        "jobs:\n  j:\n    image: { name: \"viaduct-test/absent:1\", pull: never }\n    steps:\n      - run: true\n",
-    )
-    .await;
+    let yaml =
+        "jobs:\n  j:\n    image: { name: \"viaduct-test/absent:1\", pull: never }\n    steps:\n      - run: true\n";
+    let absent = "image `viaduct-test/absent:1` is not present on this runner, and `pull: never` forbids pulling it";
+    // Where the user looks: `submit --follow` says why the step did not run
+    // and why the job failed.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yml"), yaml).unwrap();
+    let out = output(server.cli().args(["submit", "--follow"]).arg(dir.path().join("p.yml")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("j › true: skipped — not run: could not prepare the job: {absent}")), "{err}");
+    assert!(err.contains(&format!("── j: failure: could not prepare the job: {absent}")), "{err}");
+    let id = submit(&client, yaml).await;
     let run = finished(&client, &id).await;
     assert_eq!(word(run.jobs[0].status), "failure");
-    assert!(
-        run.jobs[0].message.contains(
-            "image `viaduct-test/absent:1` is not present on this runner, and `pull: never` forbids pulling it"
-        ),
-        "{}",
-        run.jobs[0].message
-    );
+    assert!(run.jobs[0].message.contains(absent), "{}", run.jobs[0].message);
     // A host job waits for a runner that runs host jobs.
     let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
     let runners = client.runners().list(v1::ListRunnersRequest {}).await.unwrap().into_inner().runners;
@@ -179,6 +181,7 @@ async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refu
     );
     let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(word(run.jobs[0].status), "queued");
+    assert!(run.jobs[0].waiting.contains("(lacks the host executor)"), "{}", run.jobs[0].waiting);
     let _host = server.runner("linux", 1);
     assert_eq!(word(finished(&client, &id).await.status), "success");
 }

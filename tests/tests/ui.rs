@@ -285,6 +285,7 @@ async fn every_page_renders_with_live_data() {
     )
     .await;
     let bad = submit(&client, "name: release\njobs:\n  j:\n    steps:\n      - run: echo failing; exit 3\n").await;
+    let stuck = submit(&client, "jobs:\n  j:\n    runs_on: [nowhere]\n    steps:\n      - run: true\n").await;
     finished(&client, &ok).await;
     finished(&client, &bad).await;
     Browser::run(|c| async move {
@@ -318,6 +319,18 @@ async fn every_page_renders_with_live_data() {
         assert!(summary.text().await.expect("text").to_lowercase().contains("rust"), "{html}");
         screenshot(&c, "run-job-summary").await;
 
+        // A job no runner can take says why on its run page.
+        c.goto(&format!("{}/runs/{stuck}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        wait_for(&c, &format!("[data-job-id=\"{stuck}.1\"][data-status=\"queued\"]")).await.click().await.expect("open");
+        wait_for_js(
+            &c,
+            "why the job waits",
+            "(document.querySelector('.job-waiting') || {}).innerText?.includes('lacks `nowhere`') || null",
+        )
+        .await;
+        screenshot(&c, "run-waiting").await;
+
         for (path, page) in [
             ("/runners".to_string(), "runners"),
             ("/pipelines".to_string(), "pipelines"),
@@ -330,6 +343,7 @@ async fn every_page_renders_with_live_data() {
             wait_for_page(&c, page).await;
             if page == "runners" {
                 wait_for_js(&c, "the runner's labels", "document.body.innerText.includes('gpu')").await;
+                wait_for(&c, ".chip.toolchain").await;
             }
             if page == "log" {
                 wait_for_js(&c, "the failed step's output", "document.body.innerText.includes('failing')").await;

@@ -8,7 +8,7 @@
 //! Pages therefore open the watch first, then load the snapshot, then apply
 //! every event received since the watch opened.
 
-use viaduct_proto::v1::{Job, Run, RunEvent, Step, run_event::Change};
+use viaduct_proto::v1::{Job, Run, RunEvent, Status, Step, run_event::Change};
 
 use crate::{run_filter::RunFilter, status, time_format};
 
@@ -37,12 +37,33 @@ pub fn merge_job(run: &mut Run, job: &Job) {
     match run.jobs.iter_mut().find(|j| j.id == job.id) {
         Some(existing) => {
             let steps = std::mem::take(&mut existing.steps);
+            let waiting = std::mem::take(&mut existing.waiting);
             *existing = job.clone();
             if existing.steps.is_empty() {
                 existing.steps = steps;
             }
+            // Events never carry it: kept while the job stays queued.
+            if existing.status() == Status::Queued && existing.waiting.is_empty() {
+                existing.waiting = waiting;
+            }
         }
         None => run.jobs.push(job.clone()),
+    }
+}
+
+/// Whether a job of `run` is queued (so why it waits is worth asking).
+pub fn has_queued(run: &Run) -> bool {
+    run.jobs.iter().any(|j| j.status() == Status::Queued)
+}
+
+/// Takes why each job waits (`Job.waiting`) from a fresher snapshot of the
+/// same run, for the jobs queued in both; nothing else of it (the events
+/// may be newer than the snapshot).
+pub fn merge_waiting(run: &mut Run, fresh: &Run) {
+    for job in run.jobs.iter_mut().filter(|j| j.status() == Status::Queued) {
+        if let Some(f) = fresh.jobs.iter().find(|f| f.id == job.id && f.status() == Status::Queued) {
+            job.waiting.clone_from(&f.waiting);
+        }
     }
 }
 
@@ -199,6 +220,24 @@ mod tests {
     use viaduct_proto::v1::{Approval, RunSource, Status, Trust};
 
     use super::*;
+
+    #[test]
+    fn waiting_notes_outlive_events_while_queued() {
+        let mut r = run("7", Status::Running);
+        r.jobs = vec![job("7.1", Status::Queued), job("7.2", Status::Running)];
+        assert!(has_queued(&r));
+        let mut fresh = r.clone();
+        fresh.jobs[0].waiting = "no runner is connected".into();
+        fresh.jobs[1].waiting = "ignored".into();
+        merge_waiting(&mut r, &fresh);
+        assert_eq!(r.jobs[0].waiting, "no runner is connected");
+        assert_eq!(r.jobs[1].waiting, "", "only queued jobs wait");
+        merge_job(&mut r, &job("7.1", Status::Queued));
+        assert_eq!(r.jobs[0].waiting, "no runner is connected", "an event of a job still queued keeps it");
+        merge_job(&mut r, &job("7.1", Status::Running));
+        assert_eq!(r.jobs[0].waiting, "", "a job that left the queue waits no more");
+        assert!(!has_queued(&r));
+    }
 
     #[test]
     fn approval_and_trust_notices() {

@@ -9,9 +9,12 @@
 //! - `cargo xtask bench` — build in release mode and print the benchmarks;
 //! - `cargo xtask plugins` — build the WASI step plugins into
 //!   `target/plugins/` (first-party) and `target/plugins-test/` (test-only);
-//! - `cargo xtask ui` — build the web UI bundle into `target/ui/`.
+//! - `cargo xtask ui` — build the web UI bundle into `target/ui/`;
+//! - `cargo xtask dist` — the release archive, systemd units and OCI image
+//!   into `target/dist/`.
 
 mod bench;
+mod dist;
 mod plugins;
 mod setup;
 mod system;
@@ -80,6 +83,14 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Build a release into target/dist/: an archive of the binaries (the
+    /// server embedding the UI and the first-party plugins) with systemd
+    /// units, SHA256SUMS, and an OCI image built with Podman.
+    Dist {
+        /// Skip the OCI image.
+        #[arg(long)]
+        no_image: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Bench { filter, bin_dir } => bench::run(filter.as_deref(), bin_dir),
         Cmd::Plugins { force } => plugins::build(force).map(|_| ()),
         Cmd::Ui => ui::build().map(|_| ()),
+        Cmd::Dist { no_image } => dist::dist(!no_image),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,10 +143,12 @@ pub fn cargo() -> Command {
 fn test(extra: &[String]) -> Result<()> {
     let tools = setup::all()?;
     let started = std::time::Instant::now();
-    // One build of every binary and plugin, shared by all end-to-end tests.
-    run(cargo().args(["build", "--bins"]))?;
+    // One build of every binary and plugin, shared by all end-to-end tests:
+    // plugins and UI first, so the binaries embed them (as a release does).
     plugins::build(false)?;
     let ui = ui::build()?;
+    let embed = dist::embed_env(&ui);
+    run(cargo().args(["build", "--bins"]).envs(embed.clone()))?;
     // A private registry for the pull tests, known to Podman as insecure.
     let registry = setup::Registry::start()?;
     let service = setup::PodmanService::start(&tools.podman, Some(&registry.registries_conf))?;
@@ -145,7 +159,8 @@ fn test(extra: &[String]) -> Result<()> {
     // An S3-protocol server for the object-storage blob store.
     let s3 = setup::S3Server::start()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra);
+    // The same embedding: `cargo test` must not rebuild the binaries without.
+    cmd.args(["test", "--workspace", "--no-fail-fast"]).args(extra).envs(embed);
     for (k, v) in tools.env() {
         cmd.env(k, v);
     }

@@ -41,9 +41,11 @@ pub fn up(listen: &str, fresh: bool, slots: u32) -> Result<()> {
         // A runner identity is only valid for the database that issued it.
         let _ = std::fs::remove_file(work.join("runner.json"));
     }
-    run(cargo().args(["build", "--bins"]))?;
     crate::plugins::build(false)?;
     let ui = crate::ui::build()?;
+    // Embedding them too (as `cargo xtask test` does: no rebuild between the
+    // two); this server is still given both directories, read at start.
+    run(cargo().args(["build", "--bins"]).envs(crate::dist::embed_env(&ui)))?;
     let bin = target_dir().join("debug");
     // A container engine for jobs with an image, when Podman can be set up.
     let podman = match crate::setup::podman().and_then(|conf| crate::setup::PodmanService::start(&conf, None)) {

@@ -148,6 +148,7 @@ fn services(reports: Arc<Recorder>) -> Services {
         files: Arc::new(Files::new(client)),
         plugins: None,
         runner_name: "test".into(),
+        env: Arc::default(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Plugin components: fetched from the server by digest on first use,
-//! compiled once, cached on disk and in memory.
+//! Plugin components: fetched by digest on first use (from the server, or
+//! for a local run from the components it was given — see
+//! [`ComponentSource`]), compiled once, cached on disk and in memory.
 //!
 //! On disk, under `WORK_DIR/plugins/`: `<hex>.wasm` (verified against its
 //! digest as it is downloaded) and `<hex>-<engine>.cwasm`, the compiled
@@ -33,8 +34,17 @@ pub struct Components {
     linker: Linker<StepState>,
     dir: PathBuf,
     fingerprint: String,
-    client: viaduct_sdk::Client,
+    source: ComponentSource,
     loaded: Mutex<HashMap<String, Arc<OnceCell<StepPre<StepState>>>>>,
+}
+
+/// Where components come from, by digest.
+pub enum ComponentSource {
+    /// The server (`Plugins.Fetch`), for a connected runner.
+    Server(viaduct_sdk::Client),
+    /// Components held in memory (`viaduct-runner exec`: the embedded set
+    /// or `--plugins-dir`), by digest.
+    Local(HashMap<String, Arc<[u8]>>),
 }
 
 /// How a component was obtained (for logs and benchmarks).
@@ -58,12 +68,12 @@ fn hex_of(digest: &str) -> Result<&str, String> {
 }
 
 impl Components {
-    /// The cache in `dir`, fetching through `client`.
-    pub fn new(engine: Engine, linker: Linker<StepState>, dir: PathBuf, client: viaduct_sdk::Client) -> Self {
+    /// The cache in `dir`, fetching from `source`.
+    pub fn new(engine: Engine, linker: Linker<StepState>, dir: PathBuf, source: ComponentSource) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let fingerprint = format!("{:016x}", h.finish());
-        Self { engine, linker, dir, fingerprint, client, loaded: Mutex::default() }
+        Self { engine, linker, dir, fingerprint, source, loaded: Mutex::default() }
     }
 
     /// The linked component `digest`, and where it came from.
@@ -124,28 +134,36 @@ impl Components {
         Ok((component, Source::Compiled))
     }
 
-    /// Downloads `digest` into `dest`, checking the bytes against it.
+    /// Gets `digest` into `dest`, checking the bytes against it.
     async fn fetch(&self, digest: &str, hex: &str, dest: &Path) -> Result<(), String> {
-        let mut stream = self
-            .client
-            .plugins()
-            .fetch(FetchPluginRequest { digest: digest.to_string() })
-            .await
-            .map_err(|s| format!("cannot fetch plugin {digest}: {}", viaduct_sdk::status_line(&s)))?
-            .into_inner();
-        let mut hasher = blake3::Hasher::new();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|s| format!("fetching plugin {digest} failed: {}", viaduct_sdk::status_line(&s)))?;
-            hasher.update(&chunk.data);
-            bytes.extend_from_slice(&chunk.data);
-        }
-        if hasher.finalize().to_hex().as_str() != hex {
-            return Err(format!("plugin {digest}: the server sent bytes with a different digest"));
+        let bytes = match &self.source {
+            ComponentSource::Server(client) => download(client, digest).await?,
+            ComponentSource::Local(components) => components
+                .get(digest)
+                .ok_or_else(|| format!("plugin {digest} is not among the local plugins"))?
+                .to_vec(),
+        };
+        if blake3::hash(&bytes).to_hex().as_str() != hex {
+            return Err(format!("plugin {digest}: its bytes have a different digest"));
         }
         write_atomically(dest, &bytes).map_err(|e| format!("cannot store plugin {digest}: {e}"))
     }
+}
+
+/// Downloads `digest` from the server.
+async fn download(client: &viaduct_sdk::Client, digest: &str) -> Result<Vec<u8>, String> {
+    let mut stream = client
+        .plugins()
+        .fetch(FetchPluginRequest { digest: digest.to_string() })
+        .await
+        .map_err(|s| format!("cannot fetch plugin {digest}: {}", viaduct_sdk::status_line(&s)))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|s| format!("fetching plugin {digest} failed: {}", viaduct_sdk::status_line(&s)))?;
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.

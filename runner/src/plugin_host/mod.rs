@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use viaduct_proto::v1::{JobRef, PluginManifest, Status};
 use wasmtime::{Config, Engine, Store, component::Linker};
 
-pub use self::components::Source;
+pub use self::components::{ComponentSource, Source};
 use self::{
     bindings::{
         Step,
@@ -161,6 +161,16 @@ impl PluginHost {
         files: Arc<Files>,
         config: PluginConfig,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::with_source(dir, ComponentSource::Server(client), files, config)
+    }
+
+    /// A host caching components in `dir`, taking them from `source`.
+    pub fn with_source(
+        dir: PathBuf,
+        source: ComponentSource,
+        files: Arc<Files>,
+        config: PluginConfig,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut cfg = Config::new();
         cfg.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?;
@@ -175,7 +185,7 @@ impl PluginHost {
                 ticker.increment_epoch();
             }
         })?;
-        let components = Components::new(engine.clone(), linker, dir, client);
+        let components = Components::new(engine.clone(), linker, dir, source);
         Ok(Arc::new(Self { engine, components, files, config }))
     }
 

@@ -14,6 +14,9 @@
 //! bearer token to every call. The generated service clients are reachable
 //! with [`Client::runs`], [`Client::logs`], … and used as tonic clients.
 
+#[cfg(feature = "planned")]
+pub mod planned;
+
 use std::{str::FromStr, time::Duration};
 
 use tokio_stream::StreamExt;

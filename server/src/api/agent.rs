@@ -217,6 +217,7 @@ impl RunnerAgent for AgentApi {
                 .collect::<Result<_, Error>>()?,
             protected: h.protected,
             instance: h.instance,
+            toolchains: h.toolchains,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = self.engine.runner_connected(&runner, hello, tx.clone())?;
@@ -296,6 +297,7 @@ fn apply(
             Some(In::Step(u)) => updates.push(Update::Step(u)),
             Some(In::Job(u)) => updates.push(Update::Job(u)),
             Some(In::Hello(_)) => tracing::warn!("Hello may only be sent first; ignored"),
+            Some(In::Toolchains(t)) => engine.runner_toolchains(runner, conn, &t.names)?,
             None => {}
         }
     }

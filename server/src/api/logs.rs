@@ -209,6 +209,7 @@ fn boundary(s: &StepView, finished: bool) -> StepBoundary {
         exit_code: if finished { s.exit_code } else { None },
         finished,
         attempt: s.key.attempt,
+        message: if finished { s.message.clone() } else { String::new() },
     }
 }
 

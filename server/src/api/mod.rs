@@ -114,7 +114,7 @@ pub async fn grpc_router(
 
 /// Unknown paths: gRPC clients get UNIMPLEMENTED, a browser's page request
 /// the web UI (when `ui` has one), everything else a 404.
-pub async fn fallback(ui: Option<Arc<std::path::Path>>, req: Request<Body>) -> Response {
+pub async fn fallback(ui: Option<Arc<crate::ui::Ui>>, req: Request<Body>) -> Response {
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -124,11 +124,9 @@ pub async fn fallback(ui: Option<Arc<std::path::Path>>, req: Request<Body>) -> R
         tonic::Status::unimplemented(format!("no such method: {}", req.uri().path()))
             .into_http::<Body>()
             .into_response()
-    } else if let Some(dir) = ui {
-        // Only the head: a body is not `Sync`, so a reference to the whole
-        // request must not be held across an await.
+    } else if let Some(ui) = ui {
         let (parts, _) = req.into_parts();
-        match crate::ui::page(&dir, &parts).await {
+        match ui.page(&parts) {
             Some(page) => page,
             None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
         }

@@ -171,16 +171,17 @@ impl Runs for RunsApi {
     }
 
     async fn cancel(&self, req: Request<CancelRunRequest>) -> Result<Response<Run>, Status> {
-        let (id, _) = self.allowed(&req, &req.get_ref().id)?;
+        let (id, access) = self.allowed(&req, &req.get_ref().id)?;
         let r = req.into_inner();
+        let why = format!("cancelled by {}", access.actor);
         if r.job_id.is_empty() {
-            self.engine.cancel_run(id).await?;
+            self.engine.cancel_run(id, &why).await?;
         } else {
             let job = JobKey::parse(&r.job_id)?;
             if job.run != id {
                 return Err(Error::invalid(format!("job {} is not a job of run {id}", r.job_id)).into());
             }
-            self.engine.cancel_job(job).await?;
+            self.engine.cancel_job(job, &why).await?;
         }
         Ok(Response::new(self.engine.get_run(id)?))
     }

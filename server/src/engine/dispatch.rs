@@ -19,9 +19,12 @@
 use std::collections::HashMap;
 
 use tokio::sync::mpsc::UnboundedSender;
-use viaduct_proto::v1::{Drain, Executor, JobAssignment, JobRef, ServerMessage, Status, server_message::Msg};
+use viaduct_proto::{
+    ExecutorWord as _,
+    v1::{Drain, Executor, JobAssignment, JobRef, ServerMessage, Status, server_message::Msg},
+};
 
-use super::{Lease, queue::QueuedJob, tx::Tx};
+use super::{Conn, Lease, queue::QueuedJob, tx::Tx};
 use crate::{
     error::{Error, Result},
     store::{T, keys::JobKey, records::RunnerRecord},
@@ -86,11 +89,7 @@ impl Tx<'_> {
                 .iter()
                 .filter(|(id, c)| {
                     free.get(id.as_str()).is_some_and(|f| *f > 0)
-                        && c.executors.contains(&q.executor)
-                        && (!q.plugins || c.executors.contains(&Executor::Wasi))
-                        && !(q.untrusted && c.protected)
-                        && q.runs_on.iter().all(|l| c.labels.contains(l))
-                        && c.bound_job.is_none_or(|j| j == q.job)
+                        && fits(q, c)
                         && reserved.get(&q.job).is_none_or(|r| *r == id.as_str())
                 })
                 .max_by_key(|(id, _)| free.get(id.as_str()).copied().unwrap_or(0))
@@ -293,4 +292,74 @@ impl Tx<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether runner `c` could take `q` were it free: labels (and
+/// toolchains), executors, trust, binding. [`missing`] says what it lacks.
+fn fits(q: &QueuedJob, c: &Conn) -> bool {
+    c.executors.contains(&q.executor)
+        && (!q.plugins || c.executors.contains(&Executor::Wasi))
+        && !(q.untrusted && c.protected)
+        && q.runs_on.iter().all(|l| c.labels.contains(l))
+        && c.bound_job.is_none_or(|j| j == q.job)
+}
+
+/// What runner `c` lacks to take `q`, in words (empty: it [`fits`]).
+fn missing(q: &QueuedJob, c: &Conn) -> Vec<String> {
+    let mut out: Vec<String> = q.runs_on.iter().filter(|l| !c.labels.contains(*l)).map(|l| format!("`{l}`")).collect();
+    if !c.executors.contains(&q.executor) {
+        out.push(format!("the {} executor", q.executor.word()));
+    }
+    if q.plugins && !c.executors.contains(&Executor::Wasi) {
+        out.push("plugin steps".into());
+    }
+    if q.untrusted && c.protected {
+        out.push("untrusted runs (it is protected)".into());
+    }
+    if let Some(j) = c.bound_job.filter(|j| *j != q.job) {
+        out.push(format!("any job but {j} (started for it)"));
+    }
+    out
+}
+
+/// Why queued job `q` is still waiting, as the engine sees it at `now_ms`:
+/// its retry backoff, no runner at all, runners that fit but are busy, or
+/// — when none fits — the closest ones and what each lacks. One line, for
+/// `Job.waiting`.
+pub(crate) fn waiting(st: &super::State, q: &QueuedJob, now_ms: i64) -> String {
+    if q.not_before_ms > now_ms {
+        return format!("retrying in {} s (backoff after a failed attempt)", (q.not_before_ms - now_ms + 999) / 1000);
+    }
+    if let Some((id, _)) = st.runners.iter().find(|(_, c)| c.bound_job == Some(q.job) && !c.draining) {
+        return format!("waiting for runner {id}, started for it");
+    }
+    if st.runners.is_empty() {
+        return "no runner is connected".into();
+    }
+    let (mut fit, mut free) = (0, 0);
+    let mut near: Vec<(&str, Vec<String>)> = Vec::new();
+    for (id, c) in &st.runners {
+        if !fits(q, c) {
+            near.push((id, missing(q, c)));
+        } else if !c.draining {
+            fit += 1;
+            if c.slots > st.leases.busy(id) {
+                free += 1;
+            }
+        }
+    }
+    if fit > 0 {
+        return if free == 0 {
+            format!("waiting for a free slot: {fit} connected runner(s) fit, all busy")
+        } else {
+            format!("waiting behind other jobs or a limit on running jobs ({free} fitting runner(s) have a free slot)")
+        };
+    }
+    if near.is_empty() {
+        return "no connected runner fits: those that would are draining".into();
+    }
+    near.sort_by(|a, b| a.1.len().cmp(&b.1.len()).then(a.0.cmp(b.0)));
+    let closest: Vec<String> = near.iter().take(3).map(|(id, m)| format!("{id} (lacks {})", m.join(", "))).collect();
+    let asks = if q.runs_on.is_empty() { String::new() } else { format!(" with runs_on [{}]", q.runs_on.join(", ")) };
+    format!("no connected runner can take this {} job{asks}; closest: {}", q.executor.word(), closest.join("; "))
 }

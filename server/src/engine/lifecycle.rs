@@ -115,7 +115,7 @@ impl Tx<'_> {
         self.set_lease(key, None);
         let attempt = self.job(key)?.attempt;
         let step_status = if status == Status::Skipped { Status::Skipped } else { status };
-        self.close_steps(key, attempt, step_status)?;
+        self.close_steps(key, attempt, step_status, message)?;
         let now = self.sh.now_ms();
         let job = self.job(key)?;
         job.status = status as i32;
@@ -208,7 +208,7 @@ impl Tx<'_> {
         self.set_lease(key, None);
         let old = self.job(key)?.attempt;
         let closing = if status == Status::RunnerLost { Status::RunnerLost } else { Status::Cancelled };
-        self.close_steps(key, old, closing)?;
+        self.close_steps(key, old, closing, message)?;
         let now = self.sh.now_ms();
         let job = self.job(key)?;
         job.previous_attempts.push(AttemptRecord {
@@ -290,9 +290,10 @@ impl Tx<'_> {
     }
 
     /// Sets every unfinished step of `attempt` to a final state: running
-    /// steps get `running_to`, steps that never started are skipped.
+    /// steps get `running_to`, steps that never started are skipped —
+    /// each with `why` the job ended as its message when it has none.
     /// The attempt's logs are final: they wait to be packed.
-    fn close_steps(&mut self, key: JobKey, attempt: u32, running_to: Status) -> Result<()> {
+    fn close_steps(&mut self, key: JobKey, attempt: u32, running_to: Status, why: &str) -> Result<()> {
         self.writes().put_raw(T::Unpacked, StepKey::attempt_prefix(key, attempt), Vec::new());
         let n = self.job(key)?.steps.len();
         let now = self.sh.now_ms();
@@ -308,6 +309,13 @@ impl Tx<'_> {
                 step.finished_ms = now;
             } else {
                 step.status = Status::Skipped as i32;
+            }
+            if step.message.is_empty() && !why.is_empty() {
+                step.message = if step.status() == Status::Skipped {
+                    format!("not run: {}", why.strip_prefix("skipped: ").unwrap_or(why))
+                } else {
+                    why.to_string()
+                };
             }
             step.log_size = size;
             self.store().logs.forget(sk);

@@ -73,6 +73,11 @@ impl Queue {
         self.jobs.insert(q.job, (rank, q));
     }
 
+    /// A queued job.
+    pub fn get(&self, job: JobKey) -> Option<&QueuedJob> {
+        self.jobs.get(&job).map(|(_, q)| q)
+    }
+
     /// Queued jobs in dispatch order.
     pub fn iter(&self) -> impl Iterator<Item = &QueuedJob> {
         self.order.values().filter_map(|k| self.jobs.get(k).map(|(_, q)| q))

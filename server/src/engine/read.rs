@@ -98,20 +98,35 @@ pub struct StepView {
     pub status: Status,
     /// Exit code once finished.
     pub exit_code: Option<i32>,
+    /// Why it ended as it did (see `Step.message`).
+    pub message: String,
     /// Bytes of log stored now.
     pub size: u64,
 }
 
+/// Most queued jobs of one run [`Engine::get_run`] says why they wait.
+const MAX_EXPLAINED: usize = 100;
+
 impl Engine {
-    /// A run with its jobs and their current attempt's steps.
+    /// A run with its jobs and their current attempt's steps; a queued
+    /// job says why it waits (`Job.waiting`).
     pub fn get_run(&self, id: RunId) -> Result<v1::Run> {
         let rec: RunRecord =
             self.store().get(T::Runs, id.key())?.ok_or_else(|| Error::not_found(format!("run {id} not found")))?;
         let mut run = convert::run(id, &rec);
+        let mut explained = 0;
         for i in 1..=rec.job_count {
             let key = JobKey::new(id, i);
             let job = self.job_record(key)?;
             let mut j = convert::job(key, &job);
+            // Bounded: a run of thousands of queued jobs explains the first.
+            if job.status() == Status::Queued && explained < MAX_EXPLAINED {
+                explained += 1;
+                let st = self.lock();
+                if let Some(q) = st.queue.get(key) {
+                    j.waiting = super::dispatch::waiting(&st, q, self.sh.now_ms());
+                }
+            }
             for (s, step) in self.steps_of(key, job.attempt, job.steps.len())? {
                 let size = self.live_size(s, &step)?;
                 j.steps.push(convert::step(s, &step, size));
@@ -246,6 +261,7 @@ impl Engine {
                         name: step.name.clone(),
                         status: step.status(),
                         exit_code: step.exit_code,
+                        message: step.message.clone(),
                         size: self.live_size(sk, &step)?,
                     });
                 }

@@ -227,18 +227,20 @@ impl Engine {
         Ok(n)
     }
 
-    /// Cancels a run's unfinished jobs. A finished run is left as it is.
-    pub async fn cancel_run(&self, id: RunId) -> Result<()> {
-        let ((), ticket) = self.transition(|t| t.cancel_run(id, "cancelled through the API"))?;
+    /// Cancels a run's unfinished jobs, saying `why` (e.g. "cancelled by
+    /// alice"). A finished run is left as it is.
+    pub async fn cancel_run(&self, id: RunId, why: &str) -> Result<()> {
+        let ((), ticket) = self.transition(|t| t.cancel_run(id, why))?;
         self.store().wait_durable(ticket).await;
         Ok(())
     }
 
-    /// Cancels one job of a run (a finished job is left as it is).
-    pub async fn cancel_job(&self, key: JobKey) -> Result<()> {
+    /// Cancels one job of a run, saying `why` (a finished job is left as
+    /// it is).
+    pub async fn cancel_job(&self, key: JobKey, why: &str) -> Result<()> {
         let ((), ticket) = self.transition(|t| {
             t.job(key)?;
-            t.cancel_job(key, "cancelled through the API")?;
+            t.cancel_job(key, why)?;
             t.rollup(key.run)
         })?;
         self.store().wait_durable(ticket).await;

@@ -58,6 +58,8 @@ pub struct RunnerHello {
     pub protected: bool,
     /// Its process's random id (see `Hello.instance`).
     pub instance: String,
+    /// Toolchain labels it found (see `Hello.toolchains`).
+    pub toolchains: Vec<String>,
 }
 
 impl Engine {
@@ -77,6 +79,7 @@ impl Engine {
                 .ok_or_else(|| Error::Unauthenticated(format!("runner {runner_id} was removed; register again")))?;
             let now = self.sh.now_ms();
             pin(&mut rec, runner_id, &hello);
+            rec.toolchains = toolchain_labels(runner_id, &hello.toolchains);
             rec.hostname.clone_from(&hello.hostname);
             rec.version.clone_from(&hello.version);
             rec.protected |= hello.protected;
@@ -151,7 +154,7 @@ impl Engine {
                 runner_id,
                 Some(Conn {
                     conn_id,
-                    labels: rec.labels.iter().cloned().collect(),
+                    labels: offered_labels(&rec),
                     slots: rec.slots,
                     executors: rec.executors().collect(),
                     draining: rec.draining,
@@ -257,6 +260,34 @@ impl Engine {
         Ok(stale)
     }
 
+    /// A connected runner's toolchains changed (it probed them again):
+    /// recorded, matched from now on, and dispatch tried.
+    pub fn runner_toolchains(&self, runner_id: &str, conn_id: u64, names: &[String]) -> Result<()> {
+        let ((), _) = self.transition(|t| {
+            if t.st.runners.get(runner_id).is_none_or(|c| c.conn_id != conn_id) {
+                return Err(Error::Unauthenticated(format!(
+                    "runner {runner_id}: this connection is no longer current"
+                )));
+            }
+            let mut rec: RunnerRecord = t
+                .store()
+                .get(T::Runners, runner_id.as_bytes())?
+                .ok_or_else(|| Error::Unauthenticated(format!("runner {runner_id} was removed; register again")))?;
+            let found = toolchain_labels(runner_id, names);
+            if found == rec.toolchains {
+                return Ok(());
+            }
+            rec.toolchains = found;
+            t.writes().put(T::Runners, runner_id.as_bytes(), &rec);
+            if let Some(c) = t.conn_mut(runner_id) {
+                c.labels = offered_labels(&rec);
+            }
+            tracing::info!(runner = runner_id, toolchains = ?rec.toolchains, "runner toolchains changed");
+            t.dispatch()
+        })?;
+        Ok(())
+    }
+
     /// Every registered runner, connected or not.
     pub fn list_runners(&self) -> Result<Vec<v1::Runner>> {
         let st = self.lock();
@@ -335,7 +366,7 @@ impl Engine {
             }
             t.writes().put(T::Runners, id.as_bytes(), &rec);
             if let Some(c) = t.conn_mut(id) {
-                c.labels = rec.labels.iter().cloned().collect();
+                c.labels = offered_labels(&rec);
                 c.slots = rec.slots;
                 c.executors = rec.executors().collect();
                 c.protected = rec.protected;
@@ -460,6 +491,25 @@ pub(super) fn upgrade_runner_records(store: &Store) -> Result<()> {
         store.commit(&ws)?;
     }
     Ok(())
+}
+
+/// The toolchain labels of `names` a runner may advertise: known
+/// toolchains only (so no admin-pinned label can be claimed this way), at
+/// most `MAX_LABELS`; the others are dropped, with a warning.
+fn toolchain_labels(runner_id: &str, names: &[String]) -> Vec<String> {
+    use viaduct_pipeline::toolchains::{MAX_LABELS, is_label};
+    let (ok, bad): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| is_label(n));
+    if !bad.is_empty() || ok.len() > MAX_LABELS {
+        let bad: Vec<String> = bad.iter().take(5).map(|s| s.chars().take(64).collect()).collect();
+        tracing::warn!(runner = runner_id, ignored = ?bad, count = ok.len(), "runner advertises toolchain labels it may not: ignored");
+    }
+    ok.into_iter().take(MAX_LABELS).cloned().collect()
+}
+
+/// The labels a runner's connection matches `runs_on` against: those an
+/// admin allowed it and its toolchains.
+fn offered_labels(rec: &RunnerRecord) -> HashSet<String> {
+    rec.labels.iter().chain(&rec.toolchains).cloned().collect()
 }
 
 /// Narrows what a connecting runner asks for to what it was registered

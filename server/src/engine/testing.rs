@@ -82,11 +82,6 @@ impl Harness {
         slots: u32,
         instance: &str,
     ) -> crate::error::Result<FakeRunner> {
-        let mut ws = WriteSet::default();
-        let rec = RunnerRecord { name: id.into(), registered_ms: now_ms(), ..Default::default() };
-        ws.put(T::Runners, id.as_bytes(), &rec);
-        self.store.commit(&ws)?;
-        let (tx, inbox) = unbounded_channel();
         let hello = RunnerHello {
             labels: labels.iter().map(ToString::to_string).collect(),
             slots,
@@ -94,8 +89,19 @@ impl Harness {
             instance: format!("{id}@{instance}"),
             ..Default::default()
         };
-        self.engine.runner_connected(id, hello, tx)?;
-        Ok(FakeRunner { id: id.to_string(), inbox })
+        self.runner_saying(id, hello).map(|(runner, _)| runner)
+    }
+
+    /// Registers runner `id` and connects it with `hello`; the runner and
+    /// its connection's id.
+    pub fn runner_saying(&self, id: &str, hello: RunnerHello) -> crate::error::Result<(FakeRunner, u64)> {
+        let mut ws = WriteSet::default();
+        let rec = RunnerRecord { name: id.into(), registered_ms: now_ms(), ..Default::default() };
+        ws.put(T::Runners, id.as_bytes(), &rec);
+        self.store.commit(&ws)?;
+        let (tx, inbox) = unbounded_channel();
+        let conn = self.engine.runner_connected(id, hello, tx)?;
+        Ok((FakeRunner { id: id.to_string(), inbox }, conn))
     }
 
     /// `runner` reports that the job of `assignment` ended with `status`.

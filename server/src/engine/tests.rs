@@ -333,3 +333,49 @@ async fn runner_records_with_executor_words_are_upgraded() {
     let rec: RunnerRecord = h.store.get(T::Runners, b"old").expect("read").expect("kept");
     assert!(rec.executor_words.is_empty() && rec.allowed_executor_words.is_empty());
 }
+
+/// A queued job says why it waits — no runner; the closest runners and
+/// what each lacks; all fitting runners busy — and a runner's toolchains
+/// are matched like labels, once they are toolchain labels.
+#[tokio::test]
+async fn a_queued_job_says_why_it_waits_and_toolchains_route_it() {
+    let h = Harness::new();
+    let run = h.submit("jobs:\n  j:\n    runs_on: [linux, rust:1.95]\n    steps:\n      - run: true\n").await;
+    let waiting = |h: &Harness| h.engine.get_run(run).expect("run").jobs[0].waiting.clone();
+    assert_eq!(waiting(&h), "no runner is connected");
+    let other = super::RunnerHello {
+        labels: vec!["linux".into()],
+        slots: 1,
+        executors: vec![viaduct_proto::v1::Executor::Container],
+        ..Default::default()
+    };
+    let (_other, _) = h.runner_saying("r0", other).expect("connect");
+    let hello = super::RunnerHello {
+        labels: vec!["linux".into()],
+        slots: 1,
+        executors: vec![viaduct_proto::v1::Executor::Host],
+        // Not toolchain labels: ignored.
+        toolchains: vec!["production".into(), "rust:x".into()],
+        ..Default::default()
+    };
+    let (mut r1, conn) = h.runner_saying("r1", hello).expect("connect");
+    let w = waiting(&h);
+    assert_eq!(
+        w,
+        "no connected runner can take this host job with runs_on [linux, rust:1.95]; closest: r1 (lacks `rust:1.95`); \
+         r0 (lacks `rust:1.95`, the host executor)"
+    );
+    assert!(r1.assignments().is_empty());
+    let rust: Vec<String> = ["rust", "rust:1", "rust:1.95", "rust:1.95.0"].map(String::from).to_vec();
+    h.engine.runner_toolchains("r1", conn, &rust).expect("toolchains");
+    let given = r1.assignments();
+    assert_eq!(names(&given), ["j"], "routed by the toolchain");
+    assert_eq!(waiting(&h), "", "a running job waits no more");
+    let next = h.submit("jobs:\n  k:\n    runs_on: [rust]\n    steps:\n      - run: true\n").await;
+    let w = h.engine.get_run(next).expect("run").jobs[0].waiting.clone();
+    assert_eq!(w, "waiting for a free slot: 1 connected runner(s) fit, all busy");
+    let runners = h.engine.list_runners().expect("runners");
+    let r1 = runners.iter().find(|r| r.id == "r1").expect("r1");
+    assert_eq!(r1.toolchains, rust);
+    assert_eq!(r1.labels, ["linux"]);
+}

@@ -7,18 +7,20 @@
 //! `uses:` against the plugin registry: every plugin step of a plan names
 //! the exact component (digest) and manifest it runs, its `with:` keys are
 //! checked against the manifest's inputs, and plugins with a post phase get
-//! a post step after the job's last step.
+//! a post step after the job's last step. The conversion of planned jobs
+//! into the API's messages is `viaduct_sdk::planned`, shared with the
+//! runner's local runs.
 
 use std::collections::HashMap;
 
 use viaduct_pipeline::{
-    plan::{Plan, PlanContext, PlannedJob, PlannedStep, StepAction},
-    spec::{ImageSpec, Network, Pipeline, PullPolicy},
+    plan::{Plan, PlanContext, PlannedJob, StepAction},
+    spec::Pipeline,
 };
 use viaduct_proto::v1::{
-    self, ExprContext, ImagePlan, InlineJob, Plugin, RunAction, RunSource, ServicePlan, StepPlan, UsesAction,
-    step_plan::Action,
+    self, ExprContext, ImagePlan, InlineJob, Plugin, RunAction, RunSource, StepPlan, step_plan::Action,
 };
+use viaduct_sdk::planned;
 
 use crate::{
     engine::runs::{NewJob, NewRun},
@@ -214,10 +216,6 @@ fn expr_context(cause: &Cause) -> ExprContext {
     }
 }
 
-fn millis(d: Option<std::time::Duration>) -> u64 {
-    d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn new_job(
     j: &PlannedJob,
     env: HashMap<String, String>,
@@ -232,106 +230,25 @@ fn new_job(
         needs: j.needs.iter().map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX)).collect(),
         condition: j.condition.clone().unwrap_or_default(),
         runs_on: j.runs_on.clone(),
-        image: j.image.as_ref().map(image_plan),
-        services: j
-            .services
-            .iter()
-            .map(|s| ServicePlan {
-                name: s.name.clone(),
-                image: Some(image_plan(&s.image)),
-                env: s.env.clone().into_iter().collect(),
-                command: s.command.clone(),
-            })
-            .collect(),
-        network: match j.network {
-            Network::Bridge => "bridge",
-            Network::None => "none",
-        }
-        .to_string(),
+        image: j.image.as_ref().map(planned::image_plan),
+        services: planned::service_plans(&j.services),
+        network: planned::network(j.network),
         cpus: j.resources.cpus.unwrap_or(0.0),
         memory_bytes: j.resources.memory.unwrap_or(0),
-        timeout_ms: millis(j.timeout),
+        timeout_ms: planned::millis(j.timeout),
         retries: j.retries,
         priority,
         env,
         secrets: j.secrets.clone(),
-        steps: steps(&j.steps, resolved),
+        steps: planned::steps(&j.steps, |plugin, version| {
+            let found = resolved.get(&(plugin.to_string(), version.to_string()))?;
+            Some((found.digest.clone(), found.manifest.clone()))
+        }),
         artifacts: j.artifacts.clone(),
         continue_on_error: j.continue_on_error,
         fail_fast: j.fail_fast,
         matrix_group: j.matrix_group.clone().unwrap_or_default(),
         context: ExprContext { matrix: j.matrix.clone().into_iter().collect(), ..ctx.clone() },
-    }
-}
-
-fn image_plan(i: &ImageSpec) -> ImagePlan {
-    ImagePlan {
-        name: i.name.clone(),
-        pull: match i.pull {
-            PullPolicy::IfNotPresent => "if_not_present",
-            PullPolicy::Always => "always",
-            PullPolicy::Never => "never",
-        }
-        .to_string(),
-        user: i.user.clone().unwrap_or_default(),
-        credentials: i.credentials.clone().unwrap_or_default(),
-    }
-}
-
-/// The steps of a job, then the post steps of its plugins that have one
-/// (in reverse order, so the first plugin's post phase runs last).
-fn steps(planned: &[PlannedStep], resolved: &Resolved) -> Vec<StepPlan> {
-    let mut steps: Vec<StepPlan> = planned.iter().enumerate().map(|(i, s)| step_plan(i, s, resolved)).collect();
-    let posts: Vec<StepPlan> = steps
-        .iter()
-        .rev()
-        .filter_map(|main| {
-            let Some(Action::Uses(u)) = &main.action else { return None };
-            let manifest = u.manifest.as_ref().filter(|m| m.post)?;
-            let condition = if manifest.post_if.is_empty() { "success()" } else { &manifest.post_if };
-            Some(StepPlan {
-                name: format!("Post {}", main.name),
-                id: String::new(),
-                action: Some(Action::Uses(UsesAction { phase: "post".into(), post_of: main.index, ..u.clone() })),
-                condition: condition.to_string(),
-                ..main.clone()
-            })
-        })
-        .collect();
-    for mut post in posts {
-        post.index = u32::try_from(steps.len() + 1).unwrap_or(u32::MAX);
-        steps.push(post);
-    }
-    steps
-}
-
-fn step_plan(i: usize, s: &PlannedStep, resolved: &Resolved) -> StepPlan {
-    let action = match &s.action {
-        StepAction::Run { script } => Action::Run(RunAction { script: script.clone() }),
-        StepAction::Uses { plugin, version, with, allow_network } => {
-            let found = resolved.get(&(plugin.clone(), version.clone()));
-            Action::Uses(UsesAction {
-                plugin: plugin.clone(),
-                version: version.clone(),
-                with_json: with.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-                allow_network: *allow_network,
-                digest: found.map(|p| p.digest.clone()).unwrap_or_default(),
-                manifest: found.and_then(|p| p.manifest.clone()),
-                phase: "main".into(),
-                post_of: 0,
-            })
-        }
-    };
-    StepPlan {
-        index: u32::try_from(i + 1).unwrap_or(u32::MAX),
-        name: s.name.clone(),
-        id: s.id.clone().unwrap_or_default(),
-        action: Some(action),
-        env: s.env.clone().into_iter().collect(),
-        timeout_ms: millis(s.timeout),
-        continue_on_error: s.continue_on_error,
-        condition: s.condition.clone().unwrap_or_default(),
-        working_directory: s.working_directory.clone().unwrap_or_default(),
     }
 }
 

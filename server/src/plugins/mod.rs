@@ -11,11 +11,7 @@
 pub mod component;
 pub mod manifest;
 
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{borrow::Cow, collections::HashSet, path::Path, sync::Arc};
 
 use semver::{Version, VersionReq};
 use viaduct_proto::v1::{Plugin, PluginManifest};
@@ -33,6 +29,30 @@ use crate::{
 /// Largest component accepted.
 pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// A file of a plugin to publish: `NAME.wasm` (the component) or
+/// `NAME.toml` (its manifest).
+#[derive(Debug)]
+pub struct PluginFile {
+    /// Its name, for messages: a path, or `embedded:NAME.toml`.
+    pub name: String,
+    /// Its contents.
+    pub bytes: Cow<'static, [u8]>,
+}
+
+/// The `*.wasm` and `*.toml` files in `dir` (not below it).
+fn read_plugin_files(dir: &Path) -> std::io::Result<Vec<PluginFile>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() && path.extension().is_some_and(|x| x == "wasm" || x == "toml") {
+            let bytes =
+                std::fs::read(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            files.push(PluginFile { name: path.display().to_string(), bytes: Cow::Owned(bytes) });
+        }
+    }
+    Ok(files)
+}
+
 /// Published plugins over the `plugins` and `plugin_blobs` trees.
 pub struct PluginRegistry {
     store: Arc<Store>,
@@ -47,14 +67,8 @@ fn key(name: &str, version: &str) -> Vec<u8> {
 /// 1.x, `1.2` → newest 1.2.x, `1.2.3` (or a pre-release) → exactly that,
 /// empty → newest.
 pub fn requirement(version: &str) -> Result<VersionReq> {
-    let dots = version.matches('.').count();
-    let req = match version {
-        "" => "*".to_string(),
-        v if dots >= 2 || v.contains('-') => format!("={v}"),
-        v if dots == 1 => format!("~{v}"),
-        v => format!("^{v}"),
-    };
-    VersionReq::parse(&req).map_err(|e| Error::invalid(format!("`{version}` is not a version requirement: {e}")))
+    VersionReq::parse(&viaduct_sdk::planned::version_requirement(version))
+        .map_err(|e| Error::invalid(format!("`{version}` is not a version requirement: {e}")))
 }
 
 impl PluginRegistry {
@@ -119,26 +133,53 @@ impl PluginRegistry {
         Ok(plugin)
     }
 
-    /// Publishes every `NAME.wasm` with its `NAME.toml` in `dir` (the
+    /// Publishes the first-party plugins at start: those in `dir`
+    /// (`--plugins-dir`) when given, else those this build embeds
+    /// (`viaduct_bundle::plugins`), else none; logs which.
+    pub async fn publish_first_party(&self, dir: Option<&Path>) -> anyhow::Result<Vec<Plugin>> {
+        use anyhow::Context as _;
+        let (source, files) = match dir {
+            Some(dir) => (
+                dir.display().to_string(),
+                read_plugin_files(dir).with_context(|| format!("cannot read the plugins in {}", dir.display()))?,
+            ),
+            None => {
+                let files: Vec<PluginFile> = viaduct_bundle::plugins()
+                    .iter()
+                    .map(|f| PluginFile { name: format!("embedded:{}", f.path), bytes: Cow::Borrowed(f.bytes) })
+                    .collect();
+                if files.is_empty() {
+                    tracing::info!("no first-party plugins: this build embeds none and --plugins-dir is not given");
+                    return Ok(Vec::new());
+                }
+                ("embedded in this build".to_string(), files)
+            }
+        };
+        let published =
+            self.publish_files(files).await.with_context(|| format!("cannot publish the plugins ({source})"))?;
+        let names: Vec<String> =
+            published.iter().filter_map(|p| p.manifest.as_ref().map(|m| format!("{}@{}", m.name, m.version))).collect();
+        tracing::info!(plugins = %names.join(" "), %source, "first-party plugins published");
+        Ok(published)
+    }
+
+    /// Publishes every `NAME.wasm` of `files` with its `NAME.toml` (the
     /// first-party plugins shipped with the server), replacing versions
-    /// whose bytes changed.
-    pub async fn publish_dir(&self, dir: &Path) -> Result<Vec<Plugin>> {
-        let mut wasm: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::Internal(format!("cannot list plugins in {}: {e}", dir.display())))?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-            .collect();
-        wasm.sort();
+    /// whose bytes changed. Each goes through [`Self::publish`]: the same
+    /// manifest and component checks as any other.
+    pub async fn publish_files(&self, mut files: Vec<PluginFile>) -> Result<Vec<Plugin>> {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
         let mut published = Vec::new();
-        for path in wasm {
-            let toml = path.with_extension("toml");
-            let text = std::fs::read_to_string(&toml)
-                .map_err(|e| Error::Internal(format!("cannot read {}: {e}", toml.display())))?;
-            let bytes =
-                std::fs::read(&path).map_err(|e| Error::Internal(format!("cannot read {}: {e}", path.display())))?;
-            let blob = self.blobs.put(&bytes).await?;
-            published.push(self.publish(&toml.display().to_string(), &text, &blob, true).await?);
+        for wasm in files.iter().filter(|f| f.name.ends_with(".wasm")) {
+            let toml_name = format!("{}.toml", wasm.name.trim_end_matches(".wasm"));
+            let toml = files
+                .iter()
+                .find(|f| f.name == toml_name)
+                .ok_or_else(|| Error::Internal(format!("{} has no manifest {toml_name}", wasm.name)))?;
+            let text = std::str::from_utf8(&toml.bytes)
+                .map_err(|e| Error::invalid(format!("{toml_name} is not UTF-8: {e}")))?;
+            let blob = self.blobs.put(&wasm.bytes).await?;
+            published.push(self.publish(&toml_name, text, &blob, true).await?);
         }
         Ok(published)
     }

@@ -445,6 +445,10 @@ pub struct RunnerRecord {
     /// empty: any.
     #[prost(string, tag = "18")]
     pub bound_job: String,
+    /// Toolchain labels it found on its machine (`rust:1.95`…), checked
+    /// with `viaduct_pipeline::toolchains::is_label`; matched like labels.
+    #[prost(string, repeated, tag = "19")]
+    pub toolchains: Vec<String>,
 }
 
 /// What a token may do.

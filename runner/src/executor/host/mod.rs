@@ -230,6 +230,15 @@ impl JobEnv for HostJob {
             user: self.user.as_ref().map(|u| &u.user),
         };
         let mut outcome = run_process(&process, log, stop).await;
+        if outcome.exit_code == Some(127) && outcome.status == Status::Failure {
+            // The shell's "command not found": say where it looked.
+            outcome.message = format!(
+                "exited with code 127 (command not found) — the step's PATH is {}; a toolchain installed for the \
+                 runner machine's user needs `--inherit-env PATH` (or `--env PATH=…`) on the runner, or `env: PATH` \
+                 in the pipeline",
+                env.get("PATH").map_or("empty", String::as_str)
+            );
+        }
         // Tiny local files: plain syscalls (µs) beat a blocking-pool hop.
         if let Containment::ProcessGroup { path, .. } = &containment {
             let _ = std::fs::remove_file(path);

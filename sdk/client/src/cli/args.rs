@@ -39,6 +39,17 @@ pub enum Command {
     /// Submit a pipeline file as a run; prints the run id (or, with
     /// --follow, its logs, and exits with its outcome).
     Submit(SubmitArgs),
+    /// Run a pipeline file on this machine, without a server: the same job
+    /// runner and executors as a runner (`viaduct-runner exec`, which must
+    /// be next to this executable or on PATH; `viaduct exec --help` lists
+    /// its options). Exit status: 0 success, 1 the run failed, 2 invalid
+    /// input.
+    #[command(disable_help_flag = true)]
+    Exec {
+        /// `[FILE] [--job J] …`: passed to `viaduct-runner exec`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Check pipeline files offline; prints file:line:column errors.
     Validate {
         /// Pipeline files.
@@ -324,6 +335,15 @@ pub enum RunsCommand {
 pub enum RunnersCommand {
     /// List runners.
     List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One runner: labels, toolchains found on its machine (`rust:1.95`…),
+    /// executors, slots, state.
+    Get {
+        /// Runner id.
+        id: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,

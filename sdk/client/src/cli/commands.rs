@@ -88,9 +88,14 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
     follow_outcome(client, &id).await
 }
 
-/// Follows a run's logs and turns its outcome into the exit status.
+/// Follows a run's logs and turns its outcome into the exit status: says
+/// why queued jobs wait while it follows, and why each job that did not
+/// succeed ended so at the end.
 async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
-    print_logs(client, id, true).await?;
+    tokio::select! {
+        r = print_logs(client, id, true) => r?,
+        () = explain_waits(client, id) => {}
+    }
     let run = client.wait_for_run(id).await?;
     let line = format!("run {} {} in {}", run.id, view::word(run.status), view::duration(run.times.as_ref()));
     if run.status() == Status::Success {
@@ -98,9 +103,34 @@ async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
         Ok(())
     } else {
         if !run.error.is_empty() {
-            eprintln!("{}", run.error);
+            eprintln!("{}", terminal::plain(&run.error));
+        }
+        for j in run.jobs.iter().filter(|j| j.status() != Status::Success && !j.message.is_empty()) {
+            // Some messages start with the status ("skipped: …").
+            let (word, message) = (view::word(j.status), terminal::plain(&j.message));
+            let line = if message.starts_with(word) { message } else { format!("{word}: {message}") };
+            eprintln!("── {}: {line}", terminal::plain(&j.name));
         }
         Err(Failure::RunFailed(line))
+    }
+}
+
+/// Prints, every 2 s, why each queued job of run `id` still waits (see
+/// `Job.waiting`), when that changed. Runs until cancelled.
+async fn explain_waits(client: &Client, id: &str) {
+    let mut said: HashMap<String, String> = HashMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok(run) = client.runs().get(GetRunRequest { id: id.to_string() }).await else {
+            continue;
+        };
+        for j in &run.into_inner().jobs {
+            if j.status() != Status::Queued || j.waiting.is_empty() || said.get(&j.id) == Some(&j.waiting) {
+                continue;
+            }
+            eprintln!("── {}: queued: {}", terminal::plain(&j.name), terminal::plain(&j.waiting));
+            said.insert(j.id.clone(), j.waiting.clone());
+        }
     }
 }
 
@@ -158,8 +188,13 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), F
                         names.insert(key.clone(), name);
                         if b.finished && finished.insert(key.clone()) {
                             let code = b.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
+                            let why = if b.message.is_empty() || b.status() == Status::Success {
+                                String::new()
+                            } else {
+                                format!(" — {}", terminal::plain(&b.message))
+                            };
                             let _ = stdout.flush();
-                            eprintln!("── {}: {}{code}", names[&key], view::word(b.status));
+                            eprintln!("── {}: {}{code}{why}", names[&key], view::word(b.status));
                         }
                     }
                     Some(log_event::Event::Chunk(c)) => {
@@ -335,6 +370,15 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
                     })
                     .collect();
                 print!("{}", view::table(&["ID", "NAME", "STATE", "LABELS", "JOBS", "LAST SEEN"], &rows));
+            }
+            Ok(())
+        }
+        RunnersCommand::Get { id, json } => {
+            let r = client.runners().get(GetRunnerRequest { id }).await?.into_inner();
+            if json {
+                println!("{}", view::runner_json(&r));
+            } else {
+                print!("{}", view::runner_text(&r));
             }
             Ok(())
         }

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod exec;
 pub mod files;
 pub mod login;
 pub mod people;
@@ -90,8 +91,10 @@ fn token(cli: &Cli) -> Result<Option<String>, Failure> {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<(), Failure> {
-    if let Command::Validate { files } = &cli.command {
-        return commands::validate(files);
+    match &cli.command {
+        Command::Validate { files } => return commands::validate(files),
+        Command::Exec { args } => return exec::exec(args),
+        _ => {}
     }
     let transport = viaduct_sdk::Transport::from_files(cli.ca_cert.as_deref(), cli.insecure, None, None)?;
     match &cli.command {
@@ -102,7 +105,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let client = Client::connect_with(&cli.server, token(&cli)?, &transport).await?;
     match cli.command {
         Command::Submit(a) => commands::submit(&client, a).await,
-        Command::Validate { .. } => Ok(()),
+        Command::Validate { .. } | Command::Exec { .. } => Ok(()),
         Command::Runs(c) => commands::runs(&client, c).await,
         Command::Logs { id, follow } => commands::print_logs(&client, &id, follow).await,
         Command::Cancel(a) => commands::cancel(&client, a).await,

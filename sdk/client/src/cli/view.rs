@@ -67,7 +67,7 @@ pub fn job_json(j: &Job) -> Value {
     json!({
         "id": j.id, "key": j.key, "name": j.name, "status": word(j.status), "attempt": j.attempt,
         "max_attempts": j.max_attempts, "runner_id": j.runner_id, "needs": j.needs, "matrix": j.matrix,
-        "runs_on": j.runs_on, "priority": j.priority, "image": j.image, "message": j.message,
+        "runs_on": j.runs_on, "priority": j.priority, "image": j.image, "message": j.message, "waiting": j.waiting,
         "created_at": created, "started_at": started, "finished_at": finished,
         "previous_attempts": j.previous_attempts.iter().map(|a| json!({
             "attempt": a.attempt, "status": word(a.status), "runner_id": a.runner_id, "message": a.message,
@@ -95,7 +95,27 @@ pub fn runner_json(r: &Runner) -> Value {
         "connected": r.connected, "draining": r.draining, "jobs": r.jobs, "version": r.version,
         "hostname": r.hostname, "last_seen": rfc3339(r.last_seen.as_ref()), "protected": r.protected,
         "allowed_labels": r.allowed_labels, "max_slots": r.max_slots, "allowed_executors": executor_words(&r.allowed_executors),
+        "toolchains": r.toolchains, "ephemeral": r.ephemeral, "bound_job": r.bound_job,
     })
+}
+
+/// A runner, for people.
+pub fn runner_text(r: &Runner) -> String {
+    let state = match (r.connected, r.draining) {
+        (true, true) => "draining",
+        (true, false) => "online",
+        (false, _) => "offline",
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "runner {}  {}  {state}{}", r.id, r.name, if r.protected { ", protected" } else { "" });
+    let _ = writeln!(out, "  host        {}  (viaduct-runner {})", r.hostname, r.version);
+    let _ = writeln!(out, "  labels      {}", r.labels.join(", "));
+    let _ =
+        writeln!(out, "  toolchains  {}", if r.toolchains.is_empty() { "-".into() } else { r.toolchains.join(", ") });
+    let _ = writeln!(out, "  executors   {}", executor_words(&r.executors).join(", "));
+    let _ = writeln!(out, "  jobs        {}/{} {}", r.jobs.len(), r.slots, r.jobs.join(", "));
+    let _ = writeln!(out, "  last seen   {}", local(r.last_seen.as_ref()));
+    super::terminal::plain(&out)
 }
 
 fn mark(status: i32) -> &'static str {
@@ -150,6 +170,9 @@ pub fn run_text(r: &Run) -> String {
         );
         if !j.message.is_empty() {
             let _ = writeln!(out, "      {}", j.message);
+        }
+        if !j.waiting.is_empty() {
+            let _ = writeln!(out, "      queued: {}", j.waiting);
         }
         for s in &j.steps {
             let code = s.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default();

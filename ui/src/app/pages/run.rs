@@ -65,6 +65,30 @@ fn RunView(id: String) -> impl IntoView {
         },
         run_model::apply,
     );
+    // Why queued jobs wait is the server's view at the moment it is asked:
+    // asked again every 3 s while a job is queued.
+    {
+        let (api, id) = (api.clone(), id.clone());
+        spawn_scoped(async move {
+            loop {
+                browser::sleep(3000).await;
+                if state.is_disposed() {
+                    return;
+                }
+                let queued = state.with_untracked(|s| matches!(s, Loadable::Ready(r) if run_model::has_queued(r)));
+                if !queued {
+                    continue;
+                }
+                if let Ok(fresh) = api.check(api.runs().get(GetRunRequest { id: id.clone() }).await) {
+                    state.update(|s| {
+                        if let Loadable::Ready(r) = s {
+                            run_model::merge_waiting(r, &fresh);
+                        }
+                    });
+                }
+            }
+        });
+    }
     let selected = RwSignal::new(None::<String>);
     let action_error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
@@ -382,9 +406,11 @@ fn JobCard(
             j.as_ref()
                 .map(|j| {
                     let mut t = format!("{} — {}", j.name, status::label(j.status()));
-                    if !j.message.is_empty() {
-                        t.push_str(": ");
-                        t.push_str(&j.message);
+                    for note in [&j.message, &j.waiting] {
+                        if !note.is_empty() {
+                            t.push_str(": ");
+                            t.push_str(note);
+                        }
                     }
                     t
                 })
@@ -484,6 +510,7 @@ fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
                     {(!j.needs.is_empty()).then(|| view! { <div><dt>"Needs"</dt><dd>{need_names(&j.needs)}</dd></div> })}
                 </dl>
                 {(!j.message.is_empty()).then(|| view! { <p class="job-message">{j.message.clone()}</p> })}
+                {(!j.waiting.is_empty()).then(|| view! { <p class="job-waiting" role="status">{format!("Queued: {}", j.waiting)}</p> })}
                 {if steps.is_empty() {
                     view! { <p class="muted">"No steps have been planned yet."</p> }.into_any()
                 } else {

@@ -188,6 +188,9 @@ fn RunnerRow(runner: Runner, api: Api, state: RwSignal<Loadable<Vec<Runner>>>) -
             <td data-label="State"><span class=state_class>{state_label}</span></td>
             <td data-label="Labels">
                 <span class="chips">{runner.labels.iter().map(|l| view! { <span class="chip">{l.clone()}</span> }).collect_view()}</span>
+                <span class="chips toolchains" title=runner.toolchains.join(", ")>
+                    {newest_versions(&runner.toolchains).into_iter().map(|t| view! { <span class="chip toolchain">{t}</span> }).collect_view()}
+                </span>
             </td>
             <td data-label="Slots" class="num">{format!("{used} / {}", runner.slots)}</td>
             <td data-label="Executors">{viaduct_proto::executor_words(&runner.executors).join(", ")}</td>
@@ -219,4 +222,19 @@ fn RunnerRow(runner: Runner, api: Api, state: RwSignal<Loadable<Vec<Runner>>>) -
             </td>
         </tr>
     }
+}
+
+/// A runner's toolchains as `name version`, each at its most precise
+/// version (`rust:1.95.0` of `rust`, `rust:1`, `rust:1.95`, `rust:1.95.0`).
+fn newest_versions(toolchains: &[String]) -> Vec<String> {
+    let mut best: Vec<(&str, &str)> = Vec::new();
+    for label in toolchains {
+        let (name, version) = label.split_once(':').unwrap_or((label.as_str(), ""));
+        match best.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) if version.len() > v.len() => *v = version,
+            Some(_) => {}
+            None => best.push((name, version)),
+        }
+    }
+    best.into_iter().map(|(n, v)| if v.is_empty() { n.to_string() } else { format!("{n} {v}") }).collect()
 }

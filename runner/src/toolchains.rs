@@ -1,0 +1,72 @@
+//! Toolchains this machine can run for host jobs, found at start and on
+//! `SIGHUP`, advertised as labels (`rust`, `rust:1.95`, `node:20`…; see
+//! `viaduct_pipeline::toolchains`).
+//!
+//! Each known program is run the way a host job would find it: with the
+//! job environment the runner gives (its `--env`, `--env-file`,
+//! `--inherit-env`, else the default `PATH`), an empty `HOME`, and — when
+//! host jobs run as per-slot users — as the first slot user, so a toolchain
+//! only root can reach is not advertised. A program that is missing, fails,
+//! prints no version or takes over 10 s is left out.
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use viaduct_pipeline::toolchains::{self, KNOWN};
+
+use crate::{environment::RunnerEnv, executor::host::DEFAULT_PATH};
+
+/// How long one program may take to print its version.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who probes: the user host jobs run as (`None`: the runner's own).
+#[derive(Debug, Clone, Copy)]
+pub struct Prober<'a> {
+    /// The jobs' environment.
+    pub env: &'a RunnerEnv,
+    /// The uid (and gid) host jobs run as, when not the runner's own.
+    pub uid: Option<u32>,
+    /// An empty directory to be `HOME` (owned by `uid`).
+    pub home: &'a Path,
+}
+
+impl Prober<'_> {
+    /// The toolchain labels of every program found, sorted.
+    pub async fn probe(&self) -> Vec<String> {
+        let found = futures_util::future::join_all(KNOWN.iter().map(|(name, program, args)| async move {
+            let version = self.version(program, args).await?;
+            tracing::debug!(toolchain = name, %version, "toolchain found");
+            Some(toolchains::labels(name, &version))
+        }))
+        .await;
+        let mut labels: Vec<String> = found.into_iter().flatten().flatten().collect();
+        labels.sort();
+        labels.truncate(toolchains::MAX_LABELS);
+        labels
+    }
+
+    async fn version(&self, program: &str, args: &[&str]) -> Option<String> {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(self.env.for_job(false))
+            .env("HOME", self.home)
+            .current_dir(self.home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if self.env.host_path().is_none() {
+            cmd.env("PATH", DEFAULT_PATH);
+        }
+        if let Some(uid) = self.uid {
+            cmd.uid(uid).gid(uid);
+        }
+        let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await.ok()?.ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        // Some print it on stderr (`java -version`).
+        let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout });
+        toolchains::version_in(&text)
+    }
+}
