@@ -322,7 +322,15 @@ async fn every_page_renders_with_live_data() {
         // A job no runner can take says why on its run page.
         c.goto(&format!("{}/runs/{stuck}", server.url())).await.expect("open run");
         wait_for_page(&c, "run").await;
-        wait_for(&c, &format!("[data-job-id=\"{stuck}.1\"][data-status=\"queued\"]")).await.click().await.expect("open");
+        let card = format!("[data-job-id=\"{stuck}.1\"]");
+        wait_for(&c, &format!("{card}[data-status=\"queued\"]")).await;
+        wait_for_js(
+            &c,
+            "why the job waits, in its card's title",
+            &format!("document.querySelector('{card}').title.includes('lacks `nowhere`') || null"),
+        )
+        .await;
+        wait_for(&c, &format!("{card} .job-duration")).await.click().await.expect("open the job");
         wait_for_js(
             &c,
             "why the job waits",
