@@ -455,6 +455,10 @@ fn steps(d: &mut Decoder<'_>, node: Node<'_>, job_scope: &Scope<'_>) -> Vec<Step
     if items.is_empty() {
         d.error(node.pos(), format!("job `{job}` has no steps; add at least one step under `steps`"));
     }
+    if items.len() > crate::plan::MAX_STEPS {
+        d.error(node.pos(), format!("job `{job}` has {} steps; the limit is {}", items.len(), crate::plan::MAX_STEPS));
+        return Vec::new();
+    }
     // Step ids first, so that references to later steps get a precise message.
     let mut ids: Vec<String> = Vec::new();
     let mut first_use: Vec<Pos> = Vec::new();

@@ -342,6 +342,11 @@ fn default_step_name(action: &StepAction) -> String {
     }
 }
 
+/// Most jobs a run may have, matrices expanded.
+pub const MAX_JOBS: usize = 1000;
+/// Most steps a job may have (its plugins' post steps not counted).
+pub const MAX_STEPS: usize = 500;
+
 /// Compiles `p` for the trigger described by `ctx`.
 ///
 /// Fails when a required manual input is missing, a trigger value contains
@@ -404,9 +409,20 @@ pub fn plan(p: &Pipeline, ctx: &PlanContext) -> Result<Plan, Vec<Diagnostic>> {
                 }
             },
         };
+        if next <= MAX_JOBS && next + combos.len() > MAX_JOBS {
+            planner.diags.push(Diagnostic::new(
+                &p.file,
+                job.pos,
+                format!("job `{}` takes the run past {MAX_JOBS} jobs (matrices expanded), the limit", job.key),
+            ));
+        }
         indices.push((next..next + combos.len()).collect());
         next += combos.len();
         expansions.push(combos);
+    }
+    if next > MAX_JOBS {
+        sort_diagnostics(&mut planner.diags);
+        return Err(planner.diags);
     }
     let mut jobs = Vec::with_capacity(next);
     for (job, combos) in p.jobs.iter().zip(&expansions) {

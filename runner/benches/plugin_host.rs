@@ -104,7 +104,7 @@ async fn main() {
             programs: viaduct_runner::executor::programs::none(),
             meta: RunInfo::default(),
         };
-        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default());
+        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default(), 0);
         let t = Instant::now();
         let r = h.run(call, &mut log, &stop).await;
         let took = t.elapsed();
@@ -126,7 +126,7 @@ async fn main() {
     };
     let mut shell = Vec::new();
     for i in 0..300 {
-        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default());
+        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default(), 0);
         let t = Instant::now();
         let o = env.run_step(&spec, &mut log, &stop).await;
         let took = t.elapsed();

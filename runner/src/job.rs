@@ -277,7 +277,8 @@ async fn execute(
                 // stopped only by an abandon or their deadline.
                 let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
                 let step_stop = StepStop { cancel: token, deadline };
-                let mut log = StepLog::new(Arc::clone(reports), job.clone(), s.index, secrets.clone());
+                let mut log =
+                    StepLog::new(Arc::clone(reports), job.clone(), s.index, secrets.clone(), a.max_step_log_bytes);
                 let span = tracing::info_span!("step", step = s.index, name = %s.name);
                 let o = match &s.action {
                     Some(Action::Uses(u)) => {
@@ -299,6 +300,11 @@ async fn execute(
                     },
                 };
                 log.finish().await;
+                let mut o = o;
+                if let Some(limit) = log.truncated() {
+                    let cut = format!("its log was cut at the limit of {limit} bytes");
+                    o.message = if o.message.is_empty() { cut } else { format!("{}; {cut}", o.message) };
+                }
                 if o.status == Status::TimedOut && job_deadline.is_some_and(|d| Instant::now() >= d) {
                     job_timed_out = true;
                 }

@@ -78,6 +78,11 @@ struct Args {
     /// Most jobs of one pipeline running at once (0 = no limit).
     #[arg(long, default_value_t = 0)]
     max_running_per_pipeline: usize,
+    /// Most log a step keeps (e.g. 128m): past it the runner ends the log
+    /// with a marker line and drops the rest of the output; the step goes
+    /// on.
+    #[arg(long, default_value = "128m", value_parser = viaduct_pipeline::duration::parse_memory)]
+    max_step_log: u64,
     /// Delay before the first automatic retry of a failed job; doubles per
     /// attempt.
     #[arg(long, default_value = "2s", value_parser = viaduct_pipeline::duration::parse_duration)]
@@ -250,6 +255,7 @@ fn main() -> ExitCode {
             max_running_jobs: args.max_running_jobs,
             max_running_per_pipeline: args.max_running_per_pipeline,
             retry_backoff: args.retry_backoff,
+            max_step_log_bytes: args.max_step_log,
             ..EngineConfig::default()
         },
         public_url: args.public_url,

@@ -99,6 +99,9 @@ fn format(template: &str, args: &[Value]) -> Result<String, String> {
             }
             _ => out.push(c),
         }
+        if out.len() > super::MAX_STRING_BYTES {
+            return Err(format!("format(): the result is longer than {} bytes", super::MAX_STRING_BYTES));
+        }
     }
     Ok(out)
 }

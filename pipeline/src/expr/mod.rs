@@ -166,6 +166,12 @@ pub struct Expr {
 
 impl Expr {
     fn parse_range(src: &str, range: Range<usize>) -> Result<Expr, ExprError> {
+        if range.len() > MAX_EXPR_BYTES {
+            return Err(ExprError::new(
+                range.start,
+                format!("expression too long ({} bytes; the limit is {MAX_EXPR_BYTES})", range.len()),
+            ));
+        }
         parser::parse(src, range).map(|ast| Expr { ast })
     }
 
@@ -217,6 +223,13 @@ impl Expr {
         out
     }
 }
+
+/// Longest expression (the text between `${{` and `}}`, or an `if:`).
+pub const MAX_EXPR_BYTES: usize = 16 * 1024;
+
+/// Longest string an expression or a `${{ }}` template may produce
+/// (`format()` results, interpolated values): evaluation fails past it.
+pub const MAX_STRING_BYTES: usize = 256 * 1024;
 
 /// Parses a standalone expression (no `${{ }}`).
 pub fn parse_expr(src: &str) -> Result<Expr, ExprError> {

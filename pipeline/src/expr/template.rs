@@ -97,6 +97,15 @@ impl Template {
                 }
                 Part::Expr { range, .. } => out.push_str(self.src.get(range.clone()).unwrap_or("")),
             }
+            if out.len() > super::MAX_STRING_BYTES {
+                let at = match part {
+                    Part::Text(r) | Part::Expr { range: r, .. } => r.start,
+                };
+                return Err(EvalError::new(
+                    at,
+                    format!("the interpolated text is longer than {} bytes", super::MAX_STRING_BYTES),
+                ));
+            }
         }
         Ok(out)
     }

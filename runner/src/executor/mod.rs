@@ -135,33 +135,72 @@ impl StepOutcome {
     }
 }
 
+/// Most bytes of log a step keeps when its assignment sets no limit.
+pub const DEFAULT_MAX_STEP_LOG: u64 = 128 << 20;
+
 /// Where a step's output goes: through the secret masker into the job's
-/// [`Reports`], tagged with the step.
+/// [`Reports`], tagged with the step — up to the step's log limit, then a
+/// marker line once, then nothing (the step goes on).
 pub struct StepLog {
     reports: Arc<dyn Reports>,
     job: JobRef,
     step: u32,
     written: u64,
     masker: Masker,
+    /// Bytes of log sent so far (masked).
+    sent: u64,
+    /// Most bytes of log sent, the marker aside.
+    limit: u64,
+    truncated: bool,
+}
+
+/// The line that ends a log cut at its limit (`{}`: the limit).
+fn cut_marker(limit: u64) -> String {
+    format!("\n[viaduct: this step's log reached its limit of {limit} bytes; the rest of its output is not kept]\n")
 }
 
 impl StepLog {
-    /// A log for `step` of `job`, masking `secrets`.
-    pub fn new(reports: Arc<dyn Reports>, job: JobRef, step: u32, secrets: Secrets) -> Self {
-        Self { reports, job, step, written: 0, masker: Masker::new(secrets) }
+    /// A log for `step` of `job`, masking `secrets`, keeping at most
+    /// `limit` bytes (0: [`DEFAULT_MAX_STEP_LOG`]).
+    pub fn new(reports: Arc<dyn Reports>, job: JobRef, step: u32, secrets: Secrets, limit: u64) -> Self {
+        let limit = if limit == 0 { DEFAULT_MAX_STEP_LOG } else { limit };
+        Self { reports, job, step, written: 0, masker: Masker::new(secrets), sent: 0, limit, truncated: false }
     }
 
     /// Appends output; waits while too much is unacknowledged (backpressure).
     pub async fn write(&mut self, data: &[u8]) {
-        let masked = self.masker.feed(data);
-        self.reports.log(&self.job, self.step, &masked).await;
         self.written += data.len() as u64;
+        let masked = self.masker.feed(data);
+        self.send(&masked).await;
     }
 
     /// Emits what the masker still holds (the step has ended).
     pub async fn finish(&mut self) {
         let rest = self.masker.finish();
-        self.reports.log(&self.job, self.step, &rest).await;
+        self.send(&rest).await;
+    }
+
+    /// Sends what fits under the limit; the marker once when it is reached.
+    async fn send(&mut self, masked: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        let room = usize::try_from(self.limit - self.sent).unwrap_or(usize::MAX);
+        if masked.len() <= room {
+            self.reports.log(&self.job, self.step, masked).await;
+            self.sent += masked.len() as u64;
+            return;
+        }
+        let mut last = masked[..room].to_vec();
+        last.extend_from_slice(cut_marker(self.limit).as_bytes());
+        self.reports.log(&self.job, self.step, &last).await;
+        self.sent = self.limit;
+        self.truncated = true;
+    }
+
+    /// Whether the output passed the log limit (and the rest was dropped).
+    pub fn truncated(&self) -> Option<u64> {
+        self.truncated.then_some(self.limit)
     }
 
     /// Bytes written so far.

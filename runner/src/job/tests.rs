@@ -189,6 +189,23 @@ async fn steps_run_in_order_and_their_output_is_logged() {
     assert!(last_log < done);
 }
 
+/// A step's output past its log limit is cut with a marker line; the step
+/// goes on and succeeds, says so, and the next step logs in full.
+#[tokio::test]
+async fn a_log_past_its_limit_is_cut_with_a_marker_and_the_step_goes_on() {
+    let a = JobAssignment {
+        max_step_log_bytes: 10,
+        ..job(vec![step("loud", &[(OUTPUT, "0123456789abcdef")]), step("next", &[(OUTPUT, "short")])])
+    };
+    let r = run_job(a).await;
+    assert_eq!(r.states(), ["job running", "1 running", "1 success", "2 running", "2 success", "job success"]);
+    let log = r.log(1);
+    assert!(log.starts_with("0123456789\n[viaduct: this step's log reached its limit of 10 bytes"), "{log}");
+    assert!(!log.contains("abcdef"), "{log}");
+    assert_eq!(r.step(1).message, "its log was cut at the limit of 10 bytes");
+    assert_eq!(r.log(2), "short\n");
+}
+
 #[tokio::test]
 async fn a_failed_step_skips_the_default_steps_after_it_but_not_the_always_ones() {
     let always = StepPlan { condition: "always()".into(), ..step("report", &[(OUTPUT, "ran")]) };

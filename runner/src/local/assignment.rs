@@ -127,6 +127,8 @@ fn job(plan: &Plan, i: usize, j: &PlannedJob, catalog: &Catalog, run: &RunFacts)
         // Copied out of the workspace by `exec` itself (no server to upload to).
         artifacts: Vec::new(),
         pipeline: plan.name.clone(),
+        // The runner's default (a terminal keeps nothing anyway).
+        max_step_log_bytes: 0,
     };
     LocalJob {
         key: j.key.clone(),

@@ -240,6 +240,7 @@ impl Tx<'_> {
             registry_auth,
             artifacts: job.artifacts.clone(),
             pipeline: job.pipeline.clone(),
+            max_step_log_bytes: self.sh.cfg.max_step_log_bytes,
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

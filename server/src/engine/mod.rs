@@ -87,7 +87,14 @@ pub struct EngineConfig {
     /// replica takes over with other runners; on sled a restarted server
     /// adopts such jobs from the runners that come back with them.
     pub durable_sends: bool,
+    /// Most bytes of log a step keeps (sent to runners in each assignment;
+    /// log data past it, and past room for the runner's marker line, is
+    /// refused).
+    pub max_step_log_bytes: u64,
 }
+
+/// Room past a step's log limit for the line the runner ends it with.
+pub(crate) const CUT_MARKER_ROOM: u64 = 1024;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -100,6 +107,7 @@ impl Default for EngineConfig {
             retry_backoff: Duration::from_secs(2),
             clock: Arc::new(SystemClock),
             durable_sends: false,
+            max_step_log_bytes: 128 << 20,
         }
     }
 }

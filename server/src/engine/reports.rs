@@ -93,6 +93,10 @@ impl Engine {
             return Err(Error::invalid(format!("job {job} has no step {}", d.step_index)));
         }
         let sk = job.step(attempt, d.step_index);
+        let limit = self.sh.cfg.max_step_log_bytes.saturating_add(super::CUT_MARKER_ROOM);
+        if d.offset.saturating_add(d.data.len() as u64) > limit {
+            return Err(Error::invalid(format!("the log of step {sk} goes past its limit of {limit} bytes")));
+        }
         Ok(match self.store().logs.append(sk, d.offset, &d.data, self.sh.now_ms())? {
             Append::Stored(len) => {
                 self.signals().touch_run(job.run);

@@ -1,0 +1,90 @@
+//! Hostile inputs through the real server: files small as text but huge
+//! once expanded or evaluated are refused quickly with a precise status
+//! (`InvalidArgument`, a `file:line:column` violation), and the server goes
+//! on serving.
+
+use std::fmt::Write as _;
+
+use tonic_types::StatusExt as _;
+use viaduct_tests::{Server, finished, submit, v1, word};
+
+async fn refused(client: &viaduct_sdk::Client, yaml: &str) -> tonic::Status {
+    let req = v1::SubmitRequest {
+        source: Some(v1::submit_request::Source::PipelineYaml(yaml.to_string())),
+        file_name: "hostile.yml".into(),
+        ..Default::default()
+    };
+    client.runs().submit(req).await.expect_err("refused")
+}
+
+/// The `file:line:column` of each violation.
+fn places(status: &tonic::Status) -> Vec<String> {
+    let details = status.get_details_bad_request().expect("BadRequest details");
+    details.field_violations.iter().map(|v| v.field.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_explode_when_expanded_or_evaluated_are_refused_where_they_do() {
+    let server = Server::start();
+    let client = server.client().await;
+    let _runner = server.runner("linux", 1);
+
+    // Billion laughs: nine lines of aliases of aliases.
+    let mut laughs = String::from("x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..9 {
+        let p = i - 1;
+        let _ = writeln!(laughs, "x{i}: &x{i} [*x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}, *x{p}]");
+    }
+    laughs.push_str("jobs:\n  j:\n    steps:\n      - run: true\n");
+    let s = refused(&client, &laughs).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("more than 100000 nodes with its aliases expanded"), "{}", s.message());
+    assert_eq!(places(&s), ["hostile.yml:5:45"]);
+
+    // A run of over 1000 jobs once its matrices are expanded.
+    let mut wide = String::from("jobs:\n");
+    for j in 0..5 {
+        let _ = write!(wide, "  m{j}:\n    matrix: {{ a: [");
+        for i in 0..250 {
+            let _ = write!(wide, "{i}, ");
+        }
+        wide.push_str("] }\n    steps:\n      - run: true\n");
+    }
+    let s = refused(&client, &wide).await;
+    assert!(s.message().contains("job `m4` takes the run past 1000 jobs"), "{}", s.message());
+    assert_eq!(places(&s), ["hostile.yml:18:3"]);
+
+    // format() doubling itself 40 times in a value planned on the server.
+    let mut e = "'xxxxxxxxxxxxxxxx'".to_string();
+    for _ in 0..40 {
+        e = format!("format('{{0}}{{0}}', {e})");
+    }
+    let s = refused(&client, &format!("name: ${{{{ {e} }}}}\njobs:\n  j:\n    steps:\n      - run: true\n")).await;
+    assert!(s.message().contains("longer than 262144 bytes"), "{}", s.message());
+    assert_eq!(places(&s), ["hostile.yml:1:1"]);
+
+    // The server is still well.
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
+    assert_eq!(word(finished(&client, &id).await.status), "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_flooding_its_log_keeps_only_its_limit_and_goes_on() {
+    let server = Server::start_with(&["--max-step-log", "64k"]);
+    let client = server.client().await;
+    let _runner = server.runner("linux", 1);
+    let id = submit(
+        &client,
+        "jobs:\n  j:\n    steps:\n      - name: flood\n        run: head -c 3000000 /dev/zero | tr '\\0' x; echo; echo done\n      - name: after\n        run: echo after\n",
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "the step goes on past its log limit");
+    let flood = &run.jobs[0].steps[0];
+    assert_eq!(flood.message, "its log was cut at the limit of 65536 bytes");
+    assert!(flood.log_size > 65_536 && flood.log_size < 65_536 + 1024, "{}", flood.log_size);
+    let log = viaduct_tests::step_log(&client, &flood.id).await;
+    assert!(log.ends_with("the rest of its output is not kept]\n"), "{}", &log[log.len() - 200..]);
+    assert!(!log.contains("done"));
+    assert_eq!(viaduct_tests::step_log(&client, &run.jobs[0].steps[1].id).await, "after\n");
+}
