@@ -218,6 +218,12 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
         |d: &mut Decoder<'_>, k: &str, default: bool| f.get(k).and_then(|n| d.expect_bool(n, k)).unwrap_or(default);
     let runs_on = templated_list(d, f.get("runs_on"), "runs_on", &scope, false);
     let artifacts = templated_list(d, f.get("artifacts"), "artifacts", &scope, true);
+    if let Some(node) = f.get("artifacts").filter(|_| artifacts.len() > crate::plan::MAX_ARTIFACT_PATTERNS) {
+        d.error(
+            node.pos(),
+            format!("{} artifact patterns; the limit is {}", artifacts.len(), crate::plan::MAX_ARTIFACT_PATTERNS),
+        );
+    }
     let secrets = f
         .get("secrets")
         .and_then(|n| d.str_list(n, "secrets", true))

@@ -254,6 +254,17 @@ impl Planner<'_> {
         }
         let mut env = base_env.clone();
         env.extend(self.env(&job.env, m, Stage::Job, pos));
+        let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if size > MAX_ENV_BYTES {
+            self.diags.push(Diagnostic::new(
+                self.file,
+                pos,
+                format!(
+                    "the environment of job `{}` (pipeline and job `env`, interpolated) is {size} bytes; the limit is {MAX_ENV_BYTES}",
+                    job.key
+                ),
+            ));
+        }
         PlannedJob {
             key: job.key.clone(),
             name,
@@ -346,6 +357,12 @@ fn default_step_name(action: &StepAction) -> String {
 pub const MAX_JOBS: usize = 1000;
 /// Most steps a job may have (its plugins' post steps not counted).
 pub const MAX_STEPS: usize = 500;
+/// Most bytes of a job's environment (pipeline and job `env`, names and
+/// values): a process gets its environment with its arguments, and Linux
+/// allows 2 MiB for both.
+pub const MAX_ENV_BYTES: usize = 256 * 1024;
+/// Most `artifacts:` patterns of a job.
+pub const MAX_ARTIFACT_PATTERNS: usize = 100;
 
 /// Compiles `p` for the trigger described by `ctx`.
 ///

@@ -9,7 +9,7 @@ use viaduct_pipeline::{
     Diagnostic,
     expr::{MAX_EXPR_BYTES, MAX_STRING_BYTES, MapContext, Status, interpolate, parse_expr},
     parse,
-    plan::{MAX_JOBS, MAX_STEPS, PlanContext, plan},
+    plan::{MAX_ARTIFACT_PATTERNS, MAX_ENV_BYTES, MAX_JOBS, MAX_STEPS, PlanContext, plan},
 };
 
 fn refused(yaml: &str) -> Vec<Diagnostic> {
@@ -121,4 +121,25 @@ fn strings_made_by_expressions() {
     let err = interpolate(&one.repeat(20), &ctx).unwrap_err();
     assert!(err.message.contains("interpolated text is longer"), "{}", err.message);
     assert!(interpolate(&one.repeat(10), &ctx).is_ok());
+}
+
+#[test]
+fn a_jobs_environment_and_its_artifact_patterns() {
+    let value = "v".repeat(MAX_ENV_BYTES / 2);
+    let yaml =
+        format!("env: {{ A: {value} }}\njobs:\n  j:\n    env: {{ B: {value} }}\n    steps:\n      - run: true\n");
+    let d = refused(&yaml);
+    assert!(d[0].message.contains("the environment of job `j`"), "{}", d[0]);
+    assert_eq!((d[0].line, d[0].column), (3, 3));
+    accepted(&format!("env: {{ A: {value} }}\njobs:\n  j:\n    steps:\n      - run: true\n"));
+    let patterns = |n: usize| {
+        let list: Vec<String> = (0..n).map(|i| format!("out/{i}")).collect();
+        format!("jobs:\n  j:\n    artifacts: [{}]\n    steps:\n      - run: true\n", list.join(", "))
+    };
+    accepted(&patterns(MAX_ARTIFACT_PATTERNS));
+    let d = refused(&patterns(MAX_ARTIFACT_PATTERNS + 1));
+    assert_eq!(
+        d[0].to_string(),
+        format!("p.yml:3:16: {} artifact patterns; the limit is 100", MAX_ARTIFACT_PATTERNS + 1)
+    );
 }

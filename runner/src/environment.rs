@@ -11,7 +11,7 @@
 //!
 //! Inherited values are for host jobs only (the runner machine's `PATH`
 //! means nothing inside an image); `--env` and env files apply to every
-//! job. Nothing of the runner's own reaches a job unless named: not its
+//! job, but a `PATH` of theirs only to host jobs. Nothing of the runner's own reaches a job unless named: not its
 //! token, not its `VIADUCT_*` settings (refused as names here).
 
 use std::{collections::BTreeMap, path::Path};
@@ -68,10 +68,11 @@ impl RunnerEnv {
     }
 
     /// The variables a job starts with: for a host job the inherited ones
-    /// under the rest; for a container job (`image` set) only the rest.
+    /// under the rest; for a container job (`image` set) only the rest,
+    /// without `PATH` (the image's own is the one that works there).
     pub fn for_job(&self, container: bool) -> BTreeMap<String, String> {
         let mut env = if container { BTreeMap::new() } else { self.inherited.clone() };
-        env.extend(self.all.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(self.all.iter().filter(|(k, _)| !container || *k != "PATH").map(|(k, v)| (k.clone(), v.clone())));
         env
     }
 
@@ -175,6 +176,7 @@ mod tests {
         assert!(!host.contains_key("MISSING"));
         let container = env.for_job(true);
         assert!(!container.contains_key("RUSTUP_HOME"), "inherited values are for host jobs only");
+        assert!(!container.contains_key("PATH"), "an image keeps its own PATH");
         assert_eq!(container["GREETING"], "hello");
         assert_eq!(env.host_path(), Some("/file/bin"));
     }

@@ -201,6 +201,25 @@ pub fn main(args: InstallArgs) -> ExitCode {
     }
 }
 
+/// A service running as root must run a program only root can change:
+/// the binary and every directory above it root-owned and not writable by
+/// group or others (not `~/.cargo/bin/viaduct-runner`).
+fn check_root_owned(exe: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for p in exe.ancestors() {
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "a service running as root would run {}, but {} can be changed by another user than root: install \
+                 the binary under /usr/local/bin (install -m 0755 {0} /usr/local/bin/) and run that one",
+                exe.display(),
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn install(args: InstallArgs) -> Result<(), String> {
     let exe = std::env::current_exe()
         .and_then(std::fs::canonicalize)
@@ -223,14 +242,32 @@ fn install(args: InstallArgs) -> Result<(), String> {
             unit.work_dir.display()
         );
     }
-    // The work directory, the service's user's.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&unit.work_dir)
-        .map_err(|e| format!("cannot create {}: {e}", unit.work_dir.display()))?;
-    nix::unistd::chown(&unit.work_dir, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("cannot give {} to {}: {e}", unit.work_dir.display(), unit.user))?;
+    if user.uid.is_root() {
+        check_root_owned(&unit.exe)?;
+    }
+    // The work directory, the service's user's — given only when made now
+    // (an existing one, or a link, is never handed over: `--work-dir /var`).
+    match std::fs::symlink_metadata(&unit.work_dir) {
+        Ok(meta) => {
+            use std::os::unix::fs::MetadataExt;
+            if !meta.is_dir() || meta.uid() != user.uid.as_raw() {
+                return Err(format!(
+                    "{} exists and is not a directory of {}: pick a new --work-dir, or give it to {1} yourself",
+                    unit.work_dir.display(),
+                    unit.user
+                ));
+            }
+        }
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&unit.work_dir)
+                .map_err(|e| format!("cannot create {}: {e}", unit.work_dir.display()))?;
+            std::os::unix::fs::lchown(&unit.work_dir, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(|e| format!("cannot give {} to {}: {e}", unit.work_dir.display(), unit.user))?;
+        }
+    }
     let path = args.unit_dir.join(format!("{}.service", unit.name));
     write_unit(&path, &text)?;
     println!("wrote {}", path.display());

@@ -171,6 +171,15 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// Once listening, it writes the bound address (useful with port 0) to
 /// `DATA_DIR/address`.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    // SIGHUP reloads the TLS certificate (`tls`); without TLS it must not
+    // end the process (`systemctl reload`).
+    if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: the TLS certificate, if any, is read again");
+            }
+        });
+    }
     if cfg.replica.is_some() {
         return replicas::run(cfg, shutdown).await;
     }

@@ -81,7 +81,7 @@ struct Args {
     /// Most log a step keeps (e.g. 128m): past it the runner ends the log
     /// with a marker line and drops the rest of the output; the step goes
     /// on.
-    #[arg(long, default_value = "128m", value_parser = viaduct_pipeline::duration::parse_memory)]
+    #[arg(long, default_value = "128m", value_parser = step_log_limit)]
     max_step_log: u64,
     /// Delay before the first automatic retry of a failed job; doubles per
     /// attempt.
@@ -197,6 +197,12 @@ enum Command {
 
 fn parse_group_role(text: &str) -> Result<(String, viaduct_proto::v1::Grant), String> {
     viaduct_server::users::GroupRoles::parse_one(text).map_err(|e| e.to_string())
+}
+
+/// `--max-step-log`: at least 64 KiB (the runner reads 0 as its default).
+fn step_log_limit(s: &str) -> Result<u64, String> {
+    let n = viaduct_pipeline::duration::parse_memory(s)?;
+    if n < 64 << 10 { Err(format!("`{s}` is under the least step log limit, 64k")) } else { Ok(n) }
 }
 
 fn main() -> ExitCode {

@@ -181,7 +181,7 @@ async fn a_missing_image_with_pull_never_fails_clearly_and_host_jobs_can_be_refu
     );
     let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(word(run.jobs[0].status), "queued");
-    assert!(run.jobs[0].waiting.contains("(lacks the host executor)"), "{}", run.jobs[0].waiting);
+    assert!(run.jobs[0].waiting.ends_with("closest: 1 runner lacks the host executor"), "{}", run.jobs[0].waiting);
     let _host = server.runner("linux", 1);
     assert_eq!(word(finished(&client, &id).await.status), "success");
 }

@@ -63,6 +63,29 @@ async fn files_that_explode_when_expanded_or_evaluated_are_refused_where_they_do
     assert!(s.message().contains("longer than 262144 bytes"), "{}", s.message());
     assert_eq!(places(&s), ["hostile.yml:1:1"]);
 
+    // A runner's registration with an oversized label or name: refused,
+    // and the registration token not spent.
+    let token = server.runner_token();
+    let register = |labels: Vec<String>, name: String| v1::RegisterRequest {
+        registration_token: token.clone(),
+        name,
+        labels,
+        slots: 1,
+        ..Default::default()
+    };
+    for (labels, name) in [
+        (vec!["x".repeat(256)], "r".to_string()),
+        (vec![String::new()], "r".to_string()),
+        ((0..101).map(|i| format!("l{i}")).collect(), "r".to_string()),
+        (vec!["linux".to_string()], "n".repeat(256)),
+        // A runner may claim toolchain labels itself: none is given.
+        (vec!["docker".to_string()], "r".to_string()),
+    ] {
+        let s = client.agent().register(register(labels, name)).await.expect_err("refused");
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    }
+    client.agent().register(register(vec!["linux".into()], "fine".into())).await.expect("a bounded registration");
+
     // The server is still well.
     let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
     assert_eq!(word(finished(&client, &id).await.status), "success");

@@ -323,9 +323,25 @@ fn plugin_cache(run_dir: &Path) -> PathBuf {
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
     match base {
-        Some(b) if std::fs::create_dir_all(b.join("viaduct/plugins")).is_ok() => b.join("viaduct/plugins"),
+        Some(b)
+            if std::fs::create_dir_all(b.join("viaduct/plugins")).is_ok() && only_mine(&b.join("viaduct/plugins")) =>
+        {
+            b.join("viaduct/plugins")
+        }
         _ => run_dir.join("plugins"),
     }
+}
+
+/// Whether `dir` and every directory above it can be changed by this user
+/// (or root) alone: compiled plugins are native code, loaded as they are
+/// (`sudo -E viaduct exec` must not load what the user left in their cache).
+fn only_mine(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    dir.ancestors().all(|p| {
+        std::fs::metadata(p)
+            .is_ok_and(|m| (m.uid() == me || m.uid() == 0) && (m.mode() & 0o022 == 0 || m.mode() & 0o1000 != 0))
+    })
 }
 
 /// The services of a local run's jobs.

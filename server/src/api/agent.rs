@@ -79,9 +79,8 @@ impl RunnerAgent for AgentApi {
         self.auth.check_runner_cert(&req)?;
         let access = crate::access::of(&req)?.clone();
         let r = req.into_inner();
-        if r.name.len() > 200 || r.labels.len() > 100 {
-            return Err(Error::invalid("name or labels too long").into());
-        }
+        bounded(&[("name", &r.name), ("hostname", &r.hostname)], &r.labels)?;
+        not_toolchains(&r.labels)?;
         let (runner_id, runner_token) = self
             .auth
             .register_runner(
@@ -204,6 +203,10 @@ impl RunnerAgent for AgentApi {
         let Some(RunnerMessage { msg: Some(In::Hello(h)) }) = first else {
             return Err(Error::invalid("the first message on Connect must be Hello").into());
         };
+        bounded(&[("hostname", &h.hostname), ("version", &h.version), ("instance", &h.instance)], &h.labels)?;
+        if h.active_jobs.len() > 10_000 {
+            return Err(Error::invalid("Hello lists more than 10000 running jobs").into());
+        }
         let hello = RunnerHello {
             executors: h.executors().collect(),
             version: h.version,
@@ -257,6 +260,39 @@ impl RunnerAgent for AgentApi {
             .instrument(span),
         );
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+/// Most labels a runner may register or say Hello with.
+const MAX_LABELS: usize = 100;
+/// Longest label, name, host name or version a runner may send.
+const MAX_WORD: usize = 255;
+
+/// Refuses a registration or Hello whose words or labels are out of bounds
+/// (they are stored with the runner and shown to people).
+fn bounded(words: &[(&str, &str)], labels: &[String]) -> Result<(), Error> {
+    if let Some((what, w)) = words.iter().find(|(_, w)| w.len() > MAX_WORD) {
+        return Err(Error::invalid(format!("the runner's {what} is {} bytes; the limit is {MAX_WORD}", w.len())));
+    }
+    if labels.len() > MAX_LABELS {
+        return Err(Error::invalid(format!("{} labels; the limit is {MAX_LABELS}", labels.len())));
+    }
+    if let Some(l) = labels.iter().find(|l| l.is_empty() || l.len() > MAX_WORD) {
+        return Err(Error::invalid(format!("a label of {} bytes; labels are 1 to {MAX_WORD} bytes", l.len())));
+    }
+    Ok(())
+}
+
+/// Refuses labels a runner is given (registration, `Runners.Update`) that
+/// are toolchain labels: any runner may advertise those itself, so routing
+/// by them would be routing by nothing an admin controls.
+pub(super) fn not_toolchains(labels: &[String]) -> Result<(), Error> {
+    match labels.iter().find(|l| viaduct_pipeline::toolchains::is_label(l)) {
+        Some(l) => Err(Error::invalid(format!(
+            "`{l}` is a toolchain label: runners advertise it themselves when they find the program, so it cannot \
+             be given; route jobs by a label of your own (e.g. `{l}-pool`)"
+        ))),
+        None => Ok(()),
     }
 }
 

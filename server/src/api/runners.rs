@@ -74,6 +74,9 @@ impl Runners for RunnersApi {
 
     async fn update(&self, req: Request<UpdateRunnerRequest>) -> Result<Response<Runner>, Status> {
         let r = req.into_inner();
+        if let Some(l) = &r.labels {
+            super::agent::not_toolchains(&l.labels)?;
+        }
         let change = crate::engine::RunnerChange {
             labels: r.labels.map(|l| l.labels),
             slots: r.slots,

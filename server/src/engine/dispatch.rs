@@ -306,6 +306,8 @@ fn fits(q: &QueuedJob, c: &Conn) -> bool {
 }
 
 /// What runner `c` lacks to take `q`, in words (empty: it [`fits`]).
+/// Never names another job or runner: `Job.waiting` is read by whoever may
+/// read the run.
 fn missing(q: &QueuedJob, c: &Conn) -> Vec<String> {
     let mut out: Vec<String> = q.runs_on.iter().filter(|l| !c.labels.contains(*l)).map(|l| format!("`{l}`")).collect();
     if !c.executors.contains(&q.executor) {
@@ -317,31 +319,51 @@ fn missing(q: &QueuedJob, c: &Conn) -> Vec<String> {
     if q.untrusted && c.protected {
         out.push("untrusted runs (it is protected)".into());
     }
-    if let Some(j) = c.bound_job.filter(|j| *j != q.job) {
-        out.push(format!("any job but {j} (started for it)"));
+    if c.bound_job.is_some_and(|j| j != q.job) {
+        out.push("other jobs (it was started for one)".into());
     }
     out
 }
 
+/// What about a queued job decides why it waits on the fleet (jobs alike
+/// in these wait alike): its labels, executor, plugins, trust.
+pub(crate) type WaitKey = (Vec<String>, Executor, bool, bool);
+
+/// The [`WaitKey`] of `q`.
+pub(crate) fn wait_key(q: &QueuedJob) -> WaitKey {
+    (q.runs_on.clone(), q.executor, q.plugins, q.untrusted)
+}
+
 /// Why queued job `q` is still waiting, as the engine sees it at `now_ms`:
-/// its retry backoff, no runner at all, runners that fit but are busy, or
-/// — when none fits — the closest ones and what each lacks. One line, for
-/// `Job.waiting`.
-pub(crate) fn waiting(st: &super::State, q: &QueuedJob, now_ms: i64) -> String {
+/// its retry backoff, the runner started for it, no runner at all,
+/// runners that fit but are busy, or — when none fits — what the closest
+/// runners lack (counted, never named). One line, for `Job.waiting`;
+/// `fleet` keeps the answers for jobs alike ([`WaitKey`]) within one read.
+pub(crate) fn waiting(
+    st: &super::State,
+    q: &QueuedJob,
+    now_ms: i64,
+    fleet: &mut std::collections::HashMap<WaitKey, String>,
+) -> String {
     if q.not_before_ms > now_ms {
         return format!("retrying in {} s (backoff after a failed attempt)", (q.not_before_ms - now_ms + 999) / 1000);
     }
-    if let Some((id, _)) = st.runners.iter().find(|(_, c)| c.bound_job == Some(q.job) && !c.draining) {
-        return format!("waiting for runner {id}, started for it");
+    if st.runners.values().any(|c| c.bound_job == Some(q.job) && !c.draining) {
+        return "waiting for the runner started for it".into();
     }
+    fleet.entry(wait_key(q)).or_insert_with(|| on_fleet(st, q)).clone()
+}
+
+/// Why `q` waits on the connected runners (see [`waiting`]).
+fn on_fleet(st: &super::State, q: &QueuedJob) -> String {
     if st.runners.is_empty() {
         return "no runner is connected".into();
     }
     let (mut fit, mut free) = (0, 0);
-    let mut near: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut lacks: HashMap<Vec<String>, usize> = HashMap::new();
     for (id, c) in &st.runners {
         if !fits(q, c) {
-            near.push((id, missing(q, c)));
+            *lacks.entry(missing(q, c)).or_default() += 1;
         } else if !c.draining {
             fit += 1;
             if c.slots > st.leases.busy(id) {
@@ -356,11 +378,23 @@ pub(crate) fn waiting(st: &super::State, q: &QueuedJob, now_ms: i64) -> String {
             format!("waiting behind other jobs or a limit on running jobs ({free} fitting runner(s) have a free slot)")
         };
     }
-    if near.is_empty() {
+    if lacks.is_empty() {
         return "no connected runner fits: those that would are draining".into();
     }
-    near.sort_by(|a, b| a.1.len().cmp(&b.1.len()).then(a.0.cmp(b.0)));
-    let closest: Vec<String> = near.iter().take(3).map(|(id, m)| format!("{id} (lacks {})", m.join(", "))).collect();
+    let mut closest: Vec<(Vec<String>, usize)> = lacks.into_iter().collect();
+    closest.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));
+    let closest: Vec<String> = closest
+        .iter()
+        .take(3)
+        .map(|(m, n)| {
+            format!(
+                "{n} runner{} {} {}",
+                if *n == 1 { "" } else { "s" },
+                if *n == 1 { "lacks" } else { "lack" },
+                m.join(", ")
+            )
+        })
+        .collect();
     let asks = if q.runs_on.is_empty() { String::new() } else { format!(" with runs_on [{}]", q.runs_on.join(", ")) };
     format!("no connected runner can take this {} job{asks}; closest: {}", q.executor.word(), closest.join("; "))
 }

@@ -130,7 +130,13 @@ pub(crate) struct Conn {
     pub instance: String,
     pub tx: UnboundedSender<ServerMessage>,
     pub last_seen_ms: i64,
+    /// When its toolchains last changed (at most one change per
+    /// [`TOOLCHAINS_EVERY_MS`]; the next Hello brings any it missed).
+    pub toolchains_ms: i64,
 }
+
+/// Least time between two changes of a connection's toolchains.
+pub(crate) const TOOLCHAINS_EVERY_MS: i64 = 1_000;
 
 /// Everything the engine keeps in memory, under its one lock.
 pub(crate) struct State {

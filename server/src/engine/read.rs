@@ -1,6 +1,8 @@
 //! Queries: what the API reads. Reads do not take the engine lock; each
 //! record read is a consistent committed version.
 
+use std::collections::HashMap;
+
 use viaduct_proto::{
     StatusWord as _,
     v1::{self, RunEvent, Status},
@@ -115,6 +117,7 @@ impl Engine {
             self.store().get(T::Runs, id.key())?.ok_or_else(|| Error::not_found(format!("run {id} not found")))?;
         let mut run = convert::run(id, &rec);
         let mut explained = 0;
+        let mut fleet = HashMap::new();
         for i in 1..=rec.job_count {
             let key = JobKey::new(id, i);
             let job = self.job_record(key)?;
@@ -124,7 +127,7 @@ impl Engine {
                 explained += 1;
                 let st = self.lock();
                 if let Some(q) = st.queue.get(key) {
-                    j.waiting = super::dispatch::waiting(&st, q, self.sh.now_ms());
+                    j.waiting = super::dispatch::waiting(&st, q, self.sh.now_ms(), &mut fleet);
                 }
             }
             for (s, step) in self.steps_of(key, job.attempt, job.steps.len())? {

@@ -93,16 +93,30 @@ impl Engine {
             return Err(Error::invalid(format!("job {job} has no step {}", d.step_index)));
         }
         let sk = job.step(attempt, d.step_index);
+        // Past the limit (and room for the runner's marker line) nothing is
+        // kept, but it is acknowledged: a runner that does not cut its logs
+        // (or was told another limit) is not made to send it forever.
         let limit = self.sh.cfg.max_step_log_bytes.saturating_add(super::CUT_MARKER_ROOM);
-        if d.offset.saturating_add(d.data.len() as u64) > limit {
-            return Err(Error::invalid(format!("the log of step {sk} goes past its limit of {limit} bytes")));
-        }
-        Ok(match self.store().logs.append(sk, d.offset, &d.data, self.sh.now_ms())? {
+        let end = d.offset.saturating_add(d.data.len() as u64);
+        let data = if end > limit {
+            tracing::debug!(step = %sk, limit, "log data past the step's limit: dropped");
+            if d.offset >= limit {
+                // Acknowledged once what comes before it is all there.
+                let have = self.store().logs.len(sk)?;
+                return Ok(Report::Logged(self.store().current_ticket(), if have >= limit { end } else { have }));
+            }
+            &d.data[..usize::try_from(limit - d.offset).unwrap_or(0)]
+        } else {
+            &d.data[..]
+        };
+        // What was dropped counts as acknowledged.
+        let acked = |len: u64| if end > limit && len >= limit { end } else { len };
+        Ok(match self.store().logs.append(sk, d.offset, data, self.sh.now_ms())? {
             Append::Stored(len) => {
                 self.signals().touch_run(job.run);
-                Report::Logged(self.store().ticket(), len)
+                Report::Logged(self.store().ticket(), acked(len))
             }
-            Append::Duplicate(len) => Report::Logged(self.store().current_ticket(), len),
+            Append::Duplicate(len) => Report::Logged(self.store().current_ticket(), acked(len)),
             Append::Gap(len) => {
                 tracing::warn!(step = %sk, offset = d.offset, have = len, "log chunk past the end: bytes missing");
                 Report::Logged(self.store().current_ticket(), len)

@@ -164,6 +164,7 @@ impl Engine {
                     instance: hello.instance.clone(),
                     tx: tx.clone(),
                     last_seen_ms: now,
+                    toolchains_ms: 0,
                 }),
             );
             t.dispatch()?;
@@ -264,10 +265,19 @@ impl Engine {
     /// recorded, matched from now on, and dispatch tried.
     pub fn runner_toolchains(&self, runner_id: &str, conn_id: u64, names: &[String]) -> Result<()> {
         let ((), _) = self.transition(|t| {
-            if t.st.runners.get(runner_id).is_none_or(|c| c.conn_id != conn_id) {
-                return Err(Error::Unauthenticated(format!(
-                    "runner {runner_id}: this connection is no longer current"
-                )));
+            let now = self.sh.now_ms();
+            match t.st.runners.get(runner_id) {
+                Some(c) if c.conn_id == conn_id => {
+                    if c.toolchains_ms > 0 && now - c.toolchains_ms < super::TOOLCHAINS_EVERY_MS {
+                        tracing::warn!(runner = runner_id, "toolchains changed again within a second: ignored");
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    return Err(Error::Unauthenticated(format!(
+                        "runner {runner_id}: this connection is no longer current"
+                    )));
+                }
             }
             let mut rec: RunnerRecord = t
                 .store()
@@ -281,6 +291,7 @@ impl Engine {
             t.writes().put(T::Runners, runner_id.as_bytes(), &rec);
             if let Some(c) = t.conn_mut(runner_id) {
                 c.labels = offered_labels(&rec);
+                c.toolchains_ms = now;
             }
             tracing::info!(runner = runner_id, toolchains = ?rec.toolchains, "runner toolchains changed");
             t.dispatch()

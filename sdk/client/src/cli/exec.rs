@@ -18,10 +18,13 @@ use super::Failure;
 /// The runner's executable name.
 const RUNNER: &str = "viaduct-runner";
 
-/// Where `viaduct-runner` is: beside `exe`'s directory, else on `path`.
+/// Where `viaduct-runner` is: beside `exe`'s directory, else on `path`
+/// (its absolute entries only: never one from the current directory).
 pub fn find_runner(exe: Option<&Path>, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     let beside = exe.and_then(Path::parent).map(|d| d.join(RUNNER)).filter(|p| p.is_file());
-    beside.or_else(|| std::env::split_paths(path?).map(|d| d.join(RUNNER)).find(|p| p.is_file()))
+    beside.or_else(|| {
+        std::env::split_paths(path?).filter(|d| d.is_absolute()).map(|d| d.join(RUNNER)).find(|p| p.is_file())
+    })
 }
 
 /// Replaces this process with `viaduct-runner exec ARGS…`; returns only
