@@ -62,9 +62,13 @@ fn collect(root: &Path, dir: &Path, keep: fn(&str) -> bool, recursive: bool, out
         let entry = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
         let path = entry.path();
         let kind = entry.file_type().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        // Follows symbolic links, as include_bytes! does.
-        let is_dir = kind.is_dir() || (kind.is_symlink() && path.is_dir());
-        if is_dir {
+        // A link to a file is followed (as include_bytes! does), a link to a
+        // directory is not (no cycles).
+        if kind.is_symlink() && path.is_dir() {
+            println!("cargo:warning=not embedded: {} is a link to a directory", path.display());
+            continue;
+        }
+        if kind.is_dir() {
             if recursive {
                 println!("cargo:rerun-if-changed={}", path.display());
                 collect(root, &path, keep, recursive, out);

@@ -7,9 +7,13 @@
 //! `--inherit-env`, else the default `PATH`), an empty `HOME`, and — when
 //! host jobs run as per-slot users — as the first slot user, so a toolchain
 //! only root can reach is not advertised. A program that is missing, fails,
-//! prints no version or takes over 10 s is left out.
+//! prints no version or takes over 10 s is left out; each runs in its own
+//! process group, killed once it is done, and at most 64 KiB of its output
+//! is read.
 
 use std::{path::Path, process::Stdio, time::Duration};
+
+use tokio::io::AsyncReadExt as _;
 
 use viaduct_pipeline::toolchains::{self, KNOWN};
 
@@ -17,6 +21,8 @@ use crate::{environment::RunnerEnv, executor::host::DEFAULT_PATH};
 
 /// How long one program may take to print its version.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most output read from one program (a version is a line).
+const PROBE_OUTPUT: u64 = 64 * 1024;
 
 /// Who probes: the user host jobs run as (`None`: the runner's own).
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +60,7 @@ impl Prober<'_> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
         if self.env.host_path().is_none() {
             cmd.env("PATH", DEFAULT_PATH);
@@ -61,12 +68,26 @@ impl Prober<'_> {
         if let Some(uid) = self.uid {
             cmd.uid(uid).gid(uid);
         }
-        let out = tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await.ok()?.ok()?;
-        if !out.status.success() {
+        let mut child = cmd.spawn().ok()?;
+        let group = child.id().and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw);
+        let (mut stdout, mut stderr) =
+            (child.stdout.take()?.take(PROBE_OUTPUT), child.stderr.take()?.take(PROBE_OUTPUT));
+        let done = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            child.wait().await.ok().map(|status| (status, out, err))
+        })
+        .await;
+        // Whatever it left behind, or all of it when it took too long.
+        if let Some(group) = group {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+        let (status, out, err) = done.ok()??;
+        if !status.success() {
             return None;
         }
         // Some print it on stderr (`java -version`).
-        let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout });
+        let text = String::from_utf8_lossy(if out.is_empty() { &err } else { &out });
         toolchains::version_in(&text)
     }
 }
