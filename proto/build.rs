@@ -19,6 +19,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/artifacts.proto",
     "viaduct/v1/caches.proto",
     "viaduct/v1/access.proto",
+    "viaduct/v1/admin.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -4,6 +4,15 @@ use std::time::Duration;
 
 const DURATION_HELP: &str = "expected a number and a unit (ms, s, m, h, d), e.g. 90s, 10m, 1h";
 
+/// [`parse_duration`], or `forever` (also `0`) as zero: how retention
+/// settings say "keep forever".
+pub fn parse_duration_or_forever(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "forever" | "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 /// Parses a duration such as `90s`, `10m`, `1h`, `1h30m` or `500ms`.
 ///
 /// Components are an integer followed by `ms`, `s`, `m`, `h` or `d`; several

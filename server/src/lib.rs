@@ -36,6 +36,7 @@ pub mod pipelines;
 pub mod plugins;
 pub mod replicas;
 pub mod repos;
+pub mod retention;
 pub mod secrets;
 pub mod sign_in;
 pub mod source_archives;
@@ -138,6 +139,8 @@ pub struct Config {
     pub schedule_catch_up: std::time::Duration,
     /// Blob store limits and retention.
     pub depot: depot::DepotConfig,
+    /// How long runs and events are kept.
+    pub retention: retention::RetentionConfig,
     /// Plugins to publish at start (`NAME.wasm` + `NAME.toml`) instead of
     /// the first-party plugins this build embeds.
     pub plugins_dir: Option<PathBuf>,
@@ -232,6 +235,8 @@ pub(crate) async fn serve_engine(
     };
     let engine = engine::Engine::open(Arc::clone(&store), engine_cfg, Arc::clone(&secret_box))?;
     engine.spawn_timer();
+    let retention = retention::Retention::new(Arc::clone(&engine), Arc::clone(&store), cfg.retention.clone());
+    retention.spawn();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
     let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);
     let triggers = triggers::Triggers::new(
@@ -258,7 +263,7 @@ pub(crate) async fn serve_engine(
     api::agent::spawn_ephemeral_sweeper(Arc::clone(&engine), Arc::clone(&auth));
     let sso = cfg.sso.clone().map(|c| sso::Sso::new(c, &public_url)).transpose()?;
     let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
-    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box)
+    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box, &retention)
         .await?
         .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&gate), Arc::clone(&depot)))
         .merge(sign_in::router(sign_in));

@@ -175,6 +175,25 @@ struct Args {
     /// How long a web UI session lasts.
     #[arg(long, default_value = "12h", value_parser = viaduct_pipeline::duration::parse_duration)]
     session_ttl: Duration,
+    /// Keep finished runs (with their logs and artifacts) this long after
+    /// they finished; `forever` (or 0) keeps them. Repositories and stored
+    /// pipelines may override it (`viaduct repos retention`).
+    #[arg(long, default_value = "90d", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    keep_runs_for: Duration,
+    /// Always keep the newest this many runs of each pipeline.
+    #[arg(long, default_value_t = 50)]
+    keep_runs_last: u32,
+    /// Always keep the newest successful run of each branch.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    keep_last_success: bool,
+    /// Keep the event log (what Runs.Watch replays) this long; `forever`
+    /// (or 0) keeps it.
+    #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    keep_events_for: Duration,
+    /// How often retention runs by itself (`forever` or 0: only by
+    /// `viaduct admin prune`).
+    #[arg(long, default_value = "10m", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    retention_every: Duration,
     /// Tests only: run schedules on a clock SPEED times faster from EPOCH
     /// (unix seconds), as EPOCH:SPEED.
     #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
@@ -275,6 +294,13 @@ fn main() -> ExitCode {
             },
             artifact_ttl: args.artifact_ttl,
             max_artifact_bytes: args.max_artifact_size,
+        },
+        retention: viaduct_server::retention::RetentionConfig {
+            keep_for: args.keep_runs_for,
+            keep_last: args.keep_runs_last,
+            keep_last_success: args.keep_last_success,
+            keep_events_for: args.keep_events_for,
+            every: args.retention_every,
         },
         plugins_dir: args.plugins_dir,
         ui_dir: args.ui_dir,

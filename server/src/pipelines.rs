@@ -40,17 +40,22 @@ pub enum Save {
 }
 
 /// Stores `yaml` as pipeline `name` once it is a valid file (within the
-/// size limit, its plugins published), durably.
+/// size limit, its plugins published), durably, with its retention policy
+/// (replacing: `None` keeps the one it had).
 pub async fn save(
     store: &Store,
     plugins: &PluginRegistry,
     name: &str,
     yaml: String,
+    retention: Option<viaduct_proto::v1::RetentionPolicy>,
     how: Save,
 ) -> Result<PipelineRecord> {
     check_name(name)?;
     if yaml.len() > MAX_PIPELINE_BYTES {
         return Err(Error::TooLarge(format!("pipeline file is over {MAX_PIPELINE_BYTES} bytes")));
+    }
+    if let Some(policy) = &retention {
+        crate::retention::check(policy)?;
     }
     let jobs = resolve::check(&format!("{name}.yml"), &yaml, plugins)?;
     let existing: Option<PipelineRecord> = store.get(T::Pipelines, name.as_bytes())?;
@@ -60,8 +65,12 @@ pub async fn save(
             return Err(Error::AlreadyExists(format!("pipeline `{name}` already exists; use Update")));
         }
         (None, Save::Replace) => return Err(Error::not_found(format!("pipeline `{name}` not found; use Create"))),
-        (Some(old), Save::Replace) => PipelineRecord { yaml, updated_ms: now, jobs, ..old },
-        (None, Save::Create) => PipelineRecord { schema: SCHEMA_VERSION, yaml, created_ms: now, updated_ms: now, jobs },
+        (Some(old), Save::Replace) => {
+            PipelineRecord { yaml, updated_ms: now, jobs, retention: retention.or(old.retention), ..old }
+        }
+        (None, Save::Create) => {
+            PipelineRecord { schema: SCHEMA_VERSION, yaml, created_ms: now, updated_ms: now, jobs, retention }
+        }
     };
     let mut ws = WriteSet::default();
     ws.put(T::Pipelines, name.as_bytes(), &rec);

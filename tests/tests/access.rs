@@ -128,6 +128,7 @@ fn policy(path: &str) -> Need {
         "Plugins/List" | "Plugins/Get" | "Plugins/Fetch" => RunnerOr(READ),
         "Tokens/Create" | "Tokens/List" | "Tokens/Revoke" | "Tokens/Rotate" | "Tokens/Whoami" => Signed,
         "Users/Create" | "Users/Get" | "Users/List" | "Users/Update" | "Users/Delete" | "Audit/List" => Global(ADMIN),
+        "Admin/Prune" => Global(ADMIN),
         "RunnerAgent/Register" => Open,
         "RunnerAgent/Connect"
         | "RunnerAgent/FetchSource"
@@ -198,6 +199,7 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
         }
         "Repos/Get" => v1::GetRepoRequest { name: target.into() }.encode_to_vec(),
         "Repos/Sync" => v1::SyncRepoRequest { name: target.into() }.encode_to_vec(),
+        "Admin/Prune" => v1::PruneRequest { dry_run: true }.encode_to_vec(),
         "Repos/Update" => v1::UpdateRepoRequest { name: target.into(), ..Default::default() }.encode_to_vec(),
         "Secrets/Set" => v1::SetSecretRequest {
             name: format!("SET_{}", target.to_uppercase()),

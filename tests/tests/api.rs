@@ -66,7 +66,7 @@ async fn stored_pipelines_can_be_created_validated_and_triggered() {
     let client = server.client().await;
     let yaml = "name: deploy\non:\n  manual:\n    inputs:\n      target: { required: true }\njobs:\n  go:\n    steps:\n      - run: echo deploying to ${{ inputs.target }}\n";
     let create = |name: &str, yaml: &str| {
-        let req = v1::CreatePipelineRequest { name: name.into(), yaml: yaml.into() };
+        let req = v1::CreatePipelineRequest { name: name.into(), yaml: yaml.into(), ..Default::default() };
         let mut p = client.pipelines();
         async move { p.create(req).await }
     };

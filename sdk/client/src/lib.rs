@@ -27,11 +27,12 @@ use tonic::{
 };
 pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
-    FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, artifacts_client::ArtifactsClient,
-    audit_client::AuditClient, caches_client::CachesClient, follow_request, logs_client::LogsClient,
-    pipelines_client::PipelinesClient, plugins_client::PluginsClient, repos_client::ReposClient, run_event::Change,
-    runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
-    secrets_client::SecretsClient, tokens_client::TokensClient, users_client::UsersClient,
+    FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, admin_client::AdminClient,
+    artifacts_client::ArtifactsClient, audit_client::AuditClient, caches_client::CachesClient, follow_request,
+    logs_client::LogsClient, pipelines_client::PipelinesClient, plugins_client::PluginsClient,
+    repos_client::ReposClient, run_event::Change, runner_agent_client::RunnerAgentClient,
+    runners_client::RunnersClient, runs_client::RunsClient, secrets_client::SecretsClient, tokens_client::TokensClient,
+    users_client::UsersClient,
 };
 
 /// What can go wrong talking to a server.
@@ -348,6 +349,11 @@ impl Client {
     /// `viaduct.v1.Users`.
     pub fn users(&self) -> UsersClient<Svc> {
         UsersClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Admin`.
+    pub fn admin(&self) -> AdminClient<Svc> {
+        AdminClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.Audit`.

@@ -8,6 +8,7 @@
 //! gRPC-web (tonic-web) is layered on the gRPC routes only, so plain HTTP
 //! routes on the same port are untouched.
 
+pub mod admin;
 pub mod agent;
 pub mod artifacts;
 pub mod audit;
@@ -33,10 +34,11 @@ use axum::{
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
-    FILE_DESCRIPTOR_SET, artifacts_server::ArtifactsServer, audit_server::AuditServer, caches_server::CachesServer,
-    logs_server::LogsServer, pipelines_server::PipelinesServer, plugins_server::PluginsServer,
-    repos_server::ReposServer, runner_agent_server::RunnerAgentServer, runners_server::RunnersServer,
-    runs_server::RunsServer, secrets_server::SecretsServer, tokens_server::TokensServer, users_server::UsersServer,
+    FILE_DESCRIPTOR_SET, admin_server::AdminServer, artifacts_server::ArtifactsServer, audit_server::AuditServer,
+    caches_server::CachesServer, logs_server::LogsServer, pipelines_server::PipelinesServer,
+    plugins_server::PluginsServer, repos_server::ReposServer, runner_agent_server::RunnerAgentServer,
+    runners_server::RunnersServer, runs_server::RunsServer, secrets_server::SecretsServer, tokens_server::TokensServer,
+    users_server::UsersServer,
 };
 
 use crate::{depot::Depot, engine::Engine, triggers::Triggers};
@@ -56,6 +58,7 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Tokens",
     "viaduct.v1.Users",
     "viaduct.v1.Audit",
+    "viaduct.v1.Admin",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
@@ -66,6 +69,7 @@ pub async fn grpc_router(
     depot: &Arc<Depot>,
     store: &Arc<crate::store::Store>,
     secrets: &Arc<crate::secrets::SecretBox>,
+    retention: &Arc<crate::retention::Retention>,
 ) -> anyhow::Result<axum::Router> {
     let auth = &gate.auth;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -96,6 +100,7 @@ pub async fn grpc_router(
     .add_service(TokensServer::new(tokens::TokensApi::new(Arc::clone(auth))))
     .add_service(UsersServer::new(users::UsersApi::new(Arc::clone(auth))))
     .add_service(AuditServer::new(audit::AuditApi::new(Arc::clone(&gate.audit))))
+    .add_service(AdminServer::new(admin::AdminApi::new(Arc::clone(retention))))
     .add_service(RunnerAgentServer::new(agent::AgentApi::new(
         Arc::clone(engine),
         Arc::clone(auth),

@@ -32,7 +32,7 @@ impl PipelinesApi {
     }
 
     async fn save(&self, r: CreatePipelineRequest, how: Save) -> Result<Pipeline> {
-        let rec = pipelines::save(&self.store, self.triggers.plugins(), &r.name, r.yaml, how).await?;
+        let rec = pipelines::save(&self.store, self.triggers.plugins(), &r.name, r.yaml, r.retention, how).await?;
         self.triggers.refresh_pipeline_schedules(&r.name, Some(&rec.yaml));
         Ok(to_proto(&r.name, &rec))
     }
@@ -48,6 +48,7 @@ fn to_proto(name: &str, r: &PipelineRecord) -> Pipeline {
             finished_at: convert::timestamp(r.updated_ms),
         }),
         jobs: r.jobs.clone(),
+        retention: r.retention,
     }
 }
 

@@ -52,6 +52,7 @@ impl ReposApi {
             last_error: r.last_error.clone(),
             credentials: r.credentials.clone(),
             pull_requests: Some(r.pull_requests.clone().unwrap_or_else(crate::trust::default_policy)),
+            retention: r.retention,
         }
     }
 }
@@ -118,8 +119,7 @@ impl Repos for ReposApi {
     async fn update(&self, req: Request<UpdateRepoRequest>) -> Result<Response<Repo>, Status> {
         let access = allowed(&req, &req.get_ref().name)?;
         let r = req.into_inner();
-        let policy = r.pull_requests.ok_or_else(|| Error::invalid("set `pull_requests` (the new policy)"))?;
-        let rec = self.triggers.repos().set_policy(&r.name, policy).await?;
+        let rec = self.triggers.repos().set_policy(&r.name, r.pull_requests, r.retention).await?;
         Ok(Response::new(self.to_proto(&access, &r.name, &rec)))
     }
 }

@@ -71,6 +71,11 @@ pub fn update(ws: &mut WriteSet, id: RunId, before: Option<&RunRecord>, now: &Ru
     }
 }
 
+/// The index keys of run `id` (to delete them with the run).
+pub fn entries_of(id: RunId, run: &RunRecord) -> Vec<Vec<u8>> {
+    entries(run).into_iter().map(|(f, v)| key(f, &v, Some(id))).collect()
+}
+
 /// Ids of runs with `field == value`, newest first, older than `before`.
 pub fn scan<'s>(
     store: &'s Store,

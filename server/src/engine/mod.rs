@@ -21,6 +21,7 @@ mod condition;
 pub mod index;
 mod lease;
 mod lifecycle;
+pub mod prune;
 mod queue;
 pub mod read;
 pub mod reports;

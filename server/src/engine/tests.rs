@@ -379,3 +379,142 @@ async fn a_queued_job_says_why_it_waits_and_toolchains_route_it() {
     assert_eq!(r1.toolchains, rust);
     assert_eq!(r1.labels, ["linux"]);
 }
+
+/// Retention over 10,000 finished runs of two pipelines and two branches,
+/// a minute apart: a pass keeps exactly what the rules say (checked against
+/// a plain re-statement of them), a dry run removes nothing, and a removed
+/// run takes its jobs, steps, log chunks and index entries with it.
+#[tokio::test]
+async fn retention_keeps_what_the_rules_say_over_ten_thousand_runs() {
+    use std::collections::{BTreeSet, HashMap};
+
+    use viaduct_proto::v1::{RunSource, Status};
+
+    use super::prune::Rules;
+    use crate::store::{
+        keys::RunId,
+        records::{JobRecord, RunRecord, StepRecord},
+    };
+
+    const N: u64 = 10_000;
+    const MINUTE: i64 = 60_000;
+    let h = Harness::new();
+    let now = h.engine.sh.now_ms();
+    let runs: Vec<(RunId, RunRecord)> = (1..=N)
+        .map(|i| {
+            let status = if i % 7 == 0 { Status::Success } else { Status::Failure };
+            let rec = RunRecord {
+                schema: SCHEMA_VERSION,
+                pipeline: if i % 2 == 0 { "a".into() } else { "b".into() },
+                status: status as i32,
+                source: Some(RunSource {
+                    repo: "app".into(),
+                    branch: if i % 3 == 0 { "dev".into() } else { "main".into() },
+                    ..Default::default()
+                }),
+                created_ms: now - (N as i64 - i as i64 + 1) * MINUTE - 30_000,
+                finished_ms: now - (N as i64 - i as i64) * MINUTE - 30_000,
+                job_count: 1,
+                ..Default::default()
+            };
+            (RunId(i), rec)
+        })
+        .collect();
+    // One old run still running: never removed.
+    let running = RunId(N + 1);
+    let mut open_run = runs[0].1.clone();
+    open_run.status = Status::Running as i32;
+    open_run.finished_ms = 0;
+    for chunk in runs.iter().chain([(running, open_run)].iter()).collect::<Vec<_>>().chunks(500) {
+        let mut ws = WriteSet::default();
+        for (id, rec) in chunk {
+            ws.put(T::Runs, id.key(), rec);
+            super::index::update(&mut ws, *id, None, rec);
+            let job = JobKey::new(*id, 1);
+            ws.put(T::Jobs, job.key(), &JobRecord { schema: SCHEMA_VERSION, status: rec.status, ..Default::default() });
+            let step = job.step(1, 1);
+            ws.put(T::Steps, step.key(), &StepRecord { schema: SCHEMA_VERSION, ..Default::default() });
+            ws.put_raw(T::Logs, step.log_key(0), b"hello\n".to_vec());
+        }
+        h.store.commit(&ws).expect("write");
+    }
+
+    let rules = Rules { keep_for_ms: 24 * 60 * MINUTE, keep_last: 50, keep_last_success: true };
+    // The rules, stated plainly: recent, the newest 50 of a pipeline, the
+    // newest success of a (pipeline, branch).
+    let mut expected: BTreeSet<u64> = BTreeSet::from([running.0]);
+    let mut per_pipeline: HashMap<&str, u32> = HashMap::new();
+    let mut green: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (id, r) in runs.iter().rev() {
+        let n = per_pipeline.entry(r.pipeline.as_str()).or_default();
+        let branch = r.source.as_ref().map(|s| s.branch.as_str()).unwrap_or_default();
+        let newest_green = r.status() == Status::Success && green.insert((r.pipeline.as_str(), branch));
+        if *n < 50 || newest_green || now - r.finished_ms < rules.keep_for_ms {
+            expected.insert(id.0);
+        }
+        *n += 1;
+    }
+
+    let dry = h.engine.prune(&|_| rules, 0, true).expect("dry run");
+    assert_eq!(dry.examined, N + 1);
+    assert_eq!(dry.removed, N + 1 - expected.len() as u64);
+    assert_eq!(h.store.tree(T::Runs).iter().count() as u64, N + 1, "a dry run removes nothing");
+
+    let done = h.engine.prune(&|_| rules, 0, false).expect("prune");
+    assert_eq!(done.removed, dry.removed, "the dry run said what the pass did");
+    assert_eq!(done.records, dry.records);
+    assert_eq!(done.kept.get("unfinished"), Some(&1));
+    let left: BTreeSet<u64> =
+        h.store.tree(T::Runs).iter().map(|kv| RunId::from_key(&kv.expect("read").0).expect("key").0).collect();
+    assert_eq!(left, expected);
+    let jobs: BTreeSet<u64> =
+        h.store.tree(T::Jobs).iter().map(|kv| RunId::from_key(&kv.expect("read").0).expect("key").0).collect();
+    assert_eq!(jobs, expected, "jobs go with their runs");
+    assert_eq!(h.store.tree(T::Steps).iter().count(), expected.len());
+    assert_eq!(h.store.tree(T::Logs).iter().count(), expected.len());
+    let indexed: BTreeSet<u64> =
+        super::index::scan(&h.store, super::index::Field::Pipeline, b"a", None).map(|id| id.expect("scan").0).collect();
+    assert_eq!(indexed, expected.iter().copied().filter(|i| *i % 2 == 0).collect());
+
+    let again = h.engine.prune(&|_| rules, 0, false).expect("prune again");
+    assert_eq!(again.removed, 0, "a second pass finds nothing more");
+}
+
+/// A run that really ran goes with its records once old; old events go
+/// while the newest batch stays (new events continue from its cursor).
+#[tokio::test]
+async fn retention_removes_a_run_that_ran_and_keeps_the_newest_events() {
+    use viaduct_proto::v1::Status;
+
+    use super::prune::Rules;
+
+    let h = Harness::new();
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    let run = h.submit(ONE_JOB).await;
+    let given = r.assignments();
+    h.report(&r, &given[0], Status::Success);
+    h.advance(3 * 24 * 3600 * 1000);
+    let rules = Rules { keep_for_ms: 24 * 3600 * 1000, keep_last: 0, keep_last_success: false };
+    let events_before = h.store.tree(T::Events).iter().count();
+    assert!(events_before > 1);
+    let unpacked = h.engine.prune(&|_| rules, 0, true).expect("dry run");
+    assert_eq!((unpacked.removed, unpacked.kept.get("unfinished")), (0, Some(&1)), "kept until its logs are packed");
+    // What packing does once it has moved the logs out.
+    let mut ws = WriteSet::default();
+    for kv in h.store.tree(T::Unpacked).iter() {
+        ws.delete(T::Unpacked, kv.expect("read").0);
+    }
+    h.store.commit(&ws).expect("write");
+    let dry = h.engine.prune(&|_| rules, 1000, true).expect("dry run");
+    assert_eq!((dry.removed, dry.event_batches), (1, events_before as u64 - 1));
+    let done = h.engine.prune(&|_| rules, 1000, false).expect("prune");
+    assert_eq!(done.removed_ids, vec![run]);
+    assert!(h.engine.get_run(run).is_err(), "the run is gone");
+    assert_eq!(h.store.tree(T::Jobs).iter().count() + h.store.tree(T::Steps).iter().count(), 0);
+    assert_eq!(h.store.tree(T::Events).iter().count(), 1, "the newest batch stays");
+    // New events continue after the kept cursor.
+    let next = h.submit(ONE_JOB).await;
+    let (events, _) = h.engine.events_after(0, None, 100).expect("events");
+    assert!(events.iter().any(|e| e.run_id == next.to_string()));
+    assert!(events.windows(2).all(|w| w[0].cursor < w[1].cursor));
+}

@@ -194,15 +194,35 @@ impl Repos {
         Ok(rec)
     }
 
-    /// Replaces a repository's pull request policy.
-    pub async fn set_policy(&self, name: &str, policy: viaduct_proto::v1::PullRequestPolicy) -> Result<RepoRecord> {
-        check_policy(&policy)?;
+    /// Replaces a repository's pull request policy, retention policy or both
+    /// (`None`: unchanged).
+    pub async fn set_policy(
+        &self,
+        name: &str,
+        pull_requests: Option<viaduct_proto::v1::PullRequestPolicy>,
+        retention: Option<viaduct_proto::v1::RetentionPolicy>,
+    ) -> Result<RepoRecord> {
+        if pull_requests.is_none() && retention.is_none() {
+            return Err(Error::invalid("set `pull_requests` or `retention` (the new policy)"));
+        }
+        if let Some(policy) = &pull_requests {
+            check_policy(policy)?;
+        }
+        if let Some(policy) = &retention {
+            crate::retention::check(policy)?;
+        }
         let _guard = self.lock_for(name).lock_owned().await;
         let mut rec = self.get(name)?;
-        rec.pull_requests = Some(policy);
+        if let Some(policy) = pull_requests {
+            rec.pull_requests = Some(policy);
+            tracing::info!(repo = name, "pull request policy changed");
+        }
+        if let Some(policy) = retention {
+            tracing::info!(repo = name, ?policy, "retention policy changed");
+            rec.retention = Some(policy);
+        }
         let ws = self.save(name, &rec, WriteSet::default())?;
         self.store.commit_durable(&ws).await?;
-        tracing::info!(repo = name, "pull request policy changed");
         Ok(rec)
     }
 

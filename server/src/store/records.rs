@@ -361,6 +361,9 @@ pub struct RepoRecord {
     /// Who is trusted to run pull requests; `None`: the default policy.
     #[prost(message, optional, tag = "12")]
     pub pull_requests: Option<PullRequestPolicy>,
+    /// How long its runs are kept; `None`: the server's defaults.
+    #[prost(message, optional, tag = "13")]
+    pub retention: Option<viaduct_proto::v1::RetentionPolicy>,
 }
 
 /// The events of one transition: `events` tree, key = the cursor of its
@@ -572,6 +575,10 @@ pub struct PipelineRecord {
     /// Job keys in file order.
     #[prost(string, repeated, tag = "5")]
     pub jobs: Vec<String>,
+    /// How long its runs are kept; `None`: its repository's or the
+    /// server's.
+    #[prost(message, optional, tag = "6")]
+    pub retention: Option<viaduct_proto::v1::RetentionPolicy>,
 }
 
 /// A published plugin version: `plugins` tree, key `name \0 version`.

@@ -129,6 +129,9 @@ pub enum Command {
     /// Manage users and their roles (admins).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Operate the server (admins).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Read the audit log: privileged actions, newest first (admins).
     Audit {
         /// At most this many entries.
@@ -240,6 +243,17 @@ pub enum ReposCommand {
         /// MEMBER, COLLABORATOR). `--association none` trusts none.
         #[arg(long = "association", value_name = "ASSOCIATION")]
         associations: Vec<String>,
+    },
+    /// Set how long a repository's runs are kept (unset flags keep what
+    /// was set; none: show the policy).
+    Retention {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        policy: RetentionArgs,
+        /// Forget the repository's policy: the server's defaults apply.
+        #[arg(long, conflicts_with_all = ["keep_for", "keep_last", "keep_last_success"])]
+        defaults: bool,
     },
     /// List repositories.
     List {
@@ -399,6 +413,36 @@ pub enum RunnersCommand {
     },
 }
 
+/// A retention policy's flags (unset: inherited).
+#[derive(Debug, Args, Default)]
+pub struct RetentionArgs {
+    /// Keep finished runs this long after they finished (e.g. 90d;
+    /// `forever` keeps them).
+    #[arg(long, value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    pub keep_for: Option<std::time::Duration>,
+    /// Always keep the newest this many runs.
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Always keep the newest successful run of each branch (true/false).
+    #[arg(long)]
+    pub keep_last_success: Option<bool>,
+}
+
+/// `viaduct admin …`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Apply run and event retention now (what the server does every
+    /// --retention-every), or with --dry-run only say what would go.
+    Prune {
+        /// Remove nothing; list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `viaduct pipelines …`.
 #[derive(Debug, Subcommand)]
 pub enum PipelinesCommand {
@@ -418,6 +462,8 @@ pub enum PipelinesCommand {
         /// Replace an existing pipeline.
         #[arg(long)]
         update: bool,
+        #[command(flatten)]
+        policy: RetentionArgs,
     },
     /// Delete a stored pipeline.
     Delete {

@@ -17,9 +17,10 @@ use viaduct_sdk::{
             CreateRepoRequest, DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest,
             GetRepoRequest, GetRunRequest, GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest,
             ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PendingJobsRequest,
-            PullRequestPolicy, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope, SetSecretRequest,
-            Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest, UpdateRunnerRequest,
-            WatchRequest, create_repo_request, follow_request, log_event, run_event::Change, submit_request,
+            PullRequestPolicy, RetentionPolicy, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope,
+            SetSecretRequest, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest,
+            UpdateRunnerRequest, WatchRequest, create_repo_request, follow_request, log_event, run_event::Change,
+            submit_request,
         },
     },
 };
@@ -465,8 +466,8 @@ pub async fn pipelines(client: &Client, cmd: PipelinesCommand) -> Result<(), Fai
             print!("{}", client.pipelines().get(GetPipelineRequest { name }).await?.into_inner().yaml);
             Ok(())
         }
-        PipelinesCommand::Create { name, file, update } => {
-            let req = CreatePipelineRequest { name, yaml: read(&file)? };
+        PipelinesCommand::Create { name, file, update, policy } => {
+            let req = CreatePipelineRequest { name, yaml: read(&file)?, retention: policy.policy() };
             let p = if update { client.pipelines().update(req).await? } else { client.pipelines().create(req).await? };
             println!("pipeline {} stored ({} jobs)", p.get_ref().name, p.get_ref().jobs.len());
             Ok(())
@@ -572,8 +573,25 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
                 associations.into_iter().filter(|a| !a.eq_ignore_ascii_case("none")).collect()
             };
             let policy = PullRequestPolicy { trusted_senders: senders, trusted_associations: associations };
-            let r = client.repos().update(UpdateRepoRequest { name, pull_requests: Some(policy) }).await?.into_inner();
+            let r = client
+                .repos()
+                .update(UpdateRepoRequest { name, pull_requests: Some(policy), retention: None })
+                .await?
+                .into_inner();
             print!("{}", view::repo_text(&r));
+            Ok(())
+        }
+        ReposCommand::Retention { name, policy, defaults } => {
+            let retention = if defaults { Some(RetentionPolicy::default()) } else { policy.policy() };
+            let r = match retention {
+                None => client.repos().get(GetRepoRequest { name }).await?.into_inner(),
+                Some(p) => client
+                    .repos()
+                    .update(UpdateRepoRequest { name, pull_requests: None, retention: Some(p) })
+                    .await?
+                    .into_inner(),
+            };
+            println!("{}", super::admin::policy_text(&r.retention.unwrap_or_default()));
             Ok(())
         }
         ReposCommand::Sync { name } => {

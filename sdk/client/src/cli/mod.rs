@@ -1,5 +1,6 @@
 //! The `viaduct` command-line tool, on top of the SDK.
 
+pub mod admin;
 pub mod args;
 pub mod commands;
 pub mod exec;
@@ -122,6 +123,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Whoami => people::whoami(&client).await,
         Command::Login { .. } | Command::Logout => Ok(()),
         Command::Users(c) => people::users(&client, c).await,
+        Command::Admin(c) => admin::admin(&client, c).await,
         Command::Audit { limit, before, actor, json } => people::audit(&client, limit, before, actor, json).await,
         Command::Trigger { repo, git_ref, commit, inputs, follow } => {
             commands::trigger(&client, repo, git_ref, commit, inputs, follow).await

@@ -262,6 +262,9 @@ pub fn repo_text(r: &Repo) -> String {
         let assoc = if p.trusted_associations.is_empty() { "none".into() } else { p.trusted_associations.join(", ") };
         let _ = writeln!(out, "  trusts pull requests of senders {senders}; associations {assoc}");
     }
+    if let Some(p) = r.retention.filter(|p| *p != Default::default()) {
+        let _ = writeln!(out, "  {}", super::admin::policy_text(&p));
+    }
     if !r.last_error.is_empty() {
         let _ = writeln!(out, "  last error   {}", r.last_error);
     }
