@@ -12,9 +12,12 @@
 //! — and reads `pr/<number>`, then its base branch, then the default
 //! branch: it starts warm without being able to poison anyone's cache.
 //!
-//! Retention ([`Caches::enforce`]): entries unused for the TTL expire, and
-//! past the size limit the least recently used go first. The blobs they
-//! named are removed by the blob sweep.
+//! Retention ([`Caches::enforce`]): entries unused for the TTL expire; a
+//! scope (repository) past its own quota loses its least recently used
+//! entries; past the total limit, the least recently used entries of the
+//! scope holding the most go first — so one repository filling the cache
+//! evicts its own entries, not everyone else's. The blobs they named are
+//! removed by the blob sweep.
 
 use std::sync::{
     Arc,
@@ -52,10 +55,59 @@ pub struct Scope {
 pub struct CacheLimits {
     /// Total stored bytes before least recently used entries are evicted.
     pub max_bytes: u64,
+    /// Stored bytes of one scope (repository, or pipeline without one)
+    /// before its own least recently used entries are evicted.
+    pub max_scope_bytes: u64,
     /// Largest single entry.
     pub max_entry_bytes: u64,
     /// Entries unused this long expire.
     pub ttl: std::time::Duration,
+}
+
+/// What retention needs of an entry.
+#[derive(Debug, Clone, Copy)]
+struct Held<'a> {
+    scope: &'a str,
+    size: u64,
+    last_used_ms: i64,
+}
+
+/// Which entries of `all` (least recently used first) retention removes:
+/// those unused since `cutoff`; then, in each scope over its quota, its
+/// least recently used until it fits; then, while the total is over the
+/// limit, the least recently used entry of the scope holding the most.
+fn evictions(all: &[Held<'_>], limits: &CacheLimits, cutoff: i64) -> Vec<usize> {
+    use std::collections::{BTreeMap, VecDeque};
+    let mut gone = vec![false; all.len()];
+    let mut by_scope: BTreeMap<&str, (u64, VecDeque<usize>)> = BTreeMap::new();
+    for (i, h) in all.iter().enumerate() {
+        if h.last_used_ms < cutoff {
+            gone[i] = true;
+            continue;
+        }
+        let s = by_scope.entry(h.scope).or_default();
+        s.0 += h.size;
+        s.1.push_back(i);
+    }
+    for (held, queue) in by_scope.values_mut() {
+        while *held > limits.max_scope_bytes {
+            let Some(i) = queue.pop_front() else { break };
+            gone[i] = true;
+            *held -= all[i].size;
+        }
+    }
+    let mut total: u64 = by_scope.values().map(|(held, _)| *held).sum();
+    while total > limits.max_bytes {
+        let Some((held, queue)) = by_scope.values_mut().filter(|(_, q)| !q.is_empty()).max_by_key(|(held, _)| *held)
+        else {
+            break;
+        };
+        let Some(i) = queue.pop_front() else { break };
+        gone[i] = true;
+        *held -= all[i].size;
+        total -= all[i].size;
+    }
+    (0..all.len()).filter(|i| gone[*i]).collect()
 }
 
 /// The cache index over the `caches` tree.
@@ -300,23 +352,37 @@ impl Caches {
         Ok(n)
     }
 
-    /// Applies retention: expires entries unused for the TTL, then evicts
-    /// the least recently used until the total fits the size limit.
-    /// Returns how many entries were removed.
+    /// Whether `scope` holds more than its quota.
+    pub fn scope_over_limit(&self, scope: &str) -> Result<bool> {
+        let held: u64 = self.list(scope, "")?.iter().filter_map(|r| r.entry.as_ref()).map(|e| e.size).sum();
+        Ok(held > self.limits.max_scope_bytes)
+    }
+
+    /// Applies retention (see the module docs). Returns how many entries
+    /// were removed.
     pub async fn enforce(&self) -> Result<u64> {
         let mut all = self.list("", "")?;
         // Oldest use first.
         all.reverse();
         let ttl_ms = i64::try_from(self.limits.ttl.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(ttl_ms);
-        let mut total: u64 = all.iter().filter_map(|r| r.entry.as_ref()).map(|e| e.size).sum();
+        let held: Vec<Held<'_>> = all
+            .iter()
+            .map(|r| {
+                let e = r.entry.as_ref();
+                Held {
+                    scope: e.map_or("", |e| e.scope.as_str()),
+                    size: e.map_or(0, |e| e.size),
+                    last_used_ms: r.last_used_ms,
+                }
+            })
+            .collect();
+        let doomed = evictions(&held, &self.limits, cutoff);
+        let mut total: u64 = held.iter().map(|h| h.size).sum();
         let mut ws = WriteSet::default();
         let mut removed = 0;
-        for rec in &all {
-            let Some(e) = rec.entry.as_ref() else { continue };
-            if rec.last_used_ms >= cutoff && total <= self.limits.max_bytes {
-                continue;
-            }
+        for i in doomed {
+            let Some(e) = all[i].entry.as_ref() else { continue };
             ws.delete(T::Caches, entry_key(e));
             total = total.saturating_sub(e.size);
             removed += 1;
@@ -347,5 +413,40 @@ impl Caches {
             misses: self.misses.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_bytes: u64, max_scope_bytes: u64) -> CacheLimits {
+        CacheLimits { max_bytes, max_scope_bytes, max_entry_bytes: u64::MAX, ttl: std::time::Duration::ZERO }
+    }
+
+    fn held(scope: &str, size: u64, last_used_ms: i64) -> Held<'_> {
+        Held { scope, size, last_used_ms }
+    }
+
+    #[test]
+    fn a_repository_filling_the_cache_evicts_its_own_entries_first() {
+        // Least recently used first: `app`'s two old entries, then `noisy`
+        // saving a lot, then `app` once more.
+        let all = [
+            held("app", 10, 1),
+            held("app", 10, 2),
+            held("noisy", 40, 3),
+            held("noisy", 40, 4),
+            held("noisy", 40, 5),
+            held("app", 10, 6),
+        ];
+        // Within the quota and the total: nothing goes.
+        assert!(evictions(&all, &limits(1000, 1000), 0).is_empty());
+        // `noisy` over its quota of 80: its oldest goes, nobody else's.
+        assert_eq!(evictions(&all, &limits(1000, 80), 0), vec![2]);
+        // Over the total of 100 (150 held): the scope holding the most pays.
+        assert_eq!(evictions(&all, &limits(100, 1000), 0), vec![2, 3]);
+        // Unused since the cutoff: gone whatever the sizes.
+        assert_eq!(evictions(&all, &limits(1000, 1000), 3), vec![0, 1]);
     }
 }

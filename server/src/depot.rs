@@ -45,6 +45,7 @@ impl Default for DepotConfig {
         Self {
             caches: CacheLimits {
                 max_bytes: 10 << 30,
+                max_scope_bytes: 4 << 30,
                 max_entry_bytes: 4 << 30,
                 ttl: Duration::from_secs(7 * 24 * 3600),
             },
@@ -107,7 +108,7 @@ impl Depot {
         run_id: &str,
     ) -> Result<bool> {
         let stored = self.caches.save(scope, kind, key, blob, run_id).await?;
-        if stored && self.caches.over_limit() {
+        if stored && (self.caches.over_limit() || self.caches.scope_over_limit(&scope.scope)?) {
             self.request_retention();
         }
         Ok(stored)

@@ -44,6 +44,9 @@ pub enum Error {
         /// When another try may succeed.
         retry_after: std::time::Duration,
     },
+    /// No room for new work: the data directory's disk is nearly full.
+    #[error("{0}")]
+    NoRoom(String),
     /// The embedded database failed (I/O error, disk full, …).
     #[error("storage error: {0}")]
     Storage(String),
@@ -84,7 +87,7 @@ impl Error {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::TooLarge(_) | Self::RateLimited { .. } => Code::ResourceExhausted,
+            Self::TooLarge(_) | Self::RateLimited { .. } | Self::NoRoom(_) => Code::ResourceExhausted,
             Self::Storage(_) => Code::Unavailable,
             Self::Corrupt { .. } | Self::Internal(_) => Code::Internal,
         }

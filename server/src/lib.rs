@@ -40,6 +40,7 @@ pub mod retention;
 pub mod secrets;
 pub mod sign_in;
 pub mod source_archives;
+pub mod space;
 pub mod sso;
 pub mod store;
 pub mod throttle;
@@ -141,6 +142,9 @@ pub struct Config {
     pub depot: depot::DepotConfig,
     /// How long runs and events are kept.
     pub retention: retention::RetentionConfig,
+    /// Bytes kept free on the data directory's disk: below, new work is
+    /// refused (see `space`).
+    pub min_free_disk: u64,
     /// Plugins to publish at start (`NAME.wasm` + `NAME.toml`) instead of
     /// the first-party plugins this build embeds.
     pub plugins_dir: Option<PathBuf>,
@@ -231,6 +235,7 @@ pub(crate) async fn serve_engine(
     }
     let engine_cfg = engine::EngineConfig {
         durable_sends: matches!(cfg.store, StoreConfig::Postgres { .. }) || cfg.engine.durable_sends,
+        room: Arc::new(space::DiskRoom::new(cfg.data_dir.clone(), cfg.min_free_disk)),
         ..cfg.engine.clone()
     };
     let engine = engine::Engine::open(Arc::clone(&store), engine_cfg, Arc::clone(&secret_box))?;

@@ -110,6 +110,11 @@ struct Args {
     /// are evicted (e.g. 10g).
     #[arg(long, default_value = "10g", value_parser = viaduct_pipeline::duration::parse_memory)]
     cache_max_size: u64,
+    /// Total size of one repository's caches (or one pipeline's, for runs
+    /// without a repository) before its own least recently used entries
+    /// are evicted: no repository can evict the others' caches.
+    #[arg(long, default_value = "4g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    cache_max_size_per_repo: u64,
     /// Largest single cache entry.
     #[arg(long, default_value = "4g", value_parser = viaduct_pipeline::duration::parse_memory)]
     cache_max_entry_size: u64,
@@ -194,6 +199,11 @@ struct Args {
     /// `viaduct admin prune`).
     #[arg(long, default_value = "10m", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
     retention_every: Duration,
+    /// Keep this much free on the data directory's disk: below it new runs,
+    /// retries, cache saves and artifacts are refused (RESOURCE_EXHAUSTED)
+    /// until space returns, while reads and running jobs go on.
+    #[arg(long, default_value = "1g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    min_free_disk: u64,
     /// Tests only: run schedules on a clock SPEED times faster from EPOCH
     /// (unix seconds), as EPOCH:SPEED.
     #[arg(long, hide = true, value_parser = viaduct_server::triggers::schedule::Clock::parse)]
@@ -289,12 +299,14 @@ fn main() -> ExitCode {
         depot: viaduct_server::depot::DepotConfig {
             caches: viaduct_server::caches::CacheLimits {
                 max_bytes: args.cache_max_size,
+                max_scope_bytes: args.cache_max_size_per_repo,
                 max_entry_bytes: args.cache_max_entry_size,
                 ttl: args.cache_ttl,
             },
             artifact_ttl: args.artifact_ttl,
             max_artifact_bytes: args.max_artifact_size,
         },
+        min_free_disk: args.min_free_disk,
         retention: viaduct_server::retention::RetentionConfig {
             keep_for: args.keep_runs_for,
             keep_last: args.keep_runs_last,

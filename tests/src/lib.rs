@@ -196,7 +196,12 @@ impl Server {
     /// Starts a server with extra command-line arguments and environment
     /// variables (kept across restarts), e.g. its own `HOME`.
     pub fn start_env(args: &[&str], env: &[(&str, &Path)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), args, env)
+    }
+
+    /// Starts a server whose data directory is `dir/data` (e.g. a
+    /// filesystem the test mounted there).
+    pub fn start_in(dir: TempDir, args: &[&str], env: &[(&str, &Path)]) -> Self {
         let mut s = Self {
             child: None,
             dir,

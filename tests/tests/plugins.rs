@@ -249,6 +249,44 @@ jobs:
     assert!(String::from_utf8_lossy(&out.stdout).contains("deleted 2 cache entries"), "{out:?}");
 }
 
+/// One repository (here: pipeline scope) saving cache after cache past its
+/// quota evicts its own oldest entries; another's entry stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_over_its_cache_quota_evicts_its_own_entries_only() {
+    let plugins = viaduct_tests::plugins_dir().display().to_string();
+    let server = Server::start_with(&["--plugins-dir", &plugins, "--cache-max-size-per-repo", "3m"]);
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let pipeline = |name: &str, key: &str| {
+        format!(
+            r#"
+name: {name}
+jobs:
+  build:
+    steps:
+      - run: echo {key} > deps.lock
+      - uses: cache@1
+        with: {{ key: {key}, key_files: [deps.lock], paths: [target] }}
+      - run: mkdir -p target && head -c 2000000 /dev/urandom > target/blob
+"#
+        )
+    };
+    let quiet = finished(&client, &submit(&client, &pipeline("quiet", "q")).await).await;
+    assert_eq!(word(quiet.status), "success", "{quiet:#?}");
+    for key in ["n1", "n2", "n3"] {
+        let run = finished(&client, &submit(&client, &pipeline("noisy", key)).await).await;
+        assert_eq!(word(run.status), "success", "{run:#?}");
+    }
+    // 2 MB each, 3 MB a scope: `noisy` keeps only its newest entry.
+    let listed = viaduct_tests::eventually("noisy's older entries to go", || async {
+        let out = String::from_utf8(output(server.cli().args(["caches", "list"])).stdout).unwrap();
+        let noisy: Vec<&str> = out.lines().filter(|l| l.contains("pipeline:noisy")).collect();
+        (noisy.len() == 1 && noisy[0].contains("n3")).then_some(out)
+    })
+    .await;
+    assert!(listed.contains("pipeline:quiet"), "another scope's entry stays:\n{listed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_switches_releases_atomically_and_rolls_back() {
     let server = Server::with_plugins();

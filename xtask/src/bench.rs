@@ -47,6 +47,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("queue") {
             queue().await?;
         }
+        if wanted("retention") {
+            retention().await?;
+        }
         if wanted("replicas") {
             replicas().await?;
         }
@@ -154,16 +157,21 @@ async fn pickup(
     events: &mut tonic::Streaming<v1::RunEvent>,
     n: usize,
 ) -> Result<(Duration, Duration, Duration)> {
-    let yaml = "jobs:\n  j:\n    steps:\n      - run: true\n";
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
-        let t0 = Instant::now();
-        let id = submit(client, yaml).await?;
-        until(events, &id, is_running_step).await?;
-        samples.push(t0.elapsed());
-        until(events, &id, is_finished_run).await?;
+        samples.push(pickup_once(client, events).await?);
     }
     Ok(summary(samples))
+}
+
+/// Submit → first step running, once (then waits for the run to end).
+async fn pickup_once(client: &Client, events: &mut tonic::Streaming<v1::RunEvent>) -> Result<Duration> {
+    let t0 = Instant::now();
+    let id = submit(client, "jobs:\n  j:\n    steps:\n      - run: true\n").await?;
+    until(events, &id, is_running_step).await?;
+    let took = t0.elapsed();
+    until(events, &id, is_finished_run).await?;
+    Ok(took)
 }
 
 /// Finished logs packed into blobs (`packed_logs`): their bytes as
@@ -482,6 +490,89 @@ async fn queue() -> Result<()> {
     }
     drop(runners);
     Ok(())
+}
+
+/// Retention over 100,000 finished runs (`--keep-runs-for 1s`, the last 10
+/// kept): the store's size and pickup latency on an idle runner before the
+/// runs, with them, while one pass removes them (pickups one after another
+/// for as long as the pass lasts) and after; the pass's own figures.
+async fn retention() -> Result<()> {
+    const RUNS: usize = 100_000;
+    const N: usize = 200;
+    let args = ["--keep-runs-for", "1s", "--keep-runs-last", "10", "--retention-every", "forever"];
+    let (server, runner, client, mut events) = system_on(Server::start_with(&args)).await?;
+    let data = server.data_dir();
+    let (e50, e99, _) = pickup(&client, &mut events, N).await?;
+    let empty = dir_size(&data.join("db"));
+    drop(runner);
+    drop(events);
+    let (b, runners) = backlog(&client, RUNS, || dummy_runner(&server)).await?;
+    println!("retention {RUNS} one-job runs made (dummy executor): {:.0} runs/s completed", b.completed);
+    drop(runners);
+    // Their logs are packed in the background; a run waits for that.
+    let dry = loop {
+        let r = client.admin().prune(v1::PruneRequest { dry_run: true }).await?.into_inner();
+        if r.kept_unfinished == 0 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "retention dry run over {} runs: would remove {} in {} ms",
+        dry.runs_examined, dry.runs_removed, dry.took_ms
+    );
+    let full = dir_size(&data.join("db"));
+    let runner = server.runner("linux", 1);
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let id = submit(&client, "jobs:\n  warm:\n    steps:\n      - run: true\n").await?;
+    until(&mut events, &id, is_finished_run).await.context("warm-up run")?;
+    let (f50, f99, _) = pickup(&client, &mut events, N).await?;
+
+    let admin = client.clone();
+    let pass = tokio::spawn(async move { admin.admin().prune(v1::PruneRequest { dry_run: false }).await });
+    let mut during = Vec::new();
+    while !pass.is_finished() {
+        during.push(pickup_once(&client, &mut events).await?);
+    }
+    let report = pass.await??.into_inner();
+    let samples = during.len();
+    let (d50, d99, _) = summary(during);
+    let (a50, a99, _) = pickup(&client, &mut events, N).await?;
+    let after = dir_size(&data.join("db"));
+    drop(runner);
+    let mb = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    println!(
+        "retention pass: removed {} of {} runs ({} records, {}) in {} ms",
+        report.runs_removed,
+        report.runs_examined,
+        report.records_removed,
+        mb(report.bytes_removed),
+        report.took_ms
+    );
+    println!("retention pickup p50/p99: empty store {}/{}", ms(e50), ms(e99));
+    println!("retention pickup p50/p99: {RUNS} runs stored {}/{}", ms(f50), ms(f99));
+    println!("retention pickup p50/p99: during the pass ({samples} runs) {}/{}", ms(d50), ms(d99));
+    println!("retention pickup p50/p99: after the pass {}/{}", ms(a50), ms(a99));
+    println!(
+        "retention sled files: empty {}, with {RUNS} runs {}, after the pass {} (sled reuses freed space; files do not shrink)",
+        mb(empty),
+        mb(full),
+        mb(after)
+    );
+    Ok(())
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// The same work on each store, side by side: sled (embedded) and

@@ -156,6 +156,7 @@ impl RunnerAgent for AgentApi {
         req: Request<Streaming<SaveCacheRequest>>,
     ) -> Result<Response<SaveCacheResponse>, Status> {
         let runner = crate::access::of(&req)?.runner()?.to_string();
+        self.engine.check_room()?;
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Error::invalid("empty cache upload"))?;
         let (job, _, rec) = self.leased(&runner, first.job.as_ref())?;
@@ -174,6 +175,7 @@ impl RunnerAgent for AgentApi {
         req: Request<Streaming<UploadArtifactRequest>>,
     ) -> Result<Response<Artifact>, Status> {
         let runner = crate::access::of(&req)?.runner()?.to_string();
+        self.engine.check_room()?;
         let mut stream = req.into_inner();
         let first = stream.message().await?.ok_or_else(|| Error::invalid("empty artifact upload"))?;
         let (job, attempt, rec) = self.leased(&runner, first.job.as_ref())?;

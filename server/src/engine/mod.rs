@@ -25,6 +25,7 @@ pub mod prune;
 mod queue;
 pub mod read;
 pub mod reports;
+pub mod room;
 pub mod runs;
 mod session;
 mod tx;
@@ -92,6 +93,8 @@ pub struct EngineConfig {
     /// log data past it, and past room for the runner's marker line, is
     /// refused).
     pub max_step_log_bytes: u64,
+    /// Whether there is room for new work (runs, retries, blobs).
+    pub room: Arc<dyn room::Room>,
 }
 
 /// Room past a step's log limit for the line the runner ends it with.
@@ -109,6 +112,7 @@ impl Default for EngineConfig {
             clock: Arc::new(SystemClock),
             durable_sends: false,
             max_step_log_bytes: 128 << 20,
+            room: Arc::new(room::Unbounded),
         }
     }
 }
@@ -320,6 +324,11 @@ impl Engine {
     /// Waits until every write made so far is on disk.
     pub async fn wait_all_durable(&self) {
         self.sh.store.wait_durable(self.sh.store.ticket()).await;
+    }
+
+    /// `Ok` when there is room for new work (see [`room`]).
+    pub fn check_room(&self) -> Result<()> {
+        self.sh.cfg.room.check()
     }
 
     /// Wake-ups for followers.

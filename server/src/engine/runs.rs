@@ -124,6 +124,7 @@ impl Engine {
         if new.jobs.is_empty() && new.error.is_none() {
             return Err(Error::invalid("a run needs at least one job"));
         }
+        self.sh.cfg.room.check()?;
         let (id, ticket) = self.transition(|t| {
             let now = self.sh.now_ms();
             if let Some(key) = &new.request_key
@@ -277,6 +278,7 @@ impl Engine {
 
     /// Re-runs the jobs of a finished run that did not succeed.
     pub async fn retry_run(&self, id: RunId) -> Result<()> {
+        self.sh.cfg.room.check()?;
         let ((), ticket) = self.transition(|t| t.retry_run(id))?;
         self.store().wait_durable(ticket).await;
         Ok(())

@@ -1,0 +1,93 @@
+//! A nearly full disk under the server's data directory (a small tmpfs):
+//! new runs are refused with RESOURCE_EXHAUSTED saying how much is free,
+//! reads go on, a job already running finishes with its whole log, and
+//! once space returns runs are accepted again without a restart.
+
+use std::{path::PathBuf, process::Command};
+
+use viaduct_tests::{Server, eventually, finished, output, run_where, step_log, submit, v1, word};
+
+/// A tmpfs mounted at a path, unmounted when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
+    if !output(Command::new("id").arg("-u")).stdout.starts_with(b"0\n") {
+        viaduct_tests::missing_fixture("mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let mounted = output(Command::new("mount").args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"]).arg(&data));
+    assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
+    let _mount = Mounted(data.clone());
+    let server = Server::start_in(dir, &["--min-free-disk", "32m"], &[]);
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+
+    // A job that runs until the test lets it end, started with room.
+    let gate = tempfile::tempdir().expect("gate dir");
+    let marker = gate.path().join("go");
+    let long = submit(
+        &client,
+        &format!(
+            "jobs:\n  long:\n    steps:\n      - run: |\n          echo before\n          \
+             while [ ! -e {} ]; do sleep 0.05; done\n          echo after-the-disk-filled\n",
+            marker.display()
+        ),
+    )
+    .await;
+    run_where(&client, &long, "the long job to run", |r| word(r.status) == "running").await;
+
+    // Fill the disk to under the floor.
+    let free = nix::sys::statvfs::statvfs(&data).expect("statvfs");
+    let free = free.blocks_available() * free.fragment_size();
+    let filler = data.join("filler");
+    std::fs::write(&filler, vec![7u8; usize::try_from(free - (16 << 20)).expect("size")]).expect("fill");
+
+    let refused = eventually("a submit to be refused", || async {
+        let req = v1::SubmitRequest {
+            source: Some(v1::submit_request::Source::PipelineYaml(
+                "jobs:\n  j:\n    steps:\n      - run: true\n".into(),
+            )),
+            ..Default::default()
+        };
+        client.runs().submit(req).await.err()
+    })
+    .await;
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("disk is nearly full") && refused.message().contains("MiB free"), "{refused}");
+    // Retries too; reads go on.
+    let e = client.runs().retry(v1::RetryRunRequest { id: long.clone() }).await.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    client.runs().list(v1::ListRunsRequest::default()).await.expect("reads go on");
+
+    // The running job finishes, its log whole.
+    std::fs::write(&marker, b"").expect("marker");
+    let run = finished(&client, &long).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let log = step_log(&client, &format!("{long}.1.1")).await;
+    assert!(log.contains("before") && log.contains("after-the-disk-filled"), "{log}");
+
+    // Space returns: runs are accepted again, without a restart.
+    std::fs::remove_file(&filler).expect("free");
+    let id = eventually("a submit to be accepted again", || async {
+        let req = v1::SubmitRequest {
+            source: Some(v1::submit_request::Source::PipelineYaml(
+                "jobs:\n  j:\n    steps:\n      - run: echo back\n".into(),
+            )),
+            ..Default::default()
+        };
+        client.runs().submit(req).await.ok().map(|r| r.into_inner().run_id)
+    })
+    .await;
+    assert_eq!(word(finished(&client, &id).await.status), "success");
+    assert!(server.log().contains("disk space returned"), "the server says so");
+}
