@@ -118,6 +118,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.Users/Delete", need(A, G)),
     ("/viaduct.v1.Audit/List", need(A, G)),
     ("/viaduct.v1.Admin/Prune", need(A, G)),
+    ("/viaduct.v1.Admin/Status", need(A, G)),
     ("/viaduct.v1.RunnerAgent/Register", need(R, Scope::Open)),
     ("/viaduct.v1.RunnerAgent/Connect", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/FetchSource", need(R, Scope::Runner)),

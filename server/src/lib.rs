@@ -42,6 +42,7 @@ pub mod sign_in;
 pub mod source_archives;
 pub mod space;
 pub mod sso;
+pub mod status;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -233,15 +234,25 @@ pub(crate) async fn serve_engine(
     if !replica || !matches!(cfg.blobs, blobs::BlobConfig::Local) {
         depot.spawn_packing();
     }
+    let started_ms = store::now_ms();
+    let room = Arc::new(space::DiskRoom::new(cfg.data_dir.clone(), cfg.min_free_disk));
     let engine_cfg = engine::EngineConfig {
         durable_sends: matches!(cfg.store, StoreConfig::Postgres { .. }) || cfg.engine.durable_sends,
-        room: Arc::new(space::DiskRoom::new(cfg.data_dir.clone(), cfg.min_free_disk)),
+        room: Arc::clone(&room) as Arc<dyn engine::room::Room>,
         ..cfg.engine.clone()
     };
     let engine = engine::Engine::open(Arc::clone(&store), engine_cfg, Arc::clone(&secret_box))?;
     engine.spawn_timer();
     let retention = retention::Retention::new(Arc::clone(&engine), Arc::clone(&store), cfg.retention.clone());
     retention.spawn();
+    let status = Arc::new(status::Status {
+        engine: Arc::clone(&engine),
+        store: Arc::clone(&store),
+        retention: Arc::clone(&retention),
+        room,
+        sled_dir: matches!(cfg.store, StoreConfig::Sled).then(|| cfg.data_dir.join("db")),
+        started_ms,
+    });
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
     let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);
     let triggers = triggers::Triggers::new(
@@ -268,7 +279,7 @@ pub(crate) async fn serve_engine(
     api::agent::spawn_ephemeral_sweeper(Arc::clone(&engine), Arc::clone(&auth));
     let sso = cfg.sso.clone().map(|c| sso::Sso::new(c, &public_url)).transpose()?;
     let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
-    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box, &retention)
+    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box, (&retention, &status))
         .await?
         .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&gate), Arc::clone(&depot)))
         .merge(sign_in::router(sign_in));

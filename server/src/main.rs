@@ -212,6 +212,14 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
+    /// Compacts the embedded database (the server stopped): copies every
+    /// live record into a fresh database and swaps it in, giving back the
+    /// space retention freed (sled never shrinks its files by itself).
+    Compact {
+        /// The server's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Run by the post-receive hook of hosted repositories: tells the server
     /// that repository REPO received a push.
     Hook {
@@ -226,6 +234,10 @@ enum Command {
 
 fn parse_group_role(text: &str) -> Result<(String, viaduct_proto::v1::Grant), String> {
     viaduct_server::users::GroupRoles::parse_one(text).map_err(|e| e.to_string())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
 }
 
 /// `--max-step-log`: at least 64 KiB (the runner reads 0 as its default).
@@ -255,6 +267,18 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("viaduct: could not tell the server about this push: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Compact { data_dir }) = &args.command {
+        return match viaduct_server::store::compact::compact(&data_dir.join("db")) {
+            Ok(c) => {
+                println!("database compacted: {:.1} MiB → {:.1} MiB", mib(c.before), mib(c.after));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("viaduct-server: cannot compact the database: {e}");
                 ExitCode::FAILURE
             }
         };

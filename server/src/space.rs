@@ -37,6 +37,11 @@ impl DiskRoom {
         Self { dir, min_free, last: Mutex::new(None), refusing: AtomicBool::new(false) }
     }
 
+    /// The floor kept free.
+    pub fn min_free(&self) -> u64 {
+        self.min_free
+    }
+
     /// Bytes available to the server on `dir`'s filesystem (a recent
     /// reading); `None` when it cannot be read.
     pub fn free(&self) -> Option<u64> {

@@ -128,7 +128,7 @@ fn policy(path: &str) -> Need {
         "Plugins/List" | "Plugins/Get" | "Plugins/Fetch" => RunnerOr(READ),
         "Tokens/Create" | "Tokens/List" | "Tokens/Revoke" | "Tokens/Rotate" | "Tokens/Whoami" => Signed,
         "Users/Create" | "Users/Get" | "Users/List" | "Users/Update" | "Users/Delete" | "Audit/List" => Global(ADMIN),
-        "Admin/Prune" => Global(ADMIN),
+        "Admin/Prune" | "Admin/Status" => Global(ADMIN),
         "RunnerAgent/Register" => Open,
         "RunnerAgent/Connect"
         | "RunnerAgent/FetchSource"

@@ -68,6 +68,8 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     let e = client.runs().retry(v1::RetryRunRequest { id: long.clone() }).await.expect_err("refused");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     client.runs().list(v1::ListRunsRequest::default()).await.expect("reads go on");
+    let status = client.admin().status(v1::AdminStatusRequest {}).await.expect("status").into_inner();
+    assert!(status.refusing_new_work && status.disk_free_bytes < (32 << 20), "{status:?}");
 
     // The running job finishes, its log whole.
     std::fs::write(&marker, b"").expect("marker");

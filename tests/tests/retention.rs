@@ -87,6 +87,19 @@ async fn retention_removes_what_no_rule_keeps_and_a_dry_run_nothing() {
     assert_eq!(listed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![runs[3].clone(), runs[2].clone()]);
     assert_eq!(ids(&prune(&server, false)), Vec::<String>::new(), "nothing more to remove");
 
+    // The admin status: the store per tree, the last pass, the backlog.
+    let out = output(server.cli().args(["admin", "status", "--json"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON status");
+    let runs = status["trees"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "runs")).cloned();
+    assert_eq!(runs.as_ref().map(|t| t["records"].clone()), Some(serde_json::json!(2)), "{status}");
+    assert_eq!(status["store"], "sled");
+    assert!(status["store_file_bytes"].as_u64() > Some(0), "{status}");
+    assert_eq!((status["retention_backlog"].clone(), status["refusing_new_work"].clone()), (0.into(), false.into()));
+    assert_eq!(status["last_prune"]["runs_removed"], 0, "the last pass removed nothing: {status}");
+    let text = String::from_utf8(output(server.cli().args(["admin", "status"])).stdout).unwrap();
+    assert!(text.contains("accepting new work") && text.contains("TREE"), "{text}");
+
     // A stored pipeline kept forever: its runs stay whatever the server says.
     let forever = v1::RetentionPolicy { keep_for_seconds: Some(0), ..Default::default() };
     let req = v1::CreatePipelineRequest { name: "kept".into(), yaml: pipeline(1), retention: Some(forever) };

@@ -69,7 +69,7 @@ pub async fn grpc_router(
     depot: &Arc<Depot>,
     store: &Arc<crate::store::Store>,
     secrets: &Arc<crate::secrets::SecretBox>,
-    retention: &Arc<crate::retention::Retention>,
+    admin: (&Arc<crate::retention::Retention>, &Arc<crate::status::Status>),
 ) -> anyhow::Result<axum::Router> {
     let auth = &gate.auth;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -100,7 +100,7 @@ pub async fn grpc_router(
     .add_service(TokensServer::new(tokens::TokensApi::new(Arc::clone(auth))))
     .add_service(UsersServer::new(users::UsersApi::new(Arc::clone(auth))))
     .add_service(AuditServer::new(audit::AuditApi::new(Arc::clone(&gate.audit))))
-    .add_service(AdminServer::new(admin::AdminApi::new(Arc::clone(retention))))
+    .add_service(AdminServer::new(admin::AdminApi::new(Arc::clone(admin.0), Arc::clone(admin.1))))
     .add_service(RunnerAgentServer::new(agent::AgentApi::new(
         Arc::clone(engine),
         Arc::clone(auth),

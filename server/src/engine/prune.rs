@@ -26,8 +26,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use prost::Message;
-
 use viaduct_proto::v1::Status;
 
 use super::Engine;
@@ -45,6 +43,8 @@ pub const BATCH_RUNS: usize = 32;
 /// Keys deleted per transition (a run with many unpacked chunks ends its
 /// batch early).
 pub const BATCH_KEYS: usize = 20_000;
+/// The longest pause between two removal batches.
+const MAX_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Runs read per page while walking.
 const PAGE: usize = 1000;
 /// Removed run ids listed in a report.
@@ -163,8 +163,12 @@ fn ended_ms(run: &RunRecord) -> i64 {
     if run.finished_ms > 0 { run.finished_ms } else { run.created_ms }
 }
 
+/// A stored key to delete: its tree, the key, and its stored size (key and
+/// value).
+type Key = (T, Vec<u8>, usize);
+
 /// The keys of `tree` under `prefix`, with their sizes.
-fn keys_under(store: &Store, tree: T, prefix: &[u8], out: &mut Vec<(T, Vec<u8>, usize)>) -> Result<()> {
+fn keys_under(store: &Store, tree: T, prefix: &[u8], out: &mut Vec<Key>) -> Result<()> {
     for kv in store.tree(tree).scan_prefix(prefix) {
         let (k, v) = kv?;
         let size = k.len() + v.len();
@@ -240,6 +244,7 @@ impl Engine {
         let mut rest = &doomed[..];
         while !rest.is_empty() {
             let batch = &rest[..rest.len().min(BATCH_RUNS)];
+            let started = std::time::Instant::now();
             let removal = self.remove_runs(batch, dry_run)?;
             stats.records += removal.records;
             stats.bytes += removal.bytes;
@@ -251,8 +256,11 @@ impl Engine {
             }
             *stats.kept.entry(Verdict::Unfinished.word()).or_default() += removal.reopened;
             rest = &rest[removal.considered..];
-            // Let waiting transitions (dispatch) in between batches.
-            std::thread::yield_now();
+            // Pace: at most half the time removing, so dispatch and reports
+            // keep their usual latency while a large backlog is pruned.
+            if !dry_run {
+                std::thread::sleep(started.elapsed().min(MAX_PAUSE));
+            }
         }
         if events_older_than_ms > 0 {
             stats.event_batches = self.prune_events(now.saturating_sub(events_older_than_ms), dry_run)?;
@@ -261,46 +269,59 @@ impl Engine {
     }
 
     /// Removes runs of `ids` (in order) in one transition, stopping early
-    /// past [`BATCH_KEYS`] keys; keeps a run no longer finished.
+    /// past [`BATCH_KEYS`] keys; keeps a run no longer finished. The keys
+    /// are gathered before the lock (a finished run's keys do not change:
+    /// nothing writes to it unless it is retried, which the check under the
+    /// lock sees); under it, each run is only checked again and deleted.
     fn remove_runs(&self, ids: &[RunId], dry_run: bool) -> Result<Removal> {
-        let (removal, _) = self.transition(|tx| {
-            let mut out = Removal::default();
-            let mut keys: Vec<(T, Vec<u8>, usize)> = Vec::new();
-            for id in ids {
-                if out.considered > 0 && keys.len() >= BATCH_KEYS {
-                    break;
-                }
-                out.considered += 1;
+        let store = self.store();
+        let mut gathered: Vec<(RunId, Vec<Key>)> = Vec::new();
+        let mut total = 0;
+        for id in ids {
+            if !gathered.is_empty() && total >= BATCH_KEYS {
+                break;
+            }
+            let mut keys = Vec::new();
+            keys_under(store, T::Runs, &id.key(), &mut keys)?;
+            for tree in RUN_TREES {
+                keys_under(store, tree, &id.key(), &mut keys)?;
+            }
+            total += keys.len();
+            gathered.push((*id, keys));
+        }
+        let (removal, ticket) = self.transition(|tx| {
+            let mut out = Removal { considered: gathered.len(), ..Removal::default() };
+            for (id, keys) in &gathered {
                 let store = tx.store();
                 let Some(run) = store.get::<RunRecord>(T::Runs, id.key())? else { continue };
                 if !ended(run.status()) || has_unpacked(store, *id)? {
-                    // Reopened (retried) since the walk, or logs to pack.
+                    // Reopened (retried) since the walk.
                     out.reopened += 1;
                     continue;
                 }
-                keys.push((T::Runs, id.key().to_vec(), run.encoded_len() + 8));
-                for tree in RUN_TREES {
-                    keys_under(store, tree, &id.key(), &mut keys)?;
-                }
                 let entries = super::index::entries_of(*id, &run);
-                out.records += entries.len() as u64;
-                for key in entries {
-                    out.bytes += key.len() as u64;
-                    if !dry_run {
+                out.records += (entries.len() + keys.len()) as u64;
+                out.bytes += entries.iter().map(|k| k.len() as u64).sum::<u64>();
+                out.bytes += keys.iter().map(|(_, _, size)| *size as u64).sum::<u64>();
+                if !dry_run {
+                    for key in entries {
                         tx.writes().delete(T::RunIndex, key);
+                    }
+                    for (tree, key, _) in keys {
+                        tx.writes().delete(*tree, key);
                     }
                 }
                 out.removed.push(*id);
             }
-            out.records += keys.len() as u64;
-            for (tree, key, size) in keys {
-                out.bytes += size as u64;
-                if !dry_run {
-                    tx.writes().delete(tree, key);
-                }
-            }
             Ok(out)
         })?;
+        // Let the fsync of this batch finish before the next: the removal
+        // never builds a write backlog that others' commits would wait on.
+        let (done, durable) = std::sync::mpsc::channel();
+        store.after_durable(ticket, move || {
+            let _ = done.send(());
+        });
+        let _ = durable.recv();
         Ok(removal)
     }
 

@@ -85,6 +85,7 @@ pub struct Sled {
 impl Sled {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self> {
+        super::compact::recover(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)

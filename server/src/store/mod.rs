@@ -11,6 +11,7 @@
 //! The store knows bytes and records, not rules: which transitions are legal
 //! is the engine's business.
 
+pub mod compact;
 pub mod keys;
 pub mod kv;
 pub mod logs;
@@ -98,6 +99,11 @@ pub enum T {
 }
 
 impl T {
+    /// The tree's name (in the database, and in `Admin.Status`).
+    pub fn name(self) -> &'static str {
+        TREE_NAMES[self as usize]
+    }
+
     /// Every tree, in the order of [`TREE_NAMES`].
     pub const ALL: [T; 26] = [
         T::Runs,
@@ -308,6 +314,18 @@ impl Store {
     /// The tree `t`.
     pub fn tree(&self, t: T) -> Tree<'_> {
         Tree { kv: self.kv.as_ref(), t }
+    }
+
+    /// Records and their bytes (keys and values) in `t`: a scan of the whole
+    /// tree.
+    pub fn tree_size(&self, t: T) -> Result<(u64, u64)> {
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for kv in self.tree(t).iter() {
+            let (k, v) = kv?;
+            records += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        Ok((records, bytes))
     }
 
     /// Applies `ws` atomically. Not yet durable: take a [`Store::ticket`].

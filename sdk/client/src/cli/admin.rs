@@ -6,12 +6,13 @@ use std::fmt::Write as _;
 use serde_json::json;
 use viaduct_sdk::{
     Client,
-    proto::v1::{PruneReport, PruneRequest, RetentionPolicy},
+    proto::v1::{AdminStatus, AdminStatusRequest, PruneReport, PruneRequest, RetentionPolicy},
 };
 
 use super::{
     Failure,
     args::{AdminCommand, RetentionArgs},
+    view,
 };
 
 /// Runs `viaduct admin …`.
@@ -26,7 +27,70 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<(), Failure> {
             }
             Ok(())
         }
+        AdminCommand::Status { json } => {
+            let s = client.admin().status(AdminStatusRequest {}).await?.into_inner();
+            if json {
+                println!("{}", status_json(&s));
+            } else {
+                print!("{}", status_text(&s));
+            }
+            Ok(())
+        }
     }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn status_text(s: &AdminStatus) -> String {
+    let mut out = String::new();
+    let records: u64 = s.trees.iter().map(|t| t.bytes).sum();
+    let _ = writeln!(out, "viaduct-server {}, up since {}", s.version, view::local(s.started_at.as_ref()));
+    let files = if s.store == "sled" { format!(", files {}", mib(s.store_file_bytes)) } else { String::new() };
+    let _ = writeln!(out, "store   {}: records {}{files}", s.store, mib(records));
+    let state = if s.refusing_new_work { "REFUSING NEW WORK" } else { "accepting new work" };
+    let _ =
+        writeln!(out, "disk    {} free (keeps {} free): {state}", mib(s.disk_free_bytes), mib(s.min_free_disk_bytes));
+    let _ = writeln!(out, "queue   {} queued, {} running", s.queued_jobs, s.running_jobs);
+    let _ = writeln!(out, "runners {} connected, {} slots", s.runners_connected, s.runner_slots);
+    match &s.last_prune {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "retention last pass {}: removed {} runs ({}); a pass now would remove {} runs",
+                view::local(p.started_at.as_ref()),
+                p.runs_removed,
+                mib(p.bytes_removed),
+                s.retention_backlog
+            );
+        }
+        None => {
+            let _ = writeln!(out, "retention no pass yet; a pass now would remove {} runs", s.retention_backlog);
+        }
+    }
+    let rows: Vec<Vec<String>> =
+        s.trees.iter().map(|t| vec![t.name.clone(), t.records.to_string(), mib(t.bytes)]).collect();
+    out.push_str(&view::table(&["TREE", "RECORDS", "BYTES"], &rows));
+    out
+}
+
+fn status_json(s: &AdminStatus) -> serde_json::Value {
+    json!({
+        "version": s.version,
+        "store": s.store,
+        "trees": s.trees.iter().map(|t| json!({"name": t.name, "records": t.records, "bytes": t.bytes})).collect::<Vec<_>>(),
+        "store_file_bytes": s.store_file_bytes,
+        "disk_free_bytes": s.disk_free_bytes,
+        "min_free_disk_bytes": s.min_free_disk_bytes,
+        "refusing_new_work": s.refusing_new_work,
+        "queued_jobs": s.queued_jobs,
+        "running_jobs": s.running_jobs,
+        "runners_connected": s.runners_connected,
+        "runner_slots": s.runner_slots,
+        "last_prune": s.last_prune.as_ref().map(report_json),
+        "retention_backlog": s.retention_backlog,
+    })
 }
 
 impl RetentionArgs {

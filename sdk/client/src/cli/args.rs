@@ -431,6 +431,13 @@ pub struct RetentionArgs {
 /// `viaduct admin …`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
+    /// The server's state: version, store size per tree, disk, queue,
+    /// runners, retention.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply run and event retention now (what the server does every
     /// --retention-every), or with --dry-run only say what would go.
     Prune {
