@@ -210,9 +210,20 @@ pub fn commit_info(path: &Path, sha: &str) -> Result<CommitInfo> {
     })
 }
 
-/// The text of `file` at commit `sha`, `None` when the commit has no such
-/// file.
-pub fn read_file(path: &Path, sha: &str, file: &str) -> Result<Option<String>> {
+/// A file read from a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileText {
+    /// Its text.
+    Whole(String),
+    /// Its size: over the limit, so not read (a repository cannot make the
+    /// server load a huge blob into memory).
+    TooLarge(u64),
+}
+
+/// The text of `file` at commit `sha` when at most `max` bytes (its size
+/// is read from the object header first); `None` when the commit has no
+/// such file.
+pub fn read_file(path: &Path, sha: &str, file: &str, max: usize) -> Result<Option<FileText>> {
     let repo = Repository::open_bare(path)?;
     let tree = repo.find_commit(oid(sha)?)?.tree()?;
     let entry = match tree.get_path(Path::new(file)) {
@@ -223,9 +234,13 @@ pub fn read_file(path: &Path, sha: &str, file: &str) -> Result<Option<String>> {
     if entry.kind() != Some(ObjectType::Blob) {
         return Ok(None);
     }
+    let (size, _) = repo.odb()?.read_header(entry.id())?;
+    if size > max {
+        return Ok(Some(FileText::TooLarge(size as u64)));
+    }
     let blob = repo.find_blob(entry.id())?;
     String::from_utf8(blob.content().to_vec())
-        .map(Some)
+        .map(|text| Some(FileText::Whole(text)))
         .map_err(|_| Error::invalid(format!("{file} at {sha} is not UTF-8 text")))
 }
 

@@ -35,6 +35,14 @@ pub enum Origin {
         /// Its text.
         yaml: String,
     },
+    /// A repository's pipeline file over [`MAX_PIPELINE_BYTES`], not read:
+    /// its name and size.
+    Oversized {
+        /// Its name in errors.
+        name: String,
+        /// Its size in bytes.
+        bytes: u64,
+    },
     /// One job sent inline with `Runs.Submit`.
     Inline(InlineJob),
 }
@@ -77,16 +85,22 @@ pub fn plan(launch: Launch<'_>, plugins: &PluginRegistry) -> Result<Option<NewRu
     let Launch { origin, cause, on_invalid, checkout, accepts } = launch;
     let (file, yaml) = match origin {
         Origin::Inline(job) => return resolve::from_inline(&job, &cause).map(Some),
-        Origin::File { name, yaml } => (name, yaml),
+        Origin::File { name, yaml } => (name, Ok(yaml)),
+        Origin::Oversized { name, bytes } => (name, Err(bytes)),
     };
-    if yaml.len() > MAX_PIPELINE_BYTES {
-        let why = format!("{file} is {} bytes, over the limit of {MAX_PIPELINE_BYTES}", yaml.len());
+    let size = match &yaml {
+        Ok(y) => y.len() as u64,
+        Err(bytes) => *bytes,
+    };
+    if size > MAX_PIPELINE_BYTES as u64 {
+        let why = format!("{file} is {size} bytes, over the limit of {MAX_PIPELINE_BYTES}");
         return match on_invalid {
             OnInvalid::Refuse => Err(Error::TooLarge(why)),
             // The text is not kept: it is what was too large.
             OnInvalid::FailedRun => Ok(Some(failed_run(&file, cause, String::new(), why))),
         };
     }
+    let Ok(yaml) = yaml else { return Err(Error::Internal("an oversized file under the limit".into())) };
     let pipeline = match resolve::parse(&file, &yaml) {
         Ok(p) => p,
         Err(diags) => return invalid(on_invalid, &file, cause, yaml, diags),

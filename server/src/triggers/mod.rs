@@ -342,21 +342,27 @@ impl Triggers {
     async fn launch(&self, name: &str, rec: &RepoRecord, ev: RepoEvent, extra: WriteSet) -> Result<Option<RunId>> {
         let path = self.repos.path(name);
         let sha = ev.commit.clone();
-        let (yaml, info) =
-            blocking(move || Ok((git::read_file(&path, &sha, PIPELINE_PATH)?, git::commit_info(&path, &sha)?))).await?;
+        let (yaml, info) = blocking(move || {
+            Ok((
+                git::read_file(&path, &sha, PIPELINE_PATH, launch::MAX_PIPELINE_BYTES)?,
+                git::commit_info(&path, &sha)?,
+            ))
+        })
+        .await?;
         if let Some((pr, base_tip, _)) = &ev.pull {
             let (path, tip) = (self.repos.path(name), base_tip.clone());
-            let base_yaml = blocking(move || git::read_file(&path, &tip, PIPELINE_PATH)).await?;
-            let refused = match base_yaml.as_deref().map(|y| resolve::parse(PIPELINE_PATH, y)) {
+            let base_yaml =
+                blocking(move || git::read_file(&path, &tip, PIPELINE_PATH, launch::MAX_PIPELINE_BYTES)).await?;
+            let refused = match &base_yaml {
                 None => Some("the base branch has no pipeline file"),
-                Some(_) if base_yaml.as_ref().is_some_and(|y| y.len() > launch::MAX_PIPELINE_BYTES) => {
-                    Some("the base branch's pipeline file is too large")
-                }
-                Some(Err(_)) => Some("the base branch's pipeline file is invalid"),
-                Some(Ok(p)) if !wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch) => {
-                    Some("the base branch's pipeline does not run pull requests into it")
-                }
-                Some(Ok(_)) => None,
+                Some(git::FileText::TooLarge(_)) => Some("the base branch's pipeline file is too large"),
+                Some(git::FileText::Whole(y)) => match resolve::parse(PIPELINE_PATH, y) {
+                    Err(_) => Some("the base branch's pipeline file is invalid"),
+                    Ok(p) if !wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch) => {
+                        Some("the base branch's pipeline does not run pull requests into it")
+                    }
+                    Ok(_) => None,
+                },
             };
             if let Some(why) = refused {
                 tracing::info!(repo = name, pr = pr.number, base = %ev.base_branch, "{why}: no run");
@@ -405,8 +411,12 @@ impl Triggers {
         // Pull requests were decided by the base branch's file above.
         let event = ev.event;
         let accepts = |p: &Pipeline| ev.pull.is_some() || wanted(p, event, &branch, &tag, &ev.base_branch);
+        let origin = match yaml {
+            git::FileText::Whole(yaml) => Origin::File { name: PIPELINE_PATH.into(), yaml },
+            git::FileText::TooLarge(bytes) => Origin::Oversized { name: PIPELINE_PATH.into(), bytes },
+        };
         let launch = Launch {
-            origin: Origin::File { name: PIPELINE_PATH.into(), yaml },
+            origin,
             cause,
             on_invalid: if event == "manual" { OnInvalid::Refuse } else { OnInvalid::FailedRun },
             checkout: Some(source_plan),

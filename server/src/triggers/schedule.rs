@@ -169,8 +169,10 @@ impl Triggers {
             None => Vec::new(),
             Some(sha) => {
                 let path = self.repos.path(name);
-                match blocking(move || git::read_file(&path, &sha, PIPELINE_PATH)).await {
-                    Ok(Some(yaml)) => resolve::parse(PIPELINE_PATH, &yaml).map(|p| crons_of(&p)).unwrap_or_default(),
+                match blocking(move || git::read_file(&path, &sha, PIPELINE_PATH, launch::MAX_PIPELINE_BYTES)).await {
+                    Ok(Some(git::FileText::Whole(yaml))) => {
+                        resolve::parse(PIPELINE_PATH, &yaml).map(|p| crons_of(&p)).unwrap_or_default()
+                    }
                     _ => Vec::new(),
                 }
             }
