@@ -7,7 +7,7 @@
 //! network); git checks roles per repository; webhooks carry the
 //! repository's signature and artifact links their own.
 
-use std::{fmt::Write, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -23,12 +23,19 @@ use crate::{
     engine::Engine,
     gate::{self, Gate},
     repos::smart_http,
+    status::Status,
     store::keys::{JobKey, RunId},
     triggers::{Triggers, webhooks},
 };
 
 /// `/healthz`, `/metrics`, `/webhooks/{repo}`, `/git/…` and `/artifacts/…`.
-pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, gate: Arc<Gate>, depot: Arc<Depot>) -> Router {
+pub fn router(
+    engine: Arc<Engine>,
+    triggers: Arc<Triggers>,
+    gate: Arc<Gate>,
+    depot: Arc<Depot>,
+    status: Arc<Status>,
+) -> Router {
     let git = smart_http::GitHttp {
         repos: Arc::clone(triggers.repos()),
         engine: Arc::clone(&engine),
@@ -37,22 +44,22 @@ pub fn router(engine: Arc<Engine>, triggers: Arc<Triggers>, gate: Arc<Gate>, dep
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(signed_metrics))
-        .with_state((engine, Arc::clone(&depot), gate))
+        .with_state((status, Arc::clone(&depot), gate))
         .merge(Router::new().route("/webhooks/{repo}", post(webhooks::handle)).with_state(triggers))
         .merge(Router::new().route("/git/{*path}", any(smart_http::handle)).with_state(git))
         .merge(Router::new().route("/artifacts/{run}/{job}/{*name}", get(artifact)).with_state(depot))
 }
 
 /// `/metrics` alone, without a token: for `--metrics-listen`.
-pub fn metrics_router(engine: Arc<Engine>, depot: Arc<Depot>) -> Router {
+pub fn metrics_router(status: Arc<Status>, depot: Arc<Depot>) -> Router {
     Router::new()
-        .route("/metrics", get(|State((e, d)): State<(Arc<Engine>, Arc<Depot>)>| async move { metrics(&e, &d) }))
-        .with_state((engine, depot))
+        .route("/metrics", get(|State((s, d)): State<(Arc<Status>, Arc<Depot>)>| async move { metrics(&s, &d) }))
+        .with_state((status, depot))
 }
 
 /// `/metrics` on the main port: a token with the `read` role globally.
 async fn signed_metrics(
-    State((engine, depot, gate)): State<(Arc<Engine>, Arc<Depot>, Arc<Gate>)>,
+    State((status, depot, gate)): State<(Arc<Status>, Arc<Depot>, Arc<Gate>)>,
     req: axum::extract::Request,
 ) -> Response {
     let allowed = gate.authenticate(req.headers(), gate::peer_ip(&req)).and_then(|p| match p {
@@ -62,51 +69,13 @@ async fn signed_metrics(
         )),
     });
     match allowed {
-        Ok(()) => metrics(&engine, &depot).into_response(),
+        Ok(()) => metrics(&status, &depot).into_response(),
         Err(e) => gate::http_refusal(&e),
     }
 }
 
-fn metrics(engine: &Engine, depot: &Depot) -> impl IntoResponse + use<> {
-    let m = engine.metrics();
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let n = |v: usize| v as u64;
-    metric("viaduct_queue_depth", "gauge", "Jobs waiting for a runner.", &[("", n(m.queued))]);
-    metric("viaduct_jobs_running", "gauge", "Jobs leased to runners.", &[("", n(m.running))]);
-    metric("viaduct_runners_connected", "gauge", "Runners with an open stream.", &[("", n(m.runners_connected))]);
-    metric("viaduct_runner_slots", "gauge", "Slots of connected, non-draining runners.", &[("", n(m.slots))]);
-    if let Ok(c) = depot.caches.stats() {
-        metric(
-            "viaduct_cache_restores_total",
-            "counter",
-            "Cache restores by result since the server started.",
-            &[("{result=\"hit\"}", c.hits), ("{result=\"partial\"}", c.partial_hits), ("{result=\"miss\"}", c.misses)],
-        );
-        metric("viaduct_cache_bytes", "gauge", "Bytes stored in build caches.", &[("", c.bytes)]);
-        metric("viaduct_cache_entries", "gauge", "Build cache entries.", &[("", c.entries)]);
-        metric("viaduct_cache_evicted_total", "counter", "Cache entries expired or evicted.", &[("", c.evicted)]);
-    }
-    let packed = &depot.logs.stats;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    metric(
-        "viaduct_logs_packed_total",
-        "counter",
-        "Step logs packed into blobs since the server started.",
-        &[("", load(&packed.steps))],
-    );
-    metric(
-        "viaduct_log_bytes_packed_total",
-        "counter",
-        "Bytes of the step logs packed since the server started: as written, and in blobs.",
-        &[("{form=\"log\"}", load(&packed.raw_bytes)), ("{form=\"packed\"}", load(&packed.packed_bytes))],
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+fn metrics(status: &Status, depot: &Depot) -> impl IntoResponse + use<> {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::exposition(status, depot))
 }
 
 /// The query of a signed artifact link.

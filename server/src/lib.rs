@@ -31,6 +31,7 @@ pub mod gate;
 pub mod git;
 pub mod http;
 pub mod launch;
+pub mod metrics;
 pub mod packed_logs;
 pub mod pipelines;
 pub mod plugins;
@@ -281,13 +282,19 @@ pub(crate) async fn serve_engine(
     let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
     let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box, (&retention, &status))
         .await?
-        .merge(http::router(Arc::clone(&engine), Arc::clone(&triggers), Arc::clone(&gate), Arc::clone(&depot)))
+        .merge(http::router(
+            Arc::clone(&engine),
+            Arc::clone(&triggers),
+            Arc::clone(&gate),
+            Arc::clone(&depot),
+            Arc::clone(&status),
+        ))
         .merge(sign_in::router(sign_in));
     if let Some(addr) = cfg.metrics_listen {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics)"))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics served without a token");
-        let metrics = http::metrics_router(Arc::clone(&engine), Arc::clone(&depot));
+        let metrics = http::metrics_router(Arc::clone(&status), Arc::clone(&depot));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, metrics).await {
                 tracing::error!(error = %e, "the metrics listener failed");

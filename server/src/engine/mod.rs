@@ -28,6 +28,7 @@ pub mod reports;
 pub mod room;
 pub mod runs;
 mod session;
+pub mod telemetry;
 mod tx;
 
 mod dispatch;
@@ -202,6 +203,8 @@ pub(crate) struct Shared {
     pub secrets: Arc<SecretBox>,
     /// Key of the grants assignments carry (see `grant`).
     pub grant_key: [u8; 32],
+    /// What transitions observe for `/metrics`.
+    pub telemetry: telemetry::Telemetry,
 }
 
 impl Shared {
@@ -304,6 +307,7 @@ impl Engine {
                     timer: Notify::new(),
                 },
                 grant_key: secrets.derive_key(grant::CONTEXT),
+                telemetry: telemetry::Telemetry::default(),
                 secrets,
             },
             state: Mutex::new(st),
@@ -452,6 +456,11 @@ pub struct Metrics {
 }
 
 impl Engine {
+    /// The instruments transitions observe (for `/metrics`).
+    pub fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.sh.telemetry
+    }
+
     /// Current scheduler gauges.
     pub fn metrics(&self) -> Metrics {
         let st = self.lock();

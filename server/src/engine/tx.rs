@@ -296,6 +296,26 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Tells the engine's telemetry what this (committed) transition changed.
+    fn observe(&self) {
+        let tel = &self.sh.telemetry;
+        for (key, before, rec) in self.steps.written() {
+            let assigned = || match self.jobs.map.get(&key.job) {
+                Some(e) => e.now.started_ms,
+                None => {
+                    self.sh.store.get::<JobRecord>(T::Jobs, key.job.key()).ok().flatten().map_or(0, |j| j.started_ms)
+                }
+            };
+            tel.step(key.index, before, rec, assigned);
+        }
+        for (_, before, rec) in self.jobs.written() {
+            tel.job(before, rec);
+        }
+        for (_, before, rec) in self.runs.written() {
+            tel.run(before, rec);
+        }
+    }
+
     /// Writes everything that changed, atomically, with its events; then
     /// wakes watchers and sends the queued runner messages.
     pub(crate) fn commit(mut self) -> Result<Ticket> {
@@ -341,6 +361,7 @@ impl<'a> Tx<'a> {
             std::process::exit(70);
         }
         let ticket = self.sh.store.ticket();
+        self.observe();
         if self.st.next_event != first_cursor {
             self.sh.signals.events.send_replace(self.st.next_event - 1);
         }

@@ -143,6 +143,14 @@ const PARTS: &[Part] = &[
         check: || ok_output(&[postgres_bin("initdb")?.to_str().unwrap_or_default(), "--version"]),
     },
     Part {
+        name: "prometheus-client",
+        source: Source::Debian(&["python3-prometheus-client"]),
+        purpose: "the /metrics test (Python's strict OpenMetrics parser reads the exposition)",
+        probe: "/usr/lib/python3/dist-packages/prometheus_client/__init__.py",
+        version: &[],
+        check: || ok_output(&["python3", "-c", "import prometheus_client.openmetrics.parser"]),
+    },
+    Part {
         name: "nix",
         source: Source::Debian(&["nix-bin"]),
         purpose: "the nix-check plugin's end-to-end test (a real flake)",

@@ -1,0 +1,87 @@
+//! What `/metrics` exports, in the OpenMetrics text format (which
+//! Prometheus scrapes), through `prometheus-client`: the engine's
+//! instruments (queue wait, pickup, step and run durations as histograms;
+//! runs and jobs by result), scrape-time gauges (queue depth, jobs running,
+//! runners and their slots, store and disk size) and the depot's counters
+//! (caches, packed logs). Names follow Prometheus' conventions: the
+//! `viaduct_` prefix, base units in the name (`_seconds`, `_bytes`),
+//! `_total` on counters. Who may read it: `http` (a global `read` token, or
+//! `--metrics-listen`).
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::{Registry, Unit},
+};
+
+use crate::{depot::Depot, engine::telemetry::ResultLabel, status::Status, store::compact::files_size};
+
+/// Bytes as written or as stored.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Form {
+    form: &'static str,
+}
+
+fn count(v: usize) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn gauge(v: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// The exposition, now.
+pub fn exposition(status: &Status, depot: &Depot) -> String {
+    let mut r = Registry::with_prefix("viaduct");
+    status.engine.telemetry().register(&mut r);
+    let m = status.engine.metrics();
+    r.register("queue_depth", "Jobs waiting for a runner.", ConstGauge::new(count(m.queued)));
+    r.register("jobs_running", "Jobs leased to runners (busy slots).", ConstGauge::new(count(m.running)));
+    r.register("runners_connected", "Runners with an open stream.", ConstGauge::new(count(m.runners_connected)));
+    r.register("runner_slots", "Slots of connected, non-draining runners.", ConstGauge::new(count(m.slots)));
+    if let Some(dir) = &status.sled_dir {
+        r.register_with_unit("store_files", "Bytes of the sled database's files.", Unit::Bytes, gauge(files_size(dir)));
+    }
+    if let Some(free) = status.room.free() {
+        r.register_with_unit("data_disk_free", "Free bytes on the data directory's disk.", Unit::Bytes, gauge(free));
+    }
+    if let Ok(c) = depot.caches.stats() {
+        // Built per scrape, so plain counters set to the totals.
+        let family: Family<ResultLabel, Counter> = Family::default();
+        for (result, n) in [("hit", c.hits), ("partial", c.partial_hits), ("miss", c.misses)] {
+            family.get_or_create(&ResultLabel { result }).inc_by(n);
+        }
+        r.register("cache_restores", "Cache restores by result since the server started.", family);
+        r.register_with_unit("cache", "Bytes stored in build caches.", Unit::Bytes, gauge(c.bytes));
+        r.register("cache_entries", "Build cache entries.", gauge(c.entries));
+        r.register("cache_evicted", "Cache entries expired or evicted.", ConstCounter::new(c.evicted));
+    }
+    let packed = &depot.logs.stats;
+    r.register(
+        "logs_packed",
+        "Step logs packed into blobs since the server started.",
+        ConstCounter::new(packed.steps.load(Ordering::Relaxed)),
+    );
+    let bytes: Family<Form, Counter> = Family::default();
+    bytes.get_or_create(&Form { form: "log" }).inc_by(packed.raw_bytes.load(Ordering::Relaxed));
+    bytes.get_or_create(&Form { form: "packed" }).inc_by(packed.packed_bytes.load(Ordering::Relaxed));
+    r.register(
+        "log_bytes_packed",
+        "Bytes of the step logs packed since the server started: as written (log), and in blobs (packed).",
+        bytes,
+    );
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &r) {
+        tracing::error!(error = %e, "cannot encode /metrics");
+    }
+    out
+}
+
+/// The content type of [`exposition`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
