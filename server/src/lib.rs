@@ -232,7 +232,8 @@ pub(crate) async fn serve_engine(
     // A replica's local blobs are its own: a successor could not read logs
     // packed there, so with replicas they stay in the database unless the
     // blobs are shared (object storage).
-    if !replica || !matches!(cfg.blobs, blobs::BlobConfig::Local) {
+    let packing = !replica || !matches!(cfg.blobs, blobs::BlobConfig::Local);
+    if packing {
         depot.spawn_packing();
     }
     let started_ms = store::now_ms();
@@ -240,6 +241,7 @@ pub(crate) async fn serve_engine(
     let engine_cfg = engine::EngineConfig {
         durable_sends: matches!(cfg.store, StoreConfig::Postgres { .. }) || cfg.engine.durable_sends,
         room: Arc::clone(&room) as Arc<dyn engine::room::Room>,
+        discard_unpacked: !packing,
         ..cfg.engine.clone()
     };
     let engine = engine::Engine::open(Arc::clone(&store), engine_cfg, Arc::clone(&secret_box))?;

@@ -191,6 +191,11 @@ struct Args {
     /// Always keep the newest successful run of each branch.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     keep_last_success: bool,
+    /// The least time a repository's or stored pipeline's retention policy
+    /// may keep runs (shorter settings count as this): how fast
+    /// maintainers may erase their runs' history.
+    #[arg(long, default_value = "0s", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    min_keep_runs_for: Duration,
     /// Keep the event log (what Runs.Watch replays) this long; `forever`
     /// (or 0) keeps it.
     #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
@@ -335,6 +340,7 @@ fn main() -> ExitCode {
             keep_for: args.keep_runs_for,
             keep_last: args.keep_runs_last,
             keep_last_success: args.keep_last_success,
+            min_keep_for: args.min_keep_runs_for,
             keep_events_for: args.keep_events_for,
             every: args.retention_every,
         },

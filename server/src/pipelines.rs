@@ -41,7 +41,7 @@ pub enum Save {
 
 /// Stores `yaml` as pipeline `name` once it is a valid file (within the
 /// size limit, its plugins published), durably, with its retention policy
-/// (replacing: `None` keeps the one it had).
+/// (replacing: the fields set change, `None` keeps the policy it had).
 pub async fn save(
     store: &Store,
     plugins: &PluginRegistry,
@@ -66,7 +66,11 @@ pub async fn save(
         }
         (None, Save::Replace) => return Err(Error::not_found(format!("pipeline `{name}` not found; use Create"))),
         (Some(old), Save::Replace) => {
-            PipelineRecord { yaml, updated_ms: now, jobs, retention: retention.or(old.retention), ..old }
+            let retention = match retention {
+                Some(change) => crate::retention::merged(old.retention, change),
+                None => old.retention,
+            };
+            PipelineRecord { yaml, updated_ms: now, jobs, retention, ..old }
         }
         (None, Save::Create) => {
             PipelineRecord { schema: SCHEMA_VERSION, yaml, created_ms: now, updated_ms: now, jobs, retention }

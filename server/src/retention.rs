@@ -25,12 +25,12 @@ use crate::{
     convert,
     engine::{
         Engine,
-        prune::{PruneStats, Rules},
+        prune::{PruneStats, Rules, RunSummary},
     },
     error::{Error, Result},
     store::{
         Store, T, decode,
-        records::{PipelineRecord, RepoRecord, RunRecord},
+        records::{PipelineRecord, RepoRecord},
     },
 };
 
@@ -48,6 +48,10 @@ pub struct RetentionConfig {
     pub keep_last: u32,
     /// Keep the newest successful run of each branch.
     pub keep_last_success: bool,
+    /// The least a repository's or stored pipeline's policy may keep runs
+    /// (`keep_for` below it counts as it): maintainers cannot erase their
+    /// runs' history faster than admins allow.
+    pub min_keep_for: Duration,
     /// Age after which events go (`ZERO`: forever).
     pub keep_events_for: Duration,
     /// How often the maintenance task runs (`ZERO`: never by itself).
@@ -60,6 +64,7 @@ impl Default for RetentionConfig {
             keep_for: Duration::from_secs(90 * 24 * 3600),
             keep_last: 50,
             keep_last_success: true,
+            min_keep_for: Duration::ZERO,
             keep_events_for: Duration::from_secs(30 * 24 * 3600),
             every: Duration::from_secs(600),
         }
@@ -75,6 +80,21 @@ pub fn check(policy: &RetentionPolicy) -> Result<()> {
         return Err(Error::invalid("retention: keep_for_seconds is at most 100 years (0 keeps runs forever)"));
     }
     Ok(())
+}
+
+/// A stored policy changed by `change`: the fields it sets replace the
+/// stored ones, the others stay; an empty change forgets the policy (the
+/// defaults apply).
+pub fn merged(stored: Option<RetentionPolicy>, change: RetentionPolicy) -> Option<RetentionPolicy> {
+    if change == RetentionPolicy::default() {
+        return None;
+    }
+    let old = stored.unwrap_or_default();
+    Some(RetentionPolicy {
+        keep_for_seconds: change.keep_for_seconds.or(old.keep_for_seconds),
+        keep_last: change.keep_last.or(old.keep_last),
+        keep_last_success: change.keep_last_success.or(old.keep_last_success),
+    })
 }
 
 /// `policy` over `base`, field by field.
@@ -121,7 +141,7 @@ impl Retention {
     }
 
     /// Each run's rules, from the policies stored now.
-    fn rules(&self) -> Result<impl Fn(&RunRecord) -> Rules + use<>> {
+    fn rules(&self) -> Result<impl Fn(&RunSummary) -> Rules + use<>> {
         let defaults = self.defaults();
         let mut repos: HashMap<String, RetentionPolicy> = HashMap::new();
         for kv in self.store.tree(T::Repos).iter() {
@@ -137,10 +157,14 @@ impl Retention {
                 pipelines.insert(String::from_utf8_lossy(&k).into_owned(), p);
             }
         }
-        Ok(move |run: &RunRecord| {
-            let repo = run.source.as_ref().map(|s| s.repo.as_str()).unwrap_or_default();
-            let rules = over(defaults, repos.get(repo));
-            over(rules, pipelines.get(&run.pipeline_ref))
+        let floor = i64::try_from(self.cfg.min_keep_for.as_millis()).unwrap_or(i64::MAX);
+        Ok(move |run: &RunSummary| {
+            let rules = over(defaults, repos.get(run.repo()));
+            let mut rules = over(rules, pipelines.get(&run.pipeline_ref));
+            if rules.keep_for_ms > 0 {
+                rules.keep_for_ms = rules.keep_for_ms.max(floor);
+            }
+            rules
         })
     }
 
@@ -228,6 +252,11 @@ mod tests {
         let forever = RetentionPolicy { keep_for_seconds: Some(0), keep_last_success: Some(false), keep_last: None };
         assert_eq!(over(r, Some(&forever)), Rules { keep_for_ms: 0, keep_last: 2, keep_last_success: false });
         assert!(check(&RetentionPolicy { keep_last: Some(MAX_KEEP_LAST + 1), ..Default::default() }).is_err());
+        // Changing one field keeps the others; an empty change forgets.
+        let stored = Some(forever);
+        let change = RetentionPolicy { keep_last: Some(10), ..Default::default() };
+        assert_eq!(merged(stored, change), Some(RetentionPolicy { keep_last: Some(10), ..forever }));
+        assert_eq!(merged(stored, RetentionPolicy::default()), None);
         assert!(check(&RetentionPolicy { keep_for_seconds: Some(u64::MAX), ..Default::default() }).is_err());
     }
 }

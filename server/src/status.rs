@@ -53,16 +53,17 @@ impl Status {
         }
         trees.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
         let m = self.engine.metrics();
-        let free = self.room.free().unwrap_or(0);
+        let free = self.room.free();
         Ok(AdminStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at: convert::timestamp(self.started_ms),
             store: if self.sled_dir.is_some() { "sled" } else { "postgres" }.to_string(),
             trees,
             store_file_bytes: self.sled_dir.as_deref().map_or(0, files_size),
-            disk_free_bytes: free,
+            disk_free_bytes: free.unwrap_or(0),
             min_free_disk_bytes: self.room.min_free(),
-            refusing_new_work: free < self.room.min_free(),
+            // Unknown free space refuses nothing (see `space`).
+            refusing_new_work: free.is_some_and(|f| f < self.room.min_free()),
             queued_jobs: m.queued as u64,
             running_jobs: m.running as u64,
             runners_connected: m.runners_connected as u64,

@@ -5,7 +5,20 @@
 
 use std::{path::PathBuf, process::Command};
 
-use viaduct_tests::{Server, eventually, finished, output, run_where, step_log, submit, v1, word};
+use viaduct_tests::{
+    Server, eventually, finished,
+    forge::{create_mirror, sign, upstream},
+    http, output, run_where, step_log, submit, v1, word,
+};
+
+/// A signed GitHub push webhook for mirror `app`: (status, body).
+fn push_webhook(server: &Server, delivery: &str) -> (u16, String) {
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let sig = sign("s3cret", body);
+    let h = [("x-github-event", "push"), ("x-github-delivery", delivery), ("x-hub-signature-256", &sig)];
+    let (code, reply) = http(server.addr(), "POST", "/webhooks/app", &h, body);
+    (code, String::from_utf8_lossy(&reply).into_owned())
+}
 
 /// A tmpfs mounted at a path, unmounted when dropped.
 struct Mounted(PathBuf);
@@ -31,6 +44,10 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     let server = Server::start_in(dir, &["--min-free-disk", "32m"], &[]);
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
+
+    let (_upstream, bare, _wt) =
+        upstream("on:\n  push: { branches: [main] }\njobs:\n  j:\n    steps:\n      - run: true\n");
+    create_mirror(&client, "app", &format!("file://{}", bare.display()), "s3cret").await;
 
     // A job that runs until the test lets it end, started with room.
     let gate = tempfile::tempdir().expect("gate dir");
@@ -68,6 +85,10 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     let e = client.runs().retry(v1::RetryRunRequest { id: long.clone() }).await.expect_err("refused");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     client.runs().list(v1::ListRunsRequest::default()).await.expect("reads go on");
+    // A forge's webhook is told to come back (503), and not recorded.
+    let (code, reply) = push_webhook(&server, "delivery-1");
+    assert_eq!(code, 503, "{reply}");
+    assert!(reply.contains("disk is nearly full"), "{reply}");
     let status = client.admin().status(v1::AdminStatusRequest {}).await.expect("status").into_inner();
     assert!(status.refusing_new_work && status.disk_free_bytes < (32 << 20), "{status:?}");
 
@@ -91,5 +112,9 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     })
     .await;
     assert_eq!(word(finished(&client, &id).await.status), "success");
+    // The forge's redelivery is acted on, not taken for a duplicate.
+    let (code, reply) = push_webhook(&server, "delivery-1");
+    assert_eq!(code, 200, "{reply}");
+    assert!(!reply.contains("duplicate"), "{reply}");
     assert!(server.log().contains("disk space returned"), "the server says so");
 }

@@ -96,6 +96,10 @@ pub struct EngineConfig {
     pub max_step_log_bytes: u64,
     /// Whether there is room for new work (runs, retries, blobs).
     pub room: Arc<dyn room::Room>,
+    /// Logs are never packed on this server (replicas with local blobs):
+    /// retention removes a run with the log chunks it still holds, instead
+    /// of waiting for packing that will not come.
+    pub discard_unpacked: bool,
 }
 
 /// Room past a step's log limit for the line the runner ends it with.
@@ -114,6 +118,7 @@ impl Default for EngineConfig {
             durable_sends: false,
             max_step_log_bytes: 128 << 20,
             room: Arc::new(room::Unbounded),
+            discard_unpacked: false,
         }
     }
 }

@@ -121,27 +121,76 @@ pub fn ended(status: Status) -> bool {
     )
 }
 
+/// What a walk reads of a run record: the fields the rules need (prost
+/// skips the others — the pipeline file above all), so a page of runs
+/// stays small whatever the runs hold.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RunSummary {
+    /// `RunRecord::pipeline`.
+    #[prost(string, tag = "2")]
+    pub pipeline: String,
+    /// `RunRecord::status`.
+    #[prost(enumeration = "Status", tag = "3")]
+    pub status: i32,
+    /// `RunRecord::source`.
+    #[prost(message, optional, tag = "5")]
+    pub source: Option<viaduct_proto::v1::RunSource>,
+    /// `RunRecord::created_ms`.
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+    /// `RunRecord::finished_ms`.
+    #[prost(int64, tag = "8")]
+    pub finished_ms: i64,
+    /// `RunRecord::pipeline_ref`.
+    #[prost(string, tag = "11")]
+    pub pipeline_ref: String,
+}
+
+impl RunSummary {
+    /// Its repository (empty for runs without one).
+    pub fn repo(&self) -> &str {
+        self.source.as_ref().map_or("", |s| s.repo.as_str())
+    }
+}
+
 /// Decides runs seen newest first: the counts that "newest N of its
 /// pipeline" and "newest success of its branch" need.
 #[derive(Default)]
 pub struct Walk {
-    seen: HashMap<(String, String), u32>,
-    green: HashSet<(String, String, String)>,
+    seen: HashMap<String, u32>,
+    green: HashSet<String>,
 }
 
 impl Walk {
+    /// The group `run` counts in for "the newest N": its repository, where
+    /// its definition came from (a stored pipeline, or a file's `name:`),
+    /// and whether it is a pull request's — so pull requests cannot push a
+    /// branch's runs out, nor a submitted file a stored pipeline's.
+    fn group(run: &RunSummary) -> String {
+        let pr = run.source.as_ref().is_some_and(|s| s.event == "pull_request");
+        let (kind, name) =
+            if run.pipeline_ref.is_empty() { ("file", &run.pipeline) } else { ("stored", &run.pipeline_ref) };
+        format!("{}\0{kind}\0{name}\0{}", run.repo(), if pr { "pr" } else { "" })
+    }
+
+    /// The branch `run` is the last success of: a pull request's is
+    /// `pr/<number>` (a fork's branch named `main` is not `main`).
+    fn branch(run: &RunSummary) -> String {
+        match &run.source {
+            Some(s) if s.event == "pull_request" => format!("pr/{}", s.pull_request),
+            Some(s) => s.branch.clone(),
+            None => String::new(),
+        }
+    }
+
     /// The verdict on `run` (the next older one), under `rules`, at `now_ms`.
-    pub fn judge(&mut self, run: &RunRecord, rules: Rules, now_ms: i64) -> Verdict {
-        let repo = run.source.as_ref().map(|s| s.repo.as_str()).unwrap_or_default();
-        let pipeline = if run.pipeline_ref.is_empty() { &run.pipeline } else { &run.pipeline_ref };
-        let group = (repo.to_string(), pipeline.clone());
-        let newer = self.seen.entry(group).or_insert(0);
+    pub fn judge(&mut self, run: &RunSummary, rules: Rules, now_ms: i64) -> Verdict {
+        let group = Self::group(run);
+        let newer = self.seen.entry(group.clone()).or_insert(0);
         let rank = *newer;
         *newer += 1;
-        let first_green = run.status() == Status::Success && {
-            let branch = run.source.as_ref().map(|s| s.branch.clone()).unwrap_or_default();
-            self.green.insert((repo.to_string(), pipeline.clone(), branch))
-        };
+        let first_green =
+            run.status() == Status::Success && self.green.insert(format!("{group}\0{}", Self::branch(run)));
         if !ended(run.status()) {
             Verdict::Unfinished
         } else if rules.keep_for_ms <= 0 {
@@ -159,7 +208,7 @@ impl Walk {
 }
 
 /// When a run ended (its creation when it never recorded an end).
-fn ended_ms(run: &RunRecord) -> i64 {
+fn ended_ms(run: &RunSummary) -> i64 {
     if run.finished_ms > 0 { run.finished_ms } else { run.created_ms }
 }
 
@@ -175,6 +224,15 @@ fn keys_under(store: &Store, tree: T, prefix: &[u8], out: &mut Vec<Key>) -> Resu
         out.push((tree, k.to_vec(), size));
     }
     Ok(())
+}
+
+/// A run the walk chose to remove, with what it saw of it: removed only
+/// if that has not changed since.
+#[derive(Debug, Clone, Copy)]
+struct Doomed {
+    id: RunId,
+    status: i32,
+    finished_ms: i64,
 }
 
 /// What one removal transition did.
@@ -201,7 +259,7 @@ impl Engine {
     /// Blocking; run it on a blocking thread.
     pub fn prune(
         &self,
-        rules_of: &dyn Fn(&RunRecord) -> Rules,
+        rules_of: &dyn Fn(&RunSummary) -> Rules,
         events_older_than_ms: i64,
         dry_run: bool,
     ) -> Result<PruneStats> {
@@ -209,10 +267,10 @@ impl Engine {
         let now = self.sh.now_ms();
         let mut stats = PruneStats::default();
         let mut walk = Walk::default();
-        let mut doomed: Vec<RunId> = Vec::new();
+        let mut doomed: Vec<Doomed> = Vec::new();
         let mut upper: Option<RunId> = None;
         loop {
-            let page: Vec<(RunId, RunRecord)> = {
+            let page: Vec<(RunId, Option<RunSummary>)> = {
                 let range = match upper {
                     Some(id) => store.tree(T::Runs).range(..id.key()),
                     None => store.tree(T::Runs).iter(),
@@ -221,7 +279,7 @@ impl Engine {
                 for kv in range.rev().take(PAGE) {
                     let (k, v) = kv?;
                     let Some(id) = RunId::from_key(&k) else { continue };
-                    page.push((id, decode::<RunRecord>(T::Runs, &v)?));
+                    page.push((id, decode::<RunSummary>(T::Runs, &v).ok()));
                 }
                 page
             };
@@ -229,12 +287,19 @@ impl Engine {
             upper = Some(*last);
             for (id, run) in &page {
                 stats.examined += 1;
+                let Some(run) = run else {
+                    // A record that does not decode is kept (and said),
+                    // never a reason to stop retention.
+                    tracing::warn!(run = %id, "retention: cannot decode the run record: kept");
+                    *stats.kept.entry(Verdict::Unfinished.word()).or_default() += 1;
+                    continue;
+                };
                 let mut verdict = walk.judge(run, rules_of(run), now);
-                if verdict == Verdict::Remove && has_unpacked(store, *id)? {
+                if verdict == Verdict::Remove && !self.sh.cfg.discard_unpacked && has_unpacked(store, *id)? {
                     verdict = Verdict::Unfinished;
                 }
                 if verdict == Verdict::Remove {
-                    doomed.push(*id);
+                    doomed.push(Doomed { id: *id, status: run.status, finished_ms: run.finished_ms });
                 } else {
                     *stats.kept.entry(verdict.word()).or_default() += 1;
                 }
@@ -273,11 +338,12 @@ impl Engine {
     /// are gathered before the lock (a finished run's keys do not change:
     /// nothing writes to it unless it is retried, which the check under the
     /// lock sees); under it, each run is only checked again and deleted.
-    fn remove_runs(&self, ids: &[RunId], dry_run: bool) -> Result<Removal> {
+    fn remove_runs(&self, doomed: &[Doomed], dry_run: bool) -> Result<Removal> {
         let store = self.store();
-        let mut gathered: Vec<(RunId, Vec<Key>)> = Vec::new();
+        let mut gathered: Vec<(&Doomed, Vec<Key>)> = Vec::new();
         let mut total = 0;
-        for id in ids {
+        for d in doomed {
+            let id = &d.id;
             if !gathered.is_empty() && total >= BATCH_KEYS {
                 break;
             }
@@ -287,15 +353,17 @@ impl Engine {
                 keys_under(store, tree, &id.key(), &mut keys)?;
             }
             total += keys.len();
-            gathered.push((*id, keys));
+            gathered.push((d, keys));
         }
         let (removal, ticket) = self.transition(|tx| {
             let mut out = Removal { considered: gathered.len(), ..Removal::default() };
-            for (id, keys) in &gathered {
-                let store = tx.store();
+            for (d, keys) in &gathered {
+                let (id, store) = (&d.id, tx.store());
                 let Some(run) = store.get::<RunRecord>(T::Runs, id.key())? else { continue };
-                if !ended(run.status()) || has_unpacked(store, *id)? {
-                    // Reopened (retried) since the walk.
+                let unpacked = !tx.sh.cfg.discard_unpacked && has_unpacked(store, *id)?;
+                if run.status != d.status || run.finished_ms != d.finished_ms || unpacked {
+                    // Retried (and maybe ended again) since the walk: judged
+                    // again by the next pass, with its new keys.
                     out.reopened += 1;
                     continue;
                 }
@@ -363,4 +431,47 @@ impl Engine {
 /// Whether a run has an ended attempt whose logs are not packed yet.
 fn has_unpacked(store: &Store, id: RunId) -> Result<bool> {
     Ok(store.tree(T::Unpacked).scan_prefix(id.key()).next().transpose()?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use viaduct_proto::v1::RunSource;
+
+    use super::*;
+
+    fn run(event: &str, branch: &str, pr: u32, status: Status, pipeline_ref: &str) -> RunSummary {
+        RunSummary {
+            pipeline: "ci".into(),
+            status: status as i32,
+            source: Some(RunSource {
+                event: event.into(),
+                repo: "app".into(),
+                branch: branch.into(),
+                pull_request: pr,
+                ..Default::default()
+            }),
+            created_ms: 1,
+            finished_ms: 1,
+            pipeline_ref: pipeline_ref.into(),
+        }
+    }
+
+    #[test]
+    fn pull_requests_and_stored_pipelines_count_apart() {
+        let rules = Rules { keep_for_ms: 1, keep_last: 1, keep_last_success: true };
+        let mut walk = Walk::default();
+        // Newest first: a fork's pull request from its own `main` succeeds,
+        // then (older) the real main's last success and an older push.
+        let fork = run("pull_request", "main", 7, Status::Success, "");
+        let main = run("push", "main", 0, Status::Success, "");
+        let older = run("push", "main", 0, Status::Failure, "");
+        assert_eq!(walk.judge(&fork, rules, 10), Verdict::Last, "the newest pull request run of its group");
+        assert_eq!(walk.judge(&main, rules, 10), Verdict::Last, "pull requests do not push main's runs out");
+        assert_eq!(walk.judge(&older, rules, 10), Verdict::Remove);
+        let main_again = run("push", "main", 0, Status::Success, "");
+        assert_eq!(walk.judge(&main_again, rules, 10), Verdict::Remove, "only the newest success of main is kept");
+        // A stored pipeline named like a file's `name:` is its own group.
+        let stored = run("manual", "", 0, Status::Failure, "ci");
+        assert_eq!(walk.judge(&stored, rules, 10), Verdict::Last);
+    }
 }

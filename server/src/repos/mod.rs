@@ -217,9 +217,9 @@ impl Repos {
             rec.pull_requests = Some(policy);
             tracing::info!(repo = name, "pull request policy changed");
         }
-        if let Some(policy) = retention {
-            tracing::info!(repo = name, ?policy, "retention policy changed");
-            rec.retention = Some(policy);
+        if let Some(change) = retention {
+            rec.retention = crate::retention::merged(rec.retention.take(), change);
+            tracing::info!(repo = name, policy = ?rec.retention, "retention policy changed");
         }
         let ws = self.save(name, &rec, WriteSet::default())?;
         self.store.commit_durable(&ws).await?;

@@ -110,6 +110,10 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
         }
     }
+    // A push brings new objects: refused while the disk is nearly full.
+    if push && let Err(e) = g.engine.check_room() {
+        return gate::http_refusal(&e);
+    }
     let peer = gate::peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
     let resp = match cgi(&g.repos, &repo, &rest, &query, req).await {
         Ok(r) => r,

@@ -55,11 +55,23 @@ pub fn recover(dir: &Path) -> Result<()> {
             std::fs::rename(&old, dir).map_err(io("cannot move back", &old))?;
         }
     }
-    for leftover in [&old, &copy] {
-        if leftover.exists() {
-            std::fs::remove_dir_all(leftover).map_err(io("cannot remove", leftover))?;
+    if old.exists() {
+        // Both exist: the swap finished only if `db` is the marked copy.
+        if !dir.join(COMPLETE).exists() {
+            return Err(Error::Storage(format!(
+                "{} and {} both exist and the first is not a finished compaction: keep the one to use as {} \
+                 and move the other away",
+                dir.display(),
+                old.display(),
+                dir.display()
+            )));
         }
+        std::fs::remove_dir_all(&old).map_err(io("cannot remove", &old))?;
     }
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy).map_err(io("cannot remove", &copy))?;
+    }
+    // The marker goes last: until then, `db` is known to be the copy.
     let _ = std::fs::remove_file(dir.join(COMPLETE));
     Ok(())
 }
@@ -71,6 +83,16 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
         return Err(Error::not_found(format!("no database at {}", dir.display())));
     }
     let before = files_size(dir);
+    let free = nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .map_err(|e| Error::Storage(format!("cannot read the free space of {}: {e}", dir.display())))?;
+    if free < before {
+        return Err(Error::NoRoom(format!(
+            "compacting needs room for a copy: {} MiB free, the database's files take {} MiB",
+            free >> 20,
+            before >> 20
+        )));
+    }
     let copy = sibling(dir, ".compacting");
     {
         let open = |path: &Path| {
@@ -93,6 +115,9 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
         }
         new.flush().map_err(storage)?;
     }
+    // sled does not fsync every file it writes (its blob files): the copy
+    // is made durable, file by file, before it may replace anything.
+    sync_tree(&copy)?;
     let marker = copy.join(COMPLETE);
     std::fs::File::create(&marker).and_then(|f| f.sync_all()).map_err(io("cannot write", &marker))?;
     sync_dir(&copy)?;
@@ -104,6 +129,19 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
     }
     recover(dir)?;
     Ok(Compaction { before, after: files_size(dir) })
+}
+
+/// fsyncs every file and directory under `dir`.
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(io("cannot read", dir))? {
+        let path = entry.map_err(io("cannot read", dir))?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io("cannot sync", &path))?;
+        }
+    }
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -179,5 +217,11 @@ mod tests {
         std::fs::write(copy.join(COMPLETE), b"").unwrap();
         recover(&db).unwrap();
         assert!(db.join("compacted").exists() && !db.join(COMPLETE).exists() && !old.exists());
+        // Both there, `db` not the marked copy (say, an empty one an older
+        // binary made): nothing is deleted, the operator is told.
+        std::fs::create_dir_all(&old).unwrap();
+        let e = recover(&db).unwrap_err();
+        assert!(e.to_string().contains("both exist"), "{e}");
+        assert!(old.exists() && db.join("compacted").exists());
     }
 }

@@ -241,6 +241,11 @@ impl Triggers {
                     match self.fire(&source, &cron, slot, ws).await {
                         Ok(Some(id)) => tracing::info!(%source, cron = %cron, slot, run = %id, "schedule fired"),
                         Ok(None) => {}
+                        // No room: the slot is not spent; it fires once
+                        // space returns (within the catch-up window).
+                        Err(e @ crate::error::Error::NoRoom(_)) => {
+                            tracing::warn!(%source, error = %e, "scheduled run waits for disk space");
+                        }
                         Err(e) => {
                             tracing::warn!(%source, error = %e, "scheduled run not started");
                             let mut ws = WriteSet::default();

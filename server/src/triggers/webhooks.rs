@@ -202,7 +202,13 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
         return refuse("the signature does not match the repository's secret");
     }
     let event = header(&h, &forge.header("event")).unwrap_or_default().to_string();
-    if let Some(id) = delivery_id(forge, &h) {
+    // No room for new runs: 503 before the delivery is recorded, so the
+    // forge's redelivery is not taken for a duplicate.
+    if let Err(e) = t.engine().check_room() {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}));
+    }
+    let delivery = delivery_id(forge, &h);
+    if let Some(id) = &delivery {
         let store = &t.store;
         match store.tree(T::Deliveries).get(id.as_bytes()) {
             Ok(Some(_)) => {
@@ -231,7 +237,7 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
                 StatusCode::OK,
                 json!({"status": "ok", "runs": o.runs.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             ),
-            Err(e) => reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()})),
+            Err(e) => failed(&t, delivery.as_deref(), e).await,
         },
         Ask::PullRequest(pr) if pr.head_sha.is_empty() || pr.number == 0 => {
             reply(StatusCode::BAD_REQUEST, json!({"error": "pull request without a number or head commit"}))
@@ -241,10 +247,25 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
                 StatusCode::OK,
                 json!({"status": "ok", "runs": run.map(|r| vec![r.to_string()]).unwrap_or_default()}),
             ),
-            Err(e) => reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()})),
+            Err(e) => failed(&t, delivery.as_deref(), e).await,
         },
         Ask::Ignore(what) => reply(StatusCode::OK, json!({"status": "ignored", "reason": what})),
     }
+}
+
+/// The reply to a delivery the server could not act on. Refused for want
+/// of room: 503, and the delivery is forgotten so that the forge's
+/// redelivery is acted on.
+async fn failed(t: &Triggers, delivery: Option<&str>, e: crate::error::Error) -> Response {
+    if matches!(e, crate::error::Error::NoRoom(_)) {
+        if let Some(id) = delivery {
+            let mut ws = WriteSet::default();
+            ws.delete(T::Deliveries, id.as_bytes());
+            let _ = t.store.commit_durable(&ws).await;
+        }
+        return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}));
+    }
+    reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()}))
 }
 
 /// Forgets deliveries older than [`DELIVERY_RETENTION_MS`].

@@ -244,8 +244,9 @@ pub enum ReposCommand {
         #[arg(long = "association", value_name = "ASSOCIATION")]
         associations: Vec<String>,
     },
-    /// Set how long a repository's runs are kept (unset flags keep what
-    /// was set; none: show the policy).
+    /// Set how long a repository's runs are kept: the flags given change
+    /// those fields, the others keep what was set (no flag: show the
+    /// policy; --defaults: forget it).
     Retention {
         /// Name.
         name: String,
@@ -416,9 +417,9 @@ pub enum RunnersCommand {
 /// A retention policy's flags (unset: inherited).
 #[derive(Debug, Args, Default)]
 pub struct RetentionArgs {
-    /// Keep finished runs this long after they finished (e.g. 90d;
-    /// `forever` keeps them).
-    #[arg(long, value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    /// Keep finished runs this long after they finished (e.g. 90d, at
+    /// least 1s; `forever` keeps them).
+    #[arg(long, value_parser = keep_for)]
     pub keep_for: Option<std::time::Duration>,
     /// Always keep the newest this many runs.
     #[arg(long)]
@@ -426,6 +427,15 @@ pub struct RetentionArgs {
     /// Always keep the newest successful run of each branch (true/false).
     #[arg(long)]
     pub keep_last_success: Option<bool>,
+}
+
+/// `--keep-for`: `forever`, or at least a second (whole seconds).
+fn keep_for(text: &str) -> Result<std::time::Duration, String> {
+    let d = viaduct_pipeline::duration::parse_duration_or_forever(text)?;
+    if !d.is_zero() && d.as_secs() == 0 {
+        return Err(format!("`{text}` is under a second (retention counts whole seconds; `forever` keeps runs)"));
+    }
+    Ok(d)
 }
 
 /// `viaduct admin …`.
