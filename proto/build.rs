@@ -20,6 +20,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/caches.proto",
     "viaduct/v1/access.proto",
     "viaduct/v1/admin.proto",
+    "viaduct/v1/stats.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -117,6 +117,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.Users/Update", need(A, G)),
     ("/viaduct.v1.Users/Delete", need(A, G)),
     ("/viaduct.v1.Audit/List", need(A, G)),
+    ("/viaduct.v1.Stats/Get", need(R, Rp)),
     ("/viaduct.v1.Admin/Prune", need(A, G)),
     ("/viaduct.v1.Admin/Status", need(A, G)),
     ("/viaduct.v1.RunnerAgent/Register", need(R, Scope::Open)),

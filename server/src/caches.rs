@@ -401,6 +401,14 @@ impl Caches {
         Ok(self.list("", "")?.into_iter().map(|r| r.digest).collect())
     }
 
+    /// Restores that hit (exactly or by prefix) of all restores since the
+    /// server started, 0–1.
+    pub fn hit_rate(&self) -> f64 {
+        let hits = self.hits.load(Ordering::Relaxed) + self.partial_hits.load(Ordering::Relaxed);
+        let all = hits + self.misses.load(Ordering::Relaxed);
+        if all == 0 { 0.0 } else { hits as f64 / all as f64 }
+    }
+
     /// Totals and counters.
     pub fn stats(&self) -> Result<CacheStats> {
         let all = self.list("", "")?;

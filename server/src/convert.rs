@@ -17,6 +17,11 @@ fn times(created: i64, started: i64, finished: i64) -> Option<v1::Times> {
     Some(v1::Times { created_at: timestamp(created), started_at: timestamp(started), finished_at: timestamp(finished) })
 }
 
+/// Milliseconds since the epoch of `t` (the inverse of [`timestamp`]).
+pub fn millis(t: &Timestamp) -> i64 {
+    t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos / 1_000_000))
+}
+
 /// A run without its jobs.
 pub fn run(id: RunId, r: &RunRecord) -> v1::Run {
     v1::Run {

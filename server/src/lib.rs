@@ -43,6 +43,7 @@ pub mod sign_in;
 pub mod source_archives;
 pub mod space;
 pub mod sso;
+pub mod stats;
 pub mod status;
 pub mod store;
 pub mod throttle;

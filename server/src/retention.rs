@@ -25,12 +25,12 @@ use crate::{
     convert,
     engine::{
         Engine,
-        prune::{PruneStats, Rules, RunSummary},
+        prune::{PruneStats, Rules},
     },
     error::{Error, Result},
     store::{
         Store, T, decode,
-        records::{PipelineRecord, RepoRecord},
+        records::{PipelineRecord, RepoRecord, RunHead},
     },
 };
 
@@ -141,7 +141,7 @@ impl Retention {
     }
 
     /// Each run's rules, from the policies stored now.
-    fn rules(&self) -> Result<impl Fn(&RunSummary) -> Rules + use<>> {
+    fn rules(&self) -> Result<impl Fn(&RunHead) -> Rules + use<>> {
         let defaults = self.defaults();
         let mut repos: HashMap<String, RetentionPolicy> = HashMap::new();
         for kv in self.store.tree(T::Repos).iter() {
@@ -158,7 +158,7 @@ impl Retention {
             }
         }
         let floor = i64::try_from(self.cfg.min_keep_for.as_millis()).unwrap_or(i64::MAX);
-        Ok(move |run: &RunSummary| {
+        Ok(move |run: &RunHead| {
             let rules = over(defaults, repos.get(run.repo()));
             let mut rules = over(rules, pipelines.get(&run.pipeline_ref));
             if rules.keep_for_ms > 0 {

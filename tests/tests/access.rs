@@ -116,6 +116,7 @@ fn policy(path: &str) -> Need {
         "Runs/Get" | "Runs/List" | "Runs/Watch" | "Logs/Follow" | "Logs/Get" => Repo(READ),
         "Artifacts/List" | "Artifacts/Download" | "Artifacts/Link" | "Repos/Get" => Repo(READ),
         "Repos/List" | "Caches/List" => Somewhere(READ),
+        "Stats/Get" => Repo(READ),
         "Repos/Sync" => Repo(PUSH),
         "Repos/Update" | "Secrets/Set" | "Secrets/Delete" | "Caches/Delete" => Repo(MAINTAIN),
         "Secrets/List" => Somewhere(MAINTAIN),
@@ -200,6 +201,7 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
         "Repos/Get" => v1::GetRepoRequest { name: target.into() }.encode_to_vec(),
         "Repos/Sync" => v1::SyncRepoRequest { name: target.into() }.encode_to_vec(),
         "Admin/Prune" => v1::PruneRequest { dry_run: true }.encode_to_vec(),
+        "Stats/Get" => v1::StatsRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
         "Repos/Update" => v1::UpdateRepoRequest { name: target.into(), ..Default::default() }.encode_to_vec(),
         "Secrets/Set" => v1::SetSecretRequest {
             name: format!("SET_{}", target.to_uppercase()),

@@ -8,6 +8,10 @@ use std::{collections::HashMap, io::Write, process::Stdio};
 
 use viaduct_tests::{Server, finished, http, submit, word};
 
+/// Debian's Python, where the set-up installs `python3-prometheus-client`
+/// (not whichever `python3` comes first on `PATH`).
+const PYTHON: &str = "/usr/bin/python3";
+
 /// Parses an OpenMetrics exposition with Python's `prometheus_client`:
 /// `name{labels}` → value, for every sample; `None` without the module.
 fn parse(text: &str) -> Option<HashMap<String, f64>> {
@@ -21,11 +25,11 @@ for family in text_string_to_metric_families(sys.stdin.read()):
         out[s.name + ("{" + labels + "}" if labels else "")] = s.value
 print(json.dumps(out))
 "#;
-    let probe = std::process::Command::new("python3").args(["-c", "import prometheus_client"]).output().ok()?;
+    let probe = std::process::Command::new(PYTHON).args(["-c", "import prometheus_client"]).output().ok()?;
     if !probe.status.success() {
         return None;
     }
-    let mut child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(PYTHON)
         .args(["-c", SCRIPT])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -73,4 +77,53 @@ async fn metrics_parse_and_count_what_happened() {
     assert!(get("viaduct_data_disk_free_bytes") > 0.0);
     let run = finished(&client, "1").await;
     assert_eq!(word(run.status), "success");
+}
+
+/// `Stats.Get` through the CLI: the two runs of the last day, by result,
+/// with their durations and queue waits, per pipeline; bad ranges refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_aggregate_runs_on_the_server() {
+    let server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    for (name, exit) in [("green", 0), ("red", 1), ("green", 0)] {
+        let id = submit(
+            &client,
+            &format!("name: {name}\njobs:\n  j:\n    runs_on: [linux]\n    steps:\n      - run: exit {exit}\n"),
+        )
+        .await;
+        finished(&client, &id).await;
+    }
+    let out = viaduct_tests::output(server.cli().args(["stats", "--since", "1d", "--by", "hour", "--json"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let total = &r["total"];
+    assert_eq!(
+        (total["runs"].as_u64(), total["succeeded"].as_u64(), total["failed"].as_u64()),
+        (Some(3), Some(2), Some(1)),
+        "{r}"
+    );
+    assert_eq!(total["jobs"], 3);
+    assert_eq!(total["queue_wait"]["count"], 3);
+    assert_eq!(total["run_duration"]["count"], 3);
+    // One bucket an hour: 24, and one more for the part of a second
+    // between the CLI's clock and the server's.
+    assert!(matches!(r["buckets"].as_array().map(Vec::len), Some(24 | 25)), "one bucket an hour");
+    assert_eq!(r["pipelines"][0]["name"], "green");
+    assert_eq!(r["pipelines"][0]["summary"]["success_rate"], 1.0);
+    assert_eq!(r["labels"][0]["name"], "linux");
+    assert_eq!(r["labels"][0]["summary"]["jobs"], 3);
+    let text = String::from_utf8(viaduct_tests::output(server.cli().args(["stats"])).stdout).unwrap();
+    assert!(text.contains("SUCCESS") && text.contains("total"), "{text}");
+
+    // Bounded: too many buckets, a width not offered.
+    let req = viaduct_tests::v1::StatsRequest {
+        from: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
+        bucket_seconds: 3600,
+        ..Default::default()
+    };
+    let e = client.stats().get(req).await.expect_err("too many buckets");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let req = viaduct_tests::v1::StatsRequest { bucket_seconds: 60, ..Default::default() };
+    assert_eq!(client.stats().get(req).await.expect_err("60 s").code(), tonic::Code::InvalidArgument);
 }

@@ -31,8 +31,8 @@ use viaduct_proto::v1::{
     artifacts_client::ArtifactsClient, audit_client::AuditClient, caches_client::CachesClient, follow_request,
     logs_client::LogsClient, pipelines_client::PipelinesClient, plugins_client::PluginsClient,
     repos_client::ReposClient, run_event::Change, runner_agent_client::RunnerAgentClient,
-    runners_client::RunnersClient, runs_client::RunsClient, secrets_client::SecretsClient, tokens_client::TokensClient,
-    users_client::UsersClient,
+    runners_client::RunnersClient, runs_client::RunsClient, secrets_client::SecretsClient, stats_client::StatsClient,
+    tokens_client::TokensClient, users_client::UsersClient,
 };
 
 /// What can go wrong talking to a server.
@@ -349,6 +349,11 @@ impl Client {
     /// `viaduct.v1.Users`.
     pub fn users(&self) -> UsersClient<Svc> {
         UsersClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Stats`.
+    pub fn stats(&self) -> StatsClient<Svc> {
+        StatsClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.Admin`.

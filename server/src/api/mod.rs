@@ -20,6 +20,7 @@ pub mod repos;
 pub mod runners;
 pub mod runs;
 pub mod secrets;
+pub mod stats;
 pub mod tokens;
 pub mod transfer;
 pub mod users;
@@ -37,8 +38,8 @@ use viaduct_proto::v1::{
     FILE_DESCRIPTOR_SET, admin_server::AdminServer, artifacts_server::ArtifactsServer, audit_server::AuditServer,
     caches_server::CachesServer, logs_server::LogsServer, pipelines_server::PipelinesServer,
     plugins_server::PluginsServer, repos_server::ReposServer, runner_agent_server::RunnerAgentServer,
-    runners_server::RunnersServer, runs_server::RunsServer, secrets_server::SecretsServer, tokens_server::TokensServer,
-    users_server::UsersServer,
+    runners_server::RunnersServer, runs_server::RunsServer, secrets_server::SecretsServer, stats_server::StatsServer,
+    tokens_server::TokensServer, users_server::UsersServer,
 };
 
 use crate::{depot::Depot, engine::Engine, triggers::Triggers};
@@ -59,6 +60,7 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Users",
     "viaduct.v1.Audit",
     "viaduct.v1.Admin",
+    "viaduct.v1.Stats",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
@@ -100,6 +102,7 @@ pub async fn grpc_router(
     .add_service(TokensServer::new(tokens::TokensApi::new(Arc::clone(auth))))
     .add_service(UsersServer::new(users::UsersApi::new(Arc::clone(auth))))
     .add_service(AuditServer::new(audit::AuditApi::new(Arc::clone(&gate.audit))))
+    .add_service(StatsServer::new(stats::StatsApi::new(Arc::clone(store), Arc::clone(depot))))
     .add_service(AdminServer::new(admin::AdminApi::new(Arc::clone(admin.0), Arc::clone(admin.1))))
     .add_service(RunnerAgentServer::new(agent::AgentApi::new(
         Arc::clone(engine),

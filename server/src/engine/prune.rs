@@ -34,7 +34,7 @@ use crate::{
     store::{
         Store, T, WriteSet, decode,
         keys::RunId,
-        records::{EventBatch, RunRecord},
+        records::{EventBatch, RunHead, RunRecord},
     },
 };
 
@@ -121,38 +121,6 @@ pub fn ended(status: Status) -> bool {
     )
 }
 
-/// What a walk reads of a run record: the fields the rules need (prost
-/// skips the others — the pipeline file above all), so a page of runs
-/// stays small whatever the runs hold.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RunSummary {
-    /// `RunRecord::pipeline`.
-    #[prost(string, tag = "2")]
-    pub pipeline: String,
-    /// `RunRecord::status`.
-    #[prost(enumeration = "Status", tag = "3")]
-    pub status: i32,
-    /// `RunRecord::source`.
-    #[prost(message, optional, tag = "5")]
-    pub source: Option<viaduct_proto::v1::RunSource>,
-    /// `RunRecord::created_ms`.
-    #[prost(int64, tag = "6")]
-    pub created_ms: i64,
-    /// `RunRecord::finished_ms`.
-    #[prost(int64, tag = "8")]
-    pub finished_ms: i64,
-    /// `RunRecord::pipeline_ref`.
-    #[prost(string, tag = "11")]
-    pub pipeline_ref: String,
-}
-
-impl RunSummary {
-    /// Its repository (empty for runs without one).
-    pub fn repo(&self) -> &str {
-        self.source.as_ref().map_or("", |s| s.repo.as_str())
-    }
-}
-
 /// Decides runs seen newest first: the counts that "newest N of its
 /// pipeline" and "newest success of its branch" need.
 #[derive(Default)]
@@ -166,7 +134,7 @@ impl Walk {
     /// its definition came from (a stored pipeline, or a file's `name:`),
     /// and whether it is a pull request's — so pull requests cannot push a
     /// branch's runs out, nor a submitted file a stored pipeline's.
-    fn group(run: &RunSummary) -> String {
+    fn group(run: &RunHead) -> String {
         let pr = run.source.as_ref().is_some_and(|s| s.event == "pull_request");
         let (kind, name) =
             if run.pipeline_ref.is_empty() { ("file", &run.pipeline) } else { ("stored", &run.pipeline_ref) };
@@ -175,7 +143,7 @@ impl Walk {
 
     /// The branch `run` is the last success of: a pull request's is
     /// `pr/<number>` (a fork's branch named `main` is not `main`).
-    fn branch(run: &RunSummary) -> String {
+    fn branch(run: &RunHead) -> String {
         match &run.source {
             Some(s) if s.event == "pull_request" => format!("pr/{}", s.pull_request),
             Some(s) => s.branch.clone(),
@@ -184,7 +152,7 @@ impl Walk {
     }
 
     /// The verdict on `run` (the next older one), under `rules`, at `now_ms`.
-    pub fn judge(&mut self, run: &RunSummary, rules: Rules, now_ms: i64) -> Verdict {
+    pub fn judge(&mut self, run: &RunHead, rules: Rules, now_ms: i64) -> Verdict {
         let group = Self::group(run);
         let newer = self.seen.entry(group.clone()).or_insert(0);
         let rank = *newer;
@@ -208,7 +176,7 @@ impl Walk {
 }
 
 /// When a run ended (its creation when it never recorded an end).
-fn ended_ms(run: &RunSummary) -> i64 {
+fn ended_ms(run: &RunHead) -> i64 {
     if run.finished_ms > 0 { run.finished_ms } else { run.created_ms }
 }
 
@@ -259,7 +227,7 @@ impl Engine {
     /// Blocking; run it on a blocking thread.
     pub fn prune(
         &self,
-        rules_of: &dyn Fn(&RunSummary) -> Rules,
+        rules_of: &dyn Fn(&RunHead) -> Rules,
         events_older_than_ms: i64,
         dry_run: bool,
     ) -> Result<PruneStats> {
@@ -270,7 +238,7 @@ impl Engine {
         let mut doomed: Vec<Doomed> = Vec::new();
         let mut upper: Option<RunId> = None;
         loop {
-            let page: Vec<(RunId, Option<RunSummary>)> = {
+            let page: Vec<(RunId, Option<RunHead>)> = {
                 let range = match upper {
                     Some(id) => store.tree(T::Runs).range(..id.key()),
                     None => store.tree(T::Runs).iter(),
@@ -279,7 +247,7 @@ impl Engine {
                 for kv in range.rev().take(PAGE) {
                     let (k, v) = kv?;
                     let Some(id) = RunId::from_key(&k) else { continue };
-                    page.push((id, decode::<RunSummary>(T::Runs, &v).ok()));
+                    page.push((id, decode::<RunHead>(T::Runs, &v).ok()));
                 }
                 page
             };
@@ -439,8 +407,8 @@ mod tests {
 
     use super::*;
 
-    fn run(event: &str, branch: &str, pr: u32, status: Status, pipeline_ref: &str) -> RunSummary {
-        RunSummary {
+    fn run(event: &str, branch: &str, pr: u32, status: Status, pipeline_ref: &str) -> RunHead {
+        RunHead {
             pipeline: "ci".into(),
             status: status as i32,
             source: Some(RunSource {
@@ -453,6 +421,7 @@ mod tests {
             created_ms: 1,
             finished_ms: 1,
             pipeline_ref: pipeline_ref.into(),
+            job_count: 1,
         }
     }
 

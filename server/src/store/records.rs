@@ -651,3 +651,61 @@ pub struct SecretRecord {
     #[prost(message, optional, tag = "5")]
     pub scope: Option<SecretScope>,
 }
+
+/// What a walk over many runs reads of a [`RunRecord`] (retention, stats):
+/// the same tags, only the fields it needs — prost skips the others (the
+/// pipeline file above all), so a page of runs stays small.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RunHead {
+    /// `RunRecord::pipeline`.
+    #[prost(string, tag = "2")]
+    pub pipeline: String,
+    /// `RunRecord::status`.
+    #[prost(enumeration = "Status", tag = "3")]
+    pub status: i32,
+    /// `RunRecord::source`.
+    #[prost(message, optional, tag = "5")]
+    pub source: Option<RunSource>,
+    /// `RunRecord::created_ms`.
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+    /// `RunRecord::finished_ms`.
+    #[prost(int64, tag = "8")]
+    pub finished_ms: i64,
+    /// `RunRecord::pipeline_ref`.
+    #[prost(string, tag = "11")]
+    pub pipeline_ref: String,
+    /// `RunRecord::job_count`.
+    #[prost(uint32, tag = "14")]
+    pub job_count: u32,
+}
+
+impl RunHead {
+    /// Its repository (empty for runs without one).
+    pub fn repo(&self) -> &str {
+        self.source.as_ref().map_or("", |s| s.repo.as_str())
+    }
+
+    /// The pipeline it counts under: a stored pipeline's name, else its
+    /// file's `name:`.
+    pub fn pipeline_name(&self) -> &str {
+        if self.pipeline_ref.is_empty() { &self.pipeline } else { &self.pipeline_ref }
+    }
+}
+
+/// What stats read of a [`JobRecord`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobHead {
+    /// `JobRecord::status`.
+    #[prost(enumeration = "Status", tag = "4")]
+    pub status: i32,
+    /// `JobRecord::runs_on`.
+    #[prost(string, repeated, tag = "7")]
+    pub runs_on: Vec<String>,
+    /// `JobRecord::started_ms` (assigned).
+    #[prost(int64, tag = "13")]
+    pub started_ms: i64,
+    /// `JobRecord::queued_ms`.
+    #[prost(int64, tag = "29")]
+    pub queued_ms: i64,
+}

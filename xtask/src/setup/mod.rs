@@ -148,7 +148,7 @@ const PARTS: &[Part] = &[
         purpose: "the /metrics test (Python's strict OpenMetrics parser reads the exposition)",
         probe: "/usr/lib/python3/dist-packages/prometheus_client/__init__.py",
         version: &[],
-        check: || ok_output(&["python3", "-c", "import prometheus_client.openmetrics.parser"]),
+        check: || ok_output(&["/usr/bin/python3", "-c", "import prometheus_client.openmetrics.parser"]),
     },
     Part {
         name: "nix",

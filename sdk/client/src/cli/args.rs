@@ -129,6 +129,9 @@ pub enum Command {
     /// Manage users and their roles (admins).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// How runs went over a range: per bucket, per pipeline, per runner
+    /// label (aggregated on the server).
+    Stats(StatsArgs),
     /// Operate the server (admins).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -436,6 +439,26 @@ fn keep_for(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("`{text}` is under a second (retention counts whole seconds; `forever` keeps runs)"));
     }
     Ok(d)
+}
+
+/// `viaduct stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The range: up to now, from this long ago.
+    #[arg(long, default_value = "7d", value_parser = viaduct_pipeline::duration::parse_duration)]
+    pub since: std::time::Duration,
+    /// Bucket width: hour, day or week.
+    #[arg(long, default_value = "day")]
+    pub by: String,
+    /// Only this repository's runs.
+    #[arg(long, default_value = "")]
+    pub repo: String,
+    /// Only this pipeline's runs.
+    #[arg(long, default_value = "")]
+    pub pipeline: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `viaduct admin …`.

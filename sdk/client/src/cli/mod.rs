@@ -7,6 +7,7 @@ pub mod exec;
 pub mod files;
 pub mod login;
 pub mod people;
+pub mod stats;
 pub mod terminal;
 pub mod view;
 
@@ -124,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Login { .. } | Command::Logout => Ok(()),
         Command::Users(c) => people::users(&client, c).await,
         Command::Admin(c) => admin::admin(&client, c).await,
+        Command::Stats(a) => stats::stats(&client, a).await,
         Command::Audit { limit, before, actor, json } => people::audit(&client, limit, before, actor, json).await,
         Command::Trigger { repo, git_ref, commit, inputs, follow } => {
             commands::trigger(&client, repo, git_ref, commit, inputs, follow).await
