@@ -2,12 +2,13 @@
 //! server — runs per bucket by result, success rate, run duration and
 //! queue wait percentiles, per pipeline and per runner label.
 //!
-//! It walks runs newest first (ids grow with acceptance time) from the end
-//! of the range until one was accepted before its start, reading only the
+//! It walks runs newest first (ids grow with acceptance time) — a
+//! repository's through its index, so a repository's reader walks only
+//! its runs — until one was accepted before the range, reading only the
 //! fields it needs ([`RunHead`], [`JobHead`]); bounded at [`MAX_SCAN`]
-//! runs, so a request over years costs what one over the last 200,000
-//! runs does. Who may: `read` on the repository asked about, or globally
-//! for all runs (`access`).
+//! runs and [`MAX_JOB_READS`] jobs (then `truncated`). Who may: `read` on
+//! the repository asked about, or globally for all runs (`access`); the
+//! API runs one request at a time.
 
 use std::collections::HashMap;
 
@@ -18,13 +19,15 @@ use crate::{
     error::{Error, Result},
     store::{
         Store, T, decode,
-        keys::{JobKey, RunId},
+        keys::RunId,
         records::{JobHead, RunHead},
     },
 };
 
 /// Most runs one request reads.
 pub const MAX_SCAN: u64 = 200_000;
+/// Most job records one request reads.
+pub const MAX_JOB_READS: u64 = 1_000_000;
 /// Most buckets in a range.
 pub const MAX_BUCKETS: i64 = 1000;
 /// The bucket widths allowed (seconds).
@@ -51,10 +54,14 @@ impl Query {
         if !BUCKETS.contains(&self.bucket_seconds) {
             return Err(Error::invalid("bucket_seconds is 3600 (hour), 86400 (day) or 604800 (week)"));
         }
+        if self.from_ms < 0 {
+            return Err(Error::invalid("`from` is before 1970"));
+        }
         if self.to_ms <= self.from_ms {
             return Err(Error::invalid("the range is empty: `from` must be before `to`"));
         }
-        let buckets = ceil_div(self.to_ms.saturating_sub(self.from_ms), i64::from(self.bucket_seconds) * 1000);
+        let width = i64::from(self.bucket_seconds) * 1000;
+        let buckets = ceil_div(self.to_ms.saturating_sub(self.from_ms - self.from_ms.rem_euclid(width)), width);
         if buckets > MAX_BUCKETS {
             return Err(Error::invalid(format!(
                 "{buckets} buckets in the range: at most {MAX_BUCKETS} (a wider bucket, or a shorter range)"
@@ -90,7 +97,9 @@ impl Tally {
             Status::Cancelled | Status::TimedOut | Status::Skipped | Status::RunnerLost => self.other += 1,
             _ => return,
         }
-        if r.finished_ms >= r.created_ms && r.created_ms > 0 {
+        // A run that failed before any job (its file invalid) has no
+        // duration worth the name.
+        if r.error.is_empty() && r.finished_ms >= r.created_ms && r.created_ms > 0 {
             self.run_ms.push((r.finished_ms - r.created_ms) as u64);
         }
     }
@@ -127,44 +136,66 @@ fn percentiles(v: &mut [u64]) -> Percentiles {
     Percentiles { count: v.len() as u64, p50_ms: at(0.50), p90_ms: at(0.90), p99_ms: at(0.99) }
 }
 
-/// The report for `q` (blocking: run it on a blocking thread).
+/// The ids of the runs `q` is about, newest first: a repository's from its
+/// index (so a repository's reader walks only its runs), else every run.
+fn run_ids<'s>(store: &'s Store, q: &Query) -> Box<dyn Iterator<Item = Result<(RunId, RunHead)>> + 's> {
+    let load = move |id: RunId| -> Result<Option<(RunId, RunHead)>> {
+        Ok(store.tree(T::Runs).get(id.key())?.and_then(|v| decode::<RunHead>(T::Runs, &v).ok()).map(|r| (id, r)))
+    };
+    if q.repo.is_empty() {
+        Box::new(store.tree(T::Runs).iter().rev().filter_map(|kv| match kv {
+            Err(e) => Some(Err(e)),
+            Ok((k, v)) => {
+                let id = RunId::from_key(&k)?;
+                decode::<RunHead>(T::Runs, &v).ok().map(|r| Ok((id, r)))
+            }
+        }))
+    } else {
+        let ids = crate::engine::index::scan(store, crate::engine::index::Field::Repo, q.repo.as_bytes(), None);
+        Box::new(ids.filter_map(move |id| id.and_then(load).transpose()))
+    }
+}
+
+/// The report for `q` (blocking: run it on a blocking thread). Buckets
+/// start at whole hours, days or weeks (UTC) from the one holding `from`.
 pub fn report(store: &Store, q: &Query, cache_hit_rate: f64) -> Result<StatsReport> {
     q.check()?;
     let width = i64::from(q.bucket_seconds) * 1000;
-    let count = usize::try_from(ceil_div(q.to_ms - q.from_ms, width)).unwrap_or(0);
+    let from_ms = q.from_ms - q.from_ms.rem_euclid(width);
+    let count = usize::try_from(ceil_div(q.to_ms - from_ms, width)).unwrap_or(0);
     let mut buckets: Vec<Tally> = (0..count).map(|_| Tally::default()).collect();
     let mut total = Tally::default();
     let mut pipelines: HashMap<String, Tally> = HashMap::new();
     let mut labels: HashMap<String, Tally> = HashMap::new();
-    let (mut scanned, mut truncated) = (0u64, false);
-    for kv in store.tree(T::Runs).iter().rev() {
-        let (k, v) = kv?;
-        if scanned == MAX_SCAN {
+    let (mut scanned, mut jobs_read, mut truncated) = (0u64, 0u64, false);
+    for item in run_ids(store, q) {
+        let (id, run) = item?;
+        if scanned == MAX_SCAN || jobs_read >= MAX_JOB_READS {
             truncated = true;
             break;
         }
         scanned += 1;
-        let Ok(run) = decode::<RunHead>(T::Runs, &v) else { continue };
         if run.created_ms >= q.to_ms {
             continue;
         }
         if run.created_ms < q.from_ms {
             break;
         }
-        if (!q.repo.is_empty() && run.repo() != q.repo) || (!q.pipeline.is_empty() && run.pipeline_name() != q.pipeline)
-        {
+        if !q.pipeline.is_empty() && run.pipeline_name() != q.pipeline {
             continue;
         }
-        let Some(id) = RunId::from_key(&k) else { continue };
-        let slot = usize::try_from((run.created_ms - q.from_ms) / width).unwrap_or(0).min(count.saturating_sub(1));
+        let slot = usize::try_from((run.created_ms - from_ms) / width).unwrap_or(0).min(count.saturating_sub(1));
         let group = pipelines.entry(run.pipeline_name().to_string()).or_default();
         for t in [&mut buckets[slot], &mut total, group] {
             t.run(&run);
         }
-        for i in 1..=run.job_count {
-            let Some(job) = store.get::<JobHead>(T::Jobs, JobKey::new(id, i).key())? else { continue };
-            let wait =
-                (job.started_ms >= job.queued_ms && job.queued_ms > 0).then(|| (job.started_ms - job.queued_ms) as u64);
+        // The run's jobs, one range read; a record that does not decode is
+        // skipped.
+        for kv in store.tree(T::Jobs).scan_prefix(id.key()) {
+            let (_, v) = kv?;
+            jobs_read += 1;
+            let Ok(job) = decode::<JobHead>(T::Jobs, &v) else { continue };
+            let wait = job.queue_wait_ms();
             buckets[slot].job(wait);
             total.job(wait);
             pipelines.entry(run.pipeline_name().to_string()).or_default().job(wait);
@@ -189,7 +220,7 @@ pub fn report(store: &Store, q: &Query, cache_hit_rate: f64) -> Result<StatsRepo
             .into_iter()
             .enumerate()
             .map(|(i, t)| StatsBucket {
-                start: convert::timestamp(q.from_ms + i as i64 * width),
+                start: convert::timestamp(from_ms + i as i64 * width),
                 summary: Some(t.summary()),
             })
             .collect(),
@@ -228,6 +259,7 @@ mod tests {
         assert!(q(10, 10, 3600).check().is_err(), "an empty range");
         assert!(q(0, 1001 * 3_600_000, 3600).check().is_err(), "too many buckets");
         assert!(q(i64::MIN, i64::MAX, 604_800).check().is_err(), "no overflow on extreme times");
+        assert!(q(-5, 10, 3600).check().is_err(), "before 1970");
     }
 }
 
@@ -238,6 +270,7 @@ mod report_tests {
     use super::*;
     use crate::store::{
         WriteSet,
+        keys::JobKey,
         records::{JobRecord, RunRecord},
     };
 
@@ -271,7 +304,13 @@ mod report_tests {
             ws.put(T::Jobs, JobKey::new(id, 1).key(), &job);
         }
         store.commit(&ws).unwrap();
-        let q = Query { from_ms: hour, to_ms: 3 * hour, bucket_seconds: 3600, repo: String::new(), pipeline: String::new() };
+        let q = Query {
+            from_ms: hour,
+            to_ms: 3 * hour,
+            bucket_seconds: 3600,
+            repo: String::new(),
+            pipeline: String::new(),
+        };
         let r = report(&store, &q, 0.5).unwrap();
         let total = r.total.unwrap();
         assert_eq!((total.runs, total.succeeded, total.failed, total.jobs), (3, 2, 1, 3));

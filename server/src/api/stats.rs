@@ -16,16 +16,18 @@ use crate::{
 /// The default range: the last week.
 const WEEK_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// The Stats service.
+/// The Stats service. One request at a time: a report reads up to
+/// 200,000 runs, and more callers would only queue blocking threads.
 pub struct StatsApi {
     store: Arc<Store>,
     depot: Arc<Depot>,
+    one: Arc<tokio::sync::Semaphore>,
 }
 
 impl StatsApi {
     /// The service over `store` (runs) and `depot` (cache counters).
     pub fn new(store: Arc<Store>, depot: Arc<Depot>) -> Self {
-        Self { store, depot }
+        Self { store, depot, one: Arc::new(tokio::sync::Semaphore::new(1)) }
     }
 }
 
@@ -38,17 +40,26 @@ impl Stats for StatsApi {
         access.require(&r.repo)?;
         let to_ms = r.to.as_ref().map_or_else(now_ms, convert::millis);
         let q = Query {
-            from_ms: r.from.as_ref().map_or(to_ms - WEEK_MS, convert::millis),
+            from_ms: r.from.as_ref().map_or_else(|| to_ms.saturating_sub(WEEK_MS), convert::millis),
             to_ms,
             bucket_seconds: if r.bucket_seconds == 0 { 86_400 } else { r.bucket_seconds },
             repo: r.repo,
             pipeline: r.pipeline,
         };
-        let hit_rate = self.depot.caches.hit_rate();
+        q.check()?;
+        // The server-wide cache rate is for those who may read every run.
+        let hit_rate = if q.repo.is_empty() { self.depot.caches.hit_rate() } else { 0.0 };
+        let permit = Arc::clone(&self.one).try_acquire_owned().map_err(|_| Error::RateLimited {
+            message: "another stats report is being computed".into(),
+            retry_after: std::time::Duration::from_secs(1),
+        })?;
         let store = Arc::clone(&self.store);
-        let out = tokio::task::spawn_blocking(move || report(&store, &q, hit_rate))
-            .await
-            .map_err(|e| Error::Internal(format!("stats: {e}")))??;
+        let out = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            report(&store, &q, hit_rate)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats: {e}")))??;
         Ok(Response::new(out))
     }
 }

@@ -422,6 +422,7 @@ mod tests {
             finished_ms: 1,
             pipeline_ref: pipeline_ref.into(),
             job_count: 1,
+            error: String::new(),
         }
     }
 

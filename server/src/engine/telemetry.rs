@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use viaduct_proto::v1::Status;
 
-use crate::store::records::{JobRecord, RunRecord, StepRecord};
+use crate::store::records::{JobRecord, RunRecord, StepRecord, queue_wait_ms};
 
 /// A final state, as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,11 +38,12 @@ pub struct Telemetry {
 
 impl Default for Telemetry {
     fn default() -> Self {
-        // 5 ms … ~5.5 min; 100 ms … ~3.6 h.
+        // 5 ms … ~5.5 min; 10 ms … ~2.9 h; 100 ms … ~3.6 h.
         let short = || Histogram::new(exponential_buckets(0.005, 2.0, 17));
+        let wait = || Histogram::new(exponential_buckets(0.01, 2.0, 21));
         let long = || Histogram::new(exponential_buckets(0.1, 2.0, 18));
         Self {
-            queue_wait: short(),
+            queue_wait: wait(),
             pickup: short(),
             step_duration: long(),
             run_duration: long(),
@@ -99,14 +100,17 @@ impl Telemetry {
         registry.register("jobs_finished", "Jobs that ended, by result.", self.jobs.clone());
     }
 
-    /// A job changed from `before` to `now`.
+    /// A job changed from `before` to `now`. An assignment is a new
+    /// `started_ms` (whatever states a transition went through); its wait
+    /// runs from when the job could be dispatched (see
+    /// [`queue_wait_ms`]).
     pub fn job(&self, before: Option<&JobRecord>, now: &JobRecord) {
         let was = before.map(JobRecord::status);
-        if now.status() == Status::Running
-            && was != Some(Status::Running)
-            && let Some(s) = seconds(now.queued_ms, now.started_ms)
+        if now.started_ms > 0
+            && before.is_none_or(|b| b.started_ms != now.started_ms)
+            && let Some(ms) = queue_wait_ms(now.queued_ms, now.not_before_ms, now.started_ms)
         {
-            self.queue_wait.observe(s);
+            self.queue_wait.observe(ms as f64 / 1000.0);
         }
         if let Some(r) = result(now.status())
             && was.and_then(result).is_none()
@@ -119,9 +123,11 @@ impl Telemetry {
     /// is when its job was assigned (for the first step's pickup).
     pub fn step(&self, index: u32, before: Option<&StepRecord>, now: &StepRecord, assigned_ms: impl FnOnce() -> i64) {
         let was = before.map(StepRecord::status);
+        // Started: its start time set (even if it also ended in the same
+        // batch of reports).
         if index == 1
-            && now.status() == Status::Running
-            && was != Some(Status::Running)
+            && now.started_ms > 0
+            && before.is_none_or(|b| b.started_ms == 0)
             && let Some(s) = seconds(assigned_ms(), now.started_ms)
         {
             self.pickup.observe(s);
@@ -141,7 +147,10 @@ impl Telemetry {
             && was.and_then(result).is_none()
         {
             self.runs.get_or_create(&ResultLabel { result: r }).inc();
-            if let Some(s) = seconds(now.created_ms, now.finished_ms) {
+            // A run that failed before any job has no duration worth one.
+            if now.error.is_empty()
+                && let Some(s) = seconds(now.created_ms, now.finished_ms)
+            {
                 self.run_duration.observe(s);
             }
         }

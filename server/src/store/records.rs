@@ -675,6 +675,9 @@ pub struct RunHead {
     /// `RunRecord::pipeline_ref`.
     #[prost(string, tag = "11")]
     pub pipeline_ref: String,
+    /// `RunRecord::error` (why it failed before any job).
+    #[prost(string, tag = "9")]
+    pub error: String,
     /// `RunRecord::job_count`.
     #[prost(uint32, tag = "14")]
     pub job_count: u32,
@@ -708,4 +711,23 @@ pub struct JobHead {
     /// `JobRecord::queued_ms`.
     #[prost(int64, tag = "29")]
     pub queued_ms: i64,
+    /// `JobRecord::not_before_ms` (retry backoff).
+    #[prost(int64, tag = "28")]
+    pub not_before_ms: i64,
+}
+
+impl JobHead {
+    /// How long it waited for a runner: from when it could be dispatched
+    /// (queued, or its retry backoff ended) to its assignment.
+    pub fn queue_wait_ms(&self) -> Option<u64> {
+        queue_wait_ms(self.queued_ms, self.not_before_ms, self.started_ms)
+    }
+}
+
+/// From when a job could be dispatched (`queued_ms`, or `not_before_ms`
+/// when its retry backoff ended later) to `started_ms`; `None` before it
+/// was assigned.
+pub fn queue_wait_ms(queued_ms: i64, not_before_ms: i64, started_ms: i64) -> Option<u64> {
+    let ready = queued_ms.max(not_before_ms);
+    (queued_ms > 0 && started_ms >= ready).then(|| u64::try_from(started_ms - ready).unwrap_or(0))
 }

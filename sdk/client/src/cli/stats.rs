@@ -75,8 +75,18 @@ fn report_text(r: &StatsReport) -> String {
         out.push_str(&groups("PIPELINE", &r.pipelines));
     }
     if !r.labels.is_empty() {
+        // Labels are what jobs ask for: jobs and their queue wait only.
+        let rows: Vec<Vec<String>> = r
+            .labels
+            .iter()
+            .map(|g| {
+                let s = g.summary.unwrap_or_default();
+                let w = s.queue_wait.unwrap_or_default();
+                vec![g.name.clone(), s.jobs.to_string(), format!("{}/{}", secs(w.p50_ms), secs(w.p99_ms))]
+            })
+            .collect();
         out.push('\n');
-        out.push_str(&groups("LABEL (jobs)", &r.labels));
+        out.push_str(&view::table(&["LABEL", "JOBS", "QUEUE WAIT p50/p99"], &rows));
     }
     out.push_str(&format!("\ncache hit rate since the server started: {:.0}%\n", r.cache_hit_rate * 100.0));
     if r.truncated {
