@@ -316,8 +316,15 @@ async fn a_restarted_autoscaler_adopts_the_runner_it_left_and_counts_it_against_
 /// (whether the test passed or not).
 struct Image(String);
 
+/// Builds and removals of test images, one at a time: the tests' images
+/// share layers (the same libraries copied), and removing one image while
+/// another is being built can take a layer the build is using ("layer not
+/// known").
+static IMAGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Drop for Image {
     fn drop(&mut self) {
+        let _one = IMAGES.lock().unwrap_or_else(|p| p.into_inner());
         let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
     }
 }
@@ -342,6 +349,7 @@ fn runner_image(tag: &str) -> Image {
         format!("FROM {}\n{copies}COPY viaduct-runner /bin/viaduct-runner\n", viaduct_tests::test_image()),
     )
     .unwrap();
+    let _one = IMAGES.lock().unwrap_or_else(|p| p.into_inner());
     viaduct_tests::podman(&["build", "-q", "-t", &name, ctx.path().to_str().unwrap()]);
     Image(name)
 }
