@@ -18,7 +18,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 use viaduct_proto::v1::{JobRef, PluginManifest};
 use viaduct_runner::{
-    executor::{Backend, JobSetup, StepLog, StepSpec, StepStop, host::HostBackend},
+    executor::{Backend, JobSetup, LogLimits, StepLog, StepSpec, StepStop, host::HostBackend},
     files::Files,
     mask::Secrets,
     outbox::Outbox,
@@ -104,7 +104,7 @@ async fn main() {
             programs: viaduct_runner::executor::programs::none(),
             meta: RunInfo::default(),
         };
-        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default(), 0);
+        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default(), LogLimits::new(0, 0));
         let t = Instant::now();
         let r = h.run(call, &mut log, &stop).await;
         let took = t.elapsed();
@@ -126,7 +126,7 @@ async fn main() {
     };
     let mut shell = Vec::new();
     for i in 0..300 {
-        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default(), 0);
+        let mut log = StepLog::new(Arc::clone(&outbox), job.clone(), 1, Secrets::default(), LogLimits::new(0, 0));
         let t = Instant::now();
         let o = env.run_step(&spec, &mut log, &stop).await;
         let took = t.elapsed();

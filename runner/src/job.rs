@@ -217,6 +217,7 @@ async fn execute(
     // Post-phase states of plugin steps, by main step index.
     let mut post_states: HashMap<u32, String> = HashMap::new();
     let mut summary = String::new();
+    let log_limits = crate::executor::LogLimits::new(a.max_step_log_bytes, a.max_job_log_bytes);
     let mut step_timed_out = false;
     let mut job_timed_out = false;
     // A cancel stops the running step; this token lets an abandon do too.
@@ -278,7 +279,7 @@ async fn execute(
                 let token = if after_cancel { stop.abandon.child_token() } else { cancel.child_token() };
                 let step_stop = StepStop { cancel: token, deadline };
                 let mut log =
-                    StepLog::new(Arc::clone(reports), job.clone(), s.index, secrets.clone(), a.max_step_log_bytes);
+                    StepLog::new(Arc::clone(reports), job.clone(), s.index, secrets.clone(), log_limits.clone());
                 let span = tracing::info_span!("step", step = s.index, name = %s.name);
                 let o = match &s.action {
                     Some(Action::Uses(u)) => {
@@ -301,8 +302,8 @@ async fn execute(
                 };
                 log.finish().await;
                 let mut o = o;
-                if let Some(limit) = log.truncated() {
-                    let cut = format!("its log was cut at the limit of {limit} bytes");
+                if let Some(cut) = log.cut() {
+                    let cut = cut.describe();
                     o.message = if o.message.is_empty() { cut } else { format!("{}; {cut}", o.message) };
                 }
                 if o.status == Status::TimedOut && job_deadline.is_some_and(|d| Instant::now() >= d) {

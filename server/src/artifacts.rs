@@ -33,6 +33,19 @@ pub struct Artifacts {
     /// Artifacts are deleted this long after upload.
     ttl: std::time::Duration,
     link_key: [u8; 32],
+    quota: JobQuota,
+    /// Held from a job's quota check to its record (uploads of one job run
+    /// at once: the check and the record must see each other).
+    recording: tokio::sync::Mutex<()>,
+}
+
+/// What one job attempt may upload as artifacts.
+#[derive(Debug, Clone, Copy)]
+pub struct JobQuota {
+    /// Files.
+    pub files: usize,
+    /// Bytes, all files together.
+    pub bytes: u64,
 }
 
 /// Checks an artifact name: a relative path of normal components, at most
@@ -75,8 +88,47 @@ fn key(job: JobKey, name: &str) -> Vec<u8> {
 
 impl Artifacts {
     /// The index over `store`; links are signed with `link_key`.
-    pub fn new(store: Arc<Store>, ttl: std::time::Duration, link_key: [u8; 32]) -> Self {
-        Self { store, ttl, link_key }
+    pub fn new(store: Arc<Store>, ttl: std::time::Duration, link_key: [u8; 32], quota: JobQuota) -> Self {
+        Self { store, ttl, link_key, quota, recording: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Files and bytes `attempt` of `job` has uploaded, leaving out `name`
+    /// (which an upload of that name replaces).
+    fn used(&self, job: JobKey, attempt: u32, name: &str) -> Result<(usize, u64)> {
+        let (mut files, mut bytes) = (0usize, 0u64);
+        for item in self.store.tree(T::Artifacts).scan_prefix(job.key()) {
+            let (_, v) = item?;
+            let rec: ArtifactRecord = crate::store::decode(T::Artifacts, &v)?;
+            if let Some(a) = rec.artifact.filter(|a| a.attempt == attempt && a.name != name) {
+                files += 1;
+                bytes = bytes.saturating_add(a.size);
+            }
+        }
+        Ok((files, bytes))
+    }
+
+    /// Bytes an upload of `name` by `attempt` of `job` may have: what the
+    /// job's quota leaves; refused when its files are all used.
+    pub fn room(&self, job: JobKey, attempt: u32, name: &str) -> Result<u64> {
+        let (files, bytes) = self.used(job, attempt, name)?;
+        self.check_quota(job, files, bytes, 0)?;
+        Ok(self.quota.bytes - bytes)
+    }
+
+    fn check_quota(&self, job: JobKey, files: usize, bytes: u64, adding: u64) -> Result<()> {
+        let q = self.quota;
+        if files >= q.files {
+            return Err(Error::TooLarge(format!(
+                "job {job} has uploaded {files} artifacts, its limit (--max-artifacts-per-job)"
+            )));
+        }
+        if bytes.saturating_add(adding) > q.bytes {
+            return Err(Error::TooLarge(format!(
+                "job {job} would pass its limit of {} bytes of artifacts (--max-artifact-bytes-per-job): {bytes} uploaded, {adding} more",
+                q.bytes
+            )));
+        }
+        Ok(())
     }
 
     fn expires_ms(&self, created_ms: i64) -> i64 {
@@ -101,6 +153,9 @@ impl Artifacts {
         blob: &Blob,
     ) -> Result<Artifact> {
         check_name(name)?;
+        let _recording = self.recording.lock().await;
+        let (files, bytes) = self.used(job, attempt, name)?;
+        self.check_quota(job, files, bytes, blob.size)?;
         let k = key(job, name);
         if let Some(old) = self.store.get::<ArtifactRecord>(T::Artifacts, &k)?
             && old.artifact.as_ref().is_some_and(|a| a.attempt > attempt)

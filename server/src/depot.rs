@@ -12,7 +12,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crate::{
-    artifacts::Artifacts,
+    artifacts::{Artifacts, JobQuota},
     blobs::BlobStore,
     caches::{CacheLimits, Caches},
     error::Result,
@@ -38,6 +38,8 @@ pub struct DepotConfig {
     pub artifact_ttl: Duration,
     /// Largest single artifact.
     pub max_artifact_bytes: u64,
+    /// What one job attempt may upload as artifacts.
+    pub artifacts_per_job: JobQuota,
 }
 
 impl Default for DepotConfig {
@@ -51,6 +53,7 @@ impl Default for DepotConfig {
             },
             artifact_ttl: Duration::from_secs(30 * 24 * 3600),
             max_artifact_bytes: 8 << 30,
+            artifacts_per_job: JobQuota { files: 1000, bytes: 16 << 30 },
         }
     }
 }
@@ -82,7 +85,7 @@ impl Depot {
         Arc::new(Self {
             plugins: Arc::new(PluginRegistry::new(Arc::clone(store), Arc::clone(&blobs))),
             caches: Caches::new(Arc::clone(store), config.caches),
-            artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key),
+            artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key, config.artifacts_per_job),
             logs: PackedLogs::new(Arc::clone(store), Arc::clone(&blobs)),
             sources: SourceArchives::new(Arc::clone(store), Arc::clone(&blobs)),
             blobs,

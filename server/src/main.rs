@@ -81,8 +81,13 @@ struct Args {
     /// Most log a step keeps (e.g. 128m): past it the runner ends the log
     /// with a marker line and drops the rest of the output; the step goes
     /// on.
-    #[arg(long, default_value = "128m", value_parser = step_log_limit)]
+    #[arg(long, default_value = "128m", value_parser = log_limit)]
     max_step_log: u64,
+    /// Most log all steps of a job keep together (e.g. 512m): past it each
+    /// later step's log is cut like one past --max-step-log; the steps go
+    /// on.
+    #[arg(long, default_value = "512m", value_parser = log_limit)]
+    max_job_log: u64,
     /// Delay before the first automatic retry of a failed job; doubles per
     /// attempt.
     #[arg(long, default_value = "2s", value_parser = viaduct_pipeline::duration::parse_duration)]
@@ -127,6 +132,12 @@ struct Args {
     /// Largest single artifact file.
     #[arg(long, default_value = "8g", value_parser = viaduct_pipeline::duration::parse_memory)]
     max_artifact_size: u64,
+    /// Most artifact files one job attempt uploads.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_artifacts_per_job: u32,
+    /// Most bytes of artifacts one job attempt uploads, all files together.
+    #[arg(long, default_value = "16g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    max_artifact_bytes_per_job: u64,
     /// Serve TLS with this certificate chain (PEM); reloaded on SIGHUP and
     /// when the file changes.
     #[arg(long, env = "VIADUCT_TLS_CERT", requires = "tls_key")]
@@ -245,10 +256,11 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
-/// `--max-step-log`: at least 64 KiB (the runner reads 0 as its default).
-fn step_log_limit(s: &str) -> Result<u64, String> {
+/// `--max-step-log`, `--max-job-log`: at least 64 KiB (the runner reads 0
+/// as its default).
+fn log_limit(s: &str) -> Result<u64, String> {
     let n = viaduct_pipeline::duration::parse_memory(s)?;
-    if n < 64 << 10 { Err(format!("`{s}` is under the least step log limit, 64k")) } else { Ok(n) }
+    if n < 64 << 10 { Err(format!("`{s}` is under the least log limit, 64k")) } else { Ok(n) }
 }
 
 fn main() -> ExitCode {
@@ -320,6 +332,7 @@ fn main() -> ExitCode {
             max_running_per_pipeline: args.max_running_per_pipeline,
             retry_backoff: args.retry_backoff,
             max_step_log_bytes: args.max_step_log,
+            max_job_log_bytes: args.max_job_log,
             ..EngineConfig::default()
         },
         public_url: args.public_url,
@@ -334,6 +347,10 @@ fn main() -> ExitCode {
             },
             artifact_ttl: args.artifact_ttl,
             max_artifact_bytes: args.max_artifact_size,
+            artifacts_per_job: viaduct_server::artifacts::JobQuota {
+                files: args.max_artifacts_per_job as usize,
+                bytes: args.max_artifact_bytes_per_job,
+            },
         },
         min_free_disk: args.min_free_disk,
         retention: viaduct_server::retention::RetentionConfig {

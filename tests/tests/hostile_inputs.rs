@@ -111,3 +111,67 @@ async fn a_step_flooding_its_log_keeps_only_its_limit_and_goes_on() {
     assert!(!log.contains("done"));
     assert_eq!(viaduct_tests::step_log(&client, &run.jobs[0].steps[1].id).await, "after\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_flooding_its_log_across_steps_keeps_only_its_limit_and_goes_on() {
+    let server = Server::start_with(&["--max-step-log", "1m", "--max-job-log", "64k"]);
+    let client = server.client().await;
+    let _runner = server.runner("linux", 1);
+    let flood = "run: head -c 40000 /dev/zero | tr '\\0' x; echo";
+    let id = submit(
+        &client,
+        &format!("jobs:\n  j:\n    steps:\n      - {flood}\n      - {flood}\n      - {flood}\n      - run: 'true'\n"),
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "success", "the steps go on past the job's log limit");
+    let steps = &run.jobs[0].steps;
+    assert_eq!(steps[0].log_size, 40_001);
+    assert_eq!(steps[0].message, "");
+    let marker =
+        "[viaduct: this job's log reached its limit of 65536 bytes; the rest of this step's output is not kept]\n";
+    let second = viaduct_tests::step_log(&client, &steps[1].id).await;
+    assert_eq!(second.len(), 65_536 - 40_001 + marker.len() + 1, "{}", &second[second.len() - 200..]);
+    assert!(second.ends_with(marker));
+    assert_eq!(viaduct_tests::step_log(&client, &steps[2].id).await, format!("\n{marker}"));
+    for s in &steps[1..3] {
+        assert_eq!(s.message, "its log was cut at the job's limit of 65536 bytes");
+    }
+    assert_eq!(steps[3].log_size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_uploading_too_many_or_too_large_artifacts_fails_and_keeps_the_rest() {
+    let server = Server::start_with(&["--max-artifacts-per-job", "3", "--max-artifact-bytes-per-job", "100k"]);
+    let client = server.client().await;
+    let _runner = server.runner("linux", 1);
+    let id = submit(
+        &client,
+        "jobs:\n  many:\n    artifacts: [out/]\n    steps:\n      - run: mkdir out && for i in 1 2 3 4 5; do echo $i > out/$i; done\n  \
+         big:\n    artifacts: [a.bin, b.bin]\n    steps:\n      - run: head -c 60000 /dev/zero > a.bin && cp a.bin b.bin\n",
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "failure");
+    let job = |name: &str| run.jobs.iter().find(|j| j.name == name).expect("job");
+    let many = job("many");
+    assert_eq!(word(many.status), "failure");
+    assert!(
+        many.message.starts_with("uploading artifacts failed:") && many.message.contains("--max-artifacts-per-job"),
+        "{}",
+        many.message
+    );
+    let big = job("big");
+    assert_eq!(word(big.status), "failure");
+    assert!(big.message.contains("--max-artifact-bytes-per-job"), "{}", big.message);
+    let kept = |job: &str| {
+        let client = client.clone();
+        let (run, job) = (id.clone(), job.to_string());
+        async move {
+            let req = v1::ListArtifactsRequest { run_id: run, job_id: job };
+            client.artifacts().list(req).await.expect("list").into_inner().artifacts.len()
+        }
+    };
+    assert_eq!(kept(&many.id).await, 3, "the files before the limit stay");
+    assert_eq!(kept(&big.id).await, 1);
+}

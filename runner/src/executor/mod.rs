@@ -138,9 +138,70 @@ impl StepOutcome {
 /// Most bytes of log a step keeps when its assignment sets no limit.
 pub const DEFAULT_MAX_STEP_LOG: u64 = 128 << 20;
 
+/// Most bytes of log a job's steps keep together when its assignment sets
+/// no limit.
+pub const DEFAULT_MAX_JOB_LOG: u64 = 512 << 20;
+
+/// The log limits of one job: each step's, and all steps' together (what
+/// the steps before sent, shared by the job's [`StepLog`]s).
+#[derive(Clone)]
+pub struct LogLimits {
+    step: u64,
+    job: u64,
+    job_sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LogLimits {
+    /// Limits of `step` and `job` bytes (0: the defaults).
+    pub fn new(step: u64, job: u64) -> Self {
+        let or = |v: u64, d: u64| if v == 0 { d } else { v };
+        Self { step: or(step, DEFAULT_MAX_STEP_LOG), job: or(job, DEFAULT_MAX_JOB_LOG), job_sent: Arc::default() }
+    }
+
+    fn job_sent(&self) -> u64 {
+        self.job_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, n: u64) {
+        self.job_sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Which limit cut a step's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The step's own, of this many bytes.
+    Step(u64),
+    /// The job's, of this many bytes (for all its steps).
+    Job(u64),
+}
+
+impl Cut {
+    /// The line that ends the log.
+    fn marker(self) -> String {
+        match self {
+            Cut::Step(n) => format!(
+                "\n[viaduct: this step's log reached its limit of {n} bytes; the rest of its output is not kept]\n"
+            ),
+            Cut::Job(n) => format!(
+                "\n[viaduct: this job's log reached its limit of {n} bytes; the rest of this step's output is not kept]\n"
+            ),
+        }
+    }
+
+    /// What the step's message says.
+    pub fn describe(self) -> String {
+        match self {
+            Cut::Step(n) => format!("its log was cut at the limit of {n} bytes"),
+            Cut::Job(n) => format!("its log was cut at the job's limit of {n} bytes"),
+        }
+    }
+}
+
 /// Where a step's output goes: through the secret masker into the job's
-/// [`Reports`], tagged with the step — up to the step's log limit, then a
-/// marker line once, then nothing (the step goes on).
+/// [`Reports`], tagged with the step — up to the step's log limit and what
+/// is left of the job's, then a marker line once, then nothing (the step
+/// goes on).
 pub struct StepLog {
     reports: Arc<dyn Reports>,
     job: JobRef,
@@ -149,22 +210,14 @@ pub struct StepLog {
     masker: Masker,
     /// Bytes of log sent so far (masked).
     sent: u64,
-    /// Most bytes of log sent, the marker aside.
-    limit: u64,
-    truncated: bool,
-}
-
-/// The line that ends a log cut at its limit (`{}`: the limit).
-fn cut_marker(limit: u64) -> String {
-    format!("\n[viaduct: this step's log reached its limit of {limit} bytes; the rest of its output is not kept]\n")
+    limits: LogLimits,
+    cut: Option<Cut>,
 }
 
 impl StepLog {
-    /// A log for `step` of `job`, masking `secrets`, keeping at most
-    /// `limit` bytes (0: [`DEFAULT_MAX_STEP_LOG`]).
-    pub fn new(reports: Arc<dyn Reports>, job: JobRef, step: u32, secrets: Secrets, limit: u64) -> Self {
-        let limit = if limit == 0 { DEFAULT_MAX_STEP_LOG } else { limit };
-        Self { reports, job, step, written: 0, masker: Masker::new(secrets), sent: 0, limit, truncated: false }
+    /// A log for `step` of `job`, masking `secrets`, within `limits`.
+    pub fn new(reports: Arc<dyn Reports>, job: JobRef, step: u32, secrets: Secrets, limits: LogLimits) -> Self {
+        Self { reports, job, step, written: 0, masker: Masker::new(secrets), sent: 0, limits, cut: None }
     }
 
     /// Appends output; waits while too much is unacknowledged (backpressure).
@@ -180,27 +233,32 @@ impl StepLog {
         self.send(&rest).await;
     }
 
-    /// Sends what fits under the limit; the marker once when it is reached.
+    /// Sends what fits under the limits; the marker once when one is reached.
     async fn send(&mut self, masked: &[u8]) {
-        if self.truncated {
+        if self.cut.is_some() || masked.is_empty() {
             return;
         }
-        let room = usize::try_from(self.limit - self.sent).unwrap_or(usize::MAX);
-        if masked.len() <= room {
+        let step_room = self.limits.step.saturating_sub(self.sent);
+        let job_room = self.limits.job.saturating_sub(self.limits.job_sent());
+        let room = step_room.min(job_room);
+        if masked.len() as u64 <= room {
             self.reports.log(&self.job, self.step, masked).await;
             self.sent += masked.len() as u64;
+            self.limits.add(masked.len() as u64);
             return;
         }
-        let mut last = masked[..room].to_vec();
-        last.extend_from_slice(cut_marker(self.limit).as_bytes());
+        let cut = if step_room <= job_room { Cut::Step(self.limits.step) } else { Cut::Job(self.limits.job) };
+        let mut last = masked[..usize::try_from(room).unwrap_or(usize::MAX)].to_vec();
+        last.extend_from_slice(cut.marker().as_bytes());
         self.reports.log(&self.job, self.step, &last).await;
-        self.sent = self.limit;
-        self.truncated = true;
+        self.sent += room;
+        self.limits.add(room);
+        self.cut = Some(cut);
     }
 
-    /// Whether the output passed the log limit (and the rest was dropped).
-    pub fn truncated(&self) -> Option<u64> {
-        self.truncated.then_some(self.limit)
+    /// Whether the output passed a log limit (and the rest was dropped).
+    pub fn cut(&self) -> Option<Cut> {
+        self.cut
     }
 
     /// Bytes written so far.

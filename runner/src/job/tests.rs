@@ -206,6 +206,34 @@ async fn a_log_past_its_limit_is_cut_with_a_marker_and_the_step_goes_on() {
     assert_eq!(r.log(2), "short\n");
 }
 
+/// The job's limit counts all its steps: the step that crosses it and
+/// every later one that writes get the job's marker; the steps go on.
+#[tokio::test]
+async fn a_job_past_its_log_limit_cuts_every_later_step() {
+    let a = JobAssignment {
+        max_step_log_bytes: 100,
+        max_job_log_bytes: 15,
+        ..job(vec![
+            step("one", &[(OUTPUT, "0123456789")]),
+            step("two", &[(OUTPUT, "abcdefgh")]),
+            step("three", &[(OUTPUT, "more")]),
+            step("quiet", &[]),
+        ])
+    };
+    let r = run_job(a).await;
+    assert_eq!(r.job().status, Status::Success as i32, "the steps go on");
+    assert_eq!(r.log(1), "0123456789\n");
+    let marker =
+        "\n[viaduct: this job's log reached its limit of 15 bytes; the rest of this step's output is not kept]\n";
+    assert_eq!(r.log(2), format!("abcd{marker}"));
+    assert_eq!(r.log(3), marker);
+    assert_eq!(r.log(4), "");
+    assert_eq!(r.step(1).message, "");
+    for i in [2, 3] {
+        assert_eq!(r.step(i).message, "its log was cut at the job's limit of 15 bytes");
+    }
+}
+
 #[tokio::test]
 async fn a_failed_step_skips_the_default_steps_after_it_but_not_the_always_ones() {
     let always = StepPlan { condition: "always()".into(), ..step("report", &[(OUTPUT, "ran")]) };

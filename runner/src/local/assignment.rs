@@ -129,6 +129,7 @@ fn job(plan: &Plan, i: usize, j: &PlannedJob, catalog: &Catalog, run: &RunFacts)
         pipeline: plan.name.clone(),
         // The runner's default (a terminal keeps nothing anyway).
         max_step_log_bytes: 0,
+        max_job_log_bytes: 0,
     };
     LocalJob {
         key: j.key.clone(),

@@ -180,8 +180,16 @@ impl RunnerAgent for AgentApi {
         let first = stream.message().await?.ok_or_else(|| Error::invalid("empty artifact upload"))?;
         let (job, attempt, rec) = self.leased(&runner, first.job.as_ref())?;
         crate::artifacts::check_name(&first.name)?;
-        let writer = self.depot.blobs.writer(self.depot.config.max_artifact_bytes).await?;
-        let blob = transfer::receive(writer, first.data, &mut stream, |m| m.data).await?;
+        let room = self.depot.artifacts.room(job, attempt, &first.name)?;
+        let one = self.depot.config.max_artifact_bytes;
+        let writer = self.depot.blobs.writer(room.min(one)).await?;
+        let blob = transfer::receive(writer, first.data, &mut stream, |m| m.data).await.map_err(|e| match e {
+            Error::TooLarge(_) if room < one => Error::TooLarge(format!(
+                "artifact `{}`: job {job} would pass its limit of bytes of artifacts (--max-artifact-bytes-per-job)",
+                first.name
+            )),
+            e => e,
+        })?;
         if first.size > 0 && blob.size != first.size {
             return Err(Error::invalid(format!(
                 "artifact `{}`: {} bytes announced, {} received",

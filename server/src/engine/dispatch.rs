@@ -178,6 +178,7 @@ impl Tx<'_> {
                 expires,
                 pipeline: q.pipeline,
                 steps: job.steps.len() as u32,
+                log_bytes: 0,
             }),
         );
         self.sh.signals.timer.notify_one();
@@ -241,6 +242,7 @@ impl Tx<'_> {
             artifacts: job.artifacts.clone(),
             pipeline: job.pipeline.clone(),
             max_step_log_bytes: self.sh.cfg.max_step_log_bytes,
+            max_job_log_bytes: self.sh.cfg.max_job_log_bytes,
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

@@ -17,6 +17,19 @@ pub(crate) struct Lease {
     pub pipeline: String,
     /// Number of steps of the job (validates step indices in reports).
     pub steps: u32,
+    /// Bytes of log its steps have stored (the job's log limit).
+    pub log_bytes: u64,
+}
+
+/// Bytes of log the steps of `job`'s `attempt` have stored (a lease taken
+/// over after a restart or from a runner coming back).
+pub(crate) fn stored_log(
+    store: &crate::store::Store,
+    job: JobKey,
+    attempt: u32,
+    steps: u32,
+) -> crate::error::Result<u64> {
+    (1..=steps).try_fold(0u64, |sum, i| Ok(sum.saturating_add(store.logs.len(job.step(attempt, i))?)))
 }
 
 /// All leases, with per-runner counts.
@@ -95,7 +108,14 @@ mod tests {
     use crate::store::keys::RunId;
 
     fn lease(runner: &str) -> Lease {
-        Lease { attempt: 1, runner: runner.into(), expires: Instant::now(), pipeline: String::new(), steps: 1 }
+        Lease {
+            attempt: 1,
+            runner: runner.into(),
+            expires: Instant::now(),
+            pipeline: String::new(),
+            steps: 1,
+            log_bytes: 0,
+        }
     }
 
     #[test]

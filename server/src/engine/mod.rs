@@ -94,6 +94,10 @@ pub struct EngineConfig {
     /// log data past it, and past room for the runner's marker line, is
     /// refused).
     pub max_step_log_bytes: u64,
+    /// Most bytes of log all of a job's steps keep together (sent to
+    /// runners in each assignment; log data past it, and past room for a
+    /// marker line per step, is refused).
+    pub max_job_log_bytes: u64,
     /// Whether there is room for new work (runs, retries, blobs).
     pub room: Arc<dyn room::Room>,
     /// Logs are never packed on this server (replicas with local blobs):
@@ -117,6 +121,7 @@ impl Default for EngineConfig {
             clock: Arc::new(SystemClock),
             durable_sends: false,
             max_step_log_bytes: 128 << 20,
+            max_job_log_bytes: 512 << 20,
             room: Arc::new(room::Unbounded),
             discard_unpacked: false,
         }
@@ -288,6 +293,8 @@ impl Engine {
                 let key = JobKey::new(id, i);
                 let Some(job) = store.get::<JobRecord>(T::Jobs, key.key())? else { continue };
                 if job.status() == Status::Running {
+                    let steps = job.steps.len() as u32;
+                    let log_bytes = lease::stored_log(&store, key, job.attempt, steps)?;
                     st.leases.insert(
                         key,
                         Lease {
@@ -295,7 +302,8 @@ impl Engine {
                             runner: job.runner_id,
                             expires,
                             pipeline: run.pipeline.clone(),
-                            steps: job.steps.len() as u32,
+                            steps,
+                            log_bytes,
                         },
                     );
                 }

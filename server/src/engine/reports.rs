@@ -85,21 +85,28 @@ impl Engine {
     /// Log bytes of a step from `runner`.
     pub fn log_data(&self, runner: &str, d: &LogData) -> Result<Report> {
         let (job, attempt) = job_of(d.job.as_ref())?;
-        let steps = match self.lock().leases.get(&job) {
-            Some(l) if l.attempt == attempt && l.runner == runner => l.steps,
+        let (steps, job_bytes) = match self.lock().leases.get(&job) {
+            Some(l) if l.attempt == attempt && l.runner == runner => (l.steps, l.log_bytes),
             _ => return Ok(Report::Stale),
         };
         if d.step_index == 0 || d.step_index > steps {
             return Err(Error::invalid(format!("job {job} has no step {}", d.step_index)));
         }
         let sk = job.step(attempt, d.step_index);
-        // Past the limit (and room for the runner's marker line) nothing is
-        // kept, but it is acknowledged: a runner that does not cut its logs
-        // (or was told another limit) is not made to send it forever.
-        let limit = self.sh.cfg.max_step_log_bytes.saturating_add(super::CUT_MARKER_ROOM);
+        // Past the limits (with room for the runner's marker lines: one per
+        // step) nothing is kept, but it is acknowledged: a runner that does
+        // not cut its logs (or was told other limits) is not made to send
+        // it forever. The job's limit leaves this chunk what the job's
+        // steps have not used.
+        let cfg = &self.sh.cfg;
+        let job_limit = cfg.max_job_log_bytes.saturating_add(super::CUT_MARKER_ROOM.saturating_mul(u64::from(steps)));
+        let limit = cfg
+            .max_step_log_bytes
+            .saturating_add(super::CUT_MARKER_ROOM)
+            .min(d.offset.saturating_add(job_limit.saturating_sub(job_bytes)));
         let end = d.offset.saturating_add(d.data.len() as u64);
         let data = if end > limit {
-            tracing::debug!(step = %sk, limit, "log data past the step's limit: dropped");
+            tracing::debug!(step = %sk, limit, "log data past the step's or the job's limit: dropped");
             if d.offset >= limit {
                 // Acknowledged once what comes before it is all there.
                 let have = self.store().logs.len(sk)?;
@@ -111,8 +118,12 @@ impl Engine {
         };
         // What was dropped counts as acknowledged.
         let acked = |len: u64| if end > limit && len >= limit { end } else { len };
+        let before = self.store().logs.len(sk)?;
         Ok(match self.store().logs.append(sk, d.offset, data, self.sh.now_ms())? {
             Append::Stored(len) => {
+                if let Some(l) = self.lock().leases.get_mut(&job) {
+                    l.log_bytes = l.log_bytes.saturating_add(len.saturating_sub(before));
+                }
                 self.signals().touch_run(job.run);
                 Report::Logged(self.store().ticket(), acked(len))
             }

@@ -211,7 +211,8 @@ impl Engine {
         if j.started_ms == 0 {
             j.started_ms = self.sh.now_ms();
         }
-        t.set_lease(job, Some(Lease { attempt, runner: runner.to_string(), expires, pipeline, steps }));
+        let log_bytes = super::lease::stored_log(t.store(), job, attempt, steps)?;
+        t.set_lease(job, Some(Lease { attempt, runner: runner.to_string(), expires, pipeline, steps, log_bytes }));
         tracing::info!(job = %job, attempt, runner, "adopted a job the runner was already running");
         t.rollup(job.run)?;
         Ok(true)

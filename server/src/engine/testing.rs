@@ -47,6 +47,18 @@ impl FakeRunner {
     }
 }
 
+/// An engine over `store` on `clock`, its settings changed by `set`.
+fn open(
+    store: &Arc<Store>,
+    clock: &Arc<ManualClock>,
+    secrets: Arc<SecretBox>,
+    set: impl FnOnce(&mut EngineConfig),
+) -> Arc<Engine> {
+    let mut cfg = EngineConfig { clock: Arc::clone(clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };
+    set(&mut cfg);
+    Engine::open(Arc::clone(store), cfg, secrets).expect("engine")
+}
+
 impl Harness {
     pub fn new() -> Self {
         Self::over(Store::memory(), |_| {})
@@ -60,11 +72,18 @@ impl Harness {
         let blobs = Arc::new(BlobStore::local(&dir.path().join("blobs")).expect("blobs"));
         let plugins = PluginRegistry::new(Arc::clone(&store), blobs);
         let clock = Arc::new(ManualClock::default());
-        let mut cfg =
-            EngineConfig { clock: Arc::clone(&clock) as Arc<dyn super::clock::Clock>, ..EngineConfig::default() };
-        set(&mut cfg);
-        let engine = Engine::open(Arc::clone(&store), cfg, secrets).expect("engine");
+        let engine = open(&store, &clock, secrets, set);
         Self { engine, clock, store, plugins, _dir: dir }
+    }
+
+    /// A new engine over this one's store and clock (the server
+    /// restarted), its settings changed by `set`.
+    pub fn restarted(self, set: impl FnOnce(&mut EngineConfig)) -> Self {
+        let Self { engine, clock, store, plugins, _dir } = self;
+        drop(engine);
+        let secrets = Arc::new(SecretBox::open(_dir.path()).expect("secret box"));
+        let engine = open(&store, &clock, secrets, set);
+        Self { engine, clock, store, plugins, _dir }
     }
 
     /// Registers runner `id` with `labels` and `slots` (host executor) and

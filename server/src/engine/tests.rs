@@ -24,8 +24,14 @@ async fn a_failed_transition_is_undone_in_memory_too() {
     assert_eq!(h.engine.metrics().queued, 1);
     let failed = h.engine.transition(|t| {
         t.dequeue(job);
-        let lease =
-            Lease { attempt: 1, runner: "r".into(), expires: Instant::now(), pipeline: String::new(), steps: 1 };
+        let lease = Lease {
+            attempt: 1,
+            runner: "r".into(),
+            expires: Instant::now(),
+            pipeline: String::new(),
+            steps: 1,
+            log_bytes: 0,
+        };
         t.set_lease(job, Some(lease));
         Err::<(), _>(Error::Internal("injected".into()))
     });
@@ -517,4 +523,37 @@ async fn retention_removes_a_run_that_ran_and_keeps_the_newest_events() {
     let (events, _) = h.engine.events_after(0, None, 100).expect("events");
     assert!(events.iter().any(|e| e.run_id == next.to_string()));
     assert!(events.windows(2).all(|w| w[0].cursor < w[1].cursor));
+}
+
+/// A job keeps no more log than its limit across its steps, with room for
+/// one marker line per step; what is past it is acknowledged (not sent
+/// forever) and the count survives a restart of the server.
+#[tokio::test]
+async fn a_job_keeps_no_more_log_than_its_limit_across_steps_and_restarts() {
+    use super::reports::Report;
+    use viaduct_proto::v1::LogData;
+    let limit = |c: &mut super::EngineConfig| c.max_job_log_bytes = 100;
+    let h = Harness::over(crate::store::Store::memory(), limit);
+    let run = h.submit("jobs:\n  j:\n    steps: [{run: 'true'}, {run: 'true'}, {run: 'true'}]\n").await;
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    let given = r.assignments();
+    assert_eq!(given[0].max_job_log_bytes, 100);
+    h.start_first_step(&r, &given[0]);
+    let log = |h: &Harness, step: u32, offset: u64, len: usize| {
+        let d = LogData { job: given[0].job.clone(), step_index: step, offset, data: vec![b'x'; len] };
+        match h.engine.log_data("r1", &d).expect("log data") {
+            Report::Logged(_, acked) => acked,
+            Report::Stale => panic!("stale"),
+        }
+    };
+    let kept = |h: &Harness, step: u32| h.store.logs.len(JobKey::new(run, 1).step(1, step)).expect("length");
+    // 100 bytes, and 1024 for a marker line per step: 3172 in all.
+    assert_eq!(log(&h, 1, 0, 1000), 1000);
+    assert_eq!(log(&h, 2, 0, 1500), 1500);
+    let h = h.restarted(limit);
+    assert_eq!(log(&h, 2, 1500, 5000), 6500, "acknowledged, kept in part");
+    assert_eq!((kept(&h, 1), kept(&h, 2)), (1000, 2172));
+    assert_eq!(log(&h, 3, 0, 10), 10, "acknowledged, not kept");
+    assert_eq!(log(&h, 1, 1000, 10), 1010);
+    assert_eq!((kept(&h, 1), kept(&h, 2), kept(&h, 3)), (1000, 2172, 0));
 }
