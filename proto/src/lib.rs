@@ -18,6 +18,7 @@ pub mod v1 {
 
 mod executor;
 mod role;
+mod runner;
 mod status;
 
 pub use executor::{EXECUTOR_WORDS, EXECUTORS, ExecutorWord, executor_words};

@@ -13,7 +13,8 @@
 //! - [`outbox`]: reliable, resumable delivery of logs and updates;
 //! - [`identity`]: the registered runner id and token on disk;
 //! - [`outputs`]: the `$VIADUCT_OUTPUT` file format;
-//! - [`toolchains`]: the toolchains host jobs can run, as labels.
+//! - [`toolchains`]: the toolchains host jobs can run, as labels;
+//! - [`space`]: the work dir's free space (the runner pauses when short).
 
 pub mod environment;
 pub mod executor;
@@ -29,6 +30,7 @@ pub mod plugin_host;
 pub mod report;
 pub mod session;
 pub mod source;
+pub mod space;
 pub mod toolchains;
 
 use std::{
@@ -88,6 +90,9 @@ pub struct Config {
     pub plugins: plugin_host::PluginConfig,
     /// What the runner adds to its jobs' environment.
     pub env: environment::RunnerEnv,
+    /// Below this many free bytes in the work dir's filesystem the runner
+    /// takes no new jobs (0: never pauses).
+    pub min_free_disk: u64,
 }
 
 impl Config {
@@ -151,6 +156,8 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     };
     // Probed while connecting (a Toolchains message follows the Hello).
     let (toolchains, _) = tokio::sync::watch::channel(Vec::new());
+    let (paused, _) =
+        tokio::sync::watch::channel(space::shortage(&cfg.work_dir, cfg.min_free_disk).unwrap_or_default());
     let outbox = Arc::new(outbox::Outbox::default());
     let services = job::Services {
         reports: Arc::clone(&outbox) as Arc<dyn report::Reports>,
@@ -177,7 +184,12 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             hex::encode(r)
         },
         toolchains,
+        paused,
     });
+    let disk = {
+        let (shared, cfg) = (Arc::clone(&shared), cfg.clone());
+        async move { space::watch(&cfg.work_dir, cfg.min_free_disk, &shared.paused).await }
+    };
     let rescan = {
         let (shared, cfg) = (Arc::clone(&shared), cfg.clone());
         async move {
@@ -250,6 +262,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     tokio::select! {
         r = work => r,
         () = rescan => Ok(()),
+        () = disk => Ok(()),
         () = spent => {
             tracing::info!("ephemeral runner: its job is done and reported; exiting");
             Ok(())

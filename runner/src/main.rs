@@ -148,6 +148,11 @@ struct Args {
     /// installed the usual way. Under --env-file and --env.
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     inherit_env: Vec<String>,
+    /// Below this much free space on the work dir's filesystem (e.g. 1g)
+    /// the runner takes no new jobs — it tells the server why — until
+    /// space returns; running jobs go on (0: never).
+    #[arg(long, default_value = "1g", value_parser = memory)]
+    min_free_disk: u64,
 }
 
 fn mount(s: &str) -> Result<(String, PathBuf), String> {
@@ -257,6 +262,7 @@ fn main() -> ExitCode {
             mounts,
         },
         env,
+        min_free_disk: args.min_free_disk,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

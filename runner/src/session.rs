@@ -11,10 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use viaduct_proto::v1::{
-    Heartbeat, Hello, JobRef, RunnerMessage, ServerMessage, Toolchains, Welcome, runner_message::Msg as Out,
+    Heartbeat, Hello, JobRef, Pause, RunnerMessage, ServerMessage, Toolchains, Welcome, runner_message::Msg as Out,
     server_message::Msg as In,
 };
 
@@ -66,6 +66,10 @@ pub struct Shared {
     /// Toolchain labels found on this machine (see [`crate::toolchains`]):
     /// sent in every Hello, and to the open session when they change.
     pub toolchains: tokio::sync::watch::Sender<Vec<String>>,
+    /// Why it takes no new jobs now (see [`crate::space`]; empty: it
+    /// takes them): sent in every Hello, and to the open session when it
+    /// changes.
+    pub paused: tokio::sync::watch::Sender<String>,
 }
 
 impl Shared {
@@ -108,19 +112,20 @@ const WELCOME_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Runs one session until the stream ends.
 pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<(), SessionEnd> {
     let started = tokio::time::timeout(WELCOME_WITHIN, start(shared, server, id)).await;
-    let (tx, inbound, welcome, toolchains) =
+    let (tx, inbound, welcome, changes) =
         started.map_err(|_| SessionEnd::Broken(format!("{server} did not answer within {WELCOME_WITHIN:?}")))??;
-    serve(shared, tx, inbound, welcome, toolchains).await
+    serve(shared, tx, inbound, welcome, changes).await
 }
 
 /// What a session starts with: the stream both ways, the Welcome, and the
 /// toolchains as the Hello gave them (later changes go to the session).
-type Started = (
-    mpsc::UnboundedSender<RunnerMessage>,
-    tonic::Streaming<ServerMessage>,
-    Welcome,
-    tokio::sync::watch::Receiver<Vec<String>>,
-);
+type Started = (mpsc::UnboundedSender<RunnerMessage>, tonic::Streaming<ServerMessage>, Welcome, Changes);
+
+/// What the runner says of itself after its Hello when it changes.
+struct Changes {
+    toolchains: watch::Receiver<Vec<String>>,
+    paused: watch::Receiver<String>,
+}
 
 /// Connects, says Hello and reads the Welcome.
 async fn start(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<Started, SessionEnd> {
@@ -128,7 +133,7 @@ async fn start(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<Star
         .await
         .map_err(|e| SessionEnd::Broken(e.to_string()))?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut toolchains = shared.toolchains.subscribe();
+    let mut changes = Changes { toolchains: shared.toolchains.subscribe(), paused: shared.paused.subscribe() };
     let hello = Hello {
         version: env!("CARGO_PKG_VERSION").into(),
         hostname: crate::hostname(),
@@ -138,7 +143,8 @@ async fn start(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<Star
         active_jobs: shared.outbox.active(),
         protected: shared.protected,
         instance: shared.instance.clone(),
-        toolchains: toolchains.borrow_and_update().clone(),
+        toolchains: changes.toolchains.borrow_and_update().clone(),
+        paused: changes.paused.borrow_and_update().clone(),
     };
     let _ = tx.send(RunnerMessage { msg: Some(Out::Hello(hello)) });
     let mut inbound = match client.agent().connect(UnboundedReceiverStream::new(rx)).await {
@@ -156,7 +162,7 @@ async fn start(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<Star
         Ok(None) => return Err(SessionEnd::Broken("the server closed the stream".into())),
         Err(s) => return Err(SessionEnd::Broken(viaduct_sdk::status_line(&s))),
     };
-    Ok((tx, inbound, welcome, toolchains))
+    Ok((tx, inbound, welcome, changes))
 }
 
 /// The session after its Welcome, until the stream ends.
@@ -165,7 +171,7 @@ async fn serve(
     tx: mpsc::UnboundedSender<RunnerMessage>,
     mut inbound: tonic::Streaming<ServerMessage>,
     welcome: Welcome,
-    mut found: tokio::sync::watch::Receiver<Vec<String>>,
+    changes: Changes,
 ) -> Result<(), SessionEnd> {
     for r in &welcome.resume {
         let Some(job) = &r.job else { continue };
@@ -196,17 +202,8 @@ async fn serve(
             }
         })
     };
-    let toolchains = {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while found.changed().await.is_ok() {
-                let names = found.borrow_and_update().clone();
-                if tx.send(RunnerMessage { msg: Some(Out::Toolchains(Toolchains { names })) }).is_err() {
-                    break;
-                }
-            }
-        })
-    };
+    let toolchains = forward(changes.toolchains, tx.clone(), |names| Out::Toolchains(Toolchains { names }));
+    let paused = forward(changes.paused, tx.clone(), |reason| Out::Pause(Pause { reason }));
     let end = loop {
         match inbound.message().await {
             Ok(Some(m)) => {
@@ -221,8 +218,25 @@ async fn serve(
     };
     heartbeat.abort();
     toolchains.abort();
+    paused.abort();
     shared.outbox.detach();
     Err(end)
+}
+
+/// Sends each change of `rx` on the stream, as `message` makes it.
+fn forward<T: Clone + Send + Sync + 'static>(
+    mut rx: watch::Receiver<T>,
+    tx: mpsc::UnboundedSender<RunnerMessage>,
+    message: fn(T) -> Out,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let now = rx.borrow_and_update().clone();
+            if tx.send(RunnerMessage { msg: Some(message(now)) }).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// Acts on one message from the server; `Some` ends the session.

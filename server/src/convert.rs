@@ -143,6 +143,7 @@ pub fn runner(id: &str, r: &RunnerRecord, live: Option<LiveRunner>) -> v1::Runne
         ephemeral: r.ephemeral,
         bound_job: r.bound_job.clone(),
         toolchains: r.toolchains.clone(),
+        paused: live.paused,
     }
 }
 
@@ -153,4 +154,6 @@ pub struct LiveRunner {
     pub jobs: Vec<String>,
     /// Its latest heartbeat.
     pub last_seen_ms: i64,
+    /// Why it takes no new jobs now (empty: it takes them).
+    pub paused: String,
 }

@@ -400,7 +400,19 @@ impl Runner {
     /// [`Runner::start`] with variables set in the runner process's own
     /// environment (what `--inherit-env` reads).
     pub fn start_env(server: &Server, labels: &str, slots: u32, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), server, labels, slots, extra, env)
+    }
+
+    /// [`Runner::start_env`] in `dir`: its work dir is `dir/work` (a test
+    /// may mount a filesystem there first).
+    pub fn start_in(
+        dir: TempDir,
+        server: &Server,
+        labels: &str,
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args: Vec<String> = vec!["--server".into(), server.url()];
         if !extra.contains(&"--token-file") {
             args.extend(["--token-file".into(), server.data_dir().join("runner-token").display().to_string()]);

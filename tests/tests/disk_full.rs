@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::Command};
 
 use viaduct_tests::{
-    Server, eventually, finished,
+    Runner, Server, eventually, finished,
     forge::{create_mirror, sign, upstream},
     http, output, run_where, step_log, submit, v1, word,
 };
@@ -118,3 +118,53 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     assert!(!reply.contains("duplicate"), "{reply}");
     assert!(server.log().contains("disk space returned"), "the server says so");
 }
+
+/// A runner whose work dir runs short of disk pauses: it says why (shown
+/// on the runner), is given no new job (the job says it waits for a
+/// runner short of disk), and takes the job once space returns, without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_short_of_disk_pauses_and_takes_jobs_again_when_space_returns() {
+    if !output(Command::new("id").arg("-u")).stdout.starts_with(b"0\n") {
+        viaduct_tests::missing_fixture("mounting a small tmpfs needs root");
+        return;
+    }
+    let server = Server::start();
+    let client = server.client().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let mounted = output(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&work));
+    assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
+    let _mount = Mounted(work.clone());
+    let _runner = Runner::start_in(dir, &server, "linux", 1, &["--min-free-disk", "32m"], &[]);
+    let runner = |client: viaduct_sdk::Client| async move {
+        let list = client.runners().list(v1::ListRunnersRequest {}).await.expect("list").into_inner();
+        list.runners.into_iter().find(|r| r.connected)
+    };
+    eventually("the runner connects", || async { runner(client.clone()).await }).await;
+    assert_eq!(finished(&client, &submit(&client, JOB).await).await.status, v1::Status::Success as i32);
+
+    // 40 of 64 MiB taken: under the 32 MiB floor.
+    let filler = work.join("filler");
+    std::fs::write(&filler, vec![7u8; 40 << 20]).expect("fill the work dir");
+    let why = eventually("the runner pauses", || async {
+        runner(client.clone()).await.map(|r| r.paused).filter(|p| !p.is_empty())
+    })
+    .await;
+    assert!(why.starts_with("its work dir has ") && why.ends_with("under its --min-free-disk of 32.0 MiB"), "{why}");
+    let id = submit(&client, JOB).await;
+    let waiting = eventually("the job says why it waits", || async {
+        let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.expect("get").into_inner();
+        Some(run.jobs[0].waiting.clone()).filter(|w| w.contains("paused"))
+    })
+    .await;
+    assert_eq!(waiting, "no connected runner takes new jobs now: 1 that would fit paused (short of disk)");
+
+    // Space returns: the runner takes the job by itself.
+    std::fs::remove_file(&filler).expect("free the work dir");
+    assert_eq!(finished(&client, &id).await.status, v1::Status::Success as i32);
+    assert_eq!(runner(client.clone()).await.expect("connected").paused, "");
+}
+
+const JOB: &str = "jobs:\n  j:\n    steps:\n      - run: echo ran\n";

@@ -378,6 +378,8 @@ async fn services(args: &ExecArgs, p: &Prepared, dir: &Path, terminal: &Arc<Term
             mounts: HashMap::from([("deploy".to_string(), dir.join("deploy"))]),
         },
         env: p.env.clone(),
+        // A local run is one the user asked for now, on their own disk.
+        min_free_disk: 0,
     };
     let backend = crate::backends(&cfg, &p.run_id).await;
     let artifacts = p

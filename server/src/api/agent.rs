@@ -213,7 +213,9 @@ impl RunnerAgent for AgentApi {
         let Some(RunnerMessage { msg: Some(In::Hello(h)) }) = first else {
             return Err(Error::invalid("the first message on Connect must be Hello").into());
         };
-        bounded(&[("hostname", &h.hostname), ("version", &h.version), ("instance", &h.instance)], &h.labels)?;
+        let words =
+            [("hostname", &h.hostname), ("version", &h.version), ("instance", &h.instance), ("pause", &h.paused)];
+        bounded(&words.map(|(what, w)| (what, w.as_str())), &h.labels)?;
         if h.active_jobs.len() > 10_000 {
             return Err(Error::invalid("Hello lists more than 10000 running jobs").into());
         }
@@ -231,6 +233,7 @@ impl RunnerAgent for AgentApi {
             protected: h.protected,
             instance: h.instance,
             toolchains: h.toolchains,
+            paused: h.paused,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = self.engine.runner_connected(&runner, hello, tx.clone())?;
@@ -344,6 +347,10 @@ fn apply(
             Some(In::Job(u)) => updates.push(Update::Job(u)),
             Some(In::Hello(_)) => tracing::warn!("Hello may only be sent first; ignored"),
             Some(In::Toolchains(t)) => engine.runner_toolchains(runner, conn, &t.names)?,
+            Some(In::Pause(p)) => {
+                bounded(&[("pause", &p.reason)], &[])?;
+                engine.runner_paused(runner, conn, &p.reason)?;
+            }
             None => {}
         }
     }

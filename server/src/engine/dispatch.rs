@@ -41,7 +41,7 @@ impl Tx<'_> {
         for (id, c) in &self.st.runners {
             let busy = self.st.leases.busy(id);
             // An ephemeral runner's one job is the only one it gets.
-            if c.draining || c.last_seen_ms < responsive_since || (c.ephemeral && busy > 0) {
+            if !c.takes_jobs() || c.last_seen_ms < responsive_since || (c.ephemeral && busy > 0) {
                 continue;
             }
             if c.slots > busy {
@@ -366,7 +366,7 @@ fn on_fleet(st: &super::State, q: &QueuedJob) -> String {
     for (id, c) in &st.runners {
         if !fits(q, c) {
             *lacks.entry(missing(q, c)).or_default() += 1;
-        } else if !c.draining {
+        } else if c.takes_jobs() {
             fit += 1;
             if c.slots > st.leases.busy(id) {
                 free += 1;
@@ -381,7 +381,18 @@ fn on_fleet(st: &super::State, q: &QueuedJob) -> String {
         };
     }
     if lacks.is_empty() {
-        return "no connected runner fits: those that would are draining".into();
+        let (paused, draining) = st
+            .runners
+            .values()
+            .filter(|c| fits(q, c))
+            .fold((0, 0), |(p, d), c| if c.draining { (p, d + 1) } else { (p + 1, d) });
+        return match (paused, draining) {
+            (0, _) => "no connected runner fits: those that would are draining".into(),
+            (p, 0) => format!("no connected runner takes new jobs now: {p} that would fit paused (short of disk)"),
+            (p, d) => format!(
+                "no connected runner takes new jobs now: of those that would fit, {p} paused (short of disk), {d} drain"
+            ),
+        };
     }
     let mut closest: Vec<(Vec<String>, usize)> = lacks.into_iter().collect();
     closest.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));

@@ -149,6 +149,16 @@ pub(crate) struct Conn {
     /// When its toolchains last changed (at most one change per
     /// [`TOOLCHAINS_EVERY_MS`]; the next Hello brings any it missed).
     pub toolchains_ms: i64,
+    /// Why it takes no new jobs now, as it says (its work dir is short of
+    /// disk); empty: it takes jobs.
+    pub paused: String,
+}
+
+impl Conn {
+    /// Whether it may be given new jobs (neither draining nor paused).
+    pub fn takes_jobs(&self) -> bool {
+        !self.draining && self.paused.is_empty()
+    }
 }
 
 /// Least time between two changes of a connection's toolchains.
@@ -481,7 +491,7 @@ impl Engine {
             queued: st.queue.len(),
             running: st.leases.len(),
             runners_connected: st.runners.len(),
-            slots: st.runners.values().filter(|c| !c.draining).map(|c| c.slots as usize).sum(),
+            slots: st.runners.values().filter(|c| c.takes_jobs()).map(|c| c.slots as usize).sum(),
         }
     }
 

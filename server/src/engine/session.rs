@@ -60,6 +60,9 @@ pub struct RunnerHello {
     pub instance: String,
     /// Toolchain labels it found (see `Hello.toolchains`).
     pub toolchains: Vec<String>,
+    /// Why it takes no new jobs now (see `Hello.paused`); empty: it takes
+    /// jobs.
+    pub paused: String,
 }
 
 impl Engine {
@@ -165,6 +168,7 @@ impl Engine {
                     tx: tx.clone(),
                     last_seen_ms: now,
                     toolchains_ms: 0,
+                    paused: hello.paused.clone(),
                 }),
             );
             t.dispatch()?;
@@ -295,6 +299,29 @@ impl Engine {
                 c.toolchains_ms = now;
             }
             tracing::info!(runner = runner_id, toolchains = ?rec.toolchains, "runner toolchains changed");
+            t.dispatch()
+        })?;
+        Ok(())
+    }
+
+    /// Connection `conn_id` of a runner stopped (`reason`) or started
+    /// (empty) taking new jobs by itself.
+    pub fn runner_paused(&self, runner_id: &str, conn_id: u64, reason: &str) -> Result<()> {
+        let ((), _) = self.transition(|t| {
+            let Some(c) = t.conn_mut(runner_id).filter(|c| c.conn_id == conn_id) else {
+                return Err(Error::Unauthenticated(format!(
+                    "runner {runner_id}: this connection is no longer current"
+                )));
+            };
+            if c.paused == reason {
+                return Ok(());
+            }
+            c.paused = reason.to_string();
+            if reason.is_empty() {
+                tracing::info!(runner = runner_id, "runner takes jobs again");
+            } else {
+                tracing::warn!(runner = runner_id, reason, "runner paused: it takes no new jobs");
+            }
             t.dispatch()
         })?;
         Ok(())
@@ -451,7 +478,11 @@ impl Engine {
 
 fn live(st: &super::State, id: &str) -> Option<LiveRunner> {
     let c = st.runners.get(id)?;
-    Some(LiveRunner { jobs: st.leases.of(id).map(|(k, _)| k.to_string()).collect(), last_seen_ms: c.last_seen_ms })
+    Some(LiveRunner {
+        jobs: st.leases.of(id).map(|(k, _)| k.to_string()).collect(),
+        last_seen_ms: c.last_seen_ms,
+        paused: c.paused.clone(),
+    })
 }
 
 impl Engine {

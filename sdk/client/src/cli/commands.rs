@@ -355,11 +355,7 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|r| {
-                        let state = match (r.connected, r.draining) {
-                            (true, true) => "draining",
-                            (true, false) => "online",
-                            (false, _) => "offline",
-                        };
+                        let state = r.state_word();
                         vec![
                             r.id.clone(),
                             r.name.clone(),

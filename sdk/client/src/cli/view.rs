@@ -95,19 +95,18 @@ pub fn runner_json(r: &Runner) -> Value {
         "connected": r.connected, "draining": r.draining, "jobs": r.jobs, "version": r.version,
         "hostname": r.hostname, "last_seen": rfc3339(r.last_seen.as_ref()), "protected": r.protected,
         "allowed_labels": r.allowed_labels, "max_slots": r.max_slots, "allowed_executors": executor_words(&r.allowed_executors),
-        "toolchains": r.toolchains, "ephemeral": r.ephemeral, "bound_job": r.bound_job,
+        "toolchains": r.toolchains, "ephemeral": r.ephemeral, "bound_job": r.bound_job, "paused": r.paused,
     })
 }
 
 /// A runner, for people.
 pub fn runner_text(r: &Runner) -> String {
-    let state = match (r.connected, r.draining) {
-        (true, true) => "draining",
-        (true, false) => "online",
-        (false, _) => "offline",
-    };
+    let state = r.state_word();
     let mut out = String::new();
     let _ = writeln!(out, "runner {}  {}  {state}{}", r.id, r.name, if r.protected { ", protected" } else { "" });
+    if !r.paused.is_empty() {
+        let _ = writeln!(out, "  paused      {}", r.paused);
+    }
     let _ = writeln!(out, "  host        {}  (viaduct-runner {})", r.hostname, r.version);
     let _ = writeln!(out, "  labels      {}", r.labels.join(", "));
     let _ =

@@ -165,12 +165,14 @@ fn RunnerRow(runner: Runner, api: Api, state: RwSignal<Loadable<Vec<Runner>>>) -
             }
         });
     };
-    let (state_label, state_class) = match (runner.connected, runner.draining) {
-        (true, false) => ("Connected", "pill ok"),
-        (true, true) => ("Draining", "pill warn"),
-        (false, true) => ("Offline · draining", "pill off"),
-        (false, false) => ("Offline", "pill off"),
+    let (state_label, state_class) = match (runner.state_word(), runner.draining) {
+        ("online", _) => ("Connected", "pill ok"),
+        ("draining", _) => ("Draining", "pill warn"),
+        ("paused", _) => ("Paused", "pill warn"),
+        (_, true) => ("Offline · draining", "pill off"),
+        (_, false) => ("Offline", "pill off"),
     };
+    let paused = runner.paused.clone();
     let last_seen = time_format::timestamp_ms(runner.last_seen.as_ref());
     let used = runner.jobs.len();
     let title = [runner.hostname.clone(), runner.version.clone()]
@@ -185,7 +187,7 @@ fn RunnerRow(runner: Runner, api: Api, state: RwSignal<Loadable<Vec<Runner>>>) -
                 <strong>{name}</strong>
                 <div class="muted small">{runner.id.clone()} {(!title.is_empty()).then(|| format!(" · {title}"))}</div>
             </td>
-            <td data-label="State"><span class=state_class>{state_label}</span></td>
+            <td data-label="State"><span class=state_class title=paused>{state_label}</span></td>
             <td data-label="Labels">
                 <span class="chips">{runner.labels.iter().map(|l| view! { <span class="chip">{l.clone()}</span> }).collect_view()}</span>
                 <span class="chips toolchains" title=runner.toolchains.join(", ")>
