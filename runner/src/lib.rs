@@ -156,8 +156,8 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     };
     // Probed while connecting (a Toolchains message follows the Hello).
     let (toolchains, _) = tokio::sync::watch::channel(Vec::new());
-    let (paused, _) =
-        tokio::sync::watch::channel(space::shortage(&cfg.work_dir, cfg.min_free_disk).unwrap_or_default());
+    let paused = space::judge("", space::free(&cfg.work_dir), cfg.min_free_disk).unwrap_or_default();
+    let (paused, _) = tokio::sync::watch::channel(paused);
     let outbox = Arc::new(outbox::Outbox::default());
     let services = job::Services {
         reports: Arc::clone(&outbox) as Arc<dyn report::Reports>,

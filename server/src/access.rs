@@ -83,6 +83,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.Runners/Get", need(R, G)),
     ("/viaduct.v1.Runners/Stats", need(R, G)),
     ("/viaduct.v1.Runners/Pending", need(R, G)),
+    ("/viaduct.v1.Runners/Watch", need(R, G)),
     ("/viaduct.v1.Runners/Drain", need(A, G)),
     ("/viaduct.v1.Runners/Remove", need(A, G)),
     ("/viaduct.v1.Runners/Update", need(A, G)),

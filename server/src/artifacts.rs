@@ -34,8 +34,9 @@ pub struct Artifacts {
     ttl: std::time::Duration,
     link_key: [u8; 32],
     quota: JobQuota,
-    /// Held from a job's quota check to its record (uploads of one job run
-    /// at once: the check and the record must see each other).
+    /// Held from a job's quota check to its record's write (uploads of one
+    /// job run at once: the check and the record must see each other); not
+    /// across the fsync.
     recording: tokio::sync::Mutex<()>,
 }
 
@@ -84,6 +85,13 @@ pub fn percent_encode(s: &str) -> String {
 
 fn key(job: JobKey, name: &str) -> Vec<u8> {
     [&job.key()[..], name.as_bytes()].concat()
+}
+
+/// The error for an artifact that would take its job past its bytes.
+pub fn over_quota(name: &str, job: JobKey) -> Error {
+    Error::TooLarge(format!(
+        "artifact `{name}`: job {job} would pass its limit of bytes of artifacts (--max-artifact-bytes-per-job)"
+    ))
 }
 
 impl Artifacts {
@@ -153,7 +161,8 @@ impl Artifacts {
         blob: &Blob,
     ) -> Result<Artifact> {
         check_name(name)?;
-        let _recording = self.recording.lock().await;
+        // The quota check and the write under the lock; the fsync after it.
+        let recording = self.recording.lock().await;
         let (files, bytes) = self.used(job, attempt, name)?;
         self.check_quota(job, files, bytes, blob.size)?;
         let k = key(job, name);
@@ -180,7 +189,10 @@ impl Artifacts {
         };
         let mut ws = WriteSet::default();
         ws.put(T::Artifacts, &k, &rec);
-        self.store.commit_durable(&ws).await?;
+        self.store.commit(&ws)?;
+        let ticket = self.store.ticket();
+        drop(recording);
+        self.store.wait_durable(ticket).await;
         Ok(self.public(rec))
     }
 

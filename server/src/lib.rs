@@ -38,6 +38,7 @@ pub mod plugins;
 pub mod replicas;
 pub mod repos;
 pub mod retention;
+pub mod runner_events;
 pub mod secrets;
 pub mod sign_in;
 pub mod source_archives;

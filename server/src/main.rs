@@ -136,7 +136,7 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     max_artifacts_per_job: u32,
     /// Most bytes of artifacts one job attempt uploads, all files together.
-    #[arg(long, default_value = "16g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    #[arg(long, default_value = "16g", value_parser = artifact_bytes_per_job)]
     max_artifact_bytes_per_job: u64,
     /// Serve TLS with this certificate chain (PEM); reloaded on SIGHUP and
     /// when the file changes.
@@ -254,6 +254,13 @@ fn parse_group_role(text: &str) -> Result<(String, viaduct_proto::v1::Grant), St
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
+}
+
+/// `--max-artifact-bytes-per-job`: at least 1 MiB (a typo like `16`
+/// would fail every artifact).
+fn artifact_bytes_per_job(s: &str) -> Result<u64, String> {
+    let n = viaduct_pipeline::duration::parse_memory(s)?;
+    if n < 1 << 20 { Err(format!("`{s}` is under the least artifact quota of a job, 1m")) } else { Ok(n) }
 }
 
 /// `--max-step-log`, `--max-job-log`: at least 64 KiB (the runner reads 0

@@ -44,7 +44,11 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
     r.register("queue_depth", "Jobs waiting for a runner.", ConstGauge::new(count(m.queued)));
     r.register("jobs_running", "Jobs leased to runners (busy slots).", ConstGauge::new(count(m.running)));
     r.register("runners_connected", "Runners with an open stream.", ConstGauge::new(count(m.runners_connected)));
-    r.register("runner_slots", "Slots of connected, non-draining runners.", ConstGauge::new(count(m.slots)));
+    r.register(
+        "runner_slots",
+        "Slots of connected runners that take jobs (neither draining nor paused).",
+        ConstGauge::new(count(m.slots)),
+    );
     if let Some(dir) = &status.sled_dir {
         r.register_with_unit("store_files", "Bytes of the sled database's files.", Unit::Bytes, gauge(files_size(dir)));
     }

@@ -123,7 +123,9 @@ fn policy(path: &str) -> Need {
         "Repos/Create" | "Repos/Delete" => Global(ADMIN),
         "Pipelines/Validate" | "Pipelines/Get" | "Pipelines/List" | "Pipelines/Schema" => Global(READ),
         "Pipelines/Create" | "Pipelines/Update" | "Pipelines/Delete" => Global(MAINTAIN),
-        "Runners/List" | "Runners/Get" | "Runners/Stats" | "Runners/Pending" | "Caches/Stats" => Global(READ),
+        "Runners/List" | "Runners/Get" | "Runners/Stats" | "Runners/Pending" | "Runners/Watch" | "Caches/Stats" => {
+            Global(READ)
+        }
         "Runners/Drain" | "Runners/Remove" | "Runners/Update" | "Runners/CreateRegistrationToken" => Global(ADMIN),
         "Plugins/Publish" => Global(ADMIN),
         "Plugins/List" | "Plugins/Get" | "Plugins/Fetch" => RunnerOr(READ),

@@ -215,3 +215,51 @@ fn grpc_web_and_plain_http_share_the_grpc_port() {
     assert!(String::from_utf8_lossy(&body).contains("viaduct_queue_depth 0"));
     assert_eq!(http(addr, "GET", "/nope", &[], b"").0, 404);
 }
+
+/// `Runners.Watch` starts with the fleet as it is, then pushes one event
+/// per change as it happens: a runner registering and connecting, being
+/// drained and given jobs again, dropping its connection, being removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_watch_pushes_the_fleet_then_each_change() {
+    use v1::RunnerEventKind as K;
+    let server = Server::start();
+    let client = server.client().await;
+    let mut events = client.runners().watch(v1::WatchRunnersRequest {}).await.expect("watch").into_inner();
+    // The next event but updates (its toolchains, its jobs…).
+    let mut next = async || loop {
+        let e = within("a runner event", events.next()).await.expect("open").expect("event");
+        if e.kind() != K::Updated {
+            return (e.kind(), e.runner.unwrap_or_default());
+        }
+    };
+    assert_eq!(next().await.0, K::Synced, "no runner yet");
+    let mut runner = server.runner("linux", 1);
+    let (kind, r) = next().await;
+    assert_eq!(kind, K::Registered);
+    let id = r.id.clone();
+    // Registered, then connected (also when the two are seen together).
+    let (kind, r) = next().await;
+    assert_eq!((kind, r.id.as_str(), r.state_word()), (K::Connected, id.as_str(), "online"));
+
+    let drain = |drain: bool| {
+        let mut runners = client.runners();
+        let id = id.clone();
+        async move { runners.drain(v1::DrainRunnerRequest { id, drain }).await.expect("drain") }
+    };
+    drain(true).await;
+    let (kind, r) = next().await;
+    assert_eq!((kind, r.state_word()), (K::Draining, "draining"));
+    drain(false).await;
+    assert_eq!(next().await.0, K::Undrained);
+
+    runner.kill9();
+    let (kind, r) = next().await;
+    assert_eq!((kind, r.connected), (K::Disconnected, false));
+    client.runners().remove(v1::GetRunnerRequest { id: id.clone() }).await.expect("remove");
+    let (kind, r) = next().await;
+    assert_eq!((kind, r.id), (K::Removed, id));
+
+    // A new watch starts from the fleet as it is now: empty again.
+    let mut again = client.runners().watch(v1::WatchRunnersRequest {}).await.expect("watch").into_inner();
+    assert_eq!(within("the snapshot", again.next()).await.expect("open").expect("event").kind(), K::Synced);
+}

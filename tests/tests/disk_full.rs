@@ -5,10 +5,12 @@
 
 use std::{path::PathBuf, process::Command};
 
+use tokio_stream::StreamExt;
+
 use viaduct_tests::{
     Runner, Server, eventually, finished,
     forge::{create_mirror, sign, upstream},
-    http, output, run_where, step_log, submit, v1, word,
+    http, output, run_where, step_log, submit, v1, within, word,
 };
 
 /// A signed GitHub push webhook for mirror `app`: (status, body).
@@ -145,6 +147,14 @@ async fn a_runner_short_of_disk_pauses_and_takes_jobs_again_when_space_returns()
     eventually("the runner connects", || async { runner(client.clone()).await }).await;
     assert_eq!(finished(&client, &submit(&client, JOB).await).await.status, v1::Status::Success as i32);
 
+    let mut events = client.runners().watch(v1::WatchRunnersRequest {}).await.expect("watch").into_inner();
+    let mut pushed = async |kind: v1::RunnerEventKind| loop {
+        let e = within("a runner event", events.next()).await.expect("open").expect("event");
+        if e.kind() == kind {
+            return e.runner.unwrap_or_default();
+        }
+    };
+
     // 40 of 64 MiB taken: under the 32 MiB floor.
     let filler = work.join("filler");
     std::fs::write(&filler, vec![7u8; 40 << 20]).expect("fill the work dir");
@@ -153,18 +163,20 @@ async fn a_runner_short_of_disk_pauses_and_takes_jobs_again_when_space_returns()
     })
     .await;
     assert!(why.starts_with("its work dir has ") && why.ends_with("under its --min-free-disk of 32.0 MiB"), "{why}");
+    assert_eq!(pushed(v1::RunnerEventKind::Paused).await.paused, why, "pushed to watchers");
     let id = submit(&client, JOB).await;
     let waiting = eventually("the job says why it waits", || async {
         let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await.expect("get").into_inner();
         Some(run.jobs[0].waiting.clone()).filter(|w| w.contains("paused"))
     })
     .await;
-    assert_eq!(waiting, "no connected runner takes new jobs now: 1 that would fit paused (short of disk)");
+    assert_eq!(waiting, "no connected runner takes it now: 1 runner that fits is paused for want of disk");
 
     // Space returns: the runner takes the job by itself.
     std::fs::remove_file(&filler).expect("free the work dir");
     assert_eq!(finished(&client, &id).await.status, v1::Status::Success as i32);
     assert_eq!(runner(client.clone()).await.expect("connected").paused, "");
+    assert_eq!(pushed(v1::RunnerEventKind::Resumed).await.state_word(), "online");
 }
 
 const JOB: &str = "jobs:\n  j:\n    steps:\n      - run: echo ran\n";

@@ -142,13 +142,13 @@ async fn a_job_flooding_its_log_across_steps_keeps_only_its_limit_and_goes_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_uploading_too_many_or_too_large_artifacts_fails_and_keeps_the_rest() {
-    let server = Server::start_with(&["--max-artifacts-per-job", "3", "--max-artifact-bytes-per-job", "100k"]);
+    let server = Server::start_with(&["--max-artifacts-per-job", "3", "--max-artifact-bytes-per-job", "1m"]);
     let client = server.client().await;
     let _runner = server.runner("linux", 1);
     let id = submit(
         &client,
         "jobs:\n  many:\n    artifacts: [out/]\n    steps:\n      - run: mkdir out && for i in 1 2 3 4 5; do echo $i > out/$i; done\n  \
-         big:\n    artifacts: [a.bin, b.bin]\n    steps:\n      - run: head -c 60000 /dev/zero > a.bin && cp a.bin b.bin\n",
+         big:\n    artifacts: [a.bin, b.bin]\n    steps:\n      - run: head -c 600000 /dev/zero > a.bin && cp a.bin b.bin\n",
     )
     .await;
     let run = finished(&client, &id).await;

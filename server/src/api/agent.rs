@@ -97,6 +97,7 @@ impl RunnerAgent for AgentApi {
             )
             .await?;
         tracing::info!(runner = %runner_id, name = %r.name, ephemeral = r.ephemeral, "runner registered");
+        self.engine.signals().runners_changed();
         access.target(format!("runner {runner_id}"));
         Ok(Response::new(RegisterResponse { runner_id, runner_token }))
     }
@@ -183,11 +184,13 @@ impl RunnerAgent for AgentApi {
         let room = self.depot.artifacts.room(job, attempt, &first.name)?;
         let one = self.depot.config.max_artifact_bytes;
         let writer = self.depot.blobs.writer(room.min(one)).await?;
+        // The job's quota is what stops it (not the size of one file).
+        let quota_stops = writer.limit() == room && room < one;
+        if quota_stops && first.size > room {
+            return Err(crate::artifacts::over_quota(&first.name, job).into());
+        }
         let blob = transfer::receive(writer, first.data, &mut stream, |m| m.data).await.map_err(|e| match e {
-            Error::TooLarge(_) if room < one => Error::TooLarge(format!(
-                "artifact `{}`: job {job} would pass its limit of bytes of artifacts (--max-artifact-bytes-per-job)",
-                first.name
-            )),
+            Error::TooLarge(_) if quota_stops => crate::artifacts::over_quota(&first.name, job),
             e => e,
         })?;
         if first.size > 0 && blob.size != first.size {

@@ -1,20 +1,31 @@
 //! `viaduct.v1.Runners`: the fleet, for administrators.
 
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc, time::Duration};
 
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
     CreateRegistrationTokenRequest, CreateRegistrationTokenResponse, DrainRunnerRequest, FleetStats, FleetStatsRequest,
     GetRunnerRequest, ListRunnersRequest, ListRunnersResponse, PendingJobsRequest, PendingJobsResponse,
-    RemoveRunnerResponse, Runner, UpdateRunnerRequest, runners_server::Runners,
+    RemoveRunnerResponse, Runner, RunnerEvent, RunnerEventKind, UpdateRunnerRequest, WatchRunnersRequest,
+    runners_server::Runners,
 };
 
 use crate::{
     auth::{Auth, NewToken},
+    convert::timestamp,
     engine::Engine,
     error::Error,
-    store::{keys::JobKey, records::TokenKind},
+    runner_events::Fleet,
+    store::{keys::JobKey, now_ms, records::TokenKind},
 };
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<RunnerEvent, Status>> + Send>>;
+
+/// How long a watch waits after a change for the ones that come with it
+/// (a dispatch changes several runners at once), so they are read together.
+const GATHER: Duration = Duration::from_millis(100);
 
 /// The Runners service.
 pub struct RunnersApi {
@@ -31,6 +42,48 @@ impl RunnersApi {
 
 #[tonic::async_trait]
 impl Runners for RunnersApi {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, _req: Request<WatchRunnersRequest>) -> Result<Response<WatchStream>, Status> {
+        let engine = Arc::clone(&self.engine);
+        let mut changes = engine.signals().runners.subscribe();
+        changes.borrow_and_update();
+        let mut fleet = Fleet::new(engine.list_runners()?);
+        let (tx, rx) = mpsc::channel(256);
+        let event = |kind: RunnerEventKind, runner: Option<Runner>| {
+            Ok(RunnerEvent { kind: kind as i32, runner, time: timestamp(now_ms()) })
+        };
+        let snapshot: Vec<_> = fleet.runners().map(|r| event(RunnerEventKind::Snapshot, Some(r.clone()))).collect();
+        tokio::spawn(async move {
+            for e in snapshot.into_iter().chain([event(RunnerEventKind::Synced, None)]) {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+                tokio::time::sleep(GATHER).await;
+                changes.borrow_and_update();
+                let now = match engine.list_runners() {
+                    Ok(now) => now,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for (kind, runner) in fleet.update(now) {
+                    if tx.send(event(kind, Some(runner))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn list(&self, _req: Request<ListRunnersRequest>) -> Result<Response<ListRunnersResponse>, Status> {
         Ok(Response::new(ListRunnersResponse { runners: self.engine.list_runners()? }))
     }

@@ -235,6 +235,11 @@ enum Sink {
 }
 
 impl BlobWriter {
+    /// The most bytes it takes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Appends bytes; fails past the size limit.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         self.size += data.len() as u64;

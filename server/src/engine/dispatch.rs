@@ -1,8 +1,8 @@
 //! Matching queued jobs to connected runners and assigning them.
 //!
 //! Dispatch walks the queue in order (see `queue`) and gives each job to the
-//! connected, non-draining, responsive (heard from within 3 heartbeat
-//! intervals) runner that has every label in its `runs_on`, the
+//! connected, responsive (heard from within 3 heartbeat intervals) runner
+//! that takes jobs (neither draining nor paused) and has every label in its `runs_on`, the
 //! executor it needs and a free slot — the one with the most free slots, to
 //! spread load. It stops as soon as no runner has a free slot. Global and
 //! per-pipeline limits on running jobs apply here. A job of an untrusted run
@@ -67,7 +67,7 @@ impl Tx<'_> {
             .st
             .runners
             .iter()
-            .filter(|(_, c)| !c.draining)
+            .filter(|(_, c)| c.takes_jobs())
             .filter_map(|(id, c)| c.bound_job.map(|j| (j, id.as_str())))
             .collect();
         let mut picks: Vec<(QueuedJob, String)> = Vec::new();
@@ -350,7 +350,7 @@ pub(crate) fn waiting(
     if q.not_before_ms > now_ms {
         return format!("retrying in {} s (backoff after a failed attempt)", (q.not_before_ms - now_ms + 999) / 1000);
     }
-    if st.runners.values().any(|c| c.bound_job == Some(q.job) && !c.draining) {
+    if st.runners.values().any(|c| c.bound_job == Some(q.job) && c.takes_jobs()) {
         return "waiting for the runner started for it".into();
     }
     fleet.entry(wait_key(q)).or_insert_with(|| on_fleet(st, q)).clone()
@@ -380,19 +380,15 @@ fn on_fleet(st: &super::State, q: &QueuedJob) -> String {
             format!("waiting behind other jobs or a limit on running jobs ({free} fitting runner(s) have a free slot)")
         };
     }
+    // Runners that fit but take no new jobs: paused ones come back by
+    // themselves, so they are named first.
+    let paused = st.runners.values().filter(|c| fits(q, c) && !c.draining && !c.paused.is_empty()).count();
+    if paused > 0 {
+        let who = if paused == 1 { "1 runner that fits is".into() } else { format!("{paused} runners that fit are") };
+        return format!("no connected runner takes it now: {who} paused for want of disk");
+    }
     if lacks.is_empty() {
-        let (paused, draining) = st
-            .runners
-            .values()
-            .filter(|c| fits(q, c))
-            .fold((0, 0), |(p, d), c| if c.draining { (p, d + 1) } else { (p + 1, d) });
-        return match (paused, draining) {
-            (0, _) => "no connected runner fits: those that would are draining".into(),
-            (p, 0) => format!("no connected runner takes new jobs now: {p} that would fit paused (short of disk)"),
-            (p, d) => format!(
-                "no connected runner takes new jobs now: of those that would fit, {p} paused (short of disk), {d} drain"
-            ),
-        };
+        return "no connected runner fits: those that would are draining".into();
     }
     let mut closest: Vec<(Vec<String>, usize)> = lacks.into_iter().collect();
     closest.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then(b.1.cmp(&a.1)).then(a.0.cmp(&b.0)));

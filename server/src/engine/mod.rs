@@ -152,6 +152,9 @@ pub(crate) struct Conn {
     /// Why it takes no new jobs now, as it says (its work dir is short of
     /// disk); empty: it takes jobs.
     pub paused: String,
+    /// When it last paused or resumed (at most one change per
+    /// [`TOOLCHAINS_EVERY_MS`]).
+    pub paused_ms: i64,
 }
 
 impl Conn {
@@ -161,7 +164,8 @@ impl Conn {
     }
 }
 
-/// Least time between two changes of a connection's toolchains.
+/// Least time between two changes of a connection's toolchains (or of
+/// its pause).
 pub(crate) const TOOLCHAINS_EVERY_MS: i64 = 1_000;
 
 /// Everything the engine keeps in memory, under its one lock.
@@ -179,11 +183,19 @@ pub(crate) struct State {
 pub struct Signals {
     /// Cursor of the newest event (0 = none yet).
     pub events: watch::Sender<u64>,
+    /// Bumped whenever a runner may have changed (its record, connection
+    /// or leases; see `Runners.Watch`).
+    pub runners: watch::Sender<u64>,
     runs: Mutex<HashMap<RunId, watch::Sender<u64>>>,
     timer: Notify,
 }
 
 impl Signals {
+    /// Wakes the watchers of the fleet.
+    pub fn runners_changed(&self) {
+        self.runners.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     /// A receiver that changes whenever anything of `run` changes (a state,
     /// a log chunk).
     pub fn subscribe_run(&self, run: RunId) -> watch::Receiver<u64> {
@@ -326,6 +338,7 @@ impl Engine {
                 cfg,
                 signals: Signals {
                     events: watch::Sender::new(next_event - 1),
+                    runners: watch::Sender::new(0),
                     runs: Mutex::default(),
                     timer: Notify::new(),
                 },
@@ -474,7 +487,8 @@ pub struct Metrics {
     pub running: usize,
     /// Connected runners.
     pub runners_connected: usize,
-    /// Slots of connected, non-draining runners.
+    /// Slots of connected runners that take jobs (neither draining nor
+    /// paused).
     pub slots: usize,
 }
 

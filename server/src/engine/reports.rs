@@ -98,18 +98,20 @@ impl Engine {
         // not cut its logs (or was told other limits) is not made to send
         // it forever. The job's limit leaves this chunk what the job's
         // steps have not used.
+        // The job's room counts from the step's stored end (a chunk sent
+        // again may start before it).
         let cfg = &self.sh.cfg;
+        let have = self.store().logs.len(sk)?;
         let job_limit = cfg.max_job_log_bytes.saturating_add(super::CUT_MARKER_ROOM.saturating_mul(u64::from(steps)));
         let limit = cfg
             .max_step_log_bytes
             .saturating_add(super::CUT_MARKER_ROOM)
-            .min(d.offset.saturating_add(job_limit.saturating_sub(job_bytes)));
+            .min(d.offset.max(have).saturating_add(job_limit.saturating_sub(job_bytes)));
         let end = d.offset.saturating_add(d.data.len() as u64);
         let data = if end > limit {
             tracing::debug!(step = %sk, limit, "log data past the step's or the job's limit: dropped");
             if d.offset >= limit {
                 // Acknowledged once what comes before it is all there.
-                let have = self.store().logs.len(sk)?;
                 return Ok(Report::Logged(self.store().current_ticket(), if have >= limit { end } else { have }));
             }
             &d.data[..usize::try_from(limit - d.offset).unwrap_or(0)]
@@ -118,11 +120,15 @@ impl Engine {
         };
         // What was dropped counts as acknowledged.
         let acked = |len: u64| if end > limit && len >= limit { end } else { len };
-        let before = self.store().logs.len(sk)?;
         Ok(match self.store().logs.append(sk, d.offset, data, self.sh.now_ms())? {
             Append::Stored(len) => {
-                if let Some(l) = self.lock().leases.get_mut(&job) {
-                    l.log_bytes = l.log_bytes.saturating_add(len.saturating_sub(before));
+                // What this chunk added past the end it found (a chunk of
+                // another connection of the runner landing in between is
+                // counted twice: never too little).
+                let added = len.saturating_sub(have);
+                if let Some(l) = self.lock().leases.get_mut(&job).filter(|l| l.attempt == attempt && l.runner == runner)
+                {
+                    l.log_bytes = l.log_bytes.saturating_add(added);
                 }
                 self.signals().touch_run(job.run);
                 Report::Logged(self.store().ticket(), acked(len))

@@ -169,6 +169,7 @@ impl Engine {
                     last_seen_ms: now,
                     toolchains_ms: 0,
                     paused: hello.paused.clone(),
+                    paused_ms: 0,
                 }),
             );
             t.dispatch()?;
@@ -229,6 +230,7 @@ impl Engine {
         if st.runners.get(runner_id).is_some_and(|c| c.conn_id == conn_id) {
             st.runners.remove(runner_id);
             drop(st);
+            self.signals().runners_changed();
             tracing::info!(runner = runner_id, conn_id, "runner disconnected");
             if let Ok(Some(mut rec)) = self.store().get::<RunnerRecord>(T::Runners, runner_id.as_bytes()) {
                 rec.last_seen_ms = self.sh.now_ms();
@@ -308,20 +310,34 @@ impl Engine {
     /// (empty) taking new jobs by itself.
     pub fn runner_paused(&self, runner_id: &str, conn_id: u64, reason: &str) -> Result<()> {
         let ((), _) = self.transition(|t| {
-            let Some(c) = t.conn_mut(runner_id).filter(|c| c.conn_id == conn_id) else {
-                return Err(Error::Unauthenticated(format!(
-                    "runner {runner_id}: this connection is no longer current"
-                )));
-            };
-            if c.paused == reason {
+            let now = self.sh.now_ms();
+            match t.st.runners.get(runner_id) {
+                Some(c) if c.conn_id == conn_id => {
+                    if c.paused == reason {
+                        return Ok(());
+                    }
+                    // A runner flipping faster than it reads its disk
+                    // (every 2 s) is not followed; its next Hello says.
+                    if c.paused_ms > 0 && now - c.paused_ms < super::TOOLCHAINS_EVERY_MS {
+                        tracing::warn!(runner = runner_id, "paused or resumed again within a second: ignored");
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    return Err(Error::Unauthenticated(format!(
+                        "runner {runner_id}: this connection is no longer current"
+                    )));
+                }
+            }
+            if let Some(c) = t.conn_mut(runner_id) {
+                c.paused = reason.to_string();
+                c.paused_ms = now;
+            }
+            if !reason.is_empty() {
+                tracing::warn!(runner = runner_id, reason, "runner paused: it takes no new jobs");
                 return Ok(());
             }
-            c.paused = reason.to_string();
-            if reason.is_empty() {
-                tracing::info!(runner = runner_id, "runner takes jobs again");
-            } else {
-                tracing::warn!(runner = runner_id, reason, "runner paused: it takes no new jobs");
-            }
+            tracing::info!(runner = runner_id, "runner takes jobs again");
             t.dispatch()
         })?;
         Ok(())

@@ -551,7 +551,8 @@ async fn a_job_keeps_no_more_log_than_its_limit_across_steps_and_restarts() {
     assert_eq!(log(&h, 1, 0, 1000), 1000);
     assert_eq!(log(&h, 2, 0, 1500), 1500);
     let h = h.restarted(limit);
-    assert_eq!(log(&h, 2, 1500, 5000), 6500, "acknowledged, kept in part");
+    // Sent again from before the stored end: the job's room counts from it.
+    assert_eq!(log(&h, 2, 1000, 5500), 6500, "acknowledged, kept in part");
     assert_eq!((kept(&h, 1), kept(&h, 2)), (1000, 2172));
     assert_eq!(log(&h, 3, 0, 10), 10, "acknowledged, not kept");
     assert_eq!(log(&h, 1, 1000, 10), 1010);

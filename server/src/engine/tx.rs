@@ -348,6 +348,11 @@ impl<'a> Tx<'a> {
         if !batch.events.is_empty() {
             self.ws.put(T::Events, first_cursor.to_be_bytes(), &batch);
         }
+        let fleet =
+            self.ws.touches(T::Runners) || self.undo.iter().any(|u| matches!(u, Undo::Lease(..) | Undo::Conn(..)));
+        if fleet {
+            self.sh.signals.runners_changed();
+        }
         if self.ws.is_empty() {
             // Nothing changed; the messages may still go out.
             let ticket = self.sh.store.current_ticket();

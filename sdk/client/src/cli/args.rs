@@ -370,6 +370,13 @@ pub enum RunnersCommand {
     /// to take each (labels, executor, trust) and whether one was started
     /// for it.
     Pending,
+    /// Follow the fleet: every runner, then one line per change
+    /// (connected, disconnected, draining, paused…) as it happens.
+    Watch {
+        /// Print one JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop giving a runner new jobs (it finishes the ones it has).
     Drain {
         /// Runner id.

@@ -19,8 +19,8 @@ use viaduct_sdk::{
             ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PendingJobsRequest,
             PullRequestPolicy, RetentionPolicy, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope,
             SetSecretRequest, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest,
-            UpdateRunnerRequest, WatchRequest, create_repo_request, follow_request, log_event, run_event::Change,
-            submit_request,
+            UpdateRunnerRequest, WatchRequest, WatchRunnersRequest, create_repo_request, follow_request, log_event,
+            run_event::Change, submit_request,
         },
     },
 };
@@ -408,9 +408,30 @@ pub async fn runners(client: &Client, cmd: RunnersCommand) -> Result<(), Failure
             }
             Ok(())
         }
+        RunnersCommand::Watch { json } => {
+            let mut events = client.runners().watch(WatchRunnersRequest {}).await?.into_inner();
+            while let Some(e) = events.message().await? {
+                let kind = e.kind().as_str_name().trim_start_matches("RUNNER_EVENT_KIND_").to_lowercase();
+                let r = e.runner.unwrap_or_default();
+                if json {
+                    let mut v = view::runner_json(&r);
+                    v["event"] = kind.into();
+                    v["time"] = view::rfc3339(e.time.as_ref());
+                    println!("{v}");
+                } else if kind == "synced" {
+                    println!("{}  -- live from here --", view::local(e.time.as_ref()));
+                } else {
+                    let why = if r.paused.is_empty() { String::new() } else { format!("  ({})", r.paused) };
+                    let line =
+                        format!("{}  {kind:<12} {}  {}{why}", view::local(e.time.as_ref()), r.id, r.state_word());
+                    println!("{}", super::terminal::plain(&line));
+                }
+            }
+            Ok(())
+        }
         RunnersCommand::Drain { id, undo } => {
             let r = client.runners().drain(DrainRunnerRequest { id, drain: !undo }).await?.into_inner();
-            println!("runner {} {}", r.id, if r.draining { "draining" } else { "accepting jobs" });
+            println!("runner {} {}", r.id, r.state_word());
             Ok(())
         }
         RunnersCommand::Update { id, labels, slots, executors, protected, unprotected } => {

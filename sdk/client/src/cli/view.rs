@@ -19,7 +19,8 @@ fn ts(t: Option<&Timestamp>) -> Option<jiff::Timestamp> {
     t.and_then(|t| jiff::Timestamp::new(t.seconds, t.nanos).ok())
 }
 
-fn rfc3339(t: Option<&Timestamp>) -> Value {
+/// A time as RFC 3339 JSON (null when unset).
+pub fn rfc3339(t: Option<&Timestamp>) -> Value {
     ts(t).map_or(Value::Null, |t| Value::String(t.to_string()))
 }
 
