@@ -150,7 +150,16 @@ fn skip_all(reports: &Arc<dyn Reports>, job: &JobRef, a: &JobAssignment, why: &s
 /// services' [`Reports`].
 pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
     let job = a.job.clone().unwrap_or_default();
-    let span = tracing::info_span!("job", run = %a.run_id, job = %job.job_id, attempt = job.attempt);
+    let span = tracing::info_span!(
+        "job",
+        run = %a.run_id,
+        job = %job.job_id,
+        attempt = job.attempt,
+        name = %a.job_name,
+        status = tracing::field::Empty
+    );
+    // Exported traces: under the run's root span (the server's).
+    viaduct_telemetry::in_run(&span, &a.run_id);
     let reports = Arc::clone(&services.reports);
     async move {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");
@@ -163,6 +172,7 @@ pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
             return;
         }
         let message = secrets.mask_str(&message);
+        tracing::Span::current().record("status", status.word());
         tracing::info!(status = status.word(), %message, "job finished");
         reports.job(job_update(&job, status, &message, &secrets));
     }
@@ -280,7 +290,7 @@ async fn execute(
                 let step_stop = StepStop { cancel: token, deadline };
                 let mut log =
                     StepLog::new(Arc::clone(reports), job.clone(), s.index, secrets.clone(), log_limits.clone());
-                let span = tracing::info_span!("step", step = s.index, name = %s.name);
+                let span = tracing::info_span!("step", job = %job.job_id, step = s.index, name = %s.name);
                 let o = match &s.action {
                     Some(Action::Uses(u)) => {
                         let main = post_states.remove(&u.post_of);

@@ -153,6 +153,11 @@ struct Args {
     /// space returns; running jobs go on (0: never).
     #[arg(long, default_value = "1g", value_parser = memory)]
     min_free_disk: u64,
+    /// Export traces (one span per job and per step, under their run's
+    /// trace) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// http://127.0.0.1:4317. Off when unset.
+    #[arg(long, env = "VIADUCT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn mount(s: &str) -> Result<(String, PathBuf), String> {
@@ -171,13 +176,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A local run's terminal is the run's: only warnings of the runner's own.
     let quiet = matches!(cli.command, Some(Command::Exec(_)));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIADUCT_LOG")
-                .unwrap_or_else(|_| if quiet { "warn" } else { "info,h2=warn,tower=warn" }.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let otlp = if cli.command.is_none() { cli.run.otlp_endpoint.as_deref() } else { None };
+    let filter = if quiet { "warn" } else { "info,h2=warn,tower=warn" };
+    let _logging = match viaduct_telemetry::init("viaduct-runner", filter, otlp) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("viaduct-runner: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
         Some(Command::Exec(args)) => return viaduct_runner::local::main(*args),
         Some(Command::Install(args)) => return viaduct_runner::install::main(args),

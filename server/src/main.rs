@@ -72,6 +72,11 @@ struct Args {
     /// A queued job gains one priority level per this much waiting.
     #[arg(long, default_value = "5m", value_parser = viaduct_pipeline::duration::parse_duration)]
     priority_aging: Duration,
+    /// Export traces (spans of RPCs, and one trace per run with its jobs'
+    /// waits) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// http://127.0.0.1:4317. Off when unset.
+    #[arg(long, env = "VIADUCT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Most jobs running at once across all runners (0 = no limit).
     #[arg(long, default_value_t = 0)]
     max_running_jobs: usize,
@@ -271,14 +276,16 @@ fn log_limit(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIADUCT_LOG")
-                .unwrap_or_else(|_| "info,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    // Spans are exported by the server proper, not by its subcommands.
+    let otlp = if args.command.is_none() { args.otlp_endpoint.as_deref() } else { None };
+    let _logging = match viaduct_telemetry::init("viaduct-server", "info,h2=warn,tower=warn", otlp) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("viaduct-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some(Command::Hook { data_dir, repo }) = &args.command {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,

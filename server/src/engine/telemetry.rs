@@ -4,6 +4,10 @@
 //! record's before and after, so every path that changes a state is
 //! counted once, and only once it is written. Scrape-time values (queue
 //! depth, runners) are read by the HTTP handler from the engine's gauges.
+//!
+//! The same observations export spans when traces are on (see
+//! `viaduct_telemetry`): a run's root span when it ends, and each job
+//! attempt's wait in the queue (`queued`) when it is assigned.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -16,7 +20,10 @@ use prometheus_client::{
 };
 use viaduct_proto::v1::Status;
 
-use crate::store::records::{JobRecord, RunRecord, StepRecord, queue_wait_ms};
+use crate::store::{
+    keys::{JobKey, RunId},
+    records::{JobRecord, RunRecord, StepRecord, queue_wait_ms},
+};
 
 /// A final state, as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,13 +111,26 @@ impl Telemetry {
     /// `started_ms` (whatever states a transition went through); its wait
     /// runs from when the job could be dispatched (see
     /// [`queue_wait_ms`]).
-    pub fn job(&self, before: Option<&JobRecord>, now: &JobRecord) {
+    pub fn job(&self, key: JobKey, before: Option<&JobRecord>, now: &JobRecord) {
         let was = before.map(JobRecord::status);
         if now.started_ms > 0
             && before.is_none_or(|b| b.started_ms != now.started_ms)
             && let Some(ms) = queue_wait_ms(now.queued_ms, now.not_before_ms, now.started_ms)
         {
             self.queue_wait.observe(ms as f64 / 1000.0);
+            viaduct_telemetry::export_in_run(viaduct_telemetry::Ended {
+                name: "queued",
+                run_id: &key.run.to_string(),
+                start_ms: now.started_ms.saturating_sub(i64::try_from(ms).unwrap_or(0)),
+                end_ms: now.started_ms,
+                attributes: vec![
+                    ("job", key.to_string()),
+                    ("attempt", now.attempt.to_string()),
+                    ("name", now.name.clone()),
+                    ("runner", now.runner_id.clone()),
+                ],
+                error: None,
+            });
         }
         if let Some(r) = result(now.status())
             && was.and_then(result).is_none()
@@ -141,12 +161,21 @@ impl Telemetry {
     }
 
     /// A run changed from `before` to `now`.
-    pub fn run(&self, before: Option<&RunRecord>, now: &RunRecord) {
+    pub fn run(&self, id: RunId, before: Option<&RunRecord>, now: &RunRecord) {
         let was = before.map(RunRecord::status);
         if let Some(r) = result(now.status())
             && was.and_then(result).is_none()
         {
             self.runs.get_or_create(&ResultLabel { result: r }).inc();
+            let failed = !matches!(now.status(), Status::Success | Status::Skipped);
+            viaduct_telemetry::export_run(viaduct_telemetry::Ended {
+                name: "run",
+                run_id: &id.to_string(),
+                start_ms: now.created_ms,
+                end_ms: now.finished_ms.max(now.created_ms),
+                attributes: vec![("run", id.to_string()), ("pipeline", now.pipeline.clone()), ("status", r.into())],
+                error: failed.then(|| if now.error.is_empty() { r.to_string() } else { now.error.clone() }),
+            });
             // A run that failed before any job has no duration worth one.
             if now.error.is_empty()
                 && let Some(s) = seconds(now.created_ms, now.finished_ms)

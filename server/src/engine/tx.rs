@@ -308,11 +308,11 @@ impl<'a> Tx<'a> {
             };
             tel.step(key.index, before, rec, assigned);
         }
-        for (_, before, rec) in self.jobs.written() {
-            tel.job(before, rec);
+        for (key, before, rec) in self.jobs.written() {
+            tel.job(*key, before, rec);
         }
-        for (_, before, rec) in self.runs.written() {
-            tel.run(before, rec);
+        for (id, before, rec) in self.runs.written() {
+            tel.run(*id, before, rec);
         }
     }
 

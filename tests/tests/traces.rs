@@ -1,0 +1,150 @@
+//! OpenTelemetry traces over OTLP/gRPC, from the real server and runner to
+//! a collector's trace service (the documented `TraceService/Export`
+//! endpoint, served here): one trace per run — the server's `run` root
+//! span and each job's `queued` span, the runner's `job` and `step` spans
+//! under it — with the run, job and step ids as attributes. Off by
+//! default: without `--otlp-endpoint` nothing is sent.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value,
+    trace::v1::Span,
+};
+use viaduct_tests::{Runner, Server, eventually, finished, submit, word};
+
+/// The spans received, with the service that sent each.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<(String, Span)>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let service = rs.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
+            let service = service.get("service.name").cloned().unwrap_or_default();
+            for ss in rs.scope_spans {
+                got.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn attributes(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let v = match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => s.clone(),
+                any_value::Value::IntValue(i) => i.to_string(),
+                _ => return None,
+            };
+            Some((kv.key.clone(), v))
+        })
+        .collect()
+}
+
+impl Collector {
+    /// Serves the trace service on a free local port: its URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let me = self.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(me))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .expect("serve");
+        });
+        url
+    }
+
+    fn spans(&self) -> Vec<(String, Span)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_one_trace_across_the_server_and_the_runner() {
+    let collector = Collector::default();
+    let url = collector.start().await;
+    let server = Server::start_with(&["--otlp-endpoint", &url]);
+    let client = server.client().await;
+    let _runner = Runner::start(&server, "linux", 2, &["--otlp-endpoint", &url]);
+    let id = submit(
+        &client,
+        "jobs:\n  build:\n    steps:\n      - run: echo built\n  test:\n    needs: [build]\n    steps:\n      \
+         - run: echo one\n      - run: exit 3\n",
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "failure");
+
+    // Everything arrives within a batch or two.
+    let spans = eventually("the run's spans", || async {
+        let spans = collector.spans();
+        let count = |name: &str| spans.iter().filter(|(_, s)| s.name == name).count();
+        (count("run") == 1 && count("queued") == 2 && count("job") == 2 && count("step") == 3).then_some(spans)
+    })
+    .await;
+    let of = |name: &str| -> Vec<(&String, &Span, HashMap<String, String>)> {
+        spans.iter().filter(|(_, s)| s.name == name).map(|(svc, s)| (svc, s, attributes(&s.attributes))).collect()
+    };
+    let (svc, root, attrs) = &of("run")[0];
+    assert_eq!(svc.as_str(), "viaduct-server");
+    assert!(root.parent_span_id.is_empty(), "the run is the trace's root");
+    assert_eq!((attrs["run"].as_str(), attrs["status"].as_str()), (id.as_str(), "failure"));
+    assert_eq!(root.status.as_ref().map(|s| s.code), Some(2), "an error status: {:?}", root.status);
+    let trace = &root.trace_id;
+
+    let mut queued: Vec<String> = of("queued")
+        .into_iter()
+        .map(|(svc, s, a)| {
+            assert_eq!((svc.as_str(), &s.trace_id, &s.parent_span_id), ("viaduct-server", trace, &root.span_id));
+            assert!(s.start_time_unix_nano <= s.end_time_unix_nano);
+            a["job"].clone()
+        })
+        .collect();
+    queued.sort();
+    assert_eq!(queued, [format!("{id}.1"), format!("{id}.2")]);
+
+    let jobs: HashMap<String, (&Span, HashMap<String, String>)> = of("job")
+        .into_iter()
+        .map(|(svc, s, a)| {
+            assert_eq!((svc.as_str(), &s.trace_id, &s.parent_span_id), ("viaduct-runner", trace, &root.span_id));
+            assert_eq!(a["run"], id);
+            (a["name"].clone(), (s, a))
+        })
+        .collect();
+    assert_eq!(jobs["build"].1["status"], "success");
+    assert_eq!(jobs["test"].1["status"], "failure");
+    for (_, s, a) in of("step") {
+        let (parent, _) = jobs.values().find(|(j, _)| j.span_id == s.parent_span_id).expect("a step is under its job");
+        assert_eq!(&s.trace_id, trace);
+        assert_eq!(attributes(&parent.attributes)["job"], a["job"]);
+    }
+}
+
+/// Without an endpoint the server and runner export nothing (and need no
+/// collector): traces are off by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_off_without_an_endpoint() {
+    let server = Server::start();
+    let client = server.client().await;
+    let _runner = server.runner("linux", 1);
+    let id = submit(&client, "jobs:\n  j:\n    steps:\n      - run: true\n").await;
+    assert_eq!(word(finished(&client, &id).await.status), "success");
+    assert!(!std::fs::read_to_string(server.log_path()).expect("log").contains("exporting traces"));
+}
