@@ -288,6 +288,8 @@ async fn every_page_renders_with_live_data() {
     let stuck = submit(&client, "jobs:\n  j:\n    runs_on: [nowhere]\n    steps:\n      - run: true\n").await;
     finished(&client, &ok).await;
     finished(&client, &bad).await;
+    let runner_id =
+        client.runners().list(v1::ListRunnersRequest {}).await.expect("list").into_inner().runners[0].id.clone();
     Browser::run(|c| async move {
         sign_in(&c, &server, &token).await;
         wait_for_page(&c, "runs").await;
@@ -345,6 +347,7 @@ async fn every_page_renders_with_live_data() {
             ("/pipelines/nightly".to_string(), "pipeline"),
             ("/repos".to_string(), "repos"),
             ("/stats".to_string(), "stats"),
+            ("/admin".to_string(), "admin"),
             (format!("/runs/{bad}/jobs/{bad}.1"), "log"),
         ] {
             c.goto(&format!("{}{path}", server.url())).await.expect("open page");
@@ -352,9 +355,42 @@ async fn every_page_renders_with_live_data() {
             if page == "runners" {
                 wait_for_js(&c, "the runner's labels", "document.body.innerText.includes('gpu')").await;
                 wait_for(&c, ".chip.toolchain").await;
+                // Drained elsewhere (the API): the page shows it without a
+                // reload (Runners.Watch), and again when it takes jobs.
+                let row = format!("[data-runner-id=\"{runner_id}\"]");
+                let drain = |drain: bool| {
+                    let (mut runners, id) = (client.runners(), runner_id.clone());
+                    async move { runners.drain(v1::DrainRunnerRequest { id, drain }).await.expect("drain") }
+                };
+                drain(true).await;
+                let pill = |text: &str| {
+                    format!("(document.querySelector('{row} td[data-label=State]') || {{}}).innerText === '{text}' || null")
+                };
+                wait_for_js(&c, "the runner shown draining, live", &pill("Draining")).await;
+                drain(false).await;
+                wait_for_js(&c, "the runner shown connected again, live", &pill("Connected")).await;
+            }
+            if page == "stats" {
+                // From Stats.Get: the three runs submitted, per pipeline.
+                wait_for_js(
+                    &c,
+                    "the runs of the range",
+                    "(document.querySelector('#stats-totals [data-tile=runs] .tile-value') || {}).innerText === '3' || null",
+                )
+                .await;
+                wait_for(&c, "#stats-pipelines [data-group=\"release\"]").await;
+                wait_for(&c, "#stats-labels [data-group=\"nowhere\"]").await;
             }
             if page == "log" {
                 wait_for_js(&c, "the failed step's output", "document.body.innerText.includes('failing')").await;
+            }
+            if page == "admin" {
+                wait_for(&c, "#admin-trees [data-tree=\"runs\"]").await;
+                let version = wait_for(&c, "[data-field=version]").await.text().await.expect("version");
+                assert!(!version.trim().is_empty());
+                wait_for(&c, "#retention-preview").await.click().await.expect("preview retention");
+                let report = wait_for(&c, "#retention-report").await.text().await.expect("report");
+                assert!(report.contains("would be removed"), "{report}");
             }
             screenshot(&c, page).await;
         }

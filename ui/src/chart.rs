@@ -1,42 +1,32 @@
-//! Run statistics over time as chart drawings: runs are put in time buckets
-//! (an hour to a week wide, so there are at most [`MAX_BUCKETS`]), and each
-//! chart is described completely — axes, ticks, paths, bars, points, in SVG
-//! user units — for the view to draw as inline SVG.
+//! Run statistics over time as chart drawings: the buckets of a
+//! `Stats.Get` report (aggregated on the server), each chart described
+//! completely — axes, ticks, paths, bars, points, in SVG user units — for
+//! the view to draw as inline SVG.
 
-use viaduct_proto::{StatusWord, v1::Status};
+use viaduct_proto::v1::{StatsReport, StatsSummary};
 
 use crate::time_format;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
-/// Most buckets a chart shows.
-pub const MAX_BUCKETS: usize = 45;
-
-/// What the charts need of a run.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RunPoint {
-    /// When it was created (Unix ms).
-    pub created: i64,
-    /// Its state.
-    pub status: Status,
-    /// How long it ran, when it finished.
-    pub duration: Option<i64>,
-}
-
 /// Runs of one time bucket.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Bucket {
     /// Start (Unix ms).
     pub start: i64,
-    /// Runs created in it.
-    pub runs: usize,
+    /// Runs accepted in it.
+    pub runs: u64,
     /// Of which succeeded.
-    pub succeeded: usize,
-    /// Of which failed (failure, timed out, runner lost).
-    pub failed: usize,
-    /// Durations of its finished runs, sorted.
-    pub durations: Vec<i64>,
+    pub succeeded: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// Of which ended with a duration.
+    pub ended: u64,
+    /// Median duration of those, ms.
+    pub p50: Option<i64>,
+    /// 90th percentile, ms.
+    pub p90: Option<i64>,
 }
 
 impl Bucket {
@@ -45,52 +35,34 @@ impl Bucket {
         let decided = self.succeeded + self.failed;
         (decided > 0).then(|| self.succeeded as f64 / decided as f64)
     }
+}
 
-    /// The `p`-th percentile (0–1, nearest rank) of the durations.
-    pub fn percentile(&self, p: f64) -> Option<i64> {
-        if self.durations.is_empty() {
-            return None;
-        }
-        let rank = (p.clamp(0.0, 1.0) * self.durations.len() as f64).ceil() as usize;
-        self.durations.get(rank.saturating_sub(1).min(self.durations.len() - 1)).copied()
+/// A bucket starting at `start` from the server's summary of it.
+pub fn bucket(start: i64, s: &StatsSummary) -> Bucket {
+    let d = s.run_duration.unwrap_or_default();
+    let ms = |v: u64| (d.count > 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
+    Bucket {
+        start,
+        runs: s.runs,
+        succeeded: s.succeeded,
+        failed: s.failed,
+        ended: d.count,
+        p50: ms(d.p50_ms),
+        p90: ms(d.p90_ms),
     }
 }
 
-/// The bucket width for runs spanning `span` ms: the smallest of 1 h, 6 h,
-/// 1 d and 7 d giving at most [`MAX_BUCKETS`] buckets.
-pub fn bucket_width(span: i64) -> i64 {
-    [HOUR, 6 * HOUR, DAY, 7 * DAY].into_iter().find(|w| span / w < MAX_BUCKETS as i64).unwrap_or(7 * DAY)
-}
-
-/// Puts `runs` in buckets ending with the one holding `now`; the oldest
-/// runs are dropped past [`MAX_BUCKETS`] buckets. Empty buckets are kept
-/// (gaps in the charts).
-pub fn bucketize(runs: &[RunPoint], now: i64) -> (i64, Vec<Bucket>) {
-    let Some(oldest) = runs.iter().map(|r| r.created).min() else { return (HOUR, Vec::new()) };
-    let newest = runs.iter().map(|r| r.created).max().unwrap_or(now).max(now);
-    let width = bucket_width(newest.saturating_sub(oldest));
-    let last = newest.div_euclid(width);
-    let first = oldest.div_euclid(width).max(last - MAX_BUCKETS as i64 + 1);
-    let mut buckets: Vec<Bucket> =
-        (first..=last).map(|b| Bucket { start: b.saturating_mul(width), ..Bucket::default() }).collect();
-    for r in runs {
-        let b = r.created.div_euclid(width) - first;
-        let Some(bucket) = usize::try_from(b).ok().and_then(|b| buckets.get_mut(b)) else { continue };
-        bucket.runs += 1;
-        if r.status == Status::Success {
-            bucket.succeeded += 1;
-        } else if r.status.is_failure() {
-            bucket.failed += 1;
-        }
-        if r.status.is_terminal()
-            && let Some(d) = r.duration
-        {
-            bucket.durations.push(d.max(0));
-        }
-    }
-    for b in &mut buckets {
-        b.durations.sort_unstable();
-    }
+/// The report's buckets, oldest first, and their width (ms).
+pub fn buckets(report: &StatsReport) -> (i64, Vec<Bucket>) {
+    let width = i64::from(report.bucket_seconds.max(1)) * 1000;
+    let buckets = report
+        .buckets
+        .iter()
+        .map(|b| {
+            let start = b.start.map_or(0, |t| t.seconds.saturating_mul(1000));
+            bucket(start, &b.summary.unwrap_or_default())
+        })
+        .collect();
     (width, buckets)
 }
 
@@ -297,8 +269,8 @@ fn duration_axis(max_ms: f64) -> (f64, f64, &'static str) {
 
 /// Median and 90th-percentile run duration per bucket.
 pub fn duration_chart(frame: Frame, buckets: &[Bucket], width: i64) -> Chart {
-    let p50: Vec<Option<f64>> = buckets.iter().map(|b| b.percentile(0.5).map(|d| d as f64)).collect();
-    let p90: Vec<Option<f64>> = buckets.iter().map(|b| b.percentile(0.9).map(|d| d as f64)).collect();
+    let p50: Vec<Option<f64>> = buckets.iter().map(|b| b.p50.map(|d| d as f64)).collect();
+    let p90: Vec<Option<f64>> = buckets.iter().map(|b| b.p90.map(|d| d as f64)).collect();
     let max = p90.iter().chain(&p50).flatten().copied().fold(0.0, f64::max);
     let (top, unit, suffix) = duration_axis(max);
     let y_ticks = (0..=4)
@@ -318,7 +290,7 @@ pub fn duration_chart(frame: Frame, buckets: &[Bucket], width: i64) -> Chart {
                     "{}: {what} {} ({} runs)",
                     bucket_label(b.start, width),
                     time_format::duration(*v as i64),
-                    b.durations.len()
+                    b.ended
                 ),
                 None => String::new(),
             })
@@ -352,7 +324,7 @@ const MAX_BAR: f64 = 40.0;
 /// Runs per bucket as stacked bars: succeeded, failed, other.
 pub fn volume_chart(frame: Frame, buckets: &[Bucket], width: i64) -> Chart {
     let n = buckets.len();
-    let step = count_step(buckets.iter().map(|b| b.runs).max().unwrap_or(0));
+    let step = count_step(buckets.iter().map(|b| usize::try_from(b.runs).unwrap_or(usize::MAX)).max().unwrap_or(0));
     let max = (step * 4) as f64;
     let slot = frame.plot_width() / n.max(1) as f64;
     let bar_w = (slot * 0.7).clamp(1.0, MAX_BAR);
@@ -360,7 +332,7 @@ pub fn volume_chart(frame: Frame, buckets: &[Bucket], width: i64) -> Chart {
     for (i, b) in buckets.iter().enumerate() {
         let x = frame.x(i, n) - bar_w / 2.0;
         let other = b.runs.saturating_sub(b.succeeded + b.failed);
-        let mut base = 0usize;
+        let mut base = 0u64;
         for (count, class, what) in [
             (b.succeeded, "series-success", "succeeded"),
             (b.failed, "series-failure", "failed"),
@@ -387,74 +359,40 @@ pub fn volume_chart(frame: Frame, buckets: &[Bucket], width: i64) -> Chart {
     Chart { frame, y_ticks, x_ticks: x_ticks(&frame, buckets, width), lines: Vec::new(), bars }
 }
 
-/// Word counts of the states of `runs` (for the summary line).
-pub fn totals(runs: &[RunPoint]) -> (usize, usize, usize) {
-    let succeeded = runs.iter().filter(|r| r.status == Status::Success).count();
-    let failed = runs.iter().filter(|r| r.status.is_failure()).count();
-    (runs.len(), succeeded, failed)
-}
-
 #[cfg(test)]
 mod tests {
+    use viaduct_proto::v1::{Percentiles, StatsBucket};
+
     use super::*;
 
-    fn run(created: i64, status: Status, duration: Option<i64>) -> RunPoint {
-        RunPoint { created, status, duration }
+    fn summary(runs: u64, succeeded: u64, failed: u64, p50: u64, p90: u64) -> StatsSummary {
+        let d = Percentiles { count: succeeded + failed, p50_ms: p50, p90_ms: p90, p99_ms: p90 };
+        StatsSummary { runs, succeeded, failed, run_duration: Some(d), ..StatsSummary::default() }
+    }
+
+    fn report(summaries: Vec<StatsSummary>, bucket_seconds: u32) -> StatsReport {
+        let buckets = summaries
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| StatsBucket {
+                start: Some(prost_types::Timestamp {
+                    seconds: 86_400 * 10 + i as i64 * i64::from(bucket_seconds),
+                    nanos: 0,
+                }),
+                summary: Some(s),
+            })
+            .collect();
+        StatsReport { bucket_seconds, buckets, ..StatsReport::default() }
     }
 
     #[test]
-    fn bucket_widths() {
-        assert_eq!(bucket_width(0), HOUR);
-        assert_eq!(bucket_width(44 * HOUR), HOUR);
-        assert_eq!(bucket_width(45 * HOUR), 6 * HOUR);
-        assert_eq!(bucket_width(20 * DAY), DAY);
-        assert_eq!(bucket_width(100 * DAY), 7 * DAY);
-        assert_eq!(bucket_width(i64::MAX), 7 * DAY);
-    }
-
-    #[test]
-    fn bucketizes_runs() {
-        let now = 100 * DAY;
-        let runs = [
-            run(now - 3 * DAY, Status::Success, Some(1000)),
-            run(now - 3 * DAY + 5, Status::Failure, Some(3000)),
-            run(now - 3 * DAY + 9, Status::Cancelled, Some(10)),
-            run(now - DAY, Status::Running, None),
-            run(now, Status::Success, Some(2000)),
-        ];
-        let (width, b) = bucketize(&runs, now);
-        assert_eq!(width, 6 * HOUR);
-        assert_eq!(b.len(), 13);
-        assert_eq!(b[0].runs, 3);
-        assert_eq!(b[0].succeeded, 1);
-        assert_eq!(b[0].failed, 1);
-        assert_eq!(b[0].durations, vec![10, 1000, 3000]);
+    fn buckets_come_from_the_report() {
+        let (width, b) = buckets(&report(vec![summary(3, 1, 1, 1000, 3000), StatsSummary::default()], 86_400));
+        assert_eq!(width, DAY);
+        assert_eq!(b.len(), 2);
+        assert_eq!((b[0].start, b[0].runs, b[0].ended, b[0].p50, b[0].p90), (10 * DAY, 3, 2, Some(1000), Some(3000)));
         assert_eq!(b[0].success_rate(), Some(0.5));
-        assert_eq!(b[8].runs, 1);
-        assert_eq!(b[8].success_rate(), None);
-        assert_eq!(b[12].runs, 1);
-        assert_eq!(b.iter().map(|b| b.runs).sum::<usize>(), 5);
-        assert!(bucketize(&[], now).1.is_empty());
-    }
-
-    #[test]
-    fn old_runs_beyond_the_window_are_dropped() {
-        let now = 1000 * DAY;
-        let runs = [run(0, Status::Success, None), run(now, Status::Success, None)];
-        let (width, b) = bucketize(&runs, now);
-        assert_eq!(width, 7 * DAY);
-        assert_eq!(b.len(), MAX_BUCKETS);
-        assert_eq!(b.iter().map(|b| b.runs).sum::<usize>(), 1);
-    }
-
-    #[test]
-    fn percentiles() {
-        let b = Bucket { durations: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10], ..Bucket::default() };
-        assert_eq!(b.percentile(0.5), Some(5));
-        assert_eq!(b.percentile(0.9), Some(9));
-        assert_eq!(b.percentile(0.0), Some(1));
-        assert_eq!(b.percentile(1.0), Some(10));
-        assert_eq!(Bucket::default().percentile(0.5), None);
+        assert_eq!((b[1].start, b[1].success_rate(), b[1].p50), (11 * DAY, None, None));
     }
 
     #[test]
@@ -471,13 +409,10 @@ mod tests {
 
     #[test]
     fn charts_scale_into_the_frame() {
-        let now = 10 * DAY;
-        let runs: Vec<RunPoint> = (0..50)
-            .map(|i| {
-                run(now - i * HOUR, if i % 3 == 0 { Status::Failure } else { Status::Success }, Some(60_000 + i * 1000))
-            })
+        let summaries = (0..45u64)
+            .map(|i| summary(i % 7, (i % 7) / 2, (i % 7) / 3, 60_000 + i * 1000, 90_000 + i * 2000))
             .collect();
-        let (width, b) = bucketize(&runs, now);
+        let (width, b) = buckets(&report(summaries, 3600));
         let f = Frame::STANDARD;
         for chart in [success_chart(f, &b, width), duration_chart(f, &b, width), volume_chart(f, &b, width)] {
             for t in &chart.y_ticks {
@@ -496,7 +431,6 @@ mod tests {
             }
             assert!(!chart.x_ticks.is_empty());
         }
-        assert_eq!(totals(&runs), (50, 33, 17));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   [`ansi`], [`log_buffer`], [`log_window`], [`log_search`],
 //!   [`log_anchor`], [`time_format`], [`status`], [`dag`], [`chart`],
 //!   [`markdown`], [`shortcuts`], [`run_model`], [`run_filter`],
-//!   [`pipeline_inputs`],
+//!   [`pipeline_inputs`], [`fleet`],
 //!   [`backoff`]. They build and test on the host (`cargo test -p
 //!   viaduct-ui`);
 //! - the app (pages, components, the API client, live streams), compiled
@@ -19,6 +19,7 @@ pub mod ansi;
 pub mod backoff;
 pub mod chart;
 pub mod dag;
+pub mod fleet;
 pub mod log_anchor;
 pub mod log_buffer;
 pub mod log_search;

@@ -15,9 +15,9 @@ use leptos::{prelude::*, task::spawn_local};
 use tonic::{Code, Status};
 use tonic_web_wasm_client::Client;
 use viaduct_proto::v1::{
-    Role, WhoamiRequest, artifacts_client::ArtifactsClient, audit_client::AuditClient, logs_client::LogsClient,
-    pipelines_client::PipelinesClient, repos_client::ReposClient, runners_client::RunnersClient,
-    runs_client::RunsClient, tokens_client::TokensClient,
+    Role, WhoamiRequest, admin_client::AdminClient, artifacts_client::ArtifactsClient, audit_client::AuditClient,
+    logs_client::LogsClient, pipelines_client::PipelinesClient, repos_client::ReposClient,
+    runners_client::RunnersClient, runs_client::RunsClient, stats_client::StatsClient, tokens_client::TokensClient,
 };
 
 use super::browser;
@@ -194,6 +194,16 @@ impl Api {
     /// `Audit`.
     pub fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel.clone())
+    }
+
+    /// `Stats`.
+    pub fn stats(&self) -> StatsClient<Channel> {
+        StatsClient::new(self.channel.clone())
+    }
+
+    /// `Admin`.
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
     }
 
     /// The message of a call's response, or its error; `UNAUTHENTICATED`

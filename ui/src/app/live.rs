@@ -1,6 +1,7 @@
 //! Live data: tasks tied to a component's lifetime, the server-streaming
 //! `Runs.Watch` kept open with reconnects (resuming after the last cursor),
-//! and the connection banner's state.
+//! `Runners.Watch` likewise (a new snapshot after each reconnect), and the
+//! connection banner's state.
 
 use std::{
     cell::{Cell, RefCell},
@@ -11,13 +12,13 @@ use std::{
 use futures_util::future::{AbortHandle, Either, abortable, select};
 use leptos::{prelude::*, task::spawn_local};
 use tonic::{Code, Status, codec::Streaming};
-use viaduct_proto::v1::{RunEvent, WatchRequest};
+use viaduct_proto::v1::{RunEvent, Runner, WatchRequest, WatchRunnersRequest};
 
 use super::{
     api::{Api, ApiError},
     browser,
 };
-use crate::backoff::Backoff;
+use crate::{backoff::Backoff, fleet};
 
 /// Runs `fut` until it ends or the current component goes away.
 pub fn spawn_scoped(fut: impl Future<Output = ()> + 'static) {
@@ -240,6 +241,58 @@ pub fn sync_with_watch<T: Send + Sync + 'static>(
                         }
                     } else {
                         reader.await
+                    }
+                }
+            };
+            let e = api.fail(&broke);
+            if !retryable(&e) {
+                state.set(Loadable::Failed(e));
+                return;
+            }
+            reconnecting.lost();
+            browser::sleep(backoff.next_delay(browser::random())).await;
+        }
+    });
+}
+
+/// Keeps `state` current from `Runners.Watch`: the snapshot it starts
+/// with, then each event. After a broken stream it reconnects with
+/// backoff and takes the new snapshot. Runs until the calling component
+/// goes away.
+pub fn watch_runners(api: Api, state: RwSignal<Loadable<Vec<Runner>>>) {
+    let conn = expect_context::<Connection>();
+    spawn_scoped(async move {
+        let mut backoff = Backoff::default();
+        let mut reconnecting = Reconnecting::new(conn);
+        loop {
+            if state.is_disposed() {
+                return;
+            }
+            let broke: Status = match api.runners().watch(WatchRunnersRequest {}).await {
+                Err(s) => s,
+                Ok(r) => {
+                    reconnecting.back();
+                    backoff.reset();
+                    let mut stream = r.into_inner();
+                    let mut snapshot = Some(fleet::Snapshot::default());
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(ev)) => match snapshot.as_mut() {
+                                Some(s) => {
+                                    if let Some(list) = s.take(&ev) {
+                                        state.set(Loadable::Ready(list));
+                                        snapshot = None;
+                                    }
+                                }
+                                None => state.update(|s| {
+                                    if let Loadable::Ready(list) = s {
+                                        fleet::apply(list, &ev);
+                                    }
+                                }),
+                            },
+                            Ok(None) => break Status::unavailable("the server closed the stream"),
+                            Err(s) => break s,
+                        }
                     }
                 }
             };

@@ -166,6 +166,7 @@ fn Shell() -> impl IntoView {
                     <a class=active("/stats") href="/stats">"Stats"</a>
                     <Show when=admin>
                         <a class=active("/audit") href="/audit">"Audit"</a>
+                        <a class=active("/admin") href="/admin">"Admin"</a>
                     </Show>
                 </nav>
             </Show>
@@ -210,6 +211,7 @@ fn Shell() -> impl IntoView {
                     <Route path=path!("/repos/:name") view=pages::repos::RepoPage />
                     <Route path=path!("/stats") view=pages::stats::StatsPage />
                     <Route path=path!("/audit") view=pages::audit::AuditPage />
+                    <Route path=path!("/admin") view=pages::admin::AdminPage />
                 </Routes>
             </Show>
         </main>

@@ -1,5 +1,6 @@
 //! The pages, one module each, and pieces several of them show.
 
+pub mod admin;
 pub mod audit;
 pub mod log;
 pub mod pipelines;

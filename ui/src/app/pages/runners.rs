@@ -1,27 +1,20 @@
 //! `/runners`: the fleet — labels, slots, executors, connection, current
-//! jobs, last heartbeat — with drain / undrain. The list is fetched again
-//! (debounced) whenever a job changes state, and on demand.
-
-use std::time::Duration;
+//! jobs, last heartbeat — with drain / undrain, pushed live by
+//! `Runners.Watch` (a runner connecting, draining, pausing for want of
+//! disk, taking a job shows as it happens).
 
 use leptos::{prelude::*, task::spawn_local};
-use viaduct_proto::v1::{DrainRunnerRequest, ListRunnersRequest, Runner, run_event::Change};
+use viaduct_proto::v1::{DrainRunnerRequest, Runner};
 
 use crate::{
     app::{
-        api::{Api, ApiError, use_api},
+        api::{Api, use_api},
         browser,
-        live::{Loadable, LocalFuture, sync_with_watch},
+        live::{Loadable, watch_runners},
         widgets::{Ago, Empty, show_loadable},
     },
     run_model, time_format,
 };
-
-async fn list(api: Api) -> Result<Vec<Runner>, ApiError> {
-    let mut runners = api.check(api.runners().list(ListRunnersRequest {}).await)?.runners;
-    runners.sort_by(|a, b| (!a.connected, &a.name).cmp(&(!b.connected, &b.name)));
-    Ok(runners)
-}
 
 /// The runners page.
 #[component]
@@ -29,66 +22,12 @@ pub fn RunnersPage() -> impl IntoView {
     browser::set_title("Runners · Viaduct");
     let api = use_api();
     let state: RwSignal<Loadable<Vec<Runner>>> = RwSignal::new(Loadable::Loading);
-    // Job events mark the list stale; a refetch follows shortly.
-    let stale = RwSignal::new(0u32);
-    sync_with_watch(
-        api.clone(),
-        String::new(),
-        state,
-        |api: Api| -> LocalFuture<Result<Vec<Runner>, ApiError>> { Box::pin(list(api)) },
-        move |_, ev| {
-            if matches!(ev.change, Some(Change::Job(_))) {
-                stale.update(|n| *n += 1);
-            }
-        },
-    );
-    let refreshing = RwSignal::new(false);
-    let refresh = {
-        let api = api.clone();
-        move || {
-            if refreshing.get_untracked() {
-                return;
-            }
-            refreshing.set(true);
-            let api = api.clone();
-            spawn_local(async move {
-                let r = list(api).await;
-                refreshing.set(false);
-                match r {
-                    Ok(v) => state.set(Loadable::Ready(v)),
-                    Err(e) => {
-                        if state.with_untracked(|s| s.ready().is_none()) {
-                            state.set(Loadable::Failed(e));
-                        }
-                    }
-                }
-            });
-        }
-    };
-    let auto = refresh.clone();
-    Effect::new(move |prev: Option<u32>| {
-        let n = stale.get();
-        if prev.is_some_and(|p| p != n) {
-            let auto = auto.clone();
-            set_timeout(
-                move || {
-                    if !stale.is_disposed() {
-                        auto();
-                    }
-                },
-                Duration::from_millis(700),
-            );
-        }
-        n
-    });
-    let manual = refresh.clone();
+    watch_runners(api.clone(), state);
     view! {
         <section class="page" data-page="runners">
             <div class="page-head">
                 <h1>"Runners"</h1>
-                <button class="button subtle" on:click=move |_| manual() disabled=move || refreshing.get()>
-                    "Refresh"
-                </button>
+                <span class="muted small" title="Changes show as they happen">"live"</span>
             </div>
             {move || {
                 let api = api.clone();
