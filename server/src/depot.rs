@@ -40,6 +40,8 @@ pub struct DepotConfig {
     pub max_artifact_bytes: u64,
     /// What one job attempt may upload as artifacts.
     pub artifacts_per_job: JobQuota,
+    /// Most bytes of source archives kept (the least recently used go).
+    pub max_source_archive_bytes: u64,
 }
 
 impl Default for DepotConfig {
@@ -54,6 +56,7 @@ impl Default for DepotConfig {
             artifact_ttl: Duration::from_secs(30 * 24 * 3600),
             max_artifact_bytes: 8 << 30,
             artifacts_per_job: JobQuota { files: 1000, bytes: 16 << 30 },
+            max_source_archive_bytes: 10 << 30,
         }
     }
 }
@@ -121,7 +124,7 @@ impl Depot {
     pub async fn retain(&self) -> Result<()> {
         self.caches.enforce().await?;
         self.artifacts.expire().await?;
-        self.sources.expire()?;
+        self.sources.expire(self.config.max_source_archive_bytes)?;
         let mut keep: HashSet<String> = self.plugins.digests()?;
         keep.extend(self.caches.digests()?);
         keep.extend(self.artifacts.digests()?);

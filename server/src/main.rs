@@ -143,6 +143,11 @@ struct Args {
     /// Most bytes of artifacts one job attempt uploads, all files together.
     #[arg(long, default_value = "16g", value_parser = artifact_bytes_per_job)]
     max_artifact_bytes_per_job: u64,
+    /// Most bytes of source archives (the commits runners fetched) kept;
+    /// past it the least recently fetched go (they are built again when
+    /// needed).
+    #[arg(long, default_value = "10g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    max_source_archives_size: u64,
     /// Serve TLS with this certificate chain (PEM); reloaded on SIGHUP and
     /// when the file changes.
     #[arg(long, env = "VIADUCT_TLS_CERT", requires = "tls_key")]
@@ -365,6 +370,7 @@ fn main() -> ExitCode {
                 files: args.max_artifacts_per_job as usize,
                 bytes: args.max_artifact_bytes_per_job,
             },
+            max_source_archive_bytes: args.max_source_archives_size,
         },
         min_free_disk: args.min_free_disk,
         retention: viaduct_server::retention::RetentionConfig {

@@ -9,9 +9,10 @@
 //! the first fetch of a commit builds the archive, stores it as a blob,
 //! records `repo \0 commit → digest` in [`T::SourceArchives`] and removes
 //! the local copy; every later fetch — on any replica, with `--blob-store
-//! s3://…` — streams the blob. A record unused for [`SOURCE_TTL`] is
-//! dropped by the depot's retention, and the sweep removes its blob; a
-//! record whose blob is gone is built again.
+//! s3://…` — streams the blob. The depot's retention drops a record unused
+//! for [`SOURCE_TTL`], and past `--max-source-archives-size` the least
+//! recently used ones, and the sweep removes their blobs; a record whose
+//! blob is gone is built again.
 //!
 //! Who can do what: only a runner holding a job of a run of that commit
 //! fetches it (`RunnerAgent.FetchSource` checks the lease); blobs are named
@@ -69,7 +70,7 @@ impl SourceArchives {
             return Ok(found);
         }
         let path = build.await?;
-        let digest = match self.upload(&path).await {
+        let blob = match self.upload(&path).await {
             Ok(d) => d,
             // Another fetch of the same commit moved it first.
             Err(Error::NotFound(_)) => {
@@ -80,12 +81,17 @@ impl SourceArchives {
             }
             Err(e) => return Err(e),
         };
-        let rec = SourceArchiveRecord { schema: SCHEMA_VERSION, digest: digest.clone(), used_ms: now_ms() };
+        let rec = SourceArchiveRecord {
+            schema: SCHEMA_VERSION,
+            digest: blob.digest.clone(),
+            used_ms: now_ms(),
+            size: blob.size,
+        };
         let mut ws = WriteSet::default();
         ws.put(T::SourceArchives, &key, &rec);
         self.store.commit(&ws)?;
         let _ = tokio::fs::remove_file(&path).await;
-        self.blobs.open_read(&digest).await
+        self.blobs.open_read(&blob.digest).await
     }
 
     /// The stored archive under `key`, if its record and blob exist (its
@@ -94,8 +100,9 @@ impl SourceArchives {
         let Some(mut rec) = self.store.get::<SourceArchiveRecord>(T::SourceArchives, key)? else { return Ok(None) };
         match self.blobs.open_read(&rec.digest).await {
             Ok(found) => {
-                if now_ms() - rec.used_ms > TOUCH_EVERY_MS {
+                if now_ms() - rec.used_ms > TOUCH_EVERY_MS || rec.size != found.1 {
                     rec.used_ms = now_ms();
+                    rec.size = found.1;
                     let mut ws = WriteSet::default();
                     ws.put(T::SourceArchives, key, &rec);
                     self.store.commit(&ws)?;
@@ -107,8 +114,8 @@ impl SourceArchives {
         }
     }
 
-    /// Streams the file at `path` into a blob; its digest.
-    async fn upload(&self, path: &PathBuf) -> Result<String> {
+    /// Streams the file at `path` into a blob.
+    async fn upload(&self, path: &PathBuf) -> Result<crate::blobs::Blob> {
         let mut file = match tokio::fs::File::open(path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -128,21 +135,34 @@ impl SourceArchives {
             }
             writer.write(&buf[..n]).await?;
         }
-        Ok(writer.finish().await?.digest)
+        writer.finish().await
     }
 
-    /// Drops the records unused for [`SOURCE_TTL`]; how many.
-    pub fn expire(&self) -> Result<u64> {
+    /// Drops the records unused for [`SOURCE_TTL`], then, while the rest
+    /// hold more than `max_bytes`, the least recently used; how many.
+    pub fn expire(&self, max_bytes: u64) -> Result<u64> {
         let cutoff = now_ms() - i64::try_from(SOURCE_TTL.as_millis()).unwrap_or(i64::MAX);
         let mut ws = WriteSet::default();
-        let mut n = 0;
+        let mut kept = Vec::new();
         for kv in self.store.tree(T::SourceArchives).iter() {
             let (k, v) = kv?;
-            if decode::<SourceArchiveRecord>(T::SourceArchives, &v)?.used_ms < cutoff {
+            let rec = decode::<SourceArchiveRecord>(T::SourceArchives, &v)?;
+            if rec.used_ms < cutoff {
                 ws.delete(T::SourceArchives, k);
-                n += 1;
+            } else {
+                kept.push((rec.used_ms, rec.size, k));
             }
         }
+        // Newest first: what fits stays.
+        kept.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut total = 0u64;
+        for (_, size, k) in kept {
+            total = total.saturating_add(size);
+            if total > max_bytes {
+                ws.delete(T::SourceArchives, k);
+            }
+        }
+        let n = ws.len() as u64;
         self.store.commit(&ws)?;
         Ok(n)
     }
@@ -197,11 +217,33 @@ mod tests {
         assert_eq!(read(sources.open("repo", "abc", build()).await.unwrap()).await, b"the tree of abc");
         assert_eq!(builds.load(Ordering::SeqCst), 2);
         // Unused past its time: the record goes.
-        let old = SourceArchiveRecord { schema: SCHEMA_VERSION, digest: digests[0].clone(), used_ms: 0 };
+        let old = SourceArchiveRecord { schema: SCHEMA_VERSION, digest: digests[0].clone(), used_ms: 0, size: 15 };
         let mut ws = WriteSet::default();
         ws.put(T::SourceArchives, key("repo", "abc"), &old);
         store.commit(&ws).unwrap();
-        assert_eq!(sources.expire().unwrap(), 1);
+        assert_eq!(sources.expire(u64::MAX).unwrap(), 1);
         assert!(sources.digests().unwrap().is_empty());
+    }
+
+    /// Past the size limit the least recently used archives go, newest
+    /// kept first.
+    #[tokio::test]
+    async fn past_their_size_the_least_recently_used_archives_go() {
+        let store = Arc::new(Store::memory());
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(BlobStore::local(&dir.path().join("blobs")).unwrap());
+        let sources = SourceArchives::new(Arc::clone(&store), blobs);
+        let mut ws = WriteSet::default();
+        for (commit, ago_ms, size) in [("a", 3_000, 400), ("b", 2_000, 400), ("c", 1_000, 400)] {
+            let rec =
+                SourceArchiveRecord { schema: SCHEMA_VERSION, digest: commit.into(), used_ms: now_ms() - ago_ms, size };
+            ws.put(T::SourceArchives, key("repo", commit), &rec);
+        }
+        store.commit(&ws).unwrap();
+        assert_eq!(sources.expire(1000).unwrap(), 1, "800 of 1200 bytes fit");
+        let mut left = sources.digests().unwrap();
+        left.sort();
+        assert_eq!(left, ["b", "c"]);
+        assert_eq!(sources.expire(1000).unwrap(), 0);
     }
 }

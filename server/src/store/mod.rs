@@ -256,6 +256,11 @@ impl WriteSet {
         self.ops.iter().rev().find(|(t, k, _)| *t == tree && k == key).map(|(_, _, v)| v.as_deref())
     }
 
+    /// How many writes it holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
     /// Whether it writes to `tree`.
     pub fn touches(&self, tree: T) -> bool {
         self.ops.iter().any(|(t, _, _)| *t == tree)

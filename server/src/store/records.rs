@@ -319,6 +319,10 @@ pub struct SourceArchiveRecord {
     /// Last fetched (ms since the epoch; noted at most hourly).
     #[prost(int64, tag = "3")]
     pub used_ms: i64,
+    /// Bytes of the archive (0 in records from before it was kept: noted
+    /// at their next fetch).
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
 }
 
 /// A repository: `repos` tree, key = name.
