@@ -154,7 +154,7 @@ impl SourceArchives {
             }
         }
         // Newest first: what fits stays.
-        kept.sort_by(|a, b| b.0.cmp(&a.0));
+        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
         let mut total = 0u64;
         for (_, size, k) in kept {
             total = total.saturating_add(size);
