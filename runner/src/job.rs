@@ -159,7 +159,7 @@ pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
         status = tracing::field::Empty
     );
     // Exported traces: under the run's root span (the server's).
-    viaduct_telemetry::in_run(&span, &a.run_id);
+    viaduct_telemetry::in_trace(&span, &a.traceparent);
     let reports = Arc::clone(&services.reports);
     async move {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");

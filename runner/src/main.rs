@@ -178,7 +178,7 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Some(Command::Exec(_)));
     let otlp = if cli.command.is_none() { cli.run.otlp_endpoint.as_deref() } else { None };
     let filter = if quiet { "warn" } else { "info,h2=warn,tower=warn" };
-    let _logging = match viaduct_telemetry::init("viaduct-runner", filter, otlp) {
+    let _logging = match viaduct_telemetry::init("viaduct-runner", filter, otlp, &["job", "step"]) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("viaduct-runner: {e}");

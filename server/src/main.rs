@@ -146,7 +146,7 @@ struct Args {
     /// Most bytes of source archives (the commits runners fetched) kept;
     /// past it the least recently fetched go (they are built again when
     /// needed).
-    #[arg(long, default_value = "10g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    #[arg(long, default_value = "10g", value_parser = source_archives_size)]
     max_source_archives_size: u64,
     /// Serve TLS with this certificate chain (PEM); reloaded on SIGHUP and
     /// when the file changes.
@@ -266,6 +266,13 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
+/// `--max-source-archives-size`: at least 64 MiB (below it every fetch
+/// would build its archive again).
+fn source_archives_size(s: &str) -> Result<u64, String> {
+    let n = viaduct_pipeline::duration::parse_memory(s)?;
+    if n < 64 << 20 { Err(format!("`{s}` is under the least size of source archives kept, 64m")) } else { Ok(n) }
+}
+
 /// `--max-artifact-bytes-per-job`: at least 1 MiB (a typo like `16`
 /// would fail every artifact).
 fn artifact_bytes_per_job(s: &str) -> Result<u64, String> {
@@ -284,7 +291,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Spans are exported by the server proper, not by its subcommands.
     let otlp = if args.command.is_none() { args.otlp_endpoint.as_deref() } else { None };
-    let _logging = match viaduct_telemetry::init("viaduct-server", "info,h2=warn,tower=warn", otlp) {
+    let _logging = match viaduct_telemetry::init("viaduct-server", "info,h2=warn,tower=warn", otlp, &[]) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("viaduct-server: {e}");

@@ -153,12 +153,15 @@ impl SourceArchives {
                 kept.push((rec.used_ms, rec.size, k));
             }
         }
-        // Newest first: what fits stays.
+        // Newest first: what fits stays. One fetched within the last two
+        // touches (its use is noted at most hourly) may be streaming now:
+        // it stays whatever its size (its blob would go with the sweep).
         kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+        let in_use = now_ms() - 2 * TOUCH_EVERY_MS;
         let mut total = 0u64;
-        for (_, size, k) in kept {
+        for (used_ms, size, k) in kept {
             total = total.saturating_add(size);
-            if total > max_bytes {
+            if total > max_bytes && used_ms < in_use {
                 ws.delete(T::SourceArchives, k);
             }
         }
@@ -234,16 +237,37 @@ mod tests {
         let blobs = Arc::new(BlobStore::local(&dir.path().join("blobs")).unwrap());
         let sources = SourceArchives::new(Arc::clone(&store), blobs);
         let mut ws = WriteSet::default();
-        for (commit, ago_ms, size) in [("a", 3_000, 400), ("b", 2_000, 400), ("c", 1_000, 400)] {
+        let hour = 3_600_000;
+        for (commit, ago_ms, size) in
+            [("a", 5 * hour, 400), ("b", 4 * hour, 400), ("c", 3 * hour, 400), ("d", hour, 1200)]
+        {
             let rec =
                 SourceArchiveRecord { schema: SCHEMA_VERSION, digest: commit.into(), used_ms: now_ms() - ago_ms, size };
             ws.put(T::SourceArchives, key("repo", commit), &rec);
         }
         store.commit(&ws).unwrap();
-        assert_eq!(sources.expire(1000).unwrap(), 1, "800 of 1200 bytes fit");
+        // d (fetched an hour ago: maybe streaming now) stays, over the
+        // limit alone; the older ones go.
+        assert_eq!(sources.expire(1000).unwrap(), 3);
+        assert_eq!(sources.digests().unwrap(), ["d"]);
+        assert_eq!(sources.expire(1000).unwrap(), 0);
+        let mut ws = WriteSet::default();
+        for (commit, ago_ms) in [("e", 4 * hour), ("f", 3 * hour)] {
+            let rec = SourceArchiveRecord {
+                schema: SCHEMA_VERSION,
+                digest: commit.into(),
+                used_ms: now_ms() - ago_ms,
+                size: 400,
+            };
+            ws.put(T::SourceArchives, key("repo", commit), &rec);
+        }
+        store.commit(&ws).unwrap();
+        let mut all = sources.digests().unwrap();
+        all.sort();
+        assert_eq!(all, ["d", "e", "f"]);
+        assert_eq!(sources.expire(1900).unwrap(), 1, "1200 + 400 fit in 1900, not 400 more");
         let mut left = sources.digests().unwrap();
         left.sort();
-        assert_eq!(left, ["b", "c"]);
-        assert_eq!(sources.expire(1000).unwrap(), 0);
+        assert_eq!(left, ["d", "f"]);
     }
 }

@@ -2,17 +2,19 @@
 //!
 //! Logs go to stderr, filtered by `VIADUCT_LOG` (an `EnvFilter`). Traces
 //! are off by default: given an OTLP endpoint (`--otlp-endpoint`), the
-//! `viaduct*` spans at INFO and above — one per RPC, per runner
-//! connection, per job and per step — are exported as OpenTelemetry spans
-//! over OTLP/gRPC, in batches, whatever `VIADUCT_LOG` says.
+//! spans a binary names (the runner's `job` and `step`) and those it
+//! exports itself (the server's `run` and `queued`) go as OpenTelemetry
+//! spans over OTLP/gRPC, in batches, whatever `VIADUCT_LOG` says. Nothing
+//! else is exported: not API calls (a stranger's refused call is no span).
 //!
 //! **One trace per run.** A run's trace id and the id of its root span are
-//! derived from the run id ([`run_ids`]), so the spans of one run made by
-//! different processes — the server's `run` (accepted → finished) and
-//! `queued` (each job attempt's wait for a runner), the runner's `job` and
-//! `step` — join one trace without any context passed between them. The
-//! server exports the root span when the run ends ([`export_run`]); the
-//! runner puts its job spans under it ([`in_run`]).
+//! derived from the run id under a key of the server's ([`RunTrace::of`]):
+//! distinct between servers sharing a collector, and unguessable to whoever
+//! can write to it. The server exports the root span when the run ends
+//! ([`export_root`]; a retried run's next ending is another root of the
+//! same trace), its jobs' waits under it ([`export_in_run`]), and hands the
+//! root's context to runners with each job (`traceparent`), whose `job`
+//! spans go under it ([`in_trace`]).
 //!
 //! The exporter's gRPC connection lives on a runtime of its own (one
 //! thread), so tracing starts before and ends after the program's own
@@ -79,23 +81,37 @@ impl Logging {
     }
 }
 
-/// Logs to stderr (`VIADUCT_LOG`, else `default_filter`) and, with
-/// `otlp` (an `http://host:port` URL), traces as `service`.
-pub fn init(service: &'static str, default_filter: &str, otlp: Option<&str>) -> Result<Logging, String> {
-    let env = EnvFilter::try_from_env("VIADUCT_LOG").unwrap_or_else(|_| default_filter.into());
+/// Logs to stderr (`VIADUCT_LOG`, else `default_filter`; the exporter's
+/// own warnings, such as a collector that does not answer, among them)
+/// and, with `otlp` (an `http://host:port` URL), traces as `service`: the
+/// spans of this crate's exports and the Viaduct spans named in `spans`.
+pub fn init(
+    service: &'static str,
+    default_filter: &str,
+    otlp: Option<&str>,
+    spans: &'static [&'static str],
+) -> Result<Logging, String> {
+    let quiet_exporter = ",opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
+    let env =
+        EnvFilter::try_from_env("VIADUCT_LOG").unwrap_or_else(|_| format!("{default_filter}{quiet_exporter}").into());
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(env);
     let Some(endpoint) = otlp else {
         tracing_subscriber::registry().with(logs).try_init().map_err(|e| e.to_string())?;
         return Ok(Logging { traces: None });
     };
+    if !endpoint.starts_with("http://") {
+        return Err(format!(
+            "--otlp-endpoint {endpoint}: expected http://HOST:PORT (plain OTLP/gRPC; put a collector where the network is trusted)"
+        ));
+    }
     let (traces, tracer) = exporter(service, endpoint)?;
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer.clone())
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
-        .with_filter(filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("viaduct") && *m.level() <= tracing::Level::INFO
+        .with_filter(filter::filter_fn(move |m| {
+            m.is_span() && m.target().starts_with("viaduct") && spans.contains(&m.name())
         }));
     tracing_subscriber::registry().with(logs).with(spans).try_init().map_err(|e| e.to_string())?;
     let _ = TRACER.set(tracer);
@@ -167,43 +183,80 @@ impl IdGenerator for PinnedIds {
     }
 }
 
-/// The trace id of run `run_id` and the span id of its root span.
-pub fn run_ids(run_id: &str) -> (TraceId, SpanId) {
-    let mut h = blake3::Hasher::new_derive_key("viaduct 2026 run trace ids v1");
-    h.update(run_id.as_bytes());
-    let mut out = [0u8; 24];
-    h.finalize_xof().fill(&mut out);
-    // All-zero ids are invalid; a hash makes them only in theory.
-    out[15] |= 1;
-    out[23] |= 1;
-    let (mut trace, mut span) = ([0u8; 16], [0u8; 8]);
-    trace.copy_from_slice(&out[..16]);
-    span.copy_from_slice(&out[16..]);
-    (TraceId::from_bytes(trace), SpanId::from_bytes(span))
+/// Where a run's spans go: its trace, and the root span of one ending of
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunTrace {
+    trace: TraceId,
+    root: SpanId,
 }
 
-/// The context of run `run_id`'s root span (as if from another process).
-fn run_context(run_id: &str) -> Context {
-    let (trace, span) = run_ids(run_id);
-    let sc = SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::default());
-    Context::new().with_remote_span_context(sc)
+impl RunTrace {
+    /// The trace of run `run_id` under a server's `key`, for its ending
+    /// after `retried` retries.
+    pub fn of(key: &[u8; 32], run_id: &str, retried: u32) -> Self {
+        let mut trace = [0u8; 16];
+        blake3::Hasher::new_keyed(key).update(b"trace\0").update(run_id.as_bytes()).finalize_xof().fill(&mut trace);
+        let mut root = [0u8; 8];
+        blake3::Hasher::new_keyed(key)
+            .update(b"root\0")
+            .update(run_id.as_bytes())
+            .update(b"\0")
+            .update(&retried.to_be_bytes())
+            .finalize_xof()
+            .fill(&mut root);
+        // All-zero ids are invalid; a hash makes them only in theory.
+        trace[15] |= 1;
+        root[7] |= 1;
+        Self { trace: TraceId::from_bytes(trace), root: SpanId::from_bytes(root) }
+    }
+
+    /// Its root span's W3C trace context (`00-<trace>-<span>-01`).
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace, self.root)
+    }
+
+    /// A W3C trace context, as [`RunTrace::traceparent`] writes it.
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let mut parts = traceparent.split('-');
+        let (Some("00"), Some(trace), Some(root), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(trace, 32) || !hex(root, 16) {
+            return None;
+        }
+        let trace = TraceId::from_hex(trace).ok().filter(|t| *t != TraceId::INVALID)?;
+        let root = SpanId::from_hex(root).ok().filter(|s| *s != SpanId::INVALID)?;
+        Some(Self { trace, root })
+    }
+
+    /// Its root span's context (as if from another process).
+    fn context(&self) -> Context {
+        let sc = SpanContext::new(self.trace, self.root, TraceFlags::SAMPLED, true, TraceState::default());
+        Context::new().with_remote_span_context(sc)
+    }
 }
 
-/// Puts `span` (not yet entered) under run `run_id`'s root span; nothing
-/// when traces are off.
-pub fn in_run(span: &tracing::Span, run_id: &str) {
-    if TRACER.get().is_some() {
-        let _ = span.set_parent(run_context(run_id));
+/// Puts `span` (not yet entered) under the root span of `traceparent`
+/// (from the server); nothing when traces are off or it does not parse.
+pub fn in_trace(span: &tracing::Span, traceparent: &str) {
+    if TRACER.get().is_some()
+        && let Some(t) = RunTrace::parse(traceparent)
+    {
+        let _ = span.set_parent(t.context());
     }
 }
 
 /// A span that already ended, of one run.
 #[derive(Debug, Clone)]
-pub struct Ended<'a> {
+pub struct Ended {
     /// `run`, `queued`…
     pub name: &'static str,
-    /// The run it belongs to.
-    pub run_id: &'a str,
+    /// The run's trace.
+    pub trace: RunTrace,
     /// Unix milliseconds.
     pub start_ms: i64,
     /// Unix milliseconds.
@@ -218,25 +271,30 @@ fn time(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
-/// Exports `e` as run `e.run_id`'s root span (the ids of [`run_ids`]);
-/// nothing when traces are off.
-pub fn export_run(e: Ended<'_>) {
+/// Whether spans are exported (else the exports below do nothing: callers
+/// may skip preparing them).
+pub fn traces_on() -> bool {
+    TRACER.get().is_some()
+}
+
+/// Exports `e` as the root span of its trace; nothing when traces are off.
+pub fn export_root(e: Ended) {
     let Some(tracer) = TRACER.get() else { return };
-    PINNED.with(|p| p.set(Some(run_ids(e.run_id))));
+    PINNED.with(|p| p.set(Some((e.trace.trace, e.trace.root))));
     let span = start(tracer, &e, &Context::new());
     PINNED.with(|p| p.set(None));
     finish(span, e);
 }
 
-/// Exports `e` as a child of run `e.run_id`'s root span; nothing when
-/// traces are off.
-pub fn export_in_run(e: Ended<'_>) {
+/// Exports `e` as a child of its trace's root span; nothing when traces
+/// are off.
+pub fn export_in_run(e: Ended) {
     let Some(tracer) = TRACER.get() else { return };
-    let span = start(tracer, &e, &run_context(e.run_id));
+    let span = start(tracer, &e, &e.trace.context());
     finish(span, e);
 }
 
-fn start(tracer: &SdkTracer, e: &Ended<'_>, parent: &Context) -> opentelemetry_sdk::trace::Span {
+fn start(tracer: &SdkTracer, e: &Ended, parent: &Context) -> opentelemetry_sdk::trace::Span {
     let attributes: Vec<KeyValue> = e.attributes.iter().map(|(k, v)| KeyValue::new(*k, v.clone())).collect();
     tracer
         .span_builder(e.name)
@@ -245,7 +303,7 @@ fn start(tracer: &SdkTracer, e: &Ended<'_>, parent: &Context) -> opentelemetry_s
         .start_with_context(tracer, parent)
 }
 
-fn finish(mut span: opentelemetry_sdk::trace::Span, e: Ended<'_>) {
+fn finish(mut span: opentelemetry_sdk::trace::Span, e: Ended) {
     span.set_status(match e.error {
         Some(why) => Status::error(why),
         None => Status::Ok,
@@ -258,11 +316,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_run_has_one_fixed_trace_and_root_span() {
-        let (t1, s1) = run_ids("0190a1b2c3d4e5f6");
-        assert_eq!(run_ids("0190a1b2c3d4e5f6"), (t1, s1));
-        let (t2, s2) = run_ids("0190a1b2c3d4e5f7");
-        assert!(t1 != t2 && s1 != s2);
-        assert!(t1 != TraceId::INVALID && s1 != SpanId::INVALID);
+    fn a_run_has_one_trace_and_a_root_per_ending_keyed_by_the_server() {
+        let key = [7u8; 32];
+        let first = RunTrace::of(&key, "42", 0);
+        assert_eq!(RunTrace::of(&key, "42", 0), first);
+        let retried = RunTrace::of(&key, "42", 1);
+        assert_eq!(retried.trace, first.trace, "one trace");
+        assert_ne!(retried.root, first.root, "a root per ending");
+        let other_server = RunTrace::of(&[8u8; 32], "42", 0);
+        assert_ne!(other_server.trace, first.trace);
+        assert_ne!(RunTrace::of(&key, "43", 0).trace, first.trace);
+        let tp = first.traceparent();
+        assert_eq!(tp.len(), 55);
+        assert_eq!(RunTrace::parse(&tp), Some(first));
+        for bad in ["", "00-x-y-01", "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", &format!("{tp}-x")] {
+            assert_eq!(RunTrace::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value,
     trace::v1::Span,
 };
-use viaduct_tests::{Runner, Server, eventually, finished, submit, word};
+use viaduct_tests::{Runner, Server, eventually, finished, submit, v1, word};
 
 /// The spans received, with the service that sent each.
 #[derive(Clone, Default)]
@@ -135,6 +135,45 @@ async fn a_run_is_one_trace_across_the_server_and_the_runner() {
         assert_eq!(&s.trace_id, trace);
         assert_eq!(attributes(&parent.attributes)["job"], a["job"]);
     }
+    // API calls are not exported (a stranger's refused call is no span).
+    assert!(spans.iter().all(|(_, s)| ["run", "queued", "job", "step"].contains(&s.name.as_str())));
+
+    // Retried: its next ending is another root of the same trace, and the
+    // retried job's spans go under it.
+    client.runs().retry(v1::RetryRunRequest { id: id.clone() }).await.expect("retry");
+    assert_eq!(word(finished(&client, &id).await.status), "failure");
+    let spans = eventually("the retried run's spans", || async {
+        let spans = collector.spans();
+        let count = |name: &str| spans.iter().filter(|(_, s)| s.name == name).count();
+        (count("run") == 2 && count("job") == 3).then_some(spans)
+    })
+    .await;
+    let second = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == "run" && attributes(&s.attributes)["retried"] == "1")
+        .expect("the second ending");
+    assert_eq!((&second.trace_id, second.parent_span_id.is_empty()), (trace, true));
+    assert_ne!(second.span_id, root.span_id);
+    let retried_job = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == "job" && attributes(&s.attributes)["attempt"] == "2")
+        .expect("the retried job");
+    assert_eq!((&retried_job.trace_id, &retried_job.parent_span_id), (trace, &second.span_id));
+}
+
+/// A collector URL that is not plain OTLP/gRPC is refused at start, not
+/// left to fail span after span.
+#[test]
+fn an_endpoint_that_cannot_work_is_refused_at_start() {
+    let out = viaduct_tests::output(
+        std::process::Command::new(viaduct_tests::bin("viaduct-server"))
+            .args(["--otlp-endpoint", "https://collector.invalid:4317", "--data-dir"])
+            .arg(tempfile::tempdir().expect("dir").path()),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected http://HOST:PORT"), "{out:?}");
 }
 
 /// Without an endpoint the server and runner export nothing (and need no

@@ -130,6 +130,7 @@ fn job(plan: &Plan, i: usize, j: &PlannedJob, catalog: &Catalog, run: &RunFacts)
         // The runner's default (a terminal keeps nothing anyway).
         max_step_log_bytes: 0,
         max_job_log_bytes: 0,
+        traceparent: String::new(),
     };
     LocalJob {
         key: j.key.clone(),

@@ -1,8 +1,8 @@
 //! `viaduct.v1.Runners`: the fleet, for administrators.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 use viaduct_proto::v1::{
@@ -17,26 +17,25 @@ use crate::{
     convert::timestamp,
     engine::Engine,
     error::Error,
-    runner_events::Fleet,
+    runner_events::Feed,
     store::{keys::JobKey, now_ms, records::TokenKind},
 };
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<RunnerEvent, Status>> + Send>>;
 
-/// How long a watch waits after a change for the ones that come with it
-/// (a dispatch changes several runners at once), so they are read together.
-const GATHER: Duration = Duration::from_millis(100);
-
 /// The Runners service.
 pub struct RunnersApi {
     engine: Arc<Engine>,
     auth: Arc<Auth>,
+    feed: Arc<Feed>,
 }
 
 impl RunnersApi {
-    /// The service over `engine`.
+    /// The service over `engine` (starting the fleet's feed for watchers).
     pub fn new(engine: Arc<Engine>, auth: Arc<Auth>) -> Self {
-        Self { engine, auth }
+        let reader = Arc::clone(&engine);
+        let feed = Feed::start(Box::new(move || reader.list_runners()), engine.signals().runners.subscribe());
+        Self { engine, auth, feed }
     }
 }
 
@@ -45,37 +44,36 @@ impl Runners for RunnersApi {
     type WatchStream = WatchStream;
 
     async fn watch(&self, _req: Request<WatchRunnersRequest>) -> Result<Response<WatchStream>, Status> {
-        let engine = Arc::clone(&self.engine);
-        let mut changes = engine.signals().runners.subscribe();
-        changes.borrow_and_update();
-        let mut fleet = Fleet::new(engine.list_runners()?);
-        let (tx, rx) = mpsc::channel(256);
+        let w = self.feed.watch()?;
+        let (tx, rx) = mpsc::channel(64);
         let event = |kind: RunnerEventKind, runner: Option<Runner>| {
             Ok(RunnerEvent { kind: kind as i32, runner, time: timestamp(now_ms()) })
         };
-        let snapshot: Vec<_> = fleet.runners().map(|r| event(RunnerEventKind::Snapshot, Some(r.clone()))).collect();
         tokio::spawn(async move {
-            for e in snapshot.into_iter().chain([event(RunnerEventKind::Synced, None)]) {
+            let (mut changes, _permit) = (w.changes, w.permit);
+            let snapshot = w.snapshot.into_iter().map(|r| event(RunnerEventKind::Snapshot, Some(r)));
+            for e in snapshot.chain([event(RunnerEventKind::Synced, None)]) {
                 if tx.send(e).await.is_err() {
                     return;
                 }
             }
             loop {
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
+                let batch = tokio::select! {
+                    b = changes.recv() => b,
                     () = tx.closed() => return,
-                }
-                tokio::time::sleep(GATHER).await;
-                changes.borrow_and_update();
-                let now = match engine.list_runners() {
-                    Ok(now) => now,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = tx
+                            .send(Err(Status::aborted("this watcher fell behind the fleet's changes: watch again")))
+                            .await;
                         return;
                     }
+                    Err(broadcast::error::RecvError::Closed) => return,
                 };
-                for (kind, runner) in fleet.update(now) {
-                    if tx.send(event(kind, Some(runner))).await.is_err() {
+                for (kind, runner) in batch.iter() {
+                    if tx.send(event(*kind, Some(runner.clone()))).await.is_err() {
                         return;
                     }
                 }

@@ -243,6 +243,7 @@ impl Tx<'_> {
             pipeline: job.pipeline.clone(),
             max_step_log_bytes: self.sh.cfg.max_step_log_bytes,
             max_job_log_bytes: self.sh.cfg.max_job_log_bytes,
+            traceparent: self.sh.telemetry.run_trace(key.run, run.retried).traceparent(),
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

@@ -261,6 +261,7 @@ impl Tx<'_> {
         }
         run.cancel_requested = false;
         run.finished_ms = 0;
+        run.retried = run.retried.saturating_add(1);
         let count = run.job_count;
         let mut reset = Vec::new();
         for i in 1..=count {

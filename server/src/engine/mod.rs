@@ -343,7 +343,7 @@ impl Engine {
                     timer: Notify::new(),
                 },
                 grant_key: secrets.derive_key(grant::CONTEXT),
-                telemetry: telemetry::Telemetry::default(),
+                telemetry: telemetry::Telemetry::new(secrets.derive_key(telemetry::TRACE_CONTEXT)),
                 secrets,
             },
             state: Mutex::new(st),

@@ -11,7 +11,10 @@
 //! adopted rather than run twice. Jobs the server thinks the runner holds
 //! but the runner does not list are lost at once (the runner restarted).
 
-use std::{collections::HashSet, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use tokio::sync::mpsc::UnboundedSender;
 use viaduct_proto::{
@@ -316,12 +319,6 @@ impl Engine {
                     if c.paused == reason {
                         return Ok(());
                     }
-                    // A runner flipping faster than it reads its disk
-                    // (every 2 s) is not followed; its next Hello says.
-                    if c.paused_ms > 0 && now - c.paused_ms < super::TOOLCHAINS_EVERY_MS {
-                        tracing::warn!(runner = runner_id, "paused or resumed again within a second: ignored");
-                        return Ok(());
-                    }
                 }
                 _ => {
                     return Err(Error::Unauthenticated(format!(
@@ -329,7 +326,12 @@ impl Engine {
                     )));
                 }
             }
+            // The latest state always counts; a runner flipping faster than
+            // it reads its disk (every 2 s) costs no dispatch — the timer's
+            // next one gives it jobs.
+            let mut soon = false;
             if let Some(c) = t.conn_mut(runner_id) {
+                soon = c.paused_ms > 0 && now - c.paused_ms < super::TOOLCHAINS_EVERY_MS;
                 c.paused = reason.to_string();
                 c.paused_ms = now;
             }
@@ -338,22 +340,36 @@ impl Engine {
                 return Ok(());
             }
             tracing::info!(runner = runner_id, "runner takes jobs again");
-            t.dispatch()
+            if soon { Ok(()) } else { t.dispatch() }
         })?;
         Ok(())
     }
 
-    /// Every registered runner, connected or not.
+    /// Every registered runner, connected or not: the records read
+    /// first, then what is live under the engine's lock once (the leases
+    /// grouped in one pass).
     pub fn list_runners(&self) -> Result<Vec<v1::Runner>> {
-        let st = self.lock();
-        let mut out = Vec::new();
+        let mut records = Vec::new();
         for kv in self.store().tree(T::Runners).iter() {
             let (k, v) = kv?;
-            let id = String::from_utf8_lossy(&k).into_owned();
-            let rec: RunnerRecord = decode(T::Runners, &v)?;
-            out.push(convert::runner(&id, &rec, live(&st, &id)));
+            records.push((String::from_utf8_lossy(&k).into_owned(), decode::<RunnerRecord>(T::Runners, &v)?));
         }
-        Ok(out)
+        let st = self.lock();
+        let mut jobs: HashMap<&str, Vec<String>> = HashMap::new();
+        for (job, lease) in st.leases.iter() {
+            jobs.entry(lease.runner.as_str()).or_default().push(job.to_string());
+        }
+        Ok(records
+            .into_iter()
+            .map(|(id, rec)| {
+                let live = st.runners.get(&id).map(|c| {
+                    let mut jobs = jobs.remove(id.as_str()).unwrap_or_default();
+                    jobs.sort();
+                    LiveRunner { jobs, last_seen_ms: c.last_seen_ms, paused: c.paused.clone() }
+                });
+                convert::runner(&id, &rec, live)
+            })
+            .collect())
     }
 
     /// One runner.
@@ -494,11 +510,9 @@ impl Engine {
 
 fn live(st: &super::State, id: &str) -> Option<LiveRunner> {
     let c = st.runners.get(id)?;
-    Some(LiveRunner {
-        jobs: st.leases.of(id).map(|(k, _)| k.to_string()).collect(),
-        last_seen_ms: c.last_seen_ms,
-        paused: c.paused.clone(),
-    })
+    let mut jobs: Vec<String> = st.leases.of(id).map(|(k, _)| k.to_string()).collect();
+    jobs.sort();
+    Some(LiveRunner { jobs, last_seen_ms: c.last_seen_ms, paused: c.paused.clone() })
 }
 
 impl Engine {

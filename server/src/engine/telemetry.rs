@@ -41,10 +41,16 @@ pub struct Telemetry {
     run_duration: Histogram,
     runs: Family<ResultLabel, Counter>,
     jobs: Family<ResultLabel, Counter>,
+    /// Keys the runs' trace ids (see `viaduct_telemetry::RunTrace`).
+    trace_key: [u8; 32],
 }
 
-impl Default for Telemetry {
-    fn default() -> Self {
+/// What the key of the runs' trace ids is derived for.
+pub(crate) const TRACE_CONTEXT: &str = "viaduct 2026-12 run trace ids";
+
+impl Telemetry {
+    /// The instruments, with runs' trace ids keyed by `trace_key`.
+    pub fn new(trace_key: [u8; 32]) -> Self {
         // 5 ms … ~5.5 min; 10 ms … ~2.9 h; 100 ms … ~3.6 h.
         let short = || Histogram::new(exponential_buckets(0.005, 2.0, 17));
         let wait = || Histogram::new(exponential_buckets(0.01, 2.0, 21));
@@ -56,7 +62,13 @@ impl Default for Telemetry {
             run_duration: long(),
             runs: Family::default(),
             jobs: Family::default(),
+            trace_key,
         }
+    }
+
+    /// The trace of `run`'s ending after `retried` retries.
+    pub fn run_trace(&self, run: RunId, retried: u32) -> viaduct_telemetry::RunTrace {
+        viaduct_telemetry::RunTrace::of(&self.trace_key, &run.to_string(), retried)
     }
 }
 
@@ -111,16 +123,20 @@ impl Telemetry {
     /// `started_ms` (whatever states a transition went through); its wait
     /// runs from when the job could be dispatched (see
     /// [`queue_wait_ms`]).
-    pub fn job(&self, key: JobKey, before: Option<&JobRecord>, now: &JobRecord) {
+    /// `retried` says how often its run was retried (its trace's root).
+    pub fn job(&self, key: JobKey, before: Option<&JobRecord>, now: &JobRecord, retried: impl FnOnce() -> u32) {
         let was = before.map(JobRecord::status);
         if now.started_ms > 0
             && before.is_none_or(|b| b.started_ms != now.started_ms)
             && let Some(ms) = queue_wait_ms(now.queued_ms, now.not_before_ms, now.started_ms)
         {
             self.queue_wait.observe(ms as f64 / 1000.0);
+            if !viaduct_telemetry::traces_on() {
+                return self.job_result(was, now);
+            }
             viaduct_telemetry::export_in_run(viaduct_telemetry::Ended {
                 name: "queued",
-                run_id: &key.run.to_string(),
+                trace: self.run_trace(key.run, retried()),
                 start_ms: now.started_ms.saturating_sub(i64::try_from(ms).unwrap_or(0)),
                 end_ms: now.started_ms,
                 attributes: vec![
@@ -132,6 +148,10 @@ impl Telemetry {
                 error: None,
             });
         }
+        self.job_result(was, now);
+    }
+
+    fn job_result(&self, was: Option<Status>, now: &JobRecord) {
         if let Some(r) = result(now.status())
             && was.and_then(result).is_none()
         {
@@ -167,14 +187,21 @@ impl Telemetry {
             && was.and_then(result).is_none()
         {
             self.runs.get_or_create(&ResultLabel { result: r }).inc();
+            // Each ending is a root of the run's trace; its error is the
+            // result's word (a run's own error text stays in the API).
             let failed = !matches!(now.status(), Status::Success | Status::Skipped);
-            viaduct_telemetry::export_run(viaduct_telemetry::Ended {
+            viaduct_telemetry::export_root(viaduct_telemetry::Ended {
                 name: "run",
-                run_id: &id.to_string(),
+                trace: self.run_trace(id, now.retried),
                 start_ms: now.created_ms,
                 end_ms: now.finished_ms.max(now.created_ms),
-                attributes: vec![("run", id.to_string()), ("pipeline", now.pipeline.clone()), ("status", r.into())],
-                error: failed.then(|| if now.error.is_empty() { r.to_string() } else { now.error.clone() }),
+                attributes: vec![
+                    ("run", id.to_string()),
+                    ("pipeline", now.pipeline.clone()),
+                    ("status", r.into()),
+                    ("retried", now.retried.to_string()),
+                ],
+                error: failed.then(|| r.to_string()),
             });
             // A run that failed before any job has no duration worth one.
             if now.error.is_empty()

@@ -309,7 +309,11 @@ impl<'a> Tx<'a> {
             tel.step(key.index, before, rec, assigned);
         }
         for (key, before, rec) in self.jobs.written() {
-            tel.job(*key, before, rec);
+            let retried = || match self.runs.map.get(&key.run) {
+                Some(e) => e.now.retried,
+                None => self.sh.store.get::<RunRecord>(T::Runs, key.run.key()).ok().flatten().map_or(0, |r| r.retried),
+            };
+            tel.job(*key, before, rec, retried);
         }
         for (id, before, rec) in self.runs.written() {
             tel.run(*id, before, rec);

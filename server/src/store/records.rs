@@ -89,6 +89,10 @@ pub struct RunRecord {
     /// When it was approved (ms).
     #[prost(int64, tag = "22")]
     pub approved_ms: i64,
+    /// Times it was retried (`Runs.Retry`): each ending of it is its own
+    /// root span in the run's trace.
+    #[prost(uint32, tag = "23")]
+    pub retried: u32,
 }
 
 /// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).
