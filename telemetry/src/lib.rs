@@ -110,6 +110,10 @@ pub fn init(
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        .with_target(false)
+        // Nothing here starts OpenTelemetry spans inside ours: entering a
+        // span (every poll of a step) need not switch contexts.
+        .with_context_activation(false)
         .with_filter(filter::filter_fn(move |m| {
             m.is_span() && m.target().starts_with("viaduct") && spans.contains(&m.name())
         }));

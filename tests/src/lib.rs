@@ -19,6 +19,7 @@ use tempfile::TempDir;
 pub mod browser;
 pub mod forge;
 pub mod oidc;
+pub mod otlp;
 pub mod pki;
 pub mod sshd;
 pub use viaduct_sdk::{

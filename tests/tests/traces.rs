@@ -5,76 +5,13 @@
 //! under it — with the run, job and step ids as attributes. Off by
 //! default: without `--otlp-endpoint` nothing is sent.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+use std::collections::HashMap;
+
+use viaduct_tests::{
+    Runner, Server, eventually, finished,
+    otlp::{Collector, ReceivedSpan as Span, attributes},
+    submit, v1, word,
 };
-
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    common::v1::any_value,
-    trace::v1::Span,
-};
-use viaduct_tests::{Runner, Server, eventually, finished, submit, v1, word};
-
-/// The spans received, with the service that sent each.
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<(String, Span)>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut got = self.0.lock().unwrap();
-        for rs in req.into_inner().resource_spans {
-            let service = rs.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
-            let service = service.get("service.name").cloned().unwrap_or_default();
-            for ss in rs.scope_spans {
-                got.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-fn attributes(kvs: &[opentelemetry_proto::tonic::common::v1::KeyValue]) -> HashMap<String, String> {
-    kvs.iter()
-        .filter_map(|kv| {
-            let v = match kv.value.as_ref()?.value.as_ref()? {
-                any_value::Value::StringValue(s) => s.clone(),
-                any_value::Value::IntValue(i) => i.to_string(),
-                _ => return None,
-            };
-            Some((kv.key.clone(), v))
-        })
-        .collect()
-}
-
-impl Collector {
-    /// Serves the trace service on a free local port: its URL.
-    async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let me = self.clone();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(me))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .expect("serve");
-        });
-        url
-    }
-
-    fn spans(&self) -> Vec<(String, Span)> {
-        self.0.lock().unwrap().clone()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_one_trace_across_the_server_and_the_runner() {

@@ -41,6 +41,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("tls") {
             tls().await?;
         }
+        if wanted("traces") {
+            traces().await?;
+        }
         if wanted("store") {
             store().await?;
         }
@@ -128,6 +131,14 @@ async fn system() -> Result<(Server, viaduct_tests::Runner, Client, tonic::Strea
 /// [`system`] on `server` (e.g. one speaking TLS).
 async fn system_on(server: Server) -> Result<(Server, viaduct_tests::Runner, Client, tonic::Streaming<v1::RunEvent>)> {
     let runner = server.runner("linux", 1);
+    warmed(server, runner).await
+}
+
+/// `server` and `runner` after one run.
+async fn warmed(
+    server: Server,
+    runner: viaduct_tests::Runner,
+) -> Result<(Server, viaduct_tests::Runner, Client, tonic::Streaming<v1::RunEvent>)> {
     let client = server.client().await;
     // Wait for the runner: one warm-up run, whose events are drained from
     // the stream so that the next event read belongs to the next run.
@@ -295,6 +306,37 @@ async fn tls() -> Result<()> {
             ms(mean),
             ms(ten),
             ms(ten.saturating_sub(one) / 9),
+        );
+    }
+    Ok(())
+}
+
+/// Pickup and a 10-step job with traces off, then exported over OTLP by
+/// the server and the runner to a collector on this machine (the bare
+/// cost: the same work without them).
+async fn traces() -> Result<()> {
+    const N: usize = 200;
+    const RUNS: usize = 30;
+    for on in [false, true] {
+        let collector = viaduct_tests::otlp::Collector::default();
+        let url = collector.start().await;
+        let otlp: &[&str] = if on { &["--otlp-endpoint", &url] } else { &[] };
+        let server = Server::start_with(otlp);
+        let runner = viaduct_tests::Runner::start(&server, "linux", 1, otlp);
+        let (_server, _runner, client, mut events) = warmed(server, runner).await?;
+        let (p50, p99, mean) = pickup(&client, &mut events, N).await?;
+        let ten = job_of_steps(&client, &mut events, 10, RUNS, None).await?;
+        // Let the last batch go out before counting.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!(
+            "traces   {:<4} submit → first step running ({N} runs): p50 {}  p99 {}  mean {};  10-step job p50 {};  \
+             {} spans received",
+            if on { "on" } else { "off" },
+            ms(p50),
+            ms(p99),
+            ms(mean),
+            ms(ten),
+            collector.spans().len(),
         );
     }
     Ok(())
