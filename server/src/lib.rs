@@ -131,6 +131,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where the server's state lives.
     pub store: StoreConfig,
+    /// Bytes of sled's page cache (`--store-cache`).
+    pub store_cache: u64,
     /// Where blobs (caches, artifacts, plugin components) live.
     pub blobs: blobs::BlobConfig,
     /// Scheduling settings.
@@ -207,7 +209,7 @@ pub(crate) async fn serve_engine(
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let replica = fence.is_some();
     let store = Arc::new(match (&cfg.store, fence) {
-        (StoreConfig::Sled, _) => Store::open(&cfg.data_dir.join("db"))
+        (StoreConfig::Sled, _) => Store::open_with_cache(&cfg.data_dir.join("db"), cfg.store_cache)
             .with_context(|| format!("cannot open the database in {}", cfg.data_dir.display()))?,
         (StoreConfig::Postgres { url, password, ca_file }, None) => {
             Store::postgres(url, password.as_deref(), ca_file.as_deref()).context("cannot open the PostgreSQL store")?

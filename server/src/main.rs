@@ -72,8 +72,12 @@ struct Args {
     /// A queued job gains one priority level per this much waiting.
     #[arg(long, default_value = "5m", value_parser = viaduct_pipeline::duration::parse_duration)]
     priority_aging: Duration,
-    /// Export traces (spans of RPCs, and one trace per run with its jobs'
-    /// waits) to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// Bytes of the embedded store's page cache (sled), e.g. 64m: more
+    /// keeps more of a large store in memory, less bounds the server's
+    /// memory on a small machine.
+    #[arg(long, default_value = "64m", value_parser = store_cache)]
+    store_cache: u64,
+    /// Export traces (one trace per run with its jobs' waits) to this OpenTelemetry collector over OTLP/gRPC, e.g.
     /// http://127.0.0.1:4317. Off when unset.
     #[arg(long, env = "VIADUCT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -266,6 +270,12 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
+/// `--store-cache`: 4 MiB to 64 GiB.
+fn store_cache(s: &str) -> Result<u64, String> {
+    let n = viaduct_pipeline::duration::parse_memory(s)?;
+    if !(4 << 20..=64 << 30).contains(&n) { Err(format!("`{s}`: the store's cache is 4m to 64g")) } else { Ok(n) }
+}
+
 /// `--max-source-archives-size`: at least 64 MiB (below it every fetch
 /// would build its archive again).
 fn source_archives_size(s: &str) -> Result<u64, String> {
@@ -349,6 +359,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         data_dir: args.data_dir,
         store,
+        store_cache: args.store_cache,
         blobs,
         engine: EngineConfig {
             lease_ttl: args.lease_ttl,

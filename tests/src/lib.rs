@@ -319,6 +319,11 @@ impl Server {
         c
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server with SIGKILL (no shutdown, no flush).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

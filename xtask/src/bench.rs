@@ -44,6 +44,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("traces") {
             traces().await?;
         }
+        if wanted("memory") {
+            memory().await?;
+        }
         if wanted("store") {
             store().await?;
         }
@@ -306,6 +309,63 @@ async fn tls() -> Result<()> {
             ms(mean),
             ms(ten),
             ms(ten.saturating_sub(one) / 9),
+        );
+    }
+    Ok(())
+}
+
+/// A process's resident memory now and at its peak (`VmRSS`, `VmHWM`), in
+/// bytes.
+fn resident(pid: Option<u32>) -> Result<(u64, u64)> {
+    let pid = pid.context("the server is not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name}"))?;
+        let kb: u64 = line.split_whitespace().nth(1).context("a value")?.parse()?;
+        Ok(kb * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// The server's memory while 100,000 jobs wait (100 runs of 1,000 jobs no
+/// runner takes): idle, after the submissions (and their peak), and after a
+/// restart with them queued — with the store's cache at its default and at
+/// 16m. The bare cost: the idle server.
+async fn memory() -> Result<()> {
+    const RUNS: usize = 100;
+    const JOBS: usize = 1000;
+    let mut yaml = String::from("jobs:\n");
+    for i in 0..JOBS {
+        yaml.push_str(&format!("  j{i}:\n    runs_on: [nowhere]\n    steps:\n      - run: 'true'\n"));
+    }
+    for cache in ["64m", "16m"] {
+        let mut server = Server::start_with(&["--store-cache", cache]);
+        let client = server.client().await;
+        let (idle, _) = resident(server.pid())?;
+        let t0 = Instant::now();
+        for _ in 0..RUNS {
+            submit(&client, &yaml).await?;
+        }
+        let took = t0.elapsed();
+        let (after, peak) = resident(server.pid())?;
+        server.restart();
+        let client = server.client().await;
+        let queued = client.runners().stats(v1::FleetStatsRequest {}).await?.into_inner().queued;
+        let (restarted, _) = resident(server.pid())?;
+        let per_job = after.saturating_sub(idle) / (RUNS * JOBS) as u64;
+        println!(
+            "memory   --store-cache {cache}: idle {};  {} jobs queued in {RUNS} runs ({:.1} s): {} (peak {}, {per_job} B per job);  \
+             after a restart with {queued} queued: {}",
+            mib(idle),
+            RUNS * JOBS,
+            took.as_secs_f64(),
+            mib(after),
+            mib(peak),
+            mib(restarted),
         );
     }
     Ok(())

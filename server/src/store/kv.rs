@@ -82,13 +82,21 @@ pub struct Sled {
     trees: Vec<sled::Tree>,
 }
 
+/// Bytes of sled's page cache unless told otherwise (`--store-cache`).
+pub const DEFAULT_CACHE: u64 = 64 << 20;
+
 impl Sled {
     /// Opens (or creates) the database under `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self> {
+        Self::open_with_cache(dir, DEFAULT_CACHE)
+    }
+
+    /// [`Sled::open`] with `cache` bytes of page cache.
+    pub fn open_with_cache(dir: &std::path::Path, cache: u64) -> Result<Self> {
         super::compact::recover(dir)?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(cache)
             // Background flush as a safety net; durability promises use
             // explicit flushes (the store's group commit).
             .flush_every_ms(Some(200))

@@ -286,7 +286,12 @@ impl Store {
     /// Opens (or creates) the sled database under `dir` and starts the
     /// flusher thread.
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self::with(Arc::new(kv::Sled::open(dir)?)))
+        Self::open_with_cache(dir, kv::DEFAULT_CACHE)
+    }
+
+    /// [`Store::open`] with `cache` bytes of sled's page cache.
+    pub fn open_with_cache(dir: &Path, cache: u64) -> Result<Self> {
+        Ok(Self::with(Arc::new(kv::Sled::open_with_cache(dir, cache)?)))
     }
 
     /// Opens the PostgreSQL database at `url` as its one server (see
