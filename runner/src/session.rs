@@ -117,8 +117,9 @@ pub async fn run(shared: &Arc<Shared>, server: &str, id: &Identity) -> Result<()
     serve(shared, tx, inbound, welcome, changes).await
 }
 
-/// What a session starts with: the stream both ways, the Welcome, and the
-/// toolchains as the Hello gave them (later changes go to the session).
+/// What a session starts with: the stream both ways, the Welcome, and
+/// what the Hello said of the runner (its later changes go to the
+/// session).
 type Started = (mpsc::UnboundedSender<RunnerMessage>, tonic::Streaming<ServerMessage>, Welcome, Changes);
 
 /// What the runner says of itself after its Hello when it changes.
