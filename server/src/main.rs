@@ -225,6 +225,11 @@ struct Args {
     /// (or 0) keeps it.
     #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
     keep_events_for: Duration,
+    /// A run still awaiting approval (a stranger's pull request) this long
+    /// after it was accepted is cancelled by the retention pass, and then
+    /// goes like any finished run; `forever` (or 0) keeps it waiting.
+    #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
+    approvals_expire_after: Duration,
     /// How often retention runs by itself (`forever` or 0: only by
     /// `viaduct admin prune`).
     #[arg(long, default_value = "10m", value_parser = viaduct_pipeline::duration::parse_duration_or_forever)]
@@ -397,6 +402,7 @@ fn main() -> ExitCode {
             keep_last_success: args.keep_last_success,
             min_keep_for: args.min_keep_runs_for,
             keep_events_for: args.keep_events_for,
+            approvals_expire_after: args.approvals_expire_after,
             every: args.retention_every,
         },
         plugins_dir: args.plugins_dir,

@@ -54,6 +54,9 @@ pub struct RetentionConfig {
     pub min_keep_for: Duration,
     /// Age after which events go (`ZERO`: forever).
     pub keep_events_for: Duration,
+    /// Age after which a run still awaiting approval is cancelled
+    /// (`ZERO`: never).
+    pub approvals_expire_after: Duration,
     /// How often the maintenance task runs (`ZERO`: never by itself).
     pub every: Duration,
 }
@@ -66,6 +69,7 @@ impl Default for RetentionConfig {
             keep_last_success: true,
             min_keep_for: Duration::ZERO,
             keep_events_for: Duration::from_secs(30 * 24 * 3600),
+            approvals_expire_after: Duration::from_secs(30 * 24 * 3600),
             every: Duration::from_secs(600),
         }
     }
@@ -168,12 +172,43 @@ impl Retention {
         })
     }
 
-    /// One pass now (`dry_run`: only say what it would remove).
+    /// One pass now (`dry_run`: only say what it would remove). Runs
+    /// awaiting approval past `--approvals-expire-after` are cancelled
+    /// first (a dry run counts them).
     pub async fn prune(self: &Arc<Self>, dry_run: bool) -> Result<PruneReport> {
+        let expired = self.expire_approvals(dry_run).await?;
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.prune_blocking(dry_run))
+        let mut report = tokio::task::spawn_blocking(move || this.prune_blocking(dry_run))
             .await
-            .map_err(|e| Error::Internal(format!("retention pass: {e}")))?
+            .map_err(|e| Error::Internal(format!("retention pass: {e}")))??;
+        report.approvals_expired = expired;
+        Ok(report)
+    }
+
+    /// Cancels the runs awaiting approval for longer than the server
+    /// allows (`dry_run`: only counts them); how many.
+    async fn expire_approvals(&self, dry_run: bool) -> Result<u64> {
+        if self.cfg.approvals_expire_after.is_zero() {
+            return Ok(0);
+        }
+        let age = i64::try_from(self.cfg.approvals_expire_after.as_millis()).unwrap_or(i64::MAX);
+        let engine = Arc::clone(&self.engine);
+        let cutoff = crate::store::now_ms().saturating_sub(age);
+        let ids = tokio::task::spawn_blocking(move || engine.unapproved_before(cutoff))
+            .await
+            .map_err(|e| Error::Internal(format!("retention pass: {e}")))??;
+        if dry_run {
+            return Ok(ids.len() as u64);
+        }
+        let why =
+            format!("not approved within {} (--approvals-expire-after)", as_flag(self.cfg.approvals_expire_after));
+        for id in &ids {
+            self.engine.cancel_run(*id, &why).await?;
+        }
+        if !ids.is_empty() {
+            tracing::info!(runs = ids.len(), "retention cancelled runs that waited too long for approval");
+        }
+        Ok(ids.len() as u64)
     }
 
     fn prune_blocking(&self, dry_run: bool) -> Result<PruneReport> {
@@ -218,6 +253,17 @@ impl Retention {
     }
 }
 
+/// `d` as a flag would say it: `30d`, `12h`, `90s`.
+fn as_flag(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// The API's report of a pass.
 fn report(s: &PruneStats, dry_run: bool, started_ms: i64, took: Duration) -> PruneReport {
     let kept = |w: &str| s.kept.get(w).copied().unwrap_or(0);
@@ -236,6 +282,7 @@ fn report(s: &PruneStats, dry_run: bool, started_ms: i64, took: Duration) -> Pru
         event_batches_removed: s.event_batches,
         started_at: convert::timestamp(started_ms),
         took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        approvals_expired: 0,
     }
 }
 

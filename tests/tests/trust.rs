@@ -138,6 +138,51 @@ async fn a_strangers_pull_request_cannot_run_itself_nor_read_a_secret() {
 
 /// A pull request from the repository itself by a member runs at once and
 /// gets exactly the secrets scoped for pull requests.
+/// A stranger's pull request nobody approves does not wait forever: past
+/// `--approvals-expire-after` the retention pass cancels its run, saying
+/// why, and counts it (a dry run first only counts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_nobody_approves_expires() {
+    let server = Server::start_with(&["--approvals-expire-after", "1s", "--retention-every", "0"]);
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let base =
+        "on:\n  push: { branches: [main] }\n  pull_request: {}\njobs:\n  build:\n    steps:\n      - run: echo build\n";
+    let (_u, bare, wt) = upstream(base);
+    create_mirror(&client, "app", &format!("file://{}", bare.display()), "hook-secret").await;
+    let head = push_pull_request(wt.path(), &bare, "feature", 9, base);
+    let (code, reply) = fork_pr(9, &head, "feature").deliver(&server, "app", "hook-secret", "d-9");
+    assert_eq!(code, 200, "{reply}");
+    let id = eventually("the pull request's run", || async {
+        runs_of(&client, "app").await.into_iter().find(|r| r.approval.as_ref().is_some_and(|a| a.pending)).map(|r| r.id)
+    })
+    .await;
+    let prune = |dry_run: bool| {
+        let mut admin = client.admin();
+        async move { admin.prune(v1::PruneRequest { dry_run }).await.expect("prune").into_inner() }
+    };
+    // Once it is a second old, a dry run counts it and changes nothing.
+    let counted = eventually("the run to be old enough", || async {
+        Some(prune(true).await.approvals_expired).filter(|n| *n > 0)
+    })
+    .await;
+    assert_eq!(counted, 1);
+    let get = || {
+        let mut runs = client.runs();
+        let id = id.clone();
+        async move { runs.get(v1::GetRunRequest { id }).await.expect("get").into_inner() }
+    };
+    assert!(get().await.approval.is_some_and(|a| a.pending), "the dry run changed nothing");
+    assert_eq!(prune(false).await.approvals_expired, 1);
+    let run = get().await;
+    assert_eq!(word(run.status), "cancelled", "{run:#?}");
+    assert!(
+        run.jobs.iter().all(|j| j.message.contains("not approved within 1s (--approvals-expire-after)")),
+        "{run:#?}"
+    );
+    assert_eq!(prune(false).await.approvals_expired, 0, "counted once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_pull_request_gets_only_secrets_that_admit_pull_requests() {
     let server = Server::start();

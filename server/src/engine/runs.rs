@@ -228,6 +228,22 @@ impl Engine {
         Ok(n)
     }
 
+    /// Runs still awaiting approval that were accepted before `cutoff_ms`
+    /// (through the status index: only runs that have not started).
+    pub fn unapproved_before(&self, cutoff_ms: i64) -> Result<Vec<RunId>> {
+        let mut out = Vec::new();
+        for status in [Status::Unspecified, Status::Pending, Status::Queued] {
+            for id in super::index::scan(self.store(), super::index::Field::Status, &[status as u8], None) {
+                let id = id?;
+                let run: Option<RunRecord> = self.store().get(T::Runs, id.key())?;
+                if run.is_some_and(|r| r.awaiting_approval && r.created_ms < cutoff_ms) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Cancels a run's unfinished jobs, saying `why` (e.g. "cancelled by
     /// alice"). A finished run is left as it is.
     pub async fn cancel_run(&self, id: RunId, why: &str) -> Result<()> {

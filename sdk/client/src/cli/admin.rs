@@ -139,6 +139,10 @@ fn report_text(r: &PruneReport) -> String {
         "kept: {} unfinished, {} among the last of their pipeline, {} last successes, {} recent, {} kept forever",
         r.kept_unfinished, r.kept_last, r.kept_last_success, r.kept_recent, r.kept_forever
     );
+    if r.approvals_expired > 0 {
+        let verb = if r.dry_run { "would cancel" } else { "cancelled" };
+        let _ = writeln!(out, "{verb} {} runs that waited too long for approval", r.approvals_expired);
+    }
     if !r.removed_run_ids.is_empty() {
         let more = if r.runs_removed > r.removed_run_ids.len() as u64 { ", …" } else { "" };
         let _ = writeln!(out, "runs: {}{more}", r.removed_run_ids.join(", "));
@@ -161,5 +165,6 @@ fn report_json(r: &PruneReport) -> serde_json::Value {
         "bytes_removed": r.bytes_removed,
         "event_batches_removed": r.event_batches_removed,
         "took_ms": r.took_ms,
+        "approvals_expired": r.approvals_expired,
     })
 }
