@@ -202,13 +202,16 @@ impl Retention {
         }
         let why =
             format!("not approved within {} (--approvals-expire-after)", as_flag(self.cfg.approvals_expire_after));
-        for id in &ids {
-            self.engine.cancel_run(*id, &why).await?;
+        let mut expired = 0;
+        for id in ids {
+            if self.engine.expire_unapproved(id, cutoff, &why).await? {
+                expired += 1;
+            }
         }
-        if !ids.is_empty() {
-            tracing::info!(runs = ids.len(), "retention cancelled runs that waited too long for approval");
+        if expired > 0 {
+            tracing::info!(runs = expired, "retention cancelled runs that waited too long for approval");
         }
-        Ok(ids.len() as u64)
+        Ok(expired)
     }
 
     fn prune_blocking(&self, dry_run: bool) -> Result<PruneReport> {

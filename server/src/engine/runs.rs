@@ -244,6 +244,22 @@ impl Engine {
         Ok(out)
     }
 
+    /// Cancels run `id`, saying `why`, if it still awaits approval and was
+    /// accepted before `cutoff_ms` — checked in the transition, so a run
+    /// approved since it was found runs; whether it did.
+    pub async fn expire_unapproved(&self, id: RunId, cutoff_ms: i64, why: &str) -> Result<bool> {
+        let (expired, ticket) = self.transition(|t| {
+            let run = t.run(id)?;
+            if !run.awaiting_approval || run.created_ms >= cutoff_ms || run.status().is_terminal() {
+                return Ok(false);
+            }
+            t.cancel_run(id, why)?;
+            Ok(true)
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(expired)
+    }
+
     /// Cancels a run's unfinished jobs, saying `why` (e.g. "cancelled by
     /// alice"). A finished run is left as it is.
     pub async fn cancel_run(&self, id: RunId, why: &str) -> Result<()> {
