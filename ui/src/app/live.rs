@@ -133,6 +133,26 @@ pub fn load<T: Send + Sync + 'static>(
     state
 }
 
+/// After a stream broke with `broke`: `false` (and `state` failed) when
+/// reconnecting cannot help, else `true` once the backoff has passed
+/// (the banner showing meanwhile).
+async fn wait_to_reconnect<T: Send + Sync + 'static>(
+    api: &Api,
+    broke: &Status,
+    state: RwSignal<Loadable<T>>,
+    reconnecting: &mut Reconnecting,
+    backoff: &mut Backoff,
+) -> bool {
+    let e = api.fail(broke);
+    if !retryable(&e) {
+        state.set(Loadable::Failed(e));
+        return false;
+    }
+    reconnecting.lost();
+    browser::sleep(backoff.next_delay(browser::random())).await;
+    true
+}
+
 /// A boxed local future.
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -244,13 +264,9 @@ pub fn sync_with_watch<T: Send + Sync + 'static>(
                     }
                 }
             };
-            let e = api.fail(&broke);
-            if !retryable(&e) {
-                state.set(Loadable::Failed(e));
+            if !wait_to_reconnect(&api, &broke, state, &mut reconnecting, &mut backoff).await {
                 return;
             }
-            reconnecting.lost();
-            browser::sleep(backoff.next_delay(browser::random())).await;
         }
     });
 }
@@ -296,13 +312,9 @@ pub fn watch_runners(api: Api, state: RwSignal<Loadable<Vec<Runner>>>) {
                     }
                 }
             };
-            let e = api.fail(&broke);
-            if !retryable(&e) {
-                state.set(Loadable::Failed(e));
+            if !wait_to_reconnect(&api, &broke, state, &mut reconnecting, &mut backoff).await {
                 return;
             }
-            reconnecting.lost();
-            browser::sleep(backoff.next_delay(browser::random())).await;
         }
     });
 }
