@@ -25,6 +25,17 @@ fn push_webhook(server: &Server, delivery: &str) -> (u16, String) {
 /// A tmpfs mounted at a path, unmounted when dropped.
 struct Mounted(PathBuf);
 
+impl Mounted {
+    /// A tmpfs of `size` (`64m`) mounted at `dir` (made first).
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let mounted =
+            output(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir));
+        assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
+        Self(dir.to_path_buf())
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -39,10 +50,7 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let mounted = output(Command::new("mount").args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"]).arg(&data));
-    assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
-    let _mount = Mounted(data.clone());
+    let _mount = Mounted::tmpfs(&data, "96m");
     let server = Server::start_in(dir, &["--min-free-disk", "32m"], &[]);
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
@@ -135,10 +143,7 @@ async fn a_runner_short_of_disk_pauses_and_takes_jobs_again_when_space_returns()
     let client = server.client().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work dir");
-    let mounted = output(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&work));
-    assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
-    let _mount = Mounted(work.clone());
+    let _mount = Mounted::tmpfs(&work, "64m");
     let _runner = Runner::start_in(dir, &server, "linux", 1, &["--min-free-disk", "32m"], &[]);
     let runner = |client: viaduct_sdk::Client| async move {
         let list = client.runners().list(v1::ListRunnersRequest {}).await.expect("list").into_inner();
