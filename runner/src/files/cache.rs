@@ -3,7 +3,8 @@
 //! A save archives the listed workspace paths (files, directories, links
 //! as links) on a blocking thread that streams the archive to the server
 //! while it is being written; a restore streams the entry from the server
-//! into the unpacker. File times are kept, so incremental build tools
+//! into the unpacker ([`super::unpack`]: files written in parallel while
+//! the stream is read). File times are kept, so incremental build tools
 //! (cargo, make) trust restored outputs. Unpacking refuses entries that
 //! would land outside the workspace.
 
@@ -66,21 +67,7 @@ fn archive(workspace: &Path, paths: &[(PathBuf, String)], out: ChannelWriter) ->
 /// Unpacks a tar.zst read from `input` into `workspace`; returns entries.
 fn unpack(workspace: &Path, input: impl std::io::Read) -> Result<u64, String> {
     let decoder = zstd::Decoder::new(input).map_err(|e| format!("the cache entry is not zstd: {e}"))?;
-    let mut ar = tar::Archive::new(decoder);
-    ar.set_preserve_permissions(true);
-    ar.set_preserve_mtime(true);
-    ar.set_overwrite(true);
-    let mut n = 0;
-    for entry in ar.entries().map_err(|e| format!("bad cache entry: {e}"))? {
-        let mut entry = entry.map_err(|e| format!("bad cache entry: {e}"))?;
-        // `unpack_in` refuses `..`, absolute paths and writes through links
-        // that lead outside `workspace`.
-        entry.unpack_in(workspace).map_err(|e| {
-            format!("cannot restore {}: {e}", entry.path().map(|p| p.display().to_string()).unwrap_or_default())
-        })?;
-        n += 1;
-    }
-    Ok(n)
+    super::unpack::unpack(workspace, decoder)
 }
 
 impl Files {

@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cache;
 pub mod copy;
 pub mod paths;
+pub mod unpack;
 
 use std::path::Path;
 

@@ -75,7 +75,13 @@ impl LocalBlobs {
     pub async fn stage(&self) -> Result<Staged> {
         let tmp = self.dir.join("tmp").join(temporary_name()?);
         let file = tokio::fs::File::create(&tmp).await.map_err(|e| io("cannot create", &tmp, e))?;
-        Ok(Staged { dir: self.dir.clone(), tmp, file: Some(tokio::io::BufWriter::with_capacity(1 << 20, file)) })
+        let behind = file.try_clone().await.map_err(|e| io("cannot open", &tmp, e))?.into_std().await;
+        Ok(Staged {
+            dir: self.dir.clone(),
+            tmp,
+            file: Some(tokio::io::BufWriter::with_capacity(1 << 20, file)),
+            behind: WriteBehind { file: std::sync::Arc::new(behind), written: 0, started: 0 },
+        })
     }
 
     /// See [`super::BlobStore::sweep`].
@@ -114,13 +120,58 @@ pub struct Staged {
     dir: PathBuf,
     tmp: PathBuf,
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    behind: WriteBehind,
+}
+
+/// Starts writing a blob's pages to disk while it is still being received
+/// (`sync_file_range`), so that the fsync at the end has little left to
+/// do: a large upload is durable about when its last byte arrives, not a
+/// whole disk write later.
+struct WriteBehind {
+    /// A second handle on the file (the first is busy with writes).
+    file: std::sync::Arc<std::fs::File>,
+    written: u64,
+    started: u64,
+}
+
+impl WriteBehind {
+    /// Bytes written before disk writes of them are started.
+    const EVERY: u64 = 8 << 20;
+    /// Bytes that may not have reached the file yet: the buffer (1 MiB)
+    /// and tokio's write in flight (at most 2 MiB).
+    const LAG: u64 = 4 << 20;
+
+    async fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        let upto = self.written.saturating_sub(Self::LAG);
+        if upto < self.started + Self::EVERY {
+            return;
+        }
+        let (file, from) = (self.file.clone(), self.started);
+        self.started = upto;
+        let started = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            let (from, len) = (i64::try_from(from).unwrap_or(i64::MAX), i64::try_from(upto - from).unwrap_or(0));
+            // SAFETY: the descriptor is open for as long as `file` lives; the
+            // call only starts writeback of that range.
+            let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+            if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        })
+        .await;
+        // Only a head start: the fsync at the end is what makes it durable.
+        if let Ok(Err(e)) = started {
+            tracing::debug!(error = %e, "sync_file_range failed");
+        }
+    }
 }
 
 impl Staged {
     /// Appends bytes.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         let file = self.file.as_mut().ok_or_else(|| Error::Internal("blob writer already finished".into()))?;
-        file.write_all(data).await.map_err(|e| io("cannot write", &self.tmp, e))
+        file.write_all(data).await.map_err(|e| io("cannot write", &self.tmp, e))?;
+        self.behind.wrote(data.len()).await;
+        Ok(())
     }
 
     /// Makes the file durable under the name `hex`.
