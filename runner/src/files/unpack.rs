@@ -89,15 +89,17 @@ pub fn unpack(workspace: &Path, input: impl Read) -> Result<u64, String> {
     Ok(entries)
 }
 
+/// Directories to give their mode and time once their files are in.
+type Unfinished = Vec<(PathBuf, u32, SystemTime)>;
+
 /// The reading thread: every entry in order; files go to `writers`.
 /// Returns the entries read and the directories to finish, in order.
-#[allow(clippy::type_complexity)]
 fn read_entries(
     root: &Dir,
     input: impl Read,
     writers: &[SyncSender<Work>],
     failed: &OnceLock<String>,
-) -> Result<(u64, Vec<(PathBuf, u32, SystemTime)>), String> {
+) -> Result<(u64, Unfinished), String> {
     let mut archive = tar::Archive::new(input);
     let mut made = HashSet::new();
     let mut dirs = Vec::new();
@@ -336,7 +338,10 @@ mod tests {
         b.append(&h, data).unwrap();
     }
 
-    fn archive(entries: &[(tar::EntryType, &str, &str, &[u8])]) -> Vec<u8> {
+    /// Kind, name, link target and data of an entry.
+    type Raw<'a> = (tar::EntryType, &'a str, &'a str, &'a [u8]);
+
+    fn archive(entries: &[Raw]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (kind, name, link, data) in entries {
             entry(&mut b, *kind, name, link, data);
@@ -409,7 +414,7 @@ mod tests {
         // A link already in the workspace (a hostile checkout) and one the
         // archive brings, absolute or relative, followed by a file through it.
         std::os::unix::fs::symlink(dir.path(), ws.join("up")).unwrap();
-        let cases: Vec<Vec<(tar::EntryType, &str, &str, &[u8])>> = vec![
+        let cases: Vec<Vec<Raw>> = vec![
             vec![(F, "../escaped", "", b"x")],
             vec![(F, "/escaped", "", b"x")],
             vec![(F, "up/escaped", "", b"x")],
