@@ -5,6 +5,19 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::Parser;
 use viaduct_server::{Config, engine::EngineConfig};
 
+/// jemalloc returns what a burst of work freed (glibc's malloc keeps it in
+/// per-thread arenas: 100,000 jobs submitted left 221 MiB resident, against
+/// 102 MiB for the same queue after a restart).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start: a background thread hands pages
+/// freed a second ago back to the system, whether or not the server is
+/// busy allocating (`_RJEM_MALLOC_CONF` in the environment still wins).
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// The Viaduct CI server: gRPC API, scheduler and log store on one port.
 #[derive(Debug, Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]

@@ -164,7 +164,7 @@ impl Engine {
                 concurrency_group: group.clone(),
                 cancel_in_progress,
                 job_count: new.jobs.len() as u32,
-                yaml: new.yaml.clone(),
+                yaml: bytes::Bytes::from(new.yaml.clone()),
                 trust: if new.trust == Trust::Unspecified { Trust::Trusted as i32 } else { new.trust as i32 },
                 approval_reason: new.approval.clone().unwrap_or_default(),
                 awaiting_approval: new.approval.is_some(),

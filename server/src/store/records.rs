@@ -67,9 +67,11 @@ pub struct RunRecord {
     /// A cancel was requested; unfinished jobs end as cancelled.
     #[prost(bool, tag = "15")]
     pub cancel_requested: bool,
-    /// The pipeline file text it was planned from.
-    #[prost(string, tag = "16")]
-    pub yaml: String,
+    /// The pipeline file text it was planned from (UTF-8; shared, not
+    /// copied, when a transition copies the record: a 1,000-job file is
+    /// ~60 KB, and every job's start reads its run).
+    #[prost(bytes = "bytes", tag = "16")]
+    pub yaml: bytes::Bytes,
     /// Waiting for an older run of its concurrency group to finish.
     #[prost(bool, tag = "17")]
     pub group_blocked: bool,
