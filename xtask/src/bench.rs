@@ -25,8 +25,10 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
     if wanted("ui") {
         crate::ui::build()?;
     }
-    if wanted("plugins") || wanted("cache") {
+    if wanted("plugins") || wanted("cache") || wanted("crate") {
         crate::plugins::build(false)?;
+    }
+    if wanted("plugins") {
         // The runner's plugin host in-process: compile, deserialize, call.
         crate::run(cargo().args(["bench", "-p", "viaduct-runner", "--bench", "plugin_host"]))?;
     }
@@ -79,6 +81,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         }
         if wanted("cache") {
             cache().await?;
+        }
+        if wanted("crate") {
+            real_crate().await?;
         }
         if wanted("ui") {
             ui().await?;
@@ -1185,6 +1190,113 @@ async fn step_time(client: &Client, id: &str, name: &str) -> Result<Duration> {
 fn sync() -> Result<()> {
     anyhow::ensure!(std::process::Command::new("sync").status()?.success(), "sync failed");
     Ok(())
+}
+
+/// A real crate's own test suite through server and runner, against the
+/// same commands in a shell: `viaduct-pipeline` (this repository's pipeline
+/// file format, with its dependencies from the registry) from this
+/// repository's HEAD. Cold: an empty target dir. Warm: the target dir
+/// restored by `cache@1` from an earlier run; directly, an earlier run's
+/// target dir moved in (free). Sources are copied anew each time (new file
+/// times, as a checkout gives), so a warm run rebuilds the crate itself
+/// but none of its dependencies, as CI does. Also the cold run's log (a
+/// real `cargo test -v`) as stored and packed.
+async fn real_crate() -> Result<()> {
+    const WARM: usize = 3;
+    let prep = tempfile::tempdir()?;
+    let sh = |dir: &std::path::Path, script: &str| -> Result<Duration> {
+        let t0 = Instant::now();
+        let out = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(dir).output()?;
+        anyhow::ensure!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(t0.elapsed())
+    };
+    sh(prep.path(), &format!("git -C {} archive HEAD | tar -xf -", crate::root().display()))?;
+    let copy = format!("cp -r {}/. .", prep.path().display());
+    let test = "cargo test --offline -v -p viaduct-pipeline 2>&1";
+
+    let plugins = viaduct_tests::plugins_dir().display().to_string();
+    let server = Server::start_with(&["--plugins-dir", &plugins]);
+    // Jobs as the runner's user (this machine's toolchain is in root's
+    // home), with the toolchain's variables.
+    let home = |var: &str, dir: &str| {
+        std::env::var(var).unwrap_or_else(|_| format!("{}/{dir}", std::env::var("HOME").unwrap_or_default()))
+    };
+    let (cargo_home, rustup_home) = (
+        format!("CARGO_HOME={}", home("CARGO_HOME", ".cargo")),
+        format!("RUSTUP_HOME={}", home("RUSTUP_HOME", ".rustup")),
+    );
+    let toolchain =
+        ["--shared-job-user", "--inherit-env", "PATH", "--env", cargo_home.as_str(), "--env", rustup_home.as_str()];
+    let _runner = viaduct_tests::Runner::start(&server, "linux", 1, &toolchain);
+    let client = server.client().await;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+
+    // Cold, and its log.
+    let packed_before = server.metric("viaduct_logs_packed_total");
+    let (raw0, packed0) = (
+        server.metric("viaduct_log_bytes_packed_total{form=\"log\"}"),
+        server.metric("viaduct_log_bytes_packed_total{form=\"packed\"}"),
+    );
+    let cold =
+        through(&client, &mut events, format!("jobs:\n  test:\n    steps:\n      - run: {copy} && {test}\n")).await?.1;
+    viaduct_tests::eventually("the log packed", || async {
+        (server.metric("viaduct_logs_packed_total") > packed_before).then_some(())
+    })
+    .await;
+    let raw = server.metric("viaduct_log_bytes_packed_total{form=\"log\"}") - raw0;
+    let packed = server.metric("viaduct_log_bytes_packed_total{form=\"packed\"}") - packed0;
+    let mut dirs = vec![tempfile::tempdir()?];
+    let cold_direct = sh(dirs[0].path(), &format!("{copy} && {test} > /dev/null"))?;
+
+    // Warm: the first cached run misses and saves; the next ones restore.
+    let cached = format!(
+        "jobs:\n  test:\n    steps:\n      - run: {copy}\n      - name: cache\n        uses: cache@1\n        \
+         with: {{ key: crate, key_files: [], paths: [target] }}\n      - run: {test}\n"
+    );
+    through(&client, &mut events, cached.clone()).await?;
+    let (mut warm, mut warm_direct) = (Vec::new(), Vec::new());
+    for _ in 0..WARM {
+        warm.push(through(&client, &mut events, cached.clone()).await?.1);
+        let next = tempfile::tempdir()?;
+        let moved = format!(
+            "{copy} && mv {}/target . && {test} > /dev/null",
+            dirs.last().map(|d| d.path().display().to_string()).unwrap_or_default()
+        );
+        warm_direct.push(sh(next.path(), &moved)?);
+        dirs.push(next);
+    }
+    let (warm, _, _) = summary(warm);
+    let (warm_direct, _, _) = summary(warm_direct);
+    println!(
+        "crate    viaduct-pipeline's test suite, submission to finished run: cold {} vs direct {} ({:+.1} %); \
+         warm (p50 of {WARM}) {} vs direct {} ({:+.1} %); its cold log (cargo test -v) {:.1} KB packed to {:.1} KB ({:.1}×)",
+        ms(cold),
+        ms(cold_direct),
+        (cold.as_secs_f64() / cold_direct.as_secs_f64() - 1.0) * 100.0,
+        ms(warm),
+        ms(warm_direct),
+        (warm.as_secs_f64() / warm_direct.as_secs_f64() - 1.0) * 100.0,
+        raw as f64 / 1e3,
+        packed as f64 / 1e3,
+        raw as f64 / packed.max(1) as f64,
+    );
+    Ok(())
+}
+
+/// Submits `yaml` and waits for its run to succeed: (run id, time taken
+/// from the submission to the finished run seen).
+async fn through(
+    client: &Client,
+    events: &mut tonic::Streaming<v1::RunEvent>,
+    yaml: String,
+) -> Result<(String, Duration)> {
+    let t0 = Instant::now();
+    let id = submit(client, &yaml).await?;
+    until(events, &id, is_finished_run).await?;
+    let took = t0.elapsed();
+    let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await?.into_inner();
+    anyhow::ensure!(run.status == v1::Status::Success as i32, "bench run {id} did not succeed");
+    Ok((id, took))
 }
 
 /// A fresh ext4 filesystem (journaled, as on a build machine) in a
