@@ -18,6 +18,7 @@
 //! user (it logs so); `--shared-job-user` asks for that as root too. Both
 //! are documented in docs/security.md.
 
+use std::os::unix::ffi::OsStrExt;
 use std::{
     ffi::CString,
     path::Path,
@@ -136,19 +137,73 @@ impl JobUser {
 }
 
 /// Gives `path` and everything under it (not following links) to user
-/// `uid`: the runner wrote them as root (a checkout, a plugin's files).
-/// Blocking.
+/// `uid`: the runner wrote them as root (a checkout, a plugin's files, a
+/// restored cache). Blocking.
+///
+/// The job's processes may be running and own the tree, so every step is
+/// taken through directory handles, never by path: a directory swapped for
+/// a link while this walks (`a` → `/etc`, then `a/shadow` handed over) is
+/// never followed, nor is `path` itself when it is a link. A file with
+/// several names is left as it is (it may be another name of a file
+/// outside).
 pub fn give(uid: u32, path: &Path) {
-    let owned = |p: &Path| {
-        if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(uid)) {
-            tracing::debug!(path = %p.display(), error = %e, "cannot hand a file to the job's user");
+    use nix::fcntl::{AT_FDCWD, OFlag, openat};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(AT_FDCWD, path, flags, nix::sys::stat::Mode::empty()) {
+        Ok(root) => {
+            hand_over(uid, &root, path, 0);
+            if let Err(e) = nix::unistd::fchown(&root, Some(uid.into()), Some(uid.into())) {
+                tracing::debug!(path = %path.display(), error = %e, "cannot hand a directory to the job's user");
+            }
+        }
+        // A file, or a link: given as it is (never what a link points at).
+        Err(_) => {
+            let _ = std::os::unix::fs::lchown(path, Some(uid), Some(uid));
+        }
+    }
+}
+
+/// Deepest directory [`give`] walks into (the rest is left as it is).
+const GIVE_DEPTH: usize = 256;
+
+/// Gives everything in the open directory `dir` (at `at`, for messages)
+/// to `uid`, walking into its directories.
+fn hand_over(uid: u32, dir: &std::os::fd::OwnedFd, at: &Path, depth: usize) {
+    use nix::{
+        fcntl::{AtFlags, OFlag, openat},
+        sys::stat::{Mode, SFlag, fstatat},
+    };
+    let listed = dir
+        .try_clone()
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(nix::dir::Dir::from_fd);
+    let names: Vec<std::ffi::CString> = match listed {
+        Ok(mut d) => d
+            .iter()
+            .flatten()
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect(),
+        Err(e) => {
+            tracing::debug!(path = %at.display(), error = %e, "cannot list a directory to hand to the job's user");
+            return;
         }
     };
-    owned(path);
-    for entry in walkdir::WalkDir::new(path).follow_links(false).min_depth(1).into_iter().flatten() {
-        use std::os::unix::fs::MetadataExt;
-        if entry.metadata().is_ok_and(|m| m.uid() != uid) {
-            owned(entry.path());
+    for name in names {
+        let Ok(st) = fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { continue };
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        if st.st_uid != uid && (is_dir || st.st_nlink <= 1) {
+            let owner = (Some(uid.into()), Some(uid.into()));
+            if let Err(e) = nix::unistd::fchownat(dir, name.as_c_str(), owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)
+            {
+                tracing::debug!(path = %at.display(), error = %e, "cannot hand a file to the job's user");
+            }
+        }
+        if is_dir && depth < GIVE_DEPTH {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            if let Ok(sub) = openat(dir, name.as_c_str(), flags, Mode::empty()) {
+                hand_over(uid, &sub, &at.join(std::ffi::OsStr::from_bytes(name.as_bytes())), depth + 1);
+            }
         }
     }
 }
@@ -232,5 +287,39 @@ pub fn restrict(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
         tracing::warn!(path = %path.display(), error = %e, "cannot restrict the permissions of the runner's directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn give_hands_over_the_tree_and_nothing_it_links_to() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: handing files to another user needs root");
+            return;
+        }
+        const UID: u32 = 61_999;
+        let dir = tempfile::tempdir().unwrap();
+        let (ws, outside) = (dir.path().join("ws"), dir.path().join("outside"));
+        std::fs::create_dir_all(ws.join("a/b")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(ws.join("a/b/f"), b"x").unwrap();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+        std::fs::hard_link(outside.join("secret"), ws.join("hard")).unwrap();
+        super::give(UID, &ws);
+        let uid = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().uid();
+        for p in ["", "a", "a/b", "a/b/f", "link"] {
+            assert_eq!(uid(&ws.join(p)), UID, "{p}");
+        }
+        assert_eq!(uid(&outside), 0, "a link's target is not handed over");
+        assert_eq!(uid(&outside.join("secret")), 0, "nor another name of a file outside");
+        // A workspace that is itself a link: only the link changes hands.
+        std::os::unix::fs::symlink(&outside, dir.path().join("ws2")).unwrap();
+        super::give(UID, &dir.path().join("ws2"));
+        assert_eq!(uid(&outside), 0);
+        assert_eq!(uid(&outside.join("secret")), 0);
     }
 }

@@ -198,6 +198,10 @@ mod tests {
         std::fs::create_dir_all(ws.join("target/debug")).unwrap();
         std::fs::write(ws.join("target/debug/app"), b"binary").unwrap();
         std::os::unix::fs::symlink("debug/app", ws.join("target/link")).unwrap();
+        // Mostly a hole: the archive holds it as a sparse entry.
+        let sparse = std::fs::File::create(ws.join("target/sparse")).unwrap();
+        sparse.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (8 << 20) - 3).unwrap();
         let (tx, mut rx) = mpsc::channel(64);
         let ws2 = ws.clone();
         let paths = vec![(ws.join("target"), "target".to_string())];
@@ -206,10 +210,11 @@ mod tests {
         while let Some(c) = rx.recv().await {
             bytes.extend(c);
         }
-        assert_eq!(task.await.unwrap().unwrap(), 4);
+        assert_eq!(task.await.unwrap().unwrap(), 5);
         let out = dir.path().join("out");
         std::fs::create_dir_all(&out).unwrap();
-        assert_eq!(unpack(&out, bytes.as_slice()).unwrap(), 4);
+        assert_eq!(unpack(&out, bytes.as_slice()).unwrap(), 5);
+        assert_eq!(std::fs::read(out.join("target/sparse")).unwrap(), std::fs::read(ws.join("target/sparse")).unwrap());
         assert_eq!(std::fs::read(out.join("target/debug/app")).unwrap(), b"binary");
         assert_eq!(std::fs::read_link(out.join("target/link")).unwrap(), Path::new("debug/app"));
         let t = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();

@@ -18,7 +18,7 @@
 //! beneath the workspace. Modes keep the permission bits only (no
 //! set-user-id); file and directory times are kept, directories' set last.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -26,7 +26,8 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt as _;
 
 /// Writer threads: file creation is mostly kernel time, which overlaps
 /// well with the reading thread's decompression even on two cores.
@@ -58,7 +59,13 @@ struct Open {
 
 /// Unpacks the tar stream `input` into `workspace`; returns the entries read.
 pub fn unpack(workspace: &Path, input: impl Read) -> Result<u64, String> {
-    let root = Dir::open_ambient_dir(workspace, cap_std::ambient_authority())
+    // Not through a link: the job owns the directory holding its
+    // workspace and could have put a link to `/` in its place.
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(workspace)
+        .map(Dir::from_std_file)
         .map_err(|e| format!("cannot open the workspace {}: {e}", workspace.display()))?;
     let failed = OnceLock::new();
     let (entries, dirs) = std::thread::scope(|s| {
@@ -80,17 +87,23 @@ pub fn unpack(workspace: &Path, input: impl Read) -> Result<u64, String> {
     }
     // Deepest first, so that setting a directory's time is not undone by
     // touching one inside it.
-    for (path, mode, mtime) in dirs.into_iter().rev() {
-        // Read-only, as a file: a handle `open_dir` gives cannot change modes.
-        let dir = root.open(&path).map_err(|e| cannot("restore", &path, &e))?.into_std();
+    let mut dirs: Vec<_> = dirs.into_iter().collect();
+    dirs.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    let mut options = OpenOptions::new();
+    // Read-only, as a file (a handle `open_dir` gives cannot change modes);
+    // never a link, nor a pipe or device a job process put there.
+    options.read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    for (path, (mode, mtime)) in dirs {
+        let dir = root.open_with(&path, &options).map_err(|e| cannot("restore", &path, &e))?.into_std();
         dir.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| cannot("restore", &path, &e))?;
         dir.set_times(times(mtime)).map_err(|e| cannot("restore", &path, &e))?;
     }
     Ok(entries)
 }
 
-/// Directories to give their mode and time once their files are in.
-type Unfinished = Vec<(PathBuf, u32, SystemTime)>;
+/// Directories to give their mode and time once their files are in (one
+/// entry per directory, however often the archive names it).
+type Unfinished = HashMap<PathBuf, (u32, SystemTime)>;
 
 /// The reading thread: every entry in order; files go to `writers`.
 /// Returns the entries read and the directories to finish, in order.
@@ -102,7 +115,7 @@ fn read_entries(
 ) -> Result<(u64, Unfinished), String> {
     let mut archive = tar::Archive::new(input);
     let mut made = HashSet::new();
-    let mut dirs = Vec::new();
+    let mut dirs = HashMap::new();
     let mut n = 0;
     let mut next = 0;
     for entry in archive.entries().map_err(|e| format!("bad cache entry: {e}"))? {
@@ -115,11 +128,13 @@ fn read_entries(
         let Some(path) = path else { continue };
         let head = entry.header();
         let mode = head.mode().unwrap_or(0o644) & MODE_BITS;
-        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(head.mtime().unwrap_or(0));
+        let mtime = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(head.mtime().unwrap_or(0)))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let kind = head.entry_type();
         if kind.is_dir() {
             make_dir(root, &path, &mut made)?;
-            dirs.push((path, mode, mtime));
+            dirs.insert(path, (mode, mtime));
             continue;
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -136,7 +151,8 @@ fn read_entries(
             barrier(writers)?;
             replacing(root, &path, || root.hard_link(&target, root, &path))
                 .map_err(|e| cannot("restore", &path, &e))?;
-        } else if kind.is_file() || kind.is_contiguous() {
+        } else if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
+            // (A sparse file reads with its holes filled in.)
             let size = entry.size();
             let first = read_piece(&mut entry, size, &path)?;
             let whole = first.len() as u64 == size;
@@ -145,6 +161,9 @@ fn read_entries(
             next = writer + 1;
             let mut left = size - if whole { size } else { PIECE as u64 };
             while left > 0 {
+                if let Some(e) = failed.get() {
+                    return Err(e.clone());
+                }
                 let data = read_piece(&mut entry, left, &path)?;
                 left -= data.len() as u64;
                 send(&writers[writer], Work::More { data, last: left == 0 })?;
@@ -403,6 +422,25 @@ mod tests {
         assert_eq!(std::fs::read(ws.join("trap")).unwrap(), b"mine");
         assert!(!std::fs::symlink_metadata(ws.join("trap")).unwrap().is_symlink());
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_workspace_that_is_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("ws")).unwrap();
+        let err = unpack(&dir.path().join("ws"), archive(&[(F, "f", "", b"x")]).as_slice()).unwrap_err();
+        assert!(err.contains("cannot open the workspace"), "{err}");
+        assert!(!dir.path().join("elsewhere/f").exists());
+    }
+
+    #[test]
+    fn a_directory_named_again_and_again_is_finished_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries: Vec<Raw> = vec![(D, "d/", "", b""); 1000];
+        entries.push((F, "d/f", "", b"x"));
+        assert_eq!(unpack(dir.path(), archive(&entries).as_slice()).unwrap(), 1001);
+        assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"x");
     }
 
     #[test]

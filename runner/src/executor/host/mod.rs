@@ -166,11 +166,17 @@ fn prepare(dir: &Path, name: &str, uid: Option<u32>, cgroups: Option<&Cgroups>) 
             .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
     }
     if let Some(uid) = uid {
+        // The job directory stays root's (0711): the job cannot rename its
+        // workspace and put a link in its place, which the runner — root —
+        // would then follow when it checks out, restores a cache or hands
+        // files over. What is in it is the job's, and only the job's.
         let give = || -> std::io::Result<()> {
-            for p in ["", "workspace", "home", "tmp", "outputs"] {
+            use std::os::unix::fs::PermissionsExt;
+            for p in ["workspace", "home", "tmp", "outputs"] {
                 std::os::unix::fs::lchown(dir.join(p), Some(uid), Some(uid))?;
+                std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(0o700))?;
             }
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
         };
         give().map_err(|e| format!("cannot give the job's directory to its user: {e}"))?;
     }
