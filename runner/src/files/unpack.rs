@@ -78,9 +78,6 @@ pub fn unpack(workspace: &Path, input: impl Read) -> Result<u64, String> {
             })
             .collect();
         read_entries(&root, input, &writers, &failed)
-    })
-    .inspect_err(|e| {
-        failed.set(e.clone()).ok();
     })?;
     if let Some(e) = failed.get() {
         return Err(e.clone());
