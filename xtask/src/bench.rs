@@ -829,12 +829,7 @@ async fn blobs() -> Result<()> {
     std::fs::write(&secret, &s3.secret_key)?;
     let spec = format!("s3://bench/ci?endpoint={}&access_key_id={}", s3.endpoint, s3.access_key);
     let secret_arg = secret.display().to_string();
-    let sh = |script: &str| -> Result<Duration> {
-        let t0 = Instant::now();
-        let ok = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(tmp.path()).status()?;
-        anyhow::ensure!(ok.success(), "`{script}` failed");
-        Ok(t0.elapsed())
-    };
+    let sh = |script: &str| timed_shell(tmp.path(), script);
     sh(&format!("head -c {MIB}M /dev/urandom > big"))?;
     sync()?;
     let bare = sh("dd if=big of=copy bs=1M conv=fsync status=none")?;
@@ -1185,6 +1180,15 @@ async fn step_time(client: &Client, id: &str, name: &str) -> Result<Duration> {
     Ok(Duration::from_millis(u64::try_from(d).unwrap_or(0)))
 }
 
+/// Runs `sh -e -c script` in `dir`; how long it took (its error output
+/// in the error when it fails).
+fn timed_shell(dir: &std::path::Path, script: &str) -> Result<Duration> {
+    let t0 = Instant::now();
+    let out = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(dir).output()?;
+    anyhow::ensure!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(t0.elapsed())
+}
+
 /// Flushes dirty pages to disk, so a timed step does not pay for the
 /// writes of the one before.
 fn sync() -> Result<()> {
@@ -1204,12 +1208,7 @@ fn sync() -> Result<()> {
 async fn real_crate() -> Result<()> {
     const WARM: usize = 3;
     let prep = tempfile::tempdir()?;
-    let sh = |dir: &std::path::Path, script: &str| -> Result<Duration> {
-        let t0 = Instant::now();
-        let out = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(dir).output()?;
-        anyhow::ensure!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(t0.elapsed())
-    };
+    let sh = timed_shell;
     sh(prep.path(), &format!("git -C {} archive HEAD | tar -xf -", crate::root().display()))?;
     let copy = format!("cp -r {}/. .", prep.path().display());
     let test = "cargo test --offline -v -p viaduct-pipeline 2>&1";
@@ -1417,12 +1416,7 @@ async fn cache() -> Result<()> {
 
         // Bare: the same tree through tar and zstd -1 on the same disk.
         let tmp = tempfile::tempdir_in(scratch.path())?;
-        let sh = |script: &str| -> Result<Duration> {
-            let t0 = Instant::now();
-            let ok = std::process::Command::new("sh").args(["-e", "-c", script]).current_dir(tmp.path()).status()?;
-            anyhow::ensure!(ok.success(), "`{script}` failed");
-            Ok(t0.elapsed())
-        };
+        let sh = |script: &str| timed_shell(tmp.path(), script);
         sh(&script)?;
         sync()?;
         // Made durable, as the server makes a saved cache before it answers.
