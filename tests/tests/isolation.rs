@@ -247,3 +247,40 @@ async fn plugin_programs_run_where_the_job_runs_with_a_fixed_environment() {
     let log = step_log(&client, &steps[1].id).await;
     assert!(log.contains("`nix` is not installed in the job's image"), "{log}");
 }
+
+/// A host job tries to put a link to `/` in place of its workspace (for
+/// the runner, root, to follow when it restores a cache or hands files
+/// over): its job directory is root's, so neither the move nor the link
+/// is allowed, and the step after a plugin step (which hands the
+/// workspace over) leaves `/` as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_job_cannot_swap_its_workspace_for_a_link() {
+    if !viaduct_tests::output(std::process::Command::new("id").arg("-u")).stdout.starts_with(b"0\n") {
+        viaduct_tests::missing_fixture("the runner is not root here: host jobs run as its own user");
+        return;
+    }
+    let server = Server::with_plugins();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let id = submit(
+        &client,
+        r#"
+jobs:
+  swap:
+    steps:
+      - run: |
+          mv ../workspace ../moved 2>&1 || true
+          ln -s / ../link 2>&1 || true
+          ls -ld .. | cut -c1-10
+      - uses: detect@1
+"#,
+    )
+    .await;
+    let run = finished(&client, &id).await;
+    let log = step_log(&client, &run.jobs[0].steps[0].id).await;
+    assert_eq!(log.matches("Permission denied").count(), 2, "{log}");
+    assert!(log.contains("drwx--x--x"), "the job directory is 0711: {log}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata("/etc").unwrap().uid(), 0, "/ was not handed to the job's user");
+    assert_eq!(word(run.status), "success", "{run:#?}");
+}
