@@ -148,7 +148,7 @@ impl JobCgroup {
     }
 
     /// The (new) cgroup of step `index`: the step's process moves itself
-    /// there before it executes anything (see [`StepCgroup::enter_fn`]).
+    /// there before it executes anything (see [`StepCgroup::procs`]).
     pub fn step(&self, index: u32) -> std::io::Result<StepCgroup> {
         let path = self.path.join(format!("step-{index}"));
         match std::fs::create_dir(&path) {
@@ -192,30 +192,10 @@ impl StepCgroup {
         populated(&self.path)
     }
 
-    /// What the step's forked child runs before `exec`: moves the calling
-    /// process into this cgroup. Only async-signal-safe calls (`open`,
-    /// `write`, `close` on a path built beforehand): it runs between
-    /// `fork` and `exec` of a multi-threaded process.
-    pub fn enter_fn(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-        let procs = self.procs.clone();
-        move || {
-            // SAFETY: `procs` is a valid NUL-terminated path owned by the
-            // closure; the buffer outlives the write.
-            unsafe {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // "0" is the writing process itself.
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if written != 1 {
-                    return Err(err);
-                }
-            }
-            Ok(())
-        }
+    /// Its `cgroup.procs` file: a process writing "0" there moves itself
+    /// into the cgroup (see `host::launch`).
+    pub fn procs(&self) -> &std::ffi::CStr {
+        &self.procs
     }
 }
 

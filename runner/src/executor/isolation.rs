@@ -122,17 +122,15 @@ impl SlotUsers {
 }
 
 impl JobUser {
-    /// What the step's forked child runs before `exec`, after joining its
-    /// cgroup: a private `/proc`, then this user (groups dropped). Only
-    /// async-signal-safe calls on data prepared here.
-    pub fn enter_fn(&self) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-        let (uid, private_proc, groups) = (self.uid, self.private_proc, Arc::clone(&self.groups));
-        move || {
-            if private_proc {
-                private_proc_mount()?;
-            }
-            drop_to(uid, &groups)
-        }
+    /// Whether its processes get a private `/proc` (see
+    /// [`private_proc_mount`]).
+    pub fn private_proc(&self) -> bool {
+        self.private_proc
+    }
+
+    /// Its supplementary groups (exactly these: the runner's are dropped).
+    pub fn groups(&self) -> &[libc::gid_t] {
+        &self.groups
     }
 }
 
@@ -230,9 +228,16 @@ fn proc_mount() -> &'static ProcMount {
     })
 }
 
+/// Builds, in the runner, what a starting step's process reads (it must
+/// not allocate): call before starting one.
+pub fn prepare_for_children() {
+    proc_mount();
+}
+
 /// A mount namespace of its own with a `/proc` that shows only the
-/// caller's user's processes.
-fn private_proc_mount() -> std::io::Result<()> {
+/// caller's user's processes. Plain system calls on data built by
+/// [`prepare_for_children`]: callable between `clone` and `exec`.
+pub fn private_proc_mount() -> std::io::Result<()> {
     let m = proc_mount();
     let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
     // SAFETY: plain syscalls on NUL-terminated strings that live for the
@@ -256,22 +261,11 @@ fn private_proc_mount() -> std::io::Result<()> {
     }
 }
 
-/// Drops every privilege to `uid` (as uid and gid, with exactly
-/// `groups` as supplementary groups).
-fn drop_to(uid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
-    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-    // SAFETY: plain syscalls; `groups` outlives the call.
-    unsafe {
-        check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-        check(libc::setgid(uid))?;
-        check(libc::setuid(uid))
-    }
-}
-
 /// Whether a child can get a private `/proc` here (tried once, with
 /// `true`).
 fn private_proc_works() -> bool {
     use std::os::unix::process::CommandExt;
+    prepare_for_children();
     let mut cmd = std::process::Command::new("true");
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     // SAFETY: the closure makes only async-signal-safe calls.
@@ -279,6 +273,27 @@ fn private_proc_works() -> bool {
         cmd.pre_exec(private_proc_mount);
     }
     cmd.status().is_ok_and(|s| s.success())
+}
+
+/// Warns when slot users cannot reach `work_dir`: a directory above it
+/// that others may not pass through (a work directory under `/root`). Their
+/// steps enter their working directory as themselves, so every one would
+/// fail to start.
+pub fn check_reachable(work_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(dir) = work_dir.canonicalize() else { return };
+    for above in dir.ancestors().skip(1) {
+        if above.metadata().is_ok_and(|m| m.permissions().mode() & 0o001 == 0) {
+            tracing::warn!(
+                work_dir = %dir.display(),
+                closed = %above.display(),
+                "host jobs run as slot users, who cannot pass through this directory to reach the work directory: \
+                 their steps cannot start. Put the work directory (--work-dir) where every directory above it is \
+                 searchable by others (e.g. /var/lib/viaduct-runner)"
+            );
+            return;
+        }
+    }
 }
 
 /// Sets `path`'s mode (0711 for the work directory: jobs pass through it,

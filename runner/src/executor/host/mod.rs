@@ -22,10 +22,9 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
+    ffi::{CString, OsStr},
     os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -33,9 +32,10 @@ use nix::{
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
-use tokio::{io::AsyncReadExt, net::unix::pipe, process::Command};
+use tokio::{io::AsyncReadExt, net::unix::pipe};
 use viaduct_proto::v1::Status;
 
+use self::launch::{Enter, Launch};
 use super::{
     Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
@@ -43,6 +43,7 @@ use super::{
 };
 use crate::outputs;
 
+mod launch;
 pub mod programs;
 
 /// `PATH` when the job sets none.
@@ -101,6 +102,7 @@ impl HostBackend {
             let _ = std::fs::create_dir_all(&jobs);
             super::isolation::restrict(root, 0o711);
             super::isolation::restrict(&jobs, 0o711);
+            super::isolation::check_reachable(root);
         }
         Self { root: jobs, kill_grace, keep_workspaces, cgroups, users }
     }
@@ -299,7 +301,7 @@ pub enum Containment {
     ProcessGroup {
         /// Where the group id goes.
         path: PathBuf,
-        /// The same, NUL-terminated for the forked child.
+        /// The same, NUL-terminated for the step's process.
         file: CString,
     },
 }
@@ -312,14 +314,11 @@ impl Containment {
         Ok(Self::ProcessGroup { path: path.to_path_buf(), file })
     }
 
-    /// What the forked child runs before `exec` (async-signal-safe only).
-    fn enter_fn(&self) -> Box<dyn FnMut() -> std::io::Result<()> + Send + Sync> {
+    /// Where the step's process goes before it executes anything.
+    fn enter(&self) -> Enter<'_> {
         match self {
-            Self::Cgroup(cg) => Box::new(cg.enter_fn()),
-            Self::ProcessGroup { file, .. } => {
-                let file = file.clone();
-                Box::new(move || write_own_pid(&file))
-            }
+            Self::Cgroup(cg) => Enter::Cgroup(cg.procs()),
+            Self::ProcessGroup { file, .. } => Enter::PgidFile(file),
         }
     }
 
@@ -333,38 +332,6 @@ impl Containment {
             cg.kill();
         }
     }
-}
-
-/// Writes the calling process's id (its process group, as the step runs
-/// with `process_group(0)`) to `file`. Runs between `fork` and `exec`:
-/// only `open`/`write`/`close`, and the digits formatted on the stack.
-fn write_own_pid(file: &std::ffi::CStr) -> std::io::Result<()> {
-    let mut digits = [0u8; 12];
-    let mut n = std::process::id();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // SAFETY: `file` is NUL-terminated and outlives the calls; `digits`
-    // outlives the write.
-    unsafe {
-        let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let len = digits.len() - at;
-        let written = libc::write(fd, digits[at..].as_ptr().cast(), len);
-        libc::close(fd);
-        if written != len as isize {
-            return Err(std::io::Error::other("short write of the process group file"));
-        }
-    }
-    Ok(())
 }
 
 /// Why a running step is being stopped.
@@ -402,36 +369,28 @@ pub async fn run_process(p: &Process<'_>, log: &mut StepLog, stop: &StepStop) ->
         Ok(w) => w,
         Err(e) => return StepOutcome::error(format!("cannot create a pipe: {e}")),
     };
-    let mut cmd = Command::new("sh");
-    cmd.arg("-e")
-        .arg("-c")
-        .arg(script)
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(write_end)))
-        .stderr(Stdio::from(OwnedFd::from(stderr_end)))
-        .process_group(0)
-        .kill_on_drop(true);
-    // SAFETY: the closure only makes async-signal-safe calls (see
-    // `Containment::enter_fn`).
-    unsafe {
-        cmd.pre_exec(containment.enter_fn());
-        // Then (still root, in its cgroup) it becomes the slot's user.
-        if let Some(u) = user {
-            cmd.pre_exec(u.enter_fn());
-        }
-    }
-    let spawned = cmd.spawn();
-    // The command holds our copies of the pipe's write end: drop them, or
-    // the pipe never reports end-of-file.
-    drop(cmd);
-    let mut child = match spawned {
+    // Looked for on the step's own PATH, by the step's process.
+    let sh = launch::candidates("sh", env.get("PATH").map_or(DEFAULT_PATH, String::as_str));
+    let (write_end, stderr_end) = (OwnedFd::from(write_end), OwnedFd::from(stderr_end));
+    let launched = launch::spawn(&Launch {
+        programs: &sh,
+        name: OsStr::new("sh"),
+        args: &[OsStr::new("-e"), OsStr::new("-c"), OsStr::new(script)],
+        env,
+        cwd,
+        stdout: &write_end,
+        stderr: &stderr_end,
+        enter: containment.enter(),
+        user,
+    });
+    // Our copies of the pipe's write end: dropped, or the pipe never
+    // reports end-of-file.
+    drop((write_end, stderr_end));
+    let mut child = match launched {
         Ok(c) => c,
         Err(e) => return StepOutcome::error(format!("cannot start `sh` in {}: {e}", cwd.display())),
     };
-    let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let pgid = Some(Pid::from_raw(child.id()));
     let signal_group = |sig: Signal| {
         if let Some(pg) = pgid {
             // ESRCH (the group is already gone) is fine.

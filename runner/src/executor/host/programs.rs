@@ -6,9 +6,9 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -16,9 +16,12 @@ use nix::{
     sys::signal::{Signal, killpg},
     unistd::Pid,
 };
-use tokio::{io::AsyncReadExt, process::Command, sync::mpsc};
+use tokio::{io::AsyncReadExt, sync::mpsc};
 
-use super::DEFAULT_PATH;
+use super::{
+    DEFAULT_PATH,
+    launch::{self, Enter, Launch},
+};
 use crate::{
     executor::{
         cgroup::{JobCgroup, StepCgroup},
@@ -46,14 +49,6 @@ impl Drop for Guard {
     }
 }
 
-/// `program` on the fixed `PATH` (the plugin cannot choose a path).
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(DEFAULT_PATH).map(|d| d.join(program)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
-}
-
 /// The programs of one host job.
 pub struct HostPrograms {
     /// The job directory (`workspace`, `home`, `tmp`).
@@ -79,8 +74,9 @@ impl Programs for HostPrograms {
     async fn run(&self, req: &ExecRequest, log: &mpsc::Sender<Vec<u8>>) -> Result<ExecExit, String> {
         let program = req.program.as_str();
         let env = self.environment(req);
-        let path =
-            which(program).ok_or_else(|| format!("`{program}` is not installed on this runner (not on its PATH)"))?;
+        // On the fixed `PATH`: the plugin cannot choose a path.
+        let path = launch::which(program, DEFAULT_PATH)
+            .ok_or_else(|| format!("`{program}` is not installed on this runner (not on its PATH)"))?;
         let workspace = self.dir.join("workspace");
         let cwd = paths::resolve(&workspace, req.cwd.as_deref().unwrap_or("."))?;
         run(&path, req, &cwd, &env, self, log).await
@@ -105,29 +101,23 @@ async fn run(
     };
     let (out_read, out_write) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let (err_read, err_write) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let mut cmd = Command::new(path);
-    cmd.args(&req.args)
-        .current_dir(cwd)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(OwnedFd::from(out_write)))
-        .stderr(Stdio::from(OwnedFd::from(err_write)))
-        .process_group(0)
-        .kill_on_drop(true);
-    // SAFETY: both closures make only async-signal-safe calls.
-    unsafe {
-        if let Some(cg) = &cgroup {
-            cmd.pre_exec(cg.enter_fn());
-        }
-        if let Some(u) = &job.user {
-            cmd.pre_exec(u.enter_fn());
-        }
-    }
-    let spawned = cmd.spawn();
-    drop(cmd);
-    let mut child = spawned.map_err(|e| format!("cannot start `{program}`: {e}"))?;
-    let guard = Guard { group: child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw), cgroup };
+    let args: Vec<&OsStr> = req.args.iter().map(OsStr::new).collect();
+    let (out_write, err_write) = (OwnedFd::from(out_write), OwnedFd::from(err_write));
+    let launched = launch::spawn(&Launch {
+        programs: &[path.to_path_buf()],
+        name: path.as_os_str(),
+        args: &args,
+        env,
+        cwd,
+        stdout: &out_write,
+        stderr: &err_write,
+        enter: cgroup.as_ref().map_or(Enter::Nothing, |cg| Enter::Cgroup(cg.procs())),
+        user: job.user.as_ref(),
+    });
+    // Our copies of the write ends: dropped, or the pipes never end.
+    drop((out_write, err_write));
+    let mut child = launched.map_err(|e| format!("cannot start `{program}`: {e}"))?;
+    let guard = Guard { group: Some(Pid::from_raw(child.id())), cgroup };
     let mut stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(out_read))
         .map_err(|e| format!("cannot read `{program}`'s output: {e}"))?;
     let mut stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(err_read))
