@@ -463,9 +463,21 @@ async fn job_of(
 /// the marginal cost of one more step (10-step minus 1-step job, over 9).
 async fn steps() -> Result<()> {
     const RUNS: usize = 30;
-    let (_server, _runner, client, mut events) = system().await?;
+    let (server, _runner, client, mut events) = system().await?;
     let ten = job_of_steps(&client, &mut events, 10, RUNS, None).await?;
     let one = job_of_steps(&client, &mut events, 1, RUNS, None).await?;
+    // The same 10-step job as a user starts it: the CLI process, which
+    // submits, follows the logs and exits with the outcome.
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), format!("jobs:\n  j:\n    steps:\n{}", "      - run: true\n".repeat(10)))?;
+    let mut cli = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        let out = server.cli().args(["submit", "--follow"]).arg(file.path()).output()?;
+        cli.push(t0.elapsed());
+        anyhow::ensure!(out.status.success(), "viaduct submit --follow: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (cli50, _, _) = summary(cli);
     let mut direct = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         let t0 = Instant::now();
@@ -487,6 +499,14 @@ async fn steps() -> Result<()> {
         ms(d50 / 10),
         ms(marginal.saturating_sub(d50 / 10)),
     );
+    println!(
+        "steps    the same job through the CLI (`viaduct submit --follow`, a process each time): p50 {} ({:.2}× direct)",
+        ms(cli50),
+        cli50.as_secs_f64() / d50.as_secs_f64(),
+    );
+    // Where a step's time goes inside the runner (in-process, by layer of
+    // containment).
+    crate::run(cargo().args(["bench", "-p", "viaduct-runner", "--bench", "host_step"]))?;
     Ok(())
 }
 

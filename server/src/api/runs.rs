@@ -229,9 +229,7 @@ impl Runs for RunsApi {
                 };
                 // Only durable events go out: a cursor a client has seen must
                 // never be reused after a crash (one shared fsync covers it).
-                if !events.is_empty() {
-                    engine.wait_all_durable().await;
-                }
+                engine.wait_events_durable(&events).await;
                 for ev in events.into_iter().filter(|ev| seen.shows(&engine, &visible, &ev.run_id)) {
                     if tx.send(Ok(ev)).await.is_err() {
                         return;

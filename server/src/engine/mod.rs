@@ -32,6 +32,7 @@ pub mod telemetry;
 mod tx;
 
 mod dispatch;
+mod durability;
 mod grant;
 #[cfg(test)]
 mod testing;
@@ -361,9 +362,19 @@ impl Engine {
         self.sh.store.wait_durable(ticket).await;
     }
 
-    /// Waits until every write made so far is on disk.
-    pub async fn wait_all_durable(&self) {
-        self.sh.store.wait_durable(self.sh.store.ticket()).await;
+    /// Waits until `events` (read from the store) are durable: with the
+    /// next flush when they [can wait](durability::can_wait), else now.
+    pub async fn wait_events_durable(&self, events: &[viaduct_proto::v1::RunEvent]) {
+        let store = &self.sh.store;
+        if events.is_empty() {
+            return;
+        }
+        let ticket = if durability::can_wait(events.iter().filter_map(|ev| ev.change.as_ref())) {
+            store.ticket_soon()
+        } else {
+            store.ticket()
+        };
+        store.wait_durable(ticket).await;
     }
 
     /// `Ok` when there is room for new work (see [`room`]).

@@ -335,6 +335,11 @@ impl<'a> Tx<'a> {
             self.ws.put(T::Runs, id.key(), rec);
             super::index::update(&mut self.ws, *id, before, rec);
         }
+        // A step that ended is waited on by no one right now (its runner's
+        // acknowledgement, a watcher's view of it can wait a few ms): such
+        // transitions share the next flush — the next step's start, or the
+        // job's end — instead of each forcing one.
+        let soon = super::durability::can_wait(self.changes.iter().map(|(_, c)| c));
         let mut touched = BTreeSet::new();
         let first_cursor = self.st.next_event;
         let mut batch = EventBatch::default();
@@ -369,7 +374,7 @@ impl<'a> Tx<'a> {
             tracing::error!(error = %e, "committing a state transition failed; exiting so that a restart recovers from disk");
             std::process::exit(70);
         }
-        let ticket = self.sh.store.ticket();
+        let ticket = if soon { self.sh.store.ticket_soon() } else { self.sh.store.ticket() };
         self.observe();
         if self.st.next_event != first_cursor {
             self.sh.signals.events.send_replace(self.st.next_event - 1);

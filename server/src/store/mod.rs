@@ -27,7 +27,7 @@ use std::{
         Arc, Condvar, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use prost::Message;
@@ -356,9 +356,17 @@ impl Store {
         }
     }
 
-    /// A ticket covering every write made so far.
+    /// A ticket covering every write made so far, flushed now.
     pub fn ticket(&self) -> Ticket {
         self.flusher.request()
+    }
+
+    /// A ticket covering every write made so far, flushed within
+    /// [`SOON`] unless something asks for a flush before: for writes that
+    /// no one waits on right now (a step's progress), so that a job of
+    /// many short steps costs a few fsyncs, not one per report.
+    pub fn ticket_soon(&self) -> Ticket {
+        self.flusher.request_soon()
     }
 
     /// A ticket covering the writes that already have tickets, without
@@ -420,6 +428,19 @@ pub fn decode<M: Message + Default>(t: T, bytes: &[u8]) -> Result<M> {
 const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// Requests arriving during one fsync that mean "under load".
 const BUSY_REQUESTS: u64 = 8;
+/// At most how long a [`Store::ticket_soon`] waits for its flush.
+pub const SOON: Duration = Duration::from_millis(5);
+
+/// What the flusher is asked to do.
+#[derive(Default)]
+struct Wake {
+    /// Flush now.
+    now: bool,
+    /// Flush at the latest then.
+    soon: Option<Instant>,
+    /// Shut down.
+    stop: bool,
+}
 
 /// What [`Store::after_durable`] runs.
 type Deferred = Box<dyn FnOnce() + Send>;
@@ -432,8 +453,7 @@ struct Flusher {
     /// What runs once a ticket is flushed (see [`Store::after_durable`]),
     /// in ticket order; `flushed` advances under this lock.
     after: Mutex<std::collections::VecDeque<(u64, Deferred)>>,
-    /// (work pending, shutting down)
-    wake: Mutex<(bool, bool)>,
+    wake: Mutex<Wake>,
     cv: Condvar,
 }
 
@@ -443,7 +463,7 @@ impl Flusher {
             requested: AtomicU64::new(0),
             flushed: watch::Sender::new(0),
             after: Mutex::default(),
-            wake: Mutex::new((false, false)),
+            wake: Mutex::default(),
             cv: Condvar::new(),
         });
         let flusher = Arc::clone(&f);
@@ -452,13 +472,19 @@ impl Flusher {
             loop {
                 {
                     let mut w = flusher.wake.lock().unwrap_or_else(|p| p.into_inner());
-                    while !w.0 && !w.1 {
-                        w = flusher.cv.wait(w).unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if w.stop {
+                            return;
+                        }
+                        let now = Instant::now();
+                        match w.soon {
+                            _ if w.now => break,
+                            Some(at) if at <= now => break,
+                            Some(at) => w = flusher.cv.wait_timeout(w, at - now).unwrap_or_else(|p| p.into_inner()).0,
+                            None => w = flusher.cv.wait(w).unwrap_or_else(|p| p.into_inner()),
+                        }
                     }
-                    if w.1 {
-                        return;
-                    }
-                    w.0 = false;
+                    (w.now, w.soon) = (false, None);
                 }
                 // Under load (requests kept coming while we flushed), gather
                 // more before the next fsync: far fewer, larger writes, at
@@ -488,7 +514,7 @@ impl Flusher {
                     Err(e) => {
                         tracing::error!(error = %e, "flushing the database failed; retrying");
                         std::thread::sleep(Duration::from_millis(100));
-                        flusher.wake.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+                        flusher.wake.lock().unwrap_or_else(|p| p.into_inner()).now = true;
                     }
                 }
             }
@@ -501,13 +527,23 @@ impl Flusher {
 
     fn request(&self) -> Ticket {
         let t = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        self.wake.lock().unwrap_or_else(|p| p.into_inner()).0 = true;
+        self.wake.lock().unwrap_or_else(|p| p.into_inner()).now = true;
         self.cv.notify_one();
         Ticket(t)
     }
 
+    fn request_soon(&self) -> Ticket {
+        let t = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut w = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        if !w.now && w.soon.is_none() {
+            w.soon = Some(Instant::now() + SOON);
+            self.cv.notify_one();
+        }
+        Ticket(t)
+    }
+
     fn stop(&self) {
-        self.wake.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.wake.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
         self.cv.notify_one();
     }
 
