@@ -44,7 +44,20 @@ impl Provisioner for Processes {
     }
 
     async fn start(&self, launch: &Launch) -> Result<Box<dyn Instance>> {
-        let log = std::fs::File::create(launch.dir.join("runner.log"))
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // The job's user enters its working directory as itself: it must
+        // pass through the state directory and the instance's (0711: it
+        // lists nothing, and what is in them is the autoscaler's, 0600).
+        for dir in launch.dir.parent().into_iter().chain([launch.dir.as_path()]) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| ProvisionError::Io(format!("cannot open {} to the job's user: {e}", dir.display())))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(launch.dir.join("runner.log"))
             .map_err(|e| ProvisionError::Io(format!("cannot create the runner's log: {e}")))?;
         let err = log.try_clone().map_err(|e| ProvisionError::Io(e.to_string()))?;
         let (token, work) = (launch.token_file(), launch.dir.join("work"));

@@ -316,7 +316,15 @@ pub fn spawn(l: &Launch<'_>) -> io::Result<Child> {
         let _ = reap(&pidfd, 0);
         let errno = i32::try_from(failed & 0xffff_ffff).unwrap_or(libc::EIO);
         let e = io::Error::from_raw_os_error(errno);
-        return Err(io::Error::new(e.kind(), format!("{}: {e}", Stage::of(failed >> 32).describe())));
+        let stage = Stage::of(failed >> 32);
+        let hint = match stage {
+            Stage::Chdir if errno == libc::EACCES && l.user.is_some() => {
+                " (the job's user cannot reach it: is a directory above the runner's work directory closed to \
+                 others? the runner's log says at start)"
+            }
+            _ => "",
+        };
+        return Err(io::Error::new(e.kind(), format!("{}: {e}{hint}", stage.describe())));
     }
     // SAFETY: an `OwnedFd` stays open, and is the same descriptor, until
     // the `AsyncFd` is dropped or gives it back.
