@@ -27,6 +27,7 @@ pub mod convert;
 pub mod depot;
 pub mod engine;
 pub mod error;
+pub mod forges;
 pub mod gate;
 pub mod git;
 pub mod http;
@@ -252,6 +253,10 @@ pub(crate) async fn serve_engine(
     engine.spawn_timer();
     let retention = retention::Retention::new(Arc::clone(&engine), Arc::clone(&store), cfg.retention.clone());
     retention.spawn();
+    let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
+    let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);
+    let forges = forges::Forges::new(Arc::clone(&store), Arc::clone(&repos))?;
+    forges.spawn(engine.signals().statuses.subscribe());
     let status = Arc::new(status::Status {
         engine: Arc::clone(&engine),
         store: Arc::clone(&store),
@@ -259,9 +264,8 @@ pub(crate) async fn serve_engine(
         room,
         sled_dir: matches!(cfg.store, StoreConfig::Sled).then(|| cfg.data_dir.join("db")),
         started_ms,
+        forges,
     });
-    let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
-    let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);
     let triggers = triggers::Triggers::new(
         Arc::clone(&engine),
         Arc::clone(&store),

@@ -80,6 +80,16 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
         "Bytes of the step logs packed since the server started: as written (log), and in blobs (packed).",
         bytes,
     );
+    let forges = &status.forges.counters;
+    let statuses: Family<ResultLabel, Counter> = Family::default();
+    for (result, n) in [("delivered", &forges.delivered), ("retried", &forges.retried), ("dropped", &forges.dropped)] {
+        statuses.get_or_create(&ResultLabel { result }).inc_by(n.load(Ordering::Relaxed));
+    }
+    r.register(
+        "forge_statuses",
+        "Commit statuses sent to forges since the server started: delivered, attempts that failed and are retried, dropped (refused for good or expired).",
+        statuses,
+    );
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &r) {
         tracing::error!(error = %e, "cannot encode /metrics");

@@ -31,6 +31,8 @@ pub struct Status {
     pub sled_dir: Option<PathBuf>,
     /// When the server started (ms).
     pub started_ms: i64,
+    /// Commit statuses sent to forges (their counters).
+    pub forges: Arc<crate::forges::Forges>,
 }
 
 impl Status {

@@ -141,7 +141,7 @@ async fn retention_removes_what_no_rule_keeps_and_a_dry_run_nothing() {
     let bad = v1::RetentionPolicy { keep_last: Some(2_000_000), ..Default::default() };
     let e = client
         .repos()
-        .update(v1::UpdateRepoRequest { name: "app".into(), pull_requests: None, retention: Some(bad) })
+        .update(v1::UpdateRepoRequest { name: "app".into(), retention: Some(bad), ..Default::default() })
         .await
         .expect_err("too many");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");

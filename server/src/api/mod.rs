@@ -93,7 +93,7 @@ pub async fn grpc_router(
     )))
     .add_service(LogsServer::new(logs::LogsApi::new(Arc::clone(engine), Arc::clone(depot))))
     .add_service(PipelinesServer::new(pipelines::PipelinesApi::new(Arc::clone(store), Arc::clone(triggers))))
-    .add_service(ReposServer::new(repos::ReposApi::new(Arc::clone(triggers))))
+    .add_service(ReposServer::new(repos::ReposApi::new(Arc::clone(triggers), Arc::clone(&admin.1.forges))))
     .add_service(SecretsServer::new(secrets::SecretsApi::new(Arc::clone(store), Arc::clone(secrets))))
     .add_service(RunnersServer::new(runners::RunnersApi::new(Arc::clone(engine), Arc::clone(auth))))
     .add_service(ArtifactsServer::new(artifacts::ArtifactsApi::new(Arc::clone(depot), Arc::clone(engine))))

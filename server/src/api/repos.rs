@@ -12,6 +12,7 @@ use crate::{
     access::{self, Access},
     convert,
     error::{Error, Result},
+    forges::Forges,
     repos::HOSTED,
     store::records::RepoRecord,
     triggers::Triggers,
@@ -20,12 +21,13 @@ use crate::{
 /// The Repos service.
 pub struct ReposApi {
     triggers: Arc<Triggers>,
+    forges: Arc<Forges>,
 }
 
 impl ReposApi {
-    /// The service over `triggers`.
-    pub fn new(triggers: Arc<Triggers>) -> Self {
-        Self { triggers }
+    /// The service over `triggers`, with how reporting to `forges` goes.
+    pub fn new(triggers: Arc<Triggers>, forges: Arc<Forges>) -> Self {
+        Self { triggers, forges }
     }
 
     /// A repository as `access` may see it: its webhook secret only with
@@ -53,6 +55,11 @@ impl ReposApi {
             credentials: r.credentials.clone(),
             pull_requests: Some(r.pull_requests.clone().unwrap_or_else(crate::trust::default_policy)),
             retention: r.retention,
+            forge: r.forge.clone(),
+            forge_delivery: self.forges.delivery(name, r.forge.as_ref()).unwrap_or_else(|e| {
+                tracing::warn!(repo = name, error = %e, "cannot read how forge statuses go");
+                None
+            }),
         }
     }
 }
@@ -119,7 +126,12 @@ impl Repos for ReposApi {
     async fn update(&self, req: Request<UpdateRepoRequest>) -> Result<Response<Repo>, Status> {
         let access = allowed(&req, &req.get_ref().name)?;
         let r = req.into_inner();
-        let rec = self.triggers.repos().set_policy(&r.name, r.pull_requests, r.retention).await?;
+        // The server sends the token to the connection's URL: whoever picks
+        // the URL could read the token, so only an administrator may.
+        if r.forge.is_some() && !access.grants.allows(Role::Admin, None) {
+            return Err(Error::PermissionDenied("changing a forge connection needs the admin role".into()).into());
+        }
+        let rec = self.triggers.repos().update(&r.name, r.pull_requests, r.retention, r.forge).await?;
         Ok(Response::new(self.to_proto(&access, &r.name, &rec)))
     }
 }

@@ -17,6 +17,7 @@
 //!   work.
 
 pub mod clock;
+pub mod commit_status;
 mod condition;
 pub mod index;
 mod lease;
@@ -187,6 +188,9 @@ pub struct Signals {
     /// Bumped whenever a runner may have changed (its record, connection
     /// or leases; see `Runners.Watch`).
     pub runners: watch::Sender<u64>,
+    /// Bumped whenever a transition wrote commit statuses for a forge (see
+    /// `commit_status`).
+    pub statuses: watch::Sender<u64>,
     runs: Mutex<HashMap<RunId, watch::Sender<u64>>>,
     timer: Notify,
 }
@@ -195,6 +199,11 @@ impl Signals {
     /// Wakes the watchers of the fleet.
     pub fn runners_changed(&self) {
         self.runners.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Wakes the sender of commit statuses.
+    pub fn statuses_changed(&self) {
+        self.statuses.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A receiver that changes whenever anything of `run` changes (a state,
@@ -340,6 +349,7 @@ impl Engine {
                 signals: Signals {
                     events: watch::Sender::new(next_event - 1),
                     runners: watch::Sender::new(0),
+                    statuses: watch::Sender::new(0),
                     runs: Mutex::default(),
                     timer: Notify::new(),
                 },

@@ -56,6 +56,9 @@ pub struct NewRun {
     /// The submit's key (caller and request id, hashed): a second create
     /// with it returns the first run (see `SubmitRequest.request_id`).
     pub request_key: Option<[u8; 32]>,
+    /// Its states and its jobs' become commit statuses (its repository has
+    /// a forge connection; see `commit_status`).
+    pub reports_status: bool,
 }
 
 /// How long a submit's key is remembered.
@@ -168,6 +171,7 @@ impl Engine {
                 trust: if new.trust == Trust::Unspecified { Trust::Trusted as i32 } else { new.trust as i32 },
                 approval_reason: new.approval.clone().unwrap_or_default(),
                 awaiting_approval: new.approval.is_some(),
+                reports_status: new.reports_status,
                 ..Default::default()
             };
             t.insert_run(id, run);
@@ -186,6 +190,7 @@ impl Engine {
                 let mut rec = job_record(j, &new.pipeline, now);
                 rec.source.clone_from(&new.checkout);
                 rec.untrusted = untrusted;
+                rec.reports_status = new.reports_status;
                 // Told at once; enforced when it would start (see
                 // `Tx::make_ready`) and again at dispatch.
                 let scope_of = |name: &str| crate::secrets::SecretBox::scope(t.store(), name);

@@ -328,12 +328,15 @@ impl<'a> Tx<'a> {
         for (key, _, rec) in self.steps.written() {
             self.ws.put(T::Steps, key.key(), rec);
         }
-        for (key, _, rec) in self.jobs.written() {
+        let mut statuses = Vec::new();
+        for (key, before, rec) in self.jobs.written() {
             self.ws.put(T::Jobs, key.key(), rec);
+            statuses.extend(super::commit_status::of_job(*key, before, rec));
         }
         for (id, before, rec) in self.runs.written() {
             self.ws.put(T::Runs, id.key(), rec);
             super::index::update(&mut self.ws, *id, before, rec);
+            statuses.extend(super::commit_status::of_run(*id, before, rec));
         }
         // A step that ended is waited on by no one right now (its runner's
         // acknowledgement, a watcher's view of it can wait a few ms): such
@@ -357,6 +360,10 @@ impl<'a> Tx<'a> {
         if !batch.events.is_empty() {
             self.ws.put(T::Events, first_cursor.to_be_bytes(), &batch);
         }
+        // Every record whose status changed has an event in this batch, so
+        // its first cursor orders the statuses across transitions.
+        let reports_status = !statuses.is_empty();
+        super::commit_status::write(&mut self.ws, first_cursor, statuses);
         let fleet =
             self.ws.touches(T::Runners) || self.undo.iter().any(|u| matches!(u, Undo::Lease(..) | Undo::Conn(..)));
         if fleet {
@@ -375,6 +382,9 @@ impl<'a> Tx<'a> {
             std::process::exit(70);
         }
         let ticket = if soon { self.sh.store.ticket_soon() } else { self.sh.store.ticket() };
+        if reports_status {
+            self.sh.signals.statuses_changed();
+        }
         self.observe();
         if self.st.next_event != first_cursor {
             self.sh.signals.events.send_replace(self.st.next_event - 1);

@@ -162,6 +162,7 @@ fn failed_run(file: &str, cause: Cause, yaml: String, error: String) -> NewRun {
         source: cause.source,
         yaml,
         error: Some(format!("invalid {file}:\n{error}")),
+        reports_status: cause.reports_status,
         ..Default::default()
     }
 }

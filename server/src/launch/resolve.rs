@@ -49,6 +49,8 @@ pub struct Cause {
     pub approval: Option<String>,
     /// A submit's key (see `engine::NewRun::request_key`).
     pub request_key: Option<[u8; 32]>,
+    /// Its states become commit statuses on its repository's forge.
+    pub reports_status: bool,
 }
 
 fn diagnostics(diags: Vec<viaduct_pipeline::Diagnostic>) -> Vec<v1::Diagnostic> {
@@ -199,6 +201,7 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, cause: &Cause, plugins: &P
         trust: cause.trust,
         approval: cause.approval.clone(),
         request_key: cause.request_key,
+        reports_status: cause.reports_status,
     })
 }
 
@@ -309,5 +312,6 @@ pub fn from_inline(job: &InlineJob, cause: &Cause) -> Result<NewRun> {
         trust: cause.trust,
         approval: cause.approval.clone(),
         request_key: cause.request_key,
+        reports_status: cause.reports_status,
     })
 }

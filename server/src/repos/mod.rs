@@ -11,7 +11,7 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
-use viaduct_proto::v1::MirrorRepo;
+use viaduct_proto::v1::{ForgeConnection, MirrorRepo};
 
 use crate::{
     error::{Error, Result},
@@ -78,7 +78,7 @@ impl Repos {
         let _ = self.public_url.set(url.trim_end_matches('/').to_string());
     }
 
-    fn public_url(&self) -> &str {
+    pub(crate) fn public_url(&self) -> &str {
         self.public_url.get().map_or("http://127.0.0.1:7700", String::as_str)
     }
 
@@ -177,6 +177,7 @@ impl Repos {
         if let Some(p) = &m.pull_requests {
             check_policy(p)?;
         }
+        let forge = m.forge.as_ref().map(|f| self.forge_connection(name, &m.url, f)).transpose()?.flatten();
         let rec = RepoRecord {
             schema: SCHEMA_VERSION,
             pull_requests: m.pull_requests.clone(),
@@ -187,6 +188,7 @@ impl Repos {
             poll_interval_s: m.poll_interval_seconds,
             created_ms: now_ms(),
             credentials: m.credentials.clone(),
+            forge,
             ..Default::default()
         };
         let ws = self.save(name, &rec, WriteSet::default())?;
@@ -194,16 +196,18 @@ impl Repos {
         Ok(rec)
     }
 
-    /// Replaces a repository's pull request policy, retention policy or both
-    /// (`None`: unchanged).
-    pub async fn set_policy(
+    /// Replaces a repository's pull request policy, retention policy or
+    /// forge connection (`None`: unchanged; a connection without a kind
+    /// removes it).
+    pub async fn update(
         &self,
         name: &str,
         pull_requests: Option<viaduct_proto::v1::PullRequestPolicy>,
         retention: Option<viaduct_proto::v1::RetentionPolicy>,
+        forge: Option<ForgeConnection>,
     ) -> Result<RepoRecord> {
-        if pull_requests.is_none() && retention.is_none() {
-            return Err(Error::invalid("set `pull_requests` or `retention` (the new policy)"));
+        if pull_requests.is_none() && retention.is_none() && forge.is_none() {
+            return Err(Error::invalid("set `pull_requests`, `retention` or `forge` (what changes)"));
         }
         if let Some(policy) = &pull_requests {
             check_policy(policy)?;
@@ -221,13 +225,34 @@ impl Repos {
             rec.retention = crate::retention::merged(rec.retention.take(), change);
             tracing::info!(repo = name, policy = ?rec.retention, "retention policy changed");
         }
+        if let Some(conn) = forge {
+            if rec.kind != MIRROR && !conn.kind.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "`{name}` is hosted here: only mirrors report to a forge"
+                )));
+            }
+            rec.forge = self.forge_connection(name, &rec.url, &conn)?;
+            tracing::info!(repo = name, forge = ?rec.forge.as_ref().map(|f| (&f.kind, &f.api_url, &f.project)), "forge connection changed");
+        }
         let ws = self.save(name, &rec, WriteSet::default())?;
         self.store.commit_durable(&ws).await?;
         Ok(rec)
     }
 
+    /// A forge connection checked and completed (`None`: none, when its
+    /// kind is empty); its token secret must exist and be scoped to `name`.
+    fn forge_connection(&self, name: &str, url: &str, conn: &ForgeConnection) -> Result<Option<ForgeConnection>> {
+        if conn.kind.is_empty() {
+            return Ok(None);
+        }
+        let conn = crate::forges::connection::complete(conn, url)?;
+        let scope = crate::secrets::SecretBox::scope(&self.store, &conn.token_secret)?;
+        crate::forges::connection::check_token_scope(name, &conn.token_secret, scope.as_ref())?;
+        Ok(Some(conn))
+    }
+
     /// A secret's value; a missing one is the caller's to set.
-    fn secret(&self, name: &str) -> Result<String> {
+    pub(crate) fn secret(&self, name: &str) -> Result<String> {
         self.secrets.get(&self.store, name)?.map(|(value, _)| value).ok_or_else(|| {
             Error::FailedPrecondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
         })

@@ -96,6 +96,15 @@ pub enum T {
     /// [`records::SourceArchiveRecord`] by `repo \0 commit` (see
     /// `source_archives`).
     SourceArchives,
+    /// [`records::StatusRecord`] by `repo \0 sequence`: commit statuses
+    /// waiting for a forge (see `forges`).
+    StatusOutbox,
+    /// [`records::ForgeDeliveryRecord`] by repository name.
+    ForgeDelivery,
+    /// Ids a forge gave back, by `repo \0 commit \0 what`: GitLab's
+    /// pipeline of a run (`pipeline:<run id>`) → id, time (ms), both
+    /// big-endian.
+    ForgeIds,
 }
 
 impl T {
@@ -105,7 +114,7 @@ impl T {
     }
 
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 26] = [
+    pub const ALL: [T; 29] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -132,10 +141,13 @@ impl T {
         T::Unpacked,
         T::PackedLogs,
         T::SourceArchives,
+        T::StatusOutbox,
+        T::ForgeDelivery,
+        T::ForgeIds,
     ];
 }
 
-const TREE_NAMES: [&str; 26] = [
+const TREE_NAMES: [&str; 29] = [
     "runs",
     "jobs",
     "steps",
@@ -162,6 +174,9 @@ const TREE_NAMES: [&str; 26] = [
     "unpacked",
     "packed_logs",
     "source_archives",
+    "status_outbox",
+    "forge_delivery",
+    "forge_ids",
 ];
 
 /// The database.

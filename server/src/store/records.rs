@@ -95,6 +95,10 @@ pub struct RunRecord {
     /// root span in the run's trace.
     #[prost(uint32, tag = "23")]
     pub retried: u32,
+    /// Its repository has a forge connection: its states and its jobs'
+    /// become commit statuses (see `engine::commit_status`).
+    #[prost(bool, tag = "24")]
+    pub reports_status: bool,
 }
 
 /// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).
@@ -218,6 +222,9 @@ pub struct JobRecord {
     /// that comes back as that same process without the job never got it.
     #[prost(string, tag = "39")]
     pub runner_instance: String,
+    /// Its states become commit statuses (copied from the run).
+    #[prost(bool, tag = "40")]
+    pub reports_status: bool,
 }
 
 /// A finished earlier attempt of a job.
@@ -374,6 +381,69 @@ pub struct RepoRecord {
     /// How long its runs are kept; `None`: the server's defaults.
     #[prost(message, optional, tag = "13")]
     pub retention: Option<viaduct_proto::v1::RetentionPolicy>,
+    /// Mirrors: the forge its runs report commit statuses to.
+    #[prost(message, optional, tag = "14")]
+    pub forge: Option<viaduct_proto::v1::ForgeConnection>,
+}
+
+/// A commit status waiting to be sent to a repository's forge:
+/// `status_outbox` tree, key `repo \0 sequence` (big-endian; the event
+/// cursor of the change it reports). Written in the transition whose state
+/// it reports (see `engine::commit_status`), deleted once the forge
+/// accepted it or a newer status of the same context (see `forges`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatusRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// The commit it is about.
+    #[prost(string, tag = "2")]
+    pub commit: String,
+    /// The ref the run was for (GitLab's `ref`).
+    #[prost(string, tag = "3")]
+    pub git_ref: String,
+    /// The run's pipeline name.
+    #[prost(string, tag = "4")]
+    pub pipeline: String,
+    /// The job's name; empty for the run's own status.
+    #[prost(string, tag = "5")]
+    pub job: String,
+    /// The run's or job's state (`v1::Status`).
+    #[prost(int32, tag = "6")]
+    pub status: i32,
+    /// What the forge shows next to it (at most 140 characters).
+    #[prost(string, tag = "7")]
+    pub description: String,
+    /// The run.
+    #[prost(string, tag = "8")]
+    pub run_id: String,
+    /// The job's id (for the link); empty for the run.
+    #[prost(string, tag = "9")]
+    pub job_id: String,
+    /// When the state was reached (ms).
+    #[prost(int64, tag = "10")]
+    pub time_ms: i64,
+}
+
+/// How reporting to a repository's forge went: `forge_delivery` tree, key =
+/// repository name.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForgeDeliveryRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Why the last attempt failed (empty after a success).
+    #[prost(string, tag = "2")]
+    pub last_error: String,
+    /// When it failed (ms).
+    #[prost(int64, tag = "3")]
+    pub last_error_ms: i64,
+    /// When the forge last accepted a status (ms).
+    #[prost(int64, tag = "4")]
+    pub last_delivered_ms: i64,
+    /// Statuses accepted, ever.
+    #[prost(uint64, tag = "5")]
+    pub delivered: u64,
 }
 
 /// The events of one transition: `events` tree, key = the cursor of its

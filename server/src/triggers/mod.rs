@@ -407,6 +407,7 @@ impl Triggers {
             trust: decision.as_ref().map_or(viaduct_proto::v1::Trust::Trusted, |d| d.trust),
             approval: decision.and_then(|d| d.approval),
             request_key: None,
+            reports_status: rec.forge.as_ref().is_some_and(|f| !f.kind.is_empty()),
         };
         // Pull requests were decided by the base branch's file above.
         let event = ev.event;

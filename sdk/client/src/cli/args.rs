@@ -234,6 +234,19 @@ pub enum ReposCommand {
         /// Mirrors: trust pull requests of this forge login (repeatable).
         #[arg(long = "trust-sender", value_name = "LOGIN")]
         trust_senders: Vec<String>,
+        #[command(flatten)]
+        forge: ForgeArgs,
+    },
+    /// Report a mirror's runs to its forge as commit statuses (admin): each
+    /// run as `viaduct/<pipeline>`, each job as `viaduct/<pipeline>/<job>`.
+    Forge {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        forge: ForgeArgs,
+        /// Stop reporting.
+        #[arg(long, conflicts_with = "forge")]
+        remove: bool,
     },
     /// Set who a repository trusts to run pull requests without approval.
     Trust {
@@ -422,6 +435,41 @@ pub enum RunnersCommand {
         #[arg(long)]
         job: Option<String>,
     },
+}
+
+/// A mirror's forge connection.
+#[derive(Debug, Args, Default)]
+pub struct ForgeArgs {
+    /// Report commit statuses to this forge: github, gitlab, gitea or forgejo.
+    #[arg(long, value_name = "KIND")]
+    pub forge: Option<String>,
+    /// The forge's API (default: GitHub's, or https://HOST/api/v4 for
+    /// GitLab and https://HOST/api/v1 for Gitea from the mirror's URL).
+    #[arg(long, value_name = "URL", requires = "forge")]
+    pub forge_api_url: Option<String>,
+    /// The repository as the forge names it (default: from the mirror's URL).
+    #[arg(long, value_name = "OWNER/NAME", requires = "forge")]
+    pub forge_project: Option<String>,
+    /// The secret holding the forge's access token; it must be scoped to
+    /// this repository (`viaduct secrets set NAME --repo REPO`).
+    #[arg(long, value_name = "SECRET", requires = "forge")]
+    pub forge_token_secret: Option<String>,
+    /// Contexts are `PREFIX/<pipeline>[/<job>]` (default `viaduct`).
+    #[arg(long, value_name = "PREFIX", requires = "forge")]
+    pub forge_context_prefix: Option<String>,
+}
+
+impl ForgeArgs {
+    /// The connection the flags describe (`None` without `--forge`).
+    pub fn connection(self) -> Option<viaduct_sdk::proto::v1::ForgeConnection> {
+        Some(viaduct_sdk::proto::v1::ForgeConnection {
+            kind: self.forge?,
+            api_url: self.forge_api_url.unwrap_or_default(),
+            project: self.forge_project.unwrap_or_default(),
+            token_secret: self.forge_token_secret.unwrap_or_default(),
+            context_prefix: self.forge_context_prefix.unwrap_or_default(),
+        })
+    }
 }
 
 /// A retention policy's flags (unset: inherited).

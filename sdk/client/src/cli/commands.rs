@@ -535,7 +535,20 @@ pub async fn trigger(
 /// `viaduct repos …`.
 pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
     match cmd {
-        ReposCommand::Create { name, mirror, poll, webhook_secret, credentials, default_branch, trust_senders } => {
+        ReposCommand::Create {
+            name,
+            mirror,
+            poll,
+            webhook_secret,
+            credentials,
+            default_branch,
+            trust_senders,
+            forge,
+        } => {
+            let forge = forge.connection();
+            if mirror.is_none() && forge.is_some() {
+                return Err(Failure::Usage("--forge needs --mirror: only mirrors report to a forge".into()));
+            }
             let source = match mirror {
                 Some(url) => create_repo_request::Source::Mirror(MirrorRepo {
                     url,
@@ -546,6 +559,7 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
                         trusted_senders: trust_senders,
                         trusted_associations: DEFAULT_ASSOCIATIONS.iter().map(|s| s.to_string()).collect(),
                     }),
+                    forge,
                 }),
                 None => create_repo_request::Source::Hosted(HostedRepo { default_branch }),
             };
@@ -592,7 +606,7 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
             let policy = PullRequestPolicy { trusted_senders: senders, trusted_associations: associations };
             let r = client
                 .repos()
-                .update(UpdateRepoRequest { name, pull_requests: Some(policy), retention: None })
+                .update(UpdateRepoRequest { name, pull_requests: Some(policy), ..Default::default() })
                 .await?
                 .into_inner();
             print!("{}", view::repo_text(&r));
@@ -604,11 +618,25 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
                 None => client.repos().get(GetRepoRequest { name }).await?.into_inner(),
                 Some(p) => client
                     .repos()
-                    .update(UpdateRepoRequest { name, pull_requests: None, retention: Some(p) })
+                    .update(UpdateRepoRequest { name, retention: Some(p), ..Default::default() })
                     .await?
                     .into_inner(),
             };
             println!("{}", super::admin::policy_text(&r.retention.unwrap_or_default()));
+            Ok(())
+        }
+        ReposCommand::Forge { name, forge, remove } => {
+            let forge = match (forge.connection(), remove) {
+                (_, true) => viaduct_sdk::proto::v1::ForgeConnection::default(),
+                (Some(f), false) => f,
+                (None, false) => return Err(Failure::Usage("give --forge KIND (and its flags), or --remove".into())),
+            };
+            let r = client
+                .repos()
+                .update(UpdateRepoRequest { name, forge: Some(forge), ..Default::default() })
+                .await?
+                .into_inner();
+            print!("{}", view::repo_text(&r));
             Ok(())
         }
         ReposCommand::Sync { name } => {

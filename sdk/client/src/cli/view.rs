@@ -233,6 +233,14 @@ pub fn repo_json(r: &Repo) -> Value {
         "default_branch": r.default_branch, "webhook_url": r.webhook_url, "webhook_secret": r.webhook_secret,
         "poll_interval_seconds": r.poll_interval_seconds, "last_sync": rfc3339(r.last_sync.as_ref()),
         "last_error": r.last_error, "credentials": r.credentials,
+        "forge": r.forge.as_ref().map(|f| json!({
+            "kind": f.kind, "api_url": f.api_url, "project": f.project, "token_secret": f.token_secret,
+            "context_prefix": f.context_prefix,
+        })),
+        "forge_delivery": r.forge_delivery.as_ref().map(|d| json!({
+            "delivered": d.delivered, "pending": d.pending, "last_error": d.last_error,
+            "last_error_time": rfc3339(d.last_error_time.as_ref()), "last_delivered": rfc3339(d.last_delivered.as_ref()),
+        })),
     })
 }
 
@@ -264,6 +272,19 @@ pub fn repo_text(r: &Repo) -> String {
     }
     if let Some(p) = r.retention.filter(|p| *p != Default::default()) {
         let _ = writeln!(out, "  {}", super::admin::policy_text(&p));
+    }
+    if let Some(f) = &r.forge {
+        let _ = writeln!(
+            out,
+            "  reports to   {} {} at {} as {}/… (token: secret {})",
+            f.kind, f.project, f.api_url, f.context_prefix, f.token_secret
+        );
+    }
+    if let Some(d) = &r.forge_delivery {
+        let _ = writeln!(out, "  statuses     {} delivered, {} waiting", d.delivered, d.pending);
+        if !d.last_error.is_empty() {
+            let _ = writeln!(out, "  forge error  {} ({})", d.last_error, local(d.last_error_time.as_ref()));
+        }
     }
     if !r.last_error.is_empty() {
         let _ = writeln!(out, "  last error   {}", r.last_error);

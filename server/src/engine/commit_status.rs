@@ -1,0 +1,220 @@
+//! What a transition tells a forge: the commit statuses of the runs and jobs
+//! whose state it changed, for runs of repositories with a forge connection
+//! (`RunRecord::reports_status`, copied to each job).
+//!
+//! [`Tx::commit`](super::tx::Tx::commit) writes them to the `status_outbox`
+//! tree in the same commit as the state they report, so a status is never
+//! lost and never precedes its state; `forges` sends them. A state the forge
+//! has no word for is mapped there; here every state, skips included, gives
+//! a status, so a required check never waits forever.
+
+use viaduct_proto::{
+    StatusWord,
+    v1::{SourcePlan, Status},
+};
+
+use crate::store::{
+    T, WriteSet,
+    keys::{JobKey, RunId},
+    records::{JobRecord, RunRecord, SCHEMA_VERSION, StatusRecord},
+};
+
+/// The most a forge shows next to a status (GitHub's limit).
+pub const MAX_DESCRIPTION: usize = 140;
+
+/// The key of a status of `repo` in the `status_outbox` tree.
+pub fn outbox_key(repo: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(repo.len() + 9);
+    k.extend_from_slice(repo.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Whether the status a record reports changed.
+fn changed(before: Option<i32>, now: i32) -> bool {
+    before != Some(now) && now != Status::Unspecified as i32
+}
+
+/// The status of a run, if it reports one and its state changed.
+pub fn of_run(id: RunId, before: Option<&RunRecord>, run: &RunRecord) -> Option<(String, StatusRecord)> {
+    let source = run.source.as_ref().filter(|s| run.reports_status && !s.repo.is_empty() && !s.commit.is_empty())?;
+    if !changed(before.map(|b| b.status), run.status)
+        && before.is_some_and(|b| b.awaiting_approval == run.awaiting_approval)
+    {
+        return None;
+    }
+    let description = match run.status() {
+        Status::Queued if run.awaiting_approval => "Waiting for approval".to_string(),
+        Status::Queued | Status::Pending => "Queued".to_string(),
+        Status::Running => "Running".to_string(),
+        s => ended(s, run.started_ms, run.finished_ms, &run.error),
+    };
+    let rec = StatusRecord {
+        schema: SCHEMA_VERSION,
+        commit: source.commit.clone(),
+        git_ref: source.r#ref.clone(),
+        pipeline: run.pipeline.clone(),
+        job: String::new(),
+        status: run.status,
+        description: shorten(&description),
+        run_id: id.to_string(),
+        job_id: String::new(),
+        time_ms: run.finished_ms.max(run.started_ms).max(run.created_ms),
+    };
+    Some((source.repo.clone(), rec))
+}
+
+/// The status of a job, if it reports one and its state changed.
+pub fn of_job(key: JobKey, before: Option<&JobRecord>, job: &JobRecord) -> Option<(String, StatusRecord)> {
+    let source: &SourcePlan =
+        job.source.as_ref().filter(|s| job.reports_status && !s.repo.is_empty() && !s.commit.is_empty())?;
+    if !changed(before.map(|b| b.status), job.status) {
+        return None;
+    }
+    let description = match job.status() {
+        Status::Pending => "Waiting for the jobs it needs".to_string(),
+        Status::Queued => "Queued".to_string(),
+        Status::Running => "Running".to_string(),
+        s => ended(s, job.started_ms, job.finished_ms, &job.message),
+    };
+    let rec = StatusRecord {
+        schema: SCHEMA_VERSION,
+        commit: source.commit.clone(),
+        git_ref: source.r#ref.clone(),
+        pipeline: job.pipeline.clone(),
+        job: job.name.clone(),
+        status: job.status,
+        description: shorten(&description),
+        run_id: key.run.to_string(),
+        job_id: key.to_string(),
+        time_ms: job.finished_ms.max(job.started_ms).max(job.created_ms),
+    };
+    Some((source.repo.clone(), rec))
+}
+
+/// Statuses one transition may write: their sequence numbers are its first
+/// event cursor shifted by this many bits, plus their position.
+const PER_TRANSITION_BITS: u32 = 20;
+
+/// Adds the `statuses` of the transition whose first event cursor is
+/// `first_cursor` to `ws`, in order: cursors grow from one transition to the
+/// next, so sequence numbers do too.
+pub fn write(ws: &mut WriteSet, first_cursor: u64, statuses: Vec<(String, StatusRecord)>) {
+    for (i, (repo, rec)) in statuses.into_iter().enumerate().take(1 << PER_TRANSITION_BITS) {
+        ws.put(T::StatusOutbox, outbox_key(&repo, (first_cursor << PER_TRANSITION_BITS) | i as u64), &rec);
+    }
+}
+
+/// How an ended run or job is described: its result, how long it took, and
+/// why (a skip's reason, a failure's message).
+fn ended(status: Status, started_ms: i64, finished_ms: i64, why: &str) -> String {
+    let took = (started_ms > 0 && finished_ms >= started_ms).then(|| duration(finished_ms - started_ms));
+    let why = why.lines().next().unwrap_or_default().trim();
+    match (status, took) {
+        // A skip is a success to the forge: a required check must not wait
+        // for a job that will never run.
+        (Status::Skipped, _) if why.is_empty() => "skipped".to_string(),
+        (Status::Skipped, _) => format!("skipped: {}", why.trim_start_matches("will not run: ")),
+        (Status::Success, Some(t)) => format!("Succeeded in {t}"),
+        (Status::Success, None) => "Succeeded".to_string(),
+        (s, took) => {
+            let word = match s {
+                Status::Failure => "Failed",
+                Status::Cancelled => "Cancelled",
+                Status::TimedOut => "Timed out",
+                Status::RunnerLost => "Runner lost",
+                other => other.word(),
+            };
+            let took = took.map(|t| format!(" after {t}")).unwrap_or_default();
+            if why.is_empty() { format!("{word}{took}") } else { format!("{word}{took}: {why}") }
+        }
+    }
+}
+
+/// `1h2m`, `3m4s`, `5s`.
+fn duration(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// At most [`MAX_DESCRIPTION`] characters, cut with an ellipsis.
+fn shorten(s: &str) -> String {
+    if s.chars().count() <= MAX_DESCRIPTION {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(MAX_DESCRIPTION - 1).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use viaduct_proto::v1::RunSource;
+
+    fn run(status: Status) -> RunRecord {
+        RunRecord {
+            pipeline: "ci".into(),
+            status: status as i32,
+            reports_status: true,
+            source: Some(RunSource {
+                repo: "app".into(),
+                commit: "c0ffee".into(),
+                r#ref: "refs/heads/main".into(),
+                ..Default::default()
+            }),
+            created_ms: 1,
+            ..Default::default()
+        }
+    }
+
+    fn job(status: Status, message: &str) -> JobRecord {
+        JobRecord {
+            pipeline: "ci".into(),
+            name: "test".into(),
+            status: status as i32,
+            message: message.into(),
+            reports_status: true,
+            source: Some(SourcePlan { repo: "app".into(), commit: "c0ffee".into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_changes_of_reporting_runs_give_statuses() {
+        let id = RunId(7);
+        let (repo, s) = of_run(id, None, &run(Status::Queued)).expect("a new run reports");
+        assert_eq!((repo.as_str(), s.job.as_str(), s.description.as_str()), ("app", "", "Queued"));
+        assert!(of_run(id, Some(&run(Status::Running)), &run(Status::Running)).is_none(), "no change, no status");
+        let quiet = RunRecord { reports_status: false, ..run(Status::Running) };
+        assert!(of_run(id, None, &quiet).is_none());
+        let inline = RunRecord { source: None, ..run(Status::Running) };
+        assert!(of_run(id, None, &inline).is_none());
+        let mut waiting = run(Status::Queued);
+        waiting.awaiting_approval = true;
+        assert_eq!(of_run(id, Some(&run(Status::Queued)), &waiting).unwrap().1.description, "Waiting for approval");
+    }
+
+    #[test]
+    fn endings_say_how_and_why() {
+        let key = JobKey::new(RunId(7), 2);
+        let skipped = of_job(
+            key,
+            Some(&job(Status::Pending, "")),
+            &job(Status::Skipped, "will not run: needs `build`, which failed"),
+        );
+        let (_, s) = skipped.unwrap();
+        assert_eq!(s.description, "skipped: needs `build`, which failed");
+        assert_eq!((s.job_id, s.job.as_str()), (key.to_string(), "test"));
+        let mut failed = job(Status::Failure, "step `test` exited with 1\nmore");
+        (failed.started_ms, failed.finished_ms) = (1_000, 63_500);
+        assert_eq!(of_job(key, None, &failed).unwrap().1.description, "Failed after 1m2s: step `test` exited with 1");
+        let long = job(Status::Failure, &"x".repeat(500));
+        assert_eq!(of_job(key, None, &long).unwrap().1.description.chars().count(), MAX_DESCRIPTION);
+    }
+}

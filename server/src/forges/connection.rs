@@ -1,0 +1,181 @@
+//! A mirror's forge connection, checked and completed before it is kept.
+//!
+//! Who may set one: an administrator (the server sends the token secret's
+//! value to the API URL, so whoever chooses the URL could read the token).
+//! The token secret must be scoped to the repository (`viaduct secrets set
+//! NAME --repo REPO`), so a connection cannot send another repository's
+//! secret anywhere. The API URL is `https://`, or `http://` to this machine
+//! only (a token in clear text over a network is a token given away).
+
+use viaduct_proto::v1::ForgeConnection;
+
+use super::kind::{GITHUB_API, Kind};
+use crate::error::{Error, Result};
+
+/// The default context prefix.
+pub const DEFAULT_PREFIX: &str = "viaduct";
+
+/// A connection's fields, checked, with their defaults filled from the
+/// mirror's URL.
+pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnection> {
+    let kind = Kind::parse(&conn.kind).ok_or_else(|| {
+        Error::invalid(format!(
+            "forge kind `{}` is not one of github, gitlab, gitea, forgejo",
+            conn.kind.escape_debug()
+        ))
+    })?;
+    let host = remote_host(mirror_url);
+    let api_url = match (conn.api_url.trim(), kind, host.as_deref()) {
+        ("", Kind::GitHub, Some("github.com") | None) => GITHUB_API.to_string(),
+        ("", _, Some(host)) => format!("https://{host}{}", kind.api_path()),
+        ("", _, None) => {
+            return Err(Error::invalid("set the forge's API URL: it cannot be told from the mirror's URL"));
+        }
+        (url, ..) => url.trim_end_matches('/').to_string(),
+    };
+    check_api_url(&api_url)?;
+    let project = match conn.project.trim() {
+        "" => remote_path(mirror_url).ok_or_else(|| {
+            Error::invalid(
+                "set the forge's name of the repository (`owner/name`): it cannot be told from the mirror's URL",
+            )
+        })?,
+        p => p.trim_matches('/').to_string(),
+    };
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    if project.is_empty()
+        || project.len() > 255
+        || !project.chars().all(fine)
+        || project.split('/').any(|p| p.is_empty() || p == "..")
+    {
+        return Err(Error::invalid(format!(
+            "`{}` is not a forge repository name (`owner/name`)",
+            project.escape_debug()
+        )));
+    }
+    if conn.token_secret.is_empty() {
+        return Err(Error::invalid("set the secret that holds the forge's access token (`token_secret`)"));
+    }
+    crate::secrets::check_name(&conn.token_secret)?;
+    let prefix = match conn.context_prefix.trim() {
+        "" => DEFAULT_PREFIX.to_string(),
+        p if p.len() <= 50 && p.chars().all(|c| !c.is_control()) => p.to_string(),
+        _ => return Err(Error::invalid("the context prefix must be 1–50 printable characters")),
+    };
+    Ok(ForgeConnection {
+        kind: kind.word().to_string(),
+        api_url,
+        project,
+        token_secret: conn.token_secret.clone(),
+        context_prefix: prefix,
+    })
+}
+
+/// The token secret's scope must name the repository.
+pub fn check_token_scope(repo: &str, secret: &str, scope: Option<&viaduct_proto::v1::SecretScope>) -> Result<()> {
+    let Some(scope) = scope else {
+        return Err(Error::FailedPrecondition(format!(
+            "secret `{secret}` is not set (viaduct secrets set {secret} --repo {repo})"
+        )));
+    };
+    if !scope.repos.iter().any(|r| r == repo) {
+        return Err(Error::FailedPrecondition(format!(
+            "secret `{secret}` must be scoped to repository `{repo}` (viaduct secrets set {secret} --repo {repo}): the server sends it to the forge"
+        )));
+    }
+    Ok(())
+}
+
+/// `https://`, or `http://` to a loopback address; no credentials, query or
+/// fragment in it.
+fn check_api_url(api: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid(format!("forge API URL `{}`: {why}", api.escape_debug())));
+    let Ok(url) = url::Url::parse(api) else { return bad("not a URL") };
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+        return bad("no credentials, query or fragment (the token is a secret of its own)");
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return bad("no host"),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bad("use https:// (http:// only to this machine: the token would cross the network in clear text)"),
+        _ => bad("use https://"),
+    }
+}
+
+/// The host of a remote URL (`https://host/…`, `ssh://git@host/…`,
+/// `git@host:…`).
+fn remote_host(remote: &str) -> Option<String> {
+    if let Ok(url) = url::Url::parse(remote) {
+        return url.host_str().map(str::to_ascii_lowercase);
+    }
+    let (userhost, _) = remote.split_once(':')?;
+    let host = userhost.rsplit('@').next()?;
+    (!host.is_empty() && !host.contains('/')).then(|| host.to_ascii_lowercase())
+}
+
+/// The repository's path on its forge from a remote URL (`owner/name`).
+fn remote_path(remote: &str) -> Option<String> {
+    let path = match url::Url::parse(remote) {
+        Ok(url) if url.scheme() != "file" => url.path().to_string(),
+        Ok(_) => return None,
+        Err(_) => remote.split_once(':')?.1.to_string(),
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    (path.contains('/')).then(|| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(kind: &str, api: &str) -> ForgeConnection {
+        ForgeConnection { kind: kind.into(), api_url: api.into(), token_secret: "tok".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_come_from_the_mirror_url() {
+        let c = complete(&conn("github", ""), "https://github.com/org/app.git").unwrap();
+        assert_eq!(
+            (c.api_url.as_str(), c.project.as_str(), c.context_prefix.as_str()),
+            (GITHUB_API, "org/app", "viaduct")
+        );
+        let c = complete(&conn("gitlab", ""), "git@gitlab.example:group/sub/app.git").unwrap();
+        assert_eq!((c.api_url.as_str(), c.project.as_str()), ("https://gitlab.example/api/v4", "group/sub/app"));
+        let c = complete(&conn("forgejo", ""), "ssh://git@code.example:2222/o/app").unwrap();
+        assert_eq!((c.kind.as_str(), c.api_url.as_str()), ("gitea", "https://code.example/api/v1"));
+        let c = complete(&conn("github", "https://ghe.example/api/v3/"), "https://ghe.example/o/app").unwrap();
+        assert_eq!(c.api_url, "https://ghe.example/api/v3");
+        assert!(complete(&conn("gitlab", ""), "file:///srv/app.git").is_err(), "no host to guess the API from");
+    }
+
+    #[test]
+    fn tokens_go_only_where_they_are_safe() {
+        let mirror = "https://github.com/org/app";
+        assert!(complete(&conn("github", "http://127.0.0.1:9999"), mirror).is_ok());
+        assert!(complete(&conn("github", "http://[::1]:9999"), mirror).is_ok());
+        for bad in [
+            "http://forge.example",
+            "ftp://forge.example",
+            "https://user:pw@forge.example",
+            "https://f.example/?x=1",
+            "not a url",
+        ] {
+            assert!(complete(&conn("github", bad), mirror).is_err(), "{bad}");
+        }
+        assert!(complete(&ForgeConnection { project: "../etc".into(), ..conn("github", "") }, mirror).is_err());
+        assert!(complete(&ForgeConnection { token_secret: String::new(), ..conn("github", "") }, mirror).is_err());
+        assert!(complete(&conn("svn", ""), mirror).is_err());
+        let scoped = viaduct_proto::v1::SecretScope { repos: vec!["app".into()], ..Default::default() };
+        assert!(check_token_scope("app", "tok", Some(&scoped)).is_ok());
+        assert!(check_token_scope("other", "tok", Some(&scoped)).is_err(), "another repository's secret");
+        assert!(check_token_scope("app", "tok", Some(&Default::default())).is_err(), "an unscoped secret");
+        assert!(check_token_scope("app", "tok", None).is_err());
+    }
+}

@@ -1,0 +1,525 @@
+//! Commit statuses sent to forges (GitHub, GitLab, Gitea/Forgejo), for the
+//! mirrors that have a forge connection ([`connection`]).
+//!
+//! The engine writes each status into the `status_outbox` tree in the
+//! transition whose state it reports (`engine::commit_status`); [`Forges`]
+//! sends them. Per repository, one pass at a time:
+//! 1. read what waits (at most [`BATCH`]), oldest first, and wait until it
+//!    is durable (a status never shows a state a crash could undo);
+//! 2. keep only the newest status of each context (commit + context name):
+//!    the forge shows the last one anyway, so older ones are not sent;
+//! 3. send each context's status ([`kind`]: the forge's URL, auth and
+//!    words), several at once but one per context, so a context's statuses
+//!    arrive in order;
+//! 4. delete what was sent (and what it superseded) — only the keys read, so
+//!    a status written meanwhile waits for the next pass.
+//!
+//! A failure ([`reply`]) keeps the statuses: the repository waits (what a
+//! rate limit asked for, else 1 s doubling up to 5 minutes) and tries again;
+//! a request the forge refuses for good (HTTP 400, 422) is dropped, as is a
+//! status still failing after [`EXPIRY`]. Every failure is kept as the
+//! repository's `last_error` (`viaduct repos get`) and counted for
+//! `/metrics`. A status deleted but not yet durable when the server dies is
+//! sent again: the forge then sees the same state twice, never an older one.
+
+pub mod connection;
+pub mod kind;
+pub mod reply;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use viaduct_proto::v1::{ForgeConnection, ForgeDelivery, Status};
+
+use self::{kind::Kind, reply::Reply};
+use crate::{
+    convert,
+    error::Result,
+    repos::Repos,
+    store::{
+        Store, T, WriteSet, decode, now_ms,
+        records::{ForgeDeliveryRecord, SCHEMA_VERSION, StatusRecord},
+    },
+};
+
+/// The most statuses of one repository read in one pass.
+pub const BATCH: usize = 500;
+/// Statuses of one repository in flight at once (GitLab: one).
+const IN_FLIGHT: usize = 4;
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// A status still failing this long after its state was reached is dropped.
+pub const EXPIRY_MS: i64 = 24 * 3600 * 1000;
+/// How long ids a forge gave back (GitLab's pipelines) are kept.
+const IDS_KEPT_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Counts for `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    /// Statuses a forge accepted.
+    pub delivered: AtomicU64,
+    /// Attempts that failed and will be tried again.
+    pub retried: AtomicU64,
+    /// Statuses given up on (refused for good, or expired).
+    pub dropped: AtomicU64,
+}
+
+/// A repository's turn: whether a pass runs, and when the next may start.
+#[derive(Default)]
+struct Turn {
+    busy: bool,
+    not_before: Option<Instant>,
+    failures: u32,
+}
+
+/// See the module docs.
+pub struct Forges {
+    store: Arc<Store>,
+    repos: Arc<Repos>,
+    http: reqwest::Client,
+    turns: Mutex<HashMap<String, Turn>>,
+    wake: Notify,
+    /// Counts for `/metrics`.
+    pub counters: Counters,
+}
+
+/// One context's statuses read in a pass: the keys, and the newest.
+struct Context {
+    keys: Vec<Vec<u8>>,
+    newest: StatusRecord,
+}
+
+/// How a context's send went.
+enum Sent {
+    Accepted,
+    Retry(Option<Duration>, String),
+    Dropped(String),
+}
+
+impl Forges {
+    /// The sender over the repositories' records and secrets.
+    pub fn new(store: Arc<Store>, repos: Arc<Repos>) -> anyhow::Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(TIMEOUT)
+            .user_agent(kind::USER_AGENT)
+            // A forge's API answers; it does not send the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Arc::new(Self {
+            store,
+            repos,
+            http,
+            turns: Mutex::default(),
+            wake: Notify::new(),
+            counters: Counters::default(),
+        }))
+    }
+
+    /// Sends statuses whenever the engine writes some (`statuses` changes),
+    /// a backoff ends, and at least every second.
+    pub fn spawn(self: &Arc<Self>, mut statuses: watch::Receiver<u64>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut pruned = Instant::now();
+            loop {
+                this.start_passes();
+                if pruned.elapsed() > Duration::from_secs(3600) {
+                    pruned = Instant::now();
+                    if let Err(e) = this.prune_ids() {
+                        tracing::warn!(error = %e, "cannot prune forge ids");
+                    }
+                }
+                tokio::select! {
+                    changed = statuses.changed() => if changed.is_err() { return },
+                    () = this.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    /// The repositories with statuses waiting.
+    fn waiting_repos(&self) -> Result<Vec<String>> {
+        let tree = self.store.tree(T::StatusOutbox);
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        while let Some(kv) = tree.range(from.clone()..).next() {
+            let (key, _) = kv?;
+            let repo = key.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+            out.push(String::from_utf8_lossy(&repo).into_owned());
+            from = repo;
+            from.push(1);
+        }
+        Ok(out)
+    }
+
+    /// Starts a pass for every repository with statuses waiting whose turn it is.
+    fn start_passes(self: &Arc<Self>) {
+        let repos = match self.waiting_repos() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the status outbox");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        for repo in repos {
+            let turn = turns.entry(repo.clone()).or_default();
+            if turn.busy || turn.not_before.is_some_and(|t| t > now) {
+                continue;
+            }
+            turn.busy = true;
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                let span = tracing::info_span!("forge_statuses", repo = %repo);
+                let outcome = tracing::Instrument::instrument(this.pass(&repo), span).await;
+                this.end_pass(&repo, outcome);
+            });
+        }
+    }
+
+    /// Records how a pass ended: a retry sets the repository's wait.
+    fn end_pass(&self, repo: &str, outcome: Result<Option<Option<Duration>>>) {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = turns.entry(repo.to_string()).or_default();
+        turn.busy = false;
+        match outcome {
+            Ok(None) => {
+                turn.failures = 0;
+                turn.not_before = None;
+                // More may have come while it ran.
+                self.wake.notify_one();
+            }
+            Ok(Some(wait)) => {
+                turn.failures = turn.failures.saturating_add(1);
+                let wait = wait.unwrap_or_else(|| reply::backoff(turn.failures));
+                tracing::info!(repo, wait_ms = wait.as_millis() as u64, "forge statuses: trying again later");
+                turn.not_before = Some(Instant::now() + wait);
+            }
+            Err(e) => {
+                turn.failures = turn.failures.saturating_add(1);
+                tracing::warn!(repo, error = %e, "forge statuses: pass failed");
+                turn.not_before = Some(Instant::now() + reply::backoff(turn.failures));
+            }
+        }
+    }
+
+    /// One pass over a repository's waiting statuses. `Some(wait)`: some
+    /// must be tried again (after `wait`, if the forge said).
+    async fn pass(&self, repo: &str) -> Result<Option<Option<Duration>>> {
+        let mut prefix = repo.as_bytes().to_vec();
+        prefix.push(0);
+        let mut read = Vec::new();
+        for kv in self.store.tree(T::StatusOutbox).scan_prefix(&prefix).take(BATCH) {
+            let (key, value) = kv?;
+            read.push((key, decode::<StatusRecord>(T::StatusOutbox, &value)?));
+        }
+        if read.is_empty() {
+            return Ok(None);
+        }
+        let conn = match self.repos.get(repo).map(|r| r.forge) {
+            Ok(Some(conn)) if !conn.kind.is_empty() => conn,
+            _ => {
+                // The repository or its connection is gone: nobody to tell.
+                tracing::info!(repo, statuses = read.len(), "no forge connection: statuses dropped");
+                self.forget(read.into_iter().map(|(k, _)| k), 0)?;
+                return Ok(None);
+            }
+        };
+        let token = match self.repos.secret(&conn.token_secret) {
+            Ok(t) => t,
+            Err(e) => {
+                self.failed(repo, &e.to_string())?;
+                return Ok(Some(None));
+            }
+        };
+        // Sent only once durable: a forge never shows a state a crash undoes.
+        self.store.wait_durable(self.store.ticket_soon()).await;
+        let contexts = coalesce(read);
+        let kind = Kind::parse(&conn.kind).unwrap_or(Kind::GitHub);
+        let in_flight = if kind.one_at_a_time() { 1 } else { IN_FLIGHT };
+        let (conn, token) = (&conn, token.as_str());
+        let results: Vec<(Context, Sent)> = futures_util::stream::iter(contexts)
+            .map(|c| async move {
+                let sent = self.send(repo, kind, conn, token, &c.newest).await;
+                (c, sent)
+            })
+            .buffered(in_flight)
+            .collect()
+            .await;
+        let (mut done, mut dropped, mut delivered) = (Vec::new(), 0, 0);
+        let mut retry: Option<Option<Duration>> = None;
+        let mut error = None;
+        for (c, sent) in results {
+            match sent {
+                Sent::Accepted => {
+                    delivered += 1;
+                    done.extend(c.keys);
+                }
+                Sent::Dropped(why) => {
+                    dropped += 1;
+                    done.extend(c.keys);
+                    error = Some(why);
+                }
+                Sent::Retry(_, why) if now_ms() - c.newest.time_ms > EXPIRY_MS => {
+                    tracing::warn!(repo, context = %context_name(conn, &c.newest), error = %why, "status given up on: still failing after a day");
+                    dropped += 1;
+                    done.extend(c.keys);
+                    error = Some(why);
+                }
+                Sent::Retry(wait, why) => {
+                    retry = Some(match (retry.flatten(), wait) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    });
+                    error = Some(why);
+                }
+            }
+        }
+        self.forget(done.into_iter(), dropped)?;
+        self.counters.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.record(repo, delivered, error.as_deref())?;
+        Ok(retry)
+    }
+
+    /// Sends one status.
+    async fn send(&self, repo: &str, kind: Kind, conn: &ForgeConnection, token: &str, s: &StatusRecord) -> Sent {
+        let context = context_name(conn, s);
+        let target_url = match s.job_id.as_str() {
+            "" => format!("{}/runs/{}", self.repos.public_url(), s.run_id),
+            job => format!("{}/runs/{}/jobs/{job}", self.repos.public_url(), s.run_id),
+        };
+        let ids_key = ids_key(repo, &s.commit, &format!("pipeline:{}", s.run_id));
+        let pipeline_id = if kind == Kind::GitLab { self.id(&ids_key) } else { None };
+        let out = kind::Outgoing {
+            project: &conn.project,
+            sha: &s.commit,
+            git_ref: &s.git_ref,
+            context: &context,
+            status: Status::try_from(s.status).unwrap_or(Status::Unspecified),
+            description: &s.description,
+            target_url: &target_url,
+            pipeline_id,
+        };
+        let (header, value) = kind.auth(token);
+        let mut value = match reqwest::header::HeaderValue::from_str(&value) {
+            Ok(v) => v,
+            Err(_) => return Sent::Retry(None, "the token is not a valid HTTP header value".into()),
+        };
+        value.set_sensitive(true);
+        let request = self
+            .http
+            .post(kind.url(&conn.api_url, &conn.project, &s.commit))
+            .header(header, value)
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+            .header("content-type", "application/json")
+            .body(kind.body(&out).to_string());
+        let answer = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                // Without the URL: it is the connection's, not news.
+                return Sent::Retry(None, format!("cannot reach the forge: {}", e.without_url()));
+            }
+        };
+        let (code, headers) = (answer.status(), answer.headers().clone());
+        let body = answer.bytes().await.unwrap_or_default();
+        let now_s = (now_ms() / 1000).max(0) as u64;
+        match reply::classify(code, &headers, &body, now_s) {
+            Reply::Accepted(reply) => {
+                tracing::debug!(context, state = kind.state(out.status), "status delivered");
+                if let Some(id) = kind.pipeline_of(&reply).filter(|id| Some(*id) != pipeline_id)
+                    && let Err(e) = self.keep_id(&ids_key, id)
+                {
+                    tracing::warn!(error = %e, "cannot keep GitLab's pipeline id");
+                }
+                Sent::Accepted
+            }
+            Reply::Retry { wait, why } => {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(context, error = %why, "status not delivered: will try again");
+                Sent::Retry(wait, why)
+            }
+            Reply::Refused(why) => {
+                tracing::warn!(context, error = %why, "status refused by the forge: dropped");
+                Sent::Dropped(why)
+            }
+        }
+    }
+
+    /// Deletes sent (or given up) statuses.
+    fn forget(&self, keys: impl Iterator<Item = Vec<u8>>, dropped: u64) -> Result<()> {
+        let mut ws = WriteSet::default();
+        for k in keys {
+            ws.delete(T::StatusOutbox, k);
+        }
+        self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+        // Not waited for: a deletion lost in a crash only sends the same
+        // status again.
+        self.store.commit(&ws)
+    }
+
+    /// Records a failure that stopped a pass before anything was sent.
+    fn failed(&self, repo: &str, why: &str) -> Result<()> {
+        tracing::warn!(repo, error = why, "forge statuses cannot be sent");
+        self.record(repo, 0, Some(why))
+    }
+
+    /// Updates the repository's delivery record.
+    fn record(&self, repo: &str, delivered: u64, error: Option<&str>) -> Result<()> {
+        let mut rec: ForgeDeliveryRecord = self.store.get(T::ForgeDelivery, repo.as_bytes())?.unwrap_or_default();
+        let now = now_ms();
+        rec.schema = SCHEMA_VERSION;
+        if delivered > 0 {
+            rec.delivered += delivered;
+            rec.last_delivered_ms = now;
+        }
+        match error {
+            Some(why) => {
+                rec.last_error = why.to_string();
+                rec.last_error_ms = now;
+            }
+            None if delivered > 0 => rec.last_error.clear(),
+            None => {}
+        }
+        let mut ws = WriteSet::default();
+        ws.put(T::ForgeDelivery, repo.as_bytes(), &rec);
+        self.store.commit(&ws)
+    }
+
+    /// How reporting to `repo`'s forge goes (`None` without a connection).
+    pub fn delivery(&self, repo: &str, conn: Option<&ForgeConnection>) -> Result<Option<ForgeDelivery>> {
+        if conn.is_none_or(|c| c.kind.is_empty()) {
+            return Ok(None);
+        }
+        let rec: ForgeDeliveryRecord = self.store.get(T::ForgeDelivery, repo.as_bytes())?.unwrap_or_default();
+        let mut prefix = repo.as_bytes().to_vec();
+        prefix.push(0);
+        let pending = self.store.tree(T::StatusOutbox).scan_prefix(&prefix).count() as u64;
+        Ok(Some(ForgeDelivery {
+            delivered: rec.delivered,
+            pending,
+            last_error: rec.last_error,
+            last_error_time: convert::timestamp(rec.last_error_ms),
+            last_delivered: convert::timestamp(rec.last_delivered_ms),
+        }))
+    }
+
+    /// An id the forge gave back.
+    fn id(&self, key: &[u8]) -> Option<u64> {
+        let v = self.store.tree(T::ForgeIds).get(key).ok().flatten()?;
+        Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+    }
+
+    /// Keeps an id the forge gave back.
+    fn keep_id(&self, key: &[u8], id: u64) -> Result<()> {
+        let mut value = id.to_be_bytes().to_vec();
+        value.extend_from_slice(&now_ms().to_be_bytes());
+        let mut ws = WriteSet::default();
+        ws.put_raw(T::ForgeIds, key, value);
+        self.store.commit(&ws)
+    }
+
+    /// Forgets ids older than [`IDS_KEPT_MS`].
+    fn prune_ids(&self) -> Result<()> {
+        let cutoff = now_ms() - IDS_KEPT_MS;
+        let mut ws = WriteSet::default();
+        for kv in self.store.tree(T::ForgeIds).iter() {
+            let (k, v) = kv?;
+            let at = v.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, i64::from_be_bytes);
+            if at < cutoff {
+                ws.delete(T::ForgeIds, k);
+            }
+        }
+        self.store.commit(&ws)
+    }
+}
+
+/// `<prefix>/<pipeline>` for a run, `<prefix>/<pipeline>/<job>` for a job.
+pub fn context_name(conn: &ForgeConnection, s: &StatusRecord) -> String {
+    let prefix = if conn.context_prefix.is_empty() { connection::DEFAULT_PREFIX } else { &conn.context_prefix };
+    match s.job.as_str() {
+        "" => format!("{prefix}/{}", s.pipeline),
+        job => format!("{prefix}/{}/{job}", s.pipeline),
+    }
+}
+
+/// The statuses read, by context (commit, pipeline, job), each with only
+/// its newest, ordered by when their newest was written.
+fn coalesce(read: Vec<(Vec<u8>, StatusRecord)>) -> Vec<Context> {
+    let mut at: HashMap<(String, String, String), usize> = HashMap::new();
+    let mut contexts: Vec<Option<Context>> = Vec::new();
+    let mut order: Vec<usize> = Vec::new();
+    for (key, rec) in read {
+        let id = (rec.commit.clone(), rec.pipeline.clone(), rec.job.clone());
+        match at.get(&id) {
+            Some(&i) => {
+                let c = contexts[i].as_mut().expect("present");
+                c.keys.push(key);
+                c.newest = rec;
+                order.retain(|&j| j != i);
+                order.push(i);
+            }
+            None => {
+                at.insert(id, contexts.len());
+                order.push(contexts.len());
+                contexts.push(Some(Context { keys: vec![key], newest: rec }));
+            }
+        }
+    }
+    order.into_iter().filter_map(|i| contexts[i].take()).collect()
+}
+
+/// The `forge_ids` key of `what` for a commit of a repository.
+fn ids_key(repo: &str, commit: &str, what: &str) -> Vec<u8> {
+    [repo.as_bytes(), &[0], commit.as_bytes(), &[0], what.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(commit: &str, job: &str, status: Status) -> StatusRecord {
+        StatusRecord {
+            commit: commit.into(),
+            pipeline: "ci".into(),
+            job: job.into(),
+            status: status as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_newest_status_of_a_context_is_sent() {
+        let read = vec![
+            (b"1".to_vec(), status("a", "", Status::Queued)),
+            (b"2".to_vec(), status("a", "build", Status::Queued)),
+            (b"3".to_vec(), status("a", "", Status::Running)),
+            (b"4".to_vec(), status("b", "", Status::Queued)),
+            (b"5".to_vec(), status("a", "build", Status::Success)),
+        ];
+        let got: Vec<(String, String, i32, usize)> = coalesce(read)
+            .into_iter()
+            .map(|c| (c.newest.commit, c.newest.job, c.newest.status, c.keys.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), "".into(), Status::Running as i32, 2),
+                ("b".into(), "".into(), Status::Queued as i32, 1),
+                ("a".into(), "build".into(), Status::Success as i32, 2),
+            ]
+        );
+    }
+}
