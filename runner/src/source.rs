@@ -53,25 +53,29 @@ impl Sources {
                 .map_err(|e| format!("clone task failed: {e}"))??;
             return Ok(format!("cloned {} at {} in {:.0?}", plan.clone_url, short(&plan.commit), started.elapsed()));
         }
-        let mut stream = self
-            .client
-            .agent()
-            .fetch_source(FetchSourceRequest { job: Some(job.clone()) })
-            .await
-            .map_err(|s| format!("the server refused the source: {}", viaduct_sdk::status_line(&s)))?
-            .into_inner();
         tokio::fs::create_dir_all(&self.tmp).await.map_err(|e| format!("cannot create {}: {e}", self.tmp.display()))?;
         let archive = self.tmp.join(format!("{}-a{}.tar.zst", job.job_id, job.attempt));
-        let mut file =
-            std::fs::File::create(&archive).map_err(|e| format!("cannot write {}: {e}", archive.display()))?;
-        let mut size = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|s| format!("downloading the source failed: {}", viaduct_sdk::status_line(&s)))?;
-            size += chunk.data.len() as u64;
-            file.write_all(&chunk.data).map_err(|e| format!("cannot write the source archive: {e}"))?;
-        }
-        drop(file);
+        // A server that restarts (or a replica taking over) is unavailable
+        // for a moment: the job waits for it rather than failing.
+        let deadline = Instant::now() + SERVER_AWAY;
+        let mut pause = std::time::Duration::from_millis(200);
+        let size = loop {
+            match self.download(job, &archive).await {
+                Ok(size) => break size,
+                // Unknown, Cancelled: the connection broke under the call (a
+                // read: safe to do again; the runner itself cancels nothing).
+                Err(Fetch::Status(s))
+                    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+                        && Instant::now() + pause < deadline =>
+                {
+                    tracing::info!(job = %job.job_id, error = %viaduct_sdk::status_line(&s), "the server is away: fetching the source again shortly");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(Fetch::Status(s)) => return Err(format!("the server refused the source: {}", viaduct_sdk::status_line(&s))),
+                Err(Fetch::Local(e)) => return Err(e),
+            }
+        };
         let (a, d) = (archive.clone(), dest.to_path_buf());
         let files = tokio::task::spawn_blocking(move || unpack(&a, &d))
             .await
@@ -79,6 +83,31 @@ impl Sources {
         let _ = std::fs::remove_file(&archive);
         let files = files?;
         Ok(format!("{} files at {} ({size} bytes compressed) in {:.0?}", files, short(&plan.commit), started.elapsed()))
+    }
+}
+
+/// How long a checkout waits for an unavailable server.
+const SERVER_AWAY: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Why a download failed: the server's answer, or here.
+enum Fetch {
+    Status(tonic::Status),
+    Local(String),
+}
+
+impl Sources {
+    /// Downloads the job's source archive into `archive`; its size.
+    async fn download(&self, job: &JobRef, archive: &Path) -> Result<u64, Fetch> {
+        let mut stream =
+            self.client.agent().fetch_source(FetchSourceRequest { job: Some(job.clone()) }).await.map_err(Fetch::Status)?.into_inner();
+        let mut file = std::fs::File::create(archive).map_err(|e| Fetch::Local(format!("cannot write {}: {e}", archive.display())))?;
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(Fetch::Status)?;
+            size += chunk.data.len() as u64;
+            file.write_all(&chunk.data).map_err(|e| Fetch::Local(format!("cannot write the source archive: {e}")))?;
+        }
+        Ok(size)
     }
 }
 

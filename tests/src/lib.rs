@@ -18,6 +18,7 @@ use tempfile::TempDir;
 
 pub mod browser;
 pub mod forge;
+pub mod forge_api;
 pub mod oidc;
 pub mod otlp;
 pub mod pki;

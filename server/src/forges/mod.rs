@@ -366,8 +366,10 @@ impl Forges {
         }
         self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
         // Not waited for: a deletion lost in a crash only sends the same
-        // status again.
-        self.store.commit(&ws)
+        // status again. Flushed soon, so that window stays a few ms.
+        self.store.commit(&ws)?;
+        self.store.ticket_soon();
+        Ok(())
     }
 
     /// Records a failure that stopped a pass before anything was sent.
@@ -385,13 +387,11 @@ impl Forges {
             rec.delivered += delivered;
             rec.last_delivered_ms = now;
         }
-        match error {
-            Some(why) => {
-                rec.last_error = why.to_string();
-                rec.last_error_ms = now;
-            }
-            None if delivered > 0 => rec.last_error.clear(),
-            None => {}
+        // Kept after later successes, with its time: whoever looks sees
+        // when the forge last failed, and whether it took a status since.
+        if let Some(why) = error {
+            rec.last_error = why.to_string();
+            rec.last_error_ms = now;
         }
         let mut ws = WriteSet::default();
         ws.put(T::ForgeDelivery, repo.as_bytes(), &rec);

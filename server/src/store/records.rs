@@ -432,7 +432,7 @@ pub struct ForgeDeliveryRecord {
     /// Record schema version.
     #[prost(uint32, tag = "1")]
     pub schema: u32,
-    /// Why the last attempt failed (empty after a success).
+    /// Why an attempt last failed (kept after later successes).
     #[prost(string, tag = "2")]
     pub last_error: String,
     /// When it failed (ms).

@@ -1,0 +1,1525 @@
+//! The REST APIs of three code forges, as far as a CI system reporting
+//! commit statuses uses them, for end-to-end tests of that reporting: one
+//! local server answering GitHub's, GitLab's and Gitea/Forgejo's documented
+//! endpoints, checking what it receives (credentials, headers, fields,
+//! allowed values, lengths, state transitions), keeping every accepted
+//! delivery and every refusal, and injecting faults (errors, rate limits,
+//! hangs, outages) on demand.
+//!
+//! The API roots: GitHub at [`ForgeApi::url`], GitLab at `url() + "/api/v4"`,
+//! Gitea and Forgejo at `url() + "/api/v1"`. Endpoints:
+//!
+//! - GitHub: `POST /repos/{owner}/{repo}/statuses/{sha}` (commit statuses),
+//!   `POST /repos/{owner}/{repo}/check-runs` and
+//!   `PATCH /repos/{owner}/{repo}/check-runs/{id}` (check runs);
+//! - GitLab: `POST /api/v4/projects/{id}/statuses/{sha}`, `{id}` numeric or
+//!   a URL-encoded path (`group%2Fapp`), with GitLab's pipelines and job
+//!   state machine;
+//! - Gitea/Forgejo: `POST /api/v1/repos/{owner}/{repo}/statuses/{sha}`.
+//!
+//! The server runs on its own thread and runtime (so it does not depend on
+//! the test's runtime) and stops when dropped.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex, MutexGuard},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{patch, post},
+};
+use serde_json::{Map, Value, json};
+
+/// The forge a delivery was made to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    /// GitHub's REST API (commit statuses and check runs).
+    GitHub,
+    /// GitLab's REST API v4.
+    GitLab,
+    /// Gitea's (and Forgejo's) REST API v1.
+    Gitea,
+}
+
+/// One accepted request: a commit status, or a check run created or
+/// updated.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The forge it was made to.
+    pub forge: Forge,
+    /// `owner/repo`, or GitLab's project id or path (decoded).
+    pub project: String,
+    /// The commit (a check run's `head_sha`).
+    pub sha: String,
+    /// The status's context (GitLab: `name`), or the check run's name.
+    pub context: String,
+    /// The status's state, or the check run's status after the request.
+    pub state: String,
+    /// The description sent ("" when none); a check run's output title.
+    pub description: String,
+    /// The target URL sent ("" when none); a check run's `details_url`.
+    pub target_url: String,
+    /// GitLab: the pipeline the status went to.
+    pub pipeline_id: Option<u64>,
+    /// GitHub: the check run created or updated.
+    pub check_run: Option<u64>,
+    /// GitHub: the check run's conclusion after the request.
+    pub conclusion: Option<String>,
+    /// GitHub: the check run output's summary sent with this request.
+    pub summary: Option<String>,
+    /// GitHub: the check run annotations sent with this request.
+    pub annotations: Vec<Value>,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// The three forges' APIs on a local port (stopped on drop).
+pub struct ForgeApi {
+    addr: SocketAddr,
+    ledger: Shared,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ForgeApi {
+    /// Serves the APIs on a free loopback port, accepting `token` as the
+    /// credential of every forge.
+    pub fn start(token: &str) -> ForgeApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("the listener's address");
+        let ledger: Shared = Arc::new(Mutex::new(Ledger::new(token)));
+        let app = router(ledger.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("forge-api".into())
+            .spawn(move || serve(listener, app, stopped))
+            .expect("start the forge API's thread");
+        ForgeApi { addr, ledger, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT` (GitHub's API root).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every accepted request, in arrival order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        lock(&self.ledger).deliveries.clone()
+    }
+
+    /// Every refused request: its method, path and why.
+    pub fn refused(&self) -> Vec<String> {
+        lock(&self.ledger).refused.clone()
+    }
+
+    /// How many requests arrived, injected failures included.
+    pub fn requests(&self) -> usize {
+        lock(&self.ledger).requests
+    }
+
+    /// The accepted states of `sha` for `context` (a check run's statuses
+    /// for its name), in arrival order.
+    pub fn states_of(&self, sha: &str, context: &str) -> Vec<String> {
+        let ledger = lock(&self.ledger);
+        ledger.deliveries.iter().filter(|d| d.sha == sha && d.context == context).map(|d| d.state.clone()).collect()
+    }
+
+    /// Waits for `probe` to find what it wants in the deliveries so far,
+    /// polling every 20 ms up to [`crate::WAIT`]; panics with `what` and
+    /// the deliveries and refusals so far on timeout.
+    pub async fn wait_for<T>(&self, what: &str, mut probe: impl FnMut(&[Delivery]) -> Option<T>) -> T {
+        let deadline = Instant::now() + crate::WAIT;
+        loop {
+            let got = self.deliveries();
+            if let Some(found) = probe(&got) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; deliveries so far: {got:#?}; refused: {:#?}",
+                self.refused()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The next `n` requests (to any route) are answered `status`, with
+    /// `headers` and the body `{"message": "injected"}`, and not recorded
+    /// as deliveries. E.g. 502; 429 with `retry-after`; GitHub's primary
+    /// rate limit (403, `x-ratelimit-remaining: 0`, `x-ratelimit-reset`)
+    /// or its secondary one (403 with `retry-after`).
+    pub fn fail_next(&self, n: usize, status: u16, headers: &[(&str, &str)]) {
+        let status = StatusCode::from_u16(status).expect("an HTTP status code");
+        let headers: Vec<(HeaderName, HeaderValue)> = headers
+            .iter()
+            .map(|(k, v)| {
+                let name = HeaderName::try_from(*k).expect("a header name");
+                (name, HeaderValue::try_from(*v).expect("a header value"))
+            })
+            .collect();
+        let fault = Fault::Fail { status, headers };
+        lock(&self.ledger).faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// The next `n` requests are held without an answer for 120 s (their
+    /// client must time out), and not recorded as deliveries.
+    pub fn hang_next(&self, n: usize) {
+        lock(&self.ledger).faults.extend(std::iter::repeat_n(Fault::Hang, n));
+    }
+
+    /// While `up` is false, every request is answered 503 (and no injected
+    /// fault is consumed).
+    pub fn set_available(&self, up: bool) {
+        lock(&self.ledger).available = up;
+    }
+}
+
+impl Drop for ForgeApi {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How long a hung request is held.
+const HANG: Duration = Duration::from_secs(120);
+
+/// The largest request body read.
+const BODY_LIMIT: usize = 8 << 20;
+
+/// The state shared by the server and the test.
+type Shared = Arc<Mutex<Ledger>>;
+
+/// What the server knows and has seen.
+struct Ledger {
+    token: String,
+    available: bool,
+    faults: VecDeque<Fault>,
+    requests: usize,
+    github_requests: usize,
+    deliveries: Vec<Delivery>,
+    refused: Vec<String>,
+    last_id: u64,
+    check_runs: Vec<CheckRun>,
+    pipelines: Vec<Pipeline>,
+    jobs: Vec<Job>,
+}
+
+impl Ledger {
+    /// Nothing seen yet; up, with no faults.
+    fn new(token: &str) -> Self {
+        Ledger {
+            token: token.to_string(),
+            available: true,
+            faults: VecDeque::new(),
+            requests: 0,
+            github_requests: 0,
+            deliveries: Vec::new(),
+            refused: Vec::new(),
+            last_id: 0,
+            check_runs: Vec::new(),
+            pipelines: Vec::new(),
+            jobs: Vec::new(),
+        }
+    }
+
+    /// A fresh id (statuses, check runs, pipelines and jobs share one
+    /// sequence).
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+}
+
+/// The ledger, even if a panicking holder poisoned it.
+fn lock(ledger: &Shared) -> MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An injected answer.
+#[derive(Clone)]
+enum Fault {
+    Fail { status: StatusCode, headers: Vec<(HeaderName, HeaderValue)> },
+    Hang,
+}
+
+/// A GitHub check run as it stands.
+struct CheckRun {
+    id: u64,
+    project: String,
+    name: String,
+    head_sha: String,
+    status: String,
+    conclusion: Option<String>,
+    details_url: Option<String>,
+    external_id: Option<String>,
+    output: Option<Output>,
+    annotations: usize,
+    started_at: String,
+    completed_at: Option<String>,
+}
+
+/// A GitLab pipeline, which external statuses join as jobs.
+#[derive(Clone)]
+struct Pipeline {
+    id: u64,
+    project: String,
+    sha: String,
+    git_ref: String,
+}
+
+/// A GitLab job made by external statuses.
+#[derive(Clone)]
+struct Job {
+    id: u64,
+    pipeline: u64,
+    git_ref: String,
+    name: String,
+    status: String,
+    description: Option<String>,
+    target_url: Option<String>,
+    created_at: String,
+}
+
+// ---------------------------------------------------------------- serving
+
+/// The endpoints served.
+#[derive(Clone, Copy)]
+enum Endpoint {
+    GitHubStatus,
+    CheckRunCreate,
+    CheckRunUpdate,
+    GitLabStatus,
+    GiteaStatus,
+}
+
+/// The endpoints, behind the fault injector; anything else is refused.
+fn router(ledger: Shared) -> Router {
+    Router::new()
+        .route("/repos/{owner}/{repo}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GitHubStatus, r)))
+        .route("/repos/{owner}/{repo}/check-runs", post(|s, r| answer(s, Endpoint::CheckRunCreate, r)))
+        .route("/repos/{owner}/{repo}/check-runs/{id}", patch(|s, r| answer(s, Endpoint::CheckRunUpdate, r)))
+        .route("/api/v4/projects/{id}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GitLabStatus, r)))
+        .route("/api/v1/repos/{owner}/{repo}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GiteaStatus, r)))
+        .method_not_allowed_fallback(|s, r| no_route(s, StatusCode::METHOD_NOT_ALLOWED, r))
+        .fallback(|s, r| no_route(s, StatusCode::NOT_FOUND, r))
+        .layer(middleware::from_fn_with_state(ledger.clone(), faults))
+        .with_state(ledger)
+}
+
+/// The server's thread: its own runtime, until `stop` fires (or the
+/// `ForgeApi` is dropped); hung requests are dropped with the runtime.
+fn serve(listener: std::net::TcpListener, app: Router, stop: tokio::sync::oneshot::Receiver<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the forge API's runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        tokio::select! {
+            served = axum::serve(listener, app).into_future() => served.expect("serve the forge API"),
+            _ = stop => {}
+        }
+    });
+}
+
+/// Counts every request, and answers it with the next injected fault, if
+/// any, or 503 while unavailable.
+async fn faults(State(ledger): State<Shared>, req: Request, next: Next) -> Response {
+    let fault = {
+        let mut ledger = lock(&ledger);
+        ledger.requests += 1;
+        if !ledger.available {
+            return message(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+        }
+        ledger.faults.pop_front()
+    };
+    match fault {
+        None => next.run(req).await,
+        Some(Fault::Fail { status, headers }) => {
+            let mut resp = message(status, "injected");
+            resp.headers_mut().extend(headers);
+            resp
+        }
+        Some(Fault::Hang) => {
+            tokio::time::sleep(HANG).await;
+            message(StatusCode::GATEWAY_TIMEOUT, "injected hang")
+        }
+    }
+}
+
+/// A request to no endpoint (or with the wrong method): refused.
+async fn no_route(State(ledger): State<Shared>, status: StatusCode, req: Request) -> Response {
+    let why = if status == StatusCode::NOT_FOUND { "no such endpoint" } else { "method not allowed" };
+    lock(&ledger).refused.push(format!("{} {}: {why}", req.method(), req.uri().path()));
+    message(status, if status == StatusCode::NOT_FOUND { "Not Found" } else { "Method Not Allowed" })
+}
+
+/// `{"message": text}` with `status`.
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+/// Reads the request, runs the endpoint's checks and bookkeeping, and
+/// records a refusal.
+async fn answer(State(ledger): State<Shared>, endpoint: Endpoint, req: Request) -> Response {
+    let call = Call::read(req).await;
+    let mut ledger = lock(&ledger);
+    let outcome = match endpoint {
+        Endpoint::GitHubStatus => github_status(&mut ledger, &call),
+        Endpoint::CheckRunCreate => check_run_create(&mut ledger, &call),
+        Endpoint::CheckRunUpdate => check_run_update(&mut ledger, &call),
+        Endpoint::GitLabStatus => gitlab_status(&mut ledger, &call),
+        Endpoint::GiteaStatus => gitea_status(&mut ledger, &call),
+    };
+    let (status, body) = outcome.unwrap_or_else(|refusal| {
+        ledger.refused.push(format!("{} {}: {}", call.method, call.path, refusal.why));
+        (refusal.status, refusal.body)
+    });
+    let mut resp = (status, Json(body)).into_response();
+    if matches!(endpoint, Endpoint::GitHubStatus | Endpoint::CheckRunCreate | Endpoint::CheckRunUpdate) {
+        ledger.github_requests += 1;
+        rate_limit_headers(resp.headers_mut(), ledger.github_requests);
+    }
+    resp
+}
+
+/// GitHub's rate-limit headers, sent with every answer.
+fn rate_limit_headers(headers: &mut HeaderMap, used: usize) {
+    let reset = epoch_seconds(SystemTime::now()) + 3600;
+    let remaining = 5000usize.saturating_sub(used);
+    for (name, value) in [
+        ("x-ratelimit-limit", "5000".to_string()),
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-used", used.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+        ("x-ratelimit-resource", "core".to_string()),
+    ] {
+        headers.insert(name, HeaderValue::try_from(value).expect("a header value"));
+    }
+}
+
+// ------------------------------------------------------- requests, refusals
+
+/// A request as the endpoints see it: the raw (still percent-encoded) path.
+struct Call {
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Call {
+    /// Reads the whole request.
+    async fn read(req: Request) -> Self {
+        let (parts, body) = req.into_parts();
+        Call {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            headers: parts.headers,
+            // An unreadable (or too large) body reads as empty.
+            body: axum::body::to_bytes(body, BODY_LIMIT).await.unwrap_or_default(),
+        }
+    }
+
+    /// Path segment `i` (from 0, after the leading `/`), percent-decoded:
+    /// GitLab's `group%2Fapp` is one segment, `group/app`.
+    fn segment(&self, i: usize) -> String {
+        percent_decode(self.path.trim_start_matches('/').split('/').nth(i).unwrap_or_default(), false)
+    }
+
+    /// Header `name`, "" when absent or not text.
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    /// The API root the client used, for the URLs in answers.
+    fn root(&self) -> String {
+        format!("http://{}", self.header("host"))
+    }
+}
+
+/// Why a request is refused, and the answer.
+struct Refusal {
+    status: StatusCode,
+    body: Value,
+    why: String,
+}
+
+impl Refusal {
+    /// `{"message": why}` with `status`.
+    fn new(status: StatusCode, why: impl Into<String>) -> Self {
+        let why = why.into();
+        Refusal { status, body: json!({ "message": why }), why }
+    }
+
+    /// `body` with `status`.
+    fn with_body(status: StatusCode, why: impl Into<String>, body: Value) -> Self {
+        Refusal { status, body, why: why.into() }
+    }
+
+    /// Wrong or missing credentials.
+    fn unauthorized(why: &str) -> Self {
+        Refusal::with_body(StatusCode::UNAUTHORIZED, why, json!({ "message": "Bad credentials" }))
+    }
+}
+
+/// An endpoint's answer: status and JSON body, or a refusal.
+type Outcome = Result<(StatusCode, Value), Refusal>;
+
+/// The fields of a request: a JSON object, or query and form pairs (whose
+/// values are strings).
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// A JSON body that must be an object; an empty body has no fields.
+    fn json(body: &[u8]) -> Result<Fields, String> {
+        if body.is_empty() {
+            return Ok(Fields(Map::new()));
+        }
+        match serde_json::from_slice(body) {
+            Ok(Value::Object(map)) => Ok(Fields(map)),
+            Ok(other) => Err(format!("the body must be a JSON object, not {other}")),
+            Err(e) => Err(format!("Problems parsing JSON: {e}")),
+        }
+    }
+
+    /// `a=1&b=two` pairs (a query string, or a form body).
+    fn form(text: &str) -> Fields {
+        let pairs = text.split('&').filter(|p| !p.is_empty()).map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k, true), Value::String(percent_decode(v, true)))
+        });
+        Fields(pairs.collect())
+    }
+
+    /// A string: `None` when absent or null.
+    fn text(&self, key: &str) -> Result<Option<String>, String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("`{key}` must be a string, not {other}")),
+        }
+    }
+
+    /// A string that must be one of `allowed`.
+    fn choice(&self, key: &str, allowed: &[&str]) -> Result<Option<String>, String> {
+        match self.text(key)? {
+            Some(s) if !allowed.contains(&s.as_str()) => Err(format!("`{key}` is {s:?}, not one of {allowed:?}")),
+            v => Ok(v),
+        }
+    }
+
+    /// A whole number given as a JSON number.
+    fn number(&self, key: &str) -> Result<Option<u64>, String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.is_u64() => Ok(n.as_u64()),
+            Some(other) => Err(format!("`{key}` must be a whole number, not {other}")),
+        }
+    }
+
+    /// A whole number given as a JSON number or as digits (GitLab coerces).
+    fn whole(&self, key: &str) -> Result<Option<u64>, String> {
+        match self.0.get(key) {
+            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| format!("{key} is invalid")),
+            _ => self.number(key).map_err(|_| format!("{key} is invalid")),
+        }
+    }
+
+    /// A number, whole or not (GitLab's `coverage`).
+    fn float(&self, key: &str) -> Result<Option<f64>, String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| format!("{key} is invalid")),
+            Some(other) => Err(format!("{key} is invalid: {other}")),
+        }
+    }
+}
+
+/// `value`, which `key` requires.
+fn required<T>(value: Option<T>, key: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("`{key}` is required"))
+}
+
+/// At most `max` characters.
+fn at_most(value: Option<&str>, key: &str, max: usize) -> Result<(), String> {
+    match value.map(|v| v.chars().count()) {
+        Some(len) if len > max => Err(format!("`{key}` is too long ({len} characters; the maximum is {max})")),
+        _ => Ok(()),
+    }
+}
+
+/// An http or https URL.
+fn web_url(value: Option<&str>, key: &str) -> Result<(), String> {
+    match value {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            Err(format!("`{key}` {url:?} is not an http or https URL"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A full commit id: 40 lowercase hexadecimal digits.
+fn is_sha(sha: &str) -> bool {
+    sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `Authorization: Bearer <token>` or `Authorization: token <token>`.
+fn authorization_is(call: &Call, token: &str) -> bool {
+    match call.header("authorization").split_once(' ') {
+        Some((scheme, given)) => {
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) && given.trim() == token
+        }
+        None => false,
+    }
+}
+
+/// Why the credentials are refused: none, or the wrong ones.
+fn credentials_missing(present: bool) -> &'static str {
+    if present { "wrong credentials" } else { "no credentials" }
+}
+
+// ----------------------------------------------------------------- GitHub
+
+/// GitHub's commit status states.
+const GITHUB_STATES: &[&str] = &["error", "failure", "pending", "success"];
+/// The check run statuses an app may set.
+const CHECK_STATUSES: &[&str] = &["queued", "in_progress", "completed"];
+/// The check run conclusions an app may set.
+const CHECK_CONCLUSIONS: &[&str] =
+    &["action_required", "cancelled", "failure", "neutral", "success", "skipped", "timed_out"];
+/// Check run annotation levels.
+const ANNOTATION_LEVELS: &[&str] = &["notice", "warning", "failure"];
+/// The REST API versions GitHub serves (`X-GitHub-Api-Version`).
+const GITHUB_API_VERSIONS: &[&str] = &["2022-11-28", "2026-03-10"];
+/// GitHub's limit of statuses per commit and context.
+const STATUSES_PER_CONTEXT: usize = 1000;
+
+/// GitHub's validation failure (422).
+fn github_invalid(why: String) -> Refusal {
+    let body = json!({
+        "message": "Validation Failed",
+        "errors": [{ "code": "custom", "message": why }],
+        "documentation_url": "https://docs.github.com/rest",
+    });
+    Refusal::with_body(StatusCode::UNPROCESSABLE_ENTITY, why, body)
+}
+
+/// What every GitHub request needs: a `User-Agent` (else 403), the token
+/// (else 401), GitHub's media type in `Accept` (else 415) and, when
+/// given, a known API version (else 400).
+fn github_gate(ledger: &Ledger, call: &Call) -> Result<(), Refusal> {
+    if call.header("user-agent").trim().is_empty() {
+        let text = "Request forbidden by administrative rules. Please make sure your request has a User-Agent header";
+        return Err(Refusal::with_body(StatusCode::FORBIDDEN, "no User-Agent", json!({ "message": text })));
+    }
+    if !authorization_is(call, &ledger.token) {
+        return Err(Refusal::unauthorized(credentials_missing(call.headers.contains_key("authorization"))));
+    }
+    let accept = call.header("accept");
+    if !accept.contains("application/vnd.github+json") {
+        let why = format!("Accept {accept:?} lacks application/vnd.github+json");
+        return Err(Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, why));
+    }
+    let version = call.header("x-github-api-version");
+    if call.headers.contains_key("x-github-api-version") && !GITHUB_API_VERSIONS.contains(&version) {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, format!("API version '{version}' is not supported.")));
+    }
+    Ok(())
+}
+
+/// A GitHub JSON body: unparseable is 400, anything else wrong 422.
+fn github_fields(call: &Call) -> Result<Fields, Refusal> {
+    Fields::json(&call.body).map_err(|why| {
+        if why.starts_with("Problems parsing JSON") {
+            Refusal::new(StatusCode::BAD_REQUEST, why)
+        } else {
+            github_invalid(why)
+        }
+    })
+}
+
+/// A commit GitHub knows.
+fn github_sha(sha: &str) -> Result<(), Refusal> {
+    if is_sha(sha) { Ok(()) } else { Err(github_invalid(format!("No commit found for SHA: {sha}"))) }
+}
+
+/// `POST /repos/{owner}/{repo}/statuses/{sha}`.
+fn github_status(ledger: &mut Ledger, call: &Call) -> Outcome {
+    github_gate(ledger, call)?;
+    let (project, sha) = (format!("{}/{}", call.segment(1), call.segment(2)), call.segment(4));
+    github_sha(&sha)?;
+    let fields = github_fields(call)?;
+    let status = github_status_fields(&fields).map_err(github_invalid)?;
+    let same = ledger.deliveries.iter().filter(|d| d.project == project && d.sha == sha && d.context == status.context);
+    if same.count() >= STATUSES_PER_CONTEXT {
+        let why = format!("This SHA and context has reached the maximum number of statuses ({STATUSES_PER_CONTEXT}).");
+        return Err(github_invalid(why));
+    }
+    let id = ledger.next_id();
+    let body = json!({
+        "url": format!("{}/repos/{project}/statuses/{sha}", call.root()),
+        "id": id,
+        "node_id": format!("SC_{id}"),
+        "state": status.state,
+        "description": status.description,
+        "target_url": status.target_url,
+        "context": status.context,
+        "created_at": timestamp(SystemTime::now()),
+        "updated_at": timestamp(SystemTime::now()),
+        "creator": { "login": "viaduct", "id": 1, "type": "User" },
+    });
+    ledger.deliveries.push(status.delivery(Forge::GitHub, project, sha));
+    Ok((StatusCode::CREATED, body))
+}
+
+/// A commit status's fields, checked.
+struct StatusFields {
+    state: String,
+    context: String,
+    description: Option<String>,
+    target_url: Option<String>,
+}
+
+impl StatusFields {
+    /// The delivery of this status.
+    fn delivery(&self, forge: Forge, project: String, sha: String) -> Delivery {
+        Delivery {
+            context: self.context.clone(),
+            state: self.state.clone(),
+            description: self.description.clone().unwrap_or_default(),
+            target_url: self.target_url.clone().unwrap_or_default(),
+            ..blank_delivery(forge, project, sha)
+        }
+    }
+}
+
+/// A delivery with only its forge, project and commit.
+fn blank_delivery(forge: Forge, project: String, sha: String) -> Delivery {
+    Delivery {
+        forge,
+        project,
+        sha,
+        context: String::new(),
+        state: String::new(),
+        description: String::new(),
+        target_url: String::new(),
+        pipeline_id: None,
+        check_run: None,
+        conclusion: None,
+        summary: None,
+        annotations: Vec::new(),
+        at: Instant::now(),
+    }
+}
+
+/// GitHub's status fields: `state` required, `description` at most 140
+/// characters, `target_url` a web URL, `context` "default" when absent.
+fn github_status_fields(fields: &Fields) -> Result<StatusFields, String> {
+    let state = required(fields.choice("state", GITHUB_STATES)?, "state")?;
+    let description = fields.text("description")?;
+    at_most(description.as_deref(), "description", 140)?;
+    let target_url = fields.text("target_url")?;
+    web_url(target_url.as_deref(), "target_url")?;
+    let context = fields.text("context")?.unwrap_or_else(|| "default".into());
+    Ok(StatusFields { state, context, description, target_url })
+}
+
+/// A check run's output.
+#[derive(Clone)]
+struct Output {
+    title: String,
+    summary: String,
+    text: Option<String>,
+    annotations: Vec<Value>,
+}
+
+/// What a check run request asks to set.
+struct CheckRunFields {
+    name: Option<String>,
+    status: Option<String>,
+    conclusion: Option<String>,
+    details_url: Option<String>,
+    external_id: Option<String>,
+    started_at: Option<String>,
+    completed_at: Option<String>,
+    output: Option<Output>,
+}
+
+/// The fields of a check run request, each checked.
+fn check_run_fields(fields: &Fields) -> Result<CheckRunFields, String> {
+    let details_url = fields.text("details_url")?;
+    web_url(details_url.as_deref(), "details_url")?;
+    let started_at = fields.text("started_at")?;
+    let completed_at = fields.text("completed_at")?;
+    for (key, value) in [("started_at", &started_at), ("completed_at", &completed_at)] {
+        if value.as_deref().is_some_and(|t| !is_timestamp(t)) {
+            return Err(format!("`{key}` must be an ISO 8601 timestamp (YYYY-MM-DDTHH:MM:SSZ)"));
+        }
+    }
+    match fields.0.get("actions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(actions)) if actions.len() <= 3 => {}
+        Some(_) => return Err("`actions` must be an array of at most 3 actions".into()),
+    }
+    Ok(CheckRunFields {
+        name: fields.text("name")?,
+        status: fields.choice("status", CHECK_STATUSES)?,
+        conclusion: fields.choice("conclusion", CHECK_CONCLUSIONS)?,
+        details_url,
+        external_id: fields.text("external_id")?,
+        started_at,
+        completed_at,
+        output: fields.0.get("output").filter(|o| !o.is_null()).map(check_run_output).transpose()?,
+    })
+}
+
+/// A check run's `output`: `title` and `summary` (at most 65535
+/// characters) required, `text` (the same), at most 50 annotations.
+fn check_run_output(output: &Value) -> Result<Output, String> {
+    let fields = Fields(output.as_object().ok_or("`output` must be an object")?.clone());
+    let title = required(fields.text("title")?, "output.title")?;
+    let summary = required(fields.text("summary")?, "output.summary")?;
+    at_most(Some(&summary), "output.summary", 65535)?;
+    let text = fields.text("text")?;
+    at_most(text.as_deref(), "output.text", 65535)?;
+    let annotations = match fields.0.get("annotations") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) if list.len() <= 50 => list.clone(),
+        Some(Value::Array(list)) => return Err(format!("{} annotations: at most 50 per request", list.len())),
+        Some(_) => return Err("`output.annotations` must be an array".into()),
+    };
+    annotations.iter().try_for_each(check_annotation)?;
+    Ok(Output { title, summary, text, annotations })
+}
+
+/// An annotation: `path`, `start_line`, `end_line`, `annotation_level`
+/// and `message` required; columns only within one line.
+fn check_annotation(annotation: &Value) -> Result<(), String> {
+    let fields = Fields(annotation.as_object().ok_or("an annotation must be an object")?.clone());
+    required(fields.text("path")?, "annotations[].path")?;
+    required(fields.text("message")?, "annotations[].message")?;
+    required(fields.choice("annotation_level", ANNOTATION_LEVELS)?, "annotations[].annotation_level")?;
+    let start = required(fields.number("start_line")?, "annotations[].start_line")?;
+    let end = required(fields.number("end_line")?, "annotations[].end_line")?;
+    if start == 0 || end < start {
+        return Err(format!("annotation lines {start}..{end} are not a range of lines from 1"));
+    }
+    let columns = [fields.number("start_column")?, fields.number("end_column")?];
+    if columns.iter().any(Option::is_some) && start != end {
+        return Err("annotation columns are only allowed when start_line equals end_line".into());
+    }
+    fields.text("title")?;
+    fields.text("raw_details")?;
+    Ok(())
+}
+
+/// The status and conclusion a check run has after `change`: a conclusion
+/// means completed, completed needs a conclusion, and a completed run
+/// stays completed.
+fn check_run_next(was: Option<&CheckRun>, change: &CheckRunFields) -> Result<(String, Option<String>), String> {
+    let status = match (&change.status, &change.conclusion) {
+        (Some(status), Some(c)) if status != "completed" => {
+            return Err(format!("`conclusion` {c:?} given with `status` {status:?} (a conclusion means completed)"));
+        }
+        (Some(status), _) => status.clone(),
+        (None, Some(_)) => "completed".to_string(),
+        (None, None) => was.map_or("queued".to_string(), |run| run.status.clone()),
+    };
+    if let Some(run) = was.filter(|run| run.status == "completed" && status != "completed") {
+        return Err(format!("violation: check run {} is completed and may not go back to {status}", run.id));
+    }
+    let conclusion = change.conclusion.clone().or_else(|| was.and_then(|run| run.conclusion.clone()));
+    if status == "completed" && conclusion.is_none() {
+        return Err("`conclusion` is required when `status` is completed".into());
+    }
+    if change.completed_at.is_some() && conclusion.is_none() {
+        return Err("`conclusion` is required with `completed_at`".into());
+    }
+    Ok((status, conclusion))
+}
+
+/// `POST /repos/{owner}/{repo}/check-runs`.
+fn check_run_create(ledger: &mut Ledger, call: &Call) -> Outcome {
+    github_gate(ledger, call)?;
+    let project = format!("{}/{}", call.segment(1), call.segment(2));
+    let fields = github_fields(call)?;
+    let head_sha = required(fields.text("head_sha").map_err(github_invalid)?, "head_sha").map_err(github_invalid)?;
+    github_sha(&head_sha)?;
+    let change = check_run_fields(&fields).map_err(github_invalid)?;
+    let name = change.name.clone().filter(|n| !n.trim().is_empty());
+    let name = required(name, "name").map_err(github_invalid)?;
+    let (status, conclusion) = check_run_next(None, &change).map_err(github_invalid)?;
+    let now = timestamp(SystemTime::now());
+    let completed_at = (status == "completed").then(|| change.completed_at.clone().unwrap_or_else(|| now.clone()));
+    let run = CheckRun {
+        id: ledger.next_id(),
+        project,
+        name,
+        head_sha,
+        status,
+        conclusion,
+        details_url: change.details_url.clone(),
+        external_id: change.external_id.clone(),
+        output: change.output.clone(),
+        annotations: change.output.as_ref().map_or(0, |o| o.annotations.len()),
+        started_at: change.started_at.clone().unwrap_or(now),
+        completed_at,
+    };
+    ledger.deliveries.push(check_run_delivery(&run, &change));
+    let body = check_run_json(&run, &call.root());
+    ledger.check_runs.push(run);
+    Ok((StatusCode::CREATED, body))
+}
+
+/// `PATCH /repos/{owner}/{repo}/check-runs/{id}`.
+fn check_run_update(ledger: &mut Ledger, call: &Call) -> Outcome {
+    github_gate(ledger, call)?;
+    let project = format!("{}/{}", call.segment(1), call.segment(2));
+    let id: Option<u64> = call.segment(4).parse().ok();
+    let Some(at) = ledger.check_runs.iter().position(|r| Some(r.id) == id && r.project == project) else {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no check run {} in {project}", call.segment(4))));
+    };
+    let fields = github_fields(call)?;
+    let change = check_run_fields(&fields).map_err(github_invalid)?;
+    let (status, conclusion) = check_run_next(Some(&ledger.check_runs[at]), &change).map_err(github_invalid)?;
+    let run = &mut ledger.check_runs[at];
+    if let Some(name) = change.name.clone().filter(|n| !n.trim().is_empty()) {
+        run.name = name;
+    }
+    if status == "completed" && run.completed_at.is_none() {
+        run.completed_at = Some(change.completed_at.clone().unwrap_or_else(|| timestamp(SystemTime::now())));
+    }
+    (run.status, run.conclusion) = (status, conclusion);
+    run.details_url = change.details_url.clone().or(run.details_url.take());
+    run.external_id = change.external_id.clone().or(run.external_id.take());
+    if let Some(output) = &change.output {
+        run.annotations += output.annotations.len();
+        run.output = Some(output.clone());
+    }
+    let delivery = check_run_delivery(run, &change);
+    let body = check_run_json(run, &call.root());
+    ledger.deliveries.push(delivery);
+    Ok((StatusCode::OK, body))
+}
+
+/// The delivery of a check run request: the run as it now stands, with
+/// the output sent.
+fn check_run_delivery(run: &CheckRun, change: &CheckRunFields) -> Delivery {
+    let output = change.output.as_ref();
+    Delivery {
+        context: run.name.clone(),
+        state: run.status.clone(),
+        description: output.map(|o| o.title.clone()).unwrap_or_default(),
+        target_url: run.details_url.clone().unwrap_or_default(),
+        check_run: Some(run.id),
+        conclusion: run.conclusion.clone(),
+        summary: output.map(|o| o.summary.clone()),
+        annotations: output.map(|o| o.annotations.clone()).unwrap_or_default(),
+        ..blank_delivery(Forge::GitHub, run.project.clone(), run.head_sha.clone())
+    }
+}
+
+/// A check run as GitHub answers it.
+fn check_run_json(run: &CheckRun, root: &str) -> Value {
+    let output = run.output.as_ref();
+    json!({
+        "id": run.id,
+        "node_id": format!("CR_{}", run.id),
+        "head_sha": run.head_sha,
+        "external_id": run.external_id,
+        "url": format!("{root}/repos/{}/check-runs/{}", run.project, run.id),
+        "html_url": format!("{root}/{}/runs/{}", run.project, run.id),
+        "details_url": run.details_url,
+        "status": run.status,
+        "conclusion": run.conclusion,
+        "started_at": run.started_at,
+        "completed_at": run.completed_at,
+        "name": run.name,
+        "output": {
+            "title": output.map(|o| &o.title),
+            "summary": output.map(|o| &o.summary),
+            "text": output.and_then(|o| o.text.as_ref()),
+            "annotations_count": run.annotations,
+            "annotations_url": format!("{root}/repos/{}/check-runs/{}/annotations", run.project, run.id),
+        },
+        "pull_requests": [],
+    })
+}
+
+// ----------------------------------------------------------------- GitLab
+
+/// GitLab's commit status states.
+const GITLAB_STATES: &[&str] = &["pending", "running", "success", "failed", "canceled", "skipped"];
+
+/// GitLab's refusal (400) of a bad parameter.
+fn gitlab_invalid(why: String) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, why)
+}
+
+/// GitLab's refusal (400) of a record that does not validate:
+/// `{"message": {"field": ["problem"]}}`.
+fn gitlab_record_invalid(field: &str, problem: &str) -> Refusal {
+    let body = json!({ "message": { field: [problem] } });
+    Refusal::with_body(StatusCode::BAD_REQUEST, format!("{field} {problem}"), body)
+}
+
+/// `PRIVATE-TOKEN: <token>` (or `Authorization: Bearer <token>`).
+fn gitlab_auth(ledger: &Ledger, call: &Call) -> Result<(), Refusal> {
+    let private = call.header("private-token") == ledger.token;
+    let bearer = call.header("authorization").strip_prefix("Bearer ") == Some(ledger.token.as_str());
+    if private || bearer {
+        return Ok(());
+    }
+    let present = call.headers.contains_key("private-token") || call.headers.contains_key("authorization");
+    Err(Refusal::unauthorized(credentials_missing(present)))
+}
+
+/// GitLab's parameters: the query string, then the body (JSON or a form)
+/// over it.
+fn gitlab_fields(call: &Call) -> Result<Fields, Refusal> {
+    let mut fields = Fields::form(&call.query);
+    if call.body.is_empty() {
+        return Ok(fields);
+    }
+    let content_type = call.header("content-type");
+    let body = if content_type.contains("json") {
+        Fields::json(&call.body).map_err(gitlab_invalid)?
+    } else if content_type.contains("application/x-www-form-urlencoded") {
+        Fields::form(&String::from_utf8_lossy(&call.body))
+    } else {
+        let why = format!("The provided content-type '{content_type}' is not supported.");
+        return Err(Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, why));
+    };
+    fields.0.extend(body.0);
+    Ok(fields)
+}
+
+/// What a GitLab status request asks for, checked.
+struct GitLabFields {
+    status: StatusFields,
+    git_ref: Option<String>,
+    pipeline_id: Option<u64>,
+}
+
+/// GitLab's status parameters: `state` required; `name` (or `context`,
+/// "default" when both are absent) not blank; `description` and
+/// `target_url` at most 255 characters, the URL http or https;
+/// `pipeline_id` a whole number.
+fn gitlab_status_fields(fields: &Fields) -> Result<GitLabFields, Refusal> {
+    let state =
+        fields.text("state").map_err(gitlab_invalid)?.ok_or_else(|| gitlab_invalid("state is missing".into()))?;
+    if !GITLAB_STATES.contains(&state.as_str()) {
+        return Err(gitlab_invalid(format!("state does not have a valid value ({state:?})")));
+    }
+    let name = fields.text("name").map_err(gitlab_invalid)?;
+    let context = name.or(fields.text("context").map_err(gitlab_invalid)?).unwrap_or_else(|| "default".into());
+    if context.trim().is_empty() {
+        return Err(gitlab_record_invalid("name", "can't be blank"));
+    }
+    let description = fields.text("description").map_err(gitlab_invalid)?;
+    if at_most(description.as_deref(), "description", 255).is_err() {
+        return Err(gitlab_record_invalid("description", "is too long (maximum is 255 characters)"));
+    }
+    let target_url = fields.text("target_url").map_err(gitlab_invalid)?;
+    if web_url(target_url.as_deref(), "target_url").is_err() {
+        return Err(gitlab_record_invalid("target_url", "is blocked: Only allowed schemes are http, https"));
+    }
+    if at_most(target_url.as_deref(), "target_url", 255).is_err() {
+        return Err(gitlab_record_invalid("target_url", "is too long (maximum is 255 characters)"));
+    }
+    fields.float("coverage").map_err(gitlab_invalid)?;
+    Ok(GitLabFields {
+        status: StatusFields { state, context, description, target_url },
+        git_ref: fields.text("ref").map_err(gitlab_invalid)?,
+        pipeline_id: fields.whole("pipeline_id").map_err(gitlab_invalid)?,
+    })
+}
+
+/// `POST /api/v4/projects/{id}/statuses/{sha}`: the status becomes (or
+/// moves) a job of the given pipeline, or of the newest pipeline of the
+/// commit (created when there is none).
+fn gitlab_status(ledger: &mut Ledger, call: &Call) -> Outcome {
+    gitlab_auth(ledger, call)?;
+    let (project, sha) = (call.segment(3), call.segment(5));
+    if project.is_empty() {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Project Not Found"));
+    }
+    if !is_sha(&sha) {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Commit Not Found"));
+    }
+    let asked = gitlab_status_fields(&gitlab_fields(call)?)?;
+    let pipeline = gitlab_pipeline(ledger, &project, &sha, &asked)?;
+    let git_ref = asked.git_ref.clone().unwrap_or_else(|| pipeline.git_ref.clone());
+    let mut job = gitlab_job(ledger, &pipeline, &git_ref, &asked.status.context);
+    job.status = gitlab_transition(&job.status, &asked.status.state).map_err(gitlab_invalid)?;
+    job.description = asked.status.description.clone().or(job.description);
+    job.target_url = asked.status.target_url.clone().or(job.target_url);
+    match ledger.jobs.iter_mut().find(|j| j.id == job.id) {
+        Some(stored) => *stored = job.clone(),
+        None => ledger.jobs.push(job.clone()),
+    }
+    let delivery = Delivery { pipeline_id: Some(pipeline.id), ..asked.status.delivery(Forge::GitLab, project, sha) };
+    ledger.deliveries.push(delivery);
+    Ok((StatusCode::CREATED, gitlab_job_json(&job, &pipeline)))
+}
+
+/// The pipeline a status goes to: `pipeline_id`'s, which must be of this
+/// commit (and ref, when given); else the newest of the commit (and ref),
+/// else a new one.
+fn gitlab_pipeline(ledger: &mut Ledger, project: &str, sha: &str, asked: &GitLabFields) -> Result<Pipeline, Refusal> {
+    let matching = ledger.pipelines.iter().rev().find(|p| {
+        p.project == project
+            && p.sha == sha
+            && asked.git_ref.as_ref().is_none_or(|r| *r == p.git_ref)
+            && asked.pipeline_id.is_none_or(|id| id == p.id)
+    });
+    if let Some(pipeline) = matching {
+        return Ok(pipeline.clone());
+    }
+    if asked.pipeline_id.is_some() {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Pipeline for pipeline_id, sha and ref Not Found"));
+    }
+    // GitLab takes the first branch holding the commit; this forge has no
+    // repository, so "main".
+    let git_ref = asked.git_ref.clone().unwrap_or_else(|| "main".into());
+    let pipeline = Pipeline { id: ledger.next_id(), project: project.into(), sha: sha.into(), git_ref };
+    ledger.pipelines.push(pipeline.clone());
+    Ok(pipeline)
+}
+
+/// The job a status updates: the pipeline's pending or running job of
+/// that name and ref, else a new one (`created`). A finished job is never
+/// updated: a status after it starts a new job, as a retry does.
+fn gitlab_job(ledger: &mut Ledger, pipeline: &Pipeline, git_ref: &str, name: &str) -> Job {
+    let open = ledger.jobs.iter().rev().find(|j| {
+        j.pipeline == pipeline.id
+            && j.git_ref == git_ref
+            && j.name == name
+            && ["pending", "running"].contains(&&*j.status)
+    });
+    if let Some(job) = open {
+        return job.clone();
+    }
+    Job {
+        id: ledger.next_id(),
+        pipeline: pipeline.id,
+        git_ref: git_ref.into(),
+        name: name.into(),
+        status: "created".into(),
+        description: None,
+        target_url: None,
+        created_at: timestamp(SystemTime::now()),
+    }
+}
+
+/// GitLab's job state machine, as its commit status service drives it:
+/// the state a job in `from` goes to on status `to`, or GitLab's message.
+fn gitlab_transition(from: &str, to: &str) -> Result<String, String> {
+    let (event, from_states): (&str, &[&str]) = match to {
+        "pending" => ("enqueue", &["created"]),
+        // `enqueue` (ignored when it cannot), then `run!`.
+        "running" => ("run", &["created", "pending"]),
+        "success" => ("success", &["created", "pending", "running"]),
+        "failed" => ("drop", &["created", "pending", "running"]),
+        "canceled" => ("cancel", &["created", "pending", "running"]),
+        "skipped" => ("skip", &["created", "pending"]),
+        _ => return Err("invalid state".into()),
+    };
+    if from_states.contains(&from) {
+        Ok(to.to_string())
+    } else {
+        Err(format!(
+            "Cannot transition status via :{event} from :{from} (Reason(s): Status cannot transition via \"{event}\")"
+        ))
+    }
+}
+
+/// A job as GitLab answers a status.
+fn gitlab_job_json(job: &Job, pipeline: &Pipeline) -> Value {
+    let now = timestamp(SystemTime::now());
+    let finished = ["success", "failed", "canceled", "skipped"].contains(&job.status.as_str());
+    json!({
+        "id": job.id,
+        "sha": pipeline.sha,
+        "ref": job.git_ref,
+        "status": job.status,
+        "name": job.name,
+        "target_url": job.target_url,
+        "description": job.description,
+        "created_at": job.created_at,
+        "started_at": (job.status != "pending").then(|| now.clone()),
+        "finished_at": finished.then_some(now),
+        "allow_failure": false,
+        "coverage": null,
+        "pipeline_id": pipeline.id,
+        "author": { "id": 1, "username": "viaduct", "name": "Viaduct", "state": "active" },
+    })
+}
+
+// ------------------------------------------------------------ Gitea/Forgejo
+
+/// Gitea's commit status states (`CreateStatusOption.state`).
+const GITEA_STATES: &[&str] = &["pending", "success", "error", "failure", "warning"];
+
+/// Gitea's binding or validation error (422).
+fn gitea_invalid(why: String) -> Refusal {
+    Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, why)
+}
+
+/// Gitea's body binding: JSON or a form, by `Content-Type`.
+fn gitea_fields(call: &Call) -> Result<Fields, Refusal> {
+    let content_type = call.header("content-type");
+    if content_type.contains("json") {
+        Fields::json(&call.body).map_err(gitea_invalid)
+    } else if content_type.contains("form-urlencoded") {
+        Ok(Fields::form(&String::from_utf8_lossy(&call.body)))
+    } else if content_type.is_empty() {
+        Err(gitea_invalid("Empty Content-Type".into()))
+    } else {
+        Err(gitea_invalid(format!("Unsupported Content-Type {content_type:?}")))
+    }
+}
+
+/// `POST /api/v1/repos/{owner}/{repo}/statuses/{sha}`: `state` required;
+/// `context`, `description` and `target_url` trimmed, as Gitea stores them.
+fn gitea_status(ledger: &mut Ledger, call: &Call) -> Outcome {
+    if !authorization_is(call, &ledger.token) {
+        return Err(Refusal::unauthorized(credentials_missing(call.headers.contains_key("authorization"))));
+    }
+    let (project, sha) = (format!("{}/{}", call.segment(3), call.segment(4)), call.segment(6));
+    if !is_sha(&sha) {
+        return Err(gitea_invalid(format!("invalid sha {sha:?}")));
+    }
+    let fields = gitea_fields(call)?;
+    let status = gitea_status_fields(&fields).map_err(gitea_invalid)?;
+    let id = ledger.next_id();
+    let body = json!({
+        "id": id,
+        "status": status.state,
+        "context": status.context,
+        "description": status.description.clone().unwrap_or_default(),
+        "target_url": status.target_url.clone().unwrap_or_default(),
+        "url": format!("{}/api/v1/repos/{project}/statuses/{sha}", call.root()),
+        "created_at": timestamp(SystemTime::now()),
+        "updated_at": timestamp(SystemTime::now()),
+        "creator": { "id": 1, "login": "viaduct" },
+    });
+    ledger.deliveries.push(status.delivery(Forge::Gitea, project, sha));
+    Ok((StatusCode::CREATED, body))
+}
+
+/// Gitea's status fields.
+fn gitea_status_fields(fields: &Fields) -> Result<StatusFields, String> {
+    let trimmed = |key: &str| fields.text(key).map(|v| v.map(|s| s.trim().to_string()));
+    Ok(StatusFields {
+        state: required(fields.choice("state", GITEA_STATES)?, "state")?,
+        context: trimmed("context")?.unwrap_or_default(),
+        description: trimmed("description")?,
+        target_url: trimmed("target_url")?,
+    })
+}
+
+// ------------------------------------------------------ encodings and time
+
+/// `%XX` escapes decoded (and `+` as a space in queries and forms);
+/// malformed escapes are kept as they are.
+fn percent_decode(text: &str, plus_is_space: bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes.get(i + 1..i + 3).and_then(|h| Some(hex_digit(h[0])? * 16 + hex_digit(h[1])?));
+        match (bytes[i], escaped) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of a hexadecimal digit.
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Seconds since the Unix epoch.
+fn epoch_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, as the forges write times.
+fn timestamp(t: SystemTime) -> String {
+    let secs = epoch_seconds(t);
+    let (year, month, day) = civil_date(secs / 86_400);
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// The (year, month, day) of a day counted from 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(month <= 2), month, day)
+}
+
+/// An ISO 8601 time as GitHub takes it: `YYYY-MM-DDTHH:MM:SS` then `Z`,
+/// an offset or fractional seconds.
+fn is_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:dd";
+    b.len() > shape.len()
+        && shape.iter().zip(b).all(|(want, got)| if *want == b'd' { got.is_ascii_digit() } else { want == got })
+        && matches!(b[shape.len()], b'Z' | b'+' | b'-' | b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "forge-token";
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn addr(api: &ForgeApi) -> String {
+        api.url().trim_start_matches("http://").to_string()
+    }
+
+    /// A request with `headers` and `body` (none when null): (status,
+    /// head, JSON body).
+    fn send(api: &ForgeApi, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, String, Value) {
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        let (code, head, reply) = crate::http_with_head(&addr(api), method, path, headers, body.as_bytes());
+        (code, head, serde_json::from_slice(&reply).unwrap_or(Value::Null))
+    }
+
+    const GITHUB: &[(&str, &str)] = &[
+        ("authorization", "Bearer forge-token"),
+        ("user-agent", "viaduct-test"),
+        ("accept", "application/vnd.github+json"),
+        ("x-github-api-version", "2022-11-28"),
+        ("content-type", "application/json"),
+    ];
+    const GITLAB: &[(&str, &str)] = &[("private-token", "forge-token"), ("content-type", "application/json")];
+
+    fn github(api: &ForgeApi, method: &str, path: &str, body: Value) -> (u16, Value) {
+        let (code, _, reply) = send(api, method, path, GITHUB, &body);
+        (code, reply)
+    }
+
+    fn gitlab(api: &ForgeApi, project: &str, body: Value) -> (u16, Value) {
+        let (code, _, reply) = send(api, "POST", &format!("/api/v4/projects/{project}/statuses/{SHA}"), GITLAB, &body);
+        (code, reply)
+    }
+
+    #[test]
+    fn a_github_status_is_accepted_and_recorded() {
+        let api = ForgeApi::start(TOKEN);
+        let body = json!({"state": "pending", "target_url": "https://ci.example/runs/1", "context": "viaduct/ci"});
+        let (code, reply) = github(&api, "POST", &format!("/repos/acme/app/statuses/{SHA}"), body);
+        assert_eq!(code, 201, "{reply}");
+        assert_eq!(reply["state"], "pending");
+        assert_eq!(reply["context"], "viaduct/ci");
+        assert!(reply["id"].is_u64() && reply["created_at"].is_string(), "{reply}");
+        let got = api.deliveries();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].forge, got[0].project.as_str(), got[0].sha.as_str()), (Forge::GitHub, "acme/app", SHA));
+        assert_eq!(got[0].target_url, "https://ci.example/runs/1");
+        assert_eq!(api.states_of(SHA, "viaduct/ci"), ["pending"]);
+        assert!(api.refused().is_empty(), "{:?}", api.refused());
+        assert_eq!(api.requests(), 1);
+    }
+
+    #[test]
+    fn bad_credentials_and_headers_are_refused() {
+        let api = ForgeApi::start(TOKEN);
+        let path = format!("/repos/acme/app/statuses/{SHA}");
+        let body = json!({"state": "success"});
+        let mut headers = GITHUB.to_vec();
+        headers[0] = ("authorization", "Bearer nope");
+        assert_eq!(send(&api, "POST", &path, &headers, &body).0, 401);
+        headers[0] = ("authorization", "token forge-token");
+        headers[1] = ("user-agent", "");
+        assert_eq!(send(&api, "POST", &path, &headers, &body).0, 403);
+        let gitea = format!("/api/v1/repos/acme/app/statuses/{SHA}");
+        assert_eq!(send(&api, "POST", &gitea, &[("content-type", "application/json")], &body).0, 401);
+        assert!(api.deliveries().is_empty());
+        assert_eq!(api.refused().len(), 3, "{:?}", api.refused());
+        let (code, reply) = github(&api, "GET", &path, json!({}));
+        assert_eq!((code, reply["message"].as_str()), (405, Some("Method Not Allowed")));
+    }
+
+    #[test]
+    fn github_checks_the_fields() {
+        let api = ForgeApi::start(TOKEN);
+        let path = format!("/repos/acme/app/statuses/{SHA}");
+        let long = "x".repeat(141);
+        assert_eq!(github(&api, "POST", &path, json!({"state": "success", "description": long})).0, 422);
+        assert_eq!(github(&api, "POST", &path, json!({"state": "success", "description": &long[1..]})).0, 201);
+        assert_eq!(github(&api, "POST", &path, json!({"state": "running"})).0, 422);
+        assert_eq!(github(&api, "POST", &path, json!({"state": "error", "target_url": "ci/1"})).0, 422);
+        assert_eq!(github(&api, "POST", "/repos/acme/app/statuses/ABC", json!({"state": "error"})).0, 422);
+        assert_eq!(api.refused().len(), 4, "{:?}", api.refused());
+        assert_eq!(api.states_of(SHA, "default"), ["success"]);
+    }
+
+    #[test]
+    fn a_check_run_goes_to_completed_and_stays_there() {
+        let api = ForgeApi::start(TOKEN);
+        let create = json!({"name": "viaduct", "head_sha": SHA, "status": "in_progress"});
+        let (code, run) = github(&api, "POST", "/repos/acme/app/check-runs", create);
+        assert_eq!((code, run["status"].as_str()), (201, Some("in_progress")), "{run}");
+        let path = format!("/repos/acme/app/check-runs/{}", run["id"]);
+        assert_eq!(github(&api, "PATCH", &path, json!({"status": "completed"})).0, 422);
+        let annotation = json!({
+            "path": "src/lib.rs", "start_line": 3, "end_line": 3, "annotation_level": "failure", "message": "no",
+        });
+        let output = json!({"title": "1 failure", "summary": "tests failed", "annotations": [annotation]});
+        let (code, done) = github(&api, "PATCH", &path, json!({"conclusion": "failure", "output": output}));
+        assert_eq!(
+            (code, done["status"].as_str(), done["conclusion"].as_str()),
+            (200, Some("completed"), Some("failure"))
+        );
+        assert_eq!(github(&api, "PATCH", &path, json!({"status": "in_progress"})).0, 422);
+        let too_many = json!({"title": "t", "summary": "s", "annotations": vec![annotation; 51]});
+        assert_eq!(github(&api, "PATCH", &path, json!({"output": too_many})).0, 422);
+        let got = api.deliveries();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].conclusion.as_deref(), got[1].annotations.len()), (Some("failure"), 1));
+        assert_eq!(got[1].summary.as_deref(), Some("tests failed"));
+        assert_eq!(api.states_of(SHA, "viaduct"), ["in_progress", "completed"]);
+        assert!(api.refused().iter().any(|r| r.contains("violation")), "{:?}", api.refused());
+    }
+
+    #[test]
+    fn gitlab_takes_encoded_paths_pipelines_and_its_state_machine() {
+        let api = ForgeApi::start(TOKEN);
+        let (code, first) = gitlab(&api, "group%2Fapp", json!({"state": "running", "name": "build"}));
+        assert_eq!(code, 201, "{first}");
+        let pipeline = first["pipeline_id"].as_u64().expect("a pipeline id");
+        assert_eq!(api.deliveries()[0].project, "group/app");
+        let (code, second) = gitlab(&api, "group%2Fapp", json!({"state": "running", "name": "build"}));
+        assert_eq!(code, 400);
+        assert!(second["message"].as_str().unwrap().starts_with("Cannot transition status via :run from :running"));
+        let (code, done) =
+            gitlab(&api, "group%2Fapp", json!({"state": "success", "name": "build", "pipeline_id": pipeline}));
+        assert_eq!(
+            (code, done["id"].clone(), done["pipeline_id"].as_u64()),
+            (201, first["id"].clone(), Some(pipeline))
+        );
+        // After a finished job, a status starts a new job (a retry).
+        let (code, retry) = gitlab(&api, "group%2Fapp", json!({"state": "running", "name": "build"}));
+        assert_eq!((code, retry["pipeline_id"].as_u64()), (201, Some(pipeline)));
+        assert_ne!(retry["id"], first["id"]);
+        let missing = json!({"state": "success", "name": "build", "pipeline_id": pipeline + 100});
+        assert_eq!(gitlab(&api, "group%2Fapp", missing).0, 404);
+        assert_eq!(gitlab(&api, "7", json!({"state": "done"})).0, 400);
+        let query = format!("/api/v4/projects/7/statuses/{SHA}?state=pending&context=lint&description=a+b");
+        assert_eq!(send(&api, "POST", &query, &[("private-token", TOKEN)], &Value::Null).0, 201);
+        let lint = api.deliveries().into_iter().find(|d| d.context == "lint").expect("the lint status");
+        assert_eq!((lint.project.as_str(), lint.description.as_str()), ("7", "a b"));
+        assert_ne!(lint.pipeline_id, Some(pipeline));
+        assert_eq!(api.states_of(SHA, "build"), ["running", "success", "running"]);
+        assert_eq!(api.refused().len(), 3, "{:?}", api.refused());
+    }
+
+    #[test]
+    fn gitea_statuses_are_recorded() {
+        let api = ForgeApi::start(TOKEN);
+        let path = format!("/api/v1/repos/acme/app/statuses/{SHA}");
+        let headers = [("authorization", "token forge-token"), ("content-type", "application/json")];
+        let (code, _, reply) = send(&api, "POST", &path, &headers, &json!({"state": "warning", "context": " ci "}));
+        assert_eq!((code, reply["status"].as_str()), (201, Some("warning")), "{reply}");
+        assert_eq!(send(&api, "POST", &path, &headers, &json!({"state": "running"})).0, 422);
+        assert_eq!(api.states_of(SHA, "ci"), ["warning"]);
+    }
+
+    #[test]
+    fn faults_are_consumed_in_order() {
+        let api = ForgeApi::start(TOKEN);
+        let path = format!("/repos/acme/app/statuses/{SHA}");
+        api.fail_next(1, 429, &[("retry-after", "1")]);
+        let (code, head, reply) = send(&api, "POST", &path, GITHUB, &json!({"state": "success"}));
+        assert_eq!((code, reply["message"].as_str()), (429, Some("injected")));
+        assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+        api.set_available(false);
+        assert_eq!(github(&api, "POST", &path, json!({"state": "success"})).0, 503);
+        api.set_available(true);
+        assert_eq!(github(&api, "POST", &path, json!({"state": "success"})).0, 201);
+        assert_eq!((api.requests(), api.deliveries().len()), (3, 1));
+        assert!(api.refused().is_empty(), "{:?}", api.refused());
+    }
+
+    #[test]
+    fn a_hung_request_gets_no_answer_and_the_server_still_stops() {
+        use std::io::{Read, Write};
+        let api = ForgeApi::start(TOKEN);
+        api.hang_next(1);
+        let mut stream = std::net::TcpStream::connect(addr(&api)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        stream.write_all(b"POST /repos/a/b/check-runs HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").unwrap();
+        let err = stream.read(&mut [0; 64]).expect_err("no answer");
+        assert!(matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{err}");
+        assert_eq!(api.requests(), 1);
+        assert!(api.deliveries().is_empty() && api.refused().is_empty());
+        let started = Instant::now();
+        drop(api);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn wait_for_finds_a_delivery() {
+        let api = ForgeApi::start(TOKEN);
+        let path = format!("/repos/acme/app/statuses/{SHA}");
+        assert_eq!(github(&api, "POST", &path, json!({"state": "failure", "context": "c"})).0, 201);
+        let state = api.wait_for("the failure", |d| d.iter().find(|d| d.context == "c").map(|d| d.state.clone())).await;
+        assert_eq!(state, "failure");
+    }
+
+    #[test]
+    fn unknown_endpoints_are_refused() {
+        let api = ForgeApi::start(TOKEN);
+        assert_eq!(github(&api, "POST", "/repos/acme/app/commits", json!({})).0, 404);
+        assert_eq!(api.refused(), ["POST /repos/acme/app/commits: no such endpoint"]);
+    }
+
+    #[test]
+    fn times_and_escapes() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(19_782), (2024, 2, 29));
+        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(86_399)), "1970-01-01T23:59:59Z");
+        assert!(is_timestamp("2024-02-29T10:00:00Z") && !is_timestamp("2024-02-29"));
+        assert_eq!(percent_decode("group%2Fsub%2fapp+x%zz", false), "group/sub/app+x%zz");
+        assert_eq!(percent_decode("a+b%20c", true), "a b c");
+    }
+}

@@ -1,0 +1,330 @@
+//! Commit statuses reported to forges, end to end: the real server and runner
+//! against `forge_api`, a stand-in for GitHub's, GitLab's and Gitea's
+//! status APIs that checks what it receives and can fail on demand.
+
+use std::path::PathBuf;
+
+use viaduct_tests::{
+    Client, Server, eventually, finished,
+    forge::{git, runs_of, upstream},
+    forge_api::{Delivery, ForgeApi},
+    output, v1, word,
+};
+
+/// A run whose second job fails, so the third is skipped.
+const PIPELINE: &str = "name: ci\non:\n  push: {}\njobs:\n  build:\n    steps:\n      - run: echo building\n  test:\n    needs: [build]\n    steps:\n      - run: exit 3\n  deploy:\n    needs: [test]\n    steps:\n      - run: echo never\n";
+
+const TOKEN: &str = "forge-token-9f2c51";
+
+/// Where a state stands: waiting, running, ended.
+fn rank(state: &str) -> u8 {
+    match state {
+        "pending" | "queued" => 0,
+        "running" | "in_progress" => 1,
+        _ => 2,
+    }
+}
+
+/// The states of each context never go back, and end in `last`.
+fn assert_in_order(forge: &ForgeApi, sha: &str, context: &str, last: &str) -> Vec<String> {
+    let states = forge.states_of(sha, context);
+    assert_eq!(states.last().map(String::as_str), Some(last), "{context}: {states:?}");
+    assert!(states.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{context} went back: {states:?}");
+    assert_eq!(states.iter().filter(|s| rank(s) == 2).count(), 1, "{context} ended once: {states:?}");
+    states
+}
+
+/// A mirror `name` of a new upstream with `pipeline`, reporting to `forge`
+/// as a forge of `kind` at `api`; then a pushed commit and the run it
+/// started: (upstream dir, bare repo, its commit, run id).
+async fn reporting_mirror(
+    client: &Client,
+    name: &str,
+    pipeline: &str,
+    kind: &str,
+    api: String,
+) -> (tempfile::TempDir, PathBuf, tempfile::TempDir, String) {
+    let (dir, bare, wt) = upstream(pipeline);
+    let secret = format!("{}_TOKEN", name.to_uppercase());
+    client
+        .secrets()
+        .set(v1::SetSecretRequest {
+            name: secret.clone(),
+            value: TOKEN.into(),
+            scope: Some(v1::SecretScope { repos: vec![name.into()], ..Default::default() }),
+        })
+        .await
+        .unwrap();
+    let forge = v1::ForgeConnection {
+        kind: kind.into(),
+        api_url: api,
+        project: format!("org/{name}"),
+        token_secret: secret,
+        ..Default::default()
+    };
+    let req = v1::CreateRepoRequest {
+        name: name.into(),
+        source: Some(v1::create_repo_request::Source::Mirror(v1::MirrorRepo {
+            url: format!("file://{}", bare.display()),
+            forge: Some(forge),
+            ..Default::default()
+        })),
+    };
+    client.repos().create(req).await.unwrap();
+    std::fs::write(wt.path().join("hello.txt"), format!("a change for {name}\n")).unwrap();
+    git(wt.path(), &["commit", "-qam", "a change"]);
+    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let sync = client.repos().sync(v1::SyncRepoRequest { name: name.into() }).await.unwrap().into_inner();
+    assert_eq!(sync.run_ids.len(), 1, "{sync:?}");
+    let sha = git(wt.path(), &["rev-parse", "HEAD"]);
+    (dir, bare, wt, sha)
+}
+
+fn final_of<'a>(d: &'a [Delivery], sha: &str, context: &str) -> Option<&'a Delivery> {
+    d.iter().rev().find(|d| d.sha == sha && d.context == context && rank(&d.state) == 2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_and_each_job_report_to_github_in_order_and_a_skipped_job_ends_too() {
+    let forge = ForgeApi::start(TOKEN);
+    let server = Server::start();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let (_u, _bare, _wt, sha) = reporting_mirror(&client, "app", PIPELINE, "github", forge.url()).await;
+    let run = finished(&client, &runs_of(&client, "app").await[0].id).await;
+    assert_eq!(word(run.status), "failure");
+
+    let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"];
+    forge
+        .wait_for("every context's final status", |d| contexts.iter().all(|c| final_of(d, &sha, c).is_some()).then_some(()))
+        .await;
+    assert_in_order(&forge, &sha, "viaduct/ci", "failure");
+    assert_in_order(&forge, &sha, "viaduct/ci/build", "success");
+    assert_in_order(&forge, &sha, "viaduct/ci/test", "failure");
+    // A required check on `deploy` must not wait forever: skipped is a
+    // success that says why.
+    assert_in_order(&forge, &sha, "viaduct/ci/deploy", "success");
+    let all = forge.deliveries();
+    let deploy = final_of(&all, &sha, "viaduct/ci/deploy").unwrap();
+    assert!(deploy.description.starts_with("skipped"), "{deploy:?}");
+    let test = final_of(&all, &sha, "viaduct/ci/test").unwrap();
+    assert!(test.description.starts_with("Failed"), "{test:?}");
+    assert_eq!(final_of(&all, &sha, "viaduct/ci").unwrap().target_url, format!("{}/runs/{}", server.url(), run.id));
+    assert!(test.target_url.starts_with(&format!("{}/runs/{}/jobs/", server.url(), run.id)), "{test:?}");
+    assert!(all.iter().all(|d| d.project == "org/app" && d.description.chars().count() <= 140));
+    assert!(forge.refused().is_empty(), "{:?}", forge.refused());
+
+    // What the repository says, and /metrics.
+    let repo = client.repos().get(v1::GetRepoRequest { name: "app".into() }).await.unwrap().into_inner();
+    let delivery = repo.forge_delivery.expect("delivery");
+    assert_eq!((delivery.pending, delivery.last_error.as_str()), (0, ""), "{delivery:?}");
+    assert!(delivery.delivered >= 4, "{delivery:?}");
+    assert!(server.metric("viaduct_forge_statuses_total{result=\"delivered\"}") >= 4);
+    let shown = output(server.cli().args(["repos", "get", "app"]));
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("reports to   github org/app") && text.contains("waiting"), "{text}");
+    // The token went only to the forge: never into the server's log.
+    assert!(!server.log().contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_groups_a_runs_statuses_in_one_pipeline_and_gitea_gets_its_own_words() {
+    let forge = ForgeApi::start(TOKEN);
+    let server = Server::start();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let (_g, _gb, _gw, gl_sha) =
+        reporting_mirror(&client, "gl", PIPELINE, "gitlab", format!("{}/api/v4", forge.url())).await;
+    let (_t, _tb, _tw, tea_sha) =
+        reporting_mirror(&client, "tea", PIPELINE, "forgejo", format!("{}/api/v1", forge.url())).await;
+    for repo in ["gl", "tea"] {
+        let run = finished(&client, &runs_of(&client, repo).await[0].id).await;
+        assert_eq!(word(run.status), "failure");
+    }
+    let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"];
+    forge
+        .wait_for("every context's final status on both forges", |d| {
+            contexts.iter().all(|c| final_of(d, &gl_sha, c).is_some() && final_of(d, &tea_sha, c).is_some()).then_some(())
+        })
+        .await;
+    let states = assert_in_order(&forge, &gl_sha, "viaduct/ci/test", "failed");
+    assert!(states.iter().any(|s| s == "running"), "GitLab has a word for running: {states:?}");
+    assert_in_order(&forge, &gl_sha, "viaduct/ci/deploy", "success");
+    let pipelines: std::collections::BTreeSet<Option<u64>> =
+        forge.deliveries().iter().filter(|d| d.sha == gl_sha).map(|d| d.pipeline_id).collect();
+    assert_eq!(pipelines.len(), 1, "one GitLab pipeline for the run: {pipelines:?}");
+    assert!(pipelines.iter().all(Option::is_some));
+    assert!(forge.deliveries().iter().filter(|d| d.sha == gl_sha).all(|d| d.project == "org/gl"));
+
+    assert_in_order(&forge, &tea_sha, "viaduct/ci/test", "failure");
+    assert_in_order(&forge, &tea_sha, "viaduct/ci", "failure");
+    assert!(forge.refused().is_empty(), "{:?}", forge.refused());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_as_the_forge_asks_and_shown_on_the_repository() {
+    let forge = ForgeApi::start(TOKEN);
+    // Server errors, then GitHub's secondary rate limit: all retried.
+    forge.fail_next(2, 502, &[]);
+    forge.fail_next(1, 403, &[("retry-after", "1")]);
+    let server = Server::start();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let (_u, _bare, _wt, sha) = reporting_mirror(&client, "app", PIPELINE, "github", forge.url()).await;
+    finished(&client, &runs_of(&client, "app").await[0].id).await;
+    forge
+        .wait_for("the run's final status despite the failures", |d| final_of(d, &sha, "viaduct/ci").map(|_| ()))
+        .await;
+    assert_in_order(&forge, &sha, "viaduct/ci", "failure");
+    assert_in_order(&forge, &sha, "viaduct/ci/deploy", "success");
+    let repo = client.repos().get(v1::GetRepoRequest { name: "app".into() }).await.unwrap().into_inner();
+    let delivery = repo.forge_delivery.unwrap();
+    assert!(delivery.last_error.contains("rate limited") || delivery.last_error.contains("HTTP 502"), "{delivery:?}");
+    assert!(server.metric("viaduct_forge_statuses_total{result=\"retried\"}") >= 3);
+
+    // The forge down: statuses wait, visible, and go once it is back.
+    forge.set_available(false);
+    let before = forge.deliveries().len();
+    client.runs().retry(v1::RetryRunRequest { id: runs_of(&client, "app").await[0].id.clone() }).await.unwrap();
+    eventually("statuses waiting for the forge", || {
+        let client = client.clone();
+        async move {
+            let repo = client.repos().get(v1::GetRepoRequest { name: "app".into() }).await.unwrap().into_inner();
+            let d = repo.forge_delivery.unwrap();
+            (d.pending > 0 && d.last_error.contains("HTTP 503")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(forge.deliveries().len(), before);
+    forge.set_available(true);
+    forge
+        .wait_for("the retried run's statuses", |d| {
+            d[before..].iter().any(|d| d.sha == sha && d.context == "viaduct/ci/test" && d.state == "failure").then_some(())
+        })
+        .await;
+    assert!(forge.refused().is_empty(), "{:?}", forge.refused());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_connects_a_forge_with_a_secret_of_that_repository_over_https() {
+    let server = Server::start();
+    let client = server.client().await;
+    let (_u, bare, _wt) = upstream(PIPELINE);
+    let url = format!("file://{}", bare.display());
+    let mirror = |name: &str, forge: v1::ForgeConnection| v1::CreateRepoRequest {
+        name: name.into(),
+        source: Some(v1::create_repo_request::Source::Mirror(v1::MirrorRepo {
+            url: url.clone(),
+            forge: Some(forge),
+            ..Default::default()
+        })),
+    };
+    let conn = |api: &str, secret: &str| v1::ForgeConnection {
+        kind: "github".into(),
+        api_url: api.into(),
+        project: "org/app".into(),
+        token_secret: secret.into(),
+        ..Default::default()
+    };
+    let set = |name: &str, repos: Vec<String>| v1::SetSecretRequest {
+        name: name.into(),
+        value: TOKEN.into(),
+        scope: Some(v1::SecretScope { repos, ..Default::default() }),
+    };
+    client.secrets().set(set("ANY", vec![])).await.unwrap();
+    client.secrets().set(set("OTHERS", vec!["other".into()])).await.unwrap();
+    client.secrets().set(set("APPS", vec!["app".into()])).await.unwrap();
+    for (secret, why) in [("ANY", "scoped to repository `app`"), ("OTHERS", "scoped to repository `app`"), ("NONE", "is not set")] {
+        let e = client.repos().create(mirror("app", conn("http://127.0.0.1:1", secret))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains(why), "{e}");
+    }
+    let e = client.repos().create(mirror("app", conn("http://forge.example", "APPS"))).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("use https://"), "{e}");
+    let e = client.repos().create(mirror("app", v1::ForgeConnection { kind: "svn".into(), ..conn("", "APPS") })).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let repo = client.repos().create(mirror("app", conn("https://ghe.example/api/v3/", "APPS"))).await.unwrap().into_inner();
+    let f = repo.forge.unwrap();
+    assert_eq!((f.api_url.as_str(), f.context_prefix.as_str()), ("https://ghe.example/api/v3", "viaduct"));
+
+    // A maintainer of the repository may not point its token elsewhere.
+    let req = v1::CreateTokenRequest {
+        name: "app maintainer".into(),
+        service: true,
+        grants: vec![v1::Grant { role: v1::Role::Maintain as i32, repo: "app".into() }],
+        ..Default::default()
+    };
+    let token = client.tokens().create(req).await.unwrap().into_inner().secret;
+    let theirs = Client::connect(&server.url(), Some(token)).await.unwrap();
+    let change = v1::UpdateRepoRequest {
+        name: "app".into(),
+        forge: Some(conn("https://attacker.example", "APPS")),
+        ..Default::default()
+    };
+    let e = theirs.repos().update(change.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // The CLI, as the admin: remove it.
+    let removed = output(server.cli().args(["repos", "forge", "app", "--remove"]));
+    assert!(removed.status.success(), "{removed:?}");
+    let repo = client.repos().get(v1::GetRepoRequest { name: "app".into() }).await.unwrap().into_inner();
+    assert!(repo.forge.is_none() && repo.forge_delivery.is_none(), "{repo:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_final_state() {
+    const ONE_JOB: &str = "name: ci\non:\n  push: {}\njobs:\n  check:\n    steps:\n      - run: \"true\"\n";
+    let forge = ForgeApi::start(TOKEN);
+    let mut server = Server::start();
+    let _runner = server.runner("linux", 4);
+    let client = server.client().await;
+    let (_u, bare, wt, first) = reporting_mirror(&client, "app", ONE_JOB, "github", forge.url()).await;
+    let mut shas = vec![first];
+    for i in 1..100 {
+        git(wt.path(), &["checkout", "-q", "-b", &format!("b{i}")]);
+        git(wt.path(), &["commit", "-q", "--allow-empty", "-m", &format!("commit {i}")]);
+        shas.push(git(wt.path(), &["rev-parse", "HEAD"]));
+    }
+    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "--all"]);
+    let sync = client.repos().sync(v1::SyncRepoRequest { name: "app".into() }).await.unwrap().into_inner();
+    assert_eq!(sync.run_ids.len(), 99);
+    // Killed in the middle of the burst.
+    forge.wait_for("a quarter of the statuses", |d| (d.len() >= 100).then_some(())).await;
+    server.kill9();
+    let killed_at = forge.deliveries().len();
+    server.restart();
+    let client = server.client().await;
+    let req = v1::ListRunsRequest {
+        repo: "app".into(),
+        page: Some(v1::PageRequest { page_size: 200, ..Default::default() }),
+        ..Default::default()
+    };
+    let runs = client.runs().list(req).await.unwrap().into_inner().runs;
+    assert_eq!(runs.len(), 100, "every run accepted before the kill is still there");
+    for run in &runs {
+        let run = finished(&client, &run.id).await;
+        assert_eq!(word(run.status), "success", "{run:#?}");
+    }
+    let contexts = ["viaduct/ci", "viaduct/ci/check"];
+    forge
+        .wait_for("every context of every commit in its final state", |d| {
+            shas.iter().all(|sha| contexts.iter().all(|c| final_of(d, sha, c).is_some())).then_some(())
+        })
+        .await;
+    for sha in &shas {
+        for context in contexts {
+            let states = forge.states_of(sha, context);
+            assert!(states.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{context} went back: {states:?}");
+            // A status sent just before the kill, its deletion not yet on
+            // disk, is sent again: the same final state, never an older one.
+            assert!(states.iter().filter(|s| rank(s) == 2).all(|s| s == "success"), "{context}: {states:?}");
+        }
+    }
+    let repeated = shas
+        .iter()
+        .flat_map(|sha| contexts.iter().map(move |c| (sha, *c)))
+        .filter(|(sha, c)| forge.states_of(sha, c).iter().filter(|s| rank(s) == 2).count() > 1)
+        .count();
+    println!("statuses: {} delivered, {killed_at} before the kill; final states sent twice: {repeated}", forge.deliveries().len());
+    assert!(forge.refused().is_empty(), "{:?}", forge.refused());
+}
