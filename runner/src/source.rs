@@ -72,7 +72,9 @@ impl Sources {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(5));
                 }
-                Err(Fetch::Status(s)) => return Err(format!("the server refused the source: {}", viaduct_sdk::status_line(&s))),
+                Err(Fetch::Status(s)) => {
+                    return Err(format!("the server refused the source: {}", viaduct_sdk::status_line(&s)));
+                }
                 Err(Fetch::Local(e)) => return Err(e),
             }
         };
@@ -98,9 +100,15 @@ enum Fetch {
 impl Sources {
     /// Downloads the job's source archive into `archive`; its size.
     async fn download(&self, job: &JobRef, archive: &Path) -> Result<u64, Fetch> {
-        let mut stream =
-            self.client.agent().fetch_source(FetchSourceRequest { job: Some(job.clone()) }).await.map_err(Fetch::Status)?.into_inner();
-        let mut file = std::fs::File::create(archive).map_err(|e| Fetch::Local(format!("cannot write {}: {e}", archive.display())))?;
+        let mut stream = self
+            .client
+            .agent()
+            .fetch_source(FetchSourceRequest { job: Some(job.clone()) })
+            .await
+            .map_err(Fetch::Status)?
+            .into_inner();
+        let mut file = std::fs::File::create(archive)
+            .map_err(|e| Fetch::Local(format!("cannot write {}: {e}", archive.display())))?;
         let mut size = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(Fetch::Status)?;

@@ -81,6 +81,24 @@ pub struct Depot {
 }
 
 impl Depot {
+    /// Up to `limit` bytes of `key`'s log from `offset`, wherever they are
+    /// (the store's chunks, or a packed blob), with the log's size and
+    /// whether the step has finished.
+    pub async fn read_log(
+        &self,
+        engine: &crate::engine::Engine,
+        key: crate::store::keys::StepKey,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<crate::store::logs::Chunk>, u64, bool)> {
+        let read = engine.read_log(key, offset, limit)?;
+        let chunks = match read.at {
+            crate::engine::read::LogAt::Chunks(chunks) => chunks,
+            crate::engine::read::LogAt::Packed(rec) => self.logs.read(&rec, offset, read.limit).await?,
+        };
+        Ok((chunks, read.size, read.finished))
+    }
+
     /// Over the blob store `blobs`; `link_key` signs artifact download
     /// links.
     pub fn new(blobs: BlobStore, store: &Arc<Store>, config: DepotConfig, link_key: [u8; 32]) -> Arc<Self> {

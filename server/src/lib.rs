@@ -255,7 +255,8 @@ pub(crate) async fn serve_engine(
     retention.spawn();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;
     let repos = repos::Repos::new((Arc::clone(&store), Arc::clone(&secret_box)), cfg.data_dir.clone(), exe);
-    let forges = forges::Forges::new(Arc::clone(&store), Arc::clone(&repos))?;
+    let forges =
+        forges::Forges::new(Arc::clone(&store), Arc::clone(&repos), (Arc::clone(&engine), Arc::clone(&depot)))?;
     forges.spawn(engine.signals().statuses.subscribe());
     let status = Arc::new(status::Status {
         engine: Arc::clone(&engine),

@@ -11,7 +11,12 @@
 //!
 //! - GitHub: `POST /repos/{owner}/{repo}/statuses/{sha}` (commit statuses),
 //!   `POST /repos/{owner}/{repo}/check-runs` and
-//!   `PATCH /repos/{owner}/{repo}/check-runs/{id}` (check runs);
+//!   `PATCH /repos/{owner}/{repo}/check-runs/{id}` (check runs, which take
+//!   only a GitHub App's installation token, as on GitHub);
+//!   and, for GitHub Apps ([`ForgeApi::add_app`]), signed in with the app's
+//!   JWT (RS256, checked as GitHub does): `GET /repos/{owner}/{repo}/installation`
+//!   and `POST /app/installations/{id}/access_tokens` (an installation
+//!   token, valid an hour, until [`ForgeApi::revoke_tokens`]);
 //! - GitLab: `POST /api/v4/projects/{id}/statuses/{sha}`, `{id}` numeric or
 //!   a URL-encoded path (`group%2Fapp`), with GitLab's pipelines and job
 //!   state machine;
@@ -21,7 +26,8 @@
 //! the test's runtime) and stops when dropped.
 
 use std::{
-    collections::VecDeque,
+    collections::{VecDeque, hash_map::RandomState},
+    hash::BuildHasher,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
     thread::JoinHandle,
@@ -35,7 +41,7 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{patch, post},
+    routing::{get, patch, post},
 };
 use serde_json::{Map, Value, json};
 
@@ -80,6 +86,33 @@ pub struct Delivery {
     pub annotations: Vec<Value>,
     /// When it arrived.
     pub at: Instant,
+}
+
+/// A GitHub check run as it stands now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckRun {
+    /// Its id.
+    pub id: u64,
+    /// `owner/repo`.
+    pub project: String,
+    /// Its name (the latest given).
+    pub name: String,
+    /// The commit.
+    pub head_sha: String,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// Set once completed.
+    pub conclusion: Option<String>,
+    /// The latest `external_id` given ("" when none).
+    pub external_id: String,
+    /// The latest `details_url` given ("" when none).
+    pub details_url: String,
+    /// The latest output's title ("" when none).
+    pub title: String,
+    /// The latest output's summary ("" when none).
+    pub summary: String,
+    /// Every annotation sent, across all requests (GitHub appends them).
+    pub annotations: Vec<Value>,
 }
 
 /// The three forges' APIs on a local port (stopped on drop).
@@ -182,6 +215,90 @@ impl ForgeApi {
     pub fn set_available(&self, up: bool) {
         lock(&self.ledger).available = up;
     }
+
+    /// Registers GitHub App `app_id`, whose JWTs verify with
+    /// `public_key_pem` (an RSA public key, `BEGIN PUBLIC KEY` or `BEGIN RSA
+    /// PUBLIC KEY`), installed (as `installation_id`) on every repository.
+    /// Registering an app id again replaces it. Panics on a bad key.
+    pub fn add_app(&self, app_id: u64, public_key_pem: &str, installation_id: u64) {
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
+            .unwrap_or_else(|e| panic!("app {app_id}'s public key is not an RSA public key in PEM: {e}"));
+        let mut ledger = lock(&self.ledger);
+        ledger.apps.retain(|app| app.id != app_id);
+        ledger.apps.push(App { id: app_id, key, installation: installation_id });
+    }
+
+    /// How many installation tokens were granted.
+    pub fn tokens_issued(&self) -> usize {
+        lock(&self.ledger).installation_tokens.len()
+    }
+
+    /// Every installation token granted so far is revoked: its use is
+    /// answered 401 "Bad credentials", refused with a reason containing
+    /// "revoked" (see [`ForgeApi::refused_except_revoked`]).
+    pub fn revoke_tokens(&self) {
+        for token in &mut lock(&self.ledger).installation_tokens {
+            token.revoked = true;
+        }
+    }
+
+    /// The refusals other than of revoked installation tokens.
+    pub fn refused_except_revoked(&self) -> Vec<String> {
+        lock(&self.ledger).refused.iter().filter(|r| !r.contains(REVOKED)).cloned().collect()
+    }
+
+    /// Every check run as it now stands, in creation order.
+    pub fn check_runs(&self) -> Vec<CheckRun> {
+        lock(&self.ledger).check_runs.iter().map(StoredRun::public).collect()
+    }
+
+    /// The body GitHub sends app `app_id` (`X-GitHub-Event: check_run`)
+    /// when `sender` clicks "Re-run" on check run `check_run_id`: action
+    /// `rerequested`, the check run as it stands (with the app that made
+    /// it, `app_id`), the repository, the installation (when `app_id` is
+    /// registered) and the sender. Panics when there is no such check run.
+    pub fn rerequested_payload(&self, check_run_id: u64, app_id: u64, sender: &str) -> String {
+        let ledger = lock(&self.ledger);
+        let run = ledger
+            .check_runs
+            .iter()
+            .find(|r| r.id == check_run_id)
+            .unwrap_or_else(|| panic!("no check run {check_run_id}"));
+        let root = self.url();
+        let (owner, name) = run.project.split_once('/').unwrap_or((&run.project, ""));
+        let mut payload = json!({
+            "action": "rerequested",
+            "check_run": {
+                "id": run.id,
+                "node_id": format!("CR_{}", run.id),
+                "name": run.name,
+                "head_sha": run.head_sha,
+                "external_id": run.external_id.clone().unwrap_or_default(),
+                "url": format!("{root}/repos/{}/check-runs/{}", run.project, run.id),
+                "html_url": format!("{root}/{}/runs/{}", run.project, run.id),
+                "details_url": run.details_url.clone().unwrap_or_default(),
+                "status": run.status,
+                "conclusion": run.conclusion,
+                "started_at": run.started_at,
+                "completed_at": run.completed_at,
+                "check_suite": { "id": run.id + 1_000_000, "head_sha": run.head_sha, "status": run.status },
+                "app": { "id": app_id, "slug": "viaduct", "name": "Viaduct" },
+                "pull_requests": [],
+            },
+            "repository": {
+                "id": 1,
+                "name": name,
+                "full_name": run.project,
+                "owner": { "login": owner, "id": 1 },
+                "private": true,
+            },
+            "sender": { "login": sender, "id": 2, "type": "User" },
+        });
+        if let Some(app) = ledger.apps.iter().find(|a| a.id == app_id) {
+            payload["installation"] = json!({ "id": app.installation, "node_id": format!("IN_{}", app.installation) });
+        }
+        payload.to_string()
+    }
 }
 
 impl Drop for ForgeApi {
@@ -214,9 +331,11 @@ struct Ledger {
     deliveries: Vec<Delivery>,
     refused: Vec<String>,
     last_id: u64,
-    check_runs: Vec<CheckRun>,
+    check_runs: Vec<StoredRun>,
     pipelines: Vec<Pipeline>,
     jobs: Vec<Job>,
+    apps: Vec<App>,
+    installation_tokens: Vec<InstallationToken>,
 }
 
 impl Ledger {
@@ -234,6 +353,8 @@ impl Ledger {
             check_runs: Vec::new(),
             pipelines: Vec::new(),
             jobs: Vec::new(),
+            apps: Vec::new(),
+            installation_tokens: Vec::new(),
         }
     }
 
@@ -258,7 +379,7 @@ enum Fault {
 }
 
 /// A GitHub check run as it stands.
-struct CheckRun {
+struct StoredRun {
     id: u64,
     project: String,
     name: String,
@@ -267,10 +388,46 @@ struct CheckRun {
     conclusion: Option<String>,
     details_url: Option<String>,
     external_id: Option<String>,
+    /// The latest output.
     output: Option<Output>,
-    annotations: usize,
+    /// Every annotation sent.
+    annotations: Vec<Value>,
     started_at: String,
     completed_at: Option<String>,
+}
+
+impl StoredRun {
+    /// As [`ForgeApi::check_runs`] shows it.
+    fn public(&self) -> CheckRun {
+        let output = self.output.as_ref();
+        CheckRun {
+            id: self.id,
+            project: self.project.clone(),
+            name: self.name.clone(),
+            head_sha: self.head_sha.clone(),
+            status: self.status.clone(),
+            conclusion: self.conclusion.clone(),
+            external_id: self.external_id.clone().unwrap_or_default(),
+            details_url: self.details_url.clone().unwrap_or_default(),
+            title: output.map(|o| o.title.clone()).unwrap_or_default(),
+            summary: output.map(|o| o.summary.clone()).unwrap_or_default(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
+/// A GitHub App, installed on every repository.
+struct App {
+    id: u64,
+    key: jsonwebtoken::DecodingKey,
+    installation: u64,
+}
+
+/// An installation token granted.
+struct InstallationToken {
+    token: String,
+    expires: SystemTime,
+    revoked: bool,
 }
 
 /// A GitLab pipeline, which external statuses join as jobs.
@@ -303,8 +460,17 @@ enum Endpoint {
     GitHubStatus,
     CheckRunCreate,
     CheckRunUpdate,
+    AppInstallation,
+    AccessToken,
     GitLabStatus,
     GiteaStatus,
+}
+
+impl Endpoint {
+    /// GitHub's (whose answers carry its rate-limit headers).
+    fn is_github(self) -> bool {
+        !matches!(self, Endpoint::GitLabStatus | Endpoint::GiteaStatus)
+    }
 }
 
 /// The endpoints, behind the fault injector; anything else is refused.
@@ -313,6 +479,8 @@ fn router(ledger: Shared) -> Router {
         .route("/repos/{owner}/{repo}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GitHubStatus, r)))
         .route("/repos/{owner}/{repo}/check-runs", post(|s, r| answer(s, Endpoint::CheckRunCreate, r)))
         .route("/repos/{owner}/{repo}/check-runs/{id}", patch(|s, r| answer(s, Endpoint::CheckRunUpdate, r)))
+        .route("/repos/{owner}/{repo}/installation", get(|s, r| answer(s, Endpoint::AppInstallation, r)))
+        .route("/app/installations/{id}/access_tokens", post(|s, r| answer(s, Endpoint::AccessToken, r)))
         .route("/api/v4/projects/{id}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GitLabStatus, r)))
         .route("/api/v1/repos/{owner}/{repo}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GiteaStatus, r)))
         .method_not_allowed_fallback(|s, r| no_route(s, StatusCode::METHOD_NOT_ALLOWED, r))
@@ -380,6 +548,8 @@ async fn answer(State(ledger): State<Shared>, endpoint: Endpoint, req: Request) 
         Endpoint::GitHubStatus => github_status(&mut ledger, &call),
         Endpoint::CheckRunCreate => check_run_create(&mut ledger, &call),
         Endpoint::CheckRunUpdate => check_run_update(&mut ledger, &call),
+        Endpoint::AppInstallation => app_installation(&ledger, &call),
+        Endpoint::AccessToken => access_token(&mut ledger, &call),
         Endpoint::GitLabStatus => gitlab_status(&mut ledger, &call),
         Endpoint::GiteaStatus => gitea_status(&mut ledger, &call),
     };
@@ -388,7 +558,7 @@ async fn answer(State(ledger): State<Shared>, endpoint: Endpoint, req: Request) 
         (refusal.status, refusal.body)
     });
     let mut resp = (status, Json(body)).into_response();
-    if matches!(endpoint, Endpoint::GitHubStatus | Endpoint::CheckRunCreate | Endpoint::CheckRunUpdate) {
+    if endpoint.is_github() {
         ledger.github_requests += 1;
         rate_limit_headers(resp.headers_mut(), ledger.github_requests);
     }
@@ -579,14 +749,16 @@ fn is_sha(sha: &str) -> bool {
     sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The credential of `Authorization: Bearer <token>` or `Authorization:
+/// token <token>`.
+fn credential_given(call: &Call) -> Option<&str> {
+    let (scheme, given) = call.header("authorization").split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")).then(|| given.trim())
+}
+
 /// `Authorization: Bearer <token>` or `Authorization: token <token>`.
 fn authorization_is(call: &Call, token: &str) -> bool {
-    match call.header("authorization").split_once(' ') {
-        Some((scheme, given)) => {
-            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) && given.trim() == token
-        }
-        None => false,
-    }
+    credential_given(call) == Some(token)
 }
 
 /// Why the credentials are refused: none, or the wrong ones.
@@ -620,17 +792,76 @@ fn github_invalid(why: String) -> Refusal {
     Refusal::with_body(StatusCode::UNPROCESSABLE_ENTITY, why, body)
 }
 
-/// What every GitHub request needs: a `User-Agent` (else 403), the token
-/// (else 401), GitHub's media type in `Accept` (else 415) and, when
-/// given, a known API version (else 400).
-fn github_gate(ledger: &Ledger, call: &Call) -> Result<(), Refusal> {
+/// What a GitHub repository endpoint is signed in with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Credential {
+    /// The token given to [`ForgeApi::start`] (a personal access token).
+    Static,
+    /// An installation token granted to a GitHub App.
+    Installation,
+}
+
+/// What every GitHub repository request needs: a `User-Agent` (else 403),
+/// the static token or a valid installation token (else 401), GitHub's
+/// media type in `Accept` (else 415) and, when given, a known API version
+/// (else 400).
+fn github_gate(ledger: &Ledger, call: &Call) -> Result<Credential, Refusal> {
+    user_agent_gate(call)?;
+    let credential = github_credential(ledger, call)?;
+    media_gate(call)?;
+    Ok(credential)
+}
+
+/// The gate of the check run endpoints: as [`github_gate`], and only an
+/// installation token (GitHub's checks API is for apps: 403 otherwise).
+fn checks_gate(ledger: &Ledger, call: &Call) -> Result<(), Refusal> {
+    match github_gate(ledger, call)? {
+        Credential::Installation => Ok(()),
+        Credential::Static => {
+            let text = "You must authenticate via a GitHub App.";
+            let why = format!("the static token on the checks API: {text}");
+            Err(Refusal::with_body(StatusCode::FORBIDDEN, why, json!({ "message": text })))
+        }
+    }
+}
+
+/// The reason recorded for a revoked installation token's use.
+const REVOKED: &str = "a revoked installation token";
+
+/// Who signs a repository request: the static token or an installation
+/// token (revoked or expired: 401); a JWT, or anything else, is 401.
+fn github_credential(ledger: &Ledger, call: &Call) -> Result<Credential, Refusal> {
+    let given = credential_given(call).unwrap_or_default();
+    if given == ledger.token {
+        return Ok(Credential::Static);
+    }
+    if let Some(token) = ledger.installation_tokens.iter().find(|t| t.token == given) {
+        return if token.revoked {
+            Err(Refusal::unauthorized(REVOKED))
+        } else if token.expires <= SystemTime::now() {
+            Err(Refusal::unauthorized("an expired installation token"))
+        } else {
+            Ok(Credential::Installation)
+        };
+    }
+    if !given.is_empty() && jsonwebtoken::decode_header(given).is_ok() {
+        return Err(Refusal::unauthorized("an app's JWT on a repository endpoint (it takes an installation token)"));
+    }
+    Err(Refusal::unauthorized(credentials_missing(call.headers.contains_key("authorization"))))
+}
+
+/// A `User-Agent` (GitHub refuses requests without one, 403).
+fn user_agent_gate(call: &Call) -> Result<(), Refusal> {
     if call.header("user-agent").trim().is_empty() {
         let text = "Request forbidden by administrative rules. Please make sure your request has a User-Agent header";
         return Err(Refusal::with_body(StatusCode::FORBIDDEN, "no User-Agent", json!({ "message": text })));
     }
-    if !authorization_is(call, &ledger.token) {
-        return Err(Refusal::unauthorized(credentials_missing(call.headers.contains_key("authorization"))));
-    }
+    Ok(())
+}
+
+/// GitHub's media type in `Accept` (else 415) and, when given, a known API
+/// version (else 400).
+fn media_gate(call: &Call) -> Result<(), Refusal> {
     let accept = call.header("accept");
     if !accept.contains("application/vnd.github+json") {
         let why = format!("Accept {accept:?} lacks application/vnd.github+json");
@@ -832,7 +1063,7 @@ fn check_annotation(annotation: &Value) -> Result<(), String> {
 /// The status and conclusion a check run has after `change`: a conclusion
 /// means completed, completed needs a conclusion, and a completed run
 /// stays completed.
-fn check_run_next(was: Option<&CheckRun>, change: &CheckRunFields) -> Result<(String, Option<String>), String> {
+fn check_run_next(was: Option<&StoredRun>, change: &CheckRunFields) -> Result<(String, Option<String>), String> {
     let status = match (&change.status, &change.conclusion) {
         (Some(status), Some(c)) if status != "completed" => {
             return Err(format!("`conclusion` {c:?} given with `status` {status:?} (a conclusion means completed)"));
@@ -856,7 +1087,7 @@ fn check_run_next(was: Option<&CheckRun>, change: &CheckRunFields) -> Result<(St
 
 /// `POST /repos/{owner}/{repo}/check-runs`.
 fn check_run_create(ledger: &mut Ledger, call: &Call) -> Outcome {
-    github_gate(ledger, call)?;
+    checks_gate(ledger, call)?;
     let project = format!("{}/{}", call.segment(1), call.segment(2));
     let fields = github_fields(call)?;
     let head_sha = required(fields.text("head_sha").map_err(github_invalid)?, "head_sha").map_err(github_invalid)?;
@@ -867,7 +1098,7 @@ fn check_run_create(ledger: &mut Ledger, call: &Call) -> Outcome {
     let (status, conclusion) = check_run_next(None, &change).map_err(github_invalid)?;
     let now = timestamp(SystemTime::now());
     let completed_at = (status == "completed").then(|| change.completed_at.clone().unwrap_or_else(|| now.clone()));
-    let run = CheckRun {
+    let run = StoredRun {
         id: ledger.next_id(),
         project,
         name,
@@ -877,7 +1108,7 @@ fn check_run_create(ledger: &mut Ledger, call: &Call) -> Outcome {
         details_url: change.details_url.clone(),
         external_id: change.external_id.clone(),
         output: change.output.clone(),
-        annotations: change.output.as_ref().map_or(0, |o| o.annotations.len()),
+        annotations: change.output.as_ref().map(|o| o.annotations.clone()).unwrap_or_default(),
         started_at: change.started_at.clone().unwrap_or(now),
         completed_at,
     };
@@ -889,7 +1120,7 @@ fn check_run_create(ledger: &mut Ledger, call: &Call) -> Outcome {
 
 /// `PATCH /repos/{owner}/{repo}/check-runs/{id}`.
 fn check_run_update(ledger: &mut Ledger, call: &Call) -> Outcome {
-    github_gate(ledger, call)?;
+    checks_gate(ledger, call)?;
     let project = format!("{}/{}", call.segment(1), call.segment(2));
     let id: Option<u64> = call.segment(4).parse().ok();
     let Some(at) = ledger.check_runs.iter().position(|r| Some(r.id) == id && r.project == project) else {
@@ -909,7 +1140,7 @@ fn check_run_update(ledger: &mut Ledger, call: &Call) -> Outcome {
     run.details_url = change.details_url.clone().or(run.details_url.take());
     run.external_id = change.external_id.clone().or(run.external_id.take());
     if let Some(output) = &change.output {
-        run.annotations += output.annotations.len();
+        run.annotations.extend(output.annotations.iter().cloned());
         run.output = Some(output.clone());
     }
     let delivery = check_run_delivery(run, &change);
@@ -920,7 +1151,7 @@ fn check_run_update(ledger: &mut Ledger, call: &Call) -> Outcome {
 
 /// The delivery of a check run request: the run as it now stands, with
 /// the output sent.
-fn check_run_delivery(run: &CheckRun, change: &CheckRunFields) -> Delivery {
+fn check_run_delivery(run: &StoredRun, change: &CheckRunFields) -> Delivery {
     let output = change.output.as_ref();
     Delivery {
         context: run.name.clone(),
@@ -936,7 +1167,7 @@ fn check_run_delivery(run: &CheckRun, change: &CheckRunFields) -> Delivery {
 }
 
 /// A check run as GitHub answers it.
-fn check_run_json(run: &CheckRun, root: &str) -> Value {
+fn check_run_json(run: &StoredRun, root: &str) -> Value {
     let output = run.output.as_ref();
     json!({
         "id": run.id,
@@ -955,11 +1186,169 @@ fn check_run_json(run: &CheckRun, root: &str) -> Value {
             "title": output.map(|o| &o.title),
             "summary": output.map(|o| &o.summary),
             "text": output.and_then(|o| o.text.as_ref()),
-            "annotations_count": run.annotations,
+            "annotations_count": run.annotations.len(),
             "annotations_url": format!("{root}/repos/{}/check-runs/{}/annotations", run.project, run.id),
         },
         "pull_requests": [],
     })
+}
+
+// ------------------------------------------------------------ GitHub Apps
+
+/// GitHub's answer to a JWT it cannot take.
+const UNDECODABLE: &str = "A JSON web token could not be decoded";
+/// The longest a JWT may live (`exp - iat`).
+const JWT_LIFETIME_MAX_S: i64 = 600;
+/// How far in the future `iat` may be (clock drift).
+const JWT_IAT_DRIFT_S: i64 = 60;
+/// How long an installation token is valid.
+const INSTALLATION_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A JWT refused: 401 with GitHub's `message`, recording `why` too.
+fn jwt_refused(message: &str, why: impl std::fmt::Display) -> Refusal {
+    let body = json!({ "message": message, "documentation_url": "https://docs.github.com/rest" });
+    Refusal::with_body(StatusCode::UNAUTHORIZED, format!("JWT: {message} ({why})"), body)
+}
+
+/// What the app endpoints need: a `User-Agent`, a valid JWT of a
+/// registered app (its id), GitHub's media type.
+fn jwt_gate<'l>(ledger: &'l Ledger, call: &Call) -> Result<&'l App, Refusal> {
+    user_agent_gate(call)?;
+    let app = verify_jwt(ledger, call)?;
+    media_gate(call)?;
+    Ok(app)
+}
+
+/// A validation that checks the signature (unless told not to) and
+/// nothing else: the claims are checked by [`verify_jwt`], as GitHub does.
+fn jwt_validation() -> jsonwebtoken::Validation {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation
+}
+
+/// `Authorization: Bearer <JWT>`, checked as GitHub does: RS256, signed
+/// with the key of the app `iss` names (a number, or digits in a string),
+/// integer `iat` and `exp`, `exp` not past, at most 10 minutes after
+/// `iat`, and `iat` at most a minute ahead. The app signed in.
+fn verify_jwt<'l>(ledger: &'l Ledger, call: &Call) -> Result<&'l App, Refusal> {
+    let token = match call.header("authorization").split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(jwt_refused(UNDECODABLE, "no `Authorization: Bearer <JWT>`")),
+    };
+    let header = jsonwebtoken::decode_header(token).map_err(|e| jwt_refused(UNDECODABLE, e))?;
+    if header.alg != jsonwebtoken::Algorithm::RS256 {
+        return Err(jwt_refused(UNDECODABLE, format!("algorithm {:?}, not RS256", header.alg)));
+    }
+    let mut unverified = jwt_validation();
+    unverified.insecure_disable_signature_validation();
+    let claims = jsonwebtoken::decode::<Value>(token, &jsonwebtoken::DecodingKey::from_secret(&[]), &unverified)
+        .map_err(|e| jwt_refused(UNDECODABLE, e))?
+        .claims;
+    let iss = match &claims["iss"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    let Some(iss) = iss else {
+        return Err(jwt_refused("'Issuer' claim ('iss') must be an Integer", format!("iss is {}", claims["iss"])));
+    };
+    let Some(app) = ledger.apps.iter().find(|app| app.id == iss) else {
+        return Err(jwt_refused(UNDECODABLE, format!("no app {iss}")));
+    };
+    jsonwebtoken::decode::<Value>(token, &app.key, &jwt_validation())
+        .map_err(|e| jwt_refused(UNDECODABLE, format!("the signature does not verify with app {iss}'s key: {e}")))?;
+    let Some(iat) = claims["iat"].as_i64() else {
+        let message =
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued";
+        return Err(jwt_refused(message, format!("iat is {}", claims["iat"])));
+    };
+    let past = "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires";
+    let Some(exp) = claims["exp"].as_i64() else {
+        return Err(jwt_refused(past, format!("exp is {}", claims["exp"])));
+    };
+    let now = i64::try_from(epoch_seconds(SystemTime::now())).unwrap_or(i64::MAX);
+    if exp < now {
+        return Err(jwt_refused(past, format!("exp is {} s in the past", now - exp)));
+    }
+    if exp.saturating_sub(iat) > JWT_LIFETIME_MAX_S {
+        let why = format!("exp - iat is {} s, more than {JWT_LIFETIME_MAX_S}", exp.saturating_sub(iat));
+        return Err(jwt_refused("'Expiration time' claim ('exp') is too far in the future", why));
+    }
+    if iat > now + JWT_IAT_DRIFT_S {
+        let message =
+            "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued";
+        return Err(jwt_refused(message, format!("iat is {} s in the future", iat - now)));
+    }
+    Ok(app)
+}
+
+/// `GET /repos/{owner}/{repo}/installation`: the app's installation
+/// (every app is installed on every repository).
+fn app_installation(ledger: &Ledger, call: &Call) -> Outcome {
+    let app = jwt_gate(ledger, call)?;
+    let owner = call.segment(1);
+    let root = call.root();
+    let now = timestamp(SystemTime::now());
+    let body = json!({
+        "id": app.installation,
+        "app_id": app.id,
+        "app_slug": "viaduct",
+        "client_id": format!("Iv1.{:016x}", app.id),
+        "target_id": 1,
+        "target_type": "Organization",
+        "account": { "login": owner, "id": 1, "type": "Organization" },
+        "repository_selection": "all",
+        "access_tokens_url": format!("{root}/app/installations/{}/access_tokens", app.installation),
+        "repositories_url": format!("{root}/installation/repositories"),
+        "html_url": format!("{root}/organizations/{owner}/settings/installations/{}", app.installation),
+        "permissions": { "checks": "write", "statuses": "write", "metadata": "read" },
+        "events": ["check_run", "check_suite", "push"],
+        "created_at": now,
+        "updated_at": now,
+        "single_file_name": null,
+        "suspended_at": null,
+        "suspended_by": null,
+    });
+    Ok((StatusCode::OK, body))
+}
+
+/// `POST /app/installations/{id}/access_tokens`: a new installation token,
+/// valid an hour, if the installation is the signed-in app's (else 404).
+fn access_token(ledger: &mut Ledger, call: &Call) -> Outcome {
+    let app = jwt_gate(ledger, call)?;
+    let (app_id, installation) = (app.id, app.installation);
+    if call.segment(2).parse() != Ok(installation) {
+        let why = format!("no installation {} of app {app_id}", call.segment(2));
+        return Err(Refusal::with_body(StatusCode::NOT_FOUND, why, json!({ "message": "Not Found" })));
+    }
+    github_fields(call)?;
+    let token = format!("ghs_{}", random_hex(36));
+    let expires = SystemTime::now() + INSTALLATION_TOKEN_TTL;
+    ledger.installation_tokens.push(InstallationToken { token: token.clone(), expires, revoked: false });
+    let body = json!({
+        "token": token,
+        "expires_at": timestamp(expires),
+        "permissions": { "checks": "write", "statuses": "write" },
+        "repository_selection": "all",
+    });
+    Ok((StatusCode::CREATED, body))
+}
+
+/// `len` random lowercase hexadecimal digits (not for cryptography: the
+/// standard library's randomly keyed hasher).
+fn random_hex(len: usize) -> String {
+    let mut out = String::with_capacity(len + 16);
+    while out.len() < len {
+        let n = RandomState::new().hash_one((SystemTime::now(), out.len()));
+        out.push_str(&format!("{n:016x}"));
+    }
+    out.truncate(len);
+    out
 }
 
 // ----------------------------------------------------------------- GitLab
@@ -1337,6 +1726,55 @@ mod tests {
         (code, reply)
     }
 
+    /// A GitHub request with `Authorization: Bearer <credential>`.
+    fn as_app(api: &ForgeApi, method: &str, path: &str, credential: &str, body: Value) -> (u16, Value) {
+        let bearer = format!("Bearer {credential}");
+        let mut headers = GITHUB.to_vec();
+        headers[0] = ("authorization", &bearer);
+        let (code, _, reply) = send(api, method, path, &headers, &body);
+        (code, reply)
+    }
+
+    const APP: u64 = 4242;
+    const INSTALLATION: u64 = 77;
+    const APP_KEY: &str = include_str!("../fixtures/github-app-test-key.pem");
+    const APP_PUBLIC_KEY: &str = include_str!("../fixtures/github-app-test-key.pub.pem");
+    /// Another app's key (its private half thrown away).
+    const OTHER_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEApvPUJgh2zqqzHwB3B+o4
+mgo2E2uBam+z4SaZ2AJtFswcCO/OZFEiPgrrwfktmyFPxoloBCCiHvmzWCLH3HKN
+PyMH3yIVLUciCrpLjsNIDjDGq7vFNVLoEDS5pEAvd1O2P8SP2KhNCGXamGxdHxIm
+ZJr083OfyySPROyW14GKhDCLtF0Z17FR0WUE8329EcWyHBDDDI/C8f8qGypLBbT/
+YCHdXrO1wnnfkWXNExfRsTsgYFDZIk/gOfo+3Aim7wAP2viuA622S0ECUYCLXuWt
+DSbouAMkUiX1DeBkvDEzIyJR2buHja102Gsw0aqm99GDlIZp0pwaJQq11e9wWysR
+CQIDAQAB
+-----END PUBLIC KEY-----
+";
+
+    fn now_s() -> i64 {
+        i64::try_from(epoch_seconds(SystemTime::now())).unwrap()
+    }
+
+    /// `claims` signed RS256 with the app's private key.
+    fn jwt(claims: Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(APP_KEY.as_bytes()).expect("the test key");
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
+    }
+
+    /// A JWT as the server signs it: issued a minute ago, valid 9 minutes.
+    fn app_jwt() -> String {
+        jwt(json!({"iat": now_s() - 60, "exp": now_s() + 540, "iss": APP.to_string()}))
+    }
+
+    /// Registers the app and gets an installation token.
+    fn installation_token(api: &ForgeApi) -> String {
+        api.add_app(APP, APP_PUBLIC_KEY, INSTALLATION);
+        let path = format!("/app/installations/{INSTALLATION}/access_tokens");
+        let (code, reply) = as_app(api, "POST", &path, &app_jwt(), Value::Null);
+        assert_eq!(code, 201, "{reply}");
+        reply["token"].as_str().expect("a token").to_string()
+    }
+
     fn gitlab(api: &ForgeApi, project: &str, body: Value) -> (u16, Value) {
         let (code, _, reply) = send(api, "POST", &format!("/api/v4/projects/{project}/statuses/{SHA}"), GITLAB, &body);
         (code, reply)
@@ -1396,29 +1834,167 @@ mod tests {
     #[test]
     fn a_check_run_goes_to_completed_and_stays_there() {
         let api = ForgeApi::start(TOKEN);
-        let create = json!({"name": "viaduct", "head_sha": SHA, "status": "in_progress"});
-        let (code, run) = github(&api, "POST", "/repos/acme/app/check-runs", create);
+        let token = installation_token(&api);
+        let create = json!({
+            "name": "viaduct", "head_sha": SHA, "status": "in_progress", "external_id": "run-1",
+            "details_url": "https://ci.example/runs/1",
+        });
+        let (code, run) = as_app(&api, "POST", "/repos/acme/app/check-runs", &token, create);
         assert_eq!((code, run["status"].as_str()), (201, Some("in_progress")), "{run}");
-        let path = format!("/repos/acme/app/check-runs/{}", run["id"]);
-        assert_eq!(github(&api, "PATCH", &path, json!({"status": "completed"})).0, 422);
+        let id = run["id"].as_u64().expect("an id");
+        let path = format!("/repos/acme/app/check-runs/{id}");
+        assert_eq!(as_app(&api, "PATCH", &path, &token, json!({"status": "completed"})).0, 422);
         let annotation = json!({
             "path": "src/lib.rs", "start_line": 3, "end_line": 3, "annotation_level": "failure", "message": "no",
         });
+        let output = json!({"title": "running", "summary": "so far", "annotations": [annotation]});
+        assert_eq!(as_app(&api, "PATCH", &path, &token, json!({"output": output})).0, 200);
         let output = json!({"title": "1 failure", "summary": "tests failed", "annotations": [annotation]});
-        let (code, done) = github(&api, "PATCH", &path, json!({"conclusion": "failure", "output": output}));
+        let (code, done) = as_app(&api, "PATCH", &path, &token, json!({"conclusion": "failure", "output": output}));
         assert_eq!(
             (code, done["status"].as_str(), done["conclusion"].as_str()),
             (200, Some("completed"), Some("failure"))
         );
-        assert_eq!(github(&api, "PATCH", &path, json!({"status": "in_progress"})).0, 422);
-        let too_many = json!({"title": "t", "summary": "s", "annotations": vec![annotation; 51]});
-        assert_eq!(github(&api, "PATCH", &path, json!({"output": too_many})).0, 422);
+        assert_eq!(done["output"]["annotations_count"], 2);
+        assert_eq!(as_app(&api, "PATCH", &path, &token, json!({"status": "in_progress"})).0, 422);
+        let too_many = json!({"title": "t", "summary": "s", "annotations": vec![annotation.clone(); 51]});
+        assert_eq!(as_app(&api, "PATCH", &path, &token, json!({"output": too_many})).0, 422);
         let got = api.deliveries();
-        assert_eq!(got.len(), 2);
-        assert_eq!((got[1].conclusion.as_deref(), got[1].annotations.len()), (Some("failure"), 1));
-        assert_eq!(got[1].summary.as_deref(), Some("tests failed"));
-        assert_eq!(api.states_of(SHA, "viaduct"), ["in_progress", "completed"]);
+        assert_eq!(got.len(), 3);
+        assert_eq!((got[2].conclusion.as_deref(), got[2].annotations.len()), (Some("failure"), 1));
+        assert_eq!(got[2].summary.as_deref(), Some("tests failed"));
+        assert_eq!(api.states_of(SHA, "viaduct"), ["in_progress", "in_progress", "completed"]);
         assert!(api.refused().iter().any(|r| r.contains("violation")), "{:?}", api.refused());
+        let runs = api.check_runs();
+        assert_eq!(runs.len(), 1);
+        let run = &runs[0];
+        assert_eq!((run.id, run.project.as_str(), run.head_sha.as_str()), (id, "acme/app", SHA));
+        assert_eq!((run.status.as_str(), run.conclusion.as_deref()), ("completed", Some("failure")));
+        assert_eq!((run.external_id.as_str(), run.details_url.as_str()), ("run-1", "https://ci.example/runs/1"));
+        assert_eq!((run.title.as_str(), run.summary.as_str()), ("1 failure", "tests failed"));
+        assert_eq!(run.annotations, [annotation.clone(), annotation]);
+    }
+
+    #[test]
+    fn an_app_jwt_gets_the_installation_and_a_token() {
+        let api = ForgeApi::start(TOKEN);
+        api.add_app(APP, APP_PUBLIC_KEY, INSTALLATION);
+        let (code, found) = as_app(&api, "GET", "/repos/acme/app/installation", &app_jwt(), Value::Null);
+        assert_eq!((code, found["id"].as_u64(), found["app_id"].as_u64()), (200, Some(INSTALLATION), Some(APP)));
+        // `iss` as a number, too.
+        let numeric = jwt(json!({"iat": now_s(), "exp": now_s() + 600, "iss": APP}));
+        let path = format!("/app/installations/{INSTALLATION}/access_tokens");
+        let (code, granted) = as_app(&api, "POST", &path, &numeric, Value::Null);
+        assert_eq!(code, 201, "{granted}");
+        let token = granted["token"].as_str().unwrap();
+        assert!(token.starts_with("ghs_") && token[4..].bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+        let expires = granted["expires_at"].as_str().unwrap();
+        assert!(is_timestamp(expires) && expires > timestamp(SystemTime::now() + Duration::from_secs(3500)).as_str());
+        assert_eq!(granted["permissions"], json!({"checks": "write", "statuses": "write"}));
+        let (code, again) = as_app(&api, "POST", &path, &numeric, json!({"repositories": ["app"]}));
+        assert_eq!(code, 201);
+        assert_ne!(again["token"], granted["token"]);
+        let other = format!("/app/installations/{}/access_tokens", INSTALLATION + 1);
+        assert_eq!(as_app(&api, "POST", &other, &numeric, Value::Null).0, 404);
+        assert_eq!(api.tokens_issued(), 2);
+        assert_eq!(api.refused().len(), 1, "{:?}", api.refused());
+        assert!(api.deliveries().is_empty());
+    }
+
+    #[test]
+    fn bad_jwts_are_refused() {
+        let api = ForgeApi::start(TOKEN);
+        api.add_app(APP, APP_PUBLIC_KEY, INSTALLATION);
+        api.add_app(APP + 1, OTHER_PUBLIC_KEY, INSTALLATION + 1);
+        let now = now_s();
+        let hs256 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"iat": now, "exp": now + 60, "iss": APP}),
+            &jsonwebtoken::EncodingKey::from_secret(APP_PUBLIC_KEY.as_bytes()),
+        )
+        .unwrap();
+        let cases = [
+            ("exp 20 minutes ahead", jwt(json!({"iat": now, "exp": now + 1200, "iss": APP})), "too far in the future"),
+            (
+                "signed with another key",
+                jwt(json!({"iat": now, "exp": now + 60, "iss": APP + 1})),
+                "could not be decoded",
+            ),
+            ("HS256", hs256, "could not be decoded"),
+            ("expired", jwt(json!({"iat": now - 600, "exp": now - 10, "iss": APP})), "future time"),
+            ("issued in the future", jwt(json!({"iat": now + 120, "exp": now + 300, "iss": APP})), "'Issued at'"),
+            ("iat not an integer", jwt(json!({"iat": now as f64 + 0.5, "exp": now + 60, "iss": APP})), "'Issued at'"),
+            ("no such app", jwt(json!({"iat": now, "exp": now + 60, "iss": 9})), "could not be decoded"),
+            ("iss not a number", jwt(json!({"iat": now, "exp": now + 60, "iss": "app"})), "'Issuer'"),
+            ("not a JWT", "ghs_0123".to_string(), "could not be decoded"),
+        ];
+        let path = format!("/app/installations/{INSTALLATION}/access_tokens");
+        for (what, token, message) in &cases {
+            let (code, reply) = as_app(&api, "POST", &path, token, Value::Null);
+            assert_eq!(code, 401, "{what}: {reply}");
+            assert!(reply["message"].as_str().unwrap().contains(message), "{what}: {reply}");
+        }
+        // A JWT is not a credential of the repository endpoints.
+        let status = format!("/repos/acme/app/statuses/{SHA}");
+        let (code, reply) = as_app(&api, "POST", &status, &app_jwt(), json!({"state": "success"}));
+        assert_eq!((code, reply["message"].as_str()), (401, Some("Bad credentials")));
+        assert_eq!(api.tokens_issued(), 0);
+        assert_eq!(api.refused().len(), cases.len() + 1, "{:#?}", api.refused());
+        assert_eq!(api.refused_except_revoked(), api.refused());
+    }
+
+    #[test]
+    fn check_runs_take_only_installation_tokens_until_revoked() {
+        let api = ForgeApi::start(TOKEN);
+        let create = json!({"name": "viaduct", "head_sha": SHA, "status": "queued"});
+        let (code, reply) = github(&api, "POST", "/repos/acme/app/check-runs", create.clone());
+        assert_eq!((code, reply["message"].as_str()), (403, Some("You must authenticate via a GitHub App.")));
+        let token = installation_token(&api);
+        let (code, run) = as_app(&api, "POST", "/repos/acme/app/check-runs", &token, create);
+        assert_eq!(code, 201, "{run}");
+        let path = format!("/repos/acme/app/check-runs/{}", run["id"]);
+        assert_eq!(github(&api, "PATCH", &path, json!({"status": "in_progress"})).0, 403);
+        // Statuses take both.
+        let status = format!("/repos/acme/app/statuses/{SHA}");
+        assert_eq!(as_app(&api, "POST", &status, &token, json!({"state": "pending"})).0, 201);
+        assert_eq!(github(&api, "POST", &status, json!({"state": "success"})).0, 201);
+        assert_eq!(api.refused_except_revoked().len(), 2, "{:?}", api.refused());
+
+        api.revoke_tokens();
+        let (code, reply) = as_app(&api, "PATCH", &path, &token, json!({"status": "in_progress"}));
+        assert_eq!((code, reply["message"].as_str()), (401, Some("Bad credentials")));
+        assert_eq!(as_app(&api, "POST", &status, &token, json!({"state": "success"})).0, 401);
+        assert_eq!(api.refused().len(), 4, "{:?}", api.refused());
+        assert_eq!(api.refused_except_revoked().len(), 2, "{:?}", api.refused());
+        assert!(api.refused().last().unwrap().contains("revoked"));
+        // A new token works.
+        let fresh = installation_token(&api);
+        assert_eq!(as_app(&api, "PATCH", &path, &fresh, json!({"status": "in_progress"})).0, 200);
+        assert_eq!((api.tokens_issued(), api.check_runs()[0].status.as_str()), (2, "in_progress"));
+    }
+
+    #[test]
+    fn a_rerequested_payload_names_the_check_run() {
+        let api = ForgeApi::start(TOKEN);
+        let token = installation_token(&api);
+        let create = json!({
+            "name": "viaduct/ci/test", "head_sha": SHA, "conclusion": "failure", "external_id": "run-9/test",
+            "details_url": "https://ci.example/runs/9",
+        });
+        let (code, run) = as_app(&api, "POST", "/repos/acme/app/check-runs", &token, create);
+        assert_eq!(code, 201, "{run}");
+        let id = run["id"].as_u64().unwrap();
+        let payload: Value = serde_json::from_str(&api.rerequested_payload(id, APP, "octocat")).unwrap();
+        assert_eq!(payload["action"], "rerequested");
+        let run = &payload["check_run"];
+        assert_eq!((run["id"].as_u64(), run["name"].as_str()), (Some(id), Some("viaduct/ci/test")));
+        assert_eq!((run["head_sha"].as_str(), run["external_id"].as_str()), (Some(SHA), Some("run-9/test")));
+        assert_eq!((run["status"].as_str(), run["conclusion"].as_str()), (Some("completed"), Some("failure")));
+        assert_eq!(run["details_url"], "https://ci.example/runs/9");
+        assert_eq!((run["app"]["id"].as_u64(), run["app"]["slug"].as_str()), (Some(APP), Some("viaduct")));
+        assert_eq!(payload["repository"]["full_name"], "acme/app");
+        assert_eq!(payload["sender"]["login"], "octocat");
+        assert_eq!(payload["installation"]["id"].as_u64(), Some(INSTALLATION));
     }
 
     #[test]

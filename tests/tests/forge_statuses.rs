@@ -34,38 +34,48 @@ fn assert_in_order(forge: &ForgeApi, sha: &str, context: &str, last: &str) -> Ve
     states
 }
 
-/// A mirror `name` of a new upstream with `pipeline`, reporting to `forge`
-/// as a forge of `kind` at `api`; then a pushed commit and the run it
-/// started: (upstream dir, bare repo, its commit, run id).
+/// The webhook secret of the mirrors.
+const HOOK_SECRET: &str = "hook-secret";
+
+/// A connection to a forge of `kind` at `api` with the token in secret
+/// `<NAME>_TOKEN`.
+fn with_token(name: &str, kind: &str, api: String) -> v1::ForgeConnection {
+    v1::ForgeConnection {
+        kind: kind.into(),
+        api_url: api,
+        project: format!("org/{name}"),
+        token_secret: format!("{}_TOKEN", name.to_uppercase()),
+        ..Default::default()
+    }
+}
+
+/// A mirror `name` of a new upstream with `pipeline`, reporting through
+/// `forge` (its secret set to `secret`, scoped to the mirror); then a pushed
+/// commit and the run it started: (upstream dir, bare repo, work tree,
+/// commit).
 async fn reporting_mirror(
     client: &Client,
     name: &str,
     pipeline: &str,
-    kind: &str,
-    api: String,
+    forge: v1::ForgeConnection,
+    secret: &str,
 ) -> (tempfile::TempDir, PathBuf, tempfile::TempDir, String) {
     let (dir, bare, wt) = upstream(pipeline);
-    let secret = format!("{}_TOKEN", name.to_uppercase());
+    let secret_name = if forge.app_id.is_empty() { forge.token_secret.clone() } else { forge.app_key_secret.clone() };
     client
         .secrets()
         .set(v1::SetSecretRequest {
-            name: secret.clone(),
-            value: TOKEN.into(),
+            name: secret_name,
+            value: secret.into(),
             scope: Some(v1::SecretScope { repos: vec![name.into()], ..Default::default() }),
         })
         .await
         .unwrap();
-    let forge = v1::ForgeConnection {
-        kind: kind.into(),
-        api_url: api,
-        project: format!("org/{name}"),
-        token_secret: secret,
-        ..Default::default()
-    };
     let req = v1::CreateRepoRequest {
         name: name.into(),
         source: Some(v1::create_repo_request::Source::Mirror(v1::MirrorRepo {
             url: format!("file://{}", bare.display()),
+            webhook_secret: HOOK_SECRET.into(),
             forge: Some(forge),
             ..Default::default()
         })),
@@ -90,13 +100,16 @@ async fn a_run_and_each_job_report_to_github_in_order_and_a_skipped_job_ends_too
     let server = Server::start();
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
-    let (_u, _bare, _wt, sha) = reporting_mirror(&client, "app", PIPELINE, "github", forge.url()).await;
+    let (_u, _bare, _wt, sha) =
+        reporting_mirror(&client, "app", PIPELINE, with_token("app", "github", forge.url()), TOKEN).await;
     let run = finished(&client, &runs_of(&client, "app").await[0].id).await;
     assert_eq!(word(run.status), "failure");
 
     let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"];
     forge
-        .wait_for("every context's final status", |d| contexts.iter().all(|c| final_of(d, &sha, c).is_some()).then_some(()))
+        .wait_for("every context's final status", |d| {
+            contexts.iter().all(|c| final_of(d, &sha, c).is_some()).then_some(())
+        })
         .await;
     assert_in_order(&forge, &sha, "viaduct/ci", "failure");
     assert_in_order(&forge, &sha, "viaduct/ci/build", "success");
@@ -134,9 +147,16 @@ async fn gitlab_groups_a_runs_statuses_in_one_pipeline_and_gitea_gets_its_own_wo
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
     let (_g, _gb, _gw, gl_sha) =
-        reporting_mirror(&client, "gl", PIPELINE, "gitlab", format!("{}/api/v4", forge.url())).await;
-    let (_t, _tb, _tw, tea_sha) =
-        reporting_mirror(&client, "tea", PIPELINE, "forgejo", format!("{}/api/v1", forge.url())).await;
+        reporting_mirror(&client, "gl", PIPELINE, with_token("gl", "gitlab", format!("{}/api/v4", forge.url())), TOKEN)
+            .await;
+    let (_t, _tb, _tw, tea_sha) = reporting_mirror(
+        &client,
+        "tea",
+        PIPELINE,
+        with_token("tea", "forgejo", format!("{}/api/v1", forge.url())),
+        TOKEN,
+    )
+    .await;
     for repo in ["gl", "tea"] {
         let run = finished(&client, &runs_of(&client, repo).await[0].id).await;
         assert_eq!(word(run.status), "failure");
@@ -144,7 +164,10 @@ async fn gitlab_groups_a_runs_statuses_in_one_pipeline_and_gitea_gets_its_own_wo
     let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"];
     forge
         .wait_for("every context's final status on both forges", |d| {
-            contexts.iter().all(|c| final_of(d, &gl_sha, c).is_some() && final_of(d, &tea_sha, c).is_some()).then_some(())
+            contexts
+                .iter()
+                .all(|c| final_of(d, &gl_sha, c).is_some() && final_of(d, &tea_sha, c).is_some())
+                .then_some(())
         })
         .await;
     let states = assert_in_order(&forge, &gl_sha, "viaduct/ci/test", "failed");
@@ -170,7 +193,8 @@ async fn failures_are_retried_as_the_forge_asks_and_shown_on_the_repository() {
     let server = Server::start();
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
-    let (_u, _bare, _wt, sha) = reporting_mirror(&client, "app", PIPELINE, "github", forge.url()).await;
+    let (_u, _bare, _wt, sha) =
+        reporting_mirror(&client, "app", PIPELINE, with_token("app", "github", forge.url()), TOKEN).await;
     finished(&client, &runs_of(&client, "app").await[0].id).await;
     forge
         .wait_for("the run's final status despite the failures", |d| final_of(d, &sha, "viaduct/ci").map(|_| ()))
@@ -199,7 +223,10 @@ async fn failures_are_retried_as_the_forge_asks_and_shown_on_the_repository() {
     forge.set_available(true);
     forge
         .wait_for("the retried run's statuses", |d| {
-            d[before..].iter().any(|d| d.sha == sha && d.context == "viaduct/ci/test" && d.state == "failure").then_some(())
+            d[before..]
+                .iter()
+                .any(|d| d.sha == sha && d.context == "viaduct/ci/test" && d.state == "failure")
+                .then_some(())
         })
         .await;
     assert!(forge.refused().is_empty(), "{:?}", forge.refused());
@@ -234,7 +261,9 @@ async fn only_an_admin_connects_a_forge_with_a_secret_of_that_repository_over_ht
     client.secrets().set(set("ANY", vec![])).await.unwrap();
     client.secrets().set(set("OTHERS", vec!["other".into()])).await.unwrap();
     client.secrets().set(set("APPS", vec!["app".into()])).await.unwrap();
-    for (secret, why) in [("ANY", "scoped to repository `app`"), ("OTHERS", "scoped to repository `app`"), ("NONE", "is not set")] {
+    for (secret, why) in
+        [("ANY", "scoped to repository `app`"), ("OTHERS", "scoped to repository `app`"), ("NONE", "is not set")]
+    {
         let e = client.repos().create(mirror("app", conn("http://127.0.0.1:1", secret))).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
         assert!(e.message().contains(why), "{e}");
@@ -242,9 +271,14 @@ async fn only_an_admin_connects_a_forge_with_a_secret_of_that_repository_over_ht
     let e = client.repos().create(mirror("app", conn("http://forge.example", "APPS"))).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("use https://"), "{e}");
-    let e = client.repos().create(mirror("app", v1::ForgeConnection { kind: "svn".into(), ..conn("", "APPS") })).await.unwrap_err();
+    let e = client
+        .repos()
+        .create(mirror("app", v1::ForgeConnection { kind: "svn".into(), ..conn("", "APPS") }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    let repo = client.repos().create(mirror("app", conn("https://ghe.example/api/v3/", "APPS"))).await.unwrap().into_inner();
+    let repo =
+        client.repos().create(mirror("app", conn("https://ghe.example/api/v3/", "APPS"))).await.unwrap().into_inner();
     let f = repo.forge.unwrap();
     assert_eq!((f.api_url.as_str(), f.context_prefix.as_str()), ("https://ghe.example/api/v3", "viaduct"));
 
@@ -278,7 +312,8 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
     let mut server = Server::start();
     let _runner = server.runner("linux", 4);
     let client = server.client().await;
-    let (_u, bare, wt, first) = reporting_mirror(&client, "app", ONE_JOB, "github", forge.url()).await;
+    let (_u, bare, wt, first) =
+        reporting_mirror(&client, "app", ONE_JOB, with_token("app", "github", forge.url()), TOKEN).await;
     let mut shas = vec![first];
     for i in 1..100 {
         git(wt.path(), &["checkout", "-q", "-b", &format!("b{i}")]);
@@ -325,6 +360,98 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
         .flat_map(|sha| contexts.iter().map(move |c| (sha, *c)))
         .filter(|(sha, c)| forge.states_of(sha, c).iter().filter(|s| rank(s) == 2).count() > 1)
         .count();
-    println!("statuses: {} delivered, {killed_at} before the kill; final states sent twice: {repeated}", forge.deliveries().len());
+    println!(
+        "statuses: {} delivered, {killed_at} before the kill; final states sent twice: {repeated}",
+        forge.deliveries().len()
+    );
     assert!(forge.refused().is_empty(), "{:?}", forge.refused());
+}
+
+/// A GitHub App's private key and its public half (made for these tests only).
+const APP_KEY: &str = include_str!("../fixtures/github-app-test-key.pem");
+const APP_PUBLIC_KEY: &str = include_str!("../fixtures/github-app-test-key.pub.pem");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_the_run() {
+    const APP: u64 = 4242;
+    const FAILING: &str = "name: ci\non:\n  push: {}\njobs:\n  build:\n    steps:\n      - run: echo building\n  test:\n    needs: [build]\n    steps:\n      - run: \"echo 'src/lib.rs:12:5: error: expected `;`'; exit 1\"\n  deploy:\n    needs: [test]\n    steps:\n      - run: echo never\n";
+    let forge = ForgeApi::start(TOKEN);
+    forge.add_app(APP, APP_PUBLIC_KEY, 77);
+    let server = Server::start();
+    let _runner = server.runner("linux", 2);
+    let client = server.client().await;
+    let app = v1::ForgeConnection {
+        kind: "github".into(),
+        api_url: forge.url(),
+        project: "org/app".into(),
+        app_id: APP.to_string(),
+        app_key_secret: "GH_APP_KEY".into(),
+        ..Default::default()
+    };
+    let (_u, _bare, _wt, sha) = reporting_mirror(&client, "app", FAILING, app, APP_KEY).await;
+    let run = finished(&client, &runs_of(&client, "app").await[0].id).await;
+    assert_eq!(word(run.status), "failure");
+    let check =
+        |name: &str| forge.check_runs().into_iter().filter(|c| c.name == name && c.head_sha == sha).collect::<Vec<_>>();
+    forge
+        .wait_for("the check runs to complete", |_| {
+            ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"]
+                .iter()
+                .all(|n| forge.check_runs().iter().any(|c| &c.name == n && c.status == "completed"))
+                .then_some(())
+        })
+        .await;
+    let test = check("viaduct/ci/test").pop().unwrap();
+    assert_eq!(test.conclusion.as_deref(), Some("failure"), "{test:?}");
+    assert!(
+        test.summary.contains("src/lib.rs:12:5: error: expected `;`"),
+        "the failing step's last lines: {}",
+        test.summary
+    );
+    assert!(test.summary.contains("exit 1"), "{}", test.summary);
+    let a = &test.annotations;
+    assert!(
+        a.iter().any(|a| a["path"] == "src/lib.rs" && a["start_line"] == 12 && a["annotation_level"] == "failure"),
+        "{a:?}"
+    );
+    assert!(test.details_url.starts_with(&format!("{}/runs/{}/jobs/", server.url(), run.id)), "{test:?}");
+    let deploy = check("viaduct/ci/deploy").pop().unwrap();
+    assert_eq!(deploy.conclusion.as_deref(), Some("success"));
+    assert!(deploy.title.starts_with("skipped"), "{deploy:?}");
+    let whole = check("viaduct/ci").pop().unwrap();
+    assert!(whole.summary.contains("| test | failure |"), "{}", whole.summary);
+    assert!(forge.deliveries().iter().all(|d| d.check_run.is_some()), "an app reports check runs, not statuses");
+    assert!(forge.refused_except_revoked().is_empty(), "{:?}", forge.refused_except_revoked());
+    assert_eq!(forge.tokens_issued(), 1, "one installation token, kept");
+
+    // "Re-run" on the failed job's check run, after GitHub revoked the token:
+    // the run is retried, its retried jobs get new check runs.
+    forge.revoke_tokens();
+    let rerun = |app: u64, delivery: &str| {
+        let body = forge.rerequested_payload(test.id, app, "octocat");
+        let sig = viaduct_tests::forge::sign(HOOK_SECRET, body.as_bytes());
+        let h =
+            [("x-github-event", "check_run"), ("x-github-delivery", delivery), ("x-hub-signature-256", sig.as_str())];
+        let (code, reply) = viaduct_tests::http(server.addr(), "POST", "/webhooks/app", &h, body.as_bytes());
+        (code, String::from_utf8_lossy(&reply).into_owned())
+    };
+    let (code, reply) = rerun(APP + 1, "r-0");
+    assert_eq!((code, reply.contains("ignored")), (200, true), "another app's check run: {reply}");
+    assert_eq!(
+        client.runs().get(v1::GetRunRequest { id: run.id.clone() }).await.unwrap().into_inner().status,
+        run.status
+    );
+    let (code, reply) = rerun(APP, "r-1");
+    assert_eq!(code, 200, "{reply}");
+    assert!(reply.contains(&format!("\"retried\":\"{}\"", run.id)), "{reply}");
+    forge
+        .wait_for("new check runs for the retried jobs", |_| {
+            let again = check("viaduct/ci/test");
+            (again.len() == 2 && again.iter().all(|c| c.status == "completed")).then_some(())
+        })
+        .await;
+    assert_eq!(check("viaduct/ci/build").len(), 1, "a job that succeeded is not run again");
+    assert!(forge.tokens_issued() >= 2, "a revoked token is replaced");
+    assert!(forge.refused_except_revoked().is_empty(), "{:?}", forge.refused_except_revoked());
+    assert!(!server.log().contains("BEGIN RSA PRIVATE KEY"));
 }

@@ -20,13 +20,10 @@ use crate::{
     depot::Depot,
     engine::{
         Engine,
-        read::{LogAt, Scope, StepView},
+        read::{Scope, StepView},
     },
     error::{Error, Result},
-    store::{
-        keys::{JobKey, RunId, StepKey},
-        logs::Chunk,
-    },
+    store::keys::{JobKey, RunId, StepKey},
 };
 
 /// Most bytes sent in one LogChunk / returned by one Get: the reply must
@@ -46,24 +43,6 @@ impl LogsApi {
     pub fn new(engine: Arc<Engine>, depot: Arc<Depot>) -> Self {
         Self { engine, depot }
     }
-}
-
-/// Up to `limit` bytes of `key`'s log from `offset`, wherever they are
-/// (the store's chunks, or a packed blob), with the log's size and whether
-/// the step has finished.
-async fn read(
-    engine: &Engine,
-    depot: &Depot,
-    key: StepKey,
-    offset: u64,
-    limit: u64,
-) -> Result<(Vec<Chunk>, u64, bool)> {
-    let read = engine.read_log(key, offset, limit)?;
-    let chunks = match read.at {
-        LogAt::Chunks(chunks) => chunks,
-        LogAt::Packed(rec) => depot.logs.read(&rec, offset, read.limit).await?,
-    };
-    Ok((chunks, read.size, read.finished))
 }
 
 type FollowStream = Pin<Box<dyn Stream<Item = Result<LogEvent, Status>> + Send>>;
@@ -109,7 +88,7 @@ impl Logs for LogsApi {
         let key = self.engine.step_key(&r.step_id, r.attempt)?;
         access.require(&self.engine.run_repo(key.job.run)?)?;
         let limit = if r.limit == 0 { MAX_READ } else { r.limit.min(MAX_READ) };
-        let (chunks, size, complete) = read(&self.engine, &self.depot, key, r.offset, limit).await?;
+        let (chunks, size, complete) = self.depot.read_log(&self.engine, key, r.offset, limit).await?;
         let data = chunks.into_iter().flat_map(|c| c.data).collect();
         Ok(Response::new(GetLogResponse { data, offset: r.offset, size, complete }))
     }
@@ -156,7 +135,7 @@ async fn follow(engine: &Engine, depot: &Depot, scope: Scope, r: &FollowRequest,
                 // A finished step's log is final (and may be packed): read
                 // it in large pieces.
                 let most = if s.status.is_terminal() { MAX_READ } else { FOLLOW_READ };
-                let (chunks, _, _) = read(engine, depot, s.key, p.offset, most.min(s.size - p.offset)).await?;
+                let (chunks, _, _) = depot.read_log(engine, s.key, p.offset, most.min(s.size - p.offset)).await?;
                 let Some(first) = chunks.first() else { break };
                 let (offset, time) = (first.offset, first.time_ms);
                 let data: Vec<u8> = chunks.into_iter().flat_map(|c| c.data).collect();

@@ -61,6 +61,7 @@ pub fn of_run(id: RunId, before: Option<&RunRecord>, run: &RunRecord) -> Option<
         run_id: id.to_string(),
         job_id: String::new(),
         time_ms: run.finished_ms.max(run.started_ms).max(run.created_ms),
+        attempt: run.retried + 1,
     };
     Some((source.repo.clone(), rec))
 }
@@ -89,6 +90,7 @@ pub fn of_job(key: JobKey, before: Option<&JobRecord>, job: &JobRecord) -> Optio
         run_id: key.run.to_string(),
         job_id: key.to_string(),
         time_ms: job.finished_ms.max(job.started_ms).max(job.created_ms),
+        attempt: job.attempt,
     };
     Some((source.repo.clone(), rec))
 }

@@ -53,10 +53,30 @@ pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnect
             project.escape_debug()
         )));
     }
-    if conn.token_secret.is_empty() {
-        return Err(Error::invalid("set the secret that holds the forge's access token (`token_secret`)"));
+    let app = !conn.app_id.is_empty() || !conn.app_key_secret.is_empty() || conn.installation_id != 0;
+    match (app, kind) {
+        (true, Kind::GitHub) => {
+            if !conn.token_secret.is_empty() {
+                return Err(Error::invalid(
+                    "a GitHub App authenticates with its key: set `app_key_secret` or `token_secret`, not both",
+                ));
+            }
+            if conn.app_id.is_empty() || !conn.app_id.chars().all(|c| c.is_ascii_digit()) || conn.app_id.len() > 20 {
+                return Err(Error::invalid(format!("GitHub App id `{}` is not a number", conn.app_id.escape_debug())));
+            }
+            if conn.app_key_secret.is_empty() {
+                return Err(Error::invalid(
+                    "set the secret that holds the GitHub App's private key (`app_key_secret`)",
+                ));
+            }
+            crate::secrets::check_name(&conn.app_key_secret)?;
+        }
+        (true, _) => return Err(Error::invalid("only GitHub has apps: use `token_secret`")),
+        (false, _) if conn.token_secret.is_empty() => {
+            return Err(Error::invalid("set the secret that holds the forge's access token (`token_secret`)"));
+        }
+        (false, _) => crate::secrets::check_name(&conn.token_secret)?,
     }
-    crate::secrets::check_name(&conn.token_secret)?;
     let prefix = match conn.context_prefix.trim() {
         "" => DEFAULT_PREFIX.to_string(),
         p if p.len() <= 50 && p.chars().all(|c| !c.is_control()) => p.to_string(),
@@ -68,7 +88,15 @@ pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnect
         project,
         token_secret: conn.token_secret.clone(),
         context_prefix: prefix,
+        app_id: conn.app_id.clone(),
+        app_key_secret: conn.app_key_secret.clone(),
+        installation_id: conn.installation_id,
     })
+}
+
+/// The secret a connection authenticates with: the token's, or the app's key's.
+pub fn credential_secret(conn: &ForgeConnection) -> &str {
+    if conn.app_id.is_empty() { &conn.token_secret } else { &conn.app_key_secret }
 }
 
 /// The token secret's scope must name the repository.
@@ -172,6 +200,19 @@ mod tests {
         assert!(complete(&ForgeConnection { project: "../etc".into(), ..conn("github", "") }, mirror).is_err());
         assert!(complete(&ForgeConnection { token_secret: String::new(), ..conn("github", "") }, mirror).is_err());
         assert!(complete(&conn("svn", ""), mirror).is_err());
+        let app = ForgeConnection {
+            token_secret: String::new(),
+            app_id: "123".into(),
+            app_key_secret: "KEY".into(),
+            ..conn("github", "")
+        };
+        assert_eq!(credential_secret(&complete(&app, mirror).unwrap()), "KEY");
+        assert!(
+            complete(&ForgeConnection { token_secret: "tok".into(), ..app.clone() }, mirror).is_err(),
+            "one way to sign in"
+        );
+        assert!(complete(&ForgeConnection { app_id: "12a".into(), ..app.clone() }, mirror).is_err());
+        assert!(complete(&ForgeConnection { kind: "gitlab".into(), ..app }, mirror).is_err());
         let scoped = viaduct_proto::v1::SecretScope { repos: vec!["app".into()], ..Default::default() };
         assert!(check_token_scope("app", "tok", Some(&scoped)).is_ok());
         assert!(check_token_scope("other", "tok", Some(&scoped)).is_err(), "another repository's secret");

@@ -22,7 +22,9 @@
 //! `/metrics`. A status deleted but not yet durable when the server dies is
 //! sent again: the forge then sees the same state twice, never an older one.
 
+pub mod checks;
 pub mod connection;
+pub mod github_app;
 pub mod kind;
 pub mod reply;
 
@@ -42,10 +44,14 @@ use viaduct_proto::v1::{ForgeConnection, ForgeDelivery, Status};
 use self::{kind::Kind, reply::Reply};
 use crate::{
     convert,
+    depot::Depot,
+    engine::Engine,
     error::Result,
     repos::Repos,
     store::{
-        Store, T, WriteSet, decode, now_ms,
+        Store, T, WriteSet, decode,
+        keys::RunId,
+        now_ms,
         records::{ForgeDeliveryRecord, SCHEMA_VERSION, StatusRecord},
     },
 };
@@ -58,6 +64,8 @@ const IN_FLIGHT: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A status still failing this long after its state was reached is dropped.
 pub const EXPIRY_MS: i64 = 24 * 3600 * 1000;
+/// Bytes of a failing step's log read for its check run.
+const LOG_TAIL: u64 = 64 * 1024;
 /// How long ids a forge gave back (GitLab's pipelines) are kept.
 const IDS_KEPT_MS: i64 = 30 * 24 * 3600 * 1000;
 
@@ -84,7 +92,10 @@ struct Turn {
 pub struct Forges {
     store: Arc<Store>,
     repos: Arc<Repos>,
+    engine: Arc<Engine>,
+    depot: Arc<Depot>,
     http: reqwest::Client,
+    app_tokens: github_app::AppTokens,
     turns: Mutex<HashMap<String, Turn>>,
     wake: Notify,
     /// Counts for `/metrics`.
@@ -105,8 +116,13 @@ enum Sent {
 }
 
 impl Forges {
-    /// The sender over the repositories' records and secrets.
-    pub fn new(store: Arc<Store>, repos: Arc<Repos>) -> anyhow::Result<Arc<Self>> {
+    /// The sender over the repositories' records and secrets; check runs'
+    /// summaries read runs from `engine` and logs from `depot`.
+    pub fn new(
+        store: Arc<Store>,
+        repos: Arc<Repos>,
+        (engine, depot): (Arc<Engine>, Arc<Depot>),
+    ) -> anyhow::Result<Arc<Self>> {
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(TIMEOUT)
@@ -117,7 +133,10 @@ impl Forges {
         Ok(Arc::new(Self {
             store,
             repos,
+            engine,
+            depot,
             http,
+            app_tokens: github_app::AppTokens::default(),
             turns: Mutex::default(),
             wake: Notify::new(),
             counters: Counters::default(),
@@ -236,11 +255,28 @@ impl Forges {
                 return Ok(None);
             }
         };
-        let token = match self.repos.secret(&conn.token_secret) {
+        let secret = match self.repos.secret(connection::credential_secret(&conn)) {
             Ok(t) => t,
             Err(e) => {
                 self.failed(repo, &e.to_string())?;
                 return Ok(Some(None));
+            }
+        };
+        let token = if conn.app_id.is_empty() {
+            secret
+        } else {
+            match self.app_tokens.token(&self.http, &conn, &secret).await {
+                Ok(token) => token,
+                Err(Reply::Retry { wait, why }) => {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    self.failed(repo, &why)?;
+                    return Ok(Some(wait));
+                }
+                Err(Reply::Refused(why)) => {
+                    self.failed(repo, &why)?;
+                    return Ok(Some(None));
+                }
+                Err(Reply::Accepted(_)) => return Ok(Some(None)),
             }
         };
         // Sent only once durable: a forge never shows a state a crash undoes.
@@ -292,60 +328,166 @@ impl Forges {
         Ok(retry)
     }
 
-    /// Sends one status.
+    /// Sends one status: a commit status, or a check run for a GitHub App.
     async fn send(&self, repo: &str, kind: Kind, conn: &ForgeConnection, token: &str, s: &StatusRecord) -> Sent {
         let context = context_name(conn, s);
+        let status = Status::try_from(s.status).unwrap_or(Status::Unspecified);
         let target_url = match s.job_id.as_str() {
             "" => format!("{}/runs/{}", self.repos.public_url(), s.run_id),
             job => format!("{}/runs/{}/jobs/{job}", self.repos.public_url(), s.run_id),
         };
+        if !conn.app_id.is_empty() {
+            return self.send_check(repo, conn, token, s, (&context, status, &target_url)).await;
+        }
         let ids_key = ids_key(repo, &s.commit, &format!("pipeline:{}", s.run_id));
-        let pipeline_id = if kind == Kind::GitLab { self.id(&ids_key) } else { None };
+        let pipeline_id = if kind == Kind::GitLab { self.id(&ids_key).map(|(id, _)| id) } else { None };
         let out = kind::Outgoing {
             project: &conn.project,
             sha: &s.commit,
             git_ref: &s.git_ref,
             context: &context,
-            status: Status::try_from(s.status).unwrap_or(Status::Unspecified),
+            status,
             description: &s.description,
             target_url: &target_url,
             pipeline_id,
         };
-        let (header, value) = kind.auth(token);
+        let url = kind.url(&conn.api_url, &conn.project, &s.commit);
+        match self.request(reqwest::Method::POST, url, kind.auth(token), &kind.body(&out)).await {
+            Reply::Accepted(reply) => {
+                tracing::debug!(context, state = kind.state(status), "status delivered");
+                if let Some(id) = kind.pipeline_of(&reply).filter(|id| Some(*id) != pipeline_id) {
+                    self.keep_id(&ids_key, id, 0);
+                }
+                Sent::Accepted
+            }
+            other => self.not_sent(&context, other),
+        }
+    }
+
+    /// Sends one state of a context as its GitHub check run.
+    async fn send_check(
+        &self,
+        repo: &str,
+        conn: &ForgeConnection,
+        token: &str,
+        s: &StatusRecord,
+        (context, status, target_url): (&str, Status, &str),
+    ) -> Sent {
+        let ids_key = ids_key(repo, &s.commit, &format!("check:{context}"));
+        let rank = checks::rank(status);
+        // Another attempt (a retried job or run) is a new check run.
+        let existing = self.id(&ids_key).filter(|(_, attempt)| *attempt == s.attempt).map(|(id, _)| id);
+        let output = if rank == 2 { self.check_output(s).await } else { checks::Output::default() };
+        let external_id = if s.job_id.is_empty() { &s.run_id } else { &s.job_id };
+        let api = conn.api_url.trim_end_matches('/');
+        let (method, url, create) = match existing {
+            Some(id) => (reqwest::Method::PATCH, format!("{api}/repos/{}/check-runs/{id}", conn.project), None),
+            None => (
+                reqwest::Method::POST,
+                format!("{api}/repos/{}/check-runs", conn.project),
+                Some((context, s.commit.as_str())),
+            ),
+        };
+        let body = checks::body(create, status, &s.description, target_url, external_id, &output);
+        let auth = Kind::GitHub.auth(token);
+        let id = match self.request(method, url, auth.clone(), &body).await {
+            Reply::Accepted(reply) => match existing.or(reply["id"].as_u64()) {
+                Some(id) => id,
+                None => return Sent::Dropped("GitHub's answer named no check run".into()),
+            },
+            Reply::Retry { wait, why } if why.starts_with("HTTP 401") => {
+                // The installation token may have been revoked: a new one next time.
+                self.app_tokens.forget(conn);
+                return self.not_sent(context, Reply::Retry { wait, why });
+            }
+            other => return self.not_sent(context, other),
+        };
+        self.keep_id(&ids_key, id, s.attempt);
+        // Beyond the first 50 annotations: further updates, 50 each.
+        for more in output.annotations.chunks(checks::PER_REQUEST).skip(1) {
+            let body =
+                serde_json::json!({"output": {"title": s.description, "summary": output.summary, "annotations": more}});
+            let url = format!("{api}/repos/{}/check-runs/{id}", conn.project);
+            if let Reply::Retry { why, .. } | Reply::Refused(why) =
+                self.request(reqwest::Method::PATCH, url, auth.clone(), &body).await
+            {
+                tracing::info!(context, error = %why, "annotations not all sent");
+                break;
+            }
+        }
+        tracing::debug!(context, check_run = id, state = checks::state(status).0, "check run delivered");
+        Sent::Accepted
+    }
+
+    /// What an ended check run says: a run's jobs; a job's steps, its
+    /// failing step's last log lines and their `file:line` annotations.
+    async fn check_output(&self, s: &StatusRecord) -> checks::Output {
+        let Some(run) = RunId::parse(&s.run_id).ok().and_then(|id| self.engine.get_run(id).ok()) else {
+            return checks::Output::default();
+        };
+        if s.job_id.is_empty() {
+            return checks::Output { summary: checks::run_summary(&run), annotations: Vec::new() };
+        }
+        let Some(job) = run.jobs.iter().find(|j| j.id == s.job_id) else { return checks::Output::default() };
+        let failing =
+            job.steps.iter().find(|st| matches!(Status::try_from(st.status), Ok(Status::Failure | Status::TimedOut)));
+        let log = match failing {
+            Some(step) => self.log_tail(&step.id, job.attempt).await.map(|log| (step.name.clone(), log)),
+            None => None,
+        };
+        let annotations = log.as_ref().map(|(_, l)| checks::annotations(l)).unwrap_or_default();
+        let summary = checks::job_summary(job, log.as_ref().map(|(n, l)| (n.as_str(), l.as_str())));
+        checks::Output { summary, annotations }
+    }
+
+    /// The last [`LOG_TAIL`] bytes of a step's log, as text.
+    async fn log_tail(&self, step_id: &str, attempt: u32) -> Option<String> {
+        let key = self.engine.step_key(step_id, attempt).ok()?;
+        let size = self.engine.read_log(key, 0, 0).ok()?.size;
+        let from = size.saturating_sub(LOG_TAIL);
+        let (chunks, _, _) = self.depot.read_log(&self.engine, key, from, LOG_TAIL).await.ok()?;
+        let bytes: Vec<u8> = chunks.into_iter().flat_map(|c| c.data).collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        // From the first whole line.
+        Some(if from > 0 { text.split_once('\n').map_or(text.clone(), |(_, rest)| rest.to_string()) } else { text })
+    }
+
+    /// One request to a forge, and what its answer means.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        (header, value): (&str, String),
+        body: &serde_json::Value,
+    ) -> Reply {
         let mut value = match reqwest::header::HeaderValue::from_str(&value) {
             Ok(v) => v,
-            Err(_) => return Sent::Retry(None, "the token is not a valid HTTP header value".into()),
+            Err(_) => return Reply::Retry { wait: None, why: "the token is not a valid HTTP header value".into() },
         };
         value.set_sensitive(true);
         let request = self
             .http
-            .post(kind.url(&conn.api_url, &conn.project, &s.commit))
+            .request(method, url)
             .header(header, value)
             .header("accept", "application/vnd.github+json")
             .header("x-github-api-version", "2022-11-28")
             .header("content-type", "application/json")
-            .body(kind.body(&out).to_string());
+            .body(body.to_string());
         let answer = match request.send().await {
             Ok(r) => r,
-            Err(e) => {
-                self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                // Without the URL: it is the connection's, not news.
-                return Sent::Retry(None, format!("cannot reach the forge: {}", e.without_url()));
-            }
+            // Without the URL: it is the connection's, not news.
+            Err(e) => return Reply::Retry { wait: None, why: format!("cannot reach the forge: {}", e.without_url()) },
         };
         let (code, headers) = (answer.status(), answer.headers().clone());
         let body = answer.bytes().await.unwrap_or_default();
         let now_s = (now_ms() / 1000).max(0) as u64;
-        match reply::classify(code, &headers, &body, now_s) {
-            Reply::Accepted(reply) => {
-                tracing::debug!(context, state = kind.state(out.status), "status delivered");
-                if let Some(id) = kind.pipeline_of(&reply).filter(|id| Some(*id) != pipeline_id)
-                    && let Err(e) = self.keep_id(&ids_key, id)
-                {
-                    tracing::warn!(error = %e, "cannot keep GitLab's pipeline id");
-                }
-                Sent::Accepted
-            }
+        reply::classify(code, &headers, &body, now_s)
+    }
+
+    /// A status not delivered: tried again, or dropped.
+    fn not_sent(&self, context: &str, reply: Reply) -> Sent {
+        match reply {
+            Reply::Accepted(_) => Sent::Accepted,
             Reply::Retry { wait, why } => {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(context, error = %why, "status not delivered: will try again");
@@ -416,19 +558,25 @@ impl Forges {
         }))
     }
 
-    /// An id the forge gave back.
-    fn id(&self, key: &[u8]) -> Option<u64> {
+    /// An id the forge gave back, and the attempt it was given for (check
+    /// runs). Value: id, time (ms), attempt, big-endian.
+    fn id(&self, key: &[u8]) -> Option<(u64, u32)> {
         let v = self.store.tree(T::ForgeIds).get(key).ok().flatten()?;
-        Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+        let attempt = v.get(16..20).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes);
+        Some((u64::from_be_bytes(v.get(..8)?.try_into().ok()?), attempt))
     }
 
-    /// Keeps an id the forge gave back.
-    fn keep_id(&self, key: &[u8], id: u64) -> Result<()> {
+    /// Keeps an id the forge gave back (a failure only means a new one
+    /// next time).
+    fn keep_id(&self, key: &[u8], id: u64, attempt: u32) {
         let mut value = id.to_be_bytes().to_vec();
         value.extend_from_slice(&now_ms().to_be_bytes());
+        value.extend_from_slice(&attempt.to_be_bytes());
         let mut ws = WriteSet::default();
         ws.put_raw(T::ForgeIds, key, value);
-        self.store.commit(&ws)
+        if let Err(e) = self.store.commit(&ws) {
+            tracing::warn!(error = %e, "cannot keep an id the forge gave back");
+        }
     }
 
     /// Forgets ids older than [`IDS_KEPT_MS`].

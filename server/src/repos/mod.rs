@@ -246,8 +246,9 @@ impl Repos {
             return Ok(None);
         }
         let conn = crate::forges::connection::complete(conn, url)?;
-        let scope = crate::secrets::SecretBox::scope(&self.store, &conn.token_secret)?;
-        crate::forges::connection::check_token_scope(name, &conn.token_secret, scope.as_ref())?;
+        let secret = crate::forges::connection::credential_secret(&conn);
+        let scope = crate::secrets::SecretBox::scope(&self.store, secret)?;
+        crate::forges::connection::check_token_scope(name, secret, scope.as_ref())?;
         Ok(Some(conn))
     }
 

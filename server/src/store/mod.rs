@@ -102,8 +102,8 @@ pub enum T {
     /// [`records::ForgeDeliveryRecord`] by repository name.
     ForgeDelivery,
     /// Ids a forge gave back, by `repo \0 commit \0 what`: GitLab's
-    /// pipeline of a run (`pipeline:<run id>`) → id, time (ms), both
-    /// big-endian.
+    /// pipeline of a run (`pipeline:<run id>`), GitHub's check run of a
+    /// context (`check:<context>`) → id, time (ms), attempt, big-endian.
     ForgeIds,
 }
 

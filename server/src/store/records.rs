@@ -423,6 +423,10 @@ pub struct StatusRecord {
     /// When the state was reached (ms).
     #[prost(int64, tag = "10")]
     pub time_ms: i64,
+    /// The job's attempt, or 1 + the times the run was retried: a check run
+    /// is per attempt, as GitHub's re-runs are.
+    #[prost(uint32, tag = "11")]
+    pub attempt: u32,
 }
 
 /// How reporting to a repository's forge went: `forge_delivery` tree, key =

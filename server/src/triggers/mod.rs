@@ -48,6 +48,19 @@ pub struct SyncOutcome {
     pub refs_changed: u32,
 }
 
+/// "Re-run" pressed on a check run Viaduct reported (GitHub App).
+#[derive(Debug, Clone)]
+pub struct Rerun {
+    /// The app that owns the check run (`check_run.app.id`).
+    pub app_id: String,
+    /// What Viaduct put in `external_id`: a run or job id.
+    pub external_id: String,
+    /// The check run's commit.
+    pub head_sha: String,
+    /// Who pressed it (for the log).
+    pub sender: String,
+}
+
 /// A pull (merge) request event from a forge.
 #[derive(Debug, Clone)]
 pub struct PullRequest {
@@ -427,6 +440,28 @@ impl Triggers {
         if id.is_none() {
             tracing::debug!(repo = name, event, git_ref = %ev.git_ref, "`on:` does not ask for this event");
         }
+        Ok(id)
+    }
+
+    /// Retries the run a check run reports, when "Re-run" was pressed on
+    /// it: only a check run of this repository's own app (a repository
+    /// webhook hears other apps' check runs too), naming a run of this
+    /// repository at that commit.
+    pub async fn rerun(&self, name: &str, rerun: &Rerun) -> Result<RunId> {
+        let rec = self.repos.get(name)?;
+        let ours = rec.forge.as_ref().is_some_and(|f| !f.app_id.is_empty() && f.app_id == rerun.app_id);
+        if !ours {
+            return Err(Error::not_found(format!("app {} is not this repository's forge app", rerun.app_id)));
+        }
+        let run_part = rerun.external_id.split('.').next().unwrap_or_default();
+        let id = RunId::parse(run_part)?;
+        let run = self.engine.get_run(id)?;
+        let source = run.source.unwrap_or_default();
+        if source.repo != name || source.commit != rerun.head_sha {
+            return Err(Error::not_found(format!("run {id} is not a run of `{name}` at {}", rerun.head_sha)));
+        }
+        tracing::info!(repo = name, run = %id, sender = %rerun.sender, "re-run asked on the forge");
+        self.engine.retry_run(id).await?;
         Ok(id)
     }
 

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{PullRequest, Triggers};
+use super::{PullRequest, Rerun, Triggers};
 use crate::repos::MIRROR;
 use crate::store::{T, WriteSet, now_ms};
 
@@ -120,6 +120,8 @@ fn reply(code: StatusCode, body: Value) -> Response {
 enum Ask {
     Sync,
     PullRequest(PullRequest),
+    /// "Re-run" on a check run (GitHub's `check_run` `rerequested`).
+    Rerun(Rerun),
     Ignore(String),
 }
 
@@ -172,6 +174,18 @@ fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
                     Forge::GitHub => s(&pr["author_association"]),
                     _ => String::new(),
                 },
+            })
+        }
+        (Forge::GitHub, "check_run") => {
+            if body["action"].as_str() != Some("rerequested") {
+                return Ask::Ignore(format!("check run action {}", body["action"]));
+            }
+            let c = &body["check_run"];
+            Ask::Rerun(Rerun {
+                app_id: c["app"]["id"].as_u64().map(|id| id.to_string()).unwrap_or_default(),
+                external_id: s(&c["external_id"]),
+                head_sha: s(&c["head_sha"]),
+                sender: s(&body["sender"]["login"]),
             })
         }
         (_, other) => Ask::Ignore(format!("event {other}")),
@@ -247,6 +261,20 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
                 StatusCode::OK,
                 json!({"status": "ok", "runs": run.map(|r| vec![r.to_string()]).unwrap_or_default()}),
             ),
+            Err(e) => failed(&t, delivery.as_deref(), e).await,
+        },
+        Ask::Rerun(rerun) => match t.rerun(&repo, &rerun).await {
+            Ok(run) => reply(StatusCode::OK, json!({"status": "ok", "retried": run.to_string()})),
+            // Not ours, or not this repository's: nothing to do, and the
+            // forge need not deliver it again.
+            Err(
+                e @ (crate::error::Error::NotFound(_)
+                | crate::error::Error::Invalid(_)
+                | crate::error::Error::FailedPrecondition(_)),
+            ) => {
+                tracing::info!(repo, error = %e, "check run re-run ignored");
+                reply(StatusCode::OK, json!({"status": "ignored", "reason": e.to_string()}))
+            }
             Err(e) => failed(&t, delivery.as_deref(), e).await,
         },
         Ask::Ignore(what) => reply(StatusCode::OK, json!({"status": "ignored", "reason": what})),

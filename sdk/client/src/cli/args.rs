@@ -457,6 +457,17 @@ pub struct ForgeArgs {
     /// Contexts are `PREFIX/<pipeline>[/<job>]` (default `viaduct`).
     #[arg(long, value_name = "PREFIX", requires = "forge")]
     pub forge_context_prefix: Option<String>,
+    /// GitHub: sign in as this GitHub App (check runs instead of statuses;
+    /// its "Re-run" retries the run) instead of with a token.
+    #[arg(long, value_name = "ID", requires = "forge_app_key_secret", conflicts_with = "forge_token_secret")]
+    pub forge_app_id: Option<String>,
+    /// The secret holding the GitHub App's private key (PEM), scoped to
+    /// this repository.
+    #[arg(long, value_name = "SECRET", requires = "forge_app_id")]
+    pub forge_app_key_secret: Option<String>,
+    /// The app's installation on the repository (default: looked up).
+    #[arg(long, value_name = "ID", requires = "forge_app_id")]
+    pub forge_installation_id: Option<u64>,
 }
 
 impl ForgeArgs {
@@ -468,6 +479,9 @@ impl ForgeArgs {
             project: self.forge_project.unwrap_or_default(),
             token_secret: self.forge_token_secret.unwrap_or_default(),
             context_prefix: self.forge_context_prefix.unwrap_or_default(),
+            app_id: self.forge_app_id.unwrap_or_default(),
+            app_key_secret: self.forge_app_key_secret.unwrap_or_default(),
+            installation_id: self.forge_installation_id.unwrap_or_default(),
         })
     }
 }

@@ -235,7 +235,8 @@ pub fn repo_json(r: &Repo) -> Value {
         "last_error": r.last_error, "credentials": r.credentials,
         "forge": r.forge.as_ref().map(|f| json!({
             "kind": f.kind, "api_url": f.api_url, "project": f.project, "token_secret": f.token_secret,
-            "context_prefix": f.context_prefix,
+            "context_prefix": f.context_prefix, "app_id": f.app_id, "app_key_secret": f.app_key_secret,
+            "installation_id": f.installation_id,
         })),
         "forge_delivery": r.forge_delivery.as_ref().map(|d| json!({
             "delivered": d.delivered, "pending": d.pending, "last_error": d.last_error,
@@ -274,10 +275,15 @@ pub fn repo_text(r: &Repo) -> String {
         let _ = writeln!(out, "  {}", super::admin::policy_text(&p));
     }
     if let Some(f) = &r.forge {
+        let auth = if f.app_id.is_empty() {
+            format!("token: secret {}", f.token_secret)
+        } else {
+            format!("GitHub App {}, key: secret {}; check runs", f.app_id, f.app_key_secret)
+        };
         let _ = writeln!(
             out,
-            "  reports to   {} {} at {} as {}/… (token: secret {})",
-            f.kind, f.project, f.api_url, f.context_prefix, f.token_secret
+            "  reports to   {} {} at {} as {}/… ({auth})",
+            f.kind, f.project, f.api_url, f.context_prefix
         );
     }
     if let Some(d) = &r.forge_delivery {
