@@ -61,6 +61,14 @@ fn is_env_name(s: &str) -> bool {
     is_identifier(s) && !s.contains('-')
 }
 
+/// Whether `s` is a valid secret name: secrets reach jobs as environment
+/// variables, so a secret name is an environment variable name. The one check
+/// for every place the format names a secret (`secrets`, `credentials`,
+/// `notify`).
+pub(crate) fn is_secret_name(s: &str) -> bool {
+    is_env_name(s)
+}
+
 /// The `${{ … }}` segment around `offset` (or the whole string).
 fn segment_around(text: &str, offset: usize) -> std::ops::Range<usize> {
     let start = text.get(..offset).and_then(|t| t.rfind("${{")).unwrap_or(0);
@@ -174,6 +182,23 @@ impl<'f> Decoder<'f> {
             );
         }
         ok
+    }
+
+    /// Reports `name` unless it is a valid secret name ([`is_secret_name`]).
+    pub(crate) fn check_secret_name(&mut self, name: &Spanned<String>) -> bool {
+        let ok = is_secret_name(&name.value);
+        if !ok {
+            let hint =
+                if name.value.contains("${{") { " (give the secret's name; `${{ }}` is not allowed here)" } else { "" };
+            self.error(name.pos, format!("invalid secret name `{}`: use letters, digits and `_`{hint}", name.value));
+        }
+        ok
+    }
+
+    /// A string naming a secret ([`is_secret_name`]).
+    pub(crate) fn secret_name(&mut self, node: Node<'_>, what: &str) -> Option<String> {
+        let name = self.expect_str(node, what)?;
+        self.check_secret_name(&Spanned { value: name.clone(), pos: node.pos() }).then_some(name)
     }
 
     /// A string.

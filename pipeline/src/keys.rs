@@ -96,6 +96,10 @@ const fn table(id: &'static str, doc: &'static str, keys: &'static [KeySpec]) ->
 const PRIORITY: Ty = Ty::Int { min: 0, max: 10 };
 const IMAGE_TY: Ty = Ty::OneOf(&[Ty::Str, Ty::Map(&IMAGE)]);
 const ENV_TY: Ty = Ty::MapOf(&Ty::Scalar);
+const NOTIFY_TY: Ty = Ty::List(&Ty::Map(&NOTIFY));
+
+/// The words of `notify[].on`, in the order of [`crate::spec::NotifyOn::ALL`].
+pub(crate) const NOTIFY_ON_WORDS: &[&str] = &["success", "failure", "fixed", "broken"];
 
 /// Top level of `.viaduct/pipeline.yml`.
 pub(crate) static PIPELINE: Table = table(
@@ -114,6 +118,11 @@ pub(crate) static PIPELINE: Table = table(
             "concurrency",
             Ty::OneOf(&[Ty::Template, Ty::Map(&CONCURRENCY)]),
             "Concurrency group of the run, as a string or a mapping.",
+        ),
+        key(
+            "notify",
+            NOTIFY_TY,
+            "Notifications about the run (at most 10): where to send them and for which outcomes.",
         ),
         required("jobs", Ty::MapOf(&Ty::Map(&JOB)), "The jobs, by key."),
     ],
@@ -222,6 +231,11 @@ pub(crate) static JOB: Table = table(
         ),
         key("continue_on_error", Ty::Bool, "A failure of this job does not fail the run (default false)."),
         key("artifacts", Ty::StrOrList, "Paths or globs (relative, no `..`) collected after the job."),
+        key(
+            "notify",
+            NOTIFY_TY,
+            "Notifications about this job (at most 10; a matrix job's expansions each send their own).",
+        ),
         required("steps", Ty::List(&Ty::Map(&STEP)), "The steps, run in order."),
     ],
 );
@@ -299,8 +313,42 @@ pub(crate) static ALLOW: Table = table(
     &[key("network", Ty::Bool, "Allow network access (default false).")],
 );
 
+/// `notify[]:` and `jobs.<key>.notify[]:`
+pub(crate) static NOTIFY: Table = Table {
+    id: "notification",
+    doc: "A notification: exactly one channel (`webhook`, `slack`, `matrix` or `email`) and the outcomes it is sent for. \
+          Channels name secrets, never URLs: a pipeline cannot compute where notifications go.",
+    keys: &[
+        key(
+            "webhook",
+            Ty::OneOf(&[Ty::Str, Ty::Map(&WEBHOOK)]),
+            "A generic webhook: the name of the secret holding its URL, or a mapping with `url` and `secret`.",
+        ),
+        key("slack", Ty::Str, "Name of a secret holding a Slack incoming-webhook URL."),
+        key("matrix", Ty::Str, "Name of a secret holding a Matrix (hookshot) incoming-webhook URL."),
+        key("email", Ty::StrOrList, "Email addresses, one as a string or up to 10 as a list."),
+        key(
+            "on",
+            Ty::OneOf(&[Ty::Enum(NOTIFY_ON_WORDS), Ty::List(&Ty::Enum(NOTIFY_ON_WORDS))]),
+            "Outcomes to notify on: `success`, `failure`, `fixed` (succeeded after a failure), `broken` (failed after a success); default `[failure, fixed]`.",
+        ),
+    ],
+    extra: None,
+    exactly_one_of: &["webhook", "slack", "matrix", "email"],
+};
+
+/// `notify[].webhook:` (mapping form)
+pub(crate) static WEBHOOK: Table = table(
+    "webhook",
+    "A generic webhook, by the names of its secrets.",
+    &[
+        required("url", Ty::Str, "Name of the secret holding the URL to post to."),
+        key("secret", Ty::Str, "Name of the secret holding the HMAC key the request body is signed with (optional)."),
+    ],
+);
+
 /// Every table, for schema generation and tests.
-pub(crate) static ALL_TABLES: [&Table; 14] = [
+pub(crate) static ALL_TABLES: [&Table; 16] = [
     &PIPELINE,
     &ON,
     &PUSH,
@@ -315,4 +363,6 @@ pub(crate) static ALL_TABLES: [&Table; 14] = [
     &MATRIX,
     &STEP,
     &ALLOW,
+    &NOTIFY,
+    &WEBHOOK,
 ];

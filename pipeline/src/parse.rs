@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use crate::cron::CronSchedule;
 use crate::dag::check_needs;
-use crate::decode::{Decoder, Fields, is_identifier};
+use crate::decode::{Decoder, Fields, is_secret_name};
 use crate::diag::{Diagnostic, Pos, sort_diagnostics};
 use crate::glob::Glob;
 use crate::keys;
 use crate::node::{Kind, Node, Source};
+use crate::plan::{MAX_EMAIL_LEN, MAX_NOTIFY, MAX_NOTIFY_EMAILS};
 use crate::scope::{Level, Scope};
 use crate::spec::*;
 use crate::yaml::{is_empty_document, load};
@@ -73,6 +74,7 @@ fn decode_pipeline(d: &mut Decoder<'_>, file: &str, node: Node<'_>) -> Pipeline 
         env: BTreeMap::new(),
         priority: 5,
         concurrency: None,
+        notify: Vec::new(),
         jobs: Vec::new(),
     };
     if node.entries().is_none() {
@@ -99,6 +101,7 @@ fn decode_pipeline(d: &mut Decoder<'_>, file: &str, node: Node<'_>) -> Pipeline 
         p.priority = priority;
     }
     p.concurrency = f.get("concurrency").and_then(|n| concurrency(d, n, f.key_pos("concurrency"), &scope));
+    p.notify = f.get("notify").map(|n| notify_list(d, n, "of the pipeline")).unwrap_or_default();
     if let Some(jobs_node) = f.get("jobs") {
         p.jobs = jobs(d, jobs_node);
         check_needs(d, &p.jobs);
@@ -229,13 +232,7 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
         .and_then(|n| d.str_list(n, "secrets", true))
         .unwrap_or_default()
         .into_iter()
-        .filter(|s| {
-            let ok = is_identifier(&s.value) && !s.value.contains('-');
-            if !ok {
-                d.error(s.pos, format!("invalid secret name `{}`: use letters, digits and `_`", s.value));
-            }
-            ok
-        })
+        .filter(|s| d.check_secret_name(s))
         .map(|s| s.value)
         .collect();
     let steps = f.get("steps").map(|n| steps(d, n, &scope)).unwrap_or_default();
@@ -264,12 +261,152 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
         condition: f.get("if").and_then(|n| d.condition(n, &scope)),
         continue_on_error: bool_or(d, "continue_on_error", false),
         artifacts,
+        notify: f.get("notify").map(|n| notify_list(d, n, &format!("of job `{}`", key.value))).unwrap_or_default(),
         steps,
         matrix,
         needs,
         key: key.value,
         pos: key.pos,
     })
+}
+
+/// A `notify:` list (`owner` completes messages: "of the pipeline", "of job
+/// `x`"). Every value is a plain string: channels name secrets, and neither
+/// names nor addresses may contain `${{ }}`.
+fn notify_list(d: &mut Decoder<'_>, node: Node<'_>, owner: &str) -> Vec<Notify> {
+    if node.is_null() {
+        return Vec::new();
+    }
+    let Some(items) = node.items() else {
+        d.mismatch(node, "a list of notifications", "notify");
+        return Vec::new();
+    };
+    if items.len() > MAX_NOTIFY {
+        d.error(node.pos(), format!("{} notifications {owner}; the limit is {MAX_NOTIFY}", items.len()));
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        out.extend(notify(d, item, &format!("in notification {} {owner}", i + 1)));
+    }
+    out
+}
+
+/// One `notify:` entry: exactly one channel, and `on`.
+fn notify(d: &mut Decoder<'_>, node: Node<'_>, context: &str) -> Option<Notify> {
+    let f = d.fields(node, &keys::NOTIFY, "notification", context, None)?;
+    let mut channels: Vec<Option<Channel>> = Vec::new();
+    if let Some(n) = f.get("webhook") {
+        channels.push(webhook(d, n, context));
+    }
+    if let Some(n) = f.get("slack") {
+        channels.push(d.secret_name(n, "slack").map(|url_secret| Channel::Slack { url_secret }));
+    }
+    if let Some(n) = f.get("matrix") {
+        channels.push(d.secret_name(n, "matrix").map(|url_secret| Channel::Matrix { url_secret }));
+    }
+    if let Some(n) = f.get("email") {
+        channels.push(emails(d, n).map(|to| Channel::Email { to }));
+    }
+    let on = match f.get("on") {
+        Some(n) => notify_on(d, n)?,
+        None => vec![NotifyOn::Failure, NotifyOn::Fixed],
+    };
+    // Two channels or none were reported by `fields` (`exactly_one_of`).
+    let channel = if channels.len() == 1 { channels.pop().flatten()? } else { return None };
+    Some(Notify { on, channel, pos: node.pos() })
+}
+
+/// `webhook:`: a secret name (the URL's), or `{ url, secret }`.
+fn webhook(d: &mut Decoder<'_>, node: Node<'_>, context: &str) -> Option<Channel> {
+    if node.as_str().is_some() {
+        return d.secret_name(node, "webhook").map(|url_secret| Channel::Webhook { url_secret, key_secret: None });
+    }
+    if node.entries().is_none() {
+        d.mismatch(node, "a secret name or a mapping with `url` and `secret`", "webhook");
+        return None;
+    }
+    let f = d.fields(node, &keys::WEBHOOK, "webhook", &format!("in `webhook` {context}"), None)?;
+    let key_secret = f.get("secret").map(|n| d.secret_name(n, "secret"));
+    let url_secret = f.get("url").and_then(|n| d.secret_name(n, "url"));
+    let key_secret = match key_secret {
+        Some(key) => Some(key?),
+        None => None,
+    };
+    Some(Channel::Webhook { url_secret: url_secret?, key_secret })
+}
+
+/// `email:`: one address or a list of 1 to [`MAX_NOTIFY_EMAILS`].
+fn emails(d: &mut Decoder<'_>, node: Node<'_>) -> Option<Vec<String>> {
+    let list = d.str_list(node, "email", true)?;
+    let mut ok = true;
+    if list.is_empty() {
+        d.error(node.pos(), "`email` lists no address");
+        ok = false;
+    }
+    if list.len() > MAX_NOTIFY_EMAILS {
+        d.error(node.pos(), format!("{} email addresses; the limit is {MAX_NOTIFY_EMAILS}", list.len()));
+        ok = false;
+    }
+    for addr in &list {
+        if let Some(problem) = email_problem(&addr.value) {
+            d.error(addr.pos, problem);
+            ok = false;
+        }
+    }
+    ok.then(|| list.into_iter().map(|a| a.value).collect())
+}
+
+/// What is wrong with an email address, if anything: one `@` between a
+/// non-empty local part and domain, no whitespace or control characters, none
+/// of `<>,;"`, at most [`MAX_EMAIL_LEN`] characters, no `${{ }}`.
+fn email_problem(addr: &str) -> Option<String> {
+    let len = addr.chars().count();
+    if len > MAX_EMAIL_LEN {
+        return Some(format!("an email address of {len} characters; the limit is {MAX_EMAIL_LEN}"));
+    }
+    let problem = if addr.contains("${{") {
+        "`${{ }}` is not allowed here: write the address itself"
+    } else if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "it must not contain spaces or control characters"
+    } else if addr.contains(['<', '>', ',', ';', '"']) {
+        "it must not contain `<`, `>`, `,`, `;` or `\"` (one plain address per entry)"
+    } else {
+        match addr.split_once('@') {
+            Some((_, domain)) if domain.contains('@') => "expected exactly one `@`",
+            None => "expected exactly one `@`",
+            Some(("", _)) => "nothing before the `@`",
+            Some((_, "")) => "no domain after the `@`",
+            Some(_) => return None,
+        }
+    };
+    Some(format!("invalid email address `{}`: {problem}", addr.escape_debug()))
+}
+
+/// `on:` of a notification: one outcome or a list (duplicates dropped).
+fn notify_on(d: &mut Decoder<'_>, node: Node<'_>) -> Option<Vec<NotifyOn>> {
+    let items = if node.as_str().is_some() {
+        vec![node]
+    } else if let Some(items) = node.items() {
+        items
+    } else {
+        let expected = format!("an outcome or a list of outcomes ({})", keys::NOTIFY_ON_WORDS.join(", "));
+        d.mismatch(node, &expected, "on");
+        return None;
+    };
+    if items.is_empty() {
+        d.error(node.pos(), format!("`on` lists no outcome (expected some of: {})", keys::NOTIFY_ON_WORDS.join(", ")));
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match d.word(item, "on", keys::NOTIFY_ON_WORDS).and_then(NotifyOn::from_word) {
+            Some(o) if !out.contains(&o) => out.push(o),
+            Some(_) => {}
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// A string-or-list field whose entries may contain `${{ }}`; with `paths`,
@@ -315,9 +452,7 @@ fn image(d: &mut Decoder<'_>, node: Node<'_>, at: Option<Pos>, scope: &Scope<'_>
     };
     let credentials = f.get("credentials").and_then(|n| {
         let name = d.expect_str(n, "credentials")?;
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !is_secret_name(&name) {
             d.error(n.pos(), format!("`credentials` must name a secret (letters, digits, `_`), found `{name}`"));
         }
         Some(name)

@@ -31,7 +31,7 @@ use std::time::Duration;
 use crate::diag::{Diagnostic, Pos, sort_diagnostics};
 use crate::expr::{Expr, ExprContext, Status, Value, parse_template};
 use crate::matrix::Combination;
-use crate::spec::{ImageSpec, Job, Network, Pipeline, Resources, ServiceSpec, Step};
+use crate::spec::{ImageSpec, Job, Network, Notify, Pipeline, Resources, ServiceSpec, Step};
 
 pub use crate::spec::StepAction;
 
@@ -63,6 +63,8 @@ pub struct Plan {
     pub priority: u8,
     /// Concurrency settings.
     pub concurrency: Option<ConcurrencyPlan>,
+    /// Notifications about the run (the pipeline's `notify:`).
+    pub notify: Vec<Notify>,
     /// Jobs; `needs` are indices into this list.
     pub jobs: Vec<PlannedJob>,
 }
@@ -114,6 +116,9 @@ pub struct PlannedJob {
     pub steps: Vec<PlannedStep>,
     /// Artifact paths/globs.
     pub artifacts: Vec<String>,
+    /// Notifications about this job (its `notify:`; every expansion of a
+    /// matrix job has its job's list).
+    pub notify: Vec<Notify>,
     /// Whether a failure leaves the run successful.
     pub continue_on_error: bool,
     /// Whether a failing matrix sibling cancels the others.
@@ -291,6 +296,7 @@ impl Planner<'_> {
             secrets: job.secrets.clone(),
             steps: job.steps.iter().map(|s| self.step(s, m)).collect(),
             artifacts: job.artifacts.iter().map(|a| self.interpolate(a, m, Stage::Job, pos)).collect(),
+            notify: job.notify.clone(),
             continue_on_error: job.continue_on_error,
             fail_fast: job.fail_fast,
             matrix_group: combo.map(|_| job.key.clone()),
@@ -363,6 +369,12 @@ pub const MAX_STEPS: usize = 500;
 pub const MAX_ENV_BYTES: usize = 256 * 1024;
 /// Most `artifacts:` patterns of a job.
 pub const MAX_ARTIFACT_PATTERNS: usize = 100;
+/// Most entries of a `notify:` list (the pipeline's, or a job's).
+pub const MAX_NOTIFY: usize = 10;
+/// Most addresses of one `notify:` entry's `email`.
+pub const MAX_NOTIFY_EMAILS: usize = 10;
+/// Most characters of an email address in `notify:`.
+pub const MAX_EMAIL_LEN: usize = 254;
 
 /// Compiles `p` for the trigger described by `ctx`.
 ///
@@ -460,5 +472,5 @@ pub fn plan(p: &Pipeline, ctx: &PlanContext) -> Result<Plan, Vec<Diagnostic>> {
         sort_diagnostics(&mut planner.diags);
         return Err(planner.diags);
     }
-    Ok(Plan { name, env, priority: p.priority, concurrency, jobs })
+    Ok(Plan { name, env, priority: p.priority, concurrency, notify: p.notify.clone(), jobs })
 }

@@ -34,6 +34,8 @@ pub struct Pipeline {
     pub priority: u8,
     /// Concurrency group, if any.
     pub concurrency: Option<Concurrency>,
+    /// `notify:` — notifications about the run, in written order.
+    pub notify: Vec<Notify>,
     /// Jobs in declaration order.
     pub jobs: Vec<Job>,
 }
@@ -157,6 +159,8 @@ pub struct Job {
     pub continue_on_error: bool,
     /// Artifact paths/globs.
     pub artifacts: Vec<String>,
+    /// `notify:` — notifications about this job, in written order.
+    pub notify: Vec<Notify>,
     /// Steps in order.
     pub steps: Vec<Step>,
 }
@@ -279,4 +283,100 @@ pub enum StepAction {
         /// Whether network access is granted.
         allow_network: bool,
     },
+}
+
+/// One `notify:` entry: where to send, and on which outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// The outcomes it is sent for, without duplicates, in written order
+    /// (default `[Failure, Fixed]`).
+    pub on: Vec<NotifyOn>,
+    /// Where it is sent.
+    pub channel: Channel,
+    /// Where the entry is written.
+    pub pos: Pos,
+}
+
+/// An outcome a notification is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyOn {
+    /// The run (or job) succeeded.
+    Success,
+    /// The run (or job) failed.
+    Failure,
+    /// It succeeded after the previous one failed.
+    Fixed,
+    /// It failed after the previous one succeeded.
+    Broken,
+}
+
+impl NotifyOn {
+    /// Every outcome, in the order of the words in the file format.
+    pub const ALL: [NotifyOn; 4] = [NotifyOn::Success, NotifyOn::Failure, NotifyOn::Fixed, NotifyOn::Broken];
+
+    /// The word for it in `on:` (`success`, `failure`, `fixed`, `broken`).
+    pub fn word(self) -> &'static str {
+        match self {
+            NotifyOn::Success => "success",
+            NotifyOn::Failure => "failure",
+            NotifyOn::Fixed => "fixed",
+            NotifyOn::Broken => "broken",
+        }
+    }
+
+    /// The outcome a word of `on:` names, if any.
+    pub fn from_word(w: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.word() == w)
+    }
+}
+
+/// Where a notification goes. URLs and keys are given as names of secrets,
+/// never as values: a pipeline must not compute where notifications go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// A generic webhook.
+    Webhook {
+        /// Name of the secret holding the URL.
+        url_secret: String,
+        /// Name of the secret holding the HMAC key the body is signed with, if any.
+        key_secret: Option<String>,
+    },
+    /// A Slack incoming webhook.
+    Slack {
+        /// Name of the secret holding the incoming-webhook URL.
+        url_secret: String,
+    },
+    /// A Matrix (hookshot) incoming webhook.
+    Matrix {
+        /// Name of the secret holding the incoming-webhook URL.
+        url_secret: String,
+    },
+    /// Email.
+    Email {
+        /// The addresses (1 to 10).
+        to: Vec<String>,
+    },
+}
+
+impl Channel {
+    /// `"webhook"`, `"slack"`, `"matrix"` or `"email"`: the key it is written with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Channel::Webhook { .. } => "webhook",
+            Channel::Slack { .. } => "slack",
+            Channel::Matrix { .. } => "matrix",
+            Channel::Email { .. } => "email",
+        }
+    }
+
+    /// The secrets it names (URL, key), in that order; none for email.
+    pub fn secrets(&self) -> Vec<&str> {
+        match self {
+            Channel::Webhook { url_secret, key_secret } => {
+                std::iter::once(url_secret.as_str()).chain(key_secret.as_deref()).collect()
+            }
+            Channel::Slack { url_secret } | Channel::Matrix { url_secret } => vec![url_secret.as_str()],
+            Channel::Email { .. } => Vec::new(),
+        }
+    }
 }

@@ -32,13 +32,13 @@ fn unknown_key_with_suggestion_and_expected_list() {
         "jobs:\n  test:\n    stpes:\n      - run: x\n",
         &[
             "p.yml:2:3: missing required key `steps` in job `test`",
-            "p.yml:3:5: unknown key `stpes` in job `test`; did you mean `steps`? (expected one of: name, runs_on, image, services, network, resources, matrix, fail_fast, timeout, retries, priority, env, secrets, needs, if, continue_on_error, artifacts, steps)",
+            "p.yml:3:5: unknown key `stpes` in job `test`; did you mean `steps`? (expected one of: name, runs_on, image, services, network, resources, matrix, fail_fast, timeout, retries, priority, env, secrets, needs, if, continue_on_error, artifacts, notify, steps)",
         ],
     );
     check(
         &format!("zzz: 1\njobs:\n  a:\n{STEPS}"),
         &[
-            "p.yml:1:1: unknown key `zzz` at the top level (expected one of: name, on, env, priority, concurrency, jobs)",
+            "p.yml:1:1: unknown key `zzz` at the top level (expected one of: name, on, env, priority, concurrency, notify, jobs)",
         ],
     );
 }

@@ -33,6 +33,8 @@ pub mod git;
 pub mod http;
 pub mod launch;
 pub mod metrics;
+pub mod notify;
+pub mod outbound;
 pub mod packed_logs;
 pub mod pipelines;
 pub mod plugins;
@@ -164,6 +166,8 @@ pub struct Config {
     pub limits: throttle::Limits,
     /// Serve `/metrics` without a token on this address too.
     pub metrics_listen: Option<SocketAddr>,
+    /// The mail server of email notifications.
+    pub smtp: Option<notify::SmtpConfig>,
     /// Single sign-on groups → grants.
     pub group_roles: users::GroupRoles,
     /// Single sign-on with an OpenID provider.
@@ -258,6 +262,9 @@ pub(crate) async fn serve_engine(
     let forges =
         forges::Forges::new(Arc::clone(&store), Arc::clone(&repos), (Arc::clone(&engine), Arc::clone(&depot)))?;
     forges.spawn(engine.signals().statuses.subscribe());
+    let notifier =
+        notify::Notifier::new(Arc::clone(&store), Arc::clone(&secret_box), Arc::clone(&repos), cfg.smtp.clone())?;
+    notifier.spawn(engine.signals().statuses.subscribe());
     let status = Arc::new(status::Status {
         engine: Arc::clone(&engine),
         store: Arc::clone(&store),
@@ -266,6 +273,7 @@ pub(crate) async fn serve_engine(
         sled_dir: matches!(cfg.store, StoreConfig::Sled).then(|| cfg.data_dir.join("db")),
         started_ms,
         forges,
+        notifier,
     });
     let triggers = triggers::Triggers::new(
         Arc::clone(&engine),

@@ -188,6 +188,21 @@ struct Args {
     /// scraper on a private network); on the main port it needs a token.
     #[arg(long, env = "VIADUCT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Email notifications (`notify: - email:`) through this mail server:
+    /// `smtp://HOST[:PORT]` (STARTTLS if offered), `smtp://HOST:PORT?tls=required`
+    /// or `smtps://HOST[:PORT]`. Without it, email notifications are dropped.
+    #[arg(long, env = "VIADUCT_SMTP_URL", requires = "smtp_from")]
+    smtp_url: Option<String>,
+    /// The `From:` of email notifications, e.g. `Viaduct <ci@example.com>`.
+    #[arg(long, env = "VIADUCT_SMTP_FROM")]
+    smtp_from: Option<String>,
+    /// The mail server's user name.
+    #[arg(long, env = "VIADUCT_SMTP_USER", requires = "smtp_password_file")]
+    smtp_user: Option<String>,
+    /// A file holding the mail server's password (not an argument: others
+    /// on the machine can read a process's arguments).
+    #[arg(long, requires = "smtp_user")]
+    smtp_password_file: Option<PathBuf>,
     /// Single sign-on: give members of GROUP a role, on every repository
     /// or on REPO (GROUP=ROLE or GROUP=ROLE:REPO; repeatable).
     #[arg(long = "oidc-group-role", value_parser = parse_group_role)]
@@ -430,6 +445,23 @@ fn main() -> ExitCode {
             calls_per_second: args.token_rate_limit,
         },
         metrics_listen: args.metrics_listen,
+        smtp: match args.smtp_url {
+            None => None,
+            Some(url) => Some(viaduct_server::notify::SmtpConfig {
+                url,
+                from: args.smtp_from.unwrap_or_default(),
+                credentials: match (args.smtp_user, &args.smtp_password_file) {
+                    (Some(user), Some(file)) => match std::fs::read_to_string(file) {
+                        Ok(p) => Some((user, p.trim_end_matches(['\r', '\n']).to_string())),
+                        Err(e) => {
+                            eprintln!("viaduct-server: cannot read {}: {e}", file.display());
+                            return ExitCode::from(2);
+                        }
+                    },
+                    _ => None,
+                },
+            }),
+        },
         group_roles: viaduct_server::users::GroupRoles(args.group_roles),
         sso: match args.oidc_issuer {
             None => None,

@@ -90,6 +90,16 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
         "Commit statuses sent to forges since the server started: delivered, attempts that failed and are retried, dropped (refused for good or expired).",
         statuses,
     );
+    let notes = &status.notifier.counters;
+    let notifications: Family<ResultLabel, Counter> = Family::default();
+    for (result, n) in [("sent", &notes.sent), ("retried", &notes.retried), ("dropped", &notes.dropped)] {
+        notifications.get_or_create(&ResultLabel { result }).inc_by(n.load(Ordering::Relaxed));
+    }
+    r.register(
+        "notifications",
+        "Notifications (notify:) since the server started: sent, attempts that failed and are retried, dropped.",
+        notifications,
+    );
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &r) {
         tracing::error!(error = %e, "cannot encode /metrics");

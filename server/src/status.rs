@@ -33,6 +33,8 @@ pub struct Status {
     pub started_ms: i64,
     /// Commit statuses sent to forges (their counters).
     pub forges: Arc<crate::forges::Forges>,
+    /// Notifications (their counters).
+    pub notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Status {

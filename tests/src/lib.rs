@@ -22,7 +22,9 @@ pub mod forge_api;
 pub mod oidc;
 pub mod otlp;
 pub mod pki;
+pub mod smtp;
 pub mod sshd;
+pub mod webhook_sink;
 pub use viaduct_sdk::{
     Client,
     proto::{

@@ -11,8 +11,9 @@ use viaduct_tests::{
     output, v1, word,
 };
 
-/// A run whose second job fails, so the third is skipped.
-const PIPELINE: &str = "name: ci\non:\n  push: {}\njobs:\n  build:\n    steps:\n      - run: echo building\n  test:\n    needs: [build]\n    steps:\n      - run: exit 3\n  deploy:\n    needs: [test]\n    steps:\n      - run: echo never\n";
+/// A run whose second job fails, so the third is skipped (blocked: a
+/// failure to the forge); the fourth's `if:` is false (a success).
+const PIPELINE: &str = "name: ci\non:\n  push: {}\njobs:\n  build:\n    steps:\n      - run: echo building\n  test:\n    needs: [build]\n    steps:\n      - run: exit 3\n  deploy:\n    needs: [test]\n    steps:\n      - run: echo never\n  docs:\n    needs: [build]\n    if: branch == 'nope'\n    steps:\n      - run: echo never\n";
 
 const TOKEN: &str = "forge-token-9f2c51";
 
@@ -67,7 +68,7 @@ async fn reporting_mirror(
         .set(v1::SetSecretRequest {
             name: secret_name,
             value: secret.into(),
-            scope: Some(v1::SecretScope { repos: vec![name.into()], ..Default::default() }),
+            scope: Some(v1::SecretScope { repos: vec![name.into()], server_only: true, ..Default::default() }),
         })
         .await
         .unwrap();
@@ -105,7 +106,7 @@ async fn a_run_and_each_job_report_to_github_in_order_and_a_skipped_job_ends_too
     let run = finished(&client, &runs_of(&client, "app").await[0].id).await;
     assert_eq!(word(run.status), "failure");
 
-    let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"];
+    let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy", "viaduct/ci/docs"];
     forge
         .wait_for("every context's final status", |d| {
             contexts.iter().all(|c| final_of(d, &sha, c).is_some()).then_some(())
@@ -114,12 +115,16 @@ async fn a_run_and_each_job_report_to_github_in_order_and_a_skipped_job_ends_too
     assert_in_order(&forge, &sha, "viaduct/ci", "failure");
     assert_in_order(&forge, &sha, "viaduct/ci/build", "success");
     assert_in_order(&forge, &sha, "viaduct/ci/test", "failure");
-    // A required check on `deploy` must not wait forever: skipped is a
-    // success that says why.
-    assert_in_order(&forge, &sha, "viaduct/ci/deploy", "success");
+    // A required check must not wait forever: a skip is final and says
+    // why. Skipped because `test` failed, `deploy` must not pass either;
+    // `docs`, skipped by its own `if:`, passes.
+    assert_in_order(&forge, &sha, "viaduct/ci/deploy", "failure");
+    assert_in_order(&forge, &sha, "viaduct/ci/docs", "success");
     let all = forge.deliveries();
     let deploy = final_of(&all, &sha, "viaduct/ci/deploy").unwrap();
-    assert!(deploy.description.starts_with("skipped"), "{deploy:?}");
+    assert!(deploy.description.starts_with("skipped: needed job(s) did not succeed: test"), "{deploy:?}");
+    let docs = final_of(&all, &sha, "viaduct/ci/docs").unwrap();
+    assert!(docs.description.starts_with("skipped: `if:"), "{docs:?}");
     let test = final_of(&all, &sha, "viaduct/ci/test").unwrap();
     assert!(test.description.starts_with("Failed"), "{test:?}");
     assert_eq!(final_of(&all, &sha, "viaduct/ci").unwrap().target_url, format!("{}/runs/{}", server.url(), run.id));
@@ -161,7 +166,7 @@ async fn gitlab_groups_a_runs_statuses_in_one_pipeline_and_gitea_gets_its_own_wo
         let run = finished(&client, &runs_of(&client, repo).await[0].id).await;
         assert_eq!(word(run.status), "failure");
     }
-    let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy"];
+    let contexts = ["viaduct/ci", "viaduct/ci/build", "viaduct/ci/test", "viaduct/ci/deploy", "viaduct/ci/docs"];
     forge
         .wait_for("every context's final status on both forges", |d| {
             contexts
@@ -172,7 +177,8 @@ async fn gitlab_groups_a_runs_statuses_in_one_pipeline_and_gitea_gets_its_own_wo
         .await;
     let states = assert_in_order(&forge, &gl_sha, "viaduct/ci/test", "failed");
     assert!(states.iter().any(|s| s == "running"), "GitLab has a word for running: {states:?}");
-    assert_in_order(&forge, &gl_sha, "viaduct/ci/deploy", "success");
+    assert_in_order(&forge, &gl_sha, "viaduct/ci/deploy", "failed");
+    assert_in_order(&forge, &gl_sha, "viaduct/ci/docs", "success");
     let pipelines: std::collections::BTreeSet<Option<u64>> =
         forge.deliveries().iter().filter(|d| d.sha == gl_sha).map(|d| d.pipeline_id).collect();
     assert_eq!(pipelines.len(), 1, "one GitLab pipeline for the run: {pipelines:?}");
@@ -200,7 +206,7 @@ async fn failures_are_retried_as_the_forge_asks_and_shown_on_the_repository() {
         .wait_for("the run's final status despite the failures", |d| final_of(d, &sha, "viaduct/ci").map(|_| ()))
         .await;
     assert_in_order(&forge, &sha, "viaduct/ci", "failure");
-    assert_in_order(&forge, &sha, "viaduct/ci/deploy", "success");
+    assert_in_order(&forge, &sha, "viaduct/ci/deploy", "failure");
     let repo = client.repos().get(v1::GetRepoRequest { name: "app".into() }).await.unwrap().into_inner();
     let delivery = repo.forge_delivery.unwrap();
     assert!(delivery.last_error.contains("rate limited") || delivery.last_error.contains("HTTP 502"), "{delivery:?}");
@@ -253,17 +259,25 @@ async fn only_an_admin_connects_a_forge_with_a_secret_of_that_repository_over_ht
         token_secret: secret.into(),
         ..Default::default()
     };
-    let set = |name: &str, repos: Vec<String>| v1::SetSecretRequest {
+    let set = |name: &str, repos: Vec<String>, server_only: bool| v1::SetSecretRequest {
         name: name.into(),
         value: TOKEN.into(),
-        scope: Some(v1::SecretScope { repos, ..Default::default() }),
+        scope: Some(v1::SecretScope { repos, server_only, ..Default::default() }),
     };
-    client.secrets().set(set("ANY", vec![])).await.unwrap();
-    client.secrets().set(set("OTHERS", vec!["other".into()])).await.unwrap();
-    client.secrets().set(set("APPS", vec!["app".into()])).await.unwrap();
-    for (secret, why) in
-        [("ANY", "scoped to repository `app`"), ("OTHERS", "scoped to repository `app`"), ("NONE", "is not set")]
-    {
+    client.secrets().set(set("ANY", vec![], true)).await.unwrap();
+    client.secrets().set(set("OTHERS", vec!["other".into()], true)).await.unwrap();
+    client.secrets().set(set("SHARED", vec!["app".into(), "other".into()], true)).await.unwrap();
+    client.secrets().set(set("JOBS_TOO", vec!["app".into()], false)).await.unwrap();
+    client.secrets().set(set("APPS", vec!["app".into()], true)).await.unwrap();
+    // Only a server-only secret of this one repository: no job can read it.
+    let refusals = [
+        ("ANY", "scoped to repository `app` alone"),
+        ("OTHERS", "scoped to repository `app` alone"),
+        ("SHARED", "scoped to repository `app` alone"),
+        ("JOBS_TOO", "for the server only"),
+        ("NONE", "is not set"),
+    ];
+    for (secret, why) in refusals {
         let e = client.repos().create(mirror("app", conn("http://127.0.0.1:1", secret))).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
         assert!(e.message().contains(why), "{e}");
@@ -416,7 +430,7 @@ async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_
     );
     assert!(test.details_url.starts_with(&format!("{}/runs/{}/jobs/", server.url(), run.id)), "{test:?}");
     let deploy = check("viaduct/ci/deploy").pop().unwrap();
-    assert_eq!(deploy.conclusion.as_deref(), Some("success"));
+    assert_eq!(deploy.conclusion.as_deref(), Some("failure"), "skipped after a failure: {deploy:?}");
     assert!(deploy.title.starts_with("skipped"), "{deploy:?}");
     let whole = check("viaduct/ci").pop().unwrap();
     assert!(whole.summary.contains("| test | failure |"), "{}", whole.summary);

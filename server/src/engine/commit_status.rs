@@ -73,6 +73,10 @@ pub fn of_job(key: JobKey, before: Option<&JobRecord>, job: &JobRecord) -> Optio
     if !changed(before.map(|b| b.status), job.status) {
         return None;
     }
+    // A job skipped because one it needs failed must not pass a required
+    // check: it is a failure that says it was skipped. A job whose own `if:`
+    // was false is a success that says so.
+    let reported = if job.status() == Status::Skipped && job.blocked { Status::Failure } else { job.status() };
     let description = match job.status() {
         Status::Pending => "Waiting for the jobs it needs".to_string(),
         Status::Queued => "Queued".to_string(),
@@ -85,7 +89,7 @@ pub fn of_job(key: JobKey, before: Option<&JobRecord>, job: &JobRecord) -> Optio
         git_ref: source.r#ref.clone(),
         pipeline: job.pipeline.clone(),
         job: job.name.clone(),
-        status: job.status,
+        status: reported as i32,
         description: shorten(&description),
         run_id: key.run.to_string(),
         job_id: key.to_string(),
@@ -104,8 +108,14 @@ const PER_TRANSITION_BITS: u32 = 20;
 /// next, so sequence numbers do too.
 pub fn write(ws: &mut WriteSet, first_cursor: u64, statuses: Vec<(String, StatusRecord)>) {
     for (i, (repo, rec)) in statuses.into_iter().enumerate().take(1 << PER_TRANSITION_BITS) {
-        ws.put(T::StatusOutbox, outbox_key(&repo, (first_cursor << PER_TRANSITION_BITS) | i as u64), &rec);
+        ws.put(T::StatusOutbox, outbox_key(&repo, sequence(first_cursor, i)), &rec);
     }
+}
+
+/// The sequence number of the `i`th record a transition whose first event
+/// cursor is `first_cursor` puts in an outbox (statuses, notifications).
+pub fn sequence(first_cursor: u64, i: usize) -> u64 {
+    (first_cursor << PER_TRANSITION_BITS) | (i as u64 & ((1 << PER_TRANSITION_BITS) - 1))
 }
 
 /// How an ended run or job is described: its result, how long it took, and
@@ -114,10 +124,12 @@ fn ended(status: Status, started_ms: i64, finished_ms: i64, why: &str) -> String
     let took = (started_ms > 0 && finished_ms >= started_ms).then(|| duration(finished_ms - started_ms));
     let why = why.lines().next().unwrap_or_default().trim();
     match (status, took) {
-        // A skip is a success to the forge: a required check must not wait
-        // for a job that will never run.
+        // A required check must not wait for a job that will never run: a
+        // skip is final, and says why.
         (Status::Skipped, _) if why.is_empty() => "skipped".to_string(),
-        (Status::Skipped, _) => format!("skipped: {}", why.trim_start_matches("will not run: ")),
+        (Status::Skipped, _) => {
+            format!("skipped: {}", why.trim_start_matches("will not run: ").trim_start_matches("skipped: "))
+        }
         (Status::Success, Some(t)) => format!("Succeeded in {t}"),
         (Status::Success, None) => "Succeeded".to_string(),
         (s, took) => {
@@ -205,11 +217,16 @@ mod tests {
     #[test]
     fn endings_say_how_and_why() {
         let key = JobKey::new(RunId(7), 2);
-        let skipped = of_job(
-            key,
-            Some(&job(Status::Pending, "")),
-            &job(Status::Skipped, "will not run: needs `build`, which failed"),
-        );
+        let skipped =
+            of_job(key, Some(&job(Status::Pending, "")), &job(Status::Skipped, "skipped: `if: false` was false"));
+        let (_, s) = skipped.unwrap();
+        assert_eq!((s.description.as_str(), s.status), ("skipped: `if: false` was false", Status::Skipped as i32));
+        let blocked =
+            JobRecord { blocked: true, ..job(Status::Skipped, "skipped: needed job(s) did not succeed: build") };
+        let (_, s) = of_job(key, None, &blocked).unwrap();
+        assert_eq!(s.status, Status::Failure as i32, "a skip after a failure does not pass a required check");
+        assert_eq!(s.description, "skipped: needed job(s) did not succeed: build");
+        let skipped = of_job(key, None, &job(Status::Skipped, "will not run: needs `build`, which failed"));
         let (_, s) = skipped.unwrap();
         assert_eq!(s.description, "skipped: needs `build`, which failed");
         assert_eq!((s.job_id, s.job.as_str()), (key.to_string(), "test"));

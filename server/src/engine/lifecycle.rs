@@ -63,6 +63,8 @@ impl Tx<'_> {
                 }
             }
             Ok(false) => {
+                let blocked = needs.iter().any(|(_, s)| *s != Status::Success);
+                self.job(key)?.blocked = blocked;
                 let why = if job.condition.is_empty() {
                     let failed: Vec<&str> =
                         needs.iter().filter(|(_, s)| *s != Status::Success).map(|(k, _)| k.as_str()).collect();

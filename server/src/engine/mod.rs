@@ -22,6 +22,7 @@ mod condition;
 pub mod index;
 mod lease;
 mod lifecycle;
+pub mod notifications;
 pub mod prune;
 mod queue;
 pub mod read;

@@ -20,7 +20,7 @@ use crate::{
     store::{
         T, WriteSet,
         keys::{JobKey, RunId},
-        records::{JobRecord, RunRecord, SCHEMA_VERSION},
+        records::{JobRecord, NotifyRule, RunRecord, SCHEMA_VERSION},
     },
 };
 
@@ -59,6 +59,8 @@ pub struct NewRun {
     /// Its states and its jobs' become commit statuses (its repository has
     /// a forge connection; see `commit_status`).
     pub reports_status: bool,
+    /// Its `notify:` rules (see `notifications`).
+    pub notify: Vec<NotifyRule>,
 }
 
 /// How long a submit's key is remembered.
@@ -103,6 +105,8 @@ pub struct NewJob {
     pub matrix_group: String,
     /// Expression context values.
     pub context: ExprContext,
+    /// Its `notify:` rules.
+    pub notify: Vec<NotifyRule>,
     /// Sidecar containers.
     pub services: Vec<ServicePlan>,
     /// Container network mode.
@@ -172,6 +176,7 @@ impl Engine {
                 approval_reason: new.approval.clone().unwrap_or_default(),
                 awaiting_approval: new.approval.is_some(),
                 reports_status: new.reports_status,
+                notify: new.notify.clone(),
                 ..Default::default()
             };
             t.insert_run(id, run);
@@ -362,6 +367,7 @@ fn job_record(j: &NewJob, pipeline: &str, now: i64) -> JobRecord {
         network: j.network.clone(),
         cpus: j.cpus,
         memory_bytes: j.memory_bytes,
+        notify: j.notify.clone(),
         ..Default::default()
     }
 }

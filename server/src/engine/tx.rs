@@ -26,7 +26,7 @@ use crate::{
     store::{
         Store, T, Ticket, WriteSet,
         keys::{JobKey, RunId, StepKey},
-        records::{EventBatch, JobRecord, RunRecord, StepRecord},
+        records::{EventBatch, JobName, JobRecord, NotificationRecord, RunRecord, StepRecord},
     },
 };
 
@@ -320,6 +320,39 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// The notifications owed for a job that ended (none if they cannot be
+    /// read: a notification never stops a transition).
+    fn job_notifications(&self, key: JobKey, before: Option<&JobRecord>, rec: &JobRecord) -> Vec<NotificationRecord> {
+        let store = &self.sh.store;
+        let run = match self.runs.map.get(&key.run) {
+            Some(e) => Ok(Some(e.now.clone())),
+            None => store.get::<RunRecord>(T::Runs, key.run.key()),
+        };
+        let found = run.and_then(|run| match run {
+            Some(run) => super::notifications::of_job(store, key, before, rec, &run),
+            None => Ok(Vec::new()),
+        });
+        found.unwrap_or_else(|e| {
+            tracing::warn!(job = %key, error = %e, "cannot work out the job's notifications");
+            Vec::new()
+        })
+    }
+
+    /// The notifications owed for a run that ended.
+    fn run_notifications(&self, id: RunId, before: Option<&RunRecord>, rec: &RunRecord) -> Vec<NotificationRecord> {
+        let store = &self.sh.store;
+        let job = |key: JobKey| -> Result<Option<JobName>> {
+            match self.jobs.map.get(&key) {
+                Some(e) => Ok(Some(JobName { key: e.now.key.clone(), name: e.now.name.clone(), status: e.now.status })),
+                None => store.get::<JobName>(T::Jobs, key.key()),
+            }
+        };
+        super::notifications::of_run(store, id, before, rec, &job).unwrap_or_else(|e| {
+            tracing::warn!(run = %id, error = %e, "cannot work out the run's notifications");
+            Vec::new()
+        })
+    }
+
     /// Writes everything that changed, atomically, with its events; then
     /// wakes watchers and sends the queued runner messages.
     pub(crate) fn commit(mut self) -> Result<Ticket> {
@@ -329,14 +362,21 @@ impl<'a> Tx<'a> {
             self.ws.put(T::Steps, key.key(), rec);
         }
         let mut statuses = Vec::new();
+        let mut notifications = Vec::new();
         for (key, before, rec) in self.jobs.written() {
             self.ws.put(T::Jobs, key.key(), rec);
             statuses.extend(super::commit_status::of_job(*key, before, rec));
+            if !rec.notify.is_empty() {
+                notifications.extend(self.job_notifications(*key, before, rec));
+            }
         }
         for (id, before, rec) in self.runs.written() {
             self.ws.put(T::Runs, id.key(), rec);
             super::index::update(&mut self.ws, *id, before, rec);
             statuses.extend(super::commit_status::of_run(*id, before, rec));
+            if !rec.notify.is_empty() {
+                notifications.extend(self.run_notifications(*id, before, rec));
+            }
         }
         // A step that ended is waited on by no one right now (its runner's
         // acknowledgement, a watcher's view of it can wait a few ms): such
@@ -364,6 +404,10 @@ impl<'a> Tx<'a> {
         // its first cursor orders the statuses across transitions.
         let reports_status = !statuses.is_empty();
         super::commit_status::write(&mut self.ws, first_cursor, statuses);
+        let notifies = !notifications.is_empty();
+        for (i, n) in notifications.iter().enumerate() {
+            self.ws.put(T::NotifyOutbox, super::commit_status::sequence(first_cursor, i).to_be_bytes(), n);
+        }
         let fleet =
             self.ws.touches(T::Runners) || self.undo.iter().any(|u| matches!(u, Undo::Lease(..) | Undo::Conn(..)));
         if fleet {
@@ -382,7 +426,7 @@ impl<'a> Tx<'a> {
             std::process::exit(70);
         }
         let ticket = if soon { self.sh.store.ticket_soon() } else { self.sh.store.ticket() };
-        if reports_status {
+        if reports_status || notifies {
             self.sh.signals.statuses_changed();
         }
         self.observe();

@@ -25,7 +25,8 @@ pub fn state(status: Status) -> (&'static str, Option<&'static str>) {
     match status {
         Status::Unspecified | Status::Pending | Status::Queued => ("queued", None),
         Status::Running => ("in_progress", None),
-        // A skip passes a required check; its title says it was skipped.
+        // A skip of a job whose `if:` was false passes a required check; its
+        // title says it was skipped (one after a failed need is a failure).
         Status::Success | Status::Skipped => ("completed", Some("success")),
         Status::Failure | Status::RunnerLost => ("completed", Some("failure")),
         Status::Cancelled => ("completed", Some("cancelled")),

@@ -33,7 +33,10 @@ pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnect
         }
         (url, ..) => url.trim_end_matches('/').to_string(),
     };
-    check_api_url(&api_url)?;
+    crate::outbound::check_destination("forge API URL", &api_url).map_err(Error::invalid)?;
+    if api_url.contains('?') {
+        return Err(Error::invalid("the forge API URL takes no query (the token is a secret of its own)"));
+    }
     let project = match conn.project.trim() {
         "" => remote_path(mirror_url).ok_or_else(|| {
             Error::invalid(
@@ -99,41 +102,20 @@ pub fn credential_secret(conn: &ForgeConnection) -> &str {
     if conn.app_id.is_empty() { &conn.token_secret } else { &conn.app_key_secret }
 }
 
-/// The token secret's scope must name the repository.
+/// The token secret must be the server's only (no job can read it) and
+/// scoped to exactly this repository.
 pub fn check_token_scope(repo: &str, secret: &str, scope: Option<&viaduct_proto::v1::SecretScope>) -> Result<()> {
+    let how = format!("viaduct secrets set {secret} --repo {repo} --server-only");
     let Some(scope) = scope else {
-        return Err(Error::FailedPrecondition(format!(
-            "secret `{secret}` is not set (viaduct secrets set {secret} --repo {repo})"
-        )));
+        return Err(Error::FailedPrecondition(format!("secret `{secret}` is not set ({how})")));
     };
-    if !scope.repos.iter().any(|r| r == repo) {
+    if !scope.server_only || scope.repos.len() != 1 || scope.repos[0] != repo {
         return Err(Error::FailedPrecondition(format!(
-            "secret `{secret}` must be scoped to repository `{repo}` (viaduct secrets set {secret} --repo {repo}): the server sends it to the forge"
+            "secret `{secret}` must be for the server only and scoped to repository `{repo}` alone ({how}): \
+             the server sends it to the forge, and no job may read it"
         )));
     }
     Ok(())
-}
-
-/// `https://`, or `http://` to a loopback address; no credentials, query or
-/// fragment in it.
-fn check_api_url(api: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::invalid(format!("forge API URL `{}`: {why}", api.escape_debug())));
-    let Ok(url) = url::Url::parse(api) else { return bad("not a URL") };
-    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
-        return bad("no credentials, query or fragment (the token is a secret of its own)");
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return bad("no host"),
-    };
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        "http" => bad("use https:// (http:// only to this machine: the token would cross the network in clear text)"),
-        _ => bad("use https://"),
-    }
 }
 
 /// The host of a remote URL (`https://host/…`, `ssh://git@host/…`,
@@ -213,9 +195,14 @@ mod tests {
         );
         assert!(complete(&ForgeConnection { app_id: "12a".into(), ..app.clone() }, mirror).is_err());
         assert!(complete(&ForgeConnection { kind: "gitlab".into(), ..app }, mirror).is_err());
-        let scoped = viaduct_proto::v1::SecretScope { repos: vec!["app".into()], ..Default::default() };
+        let scoped =
+            viaduct_proto::v1::SecretScope { repos: vec!["app".into()], server_only: true, ..Default::default() };
         assert!(check_token_scope("app", "tok", Some(&scoped)).is_ok());
         assert!(check_token_scope("other", "tok", Some(&scoped)).is_err(), "another repository's secret");
+        let jobs_too = viaduct_proto::v1::SecretScope { server_only: false, ..scoped.clone() };
+        assert!(check_token_scope("app", "tok", Some(&jobs_too)).is_err(), "a secret jobs may read");
+        let two = viaduct_proto::v1::SecretScope { repos: vec!["app".into(), "other".into()], ..scoped };
+        assert!(check_token_scope("app", "tok", Some(&two)).is_err(), "shared with another repository");
         assert!(check_token_scope("app", "tok", Some(&Default::default())).is_err(), "an unscoped secret");
         assert!(check_token_scope("app", "tok", None).is_err());
     }

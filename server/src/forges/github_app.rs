@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 use viaduct_proto::v1::ForgeConnection;
 
-use super::reply::{self, Reply};
+use crate::outbound::{self as reply, Reply};
 
 /// A token is fetched again this long before it expires.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);

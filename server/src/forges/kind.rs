@@ -7,9 +7,10 @@
 //! | GitLab | `POST {api}/projects/{id or path}/statuses/{sha}` | `PRIVATE-TOKEN` | pending, running, success, failed, canceled |
 //! | Gitea, Forgejo | `POST {api}/repos/{owner}/{repo}/statuses/{sha}` | `Authorization: token` | pending, success, error, failure, warning |
 //!
-//! A skipped job is a success everywhere (its description says it was
-//! skipped, and why): a required check must never wait for a job that will
-//! not run.
+//! A job skipped because its own `if:` was false is a success everywhere
+//! (its description says it was skipped, and why): a required check must
+//! never wait for a job that will not run. One skipped because a job it
+//! needs failed arrives here as a failure (`engine::commit_status`).
 
 use serde_json::{Value, json};
 use viaduct_proto::v1::Status;

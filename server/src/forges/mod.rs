@@ -26,7 +26,6 @@ pub mod checks;
 pub mod connection;
 pub mod github_app;
 pub mod kind;
-pub mod reply;
 
 use std::{
     collections::HashMap,
@@ -41,7 +40,8 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
 use viaduct_proto::v1::{ForgeConnection, ForgeDelivery, Status};
 
-use self::{kind::Kind, reply::Reply};
+use self::kind::Kind;
+use crate::outbound::{self as reply, Reply};
 use crate::{
     convert,
     depot::Depot,

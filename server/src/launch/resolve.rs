@@ -26,6 +26,7 @@ use crate::{
     engine::runs::{NewJob, NewRun},
     error::{Error, Result},
     plugins::PluginRegistry,
+    store::records::NotifyRule,
 };
 
 /// Resolved plugins by (name, version requirement) as written.
@@ -196,6 +197,7 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, cause: &Cause, plugins: &P
         pipeline_ref: cause.pipeline_ref.clone(),
         concurrency: plan.concurrency.as_ref().map(|c| (c.group.clone(), c.cancel_in_progress)),
         jobs,
+        notify: notify_rules(&plan.notify),
         error: None,
         checkout: None,
         trust: cause.trust,
@@ -252,7 +254,33 @@ fn new_job(
         fail_fast: j.fail_fast,
         matrix_group: j.matrix_group.clone().unwrap_or_default(),
         context: ExprContext { matrix: j.matrix.clone().into_iter().collect(), ..ctx.clone() },
+        notify: notify_rules(&j.notify),
     }
+}
+
+/// `notify:` entries as the engine keeps them.
+fn notify_rules(list: &[viaduct_pipeline::spec::Notify]) -> Vec<NotifyRule> {
+    use viaduct_pipeline::spec::Channel;
+    list.iter()
+        .map(|n| {
+            let (url_secret, key_secret, to) = match &n.channel {
+                Channel::Webhook { url_secret, key_secret } => {
+                    (url_secret.clone(), key_secret.clone().unwrap_or_default(), Vec::new())
+                }
+                Channel::Slack { url_secret } | Channel::Matrix { url_secret } => {
+                    (url_secret.clone(), String::new(), Vec::new())
+                }
+                Channel::Email { to } => (String::new(), String::new(), to.clone()),
+            };
+            NotifyRule {
+                on: n.on.iter().map(|o| o.word().to_string()).collect(),
+                kind: n.channel.kind().to_string(),
+                url_secret,
+                key_secret,
+                to,
+            }
+        })
+        .collect()
 }
 
 /// Plans a run of one inline job (`Runs.Submit` with `job`).
@@ -313,5 +341,6 @@ pub fn from_inline(job: &InlineJob, cause: &Cause) -> Result<NewRun> {
         approval: cause.approval.clone(),
         request_key: cause.request_key,
         reports_status: cause.reports_status,
+        notify: Vec::new(),
     })
 }

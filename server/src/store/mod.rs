@@ -105,6 +105,9 @@ pub enum T {
     /// pipeline of a run (`pipeline:<run id>`), GitHub's check run of a
     /// context (`check:<context>`) → id, time (ms), attempt, big-endian.
     ForgeIds,
+    /// [`records::NotificationRecord`] by sequence: notifications waiting
+    /// to be sent (see `notify`).
+    NotifyOutbox,
 }
 
 impl T {
@@ -114,7 +117,7 @@ impl T {
     }
 
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 29] = [
+    pub const ALL: [T; 30] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -144,10 +147,11 @@ impl T {
         T::StatusOutbox,
         T::ForgeDelivery,
         T::ForgeIds,
+        T::NotifyOutbox,
     ];
 }
 
-const TREE_NAMES: [&str; 29] = [
+const TREE_NAMES: [&str; 30] = [
     "runs",
     "jobs",
     "steps",
@@ -177,6 +181,7 @@ const TREE_NAMES: [&str; 29] = [
     "status_outbox",
     "forge_delivery",
     "forge_ids",
+    "notify_outbox",
 ];
 
 /// The database.

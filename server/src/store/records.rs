@@ -99,6 +99,9 @@ pub struct RunRecord {
     /// become commit statuses (see `engine::commit_status`).
     #[prost(bool, tag = "24")]
     pub reports_status: bool,
+    /// Its `notify:` rules (see `engine::notifications`).
+    #[prost(message, repeated, tag = "25")]
+    pub notify: Vec<NotifyRule>,
 }
 
 /// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).
@@ -225,6 +228,93 @@ pub struct JobRecord {
     /// Its states become commit statuses (copied from the run).
     #[prost(bool, tag = "40")]
     pub reports_status: bool,
+    /// Its `notify:` rules.
+    #[prost(message, repeated, tag = "41")]
+    pub notify: Vec<NotifyRule>,
+    /// Skipped because a job it needs did not succeed (not because its own
+    /// `if:` was false): reported to forges as a failure.
+    #[prost(bool, tag = "42")]
+    pub blocked: bool,
+}
+
+/// One `notify:` entry of a run or job: where to tell, on which outcomes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotifyRule {
+    /// Outcomes: "success", "failure", "fixed", "broken".
+    #[prost(string, repeated, tag = "1")]
+    pub on: Vec<String>,
+    /// "webhook", "slack", "matrix" or "email".
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    /// Webhooks, Slack, Matrix: the secret holding the URL.
+    #[prost(string, tag = "3")]
+    pub url_secret: String,
+    /// Webhooks: the secret holding the HMAC key (empty: unsigned).
+    #[prost(string, tag = "4")]
+    pub key_secret: String,
+    /// Email: the addresses.
+    #[prost(string, repeated, tag = "5")]
+    pub to: Vec<String>,
+}
+
+/// A notification waiting to be sent: `notify_outbox` tree, key = sequence
+/// (big-endian; as `StatusRecord`'s). Written in the transition that ended
+/// the run or job (see `engine::notifications`), deleted once sent.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NotificationRecord {
+    /// Record schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Where it goes.
+    #[prost(message, optional, tag = "2")]
+    pub rule: Option<NotifyRule>,
+    /// "success", "failure", "fixed" or "broken".
+    #[prost(string, tag = "3")]
+    pub event: String,
+    /// The run.
+    #[prost(string, tag = "4")]
+    pub run_id: String,
+    /// The job; empty for a run's notification.
+    #[prost(string, tag = "5")]
+    pub job_id: String,
+    /// The run's pipeline.
+    #[prost(string, tag = "6")]
+    pub pipeline: String,
+    /// The job's name.
+    #[prost(string, tag = "7")]
+    pub job_name: String,
+    /// The run's or job's final state (`v1::Status`).
+    #[prost(int32, tag = "8")]
+    pub status: i32,
+    /// Why it ended so (first line).
+    #[prost(string, tag = "9")]
+    pub message: String,
+    /// What the run ran.
+    #[prost(message, optional, tag = "10")]
+    pub source: Option<viaduct_proto::v1::RunSource>,
+    /// When it started and ended (ms).
+    #[prost(int64, tag = "11")]
+    pub started_ms: i64,
+    /// See `started_ms`.
+    #[prost(int64, tag = "12")]
+    pub finished_ms: i64,
+    /// A run's jobs: id, name, state.
+    #[prost(message, repeated, tag = "13")]
+    pub jobs: Vec<JobBrief>,
+}
+
+/// A job in a run's notification.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobBrief {
+    /// Its id.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// Its name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Its state (`v1::Status`).
+    #[prost(int32, tag = "3")]
+    pub status: i32,
 }
 
 /// A finished earlier attempt of a job.
@@ -778,6 +868,21 @@ impl RunHead {
     pub fn pipeline_name(&self) -> &str {
         if self.pipeline_ref.is_empty() { &self.pipeline } else { &self.pipeline_ref }
     }
+}
+
+/// A job's key, name and state, without the rest (for a notification's
+/// list of jobs and the job of an earlier run).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobName {
+    /// `JobRecord::key`.
+    #[prost(string, tag = "2")]
+    pub key: String,
+    /// `JobRecord::name`.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// `JobRecord::status`.
+    #[prost(enumeration = "Status", tag = "4")]
+    pub status: i32,
 }
 
 /// What stats read of a [`JobRecord`].

@@ -151,6 +151,14 @@ const PARTS: &[Part] = &[
         check: || ok_output(&["/usr/bin/python3", "-c", "import prometheus_client.openmetrics.parser"]),
     },
     Part {
+        name: "aiosmtpd",
+        source: Source::Debian(&["python3-aiosmtpd"]),
+        purpose: "the email notification tests (a real SMTP server on loopback)",
+        probe: "/usr/lib/python3/dist-packages/aiosmtpd/__init__.py",
+        version: &[],
+        check: || ok_output(&["/usr/bin/python3", "-c", "import aiosmtpd.controller, aiosmtpd.handlers"]),
+    },
+    Part {
         name: "nix",
         source: Source::Debian(&["nix-bin"]),
         purpose: "the nix-check plugin's end-to-end test (a real flake)",

@@ -197,6 +197,10 @@ pub enum SecretsCommand {
         /// only, e.g. `ghcr.io` or `127.0.0.1:5000`.
         #[arg(long, value_name = "HOST")]
         registry: Option<String>,
+        /// For the server only, never given to a job: a forge token or
+        /// GitHub App key (which must be), a notification URL.
+        #[arg(long)]
+        server_only: bool,
     },
     /// List secret names.
     List,

@@ -654,7 +654,7 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
 /// `viaduct secrets …`.
 pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure> {
     match cmd {
-        SecretsCommand::Set { name, value, repos, pipelines, branches, pull_requests, registry } => {
+        SecretsCommand::Set { name, value, repos, pipelines, branches, pull_requests, registry, server_only } => {
             let value = match value {
                 Some(v) => v,
                 None => {
@@ -664,8 +664,14 @@ pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure
                     v.strip_suffix('\n').map(str::to_string).unwrap_or(v)
                 }
             };
-            let scope =
-                SecretScope { repos, pipelines, branches, pull_requests, registry: registry.unwrap_or_default() };
+            let scope = SecretScope {
+                repos,
+                pipelines,
+                branches,
+                pull_requests,
+                registry: registry.unwrap_or_default(),
+                server_only,
+            };
             let info = client.secrets().set(SetSecretRequest { name: name.clone(), value, scope: Some(scope) }).await?;
             println!("secret {name} set ({})", view::scope_text(info.into_inner().scope.as_ref()));
             Ok(())

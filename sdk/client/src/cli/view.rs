@@ -316,5 +316,8 @@ pub fn scope_text(s: Option<&viaduct_sdk::proto::v1::SecretScope>) -> String {
     if !s.pull_requests {
         rules.push("no pull requests".into());
     }
+    if s.server_only {
+        rules.push("server only".into());
+    }
     rules.join("; ")
 }

@@ -1,5 +1,7 @@
-//! What a forge's answer to a status means: taken, try again (and when), or
-//! refused for good.
+//! Calls the server makes to other services (forges, notification
+//! webhooks): where they may go ([`check_destination`]), and what an
+//! answer means ([`classify`]: taken, try again — and when — or refused for
+//! good).
 
 use std::time::Duration;
 
@@ -58,6 +60,31 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now_s: u64
         // which an administrator can fix: tried again until they expire.
         500..=599 | 408 | 401 | 403 | 404 => Reply::Retry { wait: retry_after.map(|w| w.min(MAX_WAIT)), why },
         _ => Reply::Refused(why),
+    }
+}
+
+/// `https://`, or `http://` to a loopback address; no credentials, query or
+/// fragment in it (a token or signing key goes with the call: over a
+/// network only encrypted, and only where its owner said).
+pub fn check_destination(what: &str, url: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{what} `{}`: {why}", url.escape_debug()));
+    let Ok(parsed) = url::Url::parse(url) else { return bad("not a URL") };
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.fragment().is_some() {
+        return bad("no credentials or fragment in it");
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return bad("no host"),
+    };
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => {
+            bad("use https:// (http:// only to this machine: what is sent would cross the network in clear text)")
+        }
+        _ => bad("use https://"),
     }
 }
 
