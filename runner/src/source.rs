@@ -72,10 +72,20 @@ impl Sources {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(std::time::Duration::from_secs(5));
                 }
-                Err(Fetch::Status(s)) => {
-                    return Err(format!("the server refused the source: {}", viaduct_sdk::status_line(&s)));
+                Err(e) => {
+                    let _ = std::fs::remove_file(&archive);
+                    return Err(match e {
+                        Fetch::Status(s) if s.code() == tonic::Code::Unavailable => {
+                            format!(
+                                "the server stayed away for {}s: {}",
+                                SERVER_AWAY.as_secs(),
+                                viaduct_sdk::status_line(&s)
+                            )
+                        }
+                        Fetch::Status(s) => format!("the server refused the source: {}", viaduct_sdk::status_line(&s)),
+                        Fetch::Local(e) => e,
+                    });
                 }
-                Err(Fetch::Local(e)) => return Err(e),
             }
         };
         let (a, d) = (archive.clone(), dest.to_path_buf());

@@ -45,7 +45,12 @@ pub fn router(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(signed_metrics))
         .with_state((status, Arc::clone(&depot), gate))
-        .merge(Router::new().route("/webhooks/{repo}", post(webhooks::handle)).with_state(triggers))
+        .merge(
+            Router::new()
+                .route("/webhooks/{repo}", post(webhooks::handle))
+                .route("/webhooks/github-app/{app_id}", post(webhooks::handle_app))
+                .with_state(triggers),
+        )
         .merge(Router::new().route("/git/{*path}", any(smart_http::handle)).with_state(git))
         .merge(Router::new().route("/artifacts/{run}/{job}/{*name}", get(artifact)).with_state(depot))
 }

@@ -55,6 +55,16 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now_s: u64
         let wait = retry_after.or(if exhausted { reset } else { None }).unwrap_or(RATE_LIMIT_WAIT).min(MAX_WAIT);
         return Reply::Retry { wait: Some(wait), why: format!("rate limited, waiting {}s ({why})", wait.as_secs()) };
     }
+    if status.is_redirection() {
+        // Redirects are not followed (a token goes only where it was told):
+        // a moved repository is for an administrator to see and fix.
+        let to = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("?");
+        let to: String = to.chars().filter(|c| !c.is_control()).take(200).collect();
+        return Reply::Retry {
+            wait: None,
+            why: format!("HTTP {}: moved to {to} (redirects are not followed)", status.as_u16()),
+        };
+    }
     match status.as_u16() {
         // The server's trouble, or the token's or the repository's name —
         // which an administrator can fix: tried again until they expire.
@@ -127,6 +137,10 @@ mod tests {
         let none = HeaderMap::new();
         assert!(matches!(classify(StatusCode::BAD_GATEWAY, &none, b"", 0), Reply::Retry { wait: None, .. }));
         assert!(matches!(classify(StatusCode::UNAUTHORIZED, &none, b"", 0), Reply::Retry { .. }));
+        let moved = headers(&[("location", "https://api.github.com/repositories/42/statuses/x")]);
+        assert!(
+            matches!(classify(StatusCode::MOVED_PERMANENTLY, &moved, b"", 0), Reply::Retry { why, .. } if why.contains("moved to https://api.github.com/repositories/42"))
+        );
         let r = classify(StatusCode::UNPROCESSABLE_ENTITY, &none, br#"{"message":"No commit found for SHA: x"}"#, 0);
         assert_eq!(r, Reply::Refused("HTTP 422: No commit found for SHA: x".into()));
         assert!(matches!(classify(StatusCode::CREATED, &none, br#"{"id":1}"#, 0), Reply::Accepted(v) if v["id"] == 1));

@@ -384,6 +384,8 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
 /// A GitHub App's private key and its public half (made for these tests only).
 const APP_KEY: &str = include_str!("../fixtures/github-app-test-key.pem");
 const APP_PUBLIC_KEY: &str = include_str!("../fixtures/github-app-test-key.pub.pem");
+/// The GitHub App's webhook secret.
+const APP_HOOK_SECRET: &str = "app-hook-secret-5e1d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_the_run() {
@@ -400,8 +402,14 @@ async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_
         project: "org/app".into(),
         app_id: APP.to_string(),
         app_key_secret: "GH_APP_KEY".into(),
+        app_webhook_secret: "GH_APP_HOOK".into(),
+        check_logs: true,
         ..Default::default()
     };
+    let hook_secret = v1::SecretScope { repos: vec!["app".into()], server_only: true, ..Default::default() };
+    let req =
+        v1::SetSecretRequest { name: "GH_APP_HOOK".into(), value: APP_HOOK_SECRET.into(), scope: Some(hook_secret) };
+    client.secrets().set(req).await.unwrap();
     let (_u, _bare, _wt, sha) = reporting_mirror(&client, "app", FAILING, app, APP_KEY).await;
     let run = finished(&client, &runs_of(&client, "app").await[0].id).await;
     assert_eq!(word(run.status), "failure");
@@ -433,7 +441,7 @@ async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_
     assert_eq!(deploy.conclusion.as_deref(), Some("failure"), "skipped after a failure: {deploy:?}");
     assert!(deploy.title.starts_with("skipped"), "{deploy:?}");
     let whole = check("viaduct/ci").pop().unwrap();
-    assert!(whole.summary.contains("| test | failure |"), "{}", whole.summary);
+    assert!(whole.summary.contains("| `test` | failure |"), "{}", whole.summary);
     assert!(forge.deliveries().iter().all(|d| d.check_run.is_some()), "an app reports check runs, not statuses");
     assert!(forge.refused_except_revoked().is_empty(), "{:?}", forge.refused_except_revoked());
     assert_eq!(forge.tokens_issued(), 1, "one installation token, kept");
@@ -441,23 +449,29 @@ async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_
     // "Re-run" on the failed job's check run, after GitHub revoked the token:
     // the run is retried, its retried jobs get new check runs.
     forge.revoke_tokens();
-    let rerun = |app: u64, delivery: &str| {
-        let body = forge.rerequested_payload(test.id, app, "octocat");
-        let sig = viaduct_tests::forge::sign(HOOK_SECRET, body.as_bytes());
-        let h =
-            [("x-github-event", "check_run"), ("x-github-delivery", delivery), ("x-hub-signature-256", sig.as_str())];
-        let (code, reply) = viaduct_tests::http(server.addr(), "POST", "/webhooks/app", &h, body.as_bytes());
+    // GitHub sends it to the app's webhook, signed with the app's secret.
+    let send = |app: u64, event: &str, body: &str, secret: &str, delivery: &str| {
+        let sig = viaduct_tests::forge::sign(secret, body.as_bytes());
+        let h = [("x-github-event", event), ("x-github-delivery", delivery), ("x-hub-signature-256", sig.as_str())];
+        let path = format!("/webhooks/github-app/{app}");
+        let (code, reply) = viaduct_tests::http(server.addr(), "POST", &path, &h, body.as_bytes());
         (code, String::from_utf8_lossy(&reply).into_owned())
     };
-    let (code, reply) = rerun(APP + 1, "r-0");
-    assert_eq!((code, reply.contains("ignored")), (200, true), "another app's check run: {reply}");
+    let rerun = forge.rerequested_payload(test.id, APP, "octocat");
+    let (code, _) =
+        send(APP + 1, "check_run", &forge.rerequested_payload(test.id, APP + 1, "octocat"), APP_HOOK_SECRET, "r-0");
+    assert_eq!(code, 401, "another app's webhook");
+    let (code, _) = send(APP, "check_run", &rerun, "not-the-secret", "r-1");
+    assert_eq!(code, 401, "a forged signature");
     assert_eq!(
         client.runs().get(v1::GetRunRequest { id: run.id.clone() }).await.unwrap().into_inner().status,
         run.status
     );
-    let (code, reply) = rerun(APP, "r-1");
+    let (code, reply) = send(APP, "check_run", &rerun, APP_HOOK_SECRET, "r-2");
     assert_eq!(code, 200, "{reply}");
-    assert!(reply.contains(&format!("\"retried\":\"{}\"", run.id)), "{reply}");
+    assert!(reply.contains(&format!("\"retried\":[\"{}\"]", run.id)), "{reply}");
+    let (code, reply) = send(APP, "check_run", &rerun, APP_HOOK_SECRET, "r-2");
+    assert!(code == 200 && reply.contains("duplicate"), "a delivery acted on once: {reply}");
     forge
         .wait_for("new check runs for the retried jobs", |_| {
             let again = check("viaduct/ci/test");
@@ -466,6 +480,22 @@ async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_
         .await;
     assert_eq!(check("viaduct/ci/build").len(), 1, "a job that succeeded is not run again");
     assert!(forge.tokens_issued() >= 2, "a revoked token is replaced");
+    // "Re-run all checks": every run of the commit that reported checks.
+    let suite = serde_json::json!({
+        "action": "rerequested",
+        "check_suite": {"id": 1, "head_sha": sha, "app": {"id": APP}},
+        "repository": {"full_name": "org/app"},
+        "sender": {"login": "octocat"},
+    })
+    .to_string();
+    let (code, reply) = send(APP, "check_suite", &suite, APP_HOOK_SECRET, "r-3");
+    assert!(code == 200 && reply.contains(&run.id), "{reply}");
+    forge
+        .wait_for("a third attempt's check run", |_| {
+            let again = check("viaduct/ci/test");
+            (again.len() == 3 && again.iter().all(|c| c.status == "completed")).then_some(())
+        })
+        .await;
     assert!(forge.refused_except_revoked().is_empty(), "{:?}", forge.refused_except_revoked());
     assert!(!server.log().contains("BEGIN RSA PRIVATE KEY"));
 }

@@ -197,9 +197,15 @@ fn word(s: Status) -> &'static str {
     s.word()
 }
 
-/// A table cell: one line, no pipes.
+/// A table cell: what a pipeline or a job wrote, as inline code — so a
+/// step named `[passed](https://…)` or `<img …>` is text, not a link or an
+/// image — one line, without backticks or pipes that would end it.
 fn cell(s: &str) -> String {
-    s.lines().next().unwrap_or_default().replace('|', "\\|").chars().take(200).collect()
+    let line: String = s.lines().next().unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect();
+    if line.is_empty() {
+        return String::new();
+    }
+    format!("`{}`", line.replace('`', "ˋ").replace('|', "\\|"))
 }
 
 /// Without ANSI escape sequences (colours) and other control characters.
@@ -292,7 +298,7 @@ mod tests {
         let log = (1..=40).map(|i| format!("line {i}")).collect::<Vec<_>>().join("\n") + "\n```evil";
         let s = job_summary(&job, Some(("te|st", &log)));
         assert!(
-            s.contains("| te\\|st | failure | exit 3 |") && !s.contains("line 10\n") && s.contains("line 40"),
+            s.contains("| `te\\|st` | failure | `exit 3` |") && !s.contains("line 10\n") && s.contains("line 40"),
             "{s}"
         );
         assert!(!s.contains("```evil"), "the log cannot close the code block");

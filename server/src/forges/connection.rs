@@ -73,8 +73,14 @@ pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnect
                 ));
             }
             crate::secrets::check_name(&conn.app_key_secret)?;
+            if !conn.app_webhook_secret.is_empty() {
+                crate::secrets::check_name(&conn.app_webhook_secret)?;
+            }
         }
         (true, _) => return Err(Error::invalid("only GitHub has apps: use `token_secret`")),
+        (false, _) if !conn.app_webhook_secret.is_empty() => {
+            return Err(Error::invalid("`app_webhook_secret` is a GitHub App's: set `app_id` too"));
+        }
         (false, _) if conn.token_secret.is_empty() => {
             return Err(Error::invalid("set the secret that holds the forge's access token (`token_secret`)"));
         }
@@ -94,12 +100,31 @@ pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnect
         app_id: conn.app_id.clone(),
         app_key_secret: conn.app_key_secret.clone(),
         installation_id: conn.installation_id,
+        check_logs: conn.check_logs,
+        app_webhook_secret: conn.app_webhook_secret.clone(),
     })
 }
 
 /// The secret a connection authenticates with: the token's, or the app's key's.
 pub fn credential_secret(conn: &ForgeConnection) -> &str {
     if conn.app_id.is_empty() { &conn.token_secret } else { &conn.app_key_secret }
+}
+
+/// An app's webhook secret must be the server's only, and admit this
+/// repository (the app's other repositories may share it).
+pub fn check_webhook_secret_scope(
+    repo: &str,
+    secret: &str,
+    scope: Option<&viaduct_proto::v1::SecretScope>,
+) -> Result<()> {
+    let ok = scope.is_some_and(|s| s.server_only && s.repos.iter().any(|r| r == repo));
+    if !ok {
+        return Err(Error::FailedPrecondition(format!(
+            "secret `{secret}` must exist, be for the server only and admit repository `{repo}` \
+             (viaduct secrets set {secret} --repo {repo} --server-only)"
+        )));
+    }
+    Ok(())
 }
 
 /// The token secret must be the server's only (no job can read it) and

@@ -57,13 +57,15 @@ use crate::{
 };
 
 /// The most statuses of one repository read in one pass.
-pub const BATCH: usize = 500;
+pub const BATCH: usize = 2000;
 /// Statuses of one repository in flight at once (GitLab: one).
 const IN_FLIGHT: usize = 4;
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A status still failing this long after its state was reached is dropped.
 pub const EXPIRY_MS: i64 = 24 * 3600 * 1000;
+/// Waiting statuses counted for `Repos.Get`, at most.
+const MAX_COUNTED: usize = 100_000;
 /// Bytes of a failing step's log read for its check run.
 const LOG_TAIL: u64 = 64 * 1024;
 /// How long ids a forge gave back (GitLab's pipelines) are kept.
@@ -108,11 +110,23 @@ struct Context {
     newest: StatusRecord,
 }
 
+/// An id a forge gave back (a GitLab pipeline, a GitHub check run), with
+/// the attempt and rank (0 waiting, 1 running, 2 ended) of the state it was
+/// last given for.
+#[derive(Debug, Clone, Copy)]
+struct ForgeId {
+    id: u64,
+    attempt: u32,
+    rank: u8,
+}
+
 /// How a context's send went.
 enum Sent {
     Accepted,
     Retry(Option<Duration>, String),
     Dropped(String),
+    /// Not sent: an earlier one of the pass failed.
+    Held,
 }
 
 impl Forges {
@@ -236,58 +250,52 @@ impl Forges {
     /// One pass over a repository's waiting statuses. `Some(wait)`: some
     /// must be tried again (after `wait`, if the forge said).
     async fn pass(&self, repo: &str) -> Result<Option<Option<Duration>>> {
-        let mut prefix = repo.as_bytes().to_vec();
-        prefix.push(0);
-        let mut read = Vec::new();
-        for kv in self.store.tree(T::StatusOutbox).scan_prefix(&prefix).take(BATCH) {
-            let (key, value) = kv?;
-            read.push((key, decode::<StatusRecord>(T::StatusOutbox, &value)?));
-        }
+        let read = self.read_waiting(repo)?;
         if read.is_empty() {
             return Ok(None);
         }
-        let conn = match self.repos.get(repo).map(|r| r.forge) {
-            Ok(Some(conn)) if !conn.kind.is_empty() => conn,
-            _ => {
-                // The repository or its connection is gone: nobody to tell.
-                tracing::info!(repo, statuses = read.len(), "no forge connection: statuses dropped");
-                self.forget(read.into_iter().map(|(k, _)| k), 0)?;
-                return Ok(None);
-            }
+        let conn = match self.repos.get(repo) {
+            Ok(r) => r.forge.filter(|c| !c.kind.is_empty()),
+            Err(crate::error::Error::NotFound(_)) => None,
+            // Not the repository's fault: try again.
+            Err(e) => return Err(e),
         };
-        let secret = match self.repos.secret(connection::credential_secret(&conn)) {
-            Ok(t) => t,
-            Err(e) => {
-                self.failed(repo, &e.to_string())?;
-                return Ok(Some(None));
-            }
+        let Some(conn) = conn else {
+            // The repository or its connection is gone: nobody to tell.
+            tracing::info!(repo, statuses = read.len(), "no forge connection: statuses dropped");
+            self.forget(read.into_iter().map(|(k, _)| k), 0)?;
+            return Ok(None);
         };
-        let token = if conn.app_id.is_empty() {
-            secret
-        } else {
-            match self.app_tokens.token(&self.http, &conn, &secret).await {
-                Ok(token) => token,
-                Err(Reply::Retry { wait, why }) => {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    self.failed(repo, &why)?;
-                    return Ok(Some(wait));
-                }
-                Err(Reply::Refused(why)) => {
-                    self.failed(repo, &why)?;
-                    return Ok(Some(None));
-                }
-                Err(Reply::Accepted(_)) => return Ok(Some(None)),
+        let token = match self.credential(&conn).await {
+            Ok(token) => token,
+            Err((wait, why)) => {
+                // Nothing could be sent: what is too old goes now, not never.
+                self.expire(repo, read, &why)?;
+                self.failed(repo, &why)?;
+                return Ok(Some(wait));
             }
         };
         // Sent only once durable: a forge never shows a state a crash undoes.
+        // This flush also covers the previous pass's deletions, so a crash
+        // cannot bring back a status older than one sent since.
         self.store.wait_durable(self.store.ticket_soon()).await;
-        let contexts = coalesce(read);
+        let contexts = coalesce(read, !conn.app_id.is_empty());
         let kind = Kind::parse(&conn.kind).unwrap_or(Kind::GitHub);
         let in_flight = if kind.one_at_a_time() { 1 } else { IN_FLIGHT };
         let (conn, token) = (&conn, token.as_str());
+        // After a rate limit, a server error or no answer, the rest of the
+        // pass is held back: the forge is asked to wait, not flooded.
+        let halt = std::sync::atomic::AtomicBool::new(false);
+        let halt = &halt;
         let results: Vec<(Context, Sent)> = futures_util::stream::iter(contexts)
             .map(|c| async move {
+                if halt.load(Ordering::Relaxed) {
+                    return (c, Sent::Held);
+                }
                 let sent = self.send(repo, kind, conn, token, &c.newest).await;
+                if matches!(sent, Sent::Retry(..)) {
+                    halt.store(true, Ordering::Relaxed);
+                }
                 (c, sent)
             })
             .buffered(in_flight)
@@ -320,12 +328,66 @@ impl Forges {
                     });
                     error = Some(why);
                 }
+                Sent::Held => retry = Some(retry.flatten()),
             }
         }
         self.forget(done.into_iter(), dropped)?;
         self.counters.delivered.fetch_add(delivered, Ordering::Relaxed);
         self.record(repo, delivered, error.as_deref())?;
         Ok(retry)
+    }
+
+    /// The statuses of `repo` waiting, oldest first (at most [`BATCH`]);
+    /// one that cannot be read is deleted, with a line in the log.
+    fn read_waiting(&self, repo: &str) -> Result<Vec<(Vec<u8>, StatusRecord)>> {
+        let mut prefix = repo.as_bytes().to_vec();
+        prefix.push(0);
+        let (mut read, mut broken) = (Vec::new(), Vec::new());
+        for kv in self.store.tree(T::StatusOutbox).scan_prefix(&prefix).take(BATCH) {
+            let (key, value) = kv?;
+            match decode::<StatusRecord>(T::StatusOutbox, &value) {
+                Ok(rec) => read.push((key, rec)),
+                Err(e) => {
+                    tracing::warn!(repo, error = %e, "a waiting status cannot be read: dropped");
+                    broken.push(key);
+                }
+            }
+        }
+        if !broken.is_empty() {
+            self.forget(broken.into_iter(), 0)?;
+        }
+        Ok(read)
+    }
+
+    /// The token to send with: the connection's, or its GitHub App's
+    /// installation token. On failure: how long to wait (if the forge
+    /// said) and why.
+    async fn credential(&self, conn: &ForgeConnection) -> std::result::Result<String, (Option<Duration>, String)> {
+        let secret = self.repos.secret(connection::credential_secret(conn)).map_err(|e| (None, e.to_string()))?;
+        if conn.app_id.is_empty() {
+            return Ok(secret);
+        }
+        match self.app_tokens.token(&self.http, conn, &secret).await {
+            Ok(token) => Ok(token),
+            Err(Reply::Retry { wait, why }) => {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                Err((wait, why))
+            }
+            Err(Reply::Refused(why)) => Err((None, why)),
+            Err(Reply::Accepted(_)) => Err((None, "GitHub App sign-in gave no token".into())),
+        }
+    }
+
+    /// Drops the statuses of `read` older than [`EXPIRY_MS`].
+    fn expire(&self, repo: &str, read: Vec<(Vec<u8>, StatusRecord)>, why: &str) -> Result<()> {
+        let cutoff = now_ms() - EXPIRY_MS;
+        let old: Vec<Vec<u8>> = read.into_iter().filter(|(_, s)| s.time_ms < cutoff).map(|(k, _)| k).collect();
+        if !old.is_empty() {
+            tracing::warn!(repo, statuses = old.len(), error = why, "statuses given up on: still failing after a day");
+            let n = old.len() as u64;
+            self.forget(old.into_iter(), n)?;
+        }
+        Ok(())
     }
 
     /// Sends one status: a commit status, or a check run for a GitHub App.
@@ -340,7 +402,7 @@ impl Forges {
             return self.send_check(repo, conn, token, s, (&context, status, &target_url)).await;
         }
         let ids_key = ids_key(repo, &s.commit, &format!("pipeline:{}", s.run_id));
-        let pipeline_id = if kind == Kind::GitLab { self.id(&ids_key).map(|(id, _)| id) } else { None };
+        let pipeline_id = if kind == Kind::GitLab { self.id(&ids_key).map(|id| id.id) } else { None };
         let out = kind::Outgoing {
             project: &conn.project,
             sha: &s.commit,
@@ -356,7 +418,7 @@ impl Forges {
             Reply::Accepted(reply) => {
                 tracing::debug!(context, state = kind.state(status), "status delivered");
                 if let Some(id) = kind.pipeline_of(&reply).filter(|id| Some(*id) != pipeline_id) {
-                    self.keep_id(&ids_key, id, 0);
+                    self.keep_id(&ids_key, ForgeId { id, attempt: 0, rank: 0 });
                 }
                 Sent::Accepted
             }
@@ -373,15 +435,38 @@ impl Forges {
         s: &StatusRecord,
         (context, status, target_url): (&str, Status, &str),
     ) -> Sent {
-        let ids_key = ids_key(repo, &s.commit, &format!("check:{context}"));
+        // One check run per run, context and attempt (a retried job or run
+        // is a new one, as GitHub's re-runs are).
+        let ids_key = ids_key(repo, &s.commit, &format!("check:{}:{context}", s.run_id));
         let rank = checks::rank(status);
-        // Another attempt (a retried job or run) is a new check run.
-        let existing = self.id(&ids_key).filter(|(_, attempt)| *attempt == s.attempt).map(|(id, _)| id);
-        let output = if rank == 2 { self.check_output(s).await } else { checks::Output::default() };
-        let external_id = if s.job_id.is_empty() { &s.run_id } else { &s.job_id };
+        let stored = self.id(&ids_key);
+        let existing = stored.filter(|id| id.attempt == s.attempt);
         let api = conn.api_url.trim_end_matches('/');
+        let auth = Kind::GitHub.auth(token);
+        // An earlier attempt that never reported its end (retried at once)
+        // must not stay "in progress" forever.
+        if let Some(old) = stored.filter(|id| id.attempt < s.attempt && id.rank < 2) {
+            let body = serde_json::json!({
+                "status": "completed",
+                "conclusion": "neutral",
+                "output": {"title": format!("superseded by attempt {}", s.attempt), "summary": "This attempt was retried."},
+            });
+            let url = format!("{api}/repos/{}/check-runs/{}", conn.project, old.id);
+            if let Reply::Retry { why, .. } | Reply::Refused(why) =
+                self.request(reqwest::Method::PATCH, url, auth.clone(), &body).await
+            {
+                tracing::info!(context, error = %why, "an earlier attempt's check run was not closed");
+            }
+        }
+        let mut output =
+            if rank == 2 { self.check_output(conn.check_logs, s).await } else { checks::Output::default() };
+        if existing.is_some_and(|id| id.rank == 2) {
+            // Sent again (after a crash): GitHub would add the annotations twice.
+            output.annotations.clear();
+        }
+        let external_id = if s.job_id.is_empty() { &s.run_id } else { &s.job_id };
         let (method, url, create) = match existing {
-            Some(id) => (reqwest::Method::PATCH, format!("{api}/repos/{}/check-runs/{id}", conn.project), None),
+            Some(id) => (reqwest::Method::PATCH, format!("{api}/repos/{}/check-runs/{}", conn.project, id.id), None),
             None => (
                 reqwest::Method::POST,
                 format!("{api}/repos/{}/check-runs", conn.project),
@@ -389,9 +474,8 @@ impl Forges {
             ),
         };
         let body = checks::body(create, status, &s.description, target_url, external_id, &output);
-        let auth = Kind::GitHub.auth(token);
         let id = match self.request(method, url, auth.clone(), &body).await {
-            Reply::Accepted(reply) => match existing.or(reply["id"].as_u64()) {
+            Reply::Accepted(reply) => match existing.map(|id| id.id).or(reply["id"].as_u64()) {
                 Some(id) => id,
                 None => return Sent::Dropped("GitHub's answer named no check run".into()),
             },
@@ -400,9 +484,14 @@ impl Forges {
                 self.app_tokens.forget(conn);
                 return self.not_sent(context, Reply::Retry { wait, why });
             }
+            // The check run is gone (the project changed): a new one next time.
+            Reply::Retry { wait, why } if why.starts_with("HTTP 404") && existing.is_some() => {
+                self.forget_id(&ids_key);
+                return self.not_sent(context, Reply::Retry { wait, why });
+            }
             other => return self.not_sent(context, other),
         };
-        self.keep_id(&ids_key, id, s.attempt);
+        self.keep_id(&ids_key, ForgeId { id, attempt: s.attempt, rank });
         // Beyond the first 50 annotations: further updates, 50 each.
         for more in output.annotations.chunks(checks::PER_REQUEST).skip(1) {
             let body =
@@ -419,9 +508,10 @@ impl Forges {
         Sent::Accepted
     }
 
-    /// What an ended check run says: a run's jobs; a job's steps, its
-    /// failing step's last log lines and their `file:line` annotations.
-    async fn check_output(&self, s: &StatusRecord) -> checks::Output {
+    /// What an ended check run says: a run's jobs; a job's steps, and with
+    /// `logs` its failing step's last log lines and their `file:line`
+    /// annotations (of the attempt the state is of).
+    async fn check_output(&self, logs: bool, s: &StatusRecord) -> checks::Output {
         let Some(run) = RunId::parse(&s.run_id).ok().and_then(|id| self.engine.get_run(id).ok()) else {
             return checks::Output::default();
         };
@@ -432,8 +522,10 @@ impl Forges {
         let failing =
             job.steps.iter().find(|st| matches!(Status::try_from(st.status), Ok(Status::Failure | Status::TimedOut)));
         let log = match failing {
-            Some(step) => self.log_tail(&step.id, job.attempt).await.map(|log| (step.name.clone(), log)),
-            None => None,
+            Some(step) if logs && job.attempt == s.attempt => {
+                self.log_tail(&step.id, job.attempt).await.map(|log| (step.name.clone(), log))
+            }
+            _ => None,
         };
         let annotations = log.as_ref().map(|(_, l)| checks::annotations(l)).unwrap_or_default();
         let summary = checks::job_summary(job, log.as_ref().map(|(n, l)| (n.as_str(), l.as_str())));
@@ -548,7 +640,8 @@ impl Forges {
         let rec: ForgeDeliveryRecord = self.store.get(T::ForgeDelivery, repo.as_bytes())?.unwrap_or_default();
         let mut prefix = repo.as_bytes().to_vec();
         prefix.push(0);
-        let pending = self.store.tree(T::StatusOutbox).scan_prefix(&prefix).count() as u64;
+        // Counted up to a bound: a `Get` stays cheap during a long outage.
+        let pending = self.store.tree(T::StatusOutbox).scan_prefix(&prefix).take(MAX_COUNTED).count() as u64;
         Ok(Some(ForgeDelivery {
             delivered: rec.delivered,
             pending,
@@ -558,24 +651,36 @@ impl Forges {
         }))
     }
 
-    /// An id the forge gave back, and the attempt it was given for (check
-    /// runs). Value: id, time (ms), attempt, big-endian.
-    fn id(&self, key: &[u8]) -> Option<(u64, u32)> {
+    /// An id the forge gave back.
+    fn id(&self, key: &[u8]) -> Option<ForgeId> {
         let v = self.store.tree(T::ForgeIds).get(key).ok().flatten()?;
-        let attempt = v.get(16..20).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes);
-        Some((u64::from_be_bytes(v.get(..8)?.try_into().ok()?), attempt))
+        Some(ForgeId {
+            id: u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+            attempt: v.get(16..20).and_then(|b| b.try_into().ok()).map_or(0, u32::from_be_bytes),
+            rank: v.get(20).copied().unwrap_or(0),
+        })
     }
 
     /// Keeps an id the forge gave back (a failure only means a new one
-    /// next time).
-    fn keep_id(&self, key: &[u8], id: u64, attempt: u32) {
-        let mut value = id.to_be_bytes().to_vec();
+    /// next time). Value: id, time (ms), attempt, rank, big-endian.
+    fn keep_id(&self, key: &[u8], id: ForgeId) {
+        let mut value = id.id.to_be_bytes().to_vec();
         value.extend_from_slice(&now_ms().to_be_bytes());
-        value.extend_from_slice(&attempt.to_be_bytes());
+        value.extend_from_slice(&id.attempt.to_be_bytes());
+        value.push(id.rank);
         let mut ws = WriteSet::default();
         ws.put_raw(T::ForgeIds, key, value);
         if let Err(e) = self.store.commit(&ws) {
             tracing::warn!(error = %e, "cannot keep an id the forge gave back");
+        }
+    }
+
+    /// Forgets an id the forge no longer knows.
+    fn forget_id(&self, key: &[u8]) {
+        let mut ws = WriteSet::default();
+        ws.delete(T::ForgeIds, key);
+        if let Err(e) = self.store.commit(&ws) {
+            tracing::warn!(error = %e, "cannot forget an id the forge gave back");
         }
     }
 
@@ -588,6 +693,10 @@ impl Forges {
             let at = v.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, i64::from_be_bytes);
             if at < cutoff {
                 ws.delete(T::ForgeIds, k);
+            }
+            // In small write sets.
+            if ws.len() >= 1000 {
+                self.store.commit(&std::mem::take(&mut ws))?;
             }
         }
         self.store.commit(&ws)
@@ -603,14 +712,16 @@ pub fn context_name(conn: &ForgeConnection, s: &StatusRecord) -> String {
     }
 }
 
-/// The statuses read, by context (commit, pipeline, job), each with only
-/// its newest, ordered by when their newest was written.
-fn coalesce(read: Vec<(Vec<u8>, StatusRecord)>) -> Vec<Context> {
-    let mut at: HashMap<(String, String, String), usize> = HashMap::new();
+/// The statuses read, by context (commit, pipeline, job — and attempt, for
+/// check runs, since each attempt has its own), each with only its newest,
+/// ordered by when their newest was written.
+fn coalesce(read: Vec<(Vec<u8>, StatusRecord)>, per_attempt: bool) -> Vec<Context> {
+    let mut at: HashMap<(String, String, String, u32), usize> = HashMap::new();
     let mut contexts: Vec<Option<Context>> = Vec::new();
     let mut order: Vec<usize> = Vec::new();
     for (key, rec) in read {
-        let id = (rec.commit.clone(), rec.pipeline.clone(), rec.job.clone());
+        let attempt = if per_attempt { rec.attempt } else { 0 };
+        let id = (rec.commit.clone(), rec.pipeline.clone(), rec.job.clone(), attempt);
         match at.get(&id) {
             Some(&i) => {
                 let c = contexts[i].as_mut().expect("present");
@@ -627,6 +738,22 @@ fn coalesce(read: Vec<(Vec<u8>, StatusRecord)>) -> Vec<Context> {
         }
     }
     order.into_iter().filter_map(|i| contexts[i].take()).collect()
+}
+
+/// The runs of `repo` that reported check runs on `sha`.
+pub fn runs_with_check_runs(store: &Store, repo: &str, sha: &str) -> Result<Vec<RunId>> {
+    let prefix = ids_key(repo, sha, "check:");
+    let mut runs = Vec::new();
+    for kv in store.tree(T::ForgeIds).scan_prefix(&prefix) {
+        let (key, _) = kv?;
+        let rest = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        if let Some(id) = rest.split(':').next().and_then(|r| RunId::parse(r).ok())
+            && !runs.contains(&id)
+        {
+            runs.push(id);
+        }
+    }
+    Ok(runs)
 }
 
 /// The `forge_ids` key of `what` for a commit of a repository.
@@ -657,7 +784,7 @@ mod tests {
             (b"4".to_vec(), status("b", "", Status::Queued)),
             (b"5".to_vec(), status("a", "build", Status::Success)),
         ];
-        let got: Vec<(String, String, i32, usize)> = coalesce(read)
+        let got: Vec<(String, String, i32, usize)> = coalesce(read, false)
             .into_iter()
             .map(|c| (c.newest.commit, c.newest.job, c.newest.status, c.keys.len()))
             .collect();

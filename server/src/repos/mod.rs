@@ -217,6 +217,7 @@ impl Repos {
         }
         let _guard = self.lock_for(name).lock_owned().await;
         let mut rec = self.get(name)?;
+        let mut extra = WriteSet::default();
         if let Some(policy) = pull_requests {
             rec.pull_requests = Some(policy);
             tracing::info!(repo = name, "pull request policy changed");
@@ -233,10 +234,31 @@ impl Repos {
             }
             rec.forge = self.forge_connection(name, &rec.url, &conn)?;
             tracing::info!(repo = name, forge = ?rec.forge.as_ref().map(|f| (&f.kind, &f.api_url, &f.project)), "forge connection changed");
+            // Ids of the old connection (check runs, pipelines) mean nothing
+            // to the new one; statuses waiting go to the new one.
+            self.forget_forge_state(name, &mut extra, false)?;
         }
-        let ws = self.save(name, &rec, WriteSet::default())?;
+        let ws = self.save(name, &rec, extra)?;
         self.store.commit_durable(&ws).await?;
         Ok(rec)
+    }
+
+    /// Adds to `ws` the deletion of what the server keeps of `name`'s forge:
+    /// the ids it gave back and how delivery went — and with `outbox`, the
+    /// statuses still waiting.
+    fn forget_forge_state(&self, name: &str, ws: &mut WriteSet, outbox: bool) -> Result<()> {
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        let trees: &[T] = if outbox { &[T::ForgeIds, T::StatusOutbox] } else { &[T::ForgeIds] };
+        for tree in trees {
+            for kv in self.store.tree(*tree).scan_prefix(&prefix) {
+                ws.delete(*tree, kv?.0);
+            }
+        }
+        if outbox {
+            ws.delete(T::ForgeDelivery, name.as_bytes());
+        }
+        Ok(())
     }
 
     /// A forge connection checked and completed (`None`: none, when its
@@ -249,6 +271,10 @@ impl Repos {
         let secret = crate::forges::connection::credential_secret(&conn);
         let scope = crate::secrets::SecretBox::scope(&self.store, secret)?;
         crate::forges::connection::check_token_scope(name, secret, scope.as_ref())?;
+        if !conn.app_webhook_secret.is_empty() {
+            let scope = crate::secrets::SecretBox::scope(&self.store, &conn.app_webhook_secret)?;
+            crate::forges::connection::check_webhook_secret_scope(name, &conn.app_webhook_secret, scope.as_ref())?;
+        }
         Ok(Some(conn))
     }
 
@@ -276,6 +302,8 @@ impl Repos {
         for k in self.store.tree(T::RefState).scan_prefix(ref_key(name, "")).map(|kv| kv.map(|(k, _)| k)) {
             ws.delete(T::RefState, k?);
         }
+        // A repository made later under this name starts with nothing of this one's.
+        self.forget_forge_state(name, &mut ws, true)?;
         self.store.commit_durable(&ws).await?;
         let path = self.path(name);
         let _ = tokio::fs::remove_dir_all(&path).await;

@@ -465,6 +465,25 @@ impl Triggers {
         Ok(id)
     }
 
+    /// Retries every run of `name` at `sha` that reported check runs, when
+    /// "Re-run all checks" was pressed (only for the repository's own app);
+    /// runs that are still going are left alone.
+    pub async fn rerun_suite(&self, name: &str, app_id: &str, sha: &str) -> Result<Vec<RunId>> {
+        let rec = self.repos.get(name)?;
+        if !rec.forge.as_ref().is_some_and(|f| !f.app_id.is_empty() && f.app_id == app_id) {
+            return Err(Error::not_found(format!("app {app_id} is not this repository's forge app")));
+        }
+        let mut retried = Vec::new();
+        for id in crate::forges::runs_with_check_runs(&self.store, name, sha)? {
+            match self.engine.retry_run(id).await {
+                Ok(()) => retried.push(id),
+                Err(e) => tracing::info!(repo = name, run = %id, error = %e, "not retried"),
+            }
+        }
+        tracing::info!(repo = name, commit = sha, runs = ?retried, "re-run of all checks asked on the forge");
+        Ok(retried)
+    }
+
     /// On start: rewrites the hooks of hosted repositories (the server
     /// binary may have moved), then syncs every repository — pushes made
     /// while the server was down start their runs now — and loads schedules.

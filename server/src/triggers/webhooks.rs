@@ -222,23 +222,8 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
         return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}));
     }
     let delivery = delivery_id(forge, &h);
-    if let Some(id) = &delivery {
-        let store = &t.store;
-        match store.tree(T::Deliveries).get(id.as_bytes()) {
-            Ok(Some(_)) => {
-                tracing::info!(repo, delivery = %id, "webhook delivery seen before: ignored");
-                return reply(StatusCode::OK, json!({"status": "duplicate", "delivery": id}));
-            }
-            Ok(None) => {}
-            Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
-        }
-        // Recorded before acting: if the server dies right after, the ref
-        // comparison of the next sync still starts the run.
-        let mut ws = WriteSet::default();
-        ws.put_raw(T::Deliveries, id.as_bytes(), now_ms().to_be_bytes().to_vec());
-        if let Err(e) = store.commit_durable(&ws).await {
-            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}));
-        }
+    if let Some(answer) = first_delivery(&t, &repo, delivery.as_deref()).await {
+        return answer;
     }
     let payload: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -263,21 +248,103 @@ pub async fn handle(State(t): State<Arc<Triggers>>, Path(repo): Path<String>, h:
             ),
             Err(e) => failed(&t, delivery.as_deref(), e).await,
         },
-        Ask::Rerun(rerun) => match t.rerun(&repo, &rerun).await {
-            Ok(run) => reply(StatusCode::OK, json!({"status": "ok", "retried": run.to_string()})),
-            // Not ours, or not this repository's: nothing to do, and the
-            // forge need not deliver it again.
-            Err(
-                e @ (crate::error::Error::NotFound(_)
-                | crate::error::Error::Invalid(_)
-                | crate::error::Error::FailedPrecondition(_)),
-            ) => {
-                tracing::info!(repo, error = %e, "check run re-run ignored");
-                reply(StatusCode::OK, json!({"status": "ignored", "reason": e.to_string()}))
-            }
-            Err(e) => failed(&t, delivery.as_deref(), e).await,
-        },
+        // GitHub sends a check run's re-run to the app's own webhook only.
+        Ask::Rerun(_) => reply(
+            StatusCode::OK,
+            json!({"status": "ignored", "reason": "check runs are re-run through the app's webhook (/webhooks/github-app/<id>)"}),
+        ),
         Ask::Ignore(what) => reply(StatusCode::OK, json!({"status": "ignored", "reason": what})),
+    }
+}
+
+/// Records a delivery id; `Some(reply)` when it was seen before (or cannot
+/// be recorded). Recorded before acting: if the server dies right after,
+/// the ref comparison of the next sync still starts the run.
+async fn first_delivery(t: &Triggers, repo: &str, delivery: Option<&str>) -> Option<Response> {
+    let id = delivery?;
+    let store = &t.store;
+    match store.tree(T::Deliveries).get(id.as_bytes()) {
+        Ok(Some(_)) => {
+            tracing::info!(repo, delivery = %id, "webhook delivery seen before: ignored");
+            return Some(reply(StatusCode::OK, json!({"status": "duplicate", "delivery": id})));
+        }
+        Ok(None) => {}
+        Err(e) => return Some(reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}))),
+    }
+    let mut ws = WriteSet::default();
+    ws.put_raw(T::Deliveries, id.as_bytes(), now_ms().to_be_bytes().to_vec());
+    match store.commit_durable(&ws).await {
+        Ok(()) => None,
+        Err(e) => Some(reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}))),
+    }
+}
+
+/// `POST /webhooks/github-app/{app_id}`: a GitHub App's own webhook, where
+/// GitHub sends the events of the check runs the app made ("Re-run" is
+/// `check_run` `rerequested`, "Re-run all checks" `check_suite`
+/// `rerequested`; a repository's webhook never hears them). The repository
+/// is the payload's `repository.full_name`: the mirror whose connection is
+/// this app's on that project, and whose `app_webhook_secret` signs the
+/// body. Anything else — no such mirror, no secret, a bad signature — gets
+/// the same 401.
+pub async fn handle_app(
+    State(t): State<Arc<Triggers>>,
+    Path(app_id): Path<String>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let refuse = |why: &str| {
+        tracing::warn!(app = %app_id, why, "GitHub App webhook refused: bad or missing signature");
+        reply(StatusCode::UNAUTHORIZED, json!({"error": "bad or missing webhook signature"}))
+    };
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return refuse("the body is not JSON"),
+    };
+    let project = payload["repository"]["full_name"].as_str().unwrap_or_default();
+    let Ok(repos) = t.repos.list() else { return refuse("cannot list repositories") };
+    let found = repos.into_iter().find_map(|(name, rec)| {
+        let f = rec.forge?;
+        (f.app_id == app_id && !f.app_webhook_secret.is_empty() && f.project.eq_ignore_ascii_case(project))
+            .then_some((name, f.app_webhook_secret))
+    });
+    let Some((repo, secret_name)) = found else {
+        return refuse("no mirror of that project reports as this app with a webhook secret");
+    };
+    let Ok(secret) = t.repos.secret(&secret_name) else { return refuse("the app's webhook secret is not set") };
+    if !verified(Forge::GitHub, &h, &body, &secret) {
+        return refuse("the signature does not match the app's webhook secret");
+    }
+    if let Some(answer) = first_delivery(&t, &repo, delivery_id(Forge::GitHub, &h).as_deref()).await {
+        return answer;
+    }
+    let event = header(&h, "x-github-event").unwrap_or_default();
+    let action = payload["action"].as_str().unwrap_or_default();
+    let retried = match (event, action) {
+        ("check_run", "rerequested") => match classify(Forge::GitHub, event, &payload) {
+            Ask::Rerun(rerun) => t.rerun(&repo, &rerun).await.map(|id| vec![id]),
+            _ => Ok(Vec::new()),
+        },
+        ("check_suite", "rerequested") => {
+            let sha = payload["check_suite"]["head_sha"].as_str().unwrap_or_default();
+            t.rerun_suite(&repo, &app_id, sha).await
+        }
+        _ => return reply(StatusCode::OK, json!({"status": "ignored", "reason": format!("event {event} {action}")})),
+    };
+    match retried {
+        Ok(ids) => reply(
+            StatusCode::OK,
+            json!({"status": "ok", "retried": ids.iter().map(ToString::to_string).collect::<Vec<_>>()}),
+        ),
+        Err(
+            e @ (crate::error::Error::NotFound(_)
+            | crate::error::Error::Invalid(_)
+            | crate::error::Error::FailedPrecondition(_)),
+        ) => {
+            tracing::info!(repo, error = %e, "re-run ignored");
+            reply(StatusCode::OK, json!({"status": "ignored", "reason": e.to_string()}))
+        }
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
     }
 }
 

@@ -472,6 +472,14 @@ pub struct ForgeArgs {
     /// The app's installation on the repository (default: looked up).
     #[arg(long, value_name = "ID", requires = "forge_app_id")]
     pub forge_installation_id: Option<u64>,
+    /// The secret holding the GitHub App's webhook secret: its "Re-run"
+    /// buttons then reach `/webhooks/github-app/<id>`.
+    #[arg(long, value_name = "SECRET", requires = "forge_app_id")]
+    pub forge_app_webhook_secret: Option<String>,
+    /// Put the failing step's last log lines and `file:line` annotations in
+    /// check runs (whoever sees the repository on the forge sees them).
+    #[arg(long, requires = "forge_app_id")]
+    pub forge_check_logs: bool,
 }
 
 impl ForgeArgs {
@@ -486,6 +494,8 @@ impl ForgeArgs {
             app_id: self.forge_app_id.unwrap_or_default(),
             app_key_secret: self.forge_app_key_secret.unwrap_or_default(),
             installation_id: self.forge_installation_id.unwrap_or_default(),
+            check_logs: self.forge_check_logs,
+            app_webhook_secret: self.forge_app_webhook_secret.unwrap_or_default(),
         })
     }
 }

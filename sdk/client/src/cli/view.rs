@@ -236,7 +236,7 @@ pub fn repo_json(r: &Repo) -> Value {
         "forge": r.forge.as_ref().map(|f| json!({
             "kind": f.kind, "api_url": f.api_url, "project": f.project, "token_secret": f.token_secret,
             "context_prefix": f.context_prefix, "app_id": f.app_id, "app_key_secret": f.app_key_secret,
-            "installation_id": f.installation_id,
+            "installation_id": f.installation_id, "check_logs": f.check_logs, "app_webhook_secret": f.app_webhook_secret,
         })),
         "forge_delivery": r.forge_delivery.as_ref().map(|d| json!({
             "delivered": d.delivered, "pending": d.pending, "last_error": d.last_error,
