@@ -499,3 +499,55 @@ async fn a_github_app_reports_check_runs_with_the_failure_and_its_rerun_retries_
     assert!(forge.refused_except_revoked().is_empty(), "{:?}", forge.refused_except_revoked());
     assert!(!server.log().contains("BEGIN RSA PRIVATE KEY"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_the_pipeline_does_not_run_still_gets_final_checks_unless_a_run_speaks_for_it() {
+    const PUSH_ONLY: &str = "name: ci\non:\n  push: {}\njobs:\n  build:\n    steps:\n      - run: \"true\"\n";
+    let forge = ForgeApi::start(TOKEN);
+    let server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let (_u, bare, wt, pushed) =
+        reporting_mirror(&client, "app", PUSH_ONLY, with_token("app", "github", forge.url()), TOKEN).await;
+    finished(&client, &runs_of(&client, "app").await[0].id).await;
+    forge.wait_for("the push run's checks", |d| final_of(d, &pushed, "viaduct/ci").map(|_| ())).await;
+    // A pull request into main: its pipeline runs pushes only.
+    let pr = |number: u32, head: &str, delivery: &str| {
+        let body = format!(
+            r#"{{"action":"opened","number":{number},"pull_request":{{"head":{{"sha":"{head}","ref":"fix","repo":{{"full_name":"org/app"}}}},"base":{{"ref":"main","repo":{{"full_name":"org/app"}}}},"user":{{"login":"alice"}},"author_association":"MEMBER"}}}}"#
+        );
+        let sig = viaduct_tests::forge::sign(HOOK_SECRET, body.as_bytes());
+        let h = [("x-github-event", "pull_request"), ("x-github-delivery", delivery), ("x-hub-signature-256", sig.as_str())];
+        let (code, reply) = viaduct_tests::http(server.addr(), "POST", "/webhooks/app", &h, body.as_bytes());
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&reply));
+    };
+    git(wt.path(), &["checkout", "-q", "-b", "fix"]);
+    git(wt.path(), &["commit", "-q", "--allow-empty", "-m", "the fix"]);
+    let head = git(wt.path(), &["rev-parse", "HEAD"]);
+    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "fix:refs/pull/7/head"]);
+    pr(7, &head, "pr-7");
+    let checks = ["viaduct/ci", "viaduct/ci/build"];
+    forge
+        .wait_for("final checks for the pull request", |d| checks.iter().all(|c| final_of(d, &head, c).is_some()).then_some(()))
+        .await;
+    for c in checks {
+        let d = final_of(&forge.deliveries(), &head, c).cloned().unwrap();
+        assert_eq!(d.state, "success", "{d:?}");
+        assert!(d.description.contains("does not run pull requests"), "{d:?}");
+        assert_eq!(d.target_url, format!("{}/repos/app", server.url()));
+    }
+    assert_eq!(runs_of(&client, "app").await.len(), 1, "and no run");
+    // The same for a commit a run already reported on: the run speaks for
+    // it (a skip must never cover a failure).
+    git(wt.path(), &["push", "-q", "-f", bare.to_str().unwrap(), &format!("{pushed}:refs/pull/8/head")]);
+    let before = forge.deliveries().len();
+    pr(8, &pushed, "pr-8");
+    // Anything written was written before the webhook's answer: nothing
+    // waits, and nothing new came for that commit.
+    let repo = client.repos().get(v1::GetRepoRequest { name: "app".into() }).await.unwrap().into_inner();
+    assert_eq!(repo.forge_delivery.unwrap().pending, 0);
+    let reported = forge.states_of(&pushed, "viaduct/ci");
+    assert_eq!(reported.iter().filter(|s| s.as_str() == "success").count(), 1, "{reported:?}");
+    assert!(forge.deliveries()[before..].iter().all(|d| d.sha != pushed), "nothing new for the pushed commit");
+    assert!(forge.refused().is_empty(), "{:?}", forge.refused());
+}

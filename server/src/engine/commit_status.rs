@@ -13,10 +13,14 @@ use viaduct_proto::{
     v1::{SourcePlan, Status},
 };
 
-use crate::store::{
-    T, WriteSet,
-    keys::{JobKey, RunId},
-    records::{JobRecord, RunRecord, SCHEMA_VERSION, StatusRecord},
+use super::Engine;
+use crate::{
+    error::Result,
+    store::{
+        T, WriteSet,
+        keys::{JobKey, RunId},
+        records::{JobRecord, RunRecord, SCHEMA_VERSION, StatusRecord},
+    },
 };
 
 /// The most a forge shows next to a status (GitHub's limit).
@@ -117,6 +121,67 @@ pub fn write(ws: &mut WriteSet, first_cursor: u64, statuses: Vec<(String, Status
 pub fn sequence(first_cursor: u64, i: usize) -> u64 {
     (first_cursor << PER_TRANSITION_BITS) | (i as u64 & ((1 << PER_TRANSITION_BITS) - 1))
 }
+
+/// What nothing ran for: a pipeline (and its jobs) a repository event did
+/// not start — a pull request into a branch whose pipeline does not run
+/// pull requests. Reported as skipped, so a required check does not wait
+/// forever for a run that will never come.
+pub struct NotRun<'a> {
+    /// The repository.
+    pub repo: &'a str,
+    /// The commit the checks are on.
+    pub commit: &'a str,
+    /// Its ref.
+    pub git_ref: &'a str,
+    /// The pipeline's name.
+    pub pipeline: &'a str,
+    /// Its jobs' names.
+    pub jobs: Vec<String>,
+    /// Why it did not run.
+    pub why: &'a str,
+}
+
+impl Engine {
+    /// Adds to `ws` the skipped statuses of what did not run, unless a run of
+    /// that pipeline at that commit exists (its own statuses speak for it:
+    /// a skip must never cover a failure).
+    pub fn statuses_not_run(&self, ws: &mut WriteSet, what: &NotRun<'_>) -> Result<()> {
+        if self.ran_at(what.repo, what.pipeline, what.commit)? {
+            return Ok(());
+        }
+        // After every status written so far, before any written later: the
+        // engine lock holds cursors still, and a not-run status takes the
+        // top of the last transition's numbers (each its own).
+        let last = {
+            let st = self.lock();
+            st.next_event.saturating_sub(1)
+        };
+        let description = shorten(&format!("skipped: {}", what.why));
+        let names = std::iter::once(String::new()).chain(what.jobs.iter().cloned());
+        for job in names {
+            let n = NOT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (1 << (PER_TRANSITION_BITS - 1));
+            let seq = sequence(last, (1 << PER_TRANSITION_BITS) - 1 - n as usize);
+            let rec = StatusRecord {
+                schema: SCHEMA_VERSION,
+                commit: what.commit.to_string(),
+                git_ref: what.git_ref.to_string(),
+                pipeline: what.pipeline.to_string(),
+                job,
+                status: Status::Skipped as i32,
+                description: description.clone(),
+                run_id: String::new(),
+                job_id: String::new(),
+                time_ms: crate::store::now_ms(),
+                attempt: 1,
+            };
+            ws.put(T::StatusOutbox, outbox_key(what.repo, seq), &rec);
+        }
+        Ok(())
+    }
+}
+
+/// Not-run statuses written since the start (their sequence numbers).
+static NOT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How an ended run or job is described: its result, how long it took, and
 /// why (a skip's reason, a failure's message).

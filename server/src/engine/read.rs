@@ -139,6 +139,18 @@ impl Engine {
         Ok(run)
     }
 
+    /// Whether a run of `pipeline` of repository `repo` at `commit` exists
+    /// (among the newest 500 of the pipeline).
+    pub fn ran_at(&self, repo: &str, pipeline: &str, commit: &str) -> Result<bool> {
+        for id in super::index::scan(self.store(), super::index::Field::Pipeline, pipeline.as_bytes(), None).take(500) {
+            let Some(head) = self.store().get::<crate::store::records::RunHead>(T::Runs, id?.key())? else { continue };
+            if head.source.as_ref().is_some_and(|s| s.repo == repo && s.commit == commit) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether `key` is waiting to run (pending its needs, or queued).
     pub fn job_waiting(&self, key: JobKey) -> Result<bool> {
         Ok(matches!(self.job_record(key)?.status(), Status::Pending | Status::Queued))

@@ -394,9 +394,11 @@ impl Forges {
     async fn send(&self, repo: &str, kind: Kind, conn: &ForgeConnection, token: &str, s: &StatusRecord) -> Sent {
         let context = context_name(conn, s);
         let status = Status::try_from(s.status).unwrap_or(Status::Unspecified);
-        let target_url = match s.job_id.as_str() {
-            "" => format!("{}/runs/{}", self.repos.public_url(), s.run_id),
-            job => format!("{}/runs/{}/jobs/{job}", self.repos.public_url(), s.run_id),
+        let target_url = match (s.run_id.as_str(), s.job_id.as_str()) {
+            // Nothing ran: the repository's page.
+            ("", _) => format!("{}/repos/{repo}", self.repos.public_url()),
+            (run, "") => format!("{}/runs/{run}", self.repos.public_url()),
+            (run, job) => format!("{}/runs/{run}/jobs/{job}", self.repos.public_url()),
         };
         if !conn.app_id.is_empty() {
             return self.send_check(repo, conn, token, s, (&context, status, &target_url)).await;

@@ -30,7 +30,7 @@ use viaduct_pipeline::spec::Pipeline;
 use viaduct_proto::v1::{MirrorRepo, RunSource, SourcePlan};
 
 use crate::{
-    engine::Engine,
+    engine::{Engine, commit_status::NotRun},
     error::{Error, Result},
     git::{self, PIPELINE_PATH},
     launch::{self, Launch, OnInvalid, Origin},
@@ -366,12 +366,14 @@ impl Triggers {
             let (path, tip) = (self.repos.path(name), base_tip.clone());
             let base_yaml =
                 blocking(move || git::read_file(&path, &tip, PIPELINE_PATH, launch::MAX_PIPELINE_BYTES)).await?;
+            let mut not_run = None;
             let refused = match &base_yaml {
                 None => Some("the base branch has no pipeline file"),
                 Some(git::FileText::TooLarge(_)) => Some("the base branch's pipeline file is too large"),
                 Some(git::FileText::Whole(y)) => match resolve::parse(PIPELINE_PATH, y) {
                     Err(_) => Some("the base branch's pipeline file is invalid"),
                     Ok(p) if !wanted(&p, "pull_request", &pr.head_branch, "", &ev.base_branch) => {
+                        not_run = Some(p);
                         Some("the base branch's pipeline does not run pull requests into it")
                     }
                     Ok(_) => None,
@@ -379,7 +381,22 @@ impl Triggers {
             };
             if let Some(why) = refused {
                 tracing::info!(repo = name, pr = pr.number, base = %ev.base_branch, "{why}: no run");
+                let mut extra = extra;
+                // A required check of that pipeline must not wait forever.
+                if let Some(p) = not_run.filter(|_| rec.forge.as_ref().is_some_and(|f| !f.kind.is_empty())) {
+                    let jobs = planned_job_names(&p, name, &ev);
+                    let what = NotRun {
+                        repo: name,
+                        commit: &ev.commit,
+                        git_ref: &ev.git_ref,
+                        pipeline: &p.name,
+                        jobs,
+                        why: "the base branch's pipeline does not run pull requests into it",
+                    };
+                    self.engine.statuses_not_run(&mut extra, &what)?;
+                }
                 self.store.commit_durable(&extra).await?;
+                self.engine.signals().statuses_changed();
                 return Ok(None);
             }
         }
@@ -555,6 +572,18 @@ impl Triggers {
             }
         });
     }
+}
+
+/// The names the jobs of `p` would have for this event (a matrix job's
+/// each), or none if it cannot be planned.
+fn planned_job_names(p: &Pipeline, repo: &str, ev: &RepoEvent) -> Vec<String> {
+    let ctx = viaduct_pipeline::plan::PlanContext {
+        event: ev.event.to_string(),
+        commit: Some(ev.commit.clone()),
+        repo: Some(repo.to_string()),
+        ..Default::default()
+    };
+    viaduct_pipeline::plan::plan(p, &ctx).map(|plan| plan.jobs.into_iter().map(|j| j.name).collect()).unwrap_or_default()
 }
 
 /// Whether `on:` asks for `event` at this branch or tag.
