@@ -22,11 +22,24 @@
 //!   state machine;
 //! - Gitea/Forgejo: `POST /api/v1/repos/{owner}/{repo}/statuses/{sha}`.
 //!
+//! And, to read the commit statuses back (with the credentials each
+//! forge's `POST` takes; counted by [`ForgeApi::gets`], never deliveries):
+//!
+//! - GitHub: `GET /repos/{owner}/{repo}/commits/{sha}/status`, the combined
+//!   status (the latest commit status of each context, newest first;
+//!   `per_page`, `page`);
+//! - GitLab: `GET /api/v4/projects/{id}/repository/commits/{sha}/statuses`
+//!   (the latest job of each name per pipeline, or every one with
+//!   `all=true`; `ref`, `stage`, `name`, `pipeline_id`, `order_by`, `sort`,
+//!   `per_page`, `page`);
+//! - Gitea/Forgejo: `GET /api/v1/repos/{owner}/{repo}/commits/{sha}/status`,
+//!   the combined status (`page`, `limit`).
+//!
 //! The server runs on its own thread and runtime (so it does not depend on
 //! the test's runtime) and stops when dropped.
 
 use std::{
-    collections::{VecDeque, hash_map::RandomState},
+    collections::{HashSet, VecDeque, hash_map::RandomState},
     hash::BuildHasher,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard},
@@ -158,6 +171,13 @@ impl ForgeApi {
     /// How many requests arrived, injected failures included.
     pub fn requests(&self) -> usize {
         lock(&self.ledger).requests
+    }
+
+    /// How many requests to the endpoints reading commit statuses back
+    /// (GitHub's and Gitea's combined status, GitLab's statuses of a
+    /// commit) were answered 200.
+    pub fn gets(&self) -> usize {
+        lock(&self.ledger).gets
     }
 
     /// The accepted states of `sha` for `context` (a check run's statuses
@@ -328,7 +348,9 @@ struct Ledger {
     faults: VecDeque<Fault>,
     requests: usize,
     github_requests: usize,
+    gets: usize,
     deliveries: Vec<Delivery>,
+    statuses: Vec<StoredStatus>,
     refused: Vec<String>,
     last_id: u64,
     check_runs: Vec<StoredRun>,
@@ -347,7 +369,9 @@ impl Ledger {
             faults: VecDeque::new(),
             requests: 0,
             github_requests: 0,
+            gets: 0,
             deliveries: Vec::new(),
+            statuses: Vec::new(),
             refused: Vec::new(),
             last_id: 0,
             check_runs: Vec::new(),
@@ -376,6 +400,37 @@ fn lock(ledger: &Shared) -> MutexGuard<'_, Ledger> {
 enum Fault {
     Fail { status: StatusCode, headers: Vec<(HeaderName, HeaderValue)> },
     Hang,
+}
+
+/// A commit status GitHub or Gitea accepted, as their combined status
+/// answers it.
+struct StoredStatus {
+    id: u64,
+    forge: Forge,
+    project: String,
+    sha: String,
+    context: String,
+    state: String,
+    description: Option<String>,
+    target_url: Option<String>,
+    created_at: String,
+}
+
+impl StoredStatus {
+    /// The status `fields` asked for, accepted now as `id`.
+    fn new(id: u64, forge: Forge, project: &str, sha: &str, fields: &StatusFields) -> Self {
+        StoredStatus {
+            id,
+            forge,
+            project: project.to_string(),
+            sha: sha.to_string(),
+            context: fields.context.clone(),
+            state: fields.state.clone(),
+            description: fields.description.clone(),
+            target_url: fields.target_url.clone(),
+            created_at: timestamp(SystemTime::now()),
+        }
+    }
 }
 
 /// A GitHub check run as it stands.
@@ -464,12 +519,23 @@ enum Endpoint {
     AccessToken,
     GitLabStatus,
     GiteaStatus,
+    GitHubCombined,
+    GitLabStatuses,
+    GiteaCombined,
 }
 
 impl Endpoint {
     /// GitHub's (whose answers carry its rate-limit headers).
     fn is_github(self) -> bool {
-        !matches!(self, Endpoint::GitLabStatus | Endpoint::GiteaStatus)
+        !matches!(
+            self,
+            Endpoint::GitLabStatus | Endpoint::GiteaStatus | Endpoint::GitLabStatuses | Endpoint::GiteaCombined
+        )
+    }
+
+    /// One reading commit statuses back (counted by [`ForgeApi::gets`]).
+    fn is_read(self) -> bool {
+        matches!(self, Endpoint::GitHubCombined | Endpoint::GitLabStatuses | Endpoint::GiteaCombined)
     }
 }
 
@@ -483,6 +549,12 @@ fn router(ledger: Shared) -> Router {
         .route("/app/installations/{id}/access_tokens", post(|s, r| answer(s, Endpoint::AccessToken, r)))
         .route("/api/v4/projects/{id}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GitLabStatus, r)))
         .route("/api/v1/repos/{owner}/{repo}/statuses/{sha}", post(|s, r| answer(s, Endpoint::GiteaStatus, r)))
+        .route("/repos/{owner}/{repo}/commits/{sha}/status", get(|s, r| answer(s, Endpoint::GitHubCombined, r)))
+        .route(
+            "/api/v4/projects/{id}/repository/commits/{sha}/statuses",
+            get(|s, r| answer(s, Endpoint::GitLabStatuses, r)),
+        )
+        .route("/api/v1/repos/{owner}/{repo}/commits/{sha}/status", get(|s, r| answer(s, Endpoint::GiteaCombined, r)))
         .method_not_allowed_fallback(|s, r| no_route(s, StatusCode::METHOD_NOT_ALLOWED, r))
         .fallback(|s, r| no_route(s, StatusCode::NOT_FOUND, r))
         .layer(middleware::from_fn_with_state(ledger.clone(), faults))
@@ -545,19 +617,30 @@ async fn answer(State(ledger): State<Shared>, endpoint: Endpoint, req: Request) 
     let call = Call::read(req).await;
     let mut ledger = lock(&ledger);
     let outcome = match endpoint {
-        Endpoint::GitHubStatus => github_status(&mut ledger, &call),
-        Endpoint::CheckRunCreate => check_run_create(&mut ledger, &call),
-        Endpoint::CheckRunUpdate => check_run_update(&mut ledger, &call),
-        Endpoint::AppInstallation => app_installation(&ledger, &call),
-        Endpoint::AccessToken => access_token(&mut ledger, &call),
-        Endpoint::GitLabStatus => gitlab_status(&mut ledger, &call),
-        Endpoint::GiteaStatus => gitea_status(&mut ledger, &call),
+        Endpoint::GitHubStatus => github_status(&mut ledger, &call).map(unpaged),
+        Endpoint::CheckRunCreate => check_run_create(&mut ledger, &call).map(unpaged),
+        Endpoint::CheckRunUpdate => check_run_update(&mut ledger, &call).map(unpaged),
+        Endpoint::AppInstallation => app_installation(&ledger, &call).map(unpaged),
+        Endpoint::AccessToken => access_token(&mut ledger, &call).map(unpaged),
+        Endpoint::GitLabStatus => gitlab_status(&mut ledger, &call).map(unpaged),
+        Endpoint::GiteaStatus => gitea_status(&mut ledger, &call).map(unpaged),
+        Endpoint::GitHubCombined => github_combined(&ledger, &call),
+        Endpoint::GitLabStatuses => gitlab_statuses(&ledger, &call),
+        Endpoint::GiteaCombined => gitea_combined(&ledger, &call),
     };
-    let (status, body) = outcome.unwrap_or_else(|refusal| {
+    let (status, body, headers) = outcome.unwrap_or_else(|refusal| {
         ledger.refused.push(format!("{} {}: {}", call.method, call.path, refusal.why));
-        (refusal.status, refusal.body)
+        (refusal.status, refusal.body, Vec::new())
     });
+    if endpoint.is_read() && status == StatusCode::OK {
+        ledger.gets += 1;
+    }
     let mut resp = (status, Json(body)).into_response();
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
     if endpoint.is_github() {
         ledger.github_requests += 1;
         rate_limit_headers(resp.headers_mut(), ledger.github_requests);
@@ -649,6 +732,18 @@ impl Refusal {
 
 /// An endpoint's answer: status and JSON body, or a refusal.
 type Outcome = Result<(StatusCode, Value), Refusal>;
+
+/// Extra headers of an answer (a listing's pagination).
+type Headers = Vec<(&'static str, String)>;
+
+/// A listing's answer: status, JSON body and pagination headers, or a
+/// refusal.
+type Paged = Result<(StatusCode, Value, Headers), Refusal>;
+
+/// An answer without extra headers.
+fn unpaged((status, body): (StatusCode, Value)) -> (StatusCode, Value, Headers) {
+    (status, body, Vec::new())
+}
 
 /// The fields of a request: a JSON object, or query and form pairs (whose
 /// values are strings).
@@ -902,21 +997,173 @@ fn github_status(ledger: &mut Ledger, call: &Call) -> Outcome {
         let why = format!("This SHA and context has reached the maximum number of statuses ({STATUSES_PER_CONTEXT}).");
         return Err(github_invalid(why));
     }
-    let id = ledger.next_id();
-    let body = json!({
-        "url": format!("{}/repos/{project}/statuses/{sha}", call.root()),
-        "id": id,
-        "node_id": format!("SC_{id}"),
+    let stored = StoredStatus::new(ledger.next_id(), Forge::GitHub, &project, &sha, &status);
+    let mut body = github_status_json(&stored, &call.root());
+    body["creator"] = json!({ "login": "viaduct", "id": 1, "type": "User" });
+    ledger.statuses.push(stored);
+    ledger.deliveries.push(status.delivery(Forge::GitHub, project, sha));
+    Ok((StatusCode::CREATED, body))
+}
+
+/// A commit status as GitHub answers it.
+fn github_status_json(status: &StoredStatus, root: &str) -> Value {
+    json!({
+        "url": format!("{root}/repos/{}/statuses/{}", status.project, status.sha),
+        "avatar_url": null,
+        "id": status.id,
+        "node_id": format!("SC_{}", status.id),
         "state": status.state,
         "description": status.description,
         "target_url": status.target_url,
         "context": status.context,
-        "created_at": timestamp(SystemTime::now()),
-        "updated_at": timestamp(SystemTime::now()),
-        "creator": { "login": "viaduct", "id": 1, "type": "User" },
+        "created_at": status.created_at,
+        "updated_at": status.created_at,
+    })
+}
+
+/// `GET /repos/{owner}/{repo}/commits/{sha}/status`: the combined status
+/// of the commit (over the latest commit status of each context, check
+/// runs aside) and, newest first, a page of those statuses (`per_page`,
+/// 30 unless given, at most 100; `page` from 1; anything unreadable is
+/// the default, as GitHub takes it). `total_count` counts every context;
+/// a `Link` header names the other pages. Any ref other than a full sha
+/// is 422, "No commit found".
+fn github_combined(ledger: &Ledger, call: &Call) -> Paged {
+    github_gate(ledger, call)?;
+    let (owner, repo, sha) = (call.segment(1), call.segment(2), call.segment(4));
+    let project = format!("{owner}/{repo}");
+    github_sha(&sha)?;
+    let query = Fields::form(&call.query);
+    let page = Page::lenient(&query, "per_page", 30, 100);
+    let latest = latest_statuses(ledger, Forge::GitHub, &project, &sha);
+    let root = call.root();
+    let statuses: Vec<Value> = page.of(&latest).iter().map(|s| github_status_json(s, &root)).collect();
+    let url = format!("{root}/repos/{project}/commits/{sha}/status");
+    let body = json!({
+        "state": combined_state(latest.iter().map(|s| s.state.as_str())),
+        "statuses": statuses,
+        "sha": sha,
+        "total_count": latest.len(),
+        "repository": {
+            "id": 1,
+            "name": repo,
+            "full_name": project,
+            "owner": { "login": owner, "id": 1 },
+            "private": true,
+        },
+        "commit_url": format!("{root}/repos/{project}/commits/{sha}"),
+        "url": url,
     });
-    ledger.deliveries.push(status.delivery(Forge::GitHub, project, sha));
-    Ok((StatusCode::CREATED, body))
+    let headers = link_header(&url, &call.query, page, latest.len(), false).map(|l| ("link", l));
+    Ok((StatusCode::OK, body, headers.into_iter().collect()))
+}
+
+/// The latest status of each context of `sha` in `project` on `forge`,
+/// newest first.
+fn latest_statuses<'l>(ledger: &'l Ledger, forge: Forge, project: &str, sha: &str) -> Vec<&'l StoredStatus> {
+    let mut contexts = HashSet::new();
+    ledger
+        .statuses
+        .iter()
+        .rev()
+        .filter(|s| s.forge == forge && s.project == project && s.sha == sha)
+        .filter(|s| contexts.insert(s.context.as_str()))
+        .collect()
+}
+
+/// The combined state of some statuses, as GitHub (and recent Gitea)
+/// computes it: `failure` if any failed or erred, else `pending` if any
+/// is pending or there are none, else `success` (Gitea's `warning` counts
+/// as a success).
+fn combined_state<'s>(states: impl Iterator<Item = &'s str>) -> &'static str {
+    let states: Vec<&str> = states.collect();
+    if states.iter().any(|s| matches!(*s, "failure" | "error")) {
+        "failure"
+    } else if states.is_empty() || states.contains(&"pending") {
+        "pending"
+    } else {
+        "success"
+    }
+}
+
+/// A page of a listing: `number` from 1, `size` items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Page {
+    number: usize,
+    size: usize,
+}
+
+impl Page {
+    /// `page` and `size_key` from `query`: absent, unreadable, zero or
+    /// negative values are the defaults (page 1, `default` items); sizes
+    /// over `max` are `max` (GitHub and Gitea take them so).
+    fn lenient(query: &Fields, size_key: &str, default: usize, max: usize) -> Page {
+        let read = |key: &str| query.text(key).ok().flatten().and_then(|v| v.trim().parse::<i64>().ok());
+        Page::clamped(read("page"), read(size_key), default, max)
+    }
+
+    /// As [`Page::lenient`], but a `page` or `per_page` that is not an
+    /// integer is an error (GitLab's parameter validation).
+    fn strict(query: &Fields, default: usize, max: usize) -> Result<Page, String> {
+        let read = |key: &str| match query.text(key).ok().flatten() {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| format!("{key} is invalid")),
+        };
+        Ok(Page::clamped(read("page")?, read("per_page")?, default, max))
+    }
+
+    /// The page `number` of `size` items, each in range.
+    fn clamped(number: Option<i64>, size: Option<i64>, default: usize, max: usize) -> Page {
+        let positive = |n: Option<i64>| n.and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0);
+        Page { number: positive(number).unwrap_or(1), size: positive(size).unwrap_or(default).min(max) }
+    }
+
+    /// This page of `items` (empty past the end).
+    fn of<T>(self, items: &[T]) -> &[T] {
+        let start = (self.number - 1).saturating_mul(self.size).min(items.len());
+        &items[start..start.saturating_add(self.size).min(items.len())]
+    }
+
+    /// The number of the last page of `total` items (1 when there are
+    /// none).
+    fn last(self, total: usize) -> usize {
+        total.div_ceil(self.size).max(1)
+    }
+}
+
+/// The `Link` header of page `page` of a `total`-item listing at `url`,
+/// asked for with `query` (kept, but for `page` and `per_page`): `prev`,
+/// `next`, `first` and `last` as they apply (GitHub: none on a listing of
+/// one page), or always `first` and `last` (GitLab).
+fn link_header(url: &str, query: &str, page: Page, total: usize, always_ends: bool) -> Option<String> {
+    let last = page.last(total);
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = percent_decode(pair.split('=').next().unwrap_or_default(), true);
+            !pair.is_empty() && key != "page" && key != "per_page"
+        })
+        .collect();
+    let at = |number: usize| {
+        let mut pairs = kept.clone();
+        let paging = format!("page={number}&per_page={}", page.size);
+        pairs.push(&paging);
+        format!("<{url}?{}>", pairs.join("&"))
+    };
+    let mut links = Vec::new();
+    if page.number > 1 {
+        links.push(format!("{}; rel=\"prev\"", at(page.number.min(last + 1) - 1)));
+    }
+    if page.number < last {
+        links.push(format!("{}; rel=\"next\"", at(page.number + 1)));
+    }
+    if always_ends || page.number > 1 {
+        links.push(format!("{}; rel=\"first\"", at(1)));
+    }
+    if always_ends || page.number < last {
+        links.push(format!("{}; rel=\"last\"", at(last)));
+    }
+    (!links.is_empty()).then(|| links.join(", "))
 }
 
 /// A commit status's fields, checked.
@@ -1561,6 +1808,84 @@ fn gitlab_job_json(job: &Job, pipeline: &Pipeline) -> Value {
     })
 }
 
+/// GitLab's refusal (400) of a parameter that does not validate:
+/// `{"error": why}`.
+fn gitlab_param_invalid(why: String) -> Refusal {
+    Refusal::with_body(StatusCode::BAD_REQUEST, why.clone(), json!({ "error": why }))
+}
+
+/// GitLab's `to_boolean`: `true`, `t`, `yes`, `y`, `1` and `on` (in any
+/// case) are true; anything else is not.
+fn gitlab_true(value: &str) -> bool {
+    ["true", "t", "yes", "y", "1", "on"].iter().any(|t| value.trim().eq_ignore_ascii_case(t))
+}
+
+/// `GET /api/v4/projects/{id}/repository/commits/{sha}/statuses`: the
+/// jobs external statuses made in the commit's pipelines of the project;
+/// only the latest of each name in each pipeline (not retried), unless
+/// `all` is true. Filters `ref`, `stage` (always `external`), `name` and
+/// `pipeline_id`; ordered by `order_by` (`id` or `pipeline_id`, `id`
+/// unless given) and `sort` (`asc` unless given); paginated by `per_page`
+/// (20 unless given, at most 100) and `page` (from 1), with GitLab's
+/// `X-Page`, `X-Per-Page`, `X-Total`, `X-Total-Pages`, `X-Next-Page`,
+/// `X-Prev-Page` and `Link` headers. A sha not of 40 hex digits is 404
+/// (no such commit); a parameter that does not validate 400.
+fn gitlab_statuses(ledger: &Ledger, call: &Call) -> Paged {
+    gitlab_auth(ledger, call)?;
+    let (project, sha) = (call.segment(3), call.segment(6));
+    if project.is_empty() {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Project Not Found"));
+    }
+    if !is_sha(&sha) {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Commit Not Found"));
+    }
+    let query = Fields::form(&call.query);
+    // Query values are strings; an empty one filters nothing (`present?`).
+    let given = |key: &str| query.text(key).ok().flatten().filter(|v| !v.is_empty());
+    let all = given("all").is_some_and(|v| gitlab_true(&v));
+    let pipeline_id = query.whole("pipeline_id").map_err(gitlab_param_invalid)?;
+    let choice = |key: &str, allowed: &[&str]| match given(key) {
+        Some(v) if !allowed.contains(&v.as_str()) => {
+            Err(gitlab_param_invalid(format!("{key} does not have a valid value")))
+        }
+        v => Ok(v),
+    };
+    let by_pipeline = choice("order_by", &["id", "pipeline_id"])?.is_some_and(|v| v == "pipeline_id");
+    let descending = choice("sort", &["asc", "desc"])?.is_some_and(|v| v == "desc");
+    let page = Page::strict(&query, 20, 100).map_err(gitlab_param_invalid)?;
+    let (git_ref, stage, name) = (given("ref"), given("stage"), given("name"));
+    let pipelines: Vec<&Pipeline> = ledger.pipelines.iter().filter(|p| p.project == project && p.sha == sha).collect();
+    let retried =
+        |job: &Job| ledger.jobs.iter().any(|j| j.pipeline == job.pipeline && j.name == job.name && j.id > job.id);
+    let mut jobs: Vec<(&Job, &Pipeline)> = ledger
+        .jobs
+        .iter()
+        .filter_map(|job| Some((job, *pipelines.iter().find(|p| p.id == job.pipeline)?)))
+        .filter(|(job, _)| all || !retried(job))
+        .filter(|(job, _)| git_ref.as_ref().is_none_or(|r| *r == job.git_ref))
+        .filter(|_| stage.as_ref().is_none_or(|s| s == "external"))
+        .filter(|(job, _)| name.as_ref().is_none_or(|n| *n == job.name))
+        .filter(|(job, _)| pipeline_id.is_none_or(|id| id == job.pipeline))
+        .collect();
+    jobs.sort_by_key(|(job, _)| if by_pipeline { (job.pipeline, job.id) } else { (job.id, 0) });
+    if descending {
+        jobs.reverse();
+    }
+    let body: Vec<Value> = page.of(&jobs).iter().map(|(job, pipeline)| gitlab_job_json(job, pipeline)).collect();
+    let (total, last) = (jobs.len(), page.last(jobs.len()));
+    let url = format!("{}{}", call.root(), call.path);
+    let mut headers: Headers = vec![
+        ("x-page", page.number.to_string()),
+        ("x-per-page", page.size.to_string()),
+        ("x-total", total.to_string()),
+        ("x-total-pages", last.to_string()),
+        ("x-next-page", if page.number < last { (page.number + 1).to_string() } else { String::new() }),
+        ("x-prev-page", if page.number > 1 { (page.number.min(last + 1) - 1).to_string() } else { String::new() }),
+    ];
+    headers.extend(link_header(&url, &call.query, page, total, true).map(|l| ("link", l)));
+    Ok((StatusCode::OK, Value::Array(body), headers))
+}
+
 // ------------------------------------------------------------ Gitea/Forgejo
 
 /// Gitea's commit status states (`CreateStatusOption.state`).
@@ -1597,20 +1922,65 @@ fn gitea_status(ledger: &mut Ledger, call: &Call) -> Outcome {
     }
     let fields = gitea_fields(call)?;
     let status = gitea_status_fields(&fields).map_err(gitea_invalid)?;
-    let id = ledger.next_id();
-    let body = json!({
-        "id": id,
+    let stored = StoredStatus::new(ledger.next_id(), Forge::Gitea, &project, &sha, &status);
+    let body = gitea_status_json(&stored, &call.root());
+    ledger.statuses.push(stored);
+    ledger.deliveries.push(status.delivery(Forge::Gitea, project, sha));
+    Ok((StatusCode::CREATED, body))
+}
+
+/// A commit status as Gitea answers it (its state in `status`).
+fn gitea_status_json(status: &StoredStatus, root: &str) -> Value {
+    json!({
+        "id": status.id,
         "status": status.state,
         "context": status.context,
         "description": status.description.clone().unwrap_or_default(),
         "target_url": status.target_url.clone().unwrap_or_default(),
-        "url": format!("{}/api/v1/repos/{project}/statuses/{sha}", call.root()),
-        "created_at": timestamp(SystemTime::now()),
-        "updated_at": timestamp(SystemTime::now()),
+        "url": format!("{root}/api/v1/repos/{}/statuses/{}", status.project, status.sha),
+        "created_at": status.created_at,
+        "updated_at": status.created_at,
         "creator": { "id": 1, "login": "viaduct" },
+    })
+}
+
+/// `GET /api/v1/repos/{owner}/{repo}/commits/{sha}/status`: the combined
+/// status of a page (`page` from 1, `limit` 30 unless given, at most 50)
+/// of the latest status of each context, newest first, as Gitea answers
+/// it: `total_count` and the combined `state` are of that page (the
+/// total is in `X-Total-Count`), and an empty page has the state `""` and
+/// `statuses` null (as recent Gitea does). Any ref other than a full sha
+/// is 404.
+fn gitea_combined(ledger: &Ledger, call: &Call) -> Paged {
+    if !authorization_is(call, &ledger.token) {
+        return Err(Refusal::unauthorized(credentials_missing(call.headers.contains_key("authorization"))));
+    }
+    let (owner, repo, sha) = (call.segment(3), call.segment(4), call.segment(6));
+    let project = format!("{owner}/{repo}");
+    if !is_sha(&sha) {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, format!("ref {sha:?} not found")));
+    }
+    let page = Page::lenient(&Fields::form(&call.query), "limit", 30, 50);
+    let latest = latest_statuses(ledger, Forge::Gitea, &project, &sha);
+    let shown = page.of(&latest);
+    let root = call.root();
+    let (state, statuses) = if shown.is_empty() {
+        ("", Value::Null)
+    } else {
+        let statuses = shown.iter().map(|s| gitea_status_json(s, &root)).collect();
+        (combined_state(shown.iter().map(|s| s.state.as_str())), Value::Array(statuses))
+    };
+    let repo_url = format!("{root}/api/v1/repos/{project}");
+    let body = json!({
+        "state": state,
+        "sha": sha,
+        "total_count": shown.len(),
+        "statuses": statuses,
+        "repository": { "id": 1, "name": repo, "full_name": project, "owner": { "id": 1, "login": owner } },
+        "commit_url": format!("{repo_url}/commits/{sha}"),
+        "url": format!("{repo_url}/commits/{sha}/status"),
     });
-    ledger.deliveries.push(status.delivery(Forge::Gitea, project, sha));
-    Ok((StatusCode::CREATED, body))
+    Ok((StatusCode::OK, body, vec![("x-total-count", latest.len().to_string())]))
 }
 
 /// Gitea's status fields.
@@ -2087,6 +2457,255 @@ CQIDAQAB
         let api = ForgeApi::start(TOKEN);
         assert_eq!(github(&api, "POST", "/repos/acme/app/commits", json!({})).0, 404);
         assert_eq!(api.refused(), ["POST /repos/acme/app/commits: no such endpoint"]);
+    }
+
+    /// A GitHub `GET`: (status, head, JSON body).
+    fn github_get(api: &ForgeApi, path: &str) -> (u16, String, Value) {
+        send(api, "GET", path, GITHUB, &Value::Null)
+    }
+
+    #[test]
+    fn github_combined_status_is_the_latest_per_context() {
+        let api = ForgeApi::start(TOKEN);
+        let post = |sha: &str, body: Value| github(&api, "POST", &format!("/repos/acme/app/statuses/{sha}"), body).0;
+        assert_eq!(
+            post(SHA, json!({"state": "pending", "context": "ci/a", "target_url": "https://ci.example/1"})),
+            201
+        );
+        assert_eq!(post(SHA, json!({"state": "success", "context": "ci/b", "description": "ok"})), 201);
+        assert_eq!(post(SHA, json!({"state": "failure", "context": "ci/a", "description": "broken"})), 201);
+        let other = "f".repeat(40);
+        assert_eq!(post(&other, json!({"state": "error", "context": "ci/c"})), 201);
+        assert_eq!(
+            github(&api, "POST", &format!("/repos/acme/other/statuses/{SHA}"), json!({"state": "error"})).0,
+            201
+        );
+        // A check run is not a commit status.
+        let token = installation_token(&api);
+        let run = json!({"name": "ci/d", "head_sha": SHA, "conclusion": "failure"});
+        assert_eq!(as_app(&api, "POST", "/repos/acme/app/check-runs", &token, run).0, 201);
+        let delivered = api.deliveries().len();
+
+        let path = format!("/repos/acme/app/commits/{SHA}/status");
+        let (code, head, combined) = github_get(&api, &path);
+        assert_eq!(code, 200, "{combined}");
+        assert!(head.to_ascii_lowercase().contains("x-ratelimit-remaining"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("link:"), "{head}");
+        assert_eq!((combined["state"].as_str(), combined["sha"].as_str()), (Some("failure"), Some(SHA)));
+        assert_eq!(combined["total_count"], 2);
+        let statuses = combined["statuses"].as_array().unwrap();
+        let contexts: Vec<_> = statuses.iter().map(|s| (s["context"].as_str(), s["state"].as_str())).collect();
+        assert_eq!(contexts, [(Some("ci/a"), Some("failure")), (Some("ci/b"), Some("success"))]);
+        let newest = &statuses[0];
+        assert_eq!((newest["description"].as_str(), newest["target_url"].as_str()), (Some("broken"), None));
+        assert!(newest["id"].is_u64() && is_timestamp(newest["created_at"].as_str().unwrap()), "{newest}");
+        assert_eq!(newest["created_at"], newest["updated_at"]);
+        assert_eq!(combined["repository"]["full_name"], "acme/app");
+
+        // Then all succeed; a commit without statuses is pending.
+        assert_eq!(post(SHA, json!({"state": "success", "context": "ci/a"})), 201);
+        assert_eq!(github_get(&api, &path).2["state"], "success");
+        let (code, _, none) = github_get(&api, &format!("/repos/acme/app/commits/{}/status", "e".repeat(40)));
+        assert_eq!((code, none["state"].as_str(), none["total_count"].as_u64()), (200, Some("pending"), Some(0)));
+        assert_eq!(none["statuses"], json!([]));
+        assert_eq!(github_get(&api, "/repos/acme/app/commits/main/status").0, 422);
+
+        assert_eq!(api.gets(), 3);
+        assert_eq!(api.deliveries().len(), delivered + 1, "a GET is no delivery");
+        assert_eq!(api.refused().len(), 1, "{:?}", api.refused());
+    }
+
+    #[test]
+    fn github_combined_status_is_paginated() {
+        let api = ForgeApi::start(TOKEN);
+        for i in 0..5 {
+            let body = json!({"state": "success", "context": format!("c{i}")});
+            assert_eq!(github(&api, "POST", &format!("/repos/acme/app/statuses/{SHA}"), body).0, 201);
+        }
+        let path = format!("/repos/acme/app/commits/{SHA}/status");
+        let contexts = |reply: &Value| -> Vec<String> {
+            reply["statuses"].as_array().unwrap().iter().map(|s| s["context"].as_str().unwrap().to_string()).collect()
+        };
+        let (code, head, page) = github_get(&api, &format!("{path}?per_page=2&page=2"));
+        assert_eq!(code, 200, "{page}");
+        assert_eq!((contexts(&page), page["total_count"].as_u64()), (vec!["c2".into(), "c1".into()], Some(5)));
+        let link = head.lines().find(|l| l.to_ascii_lowercase().starts_with("link:")).expect("a Link header");
+        assert!(link.contains(&format!("{path}?page=3&per_page=2>; rel=\"next\"")), "{link}");
+        assert!(link.contains("page=1&per_page=2>; rel=\"prev\"") && link.contains("rel=\"last\""), "{link}");
+        let (_, _, last) = github_get(&api, &format!("{path}?page=3&per_page=2"));
+        assert_eq!(contexts(&last), ["c0"]);
+        let (_, _, past) = github_get(&api, &format!("{path}?page=9&per_page=2"));
+        assert_eq!((past["statuses"].clone(), past["total_count"].as_u64()), (json!([]), Some(5)));
+        // Over the maximum is the maximum; unreadable is the default.
+        assert_eq!(contexts(&github_get(&api, &format!("{path}?per_page=500")).2).len(), 5);
+        assert_eq!(contexts(&github_get(&api, &format!("{path}?per_page=x&page=0")).2)[0], "c4");
+        assert_eq!(Page::lenient(&Fields::form(""), "per_page", 30, 100), Page { number: 1, size: 30 });
+        assert_eq!(Page::lenient(&Fields::form("per_page=101"), "per_page", 30, 100).size, 100);
+        assert_eq!(api.gets(), 5);
+    }
+
+    #[test]
+    fn reading_statuses_takes_the_credentials_and_faults_apply() {
+        let api = ForgeApi::start(TOKEN);
+        let github_path = format!("/repos/acme/app/commits/{SHA}/status");
+        let mut headers = GITHUB.to_vec();
+        headers[0] = ("authorization", "Bearer nope");
+        let (code, _, reply) = send(&api, "GET", &github_path, &headers, &Value::Null);
+        assert_eq!((code, reply["message"].as_str()), (401, Some("Bad credentials")));
+        headers[0] = ("authorization", "token forge-token");
+        headers[2] = ("accept", "application/json");
+        assert_eq!(send(&api, "GET", &github_path, &headers, &Value::Null).0, 415);
+        let gitlab_path = format!("/api/v4/projects/7/repository/commits/{SHA}/statuses");
+        assert_eq!(send(&api, "GET", &gitlab_path, &[("private-token", "nope")], &Value::Null).0, 401);
+        let gitea_path = format!("/api/v1/repos/acme/app/commits/{SHA}/status");
+        assert_eq!(send(&api, "GET", &gitea_path, &[], &Value::Null).0, 401);
+        assert_eq!(api.refused().len(), 4, "{:?}", api.refused());
+        // An installation token reads GitHub's statuses too.
+        let token = installation_token(&api);
+        assert_eq!(as_app(&api, "GET", &github_path, &token, Value::Null).0, 200);
+        assert_eq!(send(&api, "GET", &gitlab_path, GITLAB, &Value::Null).0, 200);
+        let bearer = [("authorization", "Bearer forge-token")];
+        assert_eq!(send(&api, "GET", &gitlab_path, &bearer, &Value::Null).0, 200);
+        assert_eq!(send(&api, "GET", &gitea_path, &bearer, &Value::Null).0, 200);
+        assert_eq!(api.gets(), 4);
+
+        api.fail_next(1, 502, &[]);
+        assert_eq!(github_get(&api, &github_path).0, 502);
+        api.hang_next(1);
+        let mut stream = std::net::TcpStream::connect(addr(&api)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let request = format!("GET {gitea_path} HTTP/1.1\r\nhost: x\r\nauthorization: token forge-token\r\n\r\n");
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        assert!(std::io::Read::read(&mut stream, &mut [0; 64]).is_err(), "no answer");
+        api.set_available(false);
+        assert_eq!(send(&api, "GET", &gitlab_path, GITLAB, &Value::Null).0, 503);
+        api.set_available(true);
+        assert_eq!(api.gets(), 4);
+        // The token's POST, 4 refused and 4 answered GETs, 3 faults.
+        assert_eq!(api.requests(), 1 + 4 + 4 + 3);
+        assert!(api.deliveries().is_empty());
+    }
+
+    #[test]
+    fn gitlab_lists_the_latest_statuses_or_all() {
+        let api = ForgeApi::start(TOKEN);
+        let (_, first) = gitlab(&api, "group%2Fapp", json!({"state": "running", "name": "build"}));
+        let pipeline = first["pipeline_id"].as_u64().unwrap();
+        let on = |body: Value| {
+            let mut body = body;
+            body["pipeline_id"] = pipeline.into();
+            gitlab(&api, "group%2Fapp", body).0
+        };
+        assert_eq!(on(json!({"state": "success", "name": "build"})), 201);
+        assert_eq!(on(json!({"state": "running", "name": "build", "description": "retry"})), 201);
+        assert_eq!(on(json!({"state": "pending", "name": "lint"})), 201);
+        // Another pipeline of the commit (another ref), and another project.
+        let (code, feature) =
+            gitlab(&api, "group%2Fapp", json!({"state": "failed", "name": "build", "ref": "feature"}));
+        assert_eq!(code, 201, "{feature}");
+        let feature_pipeline = feature["pipeline_id"].as_u64().unwrap();
+        assert_ne!(feature_pipeline, pipeline);
+        assert_eq!(gitlab(&api, "7", json!({"state": "success", "name": "build"})).0, 201);
+
+        let path = format!("/api/v4/projects/group%2Fapp/repository/commits/{SHA}/statuses");
+        let list = |query: &str| {
+            let (code, head, reply) = send(&api, "GET", &format!("{path}{query}"), GITLAB, &Value::Null);
+            assert_eq!(code, 200, "{query}: {reply}");
+            let jobs = reply.as_array().unwrap().clone();
+            (jobs, head.to_ascii_lowercase())
+        };
+        let names = |jobs: &[Value]| -> Vec<(String, String)> {
+            let field = |job: &Value, key: &str| job[key].as_str().unwrap().to_string();
+            jobs.iter().map(|job| (field(job, "name"), field(job, "status"))).collect()
+        };
+        let pair = |name: &str, status: &str| (name.to_string(), status.to_string());
+
+        let (latest, head) = list("");
+        assert_eq!(names(&latest), [pair("build", "running"), pair("lint", "pending"), pair("build", "failed")]);
+        let retry = &latest[0];
+        assert_eq!((retry["sha"].as_str(), retry["ref"].as_str()), (Some(SHA), Some("main")));
+        assert_eq!((retry["pipeline_id"].as_u64(), retry["description"].as_str()), (Some(pipeline), Some("retry")));
+        assert_eq!((retry["allow_failure"].as_bool(), retry["target_url"].clone()), (Some(false), Value::Null));
+        assert!(retry["id"].as_u64() > first["id"].as_u64() && retry["created_at"].is_string(), "{retry}");
+        assert!(head.contains("x-total: 3") && head.contains("x-page: 1") && head.contains("x-per-page: 20"), "{head}");
+
+        let (all, _) = list("?all=true");
+        assert_eq!(all.len(), 4);
+        assert_eq!((all[0]["id"].clone(), all[0]["status"].as_str()), (first["id"].clone(), Some("success")));
+        assert_eq!(list("?all=yes").0.len(), 4);
+        assert_eq!(list("?all=false").0.len(), 3);
+        assert_eq!(names(&list("?name=build").0), [pair("build", "running"), pair("build", "failed")]);
+        assert_eq!(list("?name=build&all=1").0.len(), 3);
+        assert_eq!(names(&list(&format!("?pipeline_id={feature_pipeline}")).0), [pair("build", "failed")]);
+        assert_eq!(list(&format!("?pipeline_id={pipeline}&name=lint")).0.len(), 1);
+        assert_eq!(names(&list("?ref=feature").0), [pair("build", "failed")]);
+        assert_eq!(list("?stage=external").0.len(), 3);
+        assert!(list("?stage=test").0.is_empty());
+        assert_eq!(names(&list("?sort=desc").0)[0], pair("build", "failed"));
+        assert_eq!(names(&list("?order_by=pipeline_id&sort=desc").0)[0], pair("build", "failed"));
+
+        let (second, head) = list("?per_page=2&page=2");
+        assert_eq!(names(&second), [pair("build", "failed")]);
+        assert!(head.contains("x-total-pages: 2") && head.contains("x-prev-page: 1"), "{head}");
+        assert!(
+            head.contains("rel=\"first\"") && head.contains("rel=\"last\"") && !head.contains("rel=\"next\""),
+            "{head}"
+        );
+        assert!(list("?per_page=1000").1.lines().any(|l| l == "x-per-page: 100"));
+
+        for bad in ["?page=x", "?per_page=1.5", "?pipeline_id=abc", "?order_by=name", "?sort=up"] {
+            let (code, _, reply) = send(&api, "GET", &format!("{path}{bad}"), GITLAB, &Value::Null);
+            assert_eq!(code, 400, "{bad}: {reply}");
+            assert!(reply["error"].is_string(), "{bad}: {reply}");
+        }
+        let (code, _, reply) =
+            send(&api, "GET", "/api/v4/projects/7/repository/commits/main/statuses", GITLAB, &Value::Null);
+        assert_eq!((code, reply["message"].as_str()), (404, Some("404 Commit Not Found")));
+        let other = format!("/api/v4/projects/8/repository/commits/{SHA}/statuses");
+        assert_eq!(send(&api, "GET", &other, GITLAB, &Value::Null).2, json!([]));
+        assert_eq!(api.deliveries().len(), 6);
+    }
+
+    #[test]
+    fn gitea_combined_status_is_the_latest_per_context() {
+        let api = ForgeApi::start(TOKEN);
+        let post = format!("/api/v1/repos/acme/app/statuses/{SHA}");
+        let headers = [("authorization", "token forge-token"), ("content-type", "application/json")];
+        for (state, context) in [("pending", "ci"), ("success", "lint"), ("failure", "ci"), ("warning", "lint")] {
+            let body = json!({"state": state, "context": context, "target_url": "https://ci.example/1"});
+            assert_eq!(send(&api, "POST", &post, &headers, &body).0, 201);
+        }
+        let path = format!("/api/v1/repos/acme/app/commits/{SHA}/status");
+        let (code, head, combined) = send(&api, "GET", &path, &headers[..1], &Value::Null);
+        assert_eq!(code, 200, "{combined}");
+        assert!(head.to_ascii_lowercase().contains("x-total-count: 2"), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("x-ratelimit"), "{head}");
+        assert_eq!((combined["state"].as_str(), combined["sha"].as_str()), (Some("failure"), Some(SHA)));
+        assert_eq!(combined["total_count"], 2);
+        let statuses = combined["statuses"].as_array().unwrap();
+        let got: Vec<_> = statuses.iter().map(|s| (s["context"].as_str(), s["status"].as_str())).collect();
+        assert_eq!(got, [(Some("lint"), Some("warning")), (Some("ci"), Some("failure"))]);
+        assert_eq!(
+            (statuses[0]["target_url"].as_str(), statuses[0]["description"].as_str()),
+            (Some("https://ci.example/1"), Some(""))
+        );
+        assert!(statuses[0].get("state").is_none() && statuses[0]["updated_at"].is_string(), "{}", statuses[0]);
+
+        let body = json!({"state": "success", "context": "ci"});
+        assert_eq!(send(&api, "POST", &post, &headers, &body).0, 201);
+        assert_eq!(send(&api, "GET", &path, &headers[..1], &Value::Null).2["state"], "success");
+        let (_, _, one) = send(&api, "GET", &format!("{path}?limit=1&page=2"), &headers[..1], &Value::Null);
+        assert_eq!((one["total_count"].as_u64(), one["statuses"][0]["context"].as_str()), (Some(1), Some("lint")));
+        // No status: Gitea's empty combined status.
+        let none = format!("/api/v1/repos/acme/app/commits/{}/status", "e".repeat(40));
+        let (code, _, empty) = send(&api, "GET", &none, &headers[..1], &Value::Null);
+        assert_eq!((code, empty["state"].as_str(), empty["total_count"].as_u64()), (200, Some(""), Some(0)));
+        assert_eq!(
+            (empty["sha"].as_str(), empty["statuses"].clone()),
+            (Some("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"), Value::Null)
+        );
+        assert_eq!(send(&api, "GET", "/api/v1/repos/acme/app/commits/main/status", &headers[..1], &Value::Null).0, 404);
+        assert_eq!((api.gets(), api.deliveries().len()), (4, 5));
     }
 
     #[test]

@@ -364,9 +364,10 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
         for context in contexts {
             let states = forge.states_of(sha, context);
             assert!(states.windows(2).all(|w| rank(&w[0]) <= rank(&w[1])), "{context} went back: {states:?}");
-            // A status sent just before the kill, its deletion not yet on
-            // disk, is sent again: the same final state, never an older one.
-            assert!(states.iter().filter(|s| rank(s) == 2).all(|s| s == "success"), "{context}: {states:?}");
+            // A status sent just before the kill (its deletion not yet on
+            // disk) is read back from the forge after the restart, not sent
+            // again: each context ends once, in its final state.
+            assert_eq!(states.iter().filter(|s| rank(s) == 2).collect::<Vec<_>>(), ["success"], "{context}: {states:?}");
         }
     }
     let repeated = shas
@@ -375,8 +376,9 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
         .filter(|(sha, c)| forge.states_of(sha, c).iter().filter(|s| rank(s) == 2).count() > 1)
         .count();
     println!(
-        "statuses: {} delivered, {killed_at} before the kill; final states sent twice: {repeated}",
-        forge.deliveries().len()
+        "statuses: {} delivered, {killed_at} before the kill; final states sent twice: {repeated}; reads after the restart: {}",
+        forge.deliveries().len(),
+        forge.gets()
     );
     assert!(forge.refused().is_empty(), "{:?}", forge.refused());
 }

@@ -154,6 +154,37 @@ impl Kind {
         }
     }
 
+    /// Where the latest status of each context of a commit is read.
+    pub fn statuses_url(self, api: &str, project: &str, sha: &str) -> String {
+        let api = api.trim_end_matches('/');
+        match self {
+            Self::GitHub => format!("{api}/repos/{project}/commits/{sha}/status?per_page=100"),
+            Self::Gitea => format!("{api}/repos/{project}/commits/{sha}/status?limit=50"),
+            Self::GitLab => {
+                let id: String = url::form_urlencoded::byte_serialize(project.as_bytes()).collect();
+                format!("{api}/projects/{id}/repository/commits/{sha}/statuses?per_page=100")
+            }
+        }
+    }
+
+    /// The statuses in such an answer: (context, state word, description,
+    /// link), as the forge holds them.
+    pub fn statuses_of(self, reply: &Value) -> Vec<(String, String, String, String)> {
+        let list = match self {
+            Self::GitLab => reply.as_array(),
+            Self::GitHub | Self::Gitea => reply["statuses"].as_array(),
+        };
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        list.into_iter()
+            .flatten()
+            .map(|st| match self {
+                Self::GitHub => (s(&st["context"]), s(&st["state"]), s(&st["description"]), s(&st["target_url"])),
+                Self::GitLab => (s(&st["name"]), s(&st["status"]), s(&st["description"]), s(&st["target_url"])),
+                Self::Gitea => (s(&st["context"]), s(&st["status"]), s(&st["description"]), s(&st["target_url"])),
+            })
+            .collect()
+    }
+
     /// The pipeline GitLab put the status in (from its reply).
     pub fn pipeline_of(self, reply: &Value) -> Option<u64> {
         (self == Self::GitLab).then(|| reply["pipeline_id"].as_u64()).flatten()
@@ -205,6 +236,13 @@ mod tests {
             (gl["state"].as_str(), gl["ref"].as_str(), gl["pipeline_id"].as_u64()),
             (Some("running"), Some("main"), Some(9))
         );
+        let combined = serde_json::json!({"statuses": [{"context": "viaduct/ci", "state": "success", "description": "d", "target_url": "u"}]});
+        assert_eq!(Kind::GitHub.statuses_of(&combined), [("viaduct/ci".into(), "success".into(), "d".into(), "u".into())]);
+        let gitea = serde_json::json!({"statuses": [{"context": "viaduct/ci", "status": "failure", "description": "d", "target_url": "u"}]});
+        assert_eq!(Kind::Gitea.statuses_of(&gitea)[0].1, "failure");
+        let gitlab = serde_json::json!([{"name": "viaduct/ci", "status": "running", "description": "d", "target_url": "u"}]);
+        assert_eq!(Kind::GitLab.statuses_of(&gitlab)[0].1, "running");
+        assert_eq!(Kind::GitLab.statuses_url("https://gl/api/v4", "g/app", "abc"), "https://gl/api/v4/projects/g%2Fapp/repository/commits/abc/statuses?per_page=100");
         let gh = Kind::GitHub.body(&s);
         assert_eq!((gh["state"].as_str(), gh["context"].as_str()), (Some("pending"), Some("viaduct/ci")));
         assert!(gh.get("pipeline_id").is_none());

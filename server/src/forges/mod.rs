@@ -64,6 +64,8 @@ const IN_FLIGHT: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A status still failing this long after its state was reached is dropped.
 pub const EXPIRY_MS: i64 = 24 * 3600 * 1000;
+/// Commits whose statuses are read back on a repository's first pass.
+const MAX_RECOVERY_READS: usize = 100;
 /// Waiting statuses counted for `Repos.Get`, at most.
 const MAX_COUNTED: usize = 100_000;
 /// Bytes of a failing step's log read for its check run.
@@ -99,6 +101,8 @@ pub struct Forges {
     http: reqwest::Client,
     app_tokens: github_app::AppTokens,
     turns: Mutex<HashMap<String, Turn>>,
+    /// Repositories that had their first pass since the server started.
+    recovered: Mutex<std::collections::HashSet<String>>,
     wake: Notify,
     /// Counts for `/metrics`.
     pub counters: Counters,
@@ -152,6 +156,7 @@ impl Forges {
             http,
             app_tokens: github_app::AppTokens::default(),
             turns: Mutex::default(),
+            recovered: Mutex::default(),
             wake: Notify::new(),
             counters: Counters::default(),
         }))
@@ -279,8 +284,32 @@ impl Forges {
         // This flush also covers the previous pass's deletions, so a crash
         // cannot bring back a status older than one sent since.
         self.store.wait_durable(self.store.ticket_soon()).await;
-        let contexts = coalesce(read, !conn.app_id.is_empty());
         let kind = Kind::parse(&conn.kind).unwrap_or(Kind::GitHub);
+        let mut contexts = coalesce(read, !conn.app_id.is_empty());
+        // The first pass since the server started may hold statuses sent
+        // just before a crash (their deletion lost): what the forge already
+        // shows is not sent again.
+        let mut shown = Vec::new();
+        if conn.app_id.is_empty() && !self.recovered(repo) {
+            match self.already_shown(repo, kind, &conn, &token, &contexts).await {
+                Ok(found) => {
+                    (shown, contexts) = contexts
+                        .into_iter()
+                        .partition(|c| found.contains(&(c.newest.commit.clone(), context_name(&conn, &c.newest))));
+                    self.recovered.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.to_string());
+                    if !shown.is_empty() {
+                        tracing::info!(repo, statuses = shown.len(), "statuses the forge already shows: not sent again");
+                    }
+                }
+                // The forge is down or limiting: wait, as for a status.
+                Err(Reply::Retry { wait, why }) => {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    self.failed(repo, &why)?;
+                    return Ok(Some(wait));
+                }
+                Err(other) => tracing::info!(repo, error = ?other, "cannot read the forge's statuses: all are sent"),
+            }
+        }
         let in_flight = if kind.one_at_a_time() { 1 } else { IN_FLIGHT };
         let (conn, token) = (&conn, token.as_str());
         // After a rate limit, a server error or no answer, the rest of the
@@ -302,6 +331,7 @@ impl Forges {
             .collect()
             .await;
         let (mut done, mut dropped, mut delivered) = (Vec::new(), 0, 0);
+        done.extend(shown.into_iter().flat_map(|c| c.keys));
         let mut retry: Option<Option<Duration>> = None;
         let mut error = None;
         for (c, sent) in results {
@@ -335,6 +365,47 @@ impl Forges {
         self.counters.delivered.fetch_add(delivered, Ordering::Relaxed);
         self.record(repo, delivered, error.as_deref())?;
         Ok(retry)
+    }
+
+    /// Whether `repo` has had its first pass since the server started.
+    fn recovered(&self, repo: &str) -> bool {
+        self.recovered.lock().unwrap_or_else(|p| p.into_inner()).contains(repo)
+    }
+
+    /// The contexts (commit, name) of `contexts` whose newest status the
+    /// forge already shows, as it would be sent: state, description and link.
+    async fn already_shown(
+        &self,
+        repo: &str,
+        kind: Kind,
+        conn: &ForgeConnection,
+        token: &str,
+        contexts: &[Context],
+    ) -> std::result::Result<std::collections::HashSet<(String, String)>, Reply> {
+        let mut commits: Vec<&str> = contexts.iter().map(|c| c.newest.commit.as_str()).collect();
+        commits.sort_unstable();
+        commits.dedup();
+        // Bounded: beyond, statuses are sent again (at least once).
+        commits.truncate(MAX_RECOVERY_READS);
+        let mut found = std::collections::HashSet::new();
+        for sha in commits {
+            let url = kind.statuses_url(&conn.api_url, &conn.project, sha);
+            let reply = match self.request(reqwest::Method::GET, url, kind.auth(token), &serde_json::Value::Null).await {
+                Reply::Accepted(reply) => reply,
+                other => return Err(other),
+            };
+            let current = kind.statuses_of(&reply);
+            for c in contexts.iter().filter(|c| c.newest.commit == sha) {
+                let s = &c.newest;
+                let name = context_name(conn, s);
+                let state = kind.state(Status::try_from(s.status).unwrap_or(Status::Unspecified));
+                let link = self.target_url(repo, s);
+                if current.iter().any(|(n, st, d, u)| *n == name && st == state && *d == s.description && *u == link) {
+                    found.insert((sha.to_string(), name));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The statuses of `repo` waiting, oldest first (at most [`BATCH`]);
@@ -390,16 +461,21 @@ impl Forges {
         Ok(())
     }
 
-    /// Sends one status: a commit status, or a check run for a GitHub App.
-    async fn send(&self, repo: &str, kind: Kind, conn: &ForgeConnection, token: &str, s: &StatusRecord) -> Sent {
-        let context = context_name(conn, s);
-        let status = Status::try_from(s.status).unwrap_or(Status::Unspecified);
-        let target_url = match (s.run_id.as_str(), s.job_id.as_str()) {
+    /// Where a status links to in the web UI.
+    fn target_url(&self, repo: &str, s: &StatusRecord) -> String {
+        match (s.run_id.as_str(), s.job_id.as_str()) {
             // Nothing ran: the repository's page.
             ("", _) => format!("{}/repos/{repo}", self.repos.public_url()),
             (run, "") => format!("{}/runs/{run}", self.repos.public_url()),
             (run, job) => format!("{}/runs/{run}/jobs/{job}", self.repos.public_url()),
-        };
+        }
+    }
+
+    /// Sends one status: a commit status, or a check run for a GitHub App.
+    async fn send(&self, repo: &str, kind: Kind, conn: &ForgeConnection, token: &str, s: &StatusRecord) -> Sent {
+        let context = context_name(conn, s);
+        let status = Status::try_from(s.status).unwrap_or(Status::Unspecified);
+        let target_url = self.target_url(repo, s);
         if !conn.app_id.is_empty() {
             return self.send_check(repo, conn, token, s, (&context, status, &target_url)).await;
         }
@@ -559,14 +635,16 @@ impl Forges {
             Err(_) => return Reply::Retry { wait: None, why: "the token is not a valid HTTP header value".into() },
         };
         value.set_sensitive(true);
-        let request = self
+        let mut request = self
             .http
             .request(method, url)
             .header(header, value)
             .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-            .header("content-type", "application/json")
-            .body(body.to_string());
+            .header("x-github-api-version", "2022-11-28");
+        // A read sends no body.
+        if !body.is_null() {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
         let answer = match request.send().await {
             Ok(r) => r,
             // Without the URL: it is the connection's, not news.
