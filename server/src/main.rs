@@ -189,8 +189,9 @@ struct Args {
     #[arg(long, env = "VIADUCT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Email notifications (`notify: - email:`) through this mail server:
-    /// `smtp://HOST[:PORT]` (STARTTLS if offered), `smtp://HOST:PORT?tls=required`
-    /// or `smtps://HOST[:PORT]`. Without it, email notifications are dropped.
+    /// `smtp://HOST[:PORT]` (STARTTLS required; plain SMTP only to this
+    /// machine) or `smtps://HOST[:PORT]`. Without it, email notifications
+    /// are dropped.
     #[arg(long, env = "VIADUCT_SMTP_URL", requires = "smtp_from")]
     smtp_url: Option<String>,
     /// The `From:` of email notifications, e.g. `Viaduct <ci@example.com>`.
@@ -203,6 +204,10 @@ struct Args {
     /// on the machine can read a process's arguments).
     #[arg(long, requires = "smtp_user")]
     smtp_password_file: Option<PathBuf>,
+    /// The only recipient domains of email notifications (comma-separated;
+    /// a pipeline names the addresses, so without this no mail goes out).
+    #[arg(long, env = "VIADUCT_SMTP_ALLOWED_DOMAINS", value_delimiter = ',')]
+    smtp_allowed_domains: Vec<String>,
     /// Single sign-on: give members of GROUP a role, on every repository
     /// or on REPO (GROUP=ROLE or GROUP=ROLE:REPO; repeatable).
     #[arg(long = "oidc-group-role", value_parser = parse_group_role)]
@@ -450,6 +455,7 @@ fn main() -> ExitCode {
             Some(url) => Some(viaduct_server::notify::SmtpConfig {
                 url,
                 from: args.smtp_from.unwrap_or_default(),
+                allowed_domains: args.smtp_allowed_domains,
                 credentials: match (args.smtp_user, &args.smtp_password_file) {
                     (Some(user), Some(file)) => match std::fs::read_to_string(file) {
                         Ok(p) => Some((user, p.trim_end_matches(['\r', '\n']).to_string())),

@@ -73,29 +73,46 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now_s: u64
     }
 }
 
-/// `https://`, or `http://` to a loopback address; no credentials, query or
+/// `https://`, or `http://` to a loopback address; no credentials or
 /// fragment in it (a token or signing key goes with the call: over a
-/// network only encrypted, and only where its owner said).
-pub fn check_destination(what: &str, url: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("{what} `{}`: {why}", url.escape_debug()));
-    let Ok(parsed) = url::Url::parse(url) else { return bad("not a URL") };
+/// network only encrypted, and only where its owner said). The reason does
+/// not repeat the URL, which may be a secret's value.
+pub fn check_destination(url: &str) -> Result<(), &'static str> {
+    let Ok(parsed) = url::Url::parse(url) else { return Err("not a URL") };
     if !parsed.username().is_empty() || parsed.password().is_some() || parsed.fragment().is_some() {
-        return bad("no credentials or fragment in it");
+        return Err("no credentials or fragment in it");
     }
     let loopback = match parsed.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return bad("no host"),
+        None => return Err("no host"),
     };
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
         "http" => {
-            bad("use https:// (http:// only to this machine: what is sent would cross the network in clear text)")
+            Err("use https:// (http:// only to this machine: what is sent would cross the network in clear text)")
         }
-        _ => bad("use https://"),
+        _ => Err("use https://"),
     }
+}
+
+/// The most of an answer's body read (a hostile or broken destination
+/// cannot fill the server's memory).
+pub const MAX_ANSWER: usize = 256 * 1024;
+
+/// An answer's body, at most [`MAX_ANSWER`] bytes of it.
+pub async fn body_of(mut answer: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = answer.chunk().await {
+        let room = MAX_ANSWER.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ANSWER {
+            break;
+        }
+    }
+    body
 }
 
 /// The backoff after `failures` failed attempts in a row: 1 s, doubling, at

@@ -118,16 +118,9 @@ pub struct RunFacts<'a> {
 pub fn secret_refusal(name: &str, scope: &SecretScope, run: &RunFacts<'_>) -> Option<String> {
     if scope.server_only {
         return Some(format!(
-            "secret `{name}` is refused: it is for the server only (a forge token, a notification URL), never for jobs"
+            "secret `{name}` is refused: it is for the server only (a forge token or key), never for jobs or notifications"
         ));
     }
-    server_use_refusal(name, scope, run)
-}
-
-/// Why the server may not use secret `name` on behalf of this run (a
-/// notification's URL or signing key), or `None` when it may: its scope
-/// must admit the run, as for a job, but a server-only secret may serve.
-pub fn server_use_refusal(name: &str, scope: &SecretScope, run: &RunFacts<'_>) -> Option<String> {
     let src = run.source;
     if run.trust == Trust::Untrusted {
         return Some(format!(
@@ -328,8 +321,6 @@ mod tests {
         let server = SecretScope { repos: vec!["app".into()], server_only: true, ..Default::default() };
         assert!(secret_refusal("K", &server, &run).unwrap().contains("for the server only"));
         assert!(credentials_refusal("K", &server, "busybox", &run).unwrap().contains("for the server only"));
-        assert_eq!(server_use_refusal("K", &server, &run), None);
-        assert!(server_use_refusal("K", &server, &untrusted).is_some());
     }
 
     #[test]

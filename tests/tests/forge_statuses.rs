@@ -367,7 +367,11 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
             // A status sent just before the kill (its deletion not yet on
             // disk) is read back from the forge after the restart, not sent
             // again: each context ends once, in its final state.
-            assert_eq!(states.iter().filter(|s| rank(s) == 2).collect::<Vec<_>>(), ["success"], "{context}: {states:?}");
+            assert_eq!(
+                states.iter().filter(|s| rank(s) == 2).collect::<Vec<_>>(),
+                ["success"],
+                "{context}: {states:?}"
+            );
         }
     }
     let repeated = shas
@@ -519,7 +523,11 @@ async fn a_pull_request_the_pipeline_does_not_run_still_gets_final_checks_unless
             r#"{{"action":"opened","number":{number},"pull_request":{{"head":{{"sha":"{head}","ref":"fix","repo":{{"full_name":"org/app"}}}},"base":{{"ref":"main","repo":{{"full_name":"org/app"}}}},"user":{{"login":"alice"}},"author_association":"MEMBER"}}}}"#
         );
         let sig = viaduct_tests::forge::sign(HOOK_SECRET, body.as_bytes());
-        let h = [("x-github-event", "pull_request"), ("x-github-delivery", delivery), ("x-hub-signature-256", sig.as_str())];
+        let h = [
+            ("x-github-event", "pull_request"),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", sig.as_str()),
+        ];
         let (code, reply) = viaduct_tests::http(server.addr(), "POST", "/webhooks/app", &h, body.as_bytes());
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&reply));
     };
@@ -530,7 +538,9 @@ async fn a_pull_request_the_pipeline_does_not_run_still_gets_final_checks_unless
     pr(7, &head, "pr-7");
     let checks = ["viaduct/ci", "viaduct/ci/build"];
     forge
-        .wait_for("final checks for the pull request", |d| checks.iter().all(|c| final_of(d, &head, c).is_some()).then_some(()))
+        .wait_for("final checks for the pull request", |d| {
+            checks.iter().all(|c| final_of(d, &head, c).is_some()).then_some(())
+        })
         .await;
     for c in checks {
         let d = final_of(&forge.deliveries(), &head, c).cloned().unwrap();

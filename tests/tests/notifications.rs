@@ -32,7 +32,8 @@ jobs:
 "#;
 
 async fn set(client: &Client, name: &str, value: &str, repos: Vec<String>) {
-    let scope = v1::SecretScope { repos, server_only: name != "HOOK_KEY", ..Default::default() };
+    // A server-only secret (a forge token) is never a notification's.
+    let scope = v1::SecretScope { repos, server_only: name.starts_with("FORGE"), ..Default::default() };
     client
         .secrets()
         .set(v1::SetSecretRequest { name: name.into(), value: value.into(), scope: Some(scope) })
@@ -41,8 +42,12 @@ async fn set(client: &Client, name: &str, value: &str, repos: Vec<String>) {
 }
 
 async fn run(client: &Client, ok: bool) -> v1::Run {
+    run_file(client, PIPELINE, ok).await
+}
+
+async fn run_file(client: &Client, pipeline: &str, ok: bool) -> v1::Run {
     let req = v1::SubmitRequest {
-        source: Some(v1::submit_request::Source::PipelineYaml(PIPELINE.into())),
+        source: Some(v1::submit_request::Source::PipelineYaml(pipeline.into())),
         inputs: [("ok".to_string(), if ok { "yes" } else { "no" }.to_string())].into(),
         ..Default::default()
     };
@@ -65,7 +70,14 @@ fn schema() -> jsonschema::Validator {
 async fn failures_fixes_and_breaks_reach_webhooks_slack_matrix_and_email() {
     let sink = WebhookSink::start();
     let Some(smtp) = Smtp::start() else { return };
-    let server = Server::start_with(&["--smtp-url", &smtp.url(), "--smtp-from", "Viaduct <ci@example.com>"]);
+    let server = Server::start_with(&[
+        "--smtp-url",
+        &smtp.url(),
+        "--smtp-from",
+        "Viaduct <ci@example.com>",
+        "--smtp-allowed-domains",
+        "example.com",
+    ]);
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
     for (name, path) in
@@ -127,13 +139,11 @@ async fn failures_fixes_and_breaks_reach_webhooks_slack_matrix_and_email() {
     assert!(matrix[1].contains("ci is fixed") && matrix[2].contains("ci failed"), "{matrix:?}");
 
     // Email: broken and fixed only, to both addresses.
-    let mails = loop {
+    let mails = viaduct_tests::eventually("two emails", || {
         let m = smtp.messages();
-        if m.len() >= 2 {
-            break m;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+        async move { (m.len() >= 2).then_some(m) }
+    })
+    .await;
     assert_eq!(mails.len(), 2);
     let subjects: Vec<String> = mails.iter().map(|m| m.header("subject").unwrap()).collect();
     assert!(subjects[0].contains("ci is fixed") && subjects[1].contains("ci is broken"), "{subjects:?}");
@@ -156,22 +166,26 @@ async fn a_notification_waits_out_failures_and_a_server_kill_and_a_secret_out_of
     set(&client, "HOOK_URL", &format!("{}/hook", sink.url()), vec![]).await;
     set(&client, "HOOK_KEY", KEY, vec![]).await;
     set(&client, "SLACK_URL", &format!("{}/slack", sink.url()), vec!["another-repository".into()]).await;
-    set(&client, "MATRIX_URL", &format!("{}/matrix", sink.url()), vec![]).await;
+    // A forge token: never a notification's, even in scope.
+    set(&client, "FORGE_TOKEN", &format!("{}/matrix", sink.url()), vec![]).await;
+    let pipeline = PIPELINE.replace("matrix: MATRIX_URL", "matrix: FORGE_TOKEN");
     set(&client, "JOB_HOOK_URL", &format!("{}/job", sink.url()), vec![]).await;
 
     // Refused twice, then taken.
     sink.refuse_next(&[503, 502]);
-    let first = run(&client, false).await;
+    let first = run_file(&client, &pipeline, false).await;
     let hook = sink.wait_for("the webhook despite two refusals", "/hook", |r| r.first().cloned()).await;
     assert_eq!(hook.json()["run"]["id"], first.id.as_str());
     // SLACK_URL is scoped to another repository: this run may not use it.
     assert!(sink.received_on("/slack").is_empty());
     assert!(server.log().contains("notification left out"), "the log says why");
+    assert!(sink.received_on("/matrix").is_empty(), "a server-only secret is never a notification's");
+    assert!(server.log().contains("secret `FORGE_TOKEN` is refused: it is for the server only"));
 
     // The sink down when the run ends; the server killed; the notification
     // still comes, once, after the restart.
     sink.set_down(true);
-    let second = run(&client, true).await;
+    let second = run_file(&client, &pipeline, true).await;
     server.kill9();
     sink.set_down(false);
     server.restart();

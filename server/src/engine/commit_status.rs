@@ -159,7 +159,8 @@ impl Engine {
         let description = shorten(&format!("skipped: {}", what.why));
         let names = std::iter::once(String::new()).chain(what.jobs.iter().cloned());
         for job in names {
-            let n = NOT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (1 << (PER_TRANSITION_BITS - 1));
+            // A store id: unique across restarts too.
+            let n = self.store().generate_id()? % (1 << (PER_TRANSITION_BITS - 1));
             let seq = sequence(last, (1 << PER_TRANSITION_BITS) - 1 - n as usize);
             let rec = StatusRecord {
                 schema: SCHEMA_VERSION,
@@ -179,9 +180,6 @@ impl Engine {
         Ok(())
     }
 }
-
-/// Not-run statuses written since the start (their sequence numbers).
-static NOT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How an ended run or job is described: its result, how long it took, and
 /// why (a skip's reason, a failure's message).

@@ -77,7 +77,9 @@ fn admitted<'r>(store: &Store, run: &RunRecord, rules: &'r [NotifyRule]) -> Resu
         for name in [&rule.url_secret, &rule.key_secret].into_iter().filter(|n| !n.is_empty()) {
             let refusal = match crate::secrets::SecretBox::scope(store, name)? {
                 None => Some(format!("secret `{name}` is not set")),
-                Some(scope) => trust::server_use_refusal(name, &scope, &facts),
+                // A server-only secret (a forge token) is never a notification's:
+                // it would go to a URL a pipeline picks, or sign what it writes.
+                Some(scope) => trust::secret_refusal(name, &scope, &facts),
             };
             if let Some(why) = refusal {
                 tracing::warn!(pipeline = %run.pipeline, kind = %rule.kind, why, "notification left out");
@@ -89,22 +91,26 @@ fn admitted<'r>(store: &Store, run: &RunRecord, rules: &'r [NotifyRule]) -> Resu
     Ok(out)
 }
 
-/// The previous ended run of the same pipeline, repository and branch (or
-/// pull request) as `run`, older than `id`: its id and outcome.
+/// The run of the same pipeline, repository and branch (or pull request)
+/// as `run` that ended last before it (by when they ended, not when they
+/// started), with an outcome: its id and outcome.
 fn previous_run(store: &Store, id: RunId, run: &RunRecord) -> Result<Option<(RunId, bool)>> {
     let lane = |s: &viaduct_proto::v1::RunSource| (s.repo.clone(), s.branch.clone(), s.pull_request, s.tag.clone());
     let ours = lane(&run.source.clone().unwrap_or_default());
+    let mut last: Option<(i64, RunId, bool)> = None;
     for older in index::scan(store, Field::Pipeline, run.pipeline.as_bytes(), Some(id)).take(LOOK_BACK) {
         let older = older?;
         let Some(head) = store.get::<RunHead>(T::Runs, older.key())? else { continue };
-        if lane(&head.source.clone().unwrap_or_default()) != ours {
+        if lane(&head.source.clone().unwrap_or_default()) != ours || head.finished_ms > run.finished_ms {
             continue;
         }
-        if let Some(ok) = outcome(head.status()) {
-            return Ok(Some((older, ok)));
+        if let Some(ok) = outcome(head.status())
+            && last.is_none_or(|(at, ..)| head.finished_ms > at)
+        {
+            last = Some((head.finished_ms, older, ok));
         }
     }
-    Ok(None)
+    Ok(last.map(|(_, id, ok)| (id, ok)))
 }
 
 /// A record for `rule` firing `event`.
@@ -136,7 +142,9 @@ pub fn of_run(
     if rules.is_empty() {
         return Ok(Vec::new());
     }
-    let previous = previous_run(store, id, run)?.map(|(_, ok)| ok);
+    // A retried run (only a run that did not succeed is retried) follows
+    // its own earlier ending.
+    let previous = if run.retried > 0 { Some(false) } else { previous_run(store, id, run)?.map(|(_, ok)| ok) };
     let mut jobs = Vec::new();
     for i in 1..=run.job_count {
         let key = JobKey::new(id, i);
@@ -176,7 +184,8 @@ pub fn of_job(
     if rules.is_empty() {
         return Ok(Vec::new());
     }
-    // The same job (by key) in the previous run.
+    // The same job in the previous run (by name: a matrix job's expansions
+    // share a key).
     let mut previous = None;
     if let Some((older, _)) = previous_run(store, key.run, run)? {
         let count = store.get::<RunHead>(T::Runs, older.key())?.map_or(0, |h| h.job_count);
@@ -184,6 +193,7 @@ pub fn of_job(
             let other = JobKey::new(older, i);
             if let Some(j) = store.get::<JobName>(T::Jobs, other.key())?
                 && j.key == job.key
+                && j.name == job.name
             {
                 previous = outcome(j.status());
                 break;

@@ -140,11 +140,11 @@ impl Engine {
     }
 
     /// Whether a run of `pipeline` of repository `repo` at `commit` exists
-    /// (among the newest 500 of the pipeline).
+    /// (among the repository's newest 2,000 that retention kept).
     pub fn ran_at(&self, repo: &str, pipeline: &str, commit: &str) -> Result<bool> {
-        for id in super::index::scan(self.store(), super::index::Field::Pipeline, pipeline.as_bytes(), None).take(500) {
+        for id in super::index::scan(self.store(), super::index::Field::Repo, repo.as_bytes(), None).take(2000) {
             let Some(head) = self.store().get::<crate::store::records::RunHead>(T::Runs, id?.key())? else { continue };
-            if head.source.as_ref().is_some_and(|s| s.repo == repo && s.commit == commit) {
+            if head.pipeline == pipeline && head.source.as_ref().is_some_and(|s| s.commit == commit) {
                 return Ok(true);
             }
         }

@@ -33,7 +33,8 @@ pub fn complete(conn: &ForgeConnection, mirror_url: &str) -> Result<ForgeConnect
         }
         (url, ..) => url.trim_end_matches('/').to_string(),
     };
-    crate::outbound::check_destination("forge API URL", &api_url).map_err(Error::invalid)?;
+    crate::outbound::check_destination(&api_url)
+        .map_err(|why| Error::invalid(format!("forge API URL `{}`: {why}", api_url.escape_debug())))?;
     if api_url.contains('?') {
         return Err(Error::invalid("the forge API URL takes no query (the token is a secret of its own)"));
     }

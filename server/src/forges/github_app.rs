@@ -99,7 +99,7 @@ async fn call(req: reqwest::RequestBuilder, jwt: &str, now_s: i64) -> Result<Val
         .await
         .map_err(|e| Reply::Retry { wait: None, why: format!("cannot reach GitHub: {}", e.without_url()) })?;
     let (code, headers) = (answer.status(), answer.headers().clone());
-    let body = answer.bytes().await.unwrap_or_default();
+    let body = crate::outbound::body_of(answer).await;
     match reply::classify(code, &headers, &body, u64::try_from(now_s).unwrap_or(0)) {
         Reply::Accepted(v) => Ok(v),
         Reply::Retry { wait, why } => Err(Reply::Retry { wait, why: format!("GitHub App sign-in: {why}") }),

@@ -237,12 +237,19 @@ mod tests {
             (Some("running"), Some("main"), Some(9))
         );
         let combined = serde_json::json!({"statuses": [{"context": "viaduct/ci", "state": "success", "description": "d", "target_url": "u"}]});
-        assert_eq!(Kind::GitHub.statuses_of(&combined), [("viaduct/ci".into(), "success".into(), "d".into(), "u".into())]);
+        assert_eq!(
+            Kind::GitHub.statuses_of(&combined),
+            [("viaduct/ci".into(), "success".into(), "d".into(), "u".into())]
+        );
         let gitea = serde_json::json!({"statuses": [{"context": "viaduct/ci", "status": "failure", "description": "d", "target_url": "u"}]});
         assert_eq!(Kind::Gitea.statuses_of(&gitea)[0].1, "failure");
-        let gitlab = serde_json::json!([{"name": "viaduct/ci", "status": "running", "description": "d", "target_url": "u"}]);
+        let gitlab =
+            serde_json::json!([{"name": "viaduct/ci", "status": "running", "description": "d", "target_url": "u"}]);
         assert_eq!(Kind::GitLab.statuses_of(&gitlab)[0].1, "running");
-        assert_eq!(Kind::GitLab.statuses_url("https://gl/api/v4", "g/app", "abc"), "https://gl/api/v4/projects/g%2Fapp/repository/commits/abc/statuses?per_page=100");
+        assert_eq!(
+            Kind::GitLab.statuses_url("https://gl/api/v4", "g/app", "abc"),
+            "https://gl/api/v4/projects/g%2Fapp/repository/commits/abc/statuses?per_page=100"
+        );
         let gh = Kind::GitHub.body(&s);
         assert_eq!((gh["state"].as_str(), gh["context"].as_str()), (Some("pending"), Some("viaduct/ci")));
         assert!(gh.get("pipeline_id").is_none());

@@ -298,7 +298,11 @@ impl Forges {
                         .partition(|c| found.contains(&(c.newest.commit.clone(), context_name(&conn, &c.newest))));
                     self.recovered.lock().unwrap_or_else(|p| p.into_inner()).insert(repo.to_string());
                     if !shown.is_empty() {
-                        tracing::info!(repo, statuses = shown.len(), "statuses the forge already shows: not sent again");
+                        tracing::info!(
+                            repo,
+                            statuses = shown.len(),
+                            "statuses the forge already shows: not sent again"
+                        );
                     }
                 }
                 // The forge is down or limiting: wait, as for a status.
@@ -390,7 +394,8 @@ impl Forges {
         let mut found = std::collections::HashSet::new();
         for sha in commits {
             let url = kind.statuses_url(&conn.api_url, &conn.project, sha);
-            let reply = match self.request(reqwest::Method::GET, url, kind.auth(token), &serde_json::Value::Null).await {
+            let reply = match self.request(reqwest::Method::GET, url, kind.auth(token), &serde_json::Value::Null).await
+            {
                 Reply::Accepted(reply) => reply,
                 other => return Err(other),
             };
@@ -651,7 +656,7 @@ impl Forges {
             Err(e) => return Reply::Retry { wait: None, why: format!("cannot reach the forge: {}", e.without_url()) },
         };
         let (code, headers) = (answer.status(), answer.headers().clone());
-        let body = answer.bytes().await.unwrap_or_default();
+        let body = crate::outbound::body_of(answer).await;
         let now_s = (now_ms() / 1000).max(0) as u64;
         reply::classify(code, &headers, &body, now_s)
     }

@@ -46,6 +46,8 @@ use crate::{
 
 /// The most notifications read in one pass.
 pub const BATCH: usize = 200;
+/// The most waiting notifications a pass looks at.
+const SCAN: usize = 50 * BATCH;
 /// Channels sent to at once.
 const CHANNELS_AT_ONCE: usize = 8;
 /// How long one request may take.
@@ -63,6 +65,38 @@ pub struct SmtpConfig {
     pub from: String,
     /// User and password, if the server wants them.
     pub credentials: Option<(String, String)>,
+    /// The only domains mail goes to (a pipeline names the addresses: the
+    /// administrator says where its mail may go).
+    pub allowed_domains: Vec<String>,
+}
+
+/// The mail server's URL as it is used: `smtps://`, or `smtp://` with
+/// STARTTLS required — plain SMTP only to this machine.
+fn smtp_url(url: &str) -> anyhow::Result<String> {
+    let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("--smtp-url: {e}"))?;
+    // `smtp:` is not a scheme the URL standard knows: its host comes as
+    // text, an address included.
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost")
+                || d.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => anyhow::bail!("--smtp-url names no host"),
+    };
+    let tls = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned());
+    match (parsed.scheme(), tls.as_deref(), loopback) {
+        ("smtps", _, _) | ("smtp", Some("required"), _) | ("smtp", _, true) => Ok(url.to_string()),
+        ("smtp", None, false) => {
+            let sep = if parsed.query().is_some() { '&' } else { '?' };
+            Ok(format!("{url}{sep}tls=required"))
+        }
+        ("smtp", Some(other), false) => anyhow::bail!(
+            "--smtp-url: tls={other} would let mail and the password cross the network in clear text: use tls=required or smtps://"
+        ),
+        (other, ..) => anyhow::bail!("--smtp-url: `{other}://` is not smtp:// or smtps://"),
+    }
 }
 
 /// Counts for `/metrics`.
@@ -90,10 +124,14 @@ pub struct Notifier {
     repos: Arc<Repos>,
     http: reqwest::Client,
     smtp: Option<(AsyncSmtpTransport<Tokio1Executor>, lettre::message::Mailbox)>,
+    allowed_domains: Vec<String>,
     turns: Mutex<HashMap<String, Turn>>,
     /// Counts for `/metrics`.
     pub counters: Counters,
 }
+
+/// A channel's notifications read in a pass: (key, record), oldest first.
+type Waiting = Vec<(Vec<u8>, NotificationRecord)>;
 
 /// How sending one went.
 enum Sent {
@@ -117,8 +155,9 @@ impl Notifier {
             .user_agent(concat!("viaduct/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let allowed = smtp.as_ref().map(|c| c.allowed_domains.clone()).unwrap_or_default();
         let smtp = smtp.map(|c| -> anyhow::Result<_> {
-            let mut transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&c.url)
+            let mut transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&smtp_url(&c.url)?)
                 .map_err(|e| anyhow::anyhow!("--smtp-url: {e}"))?
                 .timeout(Some(TIMEOUT));
             if let Some((user, password)) = c.credentials {
@@ -134,6 +173,7 @@ impl Notifier {
             repos,
             http,
             smtp: smtp.transpose()?,
+            allowed_domains: allowed.into_iter().map(|d| d.trim().to_ascii_lowercase()).collect(),
             turns: Mutex::default(),
             counters: Counters::default(),
         }))
@@ -172,11 +212,22 @@ impl Notifier {
             let turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
             turns.iter().filter(|(_, t)| t.not_before.is_some_and(|t| t > now)).map(|(c, _)| c.clone()).collect()
         };
-        let mut channels: Vec<(String, Vec<(Vec<u8>, NotificationRecord)>)> = Vec::new();
+        let mut channels: Vec<(String, Waiting)> = Vec::new();
         let mut read = 0;
-        for kv in self.store.tree(T::NotifyOutbox).iter() {
+        let mut broken = WriteSet::default();
+        // Bounded: behind a long backlog of waiting channels, a pass looks
+        // this far and no further.
+        for kv in self.store.tree(T::NotifyOutbox).iter().take(SCAN) {
             let (key, value) = kv?;
-            let rec = decode::<NotificationRecord>(T::NotifyOutbox, &value)?;
+            let rec = match decode::<NotificationRecord>(T::NotifyOutbox, &value) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a waiting notification cannot be read: dropped");
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    broken.delete(T::NotifyOutbox, key);
+                    continue;
+                }
+            };
             let channel = channel_of(&rec);
             if waiting.contains(&channel) {
                 continue;
@@ -189,6 +240,9 @@ impl Notifier {
             if read == BATCH {
                 break;
             }
+        }
+        if !broken.is_empty() {
+            self.store.commit(&broken)?;
         }
         if channels.is_empty() {
             return Ok(false);
@@ -205,7 +259,7 @@ impl Notifier {
 
     /// Sends one channel's notifications in order, until one fails; how
     /// many were sent or dropped.
-    async fn send_channel(&self, channel: &str, list: Vec<(Vec<u8>, NotificationRecord)>) -> usize {
+    async fn send_channel(&self, channel: &str, list: Waiting) -> usize {
         let mut finished = 0;
         for (key, rec) in list {
             let delivery = hex::encode(&key);
@@ -264,8 +318,9 @@ impl Notifier {
             Ok(url) => url.trim().to_string(),
             Err(why) => return Sent::Dropped(why),
         };
-        if let Err(why) = outbound::check_destination("notification URL", &url) {
-            return Sent::Dropped(format!("secret `{}`: {why}", rule.url_secret));
+        if let Err(why) = outbound::check_destination(&url) {
+            // Not the value: it is a secret.
+            return Sent::Dropped(format!("secret `{}` is not a notification URL: {why}", rule.url_secret));
         }
         let body = match rule.kind.as_str() {
             "slack" => message::slack(n, &base),
@@ -291,7 +346,7 @@ impl Notifier {
             Err(e) => return Sent::Retry(None, format!("cannot reach the notification URL: {}", e.without_url())),
         };
         let (code, headers) = (answer.status(), answer.headers().clone());
-        let bytes = answer.bytes().await.unwrap_or_default();
+        let bytes = crate::outbound::body_of(answer).await;
         match outbound::classify(code, &headers, &bytes, (now_ms() / 1000).max(0) as u64) {
             Reply::Accepted(_) => Sent::Done,
             // Not a forge: a 401/403/404 from a webhook will not change by itself.
@@ -309,6 +364,10 @@ impl Notifier {
         let (subject, body) = message::email(n, base);
         let mut builder = lettre::Message::builder().from(from.clone()).subject(subject);
         for address in to {
+            let domain = address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default();
+            if !self.allowed_domains.contains(&domain) {
+                return Sent::Dropped(format!("`{address}`: mail goes only to the domains of --smtp-allowed-domains"));
+            }
             match address.parse() {
                 Ok(mailbox) => builder = builder.to(mailbox),
                 Err(e) => return Sent::Dropped(format!("`{address}` is not an address: {e}")),
@@ -349,4 +408,22 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
     let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mail_leaves_this_machine_only_encrypted() {
+        assert_eq!(smtp_url("smtp://mail.example").unwrap(), "smtp://mail.example?tls=required");
+        assert_eq!(smtp_url("smtp://mail.example:587?tls=required").unwrap(), "smtp://mail.example:587?tls=required");
+        assert_eq!(smtp_url("smtps://mail.example").unwrap(), "smtps://mail.example");
+        assert_eq!(smtp_url("smtp://127.0.0.1:2525").unwrap(), "smtp://127.0.0.1:2525");
+        assert_eq!(smtp_url("smtp://[::1]:2525").unwrap(), "smtp://[::1]:2525");
+        assert_eq!(smtp_url("smtp://127.0.0.1.example:25").unwrap(), "smtp://127.0.0.1.example:25?tls=required");
+        assert!(smtp_url("smtp://mail.example?tls=opportunistic").is_err());
+        assert!(smtp_url("smtp://mail.example?tls=none").is_err());
+        assert!(smtp_url("http://mail.example").is_err());
+    }
 }

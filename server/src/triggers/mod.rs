@@ -271,13 +271,16 @@ impl Triggers {
             tracing::info!(repo = name, pr = pr.number, base = %pr.base_branch, "pull request into an unknown branch: ignored");
             return Ok(None);
         };
+        // Acted on once per head commit and base branch: a pull request
+        // moved to another base is a new event (its checks there may differ).
         let key = ref_key(name, &format!("pr/{}", pr.number));
+        let state = format!("{} {}", pr.head_sha, pr.base_branch);
         let seen = self.store.tree(T::RefState).get(&key)?;
-        if seen.as_deref() == Some(pr.head_sha.as_bytes()) {
+        if seen.as_deref() == Some(state.as_bytes()) {
             return Ok(None);
         }
         let mut ws = WriteSet::default();
-        ws.put_raw(T::RefState, key, pr.head_sha.clone().into_bytes());
+        ws.put_raw(T::RefState, key, state.into_bytes());
         let facts = RunSource {
             event: "pull_request".into(),
             pull_request: pr.number,
@@ -384,12 +387,12 @@ impl Triggers {
                 let mut extra = extra;
                 // A required check of that pipeline must not wait forever.
                 if let Some(p) = not_run.filter(|_| rec.forge.as_ref().is_some_and(|f| !f.kind.is_empty())) {
-                    let jobs = planned_job_names(&p, name, &ev);
+                    let (pipeline, jobs) = planned_names(&p, name, &ev);
                     let what = NotRun {
                         repo: name,
                         commit: &ev.commit,
                         git_ref: &ev.git_ref,
-                        pipeline: &p.name,
+                        pipeline: &pipeline,
                         jobs,
                         why: "the base branch's pipeline does not run pull requests into it",
                     };
@@ -574,16 +577,23 @@ impl Triggers {
     }
 }
 
-/// The names the jobs of `p` would have for this event (a matrix job's
-/// each), or none if it cannot be planned.
-fn planned_job_names(p: &Pipeline, repo: &str, ev: &RepoEvent) -> Vec<String> {
+/// The names a run of `p` for this event would have — its own
+/// (interpolated) and its jobs' (a matrix job's each) — as its statuses
+/// would carry them; the name as written and no jobs if it cannot be
+/// planned.
+fn planned_names(p: &Pipeline, repo: &str, ev: &RepoEvent) -> (String, Vec<String>) {
+    let branch = ev.git_ref.strip_prefix("refs/heads/").map(str::to_string);
     let ctx = viaduct_pipeline::plan::PlanContext {
         event: ev.event.to_string(),
+        branch,
         commit: Some(ev.commit.clone()),
         repo: Some(repo.to_string()),
         ..Default::default()
     };
-    viaduct_pipeline::plan::plan(p, &ctx).map(|plan| plan.jobs.into_iter().map(|j| j.name).collect()).unwrap_or_default()
+    match viaduct_pipeline::plan::plan(p, &ctx) {
+        Ok(plan) => (plan.name, plan.jobs.into_iter().map(|j| j.name).collect()),
+        Err(_) => (p.name.clone(), Vec::new()),
+    }
 }
 
 /// Whether `on:` asks for `event` at this branch or tag.

@@ -131,6 +131,7 @@ fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
         (Forge::GitLab, "Push Hook" | "Tag Push Hook") | (_, "push") => Ask::Sync,
         (Forge::GitLab, "Merge Request Hook") => {
             let a = &body["object_attributes"];
+            // `update` also when only the target branch changed.
             if !matches!(a["action"].as_str(), Some("open" | "update" | "reopen")) {
                 return Ask::Ignore(format!("merge request action {}", a["action"]));
             }
@@ -152,7 +153,12 @@ fn classify(forge: Forge, event: &str, body: &Value) -> Ask {
             })
         }
         (_, "pull_request") => {
-            if !matches!(body["action"].as_str(), Some("opened" | "synchronize" | "synchronized" | "reopened")) {
+            // `edited` matters when the base branch changed: the run (or the
+            // checks reported as not run) of the old base says nothing of the new.
+            let retargeted = body["action"].as_str() == Some("edited") && !body["changes"]["base"].is_null();
+            if !retargeted
+                && !matches!(body["action"].as_str(), Some("opened" | "synchronize" | "synchronized" | "reopened"))
+            {
                 return Ask::Ignore(format!("pull request action {}", body["action"]));
             }
             let pr = &body["pull_request"];
@@ -315,7 +321,12 @@ pub async fn handle_app(
     if !verified(Forge::GitHub, &h, &body, &secret) {
         return refuse("the signature does not match the app's webhook secret");
     }
-    if let Some(answer) = first_delivery(&t, &repo, delivery_id(Forge::GitHub, &h).as_deref()).await {
+    // GitHub always names its deliveries: one without an id could be
+    // replayed at will.
+    let Some(delivery) = delivery_id(Forge::GitHub, &h) else {
+        return reply(StatusCode::BAD_REQUEST, json!({"error": "no X-GitHub-Delivery"}));
+    };
+    if let Some(answer) = first_delivery(&t, &repo, Some(&delivery)).await {
         return answer;
     }
     let event = header(&h, "x-github-event").unwrap_or_default();
@@ -344,7 +355,7 @@ pub async fn handle_app(
             tracing::info!(repo, error = %e, "re-run ignored");
             reply(StatusCode::OK, json!({"status": "ignored", "reason": e.to_string()}))
         }
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
+        Err(e) => failed(&t, Some(&delivery), e).await,
     }
 }
 
@@ -352,12 +363,13 @@ pub async fn handle_app(
 /// of room: 503, and the delivery is forgotten so that the forge's
 /// redelivery is acted on.
 async fn failed(t: &Triggers, delivery: Option<&str>, e: crate::error::Error) -> Response {
+    // Forgotten, so that the forge's redelivery is acted on.
+    if let Some(id) = delivery {
+        let mut ws = WriteSet::default();
+        ws.delete(T::Deliveries, id.as_bytes());
+        let _ = t.store.commit_durable(&ws).await;
+    }
     if matches!(e, crate::error::Error::NoRoom(_)) {
-        if let Some(id) = delivery {
-            let mut ws = WriteSet::default();
-            ws.delete(T::Deliveries, id.as_bytes());
-            let _ = t.store.commit_durable(&ws).await;
-        }
         return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()}));
     }
     reply(StatusCode::BAD_GATEWAY, json!({"error": e.to_string()}))

@@ -106,7 +106,7 @@ pub enum Command {
     Pipelines(PipelinesCommand),
     /// Manage repositories (hosted, or mirrors of a forge).
     #[command(subcommand)]
-    Repos(ReposCommand),
+    Repos(Box<ReposCommand>),
     /// Manage secrets (values jobs read as env when they list them).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -197,8 +197,8 @@ pub enum SecretsCommand {
         /// only, e.g. `ghcr.io` or `127.0.0.1:5000`.
         #[arg(long, value_name = "HOST")]
         registry: Option<String>,
-        /// For the server only, never given to a job: a forge token or
-        /// GitHub App key (which must be), a notification URL.
+        /// For the server only, never given to a job or named by a
+        /// notification: a forge token or GitHub App key (which must be).
         #[arg(long)]
         server_only: bool,
     },

@@ -115,7 +115,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Watch { run, after, json } => commands::watch(&client, run, after, json).await,
         Command::Runners(c) => commands::runners(&client, c).await,
         Command::Pipelines(c) => commands::pipelines(&client, c).await,
-        Command::Repos(c) => commands::repos(&client, c).await,
+        Command::Repos(c) => commands::repos(&client, *c).await,
         Command::Secrets(c) => commands::secrets(&client, c).await,
         Command::Plugins(c) => files::plugins(&client, c).await,
         Command::Artifacts(c) => files::artifacts(&client, c).await,
