@@ -191,19 +191,21 @@ impl ForgeApi {
     /// polling every 20 ms up to [`crate::WAIT`]; panics with `what` and
     /// the deliveries and refusals so far on timeout.
     pub async fn wait_for<T>(&self, what: &str, mut probe: impl FnMut(&[Delivery]) -> Option<T>) -> T {
-        let deadline = Instant::now() + crate::WAIT;
-        loop {
-            let got = self.deliveries();
-            if let Some(found) = probe(&got) {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; deliveries so far: {got:#?}; refused: {:#?}",
+        let waited = tokio::time::timeout(
+            crate::WAIT - Duration::from_secs(1),
+            crate::eventually(what, || {
+                let found = probe(&self.deliveries());
+                async move { found }
+            }),
+        )
+        .await;
+        waited.unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for {what}; deliveries so far: {:#?}; refused: {:#?}",
+                self.deliveries(),
                 self.refused()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            )
+        })
     }
 
     /// The next `n` requests (to any route) are answered `status`, with

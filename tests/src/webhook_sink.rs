@@ -120,18 +120,15 @@ impl WebhookSink {
     /// Waits (polling, at most a minute) until `probe` holds for what was
     /// received on `path`.
     pub async fn wait_for<T>(&self, what: &str, path: &str, mut probe: impl FnMut(&[Received]) -> Option<T>) -> T {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(v) = probe(&self.received_on(path)) {
-                return v;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}; received: {:#?}",
-                self.received()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let waited = tokio::time::timeout(
+            crate::WAIT - Duration::from_secs(1),
+            crate::eventually(what, || {
+                let found = probe(&self.received_on(path));
+                async move { found }
+            }),
+        )
+        .await;
+        waited.unwrap_or_else(|_| panic!("timed out waiting for {what}; received: {:#?}", self.received()))
     }
 }
 
