@@ -21,6 +21,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/access.proto",
     "viaduct/v1/admin.proto",
     "viaduct/v1/stats.proto",
+    "viaduct/v1/debug.proto",
 ];
 
 fn main() -> io::Result<()> {

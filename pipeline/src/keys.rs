@@ -124,6 +124,12 @@ pub(crate) static PIPELINE: Table = table(
             NOTIFY_TY,
             "Notifications about the run (at most 10): where to send them and for which outcomes.",
         ),
+        key(
+            "snapshots",
+            Ty::Bool,
+            "Keep a snapshot of each job's workspace after every step that succeeds, so a retry can resume from \
+             the failed step (default: the server's `--snapshots`).",
+        ),
         required("jobs", Ty::MapOf(&Ty::Map(&JOB)), "The jobs, by key."),
     ],
 );
@@ -235,6 +241,11 @@ pub(crate) static JOB: Table = table(
             "notify",
             NOTIFY_TY,
             "Notifications about this job (at most 10; a matrix job's expansions each send their own).",
+        ),
+        key(
+            "snapshots",
+            Ty::Bool,
+            "Keep a snapshot of the workspace after every step that succeeds (default: the pipeline's).",
         ),
         required("steps", Ty::List(&Ty::Map(&STEP)), "The steps, run in order."),
     ],

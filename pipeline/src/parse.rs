@@ -75,6 +75,7 @@ fn decode_pipeline(d: &mut Decoder<'_>, file: &str, node: Node<'_>) -> Pipeline 
         priority: 5,
         concurrency: None,
         notify: Vec::new(),
+        snapshots: None,
         jobs: Vec::new(),
     };
     if node.entries().is_none() {
@@ -102,6 +103,7 @@ fn decode_pipeline(d: &mut Decoder<'_>, file: &str, node: Node<'_>) -> Pipeline 
     }
     p.concurrency = f.get("concurrency").and_then(|n| concurrency(d, n, f.key_pos("concurrency"), &scope));
     p.notify = f.get("notify").map(|n| notify_list(d, n, "of the pipeline")).unwrap_or_default();
+    p.snapshots = f.get("snapshots").and_then(|n| d.expect_bool(n, "snapshots"));
     if let Some(jobs_node) = f.get("jobs") {
         p.jobs = jobs(d, jobs_node);
         check_needs(d, &p.jobs);
@@ -262,6 +264,7 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
         continue_on_error: bool_or(d, "continue_on_error", false),
         artifacts,
         notify: f.get("notify").map(|n| notify_list(d, n, &format!("of job `{}`", key.value))).unwrap_or_default(),
+        snapshots: f.get("snapshots").and_then(|n| d.expect_bool(n, "snapshots")),
         steps,
         matrix,
         needs,

@@ -121,6 +121,9 @@ pub struct PlannedJob {
     pub notify: Vec<Notify>,
     /// Whether a failure leaves the run successful.
     pub continue_on_error: bool,
+    /// Whether to keep workspace snapshots (the job's `snapshots:`, else
+    /// the pipeline's; `None`: the server's default).
+    pub snapshots: Option<bool>,
     /// Whether a failing matrix sibling cancels the others.
     pub fail_fast: bool,
     /// The job key when expanded from a matrix, to find siblings.
@@ -298,6 +301,7 @@ impl Planner<'_> {
             artifacts: job.artifacts.iter().map(|a| self.interpolate(a, m, Stage::Job, pos)).collect(),
             notify: job.notify.clone(),
             continue_on_error: job.continue_on_error,
+            snapshots: job.snapshots,
             fail_fast: job.fail_fast,
             matrix_group: combo.map(|_| job.key.clone()),
             matrix,
@@ -465,7 +469,9 @@ pub fn plan(p: &Pipeline, ctx: &PlanContext) -> Result<Plan, Vec<Diagnostic>> {
             }
         }
         for combo in combos {
-            jobs.push(planner.job(job, combo.as_deref(), &env, p.priority, needs.clone()));
+            let mut planned = planner.job(job, combo.as_deref(), &env, p.priority, needs.clone());
+            planned.snapshots = planned.snapshots.or(p.snapshots);
+            jobs.push(planned);
         }
     }
     if !planner.diags.is_empty() {

@@ -36,6 +36,9 @@ pub struct Pipeline {
     pub concurrency: Option<Concurrency>,
     /// `notify:` — notifications about the run, in written order.
     pub notify: Vec<Notify>,
+    /// `snapshots:` — whether jobs keep workspace snapshots after their
+    /// steps (`None`: the server's default).
+    pub snapshots: Option<bool>,
     /// Jobs in declaration order.
     pub jobs: Vec<Job>,
 }
@@ -161,6 +164,9 @@ pub struct Job {
     pub artifacts: Vec<String>,
     /// `notify:` — notifications about this job, in written order.
     pub notify: Vec<Notify>,
+    /// `snapshots:` — whether the job keeps workspace snapshots after its
+    /// steps (`None`: the pipeline's).
+    pub snapshots: Option<bool>,
     /// Steps in order.
     pub steps: Vec<Step>,
 }

@@ -29,6 +29,7 @@ pub mod outputs;
 pub mod plugin_host;
 pub mod report;
 pub mod session;
+pub mod snapshot;
 pub mod source;
 pub mod space;
 pub mod toolchains;
