@@ -68,6 +68,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.Runs/List", need(R, Rp)),
     ("/viaduct.v1.Runs/Cancel", need(T, Rp)),
     ("/viaduct.v1.Runs/Retry", need(T, Rp)),
+    ("/viaduct.v1.Debug/Shell", need(P, Rp)),
     ("/viaduct.v1.Runs/Approve", need(T, Rp)),
     ("/viaduct.v1.Runs/Watch", need(R, Rp)),
     ("/viaduct.v1.Logs/Follow", need(R, Rp)),
@@ -127,6 +128,9 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.RunnerAgent/RestoreCache", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/SaveCache", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/UploadArtifact", need(R, Scope::Runner)),
+    ("/viaduct.v1.RunnerAgent/SaveSnapshot", need(R, Scope::Runner)),
+    ("/viaduct.v1.RunnerAgent/RestoreSnapshot", need(R, Scope::Runner)),
+    ("/viaduct.v1.RunnerAgent/DebugSession", need(R, Scope::Runner)),
 ];
 
 /// HTTP routes (by prefix) and what they need; the git routes' role

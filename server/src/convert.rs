@@ -97,6 +97,8 @@ pub fn step(key: StepKey, s: &StepRecord, log_size: u64) -> v1::Step {
         outputs: s.outputs.clone(),
         message: s.message.clone(),
         attempt: key.attempt,
+        snapshot: s.snapshot,
+        restored_from: s.restored_from,
     }
 }
 

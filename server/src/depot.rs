@@ -18,6 +18,7 @@ use crate::{
     error::Result,
     packed_logs::PackedLogs,
     plugins::PluginRegistry,
+    snapshots::{SnapshotLimits, Snapshots},
     source_archives::SourceArchives,
     store::Store,
 };
@@ -42,6 +43,8 @@ pub struct DepotConfig {
     pub artifacts_per_job: JobQuota,
     /// Most bytes of source archives kept (the least recently used go).
     pub max_source_archive_bytes: u64,
+    /// Workspace snapshots' retention and size.
+    pub snapshots: SnapshotLimits,
 }
 
 impl Default for DepotConfig {
@@ -57,6 +60,7 @@ impl Default for DepotConfig {
             max_artifact_bytes: 8 << 30,
             artifacts_per_job: JobQuota { files: 1000, bytes: 16 << 30 },
             max_source_archive_bytes: 10 << 30,
+            snapshots: SnapshotLimits::default(),
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct Depot {
     pub logs: PackedLogs,
     /// Commits' source trees, as runners fetch them.
     pub sources: SourceArchives,
+    /// Workspace snapshots.
+    pub snapshots: Arc<Snapshots>,
     /// Settings.
     pub config: DepotConfig,
     retention: tokio::sync::Notify,
@@ -109,6 +115,7 @@ impl Depot {
             artifacts: Artifacts::new(Arc::clone(store), config.artifact_ttl, link_key, config.artifacts_per_job),
             logs: PackedLogs::new(Arc::clone(store), Arc::clone(&blobs)),
             sources: SourceArchives::new(Arc::clone(store), Arc::clone(&blobs)),
+            snapshots: Arc::new(Snapshots::new(Arc::clone(store), Arc::clone(&blobs), config.snapshots)),
             blobs,
             config,
             retention: tokio::sync::Notify::new(),
@@ -138,8 +145,14 @@ impl Depot {
         Ok(stored)
     }
 
-    /// One retention pass.
-    pub async fn retain(&self) -> Result<()> {
+    /// One retention pass (`engine` removes expired snapshots).
+    pub async fn retain(&self, engine: &crate::engine::Engine) -> Result<()> {
+        let limits = self.config.snapshots;
+        let older = crate::store::now_ms() - i64::try_from(limits.ttl.as_millis()).unwrap_or(i64::MAX);
+        let expired = engine.expire_snapshots(older, limits.keep_runs as usize)?;
+        if expired > 0 {
+            tracing::info!(snapshots = expired, "expired snapshots removed");
+        }
         self.caches.enforce().await?;
         self.artifacts.expire().await?;
         self.sources.expire(self.config.max_source_archive_bytes)?;
@@ -148,6 +161,7 @@ impl Depot {
         keep.extend(self.artifacts.digests()?);
         keep.extend(self.logs.digests()?);
         keep.extend(self.sources.digests()?);
+        keep.extend(self.snapshots.digests()?);
         let swept = self.blobs.sweep(&keep, SWEEP_GRACE).await?;
         if swept.files > 0 {
             tracing::info!(files = swept.files, bytes = swept.bytes, "unreferenced blobs deleted");
@@ -173,11 +187,11 @@ impl Depot {
     }
 
     /// Runs retention now, hourly, and when asked.
-    pub fn spawn_retention(self: &Arc<Self>) {
+    pub fn spawn_retention(self: &Arc<Self>, engine: Arc<crate::engine::Engine>) {
         let depot = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                if let Err(e) = depot.retain().await {
+                if let Err(e) = depot.retain(&engine).await {
                     tracing::warn!(error = %e, "retention pass failed");
                 }
                 tokio::select! {

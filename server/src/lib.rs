@@ -24,6 +24,7 @@ pub mod auth;
 pub mod blobs;
 pub mod caches;
 pub mod convert;
+pub mod debug;
 pub mod depot;
 pub mod engine;
 pub mod error;
@@ -44,6 +45,7 @@ pub mod retention;
 pub mod runner_events;
 pub mod secrets;
 pub mod sign_in;
+pub mod snapshots;
 pub mod source_archives;
 pub mod space;
 pub mod sso;
@@ -237,7 +239,6 @@ pub(crate) async fn serve_engine(
     tracing::info!(blobs = %blobs.describe(), "blob store");
     let depot = depot::Depot::new(blobs, &store, cfg.depot, link_key);
     depot.plugins.publish_first_party(cfg.plugins_dir.as_deref()).await?;
-    depot.spawn_retention();
     // A replica's local blobs are its own: a successor could not read logs
     // packed there, so with replicas they stay in the database unless the
     // blobs are shared (object storage).
@@ -255,6 +256,7 @@ pub(crate) async fn serve_engine(
     };
     let engine = engine::Engine::open(Arc::clone(&store), engine_cfg, Arc::clone(&secret_box))?;
     engine.spawn_timer();
+    depot.spawn_retention(Arc::clone(&engine));
     let retention = retention::Retention::new(Arc::clone(&engine), Arc::clone(&store), cfg.retention.clone());
     retention.spawn();
     let exe = std::env::current_exe().context("cannot locate the server binary (for git hooks)")?;

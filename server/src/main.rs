@@ -148,6 +148,21 @@ struct Args {
     /// Cache entries not restored for this long expire.
     #[arg(long, default_value = "7d", value_parser = viaduct_pipeline::duration::parse_duration)]
     cache_ttl: Duration,
+    /// Jobs whose pipeline does not say (`snapshots:`) keep a snapshot of
+    /// their workspace after each step that succeeds, so a retry can
+    /// resume from the failed step.
+    #[arg(long)]
+    snapshots: bool,
+    /// Workspace snapshots are deleted this long after they were taken.
+    #[arg(long, default_value = "7d", value_parser = viaduct_pipeline::duration::parse_duration)]
+    snapshot_ttl: Duration,
+    /// Snapshots are kept for this many of each pipeline's newest runs
+    /// that have any.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    snapshot_keep_runs: u32,
+    /// Most new content one snapshot stores (after compression).
+    #[arg(long, default_value = "8g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    max_snapshot_size: u64,
     /// Artifacts are deleted this long after upload.
     #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration)]
     artifact_ttl: Duration,
@@ -408,6 +423,7 @@ fn main() -> ExitCode {
             retry_backoff: args.retry_backoff,
             max_step_log_bytes: args.max_step_log,
             max_job_log_bytes: args.max_job_log,
+            snapshots: args.snapshots,
             ..EngineConfig::default()
         },
         public_url: args.public_url,
@@ -427,6 +443,11 @@ fn main() -> ExitCode {
                 bytes: args.max_artifact_bytes_per_job,
             },
             max_source_archive_bytes: args.max_source_archives_size,
+            snapshots: viaduct_server::snapshots::SnapshotLimits {
+                ttl: args.snapshot_ttl,
+                keep_runs: args.snapshot_keep_runs,
+                max_pack_bytes: args.max_snapshot_size,
+            },
         },
         min_free_disk: args.min_free_disk,
         retention: viaduct_server::retention::RetentionConfig {

@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
     Ack, Artifact, CacheData, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse,
-    RestoreCacheRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse, ServerMessage, SourceChunk, UpdateAck,
-    UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, server_message::Msg as Out,
+    RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse,
+    SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, ShellOutput, DebugFromRunner, DebugToRunner, SnapshotData, SourceChunk, UpdateAck,
+    UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request,
+    server_message::Msg as Out,
 };
 
 use super::transfer::{self, Chunks};
@@ -36,13 +38,21 @@ pub struct AgentApi {
     auth: Arc<Auth>,
     triggers: Arc<Triggers>,
     depot: Arc<Depot>,
+    debug: Arc<crate::debug::DebugShells>,
 }
 
 impl AgentApi {
     /// The service over `engine`, authenticating with `auth`; source
-    /// archives come from `triggers`, caches and artifacts go to `depot`.
-    pub fn new(engine: Arc<Engine>, auth: Arc<Auth>, triggers: Arc<Triggers>, depot: Arc<Depot>) -> Self {
-        Self { engine, auth, triggers, depot }
+    /// archives come from `triggers`, caches and artifacts go to `depot`;
+    /// debug shells are `debug`'s.
+    pub fn new(
+        engine: Arc<Engine>,
+        auth: Arc<Auth>,
+        triggers: Arc<Triggers>,
+        depot: Arc<Depot>,
+        debug: Arc<crate::debug::DebugShells>,
+    ) -> Self {
+        Self { engine, auth, triggers, depot, debug }
     }
 
     /// The record of the job attempt `job`, if `runner` holds it.
@@ -202,6 +212,84 @@ impl RunnerAgent for AgentApi {
         }
         let artifact = self.depot.artifacts.record(job, &rec.name, attempt, &first.name, first.mode, &blob).await?;
         Ok(Response::new(artifact))
+    }
+
+    async fn save_snapshot(
+        &self,
+        req: Request<Streaming<SaveSnapshotRequest>>,
+    ) -> Result<Response<SaveSnapshotResponse>, Status> {
+        let runner = crate::access::of(&req)?.runner()?.to_string();
+        self.engine.check_room()?;
+        let mut stream = req.into_inner();
+        let first = stream.message().await?.and_then(|m| m.part);
+        let Some(save_snapshot_request::Part::Header(header)) = first else {
+            return Err(Error::invalid("a snapshot upload starts with its header").into());
+        };
+        let (job, attempt, _) = self.leased(&runner, header.job.as_ref())?;
+        let key = job.step(attempt, header.step_index);
+        let (rec, known) = self.engine.snapshot_target(&runner, job, attempt, header.step_index)?;
+        let saved = self.depot.snapshots.receive(&mut stream, &known, &rec.pipeline).await?;
+        let reply = SaveSnapshotResponse { manifest_digest: saved.record.manifest.clone(), pack_size: saved.record.pack_size };
+        tracing::info!(job = %job, attempt, step = header.step_index, entries = saved.entries, new_bytes = saved.record.pack_size, "snapshot saved");
+        self.engine.record_snapshot(&runner, key, saved.record).await?;
+        Ok(Response::new(reply))
+    }
+
+    type RestoreSnapshotStream = Chunks<SnapshotData>;
+
+    async fn restore_snapshot(
+        &self,
+        req: Request<RestoreSnapshotRequest>,
+    ) -> Result<Response<Self::RestoreSnapshotStream>, Status> {
+        let runner = crate::access::of(&req)?.runner()?.to_string();
+        let r = req.into_inner();
+        let (_, record) = if r.debug_session.is_empty() {
+            let (job, attempt, _) = self.leased(&runner, r.job.as_ref())?;
+            self.engine.resume_snapshot(&runner, job, attempt)?
+        } else {
+            self.debug.snapshot_of(&runner, &r.debug_session)?
+        };
+        let rx = self.depot.snapshots.stream(&record).await?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    type DebugSessionStream = Chunks<DebugToRunner>;
+
+    async fn debug_session(
+        &self,
+        req: Request<Streaming<DebugFromRunner>>,
+    ) -> Result<Response<Self::DebugSessionStream>, Status> {
+        use viaduct_proto::v1::{debug_from_runner::Msg as FromRunner, shell_output::Msg as ToUser};
+        let runner = crate::access::of(&req)?.runner()?.to_string();
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .map_err(|_| Error::invalid("no session id within 30 s"))??;
+        let Some(DebugFromRunner { msg: Some(FromRunner::SessionId(id)) }) = first else {
+            return Err(Error::invalid("a debug session starts with its id").into());
+        };
+        let attached = self.debug.attach(&runner, &id)?;
+        let (shells, to_user, mut started) = (Arc::clone(&self.debug), attached.to_user, Some(attached.started));
+        tokio::spawn(async move {
+            let (code, why) = loop {
+                let out = match inbound.message().await {
+                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ready(_)) })) => match started.take() {
+                        Some(s) => ToUser::Started(s),
+                        None => continue,
+                    },
+                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Data(d)) })) => ToUser::Data(d),
+                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ended(e)) })) => break (e.exit_code, e.message),
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break (None, "the runner went away".to_string()),
+                };
+                if to_user.send(Ok(ShellOutput { msg: Some(out) })).await.is_err() {
+                    break (None, "the user left".to_string());
+                }
+            };
+            shells.end(&id, code, &why);
+        });
+        let input = tokio_stream::wrappers::ReceiverStream::new(attached.input).map(Ok);
+        Ok(Response::new(Box::pin(input)))
     }
 
     type ConnectStream = OutStream;

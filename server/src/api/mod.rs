@@ -13,6 +13,7 @@ pub mod agent;
 pub mod artifacts;
 pub mod audit;
 pub mod caches;
+pub mod debug;
 pub mod logs;
 pub mod pipelines;
 pub mod plugins;
@@ -36,7 +37,7 @@ use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
     FILE_DESCRIPTOR_SET, admin_server::AdminServer, artifacts_server::ArtifactsServer, audit_server::AuditServer,
-    caches_server::CachesServer, logs_server::LogsServer, pipelines_server::PipelinesServer,
+    caches_server::CachesServer, debug_server::DebugServer, logs_server::LogsServer, pipelines_server::PipelinesServer,
     plugins_server::PluginsServer, repos_server::ReposServer, runner_agent_server::RunnerAgentServer,
     runners_server::RunnersServer, runs_server::RunsServer, secrets_server::SecretsServer, stats_server::StatsServer,
     tokens_server::TokensServer, users_server::UsersServer,
@@ -61,6 +62,7 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Audit",
     "viaduct.v1.Admin",
     "viaduct.v1.Stats",
+    "viaduct.v1.Debug",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them).
@@ -74,6 +76,7 @@ pub async fn grpc_router(
     admin: (&Arc<crate::retention::Retention>, &Arc<crate::status::Status>),
 ) -> anyhow::Result<axum::Router> {
     let auth = &gate.auth;
+    let shells = crate::debug::DebugShells::new(Arc::clone(engine), Arc::clone(&gate.audit));
     let (health, health_service) = tonic_health::server::health_reporter();
     for s in SERVICES {
         health.set_service_status(*s, ServingStatus::Serving).await;
@@ -109,7 +112,9 @@ pub async fn grpc_router(
         Arc::clone(auth),
         Arc::clone(triggers),
         Arc::clone(depot),
+        Arc::clone(&shells),
     )))
+    .add_service(DebugServer::new(debug::DebugApi::new(Arc::clone(engine), shells)))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);

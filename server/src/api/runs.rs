@@ -188,7 +188,11 @@ impl Runs for RunsApi {
 
     async fn retry(&self, req: Request<RetryRunRequest>) -> Result<Response<Run>, Status> {
         let (id, _) = self.allowed(&req, &req.get_ref().id)?;
-        self.engine.retry_run(id).await?;
+        let from = req.get_ref().from.as_ref().map(|f| crate::engine::snapshots::ResumeFrom {
+            job: (!f.job.trim().is_empty()).then(|| f.job.trim().to_string()),
+            step: f.step,
+        });
+        self.engine.retry_run(id, from.as_ref()).await?;
         Ok(Response::new(self.engine.get_run(id)?))
     }
 

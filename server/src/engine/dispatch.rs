@@ -189,34 +189,7 @@ impl Tx<'_> {
             self.mark_draining(runner)?;
         }
 
-        let mut env = job.env.clone();
-        let vars = [
-            ("CI", "true".to_string()),
-            ("VIADUCT", "true".to_string()),
-            ("VIADUCT_RUN_ID", key.run.to_string()),
-            ("VIADUCT_JOB_ID", key.to_string()),
-            ("VIADUCT_JOB_NAME", job.name.clone()),
-            ("VIADUCT_JOB_KEY", job.key.clone()),
-            ("VIADUCT_ATTEMPT", job.attempt.to_string()),
-            ("VIADUCT_PIPELINE", run.pipeline.clone()),
-            ("VIADUCT_EVENT", run.source.as_ref().map(|s| s.event.clone()).unwrap_or_default()),
-        ];
-        env.extend(vars.into_iter().map(|(k, v)| (k.to_string(), v)));
-        if let Some(src) = &run.source {
-            for (k, v) in [
-                ("VIADUCT_REPO", &src.repo),
-                ("VIADUCT_REF", &src.r#ref),
-                ("VIADUCT_BRANCH", &src.branch),
-                ("VIADUCT_TAG", &src.tag),
-                ("VIADUCT_COMMIT", &src.commit),
-                ("VIADUCT_AUTHOR", &src.author),
-                ("VIADUCT_BASE_BRANCH", &src.base_branch),
-            ] {
-                if !v.is_empty() {
-                    env.insert(k.to_string(), v.clone());
-                }
-            }
-        }
+        let env = job_env(key, &job, &run);
         let grant = super::grant::issue(&self.sh.grant_key, key, job.attempt, runner);
         let assignment = JobAssignment {
             job: Some(JobRef { job_id: key.to_string(), attempt: job.attempt, grant }),
@@ -244,6 +217,11 @@ impl Tx<'_> {
             max_step_log_bytes: self.sh.cfg.max_step_log_bytes,
             max_job_log_bytes: self.sh.cfg.max_job_log_bytes,
             traceparent: self.sh.telemetry.run_trace(key.run, run.retried).traceparent(),
+            snapshots: job.snapshots,
+            resume: job
+                .resume
+                .as_ref()
+                .map(|r| viaduct_proto::v1::ResumePlan { after_step: r.after_step, from_attempt: r.from_attempt }),
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();
@@ -407,4 +385,73 @@ fn on_fleet(st: &super::State, q: &QueuedJob) -> String {
         .collect();
     let asks = if q.runs_on.is_empty() { String::new() } else { format!(" with runs_on [{}]", q.runs_on.join(", ")) };
     format!("no connected runner can take this {} job{asks}; closest: {}", q.executor.word(), closest.join("; "))
+}
+
+/// A job's environment as its attempt sees it: the pipeline's and job's
+/// `env:` and the `VIADUCT_*` variables (never a secret).
+pub(crate) fn job_env(
+    key: JobKey,
+    job: &crate::store::records::JobRecord,
+    run: &crate::store::records::RunRecord,
+) -> HashMap<String, String> {
+    let mut env = job.env.clone();
+    let vars = [
+        ("CI", "true".to_string()),
+        ("VIADUCT", "true".to_string()),
+        ("VIADUCT_RUN_ID", key.run.to_string()),
+        ("VIADUCT_JOB_ID", key.to_string()),
+        ("VIADUCT_JOB_NAME", job.name.clone()),
+        ("VIADUCT_JOB_KEY", job.key.clone()),
+        ("VIADUCT_ATTEMPT", job.attempt.to_string()),
+        ("VIADUCT_PIPELINE", run.pipeline.clone()),
+        ("VIADUCT_EVENT", run.source.as_ref().map(|s| s.event.clone()).unwrap_or_default()),
+    ];
+    env.extend(vars.into_iter().map(|(k, v)| (k.to_string(), v)));
+    if let Some(src) = &run.source {
+        for (k, v) in [
+            ("VIADUCT_REPO", &src.repo),
+            ("VIADUCT_REF", &src.r#ref),
+            ("VIADUCT_BRANCH", &src.branch),
+            ("VIADUCT_TAG", &src.tag),
+            ("VIADUCT_COMMIT", &src.commit),
+            ("VIADUCT_AUTHOR", &src.author),
+            ("VIADUCT_BASE_BRANCH", &src.base_branch),
+        ] {
+            if !v.is_empty() {
+                env.insert(k.to_string(), v.clone());
+            }
+        }
+    }
+    env
+}
+
+impl super::Engine {
+    /// Sends `msg` to the connected runner that could run job `key` (its
+    /// labels, executor and trust; taking jobs) and holds the fewest
+    /// leases; returns its id.
+    pub(crate) fn send_to_fitting(
+        &self,
+        key: JobKey,
+        job: &crate::store::records::JobRecord,
+        msg: ServerMessage,
+    ) -> Result<String> {
+        let mut q = super::queued(key, 0, job, job.pipeline.clone());
+        q.plugins = false;
+        let st = self.lock();
+        let best = st
+            .runners
+            .iter()
+            .filter(|(_, c)| c.takes_jobs() && c.bound_job.is_none() && fits(&q, c))
+            .min_by_key(|(id, _)| st.leases.of(id).count());
+        let Some((id, conn)) = best else {
+            return Err(Error::precondition(format!(
+                "no connected runner can run job {key} now (labels {:?}, the {} executor{})",
+                q.runs_on,
+                q.executor.word(),
+                if q.untrusted { ", untrusted runs" } else { "" }
+            )));
+        };
+        conn.tx.send(msg).map_err(|_| Error::precondition(format!("runner {id} just went away: try again")))?;
+        Ok(id.clone())
+    }
 }

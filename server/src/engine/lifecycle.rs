@@ -227,6 +227,7 @@ impl Tx<'_> {
         job.cancel_requested = false;
         job.message.clear();
         job.status = Status::Pending as i32;
+        job.resume = None;
         let plans = job.steps.clone();
         for (i, plan) in plans.iter().enumerate() {
             self.insert_step(key.step(old + 1, index(i)), convert::new_step(plan));
@@ -237,7 +238,7 @@ impl Tx<'_> {
     /// Re-runs the jobs of a finished run that did not succeed (failed,
     /// timed out, cancelled, lost, or skipped because of those); jobs that
     /// succeeded keep their results.
-    pub(crate) fn retry_run(&mut self, id: RunId) -> Result<()> {
+    pub(crate) fn retry_run(&mut self, id: RunId, from: Option<&super::snapshots::ResumeFrom>) -> Result<()> {
         let run = self.run(id)?;
         let status = run.status();
         if !status.is_terminal() {
@@ -265,13 +266,24 @@ impl Tx<'_> {
         run.finished_ms = 0;
         run.retried = run.retried.saturating_add(1);
         let count = run.job_count;
+        let target = match from.and_then(|f| f.job.as_deref()) {
+            Some(job) => Some(self.job_named(id, job)?),
+            None => None,
+        };
         let mut reset = Vec::new();
         for i in 1..=count {
             let key = JobKey::new(id, i);
             let job = self.job(key)?;
             if job.status() != Status::Success {
                 let (status, message) = (job.status(), job.message.clone());
+                let resume = match from {
+                    Some(f) if target.is_none_or(|t| t == key) => self.resume_point(key, f.step)?,
+                    _ => None,
+                };
                 self.new_attempt(key, status, &message)?;
+                if let Some(resume) = resume {
+                    self.resume_attempt(key, resume)?;
+                }
                 let job = self.job(key)?;
                 job.max_attempts = job.attempt + job.retries;
                 reset.push(key);

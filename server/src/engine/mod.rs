@@ -30,6 +30,8 @@ pub mod reports;
 pub mod room;
 pub mod runs;
 mod session;
+pub mod snapshots;
+pub mod debug;
 pub mod telemetry;
 mod tx;
 
@@ -107,6 +109,8 @@ pub struct EngineConfig {
     /// retention removes a run with the log chunks it still holds, instead
     /// of waiting for packing that will not come.
     pub discard_unpacked: bool,
+    /// Jobs whose pipeline does not say keep workspace snapshots.
+    pub snapshots: bool,
 }
 
 /// Room past a step's log limit for the line the runner ends it with.
@@ -127,6 +131,7 @@ impl Default for EngineConfig {
             max_job_log_bytes: 512 << 20,
             room: Arc::new(room::Unbounded),
             discard_unpacked: false,
+            snapshots: false,
         }
     }
 }

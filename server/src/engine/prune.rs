@@ -217,7 +217,7 @@ struct Removal {
 }
 
 /// Trees whose keys start with the run's key.
-const RUN_TREES: [T; 6] = [T::Jobs, T::Steps, T::Logs, T::PackedLogs, T::Artifacts, T::Unpacked];
+const RUN_TREES: [T; 7] = [T::Jobs, T::Steps, T::Logs, T::PackedLogs, T::Artifacts, T::Unpacked, T::Snapshots];
 
 impl Engine {
     /// One retention pass over runs: walks them newest first, judges each

@@ -107,6 +107,8 @@ pub struct NewJob {
     pub context: ExprContext,
     /// Its `notify:` rules.
     pub notify: Vec<NotifyRule>,
+    /// `snapshots:` (`None`: the server's default).
+    pub snapshots: Option<bool>,
     /// Sidecar containers.
     pub services: Vec<ServicePlan>,
     /// Container network mode.
@@ -193,6 +195,7 @@ impl Engine {
             for (i, j) in new.jobs.iter().enumerate() {
                 let key = JobKey::new(id, step_index(i));
                 let mut rec = job_record(j, &new.pipeline, now);
+                rec.snapshots = j.snapshots.unwrap_or(t.sh.cfg.snapshots);
                 rec.source.clone_from(&new.checkout);
                 rec.untrusted = untrusted;
                 rec.reports_status = new.reports_status;
@@ -319,9 +322,11 @@ impl Engine {
     }
 
     /// Re-runs the jobs of a finished run that did not succeed.
-    pub async fn retry_run(&self, id: RunId) -> Result<()> {
+    /// With `from`, failed jobs resume from a workspace snapshot (see
+    /// `snapshots`) instead of running all their steps again.
+    pub async fn retry_run(&self, id: RunId, from: Option<&super::snapshots::ResumeFrom>) -> Result<()> {
         self.sh.cfg.room.check()?;
-        let ((), ticket) = self.transition(|t| t.retry_run(id))?;
+        let ((), ticket) = self.transition(|t| t.retry_run(id, from))?;
         self.store().wait_durable(ticket).await;
         Ok(())
     }

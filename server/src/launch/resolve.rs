@@ -255,6 +255,7 @@ fn new_job(
         matrix_group: j.matrix_group.clone().unwrap_or_default(),
         context: ExprContext { matrix: j.matrix.clone().into_iter().collect(), ..ctx.clone() },
         notify: notify_rules(&j.notify),
+        snapshots: j.snapshots,
     }
 }
 

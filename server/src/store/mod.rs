@@ -108,6 +108,9 @@ pub enum T {
     /// [`records::NotificationRecord`] by sequence: notifications waiting
     /// to be sent (see `notify`).
     NotifyOutbox,
+    /// [`records::SnapshotRecord`] by [`keys::StepKey::key`]: the
+    /// workspace snapshot taken after that step (see `snapshots`).
+    Snapshots,
 }
 
 impl T {
@@ -117,7 +120,7 @@ impl T {
     }
 
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 30] = [
+    pub const ALL: [T; 31] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -148,10 +151,11 @@ impl T {
         T::ForgeDelivery,
         T::ForgeIds,
         T::NotifyOutbox,
+        T::Snapshots,
     ];
 }
 
-const TREE_NAMES: [&str; 30] = [
+const TREE_NAMES: [&str; 31] = [
     "runs",
     "jobs",
     "steps",
@@ -182,6 +186,7 @@ const TREE_NAMES: [&str; 30] = [
     "forge_delivery",
     "forge_ids",
     "notify_outbox",
+    "snapshots",
 ];
 
 /// The database.

@@ -235,6 +235,53 @@ pub struct JobRecord {
     /// `if:` was false): reported to forges as a failure.
     #[prost(bool, tag = "42")]
     pub blocked: bool,
+    /// Keeps workspace snapshots after its steps (`snapshots:`, else the
+    /// server's default; pinned at launch).
+    #[prost(bool, tag = "43")]
+    pub snapshots: bool,
+    /// This attempt resumes from a snapshot of an earlier one.
+    #[prost(message, optional, tag = "44")]
+    pub resume: Option<ResumeRecord>,
+}
+
+/// Where a resumed attempt starts: the snapshot after `after_step` of
+/// attempt `from_attempt` (the steps up to it are not run again).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResumeRecord {
+    /// The snapshot's step.
+    #[prost(uint32, tag = "1")]
+    pub after_step: u32,
+    /// The attempt that took it.
+    #[prost(uint32, tag = "2")]
+    pub from_attempt: u32,
+}
+
+/// A workspace snapshot after a step (`snapshots` tree, key
+/// [`StepKey::key`](super::keys::StepKey::key)): the manifest blob and
+/// the packs it names (see `snapshots`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SnapshotRecord {
+    /// Schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// The manifest (`viaduct.v1.SnapshotManifest`, encoded).
+    #[prost(string, tag = "2")]
+    pub manifest: String,
+    /// Every pack the manifest names (blobs the sweep keeps).
+    #[prost(string, repeated, tag = "3")]
+    pub packs: Vec<String>,
+    /// Bytes of new content this snapshot stored (its own pack).
+    #[prost(uint64, tag = "4")]
+    pub pack_size: u64,
+    /// Bytes of all files of the workspace.
+    #[prost(uint64, tag = "5")]
+    pub total_size: u64,
+    /// When it was taken.
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+    /// The run's pipeline (retention keeps the last runs of each).
+    #[prost(string, tag = "7")]
+    pub pipeline: String,
 }
 
 /// One `notify:` entry of a run or job: where to tell, on which outcomes.
@@ -380,6 +427,13 @@ pub struct StepRecord {
     /// Explanation.
     #[prost(string, tag = "12")]
     pub message: String,
+    /// A snapshot of the workspace after this step is kept.
+    #[prost(bool, tag = "13")]
+    pub snapshot: bool,
+    /// Not run in this attempt: restored from this earlier attempt's
+    /// snapshot.
+    #[prost(uint32, tag = "14")]
+    pub restored_from: u32,
 }
 
 /// A finished step's log packed into one blob (see `packed_logs`):

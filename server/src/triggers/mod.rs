@@ -481,7 +481,7 @@ impl Triggers {
             return Err(Error::not_found(format!("run {id} is not a run of `{name}` at {}", rerun.head_sha)));
         }
         tracing::info!(repo = name, run = %id, sender = %rerun.sender, "re-run asked on the forge");
-        self.engine.retry_run(id).await?;
+        self.engine.retry_run(id, None).await?;
         Ok(id)
     }
 
@@ -495,7 +495,7 @@ impl Triggers {
         }
         let mut retried = Vec::new();
         for id in crate::forges::runs_with_check_runs(&self.store, name, sha)? {
-            match self.engine.retry_run(id).await {
+            match self.engine.retry_run(id, None).await {
                 Ok(()) => retried.push(id),
                 Err(e) => tracing::info!(repo = name, run = %id, error = %e, "not retried"),
             }

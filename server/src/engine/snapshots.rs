@@ -1,0 +1,263 @@
+//! Workspace snapshots, as the engine sees them: which attempt may save
+//! one, recording it with its step, and where a resumed attempt starts.
+//!
+//! A snapshot's record lives in the `snapshots` tree under its step's key
+//! (run, job, attempt, step), so a run's removal takes its snapshots too
+//! (`prune`). The blobs — the manifest and the packs — are the depot's
+//! (`crate::snapshots`).
+
+use std::collections::BTreeSet;
+
+use viaduct_proto::v1::Status;
+
+use super::{Engine, dispatch::holds, tx::Tx};
+use crate::{
+    error::{Error, Result},
+    store::{
+        T, decode,
+        keys::{JobKey, StepKey},
+        records::{JobRecord, ResumeRecord, SnapshotRecord},
+    },
+};
+
+/// Where a retry resumes (the API's `RetryFrom`).
+#[derive(Debug, Clone, Default)]
+pub struct ResumeFrom {
+    /// The job (id, key or name); `None`: every job that did not succeed.
+    pub job: Option<String>,
+    /// The step to start at (1-based); 0: the job's first step that failed.
+    pub step: u32,
+}
+
+/// The snapshots of one job, every attempt: (step key, record).
+fn of_job(store: &crate::store::Store, job: JobKey) -> Result<Vec<(StepKey, SnapshotRecord)>> {
+    let mut out = Vec::new();
+    for kv in store.tree(T::Snapshots).scan_prefix(job.key()) {
+        let (k, v) = kv?;
+        if let Some(key) = StepKey::from_key(&k) {
+            out.push((key, decode(T::Snapshots, &v)?));
+        }
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// The record of attempt `attempt` of `job`, which `runner` holds and
+    /// which takes snapshots, for a snapshot after step `step`; and the
+    /// packs the job's snapshots already stored (the only ones a new
+    /// manifest may point into).
+    pub fn snapshot_target(
+        &self,
+        runner: &str,
+        job: JobKey,
+        attempt: u32,
+        step: u32,
+    ) -> Result<(JobRecord, BTreeSet<String>)> {
+        let rec = self.leased_job(runner, job, attempt)?;
+        if !rec.snapshots {
+            return Err(Error::precondition(format!(
+                "job {job} does not take snapshots (`snapshots: true` in its pipeline, or the server's --snapshots)"
+            )));
+        }
+        if step == 0 || step as usize > rec.steps.len() {
+            return Err(Error::invalid(format!("job {job} has no step {step}")));
+        }
+        let packs = of_job(self.store(), job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
+        Ok((rec, packs))
+    }
+
+    /// Records the snapshot after step `key`, with the step's `snapshot`
+    /// flag, if `runner` still holds the attempt; returns once durable.
+    pub async fn record_snapshot(&self, runner: &str, key: StepKey, rec: SnapshotRecord) -> Result<()> {
+        let ((), ticket) = self.transition(|t| {
+            if !holds(t.st, runner, key.job, key.attempt) {
+                return Err(Error::PermissionDenied(format!(
+                    "runner {runner} does not hold job {} attempt {}",
+                    key.job, key.attempt
+                )));
+            }
+            t.writes().put(T::Snapshots, key.key(), &rec);
+            t.step(key)?.snapshot = true;
+            Ok(())
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(())
+    }
+
+    /// The snapshot a resumed attempt that `runner` holds starts from, with
+    /// its step's key.
+    pub fn resume_snapshot(&self, runner: &str, job: JobKey, attempt: u32) -> Result<(StepKey, SnapshotRecord)> {
+        let rec = self.leased_job(runner, job, attempt)?;
+        let resume =
+            rec.resume.ok_or_else(|| Error::precondition(format!("job {job} attempt {attempt} is not resumed")))?;
+        let key = job.step(resume.from_attempt, resume.after_step);
+        Ok((key, self.snapshot(key)?))
+    }
+
+    /// The snapshot after step `key`.
+    pub fn snapshot(&self, key: StepKey) -> Result<SnapshotRecord> {
+        self.store().get(T::Snapshots, key.key())?.ok_or_else(|| {
+            Error::not_found(format!(
+                "the snapshot after step {} of job {} attempt {} is gone (expired, or its run was removed)",
+                key.index, key.job, key.attempt
+            ))
+        })
+    }
+
+    /// The newest snapshot of `job` after step `step` (0: after any step)
+    /// — of the latest attempt that has one.
+    pub fn newest_snapshot(&self, job: JobKey, step: u32) -> Result<(StepKey, SnapshotRecord)> {
+        of_job(self.store(), job)?
+            .into_iter()
+            .filter(|(k, _)| step == 0 || k.index == step)
+            .max_by_key(|(k, _)| (k.attempt, k.index))
+            .ok_or_else(|| match step {
+                0 => Error::not_found(format!("job {job} has no snapshot (does its pipeline say `snapshots: true`?)")),
+                s => Error::not_found(format!("job {job} has no snapshot after step {s}")),
+            })
+    }
+
+    /// Removes the snapshots taken before `older_than_ms`, and those of
+    /// runs past the newest `keep_runs` of their pipeline that have any;
+    /// clears their steps' flags. Returns how many went.
+    pub fn expire_snapshots(&self, older_than_ms: i64, keep_runs: usize) -> Result<usize> {
+        let mut runs_of: std::collections::HashMap<String, BTreeSet<u64>> = std::collections::HashMap::new();
+        let mut all = Vec::new();
+        for kv in self.store().tree(T::Snapshots).iter() {
+            let (k, v) = kv?;
+            let Some(key) = StepKey::from_key(&k) else { continue };
+            let rec: SnapshotRecord = decode(T::Snapshots, &v)?;
+            runs_of.entry(rec.pipeline.clone()).or_default().insert(key.job.run.0);
+            all.push((key, rec.created_ms, rec.pipeline));
+        }
+        let kept = |pipeline: &str, run: u64| {
+            runs_of.get(pipeline).is_some_and(|runs| runs.iter().rev().take(keep_runs).any(|r| *r == run))
+        };
+        let doomed: Vec<StepKey> = all
+            .into_iter()
+            .filter(|(key, created, pipeline)| *created < older_than_ms || !kept(pipeline, key.job.run.0))
+            .map(|(key, ..)| key)
+            .collect();
+        for chunk in doomed.chunks(200) {
+            self.transition(|t| {
+                for key in chunk {
+                    t.writes().delete(T::Snapshots, key.key());
+                    // The step may be gone with its run.
+                    if let Ok(step) = t.step(*key) {
+                        step.snapshot = false;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+impl Tx<'_> {
+    /// The job of run `id` that `what` names: its id (`42.1`), key or name.
+    pub(crate) fn job_named(&mut self, id: crate::store::keys::RunId, what: &str) -> Result<JobKey> {
+        if let Ok(key) = JobKey::parse(what)
+            && key.run == id
+        {
+            self.job(key)?;
+            return Ok(key);
+        }
+        let count = self.run(id)?.job_count;
+        let mut found = Vec::new();
+        for i in 1..=count {
+            let key = JobKey::new(id, i);
+            let job = self.job(key)?;
+            if job.name == what || job.key == what {
+                found.push(key);
+            }
+        }
+        match found.as_slice() {
+            [one] => {
+                if self.job(*one)?.status() == Status::Success {
+                    return Err(Error::precondition(format!("job `{what}` succeeded: there is nothing to resume")));
+                }
+                Ok(*one)
+            }
+            [] => Err(Error::not_found(format!("run {id} has no job `{what}` (give its id, key or name)"))),
+            _ => Err(Error::invalid(format!(
+                "`{what}` names {} jobs of run {id} (a matrix job): give one's id or full name",
+                found.len()
+            ))),
+        }
+    }
+
+    /// Where job `key`'s next attempt resumes: from `from.step` (or its
+    /// first step that did not succeed), after the newest snapshot of an
+    /// earlier step. `None`: from the first step (nothing to restore).
+    pub(crate) fn resume_point(&mut self, key: JobKey, from_step: u32) -> Result<Option<ResumeRecord>> {
+        let (attempt, n, name) = {
+            let job = self.job(key)?;
+            (job.attempt, job.steps.len() as u32, job.name.clone())
+        };
+        let start = if from_step > 0 {
+            if from_step > n {
+                return Err(Error::invalid(format!("job `{name}` has {n} steps: there is no step {from_step}")));
+            }
+            from_step
+        } else {
+            let mut first = None;
+            for i in 1..=n {
+                let step = self.step(key.step(attempt, i))?;
+                if step.status() != Status::Success && step.restored_from == 0 {
+                    first = Some(i);
+                    break;
+                }
+            }
+            match first {
+                Some(i) => i,
+                None => return Ok(None),
+            }
+        };
+        if start <= 1 {
+            return Ok(None);
+        }
+        let best = of_job(self.store(), key)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.index < start)
+            .max_by_key(|k| (k.index, k.attempt));
+        match best {
+            Some(k) => Ok(Some(ResumeRecord { after_step: k.index, from_attempt: k.attempt })),
+            None => Err(Error::precondition(if self.job(key)?.snapshots {
+                format!(
+                    "job `{name}` has no snapshot to resume step {start} from: none was kept after an earlier step \
+                     (expired, or a step's workspace or outputs held a secret value — its log says so); retry the \
+                     whole job instead"
+                )
+            } else {
+                format!(
+                    "job `{name}` keeps no snapshots, so it cannot resume from step {start}: set `snapshots: true` on \
+                     the job or pipeline (or start the server with --snapshots); retry the whole job instead"
+                )
+            })),
+        }
+    }
+
+    /// Makes the new attempt of job `key` resume from `resume`: the steps
+    /// up to the snapshot's are final, restored, with the outputs they had.
+    pub(crate) fn resume_attempt(&mut self, key: JobKey, resume: ResumeRecord) -> Result<()> {
+        let attempt = self.job(key)?.attempt;
+        for i in 1..=resume.after_step {
+            let (outputs, summary) = {
+                // The attempt that ran it (or restored it, with its outputs).
+                let before = self.step(key.step(attempt - 1, i))?;
+                (before.outputs.clone(), before.summary.clone())
+            };
+            let step = self.step(key.step(attempt, i))?;
+            step.status = Status::Skipped as i32;
+            step.restored_from = resume.from_attempt;
+            step.outputs = outputs;
+            step.summary = summary;
+            step.message = format!("restored from the snapshot of attempt {}", resume.from_attempt);
+        }
+        tracing::info!(job = %key, attempt, after_step = resume.after_step, from = resume.from_attempt, "resuming job");
+        self.job(key)?.resume = Some(resume);
+        Ok(())
+    }
+}
