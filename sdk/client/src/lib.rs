@@ -28,7 +28,8 @@ use tonic::{
 pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
     FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, admin_client::AdminClient,
-    artifacts_client::ArtifactsClient, audit_client::AuditClient, caches_client::CachesClient, follow_request,
+    artifacts_client::ArtifactsClient, audit_client::AuditClient, caches_client::CachesClient,
+    debug_client::DebugClient, follow_request,
     logs_client::LogsClient, pipelines_client::PipelinesClient, plugins_client::PluginsClient,
     repos_client::ReposClient, run_event::Change, runner_agent_client::RunnerAgentClient,
     runners_client::RunnersClient, runs_client::RunsClient, secrets_client::SecretsClient, stats_client::StatsClient,
@@ -364,6 +365,11 @@ impl Client {
     /// `viaduct.v1.Audit`.
     pub fn audit(&self) -> AuditClient<Svc> {
         AuditClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Debug`.
+    pub fn debug(&self) -> DebugClient<Svc> {
+        DebugClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.RunnerAgent` (runner token).

@@ -78,14 +78,14 @@ pub enum Command {
     },
     /// Cancel a run, or one of its jobs.
     Cancel(CancelArgs),
-    /// Re-run the failed jobs of a finished run.
-    Retry {
-        /// Run id.
-        id: String,
-        /// Then follow its logs and exit with its outcome.
-        #[arg(short, long)]
-        follow: bool,
-    },
+    /// Re-run the failed jobs of a finished run — whole, or from the failed
+    /// step on a snapshot of the workspace (`--from-failed`, `--from`).
+    Retry(RetryArgs),
+    /// Open a shell in a job's workspace as its snapshot after a step
+    /// kept it, on a runner that can run the job (in its image for a
+    /// container job), with the job's environment minus its secrets. Exits
+    /// with the shell's exit code.
+    Debug(DebugArgs),
     /// Stream run, job and step state changes.
     Watch {
         /// Only this run.
@@ -352,11 +352,9 @@ pub enum RunsCommand {
     },
     /// Cancel a run, or one of its jobs.
     Cancel(CancelArgs),
-    /// Re-run the failed jobs of a finished run.
-    Retry {
-        /// Run id.
-        id: String,
-    },
+    /// Re-run the failed jobs of a finished run — whole, or from the failed
+    /// step on a snapshot of the workspace (`--from-failed`, `--from`).
+    Retry(RetryArgs),
     /// Let a run that waits for approval (an untrusted pull request) start.
     /// It still gets no secrets.
     Approve {
@@ -788,6 +786,43 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))
+}
+
+/// `viaduct debug`.
+#[derive(Debug, clap::Args)]
+pub struct DebugArgs {
+    /// The job's id (e.g. 42.1).
+    pub job: String,
+    /// Restore the snapshot after this step (default: the newest).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub step: Option<u32>,
+    /// End the shell after this long (default 30m, at most 4h).
+    #[arg(long, value_parser = viaduct_pipeline::duration::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// `viaduct retry` / `viaduct runs retry`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("resume").args(["from_failed", "from"])))]
+pub struct RetryArgs {
+    /// Run id.
+    pub id: String,
+    /// Resume each failed job from its first failed step, on the snapshot
+    /// of its workspace after the step before (the pipeline needs
+    /// `snapshots: true`).
+    #[arg(long, conflicts_with = "from")]
+    pub from_failed: bool,
+    /// Resume from this step (1-based) of `--job` (or of the run's one
+    /// failed job).
+    #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u32).range(1..))]
+    pub from: Option<u32>,
+    /// The job to resume (its id, key or name); the others that failed are
+    /// re-run whole.
+    #[arg(long, requires = "resume")]
+    pub job: Option<String>,
+    /// Then follow its logs and exit with its outcome.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 /// `viaduct cancel` / `viaduct runs cancel`.

@@ -17,7 +17,7 @@ use viaduct_sdk::{
             CreateRepoRequest, DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest,
             GetRepoRequest, GetRunRequest, GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest,
             ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PendingJobsRequest,
-            PullRequestPolicy, RetentionPolicy, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope,
+            PullRequestPolicy, RetentionPolicy, RetryFrom, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope,
             SetSecretRequest, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest,
             UpdateRunnerRequest, WatchRequest, WatchRunnersRequest, create_repo_request, follow_request, log_event,
             run_event::Change, submit_request,
@@ -27,7 +27,7 @@ use viaduct_sdk::{
 
 use super::{
     Failure,
-    args::{CancelArgs, PipelinesCommand, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
+    args::{CancelArgs, PipelinesCommand, RetryArgs, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
     terminal, view,
 };
 
@@ -283,7 +283,7 @@ pub async fn runs(client: &Client, cmd: RunsCommand) -> Result<(), Failure> {
             Ok(())
         }
         RunsCommand::Cancel(a) => cancel(client, a).await,
-        RunsCommand::Retry { id } => retry(client, id, false).await,
+        RunsCommand::Retry(a) => retry(client, a).await,
         RunsCommand::Approve { id } => {
             let run = client.runs().approve(ApproveRunRequest { id: id.clone() }).await?.into_inner();
             let by = run.approval.map(|a| a.reason).unwrap_or_default();
@@ -309,11 +309,24 @@ pub async fn cancel(client: &Client, a: CancelArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `viaduct retry ID [--follow]`.
-pub async fn retry(client: &Client, id: String, follow: bool) -> Result<(), Failure> {
-    let run = client.runs().retry(RetryRunRequest { id: id.clone() }).await?.into_inner();
-    if follow {
-        return follow_outcome(client, &id).await;
+/// `viaduct retry ID [--from-failed | --from STEP] [--job JOB] [--follow]`.
+pub async fn retry(client: &Client, a: RetryArgs) -> Result<(), Failure> {
+    let from = (a.from_failed || a.from.is_some())
+        .then(|| RetryFrom { job: a.job.clone().unwrap_or_default(), step: a.from.unwrap_or(0) });
+    let run = client.runs().retry(RetryRunRequest { id: a.id.clone(), from }).await?.into_inner();
+    for job in &run.jobs {
+        let restored: Vec<u32> = job.steps.iter().filter(|s| s.restored_from > 0).map(|s| s.index).collect();
+        if let (Some(last), Some(s)) = (restored.last(), job.steps.iter().find(|s| s.restored_from > 0)) {
+            println!(
+                "job {} resumes at step {} (steps 1–{last} restored from attempt {})",
+                job.name,
+                last + 1,
+                s.restored_from
+            );
+        }
+    }
+    if a.follow {
+        return follow_outcome(client, &a.id).await;
     }
     println!("run {} {}", run.id, view::word(run.status));
     Ok(())

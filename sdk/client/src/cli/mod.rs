@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod args;
 pub mod commands;
+pub mod debug;
 pub mod exec;
 pub mod files;
 pub mod login;
@@ -29,6 +30,8 @@ pub enum Failure {
     Invalid(String),
     /// The server could not be reached or refused (exit 3).
     Server(String),
+    /// Exit with this code, saying nothing (a debug shell's own).
+    Exit(u8),
 }
 
 impl From<viaduct_sdk::Error> for Failure {
@@ -70,6 +73,7 @@ impl Failure {
             Self::Usage(m) => (format!("viaduct: {m}"), 2),
             Self::Invalid(m) => (m, 2),
             Self::Server(m) => (format!("viaduct: {m}"), 3),
+            Self::Exit(code) => (String::new(), code),
         };
         if !msg.is_empty() {
             eprintln!("{msg}");
@@ -111,7 +115,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Runs(c) => commands::runs(&client, c).await,
         Command::Logs { id, follow } => commands::print_logs(&client, &id, follow).await,
         Command::Cancel(a) => commands::cancel(&client, a).await,
-        Command::Retry { id, follow } => commands::retry(&client, id, follow).await,
+        Command::Retry(a) => commands::retry(&client, a).await,
+        Command::Debug(a) => debug::debug(&client, a).await,
         Command::Watch { run, after, json } => commands::watch(&client, run, after, json).await,
         Command::Runners(c) => commands::runners(&client, c).await,
         Command::Pipelines(c) => commands::pipelines(&client, c).await,
