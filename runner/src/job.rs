@@ -207,7 +207,28 @@ async fn execute(
             return (Status::Failure, why);
         }
     };
-    if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
+    let resume_after = a.resume.as_ref().map_or(0, |r| r.after_step);
+    let mut snapshots = (a.snapshots || resume_after > 0).then(|| snapshots::JobSnapshots::new(a));
+    let mut restored = None;
+    if let (Some(snaps), true) = (snapshots.as_mut(), resume_after > 0) {
+        match snaps.restore(&services.files, job, &env_of_job.workspace()).await {
+            Ok(r) => {
+                env_of_job.adopt_workspace().await;
+                tracing::info!(after_step = resume_after, "workspace restored from the snapshot");
+                restored = Some(r);
+            }
+            Err(e) => {
+                let why = format!("could not restore the snapshot after step {resume_after}: {e}");
+                let rest = JobAssignment {
+                    steps: a.steps.iter().filter(|s| s.index > resume_after).cloned().collect(),
+                    ..a.clone()
+                };
+                skip_all(reports, job, &rest, &why, secrets);
+                env_of_job.teardown().await;
+                return (Status::Failure, why);
+            }
+        }
+    } else if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
         match sources.checkout(job, src, &env_of_job.workspace()).await {
             Ok(summary) => {
                 env_of_job.adopt_workspace().await;
@@ -222,10 +243,14 @@ async fn execute(
         }
     }
     let context = a.context.clone().unwrap_or_default();
-    let mut outputs: HashMap<String, (Status, BTreeMap<String, String>)> = HashMap::new();
+    // Outcomes and outputs of steps with an `id`, by id; post-phase states
+    // of plugin steps, by main step index (a resumed attempt's from its
+    // snapshot).
+    let (mut outputs, mut post_states) = match restored {
+        Some(r) => (r.outputs, r.post_states),
+        None => (HashMap::new(), HashMap::new()),
+    };
     let mut failed: Option<String> = None;
-    // Post-phase states of plugin steps, by main step index.
-    let mut post_states: HashMap<u32, String> = HashMap::new();
     let mut summary = String::new();
     let log_limits = crate::executor::LogLimits::new(a.max_step_log_bytes, a.max_job_log_bytes);
     let mut step_timed_out = false;
@@ -245,6 +270,10 @@ async fn execute(
     for s in &a.steps {
         if stop.abandon.is_cancelled() {
             break;
+        }
+        // Restored: the server has their states already.
+        if s.index <= resume_after {
+            continue;
         }
         if job_deadline.is_some_and(|d| Instant::now() >= d) {
             job_timed_out = true;
@@ -310,6 +339,20 @@ async fn execute(
                         Ok(spec) => env_of_job.run_step(&spec, &mut log, &step_stop).instrument(span).await,
                     },
                 };
+                let worked = o.status == Status::Success && failed.is_none() && !cancel.is_cancelled();
+                if let Some(snaps) = snapshots.as_mut().filter(|_| worked && a.snapshots) {
+                    let current = viaduct_proto::v1::SnapshotStep {
+                        index: s.index,
+                        id: s.id.clone(),
+                        status: o.status as i32,
+                        outputs: o.outputs.clone().into_iter().collect(),
+                    };
+                    let workspace = env_of_job.workspace();
+                    let note = snaps.take(&services.files, job, current, &workspace, &post_states).await;
+                    if let Some(why) = note {
+                        log.write(format!("\n[viaduct: no snapshot after this step: {why}]\n").as_bytes()).await;
+                    }
+                }
                 log.finish().await;
                 let mut o = o;
                 if let Some(cut) = log.cut() {
@@ -326,6 +369,9 @@ async fn execute(
             break;
         }
         reports.step(step_update(job, s.index, &outcome, std::mem::take(&mut summary), secrets));
+        if let Some(snaps) = snapshots.as_mut() {
+            snaps.record(s.index, &s.id, outcome.status, &outcome.outputs);
+        }
         if !s.id.is_empty() {
             outputs.insert(s.id.clone(), (outcome.status, outcome.outputs.clone()));
         }
@@ -551,5 +597,6 @@ fn spec(
     Ok(StepSpec { index: s.index, name: s.name.clone(), script, env, working_directory: s.working_directory.clone() })
 }
 
+mod snapshots;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,7 @@
 //! - [`toolchains`]: the toolchains host jobs can run, as labels;
 //! - [`space`]: the work dir's free space (the runner pauses when short).
 
+pub mod debug;
 pub mod environment;
 pub mod executor;
 pub mod files;

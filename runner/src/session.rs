@@ -282,6 +282,10 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) -> Option<SessionEnd> {
             }
         }
         Some(In::Ack(ack)) => shared.outbox.ack(&ack),
+        Some(In::Debug(d)) => {
+            tracing::info!(session = %d.session_id, "debug shell assigned");
+            tokio::spawn(crate::debug::run(d, shared.services.clone()));
+        }
         Some(In::Drain(d)) => {
             tracing::info!(reason = %d.reason, "drained by the server");
             // An ephemeral runner that never got its job has nothing to wait for.

@@ -22,8 +22,7 @@ use std::{
 
 use tokio::sync::mpsc;
 use viaduct_proto::v1::{
-    DebugAssignment, DebugToRunner, ShellEnded, ShellOpen, ShellOutput, ShellStarted, debug_to_runner,
-    shell_output,
+    DebugAssignment, DebugToRunner, ShellEnded, ShellOpen, ShellOutput, ShellStarted, debug_to_runner, shell_output,
 };
 
 use crate::{
@@ -87,9 +86,7 @@ pub struct DebugShells {
 }
 
 fn end_message(exit_code: Option<i32>, message: &str) -> ShellOutput {
-    ShellOutput {
-        msg: Some(shell_output::Msg::Ended(ShellEnded { exit_code, message: message.to_string() })),
-    }
+    ShellOutput { msg: Some(shell_output::Msg::Ended(ShellEnded { exit_code, message: message.to_string() })) }
 }
 
 impl DebugShells {
@@ -215,7 +212,8 @@ impl DebugShells {
             .get_mut(id)
             .filter(|s| s.runner == runner)
             .ok_or_else(|| Error::PermissionDenied(format!("runner {runner} has no debug session {id}")))?;
-        let input = s.to_runner.take().ok_or_else(|| Error::AlreadyExists(format!("debug session {id} is attached")))?;
+        let input =
+            s.to_runner.take().ok_or_else(|| Error::AlreadyExists(format!("debug session {id} is attached")))?;
         Ok(Attached {
             input,
             to_user: s.to_user.clone(),

@@ -57,6 +57,8 @@ pub struct Saved {
     pub record: SnapshotRecord,
     /// Files in the manifest.
     pub entries: usize,
+    /// The pack of this upload, when the manifest uses it.
+    pub pack: Option<String>,
 }
 
 /// Snapshots' blobs.
@@ -110,6 +112,9 @@ impl Snapshots {
                 Some(Part::Header(_)) | None => return Err(Error::invalid("a second snapshot header")),
             }
         }
+        if manifest.is_empty() {
+            return Err(Error::invalid("the snapshot upload ended without its manifest"));
+        }
         let pack_size = pack.size();
         let pack = pack.finish().await?;
         let mut manifest = SnapshotManifest::decode(manifest.as_slice())
@@ -121,6 +126,7 @@ impl Snapshots {
             }
         }
         let packs: BTreeSet<String> = manifest.packs.iter().cloned().collect();
+        let new_pack = packs.contains(&pack.digest).then(|| pack.digest.clone());
         let encoded = zstd::bulk::compress(&manifest.encode_to_vec(), 3)
             .map_err(|e| Error::Internal(format!("compressing a snapshot manifest: {e}")))?;
         let stored = self.blobs.put(&encoded).await?;
@@ -133,7 +139,7 @@ impl Snapshots {
             created_ms: crate::store::now_ms(),
             pipeline: pipeline.to_string(),
         };
-        Ok(Saved { record, entries: manifest.entries.len() })
+        Ok(Saved { record, entries: manifest.entries.len(), pack: new_pack })
     }
 
     /// The manifest of `record`.
@@ -226,13 +232,18 @@ fn check(m: &SnapshotManifest, known: &BTreeSet<String>, pack_size: u64) -> Resu
             || e.path.starts_with(b"/")
             || e.path.split(|b| *b == b'/').any(|c| c.is_empty() || c == b".." || c == b".");
         if bad_path {
-            return Err(Error::invalid(format!("the snapshot manifest has an entry `{path}`, which is not a relative path")));
+            return Err(Error::invalid(format!(
+                "the snapshot manifest has an entry `{path}`, which is not a relative path"
+            )));
         }
         if e.length == 0 {
             continue;
         }
         let pack = m.packs.get(e.pack as usize).ok_or_else(|| {
-            Error::invalid(format!("entry `{path}` of the snapshot manifest names pack {}, which it does not list", e.pack))
+            Error::invalid(format!(
+                "entry `{path}` of the snapshot manifest names pack {}, which it does not list",
+                e.pack
+            ))
         })?;
         if pack.is_empty() && e.offset.checked_add(e.length).is_none_or(|end| end > pack_size) {
             return Err(Error::invalid(format!("entry `{path}` of the snapshot manifest points past the pack's end")));
@@ -240,4 +251,3 @@ fn check(m: &SnapshotManifest, known: &BTreeSet<String>, pack_size: u64) -> Resu
     }
     Ok(())
 }
-

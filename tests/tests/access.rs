@@ -117,7 +117,7 @@ fn policy(path: &str) -> Need {
         "Artifacts/List" | "Artifacts/Download" | "Artifacts/Link" | "Repos/Get" => Repo(READ),
         "Repos/List" | "Caches/List" => Somewhere(READ),
         "Stats/Get" => Repo(READ),
-        "Repos/Sync" => Repo(PUSH),
+        "Repos/Sync" | "Debug/Shell" => Repo(PUSH),
         "Repos/Update" | "Secrets/Set" | "Secrets/Delete" | "Caches/Delete" => Repo(MAINTAIN),
         "Secrets/List" => Somewhere(MAINTAIN),
         "Repos/Create" | "Repos/Delete" => Global(ADMIN),
@@ -137,7 +137,10 @@ fn policy(path: &str) -> Need {
         | "RunnerAgent/FetchSource"
         | "RunnerAgent/RestoreCache"
         | "RunnerAgent/SaveCache"
-        | "RunnerAgent/UploadArtifact" => Runner,
+        | "RunnerAgent/UploadArtifact"
+        | "RunnerAgent/SaveSnapshot"
+        | "RunnerAgent/RestoreSnapshot"
+        | "RunnerAgent/DebugSession" => Runner,
         other => panic!("{other}: a method the policy of this test does not know — add it here and to the docs"),
     }
 }
@@ -185,7 +188,7 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
         "Runs/Trigger" => v1::TriggerRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
         "Runs/Get" => v1::GetRunRequest { id: run }.encode_to_vec(),
         "Runs/Cancel" => v1::CancelRunRequest { id: run, ..Default::default() }.encode_to_vec(),
-        "Runs/Retry" => v1::RetryRunRequest { id: run }.encode_to_vec(),
+        "Runs/Retry" => v1::RetryRunRequest { id: run, from: None }.encode_to_vec(),
         "Runs/Approve" => v1::ApproveRunRequest { id: run }.encode_to_vec(),
         "Runs/List" => v1::ListRunsRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
         "Runs/Watch" => v1::WatchRequest { run_id: run, from_start: true, ..Default::default() }.encode_to_vec(),
@@ -202,6 +205,11 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
         }
         "Repos/Get" => v1::GetRepoRequest { name: target.into() }.encode_to_vec(),
         "Repos/Sync" => v1::SyncRepoRequest { name: target.into() }.encode_to_vec(),
+        // No snapshot: an allowed caller gets NOT_FOUND.
+        "Debug/Shell" => v1::ShellInput {
+            msg: Some(v1::shell_input::Msg::Open(v1::ShellOpen { job_id: format!("{run}.1"), ..Default::default() })),
+        }
+        .encode_to_vec(),
         "Admin/Prune" => v1::PruneRequest { dry_run: true }.encode_to_vec(),
         "Stats/Get" => v1::StatsRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
         "Repos/Update" => v1::UpdateRepoRequest { name: target.into(), ..Default::default() }.encode_to_vec(),

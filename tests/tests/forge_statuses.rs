@@ -215,7 +215,11 @@ async fn failures_are_retried_as_the_forge_asks_and_shown_on_the_repository() {
     // The forge down: statuses wait, visible, and go once it is back.
     forge.set_available(false);
     let before = forge.deliveries().len();
-    client.runs().retry(v1::RetryRunRequest { id: runs_of(&client, "app").await[0].id.clone() }).await.unwrap();
+    client
+        .runs()
+        .retry(v1::RetryRunRequest { id: runs_of(&client, "app").await[0].id.clone(), from: None })
+        .await
+        .unwrap();
     eventually("statuses waiting for the forge", || {
         let client = client.clone();
         async move {

@@ -188,6 +188,18 @@ pub fn can_retry(run: &Run) -> bool {
     status::is_terminal(run.status()) && run.jobs.iter().any(|j| status::is_retryable(j.status()))
 }
 
+/// True when a retry can resume a job that did not succeed from its failed
+/// step: one of its steps before that kept a snapshot (or was restored).
+pub fn can_resume(run: &Run) -> bool {
+    can_retry(run)
+        && run.jobs.iter().filter(|j| status::is_retryable(j.status())).any(|j| {
+            j.steps
+                .iter()
+                .take_while(|s| s.status() == Status::Success || s.restored_from > 0)
+                .any(|s| s.snapshot || s.restored_from > 0)
+        })
+}
+
 /// True when the run waits for someone to approve it.
 pub fn can_approve(run: &Run) -> bool {
     run.approval.as_ref().is_some_and(|a| a.pending) && !status::is_terminal(run.status())

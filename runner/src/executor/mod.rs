@@ -26,12 +26,14 @@ pub mod dummy;
 pub mod host;
 pub mod isolation;
 pub mod programs;
+pub mod terminal;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Instant};
 
 use tokio_util::sync::CancellationToken;
 use viaduct_proto::v1::{Executor, ImagePlan, JobRef, ServicePlan, Status};
 
+pub use self::terminal::{Shell, ShellControl, ShellExit, ShellSpec};
 use crate::{
     mask::{Masker, Secrets},
     report::Reports,
@@ -298,6 +300,14 @@ pub trait JobEnv: Send {
 
     /// Where the job's plugin steps run programs: where its steps run.
     fn programs(&self) -> std::sync::Arc<dyn programs::Programs>;
+
+    /// Starts an interactive shell on a terminal in the job's workspace,
+    /// as its steps run (same user, containment, environment defaults),
+    /// for a user to debug the job (see [`terminal`]). Teardown ends it.
+    async fn shell(&mut self, spec: &ShellSpec) -> Result<Shell, String> {
+        let _ = spec;
+        Err("this executor has no interactive shell".into())
+    }
 
     /// Removes everything the job created.
     async fn teardown(self: Box<Self>);

@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod cache;
 pub mod copy;
 pub mod paths;
+pub mod snapshots;
 pub mod unpack;
 
 use std::path::Path;
@@ -34,6 +35,11 @@ impl Files {
     /// Transfers through `client` (authenticated with the runner token).
     pub fn new(client: viaduct_sdk::Client) -> Self {
         Self { client }
+    }
+
+    /// The client transfers go through (the runner's token).
+    pub fn client(&self) -> &viaduct_sdk::Client {
+        &self.client
     }
 
     /// Uploads the file at `path` as artifact `name` of `job`.

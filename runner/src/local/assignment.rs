@@ -131,6 +131,8 @@ fn job(plan: &Plan, i: usize, j: &PlannedJob, catalog: &Catalog, run: &RunFacts)
         max_step_log_bytes: 0,
         max_job_log_bytes: 0,
         traceparent: String::new(),
+        snapshots: false,
+        resume: None,
     };
     LocalJob {
         key: j.key.clone(),

@@ -29,11 +29,10 @@ pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
     FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, admin_client::AdminClient,
     artifacts_client::ArtifactsClient, audit_client::AuditClient, caches_client::CachesClient,
-    debug_client::DebugClient, follow_request,
-    logs_client::LogsClient, pipelines_client::PipelinesClient, plugins_client::PluginsClient,
-    repos_client::ReposClient, run_event::Change, runner_agent_client::RunnerAgentClient,
-    runners_client::RunnersClient, runs_client::RunsClient, secrets_client::SecretsClient, stats_client::StatsClient,
-    tokens_client::TokensClient, users_client::UsersClient,
+    debug_client::DebugClient, follow_request, logs_client::LogsClient, pipelines_client::PipelinesClient,
+    plugins_client::PluginsClient, repos_client::ReposClient, run_event::Change,
+    runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
+    secrets_client::SecretsClient, stats_client::StatsClient, tokens_client::TokensClient, users_client::UsersClient,
 };
 
 /// What can go wrong talking to a server.

@@ -12,9 +12,9 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    Ack, Artifact, CacheData, FetchSourceRequest, JobSignal, LogAck, RegisterRequest, RegisterResponse,
-    RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse,
-    SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, ShellOutput, DebugFromRunner, DebugToRunner, SnapshotData, SourceChunk, UpdateAck,
+    Ack, Artifact, CacheData, DebugFromRunner, DebugToRunner, FetchSourceRequest, JobSignal, LogAck, RegisterRequest,
+    RegisterResponse, RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse,
+    SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, ShellOutput, SnapshotData, SourceChunk, UpdateAck,
     UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request,
     server_message::Msg as Out,
 };
@@ -229,7 +229,11 @@ impl RunnerAgent for AgentApi {
         let key = job.step(attempt, header.step_index);
         let (rec, known) = self.engine.snapshot_target(&runner, job, attempt, header.step_index)?;
         let saved = self.depot.snapshots.receive(&mut stream, &known, &rec.pipeline).await?;
-        let reply = SaveSnapshotResponse { manifest_digest: saved.record.manifest.clone(), pack_size: saved.record.pack_size };
+        let reply = SaveSnapshotResponse {
+            manifest_digest: saved.record.manifest.clone(),
+            pack_size: saved.record.pack_size,
+            pack_digest: saved.pack.clone().unwrap_or_default(),
+        };
         tracing::info!(job = %job, attempt, step = header.step_index, entries = saved.entries, new_bytes = saved.record.pack_size, "snapshot saved");
         self.engine.record_snapshot(&runner, key, saved.record).await?;
         Ok(Response::new(reply))
@@ -270,7 +274,10 @@ impl RunnerAgent for AgentApi {
         };
         let attached = self.debug.attach(&runner, &id)?;
         let (shells, to_user, mut started) = (Arc::clone(&self.debug), attached.to_user, Some(attached.started));
+        // The runner's side ends with the session.
+        let (done, session_over) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
+            let _done = done;
             let (code, why) = loop {
                 let out = match inbound.message().await {
                     Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ready(_)) })) => match started.take() {
@@ -288,7 +295,10 @@ impl RunnerAgent for AgentApi {
             };
             shells.end(&id, code, &why);
         });
-        let input = tokio_stream::wrappers::ReceiverStream::new(attached.input).map(Ok);
+        let input = futures_util::StreamExt::take_until(
+            tokio_stream::wrappers::ReceiverStream::new(attached.input).map(Ok),
+            session_over,
+        );
         Ok(Response::new(Box::pin(input)))
     }
 

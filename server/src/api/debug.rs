@@ -40,7 +40,10 @@ fn to_runner(msg: Msg) -> Result<ToRunner, Error> {
         Msg::Resize(_) => return Err(Error::invalid("a terminal is at most 1000 columns and 1000 rows")),
         Msg::Signal(s) if crate::debug::SIGNALS.contains(&s.as_str()) => ToRunner::Signal(s),
         Msg::Signal(s) => {
-            return Err(Error::invalid(format!("`{s}` is not a signal a shell may get ({})", crate::debug::SIGNALS.join(", "))));
+            return Err(Error::invalid(format!(
+                "`{s}` is not a signal a shell may get ({})",
+                crate::debug::SIGNALS.join(", ")
+            )));
         }
         Msg::Open(_) => return Err(Error::invalid("the session is open already")),
     })

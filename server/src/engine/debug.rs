@@ -21,8 +21,10 @@ impl Engine {
     /// when its run may have them — and sends it to a runner that could run
     /// the job. Returns the runner's id.
     pub fn assign_debug(&self, at: StepKey, mut shell: DebugAssignment) -> Result<String> {
-        let job: JobRecord =
-            self.store().get(T::Jobs, at.job.key())?.ok_or_else(|| Error::not_found(format!("job {} not found", at.job)))?;
+        let job: JobRecord = self
+            .store()
+            .get(T::Jobs, at.job.key())?
+            .ok_or_else(|| Error::not_found(format!("job {} not found", at.job)))?;
         let run: RunRecord = self
             .store()
             .get(T::Runs, at.job.run.key())?
@@ -46,11 +48,10 @@ impl Engine {
             return Ok(String::new());
         };
         let name = &image.credentials;
-        let (value, scope) = self
-            .sh
-            .secrets
-            .get(&self.sh.store, name)?
-            .ok_or_else(|| Error::precondition(format!("secret `{name}` is not set (viaduct secrets set {name})")))?;
+        let (value, scope) =
+            self.sh.secrets.get(&self.sh.store, name)?.ok_or_else(|| {
+                Error::precondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
+            })?;
         let source = run.source.clone().unwrap_or_default();
         let facts = trust::RunFacts { source: &source, pipeline: &run.pipeline, trust: trust::effective(run.trust) };
         match trust::credentials_refusal(name, &scope, &image.name, &facts) {

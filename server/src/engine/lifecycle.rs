@@ -266,9 +266,10 @@ impl Tx<'_> {
         run.finished_ms = 0;
         run.retried = run.retried.saturating_add(1);
         let count = run.job_count;
-        let target = match from.and_then(|f| f.job.as_deref()) {
-            Some(job) => Some(self.job_named(id, job)?),
-            None => None,
+        let target = match from {
+            Some(super::snapshots::ResumeFrom { job: Some(job), .. }) => Some(self.job_named(id, job)?),
+            Some(f) if f.step > 0 => Some(self.only_failed_job(id)?),
+            _ => None,
         };
         let mut reset = Vec::new();
         for i in 1..=count {

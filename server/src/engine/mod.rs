@@ -19,6 +19,7 @@
 pub mod clock;
 pub mod commit_status;
 mod condition;
+pub mod debug;
 pub mod index;
 mod lease;
 mod lifecycle;
@@ -31,7 +32,6 @@ pub mod room;
 pub mod runs;
 mod session;
 pub mod snapshots;
-pub mod debug;
 pub mod telemetry;
 mod tx;
 

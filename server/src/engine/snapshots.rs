@@ -155,6 +155,26 @@ impl Engine {
 }
 
 impl Tx<'_> {
+    /// The one job of run `id` that did not succeed (a resume from a step
+    /// that names no job).
+    pub(crate) fn only_failed_job(&mut self, id: crate::store::keys::RunId) -> Result<JobKey> {
+        let count = self.run(id)?.job_count;
+        let mut failed = Vec::new();
+        for i in 1..=count {
+            let key = JobKey::new(id, i);
+            if self.job(key)?.status() != Status::Success {
+                failed.push(key);
+            }
+        }
+        match failed.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(Error::invalid(format!(
+                "{} jobs of run {id} did not succeed: say which one resumes from that step (`--job`)",
+                failed.len()
+            ))),
+        }
+    }
+
     /// The job of run `id` that `what` names: its id (`42.1`), key or name.
     pub(crate) fn job_named(&mut self, id: crate::store::keys::RunId, what: &str) -> Result<JobKey> {
         if let Ok(key) = JobKey::parse(what)

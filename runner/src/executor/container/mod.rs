@@ -19,6 +19,9 @@
 //! runner's id and removed at job end, whatever happened; a restarted
 //! runner removes what its previous process left.
 //!
+//! A debug shell is the one thing that does go through `exec`: a terminal
+//! in the job's container (see the `shell` module).
+//!
 //! # What the container can touch
 //! The job's code is untrusted, and the runner must never read or write
 //! on the host where the container tells it to. The control directory is
@@ -61,12 +64,13 @@ use tokio::{
 use tokio_stream::StreamExt;
 use viaduct_proto::v1::{ImagePlan, Status};
 
-use super::{Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop};
+use super::{Backend, JobEnv, JobSetup, SetupError, Shell, ShellSpec, StepLog, StepOutcome, StepSpec, StepStop};
 use crate::outputs;
 
 const LAUNCHER: &str = include_str!("launcher.sh");
 
 mod programs;
+mod shell;
 /// The API version Docker and Podman 4 both speak.
 const API: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
 /// Longest status line read from the launcher.
@@ -500,6 +504,13 @@ impl JobEnv for ContainerJob {
             Ok(o) => o,
             Err(e) => StepOutcome::error(e),
         }
+    }
+
+    async fn shell(&mut self, spec: &ShellSpec) -> Result<Shell, String> {
+        if let Some(why) = self.exited.borrow().clone() {
+            return Err(why);
+        }
+        shell::start(&self.docker, &self.name, spec, self.kill_grace).await
     }
 
     async fn teardown(self: Box<Self>) {

@@ -20,12 +20,14 @@
 //! blocked around `clone`; the child resets every handler to the default
 //! before it unblocks them, so no runner handler ever runs on its stack.
 //!
-//! What the child does, in order: reset signals; its own process group;
-//! join its cgroup (or write its process group to a file); a private
-//! `/proc`; drop to the slot user (groups, gid, uid); `chdir`; stdin from
-//! `/dev/null`, stdout and stderr to the given pipes; `execve`. A failure
-//! at any point is reported to the caller (which step, which error) and
-//! the child exits with 127 before executing anything.
+//! What the child does, in order: reset signals; its own process group
+//! (on a terminal: its own session, the terminal as its controlling
+//! terminal); join its cgroup (or write its process group to a file); a
+//! private `/proc`; drop to the slot user (groups, gid, uid); `chdir`;
+//! stdin from `/dev/null` (or the terminal), stdout and stderr to the
+//! given pipes; `execve`. A failure at any point is reported to the caller
+//! (which step, which error) and the child exits with 127 before executing
+//! anything.
 //!
 //! The program is looked for the way `execvp` does, but as the job's user
 //! and after `chdir`: the child tries each candidate (every absolute
@@ -85,6 +87,10 @@ pub struct Launch<'a> {
     pub stdout: &'a OwnedFd,
     /// Its standard error.
     pub stderr: &'a OwnedFd,
+    /// A terminal (the slave of a pseudo-terminal) to run on: a session of
+    /// its own instead of a process group, this as controlling terminal
+    /// and standard input. `None`: standard input is `/dev/null`.
+    pub terminal: Option<&'a OwnedFd>,
     /// Its containment.
     pub enter: Enter<'a>,
     /// The user it runs as (`None`: the runner's).
@@ -102,6 +108,7 @@ enum Stage {
     Chdir,
     Stdio,
     Exec,
+    Terminal,
 }
 
 impl Stage {
@@ -114,6 +121,7 @@ impl Stage {
             5 => Self::User,
             6 => Self::Chdir,
             7 => Self::Stdio,
+            9 => Self::Terminal,
             _ => Self::Exec,
         }
     }
@@ -128,6 +136,7 @@ impl Stage {
             Self::Chdir => "cannot enter the working directory",
             Self::Stdio => "cannot connect standard input and output",
             Self::Exec => "cannot execute the program",
+            Self::Terminal => "cannot take the terminal",
         }
     }
 }
@@ -144,6 +153,7 @@ struct Prepared {
     null: OwnedFd,
     stdout: libc::c_int,
     stderr: libc::c_int,
+    terminal: Option<libc::c_int>,
     cgroup: Option<CString>,
     pgid_file: Option<CString>,
     private_proc: bool,
@@ -188,6 +198,7 @@ impl Prepared {
             null: std::fs::File::open("/dev/null")?.into(),
             stdout: l.stdout.as_raw_fd(),
             stderr: l.stderr.as_raw_fd(),
+            terminal: l.terminal.map(AsRawFd::as_raw_fd),
             cgroup,
             pgid_file,
             private_proc: l.user.is_some_and(JobUser::private_proc),
@@ -370,7 +381,14 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if libc::setpgid(0, 0) != 0 {
+        if let Some(tty) = p.terminal {
+            // A session leader whose controlling terminal this is (and the
+            // leader of its foreground process group, until its shell
+            // makes others).
+            if libc::setsid() < 0 || libc::ioctl(tty, libc::TIOCSCTTY, 0) != 0 {
+                return fail(Stage::Terminal);
+            }
+        } else if libc::setpgid(0, 0) != 0 {
             return fail(Stage::ProcessGroup);
         }
         if let Some(procs) = &p.cgroup {
@@ -401,7 +419,8 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         if libc::chdir(p.cwd.as_ptr()) != 0 {
             return fail(Stage::Chdir);
         }
-        if libc::dup2(p.null.as_raw_fd(), 0) < 0 || libc::dup2(p.stdout, 1) < 0 || libc::dup2(p.stderr, 2) < 0 {
+        let stdin = p.terminal.unwrap_or(p.null.as_raw_fd());
+        if libc::dup2(stdin, 0) < 0 || libc::dup2(p.stdout, 1) < 0 || libc::dup2(p.stderr, 2) < 0 {
             return fail(Stage::Stdio);
         }
         // As `execvp`: the next candidate when one is missing or may not be
@@ -513,6 +532,23 @@ impl Child {
         self.pid
     }
 
+    /// Waits until it exits, without reaping it: until [`Child::wait`], its
+    /// process id (and so its process group's and session's) cannot be
+    /// another process's, so what is left of them can be signalled
+    /// safely. Cancel-safe.
+    pub async fn exited(&self) -> io::Result<ExitStatus> {
+        let Some(fd) = &self.pidfd else {
+            return Err(io::Error::other("the process was already waited for"));
+        };
+        loop {
+            let mut ready = fd.readable().await?;
+            if let Some(status) = reap(fd.get_ref(), libc::WNOHANG | libc::WNOWAIT)? {
+                return Ok(status);
+            }
+            ready.clear_ready();
+        }
+    }
+
     /// Waits until it exits, and reaps it. Cancel-safe.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         let Some(fd) = &self.pidfd else {
@@ -570,6 +606,7 @@ mod tests {
             cwd: dir.path(),
             stdout: &w,
             stderr: &w,
+            terminal: None,
             enter: Enter::Nothing,
             user: None,
         };
@@ -599,6 +636,7 @@ mod tests {
             cwd,
             stdout: w,
             stderr: w,
+            terminal: None,
             enter: Enter::Nothing,
             user: None,
         }
@@ -651,6 +689,7 @@ mod tests {
             cwd: Path::new("/"),
             stdout: &w,
             stderr: &w,
+            terminal: None,
             enter: Enter::Nothing,
             user: None,
         };

@@ -19,6 +19,9 @@
 //! also what left the process group (`setsid`) — so no step leaves
 //! orphans. A restarted runner kills what its dead predecessor's steps
 //! left, from the records in the job directories.
+//!
+//! A debug shell runs the same way, on a pseudo-terminal, in a session of
+//! its own (see the `shell` module).
 
 use std::{
     collections::BTreeMap,
@@ -37,7 +40,7 @@ use viaduct_proto::v1::Status;
 
 use self::launch::{Enter, Launch};
 use super::{
-    Backend, JobEnv, JobSetup, SetupError, StepLog, StepOutcome, StepSpec, StepStop,
+    Backend, JobEnv, JobSetup, SetupError, Shell, ShellSpec, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
     isolation::{JobUser, SlotUser, SlotUsers},
 };
@@ -45,6 +48,7 @@ use crate::outputs;
 
 mod launch;
 pub mod programs;
+mod shell;
 
 /// `PATH` when the job sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,6 +57,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 const PGID_FILE: &str = "pgid";
 /// File in a job directory holding the path of the job's cgroup.
 const CGROUP_FILE: &str = "cgroup";
+/// File in a job directory holding the session of its interactive shell
+/// (without cgroups).
+const SHELL_PGID_FILE: &str = "shell-pgid";
 
 /// Kills process group `pgid` if it still belongs to the job in `dir`: some
 /// member's working directory must be inside `dir`, so a recycled process
@@ -125,6 +132,17 @@ impl HostBackend {
             if let Some(pgid) = std::fs::read_to_string(dir.join(PGID_FILE)).ok().and_then(|s| s.trim().parse().ok()) {
                 kill_stale_group(pgid, &dir);
             }
+            if let Some(sid) =
+                std::fs::read_to_string(dir.join(SHELL_PGID_FILE)).ok().and_then(|s| s.trim().parse().ok())
+            {
+                // Its session, if it is still the job's: a member works
+                // in the job's directory.
+                let sid = Pid::from_raw(sid);
+                if !shell::session_members(sid, Some(&dir)).is_empty() {
+                    tracing::warn!(session = %sid, dir = %dir.display(), "killing a shell left by a previous runner");
+                    shell::kill_session(sid, Signal::SIGKILL);
+                }
+            }
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -155,7 +173,15 @@ impl Backend for HostBackend {
             user: user.as_ref().map(|u| u.user.clone()),
             next: std::sync::atomic::AtomicU32::new(0),
         });
-        Ok(Box::new(HostJob { dir, kill_grace: self.kill_grace, keep: self.keep_workspaces, cgroup, user, programs }))
+        Ok(Box::new(HostJob {
+            dir,
+            kill_grace: self.kill_grace,
+            keep: self.keep_workspaces,
+            cgroup,
+            user,
+            programs,
+            shells: Vec::new(),
+        }))
     }
 }
 
@@ -201,6 +227,8 @@ struct HostJob {
     cgroup: Option<JobCgroup>,
     user: Option<SlotUser>,
     programs: std::sync::Arc<programs::HostPrograms>,
+    /// The interactive shells started (stopped at teardown).
+    shells: Vec<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 #[async_trait::async_trait]
@@ -278,7 +306,44 @@ impl JobEnv for HostJob {
         }
     }
 
+    async fn shell(&mut self, spec: &ShellSpec) -> Result<Shell, String> {
+        let workspace = self.workspace();
+        let mut env = spec.env.clone();
+        env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+        env.insert("HOME".into(), self.dir.join("home").display().to_string());
+        env.insert("TMPDIR".into(), self.dir.join("tmp").display().to_string());
+        env.insert("VIADUCT_WORKSPACE".into(), workspace.display().to_string());
+        env.insert("TERM".into(), spec.term().to_string());
+        // A cgroup of the job no step or program uses (they count up from
+        // 1 and 1000).
+        let n = u32::try_from(self.shells.len()).unwrap_or(u32::MAX);
+        let containment = match &self.cgroup {
+            Some(job) => Containment::Cgroup(
+                job.step(u32::MAX - n).map_err(|e| format!("cannot create the shell's cgroup: {e}"))?,
+            ),
+            None => Containment::pgid_file(&self.dir.join(SHELL_PGID_FILE))?,
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let (shell, task) = shell::start(shell::Start {
+            cwd: &workspace,
+            env: &env,
+            cols: spec.cols,
+            rows: spec.rows,
+            containment,
+            user: self.user.as_ref().map(|u| &u.user),
+            kill_grace: self.kill_grace,
+            cancel: cancel.clone(),
+        })?;
+        self.shells.push((cancel, task));
+        Ok(shell)
+    }
+
     async fn teardown(self: Box<Self>) {
+        for (cancel, task) in self.shells {
+            // Killed at once; its task ends once the output is drained.
+            cancel.cancel();
+            let _ = task.await;
+        }
         if let Some(cgroup) = self.cgroup.clone() {
             // Whatever any step left running (detached or not) dies here.
             let _ = tokio::task::spawn_blocking(move || cgroup.kill()).await;
@@ -380,6 +445,7 @@ pub async fn run_process(p: &Process<'_>, log: &mut StepLog, stop: &StepStop) ->
         cwd,
         stdout: &write_end,
         stderr: &stderr_end,
+        terminal: None,
         enter: containment.enter(),
         user,
     });

@@ -111,6 +111,7 @@ async fn run(
         cwd,
         stdout: &out_write,
         stderr: &err_write,
+        terminal: None,
         enter: cgroup.as_ref().map_or(Enter::Nothing, |cg| Enter::Cgroup(cg.procs())),
         user: job.user.as_ref(),
     });

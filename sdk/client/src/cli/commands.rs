@@ -17,8 +17,8 @@ use viaduct_sdk::{
             CreateRepoRequest, DeleteSecretRequest, DrainRunnerRequest, FollowRequest, GetPipelineRequest,
             GetRepoRequest, GetRunRequest, GetRunnerRequest, HostedRepo, ListPipelinesRequest, ListReposRequest,
             ListRunnersRequest, ListRunsRequest, ListSecretsRequest, MirrorRepo, PageRequest, PendingJobsRequest,
-            PullRequestPolicy, RetentionPolicy, RetryFrom, RetryRunRequest, Run, RunnerExecutors, RunnerLabels, SecretScope,
-            SetSecretRequest, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest,
+            PullRequestPolicy, RetentionPolicy, RetryFrom, RetryRunRequest, Run, RunnerExecutors, RunnerLabels,
+            SecretScope, SetSecretRequest, Status, SubmitRequest, SyncRepoRequest, TriggerRequest, UpdateRepoRequest,
             UpdateRunnerRequest, WatchRequest, WatchRunnersRequest, create_repo_request, follow_request, log_event,
             run_event::Change, submit_request,
         },
@@ -27,7 +27,9 @@ use viaduct_sdk::{
 
 use super::{
     Failure,
-    args::{CancelArgs, PipelinesCommand, RetryArgs, ReposCommand, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs},
+    args::{
+        CancelArgs, PipelinesCommand, ReposCommand, RetryArgs, RunnersCommand, RunsCommand, SecretsCommand, SubmitArgs,
+    },
     terminal, view,
 };
 

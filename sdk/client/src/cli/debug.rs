@@ -48,7 +48,11 @@ fn window_size() -> TerminalSize {
     let mut ws = nix::libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCGWINSZ writes one winsize into the pointer we own.
     let ok = unsafe { window_size_ioctl(nix::libc::STDOUT_FILENO, &mut ws) }.is_ok() && ws.ws_col > 0;
-    if ok { TerminalSize { cols: ws.ws_col.into(), rows: ws.ws_row.into() } } else { TerminalSize { cols: 80, rows: 24 } }
+    if ok {
+        TerminalSize { cols: ws.ws_col.into(), rows: ws.ws_row.into() }
+    } else {
+        TerminalSize { cols: 80, rows: 24 }
+    }
 }
 
 /// `viaduct debug`.
@@ -99,7 +103,11 @@ pub async fn debug(client: &Client, a: DebugArgs) -> Result<(), Failure> {
     match ended {
         Some(e) => match (e.exit_code, e.message.is_empty()) {
             (Some(code), true) => {
-                if code == 0 { Ok(()) } else { Err(Failure::Exit(u8::try_from(code.clamp(1, 255)).unwrap_or(1))) }
+                if code == 0 {
+                    Ok(())
+                } else {
+                    Err(Failure::Exit(u8::try_from(code.clamp(1, 255)).unwrap_or(1)))
+                }
             }
             (Some(code), false) => {
                 eprintln!("viaduct: the shell ended ({}) with exit code {code}", e.message);

@@ -6,7 +6,7 @@ use leptos::{prelude::*, task::spawn_local};
 use leptos_router::hooks::use_params_map;
 use viaduct_proto::v1::{
     ApproveRunRequest, Artifact, CancelRunRequest, DownloadArtifactRequest, GetRunRequest, Job, ListArtifactsRequest,
-    RetryRunRequest, Run, Step,
+    RetryFrom, RetryRunRequest, Run, Step,
 };
 use wasm_bindgen::JsCast;
 
@@ -108,7 +108,11 @@ fn RunView(id: String) -> impl IntoView {
             spawn_local(async move {
                 let r = match what {
                     Action::Cancel(job_id) => api.check(api.runs().cancel(CancelRunRequest { id, job_id }).await),
-                    Action::Retry => api.check(api.runs().retry(RetryRunRequest { id }).await),
+                    Action::Retry => api.check(api.runs().retry(RetryRunRequest { id, from: None }).await),
+                    Action::Resume => {
+                        let from = Some(RetryFrom { job: String::new(), step: 0 });
+                        api.check(api.runs().retry(RetryRunRequest { id, from }).await)
+                    }
                     Action::Approve => api.check(api.runs().approve(ApproveRunRequest { id }).await),
                 };
                 busy.set(false);
@@ -165,6 +169,8 @@ enum Action {
     Cancel(String),
     /// Retry the failed jobs.
     Retry,
+    /// Retry the failed jobs from their failed steps, on snapshots.
+    Resume,
     /// Let a run that waits for approval start.
     Approve,
 }
@@ -183,6 +189,8 @@ fn RunHeader(
     let times = Memo::new(move |_| state.with(|s| s.ready().map(run_model::run_times).unwrap_or_default()));
     let can_cancel = move || state.with(|s| s.ready().is_some_and(run_model::can_cancel));
     let can_retry = move || state.with(|s| s.ready().is_some_and(run_model::can_retry));
+    let can_resume = move || state.with(|s| s.ready().is_some_and(run_model::can_resume));
+    let act_resume = act_retry.clone();
     let can_approve = move || state.with(|s| s.ready().is_some_and(run_model::can_approve));
     let trust = move || state.with(|s| s.ready().map(run_model::trust_notice).unwrap_or_default());
     view! {
@@ -209,6 +217,22 @@ fn RunHeader(
                         view! {
                             <button id="retry-run" class="button primary" disabled=move || busy.get() on:click=move |_| act(Action::Retry)>
                                 "Retry failed jobs"
+                            </button>
+                        }
+                    }
+                </Show>
+                <Show when=can_resume>
+                    {
+                        let act = act_resume.clone();
+                        view! {
+                            <button
+                                id="resume-run"
+                                class="button"
+                                title="Re-run failed jobs from their failed step, on the workspace their earlier steps left"
+                                disabled=move || busy.get()
+                                on:click=move |_| act(Action::Resume)
+                            >
+                                "Resume from failed steps"
                             </button>
                         }
                     }
@@ -560,6 +584,7 @@ fn StepItem(step: Step, href: String) -> impl IntoView {
                 <a class="step-name" href=href>{format!("{}. {}", step.index, step.name)}</a>
                 {(!detail.is_empty()).then(|| view! { <code class="step-uses">{detail}</code> })}
                 {exit.map(|e| view! { <span class="exit-code">{e}</span> })}
+                {step.snapshot.then(|| view! { <span class="step-snapshot muted" title="A snapshot of the workspace after this step is kept: a retry can resume after it">"snapshot"</span> })}
                 <span class="step-duration"><Elapsed start=start finish=finish /></span>
             </div>
             {(!step.message.is_empty()).then(|| view! { <p class="step-message muted">{step.message.clone()}</p> })}

@@ -1,0 +1,155 @@
+//! Workspace snapshots to and from the server (`SaveSnapshot`,
+//! `RestoreSnapshot`): the pack streamed while [`crate::snapshot::take`]
+//! writes it, the manifest after it; a restore fed to
+//! [`crate::snapshot::restore`] as it arrives.
+
+use std::path::Path;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use viaduct_proto::v1::{
+    JobRef, RestoreSnapshotRequest, SaveSnapshotRequest, SnapshotHeader, SnapshotManifest, save_snapshot_request::Part,
+};
+
+use super::{CHUNK, ChannelWriter, Files, status};
+use crate::snapshot::{Known, Refused, TakeStats};
+
+/// Most bytes of a manifest the runner accepts (the server's limit).
+const MAX_MANIFEST: usize = 256 << 20;
+
+/// A snapshot saved.
+#[derive(Debug)]
+pub struct SnapshotSaved {
+    /// What the next snapshot of the job starts from.
+    pub known: Known,
+    /// What taking it cost.
+    pub stats: TakeStats,
+}
+
+impl Files {
+    /// Takes a snapshot of `workspace` after `step` of `job` (incremental
+    /// over `known`, refused when it would hold one of `secrets`) and
+    /// saves it with `state` (the steps' outcomes and outputs, plugin
+    /// states) as its manifest's job state.
+    pub async fn save_snapshot(
+        &self,
+        job: &JobRef,
+        step: u32,
+        workspace: &Path,
+        known: Known,
+        secrets: Vec<String>,
+        state: SnapshotManifest,
+    ) -> Result<SnapshotSaved, Refused> {
+        let (tx, rx) = mpsc::channel::<SaveSnapshotRequest>(8);
+        let header = Part::Header(SnapshotHeader { job: Some(job.clone()), step_index: step });
+        let _ = tx.send(SaveSnapshotRequest { part: Some(header) }).await;
+        let client = self.client.clone();
+        let upload = tokio::spawn(async move { client.agent().save_snapshot(ReceiverStream::new(rx)).await });
+        // The pack goes out as it is written.
+        let (pack_tx, mut pack_rx) = mpsc::channel::<Vec<u8>>(8);
+        let forward = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(data) = pack_rx.recv().await {
+                    if tx.send(SaveSnapshotRequest { part: Some(Part::Pack(data)) }).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let ws = workspace.to_path_buf();
+        let taken = tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter::new(pack_tx);
+            let taken = crate::snapshot::take(&ws, &known, &secrets, &mut out)?;
+            std::io::Write::flush(&mut out).map_err(|e| Refused::Error(format!("cannot send the pack: {e}")))?;
+            Ok(taken)
+        })
+        .await
+        .map_err(|e| Refused::Error(format!("the snapshot task failed: {e}")))
+        .and_then(|r| r);
+        let _ = forward.await;
+        let mut taken = match taken {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing of it may be recorded: drop the upload unfinished.
+                upload.abort();
+                return Err(e);
+            }
+        };
+        let mut manifest = state;
+        manifest.packs = std::mem::take(&mut taken.manifest.packs);
+        manifest.entries = std::mem::take(&mut taken.manifest.entries);
+        manifest.total_size = taken.manifest.total_size;
+        manifest.step_index = step;
+        let encoded = manifest.encode_to_vec();
+        for chunk in encoded.chunks(CHUNK) {
+            let _ = tx.send(SaveSnapshotRequest { part: Some(Part::Manifest(chunk.to_vec())) }).await;
+        }
+        drop(tx);
+        let saved = upload
+            .await
+            .map_err(|e| Refused::Error(format!("the upload task failed: {e}")))?
+            .map_err(|s| Refused::Error(status("saving the snapshot", &s)))?
+            .into_inner();
+        let mut known = taken.known;
+        if !saved.pack_digest.is_empty() {
+            known.pack_stored(&saved.pack_digest);
+        }
+        Ok(SnapshotSaved { known, stats: taken.stats })
+    }
+
+    /// Restores the snapshot `req` names (a resumed attempt's, or a debug
+    /// session's) into the empty `workspace`; returns its manifest.
+    pub async fn restore_snapshot(
+        &self,
+        req: RestoreSnapshotRequest,
+        workspace: &Path,
+    ) -> Result<SnapshotManifest, String> {
+        let mut stream = self
+            .client
+            .agent()
+            .restore_snapshot(req)
+            .await
+            .map_err(|s| status("fetching the snapshot", &s))?
+            .into_inner();
+        let mut encoded = Vec::new();
+        let mut first_pack = None;
+        while let Some(msg) = stream.next().await {
+            let msg = msg.map_err(|s| status("fetching the snapshot", &s))?;
+            if msg.manifest.is_empty() {
+                first_pack = Some((msg.pack, msg.data));
+                break;
+            }
+            if encoded.len() + msg.manifest.len() > MAX_MANIFEST {
+                return Err(format!("the snapshot's manifest is over {MAX_MANIFEST} bytes"));
+            }
+            encoded.extend_from_slice(&msg.manifest);
+        }
+        let manifest = SnapshotManifest::decode(encoded.as_slice())
+            .map_err(|e| format!("the snapshot's manifest does not decode: {e}"))?;
+        let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>), String>>(8);
+        let feed = tokio::spawn(async move {
+            if let Some(first) = first_pack
+                && tx.send(Ok(first)).await.is_err()
+            {
+                return;
+            }
+            while let Some(msg) = stream.next().await {
+                let item = msg.map(|m| (m.pack, m.data)).map_err(|s| status("fetching the snapshot", &s));
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (ws, m) = (workspace.to_path_buf(), manifest.clone());
+        let restored =
+            tokio::task::spawn_blocking(move || crate::snapshot::restore(&ws, &m, || rx.blocking_recv().transpose()))
+                .await
+                .map_err(|e| format!("the restore task failed: {e}"))?;
+        feed.abort();
+        let stats = restored?;
+        tracing::info!(?stats, "snapshot restored");
+        Ok(manifest)
+    }
+}
