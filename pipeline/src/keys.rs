@@ -312,10 +312,28 @@ pub(crate) static STEP: Table = Table {
         key("if", Ty::Condition, "Condition; without a status function it implies `success() &&`."),
         key("working_directory", Ty::Template, "Working directory relative to the workspace (no `..`)."),
         key("allow", Ty::Map(&ALLOW), "Capabilities granted to a plugin step."),
+        key(
+            "reuse",
+            Ty::Map(&REUSE),
+            "Start a later run after this step, from an earlier run's snapshot, while its key files and the steps \
+             up to this one are unchanged (the job keeps snapshots).",
+        ),
     ],
     extra: None,
     exactly_one_of: &["run", "uses"],
 };
+
+/// `jobs.<key>.steps[].reuse:`
+pub(crate) static REUSE: Table = table(
+    "reuse",
+    "When a later run may start after this step, from an earlier run's snapshot.",
+    &[required(
+        "key_files",
+        Ty::StrOrList,
+        "Workspace-relative paths or globs (no `..`) whose contents, with the steps up to this one, decide \
+         whether a snapshot may be reused (e.g. Cargo.lock, package-lock.json).",
+    )],
+);
 
 /// `jobs.<key>.steps[].allow:`
 pub(crate) static ALLOW: Table = table(

@@ -672,8 +672,17 @@ fn step(d: &mut Decoder<'_>, node: Node<'_>, index: usize, scope: &Scope<'_>) ->
         let dir = d.template(n, "working_directory", scope)?;
         d.relative_path(n, &dir, "working_directory").then_some(dir)
     });
+    let reuse_key_files = f
+        .get("reuse")
+        .and_then(|n| d.fields(n, &keys::REUSE, "reuse", &format!("in `reuse` {context}"), None))
+        .map(|rf| templated_list(d, rf.get("key_files"), "key_files", scope, true))
+        .unwrap_or_default();
+    if let Some(pos) = f.key_pos("reuse").filter(|_| reuse_key_files.len() > crate::plan::MAX_ARTIFACT_PATTERNS) {
+        d.error(pos, format!("`key_files` lists at most {} paths", crate::plan::MAX_ARTIFACT_PATTERNS));
+    }
     let step = Step {
         pos: node.pos(),
+        reuse_key_files,
         name: f.get("name").and_then(|n| d.template(n, "name", scope)),
         id,
         action: StepAction::Run { script: String::new() },

@@ -150,6 +150,8 @@ pub struct PlannedStep {
     pub condition: Option<String>,
     /// Working directory relative to the workspace.
     pub working_directory: Option<String>,
+    /// `reuse: { key_files }` (empty: none).
+    pub reuse_key_files: Vec<String>,
 }
 
 /// Maximum length (in characters) of a step name derived from `run`.
@@ -331,6 +333,7 @@ impl Planner<'_> {
             continue_on_error: step.continue_on_error,
             condition: step.condition.clone(),
             working_directory: step.working_directory.as_ref().map(|w| self.interpolate(w, m, Stage::Step, pos)),
+            reuse_key_files: step.reuse_key_files.iter().map(|k| self.interpolate(k, m, Stage::Step, pos)).collect(),
             action,
         }
     }
@@ -471,6 +474,10 @@ pub fn plan(p: &Pipeline, ctx: &PlanContext) -> Result<Plan, Vec<Diagnostic>> {
         for combo in combos {
             let mut planned = planner.job(job, combo.as_deref(), &env, p.priority, needs.clone());
             planned.snapshots = planned.snapshots.or(p.snapshots);
+            // A step that may be reused needs the snapshot after it.
+            if planned.steps.iter().any(|s| !s.reuse_key_files.is_empty()) {
+                planned.snapshots = Some(true);
+            }
             jobs.push(planned);
         }
     }

@@ -268,6 +268,8 @@ pub struct Step {
     /// Positions of the keys of `with:` (plugin steps), for diagnostics
     /// about the plugin's inputs.
     pub with_pos: BTreeMap<String, Pos>,
+    /// `reuse: { key_files }`: the key files (empty: no `reuse:`).
+    pub reuse_key_files: Vec<String>,
 }
 
 /// What a step does.

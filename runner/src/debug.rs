@@ -91,7 +91,7 @@ async fn prepare_and_serve(
     let req = viaduct_proto::v1::RestoreSnapshotRequest { job: None, debug_session: d.session_id.clone() };
     services
         .files
-        .restore_snapshot(req, &workspace)
+        .restore_snapshot(req, &workspace, None)
         .await
         .map_err(|e| format!("could not restore the snapshot: {e}"))?;
     env.adopt_workspace().await;

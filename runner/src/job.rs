@@ -207,7 +207,7 @@ async fn execute(
             return (Status::Failure, why);
         }
     };
-    let resume_after = a.resume.as_ref().map_or(0, |r| r.after_step);
+    let mut resume_after = a.resume.as_ref().map_or(0, |r| r.after_step);
     let mut snapshots = (a.snapshots || resume_after > 0).then(|| snapshots::JobSnapshots::new(a));
     let mut restored = None;
     if let (Some(snaps), true) = (snapshots.as_mut(), resume_after > 0) {
@@ -231,8 +231,34 @@ async fn execute(
     } else if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
         match sources.checkout(job, src, &env_of_job.workspace()).await {
             Ok(summary) => {
-                env_of_job.adopt_workspace().await;
                 tracing::info!(%summary, "source checked out");
+                let reused = match snapshots.as_mut() {
+                    Some(snaps) => reuse(snaps, (a, job, src), services, &env_of_job.workspace()).await,
+                    None => Ok(None),
+                };
+                env_of_job.adopt_workspace().await;
+                match reused {
+                    Ok(Some(r)) => {
+                        let why = format!(
+                            "reused: the workspace after this step comes from run {}'s snapshot (its key files and \
+                             steps are unchanged)",
+                            r.run_id
+                        );
+                        for s in a.steps.iter().filter(|s| s.index <= r.after_step) {
+                            let outputs = r.restored.outputs.get(&s.id).map(|(_, o)| o.clone()).unwrap_or_default();
+                            let outcome = StepOutcome { outputs, ..skipped(why.clone()) };
+                            reports.step(step_update(job, s.index, &outcome, String::new(), secrets));
+                        }
+                        resume_after = r.after_step;
+                        restored = Some(r.restored);
+                    }
+                    Ok(None) => {}
+                    Err(why) => {
+                        skip_all(reports, job, a, &why, secrets);
+                        env_of_job.teardown().await;
+                        return (Status::Failure, why);
+                    }
+                }
             }
             Err(e) => {
                 let why = format!("checkout of {} failed: {e}", src.repo);
@@ -403,6 +429,39 @@ async fn execute(
         (if step_timed_out { Status::TimedOut } else { Status::Failure }, why)
     } else {
         (Status::Success, artifact_note.and_then(Result::ok).unwrap_or_default())
+    }
+}
+
+/// After a fresh checkout of a job that keeps snapshots: the keys of its
+/// steps with `reuse:`, and an earlier run's snapshot restored over the
+/// checkout when one matches. When that restore fails the workspace is
+/// checked out again (every step runs); `Err` only when that fails too.
+async fn reuse(
+    snaps: &mut snapshots::JobSnapshots,
+    (a, job, src): (&JobAssignment, &JobRef, &viaduct_proto::v1::SourcePlan),
+    services: &Services,
+    workspace: &std::path::Path,
+) -> Result<Option<snapshots::Reused>, String> {
+    if let Err(e) = snaps.after_checkout(a, workspace).await {
+        tracing::warn!(error = %e, "no reuse: the checkout could not be read");
+        return Ok(None);
+    }
+    match snaps.reuse(&services.files, job, workspace).await {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reuse an earlier run's snapshot: checking out again");
+            let mut entries = tokio::fs::read_dir(workspace).await.map_err(|e| format!("cannot clear the workspace: {e}"))?;
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let path = entry.path();
+                let gone = match entry.file_type().await {
+                    Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+                    _ => tokio::fs::remove_file(&path).await,
+                };
+                gone.map_err(|e| format!("cannot clear the workspace ({}): {e}", path.display()))?;
+            }
+            services.sources.checkout(job, src, workspace).await.map_err(|e| format!("checkout of {} failed: {e}", src.repo))?;
+            Ok(None)
+        }
     }
 }
 

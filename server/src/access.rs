@@ -130,6 +130,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.RunnerAgent/UploadArtifact", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/SaveSnapshot", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/RestoreSnapshot", need(R, Scope::Runner)),
+    ("/viaduct.v1.RunnerAgent/FindReuse", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/DebugSession", need(R, Scope::Runner)),
 ];
 

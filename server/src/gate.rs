@@ -244,7 +244,9 @@ fn outcome(resp: &Response) -> String {
     }
 }
 
-fn access_of(principal: &Principal, need: viaduct_proto::v1::Role) -> Access {
+/// The [`Access`] of `principal` for a call that needs `need` (HTTP routes
+/// build theirs with it too).
+pub fn access_of(principal: &Principal, need: viaduct_proto::v1::Role) -> Access {
     match principal {
         Principal::Person(Caller { actor, owner, token_id, hash, grants }) => Access {
             actor: actor.clone(),

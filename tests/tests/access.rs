@@ -140,6 +140,7 @@ fn policy(path: &str) -> Need {
         | "RunnerAgent/UploadArtifact"
         | "RunnerAgent/SaveSnapshot"
         | "RunnerAgent/RestoreSnapshot"
+        | "RunnerAgent/FindReuse"
         | "RunnerAgent/DebugSession" => Runner,
         other => panic!("{other}: a method the policy of this test does not know — add it here and to the docs"),
     }

@@ -257,3 +257,67 @@ async fn a_debug_shell_runs_a_script_in_the_restored_workspace_and_is_audited() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("has no snapshot"), "{err}");
 }
+
+/// A dependency step with `reuse:` and a build step after it.
+const REUSE: &str = r#"on:
+  push: { branches: [main] }
+jobs:
+  build:
+    steps:
+      - id: deps
+        run: |
+          echo "installing $(cat deps.lock)"
+          mkdir -p vendor && cat deps.lock > vendor/installed && date +%s%N > vendor/stamp
+          echo "stamp=$(cat vendor/stamp)" >> "$VIADUCT_OUTPUT"
+        reuse: { key_files: [deps.lock] }
+      - run: |
+          cat hello.txt vendor/installed vendor/stamp
+          test ! -e old.txt && echo "no old file"
+          echo "out=${{ steps.deps.outputs.stamp }}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_commit_starts_after_a_step_whose_key_files_did_not_change() {
+    use viaduct_tests::forge::{create_hosted, git, runs_of, work_tree};
+    let server = Server::start();
+    let _runner = Runner::start(&server, "linux", 1, &[]);
+    let client = server.client().await;
+    let repo = create_hosted(&client, "app").await;
+    let wt = work_tree(REUSE);
+    std::fs::write(wt.path().join("deps.lock"), "lib 1.0\n").unwrap();
+    std::fs::write(wt.path().join("old.txt"), "old\n").unwrap();
+    git(wt.path(), &["add", "-A"]);
+    git(wt.path(), &["commit", "-qm", "deps"]);
+    git(wt.path(), &["push", "-q", &repo.path, "main"]);
+    let first = finished(&client, &runs_of(&client, "app").await[0].id).await;
+    assert_eq!(word(first.status), "success", "{first:#?}");
+    let steps = &first.jobs[0].steps;
+    assert!(step_log(&client, &steps[0].id).await.contains("installing lib 1.0"));
+    assert!(steps[0].snapshot, "the step with reuse: keeps a snapshot: {steps:#?}");
+    let stamp = steps[0].outputs["stamp"].clone();
+
+    // A new commit that changes a source file and deletes another, not
+    // the key file: step 1 is reused, step 2 sees the new sources.
+    std::fs::write(wt.path().join("hello.txt"), "changed\n").unwrap();
+    git(wt.path(), &["rm", "-q", "old.txt"]);
+    git(wt.path(), &["commit", "-qam", "change the code"]);
+    git(wt.path(), &["push", "-q", &repo.path, "main"]);
+    let second = finished(&client, &runs_of(&client, "app").await[0].id).await;
+    assert_eq!(word(second.status), "success", "{second:#?}");
+    let steps = &second.jobs[0].steps;
+    assert_eq!(word(steps[0].status), "skipped", "{steps:#?}");
+    assert!(steps[0].message.contains(&format!("run {}'s snapshot", first.id)), "{}", steps[0].message);
+    let log = step_log(&client, &steps[1].id).await;
+    assert_eq!(log, format!("changed\nlib 1.0\n{stamp}\nno old file\nout={stamp}\n"), "{log}");
+
+    // The key file changes: step 1 runs again.
+    std::fs::write(wt.path().join("deps.lock"), "lib 2.0\n").unwrap();
+    git(wt.path(), &["commit", "-qam", "bump"]);
+    git(wt.path(), &["push", "-q", &repo.path, "main"]);
+    let third = finished(&client, &runs_of(&client, "app").await[0].id).await;
+    let steps = &third.jobs[0].steps;
+    assert_eq!(word(steps[0].status), "success", "{steps:#?}");
+    assert!(step_log(&client, &steps[0].id).await.contains("installing lib 2.0"));
+    assert_ne!(steps[0].outputs["stamp"], stamp);
+    assert!(step_log(&client, &steps[1].id).await.starts_with("changed\nlib 2.0\n"));
+}

@@ -82,6 +82,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         if wanted("cache") {
             cache().await?;
         }
+        if wanted("snapshots") {
+            snapshots().await?;
+        }
         if wanted("crate") {
             real_crate().await?;
         }
@@ -1463,6 +1466,183 @@ async fn cache() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Workspace snapshots: first in-process (the runner's `snapshots` bench:
+/// take and restore of a ~1 GiB tree against `tar | zstd -1` and back),
+/// then end to end: a job with `snapshots: true` whose step 1 makes the
+/// same kind of tree (`VIADUCT_BENCH_SNAPSHOT_MB`, default 1024), step 2
+/// changes one file and step 3 fails, against the same job without
+/// snapshots (the difference per step is what its snapshot cost); then
+/// the retry from the failed step (its workspace restored) against a plain
+/// retry (steps 1 and 2 run again), from the call to step 3 running. On a
+/// scratch ext4, as [`cache`].
+async fn snapshots() -> Result<()> {
+    crate::run(cargo().args(["bench", "-p", "viaduct-runner", "--bench", "snapshots"]))?;
+    let mb: usize = std::env::var("VIADUCT_BENCH_SNAPSHOT_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let scratch = Scratch::ext4("16G")?;
+    let server = Server::start_in(tempfile::tempdir_in(scratch.path())?, &[], &[]);
+    let runner = viaduct_tests::Runner::start_in(tempfile::tempdir_in(scratch.path())?, &server, "linux", 1, &[], &[]);
+    let client = server.client().await;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let tree = snapshot_tree_script(mb);
+    let mut runs = Vec::new();
+    for snapshots in [true, false] {
+        let yaml = snapshot_job(snapshots, &tree);
+        let id = submit(&client, &yaml).await?;
+        until(&mut events, &id, is_finished_run).await?;
+        sync()?;
+        let steps = step_durations(&client, &id, snapshots).await?;
+        runs.push((id, steps));
+    }
+    let saved = saved_ms(&runner.log());
+    let [(with, s), (without, p)] = <[_; 2]>::try_from(runs).map_err(|_| anyhow::anyhow!("two runs"))?;
+
+    let resume = v1::RetryFrom { job: String::new(), step: 0 };
+    let resumed = retried(&client, &mut events, &with, Some(resume)).await?;
+    let run = client.runs().get(v1::GetRunRequest { id: with.clone() }).await?.into_inner();
+    let restored = run.jobs.first().is_some_and(|j| j.steps.iter().take(2).all(|s| s.restored_from > 0));
+    anyhow::ensure!(restored, "the retry of {with} did not restore steps 1 and 2: {run:#?}");
+    let plain = retried(&client, &mut events, &without, None).await?;
+    let plain_with = retried(&client, &mut events, &with, None).await?;
+
+    let line = |what: &str, took: Duration, vs: Option<Duration>| {
+        let diff = vs.map_or(String::new(), |v| {
+            format!(
+                "{:>+10.0} ms ({:+.1} %)",
+                (took.as_secs_f64() - v.as_secs_f64()) * 1e3,
+                (took.as_secs_f64() / v.as_secs_f64() - 1.0) * 100.0
+            )
+        });
+        println!("snapshots  {what:<62} {:>10}  {diff}", ms(took));
+    };
+    println!("snapshots  end to end, a tree of ~{mb} MiB made by step 1 (step times as recorded):");
+    line("step 1 (makes the tree), without snapshots", p[0], None);
+    line("step 1 with snapshots: its first snapshot (everything new)", s[0], Some(p[0]));
+    line("step 2 (rewrites one 1 MiB file), without snapshots", p[1], None);
+    line("step 2 with snapshots: an incremental snapshot", s[1], Some(p[1]));
+    if !saved.is_empty() {
+        let saved: Vec<String> = saved.iter().map(|m| format!("{m} ms")).collect();
+        println!("snapshots  the runner's `snapshot saved` times: {}", saved.join(", "));
+    }
+    println!("snapshots  Runs.Retry → step 3 running:");
+    line("plain retry of the job without snapshots (steps 1–2 again)", plain, None);
+    line("retry from the failed step (workspace restored)", resumed, Some(plain));
+    line("plain retry of the job with snapshots (steps 1–2 and snapshots)", plain_with, Some(plain));
+    Ok(())
+}
+
+/// Shell making a build-like tree of about `mb` MiB in the workspace:
+/// files of 1 MiB in nested directories, half random and half text (each
+/// its own), and five times as many small files (6 KiB random, 3 KiB text).
+fn snapshot_tree_script(mb: usize) -> String {
+    let big = (mb * 1000 / 1024).max(2);
+    let dirs = (big / 100).max(1);
+    let per = (big / dirs / 2).max(1);
+    let small = per * 5;
+    let text = |file: &str| {
+        format!(
+            r#"awk -v f="{file}" 'BEGIN {{ for (n = 0; n < 30000; n++) printf "    let value_%d = compute(&items[%d], \"%s\")?; // line %d\n", n, n % 97, f, n }}'"#
+        )
+    };
+    format!(
+        "for d in $(seq 1 {dirs}); do\n\
+         \x20 mkdir -p assets/g$d/a assets/g$d/b target/debug/c$d/deps target/debug/c$d/src\n\
+         \x20 for j in $(seq 1 {per}); do\n\
+         \x20   head -c 1048576 /dev/urandom > assets/g$d/a/f$j.bin\n\
+         \x20   {} | head -c 1048576 > assets/g$d/b/f$j.txt\n\
+         \x20 done\n\
+         \x20 head -c $(({small} * 6144)) /dev/urandom | (cd target/debug/c$d/deps && split -a 4 -b 6144 - o_)\n\
+         \x20 {} | head -c $(({small} * 3072)) | (cd target/debug/c$d/src && split -a 4 -b 3072 - s_)\n\
+         done\n",
+        text("$d.$j"),
+        text("small $d"),
+    )
+}
+
+/// The benchmark's job: step 1 runs `tree`, step 2 rewrites one large
+/// file, step 3 fails.
+fn snapshot_job(snapshots: bool, tree: &str) -> String {
+    let mut yaml = String::from(if snapshots { "snapshots: true\n" } else { "" });
+    yaml.push_str("jobs:\n  j:\n    steps:\n      - run: |\n");
+    for line in tree.lines() {
+        yaml.push_str(&format!("          {line}\n"));
+    }
+    yaml.push_str("      - run: head -c 1048576 /dev/urandom > assets/g1/a/f1.bin\n      - run: exit 1\n");
+    yaml
+}
+
+/// The recorded durations of the steps of run `id`'s first job, which
+/// must have failed at step 3 (and kept snapshots after steps 1 and 2 when
+/// `snapshots`).
+async fn step_durations(client: &Client, id: &str, snapshots: bool) -> Result<Vec<Duration>> {
+    let run = client.runs().get(v1::GetRunRequest { id: id.to_string() }).await?.into_inner();
+    let job = run.jobs.first().context("no job")?;
+    let outcome: Vec<(i32, bool)> = job.steps.iter().map(|s| (s.status, s.snapshot)).collect();
+    let (ok, failed) = (v1::Status::Success as i32, v1::Status::Failure as i32);
+    anyhow::ensure!(
+        outcome == [(ok, snapshots), (ok, snapshots), (failed, false)],
+        "bench run {id} did not go as planned: {job:#?}"
+    );
+    Ok(job
+        .steps
+        .iter()
+        .map(|s| {
+            let t = s.times.clone().unwrap_or_default();
+            let d = ms_of(t.finished_at.as_ref()) - ms_of(t.started_at.as_ref());
+            Duration::from_millis(u64::try_from(d).unwrap_or(0))
+        })
+        .collect())
+}
+
+/// Retries run `id` (resuming `from` a snapshot, or whole): the time from
+/// the call to step 3 of the new attempt running; then waits for the run
+/// to end.
+async fn retried(
+    client: &Client,
+    events: &mut tonic::Streaming<v1::RunEvent>,
+    id: &str,
+    from: Option<v1::RetryFrom>,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    client.runs().retry(v1::RetryRunRequest { id: id.to_string(), from }).await?;
+    let third = |c: &v1::run_event::Change| matches!(c, v1::run_event::Change::Step(s) if s.index == 3 && s.attempt > 1 && s.status == v1::Status::Running as i32);
+    until(events, id, third).await?;
+    let took = t0.elapsed();
+    until(events, id, is_finished_run).await?;
+    sync()?;
+    Ok(took)
+}
+
+/// The times the runner logged for the snapshots it saved (`snapshot
+/// saved … ms=N`), in ms.
+fn saved_ms(log: &str) -> Vec<u64> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("snapshot saved"))
+        .filter_map(|l| {
+            let after = l.rsplit_once("ms=")?.1;
+            after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// `line` without its terminal escape sequences (`ESC [ … letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The web UI in headless Chromium on loopback: time to the first paint

@@ -3,13 +3,14 @@
 //! writes it, the manifest after it; a restore fed to
 //! [`crate::snapshot::restore`] as it arrives.
 
-use std::path::Path;
+use std::{collections::HashSet, path::Path};
 
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use viaduct_proto::v1::{
     JobRef, RestoreSnapshotRequest, SaveSnapshotRequest, SnapshotHeader, SnapshotManifest, save_snapshot_request::Part,
+    snapshot_entry::Kind,
 };
 
 use super::{CHUNK, ChannelWriter, Files, status};
@@ -28,21 +29,31 @@ pub struct SnapshotSaved {
 }
 
 impl Files {
+    /// Asks whether an earlier run's snapshot after `step` (which has
+    /// `reuse:`) under `key` may start this attempt; the run it came from.
+    pub async fn find_reuse(&self, job: &JobRef, step: u32, key: &str) -> Result<Option<String>, String> {
+        let req = viaduct_proto::v1::FindReuseRequest { job: Some(job.clone()), step_index: step, key: key.to_string() };
+        let found = self.client.agent().find_reuse(req).await.map_err(|s| status("looking for a snapshot", &s))?;
+        let found = found.into_inner();
+        Ok(found.found.then_some(found.run_id))
+    }
+
     /// Takes a snapshot of `workspace` after `step` of `job` (incremental
     /// over `known`, refused when it would hold one of `secrets`) and
     /// saves it with `state` (the steps' outcomes and outputs, plugin
-    /// states) as its manifest's job state.
+    /// states) as its manifest's job state. Entries at `source` paths (the
+    /// checkout's) are marked as such; `reuse_key`: the step's (`reuse:`).
     pub async fn save_snapshot(
         &self,
-        job: &JobRef,
-        step: u32,
+        (job, step, reuse_key): (&JobRef, u32, &str),
         workspace: &Path,
-        known: Known,
-        secrets: Vec<String>,
+        (known, secrets): (Known, Vec<String>),
         state: SnapshotManifest,
+        source: &HashSet<Vec<u8>>,
     ) -> Result<SnapshotSaved, Refused> {
         let (tx, rx) = mpsc::channel::<SaveSnapshotRequest>(8);
-        let header = Part::Header(SnapshotHeader { job: Some(job.clone()), step_index: step });
+        let header = SnapshotHeader { job: Some(job.clone()), step_index: step, reuse_key: reuse_key.to_string() };
+        let header = Part::Header(header);
         let _ = tx.send(SaveSnapshotRequest { part: Some(header) }).await;
         let client = self.client.clone();
         let upload = tokio::spawn(async move { client.agent().save_snapshot(ReceiverStream::new(rx)).await });
@@ -80,6 +91,9 @@ impl Files {
         let mut manifest = state;
         manifest.packs = std::mem::take(&mut taken.manifest.packs);
         manifest.entries = std::mem::take(&mut taken.manifest.entries);
+        for e in &mut manifest.entries {
+            e.source = e.kind != Kind::Directory as i32 && source.contains(&e.path);
+        }
         manifest.total_size = taken.manifest.total_size;
         manifest.step_index = step;
         let encoded = manifest.encode_to_vec();
@@ -100,11 +114,16 @@ impl Files {
     }
 
     /// Restores the snapshot `req` names (a resumed attempt's, or a debug
-    /// session's) into the empty `workspace`; returns its manifest.
+    /// session's) into the empty `workspace`; returns its manifest. With
+    /// `overlay` (the paths a fresh checkout just put in the workspace: a
+    /// reused snapshot), the snapshot's own checkout's files and anything
+    /// at those paths are left out — the new checkout's stay — and the
+    /// manifest returned holds only what was restored.
     pub async fn restore_snapshot(
         &self,
         req: RestoreSnapshotRequest,
         workspace: &Path,
+        overlay: Option<&HashSet<Vec<u8>>>,
     ) -> Result<SnapshotManifest, String> {
         let mut stream = self
             .client
@@ -126,17 +145,25 @@ impl Files {
             }
             encoded.extend_from_slice(&msg.manifest);
         }
-        let manifest = SnapshotManifest::decode(encoded.as_slice())
+        let mut manifest = SnapshotManifest::decode(encoded.as_slice())
             .map_err(|e| format!("the snapshot's manifest does not decode: {e}"))?;
+        if let Some(fresh) = overlay {
+            manifest.entries.retain(|e| e.kind == Kind::Directory as i32 || !(e.source || fresh.contains(&e.path)));
+        }
+        // Packs the kept entries use: the others are read past.
+        let used: HashSet<u32> = manifest.entries.iter().filter(|e| e.length > 0).map(|e| e.pack).collect();
         let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>), String>>(8);
         let feed = tokio::spawn(async move {
-            if let Some(first) = first_pack
+            if let Some(first) = first_pack.filter(|(p, _)| used.contains(p))
                 && tx.send(Ok(first)).await.is_err()
             {
                 return;
             }
             while let Some(msg) = stream.next().await {
                 let item = msg.map(|m| (m.pack, m.data)).map_err(|s| status("fetching the snapshot", &s));
+                if item.as_ref().is_ok_and(|(p, _)| !used.contains(p)) {
+                    continue;
+                }
                 if tx.send(item).await.is_err() {
                     return;
                 }

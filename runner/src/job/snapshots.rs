@@ -7,10 +7,12 @@
 //! states it carries. When one would, none is taken for that step — the
 //! step's log says so — and a resume starts from an earlier one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use viaduct_proto::v1::{JobAssignment, JobRef, RestoreSnapshotRequest, SnapshotManifest, SnapshotStep, Status};
+use viaduct_proto::v1::{
+    JobAssignment, JobRef, RestoreSnapshotRequest, SnapshotManifest, SnapshotStep, Status, StepPlan, step_plan::Action,
+};
 
 use crate::{
     files::Files,
@@ -24,6 +26,20 @@ pub(super) struct JobSnapshots {
     secrets: Vec<String>,
     /// The steps so far: outcomes and outputs.
     steps: Vec<SnapshotStep>,
+    /// Paths the checkout put in the workspace (files and links).
+    source: HashSet<Vec<u8>>,
+    /// Keys of the steps with `reuse:`, by index (see [`reuse_key`]).
+    reuse_keys: BTreeMap<u32, String>,
+}
+
+/// An earlier run's snapshot this attempt started from.
+pub(super) struct Reused {
+    /// The steps up to this one are not run.
+    pub after_step: u32,
+    /// The run that took it.
+    pub run_id: String,
+    /// The job state it carries.
+    pub restored: Restored,
 }
 
 /// The job state a restored snapshot carries.
@@ -46,27 +62,67 @@ impl JobSnapshots {
             .filter(|v| v.len() >= crate::mask::MIN_LEN)
             .map(String::from)
             .collect();
-        Self { known: Known::new(), secrets, steps: Vec::new() }
+        Self {
+            known: Known::new(),
+            secrets,
+            steps: Vec::new(),
+            source: HashSet::new(),
+            reuse_keys: BTreeMap::new(),
+        }
     }
 
     /// Restores the snapshot a resumed attempt starts from into the empty
     /// `workspace`.
     pub async fn restore(&mut self, files: &Files, job: &JobRef, workspace: &Path) -> Result<Restored, String> {
         let req = RestoreSnapshotRequest { job: Some(job.clone()), debug_session: String::new() };
-        let manifest = files.restore_snapshot(req, workspace).await?;
+        let manifest = files.restore_snapshot(req, workspace, None).await?;
+        self.source = manifest.entries.iter().filter(|e| e.source).map(|e| e.path.clone()).collect();
         let ws = workspace.to_path_buf();
         let m = manifest.clone();
         self.known = tokio::task::spawn_blocking(move || Known::after_restore(&m, &ws))
             .await
             .map_err(|e| format!("the restore task failed: {e}"))?;
         self.steps.clone_from(&manifest.steps);
-        let outputs = manifest
-            .steps
-            .iter()
-            .filter(|s| !s.id.is_empty())
-            .map(|s| (s.id.clone(), (s.status(), s.outputs.clone().into_iter().collect())))
-            .collect();
-        Ok(Restored { outputs, post_states: manifest.post_states.into_iter().collect() })
+        Ok(restored_state(manifest))
+    }
+
+    /// After the checkout into `workspace`: what it put there, and the keys
+    /// of the steps with `reuse:`.
+    pub async fn after_checkout(&mut self, a: &JobAssignment, workspace: &Path) -> Result<(), String> {
+        let (ws, a2) = (workspace.to_path_buf(), a.clone());
+        let (source, keys) = tokio::task::spawn_blocking(move || {
+            let source = checked_out(&ws)?;
+            let keys = a2
+                .steps
+                .iter()
+                .filter(|s| s.reuse.is_some())
+                .map(|s| Ok((s.index, reuse_key(&a2, s.index, &ws)?)))
+                .collect::<Result<BTreeMap<u32, String>, String>>()?;
+            Ok::<_, String>((source, keys))
+        })
+        .await
+        .map_err(|e| format!("the checkout walk failed: {e}"))??;
+        self.source = source;
+        self.reuse_keys = keys;
+        Ok(())
+    }
+
+    /// Looks for an earlier run's snapshot after a step with `reuse:` (the
+    /// last such step first) and restores it over the fresh checkout in
+    /// `workspace`. An error leaves the workspace to be made again.
+    pub async fn reuse(&mut self, files: &Files, job: &JobRef, workspace: &Path) -> Result<Option<Reused>, String> {
+        for (&step, key) in self.reuse_keys.iter().rev() {
+            let Some(run_id) = files.find_reuse(job, step, key).await? else { continue };
+            let req = RestoreSnapshotRequest { job: Some(job.clone()), debug_session: String::new() };
+            let manifest = files.restore_snapshot(req, workspace, Some(&self.source)).await?;
+            let (ws, m) = (workspace.to_path_buf(), manifest.clone());
+            self.known = tokio::task::spawn_blocking(move || Known::after_restore(&m, &ws))
+                .await
+                .map_err(|e| format!("the restore task failed: {e}"))?;
+            self.steps.clone_from(&manifest.steps);
+            return Ok(Some(Reused { after_step: step, run_id, restored: restored_state(manifest) }));
+        }
+        Ok(None)
     }
 
     /// Records how step `index` (`id`) ended, for the snapshots after it.
@@ -101,7 +157,16 @@ impl JobSnapshots {
             ..Default::default()
         };
         let started = std::time::Instant::now();
-        let saved = files.save_snapshot(job, index, workspace, self.known.clone(), self.secrets.clone(), state).await;
+        let reuse_key = self.reuse_keys.get(&index).map_or("", String::as_str);
+        let saved = files
+            .save_snapshot(
+                (job, index, reuse_key),
+                workspace,
+                (self.known.clone(), self.secrets.clone()),
+                state,
+                &self.source,
+            )
+            .await;
         match saved {
             Ok(saved) => {
                 self.known = saved.known;
@@ -130,4 +195,107 @@ impl JobSnapshots {
             .find(|(_, v)| holds(v))
             .map(|(i, _)| format!("the state plugin step {i} keeps for its post phase holds a secret value"))
     }
+}
+
+/// The job state a manifest carries.
+fn restored_state(manifest: SnapshotManifest) -> Restored {
+    let outputs = manifest
+        .steps
+        .iter()
+        .filter(|s| !s.id.is_empty())
+        .map(|s| (s.id.clone(), (s.status(), s.outputs.clone().into_iter().collect())))
+        .collect();
+    Restored { outputs, post_states: manifest.post_states.into_iter().collect() }
+}
+
+/// Every file and link a fresh checkout put in `workspace`, relative.
+fn checked_out(workspace: &Path) -> Result<HashSet<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = HashSet::new();
+    for entry in walkdir::WalkDir::new(workspace).follow_links(false) {
+        let entry = entry.map_err(|e| format!("cannot read the checkout: {e}"))?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        if let Ok(rel) = entry.path().strip_prefix(workspace) {
+            out.insert(rel.as_os_str().as_bytes().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// The key under which the snapshot after step `step` (with `reuse:`) is
+/// found by later runs: blake3 over what decides the workspace then — the
+/// job's image, environment (not the run's own `VIADUCT_*` values) and
+/// matrix values, the plan of every step up to it (scripts, plugins by
+/// digest, their inputs, env, conditions) — and the paths and contents of
+/// the step's key files in the fresh checkout.
+pub(super) fn reuse_key(a: &JobAssignment, step: u32, workspace: &Path) -> Result<String, String> {
+    let mut h = blake3::Hasher::new();
+    let mut field = |text: &str| {
+        h.update(&(text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    };
+    field("viaduct reuse v1");
+    field(a.image.as_ref().map_or("", |i| i.name.as_str()));
+    let env: BTreeMap<&String, &String> =
+        a.env.iter().filter(|(k, _)| !k.starts_with("VIADUCT_") && k.as_str() != "CI").collect();
+    for (k, v) in env {
+        field(k);
+        field(v);
+    }
+    if let Some(ctx) = &a.context {
+        for (k, v) in ctx.matrix.iter().collect::<BTreeMap<_, _>>() {
+            field(k);
+            field(v);
+        }
+    }
+    let mut key_files = Vec::new();
+    for s in a.steps.iter().filter(|s| s.index <= step) {
+        plan_fields(s, &mut field);
+        if s.index == step {
+            key_files = s.reuse.as_ref().map(|r| r.key_files.clone()).unwrap_or_default();
+        }
+    }
+    for pattern in &key_files {
+        field(pattern);
+        let found = crate::files::artifacts::expand(workspace, pattern)?;
+        if found.is_empty() {
+            field("(no file)");
+        }
+        for (path, name) in found {
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read key file {name}: {e}"))?;
+            field(&name);
+            field(&blake3::hash(&bytes).to_hex());
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// A step's plan as key fields, in a fixed order.
+fn plan_fields(s: &StepPlan, field: &mut impl FnMut(&str)) {
+    field(&s.index.to_string());
+    field(&s.name);
+    field(&s.id);
+    match &s.action {
+        Some(Action::Run(r)) => field(&r.script),
+        Some(Action::Uses(u)) => {
+            for text in [&u.plugin, &u.digest, &u.phase] {
+                field(text);
+            }
+            for (k, v) in u.with_json.iter().collect::<BTreeMap<_, _>>() {
+                field(k);
+                field(v);
+            }
+            field(if u.allow_network { "network" } else { "" });
+        }
+        None => field(""),
+    }
+    for (k, v) in s.env.iter().collect::<BTreeMap<_, _>>() {
+        field(k);
+        field(v);
+    }
+    field(&s.condition);
+    field(&s.working_directory);
+    field(if s.continue_on_error { "continue" } else { "" });
 }

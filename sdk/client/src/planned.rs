@@ -91,6 +91,7 @@ where
                 id: String::new(),
                 action: Some(Action::Uses(UsesAction { phase: "post".into(), post_of: main.index, ..u.clone() })),
                 condition: condition.to_string(),
+                reuse: None,
                 ..main.clone()
             })
         })
@@ -132,6 +133,8 @@ where
         continue_on_error: s.continue_on_error,
         condition: s.condition.clone().unwrap_or_default(),
         working_directory: s.working_directory.clone().unwrap_or_default(),
+        reuse: (!s.reuse_key_files.is_empty())
+            .then(|| viaduct_proto::v1::StepReuse { key_files: s.reuse_key_files.clone() }),
     }
 }
 

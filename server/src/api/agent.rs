@@ -12,7 +12,7 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    Ack, Artifact, CacheData, DebugFromRunner, DebugToRunner, FetchSourceRequest, JobSignal, LogAck, RegisterRequest,
+    FindReuseRequest, FindReuseResponse, Ack, Artifact, CacheData, DebugFromRunner, DebugToRunner, FetchSourceRequest, JobSignal, LogAck, RegisterRequest,
     RegisterResponse, RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse,
     SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, ShellOutput, SnapshotData, SourceChunk, UpdateAck,
     UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request,
@@ -235,8 +235,19 @@ impl RunnerAgent for AgentApi {
             pack_digest: saved.pack.clone().unwrap_or_default(),
         };
         tracing::info!(job = %job, attempt, step = header.step_index, entries = saved.entries, new_bytes = saved.record.pack_size, "snapshot saved");
-        self.engine.record_snapshot(&runner, key, saved.record).await?;
+        self.engine.record_snapshot(&runner, key, saved.record, &header.reuse_key).await?;
         Ok(Response::new(reply))
+    }
+
+    async fn find_reuse(&self, req: Request<FindReuseRequest>) -> Result<Response<FindReuseResponse>, Status> {
+        let runner = crate::access::of(&req)?.runner()?.to_string();
+        let r = req.into_inner();
+        let (job, attempt, _) = self.leased(&runner, r.job.as_ref())?;
+        let found = self.engine.find_reuse(&runner, job, attempt, r.step_index, &r.key).await?;
+        Ok(Response::new(FindReuseResponse {
+            found: found.is_some(),
+            run_id: found.map(|run| run.to_string()).unwrap_or_default(),
+        }))
     }
 
     type RestoreSnapshotStream = Chunks<SnapshotData>;

@@ -1,17 +1,29 @@
 //! `viaduct.v1.Debug`: interactive shells in jobs' restored workspaces
 //! (see `crate::debug`).
+//!
+//! [`allowed_job`] and [`open_and_relay`] are the part every way in
+//! shares: this gRPC stream and the web UI's WebSocket
+//! (`crate::debug_socket`) check the caller, open the session and relay
+//! the user's input to the runner the same way.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use viaduct_proto::v1::{
-    DebugToRunner, Role, ShellInput, ShellOutput, debug_server::Debug, debug_to_runner::Msg as ToRunner,
+    DebugToRunner, Role, ShellInput, ShellOpen, ShellOutput, debug_server::Debug, debug_to_runner::Msg as ToRunner,
     shell_input::Msg,
 };
 
-use crate::{access, debug::DebugShells, engine::Engine, error::Error, store::keys::JobKey};
+use crate::{
+    access::{self, Access},
+    debug::DebugShells,
+    engine::Engine,
+    error::{Error, Result},
+    store::keys::JobKey,
+};
 
 /// The Debug service.
 pub struct DebugApi {
@@ -26,13 +38,13 @@ impl DebugApi {
     }
 }
 
-type OutputStream = Pin<Box<dyn Stream<Item = Result<ShellOutput, Status>> + Send>>;
+type OutputStream = Pin<Box<dyn Stream<Item = std::result::Result<ShellOutput, Status>> + Send>>;
 
 /// Bytes one input message may carry.
-const MAX_INPUT: usize = 64 * 1024;
+pub const MAX_INPUT: usize = 64 * 1024;
 
 /// The user's message as the runner's, checked.
-fn to_runner(msg: Msg) -> Result<ToRunner, Error> {
+fn to_runner(msg: Msg) -> Result<ToRunner> {
     Ok(match msg {
         Msg::Data(d) if d.len() <= MAX_INPUT => ToRunner::Data(d),
         Msg::Data(_) => return Err(Error::TooLarge(format!("at most {MAX_INPUT} bytes of input per message"))),
@@ -49,11 +61,60 @@ fn to_runner(msg: Msg) -> Result<ToRunner, Error> {
     })
 }
 
+/// The job `job_id` names, if `access`'s principal may open a debug shell
+/// on it: the push role on its run's repository (whoever could run code
+/// there by pushing it).
+pub fn allowed_job(engine: &Engine, access: &Access, job_id: &str) -> Result<JobKey> {
+    let job = JobKey::parse(job_id)?;
+    access.target(format!("job {job}"));
+    access.require_role(Role::Push, &engine.run_repo(job.run)?)?;
+    Ok(job)
+}
+
+/// Opens `user`'s debug shell on `job` (already allowed: [`allowed_job`])
+/// as `open` asks, and relays `inbound` — the user's messages after the
+/// opening one, each checked before it reaches the runner; an `Err` is
+/// input the way in refused — until it ends or a message is refused: then
+/// the runner is told to close the shell (one that never attached is
+/// ended here). Returns the session's output: `ShellStarted`, the
+/// terminal's output, `ShellEnded` last.
+pub fn open_and_relay(
+    shells: &Arc<DebugShells>,
+    user: &str,
+    job: JobKey,
+    open: &ShellOpen,
+    inbound: impl Stream<Item = Result<Msg>> + Send + 'static,
+) -> Result<mpsc::Receiver<std::result::Result<ShellOutput, Status>>> {
+    let opened = shells.open(user, job, open)?;
+    let (shells, id, input) = (Arc::clone(shells), opened.id, opened.input);
+    tokio::spawn(async move {
+        let mut inbound = std::pin::pin!(inbound);
+        let why = loop {
+            match inbound.next().await {
+                Some(Ok(m)) => match to_runner(m) {
+                    Ok(m) => {
+                        if input.send(DebugToRunner { msg: Some(m) }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => break format!("refused input: {e}"),
+                },
+                Some(Err(e)) => break format!("refused input: {e}"),
+                None => break "the user left".to_string(),
+            }
+        };
+        let _ = input.send(DebugToRunner { msg: Some(ToRunner::Close(why.clone())) }).await;
+        // A runner that never attached hears nothing: end it here.
+        shells.end_unattached(&id, &why);
+    });
+    Ok(opened.output)
+}
+
 #[tonic::async_trait]
 impl Debug for DebugApi {
     type ShellStream = OutputStream;
 
-    async fn shell(&self, req: Request<Streaming<ShellInput>>) -> Result<Response<OutputStream>, Status> {
+    async fn shell(&self, req: Request<Streaming<ShellInput>>) -> std::result::Result<Response<OutputStream>, Status> {
         let access = access::of(&req)?.clone();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
@@ -62,30 +123,18 @@ impl Debug for DebugApi {
         let Some(ShellInput { msg: Some(Msg::Open(open)) }) = first else {
             return Err(Error::invalid("the first message of a debug shell must be ShellOpen").into());
         };
-        let job = JobKey::parse(&open.job_id)?;
-        access.target(format!("job {job}"));
-        access.require_role(Role::Push, &self.engine.run_repo(job.run)?)?;
-        let opened = self.shells.open(&access.actor, job, &open)?;
-        let (shells, id, input) = (Arc::clone(&self.shells), opened.id.clone(), opened.input);
-        tokio::spawn(async move {
-            let why = loop {
-                match inbound.message().await {
-                    Ok(Some(ShellInput { msg: Some(m) })) => match to_runner(m) {
-                        Ok(m) => {
-                            if input.send(DebugToRunner { msg: Some(m) }).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => break format!("refused input: {e}"),
-                    },
+        let job = allowed_job(&self.engine, &access, &open.job_id)?;
+        // The stream's messages until it ends or breaks (the user left).
+        let inbound = futures_util::stream::unfold(inbound, |mut s| async move {
+            loop {
+                match s.message().await {
+                    Ok(Some(ShellInput { msg: Some(m) })) => return Some((Ok(m), s)),
                     Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break "the user left".to_string(),
+                    Ok(None) | Err(_) => return None,
                 }
-            };
-            let _ = input.send(DebugToRunner { msg: Some(ToRunner::Close(why.clone())) }).await;
-            // A runner that never attached hears nothing: end it here.
-            shells.end_unattached(&id, &why);
+            }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(opened.output))))
+        let output = open_and_relay(&self.shells, &access.actor, job, &open, inbound)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(output))))
     }
 }

@@ -65,9 +65,11 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Debug",
 ];
 
-/// All gRPC services as an axum router (gRPC-web enabled on them).
+/// All gRPC services as an axum router (gRPC-web enabled on them), over
+/// `engine` and its debug shells `shells` (which the web UI's WebSocket
+/// route, `crate::debug_socket`, opens too).
 pub async fn grpc_router(
-    engine: &Arc<Engine>,
+    (engine, shells): (&Arc<Engine>, &Arc<crate::debug::DebugShells>),
     gate: &Arc<crate::gate::Gate>,
     triggers: &Arc<Triggers>,
     depot: &Arc<Depot>,
@@ -76,7 +78,6 @@ pub async fn grpc_router(
     admin: (&Arc<crate::retention::Retention>, &Arc<crate::status::Status>),
 ) -> anyhow::Result<axum::Router> {
     let auth = &gate.auth;
-    let shells = crate::debug::DebugShells::new(Arc::clone(engine), Arc::clone(&gate.audit));
     let (health, health_service) = tonic_health::server::health_reporter();
     for s in SERVICES {
         health.set_service_status(*s, ServingStatus::Serving).await;
@@ -112,9 +113,9 @@ pub async fn grpc_router(
         Arc::clone(auth),
         Arc::clone(triggers),
         Arc::clone(depot),
-        Arc::clone(&shells),
+        Arc::clone(shells),
     )))
-    .add_service(DebugServer::new(debug::DebugApi::new(Arc::clone(engine), shells)))
+    .add_service(DebugServer::new(debug::DebugApi::new(Arc::clone(engine), Arc::clone(shells))))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);

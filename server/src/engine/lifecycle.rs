@@ -228,6 +228,7 @@ impl Tx<'_> {
         job.message.clear();
         job.status = Status::Pending as i32;
         job.resume = None;
+        job.reused_from.clear();
         let plans = job.steps.clone();
         for (i, plan) in plans.iter().enumerate() {
             self.insert_step(key.step(old + 1, index(i)), convert::new_step(plan));

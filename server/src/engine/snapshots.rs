@@ -54,6 +54,7 @@ impl Engine {
         step: u32,
     ) -> Result<(JobRecord, BTreeSet<String>)> {
         let rec = self.leased_job(runner, job, attempt)?;
+        let reused = StepKey::from_key(&rec.reused_from);
         if !rec.snapshots {
             return Err(Error::precondition(format!(
                 "job {job} does not take snapshots (`snapshots: true` in its pipeline, or the server's --snapshots)"
@@ -62,13 +63,19 @@ impl Engine {
         if step == 0 || step as usize > rec.steps.len() {
             return Err(Error::invalid(format!("job {job} has no step {step}")));
         }
-        let packs = of_job(self.store(), job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
+        let mut packs: BTreeSet<String> = of_job(self.store(), job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
+        // A job that started from another run's snapshot builds on its packs.
+        if let Some(from) = reused {
+            packs.extend(self.snapshot(from)?.packs);
+        }
         Ok((rec, packs))
     }
 
     /// Records the snapshot after step `key`, with the step's `snapshot`
     /// flag, if `runner` still holds the attempt; returns once durable.
-    pub async fn record_snapshot(&self, runner: &str, key: StepKey, rec: SnapshotRecord) -> Result<()> {
+    /// With `reuse_key` (the step has `reuse:`), later runs may find it —
+    /// when this run is trusted.
+    pub async fn record_snapshot(&self, runner: &str, key: StepKey, rec: SnapshotRecord, reuse_key: &str) -> Result<()> {
         let ((), ticket) = self.transition(|t| {
             if !holds(t.st, runner, key.job, key.attempt) {
                 return Err(Error::PermissionDenied(format!(
@@ -78,20 +85,64 @@ impl Engine {
             }
             t.writes().put(T::Snapshots, key.key(), &rec);
             t.step(key)?.snapshot = true;
+            if !reuse_key.is_empty() {
+                let job = t.job(key.job)?.clone();
+                if let Some(index) = reuse_index_key(&job, key.index, reuse_key)?.filter(|_| !job.untrusted) {
+                    t.writes().put_raw(T::ReuseIndex, index, key.key().to_vec());
+                }
+            }
             Ok(())
         })?;
         self.store().wait_durable(ticket).await;
         Ok(())
     }
 
-    /// The snapshot a resumed attempt that `runner` holds starts from, with
-    /// its step's key.
+    /// The snapshot a resumed attempt that `runner` holds starts from (or
+    /// the earlier run's it found to reuse), with its step's key.
     pub fn resume_snapshot(&self, runner: &str, job: JobKey, attempt: u32) -> Result<(StepKey, SnapshotRecord)> {
         let rec = self.leased_job(runner, job, attempt)?;
+        if let Some(from) = StepKey::from_key(&rec.reused_from) {
+            return Ok((from, self.snapshot(from)?));
+        }
         let resume =
             rec.resume.ok_or_else(|| Error::precondition(format!("job {job} attempt {attempt} is not resumed")))?;
         let key = job.step(resume.from_attempt, resume.after_step);
         Ok((key, self.snapshot(key)?))
+    }
+
+    /// Looks for an earlier run's snapshot after step `step` of the job
+    /// attempt `runner` holds, under `key` (see `FindReuseRequest.key`):
+    /// found (and still kept), the attempt may restore it, and the run it
+    /// came from is returned. Only trusted runs' snapshots are ever found.
+    pub async fn find_reuse(
+        &self,
+        runner: &str,
+        job: JobKey,
+        attempt: u32,
+        step: u32,
+        key: &str,
+    ) -> Result<Option<crate::store::keys::RunId>> {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::invalid("a reuse key is 64 hex digits (blake3)"));
+        }
+        let (found, ticket) = self.transition(|t| {
+            if !holds(t.st, runner, job, attempt) {
+                return Err(Error::PermissionDenied(format!("runner {runner} does not hold job {job} attempt {attempt}")));
+            }
+            let rec = t.job(job)?.clone();
+            let Some(index) = reuse_index_key(&rec, step, key)? else {
+                return Err(Error::invalid(format!("step {step} of job {job} has no `reuse:`")));
+            };
+            let target = t.store().tree(T::ReuseIndex).get(&index)?.and_then(|v| StepKey::from_key(&v));
+            let Some(from) = target.filter(|k| k.job.run != job.run) else { return Ok(None) };
+            if t.store().get::<SnapshotRecord>(T::Snapshots, from.key())?.is_none() {
+                return Ok(None);
+            }
+            t.job(job)?.reused_from = from.key().to_vec();
+            Ok(Some(from.job.run))
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(found)
     }
 
     /// The snapshot after step `key`.
@@ -138,6 +189,27 @@ impl Engine {
             .filter(|(key, created, pipeline)| *created < older_than_ms || !kept(pipeline, key.job.run.0))
             .map(|(key, ..)| key)
             .collect();
+        // Index entries of snapshots that go, or went with their runs.
+        let gone: std::collections::HashSet<[u8; 20]> = doomed.iter().map(|k| k.key()).collect();
+        let mut stale = Vec::new();
+        for kv in self.store().tree(T::ReuseIndex).iter() {
+            let (k, v) = kv?;
+            let live = match StepKey::from_key(&v) {
+                Some(t) => !gone.contains(&t.key()) && self.store().tree(T::Snapshots).contains_key(t.key())?,
+                None => false,
+            };
+            if !live {
+                stale.push(k.to_vec());
+            }
+        }
+        for chunk in stale.chunks(200) {
+            self.transition(|t| {
+                for k in chunk {
+                    t.writes().delete(T::ReuseIndex, k);
+                }
+                Ok(())
+            })?;
+        }
         for chunk in doomed.chunks(200) {
             self.transition(|t| {
                 for key in chunk {
@@ -152,6 +224,24 @@ impl Engine {
         }
         Ok(doomed.len())
     }
+}
+
+/// Where a snapshot after step `step` of `job` is found by later runs
+/// under `key`: `None` when the step has no `reuse:`.
+fn reuse_index_key(job: &JobRecord, step: u32, key: &str) -> Result<Option<Vec<u8>>> {
+    let plan = job.steps.iter().find(|s| s.index == step);
+    if plan.is_none_or(|s| s.reuse.is_none()) {
+        return Ok(None);
+    }
+    let repo = job.source.as_ref().map_or("", |s| s.repo.as_str());
+    let mut k = Vec::with_capacity(repo.len() + job.pipeline.len() + job.key.len() + 72);
+    for part in [repo, &job.pipeline, &job.key] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(&step.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    Ok(Some(k))
 }
 
 impl Tx<'_> {

@@ -111,6 +111,10 @@ pub enum T {
     /// [`records::SnapshotRecord`] by [`keys::StepKey::key`]: the
     /// workspace snapshot taken after that step (see `snapshots`).
     Snapshots,
+    /// Snapshots later runs may start from (`reuse:`): `repo \0 pipeline
+    /// \0 job key \0 step (big-endian) key` → the snapshot's
+    /// [`keys::StepKey::key`]. Written by trusted runs only.
+    ReuseIndex,
 }
 
 impl T {
@@ -120,7 +124,7 @@ impl T {
     }
 
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 31] = [
+    pub const ALL: [T; 32] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -152,10 +156,11 @@ impl T {
         T::ForgeIds,
         T::NotifyOutbox,
         T::Snapshots,
+        T::ReuseIndex,
     ];
 }
 
-const TREE_NAMES: [&str; 31] = [
+const TREE_NAMES: [&str; 32] = [
     "runs",
     "jobs",
     "steps",
@@ -187,6 +192,7 @@ const TREE_NAMES: [&str; 31] = [
     "forge_ids",
     "notify_outbox",
     "snapshots",
+    "reuse_index",
 ];
 
 /// The database.

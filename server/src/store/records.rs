@@ -242,6 +242,10 @@ pub struct JobRecord {
     /// This attempt resumes from a snapshot of an earlier one.
     #[prost(message, optional, tag = "44")]
     pub resume: Option<ResumeRecord>,
+    /// This attempt starts from an earlier run's snapshot (`reuse:`), as
+    /// `RunnerAgent.FindReuse` found it: the snapshot's step key.
+    #[prost(bytes = "vec", tag = "45")]
+    pub reused_from: Vec<u8>,
 }
 
 /// Where a resumed attempt starts: the snapshot after `after_step` of
