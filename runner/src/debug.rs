@@ -99,6 +99,11 @@ async fn prepare_and_serve(
     let clamp = |v: u32, default: u16| if v == 0 { default } else { u16::try_from(v.min(1000)).unwrap_or(default) };
     let mut shell_env: BTreeMap<String, String> = services.env.for_job(d.image.is_some());
     shell_env.extend(d.env.clone());
+    // What would run code of the job's choosing in the user's session
+    // before the user types anything.
+    for name in ["BASH_ENV", "ENV", "PROMPT_COMMAND", "LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"] {
+        shell_env.remove(name);
+    }
     let spec =
         ShellSpec { env: shell_env, term: d.term.clone(), cols: clamp(size.cols, 80), rows: clamp(size.rows, 24) };
     let mut shell = env.shell(&spec).await.map_err(|e| format!("could not start a shell: {e}"))?;

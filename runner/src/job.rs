@@ -208,7 +208,8 @@ async fn execute(
         }
     };
     let mut resume_after = a.resume.as_ref().map_or(0, |r| r.after_step);
-    let mut snapshots = (a.snapshots || resume_after > 0).then(|| snapshots::JobSnapshots::new(a));
+    let reusable = a.steps.iter().any(|s| s.reuse.is_some());
+    let mut snapshots = (a.snapshots || resume_after > 0 || reusable).then(|| snapshots::JobSnapshots::new(a));
     let mut restored = None;
     if let (Some(snaps), true) = (snapshots.as_mut(), resume_after > 0) {
         match snaps.restore(&services.files, job, &env_of_job.workspace()).await {
@@ -374,7 +375,24 @@ async fn execute(
                         outputs: o.outputs.clone().into_iter().collect(),
                     };
                     let workspace = env_of_job.workspace();
-                    let note = snaps.take(&services.files, job, current, &workspace, &post_states).await;
+                    // Under the step's stop: a cancel or its deadline ends it.
+                    let taking = snaps.take(&services.files, job, current, &workspace, &post_states);
+                    let stopped = async {
+                        match step_stop.deadline {
+                            Some(d) => tokio::select! {
+                                () = step_stop.cancel.cancelled() => "the job was cancelled",
+                                () = tokio::time::sleep_until(d.into()) => "the step's time ran out",
+                            },
+                            None => {
+                                step_stop.cancel.cancelled().await;
+                                "the job was cancelled"
+                            }
+                        }
+                    };
+                    let note = tokio::select! {
+                        note = taking => note,
+                        why = stopped => Some(format!("taking it was stopped: {why}")),
+                    };
                     if let Some(why) = note {
                         log.write(format!("\n[viaduct: no snapshot after this step: {why}]\n").as_bytes()).await;
                     }

@@ -143,6 +143,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("/git/", "read on the repository to fetch, push to push"),
     ("/webhooks/", "the repository's webhook signature"),
     ("/artifacts/", "a signed link from Artifacts.Link"),
+    ("/debug/shell", "push on the job's repository, as Debug.Shell (by cookie: from this origin only)"),
     ("/ (web UI)", "open (the UI signs in with a token)"),
 ];
 

@@ -163,6 +163,10 @@ struct Args {
     /// Most new content one snapshot stores (after compression).
     #[arg(long, default_value = "8g", value_parser = viaduct_pipeline::duration::parse_memory)]
     max_snapshot_size: u64,
+    /// Most new content all snapshots of one job store together (every
+    /// attempt): past it, no more are kept.
+    #[arg(long, default_value = "16g", value_parser = viaduct_pipeline::duration::parse_memory)]
+    max_snapshot_size_per_job: u64,
     /// Artifacts are deleted this long after upload.
     #[arg(long, default_value = "30d", value_parser = viaduct_pipeline::duration::parse_duration)]
     artifact_ttl: Duration,
@@ -447,6 +451,7 @@ fn main() -> ExitCode {
                 ttl: args.snapshot_ttl,
                 keep_runs: args.snapshot_keep_runs,
                 max_pack_bytes: args.max_snapshot_size,
+                max_job_bytes: args.max_snapshot_size_per_job,
             },
         },
         min_free_disk: args.min_free_disk,

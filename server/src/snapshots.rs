@@ -28,8 +28,11 @@ use crate::{
     },
 };
 
-/// Most bytes of an encoded manifest (about two million entries).
-pub const MAX_MANIFEST_BYTES: usize = 256 << 20;
+/// Most bytes of an encoded manifest (about half a million entries).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+/// Manifests checked at once (each is held in memory, decoded and
+/// compressed): the rest wait.
+const MANIFESTS_AT_ONCE: usize = 4;
 /// Bytes per message when a manifest is streamed.
 const CHUNK: usize = 256 * 1024;
 
@@ -42,11 +45,14 @@ pub struct SnapshotLimits {
     pub keep_runs: u32,
     /// Most bytes of new content (one pack) per snapshot.
     pub max_pack_bytes: u64,
+    /// Most bytes of new content all snapshots of one job store together
+    /// (every attempt).
+    pub max_job_bytes: u64,
 }
 
 impl Default for SnapshotLimits {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(7 * 24 * 3600), keep_runs: 10, max_pack_bytes: 8 << 30 }
+        Self { ttl: Duration::from_secs(7 * 24 * 3600), keep_runs: 10, max_pack_bytes: 8 << 30, max_job_bytes: 16 << 30 }
     }
 }
 
@@ -65,6 +71,7 @@ pub struct Saved {
 pub struct Snapshots {
     store: Arc<Store>,
     blobs: Arc<BlobStore>,
+    manifests: tokio::sync::Semaphore,
     /// Limits.
     pub limits: SnapshotLimits,
 }
@@ -72,20 +79,30 @@ pub struct Snapshots {
 impl Snapshots {
     /// Over `store` (records) and `blobs`.
     pub fn new(store: Arc<Store>, blobs: Arc<BlobStore>, limits: SnapshotLimits) -> Self {
-        Self { store, blobs, limits }
+        Self { store, blobs, limits, manifests: tokio::sync::Semaphore::new(MANIFESTS_AT_ONCE) }
     }
 
     /// Receives the rest of an upload (the pack, then the manifest) for a
-    /// job whose earlier snapshots stored `known` packs; stores the pack
-    /// and the manifest. The caller records the result with its step.
+    /// job whose earlier snapshots stored `known` packs of `used` bytes;
+    /// stores the pack and the manifest. The caller records the result with
+    /// its step; `scope` (repository and pipeline) is what retention keeps
+    /// the last runs of.
     pub async fn receive(
         &self,
         stream: &mut Streaming<SaveSnapshotRequest>,
-        known: &BTreeSet<String>,
-        pipeline: &str,
+        (known, used): (&BTreeSet<String>, u64),
+        scope: &str,
     ) -> Result<Saved> {
-        let mut pack = self.blobs.writer(self.limits.max_pack_bytes).await?;
+        let room = self.limits.max_job_bytes.saturating_sub(used);
+        if room == 0 {
+            return Err(Error::TooLarge(format!(
+                "this job's snapshots hold {used} bytes, the server's --max-snapshot-size-per-job: no more are kept"
+            )));
+        }
+        let limit = self.limits.max_pack_bytes.min(room);
+        let mut pack = self.blobs.writer(limit).await?;
         let mut manifest = Vec::new();
+        let _turn = self.manifests.acquire().await.map_err(|_| Error::Internal("the server is stopping".into()))?;
         loop {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m,
@@ -95,8 +112,8 @@ impl Snapshots {
             match msg.part {
                 Some(Part::Pack(data)) if manifest.is_empty() => pack.write(&data).await.map_err(|e| match e {
                     Error::TooLarge(_) => Error::TooLarge(format!(
-                        "the snapshot's new content is over the server's --max-snapshot-size of {} bytes",
-                        self.limits.max_pack_bytes
+                        "the snapshot's new content is over {limit} bytes (the server's --max-snapshot-size, or what \
+                         is left of --max-snapshot-size-per-job)"
                     )),
                     e => e,
                 })?,
@@ -137,13 +154,14 @@ impl Snapshots {
             pack_size: if manifest.packs.contains(&pack.digest) { pack_size } else { 0 },
             total_size: manifest.total_size,
             created_ms: crate::store::now_ms(),
-            pipeline: pipeline.to_string(),
+            pipeline: scope.to_string(),
         };
         Ok(Saved { record, entries: manifest.entries.len(), pack: new_pack })
     }
 
     /// The manifest of `record`.
     pub async fn manifest(&self, record: &SnapshotRecord) -> Result<SnapshotManifest> {
+        let _turn = self.manifests.acquire().await.map_err(|_| Error::Internal("the server is stopping".into()))?;
         let stored = self.blobs.read_all(&record.manifest, MAX_MANIFEST_BYTES as u64).await?;
         let bytes = zstd::bulk::decompress(&stored, MAX_MANIFEST_BYTES)
             .map_err(|e| Error::Internal(format!("a stored snapshot manifest does not decompress: {e}")))?;

@@ -17,7 +17,7 @@ use super::{CHUNK, ChannelWriter, Files, status};
 use crate::snapshot::{Known, Refused, TakeStats};
 
 /// Most bytes of a manifest the runner accepts (the server's limit).
-const MAX_MANIFEST: usize = 256 << 20;
+const MAX_MANIFEST: usize = 64 << 20;
 
 /// A snapshot saved.
 #[derive(Debug)]
@@ -70,6 +70,9 @@ impl Files {
             })
         };
         let ws = workspace.to_path_buf();
+        // Dropped unfinished (the step's stop): the upload ends, and with it
+        // the pack's channel, which stops the walk.
+        let _stop = AbortOnDrop([upload.abort_handle(), forward.abort_handle()]);
         let taken = tokio::task::spawn_blocking(move || {
             let mut out = ChannelWriter::new(pack_tx);
             let taken = crate::snapshot::take(&ws, &known, &secrets, &mut out)?;
@@ -150,6 +153,11 @@ impl Files {
         if let Some(fresh) = overlay {
             manifest.entries.retain(|e| e.kind == Kind::Directory as i32 || !(e.source || fresh.contains(&e.path)));
         }
+        // A snapshot the disk cannot hold is refused before a byte is written.
+        let size: u64 = manifest.entries.iter().map(|e| e.size).sum();
+        if let Some(free) = crate::space::free(workspace).filter(|free| size > *free) {
+            return Err(format!("the snapshot holds {size} bytes of files, and the work dir has {free} bytes free"));
+        }
         // Packs the kept entries use: the others are read past.
         let used: HashSet<u32> = manifest.entries.iter().filter(|e| e.length > 0).map(|e| e.pack).collect();
         let (tx, mut rx) = mpsc::channel::<Result<(u32, Vec<u8>), String>>(8);
@@ -178,5 +186,16 @@ impl Files {
         let stats = restored?;
         tracing::info!(?stats, "snapshot restored");
         Ok(manifest)
+    }
+}
+
+/// Aborts tasks when dropped.
+struct AbortOnDrop<const N: usize>([tokio::task::AbortHandle; N]);
+
+impl<const N: usize> Drop for AbortOnDrop<N> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }

@@ -61,6 +61,9 @@ pub struct Taken {
 pub fn take(workspace: &Path, known: &Known, secrets: &[String], pack: &mut dyn Write) -> Result<Taken, Refused> {
     let mut root = walk::open_root(workspace).map_err(Refused::Error)?;
     let mut taker = Taker::new(known, secrets, pack)?;
+    taker.owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::symlink_metadata(workspace).map_err(|e| Refused::Error(format!("cannot stat the workspace: {e}")))?,
+    );
     walk::walk(&mut root, &mut |found| taker.visit(&found))?;
     taker.finish()
 }
@@ -141,6 +144,9 @@ struct Taker<'a> {
     start_ns: i64,
     buf: Vec<u8>,
     small: Vec<u8>,
+    /// Who owns the workspace: a hard link to a file of another user is
+    /// not read (a host job could link a file only the runner may read).
+    owner: u32,
 }
 
 /// A file's contents: blake3, size, and its frame (none when empty).
@@ -170,6 +176,7 @@ impl<'a> Taker<'a> {
             start_ns: now_ns(),
             buf: vec![0; READ_BUF],
             small: Vec::new(),
+            owner: 0,
         })
     }
 
@@ -234,6 +241,12 @@ impl<'a> Taker<'a> {
                 };
                 let stat =
                     fstat(file.as_fd()).map_err(|e| Refused::Error(format!("cannot stat {}: {e}", shown(f.path))))?;
+                if stat.st_nlink > 1 && stat.st_uid != self.owner {
+                    return Err(Refused::Error(format!(
+                        "{} is a hard link to a file another user owns: no snapshot is taken of it",
+                        shown(f.path)
+                    )));
+                }
                 let key = StatKey::of(&stat);
                 self.stats.hashed += 1;
                 let contents = self.read(&mut file, f.path)?;

@@ -227,15 +227,17 @@ impl RunnerAgent for AgentApi {
         };
         let (job, attempt, _) = self.leased(&runner, header.job.as_ref())?;
         let key = job.step(attempt, header.step_index);
-        let (rec, known) = self.engine.snapshot_target(&runner, job, attempt, header.step_index)?;
-        let saved = self.depot.snapshots.receive(&mut stream, &known, &rec.pipeline).await?;
+        let (rec, known, used) = self.engine.snapshot_target(&runner, job, attempt, header.step_index)?;
+        let scope = format!("{}\0{}", rec.source.as_ref().map_or("", |s| s.repo.as_str()), rec.pipeline);
+        let saved = self.depot.snapshots.receive(&mut stream, (&known, used), &scope).await?;
         let reply = SaveSnapshotResponse {
             manifest_digest: saved.record.manifest.clone(),
             pack_size: saved.record.pack_size,
             pack_digest: saved.pack.clone().unwrap_or_default(),
         };
         tracing::info!(job = %job, attempt, step = header.step_index, entries = saved.entries, new_bytes = saved.record.pack_size, "snapshot saved");
-        self.engine.record_snapshot(&runner, key, saved.record, &header.reuse_key).await?;
+        let new_pack = saved.pack.as_deref();
+        self.engine.record_snapshot(&runner, key, (saved.record, new_pack), &header.reuse_key).await?;
         Ok(Response::new(reply))
     }
 

@@ -195,7 +195,9 @@ impl Engine {
             for (i, j) in new.jobs.iter().enumerate() {
                 let key = JobKey::new(id, step_index(i));
                 let mut rec = job_record(j, &new.pipeline, now);
-                rec.snapshots = j.snapshots.unwrap_or(t.sh.cfg.snapshots);
+                // An untrusted run keeps none: it could fill the server's
+                // disk (it may still start from a trusted run's, `reuse:`).
+                rec.snapshots = j.snapshots.unwrap_or(t.sh.cfg.snapshots) && !untrusted;
                 rec.source.clone_from(&new.checkout);
                 rec.untrusted = untrusted;
                 rec.reports_status = new.reports_status;

@@ -45,14 +45,14 @@ impl Engine {
     /// The record of attempt `attempt` of `job`, which `runner` holds and
     /// which takes snapshots, for a snapshot after step `step`; and the
     /// packs the job's snapshots already stored (the only ones a new
-    /// manifest may point into).
+    /// manifest may point into), and the bytes its snapshots stored.
     pub fn snapshot_target(
         &self,
         runner: &str,
         job: JobKey,
         attempt: u32,
         step: u32,
-    ) -> Result<(JobRecord, BTreeSet<String>)> {
+    ) -> Result<(JobRecord, BTreeSet<String>, u64)> {
         let rec = self.leased_job(runner, job, attempt)?;
         let reused = StepKey::from_key(&rec.reused_from);
         if !rec.snapshots {
@@ -63,19 +63,28 @@ impl Engine {
         if step == 0 || step as usize > rec.steps.len() {
             return Err(Error::invalid(format!("job {job} has no step {step}")));
         }
-        let mut packs: BTreeSet<String> = of_job(self.store(), job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
+        let stored = of_job(self.store(), job)?;
+        let used = stored.iter().map(|(_, r)| r.pack_size).sum();
+        let mut packs: BTreeSet<String> = stored.into_iter().flat_map(|(_, r)| r.packs).collect();
         // A job that started from another run's snapshot builds on its packs.
         if let Some(from) = reused {
             packs.extend(self.snapshot(from)?.packs);
         }
-        Ok((rec, packs))
+        Ok((rec, packs, used))
     }
 
     /// Records the snapshot after step `key`, with the step's `snapshot`
     /// flag, if `runner` still holds the attempt; returns once durable.
     /// With `reuse_key` (the step has `reuse:`), later runs may find it —
     /// when this run is trusted.
-    pub async fn record_snapshot(&self, runner: &str, key: StepKey, rec: SnapshotRecord, reuse_key: &str) -> Result<()> {
+    pub async fn record_snapshot(
+        &self,
+        runner: &str,
+        key: StepKey,
+        (rec, new_pack): (SnapshotRecord, Option<&str>),
+        reuse_key: &str,
+    ) -> Result<()> {
+        let new_pack = new_pack.unwrap_or_default();
         let ((), ticket) = self.transition(|t| {
             if !holds(t.st, runner, key.job, key.attempt) {
                 return Err(Error::PermissionDenied(format!(
@@ -83,10 +92,25 @@ impl Engine {
                     key.job, key.attempt
                 )));
             }
+            // The earlier packs it builds on must still be kept (retention
+            // may have removed their snapshots since the upload began).
+            let job = t.job(key.job)?.clone();
+            let mut kept: BTreeSet<String> = of_job(t.store(), key.job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
+            if let Some(from) = StepKey::from_key(&job.reused_from)
+                && let Some(r) = t.store().get::<SnapshotRecord>(T::Snapshots, from.key())?
+            {
+                kept.extend(r.packs);
+            }
+            let earlier = rec.packs.iter().filter(|p| p.as_str() != new_pack);
+            if let Some(gone) = earlier.into_iter().find(|p| !kept.contains(*p)) {
+                return Err(Error::precondition(format!(
+                    "pack {gone} of an earlier snapshot of job {} is gone (expired): the snapshot is not kept",
+                    key.job
+                )));
+            }
             t.writes().put(T::Snapshots, key.key(), &rec);
             t.step(key)?.snapshot = true;
             if !reuse_key.is_empty() {
-                let job = t.job(key.job)?.clone();
                 if let Some(index) = reuse_index_key(&job, key.index, reuse_key)?.filter(|_| !job.untrusted) {
                     t.writes().put_raw(T::ReuseIndex, index, key.key().to_vec());
                 }
@@ -270,7 +294,9 @@ impl Tx<'_> {
         if let Ok(key) = JobKey::parse(what)
             && key.run == id
         {
-            self.job(key)?;
+            if self.job(key)?.status() == Status::Success {
+                return Err(Error::precondition(format!("job {key} succeeded: there is nothing to resume")));
+            }
             return Ok(key);
         }
         let count = self.run(id)?.job_count;
@@ -355,8 +381,9 @@ impl Tx<'_> {
         let attempt = self.job(key)?.attempt;
         for i in 1..=resume.after_step {
             let (outputs, summary) = {
-                // The attempt that ran it (or restored it, with its outputs).
-                let before = self.step(key.step(attempt - 1, i))?;
+                // The attempt that took the snapshot ran it (or restored it,
+                // with its outputs).
+                let before = self.step(key.step(resume.from_attempt, i))?;
                 (before.outputs.clone(), before.summary.clone())
             };
             let step = self.step(key.step(attempt, i))?;

@@ -283,7 +283,8 @@ pub struct SnapshotRecord {
     /// When it was taken.
     #[prost(int64, tag = "6")]
     pub created_ms: i64,
-    /// The run's pipeline (retention keeps the last runs of each).
+    /// The run's repository and pipeline, `repo \0 pipeline` (retention
+    /// keeps the last runs of each).
     #[prost(string, tag = "7")]
     pub pipeline: String,
 }
