@@ -113,8 +113,7 @@ fn refuse(e: &Error) -> Response {
 /// not sent by a browser on its own); present, only the server's own
 /// origin — `Host` on this connection's scheme (`tls`), or `public_url`'s.
 pub fn check_origin(headers: &HeaderMap, tls: bool, public_url: &str) -> Result<(), Error> {
-    let by_cookie =
-        !headers.contains_key(header::AUTHORIZATION) && crate::sign_in::session_cookie(headers).is_some();
+    let by_cookie = !headers.contains_key(header::AUTHORIZATION) && crate::sign_in::session_cookie(headers).is_some();
     let Some(origin) = headers.get(header::ORIGIN) else {
         if by_cookie {
             return Err(Error::PermissionDenied(
@@ -139,13 +138,9 @@ pub fn check_origin(headers: &HeaderMap, tls: bool, public_url: &str) -> Result<
 }
 
 async fn handle(State(s): State<Arc<DebugSocket>>, req: Request) -> Response {
+    let client = gate::peer_of(&req);
+    let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().is_some();
     let (mut parts, _) = req.into_parts();
-    let client = parts
-        .extensions
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|c| c.get_ref().remote_addr()));
-    let tls = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>().is_some();
     let peer = client.map(|a| a.to_string()).unwrap_or_default();
     if let Err(e) = check_origin(&parts.headers, tls, &s.public_url) {
         tracing::warn!(%peer, error = %e, "debug shell WebSocket refused");
@@ -171,7 +166,13 @@ async fn handle(State(s): State<Arc<DebugSocket>>, req: Request) -> Response {
         Ok(job) => job,
         Err(e) => {
             if matches!(e, Error::PermissionDenied(_)) {
-                s.gate.write_route(&principal, "debug shell (web)", &format!("job {}", query.job), &peer, "permission denied");
+                s.gate.write_route(
+                    &principal,
+                    "debug shell (web)",
+                    &format!("job {}", query.job),
+                    &peer,
+                    "permission denied",
+                );
             }
             return refuse(&e);
         }
@@ -321,9 +322,19 @@ mod tests {
 
     #[test]
     fn text_frames_are_a_resize_or_a_signal() {
-        assert!(matches!(control(r#"{"resize":{"cols":100,"rows":30}}"#), Ok(Msg::Resize(TerminalSize { cols: 100, rows: 30 }))));
+        assert!(matches!(
+            control(r#"{"resize":{"cols":100,"rows":30}}"#),
+            Ok(Msg::Resize(TerminalSize { cols: 100, rows: 30 }))
+        ));
         assert!(matches!(control(r#"{"signal":"INT"}"#), Ok(Msg::Signal(s)) if s == "INT"));
-        for wrong in ["", "{}", "hello", r#"{"resize":{"cols":1}}"#, r#"{"signal":"INT","resize":{"cols":1,"rows":1}}"#, r#"{"open":{}}"#] {
+        for wrong in [
+            "",
+            "{}",
+            "hello",
+            r#"{"resize":{"cols":1}}"#,
+            r#"{"signal":"INT","resize":{"cols":1,"rows":1}}"#,
+            r#"{"open":{}}"#,
+        ] {
             assert!(control(wrong).is_err(), "{wrong}");
         }
     }

@@ -25,6 +25,7 @@ pub mod blobs;
 pub mod caches;
 pub mod convert;
 pub mod debug;
+pub mod debug_socket;
 pub mod depot;
 pub mod engine;
 pub mod error;
@@ -57,6 +58,7 @@ pub mod tls;
 pub mod triggers;
 pub mod trust;
 pub mod ui;
+pub mod upgrades;
 pub mod users;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
@@ -301,16 +303,25 @@ pub(crate) async fn serve_engine(
     api::agent::spawn_ephemeral_sweeper(Arc::clone(&engine), Arc::clone(&auth));
     let sso = cfg.sso.clone().map(|c| sso::Sso::new(c, &public_url)).transpose()?;
     let sign_in = Arc::new(sign_in::SignIn::new(sso, Arc::clone(&gate), cfg.session_ttl));
-    let mut app = api::grpc_router(&engine, &gate, &triggers, &depot, &store, &secret_box, (&retention, &status))
-        .await?
-        .merge(http::router(
-            Arc::clone(&engine),
-            Arc::clone(&triggers),
-            Arc::clone(&gate),
-            Arc::clone(&depot),
-            Arc::clone(&status),
-        ))
-        .merge(sign_in::router(sign_in));
+    // One set of debug shells: `Debug.Shell` and the web UI's WebSocket.
+    let shells = debug::DebugShells::new(Arc::clone(&engine), Arc::clone(&gate.audit));
+    let mut app =
+        api::grpc_router((&engine, &shells), &gate, &triggers, &depot, &store, &secret_box, (&retention, &status))
+            .await?
+            .merge(http::router(
+                Arc::clone(&engine),
+                Arc::clone(&triggers),
+                Arc::clone(&gate),
+                Arc::clone(&depot),
+                Arc::clone(&status),
+            ))
+            .merge(sign_in::router(sign_in))
+            .merge(debug_socket::router(Arc::new(debug_socket::DebugSocket {
+                engine: Arc::clone(&engine),
+                gate: Arc::clone(&gate),
+                shells,
+                public_url: public_url.clone(),
+            })));
     if let Some(addr) = cfg.metrics_listen {
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics)"))?;
@@ -366,27 +377,23 @@ pub(crate) async fn serve_engine(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
-    let signal = stopping.clone();
-    let stopped = move || {
-        let mut s = signal.clone();
-        async move {
-            let _ = s.wait_for(|s| *s).await;
-        }
-    };
     tokio::spawn(stop);
-    let routes = tonic::service::Routes::from(app);
+    // The debug shell's WebSocket connections are served with `app` itself
+    // (`upgrades`), every other connection by tonic.
+    let routes = tonic::service::Routes::from(app.clone());
+    let (stopping_main, stopping_local) = (stopping.clone(), stopping.clone());
     let main = async {
         match &tls {
             Some(tls) => {
                 tls.spawn_reloader();
-                serve(routes.clone(), tls.incoming(listener), stopped()).await
+                serve((routes.clone(), app.clone()), tls.incoming(listener), stopping_main).await
             }
-            None => serve(routes.clone(), plain(listener), stopped()).await,
+            None => serve((routes.clone(), app.clone()), plain(listener), stopping_main).await,
         }
     };
     let local = async {
         match local {
-            Some(l) => serve(routes.clone(), plain(l), stopped()).await,
+            Some(l) => serve((routes.clone(), app.clone()), plain(l), stopping_local).await,
             None => std::future::pending().await,
         }
     };
@@ -422,17 +429,24 @@ fn plain(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpInco
         .with_keepalive(Some(std::time::Duration::from_secs(60)))
 }
 
-/// Serves `routes` on `incoming` until `stopped` resolves.
+/// Serves `routes` on `incoming` until `stopping` turns true — the
+/// connections that open a WebSocket with `app` (`upgrades`), the others
+/// with tonic.
 async fn serve<IO, IE>(
-    routes: tonic::service::Routes,
-    incoming: impl tokio_stream::Stream<Item = Result<IO, IE>>,
-    stopped: impl Future<Output = ()>,
+    (routes, app): (tonic::service::Routes, axum::Router),
+    incoming: impl tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
     IO::ConnectInfo: Clone + Send + Sync + 'static,
-    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
+    let mut signal = stopping.clone();
+    let stopped = async move {
+        let _ = signal.wait_for(|s| *s).await;
+    };
+    let incoming = upgrades::divert(incoming, app, stopping);
     tonic::transport::Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))

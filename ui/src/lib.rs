@@ -7,7 +7,7 @@
 //!   [`ansi`], [`log_buffer`], [`log_window`], [`log_search`],
 //!   [`log_anchor`], [`time_format`], [`status`], [`dag`], [`chart`],
 //!   [`markdown`], [`shortcuts`], [`run_model`], [`run_filter`],
-//!   [`pipeline_inputs`], [`fleet`],
+//!   [`pipeline_inputs`], [`fleet`], [`terminal`],
 //!   [`backoff`]. They build and test on the host (`cargo test -p
 //!   viaduct-ui`);
 //! - the app (pages, components, the API client, live streams), compiled
@@ -30,6 +30,7 @@ pub mod run_filter;
 pub mod run_model;
 pub mod shortcuts;
 pub mod status;
+pub mod terminal;
 pub mod time_format;
 
 #[cfg(target_arch = "wasm32")]

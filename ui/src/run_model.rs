@@ -227,11 +227,33 @@ pub fn can_cancel_job(job: &Job) -> bool {
     status::is_active(job.status())
 }
 
+/// True when a debug shell can be opened in the job's workspace: it
+/// finished without succeeding, and a step of it left a snapshot.
+pub fn can_debug(job: &Job) -> bool {
+    let st = job.status();
+    status::is_terminal(st) && st != Status::Success && job.steps.iter().any(|s| s.snapshot)
+}
+
 #[cfg(test)]
 mod tests {
     use viaduct_proto::v1::{Approval, RunSource, Status, Trust};
 
     use super::*;
+
+    #[test]
+    fn a_debug_shell_opens_on_a_failed_job_with_a_snapshot() {
+        let mut j = job("7.1", Status::Failure);
+        j.steps = vec![step("7.1", 1, 1, Status::Success), step("7.1", 2, 1, Status::Failure)];
+        assert!(!can_debug(&j), "no snapshot");
+        j.steps[0].snapshot = true;
+        assert!(can_debug(&j));
+        j.status = Status::Success as i32;
+        assert!(!can_debug(&j), "it succeeded");
+        j.status = Status::Running as i32;
+        assert!(!can_debug(&j), "it has not finished");
+        j.status = Status::Cancelled as i32;
+        assert!(can_debug(&j));
+    }
 
     #[test]
     fn waiting_notes_outlive_events_while_queued() {

@@ -3,6 +3,7 @@
 
 mod api;
 mod browser;
+mod debug_shell;
 mod live;
 mod pages;
 mod widgets;

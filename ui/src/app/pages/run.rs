@@ -14,6 +14,7 @@ use crate::{
     app::{
         api::{Api, use_api},
         browser,
+        debug_shell::DebugShell,
         live::{Loadable, spawn_scoped, sync_with_watch},
         widgets::{Ago, Elapsed, Empty, StatusBadge, StatusIcon, show_loadable},
     },
@@ -483,7 +484,7 @@ fn JobCard(
 }
 
 /// The selected job: facts, steps with states and durations, plugin
-/// summaries.
+/// summaries; for a failed job with a snapshot, its debug shell.
 #[component]
 fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
     let id = job_id.clone();
@@ -503,7 +504,11 @@ fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
                 .join(", ")
         })
     };
-    move || {
+    // The debug shell's panel lives beside the job's (which is redrawn on
+    // every change of the job), so its session outlives those changes.
+    let shell_open = RwSignal::new(false);
+    let shell_job = job_id.clone();
+    let panel = move || {
         let Some(j) = job.get() else {
             return view! { <p class="muted">"Job " {job_id.clone()} " not found."</p> }.into_any();
         };
@@ -522,7 +527,20 @@ fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
                 <div class="panel-head">
                     <StatusBadge status=st />
                     <h3>{j.name.clone()}</h3>
-                    <a class="button" href=log_href.clone()>"View log"</a>
+                    <span class="panel-actions">
+                        {run_model::can_debug(&j).then(|| view! {
+                            <button
+                                class="button"
+                                data-debug-shell-open=""
+                                title="A shell in this job's workspace, restored from its newest snapshot"
+                                disabled=move || shell_open.get()
+                                on:click=move |_| shell_open.set(true)
+                            >
+                                "Debug shell"
+                            </button>
+                        })}
+                        <a class="button" href=log_href.clone()>"View log"</a>
+                    </span>
                 </div>
                 <dl class="facts">
                     <div><dt>"Job"</dt><dd>{j.id.clone()}</dd></div>
@@ -565,6 +583,13 @@ fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
             </div>
         }
         .into_any()
+    };
+    view! {
+        {panel}
+        {move || shell_open.get().then(|| {
+            let on_close = Callback::new(move |()| shell_open.set(false));
+            view! { <DebugShell job_id=shell_job.clone() on_close /> }
+        })}
     }
 }
 
