@@ -9,7 +9,10 @@
 //!
 //! `cargo bench -p viaduct-runner --bench snapshots` (`cargo xtask bench
 //! snapshots` runs it too); `VIADUCT_BENCH_SNAPSHOT_MB=256` for a quicker
-//! run (default 1024).
+//! run (default 1024). The tree is made under `$TMPDIR` (default /tmp):
+//! set it to measure on another file system (file creation dominates the
+//! restores, and on an ext4 without a journal it is slow for a minute
+//! after many files were removed).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -61,14 +64,14 @@ fn text(seed: &str, len: usize) -> Vec<u8> {
 /// Large file `i` of generation `generation`: even ones random, odd ones text.
 fn big_contents(i: usize, generation: u32) -> Vec<u8> {
     let seed = format!("big {i} gen {generation}");
-    if i % 2 == 0 { random(&seed, BIG) } else { text(&seed, BIG) }
+    if i.is_multiple_of(2) { random(&seed, BIG) } else { text(&seed, BIG) }
 }
 
 /// Small file `k` (1–8 KiB): even ones random (objects), odd ones text (sources).
 fn small_contents(k: usize, generation: u32) -> Vec<u8> {
     let len = 1024 + (k.wrapping_mul(2_654_435_761) % (7 * 1024 + 1));
     let seed = format!("small {k} gen {generation}");
-    if k % 2 == 0 { random(&seed, len) } else { text(&seed, len) }
+    if k.is_multiple_of(2) { random(&seed, len) } else { text(&seed, len) }
 }
 
 impl Tree {
@@ -78,13 +81,13 @@ impl Tree {
         let big_n = (mb * 1000 / 1024).max(2);
         let big = (0..big_n)
             .map(|i| {
-                let ext = if i % 2 == 0 { "bin" } else { "txt" };
+                let ext = if i.is_multiple_of(2) { "bin" } else { "txt" };
                 root.join(format!("assets/g{:02}/h{}/f{i:04}.{ext}", i / 100, i / 10 % 10))
             })
             .collect();
         let small = (0..big_n * 5)
             .map(|k| {
-                let ext = if k % 2 == 0 { "o" } else { "rs" };
+                let ext = if k.is_multiple_of(2) { "o" } else { "rs" };
                 root.join(format!("target/debug/c{:02}/m{}/s{k:05}.{ext}", k / 250, k / 50 % 5))
             })
             .collect();
@@ -272,6 +275,17 @@ fn main() {
             shell(&into, &format!("zstd -q -d -c {} | tar -xf -", archive.display()))
         })
         .collect();
+    // The write floor: tar -x of the same tree, uncompressed and from a file (no pipe).
+    let plain = dir("tree.tar");
+    shell(&ws, &format!("zstd -q -d -c {} > {}", archive.display(), plain.display()));
+    let untar_plain: Vec<Duration> = (0..REPS)
+        .map(|r| {
+            let into = dir(&format!("untar-plain-{r}"));
+            fs::create_dir(&into).unwrap();
+            sync();
+            shell(&into, &format!("tar -xf {}", plain.display()))
+        })
+        .collect();
     let base =
         Row { of: Some(total), written: Some(archive_bytes), ..Row::new("tar -cf - . | zstd -1 -T1 > file", packed) };
     let (base_pack, base_unpack) = (base.median(), Row::new("", unpacked.clone()).median());
@@ -414,6 +428,11 @@ fn main() {
     rows.push(Row { of: Some(total), ..Row::new("floor: tar -cf - . | cat > /dev/null", tar_read) });
     rows.push(Row { of: Some(total), ..Row::new("floor: read every file (in-process, 256 KiB)", read) });
     rows.push(Row { of: Some(total), ..Row::new("floor: read + blake3 every file (in-process)", hashed) });
+    rows.push(Row {
+        of: Some(total),
+        written: Some(total),
+        ..Row::new("floor: tar -xf tree.tar (uncompressed file)", untar_plain)
+    });
     print(&rows);
     println!("  (×base: time over tar | zstd -1 for a take, over zstd -d | tar -x for a restore)");
     drop(tmp);

@@ -468,7 +468,8 @@ async fn reuse(
         Ok(found) => Ok(found),
         Err(e) => {
             tracing::warn!(error = %e, "could not reuse an earlier run's snapshot: checking out again");
-            let mut entries = tokio::fs::read_dir(workspace).await.map_err(|e| format!("cannot clear the workspace: {e}"))?;
+            let mut entries =
+                tokio::fs::read_dir(workspace).await.map_err(|e| format!("cannot clear the workspace: {e}"))?;
             while let Ok(Some(entry)) = entries.next_entry().await {
                 let path = entry.path();
                 let gone = match entry.file_type().await {
@@ -477,7 +478,11 @@ async fn reuse(
                 };
                 gone.map_err(|e| format!("cannot clear the workspace ({}): {e}", path.display()))?;
             }
-            services.sources.checkout(job, src, workspace).await.map_err(|e| format!("checkout of {} failed: {e}", src.repo))?;
+            services
+                .sources
+                .checkout(job, src, workspace)
+                .await
+                .map_err(|e| format!("checkout of {} failed: {e}", src.repo))?;
             Ok(None)
         }
     }

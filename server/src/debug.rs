@@ -22,7 +22,8 @@ use std::{
 
 use tokio::sync::mpsc;
 use viaduct_proto::v1::{
-    DebugAssignment, DebugToRunner, ShellEnded, ShellOpen, ShellOutput, ShellStarted, debug_to_runner, shell_output,
+    DebugAssignment, DebugFromRunner, DebugToRunner, ShellEnded, ShellOpen, ShellOutput, ShellStarted, debug_to_runner,
+    shell_output,
 };
 
 use crate::{
@@ -41,6 +42,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 /// How long a runner has to start the shell (restore, pull an image…).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(180);
+/// Open sessions one user may have at once.
+pub const MAX_PER_USER: usize = 3;
+/// Open sessions in all.
+pub const MAX_SESSIONS: usize = 64;
+/// How long a runner has to stop a shell past its time limit before the
+/// server ends the session itself.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
 /// Signals a user may send.
 pub const SIGNALS: [&str; 10] = ["INT", "TERM", "QUIT", "HUP", "KILL", "TSTP", "CONT", "WINCH", "USR1", "USR2"];
 
@@ -56,6 +64,10 @@ struct Session {
     /// Until the runner attaches: what it will read.
     to_runner: Option<mpsc::Receiver<DebugToRunner>>,
     expires_ms: i64,
+    /// The shell runs (the runner said so).
+    ready: bool,
+    /// Fired when the session ends: the runner's side is cut.
+    over: tokio_util::sync::CancellationToken,
 }
 
 /// A session as its user holds it.
@@ -74,6 +86,9 @@ pub struct Attached {
     pub input: mpsc::Receiver<DebugToRunner>,
     /// Where the terminal's output goes.
     pub to_user: ToUser,
+    /// Fires when the session ends (by the time limit, here): the
+    /// runner's side is cut then.
+    pub over: tokio_util::sync::CancellationToken,
     /// The user's first message, once the shell runs.
     pub started: ShellStarted,
 }
@@ -137,6 +152,18 @@ impl DebugShells {
                     "{user} already has a debug shell open on job {job}: one at a time"
                 )));
             }
+            if sessions.values().filter(|s| s.user == user).count() >= MAX_PER_USER {
+                return Err(Error::RateLimited {
+                    message: format!("{user} has {MAX_PER_USER} debug shells open: close one first"),
+                    retry_after: Duration::from_secs(10),
+                });
+            }
+            if sessions.len() >= MAX_SESSIONS {
+                return Err(Error::RateLimited {
+                    message: format!("{MAX_SESSIONS} debug shells are open on this server: try again later"),
+                    retry_after: Duration::from_secs(30),
+                });
+            }
             sessions.insert(
                 id.clone(),
                 Session {
@@ -147,6 +174,8 @@ impl DebugShells {
                     to_user: to_user.clone(),
                     to_runner: Some(to_runner),
                     expires_ms,
+                    ready: false,
+                    over: tokio_util::sync::CancellationToken::new(),
                 },
             );
         }
@@ -179,21 +208,32 @@ impl DebugShells {
         Ok(Opened { id, output, input })
     }
 
-    /// Ends a session the runner never attached to in time, and tells the
-    /// runner to close one at its time limit.
+    /// Ends a session whose shell did not start in time; at its time
+    /// limit tells the runner to close it, and ends it here when the
+    /// runner has not within [`CLOSE_GRACE`].
     fn spawn_watchdog(self: &Arc<Self>, id: String, timeout: Duration, input: mpsc::Sender<DebugToRunner>) {
         let shells = Arc::clone(self);
         tokio::spawn(async move {
-            tokio::time::sleep(ATTACH_TIMEOUT.min(timeout)).await;
-            let unattached = shells.lock().get(&id).is_some_and(|s| s.to_runner.is_some());
-            if unattached {
+            let start = ATTACH_TIMEOUT.min(timeout);
+            tokio::time::sleep(start).await;
+            let waiting = shells.lock().get(&id).is_some_and(|s| !s.ready);
+            if waiting {
                 shells.end(&id, None, "the runner did not start the shell in time");
                 return;
             }
-            tokio::time::sleep(timeout.saturating_sub(ATTACH_TIMEOUT.min(timeout))).await;
+            tokio::time::sleep(timeout.saturating_sub(start)).await;
             let close = debug_to_runner::Msg::Close("time limit reached".into());
-            let _ = input.send(DebugToRunner { msg: Some(close) }).await;
+            let _ = input.try_send(DebugToRunner { msg: Some(close) });
+            tokio::time::sleep(CLOSE_GRACE).await;
+            shells.end(&id, None, "time limit reached");
         });
+    }
+
+    /// The shell of session `id` runs.
+    pub fn ready(&self, id: &str) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.ready = true;
+        }
     }
 
     /// The snapshot session `id` restores, when `runner` was given it.
@@ -217,6 +257,7 @@ impl DebugShells {
         Ok(Attached {
             input,
             to_user: s.to_user.clone(),
+            over: s.over.clone(),
             started: ShellStarted {
                 session_id: id.to_string(),
                 runner_id: runner.to_string(),
@@ -225,6 +266,54 @@ impl DebugShells {
                 expires: crate::convert::timestamp(s.expires_ms),
             },
         })
+    }
+
+    /// Relays the runner's side of session `id` — its messages to the user
+    /// until the shell ends, the runner goes away or the session is ended
+    /// here — and returns what the runner is to read (the user's input),
+    /// which ends with the session.
+    pub fn relay_runner(
+        self: Arc<Self>,
+        id: String,
+        mut inbound: tonic::Streaming<DebugFromRunner>,
+        attached: Attached,
+    ) -> impl futures_util::Stream<Item = DebugToRunner> + Send + 'static {
+        use viaduct_proto::v1::debug_from_runner::Msg as FromRunner;
+        let Attached { input, to_user, over, started } = attached;
+        let (done, relay_over) = tokio::sync::oneshot::channel::<()>();
+        let cut = over.clone();
+        tokio::spawn(async move {
+            let _done = done;
+            let mut started = Some(started);
+            let (code, why) = loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    () = cut.cancelled() => return,
+                };
+                let out = match msg {
+                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ready(_)) })) => match started.take() {
+                        Some(s) => {
+                            self.ready(&id);
+                            shell_output::Msg::Started(s)
+                        }
+                        None => continue,
+                    },
+                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Data(d)) })) => shell_output::Msg::Data(d),
+                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ended(e)) })) => break (e.exit_code, e.message),
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break (None, "the runner went away".to_string()),
+                };
+                let sent = tokio::select! {
+                    r = to_user.send(Ok(ShellOutput { msg: Some(out) })) => r.is_ok(),
+                    () = cut.cancelled() => return,
+                };
+                if !sent {
+                    break (None, "the user left".to_string());
+                }
+            };
+            self.end(&id, code, &why);
+        });
+        futures_util::StreamExt::take_until(tokio_stream::wrappers::ReceiverStream::new(input), relay_over)
     }
 
     /// Ends session `id` if no runner attached to it (an attached one ends
@@ -239,7 +328,13 @@ impl DebugShells {
     /// Ends session `id` (once): tells the user how, and audits it.
     pub fn end(&self, id: &str, exit_code: Option<i32>, message: &str) {
         let Some(s) = self.lock().remove(id) else { return };
-        let _ = s.to_user.try_send(Ok(end_message(exit_code, message)));
+        s.over.cancel();
+        // Behind the output still queued: never dropped for a full queue,
+        // but not waited for past a user who stopped reading.
+        let (to_user, ended) = (s.to_user.clone(), end_message(exit_code, message));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), to_user.send(Ok(ended))).await;
+        });
         let how = match exit_code {
             Some(c) if message.is_empty() => format!("exit code {c}"),
             Some(c) => format!("exit code {c}: {message}"),

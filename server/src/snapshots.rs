@@ -52,7 +52,12 @@ pub struct SnapshotLimits {
 
 impl Default for SnapshotLimits {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(7 * 24 * 3600), keep_runs: 10, max_pack_bytes: 8 << 30, max_job_bytes: 16 << 30 }
+        Self {
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            keep_runs: 10,
+            max_pack_bytes: 8 << 30,
+            max_job_bytes: 16 << 30,
+        }
     }
 }
 

@@ -186,6 +186,26 @@ async fn only_who_may_push_from_this_servers_own_pages_opens_a_shell() {
     assert_eq!(open(&server, &query, &[("authorization", &reader)]).await.err(), Some(403));
     let trigger = format!("Bearer {}", user_token(&client, "triggerer", v1::Role::Trigger).await);
     assert_eq!(open(&server, &query, &[("authorization", &trigger)]).await.err(), Some(403));
+    // A job that was given a secret needs maintain: push is not enough.
+    client
+        .secrets()
+        .set(v1::SetSecretRequest { name: "DEPLOY_KEY".into(), value: "k3y-for-deploys".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let with_secret = submit(
+        &client,
+        "snapshots: true\njobs:\n  j:\n    secrets: [DEPLOY_KEY]\n    steps:\n      - run: echo made > made.txt\n      - run: exit 1\n",
+    )
+    .await;
+    finished(&client, &with_secret).await;
+    let pusher = format!("Bearer {}", user_token(&client, "committer", v1::Role::Push).await);
+    let secret_query = format!("job={with_secret}.1");
+    assert_eq!(open(&server, &secret_query, &[("authorization", &pusher)]).await.err(), Some(403));
+    let maintainer = format!("Bearer {}", user_token(&client, "keeper", v1::Role::Maintain).await);
+    let mut ws = open(&server, &secret_query, &[("authorization", &maintainer)]).await.expect("a maintainer");
+    started(&mut ws).await;
+    ws.send(Message::Binary(b"exit 0\r".to_vec().into())).await.unwrap();
+    assert_eq!(read_to_end(&mut ws).await.ended.expect("ended")["exit_code"], 0);
     // A job that does not exist, a malformed one.
     let bearer = format!("Bearer {admin}");
     assert_eq!(open(&server, "job=999999.1", &[("authorization", &bearer)]).await.err(), Some(404));

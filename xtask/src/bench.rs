@@ -1588,7 +1588,7 @@ async fn step_durations(client: &Client, id: &str, snapshots: bool) -> Result<Ve
         .steps
         .iter()
         .map(|s| {
-            let t = s.times.clone().unwrap_or_default();
+            let t = s.times.unwrap_or_default();
             let d = ms_of(t.finished_at.as_ref()) - ms_of(t.started_at.as_ref());
             Duration::from_millis(u64::try_from(d).unwrap_or(0))
         })

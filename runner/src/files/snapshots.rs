@@ -32,7 +32,8 @@ impl Files {
     /// Asks whether an earlier run's snapshot after `step` (which has
     /// `reuse:`) under `key` may start this attempt; the run it came from.
     pub async fn find_reuse(&self, job: &JobRef, step: u32, key: &str) -> Result<Option<String>, String> {
-        let req = viaduct_proto::v1::FindReuseRequest { job: Some(job.clone()), step_index: step, key: key.to_string() };
+        let req =
+            viaduct_proto::v1::FindReuseRequest { job: Some(job.clone()), step_index: step, key: key.to_string() };
         let found = self.client.agent().find_reuse(req).await.map_err(|s| status("looking for a snapshot", &s))?;
         let found = found.into_inner();
         Ok(found.found.then_some(found.run_id))

@@ -62,13 +62,7 @@ impl JobSnapshots {
             .filter(|v| v.len() >= crate::mask::MIN_LEN)
             .map(String::from)
             .collect();
-        Self {
-            known: Known::new(),
-            secrets,
-            steps: Vec::new(),
-            source: HashSet::new(),
-            reuse_keys: BTreeMap::new(),
-        }
+        Self { known: Known::new(), secrets, steps: Vec::new(), source: HashSet::new(), reuse_keys: BTreeMap::new() }
     }
 
     /// Restores the snapshot a resumed attempt starts from into the empty

@@ -12,11 +12,11 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    FindReuseRequest, FindReuseResponse, Ack, Artifact, CacheData, DebugFromRunner, DebugToRunner, FetchSourceRequest, JobSignal, LogAck, RegisterRequest,
-    RegisterResponse, RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse,
-    SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, ShellOutput, SnapshotData, SourceChunk, UpdateAck,
-    UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request,
-    server_message::Msg as Out,
+    Ack, Artifact, CacheData, DebugFromRunner, DebugToRunner, FetchSourceRequest, FindReuseRequest, FindReuseResponse,
+    JobSignal, LogAck, RegisterRequest, RegisterResponse, RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage,
+    SaveCacheRequest, SaveCacheResponse, SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, SnapshotData,
+    SourceChunk, UpdateAck, UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In,
+    save_snapshot_request, server_message::Msg as Out,
 };
 
 use super::transfer::{self, Chunks};
@@ -276,7 +276,7 @@ impl RunnerAgent for AgentApi {
         &self,
         req: Request<Streaming<DebugFromRunner>>,
     ) -> Result<Response<Self::DebugSessionStream>, Status> {
-        use viaduct_proto::v1::{debug_from_runner::Msg as FromRunner, shell_output::Msg as ToUser};
+        use viaduct_proto::v1::debug_from_runner::Msg as FromRunner;
         let runner = crate::access::of(&req)?.runner()?.to_string();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
@@ -286,33 +286,8 @@ impl RunnerAgent for AgentApi {
             return Err(Error::invalid("a debug session starts with its id").into());
         };
         let attached = self.debug.attach(&runner, &id)?;
-        let (shells, to_user, mut started) = (Arc::clone(&self.debug), attached.to_user, Some(attached.started));
-        // The runner's side ends with the session.
-        let (done, session_over) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _done = done;
-            let (code, why) = loop {
-                let out = match inbound.message().await {
-                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ready(_)) })) => match started.take() {
-                        Some(s) => ToUser::Started(s),
-                        None => continue,
-                    },
-                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Data(d)) })) => ToUser::Data(d),
-                    Ok(Some(DebugFromRunner { msg: Some(FromRunner::Ended(e)) })) => break (e.exit_code, e.message),
-                    Ok(Some(_)) => continue,
-                    Ok(None) | Err(_) => break (None, "the runner went away".to_string()),
-                };
-                if to_user.send(Ok(ShellOutput { msg: Some(out) })).await.is_err() {
-                    break (None, "the user left".to_string());
-                }
-            };
-            shells.end(&id, code, &why);
-        });
-        let input = futures_util::StreamExt::take_until(
-            tokio_stream::wrappers::ReceiverStream::new(attached.input).map(Ok),
-            session_over,
-        );
-        Ok(Response::new(Box::pin(input)))
+        let input = Arc::clone(&self.debug).relay_runner(id, inbound, attached);
+        Ok(Response::new(Box::pin(input.map(Ok))))
     }
 
     type ConnectStream = OutStream;

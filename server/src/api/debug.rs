@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use viaduct_proto::v1::{
-    DebugToRunner, Role, ShellInput, ShellOpen, ShellOutput, debug_server::Debug, debug_to_runner::Msg as ToRunner,
+    DebugToRunner, ShellInput, ShellOpen, ShellOutput, debug_server::Debug, debug_to_runner::Msg as ToRunner,
     shell_input::Msg,
 };
 
@@ -63,11 +63,12 @@ fn to_runner(msg: Msg) -> Result<ToRunner> {
 
 /// The job `job_id` names, if `access`'s principal may open a debug shell
 /// on it: the push role on its run's repository (whoever could run code
-/// there by pushing it).
+/// there by pushing it), maintain for a job given secrets
+/// ([`Engine::debug_role`]).
 pub fn allowed_job(engine: &Engine, access: &Access, job_id: &str) -> Result<JobKey> {
     let job = JobKey::parse(job_id)?;
     access.target(format!("job {job}"));
-    access.require_role(Role::Push, &engine.run_repo(job.run)?)?;
+    access.require_role(engine.debug_role(job)?, &engine.run_repo(job.run)?)?;
     Ok(job)
 }
 

@@ -15,6 +15,21 @@ use crate::{
 };
 
 impl Engine {
+    /// The role a debug shell on job `job` needs: push on its repository
+    /// (whoever could run code there by pushing it), and maintain when the
+    /// job was given secrets or registry credentials — a snapshot holds no
+    /// secret value, but could hold what a step derived from one.
+    pub fn debug_role(&self, job: crate::store::keys::JobKey) -> Result<viaduct_proto::v1::Role> {
+        let rec: JobRecord =
+            self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))?;
+        let credentials = rec.image.as_ref().is_some_and(|i| !i.credentials.is_empty());
+        Ok(if rec.secrets.is_empty() && !credentials {
+            viaduct_proto::v1::Role::Push
+        } else {
+            viaduct_proto::v1::Role::Maintain
+        })
+    }
+
     /// Completes `shell` (session id, terminal, time limit already set)
     /// for the snapshot after step `at` — the job's image, environment
     /// (never a secret) and limits, and the image's registry credentials

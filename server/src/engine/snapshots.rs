@@ -95,7 +95,8 @@ impl Engine {
             // The earlier packs it builds on must still be kept (retention
             // may have removed their snapshots since the upload began).
             let job = t.job(key.job)?.clone();
-            let mut kept: BTreeSet<String> = of_job(t.store(), key.job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
+            let mut kept: BTreeSet<String> =
+                of_job(t.store(), key.job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
             if let Some(from) = StepKey::from_key(&job.reused_from)
                 && let Some(r) = t.store().get::<SnapshotRecord>(T::Snapshots, from.key())?
             {
@@ -151,7 +152,9 @@ impl Engine {
         }
         let (found, ticket) = self.transition(|t| {
             if !holds(t.st, runner, job, attempt) {
-                return Err(Error::PermissionDenied(format!("runner {runner} does not hold job {job} attempt {attempt}")));
+                return Err(Error::PermissionDenied(format!(
+                    "runner {runner} does not hold job {job} attempt {attempt}"
+                )));
             }
             let rec = t.job(job)?.clone();
             let Some(index) = reuse_index_key(&rec, step, key)? else {
