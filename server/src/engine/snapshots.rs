@@ -111,10 +111,10 @@ impl Engine {
             }
             t.writes().put(T::Snapshots, key.key(), &rec);
             t.step(key)?.snapshot = true;
-            if !reuse_key.is_empty() {
-                if let Some(index) = reuse_index_key(&job, key.index, reuse_key)?.filter(|_| !job.untrusted) {
-                    t.writes().put_raw(T::ReuseIndex, index, key.key().to_vec());
-                }
+            if !reuse_key.is_empty()
+                && let Some(index) = reuse_index_key(&job, key.index, reuse_key)?.filter(|_| !job.untrusted)
+            {
+                t.writes().put_raw(T::ReuseIndex, index, key.key().to_vec());
             }
             Ok(())
         })?;
