@@ -377,7 +377,7 @@ pub(crate) static WEBHOOK: Table = table(
 );
 
 /// Every table, for schema generation and tests.
-pub(crate) static ALL_TABLES: [&Table; 16] = [
+pub(crate) static ALL_TABLES: [&Table; 17] = [
     &PIPELINE,
     &ON,
     &PUSH,
@@ -392,6 +392,7 @@ pub(crate) static ALL_TABLES: [&Table; 16] = [
     &MATRIX,
     &STEP,
     &ALLOW,
+    &REUSE,
     &NOTIFY,
     &WEBHOOK,
 ];

@@ -32,13 +32,13 @@ fn unknown_key_with_suggestion_and_expected_list() {
         "jobs:\n  test:\n    stpes:\n      - run: x\n",
         &[
             "p.yml:2:3: missing required key `steps` in job `test`",
-            "p.yml:3:5: unknown key `stpes` in job `test`; did you mean `steps`? (expected one of: name, runs_on, image, services, network, resources, matrix, fail_fast, timeout, retries, priority, env, secrets, needs, if, continue_on_error, artifacts, notify, steps)",
+            "p.yml:3:5: unknown key `stpes` in job `test`; did you mean `steps`? (expected one of: name, runs_on, image, services, network, resources, matrix, fail_fast, timeout, retries, priority, env, secrets, needs, if, continue_on_error, artifacts, notify, snapshots, steps)",
         ],
     );
     check(
         &format!("zzz: 1\njobs:\n  a:\n{STEPS}"),
         &[
-            "p.yml:1:1: unknown key `zzz` at the top level (expected one of: name, on, env, priority, concurrency, notify, jobs)",
+            "p.yml:1:1: unknown key `zzz` at the top level (expected one of: name, on, env, priority, concurrency, notify, snapshots, jobs)",
         ],
     );
 }
@@ -75,7 +75,7 @@ jobs:
             "p.yml:9:23: unknown key `pul` in `image` in job `a`; did you mean `pull`? (expected one of: name, pull, user, credentials)",
             "p.yml:10:33: unknown key `envv` in service `db` of job `a`; did you mean `env`? (expected one of: image, env, command)",
             "p.yml:11:18: unknown key `cpu` in `resources` in job `a`; did you mean `cpus`? (expected one of: cpus, memory)",
-            "p.yml:14:9: unknown key `nmae` in step 1 of job `a`; did you mean `name`? (expected one of: name, id, run, uses, with, env, timeout, continue_on_error, if, working_directory, allow)",
+            "p.yml:14:9: unknown key `nmae` in step 1 of job `a`; did you mean `name`? (expected one of: name, id, run, uses, with, env, timeout, continue_on_error, if, working_directory, allow, reuse)",
             "p.yml:16:18: unknown key `net` in `allow` in step 2 of job `a` (expected one of: network)",
         ],
     );
@@ -424,4 +424,23 @@ fn text_fields_take_scalars_as_written() {
     let step = &p.jobs[0].steps[0];
     assert!(matches!(&step.action, viaduct_pipeline::spec::StepAction::Run { script } if script == "true"));
     assert_eq!(step.name.as_deref(), Some("1.10"));
+}
+
+#[test]
+fn snapshots_and_reuse_are_checked() {
+    check(
+        &format!("snapshots: yes please\njobs:\n  a:\n{STEPS}"),
+        &["p.yml:1:12: expected `true` or `false` for `snapshots`, found a string"],
+    );
+    check(
+        "jobs:\n  a:\n    steps:\n      - run: x\n        reuse: { key_files: [../Cargo.lock] }\n",
+        &["p.yml:5:30: invalid path `../Cargo.lock` for `key_files`: must not contain `..`"],
+    );
+    check(
+        "jobs:\n  a:\n    steps:\n      - run: x\n        reuse: { keys: [a] }\n",
+        &[
+            "p.yml:5:16: missing required key `key_files` in `reuse` in step 1 of job `a`",
+            "p.yml:5:18: unknown key `keys` in `reuse` in step 1 of job `a` (expected one of: key_files)",
+        ],
+    );
 }
