@@ -366,7 +366,12 @@ mod tests {
     /// A host job (the runner's user, no cgroup) in `dir`, its SIGHUP →
     /// SIGKILL grace 1 s.
     async fn job(dir: &std::path::Path) -> Box<dyn JobEnv> {
-        let backend = HostBackend::new(dir, Duration::from_secs(1), false, None, None);
+        job_with_grace(dir, Duration::from_secs(1)).await
+    }
+
+    /// [`job`] with this SIGHUP → SIGKILL grace.
+    async fn job_with_grace(dir: &std::path::Path, grace: Duration) -> Box<dyn JobEnv> {
+        let backend = HostBackend::new(dir, grace, false, None, None);
         let job = JobRef { job_id: "debug".into(), attempt: 1, ..Default::default() };
         backend.setup(&JobSetup { job, ..Default::default() }).await.unwrap()
     }
@@ -464,7 +469,9 @@ mod tests {
     #[tokio::test]
     async fn close_hangs_up_the_shell() {
         let dir = tempfile::tempdir().unwrap();
-        let mut env = job(dir.path()).await;
+        // Time enough for a loaded machine to run the shell's hangup: only
+        // a shell that ignores it is killed (the next test).
+        let mut env = job_with_grace(dir.path(), Duration::from_secs(20)).await;
         let mut shell = open(env.as_mut(), "").await;
         let mut seen = String::new();
         type_in(&shell, "echo re\"\"ady\n").await;
