@@ -550,3 +550,51 @@ async fn an_untrusted_pull_request_is_approved_from_its_run_page() {
     })
     .await;
 }
+
+/// A failed job with snapshots: its run page offers *Resume from failed
+/// steps*, and its panel a *Debug shell* whose terminal runs what is typed
+/// in the restored workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_debugged_in_a_terminal_and_resumed_from_its_run_page() {
+    let server = Server::with_ui();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let token = server.admin_token();
+    let yaml = "snapshots: true\njobs:\n  j:\n    steps:\n      - run: echo kept-by-step-1 > kept.txt\n      - run: exit 1\n";
+    let id = submit(&client, yaml).await;
+    finished(&client, &id).await;
+    let run_id = id.clone();
+    Browser::run(|c| async move {
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        c.goto(&format!("{}/runs/{run_id}", server.url())).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        wait_for(&c, &format!("[data-job-id=\"{run_id}.1\"] .job-duration")).await.click().await.expect("open the job");
+        wait_for(&c, "[data-debug-shell-open]").await.click().await.expect("open a debug shell");
+        wait_for_js(
+            &c,
+            "the shell to start",
+            "(document.querySelector('[data-debug-status]') || {}).innerText?.includes('after step 1') || null",
+        )
+        .await;
+        let terminal = wait_for(&c, ".terminal").await;
+        terminal.click().await.expect("focus the terminal");
+        terminal.send_keys("cat kept.txt\u{E007}").await.expect("type");
+        wait_for_js(
+            &c,
+            "the command's output",
+            "(() => { const t = document.querySelector('.terminal').innerText; \
+             return t.split('kept-by-step-1').length > 2 || null; })()",
+        )
+        .await;
+        screenshot(&c, "run-debug-shell").await;
+        wait_for(&c, "[data-debug-close]").await.click().await.expect("close the shell");
+        wait_for(&c, "#resume-run").await.click().await.expect("resume");
+        let run = run_where(&client, &run_id, "the second attempt to end", |r| {
+            r.jobs[0].attempt == 2 && r.status == Status::Failure as i32
+        })
+        .await;
+        assert_eq!(run.jobs[0].steps[0].restored_from, 1, "{run:#?}");
+    })
+    .await;
+}
