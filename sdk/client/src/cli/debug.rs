@@ -69,6 +69,20 @@ pub async fn debug(client: &Client, a: DebugArgs) -> Result<(), Failure> {
         term: if tty { std::env::var("TERM").unwrap_or_default() } else { "dumb".into() },
         timeout_seconds,
     };
+    // An untrusted run chose the image and environment this shell starts
+    // in: its output could pose as a prompt. Said before anything of it.
+    if let Some((run, _)) = a.job.split_once('.') {
+        let req = viaduct_sdk::proto::v1::GetRunRequest { id: run.to_string() };
+        if let Ok(run) = client.runs().get(req).await
+            && run.get_ref().trust() == viaduct_sdk::proto::v1::Trust::Untrusted
+        {
+            eprintln!(
+                "viaduct: warning: run {} is untrusted (a pull request from outside): the shell runs in its image and \
+                 environment; do not type credentials into it",
+                run.get_ref().id
+            );
+        }
+    }
     let (tx, rx) = mpsc::channel::<ShellInput>(64);
     let _ = tx.send(ShellInput { msg: Some(Msg::Open(open)) }).await;
     let mut output = client.debug().shell(ReceiverStream::new(rx)).await?.into_inner();
