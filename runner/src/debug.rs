@@ -40,6 +40,23 @@ async fn serve(d: DebugAssignment, services: Services) {
             return;
         }
     };
+    if d.live {
+        let (job_id, attempt) = d.job.as_ref().map(|j| (j.job_id.clone(), j.attempt)).unwrap_or_default();
+        let Some(mut env) = services.held.take(&job_id, attempt) else {
+            let why = format!(
+                "this runner no longer holds job {job_id}'s workspace (its time passed, the runner restarted, or a \
+                 shell has it)"
+            );
+            return ended(tx, inbound, None, &why).await;
+        };
+        let (code, why) = match serve_shell(&d, &services, env.as_mut(), &tx, &mut inbound).await {
+            Ok(end) => end,
+            Err(e) => (None, e),
+        };
+        services.held.give_back(&job_id, attempt, env).await;
+        tracing::info!(session = %id, exit_code = code, message = %why, "live debug shell ended");
+        return ended(tx, inbound, code, &why).await;
+    }
     let setup = JobSetup {
         // The session's own directory and cgroup.
         job: JobRef { job_id: id.clone(), attempt: 0, grant: String::new() },
@@ -95,6 +112,17 @@ async fn prepare_and_serve(
         .await
         .map_err(|e| format!("could not restore the snapshot: {e}"))?;
     env.adopt_workspace().await;
+    serve_shell(d, services, env, tx, inbound).await
+}
+
+/// Starts the shell in `env` and relays it; how it ended.
+async fn serve_shell(
+    d: &DebugAssignment,
+    services: &Services,
+    env: &mut dyn JobEnv,
+    tx: &mpsc::Sender<DebugFromRunner>,
+    inbound: &mut tonic::Streaming<viaduct_proto::v1::DebugToRunner>,
+) -> Result<(Option<i32>, String), String> {
     let size = d.size.unwrap_or_default();
     let clamp = |v: u32, default: u16| if v == 0 { default } else { u16::try_from(v.min(1000)).unwrap_or(default) };
     let mut shell_env: BTreeMap<String, String> = services.env.for_job(d.image.is_some());

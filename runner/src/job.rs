@@ -54,6 +54,8 @@ pub struct Services {
     /// What the runner adds to every job's environment (see
     /// [`crate::environment`]).
     pub env: Arc<crate::environment::RunnerEnv>,
+    /// Failed jobs' environments kept for a debug shell.
+    pub held: Arc<crate::held::Held>,
 }
 
 impl Services {
@@ -431,15 +433,13 @@ async fn execute(
         // Also after a failure: logs and reports are what one inspects then.
         artifact_note = upload_artifacts(services, job, &env_of_job.workspace(), &a.artifacts).await;
     }
-    env_of_job.teardown().await;
-    if let Some(Err(e)) = &artifact_note
+    let ended = if let Some(Err(e)) = &artifact_note
         && failed.is_none()
         && !job_timed_out
         && !stop.cancel.is_cancelled()
     {
-        return (Status::Failure, e.clone());
-    }
-    if stop.cancel.is_cancelled() {
+        (Status::Failure, e.clone())
+    } else if stop.cancel.is_cancelled() {
         (Status::Cancelled, "cancelled".into())
     } else if job_timed_out {
         (Status::TimedOut, format!("the job timed out after {}", human(Duration::from_millis(a.timeout_ms))))
@@ -447,7 +447,14 @@ async fn execute(
         (if step_timed_out { Status::TimedOut } else { Status::Failure }, why)
     } else {
         (Status::Success, artifact_note.and_then(Result::ok).unwrap_or_default())
+    };
+    let hold = matches!(ended.0, Status::Failure | Status::TimedOut) && a.hold_failed_ms > 0;
+    if hold && !stop.abandon.is_cancelled() {
+        services.held.hold(&job.job_id, job.attempt, env_of_job, Duration::from_millis(a.hold_failed_ms));
+    } else {
+        env_of_job.teardown().await;
     }
+    ended
 }
 
 /// After a fresh checkout of a job that keeps snapshots: the keys of its

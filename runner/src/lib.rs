@@ -20,6 +20,7 @@ pub mod debug;
 pub mod environment;
 pub mod executor;
 pub mod files;
+pub mod held;
 pub mod identity;
 pub mod install;
 pub mod job;
@@ -169,6 +170,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         plugins,
         runner_name: cfg.name.clone(),
         env: Arc::new(cfg.env.clone()),
+        held: Arc::default(),
     };
     let shared = Arc::new(session::Shared {
         services,
@@ -272,6 +274,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         () = shutdown => {
             tracing::info!(running = shared.running(), "shutting down: stopping running jobs");
             shared.abandon_all();
+            shared.services.held.release_all().await;
             let deadline = tokio::time::Instant::now() + cfg.kill_grace + Duration::from_secs(2);
             while shared.running() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;

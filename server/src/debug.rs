@@ -136,7 +136,14 @@ impl DebugShells {
         if size.cols > 1000 || size.rows > 1000 {
             return Err(Error::invalid("a terminal is at most 1000 columns and 1000 rows"));
         }
-        let (at, record) = self.engine.newest_snapshot(job, open.step)?;
+        // A live shell: the failed attempt's environment its runner holds.
+        let (at, record, live_on) = if open.live {
+            let (at, runner) = self.engine.live_debug_target(job)?;
+            (at, SnapshotRecord::default(), Some(runner))
+        } else {
+            let (at, record) = self.engine.newest_snapshot(job, open.step)?;
+            (at, record, None)
+        };
         let id = {
             let mut r = [0u8; 12];
             getrandom::fill(&mut r).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
@@ -186,7 +193,17 @@ impl DebugShells {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             ..Default::default()
         };
-        let runner = match self.engine.assign_debug(at, assignment) {
+        let assigned = match &live_on {
+            Some(runner) => {
+                // Known before the runner can attach.
+                if let Some(s) = self.lock().get_mut(&id) {
+                    s.runner.clone_from(runner);
+                }
+                self.engine.assign_live_debug(at, runner, assignment).map(|()| runner.clone())
+            }
+            None => self.engine.assign_debug(at, assignment),
+        };
+        let runner = match assigned {
             Ok(r) => r,
             Err(e) => {
                 self.lock().remove(&id);
@@ -240,6 +257,9 @@ impl DebugShells {
     pub fn snapshot_of(&self, runner: &str, id: &str) -> Result<(StepKey, SnapshotRecord)> {
         let sessions = self.lock();
         match sessions.get(id) {
+            Some(s) if s.runner == runner && s.record.manifest.is_empty() => {
+                Err(Error::precondition(format!("debug session {id} is live: it restores nothing")))
+            }
             Some(s) if s.runner == runner => Ok((s.at, s.record.clone())),
             _ => Err(Error::PermissionDenied(format!("runner {runner} has no debug session {id}"))),
         }

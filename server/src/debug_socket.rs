@@ -85,6 +85,10 @@ struct ShellQuery {
     cols: u32,
     #[serde(default)]
     rows: u32,
+    /// The live environment its runner holds for the failed attempt
+    /// (`ShellOpen.live`).
+    #[serde(default)]
+    live: bool,
 }
 
 /// A text frame from the browser.
@@ -188,6 +192,7 @@ async fn handle(State(s): State<Arc<DebugSocket>>, req: Request) -> Response {
         size: Some(TerminalSize { cols: query.cols, rows: query.rows }).filter(|t| t.cols > 0 && t.rows > 0),
         term: "dumb".into(),
         timeout_seconds: 0,
+        live: query.live,
     };
     // Room for a keystroke message of the most the runner takes (refused
     // with a reason past that), not much more.

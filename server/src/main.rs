@@ -153,6 +153,11 @@ struct Args {
     /// resume from the failed step.
     #[arg(long)]
     snapshots: bool,
+    /// A failed job of a run submitted or retried with keep_on_failure keeps
+    /// its live environment (workspace, processes, container) on its runner
+    /// this long, for a debug shell.
+    #[arg(long, default_value = "30m", value_parser = viaduct_pipeline::duration::parse_duration)]
+    hold_failed_workspace: Duration,
     /// Workspace snapshots are deleted this long after they were taken.
     #[arg(long, default_value = "7d", value_parser = viaduct_pipeline::duration::parse_duration)]
     snapshot_ttl: Duration,
@@ -428,6 +433,7 @@ fn main() -> ExitCode {
             max_step_log_bytes: args.max_step_log,
             max_job_log_bytes: args.max_job_log,
             snapshots: args.snapshots,
+            hold_failed: args.hold_failed_workspace,
             ..EngineConfig::default()
         },
         public_url: args.public_url,

@@ -189,7 +189,7 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
         "Runs/Trigger" => v1::TriggerRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
         "Runs/Get" => v1::GetRunRequest { id: run }.encode_to_vec(),
         "Runs/Cancel" => v1::CancelRunRequest { id: run, ..Default::default() }.encode_to_vec(),
-        "Runs/Retry" => v1::RetryRunRequest { id: run, from: None }.encode_to_vec(),
+        "Runs/Retry" => v1::RetryRunRequest { id: run, ..Default::default() }.encode_to_vec(),
         "Runs/Approve" => v1::ApproveRunRequest { id: run }.encode_to_vec(),
         "Runs/List" => v1::ListRunsRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
         "Runs/Watch" => v1::WatchRequest { run_id: run, from_start: true, ..Default::default() }.encode_to_vec(),

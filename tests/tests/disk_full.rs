@@ -92,7 +92,8 @@ async fn a_full_disk_refuses_new_runs_keeps_running_ones_and_recovers() {
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
     assert!(refused.message().contains("disk is nearly full") && refused.message().contains("MiB free"), "{refused}");
     // Retries too; reads go on.
-    let e = client.runs().retry(v1::RetryRunRequest { id: long.clone(), from: None }).await.expect_err("refused");
+    let e =
+        client.runs().retry(v1::RetryRunRequest { id: long.clone(), ..Default::default() }).await.expect_err("refused");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     client.runs().list(v1::ListRunsRequest::default()).await.expect("reads go on");
     // A forge's webhook is told to come back (503), and not recorded.

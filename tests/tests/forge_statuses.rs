@@ -217,7 +217,7 @@ async fn failures_are_retried_as_the_forge_asks_and_shown_on_the_repository() {
     let before = forge.deliveries().len();
     client
         .runs()
-        .retry(v1::RetryRunRequest { id: runs_of(&client, "app").await[0].id.clone(), from: None })
+        .retry(v1::RetryRunRequest { id: runs_of(&client, "app").await[0].id.clone(), ..Default::default() })
         .await
         .unwrap();
     eventually("statuses waiting for the forge", || {

@@ -460,7 +460,7 @@ async fn retry_reruns_only_what_failed_and_what_was_skipped_because_of_it() {
     let attempts: Vec<u32> = run.jobs.iter().map(|j| j.attempt).collect();
     assert_eq!(attempts, [1, 2, 2], "a kept its first attempt");
     assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "a 1\n");
-    let err = client.runs().retry(v1::RetryRunRequest { id: id.clone(), from: None }).await.unwrap_err();
+    let err = client.runs().retry(v1::RetryRunRequest { id: id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("nothing to retry"), "{}", err.message());
 }

@@ -321,3 +321,56 @@ async fn a_new_commit_starts_after_a_step_whose_key_files_did_not_change() {
     assert_ne!(steps[0].outputs["stamp"], stamp);
     assert!(step_log(&client, &steps[1].id).await.starts_with("changed\nlib 2.0\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_on_failure_holds_the_live_workspace_for_a_shell_until_its_time_passes() {
+    let server = Server::start_with(&["--hold-failed-workspace", "10s"]);
+    let runner = Runner::start(&server, "linux", 1, &[]);
+    let client = server.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fails.yml");
+    // No snapshots: what the failing step left is only in its workspace.
+    std::fs::write(
+        &file,
+        "jobs:\n  j:\n    steps:\n      - run: |\n          echo left-by-the-failure > failed.txt\n          exit 3\n",
+    )
+    .unwrap();
+    let out = output(server.cli().arg("submit").arg(&file).arg("--keep-on-failure"));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.parse::<u64>().ok())
+        .unwrap()
+        .to_string();
+    let run = finished(&client, &id).await;
+    assert_eq!(word(run.status), "failure");
+    let held = runner.work_dir().join("jobs").join(format!("{id}.1-a1"));
+    assert!(held.join("workspace/failed.txt").exists(), "the failed job's directory is held");
+    // The live workspace, twice (a shell gives it back).
+    for _ in 0..2 {
+        let mut shell = server
+            .cli()
+            .args(["debug", &format!("{id}.1"), "--live"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        shell.stdin.take().unwrap().write_all(b"cat failed.txt; exit 6\n").unwrap();
+        let out = shell.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(6), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("left-by-the-failure"), "{said}");
+    }
+    // Its time passes: the environment is torn down.
+    viaduct_tests::eventually("the held environment to go", || async { (!held.exists()).then_some(()) }).await;
+    let out = output(server.cli().args(["debug", &format!("{id}.1"), "--live"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("it is gone"), "{err}");
+    // A run without keep_on_failure keeps nothing live.
+    let plain = submit(&client, "jobs:\n  j:\n    steps:\n      - run: exit 1\n").await;
+    finished(&client, &plain).await;
+    let out = output(server.cli().args(["debug", &format!("{plain}.1"), "--live"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("keeps no failed workspace"), "{err}");
+}

@@ -77,7 +77,7 @@ async fn a_run_is_one_trace_across_the_server_and_the_runner() {
 
     // Retried: its next ending is another root of the same trace, and the
     // retried job's spans go under it.
-    client.runs().retry(v1::RetryRunRequest { id: id.clone(), from: None }).await.expect("retry");
+    client.runs().retry(v1::RetryRunRequest { id: id.clone(), ..Default::default() }).await.expect("retry");
     assert_eq!(word(finished(&client, &id).await.status), "failure");
     let spans = eventually("the retried run's spans", || async {
         let spans = collector.spans();

@@ -116,7 +116,7 @@ async fn a_strangers_pull_request_cannot_run_itself_nor_read_a_secret() {
     let shown = String::from_utf8_lossy(&output(server.cli().args(["runs", "get", &id])).stdout).into_owned();
     assert!(shown.contains("waiting for approval: pull request #7 by `mallory`"), "{shown}");
     // Retry cannot start it either.
-    let err = client.runs().retry(v1::RetryRunRequest { id: id.clone(), from: None }).await.unwrap_err();
+    let err = client.runs().retry(v1::RetryRunRequest { id: id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
     let out = output(server.cli().args(["runs", "approve", &id]));

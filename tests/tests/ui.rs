@@ -560,7 +560,8 @@ async fn a_failed_job_is_debugged_in_a_terminal_and_resumed_from_its_run_page() 
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
     let token = server.admin_token();
-    let yaml = "snapshots: true\njobs:\n  j:\n    steps:\n      - run: echo kept-by-step-1 > kept.txt\n      - run: exit 1\n";
+    let yaml =
+        "snapshots: true\njobs:\n  j:\n    steps:\n      - run: echo kept-by-step-1 > kept.txt\n      - run: exit 1\n";
     let id = submit(&client, yaml).await;
     finished(&client, &id).await;
     let run_id = id.clone();

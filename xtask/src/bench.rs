@@ -1605,7 +1605,7 @@ async fn retried(
     from: Option<v1::RetryFrom>,
 ) -> Result<Duration> {
     let t0 = Instant::now();
-    client.runs().retry(v1::RetryRunRequest { id: id.to_string(), from }).await?;
+    client.runs().retry(v1::RetryRunRequest { id: id.to_string(), from, ..Default::default() }).await?;
     let third = |c: &v1::run_event::Change| matches!(c, v1::run_event::Change::Step(s) if s.index == 3 && s.attempt > 1 && s.status == v1::Status::Running as i32);
     until(events, id, third).await?;
     let took = t0.elapsed();

@@ -149,6 +149,7 @@ fn services(reports: Arc<Recorder>) -> Services {
         plugins: None,
         runner_name: "test".into(),
         env: Arc::default(),
+        held: Arc::default(),
     }
 }
 

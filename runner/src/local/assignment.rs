@@ -133,6 +133,7 @@ fn job(plan: &Plan, i: usize, j: &PlannedJob, catalog: &Catalog, run: &RunFacts)
         traceparent: String::new(),
         snapshots: false,
         resume: None,
+        hold_failed_ms: 0,
     };
     LocalJob {
         key: j.key.clone(),

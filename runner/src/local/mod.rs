@@ -425,6 +425,7 @@ async fn services(args: &ExecArgs, p: &Prepared, dir: &Path, terminal: &Arc<Term
         plugins,
         runner_name: cfg.name.clone(),
         env: Arc::new(cfg.env),
+        held: Arc::default(),
     }
 }
 

@@ -92,6 +92,7 @@ impl Runs for RunsApi {
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
             request_key: request_key(&access, &r.request_id)?,
+            keep_on_failure: r.keep_on_failure,
             ..Default::default()
         };
         let origin = match r.source {
@@ -192,7 +193,7 @@ impl Runs for RunsApi {
             job: (!f.job.trim().is_empty()).then(|| f.job.trim().to_string()),
             step: f.step,
         });
-        self.engine.retry_run(id, from.as_ref()).await?;
+        self.engine.retry_run(id, from.as_ref(), req.get_ref().keep_on_failure).await?;
         Ok(Response::new(self.engine.get_run(id)?))
     }
 

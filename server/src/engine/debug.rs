@@ -75,3 +75,63 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// The failed attempt of `job` whose live environment its runner holds
+    /// (a run with `keep_on_failure`, within `--hold-failed-workspace`), as
+    /// a step key of step 0; and that runner.
+    pub fn live_debug_target(&self, job: crate::store::keys::JobKey) -> Result<(StepKey, String)> {
+        let rec: JobRecord =
+            self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))?;
+        let run: RunRecord = self
+            .store()
+            .get(T::Runs, job.run.key())?
+            .ok_or_else(|| Error::not_found(format!("run {} not found", job.run)))?;
+        if !run.keep_on_failure {
+            return Err(Error::precondition(format!(
+                "run {} keeps no failed workspace: submit or retry it with keep_on_failure (--keep-on-failure), or \
+                 open the shell on a snapshot",
+                job.run
+            )));
+        }
+        use viaduct_proto::StatusWord as _;
+        if !matches!(rec.status(), viaduct_proto::v1::Status::Failure | viaduct_proto::v1::Status::TimedOut) {
+            return Err(Error::precondition(format!(
+                "job {job} is {}: only a failed job's workspace is kept",
+                rec.status().word()
+            )));
+        }
+        let until = rec.finished_ms + super::ms(self.sh.cfg.hold_failed);
+        if self.sh.now_ms() > until {
+            return Err(Error::precondition(format!(
+                "job {job}'s workspace was kept for {} s after it failed: it is gone",
+                self.sh.cfg.hold_failed.as_secs()
+            )));
+        }
+        Ok((job.step(rec.attempt, 0), rec.runner_id))
+    }
+
+    /// Sends `shell` (a live one: [`Engine::live_debug_target`]) to
+    /// `runner`, with the job's environment.
+    pub fn assign_live_debug(&self, at: StepKey, runner: &str, mut shell: DebugAssignment) -> Result<()> {
+        let job: JobRecord = self
+            .store()
+            .get(T::Jobs, at.job.key())?
+            .ok_or_else(|| Error::not_found(format!("job {} not found", at.job)))?;
+        let run: RunRecord = self
+            .store()
+            .get(T::Runs, at.job.run.key())?
+            .ok_or_else(|| Error::not_found(format!("run {} not found", at.job.run)))?;
+        shell.live = true;
+        shell.job = Some(JobRef { job_id: at.job.to_string(), attempt: at.attempt, grant: String::new() });
+        shell.env = super::dispatch::job_env(at.job, &job, &run);
+        shell.image = job.image.clone();
+        let st = self.lock();
+        let conn = st.runners.get(runner).ok_or_else(|| {
+            Error::precondition(format!("runner {runner}, which holds job {}'s workspace, is not connected", at.job))
+        })?;
+        conn.tx
+            .send(ServerMessage { msg: Some(Msg::Debug(shell)) })
+            .map_err(|_| Error::precondition(format!("runner {runner} just went away")))
+    }
+}

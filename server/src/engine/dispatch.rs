@@ -218,6 +218,7 @@ impl Tx<'_> {
             max_job_log_bytes: self.sh.cfg.max_job_log_bytes,
             traceparent: self.sh.telemetry.run_trace(key.run, run.retried).traceparent(),
             snapshots: job.snapshots,
+            hold_failed_ms: if run.keep_on_failure { super::ms(self.sh.cfg.hold_failed) as u64 } else { 0 },
             resume: job
                 .resume
                 .as_ref()

@@ -111,6 +111,9 @@ pub struct EngineConfig {
     pub discard_unpacked: bool,
     /// Jobs whose pipeline does not say keep workspace snapshots.
     pub snapshots: bool,
+    /// How long a failed job of a run with `keep_on_failure` keeps its
+    /// live environment on its runner.
+    pub hold_failed: Duration,
 }
 
 /// Room past a step's log limit for the line the runner ends it with.
@@ -132,6 +135,7 @@ impl Default for EngineConfig {
             room: Arc::new(room::Unbounded),
             discard_unpacked: false,
             snapshots: false,
+            hold_failed: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct NewRun {
     pub reports_status: bool,
     /// Its `notify:` rules (see `notifications`).
     pub notify: Vec<NotifyRule>,
+    /// A job that fails keeps its live environment for a debug shell.
+    pub keep_on_failure: bool,
 }
 
 /// How long a submit's key is remembered.
@@ -179,6 +181,7 @@ impl Engine {
                 awaiting_approval: new.approval.is_some(),
                 reports_status: new.reports_status,
                 notify: new.notify.clone(),
+                keep_on_failure: new.keep_on_failure,
                 ..Default::default()
             };
             t.insert_run(id, run);
@@ -326,9 +329,19 @@ impl Engine {
     /// Re-runs the jobs of a finished run that did not succeed.
     /// With `from`, failed jobs resume from a workspace snapshot (see
     /// `snapshots`) instead of running all their steps again.
-    pub async fn retry_run(&self, id: RunId, from: Option<&super::snapshots::ResumeFrom>) -> Result<()> {
+    /// With `keep_on_failure`, a job that fails again keeps its live
+    /// environment for a debug shell.
+    pub async fn retry_run(
+        &self,
+        id: RunId,
+        from: Option<&super::snapshots::ResumeFrom>,
+        keep_on_failure: bool,
+    ) -> Result<()> {
         self.sh.cfg.room.check()?;
-        let ((), ticket) = self.transition(|t| t.retry_run(id, from))?;
+        let ((), ticket) = self.transition(|t| {
+            t.run(id)?.keep_on_failure = keep_on_failure;
+            t.retry_run(id, from)
+        })?;
         self.store().wait_durable(ticket).await;
         Ok(())
     }

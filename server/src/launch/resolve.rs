@@ -52,6 +52,8 @@ pub struct Cause {
     pub request_key: Option<[u8; 32]>,
     /// Its states become commit statuses on its repository's forge.
     pub reports_status: bool,
+    /// A job that fails keeps its live environment for a debug shell.
+    pub keep_on_failure: bool,
 }
 
 fn diagnostics(diags: Vec<viaduct_pipeline::Diagnostic>) -> Vec<v1::Diagnostic> {
@@ -204,6 +206,7 @@ pub fn from_pipeline(pipeline: &Pipeline, yaml: &str, cause: &Cause, plugins: &P
         approval: cause.approval.clone(),
         request_key: cause.request_key,
         reports_status: cause.reports_status,
+        keep_on_failure: cause.keep_on_failure,
     })
 }
 
@@ -342,6 +345,7 @@ pub fn from_inline(job: &InlineJob, cause: &Cause) -> Result<NewRun> {
         approval: cause.approval.clone(),
         request_key: cause.request_key,
         reports_status: cause.reports_status,
+        keep_on_failure: cause.keep_on_failure,
         notify: Vec::new(),
     })
 }

@@ -102,6 +102,10 @@ pub struct RunRecord {
     /// Its `notify:` rules (see `engine::notifications`).
     #[prost(message, repeated, tag = "25")]
     pub notify: Vec<NotifyRule>,
+    /// A job that fails keeps its live environment on its runner for a
+    /// while (`keep_on_failure`), for a debug shell.
+    #[prost(bool, tag = "26")]
+    pub keep_on_failure: bool,
 }
 
 /// A job: `jobs` tree, key [`JobKey::key`](super::keys::JobKey::key).

@@ -441,6 +441,7 @@ impl Triggers {
             approval: decision.and_then(|d| d.approval),
             request_key: None,
             reports_status: rec.forge.as_ref().is_some_and(|f| !f.kind.is_empty()),
+            keep_on_failure: false,
         };
         // Pull requests were decided by the base branch's file above.
         let event = ev.event;
@@ -481,7 +482,7 @@ impl Triggers {
             return Err(Error::not_found(format!("run {id} is not a run of `{name}` at {}", rerun.head_sha)));
         }
         tracing::info!(repo = name, run = %id, sender = %rerun.sender, "re-run asked on the forge");
-        self.engine.retry_run(id, None).await?;
+        self.engine.retry_run(id, None, false).await?;
         Ok(id)
     }
 
@@ -495,7 +496,7 @@ impl Triggers {
         }
         let mut retried = Vec::new();
         for id in crate::forges::runs_with_check_runs(&self.store, name, sha)? {
-            match self.engine.retry_run(id, None).await {
+            match self.engine.retry_run(id, None, false).await {
                 Ok(()) => retried.push(id),
                 Err(e) => tracing::info!(repo = name, run = %id, error = %e, "not retried"),
             }

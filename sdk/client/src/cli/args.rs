@@ -316,6 +316,10 @@ pub struct SubmitArgs {
     /// Input values, NAME=VALUE (repeatable).
     #[arg(long = "input", value_parser = key_value)]
     pub inputs: Vec<(String, String)>,
+    /// A job that fails keeps its live workspace (files, processes,
+    /// container) on its runner for a while, for `viaduct debug --live`.
+    #[arg(long)]
+    pub keep_on_failure: bool,
 }
 
 /// `viaduct runs …`.
@@ -794,8 +798,12 @@ pub struct DebugArgs {
     /// The job's id (e.g. 42.1).
     pub job: String,
     /// Restore the snapshot after this step (default: the newest).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "live")]
     pub step: Option<u32>,
+    /// The failed job's live workspace, as its runner holds it (a run
+    /// submitted or retried with --keep-on-failure), instead of a snapshot.
+    #[arg(long)]
+    pub live: bool,
     /// End the shell after this long (default 30m, at most 4h).
     #[arg(long, value_parser = viaduct_pipeline::duration::parse_duration)]
     pub timeout: Option<std::time::Duration>,
@@ -820,6 +828,10 @@ pub struct RetryArgs {
     /// re-run whole.
     #[arg(long, requires = "resume")]
     pub job: Option<String>,
+    /// A job that fails again keeps its live workspace (files, processes,
+    /// container) on its runner for a while, for `viaduct debug --live`.
+    #[arg(long)]
+    pub keep_on_failure: bool,
     /// Then follow its logs and exit with its outcome.
     #[arg(short, long)]
     pub follow: bool,

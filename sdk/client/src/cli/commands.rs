@@ -69,6 +69,7 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
         priority: a.priority,
         inputs: a.inputs.into_iter().collect(),
         request_id: hex::encode(request_id),
+        keep_on_failure: a.keep_on_failure,
     };
     // Sent again while the server is unavailable (a restart, a replica
     // failover): the request id makes a second send return the first run.
@@ -315,7 +316,8 @@ pub async fn cancel(client: &Client, a: CancelArgs) -> Result<(), Failure> {
 pub async fn retry(client: &Client, a: RetryArgs) -> Result<(), Failure> {
     let from = (a.from_failed || a.from.is_some())
         .then(|| RetryFrom { job: a.job.clone().unwrap_or_default(), step: a.from.unwrap_or(0) });
-    let run = client.runs().retry(RetryRunRequest { id: a.id.clone(), from }).await?.into_inner();
+    let req = RetryRunRequest { id: a.id.clone(), from, keep_on_failure: a.keep_on_failure };
+    let run = client.runs().retry(req).await?.into_inner();
     for job in &run.jobs {
         let restored: Vec<u32> = job.steps.iter().filter(|s| s.restored_from > 0).map(|s| s.index).collect();
         if let (Some(last), Some(s)) = (restored.last(), job.steps.iter().find(|s| s.restored_from > 0)) {

@@ -68,6 +68,7 @@ pub async fn debug(client: &Client, a: DebugArgs) -> Result<(), Failure> {
         size: Some(window_size()),
         term: if tty { std::env::var("TERM").unwrap_or_default() } else { "dumb".into() },
         timeout_seconds,
+        live: a.live,
     };
     // An untrusted run chose the image and environment this shell starts
     // in: its output could pose as a prompt. Said before anything of it.

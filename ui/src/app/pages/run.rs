@@ -109,10 +109,12 @@ fn RunView(id: String) -> impl IntoView {
             spawn_local(async move {
                 let r = match what {
                     Action::Cancel(job_id) => api.check(api.runs().cancel(CancelRunRequest { id, job_id }).await),
-                    Action::Retry => api.check(api.runs().retry(RetryRunRequest { id, from: None }).await),
+                    Action::Retry => {
+                        api.check(api.runs().retry(RetryRunRequest { id, from: None, keep_on_failure: false }).await)
+                    }
                     Action::Resume => {
                         let from = Some(RetryFrom { job: String::new(), step: 0 });
-                        api.check(api.runs().retry(RetryRunRequest { id, from }).await)
+                        api.check(api.runs().retry(RetryRunRequest { id, from, keep_on_failure: false }).await)
                     }
                     Action::Approve => api.check(api.runs().approve(ApproveRunRequest { id }).await),
                 };
