@@ -45,6 +45,22 @@ async fn connected_other_than(client: &viaduct_tests::Client, id: &str) -> Strin
     .await
 }
 
+/// `viaduct debug ARGS` driven by a script: `input` on its standard
+/// input, its output once it exits.
+fn debug_cli(server: &Server, args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut shell = server
+        .cli()
+        .arg("debug")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell.stdin.take().unwrap().write_all(input).unwrap();
+    shell.wait_with_output().unwrap()
+}
+
 /// The part of step 3's log that describes the tree.
 fn tree_of(log: &str) -> String {
     let start = log.find("tree:").unwrap_or_else(|| panic!("no tree in {log}"));
@@ -177,16 +193,7 @@ jobs:
     connected_other_than(&client, &first_id).await;
     // The retried step finds what it needs: a file made by a step that
     // cannot run again — through a debug shell first.
-    let mut shell = server
-        .cli()
-        .args(["debug", &format!("{id}.1")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell.stdin.take().unwrap().write_all(b"cat y; touch ok; id -u; exit 4\n").unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = debug_cli(&server, &[&format!("{id}.1")], b"cat y; touch ok; id -u; exit 4\n");
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(4), "{said}{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("built"), "{said}");
@@ -209,21 +216,11 @@ async fn a_debug_shell_runs_a_script_in_the_restored_workspace_and_is_audited() 
     let id = submit(&client, yaml).await;
     finished(&client, &id).await;
     let job = format!("{id}.1");
-    let mut shell = server
-        .cli()
-        .args(["debug", &job, "--step", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"cat kept.txt; ls; echo \"env=$SHOWN term=$TERM\"; stty size; exit 7\n")
-        .unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = debug_cli(
+        &server,
+        &[&job, "--step", "1"],
+        b"cat kept.txt; ls; echo \"env=$SHOWN term=$TERM\"; stty size; exit 7\n",
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(7), "{said}{err}");
@@ -238,16 +235,7 @@ async fn a_debug_shell_runs_a_script_in_the_restored_workspace_and_is_audited() 
     assert!(audit.contains("debug shell opened") && audit.contains("debug shell ended"), "{audit}");
     assert!(audit.contains("exit code 7"), "{audit}");
     // A time limit ends it.
-    let mut shell = server
-        .cli()
-        .args(["debug", &job, "--timeout", "2s"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell.stdin.take().unwrap().write_all(b"sleep 300\n").unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = debug_cli(&server, &[&job, "--timeout", "2s"], b"sleep 300\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("time limit reached"), "{err}");
     // No snapshot, no shell.
@@ -348,16 +336,7 @@ async fn keep_on_failure_holds_the_live_workspace_for_a_shell_until_its_time_pas
     assert!(held.join("workspace/failed.txt").exists(), "the failed job's directory is held");
     // The live workspace, twice (a shell gives it back).
     for _ in 0..2 {
-        let mut shell = server
-            .cli()
-            .args(["debug", &format!("{id}.1"), "--live"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        shell.stdin.take().unwrap().write_all(b"cat failed.txt; exit 6\n").unwrap();
-        let out = shell.wait_with_output().unwrap();
+        let out = debug_cli(&server, &[&format!("{id}.1"), "--live"], b"cat failed.txt; exit 6\n");
         let said = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(6), "{said}{}", String::from_utf8_lossy(&out.stderr));
         assert!(said.contains("left-by-the-failure"), "{said}");

@@ -15,6 +15,17 @@ use crate::{
 };
 
 impl Engine {
+    /// The record of `job` and of its run.
+    fn job_and_run(&self, job: crate::store::keys::JobKey) -> Result<(JobRecord, RunRecord)> {
+        let rec: JobRecord =
+            self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))?;
+        let run: RunRecord = self
+            .store()
+            .get(T::Runs, job.run.key())?
+            .ok_or_else(|| Error::not_found(format!("run {} not found", job.run)))?;
+        Ok((rec, run))
+    }
+
     /// The role a debug shell on job `job` needs: push on its repository
     /// (whoever could run code there by pushing it), and maintain when the
     /// job was given secrets or registry credentials — a snapshot holds no
@@ -36,14 +47,7 @@ impl Engine {
     /// when its run may have them — and sends it to a runner that could run
     /// the job. Returns the runner's id.
     pub fn assign_debug(&self, at: StepKey, mut shell: DebugAssignment) -> Result<String> {
-        let job: JobRecord = self
-            .store()
-            .get(T::Jobs, at.job.key())?
-            .ok_or_else(|| Error::not_found(format!("job {} not found", at.job)))?;
-        let run: RunRecord = self
-            .store()
-            .get(T::Runs, at.job.run.key())?
-            .ok_or_else(|| Error::not_found(format!("run {} not found", at.job.run)))?;
+        let (job, run) = self.job_and_run(at.job)?;
         shell.job = Some(JobRef { job_id: at.job.to_string(), attempt: at.attempt, grant: String::new() });
         shell.after_step = at.index;
         shell.env = super::dispatch::job_env(at.job, &job, &run);
@@ -81,12 +85,7 @@ impl Engine {
     /// (a run with `keep_on_failure`, within `--hold-failed-workspace`), as
     /// a step key of step 0; and that runner.
     pub fn live_debug_target(&self, job: crate::store::keys::JobKey) -> Result<(StepKey, String)> {
-        let rec: JobRecord =
-            self.store().get(T::Jobs, job.key())?.ok_or_else(|| Error::not_found(format!("job {job} not found")))?;
-        let run: RunRecord = self
-            .store()
-            .get(T::Runs, job.run.key())?
-            .ok_or_else(|| Error::not_found(format!("run {} not found", job.run)))?;
+        let (rec, run) = self.job_and_run(job)?;
         if !run.keep_on_failure {
             return Err(Error::precondition(format!(
                 "run {} keeps no failed workspace: submit or retry it with keep_on_failure (--keep-on-failure), or \
@@ -114,14 +113,7 @@ impl Engine {
     /// Sends `shell` (a live one: [`Engine::live_debug_target`]) to
     /// `runner`, with the job's environment.
     pub fn assign_live_debug(&self, at: StepKey, runner: &str, mut shell: DebugAssignment) -> Result<()> {
-        let job: JobRecord = self
-            .store()
-            .get(T::Jobs, at.job.key())?
-            .ok_or_else(|| Error::not_found(format!("job {} not found", at.job)))?;
-        let run: RunRecord = self
-            .store()
-            .get(T::Runs, at.job.run.key())?
-            .ok_or_else(|| Error::not_found(format!("run {} not found", at.job.run)))?;
+        let (job, run) = self.job_and_run(at.job)?;
         shell.live = true;
         shell.job = Some(JobRef { job_id: at.job.to_string(), attempt: at.attempt, grant: String::new() });
         shell.env = super::dispatch::job_env(at.job, &job, &run);
