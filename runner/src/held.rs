@@ -33,19 +33,43 @@ struct Slot {
 #[derive(Default)]
 pub struct Held {
     slots: Mutex<HashMap<Key, Slot>>,
+    /// Most held at once (the runner's slots; 0: none — a runner whose host
+    /// jobs run as its own user, where a later job could read them).
+    max: usize,
 }
 
 impl Held {
+    /// At most `max` held at once (0: none is ever held).
+    pub fn new(max: usize) -> Self {
+        Self { slots: Mutex::default(), max }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
         self.slots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keeps `env` of attempt `attempt` of `job` for `time`, then tears it
     /// down.
-    pub fn hold(self: &Arc<Self>, job: &str, attempt: u32, env: Box<dyn JobEnv>, time: Duration) {
+    pub async fn hold(self: &Arc<Self>, job: &str, attempt: u32, env: Box<dyn JobEnv>, time: Duration) {
+        if self.max == 0 {
+            tracing::info!(job, attempt, "not held: this runner's host jobs share its user");
+            env.teardown().await;
+            return;
+        }
         let key = (job.to_string(), attempt);
         let until = Instant::now() + time;
-        self.lock().insert(key.clone(), Slot { env: Some(env), until });
+        // Past the limit the oldest goes (its time is the nearest).
+        let evicted = {
+            let mut slots = self.lock();
+            let oldest = (slots.len() >= self.max)
+                .then(|| slots.iter().filter(|(_, s)| s.env.is_some()).min_by_key(|(_, s)| s.until).map(|(k, _)| k.clone()))
+                .flatten();
+            slots.insert(key.clone(), Slot { env: Some(env), until });
+            oldest.and_then(|k| slots.remove(&k)).and_then(|s| s.env)
+        };
+        if let Some(env) = evicted {
+            env.teardown().await;
+        }
         tracing::info!(job, attempt, secs = time.as_secs(), "the failed job's environment is held for a debug shell");
         let held = Arc::clone(self);
         tokio::spawn(async move {

@@ -213,7 +213,10 @@ async fn execute(
     let reusable = a.steps.iter().any(|s| s.reuse.is_some());
     let mut snapshots = (a.snapshots || resume_after > 0 || reusable).then(|| snapshots::JobSnapshots::new(a));
     let mut restored = None;
-    if let (Some(snaps), true) = (snapshots.as_mut(), resume_after > 0) {
+    // A resume from the earlier run's snapshot the last attempt started
+    // from (`reuse:`): over this run's own checkout, like that attempt.
+    let over_checkout = a.resume.as_ref().is_some_and(|r| r.after_step > 0 && r.from_attempt == 0);
+    if let (Some(snaps), true) = (snapshots.as_mut(), resume_after > 0 && !over_checkout) {
         match snaps.restore(&services.files, job, &env_of_job.workspace()).await {
             Ok(r) => {
                 env_of_job.adopt_workspace().await;
@@ -236,6 +239,12 @@ async fn execute(
             Ok(summary) => {
                 tracing::info!(%summary, "source checked out");
                 let reused = match snapshots.as_mut() {
+                    Some(snaps) if over_checkout => {
+                        resume_over_checkout(snaps, a, services, job, &env_of_job.workspace()).await.map(|r| {
+                            restored = Some(r);
+                            None
+                        })
+                    }
                     Some(snaps) => reuse(snaps, (a, job, src), services, &env_of_job.workspace()).await,
                     None => Ok(None),
                 };
@@ -450,11 +459,28 @@ async fn execute(
     };
     let hold = matches!(ended.0, Status::Failure | Status::TimedOut) && a.hold_failed_ms > 0;
     if hold && !stop.abandon.is_cancelled() {
-        services.held.hold(&job.job_id, job.attempt, env_of_job, Duration::from_millis(a.hold_failed_ms));
+        services.held.hold(&job.job_id, job.attempt, env_of_job, Duration::from_millis(a.hold_failed_ms)).await;
     } else {
         env_of_job.teardown().await;
     }
     ended
+}
+
+/// A resume from an earlier run's snapshot: the checkout's paths, then the
+/// snapshot over them; `Err` fails the attempt (the server marked its
+/// steps restored).
+async fn resume_over_checkout(
+    snaps: &mut snapshots::JobSnapshots,
+    a: &JobAssignment,
+    services: &Services,
+    job: &JobRef,
+    workspace: &std::path::Path,
+) -> Result<snapshots::Restored, String> {
+    snaps.after_checkout(a, workspace).await?;
+    snaps
+        .restore_over_checkout(&services.files, job, workspace)
+        .await
+        .map_err(|e| format!("could not restore the snapshot the job resumes from: {e}"))
 }
 
 /// After a fresh checkout of a job that keeps snapshots: the keys of its

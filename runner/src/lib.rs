@@ -170,7 +170,12 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
         plugins,
         runner_name: cfg.name.clone(),
         env: Arc::new(cfg.env.clone()),
-        held: Arc::default(),
+        // Held only where a later job runs as another user.
+        held: Arc::new(held::Held::new(if cfg.job_user_base.is_some() && nix::unistd::geteuid().is_root() {
+            cfg.slots.max(1) as usize
+        } else {
+            0
+        })),
     };
     let shared = Arc::new(session::Shared {
         services,

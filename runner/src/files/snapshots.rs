@@ -96,7 +96,7 @@ impl Files {
         manifest.packs = std::mem::take(&mut taken.manifest.packs);
         manifest.entries = std::mem::take(&mut taken.manifest.entries);
         for e in &mut manifest.entries {
-            e.source = e.kind != Kind::Directory as i32 && source.contains(&e.path);
+            e.source = source.contains(&e.path);
         }
         manifest.total_size = taken.manifest.total_size;
         manifest.step_index = step;
@@ -152,7 +152,7 @@ impl Files {
         let mut manifest = SnapshotManifest::decode(encoded.as_slice())
             .map_err(|e| format!("the snapshot's manifest does not decode: {e}"))?;
         if let Some(fresh) = overlay {
-            manifest.entries.retain(|e| e.kind == Kind::Directory as i32 || !(e.source || fresh.contains(&e.path)));
+            overlaid(&mut manifest, fresh);
         }
         // A snapshot the disk cannot hold is refused before a byte is written.
         let size: u64 = manifest.entries.iter().map(|e| e.size).sum();
@@ -188,6 +188,27 @@ impl Files {
         tracing::info!(?stats, "snapshot restored");
         Ok(manifest)
     }
+}
+
+/// What of a snapshot goes over a fresh checkout whose entries are
+/// `fresh`: not the files and links its own checkout had (the new one has
+/// its versions, or deleted them), nor anything at a path the new checkout
+/// holds; directories only when not its checkout's, or something kept is
+/// beneath them.
+fn overlaid(manifest: &mut SnapshotManifest, fresh: &HashSet<Vec<u8>>) {
+    let directory = Kind::Directory as i32;
+    manifest.entries.retain(|e| e.kind == directory || !(e.source || fresh.contains(&e.path)));
+    let mut needed: HashSet<Vec<u8>> = HashSet::new();
+    for e in manifest.entries.iter().filter(|e| e.kind != directory) {
+        let mut path = e.path.as_slice();
+        while let Some(cut) = path.iter().rposition(|b| *b == b'/') {
+            path = &path[..cut];
+            if !needed.insert(path.to_vec()) {
+                break;
+            }
+        }
+    }
+    manifest.entries.retain(|e| e.kind != directory || !e.source || needed.contains(&e.path));
 }
 
 /// Aborts tasks when dropped.

@@ -107,16 +107,30 @@ impl JobSnapshots {
     pub async fn reuse(&mut self, files: &Files, job: &JobRef, workspace: &Path) -> Result<Option<Reused>, String> {
         for (&step, key) in self.reuse_keys.iter().rev() {
             let Some(run_id) = files.find_reuse(job, step, key).await? else { continue };
-            let req = RestoreSnapshotRequest { job: Some(job.clone()), debug_session: String::new() };
-            let manifest = files.restore_snapshot(req, workspace, Some(&self.source)).await?;
-            let (ws, m) = (workspace.to_path_buf(), manifest.clone());
-            self.known = tokio::task::spawn_blocking(move || Known::after_restore(&m, &ws))
-                .await
-                .map_err(|e| format!("the restore task failed: {e}"))?;
-            self.steps.clone_from(&manifest.steps);
-            return Ok(Some(Reused { after_step: step, run_id, restored: restored_state(manifest) }));
+            let restored = self.restore_over_checkout(files, job, workspace).await?;
+            return Ok(Some(Reused { after_step: step, run_id, restored }));
         }
         Ok(None)
+    }
+
+    /// Restores the earlier run's snapshot the attempt starts from (found
+    /// by [`JobSnapshots::reuse`], or a resume from one) over the fresh
+    /// checkout in `workspace`: its own checkout's files and whatever the
+    /// new checkout holds are left out.
+    pub async fn restore_over_checkout(
+        &mut self,
+        files: &Files,
+        job: &JobRef,
+        workspace: &Path,
+    ) -> Result<Restored, String> {
+        let req = RestoreSnapshotRequest { job: Some(job.clone()), debug_session: String::new() };
+        let manifest = files.restore_snapshot(req, workspace, Some(&self.source)).await?;
+        let (ws, m) = (workspace.to_path_buf(), manifest.clone());
+        self.known = tokio::task::spawn_blocking(move || Known::after_restore(&m, &ws))
+            .await
+            .map_err(|e| format!("the restore task failed: {e}"))?;
+        self.steps.clone_from(&manifest.steps);
+        Ok(restored_state(manifest))
     }
 
     /// Records how step `index` (`id`) ended, for the snapshots after it.
@@ -202,15 +216,12 @@ fn restored_state(manifest: SnapshotManifest) -> Restored {
     Restored { outputs, post_states: manifest.post_states.into_iter().collect() }
 }
 
-/// Every file and link a fresh checkout put in `workspace`, relative.
+/// Every entry a fresh checkout put in `workspace`, relative.
 fn checked_out(workspace: &Path) -> Result<HashSet<Vec<u8>>, String> {
     use std::os::unix::ffi::OsStrExt;
     let mut out = HashSet::new();
-    for entry in walkdir::WalkDir::new(workspace).follow_links(false) {
+    for entry in walkdir::WalkDir::new(workspace).min_depth(1).follow_links(false) {
         let entry = entry.map_err(|e| format!("cannot read the checkout: {e}"))?;
-        if entry.file_type().is_dir() {
-            continue;
-        }
         if let Ok(rel) = entry.path().strip_prefix(workspace) {
             out.insert(rel.as_os_str().as_bytes().to_vec());
         }
@@ -230,8 +241,30 @@ pub(super) fn reuse_key(a: &JobAssignment, step: u32, workspace: &Path) -> Resul
         h.update(&(text.len() as u64).to_le_bytes());
         h.update(text.as_bytes());
     };
-    field("viaduct reuse v1");
-    field(a.image.as_ref().map_or("", |i| i.name.as_str()));
+    field("viaduct reuse v2");
+    // Where it runs: this machine's platform, the image (by name: a tag
+    // that moves is not seen), its user, the services beside it.
+    field(std::env::consts::OS);
+    field(std::env::consts::ARCH);
+    if let Some(i) = &a.image {
+        for text in [&i.name, &i.user, &i.pull] {
+            field(text);
+        }
+    }
+    for s in &a.services {
+        field(&s.name);
+        field(s.image.as_ref().map_or("", |i| i.name.as_str()));
+        for (k, v) in s.env.iter().collect::<BTreeMap<_, _>>() {
+            field(k);
+            field(v);
+        }
+        field(&s.command.join("\0"));
+    }
+    // Which secrets it is given (not their values: they never reach a
+    // snapshot).
+    for name in a.secrets.keys().collect::<std::collections::BTreeSet<_>>() {
+        field(name);
+    }
     let env: BTreeMap<&String, &String> =
         a.env.iter().filter(|(k, _)| !k.starts_with("VIADUCT_") && k.as_str() != "CI").collect();
     for (k, v) in env {
@@ -239,9 +272,23 @@ pub(super) fn reuse_key(a: &JobAssignment, step: u32, workspace: &Path) -> Resul
         field(v);
     }
     if let Some(ctx) = &a.context {
-        for (k, v) in ctx.matrix.iter().collect::<BTreeMap<_, _>>() {
-            field(k);
-            field(v);
+        for (what, values) in [("matrix", &ctx.matrix), ("inputs", &ctx.inputs)] {
+            field(what);
+            for (k, v) in values.iter().collect::<BTreeMap<_, _>>() {
+                field(k);
+                field(v);
+            }
+        }
+        // What `${{ }}` in the steps resolves to at run time. A step before
+        // it that uses the commit or the run makes every run's key its own
+        // (its results depend on them).
+        for text in [&ctx.branch, &ctx.tag, &ctx.event, &ctx.repo] {
+            field(text);
+        }
+        let texts: String = a.steps.iter().filter(|s| s.index <= step).map(step_text).collect();
+        if texts.contains("commit") || texts.contains("run_id") {
+            field(&ctx.commit);
+            field(&ctx.run_id);
         }
     }
     let mut key_files = Vec::new();
@@ -258,12 +305,30 @@ pub(super) fn reuse_key(a: &JobAssignment, step: u32, workspace: &Path) -> Resul
             field("(no file)");
         }
         for (path, name) in found {
-            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read key file {name}: {e}"))?;
+            let mut file = std::fs::File::open(&path).map_err(|e| format!("cannot read key file {name}: {e}"))?;
+            let mut hash = blake3::Hasher::new();
+            std::io::copy(&mut file, &mut hash).map_err(|e| format!("cannot read key file {name}: {e}"))?;
             field(&name);
-            field(&blake3::hash(&bytes).to_hex());
+            field(&hash.finalize().to_hex());
         }
     }
     Ok(h.finalize().to_hex().to_string())
+}
+
+/// The texts of a step that may hold `${{ }}`: script, env, condition,
+/// plugin inputs, working directory.
+fn step_text(s: &StepPlan) -> String {
+    let mut out = String::new();
+    if let Some(Action::Run(r)) = &s.action {
+        out.push_str(&r.script);
+    }
+    if let Some(Action::Uses(u)) = &s.action {
+        out.extend(u.with_json.values().map(String::as_str));
+    }
+    out.extend(s.env.values().map(String::as_str));
+    out.push_str(&s.condition);
+    out.push_str(&s.working_directory);
+    out
 }
 
 /// A step's plan as key fields, in a fixed order.

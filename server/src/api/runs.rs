@@ -87,6 +87,10 @@ impl Runs for RunsApi {
     async fn submit(&self, req: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
         let access = access::of(&req)?.clone();
         let r = req.into_inner();
+        if r.keep_on_failure {
+            // A held environment is for a debug shell: whoever may open one.
+            access.require_role(viaduct_proto::v1::Role::Push, "")?;
+        }
         let cause = Cause {
             source: RunSource { event: "api".into(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
@@ -188,7 +192,11 @@ impl Runs for RunsApi {
     }
 
     async fn retry(&self, req: Request<RetryRunRequest>) -> Result<Response<Run>, Status> {
-        let (id, _) = self.allowed(&req, &req.get_ref().id)?;
+        let (id, access) = self.allowed(&req, &req.get_ref().id)?;
+        if req.get_ref().keep_on_failure {
+            // A held environment is for a debug shell: whoever may open one.
+            access.require_role(viaduct_proto::v1::Role::Push, &self.engine.run_repo(id)?)?;
+        }
         let from = req.get_ref().from.as_ref().map(|f| crate::engine::snapshots::ResumeFrom {
             job: (!f.job.trim().is_empty()).then(|| f.job.trim().to_string()),
             step: f.step,

@@ -282,9 +282,10 @@ impl Tx<'_> {
                     Some(f) if target.is_none_or(|t| t == key) => self.resume_point(key, f.step)?,
                     _ => None,
                 };
+                let reused = self.job(key)?.reused_from.clone();
                 self.new_attempt(key, status, &message)?;
                 if let Some(resume) = resume {
-                    self.resume_attempt(key, resume)?;
+                    self.resume_attempt(key, resume, reused)?;
                 }
                 let job = self.job(key)?;
                 job.max_attempts = job.attempt + job.retries;

@@ -67,8 +67,8 @@ impl Engine {
         let used = stored.iter().map(|(_, r)| r.pack_size).sum();
         let mut packs: BTreeSet<String> = stored.into_iter().flat_map(|(_, r)| r.packs).collect();
         // A job that started from another run's snapshot builds on its packs.
-        if let Some(from) = reused {
-            packs.extend(self.snapshot(from)?.packs);
+        if let Some(Ok(from)) = reused.map(|from| self.snapshot(from)) {
+            packs.extend(from.packs);
         }
         Ok((rec, packs, used))
     }
@@ -232,7 +232,15 @@ impl Engine {
         for chunk in stale.chunks(200) {
             self.transition(|t| {
                 for k in chunk {
-                    t.writes().delete(T::ReuseIndex, k);
+                    // Rewritten since the scan by a newer snapshot: kept.
+                    let now = t.store().tree(T::ReuseIndex).get(k)?.and_then(|v| StepKey::from_key(&v));
+                    let live = match now {
+                        Some(s) => !gone.contains(&s.key()) && t.store().tree(T::Snapshots).contains_key(s.key())?,
+                        None => false,
+                    };
+                    if !live {
+                        t.writes().delete(T::ReuseIndex, k);
+                    }
                 }
                 Ok(())
             })?;
@@ -254,15 +262,18 @@ impl Engine {
 }
 
 /// Where a snapshot after step `step` of `job` is found by later runs
-/// under `key`: `None` when the step has no `reuse:`.
+/// under `key` — runs of the same repository, ref, pipeline and job: `None`
+/// when the step has no `reuse:`.
 fn reuse_index_key(job: &JobRecord, step: u32, key: &str) -> Result<Option<Vec<u8>>> {
     let plan = job.steps.iter().find(|s| s.index == step);
     if plan.is_none_or(|s| s.reuse.is_none()) {
         return Ok(None);
     }
-    let repo = job.source.as_ref().map_or("", |s| s.repo.as_str());
-    let mut k = Vec::with_capacity(repo.len() + job.pipeline.len() + job.key.len() + 72);
-    for part in [repo, &job.pipeline, &job.key] {
+    // The ref too: a run finds only snapshots of runs of the same branch,
+    // tag or pull request (whose secrets it shares), never another's.
+    let (repo, git_ref) = job.source.as_ref().map_or(("", ""), |s| (s.repo.as_str(), s.r#ref.as_str()));
+    let mut k = Vec::with_capacity(repo.len() + git_ref.len() + job.pipeline.len() + job.key.len() + 72);
+    for part in [repo, git_ref, &job.pipeline, &job.key] {
         k.extend_from_slice(part.as_bytes());
         k.push(0);
     }
@@ -334,6 +345,8 @@ impl Tx<'_> {
             let job = self.job(key)?;
             (job.attempt, job.steps.len() as u32, job.name.clone())
         };
+        // Steps an earlier run's snapshot stood for (`reuse:`) are done.
+        let reused_upto = StepKey::from_key(&self.job(key)?.reused_from).map_or(0, |k| k.index);
         let start = if from_step > 0 {
             if from_step > n {
                 return Err(Error::invalid(format!("job `{name}` has {n} steps: there is no step {from_step}")));
@@ -343,7 +356,7 @@ impl Tx<'_> {
             let mut first = None;
             for i in 1..=n {
                 let step = self.step(key.step(attempt, i))?;
-                if step.status() != Status::Success && step.restored_from == 0 {
+                if step.status() != Status::Success && step.restored_from == 0 && i > reused_upto {
                     first = Some(i);
                     break;
                 }
@@ -361,9 +374,15 @@ impl Tx<'_> {
             .map(|(k, _)| k)
             .filter(|k| k.index < start)
             .max_by_key(|k| (k.index, k.attempt));
-        match best {
-            Some(k) => Ok(Some(ResumeRecord { after_step: k.index, from_attempt: k.attempt })),
-            None => Err(Error::precondition(if self.job(key)?.snapshots {
+        // The earlier run's snapshot the last attempt started from, when
+        // none of the job's own is later (attempt 0 stands for it).
+        let reused = StepKey::from_key(&self.job(key)?.reused_from)
+            .filter(|r| r.index < start && best.is_none_or(|b| b.index < r.index))
+            .filter(|r| self.store().tree(T::Snapshots).contains_key(r.key()).unwrap_or(false));
+        match (reused, best) {
+            (Some(r), _) => Ok(Some(ResumeRecord { after_step: r.index, from_attempt: 0 })),
+            (None, Some(k)) => Ok(Some(ResumeRecord { after_step: k.index, from_attempt: k.attempt })),
+            (None, None) => Err(Error::precondition(if self.job(key)?.snapshots {
                 format!(
                     "job `{name}` has no snapshot to resume step {start} from: none was kept after an earlier step \
                      (expired, or a step's workspace or outputs held a secret value — its log says so); retry the \
@@ -380,24 +399,31 @@ impl Tx<'_> {
 
     /// Makes the new attempt of job `key` resume from `resume`: the steps
     /// up to the snapshot's are final, restored, with the outputs they had.
-    pub(crate) fn resume_attempt(&mut self, key: JobKey, resume: ResumeRecord) -> Result<()> {
+    /// `from_attempt` 0: from the earlier run's snapshot `reused` (the one
+    /// the last attempt started from).
+    pub(crate) fn resume_attempt(&mut self, key: JobKey, resume: ResumeRecord, reused: Vec<u8>) -> Result<()> {
         let attempt = self.job(key)?.attempt;
+        let source = if resume.from_attempt == 0 { attempt - 1 } else { resume.from_attempt };
         for i in 1..=resume.after_step {
             let (outputs, summary) = {
                 // The attempt that took the snapshot ran it (or restored it,
-                // with its outputs).
-                let before = self.step(key.step(resume.from_attempt, i))?;
+                // with its outputs; or had it from the earlier run).
+                let before = self.step(key.step(source, i))?;
                 (before.outputs.clone(), before.summary.clone())
             };
             let step = self.step(key.step(attempt, i))?;
             step.status = Status::Skipped as i32;
-            step.restored_from = resume.from_attempt;
+            step.restored_from = source;
             step.outputs = outputs;
             step.summary = summary;
             step.message = format!("restored from the snapshot of attempt {}", resume.from_attempt);
         }
         tracing::info!(job = %key, attempt, after_step = resume.after_step, from = resume.from_attempt, "resuming job");
-        self.job(key)?.resume = Some(resume);
+        let job = self.job(key)?;
+        if resume.from_attempt == 0 {
+            job.reused_from = reused;
+        }
+        job.resume = Some(resume);
         Ok(())
     }
 }
