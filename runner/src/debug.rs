@@ -132,6 +132,8 @@ async fn serve_shell(
     for name in ["BASH_ENV", "ENV", "PROMPT_COMMAND", "LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"] {
         shell_env.remove(name);
     }
+    // A slot user has no name to show: say where the shell is instead.
+    shell_env.entry("PS1".into()).or_insert_with(|| "debug:\\W\\$ ".into());
     let spec =
         ShellSpec { env: shell_env, term: d.term.clone(), cols: clamp(size.cols, 80), rows: clamp(size.rows, 24) };
     let mut shell = env.shell(&spec).await.map_err(|e| format!("could not start a shell: {e}"))?;

@@ -62,7 +62,9 @@ impl Held {
         let evicted = {
             let mut slots = self.lock();
             let oldest = (slots.len() >= self.max)
-                .then(|| slots.iter().filter(|(_, s)| s.env.is_some()).min_by_key(|(_, s)| s.until).map(|(k, _)| k.clone()))
+                .then(|| {
+                    slots.iter().filter(|(_, s)| s.env.is_some()).min_by_key(|(_, s)| s.until).map(|(k, _)| k.clone())
+                })
                 .flatten();
             slots.insert(key.clone(), Slot { env: Some(env), until });
             oldest.and_then(|k| slots.remove(&k)).and_then(|s| s.env)

@@ -248,7 +248,7 @@ async fn a_debug_shell_runs_a_script_in_the_restored_workspace_and_is_audited() 
 
 /// A dependency step with `reuse:` and a build step after it.
 const REUSE: &str = r#"on:
-  push: { branches: [main] }
+  push: { branches: [main, feature] }
 jobs:
   build:
     steps:
@@ -297,6 +297,13 @@ async fn a_new_commit_starts_after_a_step_whose_key_files_did_not_change() {
     assert!(steps[0].message.contains(&format!("run {}'s snapshot", first.id)), "{}", steps[0].message);
     let log = step_log(&client, &steps[1].id).await;
     assert_eq!(log, format!("changed\nlib 1.0\n{stamp}\nno old file\nout={stamp}\n"), "{log}");
+
+    // Another branch never starts from main's snapshot (it may have other
+    // secrets): the same commit pushed as `feature` runs step 1.
+    git(wt.path(), &["push", "-q", &repo.path, "main:feature"]);
+    let branch = finished(&client, &runs_of(&client, "app").await[0].id).await;
+    assert_eq!(branch.source.as_ref().map(|s| s.branch.as_str()), Some("feature"));
+    assert_eq!(word(branch.jobs[0].steps[0].status), "success", "{branch:#?}");
 
     // The key file changes: step 1 runs again.
     std::fs::write(wt.path().join("deps.lock"), "lib 2.0\n").unwrap();
