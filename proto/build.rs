@@ -22,6 +22,7 @@ const PROTOS: &[&str] = &[
     "viaduct/v1/admin.proto",
     "viaduct/v1/stats.proto",
     "viaduct/v1/debug.proto",
+    "viaduct/v1/environments.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -97,6 +97,7 @@ const PRIORITY: Ty = Ty::Int { min: 0, max: 10 };
 const IMAGE_TY: Ty = Ty::OneOf(&[Ty::Str, Ty::Map(&IMAGE)]);
 const ENV_TY: Ty = Ty::MapOf(&Ty::Scalar);
 const NOTIFY_TY: Ty = Ty::List(&Ty::Map(&NOTIFY));
+const ENVIRONMENT_TY: Ty = Ty::OneOf(&[Ty::Template, Ty::Map(&ENVIRONMENT)]);
 
 /// The words of `notify[].on`, in the order of [`crate::spec::NotifyOn::ALL`].
 pub(crate) const NOTIFY_ON_WORDS: &[&str] = &["success", "failure", "fixed", "broken"];
@@ -247,7 +248,56 @@ pub(crate) static JOB: Table = table(
             Ty::Bool,
             "Keep a snapshot of the workspace after every step that succeeds (default: the pipeline's).",
         ),
+        key(
+            "environment",
+            ENVIRONMENT_TY,
+            "The environment the job deploys to (its name, or a mapping): its rules must pass before the job starts, \
+             and its deployment is recorded.",
+        ),
+        key(
+            "artifacts_from",
+            Ty::StrOrList,
+            "Keys of jobs among `needs` whose artifacts are put in the workspace before the first step.",
+        ),
         required("steps", Ty::List(&Ty::Map(&STEP)), "The steps, run in order."),
+    ],
+);
+
+/// `jobs.<key>.environment:` (mapping form)
+pub(crate) static ENVIRONMENT: Table = table(
+    "environment",
+    "The environment a job deploys to.",
+    &[
+        required("name", Ty::Template, "The environment's name (created with `viaduct environments put`)."),
+        key("url", Ty::Template, "Where the deployment can be seen."),
+        key(
+            "services",
+            Ty::List(&Ty::Map(&DEPLOYED_SERVICE)),
+            "Services the deployment runs: registered when it succeeds, and probed by the server.",
+        ),
+    ],
+);
+
+/// `jobs.<key>.environment.services[]:`
+pub(crate) static DEPLOYED_SERVICE: Table = table(
+    "deployed_service",
+    "A service a deployment runs.",
+    &[
+        required("name", Ty::Template, "Its name, unique in the environment."),
+        key("endpoints", Ty::StrOrList, "Where it answers (shown with it)."),
+        key("probe", Ty::Map(&PROBE), "How the server checks its health."),
+        key("on_change", Ty::Str, "A stored pipeline started when its health changes."),
+    ],
+);
+
+/// `jobs.<key>.environment.services[].probe:`
+pub(crate) static PROBE: Table = table(
+    "probe",
+    "A health probe.",
+    &[
+        required("target", Ty::Template, "`http://…`/`https://…` (up: a 2xx or 3xx answer) or `tcp://host:port`."),
+        key("interval", Ty::Duration, "Between probes (default 30s, at least 1s)."),
+        key("timeout", Ty::Duration, "Per probe (default 5s, at most 60s)."),
     ],
 );
 
@@ -377,7 +427,7 @@ pub(crate) static WEBHOOK: Table = table(
 );
 
 /// Every table, for schema generation and tests.
-pub(crate) static ALL_TABLES: [&Table; 17] = [
+pub(crate) static ALL_TABLES: [&Table; 20] = [
     &PIPELINE,
     &ON,
     &PUSH,
@@ -386,6 +436,9 @@ pub(crate) static ALL_TABLES: [&Table; 17] = [
     &INPUT,
     &CONCURRENCY,
     &JOB,
+    &ENVIRONMENT,
+    &DEPLOYED_SERVICE,
+    &PROBE,
     &IMAGE,
     &SERVICE,
     &RESOURCES,

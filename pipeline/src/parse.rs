@@ -10,7 +10,7 @@ use crate::diag::{Diagnostic, Pos, sort_diagnostics};
 use crate::glob::Glob;
 use crate::keys;
 use crate::node::{Kind, Node, Source};
-use crate::plan::{MAX_EMAIL_LEN, MAX_NOTIFY, MAX_NOTIFY_EMAILS};
+use crate::plan::{MAX_DEPLOYED_SERVICES, MAX_EMAIL_LEN, MAX_NOTIFY, MAX_NOTIFY_EMAILS};
 use crate::scope::{Level, Scope};
 use crate::spec::*;
 use crate::yaml::{is_empty_document, load};
@@ -265,6 +265,27 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
         artifacts,
         notify: f.get("notify").map(|n| notify_list(d, n, &format!("of job `{}`", key.value))).unwrap_or_default(),
         snapshots: f.get("snapshots").and_then(|n| d.expect_bool(n, "snapshots")),
+        environment: f.get("environment").and_then(|n| environment(d, n, &scope, &context)),
+        artifacts_from: f
+            .get("artifacts_from")
+            .and_then(|n| d.str_list(n, "artifacts_from", true))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| {
+                let known = need_names.contains(&a.value);
+                if !known {
+                    d.error(
+                        a.pos,
+                        format!(
+                            "`artifacts_from` names `{}`, which is not in the job's `needs` ({})",
+                            a.value,
+                            if need_names.is_empty() { "none".to_owned() } else { need_names.join(", ") }
+                        ),
+                    );
+                }
+                known
+            })
+            .collect(),
         steps,
         matrix,
         needs,
@@ -436,6 +457,61 @@ fn templated_list(
             entry.value
         })
         .collect()
+}
+
+/// `environment:`: a name, or `{ name, url, services }`.
+fn environment(d: &mut Decoder<'_>, node: Node<'_>, scope: &Scope<'_>, context: &str) -> Option<EnvironmentSpec> {
+    let pos = node.pos();
+    if node.entries().is_none() {
+        let name = d.template(node, "environment", scope)?;
+        return Some(EnvironmentSpec { name, url: None, services: Vec::new(), pos });
+    }
+    let f = d.fields(node, &keys::ENVIRONMENT, "environment", &format!("in `environment` {context}"), None)?;
+    let url = f.get("url").and_then(|n| d.template(n, "url", scope));
+    let mut services = Vec::new();
+    if let Some(list) = f.get("services") {
+        match list.items() {
+            Some(items) => {
+                if items.len() > MAX_DEPLOYED_SERVICES {
+                    d.error(list.pos(), format!("{} services; the limit is {MAX_DEPLOYED_SERVICES}", items.len()));
+                }
+                for (i, item) in items.into_iter().enumerate() {
+                    let context = format!("in service {} of `environment` {context}", i + 1);
+                    services.extend(deployed_service(d, item, scope, &context));
+                }
+            }
+            None => d.mismatch(list, "a list of services", "services"),
+        }
+    }
+    Some(EnvironmentSpec { name: f.get("name").and_then(|n| d.template(n, "name", scope))?, url, services, pos })
+}
+
+/// One `environment.services[]` entry.
+fn deployed_service(d: &mut Decoder<'_>, node: Node<'_>, scope: &Scope<'_>, context: &str) -> Option<DeployedService> {
+    let f = d.fields(node, &keys::DEPLOYED_SERVICE, "service", context, None)?;
+    let probe = match f.get("probe") {
+        Some(n) => {
+            let p = d.fields(n, &keys::PROBE, "probe", &format!("in `probe` {context}"), None)?;
+            Some(ProbeSpec {
+                target: p.get("target").and_then(|n| d.template(n, "target", scope))?,
+                interval: p.get("interval").and_then(|n| d.duration(n, "interval")),
+                timeout: p.get("timeout").and_then(|n| d.duration(n, "timeout")),
+            })
+        }
+        None => None,
+    };
+    Some(DeployedService {
+        name: f.get("name").and_then(|n| d.template(n, "name", scope))?,
+        endpoints: f
+            .get("endpoints")
+            .and_then(|n| d.str_list(n, "endpoints", true))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.value)
+            .collect(),
+        probe,
+        on_change: f.get("on_change").and_then(|n| d.expect_str(n, "on_change")),
+    })
 }
 
 fn image(d: &mut Decoder<'_>, node: Node<'_>, at: Option<Pos>, scope: &Scope<'_>, context: &str) -> Option<ImageSpec> {

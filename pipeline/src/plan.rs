@@ -31,7 +31,10 @@ use std::time::Duration;
 use crate::diag::{Diagnostic, Pos, sort_diagnostics};
 use crate::expr::{Expr, ExprContext, Status, Value, parse_template};
 use crate::matrix::Combination;
-use crate::spec::{ImageSpec, Job, Network, Notify, Pipeline, Resources, ServiceSpec, Step};
+use crate::spec::{
+    DeployedService, EnvironmentSpec, ImageSpec, Job, Network, Notify, Pipeline, ProbeSpec, Resources, ServiceSpec,
+    Step,
+};
 
 pub use crate::spec::StepAction;
 
@@ -128,6 +131,10 @@ pub struct PlannedJob {
     pub fail_fast: bool,
     /// The job key when expanded from a matrix, to find siblings.
     pub matrix_group: Option<String>,
+    /// The environment it deploys to, interpolated.
+    pub environment: Option<EnvironmentSpec>,
+    /// Indices into [`Plan::jobs`] of the jobs whose artifacts it gets.
+    pub artifacts_from: Vec<usize>,
 }
 
 /// One step to run.
@@ -306,8 +313,54 @@ impl Planner<'_> {
             snapshots: job.snapshots,
             fail_fast: job.fail_fast,
             matrix_group: combo.map(|_| job.key.clone()),
+            environment: job.environment.as_ref().map(|e| self.environment(e, m)),
+            artifacts_from: Vec::new(),
             matrix,
         }
+    }
+
+    /// `environment:` interpolated and checked: its name, and its services'
+    /// names and probes.
+    fn environment(&mut self, e: &EnvironmentSpec, m: Option<&BTreeMap<String, String>>) -> EnvironmentSpec {
+        let planned = EnvironmentSpec {
+            name: self.interpolate(&e.name, m, Stage::Job, e.pos),
+            url: e.url.as_ref().map(|u| self.interpolate(u, m, Stage::Job, e.pos)),
+            services: e
+                .services
+                .iter()
+                .map(|s| DeployedService {
+                    name: self.interpolate(&s.name, m, Stage::Job, e.pos),
+                    endpoints: s.endpoints.clone(),
+                    probe: s
+                        .probe
+                        .as_ref()
+                        .map(|p| ProbeSpec { target: self.interpolate(&p.target, m, Stage::Job, e.pos), ..p.clone() }),
+                    on_change: s.on_change.clone(),
+                })
+                .collect(),
+            pos: e.pos,
+        };
+        let mut problems = Vec::new();
+        if let Some(why) = environment_name_problem(&planned.name) {
+            problems.push(format!("environment `{}`: {why}", planned.name));
+        }
+        let mut names = Vec::new();
+        for s in &planned.services {
+            if let Some(why) = environment_name_problem(&s.name) {
+                problems.push(format!("service `{}`: {why}", s.name));
+            }
+            if names.contains(&&s.name) {
+                problems.push(format!("service `{}` is declared twice", s.name));
+            }
+            names.push(&s.name);
+            if let Some(why) = s.probe.as_ref().and_then(probe_problem) {
+                problems.push(format!("the probe of service `{}`: {why}", s.name));
+            }
+        }
+        for why in problems {
+            self.diags.push(Diagnostic::new(self.file, planned.pos, why));
+        }
+        planned
     }
 
     fn step(&mut self, step: &Step, m: Option<&BTreeMap<String, String>>) -> PlannedStep {
@@ -376,6 +429,53 @@ pub const MAX_STEPS: usize = 500;
 pub const MAX_ENV_BYTES: usize = 256 * 1024;
 /// Most `artifacts:` patterns of a job.
 pub const MAX_ARTIFACT_PATTERNS: usize = 100;
+/// Why `name` cannot name an environment or a deployed service, if it
+/// cannot: `[a-z0-9][a-z0-9_.-]{0,62}`.
+pub fn environment_name_problem(name: &str) -> Option<String> {
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if name.is_empty() {
+        Some("the name is empty".into())
+    } else if name.len() > 63 || !ok_first || !ok_rest {
+        Some(
+            "expected lower-case letters, digits, `_`, `.` or `-` (at most 63, starting with a letter or digit)".into(),
+        )
+    } else {
+        None
+    }
+}
+
+/// Why a health probe cannot be used, if it cannot.
+fn probe_problem(p: &ProbeSpec) -> Option<String> {
+    let t = &p.target;
+    let rest = t.strip_prefix("http://").or_else(|| t.strip_prefix("https://")).or_else(|| t.strip_prefix("tcp://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    if t.len() > 2048 {
+        return Some("the target is longer than 2048 bytes".into());
+    }
+    match host {
+        None => return Some(format!("`{t}` is not `http://…`, `https://…` or `tcp://host:port`")),
+        Some(h) if h.is_empty() || h.contains('@') || h.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Some(format!("`{t}` has no valid host (no user, spaces or control characters)"));
+        }
+        Some(h)
+            if t.starts_with("tcp://") && !h.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+        {
+            return Some(format!("`{t}` needs a port: `tcp://host:port`"));
+        }
+        Some(_) => {}
+    }
+    if p.interval.is_some_and(|i| i < Duration::from_secs(1) || i > Duration::from_secs(86_400)) {
+        return Some("`interval` must be between 1s and 24h".into());
+    }
+    if p.timeout.is_some_and(|i| i < Duration::from_millis(100) || i > Duration::from_secs(60)) {
+        return Some("`timeout` must be between 100ms and 60s".into());
+    }
+    None
+}
+
+/// Most services one `environment:` declares.
+pub const MAX_DEPLOYED_SERVICES: usize = 20;
 /// Most entries of a `notify:` list (the pipeline's, or a job's).
 pub const MAX_NOTIFY: usize = 10;
 /// Most addresses of one `notify:` entry's `email`.
@@ -471,8 +571,18 @@ pub fn plan(p: &Pipeline, ctx: &PlanContext) -> Result<Plan, Vec<Diagnostic>> {
                 }
             }
         }
+        let mut artifacts_from: Vec<usize> = Vec::new();
+        for from in &job.artifacts_from {
+            let target = p.jobs.iter().position(|j| j.key == from.value);
+            for i in target.and_then(|t| indices.get(t)).into_iter().flatten() {
+                if !artifacts_from.contains(i) {
+                    artifacts_from.push(*i);
+                }
+            }
+        }
         for combo in combos {
             let mut planned = planner.job(job, combo.as_deref(), &env, p.priority, needs.clone());
+            planned.artifacts_from = artifacts_from.clone();
             planned.snapshots = planned.snapshots.or(p.snapshots);
             // A step that may be reused needs the snapshot after it.
             if planned.steps.iter().any(|s| !s.reuse_key_files.is_empty()) {

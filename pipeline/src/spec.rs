@@ -167,8 +167,52 @@ pub struct Job {
     /// `snapshots:` — whether the job keeps workspace snapshots after its
     /// steps (`None`: the pipeline's).
     pub snapshots: Option<bool>,
+    /// `environment:` — the environment the job deploys to.
+    pub environment: Option<EnvironmentSpec>,
+    /// `artifacts_from:` — jobs (among `needs`) whose artifacts are put in
+    /// the workspace before the first step.
+    pub artifacts_from: Vec<Spanned<String>>,
     /// Steps in order.
     pub steps: Vec<Step>,
+}
+
+/// `environment:` of a job: where it deploys (values may contain `${{ }}`
+/// of the matrix and inputs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentSpec {
+    /// The environment's name.
+    pub name: String,
+    /// Where the deployed thing can be seen.
+    pub url: Option<String>,
+    /// Services the deployment runs, registered when it succeeds.
+    pub services: Vec<DeployedService>,
+    /// Position of `environment:`.
+    pub pos: Pos,
+}
+
+/// A service a deployment runs (`environment.services[]`), registered on
+/// the server and probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployedService {
+    /// Its name, unique in the environment.
+    pub name: String,
+    /// Where it answers (shown, not probed).
+    pub endpoints: Vec<String>,
+    /// How the server checks its health.
+    pub probe: Option<ProbeSpec>,
+    /// A stored pipeline started when its health changes.
+    pub on_change: Option<String>,
+}
+
+/// `probe:` of a deployed service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// `http(s)://…` or `tcp://host:port`.
+    pub target: String,
+    /// Between probes (default 30 s).
+    pub interval: Option<Duration>,
+    /// Per probe (default 5 s).
+    pub timeout: Option<Duration>,
 }
 
 /// A container image.

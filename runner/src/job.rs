@@ -280,6 +280,22 @@ async fn execute(
             }
         }
     }
+    // The artifacts of the jobs it gets them from (a resumed attempt's
+    // snapshot already holds them).
+    if resume_after == 0 && !a.artifacts_from.is_empty() {
+        let workspace = env_of_job.workspace();
+        for from in &a.artifacts_from {
+            match services.files.fetch_artifacts(job, from, &workspace).await {
+                Ok(n) => tracing::info!(from = %from, files = n, "artifacts fetched"),
+                Err(why) => {
+                    skip_all(reports, job, a, &why, secrets);
+                    env_of_job.teardown().await;
+                    return (Status::Failure, why);
+                }
+            }
+        }
+        env_of_job.adopt_workspace().await;
+    }
     let context = a.context.clone().unwrap_or_default();
     // Outcomes and outputs of steps with an `id`, by id; post-phase states
     // of plugin steps, by main step index (a resumed attempt's from its
@@ -607,6 +623,10 @@ async fn run_plugin(
             Err(e) => return fail(format!("in env `{k}`: {}", e.message)),
         };
     }
+    // The secrets the job lists, as a `run:` step has them (a deploy
+    // plugin's key), over everything else; what the plugin writes is
+    // masked like a step's output.
+    env.extend(u.a.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.insert("VIADUCT_STEP_INDEX".into(), u.step.index.to_string());
     env.insert("VIADUCT_STEP_NAME".into(), u.step.name.clone());
     let c = u.ctx.ctx;

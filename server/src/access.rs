@@ -95,6 +95,20 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.Repos/Delete", need(A, G)),
     ("/viaduct.v1.Repos/Sync", need(P, Rp)),
     ("/viaduct.v1.Repos/Update", need(M, Rp)),
+    ("/viaduct.v1.Environments/Put", need(M, Rp)),
+    ("/viaduct.v1.Environments/Get", need(R, Rp)),
+    ("/viaduct.v1.Environments/List", need(R, Rp)),
+    ("/viaduct.v1.Environments/Delete", need(M, Rp)),
+    ("/viaduct.v1.Deployments/List", need(R, Rp)),
+    ("/viaduct.v1.Deployments/Get", need(R, Rp)),
+    // The handler then asks for the environment's approval role.
+    ("/viaduct.v1.Deployments/Approve", need(T, Rp)),
+    ("/viaduct.v1.Deployments/Reject", need(T, Rp)),
+    ("/viaduct.v1.Deployments/Promote", need(T, Rp)),
+    ("/viaduct.v1.Deployments/Rollback", need(T, Rp)),
+    ("/viaduct.v1.Services/List", need(R, Rp)),
+    ("/viaduct.v1.Services/Get", need(R, Rp)),
+    ("/viaduct.v1.Services/Delete", need(M, Rp)),
     ("/viaduct.v1.Secrets/Set", need(M, Rp)),
     ("/viaduct.v1.Secrets/List", need(M, Rp)),
     ("/viaduct.v1.Secrets/Delete", need(M, Rp)),
@@ -132,6 +146,7 @@ pub const TABLE: &[(&str, Need)] = &[
     ("/viaduct.v1.RunnerAgent/RestoreSnapshot", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/FindReuse", need(R, Scope::Runner)),
     ("/viaduct.v1.RunnerAgent/DebugSession", need(R, Scope::Runner)),
+    ("/viaduct.v1.RunnerAgent/FetchArtifacts", need(R, Scope::Runner)),
 ];
 
 /// HTTP routes (by prefix) and what they need; the git routes' role

@@ -5,7 +5,10 @@ use viaduct_proto::v1::{self, StepPlan, step_plan::Action};
 
 use crate::store::{
     keys::{JobKey, RunId, StepKey},
-    records::{AttemptRecord, JobRecord, RunRecord, RunnerRecord, StepRecord},
+    records::{
+        AttemptRecord, DeployedServiceRecord, DeploymentRecord, EnvironmentRecord, JobRecord, RunRecord, RunnerRecord,
+        ServiceHealthRecord, StepRecord,
+    },
 };
 
 /// A millisecond time as a protobuf timestamp; `None` for 0 ("not yet").
@@ -67,6 +70,80 @@ pub fn job(key: JobKey, j: &JobRecord) -> v1::Job {
         image: j.image.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
         previous_attempts: j.previous_attempts.iter().map(attempt).collect(),
         waiting: String::new(),
+        environment: j.environment.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
+        deployment: j.deployment,
+    }
+}
+
+/// A deployment record.
+pub fn deployment(id: u64, d: &DeploymentRecord) -> v1::Deployment {
+    v1::Deployment {
+        id,
+        repo: d.repo.clone(),
+        environment: d.environment.clone(),
+        state: d.state,
+        message: d.message.clone(),
+        run_id: RunId(d.run).to_string(),
+        job_id: JobKey::new(RunId(d.run), d.job).to_string(),
+        job_name: d.job_name.clone(),
+        attempt: d.attempt,
+        pipeline: d.pipeline.clone(),
+        r#ref: d.git_ref.clone(),
+        commit: d.commit.clone(),
+        triggered_by: d.triggered_by.clone(),
+        approved_by: d.approved_by.clone(),
+        approved_at: timestamp(d.approved_ms),
+        wait_until: timestamp(d.wait_until_ms),
+        times: times(d.created_ms, d.started_ms, d.finished_ms),
+        url: d.url.clone(),
+        kind: d.kind.clone(),
+        source_deployment: d.source_deployment,
+        outputs: d.outputs.clone(),
+        services: d.services.clone(),
+    }
+}
+
+/// An environment record (without its deployments).
+pub fn environment(repo: &str, name: &str, e: &EnvironmentRecord) -> v1::Environment {
+    v1::Environment {
+        repo: repo.to_string(),
+        name: name.to_string(),
+        rules: e.rules.clone(),
+        variables: e.variables.clone(),
+        url: e.url.clone(),
+        description: e.description.clone(),
+        current: None,
+        open: Vec::new(),
+        times: times(e.created_ms, e.updated_ms, 0),
+    }
+}
+
+/// A deployed service with its health (the history only when asked).
+pub fn deployed_service(
+    repo: &str,
+    environment: &str,
+    s: &DeployedServiceRecord,
+    health: Option<&ServiceHealthRecord>,
+    history: bool,
+) -> v1::DeployedService {
+    let decl = s.decl.clone().unwrap_or_default();
+    v1::DeployedService {
+        repo: repo.to_string(),
+        environment: environment.to_string(),
+        name: decl.name.clone(),
+        commit: s.commit.clone(),
+        version: s.commit.get(..12).unwrap_or(&s.commit).to_string(),
+        deployment: s.deployment,
+        endpoints: decl.endpoints.clone(),
+        probe: (!decl.probe.is_empty()).then(|| v1::HealthProbe {
+            target: decl.probe.clone(),
+            interval_seconds: decl.interval_s,
+            timeout_seconds: decl.timeout_s,
+        }),
+        health: health.map_or(v1::Health::Unknown as i32, |h| h.health),
+        health_since: health.and_then(|h| timestamp(h.since_ms)),
+        history: if history { health.map(|h| h.history.clone()).unwrap_or_default() } else { Vec::new() },
+        on_change_pipeline: decl.on_change.clone(),
     }
 }
 

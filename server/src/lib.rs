@@ -28,6 +28,7 @@ pub mod debug;
 pub mod debug_socket;
 pub mod depot;
 pub mod engine;
+pub mod environments;
 pub mod error;
 pub mod forges;
 pub mod gate;
@@ -40,6 +41,7 @@ pub mod outbound;
 pub mod packed_logs;
 pub mod pipelines;
 pub mod plugins;
+pub mod probes;
 pub mod replicas;
 pub mod repos;
 pub mod retention;
@@ -286,6 +288,8 @@ pub(crate) async fn serve_engine(
         triggers::schedule::Schedules::new(cfg.clock, cfg.schedule_catch_up),
         Arc::clone(&depot.plugins),
     );
+    probes::Prober::new(Arc::clone(&store), Arc::clone(&engine), Arc::clone(&depot.plugins))?
+        .spawn(engine.signals().services.subscribe());
 
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;

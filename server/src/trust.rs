@@ -24,7 +24,7 @@
 //! planned (to fail early, naming the rule) and when a job is dispatched
 //! (the only place a secret's value leaves the server).
 
-use viaduct_proto::v1::{PullRequestPolicy, RunSource, SecretScope, Trust};
+use viaduct_proto::v1::{EnvironmentRules, PullRequestPolicy, RunSource, SecretScope, Trust};
 
 use crate::error::{Error, Result};
 
@@ -90,6 +90,17 @@ pub fn check_scope(scope: &SecretScope) -> Result<()> {
             return Err(Error::invalid(format!("scope: `{}` is not a repository or pipeline name", r.escape_debug())));
         }
     }
+    if !scope.environments.is_empty() && scope.repos.is_empty() {
+        return Err(Error::invalid(
+            "scope.environments needs scope.repos: environments belong to repositories, so name the ones whose \
+             environments may have it",
+        ));
+    }
+    for e in &scope.environments {
+        if let Some(why) = viaduct_pipeline::plan::environment_name_problem(e) {
+            return Err(Error::invalid(format!("scope.environments: `{}`: {why}", e.escape_debug())));
+        }
+    }
     let host = &scope.registry;
     if !host.is_empty()
         && (host.contains('/') || host.chars().any(|c| c.is_whitespace() || c.is_control()) || host.len() > 253)
@@ -111,6 +122,11 @@ pub struct RunFacts<'a> {
     pub pipeline: &'a str,
     /// Its trust.
     pub trust: Trust,
+    /// The environment the job deploys to (`None`: none, or not a job).
+    /// Its rules are checked before the job is queued (`deployment_refusal`
+    /// and the approval gate), so a job with it reaches dispatch only once
+    /// they passed.
+    pub environment: Option<&'a str>,
 }
 
 /// Why secret `name` (with `scope`) may not go to a job of this run, or
@@ -162,8 +178,91 @@ pub fn secret_refusal(name: &str, scope: &SecretScope, run: &RunFacts<'_>) -> Op
              `--pull-requests` to give it to trusted ones)"
         ));
     }
+    if !scope.environments.is_empty() && !run.environment.is_some_and(|e| scope.environments.iter().any(|s| s == e)) {
+        let this = match run.environment {
+            Some(e) => format!("this job deploys to `{e}`"),
+            None => "this job deploys to no environment".to_string(),
+        };
+        return Some(format!(
+            "secret `{name}` is refused: it belongs to environments {} ({this})",
+            list(&scope.environments)
+        ));
+    }
     None
 }
+
+/// Why a run may not deploy to an environment with `rules`, or `None` when
+/// its ref may (approval and the wait timer are the engine's gates).
+pub fn deployment_refusal(env: &str, rules: &EnvironmentRules, run: &RunFacts<'_>) -> Option<String> {
+    let src = run.source;
+    if run.trust == Trust::Untrusted {
+        return Some(format!(
+            "an untrusted run (a pull request from a fork or an untrusted sender) never deploys: `{env}` refused it"
+        ));
+    }
+    if src.repo.is_empty() {
+        return Some(format!(
+            "environment `{env}`: only runs of a repository deploy (environments belong to repositories)"
+        ));
+    }
+    if src.event == "pull_request" {
+        return (!rules.pull_requests)
+            .then(|| format!("environment `{env}` does not admit pull requests (its rules set no `pull_requests`)"));
+    }
+    if rules.branches.is_empty() && rules.tags.is_empty() {
+        return None;
+    }
+    let matches = |globs: &[String], name: &str| {
+        !name.is_empty() && globs.iter().any(|g| viaduct_pipeline::glob::Glob::new(g).is_ok_and(|g| g.is_match(name)))
+    };
+    if matches(&rules.branches, &src.branch) || matches(&rules.tags, &src.tag) {
+        return None;
+    }
+    let this = if !src.branch.is_empty() {
+        format!("branch `{}`", src.branch)
+    } else if !src.tag.is_empty() {
+        format!("tag `{}`", src.tag)
+    } else {
+        "a commit without a branch or tag".to_string()
+    };
+    let mut admits = Vec::new();
+    if !rules.branches.is_empty() {
+        admits.push(format!("branches {}", list(&rules.branches)));
+    }
+    if !rules.tags.is_empty() {
+        admits.push(format!("tags {}", list(&rules.tags)));
+    }
+    Some(format!("environment `{env}` admits {} (this run is of {this})", admits.join(" and ")))
+}
+
+/// Checks an environment's rules before they are stored.
+pub fn check_rules(rules: &EnvironmentRules) -> Result<()> {
+    for g in rules.branches.iter().chain(&rules.tags) {
+        viaduct_pipeline::glob::Glob::new(g).map_err(|e| Error::invalid(format!("rules: `{g}`: {e}")))?;
+    }
+    if rules.wait_seconds > MAX_WAIT_SECONDS {
+        return Err(Error::invalid(format!(
+            "rules.wait_seconds: {} is more than 30 days ({MAX_WAIT_SECONDS})",
+            rules.wait_seconds
+        )));
+    }
+    match viaduct_proto::v1::Role::try_from(rules.approval_role) {
+        Ok(viaduct_proto::v1::Role::Unspecified) => {
+            if rules.prevent_self_approval {
+                return Err(Error::invalid("rules.prevent_self_approval needs an approval_role"));
+            }
+        }
+        Ok(viaduct_proto::v1::Role::Read) => {
+            return Err(Error::invalid("rules.approval_role: readers cannot approve deployments (at least trigger)"));
+        }
+        Ok(_) => {}
+        Err(_) => return Err(Error::invalid(format!("rules.approval_role: {} is not a role", rules.approval_role))),
+    }
+    Ok(())
+}
+
+/// The longest wait timer: 30 days.
+pub const MAX_WAIT_SECONDS: u64 = 30 * 24 * 3600;
 
 /// Why secret `name` may not be used as the registry credentials of
 /// `image` in this run, or `None` when it may.
@@ -199,6 +298,8 @@ pub fn job_refusal(
     run: &RunFacts<'_>,
     scope_of: impl Fn(&str) -> Result<Option<SecretScope>>,
 ) -> Result<Option<String>> {
+    let facts = RunFacts { environment: job.environment.as_ref().map(|e| e.name.as_str()), ..*run };
+    let run = &facts;
     for name in &job.secrets {
         if let Some(scope) = scope_of(name)?
             && let Some(why) = secret_refusal(name, &scope, run)
@@ -267,6 +368,7 @@ fn list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use viaduct_proto::v1::Role;
 
     fn pr(fork: bool, sender: &str, association: &str) -> RunSource {
         RunSource {
@@ -302,7 +404,7 @@ mod tests {
     #[test]
     fn secret_scopes() {
         let push = RunSource { event: "push".into(), repo: "app".into(), branch: "main".into(), ..Default::default() };
-        let run = RunFacts { source: &push, pipeline: "ci", trust: Trust::Trusted };
+        let run = RunFacts { source: &push, pipeline: "ci", trust: Trust::Trusted, environment: None };
         assert_eq!(secret_refusal("K", &SecretScope::default(), &run), None);
         let other_repo = SecretScope { repos: vec!["web".into()], ..Default::default() };
         assert!(secret_refusal("K", &other_repo, &run).unwrap().contains("repositories `web` (this run is of `app`)"));
@@ -311,7 +413,7 @@ mod tests {
         let main = SecretScope { branches: vec!["main".into()], pipelines: vec!["ci".into()], ..Default::default() };
         assert_eq!(secret_refusal("K", &main, &run), None);
         let member_pr = pr(false, "alice", "MEMBER");
-        let trusted_pr = RunFacts { source: &member_pr, pipeline: "ci", trust: Trust::Trusted };
+        let trusted_pr = RunFacts { source: &member_pr, pipeline: "ci", trust: Trust::Trusted, environment: None };
         assert!(secret_refusal("K", &SecretScope::default(), &trusted_pr).unwrap().contains("pull requests"));
         let for_prs = SecretScope { pull_requests: true, ..Default::default() };
         assert_eq!(secret_refusal("K", &for_prs, &trusted_pr), None);
@@ -324,6 +426,62 @@ mod tests {
     }
 
     #[test]
+    fn environment_secrets_go_only_to_jobs_deploying_there() {
+        let push = RunSource { event: "push".into(), repo: "app".into(), branch: "main".into(), ..Default::default() };
+        let scope =
+            SecretScope { repos: vec!["app".into()], environments: vec!["production".into()], ..Default::default() };
+        let deploying =
+            RunFacts { source: &push, pipeline: "ci", trust: Trust::Trusted, environment: Some("production") };
+        assert_eq!(secret_refusal("KEY", &scope, &deploying), None);
+        let staging = RunFacts { environment: Some("staging"), ..deploying };
+        assert!(secret_refusal("KEY", &scope, &staging).unwrap().contains("environments `production`"));
+        let none = RunFacts { environment: None, ..deploying };
+        assert!(secret_refusal("KEY", &scope, &none).unwrap().contains("deploys to no environment"));
+        // An environment scope must name its repositories.
+        let loose = SecretScope { environments: vec!["production".into()], ..Default::default() };
+        assert!(check_scope(&loose).unwrap_err().to_string().contains("needs scope.repos"));
+        assert!(check_scope(&scope).is_ok());
+    }
+
+    #[test]
+    fn deployments_follow_the_environment_rules() {
+        let rules = EnvironmentRules { branches: vec!["main".into()], tags: vec!["v*".into()], ..Default::default() };
+        let on = |branch: &str, tag: &str, event: &str| RunSource {
+            event: event.into(),
+            repo: "app".into(),
+            branch: branch.into(),
+            tag: tag.into(),
+            ..Default::default()
+        };
+        fn facts(s: &RunSource) -> RunFacts<'_> {
+            RunFacts { source: s, pipeline: "ci", trust: Trust::Trusted, environment: Some("production") }
+        }
+        assert_eq!(deployment_refusal("production", &rules, &facts(&on("main", "", "push"))), None);
+        assert_eq!(deployment_refusal("production", &rules, &facts(&on("", "v1.2", "push"))), None);
+        let feature = deployment_refusal("production", &rules, &facts(&on("feature", "", "push"))).unwrap();
+        assert!(
+            feature.contains("admits branches `main` and tags `v*` (this run is of branch `feature`)"),
+            "{feature}"
+        );
+        // A pull request deploys only where the environment admits them,
+        // and an untrusted run never does.
+        let pr_run = on("main", "", "pull_request");
+        assert!(deployment_refusal("production", &rules, &facts(&pr_run)).unwrap().contains("pull requests"));
+        let open = EnvironmentRules { pull_requests: true, ..Default::default() };
+        assert_eq!(deployment_refusal("staging", &open, &facts(&pr_run)), None);
+        let untrusted = RunFacts { trust: Trust::Untrusted, ..facts(&pr_run) };
+        assert!(deployment_refusal("staging", &open, &untrusted).unwrap().contains("never deploys"));
+        let no_repo = on("main", "", "api");
+        let no_repo = RunSource { repo: String::new(), ..no_repo };
+        assert!(deployment_refusal("staging", &open, &facts(&no_repo)).unwrap().contains("only runs of a repository"));
+        // Rules are checked before they are stored.
+        assert!(check_rules(&EnvironmentRules { approval_role: Role::Read as i32, ..Default::default() }).is_err());
+        assert!(check_rules(&EnvironmentRules { prevent_self_approval: true, ..Default::default() }).is_err());
+        assert!(check_rules(&EnvironmentRules { wait_seconds: MAX_WAIT_SECONDS + 1, ..Default::default() }).is_err());
+        assert!(check_rules(&EnvironmentRules { branches: vec!["[".into()], ..Default::default() }).is_err());
+    }
+
+    #[test]
     fn registry_credentials_are_bound_to_a_host() {
         assert_eq!(registry_of("busybox"), "docker.io");
         assert_eq!(registry_of("library/busybox:1"), "docker.io");
@@ -331,7 +489,7 @@ mod tests {
         assert_eq!(registry_of("ghcr.io/org/app@sha256:ab"), "ghcr.io");
         assert_eq!(registry_of("localhost/app"), "localhost");
         let push = RunSource { event: "push".into(), ..Default::default() };
-        let run = RunFacts { source: &push, pipeline: "ci", trust: Trust::Trusted };
+        let run = RunFacts { source: &push, pipeline: "ci", trust: Trust::Trusted, environment: None };
         let bound = SecretScope { registry: "ghcr.io".into(), ..Default::default() };
         assert_eq!(credentials_refusal("R", &bound, "ghcr.io/org/app", &run), None);
         assert!(

@@ -23,6 +23,30 @@ pub struct Uploaded {
     pub unmatched: Vec<String>,
 }
 
+impl Files {
+    /// Unpacks the artifacts of job `from` (one of the assignment's
+    /// `artifacts_from`) into `workspace`, every path resolved beneath it;
+    /// returns how many files.
+    pub async fn fetch_artifacts(&self, job: &JobRef, from: &str, workspace: &Path) -> Result<u64, String> {
+        use tokio_stream::StreamExt;
+        let what = format!("fetching the artifacts of job {from}");
+        let request = viaduct_proto::v1::FetchArtifactsRequest { job: Some(job.clone()), from_job: from.to_string() };
+        let stream =
+            self.client.agent().fetch_artifacts(request).await.map_err(|s| super::status(&what, &s))?.into_inner().map(
+                |m| {
+                    m.map(|c| bytes::Bytes::from(c.data))
+                        .map_err(|s| std::io::Error::other(viaduct_sdk::status_line(&s)))
+                },
+            );
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        let ws = workspace.to_path_buf();
+        tokio::task::spawn_blocking(move || super::unpack::unpack(&ws, reader))
+            .await
+            .map_err(|e| format!("{what}: the unpacking task failed: {e}"))?
+            .map_err(|e| format!("{what}: {e}"))
+    }
+}
+
 /// The files `pattern` names in `workspace`, as (path, name) pairs.
 pub fn expand(workspace: &Path, pattern: &str) -> Result<Vec<(PathBuf, String)>, String> {
     let wildcard = pattern.contains('*') || pattern.contains('?');

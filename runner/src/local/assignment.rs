@@ -134,6 +134,9 @@ fn job(plan: &Plan, i: usize, j: &PlannedJob, catalog: &Catalog, run: &RunFacts)
         snapshots: false,
         resume: None,
         hold_failed_ms: 0,
+        // Every job starts from a copy of the same directory; artifacts
+        // stay where `exec` copies them (`artifacts_from` needs a server).
+        artifacts_from: Vec::new(),
     };
     LocalJob {
         key: j.key.clone(),

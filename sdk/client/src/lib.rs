@@ -29,10 +29,11 @@ pub use viaduct_proto as proto;
 use viaduct_proto::v1::{
     FollowRequest, GetRunRequest, LogEvent, Run, Status as RunStatus, WatchRequest, admin_client::AdminClient,
     artifacts_client::ArtifactsClient, audit_client::AuditClient, caches_client::CachesClient,
-    debug_client::DebugClient, follow_request, logs_client::LogsClient, pipelines_client::PipelinesClient,
-    plugins_client::PluginsClient, repos_client::ReposClient, run_event::Change,
-    runner_agent_client::RunnerAgentClient, runners_client::RunnersClient, runs_client::RunsClient,
-    secrets_client::SecretsClient, stats_client::StatsClient, tokens_client::TokensClient, users_client::UsersClient,
+    debug_client::DebugClient, deployments_client::DeploymentsClient, environments_client::EnvironmentsClient,
+    follow_request, logs_client::LogsClient, pipelines_client::PipelinesClient, plugins_client::PluginsClient,
+    repos_client::ReposClient, run_event::Change, runner_agent_client::RunnerAgentClient,
+    runners_client::RunnersClient, runs_client::RunsClient, secrets_client::SecretsClient,
+    services_client::ServicesClient, stats_client::StatsClient, tokens_client::TokensClient, users_client::UsersClient,
 };
 
 /// What can go wrong talking to a server.
@@ -369,6 +370,21 @@ impl Client {
     /// `viaduct.v1.Debug`.
     pub fn debug(&self) -> DebugClient<Svc> {
         DebugClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Environments`.
+    pub fn environments(&self) -> EnvironmentsClient<Svc> {
+        EnvironmentsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Deployments`.
+    pub fn deployments(&self) -> DeploymentsClient<Svc> {
+        DeploymentsClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `viaduct.v1.Services`.
+    pub fn services(&self) -> ServicesClient<Svc> {
+        ServicesClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `viaduct.v1.RunnerAgent` (runner token).

@@ -12,11 +12,11 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use viaduct_proto::v1::{
-    Ack, Artifact, CacheData, DebugFromRunner, DebugToRunner, FetchSourceRequest, FindReuseRequest, FindReuseResponse,
-    JobSignal, LogAck, RegisterRequest, RegisterResponse, RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage,
-    SaveCacheRequest, SaveCacheResponse, SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, SnapshotData,
-    SourceChunk, UpdateAck, UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In,
-    save_snapshot_request, server_message::Msg as Out,
+    Ack, Artifact, ArtifactsData, CacheData, DebugFromRunner, DebugToRunner, FetchArtifactsRequest, FetchSourceRequest,
+    FindReuseRequest, FindReuseResponse, JobSignal, LogAck, RegisterRequest, RegisterResponse, RestoreCacheRequest,
+    RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse, SaveSnapshotRequest,
+    SaveSnapshotResponse, ServerMessage, SnapshotData, SourceChunk, UpdateAck, UploadArtifactRequest,
+    runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request, server_message::Msg as Out,
 };
 
 use super::transfer::{self, Chunks};
@@ -250,6 +250,35 @@ impl RunnerAgent for AgentApi {
             found: found.is_some(),
             run_id: found.map(|run| run.to_string()).unwrap_or_default(),
         }))
+    }
+
+    type FetchArtifactsStream = Chunks<ArtifactsData>;
+
+    async fn fetch_artifacts(
+        &self,
+        req: Request<FetchArtifactsRequest>,
+    ) -> Result<Response<Self::FetchArtifactsStream>, Status> {
+        let runner = crate::access::of(&req)?.runner()?.to_string();
+        let r = req.into_inner();
+        let (job, _, rec) = self.leased(&runner, r.job.as_ref())?;
+        // Only what the job record names: a runner cannot read another
+        // job's artifacts by asking.
+        if !rec.artifacts_from.contains(&r.from_job) {
+            return Err(Error::PermissionDenied(format!(
+                "job {job} does not get the artifacts of job {} (not among its artifacts_from)",
+                r.from_job
+            ))
+            .into());
+        }
+        let from = JobKey::parse(&r.from_job)?;
+        let list = self.depot.artifacts.list(from.run, Some(from))?;
+        if list.is_empty() {
+            return Err(Error::precondition(format!(
+                "job {from} has no artifacts (it collected none, or they expired)"
+            ))
+            .into());
+        }
+        Ok(Response::new(transfer::artifacts_tar(Arc::clone(&self.depot.blobs), list, |data| ArtifactsData { data })))
     }
 
     type RestoreSnapshotStream = Chunks<SnapshotData>;

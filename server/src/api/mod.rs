@@ -14,6 +14,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod caches;
 pub mod debug;
+pub mod environments;
 pub mod logs;
 pub mod pipelines;
 pub mod plugins;
@@ -37,10 +38,11 @@ use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
 use viaduct_proto::v1::{
     FILE_DESCRIPTOR_SET, admin_server::AdminServer, artifacts_server::ArtifactsServer, audit_server::AuditServer,
-    caches_server::CachesServer, debug_server::DebugServer, logs_server::LogsServer, pipelines_server::PipelinesServer,
+    caches_server::CachesServer, debug_server::DebugServer, deployments_server::DeploymentsServer,
+    environments_server::EnvironmentsServer, logs_server::LogsServer, pipelines_server::PipelinesServer,
     plugins_server::PluginsServer, repos_server::ReposServer, runner_agent_server::RunnerAgentServer,
-    runners_server::RunnersServer, runs_server::RunsServer, secrets_server::SecretsServer, stats_server::StatsServer,
-    tokens_server::TokensServer, users_server::UsersServer,
+    runners_server::RunnersServer, runs_server::RunsServer, secrets_server::SecretsServer,
+    services_server::ServicesServer, stats_server::StatsServer, tokens_server::TokensServer, users_server::UsersServer,
 };
 
 use crate::{depot::Depot, engine::Engine, triggers::Triggers};
@@ -63,6 +65,9 @@ const SERVICES: &[&str] = &[
     "viaduct.v1.Admin",
     "viaduct.v1.Stats",
     "viaduct.v1.Debug",
+    "viaduct.v1.Environments",
+    "viaduct.v1.Deployments",
+    "viaduct.v1.Services",
 ];
 
 /// All gRPC services as an axum router (gRPC-web enabled on them), over
@@ -90,6 +95,7 @@ pub async fn grpc_router(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let environments_api = environments::EnvironmentsApi::new(Arc::clone(store), Arc::clone(engine), Arc::clone(depot));
     let routes = tonic::service::Routes::new(RunsServer::new(runs::RunsApi::new(
         Arc::clone(engine),
         Arc::clone(triggers),
@@ -116,6 +122,9 @@ pub async fn grpc_router(
         Arc::clone(shells),
     )))
     .add_service(DebugServer::new(debug::DebugApi::new(Arc::clone(engine), Arc::clone(shells))))
+    .add_service(EnvironmentsServer::new(environments_api.clone()))
+    .add_service(DeploymentsServer::new(environments_api.clone()))
+    .add_service(ServicesServer::new(environments_api))
     .add_service(health_service)
     .add_service(reflection_v1)
     .add_service(reflection_v1alpha);

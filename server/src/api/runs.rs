@@ -92,7 +92,7 @@ impl Runs for RunsApi {
             access.require_role(viaduct_proto::v1::Role::Push, "")?;
         }
         let cause = Cause {
-            source: RunSource { event: "api".into(), ..Default::default() },
+            source: RunSource { event: "api".into(), sender: access.actor.clone(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
             request_key: request_key(&access, &r.request_id)?,
@@ -119,8 +119,10 @@ impl Runs for RunsApi {
             access.target(format!("repository `{}`", r.repo));
             access.require(&r.repo)?;
             let what = if r.commit.is_empty() { r.r#ref.as_str() } else { r.commit.as_str() };
-            let id =
-                self.triggers.run_by_hand(&r.repo, what, r.inputs.into_iter().collect(), priority(r.priority)?).await?;
+            let id = self
+                .triggers
+                .run_by_hand(&r.repo, what, r.inputs.into_iter().collect(), priority(r.priority)?, &access.actor)
+                .await?;
             return Ok(Response::new(SubmitResponse { run_id: id.to_string(), run: Some(self.engine.get_run(id)?) }));
         }
         if r.pipeline.is_empty() {
@@ -130,7 +132,7 @@ impl Runs for RunsApi {
         access.require("")?;
         let stored = crate::pipelines::load(&self.store, &r.pipeline)?;
         let cause = Cause {
-            source: RunSource { event: "manual".into(), ..Default::default() },
+            source: RunSource { event: "manual".into(), sender: access.actor.clone(), ..Default::default() },
             inputs: r.inputs.into_iter().collect(),
             priority: priority(r.priority)?,
             pipeline_ref: r.pipeline.clone(),

@@ -51,3 +51,76 @@ pub async fn receive<M>(
     }
     writer.finish().await
 }
+
+/// The artifacts `list` names, read from `blobs`, as one tar stream (each
+/// entry named by the artifact's name, with its mode), in messages built by
+/// `make`. A blob that cannot be read ends the stream with an error.
+pub fn artifacts_tar<M, F>(
+    blobs: std::sync::Arc<crate::blobs::BlobStore>,
+    list: Vec<viaduct_proto::v1::Artifact>,
+    make: F,
+) -> Chunks<M>
+where
+    M: Send + 'static,
+    F: Fn(Vec<u8>) -> M + Send + Sync + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<M, Status>>(4);
+    tokio::spawn(async move {
+        let send = |data: Vec<u8>| {
+            let tx = tx.clone();
+            let msg = make(data);
+            async move { tx.send(Ok(msg)).await.is_ok() }
+        };
+        for a in list {
+            let mut header = tar::Header::new_gnu();
+            let built = header.set_path(&a.name).map_err(|e| format!("artifact `{}`: {e}", a.name));
+            if let Err(e) = built {
+                let _ = tx.send(Err(Status::internal(e))).await;
+                return;
+            }
+            header.set_size(a.size);
+            header.set_mode(if a.mode == 0 { 0o644 } else { a.mode & 0o7777 });
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_cksum();
+            if !send(header.as_bytes().to_vec()).await {
+                return;
+            }
+            let mut file = match blobs.open_read(&a.digest).await {
+                Ok((file, _)) => file,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(Error::from(e)))).await;
+                    return;
+                }
+            };
+            let mut left = a.size;
+            while left > 0 {
+                let mut buf = vec![0u8; CHUNK.min(usize::try_from(left).unwrap_or(CHUNK))];
+                match file.read(&mut buf).await {
+                    Ok(0) => {
+                        let why = format!("artifact `{}` is shorter than recorded", a.name);
+                        let _ = tx.send(Err(Status::data_loss(why))).await;
+                        return;
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        left -= n as u64;
+                        if !send(buf).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("reading artifact `{}`: {e}", a.name)))).await;
+                        return;
+                    }
+                }
+            }
+            let pad = (512 - (a.size % 512) as usize) % 512;
+            if pad > 0 && !send(vec![0u8; pad]).await {
+                return;
+            }
+        }
+        send(vec![0u8; 1024]).await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -72,7 +72,12 @@ impl Engine {
                 Error::precondition(format!("secret `{name}` is not set (viaduct secrets set {name})"))
             })?;
         let source = run.source.clone().unwrap_or_default();
-        let facts = trust::RunFacts { source: &source, pipeline: &run.pipeline, trust: trust::effective(run.trust) };
+        let facts = trust::RunFacts {
+            source: &source,
+            pipeline: &run.pipeline,
+            trust: trust::effective(run.trust),
+            environment: None,
+        };
         match trust::credentials_refusal(name, &scope, &image.name, &facts) {
             Some(why) => Err(Error::PermissionDenied(why)),
             None => Ok(value),

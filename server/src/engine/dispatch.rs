@@ -122,8 +122,13 @@ impl Tx<'_> {
         let wanted = self.job(key)?.secrets.clone().into_iter().map(|n| (n, false));
         let run_now = self.run(key.run)?.clone();
         let source = run_now.source.clone().unwrap_or_default();
-        let facts =
-            trust::RunFacts { source: &source, pipeline: &run_now.pipeline, trust: trust::effective(run_now.trust) };
+        let environment = self.job(key)?.environment.as_ref().map(|e| e.name.clone());
+        let facts = trust::RunFacts {
+            source: &source,
+            pipeline: &run_now.pipeline,
+            trust: trust::effective(run_now.trust),
+            environment: environment.as_deref(),
+        };
         for (name, is_auth) in wanted.chain((!credentials.is_empty()).then(|| (credentials.clone(), true))) {
             let (value, scope) = match self.sh.secrets.get(&self.sh.store, &name) {
                 Ok(Some(found)) => found,
@@ -168,6 +173,7 @@ impl Tx<'_> {
         job.started_ms = now;
         job.message.clear();
         let job = job.clone();
+        self.start_deployment(key)?;
         self.rollup(key.run)?;
         let expires = self.sh.instant() + self.sh.cfg.lease_ttl;
         self.set_lease(
@@ -189,7 +195,10 @@ impl Tx<'_> {
             self.mark_draining(runner)?;
         }
 
-        let env = job_env(key, &job, &run);
+        let mut env = job_env(key, &job, &run);
+        // An environment's variables, over the job's own (its rules passed:
+        // see `deployments`).
+        env.extend(self.environment_variables(&job, &run)?);
         let grant = super::grant::issue(&self.sh.grant_key, key, job.attempt, runner);
         let assignment = JobAssignment {
             job: Some(JobRef { job_id: key.to_string(), attempt: job.attempt, grant }),
@@ -223,6 +232,7 @@ impl Tx<'_> {
                 .resume
                 .as_ref()
                 .map(|r| viaduct_proto::v1::ResumePlan { after_step: r.after_step, from_attempt: r.from_attempt }),
+            artifacts_from: job.artifacts_from.clone(),
         };
         if let Some(conn) = self.st.runners.get(runner) {
             let to = conn.tx.clone();

@@ -55,10 +55,13 @@ impl Tx<'_> {
                     source: &source,
                     pipeline: &run.pipeline,
                     trust: crate::trust::effective(run.trust),
+                    environment: None,
                 };
                 let scope_of = |name: &str| crate::secrets::SecretBox::scope(self.store(), name);
                 match crate::trust::job_refusal(&job, &facts, scope_of)? {
                     Some(why) => self.finish_job(key, Status::Failure, &why),
+                    // A job that deploys waits for its environment's gates.
+                    None if job.environment.is_some() => self.open_deployment(key),
                     None => self.enqueue(key, 0),
                 }
             }
@@ -124,6 +127,7 @@ impl Tx<'_> {
         job.finished_ms = now;
         job.message = message.to_string();
         tracing::info!(job = %key, status = status.word(), message, "job finished");
+        self.end_deployment(key)?;
         self.release_bound_runners(key, message)?;
         self.after_final(key)
     }

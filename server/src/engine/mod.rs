@@ -20,6 +20,7 @@ pub mod clock;
 pub mod commit_status;
 mod condition;
 pub mod debug;
+pub mod deployments;
 pub mod index;
 mod lease;
 mod lifecycle;
@@ -42,6 +43,8 @@ mod grant;
 mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_deployments;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -189,6 +192,8 @@ pub(crate) struct State {
     pub next_event: u64,
     pub next_queue_seq: u64,
     pub next_conn: u64,
+    /// Id of the next deployment record.
+    pub next_deployment: u64,
 }
 
 /// Wake-ups for streams that follow state: events and per-run changes.
@@ -201,6 +206,9 @@ pub struct Signals {
     /// Bumped whenever a transition wrote commit statuses for a forge (see
     /// `commit_status`).
     pub statuses: watch::Sender<u64>,
+    /// Bumped whenever a deployment registered services (the prober
+    /// reloads them).
+    pub services: watch::Sender<u64>,
     runs: Mutex<HashMap<RunId, watch::Sender<u64>>>,
     timer: Notify,
 }
@@ -214,6 +222,11 @@ impl Signals {
     /// Wakes the sender of commit statuses.
     pub fn statuses_changed(&self) {
         self.statuses.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Wakes the prober of deployed services.
+    pub fn services_changed(&self) {
+        self.services.send_modify(|v| *v = v.wrapping_add(1));
     }
 
     /// A receiver that changes whenever anything of `run` changes (a state,
@@ -315,6 +328,10 @@ impl Engine {
             next_event,
             next_queue_seq: 1,
             next_conn: 1,
+            next_deployment: match store.tree(T::Deployments).last()? {
+                Some((k, _)) => k.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes) + 1,
+                None => 1,
+            },
         };
         let aging = ms(cfg.priority_aging);
         for kv in store.tree(T::Queue).iter() {
@@ -360,6 +377,7 @@ impl Engine {
                     events: watch::Sender::new(next_event - 1),
                     runners: watch::Sender::new(0),
                     statuses: watch::Sender::new(0),
+                    services: watch::Sender::new(0),
                     runs: Mutex::default(),
                     timer: Notify::new(),
                 },

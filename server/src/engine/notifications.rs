@@ -65,7 +65,12 @@ fn just_ended(before: Option<i32>, status: Status) -> Option<bool> {
 /// those whose secrets' scopes admit it.
 fn admitted<'r>(store: &Store, run: &RunRecord, rules: &'r [NotifyRule]) -> Result<Vec<&'r NotifyRule>> {
     let source = run.source.clone().unwrap_or_default();
-    let facts = trust::RunFacts { source: &source, pipeline: &run.pipeline, trust: trust::effective(run.trust) };
+    let facts = trust::RunFacts {
+        source: &source,
+        pipeline: &run.pipeline,
+        trust: trust::effective(run.trust),
+        environment: None,
+    };
     if facts.trust == Trust::Untrusted {
         if !rules.is_empty() {
             tracing::info!(pipeline = %run.pipeline, "untrusted run: no notifications");

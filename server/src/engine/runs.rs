@@ -20,7 +20,7 @@ use crate::{
     store::{
         T, WriteSet,
         keys::{JobKey, RunId},
-        records::{JobRecord, NotifyRule, RunRecord, SCHEMA_VERSION},
+        records::{JobEnvironment, JobRecord, NotifyRule, RunRecord, SCHEMA_VERSION},
     },
 };
 
@@ -119,6 +119,20 @@ pub struct NewJob {
     pub cpus: f64,
     /// Memory limit in bytes, 0 = runner default.
     pub memory_bytes: u64,
+    /// The environment it deploys to.
+    pub environment: Option<JobEnvironment>,
+    /// Jobs whose artifacts it gets before its first step.
+    pub artifacts_from: Vec<ArtifactsFrom>,
+}
+
+/// A job whose artifacts another job gets (`artifacts_from:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactsFrom {
+    /// A job of the same run, by 1-based index.
+    Index(u32),
+    /// A job of an earlier run (a promotion or rollback deploys its
+    /// artifacts again), by public id.
+    Job(String),
 }
 
 impl Engine {
@@ -162,6 +176,7 @@ impl Engine {
                 source: &new.source,
                 pipeline: &new.pipeline,
                 trust: if untrusted { Trust::Untrusted } else { Trust::Trusted },
+                environment: None,
             };
             let run = RunRecord {
                 schema: SCHEMA_VERSION,
@@ -198,6 +213,14 @@ impl Engine {
             for (i, j) in new.jobs.iter().enumerate() {
                 let key = JobKey::new(id, step_index(i));
                 let mut rec = job_record(j, &new.pipeline, now);
+                rec.artifacts_from = j
+                    .artifacts_from
+                    .iter()
+                    .map(|a| match a {
+                        ArtifactsFrom::Index(i) => JobKey::new(id, *i).to_string(),
+                        ArtifactsFrom::Job(job) => job.clone(),
+                    })
+                    .collect();
                 // An untrusted run keeps none: it could fill the server's
                 // disk (it may still start from a trusted run's, `reuse:`).
                 rec.snapshots = j.snapshots.unwrap_or(t.sh.cfg.snapshots) && !untrusted;
@@ -388,6 +411,7 @@ fn job_record(j: &NewJob, pipeline: &str, now: i64) -> JobRecord {
         cpus: j.cpus,
         memory_bytes: j.memory_bytes,
         notify: j.notify.clone(),
+        environment: j.environment.clone(),
         ..Default::default()
     }
 }

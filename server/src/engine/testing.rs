@@ -163,6 +163,23 @@ impl Harness {
         self.submit_keyed(yaml, None).await
     }
 
+    /// Plans and creates a run of `yaml` as if pushed to `branch` of
+    /// repository `repo` by `sender`.
+    pub async fn submit_from(&self, yaml: &str, repo: &str, branch: &str, sender: &str) -> RunId {
+        let source = viaduct_proto::v1::RunSource {
+            event: "push".into(),
+            repo: repo.into(),
+            r#ref: format!("refs/heads/{branch}"),
+            branch: branch.into(),
+            commit: "c0ffee".into(),
+            sender: sender.into(),
+            ..Default::default()
+        };
+        let cause = Cause { source, ..Default::default() };
+        let new = resolve::from_yaml("pipeline.yml", yaml, &cause, &self.plugins).expect("a valid file");
+        self.engine.create_run(new).await.expect("create the run")
+    }
+
     /// [`Harness::submit`] with a submit's request key.
     pub async fn submit_keyed(&self, yaml: &str, request_key: Option<[u8; 32]>) -> RunId {
         let cause = Cause { request_key, ..Default::default() };

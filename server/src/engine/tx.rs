@@ -26,7 +26,7 @@ use crate::{
     store::{
         Store, T, Ticket, WriteSet,
         keys::{JobKey, RunId, StepKey},
-        records::{EventBatch, JobName, JobRecord, NotificationRecord, RunRecord, StepRecord},
+        records::{DeploymentRecord, EventBatch, JobName, JobRecord, NotificationRecord, RunRecord, StepRecord},
     },
 };
 
@@ -138,6 +138,7 @@ pub(crate) struct Tx<'a> {
     runs: Cache<RunId, RunRecord>,
     jobs: Cache<JobKey, JobRecord>,
     steps: Cache<StepKey, StepRecord>,
+    deployments: Cache<u64, DeploymentRecord>,
     ws: WriteSet,
     /// Events of the checkpoints so far, in order.
     changes: Vec<(RunId, Change)>,
@@ -154,6 +155,7 @@ impl<'a> Tx<'a> {
             runs: Cache::new(),
             jobs: Cache::new(),
             steps: Cache::new(),
+            deployments: Cache::new(),
             ws: WriteSet::default(),
             changes: Vec::new(),
             outbox: Vec::new(),
@@ -252,6 +254,22 @@ impl<'a> Tx<'a> {
     /// A step of one attempt, for changing.
     pub(crate) fn step(&mut self, key: StepKey) -> Result<&mut StepRecord> {
         self.steps.get(&self.sh.store, T::Steps, key, &key.key(), || format!("step {key} not found"))
+    }
+
+    /// A deployment record, for changing.
+    pub(crate) fn deployment(&mut self, id: u64) -> Result<&mut DeploymentRecord> {
+        self.deployments
+            .get(&self.sh.store, T::Deployments, id, &id.to_be_bytes(), || format!("deployment {id} not found"))
+    }
+
+    /// Adds a new deployment record.
+    pub(crate) fn insert_deployment(&mut self, id: u64, rec: DeploymentRecord) {
+        self.deployments.insert(id, rec);
+    }
+
+    /// The ids of the deployments this transition has read or made.
+    pub(crate) fn deployments_seen(&self) -> impl Iterator<Item = (u64, &DeploymentRecord)> {
+        self.deployments.map.iter().map(|(id, e)| (*id, &e.now))
     }
 
     /// Adds a new run.
@@ -369,6 +387,9 @@ impl<'a> Tx<'a> {
             if !rec.notify.is_empty() {
                 notifications.extend(self.job_notifications(*key, before, rec));
             }
+        }
+        for (id, _, rec) in self.deployments.written() {
+            super::deployments::write(&mut self.ws, *id, rec);
         }
         for (id, before, rec) in self.runs.written() {
             self.ws.put(T::Runs, id.key(), rec);

@@ -23,10 +23,10 @@ use viaduct_proto::v1::{
 use viaduct_sdk::planned;
 
 use crate::{
-    engine::runs::{NewJob, NewRun},
+    engine::runs::{ArtifactsFrom, NewJob, NewRun},
     error::{Error, Result},
     plugins::PluginRegistry,
-    store::records::NotifyRule,
+    store::records::{JobEnvironment, NotifyRule, ServiceDecl},
 };
 
 /// Resolved plugins by (name, version requirement) as written.
@@ -259,6 +259,35 @@ fn new_job(
         context: ExprContext { matrix: j.matrix.clone().into_iter().collect(), ..ctx.clone() },
         notify: notify_rules(&j.notify),
         snapshots: j.snapshots,
+        environment: j.environment.as_ref().map(job_environment),
+        artifacts_from: j
+            .artifacts_from
+            .iter()
+            .map(|i| ArtifactsFrom::Index(u32::try_from(i + 1).unwrap_or(u32::MAX)))
+            .collect(),
+    }
+}
+
+/// `environment:` as the engine keeps it.
+fn job_environment(e: &viaduct_pipeline::spec::EnvironmentSpec) -> JobEnvironment {
+    let secs = |d: Option<std::time::Duration>, default: u32| d.map_or(default, |d| d.as_secs().max(1) as u32);
+    JobEnvironment {
+        name: e.name.clone(),
+        url: e.url.clone().unwrap_or_default(),
+        services: e
+            .services
+            .iter()
+            .map(|s| ServiceDecl {
+                name: s.name.clone(),
+                endpoints: s.endpoints.clone(),
+                probe: s.probe.as_ref().map(|p| p.target.clone()).unwrap_or_default(),
+                interval_s: secs(s.probe.as_ref().and_then(|p| p.interval), 30),
+                timeout_s: secs(s.probe.as_ref().and_then(|p| p.timeout), 5),
+                on_change: s.on_change.clone().unwrap_or_default(),
+            })
+            .collect(),
+        source_deployment: 0,
+        kind: "deploy".into(),
     }
 }
 

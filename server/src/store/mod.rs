@@ -115,6 +115,17 @@ pub enum T {
     /// \0 job key \0 step (big-endian) key` → the snapshot's
     /// [`keys::StepKey::key`]. Written by trusted runs only.
     ReuseIndex,
+    /// [`records::EnvironmentRecord`] by `repo \0 name`.
+    Environments,
+    /// [`records::DeploymentRecord`] by id (big-endian).
+    Deployments,
+    /// `repo \0 environment \0 id` (big-endian) → empty: each
+    /// environment's deployments in order.
+    DeploymentIndex,
+    /// [`records::DeployedServiceRecord`] by `repo \0 environment \0 name`.
+    DeployedServices,
+    /// [`records::ServiceHealthRecord`], same keys (the prober's).
+    ServiceHealth,
 }
 
 impl T {
@@ -124,7 +135,7 @@ impl T {
     }
 
     /// Every tree, in the order of [`TREE_NAMES`].
-    pub const ALL: [T; 32] = [
+    pub const ALL: [T; 37] = [
         T::Runs,
         T::Jobs,
         T::Steps,
@@ -157,10 +168,15 @@ impl T {
         T::NotifyOutbox,
         T::Snapshots,
         T::ReuseIndex,
+        T::Environments,
+        T::Deployments,
+        T::DeploymentIndex,
+        T::DeployedServices,
+        T::ServiceHealth,
     ];
 }
 
-const TREE_NAMES: [&str; 32] = [
+const TREE_NAMES: [&str; 37] = [
     "runs",
     "jobs",
     "steps",
@@ -193,6 +209,11 @@ const TREE_NAMES: [&str; 32] = [
     "notify_outbox",
     "snapshots",
     "reuse_index",
+    "environments",
+    "deployments",
+    "deployment_index",
+    "deployed_services",
+    "service_health",
 ];
 
 /// The database.

@@ -250,6 +250,208 @@ pub struct JobRecord {
     /// `RunnerAgent.FindReuse` found it: the snapshot's step key.
     #[prost(bytes = "vec", tag = "45")]
     pub reused_from: Vec<u8>,
+    /// The environment it deploys to (`environment:`).
+    #[prost(message, optional, tag = "46")]
+    pub environment: Option<JobEnvironment>,
+    /// Its current deployment record (`deployments` tree), 0 before it has
+    /// one.
+    #[prost(uint64, tag = "47")]
+    pub deployment: u64,
+    /// Jobs (public ids, `run.index`) whose artifacts it gets before its
+    /// first step.
+    #[prost(string, repeated, tag = "48")]
+    pub artifacts_from: Vec<String>,
+}
+
+/// Where a job deploys (`environment:` as planned).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobEnvironment {
+    /// The environment's name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Where the deployment can be seen.
+    #[prost(string, tag = "2")]
+    pub url: String,
+    /// Services it runs, registered when it succeeds.
+    #[prost(message, repeated, tag = "3")]
+    pub services: Vec<ServiceDecl>,
+    /// A promotion or rollback: the deployment it deploys again.
+    #[prost(uint64, tag = "4")]
+    pub source_deployment: u64,
+    /// "deploy", "promote" or "rollback".
+    #[prost(string, tag = "5")]
+    pub kind: String,
+}
+
+/// A service a deployment declares (`environment.services[]`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServiceDecl {
+    /// Unique in the environment.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Where it answers.
+    #[prost(string, repeated, tag = "2")]
+    pub endpoints: Vec<String>,
+    /// Probe target (`http(s)://…`, `tcp://host:port`); empty: not probed.
+    #[prost(string, tag = "3")]
+    pub probe: String,
+    /// Seconds between probes.
+    #[prost(uint32, tag = "4")]
+    pub interval_s: u32,
+    /// Seconds per probe.
+    #[prost(uint32, tag = "5")]
+    pub timeout_s: u32,
+    /// A stored pipeline started when its health changes.
+    #[prost(string, tag = "6")]
+    pub on_change: String,
+}
+
+/// An environment of a repository: `environments` tree, key `repo \0 name`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EnvironmentRecord {
+    /// Schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// Its protection rules.
+    #[prost(message, optional, tag = "2")]
+    pub rules: Option<viaduct_proto::v1::EnvironmentRules>,
+    /// Variables given to deploying jobs.
+    #[prost(map = "string, string", tag = "3")]
+    pub variables: HashMap<String, String>,
+    /// Shown with it.
+    #[prost(string, tag = "4")]
+    pub url: String,
+    /// Shown with it.
+    #[prost(string, tag = "5")]
+    pub description: String,
+    /// Created (ms).
+    #[prost(int64, tag = "6")]
+    pub created_ms: i64,
+    /// Last changed (ms).
+    #[prost(int64, tag = "7")]
+    pub updated_ms: i64,
+}
+
+/// A deployment: `deployments` tree, key the id (big-endian); indexed by
+/// `deployment_index` (`repo \0 environment \0 id`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeploymentRecord {
+    /// Schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// The repository.
+    #[prost(string, tag = "2")]
+    pub repo: String,
+    /// The environment.
+    #[prost(string, tag = "3")]
+    pub environment: String,
+    /// `DeploymentState`.
+    #[prost(enumeration = "viaduct_proto::v1::DeploymentState", tag = "4")]
+    pub state: i32,
+    /// Why it waits, or how it ended.
+    #[prost(string, tag = "5")]
+    pub message: String,
+    /// The deploying job.
+    #[prost(uint64, tag = "6")]
+    pub run: u64,
+    /// Its index in the run.
+    #[prost(uint32, tag = "7")]
+    pub job: u32,
+    /// Its name.
+    #[prost(string, tag = "8")]
+    pub job_name: String,
+    /// The job's attempt that deploys.
+    #[prost(uint32, tag = "9")]
+    pub attempt: u32,
+    /// The run's pipeline.
+    #[prost(string, tag = "10")]
+    pub pipeline: String,
+    /// The run's ref.
+    #[prost(string, tag = "11")]
+    pub git_ref: String,
+    /// The commit.
+    #[prost(string, tag = "12")]
+    pub commit: String,
+    /// Who started the run.
+    #[prost(string, tag = "13")]
+    pub triggered_by: String,
+    /// Who approved it.
+    #[prost(string, tag = "14")]
+    pub approved_by: String,
+    /// When (ms).
+    #[prost(int64, tag = "15")]
+    pub approved_ms: i64,
+    /// Not started before (ms; the wait timer).
+    #[prost(int64, tag = "16")]
+    pub wait_until_ms: i64,
+    /// Created (ms).
+    #[prost(int64, tag = "17")]
+    pub created_ms: i64,
+    /// Its job started (ms).
+    #[prost(int64, tag = "18")]
+    pub started_ms: i64,
+    /// Ended (ms).
+    #[prost(int64, tag = "19")]
+    pub finished_ms: i64,
+    /// Where it can be seen.
+    #[prost(string, tag = "20")]
+    pub url: String,
+    /// "deploy", "promote" or "rollback".
+    #[prost(string, tag = "21")]
+    pub kind: String,
+    /// What a promotion or rollback deploys again.
+    #[prost(uint64, tag = "22")]
+    pub source_deployment: u64,
+    /// Outputs of its plugin steps, `<step>.<name>`.
+    #[prost(map = "string, string", tag = "23")]
+    pub outputs: HashMap<String, String>,
+    /// Services it registered.
+    #[prost(string, repeated, tag = "24")]
+    pub services: Vec<String>,
+    /// Approved (or needing none), waiting for the environment's
+    /// deployment in progress to end.
+    #[prost(bool, tag = "25")]
+    pub held: bool,
+    /// The role an approver needs (`Role`, unspecified: none needed),
+    /// pinned when it was created.
+    #[prost(int32, tag = "26")]
+    pub approval_role: i32,
+}
+
+/// A service a deployment registered: `deployed_services` tree, key `repo
+/// \0 environment \0 name`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeployedServiceRecord {
+    /// Schema version.
+    #[prost(uint32, tag = "1")]
+    pub schema: u32,
+    /// As declared.
+    #[prost(message, optional, tag = "2")]
+    pub decl: Option<ServiceDecl>,
+    /// What its last successful deployment deployed.
+    #[prost(string, tag = "3")]
+    pub commit: String,
+    /// That deployment.
+    #[prost(uint64, tag = "4")]
+    pub deployment: u64,
+    /// Registered (ms).
+    #[prost(int64, tag = "5")]
+    pub registered_ms: i64,
+}
+
+/// A deployed service's health as probed: `service_health` tree, same key
+/// as `deployed_services` (written by the prober only).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServiceHealthRecord {
+    /// `Health`.
+    #[prost(enumeration = "viaduct_proto::v1::Health", tag = "1")]
+    pub health: i32,
+    /// Since when (ms).
+    #[prost(int64, tag = "2")]
+    pub since_ms: i64,
+    /// The last probes, newest first (at most 100).
+    #[prost(message, repeated, tag = "3")]
+    pub history: Vec<viaduct_proto::v1::ProbeResult>,
 }
 
 /// Where a resumed attempt starts: the snapshot after `after_step` of

@@ -100,6 +100,8 @@ struct RepoEvent {
     /// decides whether it runs (the base branch's tip), and what the
     /// repository's policy decided.
     pull: Option<(PullRequest, String, crate::trust::Decision)>,
+    /// Who started a run by hand.
+    sender: String,
 }
 
 /// What starts runs: repository events (pushes, pull requests, runs by
@@ -222,6 +224,7 @@ impl Triggers {
                 priority: None,
                 schedule: None,
                 pull: None,
+                sender: String::new(),
             };
             // The ref state (and the repository record) ride with the run.
             if let Some(id) = self.launch(name, &rec, event, std::mem::take(&mut ws)).await? {
@@ -302,6 +305,7 @@ impl Triggers {
             priority: None,
             schedule: None,
             pull: Some((pr.clone(), base_tip, decision)),
+            sender: String::new(),
         };
         let id = self.launch(name, &rec, event, ws).await?;
         if let Some(id) = id {
@@ -318,6 +322,7 @@ impl Triggers {
         what: &str,
         inputs: HashMap<String, String>,
         priority: Option<u32>,
+        actor: &str,
     ) -> Result<RunId> {
         let rec = self.repos.get(name)?;
         let path = self.repos.path(name);
@@ -344,6 +349,7 @@ impl Triggers {
             priority,
             schedule: None,
             pull: None,
+            sender: actor.to_string(),
         };
         self.launch(name, &rec, event, WriteSet::default()).await?.ok_or_else(|| {
             Error::precondition(format!("the pipeline of `{name}` does not allow manual runs (`on:` has no `manual`)"))
@@ -425,7 +431,7 @@ impl Triggers {
             scheduled_for: ev.schedule.as_ref().and_then(|s| crate::convert::timestamp(s.1 * 1000)),
             head_repo: ev.pull.as_ref().map(|p| p.0.head_repo.clone()).unwrap_or_default(),
             fork: ev.pull.as_ref().is_some_and(|p| p.0.fork),
-            sender: ev.pull.as_ref().map(|p| p.0.sender.clone()).unwrap_or_default(),
+            sender: ev.pull.as_ref().map_or_else(|| ev.sender.clone(), |p| p.0.sender.clone()),
             sender_association: ev.pull.as_ref().map(|p| p.0.sender_association.clone()).unwrap_or_default(),
         };
         let clone_url = if rec.kind == MIRROR { rec.url.clone() } else { self.repos.clone_url(name) };

@@ -277,6 +277,7 @@ impl Triggers {
                 priority: None,
                 schedule,
                 pull: None,
+                sender: String::new(),
             };
             return self.launch(repo, &rec, event, extra).await;
         }

@@ -110,6 +110,20 @@ pub enum Command {
     /// Manage secrets (values jobs read as env when they list them).
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Manage a repository's environments (deployment targets, their
+    /// rules and variables) and see what is deployed where.
+    #[command(subcommand, alias = "envs")]
+    Environments(crate::cli::deployments::EnvironmentsCommand),
+    /// List, approve and reject deployments.
+    #[command(subcommand)]
+    Deployments(crate::cli::deployments::DeploymentsCommand),
+    /// Deploy again: promote what one environment runs to another, or roll
+    /// an environment back to what it ran before.
+    #[command(subcommand)]
+    Deploy(crate::cli::deployments::DeployCommand),
+    /// The services deployments registered, and their health.
+    #[command(subcommand)]
+    Services(crate::cli::deployments::ServicesCommand),
     /// Manage API tokens (yours; an admin's: everyone's).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -201,6 +215,10 @@ pub enum SecretsCommand {
         /// notification: a forge token or GitHub App key (which must be).
         #[arg(long)]
         server_only: bool,
+        /// Only jobs that deploy to this environment of the --repo
+        /// repositories, once its rules passed (repeatable).
+        #[arg(long = "environment", value_name = "NAME", requires = "repos")]
+        environments: Vec<String>,
     },
     /// List secret names.
     List,
@@ -786,7 +804,7 @@ pub fn executor(s: &str) -> Result<viaduct_sdk::proto::v1::Executor, String> {
     Executor::from_word(s).ok_or_else(|| format!("`{s}` is not an executor ({EXECUTOR_WORDS})"))
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
+pub fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))

@@ -95,7 +95,7 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
 /// Follows a run's logs and turns its outcome into the exit status: says
 /// why queued jobs wait while it follows, and why each job that did not
 /// succeed ended so at the end.
-async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
+pub async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
     tokio::select! {
         r = print_logs(client, id, true) => r?,
         () = explain_waits(client, id) => {}
@@ -671,7 +671,17 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
 /// `viaduct secrets …`.
 pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure> {
     match cmd {
-        SecretsCommand::Set { name, value, repos, pipelines, branches, pull_requests, registry, server_only } => {
+        SecretsCommand::Set {
+            name,
+            value,
+            repos,
+            pipelines,
+            branches,
+            pull_requests,
+            registry,
+            server_only,
+            environments,
+        } => {
             let value = match value {
                 Some(v) => v,
                 None => {
@@ -688,6 +698,7 @@ pub async fn secrets(client: &Client, cmd: SecretsCommand) -> Result<(), Failure
                 pull_requests,
                 registry: registry.unwrap_or_default(),
                 server_only,
+                environments,
             };
             let info = client.secrets().set(SetSecretRequest { name: name.clone(), value, scope: Some(scope) }).await?;
             println!("secret {name} set ({})", view::scope_text(info.into_inner().scope.as_ref()));

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod args;
 pub mod commands;
 pub mod debug;
+pub mod deployments;
 pub mod exec;
 pub mod files;
 pub mod login;
@@ -125,6 +126,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Plugins(c) => files::plugins(&client, c).await,
         Command::Artifacts(c) => files::artifacts(&client, c).await,
         Command::Caches(c) => files::caches(&client, c).await,
+        Command::Environments(c) => deployments::environments(&client, c).await,
+        Command::Deployments(c) => deployments::deployments(&client, c).await,
+        Command::Deploy(c) => deployments::deploy(&client, c).await,
+        Command::Services(c) => deployments::services(&client, c).await,
         Command::Tokens(c) => people::tokens(&client, c).await,
         Command::Whoami => people::whoami(&client).await,
         Command::Login { .. } | Command::Logout => Ok(()),

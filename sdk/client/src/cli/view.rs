@@ -302,7 +302,9 @@ pub fn repo_text(r: &Repo) -> String {
 pub fn scope_text(s: Option<&viaduct_sdk::proto::v1::SecretScope>) -> String {
     let Some(s) = s else { return "any run".into() };
     let mut rules = Vec::new();
-    for (what, list) in [("repos", &s.repos), ("pipelines", &s.pipelines), ("branches", &s.branches)] {
+    for (what, list) in
+        [("repos", &s.repos), ("pipelines", &s.pipelines), ("branches", &s.branches), ("environments", &s.environments)]
+    {
         if !list.is_empty() {
             rules.push(format!("{what} {}", list.join(",")));
         }

@@ -1,0 +1,236 @@
+//! Health probes of deployed services (`deployed_services`): each service
+//! with a probe is checked on its interval — an HTTP(S) GET (up: a 2xx or
+//! 3xx answer; redirects are not followed) or a TCP connection — and the
+//! result kept in `service_health` (the last 100 probes, the health and
+//! since when). When a service's health changes (up ↔ down, or a first
+//! probe finds it down) its `on_change` stored pipeline is started with
+//! the inputs `repo`, `environment`, `service` and `health`.
+//!
+//! Who decides what is probed: a deployment that passed its environment's
+//! rules (allowed refs, approval) declares the services; the server then
+//! connects to what they name. An answer's body is never read or shown —
+//! only its status, the time it took and a connection error — so a probe
+//! tells no more than "is something listening there".
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use viaduct_proto::v1::{Health, ProbeResult, RunSource};
+
+use crate::{
+    engine::Engine,
+    error::Result,
+    launch::{self, Cause, Launch, Origin},
+    plugins::PluginRegistry,
+    store::{
+        Store, T, WriteSet,
+        records::{DeployedServiceRecord, ServiceDecl, ServiceHealthRecord},
+    },
+};
+
+/// Probes kept per service.
+pub const HISTORY: usize = 100;
+/// Probes run at once.
+const CONCURRENT: usize = 16;
+/// The longest sleep between looks at what is due.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// The prober (one per leading server).
+pub struct Prober {
+    store: Arc<Store>,
+    engine: Arc<Engine>,
+    plugins: Arc<PluginRegistry>,
+    http: reqwest::Client,
+}
+
+/// A service to probe: its key, repository, environment and declaration.
+struct Target {
+    key: Vec<u8>,
+    repo: String,
+    environment: String,
+    decl: ServiceDecl,
+}
+
+impl Prober {
+    /// A prober over the services in `store`; `on_change` pipelines start
+    /// on `engine` (resolving plugins in `plugins`).
+    pub fn new(store: Arc<Store>, engine: Arc<Engine>, plugins: Arc<PluginRegistry>) -> anyhow::Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("viaduct-probe/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Arc::new(Self { store, engine, plugins, http }))
+    }
+
+    /// Probes until the server stops; `changes` wakes it when deployments
+    /// registered services.
+    pub fn spawn(self: Arc<Self>, mut changes: watch::Receiver<u64>) {
+        tokio::spawn(async move {
+            let mut due: HashMap<Vec<u8>, Instant> = HashMap::new();
+            loop {
+                let targets = self.targets().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read the deployed services");
+                    Vec::new()
+                });
+                due.retain(|k, _| targets.iter().any(|t| &t.key == k));
+                let now = Instant::now();
+                let mut next = now + IDLE;
+                let mut batch = Vec::new();
+                for t in targets {
+                    let interval = Duration::from_secs(u64::from(t.decl.interval_s.max(1)));
+                    let at = *due.entry(t.key.clone()).or_insert(now);
+                    if at <= now {
+                        due.insert(t.key.clone(), now + interval);
+                        next = next.min(now + interval);
+                        batch.push(t);
+                    } else {
+                        next = next.min(at);
+                    }
+                }
+                let me = &self;
+                futures_util::stream::iter(batch)
+                    .for_each_concurrent(CONCURRENT, |t| async move {
+                        let result = me.probe(&t.decl).await;
+                        if let Err(e) = me.record(&t, result).await {
+                            tracing::warn!(service = %t.decl.name, error = %e, "cannot record a probe");
+                        }
+                    })
+                    .await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(next.into()) => {}
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+    }
+
+    /// Every registered service with a probe.
+    fn targets(&self) -> Result<Vec<Target>> {
+        let mut out = Vec::new();
+        for item in self.store.tree(T::DeployedServices).iter() {
+            let (k, v) = item?;
+            let rec: DeployedServiceRecord = crate::store::decode(T::DeployedServices, &v)?;
+            let Some(decl) = rec.decl.filter(|d| !d.probe.is_empty()) else { continue };
+            let mut parts = k.splitn(3, |b| *b == 0);
+            let repo = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let environment = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push(Target { key: k.to_vec(), repo, environment, decl });
+        }
+        Ok(out)
+    }
+
+    /// One probe of a service.
+    async fn probe(&self, decl: &ServiceDecl) -> ProbeResult {
+        let timeout = Duration::from_secs(u64::from(decl.timeout_s.clamp(1, 60)));
+        let started = Instant::now();
+        let outcome: std::result::Result<u32, String> = if let Some(addr) = decl.probe.strip_prefix("tcp://") {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => Ok(0),
+                Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+                Err(_) => Err(format!("no connection within {}s", timeout.as_secs())),
+            }
+        } else {
+            match self.http.get(&decl.probe).timeout(timeout).send().await {
+                Ok(answer) => Ok(u32::from(answer.status().as_u16())),
+                Err(e) if e.is_timeout() => Err(format!("no answer within {}s", timeout.as_secs())),
+                Err(e) => Err(format!("cannot connect: {}", error_chain(&e))),
+            }
+        };
+        let latency_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        let (health, status, error) = match outcome {
+            Ok(0) => (Health::Up, 0, String::new()),
+            Ok(s) if (200..400).contains(&s) => (Health::Up, s, String::new()),
+            Ok(s) => (Health::Down, s, format!("HTTP {s}")),
+            Err(e) => (Health::Down, 0, e),
+        };
+        ProbeResult {
+            time: crate::convert::timestamp(crate::store::now_ms()),
+            health: health as i32,
+            status,
+            latency_ms,
+            error,
+        }
+    }
+
+    /// Keeps a probe's result; on a change of health, starts the service's
+    /// `on_change` pipeline.
+    async fn record(&self, t: &Target, result: ProbeResult) -> Result<()> {
+        // The service may have been deleted while it was probed.
+        if !self.store.tree(T::DeployedServices).contains_key(&t.key)? {
+            return Ok(());
+        }
+        let mut rec: ServiceHealthRecord = self.store.get(T::ServiceHealth, &t.key)?.unwrap_or_default();
+        let before = Health::try_from(rec.health).unwrap_or(Health::Unknown);
+        let now = Health::try_from(result.health).unwrap_or(Health::Unknown);
+        let changed = before != now;
+        if changed {
+            rec.health = now as i32;
+            rec.since_ms = crate::store::now_ms();
+            tracing::info!(repo = %t.repo, environment = %t.environment, service = %t.decl.name, health = ?now, error = %result.error, "service health changed");
+        }
+        rec.history.insert(0, result);
+        rec.history.truncate(HISTORY);
+        let mut ws = WriteSet::default();
+        ws.put(T::ServiceHealth, &t.key, &rec);
+        self.store.commit_durable(&ws).await?;
+        // A first probe that finds it up is no news.
+        let news = changed && !(matches!(before, Health::Unknown | Health::Unspecified) && now == Health::Up);
+        if news && !t.decl.on_change.is_empty() {
+            self.start_on_change(t, now).await;
+        }
+        Ok(())
+    }
+
+    /// Starts a service's `on_change` stored pipeline.
+    async fn start_on_change(&self, t: &Target, health: Health) {
+        let name = &t.decl.on_change;
+        let word = if health == Health::Up { "up" } else { "down" };
+        let started = async {
+            let stored = crate::pipelines::load(&self.store, name)?;
+            let inputs = [
+                ("repo", t.repo.clone()),
+                ("environment", t.environment.clone()),
+                ("service", t.decl.name.clone()),
+                ("health", word.to_string()),
+            ];
+            let cause = Cause {
+                source: RunSource {
+                    event: "manual".into(),
+                    sender: format!("service health ({})", t.decl.name),
+                    ..Default::default()
+                },
+                inputs: inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                pipeline_ref: name.clone(),
+                ..Default::default()
+            };
+            let origin = Origin::File { name: format!("{name}.yml"), yaml: stored.yaml };
+            launch::start(&self.engine, &self.store, &self.plugins, Launch::new(origin, cause), WriteSet::default())
+                .await
+        };
+        match started.await {
+            Ok(run) => {
+                tracing::info!(pipeline = %name, run = ?run, service = %t.decl.name, health = word, "health change started a run")
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = %name, service = %t.decl.name, error = %e, "health change: the on_change pipeline did not start")
+            }
+        }
+    }
+}
+
+/// An error with its causes (reqwest hides the interesting part).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
