@@ -51,8 +51,9 @@ impl EnvironmentsApi {
     }
 
     /// The deployment a review names (by id, or by its job), checked
-    /// against the caller's role on its repository.
-    fn reviewed(&self, access: &Access, r: &ReviewDeploymentRequest) -> Result<(u64, Deployment), Error> {
+    /// against the caller's role on its repository (and, `approving`, the
+    /// self-approval rule: anyone who may review may reject).
+    fn reviewed(&self, access: &Access, r: &ReviewDeploymentRequest, approving: bool) -> Result<u64, Error> {
         let id = if r.id != 0 {
             r.id
         } else {
@@ -69,10 +70,11 @@ impl EnvironmentsApi {
         let role = Role::try_from(d.approval_role).unwrap_or(Role::Unspecified);
         let role = if role == Role::Unspecified { Role::Trigger } else { role };
         access.require_role(role, &d.repo)?;
-        if envs::get(&self.store, &d.repo, &d.environment)
-            .ok()
-            .and_then(|e| e.rules)
-            .is_some_and(|rules| rules.prevent_self_approval)
+        if approving
+            && envs::get(&self.store, &d.repo, &d.environment)
+                .ok()
+                .and_then(|e| e.rules)
+                .is_some_and(|rules| rules.prevent_self_approval)
             && (d.triggered_by == access.actor || (!access.owner.is_empty() && d.triggered_by == access.owner))
         {
             return Err(Error::PermissionDenied(format!(
@@ -80,7 +82,7 @@ impl EnvironmentsApi {
                 access.actor, d.environment
             )));
         }
-        Ok((id, convert::deployment(id, &d)))
+        Ok(id)
     }
 
     /// Refuses a redeploy whose job got artifacts that are gone.
@@ -171,14 +173,14 @@ impl Deployments for EnvironmentsApi {
 
     async fn approve(&self, req: Request<ReviewDeploymentRequest>) -> Result<Response<Deployment>, Status> {
         let access = access::of(&req)?.clone();
-        let (id, _) = self.reviewed(&access, req.get_ref())?;
+        let id = self.reviewed(&access, req.get_ref(), true)?;
         self.engine.review_deployment(id, &access.actor, true, &req.get_ref().comment).await?;
         Ok(Response::new(convert::deployment(id, &envs::deployment(&self.store, id)?)))
     }
 
     async fn reject(&self, req: Request<ReviewDeploymentRequest>) -> Result<Response<Deployment>, Status> {
         let access = access::of(&req)?.clone();
-        let (id, _) = self.reviewed(&access, req.get_ref())?;
+        let id = self.reviewed(&access, req.get_ref(), false)?;
         self.engine.review_deployment(id, &access.actor, false, &req.get_ref().comment).await?;
         Ok(Response::new(convert::deployment(id, &envs::deployment(&self.store, id)?)))
     }
