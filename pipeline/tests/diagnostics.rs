@@ -32,7 +32,7 @@ fn unknown_key_with_suggestion_and_expected_list() {
         "jobs:\n  test:\n    stpes:\n      - run: x\n",
         &[
             "p.yml:2:3: missing required key `steps` in job `test`",
-            "p.yml:3:5: unknown key `stpes` in job `test`; did you mean `steps`? (expected one of: name, runs_on, image, services, network, resources, matrix, fail_fast, timeout, retries, priority, env, secrets, needs, if, continue_on_error, artifacts, notify, snapshots, steps)",
+            "p.yml:3:5: unknown key `stpes` in job `test`; did you mean `steps`? (expected one of: name, runs_on, image, services, network, resources, matrix, fail_fast, timeout, retries, priority, env, secrets, needs, if, continue_on_error, artifacts, notify, snapshots, environment, artifacts_from, steps)",
         ],
     );
     check(
@@ -442,5 +442,23 @@ fn snapshots_and_reuse_are_checked() {
             "p.yml:5:16: missing required key `key_files` in `reuse` in step 1 of job `a`",
             "p.yml:5:18: unknown key `keys` in `reuse` in step 1 of job `a` (expected one of: key_files)",
         ],
+    );
+}
+
+#[test]
+fn environment_and_artifacts_from() {
+    // `artifacts_from` names jobs among `needs`.
+    check(
+        &format!("jobs:\n  b:\n{STEPS}  d:\n    needs: [b]\n    artifacts_from: [b, c]\n{STEPS}"),
+        &["p.yml:7:25: `artifacts_from` names `c`, which is not in the job's `needs` (b)"],
+    );
+    // The mapping form's keys, with suggestions.
+    check(
+        &format!("jobs:\n  d:\n    environment: {{ name: prod, urls: x }}\n{STEPS}"),
+        &["p.yml:3:32: unknown key `urls` in `environment` in job `d`; did you mean `url`? (expected one of: name, url, services)"],
+    );
+    check(
+        &format!("jobs:\n  d:\n    environment:\n      name: prod\n      services:\n        - endpoints: [x]\n{STEPS}"),
+        &["p.yml:6:11: missing required key `name` in service 1 of `environment` in job `d`"],
     );
 }

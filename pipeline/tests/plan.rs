@@ -269,3 +269,34 @@ fn trigger_matching() {
     let off = pipeline("on: { manual: false }\njobs:\n  a:\n    steps: [{ run: x }]\n");
     assert!(!off.triggers.allows_manual());
 }
+
+#[test]
+fn environments_are_interpolated_and_checked() {
+    let yaml = "jobs:\n  build:\n    steps: [{run: x}]\n  deploy:\n    needs: [build]\n    artifacts_from: build\n    \
+                matrix: { region: [eu, us] }\n    environment:\n      name: prod-${{ matrix.region }}\n      url: \
+                https://${{ matrix.region }}.example.com\n      services:\n        - name: api\n          probe: { target: \
+                'tcp://${{ matrix.region }}.internal:80', interval: 5s }\n    steps: [{run: x}]\n";
+    let p = plan_of(yaml, &push_main());
+    let envs: Vec<&str> = p.jobs[1..].iter().map(|j| j.environment.as_ref().unwrap().name.as_str()).collect();
+    assert_eq!(envs, ["prod-eu", "prod-us"]);
+    let e = p.jobs[2].environment.as_ref().unwrap();
+    assert_eq!(e.url.as_deref(), Some("https://us.example.com"));
+    let probe = e.services[0].probe.as_ref().unwrap();
+    assert_eq!((probe.target.as_str(), probe.interval), ("tcp://us.internal:80", Some(Duration::from_secs(5))));
+    assert_eq!(p.jobs[1].artifacts_from, [0]);
+    assert!(p.jobs[0].environment.is_none() && p.jobs[0].artifacts_from.is_empty());
+
+    // Names and probes are checked once interpolated.
+    let bad = "jobs:\n  d:\n    environment:\n      name: Prod\n      services:\n        - name: a\n          probe: { \
+               target: 'ftp://x' }\n        - name: a\n          probe: { target: 'tcp://host' }\n    steps: [{run: x}]\n";
+    let errs: Vec<String> = viaduct_pipeline::plan::plan(&pipeline(bad), &push_main())
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs[0].contains("environment `Prod`: expected lower-case letters"), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("`ftp://x` is not `http://…`")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("service `a` is declared twice")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("`tcp://host` needs a port")), "{errs:#?}");
+}
