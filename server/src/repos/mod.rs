@@ -304,6 +304,15 @@ impl Repos {
         }
         // A repository made later under this name starts with nothing of this one's.
         self.forget_forge_state(name, &mut ws, true)?;
+        // Nor its environments (their rules and variables) and services; the
+        // deployment history stays, as its runs do.
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        for t in [T::Environments, T::DeployedServices, T::ServiceHealth] {
+            for k in self.store.tree(t).scan_prefix(&prefix).map(|kv| kv.map(|(k, _)| k)) {
+                ws.delete(t, k?);
+            }
+        }
         self.store.commit_durable(&ws).await?;
         let path = self.path(name);
         let _ = tokio::fs::remove_dir_all(&path).await;
