@@ -26,7 +26,7 @@ async fn plugins_are_published_resolved_and_checked_when_planned() {
     let server = Server::with_plugins();
     let client = server.client().await;
     let listed = String::from_utf8(output(server.cli().args(["plugins", "list"])).stdout).unwrap();
-    for name in ["cache", "deploy", "detect", "nix-check"] {
+    for name in ["cache", "container-deploy", "deploy", "detect", "nix-check", "ssh-deploy"] {
         assert!(listed.lines().any(|l| l.starts_with(name) && l.contains("1.0.0")), "{name} missing:\n{listed}");
     }
     let shown = String::from_utf8(output(server.cli().args(["plugins", "get", "cache@1"])).stdout).unwrap();

@@ -164,7 +164,7 @@ mod tests {
         let plugins = discover().unwrap();
         let first: Vec<&str> = plugins.iter().filter(|p| !p.test_only).map(|p| p.name.as_str()).collect();
         let test: Vec<&str> = plugins.iter().filter(|p| p.test_only).map(|p| p.name.as_str()).collect();
-        assert_eq!(first, ["cache", "deploy", "detect", "nix-check"]);
+        assert_eq!(first, ["cache", "container-deploy", "deploy", "detect", "nix-check", "ssh-deploy"]);
         assert_eq!(test, ["hostile", "noop", "probe"]);
         assert!(plugins.iter().all(|p| p.package.starts_with("viaduct-plugin-")));
     }

@@ -10,10 +10,14 @@
 //! plain `std` (no host imports), so all of it runs in native unit tests.
 //!
 //! - [`detect`]: project types from file names (`detect`, `cache`);
+//! - [`release`]: default release ids and simple names (`deploy`,
+//!   `container-deploy`, `ssh-deploy`), rollback targets and pruning
+//!   (`deploy`, `ssh-deploy`);
 //! - [`time`]: UTC timestamps without a date library (`deploy`,
-//!   `nix-check`).
+//!   `container-deploy`, `nix-check`, `ssh-deploy`).
 
 #![warn(missing_docs)]
 
 pub mod detect;
+pub mod release;
 pub mod time;

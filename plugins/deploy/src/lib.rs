@@ -242,10 +242,10 @@ fn live(error: Error, action: &str, target: &str, release: &str, previous: Optio
     )
 }
 
-/// `<UTC yyyymmddThhmmssZ>-<commit12>` (just the time without a commit).
+/// `<UTC yyyymmddThhmmssZ>-<commit12>` (just the time without a commit;
+/// shared with `container-deploy`).
 pub fn default_id(at: time::Utc, meta: &Meta) -> String {
-    let commit: String = meta.short_commit(12).chars().filter(char::is_ascii_alphanumeric).collect();
-    if commit.is_empty() { at.compact() } else { format!("{}-{commit}", at.compact()) }
+    viaduct_plugin_common::release::default_id(at, &meta.commit)
 }
 
 /// `id`, or `id-2`, `id-3`, … when a release of that name exists (two

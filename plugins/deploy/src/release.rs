@@ -12,13 +12,14 @@
 //! function (the host's in the sandbox, a native one in tests).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     io::{self, Write},
     path::{Component, Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
+use viaduct_plugin_common::release as common;
 use viaduct_plugin_sdk::{Error, Result, ResultExt, files::Copied};
 
 /// The directory of releases inside a target.
@@ -70,19 +71,10 @@ pub struct Record {
 }
 
 /// Checks a target or release name: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most
-/// 128 bytes — a single path component that cannot be `..` or hidden.
+/// 128 bytes — a single path component that cannot be `..` or hidden (the
+/// rule of [`viaduct_plugin_common::release::check_name`]).
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::msg(format!(
-            "`{what}` must be a simple name (letters, digits, `.`, `_`, `-`, starting with a letter or digit; no `/`): `{name}`"
-        )))
-    }
+    common::check_name(what, name).map_err(Error::msg)
 }
 
 /// The release the `current` link points to, if any.
@@ -257,16 +249,12 @@ pub fn list(base: &Path) -> Result<Vec<String>> {
 /// `current`'s latest deploy (per the log) that is still on disk. Rolling
 /// back repeatedly walks further back.
 pub fn rollback_target(records: &[Record], current: &str, on_disk: &BTreeSet<String>) -> Result<String> {
-    let deploys: Vec<&str> = records.iter().filter(|r| r.action == "deploy").map(|r| r.release.as_str()).collect();
-    let at = deploys.iter().rposition(|r| *r == current).ok_or_else(|| {
-        Error::msg(format!("the current release `{current}` was not deployed by this plugin (it is not in the log)"))
-    })?;
-    deploys[..at]
-        .iter()
-        .rev()
-        .find(|r| **r != current && on_disk.contains(**r))
-        .map(|r| (*r).to_owned())
-        .ok_or_else(|| Error::msg(format!("no earlier release than `{current}` is left to roll back to")))
+    common::rollback_target(&deploys(records), current, on_disk).map_err(Error::msg)
+}
+
+/// The releases of the log's deploys, oldest first.
+fn deploys(records: &[Record]) -> Vec<&str> {
+    records.iter().filter(|r| r.action == "deploy").map(|r| r.release.as_str()).collect()
 }
 
 /// Removes all but the newest `keep` releases (newest by their latest
@@ -274,25 +262,12 @@ pub fn rollback_target(records: &[Record], current: &str, on_disk: &BTreeSet<Str
 /// name), never one in `protect`. Also removes copies abandoned for a day.
 /// Returns the removed releases.
 pub fn prune(base: &Path, keep: usize, records: &[Record], protect: &[&str]) -> Result<Vec<String>> {
-    let mut order: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, r) in records.iter().enumerate().filter(|(_, r)| r.action == "deploy") {
-        order.insert(r.release.as_str(), i + 1);
-    }
-    let mut releases = list(base)?;
-    // Newest first.
-    releases.sort_by(|a, b| {
-        let (oa, ob) = (order.get(a.as_str()).copied().unwrap_or(0), order.get(b.as_str()).copied().unwrap_or(0));
-        ob.cmp(&oa).then_with(|| b.cmp(a))
-    });
     let mut removed = Vec::new();
-    for (i, name) in releases.iter().enumerate() {
-        if i < keep || protect.contains(&name.as_str()) {
-            continue;
-        }
-        let path = base.join(RELEASES).join(name);
+    for name in common::prunable(&list(base)?, &deploys(records), keep, protect) {
+        let path = base.join(RELEASES).join(&name);
         std::fs::remove_dir_all(&path)
             .with_context(|| format!("cannot remove the old release `{}`", path.display()))?;
-        removed.push(name.clone());
+        removed.push(name);
     }
     remove_stale_copies(&base.join(RELEASES));
     Ok(removed)

@@ -176,6 +176,11 @@ impl PluginHost {
         let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e:#}"))?;
         let mut linker = Linker::<StepState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        // Defines the `viaduct:plugin/*@1.1.0` interfaces. wasmtime's linker
+        // matches imports by semver (every `@1.x.y` name also answers to
+        // `@1`), so a component built against 1.0.0 — importing
+        // `viaduct:plugin/log@1.0.0` and the like — links to these: 1.1 only
+        // added `exec-all`, and changed nothing of 1.0's interfaces.
         Step::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("cannot link the plugin imports: {e:#}"))?;
         let ticker = engine.clone();

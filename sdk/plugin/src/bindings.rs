@@ -1,4 +1,4 @@
-//! Bindings generated from `plugins/wit` (the `viaduct:plugin@1.0.0` `step`
+//! Bindings generated from `plugins/wit` (the `viaduct:plugin@1.1.0` `step`
 //! world). Plugins normally use the safe wrappers of this crate instead; the
 //! raw bindings are public for the [`export!`](crate::export) macro and for
 //! plugins that need a type as the host defines it.

@@ -7,6 +7,11 @@
 //! [`Command::capture_stdout`] asks for it back (for JSON and the like). It
 //! is stopped with the step (cancel or timeout).
 //!
+//! [`Command::run`] runs one command at a time; [`run_all`] runs several at
+//! once (ABI 1.1: a plugin using it declares `abi = "1.1"` in its
+//! manifest), each line of their output in the log prefixed with the
+//! command's label.
+//!
 //! ```no_run
 //! use viaduct_plugin_sdk::{exec::Command, Result};
 //! # fn demo() -> Result<()> {
@@ -14,6 +19,14 @@
 //! Command::new("nix").args(["flake", "check"]).run_checked()?;
 //! // Captured and parsed.
 //! let meta: serde_json::Value = Command::new("nix").args(["flake", "metadata", "--json"]).capture_stdout().run_checked()?.json()?;
+//! // Two at once; results in the same order.
+//! let results = viaduct_plugin_sdk::exec::run_all(&[
+//!     ("web-1", Command::new("ssh").args(["web-1", "true"])),
+//!     ("web-2", Command::new("ssh").args(["web-2", "true"])),
+//! ]);
+//! for result in results {
+//!     println!("exit code {}", result?.code);
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -21,7 +34,14 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Error, Result, bindings::viaduct::plugin::exec as wit, host};
+use crate::{
+    Error, Result,
+    bindings::viaduct::plugin::{exec as wit, exec_all as wit_all},
+    host,
+};
+
+/// Most commands one [`run_all`] call may run (the host's limit).
+pub const MAX_RUN_ALL: usize = 64;
 
 /// A command to run on the runner (a builder).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,15 +137,7 @@ impl Command {
     /// started (not on the allow-list, not installed); a non-zero exit is
     /// `Ok` — see [`run_checked`](Command::run_checked).
     pub fn run(&self) -> Result<Exit> {
-        let cmd = wit::Command {
-            program: self.program.clone(),
-            args: self.args.clone(),
-            env: self.env.clone(),
-            cwd: self.cwd.clone(),
-            capture_stdout: self.capture_stdout,
-        };
-        let exit = host::exec_run(&cmd).map_err(|e| Error::msg(format!("cannot run `{}`: {e}", self.program)))?;
-        Ok(Exit { code: exit.code, stdout: exit.stdout })
+        self.result(host::exec_run(&self.to_wit()))
     }
 
     /// Runs the command; a non-zero exit is an error naming the command and
@@ -137,6 +149,61 @@ impl Command {
         }
         Ok(exit)
     }
+}
+
+impl Command {
+    /// The command as the host takes it.
+    fn to_wit(&self) -> wit::Command {
+        wit::Command {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            capture_stdout: self.capture_stdout,
+        }
+    }
+
+    /// What the host answered for this command, as the SDK's types.
+    fn result(&self, answer: Result<wit::Exit, String>) -> Result<Exit> {
+        let exit = answer.map_err(|e| Error::msg(format!("cannot run `{}`: {e}", self.program)))?;
+        Ok(Exit { code: exit.code, stdout: exit.stdout })
+    }
+}
+
+/// Runs every command of `cmds` at once and waits for all of them; the
+/// results are in the order of `cmds`. Needs ABI 1.1 (`abi = "1.1"` in
+/// the manifest) and, like [`Command::run`], every program on the
+/// manifest's `exec` list.
+///
+/// Each command is checked and run exactly like [`Command::run`], and
+/// stopped with the step. Its output goes to the step log line by line,
+/// each line prefixed with `[label] ` (use a short label: a host name, a
+/// target). A result is `Err` only when that command could not be started
+/// (not on the allow-list, not installed) — the others run anyway; a
+/// non-zero exit is `Ok` (see [`Exit::success`]).
+///
+/// At most [`MAX_RUN_ALL`] commands: with more, none runs and every result
+/// is an error saying so. Compiled natively (unit tests), every result is
+/// an error, as for [`Command::run`].
+pub fn run_all<L: AsRef<str>>(cmds: &[(L, Command)]) -> Vec<Result<Exit>> {
+    if cmds.len() > MAX_RUN_ALL {
+        let message = format!("exec-all runs at most {MAX_RUN_ALL} commands at once; {} were given", cmds.len());
+        return cmds.iter().map(|_| Err(Error::msg(&message))).collect();
+    }
+    let labelled: Vec<wit_all::LabelledCommand> = cmds
+        .iter()
+        .map(|(label, cmd)| wit_all::LabelledCommand { label: label.as_ref().to_owned(), command: cmd.to_wit() })
+        .collect();
+    results(cmds, host::exec_run_all(&labelled))
+}
+
+/// Pairs the host's answers with `cmds`; a missing answer (a host that
+/// returned fewer) is an error for its command.
+fn results<L>(cmds: &[(L, Command)], answers: Vec<Result<wit::Exit, String>>) -> Vec<Result<Exit>> {
+    let mut answers = answers.into_iter();
+    cmds.iter()
+        .map(|(_, cmd)| cmd.result(answers.next().unwrap_or_else(|| Err("the host returned no result".to_owned()))))
+        .collect()
 }
 
 impl fmt::Display for Command {
@@ -194,6 +261,42 @@ mod tests {
     fn native_run_is_an_error_not_a_panic() {
         let e = Command::new("sh").run().unwrap_err();
         assert!(e.message().contains("only available"), "{e}");
+    }
+
+    #[test]
+    fn native_run_all_answers_every_command_in_order() {
+        let cmds = [("a", Command::new("ssh").arg("a")), ("b", Command::new("scp").arg("b"))];
+        let results = run_all(&cmds);
+        assert_eq!(results.len(), 2);
+        let messages: Vec<String> = results.into_iter().map(|r| r.unwrap_err().message().to_owned()).collect();
+        assert!(messages[0].starts_with("cannot run `ssh`: the host import `exec-all.run-all`"), "{messages:?}");
+        assert!(messages[1].starts_with("cannot run `scp`: "), "{messages:?}");
+        assert!(run_all::<&str>(&[]).is_empty());
+    }
+
+    #[test]
+    fn run_all_refuses_too_many_commands() {
+        let cmds: Vec<(String, Command)> = (0..=MAX_RUN_ALL).map(|i| (i.to_string(), Command::new("true"))).collect();
+        let results = run_all(&cmds);
+        assert_eq!(results.len(), MAX_RUN_ALL + 1);
+        for r in results {
+            assert_eq!(r.unwrap_err().message(), "exec-all runs at most 64 commands at once; 65 were given");
+        }
+    }
+
+    #[test]
+    fn run_all_results_pair_with_commands() {
+        let cmds = [("x", Command::new("a")), ("y", Command::new("b")), ("z", Command::new("c"))];
+        let answers = vec![Ok(wit::Exit { code: 3, stdout: b"o".to_vec() }), Err("not allowed".to_owned())];
+        let r = results(&cmds, answers);
+        assert_eq!(r[0].as_ref().unwrap(), &Exit { code: 3, stdout: b"o".to_vec() });
+        assert_eq!(r[1].as_ref().unwrap_err().message(), "cannot run `b`: not allowed");
+        assert_eq!(r[2].as_ref().unwrap_err().message(), "cannot run `c`: the host returned no result");
+        let w = Command::new("ssh").args(["-p", "22"]).env("A", "1").cwd("sub").capture_stdout().to_wit();
+        assert_eq!(
+            (w.program.as_str(), w.args.len(), w.cwd.as_deref(), w.capture_stdout),
+            ("ssh", 2, Some("sub"), true)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! with an error saying it needs a runner, instead of the `unreachable!()`
 //! the generated bindings would hit.
 
-use crate::bindings::viaduct::plugin::{artifacts, cache, exec, files, log};
+use crate::bindings::viaduct::plugin::{artifacts, cache, exec, exec_all, files, log};
 
 #[cfg(target_arch = "wasm32")]
 mod imp {
@@ -41,6 +41,10 @@ mod imp {
 
     pub fn exec_run(cmd: &exec::Command) -> Result<exec::Exit, String> {
         exec::run(cmd)
+    }
+
+    pub fn exec_run_all(cmds: &[exec_all::LabelledCommand]) -> Vec<Result<exec::Exit, String>> {
+        exec_all::run_all(cmds)
     }
 }
 
@@ -90,6 +94,10 @@ mod imp {
 
     pub fn exec_run(_cmd: &exec::Command) -> Result<exec::Exit, String> {
         Err(unavailable("exec.run"))
+    }
+
+    pub fn exec_run_all(cmds: &[exec_all::LabelledCommand]) -> Vec<Result<exec::Exit, String>> {
+        cmds.iter().map(|_| Err(unavailable("exec-all.run-all"))).collect()
     }
 }
 

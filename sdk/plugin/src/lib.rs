@@ -35,7 +35,8 @@
 //! - [`Context`]: the phase (main/post), the `with:` values decoded with
 //!   serde ([`Context::with`], lenient helpers in [`de`]), the granted
 //!   environment, run metadata ([`Meta`]) and the post-phase state.
-//! - Host imports: [`log`], [`exec`] (allow-listed host programs),
+//! - Host imports: [`log`], [`exec`] (allow-listed host programs; several
+//!   at once with [`exec::run_all`], ABI 1.1),
 //!   [`cache`] (directory trees and small blobs), [`artifacts`] and
 //!   [`files`] (copies that keep permission bits, times and links).
 //! - `std::fs` on the workspace, which is preopened at `/workspace` and is
@@ -86,14 +87,17 @@ pub use output::Output;
 /// while the plugin runs).
 pub const WORKSPACE: &str = "/workspace";
 
-/// The ABI version this SDK targets (the `abi` of a plugin's manifest).
-pub const ABI_VERSION: &str = "1.0";
+/// The newest ABI version this SDK targets. A plugin's manifest declares
+/// the oldest its component needs (`abi`): `"1.1"` when it uses
+/// [`exec::run_all`], `"1.0"` otherwise (its imports are the same on every
+/// 1.x host).
+pub const ABI_VERSION: &str = "1.1";
 
 /// What most plugins need: `use viaduct_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Context, Error, Output, Phase, Result, ResultExt, artifacts, bail, cache, de, ensure, exec::Command, files,
-        log, markdown,
+        Context, Error, Output, Phase, Result, ResultExt, artifacts, bail, cache, de, ensure, exec, exec::Command,
+        files, log, markdown,
     };
 }
 

@@ -1,14 +1,27 @@
 //! Checks that a published `.wasm` is a component a runner can run: valid,
 //! exporting `run`, and importing only WASI and the `viaduct:plugin` 1.x
 //! interfaces this server implements — so a plugin built for a newer ABI is
-//! refused when it is published, not when a job first uses it.
+//! refused when it is published, not when a job first uses it — and only
+//! interfaces its manifest allows ([`check_manifest`]: its capabilities and
+//! its `abi`).
+//!
+//! Components import interfaces by semver (`viaduct:plugin/log@1.0.0`); one
+//! built against any 1.x up to [`ABI_MINOR`] is accepted, as runners link
+//! them all to their own 1.x interfaces (which only ever add).
 
+use viaduct_proto::v1::PluginManifest;
 use wasmparser::{ComponentExternalKind, ComponentTypeRef, Encoding, Parser, Payload, Validator, WasmFeatures};
 
 use super::manifest::{ABI_MAJOR, ABI_MINOR};
 
-/// The `viaduct:plugin` interfaces of ABI 1.0.
-const INTERFACES: &[&str] = &["types", "log", "cache", "artifacts", "files", "exec"];
+/// The `viaduct:plugin` interfaces, with the 1.x minor version that added
+/// each: 1.0's, then 1.1's `exec-all`.
+const INTERFACES: &[(&str, u64)] =
+    &[("types", 0), ("log", 0), ("cache", 0), ("artifacts", 0), ("files", 0), ("exec", 0), ("exec-all", 1)];
+
+/// Interfaces that run host programs, so need the `exec` capability (a
+/// non-empty allow-list): `exec`, and `exec-all`, which runs several at once.
+const NEEDS_EXEC: &[&str] = &["exec", "exec-all"];
 
 /// Why a component was refused.
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +103,59 @@ fn check_import(name: &str) -> Result<(), Invalid> {
             "imports `{name}`: this server implements viaduct:plugin {ABI_MAJOR}.{ABI_MINOR}"
         )));
     }
-    if !INTERFACES.contains(&interface) {
-        return Err(Invalid(format!("imports unknown interface `{name}`")));
+    match INTERFACES.iter().find(|(i, _)| *i == interface) {
+        None => Err(Invalid(format!("imports unknown interface `{name}`"))),
+        Some((_, since)) if version.minor < *since => Err(Invalid(format!(
+            "imports `{name}`, but `{interface}` exists only since viaduct:plugin {ABI_MAJOR}.{since}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The `viaduct:plugin` interface an import names (`exec-all` for
+/// `viaduct:plugin/exec-all@1.1.0`), if it names one.
+fn interface_of(import: &str) -> Option<&str> {
+    let rest = import.strip_prefix("viaduct:plugin/")?;
+    Some(rest.split_once('@').map_or(rest, |(i, _)| i))
+}
+
+/// Checks the imports [`check`] returned against the manifest:
+/// - a component that imports `exec` or `exec-all` needs a non-empty `exec`
+///   allow-list (without one, every call would be refused at run time; a
+///   plugin that runs nothing should not import them);
+/// - its `abi` must be at least the version that added each interface it
+///   imports (`abi = "1.1"` for `exec-all`): the manifest says which hosts
+///   it needs. (Its imports may carry a newer version than its `abi`: a
+///   plugin built with a newer SDK that uses only 1.0's interfaces still
+///   says `"1.0"`.)
+pub fn check_manifest(imports: &[String], manifest: &PluginManifest) -> Result<(), Invalid> {
+    let exec_granted = manifest.capabilities.as_ref().is_some_and(|c| !c.exec.is_empty());
+    let abi_minor = manifest.abi.split_once('.').and_then(|(_, minor)| minor.parse::<u64>().ok()).unwrap_or(0);
+    for import in imports {
+        let Some(interface) = interface_of(import) else { continue };
+        if NEEDS_EXEC.contains(&interface) && !exec_granted {
+            return Err(Invalid(format!(
+                "imports `{import}` but its manifest grants no `exec` capability (list the programs it runs under \
+                 `[capabilities] exec = [...]`, or do not use `{interface}`)"
+            )));
+        }
+        if let Some((_, since)) = INTERFACES.iter().find(|(i, _)| *i == interface)
+            && *since > abi_minor
+        {
+            return Err(Invalid(format!(
+                "imports `{import}`, which needs viaduct:plugin {ABI_MAJOR}.{since}, but its manifest says \
+                 `abi = \"{}\"` (set it to \"{ABI_MAJOR}.{since}\")",
+                manifest.abi
+            )));
+        }
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use viaduct_proto::v1::PluginCapabilities;
+
     use super::*;
 
     #[test]
@@ -110,9 +168,52 @@ mod tests {
     #[test]
     fn import_rules() {
         assert!(check_import("wasi:filesystem/types@0.2.6").is_ok());
-        assert!(check_import("viaduct:plugin/log@1.0.0").is_ok());
-        assert!(check_import("viaduct:plugin/log@1.3.0").unwrap_err().0.contains("implements viaduct:plugin 1.0"));
+        // Components built against 1.0 and 1.1 alike.
+        for v in ["1.0.0", "1.1.0", "1.1.3"] {
+            for i in ["types", "log", "cache", "artifacts", "files", "exec"] {
+                assert!(check_import(&format!("viaduct:plugin/{i}@{v}")).is_ok(), "{i}@{v}");
+            }
+        }
+        assert!(check_import("viaduct:plugin/exec-all@1.1.0").is_ok());
+        let e = check_import("viaduct:plugin/exec-all@1.0.0").unwrap_err().0;
+        assert!(e.contains("exists only since viaduct:plugin 1.1"), "{e}");
+        assert!(check_import("viaduct:plugin/log@1.2.0").unwrap_err().0.contains("implements viaduct:plugin 1.1"));
+        assert!(check_import("viaduct:plugin/log@2.0.0").unwrap_err().0.contains("implements viaduct:plugin 1.1"));
+        assert!(check_import("viaduct:plugin/log").unwrap_err().0.contains("without a valid version"));
         assert!(check_import("viaduct:plugin/gpu@1.0.0").unwrap_err().0.contains("unknown interface"));
         assert!(check_import("evil:host/shell").unwrap_err().0.contains("does not provide"));
+    }
+
+    fn manifest(abi: &str, caps: Option<PluginCapabilities>) -> PluginManifest {
+        PluginManifest { abi: abi.into(), capabilities: caps, ..Default::default() }
+    }
+
+    #[test]
+    fn exec_and_exec_all_need_the_exec_capability() {
+        let imports = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let with_exec = PluginCapabilities { exec: vec!["ssh".into()], ..Default::default() };
+        let without = PluginCapabilities { network: true, mounts: vec!["deploy".into()], ..Default::default() };
+        let plain = imports(&["wasi:cli/stdout@0.2.6", "viaduct:plugin/log@1.1.0", "viaduct:plugin/files@1.0.0"]);
+        assert!(check_manifest(&plain, &manifest("1.0", None)).is_ok());
+        assert!(check_manifest(&plain, &manifest("1.0", Some(without.clone()))).is_ok());
+        for import in ["viaduct:plugin/exec@1.0.0", "viaduct:plugin/exec@1.1.0", "viaduct:plugin/exec-all@1.1.0"] {
+            let list = imports(&["viaduct:plugin/log@1.1.0", import]);
+            assert!(check_manifest(&list, &manifest("1.1", Some(with_exec.clone()))).is_ok(), "{import}");
+            for caps in [None, Some(without.clone())] {
+                let e = check_manifest(&list, &manifest("1.1", caps)).unwrap_err().0;
+                assert!(e.contains(&format!("imports `{import}` but its manifest grants no `exec` capability")), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn exec_all_needs_abi_1_1_in_the_manifest() {
+        let list = vec!["viaduct:plugin/exec-all@1.1.0".to_string(), "viaduct:plugin/exec@1.1.0".to_string()];
+        let caps = Some(PluginCapabilities { exec: vec!["ssh".into()], ..Default::default() });
+        let e = check_manifest(&list, &manifest("1.0", caps.clone())).unwrap_err().0;
+        assert!(e.contains("needs viaduct:plugin 1.1, but its manifest says `abi = \"1.0\"`"), "{e}");
+        assert!(check_manifest(&list, &manifest("1.1", caps.clone())).is_ok());
+        // 1.0's interfaces at a newer version (a newer SDK) are fine with `abi = "1.0"`.
+        assert!(check_manifest(&list[1..], &manifest("1.0", caps)).is_ok());
     }
 }

@@ -33,8 +33,9 @@ use viaduct_proto::v1::{Diagnostic, PluginCapabilities, PluginManifest, PluginPa
 
 /// The plugin ABI major version this server speaks.
 pub const ABI_MAJOR: u64 = 1;
-/// The newest 1.x minor version this server (and its runners) implement.
-pub const ABI_MINOR: u64 = 0;
+/// The newest 1.x minor version this server (and its runners) implement:
+/// 1.1 added the `exec-all` interface (several host commands at once).
+pub const ABI_MINOR: u64 = 1;
 
 /// Largest memory cap a manifest may ask for, in MiB.
 pub const MAX_MEMORY_MB: u32 = 4096;
@@ -270,6 +271,19 @@ required = true
 
         let d = parse("p.toml", "name = \"x\"\nversion = \"1.0.0\"\n").unwrap_err();
         assert!(d[0].message.contains("missing field `abi`"), "{d:?}");
+    }
+
+    #[test]
+    fn accepts_every_implemented_minor() {
+        for abi in ["1.0", "1.1"] {
+            let m = parse("p.toml", &GOOD.replace("abi = \"1.0\"", &format!("abi = \"{abi}\""))).unwrap();
+            assert_eq!(m.abi, abi);
+        }
+        let d = parse("p.toml", &GOOD.replace("abi = \"1.0\"", "abi = \"1.2\"")).unwrap_err();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("ABI 1.2 is newer than this server's viaduct:plugin 1.1"), "{d:?}");
+        let d = parse("p.toml", &GOOD.replace("abi = \"1.0\"", "abi = \"2.0\"")).unwrap_err();
+        assert!(d[0].message.contains("this server runs viaduct:plugin 1.x"), "{d:?}");
     }
 
     #[test]

@@ -94,8 +94,11 @@ impl PluginRegistry {
     pub async fn publish(&self, file: &str, manifest_toml: &str, blob: &Blob, replace: bool) -> Result<Plugin> {
         let manifest = Self::parse_manifest(file, manifest_toml)?;
         let bytes = self.blobs.read_all(&blob.digest, MAX_COMPONENT_BYTES).await?;
+        let checked = manifest.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            component::check(&bytes).map_err(|e| Error::invalid(format!("the component is refused: {e}")))?;
+            let refused = |e: component::Invalid| Error::invalid(format!("the component is refused: {e}"));
+            let imports = component::check(&bytes).map_err(refused)?;
+            component::check_manifest(&imports, &checked).map_err(refused)?;
             Ok(())
         })
         .await
