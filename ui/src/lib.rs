@@ -7,8 +7,8 @@
 //!   [`ansi`], [`log_buffer`], [`log_window`], [`log_search`],
 //!   [`log_anchor`], [`time_format`], [`status`], [`dag`], [`chart`],
 //!   [`markdown`], [`shortcuts`], [`run_model`], [`run_filter`],
-//!   [`pipeline_inputs`], [`fleet`], [`terminal`],
-//!   [`backoff`]. They build and test on the host (`cargo test -p
+//!   [`pipeline_inputs`], [`fleet`], [`terminal`], [`backoff`],
+//!   [`deployments`]. They build and test on the host (`cargo test -p
 //!   viaduct-ui`);
 //! - the app (pages, components, the API client, live streams), compiled
 //!   only for `wasm32`, whose entry point mounts it on `<body>`.
@@ -19,6 +19,7 @@ pub mod ansi;
 pub mod backoff;
 pub mod chart;
 pub mod dag;
+pub mod deployments;
 pub mod fleet;
 pub mod log_anchor;
 pub mod log_buffer;

@@ -16,8 +16,9 @@ use tonic::{Code, Status};
 use tonic_web_wasm_client::Client;
 use viaduct_proto::v1::{
     Role, WhoamiRequest, admin_client::AdminClient, artifacts_client::ArtifactsClient, audit_client::AuditClient,
-    logs_client::LogsClient, pipelines_client::PipelinesClient, repos_client::ReposClient,
-    runners_client::RunnersClient, runs_client::RunsClient, stats_client::StatsClient, tokens_client::TokensClient,
+    deployments_client::DeploymentsClient, environments_client::EnvironmentsClient, logs_client::LogsClient,
+    pipelines_client::PipelinesClient, repos_client::ReposClient, runners_client::RunnersClient,
+    runs_client::RunsClient, services_client::ServicesClient, stats_client::StatsClient, tokens_client::TokensClient,
 };
 
 use super::browser;
@@ -204,6 +205,21 @@ impl Api {
     /// `Admin`.
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+    }
+
+    /// `Environments`.
+    pub fn environments(&self) -> EnvironmentsClient<Channel> {
+        EnvironmentsClient::new(self.channel.clone())
+    }
+
+    /// `Deployments`.
+    pub fn deployments(&self) -> DeploymentsClient<Channel> {
+        DeploymentsClient::new(self.channel.clone())
+    }
+
+    /// `Services`.
+    pub fn services(&self) -> ServicesClient<Channel> {
+        ServicesClient::new(self.channel.clone())
     }
 
     /// The message of a call's response, or its error; `UNAUTHENTICATED`

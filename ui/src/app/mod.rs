@@ -210,6 +210,7 @@ fn Shell() -> impl IntoView {
                     <Route path=path!("/pipelines/:name") view=pages::pipelines::PipelinePage />
                     <Route path=path!("/repos") view=pages::repos::ReposPage />
                     <Route path=path!("/repos/:name") view=pages::repos::RepoPage />
+                    <Route path=path!("/repos/:name/environments") view=pages::environments::EnvironmentsPage />
                     <Route path=path!("/stats") view=pages::stats::StatsPage />
                     <Route path=path!("/audit") view=pages::audit::AuditPage />
                     <Route path=path!("/admin") view=pages::admin::AdminPage />

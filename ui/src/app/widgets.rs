@@ -23,15 +23,15 @@ pub fn StatusIcon(
     /// The state shown.
     #[prop(into)]
     status: Signal<Status>,
+    /// What it is called, when not the state's own label (a deployment's
+    /// or a service's state drawn with a run state's look).
+    #[prop(default = None)]
+    label: Option<&'static str>,
 ) -> impl IntoView {
+    let text = move || label.unwrap_or_else(|| status::label(status.get()));
     view! {
-        <svg
-            class=move || format!("icon {}", status::class(status.get()))
-            viewBox="0 0 16 16"
-            role="img"
-            aria-label=move || status::label(status.get())
-        >
-            <title>{move || status::label(status.get())}</title>
+        <svg class=move || format!("icon {}", status::class(status.get())) viewBox="0 0 16 16" role="img" aria-label=text>
+            <title>{text}</title>
             <path d=move || status::icon_path(status.get())></path>
         </svg>
     }
@@ -43,11 +43,15 @@ pub fn StatusBadge(
     /// The state shown.
     #[prop(into)]
     status: Signal<Status>,
+    /// What it is called, when not the state's own label.
+    #[prop(default = None)]
+    label: Option<&'static str>,
 ) -> impl IntoView {
+    let text = move || label.unwrap_or_else(|| status::label(status.get()));
     view! {
         <span class=move || format!("badge {}", status::class(status.get()))>
-            <StatusIcon status=status />
-            <span>{move || status::label(status.get())}</span>
+            <StatusIcon status=status label=label />
+            <span>{text}</span>
         </span>
     }
 }

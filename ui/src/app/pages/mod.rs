@@ -2,12 +2,15 @@
 
 pub mod admin;
 pub mod audit;
+pub mod deployments;
+pub mod environments;
 pub mod log;
 pub mod pipelines;
 pub mod repos;
 pub mod run;
 pub mod runners;
 pub mod runs;
+pub mod services;
 pub mod sign_in;
 pub mod stats;
 pub mod trigger;

@@ -1,6 +1,6 @@
 //! `/repos` and `/repos/:name`: repositories (hosted and mirrors); one
-//! repository's details, recent runs, and a form to run its pipeline at a
-//! ref.
+//! repository's details, recent runs, a form to run its pipeline at a
+//! ref, and a link to its environments.
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
@@ -17,7 +17,7 @@ use crate::{
         live::load,
         widgets::{Ago, Empty, show_loadable},
     },
-    time_format,
+    deployments, time_format,
 };
 
 /// The list of repositories.
@@ -93,6 +93,9 @@ fn RepoView(name: String) -> impl IntoView {
             <div class="page-head">
                 <a class="back" href="/repos">"← Repositories"</a>
                 <h1>{name.clone()}</h1>
+                <div class="actions">
+                    <a class="button" id="repo-environments" href=deployments::environments_href(&name)>"Environments"</a>
+                </div>
             </div>
             {move || {
                 show_loadable(state.get(), |r: Repo| {

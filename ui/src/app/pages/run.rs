@@ -1,6 +1,7 @@
 //! `/runs/:id`: one run, live — its job graph (columns by `needs`, matrix
-//! groups), a job's steps with plugin summaries, the artifacts, and cancel
-//! / retry / approve (a run that waits for approval).
+//! groups), a job's steps with plugin summaries and where it deploys, the
+//! artifacts, and cancel / retry / approve (a run that waits for approval,
+//! or a job's deployment).
 
 use leptos::{prelude::*, task::spawn_local};
 use leptos_router::hooks::use_params_map;
@@ -10,6 +11,7 @@ use viaduct_proto::v1::{
 };
 use wasm_bindgen::JsCast;
 
+use super::deployments::JobDeployment;
 use crate::{
     app::{
         api::{Api, use_api},
@@ -19,7 +21,7 @@ use crate::{
         widgets::{Ago, Elapsed, Empty, StatusBadge, StatusIcon, show_loadable},
     },
     dag::{self, JobInput},
-    markdown, run_model, status, time_format,
+    deployments, markdown, run_model, status, time_format,
 };
 
 /// The run page (re-created when the id changes).
@@ -439,6 +441,10 @@ fn JobCard(
                             t.push_str(note);
                         }
                     }
+                    if let Some(note) = deployments::job_note(j) {
+                        t.push_str(" — ");
+                        t.push_str(&note);
+                    }
                     t
                 })
                 .unwrap_or_default()
@@ -492,6 +498,8 @@ fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
     let id = job_id.clone();
     let job = Memo::new(move |_| state.with(|s| s.ready().and_then(|r| r.jobs.iter().find(|j| j.id == id).cloned())));
     let run_id = run_model::run_of_job(&job_id).to_string();
+    let repo = state
+        .with_untracked(|s| s.ready().and_then(|r| r.source.as_ref()).map(|src| src.repo.clone()).unwrap_or_default());
     // Names of the jobs it needs (ids as a fallback).
     let need_names = move |needs: &[String]| -> String {
         state.with_untracked(|s| {
@@ -553,6 +561,7 @@ fn JobPanel(state: RwSignal<Loadable<Run>>, job_id: String) -> impl IntoView {
                     {(!matrix.is_empty()).then(|| view! { <div><dt>"Matrix"</dt><dd>{matrix.join(", ")}</dd></div> })}
                     {(!j.needs.is_empty()).then(|| view! { <div><dt>"Needs"</dt><dd>{need_names(&j.needs)}</dd></div> })}
                 </dl>
+                <JobDeployment job=j.clone() repo=repo.clone() />
                 {(!j.message.is_empty()).then(|| view! { <p class="job-message">{j.message.clone()}</p> })}
                 {(!j.waiting.is_empty()).then(|| view! { <p class="job-waiting" role="status">{format!("Queued: {}", j.waiting)}</p> })}
                 {if steps.is_empty() {
