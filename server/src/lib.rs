@@ -479,7 +479,11 @@ pub async fn hook(data_dir: &std::path::Path, repo: &str) -> anyhow::Result<()> 
     let client = viaduct_sdk::Client::connect(&url, Some(read("admin-token")?)).await?;
     let resp = client
         .repos()
-        .sync(viaduct_proto::v1::SyncRepoRequest { name: repo.to_string() })
+        .sync(viaduct_proto::v1::SyncRepoRequest {
+            name: repo.to_string(),
+            // Set by the server for a push over HTTP (see `smart_http`).
+            pusher: std::env::var("VIADUCT_PUSHER").unwrap_or_default(),
+        })
         .await
         .map_err(viaduct_sdk::Error::from)?
         .into_inner();

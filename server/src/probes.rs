@@ -13,12 +13,11 @@
 //! tells no more than "is something listening there".
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use tokio::sync::watch;
 use viaduct_proto::v1::{Health, ProbeResult, RunSource};
 
@@ -68,10 +67,14 @@ impl Prober {
     }
 
     /// Probes until the server stops; `changes` wakes it when deployments
-    /// registered services.
+    /// registered services. Each probe runs on its own (at most
+    /// [`CONCURRENT`] at once): a target that never answers delays no
+    /// other.
     pub fn spawn(self: Arc<Self>, mut changes: watch::Receiver<u64>) {
         tokio::spawn(async move {
             let mut due: HashMap<Vec<u8>, Instant> = HashMap::new();
+            let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
+            let running: Arc<std::sync::Mutex<HashSet<Vec<u8>>>> = Arc::default();
             loop {
                 let targets = self.targets().unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "cannot read the deployed services");
@@ -80,27 +83,32 @@ impl Prober {
                 due.retain(|k, _| targets.iter().any(|t| &t.key == k));
                 let now = Instant::now();
                 let mut next = now + IDLE;
-                let mut batch = Vec::new();
                 for t in targets {
                     let interval = Duration::from_secs(u64::from(t.decl.interval_s.max(1)));
                     let at = *due.entry(t.key.clone()).or_insert(now);
-                    if at <= now {
-                        due.insert(t.key.clone(), now + interval);
-                        next = next.min(now + interval);
-                        batch.push(t);
-                    } else {
+                    if at > now {
                         next = next.min(at);
+                        continue;
                     }
-                }
-                let me = &self;
-                futures_util::stream::iter(batch)
-                    .for_each_concurrent(CONCURRENT, |t| async move {
+                    let busy = running.lock().unwrap_or_else(|p| p.into_inner()).contains(&t.key);
+                    let Some(slot) = (!busy).then(|| Arc::clone(&slots).try_acquire_owned().ok()).flatten() else {
+                        // Still probing it, or every slot is: soon again.
+                        next = next.min(now + Duration::from_secs(1));
+                        continue;
+                    };
+                    due.insert(t.key.clone(), now + interval);
+                    next = next.min(now + interval);
+                    running.lock().unwrap_or_else(|p| p.into_inner()).insert(t.key.clone());
+                    let (me, running) = (Arc::clone(&self), Arc::clone(&running));
+                    tokio::spawn(async move {
                         let result = me.probe(&t.decl).await;
                         if let Err(e) = me.record(&t, result).await {
                             tracing::warn!(service = %t.decl.name, error = %e, "cannot record a probe");
                         }
-                    })
-                    .await;
+                        running.lock().unwrap_or_else(|p| p.into_inner()).remove(&t.key);
+                        drop(slot);
+                    });
+                }
                 tokio::select! {
                     () = tokio::time::sleep_until(next.into()) => {}
                     changed = changes.changed() => if changed.is_err() { return },

@@ -1,10 +1,11 @@
 //! The REST APIs of three code forges, as far as a CI system reporting
-//! commit statuses uses them, for end-to-end tests of that reporting: one
-//! local server answering GitHub's, GitLab's and Gitea/Forgejo's documented
-//! endpoints, checking what it receives (credentials, headers, fields,
-//! allowed values, lengths, state transitions), keeping every accepted
-//! delivery and every refusal, and injecting faults (errors, rate limits,
-//! hangs, outages) on demand.
+//! commit statuses and deployments uses them, for end-to-end tests of that
+//! reporting: one local server answering GitHub's, GitLab's and
+//! Gitea/Forgejo's documented endpoints, checking what it receives
+//! (credentials, headers, fields, allowed values, lengths, state
+//! transitions), keeping every accepted delivery (deployments apart:
+//! [`ForgeApi::deployments`]) and every refusal, and injecting faults
+//! (errors, rate limits, hangs, outages) on demand.
 //!
 //! The API roots: GitHub at [`ForgeApi::url`], GitLab at `url() + "/api/v4"`,
 //! Gitea and Forgejo at `url() + "/api/v1"`. Endpoints:
@@ -17,9 +18,18 @@
 //!   JWT (RS256, checked as GitHub does): `GET /repos/{owner}/{repo}/installation`
 //!   and `POST /app/installations/{id}/access_tokens` (an installation
 //!   token, valid an hour, until [`ForgeApi::revoke_tokens`]);
+//!   and deployments: `POST /repos/{owner}/{repo}/deployments` (a full
+//!   commit sha as `ref`, `required_contexts` checked against the commit's
+//!   statuses as GitHub does, `auto_merge` false: there is no repository to
+//!   merge in), `GET /repos/{owner}/{repo}/deployments` (`sha`, `ref`,
+//!   `task`, `environment`, `per_page`, `page`; newest first) and
+//!   `POST /repos/{owner}/{repo}/deployments/{id}/statuses` (taking the
+//!   static token or an installation token);
 //! - GitLab: `POST /api/v4/projects/{id}/statuses/{sha}`, `{id}` numeric or
 //!   a URL-encoded path (`group%2Fapp`), with GitLab's pipelines and job
-//!   state machine;
+//!   state machine; deployments: `POST /api/v4/projects/{id}/deployments`
+//!   and `PUT /api/v4/projects/{id}/deployments/{deployment_id}`, with
+//!   GitLab's parameters and its deployment state machine;
 //! - Gitea/Forgejo: `POST /api/v1/repos/{owner}/{repo}/statuses/{sha}`.
 //!
 //! And, to read the commit statuses back (with the credentials each
@@ -54,7 +64,7 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, patch, post},
+    routing::{get, patch, post, put},
 };
 use serde_json::{Map, Value, json};
 
@@ -126,6 +136,56 @@ pub struct CheckRun {
     pub summary: String,
     /// Every annotation sent, across all requests (GitHub appends them).
     pub annotations: Vec<Value>,
+}
+
+/// A deployment GitHub or GitLab accepted, as it now stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// The forge that holds it.
+    pub forge: Forge,
+    /// Its id (the forge's).
+    pub id: u64,
+    /// `owner/repo`, or GitLab's project id or path (decoded).
+    pub project: String,
+    /// The commit deployed.
+    pub sha: String,
+    /// The ref given (GitHub: the `ref` it was made for; GitLab: `ref`).
+    pub git_ref: String,
+    /// The environment (GitHub: the latest a status named).
+    pub environment: String,
+    /// GitHub: its `task`; GitLab: "".
+    pub task: String,
+    /// GitHub: its description ("" when none).
+    pub description: String,
+    /// GitHub: the payload given (`null` when none).
+    pub payload: Value,
+    /// GitHub: whether it was said to be a production environment.
+    pub production_environment: Option<bool>,
+    /// GitLab: whether `ref` is a tag.
+    pub tag: Option<bool>,
+    /// GitLab: its status now (`created`, `running`, `success`, `failed`,
+    /// `canceled`); GitHub: its latest status's state ("" before any).
+    pub status: String,
+    /// Every state it was given, in arrival order: GitHub's statuses;
+    /// GitLab's status on creation, then each update's.
+    pub statuses: Vec<DeploymentStatus>,
+}
+
+/// One state a deployment was given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentStatus {
+    /// Its id (GitHub's status; GitLab: the deployment's).
+    pub id: u64,
+    /// The state: GitHub's `state`, GitLab's `status`.
+    pub state: String,
+    /// GitHub: its description ("" when none).
+    pub description: String,
+    /// GitHub: its `log_url` (or `target_url`; "" when none).
+    pub log_url: String,
+    /// GitHub: its `environment_url` ("" when none).
+    pub environment_url: String,
+    /// When it arrived.
+    pub created_at: String,
 }
 
 /// The three forges' APIs on a local port (stopped on drop).
@@ -274,6 +334,12 @@ impl ForgeApi {
         lock(&self.ledger).check_runs.iter().map(StoredRun::public).collect()
     }
 
+    /// Every deployment GitHub or GitLab accepted, as it now stands (with
+    /// every state it was given), in creation order.
+    pub fn deployments(&self) -> Vec<Deployment> {
+        lock(&self.ledger).deployments.clone()
+    }
+
     /// The body GitHub sends app `app_id` (`X-GitHub-Event: check_run`)
     /// when `sender` clicks "Re-run" on check run `check_run_id`: action
     /// `rerequested`, the check run as it stands (with the app that made
@@ -356,6 +422,7 @@ struct Ledger {
     refused: Vec<String>,
     last_id: u64,
     check_runs: Vec<StoredRun>,
+    deployments: Vec<Deployment>,
     pipelines: Vec<Pipeline>,
     jobs: Vec<Job>,
     apps: Vec<App>,
@@ -377,6 +444,7 @@ impl Ledger {
             refused: Vec::new(),
             last_id: 0,
             check_runs: Vec::new(),
+            deployments: Vec::new(),
             pipelines: Vec::new(),
             jobs: Vec::new(),
             apps: Vec::new(),
@@ -384,8 +452,8 @@ impl Ledger {
         }
     }
 
-    /// A fresh id (statuses, check runs, pipelines and jobs share one
-    /// sequence).
+    /// A fresh id (statuses, check runs, deployments, pipelines and jobs
+    /// share one sequence).
     fn next_id(&mut self) -> u64 {
         self.last_id += 1;
         self.last_id
@@ -524,6 +592,11 @@ enum Endpoint {
     GitHubCombined,
     GitLabStatuses,
     GiteaCombined,
+    DeploymentCreate,
+    DeploymentList,
+    DeploymentStatusCreate,
+    GitLabDeploymentCreate,
+    GitLabDeploymentUpdate,
 }
 
 impl Endpoint {
@@ -531,7 +604,12 @@ impl Endpoint {
     fn is_github(self) -> bool {
         !matches!(
             self,
-            Endpoint::GitLabStatus | Endpoint::GiteaStatus | Endpoint::GitLabStatuses | Endpoint::GiteaCombined
+            Endpoint::GitLabStatus
+                | Endpoint::GiteaStatus
+                | Endpoint::GitLabStatuses
+                | Endpoint::GiteaCombined
+                | Endpoint::GitLabDeploymentCreate
+                | Endpoint::GitLabDeploymentUpdate
         )
     }
 
@@ -557,6 +635,19 @@ fn router(ledger: Shared) -> Router {
             get(|s, r| answer(s, Endpoint::GitLabStatuses, r)),
         )
         .route("/api/v1/repos/{owner}/{repo}/commits/{sha}/status", get(|s, r| answer(s, Endpoint::GiteaCombined, r)))
+        .route(
+            "/repos/{owner}/{repo}/deployments",
+            post(|s, r| answer(s, Endpoint::DeploymentCreate, r)).get(|s, r| answer(s, Endpoint::DeploymentList, r)),
+        )
+        .route(
+            "/repos/{owner}/{repo}/deployments/{id}/statuses",
+            post(|s, r| answer(s, Endpoint::DeploymentStatusCreate, r)),
+        )
+        .route("/api/v4/projects/{id}/deployments", post(|s, r| answer(s, Endpoint::GitLabDeploymentCreate, r)))
+        .route(
+            "/api/v4/projects/{id}/deployments/{deployment_id}",
+            put(|s, r| answer(s, Endpoint::GitLabDeploymentUpdate, r)),
+        )
         .method_not_allowed_fallback(|s, r| no_route(s, StatusCode::METHOD_NOT_ALLOWED, r))
         .fallback(|s, r| no_route(s, StatusCode::NOT_FOUND, r))
         .layer(middleware::from_fn_with_state(ledger.clone(), faults))
@@ -629,6 +720,11 @@ async fn answer(State(ledger): State<Shared>, endpoint: Endpoint, req: Request) 
         Endpoint::GitHubCombined => github_combined(&ledger, &call),
         Endpoint::GitLabStatuses => gitlab_statuses(&ledger, &call),
         Endpoint::GiteaCombined => gitea_combined(&ledger, &call),
+        Endpoint::DeploymentCreate => deployment_create(&mut ledger, &call).map(unpaged),
+        Endpoint::DeploymentList => deployment_list(&ledger, &call),
+        Endpoint::DeploymentStatusCreate => deployment_status_create(&mut ledger, &call).map(unpaged),
+        Endpoint::GitLabDeploymentCreate => gitlab_deployment_create(&mut ledger, &call).map(unpaged),
+        Endpoint::GitLabDeploymentUpdate => gitlab_deployment_update(&mut ledger, &call).map(unpaged),
     };
     let (status, body, headers) = outcome.unwrap_or_else(|refusal| {
         ledger.refused.push(format!("{} {}: {}", call.method, call.path, refusal.why));
@@ -1442,6 +1538,229 @@ fn check_run_json(run: &StoredRun, root: &str) -> Value {
     })
 }
 
+// ------------------------------------------------------ GitHub deployments
+
+/// GitHub's deployment status states.
+const GITHUB_DEPLOYMENT_STATES: &[&str] =
+    &["error", "failure", "inactive", "in_progress", "queued", "pending", "success"];
+
+impl Fields {
+    /// A JSON boolean (GitHub takes no other).
+    fn boolean(&self, key: &str) -> Result<Option<bool>, String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(format!("`{key}` must be a boolean, not {other}")),
+        }
+    }
+}
+
+/// GitHub's refusal (409) of a deployment it cannot make.
+fn github_conflict(why: String, body: Value) -> Refusal {
+    Refusal::with_body(StatusCode::CONFLICT, why, body)
+}
+
+/// `POST /repos/{owner}/{repo}/deployments`: `ref` required — a full commit
+/// sha here (this forge has no branches or tags to resolve; GitHub answers
+/// "No ref found" for a ref it cannot resolve); `environment` not blank
+/// ("production" when absent); `auto_merge` false (true is GitHub's default,
+/// and would merge the default branch into the ref: there is none to merge
+/// here); `required_contexts` an array of strings, each of which must have
+/// a successful latest commit status — all the commit's contexts when it is
+/// absent, none when empty (else 409, as GitHub's "Commit status checks
+/// failed"); `payload` an object or a JSON string; `task`, `description`
+/// strings; `transient_environment`, `production_environment` booleans.
+fn deployment_create(ledger: &mut Ledger, call: &Call) -> Outcome {
+    github_gate(ledger, call)?;
+    let project = format!("{}/{}", call.segment(1), call.segment(2));
+    let fields = github_fields(call)?;
+    let git_ref = fields.text("ref").map_err(github_invalid)?;
+    let git_ref = required(git_ref, "ref").map_err(github_invalid)?;
+    if !is_sha(&git_ref) {
+        return Err(github_invalid(format!("No ref found for: {git_ref}")));
+    }
+    let environment = fields.text("environment").map_err(github_invalid)?.unwrap_or_else(|| "production".into());
+    if environment.trim().is_empty() {
+        return Err(github_invalid("`environment` must not be blank".into()));
+    }
+    let task = fields.text("task").map_err(github_invalid)?.unwrap_or_else(|| "deploy".into());
+    let description = fields.text("description").map_err(github_invalid)?;
+    let payload = match fields.0.get("payload") {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::Object(map)) => Value::Object(map.clone()),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(v @ Value::Object(_)) => v,
+            _ if text.is_empty() => Value::Null,
+            _ => return Err(github_invalid("`payload` must be an object or a JSON text of one".into())),
+        },
+        Some(other) => return Err(github_invalid(format!("`payload` must be an object, not {other}"))),
+    };
+    let production_environment = fields.boolean("production_environment").map_err(github_invalid)?;
+    fields.boolean("transient_environment").map_err(github_invalid)?;
+    if fields.boolean("auto_merge").map_err(github_invalid)? != Some(false) {
+        let why = format!(
+            "`auto_merge` is not false: GitHub would merge the default branch into {git_ref}, and this forge has \
+             no repository to merge in"
+        );
+        return Err(github_conflict(why.clone(), json!({ "message": why })));
+    }
+    let required_contexts = match fields.0.get("required_contexts") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|c| c.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| github_invalid("`required_contexts` must be an array of strings".into()))?,
+        ),
+        Some(other) => return Err(github_invalid(format!("`required_contexts` must be an array, not {other}"))),
+    };
+    // GitHub checks the commit's statuses first: all its contexts unless told which.
+    let latest = latest_statuses(ledger, Forge::GitHub, &project, &git_ref);
+    let required = required_contexts.unwrap_or_else(|| latest.iter().map(|s| s.context.clone()).collect());
+    let failing: Vec<&String> =
+        required.iter().filter(|c| !latest.iter().any(|s| &s.context == *c && s.state == "success")).collect();
+    if !failing.is_empty() {
+        let message = format!("Conflict: Commit status checks failed for {git_ref}.");
+        let body = json!({
+            "message": message,
+            "errors": [{ "contexts": failing, "resource": "Deployment", "field": "required_contexts" }],
+        });
+        return Err(github_conflict(format!("{message} Failing: {failing:?}"), body));
+    }
+    let deployment = Deployment {
+        forge: Forge::GitHub,
+        id: ledger.next_id(),
+        project,
+        sha: git_ref.clone(),
+        git_ref,
+        environment,
+        task,
+        description: description.unwrap_or_default(),
+        payload,
+        production_environment,
+        tag: None,
+        status: String::new(),
+        statuses: Vec::new(),
+    };
+    let body = github_deployment_json(&deployment, &call.root());
+    ledger.deployments.push(deployment);
+    Ok((StatusCode::CREATED, body))
+}
+
+/// A deployment as GitHub answers it.
+fn github_deployment_json(d: &Deployment, root: &str) -> Value {
+    let url = format!("{root}/repos/{}/deployments/{}", d.project, d.id);
+    json!({
+        "url": url,
+        "id": d.id,
+        "node_id": format!("DE_{}", d.id),
+        "sha": d.sha,
+        "ref": d.git_ref,
+        "task": d.task,
+        "payload": if d.payload.is_null() { json!({}) } else { d.payload.clone() },
+        "original_environment": d.environment,
+        "environment": d.environment,
+        "description": d.description,
+        "creator": { "login": "viaduct", "id": 1, "type": "User" },
+        "statuses_url": format!("{url}/statuses"),
+        "repository_url": format!("{root}/repos/{}", d.project),
+        "production_environment": d.production_environment.unwrap_or(d.environment == "production"),
+    })
+}
+
+/// `GET /repos/{owner}/{repo}/deployments`: newest first, filtered by
+/// `sha`, `ref`, `task` and `environment` (each when given), a page of them
+/// (`per_page`, 30 unless given, at most 100; `page` from 1) with a `Link`
+/// header naming the other pages.
+fn deployment_list(ledger: &Ledger, call: &Call) -> Paged {
+    github_gate(ledger, call)?;
+    let project = format!("{}/{}", call.segment(1), call.segment(2));
+    let query = Fields::form(&call.query);
+    let given = |key: &str| query.text(key).ok().flatten().filter(|v| !v.is_empty());
+    let (sha, git_ref, task, environment) = (given("sha"), given("ref"), given("task"), given("environment"));
+    let page = Page::lenient(&query, "per_page", 30, 100);
+    let listed: Vec<&Deployment> = ledger
+        .deployments
+        .iter()
+        .rev()
+        .filter(|d| d.forge == Forge::GitHub && d.project == project)
+        .filter(|d| sha.as_ref().is_none_or(|s| *s == d.sha))
+        .filter(|d| git_ref.as_ref().is_none_or(|r| *r == d.git_ref))
+        .filter(|d| task.as_ref().is_none_or(|t| *t == d.task))
+        .filter(|d| environment.as_ref().is_none_or(|e| *e == d.environment))
+        .collect();
+    let root = call.root();
+    let body: Vec<Value> = page.of(&listed).iter().map(|d| github_deployment_json(d, &root)).collect();
+    let url = format!("{root}/repos/{project}/deployments");
+    let headers = link_header(&url, &call.query, page, listed.len(), false).map(|l| ("link", l));
+    Ok((StatusCode::OK, Value::Array(body), headers.into_iter().collect()))
+}
+
+/// `POST /repos/{owner}/{repo}/deployments/{id}/statuses`: the deployment
+/// must be this repository's (else 404); `state` required, one of GitHub's
+/// words; `description` at most 140 characters; `log_url`, `target_url`
+/// and `environment_url` web URLs; `environment` (which moves the
+/// deployment) a string; `auto_inactive` a boolean.
+fn deployment_status_create(ledger: &mut Ledger, call: &Call) -> Outcome {
+    github_gate(ledger, call)?;
+    let project = format!("{}/{}", call.segment(1), call.segment(2));
+    let id: Option<u64> = call.segment(4).parse().ok();
+    let Some(at) =
+        ledger.deployments.iter().position(|d| d.forge == Forge::GitHub && Some(d.id) == id && d.project == project)
+    else {
+        let why = format!("no deployment {} in {project}", call.segment(4));
+        return Err(Refusal::with_body(StatusCode::NOT_FOUND, why, json!({ "message": "Not Found" })));
+    };
+    let fields = github_fields(call)?;
+    let state = fields.choice("state", GITHUB_DEPLOYMENT_STATES).map_err(github_invalid)?;
+    let state = required(state, "state").map_err(github_invalid)?;
+    let description = fields.text("description").map_err(github_invalid)?;
+    at_most(description.as_deref(), "description", 140).map_err(github_invalid)?;
+    let mut urls = Vec::new();
+    for key in ["log_url", "target_url", "environment_url"] {
+        let url = fields.text(key).map_err(github_invalid)?;
+        web_url(url.as_deref(), key).map_err(github_invalid)?;
+        urls.push(url);
+    }
+    let environment = fields.text("environment").map_err(github_invalid)?;
+    fields.boolean("auto_inactive").map_err(github_invalid)?;
+    let [log_url, target_url, environment_url] = <[Option<String>; 3]>::try_from(urls).expect("three URLs");
+    let status = DeploymentStatus {
+        id: ledger.next_id(),
+        state,
+        description: description.unwrap_or_default(),
+        // Setting `log_url` sets `target_url` too, and the other way round.
+        log_url: log_url.or(target_url).unwrap_or_default(),
+        environment_url: environment_url.unwrap_or_default(),
+        created_at: timestamp(SystemTime::now()),
+    };
+    let deployment = &mut ledger.deployments[at];
+    if let Some(env) = environment.filter(|e| !e.trim().is_empty()) {
+        deployment.environment = env;
+    }
+    deployment.status.clone_from(&status.state);
+    deployment.statuses.push(status.clone());
+    let root = call.root();
+    let deployment_url = format!("{root}/repos/{}/deployments/{}", deployment.project, deployment.id);
+    let body = json!({
+        "url": format!("{deployment_url}/statuses/{}", status.id),
+        "id": status.id,
+        "node_id": format!("DES_{}", status.id),
+        "state": status.state,
+        "creator": { "login": "viaduct", "id": 1, "type": "User" },
+        "description": status.description,
+        "environment": deployment.environment,
+        "target_url": status.log_url,
+        "log_url": status.log_url,
+        "environment_url": status.environment_url,
+        "created_at": status.created_at,
+        "updated_at": status.created_at,
+        "deployment_url": deployment_url,
+        "repository_url": format!("{root}/repos/{}", deployment.project),
+    });
+    Ok((StatusCode::CREATED, body))
+}
+
 // ------------------------------------------------------------ GitHub Apps
 
 /// GitHub's answer to a JWT it cannot take.
@@ -1886,6 +2205,180 @@ fn gitlab_statuses(ledger: &Ledger, call: &Call) -> Paged {
     ];
     headers.extend(link_header(&url, &call.query, page, total, true).map(|l| ("link", l)));
     Ok((StatusCode::OK, Value::Array(body), headers))
+}
+
+/// The statuses GitLab's deployments API takes (creating and updating).
+const GITLAB_DEPLOYMENT_STATES: &[&str] = &["running", "success", "failed", "canceled"];
+
+/// A Grape `Boolean`: a JSON boolean, or `true`/`false` (and GitLab's other
+/// spellings) as text.
+fn gitlab_boolean(fields: &Fields, key: &str) -> Result<Option<bool>, String> {
+    match fields.0.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(Value::String(s)) if gitlab_true(s) => Ok(Some(true)),
+        Some(Value::String(s))
+            if ["false", "f", "no", "n", "0", "off"].contains(&s.trim().to_ascii_lowercase().as_str()) =>
+        {
+            Ok(Some(false))
+        }
+        Some(_) => Err(format!("{key} is invalid")),
+    }
+}
+
+/// GitLab's environment names: letters, digits, spaces and `-_/.${}`, not
+/// starting or ending with `/`, at most 255 characters.
+fn gitlab_environment_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.chars().count() <= 255
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && name.chars().all(|c| c.is_alphanumeric() || " -_/.${}".contains(c))
+}
+
+/// GitLab's deployment state machine, as `Deployment#update_status` drives
+/// it: the status a deployment in `from` goes to on `to`, or why not.
+fn gitlab_deployment_transition(from: &str, to: &str) -> Result<String, String> {
+    let (event, allowed) = match to {
+        // `run`: created → running only.
+        "running" => ("run", from == "created"),
+        // `succeed`, `drop`, `cancel`: from any status but their own.
+        "success" => ("succeed", from != "success"),
+        "failed" => ("drop", from != "failed"),
+        "canceled" => ("cancel", from != "canceled"),
+        _ => return Err(format!("status {to:?} does not have a valid value")),
+    };
+    if allowed { Ok(to.to_string()) } else { Err(format!("Status cannot transition via \"{event}\" (from {from})")) }
+}
+
+/// A deployment as GitLab answers it.
+fn gitlab_deployment_json(d: &Deployment) -> Value {
+    let updated = d.statuses.last().map(|s| s.created_at.clone()).unwrap_or_default();
+    let created = d.statuses.first().map(|s| s.created_at.clone()).unwrap_or_default();
+    let finished = ["success", "failed", "canceled"].contains(&d.status.as_str());
+    json!({
+        "id": d.id,
+        "iid": d.id,
+        "ref": d.git_ref,
+        "sha": d.sha,
+        "created_at": created,
+        "updated_at": updated,
+        "finished_at": finished.then_some(updated.clone()),
+        "status": d.status,
+        "user": { "id": 1, "username": "viaduct", "name": "Viaduct", "state": "active" },
+        "deployable": null,
+        "environment": { "id": d.id + 1_000_000, "name": d.environment, "external_url": null },
+    })
+}
+
+/// `POST /api/v4/projects/{id}/deployments`: `environment`, `sha`, `ref`,
+/// `tag` (a boolean) and `status` (running, success, failed or canceled)
+/// all required (else 400, naming what is missing); the environment's name
+/// as GitLab allows them; `sha` a full commit id and `ref` a plausible
+/// branch or tag name or commit id (this forge has no repository: GitLab
+/// answers 400 for a ref it does not hold). Made `created`, then moved to
+/// `status`.
+fn gitlab_deployment_create(ledger: &mut Ledger, call: &Call) -> Outcome {
+    gitlab_auth(ledger, call)?;
+    let project = call.segment(3);
+    if project.is_empty() {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Project Not Found"));
+    }
+    let fields = gitlab_fields(call)?;
+    let text = |key: &str| fields.text(key).map_err(|_| gitlab_param_invalid(format!("{key} is invalid")));
+    let (environment, sha, git_ref, status) = (text("environment")?, text("sha")?, text("ref")?, text("status")?);
+    let tag = gitlab_boolean(&fields, "tag").map_err(gitlab_param_invalid)?;
+    let missing: Vec<String> = [
+        ("environment", environment.is_none()),
+        ("sha", sha.is_none()),
+        ("ref", git_ref.is_none()),
+        ("tag", tag.is_none()),
+        ("status", status.is_none()),
+    ]
+    .iter()
+    .filter(|(_, absent)| *absent)
+    .map(|(key, _)| format!("{key} is missing"))
+    .collect();
+    let (Some(environment), Some(sha), Some(git_ref), Some(tag), Some(status)) =
+        (environment, sha, git_ref, tag, status)
+    else {
+        return Err(gitlab_param_invalid(missing.join(", ")));
+    };
+    if !GITLAB_DEPLOYMENT_STATES.contains(&status.as_str()) {
+        return Err(gitlab_param_invalid("status does not have a valid value".into()));
+    }
+    let plausible = |r: &str| !r.trim().is_empty() && !r.contains("..") && !r.contains(' ') && !r.starts_with("refs/");
+    if !plausible(&git_ref) {
+        let body = json!({ "message": { "ref": ["The branch or tag does not exist"] } });
+        return Err(Refusal::with_body(StatusCode::BAD_REQUEST, format!("ref {git_ref:?} does not exist"), body));
+    }
+    if !is_sha(&sha) {
+        return Err(gitlab_record_invalid("sha", "is not a commit of the project"));
+    }
+    if !gitlab_environment_name(&environment) {
+        return Err(gitlab_record_invalid(
+            "name",
+            "can contain only letters, digits, '-', '_', '/', '$', '{', '}', '.', and spaces, \
+             but it cannot start or end with '/'",
+        ));
+    }
+    let id = ledger.next_id();
+    let state = gitlab_deployment_transition("created", &status).map_err(gitlab_invalid)?;
+    let deployment = Deployment {
+        forge: Forge::GitLab,
+        id,
+        project,
+        sha,
+        git_ref,
+        environment,
+        task: String::new(),
+        description: String::new(),
+        payload: Value::Null,
+        production_environment: None,
+        tag: Some(tag),
+        status: state.clone(),
+        statuses: vec![gitlab_deployment_status(id, &state)],
+    };
+    let body = gitlab_deployment_json(&deployment);
+    ledger.deployments.push(deployment);
+    Ok((StatusCode::CREATED, body))
+}
+
+/// A GitLab deployment's status, now.
+fn gitlab_deployment_status(id: u64, state: &str) -> DeploymentStatus {
+    DeploymentStatus {
+        id,
+        state: state.to_string(),
+        description: String::new(),
+        log_url: String::new(),
+        environment_url: String::new(),
+        created_at: timestamp(SystemTime::now()),
+    }
+}
+
+/// `PUT /api/v4/projects/{id}/deployments/{deployment_id}`: the project's
+/// deployment (else 404) moved to `status` (required: running, success,
+/// failed or canceled) if its state machine allows (else 400).
+fn gitlab_deployment_update(ledger: &mut Ledger, call: &Call) -> Outcome {
+    gitlab_auth(ledger, call)?;
+    let (project, id) = (call.segment(3), call.segment(5).parse::<u64>().ok());
+    let Some(at) =
+        ledger.deployments.iter().position(|d| d.forge == Forge::GitLab && Some(d.id) == id && d.project == project)
+    else {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "404 Not found"));
+    };
+    let fields = gitlab_fields(call)?;
+    let status = fields.text("status").map_err(|_| gitlab_param_invalid("status is invalid".into()))?;
+    let Some(status) = status else { return Err(gitlab_param_invalid("status is missing".into())) };
+    if !GITLAB_DEPLOYMENT_STATES.contains(&status.as_str()) {
+        return Err(gitlab_param_invalid("status does not have a valid value".into()));
+    }
+    let deployment = &mut ledger.deployments[at];
+    let state = gitlab_deployment_transition(&deployment.status, &status)
+        .map_err(|why| gitlab_record_invalid("status", &why))?;
+    deployment.status.clone_from(&state);
+    deployment.statuses.push(gitlab_deployment_status(deployment.id, &state));
+    Ok((StatusCode::OK, gitlab_deployment_json(deployment)))
 }
 
 // ------------------------------------------------------------ Gitea/Forgejo
@@ -2399,6 +2892,131 @@ CQIDAQAB
         assert_ne!(lint.pipeline_id, Some(pipeline));
         assert_eq!(api.states_of(SHA, "build"), ["running", "success", "running"]);
         assert_eq!(api.refused().len(), 3, "{:?}", api.refused());
+    }
+
+    #[test]
+    fn github_deployments_are_checked_listed_and_given_statuses() {
+        let api = ForgeApi::start(TOKEN);
+        let path = "/repos/acme/app/deployments";
+        let good = json!({
+            "ref": SHA,
+            "environment": "production",
+            "auto_merge": false,
+            "required_contexts": [],
+            "payload": {"viaduct_deployment": 5},
+        });
+        let with = |key: &str, value: Value| {
+            let mut body = good.clone();
+            body[key] = value;
+            body
+        };
+        assert_eq!(github(&api, "POST", path, with("ref", json!("main"))).0, 422, "only a full sha resolves");
+        assert_eq!(github(&api, "POST", path, with("environment", json!(" "))).0, 422);
+        assert_eq!(github(&api, "POST", path, with("required_contexts", json!("ci"))).0, 422);
+        assert_eq!(github(&api, "POST", path, with("payload", json!(3))).0, 422);
+        let mut merging = good.clone();
+        merging.as_object_mut().unwrap().remove("auto_merge");
+        assert_eq!(github(&api, "POST", path, merging).0, 409, "auto_merge defaults to true");
+        // Without `required_contexts`, every context of the commit must pass.
+        let status = json!({"state": "failure", "context": "viaduct/ci"});
+        assert_eq!(github(&api, "POST", &format!("/repos/acme/app/statuses/{SHA}"), status).0, 201);
+        let mut checked = good.clone();
+        checked.as_object_mut().unwrap().remove("required_contexts");
+        let (code, reply) = github(&api, "POST", path, checked);
+        assert_eq!((code, reply["errors"][0]["contexts"][0].as_str()), (409, Some("viaduct/ci")), "{reply}");
+        assert_eq!(github(&api, "POST", path, with("required_contexts", json!(["viaduct/ci"]))).0, 409);
+        assert!(api.deployments().is_empty());
+
+        let (code, made) = github(&api, "POST", path, good.clone());
+        assert_eq!(code, 201, "{made}");
+        let id = made["id"].as_u64().expect("an id");
+        assert_eq!((made["sha"].as_str(), made["payload"]["viaduct_deployment"].as_u64()), (Some(SHA), Some(5)));
+        let (code, other) = github(&api, "POST", path, with("environment", json!("staging")));
+        assert_eq!(code, 201, "{other}");
+        let (code, listed) = github(&api, "GET", &format!("{path}?sha={SHA}&environment=production"), Value::Null);
+        assert_eq!((code, listed.as_array().map(Vec::len), listed[0]["id"].as_u64()), (200, Some(1), Some(id)));
+        let (_, all) = github(&api, "GET", path, Value::Null);
+        assert_eq!(all[0]["id"], other["id"], "newest first: {all}");
+
+        let statuses = format!("{path}/{id}/statuses");
+        assert_eq!(github(&api, "POST", &statuses, json!({"state": "running"})).0, 422);
+        assert_eq!(github(&api, "POST", &statuses, json!({"state": "queued", "log_url": "ci/1"})).0, 422);
+        assert_eq!(github(&api, "POST", &statuses, json!({"description": "no state"})).0, 422);
+        assert_eq!(github(&api, "POST", &format!("{path}/999/statuses"), json!({"state": "queued"})).0, 404);
+        assert_eq!(
+            github(&api, "POST", &format!("/repos/acme/other/deployments/{id}/statuses"), json!({"state": "queued"})).0,
+            404
+        );
+        for state in ["queued", "in_progress", "success"] {
+            let (log_url, environment_url) = ("https://ci.example/runs/1", "https://app.example");
+            let body = json!({"state": state, "log_url": log_url, "environment_url": environment_url});
+            let (code, reply) = github(&api, "POST", &statuses, body);
+            assert_eq!((code, reply["state"].as_str()), (201, Some(state)), "{reply}");
+        }
+        let d = api.deployments().into_iter().find(|d| d.id == id).unwrap();
+        let states: Vec<&str> = d.statuses.iter().map(|s| s.state.as_str()).collect();
+        assert_eq!((d.status.as_str(), states), ("success", vec!["queued", "in_progress", "success"]));
+        assert_eq!((d.statuses[0].log_url.as_str(), d.production_environment), ("https://ci.example/runs/1", None));
+        let mut headers = GITHUB.to_vec();
+        headers[0] = ("authorization", "Bearer nope");
+        assert_eq!(send(&api, "POST", &statuses, &headers, &json!({"state": "success"})).0, 401);
+    }
+
+    #[test]
+    fn gitlab_deployments_take_its_parameters_and_follow_its_state_machine() {
+        let api = ForgeApi::start(TOKEN);
+        let path = "/api/v4/projects/group%2Fapp/deployments";
+        let post = |body: Value| {
+            let (code, _, reply) = send(&api, "POST", path, GITLAB, &body);
+            (code, reply)
+        };
+        let (code, reply) = post(json!({"environment": "production", "sha": SHA}));
+        assert_eq!((code, reply["error"].as_str()), (400, Some("ref is missing, tag is missing, status is missing")));
+        let good = json!({"environment": "production", "sha": SHA, "ref": "main", "tag": false, "status": "running"});
+        let with = |key: &str, value: Value| {
+            let mut body = good.clone();
+            body[key] = value;
+            body
+        };
+        assert_eq!(post(with("status", json!("created"))).0, 400, "the API creates no `created` deployment");
+        assert_eq!(post(with("tag", json!("maybe"))).0, 400);
+        assert_eq!(post(with("ref", json!("refs/heads/main"))).0, 400, "a branch's name, not its ref");
+        assert_eq!(post(with("environment", json!("/prod"))).0, 400);
+        assert!(api.deployments().is_empty());
+        let (code, made) = post(good.clone());
+        assert_eq!((code, made["status"].as_str()), (201, Some("running")), "{made}");
+        let id = made["id"].as_u64().unwrap();
+        let update = |id: u64, status: &str| {
+            let path = format!("{path}/{id}");
+            send(&api, "PUT", &path, GITLAB, &json!({"status": status})).0
+        };
+        assert_eq!(update(id, "running"), 400, "running only from created");
+        assert_eq!(update(id, "blocked"), 400);
+        assert_eq!(update(id + 100, "success"), 404);
+        assert_eq!(update(id, "success"), 200);
+        assert_eq!(update(id, "success"), 400, "not to its own status");
+        let (code, form) = {
+            let body = format!("environment=staging&sha={SHA}&ref=v1&tag=true&status=canceled");
+            let headers = [("private-token", TOKEN), ("content-type", "application/x-www-form-urlencoded")];
+            let (code, _, reply) = crate::http_with_head(&addr(&api), "POST", path, &headers, body.as_bytes());
+            (code, serde_json::from_slice::<Value>(&reply).unwrap_or(Value::Null))
+        };
+        assert_eq!((code, form["status"].as_str()), (201, Some("canceled")), "{form}");
+        let got = api.deployments();
+        let states: Vec<&str> = got[0].statuses.iter().map(|s| s.state.as_str()).collect();
+        assert_eq!(
+            (got[0].project.as_str(), got[0].tag, states),
+            ("group/app", Some(false), vec!["running", "success"])
+        );
+        assert_eq!((got[1].git_ref.as_str(), got[1].tag, got[1].status.as_str()), ("v1", Some(true), "canceled"));
+        let (code, _, _) = send(
+            &api,
+            "PUT",
+            &format!("{path}/{id}"),
+            &[("content-type", "application/json")],
+            &json!({"status": "failed"}),
+        );
+        assert_eq!(code, 401);
     }
 
     #[test]

@@ -357,3 +357,59 @@ async fn deployed_services_are_probed_and_a_change_of_health_starts_a_pipeline()
     let got = ok(&server, &["services", "get", "shop", "production", "api"]);
     assert!(got.contains("cannot connect"), "{got}");
 }
+
+/// `prevent_self_approval` knows who pushed over HTTP (the pusher's token),
+/// and a deployment whose starter the server cannot know (a push over the
+/// filesystem) needs an administrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_approval_is_refused_to_whoever_pushed() {
+    let server = Server::start();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let repo = create_hosted(&client, "app").await;
+    ok(&server, &["environments", "put", "app", "production", "--approval", "maintain", "--prevent-self-approval"]);
+    let token = |name: &str| {
+        let req = v1::CreateTokenRequest {
+            name: name.into(),
+            service: true,
+            grants: vec![v1::Grant { role: v1::Role::Maintain as i32, repo: "app".into() }],
+            ..Default::default()
+        };
+        let client = client.clone();
+        async move { client.tokens().create(req).await.unwrap().into_inner().secret }
+    };
+    let (mia, max) = (token("mia").await, token("max").await);
+    let as_user = |secret: &str| {
+        let s = secret.to_string();
+        let server = &server;
+        async move { viaduct_tests::Client::connect_with(&server.url(), Some(s), &server.transport()).await.unwrap() }
+    };
+    let pipeline = "on:\n  push: { branches: [main] }\njobs:\n  ship:\n    environment: production\n    steps:\n      \
+                    - run: echo shipped\n";
+    let wt = work_tree(pipeline);
+    // Mia pushes over HTTP: she may not approve, Max may.
+    let url = repo.clone_url.replace("http://", &format!("http://mia:{mia}@"));
+    git(wt.path(), &["push", "-q", &url, "main"]);
+    let run = new_run(&client, "app", 0).await;
+    let waiting = run_where(&client, &run.id, "the deployment", |r| r.jobs[0].deployment != 0).await;
+    let d = deployment(&client, waiting.jobs[0].deployment).await;
+    assert_eq!(d.triggered_by, "mia");
+    let review = v1::ReviewDeploymentRequest { id: d.id, ..Default::default() };
+    let refused = as_user(&mia).await.deployments().approve(review.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("mia started this run"), "{}", refused.message());
+    as_user(&max).await.deployments().approve(review).await.unwrap();
+    assert_eq!(word(finished(&client, &run.id).await.status), "success");
+
+    // Over the filesystem nobody is known: a maintainer may not approve it.
+    std::fs::write(wt.path().join("hello.txt"), "again\n").unwrap();
+    commit_all(wt.path(), "again");
+    git(wt.path(), &["push", "-q", &repo.path, "main"]);
+    let run = new_run(&client, "app", 1).await;
+    let waiting = run_where(&client, &run.id, "the deployment", |r| r.jobs[0].deployment != 0).await;
+    let review = v1::ReviewDeploymentRequest { id: waiting.jobs[0].deployment, ..Default::default() };
+    let refused = as_user(&max).await.deployments().approve(review.clone()).await.unwrap_err();
+    assert!(refused.message().contains("only an administrator"), "{}", refused.message());
+    client.deployments().approve(review).await.unwrap();
+    assert_eq!(word(finished(&client, &run.id).await.status), "success");
+}

@@ -198,7 +198,12 @@ async fn a_mirror_fetches_with_the_credentials_in_a_secret() {
     std::fs::write(wt.path().join("hello.txt"), "mirrored\n").unwrap();
     git(wt.path(), &["commit", "-qam", "for the mirror"]);
     git(wt.path(), &["push", "-q", &upstream.path, "main"]);
-    let synced = client.repos().sync(v1::SyncRepoRequest { name: "m1".into() }).await.unwrap().into_inner();
+    let synced = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "m1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(synced.run_ids.len(), 1);
     let run = finished(&client, &synced.run_ids[0]).await;
     assert_eq!(word(run.status), "success");
@@ -209,7 +214,7 @@ async fn a_mirror_fetches_with_the_credentials_in_a_secret() {
         .set(v1::SetSecretRequest { name: "GIT_TOKEN".into(), value: token, ..Default::default() })
         .await
         .unwrap();
-    client.repos().sync(v1::SyncRepoRequest { name: "m1".into() }).await.unwrap();
+    client.repos().sync(v1::SyncRepoRequest { name: "m1".into(), ..Default::default() }).await.unwrap();
 }
 
 /// A mirror of an ssh remote (a real sshd) fetches with the private key a
@@ -251,7 +256,12 @@ async fn an_ssh_mirror_fetches_with_the_key_in_a_secret_and_checks_the_host_key(
     std::fs::write(wt.path().join("hello.txt"), "over ssh\n").unwrap();
     git(wt.path(), &["commit", "-qam", "for the ssh mirror"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let synced = client.repos().sync(v1::SyncRepoRequest { name: "ssh".into() }).await.unwrap().into_inner();
+    let synced = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "ssh".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(synced.run_ids.len(), 1);
     let run = finished(&client, &synced.run_ids[0]).await;
     assert_eq!(word(run.status), "success");

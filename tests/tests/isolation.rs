@@ -43,6 +43,7 @@ jobs:
     steps:
       - run: |
           echo "uid $(id -u)"
+          echo "name $(id -un)"
           cat ../../../runner.json 2>&1 | head -c 300; echo
           ls ../.. 2>&1 | head -c 300; echo
           # (processes may end while being read: their errors do not count)
@@ -57,6 +58,11 @@ jobs:
     let log = step_log(&client, &run.jobs[0].steps[0].id).await;
     let uid: u32 = log.lines().next().unwrap().trim_start_matches("uid ").parse().unwrap();
     assert!(uid >= 61000, "the job runs as a slot user: {log}");
+    // It has a name (ssh and others look their user up), the machine's
+    // own users unchanged.
+    assert!(log.lines().nth(1).is_some_and(|l| l.starts_with("name viaduct-slot-")), "{log}");
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(!passwd.contains("viaduct-slot-"), "the machine's /etc/passwd is untouched");
     assert!(log.contains("runner.json: Permission denied"), "{log}");
     assert!(
         log.contains("cannot open directory '../..': Permission denied"),

@@ -98,7 +98,7 @@ async fn a_strangers_pull_request_cannot_run_itself_nor_read_a_secret() {
         .unwrap();
     git(wt.path(), &["commit", "-qam", "run pull requests"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    client.repos().sync(v1::SyncRepoRequest { name: "app".into() }).await.unwrap();
+    client.repos().sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() }).await.unwrap();
     let pushed = runs_of(&client, "app").await.len();
 
     let head = push_pull_request(wt.path(), &bare, "feature", 7, &format!("{evil}# again\n"));
@@ -335,8 +335,14 @@ async fn protected_runners_never_take_untrusted_jobs() {
     git(wt.path(), &["checkout", "-q", "main"]);
     git(wt.path(), &["commit", "-q", "--allow-empty", "-m", "release"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let push_id =
-        client.repos().sync(v1::SyncRepoRequest { name: "app".into() }).await.unwrap().into_inner().run_ids[0].clone();
+    let push_id = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_ids[0]
+        .clone();
     let pushed = finished(&client, &push_id).await;
     assert_eq!(word(job(&pushed, "ship").status), "success", "{pushed:#?}");
     let protected_id = listed.iter().find(|r| r.protected).unwrap().id.clone();
@@ -360,8 +366,14 @@ async fn concurrency_groups_belong_to_their_repository() {
     create_mirror(&client, "app", &format!("file://{}", bare.display()), "k").await;
     git(wt.path(), &["commit", "-q", "--allow-empty", "-m", "deploy"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let deploying =
-        client.repos().sync(v1::SyncRepoRequest { name: "app".into() }).await.unwrap().into_inner().run_ids[0].clone();
+    let deploying = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_ids[0]
+        .clone();
     let run = run_where(&client, &deploying, "the deploy to run", |r| word(r.status) == "running").await;
     assert_eq!(run.concurrency_group, "app/deploy");
 
@@ -407,8 +419,14 @@ async fn a_pull_request_cannot_poison_its_base_branchs_cache() {
     create_mirror(&client, "app", &format!("file://{}", bare.display()), "k").await;
     git(wt.path(), &["commit", "-q", "--allow-empty", "-m", "warm"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let id =
-        client.repos().sync(v1::SyncRepoRequest { name: "app".into() }).await.unwrap().into_inner().run_ids[0].clone();
+    let id = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_ids[0]
+        .clone();
     assert_eq!(word(finished(&client, &id).await.status), "success");
 
     // The fork's branch is called main too.
@@ -434,8 +452,14 @@ async fn a_pull_request_cannot_poison_its_base_branchs_cache() {
     std::fs::write(wt.path().join(".viaduct/pipeline.yml"), put("again")).unwrap();
     git(wt.path(), &["commit", "-qam", "main again"]);
     git(wt.path(), &["push", "-q", "-f", bare.to_str().unwrap(), "release:main"]);
-    let id =
-        client.repos().sync(v1::SyncRepoRequest { name: "app".into() }).await.unwrap().into_inner().run_ids[0].clone();
+    let id = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_ids[0]
+        .clone();
     let main_run = finished(&client, &id).await;
     assert_eq!(main_run.jobs[0].steps[0].outputs["cache_value"], "from-main", "{main_run:#?}");
 }

@@ -599,3 +599,143 @@ async fn a_failed_job_is_debugged_in_a_terminal_and_resumed_from_its_run_page() 
     })
     .await;
 }
+
+/// A deployment to a protected environment waits for approval: the run
+/// page says where its job deploys; the repository's environments page
+/// shows the environment's rules, variables and the waiting deployment; a
+/// token without the approval role is refused inline, and *Approve* by an
+/// admin lets it deploy — the page follows it to success, into the
+/// environment's history, and shows the service it registered, probed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_deployment_is_approved_from_the_environments_page() {
+    use viaduct_tests::forge::{create_hosted, git, runs_of, work_tree};
+    let server = Server::with_ui();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let token = server.admin_token();
+    let repo = create_hosted(&client, "shop").await;
+    let rules = v1::EnvironmentRules { approval_role: v1::Role::Maintain as i32, ..Default::default() };
+    client
+        .environments()
+        .put(v1::PutEnvironmentRequest {
+            repo: "shop".into(),
+            name: "production".into(),
+            rules: Some(rules),
+            variables: [("REGION".to_string(), "eu-west-1".to_string())].into(),
+            url: "https://shop.example.com".into(),
+            description: "What customers use".into(),
+        })
+        .await
+        .expect("put the environment");
+    // Someone who may start runs of the repository, but not approve.
+    let req = v1::CreateTokenRequest {
+        name: "intern".into(),
+        service: true,
+        grants: vec![v1::Grant { role: v1::Role::Trigger as i32, repo: "shop".into() }],
+        ..Default::default()
+    };
+    let intern = client.tokens().create(req).await.expect("create a token").into_inner().secret;
+    let pipeline = format!(
+        "on:\n  push: {{ branches: [main] }}\njobs:\n  ship:\n    environment:\n      name: production\n      \
+         services:\n        - name: web\n          endpoints: [\"https://shop.example.com\"]\n          probe: {{ \
+         target: \"tcp://{}\", interval: 1s }}\n    steps:\n      - run: sleep 2; echo \"shipping to $REGION\"\n",
+        server.addr()
+    );
+    let wt = work_tree(&pipeline);
+    git(wt.path(), &["push", "-q", &repo.path, "main"]);
+    let id = runs_of(&client, "shop").await[0].id.clone();
+    let job = format!("{id}.1");
+    let run = run_where(&client, &id, "the deployment to wait for approval", |r| {
+        r.jobs.first().is_some_and(|j| j.deployment != 0 && j.status == Status::Pending as i32)
+    })
+    .await;
+    let deployment = run.jobs[0].deployment;
+    let url = server.url();
+    Browser::run(|c| async move {
+        let card = "[data-environment=\"production\"]";
+        let open = format!("{card} .open-deployments [data-deployment-id=\"{deployment}\"]");
+
+        // Without the approval role: refused, and the page says why.
+        sign_in(&c, &server, &intern).await;
+        wait_for_page(&c, "runs").await;
+        c.goto(&format!("{url}/repos/shop/environments")).await.expect("open environments");
+        wait_for_page(&c, "environments").await;
+        wait_for(&c, &format!("{open}[data-state=\"waiting\"]")).await;
+        wait_for(&c, &format!("{open} [data-approve-deployment=\"{deployment}\"]"))
+            .await
+            .click()
+            .await
+            .expect("approve");
+        let refusal = wait_for(&c, &format!("{open} .review .form-error")).await.text().await.expect("refusal");
+        assert!(refusal.contains("permission denied"), "{refusal}");
+        screenshot(&c, "environments-refused").await;
+        wait_for(&c, "#sign-out").await.click().await.expect("sign out");
+        wait_for_page(&c, "sign-in").await;
+
+        sign_in(&c, &server, &token).await;
+        wait_for_page(&c, "runs").await;
+        // The run page says where the job deploys, and offers the review too.
+        c.goto(&format!("{url}/runs/{id}")).await.expect("open run");
+        wait_for_page(&c, "run").await;
+        wait_for(&c, &format!("[data-job-id=\"{job}\"] .job-duration")).await.click().await.expect("open the job");
+        let note_css = format!("[data-job-deployment=\"{deployment}\"]");
+        let note = wait_for(&c, &note_css).await.text().await.expect("note");
+        assert!(note.contains(&format!("Deploys to production (deployment {deployment})")), "{note}");
+        wait_for(&c, &format!("{note_css} [data-approve-deployment=\"{job}\"]")).await;
+        screenshot(&c, "run-deployment-waiting").await;
+
+        // The environments page, from the repository's page.
+        c.goto(&format!("{url}/repos/shop")).await.expect("open the repository");
+        wait_for_page(&c, "repo").await;
+        wait_for(&c, "#repo-environments").await.click().await.expect("open environments");
+        wait_for_page(&c, "environments").await;
+        let rules = wait_for(&c, &format!("{card} .env-rules")).await.text().await.expect("rules");
+        assert!(rules.contains("approval by someone with the maintain role"), "{rules}");
+        let vars = wait_for(&c, &format!("{card} .env-variables")).await.text().await.expect("variables");
+        assert!(vars.contains("REGION") && vars.contains("eu-west-1"), "{vars}");
+        let waiting = wait_for(&c, &format!("{open}[data-state=\"waiting\"]")).await.text().await.expect("text");
+        assert!(waiting.contains("waiting for approval"), "{waiting}");
+        screenshot(&c, "environments-waiting").await;
+        let url_before = c.current_url().await.expect("url");
+        wait_for(&c, &format!("{open} [data-approve-deployment=\"{deployment}\"]"))
+            .await
+            .click()
+            .await
+            .expect("approve");
+        // Read again at once, then every few seconds: deploying, then the
+        // environment's current deployment and a success in its history.
+        wait_for_js(
+            &c,
+            "the deployment to deploy",
+            &format!(
+                "document.querySelector('{card} [data-deployment-id=\"{deployment}\"][data-state=\"in_progress\"], \
+                 {card} [data-current-deployment=\"{deployment}\"]') || null"
+            ),
+        )
+        .await;
+        let current = format!("{card} [data-current-deployment=\"{deployment}\"]");
+        wait_for(&c, &current).await;
+        wait_for(
+            &c,
+            &format!("{card} .deployment-history [data-deployment-id=\"{deployment}\"][data-state=\"success\"]"),
+        )
+        .await;
+        assert_eq!(c.current_url().await.expect("url"), url_before, "the page was not reloaded or left");
+        screenshot(&c, "environments-deployed").await;
+        let run = finished(&client, &id).await;
+        assert_eq!(run.status, Status::Success as i32);
+        let d = client.deployments().get(v1::GetDeploymentRequest { id: deployment }).await.expect("get").into_inner();
+        assert_eq!(d.state, v1::DeploymentState::Success as i32);
+        assert!(!d.approved_by.is_empty(), "{d:?}");
+        let shown = wait_for(&c, &current).await.text().await.expect("current");
+        assert!(shown.contains(&d.approved_by), "{shown}");
+
+        // The service the deployment registered, probed: up, with history.
+        let service = "[data-service=\"production/web\"]";
+        wait_for(&c, &format!("{service}[data-health=\"up\"]")).await;
+        wait_for(&c, &format!("{service} [data-service-history]")).await.click().await.expect("show probes");
+        wait_for(&c, "[data-probe-history=\"production/web\"] tr[data-health=\"up\"]").await;
+        screenshot(&c, "environments-services").await;
+    })
+    .await;
+}

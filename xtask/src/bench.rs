@@ -25,7 +25,7 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
     if wanted("ui") {
         crate::ui::build()?;
     }
-    if wanted("plugins") || wanted("cache") || wanted("crate") {
+    if wanted("plugins") || wanted("cache") || wanted("crate") || wanted("deploy") {
         crate::plugins::build(false)?;
     }
     if wanted("plugins") {
@@ -87,6 +87,9 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         }
         if wanted("crate") {
             real_crate().await?;
+        }
+        if wanted("deploy") {
+            deploy().await?;
         }
         if wanted("ui") {
             ui().await?;
@@ -1730,4 +1733,170 @@ async fn ui() -> Result<()> {
     );
     println!("ui  log of 100,000 lines: navigation → last line on screen {log:.0} ms; {rows} line rows in the DOM");
     Ok(())
+}
+
+/// `ssh-deploy` to two `sshd`s on loopback through a protected environment:
+/// from the approval to the first host's switch (the plugin's
+/// `first_switched_ms`), and the job's parts (approval → assigned → step
+/// started → switched), against the bare cost of the same work from here:
+/// `ssh mkdir`, `scp -r` and `ssh ln && mv` to one host.
+async fn deploy() -> Result<()> {
+    use viaduct_tests::sshd::Sshd;
+    const ROUNDS: usize = 10;
+    let at = std::env::temp_dir().join(format!("viaduct-bench-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&at)?;
+    let (Some(a), Some(b)) = (Sshd::start_isolated(&at), Sshd::start_isolated(&at)) else {
+        println!("deploy     skipped: needs root and sshd (cargo xtask setup)");
+        return Ok(());
+    };
+    b.authorize_key_of(&a);
+    let server = Server::with_plugins();
+    let _runner = server.runner("linux", 1);
+    let client = server.client().await;
+    let repo = client
+        .repos()
+        .create(v1::CreateRepoRequest {
+            name: "site".into(),
+            source: Some(v1::create_repo_request::Source::Hosted(v1::HostedRepo::default())),
+        })
+        .await?
+        .into_inner();
+    let vars = [
+        ("DEPLOY_HOSTS".to_string(), format!("{},{}", a.login(), b.login())),
+        ("SSH_KNOWN_HOSTS".to_string(), format!("{}{}", a.known_hosts(), b.known_hosts())),
+    ];
+    client
+        .environments()
+        .put(v1::PutEnvironmentRequest {
+            repo: "site".into(),
+            name: "production".into(),
+            rules: Some(v1::EnvironmentRules { approval_role: v1::Role::Maintain as i32, ..Default::default() }),
+            variables: vars.into_iter().collect(),
+            ..Default::default()
+        })
+        .await?;
+    let scope =
+        v1::SecretScope { repos: vec!["site".into()], environments: vec!["production".into()], ..Default::default() };
+    let key = a.client_key();
+    client
+        .secrets()
+        .set(v1::SetSecretRequest { name: "SSH_PRIVATE_KEY".into(), value: key.clone(), scope: Some(scope) })
+        .await?;
+    let wt = tempfile::tempdir()?;
+    let dir = wt.path();
+    git(dir, &["init", "-q", "-b", "main"])?;
+    std::fs::create_dir_all(dir.join(".viaduct"))?;
+    std::fs::create_dir_all(dir.join("site"))?;
+    let pipeline = format!(
+        "on: {{ push: {{ branches: [main] }} }}\njobs:\n  ship:\n    environment: production\n    secrets: \
+         [SSH_PRIVATE_KEY]\n    steps:\n      - uses: ssh-deploy@1\n        with:\n          source: site\n          \
+         hosts: ${{{{ env.DEPLOY_HOSTS }}}}\n          path: {}\n          max_unavailable: 1\n          keep: 3\n",
+        at.display()
+    );
+    std::fs::write(dir.join(".viaduct/pipeline.yml"), pipeline)?;
+    let mut events = client.runs().watch(v1::WatchRequest::default()).await?.into_inner();
+    let (mut total, mut assigned, mut started, mut switched) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=ROUNDS {
+        std::fs::write(dir.join("site/index.html"), format!("<p>release {i}</p>\n"))?;
+        git(dir, &["add", "-A"])?;
+        git(dir, &["commit", "-qm", "bench"])?;
+        git(dir, &["push", "-q", &repo.path, "main"])?;
+        let (id, job) = loop {
+            let runs = client
+                .runs()
+                .list(v1::ListRunsRequest { repo: "site".into(), ..Default::default() })
+                .await?
+                .into_inner()
+                .runs;
+            let newest = runs.into_iter().next().context("the pushed run")?;
+            let job = newest.jobs.first().cloned().unwrap_or_default();
+            if job.deployment != 0 && newest.jobs.len() == 1 && job.status == v1::Status::Pending as i32 {
+                break (newest.id, job);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let approved_ms = now_ms();
+        client.deployments().approve(v1::ReviewDeploymentRequest { id: job.deployment, ..Default::default() }).await?;
+        until(&mut events, &id, is_finished_run).await?;
+        let run = client.runs().get(v1::GetRunRequest { id: id.clone() }).await?.into_inner();
+        let step = &run.jobs[0].steps[0];
+        anyhow::ensure!(run.status == v1::Status::Success as i32, "the deployment failed: {run:#?}");
+        let at_ms =
+            |t: Option<&prost_types::Timestamp>| t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+        let first: i64 = step.outputs.get("first_switched_ms").context("first_switched_ms")?.parse()?;
+        let job_started = at_ms(run.jobs[0].times.as_ref().and_then(|t| t.started_at.as_ref()));
+        let step_started = at_ms(step.times.as_ref().and_then(|t| t.started_at.as_ref()));
+        if i == 0 {
+            continue; // warm-up: the plugin compiled, sshd and the page cache warm
+        }
+        let d = |from: i64, to: i64| Duration::from_millis(u64::try_from(to - from).unwrap_or(0));
+        total.push(d(approved_ms, first));
+        assigned.push(d(approved_ms, job_started));
+        started.push(d(job_started, step_started));
+        switched.push(d(step_started, first));
+    }
+    // The same work by hand: one host, from this process.
+    let keyfile = tempfile::NamedTempFile::new()?;
+    std::fs::write(keyfile.path(), &key)?;
+    let known = tempfile::NamedTempFile::new()?;
+    std::fs::write(known.path(), a.known_hosts())?;
+    let port = a.login().rsplit(':').next().unwrap_or("22").to_string();
+    let opts = |c: &mut std::process::Command| {
+        c.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!("IdentityFile={}", keyfile.path().display()))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.path().display()));
+    };
+    let mut bare = Vec::new();
+    for i in 0..ROUNDS {
+        let release = format!("bare-{i}-{}", now_ms());
+        let t0 = Instant::now();
+        let base = at.display().to_string();
+        let mut mk = std::process::Command::new("ssh");
+        opts(&mut mk);
+        mk.args(["-p", &port, "root@127.0.0.1", &format!("mkdir -p {base}/releases/.tmp")]);
+        anyhow::ensure!(mk.status()?.success(), "ssh mkdir");
+        let mut cp = std::process::Command::new("scp");
+        opts(&mut cp);
+        cp.args(["-q", "-r", "-p", "-P", &port])
+            .arg(dir.join("site"))
+            .arg(format!("root@127.0.0.1:{base}/releases/{release}"));
+        anyhow::ensure!(cp.status()?.success(), "scp");
+        let mut sw = std::process::Command::new("ssh");
+        opts(&mut sw);
+        sw.args([
+            "-p",
+            &port,
+            "root@127.0.0.1",
+            &format!("cd {base} && ln -sfn releases/{release} .current-{release} && mv -T .current-{release} current"),
+        ]);
+        anyhow::ensure!(sw.status()?.success(), "ssh switch");
+        bare.push(t0.elapsed());
+    }
+    let show = |what: &str, v: Vec<Duration>| {
+        let (p50, p99, _) = summary(v);
+        println!("deploy     {what:<58} p50 {:>10}  p99 {:>10}", ms(p50), ms(p99));
+    };
+    println!("deploy     ssh-deploy to 2 hosts on loopback, {ROUNDS} approved deployments:");
+    show("approved → first host switched", total);
+    show("  approved → job assigned to the runner", assigned);
+    show("  job assigned → plugin step started (checkout)", started);
+    show("  step started → first host switched (key, upload x2, switch)", switched);
+    show("bare: ssh mkdir + scp -r + ssh ln && mv, one host, from here", bare);
+    let _ = std::fs::remove_dir(&at);
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -228,6 +228,61 @@ fn proc_mount() -> &'static ProcMount {
     })
 }
 
+/// `/etc/passwd` and `/etc/group` as a slot user's steps see them: the
+/// machine's, plus an entry for each slot user (`viaduct-slot-N`, home
+/// `/nonexistent`), so that programs which look their user up — `ssh` (and
+/// so git over ssh, the `ssh-deploy` plugin), `whoami`, Python's `getpass` —
+/// work. Written once by the runner ([`write_identities`]); bound over the
+/// originals in each step's private mount namespace.
+struct Identities {
+    passwd: (CString, CString),
+    group: (CString, CString),
+}
+
+static IDENTITIES: std::sync::OnceLock<Identities> = std::sync::OnceLock::new();
+
+/// Writes the user and group files slot users' steps see (see
+/// [`Identities`]) into `dir`: the machine's entries, then one for each uid
+/// of `base..base + count` the machine does not name.
+pub fn write_identities(dir: &Path, base: u32, count: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let known = |file: &str| -> std::io::Result<(String, Vec<u32>)> {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let ids = text.lines().filter_map(|l| l.split(':').nth(2)?.parse().ok()).collect();
+        Ok((text, ids))
+    };
+    let write = |name: &str, mut text: String, taken: &[u32], line: &dyn Fn(u32, u32) -> String| {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for (i, uid) in (base..base.saturating_add(count)).enumerate() {
+            if !taken.contains(&uid) {
+                text.push_str(&line(u32::try_from(i).unwrap_or(0), uid));
+            }
+        }
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok::<_, std::io::Error>(path)
+    };
+    let (passwd, uids) = known("/etc/passwd")?;
+    let (group, gids) = known("/etc/group")?;
+    let p = write("slot-users.passwd", passwd, &uids, &|i, uid| {
+        format!("viaduct-slot-{i}:x:{uid}:{uid}:Viaduct job slot {i}:/nonexistent:/bin/sh\n")
+    })?;
+    let g = write("slot-users.group", group, &gids, &|i, gid| format!("viaduct-slot-{i}:x:{gid}:\n"))?;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let ids = Identities {
+        passwd: (c(&p)?, CString::new("/etc/passwd").unwrap_or_default()),
+        group: (c(&g)?, CString::new("/etc/group").unwrap_or_default()),
+    };
+    let _ = IDENTITIES.set(ids);
+    Ok(())
+}
+
 /// Builds, in the runner, what a starting step's process reads (it must
 /// not allocate): call before starting one.
 pub fn prepare_for_children() {
@@ -257,7 +312,15 @@ pub fn private_proc_mount() -> std::io::Result<()> {
             m.fstype.as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             m.options.as_ptr().cast(),
-        ))
+        ))?;
+        // Best effort: without them a program that looks its user up
+        // fails as it would have anyway.
+        if let Some(ids) = IDENTITIES.get() {
+            for (from, to) in [&ids.passwd, &ids.group] {
+                libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -70,17 +70,24 @@ impl EnvironmentsApi {
         let role = Role::try_from(d.approval_role).unwrap_or(Role::Unspecified);
         let role = if role == Role::Unspecified { Role::Trigger } else { role };
         access.require_role(role, &d.repo)?;
-        if approving
-            && envs::get(&self.store, &d.repo, &d.environment)
-                .ok()
-                .and_then(|e| e.rules)
-                .is_some_and(|rules| rules.prevent_self_approval)
-            && (d.triggered_by == access.actor || (!access.owner.is_empty() && d.triggered_by == access.owner))
-        {
-            return Err(Error::PermissionDenied(format!(
-                "{} started this run: `{}` needs someone else to review its deployments",
-                access.actor, d.environment
-            )));
+        let no_self = envs::get(&self.store, &d.repo, &d.environment)
+            .ok()
+            .and_then(|e| e.rules)
+            .is_some_and(|rules| rules.prevent_self_approval);
+        if approving && no_self {
+            if d.starter.is_empty() && !access.grants.allows(Role::Admin, None) {
+                return Err(Error::PermissionDenied(format!(
+                    "who started this run is not known to the server (a push over the filesystem, a forge's \
+                     webhook or a schedule; shown as {}): `{}` lets only an administrator approve it",
+                    d.triggered_by, d.environment
+                )));
+            }
+            if d.starter == access.actor || (!access.owner.is_empty() && d.starter == access.owner) {
+                return Err(Error::PermissionDenied(format!(
+                    "{} started this run: `{}` needs someone else to review its deployments",
+                    access.actor, d.environment
+                )));
+            }
         }
         Ok(id)
     }

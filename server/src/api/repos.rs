@@ -115,8 +115,12 @@ impl Repos for ReposApi {
     }
 
     async fn sync(&self, req: Request<SyncRepoRequest>) -> Result<Response<SyncRepoResponse>, Status> {
-        allowed(&req, &req.get_ref().name)?;
-        let o = self.triggers.sync(&req.into_inner().name).await?;
+        let access = allowed(&req, &req.get_ref().name)?;
+        let r = req.into_inner();
+        // Who the runs a push starts are for (a deployment's starter): the
+        // hook names the pusher; anyone else syncing is the one who asks.
+        let pusher = if access.grants.allows(Role::Admin, None) { r.pusher } else { access.actor.clone() };
+        let o = self.triggers.sync_as(&r.name, &pusher).await?;
         Ok(Response::new(SyncRepoResponse {
             run_ids: o.runs.iter().map(ToString::to_string).collect(),
             refs_changed: o.refs_changed,

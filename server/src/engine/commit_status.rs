@@ -1,6 +1,8 @@
 //! What a transition tells a forge: the commit statuses of the runs and jobs
 //! whose state it changed, for runs of repositories with a forge connection
-//! (`RunRecord::reports_status`, copied to each job).
+//! (`RunRecord::reports_status`, copied to each job), and the states of their
+//! deployments ([`of_deployment`]: `StatusRecord::deployment` set), which
+//! `forges` sends to the forge's deployments API.
 //!
 //! [`Tx::commit`](super::tx::Tx::commit) writes them to the `status_outbox`
 //! tree in the same commit as the state they report, so a status is never
@@ -10,7 +12,7 @@
 
 use viaduct_proto::{
     StatusWord,
-    v1::{SourcePlan, Status},
+    v1::{DeploymentState, SourcePlan, Status},
 };
 
 use super::Engine;
@@ -19,7 +21,7 @@ use crate::{
     store::{
         T, WriteSet,
         keys::{JobKey, RunId},
-        records::{JobRecord, RunRecord, SCHEMA_VERSION, StatusRecord},
+        records::{DeploymentRecord, JobRecord, RunRecord, SCHEMA_VERSION, StatusRecord},
     },
 };
 
@@ -66,6 +68,7 @@ pub fn of_run(id: RunId, before: Option<&RunRecord>, run: &RunRecord) -> Option<
         job_id: String::new(),
         time_ms: run.finished_ms.max(run.started_ms).max(run.created_ms),
         attempt: run.retried + 1,
+        ..Default::default()
     };
     Some((source.repo.clone(), rec))
 }
@@ -99,8 +102,65 @@ pub fn of_job(key: JobKey, before: Option<&JobRecord>, job: &JobRecord) -> Optio
         job_id: key.to_string(),
         time_ms: job.finished_ms.max(job.started_ms).max(job.created_ms),
         attempt: job.attempt,
+        ..Default::default()
     };
     Some((source.repo.clone(), rec))
+}
+
+/// The state of deployment `id` for the forge's deployments API, if it
+/// changed and its run reports statuses (`reports`, asked only then: the run
+/// may have to be read). Its `status` is the nearest run state (for logs);
+/// the forge is told `deployment_state`.
+pub fn of_deployment(
+    id: u64,
+    before: Option<&DeploymentRecord>,
+    d: &DeploymentRecord,
+    reports: impl FnOnce(RunId) -> bool,
+) -> Option<(String, StatusRecord)> {
+    if d.repo.is_empty() || d.commit.is_empty() || before.is_some_and(|b| b.state == d.state) {
+        return None;
+    }
+    let env = &d.environment;
+    let why = d.message.lines().next().unwrap_or_default().trim();
+    let (status, description) = match DeploymentState::try_from(d.state).unwrap_or(DeploymentState::Unspecified) {
+        DeploymentState::Unspecified => return None,
+        DeploymentState::Waiting => (Status::Queued, format!("Waiting for approval to deploy to {env}")),
+        DeploymentState::Queued => (Status::Queued, format!("Queued to deploy to {env}")),
+        DeploymentState::InProgress => (Status::Running, format!("Deploying to {env}")),
+        DeploymentState::Success => {
+            let took = (d.started_ms > 0 && d.finished_ms >= d.started_ms)
+                .then(|| format!(" in {}", duration(d.finished_ms - d.started_ms)));
+            (Status::Success, format!("Deployed to {env}{}", took.unwrap_or_default()))
+        }
+        DeploymentState::Failure if why.is_empty() => (Status::Failure, format!("Failed to deploy to {env}")),
+        DeploymentState::Failure => (Status::Failure, format!("Failed to deploy to {env}: {why}")),
+        DeploymentState::Cancelled if why.is_empty() => (Status::Cancelled, format!("Deployment to {env} cancelled")),
+        DeploymentState::Cancelled => (Status::Cancelled, format!("Deployment to {env} cancelled: {why}")),
+        DeploymentState::Refused if why.is_empty() => (Status::Failure, format!("Deployment to {env} refused")),
+        DeploymentState::Refused => (Status::Failure, format!("Deployment to {env} refused: {why}")),
+    };
+    let run = RunId(d.run);
+    if !reports(run) {
+        return None;
+    }
+    let rec = StatusRecord {
+        schema: SCHEMA_VERSION,
+        commit: d.commit.clone(),
+        git_ref: d.git_ref.clone(),
+        pipeline: d.pipeline.clone(),
+        job: d.job_name.clone(),
+        status: status as i32,
+        description: shorten(&description),
+        run_id: run.to_string(),
+        job_id: JobKey::new(run, d.job).to_string(),
+        time_ms: d.finished_ms.max(d.started_ms).max(d.approved_ms).max(d.created_ms),
+        attempt: d.attempt,
+        deployment: id,
+        environment: env.clone(),
+        deployment_state: d.state,
+        environment_url: d.url.clone(),
+    };
+    Some((d.repo.clone(), rec))
 }
 
 /// Statuses one transition may write: their sequence numbers are its first
@@ -174,6 +234,7 @@ impl Engine {
                 job_id: String::new(),
                 time_ms: crate::store::now_ms(),
                 attempt: 1,
+                ..Default::default()
             };
             ws.put(T::StatusOutbox, outbox_key(what.repo, seq), &rec);
         }
@@ -275,6 +336,68 @@ mod tests {
         let mut waiting = run(Status::Queued);
         waiting.awaiting_approval = true;
         assert_eq!(of_run(id, Some(&run(Status::Queued)), &waiting).unwrap().1.description, "Waiting for approval");
+    }
+
+    fn deployment(state: DeploymentState, message: &str) -> DeploymentRecord {
+        DeploymentRecord {
+            repo: "app".into(),
+            environment: "production".into(),
+            state: state as i32,
+            message: message.into(),
+            run: 7,
+            job: 2,
+            job_name: "deploy".into(),
+            attempt: 1,
+            pipeline: "ci".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: "c0ffee".into(),
+            url: "https://app.example".into(),
+            created_ms: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deployment_of_a_reporting_run_reports_each_state_it_reaches() {
+        let yes = |_: RunId| true;
+        let waiting = deployment(DeploymentState::Waiting, "waiting for approval");
+        let (repo, s) = of_deployment(9, None, &waiting, yes).expect("a new deployment reports");
+        assert_eq!((repo.as_str(), s.deployment, s.environment.as_str()), ("app", 9, "production"));
+        assert_eq!((s.run_id.as_str(), s.job_id.as_str(), s.job.as_str()), ("7", "7.2", "deploy"));
+        assert_eq!((s.commit.as_str(), s.git_ref.as_str()), ("c0ffee", "refs/heads/main"));
+        assert_eq!(
+            (s.deployment_state, s.description.as_str(), s.environment_url.as_str()),
+            (DeploymentState::Waiting as i32, "Waiting for approval to deploy to production", "https://app.example")
+        );
+        assert!(of_deployment(9, Some(&waiting), &waiting, yes).is_none(), "no change, no status");
+        let asked = std::cell::Cell::new(false);
+        let no = |_: RunId| {
+            asked.set(true);
+            false
+        };
+        assert!(of_deployment(9, Some(&waiting), &waiting, no).is_none());
+        assert!(!asked.get(), "the run is read only for a change");
+        let queued = deployment(DeploymentState::Queued, "");
+        assert!(of_deployment(9, Some(&waiting), &queued, no).is_none(), "a run that does not report");
+        assert!(asked.get());
+        let inline = DeploymentRecord { repo: String::new(), ..queued.clone() };
+        assert!(of_deployment(9, None, &inline, yes).is_none(), "no repository, no forge");
+        let running = deployment(DeploymentState::InProgress, "");
+        assert_eq!(of_deployment(9, Some(&queued), &running, yes).unwrap().1.description, "Deploying to production");
+        let mut done = deployment(DeploymentState::Success, "");
+        (done.started_ms, done.finished_ms) = (1_000, 63_500);
+        let (_, s) = of_deployment(9, Some(&running), &done, yes).unwrap();
+        assert_eq!(
+            (s.description.as_str(), s.status, s.time_ms),
+            ("Deployed to production in 1m2s", Status::Success as i32, 63_500)
+        );
+        let failed = deployment(DeploymentState::Failure, "step `ship` exited with 1\nmore");
+        let (_, s) = of_deployment(9, Some(&running), &failed, yes).unwrap();
+        assert_eq!(s.description, "Failed to deploy to production: step `ship` exited with 1");
+        let refused = deployment(DeploymentState::Refused, &"no ".repeat(100));
+        let (_, s) = of_deployment(9, None, &refused, yes).unwrap();
+        assert!(s.description.starts_with("Deployment to production refused: no no"), "{}", s.description);
+        assert_eq!(s.description.chars().count(), MAX_DESCRIPTION);
     }
 
     #[test]

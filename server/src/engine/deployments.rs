@@ -102,6 +102,15 @@ fn started_by(source: &viaduct_proto::v1::RunSource) -> String {
     if source.sender.is_empty() { source.author.clone() } else { source.sender.clone() }
 }
 
+/// Who started a run as the server itself knows them (see
+/// `DeploymentRecord::starter`): the sender of a run started through the
+/// API, by hand, by a push over HTTP, or of a promotion or rollback — not a
+/// pull request's (a forge login) nor a commit's author.
+fn verified_starter(source: &viaduct_proto::v1::RunSource, kind: &str) -> String {
+    let redeploy = matches!(kind, "promote" | "rollback");
+    if source.event == "pull_request" && !redeploy { String::new() } else { source.sender.clone() }
+}
+
 impl Tx<'_> {
     /// An environment as stored (environments change outside transitions,
     /// through the API).
@@ -144,6 +153,7 @@ impl Tx<'_> {
             kind: if target.kind.is_empty() { "deploy".into() } else { target.kind.clone() },
             source_deployment: target.source_deployment,
             approval_role: rules.approval_role,
+            starter: verified_starter(&source, &target.kind),
             ..Default::default()
         };
         self.job(key)?.deployment = id;
@@ -357,9 +367,7 @@ impl Tx<'_> {
                 self.writes().put(T::DeployedServices, k, &rec);
                 names.push(decl.name.clone());
             }
-            if !names.is_empty() {
-                self.sh.signals.services_changed();
-            }
+            // The prober is woken once this is committed (`Tx::commit`).
             self.deployment(id)?.services = names;
         }
         self.release_environment(&d.repo, &d.environment)

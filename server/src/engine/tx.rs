@@ -388,8 +388,22 @@ impl<'a> Tx<'a> {
                 notifications.extend(self.job_notifications(*key, before, rec));
             }
         }
-        for (id, _, rec) in self.deployments.written() {
+        for (id, before, rec) in self.deployments.written() {
             super::deployments::write(&mut self.ws, *id, rec);
+            // Its run as this transition left it, else as stored.
+            let reports = |run: RunId| match self.runs.map.get(&run) {
+                Some(e) => e.now.reports_status,
+                None => match self.sh.store.get::<RunRecord>(T::Runs, run.key()) {
+                    Ok(found) => found.is_some_and(|r| r.reports_status),
+                    // A report never stops a transition.
+                    Err(e) => {
+                        let why = "cannot read a deployment's run: its state is not reported to the forge";
+                        tracing::warn!(run = %run, deployment = id, error = %e, "{why}");
+                        false
+                    }
+                },
+            };
+            statuses.extend(super::commit_status::of_deployment(*id, before, rec, reports));
         }
         for (id, before, rec) in self.runs.written() {
             self.ws.put(T::Runs, id.key(), rec);
@@ -447,6 +461,10 @@ impl<'a> Tx<'a> {
             std::process::exit(70);
         }
         let ticket = if soon { self.sh.store.ticket_soon() } else { self.sh.store.ticket() };
+        if self.ws.touches(T::DeployedServices) {
+            // Read by the prober: only once written.
+            self.sh.signals.services_changed();
+        }
         if reports_status || notifies {
             self.sh.signals.statuses_changed();
         }

@@ -1,5 +1,6 @@
 //! Commit statuses sent to forges (GitHub, GitLab, Gitea/Forgejo), for the
-//! mirrors that have a forge connection ([`connection`]).
+//! mirrors that have a forge connection ([`connection`]) — and the states of
+//! their runs' deployments, sent to the forge's deployments API.
 //!
 //! The engine writes each status into the `status_outbox` tree in the
 //! transition whose state it reports (`engine::commit_status`); [`Forges`]
@@ -21,6 +22,18 @@
 //! repository's `last_error` (`viaduct repos get`) and counted for
 //! `/metrics`. A status deleted but not yet durable when the server dies is
 //! sent again: the forge then sees the same state twice, never an older one.
+//!
+//! A deployment's states (`StatusRecord::deployment` ≠ 0) are a context of
+//! their own, sent by [`Forges::send_deployment`] under the same rules: the
+//! forge's deployment is created with the first state it has a word for, its
+//! id kept in `forge_ids` (`deployment:<id>` of the commit) with the rank of
+//! the last state sent, so a deployment is created once and each state sent
+//! once — but for a crash between the forge's answer and keeping it: GitHub's
+//! deployment is then found again by its payload (`viaduct_deployment`), its
+//! status may be sent twice (GitHub keeps a list of them: the newest shows);
+//! GitLab's may be created twice. Gitea and Forgejo have no deployments API:
+//! their deployment states are taken out of the outbox, neither delivered
+//! nor dropped.
 
 pub mod checks;
 pub mod connection;
@@ -38,7 +51,7 @@ use std::{
 
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
-use viaduct_proto::v1::{ForgeConnection, ForgeDelivery, Status};
+use viaduct_proto::v1::{DeploymentState, ForgeConnection, ForgeDelivery, Status};
 
 use self::kind::Kind;
 use crate::outbound::{self as reply, Reply};
@@ -131,6 +144,9 @@ enum Sent {
     Dropped(String),
     /// Not sent: an earlier one of the pass failed.
     Held,
+    /// Nothing to send (a deployment state the forge has no word for, or
+    /// one already sent): done, counted neither delivered nor dropped.
+    Skipped,
 }
 
 impl Forges {
@@ -363,6 +379,7 @@ impl Forges {
                     error = Some(why);
                 }
                 Sent::Held => retry = Some(retry.flatten()),
+                Sent::Skipped => done.extend(c.keys),
             }
         }
         self.forget(done.into_iter(), dropped)?;
@@ -386,7 +403,9 @@ impl Forges {
         token: &str,
         contexts: &[Context],
     ) -> std::result::Result<std::collections::HashSet<(String, String)>, Reply> {
-        let mut commits: Vec<&str> = contexts.iter().map(|c| c.newest.commit.as_str()).collect();
+        // Deployments are not in the combined status: their ids say what was sent.
+        let statuses = || contexts.iter().filter(|c| c.newest.deployment == 0);
+        let mut commits: Vec<&str> = statuses().map(|c| c.newest.commit.as_str()).collect();
         commits.sort_unstable();
         commits.dedup();
         // Bounded: beyond, statuses are sent again (at least once).
@@ -400,7 +419,7 @@ impl Forges {
                 other => return Err(other),
             };
             let current = kind.statuses_of(&reply);
-            for c in contexts.iter().filter(|c| c.newest.commit == sha) {
+            for c in statuses().filter(|c| c.newest.commit == sha) {
                 let s = &c.newest;
                 let name = context_name(conn, s);
                 let state = kind.state(Status::try_from(s.status).unwrap_or(Status::Unspecified));
@@ -476,8 +495,12 @@ impl Forges {
         }
     }
 
-    /// Sends one status: a commit status, or a check run for a GitHub App.
+    /// Sends one status: a commit status, or a check run for a GitHub App;
+    /// or a deployment's state.
     async fn send(&self, repo: &str, kind: Kind, conn: &ForgeConnection, token: &str, s: &StatusRecord) -> Sent {
+        if s.deployment != 0 {
+            return self.send_deployment(repo, kind, conn, token, s).await;
+        }
         let context = context_name(conn, s);
         let status = Status::try_from(s.status).unwrap_or(Status::Unspecified);
         let target_url = self.target_url(repo, s);
@@ -589,6 +612,121 @@ impl Forges {
         }
         tracing::debug!(context, check_run = id, state = checks::state(status).0, "check run delivered");
         Sent::Accepted
+    }
+
+    /// Sends one state of a deployment to the forge's deployments API (see
+    /// the module docs): the forge's deployment is created with the first
+    /// state it has a word for, and told each later one.
+    async fn send_deployment(
+        &self,
+        repo: &str,
+        kind: Kind,
+        conn: &ForgeConnection,
+        token: &str,
+        s: &StatusRecord,
+    ) -> Sent {
+        let context = context_name(conn, s);
+        let state = DeploymentState::try_from(s.deployment_state).unwrap_or(DeploymentState::Unspecified);
+        let Some(word) = kind.deployment_state(state) else {
+            tracing::debug!(
+                context,
+                forge = kind.word(),
+                state = state.as_str_name(),
+                "nothing to tell the forge of this deployment state"
+            );
+            return Sent::Skipped;
+        };
+        let ids_key = ids_key(repo, &s.commit, &format!("deployment:{}", s.deployment));
+        let rank = kind::deployment_rank(state);
+        let stored = self.id(&ids_key);
+        if stored.is_some_and(|id| id.rank >= rank) {
+            // Sent before a crash lost the outbox's deletion.
+            tracing::debug!(context, state = word, "deployment state already sent");
+            return Sent::Skipped;
+        }
+        let log_url = self.target_url(repo, s);
+        let out = kind::OutgoingDeployment {
+            id: s.deployment,
+            run_id: &s.run_id,
+            pipeline: &s.pipeline,
+            job: &s.job,
+            sha: &s.commit,
+            git_ref: &s.git_ref,
+            environment: &s.environment,
+            state,
+            description: &s.description,
+            log_url: &log_url,
+            environment_url: &s.environment_url,
+        };
+        let auth = kind.auth(token);
+        let mut known = stored.map(|id| id.id);
+        if known.is_none() && kind == Kind::GitHub {
+            // Made before a crash, its id not kept? GitHub lists it with
+            // the payload it was made with.
+            let url = kind.deployments_of_url(&conn.api_url, &conn.project, &s.commit, &s.environment);
+            match self.request(reqwest::Method::GET, url, auth.clone(), &serde_json::Value::Null).await {
+                Reply::Accepted(list) => known = kind.deployment_in(&list, s.deployment),
+                Reply::Refused(why) => {
+                    tracing::info!(context, error = %why, "cannot list the commit's deployments: creating one")
+                }
+                retry => return self.deployment_not_sent(conn, &context, retry),
+            }
+            if let Some(id) = known {
+                tracing::info!(context, deployment = id, "the forge already holds this deployment");
+                self.keep_id(&ids_key, ForgeId { id, attempt: 0, rank: 0 });
+            }
+        }
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let url = kind.deployments_url(&conn.api_url, &conn.project);
+                let body = kind.deployment_create_body(&out);
+                let id = match self.request(reqwest::Method::POST, url, auth.clone(), &body).await {
+                    Reply::Accepted(reply) => reply["id"].as_u64(),
+                    other => return self.deployment_not_sent(conn, &context, other),
+                };
+                let Some(id) = id else {
+                    let why = format!("{}'s answer to a new deployment named no deployment id", kind.word());
+                    tracing::warn!(context, error = %why, "deployment state dropped");
+                    return Sent::Dropped(why);
+                };
+                // GitLab's deployment is made with its state.
+                let sent = if kind == Kind::GitLab { rank } else { 0 };
+                self.keep_id(&ids_key, ForgeId { id, attempt: 0, rank: sent });
+                if kind == Kind::GitLab {
+                    tracing::debug!(context, deployment = id, state = word, "deployment created");
+                    return Sent::Accepted;
+                }
+                id
+            }
+        };
+        let url = kind.deployment_state_url(&conn.api_url, &conn.project, id);
+        let method = if kind == Kind::GitLab { reqwest::Method::PUT } else { reqwest::Method::POST };
+        match self.request(method, url, auth, &kind.deployment_state_body(&out)).await {
+            Reply::Accepted(_) => {
+                self.keep_id(&ids_key, ForgeId { id, attempt: 0, rank });
+                tracing::debug!(context, deployment = id, state = word, "deployment state delivered");
+                Sent::Accepted
+            }
+            // The deployment is gone from the forge: found or made again next time.
+            Reply::Retry { wait, why } if why.starts_with("HTTP 404") => {
+                self.forget_id(&ids_key);
+                self.deployment_not_sent(conn, &context, Reply::Retry { wait, why })
+            }
+            other => self.deployment_not_sent(conn, &context, other),
+        }
+    }
+
+    /// A deployment state not delivered (see [`Forges::not_sent`]); a GitHub
+    /// App's installation token refused is renewed next time.
+    fn deployment_not_sent(&self, conn: &ForgeConnection, context: &str, reply: Reply) -> Sent {
+        if let Reply::Retry { why, .. } = &reply
+            && why.starts_with("HTTP 401")
+            && !conn.app_id.is_empty()
+        {
+            self.app_tokens.forget(conn);
+        }
+        self.not_sent(context, reply)
     }
 
     /// What an ended check run says: a run's jobs; a job's steps, and with
@@ -788,25 +926,31 @@ impl Forges {
     }
 }
 
-/// `<prefix>/<pipeline>` for a run, `<prefix>/<pipeline>/<job>` for a job.
+/// `<prefix>/<pipeline>` for a run, `<prefix>/<pipeline>/<job>` for a job;
+/// `<prefix>/<pipeline>/<job> deployment <id> to <environment>` for a
+/// deployment (in logs: the forge shows deployments by environment).
 pub fn context_name(conn: &ForgeConnection, s: &StatusRecord) -> String {
     let prefix = if conn.context_prefix.is_empty() { connection::DEFAULT_PREFIX } else { &conn.context_prefix };
+    if s.deployment != 0 {
+        return format!("{prefix}/{}/{} deployment {} to {}", s.pipeline, s.job, s.deployment, s.environment);
+    }
     match s.job.as_str() {
         "" => format!("{prefix}/{}", s.pipeline),
         job => format!("{prefix}/{}/{job}", s.pipeline),
     }
 }
 
-/// The statuses read, by context (commit, pipeline, job — and attempt, for
-/// check runs, since each attempt has its own), each with only its newest,
-/// ordered by when their newest was written.
+/// The statuses read, by context (commit, pipeline, job, deployment — and
+/// attempt, for check runs, since each attempt has its own; a deployment is
+/// one whatever the attempt), each with only its newest, ordered by when
+/// their newest was written.
 fn coalesce(read: Vec<(Vec<u8>, StatusRecord)>, per_attempt: bool) -> Vec<Context> {
-    let mut at: HashMap<(String, String, String, u32), usize> = HashMap::new();
+    let mut at: HashMap<(String, String, String, u32, u64), usize> = HashMap::new();
     let mut contexts: Vec<Option<Context>> = Vec::new();
     let mut order: Vec<usize> = Vec::new();
     for (key, rec) in read {
-        let attempt = if per_attempt { rec.attempt } else { 0 };
-        let id = (rec.commit.clone(), rec.pipeline.clone(), rec.job.clone(), attempt);
+        let attempt = if per_attempt && rec.deployment == 0 { rec.attempt } else { 0 };
+        let id = (rec.commit.clone(), rec.pipeline.clone(), rec.job.clone(), attempt, rec.deployment);
         match at.get(&id) {
             Some(&i) => {
                 let c = contexts[i].as_mut().expect("present");
@@ -858,6 +1002,40 @@ mod tests {
             status: status as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn deployments_are_contexts_of_their_own_whatever_the_attempt() {
+        let deploying = |id: u64, attempt: u32, state: DeploymentState| StatusRecord {
+            deployment: id,
+            environment: "production".into(),
+            deployment_state: state as i32,
+            attempt,
+            ..status("a", "deploy", Status::Running)
+        };
+        let read = vec![
+            (b"1".to_vec(), status("a", "deploy", Status::Running)),
+            (b"2".to_vec(), deploying(5, 1, DeploymentState::Queued)),
+            (b"3".to_vec(), deploying(6, 1, DeploymentState::Queued)),
+            (b"4".to_vec(), deploying(5, 2, DeploymentState::InProgress)),
+            (b"5".to_vec(), status("a", "deploy", Status::Success)),
+        ];
+        for per_attempt in [false, true] {
+            let got: Vec<(u64, i32, usize)> = coalesce(read.clone(), per_attempt)
+                .into_iter()
+                .map(|c| (c.newest.deployment, c.newest.deployment_state, c.keys.len()))
+                .collect();
+            assert_eq!(
+                got,
+                [(6, DeploymentState::Queued as i32, 1), (5, DeploymentState::InProgress as i32, 2), (0, 0, 2)],
+                "per attempt: {per_attempt}"
+            );
+        }
+        let conn = ForgeConnection::default();
+        assert_eq!(
+            context_name(&conn, &deploying(5, 1, DeploymentState::Queued)),
+            "viaduct/ci/deploy deployment 5 to production"
+        );
     }
 
     #[test]

@@ -115,7 +115,11 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
         return gate::http_refusal(&e);
     }
     let peer = gate::peer_of(&req).map(|a| a.to_string()).unwrap_or_default();
-    let resp = match cgi(&g.repos, &repo, &rest, &query, req).await {
+    let pusher = match &principal {
+        crate::auth::Principal::Person(c) => c.actor.clone(),
+        _ => String::new(),
+    };
+    let resp = match cgi(&g.repos, &repo, (&rest, &query, &pusher), req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(repo, error = %e, "git http-backend failed");
@@ -131,7 +135,14 @@ pub async fn handle(State(g): State<GitHttp>, req: Request) -> Response {
 }
 
 /// Runs `git http-backend` for one request.
-async fn cgi(t: &Repos, repo: &str, rest: &str, query: &str, req: Request) -> std::io::Result<Response> {
+/// `pusher` reaches the repository's hook (`VIADUCT_PUSHER`), which names
+/// them to the server.
+async fn cgi(
+    t: &Repos,
+    repo: &str,
+    (rest, query, pusher): (&str, &str, &str),
+    req: Request,
+) -> std::io::Result<Response> {
     let (content_type, content_encoding, content_length, git_protocol) = {
         let h = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         (h("content-type"), h("content-encoding"), h("content-length"), h("git-protocol"))
@@ -147,6 +158,7 @@ async fn cgi(t: &Repos, repo: &str, rest: &str, query: &str, req: Request) -> st
         .env("QUERY_STRING", query)
         .env("CONTENT_TYPE", content_type)
         .env("REMOTE_USER", "viaduct")
+        .env("VIADUCT_PUSHER", pusher)
         .env("REMOTE_ADDR", "127.0.0.1")
         .env("GIT_PROTOCOL", git_protocol)
         .env("HTTP_CONTENT_ENCODING", content_encoding)

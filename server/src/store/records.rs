@@ -416,6 +416,12 @@ pub struct DeploymentRecord {
     /// pinned when it was created.
     #[prost(int32, tag = "26")]
     pub approval_role: i32,
+    /// Who started the run as the server knows them — a person through the
+    /// API, by hand or by a push over HTTP — or empty when it cannot know
+    /// (a push over the filesystem, a forge's webhook, a schedule): what
+    /// `prevent_self_approval` compares with.
+    #[prost(string, tag = "27")]
+    pub starter: String,
 }
 
 /// A service a deployment registered: `deployed_services` tree, key `repo
@@ -741,11 +747,12 @@ pub struct RepoRecord {
     pub forge: Option<viaduct_proto::v1::ForgeConnection>,
 }
 
-/// A commit status waiting to be sent to a repository's forge:
-/// `status_outbox` tree, key `repo \0 sequence` (big-endian; the event
-/// cursor of the change it reports). Written in the transition whose state
-/// it reports (see `engine::commit_status`), deleted once the forge
-/// accepted it or a newer status of the same context (see `forges`).
+/// A commit status — or a deployment's state (`deployment` ≠ 0) — waiting
+/// to be sent to a repository's forge: `status_outbox` tree, key `repo \0
+/// sequence` (big-endian; the event cursor of the change it reports).
+/// Written in the transition whose state it reports (see
+/// `engine::commit_status`), deleted once the forge accepted it or a newer
+/// status of the same context (see `forges`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StatusRecord {
     /// Record schema version.
@@ -782,6 +789,20 @@ pub struct StatusRecord {
     /// is per attempt, as GitHub's re-runs are.
     #[prost(uint32, tag = "11")]
     pub attempt: u32,
+    /// The deployment whose state this reports (to the forge's deployments
+    /// API); 0 for a commit status.
+    #[prost(uint64, tag = "12")]
+    pub deployment: u64,
+    /// The deployment's environment ("" for a commit status).
+    #[prost(string, tag = "13")]
+    pub environment: String,
+    /// The deployment's state (`v1::DeploymentState`); `status` then holds
+    /// the nearest run state, for logs.
+    #[prost(int32, tag = "14")]
+    pub deployment_state: i32,
+    /// Where the deployed environment can be seen ("" when unknown).
+    #[prost(string, tag = "15")]
+    pub environment_url: String,
 }
 
 /// How reporting to a repository's forge went: `forge_delivery` tree, key =

@@ -165,6 +165,12 @@ impl Triggers {
     /// Fetches a mirror (not a hosted repository), then starts runs for the
     /// refs that moved. See the module docs.
     pub async fn sync(&self, name: &str) -> Result<SyncOutcome> {
+        self.sync_as(name, "").await
+    }
+
+    /// [`Triggers::sync`] for `pusher` (empty: not known), who the runs of
+    /// pushed refs are recorded as sent by.
+    pub async fn sync_as(&self, name: &str, pusher: &str) -> Result<SyncOutcome> {
         let _guard = self.repos.lock_for(name).lock_owned().await;
         let mut rec = self.repos.get(name)?;
         let path = self.repos.path(name);
@@ -224,7 +230,7 @@ impl Triggers {
                 priority: None,
                 schedule: None,
                 pull: None,
-                sender: String::new(),
+                sender: pusher.to_string(),
             };
             // The ref state (and the repository record) ride with the run.
             if let Some(id) = self.launch(name, &rec, event, std::mem::take(&mut ws)).await? {

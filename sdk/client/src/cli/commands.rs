@@ -657,7 +657,7 @@ pub async fn repos(client: &Client, cmd: ReposCommand) -> Result<(), Failure> {
             Ok(())
         }
         ReposCommand::Sync { name } => {
-            let o = client.repos().sync(SyncRepoRequest { name }).await?.into_inner();
+            let o = client.repos().sync(SyncRepoRequest { name, ..Default::default() }).await?.into_inner();
             println!(
                 "{} ref(s) moved; runs started: {}",
                 o.refs_changed,
