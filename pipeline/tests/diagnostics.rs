@@ -455,7 +455,9 @@ fn environment_and_artifacts_from() {
     // The mapping form's keys, with suggestions.
     check(
         &format!("jobs:\n  d:\n    environment: {{ name: prod, urls: x }}\n{STEPS}"),
-        &["p.yml:3:32: unknown key `urls` in `environment` in job `d`; did you mean `url`? (expected one of: name, url, services)"],
+        &[
+            "p.yml:3:32: unknown key `urls` in `environment` in job `d`; did you mean `url`? (expected one of: name, url, services)",
+        ],
     );
     check(
         &format!("jobs:\n  d:\n    environment:\n      name: prod\n      services:\n        - endpoints: [x]\n{STEPS}"),
