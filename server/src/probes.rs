@@ -7,10 +7,14 @@
 //! the inputs `repo`, `environment`, `service` and `health`.
 //!
 //! Who decides what is probed: a deployment that passed its environment's
-//! rules (allowed refs, approval) declares the services; the server then
-//! connects to what they name. An answer's body is never read or shown —
-//! only its status, the time it took and a connection error — so a probe
-//! tells no more than "is something listening there".
+//! rules (allowed refs, approval) declares the services, and the server
+//! connects only to the hosts the environment's maintainers admit
+//! (`EnvironmentRules.probe_hosts`); a service probing another host is
+//! registered, and its history says why it is not probed. An answer's body
+//! is never read or shown — only its status, the time it took and a
+//! connection error. A change of health starts only a stored pipeline the
+//! environment admits (`on_change_pipelines`), at most once a minute per
+//! service.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -38,6 +42,8 @@ pub const HISTORY: usize = 100;
 const CONCURRENT: usize = 16;
 /// The longest sleep between looks at what is due.
 const IDLE: Duration = Duration::from_secs(60);
+/// The least time between two `on_change` runs of one service.
+const ON_CHANGE_EVERY: Duration = Duration::from_secs(60);
 
 /// The prober (one per leading server).
 pub struct Prober {
@@ -45,14 +51,40 @@ pub struct Prober {
     engine: Arc<Engine>,
     plugins: Arc<PluginRegistry>,
     http: reqwest::Client,
+    /// When each service last started its `on_change` pipeline.
+    fired: std::sync::Mutex<HashMap<Vec<u8>, Instant>>,
 }
 
-/// A service to probe: its key, repository, environment and declaration.
+/// A service to probe: its key, repository, environment and declaration,
+/// and what its environment admits.
 struct Target {
     key: Vec<u8>,
     repo: String,
     environment: String,
     decl: ServiceDecl,
+    rules: viaduct_proto::v1::EnvironmentRules,
+}
+
+/// The host a probe target names (`http(s)://[user@]host[:port]/…`,
+/// `tcp://host:port`), without brackets for IPv6.
+fn probe_host(target: &str) -> &str {
+    let rest = target.split_once("://").map_or(target, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or_default();
+    }
+    host_port.rsplit_once(':').map_or(host_port, |(h, _)| h)
+}
+
+/// Whether `rules` let the server probe `target`.
+fn admitted(rules: &viaduct_proto::v1::EnvironmentRules, target: &str) -> bool {
+    let host = probe_host(target).to_ascii_lowercase();
+    !host.is_empty()
+        && rules
+            .probe_hosts
+            .iter()
+            .any(|g| viaduct_pipeline::glob::Glob::new(&g.to_ascii_lowercase()).is_ok_and(|g| g.is_match(&host)))
 }
 
 impl Prober {
@@ -63,7 +95,7 @@ impl Prober {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("viaduct-probe/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Arc::new(Self { store, engine, plugins, http }))
+        Ok(Arc::new(Self { store, engine, plugins, http, fired: std::sync::Mutex::default() }))
     }
 
     /// Probes until the server stops; `changes` wakes it when deployments
@@ -101,7 +133,19 @@ impl Prober {
                     running.lock().unwrap_or_else(|p| p.into_inner()).insert(t.key.clone());
                     let (me, running) = (Arc::clone(&self), Arc::clone(&running));
                     tokio::spawn(async move {
-                        let result = me.probe(&t.decl).await;
+                        let result = if admitted(&t.rules, &t.decl.probe) {
+                            me.probe(&t.decl).await
+                        } else {
+                            ProbeResult {
+                                time: crate::convert::timestamp(crate::store::now_ms()),
+                                health: Health::Unknown as i32,
+                                error: format!(
+                                    "not probed: the environment's probe_hosts do not admit `{}`",
+                                    probe_host(&t.decl.probe)
+                                ),
+                                ..Default::default()
+                            }
+                        };
                         if let Err(e) = me.record(&t, result).await {
                             tracing::warn!(service = %t.decl.name, error = %e, "cannot record a probe");
                         }
@@ -127,7 +171,15 @@ impl Prober {
             let mut parts = k.splitn(3, |b| *b == 0);
             let repo = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             let environment = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-            out.push(Target { key: k.to_vec(), repo, environment, decl });
+            let rules = self
+                .store
+                .get::<crate::store::records::EnvironmentRecord>(
+                    T::Environments,
+                    crate::engine::deployments::environment_key(&repo, &environment),
+                )?
+                .and_then(|e| e.rules)
+                .unwrap_or_default();
+            out.push(Target { key: k.to_vec(), repo, environment, decl, rules });
         }
         Ok(out)
     }
@@ -189,9 +241,25 @@ impl Prober {
         // A first probe that finds it up is no news.
         let news = changed && !(matches!(before, Health::Unknown | Health::Unspecified) && now == Health::Up);
         if news && !t.decl.on_change.is_empty() {
-            self.start_on_change(t, now).await;
+            if !t.rules.on_change_pipelines.contains(&t.decl.on_change) {
+                tracing::warn!(service = %t.decl.name, pipeline = %t.decl.on_change, "health change: the environment does not admit this on_change pipeline");
+            } else if self.may_fire(&t.key) {
+                self.start_on_change(t, now).await;
+            }
         }
         Ok(())
+    }
+
+    /// Whether a service may start its `on_change` pipeline now (at most
+    /// once per [`ON_CHANGE_EVERY`]); if so, it counts as started.
+    fn may_fire(&self, key: &[u8]) -> bool {
+        let mut fired = self.fired.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if fired.get(key).is_some_and(|at| now.duration_since(*at) < ON_CHANGE_EVERY) {
+            return false;
+        }
+        fired.insert(key.to_vec(), now);
+        true
     }
 
     /// Starts a service's `on_change` stored pipeline.
@@ -241,4 +309,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use viaduct_proto::v1::EnvironmentRules;
+
+    use super::{admitted, probe_host};
+
+    #[test]
+    fn only_hosts_the_environment_admits_are_probed() {
+        assert_eq!(probe_host("https://u@api.internal:8443/health?x"), "api.internal");
+        assert_eq!(probe_host("tcp://[::1]:80"), "::1");
+        assert_eq!(probe_host("tcp://10.0.0.5:5432"), "10.0.0.5");
+        let rules =
+            EnvironmentRules { probe_hosts: vec!["*.internal".into(), "127.0.0.1".into()], ..Default::default() };
+        assert!(admitted(&rules, "http://API.internal/health"));
+        assert!(admitted(&rules, "tcp://127.0.0.1:80"));
+        assert!(!admitted(&rules, "http://169.254.169.254/latest/meta-data"));
+        assert!(!admitted(&rules, "http://evil.internal.example.com/"));
+        assert!(!admitted(&EnvironmentRules::default(), "tcp://127.0.0.1:80"));
+    }
 }

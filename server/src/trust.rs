@@ -237,8 +237,13 @@ pub fn deployment_refusal(env: &str, rules: &EnvironmentRules, run: &RunFacts<'_
 
 /// Checks an environment's rules before they are stored.
 pub fn check_rules(rules: &EnvironmentRules) -> Result<()> {
-    for g in rules.branches.iter().chain(&rules.tags) {
+    for g in rules.branches.iter().chain(&rules.tags).chain(&rules.probe_hosts) {
         viaduct_pipeline::glob::Glob::new(g).map_err(|e| Error::invalid(format!("rules: `{g}`: {e}")))?;
+    }
+    for list in [&rules.branches, &rules.tags, &rules.probe_hosts, &rules.on_change_pipelines] {
+        if list.len() > 50 || list.iter().any(|w| w.is_empty() || w.len() > 200 || w.chars().any(char::is_control)) {
+            return Err(Error::invalid("rules: at most 50 entries of each list, each 1 to 200 printable characters"));
+        }
     }
     if rules.wait_seconds > MAX_WAIT_SECONDS {
         return Err(Error::invalid(format!(

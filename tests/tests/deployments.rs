@@ -307,7 +307,19 @@ async fn deployed_services_are_probed_and_a_change_of_health_starts_a_pipeline()
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
     let repo = create_hosted(&client, "shop").await;
-    ok(&server, &["environments", "put", "shop", "production"]);
+    ok(
+        &server,
+        &[
+            "environments",
+            "put",
+            "shop",
+            "production",
+            "--probe-host",
+            "127.0.0.1",
+            "--on-change-pipeline",
+            "health-alert",
+        ],
+    );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let alert = "on:\n  manual:\n    inputs:\n      repo: {}\n      environment: {}\n      service: {}\n      health: {}\n\
@@ -320,8 +332,9 @@ async fn deployed_services_are_probed_and_a_change_of_health_starts_a_pipeline()
     let pipeline = format!(
         "on:\n  push: {{ branches: [main] }}\njobs:\n  deploy:\n    environment:\n      name: production\n      \
          services:\n        - name: api\n          endpoints: [\"http://127.0.0.1:{port}/\"]\n          probe: {{ target: \
-         \"tcp://127.0.0.1:{port}\", interval: 1s, timeout: 1s }}\n          on_change: health-alert\n    steps:\n      \
-         - run: echo deployed\n"
+         \"tcp://127.0.0.1:{port}\", interval: 1s, timeout: 1s }}\n          on_change: health-alert\n        - \
+         name: metadata\n          probe: {{ target: \"http://169.254.169.254/latest/\", interval: 1s }}\n    \
+         steps:\n      - run: echo deployed\n"
     );
     let wt = work_tree(&pipeline);
     git(wt.path(), &["push", "-q", &repo.path, "main"]);
@@ -336,6 +349,15 @@ async fn deployed_services_are_probed_and_a_change_of_health_starts_a_pipeline()
     assert_eq!(up.commit, run.source.as_ref().unwrap().commit);
     assert_eq!(up.deployment, run.jobs[0].deployment);
     assert_eq!(up.endpoints, [format!("http://127.0.0.1:{port}/")]);
+    // A host the environment does not admit is never probed.
+    let not_admitted = v1::GetServiceRequest { name: "metadata".into(), ..get.clone() };
+    let skipped = eventually("the other service to be looked at", || async {
+        let s = client.services().get(not_admitted.clone()).await.ok()?.into_inner();
+        s.history.first().cloned()
+    })
+    .await;
+    assert!(skipped.error.contains("probe_hosts do not admit `169.254.169.254`"), "{skipped:?}");
+    assert_eq!(skipped.latency_ms, 0);
     let listed = ok(&server, &["services", "list", "shop"]);
     assert!(listed.contains("api") && listed.contains("up"), "{listed}");
 

@@ -614,7 +614,11 @@ async fn a_waiting_deployment_is_approved_from_the_environments_page() {
     let client = server.client().await;
     let token = server.admin_token();
     let repo = create_hosted(&client, "shop").await;
-    let rules = v1::EnvironmentRules { approval_role: v1::Role::Maintain as i32, ..Default::default() };
+    let rules = v1::EnvironmentRules {
+        approval_role: v1::Role::Maintain as i32,
+        probe_hosts: vec!["127.0.0.1".into()],
+        ..Default::default()
+    };
     client
         .environments()
         .put(v1::PutEnvironmentRequest {

@@ -165,7 +165,18 @@ pub fn rules_in_words(rules: Option<&EnvironmentRules>) -> Vec<String> {
     } else {
         "One deployment at a time: a new one waits for the one in progress.".to_string()
     });
+    if !r.probe_hosts.is_empty() {
+        out.push(format!("The server probes services on {}.", code_list(&r.probe_hosts)));
+    }
+    if !r.on_change_pipelines.is_empty() {
+        out.push(format!("A change of health may start {}.", code_list(&r.on_change_pipelines)));
+    }
     out
+}
+
+/// `a`, `b` or `c`, as code.
+fn code_list(items: &[String]) -> String {
+    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// Variables sorted by name.
@@ -283,6 +294,7 @@ mod tests {
             prevent_self_approval: true,
             wait_seconds: 600,
             cancel_in_progress: true,
+            ..Default::default()
         };
         assert_eq!(
             rules_in_words(Some(&strict)),

@@ -42,6 +42,8 @@ use crate::{
     trust,
 };
 
+/// Most services an environment holds (its deployments' together).
+const MAX_SERVICES: usize = 50;
 /// Most outputs a deployment record keeps (of its job's steps).
 const MAX_OUTPUTS: usize = 100;
 /// Longest output value kept.
@@ -353,8 +355,27 @@ impl Tx<'_> {
             && let Some(env) = &job.environment
         {
             let prefix = environment_prefix(&d.repo, &d.environment);
+            let origin = format!("{}\0{}", d.pipeline, job.key);
+            // What this job registered before and no longer declares goes;
+            // an environment holds at most MAX_SERVICES.
+            let mut others = 0;
+            let mut gone = Vec::new();
+            for item in self.store().tree(T::DeployedServices).scan_prefix(&prefix) {
+                let (k, v) = item?;
+                let old: DeployedServiceRecord = crate::store::decode(T::DeployedServices, &v)?;
+                let name = old.decl.as_ref().map_or("", |d| d.name.as_str());
+                if old.origin != origin {
+                    others += 1;
+                } else if !env.services.iter().any(|s| s.name == name) {
+                    gone.push(k);
+                }
+            }
+            for k in gone {
+                self.writes().delete(T::DeployedServices, &k);
+                self.writes().delete(T::ServiceHealth, &k);
+            }
             let mut names = Vec::new();
-            for decl in &env.services {
+            for decl in env.services.iter().take(MAX_SERVICES.saturating_sub(others)) {
                 let mut k = prefix.clone();
                 k.extend_from_slice(decl.name.as_bytes());
                 let rec = DeployedServiceRecord {
@@ -363,6 +384,7 @@ impl Tx<'_> {
                     commit: d.commit.clone(),
                     deployment: id,
                     registered_ms: now,
+                    origin: origin.clone(),
                 };
                 self.writes().put(T::DeployedServices, k, &rec);
                 names.push(decl.name.clone());

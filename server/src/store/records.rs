@@ -443,6 +443,10 @@ pub struct DeployedServiceRecord {
     /// Registered (ms).
     #[prost(int64, tag = "5")]
     pub registered_ms: i64,
+    /// What registered it, `pipeline \0 job key`: that job's next success
+    /// replaces what it registered.
+    #[prost(string, tag = "6")]
+    pub origin: String,
 }
 
 /// A deployed service's health as probed: `service_health` tree, same key

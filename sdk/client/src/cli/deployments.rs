@@ -51,6 +51,13 @@ pub enum EnvironmentsCommand {
         /// A new deployment cancels the one in progress (default: it waits).
         #[arg(long)]
         cancel_in_progress: bool,
+        /// A host (glob) the server may probe for this environment's
+        /// services, e.g. `*.internal` (repeatable; none: nothing probed).
+        #[arg(long = "probe-host", value_name = "GLOB")]
+        probe_hosts: Vec<String>,
+        /// A stored pipeline a service's `on_change` may start (repeatable).
+        #[arg(long = "on-change-pipeline", value_name = "NAME")]
+        on_change_pipelines: Vec<String>,
         /// A variable deploying jobs get, NAME=VALUE (repeatable).
         #[arg(long = "var", value_parser = key_value)]
         variables: Vec<(String, String)>,
@@ -293,6 +300,12 @@ fn rules_text(r: Option<&EnvironmentRules>) -> String {
         out.push(format!("wait {}s", r.wait_seconds));
     }
     out.push(if r.cancel_in_progress { "cancel in progress".into() } else { "one at a time".into() });
+    if !r.probe_hosts.is_empty() {
+        out.push(format!("probes to {}", r.probe_hosts.join(",")));
+    }
+    if !r.on_change_pipelines.is_empty() {
+        out.push(format!("on health change {}", r.on_change_pipelines.join(",")));
+    }
     out.join("; ")
 }
 
@@ -318,6 +331,8 @@ pub async fn environments(client: &Client, cmd: EnvironmentsCommand) -> Result<(
             prevent_self_approval,
             wait,
             cancel_in_progress,
+            probe_hosts,
+            on_change_pipelines,
             variables,
             url,
             description,
@@ -330,6 +345,8 @@ pub async fn environments(client: &Client, cmd: EnvironmentsCommand) -> Result<(
                 prevent_self_approval,
                 wait_seconds: wait.unwrap_or(0),
                 cancel_in_progress,
+                probe_hosts,
+                on_change_pipelines,
             };
             let req = PutEnvironmentRequest {
                 repo,
