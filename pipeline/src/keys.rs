@@ -389,7 +389,14 @@ pub(crate) static REUSE: Table = table(
 pub(crate) static ALLOW: Table = table(
     "allow",
     "Capability grants for plugin steps.",
-    &[key("network", Ty::Bool, "Allow network access (default false).")],
+    &[
+        key("network", Ty::Bool, "Allow network access (default false)."),
+        key(
+            "secrets",
+            Ty::StrOrList,
+            "The job's secrets (of its `secrets:`) the plugin gets in its environment (default none).",
+        ),
+    ],
 );
 
 /// `notify[]:` and `jobs.<key>.notify[]:`

@@ -229,7 +229,7 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
             format!("{} artifact patterns; the limit is {}", artifacts.len(), crate::plan::MAX_ARTIFACT_PATTERNS),
         );
     }
-    let secrets = f
+    let secrets: Vec<String> = f
         .get("secrets")
         .and_then(|n| d.str_list(n, "secrets", true))
         .unwrap_or_default()
@@ -237,7 +237,12 @@ fn job(d: &mut Decoder<'_>, key: Spanned<String>, node: Node<'_>) -> Option<Job>
         .filter(|s| d.check_secret_name(s))
         .map(|s| s.value)
         .collect();
-    let steps = f.get("steps").map(|n| steps(d, n, &scope)).unwrap_or_default();
+    let steps: Vec<Step> = f.get("steps").map(|n| steps(d, n, &scope)).unwrap_or_default();
+    for s in steps.iter().flat_map(|s| &s.allowed_secrets) {
+        if !secrets.contains(&s.value) {
+            d.error(s.pos, format!("`allow.secrets` names `{}`, which is not among the job's `secrets`", s.value));
+        }
+    }
     Some(Job {
         name: f.get("name").and_then(|n| d.template(n, "name", &scope)),
         runs_on,
@@ -739,11 +744,17 @@ fn step(d: &mut Decoder<'_>, node: Node<'_>, index: usize, scope: &Scope<'_>) ->
     let with_pos = with_entries.iter().map(|(k, _)| (k.value.clone(), k.pos)).collect();
     let with = with_entries.into_iter().filter_map(|(k, v)| Some((k.value, d.json(v, "with", scope, 0)?))).collect();
     let action_pos = f.get("uses").or_else(|| f.get("run")).map_or(node.pos(), |n| n.pos());
-    let allow_network = f
-        .get("allow")
-        .and_then(|n| d.fields(n, &keys::ALLOW, "allow", &format!("in `allow` {context}"), None))
-        .and_then(|af| af.get("network").and_then(|n| d.expect_bool(n, "network")))
-        .unwrap_or(false);
+    let allow = f.get("allow").and_then(|n| d.fields(n, &keys::ALLOW, "allow", &format!("in `allow` {context}"), None));
+    let allow_network =
+        allow.as_ref().and_then(|af| af.get("network").and_then(|n| d.expect_bool(n, "network"))).unwrap_or(false);
+    let allowed_secrets = allow
+        .as_ref()
+        .and_then(|af| af.get("secrets"))
+        .and_then(|n| d.str_list(n, "secrets", true))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| d.check_secret_name(s))
+        .collect();
     let working_directory = f.get("working_directory").and_then(|n| {
         let dir = d.template(n, "working_directory", scope)?;
         d.relative_path(n, &dir, "working_directory").then_some(dir)
@@ -759,6 +770,7 @@ fn step(d: &mut Decoder<'_>, node: Node<'_>, index: usize, scope: &Scope<'_>) ->
     let step = Step {
         pos: node.pos(),
         reuse_key_files,
+        allowed_secrets,
         name: f.get("name").and_then(|n| d.template(n, "name", scope)),
         id,
         action: StepAction::Run { script: String::new() },

@@ -159,6 +159,8 @@ pub struct PlannedStep {
     pub working_directory: Option<String>,
     /// `reuse: { key_files }` (empty: none).
     pub reuse_key_files: Vec<String>,
+    /// The job's secrets a plugin step gets (`allow.secrets`).
+    pub allowed_secrets: Vec<String>,
 }
 
 /// Maximum length (in characters) of a step name derived from `run`.
@@ -387,6 +389,7 @@ impl Planner<'_> {
             condition: step.condition.clone(),
             working_directory: step.working_directory.as_ref().map(|w| self.interpolate(w, m, Stage::Step, pos)),
             reuse_key_files: step.reuse_key_files.iter().map(|k| self.interpolate(k, m, Stage::Step, pos)).collect(),
+            allowed_secrets: step.allowed_secrets.iter().map(|s| s.value.clone()).collect(),
             action,
         }
     }

@@ -314,6 +314,8 @@ pub struct Step {
     pub with_pos: BTreeMap<String, Pos>,
     /// `reuse: { key_files }`: the key files (empty: no `reuse:`).
     pub reuse_key_files: Vec<String>,
+    /// `allow: { secrets }`: the job's secrets a plugin step gets.
+    pub allowed_secrets: Vec<Spanned<String>>,
 }
 
 /// What a step does.

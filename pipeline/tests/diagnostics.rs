@@ -464,3 +464,11 @@ fn environment_and_artifacts_from() {
         &["p.yml:6:11: missing required key `name` in service 1 of `environment` in job `d`"],
     );
 }
+
+#[test]
+fn a_plugin_step_allows_only_the_jobs_secrets() {
+    check(
+        "jobs:\n  d:\n    secrets: [KEY]\n    steps:\n      - uses: p@1\n        allow: { secrets: [KEY, OTHER] }\n",
+        &["p.yml:6:33: `allow.secrets` names `OTHER`, which is not among the job's `secrets`"],
+    );
+}

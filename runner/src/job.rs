@@ -623,10 +623,10 @@ async fn run_plugin(
             Err(e) => return fail(format!("in env `{k}`: {}", e.message)),
         };
     }
-    // The secrets the job lists, as a `run:` step has them (a deploy
-    // plugin's key), over everything else; what the plugin writes is
-    // masked like a step's output.
-    env.extend(u.a.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+    // The job's secrets the step grants the plugin (`allow.secrets`: a
+    // deploy plugin's key), over everything else; what the plugin writes is
+    // masked like a step's output. It gets no other.
+    env.extend(u.a.secrets.iter().filter(|(k, _)| u.uses.secrets.contains(k)).map(|(k, v)| (k.clone(), v.clone())));
     env.insert("VIADUCT_STEP_INDEX".into(), u.step.index.to_string());
     env.insert("VIADUCT_STEP_NAME".into(), u.step.name.clone());
     let c = u.ctx.ctx;
@@ -655,7 +655,35 @@ async fn run_plugin(
             runner: services.runner_name.clone(),
         },
     };
-    host.run(call, log, stop).await
+    let scratch_of = call.workspace.clone();
+    let result = host.run(call, log, stop).await;
+    remove_scratch(&scratch_of);
+    result
+}
+
+/// A plugin's scratch space: top-level workspace entries named
+/// `.viaduct-scratch*` (where `ssh-deploy` keeps its key) are removed after
+/// every plugin step, whatever its outcome — also when it was cancelled or
+/// timed out, where the plugin's own clean-up never ran. Links are removed,
+/// never followed.
+pub const SCRATCH_PREFIX: &str = ".viaduct-scratch";
+
+fn remove_scratch(workspace: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(workspace) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().as_encoded_bytes().starts_with(SCRATCH_PREFIX.as_bytes()) {
+            continue;
+        }
+        let path = e.path();
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        if let Err(err) = removed {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove a plugin's scratch space");
+        }
+    }
 }
 
 /// Interpolates `${{ }}` in every string of a JSON value (`with:` values

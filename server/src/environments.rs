@@ -120,27 +120,6 @@ pub fn list(store: &Store, repo: &str) -> Result<Vec<(String, EnvironmentRecord)
     Ok(out)
 }
 
-/// Deletes an environment and the services registered in it; refused while
-/// one of its deployments is unfinished.
-pub async fn delete(store: &Store, repo: &str, name: &str) -> Result<()> {
-    get(store, repo, name)?;
-    if let Some((id, _)) = open(store, repo, name)?.first() {
-        return Err(Error::precondition(format!(
-            "deployment {id} to `{name}` is unfinished: let it end, or cancel its run, first"
-        )));
-    }
-    let mut ws = WriteSet::default();
-    ws.delete(T::Environments, environment_key(repo, name));
-    for item in store.tree(T::DeployedServices).scan_prefix(environment_prefix(repo, name)) {
-        let (k, _) = item?;
-        ws.delete(T::ServiceHealth, &k);
-        ws.delete(T::DeployedServices, &k);
-    }
-    store.commit_durable(&ws).await?;
-    tracing::info!(repo, environment = name, "environment deleted");
-    Ok(())
-}
-
 /// A deployment record.
 pub fn deployment(store: &Store, id: u64) -> Result<DeploymentRecord> {
     store.get(T::Deployments, id.to_be_bytes())?.ok_or_else(|| Error::not_found(format!("deployment {id} not found")))

@@ -90,10 +90,10 @@ pub fn check_scope(scope: &SecretScope) -> Result<()> {
             return Err(Error::invalid(format!("scope: `{}` is not a repository or pipeline name", r.escape_debug())));
         }
     }
-    if !scope.environments.is_empty() && scope.repos.is_empty() {
+    if !scope.environments.is_empty() && scope.repos.len() != 1 {
         return Err(Error::invalid(
-            "scope.environments needs scope.repos: environments belong to repositories, so name the ones whose \
-             environments may have it",
+            "scope.environments needs exactly one repository in scope.repos: environments belong to a repository \
+             (with two, another repository's maintainers could make an environment of that name and take it)",
         ));
     }
     for e in &scope.environments {
@@ -444,7 +444,9 @@ mod tests {
         assert!(secret_refusal("KEY", &scope, &none).unwrap().contains("deploys to no environment"));
         // An environment scope must name its repositories.
         let loose = SecretScope { environments: vec!["production".into()], ..Default::default() };
-        assert!(check_scope(&loose).unwrap_err().to_string().contains("needs scope.repos"));
+        assert!(check_scope(&loose).unwrap_err().to_string().contains("exactly one repository"));
+        let two = SecretScope { repos: vec!["app".into(), "web".into()], ..scope.clone() };
+        assert!(check_scope(&two).is_err());
         assert!(check_scope(&scope).is_ok());
     }
 

@@ -43,6 +43,7 @@ jobs:
     steps:
       - uses: ssh-deploy@1
         id: deploy
+        allow: {{ secrets: [SSH_PRIVATE_KEY] }}
         with:
           source: site
           hosts: ${{{{ env.DEPLOY_HOSTS }}}}

@@ -89,6 +89,10 @@ async fn a_plugin_step_gets_its_inputs_env_and_workspace_and_feeds_later_steps()
     server.publish_test_plugin("probe");
     let _runner = server.runner("linux", 1);
     let client = server.client().await;
+    for name in ["SEEN_KEY", "UNSEEN_KEY"] {
+        let req = v1::SetSecretRequest { name: name.into(), value: format!("{name}-value"), ..Default::default() };
+        client.secrets().set(req).await.unwrap();
+    }
     let id = submit(
         &client,
         &format!(
@@ -96,16 +100,18 @@ async fn a_plugin_step_gets_its_inputs_env_and_workspace_and_feeds_later_steps()
 env: {{ GREETING: hello }}
 jobs:
   j:
+    secrets: [SEEN_KEY, UNSEEN_KEY]
     steps:
       - run: echo from-run > input.txt; echo "v=42" >> "$VIADUCT_OUTPUT"
         id: first
       - uses: probe@1
         id: p
         env: {{ EXTRA: x }}
+        allow: {{ secrets: [SEEN_KEY] }}
         with:
           action: [echo, log, file, exec, cache-put, cache-get, upload, post, connect]
           message: "value ${{{{ steps.first.outputs.v }}}}"
-          env: [GREETING, EXTRA, VIADUCT_STEP_INDEX, HOME, PATH]
+          env: [GREETING, EXTRA, VIADUCT_STEP_INDEX, SEEN_KEY, UNSEEN_KEY, HOME, PATH]
           file: written.txt
           content: from-plugin
           script: "cat input.txt; echo to-stderr >&2"
@@ -132,7 +138,8 @@ jobs:
         (o["env_GREETING"].as_str(), o["env_EXTRA"].as_str(), o["env_VIADUCT_STEP_INDEX"].as_str()),
         ("hello", "x", "2")
     );
-    assert_eq!(o["env_missing"], "HOME,PATH", "only the granted env");
+    assert_eq!(o["env_missing"], "UNSEEN_KEY,HOME,PATH", "only the granted env, and secrets the step allows");
+    assert_eq!(o["env_SEEN_KEY"], "***", "an allowed secret, masked in what the plugin reports");
     assert_eq!(o["env_matches_wasi"], "true");
     assert_eq!((o["run_id"].as_str(), o["job_name"].as_str(), o["step_index"].as_str()), (id.as_str(), "j", "2"));
     assert_eq!(o["cwd"], "/workspace");

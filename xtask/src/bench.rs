@@ -1789,7 +1789,7 @@ async fn deploy() -> Result<()> {
     std::fs::create_dir_all(dir.join("site"))?;
     let pipeline = format!(
         "on: {{ push: {{ branches: [main] }} }}\njobs:\n  ship:\n    environment: production\n    secrets: \
-         [SSH_PRIVATE_KEY]\n    steps:\n      - uses: ssh-deploy@1\n        with:\n          source: site\n          \
+         [SSH_PRIVATE_KEY]\n    steps:\n      - uses: ssh-deploy@1\n        allow: {{ secrets: [SSH_PRIVATE_KEY] }}\n        with:\n          source: site\n          \
          hosts: ${{{{ env.DEPLOY_HOSTS }}}}\n          path: {}\n          max_unavailable: 1\n          keep: 3\n",
         at.display()
     );

@@ -1,5 +1,5 @@
 //! The private key and the pinned host keys on disk, for the duration of
-//! the step: `<workspace>/.viaduct-ssh-<random>/{key,known_hosts}`.
+//! the step: `<workspace>/.viaduct-scratch-ssh-<random>/{key,known_hosts}`.
 //!
 //! WASI cannot set permission bits, so the directory (0700) and the empty
 //! key file (0600) are created by `install` through `exec` — as the job's
@@ -20,7 +20,7 @@ use viaduct_plugin_sdk::{Error, Result, ResultExt, exec::Command};
 use crate::{inputs::Secrets, remote};
 
 /// The name every key directory starts with.
-pub const PREFIX: &str = ".viaduct-ssh-";
+pub const PREFIX: &str = ".viaduct-scratch-ssh-";
 /// The private key's file name.
 pub const KEY: &str = "key";
 /// The known hosts' file name.
@@ -178,14 +178,20 @@ mod tests {
         let ws = temp("create");
         let mut seen = Vec::new();
         let dir = KeyDir::create(&ws, "ab12", &secrets(), |c| install(&ws, &mut seen, c)).unwrap();
-        assert_eq!(seen, ["-d -m 700 -- .viaduct-ssh-ab12", "-m 600 -- /dev/null .viaduct-ssh-ab12/key"]);
-        let key = ws.join(".viaduct-ssh-ab12/key");
+        assert_eq!(
+            seen,
+            ["-d -m 700 -- .viaduct-scratch-ssh-ab12", "-m 600 -- /dev/null .viaduct-scratch-ssh-ab12/key"]
+        );
+        let key = ws.join(".viaduct-scratch-ssh-ab12/key");
         assert_eq!(std::fs::read_to_string(&key).unwrap(), secrets().key);
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(std::fs::read_to_string(ws.join(".viaduct-ssh-ab12/known_hosts")).unwrap(), secrets().known_hosts);
-        assert_eq!(dir.ssh().key, ".viaduct-ssh-ab12/key");
+        assert_eq!(
+            std::fs::read_to_string(ws.join(".viaduct-scratch-ssh-ab12/known_hosts")).unwrap(),
+            secrets().known_hosts
+        );
+        assert_eq!(dir.ssh().key, ".viaduct-scratch-ssh-ab12/key");
         dir.remove().unwrap();
-        assert!(!ws.join(".viaduct-ssh-ab12").exists());
+        assert!(!ws.join(".viaduct-scratch-ssh-ab12").exists());
         std::fs::remove_dir_all(&ws).unwrap();
     }
 
@@ -198,7 +204,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.message(), "install: denied");
-        assert!(!ws.join(".viaduct-ssh-x1").exists());
+        assert!(!ws.join(".viaduct-scratch-ssh-x1").exists());
         // `install` did not create the file: the key is never written with
         // another mode.
         let e = KeyDir::create(&ws, "x2", &secrets(), |c| {
@@ -206,17 +212,17 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.message().contains("was not created"), "{e}");
-        assert!(!ws.join(".viaduct-ssh-x2").exists());
+        assert!(!ws.join(".viaduct-scratch-ssh-x2").exists());
         // A name that exists is not reused (nor removed).
-        std::fs::create_dir(ws.join(".viaduct-ssh-x3")).unwrap();
+        std::fs::create_dir(ws.join(".viaduct-scratch-ssh-x3")).unwrap();
         assert!(KeyDir::create(&ws, "x3", &secrets(), |_| panic!("not run")).is_err());
-        assert!(ws.join(".viaduct-ssh-x3").exists());
+        assert!(ws.join(".viaduct-scratch-ssh-x3").exists());
         // Dropped without `remove` (an early return): gone too.
         drop(KeyDir::create(&ws, "x4", &secrets(), |c| install(&ws, &mut Vec::new(), c)).unwrap());
-        assert!(!ws.join(".viaduct-ssh-x4").exists());
+        assert!(!ws.join(".viaduct-scratch-ssh-x4").exists());
         // Leftovers of a stopped step are swept.
         std::fs::create_dir(ws.join("keep-me")).unwrap();
-        assert_eq!(sweep(&ws), [".viaduct-ssh-x3"]);
+        assert_eq!(sweep(&ws), [".viaduct-scratch-ssh-x3"]);
         assert!(ws.join("keep-me").exists());
         std::fs::remove_dir_all(&ws).unwrap();
     }

@@ -27,7 +27,7 @@
 //!
 //! 1. The private key (`$SSH_PRIVATE_KEY`, or the variable `key_env`
 //!    names) and the pinned host keys (`$SSH_KNOWN_HOSTS`) go into a fresh
-//!    `.viaduct-ssh-<random>/` of the workspace ([`keys`]), removed again
+//!    `.viaduct-scratch-ssh-<random>/` of the workspace ([`keys`]), removed again
 //!    on every way out. Both are required: no host key is ever trusted on
 //!    first use.
 //! 2. On every host at once (the `exec-all` import): check the release is

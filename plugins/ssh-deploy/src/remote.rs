@@ -262,7 +262,7 @@ mod tests {
     use crate::target;
 
     fn ssh() -> Ssh {
-        Ssh { key: ".viaduct-ssh-ab12/key".into(), known_hosts: ".viaduct-ssh-ab12/known_hosts".into() }
+        Ssh { key: ".viaduct-scratch-ssh-ab12/key".into(), known_hosts: ".viaduct-scratch-ssh-ab12/known_hosts".into() }
     }
 
     #[test]
@@ -280,8 +280,8 @@ mod tests {
         let args = c.get_args().join(" ");
         assert_eq!(
             args,
-            "-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=.viaduct-ssh-ab12/key \
-             -o StrictHostKeyChecking=yes -o UserKnownHostsFile=.viaduct-ssh-ab12/known_hosts \
+            "-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=.viaduct-scratch-ssh-ab12/key \
+             -o StrictHostKeyChecking=yes -o UserKnownHostsFile=.viaduct-scratch-ssh-ab12/known_hosts \
              -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout=10 -o ServerAliveInterval=15 \
              -o ServerAliveCountMax=4 -p 2222 -T -- deploy@::1 sh -c 'echo hi'"
         );

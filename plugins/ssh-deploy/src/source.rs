@@ -134,9 +134,12 @@ mod tests {
         let f = scan(&ws, "dist/index.html").unwrap();
         assert_eq!((f.files, f.bytes, f.upload.file), (1, 5, true));
 
-        for (name, target) in
-            [("ws", "../"), ("up", "../../.viaduct-ssh-ab/key"), ("abs", "/etc/passwd"), ("dotdot", "assets/../../x")]
-        {
+        for (name, target) in [
+            ("ws", "../"),
+            ("up", "../../.viaduct-scratch-ssh-ab/key"),
+            ("abs", "/etc/passwd"),
+            ("dotdot", "assets/../../x"),
+        ] {
             let link = ws.join("dist").join(name);
             symlink(target, &link).unwrap();
             let e = scan(&ws, "dist").unwrap_err();
@@ -153,7 +156,7 @@ mod tests {
         symlink("dist", ws.join("link")).unwrap();
         assert!(scan(&ws, "link").unwrap_err().message().contains("is a symbolic link"));
         assert!(scan(&ws, "nope").unwrap_err().message().contains("does not exist"));
-        assert!(scan(&ws, ".viaduct-ssh-ab/key").unwrap_err().message().contains("where the SSH key is kept"));
+        assert!(scan(&ws, ".viaduct-scratch-ssh-ab/key").unwrap_err().message().contains("where the SSH key is kept"));
         std::fs::remove_dir_all(&ws).unwrap();
     }
 }

@@ -111,7 +111,7 @@ fn settings(v: serde_json::Value) -> Settings {
 }
 
 fn ssh() -> Ssh {
-    Ssh { key: ".viaduct-ssh-t/key".into(), known_hosts: ".viaduct-ssh-t/known_hosts".into() }
+    Ssh { key: ".viaduct-scratch-ssh-t/key".into(), known_hosts: ".viaduct-scratch-ssh-t/known_hosts".into() }
 }
 
 fn deploy(s: &Settings, script: &mut Script) -> Report {
@@ -182,7 +182,7 @@ fn a_rolling_deploy_switches_batch_by_batch_and_prunes() {
     for (phase, host, cmd) in &script.calls {
         let args = cmd.get_args().join(" ");
         assert!(args.starts_with("-F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes"), "{phase:?}: {args}");
-        assert!(args.contains("-o StrictHostKeyChecking=yes -o UserKnownHostsFile=.viaduct-ssh-t/known_hosts"));
+        assert!(args.contains("-o StrictHostKeyChecking=yes -o UserKnownHostsFile=.viaduct-scratch-ssh-t/known_hosts"));
         let port = if host.ends_with(":2222") { "2222" } else { "22" };
         let flag = if cmd.program() == "scp" { "-P" } else { "-p" };
         assert!(args.contains(&format!(" {flag} {port} ")), "{args}");
@@ -593,7 +593,7 @@ mod real {
                 .unwrap()
                 .file_name()
                 .to_string_lossy()
-                .starts_with(".viaduct-ssh-"))
+                .starts_with(".viaduct-scratch-ssh-"))
         );
     }
 }

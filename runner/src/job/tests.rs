@@ -365,3 +365,21 @@ async fn a_plugin_step_on_a_runner_without_a_plugin_host_fails_with_the_reason()
     assert_eq!(r.step(1).status, Status::Failure as i32);
     assert!(r.step(1).message.contains("cannot run plugin steps"), "{}", r.step(1).message);
 }
+
+/// A plugin's scratch space goes after its step, whatever the outcome;
+/// a link named like it is removed, its target kept.
+#[test]
+fn plugin_scratch_space_is_removed_and_links_are_not_followed() {
+    let ws = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("keep.txt"), "kept").unwrap();
+    std::fs::create_dir(ws.path().join(".viaduct-scratch-ssh-ab")).unwrap();
+    std::fs::write(ws.path().join(".viaduct-scratch-ssh-ab/key"), "secret").unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path().join(".viaduct-scratch-link")).unwrap();
+    std::fs::write(ws.path().join("app.txt"), "mine").unwrap();
+    super::remove_scratch(ws.path());
+    let left: Vec<String> =
+        std::fs::read_dir(ws.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["app.txt"]);
+    assert_eq!(std::fs::read_to_string(outside.path().join("keep.txt")).unwrap(), "kept");
+}

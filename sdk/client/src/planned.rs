@@ -120,6 +120,7 @@ where
                 manifest,
                 phase: "main".into(),
                 post_of: 0,
+                secrets: s.allowed_secrets.clone(),
             })
         }
     };

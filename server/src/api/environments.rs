@@ -150,7 +150,7 @@ impl Environments for EnvironmentsApi {
         let r = req.into_inner();
         access.target(format!("environment `{}` of `{}`", r.name, r.repo));
         access.require(&r.repo)?;
-        envs::delete(&self.store, &r.repo, &r.name).await?;
+        self.engine.delete_environment(&r.repo, &r.name).await?;
         Ok(Response::new(DeleteEnvironmentResponse {}))
     }
 }

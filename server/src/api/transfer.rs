@@ -73,17 +73,15 @@ where
             async move { tx.send(Ok(msg)).await.is_ok() }
         };
         for a in list {
-            let mut header = tar::Header::new_gnu();
-            let built = header.set_path(&a.name).map_err(|e| format!("artifact `{}`: {e}", a.name));
-            if let Err(e) = built {
-                let _ = tx.send(Err(Status::internal(e))).await;
-                return;
-            }
-            header.set_size(a.size);
-            header.set_mode(if a.mode == 0 { 0o644 } else { a.mode & 0o7777 });
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_cksum();
-            if !send(header.as_bytes().to_vec()).await {
+            let mtime = a.created_at.as_ref().map_or(0, |t| u64::try_from(t.seconds).unwrap_or(0));
+            let header = match tar_header(&a.name, a.size, a.mode, mtime) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = tx.send(Err(Status::internal(e))).await;
+                    return;
+                }
+            };
+            if !send(header).await {
                 return;
             }
             let mut file = match blobs.open_read(&a.digest).await {
@@ -123,4 +121,62 @@ where
         send(vec![0u8; 1024]).await;
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The tar header blocks of a regular file `name` of `size` bytes: a GNU
+/// long-name entry first when the name is longer than a header holds (100
+/// bytes; artifact names may be 1024).
+fn tar_header(name: &str, size: u64, mode: u32, mtime: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(1024);
+    let mut header = tar::Header::new_gnu();
+    if name.len() > 100 {
+        let mut long = tar::Header::new_gnu();
+        let gnu = long.as_gnu_mut().ok_or("a GNU header")?;
+        gnu.name[..13].copy_from_slice(b"././@LongLink");
+        long.set_mode(0o644);
+        long.set_size(name.len() as u64 + 1);
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_cksum();
+        out.extend_from_slice(long.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        let gnu = header.as_gnu_mut().ok_or("a GNU header")?;
+        gnu.name.copy_from_slice(&name.as_bytes()[..100]);
+    } else {
+        header.set_path(name).map_err(|e| format!("artifact `{name}`: {e}"))?;
+    }
+    header.set_size(size);
+    header.set_mode(if mode == 0 { 0o644 } else { mode & 0o7777 });
+    header.set_mtime(mtime);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    #[test]
+    fn long_artifact_names_survive_the_tar_stream() {
+        let long = format!("dist/{}/app.js", "a".repeat(180));
+        let mut tar = Vec::new();
+        for (name, data) in [("short.txt", &b"one"[..]), (long.as_str(), &b"two!"[..])] {
+            tar.extend(super::tar_header(name, data.len() as u64, 0o755, 1_700_000_000).unwrap());
+            tar.extend_from_slice(data);
+            tar.resize(tar.len().div_ceil(512) * 512, 0);
+        }
+        tar.extend([0u8; 1024]);
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut seen = Vec::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut body = String::new();
+            e.read_to_string(&mut body).unwrap();
+            seen.push((e.path().unwrap().display().to_string(), body, e.header().mode().unwrap()));
+        }
+        assert_eq!(seen, [("short.txt".into(), "one".into(), 0o755), (long, "two!".into(), 0o755)]);
+    }
 }

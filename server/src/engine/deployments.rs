@@ -444,6 +444,38 @@ impl Tx<'_> {
 }
 
 impl super::Engine {
+    /// Deletes an environment and the services registered in it, in a
+    /// transition: refused while one of its deployments is unfinished (so
+    /// none can open, under rules that vanish, meanwhile).
+    pub async fn delete_environment(&self, repo: &str, name: &str) -> Result<()> {
+        let ((), ticket) = self.transition(|t| {
+            let key = environment_key(repo, name);
+            if t.store().get::<EnvironmentRecord>(T::Environments, &key)?.is_none() {
+                return Err(Error::not_found(format!("environment `{name}` of repository `{repo}` not found")));
+            }
+            if let Some(id) = t.open_deployments(repo, name)?.first() {
+                return Err(Error::precondition(format!(
+                    "deployment {id} to `{name}` is unfinished: let it end, or cancel its run, first"
+                )));
+            }
+            let services: Vec<Vec<u8>> = t
+                .store()
+                .tree(T::DeployedServices)
+                .scan_prefix(environment_prefix(repo, name))
+                .map(|kv| kv.map(|(k, _)| k))
+                .collect::<Result<_>>()?;
+            t.writes().delete(T::Environments, key);
+            for k in services {
+                t.writes().delete(T::ServiceHealth, &k);
+                t.writes().delete(T::DeployedServices, &k);
+            }
+            tracing::info!(repo, environment = name, "environment deleted");
+            Ok(())
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(())
+    }
+
     /// Approves or rejects deployment `id` as `actor` (who the API checked
     /// may); durable when this returns.
     pub async fn review_deployment(&self, id: u64, actor: &str, approve: bool, comment: &str) -> Result<()> {

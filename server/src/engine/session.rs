@@ -222,6 +222,7 @@ impl Engine {
         let log_bytes = super::lease::stored_log(t.store(), job, attempt, steps)?;
         t.set_lease(job, Some(Lease { attempt, runner: runner.to_string(), expires, pipeline, steps, log_bytes }));
         tracing::info!(job = %job, attempt, runner, "adopted a job the runner was already running");
+        t.start_deployment(job)?;
         t.rollup(job.run)?;
         Ok(true)
     }

@@ -304,11 +304,21 @@ impl Repos {
         }
         // A repository made later under this name starts with nothing of this one's.
         self.forget_forge_state(name, &mut ws, true)?;
-        // Nor its environments (their rules and variables) and services; the
-        // deployment history stays, as its runs do.
+        // Nor its environments (their rules and variables), services and
+        // deployment history (the records stay, found through their runs);
+        // refused while a deployment is unfinished.
         let mut prefix = name.as_bytes().to_vec();
         prefix.push(0);
-        for t in [T::Environments, T::DeployedServices, T::ServiceHealth] {
+        for kv in self.store.tree(T::DeploymentIndex).scan_prefix(&prefix) {
+            let (k, open) = kv?;
+            if !open.is_empty() {
+                let id = crate::engine::deployments::id_of_index_key(&k);
+                return Err(Error::precondition(format!(
+                    "deployment {id} of `{name}` is unfinished: let it end, or cancel its run, first"
+                )));
+            }
+        }
+        for t in [T::Environments, T::DeployedServices, T::ServiceHealth, T::DeploymentIndex] {
             for k in self.store.tree(t).scan_prefix(&prefix).map(|kv| kv.map(|(k, _)| k)) {
                 ws.delete(t, k?);
             }

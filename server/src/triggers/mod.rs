@@ -333,17 +333,31 @@ impl Triggers {
         let rec = self.repos.get(name)?;
         let path = self.repos.path(name);
         let what = if what.is_empty() { rec.default_branch.clone() } else { what.to_string() };
-        let (p, w) = (path.clone(), what.clone());
-        let commit = blocking(move || git::resolve(&p, &w)).await?;
-        let git_ref = if what.starts_with("refs/") {
-            what
-        } else if commit.starts_with(&what) {
-            String::new()
-        } else {
-            let p = path.clone();
-            let w = what.clone();
-            let tag = blocking(move || Ok(git::refs(&p)?.contains_key(&format!("refs/tags/{w}")))).await?;
-            if tag { format!("refs/tags/{what}") } else { format!("refs/heads/{what}") }
+        // A ref exactly as it exists (a branch, a tag, or a full ref name),
+        // run at its tip — or a commit id, run without a branch: never an
+        // expression (`main~3`), which would run an older commit under a
+        // branch's name and pass the rules (environments, secret scopes)
+        // made for that branch.
+        let p = path.clone();
+        let refs = blocking(move || git::refs(&p)).await?;
+        let named = [what.clone(), format!("refs/heads/{what}"), format!("refs/tags/{what}")]
+            .into_iter()
+            .find(|r| r.starts_with("refs/") && refs.contains_key(r));
+        let (git_ref, commit) = match named {
+            Some(r) => {
+                let commit = refs[&r].clone();
+                (r, commit)
+            }
+            None if what.len() >= 7 && what.len() <= 40 && what.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                let (p, w) = (path.clone(), what.clone());
+                (String::new(), blocking(move || git::resolve(&p, &w)).await?)
+            }
+            None => {
+                return Err(Error::NotFound(format!(
+                    "no branch, tag or commit `{what}` in repository `{name}` (a branch or tag name, a full ref, or a \
+                     commit id)"
+                )));
+            }
         };
         let event = RepoEvent {
             event: "manual",
