@@ -462,7 +462,7 @@ fn probe_problem(p: &ProbeSpec) -> Option<String> {
             return Some(format!("`{t}` has no valid host (no user, spaces or control characters)"));
         }
         Some(h)
-            if t.starts_with("tcp://") && !h.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+            if t.starts_with("tcp://") && h.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) =>
         {
             return Some(format!("`{t}` needs a port: `tcp://host:port`"));
         }

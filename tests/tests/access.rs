@@ -120,6 +120,12 @@ fn policy(path: &str) -> Need {
         "Repos/Sync" | "Debug/Shell" => Repo(PUSH),
         "Repos/Update" | "Secrets/Set" | "Secrets/Delete" | "Caches/Delete" => Repo(MAINTAIN),
         "Secrets/List" => Somewhere(MAINTAIN),
+        "Environments/Get" | "Environments/List" | "Deployments/List" | "Services/List" | "Services/Get" => Repo(READ),
+        "Environments/Put" | "Environments/Delete" | "Services/Delete" => Repo(MAINTAIN),
+        "Deployments/Promote" | "Deployments/Rollback" => Repo(TRIGGER),
+        // By id: the deployment's repository decides, after the gate.
+        "Deployments/Get" => Somewhere(READ),
+        "Deployments/Approve" | "Deployments/Reject" => Somewhere(TRIGGER),
         "Repos/Create" | "Repos/Delete" => Global(ADMIN),
         "Pipelines/Validate" | "Pipelines/Get" | "Pipelines/List" | "Pipelines/Schema" => Global(READ),
         "Pipelines/Create" | "Pipelines/Update" | "Pipelines/Delete" => Global(MAINTAIN),
@@ -141,6 +147,7 @@ fn policy(path: &str) -> Need {
         | "RunnerAgent/SaveSnapshot"
         | "RunnerAgent/RestoreSnapshot"
         | "RunnerAgent/FindReuse"
+        | "RunnerAgent/FetchArtifacts"
         | "RunnerAgent/DebugSession" => Runner,
         other => panic!("{other}: a method the policy of this test does not know — add it here and to the docs"),
     }
@@ -205,7 +212,7 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
             v1::DownloadArtifactRequest { run_id: run, name: "nothing".into(), ..Default::default() }.encode_to_vec()
         }
         "Repos/Get" => v1::GetRepoRequest { name: target.into() }.encode_to_vec(),
-        "Repos/Sync" => v1::SyncRepoRequest { name: target.into() }.encode_to_vec(),
+        "Repos/Sync" => v1::SyncRepoRequest { name: target.into(), ..Default::default() }.encode_to_vec(),
         // No snapshot: an allowed caller gets NOT_FOUND.
         "Debug/Shell" => v1::ShellInput {
             msg: Some(v1::shell_input::Msg::Open(v1::ShellOpen { job_id: format!("{run}.1"), ..Default::default() })),
@@ -222,6 +229,29 @@ fn request(path: &str, target: &str, f: &Fixture) -> Vec<u8> {
         .encode_to_vec(),
         "Secrets/Delete" => v1::DeleteSecretRequest { name: format!("KEEP_{}", target.to_uppercase()) }.encode_to_vec(),
         "Caches/Delete" => v1::DeleteCacheRequest { scope: target.into(), ..Default::default() }.encode_to_vec(),
+        "Environments/Put" => {
+            v1::PutEnvironmentRequest { repo: target.into(), name: "staging".into(), ..Default::default() }
+                .encode_to_vec()
+        }
+        "Environments/Get" => v1::GetEnvironmentRequest { repo: target.into(), name: "staging".into() }.encode_to_vec(),
+        // A name that does not exist: allowed callers get NOT_FOUND.
+        "Environments/Delete" => {
+            v1::GetEnvironmentRequest { repo: target.into(), name: "ghost".into() }.encode_to_vec()
+        }
+        "Environments/List" => v1::ListEnvironmentsRequest { repo: target.into() }.encode_to_vec(),
+        "Deployments/List" => v1::ListDeploymentsRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
+        "Deployments/Promote" => {
+            v1::PromoteRequest { repo: target.into(), from: "staging".into(), to: "ghost".into() }.encode_to_vec()
+        }
+        "Deployments/Rollback" => {
+            v1::RollbackRequest { repo: target.into(), environment: "ghost".into(), ..Default::default() }
+                .encode_to_vec()
+        }
+        "Services/List" => v1::ListServicesRequest { repo: target.into(), ..Default::default() }.encode_to_vec(),
+        "Services/Get" | "Services/Delete" => {
+            v1::GetServiceRequest { repo: target.into(), environment: "staging".into(), name: "ghost".into() }
+                .encode_to_vec()
+        }
         // Repos/Delete names a repository that does not exist: allowed
         // callers get NOT_FOUND, and nothing is lost for the next caller.
         "Repos/Delete" => v1::GetRepoRequest { name: "ghost".into() }.encode_to_vec(),

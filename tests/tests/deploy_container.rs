@@ -200,6 +200,6 @@ async fn a_release_failing_its_health_check_is_rolled_back() {
     assert!(log.contains("the last 50 log lines") && log.contains("release-3 cannot start"), "{log}");
     assert_eq!(answer(port).as_deref(), Some("v2\n"));
     // v2 runs as `<name>` again; v3 is gone.
-    assert_eq!(containers(&name), [name.clone()]);
+    assert_eq!(containers(&name), std::slice::from_ref(&name));
     assert_eq!(state(&name), format!("true {good}"));
 }

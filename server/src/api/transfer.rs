@@ -87,7 +87,7 @@ where
             let mut file = match blobs.open_read(&a.digest).await {
                 Ok((file, _)) => file,
                 Err(e) => {
-                    let _ = tx.send(Err(Status::from(Error::from(e)))).await;
+                    let _ = tx.send(Err(Status::from(e))).await;
                     return;
                 }
             };
