@@ -76,7 +76,7 @@ jobs:
             "p.yml:10:33: unknown key `envv` in service `db` of job `a`; did you mean `env`? (expected one of: image, env, command)",
             "p.yml:11:18: unknown key `cpu` in `resources` in job `a`; did you mean `cpus`? (expected one of: cpus, memory)",
             "p.yml:14:9: unknown key `nmae` in step 1 of job `a`; did you mean `name`? (expected one of: name, id, run, uses, with, env, timeout, continue_on_error, if, working_directory, allow, reuse)",
-            "p.yml:16:18: unknown key `net` in `allow` in step 2 of job `a` (expected one of: network)",
+            "p.yml:16:18: unknown key `net` in `allow` in step 2 of job `a` (expected one of: network, secrets)",
         ],
     );
 }
