@@ -198,7 +198,11 @@ impl Retention {
             .await
             .map_err(|e| Error::Internal(format!("retention pass: {e}")))??;
         if dry_run {
-            return Ok(ids.len() as u64);
+            let engine = Arc::clone(&self.engine);
+            let waiting = tokio::task::spawn_blocking(move || engine.deployments_waiting_before(cutoff))
+                .await
+                .map_err(|e| Error::Internal(format!("retention pass: {e}")))??;
+            return Ok((ids.len() + waiting.len()) as u64);
         }
         let why =
             format!("not approved within {} (--approvals-expire-after)", as_flag(self.cfg.approvals_expire_after));
@@ -211,7 +215,21 @@ impl Retention {
         if expired > 0 {
             tracing::info!(runs = expired, "retention cancelled runs that waited too long for approval");
         }
-        Ok(expired)
+        // Deployments waiting for approval, the same way.
+        let engine = Arc::clone(&self.engine);
+        let waiting = tokio::task::spawn_blocking(move || engine.deployments_waiting_before(cutoff))
+            .await
+            .map_err(|e| Error::Internal(format!("retention pass: {e}")))??;
+        let mut deployments = 0;
+        for id in waiting {
+            if self.engine.expire_deployment(id, cutoff, &why).await? {
+                deployments += 1;
+            }
+        }
+        if deployments > 0 {
+            tracing::info!(deployments, "retention cancelled deployments that waited too long for approval");
+        }
+        Ok(expired + deployments)
     }
 
     fn prune_blocking(&self, dry_run: bool) -> Result<PruneReport> {

@@ -85,7 +85,12 @@ async fn reporting_mirror(
     std::fs::write(wt.path().join("hello.txt"), format!("a change for {name}\n")).unwrap();
     git(wt.path(), &["commit", "-qam", "a change"]);
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let sync = client.repos().sync(v1::SyncRepoRequest { name: name.into(), ..Default::default() }).await.unwrap().into_inner();
+    let sync = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: name.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(sync.run_ids.len(), 1, "{sync:?}");
     let sha = git(wt.path(), &["rev-parse", "HEAD"]);
     (dir, bare, wt, sha)
@@ -339,7 +344,12 @@ async fn a_server_killed_during_a_burst_of_100_runs_leaves_every_context_in_its_
         shas.push(git(wt.path(), &["rev-parse", "HEAD"]));
     }
     git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "--all"]);
-    let sync = client.repos().sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() }).await.unwrap().into_inner();
+    let sync = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: "app".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(sync.run_ids.len(), 99);
     // Killed in the middle of the burst.
     forge.wait_for("a quarter of the statuses", |d| (d.len() >= 100).then_some(())).await;

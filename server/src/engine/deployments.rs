@@ -444,6 +444,50 @@ impl Tx<'_> {
 }
 
 impl super::Engine {
+    /// The deployments waiting for approval since before `cutoff_ms`.
+    pub fn deployments_waiting_before(&self, cutoff_ms: i64) -> Result<Vec<u64>> {
+        let store = self.store();
+        let mut out = Vec::new();
+        for item in store.tree(T::DeploymentIndex).iter() {
+            let (k, open) = item?;
+            if open.is_empty() {
+                continue;
+            }
+            let id = id_of_index_key(&k);
+            let Some(d) = store.get::<crate::store::records::DeploymentRecord>(T::Deployments, id.to_be_bytes())?
+            else {
+                continue;
+            };
+            if d.state == DeploymentState::Waiting as i32 && d.created_ms < cutoff_ms {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cancels deployment `id` (and fails its job), saying `why`, if it
+    /// still waits for approval since before `cutoff_ms` — checked in the
+    /// transition, so one approved since it was found goes on; whether it
+    /// did.
+    pub async fn expire_deployment(&self, id: u64, cutoff_ms: i64, why: &str) -> Result<bool> {
+        let (expired, ticket) = self.transition(|t| {
+            let now = t.sh.now_ms();
+            let d = t.deployment(id)?;
+            if d.state != DeploymentState::Waiting as i32 || d.created_ms >= cutoff_ms {
+                return Ok(false);
+            }
+            d.state = DeploymentState::Cancelled as i32;
+            d.message = why.to_string();
+            d.finished_ms = now;
+            let key = JobKey::new(RunId(d.run), d.job);
+            let env = d.environment.clone();
+            t.finish_job(key, Status::Failure, &format!("the deployment to `{env}` was {why}"))?;
+            Ok(true)
+        })?;
+        self.store().wait_durable(ticket).await;
+        Ok(expired)
+    }
+
     /// Deletes an environment and the services registered in it, in a
     /// transition: refused while one of its deployments is unfinished (so
     /// none can open, under rules that vanish, meanwhile).

@@ -3,7 +3,7 @@
 
 use viaduct_proto::v1::{DeploymentState, EnvironmentRules, Role, Status};
 
-use super::testing::Harness;
+use super::{clock::Clock as _, testing::Harness};
 use crate::{
     environments::{self, EnvironmentSpec},
     store::{T, WriteSet, keys::RunId, records::RepoRecord},
@@ -72,6 +72,25 @@ async fn an_approval_then_the_wait_timer_then_the_job_runs() {
         (DeploymentState::Success as i32, "bob", "ann")
     );
     assert_eq!(environments::successes(&h.store, "app", "production", 5).expect("history").len(), 1);
+}
+
+#[tokio::test]
+async fn a_deployment_never_approved_expires() {
+    let h = Harness::new();
+    with_environment(&h, EnvironmentRules { approval_role: Role::Push as i32, ..Default::default() }).await;
+    let run = h.submit_from(DEPLOY, "app", "main", "ann").await;
+    let (id, _, _) = deployment_of(&h, run);
+    let now = h.clock.now_ms();
+    assert!(h.engine.deployments_waiting_before(now).expect("scan").is_empty(), "not older than now");
+    h.advance(10);
+    let cutoff = h.clock.now_ms();
+    assert_eq!(h.engine.deployments_waiting_before(cutoff).expect("scan"), [id]);
+    let why = "not approved within 30d (--approvals-expire-after)";
+    assert!(h.engine.expire_deployment(id, cutoff, why).await.expect("expire"));
+    assert!(!h.engine.expire_deployment(id, cutoff, why).await.expect("again"), "once");
+    assert_eq!(h.job_states(run), ["failure"]);
+    let (_, state, message) = deployment_of(&h, run);
+    assert_eq!((state, message.as_str()), (DeploymentState::Cancelled as i32, why));
 }
 
 #[tokio::test]
