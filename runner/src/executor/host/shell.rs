@@ -512,10 +512,19 @@ mod tests {
         let pid = seen.rsplit_once("pid=").and_then(|(_, p)| p.split('=').next()?.parse::<u32>().ok()).unwrap();
         type_in(&shell, "exit\n").await;
         end(shell, &mut seen).await;
-        // Gone, or a zombie its new parent has not reaped yet.
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()));
+        // Gone, or a zombie its new parent has not reaped yet — once the
+        // kill the shell's end sent has been delivered (the kernel may run
+        // it a moment longer).
+        let state = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !matches!(state(), None | Some('Z')) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let state = state();
         assert!(matches!(state, None | Some('Z')), "sleep {pid} still runs ({state:?}): {seen:?}");
         env.teardown().await;
     }
