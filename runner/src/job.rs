@@ -28,7 +28,7 @@ use viaduct_proto::{
 };
 
 use crate::{
-    executor::{Backend, JobSetup, StepLog, StepOutcome, StepSpec, StepStop},
+    executor::{Backend, JobEnv, JobSetup, StepLog, StepOutcome, StepSpec, StepStop},
     files::Files,
     mask::Secrets,
     plugin_host::{PluginCall, PluginHost, RunInfo},
@@ -167,28 +167,45 @@ pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
         tracing::info!(name = %a.job_name, steps = a.steps.len(), "job started");
         let secrets = Secrets::new(a.secrets.values().map(String::as_str));
         reports.job(job_update(&job, Status::Running, "", &secrets));
-        let (status, message) = execute(&a, &job, &services, &stop, &secrets).await;
+        let Ended { status, message, leftover } = execute(&a, &job, &services, &stop, &secrets).await;
         if stop.abandon.is_cancelled() {
             tracing::warn!("job abandoned: its lease is gone");
             reports.forget(&job);
-            return;
+        } else {
+            let message = secrets.mask_str(&message);
+            tracing::Span::current().record("status", status.word());
+            tracing::info!(status = status.word(), %message, "job finished");
+            reports.job(job_update(&job, status, &message, &secrets));
         }
-        let message = secrets.mask_str(&message);
-        tracing::Span::current().record("status", status.word());
-        tracing::info!(status = status.word(), %message, "job finished");
-        reports.job(job_update(&job, status, &message, &secrets));
+        // The end is reported first and what is left of the job (its
+        // processes, its directory) goes while the server moves on: the
+        // teardown is not in the time to the next job or to the run's end.
+        // The job stays one of this runner's jobs until it is done, and its
+        // slot user stays taken (a next job runs as another).
+        if let Some(env) = leftover {
+            env.teardown().await;
+        }
     }
     .instrument(span)
     .await;
 }
 
-async fn execute(
-    a: &JobAssignment,
-    job: &JobRef,
-    services: &Services,
-    stop: &JobStop,
-    secrets: &Secrets,
-) -> (Status, String) {
+/// How a job attempt ended, and its environment when it is still to be
+/// torn down.
+struct Ended {
+    status: Status,
+    message: String,
+    leftover: Option<Box<dyn JobEnv>>,
+}
+
+impl Ended {
+    /// A failure before any step ran (its environment already gone).
+    fn failed(why: String) -> Self {
+        Self { status: Status::Failure, message: why, leftover: None }
+    }
+}
+
+async fn execute(a: &JobAssignment, job: &JobRef, services: &Services, stop: &JobStop, secrets: &Secrets) -> Ended {
     let (reports, backend, sources) = (&services.reports, services.backend.as_ref(), &services.sources);
     let job_deadline = (a.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(a.timeout_ms));
     let setup = JobSetup {
@@ -206,7 +223,7 @@ async fn execute(
         Err(e) => {
             let why = format!("could not prepare the job: {e}");
             skip_all(reports, job, a, &why, secrets);
-            return (Status::Failure, why);
+            return Ended::failed(why);
         }
     };
     let mut resume_after = a.resume.as_ref().map_or(0, |r| r.after_step);
@@ -231,7 +248,7 @@ async fn execute(
                 };
                 skip_all(reports, job, &rest, &why, secrets);
                 env_of_job.teardown().await;
-                return (Status::Failure, why);
+                return Ended::failed(why);
             }
         }
     } else if let Some(src) = a.source.as_ref().filter(|s| !s.commit.is_empty()) {
@@ -268,7 +285,7 @@ async fn execute(
                     Err(why) => {
                         skip_all(reports, job, a, &why, secrets);
                         env_of_job.teardown().await;
-                        return (Status::Failure, why);
+                        return Ended::failed(why);
                     }
                 }
             }
@@ -276,7 +293,7 @@ async fn execute(
                 let why = format!("checkout of {} failed: {e}", src.repo);
                 skip_all(reports, job, a, &why, secrets);
                 env_of_job.teardown().await;
-                return (Status::Failure, why);
+                return Ended::failed(why);
             }
         }
     }
@@ -290,7 +307,7 @@ async fn execute(
                 Err(why) => {
                     skip_all(reports, job, a, &why, secrets);
                     env_of_job.teardown().await;
-                    return (Status::Failure, why);
+                    return Ended::failed(why);
                 }
             }
         }
@@ -474,12 +491,15 @@ async fn execute(
         (Status::Success, artifact_note.and_then(Result::ok).unwrap_or_default())
     };
     let hold = matches!(ended.0, Status::Failure | Status::TimedOut) && a.hold_failed_ms > 0;
-    if hold && !stop.abandon.is_cancelled() {
+    let leftover = if hold && !stop.abandon.is_cancelled() {
+        // Held before the end is reported: a debug shell asked for once the
+        // job is seen failed finds it.
         services.held.hold(&job.job_id, job.attempt, env_of_job, Duration::from_millis(a.hold_failed_ms)).await;
+        None
     } else {
-        env_of_job.teardown().await;
-    }
-    ended
+        Some(env_of_job)
+    };
+    Ended { status: ended.0, message: ended.1, leftover }
 }
 
 /// A resume from an earlier run's snapshot: the checkout's paths, then the

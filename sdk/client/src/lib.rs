@@ -396,12 +396,18 @@ impl Client {
     /// and returns it.
     pub async fn wait_for_run(&self, id: &str) -> Result<Run, Error> {
         use viaduct_proto::StatusWord;
-        // Subscribe to new events first, then read: a change after the read
-        // is always in the stream.
-        let mut events =
-            self.runs().watch(WatchRequest { run_id: id.to_string(), ..Default::default() }).await?.into_inner();
         let get =
             || async { Ok::<_, Error>(self.runs().get(GetRunRequest { id: id.to_string() }).await?.into_inner()) };
+        // Often it has ended already (a follower of its logs saw them end):
+        // one read.
+        let run = get().await?;
+        if run.status().is_terminal() {
+            return Ok(run);
+        }
+        // Subscribe to new events first, then read again: a change after
+        // the read is always in the stream.
+        let mut events =
+            self.runs().watch(WatchRequest { run_id: id.to_string(), ..Default::default() }).await?.into_inner();
         let run = get().await?;
         if run.status().is_terminal() {
             return Ok(run);
