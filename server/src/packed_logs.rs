@@ -186,6 +186,12 @@ impl PackedLogs {
     /// Writes `step`'s chunks into a blob: its record and the chunks' keys
     /// (`None`: the log is empty).
     async fn pack_step(&self, step: StepKey) -> Result<Option<(PackedLogRecord, Vec<Vec<u8>>)>> {
+        // An empty log (a quiet step) needs no blob: staging one costs a
+        // file created and removed (an upload begun and aborted, in a
+        // bucket).
+        if self.store.logs.chunks(step, 0).next().transpose()?.is_none() {
+            return Ok(None);
+        }
         let mut packer = Packer {
             blob: self.blobs.writer(u64::MAX).await?,
             frame: Vec::with_capacity(FRAME),

@@ -11,12 +11,16 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
-use viaduct_proto::v1::{
-    Ack, Artifact, ArtifactsData, CacheData, DebugFromRunner, DebugToRunner, FetchArtifactsRequest, FetchSourceRequest,
-    FindReuseRequest, FindReuseResponse, JobSignal, LogAck, RegisterRequest, RegisterResponse, RestoreCacheRequest,
-    RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse, SaveSnapshotRequest,
-    SaveSnapshotResponse, ServerMessage, SnapshotData, SourceChunk, UpdateAck, UploadArtifactRequest,
-    runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request, server_message::Msg as Out,
+use viaduct_proto::{
+    v1,
+    v1::{
+        Ack, Artifact, ArtifactsData, CacheData, DebugFromRunner, DebugToRunner, FetchArtifactsRequest,
+        FetchSourceRequest, FindReuseRequest, FindReuseResponse, JobSignal, LogAck, RegisterRequest, RegisterResponse,
+        RestoreCacheRequest, RestoreSnapshotRequest, RunnerMessage, SaveCacheRequest, SaveCacheResponse,
+        SaveSnapshotRequest, SaveSnapshotResponse, ServerMessage, SnapshotData, SourceChunk, UpdateAck,
+        UploadArtifactRequest, runner_agent_server::RunnerAgent, runner_message::Msg as In, save_snapshot_request,
+        server_message::Msg as Out,
+    },
 };
 
 use super::transfer::{self, Chunks};
@@ -24,7 +28,7 @@ use crate::{
     auth::Auth,
     depot::Depot,
     engine::{
-        Engine, RunnerHello,
+        Engine, RunnerHello, durability,
         reports::{Report, Update, Verdict},
     },
     error::Error,
@@ -362,20 +366,18 @@ impl RunnerAgent for AgentApi {
         tokio::spawn(
             async move {
                 let mut batch = Vec::new();
-                loop {
-                    // Everything already received goes into one batch.
-                    match inbound.message().await {
-                        Ok(Some(m)) => batch.push(m),
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "runner stream broke");
-                            break;
-                        }
-                    }
-                    while batch.len() < MAX_BATCH {
-                        match inbound.message().now_or_never() {
-                            Some(Ok(Some(m))) => batch.push(m),
-                            _ => break,
+                let mut open = true;
+                while open {
+                    open = receive(&mut inbound, &mut batch).await;
+                    // Steps that may wait for the next flush may as well
+                    // wait a moment for the reports that follow them: a job
+                    // of short steps then costs a commit per GATHER, not one
+                    // per step (each commit is a write of the store).
+                    let until = tokio::time::Instant::now() + GATHER;
+                    while open && may_gather(&batch) {
+                        match tokio::time::timeout_at(until, receive(&mut inbound, &mut batch)).await {
+                            Ok(still) => open = still,
+                            Err(_) => break,
                         }
                     }
                     if let Err(e) = apply(&engine, &runner, conn, &mut batch, &tx, &ack_tx) {
@@ -429,6 +431,50 @@ pub(super) fn not_toolchains(labels: &[String]) -> Result<(), Error> {
 
 /// Most messages applied as one batch.
 const MAX_BATCH: usize = 512;
+/// At most how long reports that may wait (see [`may_gather`]) wait for
+/// more to apply with them.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Adds the next message of `inbound` to `batch`, then every one already
+/// received (up to [`MAX_BATCH`]); `false` once the stream ended or broke.
+/// Cancel-safe: a message is taken off the stream only when it is pushed.
+async fn receive(inbound: &mut Streaming<RunnerMessage>, batch: &mut Vec<RunnerMessage>) -> bool {
+    match inbound.message().await {
+        Ok(Some(m)) => batch.push(m),
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::debug!(error = %e, "runner stream broke");
+            return false;
+        }
+    }
+    while batch.len() < MAX_BATCH {
+        match inbound.message().now_or_never() {
+            Some(Ok(Some(m))) => batch.push(m),
+            Some(Ok(None) | Err(_)) => return false,
+            None => break,
+        }
+    }
+    true
+}
+
+/// Whether `batch` has state updates, all of steps that may wait for the
+/// next flush ([`durability::step_can_wait`]: nobody waits on them now),
+/// and room for more.
+fn may_gather(batch: &[RunnerMessage]) -> bool {
+    let mut any = false;
+    for m in batch {
+        match &m.msg {
+            Some(In::Step(u))
+                if v1::Status::try_from(u.status).is_ok_and(|s| durability::step_can_wait(u.step_index, s)) =>
+            {
+                any = true;
+            }
+            Some(In::Step(_) | In::Job(_)) => return false,
+            _ => {}
+        }
+    }
+    any && batch.len() < MAX_BATCH
+}
 
 /// Applies a batch of runner messages (and empties it): log data first, in
 /// order, then every state update in one transition. A runner sends a

@@ -24,6 +24,7 @@ pub mod deployments;
 pub mod index;
 mod lease;
 mod lifecycle;
+pub mod durability;
 pub mod notifications;
 pub mod prune;
 mod queue;
@@ -37,7 +38,6 @@ pub mod telemetry;
 mod tx;
 
 mod dispatch;
-mod durability;
 mod grant;
 #[cfg(test)]
 mod testing;

@@ -413,10 +413,11 @@ impl<'a> Tx<'a> {
                 notifications.extend(self.run_notifications(*id, before, rec));
             }
         }
-        // A step that ended is waited on by no one right now (its runner's
-        // acknowledgement, a watcher's view of it can wait a few ms): such
-        // transitions share the next flush — the next step's start, or the
-        // job's end — instead of each forcing one.
+        // The steps of a job between its first step's start and its end
+        // are waited on by no one right now (their runner's
+        // acknowledgement, a watcher's view of them can wait a few ms):
+        // such transitions share the next flush instead of each forcing
+        // one (see `durability`).
         let soon = super::durability::can_wait(self.changes.iter().map(|(_, c)| c));
         let mut touched = BTreeSet::new();
         let first_cursor = self.st.next_event;
