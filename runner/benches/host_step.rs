@@ -107,7 +107,7 @@ async fn main() {
         }
         None => println!("  (no writable cgroup v2 here: the cgroup layers are left out)"),
     }
-    match SlotUsers::new(60_000, 1, &[]) {
+    match SlotUsers::new(60_000, 1, &[], tmp.path()) {
         Some(users) => {
             let isolated = HostBackend::new(&dir("user"), grace, false, cgroups, Some(users));
             line("executor, step cgroup + slot user + own /proc", steps(&isolated, &job(3)).await, floor.0);

@@ -370,15 +370,9 @@ pub(crate) async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> 
     }
     let host: Option<Arc<dyn Backend>> = (!cfg.no_host_jobs).then(|| {
         let cgroups = executor::cgroup::Cgroups::detect(runner_id);
-        let users =
-            cfg.job_user_base.and_then(|base| executor::isolation::SlotUsers::new(base, cfg.slots, &cfg.job_groups));
-        if let (Some(_), Some(base)) = (&users, cfg.job_user_base) {
-            // Slots beyond `slots` are taken when all are busy (held
-            // environments): names for a generous range.
-            if let Err(e) = executor::isolation::write_identities(&cfg.work_dir, base, cfg.slots.saturating_add(256)) {
-                tracing::warn!(error = %e, "cannot write the slot users' passwd and group: programs that look their user up (ssh) fail in host jobs");
-            }
-        }
+        let users = cfg
+            .job_user_base
+            .and_then(|base| executor::isolation::SlotUsers::new(base, cfg.slots, &cfg.job_groups, &cfg.work_dir));
         let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups, users);
         host.clean_stale();
         Arc::new(host) as Arc<dyn Backend>

@@ -6,9 +6,10 @@
 //! `/proc` — other jobs' environments (their secrets) and command lines.
 //! When the runner runs as root (the recommended deployment for host jobs),
 //! each **slot** gets its own unprivileged user (uid = gid = base + slot):
-//! a step's process, after joining its cgroup, drops to that user, in a
-//! private mount namespace whose `/proc` is mounted `hidepid=invisible`, so
-//! it sees only its own user's processes. The work directory is 0711 (no
+//! a step's process, after joining its cgroup, enters the steps' mount
+//! namespace ([`StepMounts`]: made once, its `/proc` mounted
+//! `hidepid=invisible`, so it sees only its own user's processes) and drops
+//! to that user. The work directory is 0711 (no
 //! listing), `runner.json` 0600 root, each job directory 0700 owned by its
 //! slot user. Files the runner itself writes into a workspace (the source
 //! checkout, what plugins write) are handed to the slot user afterwards
@@ -21,6 +22,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::{
     ffi::CString,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -33,17 +35,83 @@ pub struct SlotUsers {
     groups: Arc<[libc::gid_t]>,
     /// Whether each slot's user is taken by a running job.
     taken: Mutex<Vec<bool>>,
-    /// A private `/proc` works here (checked once at start).
-    private_proc: bool,
+    /// Where their processes run (`None`: a private `/proc` cannot be
+    /// mounted here).
+    mounts: Option<Arc<StepMounts>>,
 }
 
-/// A user processes drop to, and whether they get a private `/proc`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user processes drop to, and the mount namespace they enter first.
+#[derive(Debug, Clone)]
 pub struct JobUser {
     /// Uid (and gid).
     pub uid: u32,
-    private_proc: bool,
+    mounts: Option<Arc<StepMounts>>,
     groups: Arc<[libc::gid_t]>,
+}
+
+/// The mount namespace slot users' processes run in, made once by the
+/// runner: the machine's mounts (made a slave of them — mounts and unmounts
+/// on the machine reach it, nothing made in it reaches the machine), a
+/// `/proc` mounted `hidepid=invisible` (a process sees only its own
+/// user's), and the slot users' `/etc/passwd` and `/etc/group`
+/// ([`write_identities`]) bound over the originals. A step's process
+/// enters it with one `setns` between `clone` and `exec`: a namespace of
+/// its own, copied and mounted for every step and torn down (an RCU grace
+/// period) when it exits, cost ~110 µs a step.
+#[derive(Debug)]
+pub struct StepMounts(OwnedFd);
+
+impl StepMounts {
+    /// Makes the namespace, on a thread of its own (`unshare` moves only
+    /// the calling thread; the runner's other threads keep the machine's
+    /// view), and keeps it by a descriptor once the thread is gone.
+    pub fn new() -> std::io::Result<Self> {
+        let made = std::thread::Builder::new().name("viaduct-mounts".into()).spawn(|| {
+            let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+            // SAFETY: plain syscalls on NUL-terminated strings that live
+            // for the whole program; they change this thread's mount
+            // namespace only.
+            unsafe {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ))?;
+                // `invisible` exists since Linux 5.8, when each proc mount
+                // got its own options; older kernels refuse it (where
+                // `hidepid=2` would have changed the machine's /proc).
+                check(libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    c"hidepid=invisible".as_ptr().cast(),
+                ))?;
+                // Best effort: without them a program that looks its user
+                // up fails as it would have anyway.
+                if let Some(ids) = IDENTITIES.get() {
+                    for (from, to) in [&ids.passwd, &ids.group] {
+                        libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
+                    }
+                }
+            }
+            // Close-on-exec: no step's program inherits it.
+            std::fs::File::open("/proc/thread-self/ns/mnt").map(OwnedFd::from)
+        })?;
+        let fd = made.join().map_err(|_| std::io::Error::other("the thread making the namespace panicked"))??;
+        Ok(Self(fd))
+    }
+
+    /// Enters the namespace (the calling process must not share its
+    /// filesystem attributes: a child between `clone` without `CLONE_FS`
+    /// and `exec`). A plain system call: callable there.
+    pub fn enter(fd: libc::c_int) -> std::io::Result<()> {
+        // SAFETY: a plain system call on a descriptor the caller keeps open.
+        if unsafe { libc::setns(fd, libc::CLONE_NEWNS) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
 }
 
 /// The user a job runs as (its slot is free again when this is dropped).
@@ -65,9 +133,11 @@ impl Drop for SlotUser {
 
 impl SlotUsers {
     /// Users `base`, `base + 1`, … for `slots` slots, members of `groups`
-    /// (names); `None` (logged) when this process cannot switch users (not
-    /// root). A group that does not exist is left out, with a warning.
-    pub fn new(base: u32, slots: u32, groups: &[String]) -> Option<Arc<Self>> {
+    /// (names), named in the `passwd` and `group` files written into
+    /// `dir` ([`write_identities`]); `None` (logged) when this process
+    /// cannot switch users (not root). A group that does not exist is left
+    /// out, with a warning.
+    pub fn new(base: u32, slots: u32, groups: &[String], dir: &Path) -> Option<Arc<Self>> {
         if !nix::unistd::geteuid().is_root() {
             tracing::warn!(
                 "host jobs run as this runner's own user (it is not root): a job can read the runner's files. Run the \
@@ -75,12 +145,22 @@ impl SlotUsers {
             );
             return None;
         }
-        let private_proc = private_proc_works();
-        if !private_proc {
-            tracing::warn!(
-                "a private /proc (hidepid) cannot be mounted here: host jobs see every process's command line"
-            );
+        // Slots beyond `slots` are taken when all are busy (held
+        // environments): names for a generous range.
+        if let Err(e) = write_identities(dir, base, slots.saturating_add(256)) {
+            tracing::warn!(error = %e, "cannot write the slot users' passwd and group: programs that look their user up (ssh) fail in host jobs");
         }
+        let mounts = match StepMounts::new() {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "a private /proc (hidepid) cannot be mounted here: host jobs see every process's command line"
+                );
+                None
+            }
+        };
+        let private_proc = mounts.is_some();
         let gids: Vec<libc::gid_t> = groups
             .iter()
             .filter_map(|name| match nix::unistd::Group::from_name(name) {
@@ -96,7 +176,7 @@ impl SlotUsers {
             base,
             groups: gids.into(),
             taken: Mutex::new(vec![false; slots.max(1) as usize]),
-            private_proc,
+            mounts,
         }))
     }
 
@@ -112,7 +192,7 @@ impl SlotUsers {
         SlotUser {
             user: JobUser {
                 uid: self.base + u32::try_from(slot).unwrap_or(0),
-                private_proc: self.private_proc,
+                mounts: self.mounts.clone(),
                 groups: Arc::clone(&self.groups),
             },
             slot,
@@ -122,10 +202,14 @@ impl SlotUsers {
 }
 
 impl JobUser {
-    /// Whether its processes get a private `/proc` (see
-    /// [`private_proc_mount`]).
+    /// Whether its processes get a private `/proc` (see [`StepMounts`]).
     pub fn private_proc(&self) -> bool {
-        self.private_proc
+        self.mounts.is_some()
+    }
+
+    /// The mount namespace its processes enter ([`StepMounts`]).
+    pub fn mounts(&self) -> Option<BorrowedFd<'_>> {
+        self.mounts.as_ref().map(|m| m.0.as_fd())
     }
 
     /// Its supplementary groups (exactly these: the runner's are dropped).
@@ -206,34 +290,12 @@ fn hand_over(uid: u32, dir: &std::os::fd::OwnedFd, at: &Path, depth: usize) {
     }
 }
 
-/// Prepared C strings for the `/proc` mount (built once: no allocation
-/// between fork and exec).
-struct ProcMount {
-    root: CString,
-    proc_: CString,
-    fstype: CString,
-    options: CString,
-}
-
-fn proc_mount() -> &'static ProcMount {
-    static M: std::sync::OnceLock<ProcMount> = std::sync::OnceLock::new();
-    M.get_or_init(|| ProcMount {
-        root: CString::new("/").unwrap_or_default(),
-        proc_: CString::new("/proc").unwrap_or_default(),
-        fstype: CString::new("proc").unwrap_or_default(),
-        // `invisible` exists since Linux 5.8, when each proc mount got its
-        // own options; older kernels refuse it (where `hidepid=2` would
-        // have changed the host's /proc).
-        options: CString::new("hidepid=invisible").unwrap_or_default(),
-    })
-}
-
 /// `/etc/passwd` and `/etc/group` as a slot user's steps see them: the
 /// machine's, plus an entry for each slot user (`viaduct-slot-N`, home
 /// `/nonexistent`), so that programs which look their user up — `ssh` (and
 /// so git over ssh, the `ssh-deploy` plugin), `whoami`, Python's `getpass` —
 /// work. Written once by the runner ([`write_identities`]); bound over the
-/// originals in each step's private mount namespace.
+/// originals in the steps' mount namespace ([`StepMounts`]).
 struct Identities {
     passwd: (CString, CString),
     group: (CString, CString),
@@ -244,7 +306,7 @@ static IDENTITIES: std::sync::OnceLock<Identities> = std::sync::OnceLock::new();
 /// Writes the user and group files slot users' steps see (see
 /// [`Identities`]) into `dir`: the machine's entries, then one for each uid
 /// of `base..base + count` the machine does not name.
-pub fn write_identities(dir: &Path, base: u32, count: u32) -> std::io::Result<()> {
+fn write_identities(dir: &Path, base: u32, count: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     let known = |file: &str| -> std::io::Result<(String, Vec<u32>)> {
         let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -281,61 +343,6 @@ pub fn write_identities(dir: &Path, base: u32, count: u32) -> std::io::Result<()
     };
     let _ = IDENTITIES.set(ids);
     Ok(())
-}
-
-/// Builds, in the runner, what a starting step's process reads (it must
-/// not allocate): call before starting one.
-pub fn prepare_for_children() {
-    proc_mount();
-}
-
-/// A mount namespace of its own with a `/proc` that shows only the
-/// caller's user's processes. Plain system calls on data built by
-/// [`prepare_for_children`]: callable between `clone` and `exec`.
-pub fn private_proc_mount() -> std::io::Result<()> {
-    let m = proc_mount();
-    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
-    // SAFETY: plain syscalls on NUL-terminated strings that live for the
-    // whole program.
-    unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        check(libc::mount(
-            std::ptr::null(),
-            m.root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
-        check(libc::mount(
-            m.fstype.as_ptr(),
-            m.proc_.as_ptr(),
-            m.fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            m.options.as_ptr().cast(),
-        ))?;
-        // Best effort: without them a program that looks its user up
-        // fails as it would have anyway.
-        if let Some(ids) = IDENTITIES.get() {
-            for (from, to) in [&ids.passwd, &ids.group] {
-                libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether a child can get a private `/proc` here (tried once, with
-/// `true`).
-fn private_proc_works() -> bool {
-    use std::os::unix::process::CommandExt;
-    prepare_for_children();
-    let mut cmd = std::process::Command::new("true");
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    // SAFETY: the closure makes only async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(private_proc_mount);
-    }
-    cmd.status().is_ok_and(|s| s.success())
 }
 
 /// Warns when slot users cannot reach `work_dir`: a directory above it

@@ -131,7 +131,7 @@ impl Stage {
             Self::ProcessGroup => "cannot start a process group",
             Self::Cgroup => "cannot join the step's cgroup",
             Self::PgidFile => "cannot record the process group",
-            Self::PrivateProc => "cannot mount a private /proc",
+            Self::PrivateProc => "cannot enter the mount namespace with the private /proc",
             Self::User => "cannot switch to the job's user",
             Self::Chdir => "cannot enter the working directory",
             Self::Stdio => "cannot connect standard input and output",
@@ -156,7 +156,8 @@ struct Prepared {
     terminal: Option<libc::c_int>,
     cgroup: Option<CString>,
     pgid_file: Option<CString>,
-    private_proc: bool,
+    /// The mount namespace to enter ([`crate::executor::isolation::StepMounts`]).
+    mounts: Option<libc::c_int>,
     user: Option<(libc::uid_t, Vec<libc::gid_t>)>,
     /// Set by a failing child: `stage << 32 | errno`.
     failed: AtomicI64,
@@ -201,7 +202,7 @@ impl Prepared {
             terminal: l.terminal.map(AsRawFd::as_raw_fd),
             cgroup,
             pgid_file,
-            private_proc: l.user.is_some_and(JobUser::private_proc),
+            mounts: l.user.and_then(JobUser::mounts).map(|fd| fd.as_raw_fd()),
             user: l.user.map(|u| (u.uid, u.groups().to_vec())),
             failed: AtomicI64::new(0),
         })
@@ -279,7 +280,6 @@ impl Drop for Stack {
 
 /// Starts `l`. Returns once the program is executing (or could not be).
 pub fn spawn(l: &Launch<'_>) -> io::Result<Child> {
-    crate::executor::isolation::prepare_for_children();
     thread_local! {
         /// This thread's child stack, made once: the thread waits while a
         /// child runs on it, so one is enough.
@@ -404,7 +404,9 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(Stage::PgidFile);
             }
         }
-        if p.private_proc && crate::executor::isolation::private_proc_mount().is_err() {
+        if let Some(fd) = p.mounts
+            && crate::executor::isolation::StepMounts::enter(fd).is_err()
+        {
             return fail(Stage::PrivateProc);
         }
         if let Some((uid, groups)) = &p.user {

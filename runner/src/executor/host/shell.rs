@@ -549,8 +549,8 @@ mod tests {
             eprintln!("skipped: slot users need root");
             return;
         }
-        let Some(users) = crate::executor::isolation::SlotUsers::new(61_900, 1, &[]) else { return };
         let dir = tempfile::tempdir().unwrap();
+        let Some(users) = crate::executor::isolation::SlotUsers::new(61_900, 1, &[], dir.path()) else { return };
         let backend = HostBackend::new(dir.path(), Duration::from_secs(1), false, None, Some(users));
         let job = JobRef { job_id: "debug".into(), attempt: 1, ..Default::default() };
         let mut env = backend.setup(&JobSetup { job, ..Default::default() }).await.unwrap();
