@@ -386,6 +386,16 @@ pub mod conformance {
         run(&super::Sled::open(dir.path()).unwrap());
     }
 
+    /// As the server opens it: through write-back, with no read cache.
+    #[test]
+    fn sled_through_write_back_conforms() {
+        for held in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let kv = crate::store::write_back::WriteBack::with_cache(super::Sled::open(dir.path()).unwrap(), 0);
+            if held { run_held(kv.as_ref()) } else { run(kv.as_ref()) }
+        }
+    }
+
     #[test]
     fn memory_conforms() {
         run(&super::Memory::new());

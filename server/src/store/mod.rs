@@ -341,9 +341,11 @@ impl Store {
         Self::open_with_cache(dir, kv::DEFAULT_CACHE)
     }
 
-    /// [`Store::open`] with `cache` bytes of sled's page cache.
+    /// [`Store::open`] with `cache` bytes of sled's page cache. Commits
+    /// reach sled through [`write_back::WriteBack`]: one sled transaction
+    /// per group commit, not one per state transition.
     pub fn open_with_cache(dir: &Path, cache: u64) -> Result<Self> {
-        Ok(Self::with(Arc::new(kv::Sled::open_with_cache(dir, cache)?)))
+        Ok(Self::with(write_back::WriteBack::with_cache(kv::Sled::open_with_cache(dir, cache)?, 0)))
     }
 
     /// Opens the PostgreSQL database at `url` as its one server (see

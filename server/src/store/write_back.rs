@@ -1,10 +1,12 @@
 //! Write-back: commits land in memory and reach the backend in batches.
 //!
-//! A backend whose every commit is a durable round trip (PostgreSQL) caps
-//! the engine — which commits each state transition under its one lock —
-//! at the database's commit rate. [`WriteBack`] gives such a backend the
-//! shape sled has: a commit is applied to memory at once (every read sees
-//! it), and [`Kv::flush`] — the store's group commit, which every
+//! A backend whose every commit is costly caps the engine — which commits
+//! each state transition under its one lock — at that backend's commit
+//! rate: PostgreSQL's commit is a durable round trip; sled's transaction
+//! writes its log twice (it seals the log buffer before and after the
+//! batch), each write handed to its I/O threads. [`WriteBack`] takes that
+//! cost off the transition: a commit is applied to memory at once (every
+//! read sees it), and [`Kv::flush`] — the store's group commit, which every
 //! transition that promises durability waits for — writes everything
 //! committed since the last flush as **one** backend commit. Durability is
 //! what it is on sled: a write is durable once a flush that started after
@@ -18,8 +20,9 @@
 //! A write set is never split: a flush takes whole commits.
 //!
 //! Values read from the backend and values a flush wrote are kept in a
-//! [`Cache`] of [`CACHE_BYTES`], so the engine's reads of records it just
-//! wrote or read cost no round trip.
+//! [`Cache`] ([`CACHE_BYTES`] for PostgreSQL; none for sled, whose page
+//! cache holds them), so the engine's reads of records it just wrote or
+//! read cost no round trip.
 //!
 //! Only one process may write through a `WriteBack` to a backend (what it
 //! holds and caches, no other process sees): the server lock and the
@@ -73,12 +76,14 @@ struct Held {
 
 /// Values (or absence) the backend is known to hold, by tree and key: two
 /// generations, the older dropped whole when the younger fills its half of
-/// [`CACHE_BYTES`] — an LRU's behaviour at a hash map's cost.
+/// `limit` bytes — an LRU's behaviour at a hash map's cost. A limit of 0
+/// keeps nothing.
 #[derive(Default)]
 struct Cache {
     young: std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
     old: std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
     young_bytes: usize,
+    limit: usize,
 }
 
 impl Cache {
@@ -93,9 +98,12 @@ impl Cache {
     }
 
     fn put(&mut self, k: (u8, Vec<u8>), v: Option<Vec<u8>>) {
+        if self.limit == 0 {
+            return;
+        }
         self.young_bytes += k.1.len() + v.as_ref().map_or(0, Vec::len) + 64;
         self.young.insert(k, v);
-        if self.young_bytes > CACHE_BYTES / 2 {
+        if self.young_bytes > self.limit / 2 {
             self.old = std::mem::take(&mut self.young);
             self.young_bytes = 0;
         }
@@ -133,12 +141,21 @@ pub struct WriteBack<K> {
 }
 
 impl<K: Kv + 'static> WriteBack<K> {
-    /// Holds writes to `inner`, and flushes what nobody waits for every
-    /// [`FLUSH_EVERY`] on a thread of its own (gone with the last handle).
+    /// Holds writes to `inner`, with a read cache of [`CACHE_BYTES`], and
+    /// flushes what nobody waits for every [`FLUSH_EVERY`] on a thread of
+    /// its own (gone with the last handle).
     pub fn new(inner: K) -> Arc<Self> {
+        Self::with_cache(inner, CACHE_BYTES)
+    }
+
+    /// [`WriteBack::new`] with a read cache of `cache_bytes` (0: none, for
+    /// a backend whose reads are in memory already, as sled's cached pages
+    /// are).
+    pub fn with_cache(inner: K, cache_bytes: usize) -> Arc<Self> {
+        let cache = Cache { limit: cache_bytes, ..Cache::default() };
         let wb = Arc::new(Self {
             inner,
-            held: Mutex::new(Held { pending: empty_layer(), ..Held::default() }),
+            held: Mutex::new(Held { pending: empty_layer(), cache, ..Held::default() }),
             flushing: Mutex::new(()),
             inserting: Mutex::new(()),
         });
