@@ -215,7 +215,10 @@ impl<K: Kv> Kv for WriteBack<K> {
         if held.is_empty() {
             return self.inner.range(tree, lo, hi);
         }
-        Box::new(Merged { base: self.inner.range(tree, lo, hi), base_front: None, base_back: None, held })
+        // Fused: a backend's iterator that ran out may find entries a
+        // flush wrote since — entries `held` has already given.
+        let base = Box::new(self.inner.range(tree, lo, hi).fuse());
+        Box::new(Merged { base, base_front: None, base_back: None, held })
     }
 
     fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
