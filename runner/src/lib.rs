@@ -225,7 +225,16 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             match session::run(&shared, server, &identity).await {
                 Ok(()) => {}
                 // The server removes an ephemeral runner once its job is
-                // reported: a reconnect after that is refused, and it is done.
+                // reported: a reconnect after that is refused, and it is done
+                // — once the job's teardown, which follows the report, is.
+                Err(SessionEnd::Rejected(_)) if cfg.ephemeral && shared.running() > 0 => {
+                    while shared.running() > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if shared.finished.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        return Ok(());
+                    }
+                }
                 Err(SessionEnd::Rejected(_))
                     if cfg.ephemeral && shared.finished.load(std::sync::atomic::Ordering::SeqCst) > 0 =>
                 {
@@ -338,7 +347,13 @@ async fn probe_toolchains(cfg: &Config) -> Vec<String> {
     if let Some(uid) = uid {
         executor::isolation::give(uid, &home);
     }
-    let found = toolchains::Prober { env: &cfg.env, uid, home: &home }.probe().await;
+    // Where a job of that uid could see the probes: with their own private
+    // /proc, as jobs have (none where it cannot be made: neither do jobs).
+    let mounts = uid.and_then(|_| {
+        use executor::isolation::StepMounts;
+        StepMounts::works().and_then(|()| StepMounts::new()).ok()
+    });
+    let found = toolchains::Prober { env: &cfg.env, uid, home: &home, mounts: mounts.as_ref() }.probe().await;
     let _ = std::fs::remove_dir_all(&home);
     tracing::info!(toolchains = ?found, "toolchains found");
     found

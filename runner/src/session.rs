@@ -265,8 +265,9 @@ fn handle(shared: &Arc<Shared>, msg: Option<In>) -> Option<SessionEnd> {
             let shared = Arc::clone(shared);
             tokio::spawn(async move {
                 job::run(a, shared.services.clone(), stop).await;
-                shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                // Counted before it leaves the table: never neither.
                 shared.finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             });
         }
         Some(In::Cancel(sig)) => {

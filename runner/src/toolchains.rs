@@ -33,6 +33,10 @@ pub struct Prober<'a> {
     pub uid: Option<u32>,
     /// An empty directory to be `HOME` (owned by `uid`).
     pub home: &'a Path,
+    /// The mount namespace the programs run in, as jobs' do: a private
+    /// `/proc` (a job of the same uid must not reach the machine's through
+    /// a probe's `/proc/PID/root`).
+    pub mounts: Option<&'a crate::executor::isolation::StepMounts>,
 }
 
 impl Prober<'_> {
@@ -67,6 +71,14 @@ impl Prober<'_> {
         }
         if let Some(uid) = self.uid {
             cmd.uid(uid).gid(uid);
+        }
+        if let Some(mounts) = self.mounts {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(mounts));
+            // SAFETY: one system call on a descriptor that outlives the
+            // child's start (`self` is borrowed until it is waited for).
+            unsafe {
+                cmd.pre_exec(move || crate::executor::isolation::StepMounts::enter(fd));
+            }
         }
         let mut child = cmd.spawn().ok()?;
         let group = child.id().and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw);

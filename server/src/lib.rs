@@ -405,15 +405,22 @@ pub(crate) async fn serve_engine(
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    tokio::select! {
-        served = main => served?,
-        served = local => served?,
-        () = grace => tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open"),
-    }
+    let served = tokio::select! {
+        served = main => served,
+        served = local => served,
+        () = grace => {
+            tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open");
+            Ok(())
+        }
+    };
     if let Err(e) = auth.write_back_last_use() {
         tracing::warn!(error = %e, "cannot record the tokens' last use");
     }
-    store.flush()?;
+    // Also when serving failed: what was committed and is held in memory
+    // (write-back) is written before the process ends.
+    let flushed = store.flush();
+    served?;
+    flushed?;
     tracing::info!("viaduct-server stopped");
     Ok(())
 }

@@ -49,6 +49,17 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
         "Slots of connected runners that take jobs (neither draining nor paused).",
         ConstGauge::new(count(m.slots)),
     );
+    let store = status.engine.store_counters();
+    r.register(
+        "store_commits",
+        "Write sets committed to the store (state transitions and the rest) since the server started.",
+        ConstCounter::new(store.commits),
+    );
+    r.register(
+        "store_flushes",
+        "Group commits since the server started: each makes every write before it durable at once (one fsync, one backend transaction).",
+        ConstCounter::new(store.flushes),
+    );
     if let Some(dir) = &status.sled_dir {
         r.register_with_unit("store_files", "Bytes of the sled database's files.", Unit::Bytes, gauge(files_size(dir)));
     }

@@ -86,8 +86,9 @@ jobs:
     assert_eq!(step_log(&client, &format!("{id}.1.1")).await, "key=*** uid=65534\n");
     assert_eq!(step_log(&client, &format!("{id}.2.1")).await, "lo\n", "network: none has only loopback");
     assert_eq!(step_log(&client, &format!("{id}.3.1")).await, "served-by-web\n");
+    // Removed by the job's teardown, which follows the report of its end.
     let runner_id = run.jobs[0].runner_id.clone();
-    assert!(containers_of(&runner_id).is_empty(), "job and service containers are removed");
+    wait_until("the job and service containers to be removed", || containers_of(&runner_id).is_empty().then_some(()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,6 +247,10 @@ async fn images_are_pulled_from_a_private_registry_with_credentials_from_a_secre
     assert_eq!(word(run.status), "success", "{:?}", run.jobs.iter().map(|j| &j.message).collect::<Vec<_>>());
     assert_eq!(step_log(&client, &run.jobs[0].steps[0].id).await, "v1\n", "if_not_present keeps the runner's copy");
     assert_eq!(step_log(&client, &run.jobs[1].steps[0].id).await, "v2\n", "always pulls the tag's new image");
+    // The images go once the jobs' containers have (their teardown follows
+    // the report of their end).
+    let runner_id = run.jobs[1].runner_id.clone();
+    wait_until("the jobs' containers to be removed", || containers_of(&runner_id).is_empty().then_some(()));
     podman(&["rmi", "-f", &image, &v2]);
 }
 

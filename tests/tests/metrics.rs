@@ -75,6 +75,10 @@ async fn metrics_parse_and_count_what_happened() {
     assert_eq!(get("viaduct_runner_slots"), 1.0);
     assert!(get("viaduct_store_files_bytes") > 0.0);
     assert!(get("viaduct_data_disk_free_bytes") > 0.0);
+    // Two runs' transitions were committed, and made durable in groups.
+    let (commits, flushes) = (get("viaduct_store_commits_total"), get("viaduct_store_flushes_total"));
+    assert!(commits >= 8.0, "{commits} commits");
+    assert!(flushes >= 1.0 && flushes <= commits, "{flushes} flushes for {commits} commits");
     let run = finished(&client, "1").await;
     assert_eq!(word(run.status), "success");
 }

@@ -470,7 +470,10 @@ async fn job_of(
 async fn steps() -> Result<()> {
     const RUNS: usize = 30;
     let (server, _runner, client, mut events) = system().await?;
+    let store = || (server.metric("viaduct_store_commits_total"), server.metric("viaduct_store_flushes_total"));
+    let before = store();
     let ten = job_of_steps(&client, &mut events, 10, RUNS, None).await?;
+    let after = store();
     let one = job_of_steps(&client, &mut events, 1, RUNS, None).await?;
     // The same 10-step job as a user starts it: the CLI process, which
     // submits, follows the logs and exits with the outcome.
@@ -509,6 +512,12 @@ async fn steps() -> Result<()> {
         "steps    the same job through the CLI (`viaduct submit --follow`, a process each time): p50 {} ({:.2}× direct)",
         ms(cli50),
         cli50.as_secs_f64() / d50.as_secs_f64(),
+    );
+    let per_job = |a: u64, b: u64| (b - a) as f64 / RUNS as f64;
+    println!(
+        "steps    the store, per 10-step job: {:.1} commits, {:.1} group commits (fsyncs)",
+        per_job(before.0, after.0),
+        per_job(before.1, after.1),
     );
     // Where a step's time goes inside the runner (in-process, by layer of
     // containment).

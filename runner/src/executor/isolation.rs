@@ -5,9 +5,10 @@
 //! that claims jobs and their secrets), other jobs' workspaces, and — in
 //! `/proc` — other jobs' environments (their secrets) and command lines.
 //! When the runner runs as root (the recommended deployment for host jobs),
-//! each **slot** gets its own unprivileged user (uid = gid = base + slot):
-//! a step's process, after joining its cgroup, enters the steps' mount
-//! namespace ([`StepMounts`]: made once, its `/proc` mounted
+//! each **slot** gets its own unprivileged user (uid = gid = base + slot,
+//! locked machine-wide while a job holds it: [`UID_LOCKS`]): a step's
+//! process, after joining its cgroup, enters its job's mount namespace
+//! ([`StepMounts`]: made at the job's setup, its `/proc` mounted
 //! `hidepid=invisible`, so it sees only its own user's processes) and drops
 //! to that user. The work directory is 0711 (no
 //! listing), `runner.json` 0600 root, each job directory 0700 owned by its
@@ -22,8 +23,8 @@
 use std::os::unix::ffi::OsStrExt;
 use std::{
     ffi::CString,
-    os::fd::{AsFd, BorrowedFd, OwnedFd},
-    path::Path,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -35,29 +36,43 @@ pub struct SlotUsers {
     groups: Arc<[libc::gid_t]>,
     /// Whether each slot's user is taken by a running job.
     taken: Mutex<Vec<bool>>,
-    /// Where their processes run (`None`: a private `/proc` cannot be
-    /// mounted here).
-    mounts: Option<Arc<StepMounts>>,
+    /// Jobs get their own mount namespace with a private `/proc` (it
+    /// works here: checked once at start, see [`StepMounts::works`]).
+    private_proc: bool,
+    /// Where a lock on each uid in use is held ([`UID_LOCKS`]), when it
+    /// can be.
+    locks: Option<PathBuf>,
 }
+
+/// Where runners on one machine lock the uids their jobs run as: a uid
+/// another runner's job holds (two runners whose `--job-user-base` ranges
+/// overlap, or one that went past its slots) is skipped, so two jobs never
+/// share a user.
+pub const UID_LOCKS: &str = "/run/viaduct-runner";
 
 /// A user processes drop to, and the mount namespace they enter first.
 #[derive(Debug, Clone)]
 pub struct JobUser {
     /// Uid (and gid).
     pub uid: u32,
+    private_proc: bool,
+    /// The job's mount namespace, made at its setup
+    /// ([`JobUser::set_mounts`]) when it gets a private `/proc`.
     mounts: Option<Arc<StepMounts>>,
     groups: Arc<[libc::gid_t]>,
 }
 
-/// The mount namespace slot users' processes run in, made once by the
-/// runner: the machine's mounts (made a slave of them — mounts and unmounts
-/// on the machine reach it, nothing made in it reaches the machine), a
-/// `/proc` mounted `hidepid=invisible` (a process sees only its own
-/// user's), and the slot users' `/etc/passwd` and `/etc/group`
-/// ([`write_identities`]) bound over the originals. A step's process
-/// enters it with one `setns` between `clone` and `exec`: a namespace of
-/// its own, copied and mounted for every step and torn down (an RCU grace
-/// period) when it exits, cost ~110 µs a step.
+/// The mount namespace of one job's processes, made when the job is set
+/// up and gone with it: the machine's mounts (a slave of them — mounts and
+/// unmounts on the machine reach it, nothing made in it reaches the
+/// machine), a `/proc` mounted `hidepid=invisible` (a process sees only its
+/// own user's), and the slot users' `/etc/passwd` and `/etc/group`
+/// ([`write_identities`]) bound over the originals. Each of the job's
+/// processes enters it with one `setns` between `clone` and `exec` (a
+/// namespace of each step's own — copied and mounted, then torn down when
+/// the step exits, which waits for an RCU grace period — cost ~110 µs a
+/// step). Whatever the job mounts in it (a FUSE filesystem through a
+/// setuid helper) goes with it.
 #[derive(Debug)]
 pub struct StepMounts(OwnedFd);
 
@@ -65,9 +80,9 @@ impl StepMounts {
     /// Makes the namespace, on a thread of its own (`unshare` moves only
     /// the calling thread; the runner's other threads keep the machine's
     /// view), and keeps it by a descriptor once the thread is gone.
+    /// Blocking (~0.1–0.3 ms).
     pub fn new() -> std::io::Result<Self> {
         let made = std::thread::Builder::new().name("viaduct-mounts".into()).spawn(|| {
-            let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
             // SAFETY: plain syscalls on NUL-terminated strings that live
             // for the whole program; they change this thread's mount
             // namespace only.
@@ -105,13 +120,51 @@ impl StepMounts {
         Ok(Self(fd))
     }
 
+    /// Whether jobs' processes can be given one here: made, and entered
+    /// from the runner's own view (`setns` also needs `CAP_SYS_CHROOT`)
+    /// onto the same root — a runner confined by `chroot` would leave its
+    /// root by entering it, and is refused.
+    pub fn works() -> std::io::Result<()> {
+        let mounts = Self::new()?;
+        let fd = mounts.0.as_raw_fd();
+        let probe = std::thread::Builder::new().name("viaduct-mounts".into()).spawn(move || {
+            use std::os::unix::fs::MetadataExt;
+            let root = |m: std::fs::Metadata| (m.dev(), m.ino());
+            let before = root(std::fs::metadata("/")?);
+            // SAFETY: plain syscalls; they change this thread's
+            // filesystem attributes and mount namespace only.
+            unsafe {
+                check(libc::unshare(libc::CLONE_FS))?;
+                check(libc::setns(fd, libc::CLONE_NEWNS))?;
+            }
+            if root(std::fs::metadata("/")?) == before {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("the runner runs in a chroot: its jobs' processes would leave it"))
+            }
+        })?;
+        let entered = probe.join().map_err(|_| std::io::Error::other("the probe panicked"))?;
+        drop(mounts);
+        entered
+    }
+
     /// Enters the namespace (the calling process must not share its
     /// filesystem attributes: a child between `clone` without `CLONE_FS`
     /// and `exec`). A plain system call: callable there.
     pub fn enter(fd: libc::c_int) -> std::io::Result<()> {
         // SAFETY: a plain system call on a descriptor the caller keeps open.
-        if unsafe { libc::setns(fd, libc::CLONE_NEWNS) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        check(unsafe { libc::setns(fd, libc::CLONE_NEWNS) })
     }
+}
+
+impl AsFd for StepMounts {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+fn check(r: libc::c_int) -> std::io::Result<()> {
+    if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The user a job runs as (its slot is free again when this is dropped).
@@ -121,6 +174,8 @@ pub struct SlotUser {
     pub user: JobUser,
     slot: usize,
     pool: Arc<SlotUsers>,
+    /// The lock on its uid (released when dropped).
+    _lock: Option<std::fs::File>,
 }
 
 impl Drop for SlotUser {
@@ -146,21 +201,31 @@ impl SlotUsers {
             return None;
         }
         // Slots beyond `slots` are taken when all are busy (held
-        // environments): names for a generous range.
+        // environments, jobs whose teardown still runs) or when another
+        // runner holds a uid: names for a generous range.
         if let Err(e) = write_identities(dir, base, slots.saturating_add(256)) {
             tracing::warn!(error = %e, "cannot write the slot users' passwd and group: programs that look their user up (ssh) fail in host jobs");
         }
-        let mounts = match StepMounts::new() {
-            Ok(m) => Some(Arc::new(m)),
+        let private_proc = match StepMounts::works() {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "a private /proc (hidepid) cannot be mounted here: host jobs see every process's command line"
+                    "a private /proc (hidepid) cannot be given to jobs here: host jobs see every process's command line"
                 );
+                false
+            }
+        };
+        let locks = match std::fs::create_dir_all(UID_LOCKS) {
+            Ok(()) => {
+                restrict(Path::new(UID_LOCKS), 0o700);
+                Some(PathBuf::from(UID_LOCKS))
+            }
+            Err(e) => {
+                tracing::warn!(dir = UID_LOCKS, error = %e, "cannot lock the uids jobs run as: runners on this machine must be given --job-user-base ranges that do not overlap");
                 None
             }
         };
-        let private_proc = mounts.is_some();
         let gids: Vec<libc::gid_t> = groups
             .iter()
             .filter_map(|name| match nix::unistd::Group::from_name(name) {
@@ -176,35 +241,84 @@ impl SlotUsers {
             base,
             groups: gids.into(),
             taken: Mutex::new(vec![false; slots.max(1) as usize]),
-            mounts,
+            private_proc,
+            locks,
         }))
     }
 
-    /// The user of a free slot (another one is added if all are taken: a
-    /// job never waits for a user).
+    /// The user of a free slot whose uid no other runner's job holds
+    /// (another one is added if all are taken: a job never waits for a
+    /// user).
     pub fn take(self: &Arc<Self>) -> SlotUser {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = taken.iter().position(|t| !t).unwrap_or_else(|| {
-            taken.push(false);
-            taken.len() - 1
-        });
+        let mut slot = 0;
+        let lock = loop {
+            if slot == taken.len() {
+                taken.push(false);
+            }
+            if !taken[slot] {
+                match self.lock(self.uid_of(slot)) {
+                    Ok(lock) => break lock,
+                    Err(e) => tracing::debug!(uid = self.uid_of(slot), error = %e, "uid in use elsewhere"),
+                }
+            }
+            slot += 1;
+        };
         taken[slot] = true;
         SlotUser {
             user: JobUser {
-                uid: self.base + u32::try_from(slot).unwrap_or(0),
-                mounts: self.mounts.clone(),
+                uid: self.uid_of(slot),
+                private_proc: self.private_proc,
+                mounts: None,
                 groups: Arc::clone(&self.groups),
             },
             slot,
             pool: Arc::clone(self),
+            _lock: lock,
         }
+    }
+
+    fn uid_of(&self, slot: usize) -> u32 {
+        self.base.saturating_add(u32::try_from(slot).unwrap_or(u32::MAX))
+    }
+
+    /// An exclusive lock on `uid`'s file in [`UID_LOCKS`]; `Err` when
+    /// another process holds it; `Ok(None)` where there are no locks.
+    fn lock(&self, uid: u32) -> std::io::Result<Option<std::fs::File>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(dir) = &self.locks else { return Ok(None) };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(format!("uid-{uid}.lock")))
+        {
+            Ok(f) => f,
+            // Locks cannot be taken here: go on without (as without the
+            // directory).
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot lock a uid's file: going on without");
+                return Ok(None);
+            }
+        };
+        // SAFETY: a plain system call on an open descriptor.
+        check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+        Ok(Some(file))
     }
 }
 
 impl JobUser {
     /// Whether its processes get a private `/proc` (see [`StepMounts`]).
     pub fn private_proc(&self) -> bool {
-        self.mounts.is_some()
+        self.private_proc
+    }
+
+    /// Gives the job the mount namespace its processes enter.
+    pub fn set_mounts(&mut self, mounts: StepMounts) {
+        self.mounts = Some(Arc::new(mounts));
     }
 
     /// The mount namespace its processes enter ([`StepMounts`]).

@@ -439,22 +439,22 @@ const GATHER: Duration = Duration::from_millis(2);
 /// received (up to [`MAX_BATCH`]); `false` once the stream ended or broke.
 /// Cancel-safe: a message is taken off the stream only when it is pushed.
 async fn receive(inbound: &mut Streaming<RunnerMessage>, batch: &mut Vec<RunnerMessage>) -> bool {
-    match inbound.message().await {
-        Ok(Some(m)) => batch.push(m),
-        Ok(None) => return false,
-        Err(e) => {
-            tracing::debug!(error = %e, "runner stream broke");
-            return false;
-        }
-    }
-    while batch.len() < MAX_BATCH {
-        match inbound.message().now_or_never() {
+    let mut next = Some(inbound.message().await);
+    loop {
+        match next {
             Some(Ok(Some(m))) => batch.push(m),
-            Some(Ok(None) | Err(_)) => return false,
-            None => break,
+            Some(Ok(None)) => return false,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "runner stream broke");
+                return false;
+            }
+            None => return true,
         }
+        if batch.len() >= MAX_BATCH {
+            return true;
+        }
+        next = inbound.message().now_or_never();
     }
-    true
 }
 
 /// Whether `batch` has state updates, all of steps that may wait for the

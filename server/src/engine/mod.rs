@@ -394,6 +394,11 @@ impl Engine {
         &self.sh.store
     }
 
+    /// The store's commits and group commits so far (`/metrics`).
+    pub fn store_counters(&self) -> crate::store::Counters {
+        self.sh.store.counters()
+    }
+
     /// Waits until the writes covered by `ticket` (from a transition) are
     /// on disk.
     pub async fn wait_durable(&self, ticket: Ticket) {

@@ -111,8 +111,10 @@ impl Engine {
         let data = if end > limit {
             tracing::debug!(step = %sk, limit, "log data past the step's or the job's limit: dropped");
             if d.offset >= limit {
-                // Acknowledged once what comes before it is all there.
-                return Ok(Report::Logged(self.store().current_ticket(), if have >= limit { end } else { have }));
+                // Acknowledged once what comes before it is all there (and
+                // durable: a ticket of its own, which covers what another
+                // connection of the runner may just have appended).
+                return Ok(Report::Logged(self.store().ticket(), if have >= limit { end } else { have }));
             }
             &d.data[..usize::try_from(limit - d.offset).unwrap_or(0)]
         } else {
@@ -133,10 +135,13 @@ impl Engine {
                 self.signals().touch_run(job.run);
                 Report::Logged(self.store().ticket(), acked(len))
             }
-            Append::Duplicate(len) => Report::Logged(self.store().current_ticket(), acked(len)),
+            // What is there may have been appended by another connection
+            // of the runner that has not taken its ticket yet: a ticket of
+            // our own covers it (a current one might not).
+            Append::Duplicate(len) => Report::Logged(self.store().ticket(), acked(len)),
             Append::Gap(len) => {
                 tracing::warn!(step = %sk, offset = d.offset, have = len, "log chunk past the end: bytes missing");
-                Report::Logged(self.store().current_ticket(), len)
+                Report::Logged(self.store().ticket(), len)
             }
         })
     }

@@ -47,6 +47,14 @@ pub trait Kv: Send + Sync {
     /// A fresh id, greater than every id given before (also before a
     /// restart).
     fn generate_id(&self) -> Result<u64>;
+
+    /// Whether a flush that failed may succeed if tried again (a database
+    /// server that restarts). When not (sled: its I/O errors are
+    /// permanent), the store cannot go on: what it holds would never be
+    /// durable.
+    fn flush_retries(&self) -> bool {
+        false
+    }
 }
 
 /// The first key after every key that starts with `prefix` (`None`: there

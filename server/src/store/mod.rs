@@ -219,9 +219,21 @@ const TREE_NAMES: [&str; 37] = [
 /// The database.
 pub struct Store {
     kv: Arc<dyn Kv>,
-    /// Log chunks (outside transactions: appends are single inserts).
+    /// Log chunks (outside write sets: appends are single inserts, held
+    /// and flushed like the rest).
     pub logs: logs::LogStore,
     flusher: Arc<Flusher>,
+    /// Write sets committed since the store was opened.
+    commits: AtomicU64,
+}
+
+/// What the store did since it was opened (see `/metrics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    /// Write sets committed (engine transitions and the rest).
+    pub commits: u64,
+    /// Group commits: the writes made before each made durable together.
+    pub flushes: u64,
 }
 
 /// One tree of the store, for reading.
@@ -377,7 +389,15 @@ impl Store {
     pub fn with(kv: Arc<dyn Kv>) -> Self {
         let logs = logs::LogStore::new(Arc::clone(&kv));
         let flusher = Flusher::start(Arc::clone(&kv));
-        Self { kv, logs, flusher }
+        Self { kv, logs, flusher, commits: AtomicU64::new(0) }
+    }
+
+    /// Commits and group commits so far.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            commits: self.commits.load(Ordering::Relaxed),
+            flushes: self.flusher.flushes.load(Ordering::Relaxed),
+        }
     }
 
     /// The tree `t`.
@@ -399,7 +419,9 @@ impl Store {
 
     /// Applies `ws` atomically. Not yet durable: take a [`Store::ticket`].
     pub fn commit(&self, ws: &WriteSet) -> Result<()> {
-        self.kv.commit(&ws.ops)
+        self.kv.commit(&ws.ops)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Reads and decodes a record.
@@ -503,6 +525,8 @@ type Deferred = Box<dyn FnOnce() + Send>;
 /// dedicated thread (no thread-pool hop per flush).
 struct Flusher {
     requested: AtomicU64,
+    /// Flushes done.
+    flushes: AtomicU64,
     flushed: watch::Sender<u64>,
     /// What runs once a ticket is flushed (see [`Store::after_durable`]),
     /// in ticket order; `flushed` advances under this lock.
@@ -515,6 +539,7 @@ impl Flusher {
     fn start(kv: Arc<dyn Kv>) -> Arc<Self> {
         let f = Arc::new(Self {
             requested: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             flushed: watch::Sender::new(0),
             after: Mutex::default(),
             wake: Mutex::default(),
@@ -553,6 +578,7 @@ impl Flusher {
                 }
                 match kv.flush() {
                     Ok(_) => {
+                        flusher.flushes.fetch_add(1, Ordering::Relaxed);
                         {
                             let mut after = flusher.after.lock().unwrap_or_else(|p| p.into_inner());
                             flusher.flushed.send_replace(target);
@@ -564,6 +590,13 @@ impl Flusher {
                         }
                         // Under load = several requests arrived during the fsync.
                         busy = flusher.requested.load(Ordering::Acquire) >= target + BUSY_REQUESTS;
+                    }
+                    Err(e) if !kv.flush_retries() => {
+                        // Memory and disk would disagree from here on (as
+                        // when a commit fails): stop, and let the restart
+                        // recover from disk.
+                        tracing::error!(error = %e, "flushing the database failed for good; exiting so that a restart recovers from disk");
+                        std::process::exit(70);
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "flushing the database failed; retrying");

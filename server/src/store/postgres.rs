@@ -876,6 +876,11 @@ impl Kv for Postgres {
         Ok(())
     }
 
+    /// A database that went away comes back: held writes wait for it.
+    fn flush_retries(&self) -> bool {
+        true
+    }
+
     fn generate_id(&self) -> Result<u64> {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.is_empty() {

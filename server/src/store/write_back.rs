@@ -167,6 +167,10 @@ impl<K: Kv + 'static> WriteBack<K> {
                 if wb.lock().pending_bytes > 0
                     && let Err(e) = wb.flush()
                 {
+                    if !wb.inner.flush_retries() {
+                        tracing::error!(error = %e, "writing held writes to the database failed for good; exiting so that a restart recovers from disk");
+                        std::process::exit(70);
+                    }
                     tracing::warn!(error = %e, "writing held writes to the database failed; retrying");
                 }
             }
@@ -290,6 +294,10 @@ impl<K: Kv> Kv for WriteBack<K> {
 
     fn generate_id(&self) -> Result<u64> {
         self.inner.generate_id()
+    }
+
+    fn flush_retries(&self) -> bool {
+        self.inner.flush_retries()
     }
 }
 

@@ -202,7 +202,15 @@ impl Prepared {
             terminal: l.terminal.map(AsRawFd::as_raw_fd),
             cgroup,
             pgid_file,
-            mounts: l.user.and_then(JobUser::mounts).map(|fd| fd.as_raw_fd()),
+            mounts: match l.user {
+                // Never without its private /proc.
+                Some(u) if u.private_proc() => Some(
+                    u.mounts()
+                        .ok_or_else(|| io::Error::other("the job has no mount namespace of its own"))?
+                        .as_raw_fd(),
+                ),
+                _ => None,
+            },
             user: l.user.map(|u| (u.uid, u.groups().to_vec())),
             failed: AtomicI64::new(0),
         })

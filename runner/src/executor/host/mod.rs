@@ -42,7 +42,7 @@ use self::launch::{Enter, Launch};
 use super::{
     Backend, JobEnv, JobSetup, SetupError, Shell, ShellSpec, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
-    isolation::{JobUser, SlotUser, SlotUsers},
+    isolation::{JobUser, SlotUser, SlotUsers, StepMounts},
 };
 use crate::outputs;
 
@@ -160,13 +160,24 @@ impl Backend for HostBackend {
         }
         let name = format!("{}-a{}", job.job.job_id, job.job.attempt);
         let dir = self.root.join(&name);
-        let user = self.users.as_ref().map(SlotUsers::take);
+        let mut user = self.users.as_ref().map(SlotUsers::take);
         let (cgroups, d, uid) = (self.cgroups.clone(), dir.clone(), user.as_ref().map(|u| u.user.uid));
+        let private_proc = user.as_ref().is_some_and(|u| u.user.private_proc());
         // One hop off the async workers for all of it.
-        let cgroup = tokio::task::spawn_blocking(move || prepare(&d, &name, uid, cgroups.as_ref()))
-            .await
-            .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
-            .map_err(SetupError)?;
+        let (cgroup, mounts) = tokio::task::spawn_blocking(move || {
+            // First: failing, it leaves nothing to clean up.
+            let mounts = private_proc
+                .then(StepMounts::new)
+                .transpose()
+                .map_err(|e| format!("cannot make the job's mount namespace: {e}"))?;
+            Ok::<_, String>((prepare(&d, &name, uid, cgroups.as_ref())?, mounts))
+        })
+        .await
+        .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
+        .map_err(SetupError)?;
+        if let (Some(u), Some(m)) = (user.as_mut(), mounts) {
+            u.user.set_mounts(m);
+        }
         let programs = std::sync::Arc::new(programs::HostPrograms {
             dir: dir.clone(),
             cgroup: cgroup.clone(),
