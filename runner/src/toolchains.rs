@@ -69,16 +69,35 @@ impl Prober<'_> {
         if self.env.host_path().is_none() {
             cmd.env("PATH", DEFAULT_PATH);
         }
-        if let Some(uid) = self.uid {
-            cmd.uid(uid).gid(uid);
-        }
-        if let Some(mounts) = self.mounts {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(mounts));
-            // SAFETY: one system call on a descriptor that outlives the
-            // child's start (`self` is borrowed until it is waited for).
-            unsafe {
-                cmd.pre_exec(move || crate::executor::isolation::StepMounts::enter(fd));
+        match (self.uid, self.mounts) {
+            (Some(uid), Some(mounts)) => {
+                // The namespace first (it needs root, and resets the working
+                // directory), then the user and the directory: Command's own
+                // uid and directory are set before a pre-exec hook runs.
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(mounts));
+                let home = std::ffi::CString::new(self.home.as_os_str().as_encoded_bytes()).ok()?;
+                // SAFETY: plain system calls on a descriptor and a string
+                // that outlive the child's start (`self` and `home` are
+                // borrowed until it is waited for).
+                unsafe {
+                    cmd.pre_exec(move || {
+                        crate::executor::isolation::StepMounts::enter(fd)?;
+                        let (id, none) = (libc::c_long::from(uid), std::ptr::null::<libc::gid_t>());
+                        if libc::syscall(libc::SYS_setgroups, 0, none) != 0
+                            || libc::syscall(libc::SYS_setresgid, id, id, id) != 0
+                            || libc::syscall(libc::SYS_setresuid, id, id, id) != 0
+                            || libc::chdir(home.as_ptr()) != 0
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
             }
+            (Some(uid), None) => {
+                cmd.uid(uid).gid(uid);
+            }
+            _ => {}
         }
         let mut child = cmd.spawn().ok()?;
         let group = child.id().and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw);

@@ -184,7 +184,8 @@ jobs:
     artifacts_from: [build]
     environment: staging
     steps:
-      - run: cp dist/app.txt "$OUT/$TARGET.txt"
+      # Jobs may run as different slot users: the target stays writable by all.
+      - run: umask 0 && cp dist/app.txt "$OUT/$TARGET.txt"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
