@@ -75,6 +75,22 @@ pub async fn create_mirror(client: &Client, name: &str, url: &str, secret: &str)
     client.repos().create(req).await.unwrap().into_inner()
 }
 
+/// Commits a change to `wt` and pushes it to `bare`, then syncs the
+/// mirror `name` from it: the commit's sha and the one run it started.
+pub async fn push_and_sync(client: &Client, wt: &Path, bare: &Path, name: &str) -> (String, String) {
+    std::fs::write(wt.join("hello.txt"), format!("a change for {name}\n")).unwrap();
+    git(wt, &["commit", "-qam", "a change"]);
+    git(wt, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let sync = client
+        .repos()
+        .sync(v1::SyncRepoRequest { name: name.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sync.run_ids.len(), 1, "{sync:?}");
+    (git(wt, &["rev-parse", "HEAD"]), sync.run_ids[0].clone())
+}
+
 /// The runs of a repository, newest first.
 pub async fn runs_of(client: &Client, repo: &str) -> Vec<v1::Run> {
     let req = v1::ListRunsRequest { repo: repo.into(), ..Default::default() };

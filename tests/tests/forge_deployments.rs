@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use viaduct_tests::{
     Client, Server, finished,
-    forge::{git, runs_of, upstream},
+    forge::{push_and_sync, runs_of, upstream},
     forge_api::{Deployment, ForgeApi},
     run_where, v1, word,
 };
@@ -74,18 +74,8 @@ async fn deploying_mirror(
         ..Default::default()
     };
     client.environments().put(env).await.unwrap();
-    std::fs::write(wt.path().join("hello.txt"), format!("a change for {name}\n")).unwrap();
-    git(wt.path(), &["commit", "-qam", "a change"]);
-    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let sync = client
-        .repos()
-        .sync(v1::SyncRepoRequest { name: name.into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(sync.run_ids.len(), 1, "{sync:?}");
-    let sha = git(wt.path(), &["rev-parse", "HEAD"]);
-    (dir, bare, wt, sha, sync.run_ids[0].clone())
+    let (sha, run) = push_and_sync(client, wt.path(), &bare, name).await;
+    (dir, bare, wt, sha, run)
 }
 
 /// The deploying job, once its deployment waits for an approval.

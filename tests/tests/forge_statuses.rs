@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use viaduct_tests::{
     Client, Server, eventually, finished,
-    forge::{git, runs_of, upstream},
+    forge::{git, push_and_sync, runs_of, upstream},
     forge_api::{Delivery, ForgeApi},
     output, v1, word,
 };
@@ -82,17 +82,7 @@ async fn reporting_mirror(
         })),
     };
     client.repos().create(req).await.unwrap();
-    std::fs::write(wt.path().join("hello.txt"), format!("a change for {name}\n")).unwrap();
-    git(wt.path(), &["commit", "-qam", "a change"]);
-    git(wt.path(), &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let sync = client
-        .repos()
-        .sync(v1::SyncRepoRequest { name: name.into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(sync.run_ids.len(), 1, "{sync:?}");
-    let sha = git(wt.path(), &["rev-parse", "HEAD"]);
+    let (sha, _) = push_and_sync(client, wt.path(), &bare, name).await;
     (dir, bare, wt, sha)
 }
 
