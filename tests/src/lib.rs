@@ -609,12 +609,14 @@ fn path(p: &Path) -> String {
 
 /// A temporary directory the steps of a host job may write to (flags, pid
 /// files): a runner running as root runs each slot's jobs as their own
-/// unprivileged user, so it is world-writable (with the sticky bit, like
-/// `/tmp`).
+/// unprivileged user, so it is world-writable. Not sticky: consecutive jobs
+/// may run as different slot users, and with `fs.protected_regular` (on in
+/// many distributions) a sticky directory refuses to let one user open
+/// another's file with `O_CREAT` even when its mode allows the write.
 pub fn shared_dir() -> TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     dir
 }
 

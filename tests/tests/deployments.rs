@@ -184,8 +184,9 @@ jobs:
     artifacts_from: [build]
     environment: staging
     steps:
-      # Jobs may run as different slot users: the target stays writable by all.
-      - run: umask 0 && cp dist/app.txt "$OUT/$TARGET.txt"
+      # Jobs may run as different slot users: each deployment replaces the
+      # target (a rename) rather than writing into another user's file.
+      - run: cp dist/app.txt "$OUT/$TARGET.new" && mv -f "$OUT/$TARGET.new" "$OUT/$TARGET.txt"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
