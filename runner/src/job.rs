@@ -180,8 +180,9 @@ pub async fn run(a: JobAssignment, services: Services, stop: JobStop) {
         // The end is reported first and what is left of the job (its
         // processes, its directory) goes while the server moves on: the
         // teardown is not in the time to the next job or to the run's end.
-        // The job stays one of this runner's jobs until it is done, and its
-        // slot user stays taken (a next job runs as another).
+        // The job stays one of this runner's jobs until it is done; a next
+        // job on its slot waits for its user only until its processes are
+        // dead and its directory closed, and runs as the same user.
         if let Some(env) = leftover {
             env.teardown().await;
         }

@@ -75,6 +75,44 @@ jobs:
     client.runs().cancel(v1::CancelRunRequest { id: victim, ..Default::default() }).await.unwrap();
 }
 
+/// A one-slot runner runs every job as its one slot user (an administrator
+/// may give it a deploy target), though a job's end is reported before its
+/// teardown: the next job waits for the user, and reaches nothing of the
+/// job before it — whose directory, full of files, is still being removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_keeps_its_user_and_the_next_job_cannot_reach_the_last_one() {
+    let server = Server::start();
+    // A base of its own: no other test's runner holds these uids.
+    let _runner = Runner::start(&server, "linux", 1, &["--job-user-base", "62700"]);
+    let client = server.client().await;
+    if !viaduct_tests::output(std::process::Command::new("id").arg("-u")).stdout.starts_with(b"0\n") {
+        viaduct_tests::missing_fixture("the runner is not root here: host jobs run as its own user");
+        return;
+    }
+    let next = r#"
+    steps:
+      - run: |
+          echo "uid $(id -u)"
+          prev="../../$(basename "$(dirname "$VIADUCT_WORKSPACE")" | sed 's/\.[0-9]*-a1$//').1-a1"
+          test -e "$prev" && echo "the last job's directory is still there"
+          cat "$prev/workspace/kept.txt" 2>&1 || true
+"#;
+    let yaml = format!(
+        "jobs:\n  first:\n    steps:\n      - run: echo \"uid $(id -u)\"; echo kept-4e1f > kept.txt; mkdir many && \
+         cd many && seq 20000 | xargs touch\n  second:\n    needs: [first]{next}  third:\n    needs: [second]{next}"
+    );
+    let run = finished(&client, &submit(&client, &yaml).await).await;
+    assert_eq!(word(run.status), "success", "{run:#?}");
+    let mut uids = Vec::new();
+    for job in &run.jobs {
+        let log = step_log(&client, &job.steps[0].id).await;
+        assert!(!log.contains("kept-4e1f"), "a job read the last one's file: {log}");
+        uids.push(log.lines().next().unwrap_or_default().to_string());
+        eprintln!("{}: {log}", job.name);
+    }
+    assert_eq!(uids, ["uid 62700"; 3], "every job runs as the slot's user");
+}
+
 /// A registration token on the command line is refused.
 #[test]
 fn the_runner_refuses_a_token_on_its_command_line() {

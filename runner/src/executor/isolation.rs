@@ -16,6 +16,14 @@
 //! checkout, what plugins write) are handed to the slot user afterwards
 //! ([`give`]).
 //!
+//! A slot keeps its user from one job to the next: a job whose slot's
+//! previous job is still being torn down waits for that job to let the user
+//! go ([`SlotUser::releasing`]) — once its processes are dead and its
+//! directory is closed to the user — rather than run as another, so a
+//! one-slot runner runs every job as one user (what an administrator gives
+//! a deploy target to). Only a slot held for longer (a held environment)
+//! makes a job take a user past the runner's slots.
+//!
 //! A runner that is not root cannot switch users: its jobs run as its own
 //! user (it logs so); `--shared-job-user` asks for that as root too. Both
 //! are documented in docs/security.md.
@@ -26,7 +34,13 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
+
+/// Longest a job waits for its slot's previous job to let the user go
+/// (that job's teardown waits up to 5 s for its processes to die); then it
+/// takes another user.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The slot users of one runner.
 #[derive(Debug)]
@@ -34,8 +48,13 @@ pub struct SlotUsers {
     base: u32,
     /// Supplementary groups of every slot user (e.g. `nix-users`).
     groups: Arc<[libc::gid_t]>,
-    /// Whether each slot's user is taken by a running job.
-    taken: Mutex<Vec<bool>>,
+    /// The runner's own slots (the first of `taken`; more are added when
+    /// all of these are held).
+    slots: usize,
+    /// What each slot's user is doing.
+    taken: Mutex<Vec<Slot>>,
+    /// Woken when a slot is free again.
+    freed: tokio::sync::Notify,
     /// Jobs get their own mount namespace with a private `/proc` (it
     /// works here: checked once at start, see [`StepMounts::works`]).
     private_proc: bool,
@@ -167,6 +186,16 @@ fn check(r: libc::c_int) -> std::io::Result<()> {
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// What a slot's user is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Free,
+    /// A job runs (or is held) as it.
+    Taken,
+    /// Its job ended and is being torn down: free within moments.
+    Releasing,
+}
+
 /// The user a job runs as (its slot is free again when this is dropped).
 #[derive(Debug)]
 pub struct SlotUser {
@@ -178,11 +207,20 @@ pub struct SlotUser {
     _lock: Option<std::fs::File>,
 }
 
+impl SlotUser {
+    /// Its job has ended and is being torn down: a next job on this slot
+    /// waits for the user rather than take another (see the module's
+    /// documentation). The teardown then drops it as soon as nothing of
+    /// the job can be reached as this user.
+    pub fn releasing(&self) {
+        self.pool.set(self.slot, Slot::Releasing);
+    }
+}
+
 impl Drop for SlotUser {
     fn drop(&mut self) {
-        if let Some(t) = self.pool.taken.lock().unwrap_or_else(|p| p.into_inner()).get_mut(self.slot) {
-            *t = false;
-        }
+        self.pool.set(self.slot, Slot::Free);
+        self.pool.freed.notify_waiters();
     }
 }
 
@@ -201,7 +239,7 @@ impl SlotUsers {
             return None;
         }
         // Slots beyond `slots` are taken when all are busy (held
-        // environments, jobs whose teardown still runs) or when another
+        // environments, a teardown that outlasts the wait) or when another
         // runner holds a uid: names for a generous range.
         if let Err(e) = write_identities(dir, base, slots.saturating_add(256)) {
             tracing::warn!(error = %e, "cannot write the slot users' passwd and group: programs that look their user up (ssh) fail in host jobs");
@@ -237,44 +275,82 @@ impl SlotUsers {
             })
             .collect();
         tracing::info!(base, slots, private_proc, groups = ?groups, "host jobs run as per-slot users");
+        let slots = slots.max(1) as usize;
         Some(Arc::new(Self {
             base,
             groups: gids.into(),
-            taken: Mutex::new(vec![false; slots.max(1) as usize]),
+            slots,
+            taken: Mutex::new(vec![Slot::Free; slots]),
+            freed: tokio::sync::Notify::new(),
             private_proc,
             locks,
         }))
     }
 
-    /// The user of a free slot whose uid no other runner's job holds
-    /// (another one is added if all are taken: a job never waits for a
-    /// user).
-    pub fn take(self: &Arc<Self>) -> SlotUser {
-        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        let mut slot = 0;
-        let lock = loop {
-            if slot == taken.len() {
-                taken.push(false);
+    /// The user of a free slot whose uid no other runner's job holds. When
+    /// none of the runner's own slots is free but one is being released,
+    /// it waits for that one (up to [`RELEASE_WAIT`]); when they are all
+    /// held, it takes a user past them (a job never waits for a held
+    /// environment).
+    pub async fn take(self: &Arc<Self>) -> SlotUser {
+        let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+        loop {
+            // Registered before looking: a release in between still wakes it.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(user) = self.try_take(tokio::time::Instant::now() < deadline) {
+                return user;
             }
-            if !taken[slot] {
+            let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
+    }
+
+    /// [`SlotUsers::take`] without waiting: `None` when it should wait
+    /// (`may_wait`) for one of the runner's own slots being released.
+    fn try_take(self: &Arc<Self>, may_wait: bool) -> Option<SlotUser> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let mut extra = false;
+        let mut slot = 0;
+        loop {
+            if slot == self.slots {
+                if may_wait && taken[..self.slots].contains(&Slot::Releasing) {
+                    return None;
+                }
+                extra = true;
+            }
+            if slot == taken.len() {
+                taken.push(Slot::Free);
+            }
+            if taken[slot] == Slot::Free {
                 match self.lock(self.uid_of(slot)) {
-                    Ok(lock) => break lock,
+                    Ok(lock) => {
+                        taken[slot] = Slot::Taken;
+                        if extra {
+                            tracing::debug!(uid = self.uid_of(slot), "all slots' users are held: one past them");
+                        }
+                        return Some(SlotUser {
+                            user: JobUser {
+                                uid: self.uid_of(slot),
+                                private_proc: self.private_proc,
+                                mounts: None,
+                                groups: Arc::clone(&self.groups),
+                            },
+                            slot,
+                            pool: Arc::clone(self),
+                            _lock: lock,
+                        });
+                    }
                     Err(e) => tracing::debug!(uid = self.uid_of(slot), error = %e, "uid in use elsewhere"),
                 }
             }
             slot += 1;
-        };
-        taken[slot] = true;
-        SlotUser {
-            user: JobUser {
-                uid: self.uid_of(slot),
-                private_proc: self.private_proc,
-                mounts: None,
-                groups: Arc::clone(&self.groups),
-            },
-            slot,
-            pool: Arc::clone(self),
-            _lock: lock,
+        }
+    }
+
+    fn set(&self, slot: usize, to: Slot) {
+        if let Some(t) = self.taken.lock().unwrap_or_else(|p| p.into_inner()).get_mut(slot) {
+            *t = to;
         }
     }
 

@@ -160,7 +160,10 @@ impl Backend for HostBackend {
         }
         let name = format!("{}-a{}", job.job.job_id, job.job.attempt);
         let dir = self.root.join(&name);
-        let mut user = self.users.as_ref().map(SlotUsers::take);
+        let mut user = match &self.users {
+            Some(users) => Some(users.take().await),
+            None => None,
+        };
         let (cgroups, d, uid) = (self.cgroups.clone(), dir.clone(), user.as_ref().map(|u| u.user.uid));
         let private_proc = user.as_ref().is_some_and(|u| u.user.private_proc());
         // One hop off the async workers for all of it.
@@ -349,16 +352,30 @@ impl JobEnv for HostJob {
         Ok(shell)
     }
 
-    async fn teardown(self: Box<Self>) {
-        for (cancel, task) in self.shells {
+    async fn teardown(mut self: Box<Self>) {
+        if let Some(user) = &self.user {
+            user.releasing();
+        }
+        for (cancel, task) in std::mem::take(&mut self.shells) {
             // Killed at once; its task ends once the output is drained.
             cancel.cancel();
             let _ = task.await;
         }
-        if let Some(cgroup) = self.cgroup.clone() {
-            // Whatever any step left running (detached or not) dies here.
-            let _ = tokio::task::spawn_blocking(move || cgroup.kill()).await;
-        }
+        let (cgroup, dir, closed) = (self.cgroup.clone(), self.dir.clone(), self.user.is_some());
+        // Whatever any step left running (detached or not) dies here, and
+        // the job's directory (root's) is closed to its user: the next job
+        // of the slot, as the same user, reaches nothing of this one — then
+        // the user is let go, before the (maybe long) removal.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(cgroup) = cgroup {
+                cgroup.kill();
+            }
+            if closed {
+                super::isolation::restrict(&dir, 0o700);
+            }
+        })
+        .await;
+        drop(self.user.take());
         if !self.keep
             && let Err(e) = tokio::fs::remove_dir_all(&self.dir).await
         {
