@@ -20,6 +20,7 @@ use super::{Failure, args::key_value, commands::follow_outcome, view};
 
 /// `viaduct environments …`.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum EnvironmentsCommand {
     /// Create or replace an environment of a repository, with its rules and
     /// variables (what is not given is not kept: give the whole).
@@ -97,6 +98,7 @@ pub enum EnvironmentsCommand {
 
 /// `viaduct deployments …`.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum DeploymentsCommand {
     /// Deployments of a repository, newest first.
     List {
@@ -141,6 +143,7 @@ pub enum DeploymentsCommand {
 
 /// `viaduct deploy …`.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum DeployCommand {
     /// Deploy to TO exactly what FROM runs (the same commit, steps, plugin
     /// digests and artifacts), as a new run under TO's rules.
@@ -175,6 +178,7 @@ pub enum DeployCommand {
 
 /// `viaduct services …`.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum ServicesCommand {
     /// The services of a repository with their health.
     List {
