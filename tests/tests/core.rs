@@ -225,19 +225,34 @@ async fn a_follower_joining_mid_run_gets_history_then_live_lines() {
         match within("history", follower.next()).await.unwrap().unwrap().event.unwrap() {
             v1::log_event::Event::Chunk(c) => got.push_str(&String::from_utf8_lossy(&c.data)),
             v1::log_event::Event::Step(b) => boundaries.push(b.finished),
+            v1::log_event::Event::Ended(r) => panic!("the run ended early: {r:?}"),
         }
     }
-    // …then the live line once the step goes on, and the stream ends.
+    // …then the live line once the step goes on, and the stream ends with
+    // the run as it finished.
     std::fs::write(&flag, "").unwrap();
+    let mut ended = None;
     while let Some(ev) = within("live lines", follower.next()).await {
+        assert!(ended.is_none(), "an event after the run's end");
         match ev.unwrap().event.unwrap() {
             v1::log_event::Event::Chunk(c) => got.push_str(&String::from_utf8_lossy(&c.data)),
             v1::log_event::Event::Step(b) => boundaries.push(b.finished),
+            v1::log_event::Event::Ended(r) => ended = Some(r),
         }
     }
     assert_eq!(got, "one\ntwo\nthree\n");
     assert_eq!(boundaries, vec![false, true], "a start and an end marker");
-    assert_eq!(word(finished(&client, &id).await.status), "success");
+    let ended = ended.expect("the stream ends with the run");
+    assert_eq!(ended, finished(&client, &id).await, "what Runs.Get says");
+    assert_eq!(word(ended.status), "success");
+    // A job's stream, or one that does not follow, ends without it.
+    for (scope, follow) in [(format!("{id}.1"), true), (id.clone(), false)] {
+        let mut stream = client.follow(&scope, follow).await.unwrap();
+        while let Some(ev) = within("the stored log", stream.next()).await {
+            let ev = ev.unwrap().event.unwrap();
+            assert!(!matches!(ev, v1::log_event::Event::Ended(_)), "{scope} (follow: {follow}): {ev:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,13 @@ async fn follow(engine: &Engine, depot: &Depot, scope: Scope, r: &FollowRequest,
                 complete = false;
             }
         }
-        if (done && complete) || r.no_follow {
+        if r.no_follow {
+            return Ok(());
+        }
+        if done && complete {
+            if let Scope::Run(id) = scope {
+                send(tx, log_event::Event::Ended(engine.get_run(id)?)).await?;
+            }
             return Ok(());
         }
         tokio::select! {

@@ -96,11 +96,16 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
 /// why queued jobs wait while it follows, and why each job that did not
 /// succeed ended so at the end.
 pub async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
-    tokio::select! {
+    let ended = tokio::select! {
         r = print_logs(client, id, true) => r?,
-        () = explain_waits(client, id) => {}
-    }
-    let run = client.wait_for_run(id).await?;
+        () = explain_waits(client, id) => None,
+    };
+    // The stream's last event is the run as it ended (from an older server:
+    // asked for).
+    let run = match ended {
+        Some(run) if run.status().is_terminal() => run,
+        _ => client.wait_for_run(id).await?,
+    };
     let line = format!("run {} {} in {}", run.id, view::word(run.status), view::duration(run.times.as_ref()));
     if run.status() == Status::Success {
         eprintln!("{line}");
@@ -140,8 +145,9 @@ async fn explain_waits(client: &Client, id: &str) {
 
 /// Streams the logs of a run, job or step to stdout (step headers to
 /// stderr). Survives a server restart: it reconnects and skips what it
-/// already printed.
-pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), Failure> {
+/// already printed. Returns a followed run as it ended, when the server
+/// sent it.
+pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<Option<Run>, Failure> {
     let scope = match id.matches('.').count() {
         0 => follow_request::Scope::RunId(id.to_string()),
         1 => follow_request::Scope::JobId(id.to_string()),
@@ -173,9 +179,10 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), F
             }
             Err(s) => return Err(s.into()),
         };
+        let mut ended = None;
         loop {
             match stream.next().await {
-                None => return Ok(()),
+                None => return Ok(ended),
                 Some(Err(s)) if retryable(&s) && failures < 30 => {
                     failures += 1;
                     eprintln!("(connection to the server lost: {}; reconnecting)", viaduct_sdk::status_line(&s));
@@ -224,6 +231,7 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<(), F
                         stdout.flush().map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
                         *done = end;
                     }
+                    Some(log_event::Event::Ended(run)) => ended = Some(run),
                     None => {}
                 },
             }

@@ -114,7 +114,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Submit(a) => commands::submit(&client, a).await,
         Command::Validate { .. } | Command::Exec { .. } => Ok(()),
         Command::Runs(c) => commands::runs(&client, c).await,
-        Command::Logs { id, follow } => commands::print_logs(&client, &id, follow).await,
+        Command::Logs { id, follow } => commands::print_logs(&client, &id, follow).await.map(drop),
         Command::Cancel(a) => commands::cancel(&client, a).await,
         Command::Retry(a) => commands::retry(&client, a).await,
         Command::Debug(a) => debug::debug(&client, a).await,

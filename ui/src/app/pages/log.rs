@@ -226,7 +226,8 @@ impl Batcher {
                         exit_code: b.exit_code,
                         finished: b.finished,
                     }),
-                    None => {}
+                    // The run's own view follows the run (Watch).
+                    Some(log_event::Event::Ended(_)) | None => {}
                 }
             }
         });
