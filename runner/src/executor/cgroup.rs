@@ -164,11 +164,29 @@ impl JobCgroup {
     /// Kills every process of the job (all its steps, detached or not) and
     /// waits until they are gone, then removes the cgroups.
     pub fn kill(&self) {
+        let _ = self.kill_only();
+        self.remove();
+    }
+
+    /// Kills every process of the job and waits until they are gone:
+    /// `false` when some were still there after [`EXIT_WAIT`] (stuck in the
+    /// kernel, or forking faster than an old kernel's kill loop). The
+    /// cgroups stay ([`JobCgroup::remove`]).
+    pub fn kill_only(&self) -> bool {
         kill_tree(&self.path);
         let deadline = Instant::now() + EXIT_WAIT;
-        while populated(&self.path) && Instant::now() < deadline {
+        let mut left = populated(&self.path);
+        while left && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
+            // Again: on kernels without cgroup.kill, a fork may have raced.
+            kill_tree(&self.path);
+            left = populated(&self.path);
         }
+        !left
+    }
+
+    /// Removes the job's (empty) cgroups.
+    pub fn remove(&self) {
         remove_tree(&self.path);
     }
 }

@@ -204,7 +204,9 @@ pub struct SlotUser {
     slot: usize,
     pool: Arc<SlotUsers>,
     /// The lock on its uid (released when dropped).
-    _lock: Option<std::fs::File>,
+    lock: Option<std::fs::File>,
+    /// Kept taken for good ([`SlotUser::quarantine`]).
+    quarantined: bool,
 }
 
 impl SlotUser {
@@ -215,12 +217,25 @@ impl SlotUser {
     pub fn releasing(&self) {
         self.pool.set(self.slot, Slot::Releasing);
     }
+
+    /// Keeps the slot and its uid lock taken for as long as this runner
+    /// runs: something of its job may still run as the user (a process
+    /// that would not die). Jobs take other users meanwhile; a restarted
+    /// runner kills what its jobs left first.
+    pub fn quarantine(mut self) {
+        self.quarantined = true;
+        self.pool.set(self.slot, Slot::Taken);
+        // Never closed: the uid stays locked machine-wide too.
+        std::mem::forget(self.lock.take());
+    }
 }
 
 impl Drop for SlotUser {
     fn drop(&mut self) {
-        self.pool.set(self.slot, Slot::Free);
-        self.pool.freed.notify_waiters();
+        if !self.quarantined {
+            self.pool.set(self.slot, Slot::Free);
+            self.pool.freed.notify_waiters();
+        }
     }
 }
 
@@ -338,7 +353,8 @@ impl SlotUsers {
                             },
                             slot,
                             pool: Arc::clone(self),
-                            _lock: lock,
+                            lock,
+                            quarantined: false,
                         });
                     }
                     Err(e) => tracing::debug!(uid = self.uid_of(slot), error = %e, "uid in use elsewhere"),
@@ -568,6 +584,34 @@ pub fn restrict(path: &Path, mode: u32) {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt;
+
+    use super::SlotUsers;
+
+    #[tokio::test]
+    async fn a_slot_keeps_its_user_and_a_quarantined_one_is_not_given_again() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: slot users need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let users = SlotUsers::new(61_950, 1, &[], dir.path()).unwrap();
+        let first = users.take().await;
+        assert_eq!(first.user.uid, 61_950);
+        // Its job is being torn down: the next one waits for the user…
+        first.releasing();
+        assert!(users.try_take(true).is_none(), "the next job waits for the slot's user");
+        drop(first);
+        // …and gets it.
+        let second = users.take().await;
+        assert_eq!(second.user.uid, 61_950);
+        // A user something of a job may still run as is never given again.
+        second.quarantine();
+        let third = users.take().await;
+        assert_eq!(third.user.uid, 61_951, "another user, past the slots");
+        third.releasing();
+        drop(third);
+        assert_eq!(users.take().await.user.uid, 61_951);
+    }
 
     #[test]
     fn give_hands_over_the_tree_and_nothing_it_links_to() {

@@ -365,20 +365,43 @@ impl JobEnv for HostJob {
         // Whatever any step left running (detached or not) dies here, and
         // the job's directory (root's) is closed to its user: the next job
         // of the slot, as the same user, reaches nothing of this one — then
-        // the user is let go, before the (maybe long) removal.
-        let _ = tokio::task::spawn_blocking(move || {
+        // the user is let go, before the (maybe long) removals. Without
+        // cgroups (process groups only: a documented weaker containment)
+        // nothing more can be known.
+        let clean = tokio::task::spawn_blocking(move || {
+            let dead = cgroup.is_none_or(|c| c.kill_only());
+            let closed = !closed || {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok()
+            };
+            dead && closed
+        })
+        .await
+        .unwrap_or(false);
+        if let Some(user) = self.user.take() {
+            if clean {
+                drop(user);
+            } else {
+                // A process of the job may still run as it, or its directory
+                // is still open to it: no other job gets it.
+                tracing::warn!(
+                    uid = user.user.uid,
+                    dir = %self.dir.display(),
+                    "a job's processes did not all die, or its directory could not be closed: its user is not given \
+                     to another job until the runner restarts"
+                );
+                user.quarantine();
+            }
+        }
+        let (cgroup, dir, keep) = (self.cgroup.clone(), self.dir.clone(), self.keep);
+        let removed = tokio::task::spawn_blocking(move || {
             if let Some(cgroup) = cgroup {
-                cgroup.kill();
+                cgroup.remove();
             }
-            if closed {
-                super::isolation::restrict(&dir, 0o700);
-            }
+            if keep { Ok(()) } else { std::fs::remove_dir_all(&dir) }
         })
         .await;
-        drop(self.user.take());
-        if !self.keep
-            && let Err(e) = tokio::fs::remove_dir_all(&self.dir).await
-        {
+        if let Ok(Err(e)) = removed {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove job directory");
         }
     }
