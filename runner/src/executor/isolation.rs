@@ -22,7 +22,8 @@
 //! directory is closed to the user — rather than run as another, so a
 //! one-slot runner runs every job as one user (what an administrator gives
 //! a deploy target to). Only a slot held for longer (a held environment)
-//! makes a job take a user past the runner's slots.
+//! or quarantined ([`SlotUser::quarantine`]: its job's processes would not
+//! die) makes a job take a user past the runner's slots.
 //!
 //! A runner that is not root cannot switch users: its jobs run as its own
 //! user (it logs so); `--shared-job-user` asks for that as root too. Both
