@@ -393,6 +393,11 @@ impl JobEnv for HostJob {
                 user.quarantine();
             }
         }
+        if !clean {
+            // Its directory records its cgroup: a restarted runner kills what
+            // is left from there, then removes both.
+            return;
+        }
         let (cgroup, dir, keep) = (self.cgroup.clone(), self.dir.clone(), self.keep);
         let removed = tokio::task::spawn_blocking(move || {
             if let Some(cgroup) = cgroup {
