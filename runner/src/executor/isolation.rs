@@ -371,6 +371,19 @@ impl SlotUsers {
         }
     }
 
+    /// For tests: users from `base` for one slot, their files in a new
+    /// temporary directory; `None` (said) where this process is not root.
+    #[cfg(test)]
+    pub fn for_tests(base: u32) -> Option<(tempfile::TempDir, Arc<Self>)> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: slot users need root");
+            return None;
+        }
+        let dir = tempfile::tempdir().ok()?;
+        let users = Self::new(base, 1, &[], dir.path())?;
+        Some((dir, users))
+    }
+
     fn uid_of(&self, slot: usize) -> u32 {
         self.base.saturating_add(u32::try_from(slot).unwrap_or(u32::MAX))
     }
@@ -590,12 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_keeps_its_user_and_a_quarantined_one_is_not_given_again() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: slot users need root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let users = SlotUsers::new(61_950, 1, &[], dir.path()).unwrap();
+        let Some((_dir, users)) = SlotUsers::for_tests(61_950) else { return };
         let first = users.take().await;
         assert_eq!(first.user.uid, 61_950);
         // Its job is being torn down: the next one waits for the user…

@@ -545,12 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_users_shell_is_theirs_and_so_is_its_terminal() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: slot users need root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let Some(users) = crate::executor::isolation::SlotUsers::new(61_900, 1, &[], dir.path()) else { return };
+        let Some((dir, users)) = crate::executor::isolation::SlotUsers::for_tests(61_900) else { return };
         let backend = HostBackend::new(dir.path(), Duration::from_secs(1), false, None, Some(users));
         let job = JobRef { job_id: "debug".into(), attempt: 1, ..Default::default() };
         let mut env = backend.setup(&JobSetup { job, ..Default::default() }).await.unwrap();
