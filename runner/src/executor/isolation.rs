@@ -6,7 +6,8 @@
 //! `/proc` — other jobs' environments (their secrets) and command lines.
 //! When the runner runs as root (the recommended deployment for host jobs),
 //! each **slot** gets its own unprivileged user (uid = gid = base + slot,
-//! locked machine-wide while a job holds it: [`UID_LOCKS`]): a step's
+//! locked machine-wide from its first job until the runner exits:
+//! [`UID_LOCKS`]): a step's
 //! process, after joining its cgroup, enters its job's mount namespace
 //! ([`StepMounts`]: made at the job's setup, its `/proc` mounted
 //! `hidepid=invisible`, so it sees only its own user's processes) and drops
@@ -52,22 +53,28 @@ pub struct SlotUsers {
     /// The runner's own slots (the first of `taken`; more are added when
     /// all of these are held).
     slots: usize,
-    /// What each slot's user is doing.
-    taken: Mutex<Vec<Slot>>,
+    /// What each slot's user is doing, and its uid's lock.
+    taken: Mutex<Vec<SlotState>>,
     /// Woken when a slot is free again.
     freed: tokio::sync::Notify,
     /// Jobs get their own mount namespace with a private `/proc` (it
     /// works here: checked once at start, see [`StepMounts::works`]).
     private_proc: bool,
-    /// Where a lock on each uid in use is held ([`UID_LOCKS`]), when it
-    /// can be.
+    /// Where a lock on each uid this runner has used is held
+    /// ([`UID_LOCKS`]), when it can be.
     locks: Option<PathBuf>,
 }
 
 /// Where runners on one machine lock the uids their jobs run as: a uid
-/// another runner's job holds (two runners whose `--job-user-base` ranges
+/// another runner holds (two runners whose `--job-user-base` ranges
 /// overlap, or one that went past its slots) is skipped, so two jobs never
 /// share a user.
+///
+/// A runner keeps a uid's lock from the first job that runs as it until
+/// the runner exits, free slot or not. Let go between jobs, the lock could
+/// not be taken back at once: a step process another job is starting right
+/// then shares every open file of the runner, this lock's too, between its
+/// fork and its exec, and the slot's next job would run as another user.
 pub const UID_LOCKS: &str = "/run/viaduct-runner";
 
 /// A user processes drop to, and the mount namespace they enter first.
@@ -187,6 +194,15 @@ fn check(r: libc::c_int) -> std::io::Result<()> {
     if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
+/// A slot of [`SlotUsers`].
+#[derive(Debug)]
+struct SlotState {
+    now: Slot,
+    /// Its uid's lock, taken with its first job and kept (see
+    /// [`UID_LOCKS`]); `Some(None)` where there are no locks.
+    lock: Option<Option<std::fs::File>>,
+}
+
 /// What a slot's user is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -204,8 +220,6 @@ pub struct SlotUser {
     pub user: JobUser,
     slot: usize,
     pool: Arc<SlotUsers>,
-    /// The lock on its uid (released when dropped).
-    lock: Option<std::fs::File>,
     /// Kept taken for good ([`SlotUser::quarantine`]).
     quarantined: bool,
 }
@@ -219,15 +233,13 @@ impl SlotUser {
         self.pool.set(self.slot, Slot::Releasing);
     }
 
-    /// Keeps the slot and its uid lock taken for as long as this runner
-    /// runs: something of its job may still run as the user (a process
-    /// that would not die). Jobs take other users meanwhile; a restarted
-    /// runner kills what its jobs left first.
+    /// Keeps the slot taken for as long as this runner runs (its uid's
+    /// lock with it, as always): something of its job may still run as the
+    /// user (a process that would not die). Jobs take other users
+    /// meanwhile; a restarted runner kills what its jobs left first.
     pub fn quarantine(mut self) {
         self.quarantined = true;
         self.pool.set(self.slot, Slot::Taken);
-        // Never closed: the uid stays locked machine-wide too.
-        std::mem::forget(self.lock.take());
     }
 }
 
@@ -296,14 +308,14 @@ impl SlotUsers {
             base,
             groups: gids.into(),
             slots,
-            taken: Mutex::new(vec![Slot::Free; slots]),
+            taken: Mutex::new((0..slots).map(|_| SlotState { now: Slot::Free, lock: None }).collect()),
             freed: tokio::sync::Notify::new(),
             private_proc,
             locks,
         }))
     }
 
-    /// The user of a free slot whose uid no other runner's job holds. When
+    /// The user of a free slot whose uid no other runner holds. When
     /// none of the runner's own slots is free but one is being released,
     /// it waits for that one (up to [`RELEASE_WAIT`]); when they are all
     /// held, it takes a user past them (a job never waits for a held
@@ -330,18 +342,23 @@ impl SlotUsers {
         let mut slot = 0;
         loop {
             if slot == self.slots {
-                if may_wait && taken[..self.slots].contains(&Slot::Releasing) {
+                if may_wait && taken[..self.slots].iter().any(|s| s.now == Slot::Releasing) {
                     return None;
                 }
                 extra = true;
             }
             if slot == taken.len() {
-                taken.push(Slot::Free);
+                taken.push(SlotState { now: Slot::Free, lock: None });
             }
-            if taken[slot] == Slot::Free {
-                match self.lock(self.uid_of(slot)) {
-                    Ok(lock) => {
-                        taken[slot] = Slot::Taken;
+            let state = &mut taken[slot];
+            if state.now == Slot::Free {
+                let locked = match state.lock {
+                    Some(_) => Ok(()),
+                    None => self.lock(self.uid_of(slot)).map(|lock| state.lock = Some(lock)),
+                };
+                match locked {
+                    Ok(()) => {
+                        state.now = Slot::Taken;
                         if extra {
                             tracing::debug!(uid = self.uid_of(slot), "all slots' users are held: one past them");
                         }
@@ -354,7 +371,6 @@ impl SlotUsers {
                             },
                             slot,
                             pool: Arc::clone(self),
-                            lock,
                             quarantined: false,
                         });
                     }
@@ -367,7 +383,7 @@ impl SlotUsers {
 
     fn set(&self, slot: usize, to: Slot) {
         if let Some(t) = self.taken.lock().unwrap_or_else(|p| p.into_inner()).get_mut(slot) {
-            *t = to;
+            t.now = to;
         }
     }
 
@@ -620,6 +636,38 @@ mod tests {
         third.releasing();
         drop(third);
         assert_eq!(users.take().await.user.uid, 61_951);
+    }
+
+    #[tokio::test]
+    async fn a_step_starting_elsewhere_does_not_take_the_slot_user_from_the_next_job() {
+        use std::io::{Read, Write};
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let Some((_dir, users)) = SlotUsers::for_tests(61_940) else { return };
+        let first = users.take().await;
+        assert_eq!(first.user.uid, 61_940);
+        // Another job's step process, forked and not yet exec'd: it shares
+        // every open file of the runner meanwhile.
+        let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+        let (go_r, go_w) = nix::unistd::pipe().unwrap();
+        let (ready_w, go_r, go_w_copy) = (ready_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
+        let mut step = std::process::Command::new("true");
+        // SAFETY: only close, write and read, which may be called after a fork.
+        unsafe {
+            step.pre_exec(move || {
+                let mut b = [0u8; 1];
+                libc::close(go_w_copy);
+                libc::write(ready_w, b"r".as_ptr().cast(), 1);
+                libc::read(go_r, b.as_mut_ptr().cast(), 1);
+                Ok(())
+            });
+        }
+        let starting = std::thread::spawn(move || step.spawn().unwrap().wait().unwrap());
+        std::fs::File::from(ready_r).read_exact(&mut [0u8; 1]).unwrap();
+        drop(first);
+        let next = users.take().await.user.uid;
+        std::fs::File::from(go_w).write_all(b"g").unwrap();
+        assert!(starting.join().unwrap().success());
+        assert_eq!(next, 61_940, "the slot's next job runs as its user");
     }
 
     #[test]
