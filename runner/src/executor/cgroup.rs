@@ -1,5 +1,6 @@
 //! Containment of host jobs' processes: one cgroup (v2) per job attempt,
-//! one child cgroup per step.
+//! a child cgroup for its steps (a step gets a new one while what the last
+//! left in it is still there).
 //!
 //! A process group is not a container: a step can `setsid` out of it, and
 //! a runner killed with SIGKILL cannot say which group its step had until

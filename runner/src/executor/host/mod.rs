@@ -192,6 +192,7 @@ impl Backend for HostBackend {
             kill_grace: self.kill_grace,
             keep: self.keep_workspaces,
             cgroup,
+            spare: None,
             user,
             programs,
             shells: Vec::new(),
@@ -234,11 +235,29 @@ fn job_cgroup(cgroups: &Cgroups, name: &str, dir: &Path) -> std::io::Result<JobC
     cgroups.job(name)
 }
 
+impl HostJob {
+    /// The cgroup step `index` runs in (`None` without cgroups): the last
+    /// step's once nothing is left in it (a step's leftovers are killed at
+    /// its end; one still dying, or one that would not die, gets the step
+    /// a new cgroup), so that a job makes and removes one cgroup directory
+    /// in the kernel's tree rather than one a step.
+    fn step_cgroup(&mut self, index: u32) -> Option<std::io::Result<StepCgroup>> {
+        let job = self.cgroup.as_ref()?;
+        Some(match self.spare.take().filter(|cg| !cg.populated()) {
+            Some(cg) => Ok(cg),
+            None => job.step(index),
+        })
+    }
+}
+
 struct HostJob {
     dir: PathBuf,
     kill_grace: Duration,
     keep: bool,
     cgroup: Option<JobCgroup>,
+    /// The last step's cgroup, for the next step: emptied by the kill at
+    /// that step's end, it holds nothing of it ([`HostJob::step_cgroup`]).
+    spare: Option<StepCgroup>,
     user: Option<SlotUser>,
     programs: std::sync::Arc<programs::HostPrograms>,
     /// The interactive shells started (stopped at teardown).
@@ -261,11 +280,9 @@ impl JobEnv for HostJob {
         env.insert("TMPDIR".into(), self.dir.join("tmp").display().to_string());
         env.insert("VIADUCT_WORKSPACE".into(), workspace.display().to_string());
         env.insert("VIADUCT_OUTPUT".into(), output_file.display().to_string());
-        let containment = match &self.cgroup {
-            Some(job) => match job.step(step.index) {
-                Ok(cg) => Containment::Cgroup(cg),
-                Err(e) => return StepOutcome::error(format!("cannot create the step's cgroup: {e}")),
-            },
+        let containment = match self.step_cgroup(step.index) {
+            Some(Ok(cg)) => Containment::Cgroup(cg),
+            Some(Err(e)) => return StepOutcome::error(format!("cannot create the step's cgroup: {e}")),
             None => match Containment::pgid_file(&self.dir.join(PGID_FILE)) {
                 Ok(c) => c,
                 Err(e) => return StepOutcome::error(e),
@@ -290,8 +307,11 @@ impl JobEnv for HostJob {
             );
         }
         // Tiny local files: plain syscalls (µs) beat a blocking-pool hop.
-        if let Containment::ProcessGroup { path, .. } = &containment {
-            let _ = std::fs::remove_file(path);
+        match containment {
+            Containment::ProcessGroup { path, .. } => {
+                let _ = std::fs::remove_file(path);
+            }
+            Containment::Cgroup(cg) => self.spare = Some(cg),
         }
         // Written by the job: read the way it cannot redirect (the runner
         // may be root).
@@ -603,5 +623,75 @@ pub async fn run_process(p: &Process<'_>, log: &mut StepLog, stop: &StepStop) ->
             },
             None => StepOutcome::error("the step's process could not be waited for"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Arc};
+
+    use tokio_util::sync::CancellationToken;
+    use viaduct_proto::v1::{JobRef, JobUpdate, StepUpdate};
+
+    use super::*;
+    use crate::{
+        executor::{Backend, JobSetup, LogLimits, StepLog, StepSpec, StepStop},
+        mask::Secrets,
+        report::Reports,
+    };
+
+    /// Reports nothing: the steps here note what they see in files.
+    struct Discard;
+
+    #[async_trait::async_trait]
+    impl Reports for Discard {
+        fn job(&self, _: JobUpdate) {}
+        fn step(&self, _: StepUpdate) {}
+        async fn log(&self, _: &JobRef, _: u32, _: &[u8]) {}
+        fn forget(&self, _: &JobRef) {}
+    }
+
+    /// Runs step `index` of `env`, which notes the cgroup it ran in; returns
+    /// that cgroup's last path component.
+    async fn cgroup_of_step(env: &mut dyn JobEnv, index: u32) -> String {
+        let spec = StepSpec {
+            index,
+            name: "where".into(),
+            script: format!("cat /proc/self/cgroup > \"$VIADUCT_WORKSPACE/cg-{index}\""),
+            env: BTreeMap::new(),
+            working_directory: String::new(),
+        };
+        let job = JobRef { job_id: "cgtest".into(), attempt: 1, ..Default::default() };
+        let mut log = StepLog::new(Arc::new(Discard), job, index, Secrets::default(), LogLimits::new(0, 0));
+        let stop = StepStop { cancel: CancellationToken::new(), deadline: None };
+        let o = env.run_step(&spec, &mut log, &stop).await;
+        assert_eq!(o.exit_code, Some(0), "{}", o.message);
+        let text = std::fs::read_to_string(env.workspace().join(format!("cg-{index}"))).unwrap();
+        text.trim().rsplit('/').next().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn steps_share_a_cgroup_until_one_leaves_something_in_it() {
+        let Some(cgroups) = Cgroups::detect(&format!("hosttest{}", std::process::id())) else {
+            eprintln!("skipped: no writable cgroup v2 here");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let backend = HostBackend::new(dir.path(), Duration::from_secs(1), false, Some(cgroups.clone()), None);
+        let job = JobRef { job_id: "cgtest".into(), attempt: 1, ..Default::default() };
+        let mut env = backend.setup(&JobSetup { job, ..Default::default() }).await.unwrap();
+        assert_eq!(cgroup_of_step(env.as_mut(), 1).await, "step-1");
+        assert_eq!(cgroup_of_step(env.as_mut(), 2).await, "step-1", "an empty cgroup is the next step's");
+        // Something is left in it (a leftover still dying, or one that
+        // would not die): the next step gets its own.
+        let mut leftover = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let first = cgroups.path_of("cgtest-a1").join("step-1");
+        std::fs::write(first.join("cgroup.procs"), leftover.id().to_string()).unwrap();
+        assert_eq!(cgroup_of_step(env.as_mut(), 3).await, "step-3");
+        assert_eq!(cgroup_of_step(env.as_mut(), 4).await, "step-3");
+        env.teardown().await;
+        // The teardown killed the job's every process, the leftover too.
+        assert!(leftover.wait().unwrap().code().is_none(), "killed by a signal");
+        assert!(!first.exists(), "the job's cgroups are removed");
     }
 }
