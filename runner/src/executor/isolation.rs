@@ -71,7 +71,8 @@ pub struct SlotUsers {
 /// share a user.
 ///
 /// A runner keeps a uid's lock from the first job that runs as it until
-/// the runner exits, free slot or not. Let go between jobs, the lock could
+/// the runner exits, free slot or not (a slot past its own too: another
+/// runner whose range overlaps takes other uids meanwhile). Let go between jobs, the lock could
 /// not be taken back at once: a step process another job is starting right
 /// then shares every open file of the runner, this lock's too, between its
 /// fork and its exec, and the slot's next job would run as another user.
@@ -199,8 +200,9 @@ fn check(r: libc::c_int) -> std::io::Result<()> {
 struct SlotState {
     now: Slot,
     /// Its uid's lock, taken with its first job and kept (see
-    /// [`UID_LOCKS`]); `Some(None)` where there are no locks.
-    lock: Option<Option<std::fs::File>>,
+    /// [`UID_LOCKS`]); `None` until then, and where locks cannot be taken
+    /// (tried again with each job).
+    lock: Option<std::fs::File>,
 }
 
 /// What a slot's user is doing.
@@ -240,6 +242,8 @@ impl SlotUser {
     pub fn quarantine(mut self) {
         self.quarantined = true;
         self.pool.set(self.slot, Slot::Taken);
+        // A job waiting for this slot's user takes another now.
+        self.pool.freed.notify_waiters();
     }
 }
 
@@ -354,7 +358,7 @@ impl SlotUsers {
             if state.now == Slot::Free {
                 let locked = match state.lock {
                     Some(_) => Ok(()),
-                    None => self.lock(self.uid_of(slot)).map(|lock| state.lock = Some(lock)),
+                    None => self.lock(self.uid_of(slot)).map(|lock| state.lock = lock),
                 };
                 match locked {
                     Ok(()) => {
@@ -647,8 +651,9 @@ mod tests {
         assert_eq!(first.user.uid, 61_940);
         // Another job's step process, forked and not yet exec'd: it shares
         // every open file of the runner meanwhile.
-        let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
-        let (go_r, go_w) = nix::unistd::pipe().unwrap();
+        // Close-on-exec: children of other tests do not hold them.
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let (ready_w, go_r, go_w_copy) = (ready_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
         let mut step = std::process::Command::new("true");
         // SAFETY: only close, write and read, which may be called after a fork.

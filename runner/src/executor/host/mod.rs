@@ -7,8 +7,8 @@
 //! job gives it (and a default `PATH`), in its own process group, with
 //! stdout and stderr on one pipe so their order is kept.
 //!
-//! Containment: each job has a cgroup and each step a child cgroup of it
-//! (see [`super::cgroup`]), recorded in the job directory before the step
+//! Containment: each job has a cgroup and its steps a child cgroup of it
+//! (see [`super::cgroup`]; [`HostJob::step_cgroup`]), recorded in the job directory before the step
 //! starts. Where cgroup v2 is not available, the step's process group is
 //! recorded instead — by the step's own process, before it executes the
 //! script, so a runner killed at any moment has always written it down.
@@ -240,7 +240,9 @@ impl HostJob {
     /// step's once nothing is left in it (a step's leftovers are killed at
     /// its end; one still dying, or one that would not die, gets the step
     /// a new cgroup), so that a job makes and removes one cgroup directory
-    /// in the kernel's tree rather than one a step.
+    /// in the kernel's tree rather than one a step. (From Linux 6.19 a
+    /// cgroup can read populated for a moment after its last process's exit
+    /// was reported: the step then gets a new one, which costs only time.)
     fn step_cgroup(&mut self, index: u32) -> Option<std::io::Result<StepCgroup>> {
         let job = self.cgroup.as_ref()?;
         Some(match self.spare.take().filter(|cg| !cg.populated()) {
@@ -680,18 +682,44 @@ mod tests {
         let backend = HostBackend::new(dir.path(), Duration::from_secs(1), false, Some(cgroups.clone()), None);
         let job = JobRef { job_id: "cgtest".into(), attempt: 1, ..Default::default() };
         let mut env = backend.setup(&JobSetup { job, ..Default::default() }).await.unwrap();
+        let job_cgroup = cgroups.path_of("cgtest-a1");
         assert_eq!(cgroup_of_step(env.as_mut(), 1).await, "step-1");
+        emptied(&job_cgroup.join("step-1")).await;
         assert_eq!(cgroup_of_step(env.as_mut(), 2).await, "step-1", "an empty cgroup is the next step's");
         // Something is left in it (a leftover still dying, or one that
         // would not die): the next step gets its own.
-        let mut leftover = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
-        let first = cgroups.path_of("cgtest-a1").join("step-1");
-        std::fs::write(first.join("cgroup.procs"), leftover.id().to_string()).unwrap();
+        let mut leftover = Leftover(std::process::Command::new("sleep").arg("1000").spawn().unwrap());
+        let first = job_cgroup.join("step-1");
+        std::fs::write(first.join("cgroup.procs"), leftover.0.id().to_string()).unwrap();
         assert_eq!(cgroup_of_step(env.as_mut(), 3).await, "step-3");
+        emptied(&job_cgroup.join("step-3")).await;
         assert_eq!(cgroup_of_step(env.as_mut(), 4).await, "step-3");
         env.teardown().await;
         // The teardown killed the job's every process, the leftover too.
-        assert!(leftover.wait().unwrap().code().is_none(), "killed by a signal");
+        assert!(leftover.0.wait().unwrap().code().is_none(), "killed by a signal");
         assert!(!first.exists(), "the job's cgroups are removed");
+    }
+
+    /// A process the test put in the job's cgroup: killed if the test
+    /// fails before the teardown does.
+    struct Leftover(std::process::Child);
+
+    impl Drop for Leftover {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Waits (10 s at most) until `cgroup` reads empty: since Linux 6.19 a
+    /// cgroup reads populated until its last process's last context
+    /// switch, a moment after its exit was reported.
+    async fn emptied(cgroup: &std::path::Path) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap().contains("populated 1")
+            && std::time::Instant::now() < deadline
+        {
+            tokio::task::yield_now().await;
+        }
     }
 }
