@@ -72,10 +72,11 @@ pub struct SlotUsers {
 ///
 /// A runner keeps a uid's lock from the first job that runs as it until
 /// the runner exits, free slot or not (a slot past its own too: another
-/// runner whose range overlaps takes other uids meanwhile). Let go between jobs, the lock could
-/// not be taken back at once: a step process another job is starting right
-/// then shares every open file of the runner, this lock's too, between its
-/// fork and its exec, and the slot's next job would run as another user.
+/// runner whose range overlaps takes other uids meanwhile). Let go between
+/// jobs, the lock could not be taken back at once: a step process another
+/// job is starting right then shares every open file of the runner, this
+/// lock's too, between its fork and its exec, and the slot's next job
+/// would run as another user.
 pub const UID_LOCKS: &str = "/run/viaduct-runner";
 
 /// A user processes drop to, and the mount namespace they enter first.

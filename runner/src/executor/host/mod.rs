@@ -8,8 +8,8 @@
 //! stdout and stderr on one pipe so their order is kept.
 //!
 //! Containment: each job has a cgroup and its steps a child cgroup of it
-//! (see [`super::cgroup`]; [`HostJob::step_cgroup`]), recorded in the job directory before the step
-//! starts. Where cgroup v2 is not available, the step's process group is
+//! (see [`super::cgroup`] and [`HostJob::step_cgroup`]), recorded in the
+//! job directory before the step starts. Where cgroup v2 is not available, the step's process group is
 //! recorded instead — by the step's own process, before it executes the
 //! script, so a runner killed at any moment has always written it down.
 //!
@@ -235,6 +235,20 @@ fn job_cgroup(cgroups: &Cgroups, name: &str, dir: &Path) -> std::io::Result<JobC
     cgroups.job(name)
 }
 
+struct HostJob {
+    dir: PathBuf,
+    kill_grace: Duration,
+    keep: bool,
+    cgroup: Option<JobCgroup>,
+    /// The last step's cgroup, the next step's once it reads empty
+    /// ([`HostJob::step_cgroup`]).
+    spare: Option<StepCgroup>,
+    user: Option<SlotUser>,
+    programs: std::sync::Arc<programs::HostPrograms>,
+    /// The interactive shells started (stopped at teardown).
+    shells: Vec<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
 impl HostJob {
     /// The cgroup step `index` runs in (`None` without cgroups): the last
     /// step's once nothing is left in it (a step's leftovers are killed at
@@ -250,20 +264,6 @@ impl HostJob {
             None => job.step(index),
         })
     }
-}
-
-struct HostJob {
-    dir: PathBuf,
-    kill_grace: Duration,
-    keep: bool,
-    cgroup: Option<JobCgroup>,
-    /// The last step's cgroup, for the next step: emptied by the kill at
-    /// that step's end, it holds nothing of it ([`HostJob::step_cgroup`]).
-    spare: Option<StepCgroup>,
-    user: Option<SlotUser>,
-    programs: std::sync::Arc<programs::HostPrograms>,
-    /// The interactive shells started (stopped at teardown).
-    shells: Vec<(tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 #[async_trait::async_trait]
