@@ -308,8 +308,7 @@ impl Caches {
             last_used_ms: now,
             created_ms: now,
         };
-        let tree = self.store.tree(T::Caches);
-        let stored = tree.insert_if_absent(&sk, &prost::Message::encode_to_vec(&record))?;
+        let stored = self.store.insert_if_absent(T::Caches, &sk, &prost::Message::encode_to_vec(&record))?;
         if stored {
             self.store.wait_durable(self.store.ticket()).await;
             self.bytes.fetch_add(blob.size, Ordering::Relaxed);

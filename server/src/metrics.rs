@@ -52,7 +52,7 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
     let store = status.engine.store_counters();
     r.register(
         "store_commits",
-        "Write sets committed to the store (state transitions and the rest) since the server started.",
+        "Write sets committed to the store (state transitions, log chunks and the rest) since the server started.",
         ConstCounter::new(store.commits),
     );
     r.register(

@@ -11,7 +11,11 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::{T, Tree, keys::StepKey, kv::Kv};
+use super::{
+    T, Tree, Writes,
+    keys::StepKey,
+    kv::{Kv, Op},
+};
 use crate::error::Result;
 
 /// Outcome of [`LogStore::append`].
@@ -40,16 +44,22 @@ pub struct Chunk {
 /// The log tree with a cache of the lengths of logs being written.
 pub struct LogStore {
     kv: Arc<dyn Kv>,
+    /// The store's writes, which this one's count in.
+    writes: Arc<Writes>,
     lengths: Mutex<HashMap<StepKey, u64>>,
 }
 
 impl LogStore {
-    pub(super) fn new(kv: Arc<dyn Kv>) -> Self {
-        Self { kv, lengths: Mutex::new(HashMap::new()) }
+    pub(super) fn new(kv: Arc<dyn Kv>, writes: Arc<Writes>) -> Self {
+        Self { kv, writes, lengths: Mutex::new(HashMap::new()) }
     }
 
     fn tree(&self) -> Tree<'_> {
         Tree { kv: self.kv.as_ref(), t: T::Logs }
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<()> {
+        self.writes.write(|| self.kv.commit(ops).map(|()| !ops.is_empty())).map(|_| ())
     }
 
     /// Appends `data` written at `offset` of `step`'s log.
@@ -74,7 +84,7 @@ impl LogStore {
         let mut value = Vec::with_capacity(8 + tail.len());
         value.extend_from_slice(&time_ms.to_be_bytes());
         value.extend_from_slice(tail);
-        self.kv.commit(&[(T::Logs, step.log_key(len).to_vec(), Some(value))])?;
+        self.commit(&[(T::Logs, step.log_key(len).to_vec(), Some(value))])?;
         lengths.insert(step, end);
         Ok(Append::Stored(end))
     }
@@ -157,7 +167,7 @@ impl LogStore {
         for kv in self.tree().scan_prefix(step.key()) {
             ops.push((T::Logs, kv?.0, None));
         }
-        self.kv.commit(&ops)?;
+        self.commit(&ops)?;
         self.forget(step);
         Ok(())
     }
@@ -173,7 +183,7 @@ mod tests {
     use crate::store::keys::{JobKey, RunId};
 
     fn store() -> ((), LogStore) {
-        ((), LogStore::new(Arc::new(crate::store::kv::Memory::new())))
+        ((), LogStore::new(Arc::new(crate::store::kv::Memory::new()), Arc::default()))
     }
 
     fn all(s: &LogStore, k: StepKey) -> Vec<u8> {

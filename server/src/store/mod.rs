@@ -223,14 +223,14 @@ pub struct Store {
     /// and flushed like the rest).
     pub logs: logs::LogStore,
     flusher: Arc<Flusher>,
-    /// Write sets committed since the store was opened.
-    commits: AtomicU64,
+    /// Every write to `kv` goes through it (the log store's too).
+    writes: Arc<Writes>,
 }
 
 /// What the store did since it was opened (see `/metrics`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counters {
-    /// Write sets committed (engine transitions and the rest).
+    /// Write sets committed (engine transitions, log chunks and the rest).
     pub commits: u64,
     /// Group commits: the writes made before each made durable together.
     pub flushes: u64,
@@ -283,12 +283,6 @@ impl<'a> Tree<'a> {
     /// The entry with the greatest key.
     pub fn last(&self) -> Result<Option<kv::Entry>> {
         self.iter().next_back().transpose()
-    }
-
-    /// Stores `value` under `key` unless the key exists; whether it did.
-    /// Not yet durable: take a [`Store::ticket`].
-    pub fn insert_if_absent(&self, key: impl AsRef<[u8]>, value: &[u8]) -> Result<bool> {
-        self.kv.insert_if_absent(self.t, key.as_ref(), value)
     }
 }
 
@@ -387,15 +381,16 @@ impl Store {
 
     /// A store over `kv`.
     pub fn with(kv: Arc<dyn Kv>) -> Self {
-        let logs = logs::LogStore::new(Arc::clone(&kv));
-        let flusher = Flusher::start(Arc::clone(&kv));
-        Self { kv, logs, flusher, commits: AtomicU64::new(0) }
+        let writes = Arc::new(Writes::default());
+        let logs = logs::LogStore::new(Arc::clone(&kv), Arc::clone(&writes));
+        let flusher = Flusher::start(Arc::clone(&kv), Arc::clone(&writes));
+        Self { kv, logs, flusher, writes }
     }
 
     /// Commits and group commits so far.
     pub fn counters(&self) -> Counters {
         Counters {
-            commits: self.commits.load(Ordering::Relaxed),
+            commits: self.writes.commits.load(Ordering::Relaxed),
             flushes: self.flusher.flushes.load(Ordering::Relaxed),
         }
     }
@@ -419,9 +414,13 @@ impl Store {
 
     /// Applies `ws` atomically. Not yet durable: take a [`Store::ticket`].
     pub fn commit(&self, ws: &WriteSet) -> Result<()> {
-        self.kv.commit(&ws.ops)?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.writes.write(|| self.kv.commit(&ws.ops).map(|()| !ws.ops.is_empty())).map(|_| ())
+    }
+
+    /// Stores `value` under `key` of `t` unless the key exists; whether it
+    /// did. Not yet durable: take a [`Store::ticket`].
+    pub fn insert_if_absent(&self, t: T, key: impl AsRef<[u8]>, value: &[u8]) -> Result<bool> {
+        self.writes.write(|| self.kv.insert_if_absent(t, key.as_ref(), value))
     }
 
     /// Reads and decodes a record.
@@ -521,6 +520,53 @@ struct Wake {
 /// What [`Store::after_durable`] runs.
 type Deferred = Box<dyn FnOnce() + Send>;
 
+/// The writes to the backend, counted so that the flusher can tell when
+/// there is nothing new to make durable: a ticket taken by a request that
+/// only read (a watcher confirming events it read) then costs no flush.
+#[derive(Default)]
+struct Writes {
+    /// Writes under way.
+    active: AtomicU64,
+    /// Writes ended (whether they succeeded or not): it changes whenever
+    /// the backend may hold something a flush has not covered.
+    ended: AtomicU64,
+    /// Write sets that changed something (see [`Counters::commits`]).
+    commits: AtomicU64,
+}
+
+impl Writes {
+    /// Runs `write`, which tells whether it changed anything. A write is
+    /// counted as under way from before it starts until after it ended,
+    /// so that whoever could see it, before or after `write` returns, is
+    /// covered by the flusher's check (see [`Writes::unchanged_since`]).
+    fn write(&self, write: impl FnOnce() -> Result<bool>) -> Result<bool> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let wrote = write();
+        self.ended.fetch_add(1, Ordering::SeqCst);
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        if matches!(wrote, Ok(true)) {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        wrote
+    }
+
+    /// Where the writes are: compared with the next one by
+    /// [`Writes::unchanged_since`]. Taken before a flush, after reading
+    /// the ticket the flush is for.
+    fn mark(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Whether nothing was written since `mark` (taken before a flush that
+    /// succeeded) and nothing is being written: everything a request made
+    /// before this call could have seen was covered by that flush. The
+    /// count under way is read first: a write that the requester saw and
+    /// that has not ended shows there; one that ended shows in `ended`.
+    fn unchanged_since(&self, mark: u64) -> bool {
+        self.active.load(Ordering::SeqCst) == 0 && self.ended.load(Ordering::SeqCst) == mark
+    }
+}
+
 /// Group commit: any number of waiters share one fsync, run by one
 /// dedicated thread (no thread-pool hop per flush).
 struct Flusher {
@@ -536,7 +582,7 @@ struct Flusher {
 }
 
 impl Flusher {
-    fn start(kv: Arc<dyn Kv>) -> Arc<Self> {
+    fn start(kv: Arc<dyn Kv>, writes: Arc<Writes>) -> Arc<Self> {
         let f = Arc::new(Self {
             requested: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -548,6 +594,8 @@ impl Flusher {
         let flusher = Arc::clone(&f);
         let spawned = std::thread::Builder::new().name("viaduct-flush".into()).spawn(move || {
             let mut busy = false;
+            // Where the writes were when the last successful flush began.
+            let mut flushed_writes = None;
             loop {
                 {
                     let mut w = flusher.wake.lock().unwrap_or_else(|p| p.into_inner());
@@ -576,18 +624,19 @@ impl Flusher {
                 if target <= *flusher.flushed.borrow() {
                     continue;
                 }
+                // Requests that only read (nothing written since the last
+                // flush): what they saw is durable already.
+                if flushed_writes.is_some_and(|mark| writes.unchanged_since(mark)) {
+                    flusher.done(target);
+                    busy = false;
+                    continue;
+                }
+                let mark = writes.mark();
                 match kv.flush() {
                     Ok(_) => {
+                        flushed_writes = Some(mark);
                         flusher.flushes.fetch_add(1, Ordering::Relaxed);
-                        {
-                            let mut after = flusher.after.lock().unwrap_or_else(|p| p.into_inner());
-                            flusher.flushed.send_replace(target);
-                            while after.front().is_some_and(|(t, _)| *t <= target) {
-                                if let Some((_, f)) = after.pop_front() {
-                                    f();
-                                }
-                            }
-                        }
+                        flusher.done(target);
                         // Under load = several requests arrived during the fsync.
                         busy = flusher.requested.load(Ordering::Acquire) >= target + BUSY_REQUESTS;
                     }
@@ -610,6 +659,18 @@ impl Flusher {
             tracing::error!(error = %e, "cannot start the flusher thread");
         }
         f
+    }
+
+    /// Marks the tickets up to `target` durable and runs what waited on
+    /// them.
+    fn done(&self, target: u64) {
+        let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
+        self.flushed.send_replace(target);
+        while after.front().is_some_and(|(t, _)| *t <= target) {
+            if let Some((_, f)) = after.pop_front() {
+                f();
+            }
+        }
     }
 
     fn request(&self) -> Ticket {
@@ -646,4 +707,36 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::{JobKey, RunId};
+
+    /// A ticket costs a flush only when something was written since the
+    /// last one: a watcher confirming what it read does not fsync again;
+    /// every kind of write (a write set, a log chunk, an insert) does.
+    #[tokio::test]
+    async fn a_ticket_costs_a_flush_only_after_a_write() {
+        let store = Store::memory();
+        let flushes = |s: &Store| s.counters().flushes;
+        let mut ws = WriteSet::default();
+        ws.put_raw(T::Meta, b"k", vec![1]);
+        store.commit(&ws).unwrap();
+        store.wait_durable(store.ticket()).await;
+        assert_eq!(flushes(&store), 1);
+        for _ in 0..3 {
+            store.wait_durable(store.ticket()).await;
+        }
+        assert_eq!(flushes(&store), 1, "tickets with nothing written since");
+        store.logs.append(JobKey::new(RunId(1), 1).step(1, 0), 0, b"line\n", 1).unwrap();
+        store.wait_durable(store.ticket()).await;
+        assert_eq!(flushes(&store), 2, "after a log chunk");
+        assert!(store.insert_if_absent(T::Caches, b"c", b"v").unwrap());
+        store.wait_durable(store.ticket()).await;
+        assert_eq!(flushes(&store), 3, "after an insert");
+        store.wait_durable(store.ticket_soon()).await;
+        assert_eq!((flushes(&store), store.counters().commits), (3, 3));
+    }
 }
