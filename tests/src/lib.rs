@@ -43,6 +43,25 @@ pub fn set_bin_dir(dir: PathBuf) {
     let _ = BIN_DIR.set(dir);
 }
 
+static PRODUCTION_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Servers and runners started from now on log what they would in
+/// production (`info`), not the debug lines kept for a failing test's
+/// report: for benchmarks, which measure what users run.
+pub fn production_logs() {
+    PRODUCTION_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The `VIADUCT_LOG` filter of a server or runner, whose own crate is
+/// `krate`: see [`production_logs`].
+fn log_filter(krate: &str) -> String {
+    if PRODUCTION_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        "info".into()
+    } else {
+        format!("info,{krate}=debug")
+    }
+}
+
 /// The directory holding the binaries under test: [`set_bin_dir`], else
 /// `VIADUCT_BIN_DIR`, else the directory of the running executable's
 /// profile (`target/<profile>`).
@@ -232,7 +251,7 @@ impl Server {
             .arg(&data)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("VIADUCT_LOG", "info,viaduct_server=debug")
+            .env("VIADUCT_LOG", log_filter("viaduct_server"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -466,7 +485,7 @@ impl Runner {
             .args(&self.args)
             .arg("--work-dir")
             .arg(self.work_dir())
-            .env("VIADUCT_LOG", "info,viaduct_runner=debug")
+            .env("VIADUCT_LOG", log_filter("viaduct_runner"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

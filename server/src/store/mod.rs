@@ -527,8 +527,9 @@ type Deferred = Box<dyn FnOnce() + Send>;
 struct Writes {
     /// Writes under way.
     active: AtomicU64,
-    /// Writes ended (whether they succeeded or not): it changes whenever
-    /// the backend may hold something a flush has not covered.
+    /// Writes ended that may have changed something (all but those that
+    /// said they changed nothing: a failed one may have): it changes
+    /// whenever the backend may hold something a flush has not covered.
     ended: AtomicU64,
     /// Write sets that changed something (see [`Counters::commits`]).
     commits: AtomicU64,
@@ -542,7 +543,9 @@ impl Writes {
     fn write(&self, write: impl FnOnce() -> Result<bool>) -> Result<bool> {
         self.active.fetch_add(1, Ordering::SeqCst);
         let wrote = write();
-        self.ended.fetch_add(1, Ordering::SeqCst);
+        if !matches!(wrote, Ok(false)) {
+            self.ended.fetch_add(1, Ordering::SeqCst);
+        }
         self.active.fetch_sub(1, Ordering::SeqCst);
         if matches!(wrote, Ok(true)) {
             self.commits.fetch_add(1, Ordering::Relaxed);
@@ -715,8 +718,9 @@ mod tests {
     use crate::store::keys::{JobKey, RunId};
 
     /// A ticket costs a flush only when something was written since the
-    /// last one: a watcher confirming what it read does not fsync again;
-    /// every kind of write (a write set, a log chunk, an insert) does.
+    /// last one: a watcher confirming what it read does not fsync again,
+    /// nor do writes that changed nothing; every kind of write (a write
+    /// set, a log chunk, an insert) does.
     #[tokio::test]
     async fn a_ticket_costs_a_flush_only_after_a_write() {
         let store = Store::memory();
@@ -736,6 +740,8 @@ mod tests {
         assert!(store.insert_if_absent(T::Caches, b"c", b"v").unwrap());
         store.wait_durable(store.ticket()).await;
         assert_eq!(flushes(&store), 3, "after an insert");
+        assert!(!store.insert_if_absent(T::Caches, b"c", b"w").unwrap());
+        store.commit(&WriteSet::default()).unwrap();
         store.wait_durable(store.ticket_soon()).await;
         assert_eq!((flushes(&store), store.counters().commits), (3, 3));
     }

@@ -88,7 +88,7 @@ pub async fn submit(client: &Client, a: SubmitArgs) -> Result<(), Failure> {
         println!("{id}");
         return Ok(());
     }
-    eprintln!("run {id} submitted");
+    say!("run {id} submitted");
     follow_outcome(client, &id).await
 }
 
@@ -108,17 +108,17 @@ pub async fn follow_outcome(client: &Client, id: &str) -> Result<(), Failure> {
     };
     let line = format!("run {} {} in {}", run.id, view::word(run.status), view::duration(run.times.as_ref()));
     if run.status() == Status::Success {
-        eprintln!("{line}");
+        say!("{line}");
         Ok(())
     } else {
         if !run.error.is_empty() {
-            eprintln!("{}", terminal::plain(&run.error));
+            say!("{}", terminal::plain(&run.error));
         }
         for j in run.jobs.iter().filter(|j| j.status() != Status::Success && !j.message.is_empty()) {
             // Some messages start with the status ("skipped: …").
             let (word, message) = (view::word(j.status), terminal::plain(&j.message));
             let line = if message.starts_with(word) { message } else { format!("{word}: {message}") };
-            eprintln!("── {}: {line}", terminal::plain(&j.name));
+            say!("── {}: {line}", terminal::plain(&j.name));
         }
         Err(Failure::RunFailed(line))
     }
@@ -137,7 +137,7 @@ async fn explain_waits(client: &Client, id: &str) {
             if j.status() != Status::Queued || j.waiting.is_empty() || said.get(&j.id) == Some(&j.waiting) {
                 continue;
             }
-            eprintln!("── {}: queued: {}", terminal::plain(&j.name), terminal::plain(&j.waiting));
+            say!("── {}: queued: {}", terminal::plain(&j.name), terminal::plain(&j.waiting));
             said.insert(j.id.clone(), j.waiting.clone());
         }
     }
@@ -185,7 +185,7 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<Optio
                 None => return Ok(ended),
                 Some(Err(s)) if retryable(&s) && failures < 30 => {
                     failures += 1;
-                    eprintln!("(connection to the server lost: {}; reconnecting)", viaduct_sdk::status_line(&s));
+                    say!("(connection to the server lost: {}; reconnecting)", viaduct_sdk::status_line(&s));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;
                 }
@@ -205,7 +205,7 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<Optio
                                 format!(" — {}", terminal::plain(&b.message))
                             };
                             let _ = stdout.flush();
-                            eprintln!("── {}: {}{code}{why}", names[&key], view::word(b.status));
+                            say!("── {}: {}{code}{why}", names[&key], view::word(b.status));
                         }
                     }
                     Some(log_event::Event::Chunk(c)) => {
@@ -218,7 +218,7 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<Optio
                         let skip = usize::try_from(done.saturating_sub(c.offset)).unwrap_or(0);
                         if current.as_ref() != Some(&key) {
                             let _ = stdout.flush();
-                            eprintln!("── {}", names.get(&key).cloned().unwrap_or_else(|| c.step_id.clone()));
+                            say!("── {}", names.get(&key).cloned().unwrap_or_else(|| c.step_id.clone()));
                             current = Some(key.clone());
                         }
                         let data = &c.data[skip..];
@@ -283,7 +283,7 @@ pub async fn runs(client: &Client, cmd: RunsCommand) -> Result<(), Failure> {
                     .collect();
                 print!("{}", view::table(&["ID", "STATUS", "PIPELINE", "EVENT", "CREATED", "DURATION"], &rows));
                 if !resp.next_page_token.is_empty() {
-                    eprintln!("more: --page-token {}", resp.next_page_token);
+                    say!("more: --page-token {}", resp.next_page_token);
                 }
             }
             Ok(())
@@ -523,7 +523,7 @@ pub async fn pipelines(client: &Client, cmd: PipelinesCommand) -> Result<(), Fai
             let req = TriggerRequest { pipeline: name, inputs: inputs.into_iter().collect(), ..Default::default() };
             let id = client.runs().trigger(req).await?.into_inner().run_id;
             if follow {
-                eprintln!("run {id} started");
+                say!("run {id} started");
                 return follow_outcome(client, &id).await;
             }
             println!("{id}");
@@ -550,7 +550,7 @@ pub async fn trigger(
     };
     let id = client.runs().trigger(req).await?.into_inner().run_id;
     if follow {
-        eprintln!("run {id} started");
+        say!("run {id} started");
         return follow_outcome(client, &id).await;
     }
     println!("{id}");

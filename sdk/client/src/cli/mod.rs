@@ -1,5 +1,14 @@
 //! The `viaduct` command-line tool, on top of the SDK.
 
+/// `eprintln!` in one write: Rust's stderr is unbuffered, so `eprintln!`
+/// writes each piece of its format on its own (six writes for a step's
+/// line, each waking whoever reads the terminal or the pipe).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::say_line(format_args!($($arg)*))
+    };
+}
+
 pub mod admin;
 pub mod args;
 pub mod commands;
@@ -18,6 +27,14 @@ use std::process::ExitCode;
 use viaduct_sdk::Client;
 
 use self::args::{Cli, Command};
+
+/// Writes `line` and a newline to stderr at once (see `say!`).
+pub(crate) fn say_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut text = line.to_string();
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
 
 /// How a command failed, and so the exit status.
 #[derive(Debug)]
@@ -77,7 +94,7 @@ impl Failure {
             Self::Exit(code) => (String::new(), code),
         };
         if !msg.is_empty() {
-            eprintln!("{msg}");
+            say!("{msg}");
         }
         ExitCode::from(code)
     }
