@@ -165,7 +165,7 @@ async fn follow(engine: &Engine, depot: &Depot, scope: Scope, r: &FollowRequest,
         }
         if done && complete {
             if let Scope::Run(id) = scope {
-                send(tx, log_event::Event::Ended(engine.get_run(id)?)).await?;
+                send(tx, log_event::Event::Ended(engine.get_run_durable(id).await?)).await?;
             }
             return Ok(());
         }

@@ -110,6 +110,17 @@ pub struct StepView {
 const MAX_EXPLAINED: usize = 100;
 
 impl Engine {
+    /// [`Engine::get_run`] once what it shows is durable: for what ends a
+    /// follower's wait (the CLI exits with the run's status), which must
+    /// not announce an end that a crash could undo. The state was written
+    /// before the ticket is taken, so the ticket covers it; when it was
+    /// flushed already, this costs no flush.
+    pub async fn get_run_durable(&self, id: RunId) -> Result<v1::Run> {
+        let run = self.get_run(id)?;
+        self.store().wait_durable(self.store().ticket()).await;
+        Ok(run)
+    }
+
     /// A run with its jobs and their current attempt's steps; a queued
     /// job says why it waits (`Job.waiting`).
     pub fn get_run(&self, id: RunId) -> Result<v1::Run> {

@@ -244,6 +244,34 @@ async fn with_durable_sends_an_assignment_waits_for_the_disk() {
     assert_eq!(names(&given), ["j"]);
 }
 
+/// A run's end is given to a follower (whose CLI exits with it) only once
+/// it is durable: a crash before the flush could undo it.
+#[tokio::test]
+async fn a_finished_run_is_announced_only_once_durable() {
+    use viaduct_proto::v1::Status;
+    let gated = std::sync::Arc::new(Gated {
+        inner: crate::store::kv::Memory::new(),
+        open: std::sync::Mutex::new(true),
+        opened: std::sync::Condvar::new(),
+    });
+    let h = Harness::over(crate::store::Store::with(gated.clone()), |_| {});
+    let run = h.submit(ONE_JOB).await;
+    let mut r = h.runner("r1", &[], 1).expect("connect");
+    let given = r.assignments();
+    assert_eq!(names(&given), ["j"]);
+    *gated.open.lock().unwrap() = false;
+    h.report(&r, &given[0], Status::Success);
+    assert_eq!(h.job_states(run), ["success"], "applied, in memory and in the backend's buffer");
+    let mut announced = std::pin::pin!(h.engine.get_run_durable(run));
+    tokio::task::yield_now().await;
+    assert!(futures_util::poll!(announced.as_mut()).is_pending(), "announced before the disk has it");
+    *gated.open.lock().unwrap() = true;
+    gated.opened.notify_all();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), announced).await;
+    let got = got.expect("announced once durable").expect("the run");
+    assert_eq!(got.status, Status::Success as i32);
+}
+
 /// A runner that restarted (another process) may have started the job it
 /// was given before it died: it comes back without it, and the attempt is
 /// lost, not quietly run again.
