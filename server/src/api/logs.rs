@@ -165,7 +165,13 @@ async fn follow(engine: &Engine, depot: &Depot, scope: Scope, r: &FollowRequest,
         }
         if done && complete {
             if let Scope::Run(id) = scope {
-                send(tx, log_event::Event::Ended(engine.get_run_durable(id).await?)).await?;
+                // Its end is durable before it is sent; a follower that
+                // leaves meanwhile is not waited for.
+                let run = tokio::select! {
+                    run = engine.get_run_durable_end(id) => run?,
+                    () = tx.closed() => return Ok(()),
+                };
+                send(tx, log_event::Event::Ended(run)).await?;
             }
             return Ok(());
         }

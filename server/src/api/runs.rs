@@ -144,7 +144,7 @@ impl Runs for RunsApi {
 
     async fn get(&self, req: Request<GetRunRequest>) -> Result<Response<Run>, Status> {
         let (id, _) = self.allowed(&req, &req.get_ref().id)?;
-        Ok(Response::new(self.engine.get_run(id)?))
+        Ok(Response::new(self.engine.get_run_durable_end(id).await?))
     }
 
     async fn list(&self, req: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {

@@ -110,14 +110,17 @@ pub struct StepView {
 const MAX_EXPLAINED: usize = 100;
 
 impl Engine {
-    /// [`Engine::get_run`] once what it shows is durable: for what ends a
-    /// follower's wait (the CLI exits with the run's status), which must
-    /// not announce an end that a crash could undo. The state was written
-    /// before the ticket is taken, so the ticket covers it; when it was
-    /// flushed already, this costs no flush.
-    pub async fn get_run_durable(&self, id: RunId) -> Result<v1::Run> {
+    /// [`Engine::get_run`] for a client that may stop at the run's end
+    /// (the CLI exits with its status): an ended run is given only once
+    /// its end is durable, never an end that a crash could undo; a run
+    /// still going is given at once. The end was written before the
+    /// ticket is taken, so the ticket covers it; when it was flushed
+    /// already, this costs no flush.
+    pub async fn get_run_durable_end(&self, id: RunId) -> Result<v1::Run> {
         let run = self.get_run(id)?;
-        self.store().wait_durable(self.store().ticket()).await;
+        if run.status().is_terminal() {
+            self.store().wait_durable(self.store().ticket()).await;
+        }
         Ok(run)
     }
 

@@ -244,8 +244,9 @@ async fn with_durable_sends_an_assignment_waits_for_the_disk() {
     assert_eq!(names(&given), ["j"]);
 }
 
-/// A run's end is given to a follower (whose CLI exits with it) only once
-/// it is durable: a crash before the flush could undo it.
+/// A run's end is given to a client that stops there (a follower, whose
+/// CLI exits with it; `Runs.Get`) only once it is durable: a crash before
+/// the flush could undo it. A run still going is given at once.
 #[tokio::test]
 async fn a_finished_run_is_announced_only_once_durable() {
     use viaduct_proto::v1::Status;
@@ -260,9 +261,13 @@ async fn a_finished_run_is_announced_only_once_durable() {
     let given = r.assignments();
     assert_eq!(names(&given), ["j"]);
     *gated.open.lock().unwrap() = false;
+    h.start_first_step(&r, &given[0]);
+    let going = futures_util::FutureExt::now_or_never(h.engine.get_run_durable_end(run));
+    let going = going.expect("a run still going is given at once").expect("the run");
+    assert_eq!(going.status, Status::Running as i32);
     h.report(&r, &given[0], Status::Success);
     assert_eq!(h.job_states(run), ["success"], "applied, in memory and in the backend's buffer");
-    let mut announced = std::pin::pin!(h.engine.get_run_durable(run));
+    let mut announced = std::pin::pin!(h.engine.get_run_durable_end(run));
     tokio::task::yield_now().await;
     assert!(futures_util::poll!(announced.as_mut()).is_pending(), "announced before the disk has it");
     *gated.open.lock().unwrap() = true;
