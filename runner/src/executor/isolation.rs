@@ -9,7 +9,7 @@
 //! locked machine-wide from its first job until the runner exits:
 //! [`UID_LOCKS`]): a step's
 //! process, after joining its cgroup, enters its job's mount namespace
-//! ([`StepMounts`]: made at the job's setup, its `/proc` mounted
+//! ([`StepMounts`]: its own, made ahead or at its setup, its `/proc` mounted
 //! `hidepid=invisible`, so it sees only its own user's processes) and drops
 //! to that user. The work directory is 0711 (no
 //! listing), `runner.json` 0600 root, each job directory 0700 owned by its
@@ -44,6 +44,13 @@ use std::{
 /// takes another user.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
+/// Oldest a spare mount namespace may be when a job takes it
+/// ([`SlotUsers::mounts`]): one made longer ago is dropped and a new one
+/// made, so a job sees the machine's mounts as of moments before it —
+/// where the machine's `/` is not shared, mounts made on it later do not
+/// reach a namespace made before them.
+const SPARE_MOUNTS_AGE: Duration = Duration::from_secs(30);
+
 /// The slot users of one runner.
 #[derive(Debug)]
 pub struct SlotUsers {
@@ -63,6 +70,9 @@ pub struct SlotUsers {
     /// Where a lock on each uid this runner has used is held
     /// ([`UID_LOCKS`]), when it can be.
     locks: Option<PathBuf>,
+    /// Mount namespaces made ahead of the jobs that will take them, with
+    /// when each was made; at most one a slot ([`SlotUsers::mounts`]).
+    spare_mounts: Mutex<Vec<(std::time::Instant, StepMounts)>>,
 }
 
 /// Where runners on one machine lock the uids their jobs run as: a uid
@@ -91,8 +101,9 @@ pub struct JobUser {
     groups: Arc<[libc::gid_t]>,
 }
 
-/// The mount namespace of one job's processes, made when the job is set
-/// up and gone with it: the machine's mounts (a slave of them — mounts and
+/// The mount namespace of one job's processes, made for it alone (at its
+/// setup, or ahead of it: [`SlotUsers::mounts`]) and gone with it: the
+/// machine's mounts (a slave of them — mounts and
 /// unmounts on the machine reach it, nothing made in it reaches the
 /// machine), a `/proc` mounted `hidepid=invisible` (a process sees only its
 /// own user's), and the slot users' `/etc/passwd` and `/etc/group`
@@ -317,7 +328,50 @@ impl SlotUsers {
             freed: tokio::sync::Notify::new(),
             private_proc,
             locks,
+            spare_mounts: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// The mount namespace for a job about to start (when jobs get a
+    /// private `/proc`): a spare made after the last job took one, or a
+    /// new one. Blocking. A spare is as fresh as one made now — no process
+    /// has entered it — and was made less than [`SPARE_MOUNTS_AGE`] ago;
+    /// the job's setup no longer waits for the ~0.2 ms that making one
+    /// takes. [`SlotUsers::make_spare_mounts`] makes the next.
+    pub fn mounts(&self) -> std::io::Result<StepMounts> {
+        let (spare, stale) = {
+            let mut spares = self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner());
+            // Made in order: the oldest first.
+            let fresh = spares.partition_point(|(made, _)| made.elapsed() >= SPARE_MOUNTS_AGE);
+            let stale: Vec<_> = spares.drain(..fresh).collect();
+            (spares.pop(), stale)
+        };
+        // Torn down outside the lock (closing a namespace waits for RCU).
+        drop(stale);
+        match spare {
+            Some((_, mounts)) => Ok(mounts),
+            None => StepMounts::new(),
+        }
+    }
+
+    /// Makes a spare mount namespace for the next job to take, unless each
+    /// slot has one already. Blocking; meant for after a job's setup, off
+    /// the job's way. A namespace that cannot be made is the next job's
+    /// to fail on (it makes its own then).
+    pub fn make_spare_mounts(&self) {
+        let wanted = || self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner()).len() < self.slots;
+        if !self.private_proc || !wanted() {
+            return;
+        }
+        match StepMounts::new() {
+            Ok(mounts) => {
+                let mut spares = self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner());
+                if spares.len() < self.slots {
+                    spares.push((std::time::Instant::now(), mounts));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot make a spare mount namespace"),
+        }
     }
 
     /// The user of a free slot whose uid no other runner holds. When
@@ -674,6 +728,42 @@ mod tests {
         std::fs::File::from(go_w).write_all(b"g").unwrap();
         assert!(starting.join().unwrap().success());
         assert_eq!(next, 61_940, "the slot's next job runs as its user");
+    }
+
+    #[test]
+    fn a_job_takes_a_spare_mount_namespace_only_while_it_is_fresh() {
+        use std::os::fd::AsFd;
+        let Some((_dir, users)) = SlotUsers::for_tests(61_930) else { return };
+        if !users.private_proc {
+            eprintln!("skipped: no private /proc here");
+            return;
+        }
+        let inode = |m: &super::StepMounts| nix::sys::stat::fstat(m.as_fd()).unwrap().st_ino;
+        let spares = || users.spare_mounts.lock().unwrap().iter().map(|(_, m)| inode(m)).collect::<Vec<_>>();
+        // Made ahead, at most one a slot.
+        users.make_spare_mounts();
+        users.make_spare_mounts();
+        let made = spares();
+        assert_eq!(made.len(), 1, "one slot, one spare");
+        // The next job takes it…
+        let taken = users.mounts().unwrap();
+        assert_eq!(inode(&taken), made[0]);
+        assert!(spares().is_empty());
+        // …and without one, makes its own.
+        let own = users.mounts().unwrap();
+        assert_ne!(inode(&own), inode(&taken), "a namespace of its own");
+        // A spare made too long ago is dropped, not given.
+        users.make_spare_mounts();
+        let old = {
+            let mut spares = users.spare_mounts.lock().unwrap();
+            let Some(long_ago) = std::time::Instant::now().checked_sub(super::SPARE_MOUNTS_AGE) else { return };
+            spares[0].0 = long_ago;
+            // Kept alive here, so a new namespace cannot reuse its number.
+            super::StepMounts(spares[0].1.as_fd().try_clone_to_owned().unwrap())
+        };
+        let fresh = users.mounts().unwrap();
+        assert_ne!(inode(&fresh), inode(&old), "the stale spare is not given");
+        assert!(spares().is_empty(), "and is dropped");
     }
 
     #[test]

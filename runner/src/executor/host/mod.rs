@@ -42,7 +42,7 @@ use self::launch::{Enter, Launch};
 use super::{
     Backend, JobEnv, JobSetup, SetupError, Shell, ShellSpec, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
-    isolation::{JobUser, SlotUser, SlotUsers, StepMounts},
+    isolation::{JobUser, SlotUser, SlotUsers},
 };
 use crate::outputs;
 
@@ -165,12 +165,14 @@ impl Backend for HostBackend {
             None => None,
         };
         let (cgroups, d, uid) = (self.cgroups.clone(), dir.clone(), user.as_ref().map(|u| u.user.uid));
-        let private_proc = user.as_ref().is_some_and(|u| u.user.private_proc());
+        // The slot users, when the job gets a mount namespace of its own.
+        let namespaces = self.users.clone().filter(|_| user.as_ref().is_some_and(|u| u.user.private_proc()));
+        let spares = namespaces.clone();
         // One hop off the async workers for all of it.
         let (cgroup, mounts) = tokio::task::spawn_blocking(move || {
             // First: failing, it leaves nothing to clean up.
-            let mounts = private_proc
-                .then(StepMounts::new)
+            let mounts = namespaces
+                .map(|users| users.mounts())
                 .transpose()
                 .map_err(|e| format!("cannot make the job's mount namespace: {e}"))?;
             Ok::<_, String>((prepare(&d, &name, uid, cgroups.as_ref())?, mounts))
@@ -178,6 +180,10 @@ impl Backend for HostBackend {
         .await
         .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
         .map_err(SetupError)?;
+        if let Some(users) = spares {
+            // The next job's, made while this one runs.
+            tokio::task::spawn_blocking(move || users.make_spare_mounts());
+        }
         if let (Some(u), Some(m)) = (user.as_mut(), mounts) {
             u.user.set_mounts(m);
         }
