@@ -278,10 +278,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(viaduct_runner::run(cfg, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // On a worker, not on this thread: what wakes it (a socket's
+    // readiness, a task it waits for) and what it spawns then stay on the
+    // workers, without a hop through this thread each time.
+    match runtime.block_on(async { tokio::spawn(viaduct_runner::run(cfg, shutdown_signal())).await }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             eprintln!("viaduct-runner: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("viaduct-runner: {e}");
             ExitCode::FAILURE
         }
     }
