@@ -545,6 +545,8 @@ fn main() -> ExitCode {
             eprintln!("viaduct-server: {e:#}");
             ExitCode::FAILURE
         }
+        // It panicked: as if it had here.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(e) => {
             eprintln!("viaduct-server: {e}");
             ExitCode::FAILURE

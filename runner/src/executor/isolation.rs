@@ -45,11 +45,16 @@ use std::{
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Oldest a spare mount namespace may be when a job takes it
-/// ([`SlotUsers::mounts`]): one made longer ago is dropped and a new one
-/// made, so a job sees the machine's mounts as of moments before it —
-/// where the machine's `/` is not shared, mounts made on it later do not
-/// reach a namespace made before them.
-const SPARE_MOUNTS_AGE: Duration = Duration::from_secs(30);
+/// ([`SlotUsers::mounts`]); older, it is dropped
+/// ([`SlotUsers::drop_stale_mounts`]) and the job makes its own. So a job
+/// sees the machine's mounts as of at most this long before it: where the
+/// machine's `/` is not shared, mounts made or removed on it later do not
+/// reach a namespace made before (a spare kept longer would also keep
+/// every filesystem mounted when it was made busy), and a file replaced
+/// by a rename on the machine (`useradd` writing `/etc/passwd`) takes the
+/// slot users' file bound over it away in the namespaces made before.
+/// Measured on `CLOCK_BOOTTIME`: time suspended counts.
+pub const SPARE_MOUNTS_AGE: Duration = Duration::from_secs(30);
 
 /// The slot users of one runner.
 #[derive(Debug)]
@@ -71,8 +76,9 @@ pub struct SlotUsers {
     /// ([`UID_LOCKS`]), when it can be.
     locks: Option<PathBuf>,
     /// Mount namespaces made ahead of the jobs that will take them, with
-    /// when each was made; at most one a slot ([`SlotUsers::mounts`]).
-    spare_mounts: Mutex<Vec<(std::time::Instant, StepMounts)>>,
+    /// when each was made ([`since_boot`]), oldest first; at most one a
+    /// slot ([`SlotUsers::mounts`]).
+    spare_mounts: Mutex<Vec<(Duration, StepMounts)>>,
 }
 
 /// Where runners on one machine lock the uids their jobs run as: a uid
@@ -201,6 +207,21 @@ impl AsFd for StepMounts {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }
+}
+
+/// Time since the machine booted, time suspended included
+/// (`CLOCK_BOOTTIME`): how old a spare mount namespace is.
+fn since_boot() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a plain system call writing into `ts`; it cannot fail for
+    // this clock on Linux ≥ 2.6.39.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// Whether a spare made at `made` ([`since_boot`]) may still be given.
+fn fresh(made: Duration) -> bool {
+    since_boot().saturating_sub(made) < SPARE_MOUNTS_AGE
 }
 
 fn check(r: libc::c_int) -> std::io::Result<()> {
@@ -333,21 +354,21 @@ impl SlotUsers {
     }
 
     /// The mount namespace for a job about to start (when jobs get a
-    /// private `/proc`): a spare made after the last job took one, or a
-    /// new one. Blocking. A spare is as fresh as one made now — no process
-    /// has entered it — and was made less than [`SPARE_MOUNTS_AGE`] ago;
-    /// the job's setup no longer waits for the ~0.2 ms that making one
-    /// takes. [`SlotUsers::make_spare_mounts`] makes the next.
+    /// private `/proc`): a spare made after the last job's setup, or a new
+    /// one. Blocking. A spare is as fresh as one made now — no process has
+    /// entered it — and was made less than [`SPARE_MOUNTS_AGE`] ago; the
+    /// job's setup no longer waits for the ~0.2 ms that making one takes.
+    /// [`SlotUsers::make_spare_mounts`] makes the next.
     pub fn mounts(&self) -> std::io::Result<StepMounts> {
-        let (spare, stale) = {
+        let spare = {
             let mut spares = self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner());
-            // Made in order: the oldest first.
-            let fresh = spares.partition_point(|(made, _)| made.elapsed() >= SPARE_MOUNTS_AGE);
-            let stale: Vec<_> = spares.drain(..fresh).collect();
-            (spares.pop(), stale)
+            // The newest is last. A stale one is left to `drop_stale_mounts`,
+            // off the job's way (closing a namespace waits for RCU).
+            match spares.last() {
+                Some((made, _)) if fresh(*made) => spares.pop(),
+                _ => None,
+            }
         };
-        // Torn down outside the lock (closing a namespace waits for RCU).
-        drop(stale);
         match spare {
             Some((_, mounts)) => Ok(mounts),
             None => StepMounts::new(),
@@ -355,23 +376,44 @@ impl SlotUsers {
     }
 
     /// Makes a spare mount namespace for the next job to take, unless each
-    /// slot has one already. Blocking; meant for after a job's setup, off
-    /// the job's way. A namespace that cannot be made is the next job's
-    /// to fail on (it makes its own then).
+    /// slot has one already (stale ones dropped first). Blocking; meant for
+    /// after a job's setup, off the job's way. A namespace that cannot be
+    /// made is the next job's to fail on (it makes its own then).
     pub fn make_spare_mounts(&self) {
-        let wanted = || self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner()).len() < self.slots;
-        if !self.private_proc || !wanted() {
+        if !self.private_proc || !self.drop_stale_mounts() {
             return;
         }
         match StepMounts::new() {
             Ok(mounts) => {
-                let mut spares = self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner());
-                if spares.len() < self.slots {
-                    spares.push((std::time::Instant::now(), mounts));
-                }
+                let surplus = {
+                    let mut spares = self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner());
+                    if spares.len() < self.slots {
+                        // Stamped under the lock: the list stays oldest first.
+                        spares.push((since_boot(), mounts));
+                        None
+                    } else {
+                        Some(mounts)
+                    }
+                };
+                // Closed outside the lock (it waits for RCU).
+                drop(surplus);
             }
             Err(e) => tracing::debug!(error = %e, "cannot make a spare mount namespace"),
         }
+    }
+
+    /// Drops the spare mount namespaces made [`SPARE_MOUNTS_AGE`] ago or
+    /// more; whether a slot has none left. Blocking.
+    pub fn drop_stale_mounts(&self) -> bool {
+        let (stale, wanted) = {
+            let mut spares = self.spare_mounts.lock().unwrap_or_else(|p| p.into_inner());
+            let stale = spares.partition_point(|(made, _)| !fresh(*made));
+            let stale: Vec<_> = spares.drain(..stale).collect();
+            (stale, spares.len() < self.slots)
+        };
+        // Closed outside the lock (each waits for RCU).
+        drop(stale);
+        wanted
     }
 
     /// The user of a free slot whose uid no other runner holds. When
@@ -756,14 +798,22 @@ mod tests {
         users.make_spare_mounts();
         let old = {
             let mut spares = users.spare_mounts.lock().unwrap();
-            let Some(long_ago) = std::time::Instant::now().checked_sub(super::SPARE_MOUNTS_AGE) else { return };
+            let Some(long_ago) = super::since_boot().checked_sub(super::SPARE_MOUNTS_AGE) else { return };
             spares[0].0 = long_ago;
             // Kept alive here, so a new namespace cannot reuse its number.
             super::StepMounts(spares[0].1.as_fd().try_clone_to_owned().unwrap())
         };
         let fresh = users.mounts().unwrap();
         assert_ne!(inode(&fresh), inode(&old), "the stale spare is not given");
-        assert!(spares().is_empty(), "and is dropped");
+        // Dropped off the job's way, with the next spare made…
+        users.make_spare_mounts();
+        let next = spares();
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0], inode(&old), "the stale spare is dropped");
+        // …or by itself once stale, made or not.
+        users.spare_mounts.lock().unwrap()[0].0 = super::since_boot().saturating_sub(super::SPARE_MOUNTS_AGE);
+        assert!(users.drop_stale_mounts(), "a slot has no spare now");
+        assert!(spares().is_empty());
     }
 
     #[test]

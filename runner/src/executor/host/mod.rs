@@ -42,7 +42,7 @@ use self::launch::{Enter, Launch};
 use super::{
     Backend, JobEnv, JobSetup, SetupError, Shell, ShellSpec, StepLog, StepOutcome, StepSpec, StepStop,
     cgroup::{Cgroups, JobCgroup, StepCgroup},
-    isolation::{JobUser, SlotUser, SlotUsers},
+    isolation::{JobUser, SPARE_MOUNTS_AGE, SlotUser, SlotUsers},
 };
 use crate::outputs;
 
@@ -181,8 +181,14 @@ impl Backend for HostBackend {
         .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
         .map_err(SetupError)?;
         if let Some(users) = spares {
-            // The next job's, made while this one runs.
-            tokio::task::spawn_blocking(move || users.make_spare_mounts());
+            // The next job's, made while this one runs; dropped once too old
+            // to be given, if no job took it.
+            let maker = std::sync::Arc::clone(&users);
+            tokio::task::spawn_blocking(move || maker.make_spare_mounts());
+            tokio::spawn(async move {
+                tokio::time::sleep(SPARE_MOUNTS_AGE + Duration::from_secs(1)).await;
+                let _ = tokio::task::spawn_blocking(move || users.drop_stale_mounts()).await;
+            });
         }
         if let (Some(u), Some(m)) = (user.as_mut(), mounts) {
             u.user.set_mounts(m);
