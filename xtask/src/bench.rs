@@ -469,7 +469,10 @@ async fn job_of(
 /// A 10-step job of `true`, end to end, vs. 10 × `sh -c true` directly; and
 /// the marginal cost of one more step (10-step minus 1-step job, over 9).
 async fn steps() -> Result<()> {
-    const RUNS: usize = 30;
+    // Enough for a steady p50: rounds minutes apart still differ more than
+    // their samples do (the machine drifts), which is why each CLI job is
+    // timed next to its floor.
+    const RUNS: usize = 100;
     let (server, _runner, client, mut events) = system().await?;
     let store = || (server.metric("viaduct_store_commits_total"), server.metric("viaduct_store_flushes_total"));
     let before = store();
