@@ -81,6 +81,13 @@ impl Logging {
     }
 }
 
+/// Whether log lines are coloured: only for a person at a terminal. A file,
+/// a pipe or the journal gets plain text (colour codes would split every
+/// `key=value` for `grep`), and `NO_COLOR` turns them off anywhere.
+fn colours() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Logs to stderr (`VIADUCT_LOG`, else `default_filter`; the exporter's
 /// own warnings, such as a collector that does not answer, among them)
 /// and, with `otlp` (an `http://host:port` URL), traces as `service`: the
@@ -94,7 +101,7 @@ pub fn init(
     let quiet_exporter = ",opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
     let env =
         EnvFilter::try_from_env("VIADUCT_LOG").unwrap_or_else(|_| format!("{default_filter}{quiet_exporter}").into());
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(env);
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colours()).with_filter(env);
     let Some(endpoint) = otlp else {
         tracing_subscriber::registry().with(logs).try_init().map_err(|e| e.to_string())?;
         return Ok(Logging { traces: None });

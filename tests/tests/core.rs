@@ -9,7 +9,7 @@ use viaduct_tests::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_step_job_succeeds_with_logs_in_order() {
     let server = Server::start();
-    let _runner = server.runner("linux", 1);
+    let runner = server.runner("linux", 1);
     let client = server.client().await;
     let id = submit(
         &client,
@@ -38,6 +38,12 @@ jobs:
     assert_eq!(step_log(&client, &job.steps[0].id).await, "first\nsecond\nthird\n");
     assert_eq!(step_log(&client, &job.steps[1].id).await, "a\nb\n");
     assert_eq!(job.steps[0].log_size, 19);
+    // Their stderr is a file here, as under systemd: plain text, no colour
+    // codes, each line greppable as written (`run=7`, not `run\e[2m=\e[0m7`).
+    for (who, log) in [("server", server.log()), ("runner", runner.log())] {
+        assert!(!log.contains('\u{1b}'), "the {who}'s log has terminal escapes:\n{log}");
+    }
+    assert!(runner.log().contains(&format!("run={id} ")), "{}", runner.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
