@@ -27,24 +27,6 @@ fn retryable(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal)
 }
 
-/// `text` without terminal colour sequences.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Submits `yaml` as a client of replicas should: sent again on
 /// `UNAVAILABLE` (a failover under way), with `request_id` so that a
 /// submit whose reply was lost makes one run, not two; for at most 60 s.
@@ -211,7 +193,7 @@ async fn three_replicas_lose_nothing_when_the_leader_is_killed_twice() {
     // Each job ran on a runner exactly once, and its log is whole.
     let mut started: HashMap<String, usize> = HashMap::new();
     for r in &runners {
-        for line in plain(&r.log()).lines().filter(|l| l.contains("job started")) {
+        for line in r.log().lines().filter(|l| l.contains("job started")) {
             if let Some(job) = line.split("job=").nth(1).and_then(|s| s.split([' ', '}']).next()) {
                 *started.entry(job.to_string()).or_default() += 1;
             }
@@ -275,7 +257,7 @@ async fn a_paused_leader_is_fenced_out_when_it_wakes() {
     let status = wait_until("the old leader to exit", || first.exited());
     eprintln!("the old leader exited at {:?}", t0.elapsed());
     assert!(!status.success(), "{status}");
-    let log = plain(&first.log());
+    let log = first.log();
     assert!(log.contains("lost its lead") || log.contains("was taken over by another: the write is refused"), "{log}");
     // Nothing of the new leader's was undone.
     let run = client.runs().get(v1::GetRunRequest { id: after.clone() }).await.unwrap().into_inner();
