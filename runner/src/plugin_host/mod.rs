@@ -11,13 +11,15 @@
 //!
 //! Per call: a fresh store ([`sandbox`]) with only the granted
 //! capabilities, a memory cap, and a deadline. wasmtime's epoch counter
-//! ticks every [`TICK`] on one thread for the whole runner; every store
+//! ticks every [`TICK`] on one thread for the whole runner while a call
+//! runs ([`epoch`]; parked otherwise); every store
 //! yields to the async runtime on each tick, so a plugin that never
 //! returns cannot hold a worker thread, and the call future is dropped —
 //! stopping the plugin and killing anything it `exec`'d — when the step is
 //! cancelled or its deadline passes.
 
 mod components;
+mod epoch;
 mod imports;
 pub mod sandbox;
 
@@ -39,6 +41,7 @@ use self::{
         viaduct::plugin::types::{Phase, RunMeta, StepInput},
     },
     components::Components,
+    epoch::Epoch,
     sandbox::{CallContext, Grants, MEMORY_TRAP, StepState},
 };
 use crate::executor::{StepLog, StepOutcome, StepStop};
@@ -148,6 +151,8 @@ impl PluginResult {
 /// The wasmtime engine, linker and component cache of a runner.
 pub struct PluginHost {
     engine: Engine,
+    /// Ticks `engine`'s epoch while a call runs.
+    epoch: Epoch,
     components: Components,
     files: Arc<Files>,
     config: PluginConfig,
@@ -184,14 +189,9 @@ impl PluginHost {
         Step::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("cannot link the plugin imports: {e:#}"))?;
         let ticker = engine.clone();
-        std::thread::Builder::new().name("viaduct-epoch".into()).spawn(move || {
-            loop {
-                std::thread::sleep(TICK);
-                ticker.increment_epoch();
-            }
-        })?;
+        let epoch = Epoch::start(move || ticker.increment_epoch())?;
         let components = Components::new(engine.clone(), linker, dir, source);
-        Ok(Arc::new(Self { engine, components, files, config }))
+        Ok(Arc::new(Self { engine, epoch, components, files, config }))
     }
 
     /// Loads (fetching and compiling if needed) a component ahead of use.
@@ -234,7 +234,9 @@ impl PluginHost {
         };
         let input = input(&call);
         let engine = &self.engine;
+        let ticking = self.epoch.ticking();
         let invoke = async move {
+            let _ticking = ticking;
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);
             // Yield to the runtime on every epoch tick: cancellable, and
