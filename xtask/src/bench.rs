@@ -1633,12 +1633,32 @@ async fn retried(
 /// saved … ms=N`), in ms.
 fn saved_ms(log: &str) -> Vec<u64> {
     log.lines()
+        .map(strip_ansi)
         .filter(|l| l.contains("snapshot saved"))
         .filter_map(|l| {
             let after = l.rsplit_once("ms=")?.1;
             after.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
         })
         .collect()
+}
+
+/// `line` without its terminal escape sequences (`ESC [ … letter`): the
+/// runners of `--bin-dir` builds before bcdf7c1 coloured their logs.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The web UI in headless Chromium on loopback: time to the first paint

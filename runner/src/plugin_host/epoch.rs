@@ -17,11 +17,16 @@ use std::{
 
 use super::TICK;
 
-/// The ticking thread and how many calls need it.
+/// The ticking thread and how many calls need it. Dropped, it ends the
+/// thread (and the engine it holds).
 pub(super) struct Epoch {
     calls: Arc<AtomicUsize>,
     thread: Thread,
 }
+
+/// What [`Epoch::calls`] holds once the epoch is dropped: more calls than
+/// can ever run at once.
+const STOPPED: usize = usize::MAX / 2;
 
 impl Epoch {
     /// Starts the (parked) thread that calls `tick` (the engine's
@@ -31,7 +36,11 @@ impl Epoch {
         let seen = Arc::clone(&calls);
         let handle = std::thread::Builder::new().name("viaduct-epoch".into()).spawn(move || {
             loop {
-                if seen.load(Ordering::Acquire) == 0 {
+                let calls = seen.load(Ordering::Acquire);
+                if calls >= STOPPED {
+                    return;
+                }
+                if calls == 0 {
                     std::thread::park();
                     continue;
                 }
@@ -49,6 +58,13 @@ impl Epoch {
             self.thread.unpark();
         }
         Ticking { calls: Arc::clone(&self.calls) }
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        self.calls.fetch_add(STOPPED, Ordering::AcqRel);
+        self.thread.unpark();
     }
 }
 

@@ -96,6 +96,7 @@
     unsafe_code,
     unused_qualifications
 )]
+// Viaduct: was `deny` (see PATCHES.md).
 #![allow(
     // over time, consider enabling the commented-out lints below
     clippy::cast_lossless,
