@@ -149,6 +149,12 @@ impl PackedLogs {
                 Ok(()) => packed += 1,
                 Err(e) => tracing::warn!(error = %e, attempt = %hex::encode(mark), "cannot pack an attempt's logs yet"),
             }
+            // An attempt whose logs are empty (or all in memory) awaits
+            // nothing: without a yield here, a backlog of them held an async
+            // worker for as long as it took (~5 ms a second at 1,000 runs a
+            // second, ~50 ms after a burst), and the submits, dispatches and
+            // events queued behind it waited.
+            tokio::task::yield_now().await;
         }
         // A full batch: the next pass goes on after it; else from the start.
         if marks.len() == BATCH {
@@ -381,6 +387,32 @@ mod tests {
         assert_eq!(times(packed.read(&rec, 0, u64::MAX).await.unwrap()), times(before));
         // Packing again finds nothing to do.
         assert_eq!(packed.pack_pending().await.unwrap(), 0);
+    }
+
+    /// Packing yields between attempts, even when none of them awaits
+    /// anything (empty logs): a backlog of ended attempts must not hold an
+    /// async worker while submits and dispatches queue behind it. On this
+    /// single-threaded runtime the task spawned first runs only if packing
+    /// yields before it returns.
+    #[tokio::test]
+    async fn packing_lets_other_tasks_run_between_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::memory());
+        let packed = PackedLogs::new(Arc::clone(&store), Arc::new(BlobStore::local(dir.path()).unwrap()));
+        let mut ws = WriteSet::default();
+        for run in 1..=3 {
+            let job = JobKey::new(RunId(run), 1);
+            ws.put(T::Steps, job.step(1, 1).key(), &crate::store::records::StepRecord::default());
+            ws.put_raw(T::Unpacked, StepKey::attempt_prefix(job, 1), Vec::new());
+        }
+        store.commit(&ws).unwrap();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = Arc::clone(&ran);
+        let task = tokio::spawn(async move { other.store(true, Ordering::SeqCst) });
+        assert_eq!(packed.pack_pending().await.unwrap(), 3);
+        assert!(ran.load(Ordering::SeqCst), "another task ran while the attempts were packed");
+        task.await.unwrap();
+        assert_eq!(store.tree(T::Unpacked).iter().count(), 0, "every mark is gone");
     }
 
     /// A damaged record or blob is refused with an error, never a panic.
