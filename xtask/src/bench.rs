@@ -10,14 +10,32 @@ use viaduct_tests::{Client, Server, StatusWord, v1};
 
 use crate::{cargo, target_dir};
 
+/// The binaries as a release builds them, in one directory: the release
+/// build's, and the CLI built with its own profile ([`crate::CLI_PROFILE`]),
+/// linked into `target/bench-bin`.
+fn released_binaries() -> Result<std::path::PathBuf> {
+    crate::run(cargo().args(["build", "--release", "--bins"]))?;
+    crate::run(cargo().args(["build", "--profile", crate::CLI_PROFILE, "--bin", "viaduct"]))?;
+    let dir = target_dir().join("bench-bin");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    for entry in std::fs::read_dir(target_dir().join("release"))? {
+        let path = entry?.path();
+        let executable = std::fs::metadata(&path)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
+        if executable && path.file_name().is_some_and(|n| n != "viaduct") {
+            std::os::unix::fs::symlink(&path, dir.join(path.file_name().unwrap_or_default()))?;
+        }
+    }
+    std::os::unix::fs::symlink(target_dir().join(crate::CLI_PROFILE).join("viaduct"), dir.join("viaduct"))?;
+    Ok(dir)
+}
+
 /// Builds release binaries and runs the benchmarks matching `filter`.
 pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<()> {
     let bin_dir = match bin_dir {
         Some(dir) => dir,
-        None => {
-            crate::run(cargo().args(["build", "--release", "--bins"]))?;
-            target_dir().join("release")
-        }
+        None => released_binaries()?,
     };
     eprintln!("xtask: benchmarking the binaries in {}", bin_dir.display());
     viaduct_tests::set_bin_dir(bin_dir);

@@ -1,10 +1,11 @@
 //! `cargo xtask dist`: the release, in `target/dist/`.
 //!
 //! 1. the first-party plugins and the web UI (`cargo xtask plugins`, `ui`);
-//! 2. `cargo build --release` of `viaduct-server`, `viaduct-runner`,
-//!    `viaduct` and `viaduct-autoscaler`, embedding both
-//!    (`VIADUCT_EMBED_UI`, `VIADUCT_EMBED_PLUGINS`: see `bundle/`), so the
-//!    server alone serves everything;
+//! 2. `cargo build --release` of `viaduct-server`, `viaduct-runner` and
+//!    `viaduct-autoscaler`, and `--profile cli` of `viaduct` (the CLI,
+//!    whole-program optimised), embedding both (`VIADUCT_EMBED_UI`,
+//!    `VIADUCT_EMBED_PLUGINS`: see `bundle/`), so the server alone serves
+//!    everything;
 //! 3. `viaduct-<version>-<arch>-linux.tar.gz`: `bin/` (debug info stripped,
 //!    symbols kept), `lib/systemd/system/` (the units of `deploy/systemd/`),
 //!    README.md (and LICENSE files when there are any); entries sorted,
@@ -65,11 +66,17 @@ pub fn dist(image: bool) -> Result<()> {
     let ui = crate::ui::build()?;
     let mut build = cargo();
     build.args(["build", "--release", "--locked"]).envs(embed_env(&ui));
-    for bin in BINARIES {
+    for bin in BINARIES.into_iter().filter(|b| *b != "viaduct") {
         build.args(["--bin", bin]);
     }
     run(&mut build)?;
-    let built = target_dir().join("release");
+    // The CLI with its own profile (whole-program optimised: see
+    // `[profile.cli]`).
+    run(cargo().args(["build", "--profile", crate::CLI_PROFILE, "--locked", "--bin", "viaduct"]).envs(embed_env(&ui)))?;
+    let built = |bin: &str| {
+        let profile = if bin == "viaduct" { crate::CLI_PROFILE } else { "release" };
+        target_dir().join(profile).join(bin)
+    };
 
     let out = target_dir().join("dist");
     std::fs::create_dir_all(&out)?;
@@ -81,7 +88,7 @@ pub fn dist(image: bool) -> Result<()> {
     let mut bins = Vec::new();
     for bin in BINARIES {
         let copy = work.join(bin);
-        std::fs::copy(built.join(bin), &copy).with_context(|| format!("copying {bin}"))?;
+        std::fs::copy(built(bin), &copy).with_context(|| format!("copying {bin}"))?;
         if !Command::new("strip").arg("--strip-debug").arg(&copy).status().is_ok_and(|s| s.success()) {
             eprintln!("xtask: dist: `strip` failed or is missing: {bin} keeps its debug info");
         }

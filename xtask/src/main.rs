@@ -133,6 +133,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The profile `viaduct` (the CLI) is built with for a release and for the
+/// benchmarks (`[profile.cli]` in the workspace's Cargo.toml).
+pub const CLI_PROFILE: &str = "cli";
+
 /// `cargo` with the workspace as working directory.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
