@@ -149,11 +149,7 @@ impl PackedLogs {
                 Ok(()) => packed += 1,
                 Err(e) => tracing::warn!(error = %e, attempt = %hex::encode(mark), "cannot pack an attempt's logs yet"),
             }
-            // An attempt whose logs are empty (or all in memory) awaits
-            // nothing: without a yield here, a backlog of them held an async
-            // worker for as long as it took (~5 ms a second at 1,000 runs a
-            // second, ~50 ms after a burst), and the submits, dispatches and
-            // events queued behind it waited.
+            // See `pack_attempt`: the same between attempts.
             tokio::task::yield_now().await;
         }
         // A full batch: the next pass goes on after it; else from the start.
@@ -172,6 +168,11 @@ impl PackedLogs {
         }
         let mut ws = WriteSet::default();
         for step in steps {
+            // A step whose log is empty awaits nothing (a non-empty one
+            // awaits its compression): without a yield, a backlog of quiet
+            // steps held this async worker for the whole backlog while the
+            // submits, dispatches and events queued behind it waited.
+            tokio::task::yield_now().await;
             if self.store.tree(T::PackedLogs).contains_key(step.key())? {
                 continue;
             }
@@ -389,13 +390,13 @@ mod tests {
         assert_eq!(packed.pack_pending().await.unwrap(), 0);
     }
 
-    /// Packing yields between attempts, even when none of them awaits
+    /// Packing yields for every step, even when none of them awaits
     /// anything (empty logs): a backlog of ended attempts must not hold an
     /// async worker while submits and dispatches queue behind it. On this
-    /// single-threaded runtime the task spawned first runs only if packing
-    /// yields before it returns.
+    /// single-threaded runtime the task spawned first runs only when
+    /// packing yields: here, before the first attempt's mark is gone.
     #[tokio::test]
-    async fn packing_lets_other_tasks_run_between_attempts() {
+    async fn packing_yields_for_every_step() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::memory());
         let packed = PackedLogs::new(Arc::clone(&store), Arc::new(BlobStore::local(dir.path()).unwrap()));
@@ -406,11 +407,14 @@ mod tests {
             ws.put_raw(T::Unpacked, StepKey::attempt_prefix(job, 1), Vec::new());
         }
         store.commit(&ws).unwrap();
-        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let other = Arc::clone(&ran);
-        let task = tokio::spawn(async move { other.store(true, Ordering::SeqCst) });
+        // The other task notes how many attempts were still to pack when it
+        // ran: all three if packing yields before its first attempt.
+        let seen = Arc::new(AtomicU64::new(u64::MAX));
+        let (other, of) = (Arc::clone(&seen), Arc::clone(&store));
+        let task =
+            tokio::spawn(async move { other.store(of.tree(T::Unpacked).iter().count() as u64, Ordering::SeqCst) });
         assert_eq!(packed.pack_pending().await.unwrap(), 3);
-        assert!(ran.load(Ordering::SeqCst), "another task ran while the attempts were packed");
+        assert_eq!(seen.load(Ordering::SeqCst), 3, "another task ran before the first attempt was packed");
         task.await.unwrap();
         assert_eq!(store.tree(T::Unpacked).iter().count(), 0, "every mark is gone");
     }

@@ -10,24 +10,25 @@ use viaduct_tests::{Client, Server, StatusWord, v1};
 
 use crate::{cargo, target_dir};
 
-/// The binaries as a release builds them, in one directory: the release
-/// build's, and the CLI built with its own profile ([`crate::CLI_PROFILE`]),
-/// linked into `target/bench-bin`.
+/// The binaries as a release builds them ([`crate::dist::build_binaries`]:
+/// the CLI with its own profile), in one directory, `target/bench-bin`:
+/// hard links (a copy across file systems), so each sees its siblings
+/// beside it (`viaduct exec` looks for the runner there) and a rebuild
+/// during a run does not change them.
 fn released_binaries() -> Result<std::path::PathBuf> {
-    crate::run(cargo().args(["build", "--release", "--bins"]))?;
-    crate::run(cargo().args(["build", "--profile", crate::CLI_PROFILE, "--bin", "viaduct"]))?;
+    let built = crate::dist::build_binaries(&[])?;
     let dir = target_dir().join("bench-bin");
-    let _ = std::fs::remove_dir_all(&dir);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     std::fs::create_dir_all(&dir)?;
-    for entry in std::fs::read_dir(target_dir().join("release"))? {
-        let path = entry?.path();
-        let executable = std::fs::metadata(&path)
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0);
-        if executable && path.file_name().is_some_and(|n| n != "viaduct") {
-            std::os::unix::fs::symlink(&path, dir.join(path.file_name().unwrap_or_default()))?;
+    for (bin, path) in built {
+        let link = dir.join(bin);
+        if std::fs::hard_link(&path, &link).is_err() {
+            std::fs::copy(&path, &link)?;
         }
     }
-    std::os::unix::fs::symlink(target_dir().join(crate::CLI_PROFILE).join("viaduct"), dir.join("viaduct"))?;
     Ok(dir)
 }
 

@@ -2,10 +2,10 @@
 //!
 //! 1. the first-party plugins and the web UI (`cargo xtask plugins`, `ui`);
 //! 2. `cargo build --release` of `viaduct-server`, `viaduct-runner` and
-//!    `viaduct-autoscaler`, and `--profile cli` of `viaduct` (the CLI,
-//!    whole-program optimised), embedding both (`VIADUCT_EMBED_UI`,
+//!    `viaduct-autoscaler`, embedding both (`VIADUCT_EMBED_UI`,
 //!    `VIADUCT_EMBED_PLUGINS`: see `bundle/`), so the server alone serves
-//!    everything;
+//!    everything; and `--profile cli` of `viaduct` (the CLI, whole-program
+//!    optimised; it embeds nothing);
 //! 3. `viaduct-<version>-<arch>-linux.tar.gz`: `bin/` (debug info stripped,
 //!    symbols kept), `lib/systemd/system/` (the units of `deploy/systemd/`),
 //!    README.md (and LICENSE files when there are any); entries sorted,
@@ -33,7 +33,34 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, root, run, target_dir};
 
 /// The binaries of a release (`viaduct` is the CLI of `viaduct-sdk`).
-const BINARIES: [&str; 4] = ["viaduct-server", "viaduct-runner", "viaduct", "viaduct-autoscaler"];
+pub const BINARIES: [&str; 4] = ["viaduct-server", "viaduct-runner", "viaduct", "viaduct-autoscaler"];
+
+/// Builds the release's binaries: the CLI with its own profile
+/// ([`crate::CLI_PROFILE`]), the others with `--release`; `envs` are set
+/// for both builds. Returns where each binary is, by name.
+pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut build = cargo();
+    build.args(["build", "--release", "--locked"]).envs(envs.iter().map(|(k, v)| (*k, v)));
+    for bin in BINARIES.into_iter().filter(|b| *b != "viaduct") {
+        build.args(["--bin", bin]);
+    }
+    run(&mut build)?;
+    let mut cli = cargo();
+    cli.args(["build", "--profile", crate::CLI_PROFILE, "--locked", "--bin", "viaduct"]);
+    run(cli.envs(envs.iter().map(|(k, v)| (*k, v))))?;
+    let built: Vec<_> = BINARIES
+        .into_iter()
+        .map(|bin| {
+            let profile = if bin == "viaduct" { crate::CLI_PROFILE } else { "release" };
+            (bin, target_dir().join(profile).join(bin))
+        })
+        .collect();
+    // The CLI is built alone (its dependencies' features unified without
+    // the server's): it must still start.
+    let cli = &built.iter().find(|(bin, _)| *bin == "viaduct").context("the CLI")?.1;
+    run(Command::new(cli).arg("--version").stdout(std::process::Stdio::null()))?;
+    Ok(built)
+}
 
 /// The systemd units the archive ships (in `lib/systemd/system/`).
 const UNITS: [(&str, &str); 2] = [
@@ -64,19 +91,7 @@ pub fn dist(image: bool) -> Result<()> {
     let arch = std::env::consts::ARCH;
     crate::plugins::build(false)?;
     let ui = crate::ui::build()?;
-    let mut build = cargo();
-    build.args(["build", "--release", "--locked"]).envs(embed_env(&ui));
-    for bin in BINARIES.into_iter().filter(|b| *b != "viaduct") {
-        build.args(["--bin", bin]);
-    }
-    run(&mut build)?;
-    // The CLI with its own profile (whole-program optimised: see
-    // `[profile.cli]`).
-    run(cargo().args(["build", "--profile", crate::CLI_PROFILE, "--locked", "--bin", "viaduct"]).envs(embed_env(&ui)))?;
-    let built = |bin: &str| {
-        let profile = if bin == "viaduct" { crate::CLI_PROFILE } else { "release" };
-        target_dir().join(profile).join(bin)
-    };
+    let built = build_binaries(&embed_env(&ui))?;
 
     let out = target_dir().join("dist");
     std::fs::create_dir_all(&out)?;
@@ -86,9 +101,10 @@ pub fn dist(image: bool) -> Result<()> {
     // Release binaries with their debug info stripped (symbols stay, so
     // panics still name functions).
     let mut bins = Vec::new();
-    for bin in BINARIES {
+    for (bin, path) in &built {
+        let bin = *bin;
         let copy = work.join(bin);
-        std::fs::copy(built(bin), &copy).with_context(|| format!("copying {bin}"))?;
+        std::fs::copy(path, &copy).with_context(|| format!("copying {bin}"))?;
         if !Command::new("strip").arg("--strip-debug").arg(&copy).status().is_ok_and(|s| s.success()) {
             eprintln!("xtask: dist: `strip` failed or is missing: {bin} keeps its debug info");
         }

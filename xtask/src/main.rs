@@ -119,9 +119,10 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
-/// cargo's target directory (honours CARGO_TARGET_DIR).
+/// cargo's target directory (honours CARGO_TARGET_DIR; a relative one is
+/// relative to the workspace root, where [`cargo`] runs cargo).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), |dir| root().join(dir))
 }
 
 /// Runs a command, failing with its name when it fails.
