@@ -92,6 +92,10 @@ async fn runs_accepted_just_before_a_kill_all_run_after_the_restart() {
     server.restart();
     let _runner = server.runner("linux", 2);
     let client = server.client().await;
+    // Through the store's log (`store::wal`), written through before each
+    // Submit returned: sled's own files need not have had them yet.
+    let log = server.log();
+    assert!(log.contains("replayed the store's log into the database"), "{log}");
     for (i, id) in ids.iter().enumerate() {
         let run = finished(&client, id).await;
         assert_eq!(word(run.status), "success");

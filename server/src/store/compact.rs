@@ -95,17 +95,19 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
     }
     let copy = sibling(dir, ".compacting");
     {
-        let open = |path: &Path| {
-            sled::Config::new().path(path).open().map_err(|e| {
-                if e.to_string().contains("could not acquire lock") {
-                    Error::precondition(format!("{} is in use: stop the server first", path.display()))
-                } else {
-                    Error::Storage(format!("cannot open {}: {e}", path.display()))
-                }
-            })
+        let in_use = |path: &Path, e: String| {
+            if e.contains("could not acquire lock") {
+                Error::precondition(format!("{} is in use: stop the server first", path.display()))
+            } else {
+                Error::Storage(format!("cannot open {}: {e}", path.display()))
+            }
         };
-        let old = open(dir)?;
-        let new = open(&copy)?;
+        // Through the store's backend: what its log holds is replayed into
+        // the trees first (the copy is made from the trees alone, and the
+        // log goes with the old directory).
+        let kv = super::kv::Sled::open(dir).map_err(|e| in_use(dir, e.to_string()))?;
+        let old = kv.db();
+        let new = sled::Config::new().path(&copy).open().map_err(|e| in_use(&copy, e.to_string()))?;
         new.import(old.export());
         let storage = |e: sled::Error| Error::Storage(e.to_string());
         if old.checksum().map_err(storage)? != new.checksum().map_err(storage)? {

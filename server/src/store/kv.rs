@@ -18,8 +18,6 @@ use std::{
     },
 };
 
-use sled::Transactional as _;
-
 use super::{T, TREE_NAMES};
 use crate::error::{Error, Result};
 
@@ -84,10 +82,17 @@ fn storage(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
 
-/// sled: the embedded database on disk.
+/// sled: the embedded database on disk, behind the store's own log
+/// ([`super::wal`]): a write set is durable once appended there, and sled
+/// writes its trees out on its own.
 pub struct Sled {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// Every write set goes there first, in commit order (the lock orders
+    /// them: the log's order is the trees' order).
+    log: std::sync::Mutex<super::wal::Wal>,
+    /// sled's own file (synced at a checkpoint).
+    file: std::path::PathBuf,
 }
 
 /// Bytes of sled's page cache unless told otherwise (`--store-cache`).
@@ -112,12 +117,70 @@ impl Sled {
             .open()
             .map_err(storage)?;
         let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>().map_err(storage)?;
-        Ok(Self { db, trees })
+        // Only now, under sled's lock: no other process has the log open.
+        let (log, unsettled) = super::wal::Wal::open(&dir.join(super::wal::FILE))?;
+        let kv = Self { db, trees, log: std::sync::Mutex::new(log), file: dir.join("db") };
+        if !unsettled.is_empty() {
+            // Written before a crash: each whole (see `wal`), in order.
+            for ops in &unsettled {
+                apply(&kv.trees, ops)?;
+            }
+            tracing::info!(write_sets = unsettled.len(), "replayed the store's log into the database");
+        }
+        kv.checkpoint(&mut kv.log())?;
+        Ok(kv)
     }
 
     fn tree(&self, t: T) -> &sled::Tree {
         &self.trees[t as usize]
     }
+
+    /// The database itself (compaction copies it).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Logs `ops` and applies them, the log held: a checkpoint first when
+    /// the log is long.
+    fn commit_logged(&self, log: &mut super::wal::Wal, ops: &[Op]) -> Result<()> {
+        if log.is_full() {
+            self.checkpoint(log)?;
+        }
+        log.append(ops)?;
+        apply(&self.trees, ops)
+    }
+
+    /// Makes everything applied to the trees durable in sled's own file,
+    /// then starts the log again (its records are no longer needed).
+    fn checkpoint(&self, log: &mut super::wal::Wal) -> Result<()> {
+        self.db.flush().map_err(storage)?;
+        // sled's flush writes its log through to the device but leaves its
+        // file's growth to its flusher's next fsync: the records about to
+        // be dropped must not be the only copy meanwhile.
+        std::fs::File::open(&self.file)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| storage(format!("syncing {}: {e}", self.file.display())))?;
+        log.restart()
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, super::wal::Wal> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Applies a logged write set to sled's trees. Not a sled transaction: the
+/// log makes it whole across a crash, and the store's readers see a write
+/// set only once it is applied (`WriteBack` holds it until then).
+fn apply(trees: &[sled::Tree], ops: &[Op]) -> Result<()> {
+    for (t, k, v) in ops {
+        let tree = &trees[*t as usize];
+        match v {
+            Some(v) => tree.insert(k.as_slice(), v.as_slice()).map(drop),
+            None => tree.remove(k.as_slice()).map(drop),
+        }
+        .map_err(storage)?;
+    }
+    Ok(())
 }
 
 impl Kv for Sled {
@@ -134,43 +197,27 @@ impl Kv for Sled {
     }
 
     fn insert_if_absent(&self, tree: T, key: &[u8], value: &[u8]) -> Result<bool> {
-        let swapped = self.tree(tree).compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(storage)?;
-        Ok(swapped.is_ok())
+        // Under the log's lock: no commit comes between the look and the write.
+        let mut log = self.log();
+        if self.tree(tree).contains_key(key).map_err(storage)? {
+            return Ok(false);
+        }
+        self.commit_logged(&mut log, &[(tree, key.to_vec(), Some(value.to_vec()))])?;
+        Ok(true)
     }
 
     fn commit(&self, ops: &[Op]) -> Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
-        // Only the trees the write set touches take part in the transaction.
-        let mut slot = [usize::MAX; TREE_NAMES.len()];
-        let mut trees: Vec<&sled::Tree> = Vec::with_capacity(4);
-        for (t, _, _) in ops {
-            if slot[*t as usize] == usize::MAX {
-                slot[*t as usize] = trees.len();
-                trees.push(self.tree(*t));
-            }
-        }
-        trees
-            .as_slice()
-            .transaction(|views| {
-                for (t, k, v) in ops {
-                    let view = &views[slot[*t as usize]];
-                    match v {
-                        Some(v) => view.insert(k.as_slice(), v.as_slice())?,
-                        None => view.remove(k.as_slice())?,
-                    };
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => storage(e),
-                sled::transaction::TransactionError::Abort(()) => Error::Internal("transaction aborted".into()),
-            })
+        // Durable once this returns: logged and synced, then applied.
+        let mut log = self.log();
+        self.commit_logged(&mut log, ops)
     }
 
     fn flush(&self) -> Result<()> {
-        self.db.flush().map(|_| ()).map_err(storage)
+        // Every commit is durable when it returns (its log record synced).
+        Ok(())
     }
 
     fn generate_id(&self) -> Result<u64> {
@@ -585,6 +632,24 @@ pub mod conformance {
         assert!(err.contains("cannot read --store-ca-file") && err.contains("missing.pem"), "{err}");
     }
 
+    /// sled under `dir` opened again: the dropped database's flusher
+    /// thread may hold sled's lock for a moment (a restarted process would
+    /// not see it), so this waits for it.
+    fn reopen(dir: &std::path::Path) -> super::Sled {
+        let mut tries = 0;
+        loop {
+            match super::Sled::open(dir) {
+                Ok(kv) => break kv,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    eprintln!("reopening: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot reopen: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn sled_keeps_ids_growing_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -595,21 +660,50 @@ pub mod conformance {
             kv.flush().unwrap();
             id
         };
-        // The dropped database's flusher thread may hold sled's lock for a
-        // moment (a restarted process would not see it): wait for it.
-        let mut tries = 0;
-        let kv = loop {
-            match super::Sled::open(dir.path()) {
-                Ok(kv) => break kv,
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    eprintln!("reopening: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("cannot reopen: {e}"),
-            }
-        };
+        let kv = reopen(dir.path());
         assert!(kv.generate_id().unwrap() > first);
         assert_eq!(kv.get(T::Meta, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A crash after a write set was logged and before sled's files had it:
+    /// opening replays it, whole, once.
+    #[test]
+    fn sled_replays_what_its_log_holds_and_its_trees_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = |v: &[u8]| (T::Meta, b"a".to_vec(), Some(v.to_vec()));
+        {
+            let kv = super::Sled::open(dir.path()).unwrap();
+            kv.commit(&[a(b"1")]).unwrap();
+            // Logged; the process dies before applying it to the trees.
+            kv.log().append(&[(T::Meta, b"a".to_vec(), None), (T::Runs, b"b".to_vec(), Some(b"2".to_vec()))]).unwrap();
+            assert_eq!(kv.get(T::Meta, b"a").unwrap().as_deref(), Some(&b"1"[..]), "not in the trees yet");
+        }
+        let kv = reopen(dir.path());
+        assert_eq!(kv.get(T::Meta, b"a").unwrap(), None, "the removal replayed");
+        assert_eq!(kv.get(T::Runs, b"b").unwrap().as_deref(), Some(&b"2"[..]), "with the rest of its write set");
+        // Replayed into the trees and made durable there: the log started
+        // again, so a later value is not undone by replaying the old one.
+        kv.commit(&[a(b"3")]).unwrap();
+        drop(kv);
+        assert_eq!(reopen(dir.path()).get(T::Meta, b"a").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
+    /// Past its length, the log starts again once sled's files hold what it
+    /// held; every write set survives.
+    #[test]
+    fn sled_checkpoints_its_log_and_keeps_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = vec![7u8; 64 << 10];
+        let sets = (crate::store::wal::CHECKPOINT_BYTES / (64 << 10)) as u32 + 8;
+        {
+            let kv = super::Sled::open(dir.path()).unwrap();
+            for i in 0..sets {
+                kv.commit(&[(T::Logs, i.to_be_bytes().to_vec(), Some(value.clone()))]).unwrap();
+            }
+            assert!(!kv.log().is_full(), "the log started again");
+        }
+        let kv = reopen(dir.path());
+        assert_eq!(kv.range(T::Logs, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).count(), sets as usize);
+        assert_eq!(kv.get(T::Logs, &0u32.to_be_bytes()).unwrap(), Some(value));
     }
 }

@@ -18,6 +18,7 @@ pub mod logs;
 pub mod postgres;
 pub use postgres::{Fence, Leadership, spawn_lease};
 pub mod records;
+pub mod wal;
 pub mod write_back;
 
 use std::{
@@ -348,8 +349,8 @@ impl Store {
     }
 
     /// [`Store::open`] with `cache` bytes of sled's page cache. Commits
-    /// reach sled through [`write_back::WriteBack`]: one sled transaction
-    /// per group commit, not one per state transition.
+    /// reach sled through [`write_back::WriteBack`]: one append to the
+    /// store's log ([`wal`]) per group commit, not one per state transition.
     pub fn open_with_cache(dir: &Path, cache: u64) -> Result<Self> {
         Ok(Self::with(write_back::WriteBack::with_cache(kv::Sled::open_with_cache(dir, cache)?, 0)))
     }

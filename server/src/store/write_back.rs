@@ -2,9 +2,8 @@
 //!
 //! A backend whose every commit is costly caps the engine — which commits
 //! each state transition under its one lock — at that backend's commit
-//! rate: PostgreSQL's commit is a durable round trip; sled's transaction
-//! writes its log twice (it seals the log buffer before and after the
-//! batch), each write handed to its I/O threads. [`WriteBack`] takes that
+//! rate: PostgreSQL's commit is a durable round trip; on sled, a commit is
+//! one write through of the store's log (`store::wal`). [`WriteBack`] takes that
 //! cost off the transition: a commit is applied to memory at once (every
 //! read sees it), and [`Kv::flush`] — the store's group commit, which every
 //! transition that promises durability waits for — writes everything
