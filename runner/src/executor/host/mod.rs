@@ -180,16 +180,6 @@ impl Backend for HostBackend {
         .await
         .map_err(|e| SetupError(format!("cannot prepare the job's directory: {e}")))?
         .map_err(SetupError)?;
-        if let Some(users) = spares {
-            // The next job's, made while this one runs; dropped once too old
-            // to be given, if no job took it.
-            let maker = std::sync::Arc::clone(&users);
-            tokio::task::spawn_blocking(move || maker.make_spare_mounts());
-            tokio::spawn(async move {
-                tokio::time::sleep(SPARE_MOUNTS_AGE + Duration::from_secs(1)).await;
-                let _ = tokio::task::spawn_blocking(move || users.drop_stale_mounts()).await;
-            });
-        }
         if let (Some(u), Some(m)) = (user.as_mut(), mounts) {
             u.user.set_mounts(m);
         }
@@ -205,6 +195,7 @@ impl Backend for HostBackend {
             keep: self.keep_workspaces,
             cgroup,
             spare: None,
+            spare_mounts: spares,
             user,
             programs,
             shells: Vec::new(),
@@ -255,6 +246,9 @@ struct HostJob {
     /// The last step's cgroup, the next step's once it reads empty
     /// ([`HostJob::step_cgroup`]).
     spare: Option<StepCgroup>,
+    /// The slot users, when this job had a mount namespace of its own: the
+    /// next job's is made at this one's end ([`make_spare_mounts`]).
+    spare_mounts: Option<std::sync::Arc<SlotUsers>>,
     user: Option<SlotUser>,
     programs: std::sync::Arc<programs::HostPrograms>,
     /// The interactive shells started (stopped at teardown).
@@ -415,6 +409,9 @@ impl JobEnv for HostJob {
         if let Some(user) = self.user.take() {
             if clean {
                 drop(user);
+                if let Some(users) = self.spare_mounts.take() {
+                    make_spare_mounts(users);
+                }
             } else {
                 // A process of the job may still run as it, or its directory
                 // is still open to it: no other job gets it.
@@ -444,6 +441,17 @@ impl JobEnv for HostJob {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove job directory");
         }
     }
+}
+
+/// Makes the next job's mount namespace, off the async workers, and drops
+/// it once too old to be given if no job took it.
+fn make_spare_mounts(users: std::sync::Arc<SlotUsers>) {
+    let maker = std::sync::Arc::clone(&users);
+    tokio::task::spawn_blocking(move || maker.make_spare_mounts());
+    tokio::spawn(async move {
+        tokio::time::sleep(SPARE_MOUNTS_AGE + Duration::from_secs(1)).await;
+        let _ = tokio::task::spawn_blocking(move || users.drop_stale_mounts()).await;
+    });
 }
 
 /// What holds a step's processes, so that they can all be killed — now,
