@@ -354,7 +354,7 @@ impl SlotUsers {
     }
 
     /// The mount namespace for a job about to start (when jobs get a
-    /// private `/proc`): a spare made after the last job's setup, or a new
+    /// private `/proc`): a spare made at the end of a job before, or a new
     /// one. Blocking. A spare is as fresh as one made now — no process has
     /// entered it — and was made less than [`SPARE_MOUNTS_AGE`] ago; the
     /// job's setup no longer waits for the ~0.2 ms that making one takes.

@@ -105,7 +105,10 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
         // Through the store's backend: what its log holds is replayed into
         // the trees first (the copy is made from the trees alone, and the
         // log goes with the old directory).
-        let kv = super::kv::Sled::open(dir).map_err(|e| in_use(dir, e.to_string()))?;
+        let kv = super::kv::Sled::open(dir).map_err(|e| match e {
+            Error::Storage(e) => in_use(dir, e),
+            e => e,
+        })?;
         let old = kv.db();
         let new = sled::Config::new().path(&copy).open().map_err(|e| in_use(&copy, e.to_string()))?;
         new.import(old.export());
@@ -133,14 +136,19 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
     Ok(Compaction { before, after: files_size(dir) })
 }
 
-/// fsyncs every file and directory under `dir`.
-fn sync_tree(dir: &Path) -> Result<()> {
+/// fsyncs every file and directory under `dir`. A file gone meanwhile
+/// (sled removes blobs it no longer needs while it runs) needs nothing.
+pub(super) fn sync_tree(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io("cannot read", dir))? {
         let path = entry.map_err(io("cannot read", dir))?.path();
         if path.is_dir() {
             sync_tree(&path)?;
         } else {
-            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io("cannot sync", &path))?;
+            match std::fs::File::open(&path) {
+                Ok(f) => f.sync_all().map_err(io("cannot sync", &path))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("cannot sync", &path)(e)),
+            }
         }
     }
     sync_dir(dir)

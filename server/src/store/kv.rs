@@ -84,15 +84,18 @@ fn storage(e: impl std::fmt::Display) -> Error {
 
 /// sled: the embedded database on disk, behind the store's own log
 /// ([`super::wal`]): a write set is durable once appended there, and sled
-/// writes its trees out on its own.
+/// writes its trees out on its own. A commit is whole or absent across a
+/// crash; concurrent readers of a bare `Sled` may see it half applied
+/// (the store reads it through [`super::write_back::WriteBack`], which
+/// serves a batch from memory until it is applied).
 pub struct Sled {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     /// Every write set goes there first, in commit order (the lock orders
     /// them: the log's order is the trees' order).
-    log: std::sync::Mutex<super::wal::Wal>,
-    /// sled's own file (synced at a checkpoint).
-    file: std::path::PathBuf,
+    log: std::sync::Mutex<Logged>,
+    /// sled's directory (its files are synced at a checkpoint).
+    dir: std::path::PathBuf,
 }
 
 /// Bytes of sled's page cache unless told otherwise (`--store-cache`).
@@ -118,8 +121,9 @@ impl Sled {
             .map_err(storage)?;
         let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>().map_err(storage)?;
         // Only now, under sled's lock: no other process has the log open.
-        let (log, unsettled) = super::wal::Wal::open(&dir.join(super::wal::FILE))?;
-        let kv = Self { db, trees, log: std::sync::Mutex::new(log), file: dir.join("db") };
+        let (wal, unsettled) = super::wal::Wal::open(dir)?;
+        let log = std::sync::Mutex::new(Logged { wal, checkpoint: None });
+        let kv = Self { db, trees, log, dir: dir.to_path_buf() };
         if !unsettled.is_empty() {
             // Written before a crash: each whole (see `wal`), in order.
             for ops in &unsettled {
@@ -127,7 +131,8 @@ impl Sled {
             }
             tracing::info!(write_sets = unsettled.len(), "replayed the store's log into the database");
         }
-        kv.checkpoint(&mut kv.log())?;
+        checkpoint(&kv.db, &kv.dir)?;
+        kv.log().wal.restart()?;
         Ok(kv)
     }
 
@@ -140,32 +145,64 @@ impl Sled {
         &self.db
     }
 
-    /// Logs `ops` and applies them, the log held: a checkpoint first when
-    /// the log is long.
-    fn commit_logged(&self, log: &mut super::wal::Wal, ops: &[Op]) -> Result<()> {
-        if log.is_full() {
-            self.checkpoint(log)?;
+    /// Logs `ops` and applies them, the log held. When the log's file is
+    /// full, the log goes on in its other file and the full one is
+    /// checkpointed on a thread of its own — waiting first for the
+    /// checkpoint before, which the other file's reuse needs.
+    fn commit_logged(&self, log: &mut Logged, ops: &[Op]) -> Result<()> {
+        if log.wal.is_full() {
+            log.settle()?;
+            log.wal.switch()?;
+            let (db, dir) = (self.db.clone(), self.dir.clone());
+            let spawned = std::thread::Builder::new()
+                .name("viaduct-checkpoint".into())
+                .spawn(move || checkpoint(&db, &dir))
+                .map_err(|e| storage(format!("cannot start the log's checkpoint: {e}")))?;
+            log.checkpoint = Some(spawned);
         }
-        log.append(ops)?;
+        log.wal.append(ops)?;
         apply(&self.trees, ops)
     }
 
-    /// Makes everything applied to the trees durable in sled's own file,
-    /// then starts the log again (its records are no longer needed).
-    fn checkpoint(&self, log: &mut super::wal::Wal) -> Result<()> {
-        self.db.flush().map_err(storage)?;
-        // sled's flush writes its log through to the device but leaves its
-        // file's growth to its flusher's next fsync: the records about to
-        // be dropped must not be the only copy meanwhile.
-        std::fs::File::open(&self.file)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| storage(format!("syncing {}: {e}", self.file.display())))?;
-        log.restart()
-    }
-
-    fn log(&self) -> std::sync::MutexGuard<'_, super::wal::Wal> {
+    fn log(&self) -> std::sync::MutexGuard<'_, Logged> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+impl Drop for Sled {
+    fn drop(&mut self) {
+        // A checkpoint under way holds the database (and its lock).
+        let _ = self.log().settle();
+    }
+}
+
+/// The log, and the checkpoint of its other file while one runs.
+struct Logged {
+    wal: super::wal::Wal,
+    checkpoint: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl Logged {
+    /// Waits for the checkpoint under way, if any: its error is the
+    /// store's (what the log dropped next would not be durable).
+    fn settle(&mut self) -> Result<()> {
+        match self.checkpoint.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(done)) => done,
+            Some(Err(_)) => Err(Error::Internal("the log's checkpoint panicked".into())),
+        }
+    }
+}
+
+/// Makes everything applied to sled's trees so far durable in sled's own
+/// files (what a checkpoint of the log needs before dropping records).
+fn checkpoint(db: &sled::Db, dir: &std::path::Path) -> Result<()> {
+    db.flush().map_err(storage)?;
+    // sled's flush writes its log to the device without flushing the
+    // device's cache or its file's new length, and writes large items to
+    // files of their own (`blobs/`) without syncing them: every file of it
+    // is synced.
+    super::compact::sync_tree(dir)
 }
 
 /// Applies a logged write set to sled's trees. Not a sled transaction: the
@@ -675,7 +712,10 @@ pub mod conformance {
             let kv = super::Sled::open(dir.path()).unwrap();
             kv.commit(&[a(b"1")]).unwrap();
             // Logged; the process dies before applying it to the trees.
-            kv.log().append(&[(T::Meta, b"a".to_vec(), None), (T::Runs, b"b".to_vec(), Some(b"2".to_vec()))]).unwrap();
+            kv.log()
+                .wal
+                .append(&[(T::Meta, b"a".to_vec(), None), (T::Runs, b"b".to_vec(), Some(b"2".to_vec()))])
+                .unwrap();
             assert_eq!(kv.get(T::Meta, b"a").unwrap().as_deref(), Some(&b"1"[..]), "not in the trees yet");
         }
         let kv = reopen(dir.path());
@@ -688,22 +728,34 @@ pub mod conformance {
         assert_eq!(reopen(dir.path()).get(T::Meta, b"a").unwrap().as_deref(), Some(&b"3"[..]));
     }
 
-    /// Past its length, the log starts again once sled's files hold what it
-    /// held; every write set survives.
+    /// Past a file's length the log goes on in its other file while the
+    /// full one is checkpointed (the next switch waits for that); across
+    /// a restart every write set survives, in order, the last ones from
+    /// the log alone.
     #[test]
-    fn sled_checkpoints_its_log_and_keeps_every_write() {
+    fn sled_moves_its_log_between_files_and_keeps_every_write() {
         let dir = tempfile::tempdir().unwrap();
         let value = vec![7u8; 64 << 10];
-        let sets = (crate::store::wal::CHECKPOINT_BYTES / (64 << 10)) as u32 + 8;
+        let sets = 3 * (crate::store::wal::CHECKPOINT_BYTES / (64 << 10)) as u32 + 8;
+        let key = |i: u32| i.to_be_bytes().to_vec();
         {
             let kv = super::Sled::open(dir.path()).unwrap();
             for i in 0..sets {
-                kv.commit(&[(T::Logs, i.to_be_bytes().to_vec(), Some(value.clone()))]).unwrap();
+                kv.commit(&[(T::Logs, key(i), Some(value.clone()))]).unwrap();
             }
-            assert!(!kv.log().is_full(), "the log started again");
+            assert!(kv.log().checkpoint.is_some(), "a checkpoint was started");
+            // Logged; the process dies before applying them to the trees.
+            let mut log = kv.log();
+            log.wal.append(&[(T::Meta, b"last".to_vec(), Some(b"1".to_vec()))]).unwrap();
+            log.wal.append(&[(T::Logs, key(0), None)]).unwrap();
         }
         let kv = reopen(dir.path());
-        assert_eq!(kv.range(T::Logs, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).count(), sets as usize);
-        assert_eq!(kv.get(T::Logs, &0u32.to_be_bytes()).unwrap(), Some(value));
+        assert_eq!(
+            kv.range(T::Logs, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).count(),
+            sets as usize - 1
+        );
+        assert_eq!(kv.get(T::Logs, &key(0)).unwrap(), None, "the removal, replayed last");
+        assert_eq!(kv.get(T::Logs, &key(sets - 1)).unwrap(), Some(value));
+        assert_eq!(kv.get(T::Meta, b"last").unwrap().as_deref(), Some(&b"1"[..]));
     }
 }

@@ -3,7 +3,7 @@
 //! A backend whose every commit is costly caps the engine — which commits
 //! each state transition under its one lock — at that backend's commit
 //! rate: PostgreSQL's commit is a durable round trip; on sled, a commit is
-//! one write through of the store's log (`store::wal`). [`WriteBack`] takes that
+//! a write and an `fdatasync` of the store's log (`store::wal`). [`WriteBack`] takes that
 //! cost off the transition: a commit is applied to memory at once (every
 //! read sees it), and [`Kv::flush`] — the store's group commit, which every
 //! transition that promises durability waits for — writes everything

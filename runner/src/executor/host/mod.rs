@@ -409,6 +409,10 @@ impl JobEnv for HostJob {
         if let Some(user) = self.user.take() {
             if clean {
                 drop(user);
+                // The next job's namespace, made now rather than at this
+                // job's start, when its first step, the client's follow and
+                // the server's submit compete for the cores (its first
+                // step's start measured ~0.1–0.3 ms slower).
                 if let Some(users) = self.spare_mounts.take() {
                     make_spare_mounts(users);
                 }
