@@ -136,19 +136,14 @@ pub fn compact(dir: &Path) -> Result<Compaction> {
     Ok(Compaction { before, after: files_size(dir) })
 }
 
-/// fsyncs every file and directory under `dir`. A file gone meanwhile
-/// (sled removes blobs it no longer needs while it runs) needs nothing.
-pub(super) fn sync_tree(dir: &Path) -> Result<()> {
+/// fsyncs every file and directory under `dir`.
+fn sync_tree(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io("cannot read", dir))? {
         let path = entry.map_err(io("cannot read", dir))?.path();
         if path.is_dir() {
             sync_tree(&path)?;
         } else {
-            match std::fs::File::open(&path) {
-                Ok(f) => f.sync_all().map_err(io("cannot sync", &path))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("cannot sync", &path)(e)),
-            }
+            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io("cannot sync", &path))?;
         }
     }
     sync_dir(dir)

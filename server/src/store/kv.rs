@@ -122,7 +122,7 @@ impl Sled {
         let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>().map_err(storage)?;
         // Only now, under sled's lock: no other process has the log open.
         let (wal, unsettled) = super::wal::Wal::open(dir)?;
-        let log = std::sync::Mutex::new(Logged { wal, checkpoint: None });
+        let log = std::sync::Mutex::new(Logged { wal, checkpoint: None, synced_blobs: 0, failed: None });
         let kv = Self { db, trees, log, dir: dir.to_path_buf() };
         if !unsettled.is_empty() {
             // Written before a crash: each whole (see `wal`), in order.
@@ -131,8 +131,12 @@ impl Sled {
             }
             tracing::info!(write_sets = unsettled.len(), "replayed the store's log into the database");
         }
-        checkpoint(&kv.db, &kv.dir)?;
-        kv.log().wal.restart()?;
+        {
+            // Every blob file: which of them sled's last run synced is not known.
+            let mut log = kv.log();
+            log.synced_blobs = checkpoint(&kv.db, &kv.dir, 0)?;
+            log.wal.restart()?;
+        }
         Ok(kv)
     }
 
@@ -153,12 +157,15 @@ impl Sled {
         if log.wal.is_full() {
             log.settle()?;
             log.wal.switch()?;
-            let (db, dir) = (self.db.clone(), self.dir.clone());
+            let (db, dir, synced) = (self.db.clone(), self.dir.clone(), log.synced_blobs);
             let spawned = std::thread::Builder::new()
                 .name("viaduct-checkpoint".into())
-                .spawn(move || checkpoint(&db, &dir))
-                .map_err(|e| storage(format!("cannot start the log's checkpoint: {e}")))?;
-            log.checkpoint = Some(spawned);
+                .spawn(move || checkpoint(&db, &dir, synced));
+            match spawned {
+                Ok(handle) => log.checkpoint = Some(handle),
+                // No thread: checkpointed here, the commit waiting.
+                Err(_) => log.checked(checkpoint(&self.db, &self.dir, synced))?,
+            }
         }
         log.wal.append(ops)?;
         apply(&self.trees, ops)
@@ -179,30 +186,87 @@ impl Drop for Sled {
 /// The log, and the checkpoint of its other file while one runs.
 struct Logged {
     wal: super::wal::Wal,
-    checkpoint: Option<std::thread::JoinHandle<Result<()>>>,
+    checkpoint: Option<std::thread::JoinHandle<Result<u64>>>,
+    /// sled's blob files up to this one (by name: the LSN they were
+    /// written at, which only grows) were synced by a finished checkpoint.
+    synced_blobs: u64,
+    /// Why a checkpoint failed: the log can then never drop its records
+    /// again, so every later commit is refused with it (the store stops).
+    failed: Option<String>,
 }
 
 impl Logged {
-    /// Waits for the checkpoint under way, if any: its error is the
-    /// store's (what the log dropped next would not be durable).
+    /// Waits for the checkpoint under way, if any. Its failure is kept and
+    /// returned from then on: the file it was for must never be reused.
     fn settle(&mut self) -> Result<()> {
-        match self.checkpoint.take().map(std::thread::JoinHandle::join) {
-            None => Ok(()),
+        let done = match self.checkpoint.take().map(std::thread::JoinHandle::join) {
+            None => Ok(self.synced_blobs),
             Some(Ok(done)) => done,
-            Some(Err(_)) => Err(Error::Internal("the log's checkpoint panicked".into())),
+            Some(Err(_)) => Err(Error::Internal("the checkpoint of the store's log panicked".into())),
+        };
+        self.checked(done)
+    }
+
+    /// A checkpoint's outcome, kept when it failed; the first failure kept
+    /// otherwise.
+    fn checked(&mut self, done: Result<u64>) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Storage(why.clone()));
+        }
+        match done {
+            Ok(synced) => {
+                self.synced_blobs = synced;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("a checkpoint of the store's log failed: {e}");
+                tracing::error!("{why}");
+                self.failed = Some(why.clone());
+                Err(Error::Storage(why))
+            }
         }
     }
 }
 
 /// Makes everything applied to sled's trees so far durable in sled's own
-/// files (what a checkpoint of the log needs before dropping records).
-fn checkpoint(db: &sled::Db, dir: &std::path::Path) -> Result<()> {
+/// files (what a checkpoint of the log needs before dropping records):
+/// sled flushed — which writes its log to the device without flushing the
+/// device's cache or its file's new length — then its files synced: its
+/// own (`db`, `conf`, snapshots), and the files it writes large items to
+/// (`blobs/`, never synced by sled) named above `synced_blobs`. Returns the
+/// highest blob synced.
+fn checkpoint(db: &sled::Db, dir: &std::path::Path, synced_blobs: u64) -> Result<u64> {
     db.flush().map_err(storage)?;
-    // sled's flush writes its log to the device without flushing the
-    // device's cache or its file's new length, and writes large items to
-    // files of their own (`blobs/`) without syncing them: every file of it
-    // is synced.
-    super::compact::sync_tree(dir)
+    let sync = |path: &std::path::Path| match std::fs::File::open(path) {
+        Ok(f) => f.sync_all().map_err(|e| storage(format!("syncing {}: {e}", path.display()))),
+        // sled removes blobs it no longer needs as it goes.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(storage(format!("syncing {}: {e}", path.display()))),
+    };
+    let listed = |dir: &std::path::Path| match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.filter_map(|e| e.ok()).collect::<Vec<_>>()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(storage(format!("reading {}: {e}", dir.display()))),
+    };
+    let blobs = dir.join("blobs");
+    let mut highest = synced_blobs;
+    for entry in listed(&blobs)? {
+        let lsn = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
+        if let Some(lsn) = lsn.filter(|l| *l > synced_blobs) {
+            sync(&entry.path())?;
+            highest = highest.max(lsn);
+        }
+    }
+    sync(&blobs)?;
+    for entry in listed(dir)? {
+        let name = entry.file_name();
+        let ours = super::wal::FILES.iter().any(|f| name == *f);
+        if !ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            sync(&entry.path())?;
+        }
+    }
+    sync(dir)?;
+    Ok(highest)
 }
 
 /// Applies a logged write set to sled's trees. Not a sled transaction: the
@@ -721,11 +785,79 @@ pub mod conformance {
         let kv = reopen(dir.path());
         assert_eq!(kv.get(T::Meta, b"a").unwrap(), None, "the removal replayed");
         assert_eq!(kv.get(T::Runs, b"b").unwrap().as_deref(), Some(&b"2"[..]), "with the rest of its write set");
-        // Replayed into the trees and made durable there: the log started
-        // again, so a later value is not undone by replaying the old one.
+        // And the store goes on from there.
         kv.commit(&[a(b"3")]).unwrap();
         drop(kv);
         assert_eq!(reopen(dir.path()).get(T::Meta, b"a").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
+    /// sled's files as a crash can leave them — as of a checkpoint, before
+    /// the log's files moved on — and the log's files as they are at the
+    /// end: every write set since that checkpoint comes back from the two
+    /// files of the log, the older one first.
+    #[test]
+    fn sled_recovers_from_its_log_alone_what_its_files_lack() {
+        let copy = |from: &std::path::Path, to: &std::path::Path, only_log: bool| {
+            for entry in std::fs::read_dir(from).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name();
+                let log = crate::store::wal::FILES.iter().any(|f| name == *f);
+                if log != only_log {
+                    continue;
+                }
+                if entry.file_type().unwrap().is_dir() {
+                    std::fs::create_dir_all(to.join(&name)).unwrap();
+                    for inner in std::fs::read_dir(entry.path()).unwrap() {
+                        let inner = inner.unwrap();
+                        std::fs::copy(inner.path(), to.join(&name).join(inner.file_name())).unwrap();
+                    }
+                } else {
+                    std::fs::copy(entry.path(), to.join(&name)).unwrap();
+                }
+            }
+        };
+        let (live, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let value = vec![7u8; 64 << 10];
+        // A file and a half of the log: it moved to its other file once.
+        let sets = (crate::store::wal::CHECKPOINT_BYTES / (64 << 10)) as u32 * 3 / 2;
+        let key = |i: u32| i.to_be_bytes().to_vec();
+        {
+            let kv = super::Sled::open(live.path()).unwrap();
+            kv.commit(&[(T::Meta, b"before".to_vec(), Some(b"1".to_vec()))]).unwrap();
+            // sled's files as of here.
+            kv.db().flush().unwrap();
+            copy(live.path(), crashed.path(), false);
+            for i in 0..sets {
+                kv.commit(&[(T::Logs, key(i), Some(value.clone()))]).unwrap();
+            }
+            kv.commit(&[(T::Meta, b"before".to_vec(), None)]).unwrap();
+            kv.log().settle().unwrap();
+            copy(live.path(), crashed.path(), true);
+        }
+        let kv = reopen(crashed.path());
+        assert_eq!(
+            kv.range(T::Logs, std::ops::Bound::Unbounded, std::ops::Bound::Unbounded).count(),
+            sets as usize,
+            "every write set since the copy, from the log"
+        );
+        assert_eq!(kv.get(T::Logs, &key(sets - 1)).unwrap(), Some(value));
+        assert_eq!(kv.get(T::Meta, b"before").unwrap(), None, "the last removal, replayed last");
+    }
+
+    /// A checkpoint that failed is the store's failure from then on: the
+    /// file it was for is never reused, and no commit is taken.
+    #[test]
+    fn a_failed_checkpoint_refuses_every_later_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = crate::store::wal::Wal::open(dir.path()).unwrap();
+        let mut log = super::Logged { wal, checkpoint: None, synced_blobs: 0, failed: None };
+        log.checkpoint = Some(std::thread::spawn(|| Err(crate::error::Error::Storage("disk on fire".into()))));
+        let first = log.settle().unwrap_err().to_string();
+        assert!(first.contains("disk on fire"), "{first}");
+        assert!(log.settle().unwrap_err().to_string().contains("disk on fire"), "still, with no thread left");
+        assert!(log.checked(Ok(9)).is_err(), "a later success does not clear it");
+        log.checkpoint = Some(std::thread::spawn(|| panic!("checkpoint panicked")));
+        assert!(log.settle().is_err());
     }
 
     /// Past a file's length the log goes on in its other file while the

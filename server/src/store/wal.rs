@@ -17,12 +17,14 @@
 //! applies it without a sled transaction. sled writes its trees out on its
 //! own (every 200 ms, and at each checkpoint), so after a crash sled's
 //! files may hold any part of the write sets applied since its last flush;
-//! the log holds all of them. Opening replays the log into sled, in order:
-//! a write set is whole values and removals, so applying it again over any
-//! part of itself ends in the same state. A write set whose append did not
-//! finish is not in the log, and none of it reached sled (it is applied
-//! only once durable): after a crash every write set is there whole or
-//! not at all.
+//! the log holds all of them. Opening replays the log into sled, in order
+//! and through to its last write set: write sets are whole values and
+//! removals, so applying all of them again, over whatever part of them
+//! sled's files kept, ends in the state after the last. (Replaying only a
+//! front part would set keys back: the log never leaves one to read — see
+//! [`Segment::restart`].) A write set whose append did not finish is not
+//! in the log, and none of it reached sled (it is applied only once
+//! durable): after a crash every write set is there whole or not at all.
 //!
 //! Durable means `fdatasync`: the record and the file's length on the
 //! device's stable storage, its write cache flushed — so a power cut loses
@@ -35,15 +37,18 @@
 //! Checkpoint: the log has two files ([`FILES`]). Once the one written to
 //! passes [`CHECKPOINT_BYTES`], the log goes on in the other, started
 //! again empty ([`Wal::switch`]), and the full one is checkpointed on a
-//! thread of its own: sled flushed and every file of it synced (its log
-//! file, and the files it writes large items to). Commits do not wait for
-//! it (a checkpoint syncs tens of files: ~15 ms measured under load, once
-//! every few seconds); only the next switch does, as that reuses the file.
-//! So the two files always hold every write set since the last finished
-//! checkpoint, the older file's first; a header's generation tells which
-//! is older. Each file is written with zeros to its length when made and
-//! keeps its blocks, so a record's `fdatasync` usually has no new size or
-//! extent to commit to the filesystem's journal.
+//! thread of its own: sled flushed and its files synced (its log file, and
+//! the files it wrote large items to since the last checkpoint). Commits
+//! do not wait for it (~15 ms measured under load, once every few
+//! seconds); only the next switch does, as that reuses the file, and a
+//! checkpoint that failed refuses that switch and every commit after it
+//! (the store then stops: `kv::Sled`). So the two files hold every write
+//! set since the last finished checkpoint, the older file's first; a
+//! header's generation tells which is older. Each file is written with
+//! zeros to its length when made (without room for that, it grows as it is
+//! written), so that on a filesystem that overwrites in place (ext4, XFS) a
+//! record's `fdatasync` usually has no new size or extent to commit to the
+//! journal.
 //!
 //! Format (little-endian). A header: [`MAGIC`], the epoch (random, new at
 //! each restart), the generation, and a checksum of them. Then records: the payload's
@@ -96,6 +101,13 @@ impl Wal {
     pub fn open(dir: &Path) -> Result<(Self, Vec<Vec<Op>>)> {
         let (a, mut sets) = Segment::open(&dir.join(FILES[0]))?;
         let (b, later) = Segment::open(&dir.join(FILES[1]))?;
+        if a.generation == b.generation && !sets.is_empty() && !later.is_empty() {
+            // Only two empty files ever share one (both new).
+            return Err(Error::Corrupt {
+                tree: "log",
+                detail: format!("both files of the store's log in {} hold records of one generation", dir.display()),
+            });
+        }
         let active = usize::from(b.generation > a.generation);
         if active == 1 {
             sets.extend(later);
@@ -286,15 +298,20 @@ impl Segment {
     /// [`CHECKPOINT_BYTES`] is cut back to it.
     pub fn restart(&mut self, generation: u64) -> Result<()> {
         let epoch = new_epoch()?;
-        let cut = match self.file.metadata() {
-            Ok(m) if m.len() > CHECKPOINT_BYTES => self.file.set_len(CHECKPOINT_BYTES),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        cut.and_then(|()| self.file.write_all_at(&header(epoch, generation), 0))
+        // The header first, durable: from then on the old records are
+        // another epoch's and never read. Cut first, a crash could leave
+        // the old header over the records' front part alone, and a replay
+        // of part of a file's write sets (not through to the last) would
+        // set keys back to older values.
+        self.file
+            .write_all_at(&header(epoch, generation), 0)
             .and_then(|()| self.file.sync_data())
             .map_err(|e| Error::Storage(format!("restarting the store's log: {e}")))?;
         (self.epoch, self.generation, self.seq, self.end) = (epoch, generation, 0, HEADER_LEN);
+        // Only space: a cut that does not last costs nothing.
+        if self.file.metadata().is_ok_and(|m| m.len() > CHECKPOINT_BYTES) {
+            let _ = self.file.set_len(CHECKPOINT_BYTES);
+        }
         Ok(())
     }
 }
