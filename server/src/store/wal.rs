@@ -408,16 +408,22 @@ mod tests {
         vec![(T::Meta, vec![i], Some(vec![i; 3])), (T::Runs, vec![i, i], None), (T::Logs, vec![], Some(vec![]))]
     }
 
+    /// A new file of the log, in a directory of its own.
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Segment) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILES[0]);
+        let (wal, sets) = Segment::open(&path).unwrap();
+        assert!(sets.is_empty());
+        (dir, path, wal)
+    }
+
     fn reopen(path: &Path) -> Vec<Vec<Op>> {
         Segment::open(path).unwrap().1
     }
 
     #[test]
     fn write_sets_come_back_in_order_and_a_restart_drops_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILES[0]);
-        let (mut wal, sets) = Segment::open(&path).unwrap();
-        assert!(sets.is_empty());
+        let (_dir, path, mut wal) = fresh();
         for i in 1..=3 {
             wal.append(&set(i)).unwrap();
         }
@@ -439,9 +445,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_record_ends_the_log_and_damage_before_the_end_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILES[0]);
-        let (mut wal, _) = Segment::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.append(&set(1)).unwrap();
         let first_end = wal.end as usize;
         wal.append(&set(2)).unwrap();
@@ -483,9 +487,7 @@ mod tests {
 
     #[test]
     fn a_record_that_checks_out_but_does_not_decode_is_an_error_not_a_silent_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILES[0]);
-        let (mut wal, _) = Segment::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         // A write to a tree that does not exist (say, a newer binary's).
         wal.append(&set(1)).unwrap();
         drop(wal);
@@ -526,18 +528,14 @@ mod tests {
 
     #[test]
     fn a_new_log_has_its_blocks_before_its_first_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILES[0]);
-        drop(Segment::open(&path).unwrap());
+        let (_dir, path, _) = fresh();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), CHECKPOINT_BYTES);
     }
 
     #[test]
     fn the_log_is_readable_by_its_owner_only() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(FILES[0]);
-        drop(Segment::open(&path).unwrap());
+        let (_dir, path, _) = fresh();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }
