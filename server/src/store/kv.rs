@@ -10,7 +10,7 @@
 //! grow, across restarts.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     ops::Bound,
     sync::{
         RwLock,
@@ -122,7 +122,7 @@ impl Sled {
         let trees = TREE_NAMES.iter().map(|n| db.open_tree(n)).collect::<sled::Result<Vec<_>>>().map_err(storage)?;
         // Only now, under sled's lock: no other process has the log open.
         let (wal, unsettled) = super::wal::Wal::open(dir)?;
-        let log = std::sync::Mutex::new(Logged { wal, checkpoint: None, synced_blobs: 0, failed: None });
+        let log = std::sync::Mutex::new(Logged { wal, checkpoint: None, synced_blobs: HashSet::new(), failed: None });
         let kv = Self { db, trees, log, dir: dir.to_path_buf() };
         if !unsettled.is_empty() {
             // Written before a crash: each whole (see `wal`), in order.
@@ -134,7 +134,7 @@ impl Sled {
         {
             // Every blob file: which of them sled's last run synced is not known.
             let mut log = kv.log();
-            log.synced_blobs = checkpoint(&kv.db, &kv.dir, 0)?;
+            log.synced_blobs = checkpoint(&kv.db, &kv.dir, HashSet::new())?;
             log.wal.restart()?;
         }
         Ok(kv)
@@ -157,14 +157,15 @@ impl Sled {
         if log.wal.is_full() {
             log.settle()?;
             log.wal.switch()?;
-            let (db, dir, synced) = (self.db.clone(), self.dir.clone(), log.synced_blobs);
+            let (db, dir, synced) = (self.db.clone(), self.dir.clone(), std::mem::take(&mut log.synced_blobs));
             let spawned = std::thread::Builder::new()
                 .name("viaduct-checkpoint".into())
                 .spawn(move || checkpoint(&db, &dir, synced));
             match spawned {
                 Ok(handle) => log.checkpoint = Some(handle),
-                // No thread: checkpointed here, the commit waiting.
-                Err(_) => log.checked(checkpoint(&self.db, &self.dir, synced))?,
+                // No thread: checkpointed here (every blob: the set went
+                // with the closure), the commit waiting.
+                Err(_) => log.checked(Some(checkpoint(&self.db, &self.dir, HashSet::new())))?,
             }
         }
         log.wal.append(ops)?;
@@ -186,10 +187,10 @@ impl Drop for Sled {
 /// The log, and the checkpoint of its other file while one runs.
 struct Logged {
     wal: super::wal::Wal,
-    checkpoint: Option<std::thread::JoinHandle<Result<u64>>>,
-    /// sled's blob files up to this one (by name: the LSN they were
-    /// written at, which only grows) were synced by a finished checkpoint.
-    synced_blobs: u64,
+    checkpoint: Option<std::thread::JoinHandle<Result<HashSet<u64>>>>,
+    /// sled's blob files (named by the LSN they were written at) that a
+    /// finished checkpoint synced.
+    synced_blobs: HashSet<u64>,
     /// Why a checkpoint failed: the log can then never drop its records
     /// again, so every later commit is refused with it (the store stops).
     failed: Option<String>,
@@ -199,26 +200,25 @@ impl Logged {
     /// Waits for the checkpoint under way, if any. Its failure is kept and
     /// returned from then on: the file it was for must never be reused.
     fn settle(&mut self) -> Result<()> {
-        let done = match self.checkpoint.take().map(std::thread::JoinHandle::join) {
-            None => Ok(self.synced_blobs),
-            Some(Ok(done)) => done,
-            Some(Err(_)) => Err(Error::Internal("the checkpoint of the store's log panicked".into())),
-        };
+        let done = self.checkpoint.take().map(|handle| {
+            handle.join().unwrap_or_else(|_| Err(Error::Internal("the checkpoint of the store's log panicked".into())))
+        });
         self.checked(done)
     }
 
-    /// A checkpoint's outcome, kept when it failed; the first failure kept
-    /// otherwise.
-    fn checked(&mut self, done: Result<u64>) -> Result<()> {
+    /// A checkpoint's outcome (`None`: none ran), kept when it failed; the
+    /// first failure kept otherwise.
+    fn checked(&mut self, done: Option<Result<HashSet<u64>>>) -> Result<()> {
         if let Some(why) = &self.failed {
             return Err(Error::Storage(why.clone()));
         }
         match done {
-            Ok(synced) => {
+            None => Ok(()),
+            Some(Ok(synced)) => {
                 self.synced_blobs = synced;
                 Ok(())
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let why = format!("a checkpoint of the store's log failed: {e}");
                 tracing::error!("{why}");
                 self.failed = Some(why.clone());
@@ -233,9 +233,12 @@ impl Logged {
 /// sled flushed — which writes its log to the device without flushing the
 /// device's cache or its file's new length — then its files synced: its
 /// own (`db`, `conf`, snapshots), and the files it writes large items to
-/// (`blobs/`, never synced by sled) named above `synced_blobs`. Returns the
-/// highest blob synced.
-fn checkpoint(db: &sled::Db, dir: &std::path::Path, synced_blobs: u64) -> Result<u64> {
+/// (`blobs/`, never synced by sled) but those in `synced_blobs`. Every blob
+/// of the writes applied before it started exists once sled's flush
+/// returned (a blob is written before its reservation completes); blobs of
+/// later writes may be listed or not, and are synced by the next one if
+/// not. Returns the blobs synced now or before that still exist.
+fn checkpoint(db: &sled::Db, dir: &std::path::Path, synced_blobs: HashSet<u64>) -> Result<HashSet<u64>> {
     db.flush().map_err(storage)?;
     let sync = |path: &std::path::Path| match std::fs::File::open(path) {
         Ok(f) => f.sync_all().map_err(|e| storage(format!("syncing {}: {e}", path.display()))),
@@ -249,13 +252,13 @@ fn checkpoint(db: &sled::Db, dir: &std::path::Path, synced_blobs: u64) -> Result
         Err(e) => Err(storage(format!("reading {}: {e}", dir.display()))),
     };
     let blobs = dir.join("blobs");
-    let mut highest = synced_blobs;
+    let mut synced = HashSet::new();
     for entry in listed(&blobs)? {
-        let lsn = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
-        if let Some(lsn) = lsn.filter(|l| *l > synced_blobs) {
+        let Some(lsn) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else { continue };
+        if !synced_blobs.contains(&lsn) {
             sync(&entry.path())?;
-            highest = highest.max(lsn);
         }
+        synced.insert(lsn);
     }
     sync(&blobs)?;
     for entry in listed(dir)? {
@@ -266,7 +269,7 @@ fn checkpoint(db: &sled::Db, dir: &std::path::Path, synced_blobs: u64) -> Result
         }
     }
     sync(dir)?;
-    Ok(highest)
+    Ok(synced)
 }
 
 /// Applies a logged write set to sled's trees. Not a sled transaction: the
@@ -850,12 +853,12 @@ pub mod conformance {
     fn a_failed_checkpoint_refuses_every_later_commit() {
         let dir = tempfile::tempdir().unwrap();
         let (wal, _) = crate::store::wal::Wal::open(dir.path()).unwrap();
-        let mut log = super::Logged { wal, checkpoint: None, synced_blobs: 0, failed: None };
+        let mut log = super::Logged { wal, checkpoint: None, synced_blobs: Default::default(), failed: None };
         log.checkpoint = Some(std::thread::spawn(|| Err(crate::error::Error::Storage("disk on fire".into()))));
         let first = log.settle().unwrap_err().to_string();
         assert!(first.contains("disk on fire"), "{first}");
         assert!(log.settle().unwrap_err().to_string().contains("disk on fire"), "still, with no thread left");
-        assert!(log.checked(Ok(9)).is_err(), "a later success does not clear it");
+        assert!(log.checked(Some(Ok(Default::default()))).is_err(), "a later success does not clear it");
         log.checkpoint = Some(std::thread::spawn(|| panic!("checkpoint panicked")));
         assert!(log.settle().is_err());
     }
