@@ -42,6 +42,25 @@ pub trait Kv: Send + Sync {
     fn commit(&self, ops: &[Op]) -> Result<()>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
+    /// [`Kv::commit`] and [`Kv::flush`] of `ops`, calling `durable` once
+    /// they are durable — which a backend may do before it applies them,
+    /// so that whoever waits for durability is not kept waiting for that:
+    /// until this returns, reads must not be served through this backend
+    /// for the keys of `ops` (`WriteBack` serves them from memory).
+    /// `durable` is called at most once, and always before `Ok`.
+    fn commit_then(&self, ops: &[Op], durable: &mut dyn FnMut()) -> Result<()> {
+        self.commit(ops)?;
+        self.flush()?;
+        durable();
+        Ok(())
+    }
+    /// [`Kv::flush`], calling `durable` once every write so far is durable
+    /// (as [`Kv::commit_then`]: perhaps before they are all applied).
+    fn flush_then(&self, durable: &mut dyn FnMut()) -> Result<()> {
+        self.flush()?;
+        durable();
+        Ok(())
+    }
     /// A fresh id, greater than every id given before (also before a
     /// restart).
     fn generate_id(&self) -> Result<u64>;
@@ -149,11 +168,11 @@ impl Sled {
         &self.db
     }
 
-    /// Logs `ops` and applies them, the log held. When the log's file is
-    /// full, the log goes on in its other file and the full one is
-    /// checkpointed on a thread of its own — waiting first for the
-    /// checkpoint before, which the other file's reuse needs.
-    fn commit_logged(&self, log: &mut Logged, ops: &[Op]) -> Result<()> {
+    /// Logs `ops`, calls `durable`, and applies them, the log held. When
+    /// the log's file is full, the log goes on in its other file and the
+    /// full one is checkpointed on a thread of its own — waiting first for
+    /// the checkpoint before, which the other file's reuse needs.
+    fn commit_logged(&self, log: &mut Logged, ops: &[Op], durable: &mut dyn FnMut()) -> Result<()> {
         if log.wal.is_full() {
             log.settle()?;
             log.wal.switch()?;
@@ -169,6 +188,10 @@ impl Sled {
             }
         }
         log.wal.append(ops)?;
+        // A crash from here on replays them: durable before they are in
+        // the trees (whose readers, through `WriteBack`, do not look there
+        // for them until this returns).
+        durable();
         apply(&self.trees, ops)
     }
 
@@ -306,22 +329,27 @@ impl Kv for Sled {
         if self.tree(tree).contains_key(key).map_err(storage)? {
             return Ok(false);
         }
-        self.commit_logged(&mut log, &[(tree, key.to_vec(), Some(value.to_vec()))])?;
+        self.commit_logged(&mut log, &[(tree, key.to_vec(), Some(value.to_vec()))], &mut || ())?;
         Ok(true)
     }
 
     fn commit(&self, ops: &[Op]) -> Result<()> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        // Durable once this returns: logged and synced, then applied.
-        let mut log = self.log();
-        self.commit_logged(&mut log, ops)
+        self.commit_then(ops, &mut || ())
     }
 
     fn flush(&self) -> Result<()> {
         // Every commit is durable when it returns (its log record synced).
         Ok(())
+    }
+
+    fn commit_then(&self, ops: &[Op], durable: &mut dyn FnMut()) -> Result<()> {
+        if ops.is_empty() {
+            durable();
+            return Ok(());
+        }
+        // Durable once logged and synced; then applied.
+        let mut log = self.log();
+        self.commit_logged(&mut log, ops, durable)
     }
 
     fn generate_id(&self) -> Result<u64> {
@@ -457,6 +485,14 @@ pub mod conformance {
         let b = kv.generate_id().unwrap();
         assert!(b > a);
         kv.flush().unwrap();
+        // Durability is told once, and before the call returns.
+        let mut told = 0;
+        kv.commit_then(&[(T::Meta, b"told".to_vec(), Some(b"1".to_vec()))], &mut || told += 1).unwrap();
+        assert_eq!(told, 1);
+        assert_eq!(kv.get(T::Meta, b"told").unwrap().as_deref(), Some(&b"1"[..]));
+        kv.commit_then(&[], &mut || told += 1).unwrap();
+        kv.flush_then(&mut || told += 1).unwrap();
+        assert_eq!(told, 3);
 
         // Large values and many keys.
         let big = vec![7u8; 1 << 20];
@@ -794,31 +830,58 @@ pub mod conformance {
         assert_eq!(reopen(dir.path()).get(T::Meta, b"a").unwrap().as_deref(), Some(&b"3"[..]));
     }
 
+    /// Copies sled's files (`only_log`: the log's files instead) from the
+    /// data directory `from` to `to`: what a crash leaves, put together.
+    fn copy(from: &std::path::Path, to: &std::path::Path, only_log: bool) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            let log = crate::store::wal::FILES.iter().any(|f| name == *f);
+            if log != only_log {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(to.join(&name)).unwrap();
+                for inner in std::fs::read_dir(entry.path()).unwrap() {
+                    let inner = inner.unwrap();
+                    std::fs::copy(inner.path(), to.join(&name).join(inner.file_name())).unwrap();
+                }
+            } else {
+                std::fs::copy(entry.path(), to.join(&name)).unwrap();
+            }
+        }
+    }
+
+    /// A commit is reported durable as soon as its log record is synced,
+    /// before sled's trees have it: a crash at that moment (sled's files as
+    /// before the commit, the log's as then) recovers it.
+    #[test]
+    fn sled_reports_a_commit_durable_once_logged_before_applying_it() {
+        let (live, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let kv = super::Sled::open(live.path()).unwrap();
+        kv.db().flush().unwrap();
+        copy(live.path(), crashed.path(), false);
+        let (mut told, mut applied_then) = (0, None);
+        let ops = [(T::Runs, b"r".to_vec(), Some(b"1".to_vec())), (T::Jobs, b"j".to_vec(), None)];
+        kv.commit_then(&ops, &mut || {
+            told += 1;
+            applied_then = Some(kv.get(T::Runs, b"r").unwrap());
+            copy(live.path(), crashed.path(), true);
+        })
+        .unwrap();
+        assert_eq!(told, 1, "told once");
+        assert_eq!(applied_then, Some(None), "told before the trees had it");
+        assert_eq!(kv.get(T::Runs, b"r").unwrap().as_deref(), Some(&b"1"[..]), "applied when it returns");
+        drop(kv);
+        assert_eq!(reopen(crashed.path()).get(T::Runs, b"r").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
     /// sled's files as a crash can leave them — as of a checkpoint, before
     /// the log's files moved on — and the log's files as they are at the
     /// end: every write set since that checkpoint comes back from the two
     /// files of the log, the older one first.
     #[test]
     fn sled_recovers_from_its_log_alone_what_its_files_lack() {
-        let copy = |from: &std::path::Path, to: &std::path::Path, only_log: bool| {
-            for entry in std::fs::read_dir(from).unwrap() {
-                let entry = entry.unwrap();
-                let name = entry.file_name();
-                let log = crate::store::wal::FILES.iter().any(|f| name == *f);
-                if log != only_log {
-                    continue;
-                }
-                if entry.file_type().unwrap().is_dir() {
-                    std::fs::create_dir_all(to.join(&name)).unwrap();
-                    for inner in std::fs::read_dir(entry.path()).unwrap() {
-                        let inner = inner.unwrap();
-                        std::fs::copy(inner.path(), to.join(&name).join(inner.file_name())).unwrap();
-                    }
-                } else {
-                    std::fs::copy(entry.path(), to.join(&name)).unwrap();
-                }
-            }
-        };
         let (live, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let value = vec![7u8; 64 << 10];
         // A file and a half of the log: it moved to its other file once.

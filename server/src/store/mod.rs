@@ -636,11 +636,19 @@ impl Flusher {
                     continue;
                 }
                 let mark = writes.mark();
-                match kv.flush() {
+                // Waiters go on once the writes are durable, not once the
+                // backend has also applied them (sled: after its log's sync).
+                let mut told = false;
+                match kv.flush_then(&mut || {
+                    flusher.done(target);
+                    told = true;
+                }) {
                     Ok(_) => {
                         flushed_writes = Some(mark);
                         flusher.flushes.fetch_add(1, Ordering::Relaxed);
-                        flusher.done(target);
+                        if !told {
+                            flusher.done(target);
+                        }
                         // Under load = several requests arrived during the fsync.
                         busy = flusher.requested.load(Ordering::Acquire) >= target + BUSY_REQUESTS;
                     }

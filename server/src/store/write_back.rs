@@ -259,12 +259,16 @@ impl<K: Kv> Kv for WriteBack<K> {
     }
 
     fn flush(&self) -> Result<()> {
+        self.flush_then(&mut || ())
+    }
+
+    fn flush_then(&self, durable: &mut dyn FnMut()) -> Result<()> {
         let _one = self.flushing.lock().unwrap_or_else(|p| p.into_inner());
         let batch = {
             let mut h = self.lock();
             if h.pending_bytes == 0 && h.pending.iter().all(BTreeMap::is_empty) {
                 drop(h);
-                return self.inner.flush();
+                return self.inner.flush_then(durable);
             }
             let batch = Arc::new(std::mem::replace(&mut h.pending, empty_layer()));
             h.pending_bytes = 0;
@@ -273,7 +277,9 @@ impl<K: Kv> Kv for WriteBack<K> {
         };
         let ops: Vec<Op> =
             T::ALL.iter().flat_map(|t| batch[*t as usize].iter().map(|(k, v)| (*t, k.clone(), v.clone()))).collect();
-        let written = self.inner.commit(&ops).and_then(|()| self.inner.flush());
+        // The batch stays `inflight` (read from here) until the backend
+        // has applied it, which may be after it is durable.
+        let written = self.inner.commit_then(&ops, durable);
         let mut h = self.lock();
         let h = &mut *h;
         h.inflight = None;
