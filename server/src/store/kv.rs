@@ -143,14 +143,16 @@ impl Sled {
         let (wal, unsettled) = super::wal::Wal::open(dir)?;
         let log = std::sync::Mutex::new(Logged { wal, checkpoint: None, synced_blobs: HashSet::new(), failed: None });
         let kv = Self { db, trees, log, dir: dir.to_path_buf() };
+        // An empty log (a new store, or none written since its files were
+        // started again) has nothing to replay nor to drop: it goes on as
+        // it is, and the first switch's checkpoint syncs every blob file.
         if !unsettled.is_empty() {
-            // Written before a crash: each whole (see `wal`), in order.
+            // Written before the last stop or crash: each whole (see
+            // `wal`), in order.
             for ops in &unsettled {
                 apply(&kv.trees, ops)?;
             }
             tracing::info!(write_sets = unsettled.len(), "replayed the store's log into the database");
-        }
-        {
             // Every blob file: which of them sled's last run synced is not known.
             let mut log = kv.log();
             log.synced_blobs = checkpoint(&kv.db, &kv.dir, HashSet::new())?;
