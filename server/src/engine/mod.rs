@@ -415,7 +415,7 @@ impl Engine {
         let ticket = if durability::can_wait(events.iter().filter_map(|ev| ev.change.as_ref())) {
             store.ticket_soon()
         } else {
-            store.ticket()
+            store.ticket_covering()
         };
         store.wait_durable(ticket).await;
     }

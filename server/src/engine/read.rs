@@ -119,7 +119,7 @@ impl Engine {
     pub async fn get_run_durable_end(&self, id: RunId) -> Result<v1::Run> {
         let run = self.get_run(id)?;
         if run.status().is_terminal() {
-            self.store().wait_durable(self.store().ticket()).await;
+            self.store().wait_durable(self.store().ticket_covering()).await;
         }
         Ok(run)
     }

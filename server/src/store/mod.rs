@@ -437,6 +437,19 @@ impl Store {
         self.flusher.request()
     }
 
+    /// A ticket covering every write made so far, for a request that only
+    /// read and must not answer before what it read is durable: the flush
+    /// under way, or the last one, when nothing was written since it
+    /// began (no fsync asked for, none waited for twice), else
+    /// [`Store::ticket`].
+    pub fn ticket_covering(&self) -> Ticket {
+        let begun = *self.flusher.begun.lock().unwrap_or_else(|p| p.into_inner());
+        match begun {
+            Some((target, mark)) if self.writes.unchanged_since(mark) => Ticket(target),
+            _ => self.ticket(),
+        }
+    }
+
     /// A ticket covering every write made so far, flushed within
     /// [`SOON`] unless something asks for a flush before: for writes that
     /// no one waits on right now (a step's progress), so that a job of
@@ -584,6 +597,9 @@ struct Flusher {
     /// What runs once a ticket is flushed (see [`Store::after_durable`]),
     /// in ticket order; `flushed` advances under this lock.
     after: Mutex<std::collections::VecDeque<(u64, Deferred)>>,
+    /// The backend flush begun last: the ticket it is for, and where the
+    /// writes were when it began (see [`Store::ticket_covering`]).
+    begun: Mutex<Option<(u64, u64)>>,
     wake: Mutex<Wake>,
     cv: Condvar,
 }
@@ -595,6 +611,7 @@ impl Flusher {
             flushes: AtomicU64::new(0),
             flushed: watch::Sender::new(0),
             after: Mutex::default(),
+            begun: Mutex::default(),
             wake: Mutex::default(),
             cv: Condvar::new(),
         });
@@ -639,6 +656,7 @@ impl Flusher {
                     continue;
                 }
                 let mark = writes.mark();
+                *flusher.begun.lock().unwrap_or_else(|p| p.into_inner()) = Some((target, mark));
                 // Waiters go on once the writes are durable, not once the
                 // backend has also applied them (sled: after its log's sync).
                 let mut told = false;
@@ -756,5 +774,29 @@ mod tests {
         store.commit(&WriteSet::default()).unwrap();
         store.wait_durable(store.ticket_soon()).await;
         assert_eq!((flushes(&store), store.counters().commits), (3, 3));
+    }
+
+    /// A reader's ticket asks for no flush when nothing was written since
+    /// the last one began, and for one when something was.
+    #[tokio::test]
+    async fn a_covering_ticket_asks_for_a_flush_only_after_a_write() {
+        let store = Store::memory();
+        let write = |v: u8| {
+            let mut ws = WriteSet::default();
+            ws.put_raw(T::Meta, b"k", vec![v]);
+            store.commit(&ws).unwrap();
+        };
+        let asked = |s: &Store| s.current_ticket().0;
+        write(1);
+        store.wait_durable(store.ticket()).await;
+        let before = asked(&store);
+        let covering = store.ticket_covering();
+        assert_eq!(asked(&store), before, "nothing written since: no flush asked for");
+        store.wait_durable(covering).await;
+        write(2);
+        let covering = store.ticket_covering();
+        assert_eq!(asked(&store), before + 1, "a write since: a flush asked for");
+        store.wait_durable(covering).await;
+        assert_eq!(store.counters().flushes, 2);
     }
 }
