@@ -659,17 +659,20 @@ impl Flusher {
                 *flusher.begun.lock().unwrap_or_else(|p| p.into_inner()) = Some((target, mark));
                 // Waiters go on once the writes are durable, not once the
                 // backend has also applied them (sled: after its log's sync).
+                // Counted before the waiters go on: what they read next
+                // (`/metrics`) includes this flush.
                 let mut told = false;
-                match kv.flush_then(&mut || {
-                    flusher.done(target);
-                    told = true;
-                }) {
-                    Ok(_) => {
-                        flushed_writes = Some(mark);
+                let mut tell = || {
+                    if !told {
+                        told = true;
                         flusher.flushes.fetch_add(1, Ordering::Relaxed);
-                        if !told {
-                            flusher.done(target);
-                        }
+                        flusher.done(target);
+                    }
+                };
+                match kv.flush_then(&mut tell) {
+                    Ok(_) => {
+                        tell();
+                        flushed_writes = Some(mark);
                         // Under load = several requests arrived during the fsync.
                         busy = flusher.requested.load(Ordering::Acquire) >= target + BUSY_REQUESTS;
                     }
