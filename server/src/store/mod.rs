@@ -469,7 +469,10 @@ impl Store {
     /// when they are), after everything queued here before it: what
     /// announces a transition (an assignment to a runner) never goes out
     /// before the transition could survive a crash, nor out of order.
-    /// `f` runs on the flusher's thread: it must be quick (a channel send).
+    /// `f` runs on the flusher's thread, inside the backend's flush (the
+    /// store's log and write-back locks held): it must be quick (a channel
+    /// send) and must not use the store (a commit, a flush, another
+    /// `after_durable`: each could wait on a lock its own thread holds).
     pub fn after_durable(&self, ticket: Ticket, f: impl FnOnce() + Send + 'static) {
         let mut after = self.flusher.after.lock().unwrap_or_else(|p| p.into_inner());
         if after.is_empty() && ticket.0 <= *self.flusher.flushed.borrow() {
@@ -577,9 +580,11 @@ impl Writes {
         self.ended.load(Ordering::SeqCst)
     }
 
-    /// Whether nothing was written since `mark` (taken before a flush that
-    /// succeeded) and nothing is being written: everything a request made
-    /// before this call could have seen was covered by that flush. The
+    /// Whether nothing was written since `mark` (taken before a flush
+    /// began) and nothing is being written: everything a request made
+    /// before this call could have seen is covered by that flush (or, if
+    /// it failed, by the retry that must succeed before its ticket is
+    /// done: the failed batch goes back to be written again). The
     /// count under way is read first: a write that the requester saw and
     /// that has not ended shows there; one that ended shows in `ended`.
     fn unchanged_since(&self, mark: u64) -> bool {
@@ -704,7 +709,12 @@ impl Flusher {
         self.flushed.send_replace(target);
         while after.front().is_some_and(|(t, _)| *t <= target) {
             if let Some((_, f)) = after.pop_front() {
-                f();
+                // Called inside the backend's flush (sled: between the
+                // log's sync and applying the batch): a panic must not
+                // unwind through it and leave the batch unapplied.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                    tracing::error!("a callback run once writes were durable panicked");
+                }
             }
         }
     }

@@ -7,9 +7,12 @@
 //! cost off the transition: a commit is applied to memory at once (every
 //! read sees it), and [`Kv::flush`] — the store's group commit, which every
 //! transition that promises durability waits for — writes everything
-//! committed since the last flush as **one** backend commit. Durability is
-//! what it is on sled: a write is durable once a flush that started after
-//! it returned, and nothing is acknowledged before that.
+//! committed since the last flush as **one** backend commit. A write is
+//! durable once a flush that started after it returned has made the batch
+//! durable — which on sled is when the store's log is synced, before the
+//! flush has applied it to sled's trees ([`Kv::flush_then`]): nothing is
+//! acknowledged before that, and the batch is read from memory until
+//! applied.
 //!
 //! Two layers are held: `pending` (commits since the last flush began) and
 //! `inflight` (the batch a flush is writing). Reads look in `pending`, then
