@@ -143,10 +143,20 @@ fn sync_tree(dir: &Path) -> Result<()> {
         if path.is_dir() {
             sync_tree(&path)?;
         } else {
-            std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(io("cannot sync", &path))?;
+            sync_if_present(&path)?;
         }
     }
     sync_dir(dir)
+}
+
+/// fsyncs the file or directory at `path`; one gone meanwhile needs
+/// nothing (sled removes blob files it no longer needs as it runs).
+pub(super) fn sync_if_present(path: &Path) -> Result<()> {
+    match std::fs::File::open(path) {
+        Ok(f) => f.sync_all().map_err(io("cannot sync", path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("cannot sync", path)(e)),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -266,12 +266,7 @@ impl Logged {
 /// not. Returns the blobs synced now or before that still exist.
 fn checkpoint(db: &sled::Db, dir: &std::path::Path, synced_blobs: HashSet<u64>) -> Result<HashSet<u64>> {
     db.flush().map_err(storage)?;
-    let sync = |path: &std::path::Path| match std::fs::File::open(path) {
-        Ok(f) => f.sync_all().map_err(|e| storage(format!("syncing {}: {e}", path.display()))),
-        // sled removes blobs it no longer needs as it goes.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(storage(format!("syncing {}: {e}", path.display()))),
-    };
+    let sync = super::compact::sync_if_present;
     let listed = |dir: &std::path::Path| match std::fs::read_dir(dir) {
         Ok(entries) => Ok(entries.filter_map(|e| e.ok()).collect::<Vec<_>>()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
