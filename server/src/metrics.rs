@@ -60,6 +60,13 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
         "Group commits since the server started: each makes every write before it durable at once (one fsync, one backend transaction).",
         ConstCounter::new(store.flushes),
     );
+    r.register_with_unit(
+        "store_flush_duration",
+        "Time each group commit took to make its writes durable (sled: the store's log written and synced; \
+         PostgreSQL: the transaction), from its start to its waiters going on.",
+        Unit::Seconds,
+        status.engine.store_flush_durations(),
+    );
     if let Some(dir) = &status.sled_dir {
         r.register_with_unit("store_files", "Bytes of the sled database's files.", Unit::Bytes, gauge(files_size(dir)));
     }

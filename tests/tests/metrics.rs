@@ -79,6 +79,12 @@ async fn metrics_parse_and_count_what_happened() {
     let (commits, flushes) = (get("viaduct_store_commits_total"), get("viaduct_store_flushes_total"));
     assert!(commits >= 8.0, "{commits} commits");
     assert!(flushes >= 1.0 && flushes <= commits, "{flushes} flushes for {commits} commits");
+    // Each group commit's time to durable (observed before it is counted;
+    // the histogram is read after the counter).
+    let timed = get("viaduct_store_flush_duration_seconds_count");
+    assert!(timed >= flushes, "{timed} group commits timed of {flushes}");
+    assert!(get("viaduct_store_flush_duration_seconds_sum") > 0.0);
+    assert_eq!(get("viaduct_store_flush_duration_seconds_bucket{le=\"+Inf\"}"), timed);
     let run = finished(&client, "1").await;
     assert_eq!(word(run.status), "success");
 }

@@ -653,7 +653,14 @@ async fn queue() -> Result<()> {
 
     // Latency under a sustained load: runs submitted at a fixed rate (below
     // capacity, so this measures the scheduler, not a growing queue).
+    // The store's group commits during each phase, and how many of them
+    // were slow to make their writes durable (`/metrics`).
+    let commits = || {
+        let sample = |s: &str| server.metric(&format!("viaduct_store_flush_duration_seconds{s}"));
+        (sample("_count"), sample("_bucket{le=\"0.004\"}"))
+    };
     for rate in [1000u32, 2500] {
+        let before = commits();
         let paced = match paced(&client, rate, Duration::from_secs(4)).await {
             Ok(r) => r,
             Err(e) => {
@@ -670,6 +677,12 @@ async fn queue() -> Result<()> {
             ms(paced.running.1),
             ms(paced.acknowledged.0),
             ms(paced.acknowledged.1),
+        );
+        let after = commits();
+        println!(
+            "queue    … the store's group commits meanwhile: {}, of which {} took over 4 ms to be durable",
+            after.0 - before.0,
+            (after.0 - after.1) - (before.0 - before.1),
         );
     }
     drop(runners);

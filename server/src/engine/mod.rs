@@ -399,6 +399,12 @@ impl Engine {
         self.sh.store.counters()
     }
 
+    /// The store's group commits' durations (see
+    /// [`crate::store::Store::flush_durations`]).
+    pub fn store_flush_durations(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.sh.store.flush_durations()
+    }
+
     /// Waits until the writes covered by `ticket` (from a transition) are
     /// on disk.
     pub async fn wait_durable(&self, ticket: Ticket) {

@@ -179,10 +179,9 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<Optio
             }
             Err(s) => return Err(s.into()),
         };
-        let mut ended = None;
         loop {
             match stream.next().await {
-                None => return Ok(ended),
+                None => return Ok(None),
                 Some(Err(s)) if retryable(&s) && failures < 30 => {
                     failures += 1;
                     say!("(connection to the server lost: {}; reconnecting)", viaduct_sdk::status_line(&s));
@@ -231,7 +230,10 @@ pub async fn print_logs(client: &Client, id: &str, follow: bool) -> Result<Optio
                         stdout.flush().map_err(|e| Failure::Usage(format!("cannot write: {e}")))?;
                         *done = end;
                     }
-                    Some(log_event::Event::Ended(run)) => ended = Some(run),
+                    // The stream's last event: the run is over once it is
+                    // here (its end durable), whether or not the stream's
+                    // own end has arrived yet.
+                    Some(log_event::Event::Ended(run)) => return Ok(Some(run)),
                     None => {}
                 },
             }
