@@ -309,13 +309,20 @@ impl Server {
     /// The value of the metric sample `sample` (`name{labels}` as
     /// `/metrics` prints it), 0 when absent (a plain-HTTP server).
     pub fn metric(&self, sample: &str) -> u64 {
+        self.metrics(&[sample])[0]
+    }
+
+    /// The values of `samples` (see [`Server::metric`]) from one scrape:
+    /// consistent with each other.
+    pub fn metrics(&self, samples: &[&str]) -> Vec<u64> {
         let auth = format!("Bearer {}", self.admin_token());
         let (code, body) = http(self.addr(), "GET", "/metrics", &[("authorization", &auth)], b"");
         assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-        String::from_utf8_lossy(&body)
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or(0)
+        let text = String::from_utf8_lossy(&body);
+        let value = |sample: &str| {
+            text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0)
+        };
+        samples.iter().map(|s| value(s)).collect()
     }
 
     /// The runner registration token written on first start.

@@ -398,8 +398,9 @@ impl Store {
     }
 
     /// How long each group commit took to make its writes durable, from
-    /// its start (after the gather) to its waiters being told: the store's
-    /// share of every acknowledgement, for `/metrics`.
+    /// its start (after the gather) until just before its waiters are told
+    /// (a failed attempt is not timed): the store's share of every
+    /// acknowledgement, for `/metrics`.
     pub fn flush_durations(&self) -> Histogram {
         self.flusher.durations.clone()
     }
@@ -606,7 +607,8 @@ struct Flusher {
     requested: AtomicU64,
     /// Flushes done.
     flushes: AtomicU64,
-    /// Seconds from each flush's start to its waiters being told.
+    /// Seconds from each successful flush's start until its writes were
+    /// durable (a failed attempt is not timed).
     durations: Histogram,
     flushed: watch::Sender<u64>,
     /// What runs once a ticket is flushed (see [`Store::after_durable`]),
