@@ -62,8 +62,8 @@ pub fn exposition(status: &Status, depot: &Depot) -> String {
     );
     r.register_with_unit(
         "store_flush_duration",
-        "Time each group commit took to make its writes durable (sled: the store's log written and synced; \
-         PostgreSQL: the transaction), from its start until its writes are durable (a failed attempt is not timed).",
+        "Time each group commit took, from its start until its writes were durable (sled: the store's log \
+         written and synced; PostgreSQL: the transaction); a failed attempt is not timed.",
         Unit::Seconds,
         status.engine.store_flush_durations(),
     );

@@ -651,8 +651,6 @@ async fn queue() -> Result<()> {
         b.dispatched, b.completed
     );
 
-    // Latency under a sustained load: runs submitted at a fixed rate (below
-    // capacity, so this measures the scheduler, not a growing queue).
     // The store's group commits during each phase, and how many of them
     // were slow to make their writes durable (`/metrics`).
     let commits = || {
@@ -663,6 +661,8 @@ async fn queue() -> Result<()> {
         ]);
         (v[0], v[1])
     };
+    // Latency under a sustained load: runs submitted at a fixed rate (below
+    // capacity, so this measures the scheduler, not a growing queue).
     for rate in [1000u32, 2500] {
         let before = commits();
         let paced = match paced(&client, rate, Duration::from_secs(4)).await {
