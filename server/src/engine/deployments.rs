@@ -123,7 +123,7 @@ impl Tx<'_> {
     /// A job that deploys is ready to run: records its deployment and puts
     /// it through the environment's gates (see the module docs).
     pub(crate) fn open_deployment(&mut self, key: JobKey) -> Result<()> {
-        let job = self.job(key)?.clone();
+        let job = self.job_ref(key)?.clone();
         let Some(target) = job.environment.clone() else { return self.enqueue(key, 0) };
         let run = self.run(key.run)?.clone();
         let source = run.source.clone().unwrap_or_default();
@@ -274,7 +274,7 @@ impl Tx<'_> {
         d.held = false;
         let (key, until) = (JobKey::new(RunId(d.run), d.job), d.wait_until_ms);
         let now = self.sh.now_ms();
-        if self.job(key)?.status() != Status::Pending {
+        if self.job_ref(key)?.status() != Status::Pending {
             return Ok(());
         }
         tracing::info!(deployment = id, environment = env, job = %key, "deployment may start");
@@ -322,7 +322,7 @@ impl Tx<'_> {
     /// environment's current one and registers its services), and the next
     /// held deployment of the environment may start.
     pub(crate) fn end_deployment(&mut self, key: JobKey) -> Result<()> {
-        let job = self.job(key)?.clone();
+        let job = self.job_ref(key)?.clone();
         if job.deployment == 0 || is_final(self.deployment(job.deployment)?.state) {
             return Ok(());
         }

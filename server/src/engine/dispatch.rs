@@ -117,12 +117,12 @@ impl Tx<'_> {
         let instance = self.st.runners.get(runner).map(|c| c.instance.clone()).unwrap_or_default();
         let mut secrets = HashMap::new();
         let (image, credentials) =
-            self.job(key)?.image.as_ref().map(|i| (i.name.clone(), i.credentials.clone())).unwrap_or_default();
+            self.job_ref(key)?.image.as_ref().map(|i| (i.name.clone(), i.credentials.clone())).unwrap_or_default();
         let mut registry_auth = String::new();
-        let wanted = self.job(key)?.secrets.clone().into_iter().map(|n| (n, false));
+        let wanted = self.job_ref(key)?.secrets.clone().into_iter().map(|n| (n, false));
         let run_now = self.run(key.run)?.clone();
         let source = run_now.source.clone().unwrap_or_default();
-        let environment = self.job(key)?.environment.as_ref().map(|e| e.name.clone());
+        let environment = self.job_ref(key)?.environment.as_ref().map(|e| e.name.clone());
         let facts = trust::RunFacts {
             source: &source,
             pipeline: &run_now.pipeline,

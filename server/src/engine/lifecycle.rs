@@ -33,7 +33,7 @@ impl Tx<'_> {
     /// A pending job whose needs are all final: queue it, or skip it when
     /// its condition says so.
     pub(crate) fn make_ready(&mut self, key: JobKey) -> Result<()> {
-        let job = self.job(key)?.clone();
+        let job = self.job_ref(key)?.clone();
         if job.status() != Status::Pending {
             return Ok(());
         }
@@ -113,12 +113,12 @@ impl Tx<'_> {
     /// Ends a job for good with `status`, closes its unfinished steps and
     /// moves the run on (dependants, fail-fast, roll-up).
     pub(crate) fn finish_job(&mut self, key: JobKey, status: Status, message: &str) -> Result<()> {
-        if self.job(key)?.status().is_terminal() {
+        if self.job_ref(key)?.status().is_terminal() {
             return Ok(());
         }
         self.dequeue(key);
         self.set_lease(key, None);
-        let attempt = self.job(key)?.attempt;
+        let attempt = self.job_ref(key)?.attempt;
         let step_status = if status == Status::Skipped { Status::Skipped } else { status };
         self.close_steps(key, attempt, step_status, message)?;
         let now = self.sh.now_ms();
@@ -198,7 +198,7 @@ impl Tx<'_> {
 
     /// Archives the current attempt and queues the next one after backoff.
     fn retry(&mut self, key: JobKey, status: Status, message: &str) -> Result<()> {
-        let old = self.job(key)?.attempt;
+        let old = self.job_ref(key)?.attempt;
         let backoff = ms(self.sh.cfg.retry_backoff).saturating_mul(1 << (old - 1).min(20)).min(MAX_BACKOFF_MS);
         self.new_attempt(key, status, message)?;
         self.job(key)?.message = format!("attempt {old} ended {}: {message}; retrying in {backoff} ms", status.word());
@@ -212,7 +212,7 @@ impl Tx<'_> {
     fn new_attempt(&mut self, key: JobKey, status: Status, message: &str) -> Result<()> {
         self.dequeue(key);
         self.set_lease(key, None);
-        let old = self.job(key)?.attempt;
+        let old = self.job_ref(key)?.attempt;
         let closing = if status == Status::RunnerLost { Status::RunnerLost } else { Status::Cancelled };
         self.close_steps(key, old, closing, message)?;
         let now = self.sh.now_ms();
@@ -286,7 +286,7 @@ impl Tx<'_> {
                     Some(f) if target.is_none_or(|t| t == key) => self.resume_point(key, f.step)?,
                     _ => None,
                 };
-                let reused = self.job(key)?.reused_from.clone();
+                let reused = self.job_ref(key)?.reused_from.clone();
                 self.new_attempt(key, status, &message)?;
                 if let Some(resume) = resume {
                     self.resume_attempt(key, resume, reused)?;
@@ -298,10 +298,10 @@ impl Tx<'_> {
         }
         tracing::info!(run = %id, jobs = reset.len(), "retrying run");
         for key in reset {
-            let needs = self.job(key)?.needs.clone();
+            let needs = self.job_ref(key)?.needs.clone();
             let mut ready = true;
             for n in needs {
-                ready &= self.job(JobKey::new(id, n))?.status().is_terminal();
+                ready &= self.job_ref(JobKey::new(id, n))?.status().is_terminal();
             }
             if ready {
                 self.make_ready(key)?;
@@ -317,7 +317,7 @@ impl Tx<'_> {
     /// The attempt's logs are final: they wait to be packed.
     fn close_steps(&mut self, key: JobKey, attempt: u32, running_to: Status, why: &str) -> Result<()> {
         self.writes().put_raw(T::Unpacked, StepKey::attempt_prefix(key, attempt), Vec::new());
-        let n = self.job(key)?.steps.len();
+        let n = self.job_ref(key)?.steps.len();
         let now = self.sh.now_ms();
         for i in 0..n {
             let sk = key.step(attempt, index(i));
@@ -348,7 +348,7 @@ impl Tx<'_> {
     /// After a job became final: fail-fast its matrix siblings, make ready
     /// the jobs that waited for it, and roll up the run.
     fn after_final(&mut self, key: JobKey) -> Result<()> {
-        let job = self.job(key)?.clone();
+        let job = self.job_ref(key)?.clone();
         let count = self.run(key.run)?.job_count;
         if job.status().is_failure() && job.fail_fast && !job.matrix_group.is_empty() && !job.continue_on_error {
             for i in 1..=count {
@@ -362,13 +362,13 @@ impl Tx<'_> {
         }
         for i in 1..=count {
             let other = JobKey::new(key.run, i);
-            let o = self.job(other)?.clone();
+            let o = self.job_ref(other)?.clone();
             if o.status() != Status::Pending || !o.needs.contains(&key.index) {
                 continue;
             }
             let mut all_final = true;
             for n in &o.needs {
-                all_final &= self.job(JobKey::new(key.run, *n))?.status().is_terminal();
+                all_final &= self.job_ref(JobKey::new(key.run, *n))?.status().is_terminal();
             }
             if all_final {
                 self.make_ready(other)?;
@@ -423,7 +423,7 @@ impl Tx<'_> {
         let count = self.run(id)?.job_count;
         for i in 1..=count {
             let key = JobKey::new(id, i);
-            if self.job(key)?.needs.is_empty() {
+            if self.job_ref(key)?.needs.is_empty() {
                 self.make_ready(key)?;
             }
         }

@@ -156,7 +156,7 @@ impl Tx<'_> {
         if !holds(self.st, runner, job, attempt) {
             return Ok(false);
         }
-        if u.step_index == 0 || u.step_index as usize > self.job(job)?.steps.len() {
+        if u.step_index == 0 || u.step_index as usize > self.job_ref(job)?.steps.len() {
             return Err(Error::invalid(format!("job {job} has no step {}", u.step_index)));
         }
         let sk = job.step(attempt, u.step_index);

@@ -109,7 +109,7 @@ impl Engine {
                 if keep {
                     // The process that has it now.
                     t.job(*job)?.runner_instance.clone_from(&hello.instance);
-                    let steps = t.job(*job)?.steps.len();
+                    let steps = t.job_ref(*job)?.steps.len();
                     for i in 0..steps {
                         let sk = job.step(*attempt, super::lifecycle::index(i));
                         logs.push(LogAck {
@@ -129,7 +129,7 @@ impl Engine {
             // A runner bound to a job that no longer waits (it ran elsewhere
             // before this runner came up, or was cancelled) has nothing to do.
             let orphaned = match JobKey::parse(&rec.bound_job) {
-                Ok(job) if !kept => !matches!(t.job(job)?.status(), Status::Pending | Status::Queued),
+                Ok(job) if !kept => !matches!(t.job_ref(job)?.status(), Status::Pending | Status::Queued),
                 _ => false,
             };
             if rec.ephemeral && (kept || orphaned) && !rec.draining {

@@ -94,7 +94,7 @@ impl Engine {
             }
             // The earlier packs it builds on must still be kept (retention
             // may have removed their snapshots since the upload began).
-            let job = t.job(key.job)?.clone();
+            let job = t.job_ref(key.job)?.clone();
             let mut kept: BTreeSet<String> =
                 of_job(t.store(), key.job)?.into_iter().flat_map(|(_, r)| r.packs).collect();
             if let Some(from) = StepKey::from_key(&job.reused_from)
@@ -156,7 +156,7 @@ impl Engine {
                     "runner {runner} does not hold job {job} attempt {attempt}"
                 )));
             }
-            let rec = t.job(job)?.clone();
+            let rec = t.job_ref(job)?.clone();
             let Some(index) = reuse_index_key(&rec, step, key)? else {
                 return Err(Error::invalid(format!("step {step} of job {job} has no `reuse:`")));
             };
@@ -290,7 +290,7 @@ impl Tx<'_> {
         let mut failed = Vec::new();
         for i in 1..=count {
             let key = JobKey::new(id, i);
-            if self.job(key)?.status() != Status::Success {
+            if self.job_ref(key)?.status() != Status::Success {
                 failed.push(key);
             }
         }
@@ -308,7 +308,7 @@ impl Tx<'_> {
         if let Ok(key) = JobKey::parse(what)
             && key.run == id
         {
-            if self.job(key)?.status() == Status::Success {
+            if self.job_ref(key)?.status() == Status::Success {
                 return Err(Error::precondition(format!("job {key} succeeded: there is nothing to resume")));
             }
             return Ok(key);
@@ -324,7 +324,7 @@ impl Tx<'_> {
         }
         match found.as_slice() {
             [one] => {
-                if self.job(*one)?.status() == Status::Success {
+                if self.job_ref(*one)?.status() == Status::Success {
                     return Err(Error::precondition(format!("job `{what}` succeeded: there is nothing to resume")));
                 }
                 Ok(*one)
@@ -346,7 +346,7 @@ impl Tx<'_> {
             (job.attempt, job.steps.len() as u32, job.name.clone())
         };
         // Steps an earlier run's snapshot stood for (`reuse:`) are done.
-        let reused_upto = StepKey::from_key(&self.job(key)?.reused_from).map_or(0, |k| k.index);
+        let reused_upto = StepKey::from_key(&self.job_ref(key)?.reused_from).map_or(0, |k| k.index);
         let start = if from_step > 0 {
             if from_step > n {
                 return Err(Error::invalid(format!("job `{name}` has {n} steps: there is no step {from_step}")));
@@ -376,13 +376,13 @@ impl Tx<'_> {
             .max_by_key(|k| (k.index, k.attempt));
         // The earlier run's snapshot the last attempt started from, when
         // none of the job's own is later (attempt 0 stands for it).
-        let reused = StepKey::from_key(&self.job(key)?.reused_from)
+        let reused = StepKey::from_key(&self.job_ref(key)?.reused_from)
             .filter(|r| r.index < start && best.is_none_or(|b| b.index < r.index))
             .filter(|r| self.store().tree(T::Snapshots).contains_key(r.key()).unwrap_or(false));
         match (reused, best) {
             (Some(r), _) => Ok(Some(ResumeRecord { after_step: r.index, from_attempt: 0 })),
             (None, Some(k)) => Ok(Some(ResumeRecord { after_step: k.index, from_attempt: k.attempt })),
-            (None, None) => Err(Error::precondition(if self.job(key)?.snapshots {
+            (None, None) => Err(Error::precondition(if self.job_ref(key)?.snapshots {
                 format!(
                     "job `{name}` has no snapshot to resume step {start} from: none was kept after an earlier step \
                      (expired, or a step's workspace or outputs held a secret value — its log says so); retry the \
@@ -402,7 +402,7 @@ impl Tx<'_> {
     /// `from_attempt` 0: from the earlier run's snapshot `reused` (the one
     /// the last attempt started from).
     pub(crate) fn resume_attempt(&mut self, key: JobKey, resume: ResumeRecord, reused: Vec<u8>) -> Result<()> {
-        let attempt = self.job(key)?.attempt;
+        let attempt = self.job_ref(key)?.attempt;
         let source = if resume.from_attempt == 0 { attempt - 1 } else { resume.from_attempt };
         for i in 1..=resume.after_step {
             let (outputs, summary) = {

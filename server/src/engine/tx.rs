@@ -30,8 +30,8 @@ use crate::{
     },
 };
 
-/// A record as read (`None` when new), as of the last checkpoint, and as
-/// it is now.
+/// A record as read (`None` when new, or not lent yet), as of the last
+/// checkpoint, and as it is now.
 struct Entry<R> {
     before: Option<R>,
     /// As of the last checkpoint; `None` until the first checkpoint that
@@ -39,18 +39,22 @@ struct Entry<R> {
     seen: Option<R>,
     now: R,
     touched: bool,
+    /// Handed out for changing ([`Cache::get`]) or new: only then can it
+    /// differ from `before`. A record only read is never compared (a job
+    /// record, with its plan, costs a few microseconds a comparison).
+    lent: bool,
 }
 
 impl<R: PartialEq + Clone> Entry<R> {
     /// Changed since it was read: must be written.
     fn changed(&self) -> bool {
-        self.before.as_ref() != Some(&self.now)
+        self.lent && self.before.as_ref() != Some(&self.now)
     }
 
     /// Changed since the last checkpoint: needs an event. Marks it seen.
     fn changed_since_checkpoint(&mut self) -> bool {
         self.touched = false;
-        if self.seen.as_ref().or(self.before.as_ref()) == Some(&self.now) {
+        if !self.lent || self.seen.as_ref().or(self.before.as_ref()) == Some(&self.now) {
             return false;
         }
         self.seen = Some(self.now.clone());
@@ -73,13 +77,12 @@ impl<K: Ord + Copy, R: Message + Default + Clone + PartialEq> Cache<K, R> {
 
     /// The record, read from `tree` on first use, for changing.
     fn get(&mut self, store: &Store, tree: T, key: K, raw: &[u8], what: impl FnOnce() -> String) -> Result<&mut R> {
-        let e = match self.map.entry(key) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                let rec: R = store.get(tree, raw)?.ok_or_else(|| crate::error::Error::not_found(what()))?;
-                v.insert(Entry { before: Some(rec.clone()), seen: None, now: rec, touched: false })
-            }
-        };
+        let e = Self::entry(&mut self.map, store, tree, key, raw, what)?;
+        if !e.lent {
+            // Only read so far: as stored.
+            e.before = Some(e.now.clone());
+            e.lent = true;
+        }
         if !e.touched {
             e.touched = true;
             self.touched.push(key);
@@ -87,9 +90,34 @@ impl<K: Ord + Copy, R: Message + Default + Clone + PartialEq> Cache<K, R> {
         Ok(&mut e.now)
     }
 
+    /// The record as this transition has it (read from `tree` on first
+    /// use), for reading only: it costs no comparison at a checkpoint or
+    /// at the commit.
+    fn read(&mut self, store: &Store, tree: T, key: K, raw: &[u8], what: impl FnOnce() -> String) -> Result<&R> {
+        Ok(&Self::entry(&mut self.map, store, tree, key, raw, what)?.now)
+    }
+
+    fn entry<'m>(
+        map: &'m mut BTreeMap<K, Entry<R>>,
+        store: &Store,
+        tree: T,
+        key: K,
+        raw: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<&'m mut Entry<R>> {
+        Ok(match map.entry(key) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let rec: R = store.get(tree, raw)?.ok_or_else(|| crate::error::Error::not_found(what()))?;
+                // `before` is kept once it is lent (it is `now` until then).
+                v.insert(Entry { before: None, seen: None, now: rec, touched: false, lent: false })
+            }
+        })
+    }
+
     /// A new record.
     fn insert(&mut self, key: K, rec: R) {
-        self.map.insert(key, Entry { before: None, seen: None, now: rec, touched: true });
+        self.map.insert(key, Entry { before: None, seen: None, now: rec, touched: true, lent: true });
         self.touched.push(key);
     }
 
@@ -249,6 +277,11 @@ impl<'a> Tx<'a> {
     /// A job, for changing.
     pub(crate) fn job(&mut self, key: JobKey) -> Result<&mut JobRecord> {
         self.jobs.get(&self.sh.store, T::Jobs, key, &key.key(), || format!("job {key} not found"))
+    }
+
+    /// A job, for reading only (as this transition has it so far).
+    pub(crate) fn job_ref(&mut self, key: JobKey) -> Result<&JobRecord> {
+        self.jobs.read(&self.sh.store, T::Jobs, key, &key.key(), || format!("job {key} not found"))
     }
 
     /// A step of one attempt, for changing.
