@@ -5,7 +5,7 @@
 //!    `viaduct-autoscaler`, embedding both (`VIADUCT_EMBED_UI`,
 //!    `VIADUCT_EMBED_PLUGINS`: see `bundle/`), so the server alone serves
 //!    everything; and `--profile cli` of `viaduct` (the CLI, whole-program
-//!    optimised; it embeds nothing);
+//!    optimised and, on glibc, statically linked; it embeds nothing);
 //! 3. `viaduct-<version>-<arch>-linux.tar.gz`: `bin/` (debug info stripped,
 //!    symbols kept), `lib/systemd/system/` (the units of `deploy/systemd/`),
 //!    README.md (and LICENSE files when there are any); entries sorted,
@@ -36,7 +36,8 @@ use crate::{cargo, root, run, target_dir};
 pub const BINARIES: [&str; 4] = ["viaduct-server", "viaduct-runner", "viaduct", "viaduct-autoscaler"];
 
 /// Builds the release's binaries: the CLI with its own profile
-/// ([`crate::CLI_PROFILE`]), the others with `--release`; `envs` are set
+/// ([`crate::CLI_PROFILE`]; statically linked on glibc, in
+/// `target/<host>/cli/`), the others with `--release`; `envs` are set
 /// for both builds. Returns where each binary is, by name.
 pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, PathBuf)>> {
     let mut build = cargo();
@@ -47,12 +48,25 @@ pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, Pat
     run(&mut build)?;
     let mut cli = cargo();
     cli.args(["build", "--profile", crate::CLI_PROFILE, "--locked", "--bin", "viaduct"]);
+    let cli_dir = match host_triple()? {
+        // Statically linked (glibc's static-pie): no dynamic loader at each
+        // command's start (~0.3 ms of every command: docs/scaling.md), and
+        // it runs whatever the host's glibc. Built for the host named as
+        // the target, so that the flag reaches only the CLI's own code, not
+        // the build scripts and proc-macros cargo builds for the host.
+        host if host.ends_with("-linux-gnu") => {
+            let flags = format!("CARGO_TARGET_{}_RUSTFLAGS", host.to_uppercase().replace(['-', '.'], "_"));
+            cli.args(["--target", &host]).env(flags, "-C target-feature=+crt-static");
+            target_dir().join(&host).join(crate::CLI_PROFILE)
+        }
+        _ => target_dir().join(crate::CLI_PROFILE),
+    };
     run(cli.envs(envs.iter().map(|(k, v)| (*k, v))))?;
     let built: Vec<_> = BINARIES
         .into_iter()
         .map(|bin| {
-            let profile = if bin == "viaduct" { crate::CLI_PROFILE } else { "release" };
-            (bin, target_dir().join(profile).join(bin))
+            let dir = if bin == "viaduct" { cli_dir.clone() } else { target_dir().join("release") };
+            (bin, dir.join(bin))
         })
         .collect();
     // The CLI is built alone (its dependencies' features unified without
@@ -60,6 +74,17 @@ pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, Pat
     let cli = &built.iter().find(|(bin, _)| *bin == "viaduct").context("the CLI")?.1;
     run(Command::new(cli).arg("--version").stdout(std::process::Stdio::null()))?;
     Ok(built)
+}
+
+/// The target triple of the host (`rustc -vV`).
+fn host_triple() -> Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc).arg("-vV").output().context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_string)
+        .context("rustc -vV names no host")
 }
 
 /// The systemd units the archive ships (in `lib/systemd/system/`).
