@@ -36,7 +36,7 @@ use crate::{cargo, root, run, target_dir};
 pub const BINARIES: [&str; 4] = ["viaduct-server", "viaduct-runner", "viaduct", "viaduct-autoscaler"];
 
 /// Builds the release's binaries: the CLI with its own profile
-/// ([`crate::CLI_PROFILE`]; statically linked on glibc, in
+/// ([`crate::CLI_PROFILE`]; statically linked on a `*-linux-gnu` host, in
 /// `target/<host>/cli/`), the others with `--release`; `envs` are set
 /// for both builds. Returns where each binary is, by name.
 pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, PathBuf)>> {
@@ -48,18 +48,20 @@ pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, Pat
     run(&mut build)?;
     let mut cli = cargo();
     cli.args(["build", "--profile", crate::CLI_PROFILE, "--locked", "--bin", "viaduct"]);
-    let cli_dir = match host_triple()? {
-        // Statically linked (glibc's static-pie): no dynamic loader at each
-        // command's start (~0.3 ms of every command: docs/scaling.md), and
-        // it runs whatever the host's glibc. Built for the host named as
-        // the target, so that the flag reaches only the CLI's own code, not
-        // the build scripts and proc-macros cargo builds for the host.
-        host if host.ends_with("-linux-gnu") => {
-            let flags = format!("CARGO_TARGET_{}_RUSTFLAGS", host.to_uppercase().replace(['-', '.'], "_"));
-            cli.args(["--target", &host]).env(flags, "-C target-feature=+crt-static");
-            target_dir().join(&host).join(crate::CLI_PROFILE)
-        }
-        _ => target_dir().join(crate::CLI_PROFILE),
+    let host = host_triple()?;
+    // Statically linked (glibc's static-pie): no dynamic loader to run nor
+    // shared libraries to map at each command's start (~0.3 ms of every
+    // command: docs/scaling.md), and it runs whatever the host's glibc.
+    // Built for the host named as the target, so that the flag reaches
+    // only the CLI's own code, not the build scripts and proc-macros cargo
+    // builds for the host.
+    let linked_statically = host.ends_with("-linux-gnu");
+    let cli_dir = if linked_statically {
+        let flags = format!("CARGO_TARGET_{}_RUSTFLAGS", host.to_uppercase().replace(['-', '.'], "_"));
+        cli.args(["--target", &host]).env(flags, "-C target-feature=+crt-static");
+        target_dir().join(&host).join(crate::CLI_PROFILE)
+    } else {
+        target_dir().join(crate::CLI_PROFILE)
     };
     run(cli.envs(envs.iter().map(|(k, v)| (*k, v))))?;
     let built: Vec<_> = BINARIES
@@ -73,7 +75,37 @@ pub fn build_binaries(envs: &[(&str, PathBuf)]) -> Result<Vec<(&'static str, Pat
     // the server's): it must still start.
     let cli = &built.iter().find(|(bin, _)| *bin == "viaduct").context("the CLI")?.1;
     run(Command::new(cli).arg("--version").stdout(std::process::Stdio::null()))?;
+    if linked_statically && names_interpreter(cli)? {
+        bail!(
+            "{} names a dynamic loader, though built to be static: RUSTFLAGS or CARGO_ENCODED_RUSTFLAGS, \
+             when set, replace the target's flags — unset them to build a release",
+            cli.display()
+        );
+    }
     Ok(built)
+}
+
+/// Whether the executable at `path` names a program interpreter (an ELF
+/// `PT_INTERP` program header: it is linked dynamically). 64-bit
+/// little-endian ELF only: the hosts whose CLI is linked statically.
+fn names_interpreter(path: &Path) -> Result<bool> {
+    use std::io::Read as _;
+    const PT_INTERP: u32 = 3;
+    let mut head = Vec::new();
+    std::fs::File::open(path)?.take(64 << 10).read_to_end(&mut head)?;
+    let at = |o: usize, n: usize| head.get(o..o + n).with_context(|| format!("{}: a short ELF header", path.display()));
+    if at(0, 6)? != b"\x7fELF\x02\x01" {
+        bail!("{}: not a 64-bit little-endian ELF file", path.display());
+    }
+    let word = |o: usize| -> Result<usize> { Ok(u16::from_le_bytes(at(o, 2)?.try_into()?).into()) };
+    let offset = usize::try_from(u64::from_le_bytes(at(0x20, 8)?.try_into()?))?;
+    let (size, count) = (word(0x36)?, word(0x38)?);
+    for i in 0..count {
+        if u32::from_le_bytes(at(offset + i * size, 4)?.try_into()?) == PT_INTERP {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The target triple of the host (`rustc -vV`).
@@ -477,6 +509,23 @@ mod tests {
         );
         assert_eq!(entries[3].2, 0o755);
         assert_eq!((entries[7].1, entries[7].2), (10001, 0o750));
+    }
+
+    /// The check that the release CLI came out static: this test's own
+    /// executable is linked dynamically, busybox-static (`cargo xtask
+    /// setup` installs it) statically, and a text file is no ELF.
+    #[test]
+    fn a_dynamically_linked_executable_names_its_interpreter() {
+        assert!(names_interpreter(&std::env::current_exe().unwrap()).unwrap());
+        let text = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(text.path(), "#!/bin/sh\n").unwrap();
+        assert!(names_interpreter(text.path()).is_err());
+        let busybox = Path::new("/bin/busybox");
+        if !busybox.is_file() {
+            eprintln!("SKIPPED (in part): /bin/busybox is not installed (Debian package busybox-static)");
+            return;
+        }
+        assert!(!names_interpreter(busybox).unwrap());
     }
 
     /// Both shipped units, with `systemd-analyze verify` when it is here
