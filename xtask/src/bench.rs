@@ -664,9 +664,10 @@ async fn queue() -> Result<()> {
     // Latency under a sustained load: runs submitted at a fixed rate (below
     // capacity, so this measures the scheduler, not a growing queue), 2 s
     // of it before the 4 s counted.
+    let (warm_up, counted) = (Duration::from_secs(2), Duration::from_secs(4));
     for rate in [1000u32, 2500] {
         let before = commits();
-        let paced = match paced(&client, rate, Duration::from_secs(2), Duration::from_secs(4)).await {
+        let paced = match paced(&client, rate, warm_up, counted).await {
             Ok(r) => r,
             Err(e) => {
                 let log = server.log();
@@ -677,12 +678,13 @@ async fn queue() -> Result<()> {
         };
         println!(
             "queue    under a sustained {rate} runs/s ({:.0} achieved): submit → step running p50 {}  p99 {}  (of which submit → acknowledged p50 {}  p99 {}; \
-             in the 2 s of warm-up before, p99 {})",
+             in the {} s of warm-up before, p99 {})",
             paced.achieved,
             ms(paced.running.0),
             ms(paced.running.1),
             ms(paced.acknowledged.0),
             ms(paced.acknowledged.1),
+            warm_up.as_secs(),
             paced.warm_up_p99.map_or_else(|| "-".into(), ms),
         );
         let after = commits();
@@ -1023,8 +1025,8 @@ struct Paced {
 
 /// Submits no-op runs at `rate` per second: for `warm_up` first, not
 /// counted, then for `secs`, counted. (Started cold, the first second
-/// also measured what came before it: the runs of the backlog phase still
-/// being written out, a cluster of late pickups in 7 of 8 runs.)
+/// also measured the phase before it: it held the largest cluster of late
+/// pickups in 7 of 8 runs.)
 async fn paced(client: &Client, rate: u32, warm_up: Duration, secs: Duration) -> Result<Paced> {
     let warm = (f64::from(rate) * warm_up.as_secs_f64()) as usize;
     let n = warm + (f64::from(rate) * secs.as_secs_f64()) as usize;

@@ -93,7 +93,11 @@ fn names_interpreter(path: &Path) -> Result<bool> {
     const PT_INTERP: u32 = 3;
     let mut head = Vec::new();
     std::fs::File::open(path)?.take(64 << 10).read_to_end(&mut head)?;
-    let at = |o: usize, n: usize| head.get(o..o + n).with_context(|| format!("{}: a short ELF header", path.display()));
+    let at = |o: usize, n: usize| {
+        o.checked_add(n)
+            .and_then(|end| head.get(o..end))
+            .with_context(|| format!("{}: a short ELF header", path.display()))
+    };
     if at(0, 6)? != b"\x7fELF\x02\x01" {
         bail!("{}: not a 64-bit little-endian ELF file", path.display());
     }
@@ -101,7 +105,7 @@ fn names_interpreter(path: &Path) -> Result<bool> {
     let offset = usize::try_from(u64::from_le_bytes(at(0x20, 8)?.try_into()?))?;
     let (size, count) = (word(0x36)?, word(0x38)?);
     for i in 0..count {
-        if u32::from_le_bytes(at(offset + i * size, 4)?.try_into()?) == PT_INTERP {
+        if u32::from_le_bytes(at(offset.saturating_add(i * size), 4)?.try_into()?) == PT_INTERP {
             return Ok(true);
         }
     }
