@@ -70,7 +70,15 @@ fn bare() -> (Duration, Duration) {
     let mut took = Vec::with_capacity(STEPS);
     for i in 0..WARMUP + STEPS {
         let t = Instant::now();
-        let s = std::process::Command::new("/bin/sh").args(["-e", "-c", "true"]).status().unwrap();
+        // Without what `cargo bench` adds to this process's environment:
+        // with LD_LIBRARY_PATH's build directories, `sh` looks for its
+        // libraries in each of them first (the executor's steps never
+        // carry it).
+        let s = std::process::Command::new("/bin/sh")
+            .args(["-e", "-c", "true"])
+            .env_remove("LD_LIBRARY_PATH")
+            .status()
+            .unwrap();
         if i >= WARMUP {
             took.push(t.elapsed());
         }
