@@ -132,7 +132,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             register_with_retry(&cfg, token).await?
         }
     };
-    let backend = backends(&cfg, &identity.runner_id).await;
+    let backend = backends(&cfg, &identity.runner_id, executor::host::LEFTOVERS_AFTER).await;
     anyhow::ensure!(
         !backend.executors().is_empty(),
         "this runner can run nothing: --no-host-jobs and no container engine"
@@ -379,7 +379,8 @@ fn intended_executors(cfg: &Config) -> Vec<Executor> {
 /// The executors of this runner: the dummy one (benchmarks), or the host
 /// executor (unless `--no-host-jobs`) and the container executor (when an
 /// engine answers; what a previous process left is cleaned up first).
-pub(crate) async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> {
+/// `leftovers_after`: see [`executor::host::HostBackend::leftovers_after`].
+pub(crate) async fn backends(cfg: &Config, runner_id: &str, leftovers_after: Duration) -> Arc<dyn Backend> {
     if cfg.dummy {
         return Arc::new(executor::dummy::DummyBackend);
     }
@@ -388,7 +389,8 @@ pub(crate) async fn backends(cfg: &Config, runner_id: &str) -> Arc<dyn Backend> 
         let users = cfg
             .job_user_base
             .and_then(|base| executor::isolation::SlotUsers::new(base, cfg.slots, &cfg.job_groups, &cfg.work_dir));
-        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups, users);
+        let host = executor::host::HostBackend::new(&cfg.work_dir, cfg.kill_grace, cfg.keep_workspaces, cgroups, users)
+            .leftovers_after(leftovers_after);
         host.clean_stale();
         Arc::new(host) as Arc<dyn Backend>
     });

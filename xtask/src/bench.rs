@@ -34,16 +34,26 @@ fn released_binaries() -> Result<std::path::PathBuf> {
 
 /// Builds release binaries and runs the benchmarks matching `filter`.
 pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<()> {
-    // `cargo run` gives this process an LD_LIBRARY_PATH of seven build
-    // directories, which every process started from here would inherit:
-    // each dynamically linked one (a floor's `sh`, the bare `tar` and
-    // `zstd`) would then look for each of its libraries in all of them
-    // first — 10 × `sh -c true` took 7.66 ms with it against 6.58 ms
-    // without. The runner's steps never carry it. Measured against the
-    // floor a user's machine has.
-    // SAFETY: no other thread exists yet (no runtime, nothing spawned), so
-    // nothing reads the environment while it changes.
-    unsafe { std::env::remove_var("LD_LIBRARY_PATH") };
+    // `cargo run` puts seven directories on this process's LD_LIBRARY_PATH
+    // (the build's, the toolchain's libraries), which every process started
+    // from here would inherit: each dynamically linked one (a floor's `sh`,
+    // the bare `tar` and `zstd`) would then look for each of its libraries
+    // in all of them first — 10 × `sh -c true` took 7.66 ms with them
+    // against 6.58 ms without. The runner's steps never carry them.
+    // Measured against the floor a user's machine has; what the user put
+    // there stays.
+    if let Some(path) = std::env::var_os("LD_LIBRARY_PATH") {
+        let rustup = std::env::var_os("RUSTUP_HOME").map(std::path::PathBuf::from);
+        let kept = without_cargo_dirs(&path, &crate::target_dir(), rustup.as_deref());
+        // SAFETY: no other thread exists yet (no runtime, nothing spawned),
+        // so nothing reads the environment while it changes.
+        unsafe {
+            match kept {
+                Some(kept) => std::env::set_var("LD_LIBRARY_PATH", kept),
+                None => std::env::remove_var("LD_LIBRARY_PATH"),
+            }
+        }
+    }
     let bin_dir = match bin_dir {
         Some(dir) => dir,
         None => released_binaries()?,
@@ -126,6 +136,19 @@ pub fn run(filter: Option<&str>, bin_dir: Option<std::path::PathBuf>) -> Result<
         }
         Ok(())
     })
+}
+
+/// `LD_LIBRARY_PATH` without the directories cargo and rustup add to it
+/// (under the target directory or `RUSTUP_HOME`); `None` when nothing is
+/// left.
+fn without_cargo_dirs(
+    path: &std::ffi::OsStr,
+    target: &std::path::Path,
+    rustup: Option<&std::path::Path>,
+) -> Option<std::ffi::OsString> {
+    let ours = |p: &std::path::Path| p.starts_with(target) || rustup.is_some_and(|r| p.starts_with(r));
+    let kept: Vec<_> = std::env::split_paths(path).filter(|p| !p.as_os_str().is_empty() && !ours(p)).collect();
+    if kept.is_empty() { None } else { std::env::join_paths(kept).ok() }
 }
 
 /// Sorted samples → (p50, p99, mean).
@@ -2000,4 +2023,29 @@ async fn deploy() -> Result<()> {
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{ffi::OsStr, path::Path};
+
+    use super::without_cargo_dirs;
+
+    #[test]
+    fn only_the_users_own_library_directories_stay() {
+        let target = Path::new("/w/target");
+        let rustup = Some(Path::new("/root/.rustup"));
+        let cargo = "/w/target/debug/deps:/w/target/debug/build/ring-1/out:/root/.rustup/toolchains/stable/lib";
+        assert_eq!(without_cargo_dirs(OsStr::new(cargo), target, rustup), None);
+        let mixed = format!("/opt/podman/lib:{cargo}:/usr/local/lib");
+        assert_eq!(
+            without_cargo_dirs(OsStr::new(&mixed), target, rustup).as_deref(),
+            Some(OsStr::new("/opt/podman/lib:/usr/local/lib"))
+        );
+        // A sibling whose name only starts the same is not under the target.
+        assert_eq!(
+            without_cargo_dirs(OsStr::new("/w/target-other/lib"), target, None).as_deref(),
+            Some(OsStr::new("/w/target-other/lib"))
+        );
+    }
 }

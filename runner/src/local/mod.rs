@@ -381,7 +381,8 @@ async fn services(args: &ExecArgs, p: &Prepared, dir: &Path, terminal: &Arc<Term
         // A local run is one the user asked for now, on their own disk.
         min_free_disk: 0,
     };
-    let backend = crate::backends(&cfg, &p.run_id).await;
+    // Leftovers at once: the next job here would only wait for them.
+    let backend = crate::backends(&cfg, &p.run_id, std::time::Duration::ZERO).await;
     let artifacts = p
         .jobs
         .iter()

@@ -82,18 +82,21 @@ fn kill_stale_group(pgid: i32, dir: &Path) {
 /// (from a process that left the group and kept the pipe open).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-/// How long after a job's end is reported its leftovers wait: its
-/// directory's and cgroup's removal and the slot's spare namespace.
+/// How long a connected runner's host job leaves its leftovers after its
+/// end is reported (see [`HostBackend::leftovers_after`]): its directory's
+/// and cgroup's removal, and a spare mount namespace for a later job.
 /// Whatever the job left running is killed, its directory closed and its
-/// user given back at once (the next job of the slot may start); the rest
-/// is nobody's wait, but it ran on the cores the run's end runs on — the
-/// server's last commit, the followers told, the client printing the end
-/// and exiting. On a 2-core machine a 10-step job through the CLI ended
-/// 0.22–0.25 ms sooner with the rest 5 ms later (three rounds of 300 jobs,
-/// alternating with a runner without the wait, 30 ms apart); lowering the
-/// rest's CPU priority (nice 19) instead gained nothing measurable. A
-/// job's end takes ~1–2 ms to reach its client there.
-const LEFTOVERS_AFTER: Duration = Duration::from_millis(5);
+/// user given back at once (the slot's next job may start); the rest
+/// waits on a timer — not on the end's delivery, which the runner does not
+/// see — long enough for the run's end to reach its client on a small
+/// machine (~1–2 ms on 2 cores), because it ran on the cores that end
+/// needs: the server's last commit, the followers told, the client
+/// printing the end and exiting. On a 2-core machine a 10-step job through
+/// the CLI ended 0.22–0.25 ms sooner (three rounds of 300 jobs, alternating
+/// with a runner without the wait, 30 ms apart); lowering the rest's CPU
+/// priority (nice 19) instead gained nothing measurable. The work is moved,
+/// not saved: a job that starts within the wait meets it.
+pub const LEFTOVERS_AFTER: Duration = Duration::from_millis(5);
 
 /// Runs jobs in per-job directories under `root`.
 pub struct HostBackend {
@@ -102,6 +105,7 @@ pub struct HostBackend {
     keep_workspaces: bool,
     cgroups: Option<Cgroups>,
     users: Option<std::sync::Arc<SlotUsers>>,
+    leftovers_after: Duration,
 }
 
 impl HostBackend {
@@ -124,7 +128,18 @@ impl HostBackend {
             super::isolation::restrict(&jobs, 0o711);
             super::isolation::check_reachable(root);
         }
-        Self { root: jobs, kill_grace, keep_workspaces, cgroups, users }
+        Self { root: jobs, kill_grace, keep_workspaces, cgroups, users, leftovers_after: Duration::ZERO }
+    }
+
+    /// Leaves each job's leftovers (directory, cgroup, a spare namespace)
+    /// `after` its end, rather than at once: [`LEFTOVERS_AFTER`] for a
+    /// runner whose jobs' ends go out to a server and its clients; none
+    /// where nothing is waiting on another process (`viaduct exec`, whose
+    /// next job would only wait).
+    #[must_use]
+    pub fn leftovers_after(mut self, after: Duration) -> Self {
+        self.leftovers_after = after;
+        self
     }
 
     /// Cleans up after a previous runner process that died without
@@ -206,6 +221,7 @@ impl Backend for HostBackend {
             dir,
             kill_grace: self.kill_grace,
             keep: self.keep_workspaces,
+            leftovers_after: self.leftovers_after,
             cgroup,
             spare: None,
             spare_mounts: spares,
@@ -255,6 +271,8 @@ struct HostJob {
     dir: PathBuf,
     kill_grace: Duration,
     keep: bool,
+    /// See [`HostBackend::leftovers_after`].
+    leftovers_after: Duration,
     cgroup: Option<JobCgroup>,
     /// The last step's cgroup, the next step's once it reads empty
     /// ([`HostJob::step_cgroup`]).
@@ -443,12 +461,14 @@ impl JobEnv for HostJob {
             // is left from there, then removes both.
             return;
         }
-        // The rest waits for the run's end to go out (see `LEFTOVERS_AFTER`).
-        tokio::time::sleep(LEFTOVERS_AFTER).await;
-        // The next job's namespace, made now rather than at this job's
-        // start, when its first step, the client's follow and the server's
-        // submit compete for the cores (its first step's start measured
-        // ~0.1–0.3 ms slower).
+        // The rest off the run's end (see `LEFTOVERS_AFTER`).
+        if !self.leftovers_after.is_zero() {
+            tokio::time::sleep(self.leftovers_after).await;
+        }
+        // A spare namespace for a later job, made now rather than at this
+        // job's start, when its first step, the client's follow and the
+        // server's submit compete for the cores (its first step's start
+        // measured ~0.1–0.3 ms slower).
         if let Some(users) = spare {
             make_spare_mounts(users);
         }
